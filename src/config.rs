@@ -1,0 +1,577 @@
+//! Configuration: the TOML file, its defaults, and its validation.
+//!
+//! Only `main`/`server` read the whole [`Config`]; every other module is handed its own small piece
+//! (an [`UpstreamConfig`], a storage path). A bad file fails here, before any port is bound, with
+//! the file, the key and the reason. Secrets are read once at load time and carried in [`Secret`],
+//! whose `Debug` and `Serialize` never show them.
+//!
+//! Rule of dependency: a leaf.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use url::Url;
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub server: ServerConfig,
+    #[serde(default)]
+    pub metrics: MetricsConfig,
+    #[serde(default)]
+    pub storage: StorageConfig,
+    /// The registries berth mirrors; the only hosts it ever connects to.
+    #[serde(default, rename = "upstream")]
+    pub upstreams: Vec<UpstreamConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Address of the registry listener.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// PEM certificate chain; with `tls_key`, the listener speaks HTTPS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for `tls_cert`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_key: Option<PathBuf>,
+    /// A client must send its whole request head within this time (slowloris guard).
+    #[serde(default = "default_header_read_timeout", with = "duration")]
+    pub header_read_timeout: Duration,
+    /// Most request headers accepted; more get 431.
+    #[serde(default = "default_max_headers")]
+    pub max_headers: usize,
+    /// On SIGTERM/SIGINT, running transfers get this long to finish.
+    #[serde(default = "default_shutdown_grace", with = "duration")]
+    pub shutdown_grace: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Address of the metrics listener (`/metrics`, `/healthz`). Remove the `[metrics]` table's
+    /// `listen` with `enabled = false` to run without it.
+    #[serde(default = "default_metrics_listen")]
+    pub listen: SocketAddr,
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageConfig {
+    /// Cache root: blobs live at `<path>/blobs/sha256/<hex>`.
+    #[serde(default = "default_storage_path")]
+    pub path: PathBuf,
+}
+
+/// One upstream registry.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    /// The registry host clients name (containerd's `?ns=`, a path prefix), e.g. `docker.io`.
+    pub name: String,
+    /// Where berth fetches from: `https://registry-1.docker.io`, or `http://` for a local registry.
+    pub url: Url,
+    /// Serves requests that name no registry (Docker's `registry-mirrors`).
+    #[serde(default)]
+    pub default: bool,
+    /// Other host names that mean this upstream.
+    #[serde(default)]
+    pub aliases: Vec<String>,
+    /// How long a tag->digest answer is trusted before it is revalidated (`"0s"` = always).
+    #[serde(default = "default_tag_ttl", with = "duration")]
+    pub tag_ttl: Duration,
+    /// Put `library/` before one-part names (Docker Hub's official images). Defaults to true when
+    /// the upstream's name or an alias is `docker.io`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub library_prefix: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    /// File holding the password (trailing newline ignored).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_file: Option<PathBuf>,
+    /// Environment variable holding the password.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_env: Option<String>,
+    /// Token realms (besides the upstream's own origin) that may receive the credentials.
+    #[serde(default)]
+    pub auth_realms: Vec<Url>,
+    /// TCP + TLS connect timeout.
+    #[serde(default = "default_connect_timeout", with = "duration")]
+    pub connect_timeout: Duration,
+    /// Time allowed for response headers after a request is sent.
+    #[serde(default = "default_response_timeout", with = "duration")]
+    pub response_timeout: Duration,
+    /// A body that sends nothing for this long fails the transfer.
+    #[serde(default = "default_stall_timeout", with = "duration")]
+    pub stall_timeout: Duration,
+    /// Most redirects followed for one request.
+    #[serde(default = "default_max_redirects")]
+    pub max_redirects: u8,
+    /// The password, read from `password_file` or `password_env` at load time.
+    #[serde(skip_deserializing, skip_serializing_if = "Option::is_none")]
+    pub password: Option<Secret>,
+}
+
+impl UpstreamConfig {
+    /// Every host name that selects this upstream (lowercased `name` then `aliases`).
+    pub fn hosts(&self) -> impl Iterator<Item = String> + '_ {
+        std::iter::once(&self.name)
+            .chain(&self.aliases)
+            .map(|h| h.to_ascii_lowercase())
+    }
+
+    /// Whether one-part names get `library/` in front.
+    pub fn uses_library_prefix(&self) -> bool {
+        self.library_prefix
+            .unwrap_or_else(|| self.hosts().any(|h| h == "docker.io"))
+    }
+
+    /// The credentials, if both a user name and a password are configured.
+    pub fn credentials(&self) -> Option<(&str, &Secret)> {
+        Some((self.username.as_deref()?, self.password.as_ref()?))
+    }
+}
+
+/// A secret string: never printed, never serialized in clear.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Self {
+        Secret(s.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+impl Serialize for Secret {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str("<redacted>")
+    }
+}
+
+/// A configuration problem: which file, which key, why.
+#[derive(Debug, thiserror::Error)]
+#[error("{file}: {key}: {reason}")]
+pub struct ConfigError {
+    pub file: String,
+    pub key: String,
+    pub reason: String,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: default_listen(),
+            tls_cert: None,
+            tls_key: None,
+            header_read_timeout: default_header_read_timeout(),
+            max_headers: default_max_headers(),
+            shutdown_grace: default_shutdown_grace(),
+        }
+    }
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            listen: default_metrics_listen(),
+            enabled: true,
+        }
+    }
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig {
+            path: default_storage_path(),
+        }
+    }
+}
+
+/// The configuration berth runs on without `--config`.
+pub const EMBEDDED_DEFAULT: &str = r#"
+[server]
+listen = "127.0.0.1:5000"
+
+[metrics]
+listen = "127.0.0.1:9090"
+
+[storage]
+path = "./berth-data"
+
+[[upstream]]
+name = "docker.io"
+url = "https://registry-1.docker.io"
+default = true
+aliases = ["registry-1.docker.io", "index.docker.io"]
+auth_realms = ["https://auth.docker.io/token"]
+tag_ttl = "30s"
+"#;
+
+impl Config {
+    /// The embedded default: local disk cache, Docker Hub as the default upstream.
+    pub fn embedded_default() -> Config {
+        Config::parse(EMBEDDED_DEFAULT, "<embedded default>")
+            .expect("the embedded default config is valid")
+    }
+
+    /// Reads, parses and validates a config file (and reads the secrets it names).
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: file.clone(),
+            key: "-".into(),
+            reason: format!("cannot read: {e}"),
+        })?;
+        Config::parse(&text, &file)
+    }
+
+    /// Parses and validates config text; `file` names it in errors.
+    pub fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
+        let mut cfg: Config = toml::from_str(text).map_err(|e| ConfigError {
+            file: file.to_owned(),
+            key: toml_error_key(&e),
+            reason: e.message().to_owned(),
+        })?;
+        cfg.validate(file)?;
+        Ok(cfg)
+    }
+
+    fn validate(&mut self, file: &str) -> Result<(), ConfigError> {
+        let err = |key: String, reason: String| ConfigError {
+            file: file.to_owned(),
+            key,
+            reason,
+        };
+
+        match (&self.server.tls_cert, &self.server.tls_key) {
+            (Some(_), None) => {
+                return Err(err(
+                    "server.tls_key".into(),
+                    "tls_cert is set, tls_key is missing".into(),
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(err(
+                    "server.tls_cert".into(),
+                    "tls_key is set, tls_cert is missing".into(),
+                ));
+            }
+            _ => {}
+        }
+        for (key, p) in [
+            ("server.tls_cert", &self.server.tls_cert),
+            ("server.tls_key", &self.server.tls_key),
+        ] {
+            if let Some(p) = p
+                && let Err(e) = std::fs::metadata(p)
+            {
+                return Err(err(key.into(), format!("cannot read {}: {e}", p.display())));
+            }
+        }
+        if self.server.max_headers == 0 {
+            return Err(err(
+                "server.max_headers".into(),
+                "must be at least 1".into(),
+            ));
+        }
+        if self.upstreams.is_empty() {
+            return Err(err(
+                "upstream".into(),
+                "at least one [[upstream]] is needed".into(),
+            ));
+        }
+        if self.upstreams.iter().filter(|u| u.default).count() > 1 {
+            return Err(err(
+                "upstream.default".into(),
+                "only one upstream may be the default".into(),
+            ));
+        }
+        let mut seen = HashSet::new();
+        for (i, u) in self.upstreams.iter_mut().enumerate() {
+            let key = |k: &str| format!("upstream[{i}].{k}");
+            for host in u.hosts().collect::<Vec<_>>() {
+                if !valid_host(&host) {
+                    return Err(err(
+                        key("name"),
+                        format!("{host:?} is not a registry host name (host or host:port)"),
+                    ));
+                }
+                if !seen.insert(host.clone()) {
+                    return Err(err(
+                        key("name"),
+                        format!("{host:?} names more than one upstream"),
+                    ));
+                }
+            }
+            check_registry_url(&u.url).map_err(|r| err(key("url"), r))?;
+            for realm in &u.auth_realms {
+                check_registry_url(realm).map_err(|r| err(key("auth_realms"), r))?;
+            }
+            if u.max_redirects > 10 {
+                return Err(err(key("max_redirects"), "at most 10".into()));
+            }
+            for (k, d) in [
+                ("connect_timeout", u.connect_timeout),
+                ("response_timeout", u.response_timeout),
+                ("stall_timeout", u.stall_timeout),
+            ] {
+                if d.is_zero() {
+                    return Err(err(key(k), "must be more than 0s".into()));
+                }
+            }
+            u.password = match (&u.password_file, &u.password_env) {
+                (Some(_), Some(_)) => {
+                    return Err(err(
+                        key("password_file"),
+                        "set password_file or password_env, not both".into(),
+                    ));
+                }
+                (Some(f), None) => {
+                    let s = std::fs::read_to_string(f).map_err(|e| {
+                        err(
+                            key("password_file"),
+                            format!("cannot read {}: {e}", f.display()),
+                        )
+                    })?;
+                    Some(Secret::new(s.trim_end_matches(['\r', '\n'])))
+                }
+                (None, Some(v)) => {
+                    let s = std::env::var(v).map_err(|_| {
+                        err(
+                            key("password_env"),
+                            format!("environment variable {v} is not set"),
+                        )
+                    })?;
+                    Some(Secret::new(s))
+                }
+                (None, None) => None,
+            };
+            if u.password.is_some() != u.username.is_some() {
+                return Err(err(
+                    key("username"),
+                    "username and a password (password_file or password_env) go together".into(),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The effective configuration as TOML, secrets redacted (for `berth check-config`).
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render: {e}"))
+    }
+}
+
+/// `host` or `host:port`, as clients name a registry.
+fn valid_host(h: &str) -> bool {
+    let (host, port) = match h.rsplit_once(':') {
+        Some((host, port)) if !host.contains(']') || host.ends_with(']') => (host, Some(port)),
+        _ => (h, None),
+    };
+    let host_ok = !host.is_empty()
+        && host.len() <= 253
+        && host
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'-' | b'[' | b']' | b':'));
+    host_ok && port.is_none_or(|p| p.parse::<u16>().is_ok_and(|p| p > 0))
+}
+
+fn check_registry_url(u: &Url) -> Result<(), String> {
+    if !matches!(u.scheme(), "http" | "https") {
+        return Err(format!("{u}: scheme must be http or https"));
+    }
+    if u.host_str().is_none_or(str::is_empty) {
+        return Err(format!("{u}: no host"));
+    }
+    if !u.username().is_empty() || u.password().is_some() {
+        return Err(format!(
+            "{}: put credentials in username/password_file, not in the URL",
+            u.host_str().unwrap_or("")
+        ));
+    }
+    Ok(())
+}
+
+/// The dotted key a TOML error points at, when it can be told from the message.
+fn toml_error_key(e: &toml::de::Error) -> String {
+    // toml's message already names the key for unknown fields and type errors; the span gives the
+    // line, which is the most useful thing to add.
+    match e.span() {
+        Some(span) => format!("at byte {}..{}", span.start, span.end),
+        None => "-".into(),
+    }
+}
+
+fn default_listen() -> SocketAddr {
+    "127.0.0.1:5000".parse().unwrap()
+}
+fn default_metrics_listen() -> SocketAddr {
+    "127.0.0.1:9090".parse().unwrap()
+}
+fn default_storage_path() -> PathBuf {
+    PathBuf::from("./berth-data")
+}
+fn default_header_read_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_max_headers() -> usize {
+    100
+}
+fn default_shutdown_grace() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_tag_ttl() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_response_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_stall_timeout() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_max_redirects() -> u8 {
+    5
+}
+fn default_true() -> bool {
+    true
+}
+
+/// Durations as humantime strings: `"30s"`, `"5m"`, `"1h 30m"`.
+mod duration {
+    use super::*;
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_duration(&s).map_err(|e| {
+            serde::de::Error::custom(format!(
+                "{s:?} is not a duration like \"30s\" or \"5m\": {e}"
+            ))
+        })
+    }
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(*d).to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_default_is_docker_hub() {
+        let c = Config::embedded_default();
+        assert_eq!(c.server.listen, default_listen());
+        assert_eq!(c.metrics.listen, default_metrics_listen());
+        assert_eq!(c.storage.path, PathBuf::from("./berth-data"));
+        let u = &c.upstreams[0];
+        assert!(u.default && u.uses_library_prefix());
+        assert_eq!(u.url.as_str(), "https://registry-1.docker.io/");
+        assert_eq!(u.tag_ttl, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn the_example_file_is_valid() {
+        // Keeps config.example.toml honest: every key it shows must parse.
+        // SAFETY-free: set the variable the example's Aliyun upstream reads.
+        let text = include_str!("../config.example.toml");
+        let text = text.replace(
+            "password_file = \"/etc/berth/aliyun.password\"",
+            "password_env = \"PATH\"",
+        );
+        let c = Config::parse(&text, "config.example.toml").unwrap();
+        assert!(c.upstreams.len() >= 5);
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected() {
+        let e =
+            Config::parse("[server]\nlisten = \"127.0.0.1:1\"\nlistn = 1\n", "f.toml").unwrap_err();
+        assert!(e.to_string().contains("listn"), "{e}");
+        assert!(e.to_string().starts_with("f.toml: "), "{e}");
+    }
+
+    #[test]
+    fn validation_names_the_key() {
+        let base = "[[upstream]]\nname = \"a.io\"\nurl = \"https://a.io\"\n";
+        let cases = [
+            (
+                format!(
+                    "{base}default = true\n[[upstream]]\nname = \"b.io\"\nurl = \"https://b.io\"\ndefault = true\n"
+                ),
+                "upstream.default",
+            ),
+            (
+                format!("{base}[[upstream]]\nname = \"A.io\"\nurl = \"https://b.io\"\n"),
+                "upstream[1].name",
+            ),
+            (
+                "[[upstream]]\nname = \"a.io\"\nurl = \"ftp://a.io\"\n".to_owned(),
+                "upstream[0].url",
+            ),
+            (format!("{base}username = \"u\"\n"), "upstream[0].username"),
+            (
+                format!("{base}password_env = \"BERTH_TEST_SURELY_UNSET\"\n"),
+                "upstream[0].password_env",
+            ),
+            (format!("{base}tag_ttl = \"soon\"\n"), "at byte"),
+            (
+                "[server]\ntls_cert = \"/x\"\n".to_owned() + base,
+                "server.tls_key",
+            ),
+            ("".to_owned(), "upstream"),
+        ];
+        for (text, key) in cases {
+            let e = Config::parse(&text, "f.toml").unwrap_err();
+            assert!(e.to_string().contains(key), "{key}: {e}");
+        }
+    }
+
+    #[test]
+    fn secrets_are_redacted() {
+        let dir = tempfile::tempdir().unwrap();
+        let pw = dir.path().join("pw");
+        std::fs::write(&pw, "hunter2\n").unwrap();
+        let text = format!(
+            "[[upstream]]\nname = \"a.io\"\nurl = \"https://a.io\"\nusername = \"me\"\npassword_file = \"{}\"\n",
+            pw.display()
+        );
+        let c = Config::parse(&text, "f.toml").unwrap();
+        assert_eq!(c.upstreams[0].credentials().unwrap().1.expose(), "hunter2");
+        assert!(!format!("{c:?}").contains("hunter2"));
+        assert!(!c.to_toml().contains("hunter2"));
+        assert!(c.to_toml().contains("<redacted>"));
+    }
+
+    #[test]
+    fn hosts() {
+        assert!(valid_host("docker.io"));
+        assert!(valid_host("127.0.0.1:5001"));
+        assert!(valid_host("[::1]:5001"));
+        assert!(!valid_host("a.io:0"));
+        assert!(!valid_host("a/b"));
+        assert!(!valid_host(""));
+    }
+}

@@ -1,0 +1,45 @@
+//! berth: a pull-through caching mirror for container registries.
+//!
+//! # Map
+//! A request flows one way, top to bottom:
+//!
+//! ```text
+//! main (CLI) -> server (listeners, TLS, shutdown) -> http (route, respond) -> mirror (orchestration)
+//!     -> { manifests (tag/digest cache), store (blob files + fills), upstream (registry client, auth) }
+//!     -> { oci (names, references, digests, media types), error }
+//! config and metrics are leaves, handed in; nothing reaches for a global.
+//! ```
+//!
+//! - [`config`]: the TOML file, defaults, validation, secrets.
+//! - [`server`]: binds the registry and metrics listeners, TLS, connection limits, graceful shutdown.
+//! - [`http`]: parses method + path + query into a typed [`http::Route`], calls the mirror, writes
+//!   responses and the one OCI error body.
+//! - [`mirror`]: decides hit or miss, coalesces fetches, verifies, caches.
+//! - [`manifests`]: tag -> digest answers with their TTL, manifests by digest (memory + disk).
+//! - [`store`]: content-addressed blob files; a fill writes a temp file that readers can follow while it
+//!   grows, and is renamed into place only after its size and sha256 check out.
+//! - [`upstream`]: the registry client: pooled HTTPS, auth challenges and tokens, redirects, timeouts.
+//! - [`oci`]: repository names, tags, digests, references, media types, `Accept` matching.
+//! - [`error`]: one `Clone` error type that knows its origin and its OCI code.
+//! - [`metrics`]: Prometheus families, registered in a registry that is handed in.
+//!
+//! # How a pull travels
+//! `GET /v2/library/nginx/manifests/latest` is parsed into a `Route` naming the default upstream. The
+//! mirror asks `manifests` for a fresh tag answer; on a miss it asks `upstream` (HEAD to revalidate,
+//! GET when the digest is new), verifies the body against its digest and caches it. The client then
+//! asks for each blob: a hit streams the file from `store`; a miss starts one fill that streams the
+//! upstream body into a temp file while hashing it, and every client asking for that digest reads the
+//! growing file. The last byte is only released after the digest matched, so a client never gets a
+//! complete response with wrong bytes.
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod error;
+pub mod http;
+pub mod manifests;
+pub mod metrics;
+pub mod mirror;
+pub mod oci;
+pub mod server;
+pub mod store;
+pub mod upstream;

@@ -1,0 +1,416 @@
+//! The OCI vocabulary: repository names, tags, digests, references and media types.
+//!
+//! Every value is parsed at the edge with the grammar of the OCI distribution spec and carried as a
+//! newtype afterwards, so no handler ever sees a raw client string. Rule of dependency: a leaf (uses
+//! only `error`).
+
+use std::fmt;
+use std::str::FromStr;
+
+use sha2::{Digest as _, Sha256};
+
+use crate::error::Error;
+
+/// Longest repository name the spec lets a registry accept (it says 255 with the host; we keep it).
+pub const MAX_NAME_LEN: usize = 255;
+
+/// A repository name: `<component>(/<component>)*`, each `[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RepoName(String);
+
+impl RepoName {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// How many `/`-separated components the name has.
+    pub fn components(&self) -> usize {
+        self.0.split('/').count()
+    }
+
+    /// Docker Hub keeps its official images under `library/`: `nginx` is `library/nginx`.
+    pub fn with_library_prefix(&self) -> RepoName {
+        if self.components() == 1 {
+            RepoName(format!("library/{}", self.0))
+        } else {
+            self.clone()
+        }
+    }
+}
+
+impl fmt::Display for RepoName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// One path component of a repository name.
+fn valid_component(c: &str) -> bool {
+    let b = c.as_bytes();
+    if b.is_empty() {
+        return false;
+    }
+    let alnum = |x: u8| x.is_ascii_lowercase() || x.is_ascii_digit();
+    if !alnum(b[0]) || !alnum(b[b.len() - 1]) {
+        return false;
+    }
+    // Separators: `.`, `_`, `__`, or a run of `-`, always between alphanumerics.
+    let mut i = 0;
+    while i < b.len() {
+        if alnum(b[i]) {
+            i += 1;
+            continue;
+        }
+        let start = i;
+        match b[i] {
+            b'.' => i += 1,
+            b'_' => {
+                i += 1;
+                if i < b.len() && b[i] == b'_' {
+                    i += 1;
+                }
+            }
+            b'-' => {
+                while i < b.len() && b[i] == b'-' {
+                    i += 1;
+                }
+            }
+            _ => return false,
+        }
+        // A separator must be followed by an alphanumeric (end was checked above).
+        if i == start || i >= b.len() || !alnum(b[i]) {
+            return false;
+        }
+    }
+    true
+}
+
+impl FromStr for RepoName {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self, Error> {
+        if s.is_empty() || s.len() > MAX_NAME_LEN {
+            return Err(Error::name_invalid(format!(
+                "repository name must be 1 to {MAX_NAME_LEN} characters"
+            )));
+        }
+        if !s.split('/').all(valid_component) {
+            return Err(Error::name_invalid(format!(
+                "{:?} is not a valid repository name (lowercase letters, digits and separators . _ __ -, components joined by /)",
+                truncate(s)
+            )));
+        }
+        Ok(RepoName(s.to_owned()))
+    }
+}
+
+/// A tag: `[a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Tag(String);
+
+impl Tag {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Tag {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl FromStr for Tag {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self, Error> {
+        let b = s.as_bytes();
+        let first_ok = b
+            .first()
+            .is_some_and(|&c| c.is_ascii_alphanumeric() || c == b'_');
+        let rest_ok = b
+            .iter()
+            .all(|&c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-'));
+        if !first_ok || !rest_ok || b.len() > 128 {
+            return Err(Error::tag_invalid(format!(
+                "{:?} is not a valid tag",
+                truncate(s)
+            )));
+        }
+        Ok(Tag(s.to_owned()))
+    }
+}
+
+/// A content digest. Only `sha256` is accepted: it is what every registry uses, and what the store
+/// lays out on disk (`blobs/sha256/<hex>`).
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Digest {
+    /// 64 lowercase hex characters.
+    hex: String,
+}
+
+impl Digest {
+    pub const ALGORITHM: &'static str = "sha256";
+
+    pub fn hex(&self) -> &str {
+        &self.hex
+    }
+
+    /// The digest of `bytes`.
+    pub fn of(bytes: &[u8]) -> Digest {
+        Digest::from_sha256(Sha256::digest(bytes).as_slice())
+    }
+
+    /// Wraps the output of a finished SHA-256.
+    pub fn from_sha256(raw: &[u8]) -> Digest {
+        Digest {
+            hex: hex::encode(raw),
+        }
+    }
+
+    /// Builds a digest from 64 hex characters (as found in a store file name).
+    pub fn from_hex(hex: &str) -> Option<Digest> {
+        (hex.len() == 64
+            && hex
+                .bytes()
+                .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c)))
+        .then(|| Digest {
+            hex: hex.to_owned(),
+        })
+    }
+}
+
+impl fmt::Display for Digest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "sha256:{}", self.hex)
+    }
+}
+
+impl fmt::Debug for Digest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "sha256:{}", self.hex)
+    }
+}
+
+impl FromStr for Digest {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self, Error> {
+        let Some((algo, hex)) = s.split_once(':') else {
+            return Err(Error::digest_invalid(format!(
+                "{:?} is not a digest (algorithm:hex)",
+                truncate(s)
+            )));
+        };
+        if algo != Self::ALGORITHM {
+            // The spec's grammar admits other algorithms; berth only serves sha256 content.
+            let grammar_ok = !algo.is_empty()
+                && algo
+                    .bytes()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || b"+._-".contains(&c));
+            let detail = if grammar_ok {
+                format!("digest algorithm {algo:?} is not supported (only sha256)")
+            } else {
+                format!("{:?} is not a digest", truncate(s))
+            };
+            return Err(Error::digest_invalid(detail));
+        }
+        Digest::from_hex(hex).ok_or_else(|| {
+            Error::digest_invalid(format!(
+                "{:?} is not a sha256 digest (64 lowercase hex characters)",
+                truncate(s)
+            ))
+        })
+    }
+}
+
+/// What a manifest request names: a tag or a digest.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Reference {
+    Tag(Tag),
+    Digest(Digest),
+}
+
+impl fmt::Display for Reference {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Reference::Tag(t) => t.fmt(f),
+            Reference::Digest(d) => d.fmt(f),
+        }
+    }
+}
+
+impl FromStr for Reference {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self, Error> {
+        if s.contains(':') {
+            s.parse().map(Reference::Digest)
+        } else {
+            s.parse().map(Reference::Tag)
+        }
+    }
+}
+
+/// Media types berth serves as manifests.
+pub mod media {
+    pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+    pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+    pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
+    pub const DOCKER_MANIFEST_LIST: &str =
+        "application/vnd.docker.distribution.manifest.list.v2+json";
+    /// Old signed schema 1 manifests; still passed through for ancient images.
+    pub const DOCKER_MANIFEST_V1_SIGNED: &str =
+        "application/vnd.docker.distribution.manifest.v1+prettyjws";
+    pub const DOCKER_MANIFEST_V1: &str = "application/vnd.docker.distribution.manifest.v1+json";
+
+    /// The `Accept` header berth sends upstream when a client sent none.
+    pub const DEFAULT_ACCEPT: &str = "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.docker.distribution.manifest.v2+json";
+}
+
+/// Does an `Accept` header value (all the client's `Accept` headers joined with `,`) admit
+/// `media_type`? A missing or empty header, `*/*` and `application/*` admit everything; a
+/// `q=0` parameter refuses.
+pub fn accepts(accept: Option<&str>, media_type: &str) -> bool {
+    let Some(accept) = accept.map(str::trim).filter(|a| !a.is_empty()) else {
+        return true;
+    };
+    let (mt_type, _) = media_type.split_once('/').unwrap_or((media_type, ""));
+    accept.split(',').any(|item| {
+        let mut parts = item.split(';');
+        let range = parts.next().unwrap_or("").trim();
+        let refused = parts.any(|p| {
+            let p = p.trim();
+            p.strip_prefix("q=")
+                .is_some_and(|q| q.trim().parse::<f32>().is_ok_and(|q| q <= 0.0))
+        });
+        if refused {
+            return false;
+        }
+        range == "*/*"
+            || range.eq_ignore_ascii_case(media_type)
+            || range
+                .strip_suffix("/*")
+                .is_some_and(|t| t.eq_ignore_ascii_case(mt_type))
+    })
+}
+
+/// Keeps client strings short in error details and logs.
+fn truncate(s: &str) -> &str {
+    match s.char_indices().nth(80) {
+        Some((i, _)) => &s[..i],
+        None => s,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        for ok in [
+            "nginx",
+            "library/nginx",
+            "a/b/c",
+            "a.b",
+            "a_b",
+            "a__b",
+            "a---b",
+            "0",
+            "coreos/flannel",
+            "foo-bar/baz.qux_1",
+        ] {
+            assert!(ok.parse::<RepoName>().is_ok(), "{ok}");
+        }
+        for bad in [
+            "", "Nginx", "a//b", "/a", "a/", "a..b", "a___b", "-a", "a-", "a_", ".a", "a/.b",
+            "a:b", "a b", "ä", "a/../b",
+        ] {
+            assert!(bad.parse::<RepoName>().is_err(), "{bad}");
+        }
+        assert!("a".repeat(256).parse::<RepoName>().is_err());
+        assert!("a".repeat(255).parse::<RepoName>().is_ok());
+    }
+
+    #[test]
+    fn library_prefix() {
+        let n: RepoName = "nginx".parse().unwrap();
+        assert_eq!(n.with_library_prefix().as_str(), "library/nginx");
+        let n: RepoName = "bitnami/nginx".parse().unwrap();
+        assert_eq!(n.with_library_prefix().as_str(), "bitnami/nginx");
+    }
+
+    #[test]
+    fn tags() {
+        for ok in ["latest", "v1.0", "_x", "A-b_c.d", &"a".repeat(128)] {
+            assert!(ok.parse::<Tag>().is_ok(), "{ok}");
+        }
+        for bad in ["", ".a", "-a", "a/b", "a:b", &"a".repeat(129), "a b"] {
+            assert!(bad.parse::<Tag>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn digests() {
+        let hex = "a".repeat(64);
+        let d: Digest = format!("sha256:{hex}").parse().unwrap();
+        assert_eq!(d.hex(), hex);
+        assert_eq!(d.to_string(), format!("sha256:{hex}"));
+        for bad in [
+            format!("sha256:{}", "A".repeat(64)),
+            format!("sha256:{}", "a".repeat(63)),
+            format!("sha512:{}", "a".repeat(128)),
+            "sha256".to_owned(),
+            format!("sha256:{}/", "a".repeat(64)),
+            format!("sha256:{}", "g".repeat(64)),
+        ] {
+            let err = bad.parse::<Digest>().unwrap_err();
+            assert_eq!(err.code, crate::error::Code::DigestInvalid, "{bad}");
+        }
+        assert_eq!(
+            Digest::of(b"").to_string(),
+            "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+        );
+    }
+
+    #[test]
+    fn references() {
+        assert!(matches!(
+            "latest".parse::<Reference>(),
+            Ok(Reference::Tag(_))
+        ));
+        assert!(matches!(
+            format!("sha256:{}", "0".repeat(64)).parse::<Reference>(),
+            Ok(Reference::Digest(_))
+        ));
+        assert_eq!(
+            "sha256:zz".parse::<Reference>().unwrap_err().code,
+            crate::error::Code::DigestInvalid
+        );
+        assert_eq!(
+            "-x".parse::<Reference>().unwrap_err().code,
+            crate::error::Code::TagInvalid
+        );
+    }
+
+    #[test]
+    fn accept_negotiation() {
+        use media::*;
+        assert!(accepts(None, OCI_INDEX));
+        assert!(accepts(Some(""), OCI_INDEX));
+        assert!(accepts(Some("*/*"), OCI_INDEX));
+        assert!(accepts(Some("application/*"), OCI_INDEX));
+        assert!(!accepts(Some(DOCKER_MANIFEST), OCI_INDEX));
+        assert!(accepts(
+            Some(&format!("{DOCKER_MANIFEST}, {OCI_INDEX}")),
+            OCI_INDEX
+        ));
+        assert!(accepts(
+            Some(&format!("{DOCKER_MANIFEST}; q=0.5,{OCI_INDEX};q=0.9")),
+            OCI_INDEX
+        ));
+        assert!(!accepts(Some(&format!("{OCI_INDEX};q=0")), OCI_INDEX));
+        assert!(!accepts(Some("text/*"), OCI_INDEX));
+    }
+}
