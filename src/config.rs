@@ -248,7 +248,7 @@ impl Config {
     pub fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
         let mut cfg: Config = toml::from_str(text).map_err(|e| ConfigError {
             file: file.to_owned(),
-            key: toml_error_key(&e),
+            key: toml_error_place(text, &e),
             reason: e.message().to_owned(),
         })?;
         cfg.validate(file)?;
@@ -411,12 +411,15 @@ fn check_registry_url(u: &Url) -> Result<(), String> {
     Ok(())
 }
 
-/// The dotted key a TOML error points at, when it can be told from the message.
-fn toml_error_key(e: &toml::de::Error) -> String {
-    // toml's message already names the key for unknown fields and type errors; the span gives the
-    // line, which is the most useful thing to add.
+/// Where in the file a TOML error is (`line L, column C`); toml's message names the key.
+fn toml_error_place(text: &str, e: &toml::de::Error) -> String {
     match e.span() {
-        Some(span) => format!("at byte {}..{}", span.start, span.end),
+        Some(span) => {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+            format!("line {line}, column {column}")
+        }
         None => "-".into(),
     }
 }
@@ -536,7 +539,7 @@ mod tests {
                 format!("{base}password_env = \"BERTH_TEST_SURELY_UNSET\"\n"),
                 "upstream[0].password_env",
             ),
-            (format!("{base}tag_ttl = \"soon\"\n"), "at byte"),
+            (format!("{base}tag_ttl = \"soon\"\n"), "line 4, column 11"),
             (
                 "[server]\ntls_cert = \"/x\"\n".to_owned() + base,
                 "server.tls_key",
