@@ -117,6 +117,10 @@ pub struct UpstreamConfig {
     /// Most redirects followed for one request.
     #[serde(default = "default_max_redirects")]
     pub max_redirects: u8,
+    /// PEM bundle of extra root certificates trusted for this upstream (a private registry's CA),
+    /// on top of the built-in web PKI roots. Its redirect targets and token realms trust them too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
     /// The password, read from `password_file` or `password_env` at load time.
     #[serde(skip_deserializing, skip_serializing_if = "Option::is_none")]
     pub password: Option<Secret>,
@@ -326,6 +330,9 @@ impl Config {
             for realm in &u.auth_realms {
                 check_registry_url(realm).map_err(|r| err(key("auth_realms"), r))?;
             }
+            if let Some(f) = &u.ca_file {
+                check_ca_file(f).map_err(|r| err(key("ca_file"), r))?;
+            }
             if u.max_redirects > 10 {
                 return Err(err(key("max_redirects"), "at most 10".into()));
             }
@@ -407,6 +414,21 @@ fn check_registry_url(u: &Url) -> Result<(), String> {
             "{}: put credentials in username/password_file, not in the URL",
             u.host_str().unwrap_or("")
         ));
+    }
+    Ok(())
+}
+
+/// A CA bundle must be readable and hold at least one PEM certificate; the upstream client parses
+/// it again when it is built, so a bad file fails here, before any port is bound.
+fn check_ca_file(f: &Path) -> Result<(), String> {
+    use rustls_pki_types::CertificateDer;
+    use rustls_pki_types::pem::PemObject;
+
+    let certs = CertificateDer::pem_file_iter(f)
+        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| format!("cannot read certificates from {}: {e}", f.display()))?;
+    if certs.is_empty() {
+        return Err(format!("{}: no PEM certificate in it", f.display()));
     }
     Ok(())
 }
@@ -545,6 +567,10 @@ mod tests {
                 "server.tls_key",
             ),
             ("".to_owned(), "upstream"),
+            (
+                format!("{base}ca_file = \"/surely/not/here.pem\"\n"),
+                "upstream[0].ca_file",
+            ),
         ];
         for (text, key) in cases {
             let e = Config::parse(&text, "f.toml").unwrap_err();
