@@ -303,3 +303,53 @@ async fn shutdown_stops_accepting() {
         "still accepting after shutdown"
     );
 }
+
+#[tokio::test]
+async fn tls_listener_speaks_h2_and_http1() {
+    use std::sync::Arc;
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+    std::fs::write(&cert, ck.cert.pem()).unwrap();
+    std::fs::write(&key, ck.signing_key.serialize_pem()).unwrap();
+    let b = start(&format!(
+        "tls_cert = \"{}\"\ntls_key = \"{}\"",
+        cert.display(),
+        key.display()
+    ))
+    .await;
+
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ck.cert.der().clone()).unwrap();
+    for (alpn, want) in [
+        (vec![b"h2".to_vec(), b"http/1.1".to_vec()], b"h2".to_vec()),
+        (vec![b"http/1.1".to_vec()], b"http/1.1".to_vec()),
+    ] {
+        let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots.clone())
+        .with_no_client_auth();
+        cfg.alpn_protocols = alpn;
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(cfg));
+        let tcp = TcpStream::connect(b.addr).await.unwrap();
+        let mut tls = connector
+            .connect("localhost".try_into().unwrap(), tcp)
+            .await
+            .unwrap();
+        assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&want[..]));
+        if want == b"http/1.1" {
+            tls.write_all(b"GET /v2/ HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+                .await
+                .unwrap();
+            let mut out = Vec::new();
+            tls.read_to_end(&mut out).await.unwrap();
+            assert_eq!(status(&String::from_utf8_lossy(&out)), 200);
+        }
+    }
+    // Plain HTTP on the TLS port gets no answer but a closed connection.
+    let r = get(b.addr, "GET", "/v2/").await;
+    assert_eq!(status(&r), 0, "{r}");
+}
