@@ -698,3 +698,18 @@ async fn only_v2_paths_are_sent() {
     assert_eq!(e.origin, Origin::Internal);
     assert!(fake.requests().is_empty());
 }
+
+#[tokio::test]
+async fn wrong_bytes_are_passed_on_unverified() {
+    // The client does not check digests (the mirror does); the fake's fault keeps length and headers.
+    let fake = FakeRegistry::start().await;
+    let digest = fake.put_blob("x", &b"abc"[..]);
+    let path = format!("/v2/x/blobs/{digest}");
+    fake.fault(&path, Fault::WrongBytes);
+    let (u, _) = upstream(&config(&fake.url(), ""));
+    let r = get(&u, &path).await;
+    assert_eq!(r.headers["docker-content-digest"], digest.as_str());
+    let body = r.bytes(100).await.unwrap();
+    assert_eq!(body.len(), 3);
+    assert_ne!(body, &b"abc"[..]);
+}
