@@ -465,8 +465,16 @@ impl Upstream {
         match status {
             s if s.is_success() => {
                 let body = resp.bytes(SMALL_BODY_LIMIT).await?;
+                // Only the position: serde's message can quote the value, and that may be the token.
                 let parsed: TokenResponse = serde_json::from_slice(&body).map_err(|e| {
-                    Error::upstream_bad(&self.name, format!("token response is not JSON: {e}"))
+                    Error::upstream_bad(
+                        &self.name,
+                        format!(
+                            "malformed token response (line {}, column {})",
+                            e.line(),
+                            e.column()
+                        ),
+                    )
                 })?;
                 parsed
                     .into_token()
@@ -685,11 +693,7 @@ impl UpstreamResponse {
                 format!("body of {n} bytes is over the limit of {limit}"),
             )
         };
-        let declared = self
-            .headers
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
+        let declared = self.body.exact_len();
         if let Some(len) = declared
             && len > limit as u64
         {
@@ -735,6 +739,12 @@ impl UpstreamBody {
                 return Ok(Some(data));
             }
         }
+    }
+
+    /// The body's length when the connection knows it: the `Content-Length` of a GET, 0 for a HEAD
+    /// or a 204.
+    pub fn exact_len(&self) -> Option<u64> {
+        hyper::body::Body::size_hint(&self.inner).exact()
     }
 
     /// Up to `limit` bytes, for error context; failures just end it.
