@@ -170,7 +170,7 @@ mod tests {
             }));
         }
         // Let every caller join before the leader finishes.
-        while flights.len() == 0 {
+        while flights.is_empty() {
             tokio::task::yield_now().await;
         }
         for _ in 0..100 {
