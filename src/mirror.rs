@@ -490,7 +490,7 @@ impl Mirror {
             let state = rx.borrow_and_update().clone();
             match state {
                 FillState::Failed(e) => return Err(e),
-                FillState::Committed(b) => break Some(b.len),
+                FillState::Verified(b) | FillState::Committed(b) => break Some(b.len),
                 FillState::Writing { total: Some(t), .. } => break Some(t),
                 FillState::Writing { total: None, .. } if range.is_none() => break None,
                 FillState::Writing { .. } | FillState::Pending => {}
@@ -707,6 +707,11 @@ impl FillJob {
             Ok(blob) => {
                 self.metrics.cache_bytes.add(blob.len as i64);
                 tracing::info!(upstream = self.up.name(), repo = %self.name, digest = %self.digest, bytes = blob.len, "blob cached");
+                Ok(())
+            }
+            Err(store::CommitError::Persist(e)) => {
+                // The clients got verified bytes; only the cache missed out.
+                tracing::error!(upstream = self.up.name(), digest = %self.digest, error = %e, "blob verified and served but could not be stored");
                 Ok(())
             }
             Err(store::CommitError::Io(e)) => Err(Error::io("committing blob", &e)),

@@ -62,7 +62,11 @@ pub enum FillState {
         written: u64,
         total: Option<u64>,
     },
-    /// Verified and in place.
+    /// Every byte is written and the digest matched: readers may have it all. The file is being
+    /// made durable and renamed into place (the slow part, with a large blob, is the fsync; no
+    /// client waits for it).
+    Verified(BlobFile),
+    /// Verified, durable and in place.
     Committed(BlobFile),
     /// The fill failed; nothing was cached.
     Failed(Error),
@@ -77,6 +81,9 @@ pub enum CommitError {
     Digest { expected: Digest, actual: Digest },
     #[error("i/o: {0}")]
     Io(#[from] io::Error),
+    /// The bytes were right (readers have them) but could not be made durable or renamed.
+    #[error("verified but not stored: {0}")]
+    Persist(io::Error),
 }
 
 impl Store {
@@ -295,9 +302,12 @@ impl PendingBlob {
         Ok(())
     }
 
-    /// Verifies size and digest, makes the file durable and renames it into place.
+    /// Verifies size and digest, releases the bytes to readers, makes the file durable and renames
+    /// it into place.
     ///
-    /// On an error the fill is still open: the caller ends it with [`fail`](Self::fail) (or drop).
+    /// On a size or digest error the fill is still open: the caller ends it with
+    /// [`fail`](Self::fail) (or drop). On [`CommitError::Persist`] the readers got verified bytes,
+    /// but nothing was cached.
     pub async fn commit(&mut self) -> Result<BlobFile, CommitError> {
         let hasher = self.hasher.take().expect("commit is called once");
         let actual = Digest::from_sha256(&hasher.finalize());
@@ -316,24 +326,32 @@ impl PendingBlob {
             });
         }
         let file = self.file.clone().expect("file present");
+        let blob = BlobFile {
+            file: file.clone(),
+            len: self.written,
+        };
+        self.progress
+            .send_replace(FillState::Verified(blob.clone()));
         let (tmp, fin, dir) = (
             self.tmp_path.clone(),
             self.final_path.clone(),
             self.dir.clone(),
         );
-        let f = file.clone();
-        tokio::task::spawn_blocking(move || -> io::Result<()> {
-            f.sync_all()?;
+        let persisted = tokio::task::spawn_blocking(move || -> io::Result<()> {
+            file.sync_all()?;
             std::fs::rename(&tmp, &fin)?;
             File::open(&dir)?.sync_all()
         })
         .await
-        .map_err(io::Error::other)??;
+        .map_err(io::Error::other)
+        .and_then(|r| r);
+        // From here on the fill is over either way; readers keep the verified state if the bytes
+        // could not be kept.
         self.done = true;
-        let blob = BlobFile {
-            file,
-            len: self.written,
-        };
+        if let Err(e) = persisted {
+            let _ = std::fs::remove_file(&self.tmp_path);
+            return Err(CommitError::Persist(e));
+        }
         self.progress
             .send_replace(FillState::Committed(blob.clone()));
         Ok(blob)
@@ -425,7 +443,7 @@ async fn next_chunk(source: &mut Source, pos: u64, end: u64) -> Result<Option<By
             Source::Fill(rx) => {
                 let state = rx.borrow_and_update().clone();
                 match state {
-                    FillState::Committed(b) => {
+                    FillState::Verified(b) | FillState::Committed(b) => {
                         *source = Source::File(b);
                         continue;
                     }
