@@ -133,6 +133,12 @@ impl Berth {
         }
     }
 
+    /// Waits until no fill is running (a verified blob is renamed into place just after its last
+    /// byte is released).
+    async fn settled(&self) {
+        until_metric(self, "berth_fills_in_flight", 0).await;
+    }
+
     async fn get(&self, path: &str) -> Got {
         self.request(Method::GET, path, &[]).await
     }
@@ -216,6 +222,7 @@ async fn pull_then_hit_without_upstream_requests() {
         );
         assert_eq!(l.header("docker-content-digest"), Some(blob.as_str()));
         same(l.bytes(), &layer);
+        b.settled().await;
     }
     // One fetch each, however many pulls: the second round came from the cache.
     assert_eq!(fake.hits(Method::GET, "/v2/library/app/manifests/1.0"), 1);
@@ -253,6 +260,7 @@ async fn a_cached_manifest_survives_a_restart_and_is_served_with_upstream_gone()
         b.get(&format!("/v2/app/blobs/{blob}")).await.bytes(),
         &layer,
     );
+    b.settled().await;
     let data = b.stop();
     // Restart on the same data with an upstream that refuses everything.
     fake.fault(
@@ -355,6 +363,7 @@ async fn wrong_bytes_from_upstream_never_complete_and_are_not_cached() {
         &layer,
     );
     assert_eq!(fake.hits(Method::GET, &path), 2);
+    b.settled().await;
     assert_eq!(std::fs::read(b.blob_file(&blob)).unwrap(), layer);
 }
 
@@ -828,6 +837,7 @@ async fn the_first_client_leaving_does_not_stop_the_fill() {
     drop(first);
     release.send_replace(layer.len());
     same(&Bytes::from(second.finish().await.unwrap()), &layer);
+    b.settled().await;
     assert_eq!(std::fs::read(b.blob_file(&blob)).unwrap(), layer);
     assert_eq!(
         fake.hits(Method::GET, &format!("/v2/library/app/blobs/{blob}")),
