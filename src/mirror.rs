@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::{FutureExt, Stream};
+use futures_util::Stream;
 use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -36,8 +36,13 @@ use crate::oci::{self, Digest, Reference, RepoName, Tag};
 use crate::store::{self, FillState, Source, Store};
 use crate::upstream::{NotFoundKind, Upstream, UpstreamRequest, UpstreamResponse};
 
-/// Most bytes gathered from the upstream before one write to the temp file.
-const WRITE_BATCH: usize = 512 * 1024;
+/// Most bytes read from the upstream ahead of the disk; beyond it the fill stops reading (and TCP
+/// slows the upstream down), so memory per fill stays bounded.
+const MAX_QUEUED: usize = 4 * 1024 * 1024;
+
+type WriteFuture = std::pin::Pin<
+    Box<dyn std::future::Future<Output = (store::PendingBlob, std::io::Result<()>)> + Send>,
+>;
 /// Largest tag list passed through.
 const MAX_TAGS_BYTES: usize = 8 * 1024 * 1024;
 
@@ -662,47 +667,52 @@ impl FillJob {
             .await?;
         let mut resp = resp.error_for_status(NotFoundKind::Blob).await?;
         let total = content_length(&resp.headers);
-        let mut pending = self
+        let pending = self
             .store
             .begin(&self.digest, total, tx.clone())
             .map_err(|e| Error::io("starting blob fill", &e))?;
+        // The network and the disk work side by side: while one batch is hashed and written on a
+        // blocking thread, the next one is read from the upstream (up to MAX_QUEUED bytes ahead).
+        let mut pending = Some(pending);
+        let mut writing: Option<WriteFuture> = None;
+        let mut queue: Vec<Bytes> = Vec::new();
+        let (mut queued, mut received, mut eof) = (0usize, 0u64, false);
         loop {
-            let Some(first) = resp.body.next_chunk().await? else {
-                break;
-            };
-            // Gather what has already arrived into one write.
-            let mut batch = vec![first];
-            let mut size = batch[0].len();
-            let mut ended = false;
-            while size < WRITE_BATCH {
-                match resp.body.next_chunk().now_or_never() {
-                    Some(Ok(Some(c))) => {
-                        size += c.len();
-                        batch.push(c);
-                    }
-                    Some(Ok(None)) => {
-                        ended = true;
-                        break;
-                    }
-                    Some(Err(e)) => return Err(e),
-                    None => break,
-                }
+            if writing.is_none() && !queue.is_empty() {
+                let mut p = pending.take().expect("pending is home when no write runs");
+                let batch = std::mem::take(&mut queue);
+                queued = 0;
+                writing = Some(Box::pin(async move {
+                    let r = p.write_all(batch).await;
+                    (p, r)
+                }));
             }
-            pending.write_all(batch).await.map_err(|e| {
-                if e.kind() == std::io::ErrorKind::Other && total.is_some() {
-                    Error::upstream_bad(self.up.name(), format!("blob {}: {e}", self.digest))
-                } else {
-                    Error::io("writing blob", &e)
-                }
-            })?;
-            self.metrics
-                .fetched_bytes
-                .with_label_values(&[self.up.name()])
-                .inc_by(size as u64);
-            if ended {
+            if eof && writing.is_none() {
                 break;
+            }
+            tokio::select! {
+                Some((p, r)) = futures_util::future::OptionFuture::from(writing.as_mut()), if writing.is_some() => {
+                    writing = None;
+                    pending = Some(p);
+                    r.map_err(|e| Error::io("writing blob", &e))?;
+                }
+                chunk = resp.body.next_chunk(), if !eof && queued < MAX_QUEUED => {
+                    match chunk? {
+                        Some(c) => {
+                            received += c.len() as u64;
+                            if total.is_some_and(|t| received > t) {
+                                return Err(Error::upstream_bad(self.up.name(), format!("blob {}: more bytes than the announced {}", self.digest, total.unwrap_or(0))));
+                            }
+                            self.metrics.fetched_bytes.with_label_values(&[self.up.name()]).inc_by(c.len() as u64);
+                            queued += c.len();
+                            queue.push(c);
+                        }
+                        None => eof = true,
+                    }
+                }
             }
         }
+        let mut pending = pending.expect("pending is home after the last write");
         match pending.commit().await {
             Ok(blob) => {
                 self.metrics.cache_bytes.add(blob.len as i64);
