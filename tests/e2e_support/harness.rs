@@ -1,0 +1,223 @@
+//! One test's world: a seeded Distribution registry, and (unless the test points clients straight
+//! at the registry to check the harness itself) berth in front of it. Everything lives in one
+//! temporary directory and every process stops when the `Env` is dropped.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use super::http;
+use super::proc::Proc;
+use super::seed::{self, Image};
+
+/// Where clients are pointed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Via {
+    /// Berth, with the registry as its upstream: the real tests.
+    Berth,
+    /// The registry itself: checks the seeding and each client flow without berth.
+    Registry,
+}
+
+/// How long a daemon gets to come up.
+const READY_LIMIT: Duration = Duration::from_secs(30);
+
+pub struct Env {
+    pub via: Via,
+    // Fields drop in order: berth, then the registry, then client daemons the test started
+    // (they are dropped by the test before), then the directory.
+    berth: Option<Proc>,
+    registry: Option<Proc>,
+    pub registry_addr: String,
+    berth_addr: String,
+    /// Berth's cache root (`[storage] path`).
+    pub storage: PathBuf,
+    /// A loopback port nothing listens on: where "the real registry" and proxies point.
+    pub dead: String,
+    pub policy: PathBuf,
+    tmp: Option<tempfile::TempDir>,
+}
+
+impl Env {
+    pub fn start(via: Via) -> Env {
+        let tmp = tempfile::Builder::new()
+            .prefix("berth-e2e")
+            .tempdir_in("/tmp")
+            .expect("tempdir");
+        let dir = tmp.path().to_owned();
+        let policy = dir.join("policy.json");
+        seed::write_policy(&policy);
+        seed::images(); // generated once per process, before any daemon starts
+
+        let registry_addr = format!("127.0.0.1:{}", http::free_port());
+        let reg_cfg = dir.join("registry.yml");
+        std::fs::write(
+            &reg_cfg,
+            format!(
+                "version: 0.1\nlog:\n  level: info\n  accesslog:\n    disabled: false\n\
+                 storage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\n\
+                 http:\n  addr: {registry_addr}\n",
+                dir.join("registry-data").display()
+            ),
+        )
+        .unwrap();
+        let mut cmd = Command::new("docker-registry");
+        cmd.arg("serve").arg(&reg_cfg);
+        let mut registry = Proc::spawn("registry", cmd, &dir);
+        wait_ready(&mut registry, &registry_addr, "/v2/");
+        seed::push_all(&registry_addr, &policy);
+
+        let mut env = Env {
+            via,
+            berth: None,
+            registry: Some(registry),
+            registry_addr,
+            berth_addr: String::new(),
+            storage: dir.join("berth-data"),
+            dead: format!("127.0.0.1:{}", http::free_port()),
+            policy,
+            tmp: Some(tmp),
+        };
+        if via == Via::Berth {
+            env.start_berth();
+        }
+        env
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.tmp.as_ref().expect("tmp").path()
+    }
+
+    fn start_berth(&mut self) {
+        let port = http::free_port();
+        let metrics = format!("127.0.0.1:{}", http::free_port());
+        let cfg = self.dir().join("berth.toml");
+        let url = format!("http://{}", self.registry_addr);
+        std::fs::write(
+            &cfg,
+            format!(
+                "[server]\nlisten = \"127.0.0.1:{port}\"\n\n[metrics]\nlisten = \"{metrics}\"\n\n\
+                 [storage]\npath = \"{}\"\n\n\
+                 [[upstream]]\nname = \"docker.io\"\nurl = \"{url}\"\ndefault = true\nlibrary_prefix = true\n\n\
+                 [[upstream]]\nname = \"quay.io\"\nurl = \"{url}\"\n",
+                self.storage.display()
+            ),
+        )
+        .unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_berth"));
+        cmd.arg("serve")
+            .arg("--config")
+            .arg(&cfg)
+            .env("RUST_LOG", "info,berth=debug");
+        let mut berth = Proc::spawn("berth", cmd, self.dir());
+        wait_ready(&mut berth, &metrics, "/healthz");
+        self.berth_addr = format!("127.0.0.1:{port}");
+        self.berth = Some(berth);
+    }
+
+    /// `host:port` clients pull from.
+    pub fn mirror(&self) -> &str {
+        match self.via {
+            Via::Berth => &self.berth_addr,
+            Via::Registry => &self.registry_addr,
+        }
+    }
+
+    /// The repository path a client names at the mirror for `repo` on upstream `host`: with the
+    /// host prefix for berth (`docker.io/library/alpine`), bare for the registry.
+    pub fn prefixed(&self, host: &str, repo: &str) -> String {
+        match self.via {
+            Via::Berth => format!("{host}/{repo}"),
+            Via::Registry => repo.to_owned(),
+        }
+    }
+
+    /// `host:port[/prefix]`, for a mirror location that names upstream `host` in its path.
+    pub fn mirror_location(&self, host: &str) -> String {
+        match self.via {
+            Via::Berth => format!("{}/{host}", self.berth_addr),
+            Via::Registry => self.registry_addr.clone(),
+        }
+    }
+
+    /// Stops the registry: from now on only berth's cache can answer.
+    pub fn stop_registry(&mut self) {
+        if let Some(mut r) = self.registry.take() {
+            r.stop();
+        }
+    }
+
+    /// Environment for client processes: any attempt to leave the machine goes to a dead port.
+    pub fn client_env(&self, cmd: &mut Command) {
+        let proxy = format!("http://{}", self.dead);
+        for k in ["HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"] {
+            cmd.env(k, &proxy);
+        }
+        for k in ["NO_PROXY", "no_proxy"] {
+            cmd.env(k, "127.0.0.1,localhost");
+        }
+        cmd.env("HOME", self.dir().join("home"));
+        cmd.env_remove("DOCKER_HOST");
+    }
+
+    /// After a client pulled `img` for `arch`: berth's cache holds its config and layers, each
+    /// file with the right sha256. (Nothing to check when clients went to the registry.)
+    pub fn assert_cached(&self, img: &Image, arch: &str) {
+        if self.via != Via::Berth {
+            return;
+        }
+        let p = img.platform(arch);
+        for b in std::iter::once(&p.config).chain(&p.layers) {
+            let path = self.storage.join("blobs/sha256").join(b.hex());
+            let bytes = std::fs::read(&path).unwrap_or_else(|e| {
+                panic!(
+                    "berth did not cache {} of {} ({arch}): {}: {e}",
+                    b.digest,
+                    img.reference(),
+                    path.display()
+                )
+            });
+            assert_eq!(
+                seed::sha256_hex(&bytes),
+                b.hex(),
+                "{} holds other bytes",
+                path.display()
+            );
+        }
+    }
+}
+
+fn wait_ready(p: &mut Proc, addr: &str, path: &str) {
+    let started = std::time::Instant::now();
+    loop {
+        p.assert_running();
+        match http::wait_for(addr, path, 200, Duration::from_millis(250)) {
+            Ok(()) => return,
+            Err(e) if started.elapsed() > READY_LIMIT => {
+                panic!("{} not ready: {e}\nits log:\n{}", p.name(), p.log_tail(60))
+            }
+            Err(_) => {}
+        }
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        let failed = std::thread::panicking();
+        for p in [self.berth.as_mut(), self.registry.as_mut()]
+            .into_iter()
+            .flatten()
+        {
+            if failed {
+                eprintln!("---- {} log (tail) ----\n{}", p.name(), p.log_tail(40));
+            }
+            p.stop();
+        }
+        if let Some(tmp) = self.tmp.take()
+            && failed
+            && std::env::var_os("BERTH_E2E_KEEP").is_some()
+        {
+            eprintln!("kept {}", tmp.keep().display());
+        }
+    }
+}
