@@ -55,9 +55,21 @@ fn skopeo(via: Via) {
     let case = |name: String, image: &'static Image, all| Case { name, image, all };
     let mut cases = vec![
         // Prefix form: /v2/<upstream host>/<repo>/...
-        case(env.prefixed("docker.io", "library/alpine:3.19"), alpine, true),
-        case(env.prefixed("docker.io", "library/busybox:latest"), busybox, true),
-        case(env.prefixed("quay.io", "coreos/flannel:v0.11.0"), flannel, false),
+        case(
+            env.prefixed("docker.io", "library/alpine:3.19"),
+            alpine,
+            true,
+        ),
+        case(
+            env.prefixed("docker.io", "library/busybox:latest"),
+            busybox,
+            true,
+        ),
+        case(
+            env.prefixed("quay.io", "coreos/flannel:v0.11.0"),
+            flannel,
+            false,
+        ),
         case(env.prefixed("docker.io", "team/app:1.0"), app, false),
         // Plain form, default upstream; without --all skopeo picks the amd64 instance.
         case("library/busybox:latest".into(), busybox, false),
@@ -103,8 +115,7 @@ fn skopeo_copies(env: &Env, cases: &[Case], round: &str) {
 fn check_dir(out: &Path, c: &Case) {
     let img = c.image;
     let read = |name: &str| {
-        std::fs::read(out.join(name))
-            .unwrap_or_else(|e| panic!("{}: {name}: {e}", c.name))
+        std::fs::read(out.join(name)).unwrap_or_else(|e| panic!("{}: {name}: {e}", c.name))
     };
     let top = seed::sha256_hex(&read("manifest.json"));
     let platforms: Vec<_> = if !img.is_list() {
@@ -114,7 +125,13 @@ fn check_dir(out: &Path, c: &Case) {
         assert_eq!(top, img.top.hex(), "{}: list digest", c.name);
         for p in &img.platforms {
             let m = read(&format!("{}.manifest.json", p.manifest.hex()));
-            assert_eq!(seed::sha256_hex(&m), p.manifest.hex(), "{}: {}", c.name, p.arch);
+            assert_eq!(
+                seed::sha256_hex(&m),
+                p.manifest.hex(),
+                "{}: {}",
+                c.name,
+                p.arch
+            );
         }
         img.platforms.iter().collect()
     } else {
@@ -193,8 +210,14 @@ fn containerd(via: Via) {
     }
     let hosts = hosts.display().to_string();
     for (reference, img) in [
-        ("docker.io/library/busybox:latest", seed::image("library/busybox")),
-        ("quay.io/coreos/flannel:v0.11.0", seed::image("coreos/flannel")),
+        (
+            "docker.io/library/busybox:latest",
+            seed::image("library/busybox"),
+        ),
+        (
+            "quay.io/coreos/flannel:v0.11.0",
+            seed::image("coreos/flannel"),
+        ),
     ] {
         let started = Instant::now();
         proc::run(
@@ -388,10 +411,7 @@ fn dockerd(via: Via) {
         PULL_LIMIT,
     );
     let want = format!("alpine@{}", img.top.digest);
-    assert!(
-        digests.contains(&want),
-        "RepoDigests {digests} lack {want}"
-    );
+    assert!(digests.contains(&want), "RepoDigests {digests} lack {want}");
     env.assert_cached(img, "amd64");
     drop(daemon);
 }

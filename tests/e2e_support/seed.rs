@@ -267,7 +267,11 @@ fn build(
     let dir = root.join(repo.replace('/', "_"));
     std::fs::create_dir_all(&dir).expect("mkdir");
     std::fs::write(dir.join("version"), "Directory Transport Version: 1.1\n").unwrap();
-    let arches: &[&'static str] = if multi { &["amd64", "arm64"] } else { &["amd64"] };
+    let arches: &[&'static str] = if multi {
+        &["amd64", "arm64"]
+    } else {
+        &["amd64"]
+    };
     let mut platforms = Vec::new();
     let mut manifests = Vec::new();
     for (i, arch) in arches.iter().enumerate() {
@@ -367,11 +371,8 @@ fn generate(root: &Path) -> Vec<Image> {
 
 /// An `insecureAcceptAnything` signature policy, so skopeo and podman need nothing in /etc.
 pub fn write_policy(path: &Path) {
-    std::fs::write(
-        path,
-        r#"{"default":[{"type":"insecureAcceptAnything"}]}"#,
-    )
-    .expect("write policy.json");
+    std::fs::write(path, r#"{"default":[{"type":"insecureAcceptAnything"}]}"#)
+        .expect("write policy.json");
 }
 
 /// Pushes every image into the registry at `addr`, then checks the registry serves each manifest
@@ -380,9 +381,12 @@ pub fn push_all(addr: &str, policy: &Path) {
     let mut children = Vec::new();
     for img in images() {
         let mut cmd = Command::new("skopeo");
-        cmd.arg("--policy")
-            .arg(policy)
-            .args(["copy", "-q", "--preserve-digests", "--dest-tls-verify=false"]);
+        cmd.arg("--policy").arg(policy).args([
+            "copy",
+            "-q",
+            "--preserve-digests",
+            "--dest-tls-verify=false",
+        ]);
         if img.is_list() {
             cmd.arg("--all");
         }
@@ -427,10 +431,7 @@ fn check_registry_serves(addr: &str, img: &Image) {
         )
         .expect("GET manifest");
         assert_eq!(m.status, 200);
-        assert_eq!(
-            format!("sha256:{}", sha256_hex(&m.body)),
-            p.manifest.digest
-        );
+        assert_eq!(format!("sha256:{}", sha256_hex(&m.body)), p.manifest.digest);
         for b in std::iter::once(&p.config).chain(&p.layers) {
             let r = http::get(addr, &format!("/v2/{}/blobs/{}", img.repo, b.digest), None)
                 .expect("GET blob");
