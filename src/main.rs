@@ -1,1 +1,128 @@
-fn main() {}
+//! The `berth` command: a thin shell over the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use berth::config::Config;
+use berth::server::Server;
+
+/// berth: a pull-through caching mirror for container registries.
+///
+/// List berth in Docker's "registry-mirrors", containerd's hosts.toml or podman's
+/// registries.conf. It fetches what it lacks once from the configured upstream, verifies it
+/// against its sha256 digest, and serves every later pull from disk.
+#[derive(Parser)]
+#[command(version, about, long_about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the mirror. Without --config: listen on 127.0.0.1:5000, cache in ./berth-data,
+    /// mirror Docker Hub, metrics on 127.0.0.1:9090.
+    Serve {
+        /// TOML configuration file (see config.example.toml).
+        #[arg(long, short, env = "BERTH_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// Validate a configuration file and print the effective configuration (secrets redacted).
+    CheckConfig {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::CheckConfig { config } => match Config::load(&config) {
+            Ok(cfg) => {
+                println!("# {}: valid\n{}", config.display(), cfg.to_toml());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("berth: invalid config: {e}");
+                ExitCode::from(2)
+            }
+        },
+        Command::Serve { config } => {
+            init_logging();
+            let cfg = match &config {
+                Some(path) => match Config::load(path) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        eprintln!("berth: invalid config: {e}");
+                        return ExitCode::from(2);
+                    }
+                },
+                None => Config::embedded_default(),
+            };
+            let rt = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("berth: cannot start the runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            rt.block_on(serve(cfg, config))
+        }
+    }
+}
+
+async fn serve(cfg: Config, source: Option<PathBuf>) -> ExitCode {
+    let server = match Server::bind(&cfg).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!("cannot start: {e}");
+            eprintln!("berth: cannot start: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let scheme = if server.is_tls() { "https" } else { "http" };
+    tracing::info!(
+        config = %source.as_ref().map_or("<embedded default>".into(), |p| p.display().to_string()),
+        registry = %format!("{scheme}://{}", server.local_addr()),
+        metrics = %server.metrics_addr().map_or("off".into(), |a| format!("http://{a}/metrics")),
+        cache = %cfg.storage.path.display(),
+        upstreams = %cfg.upstreams.iter().map(|u| format!("{}={}{}", u.name, u.url, if u.default { " (default)" } else { "" })).collect::<Vec<_>>().join(", "),
+        "berth {} listening",
+        env!("CARGO_PKG_VERSION")
+    );
+    server.run(shutdown_signal()).await;
+    tracing::info!("stopped");
+    ExitCode::SUCCESS
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!("cannot watch SIGTERM: {e}");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+    }
+}
+
+/// Logs to stderr; RUST_LOG overrides the default level (info).
+fn init_logging() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}

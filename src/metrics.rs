@@ -1,1 +1,138 @@
-//! TODO
+//! The mirror's own metric families, registered in a registry handed in (no globals).
+//!
+//! Upstream traffic has its own families in `upstream::UpstreamMetrics`. The registry is rendered
+//! by the metrics listener (`server`). Rule of dependency: a leaf.
+
+use prometheus::{Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry};
+
+/// Handles to every family the request path updates.
+#[derive(Clone)]
+pub struct Metrics {
+    /// `berth_http_requests_total{route,method,status}`
+    pub requests: IntCounterVec,
+    /// `berth_http_request_duration_seconds{route}`: time to response headers.
+    pub request_duration: HistogramVec,
+    /// `berth_cache_lookups_total{kind,upstream,outcome}`: kind = blob|manifest|tag, outcome =
+    /// hit|miss|stale|revalidated.
+    pub cache: IntCounterVec,
+    /// `berth_served_bytes_total{source}`: source = cache|upstream (a fill in progress counts as upstream).
+    pub served_bytes: IntCounterVec,
+    /// `berth_upstream_fetched_bytes_total{upstream}`: bytes written to the cache from upstreams.
+    pub fetched_bytes: IntCounterVec,
+    /// `berth_digest_mismatches_total{upstream,kind}`: content refused because its digest was wrong.
+    pub digest_mismatches: IntCounterVec,
+    /// `berth_stale_serves_total{upstream}`: tags answered from an expired cache entry because the
+    /// upstream failed.
+    pub stale_serves: IntCounterVec,
+    /// `berth_fills_in_flight`: blob fills running now.
+    pub fills_in_flight: IntGauge,
+    /// `berth_fill_followers_total`: requests that joined a fill already running.
+    pub fill_followers: prometheus::IntCounter,
+    /// `berth_cache_bytes`: bytes of blobs on disk.
+    pub cache_bytes: IntGauge,
+    /// `berth_blob_first_byte_seconds`: time from a blob request to its first byte being ready.
+    pub first_byte: Histogram,
+}
+
+impl Metrics {
+    pub fn register(registry: &Registry) -> prometheus::Result<Metrics> {
+        let m = Metrics {
+            requests: IntCounterVec::new(
+                Opts::new(
+                    "berth_http_requests_total",
+                    "Requests answered, by route, method and status.",
+                ),
+                &["route", "method", "status"],
+            )?,
+            request_duration: HistogramVec::new(
+                HistogramOpts::new(
+                    "berth_http_request_duration_seconds",
+                    "Time from request to response headers.",
+                ),
+                &["route"],
+            )?,
+            cache: IntCounterVec::new(
+                Opts::new(
+                    "berth_cache_lookups_total",
+                    "Cache lookups by kind (blob, manifest, tag), upstream and outcome.",
+                ),
+                &["kind", "upstream", "outcome"],
+            )?,
+            served_bytes: IntCounterVec::new(
+                Opts::new(
+                    "berth_served_bytes_total",
+                    "Blob bytes sent to clients, from the cache or from an upstream fill.",
+                ),
+                &["source"],
+            )?,
+            fetched_bytes: IntCounterVec::new(
+                Opts::new(
+                    "berth_upstream_fetched_bytes_total",
+                    "Blob bytes fetched from upstreams into the cache.",
+                ),
+                &["upstream"],
+            )?,
+            digest_mismatches: IntCounterVec::new(
+                Opts::new(
+                    "berth_digest_mismatches_total",
+                    "Upstream content refused because it did not match its digest.",
+                ),
+                &["upstream", "kind"],
+            )?,
+            stale_serves: IntCounterVec::new(
+                Opts::new(
+                    "berth_stale_serves_total",
+                    "Tags served from an expired entry because the upstream failed.",
+                ),
+                &["upstream"],
+            )?,
+            fills_in_flight: IntGauge::new(
+                "berth_fills_in_flight",
+                "Blob fills from upstream running now.",
+            )?,
+            fill_followers: prometheus::IntCounter::new(
+                "berth_fill_followers_total",
+                "Blob requests that joined a fill already running instead of fetching again.",
+            )?,
+            cache_bytes: IntGauge::new("berth_cache_bytes", "Bytes of blobs in the cache.")?,
+            first_byte: Histogram::with_opts(
+                HistogramOpts::new(
+                    "berth_blob_first_byte_seconds",
+                    "Time from a blob request to its response headers.",
+                )
+                .buckets(vec![
+                    0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+                ]),
+            )?,
+        };
+        registry.register(Box::new(m.requests.clone()))?;
+        registry.register(Box::new(m.request_duration.clone()))?;
+        registry.register(Box::new(m.cache.clone()))?;
+        registry.register(Box::new(m.served_bytes.clone()))?;
+        registry.register(Box::new(m.fetched_bytes.clone()))?;
+        registry.register(Box::new(m.digest_mismatches.clone()))?;
+        registry.register(Box::new(m.stale_serves.clone()))?;
+        registry.register(Box::new(m.fills_in_flight.clone()))?;
+        registry.register(Box::new(m.fill_followers.clone()))?;
+        registry.register(Box::new(m.cache_bytes.clone()))?;
+        registry.register(Box::new(m.first_byte.clone()))?;
+        Ok(m)
+    }
+
+    /// Counts one cache lookup.
+    pub fn cache(&self, kind: &str, upstream: &str, outcome: &str) {
+        self.cache
+            .with_label_values(&[kind, upstream, outcome])
+            .inc();
+    }
+}
+
+/// Renders a registry in the Prometheus text format.
+pub fn render(registry: &Registry) -> String {
+    let mut buf = String::new();
+    let encoder = prometheus::TextEncoder::new();
+    if let Err(e) = encoder.encode_utf8(&registry.gather(), &mut buf) {
+        buf = format!("# error encoding metrics: {e}\n");
+    }
+    buf
+}

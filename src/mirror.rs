@@ -1,1 +1,761 @@
-//! TODO
+//! Orchestration: hit or miss, fetch once, verify, cache, answer.
+//!
+//! The mirror speaks in typed requests (a [`Target`], a [`Reference`], a [`Digest`]) and typed
+//! replies; it never sees a client's HTTP request or response.
+//!
+//! Blobs: a hit streams the cached file. A miss joins the fill already running for that digest, or
+//! starts one: a task, detached from any client, that streams the upstream body into the store
+//! while hashing it. Every client asking for that digest, the first included, reads the growing
+//! file (`store::read_range`), which releases the last byte only after the digest checked out. So
+//! the first bytes leave at once, a slow client never slows the fill, a client that goes away does
+//! not stop it, and a wrong body never completes.
+//!
+//! Manifests: small (at most 4 MiB), so they are read whole, verified, cached, then answered. A tag
+//! answer is trusted for the upstream's `tag_ttl`, then revalidated with a HEAD (which Docker Hub
+//! does not count against its pull limit); if the upstream is down or failing, the last known
+//! answer is served stale.
+//!
+//! Rule of dependency: uses `store`, `manifests`, `upstream`, `oci`, `error`, `metrics`.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use futures_util::{FutureExt, Stream};
+use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::error::{Error, Origin};
+use crate::http::route::Target;
+use crate::manifests::{MAX_MANIFEST_BYTES, Manifest, Manifests, TagEntry, TagKey};
+use crate::metrics::Metrics;
+use crate::oci::{self, Digest, Reference, RepoName, Tag};
+use crate::store::{self, FillState, Source, Store};
+use crate::upstream::{NotFoundKind, Upstream, UpstreamRequest, UpstreamResponse};
+
+/// Most bytes gathered from the upstream before one write to the temp file.
+const WRITE_BATCH: usize = 512 * 1024;
+/// Largest tag list passed through.
+const MAX_TAGS_BYTES: usize = 8 * 1024 * 1024;
+
+/// The mirror: upstreams, the store, the manifest cache and the fills running now.
+pub struct Mirror {
+    upstreams: Vec<Arc<Upstream>>,
+    store: Arc<Store>,
+    manifests: Manifests,
+    /// Fills in progress, by digest. A blob's bytes are the same whichever repository or upstream
+    /// name asked, so one fill serves them all.
+    fills: Arc<Mutex<HashMap<Digest, watch::Receiver<FillState>>>>,
+    metrics: Metrics,
+}
+
+/// A manifest answer.
+#[derive(Debug)]
+pub struct ManifestReply {
+    pub manifest: Arc<Manifest>,
+    /// Served from an expired tag answer because the upstream failed; the reason.
+    pub stale: Option<String>,
+    /// `hit`, `miss`, `revalidated`, `stale`: for logs.
+    pub outcome: &'static str,
+}
+
+/// A byte range a client asked for, not yet checked against the blob's size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ByteRange {
+    /// `bytes=a-` or `bytes=a-b` (b inclusive).
+    From(u64, Option<u64>),
+    /// `bytes=-n`: the last n bytes.
+    Suffix(u64),
+}
+
+impl ByteRange {
+    /// Parses a `Range` header; `None` for anything but one well-formed byte range (which is then
+    /// ignored, as HTTP allows).
+    pub fn parse(value: &str) -> Option<ByteRange> {
+        let spec = value.trim().strip_prefix("bytes=")?.trim();
+        if spec.contains(',') {
+            return None;
+        }
+        let (a, b) = spec.split_once('-')?;
+        let (a, b) = (a.trim(), b.trim());
+        if a.is_empty() {
+            return b.parse().ok().map(ByteRange::Suffix);
+        }
+        let a: u64 = a.parse().ok()?;
+        if b.is_empty() {
+            return Some(ByteRange::From(a, None));
+        }
+        let b: u64 = b.parse().ok()?;
+        (b >= a).then_some(ByteRange::From(a, Some(b)))
+    }
+
+    /// The half-open span `start..end` within a blob of `total` bytes, or 416.
+    pub fn resolve(self, total: u64) -> Result<(u64, u64), Error> {
+        let span = match self {
+            ByteRange::From(a, _) if a >= total => None,
+            ByteRange::From(a, b) => Some((a, b.map_or(total, |b| (b + 1).min(total)))),
+            ByteRange::Suffix(0) => None,
+            ByteRange::Suffix(n) => Some((total.saturating_sub(n), total)),
+        };
+        span.ok_or_else(|| {
+            Error::range_invalid(format!("range not satisfiable for a blob of {total} bytes"))
+                .with_total(total)
+        })
+    }
+}
+
+/// A blob answer: headers now, bytes as they come.
+pub struct BlobReply {
+    pub digest: Digest,
+    /// The blob's full size, when known (it is unknown only for a fill whose upstream sent no length).
+    pub total: Option<u64>,
+    /// The span served, when the client asked for a range.
+    pub range: Option<(u64, u64)>,
+    /// `None` for HEAD.
+    pub body: Option<BlobStream>,
+    /// `hit`, `miss`, `joined`: for logs and the served-bytes metric.
+    pub outcome: &'static str,
+}
+
+pub type BlobStream = std::pin::Pin<Box<dyn Stream<Item = Result<Bytes, Error>> + Send>>;
+
+/// A tag list answer, passed through.
+pub struct TagsReply {
+    pub content_type: Option<HeaderValue>,
+    pub link: Option<HeaderValue>,
+    pub body: Bytes,
+}
+
+impl Error {
+    /// Remembers the blob size for the `Content-Range: bytes */<total>` of a 416.
+    fn with_total(self, total: u64) -> Self {
+        self.with_detail(format!("blob size {total}"))
+    }
+
+    /// Whether a cached answer may stand in for this failure (upstream down, failing, limiting).
+    fn allows_stale(&self) -> bool {
+        self.origin == Origin::Upstream
+            && (self.status.is_server_error() || self.status == StatusCode::TOO_MANY_REQUESTS)
+    }
+}
+
+impl Mirror {
+    pub fn new(
+        upstreams: Vec<Arc<Upstream>>,
+        store: Arc<Store>,
+        manifests: Manifests,
+        metrics: Metrics,
+    ) -> Mirror {
+        Mirror {
+            upstreams,
+            store,
+            manifests,
+            fills: Arc::default(),
+            metrics,
+        }
+    }
+
+    pub fn upstream(&self, i: usize) -> &Arc<Upstream> {
+        &self.upstreams[i]
+    }
+
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+    // ---- manifests ----
+
+    /// A manifest by tag or digest. `accept` is the client's `Accept` (all values joined).
+    pub async fn manifest(
+        &self,
+        target: &Target,
+        reference: &Reference,
+        accept: Option<&str>,
+    ) -> Result<ManifestReply, Error> {
+        let up = &self.upstreams[target.upstream];
+        match reference {
+            Reference::Digest(d) => {
+                if let Some(m) = self.manifests.get(d).await? {
+                    self.metrics.cache("manifest", up.name(), "hit");
+                    return Ok(ManifestReply {
+                        manifest: m,
+                        stale: None,
+                        outcome: "hit",
+                    });
+                }
+                self.metrics.cache("manifest", up.name(), "miss");
+                let m = self
+                    .fetch_manifest(up, &target.name, reference, accept, Some(d))
+                    .await?;
+                Ok(ManifestReply {
+                    manifest: m,
+                    stale: None,
+                    outcome: "miss",
+                })
+            }
+            Reference::Tag(tag) => self.manifest_by_tag(target, tag, accept).await,
+        }
+    }
+
+    async fn manifest_by_tag(
+        &self,
+        target: &Target,
+        tag: &Tag,
+        accept: Option<&str>,
+    ) -> Result<ManifestReply, Error> {
+        let up = &self.upstreams[target.upstream];
+        let key = TagKey {
+            upstream: target.upstream,
+            repo: target.name.clone(),
+            tag: tag.clone(),
+        };
+        // Only an answer this client can read may stand in for asking upstream.
+        let cached = self
+            .manifests
+            .tag(&key)
+            .await
+            .filter(|e| oci::accepts(accept, &e.media_type));
+        if let Some(entry) = &cached {
+            if entry.checked.elapsed() < up.config().tag_ttl {
+                if let Some(m) = self.manifests.get(&entry.digest).await? {
+                    self.metrics.cache("tag", up.name(), "hit");
+                    return Ok(ManifestReply {
+                        manifest: m,
+                        stale: None,
+                        outcome: "hit",
+                    });
+                }
+            } else {
+                match self.head_manifest(up, &target.name, tag, accept).await {
+                    Ok(Some(d)) if d == entry.digest => {
+                        if let Some(m) = self.manifests.get(&d).await? {
+                            self.manifests
+                                .set_tag(
+                                    key,
+                                    TagEntry {
+                                        checked: Instant::now(),
+                                        ..entry.clone()
+                                    },
+                                )
+                                .await;
+                            self.metrics.cache("tag", up.name(), "revalidated");
+                            return Ok(ManifestReply {
+                                manifest: m,
+                                stale: None,
+                                outcome: "revalidated",
+                            });
+                        }
+                    }
+                    Ok(_) => {} // changed, or no digest in the answer: fetch below
+                    Err(e) if e.allows_stale() => return self.serve_stale(up, entry, e).await,
+                    Err(e) => {
+                        if e.status == StatusCode::NOT_FOUND {
+                            self.manifests.forget_tag(&key).await;
+                        }
+                        return Err(e);
+                    }
+                }
+            }
+        }
+        self.metrics.cache("tag", up.name(), "miss");
+        match self
+            .fetch_manifest(up, &target.name, &Reference::Tag(tag.clone()), accept, None)
+            .await
+        {
+            Ok(m) => {
+                let entry = TagEntry {
+                    digest: m.digest.clone(),
+                    media_type: m.media_type.clone(),
+                    checked: Instant::now(),
+                };
+                self.manifests.set_tag(key, entry).await;
+                Ok(ManifestReply {
+                    manifest: m,
+                    stale: None,
+                    outcome: "miss",
+                })
+            }
+            Err(e) if e.allows_stale() && cached.is_some() => {
+                self.serve_stale(up, cached.as_ref().unwrap(), e).await
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn serve_stale(
+        &self,
+        up: &Upstream,
+        entry: &TagEntry,
+        cause: Error,
+    ) -> Result<ManifestReply, Error> {
+        let Some(m) = self.manifests.get(&entry.digest).await? else {
+            return Err(cause);
+        };
+        tracing::warn!(upstream = up.name(), digest = %entry.digest, error = %cause, "upstream failed; serving the last known tag answer");
+        self.metrics
+            .stale_serves
+            .with_label_values(&[up.name()])
+            .inc();
+        self.metrics.cache("tag", up.name(), "stale");
+        Ok(ManifestReply {
+            manifest: m,
+            stale: Some(cause.to_string()),
+            outcome: "stale",
+        })
+    }
+
+    /// HEAD a tag upstream: the digest it points at now, if the upstream says.
+    async fn head_manifest(
+        &self,
+        up: &Upstream,
+        name: &RepoName,
+        tag: &Tag,
+        accept: Option<&str>,
+    ) -> Result<Option<Digest>, Error> {
+        let resp = up
+            .send(manifest_request(
+                Method::HEAD,
+                name,
+                &Reference::Tag(tag.clone()),
+                accept,
+            ))
+            .await?;
+        let resp = resp.error_for_status(NotFoundKind::Manifest).await?;
+        Ok(header_str(&resp.headers, "docker-content-digest").and_then(|v| v.parse().ok()))
+    }
+
+    /// GETs a manifest, checks its digest (against `expect`, and against the upstream's own
+    /// `Docker-Content-Digest`), and caches it.
+    async fn fetch_manifest(
+        &self,
+        up: &Upstream,
+        name: &RepoName,
+        reference: &Reference,
+        accept: Option<&str>,
+        expect: Option<&Digest>,
+    ) -> Result<Arc<Manifest>, Error> {
+        let resp = up
+            .send(manifest_request(Method::GET, name, reference, accept))
+            .await?;
+        let resp = resp.error_for_status(NotFoundKind::Manifest).await?;
+        let announced: Option<Digest> =
+            header_str(&resp.headers, "docker-content-digest").and_then(|v| v.parse().ok());
+        let content_type = header_str(&resp.headers, "content-type")
+            .map(|v| v.split(';').next().unwrap_or("").trim().to_owned());
+        let bytes = resp.bytes(MAX_MANIFEST_BYTES).await?;
+        let digest = Digest::of(&bytes);
+        for wanted in expect.into_iter().chain(announced.as_ref()) {
+            if *wanted != digest {
+                self.metrics
+                    .digest_mismatches
+                    .with_label_values(&[up.name(), "manifest"])
+                    .inc();
+                tracing::error!(upstream = up.name(), repo = %name, %reference, expected = %wanted, actual = %digest, "manifest digest mismatch; not cached");
+                return Err(Error::digest_mismatch(
+                    up.name(),
+                    format!("expected {wanted}, got {digest}"),
+                ));
+            }
+        }
+        let media_type = match content_type
+            .filter(|t| !t.is_empty() && t != "application/json" && t != "text/plain")
+        {
+            Some(t) => t,
+            None => {
+                media_type_from_json(&bytes).unwrap_or_else(|| oci::media::OCI_MANIFEST.to_owned())
+            }
+        };
+        let m = Arc::new(Manifest {
+            digest,
+            media_type,
+            bytes,
+        });
+        if let Err(e) = self.manifests.put(m.clone()).await {
+            // The content is verified; failing to cache it must not fail the pull.
+            tracing::warn!(error = %e, "could not cache manifest");
+        }
+        Ok(m)
+    }
+
+    // ---- blobs ----
+
+    /// A blob, or part of it. `head` answers the size without a body (and starts no fill).
+    pub async fn blob(
+        &self,
+        target: &Target,
+        digest: &Digest,
+        range: Option<ByteRange>,
+        head: bool,
+    ) -> Result<BlobReply, Error> {
+        let up = self.upstreams[target.upstream].clone();
+        let started = Instant::now();
+        if let Some(blob) = self
+            .store
+            .open_blob(digest)
+            .await
+            .map_err(|e| Error::io("opening cached blob", &e))?
+        {
+            self.metrics.cache("blob", up.name(), "hit");
+            let span = range.map(|r| r.resolve(blob.len)).transpose()?;
+            let (start, end) = span.unwrap_or((0, blob.len));
+            let body = (!head).then(|| {
+                Box::pin(store::read_range(
+                    Source::File(blob.clone()),
+                    start,
+                    Some(end),
+                )) as BlobStream
+            });
+            return Ok(BlobReply {
+                digest: digest.clone(),
+                total: Some(blob.len),
+                range: span,
+                body,
+                outcome: "hit",
+            });
+        }
+        if head {
+            return self.head_blob(&up, target, digest).await;
+        }
+        let (mut rx, joined) = self.fill(&up, &target.name, digest);
+        self.metrics
+            .cache("blob", up.name(), if joined { "joined" } else { "miss" });
+        // Wait for the upstream's answer (size known), or the end when a range needs a size the
+        // upstream did not announce.
+        let total = loop {
+            let state = rx.borrow_and_update().clone();
+            match state {
+                FillState::Failed(e) => return Err(e),
+                FillState::Committed(b) => break Some(b.len),
+                FillState::Writing { total: Some(t), .. } => break Some(t),
+                FillState::Writing { total: None, .. } if range.is_none() => break None,
+                FillState::Writing { .. } | FillState::Pending => {}
+            }
+            if rx.changed().await.is_err() {
+                return Err(Error::internal("blob fill ended without a result"));
+            }
+        };
+        self.metrics
+            .first_byte
+            .observe(started.elapsed().as_secs_f64());
+        let span = match (range, total) {
+            (Some(r), Some(t)) => Some(r.resolve(t)?),
+            _ => None,
+        };
+        let (start, end) = span.map_or((0, None), |(s, e)| (s, Some(e)));
+        let body = Box::pin(store::read_range(Source::Fill(rx), start, end)) as BlobStream;
+        Ok(BlobReply {
+            digest: digest.clone(),
+            total,
+            range: span,
+            body: Some(body),
+            outcome: if joined { "joined" } else { "miss" },
+        })
+    }
+
+    async fn head_blob(
+        &self,
+        up: &Upstream,
+        target: &Target,
+        digest: &Digest,
+    ) -> Result<BlobReply, Error> {
+        // A fill already running knows the size.
+        let running = self.fills.lock().unwrap().get(digest).cloned();
+        if let Some(rx) = running
+            && let FillState::Writing { total: Some(t), .. } = &*rx.borrow()
+        {
+            return Ok(BlobReply {
+                digest: digest.clone(),
+                total: Some(*t),
+                range: None,
+                body: None,
+                outcome: "joined",
+            });
+        }
+        self.metrics.cache("blob", up.name(), "miss");
+        let resp = up
+            .send(blob_request(Method::HEAD, &target.name, digest))
+            .await?;
+        let resp = resp.error_for_status(NotFoundKind::Blob).await?;
+        let total = content_length(&resp.headers);
+        Ok(BlobReply {
+            digest: digest.clone(),
+            total,
+            range: None,
+            body: None,
+            outcome: "miss",
+        })
+    }
+
+    /// Joins the fill for `digest`, or starts one. Returns its progress and whether it was joined.
+    fn fill(
+        &self,
+        up: &Arc<Upstream>,
+        name: &RepoName,
+        digest: &Digest,
+    ) -> (watch::Receiver<FillState>, bool) {
+        let mut fills = self.fills.lock().unwrap();
+        if let Some(rx) = fills.get(digest) {
+            self.metrics.fill_followers.inc();
+            return (rx.clone(), true);
+        }
+        let (tx, rx) = watch::channel(FillState::Pending);
+        fills.insert(digest.clone(), rx.clone());
+        drop(fills);
+        let job = FillJob {
+            up: up.clone(),
+            name: name.clone(),
+            digest: digest.clone(),
+            store: self.store.clone(),
+            metrics: self.metrics.clone(),
+        };
+        self.metrics.fills_in_flight.inc();
+        let metrics = self.metrics.clone();
+        // The task, not any client, owns the fill: it runs to the end even if every client leaves.
+        let fills = self.fills.clone();
+        let this_fill = rx.clone();
+        tokio::spawn(async move {
+            let digest = job.digest.clone();
+            job.run(tx).await;
+            metrics.fills_in_flight.dec();
+            let mut map = fills.lock().unwrap();
+            // Clear only this fill: a newer one for the same digest may have replaced it.
+            if map
+                .get(&digest)
+                .is_some_and(|rx| rx.same_channel(&this_fill))
+            {
+                map.remove(&digest);
+            }
+        });
+        (rx, false)
+    }
+
+    // ---- tags ----
+
+    /// A tag list, passed through from the upstream.
+    pub async fn tags(
+        &self,
+        target: &Target,
+        n: Option<u32>,
+        last: Option<&Tag>,
+    ) -> Result<TagsReply, Error> {
+        let up = &self.upstreams[target.upstream];
+        let query = {
+            let mut q = url::form_urlencoded::Serializer::new(String::new());
+            if let Some(n) = n {
+                q.append_pair("n", &n.to_string());
+            }
+            if let Some(last) = last {
+                q.append_pair("last", last.as_str());
+            }
+            q.finish()
+        };
+        let mut path = format!("/v2/{}/tags/list", target.name);
+        if !query.is_empty() {
+            path = format!("{path}?{query}");
+        }
+        let resp = up
+            .send(UpstreamRequest {
+                method: Method::GET,
+                path_and_query: path,
+                headers: HeaderMap::new(),
+                repository: Some(target.name.clone()),
+            })
+            .await?;
+        let resp = resp.error_for_status(NotFoundKind::Repository).await?;
+        let content_type = resp.headers.get(header::CONTENT_TYPE).cloned();
+        let link = resp.headers.get(header::LINK).cloned();
+        let body = resp.bytes(MAX_TAGS_BYTES).await?;
+        Ok(TagsReply {
+            content_type,
+            link,
+            body,
+        })
+    }
+}
+
+/// One blob fetch from upstream into the store.
+struct FillJob {
+    up: Arc<Upstream>,
+    name: RepoName,
+    digest: Digest,
+    store: Arc<Store>,
+    metrics: Metrics,
+}
+
+impl FillJob {
+    async fn run(self, tx: watch::Sender<FillState>) {
+        if let Err(e) = self.fetch(&tx).await {
+            tracing::warn!(upstream = self.up.name(), repo = %self.name, digest = %self.digest, error = %e, "blob fill failed; nothing cached");
+            tx.send_replace(FillState::Failed(e));
+        }
+    }
+
+    async fn fetch(&self, tx: &watch::Sender<FillState>) -> Result<(), Error> {
+        let resp: UpstreamResponse = self
+            .up
+            .send(blob_request(Method::GET, &self.name, &self.digest))
+            .await?;
+        let mut resp = resp.error_for_status(NotFoundKind::Blob).await?;
+        let total = content_length(&resp.headers);
+        let mut pending = self
+            .store
+            .begin(&self.digest, total, tx.clone())
+            .map_err(|e| Error::io("starting blob fill", &e))?;
+        loop {
+            let Some(first) = resp.body.next_chunk().await? else {
+                break;
+            };
+            // Gather what has already arrived into one write.
+            let mut batch = vec![first];
+            let mut size = batch[0].len();
+            let mut ended = false;
+            while size < WRITE_BATCH {
+                match resp.body.next_chunk().now_or_never() {
+                    Some(Ok(Some(c))) => {
+                        size += c.len();
+                        batch.push(c);
+                    }
+                    Some(Ok(None)) => {
+                        ended = true;
+                        break;
+                    }
+                    Some(Err(e)) => return Err(e),
+                    None => break,
+                }
+            }
+            pending.write_all(batch).await.map_err(|e| {
+                if e.kind() == std::io::ErrorKind::Other && total.is_some() {
+                    Error::upstream_bad(self.up.name(), format!("blob {}: {e}", self.digest))
+                } else {
+                    Error::io("writing blob", &e)
+                }
+            })?;
+            self.metrics
+                .fetched_bytes
+                .with_label_values(&[self.up.name()])
+                .inc_by(size as u64);
+            if ended {
+                break;
+            }
+        }
+        match pending.commit().await {
+            Ok(blob) => {
+                self.metrics.cache_bytes.add(blob.len as i64);
+                tracing::info!(upstream = self.up.name(), repo = %self.name, digest = %self.digest, bytes = blob.len, "blob cached");
+                Ok(())
+            }
+            Err(store::CommitError::Io(e)) => Err(Error::io("committing blob", &e)),
+            Err(e) => {
+                self.metrics
+                    .digest_mismatches
+                    .with_label_values(&[self.up.name(), "blob"])
+                    .inc();
+                tracing::error!(upstream = self.up.name(), repo = %self.name, digest = %self.digest, error = %e, "upstream blob failed verification; not cached");
+                Err(Error::digest_mismatch(
+                    self.up.name(),
+                    format!("blob {}: {e}", self.digest),
+                ))
+            }
+        }
+    }
+}
+
+fn manifest_request(
+    method: Method,
+    name: &RepoName,
+    reference: &Reference,
+    accept: Option<&str>,
+) -> UpstreamRequest {
+    let mut headers = HeaderMap::new();
+    let accept = accept
+        .filter(|a| !a.trim().is_empty())
+        .unwrap_or(oci::media::DEFAULT_ACCEPT);
+    if let Ok(v) = HeaderValue::from_str(accept) {
+        headers.insert(header::ACCEPT, v);
+    }
+    UpstreamRequest {
+        method,
+        path_and_query: format!("/v2/{name}/manifests/{reference}"),
+        headers,
+        repository: Some(name.clone()),
+    }
+}
+
+fn blob_request(method: Method, name: &RepoName, digest: &Digest) -> UpstreamRequest {
+    UpstreamRequest {
+        method,
+        path_and_query: format!("/v2/{name}/blobs/{digest}"),
+        headers: HeaderMap::new(),
+        repository: Some(name.clone()),
+    }
+}
+
+fn header_str<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    h.get(name).and_then(|v| v.to_str().ok())
+}
+
+fn content_length(h: &HeaderMap) -> Option<u64> {
+    header_str(h, "content-length").and_then(|v| v.trim().parse().ok())
+}
+
+/// The `mediaType` field of a manifest, for upstreams that answer `application/json`.
+fn media_type_from_json(bytes: &[u8]) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Probe {
+        #[serde(rename = "mediaType")]
+        media_type: Option<String>,
+    }
+    serde_json::from_slice::<Probe>(bytes).ok()?.media_type
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges() {
+        assert_eq!(
+            ByteRange::parse("bytes=0-9"),
+            Some(ByteRange::From(0, Some(9)))
+        );
+        assert_eq!(ByteRange::parse("bytes=5-"), Some(ByteRange::From(5, None)));
+        assert_eq!(ByteRange::parse("bytes=-3"), Some(ByteRange::Suffix(3)));
+        for bad in [
+            "bytes=9-0",
+            "bytes=0-1,3-4",
+            "items=0-1",
+            "bytes=a-b",
+            "bytes=-",
+            "0-1",
+        ] {
+            assert_eq!(ByteRange::parse(bad), None, "{bad}");
+        }
+        assert_eq!(ByteRange::From(0, Some(9)).resolve(100).unwrap(), (0, 10));
+        assert_eq!(
+            ByteRange::From(90, Some(200)).resolve(100).unwrap(),
+            (90, 100)
+        );
+        assert_eq!(ByteRange::From(5, None).resolve(10).unwrap(), (5, 10));
+        assert_eq!(ByteRange::Suffix(3).resolve(10).unwrap(), (7, 10));
+        assert_eq!(ByteRange::Suffix(30).resolve(10).unwrap(), (0, 10));
+        assert_eq!(
+            ByteRange::From(10, None).resolve(10).unwrap_err().status,
+            StatusCode::RANGE_NOT_SATISFIABLE
+        );
+        assert_eq!(
+            ByteRange::Suffix(0).resolve(10).unwrap_err().status,
+            StatusCode::RANGE_NOT_SATISFIABLE
+        );
+    }
+
+    #[test]
+    fn json_media_type() {
+        assert_eq!(
+            media_type_from_json(br#"{"mediaType":"a/b","x":1}"#).as_deref(),
+            Some("a/b")
+        );
+        assert_eq!(media_type_from_json(b"{}"), None);
+        assert_eq!(media_type_from_json(b"nope"), None);
+    }
+}

@@ -1,0 +1,423 @@
+//! The HTTP face of the mirror: route a request, call the mirror, write the response.
+//!
+//! This is the only layer that sees a client's `Request` and builds a `Response`, and the one
+//! place where an [`Error`] becomes a status and an OCI error body ([`error_response`]). Every
+//! request ends in one log line (route, upstream, outcome, status, bytes, duration) written when
+//! its body is finished or dropped, so streamed blobs are logged with the bytes really sent.
+//!
+//! Rule of dependency: uses `mirror` and below; nothing below sees HTTP types of the client side.
+
+pub mod route;
+
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Version, header};
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use http_body_util::{BodyExt, Full, StreamBody, combinators::UnsyncBoxBody};
+
+use crate::error::Error;
+use crate::metrics::Metrics;
+use crate::mirror::{BlobReply, ByteRange, ManifestReply, Mirror, TagsReply};
+use route::{Hosts, Route, Target, Via};
+
+/// The response body type of every answer.
+pub type Body = UnsyncBoxBody<Bytes, Error>;
+
+const API_VERSION: HeaderValue = HeaderValue::from_static("registry/2.0");
+
+/// Everything a request handler needs; built once by the server.
+pub struct App {
+    pub mirror: Arc<Mirror>,
+    pub hosts: Hosts,
+    pub metrics: Metrics,
+}
+
+/// What the request log line says about a request.
+#[derive(Default)]
+struct LogFields {
+    route: &'static str,
+    upstream: Option<String>,
+    repo: Option<String>,
+    reference: Option<String>,
+    outcome: &'static str,
+}
+
+impl App {
+    pub fn new(mirror: Arc<Mirror>, hosts: Hosts, metrics: Metrics) -> App {
+        App {
+            mirror,
+            hosts,
+            metrics,
+        }
+    }
+
+    /// Answers one request. Never fails: errors become OCI error responses.
+    pub async fn handle<B>(self: Arc<Self>, req: Request<B>) -> Result<Response<Body>, Infallible> {
+        let started = Instant::now();
+        let method = req.method().clone();
+        let path = req.uri().path().to_owned();
+        let mut log = LogFields {
+            route: "unknown",
+            outcome: "-",
+            ..Default::default()
+        };
+        let result = self.dispatch(&req, &mut log).await;
+        let mut resp = match result {
+            Ok(r) => r,
+            Err(e) => {
+                if log.outcome == "-" {
+                    log.outcome = e.origin.as_str();
+                }
+                error_response(&e, method == Method::HEAD)
+            }
+        };
+        resp.headers_mut()
+            .insert("docker-distribution-api-version", API_VERSION);
+        let status = resp.status();
+        self.metrics
+            .request_duration
+            .with_label_values(&[log.route])
+            .observe(started.elapsed().as_secs_f64());
+        self.metrics
+            .requests
+            .with_label_values(&[log.route, method.as_str(), status.as_str()])
+            .inc();
+        let served_from = match log.outcome {
+            "hit" => Some("cache"),
+            "miss" | "joined" if log.route == "blob" => Some("upstream"),
+            _ => None,
+        };
+        let done = RequestLog {
+            started,
+            method,
+            path,
+            status,
+            fields: log,
+            bytes: 0,
+            served_from,
+            metrics: self.metrics.clone(),
+        };
+        Ok(resp.map(|b| {
+            LoggedBody {
+                inner: b,
+                log: Some(done),
+            }
+            .boxed_unsync()
+        }))
+    }
+
+    async fn dispatch<B>(
+        &self,
+        req: &Request<B>,
+        log: &mut LogFields,
+    ) -> Result<Response<Body>, Error> {
+        // berth is not a forward proxy: absolute-form targets and CONNECT are refused. (HTTP/2
+        // requests always carry an authority, so the check is for HTTP/1 only.)
+        if req.method() == Method::CONNECT {
+            return Err(Error::unsupported(
+                "CONNECT is refused: berth is a registry mirror, not a proxy",
+            ));
+        }
+        if req.version() <= Version::HTTP_11 && req.uri().authority().is_some() {
+            return Err(Error::bad_request(
+                "absolute-form request targets are refused: berth is a registry mirror, not a proxy",
+            ));
+        }
+        let route = route::parse(
+            req.method(),
+            req.uri().path(),
+            req.uri().query(),
+            &self.hosts,
+        )?;
+        log.route = route.kind();
+        if let Some(t) = route.target() {
+            log.upstream = Some(self.mirror.upstream(t.upstream).name().to_owned());
+            log.repo = Some(t.name.to_string());
+        }
+        let head = req.method() == Method::HEAD;
+        let mut resp = match &route {
+            Route::Base => Ok(empty(StatusCode::OK, head)),
+            Route::Manifest { target, reference } => {
+                log.reference = Some(reference.to_string());
+                let accept = joined(req.headers(), header::ACCEPT);
+                let reply = self
+                    .mirror
+                    .manifest(target, reference, accept.as_deref())
+                    .await?;
+                log.outcome = reply.outcome;
+                Ok(manifest_response(reply, head))
+            }
+            Route::Blob { target, digest } => {
+                log.reference = Some(digest.to_string());
+                let range = req
+                    .headers()
+                    .get(header::RANGE)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(ByteRange::parse);
+                let reply = self.mirror.blob(target, digest, range, head).await?;
+                log.outcome = reply.outcome;
+                Ok(blob_response(reply))
+            }
+            Route::TagsList { target, n, last } => {
+                let reply = self.mirror.tags(target, *n, last.as_ref()).await?;
+                log.outcome = "passthrough";
+                Ok(tags_response(reply, target, head))
+            }
+        }?;
+        if let Some(Target {
+            via: Via::Namespace(ns),
+            ..
+        }) = route.target()
+            && let Ok(v) = HeaderValue::from_str(ns)
+        {
+            resp.headers_mut().insert("oci-namespace", v);
+        }
+        Ok(resp)
+    }
+}
+
+/// All values of a header joined with `, ` (Docker sends one `Accept` per media type).
+fn joined(h: &HeaderMap, name: header::HeaderName) -> Option<String> {
+    let values: Vec<&str> = h
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    (!values.is_empty()).then(|| values.join(", "))
+}
+
+fn full(bytes: Bytes) -> Body {
+    Full::new(bytes)
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}
+
+fn empty(status: StatusCode, _head: bool) -> Response<Body> {
+    let mut r = Response::new(full(Bytes::new()));
+    *r.status_mut() = status;
+    r
+}
+
+/// A body for GET, or the headers alone for HEAD (with the `Content-Length` GET would have).
+fn bytes_response(
+    status: StatusCode,
+    bytes: Bytes,
+    content_type: &str,
+    head: bool,
+) -> Response<Body> {
+    let len = bytes.len();
+    let mut r = Response::new(full(if head { Bytes::new() } else { bytes }));
+    *r.status_mut() = status;
+    let h = r.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(content_type) {
+        h.insert(header::CONTENT_TYPE, v);
+    }
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    r
+}
+
+/// The single place where an error becomes a response.
+pub fn error_response(e: &Error, head: bool) -> Response<Body> {
+    let mut r = bytes_response(e.status, Bytes::from(e.to_body()), "application/json", head);
+    if let Some(after) = e.retry_after {
+        r.headers_mut().insert(
+            header::RETRY_AFTER,
+            HeaderValue::from(after.as_secs().max(1)),
+        );
+    }
+    if e.status == StatusCode::RANGE_NOT_SATISFIABLE
+        && let Some(total) = e
+            .detail
+            .as_deref()
+            .and_then(|d| d.strip_prefix("blob size "))
+            .and_then(|t| t.parse::<u64>().ok())
+        && let Ok(v) = HeaderValue::from_str(&format!("bytes */{total}"))
+    {
+        r.headers_mut().insert(header::CONTENT_RANGE, v);
+    }
+    r
+}
+
+fn manifest_response(reply: ManifestReply, head: bool) -> Response<Body> {
+    let m = &reply.manifest;
+    let mut r = bytes_response(StatusCode::OK, m.bytes.clone(), &m.media_type, head);
+    let h = r.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(&m.digest.to_string()) {
+        h.insert("docker-content-digest", v.clone());
+        h.insert(
+            header::ETAG,
+            HeaderValue::from_str(&format!("\"{}\"", m.digest)).unwrap_or(v),
+        );
+    }
+    if reply.stale.is_some() {
+        h.insert(
+            header::WARNING,
+            HeaderValue::from_static("110 berth \"Response is stale: upstream unavailable\""),
+        );
+    }
+    r
+}
+
+fn blob_response(reply: BlobReply) -> Response<Body> {
+    let body = match reply.body {
+        Some(stream) => {
+            StreamBody::new(futures_util::StreamExt::map(stream, |r| r.map(Frame::data)))
+                .boxed_unsync()
+        }
+        None => full(Bytes::new()),
+    };
+    let mut r = Response::new(body);
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    if let Ok(v) = HeaderValue::from_str(&reply.digest.to_string()) {
+        h.insert("docker-content-digest", v.clone());
+        h.insert(
+            header::ETAG,
+            HeaderValue::from_str(&format!("\"{}\"", reply.digest)).unwrap_or(v),
+        );
+    }
+    match (reply.range, reply.total) {
+        (Some((start, end)), Some(total)) => {
+            *r.status_mut() = StatusCode::PARTIAL_CONTENT;
+            let h = r.headers_mut();
+            h.insert(header::CONTENT_LENGTH, HeaderValue::from(end - start));
+            if let Ok(v) = HeaderValue::from_str(&format!("bytes {start}-{}/{total}", end - 1)) {
+                h.insert(header::CONTENT_RANGE, v);
+            }
+        }
+        (_, Some(total)) => {
+            r.headers_mut()
+                .insert(header::CONTENT_LENGTH, HeaderValue::from(total));
+        }
+        // Unknown size (an upstream that sent none): chunked, so a failed fill still ends short.
+        _ => {}
+    }
+    r
+}
+
+fn tags_response(reply: TagsReply, target: &Target, head: bool) -> Response<Body> {
+    let content_type = reply
+        .content_type
+        .as_ref()
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("application/json")
+        .to_owned();
+    let mut r = bytes_response(StatusCode::OK, reply.body, &content_type, head);
+    if let Some(link) = reply.link {
+        // The upstream's next-page link names its own path; a client that used a path prefix
+        // needs the prefix back to stay on berth.
+        let link = match (&target.via, link.to_str()) {
+            (Via::Prefix(p), Ok(l)) if l.starts_with("</v2/") => {
+                HeaderValue::from_str(&l.replacen("</v2/", &format!("</v2/{p}/"), 1))
+                    .unwrap_or(link)
+            }
+            _ => link,
+        };
+        r.headers_mut().insert(header::LINK, link);
+    }
+    r
+}
+
+/// Logs and counts a request when its body ends (or is dropped by a client that went away).
+struct RequestLog {
+    started: Instant,
+    method: Method,
+    path: String,
+    status: StatusCode,
+    fields: LogFields,
+    bytes: u64,
+    served_from: Option<&'static str>,
+    metrics: Metrics,
+}
+
+impl RequestLog {
+    fn finish(self, complete: bool) {
+        if let Some(source) = self.served_from
+            && self.bytes > 0
+        {
+            self.metrics
+                .served_bytes
+                .with_label_values(&[source])
+                .inc_by(self.bytes);
+        }
+        let f = &self.fields;
+        tracing::info!(
+            method = %self.method,
+            path = %self.path,
+            route = f.route,
+            upstream = f.upstream.as_deref().unwrap_or("-"),
+            repo = f.repo.as_deref().unwrap_or("-"),
+            reference = f.reference.as_deref().unwrap_or("-"),
+            outcome = f.outcome,
+            status = self.status.as_u16(),
+            bytes = self.bytes,
+            complete,
+            ms = self.started.elapsed().as_millis() as u64,
+            "request"
+        );
+    }
+}
+
+/// A body that counts what it sends and logs the request when it is done.
+struct LoggedBody {
+    inner: Body,
+    log: Option<RequestLog>,
+}
+
+impl HttpBody for LoggedBody {
+    type Data = Bytes;
+    type Error = Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let (Some(data), Some(log)) = (frame.data_ref(), self.log.as_mut()) {
+                    log.bytes += data.len() as u64;
+                }
+            }
+            Poll::Ready(Some(Err(e))) => {
+                tracing::warn!(error = %e, "response body failed; the client gets a short response");
+                if let Some(log) = self.log.take() {
+                    log.finish(false);
+                }
+            }
+            Poll::Ready(None) => {
+                if let Some(log) = self.log.take() {
+                    log.finish(true);
+                }
+            }
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for LoggedBody {
+    fn drop(&mut self) {
+        if let Some(log) = self.log.take() {
+            let complete = self.inner.is_end_stream();
+            log.finish(complete);
+        }
+    }
+}

@@ -1,0 +1,474 @@
+//! Method + path + query -> a typed [`Route`], before any I/O.
+//!
+//! Three ways of naming the registry share one listener:
+//! - `?ns=<host>` (containerd): the upstream whose name or alias is `<host>`;
+//! - a path prefix `/v2/<host>/<name>/...` (podman, skopeo with a mirror location carrying a path),
+//!   when the first component is an upstream's name or alias;
+//! - nothing (Docker's `registry-mirrors`): the default upstream.
+//!
+//! A first component that looks like a host (has a `.` or `:`, or is `localhost`) but names no
+//! upstream is refused with `NAME_UNKNOWN` rather than sent to the default upstream: Docker Hub
+//! namespaces never contain dots, so this only ever refuses requests meant for another registry.
+//! No upstream address is ever built from what the client sent.
+//!
+//! Paths are parsed from the right: in `/v2/<name>/manifests/<ref>` the name itself may contain
+//! `manifests`.
+
+use std::collections::HashMap;
+
+use http::Method;
+
+use crate::config::UpstreamConfig;
+use crate::error::Error;
+use crate::oci::{Digest, Reference, RepoName, Tag};
+
+/// Largest `n` accepted on a tag list.
+pub const MAX_TAGS_PAGE: u32 = 10_000;
+
+/// What a request asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    /// `/v2/`: the API version check.
+    Base,
+    Manifest {
+        target: Target,
+        reference: Reference,
+    },
+    Blob {
+        target: Target,
+        digest: Digest,
+    },
+    TagsList {
+        target: Target,
+        n: Option<u32>,
+        last: Option<Tag>,
+    },
+}
+
+impl Route {
+    /// A short label for logs and metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Route::Base => "base",
+            Route::Manifest { .. } => "manifest",
+            Route::Blob { .. } => "blob",
+            Route::TagsList { .. } => "tags",
+        }
+    }
+
+    pub fn target(&self) -> Option<&Target> {
+        match self {
+            Route::Base => None,
+            Route::Manifest { target, .. }
+            | Route::Blob { target, .. }
+            | Route::TagsList { target, .. } => Some(target),
+        }
+    }
+}
+
+/// Which upstream and which repository on it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    /// Index into the configured upstreams.
+    pub upstream: usize,
+    /// The repository name as the upstream knows it (`library/` added where configured).
+    pub name: RepoName,
+    /// How the client named the registry.
+    pub via: Via,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Via {
+    /// No registry named: the default upstream.
+    Default,
+    /// `?ns=<host>`; the value is echoed in `OCI-Namespace`.
+    Namespace(String),
+    /// A path prefix `/v2/<host>/...`.
+    Prefix(String),
+}
+
+/// Which host names select which upstream; built once from the config.
+#[derive(Debug, Clone, Default)]
+pub struct Hosts {
+    by_host: HashMap<String, usize>,
+    default: Option<usize>,
+    library_prefix: Vec<bool>,
+}
+
+impl Hosts {
+    pub fn new(upstreams: &[UpstreamConfig]) -> Hosts {
+        let mut hosts = Hosts::default();
+        for (i, u) in upstreams.iter().enumerate() {
+            for h in u.hosts() {
+                hosts.by_host.insert(h, i);
+            }
+            if u.default {
+                hosts.default = Some(i);
+            }
+            hosts.library_prefix.push(u.uses_library_prefix());
+        }
+        hosts
+    }
+
+    fn lookup(&self, host: &str) -> Option<usize> {
+        self.by_host.get(&host.to_ascii_lowercase()).copied()
+    }
+}
+
+/// Parses a request into a route. Only GET and HEAD exist; everything is validated here.
+pub fn parse(
+    method: &Method,
+    path: &str,
+    query: Option<&str>,
+    hosts: &Hosts,
+) -> Result<Route, Error> {
+    let rest = match path.strip_prefix("/v2") {
+        Some("") | Some("/") => {
+            check_method(method)?;
+            return Ok(Route::Base);
+        }
+        Some(r) if r.starts_with('/') => &r[1..],
+        _ => {
+            return Err(Error::not_found_route(format!(
+                "{} is not a registry API path",
+                clip(path)
+            )));
+        }
+    };
+    check_method(method)?;
+
+    let (name, tail) = split_route(rest).ok_or_else(|| {
+        Error::not_found_route(format!("{} is not a registry API path", clip(path)))
+    })?;
+    let params = Query::parse(query);
+    let target = resolve_target(name, params.ns.as_deref(), hosts)?;
+    match tail {
+        Tail::Manifest(r) => Ok(Route::Manifest {
+            target,
+            reference: r.parse()?,
+        }),
+        Tail::Blob(d) => Ok(Route::Blob {
+            target,
+            digest: d.parse()?,
+        }),
+        Tail::TagsList => {
+            let n = match params.n.as_deref() {
+                None => None,
+                Some(s) => Some(
+                    s.parse::<u32>()
+                        .ok()
+                        .filter(|n| *n <= MAX_TAGS_PAGE)
+                        .ok_or_else(|| {
+                            Error::pagination_invalid(format!(
+                                "n must be a whole number from 0 to {MAX_TAGS_PAGE}"
+                            ))
+                        })?,
+                ),
+            };
+            let last = params.last.as_deref().map(str::parse).transpose()?;
+            Ok(Route::TagsList { target, n, last })
+        }
+    }
+}
+
+fn check_method(method: &Method) -> Result<(), Error> {
+    if method == Method::GET || method == Method::HEAD {
+        Ok(())
+    } else {
+        Err(Error::unsupported(format!(
+            "{method} is not supported: berth is a read-only mirror"
+        )))
+    }
+}
+
+enum Tail<'a> {
+    Manifest(&'a str),
+    Blob(&'a str),
+    TagsList,
+}
+
+/// Splits `<name>/manifests/<ref>`, `<name>/blobs/<digest>`, `<name>/tags/list` from the right.
+fn split_route(rest: &str) -> Option<(&str, Tail<'_>)> {
+    if let Some(name) = rest.strip_suffix("/tags/list") {
+        return Some((name, Tail::TagsList));
+    }
+    let (head, last) = rest.rsplit_once('/')?;
+    let (name, kind) = head.rsplit_once('/')?;
+    match kind {
+        "manifests" => Some((name, Tail::Manifest(last))),
+        "blobs" => Some((name, Tail::Blob(last))),
+        _ => None,
+    }
+}
+
+/// Picks the upstream and the repository name.
+fn resolve_target(name: &str, ns: Option<&str>, hosts: &Hosts) -> Result<Target, Error> {
+    let (upstream, name, via) = if let Some(ns) = ns {
+        let i = hosts.lookup(ns).ok_or_else(|| {
+            Error::name_unknown(format!("registry {:?} is not mirrored here", clip(ns)))
+        })?;
+        (i, name, Via::Namespace(ns.to_owned()))
+    } else if let Some((first, rest)) = name.split_once('/')
+        && looks_like_host(first)
+    {
+        let i = hosts.lookup(first).ok_or_else(|| {
+            Error::name_unknown(format!("registry {:?} is not mirrored here", clip(first)))
+        })?;
+        (i, rest, Via::Prefix(first.to_owned()))
+    } else {
+        let i = hosts
+            .default
+            .ok_or_else(|| Error::name_unknown("no registry named (use ?ns= or a /v2/<registry>/ prefix) and no default upstream is configured"))?;
+        (i, name, Via::Default)
+    };
+    let mut name: RepoName = name.parse()?;
+    if hosts.library_prefix[upstream] {
+        name = name.with_library_prefix();
+    }
+    Ok(Target {
+        upstream,
+        name,
+        via,
+    })
+}
+
+/// Does a first path component name a registry host rather than a namespace?
+fn looks_like_host(s: &str) -> bool {
+    s.contains('.') || s.contains(':') || s == "localhost"
+}
+
+/// The query parameters berth reads; others are ignored.
+#[derive(Default)]
+struct Query {
+    ns: Option<String>,
+    n: Option<String>,
+    last: Option<String>,
+}
+
+impl Query {
+    fn parse(query: Option<&str>) -> Query {
+        let mut q = Query::default();
+        for (k, v) in url::form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+            match &*k {
+                "ns" => q.ns = Some(v.into_owned()),
+                "n" => q.n = Some(v.into_owned()),
+                "last" => q.last = Some(v.into_owned()),
+                _ => {}
+            }
+        }
+        q
+    }
+}
+
+fn clip(s: &str) -> &str {
+    match s.char_indices().nth(100) {
+        Some((i, _)) => &s[..i],
+        None => s,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::Code;
+
+    fn hosts() -> Hosts {
+        let cfg = crate::config::Config::parse(
+            r#"
+            [[upstream]]
+            name = "docker.io"
+            url = "https://registry-1.docker.io"
+            default = true
+            aliases = ["registry-1.docker.io"]
+            [[upstream]]
+            name = "quay.io"
+            url = "https://quay.io"
+            [[upstream]]
+            name = "127.0.0.1:5001"
+            url = "http://127.0.0.1:5001"
+            "#,
+            "t",
+        )
+        .unwrap();
+        Hosts::new(&cfg.upstreams)
+    }
+
+    fn get(path: &str, query: Option<&str>) -> Result<Route, Error> {
+        parse(&Method::GET, path, query, &hosts())
+    }
+
+    fn target(r: &Route) -> (usize, &str, &Via) {
+        let t = r.target().unwrap();
+        (t.upstream, t.name.as_str(), &t.via)
+    }
+
+    #[test]
+    fn base() {
+        assert_eq!(get("/v2/", None).unwrap(), Route::Base);
+        assert_eq!(get("/v2", None).unwrap(), Route::Base);
+        assert_eq!(
+            parse(&Method::HEAD, "/v2/", None, &hosts()).unwrap(),
+            Route::Base
+        );
+    }
+
+    #[test]
+    fn default_upstream_gets_library_prefix() {
+        let r = get("/v2/nginx/manifests/latest", None).unwrap();
+        assert_eq!(target(&r), (0, "library/nginx", &Via::Default));
+        let r = get("/v2/bitnami/nginx/manifests/1.0", None).unwrap();
+        assert_eq!(target(&r).1, "bitnami/nginx");
+    }
+
+    #[test]
+    fn containerd_ns() {
+        let r = get("/v2/coreos/flannel/manifests/v0.11.0", Some("ns=quay.io")).unwrap();
+        assert_eq!(
+            target(&r),
+            (1, "coreos/flannel", &Via::Namespace("quay.io".into()))
+        );
+        // Aliases and case.
+        let r = get(
+            &format!("/v2/library/alpine/blobs/sha256:{}", "b".repeat(64)),
+            Some("ns=Registry-1.Docker.IO"),
+        )
+        .unwrap();
+        assert_eq!(target(&r).0, 0);
+        let e = get("/v2/x/manifests/latest", Some("ns=evil.example.com")).unwrap_err();
+        assert_eq!((e.code, e.status.as_u16()), (Code::NameUnknown, 404));
+    }
+
+    #[test]
+    fn path_prefix() {
+        let r = get("/v2/quay.io/coreos/flannel/manifests/v0.11.0", None).unwrap();
+        assert_eq!(
+            target(&r),
+            (1, "coreos/flannel", &Via::Prefix("quay.io".into()))
+        );
+        let r = get("/v2/docker.io/nginx/manifests/latest", None).unwrap();
+        assert_eq!(
+            target(&r),
+            (0, "library/nginx", &Via::Prefix("docker.io".into()))
+        );
+        let r = get("/v2/127.0.0.1:5001/team/app/tags/list", None).unwrap();
+        assert_eq!(target(&r).0, 2);
+        let e = get("/v2/ghcr.io/a/b/manifests/latest", None).unwrap_err();
+        assert_eq!(e.code, Code::NameUnknown);
+        let e = get("/v2/localhost/a/manifests/latest", None).unwrap_err();
+        assert_eq!(e.code, Code::NameUnknown);
+    }
+
+    #[test]
+    fn names_may_contain_route_words() {
+        let r = get("/v2/a/manifests/manifests/manifests/latest", None).unwrap();
+        assert_eq!(target(&r).1, "a/manifests/manifests");
+        let r = get("/v2/blobs/tags/list/tags/list", None).unwrap();
+        assert_eq!(target(&r).1, "blobs/tags/list");
+        assert!(matches!(r, Route::TagsList { .. }));
+    }
+
+    #[test]
+    fn references_and_digests() {
+        let hex = "a".repeat(64);
+        let r = get(&format!("/v2/x/manifests/sha256:{hex}"), None).unwrap();
+        assert!(matches!(
+            r,
+            Route::Manifest {
+                reference: Reference::Digest(_),
+                ..
+            }
+        ));
+        let r = get(&format!("/v2/x/blobs/sha256:{hex}"), None).unwrap();
+        assert!(matches!(r, Route::Blob { .. }));
+        assert_eq!(
+            get("/v2/x/blobs/latest", None).unwrap_err().code,
+            Code::DigestInvalid
+        );
+        assert_eq!(
+            get("/v2/x/blobs/sha256:xyz", None).unwrap_err().code,
+            Code::DigestInvalid
+        );
+        assert_eq!(
+            get("/v2/x/manifests/-bad", None).unwrap_err().code,
+            Code::TagInvalid
+        );
+        assert_eq!(
+            get("/v2/X/manifests/latest", None).unwrap_err().code,
+            Code::NameInvalid
+        );
+        assert_eq!(
+            get("/v2/a%2fb/manifests/latest", None).unwrap_err().code,
+            Code::NameInvalid
+        );
+    }
+
+    #[test]
+    fn tag_list_parameters() {
+        let r = get("/v2/x/tags/list", Some("n=10&last=v1")).unwrap();
+        assert!(matches!(
+            r,
+            Route::TagsList {
+                n: Some(10),
+                last: Some(_),
+                ..
+            }
+        ));
+        assert_eq!(
+            get("/v2/x/tags/list", Some("n=-1")).unwrap_err().code,
+            Code::PaginationNumberInvalid
+        );
+        assert_eq!(
+            get("/v2/x/tags/list", Some("n=99999")).unwrap_err().code,
+            Code::PaginationNumberInvalid
+        );
+        assert_eq!(
+            get("/v2/x/tags/list", Some("last=..")).unwrap_err().code,
+            Code::TagInvalid
+        );
+    }
+
+    #[test]
+    fn writes_are_unsupported() {
+        for m in [Method::PUT, Method::POST, Method::PATCH, Method::DELETE] {
+            let e = parse(&m, "/v2/x/blobs/uploads/", None, &hosts()).unwrap_err();
+            assert_eq!((e.code, e.status.as_u16()), (Code::Unsupported, 405));
+        }
+    }
+
+    #[test]
+    fn unknown_paths() {
+        for p in [
+            "/",
+            "/v1/x",
+            "/v2x",
+            "/v2/x",
+            "/v2/x/blobs/uploads/abc/def",
+            "/v2/x/referrers/sha256:1",
+            "/v2//manifests/a",
+        ] {
+            let e = get(p, None).unwrap_err();
+            assert_eq!(
+                e.status.as_u16(),
+                if p == "/v2//manifests/a" { 400 } else { 404 },
+                "{p}: {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn no_default_upstream() {
+        let cfg = crate::config::Config::parse(
+            "[[upstream]]\nname = \"quay.io\"\nurl = \"https://quay.io\"\n",
+            "t",
+        )
+        .unwrap();
+        let e = parse(
+            &Method::GET,
+            "/v2/a/manifests/b",
+            None,
+            &Hosts::new(&cfg.upstreams),
+        )
+        .unwrap_err();
+        assert_eq!(e.code, Code::NameUnknown);
+    }
+}
