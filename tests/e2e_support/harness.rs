@@ -108,7 +108,8 @@ impl Env {
         cmd.arg("serve")
             .arg("--config")
             .arg(&cfg)
-            .env("RUST_LOG", "info,berth=debug");
+            .env("RUST_LOG", "info,berth=debug")
+            .env("NO_COLOR", "1");
         let mut berth = Proc::spawn("berth", cmd, self.dir());
         wait_ready(&mut berth, &metrics, "/healthz");
         self.berth_addr = format!("127.0.0.1:{port}");
