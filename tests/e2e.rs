@@ -84,6 +84,9 @@ fn skopeo(via: Via) {
         for p in &img.platforms {
             env.assert_cached(img, p.arch);
         }
+        // Each image was copied at least twice (prefix and plain form), every platform at least
+        // once: the registry still saw each blob once.
+        env.assert_fetched_once(img);
     }
     if via == Via::Berth {
         env.stop_registry();
@@ -143,6 +146,54 @@ fn check_dir(out: &Path, c: &Case) {
         for b in std::iter::once(&p.config).chain(&p.layers) {
             let bytes = read(b.hex());
             assert_eq!(seed::sha256_hex(&bytes), b.hex(), "{}: blob", c.name);
+        }
+    }
+}
+
+/// Several clients miss the same blobs at the same moment: berth fetches each from the registry
+/// once, and every client gets the whole image.
+#[test]
+#[ignore = "end-to-end: needs tests/install-deps.sh; run by tests/run.sh"]
+fn concurrent_skopeo_misses_fetch_upstream_once() {
+    let env = Env::start(Via::Berth);
+    let flannel = seed::image("coreos/flannel");
+    let busybox = seed::image("library/busybox");
+    let mut cases = Vec::new();
+    for i in 0..3 {
+        let case = |name: &str, image, all| Case {
+            name: name.into(),
+            image,
+            all,
+        };
+        // Mix the forms: they name the same upstream repository.
+        cases.push(case(
+            ["quay.io/coreos/flannel:v0.11.0", "coreos/flannel:v0.11.0"][i % 2],
+            flannel,
+            false,
+        ));
+        cases.push(case(
+            ["docker.io/library/busybox:latest", "library/busybox:latest"][i % 2],
+            busybox,
+            true,
+        ));
+    }
+    std::thread::scope(|s| {
+        let env = &env;
+        let handles: Vec<_> = cases
+            .chunks(1)
+            .enumerate()
+            .map(|(i, c)| s.spawn(move || skopeo_copies(env, c, &format!("parallel{i}"))))
+            .collect();
+        for h in handles {
+            if let Err(e) = h.join() {
+                std::panic::resume_unwind(e);
+            }
+        }
+    });
+    for img in [flannel, busybox] {
+        env.assert_fetched_once(img);
+        for p in &img.platforms {
+            env.assert_cached(img, p.arch);
         }
     }
 }

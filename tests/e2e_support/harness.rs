@@ -2,6 +2,7 @@
 //! at the registry to check the harness itself) berth in front of it. Everything lives in one
 //! temporary directory and every process stops when the `Env` is dropped.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -35,6 +36,8 @@ pub struct Env {
     /// A loopback port nothing listens on: where "the real registry" and proxies point.
     pub dead: String,
     pub policy: PathBuf,
+    /// Length of the registry's log once seeding was checked: later lines are berth's requests.
+    seeded_log_len: usize,
     tmp: Option<tempfile::TempDir>,
 }
 
@@ -66,6 +69,7 @@ impl Env {
         let mut registry = Proc::spawn("registry", cmd, &dir);
         wait_ready(&mut registry, &registry_addr, "/v2/");
         seed::push_all(&registry_addr, &policy);
+        let seeded_log_len = registry_log(&dir).len();
 
         let mut env = Env {
             via,
@@ -76,6 +80,7 @@ impl Env {
             storage: dir.join("berth-data"),
             dead: format!("127.0.0.1:{}", http::free_port()),
             policy,
+            seeded_log_len,
             tmp: Some(tmp),
         };
         if via == Via::Berth {
@@ -184,6 +189,52 @@ impl Env {
                 "{} holds other bytes",
                 path.display()
             );
+        }
+    }
+}
+
+/// The registry's log (its access log lines included).
+fn registry_log(dir: &Path) -> String {
+    std::fs::read_to_string(dir.join("registry.log")).unwrap_or_default()
+}
+
+impl Env {
+    /// How many times each blob (by hex digest) was fetched from the registry since seeding, from
+    /// its access log lines: `"GET /v2/<name>/blobs/sha256:<hex>[?...] HTTP/1.1" <status>`.
+    pub fn upstream_blob_gets(&self) -> HashMap<String, usize> {
+        let log = registry_log(self.dir());
+        let mut counts = HashMap::new();
+        for line in log[self.seeded_log_len.min(log.len())..].lines() {
+            let Some((_, request)) = line.split_once("\"GET /v2/") else {
+                continue;
+            };
+            let Some((_, rest)) = request.split_once("/blobs/sha256:") else {
+                continue;
+            };
+            let hex: String = rest.chars().take_while(char::is_ascii_hexdigit).collect();
+            *counts.entry(hex).or_insert(0) += 1;
+        }
+        counts
+    }
+
+    /// Every blob of `img` (all platforms) was fetched from the registry exactly once.
+    pub fn assert_fetched_once(&self, img: &Image) {
+        if self.via != Via::Berth {
+            return;
+        }
+        let counts = self.upstream_blob_gets();
+        for p in &img.platforms {
+            for b in std::iter::once(&p.config).chain(&p.layers) {
+                let n = counts.get(b.hex()).copied().unwrap_or(0);
+                assert_eq!(
+                    n,
+                    1,
+                    "berth fetched {} of {} ({}) from the registry {n} times",
+                    b.digest,
+                    img.reference(),
+                    p.arch
+                );
+            }
         }
     }
 }
