@@ -117,6 +117,10 @@ pub struct UpstreamConfig {
     /// Most redirects followed for one request.
     #[serde(default = "default_max_redirects")]
     pub max_redirects: u8,
+    /// PEM bundle of extra root certificates trusted for this upstream (a private registry's CA),
+    /// on top of the built-in web PKI roots. Its redirect targets and token realms trust them too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
     /// The password, read from `password_file` or `password_env` at load time.
     #[serde(skip_deserializing, skip_serializing_if = "Option::is_none")]
     pub password: Option<Secret>,
@@ -248,7 +252,7 @@ impl Config {
     pub fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
         let mut cfg: Config = toml::from_str(text).map_err(|e| ConfigError {
             file: file.to_owned(),
-            key: toml_error_key(&e),
+            key: toml_error_place(text, &e),
             reason: e.message().to_owned(),
         })?;
         cfg.validate(file)?;
@@ -325,6 +329,9 @@ impl Config {
             check_registry_url(&u.url).map_err(|r| err(key("url"), r))?;
             for realm in &u.auth_realms {
                 check_registry_url(realm).map_err(|r| err(key("auth_realms"), r))?;
+            }
+            if let Some(f) = &u.ca_file {
+                check_ca_file(f).map_err(|r| err(key("ca_file"), r))?;
             }
             if u.max_redirects > 10 {
                 return Err(err(key("max_redirects"), "at most 10".into()));
@@ -411,12 +418,30 @@ fn check_registry_url(u: &Url) -> Result<(), String> {
     Ok(())
 }
 
-/// The dotted key a TOML error points at, when it can be told from the message.
-fn toml_error_key(e: &toml::de::Error) -> String {
-    // toml's message already names the key for unknown fields and type errors; the span gives the
-    // line, which is the most useful thing to add.
+/// A CA bundle must be readable and hold at least one PEM certificate; the upstream client parses
+/// it again when it is built, so a bad file fails here, before any port is bound.
+fn check_ca_file(f: &Path) -> Result<(), String> {
+    use rustls_pki_types::CertificateDer;
+    use rustls_pki_types::pem::PemObject;
+
+    let certs = CertificateDer::pem_file_iter(f)
+        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| format!("cannot read certificates from {}: {e}", f.display()))?;
+    if certs.is_empty() {
+        return Err(format!("{}: no PEM certificate in it", f.display()));
+    }
+    Ok(())
+}
+
+/// Where in the file a TOML error is (`line L, column C`); toml's message names the key.
+fn toml_error_place(text: &str, e: &toml::de::Error) -> String {
     match e.span() {
-        Some(span) => format!("at byte {}..{}", span.start, span.end),
+        Some(span) => {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+            format!("line {line}, column {column}")
+        }
         None => "-".into(),
     }
 }
@@ -536,12 +561,16 @@ mod tests {
                 format!("{base}password_env = \"BERTH_TEST_SURELY_UNSET\"\n"),
                 "upstream[0].password_env",
             ),
-            (format!("{base}tag_ttl = \"soon\"\n"), "at byte"),
+            (format!("{base}tag_ttl = \"soon\"\n"), "line 4, column 11"),
             (
                 "[server]\ntls_cert = \"/x\"\n".to_owned() + base,
                 "server.tls_key",
             ),
             ("".to_owned(), "upstream"),
+            (
+                format!("{base}ca_file = \"/surely/not/here.pem\"\n"),
+                "upstream[0].ca_file",
+            ),
         ];
         for (text, key) in cases {
             let e = Config::parse(&text, "f.toml").unwrap_err();

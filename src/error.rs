@@ -284,6 +284,17 @@ impl Error {
         .with_detail(detail)
     }
 
+    /// The upstream refused berth access (401/403 even with whatever credentials berth has): 403.
+    pub fn upstream_denied(upstream: &str, detail: impl Into<String>) -> Self {
+        Self::new(
+            Origin::Upstream,
+            StatusCode::FORBIDDEN,
+            Code::Denied,
+            format!("upstream {upstream} denied access"),
+        )
+        .with_detail(detail)
+    }
+
     pub fn too_many_requests(upstream: &str, retry_after: Option<Duration>) -> Self {
         Self::new(
             Origin::Upstream,

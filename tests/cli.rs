@@ -1,0 +1,121 @@
+//! The `berth` command line: help, version, check-config, and refusing a bad config before binding.
+
+use std::net::TcpListener;
+use std::process::{Command, Stdio};
+
+fn berth() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_berth"))
+}
+
+#[test]
+fn help_and_version() {
+    let out = berth().arg("--help").output().unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    for word in ["serve", "check-config", "registry-mirrors"] {
+        assert!(text.contains(word), "--help lacks {word}: {text}");
+    }
+    let out = berth().arg("--version").output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains(env!("CARGO_PKG_VERSION")));
+}
+
+#[test]
+fn check_config_prints_the_effective_config_with_secrets_redacted() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("pw"), "s3cret-value\n").unwrap();
+    let cfg = dir.path().join("c.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[[upstream]]\nname = \"registry.example.com\"\nurl = \"https://registry.example.com\"\nusername = \"bot\"\npassword_file = \"{}\"\n",
+            dir.path().join("pw").display()
+        ),
+    )
+    .unwrap();
+    let out = berth()
+        .args(["check-config", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("registry.example.com") && text.contains("tag_ttl = \"30s\""),
+        "{text}"
+    );
+    assert!(text.contains("<redacted>"), "{text}");
+    assert!(!text.contains("s3cret-value"), "secret printed: {text}");
+}
+
+#[test]
+fn check_config_names_file_key_and_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("bad.toml");
+    std::fs::write(
+        &cfg,
+        "[[upstream]]\nname = \"a.io\"\nurl = \"ftp://a.io\"\n",
+    )
+    .unwrap();
+    let out = berth()
+        .args(["check-config", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("bad.toml") && err.contains("upstream[0].url") && err.contains("scheme"),
+        "{err}"
+    );
+}
+
+#[test]
+fn serve_refuses_a_bad_config_before_binding() {
+    // Hold a port; a bad config must fail on the config, not on the port.
+    let holder = TcpListener::bind("127.0.0.1:0").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("bad.toml");
+    std::fs::write(
+        &cfg,
+        format!("[server]\nlisten = \"{}\"\nlisten_typo = 1\n[[upstream]]\nname = \"a.io\"\nurl = \"https://a.io\"\n", holder.local_addr().unwrap()),
+    )
+    .unwrap();
+    let out = berth()
+        .args(["serve", "--config"])
+        .arg(&cfg)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("listen_typo"), "{err}");
+}
+
+#[test]
+fn serve_reports_a_busy_port() {
+    let holder = TcpListener::bind("127.0.0.1:0").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("c.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[server]\nlisten = \"{}\"\n[metrics]\nenabled = false\n[storage]\npath = \"{}\"\n[[upstream]]\nname = \"a.io\"\nurl = \"https://a.io\"\n",
+            holder.local_addr().unwrap(),
+            dir.path().join("data").display()
+        ),
+    )
+    .unwrap();
+    let out = berth()
+        .args(["serve", "--config"])
+        .arg(&cfg)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cannot listen on"), "{err}");
+}

@@ -1,0 +1,647 @@
+//! berth as a whole, over real sockets, against the in-process fake registry: hits that never
+//! reach upstream, misses that stream, verification, auth, redirects, faults and stale tags.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request, StatusCode};
+use http_body_util::{BodyExt, Empty};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+
+use berth::config::Config;
+use berth::oci::media;
+use berth::server::Server;
+use support::{FakeRegistry, Fault, Host, TokenAuth};
+
+const INDEX: &str =
+    r#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[]}"#;
+const DOCKER: &str = r#"{"schemaVersion":2,"mediaType":"application/vnd.docker.distribution.manifest.v2+json","layers":[]}"#;
+
+/// A running berth in front of a fake registry.
+struct Berth {
+    addr: SocketAddr,
+    metrics: SocketAddr,
+    client: Client<HttpConnector, Empty<Bytes>>,
+    dir: tempfile::TempDir,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Drop for Berth {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+    }
+}
+
+/// A response read to its end; `body` is Err when the body failed (a short or broken response).
+struct Got {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: Result<Bytes, String>,
+}
+
+impl Got {
+    fn bytes(&self) -> &Bytes {
+        self.body
+            .as_ref()
+            .unwrap_or_else(|e| panic!("body failed: {e}"))
+    }
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+    fn code(&self) -> String {
+        let v: serde_json::Value = serde_json::from_slice(self.bytes()).unwrap();
+        v["errors"][0]["code"].as_str().unwrap().to_owned()
+    }
+}
+
+async fn berth(fake: &FakeRegistry, upstream_extra: &str) -> Berth {
+    let dir = tempfile::tempdir().unwrap();
+    start_on(fake, upstream_extra, dir).await
+}
+
+async fn start_on(fake: &FakeRegistry, upstream_extra: &str, dir: tempfile::TempDir) -> Berth {
+    let cfg = format!(
+        r#"
+        [server]
+        listen = "127.0.0.1:0"
+        [metrics]
+        listen = "127.0.0.1:0"
+        [storage]
+        path = "{}"
+        [[upstream]]
+        name = "registry.test"
+        url = "{}"
+        default = true
+        library_prefix = true
+        {upstream_extra}
+        "#,
+        dir.path().display(),
+        fake.url()
+    );
+    let cfg = Config::parse(&cfg, "test").unwrap();
+    let server = Server::bind(&cfg).await.unwrap();
+    let (addr, metrics) = (server.local_addr(), server.metrics_addr().unwrap());
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(server.run(async move {
+        let _ = rx.await;
+    }));
+    let client = Client::builder(TokioExecutor::new()).build_http();
+    Berth {
+        addr,
+        metrics,
+        client,
+        dir,
+        stop: Some(tx),
+    }
+}
+
+impl Berth {
+    /// Stops this berth and hands back its data directory.
+    fn stop(mut self) -> tempfile::TempDir {
+        std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap())
+    }
+
+    async fn request(&self, method: Method, path: &str, headers: &[(&str, &str)]) -> Got {
+        let mut req = Request::builder()
+            .method(method)
+            .uri(format!("http://{}{path}", self.addr));
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let resp = self
+            .client
+            .request(req.body(Empty::new()).unwrap())
+            .await
+            .unwrap();
+        let (parts, body) = resp.into_parts();
+        let body = body
+            .collect()
+            .await
+            .map(|c| c.to_bytes())
+            .map_err(|e| format!("{e:?}"));
+        Got {
+            status: parts.status,
+            headers: parts.headers,
+            body,
+        }
+    }
+
+    async fn get(&self, path: &str) -> Got {
+        self.request(Method::GET, path, &[]).await
+    }
+
+    fn blob_file(&self, digest: &str) -> std::path::PathBuf {
+        self.dir
+            .path()
+            .join("blobs/sha256")
+            .join(digest.trim_start_matches("sha256:"))
+    }
+
+    async fn metric(&self, needle: &str) -> String {
+        let resp = self
+            .client
+            .get(format!("http://{}/metrics", self.metrics).parse().unwrap())
+            .await
+            .unwrap();
+        let text = String::from_utf8(
+            resp.into_body()
+                .collect()
+                .await
+                .unwrap()
+                .to_bytes()
+                .to_vec(),
+        )
+        .unwrap();
+        text.lines()
+            .filter(|l| l.contains(needle))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+/// Compares bodies without printing megabytes on failure.
+#[track_caller]
+fn same(got: &Bytes, want: &Bytes) {
+    assert!(
+        got == want,
+        "body differs: got {} bytes, want {} bytes",
+        got.len(),
+        want.len()
+    );
+}
+
+fn random_bytes(n: usize, seed: u64) -> Bytes {
+    let mut x = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect::<Vec<u8>>()
+        .into()
+}
+
+#[tokio::test]
+async fn pull_then_hit_without_upstream_requests() {
+    let fake = FakeRegistry::start().await;
+    let manifest = fake.put_tagged("library/app", "1.0", media::DOCKER_MANIFEST, DOCKER);
+    let layer = random_bytes(3 << 20, 1);
+    let blob = fake.put_blob("library/app", layer.clone());
+    let b = berth(&fake, "").await;
+
+    for round in 0..2 {
+        let m = b.get("/v2/app/manifests/1.0").await;
+        assert_eq!(m.status, 200, "round {round}");
+        assert_eq!(m.bytes().as_ref(), DOCKER.as_bytes());
+        assert_eq!(m.header("docker-content-digest"), Some(manifest.as_str()));
+        assert_eq!(m.header("content-type"), Some(media::DOCKER_MANIFEST));
+        let by_digest = b.get(&format!("/v2/app/manifests/{manifest}")).await;
+        assert_eq!(by_digest.bytes().as_ref(), DOCKER.as_bytes());
+        let l = b.get(&format!("/v2/app/blobs/{blob}")).await;
+        assert_eq!(l.status, 200);
+        assert_eq!(
+            l.header("content-length"),
+            Some(layer.len().to_string().as_str())
+        );
+        assert_eq!(l.header("docker-content-digest"), Some(blob.as_str()));
+        same(l.bytes(), &layer);
+    }
+    // One fetch each, however many pulls: the second round came from the cache.
+    assert_eq!(fake.hits(Method::GET, "/v2/library/app/manifests/1.0"), 1);
+    assert_eq!(
+        fake.hits(
+            Method::GET,
+            &format!("/v2/library/app/manifests/{manifest}")
+        ),
+        0
+    );
+    assert_eq!(
+        fake.hits(Method::GET, &format!("/v2/library/app/blobs/{blob}")),
+        1
+    );
+    assert_eq!(std::fs::read(b.blob_file(&blob)).unwrap(), layer);
+    assert!(
+        b.metric("berth_cache_lookups_total{kind=\"blob\",outcome=\"hit\"")
+            .await
+            .ends_with(" 1")
+    );
+}
+
+#[tokio::test]
+async fn a_cached_manifest_survives_a_restart_and_is_served_with_upstream_gone() {
+    let fake = FakeRegistry::start().await;
+    let layer = random_bytes(100_000, 2);
+    let blob = fake.put_blob("library/app", layer.clone());
+    let manifest = fake.put_manifest("library/app", media::OCI_INDEX, INDEX);
+    let b = berth(&fake, "").await;
+    assert_eq!(
+        b.get(&format!("/v2/app/manifests/{manifest}")).await.status,
+        200
+    );
+    same(
+        b.get(&format!("/v2/app/blobs/{blob}")).await.bytes(),
+        &layer,
+    );
+    let data = b.stop();
+    // Restart on the same data with an upstream that refuses everything.
+    fake.fault(
+        &format!("/v2/library/app/manifests/{manifest}"),
+        Fault::Status(StatusCode::SERVICE_UNAVAILABLE, None),
+    );
+    fake.fault(
+        &format!("/v2/library/app/blobs/{blob}"),
+        Fault::Status(StatusCode::SERVICE_UNAVAILABLE, None),
+    );
+    let b = start_on(&fake, "", data).await;
+    let m = b.get(&format!("/v2/app/manifests/{manifest}")).await;
+    assert_eq!(
+        (m.status, m.header("content-type")),
+        (StatusCode::OK, Some(media::OCI_INDEX))
+    );
+    same(
+        b.get(&format!("/v2/app/blobs/{blob}")).await.bytes(),
+        &layer,
+    );
+}
+
+#[tokio::test]
+async fn token_auth_is_handled_for_the_client() {
+    let fake = FakeRegistry::start().await;
+    fake.require_token_auth(TokenAuth::default());
+    fake.put_tagged("library/app", "1", media::OCI_INDEX, INDEX);
+    let blob = fake.put_blob("library/app", random_bytes(5000, 3));
+    let b = berth(&fake, "").await;
+    assert_eq!(b.get("/v2/app/manifests/1").await.status, 200);
+    assert_eq!(b.get(&format!("/v2/app/blobs/{blob}")).await.status, 200);
+    // One token for the repository, reused for the blob.
+    assert_eq!(fake.token_requests().len(), 1);
+    assert_eq!(
+        fake.token_requests()[0].param("scope").as_deref(),
+        Some("repository:library/app:pull")
+    );
+}
+
+#[tokio::test]
+async fn a_redirected_blob_is_fetched_without_the_token() {
+    let fake = FakeRegistry::start().await;
+    fake.require_token_auth(TokenAuth::default());
+    let layer = random_bytes(200_000, 4);
+    let blob = fake.put_blob("library/app", layer.clone());
+    fake.fault(
+        &format!("/v2/library/app/blobs/{blob}"),
+        Fault::RedirectToOther,
+    );
+    let b = berth(&fake, "").await;
+    same(
+        b.get(&format!("/v2/app/blobs/{blob}")).await.bytes(),
+        &layer,
+    );
+    let cdn: Vec<_> = fake
+        .requests()
+        .into_iter()
+        .filter(|r| r.host == Host::Other)
+        .collect();
+    assert_eq!(cdn.len(), 1, "{cdn:?}");
+    assert_eq!(
+        cdn[0].header("authorization"),
+        None,
+        "token leaked to the redirect target"
+    );
+    let main = fake.requests_to(&format!("/v2/library/app/blobs/{blob}"));
+    assert!(main.iter().any(|r| {
+        r.header("authorization")
+            .is_some_and(|a| a.starts_with("Bearer "))
+    }));
+}
+
+#[tokio::test]
+async fn wrong_bytes_from_upstream_never_complete_and_are_not_cached() {
+    let fake = FakeRegistry::start().await;
+    let layer = random_bytes(1 << 20, 5);
+    let blob = fake.put_blob("library/app", layer.clone());
+    let path = format!("/v2/library/app/blobs/{blob}");
+    fake.fault_times(&path, Fault::WrongBytes, 1);
+    let b = berth(&fake, "").await;
+
+    let got = b.get(&format!("/v2/app/blobs/{blob}")).await;
+    assert_eq!(
+        got.status, 200,
+        "headers go out before the body is verified"
+    );
+    assert!(
+        got.body.is_err(),
+        "a wrong body must end in an error, not complete"
+    );
+    assert!(!b.blob_file(&blob).exists(), "wrong bytes cached");
+    assert!(
+        b.metric("berth_digest_mismatches_total")
+            .await
+            .contains("kind=\"blob\"")
+    );
+    // The failed fill is cleared: the next request fetches again and succeeds.
+    same(
+        b.get(&format!("/v2/app/blobs/{blob}")).await.bytes(),
+        &layer,
+    );
+    assert_eq!(fake.hits(Method::GET, &path), 2);
+    assert_eq!(std::fs::read(b.blob_file(&blob)).unwrap(), layer);
+}
+
+#[tokio::test]
+async fn wrong_manifest_bytes_are_refused() {
+    let fake = FakeRegistry::start().await;
+    let digest = fake.put_tagged("library/app", "1", media::OCI_INDEX, INDEX);
+    fake.fault_times("/v2/library/app/manifests/1", Fault::WrongBytes, 1);
+    fake.fault_times(
+        &format!("/v2/library/app/manifests/{digest}"),
+        Fault::WrongBytes,
+        1,
+    );
+    let b = berth(&fake, "").await;
+    // By tag: the upstream's Docker-Content-Digest does not match the body.
+    let got = b.get("/v2/app/manifests/1").await;
+    assert_eq!(
+        (got.status, got.code().as_str()),
+        (StatusCode::BAD_GATEWAY, "DIGEST_INVALID")
+    );
+    // By digest: the body does not match the digest asked for.
+    let got = b.get(&format!("/v2/app/manifests/{digest}")).await;
+    assert_eq!(
+        (got.status, got.code().as_str()),
+        (StatusCode::BAD_GATEWAY, "DIGEST_INVALID")
+    );
+    assert!(!b.blob_file(&digest).exists());
+    assert_eq!(
+        b.get("/v2/app/manifests/1").await.bytes().as_ref(),
+        INDEX.as_bytes()
+    );
+}
+
+#[tokio::test]
+async fn a_connection_closed_mid_blob_fails_the_client_and_caches_nothing() {
+    let fake = FakeRegistry::start().await;
+    let layer = random_bytes(2 << 20, 6);
+    let blob = fake.put_blob("library/app", layer.clone());
+    fake.fault_times(
+        &format!("/v2/library/app/blobs/{blob}"),
+        Fault::CloseAfter(700_000),
+        1,
+    );
+    let b = berth(&fake, "").await;
+    let got = b.get(&format!("/v2/app/blobs/{blob}")).await;
+    assert!(
+        got.body.is_err(),
+        "a broken upstream transfer must not look complete"
+    );
+    assert!(!b.blob_file(&blob).exists());
+    assert_eq!(
+        std::fs::read_dir(b.dir.path().join("tmp")).unwrap().count(),
+        0,
+        "temp file left behind"
+    );
+    same(
+        b.get(&format!("/v2/app/blobs/{blob}")).await.bytes(),
+        &layer,
+    );
+}
+
+#[tokio::test]
+async fn a_stalled_upstream_fails_after_stall_timeout() {
+    let fake = FakeRegistry::start().await;
+    let blob = fake.put_blob("library/app", random_bytes(300_000, 7));
+    fake.fault_times(
+        &format!("/v2/library/app/blobs/{blob}"),
+        Fault::StallAfter(1000),
+        1,
+    );
+    let b = berth(&fake, "stall_timeout = \"300ms\"").await;
+    let got = tokio::time::timeout(
+        Duration::from_secs(20),
+        b.get(&format!("/v2/app/blobs/{blob}")),
+    )
+    .await
+    .expect("stall detected");
+    assert!(got.body.is_err());
+    assert!(!b.blob_file(&blob).exists());
+}
+
+#[tokio::test]
+async fn tags_are_revalidated_with_head_and_served_stale_when_upstream_fails() {
+    let fake = FakeRegistry::start().await;
+    let first = fake.put_tagged("library/app", "latest", media::OCI_INDEX, INDEX);
+    let b = berth(&fake, "tag_ttl = \"0s\"").await;
+    assert_eq!(
+        b.get("/v2/app/manifests/latest")
+            .await
+            .header("docker-content-digest"),
+        Some(first.as_str())
+    );
+
+    // Unchanged upstream: a HEAD, no GET.
+    let again = b.get("/v2/app/manifests/latest").await;
+    assert_eq!(again.status, 200);
+    assert_eq!(
+        fake.hits(Method::GET, "/v2/library/app/manifests/latest"),
+        1
+    );
+    assert_eq!(
+        fake.hits(Method::HEAD, "/v2/library/app/manifests/latest"),
+        1
+    );
+
+    // Upstream failing: the last known answer, marked stale.
+    fake.fault(
+        "/v2/library/app/manifests/latest",
+        Fault::Status(StatusCode::SERVICE_UNAVAILABLE, None),
+    );
+    let stale = b.get("/v2/app/manifests/latest").await;
+    assert_eq!(stale.status, 200);
+    assert_eq!(stale.header("docker-content-digest"), Some(first.as_str()));
+    assert!(
+        stale
+            .header("warning")
+            .is_some_and(|w| w.starts_with("110")),
+        "{:?}",
+        stale.headers
+    );
+    assert!(b.metric("berth_stale_serves_total").await.ends_with(" 1"));
+
+    // Tag moved upstream: the new manifest is fetched.
+    fake.clear_faults();
+    let second = fake.put_tagged("library/app", "latest", media::DOCKER_MANIFEST, DOCKER);
+    let moved = b.get("/v2/app/manifests/latest").await;
+    assert_eq!(moved.header("docker-content-digest"), Some(second.as_str()));
+    assert_eq!(moved.bytes().as_ref(), DOCKER.as_bytes());
+}
+
+#[tokio::test]
+async fn without_a_stale_answer_upstream_errors_reach_the_client() {
+    let fake = FakeRegistry::start().await;
+    fake.fault(
+        "/v2/library/app/manifests/1",
+        Fault::Status(StatusCode::TOO_MANY_REQUESTS, Some("7".into())),
+    );
+    let b = berth(&fake, "").await;
+    let got = b.get("/v2/app/manifests/1").await;
+    assert_eq!(
+        (got.status, got.code().as_str()),
+        (StatusCode::TOO_MANY_REQUESTS, "TOOMANYREQUESTS")
+    );
+    assert_eq!(got.header("retry-after"), Some("7"));
+    fake.fault(
+        "/v2/library/app/manifests/2",
+        Fault::Status(StatusCode::INTERNAL_SERVER_ERROR, None),
+    );
+    let got = b.get("/v2/app/manifests/2").await;
+    assert!(got.status.is_server_error(), "{}", got.status);
+    fake.put_tagged("library/app", "exists", media::OCI_INDEX, INDEX);
+    let got = b.get("/v2/app/manifests/missing").await;
+    assert_eq!(
+        (got.status, got.code().as_str()),
+        (StatusCode::NOT_FOUND, "MANIFEST_UNKNOWN")
+    );
+    let got = b
+        .get(&format!("/v2/app/blobs/sha256:{}", "0".repeat(64)))
+        .await;
+    assert_eq!(
+        (got.status, got.code().as_str()),
+        (StatusCode::NOT_FOUND, "BLOB_UNKNOWN")
+    );
+}
+
+#[tokio::test]
+async fn a_cached_tag_is_only_served_to_clients_that_accept_its_type() {
+    let fake = FakeRegistry::start().await;
+    fake.put_tagged("library/app", "1", media::OCI_INDEX, INDEX);
+    let b = berth(&fake, "").await;
+    assert_eq!(b.get("/v2/app/manifests/1").await.status, 200);
+    // An old client that reads only Docker schema 2 must not get the cached OCI index: berth asks
+    // upstream with that client's Accept.
+    let old = b
+        .request(
+            Method::GET,
+            "/v2/app/manifests/1",
+            &[("accept", media::DOCKER_MANIFEST)],
+        )
+        .await;
+    assert_eq!(old.status, 200);
+    assert_eq!(fake.hits(Method::GET, "/v2/library/app/manifests/1"), 2);
+    let sent = fake.requests_to("/v2/library/app/manifests/1");
+    assert_eq!(sent[1].header("accept"), Some(media::DOCKER_MANIFEST));
+    // A client that accepts it gets the cached answer.
+    let new = b
+        .request(
+            Method::GET,
+            "/v2/app/manifests/1",
+            &[("accept", media::OCI_INDEX)],
+        )
+        .await;
+    assert_eq!(new.header("content-type"), Some(media::OCI_INDEX));
+    assert_eq!(fake.hits(Method::GET, "/v2/library/app/manifests/1"), 2);
+}
+
+#[tokio::test]
+async fn ranges_on_misses_and_hits() {
+    let fake = FakeRegistry::start().await;
+    let layer = random_bytes(1_000_000, 8);
+    let blob = fake.put_blob("library/app", layer.clone());
+    let b = berth(&fake, "").await;
+    let path = format!("/v2/app/blobs/{blob}");
+    for _ in 0..2 {
+        let got = b
+            .request(Method::GET, &path, &[("range", "bytes=1000-1999")])
+            .await;
+        assert_eq!(got.status, StatusCode::PARTIAL_CONTENT);
+        assert_eq!(got.header("content-range"), Some("bytes 1000-1999/1000000"));
+        same(got.bytes(), &layer.slice(1000..2000));
+        let tail = b
+            .request(Method::GET, &path, &[("range", "bytes=-10")])
+            .await;
+        same(tail.bytes(), &layer.slice(999_990..));
+    }
+    let bad = b
+        .request(Method::GET, &path, &[("range", "bytes=2000000-")])
+        .await;
+    assert_eq!(bad.status, StatusCode::RANGE_NOT_SATISFIABLE);
+    assert_eq!(bad.header("content-range"), Some("bytes */1000000"));
+    // The range request on the miss still filled the whole blob, once.
+    assert_eq!(
+        fake.hits(Method::GET, &format!("/v2/library/app/blobs/{blob}")),
+        1
+    );
+}
+
+#[tokio::test]
+async fn head_of_a_missing_blob_asks_upstream_without_fetching_it() {
+    let fake = FakeRegistry::start().await;
+    let blob = fake.put_blob("library/app", random_bytes(4321, 9));
+    let b = berth(&fake, "").await;
+    let got = b
+        .request(Method::HEAD, &format!("/v2/app/blobs/{blob}"), &[])
+        .await;
+    assert_eq!(got.status, 200);
+    assert_eq!(got.header("content-length"), Some("4321"));
+    assert_eq!(
+        fake.hits(Method::GET, &format!("/v2/library/app/blobs/{blob}")),
+        0
+    );
+    assert!(!b.blob_file(&blob).exists());
+}
+
+#[tokio::test]
+async fn concurrent_misses_share_one_fetch() {
+    let fake = FakeRegistry::start().await;
+    let layer = random_bytes(4 << 20, 10);
+    let blob = fake.put_blob("library/app", layer.clone());
+    let b = berth(&fake, "").await;
+    let path = format!("/v2/app/blobs/{blob}");
+    let gets = (0..8).map(|_| b.get(&path));
+    for got in futures_util::future::join_all(gets).await {
+        same(got.bytes(), &layer);
+    }
+    assert_eq!(
+        fake.hits(Method::GET, &format!("/v2/library/app/blobs/{blob}")),
+        1
+    );
+}
+
+#[tokio::test]
+async fn tag_lists_pass_through_with_the_prefix_kept_in_links() {
+    let fake = FakeRegistry::start().await;
+    for t in ["a", "b", "c"] {
+        fake.put_tagged("team/app", t, media::OCI_INDEX, INDEX);
+    }
+    let b = berth(&fake, "").await;
+    let got = b.get("/v2/registry.test/team/app/tags/list?n=2").await;
+    assert_eq!(got.status, 200);
+    let v: serde_json::Value = serde_json::from_slice(got.bytes()).unwrap();
+    assert_eq!(v["tags"], serde_json::json!(["a", "b"]));
+    let link = got.header("link").expect("next-page link");
+    assert!(
+        link.starts_with("</v2/registry.test/team/app/tags/list?"),
+        "{link}"
+    );
+    let sent = fake.requests_to("/v2/team/app/tags/list");
+    assert_eq!(sent[0].param("n").as_deref(), Some("2"));
+}
+
+#[tokio::test]
+async fn containerd_ns_is_echoed() {
+    let fake = FakeRegistry::start().await;
+    fake.put_tagged("team/app", "1", media::OCI_INDEX, INDEX);
+    let b = berth(&fake, "").await;
+    let got = b.get("/v2/team/app/manifests/1?ns=registry.test").await;
+    assert_eq!(got.status, 200);
+    assert_eq!(got.header("oci-namespace"), Some("registry.test"));
+}

@@ -1,0 +1,715 @@
+//! The registry client against the fake registry, over real sockets on 127.0.0.1.
+
+mod support;
+
+use std::time::Duration;
+
+use berth::config::{Config, Secret, UpstreamConfig};
+use berth::error::{Code, Error, Origin};
+use berth::oci::media;
+use berth::upstream::{NotFoundKind, Upstream, UpstreamMetrics, UpstreamRequest, UpstreamResponse};
+use http::{Method, StatusCode, Version};
+use support::{FakeRegistry, Fault, Host, TokenAuth, TokenField};
+
+const MANIFEST: &str =
+    r#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json"}"#;
+
+fn config(url: &str, extra: &str) -> UpstreamConfig {
+    let text = format!("[[upstream]]\nname = \"fake\"\nurl = \"{url}\"\n{extra}");
+    Config::parse(&text, "test").unwrap().upstreams.remove(0)
+}
+
+fn with_credentials(mut cfg: UpstreamConfig) -> UpstreamConfig {
+    cfg.username = Some("alice".into());
+    cfg.password = Some(Secret::new("s3cret"));
+    cfg
+}
+
+fn upstream(cfg: &UpstreamConfig) -> (Upstream, prometheus::Registry) {
+    let registry = prometheus::Registry::new();
+    let metrics = UpstreamMetrics::register(&registry).unwrap();
+    (Upstream::new(cfg, metrics).unwrap(), registry)
+}
+
+fn request(method: Method, path: &str) -> UpstreamRequest {
+    let repo = path
+        .strip_prefix("/v2/")
+        .and_then(|p| {
+            ["/manifests/", "/blobs/", "/tags/"]
+                .iter()
+                .find_map(|s| p.rsplit_once(s))
+        })
+        .map(|(name, _)| name.parse().unwrap());
+    UpstreamRequest::new(method, path, repo)
+}
+
+async fn get(u: &Upstream, path: &str) -> UpstreamResponse {
+    u.send(request(Method::GET, path)).await.unwrap()
+}
+
+async fn get_bytes(u: &Upstream, path: &str) -> (StatusCode, bytes::Bytes) {
+    let r = get(u, path).await;
+    (r.status, r.bytes(1 << 20).await.unwrap())
+}
+
+/// The body until it fails: (bytes read, the error).
+async fn read_until_error(r: UpstreamResponse) -> (usize, Error) {
+    let mut body = r.body;
+    let mut n = 0;
+    loop {
+        match body.next_chunk().await {
+            Ok(Some(c)) => n += c.len(),
+            Ok(None) => panic!("body ended without an error after {n} bytes"),
+            Err(e) => return (n, e),
+        }
+    }
+}
+
+fn counter(registry: &prometheus::Registry, family: &str, labels: &[(&str, &str)]) -> f64 {
+    registry
+        .gather()
+        .iter()
+        .filter(|f| f.name() == family)
+        .flat_map(|f| f.get_metric().iter())
+        .filter(|m| {
+            labels.iter().all(|(k, v)| {
+                m.get_label()
+                    .iter()
+                    .any(|l| l.name() == *k && l.value() == *v)
+            })
+        })
+        .map(|m| m.get_counter().get_value())
+        .sum()
+}
+
+#[tokio::test]
+async fn anonymous_token_flow() {
+    let fake = FakeRegistry::start().await;
+    fake.require_token_auth(TokenAuth::default());
+    let digest = fake.put_tagged("library/nginx", "latest", media::OCI_MANIFEST, MANIFEST);
+    let (u, registry) = upstream(&config(&fake.url(), ""));
+
+    let r = get(&u, "/v2/library/nginx/manifests/latest").await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.headers["docker-content-digest"], digest.as_str());
+    assert_eq!(r.bytes(4 << 20).await.unwrap(), MANIFEST);
+
+    let tokens = fake.token_requests();
+    assert_eq!(tokens.len(), 1);
+    assert_eq!(tokens[0].header("authorization"), None);
+    assert_eq!(tokens[0].param("service").as_deref(), Some("fake-registry"));
+    assert_eq!(
+        tokens[0].param("scope").as_deref(),
+        Some("repository:library/nginx:pull")
+    );
+    let hits = fake.requests_to("/v2/library/nginx/manifests/latest");
+    assert_eq!(hits.len(), 2, "one 401, one retry");
+    assert_eq!(hits[0].header("authorization"), None);
+    assert_eq!(hits[1].header("authorization"), Some("Bearer fake-token-1"));
+    assert!(hits[1].header("user-agent").unwrap().starts_with("berth/"));
+
+    assert_eq!(
+        counter(
+            &registry,
+            "berth_upstream_requests_total",
+            &[("status", "401")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        counter(
+            &registry,
+            "berth_upstream_requests_total",
+            &[("status", "200")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        counter(
+            &registry,
+            "berth_upstream_token_requests_total",
+            &[("upstream", "fake"), ("outcome", "issued")]
+        ),
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn token_is_cached_and_attached_up_front() {
+    let fake = FakeRegistry::start().await;
+    fake.require_token_auth(TokenAuth::default());
+    fake.put_tagged("a/b", "1", media::OCI_MANIFEST, MANIFEST);
+    fake.put_tagged("c", "1", media::OCI_MANIFEST, MANIFEST);
+    let (u, _) = upstream(&config(&fake.url(), ""));
+
+    assert_eq!(get_bytes(&u, "/v2/a/b/manifests/1").await.0, StatusCode::OK);
+    assert_eq!(get_bytes(&u, "/v2/a/b/manifests/1").await.0, StatusCode::OK);
+    assert_eq!(
+        fake.token_requests().len(),
+        1,
+        "second request used the cached token"
+    );
+    assert_eq!(fake.hits(Method::GET, "/v2/a/b/manifests/1"), 3);
+
+    // A new repository needs a new scope: fetched before the request, so no 401 round trip.
+    assert_eq!(get_bytes(&u, "/v2/c/manifests/1").await.0, StatusCode::OK);
+    assert_eq!(fake.token_requests().len(), 2);
+    assert_eq!(fake.hits(Method::GET, "/v2/c/manifests/1"), 1);
+}
+
+#[tokio::test]
+async fn concurrent_misses_fetch_one_token() {
+    let fake = FakeRegistry::start().await;
+    fake.require_token_auth(TokenAuth::default());
+    fake.put_tagged("x", "1", media::OCI_MANIFEST, MANIFEST);
+    let (u, _) = upstream(&config(&fake.url(), ""));
+    let u = std::sync::Arc::new(u);
+    let pulls: Vec<_> = (0..8)
+        .map(|_| {
+            let u = u.clone();
+            tokio::spawn(async move { get_bytes(&u, "/v2/x/manifests/1").await.0 })
+        })
+        .collect();
+    for p in pulls {
+        assert_eq!(p.await.unwrap(), StatusCode::OK);
+    }
+    assert_eq!(fake.token_requests().len(), 1);
+}
+
+#[tokio::test]
+async fn access_token_field_and_default_lifetime() {
+    let fake = FakeRegistry::start().await;
+    fake.require_token_auth(TokenAuth {
+        field: TokenField::AccessToken,
+        expires_in: None,
+        ..TokenAuth::default()
+    });
+    fake.put_tagged("x", "1", media::DOCKER_MANIFEST, MANIFEST);
+    let (u, _) = upstream(&config(&fake.url(), ""));
+    let r = get(&u, "/v2/x/manifests/1").await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.headers["content-type"], media::DOCKER_MANIFEST);
+}
+
+#[tokio::test]
+async fn stale_token_is_refreshed_once() {
+    let fake = FakeRegistry::start().await;
+    fake.require_token_auth(TokenAuth::default());
+    fake.put_tagged("x", "1", media::OCI_MANIFEST, MANIFEST);
+    let (u, _) = upstream(&config(&fake.url(), ""));
+    assert_eq!(get_bytes(&u, "/v2/x/manifests/1").await.0, StatusCode::OK);
+
+    fake.revoke_tokens();
+    assert_eq!(get_bytes(&u, "/v2/x/manifests/1").await.0, StatusCode::OK);
+    assert_eq!(fake.token_requests().len(), 2);
+    let hits = fake.requests_to("/v2/x/manifests/1");
+    let auth: Vec<_> = hits.iter().map(|r| r.header("authorization")).collect();
+    assert_eq!(
+        auth,
+        [
+            None,
+            Some("Bearer fake-token-1"),
+            Some("Bearer fake-token-1"),
+            Some("Bearer fake-token-2")
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_fresh_token_that_is_refused_is_not_retried() {
+    let fake = FakeRegistry::start().await;
+    fake.require_token_auth(TokenAuth::default());
+    fake.put_tagged("a", "1", media::OCI_MANIFEST, MANIFEST);
+    let (u, _) = upstream(&config(&fake.url(), ""));
+    // The token asked for ("repository:b:pull") never opens repository a.
+    let req = UpstreamRequest::new(Method::GET, "/v2/a/manifests/1", Some("b".parse().unwrap()));
+    let r = u.send(req).await.unwrap();
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(fake.hits(Method::GET, "/v2/a/manifests/1"), 2);
+    assert_eq!(fake.token_requests().len(), 1);
+    let e = r
+        .error_for_status(NotFoundKind::Manifest)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (e.code, e.status, e.origin),
+        (Code::Denied, StatusCode::FORBIDDEN, Origin::Upstream)
+    );
+}
+
+#[tokio::test]
+async fn credentials_go_to_the_upstream_origin_realm() {
+    let fake = FakeRegistry::start().await;
+    fake.require_token_auth(TokenAuth {
+        credentials: Some(("alice".into(), "s3cret".into())),
+        anonymous: false,
+        ..TokenAuth::default()
+    });
+    fake.put_tagged("private/app", "1", media::OCI_MANIFEST, MANIFEST);
+    let (u, _) = upstream(&with_credentials(config(&fake.url(), "")));
+    assert_eq!(
+        get_bytes(&u, "/v2/private/app/manifests/1").await.0,
+        StatusCode::OK
+    );
+    let tokens = fake.token_requests();
+    assert_eq!(tokens.len(), 1);
+    assert_eq!(tokens[0].host, Host::Main);
+    assert_eq!(
+        tokens[0].header("authorization"),
+        Some("Basic YWxpY2U6czNjcmV0")
+    );
+    // The registry itself only ever sees the token.
+    for r in fake.requests_to("/v2/private/app/manifests/1") {
+        assert!(
+            r.header("authorization")
+                .is_none_or(|a| a.starts_with("Bearer "))
+        );
+    }
+}
+
+#[tokio::test]
+async fn credentials_go_to_a_listed_foreign_realm() {
+    let fake = FakeRegistry::start().await;
+    fake.require_token_auth(TokenAuth {
+        credentials: Some(("alice".into(), "s3cret".into())),
+        anonymous: false,
+        realm: Host::Other,
+        ..TokenAuth::default()
+    });
+    fake.put_tagged("private/app", "1", media::OCI_MANIFEST, MANIFEST);
+    let extra = format!("auth_realms = [\"{}\"]\n", fake.realm(Host::Other));
+    let (u, _) = upstream(&with_credentials(config(&fake.url(), &extra)));
+    assert_eq!(
+        get_bytes(&u, "/v2/private/app/manifests/1").await.0,
+        StatusCode::OK
+    );
+    let tokens = fake.token_requests();
+    assert_eq!(tokens.len(), 1);
+    assert_eq!(tokens[0].host, Host::Other);
+    assert_eq!(
+        tokens[0].header("authorization"),
+        Some("Basic YWxpY2U6czNjcmV0")
+    );
+}
+
+#[tokio::test]
+async fn an_unlisted_foreign_realm_gets_no_credentials() {
+    let fake = FakeRegistry::start().await;
+    fake.require_token_auth(TokenAuth {
+        credentials: Some(("alice".into(), "s3cret".into())),
+        anonymous: true,
+        realm: Host::Other,
+        ..TokenAuth::default()
+    });
+    fake.put_tagged("library/busybox", "1", media::OCI_MANIFEST, MANIFEST);
+    let (u, _) = upstream(&with_credentials(config(&fake.url(), "")));
+    assert_eq!(
+        get_bytes(&u, "/v2/library/busybox/manifests/1").await.0,
+        StatusCode::OK
+    );
+    let tokens = fake.token_requests();
+    assert_eq!(tokens.len(), 1);
+    assert_eq!(tokens[0].host, Host::Other);
+    assert_eq!(
+        tokens[0].header("authorization"),
+        None,
+        "anonymous token request"
+    );
+
+    // When the realm wants credentials it cannot get, the client sees DENIED.
+    fake.require_token_auth(TokenAuth {
+        credentials: Some(("alice".into(), "s3cret".into())),
+        anonymous: false,
+        realm: Host::Other,
+        ..TokenAuth::default()
+    });
+    fake.revoke_tokens();
+    let r = get(&u, "/v2/library/busybox/manifests/1").await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    let e = r
+        .error_for_status(NotFoundKind::Manifest)
+        .await
+        .unwrap_err();
+    assert_eq!(e.code, Code::Denied);
+    assert!(
+        fake.requests().iter().all(|r| r
+            .header("authorization")
+            .is_none_or(|a| !a.starts_with("Basic "))),
+        "no request anywhere carried the password"
+    );
+}
+
+#[tokio::test]
+async fn basic_auth_challenge() {
+    let fake = FakeRegistry::start().await;
+    fake.require_basic_auth("alice", "s3cret");
+    fake.put_tagged("x", "1", media::OCI_MANIFEST, MANIFEST);
+
+    let (anon, _) = upstream(&config(&fake.url(), ""));
+    let r = get(&anon, "/v2/x/manifests/1").await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        fake.hits(Method::GET, "/v2/x/manifests/1"),
+        1,
+        "nothing to retry with"
+    );
+
+    fake.reset_counts();
+    let (u, _) = upstream(&with_credentials(config(&fake.url(), "")));
+    assert_eq!(get_bytes(&u, "/v2/x/manifests/1").await.0, StatusCode::OK);
+    assert_eq!(get_bytes(&u, "/v2/x/manifests/1").await.0, StatusCode::OK);
+    let auth: Vec<_> = fake
+        .requests_to("/v2/x/manifests/1")
+        .iter()
+        .map(|r| r.header("authorization").map(str::to_owned))
+        .collect();
+    let basic = Some("Basic YWxpY2U6czNjcmV0".to_owned());
+    assert_eq!(
+        auth,
+        [None, basic.clone(), basic],
+        "Basic sent up front after the first challenge"
+    );
+}
+
+#[tokio::test]
+async fn redirect_to_another_host_drops_authorization() {
+    let fake = FakeRegistry::start().await;
+    fake.require_token_auth(TokenAuth::default());
+    let blob = vec![7u8; 100_000];
+    let digest = fake.put_blob("x", blob.clone());
+    let path = format!("/v2/x/blobs/{digest}");
+    fake.fault(&path, Fault::RedirectToOther);
+    let (u, registry) = upstream(&config(&fake.url(), ""));
+
+    let (status, body) = get_bytes(&u, &path).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body, blob);
+    let asked = fake.requests_to(&path);
+    assert_eq!(
+        asked.last().unwrap().header("authorization"),
+        Some("Bearer fake-token-1")
+    );
+    let cdn = fake.requests_to(&format!("/cdn/{digest}"));
+    assert_eq!(cdn.len(), 1);
+    assert_eq!(cdn[0].host, Host::Other);
+    assert_eq!(cdn[0].header("authorization"), None);
+    assert_eq!(cdn[0].header("accept-encoding"), Some("identity"));
+    assert_eq!(asked[0].header("accept-encoding"), Some("identity"));
+    assert_eq!(
+        counter(
+            &registry,
+            "berth_upstream_requests_total",
+            &[("status", "307")]
+        ),
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn relative_redirect_on_the_same_origin_keeps_authorization() {
+    let fake = FakeRegistry::start().await;
+    fake.require_token_auth(TokenAuth::default());
+    let digest = fake.put_blob("x", &b"hello"[..]);
+    let path = format!("/v2/x/blobs/{digest}");
+    fake.fault(
+        &path,
+        Fault::Redirect(StatusCode::FOUND, format!("/cdn/{digest}")),
+    );
+    let (u, _) = upstream(&config(&fake.url(), ""));
+    assert_eq!(get_bytes(&u, &path).await.1, &b"hello"[..]);
+    let cdn = fake.requests_to(&format!("/cdn/{digest}"));
+    assert_eq!(cdn[0].host, Host::Main);
+    assert_eq!(cdn[0].header("authorization"), Some("Bearer fake-token-1"));
+}
+
+#[tokio::test]
+async fn too_many_redirects_fail() {
+    let fake = FakeRegistry::start().await;
+    let digest = fake.put_blob("x", &b"hello"[..]);
+    let path = format!("/v2/x/blobs/{digest}");
+    fake.fault(&path, Fault::Redirect(StatusCode::FOUND, path.clone()));
+    let (u, _) = upstream(&config(&fake.url(), "max_redirects = 2\n"));
+    let e = u.send(request(Method::GET, &path)).await.unwrap_err();
+    assert_eq!(
+        (e.origin, e.status),
+        (Origin::Upstream, StatusCode::BAD_GATEWAY)
+    );
+    assert_eq!(fake.hits(Method::GET, &path), 3);
+}
+
+#[tokio::test]
+async fn tls_with_ca_file_speaks_http2() {
+    let fake = FakeRegistry::start_tls().await;
+    fake.require_token_auth(TokenAuth::default());
+    fake.put_tagged("x", "1", media::OCI_MANIFEST, MANIFEST);
+    let ca = fake.ca_file().unwrap().display().to_string();
+    let (u, _) = upstream(&config(&fake.url(), &format!("ca_file = \"{ca}\"\n")));
+    assert_eq!(get_bytes(&u, "/v2/x/manifests/1").await.1, MANIFEST);
+    assert!(fake.requests().iter().all(|r| r.version == Version::HTTP_2));
+
+    // Without the CA the certificate is not trusted.
+    let (untrusting, _) = upstream(&config(&fake.url(), ""));
+    let e = untrusting
+        .send(request(Method::GET, "/v2/x/manifests/1"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.origin, Origin::Upstream);
+    assert_eq!(e.status, StatusCode::SERVICE_UNAVAILABLE);
+}
+
+#[tokio::test]
+async fn https_to_http_redirect_is_refused() {
+    let fake = FakeRegistry::start_tls().await;
+    let digest = fake.put_blob("x", &b"hello"[..]);
+    let path = format!("/v2/x/blobs/{digest}");
+    let plain = fake.other_url().replace("https://", "http://");
+    fake.fault(
+        &path,
+        Fault::Redirect(StatusCode::FOUND, format!("{plain}/cdn/{digest}")),
+    );
+    let ca = fake.ca_file().unwrap().display().to_string();
+    let (u, _) = upstream(&config(&fake.url(), &format!("ca_file = \"{ca}\"\n")));
+    let e = u.send(request(Method::GET, &path)).await.unwrap_err();
+    assert_eq!(
+        (e.origin, e.status),
+        (Origin::Upstream, StatusCode::BAD_GATEWAY)
+    );
+    assert!(e.to_string().contains("https"), "{e}");
+    assert!(fake.requests_to(&format!("/cdn/{digest}")).is_empty());
+}
+
+#[tokio::test]
+async fn stalled_body_times_out() {
+    let fake = FakeRegistry::start().await;
+    let digest = fake.put_blob("x", vec![1u8; 10_000]);
+    let path = format!("/v2/x/blobs/{digest}");
+    fake.fault(&path, Fault::StallAfter(1000));
+    let (u, _) = upstream(&config(&fake.url(), "stall_timeout = \"200ms\"\n"));
+    let r = get(&u, &path).await;
+    assert_eq!(r.status, StatusCode::OK);
+    let (n, e) = read_until_error(r).await;
+    assert_eq!(n, 1000);
+    assert_eq!((e.origin, e.code), (Origin::Upstream, Code::Unavailable));
+    assert!(e.to_string().contains("stalled"), "{e}");
+}
+
+#[tokio::test]
+async fn missing_response_headers_time_out() {
+    let fake = FakeRegistry::start().await;
+    fake.put_tagged("x", "1", media::OCI_MANIFEST, MANIFEST);
+    fake.fault("/v2/x/manifests/1", Fault::NoResponse);
+    let (u, registry) = upstream(&config(&fake.url(), "response_timeout = \"200ms\"\n"));
+    let e = u
+        .send(request(Method::GET, "/v2/x/manifests/1"))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (e.origin, e.status),
+        (Origin::Upstream, StatusCode::SERVICE_UNAVAILABLE)
+    );
+    assert_eq!(
+        counter(
+            &registry,
+            "berth_upstream_requests_total",
+            &[("status", "timeout")]
+        ),
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn connection_closed_mid_body_fails() {
+    let fake = FakeRegistry::start().await;
+    let digest = fake.put_blob("x", vec![1u8; 10_000]);
+    let path = format!("/v2/x/blobs/{digest}");
+    fake.fault(&path, Fault::CloseAfter(4000));
+    let (u, _) = upstream(&config(&fake.url(), ""));
+    let (n, e) = read_until_error(get(&u, &path).await).await;
+    assert_eq!(n, 4000);
+    assert_eq!(e.origin, Origin::Upstream);
+    assert!(e.to_string().contains("broke off"), "{e}");
+}
+
+#[tokio::test]
+async fn refused_connection_is_unavailable() {
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let (u, _) = upstream(&config(&format!("http://127.0.0.1:{port}"), ""));
+    let e = u.send(request(Method::GET, "/v2/")).await.unwrap_err();
+    assert_eq!(
+        (e.origin, e.status),
+        (Origin::Upstream, StatusCode::SERVICE_UNAVAILABLE)
+    );
+}
+
+#[tokio::test]
+async fn rate_limit_maps_to_toomanyrequests_with_retry_after() {
+    let fake = FakeRegistry::start().await;
+    fake.put_tagged("x", "1", media::OCI_MANIFEST, MANIFEST);
+    fake.fault_times(
+        "/v2/x/manifests/1",
+        Fault::Status(StatusCode::TOO_MANY_REQUESTS, Some("7".into())),
+        1,
+    );
+    let (u, _) = upstream(&config(&fake.url(), ""));
+    let r = get(&u, "/v2/x/manifests/1").await;
+    assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS);
+    let e = r
+        .error_for_status(NotFoundKind::Manifest)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (e.code, e.status),
+        (Code::TooManyRequests, StatusCode::TOO_MANY_REQUESTS)
+    );
+    assert_eq!(e.retry_after, Some(Duration::from_secs(7)));
+
+    // The fault fired once; the next request is served.
+    let r = get(&u, "/v2/x/manifests/1").await;
+    assert!(r.error_for_status(NotFoundKind::Manifest).await.is_ok());
+}
+
+#[tokio::test]
+async fn statuses_map_to_oci_errors() {
+    let fake = FakeRegistry::start().await;
+    fake.put_tagged("x", "1", media::OCI_MANIFEST, MANIFEST);
+    let digest = fake.put_blob("x", &b"b"[..]);
+    fake.fault(
+        "/v2/x/manifests/broken",
+        Fault::Status(StatusCode::BAD_GATEWAY, None),
+    );
+    fake.fault(
+        "/v2/x/manifests/teapot",
+        Fault::Status(StatusCode::IM_A_TEAPOT, None),
+    );
+    let blob_path = format!("/v2/x/blobs/{digest}");
+    fake.fault(&blob_path, Fault::Status(StatusCode::NOT_FOUND, None));
+    let (u, _) = upstream(&config(&fake.url(), ""));
+
+    let cases = [
+        (
+            "/v2/x/manifests/nope",
+            NotFoundKind::Manifest,
+            Code::ManifestUnknown,
+            404,
+        ),
+        // The upstream's own code wins over the hint...
+        (
+            "/v2/nobody/manifests/1",
+            NotFoundKind::Manifest,
+            Code::NameUnknown,
+            404,
+        ),
+        // ...and the hint decides when the body has none.
+        (
+            blob_path.as_str(),
+            NotFoundKind::Blob,
+            Code::BlobUnknown,
+            404,
+        ),
+        (
+            "/v2/x/manifests/broken",
+            NotFoundKind::Manifest,
+            Code::Unavailable,
+            503,
+        ),
+        (
+            "/v2/x/manifests/teapot",
+            NotFoundKind::Manifest,
+            Code::Unknown,
+            502,
+        ),
+    ];
+    for (path, kind, code, status) in cases {
+        let e = get(&u, path)
+            .await
+            .error_for_status(kind)
+            .await
+            .unwrap_err();
+        assert_eq!((e.code, e.status.as_u16()), (code, status), "{path}");
+    }
+    let r = u
+        .send(request(Method::HEAD, "/v2/x/manifests/1"))
+        .await
+        .unwrap();
+    assert_eq!(
+        r.headers["content-length"],
+        MANIFEST.len().to_string().as_str()
+    );
+    assert!(r.bytes(10).await.unwrap().is_empty(), "HEAD has no body");
+}
+
+#[tokio::test]
+async fn manifest_over_the_limit_is_refused() {
+    let fake = FakeRegistry::start().await;
+    let big = format!("{{\"pad\":\"{}\"}}", "x".repeat(5000));
+    fake.put_tagged("x", "big", media::OCI_MANIFEST, big.clone());
+    let (u, _) = upstream(&config(&fake.url(), ""));
+    let e = get(&u, "/v2/x/manifests/big")
+        .await
+        .bytes(4096)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (e.origin, e.status),
+        (Origin::Upstream, StatusCode::BAD_GATEWAY)
+    );
+    let ok = get(&u, "/v2/x/manifests/big")
+        .await
+        .bytes(big.len())
+        .await
+        .unwrap();
+    assert_eq!(ok.len(), big.len());
+}
+
+#[tokio::test]
+async fn range_and_tag_list_pass_through() {
+    let fake = FakeRegistry::start().await;
+    for t in ["a", "b", "c"] {
+        fake.put_tagged("x", t, media::OCI_MANIFEST, MANIFEST);
+    }
+    let digest = fake.put_blob("x", &b"0123456789"[..]);
+    let (u, _) = upstream(&config(&fake.url(), ""));
+
+    let mut req = request(Method::GET, &format!("/v2/x/blobs/{digest}"));
+    req.headers
+        .insert(http::header::RANGE, "bytes=2-4".parse().unwrap());
+    let r = u.send(req).await.unwrap();
+    assert_eq!(r.status, StatusCode::PARTIAL_CONTENT);
+    assert_eq!(r.bytes(100).await.unwrap(), &b"234"[..]);
+
+    let r = get(&u, "/v2/x/tags/list?n=2").await;
+    assert!(r.headers["link"].to_str().unwrap().contains("last=b"));
+    let v: serde_json::Value = serde_json::from_slice(&r.bytes(1000).await.unwrap()).unwrap();
+    assert_eq!(v["tags"], serde_json::json!(["a", "b"]));
+}
+
+#[tokio::test]
+async fn only_v2_paths_are_sent() {
+    let fake = FakeRegistry::start().await;
+    let (u, _) = upstream(&config(&fake.url(), ""));
+    for bad in ["/v1/x", "http://evil.example/v2/", "/v2/../admin"] {
+        let e = u.send(request(Method::GET, bad)).await.unwrap_err();
+        assert_eq!(e.origin, Origin::Internal, "{bad}");
+    }
+    let e = u.send(request(Method::DELETE, "/v2/")).await.unwrap_err();
+    assert_eq!(e.origin, Origin::Internal);
+    assert!(fake.requests().is_empty());
+}
+
+#[tokio::test]
+async fn wrong_bytes_are_passed_on_unverified() {
+    // The client does not check digests (the mirror does); the fake's fault keeps length and headers.
+    let fake = FakeRegistry::start().await;
+    let digest = fake.put_blob("x", &b"abc"[..]);
+    let path = format!("/v2/x/blobs/{digest}");
+    fake.fault(&path, Fault::WrongBytes);
+    let (u, _) = upstream(&config(&fake.url(), ""));
+    let r = get(&u, &path).await;
+    assert_eq!(r.headers["docker-content-digest"], digest.as_str());
+    let body = r.bytes(100).await.unwrap();
+    assert_eq!(body.len(), 3);
+    assert_ne!(body, &b"abc"[..]);
+}
