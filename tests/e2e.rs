@@ -73,11 +73,27 @@ fn skopeo(via: Via) {
         case(env.prefixed("docker.io", "team/app:1.0"), app, false),
         // Plain form, default upstream; without --all skopeo picks the amd64 instance.
         case("library/busybox:latest".into(), busybox, false),
-        case("coreos/flannel:v0.11.0".into(), flannel, false),
+        case("team/app:1.0".into(), app, false),
     ];
     if via == Via::Berth {
         // A one-part name gets library/ from the default upstream.
         cases.push(case("alpine:3.19".into(), alpine, true));
+    }
+    if via == Via::Berth {
+        // Each upstream's registry holds only its own images: a name routed to the wrong upstream
+        // finds nothing.
+        for name in [
+            "quay.io/library/alpine:3.19",
+            "docker.io/coreos/flannel:v0.11.0",
+            "coreos/flannel:v0.11.0",
+        ] {
+            let mut cmd = Command::new("skopeo");
+            env.client_env(&mut cmd);
+            cmd.args(["inspect", "--raw", "--tls-verify=false"])
+                .arg(format!("docker://{}/{name}", env.mirror("docker.io")));
+            let r = proc::try_run(&mut cmd, PULL_LIMIT);
+            assert!(r.is_err(), "{name} through berth should not exist: {r:?}");
+        }
     }
     skopeo_copies(&env, &cases, "first");
     for img in seed::images() {
@@ -89,7 +105,7 @@ fn skopeo(via: Via) {
         env.assert_fetched_once(img);
     }
     if via == Via::Berth {
-        env.stop_registry();
+        env.stop_registries();
         skopeo_copies(&env, &cases, "cached");
     }
 }
@@ -105,8 +121,12 @@ fn skopeo_copies(env: &Env, cases: &[Case], round: &str) {
         if c.all {
             cmd.arg("--all");
         }
-        cmd.arg(format!("docker://{}/{}", env.mirror(), c.name))
-            .arg(format!("dir:{}", out.display()));
+        cmd.arg(format!(
+            "docker://{}/{}",
+            env.mirror(c.image.upstream),
+            c.name
+        ))
+        .arg(format!("dir:{}", out.display()));
         let started = Instant::now();
         proc::run(&mut cmd, PULL_LIMIT);
         eprintln!("skopeo {round} {} in {:.1?}", c.name, started.elapsed());
@@ -165,12 +185,8 @@ fn concurrent_skopeo_misses_fetch_upstream_once() {
             image,
             all,
         };
-        // Mix the forms: they name the same upstream repository.
-        cases.push(case(
-            ["quay.io/coreos/flannel:v0.11.0", "coreos/flannel:v0.11.0"][i % 2],
-            flannel,
-            false,
-        ));
+        cases.push(case("quay.io/coreos/flannel:v0.11.0", flannel, false));
+        // Mix the forms: both name the default upstream's repository.
         cases.push(case(
             ["docker.io/library/busybox:latest", "library/busybox:latest"][i % 2],
             busybox,
@@ -247,14 +263,14 @@ fn containerd(via: Via) {
     // docker.io has its own hosts.toml; quay.io falls to _default. Each names a dead server, so
     // only the mirror host can answer.
     let hosts = d.join("hosts");
-    for dir in ["docker.io", "_default"] {
+    for (dir, upstream) in [("docker.io", "docker.io"), ("_default", "quay.io")] {
         std::fs::create_dir_all(hosts.join(dir)).unwrap();
         std::fs::write(
             hosts.join(dir).join("hosts.toml"),
             format!(
                 "server = \"http://{}\"\n\n[host.\"http://{}\"]\n  capabilities = [\"pull\", \"resolve\"]\n",
                 env.dead,
-                env.mirror()
+                env.mirror(upstream)
             ),
         )
         .unwrap();
@@ -403,8 +419,8 @@ fn dockerd(via: Via) {
     std::fs::write(
         &cfg,
         serde_json::to_vec_pretty(&serde_json::json!({
-            "registry-mirrors": [format!("http://{}", env.mirror())],
-            "insecure-registries": [env.mirror()],
+            "registry-mirrors": [format!("http://{}", env.mirror("docker.io"))],
+            "insecure-registries": [env.mirror("docker.io")],
             // Else dockerd 20.10 writes /etc/docker/key.json.
             "deprecated-key-path": d.join("key.json"),
         }))

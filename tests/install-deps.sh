@@ -5,8 +5,8 @@
 # needs root, runs `apt-get update` once and installs what is missing. Quiet unless it fails.
 set -euo pipefail
 
-packages=(docker-registry skopeo containerd podman docker.io nginx-light wrk apache2-utils jq uidmap)
-commands=(docker-registry skopeo containerd ctr podman dockerd docker nginx wrk ab jq newuidmap)
+packages=(docker-registry skopeo containerd podman docker.io nginx-light wrk apache2-utils jq uidmap procps)
+commands=(docker-registry skopeo containerd ctr podman dockerd docker nginx wrk ab jq newuidmap kill)
 
 missing=()
 for p in "${packages[@]}"; do

@@ -1,5 +1,5 @@
-//! One test's world: a seeded Distribution registry, and (unless the test points clients straight
-//! at the registry to check the harness itself) berth in front of it. Everything lives in one
+//! One test's world: a seeded Distribution registry per upstream host, and (unless the test points
+//! clients straight at the registries to check the harness itself) berth in front of them. Everything lives in one
 //! temporary directory and every process stops when the `Env` is dropped.
 
 use std::collections::HashMap;
@@ -23,21 +23,32 @@ pub enum Via {
 /// How long a daemon gets to come up.
 const READY_LIMIT: Duration = Duration::from_secs(30);
 
+/// The upstream hosts berth mirrors in these tests. Each has its own registry holding only its own
+/// images, so a request routed to the wrong upstream finds nothing.
+pub const UPSTREAMS: [&str; 2] = ["docker.io", "quay.io"];
+
+/// One Distribution registry standing in for an upstream host.
+struct Registry {
+    host: &'static str,
+    proc: Option<Proc>,
+    addr: String,
+    log: PathBuf,
+    /// Length of its log once seeding was checked: later lines are the clients' (berth's) requests.
+    seeded_log_len: usize,
+}
+
 pub struct Env {
     pub via: Via,
-    // Fields drop in order: berth, then the registry, then client daemons the test started
-    // (they are dropped by the test before), then the directory.
+    // Fields drop in order: berth, then the registries, then the directory. Client daemons a test
+    // starts are its locals, declared after the `Env`, so they stop first.
     berth: Option<Proc>,
-    registry: Option<Proc>,
-    pub registry_addr: String,
+    registries: Vec<Registry>,
     berth_addr: String,
     /// Berth's cache root (`[storage] path`).
     pub storage: PathBuf,
     /// A loopback port nothing listens on: where "the real registry" and proxies point.
     pub dead: String,
     pub policy: PathBuf,
-    /// Length of the registry's log once seeding was checked: later lines are berth's requests.
-    seeded_log_len: usize,
     tmp: Option<tempfile::TempDir>,
 }
 
@@ -52,35 +63,49 @@ impl Env {
         seed::write_policy(&policy);
         seed::images(); // generated once per process, before any daemon starts
 
-        let registry_addr = format!("127.0.0.1:{}", http::free_port());
-        let reg_cfg = dir.join("registry.yml");
-        std::fs::write(
-            &reg_cfg,
-            format!(
-                "version: 0.1\nlog:\n  level: info\n  accesslog:\n    disabled: false\n\
-                 storage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\n\
-                 http:\n  addr: {registry_addr}\n",
-                dir.join("registry-data").display()
-            ),
-        )
-        .unwrap();
-        let mut cmd = Command::new("docker-registry");
-        cmd.arg("serve").arg(&reg_cfg);
-        let mut registry = Proc::spawn("registry", cmd, &dir);
-        wait_ready(&mut registry, &registry_addr, "/v2/");
-        seed::push_all(&registry_addr, &policy);
-        let seeded_log_len = registry_log(&dir).len();
+        let mut registries = Vec::new();
+        for host in UPSTREAMS {
+            let addr = format!("127.0.0.1:{}", http::free_port());
+            let cfg = dir.join(format!("registry-{host}.yml"));
+            std::fs::write(
+                &cfg,
+                format!(
+                    "version: 0.1\nlog:\n  level: info\n  accesslog:\n    disabled: false\n\
+                     storage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\n\
+                     http:\n  addr: {addr}\n",
+                    dir.join(format!("registry-{host}-data")).display()
+                ),
+            )
+            .unwrap();
+            let name = format!("registry-{host}");
+            let mut cmd = Command::new("docker-registry");
+            cmd.arg("serve").arg(&cfg);
+            registries.push(Registry {
+                host,
+                proc: Some(Proc::spawn(&name, cmd, &dir)),
+                addr,
+                log: dir.join(format!("{name}.log")),
+                seeded_log_len: 0,
+            });
+        }
+        let mut pushes = Vec::new();
+        for r in &mut registries {
+            wait_ready(r.proc.as_mut().unwrap(), &r.addr, "/v2/");
+            pushes.extend(seed::images_of(r.host).map(|img| (r.addr.clone(), img)));
+        }
+        seed::push(&pushes, &policy);
+        for r in &mut registries {
+            r.seeded_log_len = read_log(&r.log).len();
+        }
 
         let mut env = Env {
             via,
             berth: None,
-            registry: Some(registry),
-            registry_addr,
+            registries,
             berth_addr: String::new(),
             storage: dir.join("berth-data"),
             dead: format!("127.0.0.1:{}", http::free_port()),
             policy,
-            seeded_log_len,
             tmp: Some(tmp),
         };
         if via == Via::Berth {
@@ -93,22 +118,32 @@ impl Env {
         self.tmp.as_ref().expect("tmp").path()
     }
 
+    fn registry(&self, host: &str) -> &Registry {
+        self.registries
+            .iter()
+            .find(|r| r.host == host)
+            .unwrap_or_else(|| panic!("no registry for {host}"))
+    }
+
     fn start_berth(&mut self) {
         let port = http::free_port();
         let metrics = format!("127.0.0.1:{}", http::free_port());
         let cfg = self.dir().join("berth.toml");
-        let url = format!("http://{}", self.registry_addr);
-        std::fs::write(
-            &cfg,
-            format!(
-                "[server]\nlisten = \"127.0.0.1:{port}\"\n\n[metrics]\nlisten = \"{metrics}\"\n\n\
-                 [storage]\npath = \"{}\"\n\n\
-                 [[upstream]]\nname = \"docker.io\"\nurl = \"{url}\"\ndefault = true\nlibrary_prefix = true\n\n\
-                 [[upstream]]\nname = \"quay.io\"\nurl = \"{url}\"\n",
-                self.storage.display()
-            ),
-        )
-        .unwrap();
+        let mut text = format!(
+            "[server]\nlisten = \"127.0.0.1:{port}\"\n\n[metrics]\nlisten = \"{metrics}\"\n\n\
+             [storage]\npath = \"{}\"\n",
+            self.storage.display()
+        );
+        for r in &self.registries {
+            text += &format!(
+                "\n[[upstream]]\nname = \"{}\"\nurl = \"http://{}\"\n",
+                r.host, r.addr
+            );
+            if r.host == "docker.io" {
+                text += "default = true\nlibrary_prefix = true\n";
+            }
+        }
+        std::fs::write(&cfg, text).unwrap();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_berth"));
         cmd.arg("serve")
             .arg("--config")
@@ -121,11 +156,11 @@ impl Env {
         self.berth = Some(berth);
     }
 
-    /// `host:port` clients pull from.
-    pub fn mirror(&self) -> &str {
+    /// `host:port` a client pulls `host`'s images from: berth, or that host's registry.
+    pub fn mirror(&self, host: &str) -> &str {
         match self.via {
             Via::Berth => &self.berth_addr,
-            Via::Registry => &self.registry_addr,
+            Via::Registry => &self.registry(host).addr,
         }
     }
 
@@ -142,14 +177,16 @@ impl Env {
     pub fn mirror_location(&self, host: &str) -> String {
         match self.via {
             Via::Berth => format!("{}/{host}", self.berth_addr),
-            Via::Registry => self.registry_addr.clone(),
+            Via::Registry => self.registry(host).addr.clone(),
         }
     }
 
-    /// Stops the registry: from now on only berth's cache can answer.
-    pub fn stop_registry(&mut self) {
-        if let Some(mut r) = self.registry.take() {
-            r.stop();
+    /// Stops the registries: from now on only berth's cache can answer.
+    pub fn stop_registries(&mut self) {
+        for r in &mut self.registries {
+            if let Some(mut p) = r.proc.take() {
+                p.stop();
+            }
         }
     }
 
@@ -193,18 +230,18 @@ impl Env {
     }
 }
 
-/// The registry's log (its access log lines included).
-fn registry_log(dir: &Path) -> String {
-    std::fs::read_to_string(dir.join("registry.log")).unwrap_or_default()
+fn read_log(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_default()
 }
 
 impl Env {
-    /// How many times each blob (by hex digest) was fetched from the registry since seeding, from
-    /// its access log lines: `"GET /v2/<name>/blobs/sha256:<hex>[?...] HTTP/1.1" <status>`.
-    pub fn upstream_blob_gets(&self) -> HashMap<String, usize> {
-        let log = registry_log(self.dir());
+    /// How many times each blob (by hex digest) was fetched from `host`'s registry since seeding,
+    /// from its access log lines: `"GET /v2/<name>/blobs/sha256:<hex>[?...] HTTP/1.1" <status>`.
+    pub fn upstream_blob_gets(&self, host: &str) -> HashMap<String, usize> {
+        let r = self.registry(host);
+        let log = read_log(&r.log);
         let mut counts = HashMap::new();
-        for line in log[self.seeded_log_len.min(log.len())..].lines() {
+        for line in log[r.seeded_log_len.min(log.len())..].lines() {
             let Some((_, request)) = line.split_once("\"GET /v2/") else {
                 continue;
             };
@@ -222,17 +259,18 @@ impl Env {
         if self.via != Via::Berth {
             return;
         }
-        let counts = self.upstream_blob_gets();
+        let counts = self.upstream_blob_gets(img.upstream);
         for p in &img.platforms {
             for b in std::iter::once(&p.config).chain(&p.layers) {
                 let n = counts.get(b.hex()).copied().unwrap_or(0);
                 assert_eq!(
                     n,
                     1,
-                    "berth fetched {} of {} ({}) from the registry {n} times",
+                    "berth fetched {} of {} ({}) from {}'s registry {n} times",
                     b.digest,
                     img.reference(),
-                    p.arch
+                    p.arch,
+                    img.upstream
                 );
             }
         }
@@ -256,10 +294,8 @@ fn wait_ready(p: &mut Proc, addr: &str, path: &str) {
 impl Drop for Env {
     fn drop(&mut self) {
         let failed = std::thread::panicking();
-        for p in [self.berth.as_mut(), self.registry.as_mut()]
-            .into_iter()
-            .flatten()
-        {
+        let registries = self.registries.iter_mut().filter_map(|r| r.proc.as_mut());
+        for p in self.berth.as_mut().into_iter().chain(registries) {
             if failed {
                 eprintln!("---- {} log (tail) ----\n{}", p.name(), p.log_tail(40));
             }

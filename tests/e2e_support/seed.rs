@@ -52,6 +52,8 @@ pub struct Platform {
 /// A seeded repository tag: a single manifest, or a list/index over several platforms.
 #[derive(Debug)]
 pub struct Image {
+    /// The upstream registry host that holds it (each has its own Distribution registry).
+    pub upstream: &'static str,
     pub repo: &'static str,
     pub tag: &'static str,
     /// What the tag resolves to (the list for multi-platform images).
@@ -254,16 +256,30 @@ fn platform(
     )
 }
 
-/// A `dir:` copy of `repo:tag`: one platform (amd64), or a list over amd64 and arm64.
-fn build(
-    root: &Path,
+/// What to generate for one repository tag.
+struct Spec {
+    upstream: &'static str,
     repo: &'static str,
     tag: &'static str,
     format: Format,
+    /// A list over amd64 and arm64, or a single amd64 image.
     multi: bool,
     seed: u64,
-    layer_sizes: &[&[usize]],
-) -> Image {
+    /// Per layer, the sizes of the files in it.
+    layer_sizes: &'static [&'static [usize]],
+}
+
+/// A `dir:` copy of `repo:tag`: one platform (amd64), or a list over amd64 and arm64.
+fn build(root: &Path, spec: Spec) -> Image {
+    let Spec {
+        upstream,
+        repo,
+        tag,
+        format,
+        multi,
+        seed,
+        layer_sizes,
+    } = spec;
     let dir = root.join(repo.replace('/', "_"));
     std::fs::create_dir_all(&dir).expect("mkdir");
     std::fs::write(dir.join("version"), "Directory Transport Version: 1.1\n").unwrap();
@@ -310,6 +326,7 @@ fn build(
         (platforms[0].manifest.clone(), format.manifest())
     };
     Image {
+        upstream,
         repo,
         tag,
         top,
@@ -321,52 +338,53 @@ fn build(
 
 fn generate(root: &Path) -> Vec<Image> {
     const KB: usize = 1024;
-    vec![
+    let specs = [
         // dockerd pulls alpine:3.19 for amd64: a Docker manifest list.
-        build(
-            root,
-            "library/alpine",
-            "3.19",
-            Format::Docker,
-            true,
-            1,
-            &[&[300 * KB, 10 * KB]],
-        ),
-        build(
-            root,
-            "library/busybox",
-            "latest",
-            Format::Oci,
-            true,
-            2,
-            &[&[200 * KB], &[5 * KB]],
-        ),
+        Spec {
+            upstream: "docker.io",
+            repo: "library/alpine",
+            tag: "3.19",
+            format: Format::Docker,
+            multi: true,
+            seed: 1,
+            layer_sizes: &[&[300 * KB, 10 * KB]],
+        },
+        Spec {
+            upstream: "docker.io",
+            repo: "library/busybox",
+            tag: "latest",
+            format: Format::Oci,
+            multi: true,
+            seed: 2,
+            layer_sizes: &[&[200 * KB], &[5 * KB]],
+        },
         // Several layers, a few KB to a few MB.
-        build(
-            root,
-            "coreos/flannel",
-            "v0.11.0",
-            Format::Docker,
-            false,
-            3,
-            &[
+        Spec {
+            upstream: "quay.io",
+            repo: "coreos/flannel",
+            tag: "v0.11.0",
+            format: Format::Docker,
+            multi: false,
+            seed: 3,
+            layer_sizes: &[
                 &[4 * KB],
                 &[64 * KB, 1],
                 &[512 * KB],
                 &[1536 * KB, 100],
                 &[3 * 1024 * KB],
             ],
-        ),
-        build(
-            root,
-            "team/app",
-            "1.0",
-            Format::Oci,
-            false,
-            4,
-            &[&[700 * KB], &[20 * KB]],
-        ),
-    ]
+        },
+        Spec {
+            upstream: "docker.io",
+            repo: "team/app",
+            tag: "1.0",
+            format: Format::Oci,
+            multi: false,
+            seed: 4,
+            layer_sizes: &[&[700 * KB], &[20 * KB]],
+        },
+    ];
+    specs.into_iter().map(|s| build(root, s)).collect()
 }
 
 /// An `insecureAcceptAnything` signature policy, so skopeo and podman need nothing in /etc.
@@ -375,11 +393,16 @@ pub fn write_policy(path: &Path) {
         .expect("write policy.json");
 }
 
-/// Pushes every image into the registry at `addr`, then checks the registry serves each manifest
-/// and blob with the generated digest.
-pub fn push_all(addr: &str, policy: &Path) {
+/// The images upstream `host` holds.
+pub fn images_of(host: &str) -> impl Iterator<Item = &'static Image> + '_ {
+    images().iter().filter(move |i| i.upstream == host)
+}
+
+/// Pushes `(registry address, image)` pairs, all at once, then checks each registry serves each
+/// manifest and blob with the generated digest.
+pub fn push(pushes: &[(String, &'static Image)], policy: &Path) {
     let mut children = Vec::new();
-    for img in images() {
+    for (addr, img) in pushes {
         let mut cmd = Command::new("skopeo");
         cmd.arg("--policy").arg(policy).args([
             "copy",
@@ -402,7 +425,7 @@ pub fn push_all(addr: &str, policy: &Path) {
             std::panic::resume_unwind(e);
         }
     }
-    for img in images() {
+    for (addr, img) in pushes {
         check_registry_serves(addr, img);
     }
 }
