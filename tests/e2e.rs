@@ -1,5 +1,6 @@
-//! End-to-end: real clients (skopeo, containerd's ctr, podman, dockerd) pull seeded images from a
-//! real Distribution registry through berth, and berth's cache ends up holding what they pulled.
+//! End-to-end: real clients (skopeo, containerd's ctr, podman, dockerd) pull seeded images from
+//! real Distribution registries (one per upstream host: `docker.io`, `quay.io`) through berth, and
+//! berth's cache ends up holding what they pulled, each blob fetched from upstream once.
 //!
 //! Needs the tools `tests/install-deps.sh` installs, and root (containerd, dockerd). Every test is
 //! `#[ignore]`d so plain `cargo test` stays fast; `tests/run.sh` runs them with
@@ -91,8 +92,11 @@ fn skopeo(via: Via) {
             env.client_env(&mut cmd);
             cmd.args(["inspect", "--raw", "--tls-verify=false"])
                 .arg(format!("docker://{}/{name}", env.mirror("docker.io")));
-            let r = proc::try_run(&mut cmd, PULL_LIMIT);
-            assert!(r.is_err(), "{name} through berth should not exist: {r:?}");
+            match proc::try_run(&mut cmd, PULL_LIMIT) {
+                Ok(out) => panic!("{name} through berth should not exist, got:\n{out}"),
+                // MANIFEST_UNKNOWN or NAME_UNKNOWN, not an outage.
+                Err(e) => assert!(e.contains("unknown"), "{name}: {e}"),
+            }
         }
     }
     skopeo_copies(&env, &cases, "first");
