@@ -5,7 +5,8 @@
 //!
 //! ```text
 //! main (CLI) -> server (listeners, TLS, shutdown) -> http (route, respond) -> mirror (orchestration)
-//!     -> { manifests (tag/digest cache), store (blob files + fills), upstream (registry client, auth) }
+//!     -> { flight (single-flight), manifests (tag/digest cache), store (blob files + fills),
+//!          upstream (registry client, auth) }
 //!     -> { oci (names, references, digests, media types), error }
 //! config and metrics are leaves, handed in; nothing reaches for a global.
 //! ```
@@ -15,6 +16,7 @@
 //! - [`http`]: parses method + path + query into a typed [`http::Route`], calls the mirror, writes
 //!   responses and the one OCI error body.
 //! - [`mirror`]: decides hit or miss, coalesces fetches, verifies, caches.
+//! - [`flight`]: generic single-flight: one computation per key, its result shared.
 //! - [`manifests`]: tag -> digest answers with their TTL, manifests by digest (memory + disk).
 //! - [`store`]: content-addressed blob files; a fill writes a temp file that readers can follow while it
 //!   grows, and is renamed into place only after its size and sha256 check out.
@@ -35,6 +37,7 @@
 
 pub mod config;
 pub mod error;
+pub mod flight;
 pub mod http;
 pub mod manifests;
 pub mod metrics;

@@ -26,8 +26,9 @@ pub struct Metrics {
     pub stale_serves: IntCounterVec,
     /// `berth_fills_in_flight`: blob fills running now.
     pub fills_in_flight: IntGauge,
-    /// `berth_fill_followers_total`: requests that joined a fill already running.
-    pub fill_followers: prometheus::IntCounter,
+    /// `berth_coalesced_requests_total{kind}`: requests that joined a fetch already running
+    /// (kind = blob|manifest) instead of asking upstream again.
+    pub coalesced: IntCounterVec,
     /// `berth_cache_bytes`: bytes of blobs on disk.
     pub cache_bytes: IntGauge,
     /// `berth_blob_first_byte_seconds`: time from a blob request to its first byte being ready.
@@ -90,9 +91,12 @@ impl Metrics {
                 "berth_fills_in_flight",
                 "Blob fills from upstream running now.",
             )?,
-            fill_followers: prometheus::IntCounter::new(
-                "berth_fill_followers_total",
-                "Blob requests that joined a fill already running instead of fetching again.",
+            coalesced: IntCounterVec::new(
+                Opts::new(
+                    "berth_coalesced_requests_total",
+                    "Requests that joined an upstream fetch already running instead of fetching again.",
+                ),
+                &["kind"],
             )?,
             cache_bytes: IntGauge::new("berth_cache_bytes", "Bytes of blobs in the cache.")?,
             first_byte: Histogram::with_opts(
@@ -113,7 +117,7 @@ impl Metrics {
         registry.register(Box::new(m.digest_mismatches.clone()))?;
         registry.register(Box::new(m.stale_serves.clone()))?;
         registry.register(Box::new(m.fills_in_flight.clone()))?;
-        registry.register(Box::new(m.fill_followers.clone()))?;
+        registry.register(Box::new(m.coalesced.clone()))?;
         registry.register(Box::new(m.cache_bytes.clone()))?;
         registry.register(Box::new(m.first_byte.clone()))?;
         Ok(m)

@@ -19,6 +19,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::{FutureExt, Stream};
@@ -27,6 +28,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::error::{Error, Origin};
+use crate::flight::{Flights, Role};
 use crate::http::route::Target;
 use crate::manifests::{MAX_MANIFEST_BYTES, Manifest, Manifests, TagEntry, TagKey};
 use crate::metrics::Metrics;
@@ -47,16 +49,29 @@ pub struct Mirror {
     /// Fills in progress, by digest. A blob's bytes are the same whichever repository or upstream
     /// name asked, so one fill serves them all.
     fills: Arc<Mutex<HashMap<Digest, watch::Receiver<FillState>>>>,
+    /// Manifest and tag lookups in progress: N clients pulling one tag make one upstream request.
+    manifest_flights: Flights<ManifestKey, Result<ManifestReply, Error>>,
     metrics: Metrics,
 }
 
+/// What a manifest flight is for. A tag lookup also depends on the client's `Accept`: clients
+/// that accept different media types may get different answers.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum ManifestKey {
+    Digest(Digest),
+    Tag(TagKey, Option<String>),
+}
+
+/// How long a request waits for a manifest lookup another request started.
+const MANIFEST_FLIGHT_WAIT: Duration = Duration::from_secs(120);
+
 /// A manifest answer.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct ManifestReply {
     pub manifest: Arc<Manifest>,
     /// Served from an expired tag answer because the upstream failed; the reason.
     pub stale: Option<String>,
-    /// `hit`, `miss`, `revalidated`, `stale`: for logs.
+    /// `hit`, `miss`, `revalidated`, `stale`, `coalesced`: for logs.
     pub outcome: &'static str,
 }
 
@@ -152,6 +167,7 @@ impl Mirror {
             store,
             manifests,
             fills: Arc::default(),
+            manifest_flights: Flights::new(MANIFEST_FLIGHT_WAIT),
             metrics,
         }
     }
@@ -168,13 +184,13 @@ impl Mirror {
 
     /// A manifest by tag or digest. `accept` is the client's `Accept` (all values joined).
     pub async fn manifest(
-        &self,
+        self: &Arc<Self>,
         target: &Target,
         reference: &Reference,
         accept: Option<&str>,
     ) -> Result<ManifestReply, Error> {
         let up = &self.upstreams[target.upstream];
-        match reference {
+        let flight_key = match reference {
             Reference::Digest(d) => {
                 if let Some(m) = self.manifests.get(d).await? {
                     self.metrics.cache("manifest", up.name(), "hit");
@@ -184,21 +200,68 @@ impl Mirror {
                         outcome: "hit",
                     });
                 }
-                self.metrics.cache("manifest", up.name(), "miss");
-                let m = self
-                    .fetch_manifest(up, &target.name, reference, accept, Some(d))
-                    .await?;
-                Ok(ManifestReply {
-                    manifest: m,
-                    stale: None,
-                    outcome: "miss",
-                })
+                ManifestKey::Digest(d.clone())
             }
-            Reference::Tag(tag) => self.manifest_by_tag(target, tag, accept).await,
+            Reference::Tag(tag) => {
+                let key = TagKey {
+                    upstream: target.upstream,
+                    repo: target.name.clone(),
+                    tag: tag.clone(),
+                };
+                if let Some(entry) = self.manifests.tag(&key).await
+                    && oci::accepts(accept, &entry.media_type)
+                    && entry.checked.elapsed() < up.config().tag_ttl
+                    && let Some(m) = self.manifests.get(&entry.digest).await?
+                {
+                    self.metrics.cache("tag", up.name(), "hit");
+                    return Ok(ManifestReply {
+                        manifest: m,
+                        stale: None,
+                        outcome: "hit",
+                    });
+                }
+                ManifestKey::Tag(key, accept.map(str::to_owned))
+            }
+        };
+        let this = self.clone();
+        let (target, reference, accept) =
+            (target.clone(), reference.clone(), accept.map(str::to_owned));
+        let joined = self.manifest_flights.join(flight_key, move || async move {
+            match &reference {
+                Reference::Digest(d) => {
+                    let up = &this.upstreams[target.upstream];
+                    this.metrics.cache("manifest", up.name(), "miss");
+                    let m = this
+                        .fetch_manifest(up, &target.name, &reference, accept.as_deref(), Some(d))
+                        .await?;
+                    Ok(ManifestReply {
+                        manifest: m,
+                        stale: None,
+                        outcome: "miss",
+                    })
+                }
+                Reference::Tag(tag) => this.resolve_tag(&target, tag, accept.as_deref()).await,
+            }
+        });
+        let role = joined.role;
+        if role == Role::Follower {
+            self.metrics
+                .coalesced
+                .with_label_values(&["manifest"])
+                .inc();
         }
+        let mut reply = joined
+            .result()
+            .await
+            .map_err(|a| Error::upstream_unavailable(up.name(), a.to_string()))??;
+        if role == Role::Follower {
+            reply.outcome = "coalesced";
+        }
+        Ok(reply)
     }
 
-    async fn manifest_by_tag(
+    /// A tag the cache cannot answer fresh: revalidate, fetch, or fall back to the stale answer.
+    async fn resolve_tag(
         &self,
         target: &Target,
         tag: &Tag,
@@ -218,6 +281,7 @@ impl Mirror {
             .filter(|e| oci::accepts(accept, &e.media_type));
         if let Some(entry) = &cached {
             if entry.checked.elapsed() < up.config().tag_ttl {
+                // Refreshed by a flight that ended just before this one started.
                 if let Some(m) = self.manifests.get(&entry.digest).await? {
                     self.metrics.cache("tag", up.name(), "hit");
                     return Ok(ManifestReply {
@@ -496,7 +560,7 @@ impl Mirror {
     ) -> (watch::Receiver<FillState>, bool) {
         let mut fills = self.fills.lock().unwrap();
         if let Some(rx) = fills.get(digest) {
-            self.metrics.fill_followers.inc();
+            self.metrics.coalesced.with_label_values(&["blob"]).inc();
             return (rx.clone(), true);
         }
         let (tx, rx) = watch::channel(FillState::Pending);

@@ -645,3 +645,192 @@ async fn containerd_ns_is_echoed() {
     assert_eq!(got.status, 200);
     assert_eq!(got.header("oci-namespace"), Some("registry.test"));
 }
+
+// ---- single-flight ----
+
+/// Waits until a metric line reads `value`, polling the metrics endpoint (bounded).
+async fn until_metric(b: &Berth, needle: &str, value: u64) {
+    for _ in 0..20_000 {
+        let line = b.metric(needle).await;
+        if line.rsplit(' ').next().and_then(|v| v.parse::<u64>().ok()) == Some(value) {
+            return;
+        }
+        tokio::task::yield_now().await;
+    }
+    panic!("{needle} never reached {value}: {}", b.metric(needle).await);
+}
+
+/// A blob response whose body the test reads frame by frame.
+struct Streaming {
+    body: hyper::body::Incoming,
+    got: Vec<u8>,
+}
+
+impl Berth {
+    async fn stream(&self, path: &str) -> Streaming {
+        let uri = format!("http://{}{path}", self.addr).parse().unwrap();
+        let resp = self.client.get(uri).await.unwrap();
+        assert_eq!(resp.status(), 200);
+        Streaming {
+            body: resp.into_body(),
+            got: Vec::new(),
+        }
+    }
+}
+
+impl Streaming {
+    /// Reads until at least `n` bytes have arrived.
+    async fn read_at_least(&mut self, n: usize) {
+        while self.got.len() < n {
+            let frame = self
+                .body
+                .frame()
+                .await
+                .expect("body ended early")
+                .expect("body failed");
+            if let Ok(data) = frame.into_data() {
+                self.got.extend_from_slice(&data);
+            }
+        }
+    }
+
+    /// Reads to the end: Ok(all bytes) or Err when the body failed.
+    async fn finish(mut self) -> Result<Vec<u8>, String> {
+        while let Some(frame) = self.body.frame().await {
+            match frame {
+                Ok(f) => {
+                    if let Ok(data) = f.into_data() {
+                        self.got.extend_from_slice(&data);
+                    }
+                }
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+        Ok(self.got)
+    }
+}
+
+#[tokio::test]
+async fn concurrent_tag_pulls_make_one_upstream_request() {
+    let fake = FakeRegistry::start().await;
+    let digest = fake.put_tagged("library/app", "1", media::OCI_INDEX, INDEX);
+    let (open, gate) = tokio::sync::watch::channel(false);
+    fake.fault("/v2/library/app/manifests/1", Fault::Hold(gate));
+    let b = std::sync::Arc::new(berth(&fake, "").await);
+    let pulls: Vec<_> = (0..16)
+        .map(|_| {
+            let b = b.clone();
+            tokio::spawn(async move { b.get("/v2/app/manifests/1").await })
+        })
+        .collect();
+    until_metric(&b, "berth_coalesced_requests_total{kind=\"manifest\"}", 15).await;
+    open.send_replace(true);
+    for p in pulls {
+        let got = p.await.unwrap();
+        assert_eq!(got.header("docker-content-digest"), Some(digest.as_str()));
+        assert_eq!(got.bytes().as_ref(), INDEX.as_bytes());
+    }
+    assert_eq!(fake.hits(Method::GET, "/v2/library/app/manifests/1"), 1);
+}
+
+#[tokio::test]
+async fn n_concurrent_blob_pulls_make_one_upstream_fetch() {
+    let fake = FakeRegistry::start().await;
+    let layer = random_bytes(3 << 20, 11);
+    let blob = fake.put_blob("library/app", layer.clone());
+    let (release, gate) = tokio::sync::watch::channel(0usize);
+    fake.fault(&format!("/v2/library/app/blobs/{blob}"), Fault::Gated(gate));
+    let b = std::sync::Arc::new(berth(&fake, "").await);
+    let path = format!("/v2/app/blobs/{blob}");
+    let pulls: Vec<_> = (0..20)
+        .map(|_| {
+            let (b, path) = (b.clone(), path.clone());
+            tokio::spawn(async move { b.get(&path).await })
+        })
+        .collect();
+    until_metric(&b, "berth_coalesced_requests_total{kind=\"blob\"}", 19).await;
+    release.send_replace(layer.len());
+    for p in pulls {
+        same(p.await.unwrap().bytes(), &layer);
+    }
+    assert_eq!(
+        fake.hits(Method::GET, &format!("/v2/library/app/blobs/{blob}")),
+        1
+    );
+}
+
+#[tokio::test]
+async fn a_follower_joining_at_ninety_percent_gets_every_byte() {
+    let fake = FakeRegistry::start().await;
+    let layer = random_bytes(2 << 20, 12);
+    let blob = fake.put_blob("library/app", layer.clone());
+    let (release, gate) = tokio::sync::watch::channel(0usize);
+    fake.fault(&format!("/v2/library/app/blobs/{blob}"), Fault::Gated(gate));
+    let b = berth(&fake, "").await;
+    let path = format!("/v2/app/blobs/{blob}");
+    let mut first = b.stream(&path).await;
+    let ninety = layer.len() * 9 / 10;
+    release.send_replace(ninety);
+    first.read_at_least(ninety - 1).await;
+    let late = b.stream(&path).await;
+    release.send_replace(layer.len());
+    same(&Bytes::from(late.finish().await.unwrap()), &layer);
+    same(&Bytes::from(first.finish().await.unwrap()), &layer);
+    assert_eq!(
+        fake.hits(Method::GET, &format!("/v2/library/app/blobs/{blob}")),
+        1
+    );
+}
+
+#[tokio::test]
+async fn a_leader_failing_mid_stream_fails_every_follower_and_the_next_pull_refetches() {
+    let fake = FakeRegistry::start().await;
+    let layer = random_bytes(1 << 20, 13);
+    let blob = fake.put_blob("library/app", layer.clone());
+    let upstream_path = format!("/v2/library/app/blobs/{blob}");
+    let (release, gate) = tokio::sync::watch::channel(0usize);
+    fake.fault_times(&upstream_path, Fault::Gated(gate), 1);
+    let b = berth(&fake, "").await;
+    let path = format!("/v2/app/blobs/{blob}");
+    let mut clients = Vec::new();
+    for _ in 0..4 {
+        clients.push(b.stream(&path).await);
+    }
+    release.send_replace(layer.len() / 2);
+    clients[0].read_at_least(layer.len() / 2 - 1).await;
+    release.send_replace(usize::MAX);
+    for (i, c) in clients.into_iter().enumerate() {
+        let r = c.finish().await;
+        assert!(
+            r.is_err(),
+            "client {i} completed a failed fill: {:?}",
+            r.map(|v| v.len())
+        );
+    }
+    assert!(!b.blob_file(&blob).exists());
+    same(b.get(&path).await.bytes(), &layer);
+    assert_eq!(fake.hits(Method::GET, &upstream_path), 2);
+}
+
+#[tokio::test]
+async fn the_first_client_leaving_does_not_stop_the_fill() {
+    let fake = FakeRegistry::start().await;
+    let layer = random_bytes(2 << 20, 14);
+    let blob = fake.put_blob("library/app", layer.clone());
+    let (release, gate) = tokio::sync::watch::channel(0usize);
+    fake.fault(&format!("/v2/library/app/blobs/{blob}"), Fault::Gated(gate));
+    let b = berth(&fake, "").await;
+    let path = format!("/v2/app/blobs/{blob}");
+    let mut first = b.stream(&path).await;
+    release.send_replace(100_000);
+    first.read_at_least(50_000).await;
+    let second = b.stream(&path).await;
+    drop(first);
+    release.send_replace(layer.len());
+    same(&Bytes::from(second.finish().await.unwrap()), &layer);
+    assert_eq!(std::fs::read(b.blob_file(&blob)).unwrap(), layer);
+    assert_eq!(
+        fake.hits(Method::GET, &format!("/v2/library/app/blobs/{blob}")),
+        1
+    );
+}

@@ -60,6 +60,11 @@ pub enum Fault {
     RedirectToOther,
     /// A redirect with this `Location` (absolute or relative) and status.
     Redirect(StatusCode, String),
+    /// Hold the response headers until the gate holds `true`, then answer normally.
+    Hold(tokio::sync::watch::Receiver<bool>),
+    /// Send headers at once, then only as many body bytes as the gate allows so far: the test
+    /// decides how far a transfer has got. `usize::MAX` breaks the connection where it stands.
+    Gated(tokio::sync::watch::Receiver<usize>),
 }
 
 /// Which field a token response carries the token in.
@@ -462,6 +467,10 @@ async fn handle(
     let mut resp = match reply {
         Reply::Now(r) => r,
         Reply::Never => std::future::pending().await,
+        Reply::Held(r, mut gate) => {
+            let _ = gate.wait_for(|open| *open).await;
+            r
+        }
     };
     if head {
         *resp.body_mut() = full(Bytes::new());
@@ -472,6 +481,7 @@ async fn handle(
 enum Reply {
     Now(Response<Body>),
     Never,
+    Held(Response<Body>, tokio::sync::watch::Receiver<bool>),
 }
 
 fn route(s: &mut State, rec: &Recorded) -> Reply {
@@ -519,12 +529,13 @@ fn route(s: &mut State, rec: &Recorded) -> Reply {
         _ => {}
     }
     let resp = content(s, rec, repo.as_deref());
-    Reply::Now(match fault {
-        Some(f @ (Fault::WrongBytes | Fault::CloseAfter(_) | Fault::StallAfter(_))) => {
-            misbehave(resp, f)
-        }
-        _ => resp,
-    })
+    match fault {
+        Some(Fault::Hold(gate)) => Reply::Held(resp, gate),
+        Some(
+            f @ (Fault::WrongBytes | Fault::CloseAfter(_) | Fault::StallAfter(_) | Fault::Gated(_)),
+        ) => Reply::Now(misbehave(resp, f)),
+        _ => Reply::Now(resp),
+    }
 }
 
 /// `<name>` from `/v2/<name>/{manifests,blobs,tags}/...`.
@@ -799,6 +810,29 @@ fn misbehave(resp: Response<Body>, fault: Fault) -> Response<Body> {
         Fault::StallAfter(n) => {
             let head = bytes.slice(..n.min(bytes.len()));
             let s = stream::iter([Ok::<_, BoxError>(Frame::data(head))]).chain(stream::pending());
+            http_body_util::BodyExt::boxed(StreamBody::new(s))
+        }
+        Fault::Gated(gate) => {
+            let s = stream::unfold(
+                (bytes, 0usize, gate),
+                |(bytes, sent, mut gate)| async move {
+                    if sent >= bytes.len() {
+                        return None;
+                    }
+                    let allowed = *gate
+                        .wait_for(|n| *n > sent)
+                        .await
+                        .expect("the test keeps the gate open");
+                    if allowed == usize::MAX {
+                        // Ends the stream after the error (sent = len).
+                        let err = BoxError::from("fault: connection broken by the test");
+                        return Some((Err(err), (bytes.clone(), bytes.len(), gate)));
+                    }
+                    let upto = allowed.min(bytes.len());
+                    let chunk = bytes.slice(sent..upto);
+                    Some((Ok::<_, BoxError>(Frame::data(chunk)), (bytes, upto, gate)))
+                },
+            );
             http_body_util::BodyExt::boxed(StreamBody::new(s))
         }
         _ => full(bytes),
