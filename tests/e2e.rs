@@ -1,0 +1,509 @@
+//! End-to-end: real clients (skopeo, containerd's ctr, podman, dockerd) pull seeded images from
+//! real Distribution registries (one per upstream host: `docker.io`, `quay.io`) through berth, and
+//! berth's cache ends up holding what they pulled, each blob fetched from upstream once.
+//!
+//! Needs the tools `tests/install-deps.sh` installs, and root (containerd, dockerd). Every test is
+//! `#[ignore]`d so plain `cargo test` stays fast; `tests/run.sh` runs them with
+//! `cargo test --test e2e -- --ignored --test-threads=1`.
+//!
+//! Each client flow runs twice: through berth (the real test), and straight at the registry
+//! (`*_registry_direct`), which checks the seeding and the client set-up on their own, so a
+//! failure of the first kind with a pass of the second points at berth.
+//!
+//! `BERTH_E2E_KEEP=1` keeps a failed test's directory (configs, logs, client output).
+
+mod e2e_support;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use e2e_support::harness::{Env, Via};
+use e2e_support::proc::{self, Proc};
+use e2e_support::seed::{self, Image};
+
+const PULL_LIMIT: Duration = Duration::from_secs(120);
+
+// ---------------------------------------------------------------------------------------------
+// skopeo
+
+#[test]
+#[ignore = "end-to-end: needs tests/install-deps.sh; run by tests/run.sh"]
+fn skopeo_through_berth() {
+    skopeo(Via::Berth);
+}
+
+#[test]
+#[ignore = "end-to-end: needs tests/install-deps.sh; run by tests/run.sh"]
+fn skopeo_registry_direct() {
+    skopeo(Via::Registry);
+}
+
+/// What a client names at the mirror, which seeded image that is, and whether to copy all
+/// platforms.
+struct Case {
+    name: String,
+    image: &'static Image,
+    all: bool,
+}
+
+fn skopeo(via: Via) {
+    let mut env = Env::start(via);
+    let alpine = seed::image("library/alpine");
+    let busybox = seed::image("library/busybox");
+    let flannel = seed::image("coreos/flannel");
+    let app = seed::image("team/app");
+    let case = |name: String, image: &'static Image, all| Case { name, image, all };
+    let mut cases = vec![
+        // Prefix form: /v2/<upstream host>/<repo>/...
+        case(
+            env.prefixed("docker.io", "library/alpine:3.19"),
+            alpine,
+            true,
+        ),
+        case(
+            env.prefixed("docker.io", "library/busybox:latest"),
+            busybox,
+            true,
+        ),
+        case(
+            env.prefixed("quay.io", "coreos/flannel:v0.11.0"),
+            flannel,
+            false,
+        ),
+        case(env.prefixed("docker.io", "team/app:1.0"), app, false),
+        // Plain form, default upstream; without --all skopeo picks the amd64 instance.
+        case("library/busybox:latest".into(), busybox, false),
+        case("team/app:1.0".into(), app, false),
+    ];
+    if via == Via::Berth {
+        // A one-part name gets library/ from the default upstream.
+        cases.push(case("alpine:3.19".into(), alpine, true));
+    }
+    if via == Via::Berth {
+        // Each upstream's registry holds only its own images: a name routed to the wrong upstream
+        // finds nothing.
+        for name in [
+            "quay.io/library/alpine:3.19",
+            "docker.io/coreos/flannel:v0.11.0",
+            "coreos/flannel:v0.11.0",
+        ] {
+            let mut cmd = Command::new("skopeo");
+            env.client_env(&mut cmd);
+            cmd.args(["inspect", "--raw", "--tls-verify=false"])
+                .arg(format!("docker://{}/{name}", env.mirror("docker.io")));
+            match proc::try_run(&mut cmd, PULL_LIMIT) {
+                Ok(out) => panic!("{name} through berth should not exist, got:\n{out}"),
+                // MANIFEST_UNKNOWN or NAME_UNKNOWN, not an outage.
+                Err(e) => assert!(e.contains("unknown"), "{name}: {e}"),
+            }
+        }
+    }
+    skopeo_copies(&env, &cases, "first");
+    for img in seed::images() {
+        for p in &img.platforms {
+            env.assert_cached(img, p.arch);
+        }
+        // Each image was copied at least twice (prefix and plain form), every platform at least
+        // once: the registry still saw each blob once.
+        env.assert_fetched_once(img);
+    }
+    if via == Via::Berth {
+        env.stop_registries();
+        skopeo_copies(&env, &cases, "cached");
+    }
+}
+
+fn skopeo_copies(env: &Env, cases: &[Case], round: &str) {
+    for (i, c) in cases.iter().enumerate() {
+        let out = env.dir().join(format!("skopeo-{round}-{i}"));
+        let mut cmd = Command::new("skopeo");
+        env.client_env(&mut cmd);
+        cmd.arg("--policy")
+            .arg(&env.policy)
+            .args(["copy", "-q", "--src-tls-verify=false"]);
+        if c.all {
+            cmd.arg("--all");
+        }
+        cmd.arg(format!(
+            "docker://{}/{}",
+            env.mirror(c.image.upstream),
+            c.name
+        ))
+        .arg(format!("dir:{}", out.display()));
+        let started = Instant::now();
+        proc::run(&mut cmd, PULL_LIMIT);
+        eprintln!("skopeo {round} {} in {:.1?}", c.name, started.elapsed());
+        check_dir(&out, c);
+    }
+}
+
+/// A skopeo `dir:` copy holds exactly the registry's manifests and blobs, byte for byte.
+fn check_dir(out: &Path, c: &Case) {
+    let img = c.image;
+    let read = |name: &str| {
+        std::fs::read(out.join(name)).unwrap_or_else(|e| panic!("{}: {name}: {e}", c.name))
+    };
+    let top = seed::sha256_hex(&read("manifest.json"));
+    let platforms: Vec<_> = if !img.is_list() {
+        assert_eq!(top, img.top.hex(), "{}: manifest digest", c.name);
+        img.platforms.iter().collect()
+    } else if c.all {
+        assert_eq!(top, img.top.hex(), "{}: list digest", c.name);
+        for p in &img.platforms {
+            let m = read(&format!("{}.manifest.json", p.manifest.hex()));
+            assert_eq!(
+                seed::sha256_hex(&m),
+                p.manifest.hex(),
+                "{}: {}",
+                c.name,
+                p.arch
+            );
+        }
+        img.platforms.iter().collect()
+    } else {
+        let p = img.platform("amd64");
+        assert_eq!(top, p.manifest.hex(), "{}: amd64 manifest digest", c.name);
+        vec![p]
+    };
+    for p in platforms {
+        for b in std::iter::once(&p.config).chain(&p.layers) {
+            let bytes = read(b.hex());
+            assert_eq!(seed::sha256_hex(&bytes), b.hex(), "{}: blob", c.name);
+        }
+    }
+}
+
+/// Several clients miss the same blobs at the same moment: berth fetches each from the registry
+/// once, and every client gets the whole image.
+#[test]
+#[ignore = "end-to-end: needs tests/install-deps.sh; run by tests/run.sh"]
+fn concurrent_skopeo_misses_fetch_upstream_once() {
+    let env = Env::start(Via::Berth);
+    let flannel = seed::image("coreos/flannel");
+    let busybox = seed::image("library/busybox");
+    let mut cases = Vec::new();
+    for i in 0..3 {
+        let case = |name: &str, image, all| Case {
+            name: name.into(),
+            image,
+            all,
+        };
+        cases.push(case("quay.io/coreos/flannel:v0.11.0", flannel, false));
+        // Mix the forms: both name the default upstream's repository.
+        cases.push(case(
+            ["docker.io/library/busybox:latest", "library/busybox:latest"][i % 2],
+            busybox,
+            true,
+        ));
+    }
+    std::thread::scope(|s| {
+        let env = &env;
+        let handles: Vec<_> = cases
+            .chunks(1)
+            .enumerate()
+            .map(|(i, c)| s.spawn(move || skopeo_copies(env, c, &format!("parallel{i}"))))
+            .collect();
+        for h in handles {
+            if let Err(e) = h.join() {
+                std::panic::resume_unwind(e);
+            }
+        }
+    });
+    for img in [flannel, busybox] {
+        env.assert_fetched_once(img);
+        for p in &img.platforms {
+            env.assert_cached(img, p.arch);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// containerd
+
+#[test]
+#[ignore = "end-to-end: needs tests/install-deps.sh; run by tests/run.sh"]
+fn containerd_through_berth() {
+    containerd(Via::Berth);
+}
+
+#[test]
+#[ignore = "end-to-end: needs tests/install-deps.sh; run by tests/run.sh"]
+fn containerd_registry_direct() {
+    containerd(Via::Registry);
+}
+
+fn containerd(via: Via) {
+    let env = Env::start(via);
+    let d = env.dir().join("ctrd");
+    let sock = d.join("c.sock");
+    std::fs::create_dir_all(&d).unwrap();
+    let cfg = d.join("config.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "version = 2\nroot = \"{root}\"\nstate = \"{state}\"\n\
+             disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n\
+             [grpc]\n  address = \"{sock}\"\n[ttrpc]\n  address = \"{sock}.ttrpc\"\n\
+             [plugins.\"io.containerd.internal.v1.opt\"]\n  path = \"{opt}\"\n",
+            root = d.join("root").display(),
+            state = d.join("state").display(),
+            sock = sock.display(),
+            opt = d.join("opt").display(),
+        ),
+    )
+    .unwrap();
+    let mut cmd = Command::new("containerd");
+    cmd.arg("--config").arg(&cfg);
+    let mut daemon = Proc::spawn("containerd", cmd, env.dir());
+    let ctr = |args: &[&str]| {
+        let mut cmd = Command::new("ctr");
+        env.client_env(&mut cmd);
+        cmd.arg("--address").arg(&sock).args(args);
+        cmd
+    };
+    wait_client(&mut daemon, || ctr(&["version"]));
+
+    // docker.io has its own hosts.toml; quay.io falls to _default. Each names a dead server, so
+    // only the mirror host can answer.
+    let hosts = d.join("hosts");
+    for (dir, upstream) in [("docker.io", "docker.io"), ("_default", "quay.io")] {
+        std::fs::create_dir_all(hosts.join(dir)).unwrap();
+        std::fs::write(
+            hosts.join(dir).join("hosts.toml"),
+            format!(
+                "server = \"http://{}\"\n\n[host.\"http://{}\"]\n  capabilities = [\"pull\", \"resolve\"]\n",
+                env.dead,
+                env.mirror(upstream)
+            ),
+        )
+        .unwrap();
+    }
+    let hosts = hosts.display().to_string();
+    for (reference, img) in [
+        (
+            "docker.io/library/busybox:latest",
+            seed::image("library/busybox"),
+        ),
+        (
+            "quay.io/coreos/flannel:v0.11.0",
+            seed::image("coreos/flannel"),
+        ),
+    ] {
+        let started = Instant::now();
+        proc::run(
+            &mut ctr(&[
+                "images",
+                "pull",
+                "--hosts-dir",
+                &hosts,
+                "--snapshotter",
+                "native",
+                "--platform",
+                "linux/amd64",
+                reference,
+            ]),
+            PULL_LIMIT,
+        );
+        eprintln!("ctr pull {reference} in {:.1?}", started.elapsed());
+        let list = proc::run(&mut ctr(&["images", "ls"]), PULL_LIMIT);
+        let digest = list
+            .lines()
+            .find_map(|l| {
+                let cols: Vec<&str> = l.split_whitespace().collect();
+                (cols.first() == Some(&reference)).then(|| cols[2].to_owned())
+            })
+            .unwrap_or_else(|| panic!("{reference} not in `ctr images ls`:\n{list}"));
+        assert_eq!(digest, img.top.digest, "{reference}");
+        env.assert_cached(img, "amd64");
+    }
+    drop(daemon);
+}
+
+// ---------------------------------------------------------------------------------------------
+// podman
+
+#[test]
+#[ignore = "end-to-end: needs tests/install-deps.sh; run by tests/run.sh"]
+fn podman_through_berth() {
+    podman(Via::Berth);
+}
+
+#[test]
+#[ignore = "end-to-end: needs tests/install-deps.sh; run by tests/run.sh"]
+fn podman_registry_direct() {
+    podman(Via::Registry);
+}
+
+fn podman(via: Via) {
+    let env = Env::start(via);
+    let d = env.dir().join("pm");
+    std::fs::create_dir_all(&d).unwrap();
+    // quay.io itself is a dead port; only the mirror can answer.
+    let conf = d.join("registries.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "unqualified-search-registries = []\n\n[[registry]]\nprefix = \"quay.io\"\n\
+             location = \"{}\"\ninsecure = true\n\n[[registry.mirror]]\nlocation = \"{}\"\n\
+             insecure = true\n",
+            env.dead,
+            env.mirror_location("quay.io")
+        ),
+    )
+    .unwrap();
+    let empty = d.join("containers.conf");
+    std::fs::write(&empty, "").unwrap();
+    let run_root = d.join("run");
+    assert!(
+        run_root.as_os_str().len() < 50,
+        "podman refuses a runroot of 50 characters or more: {}",
+        run_root.display()
+    );
+    let podman = |args: &[&str]| {
+        let mut cmd = Command::new("podman");
+        env.client_env(&mut cmd);
+        cmd.env("CONTAINERS_REGISTRIES_CONF", &conf)
+            .env("CONTAINERS_CONF", &empty)
+            .arg("--root")
+            .arg(d.join("root"))
+            .arg("--runroot")
+            .arg(&run_root)
+            .arg("--tmpdir")
+            .arg(d.join("tmp"))
+            .args([
+                "--storage-driver",
+                "vfs",
+                "--cgroup-manager",
+                "cgroupfs",
+                "--events-backend",
+                "file",
+            ])
+            .args(args);
+        cmd
+    };
+    let img = seed::image("coreos/flannel");
+    let reference = "quay.io/coreos/flannel:v0.11.0";
+    let policy = env.policy.display().to_string();
+    let started = Instant::now();
+    proc::run(
+        &mut podman(&["pull", "-q", "--signature-policy", &policy, reference]),
+        PULL_LIMIT,
+    );
+    eprintln!("podman pull {reference} in {:.1?}", started.elapsed());
+    let digest = proc::run(
+        &mut podman(&["image", "inspect", "--format", "{{.Digest}}", reference]),
+        PULL_LIMIT,
+    );
+    assert_eq!(digest.trim(), img.top.digest, "{reference}");
+    env.assert_cached(img, "amd64");
+}
+
+// ---------------------------------------------------------------------------------------------
+// dockerd
+
+#[test]
+#[ignore = "end-to-end: needs tests/install-deps.sh; run by tests/run.sh"]
+fn dockerd_through_berth() {
+    dockerd(Via::Berth);
+}
+
+#[test]
+#[ignore = "end-to-end: needs tests/install-deps.sh; run by tests/run.sh"]
+fn dockerd_registry_direct() {
+    dockerd(Via::Registry);
+}
+
+fn dockerd(via: Via) {
+    let env = Env::start(via);
+    let d = env.dir().join("dk");
+    std::fs::create_dir_all(&d).unwrap();
+    let sock = format!("unix://{}", d.join("d.sock").display());
+    let cfg = d.join("daemon.json");
+    std::fs::write(
+        &cfg,
+        serde_json::to_vec_pretty(&serde_json::json!({
+            "registry-mirrors": [format!("http://{}", env.mirror("docker.io"))],
+            "insecure-registries": [env.mirror("docker.io")],
+            // Else dockerd 20.10 writes /etc/docker/key.json.
+            "deprecated-key-path": d.join("key.json"),
+        }))
+        .unwrap(),
+    )
+    .unwrap();
+    let mut cmd = Command::new("dockerd");
+    // The daemon does the pulling: if the mirror fails it falls back to Docker Hub, which must fail.
+    env.client_env(&mut cmd);
+    cmd.arg("--config-file")
+        .arg(&cfg)
+        .arg("--data-root")
+        .arg(d.join("data"))
+        .arg("--exec-root")
+        .arg(d.join("x"))
+        .arg("--pidfile")
+        .arg(d.join("pid"))
+        .args(["-H", &sock])
+        .args([
+            "--storage-driver=vfs",
+            "--iptables=false",
+            "--ip-masq=false",
+            "--bridge=none",
+            "--ip-forward=false",
+        ]);
+    let mut daemon = Proc::spawn("dockerd", cmd, env.dir());
+    // The docker.io package's client matches the daemon; another `docker` may come first in PATH.
+    let cli = if Path::new("/usr/bin/docker").exists() {
+        "/usr/bin/docker"
+    } else {
+        "docker"
+    };
+    let docker = |args: &[&str]| {
+        let mut cmd = Command::new(cli);
+        env.client_env(&mut cmd);
+        cmd.env("DOCKER_CONFIG", d.join("cli"))
+            .args(["-H", &sock])
+            .args(args);
+        cmd
+    };
+    wait_client(&mut daemon, || docker(&["version"]));
+
+    let img = seed::image("library/alpine");
+    let started = Instant::now();
+    proc::run(&mut docker(&["pull", "-q", "alpine:3.19"]), PULL_LIMIT);
+    eprintln!("docker pull alpine:3.19 in {:.1?}", started.elapsed());
+    let digests = proc::run(
+        &mut docker(&[
+            "image",
+            "inspect",
+            "--format",
+            "{{json .RepoDigests}}",
+            "alpine:3.19",
+        ]),
+        PULL_LIMIT,
+    );
+    let want = format!("alpine@{}", img.top.digest);
+    assert!(digests.contains(&want), "RepoDigests {digests} lack {want}");
+    env.assert_cached(img, "amd64");
+    drop(daemon);
+}
+
+// ---------------------------------------------------------------------------------------------
+
+/// Retries a client command until its daemon answers (bounded), failing early if the daemon died.
+fn wait_client(daemon: &mut Proc, cmd: impl Fn() -> Command) {
+    let started = Instant::now();
+    loop {
+        daemon.assert_running();
+        match proc::try_run(&mut cmd(), Duration::from_secs(10)) {
+            Ok(_) => return,
+            Err(e) if started.elapsed() > Duration::from_secs(60) => {
+                panic!(
+                    "{} not answering after 60 s: {e}\nits log:\n{}",
+                    daemon.name(),
+                    daemon.log_tail(60)
+                )
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(200)),
+        }
+    }
+}

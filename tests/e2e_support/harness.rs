@@ -1,0 +1,311 @@
+//! One test's world: a seeded Distribution registry per upstream host, and (unless the test points
+//! clients straight at the registries to check the harness itself) berth in front of them. Everything lives in one
+//! temporary directory and every process stops when the `Env` is dropped.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use super::http;
+use super::proc::Proc;
+use super::seed::{self, Image};
+
+/// Where clients are pointed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Via {
+    /// Berth, with the registry as its upstream: the real tests.
+    Berth,
+    /// The registry itself: checks the seeding and each client flow without berth.
+    Registry,
+}
+
+/// How long a daemon gets to come up.
+const READY_LIMIT: Duration = Duration::from_secs(30);
+
+/// The upstream hosts berth mirrors in these tests. Each has its own registry holding only its own
+/// images, so a request routed to the wrong upstream finds nothing.
+pub const UPSTREAMS: [&str; 2] = ["docker.io", "quay.io"];
+
+/// One Distribution registry standing in for an upstream host.
+struct Registry {
+    host: &'static str,
+    proc: Option<Proc>,
+    addr: String,
+    log: PathBuf,
+    /// Length of its log once seeding was checked: later lines are the clients' (berth's) requests.
+    seeded_log_len: usize,
+}
+
+pub struct Env {
+    pub via: Via,
+    // Fields drop in order: berth, then the registries, then the directory. Client daemons a test
+    // starts are its locals, declared after the `Env`, so they stop first.
+    berth: Option<Proc>,
+    registries: Vec<Registry>,
+    berth_addr: String,
+    /// Berth's cache root (`[storage] path`).
+    pub storage: PathBuf,
+    /// A loopback port nothing listens on: where "the real registry" and proxies point.
+    pub dead: String,
+    pub policy: PathBuf,
+    tmp: Option<tempfile::TempDir>,
+}
+
+impl Env {
+    pub fn start(via: Via) -> Env {
+        let tmp = tempfile::Builder::new()
+            .prefix("berth-e2e")
+            .tempdir_in("/tmp")
+            .expect("tempdir");
+        let dir = tmp.path().to_owned();
+        let policy = dir.join("policy.json");
+        seed::write_policy(&policy);
+        seed::images(); // generated once per process, before any daemon starts
+
+        let mut registries = Vec::new();
+        for host in UPSTREAMS {
+            let addr = format!("127.0.0.1:{}", http::free_port());
+            let cfg = dir.join(format!("registry-{host}.yml"));
+            std::fs::write(
+                &cfg,
+                format!(
+                    "version: 0.1\nlog:\n  level: info\n  accesslog:\n    disabled: false\n\
+                     storage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\n\
+                     http:\n  addr: {addr}\n",
+                    dir.join(format!("registry-{host}-data")).display()
+                ),
+            )
+            .unwrap();
+            let name = format!("registry-{host}");
+            let mut cmd = Command::new("docker-registry");
+            cmd.arg("serve").arg(&cfg);
+            registries.push(Registry {
+                host,
+                proc: Some(Proc::spawn(&name, cmd, &dir)),
+                addr,
+                log: dir.join(format!("{name}.log")),
+                seeded_log_len: 0,
+            });
+        }
+        let mut pushes = Vec::new();
+        for r in &mut registries {
+            wait_ready(r.proc.as_mut().unwrap(), &r.addr, "/v2/");
+            pushes.extend(seed::images_of(r.host).map(|img| (r.addr.clone(), img)));
+        }
+        seed::push(&pushes, &policy);
+        for r in &mut registries {
+            r.seeded_log_len = read_log(&r.log).len();
+        }
+
+        let mut env = Env {
+            via,
+            berth: None,
+            registries,
+            berth_addr: String::new(),
+            storage: dir.join("berth-data"),
+            dead: format!("127.0.0.1:{}", http::free_port()),
+            policy,
+            tmp: Some(tmp),
+        };
+        if via == Via::Berth {
+            env.start_berth();
+        }
+        env
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.tmp.as_ref().expect("tmp").path()
+    }
+
+    fn registry(&self, host: &str) -> &Registry {
+        self.registries
+            .iter()
+            .find(|r| r.host == host)
+            .unwrap_or_else(|| panic!("no registry for {host}"))
+    }
+
+    fn start_berth(&mut self) {
+        let port = http::free_port();
+        let metrics = format!("127.0.0.1:{}", http::free_port());
+        let cfg = self.dir().join("berth.toml");
+        let mut text = format!(
+            "[server]\nlisten = \"127.0.0.1:{port}\"\n\n[metrics]\nlisten = \"{metrics}\"\n\n\
+             [storage]\npath = \"{}\"\n",
+            self.storage.display()
+        );
+        for r in &self.registries {
+            text += &format!(
+                "\n[[upstream]]\nname = \"{}\"\nurl = \"http://{}\"\n",
+                r.host, r.addr
+            );
+            if r.host == "docker.io" {
+                text += "default = true\nlibrary_prefix = true\n";
+            }
+        }
+        std::fs::write(&cfg, text).unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_berth"));
+        cmd.arg("serve")
+            .arg("--config")
+            .arg(&cfg)
+            .env("RUST_LOG", "info,berth=debug")
+            .env("NO_COLOR", "1");
+        let mut berth = Proc::spawn("berth", cmd, self.dir());
+        wait_ready(&mut berth, &metrics, "/healthz");
+        self.berth_addr = format!("127.0.0.1:{port}");
+        self.berth = Some(berth);
+    }
+
+    /// `host:port` a client pulls `host`'s images from: berth, or that host's registry.
+    pub fn mirror(&self, host: &str) -> &str {
+        match self.via {
+            Via::Berth => &self.berth_addr,
+            Via::Registry => &self.registry(host).addr,
+        }
+    }
+
+    /// The repository path a client names at the mirror for `repo` on upstream `host`: with the
+    /// host prefix for berth (`docker.io/library/alpine`), bare for the registry.
+    pub fn prefixed(&self, host: &str, repo: &str) -> String {
+        match self.via {
+            Via::Berth => format!("{host}/{repo}"),
+            Via::Registry => repo.to_owned(),
+        }
+    }
+
+    /// `host:port[/prefix]`, for a mirror location that names upstream `host` in its path.
+    pub fn mirror_location(&self, host: &str) -> String {
+        match self.via {
+            Via::Berth => format!("{}/{host}", self.berth_addr),
+            Via::Registry => self.registry(host).addr.clone(),
+        }
+    }
+
+    /// Stops the registries: from now on only berth's cache can answer.
+    pub fn stop_registries(&mut self) {
+        for r in &mut self.registries {
+            if let Some(mut p) = r.proc.take() {
+                p.stop();
+            }
+        }
+    }
+
+    /// Environment for client processes: any attempt to leave the machine goes to a dead port.
+    pub fn client_env(&self, cmd: &mut Command) {
+        let proxy = format!("http://{}", self.dead);
+        for k in ["HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"] {
+            cmd.env(k, &proxy);
+        }
+        for k in ["NO_PROXY", "no_proxy"] {
+            cmd.env(k, "127.0.0.1,localhost");
+        }
+        cmd.env("HOME", self.dir().join("home"));
+        cmd.env_remove("DOCKER_HOST");
+    }
+
+    /// After a client pulled `img` for `arch`: berth's cache holds its config and layers, each
+    /// file with the right sha256. (Nothing to check when clients went to the registry.)
+    pub fn assert_cached(&self, img: &Image, arch: &str) {
+        if self.via != Via::Berth {
+            return;
+        }
+        let p = img.platform(arch);
+        for b in std::iter::once(&p.config).chain(&p.layers) {
+            let path = self.storage.join("blobs/sha256").join(b.hex());
+            let bytes = std::fs::read(&path).unwrap_or_else(|e| {
+                panic!(
+                    "berth did not cache {} of {} ({arch}): {}: {e}",
+                    b.digest,
+                    img.reference(),
+                    path.display()
+                )
+            });
+            assert_eq!(
+                seed::sha256_hex(&bytes),
+                b.hex(),
+                "{} holds other bytes",
+                path.display()
+            );
+        }
+    }
+}
+
+fn read_log(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_default()
+}
+
+impl Env {
+    /// How many times each blob (by hex digest) was fetched from `host`'s registry since seeding,
+    /// from its access log lines: `"GET /v2/<name>/blobs/sha256:<hex>[?...] HTTP/1.1" <status>`.
+    pub fn upstream_blob_gets(&self, host: &str) -> HashMap<String, usize> {
+        let r = self.registry(host);
+        let log = read_log(&r.log);
+        let mut counts = HashMap::new();
+        for line in log[r.seeded_log_len.min(log.len())..].lines() {
+            let Some((_, request)) = line.split_once("\"GET /v2/") else {
+                continue;
+            };
+            let Some((_, rest)) = request.split_once("/blobs/sha256:") else {
+                continue;
+            };
+            let hex: String = rest.chars().take_while(char::is_ascii_hexdigit).collect();
+            *counts.entry(hex).or_insert(0) += 1;
+        }
+        counts
+    }
+
+    /// Every blob of `img` (all platforms) was fetched from the registry exactly once.
+    pub fn assert_fetched_once(&self, img: &Image) {
+        if self.via != Via::Berth {
+            return;
+        }
+        let counts = self.upstream_blob_gets(img.upstream);
+        for p in &img.platforms {
+            for b in std::iter::once(&p.config).chain(&p.layers) {
+                let n = counts.get(b.hex()).copied().unwrap_or(0);
+                assert_eq!(
+                    n,
+                    1,
+                    "berth fetched {} of {} ({}) from {}'s registry {n} times",
+                    b.digest,
+                    img.reference(),
+                    p.arch,
+                    img.upstream
+                );
+            }
+        }
+    }
+}
+
+fn wait_ready(p: &mut Proc, addr: &str, path: &str) {
+    let started = std::time::Instant::now();
+    loop {
+        p.assert_running();
+        match http::wait_for(addr, path, 200, Duration::from_millis(250)) {
+            Ok(()) => return,
+            Err(e) if started.elapsed() > READY_LIMIT => {
+                panic!("{} not ready: {e}\nits log:\n{}", p.name(), p.log_tail(60))
+            }
+            Err(_) => {}
+        }
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        let failed = std::thread::panicking();
+        let registries = self.registries.iter_mut().filter_map(|r| r.proc.as_mut());
+        for p in self.berth.as_mut().into_iter().chain(registries) {
+            if failed {
+                eprintln!("---- {} log (tail) ----\n{}", p.name(), p.log_tail(40));
+            }
+            p.stop();
+        }
+        if let Some(tmp) = self.tmp.take()
+            && failed
+            && std::env::var_os("BERTH_E2E_KEEP").is_some()
+        {
+            eprintln!("kept {}", tmp.keep().display());
+        }
+    }
+}

@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Installs what the end-to-end suite (tests/e2e.rs) and the benchmarks need, from Debian's apt:
+# the Distribution registry, the clients that pull through berth (skopeo, containerd's ctr, podman,
+# dockerd), nginx and the load tools. Idempotent: does nothing when everything is there; otherwise
+# needs root, runs `apt-get update` once and installs what is missing. Quiet unless it fails.
+set -euo pipefail
+
+packages=(docker-registry skopeo containerd podman docker.io nginx-light wrk apache2-utils jq uidmap procps)
+commands=(docker-registry skopeo containerd ctr podman dockerd docker nginx wrk ab jq newuidmap kill)
+
+missing=()
+for p in "${packages[@]}"; do
+    if ! dpkg-query -W -f='${Status}\n' "$p" 2>/dev/null | grep -q '^install ok installed$'; then
+        missing+=("$p")
+    fi
+done
+
+if ((${#missing[@]})); then
+    if [[ $(id -u) -ne 0 ]]; then
+        echo "install-deps: missing ${missing[*]}; run as root (it uses apt-get)" >&2
+        exit 1
+    fi
+    log=$(mktemp /tmp/berth-install-deps.XXXXXX.log)
+    echo "install-deps: installing ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    if ! { apt-get update -q && apt-get install -y -q "${missing[@]}"; } >"$log" 2>&1; then
+        tail -n 40 "$log" >&2
+        echo "install-deps: apt-get failed; full log in $log" >&2
+        exit 1
+    fi
+    rm -f "$log"
+fi
+
+for c in "${commands[@]}"; do
+    if ! command -v "$c" >/dev/null; then
+        echo "install-deps: '$c' is still not on PATH after installing" >&2
+        exit 1
+    fi
+done

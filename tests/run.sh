@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# The one test command (the README gives it; CI runs it through .ci/run):
+# dependencies, formatting, lints, unit + integration tests, the end-to-end suite with real
+# clients, and the benches compiled. Stops at the first failure, with a non-zero exit.
+# The end-to-end tests start containerd and dockerd, so run this as root.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "tests/install-deps.sh"
+bash tests/install-deps.sh
+
+step "cargo fmt --check"
+cargo fmt --check
+
+step "cargo clippy --all-targets -- -D warnings"
+cargo clippy --all-targets -- -D warnings
+
+step "cargo test --all-targets"
+cargo test --all-targets
+
+step "end-to-end: cargo test --test e2e -- --ignored"
+cargo test --test e2e -- --ignored --test-threads=1
+
+step "cargo bench --no-run"
+cargo bench --no-run
+
+step "all passed"
