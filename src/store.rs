@@ -516,21 +516,6 @@ pub fn read_range(
         if st.done || st.pos >= st.end {
             return None;
         }
-        if let Source::File(b) = &st.source {
-            let stop = st.end.min(b.len);
-            if st.pos >= stop {
-                return None;
-            }
-            let len = (stop - st.pos).min(MAP_CHUNK);
-            match map(&b.file, st.pos, len) {
-                Ok(bytes) => {
-                    st.pos += len;
-                    return Some((Ok(bytes), st));
-                }
-                // Mapping is an optimisation; the read below works without it.
-                Err(e) => tracing::debug!(error = %e, "cannot map blob file; reading it instead"),
-            }
-        }
         match next_chunk(&mut st.source, st.pos, st.end).await {
             Ok(Some(bytes)) => {
                 st.pos += bytes.len() as u64;
@@ -550,18 +535,19 @@ pub fn read_range(
 /// connection rather than the whole file.
 const MAP_CHUNK: u64 = 1024 * 1024;
 
-/// Maps `len` bytes at `offset` of a verified blob file read-only, so that hits go from the page
+/// Maps `len` bytes at `offset` of a blob file (verified, or the written part of a fill) read-only, so that hits go from the page
 /// cache to the socket with one copy and no buffer to allocate or fill.
 ///
 /// This is berth's one `unsafe`. A mapping is only sound while nobody truncates or rewrites the
-/// file under it, and berth never does either to a file it has verified: blob files are written
-/// once under a temp name, then only renamed or unlinked (both leave a mapping intact).
+/// file under it, and berth never does either: blob files are only ever appended to (under a temp
+/// name, and only bytes already written are mapped), then renamed or unlinked, both of which leave
+/// a mapping intact.
 #[allow(unsafe_code)]
 fn map(file: &File, offset: u64, len: u64) -> io::Result<Bytes> {
     const PAGE: u64 = 4096;
     let start = offset - offset % PAGE;
     let span = usize::try_from(offset + len - start).map_err(io::Error::other)?;
-    // SAFETY: see above: the file is immutable for as long as berth runs.
+    // SAFETY: see above: the mapped bytes never change while berth runs.
     let m = unsafe {
         memmap2::MmapOptions::new()
             .offset(start)
@@ -612,6 +598,12 @@ async fn next_chunk(source: &mut Source, pos: u64, end: u64) -> Result<Option<By
     let stop = end.min(limit);
     if pos >= stop {
         return Ok(None);
+    }
+    // Bytes below `limit` are final (verified, or already written and never rewritten): map them.
+    match map(&file, pos, (stop - pos).min(MAP_CHUNK)) {
+        Ok(bytes) => return Ok(Some(bytes)),
+        // Mapping is an optimisation; a plain read works without it.
+        Err(e) => tracing::debug!(error = %e, "cannot map blob file; reading it instead"),
     }
     let n = (stop - pos).min(READ_CHUNK as u64) as usize;
     let read = tokio::task::spawn_blocking(move || {
