@@ -50,7 +50,8 @@ fn main() -> ExitCode {
             }
         },
         Command::Serve { config } => {
-            init_logging();
+            // Flushes buffered log lines when serve returns.
+            let _log_guard = init_logging();
             let cfg = match &config {
                 Some(path) => match Config::load(path) {
                     Ok(c) => c,
@@ -123,12 +124,23 @@ fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     }
 }
 
-/// Logs to stderr; RUST_LOG overrides the default level (info).
-fn init_logging() {
+/// Logs to stderr; RUST_LOG overrides the default level (info). Lines are handed to a writer
+/// thread, so a request never waits on a write to stderr (one line per request adds up at tens of
+/// thousands of requests a second). The returned guard flushes what is left on exit.
+fn init_logging() -> tracing_appender::non_blocking::WorkerGuard {
+    use std::io::IsTerminal;
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let ansi = std::io::stderr().is_terminal();
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        // Past this many queued lines, new ones are dropped rather than blocking requests.
+        .buffered_lines_limit(64 * 1024)
+        .lossy(true)
+        .finish(std::io::stderr());
     tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_ansi(ansi)
+        .with_writer(writer)
         .init();
+    guard
 }
