@@ -191,47 +191,24 @@ impl Server {
                 let tls = self.tls.clone();
                 let handshake_timeout = self.settings.header_read_timeout;
                 tokio::spawn(async move {
-                    let result = match tls {
-                        None => {
-                            watcher
-                                .watch(
-                                    builder
-                                        .serve_connection(TokioIo::new(stream), svc)
-                                        .into_owned(),
-                                )
-                                .await
-                        }
+                    match tls {
+                        None => serve_conn(watcher, builder, stream, svc, peer).await,
                         Some(acceptor) => {
                             match tokio::time::timeout(handshake_timeout, acceptor.accept(stream))
                                 .await
                             {
-                                Ok(Ok(s)) => {
-                                    watcher
-                                        .watch(
-                                            builder
-                                                .serve_connection(TokioIo::new(s), svc)
-                                                .into_owned(),
-                                        )
-                                        .await
-                                }
+                                Ok(Ok(s)) => serve_conn(watcher, builder, s, svc, peer).await,
                                 Ok(Err(e)) => {
-                                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                                    return;
+                                    tracing::debug!(%peer, error = %e, "TLS handshake failed")
                                 }
-                                Err(_) => {
-                                    tracing::debug!(%peer, "TLS handshake timed out");
-                                    return;
-                                }
+                                Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
                             }
                         }
-                    };
-                    if let Err(e) = result {
-                        tracing::debug!(%peer, error = %e, "connection ended with an error");
                     }
                 });
             } else {
                 let svc = service_fn(metrics_svc.clone());
-                tokio::spawn(serve_plain(watcher, builder, stream, svc));
+                tokio::spawn(serve_conn(watcher, builder, stream, svc, peer));
             }
         }
         drop(self.registry);
@@ -246,29 +223,28 @@ impl Server {
     }
 }
 
-async fn serve_plain<S>(
+/// Serves one connection until it ends or shutdown drains it.
+async fn serve_conn<I, S, B>(
     watcher: hyper_util::server::graceful::Watcher,
     builder: Arc<auto::Builder<TokioExecutor>>,
-    stream: TcpStream,
+    io: I,
     svc: S,
+    peer: SocketAddr,
 ) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     S: hyper::service::Service<
             Request<Incoming>,
-            Response = Response<Full<Bytes>>,
+            Response = Response<B>,
             Error = std::convert::Infallible,
         > + Send
         + 'static,
     S::Future: Send + 'static,
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    if let Err(e) = watcher
-        .watch(
-            builder
-                .serve_connection(TokioIo::new(stream), svc)
-                .into_owned(),
-        )
-        .await
-    {
-        tracing::debug!(error = %e, "metrics connection ended with an error");
+    let conn = builder.serve_connection(TokioIo::new(io), svc).into_owned();
+    if let Err(e) = watcher.watch(conn).await {
+        tracing::debug!(%peer, error = %e, "connection ended with an error");
     }
 }
 

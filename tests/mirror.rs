@@ -669,6 +669,25 @@ async fn until_metric(b: &Berth, needle: &str, value: u64) {
     panic!("{needle} never reached {value}: {}", b.metric(needle).await);
 }
 
+/// A blob in the fake whose first `times` transfers send only as many bytes as the returned gate
+/// allows (`usize::MAX` breaks the transfer).
+fn gated_blob(
+    fake: &FakeRegistry,
+    size: usize,
+    seed: u64,
+    times: usize,
+) -> (Bytes, String, tokio::sync::watch::Sender<usize>) {
+    let layer = random_bytes(size, seed);
+    let blob = fake.put_blob("library/app", layer.clone());
+    let (release, gate) = tokio::sync::watch::channel(0usize);
+    fake.fault_times(
+        &format!("/v2/library/app/blobs/{blob}"),
+        Fault::Gated(gate),
+        times,
+    );
+    (layer, blob, release)
+}
+
 /// A blob response whose body the test reads frame by frame.
 struct Streaming {
     body: hyper::body::Incoming,
@@ -745,10 +764,7 @@ async fn concurrent_tag_pulls_make_one_upstream_request() {
 #[tokio::test]
 async fn n_concurrent_blob_pulls_make_one_upstream_fetch() {
     let fake = FakeRegistry::start().await;
-    let layer = random_bytes(3 << 20, 11);
-    let blob = fake.put_blob("library/app", layer.clone());
-    let (release, gate) = tokio::sync::watch::channel(0usize);
-    fake.fault(&format!("/v2/library/app/blobs/{blob}"), Fault::Gated(gate));
+    let (layer, blob, release) = gated_blob(&fake, 3 << 20, 11, usize::MAX);
     let b = std::sync::Arc::new(berth(&fake, "").await);
     let path = format!("/v2/app/blobs/{blob}");
     let pulls: Vec<_> = (0..20)
@@ -771,10 +787,7 @@ async fn n_concurrent_blob_pulls_make_one_upstream_fetch() {
 #[tokio::test]
 async fn a_follower_joining_at_ninety_percent_gets_every_byte() {
     let fake = FakeRegistry::start().await;
-    let layer = random_bytes(2 << 20, 12);
-    let blob = fake.put_blob("library/app", layer.clone());
-    let (release, gate) = tokio::sync::watch::channel(0usize);
-    fake.fault(&format!("/v2/library/app/blobs/{blob}"), Fault::Gated(gate));
+    let (layer, blob, release) = gated_blob(&fake, 2 << 20, 12, usize::MAX);
     let b = berth(&fake, "").await;
     let path = format!("/v2/app/blobs/{blob}");
     let mut first = b.stream(&path).await;
@@ -794,11 +807,8 @@ async fn a_follower_joining_at_ninety_percent_gets_every_byte() {
 #[tokio::test]
 async fn a_leader_failing_mid_stream_fails_every_follower_and_the_next_pull_refetches() {
     let fake = FakeRegistry::start().await;
-    let layer = random_bytes(1 << 20, 13);
-    let blob = fake.put_blob("library/app", layer.clone());
+    let (layer, blob, release) = gated_blob(&fake, 1 << 20, 13, 1);
     let upstream_path = format!("/v2/library/app/blobs/{blob}");
-    let (release, gate) = tokio::sync::watch::channel(0usize);
-    fake.fault_times(&upstream_path, Fault::Gated(gate), 1);
     let b = berth(&fake, "").await;
     let path = format!("/v2/app/blobs/{blob}");
     let mut clients = Vec::new();
@@ -824,10 +834,7 @@ async fn a_leader_failing_mid_stream_fails_every_follower_and_the_next_pull_refe
 #[tokio::test]
 async fn the_first_client_leaving_does_not_stop_the_fill() {
     let fake = FakeRegistry::start().await;
-    let layer = random_bytes(2 << 20, 14);
-    let blob = fake.put_blob("library/app", layer.clone());
-    let (release, gate) = tokio::sync::watch::channel(0usize);
-    fake.fault(&format!("/v2/library/app/blobs/{blob}"), Fault::Gated(gate));
+    let (layer, blob, release) = gated_blob(&fake, 2 << 20, 14, usize::MAX);
     let b = berth(&fake, "").await;
     let path = format!("/v2/app/blobs/{blob}");
     let mut first = b.stream(&path).await;
