@@ -49,7 +49,11 @@ fn bench(c: &mut Criterion) {
             "/v2/prometheus/node-exporter/manifests/v1.8.2",
             Some("ns=quay.io"),
         ),
-        ("prefix_tag", "/v2/ghcr.io/org/team/app/manifests/1.2.3", None),
+        (
+            "prefix_tag",
+            "/v2/ghcr.io/org/team/app/manifests/1.2.3",
+            None,
+        ),
         ("manifest_digest", &digest_manifest, None),
         ("blob_digest", &blob_path, None),
     ];

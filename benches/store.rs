@@ -7,6 +7,8 @@
 //!
 //! - `fill_64MiB`: `Store::begin`, `PendingBlob::write_all` in 1 MiB batches of 64 KiB chunks (the
 //!   shape the mirror's fill loop hands over), `commit` (digest check, fsync, rename), in a tempdir.
+//! - `write_64MiB_no_commit`: the same writes, then the `PendingBlob` is dropped (no digest check,
+//!   no fsync, no rename): the difference to `fill_64MiB` is the cost of making the blob durable.
 //! - `hit_read_64MiB`: `read_range(Source::File(..))` of the committed 64 MiB blob, bytes counted,
 //!   file warm in the page cache.
 
@@ -70,6 +72,28 @@ fn bench(c: &mut Criterion) {
                         p.write_all(batch.to_vec()).await.unwrap();
                     }
                     p.commit().await.unwrap();
+                });
+                dir
+            },
+            criterion::BatchSize::PerIteration,
+        )
+    });
+
+    g.bench_function("write_64MiB_no_commit", |b| {
+        b.iter_batched(
+            || {
+                let dir = tempfile::tempdir().unwrap();
+                let store = Store::open(dir.path()).unwrap();
+                (dir, store)
+            },
+            |(dir, store)| {
+                rt.block_on(async {
+                    let (tx, _rx) = watch::channel(FillState::Pending);
+                    let mut p = store.begin(&digest, Some(SIZE as u64), tx).unwrap();
+                    for batch in chunks.chunks(BATCH / CHUNK) {
+                        p.write_all(batch.to_vec()).await.unwrap();
+                    }
+                    // Dropped uncommitted: the temp file is deleted, nothing is fsynced.
                 });
                 dir
             },
