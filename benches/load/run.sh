@@ -158,6 +158,7 @@ elapsed() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.3f", b - a}'; }
 # ---- origin ------------------------------------------------------------------------------------
 ORIGIN_PORT=$(free_port)
 ORIGIN=http://127.0.0.1:$ORIGIN_PORT
+declare -A PORT=([origin]=$ORIGIN_PORT)
 mkdir -p "$WORK/origin/data"
 cat >"$WORK/origin/config.yml" <<EOF
 version: 0.1
@@ -212,7 +213,7 @@ BLOB_PATH=/v2/$REPO/blobs/$BLOB_DIGEST
 origin_blob_gets() { grep -c "\"GET $BLOB_PATH HTTP" "$WORK/origin/log" || true; }
 
 # ---- peers -------------------------------------------------------------------------------------
-declare -A PORT=()
+
 PEERS=(berth registry nginx sendfile)
 
 start_berth() {
@@ -280,6 +281,7 @@ EOF
 start_nginx() {
     local d=$WORK/nginx
     PORT[nginx]=${PORT[nginx]:-$(free_port)}
+    mkdir -p "$d"
     {
         nginx_common "$d"
         cat <<EOF
@@ -311,6 +313,7 @@ EOF
 start_sendfile() {
     local d=$WORK/sendfile
     PORT[sendfile]=${PORT[sendfile]:-$(free_port)}
+    mkdir -p "$d"
     {
         nginx_common "$d"
         cat <<EOF
@@ -387,7 +390,7 @@ cold_single() {
         ttfbs+=("$t")
         totals+=("$tot")
     done
-    R[cold_s,$name]=$(printf '%s\n' "${totals[@]}" | median)
+    R[cold_s,$name]=$(printf '%s\n' "${totals[@]}" | median | awk '{printf "%.3f", $1}')
     R[cold_ttfb_ms,$name]=$(printf '%s\n' "${ttfbs[@]}" | median | awk '{printf "%.1f", $1 * 1000}')
 }
 
@@ -426,7 +429,6 @@ wait_children() {
 cached() {
     local name=$1 c=$2 url i r t0 t1 wall=0 bytes=0 cpu0 cpu1 d=$WORK/cached-$1-$2
     url=$(url_of "$name")
-    [[ $name == origin ]] && url=$ORIGIN
     mkdir -p "$d"
     cpu0=$(cpu_ticks "$name")
     for ((r = 0; r < RUNS; r++)); do
@@ -448,7 +450,6 @@ manifest_load() {
     local name=$1 kind=$2 url ref out
     [[ $kind == tag ]] && ref=$TAG || ref=$MANIFEST_DIGEST
     url=$(url_of "$name")
-    [[ $name == origin ]] && url=$ORIGIN
     url=$url/v2/$REPO/manifests/$ref
     # Warm the cache, and check the answer is the manifest.
     [[ $(curl -sf -H "Accept: $ACCEPT" "$url" | sha256sum | cut -d' ' -f1) == "${MANIFEST_DIGEST#sha256:}" ]] ||
