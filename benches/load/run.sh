@@ -76,6 +76,8 @@ log "building berth (release)"
 cargo build --release --quiet --bin berth
 BERTH_BIN=$ROOT/target/release/berth
 COMMIT=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
+# The code measured: the last commit that touched berth's sources (HEAD may be a bench-only commit).
+SRC_COMMIT=$(git log -1 --format=%h -- src Cargo.toml Cargo.lock 2>/dev/null || echo unknown)
 DIRTY=$(git status --porcelain -- src Cargo.toml Cargo.lock 2>/dev/null | grep -q . && echo "+dirty" || true)
 
 # ---- processes and cleanup ---------------------------------------------------------------------
@@ -439,7 +441,7 @@ cached() {
         wall=$(awk -v w="$wall" -v a="$t0" -v b="$t1" 'BEGIN {print w + b - a}')
     done
     cpu1=$(cpu_ticks "$name")
-    bytes=$(cat "$d"/* | awk '{s += $3} END {print s + 0}')
+    bytes=$(cat "$d"/* | awk '{s += $3} END {printf "%.0f", s}')
     ((bytes == RUNS * c * BLOB_SIZE)) || log "WARNING: $name cached x$c served $bytes bytes, expected $((RUNS * c * BLOB_SIZE))"
     R[gbps_$c,$name]=$(awk -v b="$bytes" -v w="$wall" 'BEGIN {printf "%.2f", b / w / 1e9}')
     R[cpu_$c,$name]=$(awk -v t=$((cpu1 - cpu0)) -v hz="$CLK_TCK" -v b="$bytes" 'BEGIN {printf "%.3f", t / hz / (b / 1e9)}')
@@ -508,7 +510,7 @@ row() { # label key [peers...]
 }
 mkdir -p "$(dirname "$OUT")"
 {
-    echo "Run $(date -u +%Y-%m-%dT%H:%MZ), berth $COMMIT$DIRTY, $(nproc) cores ($(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)), blob ${BLOB_MIB} MiB, $RUNS run(s) per figure (median), wrk ${WRK_SECS}s$( ((QUICK)) && echo ', --quick'). Load average before: $LOAD_BEFORE, after: $LOAD_AFTER."
+    echo "Run $(date -u +%Y-%m-%dT%H:%MZ), HEAD $COMMIT (berth sources at $SRC_COMMIT$DIRTY), $(nproc) cores ($(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)), blob ${BLOB_MIB} MiB, $RUNS run(s) per figure (median), wrk ${WRK_SECS}s$( ((QUICK)) && echo ', --quick'). Load average before: $LOAD_BEFORE, after: $LOAD_AFTER."
     echo
     echo "| figure | berth | origin (direct) | registry proxy | nginx proxy_cache | nginx sendfile | berth/origin | berth/registry | berth/nginx | berth/sendfile |"
     echo "|---|---|---|---|---|---|---|---|---|---|"
