@@ -33,7 +33,9 @@
 //! upstream body into a temp file while hashing it, and every client asking for that digest reads the
 //! growing file. The last byte is only released after the digest matched, so a client never gets a
 //! complete response with wrong bytes.
-#![forbid(unsafe_code)]
+// `deny`, not `forbid`: store::map (mapping immutable blob files for the hit path) is the one
+// measured exception, allowed where it stands and explained there.
+#![deny(unsafe_code)]
 
 pub mod config;
 pub mod error;

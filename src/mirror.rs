@@ -496,9 +496,12 @@ impl Mirror {
             match state {
                 FillState::Failed(e) => return Err(e),
                 FillState::Verified(b) | FillState::Committed(b) => break Some(b.len),
-                FillState::Writing { total: Some(t), .. } => break Some(t),
-                FillState::Writing { total: None, .. } if range.is_none() => break None,
-                FillState::Writing { .. } | FillState::Pending => {}
+                FillState::Writing(p) => match p.total {
+                    Some(t) => break Some(t),
+                    None if range.is_none() => break None,
+                    None => {}
+                },
+                FillState::Pending => {}
             }
             if rx.changed().await.is_err() {
                 return Err(Error::internal("blob fill ended without a result"));
@@ -531,7 +534,7 @@ impl Mirror {
         // A fill already running knows the size.
         let running = self.fills.lock().unwrap().get(digest).cloned();
         if let Some(rx) = running
-            && let FillState::Writing { total: Some(t), .. } = &*rx.borrow()
+            && let FillState::Writing(store::Progress { total: Some(t), .. }) = &*rx.borrow()
         {
             return Ok(BlobReply {
                 digest: digest.clone(),
@@ -673,6 +676,7 @@ impl FillJob {
             .map_err(|e| Error::io("starting blob fill", &e))?;
         // The network and the disk work side by side: while one batch is hashed and written on a
         // blocking thread, the next one is read from the upstream (up to MAX_QUEUED bytes ahead).
+        let feed = pending.feed();
         let mut pending = Some(pending);
         let mut writing: Option<WriteFuture> = None;
         let mut queue: Vec<Bytes> = Vec::new();
@@ -705,6 +709,7 @@ impl FillJob {
                             }
                             self.metrics.fetched_bytes.with_label_values(&[self.up.name()]).inc_by(c.len() as u64);
                             queued += c.len();
+                            feed.push(c.clone());
                             queue.push(c);
                         }
                         None => eof = true,

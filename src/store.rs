@@ -56,12 +56,8 @@ pub struct BlobFile {
 pub enum FillState {
     /// Waiting for the upstream's response headers.
     Pending,
-    /// Bytes are landing in the temp file. `total` is the size announced by the upstream.
-    Writing {
-        file: Arc<File>,
-        written: u64,
-        total: Option<u64>,
-    },
+    /// Bytes are arriving and landing in the temp file.
+    Writing(Progress),
     /// Every byte is written and the digest matched: readers may have it all. The file is being
     /// made durable and renamed into place (the slow part, with a large blob, is the fsync; no
     /// client waits for it).
@@ -70,6 +66,86 @@ pub enum FillState {
     Committed(BlobFile),
     /// The fill failed; nothing was cached.
     Failed(Error),
+}
+
+/// How far a fill has got.
+#[derive(Debug, Clone)]
+pub struct Progress {
+    /// The temp file; readers keep it open across the rename.
+    pub file: Arc<File>,
+    /// Bytes in the file (hashed and written).
+    pub written: u64,
+    /// Bytes received so far (`>= written`); the ones not yet in the file are in the spool.
+    pub received: u64,
+    /// The size announced by the upstream, if any.
+    pub total: Option<u64>,
+    /// The most recent chunks, kept in memory so that readers at the head of a fill take them
+    /// without waiting for the disk or copying them back out of it.
+    pub spool: Arc<Spool>,
+}
+
+/// Recently received chunks of a fill, by offset: everything not yet written, plus up to
+/// [`SPOOL_KEEP`] bytes already written (so a reader slightly behind still reads from memory).
+#[derive(Debug, Default)]
+pub struct Spool {
+    chunks: std::sync::Mutex<std::collections::VecDeque<(u64, Bytes)>>,
+}
+
+/// Bytes of already-written chunks a spool keeps.
+const SPOOL_KEEP: u64 = 2 * 1024 * 1024;
+
+impl Spool {
+    /// The bytes at `pos` up to (not including) `stop`, if they are in the spool: a cheap slice of
+    /// the received chunk, no copy.
+    pub fn get(&self, pos: u64, stop: u64) -> Option<Bytes> {
+        let chunks = self.chunks.lock().unwrap();
+        // Chunks are contiguous and ascending; the newest are searched first (readers are mostly
+        // at the head).
+        let (off, chunk) = chunks
+            .iter()
+            .rev()
+            .find(|(off, c)| *off <= pos && pos < off + c.len() as u64)?;
+        let from = (pos - off) as usize;
+        let to = (stop.min(off + chunk.len() as u64) - off) as usize;
+        (to > from).then(|| chunk.slice(from..to))
+    }
+
+    fn push(&self, offset: u64, chunk: Bytes) {
+        self.chunks.lock().unwrap().push_back((offset, chunk));
+    }
+
+    /// Forgets chunks that ended more than SPOOL_KEEP bytes before `written`.
+    fn trim(&self, written: u64) {
+        let mut chunks = self.chunks.lock().unwrap();
+        while chunks
+            .front()
+            .is_some_and(|(off, c)| off + c.len() as u64 + SPOOL_KEEP <= written)
+        {
+            chunks.pop_front();
+        }
+    }
+}
+
+/// Feeds received chunks to a fill's readers before they are written; see [`PendingBlob::feed`].
+#[derive(Clone)]
+pub struct Feed {
+    spool: Arc<Spool>,
+    progress: watch::Sender<FillState>,
+}
+
+impl Feed {
+    /// Makes `chunk`, the next bytes of the blob, available to readers now.
+    pub fn push(&self, chunk: Bytes) {
+        self.progress.send_if_modified(|s| match s {
+            FillState::Writing(p) => {
+                let len = chunk.len() as u64;
+                self.spool.push(p.received, chunk);
+                p.received += len;
+                true
+            }
+            _ => false,
+        });
+    }
 }
 
 /// Why a commit was refused.
@@ -204,11 +280,14 @@ impl Store {
             .create_new(true)
             .open(&tmp_path)?;
         let file = Arc::new(file);
-        progress.send_replace(FillState::Writing {
+        let spool = Arc::new(Spool::default());
+        progress.send_replace(FillState::Writing(Progress {
             file: file.clone(),
             written: 0,
+            received: 0,
             total,
-        });
+            spool: spool.clone(),
+        }));
         Ok(PendingBlob {
             file: Some(file),
             tmp_path,
@@ -219,6 +298,7 @@ impl Store {
             total,
             digest: digest.clone(),
             progress,
+            spool,
             done: false,
         })
     }
@@ -248,6 +328,7 @@ pub struct PendingBlob {
     total: Option<u64>,
     digest: Digest,
     progress: watch::Sender<FillState>,
+    spool: Arc<Spool>,
     done: bool,
 }
 
@@ -258,6 +339,15 @@ impl PendingBlob {
 
     pub fn total(&self) -> Option<u64> {
         self.total
+    }
+
+    /// A handle to give readers chunks as they arrive, ahead of [`write_all`](Self::write_all),
+    /// which must then be called with the same chunks in the same order.
+    pub fn feed(&self) -> Feed {
+        Feed {
+            spool: self.spool.clone(),
+            progress: self.progress.clone(),
+        }
     }
 
     /// Appends `data`, hashing it on the way, and tells readers.
@@ -290,15 +380,21 @@ impl PendingBlob {
         })
         .await
         .map_err(io::Error::other)?;
-        self.file = Some(file.clone());
+        self.file = Some(file);
         self.hasher = Some(hasher);
         res?;
         self.written += len;
-        self.progress.send_replace(FillState::Writing {
-            file,
-            written: self.written,
-            total: self.total,
+        let written = self.written;
+        self.progress.send_if_modified(|s| match s {
+            FillState::Writing(p) => {
+                p.written = written;
+                // Chunks written without the feed (a plain `write`) arrive here.
+                p.received = p.received.max(written);
+                true
+            }
+            _ => false,
         });
+        self.spool.trim(written);
         Ok(())
     }
 
@@ -420,6 +516,21 @@ pub fn read_range(
         if st.done || st.pos >= st.end {
             return None;
         }
+        if let Source::File(b) = &st.source {
+            let stop = st.end.min(b.len);
+            if st.pos >= stop {
+                return None;
+            }
+            let len = (stop - st.pos).min(MAP_CHUNK);
+            match map(&b.file, st.pos, len) {
+                Ok(bytes) => {
+                    st.pos += len;
+                    return Some((Ok(bytes), st));
+                }
+                // Mapping is an optimisation; the read below works without it.
+                Err(e) => tracing::debug!(error = %e, "cannot map blob file; reading it instead"),
+            }
+        }
         match next_chunk(&mut st.source, st.pos, st.end).await {
             Ok(Some(bytes)) => {
                 st.pos += bytes.len() as u64;
@@ -432,6 +543,33 @@ pub fn read_range(
             }
         }
     })
+}
+
+/// Bytes handed out per frame from a mapped file. Each frame is its own small mapping, unmapped
+/// when the frame has been sent, so the mapped (resident) part of a blob stays a few frames per
+/// connection rather than the whole file.
+const MAP_CHUNK: u64 = 1024 * 1024;
+
+/// Maps `len` bytes at `offset` of a verified blob file read-only, so that hits go from the page
+/// cache to the socket with one copy and no buffer to allocate or fill.
+///
+/// This is berth's one `unsafe`. A mapping is only sound while nobody truncates or rewrites the
+/// file under it, and berth never does either to a file it has verified: blob files are written
+/// once under a temp name, then only renamed or unlinked (both leave a mapping intact).
+#[allow(unsafe_code)]
+fn map(file: &File, offset: u64, len: u64) -> io::Result<Bytes> {
+    const PAGE: u64 = 4096;
+    let start = offset - offset % PAGE;
+    let span = usize::try_from(offset + len - start).map_err(io::Error::other)?;
+    // SAFETY: see above: the file is immutable for as long as berth runs.
+    let m = unsafe {
+        memmap2::MmapOptions::new()
+            .offset(start)
+            .len(span)
+            .map(file)?
+    };
+    let skip = (offset - start) as usize;
+    Ok(Bytes::from_owner(m).slice(skip..))
 }
 
 /// The next chunk at `pos` (before `end`), waiting on a fill if needed; `None` at the end of the blob.
@@ -448,18 +586,19 @@ async fn next_chunk(source: &mut Source, pos: u64, end: u64) -> Result<Option<By
                         continue;
                     }
                     FillState::Failed(e) => return Err(e),
-                    FillState::Writing {
-                        file,
-                        written,
-                        total,
-                    } => {
+                    FillState::Writing(p) => {
                         // Hold back the last byte until the digest is verified.
-                        let readable = match total {
-                            Some(t) => written.min(t.saturating_sub(1)),
-                            None => written.saturating_sub(1),
+                        let readable = match p.total {
+                            Some(t) => p.received.min(t.saturating_sub(1)),
+                            None => p.received.saturating_sub(1),
                         };
                         if readable > pos {
-                            break (file, readable);
+                            if let Some(bytes) = p.spool.get(pos, end.min(readable)) {
+                                return Ok(Some(bytes));
+                            }
+                            if pos < p.written {
+                                break (p.file, p.written.min(readable));
+                            }
                         }
                     }
                     FillState::Pending => {}
@@ -644,5 +783,75 @@ mod tests {
             std::fs::read_dir(dir.path().join("tmp")).unwrap().count(),
             0
         );
+    }
+
+    #[tokio::test]
+    async fn fed_chunks_reach_readers_before_they_are_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let data = Bytes::from_static(b"0123456789");
+        let d = digest_of(&data);
+        let (tx, rx) = watch::channel(FillState::Pending);
+        let mut p = store.begin(&d, Some(10), tx).unwrap();
+        let feed = p.feed();
+        feed.push(data.slice(..6));
+        // Nothing written yet, but the first six bytes are readable from memory.
+        let mut reader = std::pin::pin!(read_range(Source::Fill(rx.clone()), 0, None));
+        assert_eq!(reader.next().await.unwrap().unwrap().as_ref(), b"012345");
+        feed.push(data.slice(6..));
+        // All ten received: nine come out, the last waits for the verdict.
+        assert_eq!(reader.next().await.unwrap().unwrap().as_ref(), b"678");
+        assert!(futures_util::FutureExt::now_or_never(reader.next()).is_none());
+        p.write_all(vec![data.slice(..6), data.slice(6..)])
+            .await
+            .unwrap();
+        p.commit().await.unwrap();
+        assert_eq!(reader.next().await.unwrap().unwrap().as_ref(), b"9");
+        assert!(reader.next().await.is_none());
+    }
+
+    #[test]
+    fn spool_slices_and_trims() {
+        let spool = Spool::default();
+        spool.push(0, Bytes::from(vec![1u8; 1 << 20]));
+        spool.push(1 << 20, Bytes::from(vec![2u8; 1 << 20]));
+        assert_eq!(spool.get(10, 20).unwrap().len(), 10);
+        assert_eq!(spool.get((1 << 20) - 2, 4 << 20).unwrap().as_ref(), &[1, 1]);
+        assert_eq!(
+            spool.get((1 << 20) + 5, 4 << 20).unwrap().len(),
+            (1 << 20) - 5
+        );
+        assert!(spool.get(2 << 20, 4 << 20).is_none());
+        spool.trim((1 << 20) + SPOOL_KEEP);
+        assert!(
+            spool.get(0, 10).is_none(),
+            "written long ago: read from the file"
+        );
+        assert!(spool.get(1 << 20, (1 << 20) + 1).is_some());
+    }
+
+    #[tokio::test]
+    async fn mapped_reads_cross_window_and_page_boundaries() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let data: Bytes = (0..(3 * MAP_CHUNK as usize + 12345))
+            .map(|i| (i * 7 % 253) as u8)
+            .collect::<Vec<_>>()
+            .into();
+        let d = digest_of(&data);
+        store.put(&d, data.clone()).await.unwrap();
+        let blob = store.open_blob(&d).await.unwrap().unwrap();
+        for (start, end) in [
+            (0, None),
+            (4095, Some(4097)),
+            (MAP_CHUNK - 1, Some(2 * MAP_CHUNK + 3)),
+            (3 * MAP_CHUNK + 1, None),
+        ] {
+            let got = collect(read_range(Source::File(blob.clone()), start, end))
+                .await
+                .unwrap();
+            let want = &data[start as usize..end.map_or(data.len(), |e| e as usize)];
+            assert!(got == want, "range {start}..{end:?}");
+        }
     }
 }
