@@ -77,7 +77,7 @@ cargo build --release --quiet --bin berth
 BERTH_BIN=$ROOT/target/release/berth
 COMMIT=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
 # The code measured: the last commit that touched berth's sources (HEAD may be a bench-only commit).
-SRC_COMMIT=$(git log -1 --format=%h -- src Cargo.toml Cargo.lock 2>/dev/null || echo unknown)
+SRC_COMMIT=$(git log -1 --no-merges --format=%h -- src Cargo.lock 2>/dev/null || echo unknown)
 DIRTY=$(git status --porcelain -- src Cargo.toml Cargo.lock 2>/dev/null | grep -q . && echo "+dirty" || true)
 
 # ---- processes and cleanup ---------------------------------------------------------------------
