@@ -367,21 +367,23 @@ impl PendingBlob {
         }
         let file = self.file.take().expect("file present between writes");
         let mut hasher = self.hasher.take().expect("hasher present between writes");
-        let (file, hasher, res) = tokio::task::spawn_blocking(move || {
-            let mut res = Ok(());
-            for c in &chunks {
+        // Hashing and writing are independent: they run side by side on two blocking threads
+        // (the chunks are shared, not copied), so a batch costs the slower of the two, not both.
+        let to_hash = chunks.clone();
+        let hashing = tokio::task::spawn_blocking(move || {
+            for c in &to_hash {
                 hasher.update(c);
-                res = (&*file).write_all(c);
-                if res.is_err() {
-                    break;
-                }
             }
-            (file, hasher, res)
-        })
-        .await
-        .map_err(io::Error::other)?;
+            hasher
+        });
+        let writing = tokio::task::spawn_blocking(move || {
+            let res = chunks.iter().try_for_each(|c| (&*file).write_all(c));
+            (file, res)
+        });
+        let (hashed, written) = tokio::join!(hashing, writing);
+        let (file, res) = written.map_err(io::Error::other)?;
         self.file = Some(file);
-        self.hasher = Some(hasher);
+        self.hasher = Some(hashed.map_err(io::Error::other)?);
         res?;
         self.written += len;
         let written = self.written;
