@@ -216,10 +216,9 @@ impl Upstream {
                 .attempt(&req.method, &url, &headers, scope.as_deref())
                 .await;
             let seen = match &outcome {
-                Ok(resp) => Attempted::Status(
-                    resp.status,
-                    retry_after(&resp.headers, SystemTime::now()),
-                ),
+                Ok(resp) => {
+                    Attempted::Status(resp.status, retry_after(&resp.headers, SystemTime::now()))
+                }
                 Err(f) if f.retryable => Attempted::ConnectFailed,
                 Err(_) => Attempted::Final,
             };
@@ -936,9 +935,10 @@ fn retry_plan(
         Attempted::ConnectFailed => Some((RetryReason::Connect, backoff())),
         Attempted::Final => None,
         // The upstream said when: wait that long if it is short, else let the client hear it.
-        Attempted::Status(StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE, Some(after)) => {
-            (after <= cfg.retry_backoff_max).then_some((RetryReason::RetryAfter, after))
-        }
+        Attempted::Status(
+            StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE,
+            Some(after),
+        ) => (after <= cfg.retry_backoff_max).then_some((RetryReason::RetryAfter, after)),
         Attempted::Status(s, _) if matches!(s.as_u16(), 500 | 502 | 503 | 504) => {
             Some((RetryReason::Status5xx, backoff()))
         }
@@ -968,10 +968,7 @@ fn retryable_transport(e: &hyper_util::client::legacy::Error) -> bool {
     let mut connect = e.is_connect();
     while let Some(err) = source {
         if let Some(io) = err.downcast_ref::<std::io::Error>() {
-            if io
-                .get_ref()
-                .is_some_and(|inner| inner.is::<rustls::Error>())
-            {
+            if is_tls_error(io) {
                 return false;
             }
             connect |= matches!(
@@ -992,6 +989,21 @@ fn retryable_transport(e: &hyper_util::client::legacy::Error) -> bool {
         source = err.source();
     }
     connect
+}
+
+/// A TLS failure (certificate, handshake), which tokio-rustls wraps in an `io::Error`, sometimes
+/// twice; `io::Error::source` skips the wrapped error itself, so this looks inside by hand.
+fn is_tls_error(io: &std::io::Error) -> bool {
+    let mut inner = io.get_ref();
+    while let Some(e) = inner {
+        if e.is::<rustls::Error>() {
+            return true;
+        }
+        inner = e
+            .downcast_ref::<std::io::Error>()
+            .and_then(std::io::Error::get_ref);
+    }
+    false
 }
 
 /// The number in a `ratelimit-*` header: `100;w=21600` -> 100.
@@ -1236,7 +1248,11 @@ mod tests {
             assert_eq!(backoff(base, max, retry, 0.5), ceiling / 2);
         }
         assert_eq!(backoff(base, max, 2, 0.5), Duration::from_millis(400));
-        assert_eq!(backoff(base, max, 40, 1.0), max, "no overflow for large retry counts");
+        assert_eq!(
+            backoff(base, max, 40, 1.0),
+            max,
+            "no overflow for large retry counts"
+        );
         for _ in 0..1000 {
             let u = jitter_unit();
             assert!((0.0..1.0).contains(&u), "{u}");
