@@ -117,6 +117,18 @@ pub struct UpstreamConfig {
     /// Most redirects followed for one request.
     #[serde(default = "default_max_redirects")]
     pub max_redirects: u8,
+    /// Extra attempts after a connection failure or a 5xx before any response reaches the caller
+    /// (0: no retries). Only GET and HEAD are ever sent, so a retry cannot repeat a change.
+    #[serde(default = "default_retries")]
+    pub retries: u32,
+    /// Base of the exponential backoff: retry k waits a random time up to
+    /// `retry_backoff * 2^k` (full jitter), so that many mirrors do not retry in step.
+    #[serde(default = "default_retry_backoff", with = "duration")]
+    pub retry_backoff: Duration,
+    /// Cap on one backoff wait; also the longest `Retry-After` berth waits out itself. A longer
+    /// `Retry-After` goes back to the client with the 429/503 instead.
+    #[serde(default = "default_retry_backoff_max", with = "duration")]
+    pub retry_backoff_max: Duration,
     /// PEM bundle of extra root certificates trusted for this upstream (a private registry's CA),
     /// on top of the built-in web PKI roots. Its redirect targets and token realms trust them too.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -336,6 +348,15 @@ impl Config {
             if u.max_redirects > 10 {
                 return Err(err(key("max_redirects"), "at most 10".into()));
             }
+            if u.retries > 10 {
+                return Err(err(key("retries"), "at most 10".into()));
+            }
+            if u.retry_backoff > u.retry_backoff_max {
+                return Err(err(
+                    key("retry_backoff"),
+                    "must not be more than retry_backoff_max".into(),
+                ));
+            }
             for (k, d) in [
                 ("connect_timeout", u.connect_timeout),
                 ("response_timeout", u.response_timeout),
@@ -479,6 +500,15 @@ fn default_stall_timeout() -> Duration {
 fn default_max_redirects() -> u8 {
     5
 }
+fn default_retries() -> u32 {
+    2
+}
+fn default_retry_backoff() -> Duration {
+    Duration::from_millis(200)
+}
+fn default_retry_backoff_max() -> Duration {
+    Duration::from_secs(5)
+}
 fn default_true() -> bool {
     true
 }
@@ -515,6 +545,9 @@ mod tests {
         assert!(u.default && u.uses_library_prefix());
         assert_eq!(u.url.as_str(), "https://registry-1.docker.io/");
         assert_eq!(u.tag_ttl, Duration::from_secs(30));
+        assert_eq!(u.retries, 2);
+        assert_eq!(u.retry_backoff, Duration::from_millis(200));
+        assert_eq!(u.retry_backoff_max, Duration::from_secs(5));
     }
 
     #[test]
@@ -570,6 +603,11 @@ mod tests {
             (
                 format!("{base}ca_file = \"/surely/not/here.pem\"\n"),
                 "upstream[0].ca_file",
+            ),
+            (format!("{base}retries = 11\n"), "upstream[0].retries"),
+            (
+                format!("{base}retry_backoff = \"10s\"\n"),
+                "upstream[0].retry_backoff",
             ),
         ];
         for (text, key) in cases {

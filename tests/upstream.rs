@@ -82,6 +82,31 @@ fn counter(registry: &prometheus::Registry, family: &str, labels: &[(&str, &str)
         .sum()
 }
 
+fn gauge(registry: &prometheus::Registry, family: &str) -> Option<f64> {
+    registry
+        .gather()
+        .iter()
+        .find(|f| f.name() == family)
+        .and_then(|f| f.get_metric().first().map(|m| m.get_gauge().get_value()))
+}
+
+fn retries(registry: &prometheus::Registry, reason: &str) -> f64 {
+    counter(
+        registry,
+        "berth_upstream_retries_total",
+        &[("upstream", "fake"), ("reason", reason)],
+    )
+}
+
+/// Fast retries: the waits are real, so tests keep them to a millisecond.
+const FAST: &str = "retry_backoff = \"1ms\"\n";
+
+/// A port on 127.0.0.1 that nothing listens on.
+fn closed_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
 #[tokio::test]
 async fn anonymous_token_flow() {
     let fake = FakeRegistry::start().await;
@@ -448,13 +473,15 @@ async fn tls_with_ca_file_speaks_http2() {
     assert!(fake.requests().iter().all(|r| r.version == Version::HTTP_2));
 
     // Without the CA the certificate is not trusted.
-    let (untrusting, _) = upstream(&config(&fake.url(), ""));
+    let (untrusting, registry) = upstream(&config(&fake.url(), ""));
     let e = untrusting
         .send(request(Method::GET, "/v2/x/manifests/1"))
         .await
         .unwrap_err();
     assert_eq!(e.origin, Origin::Upstream);
     assert_eq!(e.status, StatusCode::SERVICE_UNAVAILABLE);
+    // The same certificate would come back: not retried.
+    assert_eq!(retries(&registry, "connect"), 0.0);
 }
 
 #[tokio::test]
@@ -586,7 +613,7 @@ async fn statuses_map_to_oci_errors() {
     );
     let blob_path = format!("/v2/x/blobs/{digest}");
     fake.fault(&blob_path, Fault::Status(StatusCode::NOT_FOUND, None));
-    let (u, _) = upstream(&config(&fake.url(), ""));
+    let (u, _) = upstream(&config(&fake.url(), FAST));
 
     let cases = [
         (
@@ -712,4 +739,299 @@ async fn wrong_bytes_are_passed_on_unverified() {
     let body = r.bytes(100).await.unwrap();
     assert_eq!(body.len(), 3);
     assert_ne!(body, &b"abc"[..]);
+}
+
+// Retries.
+
+#[tokio::test]
+async fn a_503_once_is_retried() {
+    let fake = FakeRegistry::start().await;
+    fake.put_tagged("x", "1", media::OCI_MANIFEST, MANIFEST);
+    fake.fault_times(
+        "/v2/x/manifests/1",
+        Fault::Status(StatusCode::SERVICE_UNAVAILABLE, None),
+        1,
+    );
+    let (u, registry) = upstream(&config(&fake.url(), FAST));
+    assert_eq!(
+        get_bytes(&u, "/v2/x/manifests/1").await,
+        (StatusCode::OK, MANIFEST.into())
+    );
+    assert_eq!(fake.hits(Method::GET, "/v2/x/manifests/1"), 2);
+    assert_eq!(retries(&registry, "status_5xx"), 1.0);
+    assert_eq!(
+        counter(
+            &registry,
+            "berth_upstream_requests_total",
+            &[("status", "503")]
+        ),
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn a_retry_reuses_the_token_and_restarts_the_chain() {
+    let fake = FakeRegistry::start().await;
+    fake.require_token_auth(TokenAuth::default());
+    let digest = fake.put_blob("x", &b"hello"[..]);
+    let path = format!("/v2/x/blobs/{digest}");
+    let cdn = format!("/cdn/{digest}");
+    fake.fault(&path, Fault::RedirectToOther);
+    fake.fault_times(&cdn, Fault::Status(StatusCode::BAD_GATEWAY, None), 1);
+    let (u, registry) = upstream(&config(&fake.url(), FAST));
+    assert_eq!(get_bytes(&u, &path).await.1, &b"hello"[..]);
+    // 401, then the redirect to a failing CDN, then the whole chain again with the cached token.
+    let auth: Vec<_> = fake
+        .requests_to(&path)
+        .iter()
+        .map(|r| r.header("authorization").map(str::to_owned))
+        .collect();
+    let bearer = Some("Bearer fake-token-1".to_owned());
+    assert_eq!(auth, [None, bearer.clone(), bearer]);
+    assert_eq!(fake.requests_to(&cdn).len(), 2);
+    assert_eq!(fake.token_requests().len(), 1);
+    assert_eq!(retries(&registry, "status_5xx"), 1.0);
+}
+
+#[tokio::test]
+async fn persistent_5xx_fails_after_retries_plus_one_attempts() {
+    let fake = FakeRegistry::start().await;
+    fake.put_tagged("x", "1", media::OCI_MANIFEST, MANIFEST);
+    fake.fault(
+        "/v2/x/manifests/1",
+        Fault::Status(StatusCode::BAD_GATEWAY, None),
+    );
+    let (u, registry) = upstream(&config(&fake.url(), &format!("retries = 3\n{FAST}")));
+    let r = get(&u, "/v2/x/manifests/1").await;
+    assert_eq!(r.status, StatusCode::BAD_GATEWAY);
+    assert_eq!(fake.hits(Method::GET, "/v2/x/manifests/1"), 4);
+    assert_eq!(retries(&registry, "status_5xx"), 3.0);
+    let e = r
+        .error_for_status(NotFoundKind::Manifest)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (e.code, e.status),
+        (Code::Unavailable, StatusCode::SERVICE_UNAVAILABLE)
+    );
+}
+
+#[tokio::test]
+async fn refused_connections_are_retried_a_bounded_number_of_times() {
+    let (u, registry) = upstream(&config(
+        &format!("http://127.0.0.1:{}", closed_port()),
+        FAST,
+    ));
+    let e = u.send(request(Method::GET, "/v2/")).await.unwrap_err();
+    assert_eq!(
+        (e.origin, e.code, e.status),
+        (
+            Origin::Upstream,
+            Code::Unavailable,
+            StatusCode::SERVICE_UNAVAILABLE
+        )
+    );
+    assert!(e.to_string().contains("after 3 attempts"), "{e}");
+    assert_eq!(
+        counter(
+            &registry,
+            "berth_upstream_requests_total",
+            &[("status", "error")]
+        ),
+        3.0
+    );
+    assert_eq!(retries(&registry, "connect"), 2.0);
+}
+
+#[tokio::test]
+async fn connections_closed_before_a_response_are_retried() {
+    // Accepts and drops every connection: the request gets no response at all.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = accepted.clone();
+    let server = tokio::spawn(async move {
+        loop {
+            let (tcp, _) = listener.accept().await.unwrap();
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            drop(tcp);
+        }
+    });
+    let (u, registry) = upstream(&config(&format!("http://{addr}"), FAST));
+    let e = u.send(request(Method::GET, "/v2/")).await.unwrap_err();
+    server.abort();
+    assert_eq!(e.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 3);
+    assert_eq!(retries(&registry, "connect"), 2.0);
+}
+
+#[tokio::test]
+async fn a_short_retry_after_is_waited_out() {
+    let fake = FakeRegistry::start().await;
+    fake.put_tagged("x", "1", media::OCI_MANIFEST, MANIFEST);
+    fake.fault_times(
+        "/v2/x/manifests/1",
+        Fault::Status(StatusCode::TOO_MANY_REQUESTS, Some("0".into())),
+        1,
+    );
+    fake.fault_times(
+        "/v2/x/manifests/1",
+        Fault::Status(StatusCode::SERVICE_UNAVAILABLE, Some("0".into())),
+        1,
+    );
+    let (u, registry) = upstream(&config(&fake.url(), ""));
+    assert_eq!(get_bytes(&u, "/v2/x/manifests/1").await.0, StatusCode::OK);
+    assert_eq!(fake.hits(Method::GET, "/v2/x/manifests/1"), 3);
+    assert_eq!(retries(&registry, "retry_after"), 2.0);
+    assert_eq!(retries(&registry, "status_5xx"), 0.0);
+}
+
+#[tokio::test]
+async fn a_long_retry_after_goes_back_to_the_client() {
+    let fake = FakeRegistry::start().await;
+    fake.put_tagged("x", "1", media::OCI_MANIFEST, MANIFEST);
+    let (u, registry) = upstream(&config(&fake.url(), FAST));
+    for (status, code) in [
+        (StatusCode::TOO_MANY_REQUESTS, Code::TooManyRequests),
+        (StatusCode::SERVICE_UNAVAILABLE, Code::Unavailable),
+    ] {
+        fake.reset_counts();
+        fake.fault_times(
+            "/v2/x/manifests/1",
+            Fault::Status(status, Some("3600".into())),
+            1,
+        );
+        let r = get(&u, "/v2/x/manifests/1").await;
+        assert_eq!(r.status, status);
+        assert_eq!(r.headers["retry-after"], "3600");
+        assert_eq!(fake.hits(Method::GET, "/v2/x/manifests/1"), 1, "{status}");
+        let e = r
+            .error_for_status(NotFoundKind::Manifest)
+            .await
+            .unwrap_err();
+        assert_eq!(e.code, code);
+        assert_eq!(e.retry_after, Some(Duration::from_secs(3600)));
+    }
+    // A 429 that does not say when is not retried either.
+    fake.reset_counts();
+    fake.fault_times(
+        "/v2/x/manifests/1",
+        Fault::Status(StatusCode::TOO_MANY_REQUESTS, None),
+        1,
+    );
+    assert_eq!(
+        get(&u, "/v2/x/manifests/1").await.status,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    assert_eq!(fake.hits(Method::GET, "/v2/x/manifests/1"), 1);
+    assert_eq!(counter(&registry, "berth_upstream_retries_total", &[]), 0.0);
+}
+
+#[tokio::test]
+async fn not_found_is_not_retried() {
+    let fake = FakeRegistry::start().await;
+    fake.put_tagged("x", "1", media::OCI_MANIFEST, MANIFEST);
+    fake.fault(
+        "/v2/x/manifests/gone",
+        Fault::Status(StatusCode::NOT_FOUND, None),
+    );
+    let (u, registry) = upstream(&config(&fake.url(), FAST));
+    for path in ["/v2/x/manifests/gone", "/v2/x/manifests/never"] {
+        assert_eq!(get(&u, path).await.status, StatusCode::NOT_FOUND);
+        assert_eq!(fake.hits(Method::GET, path), 1, "{path}");
+    }
+    assert_eq!(counter(&registry, "berth_upstream_retries_total", &[]), 0.0);
+}
+
+#[tokio::test]
+async fn zero_retries_sends_once() {
+    let fake = FakeRegistry::start().await;
+    fake.put_tagged("x", "1", media::OCI_MANIFEST, MANIFEST);
+    fake.fault(
+        "/v2/x/manifests/1",
+        Fault::Status(StatusCode::SERVICE_UNAVAILABLE, Some("0".into())),
+    );
+    let (u, registry) = upstream(&config(&fake.url(), "retries = 0\n"));
+    assert_eq!(
+        get(&u, "/v2/x/manifests/1").await.status,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    assert_eq!(fake.hits(Method::GET, "/v2/x/manifests/1"), 1);
+
+    let (refused, refused_registry) = upstream(&config(
+        &format!("http://127.0.0.1:{}", closed_port()),
+        "retries = 0\n",
+    ));
+    let e = refused
+        .send(request(Method::GET, "/v2/"))
+        .await
+        .unwrap_err();
+    assert!(!e.to_string().contains("attempts"), "{e}");
+    assert_eq!(
+        counter(
+            &refused_registry,
+            "berth_upstream_requests_total",
+            &[("status", "error")]
+        ),
+        1.0
+    );
+    for r in [&registry, &refused_registry] {
+        assert_eq!(counter(r, "berth_upstream_retries_total", &[]), 0.0);
+    }
+}
+
+#[tokio::test]
+async fn rate_limit_headers_set_the_gauges() {
+    let fake = FakeRegistry::start().await;
+    fake.put_tagged("x", "1", media::OCI_MANIFEST, MANIFEST);
+    let (u, registry) = upstream(&config(&fake.url(), ""));
+    assert_eq!(get_bytes(&u, "/v2/x/manifests/1").await.0, StatusCode::OK);
+    assert_eq!(
+        gauge(&registry, "berth_upstream_ratelimit_limit"),
+        None,
+        "no header, no series"
+    );
+
+    fake.response_headers(&[
+        ("ratelimit-limit", "100;w=21600"),
+        ("ratelimit-remaining", "76;w=21600"),
+    ]);
+    let r = u
+        .send(request(Method::HEAD, "/v2/x/manifests/1"))
+        .await
+        .unwrap();
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(
+        gauge(&registry, "berth_upstream_ratelimit_limit"),
+        Some(100.0)
+    );
+    assert_eq!(
+        gauge(&registry, "berth_upstream_ratelimit_remaining"),
+        Some(76.0)
+    );
+
+    // The rate-limited answer carries them too.
+    fake.response_headers(&[
+        ("ratelimit-limit", "100;w=21600"),
+        ("ratelimit-remaining", "0;w=21600"),
+    ]);
+    fake.fault_times(
+        "/v2/x/manifests/1",
+        Fault::Status(StatusCode::TOO_MANY_REQUESTS, Some("3600".into())),
+        1,
+    );
+    assert_eq!(
+        get(&u, "/v2/x/manifests/1").await.status,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    assert_eq!(
+        gauge(&registry, "berth_upstream_ratelimit_remaining"),
+        Some(0.0)
+    );
+    let labels = registry
+        .gather()
+        .iter()
+        .find(|f| f.name() == "berth_upstream_ratelimit_remaining")
+        .map(|f| f.get_metric()[0].get_label()[0].value().to_owned());
+    assert_eq!(labels.as_deref(), Some("fake"));
 }

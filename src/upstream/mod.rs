@@ -6,6 +6,14 @@
 //! stores) and enforces timeouts. It does not interpret statuses for the caller beyond
 //! [`UpstreamResponse::error_for_status`].
 //!
+//! Retries: a request whose connection fails (refused, reset, connect timeout) or that ends in
+//! 500/502/503/504 is sent again, the whole auth and redirect chain from the start, up to
+//! `retries` more times with jittered exponential backoff. That all happens before `send`
+//! returns, so no byte of a failed attempt ever reaches the caller. A 429 or 503 with a
+//! `Retry-After` no longer than `retry_backoff_max` is waited out; a longer one is returned, so the
+//! client hears it. A missing response (`response_timeout`) is not retried: the upstream has the
+//! request and is slow, and waiting again would outlast the client's patience.
+//!
 //! Where secrets go: the configured credentials only to the upstream's own origin and to the token
 //! realms in `auth_realms`; tokens only to the upstream's origin; `Authorization` is dropped as soon
 //! as a redirect leaves the origin. The URL is always `cfg.url` plus a `/v2/` path: nothing a client
@@ -16,7 +24,9 @@
 pub mod auth;
 mod connect;
 
+use std::collections::hash_map::RandomState;
 use std::fmt;
+use std::hash::BuildHasher as _;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -27,7 +37,7 @@ use http::uri::PathAndQuery;
 use http::{Method, Request, StatusCode};
 use http_body_util::{BodyExt as _, Empty};
 use hyper::body::Incoming;
-use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
+use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry};
 use tokio::time::Instant;
 use tracing::debug;
 use url::Url;
@@ -183,7 +193,8 @@ impl Upstream {
     }
 
     /// GET or HEAD `req.path_and_query` on this upstream: attaches auth, follows redirects, applies
-    /// timeouts. Returns the final response for any status; `Err` only for transport failures,
+    /// timeouts, retries connection failures and 5xx (see the module docs). Returns the final
+    /// response for any status (after retries, the last one); `Err` only for transport failures,
     /// timeouts, refused redirects and failed token requests.
     pub async fn send(&self, req: UpstreamRequest) -> Result<UpstreamResponse, Error> {
         if req.method != Method::GET && req.method != Method::HEAD {
@@ -199,13 +210,58 @@ impl Upstream {
             .as_ref()
             .map(|r| format!("repository:{r}:pull"));
 
-        let mut attached = self.proactive_auth(scope.as_deref()).await?;
+        let mut retry = 0;
+        loop {
+            let outcome = self
+                .attempt(&req.method, &url, &headers, scope.as_deref())
+                .await;
+            let seen = match &outcome {
+                Ok(resp) => {
+                    Attempted::Status(resp.status, retry_after(&resp.headers, SystemTime::now()))
+                }
+                Err(f) if f.retryable => Attempted::ConnectFailed,
+                Err(_) => Attempted::Final,
+            };
+            let Some((reason, wait)) = retry_plan(&self.cfg, retry, seen, jitter_unit()) else {
+                return outcome.map_err(|f| {
+                    let mut e = f.error;
+                    if retry > 0 {
+                        let d = e.detail.take().unwrap_or_default();
+                        e.detail = Some(format!("{d} (after {} attempts)", retry + 1));
+                    }
+                    e
+                });
+            };
+            match &outcome {
+                Ok(resp) => debug!(upstream = %self.name, status = resp.status.as_u16(),
+                    retry = retry + 1, ?wait, "retrying upstream request"),
+                Err(f) => debug!(upstream = %self.name, error = %f.error,
+                    retry = retry + 1, ?wait, "retrying upstream request"),
+            }
+            // Dropping an unread response closes its connection; the retry gets a fresh one.
+            drop(outcome);
+            self.metrics
+                .retries
+                .with_label_values(&[&self.cfg.name, reason.as_str()])
+                .inc();
+            tokio::time::sleep(wait).await;
+            retry += 1;
+        }
+    }
+
+    /// One try: auth, the request and its redirects, and one answer to a 401.
+    async fn attempt(
+        &self,
+        method: &Method,
+        url: &Url,
+        headers: &HeaderMap,
+        scope: Option<&str>,
+    ) -> Result<UpstreamResponse, Failure> {
+        let mut attached = self.proactive_auth(scope).await?;
         let mut retried = false;
         loop {
             let auth = self.authorization(&attached);
-            let (resp, final_url) = self
-                .follow(&req.method, url.clone(), &headers, auth)
-                .await?;
+            let (resp, final_url) = self.follow(method, url.clone(), headers, auth).await?;
             // A 401 from a CDN we were redirected to is not ours to answer.
             if resp.status() != StatusCode::UNAUTHORIZED
                 || retried
@@ -214,10 +270,7 @@ impl Upstream {
                 return Ok(self.wrap(resp));
             }
             let challenges = challenges(resp.headers());
-            match self
-                .answer(&challenges, &attached, scope.as_deref())
-                .await?
-            {
+            match self.answer(&challenges, &attached, scope).await? {
                 Some(next) => {
                     attached = next;
                     retried = true;
@@ -458,7 +511,8 @@ impl Upstream {
         };
         let resp = self
             .exchange(&Method::GET, &url, &headers, auth, false)
-            .await?;
+            .await
+            .map_err(|f| f.error)?;
         let status = resp.status();
         debug!(upstream = %self.name, realm = %redact(&url), status = status.as_u16(), "token response");
         let resp = self.wrap(resp);
@@ -503,7 +557,7 @@ impl Upstream {
         mut url: Url,
         headers: &HeaderMap,
         mut auth: Option<HeaderValue>,
-    ) -> Result<(hyper::Response<Incoming>, Url), Error> {
+    ) -> Result<(hyper::Response<Incoming>, Url), Failure> {
         let max = self.cfg.max_redirects;
         let mut hops = 0u8;
         loop {
@@ -519,7 +573,8 @@ impl Upstream {
                 return Err(Error::upstream_bad(
                     &self.name,
                     format!("more than {max} redirects, last to {}", redact(&url)),
-                ));
+                )
+                .into());
             }
             hops += 1;
             let mut next = location
@@ -536,13 +591,15 @@ impl Upstream {
                     return Err(Error::upstream_bad(
                         &self.name,
                         format!("refused redirect from https to {}", redact(&next)),
-                    ));
+                    )
+                    .into());
                 }
                 _ => {
                     return Err(Error::upstream_bad(
                         &self.name,
                         format!("refused redirect to scheme {:?}", next.scheme()),
-                    ));
+                    )
+                    .into());
                 }
             }
             if auth.is_some() && !same_origin(&url, &next) {
@@ -562,7 +619,7 @@ impl Upstream {
         headers: &HeaderMap,
         auth: Option<HeaderValue>,
         count: bool,
-    ) -> Result<hyper::Response<Incoming>, Error> {
+    ) -> Result<hyper::Response<Incoming>, Failure> {
         let uri: http::Uri = url
             .as_str()
             .parse()
@@ -582,21 +639,24 @@ impl Upstream {
         let result = match outcome {
             Err(_) => {
                 status_label = "timeout".to_owned();
-                Err(Error::upstream_unavailable(
+                Err(Failure::from(Error::upstream_unavailable(
                     &self.name,
                     format!(
                         "no response from {} within {:?}",
                         redact(url),
                         self.cfg.response_timeout
                     ),
-                ))
+                )))
             }
             Ok(Err(e)) => {
                 status_label = "error".to_owned();
-                Err(Error::upstream_unavailable(
-                    &self.name,
-                    format!("{}: {}", redact(url), error_chain(&e)),
-                ))
+                Err(Failure {
+                    retryable: retryable_transport(&e),
+                    error: Error::upstream_unavailable(
+                        &self.name,
+                        format!("{}: {}", redact(url), error_chain(&e)),
+                    ),
+                })
             }
             Ok(Ok(resp)) => {
                 self.metrics
@@ -604,6 +664,10 @@ impl Upstream {
                     .with_label_values(&[&self.cfg.name])
                     .observe(started.elapsed().as_secs_f64());
                 status_label = resp.status().as_str().to_owned();
+                // A CDN's or token realm's headers say nothing about this upstream's limit.
+                if same_origin(url, &self.cfg.url) {
+                    self.record_rate_limit(resp.headers());
+                }
                 Ok(resp)
             }
         };
@@ -616,11 +680,23 @@ impl Upstream {
         match &result {
             Ok(resp) => debug!(upstream = %self.name, %method, url = %redact(url),
                 status = resp.status().as_u16(), version = ?resp.version(), "upstream response"),
-            Err(e) => {
-                debug!(upstream = %self.name, %method, url = %redact(url), error = %e, "upstream request failed")
+            Err(f) => {
+                debug!(upstream = %self.name, %method, url = %redact(url), error = %f.error, "upstream request failed")
             }
         }
         result
+    }
+
+    /// Docker Hub's `ratelimit-limit` / `ratelimit-remaining` (`100;w=21600`) into the gauges.
+    fn record_rate_limit(&self, headers: &HeaderMap) {
+        for (name, gauge) in [
+            ("ratelimit-limit", &self.metrics.ratelimit_limit),
+            ("ratelimit-remaining", &self.metrics.ratelimit_remaining),
+        ] {
+            if let Some(n) = headers.get(name).and_then(rate_limit_value) {
+                gauge.with_label_values(&[&self.cfg.name]).set(n);
+            }
+        }
     }
 
     fn wrap(&self, resp: hyper::Response<Incoming>) -> UpstreamResponse {
@@ -797,6 +873,145 @@ pub fn retry_after(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
     Some(at.duration_since(now).unwrap_or(Duration::ZERO))
 }
 
+/// A failed exchange, and whether sending it again is safe and may help.
+#[derive(Debug)]
+struct Failure {
+    error: Error,
+    /// The connection failed before any response: refused, reset, closed, connect timeout.
+    retryable: bool,
+}
+
+impl From<Error> for Failure {
+    fn from(error: Error) -> Failure {
+        Failure {
+            error,
+            retryable: false,
+        }
+    }
+}
+
+/// What one attempt came to, as far as retrying is concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Attempted {
+    /// A final response with its status and parsed `Retry-After`.
+    Status(StatusCode, Option<Duration>),
+    /// The connection failed before any response.
+    ConnectFailed,
+    /// Any other error (response timeout, refused redirect, token trouble): not retried.
+    Final,
+}
+
+/// Why a request is sent again: the `reason` label of `berth_upstream_retries_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RetryReason {
+    Connect,
+    Status5xx,
+    RetryAfter,
+}
+
+impl RetryReason {
+    fn as_str(self) -> &'static str {
+        match self {
+            RetryReason::Connect => "connect",
+            RetryReason::Status5xx => "status_5xx",
+            RetryReason::RetryAfter => "retry_after",
+        }
+    }
+}
+
+/// Whether to send again after retry number `retry` (0 = after the first attempt), why, and after
+/// how long; `None` hands the outcome to the caller. `unit` in [0, 1) draws the jitter.
+fn retry_plan(
+    cfg: &UpstreamConfig,
+    retry: u32,
+    seen: Attempted,
+    unit: f64,
+) -> Option<(RetryReason, Duration)> {
+    if retry >= cfg.retries {
+        return None;
+    }
+    let backoff = || backoff(cfg.retry_backoff, cfg.retry_backoff_max, retry, unit);
+    match seen {
+        Attempted::ConnectFailed => Some((RetryReason::Connect, backoff())),
+        Attempted::Final => None,
+        // The upstream said when: wait that long if it is short, else let the client hear it.
+        Attempted::Status(
+            StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE,
+            Some(after),
+        ) => (after <= cfg.retry_backoff_max).then_some((RetryReason::RetryAfter, after)),
+        Attempted::Status(s, _) if matches!(s.as_u16(), 500 | 502 | 503 | 504) => {
+            Some((RetryReason::Status5xx, backoff()))
+        }
+        Attempted::Status(..) => None,
+    }
+}
+
+/// "Full jitter": a uniform draw (`unit` in [0, 1)) below `base * 2^retry`, capped at `max`, so
+/// that mirrors failing together do not come back together.
+fn backoff(base: Duration, max: Duration, retry: u32, unit: f64) -> Duration {
+    let ceiling = base.saturating_mul(2u32.saturating_pow(retry)).min(max);
+    ceiling.mul_f64(unit.clamp(0.0, 1.0))
+}
+
+/// A uniform draw from [0, 1). std's `RandomState` is keyed afresh from OS randomness (per thread,
+/// then incremented) on every `new()`, which is random enough to spread retries without a crate.
+fn jitter_unit() -> f64 {
+    let bits = RandomState::new().hash_one(0u8) >> 11;
+    bits as f64 / (1u64 << 53) as f64
+}
+
+/// Whether a transport error happened before the upstream could answer: the connection was not
+/// made (refused, connect timeout) or broke before a response (reset, closed). A certificate the
+/// upstream will present again is not worth a retry.
+fn retryable_transport(e: &hyper_util::client::legacy::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    let mut connect = e.is_connect();
+    while let Some(err) = source {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            if is_tls_error(io) {
+                return false;
+            }
+            connect |= matches!(
+                io.kind(),
+                std::io::ErrorKind::ConnectionRefused
+                    | std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::ConnectionAborted
+                    | std::io::ErrorKind::BrokenPipe
+                    | std::io::ErrorKind::UnexpectedEof
+            );
+        }
+        if err.is::<rustls::Error>() {
+            return false;
+        }
+        if let Some(h) = err.downcast_ref::<hyper::Error>() {
+            connect |= h.is_incomplete_message() || h.is_canceled();
+        }
+        source = err.source();
+    }
+    connect
+}
+
+/// A TLS failure (certificate, handshake), which tokio-rustls wraps in an `io::Error`, sometimes
+/// twice; `io::Error::source` skips the wrapped error itself, so this looks inside by hand.
+fn is_tls_error(io: &std::io::Error) -> bool {
+    let mut inner = io.get_ref();
+    while let Some(e) = inner {
+        if e.is::<rustls::Error>() {
+            return true;
+        }
+        inner = e
+            .downcast_ref::<std::io::Error>()
+            .and_then(std::io::Error::get_ref);
+    }
+    false
+}
+
+/// The number in a `ratelimit-*` header: `100;w=21600` -> 100.
+fn rate_limit_value(v: &HeaderValue) -> Option<i64> {
+    let s = v.to_str().ok()?;
+    s.split([';', ',']).next()?.trim().parse().ok()
+}
+
 fn challenges(headers: &HeaderMap) -> Vec<Challenge> {
     let mut out = Vec::new();
     for v in headers.get_all(header::WWW_AUTHENTICATE) {
@@ -852,6 +1067,12 @@ pub struct UpstreamMetrics {
     duration: HistogramVec,
     /// Token requests by `outcome`: `issued`, `denied`, `failed`.
     token_requests: IntCounterVec,
+    /// Requests sent again, by `reason`: `connect`, `status_5xx`, `retry_after`.
+    retries: IntCounterVec,
+    /// Docker Hub's pull allowance per window, from `ratelimit-limit`.
+    ratelimit_limit: IntGaugeVec,
+    /// What is left of it, from `ratelimit-remaining`.
+    ratelimit_remaining: IntGaugeVec,
 }
 
 impl UpstreamMetrics {
@@ -880,13 +1101,40 @@ impl UpstreamMetrics {
             ),
             &["upstream", "outcome"],
         )?;
+        let retries = IntCounterVec::new(
+            Opts::new(
+                "berth_upstream_retries_total",
+                "Upstream requests sent again after a connection failure, a 5xx or a short Retry-After.",
+            ),
+            &["upstream", "reason"],
+        )?;
+        let ratelimit_limit = IntGaugeVec::new(
+            Opts::new(
+                "berth_upstream_ratelimit_limit",
+                "Pulls allowed per window, from the upstream's last ratelimit-limit header.",
+            ),
+            &["upstream"],
+        )?;
+        let ratelimit_remaining = IntGaugeVec::new(
+            Opts::new(
+                "berth_upstream_ratelimit_remaining",
+                "Pulls left in the window, from the upstream's last ratelimit-remaining header.",
+            ),
+            &["upstream"],
+        )?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(duration.clone()))?;
         registry.register(Box::new(token_requests.clone()))?;
+        registry.register(Box::new(retries.clone()))?;
+        registry.register(Box::new(ratelimit_limit.clone()))?;
+        registry.register(Box::new(ratelimit_remaining.clone()))?;
         Ok(UpstreamMetrics {
             requests,
             duration,
             token_requests,
+            retries,
+            ratelimit_limit,
+            ratelimit_remaining,
         })
     }
 }
@@ -987,6 +1235,90 @@ mod tests {
         assert_eq!(oci_error(b"not json"), None);
         assert_eq!(oci_error(br#"{"errors":[]}"#), None);
         assert_eq!(oci_error(br#"{"errors":[{"code":"WEIRD"}]}"#), None);
+    }
+
+    #[test]
+    fn backoff_is_full_jitter_under_a_doubling_cap() {
+        let (base, max) = (Duration::from_millis(200), Duration::from_secs(5));
+        for retry in 0..12 {
+            let ceiling = (base * 2u32.pow(retry)).min(max);
+            assert_eq!(backoff(base, max, retry, 0.0), Duration::ZERO);
+            assert!(backoff(base, max, retry, 0.999_999) <= ceiling);
+            assert!(backoff(base, max, retry, 0.999_999) >= ceiling.mul_f64(0.99));
+            assert_eq!(backoff(base, max, retry, 0.5), ceiling / 2);
+        }
+        assert_eq!(backoff(base, max, 2, 0.5), Duration::from_millis(400));
+        assert_eq!(
+            backoff(base, max, 40, 1.0),
+            max,
+            "no overflow for large retry counts"
+        );
+        for _ in 0..1000 {
+            let u = jitter_unit();
+            assert!((0.0..1.0).contains(&u), "{u}");
+        }
+        // Not constant: a thousand draws land in both halves.
+        let draws: Vec<f64> = (0..1000).map(|_| jitter_unit()).collect();
+        assert!(draws.iter().any(|u| *u < 0.5) && draws.iter().any(|u| *u >= 0.5));
+    }
+
+    #[test]
+    fn what_is_retried() {
+        let cfg = upstream("https://u.io").cfg;
+        let plan = |retry, seen| retry_plan(&cfg, retry, seen, 0.5);
+        let status = |code: u16, after: Option<u64>| {
+            Attempted::Status(
+                StatusCode::from_u16(code).unwrap(),
+                after.map(Duration::from_secs),
+            )
+        };
+        let backoff_0 = Some(Duration::from_millis(100));
+        for code in [500, 502, 503, 504] {
+            assert_eq!(
+                plan(0, status(code, None)).map(|p| p.0),
+                Some(RetryReason::Status5xx),
+                "{code}"
+            );
+        }
+        assert_eq!(
+            plan(0, status(502, None)).map(|p| p.1),
+            backoff_0,
+            "backoff, not a Retry-After, for 502"
+        );
+        for code in [200, 206, 304, 400, 401, 403, 404, 501, 505] {
+            assert_eq!(plan(0, status(code, None)), None, "{code}");
+        }
+        assert_eq!(
+            plan(0, Attempted::ConnectFailed),
+            Some((RetryReason::Connect, Duration::from_millis(100)))
+        );
+        assert_eq!(plan(0, Attempted::Final), None);
+        // Retry-After: waited out when short, handed back when long; 429 needs one.
+        assert_eq!(plan(0, status(429, None)), None);
+        assert_eq!(
+            plan(1, status(429, Some(5))),
+            Some((RetryReason::RetryAfter, Duration::from_secs(5)))
+        );
+        assert_eq!(plan(0, status(429, Some(6))), None);
+        assert_eq!(
+            plan(0, status(503, Some(0))),
+            Some((RetryReason::RetryAfter, Duration::ZERO))
+        );
+        assert_eq!(plan(0, status(503, Some(3600))), None);
+        // The budget: `retries` (2) more attempts, then the outcome goes to the caller.
+        assert!(plan(1, Attempted::ConnectFailed).is_some());
+        assert_eq!(plan(2, Attempted::ConnectFailed), None);
+        assert_eq!(plan(2, status(503, None)), None);
+    }
+
+    #[test]
+    fn rate_limit_header_values() {
+        let v = |s: &'static str| rate_limit_value(&HeaderValue::from_static(s));
+        assert_eq!(v("100;w=21600"), Some(100));
+        assert_eq!(v(" 76 ;w=21600"), Some(76));
+        assert_eq!(v("0"), Some(0));
+        assert_eq!(v("many;w=1"), None);
+        assert_eq!(v(""), None);
     }
 
     #[test]

@@ -153,6 +153,8 @@ struct State {
     issued: u64,
     /// Path -> fault and how many more times it fires (`None`: always).
     faults: Vec<(String, Fault, Option<usize>)>,
+    /// Added to every response of the main host (Docker Hub's `ratelimit-*`, say).
+    response_headers: Vec<(String, String)>,
 }
 
 /// The fake registry; dropping it stops accepting connections.
@@ -354,6 +356,16 @@ impl FakeRegistry {
     pub fn clear_faults(&self) {
         self.with(|s| s.faults.clear());
     }
+
+    /// Headers added to every later response of the main host, faults and errors included, the
+    /// way Docker Hub sends `ratelimit-limit` / `ratelimit-remaining`. Replaces earlier ones.
+    pub fn response_headers(&self, headers: &[(&str, &str)]) {
+        let headers = headers
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        self.with(|s| s.response_headers = headers);
+    }
 }
 
 /// `sha256:<hex>` of `bytes`.
@@ -456,13 +468,17 @@ async fn handle(
         version: req.version(),
     };
     let head = rec.method == Method::HEAD;
-    let reply = {
+    let (reply, extra) = {
         let mut s = state.lock().unwrap();
         *s.hits
             .entry((rec.method.clone(), rec.path.clone()))
             .or_default() += 1;
         s.requests.push(rec.clone());
-        route(&mut s, &rec)
+        let extra = match host {
+            Host::Main => s.response_headers.clone(),
+            Host::Other => Vec::new(),
+        };
+        (route(&mut s, &rec), extra)
     };
     let mut resp = match reply {
         Reply::Now(r) => r,
@@ -474,6 +490,12 @@ async fn handle(
     };
     if head {
         *resp.body_mut() = full(Bytes::new());
+    }
+    for (k, v) in extra {
+        resp.headers_mut().insert(
+            header::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+            HeaderValue::from_str(&v).unwrap(),
+        );
     }
     Ok(resp)
 }
