@@ -15,11 +15,11 @@
 //! released at `FillState::Verified`, before the fsync, and the time they wait is the question.
 //! Throughput counts the bytes delivered to all followers.
 
+mod common;
+
 use std::time::{Duration, Instant};
 
-use berth::oci::Digest;
 use berth::store::{FillState, Source, Store, read_range};
-use bytes::Bytes;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use futures_util::StreamExt;
 use tokio::sync::watch;
@@ -30,30 +30,13 @@ const BATCH: usize = 1024 * 1024;
 /// At least the largest chunk a reader gets (1 MiB mappings once the fill is verified).
 const SCRATCH: usize = 4 * 1024 * 1024;
 
-fn blob() -> (Bytes, Digest) {
-    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
-    let mut v = Vec::with_capacity(SIZE);
-    while v.len() < SIZE {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        v.extend_from_slice(&x.to_le_bytes());
-    }
-    let data = Bytes::from(v);
-    let d = Digest::of(&data);
-    (data, d)
-}
-
 fn bench(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .unwrap();
-    let (data, digest) = blob();
-    let chunks: Vec<Bytes> = (0..SIZE)
-        .step_by(CHUNK)
-        .map(|o| data.slice(o..o + CHUNK))
-        .collect();
+    let (data, digest) = common::blob(SIZE, 0x2545_f491_4f6c_dd1d);
+    let chunks = common::chunks(&data, CHUNK);
 
     for spool in [false, true] {
         let mut g = c.benchmark_group(if spool {

@@ -15,11 +15,11 @@
 //!   and the bench would time page-table setup only.
 
 use std::hint::black_box;
+mod common;
+
 use std::time::Duration;
 
-use berth::oci::Digest;
 use berth::store::{FillState, Source, Store, read_range};
-use bytes::Bytes;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use futures_util::StreamExt;
 use tokio::sync::watch;
@@ -30,31 +30,13 @@ const CHUNK: usize = 64 * 1024;
 /// The mirror batches up to its queue limit; 1 MiB is a typical batch under load.
 const BATCH: usize = 1024 * 1024;
 
-fn blob() -> (Bytes, Digest) {
-    // Cheap, non-repeating bytes (xorshift), so nothing downstream can cheat on zeros.
-    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
-    let mut v = Vec::with_capacity(SIZE);
-    while v.len() < SIZE {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        v.extend_from_slice(&x.to_le_bytes());
-    }
-    let data = Bytes::from(v);
-    let d = Digest::of(&data);
-    (data, d)
-}
-
 fn bench(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .unwrap();
-    let (data, digest) = blob();
-    let chunks: Vec<Bytes> = (0..SIZE)
-        .step_by(CHUNK)
-        .map(|o| data.slice(o..o + CHUNK))
-        .collect();
+    let (data, digest) = common::blob(SIZE, 0x9e37_79b9_7f4a_7c15);
+    let chunks = common::chunks(&data, CHUNK);
 
     let mut g = c.benchmark_group("store");
     g.throughput(Throughput::Bytes(SIZE as u64));
