@@ -7,6 +7,13 @@ fn berth() -> Command {
     Command::new(env!("CARGO_BIN_EXE_berth"))
 }
 
+/// Writes a config file into `dir`.
+fn config_file(dir: &tempfile::TempDir, name: &str, text: impl AsRef<str>) -> std::path::PathBuf {
+    let path = dir.path().join(name);
+    std::fs::write(&path, text.as_ref()).unwrap();
+    path
+}
+
 #[test]
 fn help_and_version() {
     let out = berth().arg("--help").output().unwrap();
@@ -23,15 +30,14 @@ fn help_and_version() {
 fn check_config_prints_the_effective_config_with_secrets_redacted() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("pw"), "s3cret-value\n").unwrap();
-    let cfg = dir.path().join("c.toml");
-    std::fs::write(
-        &cfg,
+    let cfg = config_file(
+        &dir,
+        "c.toml",
         format!(
             "[[upstream]]\nname = \"registry.example.com\"\nurl = \"https://registry.example.com\"\nusername = \"bot\"\npassword_file = \"{}\"\n",
             dir.path().join("pw").display()
         ),
-    )
-    .unwrap();
+    );
     let out = berth()
         .args(["check-config", "--config"])
         .arg(&cfg)
@@ -54,12 +60,11 @@ fn check_config_prints_the_effective_config_with_secrets_redacted() {
 #[test]
 fn check_config_names_file_key_and_reason() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("bad.toml");
-    std::fs::write(
-        &cfg,
+    let cfg = config_file(
+        &dir,
+        "bad.toml",
         "[[upstream]]\nname = \"a.io\"\nurl = \"ftp://a.io\"\n",
-    )
-    .unwrap();
+    );
     let out = berth()
         .args(["check-config", "--config"])
         .arg(&cfg)
@@ -78,12 +83,14 @@ fn serve_refuses_a_bad_config_before_binding() {
     // Hold a port; a bad config must fail on the config, not on the port.
     let holder = TcpListener::bind("127.0.0.1:0").unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("bad.toml");
-    std::fs::write(
-        &cfg,
-        format!("[server]\nlisten = \"{}\"\nlisten_typo = 1\n[[upstream]]\nname = \"a.io\"\nurl = \"https://a.io\"\n", holder.local_addr().unwrap()),
-    )
-    .unwrap();
+    let cfg = config_file(
+        &dir,
+        "bad.toml",
+        format!(
+            "[server]\nlisten = \"{}\"\nlisten_typo = 1\n[[upstream]]\nname = \"a.io\"\nurl = \"https://a.io\"\n",
+            holder.local_addr().unwrap()
+        ),
+    );
     let out = berth()
         .args(["serve", "--config"])
         .arg(&cfg)
@@ -99,16 +106,15 @@ fn serve_refuses_a_bad_config_before_binding() {
 fn serve_reports_a_busy_port() {
     let holder = TcpListener::bind("127.0.0.1:0").unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("c.toml");
-    std::fs::write(
-        &cfg,
+    let cfg = config_file(
+        &dir,
+        "c.toml",
         format!(
             "[server]\nlisten = \"{}\"\n[metrics]\nenabled = false\n[storage]\npath = \"{}\"\n[[upstream]]\nname = \"a.io\"\nurl = \"https://a.io\"\n",
             holder.local_addr().unwrap(),
             dir.path().join("data").display()
         ),
-    )
-    .unwrap();
+    );
     let out = berth()
         .args(["serve", "--config"])
         .arg(&cfg)
@@ -124,15 +130,14 @@ fn serve_reports_a_busy_port() {
 fn sigterm_stops_serving_and_exits_zero() {
     use std::io::{BufRead, BufReader};
     let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("c.toml");
-    std::fs::write(
-        &cfg,
+    let cfg = config_file(
+        &dir,
+        "c.toml",
         format!(
             "[server]\nlisten = \"127.0.0.1:0\"\nshutdown_grace = \"5s\"\n[metrics]\nlisten = \"127.0.0.1:0\"\n[storage]\npath = \"{}\"\n[[upstream]]\nname = \"a.io\"\nurl = \"https://a.io\"\n",
             dir.path().join("data").display()
         ),
-    )
-    .unwrap();
+    );
     let mut child = berth()
         .args(["serve", "--config"])
         .arg(&cfg)
