@@ -84,6 +84,10 @@ pub struct UpstreamConfig {
     /// Serves requests that name no registry (Docker's `registry-mirrors`).
     #[serde(default)]
     pub default: bool,
+    /// Never contact this upstream: serve only what is cached (tags whatever their age); anything
+    /// else gets 503 UNAVAILABLE.
+    #[serde(default)]
+    pub offline: bool,
     /// Other host names that mean this upstream.
     #[serde(default)]
     pub aliases: Vec<String>,

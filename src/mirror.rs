@@ -215,7 +215,7 @@ impl Mirror {
                 };
                 if let Some(entry) = self.manifests.tag(&key).await
                     && oci::accepts(accept, &entry.media_type)
-                    && entry.checked.elapsed() < up.config().tag_ttl
+                    && entry.is_fresh(up.config().tag_ttl)
                     && let Some(m) = self.manifests.get(&entry.digest).await?
                 {
                     self.metrics.cache("tag", up.name(), "hit");
@@ -285,7 +285,7 @@ impl Mirror {
             .await
             .filter(|e| oci::accepts(accept, &e.media_type));
         if let Some(entry) = &cached {
-            if entry.checked.elapsed() < up.config().tag_ttl {
+            if entry.is_fresh(up.config().tag_ttl) {
                 // Refreshed by a flight that ended just before this one started.
                 if let Some(m) = self.manifests.get(&entry.digest).await? {
                     self.metrics.cache("tag", up.name(), "hit");
@@ -303,7 +303,7 @@ impl Mirror {
                                 .set_tag(
                                     key,
                                     TagEntry {
-                                        checked: Instant::now(),
+                                        checked: Some(Instant::now()),
                                         ..entry.clone()
                                     },
                                 )
@@ -336,7 +336,7 @@ impl Mirror {
                 let entry = TagEntry {
                     digest: m.digest.clone(),
                     media_type: m.media_type.clone(),
-                    checked: Instant::now(),
+                    checked: Some(Instant::now()),
                 };
                 self.manifests.set_tag(key, entry).await;
                 Ok(ManifestReply {
@@ -361,7 +361,12 @@ impl Mirror {
         let Some(m) = self.manifests.get(&entry.digest).await? else {
             return Err(cause);
         };
-        tracing::warn!(upstream = up.name(), digest = %entry.digest, error = %cause, "upstream failed; serving the last known tag answer");
+        if up.config().offline {
+            // Expected, every time: not worth a warning per request.
+            tracing::debug!(upstream = up.name(), digest = %entry.digest, "offline; serving the last known tag answer");
+        } else {
+            tracing::warn!(upstream = up.name(), digest = %entry.digest, error = %cause, "upstream failed; serving the last known tag answer");
+        }
         self.metrics
             .stale_serves
             .with_label_values(&[up.name()])

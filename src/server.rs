@@ -86,8 +86,13 @@ impl Server {
         metrics
             .cache_bytes
             .set(store.bytes_on_disk().map_err(storage_err)? as i64);
-        let manifests =
-            Manifests::new(store.clone(), root, MANIFEST_MEMORY_BYTES).map_err(storage_err)?;
+        let names = cfg
+            .upstreams
+            .iter()
+            .map(|u| u.name.to_ascii_lowercase())
+            .collect();
+        let manifests = Manifests::new(store.clone(), root, MANIFEST_MEMORY_BYTES, names)
+            .map_err(storage_err)?;
 
         let mut upstreams = Vec::new();
         for u in &cfg.upstreams {

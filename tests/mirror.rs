@@ -851,3 +851,85 @@ async fn the_first_client_leaving_does_not_stop_the_fill() {
         1
     );
 }
+
+// ---- restarts and offline ----
+
+#[tokio::test]
+async fn tag_answers_survive_a_restart_and_stand_in_while_upstream_is_down() {
+    let fake = FakeRegistry::start().await;
+    let digest = fake.put_tagged("library/app", "1", media::OCI_INDEX, INDEX);
+    let b = berth(&fake, "").await;
+    assert_eq!(b.get("/v2/app/manifests/1").await.status, 200);
+    let data = b.stop();
+
+    // Restarted, upstream failing: the tag read back from disk is served, marked stale.
+    fake.fault(
+        "/v2/library/app/manifests/1",
+        Fault::Status(StatusCode::SERVICE_UNAVAILABLE, None),
+    );
+    let b = start_on(&fake, "retries = 0", data).await;
+    let got = b.get("/v2/app/manifests/1").await;
+    assert_eq!(got.status, 200);
+    assert_eq!(got.header("docker-content-digest"), Some(digest.as_str()));
+    assert!(got.header("warning").is_some());
+
+    // Upstream back: a restarted answer is revalidated (HEAD), not trusted blindly.
+    fake.clear_faults();
+    fake.reset_counts();
+    let got = b.get("/v2/app/manifests/1").await;
+    assert_eq!((got.status, got.header("warning")), (StatusCode::OK, None));
+    assert_eq!(fake.hits(Method::HEAD, "/v2/library/app/manifests/1"), 1);
+    assert_eq!(fake.hits(Method::GET, "/v2/library/app/manifests/1"), 0);
+}
+
+#[tokio::test]
+async fn an_offline_upstream_is_never_contacted_and_cached_content_still_serves() {
+    let fake = FakeRegistry::start().await;
+    let digest = fake.put_tagged("library/app", "1", media::OCI_INDEX, INDEX);
+    fake.put_tagged("library/app", "2", media::DOCKER_MANIFEST, DOCKER);
+    let layer = random_bytes(300_000, 15);
+    let blob = fake.put_blob("library/app", layer.clone());
+    let other = fake.put_blob("library/app", random_bytes(1000, 16));
+    let b = berth(&fake, "").await;
+    assert_eq!(b.get("/v2/app/manifests/1").await.status, 200);
+    same(
+        b.get(&format!("/v2/app/blobs/{blob}")).await.bytes(),
+        &layer,
+    );
+    b.settled().await;
+    let data = b.stop();
+
+    let b = start_on(&fake, "offline = true", data).await;
+    fake.reset_counts();
+    let got = b.get("/v2/app/manifests/1").await;
+    assert_eq!(
+        (got.status, got.header("docker-content-digest")),
+        (StatusCode::OK, Some(digest.as_str()))
+    );
+    assert_eq!(
+        b.get(&format!("/v2/app/manifests/{digest}")).await.status,
+        200
+    );
+    same(
+        b.get(&format!("/v2/app/blobs/{blob}")).await.bytes(),
+        &layer,
+    );
+    for path in [
+        "/v2/app/manifests/2".to_owned(),
+        format!("/v2/app/blobs/{other}"),
+        "/v2/app/tags/list".to_owned(),
+    ] {
+        let got = b.get(&path).await;
+        assert_eq!(
+            (got.status, got.code().as_str()),
+            (StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE"),
+            "{path}"
+        );
+    }
+    assert_eq!(b.get("/v2/").await.status, 200);
+    assert!(
+        fake.requests().is_empty(),
+        "an offline upstream was contacted: {:?}",
+        fake.requests()
+    );
+}

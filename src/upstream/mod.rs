@@ -197,6 +197,12 @@ impl Upstream {
     /// response for any status (after retries, the last one); `Err` only for transport failures,
     /// timeouts, refused redirects and failed token requests.
     pub async fn send(&self, req: UpstreamRequest) -> Result<UpstreamResponse, Error> {
+        if self.cfg.offline {
+            return Err(Error::upstream_unavailable(
+                &self.name,
+                "offline = true: this upstream is not contacted, and this is not cached",
+            ));
+        }
         if req.method != Method::GET && req.method != Method::HEAD {
             return Err(Error::internal(format!(
                 "upstream requests are GET or HEAD, not {}",
