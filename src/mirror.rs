@@ -464,12 +464,13 @@ impl Mirror {
     ) -> Result<BlobReply, Error> {
         let up = self.upstreams[target.upstream].clone();
         let started = Instant::now();
-        if let Some(blob) = self
-            .store
-            .open_blob(digest)
-            .await
-            .map_err(|e| Error::io("opening cached blob", &e))?
-        {
+        // A cached file that cannot be opened is a miss, not an error: the fill fetches the blob
+        // again (and replaces the file if it can).
+        let cached = self.store.open_blob(digest).await.unwrap_or_else(|e| {
+            tracing::error!(%digest, error = %e, "cached blob cannot be read; fetching it again");
+            None
+        });
+        if let Some(blob) = cached {
             self.metrics.cache("blob", up.name(), "hit");
             let span = range.map(|r| r.resolve(blob.len)).transpose()?;
             let (start, end) = span.unwrap_or((0, blob.len));

@@ -202,7 +202,14 @@ impl Store {
         let opened = tokio::task::spawn_blocking(move || -> io::Result<Option<BlobFile>> {
             match File::open(&path) {
                 Ok(f) => {
-                    let len = f.metadata()?.len();
+                    let meta = f.metadata()?;
+                    if !meta.is_file() {
+                        return Err(io::Error::other(format!(
+                            "{} is not a regular file",
+                            path.display()
+                        )));
+                    }
+                    let len = meta.len();
                     Ok(Some(BlobFile {
                         file: Arc::new(f),
                         len,

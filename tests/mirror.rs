@@ -933,3 +933,28 @@ async fn an_offline_upstream_is_never_contacted_and_cached_content_still_serves(
         fake.requests()
     );
 }
+
+#[tokio::test]
+async fn a_cached_blob_that_cannot_be_read_is_fetched_again() {
+    let fake = FakeRegistry::start().await;
+    let layer = random_bytes(200_000, 17);
+    let blob = fake.put_blob("library/app", layer.clone());
+    let b = berth(&fake, "").await;
+    same(
+        b.get(&format!("/v2/app/blobs/{blob}")).await.bytes(),
+        &layer,
+    );
+    b.settled().await;
+    // Something broke the cache file (here: it became a directory, which even root cannot read as
+    // a blob).
+    let file = b.blob_file(&blob);
+    std::fs::remove_file(&file).unwrap();
+    std::fs::create_dir(&file).unwrap();
+    let got = b.get(&format!("/v2/app/blobs/{blob}")).await;
+    assert_eq!(got.status, 200);
+    same(got.bytes(), &layer);
+    assert_eq!(
+        fake.hits(Method::GET, &format!("/v2/library/app/blobs/{blob}")),
+        2
+    );
+}
