@@ -8,7 +8,6 @@ use berth::verify::{self, Reason};
 
 /// A store under `root` with three good blobs, one with a flipped byte, one file that is not named
 /// by a digest, and a temp file left by a writer that is gone.
-/// leftover).
 struct Seeded {
     good: Vec<PathBuf>,
     corrupted: PathBuf,
