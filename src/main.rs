@@ -59,15 +59,9 @@ fn main() -> ExitCode {
             }
         },
         Command::Verify { config } => {
-            let cfg = match &config {
-                Some(path) => match Config::load(path) {
-                    Ok(c) => c,
-                    Err(e) => {
-                        eprintln!("berth: invalid config: {e}");
-                        return ExitCode::from(2);
-                    }
-                },
-                None => Config::embedded_default(),
+            let cfg = match load(config.as_deref()) {
+                Ok(c) => c,
+                Err(code) => return code,
             };
             match berth::verify::run(&cfg.storage.path) {
                 Ok(report) => {
@@ -83,15 +77,9 @@ fn main() -> ExitCode {
         Command::Serve { config } => {
             // Flushes buffered log lines when serve returns.
             let _log_guard = init_logging();
-            let cfg = match &config {
-                Some(path) => match Config::load(path) {
-                    Ok(c) => c,
-                    Err(e) => {
-                        eprintln!("berth: invalid config: {e}");
-                        return ExitCode::from(2);
-                    }
-                },
-                None => Config::embedded_default(),
+            let cfg = match load(config.as_deref()) {
+                Ok(c) => c,
+                Err(code) => return code,
             };
             let rt = match tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
@@ -105,6 +93,18 @@ fn main() -> ExitCode {
             };
             rt.block_on(serve(cfg, config))
         }
+    }
+}
+
+/// The config at `path`, or the embedded default; on error, tells the operator and returns exit code
+/// 2.
+fn load(path: Option<&std::path::Path>) -> Result<Config, ExitCode> {
+    match path {
+        Some(path) => Config::load(path).map_err(|e| {
+            eprintln!("berth: invalid config: {e}");
+            ExitCode::from(2)
+        }),
+        None => Ok(Config::embedded_default()),
     }
 }
 
