@@ -24,6 +24,7 @@
 //! - [`oci`]: repository names, tags, digests, references, media types, `Accept` matching.
 //! - [`error`]: one `Clone` error type that knows its origin and its OCI code.
 //! - [`metrics`]: Prometheus families, registered in a registry that is handed in.
+//! - [`verify`]: the `berth verify` pass: re-hash cached blobs, quarantine bad ones, clear leftovers.
 //!
 //! # How a pull travels
 //! `GET /v2/library/nginx/manifests/latest` is parsed into a `Route` naming the default upstream. The
@@ -48,3 +49,4 @@ pub mod oci;
 pub mod server;
 pub mod store;
 pub mod upstream;
+pub mod verify;

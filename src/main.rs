@@ -29,6 +29,15 @@ enum Command {
         #[arg(long, short, env = "BERTH_CONFIG")]
         config: Option<PathBuf>,
     },
+    /// Re-hash every cached blob: move files whose sha256 does not match their name into
+    /// <storage>/quarantine/, remove temp files left by a crash, print a report. Safe while berth
+    /// serves the same storage. Exit 0: all fine; 1: something was quarantined; 2: config or I/O
+    /// error.
+    Verify {
+        /// TOML configuration file; its [storage] path is verified (default: ./berth-data).
+        #[arg(long, short, env = "BERTH_CONFIG")]
+        config: Option<PathBuf>,
+    },
     /// Validate a configuration file and print the effective configuration (secrets redacted).
     CheckConfig {
         #[arg(long, short)]
@@ -49,18 +58,28 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
+        Command::Verify { config } => {
+            let cfg = match load(config.as_deref()) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            match berth::verify::run(&cfg.storage.path) {
+                Ok(report) => {
+                    print!("{report}");
+                    ExitCode::from(report.exit_code())
+                }
+                Err(e) => {
+                    eprintln!("berth: cannot verify: {e}");
+                    ExitCode::from(2)
+                }
+            }
+        }
         Command::Serve { config } => {
             // Flushes buffered log lines when serve returns.
             let _log_guard = init_logging();
-            let cfg = match &config {
-                Some(path) => match Config::load(path) {
-                    Ok(c) => c,
-                    Err(e) => {
-                        eprintln!("berth: invalid config: {e}");
-                        return ExitCode::from(2);
-                    }
-                },
-                None => Config::embedded_default(),
+            let cfg = match load(config.as_deref()) {
+                Ok(c) => c,
+                Err(code) => return code,
             };
             let rt = match tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
@@ -74,6 +93,18 @@ fn main() -> ExitCode {
             };
             rt.block_on(serve(cfg, config))
         }
+    }
+}
+
+/// The config at `path`, or the embedded default; on error, tells the operator and returns exit code
+/// 2.
+fn load(path: Option<&std::path::Path>) -> Result<Config, ExitCode> {
+    match path {
+        Some(path) => Config::load(path).map_err(|e| {
+            eprintln!("berth: invalid config: {e}");
+            ExitCode::from(2)
+        }),
+        None => Ok(Config::embedded_default()),
     }
 }
 

@@ -162,6 +162,28 @@ pub enum CommitError {
     Persist(io::Error),
 }
 
+/// Where the blob files of the store rooted at `root` live.
+pub fn blobs_dir(root: &Path) -> PathBuf {
+    root.join("blobs").join("sha256")
+}
+
+/// Where the fills in progress of the store rooted at `root` live.
+pub fn tmp_dir(root: &Path) -> PathBuf {
+    root.join("tmp")
+}
+
+/// The process id in a temp file's name (`<hex>.<pid>.<n>.part`, see [`Store::begin`]): the berth
+/// that is (or was) writing it. `None` for a name berth did not make.
+pub fn temp_file_owner(name: &str) -> Option<u32> {
+    let rest = name.strip_suffix(".part")?;
+    let mut parts = rest.split('.');
+    let (hex, pid, n) = (parts.next()?, parts.next()?, parts.next()?);
+    if parts.next().is_some() || Digest::from_hex(hex).is_none() || n.parse::<u64>().is_err() {
+        return None;
+    }
+    pid.parse().ok()
+}
+
 impl Store {
     /// Opens (creating) the store under `root` and removes temp files left by a crash.
     pub fn open(root: &Path) -> io::Result<Store> {
@@ -772,6 +794,27 @@ mod tests {
         // Readers are told.
         assert!(reader.await.unwrap().is_err());
         assert_eq!(store.stat(&d).await.unwrap(), None);
+    }
+
+    #[test]
+    fn temp_file_owner_reads_the_pid_from_names_berth_makes() {
+        let hex = "a".repeat(64);
+        assert_eq!(temp_file_owner(&format!("{hex}.4242.7.part")), Some(4242));
+        assert_eq!(temp_file_owner(&format!("{hex}.4242.part")), None);
+        assert_eq!(temp_file_owner(&format!("{hex}.x.7.part")), None);
+        assert_eq!(temp_file_owner("abc.4242.7.part"), None);
+        assert_eq!(temp_file_owner(&format!("{hex}.4242.7")), None);
+        // And it reads the names `begin` makes.
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let (tx, _rx) = watch::channel(FillState::Pending);
+        let _pending = store.begin(&digest_of(b"x"), Some(1), tx).unwrap();
+        let names: Vec<_> = std::fs::read_dir(tmp_dir(dir.path()))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert_eq!(names.len(), 1);
+        assert_eq!(temp_file_owner(&names[0]), Some(std::process::id()));
     }
 
     #[tokio::test]
