@@ -19,7 +19,7 @@ fn help_and_version() {
     let out = berth().arg("--help").output().unwrap();
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
-    for word in ["serve", "check-config", "registry-mirrors"] {
+    for word in ["serve", "check-config", "verify", "registry-mirrors"] {
         assert!(text.contains(word), "--help lacks {word}: {text}");
     }
     let out = berth().arg("--version").output().unwrap();
