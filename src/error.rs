@@ -111,6 +111,8 @@ pub struct Error {
     pub detail: Option<String>,
     /// Sent as `Retry-After` (seconds) when set.
     pub retry_after: Option<Duration>,
+    /// For a 416: the blob's size, sent as `Content-Range: bytes */<size>`.
+    pub range_size: Option<u64>,
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -124,6 +126,7 @@ impl Error {
             message: message.into(),
             detail: None,
             retry_after: None,
+            range_size: None,
         }
     }
 

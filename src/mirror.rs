@@ -149,7 +149,8 @@ pub struct TagsReply {
 
 impl Error {
     /// Remembers the blob size for the `Content-Range: bytes */<total>` of a 416.
-    fn with_total(self, total: u64) -> Self {
+    fn with_total(mut self, total: u64) -> Self {
+        self.range_size = Some(total);
         self.with_detail(format!("blob size {total}"))
     }
 

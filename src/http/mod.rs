@@ -230,12 +230,7 @@ pub fn error_response(e: &Error, head: bool) -> Response<Body> {
             HeaderValue::from(after.as_secs().max(1)),
         );
     }
-    if e.status == StatusCode::RANGE_NOT_SATISFIABLE
-        && let Some(total) = e
-            .detail
-            .as_deref()
-            .and_then(|d| d.strip_prefix("blob size "))
-            .and_then(|t| t.parse::<u64>().ok())
+    if let Some(total) = e.range_size
         && let Ok(v) = HeaderValue::from_str(&format!("bytes */{total}"))
     {
         r.headers_mut().insert(header::CONTENT_RANGE, v);
