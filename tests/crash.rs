@@ -21,7 +21,7 @@ use hyper_util::rt::TokioExecutor;
 use tokio::sync::{mpsc, watch};
 
 use berth::oci::Digest;
-use support::{FakeRegistry, Fault};
+use support::{FakeRegistry, Fault, random_bytes};
 
 /// Blobs in the fake; each round completes one fill and kills two.
 const BLOBS: usize = 10;
@@ -33,21 +33,6 @@ const READ_BEFORE_KILL: usize = 256 * 1024;
 /// Bound on every wait (start-up, bytes arriving).
 const WAIT: Duration = Duration::from_secs(60);
 const REPO: &str = "crash/app";
-
-fn random_bytes(n: usize, seed: u64) -> Bytes {
-    let mut x = seed
-        .wrapping_mul(6364136223846793005)
-        .wrapping_add(1442695040888963407);
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect::<Vec<_>>()
-        .into()
-}
 
 /// A running `berth serve`; killed (SIGKILL) when dropped, so a failing test leaves no process.
 struct Berth {

@@ -16,7 +16,7 @@ use hyper_util::rt::TokioExecutor;
 use berth::config::Config;
 use berth::oci::media;
 use berth::server::Server;
-use support::{FakeRegistry, Fault, Host, TokenAuth};
+use support::{FakeRegistry, Fault, Host, TokenAuth, random_bytes};
 
 const INDEX: &str =
     r#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[]}"#;
@@ -181,21 +181,6 @@ fn same(got: &Bytes, want: &Bytes) {
         got.len(),
         want.len()
     );
-}
-
-fn random_bytes(n: usize, seed: u64) -> Bytes {
-    let mut x = seed
-        .wrapping_mul(6364136223846793005)
-        .wrapping_add(1442695040888963407);
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect::<Vec<u8>>()
-        .into()
 }
 
 #[tokio::test]

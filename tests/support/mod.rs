@@ -369,6 +369,23 @@ impl FakeRegistry {
 }
 
 /// `sha256:<hex>` of `bytes`.
+/// `n` deterministic pseudo-random bytes (xorshift from `seed`): layers that compress badly and
+/// differ per seed.
+pub fn random_bytes(n: usize, seed: u64) -> Bytes {
+    let mut x = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect::<Vec<_>>()
+        .into()
+}
+
 pub fn digest_of(bytes: &[u8]) -> String {
     berth::oci::Digest::of(bytes).to_string()
 }
