@@ -9,6 +9,8 @@
 //! tests bound them with a short configured timeout.
 #![allow(dead_code)] // each test crate uses a different part
 
+pub mod instance;
+
 use std::collections::{BTreeSet, HashMap};
 use std::convert::Infallible;
 use std::net::SocketAddr;

@@ -1,0 +1,258 @@
+//! berth itself, in process, in front of a [`FakeRegistry`](super::FakeRegistry): start it on a
+//! temporary data directory, talk to it over a real socket, read its metrics.
+
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request, StatusCode};
+use http_body_util::{BodyExt, Empty};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+
+use berth::config::Config;
+use berth::server::Server;
+
+use super::{FakeRegistry, Fault, random_bytes};
+
+/// A running berth in front of a fake registry.
+pub struct Berth {
+    pub addr: SocketAddr,
+    pub metrics: SocketAddr,
+    pub client: Client<HttpConnector, Empty<Bytes>>,
+    pub dir: tempfile::TempDir,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Drop for Berth {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+    }
+}
+
+/// A response read to its end; `body` is Err when the body failed (a short or broken response).
+pub struct Got {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Result<Bytes, String>,
+}
+
+impl Got {
+    pub fn bytes(&self) -> &Bytes {
+        self.body
+            .as_ref()
+            .unwrap_or_else(|e| panic!("body failed: {e}"))
+    }
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+    pub fn code(&self) -> String {
+        let v: serde_json::Value = serde_json::from_slice(self.bytes()).unwrap();
+        v["errors"][0]["code"].as_str().unwrap().to_owned()
+    }
+}
+
+pub async fn berth(fake: &FakeRegistry, upstream_extra: &str) -> Berth {
+    let dir = tempfile::tempdir().unwrap();
+    start_on(fake, upstream_extra, dir).await
+}
+
+pub async fn start_on(fake: &FakeRegistry, upstream_extra: &str, dir: tempfile::TempDir) -> Berth {
+    let cfg = format!(
+        r#"
+        [server]
+        listen = "127.0.0.1:0"
+        [metrics]
+        listen = "127.0.0.1:0"
+        [storage]
+        path = "{}"
+        [[upstream]]
+        name = "registry.test"
+        url = "{}"
+        default = true
+        library_prefix = true
+        {upstream_extra}
+        "#,
+        dir.path().display(),
+        fake.url()
+    );
+    let cfg = Config::parse(&cfg, "test").unwrap();
+    let server = Server::bind(&cfg).await.unwrap();
+    let (addr, metrics) = (server.local_addr(), server.metrics_addr().unwrap());
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(server.run(async move {
+        let _ = rx.await;
+    }));
+    let client = Client::builder(TokioExecutor::new()).build_http();
+    Berth {
+        addr,
+        metrics,
+        client,
+        dir,
+        stop: Some(tx),
+    }
+}
+
+impl Berth {
+    /// Stops this berth and hands back its data directory.
+    pub fn stop(mut self) -> tempfile::TempDir {
+        std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap())
+    }
+
+    pub async fn request(&self, method: Method, path: &str, headers: &[(&str, &str)]) -> Got {
+        let mut req = Request::builder()
+            .method(method)
+            .uri(format!("http://{}{path}", self.addr));
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let resp = self
+            .client
+            .request(req.body(Empty::new()).unwrap())
+            .await
+            .unwrap();
+        let (parts, body) = resp.into_parts();
+        let body = body
+            .collect()
+            .await
+            .map(|c| c.to_bytes())
+            .map_err(|e| format!("{e:?}"));
+        Got {
+            status: parts.status,
+            headers: parts.headers,
+            body,
+        }
+    }
+
+    /// Waits until no fill is running (a verified blob is renamed into place just after its last
+    /// byte is released).
+    pub async fn settled(&self) {
+        until_metric(self, "berth_fills_in_flight", 0).await;
+    }
+
+    pub async fn get(&self, path: &str) -> Got {
+        self.request(Method::GET, path, &[]).await
+    }
+
+    pub fn blob_file(&self, digest: &str) -> std::path::PathBuf {
+        self.dir
+            .path()
+            .join("blobs/sha256")
+            .join(digest.trim_start_matches("sha256:"))
+    }
+
+    pub async fn metric(&self, needle: &str) -> String {
+        let resp = self
+            .client
+            .get(format!("http://{}/metrics", self.metrics).parse().unwrap())
+            .await
+            .unwrap();
+        let text = String::from_utf8(
+            resp.into_body()
+                .collect()
+                .await
+                .unwrap()
+                .to_bytes()
+                .to_vec(),
+        )
+        .unwrap();
+        text.lines()
+            .filter(|l| l.contains(needle))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+/// Compares bodies without printing megabytes on failure.
+#[track_caller]
+pub fn same(got: &Bytes, want: &Bytes) {
+    assert!(
+        got == want,
+        "body differs: got {} bytes, want {} bytes",
+        got.len(),
+        want.len()
+    );
+}
+
+/// Waits until a metric line reads `value`, polling the metrics endpoint (bounded).
+pub async fn until_metric(b: &Berth, needle: &str, value: u64) {
+    for _ in 0..20_000 {
+        let line = b.metric(needle).await;
+        if line.rsplit(' ').next().and_then(|v| v.parse::<u64>().ok()) == Some(value) {
+            return;
+        }
+        tokio::task::yield_now().await;
+    }
+    panic!("{needle} never reached {value}: {}", b.metric(needle).await);
+}
+
+/// A blob in the fake whose first `times` transfers send only as many bytes as the returned gate
+/// allows (`usize::MAX` breaks the transfer).
+pub fn gated_blob(
+    fake: &FakeRegistry,
+    size: usize,
+    seed: u64,
+    times: usize,
+) -> (Bytes, String, tokio::sync::watch::Sender<usize>) {
+    let layer = random_bytes(size, seed);
+    let blob = fake.put_blob("library/app", layer.clone());
+    let (release, gate) = tokio::sync::watch::channel(0usize);
+    fake.fault_times(
+        &format!("/v2/library/app/blobs/{blob}"),
+        Fault::Gated(gate),
+        times,
+    );
+    (layer, blob, release)
+}
+
+/// A blob response whose body the test reads frame by frame.
+pub struct Streaming {
+    pub body: hyper::body::Incoming,
+    pub got: Vec<u8>,
+}
+
+impl Berth {
+    pub async fn stream(&self, path: &str) -> Streaming {
+        let uri = format!("http://{}{path}", self.addr).parse().unwrap();
+        let resp = self.client.get(uri).await.unwrap();
+        assert_eq!(resp.status(), 200);
+        Streaming {
+            body: resp.into_body(),
+            got: Vec::new(),
+        }
+    }
+}
+
+impl Streaming {
+    /// Reads until at least `n` bytes have arrived.
+    pub async fn read_at_least(&mut self, n: usize) {
+        while self.got.len() < n {
+            let frame = self
+                .body
+                .frame()
+                .await
+                .expect("body ended early")
+                .expect("body failed");
+            if let Ok(data) = frame.into_data() {
+                self.got.extend_from_slice(&data);
+            }
+        }
+    }
+
+    /// Reads to the end: Ok(all bytes) or Err when the body failed.
+    pub async fn finish(mut self) -> Result<Vec<u8>, String> {
+        while let Some(frame) = self.body.frame().await {
+            match frame {
+                Ok(f) => {
+                    if let Ok(data) = f.into_data() {
+                        self.got.extend_from_slice(&data);
+                    }
+                }
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+        Ok(self.got)
+    }
+}
