@@ -71,6 +71,27 @@ pub struct StorageConfig {
     /// Cache root: blobs live at `<path>/blobs/sha256/<hex>`.
     #[serde(default = "default_storage_path")]
     pub path: PathBuf,
+    /// Most bytes of cached blobs and manifests kept on disk (`"50GiB"`, `"500 MB"`, or a number of
+    /// bytes). Unset: no limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_size: Option<bytesize::ByteSize>,
+    /// Eviction starts when the cache passes this share of `max_size` ...
+    #[serde(default = "default_high_watermark", with = "percent")]
+    pub high_watermark: f64,
+    /// ... and stops when it is back under this one.
+    #[serde(default = "default_low_watermark", with = "percent")]
+    pub low_watermark: f64,
+    /// Evict what nobody pulled for this long (`"30d"`). Unset: content is kept while there is room.
+    #[serde(
+        default,
+        with = "opt_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub max_age: Option<Duration>,
+    /// A blob that a manifest served within this window names is never evicted: a client that
+    /// just read the manifest is about to ask for it.
+    #[serde(default = "default_keep_referenced", with = "duration")]
+    pub keep_referenced: Duration,
 }
 
 /// One upstream registry.
@@ -222,6 +243,11 @@ impl Default for StorageConfig {
     fn default() -> Self {
         StorageConfig {
             path: default_storage_path(),
+            max_size: None,
+            high_watermark: default_high_watermark(),
+            low_watermark: default_low_watermark(),
+            max_age: None,
+            keep_referenced: default_keep_referenced(),
         }
     }
 }
@@ -296,6 +322,28 @@ impl Config {
                 ));
             }
             _ => {}
+        }
+        let st = &self.storage;
+        if st.low_watermark >= st.high_watermark {
+            return Err(err(
+                "storage.low_watermark".into(),
+                format!(
+                    "must be below high_watermark ({}%)",
+                    st.high_watermark * 100.0
+                ),
+            ));
+        }
+        if st.max_size.is_some_and(|m| m.as_u64() == 0) {
+            return Err(err(
+                "storage.max_size".into(),
+                "must be more than 0 (leave it out for no limit)".into(),
+            ));
+        }
+        if st.max_age.is_some_and(|a| a.is_zero()) {
+            return Err(err(
+                "storage.max_age".into(),
+                "must be more than 0 (leave it out to keep content while there is room)".into(),
+            ));
         }
         for (key, p) in [
             ("server.tls_cert", &self.server.tls_cert),
@@ -516,6 +564,15 @@ fn default_retry_backoff_max() -> Duration {
 fn default_true() -> bool {
     true
 }
+fn default_high_watermark() -> f64 {
+    0.95
+}
+fn default_low_watermark() -> f64 {
+    0.85
+}
+fn default_keep_referenced() -> Duration {
+    Duration::from_secs(15 * 60)
+}
 
 /// Durations as humantime strings: `"30s"`, `"5m"`, `"1h 30m"`.
 mod duration {
@@ -532,6 +589,45 @@ mod duration {
 
     pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(&humantime::format_duration(*d).to_string())
+    }
+}
+
+/// An optional humantime duration.
+mod opt_duration {
+    use super::*;
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        duration::deserialize(d).map(Some)
+    }
+
+    pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => duration::serialize(d, s),
+            None => s.serialize_none(),
+        }
+    }
+}
+
+/// Shares as percent strings: `"95%"` is 0.95.
+mod percent {
+    use super::*;
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+        let s = String::deserialize(d)?;
+        s.trim()
+            .strip_suffix('%')
+            .and_then(|n| n.trim().parse::<f64>().ok())
+            .filter(|p| *p > 0.0 && *p <= 100.0)
+            .map(|p| p / 100.0)
+            .ok_or_else(|| {
+                serde::de::Error::custom(format!(
+                    "{s:?} is not a percentage between 0% and 100%, like \"90%\""
+                ))
+            })
+    }
+
+    pub fn serialize<S: Serializer>(p: &f64, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format!("{}%", p * 100.0))
     }
 }
 

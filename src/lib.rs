@@ -42,6 +42,7 @@ pub mod config;
 pub mod error;
 pub mod flight;
 pub mod http;
+pub mod index;
 pub mod manifests;
 pub mod metrics;
 pub mod mirror;

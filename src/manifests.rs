@@ -16,11 +16,13 @@
 use std::io;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use bytes::Bytes;
 use tokio::time::Instant;
 
 use crate::error::Error;
+use crate::index::{self, TOUCH_EVERY};
 use crate::oci::{Digest, RepoName, Tag};
 use crate::store::Store;
 
@@ -28,11 +30,54 @@ use crate::store::Store;
 pub const MAX_MANIFEST_BYTES: usize = 4 * 1024 * 1024;
 
 /// A verified manifest.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Manifest {
     pub digest: Digest,
     pub media_type: String,
     pub bytes: Bytes,
+    /// When this manifest last protected what it names (see [`Manifests::referenced`]), in index
+    /// seconds: a hot manifest re-pins at most once a [`TOUCH_EVERY`].
+    pinned_at: AtomicU32,
+}
+
+impl Manifest {
+    pub fn new(digest: Digest, media_type: String, bytes: Bytes) -> Manifest {
+        Manifest {
+            digest,
+            media_type,
+            bytes,
+            pinned_at: AtomicU32::new(0),
+        }
+    }
+
+    /// The digests this manifest names: its config and layers, or an index's manifests (and an
+    /// artifact's blobs). Unparsable JSON names nothing.
+    pub fn references(&self) -> Vec<Digest> {
+        #[derive(serde::Deserialize)]
+        struct Descriptor {
+            digest: Option<String>,
+        }
+        #[derive(serde::Deserialize)]
+        struct Names {
+            config: Option<Descriptor>,
+            #[serde(default)]
+            layers: Vec<Descriptor>,
+            #[serde(default)]
+            manifests: Vec<Descriptor>,
+            #[serde(default)]
+            blobs: Vec<Descriptor>,
+        }
+        let Ok(n) = serde_json::from_slice::<Names>(&self.bytes) else {
+            return Vec::new();
+        };
+        n.config
+            .into_iter()
+            .chain(n.layers)
+            .chain(n.manifests)
+            .chain(n.blobs)
+            .filter_map(|d| d.digest?.parse().ok())
+            .collect()
+    }
 }
 
 /// Which tag: upstream index, repository, tag.
@@ -104,6 +149,8 @@ impl Manifests {
     /// A manifest by digest, from memory or disk.
     pub async fn get(&self, digest: &Digest) -> Result<Option<Arc<Manifest>>, Error> {
         if let Some(m) = self.by_digest.get(digest).await {
+            // Served from memory, but its file's recency still counts for eviction.
+            self.store.touch(digest);
             return Ok(Some(m));
         }
         let type_path = self.types_dir.join(digest.hex());
@@ -118,13 +165,11 @@ impl Manifests {
             .await
             .map_err(|e| Error::io("reading cached manifest", &e))?
         else {
+            // Evicted: the media type alone is no manifest.
+            let _ = tokio::fs::remove_file(&type_path).await;
             return Ok(None);
         };
-        let m = Arc::new(Manifest {
-            digest: digest.clone(),
-            media_type,
-            bytes,
-        });
+        let m = Arc::new(Manifest::new(digest.clone(), media_type, bytes));
         self.by_digest.insert(digest.clone(), m.clone()).await;
         Ok(Some(m))
     }
@@ -148,6 +193,20 @@ impl Manifests {
         .await
         .map_err(|e| Error::internal(format!("manifest type task: {e}")))?
         .map_err(|e| Error::io("writing manifest media type", &e))
+    }
+
+    /// A manifest is being served: keep it and what it names from eviction for a while (its
+    /// client is about to ask for them).
+    pub fn referenced(&self, m: &Manifest) {
+        let now = index::now();
+        let last = m.pinned_at.load(Ordering::Relaxed);
+        if now.saturating_sub(last) < TOUCH_EVERY.as_secs() as index::Secs {
+            return;
+        }
+        m.pinned_at.store(now, Ordering::Relaxed);
+        let names = m.references();
+        self.store
+            .pin(std::iter::once(&m.digest).chain(names.iter()));
     }
 
     /// The last known answer for a tag: from memory, or from disk after a restart.
@@ -225,11 +284,11 @@ mod tests {
         let bytes = Bytes::from_static(br#"{"schemaVersion":2}"#);
         let d = Digest::of(&bytes);
         assert!(ms.get(&d).await.unwrap().is_none());
-        ms.put(Arc::new(Manifest {
-            digest: d.clone(),
-            media_type: "application/x".into(),
-            bytes: bytes.clone(),
-        }))
+        ms.put(Arc::new(Manifest::new(
+            d.clone(),
+            "application/x".into(),
+            bytes.clone(),
+        )))
         .await
         .unwrap();
         // A fresh instance (a restart) reads it from disk.

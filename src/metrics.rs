@@ -29,8 +29,6 @@ pub struct Metrics {
     /// `berth_coalesced_requests_total{kind}`: requests that joined a fetch already running
     /// (kind = blob|manifest) instead of asking upstream again.
     pub coalesced: IntCounterVec,
-    /// `berth_cache_bytes`: bytes of blobs on disk.
-    pub cache_bytes: IntGauge,
     /// `berth_blob_first_byte_seconds`: time from a blob request to its first byte being ready.
     pub first_byte: Histogram,
 }
@@ -98,7 +96,6 @@ impl Metrics {
                 ),
                 &["kind"],
             )?,
-            cache_bytes: IntGauge::new("berth_cache_bytes", "Bytes of blobs in the cache.")?,
             first_byte: Histogram::with_opts(
                 HistogramOpts::new(
                     "berth_blob_first_byte_seconds",
@@ -118,7 +115,6 @@ impl Metrics {
         registry.register(Box::new(m.stale_serves.clone()))?;
         registry.register(Box::new(m.fills_in_flight.clone()))?;
         registry.register(Box::new(m.coalesced.clone()))?;
-        registry.register(Box::new(m.cache_bytes.clone()))?;
         registry.register(Box::new(m.first_byte.clone()))?;
         Ok(m)
     }

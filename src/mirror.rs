@@ -195,6 +195,17 @@ impl Mirror {
         reference: &Reference,
         accept: Option<&str>,
     ) -> Result<ManifestReply, Error> {
+        let reply = self.lookup_manifest(target, reference, accept).await?;
+        self.manifests.referenced(&reply.manifest);
+        Ok(reply)
+    }
+
+    async fn lookup_manifest(
+        self: &Arc<Self>,
+        target: &Target,
+        reference: &Reference,
+        accept: Option<&str>,
+    ) -> Result<ManifestReply, Error> {
         let up = &self.upstreams[target.upstream];
         let flight_key = match reference {
             Reference::Digest(d) => {
@@ -441,11 +452,7 @@ impl Mirror {
                 media_type_from_json(&bytes).unwrap_or_else(|| oci::media::OCI_MANIFEST.to_owned())
             }
         };
-        let m = Arc::new(Manifest {
-            digest,
-            media_type,
-            bytes,
-        });
+        let m = Arc::new(Manifest::new(digest, media_type, bytes));
         if let Err(e) = self.manifests.put(m.clone()).await {
             // The content is verified; failing to cache it must not fail the pull.
             tracing::warn!(error = %e, "could not cache manifest");
@@ -727,13 +734,16 @@ impl FillJob {
         let mut pending = pending.expect("pending is home after the last write");
         match pending.commit().await {
             Ok(blob) => {
-                self.metrics.cache_bytes.add(blob.len as i64);
                 tracing::info!(upstream = self.up.name(), repo = %self.name, digest = %self.digest, bytes = blob.len, "blob cached");
                 Ok(())
             }
             Err(store::CommitError::Persist(e)) => {
                 // The clients got verified bytes; only the cache missed out.
                 tracing::error!(upstream = self.up.name(), digest = %self.digest, error = %e, "blob verified and served but could not be stored");
+                Ok(())
+            }
+            Err(e @ store::CommitError::NoRoom { .. }) => {
+                tracing::warn!(upstream = self.up.name(), digest = %self.digest, error = %e, "blob verified and served but not cached: everything in the cache is in use or recently referenced");
                 Ok(())
             }
             Err(store::CommitError::Io(e)) => Err(Error::io("committing blob", &e)),

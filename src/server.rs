@@ -25,9 +25,10 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 
-use crate::config::{Config, ServerConfig};
+use crate::config::{Config, ServerConfig, StorageConfig};
 use crate::http::route::Hosts;
 use crate::http::{App, Body};
+use crate::index::Limits;
 use crate::manifests::Manifests;
 use crate::metrics::{self, Metrics};
 use crate::mirror::Mirror;
@@ -47,6 +48,8 @@ pub struct Server {
     app: Arc<App>,
     prometheus: prometheus::Registry,
     settings: ServerConfig,
+    /// For the maintenance pass (eviction by age, and by size once pins run out).
+    store: Arc<Store>,
 }
 
 /// Why berth could not start.
@@ -82,10 +85,8 @@ impl Server {
             path: root.display().to_string(),
             source,
         };
-        let store = Arc::new(Store::open(root).map_err(storage_err)?);
-        metrics
-            .cache_bytes
-            .set(store.bytes_on_disk().map_err(storage_err)? as i64);
+        let store = Arc::new(Store::open_with(root, limits(&cfg.storage)).map_err(storage_err)?);
+        store.index().metrics().register(&prometheus)?;
         let names = cfg
             .upstreams
             .iter()
@@ -103,7 +104,12 @@ impl Server {
                 })?;
             upstreams.push(Arc::new(up));
         }
-        let mirror = Arc::new(Mirror::new(upstreams, store, manifests, metrics.clone()));
+        let mirror = Arc::new(Mirror::new(
+            upstreams,
+            store.clone(),
+            manifests,
+            metrics.clone(),
+        ));
         let app = Arc::new(App::new(mirror, Hosts::new(&cfg.upstreams), metrics));
 
         let tls = match (&cfg.server.tls_cert, &cfg.server.tls_key) {
@@ -127,6 +133,7 @@ impl Server {
             app,
             prometheus,
             settings: cfg.server.clone(),
+            store,
         })
     }
 
@@ -149,6 +156,17 @@ impl Server {
 
     /// Serves until `shutdown` completes, then drains connections for at most `shutdown_grace`.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send) {
+        let sweeper = sweep_every(self.store.index().limits()).map(|every| {
+            let store = self.store.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(every);
+                loop {
+                    tick.tick().await;
+                    let store = store.clone();
+                    let _ = tokio::task::spawn_blocking(move || store.sweep()).await;
+                }
+            })
+        });
         let graceful = GracefulShutdown::new();
         let mut builder = auto::Builder::new(TokioExecutor::new());
         builder
@@ -218,6 +236,9 @@ impl Server {
         }
         drop(self.registry);
         drop(self.metrics_listener);
+        if let Some(s) = sweeper {
+            s.abort();
+        }
         tracing::info!(connections = graceful.count(), grace = ?self.settings.shutdown_grace, "shutting down: no new connections; draining");
         if tokio::time::timeout(self.settings.shutdown_grace, graceful.shutdown())
             .await
@@ -226,6 +247,27 @@ impl Server {
             tracing::warn!("shutdown grace period over; dropping the remaining connections");
         }
     }
+}
+
+/// What the store may hold, from the `[storage]` settings.
+fn limits(st: &StorageConfig) -> Limits {
+    Limits {
+        max_size: st.max_size.map(|m| m.as_u64()),
+        high: st.high_watermark,
+        low: st.low_watermark,
+        max_age: st.max_age,
+        keep_referenced: st.keep_referenced,
+    }
+}
+
+/// How often the store's maintenance pass runs: often enough that `max_age` is kept to within a
+/// tenth, and that pins which ran out are noticed within a minute; never without limits.
+fn sweep_every(limits: &Limits) -> Option<Duration> {
+    let age = limits
+        .max_age
+        .map(|a| (a / 10).clamp(Duration::from_secs(10), Duration::from_secs(600)));
+    let size = limits.max_size.map(|_| Duration::from_secs(60));
+    age.into_iter().chain(size).min()
 }
 
 /// Serves one connection until it ends or shutdown drains it.

@@ -14,8 +14,12 @@
 //! Readers ([`read_range`]) never hand out the last byte of a fill before it is committed: a client
 //! can only ever see a complete body whose digest was checked.
 //!
+//! Every committed blob has an entry in the access [`Index`] (size, last access, readers, pins),
+//! rebuilt from the files on start. A commit that would pass the high watermark first evicts the
+//! least recently used blobs; one that still does not fit under `max_size` is served but not kept.
+//!
 //! The interface is narrow on purpose (begin/commit, open, stat, remove, list) so that another tier
-//! (object storage) can sit behind it later. Rule of dependency: uses `oci` and `error` only.
+//! (object storage) can sit behind it later. Rule of dependency: uses `index`, `oci` and `error`.
 
 use std::fs::File;
 use std::io::{self, Write};
@@ -30,6 +34,7 @@ use sha2::{Digest as _, Sha256};
 use tokio::sync::watch;
 
 use crate::error::Error;
+use crate::index::{self, Index, Lease, Limits, Reason};
 use crate::oci::Digest;
 
 /// Size of one read from a blob file. Large reads keep syscalls and wakeups few.
@@ -42,6 +47,10 @@ pub struct Store {
     tmp: PathBuf,
     /// Makes temp names unique when two fills of one digest overlap (a retry after a failure).
     seq: AtomicU64,
+    /// Sizes and last accesses of the committed blobs.
+    index: Arc<Index>,
+    /// Set while an eviction pass runs, so that passes do not pile up.
+    evicting: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// A blob file opened for reading, with its length.
@@ -49,6 +58,8 @@ pub struct Store {
 pub struct BlobFile {
     pub file: Arc<File>,
     pub len: u64,
+    /// Keeps the blob from being evicted while it is read (cached blobs only).
+    pub lease: Option<Arc<Lease>>,
 }
 
 /// Where a fill is; readers watch this.
@@ -160,6 +171,10 @@ pub enum CommitError {
     /// The bytes were right (readers have them) but could not be made durable or renamed.
     #[error("verified but not stored: {0}")]
     Persist(io::Error),
+    /// The bytes were right but do not fit under `max_size`, even after evicting everything that
+    /// may go.
+    #[error("verified but not stored: {size} bytes do not fit in the cache's max_size")]
+    NoRoom { size: u64 },
 }
 
 /// Where the blob files of the store rooted at `root` live.
@@ -185,8 +200,14 @@ pub fn temp_file_owner(name: &str) -> Option<u32> {
 }
 
 impl Store {
-    /// Opens (creating) the store under `root` and removes temp files left by a crash.
+    /// Opens (creating) the store under `root` without size limits; see [`open_with`](Self::open_with).
     pub fn open(root: &Path) -> io::Result<Store> {
+        Store::open_with(root, Limits::default())
+    }
+
+    /// Opens (creating) the store under `root`, removes temp files left by a crash, and builds the
+    /// access index from the blob files (length = size, mtime = last access).
+    pub fn open_with(root: &Path, limits: Limits) -> io::Result<Store> {
         let blobs = root.join("blobs").join("sha256");
         let tmp = root.join("tmp");
         std::fs::create_dir_all(&blobs)?;
@@ -197,11 +218,34 @@ impl Store {
                 std::fs::remove_file(entry.path())?;
             }
         }
+        let index = Arc::new(Index::new(limits));
+        for entry in std::fs::read_dir(&blobs)? {
+            let entry = entry?;
+            let Some(digest) = entry.file_name().to_str().and_then(Digest::from_hex) else {
+                continue; // not berth's: `berth verify` quarantines it
+            };
+            let meta = match entry.metadata() {
+                Ok(m) if m.is_file() => m,
+                Ok(_) => continue,
+                // Gone since the listing (another process removed it): nothing to index.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e),
+            };
+            let last = meta.modified().map_or(0, index::secs);
+            index.insert(index::key(&digest), meta.len(), last);
+        }
         Ok(Store {
             blobs,
             tmp,
             seq: AtomicU64::new(0),
+            index,
+            evicting: Arc::default(),
         })
+    }
+
+    /// The access index (sizes, last accesses, limits, metrics).
+    pub fn index(&self) -> &Arc<Index> {
+        &self.index
     }
 
     /// The final path of a blob.
@@ -218,9 +262,12 @@ impl Store {
         }
     }
 
-    /// Opens a cached blob for reading.
+    /// Opens a cached blob for reading: records the access, and holds a lease that keeps the blob
+    /// from eviction while the returned file (or a clone) lives.
     pub async fn open_blob(&self, digest: &Digest) -> io::Result<Option<BlobFile>> {
         let path = self.blob_path(digest);
+        let key = index::key(digest);
+        let index = self.index.clone();
         let opened = tokio::task::spawn_blocking(move || -> io::Result<Option<BlobFile>> {
             match File::open(&path) {
                 Ok(f) => {
@@ -232,9 +279,14 @@ impl Store {
                         )));
                     }
                     let len = meta.len();
+                    let lease = Some(Arc::new(index.lease(key)));
+                    if index.touch(&key, index::now()) {
+                        record_access(&f, &path);
+                    }
                     Ok(Some(BlobFile {
                         file: Arc::new(f),
                         len,
+                        lease,
                     }))
                 }
                 Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
@@ -266,6 +318,7 @@ impl Store {
 
     /// Removes a cached blob; true if it was there.
     pub async fn remove(&self, digest: &Digest) -> io::Result<bool> {
+        self.index.remove(&index::key(digest));
         match tokio::fs::remove_file(self.blob_path(digest)).await {
             Ok(()) => Ok(true),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
@@ -286,9 +339,66 @@ impl Store {
         Ok(out)
     }
 
-    /// Total bytes of cached blobs.
-    pub fn bytes_on_disk(&self) -> io::Result<u64> {
-        Ok(self.list()?.iter().map(|(_, n)| n).sum())
+    /// Total bytes of cached blobs, as the index counts them.
+    pub fn bytes_on_disk(&self) -> u64 {
+        self.index.bytes()
+    }
+
+    /// Records an access to a cached blob that was not opened (a manifest served from memory).
+    pub fn touch(&self, digest: &Digest) {
+        if self.index.touch(&index::key(digest), index::now()) {
+            let path = self.blob_path(digest);
+            tokio::task::spawn_blocking(move || {
+                if let Ok(f) = File::open(&path) {
+                    record_access(&f, &path);
+                }
+            });
+        }
+    }
+
+    /// Keeps `digests` (the blobs a manifest just served names) from eviction for the
+    /// configured `keep_referenced`, and counts it as an access.
+    pub fn pin<'a>(&self, digests: impl IntoIterator<Item = &'a Digest>) {
+        self.index
+            .pin(digests.into_iter().map(index::key), index::now());
+    }
+
+    /// One maintenance pass (blocking): evicts what is older than `max_age`, then what is over the
+    /// high watermark (entries whose pins ran out since the last commit).
+    pub fn sweep(&self) {
+        let now = index::now();
+        let expired = self.index.take_expired(now);
+        self.evict(expired, Reason::Age);
+        if self.index.needs_room(0) {
+            let victims = self.index.take_for_room(0, now);
+            self.evict(victims, Reason::Size);
+        }
+    }
+
+    /// A write found the disk full: evict in the background, down to the low watermark (or, with
+    /// no `max_size`, a tenth of the cache), unless a pass is already running.
+    pub fn disk_full(&self) {
+        if self.evicting.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let (index, blobs, evicting) = (
+            self.index.clone(),
+            self.blobs.clone(),
+            self.evicting.clone(),
+        );
+        tokio::task::spawn_blocking(move || {
+            let goal = match index.limits().watermarks() {
+                Some((_, low)) => low.min(index.bytes() - index.bytes() / 10),
+                None => index.bytes() - index.bytes() / 10,
+            };
+            let victims = index.take_lru(goal, index::now());
+            evict_files(&index, &blobs, victims, Reason::DiskFull);
+            evicting.store(false, Ordering::Release);
+        });
+    }
+
+    fn evict(&self, victims: Vec<(index::Key, u64)>, reason: Reason) {
+        evict_files(&self.index, &self.blobs, victims, reason);
     }
 
     /// Starts a fill for `digest`. `total` is the announced size, checked at commit. Progress goes
@@ -319,6 +429,7 @@ impl Store {
         }));
         Ok(PendingBlob {
             file: Some(file),
+            index: self.index.clone(),
             tmp_path,
             final_path: self.blob_path(digest),
             dir: self.blobs.clone(),
@@ -349,6 +460,7 @@ impl Store {
 pub struct PendingBlob {
     /// `None` only while a blocking write holds it.
     file: Option<Arc<File>>,
+    index: Arc<Index>,
     tmp_path: PathBuf,
     final_path: PathBuf,
     dir: PathBuf,
@@ -456,6 +568,7 @@ impl PendingBlob {
         let blob = BlobFile {
             file: file.clone(),
             len: self.written,
+            lease: None,
         };
         self.progress
             .send_replace(FillState::Verified(blob.clone()));
@@ -464,20 +577,34 @@ impl PendingBlob {
             self.final_path.clone(),
             self.dir.clone(),
         );
-        let persisted = tokio::task::spawn_blocking(move || -> io::Result<()> {
-            file.sync_all()?;
-            std::fs::rename(&tmp, &fin)?;
-            File::open(&dir)?.sync_all()
+        let (index, size, key) = (self.index.clone(), self.written, index::key(&self.digest));
+        let persisted = tokio::task::spawn_blocking(move || -> Result<(), CommitError> {
+            if index.needs_room(size) {
+                let victims = index.take_for_room(size, index::now());
+                evict_files(&index, &dir, victims, Reason::Size);
+            }
+            if !index.fits(size) {
+                index.metrics().not_stored.inc();
+                return Err(CommitError::NoRoom { size });
+            }
+            let io = || -> io::Result<()> {
+                file.sync_all()?;
+                std::fs::rename(&tmp, &fin)?;
+                File::open(&dir)?.sync_all()
+            };
+            io().map_err(CommitError::Persist)?;
+            index.insert(key, size, index::now());
+            Ok(())
         })
         .await
-        .map_err(io::Error::other)
+        .map_err(|e| CommitError::Persist(io::Error::other(e)))
         .and_then(|r| r);
         // From here on the fill is over either way; readers keep the verified state if the bytes
         // could not be kept.
         self.done = true;
         if let Err(e) = persisted {
             let _ = std::fs::remove_file(&self.tmp_path);
-            return Err(CommitError::Persist(e));
+            return Err(e);
         }
         self.progress
             .send_replace(FillState::Committed(blob.clone()));
@@ -511,6 +638,45 @@ impl Drop for PendingBlob {
             });
             self.cleanup();
         }
+    }
+}
+
+/// Records an access on disk: the blob file's mtime (see `index`). A failure costs only recency
+/// after a restart, so it is logged at debug.
+fn record_access(f: &File, path: &Path) {
+    if let Err(e) = f.set_modified(std::time::SystemTime::now()) {
+        tracing::debug!(path = %path.display(), error = %e, "could not record a blob's last access");
+    }
+}
+
+/// Removes the files of entries taken out of the index (blocking). A file that cannot be removed
+/// goes back in the index, oldest of all, so it is tried again next time and stays counted.
+fn evict_files(index: &Index, blobs: &Path, victims: Vec<(index::Key, u64)>, reason: Reason) {
+    let (mut count, mut bytes) = (0u64, 0u64);
+    for (key, size) in victims {
+        let digest = index::digest(&key);
+        match std::fs::remove_file(blobs.join(digest.hex())) {
+            Ok(()) => {
+                count += 1;
+                bytes += size;
+                tracing::debug!(%digest, size, reason = reason.as_str(), "evicted");
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => {
+                tracing::error!(%digest, error = %e, "could not evict a cached blob");
+                index.insert(key, size, 0);
+            }
+        }
+    }
+    index.evicted(reason, count, bytes);
+    if count > 0 {
+        tracing::info!(
+            reason = reason.as_str(),
+            evicted = count,
+            bytes,
+            cache_bytes = index.bytes(),
+            "evicted cached blobs"
+        );
     }
 }
 
