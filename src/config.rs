@@ -73,7 +73,7 @@ pub struct StorageConfig {
     pub path: PathBuf,
     /// Most bytes of cached blobs and manifests kept on disk (`"50GiB"`, `"500 MB"`, or a number of
     /// bytes). Unset: no limit.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, with = "opt_size", skip_serializing_if = "Option::is_none")]
     pub max_size: Option<bytesize::ByteSize>,
     /// Eviction starts when the cache passes this share of `max_size` ...
     #[serde(default = "default_high_watermark", with = "percent")]
@@ -608,6 +608,49 @@ mod opt_duration {
     }
 }
 
+/// Sizes as `"50GiB"`, `"500 MB"` or a number of bytes.
+mod opt_size {
+    use super::*;
+    use bytesize::ByteSize;
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Bytes(u64),
+        Text(String),
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<ByteSize>, D::Error> {
+        match Raw::deserialize(d)? {
+            Raw::Bytes(n) => Ok(Some(ByteSize::b(n))),
+            Raw::Text(s) => s.parse::<ByteSize>().map(Some).map_err(|_| {
+                serde::de::Error::custom(format!(
+                    "{s:?} is not a size like \"50GiB\", \"500MB\" or a number of bytes"
+                ))
+            }),
+        }
+    }
+
+    pub fn serialize<S: Serializer>(v: &Option<ByteSize>, s: S) -> Result<S::Ok, S::Error> {
+        // Exact, and readable where a binary unit divides it.
+        let Some(n) = v.map(|b| b.as_u64()) else {
+            return s.serialize_none();
+        };
+        let unit = [
+            ("TiB", 1u64 << 40),
+            ("GiB", 1 << 30),
+            ("MiB", 1 << 20),
+            ("KiB", 1 << 10),
+        ]
+        .into_iter()
+        .find(|(_, u)| n % u == 0);
+        match unit {
+            Some((name, u)) => s.serialize_str(&format!("{}{name}", n / u)),
+            None => s.serialize_u64(n),
+        }
+    }
+}
+
 /// Shares as percent strings: `"95%"` is 0.95.
 mod percent {
     use super::*;
@@ -661,6 +704,37 @@ mod tests {
         );
         let c = Config::parse(&text, "config.example.toml").unwrap();
         assert!(c.upstreams.len() >= 5);
+    }
+
+    #[test]
+    fn storage_limits_parse_and_are_checked() {
+        let up = "[[upstream]]\nname = \"a.io\"\nurl = \"https://a.io\"\n";
+        let c = Config::parse(
+            &format!("[storage]\nmax_size = \"50 GiB\"\nhigh_watermark = \"90%\"\nlow_watermark = \"70.5%\"\nmax_age = \"30d\"\n{up}"),
+            "f.toml",
+        )
+        .unwrap();
+        let st = &c.storage;
+        assert_eq!(st.max_size.unwrap().as_u64(), 50 << 30);
+        assert_eq!((st.high_watermark, st.low_watermark), (0.9, 0.705));
+        assert_eq!(st.max_age, Some(Duration::from_secs(30 * 86400)));
+        assert_eq!(st.keep_referenced, Duration::from_secs(900));
+        // Round trip through check-config's output.
+        let again = Config::parse(&c.to_toml(), "again").unwrap();
+        assert_eq!(again.storage.max_size, st.max_size);
+        assert_eq!(again.storage.low_watermark, st.low_watermark);
+
+        for (storage, needle) in [
+            ("low_watermark = \"95%\"", "storage.low_watermark"),
+            ("high_watermark = \"120%\"", "percentage"),
+            ("high_watermark = \"0.9\"", "percentage"),
+            ("max_size = \"lots\"", "not a size"),
+            ("max_size = 0", "storage.max_size"),
+            ("max_age = \"0s\"", "storage.max_age"),
+        ] {
+            let e = Config::parse(&format!("[storage]\n{storage}\n{up}"), "f.toml").unwrap_err();
+            assert!(e.to_string().contains(needle), "{storage}: {e}");
+        }
     }
 
     #[test]

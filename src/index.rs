@@ -369,27 +369,41 @@ impl Index {
 
     /// Takes out of the index, least recently used first, the entries to evict so that `incoming`
     /// more bytes leave the cache under its low watermark, skipping entries in use or pinned.
-    /// The caller removes their files.
+    /// The caller removes their files. Takes nothing when even evicting everything evictable would
+    /// not make `incoming` fit under `max_size`: the newcomer will not be kept, and the cache keeps
+    /// what it has rather than losing it in vain.
     pub fn take_for_room(&self, incoming: u64, now: Secs) -> Vec<(Key, u64)> {
-        let Some((_, low)) = self.limits.watermarks() else {
+        let (Some(max), Some((_, low))) = (self.limits.max_size, self.limits.watermarks()) else {
             return Vec::new();
         };
-        self.take_lru(low.saturating_sub(incoming), now)
+        self.take(low.saturating_sub(incoming), now, |bytes, evictable| {
+            bytes - evictable + incoming <= max
+        })
     }
 
     /// Takes out the least recently used evictable entries until the cache holds at most `goal`
     /// bytes (or nothing evictable is left).
     pub fn take_lru(&self, goal: u64, now: Secs) -> Vec<(Key, u64)> {
+        self.take(goal, now, |_, _| true)
+    }
+
+    /// The LRU pass: `worth(bytes, evictable_bytes)` decides whether to evict at all.
+    fn take(&self, goal: u64, now: Secs, worth: impl Fn(u64, u64) -> bool) -> Vec<(Key, u64)> {
         let mut inner = self.inner.lock().unwrap();
         if inner.bytes <= goal {
             return Vec::new();
         }
-        let mut candidates: Vec<(Secs, Key)> = inner
-            .entries
-            .iter()
-            .filter(|(_, e)| evictable(e, now))
-            .map(|(k, e)| (e.last, *k))
-            .collect();
+        let mut candidates: Vec<(Secs, Key)> = Vec::new();
+        let mut evictable_bytes = 0;
+        for (k, e) in &inner.entries {
+            if evictable(e, now) {
+                candidates.push((e.last, *k));
+                evictable_bytes += e.size;
+            }
+        }
+        if !worth(inner.bytes, evictable_bytes) {
+            return Vec::new();
+        }
         candidates.sort_unstable();
         let mut out = Vec::new();
         for (_, k) in candidates {
@@ -530,6 +544,21 @@ mod tests {
         let gone: Vec<Key> = ix.take_lru(0, 1071).into_iter().map(|(k, _)| k).collect();
         assert_eq!(gone, [k(0), k(1)]);
         assert_eq!((ix.bytes(), ix.len()), (0, 0));
+    }
+
+    #[test]
+    fn nothing_is_evicted_in_vain_for_a_newcomer_that_cannot_fit() {
+        let ix = Arc::new(Index::new(limits(1000)));
+        for n in 0..5u8 {
+            ix.insert(k(n), 100, 1000 + u32::from(n));
+        }
+        ix.pin([k(0), k(1), k(2)], 1010);
+        // 300 pinned + 800 incoming > 1000: evicting the other two would not help.
+        assert!(ix.take_for_room(800, 1020).is_empty());
+        assert_eq!(ix.len(), 5);
+        // 300 pinned + 600 fits: both unpinned go (the low watermark, 500, is out of reach).
+        assert_eq!(ix.take_for_room(600, 1020).len(), 2);
+        assert!(ix.fits(600));
     }
 
     #[test]

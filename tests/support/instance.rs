@@ -60,6 +60,16 @@ pub async fn berth(fake: &FakeRegistry, upstream_extra: &str) -> Berth {
 }
 
 pub async fn start_on(fake: &FakeRegistry, upstream_extra: &str, dir: tempfile::TempDir) -> Berth {
+    start_with(fake, "", upstream_extra, dir).await
+}
+
+/// Starts berth on `dir` with extra `[storage]` and `[[upstream]]` keys.
+pub async fn start_with(
+    fake: &FakeRegistry,
+    storage_extra: &str,
+    upstream_extra: &str,
+    dir: tempfile::TempDir,
+) -> Berth {
     let cfg = format!(
         r#"
         [server]
@@ -68,6 +78,7 @@ pub async fn start_on(fake: &FakeRegistry, upstream_extra: &str, dir: tempfile::
         listen = "127.0.0.1:0"
         [storage]
         path = "{}"
+        {storage_extra}
         [[upstream]]
         name = "registry.test"
         url = "{}"
