@@ -364,11 +364,11 @@ impl fmt::Display for Summary {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "warmed {}/{} images: {} manifests, {} blobs, {} in {:.1}s",
+            "warmed {}/{} images: {}, {}, {} in {:.1}s",
             self.images_warmed,
             self.images,
-            self.manifests,
-            self.blobs,
+            counted(self.manifests, "manifest"),
+            counted(self.blobs, "blob"),
             HumanBytes(self.bytes),
             self.elapsed.as_secs_f64()
         )?;
@@ -536,9 +536,9 @@ impl Warmer {
             None => {
                 summary.images_warmed += 1;
                 self.progress.warmed(&format!(
-                    "warmed {r} ({} manifests, {} blobs, {})",
-                    p.manifests,
-                    p.blobs,
+                    "warmed {r} ({}, {}, {})",
+                    counted(p.manifests, "manifest"),
+                    counted(p.blobs, "blob"),
                     HumanBytes(p.bytes)
                 ));
             }
@@ -677,13 +677,7 @@ impl Warmer {
                 "the body's digest is {digest}, not the one asked for"
             )));
         }
-        if let Some(h) = header_digest
-            && h != digest.to_string()
-        {
-            return Err(Failure::new(format!(
-                "Docker-Content-Digest says {h}, the body's digest is {digest}"
-            )));
-        }
+        check_digest_header(header_digest.as_deref(), &digest)?;
         parse_manifest(&bytes, content_type.as_deref())
     }
 
@@ -691,13 +685,7 @@ impl Warmer {
     async fn fetch_blob(&self, r: &ImageRef, b: &BlobRef) -> Result<u64, Failure> {
         let resp = self.get(&r.blob_path(&b.digest), None).await?;
         let resp = self.ok(resp, r).await?;
-        if let Some(h) = header_str(&resp, "docker-content-digest")
-            && h != b.digest.to_string()
-        {
-            return Err(Failure::new(format!(
-                "berth answered with Docker-Content-Digest {h}"
-            )));
-        }
+        check_digest_header(header_str(&resp, "docker-content-digest"), &b.digest)?;
         let announced =
             header_str(&resp, header::CONTENT_LENGTH.as_str()).and_then(|v| v.parse::<u64>().ok());
         check_size(b.size, announced, None)?;
@@ -768,6 +756,16 @@ async fn next_chunk(body: &mut Incoming) -> Result<Option<Bytes>, Failure> {
     }
 }
 
+/// A `Docker-Content-Digest`, where berth sent one, must name the content expected.
+fn check_digest_header(header: Option<&str>, want: &Digest) -> Result<(), Failure> {
+    match header {
+        Some(h) if h.trim() != want.to_string() => Err(Failure::new(format!(
+            "Docker-Content-Digest is {h}, expected {want}"
+        ))),
+        _ => Ok(()),
+    }
+}
+
 /// Compares a blob's descriptor size, the announced `Content-Length` and (at the end) the bytes
 /// received; any two that are known must agree.
 fn check_size(
@@ -789,6 +787,11 @@ fn check_size(
         return Err(Failure::new(format!("received {g} bytes, expected {want}")));
     }
     Ok(())
+}
+
+/// `1 blob`, `2 blobs`.
+fn counted(n: usize, noun: &str) -> String {
+    format!("{n} {noun}{}", if n == 1 { "" } else { "s" })
 }
 
 /// berth's OCI error body as one line, with a hint where the cause is usually the setup.
@@ -1532,6 +1535,19 @@ mod tests {
                 .contains("received 4 bytes, expected 5")
         );
         assert!(check_size(None, Some(5), Some(6)).is_err());
+    }
+
+    #[test]
+    fn digest_headers_must_agree() {
+        let d: Digest = format!("sha256:{}", hex('d')).parse().unwrap();
+        assert!(check_digest_header(None, &d).is_ok());
+        assert!(check_digest_header(Some(&d.to_string()), &d).is_ok());
+        let other = format!("sha256:{}", hex('e'));
+        let e = check_digest_header(Some(&other), &d).unwrap_err();
+        assert_eq!(
+            e.0,
+            format!("Docker-Content-Digest is {other}, expected {d}")
+        );
     }
 
     #[test]
