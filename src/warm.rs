@@ -1065,6 +1065,8 @@ struct Counts {
     blobs: usize,
     blobs_done: usize,
     blobs_failed: usize,
+    /// Phase 2 has begun: the bar counts bytes and its message counts images and blobs.
+    fetching: bool,
 }
 
 impl Progress {
@@ -1099,6 +1101,7 @@ impl Progress {
         let mut c = self.counts.lock().unwrap();
         c.images = images;
         c.blobs = blobs;
+        c.fetching = true;
         if let Some(bar) = &self.bar {
             bar.set_style(
                 ProgressStyle::with_template(
@@ -1148,7 +1151,9 @@ impl Progress {
     fn image_done(&self) {
         let mut c = self.counts.lock().unwrap();
         c.images_done = (c.images_done + 1).min(c.images);
-        if let Some(bar) = &self.bar {
+        if let Some(bar) = &self.bar
+            && c.fetching
+        {
             bar.set_message(c.line());
         }
     }

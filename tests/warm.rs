@@ -623,3 +623,34 @@ fn help_explains_warm() {
         assert!(help.contains(word), "warm --help lacks {word}: {help}");
     }
 }
+
+#[tokio::test]
+async fn the_live_display_runs_the_same_warm() {
+    // In process, with the live display on: its templates and counters are exercised (indicatif
+    // draws nothing when stderr is not a terminal, so only the outcome is checked).
+    use berth::warm::{ImageRef, Options, Warmer};
+    let fake = FakeRegistry::start().await;
+    let app = app(&fake);
+    let b = berth(&fake, "").await;
+    let opts = Options {
+        server: berth::warm::parse_server(&server(&b)).unwrap(),
+        ca_file: None,
+        jobs: 2,
+        platforms: Vec::new(),
+        live: true,
+    };
+    let refs: Vec<ImageRef> = ["app:1", "app:nope"]
+        .iter()
+        .map(|r| r.parse().unwrap())
+        .collect();
+    let summary = Warmer::new(&opts).unwrap().run(&refs).await;
+    assert_eq!((summary.images_warmed, summary.blobs), (1, 5), "{summary}");
+    assert_eq!(summary.failures.len(), 1, "{summary}");
+    assert_eq!(summary.exit_code(), 1);
+    let bytes: usize = [&app.amd64, &app.arm64]
+        .iter()
+        .flat_map(|i| i.blobs.iter().map(|(_, b)| b.len()))
+        .sum::<usize>()
+        - app.shared.len();
+    assert_eq!(summary.bytes, bytes as u64);
+}
