@@ -25,6 +25,8 @@
 //! - [`error`]: one `Clone` error type that knows its origin and its OCI code.
 //! - [`metrics`]: Prometheus families, registered in a registry that is handed in.
 //! - [`verify`]: the `berth verify` pass: re-hash cached blobs, quarantine bad ones, clear leftovers.
+//! - [`warm`]: the `berth warm` client: pulls images (every platform) through a running berth so
+//!   they are cached before a rollout; beside `main`, it talks to berth over HTTP like any client.
 //!
 //! # How a pull travels
 //! `GET /v2/library/nginx/manifests/latest` is parsed into a `Route` naming the default upstream. The
@@ -51,3 +53,4 @@ pub mod server;
 pub mod store;
 pub mod upstream;
 pub mod verify;
+pub mod warm;

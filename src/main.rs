@@ -43,6 +43,50 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Pre-fetch images through a running berth, so they are cached before a rollout: every
+    /// platform of a multi-platform image, its config and every layer. Exit 0: all warmed; 1:
+    /// some failed (each is named); 2: a bad reference, option or config.
+    #[command(after_help = WARM_HELP)]
+    Warm(WarmArgs),
+}
+
+const WARM_HELP: &str = "\
+References go to berth as a pull would send them: no registry (or docker.io) means berth's default
+upstream; another registry is asked for with containerd's ?ns=<registry>, which berth answers only
+for hosts configured as an [[upstream]] name or alias.
+
+Examples:
+  berth warm nginx:1.25 quay.io/coreos/flannel:v0.11.0
+  berth warm --config /etc/berth/config.toml --file rollout.txt --platform linux/amd64
+  berth warm --server https://mirror.internal:5000 --ca-file ca.pem registry.local:5000/team/app:v3";
+
+#[derive(clap::Args)]
+struct WarmArgs {
+    /// Image references as for `docker pull`: nginx, nginx:1.25, library/nginx@sha256:<hex>,
+    /// quay.io/coreos/flannel:v0.11.0, registry.local:5000/team/app:tag.
+    #[arg(value_name = "IMAGE")]
+    images: Vec<String>,
+    /// Also read references from FILE (repeatable; - reads stdin): one per line, # starts a
+    /// comment, blank lines are skipped.
+    #[arg(long, short, value_name = "FILE")]
+    file: Vec<PathBuf>,
+    /// berth's address, e.g. http://mirror.internal:5000 (default: the [server] listen address
+    /// of --config on this host, https when it has TLS; 127.0.0.1:5000 without a config).
+    #[arg(long, short, value_name = "URL")]
+    server: Option<String>,
+    /// TOML configuration file of the berth to warm; only its [server] section is read, and only
+    /// when --server is not given.
+    #[arg(long, short, env = "BERTH_CONFIG")]
+    config: Option<PathBuf>,
+    /// PEM certificates to trust for an https server, besides the public roots.
+    #[arg(long, value_name = "FILE")]
+    ca_file: Option<PathBuf>,
+    /// Only this platform of a multi-platform image (repeatable; default: every platform).
+    #[arg(long, value_name = "OS/ARCH[/VARIANT]")]
+    platform: Vec<berth::warm::Platform>,
+    /// Transfers at once.
+    #[arg(long, short, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
+    jobs: u16,
 }
 
 fn main() -> ExitCode {
@@ -74,6 +118,7 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Warm(args) => warm(args),
         Command::Serve { config } => {
             // Flushes buffered log lines when serve returns.
             let _log_guard = init_logging();
@@ -106,6 +151,94 @@ fn load(path: Option<&std::path::Path>) -> Result<Config, ExitCode> {
         }),
         None => Ok(Config::embedded_default()),
     }
+}
+
+/// `berth warm`: references from the arguments and files, checked before anything is fetched.
+fn warm(args: WarmArgs) -> ExitCode {
+    use berth::warm::{ImageRef, Options, Warmer};
+    let mut texts: Vec<(String, String)> = args
+        .images
+        .iter()
+        .map(|s| ("argument".into(), s.clone()))
+        .collect();
+    for path in &args.file {
+        let text = if path.as_os_str() == "-" {
+            std::io::read_to_string(std::io::stdin())
+        } else {
+            std::fs::read_to_string(path)
+        };
+        let text = match text {
+            Ok(t) => t,
+            Err(e) => {
+                eprintln!("berth warm: cannot read {}: {e}", path.display());
+                return ExitCode::from(2);
+            }
+        };
+        texts.extend(
+            berth::warm::refs_in_file(&text)
+                .map(|(line, r)| (format!("{}:{line}", path.display()), r.to_owned())),
+        );
+    }
+    let mut refs: Vec<ImageRef> = Vec::new();
+    let mut bad = false;
+    for (source, text) in &texts {
+        match text.parse::<ImageRef>() {
+            Ok(r) if refs.contains(&r) => {}
+            Ok(r) => refs.push(r),
+            Err(e) => {
+                eprintln!("berth warm: {source}: {e}");
+                bad = true;
+            }
+        }
+    }
+    if bad {
+        return ExitCode::from(2);
+    }
+    if refs.is_empty() {
+        eprintln!("berth warm: no image references given (as arguments or with --file)");
+        return ExitCode::from(2);
+    }
+    let server = match &args.server {
+        Some(s) => match berth::warm::parse_server(s) {
+            Ok(u) => u,
+            Err(e) => {
+                eprintln!("berth warm: {e}");
+                return ExitCode::from(2);
+            }
+        },
+        None => match load(args.config.as_deref()) {
+            Ok(cfg) => berth::warm::server_url(&cfg.server),
+            Err(code) => return code,
+        },
+    };
+    let opts = Options {
+        server,
+        ca_file: args.ca_file,
+        jobs: usize::from(args.jobs),
+        platforms: args.platform,
+        live: Options::on_terminal(),
+    };
+    let warmer = match Warmer::new(&opts) {
+        Ok(w) => w,
+        Err(e) => {
+            eprintln!("berth warm: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    // One thread is plenty: warm waits on sockets and hashes only manifests.
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("berth: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let summary = rt.block_on(warmer.run(&refs));
+    println!("{summary}");
+    ExitCode::from(summary.exit_code())
 }
 
 async fn serve(cfg: Config, source: Option<PathBuf>) -> ExitCode {

@@ -1,0 +1,656 @@
+//! `berth warm`: the real binary, run as a child process against an in-process berth in front of
+//! the fake upstream. The child is awaited with `tokio::process`, so the test's runtime keeps
+//! serving while it runs.
+
+mod support;
+
+use std::process::{Output, Stdio};
+
+use bytes::Bytes;
+use http::{Method, StatusCode};
+
+use berth::oci::media;
+use support::instance::{Berth, berth, same};
+use support::{FakeRegistry, Fault, random_bytes};
+
+/// One image pushed to the fake: its manifest and the blobs it names (config first).
+struct Image {
+    manifest: String,
+    manifest_len: usize,
+    manifest_body: Bytes,
+    blobs: Vec<(String, Bytes)>,
+}
+
+impl Image {
+    fn blob_digests(&self) -> Vec<&str> {
+        self.blobs.iter().map(|(d, _)| d.as_str()).collect()
+    }
+}
+
+/// Pushes a config and `layers` to `repo` and an OCI image manifest naming them. `lie` adds to
+/// the size the manifest gives for the last layer.
+fn image(fake: &FakeRegistry, repo: &str, platform: &str, layers: &[Bytes], lie: u64) -> Image {
+    let config = Bytes::from(format!(
+        r#"{{"architecture":"{platform}","os":"linux","rootfs":{{"type":"layers"}},"repo":"{repo}"}}"#
+    ));
+    let mut blobs = vec![(fake.put_blob(repo, config.clone()), config)];
+    for l in layers {
+        blobs.push((fake.put_blob(repo, l.clone()), l.clone()));
+    }
+    let descriptor = |(d, b): &(String, Bytes), mt: &str, extra: u64| serde_json::json!({"mediaType": mt, "digest": d, "size": b.len() as u64 + extra});
+    let n = blobs.len();
+    let body = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": media::OCI_MANIFEST,
+        "config": descriptor(&blobs[0], "application/vnd.oci.image.config.v1+json", 0),
+        "layers": blobs[1..].iter().enumerate().map(|(i, b)| descriptor(
+            b,
+            "application/vnd.oci.image.layer.v1.tar+gzip",
+            if i + 2 == n { lie } else { 0 },
+        )).collect::<Vec<_>>(),
+    })
+    .to_string();
+    let manifest_body = Bytes::from(body);
+    let manifest = fake.put_manifest(repo, media::OCI_MANIFEST, manifest_body.clone());
+    Image {
+        manifest,
+        manifest_len: manifest_body.len(),
+        manifest_body,
+        blobs,
+    }
+}
+
+/// An OCI index tagged `repo:tag` over `images`, one per (os, arch).
+fn index(fake: &FakeRegistry, repo: &str, tag: &str, images: &[(&str, &Image)]) -> String {
+    let manifests: Vec<_> = images
+        .iter()
+        .map(|(arch, img)| {
+            serde_json::json!({
+                "mediaType": media::OCI_MANIFEST,
+                "digest": img.manifest,
+                "size": img.manifest_len,
+                "platform": {"os": "linux", "architecture": arch},
+            })
+        })
+        .collect();
+    let body = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": media::OCI_INDEX,
+        "manifests": manifests,
+    })
+    .to_string();
+    fake.put_tagged(repo, tag, media::OCI_INDEX, body)
+}
+
+/// `library/app:1`: an index of linux/amd64 and linux/arm64 that share their first layer.
+struct App {
+    index: String,
+    amd64: Image,
+    arm64: Image,
+    shared: Bytes,
+}
+
+fn app(fake: &FakeRegistry) -> App {
+    let shared = random_bytes(200_000, 1);
+    let amd64 = image(
+        fake,
+        "library/app",
+        "amd64",
+        &[shared.clone(), random_bytes(70_000, 2)],
+        0,
+    );
+    let arm64 = image(
+        fake,
+        "library/app",
+        "arm64",
+        &[shared.clone(), random_bytes(90_000, 3)],
+        0,
+    );
+    let index = index(
+        fake,
+        "library/app",
+        "1",
+        &[("amd64", &amd64), ("arm64", &arm64)],
+    );
+    App {
+        index,
+        amd64,
+        arm64,
+        shared,
+    }
+}
+
+/// Runs `berth warm <args>` to its end.
+async fn warm(args: &[&str]) -> Output {
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_berth"))
+        .arg("warm")
+        .args(args)
+        .env_remove("BERTH_CONFIG")
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .unwrap()
+}
+
+fn server(b: &Berth) -> String {
+    format!("http://{}", b.addr)
+}
+
+fn text(out: &Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[track_caller]
+fn exit(out: &Output, code: i32) {
+    let (stdout, stderr) = text(out);
+    assert_eq!(
+        out.status.code(),
+        Some(code),
+        "stdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+}
+
+/// Upstream GETs of a path.
+fn gets(fake: &FakeRegistry, path: &str) -> usize {
+    fake.hits(Method::GET, path)
+}
+
+#[tokio::test]
+async fn every_platform_is_fetched_once_then_pulls_never_go_upstream() {
+    let fake = FakeRegistry::start().await;
+    let app = app(&fake);
+    let b = berth(&fake, "").await;
+
+    let out = warm(&["--server", &server(&b), "app:1"]).await;
+    exit(&out, 0);
+    let (stdout, _) = text(&out);
+    assert!(
+        stdout.contains("warmed app:1 (3 manifests, 5 blobs, "),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("warmed 1/1 images: 3 manifests, 5 blobs, "),
+        "{stdout}"
+    );
+
+    // Upstream: the tag, both platform manifests and every blob, each exactly once.
+    let upstream = fake.requests();
+    assert_eq!(
+        gets(&fake, "/v2/library/app/manifests/1"),
+        1,
+        "{upstream:?}"
+    );
+    for img in [&app.amd64, &app.arm64] {
+        let path = format!("/v2/library/app/manifests/{}", img.manifest);
+        assert_eq!(gets(&fake, &path), 1, "{path}");
+        for d in img.blob_digests() {
+            assert_eq!(gets(&fake, &format!("/v2/library/app/blobs/{d}")), 1, "{d}");
+        }
+    }
+    assert_eq!(upstream.len(), 8, "{upstream:?}");
+
+    // A pull of either platform is now served from the cache alone.
+    b.settled().await;
+    fake.reset_counts();
+    let got = b
+        .request(
+            Method::GET,
+            "/v2/app/manifests/1",
+            &[("accept", media::OCI_INDEX)],
+        )
+        .await;
+    assert_eq!(got.status, StatusCode::OK);
+    assert_eq!(
+        got.header("docker-content-digest"),
+        Some(app.index.as_str())
+    );
+    for img in [&app.amd64, &app.arm64] {
+        let got = b
+            .request(
+                Method::GET,
+                &format!("/v2/app/manifests/{}", img.manifest),
+                &[("accept", media::OCI_MANIFEST)],
+            )
+            .await;
+        assert_eq!(got.status, StatusCode::OK);
+        same(got.bytes(), &img.manifest_body);
+        for (d, body) in &img.blobs {
+            assert!(b.blob_file(d).exists(), "{d} not cached");
+            let got = b.get(&format!("/v2/app/blobs/{d}")).await;
+            assert_eq!(got.status, StatusCode::OK);
+            same(got.bytes(), body);
+        }
+    }
+    assert!(fake.requests().is_empty(), "{:?}", fake.requests());
+}
+
+#[tokio::test]
+async fn blobs_shared_between_images_are_fetched_once_per_run() {
+    let fake = FakeRegistry::start().await;
+    let app = app(&fake);
+    // Another repository whose image carries the same base layer.
+    let tools = image(
+        &fake,
+        "library/tools",
+        "amd64",
+        &[app.shared.clone(), random_bytes(10_000, 4)],
+        0,
+    );
+    fake.tag("library/tools", "2", &tools.manifest);
+    let b = berth(&fake, "").await;
+
+    let out = warm(&["--server", &server(&b), "--jobs", "1", "app:1", "tools:2"]).await;
+    exit(&out, 0);
+    let (stdout, _) = text(&out);
+    // 5 blobs in app, 3 in tools, one of them shared.
+    assert!(
+        stdout.contains("warmed 2/2 images: 4 manifests, 7 blobs, "),
+        "{stdout}"
+    );
+    let shared = support::digest_of(&app.shared);
+    let upstream = gets(&fake, &format!("/v2/library/app/blobs/{shared}"))
+        + gets(&fake, &format!("/v2/library/tools/blobs/{shared}"));
+    assert_eq!(upstream, 1);
+    // And warm asked berth for each distinct blob once.
+    let line = b
+        .metric(r#"berth_http_requests_total{method="GET",route="blob",status="200"}"#)
+        .await;
+    assert!(line.ends_with(" 7"), "{line}");
+}
+
+#[tokio::test]
+async fn references_come_from_files_and_arguments() {
+    let fake = FakeRegistry::start().await;
+    let app = app(&fake);
+    let tools = image(
+        &fake,
+        "library/tools",
+        "amd64",
+        &[random_bytes(5_000, 5)],
+        0,
+    );
+    fake.tag("library/tools", "2", &tools.manifest);
+    let b = berth(&fake, "").await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let list = dir.path().join("rollout.txt");
+    std::fs::write(
+        &list,
+        "# images for the rollout\n\n  registry.test/library/tools:2   # by registry name: ?ns=\n\t\n#app:2\ndocker.io/app:1\n",
+    )
+    .unwrap();
+    let out = warm(&[
+        "--server",
+        &server(&b),
+        "app:1",
+        "--file",
+        list.to_str().unwrap(),
+    ])
+    .await;
+    exit(&out, 0);
+    let (stdout, _) = text(&out);
+    // docker.io/app:1 is app:1: warmed once.
+    assert_eq!(stdout.matches("warmed app:1 ").count(), 1, "{stdout}");
+    assert!(
+        stdout.contains("warmed registry.test/library/tools:2 (1 manifest, 2 blobs, "),
+        "{stdout}"
+    );
+    assert!(stdout.contains("warmed 2/2 images"), "{stdout}");
+    assert_eq!(gets(&fake, "/v2/library/app/manifests/1"), 1);
+    for d in tools.blob_digests() {
+        assert_eq!(gets(&fake, &format!("/v2/library/tools/blobs/{d}")), 1);
+    }
+    assert_eq!(gets(&fake, "/v2/library/app/manifests/2"), 0, "a comment");
+    let _ = app;
+}
+
+#[tokio::test]
+async fn an_unmirrored_registry_or_unknown_tag_fails_and_the_rest_is_warmed() {
+    let fake = FakeRegistry::start().await;
+    let app = app(&fake);
+    let b = berth(&fake, "").await;
+
+    let out = warm(&[
+        "--server",
+        &server(&b),
+        "ghcr.io/acme/app:1",
+        "app:1",
+        "app:nope",
+    ])
+    .await;
+    exit(&out, 1);
+    let (stdout, stderr) = text(&out);
+    assert!(
+        stderr.contains(
+            "failed ghcr.io/acme/app:1: NAME_UNKNOWN: registry \"ghcr.io\" is not mirrored here (HTTP 404)"
+        ) && stderr.contains("[[upstream]]"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("failed app:nope: MANIFEST_UNKNOWN"),
+        "{stderr}"
+    );
+    assert!(stdout.contains("warmed app:1 (3 manifests"), "{stdout}");
+    assert!(
+        stdout.contains("warmed 1/3 images: 3 manifests, 5 blobs, ")
+            && stdout.contains("; 2 failed: ghcr.io/acme/app:1, app:nope"),
+        "{stdout}"
+    );
+    for d in app.amd64.blob_digests() {
+        assert_eq!(gets(&fake, &format!("/v2/library/app/blobs/{d}")), 1);
+    }
+    // Nothing was sent upstream for the unmirrored registry.
+    assert!(
+        fake.requests().iter().all(|r| !r.path.contains("acme")),
+        "{:?}",
+        fake.requests()
+    );
+}
+
+#[tokio::test]
+async fn usage_errors_exit_2_before_anything_is_fetched() {
+    let fake = FakeRegistry::start().await;
+    let _app = app(&fake);
+    let b = berth(&fake, "").await;
+    let s = server(&b);
+    let dir = tempfile::tempdir().unwrap();
+    let list = dir.path().join("list.txt");
+    std::fs::write(&list, "app:1\nnginx@sha256:xyz\n").unwrap();
+    let list = list.to_str().unwrap();
+    let missing = dir.path().join("missing.txt");
+    let missing = missing.to_str().unwrap();
+    let bad_config = dir.path().join("bad.toml");
+    std::fs::write(&bad_config, "[server]\nlisten_typo = 1\n").unwrap();
+    let bad_config = bad_config.to_str().unwrap();
+    let not_pem = dir.path().join("not.pem");
+    std::fs::write(&not_pem, "no certificate here\n").unwrap();
+    let not_pem = not_pem.to_str().unwrap();
+
+    let cases: [(&[&str], &[&str]); 9] = [
+        (
+            &["--server", &s, "app:1", "Bad/Name", "--file", list],
+            &[
+                "argument: \"Bad/Name\" is not an image reference",
+                "list.txt:2: \"nginx@sha256:xyz\" is not an image reference",
+            ],
+        ),
+        (&["--server", &s], &["no image references given"]),
+        (
+            &["--server", &s, "--file", missing],
+            &["cannot read", "missing.txt"],
+        ),
+        (
+            &["--server", "ftp://x", "app:1"],
+            &["scheme must be http or https"],
+        ),
+        (&["--server", &s, "--jobs", "0", "app:1"], &["--jobs"]),
+        (
+            &["--server", &s, "--platform", "linux", "app:1"],
+            &["os/arch"],
+        ),
+        (
+            &["--server", &s, "--ca-file", missing, "app:1"],
+            &["--ca-file", "missing.txt"],
+        ),
+        (
+            &["--server", &s, "--ca-file", not_pem, "app:1"],
+            &["--ca-file", "no usable PEM certificate"],
+        ),
+        (
+            &["--config", bad_config, "app:1"],
+            &["invalid config", "listen_typo"],
+        ),
+    ];
+    for (args, want) in cases {
+        let out = warm(args).await;
+        exit(&out, 2);
+        let (_, stderr) = text(&out);
+        for w in want {
+            assert!(stderr.contains(w), "{args:?}: want {w:?} in {stderr}");
+        }
+    }
+    assert!(fake.requests().is_empty(), "{:?}", fake.requests());
+}
+
+#[tokio::test]
+async fn upstream_blob_faults_fail_their_image_and_are_reported() {
+    let fake = FakeRegistry::start().await;
+    let _app = app(&fake);
+    let refused = image(
+        &fake,
+        "library/refused",
+        "amd64",
+        &[random_bytes(8_000, 6)],
+        0,
+    );
+    fake.tag("library/refused", "1", &refused.manifest);
+    let garbled = image(
+        &fake,
+        "library/garbled",
+        "amd64",
+        &[random_bytes(300_000, 7)],
+        0,
+    );
+    fake.tag("library/garbled", "1", &garbled.manifest);
+    let (refused_layer, garbled_layer) = (&refused.blobs[1].0, &garbled.blobs[1].0);
+    fake.fault(
+        &format!("/v2/library/refused/blobs/{refused_layer}"),
+        Fault::Status(StatusCode::INTERNAL_SERVER_ERROR, None),
+    );
+    fake.fault(
+        &format!("/v2/library/garbled/blobs/{garbled_layer}"),
+        Fault::WrongBytes,
+    );
+    let b = berth(&fake, "retries = 0").await;
+
+    let out = warm(&["--server", &server(&b), "refused:1", "app:1", "garbled:1"]).await;
+    exit(&out, 1);
+    let (stdout, stderr) = text(&out);
+    assert!(
+        stderr.contains(&format!("failed refused:1: blob {refused_layer}: ")),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!(
+            "failed garbled:1: blob {garbled_layer}: transfer broken"
+        )),
+        "{stderr}"
+    );
+    assert!(stdout.contains("warmed app:1 "), "{stdout}");
+    assert!(
+        stdout.contains("warmed 1/3 images") && stdout.contains("2 failed: refused:1, garbled:1"),
+        "{stdout}"
+    );
+    b.settled().await;
+    assert!(!b.blob_file(refused_layer).exists());
+    assert!(!b.blob_file(garbled_layer).exists());
+    // The sound blobs of the failed images are cached all the same.
+    assert!(b.blob_file(&refused.blobs[0].0).exists());
+}
+
+#[tokio::test]
+async fn a_size_that_disagrees_with_the_descriptor_is_a_failure() {
+    let fake = FakeRegistry::start().await;
+    let img = image(&fake, "library/liar", "amd64", &[random_bytes(4_000, 8)], 1);
+    fake.tag("library/liar", "1", &img.manifest);
+    let b = berth(&fake, "").await;
+
+    let out = warm(&["--server", &server(&b), "liar:1"]).await;
+    exit(&out, 1);
+    let (_, stderr) = text(&out);
+    assert!(
+        stderr.contains(&format!("failed liar:1: blob {}: ", img.blobs[1].0))
+            && stderr.contains("the manifest says 4001 bytes"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test]
+async fn a_platform_filter_fetches_only_that_platform() {
+    let fake = FakeRegistry::start().await;
+    let app = app(&fake);
+    let b = berth(&fake, "").await;
+
+    let out = warm(&[
+        "--server",
+        &server(&b),
+        "--platform",
+        "linux/arm64",
+        "app:1",
+    ])
+    .await;
+    exit(&out, 0);
+    let (stdout, _) = text(&out);
+    assert!(
+        stdout.contains("warmed app:1 (2 manifests, 3 blobs, "),
+        "{stdout}"
+    );
+    let amd = format!("/v2/library/app/manifests/{}", app.amd64.manifest);
+    let arm = format!("/v2/library/app/manifests/{}", app.arm64.manifest);
+    assert_eq!((gets(&fake, &amd), gets(&fake, &arm)), (0, 1));
+    let amd_only = &app.amd64.blobs[2].0;
+    assert_eq!(gets(&fake, &format!("/v2/library/app/blobs/{amd_only}")), 0);
+
+    let out = warm(&[
+        "--server",
+        &server(&b),
+        "--platform",
+        "linux/s390x",
+        "app:1",
+    ])
+    .await;
+    exit(&out, 1);
+    let (_, stderr) = text(&out);
+    assert!(
+        stderr.contains("failed app:1: no manifest for linux/s390x in the index (it has linux/amd64, linux/arm64)"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test]
+async fn the_server_address_comes_from_the_config() {
+    let fake = FakeRegistry::start().await;
+    let _app = app(&fake);
+    let b = berth(&fake, "").await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("berth.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[server]\nlisten = \"{}\"\n[[upstream]]\nname = \"registry.test\"\nurl = \"{}\"\ndefault = true\n",
+            b.addr,
+            fake.url()
+        ),
+    )
+    .unwrap();
+    let out = warm(&["--config", cfg.to_str().unwrap(), "app:1"]).await;
+    exit(&out, 0);
+    assert_eq!(gets(&fake, "/v2/library/app/manifests/1"), 1);
+}
+
+#[tokio::test]
+async fn an_unreachable_server_is_reported_once() {
+    // A port that was just free: nothing listens there.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("http://127.0.0.1:{port}");
+    let out = warm(&["--server", &url, "app:1", "quay.io/a/b:2"]).await;
+    exit(&out, 1);
+    let (stdout, stderr) = text(&out);
+    assert_eq!(
+        stderr.matches("cannot reach berth at").count(),
+        1,
+        "{stderr}"
+    );
+    assert!(stderr.contains(&url), "{stderr}");
+    assert!(
+        stdout.contains("warmed 0/2 images") && stdout.contains("2 failed: app:1, quay.io/a/b:2"),
+        "{stdout}"
+    );
+}
+
+#[tokio::test]
+async fn manifests_are_checked_against_their_digest() {
+    // Straight at the fake (berth would catch this itself): warm trusts no manifest blindly.
+    let fake = FakeRegistry::start().await;
+    let app = app(&fake);
+    fake.fault(
+        &format!("/v2/library/app/manifests/{}", app.arm64.manifest),
+        Fault::WrongBytes,
+    );
+    let out = warm(&["--server", &fake.url(), "library/app:1"]).await;
+    exit(&out, 1);
+    let (_, stderr) = text(&out);
+    assert!(
+        stderr.contains(&format!(
+            "failed library/app:1: platform manifest {}: ",
+            app.arm64.manifest
+        )),
+        "{stderr}"
+    );
+    assert!(stderr.contains("not the one asked for"), "{stderr}");
+}
+
+#[test]
+fn help_explains_warm() {
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_berth"))
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert!(run(&["--help"]).contains("warm"));
+    let help = run(&["warm", "--help"]);
+    for word in [
+        "--file",
+        "--server",
+        "--config",
+        "--ca-file",
+        "--platform",
+        "--jobs",
+        "quay.io/coreos/flannel:v0.11.0",
+        "?ns=",
+        "Exit 0",
+    ] {
+        assert!(help.contains(word), "warm --help lacks {word}: {help}");
+    }
+}
+
+#[tokio::test]
+async fn the_live_display_runs_the_same_warm() {
+    // In process, with the live display on: its templates and counters are exercised (indicatif
+    // draws nothing when stderr is not a terminal, so only the outcome is checked).
+    use berth::warm::{ImageRef, Options, Warmer};
+    let fake = FakeRegistry::start().await;
+    let app = app(&fake);
+    let b = berth(&fake, "").await;
+    let opts = Options {
+        server: berth::warm::parse_server(&server(&b)).unwrap(),
+        ca_file: None,
+        jobs: 2,
+        platforms: Vec::new(),
+        live: true,
+    };
+    let refs: Vec<ImageRef> = ["app:1", "app:nope"]
+        .iter()
+        .map(|r| r.parse().unwrap())
+        .collect();
+    let summary = Warmer::new(&opts).unwrap().run(&refs).await;
+    assert_eq!((summary.images_warmed, summary.blobs), (1, 5), "{summary}");
+    assert_eq!(summary.failures.len(), 1, "{summary}");
+    assert_eq!(summary.exit_code(), 1);
+    let bytes: usize = [&app.amd64, &app.arm64]
+        .iter()
+        .flat_map(|i| i.blobs.iter().map(|(_, b)| b.len()))
+        .sum::<usize>()
+        - app.shared.len();
+    assert_eq!(summary.bytes, bytes as u64);
+}
