@@ -25,6 +25,8 @@
 //! - [`error`]: one `Clone` error type that knows its origin and its OCI code.
 //! - [`metrics`]: Prometheus families, registered in a registry that is handed in.
 //! - [`verify`]: the `berth verify` pass: re-hash cached blobs, quarantine bad ones, clear leftovers.
+//! - [`admin`]: `berth cache ls|rm|stats` and the token-protected admin API on the metrics listener:
+//!   what is cached, removing it through `manifests`/`store`, the totals.
 //!
 //! # How a pull travels
 //! `GET /v2/library/nginx/manifests/latest` is parsed into a `Route` naming the default upstream. The
@@ -38,6 +40,7 @@
 // measured exception, allowed where it stands and explained there.
 #![deny(unsafe_code)]
 
+pub mod admin;
 pub mod config;
 pub mod error;
 pub mod flight;

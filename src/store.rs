@@ -187,16 +187,23 @@ pub fn temp_file_owner(name: &str) -> Option<u32> {
 impl Store {
     /// Opens (creating) the store under `root` and removes temp files left by a crash.
     pub fn open(root: &Path) -> io::Result<Store> {
-        let blobs = root.join("blobs").join("sha256");
-        let tmp = root.join("tmp");
-        std::fs::create_dir_all(&blobs)?;
-        std::fs::create_dir_all(&tmp)?;
-        for entry in std::fs::read_dir(&tmp)? {
+        let store = Store::attach(root)?;
+        for entry in std::fs::read_dir(&store.tmp)? {
             let entry = entry?;
             if entry.file_type()?.is_file() {
                 std::fs::remove_file(entry.path())?;
             }
         }
+        Ok(store)
+    }
+
+    /// Opens (creating) the store under `root` and leaves `tmp/` alone: for a tool (`berth cache`)
+    /// that may run beside a berth serving the same directory, whose fills live there.
+    pub fn attach(root: &Path) -> io::Result<Store> {
+        let blobs = root.join("blobs").join("sha256");
+        let tmp = root.join("tmp");
+        std::fs::create_dir_all(&blobs)?;
+        std::fs::create_dir_all(&tmp)?;
         Ok(Store {
             blobs,
             tmp,
