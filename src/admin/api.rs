@@ -125,7 +125,7 @@ pub struct Api {
 
 impl Api {
     /// `root` is the storage directory of `mirror`'s store; `metrics` is the mirror's own (its
-    /// `berth_cache_bytes` goes down by what is removed).
+    /// `berth_cache_bytes` is recounted after a removal).
     pub fn new(mirror: Arc<Mirror>, root: PathBuf, token: Secret, metrics: Metrics) -> Api {
         Api {
             mirror,
@@ -198,6 +198,18 @@ impl Api {
             == 0
     }
 
+    /// Sets `berth_cache_bytes` to what is on disk after a removal. Counted, not decremented: the
+    /// running gauge only adds blob fills (not manifests), so subtracting what went could take it
+    /// below zero.
+    async fn recount_cache_bytes(&self) {
+        let store = self.mirror.store().clone();
+        match tokio::task::spawn_blocking(move || store.bytes_on_disk()).await {
+            Ok(Ok(n)) => self.metrics.cache_bytes.set(n as i64),
+            Ok(Err(e)) => tracing::warn!(error = %e, "cannot count the cache's bytes"),
+            Err(e) => tracing::warn!(error = %e, "cannot count the cache's bytes"),
+        }
+    }
+
     async fn answer<B>(&self, req: &Request<B>) -> Result<String, Error> {
         let route = parse(req.method(), req.uri().path(), req.uri().query())?;
         let cache = Cache::new(self.mirror.store(), self.mirror.manifests(), &self.root);
@@ -215,7 +227,7 @@ impl Api {
             } => {
                 let r = cache.parse_ref(&reference, upstream.as_deref()).await?;
                 let removal = cache.remove(&r, &reference).await?;
-                self.metrics.cache_bytes.sub(removal.bytes as i64);
+                self.recount_cache_bytes().await;
                 tracing::info!(
                     reference = %reference,
                     tags = removal.tags.len(),
