@@ -11,6 +11,10 @@
 //!   stand in while the upstream is unreachable. Tag files are replaced atomically but not fsynced:
 //!   losing the latest answer in a crash only costs a revalidation.
 //!
+//! - `berth cache` (the `admin` module) lists what is on disk ([`Manifests::list`],
+//!   [`Manifests::list_tags`]) and removes through [`Manifests::remove`] and
+//!   [`Manifests::forget_tag_named`], which drop the in-memory copies too.
+//!
 //! Rule of dependency: uses `store`, `oci`, `error`; knows nothing of upstreams or HTTP.
 
 use std::io;
