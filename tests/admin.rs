@@ -746,6 +746,27 @@ fn url_without_a_token_and_help() {
         "{}",
         text(&out.stderr)
     );
+    // A token but nothing listening there: exit 2, saying so.
+    let token = dir.path().join("token");
+    std::fs::write(&token, "t\n").unwrap();
+    std::fs::write(
+        &cfg,
+        format!(
+            "[[upstream]]\nname = \"a.io\"\nurl = \"https://a.io\"\n[admin]\nenabled = true\ntoken_file = \"{}\"\n",
+            token.display()
+        ),
+    )
+    .unwrap();
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", dead.local_addr().unwrap());
+    drop(dead);
+    let out = run(&["stats", "--url", &url], &cfg);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("is berth running"),
+        "{}",
+        text(&out.stderr)
+    );
     let out = berth_cmd().args(["cache", "--help"]).output().unwrap();
     for word in ["ls", "rm", "stats", "--direct", "--url", "--json"] {
         assert!(
@@ -822,4 +843,61 @@ fn admin_config_errors_name_the_key() {
     assert_eq!(on.admin.token.as_ref().unwrap().expose(), "tok");
     assert!(!format!("{on:?}").contains("tok\"") && !on.to_toml().contains("\"tok\""));
     assert!(on.to_toml().contains("<redacted>"));
+}
+
+#[tokio::test]
+async fn tags_of_nested_repositories_are_listed_and_forgotten() {
+    use berth::manifests::{Manifests, TagEntry, TagKey};
+    use berth::store::Store;
+    use std::sync::Arc;
+
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(Store::open(dir.path()).unwrap());
+    let ms = Manifests::new(store, dir.path(), 1 << 20, vec!["up.io".into()]).unwrap();
+    let d = berth::oci::Digest::of(b"m");
+    for (repo, tag) in [("a", "1"), ("a/b", "2"), ("a/b/c", "3")] {
+        let key = TagKey {
+            upstream: 0,
+            repo: repo.parse().unwrap(),
+            tag: tag.parse().unwrap(),
+        };
+        let entry = TagEntry {
+            digest: d.clone(),
+            media_type: "m/t".into(),
+            checked: None,
+        };
+        ms.set_tag(key, entry).await;
+    }
+    // A file that is no tag answer is skipped.
+    std::fs::write(dir.path().join("tags/up.io/a/_tags/.9.tmp"), "junk").unwrap();
+    let mut listed: Vec<_> = ms
+        .list_tags()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|t| {
+            format!(
+                "{}/{}:{} {} {}",
+                t.upstream, t.repo, t.tag, t.digest, t.media_type
+            )
+        })
+        .collect();
+    listed.sort();
+    let mut want: Vec<_> = ["a", "a/b", "a/b/c"]
+        .iter()
+        .zip(["1", "2", "3"])
+        .map(|(r, t)| format!("up.io/{r}:{t} {d} m/t"))
+        .collect();
+    want.sort();
+    assert_eq!(listed, want);
+    let (repo, tag) = ("a/b".parse().unwrap(), "2".parse().unwrap());
+    assert!(ms.forget_tag_named("up.io", &repo, &tag).await.unwrap());
+    assert!(!ms.forget_tag_named("up.io", &repo, &tag).await.unwrap());
+    let key = TagKey {
+        upstream: 0,
+        repo,
+        tag,
+    };
+    assert!(ms.tag(&key).await.is_none(), "gone from memory too");
+    assert_eq!(ms.list_tags().await.unwrap().len(), 2);
 }
