@@ -26,6 +26,9 @@ pub struct Config {
     pub metrics: MetricsConfig,
     #[serde(default)]
     pub storage: StorageConfig,
+    /// The admin API on the metrics listener (`berth cache ...` talks to it). Off by default.
+    #[serde(default)]
+    pub admin: AdminConfig,
     /// The registries berth mirrors; the only hosts it ever connects to.
     #[serde(default, rename = "upstream")]
     pub upstreams: Vec<UpstreamConfig>,
@@ -92,6 +95,24 @@ pub struct StorageConfig {
     /// just read the manifest is about to ask for it.
     #[serde(default = "default_keep_referenced", with = "duration")]
     pub keep_referenced: Duration,
+}
+
+/// The token-protected admin API (`/admin/...` on the metrics listener).
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Serve `/admin/...` on the metrics listener. Needs a token and the metrics listener.
+    #[serde(default)]
+    pub enabled: bool,
+    /// File holding the bearer token (trailing newline ignored).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_file: Option<PathBuf>,
+    /// Environment variable holding the bearer token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_env: Option<String>,
+    /// The token, read from `token_file` or `token_env` at load time when `enabled`.
+    #[serde(skip_deserializing, skip_serializing_if = "Option::is_none")]
+    pub token: Option<Secret>,
 }
 
 /// One upstream registry.
@@ -361,6 +382,17 @@ impl Config {
                 "must be at least 1".into(),
             ));
         }
+        self.admin.token = match self.admin.enabled {
+            false => None,
+            true => Some(read_admin_token(&self.admin).map_err(|(k, r)| err(k.into(), r))?),
+        };
+        if self.admin.enabled && !self.metrics.enabled {
+            return Err(err(
+                "admin.enabled".into(),
+                "the admin API is served on the metrics listener: set [metrics] enabled = true"
+                    .into(),
+            ));
+        }
         if self.upstreams.is_empty() {
             return Err(err(
                 "upstream".into(),
@@ -459,6 +491,49 @@ impl Config {
     pub fn to_toml(&self) -> String {
         toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render: {e}"))
     }
+}
+
+/// The admin token from `token_file` or `token_env`: exactly one of them, not empty. On error, the
+/// key and the reason.
+fn read_admin_token(a: &AdminConfig) -> Result<Secret, (&'static str, String)> {
+    let token = match (&a.token_file, &a.token_env) {
+        (Some(_), Some(_)) => {
+            return Err((
+                "admin.token_file",
+                "set token_file or token_env, not both".into(),
+            ));
+        }
+        (None, None) => {
+            return Err((
+                "admin.token_file",
+                "enabled = true needs a token: set token_file or token_env".into(),
+            ));
+        }
+        (Some(f), None) => std::fs::read_to_string(f)
+            .map_err(|e| {
+                (
+                    "admin.token_file",
+                    format!("cannot read {}: {e}", f.display()),
+                )
+            })?
+            .trim_end_matches(['\r', '\n'])
+            .to_owned(),
+        (None, Some(v)) => std::env::var(v).map_err(|_| {
+            (
+                "admin.token_env",
+                format!("environment variable {v} is not set"),
+            )
+        })?,
+    };
+    if token.trim().is_empty() {
+        let key = if a.token_file.is_some() {
+            "admin.token_file"
+        } else {
+            "admin.token_env"
+        };
+        return Err((key, "the token is empty".into()));
+    }
+    Ok(Secret::new(token))
 }
 
 /// `host` or `host:port`, as clients name a registry.

@@ -110,7 +110,19 @@ struct Entry {
 #[derive(Debug, Default)]
 struct Inner {
     entries: HashMap<Key, Entry>,
+    /// Bytes of the entries.
     bytes: u64,
+    /// Bytes of commits admitted but not yet in place.
+    reserved: u64,
+}
+
+/// The answer to [`Index::admit`].
+#[derive(Debug)]
+pub struct Admission {
+    /// Entries taken out to make room: the caller removes their files.
+    pub victims: Vec<(Key, u64)>,
+    /// Whether the newcomer may be kept (its room is reserved).
+    pub admitted: bool,
 }
 
 /// Why an entry was evicted (the `reason` label of the eviction metrics).
@@ -352,68 +364,79 @@ impl Index {
         }
     }
 
-    /// Whether adding `incoming` bytes takes the cache past its high watermark.
-    pub fn needs_room(&self, incoming: u64) -> bool {
-        match self.limits.watermarks() {
-            Some((high, _)) => self.bytes() + incoming > high,
-            None => false,
-        }
-    }
-
-    /// Whether `incoming` more bytes fit under `max_size` now.
-    pub fn fits(&self, incoming: u64) -> bool {
+    /// Whether the cache (with the commits under way) is past its high watermark.
+    pub fn over_high(&self) -> bool {
+        let inner = self.inner.lock().unwrap();
         self.limits
-            .max_size
-            .is_none_or(|max| self.bytes() + incoming <= max)
+            .watermarks()
+            .is_some_and(|(high, _)| inner.bytes + inner.reserved > high)
     }
 
-    /// Takes out of the index, least recently used first, the entries to evict so that `incoming`
-    /// more bytes leave the cache under its low watermark, skipping entries in use or pinned.
-    /// The caller removes their files. Takes nothing when even evicting everything evictable would
-    /// not make `incoming` fit under `max_size`: the newcomer will not be kept, and the cache keeps
-    /// what it has rather than losing it in vain.
-    pub fn take_for_room(&self, incoming: u64, now: Secs) -> Vec<(Key, u64)> {
-        let (Some(max), Some((_, low))) = (self.limits.max_size, self.limits.watermarks()) else {
+    /// Asks room for a commit of `incoming` bytes. If it takes the cache (with the other commits
+    /// under way) past the high watermark, the least recently used evictable entries are taken out
+    /// first, down to the low watermark; the caller removes their files. The room is then
+    /// reserved if it fits under `max_size`: the caller ends the reservation with
+    /// [`insert_reserved`](Self::insert_reserved) or [`release`](Self::release). Reserving under
+    /// the same lock as the check keeps concurrent commits from each counting on the same room.
+    ///
+    /// Nothing is evicted in vain: when even evicting everything evictable would not make room,
+    /// nothing goes, and the newcomer is refused.
+    pub fn admit(&self, incoming: u64, now: Secs) -> Admission {
+        let mut inner = self.inner.lock().unwrap();
+        let (Some(max), Some((high, low))) = (self.limits.max_size, self.limits.watermarks())
+        else {
+            inner.reserved += incoming;
+            return Admission {
+                victims: Vec::new(),
+                admitted: true,
+            };
+        };
+        let mut victims = Vec::new();
+        if inner.bytes + inner.reserved + incoming > high {
+            let goal = low.saturating_sub(incoming + inner.reserved);
+            let reserved = inner.reserved;
+            victims = take(&mut inner, goal, now, |bytes, evictable| {
+                bytes - evictable + reserved + incoming <= max
+            });
+            self.publish(&inner);
+        }
+        let admitted = inner.bytes + inner.reserved + incoming <= max;
+        if admitted {
+            inner.reserved += incoming;
+        }
+        Admission { victims, admitted }
+    }
+
+    /// Ends a reservation with the blob in place.
+    pub fn insert_reserved(&self, key: Key, size: u64, now: Secs) {
+        self.release(size);
+        self.insert(key, size, now);
+    }
+
+    /// Ends a reservation without the blob (its commit failed).
+    pub fn release(&self, size: u64) {
+        let mut inner = self.inner.lock().unwrap();
+        inner.reserved = inner.reserved.saturating_sub(size);
+    }
+
+    /// Takes out, least recently used first, evictable entries until the cache is back under its
+    /// low watermark. For the maintenance pass (pins that ran out since the last commit).
+    pub fn take_for_room(&self, now: Secs) -> Vec<(Key, u64)> {
+        let Some((_, low)) = self.limits.watermarks() else {
             return Vec::new();
         };
-        self.take(low.saturating_sub(incoming), now, |bytes, evictable| {
-            bytes - evictable + incoming <= max
-        })
+        let mut inner = self.inner.lock().unwrap();
+        let goal = low.saturating_sub(inner.reserved);
+        let out = take(&mut inner, goal, now, |_, _| true);
+        self.publish(&inner);
+        out
     }
 
     /// Takes out the least recently used evictable entries until the cache holds at most `goal`
     /// bytes (or nothing evictable is left).
     pub fn take_lru(&self, goal: u64, now: Secs) -> Vec<(Key, u64)> {
-        self.take(goal, now, |_, _| true)
-    }
-
-    /// The LRU pass: `worth(bytes, evictable_bytes)` decides whether to evict at all.
-    fn take(&self, goal: u64, now: Secs, worth: impl Fn(u64, u64) -> bool) -> Vec<(Key, u64)> {
         let mut inner = self.inner.lock().unwrap();
-        if inner.bytes <= goal {
-            return Vec::new();
-        }
-        let mut candidates: Vec<(Secs, Key)> = Vec::new();
-        let mut evictable_bytes = 0;
-        for (k, e) in &inner.entries {
-            if evictable(e, now) {
-                candidates.push((e.last, *k));
-                evictable_bytes += e.size;
-            }
-        }
-        if !worth(inner.bytes, evictable_bytes) {
-            return Vec::new();
-        }
-        candidates.sort_unstable();
-        let mut out = Vec::new();
-        for (_, k) in candidates {
-            if inner.bytes <= goal {
-                break;
-            }
-            let e = inner.entries.remove(&k).expect("candidate is present");
-            inner.bytes -= e.size;
-            out.push((k, e.size));
-        }
+        let out = take(&mut inner, goal, now, |_, _| true);
         self.publish(&inner);
         out
     }
@@ -469,6 +492,41 @@ impl Index {
     }
 }
 
+/// The LRU pass: takes entries out, oldest first, until `inner` holds at most `goal` bytes;
+/// `worth(bytes, evictable_bytes)` decides whether to evict at all.
+fn take(
+    inner: &mut Inner,
+    goal: u64,
+    now: Secs,
+    worth: impl Fn(u64, u64) -> bool,
+) -> Vec<(Key, u64)> {
+    if inner.bytes <= goal {
+        return Vec::new();
+    }
+    let mut candidates: Vec<(Secs, Key)> = Vec::new();
+    let mut evictable_bytes = 0;
+    for (k, e) in &inner.entries {
+        if evictable(e, now) {
+            candidates.push((e.last, *k));
+            evictable_bytes += e.size;
+        }
+    }
+    if !worth(inner.bytes, evictable_bytes) {
+        return Vec::new();
+    }
+    candidates.sort_unstable();
+    let mut out = Vec::new();
+    for (_, k) in candidates {
+        if inner.bytes <= goal {
+            break;
+        }
+        let e = inner.entries.remove(&k).expect("candidate is present");
+        inner.bytes -= e.size;
+        out.push((k, e.size));
+    }
+    out
+}
+
 fn evictable(e: &Entry, now: Secs) -> bool {
     e.readers == 0 && e.pinned_until <= now
 }
@@ -504,13 +562,20 @@ mod tests {
             ix.insert(k(n), 100, 1000 + u32::from(n));
         }
         assert_eq!(ix.bytes(), 1000);
-        assert!(ix.needs_room(0));
+        assert!(ix.over_high());
         // Room for 100 more under the low watermark (500): 600 bytes go, the oldest first.
-        let gone = ix.take_for_room(100, 2000);
-        let keys: Vec<Key> = gone.iter().map(|(k, _)| *k).collect();
+        let a = ix.admit(100, 2000);
+        let keys: Vec<Key> = a.victims.iter().map(|(k, _)| *k).collect();
         assert_eq!(keys, (0..6).map(k).collect::<Vec<_>>());
+        assert!(a.admitted);
         assert_eq!(ix.bytes(), 400);
-        assert!(!ix.needs_room(100));
+        // The 100 are reserved until they are in place: a second newcomer counts them.
+        let b = ix.admit(450, 2000);
+        assert!(b.admitted && b.victims.len() == 4, "{b:?}");
+        ix.insert_reserved(k(20), 100, 2001);
+        ix.release(450);
+        assert_eq!(ix.bytes(), 100);
+        assert!(!ix.over_high());
     }
 
     #[test]
@@ -554,11 +619,12 @@ mod tests {
         }
         ix.pin([k(0), k(1), k(2)], 1010);
         // 300 pinned + 800 incoming > 1000: evicting the other two would not help.
-        assert!(ix.take_for_room(800, 1020).is_empty());
+        let a = ix.admit(800, 1020);
+        assert!(a.victims.is_empty() && !a.admitted);
         assert_eq!(ix.len(), 5);
         // 300 pinned + 600 fits: both unpinned go (the low watermark, 500, is out of reach).
-        assert_eq!(ix.take_for_room(600, 1020).len(), 2);
-        assert!(ix.fits(600));
+        let a = ix.admit(600, 1020);
+        assert!(a.admitted && a.victims.len() == 2);
     }
 
     #[test]
@@ -587,9 +653,10 @@ mod tests {
     fn without_a_max_size_nothing_is_evicted_for_room() {
         let ix = Index::new(Limits::default());
         ix.insert(k(1), u64::MAX / 4, 0);
-        assert!(!ix.needs_room(u64::MAX / 4));
-        assert!(ix.fits(1));
-        assert!(ix.take_for_room(1, 10).is_empty());
+        assert!(!ix.over_high());
+        let a = ix.admit(u64::MAX / 4, 10);
+        assert!(a.admitted && a.victims.is_empty());
+        assert!(ix.take_for_room(10).is_empty());
         assert!(ix.take_expired(u32::MAX).is_empty());
     }
 

@@ -27,6 +27,8 @@
 //! - [`verify`]: the `berth verify` pass: re-hash cached blobs, quarantine bad ones, clear leftovers.
 //! - [`warm`]: the `berth warm` client: pulls images (every platform) through a running berth so
 //!   they are cached before a rollout; beside `main`, it talks to berth over HTTP like any client.
+//! - [`admin`]: `berth cache ls|rm|stats` and the token-protected admin API on the metrics listener:
+//!   what is cached, removing it through `manifests`/`store`, the totals.
 //!
 //! # How a pull travels
 //! `GET /v2/library/nginx/manifests/latest` is parsed into a `Route` naming the default upstream. The
@@ -40,6 +42,7 @@
 // measured exception, allowed where it stands and explained there.
 #![deny(unsafe_code)]
 
+pub mod admin;
 pub mod config;
 pub mod error;
 pub mod flight;

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+use berth::admin::cli as admin;
 use berth::config::Config;
 use berth::server::Server;
 
@@ -48,6 +49,26 @@ enum Command {
     /// some failed (each is named); 2: a bad reference, option or config.
     #[command(after_help = WARM_HELP)]
     Warm(WarmArgs),
+    /// What is cached, removing it, totals. Goes through the running berth's admin API when the
+    /// config enables it ([admin]), else works on the storage directory (stop berth first, or
+    /// it keeps answering removed manifests from memory). Exit 0: done; 1: nothing matched;
+    /// 2: config, I/O or API error.
+    Cache {
+        #[command(subcommand)]
+        op: CacheOp,
+        /// TOML configuration file (default: the embedded default, ./berth-data).
+        #[arg(long, short, env = "BERTH_CONFIG", global = true)]
+        config: Option<PathBuf>,
+        /// Work on the storage directory even when the config enables the admin API.
+        #[arg(long, global = true, conflicts_with = "url")]
+        direct: bool,
+        /// Call the admin API at this URL (http://host:port) with the config's admin token.
+        #[arg(long, global = true)]
+        url: Option<String>,
+        /// Print JSON instead of a table.
+        #[arg(long, global = true)]
+        json: bool,
+    },
 }
 
 const WARM_HELP: &str = "\
@@ -89,6 +110,30 @@ struct WarmArgs {
     jobs: u16,
 }
 
+#[derive(Subcommand)]
+enum CacheOp {
+    /// Per upstream/repository/tag: digest, size of the cached image, files, last pulled; then
+    /// untagged manifests and orphan blobs.
+    Ls {
+        /// Only this repository (or repo:tag), optionally upstream-qualified: docker.io/library/nginx.
+        #[arg(long)]
+        repo: Option<String>,
+        /// Only this upstream (its configured name).
+        #[arg(long)]
+        upstream: Option<String>,
+    },
+    /// Remove [upstream/]repo:tag (the tag, its manifests, and blobs no other cached image uses),
+    /// [upstream/]repo (all its tags), or sha256:<hex> (that one blob or manifest).
+    Rm {
+        reference: String,
+        /// The upstream (configured name) the reference is in; default: every upstream.
+        #[arg(long)]
+        upstream: Option<String>,
+    },
+    /// Files, bytes, manifests, tags, temp files, quarantined files, oldest and newest access.
+    Stats,
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
@@ -119,6 +164,30 @@ fn main() -> ExitCode {
             }
         }
         Command::Warm(args) => warm(args),
+        Command::Cache {
+            op,
+            config,
+            direct,
+            url,
+            json,
+        } => {
+            let cfg = match load(config.as_deref()) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            let op = match op {
+                CacheOp::Ls { repo, upstream } => admin::Op::List { repo, upstream },
+                CacheOp::Rm {
+                    reference,
+                    upstream,
+                } => admin::Op::Remove {
+                    reference,
+                    upstream,
+                },
+                CacheOp::Stats => admin::Op::Stats,
+            };
+            admin::main(&cfg, direct, url.as_deref(), &op, json)
+        }
         Command::Serve { config } => {
             // Flushes buffered log lines when serve returns.
             let _log_guard = init_logging();

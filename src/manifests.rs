@@ -11,10 +11,14 @@
 //!   stand in while the upstream is unreachable. Tag files are replaced atomically but not fsynced:
 //!   losing the latest answer in a crash only costs a revalidation.
 //!
+//! - `berth cache` (the `admin` module) lists what is on disk ([`Manifests::list`],
+//!   [`Manifests::list_tags`]) and removes through [`Manifests::remove`] and
+//!   [`Manifests::forget_tag_named`], which drop the in-memory copies too.
+//!
 //! Rule of dependency: uses `store`, `oci`, `error`; knows nothing of upstreams or HTTP.
 
 use std::io;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -103,6 +107,18 @@ impl TagEntry {
     pub fn is_fresh(&self, ttl: std::time::Duration) -> bool {
         self.checked.is_some_and(|c| c.elapsed() < ttl)
     }
+}
+
+/// A tag answer as recorded on disk (see [`Manifests::list_tags`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TagRecord {
+    /// The upstream's name: the directory under `tags/`, which may name an upstream no longer
+    /// configured.
+    pub upstream: String,
+    pub repo: RepoName,
+    pub tag: Tag,
+    pub digest: Digest,
+    pub media_type: String,
 }
 
 pub struct Manifests {
@@ -249,14 +265,173 @@ impl Manifests {
 
     fn tag_path(&self, key: &TagKey) -> Option<PathBuf> {
         let upstream = self.upstream_names.get(key.upstream)?;
-        Some(
-            self.tags_dir
-                .join(upstream)
-                .join(key.repo.as_str())
-                .join("_tags")
-                .join(key.tag.as_str()),
-        )
+        Some(self.tag_path_named(upstream, &key.repo, &key.tag))
     }
+
+    fn tag_path_named(&self, upstream: &str, repo: &RepoName, tag: &Tag) -> PathBuf {
+        self.tags_dir
+            .join(upstream)
+            .join(repo.as_str())
+            .join("_tags")
+            .join(tag.as_str())
+    }
+
+    /// The configured upstreams' names, in config order.
+    pub fn upstream_names(&self) -> &[String] {
+        &self.upstream_names
+    }
+
+    /// Forgets a tag named by its upstream's name (as [`list_tags`](Self::list_tags) gives it), in
+    /// memory and on disk; true if its file was there.
+    pub async fn forget_tag_named(
+        &self,
+        upstream: &str,
+        repo: &RepoName,
+        tag: &Tag,
+    ) -> io::Result<bool> {
+        if let Some(i) = self.upstream_names.iter().position(|n| n == upstream) {
+            let key = TagKey {
+                upstream: i,
+                repo: repo.clone(),
+                tag: tag.clone(),
+            };
+            self.tags.invalidate(&key).await;
+        }
+        match tokio::fs::remove_file(self.tag_path_named(upstream, repo, tag)).await {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Removes a cached manifest: its media type, its bytes (through [`Store::remove`]) and its
+    /// in-memory copy; true if it was there. The files go first: a lookup racing the removal can
+    /// at worst put the (verified, immutable) manifest back in memory, never serve wrong bytes.
+    pub async fn remove(&self, digest: &Digest) -> Result<bool, Error> {
+        let typed = match tokio::fs::remove_file(self.types_dir.join(digest.hex())).await {
+            Ok(()) => true,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => false,
+            Err(e) => return Err(Error::io("removing manifest media type", &e)),
+        };
+        let stored = self
+            .store
+            .remove(digest)
+            .await
+            .map_err(|e| Error::io("removing manifest", &e))?;
+        self.by_digest.invalidate(digest).await;
+        Ok(typed || stored)
+    }
+
+    /// Every manifest whose media type is recorded on disk, with that type. Its bytes may be gone
+    /// (a crash between the two writes, a removal in progress): ask the store.
+    pub async fn list(&self) -> io::Result<Vec<(Digest, String)>> {
+        let dir = self.types_dir.clone();
+        blocking(move || {
+            let mut out = Vec::new();
+            for entry in std::fs::read_dir(&dir)? {
+                let entry = entry?;
+                let Some(d) = entry.file_name().to_str().and_then(Digest::from_hex) else {
+                    continue; // a `.<hex>.tmp` being written
+                };
+                match std::fs::read_to_string(entry.path()) {
+                    Ok(t) => out.push((d, t.trim().to_owned())),
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    /// Every tag answer on disk, under every upstream directory (configured or not). Files that
+    /// do not parse are skipped.
+    pub async fn list_tags(&self) -> io::Result<Vec<TagRecord>> {
+        let dir = self.tags_dir.clone();
+        blocking(move || {
+            let mut out = Vec::new();
+            let upstreams = match std::fs::read_dir(&dir) {
+                Ok(rd) => rd,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(out),
+                Err(e) => return Err(e),
+            };
+            for up in upstreams {
+                let up = up?;
+                if !up.file_type()?.is_dir() {
+                    continue;
+                }
+                let Some(name) = up.file_name().to_str().map(str::to_owned) else {
+                    continue;
+                };
+                collect_tags(&up.path(), &name, "", &mut out)?;
+            }
+            Ok(out)
+        })
+        .await
+    }
+}
+
+/// Walks `dir` (the directory of repository `repo` under upstream `upstream`), adding the tags in
+/// every `_tags` directory below it.
+fn collect_tags(
+    dir: &Path,
+    upstream: &str,
+    repo: &str,
+    out: &mut Vec<TagRecord>,
+) -> io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        if !entry.file_type()?.is_dir() {
+            continue;
+        }
+        let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
+            continue;
+        };
+        if name == "_tags" {
+            let Ok(repo) = repo.parse::<RepoName>() else {
+                continue;
+            };
+            for t in std::fs::read_dir(entry.path())? {
+                let t = t?;
+                let Some(tag) = t.file_name().to_str().and_then(|n| n.parse::<Tag>().ok()) else {
+                    continue; // `.<tag>.tmp`
+                };
+                let text = match std::fs::read_to_string(t.path()) {
+                    Ok(text) => text,
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(e),
+                };
+                if let Some((d, media_type)) = text.trim_end().split_once(' ')
+                    && let Ok(digest) = d.parse::<Digest>()
+                {
+                    out.push(TagRecord {
+                        upstream: upstream.to_owned(),
+                        repo: repo.clone(),
+                        tag,
+                        digest,
+                        media_type: media_type.to_owned(),
+                    });
+                }
+            }
+        } else {
+            let sub = if repo.is_empty() {
+                name
+            } else {
+                format!("{repo}/{name}")
+            };
+            collect_tags(&entry.path(), upstream, &sub, out)?;
+        }
+    }
+    Ok(())
+}
+
+/// Runs blocking file work off the async threads.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> io::Result<T> + Send + 'static,
+) -> io::Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(io::Error::other)?
 }
 
 /// Replaces `path` with `data` atomically (temp file beside it, then rename).

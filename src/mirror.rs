@@ -186,6 +186,11 @@ impl Mirror {
         &self.store
     }
 
+    /// The manifest and tag cache (the admin API removes through it, so memory and disk agree).
+    pub fn manifests(&self) -> &Manifests {
+        &self.manifests
+    }
+
     // ---- manifests ----
 
     /// A manifest by tag or digest. `accept` is the client's `Accept` (all values joined).

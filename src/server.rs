@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode, header};
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -25,6 +25,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 
+use crate::admin;
 use crate::config::{Config, ServerConfig, StorageConfig};
 use crate::http::route::Hosts;
 use crate::http::{App, Body};
@@ -47,6 +48,8 @@ pub struct Server {
     tls: Option<TlsAcceptor>,
     app: Arc<App>,
     prometheus: prometheus::Registry,
+    /// The admin API on the metrics listener, when `[admin] enabled`.
+    admin: Option<Arc<admin::api::Api>>,
     settings: ServerConfig,
     /// For the maintenance pass (eviction by age, and by size once pins run out).
     store: Arc<Store>,
@@ -110,6 +113,11 @@ impl Server {
             manifests,
             metrics.clone(),
         ));
+        let admin = cfg
+            .admin
+            .token
+            .clone()
+            .map(|token| Arc::new(admin::api::Api::new(mirror.clone(), root.clone(), token)));
         let app = Arc::new(App::new(mirror, Hosts::new(&cfg.upstreams), metrics));
 
         let tls = match (&cfg.server.tls_cert, &cfg.server.tls_key) {
@@ -132,6 +140,7 @@ impl Server {
             tls,
             app,
             prometheus,
+            admin,
             settings: cfg.server.clone(),
             store,
         })
@@ -185,9 +194,19 @@ impl Server {
         let app = self.app.clone();
         let registry_svc = move |req: Request<Incoming>| app.clone().handle(req);
         let prometheus = self.prometheus.clone();
+        let admin = self.admin.clone();
         let metrics_svc = move |req: Request<Incoming>| {
-            let body = metrics_answer(&prometheus, &req);
-            async move { Ok::<_, std::convert::Infallible>(body) }
+            let (prometheus, admin) = (prometheus.clone(), admin.clone());
+            async move {
+                let resp = match admin {
+                    Some(api) if admin::api::is_admin_path(req.uri().path()) => {
+                        api.handle(&req).await
+                    }
+                    _ => metrics_answer(&prometheus, &req)
+                        .map(|b| b.map_err(|never| match never {}).boxed_unsync()),
+                };
+                Ok::<_, std::convert::Infallible>(resp)
+            }
         };
 
         tokio::pin!(shutdown);

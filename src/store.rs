@@ -208,16 +208,28 @@ impl Store {
     /// Opens (creating) the store under `root`, removes temp files left by a crash, and builds the
     /// access index from the blob files (length = size, mtime = last access).
     pub fn open_with(root: &Path, limits: Limits) -> io::Result<Store> {
-        let blobs = root.join("blobs").join("sha256");
-        let tmp = root.join("tmp");
-        std::fs::create_dir_all(&blobs)?;
-        std::fs::create_dir_all(&tmp)?;
-        for entry in std::fs::read_dir(&tmp)? {
+        let store = Store::attach_with(root, limits)?;
+        for entry in std::fs::read_dir(&store.tmp)? {
             let entry = entry?;
             if entry.file_type()?.is_file() {
                 std::fs::remove_file(entry.path())?;
             }
         }
+        Ok(store)
+    }
+
+    /// Opens (creating) the store under `root` and leaves `tmp/` alone: for a tool (`berth cache`)
+    /// that may run beside a berth serving the same directory, whose fills live there.
+    pub fn attach(root: &Path) -> io::Result<Store> {
+        Store::attach_with(root, Limits::default())
+    }
+
+    /// [`attach`](Self::attach) with limits: builds the access index, leaves `tmp/` alone.
+    pub fn attach_with(root: &Path, limits: Limits) -> io::Result<Store> {
+        let blobs = root.join("blobs").join("sha256");
+        let tmp = root.join("tmp");
+        std::fs::create_dir_all(&blobs)?;
+        std::fs::create_dir_all(&tmp)?;
         let index = Arc::new(Index::new(limits));
         for entry in std::fs::read_dir(&blobs)? {
             let entry = entry?;
@@ -369,8 +381,8 @@ impl Store {
         let now = index::now();
         let expired = self.index.take_expired(now);
         self.evict(expired, Reason::Age);
-        if self.index.needs_room(0) {
-            let victims = self.index.take_for_room(0, now);
+        if self.index.over_high() {
+            let victims = self.index.take_for_room(now);
             self.evict(victims, Reason::Size);
         }
     }
@@ -579,11 +591,9 @@ impl PendingBlob {
         );
         let (index, size, key) = (self.index.clone(), self.written, index::key(&self.digest));
         let persisted = tokio::task::spawn_blocking(move || -> Result<(), CommitError> {
-            if index.needs_room(size) {
-                let victims = index.take_for_room(size, index::now());
-                evict_files(&index, &dir, victims, Reason::Size);
-            }
-            if !index.fits(size) {
+            let admission = index.admit(size, index::now());
+            evict_files(&index, &dir, admission.victims, Reason::Size);
+            if !admission.admitted {
                 index.metrics().not_stored.inc();
                 return Err(CommitError::NoRoom { size });
             }
@@ -592,9 +602,16 @@ impl PendingBlob {
                 std::fs::rename(&tmp, &fin)?;
                 File::open(&dir)?.sync_all()
             };
-            io().map_err(CommitError::Persist)?;
-            index.insert(key, size, index::now());
-            Ok(())
+            match io() {
+                Ok(()) => {
+                    index.insert_reserved(key, size, index::now());
+                    Ok(())
+                }
+                Err(e) => {
+                    index.release(size);
+                    Err(CommitError::Persist(e))
+                }
+            }
         })
         .await
         .map_err(|e| CommitError::Persist(io::Error::other(e)))

@@ -1,0 +1,316 @@
+//! The admin API: `/admin/...` on the metrics listener, JSON in and out, behind a bearer token.
+//!
+//! - `GET /admin/cache[?repo=R][&upstream=U]`: [`Listing`](super::Listing)
+//! - `DELETE /admin/cache/<ref>[?upstream=U]`: [`Removal`](super::Removal) (404 when nothing matches)
+//! - `GET /admin/stats`: [`Stats`](super::Stats)
+//!
+//! Off unless `[admin] enabled = true`; then every `/admin` request needs
+//! `Authorization: Bearer <token>`, compared in constant time, or gets 401 with the OCI error body
+//! and `WWW-Authenticate` before anything else is looked at. `/metrics` and `/healthz` stay open.
+//! It works on the running berth's own [`Manifests`](crate::manifests::Manifests) and
+//! [`Store`](crate::store::Store), so what it removes is gone from memory as well as from disk.
+//!
+//! Rule of dependency: uses `admin` (the operations), `mirror` (to reach the cache), `http` (the
+//! one error response), `config` (the token).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Full};
+use sha2::{Digest as _, Sha256};
+
+use super::Cache;
+use crate::config::Secret;
+use crate::error::{Code, Error, Origin};
+use crate::http::{Body, error_response};
+use crate::mirror::Mirror;
+
+/// Where the admin API lives on the metrics listener.
+pub const PREFIX: &str = "/admin";
+
+/// Whether a metrics-listener path belongs to the admin API.
+pub fn is_admin_path(path: &str) -> bool {
+    path == PREFIX || path.starts_with("/admin/")
+}
+
+/// An admin request, parsed before anything is done.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AdminRoute {
+    List {
+        repo: Option<String>,
+        upstream: Option<String>,
+    },
+    Remove {
+        reference: String,
+        upstream: Option<String>,
+    },
+    Stats,
+}
+
+/// Parses method, path and query into an [`AdminRoute`]: 404 for an unknown path, 405 for a
+/// known path with another method, 400 for a malformed reference or query.
+pub fn parse(method: &Method, path: &str, query: Option<&str>) -> Result<AdminRoute, Error> {
+    let mut repo = None;
+    let mut upstream = None;
+    for (k, v) in url::form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+        match &*k {
+            "repo" => repo = Some(v.into_owned()),
+            "upstream" => upstream = Some(v.into_owned()),
+            other => {
+                return Err(Error::bad_request(format!(
+                    "unknown query parameter {other:?}"
+                )));
+            }
+        }
+    }
+    let allow = |ok: &Method| -> Result<(), Error> {
+        match method == ok {
+            true => Ok(()),
+            false => Err(Error::unsupported(format!("{path} answers {ok} only"))),
+        }
+    };
+    match path.strip_prefix(PREFIX) {
+        Some("/cache") => {
+            allow(&Method::GET)?;
+            Ok(AdminRoute::List { repo, upstream })
+        }
+        Some("/stats") => {
+            allow(&Method::GET)?;
+            Ok(AdminRoute::Stats)
+        }
+        Some(rest) if rest.starts_with("/cache/") && rest.len() > "/cache/".len() => {
+            allow(&Method::DELETE)?;
+            Ok(AdminRoute::Remove {
+                reference: percent_decode(&rest["/cache/".len()..])?,
+                upstream,
+            })
+        }
+        _ => Err(Error::not_found_route(format!(
+            "{path}: the admin API has /admin/cache, /admin/cache/<ref>, /admin/stats"
+        ))),
+    }
+}
+
+/// `%XX` escapes in a path segment (a client may escape the `:` of a tag or digest).
+fn percent_decode(s: &str) -> Result<String, Error> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let hex = s
+                .get(i + 1..i + 3)
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+                .ok_or_else(|| Error::bad_request("bad percent escape in the path"))?;
+            out.push(hex);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).map_err(|_| Error::bad_request("the path is not UTF-8"))
+}
+
+/// The admin API of one running berth.
+pub struct Api {
+    mirror: Arc<Mirror>,
+    root: PathBuf,
+    token: Secret,
+}
+
+impl Api {
+    /// `root` is the storage directory of `mirror`'s store.
+    pub fn new(mirror: Arc<Mirror>, root: PathBuf, token: Secret) -> Api {
+        Api {
+            mirror,
+            root,
+            token,
+        }
+    }
+
+    /// Answers one `/admin` request. Never fails: errors become OCI error responses.
+    pub async fn handle<B>(&self, req: &Request<B>) -> Response<Body> {
+        if !self.authorized(req.headers()) {
+            let e = Error::new(
+                Origin::Client,
+                StatusCode::UNAUTHORIZED,
+                Code::Unauthorized,
+                "authentication required",
+            )
+            .with_detail(
+                "the admin API needs Authorization: Bearer <token> ([admin] in the config)",
+            );
+            let mut r = error_response(&e, req.method() == Method::HEAD);
+            r.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"berth-admin\""),
+            );
+            return r;
+        }
+        match self.answer(req).await {
+            Ok(json) => {
+                let mut r = Response::new(
+                    Full::new(Bytes::from(json))
+                        .map_err(|never| match never {})
+                        .boxed_unsync(),
+                );
+                r.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/json"),
+                );
+                r
+            }
+            Err(e) => {
+                if e.origin == Origin::Internal {
+                    tracing::error!(error = %e, path = req.uri().path(), "admin request failed");
+                }
+                error_response(&e, req.method() == Method::HEAD)
+            }
+        }
+    }
+
+    /// Whether the request carries the token. Both sides are hashed first, so the comparison
+    /// takes the same time whatever the token's length or the first differing byte.
+    fn authorized(&self, headers: &HeaderMap) -> bool {
+        let Some(given) = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, t)| t.trim())
+        else {
+            return false;
+        };
+        let (a, b) = (
+            Sha256::digest(given.as_bytes()),
+            Sha256::digest(self.token.expose().as_bytes()),
+        );
+        a.iter()
+            .zip(b.iter())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
+    }
+
+    async fn answer<B>(&self, req: &Request<B>) -> Result<String, Error> {
+        let route = parse(req.method(), req.uri().path(), req.uri().query())?;
+        let cache = Cache::new(self.mirror.store(), self.mirror.manifests(), &self.root);
+        match route {
+            AdminRoute::List { repo, upstream } => {
+                let filter = match repo {
+                    Some(r) => Some(cache.parse_ref(&r, upstream.as_deref()).await?),
+                    None => None,
+                };
+                Ok(json(&cache.list(filter.as_ref()).await?))
+            }
+            AdminRoute::Remove {
+                reference,
+                upstream,
+            } => {
+                let r = cache.parse_ref(&reference, upstream.as_deref()).await?;
+                let removal = cache.remove(&r, &reference).await?;
+                tracing::info!(
+                    reference = %reference,
+                    tags = removal.tags.len(),
+                    files = removal.removed.len(),
+                    bytes = removal.bytes,
+                    "admin: removed from the cache"
+                );
+                Ok(json(&removal))
+            }
+            AdminRoute::Stats => {
+                let max = self.mirror.store().index().limits().max_size;
+                Ok(json(&cache.stats(max).await?))
+            }
+        }
+    }
+}
+
+fn json<T: serde::Serialize>(v: &T) -> String {
+    // The answers are plain structs of strings and numbers: serializing them cannot fail.
+    serde_json::to_string(v).expect("admin answers serialize")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes() {
+        let ok = [
+            (
+                Method::GET,
+                "/admin/cache",
+                None,
+                AdminRoute::List {
+                    repo: None,
+                    upstream: None,
+                },
+            ),
+            (
+                Method::GET,
+                "/admin/cache",
+                Some("repo=library%2Fapp&upstream=docker.io"),
+                AdminRoute::List {
+                    repo: Some("library/app".into()),
+                    upstream: Some("docker.io".into()),
+                },
+            ),
+            (Method::GET, "/admin/stats", None, AdminRoute::Stats),
+            (
+                Method::DELETE,
+                "/admin/cache/registry.test/library/app%3A1",
+                None,
+                AdminRoute::Remove {
+                    reference: "registry.test/library/app:1".into(),
+                    upstream: None,
+                },
+            ),
+        ];
+        for (m, p, q, want) in ok {
+            assert_eq!(parse(&m, p, q).unwrap(), want, "{m} {p}");
+        }
+        let bad = [
+            (Method::GET, "/admin", None, StatusCode::NOT_FOUND),
+            (Method::GET, "/admin/nope", None, StatusCode::NOT_FOUND),
+            (Method::DELETE, "/admin/cache/", None, StatusCode::NOT_FOUND),
+            (
+                Method::POST,
+                "/admin/cache",
+                None,
+                StatusCode::METHOD_NOT_ALLOWED,
+            ),
+            (
+                Method::GET,
+                "/admin/cache/x",
+                None,
+                StatusCode::METHOD_NOT_ALLOWED,
+            ),
+            (
+                Method::DELETE,
+                "/admin/stats",
+                None,
+                StatusCode::METHOD_NOT_ALLOWED,
+            ),
+            (
+                Method::GET,
+                "/admin/cache",
+                Some("rep=x"),
+                StatusCode::BAD_REQUEST,
+            ),
+            (
+                Method::DELETE,
+                "/admin/cache/a%zz",
+                None,
+                StatusCode::BAD_REQUEST,
+            ),
+        ];
+        for (m, p, q, status) in bad {
+            assert_eq!(parse(&m, p, q).unwrap_err().status, status, "{m} {p} {q:?}");
+        }
+        assert!(is_admin_path("/admin") && is_admin_path("/admin/stats"));
+        assert!(!is_admin_path("/administrator") && !is_admin_path("/metrics"));
+    }
+}

@@ -1,0 +1,387 @@
+//! `berth cache ls|rm|stats`: through the admin API of the running berth, or on the storage
+//! directory directly.
+//!
+//! The way is chosen once and said on stderr: `--direct` works on the directory; `--url` calls
+//! that admin API; otherwise a config with `[admin] enabled = true` means the API on its metrics
+//! listener (with its token), and any other config means the directory. Going through the API keeps
+//! a running berth's memory in step with its disk; going direct while berth runs is safe for the
+//! files (fills in progress live in `tmp/`, which is left alone) but the running berth may go on
+//! answering removed manifests and tags from memory until they fall out of it, and its
+//! `berth_cache_bytes` does not see the removal.
+//!
+//! Exit codes: 0 done; 1 `rm` matched nothing; 2 config, I/O or API error.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{Method, Request, StatusCode, header};
+use http_body_util::{BodyExt, Empty};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use serde::de::DeserializeOwned;
+
+use super::{Cache, Listing, Removal, Stats};
+use crate::config::{Config, Secret};
+use crate::error::Error;
+use crate::manifests::Manifests;
+use crate::store::Store;
+
+/// What to do.
+#[derive(Debug, Clone)]
+pub enum Op {
+    List {
+        repo: Option<String>,
+        upstream: Option<String>,
+    },
+    Remove {
+        reference: String,
+        upstream: Option<String>,
+    },
+    Stats,
+}
+
+/// Which way.
+#[derive(Debug, Clone)]
+pub enum Mode {
+    /// On the storage directory.
+    Direct,
+    /// Through the admin API at `base` (`http://host:port`).
+    Api { base: String, token: Secret },
+}
+
+impl Mode {
+    /// See the module docs.
+    pub fn choose(cfg: &Config, direct: bool, url: Option<&str>) -> Result<Mode, String> {
+        if direct {
+            return Ok(Mode::Direct);
+        }
+        match (url, cfg.admin.token.clone()) {
+            (Some(url), Some(token)) => Ok(Mode::Api {
+                base: url.trim_end_matches('/').to_owned(),
+                token,
+            }),
+            (Some(_), None) => Err(
+                "--url needs the admin token: set [admin] enabled = true and token_file or token_env in the config"
+                    .into(),
+            ),
+            (None, Some(token)) => Ok(Mode::Api {
+                base: format!("http://{}", loopback(cfg.metrics.listen)),
+                token,
+            }),
+            (None, None) => Ok(Mode::Direct),
+        }
+    }
+
+    /// One line for stderr: which way, and what it means.
+    pub fn describe(&self, cfg: &Config) -> String {
+        match self {
+            Mode::Direct => format!(
+                "working on {} directly (if berth is running on it, use its admin API instead: it keeps answering removed manifests and tags from memory for a while)",
+                cfg.storage.path.display()
+            ),
+            Mode::Api { base, .. } => format!("via the admin API at {base}"),
+        }
+    }
+}
+
+/// A listener on `0.0.0.0`/`::` is reached on loopback.
+fn loopback(addr: SocketAddr) -> SocketAddr {
+    let mut a = addr;
+    if a.ip().is_unspecified() {
+        a.set_ip(match a {
+            SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    a
+}
+
+/// An answer of any of the three operations.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Answer {
+    List(Listing),
+    Remove(Removal),
+    Stats(Stats),
+}
+
+impl Answer {
+    /// The human table, or JSON for scripts.
+    pub fn render(&self, json: bool) -> String {
+        let j = |r: serde_json::Result<String>| r.expect("answers serialize") + "\n";
+        match (self, json) {
+            (Answer::List(a), true) => j(serde_json::to_string_pretty(a)),
+            (Answer::Remove(a), true) => j(serde_json::to_string_pretty(a)),
+            (Answer::Stats(a), true) => j(serde_json::to_string_pretty(a)),
+            (Answer::List(a), false) => a.to_string(),
+            (Answer::Remove(a), false) => a.to_string(),
+            (Answer::Stats(a), false) => a.to_string(),
+        }
+    }
+}
+
+/// Why the command failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Failure {
+    /// `rm` (or `ls --repo`) named nothing cached: exit 1.
+    NotFound(String),
+    /// Anything else: exit 2.
+    Failed(String),
+}
+
+impl Failure {
+    pub fn exit_code(&self) -> ExitCode {
+        match self {
+            Failure::NotFound(_) => ExitCode::from(1),
+            Failure::Failed(_) => ExitCode::from(2),
+        }
+    }
+
+    fn from_error(e: &Error) -> Failure {
+        match e.status {
+            StatusCode::NOT_FOUND => Failure::NotFound(e.to_string()),
+            _ => Failure::Failed(e.to_string()),
+        }
+    }
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failure::NotFound(m) | Failure::Failed(m) => f.write_str(m),
+        }
+    }
+}
+
+/// Runs `op` the chosen way.
+pub async fn run(cfg: &Config, mode: &Mode, op: &Op) -> Result<Answer, Failure> {
+    match mode {
+        Mode::Direct => direct(cfg, op).await,
+        Mode::Api { base, token } => via_api(base, token, op).await,
+    }
+}
+
+async fn direct(cfg: &Config, op: &Op) -> Result<Answer, Failure> {
+    let root = &cfg.storage.path;
+    if !root.join("blobs").is_dir() {
+        return Err(Failure::Failed(format!(
+            "no cache at {} (no blobs/ directory)",
+            root.display()
+        )));
+    }
+    let io = |e: std::io::Error| Failure::Failed(format!("{}: {e}", root.display()));
+    // `attach`, not `open`: a berth may be filling into tmp/ right now.
+    let store = Arc::new(Store::attach(root).map_err(io)?);
+    let names = cfg
+        .upstreams
+        .iter()
+        .map(|u| u.name.to_ascii_lowercase())
+        .collect();
+    // Nothing is read twice in one command: the memory cache only needs to exist.
+    let manifests = Manifests::new(store.clone(), root, 1 << 20, names).map_err(io)?;
+    let cache = Cache::new(&store, &manifests, root);
+    let fail = |e: Error| Failure::from_error(&e);
+    match op {
+        Op::List { repo, upstream } => {
+            let filter = match repo {
+                Some(r) => Some(
+                    cache
+                        .parse_ref(r, upstream.as_deref())
+                        .await
+                        .map_err(fail)?,
+                ),
+                None => None,
+            };
+            cache
+                .list(filter.as_ref())
+                .await
+                .map(Answer::List)
+                .map_err(fail)
+        }
+        Op::Remove {
+            reference,
+            upstream,
+        } => {
+            let r = cache
+                .parse_ref(reference, upstream.as_deref())
+                .await
+                .map_err(fail)?;
+            cache
+                .remove(&r, reference)
+                .await
+                .map(Answer::Remove)
+                .map_err(fail)
+        }
+        Op::Stats => cache
+            .stats(cfg.storage.max_size.map(|m| m.as_u64()))
+            .await
+            .map(Answer::Stats)
+            .map_err(fail),
+    }
+}
+
+async fn via_api(base: &str, token: &Secret, op: &Op) -> Result<Answer, Failure> {
+    let query = |pairs: &[(&str, &Option<String>)]| {
+        let mut q = url::form_urlencoded::Serializer::new(String::new());
+        for (k, v) in pairs {
+            if let Some(v) = v {
+                q.append_pair(k, v);
+            }
+        }
+        match q.finish() {
+            s if s.is_empty() => s,
+            s => format!("?{s}"),
+        }
+    };
+    match op {
+        Op::List { repo, upstream } => {
+            let path = format!(
+                "/admin/cache{}",
+                query(&[("repo", repo), ("upstream", upstream)])
+            );
+            call(base, token, Method::GET, &path)
+                .await
+                .map(Answer::List)
+        }
+        Op::Remove {
+            reference,
+            upstream,
+        } => {
+            let path = format!(
+                "/admin/cache/{}{}",
+                escape_path(reference),
+                query(&[("upstream", upstream)])
+            );
+            call(base, token, Method::DELETE, &path)
+                .await
+                .map(Answer::Remove)
+        }
+        Op::Stats => call(base, token, Method::GET, "/admin/stats")
+            .await
+            .map(Answer::Stats),
+    }
+}
+
+/// Escapes what a reference may not carry raw in a path (a reference is validated by the server).
+fn escape_path(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'.' | b'_' | b'-' | b'/' | b':' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+async fn call<T: DeserializeOwned>(
+    base: &str,
+    token: &Secret,
+    method: Method,
+    path: &str,
+) -> Result<T, Failure> {
+    let failed = |what: String| Failure::Failed(format!("admin API at {base}: {what}"));
+    let mut connector = hyper_util::client::legacy::connect::HttpConnector::new();
+    connector.set_connect_timeout(Some(std::time::Duration::from_secs(10)));
+    let client: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new()).build(connector);
+    let req = Request::builder()
+        .method(method)
+        .uri(format!("{base}{path}"))
+        .header(header::AUTHORIZATION, format!("Bearer {}", token.expose()))
+        .body(Empty::new())
+        .map_err(|e| failed(format!("bad URL: {e}")))?;
+    let resp = client
+        .request(req)
+        .await
+        .map_err(|e| failed(format!("{e} (is berth running with [admin] enabled?)")))?;
+    let status = resp.status();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| failed(e.to_string()))?
+        .to_bytes();
+    if status.is_success() {
+        return serde_json::from_slice(&body)
+            .map_err(|e| failed(format!("unreadable answer: {e}")));
+    }
+    // An OCI error body from the admin API, or something else (an older berth, admin off there).
+    let oci = serde_json::from_slice::<serde_json::Value>(&body)
+        .ok()
+        .and_then(|v| {
+            let e = &v["errors"][0];
+            let text = match e["detail"].as_str() {
+                Some(d) => format!("{}: {d}", e["message"].as_str()?),
+                None => e["message"].as_str()?.to_owned(),
+            };
+            Some(text)
+        });
+    match (status, oci) {
+        (StatusCode::NOT_FOUND, Some(text)) => Err(Failure::NotFound(text)),
+        (StatusCode::NOT_FOUND, None) => Err(failed(
+            "404: that server does not serve the admin API (is [admin] enabled in the config it runs with?)"
+                .into(),
+        )),
+        (status, Some(text)) => Err(failed(format!("{status}: {text}"))),
+        (status, None) => Err(failed(status.to_string())),
+    }
+}
+
+/// The whole command: choose the way, say it, run, print; the exit code.
+pub fn main(cfg: &Config, direct: bool, url: Option<&str>, op: &Op, json: bool) -> ExitCode {
+    let mode = match Mode::choose(cfg, direct, url) {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!("berth: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    eprintln!("berth: {}", mode.describe(cfg));
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("berth: cannot start the runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match rt.block_on(run(cfg, &mode, op)) {
+        Ok(answer) => {
+            print!("{}", answer.render(json));
+            ExitCode::SUCCESS
+        }
+        Err(f) => {
+            eprintln!("berth: {f}");
+            f.exit_code()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_are_escaped_and_listeners_reached_on_loopback() {
+        assert_eq!(
+            escape_path("docker.io/library/app:1"),
+            "docker.io/library/app:1"
+        );
+        assert_eq!(escape_path("a b?#"), "a%20b%3F%23");
+        assert_eq!(
+            loopback("0.0.0.0:9090".parse().unwrap()),
+            "127.0.0.1:9090".parse().unwrap()
+        );
+        assert_eq!(
+            loopback("[::]:9".parse().unwrap()),
+            "[::1]:9".parse().unwrap()
+        );
+        assert_eq!(
+            loopback("10.0.0.1:9".parse().unwrap()),
+            "10.0.0.1:9".parse().unwrap()
+        );
+    }
+}
