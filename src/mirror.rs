@@ -10,6 +10,17 @@
 //! the first bytes leave at once, a slow client never slows the fill, a client that goes away does
 //! not stop it, and a wrong body never completes.
 //!
+//! A fill whose upstream body breaks off (closed, reset, stalled) resumes instead of failing: it
+//! asks again with `Range: bytes=<received>-` (at most `resume_attempts` times per fill, with the
+//! same backoff as the upstream's own retries) and goes on appending to the same temp file, with
+//! the same running hash, so readers never notice. A 206 must start exactly at `received` and end
+//! at the known end of the blob; a 200 means the upstream ignores `Range`, so its first `received`
+//! bytes are skipped, never hashed or written twice; anything else (416, another 4xx, a
+//! Content-Range that does not continue the blob) fails the fill as before. The range request goes
+//! through `Upstream::send`, so it carries the same auth and follows the same redirects (a CDN
+//! gets the `Range` header and never the credentials). The final digest check still guards every
+//! byte, whichever way it arrived.
+//!
 //! Manifests: small (at most 4 MiB), so they are read whole, verified, cached, then answered. A tag
 //! answer is trusted for the upstream's `tag_ttl`, then revalidated with a HEAD (which Docker Hub
 //! does not count against its pull limit); if the upstream is down or failing, the last known
@@ -688,6 +699,9 @@ impl FillJob {
         let mut writing: Option<WriteFuture> = None;
         let mut queue: Vec<Bytes> = Vec::new();
         let (mut queued, mut received, mut eof) = (0usize, 0u64, false);
+        // Resumes so far, and the bytes at the start of the current body the fill already has
+        // (after an upstream answered a range request with the whole blob).
+        let (mut resumes, mut skip) = (0u32, 0u64);
         loop {
             if writing.is_none() && !queue.is_empty() {
                 let mut p = pending.take().expect("pending is home when no write runs");
@@ -708,19 +722,34 @@ impl FillJob {
                     r.map_err(|e| Error::io("writing blob", &e))?;
                 }
                 chunk = resp.body.next_chunk(), if !eof && queued < MAX_QUEUED => {
-                    match chunk? {
-                        Some(c) => {
-                            received += c.len() as u64;
-                            if total.is_some_and(|t| received > t) {
-                                return Err(Error::upstream_bad(self.up.name(), format!("blob {}: more bytes than the announced {}", self.digest, total.unwrap_or(0))));
-                            }
-                            self.metrics.fetched_bytes.with_label_values(&[self.up.name()]).inc_by(c.len() as u64);
-                            queued += c.len();
-                            feed.push(c.clone());
-                            queue.push(c);
+                    let mut c = match chunk {
+                        Ok(Some(c)) => c,
+                        Ok(None) => {
+                            eof = true;
+                            continue;
                         }
-                        None => eof = true,
+                        // A write in progress goes on meanwhile: it runs on blocking threads.
+                        Err(cause) => {
+                            (resp, skip) = self.resume(&mut resumes, received, total, cause).await?;
+                            continue;
+                        }
+                    };
+                    if skip > 0 {
+                        let n = skip.min(c.len() as u64);
+                        skip -= n;
+                        c = c.slice(n as usize..);
+                        if c.is_empty() {
+                            continue;
+                        }
                     }
+                    received += c.len() as u64;
+                    if total.is_some_and(|t| received > t) {
+                        return Err(Error::upstream_bad(self.up.name(), format!("blob {}: more bytes than the announced {}", self.digest, total.unwrap_or(0))));
+                    }
+                    self.metrics.fetched_bytes.with_label_values(&[self.up.name()]).inc_by(c.len() as u64);
+                    queued += c.len();
+                    feed.push(c.clone());
+                    queue.push(c);
                 }
             }
         }
@@ -749,6 +778,134 @@ impl FillJob {
                 ))
             }
         }
+    }
+
+    /// The body broke off with `cause` after `received` bytes: asks for the rest with
+    /// `Range: bytes=<received>-`, backing off between tries, while this fill has resumes left
+    /// (`resume_attempts`; `done` counts them). Returns the response to read on and how many of
+    /// its first bytes the fill already has (all `received` of them when the upstream ignored the
+    /// range and sent the whole blob). A refusal or a range that does not continue the blob ends
+    /// the fill; a resume request that fails in transit uses up an attempt and is tried again.
+    async fn resume(
+        &self,
+        done: &mut u32,
+        received: u64,
+        total: Option<u64>,
+        mut cause: Error,
+    ) -> Result<(UpstreamResponse, u64), Error> {
+        let limit = self.up.config().resume_attempts;
+        let up = self.up.name();
+        loop {
+            if *done >= limit {
+                if limit == 0 {
+                    return Err(cause);
+                }
+                self.metrics
+                    .resumes
+                    .with_label_values(&[up, "failed"])
+                    .inc();
+                let d = cause.detail.take().unwrap_or_default();
+                cause.detail = Some(format!("{d} (gave up after {limit} resumes)"));
+                return Err(cause);
+            }
+            let wait = self.up.backoff(*done);
+            *done += 1;
+            tracing::warn!(upstream = up, repo = %self.name, digest = %self.digest, received, attempt = *done, ?wait, error = %cause, "blob download broke off; resuming from where it stopped");
+            tokio::time::sleep(wait).await;
+            let mut req = blob_request(Method::GET, &self.name, &self.digest);
+            if let Ok(v) = HeaderValue::from_str(&format!("bytes={received}-")) {
+                req.headers.insert(header::RANGE, v);
+            }
+            let resp = match self.up.send(req).await {
+                Ok(resp) => resp,
+                Err(e) => {
+                    cause = e;
+                    continue;
+                }
+            };
+            let refused = |detail: String| {
+                self.metrics
+                    .resumes
+                    .with_label_values(&[up, "failed"])
+                    .inc();
+                tracing::warn!(upstream = up, digest = %self.digest, received, %detail, "blob download cannot be resumed; the fill fails");
+                Error::upstream_bad(
+                    up,
+                    format!("resuming blob {} at byte {received}: {detail}", self.digest),
+                )
+            };
+            if !resp.status.is_success() {
+                let status = resp.status;
+                let e = match resp.error_for_status(NotFoundKind::Blob).await {
+                    Err(e) => e.to_string(),
+                    Ok(_) => format!("answered {status}"),
+                };
+                return Err(refused(e));
+            }
+            match continuation(resp.status, &resp.headers, received, total) {
+                Ok(skip) => {
+                    let outcome = if skip > 0 { "restart" } else { "partial" };
+                    self.metrics.resumes.with_label_values(&[up, outcome]).inc();
+                    tracing::info!(upstream = up, digest = %self.digest, received, outcome, "blob download resumed");
+                    return Ok((resp, skip));
+                }
+                Err(detail) => return Err(refused(detail)),
+            }
+        }
+    }
+}
+
+/// How a 2xx answer to `Range: bytes=<received>-` continues a blob of `total` bytes (when known):
+/// the number of bytes at the start of its body to skip, or why it does not continue the blob.
+/// A 206 must start exactly at `received` and run to the end of a blob of the same size; a 200 is
+/// the whole blob again (an upstream that ignores `Range`), so its first `received` bytes are
+/// skipped. Whatever passes here, the digest check at the end still guards the bytes.
+fn continuation(
+    status: StatusCode,
+    headers: &HeaderMap,
+    received: u64,
+    total: Option<u64>,
+) -> Result<u64, String> {
+    match status {
+        StatusCode::PARTIAL_CONTENT => {
+            let raw = header_str(headers, "content-range").unwrap_or("");
+            let bad = || format!("206 with an unusable Content-Range {raw:?}");
+            let (span, size) = raw
+                .trim()
+                .strip_prefix("bytes ")
+                .and_then(|r| r.split_once('/'))
+                .ok_or_else(bad)?;
+            let (a, b) = span.split_once('-').ok_or_else(bad)?;
+            let (a, b): (u64, u64) = (
+                a.trim().parse().map_err(|_| bad())?,
+                b.trim().parse().map_err(|_| bad())?,
+            );
+            let size: Option<u64> = match size.trim() {
+                "*" => None,
+                n => Some(n.parse().map_err(|_| bad())?),
+            };
+            if a != received || b < a {
+                return Err(format!("206 for {raw:?}, not from byte {received}"));
+            }
+            if let (Some(t), Some(s)) = (total, size)
+                && t != s
+            {
+                return Err(format!("206 for a blob of {s} bytes, not {t}"));
+            }
+            if let Some(end) = total.or(size)
+                && b + 1 != end
+            {
+                return Err(format!("206 for {raw:?}, not to the end of {end} bytes"));
+            }
+            Ok(0)
+        }
+        StatusCode::OK => match (total, content_length(headers)) {
+            (Some(t), Some(n)) if t != n => {
+                Err(format!("200 with {n} bytes, not the {t} of the blob"))
+            }
+            _ => Ok(received),
+        },
+        s => Err(format!("answered {s} to a range request")),
     }
 }
 
@@ -838,6 +995,60 @@ mod tests {
             ByteRange::Suffix(0).resolve(10).unwrap_err().status,
             StatusCode::RANGE_NOT_SATISFIABLE
         );
+    }
+
+    #[test]
+    fn what_continues_a_broken_blob() {
+        let h = |pairs: &[(&'static str, &'static str)]| {
+            let mut m = HeaderMap::new();
+            for (k, v) in pairs {
+                m.insert(*k, HeaderValue::from_static(v));
+            }
+            m
+        };
+        let partial = StatusCode::PARTIAL_CONTENT;
+        let cr = |v| h(&[("content-range", v)]);
+        assert_eq!(
+            continuation(partial, &cr("bytes 40-99/100"), 40, Some(100)),
+            Ok(0)
+        );
+        assert_eq!(
+            continuation(partial, &cr("bytes 40-99/*"), 40, Some(100)),
+            Ok(0)
+        );
+        // Size unknown until now: the range's own total must be its end.
+        assert_eq!(
+            continuation(partial, &cr("bytes 40-99/100"), 40, None),
+            Ok(0)
+        );
+        assert_eq!(continuation(partial, &cr("bytes 40-99/*"), 40, None), Ok(0));
+        for bad in [
+            "bytes 0-99/100",
+            "bytes 41-99/100",
+            "bytes 40-98/100",
+            "bytes 40-99/101",
+            "bytes 40-30/100",
+            "bytes */100",
+            "items 40-99/100",
+            "bytes 40-99",
+            "",
+        ] {
+            assert!(
+                continuation(partial, &cr(bad), 40, Some(100)).is_err(),
+                "{bad:?}"
+            );
+        }
+        assert!(continuation(partial, &HeaderMap::new(), 40, Some(100)).is_err());
+        assert!(continuation(partial, &cr("bytes 40-98/100"), 40, None).is_err());
+        // 200: the whole blob again, the known part skipped.
+        let ok = StatusCode::OK;
+        assert_eq!(
+            continuation(ok, &h(&[("content-length", "100")]), 40, Some(100)),
+            Ok(40)
+        );
+        assert_eq!(continuation(ok, &HeaderMap::new(), 40, None), Ok(40));
+        assert!(continuation(ok, &h(&[("content-length", "60")]), 40, Some(100)).is_err());
+        assert!(continuation(StatusCode::NO_CONTENT, &HeaderMap::new(), 40, Some(100)).is_err());
     }
 
     #[test]
