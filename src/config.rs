@@ -115,7 +115,8 @@ pub struct UpstreamConfig {
     /// Time allowed for response headers after a request is sent.
     #[serde(default = "default_response_timeout", with = "duration")]
     pub response_timeout: Duration,
-    /// A body that sends nothing for this long fails the transfer.
+    /// A body that sends nothing for this long fails the transfer. Also how long a fill passing
+    /// through memory (the disk was full) waits for a client that takes nothing before cutting it off.
     #[serde(default = "default_stall_timeout", with = "duration")]
     pub stall_timeout: Duration,
     /// Most redirects followed for one request.

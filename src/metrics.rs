@@ -37,6 +37,9 @@ pub struct Metrics {
     /// body broke off: outcome = partial (206 from where it stopped) | restart (the upstream ignored
     /// `Range`; its body was read from the start, the bytes already had skipped) | failed (gave up).
     pub resumes: IntCounterVec,
+    /// `berth_store_write_errors_total{kind}`: writes to the cache that failed, kind = enospc (the
+    /// disk or quota was full; the fill went on from memory) | io (anything else).
+    pub store_write_errors: IntCounterVec,
 }
 
 impl Metrics {
@@ -119,6 +122,13 @@ impl Metrics {
                 ),
                 &["upstream", "outcome"],
             )?,
+            store_write_errors: IntCounterVec::new(
+                Opts::new(
+                    "berth_store_write_errors_total",
+                    "Writes to the cache that failed, by kind (enospc, io).",
+                ),
+                &["kind"],
+            )?,
         };
         registry.register(Box::new(m.requests.clone()))?;
         registry.register(Box::new(m.request_duration.clone()))?;
@@ -132,6 +142,7 @@ impl Metrics {
         registry.register(Box::new(m.cache_bytes.clone()))?;
         registry.register(Box::new(m.first_byte.clone()))?;
         registry.register(Box::new(m.resumes.clone()))?;
+        registry.register(Box::new(m.store_write_errors.clone()))?;
         Ok(m)
     }
 

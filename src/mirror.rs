@@ -21,6 +21,12 @@
 //! gets the `Range` header and never the credentials). The final digest check still guards every
 //! byte, whichever way it arrived.
 //!
+//! A write that finds the disk full does not fail the fill either: the fill passes through from
+//! memory (`store::PendingBlob::pass_through`: clients following it get every byte, nothing is
+//! cached), the store is told (`Store::disk_full`, where eviction makes room), and the fill leaves
+//! the `fills` map at once, so that the next request for the digest starts a fresh fill that may
+//! find room again instead of joining one that can only end uncached.
+//!
 //! Manifests: small (at most 4 MiB), so they are read whole, verified, cached, then answered. A tag
 //! answer is trusted for the upstream's `tag_ttl`, then revalidated with a HEAD (which Docker Hub
 //! does not count against its pull limit); if the upstream is down or failing, the last known
@@ -50,6 +56,11 @@ use crate::upstream::{NotFoundKind, Upstream, UpstreamRequest, UpstreamResponse}
 /// Most bytes read from the upstream ahead of the disk; beyond it the fill stops reading (and TCP
 /// slows the upstream down), so memory per fill stays bounded.
 const MAX_QUEUED: usize = 4 * 1024 * 1024;
+
+/// How far the slowest client of a fill that lost its disk may lag before the fill waits for it
+/// (`store::PassThrough`). Such a fill holds at most this plus MAX_QUEUED (plus one batch being
+/// hashed) in memory, about 24 MiB, whatever the blob's size.
+const PASS_THROUGH_WINDOW: u64 = 16 * 1024 * 1024;
 
 type WriteFuture = std::pin::Pin<
     Box<dyn std::future::Future<Output = (store::PendingBlob, std::io::Result<()>)> + Send>,
@@ -459,7 +470,12 @@ impl Mirror {
         });
         if let Err(e) = self.manifests.put(m.clone()).await {
             // The content is verified; failing to cache it must not fail the pull.
-            tracing::warn!(error = %e, "could not cache manifest");
+            let kind = if e.is_disk_full() { "enospc" } else { "io" };
+            self.metrics
+                .store_write_errors
+                .with_label_values(&[kind])
+                .inc();
+            tracing::warn!(digest = %m.digest, error = %e, kind, "could not cache manifest; served it from memory");
         }
         Ok(m)
     }
@@ -598,24 +614,15 @@ impl Mirror {
             digest: digest.clone(),
             store: self.store.clone(),
             metrics: self.metrics.clone(),
+            fills: self.fills.clone(),
+            this_fill: rx.clone(),
         };
         self.metrics.fills_in_flight.inc();
-        let metrics = self.metrics.clone();
         // The task, not any client, owns the fill: it runs to the end even if every client leaves.
-        let fills = self.fills.clone();
-        let this_fill = rx.clone();
         tokio::spawn(async move {
-            let digest = job.digest.clone();
             job.run(tx).await;
-            metrics.fills_in_flight.dec();
-            let mut map = fills.lock().unwrap();
-            // Clear only this fill: a newer one for the same digest may have replaced it.
-            if map
-                .get(&digest)
-                .is_some_and(|rx| rx.same_channel(&this_fill))
-            {
-                map.remove(&digest);
-            }
+            job.metrics.fills_in_flight.dec();
+            job.forget();
         });
         (rx, false)
     }
@@ -671,10 +678,51 @@ struct FillJob {
     digest: Digest,
     store: Arc<Store>,
     metrics: Metrics,
+    /// The mirror's running fills, and this one's entry there.
+    fills: Arc<Mutex<HashMap<Digest, watch::Receiver<FillState>>>>,
+    this_fill: watch::Receiver<FillState>,
 }
 
 impl FillJob {
-    async fn run(self, tx: watch::Sender<FillState>) {
+    /// Takes this fill out of the mirror's map, so that the next request for the digest starts a
+    /// new one. Only this fill: a newer one for the same digest may have replaced it.
+    fn forget(&self) {
+        let mut map = self.fills.lock().unwrap();
+        if map
+            .get(&self.digest)
+            .is_some_and(|rx| rx.same_channel(&self.this_fill))
+        {
+            map.remove(&self.digest);
+        }
+    }
+
+    /// Counts a failed store write by kind and, when the disk is full, tells the store.
+    fn write_failed(&self, e: &std::io::Error) {
+        let full = store::is_disk_full(e);
+        self.metrics
+            .store_write_errors
+            .with_label_values(&[if full { "enospc" } else { "io" }])
+            .inc();
+        if full {
+            self.store.disk_full();
+        }
+    }
+
+    /// A write found the disk full: the fill goes on from memory (see `store::PassThrough`) and
+    /// leaves the map, so that new requests start a fresh fill (which may find room again).
+    fn pass_through(&self, pending: &mut store::PendingBlob, e: &std::io::Error) {
+        self.write_failed(e);
+        tracing::error!(upstream = self.up.name(), repo = %self.name, digest = %self.digest,
+            written = pending.written(), error = %e,
+            "disk full during a blob fill: serving it from memory, caching nothing");
+        pending.pass_through(store::PassThrough {
+            window: PASS_THROUGH_WINDOW,
+            lag_limit: self.up.config().stall_timeout,
+        });
+        self.forget();
+    }
+
+    async fn run(&self, tx: watch::Sender<FillState>) {
         if let Err(e) = self.fetch(&tx).await {
             tracing::warn!(upstream = self.up.name(), repo = %self.name, digest = %self.digest, error = %e, "blob fill failed; nothing cached");
             tx.send_replace(FillState::Failed(e));
@@ -691,7 +739,10 @@ impl FillJob {
         let pending = self
             .store
             .begin(&self.digest, total, tx.clone())
-            .map_err(|e| Error::io("starting blob fill", &e))?;
+            .map_err(|e| {
+                self.write_failed(&e);
+                Error::io("starting blob fill", &e)
+            })?;
         // The network and the disk work side by side: while one batch is hashed and written on a
         // blocking thread, the next one is read from the upstream (up to MAX_QUEUED bytes ahead).
         let feed = pending.feed();
@@ -716,10 +767,17 @@ impl FillJob {
                 break;
             }
             tokio::select! {
-                Some((p, r)) = futures_util::future::OptionFuture::from(writing.as_mut()), if writing.is_some() => {
+                Some((mut p, r)) = futures_util::future::OptionFuture::from(writing.as_mut()), if writing.is_some() => {
                     writing = None;
+                    match r {
+                        Ok(()) => {}
+                        Err(e) if store::is_disk_full(&e) && !p.is_pass_through() => self.pass_through(&mut p, &e),
+                        Err(e) => {
+                            self.write_failed(&e);
+                            return Err(Error::io("writing blob", &e));
+                        }
+                    }
                     pending = Some(p);
-                    r.map_err(|e| Error::io("writing blob", &e))?;
                 }
                 chunk = resp.body.next_chunk(), if !eof && queued < MAX_QUEUED => {
                     let mut c = match chunk {
@@ -760,12 +818,20 @@ impl FillJob {
                 tracing::info!(upstream = self.up.name(), repo = %self.name, digest = %self.digest, bytes = blob.len, "blob cached");
                 Ok(())
             }
+            Err(store::CommitError::Persist(_)) if pending.is_pass_through() => {
+                tracing::warn!(upstream = self.up.name(), repo = %self.name, digest = %self.digest, "blob verified and served from memory; not cached (the disk was full)");
+                Ok(())
+            }
             Err(store::CommitError::Persist(e)) => {
                 // The clients got verified bytes; only the cache missed out.
+                self.write_failed(&e);
                 tracing::error!(upstream = self.up.name(), digest = %self.digest, error = %e, "blob verified and served but could not be stored");
                 Ok(())
             }
-            Err(store::CommitError::Io(e)) => Err(Error::io("committing blob", &e)),
+            Err(store::CommitError::Io(e)) => {
+                self.write_failed(&e);
+                Err(Error::io("committing blob", &e))
+            }
             Err(e) => {
                 self.metrics
                     .digest_mismatches
