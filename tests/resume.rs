@@ -311,3 +311,31 @@ async fn a_redirected_blob_resumes_at_the_cdn_with_its_range_and_without_the_tok
     b.settled().await;
     assert_eq!(std::fs::read(b.blob_file(&blob)).unwrap(), layer);
 }
+
+#[tokio::test]
+async fn a_resume_request_that_gets_no_answer_is_tried_again() {
+    let fake = FakeRegistry::start().await;
+    let layer = random_bytes(600_000, 150);
+    let blob = fake.put_blob("library/app", layer.clone());
+    let upstream_path = format!("/v2/library/app/blobs/{blob}");
+    fake.fault_times(&upstream_path, Fault::CloseAfter(100_000), 1);
+    fake.fault_times(&upstream_path, Fault::NoResponse, 1);
+    let b = berth(&fake, &format!("{FAST}\nresponse_timeout = \"300ms\"")).await;
+
+    same(
+        b.get(&format!("/v2/app/blobs/{blob}")).await.bytes(),
+        &layer,
+    );
+    assert_eq!(
+        ranges(&fake, &upstream_path),
+        vec![
+            None,
+            Some("bytes=100000-".to_owned()),
+            Some("bytes=100000-".to_owned())
+        ]
+    );
+    assert_eq!(resumes(&b, "partial").await, 1);
+    assert_eq!(resumes(&b, "failed").await, 0);
+    b.settled().await;
+    assert_eq!(std::fs::read(b.blob_file(&blob)).unwrap(), layer);
+}
