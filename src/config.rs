@@ -157,7 +157,8 @@ pub struct UpstreamConfig {
     /// Time allowed for response headers after a request is sent.
     #[serde(default = "default_response_timeout", with = "duration")]
     pub response_timeout: Duration,
-    /// A body that sends nothing for this long fails the transfer.
+    /// A body that sends nothing for this long fails the transfer. Also how long a fill passing
+    /// through memory (the disk was full) waits for a client that takes nothing before cutting it off.
     #[serde(default = "default_stall_timeout", with = "duration")]
     pub stall_timeout: Duration,
     /// Most redirects followed for one request.
@@ -175,6 +176,12 @@ pub struct UpstreamConfig {
     /// `Retry-After` goes back to the client with the 429/503 instead.
     #[serde(default = "default_retry_backoff_max", with = "duration")]
     pub retry_backoff_max: Duration,
+    /// How many times one blob fill asks again, with `Range: bytes=<received>-`, after its body
+    /// broke off (closed, reset, stalled), backing off as `retries` do (0: a broken body fails the
+    /// fill). Counted per fill, not per stretch of progress, so an upstream that always breaks
+    /// cannot keep a fill alive forever.
+    #[serde(default = "default_resume_attempts")]
+    pub resume_attempts: u32,
     /// PEM bundle of extra root certificates trusted for this upstream (a private registry's CA),
     /// on top of the built-in web PKI roots. Its redirect targets and token realms trust them too.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -435,6 +442,9 @@ impl Config {
             if u.retries > 10 {
                 return Err(err(key("retries"), "at most 10".into()));
             }
+            if u.resume_attempts > 10 {
+                return Err(err(key("resume_attempts"), "at most 10".into()));
+            }
             if u.retry_backoff > u.retry_backoff_max {
                 return Err(err(
                     key("retry_backoff"),
@@ -630,6 +640,9 @@ fn default_max_redirects() -> u8 {
 fn default_retries() -> u32 {
     2
 }
+fn default_resume_attempts() -> u32 {
+    3
+}
 fn default_retry_backoff() -> Duration {
     Duration::from_millis(200)
 }
@@ -764,6 +777,7 @@ mod tests {
         assert_eq!(u.url.as_str(), "https://registry-1.docker.io/");
         assert_eq!(u.tag_ttl, Duration::from_secs(30));
         assert_eq!(u.retries, 2);
+        assert_eq!(u.resume_attempts, 3);
         assert_eq!(u.retry_backoff, Duration::from_millis(200));
         assert_eq!(u.retry_backoff_max, Duration::from_secs(5));
     }
@@ -854,6 +868,10 @@ mod tests {
                 "upstream[0].ca_file",
             ),
             (format!("{base}retries = 11\n"), "upstream[0].retries"),
+            (
+                format!("{base}resume_attempts = 11\n"),
+                "upstream[0].resume_attempts",
+            ),
             (
                 format!("{base}retry_backoff = \"10s\"\n"),
                 "upstream[0].retry_backoff",

@@ -320,8 +320,22 @@ impl Error {
         .with_detail(detail)
     }
 
+    /// An I/O failure. A full disk (or quota) answers 507 Insufficient Storage, which is also how
+    /// callers tell it apart ([`is_disk_full`](Self::is_disk_full)).
     pub fn io(context: &str, err: &std::io::Error) -> Self {
-        Self::internal(format!("{context}: {err}"))
+        let mut e = Self::internal(format!("{context}: {err}"));
+        if matches!(
+            err.kind(),
+            std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+        ) {
+            e.status = StatusCode::INSUFFICIENT_STORAGE;
+        }
+        e
+    }
+
+    /// Whether this is an I/O failure because the disk was full.
+    pub fn is_disk_full(&self) -> bool {
+        self.origin == Origin::Internal && self.status == StatusCode::INSUFFICIENT_STORAGE
     }
 
     /// The OCI error body for this error.

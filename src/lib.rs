@@ -37,7 +37,8 @@
 //! asks for each blob: a hit streams the file from `store`; a miss starts one fill that streams the
 //! upstream body into a temp file while hashing it, and every client asking for that digest reads the
 //! growing file. The last byte is only released after the digest matched, so a client never gets a
-//! complete response with wrong bytes.
+//! complete response with wrong bytes. A body that breaks off is resumed with a range request; a
+//! full disk turns the fill into a pass-through from memory that caches nothing.
 // `deny`, not `forbid`: store::map (mapping immutable blob files for the hit path) is the one
 // measured exception, allowed where it stands and explained there.
 #![deny(unsafe_code)]

@@ -28,7 +28,7 @@ use tokio::time::Instant;
 use crate::error::Error;
 use crate::index::{self, TOUCH_EVERY};
 use crate::oci::{Digest, RepoName, Tag};
-use crate::store::Store;
+use crate::store::{CommitError, Store};
 
 /// Largest manifest berth accepts (the spec suggests registries take at least 4 MiB).
 pub const MAX_MANIFEST_BYTES: usize = 4 * 1024 * 1024;
@@ -195,10 +195,14 @@ impl Manifests {
     pub async fn put(&self, m: Arc<Manifest>) -> Result<(), Error> {
         debug_assert_eq!(Digest::of(&m.bytes), m.digest);
         self.by_digest.insert(m.digest.clone(), m.clone()).await;
+        let context = format!("caching manifest {}", m.digest);
         self.store
             .put(&m.digest, m.bytes.clone())
             .await
-            .map_err(|e| Error::internal(format!("caching manifest {}: {e}", m.digest)))?;
+            .map_err(|e| match e {
+                CommitError::Io(e) | CommitError::Persist(e) => self.io_error(&context, &e),
+                e => Error::internal(format!("{context}: {e}")),
+            })?;
         let path = self.types_dir.join(m.digest.hex());
         let tmp = self.types_dir.join(format!(".{}.tmp", m.digest.hex()));
         let media_type = m.media_type.clone();
@@ -208,7 +212,15 @@ impl Manifests {
         })
         .await
         .map_err(|e| Error::internal(format!("manifest type task: {e}")))?
-        .map_err(|e| Error::io("writing manifest media type", &e))
+        .map_err(|e| self.io_error("writing manifest media type", &e))
+    }
+
+    /// An I/O error of the store; tells the store when it means the disk is full.
+    fn io_error(&self, context: &str, e: &io::Error) -> Error {
+        if crate::store::is_disk_full(e) {
+            self.store.disk_full();
+        }
+        Error::io(context, e)
     }
 
     /// A manifest is being served: keep it and what it names from eviction for a while (its

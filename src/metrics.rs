@@ -31,6 +31,13 @@ pub struct Metrics {
     pub coalesced: IntCounterVec,
     /// `berth_blob_first_byte_seconds`: time from a blob request to its first byte being ready.
     pub first_byte: Histogram,
+    /// `berth_upstream_resumes_total{upstream,outcome}`: blob downloads picked up again after their
+    /// body broke off: outcome = partial (206 from where it stopped) | restart (the upstream ignored
+    /// `Range`; its body was read from the start, the bytes already had skipped) | failed (gave up).
+    pub resumes: IntCounterVec,
+    /// `berth_store_write_errors_total{kind}`: writes to the cache that failed, kind = enospc (the
+    /// disk or quota was full; the fill went on from memory) | io (anything else).
+    pub store_write_errors: IntCounterVec,
 }
 
 impl Metrics {
@@ -105,6 +112,20 @@ impl Metrics {
                     0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
                 ]),
             )?,
+            resumes: IntCounterVec::new(
+                Opts::new(
+                    "berth_upstream_resumes_total",
+                    "Blob downloads picked up again after their body broke off, by outcome (partial, restart, failed).",
+                ),
+                &["upstream", "outcome"],
+            )?,
+            store_write_errors: IntCounterVec::new(
+                Opts::new(
+                    "berth_store_write_errors_total",
+                    "Writes to the cache that failed, by kind (enospc, io).",
+                ),
+                &["kind"],
+            )?,
         };
         registry.register(Box::new(m.requests.clone()))?;
         registry.register(Box::new(m.request_duration.clone()))?;
@@ -116,6 +137,8 @@ impl Metrics {
         registry.register(Box::new(m.fills_in_flight.clone()))?;
         registry.register(Box::new(m.coalesced.clone()))?;
         registry.register(Box::new(m.first_byte.clone()))?;
+        registry.register(Box::new(m.resumes.clone()))?;
+        registry.register(Box::new(m.store_write_errors.clone()))?;
         Ok(m)
     }
 

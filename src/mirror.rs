@@ -10,6 +10,23 @@
 //! the first bytes leave at once, a slow client never slows the fill, a client that goes away does
 //! not stop it, and a wrong body never completes.
 //!
+//! A fill whose upstream body breaks off (closed, reset, stalled) resumes instead of failing: it
+//! asks again with `Range: bytes=<received>-` (at most `resume_attempts` times per fill, with the
+//! same backoff as the upstream's own retries) and goes on appending to the same temp file, with
+//! the same running hash, so readers never notice. A 206 must start exactly at `received` and end
+//! at the known end of the blob; a 200 means the upstream ignores `Range`, so its first `received`
+//! bytes are skipped, never hashed or written twice; anything else (416, another 4xx, a
+//! Content-Range that does not continue the blob) fails the fill as before. The range request goes
+//! through `Upstream::send`, so it carries the same auth and follows the same redirects (a CDN
+//! gets the `Range` header and never the credentials). The final digest check still guards every
+//! byte, whichever way it arrived.
+//!
+//! A write that finds the disk full does not fail the fill either: the fill passes through from
+//! memory (`store::PendingBlob::pass_through`: clients following it get every byte, nothing is
+//! cached), the store is told (`Store::disk_full`, where eviction makes room), and the fill leaves
+//! the `fills` map at once, so that the next request for the digest starts a fresh fill that may
+//! find room again instead of joining one that can only end uncached.
+//!
 //! Manifests: small (at most 4 MiB), so they are read whole, verified, cached, then answered. A tag
 //! answer is trusted for the upstream's `tag_ttl`, then revalidated with a HEAD (which Docker Hub
 //! does not count against its pull limit); if the upstream is down or failing, the last known
@@ -39,6 +56,11 @@ use crate::upstream::{NotFoundKind, Upstream, UpstreamRequest, UpstreamResponse}
 /// Most bytes read from the upstream ahead of the disk; beyond it the fill stops reading (and TCP
 /// slows the upstream down), so memory per fill stays bounded.
 const MAX_QUEUED: usize = 4 * 1024 * 1024;
+
+/// How far the slowest client of a fill that lost its disk may lag before the fill waits for it
+/// (`store::PassThrough`). Such a fill holds at most this plus MAX_QUEUED (plus one batch being
+/// hashed) in memory, about 24 MiB, whatever the blob's size.
+const PASS_THROUGH_WINDOW: u64 = 16 * 1024 * 1024;
 
 type WriteFuture = std::pin::Pin<
     Box<dyn std::future::Future<Output = (store::PendingBlob, std::io::Result<()>)> + Send>,
@@ -460,7 +482,12 @@ impl Mirror {
         let m = Arc::new(Manifest::new(digest, media_type, bytes));
         if let Err(e) = self.manifests.put(m.clone()).await {
             // The content is verified; failing to cache it must not fail the pull.
-            tracing::warn!(error = %e, "could not cache manifest");
+            let kind = if e.is_disk_full() { "enospc" } else { "io" };
+            self.metrics
+                .store_write_errors
+                .with_label_values(&[kind])
+                .inc();
+            tracing::warn!(digest = %m.digest, error = %e, kind, "could not cache manifest; served it from memory");
         }
         Ok(m)
     }
@@ -599,24 +626,15 @@ impl Mirror {
             digest: digest.clone(),
             store: self.store.clone(),
             metrics: self.metrics.clone(),
+            fills: self.fills.clone(),
+            this_fill: rx.clone(),
         };
         self.metrics.fills_in_flight.inc();
-        let metrics = self.metrics.clone();
         // The task, not any client, owns the fill: it runs to the end even if every client leaves.
-        let fills = self.fills.clone();
-        let this_fill = rx.clone();
         tokio::spawn(async move {
-            let digest = job.digest.clone();
             job.run(tx).await;
-            metrics.fills_in_flight.dec();
-            let mut map = fills.lock().unwrap();
-            // Clear only this fill: a newer one for the same digest may have replaced it.
-            if map
-                .get(&digest)
-                .is_some_and(|rx| rx.same_channel(&this_fill))
-            {
-                map.remove(&digest);
-            }
+            job.metrics.fills_in_flight.dec();
+            job.forget();
         });
         (rx, false)
     }
@@ -672,10 +690,51 @@ struct FillJob {
     digest: Digest,
     store: Arc<Store>,
     metrics: Metrics,
+    /// The mirror's running fills, and this one's entry there.
+    fills: Arc<Mutex<HashMap<Digest, watch::Receiver<FillState>>>>,
+    this_fill: watch::Receiver<FillState>,
 }
 
 impl FillJob {
-    async fn run(self, tx: watch::Sender<FillState>) {
+    /// Takes this fill out of the mirror's map, so that the next request for the digest starts a
+    /// new one. Only this fill: a newer one for the same digest may have replaced it.
+    fn forget(&self) {
+        let mut map = self.fills.lock().unwrap();
+        if map
+            .get(&self.digest)
+            .is_some_and(|rx| rx.same_channel(&self.this_fill))
+        {
+            map.remove(&self.digest);
+        }
+    }
+
+    /// Counts a failed store write by kind and, when the disk is full, tells the store.
+    fn write_failed(&self, e: &std::io::Error) {
+        let full = store::is_disk_full(e);
+        self.metrics
+            .store_write_errors
+            .with_label_values(&[if full { "enospc" } else { "io" }])
+            .inc();
+        if full {
+            self.store.disk_full();
+        }
+    }
+
+    /// A write found the disk full: the fill goes on from memory (see `store::PassThrough`) and
+    /// leaves the map, so that new requests start a fresh fill (which may find room again).
+    fn pass_through(&self, pending: &mut store::PendingBlob, e: &std::io::Error) {
+        self.write_failed(e);
+        tracing::error!(upstream = self.up.name(), repo = %self.name, digest = %self.digest,
+            written = pending.written(), error = %e,
+            "disk full during a blob fill: serving it from memory, caching nothing");
+        pending.pass_through(store::PassThrough {
+            window: PASS_THROUGH_WINDOW,
+            lag_limit: self.up.config().stall_timeout,
+        });
+        self.forget();
+    }
+
+    async fn run(&self, tx: watch::Sender<FillState>) {
         if let Err(e) = self.fetch(&tx).await {
             tracing::warn!(upstream = self.up.name(), repo = %self.name, digest = %self.digest, error = %e, "blob fill failed; nothing cached");
             tx.send_replace(FillState::Failed(e));
@@ -692,7 +751,10 @@ impl FillJob {
         let pending = self
             .store
             .begin(&self.digest, total, tx.clone())
-            .map_err(|e| Error::io("starting blob fill", &e))?;
+            .map_err(|e| {
+                self.write_failed(&e);
+                Error::io("starting blob fill", &e)
+            })?;
         // The network and the disk work side by side: while one batch is hashed and written on a
         // blocking thread, the next one is read from the upstream (up to MAX_QUEUED bytes ahead).
         let feed = pending.feed();
@@ -700,6 +762,9 @@ impl FillJob {
         let mut writing: Option<WriteFuture> = None;
         let mut queue: Vec<Bytes> = Vec::new();
         let (mut queued, mut received, mut eof) = (0usize, 0u64, false);
+        // Resumes so far, and the bytes at the start of the current body the fill already has
+        // (after an upstream answered a range request with the whole blob).
+        let (mut resumes, mut skip) = (0u32, 0u64);
         loop {
             if writing.is_none() && !queue.is_empty() {
                 let mut p = pending.take().expect("pending is home when no write runs");
@@ -714,25 +779,47 @@ impl FillJob {
                 break;
             }
             tokio::select! {
-                Some((p, r)) = futures_util::future::OptionFuture::from(writing.as_mut()), if writing.is_some() => {
+                Some((mut p, r)) = futures_util::future::OptionFuture::from(writing.as_mut()), if writing.is_some() => {
                     writing = None;
+                    match r {
+                        Ok(()) => {}
+                        Err(e) if store::is_disk_full(&e) && !p.is_pass_through() => self.pass_through(&mut p, &e),
+                        Err(e) => {
+                            self.write_failed(&e);
+                            return Err(Error::io("writing blob", &e));
+                        }
+                    }
                     pending = Some(p);
-                    r.map_err(|e| Error::io("writing blob", &e))?;
                 }
                 chunk = resp.body.next_chunk(), if !eof && queued < MAX_QUEUED => {
-                    match chunk? {
-                        Some(c) => {
-                            received += c.len() as u64;
-                            if total.is_some_and(|t| received > t) {
-                                return Err(Error::upstream_bad(self.up.name(), format!("blob {}: more bytes than the announced {}", self.digest, total.unwrap_or(0))));
-                            }
-                            self.metrics.fetched_bytes.with_label_values(&[self.up.name()]).inc_by(c.len() as u64);
-                            queued += c.len();
-                            feed.push(c.clone());
-                            queue.push(c);
+                    let mut c = match chunk {
+                        Ok(Some(c)) => c,
+                        Ok(None) => {
+                            eof = true;
+                            continue;
                         }
-                        None => eof = true,
+                        // A write in progress goes on meanwhile: it runs on blocking threads.
+                        Err(cause) => {
+                            (resp, skip) = self.resume(&mut resumes, received, total, cause).await?;
+                            continue;
+                        }
+                    };
+                    if skip > 0 {
+                        let n = skip.min(c.len() as u64);
+                        skip -= n;
+                        c = c.slice(n as usize..);
+                        if c.is_empty() {
+                            continue;
+                        }
                     }
+                    received += c.len() as u64;
+                    if total.is_some_and(|t| received > t) {
+                        return Err(Error::upstream_bad(self.up.name(), format!("blob {}: more bytes than the announced {}", self.digest, total.unwrap_or(0))));
+                    }
+                    self.metrics.fetched_bytes.with_label_values(&[self.up.name()]).inc_by(c.len() as u64);
+                    queued += c.len();
+                    feed.push(c.clone());
+                    queue.push(c);
                 }
             }
         }
@@ -742,8 +829,13 @@ impl FillJob {
                 tracing::info!(upstream = self.up.name(), repo = %self.name, digest = %self.digest, bytes = blob.len, "blob cached");
                 Ok(())
             }
+            Err(store::CommitError::Persist(_)) if pending.is_pass_through() => {
+                tracing::warn!(upstream = self.up.name(), repo = %self.name, digest = %self.digest, "blob verified and served from memory; not cached (the disk was full)");
+                Ok(())
+            }
             Err(store::CommitError::Persist(e)) => {
                 // The clients got verified bytes; only the cache missed out.
+                self.write_failed(&e);
                 tracing::error!(upstream = self.up.name(), digest = %self.digest, error = %e, "blob verified and served but could not be stored");
                 Ok(())
             }
@@ -751,7 +843,10 @@ impl FillJob {
                 tracing::warn!(upstream = self.up.name(), digest = %self.digest, error = %e, "blob verified and served but not cached: everything in the cache is in use or recently referenced");
                 Ok(())
             }
-            Err(store::CommitError::Io(e)) => Err(Error::io("committing blob", &e)),
+            Err(store::CommitError::Io(e)) => {
+                self.write_failed(&e);
+                Err(Error::io("committing blob", &e))
+            }
             Err(e) => {
                 self.metrics
                     .digest_mismatches
@@ -764,6 +859,134 @@ impl FillJob {
                 ))
             }
         }
+    }
+
+    /// The body broke off with `cause` after `received` bytes: asks for the rest with
+    /// `Range: bytes=<received>-`, backing off between tries, while this fill has resumes left
+    /// (`resume_attempts`; `done` counts them). Returns the response to read on and how many of
+    /// its first bytes the fill already has (all `received` of them when the upstream ignored the
+    /// range and sent the whole blob). A refusal or a range that does not continue the blob ends
+    /// the fill; a resume request that fails in transit uses up an attempt and is tried again.
+    async fn resume(
+        &self,
+        done: &mut u32,
+        received: u64,
+        total: Option<u64>,
+        mut cause: Error,
+    ) -> Result<(UpstreamResponse, u64), Error> {
+        let limit = self.up.config().resume_attempts;
+        let up = self.up.name();
+        loop {
+            if *done >= limit {
+                if limit == 0 {
+                    return Err(cause);
+                }
+                self.metrics
+                    .resumes
+                    .with_label_values(&[up, "failed"])
+                    .inc();
+                let d = cause.detail.take().unwrap_or_default();
+                cause.detail = Some(format!("{d} (gave up after {limit} resumes)"));
+                return Err(cause);
+            }
+            let wait = self.up.backoff(*done);
+            *done += 1;
+            tracing::warn!(upstream = up, repo = %self.name, digest = %self.digest, received, attempt = *done, ?wait, error = %cause, "blob download broke off; resuming from where it stopped");
+            tokio::time::sleep(wait).await;
+            let mut req = blob_request(Method::GET, &self.name, &self.digest);
+            if let Ok(v) = HeaderValue::from_str(&format!("bytes={received}-")) {
+                req.headers.insert(header::RANGE, v);
+            }
+            let resp = match self.up.send(req).await {
+                Ok(resp) => resp,
+                Err(e) => {
+                    cause = e;
+                    continue;
+                }
+            };
+            let refused = |detail: String| {
+                self.metrics
+                    .resumes
+                    .with_label_values(&[up, "failed"])
+                    .inc();
+                tracing::warn!(upstream = up, digest = %self.digest, received, %detail, "blob download cannot be resumed; the fill fails");
+                Error::upstream_bad(
+                    up,
+                    format!("resuming blob {} at byte {received}: {detail}", self.digest),
+                )
+            };
+            if !resp.status.is_success() {
+                let status = resp.status;
+                let e = match resp.error_for_status(NotFoundKind::Blob).await {
+                    Err(e) => e.to_string(),
+                    Ok(_) => format!("answered {status}"),
+                };
+                return Err(refused(e));
+            }
+            match continuation(resp.status, &resp.headers, received, total) {
+                Ok(skip) => {
+                    let outcome = if skip > 0 { "restart" } else { "partial" };
+                    self.metrics.resumes.with_label_values(&[up, outcome]).inc();
+                    tracing::info!(upstream = up, digest = %self.digest, received, outcome, "blob download resumed");
+                    return Ok((resp, skip));
+                }
+                Err(detail) => return Err(refused(detail)),
+            }
+        }
+    }
+}
+
+/// How a 2xx answer to `Range: bytes=<received>-` continues a blob of `total` bytes (when known):
+/// the number of bytes at the start of its body to skip, or why it does not continue the blob.
+/// A 206 must start exactly at `received` and run to the end of a blob of the same size; a 200 is
+/// the whole blob again (an upstream that ignores `Range`), so its first `received` bytes are
+/// skipped. Whatever passes here, the digest check at the end still guards the bytes.
+fn continuation(
+    status: StatusCode,
+    headers: &HeaderMap,
+    received: u64,
+    total: Option<u64>,
+) -> Result<u64, String> {
+    match status {
+        StatusCode::PARTIAL_CONTENT => {
+            let raw = header_str(headers, "content-range").unwrap_or("");
+            let bad = || format!("206 with an unusable Content-Range {raw:?}");
+            let (span, size) = raw
+                .trim()
+                .strip_prefix("bytes ")
+                .and_then(|r| r.split_once('/'))
+                .ok_or_else(bad)?;
+            let (a, b) = span.split_once('-').ok_or_else(bad)?;
+            let (a, b): (u64, u64) = (
+                a.trim().parse().map_err(|_| bad())?,
+                b.trim().parse().map_err(|_| bad())?,
+            );
+            let size: Option<u64> = match size.trim() {
+                "*" => None,
+                n => Some(n.parse().map_err(|_| bad())?),
+            };
+            if a != received || b < a {
+                return Err(format!("206 for {raw:?}, not from byte {received}"));
+            }
+            if let (Some(t), Some(s)) = (total, size)
+                && t != s
+            {
+                return Err(format!("206 for a blob of {s} bytes, not {t}"));
+            }
+            if let Some(end) = total.or(size)
+                && b + 1 != end
+            {
+                return Err(format!("206 for {raw:?}, not to the end of {end} bytes"));
+            }
+            Ok(0)
+        }
+        StatusCode::OK => match (total, content_length(headers)) {
+            (Some(t), Some(n)) if t != n => {
+                Err(format!("200 with {n} bytes, not the {t} of the blob"))
+            }
+            _ => Ok(received),
+        },
+        s => Err(format!("answered {s} to a range request")),
     }
 }
 
@@ -853,6 +1076,60 @@ mod tests {
             ByteRange::Suffix(0).resolve(10).unwrap_err().status,
             StatusCode::RANGE_NOT_SATISFIABLE
         );
+    }
+
+    #[test]
+    fn what_continues_a_broken_blob() {
+        let h = |pairs: &[(&'static str, &'static str)]| {
+            let mut m = HeaderMap::new();
+            for (k, v) in pairs {
+                m.insert(*k, HeaderValue::from_static(v));
+            }
+            m
+        };
+        let partial = StatusCode::PARTIAL_CONTENT;
+        let cr = |v| h(&[("content-range", v)]);
+        assert_eq!(
+            continuation(partial, &cr("bytes 40-99/100"), 40, Some(100)),
+            Ok(0)
+        );
+        assert_eq!(
+            continuation(partial, &cr("bytes 40-99/*"), 40, Some(100)),
+            Ok(0)
+        );
+        // Size unknown until now: the range's own total must be its end.
+        assert_eq!(
+            continuation(partial, &cr("bytes 40-99/100"), 40, None),
+            Ok(0)
+        );
+        assert_eq!(continuation(partial, &cr("bytes 40-99/*"), 40, None), Ok(0));
+        for bad in [
+            "bytes 0-99/100",
+            "bytes 41-99/100",
+            "bytes 40-98/100",
+            "bytes 40-99/101",
+            "bytes 40-30/100",
+            "bytes */100",
+            "items 40-99/100",
+            "bytes 40-99",
+            "",
+        ] {
+            assert!(
+                continuation(partial, &cr(bad), 40, Some(100)).is_err(),
+                "{bad:?}"
+            );
+        }
+        assert!(continuation(partial, &HeaderMap::new(), 40, Some(100)).is_err());
+        assert!(continuation(partial, &cr("bytes 40-98/100"), 40, None).is_err());
+        // 200: the whole blob again, the known part skipped.
+        let ok = StatusCode::OK;
+        assert_eq!(
+            continuation(ok, &h(&[("content-length", "100")]), 40, Some(100)),
+            Ok(40)
+        );
+        assert_eq!(continuation(ok, &HeaderMap::new(), 40, None), Ok(40));
+        assert!(continuation(ok, &h(&[("content-length", "60")]), 40, Some(100)).is_err());
+        assert!(continuation(StatusCode::NO_CONTENT, &HeaderMap::new(), 40, Some(100)).is_err());
     }
 
     #[test]

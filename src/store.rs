@@ -18,6 +18,21 @@
 //! rebuilt from the files on start. A commit that would pass the high watermark first evicts the
 //! least recently used blobs; one that still does not fit under `max_size` is served but not kept.
 //!
+//! A full disk does not fail a fill: when a write hits ENOSPC (or a quota), the caller switches the
+//! fill to [`PendingBlob::pass_through`]. The temp file is deleted (its bytes so far stay readable
+//! through the open handle until the fill's readers are done, then the space is free), hashing goes
+//! on in memory, and the bytes from the last one written on reach readers from the spool only.
+//! Nothing is cached, and the last byte still waits for the digest. Memory stays bounded by
+//! back-pressure, not by dropping bytes: after each batch the fill waits until its slowest reader
+//! is less than [`PassThrough::window`] behind (the spool keeps nothing older than that), so a
+//! slow client gets every byte at its own pace. A reader that takes nothing for
+//! [`PassThrough::lag_limit`] while the fill waits for it is cut off: no longer waited for, and its
+//! body ends in an error once the bytes it needs are gone, never in a short success. The trade-off:
+//! a degraded fill (and every client following it) goes as fast as its slowest live client, in
+//! exchange for no client of a moving connection ever failing for being slow; a stuck client
+//! costs the others at most `lag_limit`. The memory bound per degraded fill is `window` plus
+//! what the caller reads ahead of hashing.
+//!
 //! The interface is narrow on purpose (begin/commit, open, stat, remove, list) so that another tier
 //! (object storage) can sit behind it later. Rule of dependency: uses `index`, `oci` and `error`.
 
@@ -25,13 +40,14 @@ use std::fs::File;
 use std::io::{self, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use futures_util::Stream;
 use sha2::{Digest as _, Sha256};
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 
 use crate::error::Error;
 use crate::index::{self, Index, Lease, Limits, Reason};
@@ -51,6 +67,8 @@ pub struct Store {
     index: Arc<Index>,
     /// Set while an eviction pass runs, so that passes do not pile up.
     evicting: Arc<std::sync::atomic::AtomicBool>,
+    /// How often a write found the disk full (see [`Store::disk_full`]).
+    full: AtomicU64,
 }
 
 /// A blob file opened for reading, with its length.
@@ -93,6 +111,29 @@ pub struct Progress {
     /// The most recent chunks, kept in memory so that readers at the head of a fill take them
     /// without waiting for the disk or copying them back out of it.
     pub spool: Arc<Spool>,
+    /// The disk was full: bytes from `written` on are only in the spool (see
+    /// [`PendingBlob::pass_through`]); a reader that finds its bytes gone there has fallen behind.
+    pub pass_through: bool,
+    /// Pass-through only: every byte arrived and the digest matched, so readers may have all
+    /// `received` bytes (there is no file to switch to).
+    pub verified: bool,
+}
+
+/// Whether an I/O error means the disk (or the quota) is full.
+pub fn is_disk_full(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded
+    )
+}
+
+/// How a fill whose disk is full keeps its readers fed from memory; see the module docs.
+#[derive(Debug, Clone, Copy)]
+pub struct PassThrough {
+    /// Most bytes the slowest reader may be behind the hashed head before the fill waits for it.
+    pub window: u64,
+    /// How long the fill waits for a reader that takes nothing before cutting it off.
+    pub lag_limit: Duration,
 }
 
 /// Recently received chunks of a fill, by offset: everything not yet written, plus up to
@@ -100,6 +141,25 @@ pub struct Progress {
 #[derive(Debug, Default)]
 pub struct Spool {
     chunks: std::sync::Mutex<std::collections::VecDeque<(u64, Bytes)>>,
+    /// Where each reader of the fill is (the next byte it needs), so that a fill in pass-through
+    /// knows what it may drop. Readers register on their first look at the fill and go away
+    /// (the `Weak` dies) when their body is dropped.
+    readers: std::sync::Mutex<Vec<Weak<AtomicU64>>>,
+    /// Woken when a reader moves on.
+    advanced: Notify,
+}
+
+/// A reader's place in a fill, registered with its spool.
+struct Cursor {
+    spool: Arc<Spool>,
+    at: Arc<AtomicU64>,
+}
+
+impl Cursor {
+    fn advance(&self, pos: u64) {
+        self.at.store(pos, Ordering::Release);
+        self.spool.advanced.notify_waiters();
+    }
 }
 
 /// Bytes of already-written chunks a spool keeps.
@@ -127,13 +187,61 @@ impl Spool {
 
     /// Forgets chunks that ended more than SPOOL_KEEP bytes before `written`.
     fn trim(&self, written: u64) {
+        self.trim_below(written.saturating_sub(SPOOL_KEEP));
+    }
+
+    /// Forgets chunks that end at or before `pos`.
+    fn trim_below(&self, pos: u64) {
         let mut chunks = self.chunks.lock().unwrap();
         while chunks
             .front()
-            .is_some_and(|(off, c)| off + c.len() as u64 + SPOOL_KEEP <= written)
+            .is_some_and(|(off, c)| off + c.len() as u64 <= pos)
         {
             chunks.pop_front();
         }
+    }
+
+    /// Bytes held.
+    pub fn held(&self) -> u64 {
+        self.chunks
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(_, c)| c.len() as u64)
+            .sum()
+    }
+
+    fn register(self: &Arc<Self>, pos: u64) -> Cursor {
+        let at = Arc::new(AtomicU64::new(pos));
+        let mut readers = self.readers.lock().unwrap();
+        readers.retain(|r| r.strong_count() > 0);
+        readers.push(Arc::downgrade(&at));
+        Cursor {
+            spool: self.clone(),
+            at,
+        }
+    }
+
+    /// The position of the slowest reader still waited for, if any.
+    fn slowest(&self) -> Option<u64> {
+        self.readers
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|r| r.upgrade())
+            .map(|at| at.load(Ordering::Acquire))
+            .min()
+    }
+
+    /// Stops waiting for readers before `pos`; returns how many there were.
+    fn cut_off(&self, pos: u64) -> usize {
+        let mut readers = self.readers.lock().unwrap();
+        let before = readers.len();
+        readers.retain(|r| {
+            r.upgrade()
+                .is_some_and(|at| at.load(Ordering::Acquire) >= pos)
+        });
+        before - readers.len()
     }
 }
 
@@ -252,12 +360,18 @@ impl Store {
             seq: AtomicU64::new(0),
             index,
             evicting: Arc::default(),
+            full: AtomicU64::new(0),
         })
     }
 
     /// The access index (sizes, last accesses, limits, metrics).
     pub fn index(&self) -> &Arc<Index> {
         &self.index
+    }
+
+    /// How many times [`disk_full`](Self::disk_full) was recorded since the store was opened.
+    pub fn disk_full_count(&self) -> u64 {
+        self.full.load(Ordering::Relaxed)
     }
 
     /// The final path of a blob.
@@ -387,9 +501,11 @@ impl Store {
         }
     }
 
-    /// A write found the disk full: evict in the background, down to the low watermark (or, with
-    /// no `max_size`, a tenth of the cache), unless a pass is already running.
+    /// A write found the disk full (the fill went on from memory, or a manifest was served without
+    /// being cached): evict in the background, down to the low watermark (or, with no `max_size`,
+    /// by a tenth of the cache), unless a pass is already running.
     pub fn disk_full(&self) {
+        self.full.fetch_add(1, Ordering::Relaxed);
         if self.evicting.swap(true, Ordering::AcqRel) {
             return;
         }
@@ -438,6 +554,8 @@ impl Store {
             received: 0,
             total,
             spool: spool.clone(),
+            pass_through: false,
+            verified: false,
         }));
         Ok(PendingBlob {
             file: Some(file),
@@ -447,11 +565,13 @@ impl Store {
             dir: self.blobs.clone(),
             hasher: Some(Sha256::new()),
             written: 0,
+            hashed: 0,
             total,
             digest: digest.clone(),
             progress,
             spool,
             done: false,
+            pass_through: None,
         })
     }
 
@@ -477,12 +597,17 @@ pub struct PendingBlob {
     final_path: PathBuf,
     dir: PathBuf,
     hasher: Option<Sha256>,
+    /// Bytes in the file. Frozen once the fill passes through.
     written: u64,
+    /// Bytes hashed (`>= written`: a batch whose write failed was hashed all the same).
+    hashed: u64,
     total: Option<u64>,
     digest: Digest,
     progress: watch::Sender<FillState>,
     spool: Arc<Spool>,
     done: bool,
+    /// Set once the disk was full: the fill goes on in memory.
+    pass_through: Option<PassThrough>,
 }
 
 impl PendingBlob {
@@ -492,6 +617,30 @@ impl PendingBlob {
 
     pub fn total(&self) -> Option<u64> {
         self.total
+    }
+
+    /// Whether the fill goes on in memory only (see [`pass_through`](Self::pass_through)).
+    pub fn is_pass_through(&self) -> bool {
+        self.pass_through.is_some()
+    }
+
+    /// After a write found the disk full: deletes the temp file and goes on in memory. Later
+    /// [`write_all`](Self::write_all) calls only hash (the batch whose write failed was hashed
+    /// already) and wait for slow readers; [`commit`](Self::commit) verifies, releases the last
+    /// byte and returns [`CommitError::Persist`]: served, not stored. See the module docs.
+    pub fn pass_through(&mut self, limits: PassThrough) {
+        self.pass_through = Some(limits);
+        // Readers hold the file open: the bytes already written stay readable until they are done.
+        let _ = std::fs::remove_file(&self.tmp_path);
+        let hashed = self.hashed;
+        self.progress.send_if_modified(|s| match s {
+            FillState::Writing(p) => {
+                p.pass_through = true;
+                p.received = p.received.max(hashed);
+                true
+            }
+            _ => false,
+        });
     }
 
     /// A handle to give readers chunks as they arrive, ahead of [`write_all`](Self::write_all),
@@ -512,11 +661,14 @@ impl PendingBlob {
     pub async fn write_all(&mut self, chunks: Vec<Bytes>) -> io::Result<()> {
         let len: u64 = chunks.iter().map(|c| c.len() as u64).sum();
         if let Some(total) = self.total
-            && self.written + len > total
+            && self.hashed + len > total
         {
             return Err(io::Error::other(format!(
                 "more than the announced {total} bytes"
             )));
+        }
+        if let Some(limits) = self.pass_through {
+            return self.hash_only(chunks, len, limits).await;
         }
         let file = self.file.take().expect("file present between writes");
         let mut hasher = self.hasher.take().expect("hasher present between writes");
@@ -537,6 +689,7 @@ impl PendingBlob {
         let (file, res) = written.map_err(io::Error::other)?;
         self.file = Some(file);
         self.hasher = Some(hashed.map_err(io::Error::other)?);
+        self.hashed += len;
         res?;
         self.written += len;
         let written = self.written;
@@ -553,6 +706,53 @@ impl PendingBlob {
         Ok(())
     }
 
+    /// Pass-through: hashes a batch, tells readers, then waits until the slowest of them is within
+    /// the window (cutting off one that does not move for `lag_limit`) and drops what none needs.
+    async fn hash_only(
+        &mut self,
+        chunks: Vec<Bytes>,
+        len: u64,
+        limits: PassThrough,
+    ) -> io::Result<()> {
+        let mut hasher = self.hasher.take().expect("hasher present between writes");
+        let hasher = tokio::task::spawn_blocking(move || {
+            for c in &chunks {
+                hasher.update(c);
+            }
+            hasher
+        })
+        .await
+        .map_err(io::Error::other)?;
+        self.hasher = Some(hasher);
+        self.hashed += len;
+        let hashed = self.hashed;
+        self.progress.send_if_modified(|s| match s {
+            FillState::Writing(p) => {
+                let grew = hashed > p.received;
+                p.received = p.received.max(hashed);
+                grew
+            }
+            _ => false,
+        });
+        loop {
+            let moved = self.spool.advanced.notified();
+            tokio::pin!(moved);
+            moved.as_mut().enable();
+            let slowest = self.spool.slowest().unwrap_or(hashed).min(hashed);
+            // Bytes below `written` are read from the file, so only the slowest reader's place
+            // (or the file's end) decides what the spool must keep.
+            self.spool.trim_below(slowest.max(self.written).min(hashed));
+            if hashed - slowest <= limits.window {
+                return Ok(());
+            }
+            if tokio::time::timeout(limits.lag_limit, moved).await.is_err() {
+                let n = self.spool.cut_off(hashed - limits.window);
+                tracing::warn!(digest = %self.digest, readers = n, lag_limit = ?limits.lag_limit,
+                    "readers of a fill passing through memory took nothing for too long; cut off");
+            }
+        }
+    }
+
     /// Verifies size and digest, releases the bytes to readers, makes the file durable and renames
     /// it into place.
     ///
@@ -563,11 +763,11 @@ impl PendingBlob {
         let hasher = self.hasher.take().expect("commit is called once");
         let actual = Digest::from_sha256(&hasher.finalize());
         if let Some(expected) = self.total
-            && expected != self.written
+            && expected != self.hashed
         {
             return Err(CommitError::Size {
                 expected,
-                actual: self.written,
+                actual: self.hashed,
             });
         }
         if actual != self.digest {
@@ -575,6 +775,21 @@ impl PendingBlob {
                 expected: self.digest.clone(),
                 actual,
             });
+        }
+        if self.pass_through.is_some() {
+            // Verified: readers may have the last byte, from memory. Nothing to keep.
+            self.done = true;
+            self.progress.send_if_modified(|s| match s {
+                FillState::Writing(p) => {
+                    p.verified = true;
+                    true
+                }
+                _ => false,
+            });
+            return Err(CommitError::Persist(io::Error::new(
+                io::ErrorKind::StorageFull,
+                "the disk was full: served from memory, not stored",
+            )));
         }
         let file = self.file.clone().expect("file present");
         let blob = BlobFile {
@@ -719,20 +934,25 @@ pub fn read_range(
         pos: u64,
         end: u64,
         done: bool,
+        cursor: Option<Cursor>,
     }
     let st = St {
         source,
         pos: start,
         end: end.unwrap_or(u64::MAX),
         done: false,
+        cursor: None,
     };
     futures_util::stream::unfold(st, |mut st| async move {
         if st.done || st.pos >= st.end {
             return None;
         }
-        match next_chunk(&mut st.source, st.pos, st.end).await {
+        match next_chunk(&mut st.source, st.pos, st.end, &mut st.cursor).await {
             Ok(Some(bytes)) => {
                 st.pos += bytes.len() as u64;
+                if let Some(c) = &st.cursor {
+                    c.advance(st.pos);
+                }
                 Some((Ok(bytes), st))
             }
             Ok(None) => None,
@@ -773,7 +993,13 @@ fn map(file: &File, offset: u64, len: u64) -> io::Result<Bytes> {
 }
 
 /// The next chunk at `pos` (before `end`), waiting on a fill if needed; `None` at the end of the blob.
-async fn next_chunk(source: &mut Source, pos: u64, end: u64) -> Result<Option<Bytes>, Error> {
+/// `cursor` is this reader's place in the fill, registered on its first look at it.
+async fn next_chunk(
+    source: &mut Source,
+    pos: u64,
+    end: u64,
+    cursor: &mut Option<Cursor>,
+) -> Result<Option<Bytes>, Error> {
     // How far we may read now.
     let (file, limit) = loop {
         match source {
@@ -787,17 +1013,31 @@ async fn next_chunk(source: &mut Source, pos: u64, end: u64) -> Result<Option<By
                     }
                     FillState::Failed(e) => return Err(e),
                     FillState::Writing(p) => {
+                        if cursor.is_none() {
+                            *cursor = Some(p.spool.register(pos));
+                        }
                         // Hold back the last byte until the digest is verified.
                         let readable = match p.total {
+                            _ if p.verified => p.received,
                             Some(t) => p.received.min(t.saturating_sub(1)),
                             None => p.received.saturating_sub(1),
                         };
+                        if p.verified && pos >= readable {
+                            return Ok(None);
+                        }
                         if readable > pos {
                             if let Some(bytes) = p.spool.get(pos, end.min(readable)) {
                                 return Ok(Some(bytes));
                             }
                             if pos < p.written {
                                 break (p.file, p.written.min(readable));
+                            }
+                            if p.pass_through {
+                                // Past the file's end and gone from memory: this reader was cut
+                                // off for taking nothing while the fill waited for it.
+                                return Err(Error::internal(
+                                    "fell behind a blob fill that the full disk kept in memory only",
+                                ));
                             }
                         }
                     }
@@ -1035,6 +1275,151 @@ mod tests {
         p.commit().await.unwrap();
         assert_eq!(reader.next().await.unwrap().unwrap().as_ref(), b"9");
         assert!(reader.next().await.is_none());
+    }
+
+    /// Makes every later write of `p` fail as on a full disk.
+    fn fill_the_disk(p: &mut PendingBlob) {
+        let full = std::fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/full")
+            .unwrap();
+        p.file = Some(Arc::new(full));
+    }
+
+    const ROOMY: PassThrough = PassThrough {
+        window: 1 << 20,
+        lag_limit: Duration::from_secs(60),
+    };
+
+    #[tokio::test]
+    async fn a_full_disk_turns_the_fill_into_pass_through() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let data: Bytes = (0..600_000u32)
+            .map(|i| (i % 251) as u8)
+            .collect::<Vec<_>>()
+            .into();
+        let d = digest_of(&data);
+        let (tx, rx) = watch::channel(FillState::Pending);
+        let mut p = store.begin(&d, Some(data.len() as u64), tx).unwrap();
+        let feed = p.feed();
+        let (a, b, c) = (
+            data.slice(..200_000),
+            data.slice(200_000..400_000),
+            data.slice(400_000..),
+        );
+        feed.push(a.clone());
+        p.write_all(vec![a]).await.unwrap();
+        let reader = tokio::spawn(collect(read_range(Source::Fill(rx.clone()), 0, None)));
+
+        fill_the_disk(&mut p);
+        feed.push(b.clone());
+        let e = p.write_all(vec![b]).await.unwrap_err();
+        assert!(is_disk_full(&e), "{e}");
+        assert!(Error::io("writing", &e).is_disk_full());
+        p.pass_through(ROOMY);
+        assert_eq!(
+            std::fs::read_dir(tmp_dir(dir.path())).unwrap().count(),
+            0,
+            "temp file deleted at once"
+        );
+        feed.push(c.clone());
+        p.write_all(vec![c]).await.unwrap();
+        assert_eq!(p.written(), 200_000, "nothing more went to the disk");
+
+        // Every byte arrived, but the last one waits for the digest.
+        let mut probe = std::pin::pin!(read_range(
+            Source::Fill(rx.clone()),
+            data.len() as u64 - 1,
+            None
+        ));
+        assert!(futures_util::FutureExt::now_or_never(probe.next()).is_none());
+        assert!(matches!(
+            p.commit().await,
+            Err(CommitError::Persist(e)) if is_disk_full(&e)
+        ));
+        assert!(
+            reader.await.unwrap().unwrap() == data,
+            "reader got every byte"
+        );
+        assert_eq!(
+            probe.next().await.unwrap().unwrap().as_ref(),
+            &data[data.len() - 1..]
+        );
+        assert!(probe.next().await.is_none(), "and then the end, not a wait");
+        drop(p);
+        assert_eq!(store.stat(&d).await.unwrap(), None, "nothing cached");
+        assert_eq!(std::fs::read_dir(tmp_dir(dir.path())).unwrap().count(), 0);
+    }
+
+    #[tokio::test]
+    async fn wrong_bytes_passing_through_never_complete() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let d = digest_of(b"expected content");
+        let (tx, rx) = watch::channel(FillState::Pending);
+        let mut p = store.begin(&d, Some(16), tx).unwrap();
+        let reader = tokio::spawn(collect(read_range(Source::Fill(rx), 0, None)));
+        fill_the_disk(&mut p);
+        assert!(p.write(Bytes::from_static(b"unexpected")).await.is_err());
+        p.pass_through(ROOMY);
+        p.write(Bytes::from_static(b" conte")).await.unwrap();
+        let err = match p.commit().await {
+            Err(e @ CommitError::Digest { .. }) => e,
+            other => panic!("wrong bytes passed: {:?}", other.map(|b| b.len)),
+        };
+        p.fail(Error::internal(err.to_string()));
+        assert!(reader.await.unwrap().is_err());
+        assert_eq!(store.stat(&d).await.unwrap(), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn pass_through_waits_for_slow_readers_and_cuts_off_a_stuck_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let chunk = 16 * 1024;
+        let data: Bytes = (0..(32 * chunk))
+            .map(|i| (i * 13 % 241) as u8)
+            .collect::<Vec<_>>()
+            .into();
+        let d = digest_of(&data);
+        let limits = PassThrough {
+            window: 4 * chunk as u64,
+            lag_limit: Duration::from_secs(10),
+        };
+        let (tx, rx) = watch::channel(FillState::Pending);
+        let mut p = store.begin(&d, Some(data.len() as u64), tx).unwrap();
+        p.pass_through(limits);
+        // One reader looks once and then takes nothing; another reads on, one frame at a time.
+        let mut stuck = Box::pin(read_range(Source::Fill(rx.clone()), 0, None));
+        assert!(futures_util::FutureExt::now_or_never(stuck.next()).is_none());
+        let moving = tokio::spawn(collect(read_range(Source::Fill(rx.clone()), 0, None)));
+        let started = tokio::time::Instant::now();
+        let feed = p.feed();
+        let spool = p.spool.clone();
+        for c in data.chunks(chunk) {
+            let c = Bytes::copy_from_slice(c);
+            feed.push(c.clone());
+            p.write_all(vec![c]).await.unwrap();
+            assert!(
+                spool.held() <= limits.window + chunk as u64,
+                "memory bounded: {} bytes held",
+                spool.held()
+            );
+        }
+        // The fill waited for the stuck reader once, for lag_limit, then went on without it.
+        let waited = started.elapsed();
+        assert!(
+            waited >= limits.lag_limit && waited < 2 * limits.lag_limit,
+            "{waited:?}"
+        );
+        assert!(matches!(p.commit().await, Err(CommitError::Persist(_))));
+        assert!(
+            moving.await.unwrap().unwrap() == data,
+            "the moving reader got every byte"
+        );
+        let r = stuck.next().await.unwrap();
+        assert!(r.is_err(), "a cut-off reader fails, never ends short");
     }
 
     #[test]

@@ -225,7 +225,8 @@ async fn a_connection_closed_mid_blob_fails_the_client_and_caches_nothing() {
         Fault::CloseAfter(700_000),
         1,
     );
-    let b = berth(&fake, "").await;
+    // Without resuming (tests/resume.rs covers it), a broken transfer fails cleanly.
+    let b = berth(&fake, "resume_attempts = 0").await;
     let got = b.get(&format!("/v2/app/blobs/{blob}")).await;
     assert!(
         got.body.is_err(),
@@ -252,7 +253,7 @@ async fn a_stalled_upstream_fails_after_stall_timeout() {
         Fault::StallAfter(1000),
         1,
     );
-    let b = berth(&fake, "stall_timeout = \"300ms\"").await;
+    let b = berth(&fake, "stall_timeout = \"300ms\"\nresume_attempts = 0").await;
     let got = tokio::time::timeout(
         Duration::from_secs(20),
         b.get(&format!("/v2/app/blobs/{blob}")),
@@ -546,7 +547,7 @@ async fn a_leader_failing_mid_stream_fails_every_follower_and_the_next_pull_refe
     let fake = FakeRegistry::start().await;
     let (layer, blob, release) = gated_blob(&fake, 1 << 20, 13, 1);
     let upstream_path = format!("/v2/library/app/blobs/{blob}");
-    let b = berth(&fake, "").await;
+    let b = berth(&fake, "resume_attempts = 0").await;
     let path = format!("/v2/app/blobs/{blob}");
     let mut clients = Vec::new();
     for _ in 0..4 {

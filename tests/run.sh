@@ -23,6 +23,9 @@ cargo test --all-targets
 step "end-to-end: cargo test --test e2e -- --ignored"
 cargo test --test e2e -- --ignored --test-threads=1
 
+step "full disk on a tmpfs: cargo test --test enospc -- --ignored"
+cargo test --test enospc -- --ignored
+
 step "cargo bench --no-run"
 cargo bench --no-run
 

@@ -255,6 +255,18 @@ impl Upstream {
         }
     }
 
+    /// How long to wait before try number `retry` (0 = the first one after a failure) of something
+    /// the caller retries itself, such as resuming a broken blob body: the same jittered backoff
+    /// as [`send`](Self::send) uses between its attempts.
+    pub fn backoff(&self, retry: u32) -> Duration {
+        backoff(
+            self.cfg.retry_backoff,
+            self.cfg.retry_backoff_max,
+            retry,
+            jitter_unit(),
+        )
+    }
+
     /// One try: auth, the request and its redirects, and one answer to a 401.
     async fn attempt(
         &self,

@@ -67,6 +67,11 @@ pub enum Fault {
     /// Send headers at once, then only as many body bytes as the gate allows so far: the test
     /// decides how far a transfer has got. `usize::MAX` breaks the connection where it stands.
     Gated(tokio::sync::watch::Receiver<usize>),
+    /// Answer a blob `Range` request with the whole blob and 200, as servers without range support do.
+    IgnoreRange,
+    /// Answer a blob `Range` request with its 206, but this `Content-Range` header instead of the
+    /// true one (the bytes are the ones asked for).
+    BadContentRange(String),
 }
 
 /// Which field a token response carries the token in.
@@ -569,8 +574,23 @@ fn route(s: &mut State, rec: &Recorded) -> Reply {
         }
         _ => {}
     }
-    let resp = content(s, rec, repo.as_deref());
+    let resp = match &fault {
+        Some(Fault::IgnoreRange) => {
+            let mut plain = rec.clone();
+            plain.headers.remove(header::RANGE);
+            content(s, &plain, repo.as_deref())
+        }
+        _ => content(s, rec, repo.as_deref()),
+    };
     match fault {
+        Some(Fault::BadContentRange(v)) => {
+            let mut resp = resp;
+            if resp.status() == StatusCode::PARTIAL_CONTENT {
+                resp.headers_mut()
+                    .insert(header::CONTENT_RANGE, HeaderValue::from_str(&v).unwrap());
+            }
+            Reply::Now(resp)
+        }
         Some(Fault::Hold(gate)) => Reply::Held(resp, gate),
         Some(
             f @ (Fault::WrongBytes | Fault::CloseAfter(_) | Fault::StallAfter(_) | Fault::Gated(_)),
