@@ -1,5 +1,5 @@
 //! A full disk during a fill: the fill becomes pass-through (clients get the exact bytes, nothing is
-//! cached), the error is counted, and berth keeps serving. Runs on a real size-limited tmpfs, so it
+//! cached), the error is counted, eviction makes room, and berth keeps serving. Runs on a real size-limited tmpfs, so it
 //! needs root: `cargo test --test enospc -- --ignored` (tests/run.sh does).
 
 mod support;
@@ -93,14 +93,17 @@ async fn a_full_disk_turns_fills_into_pass_through_and_berth_keeps_serving() {
     assert_eq!(std::fs::read(b.blob_file(&small_digest)).unwrap(), small);
 
     // 3. While a degraded fill runs: a new request for its digest starts a fresh fill instead of
-    //    joining (here it finds the disk full too and passes through as well), a manifest that
-    //    cannot be cached is still served, and every client gets the exact bytes.
+    //    joining (here it finds the disk full too and passes through as well), a manifest is
+    //    served whether or not it can be cached, and every client gets the exact bytes.
     let (layer, digest, release) = gated_blob(&fake, 10 << 20, 203, 1);
     let upstream_path = format!("/v2/library/app/blobs/{digest}");
     let path = format!("/v2/app/blobs/{digest}");
     let first = b.stream(&path).await;
     release.send_replace(9 << 20);
     until_metric(&b, ENOSPC, 2).await;
+    // The full disk triggered eviction: the least recently used blob (the only one) made room.
+    until_metric(&b, "berth_cache_evictions_total{reason=\"disk_full\"}", 1).await;
+    assert!(!b.blob_file(&small_digest).exists());
     let second = b.get(&path).await;
     same(second.bytes(), &layer);
     assert_eq!(fake.hits(Method::GET, &upstream_path), 2, "a fresh fill");
@@ -117,7 +120,9 @@ async fn a_full_disk_turns_fills_into_pass_through_and_berth_keeps_serving() {
     let manifest = b.get("/v2/app/manifests/1").await;
     assert_eq!(manifest.status, 200);
     assert_eq!(manifest.bytes(), &Bytes::from_static(INDEX.as_bytes()));
-    assert!(counter(&b, ENOSPC).await >= 4, "fill, fill, manifest");
+    // Both fills hit the full disk; the manifest may or may not, depending on how much room the
+    // eviction made, and is served either way.
+    assert!(counter(&b, ENOSPC).await >= 3, "fill, fill");
     release.send_replace(layer.len());
     same(&Bytes::from(first.finish().await.unwrap()), &layer);
     b.settled().await;
