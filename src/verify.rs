@@ -6,6 +6,11 @@
 //! with a `.1`, `.2`, ... suffix when that name is taken. Temp files in `tmp/` whose writer is gone
 //! are removed.
 //!
+//! Then `manifests/sha256/`, the media types of cached manifests: a file whose name is not a digest
+//! or whose content is not a media type (`type/subtype`, printable, at most 255 bytes) is moved to
+//! `quarantine/` too (the manifest then reads as a miss and is fetched again); one whose manifest
+//! is no longer in `blobs/` (evicted, removed, quarantined) is an orphan and is removed.
+//!
 //! It may run while berth serves the same directory:
 //! - berth renames a file into `blobs/sha256/` only after verifying it, so every file found there
 //!   is complete; a fill in progress is never looked at;
@@ -46,6 +51,10 @@ pub struct Report {
     pub ok: u64,
     /// Entries moved into `quarantine/`.
     pub quarantined: Vec<Quarantined>,
+    /// Media-type files of `manifests/sha256/` looked at.
+    pub media_types: u64,
+    /// Media-type files removed because their manifest is no longer cached.
+    pub orphans_removed: Vec<PathBuf>,
     /// Temp files removed from `tmp/` (their writer is gone).
     pub temp_removed: Vec<PathBuf>,
     /// Temp files kept because the process writing them is running.
@@ -71,6 +80,8 @@ pub enum Reason {
     BadName,
     /// Not a regular file (a directory, a symlink): berth never puts one there.
     NotAFile,
+    /// A manifest's media-type file that does not hold a media type.
+    BadMediaType,
 }
 
 impl fmt::Display for Reason {
@@ -79,6 +90,7 @@ impl fmt::Display for Reason {
             Reason::Mismatch { actual } => write!(f, "content is {actual}"),
             Reason::BadName => f.write_str("name is not a sha256 digest"),
             Reason::NotAFile => f.write_str("not a regular file"),
+            Reason::BadMediaType => f.write_str("not a media type"),
         }
     }
 }
@@ -111,6 +123,15 @@ impl fmt::Display for Report {
                 q.to.display(),
                 q.reason
             )?;
+        }
+        writeln!(f, "manifest media types: {}", self.media_types)?;
+        writeln!(
+            f,
+            "orphan media types removed: {}",
+            self.orphans_removed.len()
+        )?;
+        for p in &self.orphans_removed {
+            writeln!(f, "  {}", p.display())?;
         }
         writeln!(f, "temp files removed: {}", self.temp_removed.len())?;
         for p in &self.temp_removed {
@@ -173,8 +194,96 @@ pub fn run(root: &Path) -> io::Result<Report> {
             Err(e) => report.errors.push((path, e)),
         }
     }
+    check_media_types(root, &blobs, &quarantine, &mut report)?;
     clear_tmp(root, &mut report)?;
     Ok(report)
+}
+
+/// The pass over `manifests/sha256/` (see the module docs).
+fn check_media_types(
+    root: &Path,
+    blobs: &Path,
+    quarantine: &Path,
+    report: &mut Report,
+) -> io::Result<()> {
+    let dir = root.join("manifests").join("sha256");
+    let entries = match std::fs::read_dir(&dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(io::Error::new(e.kind(), format!("{}: {e}", dir.display()))),
+    };
+    for entry in entries {
+        let entry = entry?;
+        let path = entry.path();
+        let name = entry.file_name();
+        // `.<hex>.tmp`: a type being written right now by a running berth (or a crash's leftover,
+        // a few bytes, replaced on the manifest's next fetch).
+        if name.to_string_lossy().starts_with('.') {
+            continue;
+        }
+        let meta = match entry.metadata() {
+            Ok(m) => m,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => {
+                report.errors.push((path, e));
+                continue;
+            }
+        };
+        report.media_types += 1;
+        let id = (meta.dev(), meta.ino());
+        let reason = match name.to_str().and_then(Digest::from_hex) {
+            None => Some(Reason::BadName),
+            Some(_) if !meta.is_file() => Some(Reason::NotAFile),
+            Some(d) => {
+                if !blobs.join(d.hex()).exists() {
+                    match std::fs::remove_file(&path) {
+                        Ok(()) => report.orphans_removed.push(path),
+                        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                        Err(e) => report.errors.push((path, e)),
+                    }
+                    continue;
+                }
+                match std::fs::read(&path) {
+                    Ok(text) => (!is_media_type(&text)).then_some(Reason::BadMediaType),
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                    Err(e) => {
+                        report.errors.push((path, e));
+                        continue;
+                    }
+                }
+            }
+        };
+        let Some(reason) = reason else { continue };
+        match move_aside(&path, id, quarantine) {
+            Ok(Some(to)) => report.quarantined.push(Quarantined {
+                from: path,
+                to,
+                reason,
+            }),
+            Ok(None) => {}
+            Err(e) => report.errors.push((path, e)),
+        }
+    }
+    Ok(())
+}
+
+/// Whether a media-type file holds what berth writes there: one `type/subtype` (parameters
+/// allowed), printable ASCII, at most 255 bytes, an optional trailing newline.
+fn is_media_type(text: &[u8]) -> bool {
+    let t = text.strip_suffix(b"\n").unwrap_or(text);
+    let Ok(t) = std::str::from_utf8(t) else {
+        return false;
+    };
+    let essence = t.split(';').next().unwrap_or("").trim();
+    let Some((ty, sub)) = essence.split_once('/') else {
+        return false;
+    };
+    let token = |s: &str| {
+        !s.is_empty()
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"!#$&-^_.+".contains(&b))
+    };
+    t.len() <= 255 && t.bytes().all(|b| (0x20..0x7f).contains(&b)) && token(ty) && token(sub)
 }
 
 /// One entry's verdict: its length, why it is bad (`None`: good), and the inode that was judged.
@@ -317,6 +426,31 @@ mod tests {
             !dir.path().join("quarantine").exists(),
             "created only when needed"
         );
+    }
+
+    #[test]
+    fn media_types_are_what_berth_writes() {
+        for good in [
+            "application/vnd.oci.image.manifest.v1+json",
+            "application/vnd.docker.distribution.manifest.v1+prettyjws\n",
+            "application/json; charset=utf-8",
+        ] {
+            assert!(is_media_type(good.as_bytes()), "{good}");
+        }
+        let long = format!("a/{}", "b".repeat(300));
+        for bad in [
+            &b""[..],
+            b"\n",
+            b"json",
+            b"application/",
+            b"/json",
+            b"a/b\x00",
+            b"\xff\xfe/x",
+            b"a/b\n\n",
+            long.as_bytes(),
+        ] {
+            assert!(!is_media_type(bad), "{bad:?}");
+        }
     }
 
     #[test]

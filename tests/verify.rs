@@ -130,6 +130,61 @@ fn verify_quarantines_exactly_the_bad_files_and_clears_leftovers() {
     assert!(again.quarantined.is_empty() && again.temp_removed.is_empty());
 }
 
+#[test]
+fn verify_checks_manifest_media_types_and_removes_orphans() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let blobs = root.join("blobs/sha256");
+    let types = root.join("manifests/sha256");
+    std::fs::create_dir_all(&blobs).unwrap();
+    std::fs::create_dir_all(&types).unwrap();
+    let manifest = |n: u8| {
+        let bytes = format!(r#"{{"schemaVersion":2,"n":{n}}}"#);
+        let d = Digest::of(bytes.as_bytes());
+        std::fs::write(blobs.join(d.hex()), bytes).unwrap();
+        d
+    };
+    let good = manifest(1);
+    std::fs::write(
+        types.join(good.hex()),
+        "application/vnd.oci.image.manifest.v1+json\n",
+    )
+    .unwrap();
+    let garbled = manifest(2);
+    std::fs::write(types.join(garbled.hex()), b"\x00\xffnot a type").unwrap();
+    let orphan = Digest::of(b"evicted manifest");
+    std::fs::write(types.join(orphan.hex()), "application/json").unwrap();
+    std::fs::write(types.join("stray"), "application/json").unwrap();
+    // A type being written by a running berth right now: left alone.
+    let writing = types.join(format!(".{}.tmp", good.hex()));
+    std::fs::write(&writing, "application/vnd.oci.image.index.v1+json").unwrap();
+
+    let r = verify::run(root).unwrap();
+    assert_eq!(r.media_types, 4);
+    assert_eq!(r.orphans_removed, vec![types.join(orphan.hex())]);
+    let mut moved: Vec<_> = r
+        .quarantined
+        .iter()
+        .map(|q| (q.from.clone(), q.reason.clone()))
+        .collect();
+    moved.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut want = vec![
+        (types.join(garbled.hex()), Reason::BadMediaType),
+        (types.join("stray"), Reason::BadName),
+    ];
+    want.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(moved, want);
+    assert_eq!(r.exit_code(), 1);
+    assert!(types.join(good.hex()).exists() && writing.exists());
+    assert!(r.to_string().contains("orphan media types removed: 1"));
+    // The manifest blobs themselves are fine and stay.
+    assert_eq!((r.checked, r.ok), (2, 2));
+
+    let again = verify::run(root).unwrap();
+    assert_eq!((again.media_types, again.exit_code()), (1, 0));
+    assert!(again.orphans_removed.is_empty());
+}
+
 fn berth() -> Command {
     Command::new(env!("CARGO_BIN_EXE_berth"))
 }
