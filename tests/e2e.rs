@@ -174,6 +174,41 @@ fn check_dir(out: &Path, c: &Case) {
     }
 }
 
+/// `berth warm` before a rollout: every image, every platform, is fetched through berth once; with
+/// the registries gone, skopeo still copies every platform of every image from the cache.
+#[test]
+#[ignore = "end-to-end: needs tests/install-deps.sh; run by tests/run.sh"]
+fn warm_then_pull_with_the_registries_down() {
+    let mut env = Env::start(Via::Berth);
+    let refs: Vec<String> = seed::images()
+        .iter()
+        .map(|img| format!("{}/{}", img.upstream, img.reference()))
+        .collect();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_berth"));
+    cmd.arg("warm")
+        .arg("--server")
+        .arg(format!("http://{}", env.mirror("docker.io")))
+        .args(&refs);
+    let out = proc::run(&mut cmd, PULL_LIMIT);
+    eprintln!("{out}");
+    for img in seed::images() {
+        for p in &img.platforms {
+            env.assert_cached(img, p.arch);
+        }
+        env.assert_fetched_once(img);
+    }
+    env.stop_registries();
+    let cases: Vec<Case> = seed::images()
+        .iter()
+        .map(|img| Case {
+            name: env.prefixed(img.upstream, &img.reference()),
+            image: img,
+            all: true,
+        })
+        .collect();
+    skopeo_copies(&env, &cases, "warmed");
+}
+
 /// Several clients miss the same blobs at the same moment: berth fetches each from the registry
 /// once, and every client gets the whole image.
 #[test]
