@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use berth::admin::cli as admin;
+use berth::admin;
 use berth::config::Config;
 use berth::server::Server;
 
@@ -186,7 +186,10 @@ fn main() -> ExitCode {
                 },
                 CacheOp::Stats => admin::Op::Stats,
             };
-            admin::main(&cfg, direct, url.as_deref(), &op, json)
+            block_on(
+                false,
+                admin::cli::main(&cfg, direct, url.as_deref(), &op, json),
+            )
         }
         Command::Serve { config } => {
             // Flushes buffered log lines when serve returns.
@@ -195,18 +198,29 @@ fn main() -> ExitCode {
                 Ok(c) => c,
                 Err(code) => return code,
             };
-            let rt = match tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(rt) => rt,
-                Err(e) => {
-                    eprintln!("berth: cannot start the runtime: {e}");
-                    return ExitCode::FAILURE;
-                }
-            };
-            rt.block_on(serve(cfg, config))
+            block_on(true, serve(cfg, config))
         }
+    }
+}
+
+/// A tokio runtime: all cores for `serve`, one thread for the client commands. On failure, tells
+/// the operator and returns exit code 2.
+fn runtime(multi_thread: bool) -> Result<tokio::runtime::Runtime, ExitCode> {
+    let mut b = match multi_thread {
+        true => tokio::runtime::Builder::new_multi_thread(),
+        false => tokio::runtime::Builder::new_current_thread(),
+    };
+    b.enable_all().build().map_err(|e| {
+        eprintln!("berth: cannot start the runtime: {e}");
+        ExitCode::from(2)
+    })
+}
+
+/// Runs `f` to completion on a fresh [`runtime`].
+fn block_on(multi_thread: bool, f: impl std::future::Future<Output = ExitCode>) -> ExitCode {
+    match runtime(multi_thread) {
+        Ok(rt) => rt.block_on(f),
+        Err(code) => code,
     }
 }
 
@@ -295,17 +309,10 @@ fn warm(args: WarmArgs) -> ExitCode {
         }
     };
     // One thread is plenty: warm waits on sockets and hashes only manifests.
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("berth: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+    let summary = match runtime(false) {
+        Ok(rt) => rt.block_on(warmer.run(&refs)),
+        Err(code) => return code,
     };
-    let summary = rt.block_on(warmer.run(&refs));
     println!("{summary}");
     ExitCode::from(summary.exit_code())
 }

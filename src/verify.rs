@@ -206,11 +206,8 @@ fn check_media_types(
     quarantine: &Path,
     report: &mut Report,
 ) -> io::Result<()> {
-    let dir = root.join("manifests").join("sha256");
-    let entries = match std::fs::read_dir(&dir) {
-        Ok(e) => e,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(io::Error::new(e.kind(), format!("{}: {e}", dir.display()))),
+    let Some(entries) = read_dir_if_any(&root.join("manifests").join("sha256"))? else {
+        return Ok(());
     };
     for entry in entries {
         let entry = entry?;
@@ -374,14 +371,20 @@ fn move_aside(path: &Path, id: (u64, u64), quarantine: &Path) -> io::Result<Opti
     }
 }
 
+/// The entries of `dir`; `None` when there is no such directory. Errors name the directory.
+fn read_dir_if_any(dir: &Path) -> io::Result<Option<std::fs::ReadDir>> {
+    match std::fs::read_dir(dir) {
+        Ok(e) => Ok(Some(e)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(io::Error::new(e.kind(), format!("{}: {e}", dir.display()))),
+    }
+}
+
 /// Removes temp files whose writer is gone.
 fn clear_tmp(root: &Path, report: &mut Report) -> io::Result<()> {
-    let tmp = store::tmp_dir(root);
-    let entries = match std::fs::read_dir(&tmp) {
-        Ok(e) => e,
-        // berth creates it on start; a store that never ran has none.
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(io::Error::new(e.kind(), format!("{}: {e}", tmp.display()))),
+    // berth creates it on start; a store that never ran has none.
+    let Some(entries) = read_dir_if_any(&store::tmp_dir(root))? else {
+        return Ok(());
     };
     for entry in entries {
         let entry = entry?;

@@ -32,13 +32,9 @@ use futures_util::stream::{self, StreamExt as _};
 use http::{Request, Response, StatusCode, header};
 use http_body_util::{BodyExt as _, Empty};
 use hyper::body::Incoming;
-use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use indicatif::{HumanBytes, ProgressBar, ProgressStyle};
-use rustls_pki_types::CertificateDer;
-use rustls_pki_types::pem::PemObject;
 use serde::Deserialize;
 use tokio::sync::Semaphore;
 use url::Url;
@@ -63,6 +59,8 @@ pub const MAX_MANIFEST: usize = 4 << 20;
 
 /// Indexes inside indexes are followed this deep.
 const MAX_DEPTH: usize = 4;
+/// How long connecting to berth (TCP and TLS) may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 // ---- references ----
 
@@ -380,7 +378,7 @@ impl fmt::Display for Summary {
     }
 }
 
-type HttpClient = Client<HttpsConnector<HttpConnector>, Empty<Bytes>>;
+use crate::upstream::connect::{HttpClient, TimeoutConnector};
 
 /// One run's client, limits and display.
 pub struct Warmer {
@@ -841,39 +839,15 @@ fn chain(e: &dyn std::error::Error) -> String {
 }
 
 fn build_client(ca_file: Option<&Path>) -> Result<HttpClient, String> {
-    let mut roots = rustls::RootCertStore::empty();
-    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-    if let Some(f) = ca_file {
-        let certs = CertificateDer::pem_file_iter(f)
-            .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-            .map_err(|e| format!("--ca-file {}: {e}", f.display()))?;
-        let (added, _) = roots.add_parsable_certificates(certs);
-        if added == 0 {
-            return Err(format!(
-                "--ca-file {}: no usable PEM certificate in it",
-                f.display()
-            ));
+    let https = crate::upstream::connect::https_connector(ca_file).map_err(|e| {
+        if ca_file.is_some() {
+            format!("--ca-file: {e}")
+        } else {
+            e
         }
-    }
-    // An explicit provider, so nothing depends on a process-wide default.
-    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map_err(|e| format!("TLS setup: {e}"))?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    let mut http = HttpConnector::new();
-    http.enforce_http(false);
-    http.set_nodelay(true);
-    http.set_connect_timeout(Some(Duration::from_secs(10)));
-    let https = HttpsConnectorBuilder::new()
-        .with_tls_config(tls)
-        .https_or_http()
-        .enable_http1()
-        .enable_http2()
-        .wrap_connector(http);
-    Ok(Client::builder(TokioExecutor::new()).build(https))
+    })?;
+    // A dead or unreachable server is reported in seconds, not after the OS's connect timeout.
+    Ok(Client::builder(TokioExecutor::new()).build(TimeoutConnector::new(https, CONNECT_TIMEOUT)))
 }
 
 // ---- manifests ----

@@ -9,7 +9,7 @@ use std::process::Command;
 
 use bytes::Bytes;
 use http::Method;
-use support::instance::{Berth, gated_blob, same, start_on, until_metric};
+use support::instance::{gated_blob, same, start_on, until_metric};
 use support::{FakeRegistry, random_bytes};
 
 const INDEX: &str =
@@ -38,14 +38,6 @@ impl Drop for Tmpfs {
             let _ = Command::new("umount").arg("-l").arg(&self.0).status();
         }
     }
-}
-
-async fn counter(b: &Berth, needle: &str) -> u64 {
-    b.metric(needle)
-        .await
-        .lines()
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-        .sum()
 }
 
 const ENOSPC: &str = "berth_store_write_errors_total{kind=\"enospc\"}";
@@ -78,7 +70,7 @@ async fn a_full_disk_turns_fills_into_pass_through_and_berth_keeps_serving() {
     b.settled().await;
     assert!(files_in(&blobs).is_empty(), "{:?}", files_in(&blobs));
     assert!(files_in(&tmp).is_empty(), "{:?}", files_in(&tmp));
-    assert_eq!(counter(&b, ENOSPC).await, 1);
+    assert_eq!(b.counter(ENOSPC).await, 1);
 
     // 2. The space is free again: a smaller blob caches.
     let small = random_bytes(1 << 20, 202);
@@ -108,7 +100,8 @@ async fn a_full_disk_turns_fills_into_pass_through_and_berth_keeps_serving() {
     same(second.bytes(), &layer);
     assert_eq!(fake.hits(Method::GET, &upstream_path), 2, "a fresh fill");
     assert_eq!(
-        counter(&b, "berth_coalesced_requests_total{kind=\"blob\"}").await,
+        b.counter("berth_coalesced_requests_total{kind=\"blob\"}")
+            .await,
         0
     );
     fake.put_tagged(
@@ -122,7 +115,7 @@ async fn a_full_disk_turns_fills_into_pass_through_and_berth_keeps_serving() {
     assert_eq!(manifest.bytes(), &Bytes::from_static(INDEX.as_bytes()));
     // Both fills hit the full disk; the manifest may or may not, depending on how much room the
     // eviction made, and is served either way.
-    assert!(counter(&b, ENOSPC).await >= 3, "fill, fill");
+    assert!(b.counter(ENOSPC).await >= 3, "fill, fill");
     release.send_replace(layer.len());
     same(&Bytes::from(first.finish().await.unwrap()), &layer);
     b.settled().await;

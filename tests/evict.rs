@@ -21,15 +21,6 @@ use support::{FakeRegistry, random_bytes};
 
 const MIB: usize = 1 << 20;
 
-/// A metric's value (the sample line named exactly `series`).
-async fn value(b: &Berth, series: &str) -> u64 {
-    let lines = b.metric(series).await;
-    lines
-        .lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or(0)
-}
-
 /// Every blob file: its name, and its size. Each file must hash to its name.
 fn files(dir: &Path) -> Vec<(String, u64)> {
     let mut out = Vec::new();
@@ -121,17 +112,20 @@ async fn concurrent_pulls_keep_the_cache_under_max_size() {
     let on_disk = files(b.dir.path());
     let total: u64 = on_disk.iter().map(|(_, n)| n).sum();
     assert!(total <= 8 * MIB as u64, "{total} bytes on disk");
-    assert_eq!(value(&b, "berth_cache_bytes").await, total);
-    assert_eq!(value(&b, "berth_cache_entries").await, on_disk.len() as u64);
-    let evicted = value(&b, "berth_cache_evictions_total{reason=\"size\"}").await;
+    assert_eq!(b.counter("berth_cache_bytes").await, total);
+    assert_eq!(b.counter("berth_cache_entries").await, on_disk.len() as u64);
+    let evicted = b
+        .counter("berth_cache_evictions_total{reason=\"size\"}")
+        .await;
     assert_eq!(evicted, 12 - on_disk.len() as u64);
     assert_eq!(
-        value(&b, "berth_cache_evicted_bytes_total{reason=\"size\"}").await,
+        b.counter("berth_cache_evicted_bytes_total{reason=\"size\"}")
+            .await,
         evicted * MIB as u64
     );
-    assert_eq!(value(&b, "berth_cache_max_bytes").await, 8 * MIB as u64);
+    assert_eq!(b.counter("berth_cache_max_bytes").await, 8 * MIB as u64);
     assert_eq!(
-        value(&b, "berth_cache_high_watermark_bytes").await,
+        b.counter("berth_cache_high_watermark_bytes").await,
         (8.0 * MIB as f64 * 0.9) as u64
     );
 
@@ -162,8 +156,8 @@ async fn the_least_recently_used_go_first_and_the_index_survives_a_restart() {
                      low_watermark = "50%""#;
     let b = start_with(&fake, storage, "", dir).await;
     // Rebuilt from the files: three entries, 3 MiB.
-    assert_eq!(value(&b, "berth_cache_entries").await, 3);
-    assert_eq!(value(&b, "berth_cache_bytes").await, 3 * MIB as u64);
+    assert_eq!(b.counter("berth_cache_entries").await, 3);
+    assert_eq!(b.counter("berth_cache_bytes").await, 3 * MIB as u64);
     // D takes the cache past 80% of 4 MiB: down to 50% (2 MiB) with D in it means two go, the
     // least recently used: B, then C.
     pull_all(&b, &all[3..]).await;
@@ -171,7 +165,8 @@ async fn the_least_recently_used_go_first_and_the_index_survives_a_restart() {
     assert!(!cached(dir, bb) && !cached(dir, c), "B and C evicted");
     assert!(cached(dir, a) && cached(dir, d), "A and D kept");
     assert_eq!(
-        value(&b, "berth_cache_evictions_total{reason=\"size\"}").await,
+        b.counter("berth_cache_evictions_total{reason=\"size\"}")
+            .await,
         2
     );
 }
@@ -244,7 +239,7 @@ async fn blobs_named_by_a_manifest_just_served_stay_and_a_newcomer_that_cannot_f
     same(got.bytes(), big_data);
     b.settled().await;
     assert!(!cached(dir, big) && cached(dir, n));
-    assert_eq!(value(&b, "berth_cache_not_stored_total").await, 1);
+    assert_eq!(b.counter("berth_cache_not_stored_total").await, 1);
     let total: u64 = files(dir).iter().map(|(_, n)| n).sum();
     assert!(total <= 4 * MIB as u64, "{total} bytes on disk");
 }
@@ -265,7 +260,7 @@ async fn what_nobody_pulled_for_max_age_is_evicted() {
     until_metric(&b, "berth_cache_evictions_total{reason=\"age\"}", 1).await;
     assert!(!cached(b.dir.path(), old));
     assert!(cached(b.dir.path(), recent));
-    assert_eq!(value(&b, "berth_cache_entries").await, 1);
+    assert_eq!(b.counter("berth_cache_entries").await, 1);
     // Pulled again, it comes from upstream again.
     fake.reset_counts();
     let got = b.get(&format!("/v2/app/blobs/{old}")).await;

@@ -12,19 +12,10 @@ use support::{FakeRegistry, Fault, Host, TokenAuth, random_bytes};
 /// Resumes wait the upstream's backoff; a millisecond keeps the tests quick.
 const FAST: &str = "retry_backoff = \"1ms\"";
 
-async fn counter(b: &Berth, needle: &str) -> u64 {
-    b.metric(needle)
-        .await
-        .lines()
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-        .sum()
-}
-
 async fn resumes(b: &Berth, outcome: &str) -> u64 {
-    counter(
-        b,
-        &format!("berth_upstream_resumes_total{{outcome=\"{outcome}\""),
-    )
+    b.counter(&format!(
+        "berth_upstream_resumes_total{{outcome=\"{outcome}\""
+    ))
     .await
 }
 
@@ -65,7 +56,7 @@ async fn a_disconnect_mid_blob_resumes_from_where_it_stopped() {
     assert_eq!(resumes(&b, "failed").await, 0);
     // Every byte fetched once: none counted (or written) twice.
     assert_eq!(
-        counter(&b, "berth_upstream_fetched_bytes_total{").await,
+        b.counter("berth_upstream_fetched_bytes_total{").await,
         layer.len() as u64
     );
 
@@ -96,7 +87,7 @@ async fn an_upstream_that_ignores_range_is_read_again_and_the_known_part_skipped
     assert_eq!(resumes(&b, "restart").await, 1);
     assert_eq!(resumes(&b, "partial").await, 0);
     assert_eq!(
-        counter(&b, "berth_upstream_fetched_bytes_total{").await,
+        b.counter("berth_upstream_fetched_bytes_total{").await,
         layer.len() as u64,
         "the skipped bytes are neither written nor counted again"
     );

@@ -21,7 +21,7 @@ use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header
 use http_body_util::{BodyExt, Full};
 use sha2::{Digest as _, Sha256};
 
-use super::Cache;
+use super::{Cache, Op};
 use crate::config::Secret;
 use crate::error::{Code, Error, Origin};
 use crate::http::{Body, error_response};
@@ -35,23 +35,9 @@ pub fn is_admin_path(path: &str) -> bool {
     path == PREFIX || path.starts_with("/admin/")
 }
 
-/// An admin request, parsed before anything is done.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum AdminRoute {
-    List {
-        repo: Option<String>,
-        upstream: Option<String>,
-    },
-    Remove {
-        reference: String,
-        upstream: Option<String>,
-    },
-    Stats,
-}
-
-/// Parses method, path and query into an [`AdminRoute`]: 404 for an unknown path, 405 for a
+/// Parses method, path and query into an [`Op`](super::Op): 404 for an unknown path, 405 for a
 /// known path with another method, 400 for a malformed reference or query.
-pub fn parse(method: &Method, path: &str, query: Option<&str>) -> Result<AdminRoute, Error> {
+pub fn parse(method: &Method, path: &str, query: Option<&str>) -> Result<Op, Error> {
     let mut repo = None;
     let mut upstream = None;
     for (k, v) in url::form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
@@ -74,15 +60,15 @@ pub fn parse(method: &Method, path: &str, query: Option<&str>) -> Result<AdminRo
     match path.strip_prefix(PREFIX) {
         Some("/cache") => {
             allow(&Method::GET)?;
-            Ok(AdminRoute::List { repo, upstream })
+            Ok(Op::List { repo, upstream })
         }
         Some("/stats") => {
             allow(&Method::GET)?;
-            Ok(AdminRoute::Stats)
+            Ok(Op::Stats)
         }
         Some(rest) if rest.starts_with("/cache/") && rest.len() > "/cache/".len() => {
             allow(&Method::DELETE)?;
-            Ok(AdminRoute::Remove {
+            Ok(Op::Remove {
                 reference: percent_decode(&rest["/cache/".len()..])?,
                 upstream,
             })
@@ -198,14 +184,14 @@ impl Api {
         let route = parse(req.method(), req.uri().path(), req.uri().query())?;
         let cache = Cache::new(self.mirror.store(), self.mirror.manifests(), &self.root);
         match route {
-            AdminRoute::List { repo, upstream } => {
+            Op::List { repo, upstream } => {
                 let filter = match repo {
                     Some(r) => Some(cache.parse_ref(&r, upstream.as_deref()).await?),
                     None => None,
                 };
                 Ok(json(&cache.list(filter.as_ref()).await?))
             }
-            AdminRoute::Remove {
+            Op::Remove {
                 reference,
                 upstream,
             } => {
@@ -220,7 +206,7 @@ impl Api {
                 );
                 Ok(json(&removal))
             }
-            AdminRoute::Stats => {
+            Op::Stats => {
                 let max = self.mirror.store().index().limits().max_size;
                 Ok(json(&cache.stats(max).await?))
             }
@@ -244,7 +230,7 @@ mod tests {
                 Method::GET,
                 "/admin/cache",
                 None,
-                AdminRoute::List {
+                Op::List {
                     repo: None,
                     upstream: None,
                 },
@@ -253,17 +239,17 @@ mod tests {
                 Method::GET,
                 "/admin/cache",
                 Some("repo=library%2Fapp&upstream=docker.io"),
-                AdminRoute::List {
+                Op::List {
                     repo: Some("library/app".into()),
                     upstream: Some("docker.io".into()),
                 },
             ),
-            (Method::GET, "/admin/stats", None, AdminRoute::Stats),
+            (Method::GET, "/admin/stats", None, Op::Stats),
             (
                 Method::DELETE,
                 "/admin/cache/registry.test/library/app%3A1",
                 None,
-                AdminRoute::Remove {
+                Op::Remove {
                     reference: "registry.test/library/app:1".into(),
                     upstream: None,
                 },

@@ -22,25 +22,11 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use serde::de::DeserializeOwned;
 
-use super::{Cache, Listing, Removal, Stats};
+use super::{Cache, Listing, Op, Removal, Stats};
 use crate::config::{Config, Secret};
 use crate::error::Error;
 use crate::manifests::Manifests;
 use crate::store::Store;
-
-/// What to do.
-#[derive(Debug, Clone)]
-pub enum Op {
-    List {
-        repo: Option<String>,
-        upstream: Option<String>,
-    },
-    Remove {
-        reference: String,
-        upstream: Option<String>,
-    },
-    Stats,
-}
 
 /// Which way.
 #[derive(Debug, Clone)]
@@ -329,7 +315,7 @@ async fn call<T: DeserializeOwned>(
 }
 
 /// The whole command: choose the way, say it, run, print; the exit code.
-pub fn main(cfg: &Config, direct: bool, url: Option<&str>, op: &Op, json: bool) -> ExitCode {
+pub async fn main(cfg: &Config, direct: bool, url: Option<&str>, op: &Op, json: bool) -> ExitCode {
     let mode = match Mode::choose(cfg, direct, url) {
         Ok(m) => m,
         Err(e) => {
@@ -338,17 +324,7 @@ pub fn main(cfg: &Config, direct: bool, url: Option<&str>, op: &Op, json: bool) 
         }
     };
     eprintln!("berth: {}", mode.describe(cfg));
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("berth: cannot start the runtime: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    match rt.block_on(run(cfg, &mode, op)) {
+    match run(cfg, &mode, op).await {
         Ok(answer) => {
             print!("{}", answer.render(json));
             ExitCode::SUCCESS

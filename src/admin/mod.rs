@@ -36,6 +36,20 @@
 pub mod api;
 pub mod cli;
 
+/// One operator request, from the command line or the API (parsed there before anything is done).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Op {
+    List {
+        repo: Option<String>,
+        upstream: Option<String>,
+    },
+    Remove {
+        reference: String,
+        upstream: Option<String>,
+    },
+    Stats,
+}
+
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::io;

@@ -2,6 +2,7 @@
 //! ALPN for HTTP/2 and HTTP/1.1, and a connect timeout that covers TCP and the TLS handshake.
 
 use std::future::Future;
+use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -38,6 +39,12 @@ pub struct TimeoutConnector<C> {
     timeout: Duration,
 }
 
+impl<C> TimeoutConnector<C> {
+    pub fn new(inner: C, timeout: Duration) -> Self {
+        TimeoutConnector { inner, timeout }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 #[error("connect timed out after {0:?}")]
 pub struct ConnectTimeout(Duration);
@@ -69,27 +76,19 @@ where
     }
 }
 
-/// Builds the pooled client for one upstream.
-pub fn build_client(cfg: &UpstreamConfig) -> Result<HttpClient, Error> {
+/// An HTTP(S) connector trusting the public roots (webpki) plus the PEM certificates of
+/// `ca_file`; also what `berth warm` and `berth cache` use to reach berth itself. The error names
+/// the file and what is wrong with it.
+pub fn https_connector(ca_file: Option<&Path>) -> Result<HttpsConnector<HttpConnector>, String> {
     let mut roots = rustls::RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-    if let Some(f) = &cfg.ca_file {
+    if let Some(f) = ca_file {
         let certs = CertificateDer::pem_file_iter(f)
             .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-            .map_err(|e| {
-                Error::internal(format!(
-                    "upstream {}: cannot read ca_file {}: {e}",
-                    cfg.name,
-                    f.display()
-                ))
-            })?;
+            .map_err(|e| format!("cannot read {}: {e}", f.display()))?;
         let (added, _ignored) = roots.add_parsable_certificates(certs);
         if added == 0 {
-            return Err(Error::internal(format!(
-                "upstream {}: ca_file {} holds no usable certificate",
-                cfg.name,
-                f.display()
-            )));
+            return Err(format!("{} holds no usable PEM certificate", f.display()));
         }
     }
     // An explicit provider, so that nothing depends on a process-wide default being installed.
@@ -97,7 +96,7 @@ pub fn build_client(cfg: &UpstreamConfig) -> Result<HttpClient, Error> {
         rustls::crypto::ring::default_provider(),
     ))
     .with_safe_default_protocol_versions()
-    .map_err(|e| Error::internal(format!("TLS setup: {e}")))?
+    .map_err(|e| format!("TLS setup: {e}"))?
     .with_root_certificates(roots)
     .with_no_client_auth();
 
@@ -105,16 +104,19 @@ pub fn build_client(cfg: &UpstreamConfig) -> Result<HttpClient, Error> {
     // The https connector hands it https:// URIs too; it only does the TCP part.
     http.enforce_http(false);
     http.set_nodelay(true);
-    let https = HttpsConnectorBuilder::new()
+    Ok(HttpsConnectorBuilder::new()
         .with_tls_config(tls)
         .https_or_http()
         .enable_http1()
         .enable_http2()
-        .wrap_connector(http);
-    let connector = TimeoutConnector {
-        inner: https,
-        timeout: cfg.connect_timeout,
-    };
+        .wrap_connector(http))
+}
+
+/// Builds the pooled client for one upstream.
+pub fn build_client(cfg: &UpstreamConfig) -> Result<HttpClient, Error> {
+    let https = https_connector(cfg.ca_file.as_deref())
+        .map_err(|e| Error::internal(format!("upstream {}: ca_file: {e}", cfg.name)))?;
+    let connector = TimeoutConnector::new(https, cfg.connect_timeout);
     Ok(Client::builder(TokioExecutor::new())
         .pool_idle_timeout(POOL_IDLE_TIMEOUT)
         .pool_timer(TokioTimer::new())

@@ -22,7 +22,7 @@
 //! Rule of dependency: uses `config`, `error` and `oci`; knows nothing of the mirror or the store.
 
 pub mod auth;
-mod connect;
+pub mod connect;
 
 use std::collections::hash_map::RandomState;
 use std::fmt;

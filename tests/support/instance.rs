@@ -154,6 +154,17 @@ impl Berth {
             .join(digest.trim_start_matches("sha256:"))
     }
 
+    /// The sum of the samples whose line contains `needle` (0 when none): a counter across its
+    /// labels, or one series named exactly.
+    pub async fn counter(&self, needle: &str) -> u64 {
+        self.metric(needle)
+            .await
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum()
+    }
+
     pub async fn metric(&self, needle: &str) -> String {
         let resp = self
             .client
