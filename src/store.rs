@@ -1016,11 +1016,17 @@ async fn next_chunk(
                         if cursor.is_none() {
                             *cursor = Some(p.spool.register(pos));
                         }
-                        // Hold back the last byte until the digest is verified.
+                        // Hold back the last byte until the digest is verified: the blob's, and
+                        // the requested range's, so that no response (a 206 included) completes
+                        // with bytes that might turn out wrong.
                         let readable = match p.total {
                             _ if p.verified => p.received,
                             Some(t) => p.received.min(t.saturating_sub(1)),
                             None => p.received.saturating_sub(1),
+                        };
+                        let readable = match p.verified {
+                            true => readable,
+                            false => readable.min(end.saturating_sub(1)),
                         };
                         if p.verified && pos >= readable {
                             return Ok(None);

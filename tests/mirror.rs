@@ -410,6 +410,31 @@ async fn ranges_on_misses_and_hits() {
     );
 }
 
+/// A range of a blob being fetched: its bytes may arrive long before the whole blob is hashed, but
+/// the 206 only completes once the digest checked out; with wrong bytes upstream it never does.
+#[tokio::test]
+async fn a_range_of_a_fill_completes_only_after_the_digest_checked() {
+    let fake = FakeRegistry::start().await;
+    let layer = random_bytes(1_000_000, 18);
+    let blob = fake.put_blob("library/app", layer.clone());
+    let upstream = format!("/v2/library/app/blobs/{blob}");
+    fake.fault_times(&upstream, Fault::WrongBytes, 1);
+    let b = berth(&fake, "resume_attempts = 0").await;
+    let path = format!("/v2/app/blobs/{blob}");
+    let got = b
+        .request(Method::GET, &path, &[("range", "bytes=0-99")])
+        .await;
+    assert_eq!(got.status, StatusCode::PARTIAL_CONTENT);
+    assert!(got.body.is_err(), "a 206 of unverified bytes completed");
+    b.settled().await;
+    assert!(!b.blob_file(&blob).exists());
+    // The honest second fetch: the range completes, with the right bytes.
+    let got = b
+        .request(Method::GET, &path, &[("range", "bytes=0-99")])
+        .await;
+    same(got.bytes(), &layer.slice(0..100));
+}
+
 #[tokio::test]
 async fn head_of_a_missing_blob_asks_upstream_without_fetching_it() {
     let fake = FakeRegistry::start().await;
