@@ -543,7 +543,9 @@ fn read_admin_token(a: &AdminConfig) -> Result<Secret, (&'static str, String)> {
         };
         return Err((key, "the token is empty".into()));
     }
-    Ok(Secret::new(token))
+    // Surrounding white space never counts, from a file or the environment, as in the request's
+    // `Authorization` header.
+    Ok(Secret::new(token.trim()))
 }
 
 /// `host` or `host:port`, as clients name a registry.

@@ -231,10 +231,15 @@ pub struct Index {
 pub struct Lease {
     index: Arc<Index>,
     key: Key,
+    /// Whether the entry was there to count it (only then is there something to give back).
+    counted: bool,
 }
 
 impl Drop for Lease {
     fn drop(&mut self) {
+        if !self.counted {
+            return;
+        }
         let mut inner = self.index.inner.lock().unwrap();
         if let Some(e) = inner.entries.get_mut(&self.key) {
             e.readers = e.readers.saturating_sub(1);
@@ -298,6 +303,10 @@ impl Index {
     /// Records a blob (a new commit, or one found on start). Replaces an entry for the same key.
     pub fn insert(&self, key: Key, size: u64, last: Secs) {
         let mut inner = self.inner.lock().unwrap();
+        self.insert_locked(&mut inner, key, size, last);
+    }
+
+    fn insert_locked(&self, inner: &mut Inner, key: Key, size: u64, last: Secs) {
         let old = inner.entries.insert(
             key,
             Entry {
@@ -315,7 +324,7 @@ impl Index {
             e.readers = old.readers;
         }
         inner.bytes += size;
-        self.publish(&inner);
+        self.publish(inner);
     }
 
     /// Forgets a blob; its size if it was there.
@@ -343,12 +352,17 @@ impl Index {
     /// Marks a blob as being read until the lease is dropped. A key not (yet) in the index gets a
     /// lease that protects nothing: such a reader holds its file open, which keeps its bytes.
     pub fn lease(self: &Arc<Self>, key: Key) -> Lease {
-        if let Some(e) = self.inner.lock().unwrap().entries.get_mut(&key) {
-            e.readers += 1;
-        }
+        let counted = match self.inner.lock().unwrap().entries.get_mut(&key) {
+            Some(e) => {
+                e.readers += 1;
+                true
+            }
+            None => false,
+        };
         Lease {
             index: self.clone(),
             key,
+            counted,
         }
     }
 
@@ -407,10 +421,12 @@ impl Index {
         Admission { victims, admitted }
     }
 
-    /// Ends a reservation with the blob in place.
+    /// Ends a reservation with the blob in place (under one lock: its bytes are counted in one
+    /// place or the other at every moment).
     pub fn insert_reserved(&self, key: Key, size: u64, now: Secs) {
-        self.release(size);
-        self.insert(key, size, now);
+        let mut inner = self.inner.lock().unwrap();
+        inner.reserved = inner.reserved.saturating_sub(size);
+        self.insert_locked(&mut inner, key, size, now);
     }
 
     /// Ends a reservation without the blob (its commit failed).

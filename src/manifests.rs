@@ -196,13 +196,19 @@ impl Manifests {
         debug_assert_eq!(Digest::of(&m.bytes), m.digest);
         self.by_digest.insert(m.digest.clone(), m.clone()).await;
         let context = format!("caching manifest {}", m.digest);
-        self.store
-            .put(&m.digest, m.bytes.clone())
-            .await
-            .map_err(|e| match e {
-                CommitError::Io(e) | CommitError::Persist(e) => self.io_error(&context, &e),
-                e => Error::internal(format!("{context}: {e}")),
-            })?;
+        match self.store.put(&m.digest, m.bytes.clone()).await {
+            Ok(()) => {}
+            // The cache is full of content in use; counted by the store (not_stored). The
+            // manifest serves from memory, and no media type is written for bytes not kept.
+            Err(CommitError::NoRoom { .. }) => {
+                tracing::info!(digest = %m.digest, "manifest not cached: no room that eviction could free");
+                return Ok(());
+            }
+            Err(CommitError::Io(e) | CommitError::Persist(e)) => {
+                return Err(self.io_error(&context, &e));
+            }
+            Err(e) => return Err(Error::internal(format!("{context}: {e}"))),
+        }
         let path = self.types_dir.join(m.digest.hex());
         let tmp = self.types_dir.join(format!(".{}.tmp", m.digest.hex()));
         let media_type = m.media_type.clone();

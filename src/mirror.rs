@@ -35,6 +35,7 @@
 //! Rule of dependency: uses `store`, `manifests`, `upstream`, `oci`, `error`, `metrics`.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -62,6 +63,9 @@ const MAX_QUEUED: usize = 4 * 1024 * 1024;
 /// hashed) in memory, about 24 MiB, whatever the blob's size.
 const PASS_THROUGH_WINDOW: u64 = 16 * 1024 * 1024;
 
+/// Most fills running from memory at once (a full disk): about 200 MiB together.
+const MAX_PASS_THROUGH: usize = 8;
+
 type WriteFuture = std::pin::Pin<
     Box<dyn std::future::Future<Output = (store::PendingBlob, std::io::Result<()>)> + Send>,
 >;
@@ -79,6 +83,8 @@ pub struct Mirror {
     /// Manifest and tag lookups in progress: N clients pulling one tag make one upstream request.
     manifest_flights: Flights<ManifestKey, Result<ManifestReply, Error>>,
     metrics: Metrics,
+    /// Fills running from memory because the disk is full (at most [`MAX_PASS_THROUGH`]).
+    pass_throughs: Arc<AtomicUsize>,
 }
 
 /// What a manifest flight is for. A tag lookup also depends on the client's `Accept`: clients
@@ -136,7 +142,7 @@ impl ByteRange {
     pub fn resolve(self, total: u64) -> Result<(u64, u64), Error> {
         let span = match self {
             ByteRange::From(a, _) if a >= total => None,
-            ByteRange::From(a, b) => Some((a, b.map_or(total, |b| (b + 1).min(total)))),
+            ByteRange::From(a, b) => Some((a, b.map_or(total, |b| b.saturating_add(1).min(total)))),
             ByteRange::Suffix(0) => None,
             ByteRange::Suffix(n) => Some((total.saturating_sub(n), total)),
         };
@@ -197,6 +203,7 @@ impl Mirror {
             fills: Arc::default(),
             manifest_flights: Flights::new(MANIFEST_FLIGHT_WAIT),
             metrics,
+            pass_throughs: Arc::default(),
         }
     }
 
@@ -628,13 +635,15 @@ impl Mirror {
             metrics: self.metrics.clone(),
             fills: self.fills.clone(),
             this_fill: rx.clone(),
+            pass_throughs: self.pass_throughs.clone(),
+            passing: AtomicBool::new(false),
         };
         self.metrics.fills_in_flight.inc();
         // The task, not any client, owns the fill: it runs to the end even if every client leaves.
+        // The job ends in its Drop (counted out, taken out of the map), so that even a panic in it
+        // cannot leave a dead entry that every later request for the digest would join.
         tokio::spawn(async move {
             job.run(tx).await;
-            job.metrics.fills_in_flight.dec();
-            job.forget();
         });
         (rx, false)
     }
@@ -693,6 +702,19 @@ struct FillJob {
     /// The mirror's running fills, and this one's entry there.
     fills: Arc<Mutex<HashMap<Digest, watch::Receiver<FillState>>>>,
     this_fill: watch::Receiver<FillState>,
+    /// The mirror's count of fills running from memory, and whether this is one of them.
+    pass_throughs: Arc<AtomicUsize>,
+    passing: AtomicBool,
+}
+
+impl Drop for FillJob {
+    fn drop(&mut self) {
+        if self.passing.load(Ordering::Acquire) {
+            self.pass_throughs.fetch_sub(1, Ordering::AcqRel);
+        }
+        self.metrics.fills_in_flight.dec();
+        self.forget();
+    }
 }
 
 impl FillJob {
@@ -721,9 +743,22 @@ impl FillJob {
     }
 
     /// A write found the disk full: the fill goes on from memory (see `store::PassThrough`) and
-    /// leaves the map, so that new requests start a fresh fill (which may find room again).
-    fn pass_through(&self, pending: &mut store::PendingBlob, e: &std::io::Error) {
+    /// leaves the map, so that new requests start a fresh fill (which may find room again). At most
+    /// [`MAX_PASS_THROUGH`] at once: beyond that the fill fails (507), so that a fleet pulling one
+    /// layer onto a full disk cannot turn into a download and 24 MiB of memory per client.
+    fn pass_through(
+        &self,
+        pending: &mut store::PendingBlob,
+        e: &std::io::Error,
+    ) -> Result<(), Error> {
         self.write_failed(e);
+        if self.pass_throughs.fetch_add(1, Ordering::AcqRel) >= MAX_PASS_THROUGH {
+            self.pass_throughs.fetch_sub(1, Ordering::AcqRel);
+            tracing::error!(upstream = self.up.name(), digest = %self.digest, error = %e,
+                "disk full during a blob fill, and {MAX_PASS_THROUGH} fills already run from memory: failing this one");
+            return Err(Error::io("writing blob", e));
+        }
+        self.passing.store(true, Ordering::Release);
         tracing::error!(upstream = self.up.name(), repo = %self.name, digest = %self.digest,
             written = pending.written(), error = %e,
             "disk full during a blob fill: serving it from memory, caching nothing");
@@ -732,6 +767,7 @@ impl FillJob {
             lag_limit: self.up.config().stall_timeout,
         });
         self.forget();
+        Ok(())
     }
 
     async fn run(&self, tx: watch::Sender<FillState>) {
@@ -783,7 +819,7 @@ impl FillJob {
                     writing = None;
                     match r {
                         Ok(()) => {}
-                        Err(e) if store::is_disk_full(&e) && !p.is_pass_through() => self.pass_through(&mut p, &e),
+                        Err(e) if store::is_disk_full(&e) && !p.is_pass_through() => self.pass_through(&mut p, &e)?,
                         Err(e) => {
                             self.write_failed(&e);
                             return Err(Error::io("writing blob", &e));
@@ -798,7 +834,8 @@ impl FillJob {
                             eof = true;
                             continue;
                         }
-                        // A write in progress goes on meanwhile: it runs on blocking threads.
+                        // A write already started goes on meanwhile on its blocking threads; its
+                        // end is picked up once the resume has an answer.
                         Err(cause) => {
                             (resp, skip) = self.resume(&mut resumes, received, total, cause).await?;
                             continue;
@@ -974,7 +1011,7 @@ fn continuation(
                 return Err(format!("206 for a blob of {s} bytes, not {t}"));
             }
             if let Some(end) = total.or(size)
-                && b + 1 != end
+                && b.checked_add(1) != Some(end)
             {
                 return Err(format!("206 for {raw:?}, not to the end of {end} bytes"));
             }
@@ -1066,6 +1103,9 @@ mod tests {
             (90, 100)
         );
         assert_eq!(ByteRange::From(5, None).resolve(10).unwrap(), (5, 10));
+        // The largest end a client can write does not overflow.
+        let huge = ByteRange::parse(&format!("bytes=3-{}", u64::MAX)).unwrap();
+        assert_eq!(huge.resolve(10).unwrap(), (3, 10));
         assert_eq!(ByteRange::Suffix(3).resolve(10).unwrap(), (7, 10));
         assert_eq!(ByteRange::Suffix(30).resolve(10).unwrap(), (0, 10));
         assert_eq!(
@@ -1128,6 +1168,11 @@ mod tests {
             Ok(40)
         );
         assert_eq!(continuation(ok, &HeaderMap::new(), 40, None), Ok(40));
+        // An upstream's largest end does not overflow either.
+        let max = format!("bytes 40-{}/{}", u64::MAX, u64::MAX);
+        let mut m = HeaderMap::new();
+        m.insert("content-range", max.parse().unwrap());
+        assert!(continuation(StatusCode::PARTIAL_CONTENT, &m, 40, Some(100)).is_err());
         assert!(continuation(ok, &h(&[("content-length", "60")]), 40, Some(100)).is_err());
         assert!(continuation(StatusCode::NO_CONTENT, &HeaderMap::new(), 40, Some(100)).is_err());
     }

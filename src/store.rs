@@ -65,8 +65,10 @@ pub struct Store {
     seq: AtomicU64,
     /// Sizes and last accesses of the committed blobs.
     index: Arc<Index>,
-    /// Set while an eviction pass runs, so that passes do not pile up.
+    /// Set while a disk-full eviction pass runs, so that passes do not pile up.
     evicting: Arc<std::sync::atomic::AtomicBool>,
+    /// The cache's bytes after the last disk-full pass (see [`Store::disk_full`]).
+    after_full_pass: Arc<AtomicU64>,
     /// How often a write found the disk full (see [`Store::disk_full`]).
     full: AtomicU64,
 }
@@ -360,6 +362,7 @@ impl Store {
             seq: AtomicU64::new(0),
             index,
             evicting: Arc::default(),
+            after_full_pass: Arc::default(),
             full: AtomicU64::new(0),
         })
     }
@@ -444,12 +447,14 @@ impl Store {
 
     /// Removes a cached blob; true if it was there.
     pub async fn remove(&self, digest: &Digest) -> io::Result<bool> {
+        // The entry goes once the file is gone (a file that stays stays counted).
+        let removed = match tokio::fs::remove_file(self.blob_path(digest)).await {
+            Ok(()) => true,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => false,
+            Err(e) => return Err(e),
+        };
         self.index.remove(&index::key(digest));
-        match tokio::fs::remove_file(self.blob_path(digest)).await {
-            Ok(()) => Ok(true),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
-            Err(e) => Err(e),
-        }
+        Ok(removed)
     }
 
     /// Every cached blob with its size. Files whose name is not a digest are skipped.
@@ -459,7 +464,12 @@ impl Store {
             let entry = entry?;
             let name = entry.file_name();
             if let Some(d) = name.to_str().and_then(Digest::from_hex) {
-                out.push((d, entry.metadata()?.len()));
+                match entry.metadata() {
+                    Ok(m) => out.push((d, m.len())),
+                    // Evicted or removed since the listing.
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(e),
+                }
             }
         }
         Ok(out)
@@ -504,24 +514,40 @@ impl Store {
     /// A write found the disk full (the fill went on from memory, or a manifest was served without
     /// being cached): evict in the background, down to the low watermark (or, with no `max_size`,
     /// by a tenth of the cache), unless a pass is already running.
+    ///
+    /// Only when the cache grew since the last such pass: if something else (a runaway log) keeps
+    /// the disk full, one pass is all it costs the cache, not a tenth per write that fails.
     pub fn disk_full(&self) {
         self.full.fetch_add(1, Ordering::Relaxed);
-        if self.evicting.swap(true, Ordering::AcqRel) {
+        if self.index.bytes() <= self.after_full_pass.load(Ordering::Acquire)
+            || self.evicting.swap(true, Ordering::AcqRel)
+        {
             return;
         }
-        let (index, blobs, evicting) = (
+        let (index, blobs, evicting, after) = (
             self.index.clone(),
             self.blobs.clone(),
             self.evicting.clone(),
+            self.after_full_pass.clone(),
         );
         tokio::task::spawn_blocking(move || {
+            /// Lets the next pass run however this one ends.
+            struct Done(Arc<std::sync::atomic::AtomicBool>);
+            impl Drop for Done {
+                fn drop(&mut self) {
+                    self.0.store(false, Ordering::Release);
+                }
+            }
+            let _done = Done(evicting);
+            let bytes = index.bytes();
+            let tenth_less = bytes - bytes / 10;
             let goal = match index.limits().watermarks() {
-                Some((_, low)) => low.min(index.bytes() - index.bytes() / 10),
-                None => index.bytes() - index.bytes() / 10,
+                Some((_, low)) => low.min(tenth_less),
+                None => tenth_less,
             };
             let victims = index.take_lru(goal, index::now());
             evict_files(&index, &blobs, victims, Reason::DiskFull);
-            evicting.store(false, Ordering::Release);
+            after.store(index.bytes(), Ordering::Release);
         });
     }
 

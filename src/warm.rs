@@ -628,7 +628,10 @@ impl Warmer {
                             "indexes nested deeper than {MAX_DEPTH}"
                         ))));
                     }
-                    let picked = pick_children(&children, &self.platforms).map_err(label)?;
+                    let mut picked = pick_children(&children, &self.platforms).map_err(label)?;
+                    // An index naming one child twice costs one fetch.
+                    let mut once = HashSet::new();
+                    picked.retain(|d| once.insert(d.clone()));
                     // Children side by side (the semaphore bounds them), merged in index order.
                     let fetched = join_all(picked.into_iter().map(|d| async move {
                         let mut sub = Resolved::default();
@@ -710,7 +713,9 @@ impl Warmer {
         if status == StatusCode::OK {
             return Ok(resp);
         }
-        let body = tokio::time::timeout(IDLE_TIMEOUT, resp.into_body().collect())
+        // An error body is a few hundred bytes of JSON; read no more than that much of it.
+        let limited = http_body_util::Limited::new(resp.into_body(), 64 * 1024);
+        let body = tokio::time::timeout(IDLE_TIMEOUT, limited.collect())
             .await
             .ok()
             .and_then(Result::ok)

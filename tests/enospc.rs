@@ -136,3 +136,39 @@ async fn a_full_disk_turns_fills_into_pass_through_and_berth_keeps_serving() {
     assert_eq!(b.get("/v2/").await.status, 200);
     drop(b);
 }
+
+/// Fills running from memory are capped (8 at once, about 24 MiB each): a ninth that finds the
+/// disk full fails (its body ends in an error, never a short success) instead of adding another
+/// download and its memory; the others complete with the exact bytes.
+#[tokio::test]
+#[ignore = "needs root: mounts a size-limited tmpfs"]
+async fn at_most_eight_fills_run_from_memory_at_once() {
+    let mnt = tempfile::tempdir().unwrap();
+    let _tmpfs = Tmpfs::mount(mnt.path(), "8m");
+    let fake = FakeRegistry::start().await;
+    let data = tempfile::tempdir_in(mnt.path()).unwrap();
+    let b = start_on(&fake, "", data).await;
+
+    // The first fill fills the disk and goes on from memory; its open temp file keeps the disk
+    // full while it runs. Then eight more fills, one after the other, each find the disk full.
+    let mut fills = Vec::new();
+    for i in 0..9u64 {
+        let size = if i == 0 { 10 << 20 } else { 1 << 20 };
+        let (layer, digest, release) = gated_blob(&fake, size, 300 + i, 1);
+        let reader = b.stream(&format!("/v2/app/blobs/{digest}")).await;
+        release.send_replace(size - 1000);
+        until_metric(&b, ENOSPC, i + 1).await;
+        fills.push((layer, reader, release));
+    }
+    for (i, (layer, reader, release)) in fills.into_iter().enumerate() {
+        release.send_replace(layer.len());
+        let got = reader.finish().await;
+        if i < 8 {
+            same(&Bytes::from(got.unwrap()), &layer);
+        } else {
+            assert!(got.is_err(), "the ninth fill from memory must fail");
+        }
+    }
+    b.settled().await;
+    assert!(files_in(&b.dir.path().join("blobs/sha256")).is_empty());
+}
