@@ -27,6 +27,8 @@
 //! - [`verify`]: the `berth verify` pass: re-hash cached blobs, quarantine bad ones, clear leftovers.
 //! - [`warm`]: the `berth warm` client: pulls images (every platform) through a running berth so
 //!   they are cached before a rollout; beside `main`, it talks to berth over HTTP like any client.
+//! - [`zerocopy`]: sends mapped blob windows with `sendfile` on plain-TCP connections (the hit
+//!   path without the copy); `store` registers its mappings there, `server` wraps connections.
 //! - [`admin`]: `berth cache ls|rm|stats` and the token-protected admin API on the metrics listener:
 //!   what is cached, removing it through `manifests`/`store`, the totals.
 //!
@@ -58,3 +60,4 @@ pub mod store;
 pub mod upstream;
 pub mod verify;
 pub mod warm;
+pub mod zerocopy;

@@ -3,7 +3,9 @@
 //! Upstream traffic has its own families in `upstream::UpstreamMetrics`. The registry is rendered
 //! by the metrics listener (`server`). Rule of dependency: a leaf.
 
-use prometheus::{Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::{
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+};
 
 /// Handles to every family the request path updates.
 #[derive(Clone)]
@@ -38,6 +40,9 @@ pub struct Metrics {
     /// `berth_store_write_errors_total{kind}`: writes to the cache that failed, kind = enospc (the
     /// disk or quota was full; the fill went on from memory) | io (anything else).
     pub store_write_errors: IntCounterVec,
+    /// `berth_zero_copy_bytes_total`: blob bytes sent with `sendfile` (plain-TCP hits and
+    /// followers reading the written part of a fill), a subset of `berth_served_bytes_total`.
+    pub zero_copy_bytes: IntCounter,
 }
 
 impl Metrics {
@@ -126,6 +131,10 @@ impl Metrics {
                 ),
                 &["kind"],
             )?,
+            zero_copy_bytes: IntCounter::new(
+                "berth_zero_copy_bytes_total",
+                "Blob bytes sent from the file with sendfile instead of copied (plain-TCP connections).",
+            )?,
         };
         registry.register(Box::new(m.requests.clone()))?;
         registry.register(Box::new(m.request_duration.clone()))?;
@@ -139,6 +148,7 @@ impl Metrics {
         registry.register(Box::new(m.first_byte.clone()))?;
         registry.register(Box::new(m.resumes.clone()))?;
         registry.register(Box::new(m.store_write_errors.clone()))?;
+        registry.register(Box::new(m.zero_copy_bytes.clone()))?;
         Ok(m)
     }
 

@@ -6,7 +6,9 @@
 //! running transfers `shutdown_grace` to finish. Shutdown is a value: tests pass their own future.
 //!
 //! Client connections: HTTP/1.1 and HTTP/2 (ALPN on TLS), a header read timeout against slowloris,
-//! a cap on header count (431 beyond) and header bytes; request bodies are never read.
+//! a cap on header count (431 beyond) and header bytes; request bodies are never read. Plain-TCP
+//! connections write through `zerocopy::SendfileStream`, so cached blob bytes go out with
+//! `sendfile`.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -35,6 +37,7 @@ use crate::metrics::{self, Metrics};
 use crate::mirror::Mirror;
 use crate::store::Store;
 use crate::upstream::{Upstream, UpstreamMetrics};
+use crate::zerocopy::SendfileStream;
 
 /// Memory for hot manifests.
 const MANIFEST_MEMORY_BYTES: u64 = 64 * 1024 * 1024;
@@ -231,10 +234,17 @@ impl Server {
             if is_registry {
                 let svc = service_fn(registry_svc.clone());
                 let tls = self.tls.clone();
+                let (maps, zero_copy) = (
+                    self.store.mappings().clone(),
+                    self.app.metrics.zero_copy_bytes.clone(),
+                );
                 let handshake_timeout = self.settings.header_read_timeout;
                 tokio::spawn(async move {
                     match tls {
-                        None => serve_conn(watcher, builder, stream, svc, peer).await,
+                        None => {
+                            let stream = SendfileStream::new(stream, maps, zero_copy);
+                            serve_conn(watcher, builder, stream, svc, peer).await
+                        }
                         Some(acceptor) => {
                             match tokio::time::timeout(handshake_timeout, acceptor.accept(stream))
                                 .await
