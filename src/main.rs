@@ -357,19 +357,17 @@ fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     }
 }
 
-/// Logs to stderr; RUST_LOG overrides the default level (info). Lines are handed to a writer
-/// thread, so a request never waits on a write to stderr (one line per request adds up at tens of
-/// thousands of requests a second). The returned guard flushes what is left on exit.
-fn init_logging() -> tracing_appender::non_blocking::WorkerGuard {
+/// Logs to stderr; RUST_LOG overrides the default level (info). Lines are gathered in a buffer and
+/// written by one thread in batches (`berth::logwriter`), so a request never waits on stderr and
+/// one line per request stays cheap at tens of thousands of requests a second. The returned guard
+/// writes what is left on exit.
+fn init_logging() -> berth::logwriter::Guard {
     use std::io::IsTerminal;
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let ansi = std::io::stderr().is_terminal();
-    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
-        // Past this many queued lines, new ones are dropped rather than blocking requests.
-        .buffered_lines_limit(64 * 1024)
-        .lossy(true)
-        .finish(std::io::stderr());
+    let (writer, guard) =
+        berth::logwriter::BatchWriter::spawn(std::io::stderr(), Default::default());
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(ansi)
