@@ -9,6 +9,7 @@
 
 pub mod route;
 
+use std::borrow::Cow;
 use std::convert::Infallible;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -37,13 +38,12 @@ pub struct App {
     pub metrics: Metrics,
 }
 
-/// What the request log line says about a request.
-#[derive(Default)]
+/// What the request log line says about a request. The parsed route is kept whole (its upstream,
+/// repository and reference are named from it when the line is written) rather than copied into
+/// strings on every request.
 struct LogFields {
-    route: &'static str,
-    upstream: Option<String>,
-    repo: Option<String>,
-    reference: Option<String>,
+    kind: &'static str,
+    route: Option<Route>,
     outcome: &'static str,
 }
 
@@ -59,14 +59,14 @@ impl App {
     /// Answers one request. Never fails: errors become OCI error responses.
     pub async fn handle<B>(self: Arc<Self>, req: Request<B>) -> Result<Response<Body>, Infallible> {
         let started = Instant::now();
-        let method = req.method().clone();
-        let path = req.uri().path().to_owned();
         let mut log = LogFields {
-            route: "unknown",
+            kind: "unknown",
+            route: None,
             outcome: "-",
-            ..Default::default()
         };
         let result = self.dispatch(&req, &mut log).await;
+        // The request is done with: its method and URI move into the log line, uncopied.
+        let http::request::Parts { method, uri, .. } = req.into_parts().0;
         let mut resp = match result {
             Ok(r) => r,
             Err(e) => {
@@ -79,28 +79,26 @@ impl App {
         resp.headers_mut()
             .insert("docker-distribution-api-version", API_VERSION);
         let status = resp.status();
-        self.metrics
-            .request_duration
-            .with_label_values(&[log.route])
-            .observe(started.elapsed().as_secs_f64());
-        self.metrics
-            .requests
-            .with_label_values(&[log.route, method.as_str(), status.as_str()])
-            .inc();
+        self.metrics.request(
+            log.kind,
+            method.as_str(),
+            status.as_u16(),
+            started.elapsed().as_secs_f64(),
+        );
         let served_from = match log.outcome {
             "hit" => Some("cache"),
-            "miss" | "joined" if log.route == "blob" => Some("upstream"),
+            "miss" | "joined" if log.kind == "blob" => Some("upstream"),
             _ => None,
         };
         let done = RequestLog {
             started,
             method,
-            path,
+            uri,
             status,
             fields: log,
             bytes: 0,
             served_from,
-            metrics: self.metrics.clone(),
+            app: self,
         };
         Ok(resp.map(|b| {
             LoggedBody {
@@ -134,16 +132,22 @@ impl App {
             req.uri().query(),
             &self.hosts,
         )?;
-        log.route = route.kind();
-        if let Some(t) = route.target() {
-            log.upstream = Some(self.mirror.upstream(t.upstream).name().to_owned());
-            log.repo = Some(t.name.to_string());
-        }
+        log.kind = route.kind();
+        let answer = self.answer(req, &route, log).await;
+        log.route = Some(route);
+        answer
+    }
+
+    async fn answer<B>(
+        &self,
+        req: &Request<B>,
+        route: &Route,
+        log: &mut LogFields,
+    ) -> Result<Response<Body>, Error> {
         let head = req.method() == Method::HEAD;
-        let mut resp = match &route {
+        let mut resp = match route {
             Route::Base => Ok(empty(StatusCode::OK, head)),
             Route::Manifest { target, reference } => {
-                log.reference = Some(reference.to_string());
                 let accept = joined(req.headers(), header::ACCEPT);
                 let reply = self
                     .mirror
@@ -153,7 +157,6 @@ impl App {
                 Ok(manifest_response(reply, head))
             }
             Route::Blob { target, digest } => {
-                log.reference = Some(digest.to_string());
                 let range = req
                     .headers()
                     .get(header::RANGE)
@@ -181,14 +184,22 @@ impl App {
     }
 }
 
-/// All values of a header joined with `, ` (Docker sends one `Accept` per media type).
-fn joined(h: &HeaderMap, name: header::HeaderName) -> Option<String> {
-    let values: Vec<&str> = h
-        .get_all(name)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .collect();
-    (!values.is_empty()).then(|| values.join(", "))
+/// All values of a header joined with `, ` (Docker sends one `Accept` per media type); a single
+/// value is borrowed, not copied.
+fn joined(h: &HeaderMap, name: header::HeaderName) -> Option<Cow<'_, str>> {
+    let mut values = h.get_all(name).iter().filter_map(|v| v.to_str().ok());
+    let first = values.next()?;
+    match values.next() {
+        None => Some(Cow::Borrowed(first)),
+        Some(second) => {
+            let mut all = [first, second].join(", ");
+            for v in values {
+                all.push_str(", ");
+                all.push_str(v);
+            }
+            Some(Cow::Owned(all))
+        }
+    }
 }
 
 fn full(bytes: Bytes) -> Body {
@@ -326,12 +337,13 @@ fn tags_response(reply: TagsReply, target: &Target, head: bool) -> Response<Body
 struct RequestLog {
     started: Instant,
     method: Method,
-    path: String,
+    uri: http::Uri,
     status: StatusCode,
     fields: LogFields,
     bytes: u64,
     served_from: Option<&'static str>,
-    metrics: Metrics,
+    /// For the metrics and the upstream's name (the request's own handle, moved here).
+    app: Arc<App>,
 }
 
 impl RequestLog {
@@ -339,19 +351,25 @@ impl RequestLog {
         if let Some(source) = self.served_from
             && self.bytes > 0
         {
-            self.metrics
-                .served_bytes
-                .with_label_values(&[source])
-                .inc_by(self.bytes);
+            self.app.metrics.served(source, self.bytes);
         }
         let f = &self.fields;
+        let target = f.route.as_ref().and_then(Route::target);
+        let upstream = target.map_or("-", |t| self.app.mirror.upstream(t.upstream).name());
+        let repo = target.map_or("-", |t| t.name.as_str());
+        let reference: &dyn std::fmt::Display = match &f.route {
+            Some(Route::Manifest { reference, .. }) => reference,
+            Some(Route::Blob { digest, .. }) => digest,
+            _ => &"-",
+        };
         tracing::info!(
             method = %self.method,
-            path = %self.path,
-            route = f.route,
-            upstream = f.upstream.as_deref().unwrap_or("-"),
-            repo = f.repo.as_deref().unwrap_or("-"),
-            reference = f.reference.as_deref().unwrap_or("-"),
+            path = %self.uri.path(),
+            route = f.kind,
+            upstream,
+            repo,
+            // Quoted like the other names; formatted in place, not first into a String.
+            reference = ?format_args!("\"{reference}\""),
             outcome = f.outcome,
             status = self.status.as_u16(),
             bytes = self.bytes,
