@@ -41,6 +41,8 @@ use crate::zerocopy::SendfileStream;
 
 /// Memory for hot manifests.
 const MANIFEST_MEMORY_BYTES: u64 = 64 * 1024 * 1024;
+/// hyper's HTTP/1 header count limit when none is set.
+const HYPER_MAX_HEADERS: usize = 100;
 /// Most bytes of request head accepted on HTTP/1 (hyper answers 431 beyond).
 const MAX_HEAD_BYTES: usize = 64 * 1024;
 
@@ -185,8 +187,12 @@ impl Server {
             .http1()
             .timer(TokioTimer::new())
             .header_read_timeout(self.settings.header_read_timeout)
-            .max_headers(self.settings.max_headers)
             .max_buf_size(MAX_HEAD_BYTES);
+        // hyper's own limit is 100 headers, kept in an inline array; asking for a number, even
+        // 100, makes it build a vector of that many slots for every request head it parses.
+        if self.settings.max_headers != HYPER_MAX_HEADERS {
+            builder.http1().max_headers(self.settings.max_headers);
+        }
         builder
             .http2()
             .timer(TokioTimer::new())
