@@ -190,7 +190,7 @@ fn main() -> ExitCode {
         }
         Command::Serve { config } => {
             // Flushes buffered log lines when serve returns.
-            let _log_guard = init_logging();
+            let (_log_guard, request_log) = init_logging();
             let cfg = match load(config.as_deref()) {
                 Ok(c) => c,
                 Err(code) => return code,
@@ -205,7 +205,7 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            rt.block_on(serve(cfg, config))
+            rt.block_on(serve(cfg, config, request_log))
         }
     }
 }
@@ -310,9 +310,13 @@ fn warm(args: WarmArgs) -> ExitCode {
     ExitCode::from(summary.exit_code())
 }
 
-async fn serve(cfg: Config, source: Option<PathBuf>) -> ExitCode {
+async fn serve(
+    cfg: Config,
+    source: Option<PathBuf>,
+    request_log: Option<berth::logwriter::BatchWriter>,
+) -> ExitCode {
     let server = match Server::bind(&cfg).await {
-        Ok(s) => s,
+        Ok(s) => s.log_requests_to(request_log),
         Err(e) => {
             tracing::error!("cannot start: {e}");
             eprintln!("berth: cannot start: {e}");
@@ -360,8 +364,12 @@ fn shutdown_signal() -> impl std::future::Future<Output = ()> {
 /// Logs to stderr; RUST_LOG overrides the default level (info). Lines are gathered in a buffer and
 /// written by one thread in batches (`berth::logwriter`), so a request never waits on stderr and
 /// one line per request stays cheap at tens of thousands of requests a second. The returned guard
-/// writes what is left on exit.
-fn init_logging() -> berth::logwriter::Guard {
+/// writes what is left on exit. Without colours (not a terminal), request lines go to the writer
+/// directly, skipping the subscriber's formatting (the returned writer, for the server).
+fn init_logging() -> (
+    berth::logwriter::Guard,
+    Option<berth::logwriter::BatchWriter>,
+) {
     use std::io::IsTerminal;
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
@@ -371,7 +379,7 @@ fn init_logging() -> berth::logwriter::Guard {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(ansi)
-        .with_writer(writer)
+        .with_writer(writer.clone())
         .init();
-    guard
+    (guard, (!ansi).then_some(writer))
 }

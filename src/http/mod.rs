@@ -12,7 +12,7 @@ pub mod route;
 use std::borrow::Cow;
 use std::convert::Infallible;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Instant;
 
@@ -22,6 +22,7 @@ use http_body::{Body as HttpBody, Frame, SizeHint};
 use http_body_util::{BodyExt, Full, StreamBody, combinators::UnsyncBoxBody};
 
 use crate::error::Error;
+use crate::logwriter::BatchWriter;
 use crate::metrics::Metrics;
 use crate::mirror::{BlobReply, ByteRange, ManifestReply, Mirror, TagsReply};
 use route::{Hosts, Route, Target, Via};
@@ -38,6 +39,8 @@ pub struct App {
     pub mirror: Arc<Mirror>,
     pub hosts: Hosts,
     pub metrics: Metrics,
+    /// Where request lines go directly, when set (see `logwriter`); else through `tracing`.
+    pub request_log: OnceLock<BatchWriter>,
 }
 
 /// What the request log line says about a request. The parsed route is kept whole (its upstream,
@@ -55,6 +58,7 @@ impl App {
             mirror,
             hosts,
             metrics,
+            request_log: OnceLock::new(),
         }
     }
 
@@ -378,7 +382,14 @@ impl RequestLog {
         {
             self.app.metrics.served(source, self.bytes);
         }
-        tracing::info!("{}", self.line(complete));
+        match self.app.request_log.get() {
+            Some(w) => {
+                if tracing::enabled!(tracing::Level::INFO) {
+                    w.info(module_path!(), &self.line(complete));
+                }
+            }
+            None => tracing::info!("{}", self.line(complete)),
+        }
     }
 
     /// The access line, as `tracing`'s key=value fields would read (names quoted), written by
