@@ -27,6 +27,9 @@
 //! - [`verify`]: the `berth verify` pass: re-hash cached blobs, quarantine bad ones, clear leftovers.
 //! - [`warm`]: the `berth warm` client: pulls images (every platform) through a running berth so
 //!   they are cached before a rollout; beside `main`, it talks to berth over HTTP like any client.
+//! - [`zerocopy`]: sends mapped blob windows with `sendfile` on plain-TCP connections (the hit
+//!   path without the copy); `store` registers its mappings there, `server` wraps connections.
+//! - [`logwriter`]: the log sink: lines batched in memory, written to stderr by one thread.
 //! - [`admin`]: `berth cache ls|rm|stats` and the token-protected admin API on the metrics listener:
 //!   what is cached, removing it through `manifests`/`store`, the totals.
 //!
@@ -49,6 +52,7 @@ pub mod error;
 pub mod flight;
 pub mod http;
 pub mod index;
+pub mod logwriter;
 pub mod manifests;
 pub mod metrics;
 pub mod mirror;
@@ -58,3 +62,4 @@ pub mod store;
 pub mod upstream;
 pub mod verify;
 pub mod warm;
+pub mod zerocopy;

@@ -193,12 +193,12 @@ fn main() -> ExitCode {
         }
         Command::Serve { config } => {
             // Flushes buffered log lines when serve returns.
-            let _log_guard = init_logging();
+            let (_log_guard, request_log) = init_logging();
             let cfg = match load(config.as_deref()) {
                 Ok(c) => c,
                 Err(code) => return code,
             };
-            block_on(true, serve(cfg, config))
+            block_on(true, serve(cfg, config, request_log))
         }
     }
 }
@@ -317,9 +317,13 @@ fn warm(args: WarmArgs) -> ExitCode {
     ExitCode::from(summary.exit_code())
 }
 
-async fn serve(cfg: Config, source: Option<PathBuf>) -> ExitCode {
+async fn serve(
+    cfg: Config,
+    source: Option<PathBuf>,
+    request_log: Option<berth::logwriter::BatchWriter>,
+) -> ExitCode {
     let server = match Server::bind(&cfg).await {
-        Ok(s) => s,
+        Ok(s) => s.log_requests_to(request_log),
         Err(e) => {
             tracing::error!("cannot start: {e}");
             eprintln!("berth: cannot start: {e}");
@@ -364,23 +368,25 @@ fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     }
 }
 
-/// Logs to stderr; RUST_LOG overrides the default level (info). Lines are handed to a writer
-/// thread, so a request never waits on a write to stderr (one line per request adds up at tens of
-/// thousands of requests a second). The returned guard flushes what is left on exit.
-fn init_logging() -> tracing_appender::non_blocking::WorkerGuard {
+/// Logs to stderr; RUST_LOG overrides the default level (info). Lines are gathered in a buffer and
+/// written by one thread in batches (`berth::logwriter`), so a request never waits on stderr and
+/// one line per request stays cheap at tens of thousands of requests a second. The returned guard
+/// writes what is left on exit. Without colours (not a terminal), request lines go to the writer
+/// directly, skipping the subscriber's formatting (the returned writer, for the server).
+fn init_logging() -> (
+    berth::logwriter::Guard,
+    Option<berth::logwriter::BatchWriter>,
+) {
     use std::io::IsTerminal;
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let ansi = std::io::stderr().is_terminal();
-    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
-        // Past this many queued lines, new ones are dropped rather than blocking requests.
-        .buffered_lines_limit(64 * 1024)
-        .lossy(true)
-        .finish(std::io::stderr());
+    let (writer, guard) =
+        berth::logwriter::BatchWriter::spawn(std::io::stderr(), Default::default());
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(ansi)
-        .with_writer(writer)
+        .with_writer(writer.clone())
         .init();
-    guard
+    (guard, (!ansi).then_some(writer))
 }

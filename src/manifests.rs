@@ -42,6 +42,10 @@ pub struct Manifest {
     /// When this manifest last protected what it names (see [`Manifests::referenced`]), in index
     /// seconds: a hot manifest re-pins at most once a [`TOUCH_EVERY`].
     pinned_at: AtomicU32,
+    /// When a hit from memory last recorded an access to its file ([`Store::touch`]), in index
+    /// seconds: the index keeps accesses to [`TOUCH_EVERY`] anyway, and this spares a hot
+    /// manifest the index's lock on every other hit.
+    touched_at: AtomicU32,
 }
 
 impl Manifest {
@@ -51,6 +55,7 @@ impl Manifest {
             media_type,
             bytes,
             pinned_at: AtomicU32::new(0),
+            touched_at: AtomicU32::new(0),
         }
     }
 
@@ -82,6 +87,16 @@ impl Manifest {
             .filter_map(|d| d.digest?.parse().ok())
             .collect()
     }
+}
+
+/// Whether `last` (index seconds) is a [`TOUCH_EVERY`] or more before `now`; if so, moves it to
+/// `now`. Two hits racing past it both act, which is harmless.
+fn due(last: &AtomicU32, now: index::Secs) -> bool {
+    if now.saturating_sub(last.load(Ordering::Relaxed)) < TOUCH_EVERY.as_secs() as index::Secs {
+        return false;
+    }
+    last.store(now, Ordering::Relaxed);
+    true
 }
 
 /// Which tag: upstream index, repository, tag.
@@ -166,7 +181,9 @@ impl Manifests {
     pub async fn get(&self, digest: &Digest) -> Result<Option<Arc<Manifest>>, Error> {
         if let Some(m) = self.by_digest.get(digest).await {
             // Served from memory, but its file's recency still counts for eviction.
-            self.store.touch(digest);
+            if due(&m.touched_at, index::now()) {
+                self.store.touch(digest);
+            }
             return Ok(Some(m));
         }
         let type_path = self.types_dir.join(digest.hex());
@@ -232,12 +249,9 @@ impl Manifests {
     /// A manifest is being served: keep it and what it names from eviction for a while (its
     /// client is about to ask for them).
     pub fn referenced(&self, m: &Manifest) {
-        let now = index::now();
-        let last = m.pinned_at.load(Ordering::Relaxed);
-        if now.saturating_sub(last) < TOUCH_EVERY.as_secs() as index::Secs {
+        if !due(&m.pinned_at, index::now()) {
             return;
         }
-        m.pinned_at.store(now, Ordering::Relaxed);
         let names = m.references();
         self.store
             .pin(std::iter::once(&m.digest).chain(names.iter()));

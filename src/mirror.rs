@@ -36,12 +36,13 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::Stream;
 use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use prometheus::IntCounter;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -85,6 +86,9 @@ pub struct Mirror {
     metrics: Metrics,
     /// Fills running from memory because the disk is full (at most [`MAX_PASS_THROUGH`]).
     pass_throughs: Arc<AtomicUsize>,
+    /// Per upstream, `berth_cache_lookups_total{kind="manifest"|"tag",outcome="hit"}`, resolved
+    /// on first use: a cached manifest is answered tens of thousands of times a second.
+    hits: Vec<[OnceLock<IntCounter>; 2]>,
 }
 
 /// What a manifest flight is for. A tag lookup also depends on the client's `Accept`: clients
@@ -197,6 +201,7 @@ impl Mirror {
         metrics: Metrics,
     ) -> Mirror {
         Mirror {
+            hits: upstreams.iter().map(|_| Default::default()).collect(),
             upstreams,
             store,
             manifests,
@@ -234,6 +239,20 @@ impl Mirror {
         Ok(reply)
     }
 
+    /// Counts a manifest (`kind = "manifest"`) or tag hit.
+    fn count_hit(&self, upstream: usize, kind: &'static str) {
+        let i = usize::from(kind == "tag");
+        self.hits[upstream][i]
+            .get_or_init(|| {
+                self.metrics.cache.with_label_values(&[
+                    kind,
+                    self.upstreams[upstream].name(),
+                    "hit",
+                ])
+            })
+            .inc();
+    }
+
     async fn lookup_manifest(
         self: &Arc<Self>,
         target: &Target,
@@ -244,7 +263,7 @@ impl Mirror {
         let flight_key = match reference {
             Reference::Digest(d) => {
                 if let Some(m) = self.manifests.get(d).await? {
-                    self.metrics.cache("manifest", up.name(), "hit");
+                    self.count_hit(target.upstream, "manifest");
                     return Ok(ManifestReply {
                         manifest: m,
                         stale: None,
@@ -264,7 +283,7 @@ impl Mirror {
                     && entry.is_fresh(up.config().tag_ttl)
                     && let Some(m) = self.manifests.get(&entry.digest).await?
                 {
-                    self.metrics.cache("tag", up.name(), "hit");
+                    self.count_hit(target.upstream, "tag");
                     return Ok(ManifestReply {
                         manifest: m,
                         stale: None,

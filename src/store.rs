@@ -52,6 +52,7 @@ use tokio::sync::{Notify, watch};
 use crate::error::Error;
 use crate::index::{self, Index, Lease, Limits, Reason};
 use crate::oci::Digest;
+use crate::zerocopy::Mappings;
 
 /// Size of one read from a blob file. Large reads keep syscalls and wakeups few.
 const READ_CHUNK: usize = 256 * 1024;
@@ -71,6 +72,9 @@ pub struct Store {
     after_full_pass: Arc<AtomicU64>,
     /// How often a write found the disk full (see [`Store::disk_full`]).
     full: AtomicU64,
+    /// The live mappings of this store's files, for plain-TCP connections to send with
+    /// `sendfile` (see `zerocopy`).
+    maps: Arc<Mappings>,
 }
 
 /// A blob file opened for reading, with its length.
@@ -80,6 +84,8 @@ pub struct BlobFile {
     pub len: u64,
     /// Keeps the blob from being evicted while it is read (cached blobs only).
     pub lease: Option<Arc<Lease>>,
+    /// Where its mapped windows are registered (`None`: not registered, always copied).
+    pub maps: Option<Arc<Mappings>>,
 }
 
 /// Where a fill is; readers watch this.
@@ -119,6 +125,8 @@ pub struct Progress {
     /// Pass-through only: every byte arrived and the digest matched, so readers may have all
     /// `received` bytes (there is no file to switch to).
     pub verified: bool,
+    /// Where mapped windows of the file are registered.
+    pub maps: Option<Arc<Mappings>>,
 }
 
 /// Whether an I/O error means the disk (or the quota) is full.
@@ -364,12 +372,18 @@ impl Store {
             evicting: Arc::default(),
             after_full_pass: Arc::default(),
             full: AtomicU64::new(0),
+            maps: Arc::default(),
         })
     }
 
     /// The access index (sizes, last accesses, limits, metrics).
     pub fn index(&self) -> &Arc<Index> {
         &self.index
+    }
+
+    /// The live mappings of blob files being served, for `zerocopy::SendfileStream`.
+    pub fn mappings(&self) -> &Arc<Mappings> {
+        &self.maps
     }
 
     /// How many times [`disk_full`](Self::disk_full) was recorded since the store was opened.
@@ -397,6 +411,7 @@ impl Store {
         let path = self.blob_path(digest);
         let key = index::key(digest);
         let index = self.index.clone();
+        let maps = self.maps.clone();
         let opened = tokio::task::spawn_blocking(move || -> io::Result<Option<BlobFile>> {
             match File::open(&path) {
                 Ok(f) => {
@@ -416,6 +431,7 @@ impl Store {
                         file: Arc::new(f),
                         len,
                         lease,
+                        maps: Some(maps),
                     }))
                 }
                 Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
@@ -582,8 +598,10 @@ impl Store {
             spool: spool.clone(),
             pass_through: false,
             verified: false,
+            maps: Some(self.maps.clone()),
         }));
         Ok(PendingBlob {
+            maps: self.maps.clone(),
             file: Some(file),
             index: self.index.clone(),
             tmp_path,
@@ -634,6 +652,7 @@ pub struct PendingBlob {
     done: bool,
     /// Set once the disk was full: the fill goes on in memory.
     pass_through: Option<PassThrough>,
+    maps: Arc<Mappings>,
 }
 
 impl PendingBlob {
@@ -822,6 +841,7 @@ impl PendingBlob {
             file: file.clone(),
             len: self.written,
             lease: None,
+            maps: Some(self.maps.clone()),
         };
         self.progress
             .send_replace(FillState::Verified(blob.clone()));
@@ -1002,8 +1022,11 @@ const MAP_CHUNK: u64 = 1024 * 1024;
 /// file under it, and berth never does either: blob files are only ever appended to (under a temp
 /// name, and only bytes already written are mapped), then renamed or unlinked, both of which leave
 /// a mapping intact.
+///
+/// With `maps`, the mapping is registered there while it lives, so that a plain-TCP connection
+/// can send it from the file (`zerocopy`) without ever touching its pages.
 #[allow(unsafe_code)]
-fn map(file: &File, offset: u64, len: u64) -> io::Result<Bytes> {
+fn map(file: &Arc<File>, offset: u64, len: u64, maps: Option<&Arc<Mappings>>) -> io::Result<Bytes> {
     const PAGE: u64 = 4096;
     let start = offset - offset % PAGE;
     let span = usize::try_from(offset + len - start).map_err(io::Error::other)?;
@@ -1012,10 +1035,32 @@ fn map(file: &File, offset: u64, len: u64) -> io::Result<Bytes> {
         memmap2::MmapOptions::new()
             .offset(start)
             .len(span)
-            .map(file)?
+            .map(&**file)?
     };
     let skip = (offset - start) as usize;
-    Ok(Bytes::from_owner(m).slice(skip..))
+    let bytes = match maps {
+        Some(maps) => {
+            let registration = maps.register(m.as_ptr() as usize, m.len(), file.clone(), start);
+            Bytes::from_owner(Mapped {
+                _registration: registration,
+                map: m,
+            })
+        }
+        None => Bytes::from_owner(m),
+    };
+    Ok(bytes.slice(skip..))
+}
+
+/// A registered mapping. Fields drop in order: unregistered first, then unmapped.
+struct Mapped {
+    _registration: crate::zerocopy::Registration,
+    map: memmap2::Mmap,
+}
+
+impl AsRef<[u8]> for Mapped {
+    fn as_ref(&self) -> &[u8] {
+        &self.map
+    }
 }
 
 /// The next chunk at `pos` (before `end`), waiting on a fill if needed; `None` at the end of the blob.
@@ -1027,9 +1072,9 @@ async fn next_chunk(
     cursor: &mut Option<Cursor>,
 ) -> Result<Option<Bytes>, Error> {
     // How far we may read now.
-    let (file, limit) = loop {
+    let (file, limit, maps) = loop {
         match source {
-            Source::File(b) => break (b.file.clone(), b.len),
+            Source::File(b) => break (b.file.clone(), b.len, b.maps.clone()),
             Source::Fill(rx) => {
                 let state = rx.borrow_and_update().clone();
                 match state {
@@ -1062,7 +1107,7 @@ async fn next_chunk(
                                 return Ok(Some(bytes));
                             }
                             if pos < p.written {
-                                break (p.file, p.written.min(readable));
+                                break (p.file, p.written.min(readable), p.maps);
                             }
                             if p.pass_through {
                                 // Past the file's end and gone from memory: this reader was cut
@@ -1086,7 +1131,7 @@ async fn next_chunk(
         return Ok(None);
     }
     // Bytes below `limit` are final (verified, or already written and never rewritten): map them.
-    match map(&file, pos, (stop - pos).min(MAP_CHUNK)) {
+    match map(&file, pos, (stop - pos).min(MAP_CHUNK), maps.as_ref()) {
         Ok(bytes) => return Ok(Some(bytes)),
         // Mapping is an optimisation; a plain read works without it.
         Err(e) => tracing::debug!(error = %e, "cannot map blob file; reading it instead"),
