@@ -47,6 +47,11 @@ pub fn secs(t: SystemTime) -> Secs {
     Secs::try_from(s).unwrap_or(Secs::MAX)
 }
 
+/// Index seconds as a time.
+pub fn time(s: Secs) -> SystemTime {
+    UNIX_EPOCH + Duration::from_secs(u64::from(s))
+}
+
 /// The key of a digest.
 pub fn key(d: &Digest) -> Key {
     let mut k = [0u8; 32];

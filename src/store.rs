@@ -33,8 +33,9 @@
 //! costs the others at most `lag_limit`. The memory bound per degraded fill is `window` plus
 //! what the caller reads ahead of hashing.
 //!
-//! The interface is narrow on purpose (begin/commit, open, stat, remove, list) so that another tier
-//! (object storage) can sit behind it later. Rule of dependency: uses `index`, `oci` and `error`.
+//! The interface is narrow on purpose (begin/commit, open, stat, remove, and the access index for
+//! listings) so that another tier (object storage) can sit behind it later. Rule of dependency:
+//! uses `index`, `oci` and `error`.
 
 use std::fs::File;
 use std::io::{self, Write};
@@ -471,24 +472,6 @@ impl Store {
         };
         self.index.remove(&index::key(digest));
         Ok(removed)
-    }
-
-    /// Every cached blob with its size. Files whose name is not a digest are skipped.
-    pub fn list(&self) -> io::Result<Vec<(Digest, u64)>> {
-        let mut out = Vec::new();
-        for entry in std::fs::read_dir(&self.blobs)? {
-            let entry = entry?;
-            let name = entry.file_name();
-            if let Some(d) = name.to_str().and_then(Digest::from_hex) {
-                match entry.metadata() {
-                    Ok(m) => out.push((d, m.len())),
-                    // Evicted or removed since the listing.
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                    Err(e) => return Err(e),
-                }
-            }
-        }
-        Ok(out)
     }
 
     /// Total bytes of cached blobs, as the index counts them.
@@ -1203,9 +1186,16 @@ mod tests {
                 .unwrap(),
             b"bl"
         );
-        assert_eq!(store.list().unwrap(), vec![(d.clone(), 10)]);
+        let indexed: Vec<_> = store
+            .index()
+            .snapshot()
+            .iter()
+            .map(|e| (e.0, e.1))
+            .collect();
+        assert_eq!(indexed, vec![(index::key(&d), 10)]);
         assert!(store.remove(&d).await.unwrap());
         assert!(!store.remove(&d).await.unwrap());
+        assert!(store.index().is_empty());
     }
 
     #[tokio::test]

@@ -96,6 +96,20 @@ impl fmt::Display for Reason {
 }
 
 impl Report {
+    /// Moves `path` (inode `id`) into `quarantine` for `reason` and records what happened.
+    fn quarantine(&mut self, path: PathBuf, id: (u64, u64), quarantine: &Path, reason: Reason) {
+        match move_aside(&path, id, quarantine) {
+            Ok(Some(to)) => self.quarantined.push(Quarantined {
+                from: path,
+                to,
+                reason,
+            }),
+            // Gone or replaced meanwhile: nothing of ours to move.
+            Ok(None) => {}
+            Err(e) => self.errors.push((path, e)),
+        }
+    }
+
     /// 0: all fine (removing crash leftovers is fine); 1: something was quarantined; 2: errors.
     pub fn exit_code(&self) -> u8 {
         if !self.errors.is_empty() {
@@ -180,16 +194,7 @@ pub fn run(root: &Path) -> io::Result<Report> {
             })) => {
                 report.checked += 1;
                 report.bytes += len;
-                match move_aside(&path, id, &quarantine) {
-                    Ok(Some(to)) => report.quarantined.push(Quarantined {
-                        from: path,
-                        to,
-                        reason,
-                    }),
-                    // Gone or replaced meanwhile: nothing of ours to move.
-                    Ok(None) => {}
-                    Err(e) => report.errors.push((path, e)),
-                }
+                report.quarantine(path, id, &quarantine, reason);
             }
             Err(e) => report.errors.push((path, e)),
         }
@@ -250,15 +255,8 @@ fn check_media_types(
                 }
             }
         };
-        let Some(reason) = reason else { continue };
-        match move_aside(&path, id, quarantine) {
-            Ok(Some(to)) => report.quarantined.push(Quarantined {
-                from: path,
-                to,
-                reason,
-            }),
-            Ok(None) => {}
-            Err(e) => report.errors.push((path, e)),
+        if let Some(reason) = reason {
+            report.quarantine(path, id, quarantine, reason);
         }
     }
     Ok(())

@@ -60,6 +60,7 @@ use std::time::SystemTime;
 use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
+use crate::index;
 use crate::manifests::{MAX_MANIFEST_BYTES, Manifests, TagRecord};
 use crate::oci::{Digest, RepoName, Tag};
 use crate::store::{self, Store};
@@ -325,11 +326,12 @@ impl<'a> Cache<'a> {
                 tags,
                 ..Inventory::default()
             };
-            for (d, size) in store.list()? {
-                let mtime = std::fs::metadata(store.blob_path(&d))
-                    .and_then(|m| m.modified())
-                    .ok();
-                inv.blobs.insert(d, FileInfo { size, mtime });
+            // The store's access index has every blob's size and last access already (read
+            // from the files when the store was opened, kept up since).
+            for (key, size, last) in store.index().snapshot() {
+                let mtime = Some(index::time(last));
+                inv.blobs
+                    .insert(index::digest(&key), FileInfo { size, mtime });
             }
             for (d, _media_type) in types {
                 let refs = match inv.blobs.get(&d) {
@@ -483,12 +485,18 @@ impl<'a> Cache<'a> {
         let store = self.store.clone();
         let root = self.root.to_owned();
         let stats = tokio::task::spawn_blocking(move || -> io::Result<Stats> {
-            let blobs = store.list()?;
-            let present: HashSet<&Digest> = blobs.iter().map(|(d, _)| d).collect();
+            // Sizes and last accesses from the store's access index, not another scan.
+            let blobs: Vec<(Digest, u64, SystemTime)> = store
+                .index()
+                .snapshot()
+                .into_iter()
+                .map(|(k, size, last)| (index::digest(&k), size, index::time(last)))
+                .collect();
+            let present: HashSet<&Digest> = blobs.iter().map(|(d, _, _)| d).collect();
             let mut s = Stats {
                 root: root.display().to_string(),
                 blobs: blobs.len() as u64,
-                bytes: blobs.iter().map(|(_, n)| n).sum(),
+                bytes: blobs.iter().map(|(_, n, _)| n).sum(),
                 manifests: types.iter().filter(|(d, _)| present.contains(d)).count() as u64,
                 tags,
                 tmp_files: 0,
@@ -498,10 +506,7 @@ impl<'a> Cache<'a> {
                 newest_access: None,
                 max_size,
             };
-            for (d, _) in &blobs {
-                let Ok(t) = std::fs::metadata(store.blob_path(d)).and_then(|m| m.modified()) else {
-                    continue; // removed meanwhile
-                };
+            for &(_, _, t) in &blobs {
                 s.oldest_access = Some(s.oldest_access.map_or(t, |o| o.min(t)));
                 s.newest_access = Some(s.newest_access.map_or(t, |n| n.max(t)));
             }
