@@ -59,6 +59,11 @@ impl Manifest {
         }
     }
 
+    /// Docker schema 1: checked, passed through, never cached.
+    pub fn is_schema1(&self) -> bool {
+        crate::oci::media::is_schema1(&self.media_type)
+    }
+
     /// The digests this manifest names: its config and layers, or an index's manifests (and an
     /// artifact's blobs). Unparsable JSON names nothing.
     pub fn references(&self) -> Vec<Digest> {

@@ -91,12 +91,27 @@ pub struct Mirror {
     hits: Vec<[OnceLock<IntCounter>; 2]>,
 }
 
-/// What a manifest flight is for. A tag lookup also depends on the client's `Accept`: clients
-/// that accept different media types may get different answers.
+/// What a manifest flight is for: everything that decides its answer, and nothing a client can
+/// vary to multiply upstream requests. The client's `Accept` is not part of it: berth always asks
+/// upstream for the manifest as stored ([`oci::media::UPSTREAM_ACCEPT`]), and `Accept` only
+/// decides what berth answers from that. The upstream and repository are: the same digest under
+/// another repository or upstream may not exist, or not be readable, and one client's failing
+/// lookup must not become another's answer.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-enum ManifestKey {
-    Digest(Digest),
-    Tag(TagKey, Option<String>),
+struct ManifestKey {
+    upstream: usize,
+    repo: RepoName,
+    reference: Reference,
+    form: Form,
+}
+
+/// Which form of a manifest a lookup asks the upstream for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Form {
+    /// As stored upstream, with its true digest: what berth caches and nearly every client gets.
+    Stored,
+    /// Docker schema 1, for a client that reads nothing newer: passed through, never cached.
+    Schema1,
 }
 
 /// How long a request waits for a manifest lookup another request started.
@@ -228,14 +243,40 @@ impl Mirror {
     // ---- manifests ----
 
     /// A manifest by tag or digest. `accept` is the client's `Accept` (all values joined).
+    ///
+    /// The manifest is looked up as stored upstream, whatever the client accepts; then:
+    /// - by digest, it is answered as it is (the digest fixes the bytes; registries do the same);
+    /// - by tag, it is answered if the client accepts its media type (no `Accept`, `*/*` and
+    ///   `application/*` accept everything);
+    /// - a client that reads only schema 1 gets the upstream's schema 1 form passed through,
+    ///   checked the schema 1 way ([`oci::schema1`]);
+    /// - any other client gets `404 MANIFEST_UNKNOWN` naming the media type, as Docker Hub and
+    ///   the Distribution registry answer: the tag exists, but not in a form that client reads.
     pub async fn manifest(
         self: &Arc<Self>,
         target: &Target,
         reference: &Reference,
         accept: Option<&str>,
     ) -> Result<ManifestReply, Error> {
-        let reply = self.lookup_manifest(target, reference, accept).await?;
-        self.manifests.referenced(&reply.manifest);
+        let mut reply = self
+            .lookup_manifest(target, reference, Form::Stored)
+            .await?;
+        if let Reference::Tag(tag) = reference {
+            if !oci::accepts(accept, &reply.manifest.media_type)
+                && !oci::media::is_schema1(&reply.manifest.media_type)
+                && wants_schema1(accept)
+            {
+                reply = self
+                    .lookup_manifest(target, reference, Form::Schema1)
+                    .await?;
+            }
+            if !oci::accepts(accept, &reply.manifest.media_type) {
+                return Err(not_acceptable(target, tag, &reply.manifest, accept));
+            }
+        }
+        if !reply.manifest.is_schema1() {
+            self.manifests.referenced(&reply.manifest);
+        }
         Ok(reply)
     }
 
@@ -257,10 +298,11 @@ impl Mirror {
         self: &Arc<Self>,
         target: &Target,
         reference: &Reference,
-        accept: Option<&str>,
+        form: Form,
     ) -> Result<ManifestReply, Error> {
         let up = &self.upstreams[target.upstream];
-        let flight_key = match reference {
+        match reference {
+            _ if form == Form::Schema1 => {}
             Reference::Digest(d) => {
                 if let Some(m) = self.manifests.get(d).await? {
                     self.count_hit(target.upstream, "manifest");
@@ -270,7 +312,6 @@ impl Mirror {
                         outcome: "hit",
                     });
                 }
-                ManifestKey::Digest(d.clone())
             }
             Reference::Tag(tag) => {
                 let key = TagKey {
@@ -279,7 +320,6 @@ impl Mirror {
                     tag: tag.clone(),
                 };
                 if let Some(entry) = self.manifests.tag(&key).await
-                    && oci::accepts(accept, &entry.media_type)
                     && entry.is_fresh(up.config().tag_ttl)
                     && let Some(m) = self.manifests.get(&entry.digest).await?
                 {
@@ -290,19 +330,33 @@ impl Mirror {
                         outcome: "hit",
                     });
                 }
-                ManifestKey::Tag(key, accept.map(str::to_owned))
             }
+        }
+        let flight_key = ManifestKey {
+            upstream: target.upstream,
+            repo: target.name.clone(),
+            reference: reference.clone(),
+            form,
         };
         let this = self.clone();
-        let (target, reference, accept) =
-            (target.clone(), reference.clone(), accept.map(str::to_owned));
+        let (target, reference) = (target.clone(), reference.clone());
         let joined = self.manifest_flights.join(flight_key, move || async move {
-            match &reference {
-                Reference::Digest(d) => {
-                    let up = &this.upstreams[target.upstream];
+            let up = &this.upstreams[target.upstream];
+            match (&reference, form) {
+                (_, Form::Schema1) => {
+                    let m = this
+                        .fetch_manifest(up, &target.name, &reference, form, None)
+                        .await?;
+                    Ok(ManifestReply {
+                        manifest: m,
+                        stale: None,
+                        outcome: "passthrough",
+                    })
+                }
+                (Reference::Digest(d), Form::Stored) => {
                     this.metrics.cache("manifest", up.name(), "miss");
                     let m = this
-                        .fetch_manifest(up, &target.name, &reference, accept.as_deref(), Some(d))
+                        .fetch_manifest(up, &target.name, &reference, form, Some(d))
                         .await?;
                     Ok(ManifestReply {
                         manifest: m,
@@ -310,7 +364,7 @@ impl Mirror {
                         outcome: "miss",
                     })
                 }
-                Reference::Tag(tag) => this.resolve_tag(&target, tag, accept.as_deref()).await,
+                (Reference::Tag(tag), Form::Stored) => this.resolve_tag(&target, tag).await,
             }
         });
         let role = joined.role;
@@ -331,24 +385,14 @@ impl Mirror {
     }
 
     /// A tag the cache cannot answer fresh: revalidate, fetch, or fall back to the stale answer.
-    async fn resolve_tag(
-        &self,
-        target: &Target,
-        tag: &Tag,
-        accept: Option<&str>,
-    ) -> Result<ManifestReply, Error> {
+    async fn resolve_tag(&self, target: &Target, tag: &Tag) -> Result<ManifestReply, Error> {
         let up = &self.upstreams[target.upstream];
         let key = TagKey {
             upstream: target.upstream,
             repo: target.name.clone(),
             tag: tag.clone(),
         };
-        // Only an answer this client can read may stand in for asking upstream.
-        let cached = self
-            .manifests
-            .tag(&key)
-            .await
-            .filter(|e| oci::accepts(accept, &e.media_type));
+        let cached = self.manifests.tag(&key).await;
         if let Some(entry) = &cached {
             if entry.is_fresh(up.config().tag_ttl) {
                 // Refreshed by a flight that ended just before this one started.
@@ -361,7 +405,7 @@ impl Mirror {
                     });
                 }
             } else {
-                match self.head_manifest(up, &target.name, tag, accept).await {
+                match self.head_manifest(up, &target.name, tag).await {
                     Ok(Some(d)) if d == entry.digest => {
                         if let Some(m) = self.manifests.get(&d).await? {
                             self.manifests
@@ -394,9 +438,21 @@ impl Mirror {
         }
         self.metrics.cache("tag", up.name(), "miss");
         match self
-            .fetch_manifest(up, &target.name, &Reference::Tag(tag.clone()), accept, None)
+            .fetch_manifest(
+                up,
+                &target.name,
+                &Reference::Tag(tag.clone()),
+                Form::Stored,
+                None,
+            )
             .await
         {
+            // Schema 1 is never cached, so neither is a tag that points at it.
+            Ok(m) if m.is_schema1() => Ok(ManifestReply {
+                manifest: m,
+                stale: None,
+                outcome: "passthrough",
+            }),
             Ok(m) => {
                 let entry = TagEntry {
                     digest: m.digest.clone(),
@@ -450,32 +506,33 @@ impl Mirror {
         up: &Upstream,
         name: &RepoName,
         tag: &Tag,
-        accept: Option<&str>,
     ) -> Result<Option<Digest>, Error> {
         let resp = up
             .send(manifest_request(
                 Method::HEAD,
                 name,
                 &Reference::Tag(tag.clone()),
-                accept,
+                Form::Stored,
             ))
             .await?;
         let resp = resp.error_for_status(NotFoundKind::Manifest).await?;
         Ok(header_str(&resp.headers, "docker-content-digest").and_then(|v| v.parse().ok()))
     }
 
-    /// GETs a manifest, checks its digest (against `expect`, and against the upstream's own
-    /// `Docker-Content-Digest`), and caches it.
+    /// GETs a manifest in `form`, checks its digest (against `expect`, and against the upstream's
+    /// own `Docker-Content-Digest`), and caches it. A signed schema 1 manifest's digest is its
+    /// payload's ([`oci::schema1`]); schema 1 is checked but never cached (the store keeps only
+    /// files that hash to their name, and a converted schema 1 manifest has new bytes every time).
     async fn fetch_manifest(
         &self,
         up: &Upstream,
         name: &RepoName,
         reference: &Reference,
-        accept: Option<&str>,
+        form: Form,
         expect: Option<&Digest>,
     ) -> Result<Arc<Manifest>, Error> {
         let resp = up
-            .send(manifest_request(Method::GET, name, reference, accept))
+            .send(manifest_request(Method::GET, name, reference, form))
             .await?;
         let resp = resp.error_for_status(NotFoundKind::Manifest).await?;
         let announced: Option<Digest> =
@@ -483,7 +540,15 @@ impl Mirror {
         let content_type = header_str(&resp.headers, "content-type")
             .map(|v| v.split(';').next().unwrap_or("").trim().to_owned());
         let bytes = resp.bytes(MAX_MANIFEST_BYTES).await?;
-        let digest = Digest::of(&bytes);
+        let media_type = match content_type
+            .filter(|t| !t.is_empty() && t != "application/json" && t != "text/plain")
+        {
+            Some(t) => t,
+            None => {
+                media_type_from_json(&bytes).unwrap_or_else(|| oci::media::OCI_MANIFEST.to_owned())
+            }
+        };
+        let digest = manifest_digest(&bytes, &media_type, expect.or(announced.as_ref()));
         for wanted in expect.into_iter().chain(announced.as_ref()) {
             if *wanted != digest {
                 self.metrics
@@ -497,15 +562,10 @@ impl Mirror {
                 ));
             }
         }
-        let media_type = match content_type
-            .filter(|t| !t.is_empty() && t != "application/json" && t != "text/plain")
-        {
-            Some(t) => t,
-            None => {
-                media_type_from_json(&bytes).unwrap_or_else(|| oci::media::OCI_MANIFEST.to_owned())
-            }
-        };
         let m = Arc::new(Manifest::new(digest, media_type, bytes));
+        if m.is_schema1() {
+            return Ok(m);
+        }
         if let Err(e) = self.manifests.put(m.clone()).await {
             // The content is verified; failing to cache it must not fail the pull.
             let kind = if e.is_disk_full() { "enospc" } else { "io" };
@@ -1050,15 +1110,14 @@ fn manifest_request(
     method: Method,
     name: &RepoName,
     reference: &Reference,
-    accept: Option<&str>,
+    form: Form,
 ) -> UpstreamRequest {
     let mut headers = HeaderMap::new();
-    let accept = accept
-        .filter(|a| !a.trim().is_empty())
-        .unwrap_or(oci::media::DEFAULT_ACCEPT);
-    if let Ok(v) = HeaderValue::from_str(accept) {
-        headers.insert(header::ACCEPT, v);
-    }
+    let accept = match form {
+        Form::Stored => oci::media::UPSTREAM_ACCEPT,
+        Form::Schema1 => oci::media::SCHEMA1_ACCEPT,
+    };
+    headers.insert(header::ACCEPT, HeaderValue::from_static(accept));
     UpstreamRequest {
         method,
         path_and_query: format!("/v2/{name}/manifests/{reference}"),
@@ -1085,18 +1144,124 @@ fn content_length(h: &HeaderMap) -> Option<u64> {
 }
 
 /// The `mediaType` field of a manifest, for upstreams that answer `application/json`.
+/// The media type a manifest names in its JSON, for upstreams that send a generic `Content-Type`;
+/// schema 1 names none, but has `schemaVersion: 1` (and `signatures` when signed).
 fn media_type_from_json(bytes: &[u8]) -> Option<String> {
     #[derive(serde::Deserialize)]
     struct Probe {
         #[serde(rename = "mediaType")]
         media_type: Option<String>,
+        #[serde(rename = "schemaVersion")]
+        schema_version: Option<u32>,
+        signatures: Option<serde::de::IgnoredAny>,
     }
-    serde_json::from_slice::<Probe>(bytes).ok()?.media_type
+    let p = serde_json::from_slice::<Probe>(bytes).ok()?;
+    match (p.media_type, p.schema_version, p.signatures) {
+        (Some(t), _, _) => Some(t),
+        (None, Some(1), Some(_)) => Some(oci::media::DOCKER_MANIFEST_V1_SIGNED.to_owned()),
+        (None, Some(1), None) => Some(oci::media::DOCKER_MANIFEST_V1.to_owned()),
+        _ => None,
+    }
+}
+
+/// The digest a manifest's bytes stand for: their hash, except for a signed schema 1 manifest,
+/// whose digest is its payload's (unless the upstream names the bytes' own hash, which it may for
+/// one it stores signed). `claimed` is what the request or the upstream says it should be.
+fn manifest_digest(bytes: &[u8], media_type: &str, claimed: Option<&Digest>) -> Digest {
+    let own = Digest::of(bytes);
+    if media_type != oci::media::DOCKER_MANIFEST_V1_SIGNED || claimed == Some(&own) {
+        return own;
+    }
+    oci::schema1::payload_digest(bytes).unwrap_or(own)
+}
+
+/// Whether a client names schema 1 in its `Accept` (one that reads anything newer never gets it).
+fn wants_schema1(accept: Option<&str>) -> bool {
+    oci::names(accept, oci::media::DOCKER_MANIFEST_V1_SIGNED)
+        || oci::names(accept, oci::media::DOCKER_MANIFEST_V1)
+}
+
+/// The answer for a tag whose manifest the client's `Accept` does not admit: Docker Hub's and the
+/// Distribution registry's `404 MANIFEST_UNKNOWN`, naming the media type, so the client (and the
+/// person behind it) can tell "no such tag" from "not in a form you read".
+fn not_acceptable(target: &Target, tag: &Tag, m: &Manifest, accept: Option<&str>) -> Error {
+    let accept = accept.unwrap_or_default();
+    let shown: String = accept.chars().take(200).collect();
+    let more = if shown.len() < accept.len() {
+        "..."
+    } else {
+        ""
+    };
+    Error::manifest_unknown(format!(
+        "{}:{tag} is a {} manifest ({}), which the request's Accept header does not admit (Accept: {shown}{more})",
+        target.name, m.media_type, m.digest
+    ))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn manifest_types_and_digests() {
+        use oci::media::*;
+        assert_eq!(
+            media_type_from_json(br#"{"mediaType":"x/y","schemaVersion":2}"#).as_deref(),
+            Some("x/y")
+        );
+        assert_eq!(
+            media_type_from_json(br#"{"schemaVersion":1,"signatures":[]}"#).as_deref(),
+            Some(DOCKER_MANIFEST_V1_SIGNED)
+        );
+        assert_eq!(
+            media_type_from_json(br#"{"schemaVersion":1}"#).as_deref(),
+            Some(DOCKER_MANIFEST_V1)
+        );
+        assert_eq!(media_type_from_json(br#"{"schemaVersion":2}"#), None);
+        assert_eq!(media_type_from_json(b"[]"), None);
+
+        // Anything but signed schema 1 is its bytes' hash, whatever is claimed.
+        let other = Digest::of(b"other");
+        assert_eq!(
+            manifest_digest(b"{}", OCI_MANIFEST, Some(&other)),
+            Digest::of(b"{}")
+        );
+        // Signed schema 1 is its payload's, unless the bytes' own hash is what was claimed;
+        // bytes that are no signed manifest are their hash (and then fail any other claim).
+        let payload = "{\n \"schemaVersion\": 1\n}";
+        let signed = crate::oci::tests::sign_schema1(payload, "eA");
+        assert_eq!(
+            manifest_digest(&signed, DOCKER_MANIFEST_V1_SIGNED, None),
+            Digest::of(payload.as_bytes())
+        );
+        let own = Digest::of(&signed);
+        assert_eq!(
+            manifest_digest(&signed, DOCKER_MANIFEST_V1_SIGNED, Some(&own)),
+            own
+        );
+        assert_eq!(
+            manifest_digest(b"{}", DOCKER_MANIFEST_V1_SIGNED, Some(&other)),
+            Digest::of(b"{}")
+        );
+    }
+
+    #[test]
+    fn who_wants_schema1() {
+        use oci::media::*;
+        assert!(wants_schema1(Some(DOCKER_MANIFEST_V1_SIGNED)));
+        assert!(wants_schema1(Some(&format!(
+            "{OCI_INDEX}, {DOCKER_MANIFEST_V1}"
+        ))));
+        // Wildcards accept whatever is stored, so they never ask for a conversion.
+        for no in [
+            None,
+            Some(""),
+            Some(OCI_MANIFEST),
+            Some(&*format!("{DOCKER_MANIFEST_V1};q=0")),
+        ] {
+            assert!(!wants_schema1(no), "{no:?}");
+        }
+    }
 
     #[test]
     fn ranges() {

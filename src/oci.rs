@@ -264,8 +264,85 @@ pub mod media {
         "application/vnd.docker.distribution.manifest.v1+prettyjws";
     pub const DOCKER_MANIFEST_V1: &str = "application/vnd.docker.distribution.manifest.v1+json";
 
-    /// The `Accept` header berth sends upstream when a client sent none.
-    pub const DEFAULT_ACCEPT: &str = "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.docker.distribution.manifest.v2+json";
+    /// The one `Accept` header berth sends upstream for a manifest, whatever its client sent:
+    /// every format berth caches, so the upstream answers with the manifest as it is stored and
+    /// its true digest. (Asked with no `Accept`, `*/*` or only some of these, the Distribution
+    /// registry converts a Docker schema 2 manifest into a signed schema 1 manifest whose bytes
+    /// change on every request.) Schema 1 comes last and at a low `q`: an ancient image that
+    /// exists only in that form is still answered, never preferred.
+    pub const UPSTREAM_ACCEPT: &str = "application/vnd.oci.image.index.v1+json, application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json, application/vnd.docker.distribution.manifest.v1+prettyjws;q=0.1";
+
+    /// The `Accept` header of a request for a schema 1 manifest, passed through for a client that
+    /// reads nothing newer (see `mirror`).
+    pub const SCHEMA1_ACCEPT: &str = "application/vnd.docker.distribution.manifest.v1+prettyjws, application/vnd.docker.distribution.manifest.v1+json";
+
+    /// Docker schema 1, signed or not: deprecated, never cached (see `mirror`).
+    pub fn is_schema1(media_type: &str) -> bool {
+        media_type == DOCKER_MANIFEST_V1_SIGNED || media_type == DOCKER_MANIFEST_V1
+    }
+}
+
+/// Docker's signed schema 1 manifests ("pretty JWS"): the manifest JSON with a `signatures`
+/// array spliced in before its closing brace. Its digest is not the hash of the bytes served but
+/// of the *payload*, the JSON without the signatures, which each signature's protected header
+/// describes: the first `formatLength` bytes, then `formatTail` (base64url). A registry that
+/// converts schema 2 to schema 1 on the fly signs with a fresh key each time, so the bytes differ
+/// on every request while the payload, and so the digest, stay the same.
+pub mod schema1 {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+
+    use super::Digest;
+
+    /// The payload's digest, or `None` if `bytes` are not a signed schema 1 manifest whose every
+    /// signature describes the same payload.
+    pub fn payload_digest(bytes: &[u8]) -> Option<Digest> {
+        #[derive(serde::Deserialize)]
+        struct Signed {
+            #[serde(rename = "schemaVersion")]
+            schema_version: u32,
+            signatures: Vec<Signature>,
+        }
+        #[derive(serde::Deserialize)]
+        struct Signature {
+            protected: String,
+        }
+        #[derive(serde::Deserialize)]
+        struct Protected {
+            #[serde(rename = "formatLength")]
+            format_length: usize,
+            #[serde(rename = "formatTail")]
+            format_tail: String,
+        }
+        let signed: Signed = serde_json::from_slice(bytes).ok()?;
+        if signed.schema_version != 1 || signed.signatures.is_empty() {
+            return None;
+        }
+        let mut payload: Option<Vec<u8>> = None;
+        for sig in &signed.signatures {
+            let header = decode(&sig.protected)?;
+            let p: Protected = serde_json::from_slice(&header).ok()?;
+            let head = bytes.get(..p.format_length)?;
+            let mut this = Vec::with_capacity(p.format_length + p.format_tail.len());
+            this.extend_from_slice(head);
+            this.extend_from_slice(&decode(&p.format_tail)?);
+            match &payload {
+                Some(first) if *first != this => return None,
+                Some(_) => {}
+                None => payload = Some(this),
+            }
+        }
+        // The payload must itself be a manifest: a header that points `formatLength` at some
+        // other prefix of the bytes describes no payload berth could check.
+        let payload = payload?;
+        serde_json::from_slice::<serde_json::Value>(&payload).ok()?;
+        Some(Digest::of(&payload))
+    }
+
+    /// base64url, with or without padding (libtrust writes none).
+    fn decode(s: &str) -> Option<Vec<u8>> {
+        URL_SAFE_NO_PAD.decode(s.trim_end_matches('=')).ok()
+    }
 }
 
 /// Does an `Accept` header value (all the client's `Accept` headers joined with `,`) admit
@@ -275,6 +352,16 @@ pub fn accepts(accept: Option<&str>, media_type: &str) -> bool {
     let Some(accept) = accept.map(str::trim).filter(|a| !a.is_empty()) else {
         return true;
     };
+    admits(accept, media_type, true)
+}
+
+/// Does an `Accept` header value name `media_type` itself (not through a wildcard), without
+/// refusing it with `q=0`?
+pub fn names(accept: Option<&str>, media_type: &str) -> bool {
+    accept.is_some_and(|a| admits(a, media_type, false))
+}
+
+fn admits(accept: &str, media_type: &str, wildcards: bool) -> bool {
     let (mt_type, _) = media_type.split_once('/').unwrap_or((media_type, ""));
     accept.split(',').any(|item| {
         let mut parts = item.split(';');
@@ -287,11 +374,12 @@ pub fn accepts(accept: Option<&str>, media_type: &str) -> bool {
         if refused {
             return false;
         }
-        range == "*/*"
-            || range.eq_ignore_ascii_case(media_type)
-            || range
-                .strip_suffix("/*")
-                .is_some_and(|t| t.eq_ignore_ascii_case(mt_type))
+        range.eq_ignore_ascii_case(media_type)
+            || wildcards
+                && (range == "*/*"
+                    || range
+                        .strip_suffix("/*")
+                        .is_some_and(|t| t.eq_ignore_ascii_case(mt_type)))
     })
 }
 
@@ -304,7 +392,7 @@ fn truncate(s: &str) -> &str {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     #[test]
@@ -394,6 +482,83 @@ mod tests {
         );
     }
 
+    /// Signs `payload` (a JSON object) the way libtrust lays it out: the payload up to its last
+    /// `\n}`, the signatures, then the tail. `nonce` stands in for the signature bytes.
+    pub(crate) fn sign_schema1(payload: &str, nonce: &str) -> Vec<u8> {
+        use base64::Engine as _;
+        use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let cut = payload.rfind("\n}").expect("payload ends in \\n}");
+        let protected = URL_SAFE_NO_PAD.encode(format!(
+            r#"{{"formatLength":{cut},"formatTail":"{}","time":"2026-11-30T00:00:00Z"}}"#,
+            URL_SAFE_NO_PAD.encode(&payload[cut..])
+        ));
+        format!(
+            r#"{},
+   "signatures": [{{"header": {{"alg": "ES256"}}, "signature": "{nonce}", "protected": "{protected}"}}]{}"#,
+            &payload[..cut],
+            &payload[cut..]
+        )
+        .into_bytes()
+    }
+
+    #[test]
+    fn schema1_digest_is_the_payload_digest() {
+        let payload =
+            "{\n   \"schemaVersion\": 1,\n   \"name\": \"library/app\",\n   \"tag\": \"1\"\n}";
+        let a = sign_schema1(payload, "c2lnbmF0dXJlLWE");
+        let b = sign_schema1(payload, "c2lnbmF0dXJlLWI");
+        assert_ne!(a, b);
+        let want = Digest::of(payload.as_bytes());
+        assert_eq!(schema1::payload_digest(&a), Some(want.clone()));
+        assert_eq!(schema1::payload_digest(&b), Some(want.clone()));
+        assert_ne!(Digest::of(&a), want);
+
+        // Changing the payload changes the digest: the bytes are checked, not trusted.
+        let tampered = String::from_utf8(a.clone())
+            .unwrap()
+            .replace("\"1\"", "\"2\"");
+        let got = schema1::payload_digest(tampered.as_bytes()).unwrap();
+        assert_ne!(got, want);
+    }
+
+    #[test]
+    fn schema1_refuses_what_is_not_a_signed_manifest() {
+        let payload = "{\n   \"schemaVersion\": 1,\n   \"name\": \"a\"\n}";
+        let signed = String::from_utf8(sign_schema1(payload, "eA")).unwrap();
+        // Not schema 1, no signatures, garbage.
+        for bad in [
+            payload.to_owned(),
+            r#"{"schemaVersion":2,"signatures":[]}"#.to_owned(),
+            r#"{"schemaVersion":1,"signatures":[]}"#.to_owned(),
+            signed.replace("\"schemaVersion\": 1", "\"schemaVersion\": 2"),
+            "not json".to_owned(),
+        ] {
+            assert_eq!(schema1::payload_digest(bad.as_bytes()), None, "{bad}");
+        }
+        // A protected header that is not base64, or a length past the end.
+        let v: serde_json::Value = serde_json::from_str(&signed).unwrap();
+        let protected = v["signatures"][0]["protected"].as_str().unwrap().to_owned();
+        assert_eq!(
+            schema1::payload_digest(signed.replace(&protected, "!!!").as_bytes()),
+            None
+        );
+        use base64::Engine as _;
+        let long = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .encode(r#"{"formatLength":999999,"formatTail":"fQ"}"#);
+        assert_eq!(
+            schema1::payload_digest(signed.replace(&protected, &long).as_bytes()),
+            None
+        );
+        // Two signatures that describe different payloads.
+        let other = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .encode(r#"{"formatLength":1,"formatTail":"fQ"}"#);
+        let two = signed.replace(
+            "}]",
+            &format!(r#"}}, {{"signature": "eQ", "protected": "{other}"}}]"#),
+        );
+        assert_eq!(schema1::payload_digest(two.as_bytes()), None);
+    }
+
     #[test]
     fn accept_negotiation() {
         use media::*;
@@ -412,5 +577,14 @@ mod tests {
         ));
         assert!(!accepts(Some(&format!("{OCI_INDEX};q=0")), OCI_INDEX));
         assert!(!accepts(Some("text/*"), OCI_INDEX));
+        // Naming a type takes the type itself.
+        assert!(super::names(
+            Some(&format!("{DOCKER_MANIFEST}, {OCI_INDEX}")),
+            OCI_INDEX
+        ));
+        for no in [None, Some(""), Some("*/*"), Some("application/*")] {
+            assert!(!super::names(no, OCI_INDEX), "{no:?}");
+        }
+        assert!(!super::names(Some(&format!("{OCI_INDEX};q=0")), OCI_INDEX));
     }
 }

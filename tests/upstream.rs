@@ -40,7 +40,15 @@ fn request(method: Method, path: &str) -> UpstreamRequest {
                 .find_map(|s| p.rsplit_once(s))
         })
         .map(|(name, _)| name.parse().unwrap());
-    UpstreamRequest::new(method, path, repo)
+    let mut req = UpstreamRequest::new(method, path, repo);
+    // As the mirror asks for manifests (the fake negotiates like the Distribution registry).
+    if path.contains("/manifests/") {
+        req.headers.insert(
+            http::header::ACCEPT,
+            http::HeaderValue::from_static(media::UPSTREAM_ACCEPT),
+        );
+    }
+    req
 }
 
 async fn get(u: &Upstream, path: &str) -> UpstreamResponse {

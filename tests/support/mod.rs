@@ -5,6 +5,12 @@
 //! token or Basic auth and to misbehave per path ([`Fault`]). A second listener on another port is
 //! "another host": a CDN that blob GETs can be redirected to, and a foreign token realm.
 //!
+//! Manifests are negotiated as the Distribution registry (2.8) does it, so that berth meets the
+//! same conversions as in the field: asked by tag without accepting the stored type, a Docker
+//! schema 2 manifest is converted into a signed schema 1 manifest (its signature, so its bytes,
+//! new on every request; its `Docker-Content-Digest` the digest of the payload), a manifest list
+//! is replaced by its amd64 manifest, and an OCI manifest or index gets a 404.
+//!
 //! Use it from a test crate with `mod support;`. Nothing here sleeps: stalls wait forever and
 //! tests bound them with a short configured timeout.
 #![allow(dead_code)] // each test crate uses a different part
@@ -266,6 +272,22 @@ impl FakeRegistry {
         };
         self.with(|s| s.manifests.insert((repo.into(), digest.clone()), m));
         digest
+    }
+
+    /// Stores `body` under a digest of the test's choosing (which a registry that lies, or one that
+    /// stores signed schema 1 manifests under their payload's digest, would announce).
+    pub fn put_manifest_as(
+        &self,
+        repo: &str,
+        digest: &str,
+        media_type: &str,
+        body: impl Into<Bytes>,
+    ) {
+        let m = Manifest {
+            media_type: media_type.to_owned(),
+            body: body.into(),
+        };
+        self.with(|s| s.manifests.insert((repo.into(), digest.into()), m));
     }
 
     /// Points `tag` at a stored manifest.
@@ -754,16 +776,9 @@ fn content(s: &State, rec: &Recorded, repo: Option<&str>) -> Response<Body> {
                 None => return oci_error(StatusCode::NOT_FOUND, "MANIFEST_UNKNOWN", &[]),
             }
         };
+        let by_tag = !reference.contains(':');
         return match s.manifests.get(&(repo.to_owned(), digest.clone())) {
-            Some(m) => respond(
-                StatusCode::OK,
-                &[
-                    ("content-type", m.media_type.clone()),
-                    ("docker-content-digest", digest),
-                    ("content-length", m.body.len().to_string()),
-                ],
-                full(m.body.clone()),
-            ),
+            Some(m) => negotiate(s, rec, repo, reference, by_tag, m, digest),
             None => oci_error(StatusCode::NOT_FOUND, "MANIFEST_UNKNOWN", &[]),
         };
     }
@@ -777,6 +792,136 @@ fn content(s: &State, rec: &Recorded, repo: Option<&str>) -> Response<Body> {
         return tags_list(s, rec, repo);
     }
     oci_error(StatusCode::NOT_FOUND, "NOT_FOUND", &[])
+}
+
+/// Media types, as the fake negotiates them.
+const DOCKER_V2: &str = "application/vnd.docker.distribution.manifest.v2+json";
+const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
+const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+pub const SCHEMA1_SIGNED: &str = "application/vnd.docker.distribution.manifest.v1+prettyjws";
+
+/// Answers a stored manifest the way the Distribution registry 2.8 does: the types named in
+/// `Accept` are all that count (no `q`, no wildcards), and only requests by tag are converted.
+fn negotiate(
+    s: &State,
+    rec: &Recorded,
+    repo: &str,
+    reference: &str,
+    by_tag: bool,
+    m: &Manifest,
+    digest: String,
+) -> Response<Body> {
+    let named: Vec<String> = rec
+        .headers
+        .get_all("accept")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|t| t.split(';').next().unwrap_or("").trim().to_owned())
+        .collect();
+    let supports = |t: &str| named.iter().any(|n| n == t);
+    let stored = respond(
+        StatusCode::OK,
+        &[
+            ("content-type", m.media_type.clone()),
+            ("docker-content-digest", digest),
+            ("content-length", m.body.len().to_string()),
+        ],
+        full(m.body.clone()),
+    );
+    if !by_tag {
+        return stored;
+    }
+    match m.media_type.as_str() {
+        OCI_MANIFEST if !supports(OCI_MANIFEST) => {
+            oci_error(StatusCode::NOT_FOUND, "MANIFEST_UNKNOWN", &[])
+        }
+        OCI_INDEX if !supports(OCI_INDEX) => {
+            oci_error(StatusCode::NOT_FOUND, "MANIFEST_UNKNOWN", &[])
+        }
+        DOCKER_V2 if !supports(DOCKER_V2) => to_schema1(repo, reference, &m.body),
+        DOCKER_LIST if !supports(DOCKER_LIST) => {
+            let child = serde_json::from_slice::<serde_json::Value>(&m.body)
+                .ok()
+                .and_then(|v| {
+                    v["manifests"].as_array()?.iter().find_map(|d| {
+                        (d["platform"]["architecture"] == "amd64")
+                            .then(|| d["digest"].as_str().map(str::to_owned))?
+                    })
+                });
+            match child.and_then(|d| Some((s.manifests.get(&(repo.to_owned(), d.clone()))?, d))) {
+                Some((c, _)) if c.media_type == DOCKER_V2 && !supports(DOCKER_V2) => {
+                    to_schema1(repo, reference, &c.body)
+                }
+                Some((c, d)) => respond(
+                    StatusCode::OK,
+                    &[
+                        ("content-type", c.media_type.clone()),
+                        ("docker-content-digest", d),
+                        ("content-length", c.body.len().to_string()),
+                    ],
+                    full(c.body.clone()),
+                ),
+                None => oci_error(StatusCode::NOT_FOUND, "MANIFEST_UNKNOWN", &[]),
+            }
+        }
+        _ => stored,
+    }
+}
+
+/// A schema 2 manifest converted to schema 1 and signed afresh, as Distribution does for clients
+/// that do not accept schema 2: the payload is the same every time, the signature never.
+fn to_schema1(repo: &str, tag: &str, v2: &[u8]) -> Response<Body> {
+    static SIGNATURES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let layers: Vec<String> = serde_json::from_slice::<serde_json::Value>(v2)
+        .ok()
+        .and_then(|v| {
+            Some(
+                v["layers"]
+                    .as_array()?
+                    .iter()
+                    .rev()
+                    .filter_map(|l| Some(format!(r#"{{"blobSum": "{}"}}"#, l["digest"].as_str()?)))
+                    .collect(),
+            )
+        })
+        .unwrap_or_default();
+    let payload = format!(
+        "{{\n   \"schemaVersion\": 1,\n   \"name\": \"{repo}\",\n   \"tag\": \"{tag}\",\n   \"architecture\": \"amd64\",\n   \"fsLayers\": [{}]\n}}",
+        layers.join(", ")
+    );
+    let n = SIGNATURES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let body = sign_schema1(&payload, &format!("signature-{n}"));
+    respond(
+        StatusCode::OK,
+        &[
+            ("content-type", SCHEMA1_SIGNED.to_owned()),
+            ("docker-content-digest", digest_of(payload.as_bytes())),
+            ("content-length", body.len().to_string()),
+        ],
+        full(body),
+    )
+}
+
+/// Signs a schema 1 payload (a JSON object ending in `\n}`) the way libtrust lays it out: the
+/// payload up to that tail, the `signatures`, then the tail; the protected header says where.
+pub fn sign_schema1(payload: &str, signature: &str) -> Bytes {
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let cut = payload
+        .rfind("\n}")
+        .expect("a payload ends in a newline and a brace");
+    let protected = URL_SAFE_NO_PAD.encode(format!(
+        r#"{{"formatLength":{cut},"formatTail":"{}","time":"2026-11-30T00:00:00Z"}}"#,
+        URL_SAFE_NO_PAD.encode(&payload[cut..])
+    ));
+    let signature = URL_SAFE_NO_PAD.encode(signature);
+    Bytes::from(format!(
+        r#"{},
+   "signatures": [{{"header": {{"alg": "ES256"}}, "signature": "{signature}", "protected": "{protected}"}}]{}"#,
+        &payload[..cut],
+        &payload[cut..]
+    ))
 }
 
 fn blob_response(body: &Bytes, digest: &str, range: Option<&str>) -> Response<Body> {
