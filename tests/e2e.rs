@@ -542,3 +542,192 @@ fn wait_client(daemon: &mut Proc, cmd: impl Fn() -> Command) {
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// manifest negotiation
+
+/// What clients send as `Accept` (Docker's separate headers joined), and what berth must answer
+/// for each kind of seeded image.
+const ACCEPTS: &[(&str, Option<&str>)] = &[
+    ("none", None),
+    ("*/*", Some("*/*")),
+    (
+        "oci only",
+        Some("application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json"),
+    ),
+    (
+        "docker only",
+        Some(
+            "application/vnd.docker.distribution.manifest.v2+json, application/vnd.docker.distribution.manifest.list.v2+json",
+        ),
+    ),
+    (
+        "index only",
+        Some(
+            "application/vnd.oci.image.index.v1+json, application/vnd.docker.distribution.manifest.list.v2+json",
+        ),
+    ),
+    (
+        "docker",
+        Some(
+            "application/vnd.docker.distribution.manifest.v2+json, application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v1+prettyjws",
+        ),
+    ),
+    (
+        "containerd",
+        Some(
+            "application/vnd.docker.distribution.manifest.v2+json, application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json, */*",
+        ),
+    ),
+    (
+        "podman",
+        Some(
+            "application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json, application/vnd.docker.distribution.manifest.v1+prettyjws, application/vnd.docker.distribution.manifest.v1+json, application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.oci.image.index.v1+json",
+        ),
+    ),
+    (
+        "schema 1 only",
+        Some("application/vnd.docker.distribution.manifest.v1+prettyjws"),
+    ),
+];
+
+const SCHEMA1: &str = "application/vnd.docker.distribution.manifest.v1+prettyjws";
+
+/// What berth must answer `accept` for `img`: the stored manifest if the client's types include it
+/// (or it names none, or a wildcard); Distribution's schema 1 conversion of a Docker image for a
+/// client that reads only schema 1; otherwise 404.
+fn expected(img: &Image, accept: Option<&str>) -> Result<&'static str, u16> {
+    let Some(accept) = accept else {
+        return Ok(img.media_type);
+    };
+    let named: Vec<&str> = accept
+        .split(',')
+        .map(|t| t.split(';').next().unwrap().trim())
+        .collect();
+    if named.contains(&"*/*") || named.contains(&img.media_type) {
+        Ok(img.media_type)
+    } else if named.contains(&SCHEMA1) && img.media_type.contains("docker") {
+        Ok(SCHEMA1)
+    } else {
+        Err(404)
+    }
+}
+
+/// The digest of a signed schema 1 manifest's payload: its bytes without the `signatures` member,
+/// cut out here independently of berth's own JWS parsing.
+fn schema1_payload_digest(body: &[u8]) -> String {
+    let text = std::str::from_utf8(body).expect("schema 1 is JSON");
+    let start = text.find(",\n   \"signatures\"").expect("signed");
+    let end = text.rfind("\n}").expect("closing brace");
+    let payload = format!("{}{}", &text[..start], &text[end..]);
+    format!("sha256:{}", seed::sha256_hex(payload.as_bytes()))
+}
+
+fn digest_mismatches(env: &Env) -> u64 {
+    let r = e2e_support::http::get(&env.metrics_addr, "/metrics", None).expect("metrics");
+    String::from_utf8_lossy(&r.body)
+        .lines()
+        .filter(|l| l.starts_with("berth_digest_mismatches_total"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+/// Against the real Distribution registry (which converts Docker schema 2 to signed schema 1 for
+/// clients that do not name it): a fresh berth answers 25 concurrent pulls per tag, with five
+/// different `Accept` values, after one upstream request per tag; then every client kind gets the
+/// right status, type and digest for every kind of image, HEAD agreeing with GET, and no false
+/// digest mismatch is counted.
+#[test]
+#[ignore = "end-to-end: needs tests/install-deps.sh; run by tests/run.sh"]
+fn manifest_negotiation_against_the_distribution_registry() {
+    use e2e_support::http::request;
+    let env = Env::start(Via::Berth);
+    let berth = env.mirror("docker.io").to_owned();
+    let path = |img: &Image| format!("/v2/{}/{}/manifests/{}", img.upstream, img.repo, img.tag);
+    let mix = [ACCEPTS[0], ACCEPTS[1], ACCEPTS[2], ACCEPTS[5], ACCEPTS[6]];
+
+    std::thread::scope(|s| {
+        let mut pulls = Vec::new();
+        for img in seed::images() {
+            for i in 0..25 {
+                let (client, accept) = mix[i % mix.len()];
+                let (berth, path) = (&berth, path(img));
+                pulls.push(s.spawn(move || {
+                    let r = request("GET", berth, &path, accept).expect("berth answers");
+                    (img, client, accept, r)
+                }));
+            }
+        }
+        for p in pulls {
+            let (img, client, accept, r) = p.join().unwrap();
+            let what = format!("{client} pulling {}", img.reference());
+            match expected(img, accept) {
+                Ok(media_type) => {
+                    assert_eq!(
+                        r.status,
+                        200,
+                        "{what}: {}",
+                        String::from_utf8_lossy(&r.body)
+                    );
+                    assert_eq!(r.header("content-type"), Some(media_type), "{what}");
+                    assert_eq!(r.header("docker-content-digest"), Some(&*img.top.digest));
+                    assert_eq!(seed::sha256_hex(&r.body), img.top.hex(), "{what}");
+                }
+                Err(status) => assert_eq!(r.status, status, "{what}"),
+            }
+        }
+    });
+    for img in seed::images() {
+        let upstream_path = format!("/v2/{}/manifests/{}", img.repo, img.tag);
+        // The registry logs a request after answering it: wait (bounded) for the line.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let gets = loop {
+            let n = env.upstream_requests(img.upstream, "GET", &upstream_path);
+            if n > 0 || Instant::now() > deadline {
+                break n;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert_eq!(gets, 1, "upstream GETs of {}", img.reference());
+        assert_eq!(
+            env.upstream_requests(img.upstream, "HEAD", &upstream_path),
+            0
+        );
+    }
+
+    for img in seed::images() {
+        for (client, accept) in ACCEPTS {
+            let what = format!("{client} asking for {}", img.reference());
+            let get = request("GET", &berth, &path(img), *accept).unwrap();
+            let head = request("HEAD", &berth, &path(img), *accept).unwrap();
+            let text = String::from_utf8_lossy(&get.body).into_owned();
+            match expected(img, *accept) {
+                Ok(SCHEMA1) => {
+                    assert_eq!(get.status, 200, "{what}: {text}");
+                    assert_eq!(get.header("content-type"), Some(SCHEMA1), "{what}");
+                    let payload = schema1_payload_digest(&get.body);
+                    assert_eq!(get.header("docker-content-digest"), Some(&*payload));
+                }
+                Ok(media_type) => {
+                    assert_eq!(get.status, 200, "{what}: {text}");
+                    assert_eq!(get.header("content-type"), Some(media_type), "{what}");
+                    assert_eq!(get.header("docker-content-digest"), Some(&*img.top.digest));
+                    assert_eq!(seed::sha256_hex(&get.body), img.top.hex(), "{what}");
+                }
+                Err(status) => {
+                    assert_eq!(get.status, status, "{what}: {text}");
+                    assert!(text.contains("MANIFEST_UNKNOWN"), "{what}: {text}");
+                }
+            }
+            assert_eq!(head.status, get.status, "HEAD, {what}");
+            assert!(head.body.is_empty(), "HEAD, {what}");
+            for h in ["content-type", "docker-content-digest", "content-length"] {
+                if h == "content-length" && get.header("content-type") == Some(SCHEMA1) {
+                    continue; // signed afresh for every request
+                }
+                assert_eq!(head.header(h), get.header(h), "HEAD {h}, {what}");
+            }
+        }
+    }
+    assert_eq!(digest_mismatches(&env), 0);
+}

@@ -44,6 +44,8 @@ pub struct Env {
     berth: Option<Proc>,
     registries: Vec<Registry>,
     berth_addr: String,
+    /// berth's metrics listener (`/metrics`, `/healthz`).
+    pub metrics_addr: String,
     /// Berth's cache root (`[storage] path`).
     pub storage: PathBuf,
     /// A loopback port nothing listens on: where "the real registry" and proxies point.
@@ -103,6 +105,7 @@ impl Env {
             berth: None,
             registries,
             berth_addr: String::new(),
+            metrics_addr: String::new(),
             storage: dir.join("berth-data"),
             dead: format!("127.0.0.1:{}", http::free_port()),
             policy,
@@ -153,6 +156,7 @@ impl Env {
         let mut berth = Proc::spawn("berth", cmd, self.dir());
         wait_ready(&mut berth, &metrics, "/healthz");
         self.berth_addr = format!("127.0.0.1:{port}");
+        self.metrics_addr = metrics;
         self.berth = Some(berth);
     }
 
@@ -252,6 +256,19 @@ impl Env {
             *counts.entry(hex).or_insert(0) += 1;
         }
         counts
+    }
+
+    /// How many `<method> <path>` requests (path without query) `host`'s registry logged since
+    /// seeding.
+    pub fn upstream_requests(&self, host: &str, method: &str, path: &str) -> usize {
+        let r = self.registry(host);
+        let log = read_log(&r.log);
+        let plain = format!("\"{method} {path} ");
+        let queried = format!("\"{method} {path}?");
+        log[r.seeded_log_len.min(log.len())..]
+            .lines()
+            .filter(|l| l.contains(&plain) || l.contains(&queried))
+            .count()
     }
 
     /// Every blob of `img` (all platforms) was fetched from the registry exactly once.

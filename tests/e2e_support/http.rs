@@ -28,6 +28,12 @@ pub const MANIFEST_TYPES: &str = "application/vnd.oci.image.index.v1+json, \
 
 /// `GET http://<addr><path>` with `Connection: close`, read to the end.
 pub fn get(addr: &str, path: &str, accept: Option<&str>) -> io::Result<Response> {
+    request("GET", addr, path, accept)
+}
+
+/// `<method> http://<addr><path>` with `Connection: close`, read to the end (a HEAD answer ends
+/// with its headers: the server closes the connection).
+pub fn request(method: &str, addr: &str, path: &str, accept: Option<&str>) -> io::Result<Response> {
     let mut s = TcpStream::connect(addr)?;
     s.set_read_timeout(Some(Duration::from_secs(30)))?;
     let accept = accept
@@ -35,7 +41,7 @@ pub fn get(addr: &str, path: &str, accept: Option<&str>) -> io::Result<Response>
         .unwrap_or_default();
     write!(
         s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\n{accept}Connection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{accept}Connection: close\r\n\r\n"
     )?;
     let mut raw = Vec::new();
     s.read_to_end(&mut raw)?;
