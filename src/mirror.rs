@@ -30,7 +30,11 @@
 //! Manifests: small (at most 4 MiB), so they are read whole, verified, cached, then answered. A tag
 //! answer is trusted for the upstream's `tag_ttl`, then revalidated with a HEAD (which Docker Hub
 //! does not count against its pull limit); if the upstream is down or failing, the last known
-//! answer is served stale.
+//! answer is served stale. Upstreams are always asked for the manifest as they store it (one
+//! `Accept` list, [`oci::media::UPSTREAM_ACCEPT`]), so lookups and the tag cache are keyed by
+//! upstream, repository and reference alone; a client's `Accept` only decides what is answered from
+//! that (see [`Mirror::manifest`]). Trade-off: a tag whose type a client does not read costs that
+//! client a 404 rather than a conversion berth would have to sign, cache and keep apart.
 //!
 //! Rule of dependency: uses `store`, `manifests`, `upstream`, `oci`, `error`, `metrics`.
 
