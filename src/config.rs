@@ -164,6 +164,11 @@ pub struct UpstreamConfig {
     /// Most redirects followed for one request.
     #[serde(default = "default_max_redirects")]
     pub max_redirects: u8,
+    /// Whether a redirect target or token realm named by this upstream may be on a loopback,
+    /// private or link-local address (`upstream::guard`). Unset: only when the upstream itself is
+    /// on such an address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow_private_redirects: Option<bool>,
     /// Extra attempts after a connection failure or a 5xx before any response reaches the caller
     /// (0: no retries). Only GET and HEAD are ever sent, so a retry cannot repeat a change.
     #[serde(default = "default_retries")]

@@ -378,11 +378,11 @@ impl fmt::Display for Summary {
     }
 }
 
-use crate::upstream::connect::{HttpClient, TimeoutConnector};
+use crate::upstream::connect::{DirectClient, TimeoutConnector};
 
 /// One run's client, limits and display.
 pub struct Warmer {
-    client: HttpClient,
+    client: DirectClient,
     /// `scheme://host:port`, no trailing slash.
     base: String,
     jobs: usize,
@@ -843,7 +843,7 @@ fn chain(e: &dyn std::error::Error) -> String {
     s
 }
 
-fn build_client(ca_file: Option<&Path>) -> Result<HttpClient, String> {
+fn build_client(ca_file: Option<&Path>) -> Result<DirectClient, String> {
     let https = crate::upstream::connect::https_connector(ca_file).map_err(|e| {
         if ca_file.is_some() {
             format!("--ca-file: {e}")

@@ -18,12 +18,18 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
 
+use super::guard::{Guard, GuardedResolver};
 use crate::config::UpstreamConfig;
 use crate::error::Error;
 
-/// The client every upstream request goes through (one per upstream, so pools and trust roots are
-/// never shared between upstreams).
-pub type HttpClient = Client<TimeoutConnector<HttpsConnector<HttpConnector>>, Empty<Bytes>>;
+/// The client every upstream request goes through (one per upstream, so pools, trust roots and
+/// address policies are never shared between upstreams).
+pub type HttpClient =
+    Client<TimeoutConnector<HttpsConnector<HttpConnector<GuardedResolver>>>, Empty<Bytes>>;
+
+/// The same client with the system's resolver and no address policy: for `berth warm` and
+/// `berth cache`, which reach berth itself (often on loopback).
+pub type DirectClient = Client<TimeoutConnector<HttpsConnector<HttpConnector>>, Empty<Bytes>>;
 
 /// Idle pooled connections are closed after this long; registries and CDNs close theirs at about
 /// this age anyway, and reusing a half-closed one costs a failed request.
@@ -80,6 +86,14 @@ where
 /// `ca_file`; also what `berth warm` and `berth cache` use to reach berth itself. The error names
 /// the file and what is wrong with it.
 pub fn https_connector(ca_file: Option<&Path>) -> Result<HttpsConnector<HttpConnector>, String> {
+    https_connector_over(ca_file, HttpConnector::new())
+}
+
+/// [`https_connector`] over a TCP connector with its own resolver.
+fn https_connector_over<R>(
+    ca_file: Option<&Path>,
+    mut http: HttpConnector<R>,
+) -> Result<HttpsConnector<HttpConnector<R>>, String> {
     let mut roots = rustls::RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
     if let Some(f) = ca_file {
@@ -100,7 +114,6 @@ pub fn https_connector(ca_file: Option<&Path>) -> Result<HttpsConnector<HttpConn
     .with_root_certificates(roots)
     .with_no_client_auth();
 
-    let mut http = HttpConnector::new();
     // The https connector hands it https:// URIs too; it only does the TCP part.
     http.enforce_http(false);
     http.set_nodelay(true);
@@ -112,9 +125,10 @@ pub fn https_connector(ca_file: Option<&Path>) -> Result<HttpsConnector<HttpConn
         .wrap_connector(http))
 }
 
-/// Builds the pooled client for one upstream.
-pub fn build_client(cfg: &UpstreamConfig) -> Result<HttpClient, Error> {
-    let https = https_connector(cfg.ca_file.as_deref())
+/// Builds the pooled client for one upstream; its resolver applies `guard`.
+pub fn build_client(cfg: &UpstreamConfig, guard: Arc<Guard>) -> Result<HttpClient, Error> {
+    let http = HttpConnector::new_with_resolver(GuardedResolver::new(guard));
+    let https = https_connector_over(cfg.ca_file.as_deref(), http)
         .map_err(|e| Error::internal(format!("upstream {}: ca_file: {e}", cfg.name)))?;
     let connector = TimeoutConnector::new(https, cfg.connect_timeout);
     Ok(Client::builder(TokioExecutor::new())

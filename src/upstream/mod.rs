@@ -23,6 +23,7 @@
 
 pub mod auth;
 pub mod connect;
+pub mod guard;
 
 use std::collections::hash_map::RandomState;
 use std::fmt;
@@ -61,6 +62,8 @@ const ERROR_BODY_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct Upstream {
     cfg: UpstreamConfig,
     client: HttpClient,
+    /// Where this upstream's redirects and realms may lead (also applied by the client's resolver).
+    guard: Arc<guard::Guard>,
     metrics: UpstreamMetrics,
     /// Shared with every response body for its error messages.
     name: Arc<str>,
@@ -172,8 +175,14 @@ impl fmt::Debug for Upstream {
 impl Upstream {
     /// Builds the upstream and its own connection pool.
     pub fn new(cfg: &UpstreamConfig, metrics: UpstreamMetrics) -> Result<Upstream, Error> {
-        let client = connect::build_client(cfg)?;
+        let guard = Arc::new(guard::Guard::new(
+            &cfg.url,
+            &cfg.auth_realms,
+            cfg.allow_private_redirects,
+        ));
+        let client = connect::build_client(cfg, guard.clone())?;
         Ok(Upstream {
+            guard,
             cfg: cfg.clone(),
             client,
             metrics,
@@ -457,6 +466,10 @@ impl Upstream {
             debug!(upstream = %self.name, realm = %redact(&url), "refusing a plain-http token realm");
             return None;
         }
+        if let Err(why) = self.guard.check_url(&url) {
+            tracing::warn!(upstream = %self.name, realm = %redact(&url), %why, "refusing a token realm");
+            return None;
+        }
         Some(url)
     }
 
@@ -619,6 +632,13 @@ impl Upstream {
                     )
                     .into());
                 }
+            }
+            if let Err(why) = self.guard.check_url(&next) {
+                return Err(Error::upstream_bad(
+                    &self.name,
+                    format!("refused redirect to {}: {why}", redact(&next)),
+                )
+                .into());
             }
             if auth.is_some() && !same_origin(&url, &next) {
                 debug!(upstream = %self.name, to = %redact(&next), "redirect leaves the origin: dropping Authorization");
