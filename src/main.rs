@@ -42,8 +42,13 @@ enum Command {
     /// Probe a running berth's health endpoint: exit 0 when it answers 2xx, 1 otherwise
     /// (another status, refused, timed out). For container HEALTHCHECKs, where no curl exists.
     Health {
-        /// The URL to GET (plain HTTP, the metrics listener).
-        #[arg(long, default_value = "http://127.0.0.1:9090/healthz")]
+        /// The URL to GET (plain HTTP, the metrics listener). The environment variable lets a
+        /// container whose metrics listener moved keep the image's HEALTHCHECK.
+        #[arg(
+            long,
+            env = "BERTH_HEALTH_URL",
+            default_value = "http://127.0.0.1:9090/healthz"
+        )]
         url: String,
         /// Give up after this long.
         #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
