@@ -227,7 +227,7 @@ async fn every_dashboard_panel_and_recording_rule_returns_data() {
         start_with(
             &fake,
             "max_size = \"1MiB\"\nhigh_watermark = \"90%\"\nlow_watermark = \"50%\"",
-            "retry_backoff = \"1ms\"",
+            "retry_backoff = \"1ms\"\ntag_ttl = \"1s\"",
             tempfile::tempdir().unwrap(),
         )
         .await,
@@ -239,6 +239,18 @@ async fn every_dashboard_panel_and_recording_rule_returns_data() {
     // A manifest: a miss, then hits.
     fake.put_tagged("library/app", "1.0", media::DOCKER_MANIFEST, DOCKER);
     assert_eq!(b.get("/v2/app/manifests/1.0").await.status, 200);
+    // A tag whose upstream then fails: once its TTL is up it is answered stale.
+    fake.put_tagged(
+        "library/app",
+        "old",
+        media::DOCKER_MANIFEST,
+        DOCKER.replace('2', "2  "),
+    );
+    assert_eq!(b.get("/v2/app/manifests/old").await.status, 200);
+    fake.fault(
+        "/v2/library/app/manifests/old",
+        Fault::Status(StatusCode::SERVICE_UNAVAILABLE, None),
+    );
     // Two clients on one blob download: the second joins the first.
     let (layer, blob, release) = gated_blob(&fake, 100 * KIB, 1, 1);
     let path = format!("/v2/app/blobs/{blob}");
@@ -290,7 +302,8 @@ async fn every_dashboard_panel_and_recording_rule_returns_data() {
     );
 
     // Steady traffic while Prometheus scrapes, so every rate has two samples that differ: a new
-    // blob each round (a miss, then a hit; the 1 MiB cache evicts), the manifest again, a 404.
+    // blob each round (a miss, then a hit; the 1 MiB cache evicts), the manifest again (its tag
+    // revalidated each second), a 404, the failing tag (stale once its second is up).
     // The interval only paces the load; nothing waits on it.
     let traffic = tokio::spawn({
         let (b, fake) = (b.clone(), fake.clone());
@@ -308,6 +321,7 @@ async fn every_dashboard_panel_and_recording_rule_returns_data() {
                 }
                 assert_eq!(b.get("/v2/app/manifests/1.0").await.status, 200);
                 assert_eq!(b.get("/v2/app/manifests/nope").await.status, 404);
+                assert_eq!(b.get("/v2/app/manifests/old").await.status, 200);
             }
         }
     });
