@@ -235,8 +235,7 @@ async fn every_dashboard_panel_and_recording_rule_returns_data() {
     let prom = Prometheus::start(b.metrics);
     prom.until_ready(&b).await;
 
-    // One-off events.
-    // A manifest: a miss, then hits.
+    // One-off events. A manifest: a miss here, hits in the traffic below.
     fake.put_tagged("library/app", "1.0", media::DOCKER_MANIFEST, DOCKER);
     assert_eq!(b.get("/v2/app/manifests/1.0").await.status, 200);
     // A tag whose upstream then fails: once its TTL is up it is answered stale.
