@@ -39,6 +39,21 @@ enum Command {
         #[arg(long, short, env = "BERTH_CONFIG")]
         config: Option<PathBuf>,
     },
+    /// Probe a running berth's health endpoint: exit 0 when it answers 2xx, 1 otherwise
+    /// (another status, refused, timed out). For container HEALTHCHECKs, where no curl exists.
+    Health {
+        /// The URL to GET (plain HTTP, the metrics listener). The environment variable lets a
+        /// container whose metrics listener moved keep the image's HEALTHCHECK.
+        #[arg(
+            long,
+            env = "BERTH_HEALTH_URL",
+            default_value = "http://127.0.0.1:9090/healthz"
+        )]
+        url: String,
+        /// Give up after this long.
+        #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+        timeout: std::time::Duration,
+    },
     /// Validate a configuration file and print the effective configuration (secrets redacted).
     CheckConfig {
         #[arg(long, short)]
@@ -164,6 +179,7 @@ fn main() -> ExitCode {
             }
         }
         Command::Warm(args) => warm(args),
+        Command::Health { url, timeout } => block_on(false, health(&url, timeout)),
         Command::Cache {
             op,
             config,
@@ -389,4 +405,61 @@ fn init_logging() -> (
         .with_writer(writer.clone())
         .init();
     (guard, (!ansi).then_some(writer))
+}
+
+/// `berth health`: one GET with a deadline. Exit 0 on 2xx, 1 on anything else, 2 on a bad URL.
+async fn health(url: &str, timeout: std::time::Duration) -> ExitCode {
+    use http_body_util::{BodyExt as _, Empty};
+    use hyper_util::client::legacy::Client;
+    use hyper_util::rt::TokioExecutor;
+
+    let uri = match url.parse::<http::Uri>() {
+        Ok(u) if matches!(u.scheme_str(), Some("http")) => u,
+        _ => {
+            eprintln!("berth: health: {url:?} is not an http:// URL");
+            return ExitCode::from(2);
+        }
+    };
+    let client: Client<_, Empty<bytes::Bytes>> = Client::builder(TokioExecutor::new())
+        .build(hyper_util::client::legacy::connect::HttpConnector::new());
+    let probe = async {
+        // The client's own message is only "client error (Connect)": name the cause too.
+        let resp = client.get(uri).await.map_err(|e| {
+            let mut text = e.to_string();
+            let mut cause = std::error::Error::source(&e);
+            while let Some(c) = cause {
+                text = format!("{text}: {c}");
+                cause = c.source();
+            }
+            text
+        })?;
+        let status = resp.status();
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok::<_, String>((status, body.to_bytes()))
+    };
+    match tokio::time::timeout(timeout, probe).await {
+        Ok(Ok((status, body))) if status.is_success() => {
+            println!("{status} {}", String::from_utf8_lossy(&body).trim_end());
+            ExitCode::SUCCESS
+        }
+        Ok(Ok((status, body))) => {
+            eprintln!(
+                "berth: health: {url}: {status} {}",
+                String::from_utf8_lossy(&body).trim_end()
+            );
+            ExitCode::from(1)
+        }
+        Ok(Err(e)) => {
+            eprintln!("berth: health: {url}: {e}");
+            ExitCode::from(1)
+        }
+        Err(_) => {
+            eprintln!("berth: health: {url}: no answer within {timeout:?}");
+            ExitCode::from(1)
+        }
+    }
 }

@@ -164,3 +164,88 @@ fn sigterm_stops_serving_and_exits_zero() {
     assert_eq!(exit.code(), Some(0), "{rest:?}");
     assert!(rest.iter().any(|l| l.contains("SIGTERM")), "{rest:?}");
 }
+
+/// `berth health` is the container HEALTHCHECK (no curl in a scratch image): 0 on 2xx, 1 on any
+/// other answer or none, 2 on a URL it cannot probe.
+#[test]
+fn health_probe_exit_codes() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config_file(
+        &dir,
+        "c.toml",
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n[metrics]\nlisten = \"127.0.0.1:0\"\n[storage]\npath = \"{}\"\n[[upstream]]\nname = \"a.io\"\nurl = \"https://a.io\"\n",
+            dir.path().join("data").display()
+        ),
+    );
+    let mut child = berth()
+        .args(["serve", "--config"])
+        .arg(&cfg)
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let started = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .find(|l| l.contains("listening"))
+        .expect("berth did not start");
+    // `metrics=http://127.0.0.1:PORT/metrics`
+    let metrics = started
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("metrics="))
+        .expect("no metrics address in the start-up line")
+        .trim_end_matches("/metrics")
+        .to_owned();
+    let health = |url: &str, timeout: &str| {
+        berth()
+            .args(["health", "--url", url, "--timeout", timeout])
+            .output()
+            .unwrap()
+    };
+
+    let out = health(&format!("{metrics}/healthz"), "5s");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(text.contains("200") && text.contains("ok"), "{text}");
+
+    let out = health(&format!("{metrics}/nothing-here"), "5s");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("404"));
+
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let _ = child.wait();
+
+    // Refused: nothing listens on a port that was just freed.
+    let dead = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let out = health(&format!("http://{dead}/healthz"), "5s");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("refused"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Accepted by the kernel but never answered: the timeout decides.
+    let silent = TcpListener::bind("127.0.0.1:0").unwrap();
+    let out = health(
+        &format!("http://{}/healthz", silent.local_addr().unwrap()),
+        "300ms",
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no answer within"));
+
+    let out = health("https://127.0.0.1:1/healthz", "1s");
+    assert_eq!(out.status.code(), Some(2));
+    let out = health("not a url", "1s");
+    assert_eq!(out.status.code(), Some(2));
+}

@@ -26,6 +26,12 @@ cargo test --test e2e -- --ignored --test-threads=1
 step "full disk on a tmpfs: cargo test --test enospc -- --ignored"
 cargo test --test enospc -- --ignored
 
+step "dashboard and alerts with promtool and a real Prometheus: cargo test --test observability -- --ignored"
+cargo test --test observability -- --ignored
+
+step "container image built and run with podman: cargo test --test container -- --ignored"
+cargo test --test container -- --ignored
+
 step "cargo bench --no-run"
 cargo bench --no-run
 
