@@ -29,6 +29,9 @@ pub struct Config {
     /// The admin API on the metrics listener (`berth cache ...` talks to it). Off by default.
     #[serde(default)]
     pub admin: AdminConfig,
+    /// Client login (`access`). Without it, anyone who reaches the listener may pull.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<AuthConfig>,
     /// The registries berth mirrors; the only hosts it ever connects to.
     #[serde(default, rename = "upstream")]
     pub upstreams: Vec<UpstreamConfig>,
@@ -115,6 +118,18 @@ pub struct AdminConfig {
     pub token: Option<Secret>,
 }
 
+/// Client login: with it, every request needs a user from `htpasswd`, except pulls through the
+/// `anonymous_upstreams`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// htpasswd file with bcrypt entries (`htpasswd -B`); re-read when it changes.
+    pub htpasswd: PathBuf,
+    /// Upstreams (name or alias) anyone may pull through without logging in.
+    #[serde(default)]
+    pub anonymous_upstreams: Vec<String>,
+}
+
 /// One upstream registry.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -191,6 +206,9 @@ pub struct UpstreamConfig {
     /// on top of the built-in web PKI roots. Its redirect targets and token realms trust them too.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_file: Option<PathBuf>,
+    /// With `[auth]`: only these users may pull through this upstream (unset: every user).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub users: Option<Vec<String>>,
     /// The password, read from `password_file` or `password_env` at load time.
     #[serde(skip_deserializing, skip_serializing_if = "Option::is_none")]
     pub password: Option<Secret>,
@@ -417,6 +435,7 @@ impl Config {
                 "only one upstream may be the default".into(),
             ));
         }
+        self.validate_auth().map_err(|(k, r)| err(k, r))?;
         let mut seen = HashSet::new();
         for (i, u) in self.upstreams.iter_mut().enumerate() {
             let key = |k: &str| format!("upstream[{i}].{k}");
@@ -497,6 +516,61 @@ impl Config {
                     key("username"),
                     "username and a password (password_file or password_env) go together".into(),
                 ));
+            }
+        }
+        Ok(())
+    }
+
+    /// `[auth]` and the upstreams' `users`: names that exist, lists that can be met. On error,
+    /// the key and the reason. (The htpasswd file itself is parsed when the server starts.)
+    fn validate_auth(&self) -> Result<(), (String, String)> {
+        let Some(auth) = &self.auth else {
+            return match self.upstreams.iter().position(|u| u.users.is_some()) {
+                Some(i) => Err((
+                    format!("upstream[{i}].users"),
+                    "users needs client login: add [auth] with an htpasswd file".into(),
+                )),
+                None => Ok(()),
+            };
+        };
+        if let Err(e) = std::fs::metadata(&auth.htpasswd) {
+            return Err((
+                "auth.htpasswd".into(),
+                format!("cannot read {}: {e}", auth.htpasswd.display()),
+            ));
+        }
+        let mut anonymous = vec![false; self.upstreams.len()];
+        for name in &auth.anonymous_upstreams {
+            let name = name.to_ascii_lowercase();
+            match self.upstreams.iter().position(|u| u.hosts().any(|h| h == name)) {
+                Some(i) => anonymous[i] = true,
+                None => {
+                    return Err((
+                        "auth.anonymous_upstreams".into(),
+                        format!("{name:?} is not the name or alias of an [[upstream]]"),
+                    ));
+                }
+            }
+        }
+        for (i, u) in self.upstreams.iter().enumerate() {
+            match &u.users {
+                Some(_) if anonymous[i] => {
+                    return Err((
+                        format!("upstream[{i}].users"),
+                        format!(
+                            "{} is in auth.anonymous_upstreams: anyone may pull through it, \
+                             so a users list would mean nothing",
+                            u.name
+                        ),
+                    ));
+                }
+                Some(list) if list.iter().any(|n| n.is_empty() || n.contains(':')) => {
+                    return Err((
+                        format!("upstream[{i}].users"),
+                        "a user name is empty or holds ':'".into(),
+                    ));
+                }
+                _ => {}
             }
         }
         Ok(())

@@ -152,16 +152,38 @@ enum CacheOp {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::CheckConfig { config } => match Config::load(&config) {
-            Ok(cfg) => {
-                println!("# {}: valid\n{}", config.display(), cfg.to_toml());
-                ExitCode::SUCCESS
+        Command::CheckConfig { config } => {
+            // The htpasswd file is read by the server when it starts; check it here too, so a
+            // file with a non-bcrypt line fails the check, not the next restart.
+            let checked = Config::load(&config)
+                .map_err(|e| e.to_string())
+                .and_then(|cfg| match &cfg.auth {
+                    Some(a) => std::fs::read_to_string(&a.htpasswd)
+                        .map_err(|e| e.to_string())
+                        .and_then(|t| {
+                            berth::access::htpasswd::parse(&t).map_err(|e| e.to_string())
+                        })
+                        .map_err(|e| {
+                            format!(
+                                "{}: auth.htpasswd: {}: {e}",
+                                config.display(),
+                                a.htpasswd.display()
+                            )
+                        })
+                        .map(|_| cfg),
+                    None => Ok(cfg),
+                });
+            match checked {
+                Ok(cfg) => {
+                    println!("# {}: valid\n{}", config.display(), cfg.to_toml());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("berth: invalid config: {e}");
+                    ExitCode::from(2)
+                }
             }
-            Err(e) => {
-                eprintln!("berth: invalid config: {e}");
-                ExitCode::from(2)
-            }
-        },
+        }
         Command::Verify { config } => {
             let cfg = match load(config.as_deref()) {
                 Ok(c) => c,

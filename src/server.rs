@@ -27,6 +27,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 
+use crate::access;
 use crate::admin;
 use crate::config::{Config, ServerConfig, StorageConfig};
 use crate::http::route::Hosts;
@@ -79,6 +80,8 @@ pub enum StartError {
     Upstream { name: String, reason: String },
     #[error("metrics: {0}")]
     Metrics(#[from] prometheus::Error),
+    #[error("[auth] {0}")]
+    Auth(#[from] crate::access::LoadError),
 }
 
 impl Server {
@@ -123,7 +126,12 @@ impl Server {
             .token
             .clone()
             .map(|token| Arc::new(admin::api::Api::new(mirror.clone(), root.clone(), token)));
-        let app = Arc::new(App::new(mirror, Hosts::new(&cfg.upstreams), metrics));
+        let mut app = App::new(mirror, Hosts::new(&cfg.upstreams), metrics);
+        if let Some(auth) = &cfg.auth {
+            let settings = access::Settings::new(auth, &cfg.upstreams);
+            app.access = Some(access::Access::new(settings, &prometheus)?);
+        }
+        let app = Arc::new(app);
 
         let tls = match (&cfg.server.tls_cert, &cfg.server.tls_key) {
             (Some(cert), Some(key)) => Some(tls_acceptor(cert, key)?),
