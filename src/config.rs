@@ -965,6 +965,50 @@ mod tests {
     }
 
     #[test]
+    fn auth_is_checked_against_the_upstreams() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("htpasswd");
+        std::fs::write(&file, "").unwrap();
+        let ups = "[[upstream]]\nname = \"docker.io\"\nurl = \"https://d.io\"\naliases = [\"hub.test\"]\n\
+                   [[upstream]]\nname = \"b.io\"\nurl = \"https://b.io\"\n";
+        let auth = |extra: &str| {
+            format!(
+                "[auth]\nhtpasswd = {:?}\n{extra}\n{ups}",
+                file.display().to_string()
+            )
+        };
+        let ok = Config::parse(
+            &(auth("anonymous_upstreams = [\"HUB.test\"]") + "users = [\"ci\"]\n"),
+            "f.toml",
+        )
+        .unwrap();
+        let a = ok.auth.as_ref().unwrap();
+        assert_eq!(a.anonymous_upstreams, ["HUB.test"]);
+        assert_eq!(ok.upstreams[1].users.as_deref(), Some(&["ci".to_owned()][..]));
+        let cases = [
+            (ups.to_owned() + "users = [\"ci\"]\n", "upstream[1].users"),
+            (
+                auth("anonymous_upstreams = [\"nope.io\"]"),
+                "auth.anonymous_upstreams",
+            ),
+            (
+                auth("anonymous_upstreams = [\"b.io\"]") + "users = [\"ci\"]\n",
+                "upstream[1].users",
+            ),
+            (auth("") + "users = [\"a:b\"]\n", "upstream[1].users"),
+            (
+                format!("[auth]\nhtpasswd = \"/surely/not/here\"\n{ups}"),
+                "auth.htpasswd",
+            ),
+            (auth("nope = 1"), "unknown field"),
+        ];
+        for (text, key) in cases {
+            let e = Config::parse(&text, "f.toml").unwrap_err();
+            assert!(e.to_string().contains(key), "{key}: {e}");
+        }
+    }
+
+    #[test]
     fn secrets_are_redacted() {
         let dir = tempfile::tempdir().unwrap();
         let pw = dir.path().join("pw");
