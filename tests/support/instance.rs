@@ -89,7 +89,13 @@ pub async fn start_with(
         dir.path().display(),
         fake.url()
     );
-    let cfg = Config::parse(&cfg, "test").unwrap();
+    start_toml(&cfg, dir).await
+}
+
+/// Starts berth from a whole config text (listeners on port 0, storage in `dir`, chosen by the
+/// caller).
+pub async fn start_toml(cfg: &str, dir: tempfile::TempDir) -> Berth {
+    let cfg = Config::parse(cfg, "test").unwrap();
     let server = Server::bind(&cfg).await.unwrap();
     let (addr, metrics) = (server.local_addr(), server.metrics_addr().unwrap());
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
