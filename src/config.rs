@@ -542,7 +542,11 @@ impl Config {
         let mut anonymous = vec![false; self.upstreams.len()];
         for name in &auth.anonymous_upstreams {
             let name = name.to_ascii_lowercase();
-            match self.upstreams.iter().position(|u| u.hosts().any(|h| h == name)) {
+            match self
+                .upstreams
+                .iter()
+                .position(|u| u.hosts().any(|h| h == name))
+            {
                 Some(i) => anonymous[i] = true,
                 None => {
                     return Err((
@@ -984,7 +988,10 @@ mod tests {
         .unwrap();
         let a = ok.auth.as_ref().unwrap();
         assert_eq!(a.anonymous_upstreams, ["HUB.test"]);
-        assert_eq!(ok.upstreams[1].users.as_deref(), Some(&["ci".to_owned()][..]));
+        assert_eq!(
+            ok.upstreams[1].users.as_deref(),
+            Some(&["ci".to_owned()][..])
+        );
         let cases = [
             (ups.to_owned() + "users = [\"ci\"]\n", "upstream[1].users"),
             (

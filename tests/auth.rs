@@ -74,8 +74,10 @@ async fn get_as(b: &Berth, path: &str, auth: Option<&str>) -> Got {
 }
 
 async fn attempts(b: &Berth, outcome: &str) -> u64 {
-    b.counter(&format!("berth_auth_attempts_total{{outcome=\"{outcome}\"}}"))
-        .await
+    b.counter(&format!(
+        "berth_auth_attempts_total{{outcome=\"{outcome}\"}}"
+    ))
+    .await
 }
 
 fn assert_challenge(g: &Got, what: &str) {
@@ -154,7 +156,12 @@ async fn a_user_not_listed_gets_403_before_any_lookup_cached_or_not() {
     // ci caches a manifest and a blob through the private upstream.
     let m = get_as(&b, "/v2/private.test/app/manifests/1", Some(&ci)).await;
     assert_eq!(m.status, 200);
-    let l = get_as(&b, &format!("/v2/app/blobs/{cached}?ns=private.test"), Some(&ci)).await;
+    let l = get_as(
+        &b,
+        &format!("/v2/app/blobs/{cached}?ns=private.test"),
+        Some(&ci),
+    )
+    .await;
     assert_eq!(l.status, 200);
     b.settled().await;
     fake.reset_counts();
@@ -187,7 +194,12 @@ async fn a_user_not_listed_gets_403_before_any_lookup_cached_or_not() {
     assert!(fake.requests().is_empty(), "{:?}", fake.requests());
     // alice's requests are never looked up in the cache.
     let lookups = b.counter("berth_cache_lookups_total").await;
-    get_as(&b, &format!("/v2/app/blobs/{cached}?ns=private.test"), Some(&alice)).await;
+    get_as(
+        &b,
+        &format!("/v2/app/blobs/{cached}?ns=private.test"),
+        Some(&alice),
+    )
+    .await;
     assert_eq!(b.counter("berth_cache_lookups_total").await, lookups);
     assert_eq!(
         b.counter("berth_auth_denials_total{reason=\"forbidden\"}")
@@ -198,7 +210,12 @@ async fn a_user_not_listed_gets_403_before_any_lookup_cached_or_not() {
     // alice may use the upstream that has no list; ci still gets the cached blob.
     let l = get_as(&b, &format!("/v2/app/blobs/{uncached}"), Some(&alice)).await;
     assert_eq!(l.status, 200);
-    let l = get_as(&b, &format!("/v2/app/blobs/{cached}?ns=private.test"), Some(&ci)).await;
+    let l = get_as(
+        &b,
+        &format!("/v2/app/blobs/{cached}?ns=private.test"),
+        Some(&ci),
+    )
+    .await;
     assert_eq!(l.status, 200);
 }
 
@@ -326,7 +343,10 @@ async fn the_htpasswd_file_is_reread_when_it_changes_and_a_broken_one_is_ignored
     replace(&file, &(entry("bob", "b-pw") + &entry("carol", "c-pw")));
     until_status(&b, &bob, 200).await;
     assert_eq!(get_as(&b, "/v2/", Some(&alice)).await.status, 401);
-    assert_eq!(b.counter("berth_auth_reloads_total{outcome=\"ok\"}").await, 1);
+    assert_eq!(
+        b.counter("berth_auth_reloads_total{outcome=\"ok\"}").await,
+        1
+    );
     assert_eq!(b.counter("berth_auth_users").await, 2);
 
     // A broken file (an MD5 line) keeps the users loaded before: carol, never checked yet,
@@ -337,7 +357,11 @@ async fn the_htpasswd_file_is_reread_when_it_changes_and_a_broken_one_is_ignored
     )
     .unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
-    while b.counter("berth_auth_reloads_total{outcome=\"error\"}").await == 0 {
+    while b
+        .counter("berth_auth_reloads_total{outcome=\"error\"}")
+        .await
+        == 0
+    {
         assert!(Instant::now() < deadline, "the broken file was never read");
         assert_eq!(get_as(&b, "/v2/", Some(&bob)).await.status, 200);
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -349,8 +373,15 @@ async fn the_htpasswd_file_is_reread_when_it_changes_and_a_broken_one_is_ignored
     // A missing file too.
     std::fs::remove_file(&file).unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
-    while b.counter("berth_auth_reloads_total{outcome=\"error\"}").await < 2 {
-        assert!(Instant::now() < deadline, "the missing file was never noticed");
+    while b
+        .counter("berth_auth_reloads_total{outcome=\"error\"}")
+        .await
+        < 2
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the missing file was never noticed"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert_eq!(get_as(&b, "/v2/", Some(&bob)).await.status, 200);
     }
@@ -390,7 +421,10 @@ async fn a_flood_of_bad_passwords_is_bounded_and_throttled() {
     assert_eq!(during, [200; 5]);
     let throttled: Vec<&Got> = answers.iter().filter(|g| g.status == 429).collect();
     let refused = answers.iter().filter(|g| g.status == 401).count();
-    eprintln!("flood of {FLOOD}: {refused} checked (401), {} throttled (429)", throttled.len());
+    eprintln!(
+        "flood of {FLOOD}: {refused} checked (401), {} throttled (429)",
+        throttled.len()
+    );
     assert_eq!(throttled.len() + refused, FLOOD);
     for g in &throttled {
         assert_eq!(g.code(), "TOOMANYREQUESTS");
@@ -422,4 +456,110 @@ async fn a_flood_of_bad_passwords_is_bounded_and_throttled() {
         b.counter("berth_auth_bcrypt_runs_total").await as usize,
         refused + 2
     );
+}
+
+/// A small image (a config and one layer) tagged `app:1`.
+fn image(fake: &FakeRegistry) {
+    let config = bytes::Bytes::from_static(br#"{"architecture":"amd64","os":"linux"}"#);
+    let layer = random_bytes(3000, 9);
+    let (c, l) = (
+        fake.put_blob("library/app", config.clone()),
+        fake.put_blob("library/app", layer.clone()),
+    );
+    let manifest = format!(
+        r#"{{"schemaVersion":2,"mediaType":"{}","config":{{"mediaType":"application/vnd.docker.container.image.v1+json","size":{},"digest":"{c}"}},"layers":[{{"mediaType":"application/vnd.docker.image.rootfs.diff.tar.gzip","size":{},"digest":"{l}"}}]}}"#,
+        media::DOCKER_MANIFEST,
+        config.len(),
+        layer.len()
+    );
+    fake.put_tagged("library/app", "1", media::DOCKER_MANIFEST, manifest);
+}
+
+/// `berth warm <args>` with `stdin` piped in and `env` set; (exit code, stdout, stderr).
+async fn warm(args: &[&str], stdin: &str, env: &[(&str, &str)]) -> (i32, String, String) {
+    use tokio::io::AsyncWriteExt as _;
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_berth"));
+    cmd.arg("warm")
+        .args(args)
+        .env_remove("BERTH_CONFIG")
+        .env_remove("BERTH_USER")
+        .env_remove("BERTH_PASSWORD")
+        .envs(env.iter().copied())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    let mut input = child.stdin.take().unwrap();
+    // A berth warm that refuses its options exits without reading: a broken pipe is fine.
+    let _ = input.write_all(stdin.as_bytes()).await;
+    drop(input);
+    let out = child.wait_with_output().await.unwrap();
+    (
+        out.status.code().unwrap(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn berth_warm_logs_in_with_a_password_from_stdin_or_the_environment() {
+    let fake = FakeRegistry::start().await;
+    image(&fake);
+    let b = start(&fake, &entry("ci", "ci-pw"), "", r#"users = ["ci"]"#).await;
+    let server = format!("http://{}", b.addr);
+    let base = ["--server", server.as_str()];
+    let args = |extra: &[&'static str]| -> Vec<&str> {
+        base.iter().copied().chain(extra.iter().copied()).collect()
+    };
+
+    let (code, _, err) = warm(&args(&["private.test/app:1"]), "", &[]).await;
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("asks for a login"), "{err}");
+    let (code, _, err) = warm(
+        &args(&["--user", "ci", "--password-stdin", "private.test/app:1"]),
+        "nope\n",
+        &[],
+    )
+    .await;
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("refused the login"), "{err}");
+    assert!(!err.contains("nope"), "{err}");
+
+    let (code, out, err) = warm(
+        &args(&["--user", "ci", "--password-stdin", "private.test/app:1"]),
+        "ci-pw\n",
+        &[],
+    )
+    .await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("warmed 1/1 images"), "{out}");
+    assert_eq!(fake.hits(Method::GET, "/v2/library/app/manifests/1"), 1);
+    let (code, out, err) = warm(
+        &args(&["private.test/app:1"]),
+        "",
+        &[("BERTH_USER", "ci"), ("BERTH_PASSWORD", "ci-pw")],
+    )
+    .await;
+    assert_eq!(code, 0, "{out}{err}");
+
+    // Mistakes in the options fetch nothing.
+    for (extra, env, want) in [
+        (&["--user", "ci", "app:1"][..], &[][..], "BERTH_PASSWORD"),
+        (
+            &["--user", "ci", "--password-stdin", "--file", "-"][..],
+            &[][..],
+            "both read stdin",
+        ),
+        (&["--password-stdin", "app:1"][..], &[][..], "--user"),
+        (
+            &["--user", "c:i", "app:1"][..],
+            &[("BERTH_PASSWORD", "x")][..],
+            "':'",
+        ),
+    ] {
+        let (code, _, err) = warm(&args(extra), "ci-pw\n", env).await;
+        assert_eq!(code, 2, "{extra:?}: {err}");
+        assert!(err.contains(want), "{extra:?}: {err}");
+    }
+    assert!(b.counter("berth_auth_attempts_total{outcome=\"ok\"}").await > 0);
 }

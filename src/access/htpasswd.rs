@@ -171,6 +171,9 @@ mod tests {
     fn debug_shows_names_not_hashes() {
         let users = parse(&format!("alice:{ALICE}\n")).unwrap();
         let shown = format!("{users:?}");
-        assert!(shown.contains("alice") && !shown.contains("$2y$"), "{shown}");
+        assert!(
+            shown.contains("alice") && !shown.contains("$2y$"),
+            "{shown}"
+        );
     }
 }

@@ -262,13 +262,20 @@ impl Access {
             return Ok(Principal::Anonymous);
         };
         let Some((user, password)) = basic_credentials(header) else {
-            self.metrics.attempts.with_label_values(&["malformed"]).inc();
+            self.metrics
+                .attempts
+                .with_label_values(&["malformed"])
+                .inc();
             return Err(Error::login_required(
                 "the Authorization header does not hold Basic credentials",
             ));
         };
         self.refresh();
-        let loaded = self.loaded.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let loaded = self
+            .loaded
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         let key = self.cache_key(loaded.generation, &user, &password);
         let verdict = self
             .verdicts
@@ -284,7 +291,10 @@ impl Access {
                 }
             }
             Err(_) => {
-                self.metrics.attempts.with_label_values(&["throttled"]).inc();
+                self.metrics
+                    .attempts
+                    .with_label_values(&["throttled"])
+                    .inc();
                 Err(Error::login_throttled(THROTTLE_RETRY))
             }
         }
@@ -312,7 +322,9 @@ impl Access {
                     .denials
                     .with_label_values(&["login_required"])
                     .inc();
-                Err(Error::login_required("log in to pull through this registry"))
+                Err(Error::login_required(
+                    "log in to pull through this registry",
+                ))
             }
             (false, Principal::User(_)) => {
                 self.metrics.denials.with_label_values(&["forbidden"]).inc();
@@ -593,21 +605,34 @@ mod tests {
     fn policy_per_principal_and_upstream() {
         let dir = tempfile::tempdir().unwrap();
         let ci: &[&str] = &["ci"];
-        let a = access(dir.path(), vec![true, false, false], vec![None, None, Some(ci)]);
+        let a = access(
+            dir.path(),
+            vec![true, false, false],
+            vec![None, None, Some(ci)],
+        );
         let anon = Principal::Anonymous;
         let alice = Principal::User("alice".into());
         let ci = Principal::User("ci".into());
         let status = |r: Result<(), Error>| r.err().map(|e| (e.status.as_u16(), e.code.as_str()));
         // `/v2/` itself: a login is needed, whatever the anonymous upstreams.
-        assert_eq!(status(a.authorize(&anon, None)), Some((401, "UNAUTHORIZED")));
+        assert_eq!(
+            status(a.authorize(&anon, None)),
+            Some((401, "UNAUTHORIZED"))
+        );
         assert_eq!(status(a.authorize(&alice, None)), None);
         assert_eq!(status(a.authorize(&anon, Some(0))), None);
-        assert_eq!(status(a.authorize(&anon, Some(1))), Some((401, "UNAUTHORIZED")));
+        assert_eq!(
+            status(a.authorize(&anon, Some(1))),
+            Some((401, "UNAUTHORIZED"))
+        );
         assert_eq!(status(a.authorize(&alice, Some(1))), None);
         assert_eq!(status(a.authorize(&alice, Some(2))), Some((403, "DENIED")));
         assert_eq!(status(a.authorize(&ci, Some(2))), None);
         // An index past the list (never made by the router) is refused, not allowed.
-        assert_eq!(status(a.authorize(&anon, Some(9))), Some((401, "UNAUTHORIZED")));
+        assert_eq!(
+            status(a.authorize(&anon, Some(9))),
+            Some((401, "UNAUTHORIZED"))
+        );
     }
 
     #[tokio::test]
@@ -632,7 +657,11 @@ mod tests {
         assert_eq!(a.metrics.bcrypt_runs.get(), 3);
         let outcome = |o: &str| a.metrics.attempts.with_label_values(&[o]).get();
         assert_eq!(
-            (outcome("ok"), outcome("bad_password"), outcome("unknown_user")),
+            (
+                outcome("ok"),
+                outcome("bad_password"),
+                outcome("unknown_user")
+            ),
             (3, 1, 1)
         );
         assert_eq!(a.authenticate(None).await.unwrap(), Principal::Anonymous);
