@@ -146,6 +146,17 @@ impl App {
                 "absolute-form request targets are refused: berth is a registry mirror, not a proxy",
             ));
         }
+        // Parsing is pure and cheap: done first so the log and metrics name the route even
+        // when the login fails, but its errors wait until the login is checked.
+        let parsed = route::parse(
+            req.method(),
+            req.uri().path(),
+            req.uri().query(),
+            &self.hosts,
+        );
+        if let Ok(route) = &parsed {
+            log.kind = route.kind();
+        }
         let who = match &self.access {
             Some(access) => {
                 let who = access
@@ -156,12 +167,7 @@ impl App {
             }
             None => None,
         };
-        let route = match route::parse(
-            req.method(),
-            req.uri().path(),
-            req.uri().query(),
-            &self.hosts,
-        ) {
+        let route = match parsed {
             Ok(route) => route,
             Err(e) => {
                 // An anonymous client learns no more than "log in", not which paths or
@@ -172,7 +178,6 @@ impl App {
                 return Err(e);
             }
         };
-        log.kind = route.kind();
         if let Some((access, who)) = &who {
             access.authorize(who, route.target().map(|t| t.upstream))?;
         }
