@@ -29,6 +29,12 @@ impl Write for Sink {
 /// Serves `paths` once each with request lines going to a writer, under a subscriber at `level`;
 /// returns what was written.
 async fn lines_for(paths: &[&str], level: LevelFilter) -> String {
+    let requests: Vec<(&str, Option<&str>)> = paths.iter().map(|p| (*p, None)).collect();
+    lines_with("", &requests, level).await
+}
+
+/// As [`lines_for`], with `extra` config at the top and an `Authorization` header per request.
+async fn lines_with(extra: &str, requests: &[(&str, Option<&str>)], level: LevelFilter) -> String {
     // A current-thread runtime (tokio::test): every task runs on this thread, under this default.
     let subscriber = tracing_subscriber::fmt()
         .with_max_level(level)
@@ -44,6 +50,7 @@ async fn lines_for(paths: &[&str], level: LevelFilter) -> String {
         enabled = false
         [storage]
         path = "{}"
+        {extra}
         [[upstream]]
         name = "registry.test"
         url = "http://127.0.0.1:9"
@@ -63,9 +70,13 @@ async fn lines_for(paths: &[&str], level: LevelFilter) -> String {
         let _ = stopped.await;
     }));
     let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
-    for path in paths {
+    for (path, auth) in requests {
+        let mut req = http::Request::get(format!("http://{addr}{path}"));
+        if let Some(a) = auth {
+            req = req.header("authorization", *a);
+        }
         let resp = client
-            .get(format!("http://{addr}{path}").parse().unwrap())
+            .request(req.body(Empty::new()).unwrap())
             .await
             .unwrap();
         resp.into_body().collect().await.unwrap();
@@ -99,4 +110,44 @@ async fn each_request_gets_one_line_in_the_subscribers_format() {
 #[tokio::test]
 async fn no_lines_below_the_level_filter() {
     assert_eq!(lines_for(&["/v2/"], LevelFilter::WARN).await, "");
+}
+
+#[tokio::test]
+async fn with_auth_the_line_names_the_user() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("htpasswd");
+    std::fs::write(
+        &file,
+        format!("alice:{}\n", bcrypt::hash("secret", 4).unwrap()),
+    )
+    .unwrap();
+    let basic = |user_password: &str| {
+        use base64::Engine as _;
+        format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(user_password)
+        )
+    };
+    let (alice, wrong) = (basic("alice:secret"), basic("alice:nope"));
+    let out = lines_with(
+        &format!("[auth]\nhtpasswd = {:?}", file.display().to_string()),
+        &[
+            ("/v2/", Some(&alice)),
+            ("/v2/", None),
+            ("/v2/app/manifests/1", Some(&wrong)),
+        ],
+        LevelFilter::INFO,
+    )
+    .await;
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 3, "{out}");
+    assert!(lines[0].contains(" status=200 "), "{out}");
+    assert!(lines[0].ends_with(" user=\"alice\""), "{out}");
+    assert!(lines[1].contains(" status=401 "), "{out}");
+    assert!(lines[1].ends_with(" user=\"-\""), "{out}");
+    // A failed login is logged under its route, with no user.
+    assert!(lines[2].contains("route=\"manifest\""), "{out}");
+    assert!(lines[2].contains(" status=401 "), "{out}");
+    assert!(lines[2].ends_with(" user=\"-\""), "{out}");
+    assert!(!out.contains("secret") && !out.contains("nope"), "{out}");
 }
