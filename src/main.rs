@@ -94,7 +94,8 @@ for hosts configured as an [[upstream]] name or alias.
 Examples:
   berth warm nginx:1.25 quay.io/coreos/flannel:v0.11.0
   berth warm --config /etc/berth/config.toml --file rollout.txt --platform linux/amd64
-  berth warm --server https://mirror.internal:5000 --ca-file ca.pem registry.local:5000/team/app:v3";
+  berth warm --server https://mirror.internal:5000 --ca-file ca.pem registry.local:5000/team/app:v3
+  echo \"$PASSWORD\" | berth warm --user ci --password-stdin --server http://berth:5000 nginx:1.25";
 
 #[derive(clap::Args)]
 struct WarmArgs {
