@@ -1,8 +1,9 @@
 //! Client login: who is asking, and whether they may pull through an upstream.
 //!
 //! With `[auth]`, `http` hands the request's `Authorization` header to [`Access::authenticate`]
-//! before it routes anything, and gets a [`Principal`] (or a 401/429); once the route names its
-//! upstream, [`Access::authorize`] says whether that principal may pull through it (or a 401/403).
+//! and gets a [`Principal`]: anonymous, a user, or refused (a wrong or malformed login, or too
+//! many checks waiting); once the route names its upstream, [`Access::authorize`] says whether
+//! that principal may pull through it (or a 401/403/429).
 //! Both answers come before any cache lookup or upstream request, so a refused client learns
 //! nothing about what is cached, and a 403 reads the same whether the content exists or not.
 //!
@@ -24,6 +25,11 @@
 //!   hangs up mid-check does not free a slot while its bcrypt still runs.
 //! - An unknown user is checked against the costliest hash in the file, so a wrong name takes as
 //!   long as a wrong password, and both get the same answer.
+//! - A refused login pulls through an anonymous upstream as an anonymous client would (it may
+//!   anyway). This is for dockerd: with `registry-mirrors` it never sends a mirror's own
+//!   credentials but may send Docker Hub's (moby/moby#30880, #42022), and refusing those would
+//!   send every such pull past the mirror to Docker Hub. Everywhere else, `/v2/` included, the
+//!   refusal stands (401, or 429 when throttled).
 //!
 //! Trade-off: Basic, not Docker's token flow. docker, podman, skopeo and containerd all answer a
 //! `Basic` challenge with the stored credentials on every request, which is one round trip fewer
@@ -67,20 +73,23 @@ const THROTTLE_RETRY: Duration = Duration::from_secs(1);
 const DECOY_HASH: &str = "$2y$10$AumV7ft8qMOicWnalyZuSOzWoqXo9vQ41ShidQoou6XeAuFNET1um";
 
 /// Who a request comes from.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum Principal {
     /// No `Authorization` header.
     Anonymous,
     /// A user whose password checked out.
     User(Arc<str>),
+    /// Credentials that did not check out (401), or could not be checked now (429): the answer
+    /// wherever an anonymous client would not be let in.
+    Refused(Error),
 }
 
 impl Principal {
-    /// The name for the request log (`-` when anonymous).
+    /// The name for the request log (`-` unless a login checked out).
     pub fn name(&self) -> &str {
         match self {
-            Principal::Anonymous => "-",
             Principal::User(u) => u,
+            Principal::Anonymous | Principal::Refused(_) => "-",
         }
     }
 }
@@ -256,17 +265,18 @@ impl Access {
     }
 
     /// Who sent this `Authorization` header: anonymous without one, the user when the password
-    /// checks out; else 401 (wrong or malformed credentials) or 429 (too many checks waiting).
-    pub async fn authenticate(&self, header: Option<&HeaderValue>) -> Result<Principal, Error> {
+    /// checks out; else refused with 401 (wrong or malformed credentials) or 429 (too many
+    /// checks waiting).
+    pub async fn authenticate(&self, header: Option<&HeaderValue>) -> Principal {
         let Some(header) = header else {
-            return Ok(Principal::Anonymous);
+            return Principal::Anonymous;
         };
         let Some((user, password)) = basic_credentials(header) else {
             self.metrics
                 .attempts
                 .with_label_values(&["malformed"])
                 .inc();
-            return Err(Error::login_required(
+            return Principal::Refused(Error::login_required(
                 "the Authorization header does not hold Basic credentials",
             ));
         };
@@ -285,9 +295,9 @@ impl Access {
             Ok(v) => {
                 self.metrics.attempts.with_label_values(&[v.label()]).inc();
                 match v {
-                    Verdict::Ok => Ok(Principal::User(user.into())),
+                    Verdict::Ok => Principal::User(user.into()),
                     // One answer for both, so a client cannot tell which names exist.
-                    _ => Err(Error::login_required("wrong user name or password")),
+                    _ => Principal::Refused(Error::login_required("wrong user name or password")),
                 }
             }
             Err(_) => {
@@ -295,20 +305,23 @@ impl Access {
                     .attempts
                     .with_label_values(&["throttled"])
                     .inc();
-                Err(Error::login_throttled(THROTTLE_RETRY))
+                Principal::Refused(Error::login_throttled(THROTTLE_RETRY))
             }
         }
     }
 
     /// Whether `who` may pull through upstream `upstream` (`None`: no upstream, i.e. `/v2/`
-    /// itself or a path that names none). Anonymous clients may use the anonymous upstreams and
-    /// nothing else, not even `/v2/` (that is how `docker login` checks a password, and Docker Hub
-    /// answers anonymous clients the same); a user may use every upstream whose `users` lists
-    /// them or that has no list.
+    /// itself or a path that names none). Anonymous clients and refused logins may use the
+    /// anonymous upstreams and nothing else, not even `/v2/` (that is how `docker login` checks
+    /// a password, and Docker Hub answers anonymous clients the same); a user may use every
+    /// upstream whose `users` lists them or that has no list.
     pub fn authorize(&self, who: &Principal, upstream: Option<usize>) -> Result<(), Error> {
+        let open = upstream.and_then(|i| self.anonymous.get(i).copied()) == Some(true);
         let allowed = match (who, upstream) {
-            (Principal::Anonymous, None) => false,
-            (Principal::Anonymous, Some(i)) => self.anonymous.get(i).copied().unwrap_or(false),
+            (Principal::Anonymous | Principal::Refused(_), _) if open => true,
+            // The login's own answer: 401, or 429 when it could not be checked.
+            (Principal::Refused(e), _) => return Err(e.clone()),
+            (Principal::Anonymous, _) => false,
             (Principal::User(_), None) => true,
             (Principal::User(name), Some(i)) => match self.users.get(i) {
                 Some(Some(list)) => list.contains(&**name),
@@ -317,7 +330,11 @@ impl Access {
         };
         match (allowed, who) {
             (true, _) => Ok(()),
-            (false, Principal::Anonymous) => {
+            (false, Principal::User(_)) => {
+                self.metrics.denials.with_label_values(&["forbidden"]).inc();
+                Err(Error::access_denied())
+            }
+            (false, _) => {
                 self.metrics
                     .denials
                     .with_label_values(&["login_required"])
@@ -325,10 +342,6 @@ impl Access {
                 Err(Error::login_required(
                     "log in to pull through this registry",
                 ))
-            }
-            (false, Principal::User(_)) => {
-                self.metrics.denials.with_label_values(&["forbidden"]).inc();
-                Err(Error::access_denied())
             }
         }
     }
@@ -633,6 +646,16 @@ mod tests {
             status(a.authorize(&anon, Some(9))),
             Some((401, "UNAUTHORIZED"))
         );
+        // A refused login passes where anonymous clients may, and keeps its answer elsewhere.
+        let throttled = Principal::Refused(Error::login_throttled(Duration::from_secs(1)));
+        assert_eq!(status(a.authorize(&throttled, Some(0))), None);
+        for upstream in [None, Some(1), Some(2)] {
+            assert_eq!(
+                status(a.authorize(&throttled, upstream)),
+                Some((429, "TOOMANYREQUESTS")),
+                "{upstream:?}"
+            );
+        }
     }
 
     #[tokio::test]
@@ -643,14 +666,19 @@ mod tests {
         let wrong = header(&basic_header("alice", &Secret::new("nope")));
         let nobody = header(&basic_header("mallory", &Secret::new("secret")));
         for _ in 0..3 {
-            assert_eq!(
-                a.authenticate(Some(&good)).await.unwrap(),
-                Principal::User("alice".into())
+            let who = a.authenticate(Some(&good)).await;
+            assert!(
+                matches!(&who, Principal::User(u) if &**u == "alice"),
+                "{who:?}"
             );
         }
         assert_eq!(a.metrics.bcrypt_runs.get(), 1);
-        let e = a.authenticate(Some(&wrong)).await.unwrap_err();
-        let f = a.authenticate(Some(&nobody)).await.unwrap_err();
+        let refused = |p: Principal| match p {
+            Principal::Refused(e) => e,
+            other => panic!("not refused: {other:?}"),
+        };
+        let e = refused(a.authenticate(Some(&wrong)).await);
+        let f = refused(a.authenticate(Some(&nobody)).await);
         // The same answer for a wrong password and an unknown user.
         assert_eq!((e.status, e.to_body()), (f.status, f.to_body()));
         assert_eq!(e.status.as_u16(), 401);
@@ -664,8 +692,8 @@ mod tests {
             ),
             (3, 1, 1)
         );
-        assert_eq!(a.authenticate(None).await.unwrap(), Principal::Anonymous);
-        let e = a.authenticate(Some(&header("Bearer x"))).await.unwrap_err();
+        assert!(matches!(a.authenticate(None).await, Principal::Anonymous));
+        let e = refused(a.authenticate(Some(&header("Bearer x"))).await);
         assert_eq!(e.status.as_u16(), 401);
         assert_eq!(outcome("malformed"), 1);
     }

@@ -161,7 +161,7 @@ impl App {
             Some(access) => {
                 let who = access
                     .authenticate(req.headers().get(header::AUTHORIZATION))
-                    .await?;
+                    .await;
                 log.user = Some(who.clone());
                 Some((access, who))
             }
@@ -170,7 +170,7 @@ impl App {
         let route = match parsed {
             Ok(route) => route,
             Err(e) => {
-                // An anonymous client learns no more than "log in", not which paths or
+                // A client without a login learns no more than "log in", not which paths or
                 // registries exist.
                 if let Some((access, who)) = &who {
                     access.authorize(who, None)?;
