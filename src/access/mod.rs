@@ -239,6 +239,13 @@ impl Access {
         };
         let stamp = Stamp::of(&file).map_err(|e| load_err(e.to_string()))?;
         let users = read(&file).map_err(load_err)?;
+        for name in settings.users.iter().flatten().flatten() {
+            if users.hash(name).is_none() {
+                // Not an error: the file may gain the user later (it is re-read).
+                tracing::warn!(file = %file.display(), user = %name,
+                    "an upstream's users names someone the htpasswd file does not hold");
+            }
+        }
         let metrics = AuthMetrics::register(registry).map_err(|e| load_err(e.to_string()))?;
         metrics.users.set(users.len() as i64);
         let slots = std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1));
