@@ -330,9 +330,11 @@ impl Access {
             (Principal::Refused(e), _) => return Err(e.clone()),
             (Principal::Anonymous, _) => false,
             (Principal::User(_), None) => true,
+            // An upstream this policy does not know (a slot it was not told of) is refused.
             (Principal::User(name), Some(i)) => match self.users.get(i) {
                 Some(Some(list)) => list.contains(&**name),
-                _ => true,
+                Some(None) => true,
+                None => false,
             },
         };
         match (allowed, who) {
@@ -653,6 +655,7 @@ mod tests {
             status(a.authorize(&anon, Some(9))),
             Some((401, "UNAUTHORIZED"))
         );
+        assert_eq!(status(a.authorize(&alice, Some(9))), Some((403, "DENIED")));
         // A refused login passes where anonymous clients may, and keeps its answer elsewhere.
         let throttled = Principal::Refused(Error::login_throttled(Duration::from_secs(1)));
         assert_eq!(status(a.authorize(&throttled, Some(0))), None);
