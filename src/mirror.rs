@@ -764,11 +764,19 @@ impl Mirror {
             })
             .await?;
         let resp = resp.error_for_status(NotFoundKind::Repository).await?;
-        let content_type = resp.headers.get(header::CONTENT_TYPE).cloned();
-        let link = resp.headers.get(header::LINK).cloned();
+        let link = resp
+            .headers
+            .get(header::LINK)
+            .and_then(|v| next_page(v, &up.config().url));
         let body = resp.bytes(MAX_TAGS_BYTES).await?;
+        let body = tag_list(&body, &target.name).ok_or_else(|| {
+            Error::upstream_bad(
+                up.name(),
+                "tag list is not a JSON object with a name and a list of tags",
+            )
+        })?;
         Ok(TagsReply {
-            content_type,
+            content_type: Some(HeaderValue::from_static("application/json")),
             link,
             body,
         })
@@ -1148,6 +1156,69 @@ fn content_length(h: &HeaderMap) -> Option<u64> {
 }
 
 /// The `mediaType` field of a manifest, for upstreams that answer `application/json`.
+/// An upstream's tag list, passed on only as what it should be: `{"name": ..., "tags": [...]}`,
+/// re-encoded by berth, with the strings that are no valid tag left out (a client never parses
+/// what a hostile upstream chose to send). `None` if it is not such an object.
+fn tag_list(body: &[u8], asked: &RepoName) -> Option<Bytes> {
+    #[derive(serde::Deserialize)]
+    struct Upstream {
+        name: String,
+        tags: Option<Vec<String>>,
+    }
+    #[derive(serde::Serialize)]
+    struct List<'a> {
+        name: &'a str,
+        tags: Vec<&'a str>,
+    }
+    let got: Upstream = serde_json::from_slice(body).ok()?;
+    let name = match got.name.parse::<RepoName>() {
+        Ok(_) => got.name.as_str(),
+        Err(_) => asked.as_str(),
+    };
+    let tags = got
+        .tags
+        .iter()
+        .flatten()
+        .filter(|t| t.parse::<Tag>().is_ok())
+        .map(String::as_str)
+        .collect();
+    serde_json::to_vec(&List { name, tags })
+        .ok()
+        .map(Bytes::from)
+}
+
+/// The next page of a tag list, as a `Link` header berth passes on: only a link back into the
+/// registry API (`</v2/...>; rel="next"`, or the same with the upstream's own origin, made
+/// relative), so an upstream cannot send clients anywhere else.
+fn next_page(link: &HeaderValue, upstream: &url::Url) -> Option<HeaderValue> {
+    let text = link.to_str().ok()?.trim();
+    let (target, params) = text.strip_prefix('<')?.split_once('>')?;
+    if !params
+        .split(';')
+        .any(|p| p.trim().replace(' ', "") == "rel=\"next\"")
+    {
+        return None;
+    }
+    let path = match target.strip_prefix('/') {
+        Some(_) => target.to_owned(),
+        None => {
+            let abs = url::Url::parse(target).ok()?;
+            if abs.origin() != upstream.origin() {
+                return None;
+            }
+            match abs.query() {
+                Some(q) => format!("{}?{q}", abs.path()),
+                None => abs.path().to_owned(),
+            }
+        }
+    };
+    // `//host/...` is a network-path reference: another host after all.
+    if !path.starts_with("/v2/") || path.contains("//") || path.contains(['<', '>', '\\']) {
+        return None;
+    }
+    HeaderValue::from_str(&format!("<{path}>; rel=\"next\"")).ok()
+}
+
 /// The media type a manifest names in its JSON, for upstreams that send a generic `Content-Type`;
 /// schema 1 names none, but has `schemaVersion: 1` (and `signatures` when signed).
 fn media_type_from_json(bytes: &[u8]) -> Option<String> {
@@ -1205,6 +1276,63 @@ fn not_acceptable(target: &Target, tag: &Tag, m: &Manifest, accept: Option<&str>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tag_lists_are_re_encoded() {
+        let asked: RepoName = "library/app".parse().unwrap();
+        let got = tag_list(
+            br#"{"name":"library/app","tags":["1.0","latest","bad tag","<script>",""],"extra":1}"#,
+            &asked,
+        )
+        .unwrap();
+        assert_eq!(
+            &got[..],
+            br#"{"name":"library/app","tags":["1.0","latest"]}"#
+        );
+        // A null list (Distribution, for a repository without tags) is an empty one; a name that
+        // is no repository name is replaced by the one asked for.
+        let got = tag_list(br#"{"name":"Not A Name","tags":null}"#, &asked).unwrap();
+        assert_eq!(&got[..], br#"{"name":"library/app","tags":[]}"#);
+        for bad in [
+            &b"<html>"[..],
+            b"[]",
+            br#"{"tags":[]}"#,
+            br#"{"name":"a","tags":"x"}"#,
+        ] {
+            assert_eq!(
+                tag_list(bad, &asked),
+                None,
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
+
+    #[test]
+    fn next_page_links_stay_on_the_registry_api() {
+        let up: url::Url = "https://registry.example:5000".parse().unwrap();
+        let link = |s: &str| next_page(&HeaderValue::from_str(s).unwrap(), &up);
+        let want = r#"</v2/app/tags/list?last=b&n=2>; rel="next""#;
+        assert_eq!(
+            link(r#"</v2/app/tags/list?last=b&n=2>; rel="next""#).unwrap(),
+            want
+        );
+        assert_eq!(
+            link(r#"<https://registry.example:5000/v2/app/tags/list?last=b&n=2>;rel="next""#)
+                .unwrap(),
+            want
+        );
+        for bad in [
+            r#"<https://evil.example/v2/app/tags/list>; rel="next""#,
+            r#"<//evil.example/v2/app/tags/list>; rel="next""#,
+            r#"</v2/app/tags/list>; rel="prev""#,
+            r#"</elsewhere>; rel="next""#,
+            r#"</v2//evil>; rel="next""#,
+            "garbage",
+        ] {
+            assert_eq!(link(bad), None, "{bad}");
+        }
+    }
 
     #[test]
     fn manifest_types_and_digests() {
