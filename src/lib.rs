@@ -17,6 +17,8 @@
 //!   responses and the one OCI error body.
 //! - [`mirror`]: decides hit or miss, coalesces fetches, verifies, caches.
 //! - [`flight`]: generic single-flight: one computation per key, its result shared.
+//! - [`fill`]: which running blob download a request may share (same upstream; another
+//!   repository's only once the upstream answered it with content).
 //! - [`manifests`]: tag -> digest answers with their TTL, manifests by digest (memory + disk).
 //! - [`store`]: content-addressed blob files; a fill writes a temp file that readers can follow while it
 //!   grows, and is renamed into place only after its size and sha256 check out.
@@ -49,6 +51,7 @@
 pub mod admin;
 pub mod config;
 pub mod error;
+pub mod fill;
 pub mod flight;
 pub mod http;
 pub mod index;

@@ -3,8 +3,9 @@
 //! The mirror speaks in typed requests (a [`Target`], a [`Reference`], a [`Digest`]) and typed
 //! replies; it never sees a client's HTTP request or response.
 //!
-//! Blobs: a hit streams the cached file. A miss joins the fill already running for that digest, or
-//! starts one: a task, detached from any client, that streams the upstream body into the store
+//! Blobs: a hit streams the cached file. A miss joins a fill already running for that digest that
+//! it may share (same upstream; another repository's only once the upstream answered it with
+//! content, so that nobody's failing request can fail another's pull: see `fill`), or starts one: a task, detached from any client, that streams the upstream body into the store
 //! while hashing it. Every client asking for that digest, the first included, reads the growing
 //! file (`store::read_range`), which releases the last byte only after the digest checked out. So
 //! the first bytes leave at once, a slow client never slows the fill, a client that goes away does
@@ -38,9 +39,8 @@
 //!
 //! Rule of dependency: uses `store`, `manifests`, `upstream`, `oci`, `error`, `metrics`.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -51,6 +51,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::error::{Error, Origin};
+use crate::fill::{Fills, Share};
 use crate::flight::{Flights, Role};
 use crate::http::route::Target;
 use crate::manifests::{MAX_MANIFEST_BYTES, Manifest, Manifests, TagEntry, TagKey};
@@ -82,9 +83,8 @@ pub struct Mirror {
     upstreams: Vec<Arc<Upstream>>,
     store: Arc<Store>,
     manifests: Manifests,
-    /// Fills in progress, by digest. A blob's bytes are the same whichever repository or upstream
-    /// name asked, so one fill serves them all.
-    fills: Arc<Mutex<HashMap<Digest, watch::Receiver<FillState>>>>,
+    /// Fills in progress, and who may share them ([`crate::fill`]).
+    fills: Arc<Fills>,
     /// Manifest and tag lookups in progress: N clients pulling one tag make one upstream request.
     manifest_flights: Flights<ManifestKey, Result<ManifestReply, Error>>,
     metrics: Metrics,
@@ -622,7 +622,7 @@ impl Mirror {
         if head {
             return self.head_blob(&up, target, digest).await;
         }
-        let (mut rx, joined) = self.fill(&up, &target.name, digest);
+        let (mut rx, joined) = self.fill(target.upstream, &up, &target.name, digest).await;
         self.metrics
             .cache("blob", up.name(), if joined { "joined" } else { "miss" });
         // Wait for the upstream's answer (size known), or the end when a range needs a size the
@@ -667,14 +667,11 @@ impl Mirror {
         target: &Target,
         digest: &Digest,
     ) -> Result<BlobReply, Error> {
-        // A fill already running knows the size.
-        let running = self.fills.lock().unwrap().get(digest).cloned();
-        if let Some(rx) = running
-            && let FillState::Writing(store::Progress { total: Some(t), .. }) = &*rx.borrow()
-        {
+        // A fill already running (with content, through this upstream) knows the size.
+        if let Some(t) = self.fills.known_size(target.upstream, digest) {
             return Ok(BlobReply {
                 digest: digest.clone(),
-                total: Some(*t),
+                total: Some(t),
                 range: None,
                 body: None,
                 outcome: "joined",
@@ -695,21 +692,31 @@ impl Mirror {
         })
     }
 
-    /// Joins the fill for `digest`, or starts one. Returns its progress and whether it was joined.
-    fn fill(
+    /// Joins a fill for `digest` this request may share, or starts one ([`crate::fill`]).
+    /// Returns its progress and whether it was joined.
+    async fn fill(
         &self,
+        upstream: usize,
         up: &Arc<Upstream>,
         name: &RepoName,
         digest: &Digest,
     ) -> (watch::Receiver<FillState>, bool) {
-        let mut fills = self.fills.lock().unwrap();
-        if let Some(rx) = fills.get(digest) {
-            self.metrics.coalesced.with_label_values(&["blob"]).inc();
-            return (rx.clone(), true);
-        }
-        let (tx, rx) = watch::channel(FillState::Pending);
-        fills.insert(digest.clone(), rx.clone());
-        drop(fills);
+        let mut may_wait = true;
+        let (tx, rx) = loop {
+            match self.fills.share(upstream, name, digest, may_wait) {
+                Share::Join(rx) => {
+                    self.metrics.coalesced.with_label_values(&["blob"]).inc();
+                    return (rx, true);
+                }
+                Share::Start(tx, rx) => break (tx, rx),
+                Share::Wait(mut other) => {
+                    // Another repository's fill, not yet answered: its content, or our own fill.
+                    may_wait = false;
+                    self.metrics.fill_waits.inc();
+                    let _ = other.wait_for(|s| !matches!(s, FillState::Pending)).await;
+                }
+            }
+        };
         let job = FillJob {
             up: up.clone(),
             name: name.clone(),
@@ -791,7 +798,7 @@ struct FillJob {
     store: Arc<Store>,
     metrics: Metrics,
     /// The mirror's running fills, and this one's entry there.
-    fills: Arc<Mutex<HashMap<Digest, watch::Receiver<FillState>>>>,
+    fills: Arc<Fills>,
     this_fill: watch::Receiver<FillState>,
     /// The mirror's count of fills running from memory, and whether this is one of them.
     pass_throughs: Arc<AtomicUsize>,
@@ -812,13 +819,7 @@ impl FillJob {
     /// Takes this fill out of the mirror's map, so that the next request for the digest starts a
     /// new one. Only this fill: a newer one for the same digest may have replaced it.
     fn forget(&self) {
-        let mut map = self.fills.lock().unwrap();
-        if map
-            .get(&self.digest)
-            .is_some_and(|rx| rx.same_channel(&self.this_fill))
-        {
-            map.remove(&self.digest);
-        }
+        self.fills.remove(&self.digest, &self.this_fill);
     }
 
     /// Counts a failed store write by kind and, when the disk is full, tells the store.
