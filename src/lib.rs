@@ -29,6 +29,9 @@
 //!   they are cached before a rollout; beside `main`, it talks to berth over HTTP like any client.
 //! - [`zerocopy`]: sends mapped blob windows with `sendfile` on plain-TCP connections (the hit
 //!   path without the copy); `store` registers its mappings there, `server` wraps connections.
+//! - [`health`]: starting, serving or draining, and the `/healthz` answer (`?verbose`: why).
+//! - [`sdnotify`]: systemd's notify protocol (`READY=1`, `STATUS=`, `WATCHDOG=1`) over
+//!   `NOTIFY_SOCKET`, path or abstract.
 //! - [`logwriter`]: the log sink: lines batched in memory, written to stderr by one thread.
 //! - [`admin`]: `berth cache ls|rm|stats` and the token-protected admin API on the metrics listener:
 //!   what is cached, removing it through `manifests`/`store`, the totals.
@@ -50,6 +53,7 @@ pub mod admin;
 pub mod config;
 pub mod error;
 pub mod flight;
+pub mod health;
 pub mod http;
 pub mod index;
 pub mod logwriter;
@@ -57,6 +61,7 @@ pub mod manifests;
 pub mod metrics;
 pub mod mirror;
 pub mod oci;
+pub mod sdnotify;
 pub mod server;
 pub mod store;
 pub mod upstream;

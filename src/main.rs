@@ -322,11 +322,14 @@ async fn serve(
     source: Option<PathBuf>,
     request_log: Option<berth::logwriter::BatchWriter>,
 ) -> ExitCode {
+    let notifier = berth::sdnotify::Notifier::from_env();
+    notifier.status("starting");
     let server = match Server::bind(&cfg).await {
-        Ok(s) => s.log_requests_to(request_log),
+        Ok(s) => s.log_requests_to(request_log).notify_to(notifier.clone()),
         Err(e) => {
             tracing::error!("cannot start: {e}");
             eprintln!("berth: cannot start: {e}");
+            notifier.send(&format!("STATUS=cannot start: {e}"));
             return ExitCode::FAILURE;
         }
     };
@@ -341,7 +344,11 @@ async fn serve(
         "berth {} listening",
         env!("CARGO_PKG_VERSION")
     );
-    server.run(shutdown).await;
+    if let Err(e) = server.run(shutdown).await {
+        tracing::error!("cannot start: {e}");
+        eprintln!("berth: cannot start: {e}");
+        return ExitCode::FAILURE;
+    }
     tracing::info!("stopped");
     ExitCode::SUCCESS
 }

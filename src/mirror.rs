@@ -216,6 +216,11 @@ impl Mirror {
         &self.upstreams[i]
     }
 
+    /// The configured upstreams' names, in config order.
+    pub fn upstream_names(&self) -> Vec<String> {
+        self.upstreams.iter().map(|u| u.name().to_owned()).collect()
+    }
+
     pub fn store(&self) -> &Arc<Store> {
         &self.store
     }

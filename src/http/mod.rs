@@ -12,6 +12,7 @@ pub mod route;
 use std::borrow::Cow;
 use std::convert::Infallible;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Instant;
@@ -41,6 +42,8 @@ pub struct App {
     pub metrics: Metrics,
     /// Where request lines go directly, when set (see `logwriter`); else through `tracing`.
     pub request_log: OnceLock<BatchWriter>,
+    /// Responses not yet finished (their body still going out): what a drain waits for.
+    pub in_flight: AtomicUsize,
 }
 
 /// What the request log line says about a request. The parsed route is kept whole (its upstream,
@@ -59,6 +62,7 @@ impl App {
             hosts,
             metrics,
             request_log: OnceLock::new(),
+            in_flight: AtomicUsize::new(0),
         }
     }
 
@@ -95,6 +99,7 @@ impl App {
             "miss" | "joined" if log.kind == "blob" => Some("upstream"),
             _ => None,
         };
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
         let done = RequestLog {
             started,
             method,
@@ -377,6 +382,7 @@ struct RequestLog {
 
 impl RequestLog {
     fn finish(self, complete: bool) {
+        self.app.in_flight.fetch_sub(1, Ordering::Relaxed);
         if let Some(source) = self.served_from
             && self.bytes > 0
         {

@@ -107,6 +107,13 @@ pub async fn start_with(
 }
 
 impl Berth {
+    /// Begins this berth's shutdown: no new connections; running transfers drain.
+    pub fn begin_shutdown(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+    }
+
     /// Stops this berth and hands back its data directory.
     pub fn stop(mut self) -> tempfile::TempDir {
         std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap())

@@ -1,0 +1,298 @@
+//! berth as a service, with the real binary: systemd readiness over a real `NOTIFY_SOCKET`,
+//! `/healthz`, live reload on SIGHUP, and JSON logs.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpStream, UnixDatagram};
+use tokio::sync::mpsc;
+
+/// Bound on every wait in this file: generous for a loaded CI machine, never reached when berth works.
+const PATIENCE: Duration = Duration::from_secs(30);
+
+/// A running `berth serve` and what it writes to stderr.
+struct Proc {
+    child: Child,
+    lines: mpsc::UnboundedReceiver<String>,
+    /// Every line read so far (for failure messages).
+    seen: Vec<String>,
+    registry: SocketAddr,
+    metrics: SocketAddr,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn spawn(config: &Path, env: &[(&str, &str)]) -> Proc {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_berth"));
+    cmd.args(["serve", "--config"])
+        .arg(config)
+        .env_remove("RUST_LOG")
+        .env_remove("NOTIFY_SOCKET")
+        .env_remove("WATCHDOG_USEC")
+        .env_remove("WATCHDOG_PID")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, lines) = mpsc::unbounded_channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    Proc {
+        child,
+        lines,
+        seen: Vec::new(),
+        registry: "0.0.0.0:0".parse().unwrap(),
+        metrics: "0.0.0.0:0".parse().unwrap(),
+    }
+}
+
+impl Proc {
+    /// Waits for a stderr line containing `needle`; returns it.
+    async fn line(&mut self, needle: &str) -> String {
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        loop {
+            match tokio::time::timeout_at(deadline, self.lines.recv()).await {
+                Ok(Some(l)) => {
+                    self.seen.push(l.clone());
+                    if l.contains(needle) {
+                        return l;
+                    }
+                }
+                Ok(None) => panic!("berth exited before logging {needle:?}: {:#?}", self.seen),
+                Err(_) => panic!("no line with {needle:?} in time: {:#?}", self.seen),
+            }
+        }
+    }
+
+    /// Waits for the start-up line and reads the listener addresses from it (text or JSON).
+    async fn started(&mut self) {
+        let l = self.line("listening").await;
+        self.registry = addr_after(&l, "registry");
+        self.metrics = addr_after(&l, "metrics");
+    }
+
+    fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    }
+}
+
+/// The `127.0.0.1:port` after `key=http://` or `"key":"http://` in a log line.
+fn addr_after(line: &str, key: &str) -> SocketAddr {
+    let start = [format!("{key}=http://"), format!("\"{key}\":\"http://")]
+        .iter()
+        .find_map(|k| line.find(k.as_str()).map(|i| i + k.len()))
+        .unwrap_or_else(|| panic!("no {key} address in {line}"));
+    let rest = &line[start..];
+    let end = rest
+        .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == ':'))
+        .unwrap_or(rest.len());
+    rest[..end].parse().unwrap()
+}
+
+/// One HTTP/1.1 request with `Connection: close`: the status and the whole response text.
+async fn http(addr: SocketAddr, path: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: berth\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).await.unwrap();
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("not an HTTP response: {text}"));
+    (status, text)
+}
+
+fn write_config(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+/// A config with one upstream at `url`, listeners on port 0, storage in `dir/data`.
+fn config(dir: &Path, url: &str, extra: &str) -> String {
+    format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nshutdown_grace = \"20s\"\n[metrics]\nlisten = \"127.0.0.1:0\"\n[storage]\npath = \"{}\"\n{extra}\n[[upstream]]\nname = \"registry.test\"\nurl = \"{url}\"\ndefault = true\nlibrary_prefix = true\n",
+        dir.join("data").display()
+    )
+}
+
+/// Receives notify datagrams until one contains `needle`; returns all received, in order.
+async fn until_notified(sock: &UnixDatagram, needle: &str, got: &mut Vec<String>) {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    let mut buf = vec![0u8; 4096];
+    loop {
+        let n = tokio::time::timeout_at(deadline, sock.recv(&mut buf))
+            .await
+            .unwrap_or_else(|_| panic!("no {needle:?} notification in time: {got:#?}"))
+            .unwrap();
+        let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+        let done = msg.contains(needle);
+        got.push(msg);
+        if done {
+            return;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn type_notify_ready_after_the_listeners_answer_status_watchdog_and_stopping() {
+    let dir = tempfile::tempdir().unwrap();
+    // Two cached blobs (any file named by a sha256 hex is indexed) and one stray file.
+    let blobs = dir.path().join("data/blobs/sha256");
+    std::fs::create_dir_all(&blobs).unwrap();
+    for seed in [1u64, 2] {
+        let bytes = support::random_bytes(1000, seed);
+        let hex = support::digest_of(&bytes);
+        std::fs::write(blobs.join(hex.trim_start_matches("sha256:")), &bytes).unwrap();
+    }
+    let sock_path = dir.path().join("notify.sock");
+    let sock = UnixDatagram::bind(&sock_path).unwrap();
+    // Never contacted: nothing here pulls.
+    let cfg = write_config(
+        dir.path(),
+        "c.toml",
+        &config(dir.path(), "http://127.0.0.1:9", ""),
+    );
+    let mut berth = spawn(
+        &cfg,
+        &[
+            ("NOTIFY_SOCKET", sock_path.to_str().unwrap()),
+            ("WATCHDOG_USEC", "200000"),
+        ],
+    );
+    let mut got = Vec::new();
+    until_notified(&sock, "READY=1", &mut got).await;
+    // READY=1 came after the listeners were bound and the index rebuilt: both answer at once.
+    berth.started().await;
+    let (status, _) = http(berth.registry, "/v2/").await;
+    assert_eq!(status, 200);
+    let (status, body) = http(berth.metrics, "/healthz?verbose=json").await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"entries\":2"), "{body}");
+
+    let all = got.join("\n");
+    let starting = all.find("STATUS=starting").expect(&all);
+    let rebuilding = all.find("STATUS=rebuilding index of 2 blobs").expect(&all);
+    let ready = all.find("READY=1").unwrap();
+    assert!(starting < rebuilding && rebuilding < ready, "{all}");
+    assert!(
+        all[ready..].contains("STATUS=serving (2 blobs cached)"),
+        "{all}"
+    );
+
+    // The watchdog: WATCHDOG_USEC=200ms means a WATCHDOG=1 every 100ms.
+    until_notified(&sock, "WATCHDOG=1", &mut got).await;
+
+    berth.signal("-TERM");
+    until_notified(&sock, "STOPPING=1", &mut got).await;
+    let last = got.last().unwrap();
+    assert!(last.contains("STATUS=draining 0 transfers"), "{last}");
+    let exit = tokio::task::spawn_blocking(move || {
+        let status = berth.child.wait().unwrap();
+        (status, berth)
+    })
+    .await
+    .unwrap()
+    .0;
+    assert_eq!(exit.code(), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_abstract_notify_socket_works_and_no_socket_changes_nothing() {
+    use std::os::linux::net::SocketAddrExt;
+    let dir = tempfile::tempdir().unwrap();
+    let name = format!("berth-service-test-{}", std::process::id());
+    let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).unwrap();
+    let std_sock = std::os::unix::net::UnixDatagram::bind_addr(&addr).unwrap();
+    std_sock.set_nonblocking(true).unwrap();
+    let sock = UnixDatagram::from_std(std_sock).unwrap();
+    let cfg = write_config(
+        dir.path(),
+        "c.toml",
+        &config(dir.path(), "http://127.0.0.1:9", ""),
+    );
+    let mut berth = spawn(&cfg, &[("NOTIFY_SOCKET", &format!("@{name}"))]);
+    let mut got = Vec::new();
+    until_notified(&sock, "READY=1", &mut got).await;
+    berth.started().await;
+    drop(berth);
+
+    // Without NOTIFY_SOCKET, berth starts and serves as before.
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(
+        dir.path(),
+        "c.toml",
+        &config(dir.path(), "http://127.0.0.1:9", ""),
+    );
+    let mut berth = spawn(&cfg, &[]);
+    berth.started().await;
+    berth.line("cache index rebuilt; serving").await;
+    assert_eq!(http(berth.registry, "/v2/").await.0, 200);
+    assert_eq!(http(berth.metrics, "/healthz").await.0, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn healthz_is_503_while_draining_and_the_running_transfer_completes() {
+    use support::instance;
+    let fake = support::FakeRegistry::start().await;
+    let mut b = instance::berth(&fake, "").await;
+    let (status, body) = http(b.metrics, "/healthz").await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.ends_with("ok\n"), "{body}");
+
+    let (layer, digest, release) = instance::gated_blob(&fake, 256 * 1024, 7, 1);
+    release.send(1000).unwrap();
+    let mut s = b.stream(&format!("/v2/app/blobs/{digest}")).await;
+    s.read_at_least(1000).await;
+
+    b.begin_shutdown();
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let (status, body) = http(b.metrics, "/healthz?verbose").await;
+        if status == 503 {
+            assert!(body.contains("status: draining"), "{body}");
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never draining: {body}"
+        );
+        tokio::task::yield_now().await;
+    }
+    release.send(usize::MAX - 1).unwrap();
+    let got = s.finish().await.unwrap();
+    instance::same(&bytes::Bytes::from(got), &layer);
+}
