@@ -61,6 +61,7 @@ pub mod manifests;
 pub mod metrics;
 pub mod mirror;
 pub mod oci;
+pub mod reload;
 pub mod sdnotify;
 pub mod server;
 pub mod store;

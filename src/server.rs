@@ -190,6 +190,15 @@ impl Server {
         self
     }
 
+    /// Request lines as JSON objects (`[log] format = "json"`); needs
+    /// [`log_requests_to`](Self::log_requests_to).
+    pub fn json_request_log(self, json: bool) -> Server {
+        self.app
+            .json_log
+            .store(json, std::sync::atomic::Ordering::Relaxed);
+        self
+    }
+
     /// The registry listener's address (useful when the config asked for port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.registry

@@ -296,3 +296,56 @@ async fn healthz_is_503_while_draining_and_the_running_transfer_completes() {
     let got = s.finish().await.unwrap();
     instance::same(&bytes::Bytes::from(got), &layer);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_are_one_object_per_line_with_the_request_fields() {
+    let fake = support::FakeRegistry::start().await;
+    let blob = fake.put_blob("library/app", support::random_bytes(5000, 3));
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(
+        dir.path(),
+        "c.toml",
+        &config(
+            dir.path(),
+            &fake.url(),
+            "[log]\nformat = \"json\"\nlevel = \"info\"",
+        ),
+    );
+    let mut berth = spawn(&cfg, &[]);
+    berth.started().await;
+    let (status, _) = http(berth.registry, &format!("/v2/app/blobs/{blob}")).await;
+    assert_eq!(status, 200);
+    let line = berth.line("\"message\":\"request\"").await;
+    let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(v["level"], "INFO");
+    assert_eq!(v["target"], "berth::http");
+    assert_eq!(v["method"], "GET");
+    assert_eq!(v["path"], format!("/v2/app/blobs/{blob}"));
+    assert_eq!(v["route"], "blob");
+    assert_eq!(v["upstream"], "registry.test");
+    assert_eq!(v["repo"], "library/app");
+    assert_eq!(v["reference"], blob.as_str());
+    assert_eq!(v["outcome"], "miss");
+    assert_eq!(v["status"], 200);
+    assert_eq!(v["bytes"], 5000);
+    assert!(v["complete"].is_boolean());
+    assert!(v["ms"].is_u64());
+    // Event lines too: every line berth wrote is a JSON object.
+    berth.line("blob cached").await;
+    for l in &berth.seen {
+        let v: serde_json::Value =
+            serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"));
+        assert!(
+            v["timestamp"].is_string() && v["message"].is_string(),
+            "{l}"
+        );
+    }
+    let started = berth.seen.iter().find(|l| l.contains("listening")).unwrap();
+    let v: serde_json::Value = serde_json::from_str(started).unwrap();
+    assert!(
+        v["registry"]
+            .as_str()
+            .unwrap()
+            .starts_with("http://127.0.0.1:")
+    );
+}

@@ -12,7 +12,7 @@ pub mod route;
 use std::borrow::Cow;
 use std::convert::Infallible;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Instant;
@@ -42,6 +42,8 @@ pub struct App {
     pub metrics: Metrics,
     /// Where request lines go directly, when set (see `logwriter`); else through `tracing`.
     pub request_log: OnceLock<BatchWriter>,
+    /// Request lines as JSON objects (`[log] format = "json"`), written to `request_log`.
+    pub json_log: AtomicBool,
     /// Responses not yet finished (their body still going out): what a drain waits for.
     pub in_flight: AtomicUsize,
 }
@@ -62,6 +64,7 @@ impl App {
             hosts,
             metrics,
             request_log: OnceLock::new(),
+            json_log: AtomicBool::new(false),
             in_flight: AtomicUsize::new(0),
         }
     }
@@ -391,7 +394,11 @@ impl RequestLog {
         match self.app.request_log.get() {
             Some(w) => {
                 if tracing::enabled!(tracing::Level::INFO) {
-                    w.info(module_path!(), &self.line(complete));
+                    if self.app.json_log.load(Ordering::Relaxed) {
+                        self.json(w, complete);
+                    } else {
+                        w.info(module_path!(), &self.line(complete));
+                    }
                 }
             }
             None => tracing::info!("{}", self.line(complete)),
@@ -437,6 +444,38 @@ impl RequestLog {
             self.started.elapsed().as_millis()
         );
         s
+    }
+}
+
+impl RequestLog {
+    /// The access line as one JSON object, with the text line's fields (numbers as numbers).
+    fn json(&self, w: &BatchWriter, complete: bool) {
+        use crate::logwriter::JsonValue::{Bool, Num, Str};
+        let f = &self.fields;
+        let target = f.route.as_ref().and_then(Route::target);
+        let upstream = target.map(|t| self.app.mirror.upstream(t.upstream).name().to_owned());
+        let reference = match &f.route {
+            Some(Route::Manifest { reference, .. }) => reference.to_string(),
+            Some(Route::Blob { digest, .. }) => digest.to_string(),
+            _ => "-".to_owned(),
+        };
+        w.info_json(
+            module_path!(),
+            "request",
+            &[
+                ("method", Str(self.method.as_str())),
+                ("path", Str(self.uri.path())),
+                ("route", Str(f.kind)),
+                ("upstream", Str(upstream.as_deref().unwrap_or("-"))),
+                ("repo", Str(target.map_or("-", |t| t.name.as_str()))),
+                ("reference", Str(&reference)),
+                ("outcome", Str(f.outcome)),
+                ("status", Num(u64::from(self.status.as_u16()))),
+                ("bytes", Num(self.bytes)),
+                ("complete", Bool(complete)),
+                ("ms", Num(self.started.elapsed().as_millis() as u64)),
+            ],
+        );
     }
 }
 
