@@ -153,8 +153,9 @@ pub struct AdminConfig {
     pub token: Option<Secret>,
 }
 
-/// One upstream registry.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+/// One upstream registry. `PartialEq`: a reload keeps the client (connection pool, tokens) of an
+/// upstream whose settings are all unchanged.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamConfig {
     /// The registry host clients name (containerd's `?ns=`, a path prefix), e.g. `docker.io`.

@@ -32,6 +32,11 @@
 //! - [`health`]: starting, serving or draining, and the `/healthz` answer (`?verbose`: why).
 //! - [`sdnotify`]: systemd's notify protocol (`READY=1`, `STATUS=`, `WATCHDOG=1`) over
 //!   `NOTIFY_SOCKET`, path or abstract.
+//! - [`upstreams`]: the upstream set by slot and the host table routing to it: one snapshot,
+//!   swapped whole by a reload.
+//! - [`reload`]: `SIGHUP`: re-read and validate the config, apply what can change live, name what
+//!   needs a restart.
+//! - [`tls`]: the registry listener's certificate, re-read on reload and when its files change.
 //! - [`logwriter`]: the log sink: lines batched in memory, written to stderr by one thread.
 //! - [`admin`]: `berth cache ls|rm|stats` and the token-protected admin API on the metrics listener:
 //!   what is cached, removing it through `manifests`/`store`, the totals.
@@ -65,7 +70,9 @@ pub mod reload;
 pub mod sdnotify;
 pub mod server;
 pub mod store;
+pub mod tls;
 pub mod upstream;
+pub mod upstreams;
 pub mod verify;
 pub mod warm;
 pub mod zerocopy;

@@ -332,6 +332,8 @@ async fn serve(cfg: Config, source: Option<PathBuf>, logging: Logging) -> ExitCo
             return ExitCode::FAILURE;
         }
     };
+    let reloader = std::sync::Arc::new(server.reloader().with_log_level(logging.level));
+    let reloads = reload_on_hangup(reloader, source.clone());
     let shutdown = shutdown_signal();
     let scheme = if server.is_tls() { "https" } else { "http" };
     tracing::info!(
@@ -343,13 +345,44 @@ async fn serve(cfg: Config, source: Option<PathBuf>, logging: Logging) -> ExitCo
         "berth {} listening",
         env!("CARGO_PKG_VERSION")
     );
-    if let Err(e) = server.run(shutdown).await {
+    let result = server.run(shutdown).await;
+    reloads.abort();
+    if let Err(e) = result {
         tracing::error!("cannot start: {e}");
         eprintln!("berth: cannot start: {e}");
         return ExitCode::FAILURE;
     }
     tracing::info!("stopped");
     ExitCode::SUCCESS
+}
+
+/// On each SIGHUP, reloads the config file (and the TLS pair); one reload at a time, in order.
+fn reload_on_hangup(
+    reloader: std::sync::Arc<berth::reload::Reloader>,
+    source: Option<PathBuf>,
+) -> tokio::task::JoinHandle<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let hup = signal(SignalKind::hangup());
+    tokio::spawn(async move {
+        let mut hup = match hup {
+            Ok(h) => h,
+            Err(e) => {
+                tracing::warn!("cannot watch SIGHUP ({e}); reload needs a restart");
+                return;
+            }
+        };
+        while hup.recv().await.is_some() {
+            tracing::info!("SIGHUP received");
+            match &source {
+                Some(path) => {
+                    let _ = reloader.reload_file(path).await;
+                }
+                None => tracing::warn!(
+                    "SIGHUP: berth runs on its embedded default (no --config); nothing to reload"
+                ),
+            }
+        }
+    })
 }
 
 /// Resolves on SIGTERM or SIGINT. The handlers are installed when this is called, not when the
@@ -380,7 +413,6 @@ struct Logging {
     request_log: Option<berth::logwriter::BatchWriter>,
     json: bool,
     /// Changes the level filter on reload.
-    #[allow(dead_code)] // wired to SIGHUP in the next commit
     level: berth::reload::LogLevel,
 }
 

@@ -12,7 +12,6 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -30,15 +29,17 @@ use tokio_rustls::TlsAcceptor;
 use crate::admin;
 use crate::config::{Config, ServerConfig, StorageConfig};
 use crate::health::{Health, Phase};
-use crate::http::route::Hosts;
 use crate::http::{App, Body};
 use crate::index::Limits;
 use crate::manifests::Manifests;
 use crate::metrics::{self, Metrics};
 use crate::mirror::Mirror;
+use crate::reload::{ReloadMetrics, Reloader};
 use crate::sdnotify::Notifier;
 use crate::store::Store;
+use crate::tls::Certs;
 use crate::upstream::{Upstream, UpstreamMetrics};
+use crate::upstreams::UpstreamSet;
 use crate::zerocopy::SendfileStream;
 
 /// Memory for hot manifests.
@@ -64,6 +65,12 @@ pub struct Server {
     health: Arc<Health>,
     /// The service manager (systemd `Type=notify`); disabled unless handed in.
     notifier: Notifier,
+    /// The TLS pair, re-read on reload and when its files change.
+    certs: Option<Arc<Certs>>,
+    /// For the [`Reloader`]: the configuration it started with, and what it rebuilds with.
+    config: Config,
+    upstream_metrics: UpstreamMetrics,
+    reload_metrics: ReloadMetrics,
 }
 
 /// Why berth could not start.
@@ -113,17 +120,19 @@ impl Server {
         let manifests = Manifests::new(store.clone(), root, MANIFEST_MEMORY_BYTES, names)
             .map_err(storage_err)?;
 
+        let reload_metrics = ReloadMetrics::register(&prometheus)?;
+        // Slots in config order: `manifests` was given the names in that order.
         let mut upstreams = Vec::new();
-        for u in &cfg.upstreams {
+        for (slot, u) in cfg.upstreams.iter().enumerate() {
             let up =
                 Upstream::new(u, upstream_metrics.clone()).map_err(|e| StartError::Upstream {
                     name: u.name.clone(),
                     reason: e.to_string(),
                 })?;
-            upstreams.push(Arc::new(up));
+            upstreams.push((slot, Arc::new(up)));
         }
         let mirror = Arc::new(Mirror::new(
-            upstreams,
+            UpstreamSet::new(upstreams),
             store.clone(),
             manifests,
             metrics.clone(),
@@ -133,16 +142,24 @@ impl Server {
             .token
             .clone()
             .map(|token| Arc::new(admin::api::Api::new(mirror.clone(), root.clone(), token)));
-        let app = Arc::new(App::new(mirror, Hosts::new(&cfg.upstreams), metrics));
+        let app = Arc::new(App::new(mirror, metrics));
         let health = Arc::new(Health::new(
             root.clone(),
             store.index().clone(),
             upstream_metrics.last_errors().clone(),
         ));
 
-        let tls = match (&cfg.server.tls_cert, &cfg.server.tls_key) {
-            (Some(cert), Some(key)) => Some(tls_acceptor(cert, key)?),
+        let certs = match (&cfg.server.tls_cert, &cfg.server.tls_key) {
+            (Some(cert), Some(key)) => Some(Arc::new(
+                Certs::load(cert, key, &prometheus).map_err(StartError::Tls)?,
+            )),
             _ => None,
+        };
+        let tls = match &certs {
+            Some(c) => Some(TlsAcceptor::from(Arc::new(
+                c.server_config().map_err(StartError::Tls)?,
+            ))),
+            None => None,
         };
         let bind = |addr: SocketAddr| async move {
             TcpListener::bind(addr)
@@ -165,7 +182,24 @@ impl Server {
             store,
             health,
             notifier: Notifier::default(),
+            certs,
+            config: cfg.clone(),
+            upstream_metrics,
+            reload_metrics,
         })
+    }
+
+    /// What applies a new configuration to this server once it runs (see `reload`).
+    pub fn reloader(&self) -> Reloader {
+        Reloader::new(
+            self.config.clone(),
+            self.app.mirror.clone(),
+            self.store.clone(),
+            self.upstream_metrics.clone(),
+            self.certs.clone(),
+            self.reload_metrics.clone(),
+            self.notifier.clone(),
+        )
     }
 
     /// Tells `notifier` (systemd's `NOTIFY_SOCKET`) what the server does: `READY=1` once the
@@ -239,6 +273,7 @@ impl Server {
                     }
                 })
             });
+        let mut cert_watch = None;
         let graceful = GracefulShutdown::new();
         let builder = Arc::new(self.conn_builder());
 
@@ -285,7 +320,8 @@ impl Server {
                         Ok(Err(e)) => return Err(self.index_failed(&root, e.to_string(), stop_metrics, watchdog)),
                         Err(e) => return Err(self.index_failed(&root, e.to_string(), stop_metrics, watchdog)),
                     };
-                    sweeper = self.spawn_sweeper();
+                    sweeper = Some(self.spawn_sweeper());
+                    cert_watch = self.certs.clone().map(Certs::watch);
                     self.health.set(Phase::Serving);
                     tracing::info!(blobs = indexed, bytes = self.store.index().bytes(), "cache index rebuilt; serving");
                     notifier.ready(&format!("serving ({indexed} blobs cached)"));
@@ -370,6 +406,9 @@ impl Server {
         if let Some(w) = watchdog {
             w.abort();
         }
+        if let Some(w) = cert_watch {
+            w.abort();
+        }
         Ok(())
     }
 
@@ -395,17 +434,19 @@ impl Server {
         }
     }
 
-    fn spawn_sweeper(&self) -> Option<tokio::task::JoinHandle<()>> {
-        sweep_every(self.store.index().limits()).map(|every| {
-            let store = self.store.clone();
-            tokio::spawn(async move {
-                let mut tick = tokio::time::interval(every);
-                loop {
-                    tick.tick().await;
+    /// The maintenance pass, at the pace the limits ask for; limits may change on reload, so the
+    /// pace is worked out again after each pass (and checked every minute without limits).
+    fn spawn_sweeper(&self) -> tokio::task::JoinHandle<()> {
+        let store = self.store.clone();
+        tokio::spawn(async move {
+            loop {
+                let every = sweep_every(&store.index().limits());
+                tokio::time::sleep(every.unwrap_or(Duration::from_secs(60))).await;
+                if sweep_every(&store.index().limits()).is_some() {
                     let store = store.clone();
                     let _ = tokio::task::spawn_blocking(move || store.sweep()).await;
                 }
-            })
+            }
         })
     }
 
@@ -528,7 +569,7 @@ async fn serve_metrics(
 }
 
 /// What the store may hold, from the `[storage]` settings.
-fn limits(st: &StorageConfig) -> Limits {
+pub(crate) fn limits(st: &StorageConfig) -> Limits {
     Limits {
         max_size: st.max_size.map(|m| m.as_u64()),
         high: st.high_watermark,
@@ -581,31 +622,6 @@ fn plain(status: StatusCode, content_type: &'static str, body: String) -> Respon
         http::HeaderValue::from_static(content_type),
     );
     r
-}
-
-fn tls_acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, StartError> {
-    use rustls_pki_types::pem::PemObject;
-    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
-        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| StartError::Tls(format!("{}: {e}", cert.display())))?;
-    if certs.is_empty() {
-        return Err(StartError::Tls(format!(
-            "{}: no certificate found",
-            cert.display()
-        )));
-    }
-    let key = PrivateKeyDer::from_pem_file(key)
-        .map_err(|e| StartError::Tls(format!("{}: {e}", key.display())))?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| StartError::Tls(e.to_string()))?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .map_err(|e| StartError::Tls(e.to_string()))?;
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
 // Keeps the body type of the registry service nameable in one place.

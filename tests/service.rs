@@ -105,10 +105,14 @@ impl Proc {
 
 /// The `127.0.0.1:port` after `key=http://` or `"key":"http://` in a log line.
 fn addr_after(line: &str, key: &str) -> SocketAddr {
-    let start = [format!("{key}=http://"), format!("\"{key}\":\"http://")]
-        .iter()
-        .find_map(|k| line.find(k.as_str()).map(|i| i + k.len()))
-        .unwrap_or_else(|| panic!("no {key} address in {line}"));
+    let start = [
+        format!("{key}=http://"),
+        format!("{key}=https://"),
+        format!("\"{key}\":\"http://"),
+    ]
+    .iter()
+    .find_map(|k| line.find(k.as_str()).map(|i| i + k.len()))
+    .unwrap_or_else(|| panic!("no {key} address in {line}"));
     let rest = &line[start..];
     let end = rest
         .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == ':'))
@@ -347,5 +351,166 @@ async fn json_logs_are_one_object_per_line_with_the_request_fields() {
             .as_str()
             .unwrap()
             .starts_with("http://127.0.0.1:")
+    );
+}
+
+/// The value of the metric series `series` (exact name with labels).
+async fn metric(addr: SocketAddr, series: &str) -> Option<u64> {
+    let (_, text) = http(addr, "/metrics").await;
+    text.lines()
+        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_adds_an_upstream_refuses_a_broken_config_and_keeps_a_running_transfer() {
+    use support::instance;
+    let fake = support::FakeRegistry::start().await;
+    let other = support::FakeRegistry::start().await;
+    let other_blob = other.put_blob("team/tool", support::random_bytes(3000, 11));
+    // A transfer that stays open across the reloads until the test lets it finish.
+    let (layer, digest, release) = instance::gated_blob(&fake, 512 * 1024, 12, 1);
+
+    let dir = tempfile::tempdir().unwrap();
+    let sock_path = dir.path().join("notify.sock");
+    let sock = UnixDatagram::bind(&sock_path).unwrap();
+    let first = config(dir.path(), &fake.url(), "");
+    let cfg = write_config(dir.path(), "c.toml", &first);
+    let mut berth = spawn(&cfg, &[("NOTIFY_SOCKET", sock_path.to_str().unwrap())]);
+    let mut got = Vec::new();
+    until_notified(&sock, "READY=1", &mut got).await;
+    berth.started().await;
+    let pid = berth.child.id();
+    let other_path = format!("/v2/other.test/team/tool/blobs/{other_blob}");
+    assert_eq!(http(berth.registry, &other_path).await.0, 404);
+
+    // The running transfer: headers and the first bytes are through.
+    let mut client = TcpStream::connect(berth.registry).await.unwrap();
+    client
+        .write_all(
+            format!(
+                "GET /v2/app/blobs/{digest} HTTP/1.1\r\nHost: berth\r\nConnection: close\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+    release.send(100_000).unwrap();
+    let mut received = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    while received.len() < 100_000 {
+        let n = client.read(&mut buf).await.unwrap();
+        assert!(n > 0, "transfer ended early");
+        received.extend_from_slice(&buf[..n]);
+    }
+
+    // 1. A broken file: refused, counted, named; the old configuration keeps serving.
+    std::fs::write(
+        &cfg,
+        first.replace("[storage]", "[storage]\nmax_sise = \"1GiB\""),
+    )
+    .unwrap();
+    berth.signal("-HUP");
+    let refused = berth.line("configuration reload refused").await;
+    assert!(refused.contains("max_sise"), "{refused}");
+    until_notified(&sock, "READY=1", &mut got).await;
+    assert!(
+        got.iter()
+            .any(|m| m.starts_with("RELOADING=1\nMONOTONIC_USEC=")),
+        "{got:#?}"
+    );
+    let failure = "berth_config_reloads_total{outcome=\"failure\"}";
+    assert_eq!(metric(berth.metrics, failure).await, Some(1));
+    assert_eq!(http(berth.registry, "/v2/").await.0, 200);
+
+    // 2. A good one: the default upstream changes (a new client), another upstream appears,
+    // the storage limit and the listen address change (the last needs a restart).
+    let second = config(dir.path(), &fake.url(), "max_size = \"1GiB\"").replace(
+        "listen = \"127.0.0.1:0\"\nshutdown",
+        "listen = \"127.0.0.1:1\"\nshutdown",
+    ) + &format!(
+        "tag_ttl = \"5s\"\n[[upstream]]\nname = \"other.test\"\nurl = \"{}\"\n",
+        other.url()
+    );
+    std::fs::write(&cfg, second).unwrap();
+    berth.signal("-HUP");
+    let restart = berth.line("need a restart").await;
+    assert!(restart.contains("server.listen"), "{restart}");
+    let done = berth.line("configuration reloaded").await;
+    assert!(
+        done.contains("added=other.test") && done.contains("changed=registry.test"),
+        "{done}"
+    );
+    assert!(done.contains("storage_limits=true"), "{done}");
+    let success = "berth_config_reloads_total{outcome=\"success\"}";
+    assert_eq!(metric(berth.metrics, success).await, Some(1));
+    assert_eq!(
+        metric(berth.metrics, "berth_cache_max_bytes").await,
+        Some(1 << 30)
+    );
+    let (status, body) = http(berth.registry, &other_path).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        other.hits(
+            http::Method::GET,
+            &format!("/v2/team/tool/blobs/{other_blob}")
+        ),
+        1
+    );
+    // The same process, still on its old port.
+    assert_eq!(berth.child.id(), pid);
+    assert!(berth.child.try_wait().unwrap().is_none());
+
+    // The transfer that ran across both reloads completes, byte for byte.
+    release.send(usize::MAX - 1).unwrap();
+    client.read_to_end(&mut received).await.unwrap();
+    let text = String::from_utf8_lossy(&received[..received.len().min(1024)]).into_owned();
+    let head_end = received.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    instance::same(
+        &bytes::Bytes::copy_from_slice(&received[head_end..]),
+        &layer,
+    );
+
+    // 3. Removing the upstream again: it is no longer routed.
+    std::fs::write(&cfg, first).unwrap();
+    berth.signal("-HUP");
+    let done = berth.line("configuration reloaded").await;
+    assert!(done.contains("removed=other.test"), "{done}");
+    assert_eq!(http(berth.registry, &other_path).await.0, 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_keeps_the_client_of_an_unchanged_upstream_and_swaps_the_set_whole() {
+    let fake = support::FakeRegistry::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let text = config(dir.path(), &fake.url(), "");
+    let cfg = berth::config::Config::parse(&text, "t").unwrap();
+    let server = berth::server::Server::bind(&cfg).await.unwrap();
+    let reloader = server.reloader();
+    let added = format!(
+        "{text}[[upstream]]\nname = \"b.test\"\nurl = \"{}\"\n",
+        fake.url()
+    );
+    let changes = reloader
+        .apply(berth::config::Config::parse(&added, "t").unwrap())
+        .unwrap();
+    assert_eq!(changes.added, ["b.test"]);
+    assert!(
+        changes.changed.is_empty() && changes.removed.is_empty(),
+        "{changes:?}"
+    );
+    // Nothing differs: nothing is rebuilt.
+    let again = reloader
+        .apply(berth::config::Config::parse(&added, "t").unwrap())
+        .unwrap();
+    assert_eq!(again, berth::reload::Changes::default());
+    let removed = reloader
+        .apply(berth::config::Config::parse(&text, "t").unwrap())
+        .unwrap();
+    assert_eq!(removed.removed, ["b.test"]);
+    assert!(
+        removed.added.is_empty() && removed.changed.is_empty(),
+        "{removed:?}"
     );
 }

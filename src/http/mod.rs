@@ -26,7 +26,7 @@ use crate::error::Error;
 use crate::logwriter::BatchWriter;
 use crate::metrics::Metrics;
 use crate::mirror::{BlobReply, ByteRange, ManifestReply, Mirror, TagsReply};
-use route::{Hosts, Route, Target, Via};
+use route::{Route, Target, Via};
 
 /// The response body type of every answer.
 pub type Body = UnsyncBoxBody<Bytes, Error>;
@@ -38,7 +38,6 @@ const API_VERSION_HEADER: header::HeaderName =
 /// Everything a request handler needs; built once by the server.
 pub struct App {
     pub mirror: Arc<Mirror>,
-    pub hosts: Hosts,
     pub metrics: Metrics,
     /// Where request lines go directly, when set (see `logwriter`); else through `tracing`.
     pub request_log: OnceLock<BatchWriter>,
@@ -58,10 +57,9 @@ struct LogFields {
 }
 
 impl App {
-    pub fn new(mirror: Arc<Mirror>, hosts: Hosts, metrics: Metrics) -> App {
+    pub fn new(mirror: Arc<Mirror>, metrics: Metrics) -> App {
         App {
             mirror,
-            hosts,
             metrics,
             request_log: OnceLock::new(),
             json_log: AtomicBool::new(false),
@@ -139,11 +137,13 @@ impl App {
                 "absolute-form request targets are refused: berth is a registry mirror, not a proxy",
             ));
         }
+        // One snapshot of the upstream set routes this request (a reload swaps it whole).
+        let upstreams = self.mirror.upstreams();
         let route = route::parse(
             req.method(),
             req.uri().path(),
             req.uri().query(),
-            &self.hosts,
+            upstreams.hosts(),
         )?;
         log.kind = route.kind();
         let answer = self.answer(req, &route, log).await;
@@ -412,6 +412,7 @@ impl RequestLog {
         use std::fmt::Write;
         let f = &self.fields;
         let target = f.route.as_ref().and_then(Route::target);
+        let upstream = target.map(|t| self.app.mirror.upstream_name(t.upstream));
         let mut s = String::with_capacity(160 + self.uri.path().len());
         s.push_str("request method=");
         s.push_str(self.method.as_str());
@@ -419,10 +420,7 @@ impl RequestLog {
         s.push_str(self.uri.path());
         for (key, value) in [
             (" route=", f.kind),
-            (
-                " upstream=",
-                target.map_or("-", |t| self.app.mirror.upstream(t.upstream).name()),
-            ),
+            (" upstream=", upstream.as_deref().unwrap_or("-")),
             (" repo=", target.map_or("-", |t| t.name.as_str())),
         ] {
             s.push_str(key);
@@ -453,7 +451,7 @@ impl RequestLog {
         use crate::logwriter::JsonValue::{Bool, Num, Str};
         let f = &self.fields;
         let target = f.route.as_ref().and_then(Route::target);
-        let upstream = target.map(|t| self.app.mirror.upstream(t.upstream).name().to_owned());
+        let upstream = target.map(|t| self.app.mirror.upstream_name(t.upstream));
         let reference = match &f.route {
             Some(Route::Manifest { reference, .. }) => reference.to_string(),
             Some(Route::Blob { digest, .. }) => digest.to_string(),
