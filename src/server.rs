@@ -434,18 +434,19 @@ impl Server {
         }
     }
 
-    /// The maintenance pass, at the pace the limits ask for; limits may change on reload, so the
-    /// pace is worked out again after each pass (and checked every minute without limits).
+    /// The maintenance pass, at once and then at the pace the limits ask for; limits may change
+    /// on reload, so the pace is worked out again after each pass (and checked every minute
+    /// without limits).
     fn spawn_sweeper(&self) -> tokio::task::JoinHandle<()> {
         let store = self.store.clone();
         tokio::spawn(async move {
             loop {
                 let every = sweep_every(&store.index().limits());
-                tokio::time::sleep(every.unwrap_or(Duration::from_secs(60))).await;
-                if sweep_every(&store.index().limits()).is_some() {
+                if every.is_some() {
                     let store = store.clone();
                     let _ = tokio::task::spawn_blocking(move || store.sweep()).await;
                 }
+                tokio::time::sleep(every.unwrap_or(Duration::from_secs(60))).await;
             }
         })
     }
