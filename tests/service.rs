@@ -514,3 +514,140 @@ async fn a_reload_keeps_the_client_of_an_unchanged_upstream_and_swaps_the_set_wh
         "{removed:?}"
     );
 }
+
+/// A TLS client that trusts `roots`, connected to `addr` as `localhost`.
+async fn tls_connect(
+    addr: SocketAddr,
+    roots: &rustls::RootCertStore,
+) -> tokio_rustls::client::TlsStream<TcpStream> {
+    let cfg = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots.clone())
+    .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg));
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    connector
+        .connect("localhost".try_into().unwrap(), tcp)
+        .await
+        .unwrap()
+}
+
+/// `GET /v2/` on a kept-alive connection: the status (the answer has an empty body).
+async fn get_base(tls: &mut tokio_rustls::client::TlsStream<TcpStream>) -> u16 {
+    tls.write_all(b"GET /v2/ HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(tls.read(&mut byte).await.unwrap(), 1, "connection closed");
+        head.push(byte[0]);
+    }
+    let text = String::from_utf8_lossy(&head);
+    assert!(
+        text.to_ascii_lowercase().contains("content-length: 0"),
+        "{text}"
+    );
+    text.split(' ').nth(1).unwrap().parse().unwrap()
+}
+
+fn peer_cert(tls: &tokio_rustls::client::TlsStream<TcpStream>) -> Vec<u8> {
+    tls.get_ref().1.peer_certificates().unwrap()[0].to_vec()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_certificate_goes_to_new_connections_while_an_open_one_continues() {
+    let dir = tempfile::tempdir().unwrap();
+    let one = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let two = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    // As cert-manager mounts them: tls.crt -> ..data/tls.crt, ..data -> a timestamped directory.
+    let write_pair = |name: &str, ck: &rcgen::CertifiedKey<rcgen::KeyPair>| {
+        let d = dir.path().join(name);
+        std::fs::create_dir(&d).unwrap();
+        std::fs::write(d.join("tls.crt"), ck.cert.pem()).unwrap();
+        std::fs::write(d.join("tls.key"), ck.signing_key.serialize_pem()).unwrap();
+    };
+    write_pair("v1", &one);
+    std::os::unix::fs::symlink("v1", dir.path().join("..data")).unwrap();
+    for f in ["tls.crt", "tls.key"] {
+        std::os::unix::fs::symlink(format!("..data/{f}"), dir.path().join(f)).unwrap();
+    }
+    let extra = format!(
+        "[server]\ntls_cert = \"{}\"\ntls_key = \"{}\"",
+        dir.path().join("tls.crt").display(),
+        dir.path().join("tls.key").display()
+    );
+    let text = config(dir.path(), "http://127.0.0.1:9", "").replacen(
+        "[server]\n",
+        &format!("{}\n", extra),
+        1,
+    );
+    let cfg = write_config(dir.path(), "c.toml", &text);
+    let mut berth = spawn(&cfg, &[]);
+    berth.started().await;
+    berth.line("cache index rebuilt; serving").await;
+
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(one.cert.der().clone()).unwrap();
+    roots.add(two.cert.der().clone()).unwrap();
+    let mut open = tls_connect(berth.registry, &roots).await;
+    assert_eq!(get_base(&mut open).await, 200);
+    assert_eq!(peer_cert(&open), one.cert.der().to_vec());
+
+    // A broken pair first (a key that is not the certificate's): refused, the old one serves.
+    write_pair("broken", &two);
+    std::fs::write(
+        dir.path().join("broken/tls.key"),
+        rcgen::KeyPair::generate().unwrap().serialize_pem(),
+    )
+    .unwrap();
+    let swap = |target: &str| {
+        let tmp = dir.path().join("..data_tmp");
+        std::os::unix::fs::symlink(target, &tmp).unwrap();
+        std::fs::rename(&tmp, dir.path().join("..data")).unwrap();
+    };
+    swap("broken");
+    let refused = berth.line("TLS certificate reload refused").await;
+    assert!(
+        refused.contains("the certificate or key file changed"),
+        "{refused}"
+    );
+    let next = tls_connect(berth.registry, &roots).await;
+    assert_eq!(peer_cert(&next), one.cert.der().to_vec());
+    drop(next);
+
+    // The good rotation: noticed without a signal.
+    write_pair("v2", &two);
+    swap("v2");
+    berth.line("TLS certificate reloaded").await;
+    let mut next = tls_connect(berth.registry, &roots).await;
+    assert_eq!(peer_cert(&next), two.cert.der().to_vec());
+    assert_eq!(get_base(&mut next).await, 200);
+    // The connection opened before goes on, with the certificate it started with.
+    assert_eq!(get_base(&mut open).await, 200);
+    assert_eq!(peer_cert(&open), one.cert.der().to_vec());
+    assert_eq!(
+        metric(
+            berth.metrics,
+            "berth_tls_reloads_total{outcome=\"failure\"}"
+        )
+        .await,
+        Some(1)
+    );
+    assert_eq!(
+        metric(
+            berth.metrics,
+            "berth_tls_reloads_total{outcome=\"success\"}"
+        )
+        .await,
+        Some(1)
+    );
+
+    // SIGHUP re-reads it too (same files: a success, same certificate).
+    berth.signal("-HUP");
+    berth.line("configuration reloaded").await;
+    berth.line("TLS certificate reloaded").await;
+}
