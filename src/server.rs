@@ -5,6 +5,13 @@
 //! [`Server::run`] serves until the shutdown future completes, then stops accepting and gives
 //! running transfers `shutdown_grace` to finish. Shutdown is a value: tests pass their own future.
 //!
+//! Life cycle ([`Health`]): `run` first rebuilds the cache index (one directory scan) while the
+//! metrics listener already answers (`/healthz` 503 "starting") and registry connections wait in
+//! the listen backlog; then it serves (200, `READY=1` to systemd); on shutdown it drains (503,
+//! `STOPPING=1`) with the metrics listener open until the drain is over. Binding before the scan
+//! keeps a busy port a start-up error that comes at once; accepting only after it keeps every pull
+//! under the eviction accounting the index provides.
+//!
 //! Client connections: HTTP/1.1 and HTTP/2 (ALPN on TLS), a header read timeout against slowloris,
 //! a cap on header count (431 beyond) and header bytes; request bodies are never read. Plain-TCP
 //! connections write through `zerocopy::SendfileStream`, so cached blob bytes go out with
