@@ -66,7 +66,7 @@ pub fn digest(k: &Key) -> Digest {
 }
 
 /// What the cache may hold.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Limits {
     /// Most bytes on disk; `None`: no limit.
     pub max_size: Option<u64>,

@@ -186,7 +186,7 @@ impl Reloader {
         }
         let limits = crate::server::limits(&new.storage);
         let old_limits = crate::server::limits(&current.storage);
-        if format!("{limits:?}") != format!("{old_limits:?}") {
+        if limits != old_limits {
             self.store.index().set_limits(limits);
             changes.storage_limits = true;
         }

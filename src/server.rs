@@ -217,6 +217,11 @@ impl Server {
         self
     }
 
+    /// The mirror this server answers with.
+    pub fn mirror(&self) -> &Arc<Mirror> {
+        &self.app.mirror
+    }
+
     /// Where the server is in its life (what `/healthz` answers from).
     pub fn health(&self) -> &Arc<Health> {
         &self.health

@@ -513,6 +513,57 @@ async fn a_reload_keeps_the_client_of_an_unchanged_upstream_and_swaps_the_set_wh
         removed.added.is_empty() && removed.changed.is_empty(),
         "{removed:?}"
     );
+    // A request routed to b.test before the reload and served after it gets 503, not another
+    // upstream; registry.test is still slot 0.
+    let mirror = server.mirror();
+    let gone = mirror.upstream(1).unwrap_err();
+    assert_eq!(gone.status, http::StatusCode::SERVICE_UNAVAILABLE);
+    assert!(gone.to_string().contains("b.test"), "{gone}");
+    assert_eq!(mirror.upstream(0).unwrap().name(), "registry.test");
+    assert_eq!(mirror.upstream_names(), ["registry.test"]);
+    // Added back: the same slot again.
+    reloader
+        .apply(berth::config::Config::parse(&added, "t").unwrap())
+        .unwrap();
+    assert_eq!(mirror.upstream(1).unwrap().name(), "b.test");
+
+    // Without a way to change the log level (main provides one), a new level refuses the reload.
+    let level = added.replace("[storage]", "[log]\nlevel = \"debug\"\n[storage]");
+    let e = reloader
+        .apply(berth::config::Config::parse(&level, "t").unwrap())
+        .unwrap_err();
+    assert!(e.contains("log.level"), "{e}");
+    // ... and changed nothing: b.test is still there.
+    assert_eq!(mirror.upstream_names(), ["registry.test", "b.test"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rust_log_wins_over_a_reloaded_level_and_an_unreachable_notify_socket_is_harmless() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = config(dir.path(), "http://127.0.0.1:9", "");
+    let cfg = write_config(dir.path(), "c.toml", &text);
+    let missing = dir.path().join("no-such.sock");
+    let mut berth = spawn(
+        &cfg,
+        &[
+            ("RUST_LOG", "info"),
+            ("NOTIFY_SOCKET", missing.to_str().unwrap()),
+        ],
+    );
+    let warned = berth.line("NOTIFY_SOCKET").await;
+    assert!(warned.contains("not notifying"), "{warned}");
+    berth.started().await;
+    berth.line("cache index rebuilt; serving").await;
+    std::fs::write(
+        &cfg,
+        text.replace("[storage]", "[log]\nlevel = \"debug\"\n[storage]"),
+    )
+    .unwrap();
+    berth.signal("-HUP");
+    let kept = berth.line("log level not changed").await;
+    assert!(kept.contains("RUST_LOG is set"), "{kept}");
+    berth.line("configuration reloaded").await;
+    assert_eq!(http(berth.registry, "/v2/").await.0, 200);
 }
 
 /// A TLS client that trusts `roots`, connected to `addr` as `localhost`.
