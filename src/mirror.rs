@@ -32,7 +32,8 @@
 //! does not count against its pull limit); if the upstream is down or failing, the last known
 //! answer is served stale.
 //!
-//! Rule of dependency: uses `store`, `manifests`, `upstream`, `oci`, `error`, `metrics`.
+//! Rule of dependency: uses `store`, `manifests`, `upstream`, `upstreams` (the set it fetches
+//! through, by slot, swapped whole on reload), `oci`, `error`, `metrics`.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
