@@ -37,16 +37,17 @@
 //! that (see [`Mirror::manifest`]). Trade-off: a tag whose type a client does not read costs that
 //! client a 404 rather than a conversion berth would have to sign, cache and keep apart.
 //!
-//! Rule of dependency: uses `store`, `manifests`, `upstream`, `oci`, `error`, `metrics`.
+//! Rule of dependency: uses `store`, `manifests`, `upstream`, `upstreams` (the set it fetches
+//! through, by slot, swapped whole on reload), `oci`, `error`, `metrics`.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use bytes::Bytes;
 use futures_util::Stream;
 use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
-use prometheus::IntCounter;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -59,6 +60,7 @@ use crate::metrics::Metrics;
 use crate::oci::{self, Digest, Reference, RepoName, Tag};
 use crate::store::{self, FillState, Source, Store};
 use crate::upstream::{NotFoundKind, Upstream, UpstreamRequest, UpstreamResponse};
+use crate::upstreams::UpstreamSet;
 
 /// Most bytes read from the upstream ahead of the disk; beyond it the fill stops reading (and TCP
 /// slows the upstream down), so memory per fill stays bounded.
@@ -80,7 +82,8 @@ const MAX_TAGS_BYTES: usize = 8 * 1024 * 1024;
 
 /// The mirror: upstreams, the store, the manifest cache and the fills running now.
 pub struct Mirror {
-    upstreams: Vec<Arc<Upstream>>,
+    /// The upstreams configured now, by slot; a reload swaps in a new set (see `upstreams`).
+    upstreams: ArcSwap<UpstreamSet>,
     store: Arc<Store>,
     manifests: Manifests,
     /// Fills in progress, and who may share them ([`crate::fill`]).
@@ -90,9 +93,6 @@ pub struct Mirror {
     metrics: Metrics,
     /// Fills running from memory because the disk is full (at most [`MAX_PASS_THROUGH`]).
     pass_throughs: Arc<AtomicUsize>,
-    /// Per upstream, `berth_cache_lookups_total{kind="manifest"|"tag",outcome="hit"}`, resolved
-    /// on first use: a cached manifest is answered tens of thousands of times a second.
-    hits: Vec<[OnceLock<IntCounter>; 2]>,
 }
 
 /// What a manifest flight is for: everything that decides its answer, and nothing a client can
@@ -214,14 +214,13 @@ impl Error {
 
 impl Mirror {
     pub fn new(
-        upstreams: Vec<Arc<Upstream>>,
+        upstreams: UpstreamSet,
         store: Arc<Store>,
         manifests: Manifests,
         metrics: Metrics,
     ) -> Mirror {
         Mirror {
-            hits: upstreams.iter().map(|_| Default::default()).collect(),
-            upstreams,
+            upstreams: ArcSwap::from_pointee(upstreams),
             store,
             manifests,
             fills: Arc::default(),
@@ -231,8 +230,43 @@ impl Mirror {
         }
     }
 
-    pub fn upstream(&self, i: usize) -> &Arc<Upstream> {
-        &self.upstreams[i]
+    /// The upstream in `slot`; 503 when a reload removed it after the request was routed.
+    pub fn upstream(&self, slot: usize) -> Result<Arc<Upstream>, Error> {
+        match self.upstreams.load().get(slot) {
+            Some(s) => Ok(s.upstream.clone()),
+            None => Err(Error::upstream_unavailable(
+                &self.upstream_name(slot),
+                "this upstream was removed from the configuration",
+            )),
+        }
+    }
+
+    /// The name of the upstream in `slot` (also of one a reload removed).
+    pub fn upstream_name(&self, slot: usize) -> String {
+        if let Some(s) = self.upstreams.load().get(slot) {
+            return s.upstream.name().to_owned();
+        }
+        self.manifests
+            .upstream_names()
+            .get(slot)
+            .cloned()
+            .unwrap_or_else(|| "-".into())
+    }
+
+    /// The upstreams configured now and their routing table.
+    pub fn upstreams(&self) -> Arc<UpstreamSet> {
+        self.upstreams.load_full()
+    }
+
+    /// Replaces the upstream set (a reload). Requests and fills already running keep the
+    /// upstreams they hold.
+    pub fn set_upstreams(&self, set: UpstreamSet) {
+        self.upstreams.store(Arc::new(set));
+    }
+
+    /// The configured upstreams' names, in slot order.
+    pub fn upstream_names(&self) -> Vec<String> {
+        self.upstreams.load().names()
     }
 
     pub fn store(&self) -> &Arc<Store> {
@@ -287,15 +321,16 @@ impl Mirror {
     /// Counts a manifest (`kind = "manifest"`) or tag hit.
     fn count_hit(&self, upstream: usize, kind: &'static str) {
         let i = usize::from(kind == "tag");
-        self.hits[upstream][i]
-            .get_or_init(|| {
-                self.metrics.cache.with_label_values(&[
-                    kind,
-                    self.upstreams[upstream].name(),
-                    "hit",
-                ])
-            })
-            .inc();
+        let set = self.upstreams.load();
+        if let Some(slot) = set.get(upstream) {
+            slot.hits[i]
+                .get_or_init(|| {
+                    self.metrics
+                        .cache
+                        .with_label_values(&[kind, slot.upstream.name(), "hit"])
+                })
+                .inc();
+        }
     }
 
     async fn lookup_manifest(
@@ -304,7 +339,7 @@ impl Mirror {
         reference: &Reference,
         form: Form,
     ) -> Result<ManifestReply, Error> {
-        let up = &self.upstreams[target.upstream];
+        let up = &self.upstream(target.upstream)?;
         match reference {
             _ if form == Form::Schema1 => {}
             Reference::Digest(d) => {
@@ -345,7 +380,7 @@ impl Mirror {
         let this = self.clone();
         let (target, reference) = (target.clone(), reference.clone());
         let joined = self.manifest_flights.join(flight_key, move || async move {
-            let up = &this.upstreams[target.upstream];
+            let up = &this.upstream(target.upstream)?;
             match (&reference, form) {
                 (_, Form::Schema1) => {
                     let m = this
@@ -390,7 +425,7 @@ impl Mirror {
 
     /// A tag the cache cannot answer fresh: revalidate, fetch, or fall back to the stale answer.
     async fn resolve_tag(&self, target: &Target, tag: &Tag) -> Result<ManifestReply, Error> {
-        let up = &self.upstreams[target.upstream];
+        let up = &self.upstream(target.upstream)?;
         let key = TagKey {
             upstream: target.upstream,
             repo: target.name.clone(),
@@ -592,7 +627,7 @@ impl Mirror {
         range: Option<ByteRange>,
         head: bool,
     ) -> Result<BlobReply, Error> {
-        let up = self.upstreams[target.upstream].clone();
+        let up = self.upstream(target.upstream)?;
         let started = Instant::now();
         // A cached file that cannot be opened is a miss, not an error: the fill fetches the blob
         // again (and replaces the file if it can).
@@ -747,7 +782,7 @@ impl Mirror {
         n: Option<u32>,
         last: Option<&Tag>,
     ) -> Result<TagsReply, Error> {
-        let up = &self.upstreams[target.upstream];
+        let up = &self.upstream(target.upstream)?;
         let query = {
             let mut q = url::form_urlencoded::Serializer::new(String::new());
             if let Some(n) = n {

@@ -72,7 +72,7 @@ async fn lines_for(paths: &[&str], level: LevelFilter) -> String {
     }
     drop(client);
     let _ = stop.send(());
-    running.await.unwrap();
+    running.await.unwrap().unwrap();
     drop(guard);
     String::from_utf8(rx.try_iter().flatten().collect()).unwrap()
 }

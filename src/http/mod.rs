@@ -12,6 +12,7 @@ pub mod route;
 use std::borrow::Cow;
 use std::convert::Infallible;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Instant;
@@ -25,7 +26,7 @@ use crate::error::Error;
 use crate::logwriter::BatchWriter;
 use crate::metrics::Metrics;
 use crate::mirror::{BlobReply, ByteRange, ManifestReply, Mirror, TagsReply};
-use route::{Hosts, Route, Target, Via};
+use route::{Route, Target, Via};
 
 /// The response body type of every answer.
 pub type Body = UnsyncBoxBody<Bytes, Error>;
@@ -37,10 +38,13 @@ const API_VERSION_HEADER: header::HeaderName =
 /// Everything a request handler needs; built once by the server.
 pub struct App {
     pub mirror: Arc<Mirror>,
-    pub hosts: Hosts,
     pub metrics: Metrics,
     /// Where request lines go directly, when set (see `logwriter`); else through `tracing`.
     pub request_log: OnceLock<BatchWriter>,
+    /// Request lines as JSON objects (`[log] format = "json"`), written to `request_log`.
+    pub json_log: AtomicBool,
+    /// Responses not yet finished (their body still going out): what a drain waits for.
+    pub in_flight: AtomicUsize,
 }
 
 /// What the request log line says about a request. The parsed route is kept whole (its upstream,
@@ -53,12 +57,13 @@ struct LogFields {
 }
 
 impl App {
-    pub fn new(mirror: Arc<Mirror>, hosts: Hosts, metrics: Metrics) -> App {
+    pub fn new(mirror: Arc<Mirror>, metrics: Metrics) -> App {
         App {
             mirror,
-            hosts,
             metrics,
             request_log: OnceLock::new(),
+            json_log: AtomicBool::new(false),
+            in_flight: AtomicUsize::new(0),
         }
     }
 
@@ -95,6 +100,7 @@ impl App {
             "miss" | "joined" if log.kind == "blob" => Some("upstream"),
             _ => None,
         };
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
         let done = RequestLog {
             started,
             method,
@@ -131,11 +137,13 @@ impl App {
                 "absolute-form request targets are refused: berth is a registry mirror, not a proxy",
             ));
         }
+        // One snapshot of the upstream set routes this request (a reload swaps it whole).
+        let upstreams = self.mirror.upstreams();
         let route = route::parse(
             req.method(),
             req.uri().path(),
             req.uri().query(),
-            &self.hosts,
+            upstreams.hosts(),
         )?;
         log.kind = route.kind();
         let answer = self.answer(req, &route, log).await;
@@ -377,6 +385,7 @@ struct RequestLog {
 
 impl RequestLog {
     fn finish(self, complete: bool) {
+        self.app.in_flight.fetch_sub(1, Ordering::Relaxed);
         if let Some(source) = self.served_from
             && self.bytes > 0
         {
@@ -385,7 +394,11 @@ impl RequestLog {
         match self.app.request_log.get() {
             Some(w) => {
                 if tracing::enabled!(tracing::Level::INFO) {
-                    w.info(module_path!(), &self.line(complete));
+                    if self.app.json_log.load(Ordering::Relaxed) {
+                        self.json(w, complete);
+                    } else {
+                        w.info(module_path!(), &self.line(complete));
+                    }
                 }
             }
             None => tracing::info!("{}", self.line(complete)),
@@ -399,6 +412,7 @@ impl RequestLog {
         use std::fmt::Write;
         let f = &self.fields;
         let target = f.route.as_ref().and_then(Route::target);
+        let upstream = target.map(|t| self.app.mirror.upstream_name(t.upstream));
         let mut s = String::with_capacity(160 + self.uri.path().len());
         s.push_str("request method=");
         s.push_str(self.method.as_str());
@@ -406,10 +420,7 @@ impl RequestLog {
         s.push_str(self.uri.path());
         for (key, value) in [
             (" route=", f.kind),
-            (
-                " upstream=",
-                target.map_or("-", |t| self.app.mirror.upstream(t.upstream).name()),
-            ),
+            (" upstream=", upstream.as_deref().unwrap_or("-")),
             (" repo=", target.map_or("-", |t| t.name.as_str())),
         ] {
             s.push_str(key);
@@ -431,6 +442,38 @@ impl RequestLog {
             self.started.elapsed().as_millis()
         );
         s
+    }
+}
+
+impl RequestLog {
+    /// The access line as one JSON object, with the text line's fields (numbers as numbers).
+    fn json(&self, w: &BatchWriter, complete: bool) {
+        use crate::logwriter::JsonValue::{Bool, Num, Str};
+        let f = &self.fields;
+        let target = f.route.as_ref().and_then(Route::target);
+        let upstream = target.map(|t| self.app.mirror.upstream_name(t.upstream));
+        let reference = match &f.route {
+            Some(Route::Manifest { reference, .. }) => reference.to_string(),
+            Some(Route::Blob { digest, .. }) => digest.to_string(),
+            _ => "-".to_owned(),
+        };
+        w.info_json(
+            module_path!(),
+            "request",
+            &[
+                ("method", Str(self.method.as_str())),
+                ("path", Str(self.uri.path())),
+                ("route", Str(f.kind)),
+                ("upstream", Str(upstream.as_deref().unwrap_or("-"))),
+                ("repo", Str(target.map_or("-", |t| t.name.as_str()))),
+                ("reference", Str(&reference)),
+                ("outcome", Str(f.outcome)),
+                ("status", Num(u64::from(self.status.as_u16()))),
+                ("bytes", Num(self.bytes)),
+                ("complete", Bool(complete)),
+                ("ms", Num(self.started.elapsed().as_millis() as u64)),
+            ],
+        );
     }
 }
 

@@ -97,16 +97,38 @@ pub async fn start_with(
         let _ = rx.await;
     }));
     let client = Client::builder(TokioExecutor::new()).build_http();
-    Berth {
+    let b = Berth {
         addr,
         metrics,
         client,
         dir,
         stop: Some(tx),
-    }
+    };
+    b.ready().await;
+    b
 }
 
 impl Berth {
+    /// Waits until `/healthz` says ready: the cache index is rebuilt and pulls are served.
+    pub async fn ready(&self) {
+        let uri: http::Uri = format!("http://{}/healthz", self.metrics).parse().unwrap();
+        for _ in 0..20_000 {
+            let resp = self.client.get(uri.clone()).await.unwrap();
+            if resp.status() == StatusCode::OK {
+                return;
+            }
+            tokio::task::yield_now().await;
+        }
+        panic!("berth never became ready");
+    }
+
+    /// Begins this berth's shutdown: no new connections; running transfers drain.
+    pub fn begin_shutdown(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+    }
+
     /// Stops this berth and hands back its data directory.
     pub fn stop(mut self) -> tempfile::TempDir {
         std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap())
