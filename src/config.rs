@@ -29,6 +29,9 @@ pub struct Config {
     /// The admin API on the metrics listener (`berth cache ...` talks to it). Off by default.
     #[serde(default)]
     pub admin: AdminConfig,
+    /// Log level and line format.
+    #[serde(default)]
+    pub log: LogConfig,
     /// Client login (`access`). Without it, anyone who reaches the listener may pull.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auth: Option<AuthConfig>,
@@ -100,6 +103,41 @@ pub struct StorageConfig {
     pub keep_referenced: Duration,
 }
 
+/// What is logged, and how lines look.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// A `tracing` filter: `"info"`, `"debug"`, `"info,berth::upstream=debug"`. `RUST_LOG`, when
+    /// set, wins over it. Changes on reload.
+    #[serde(default = "default_log_level")]
+    pub level: String,
+    /// `"text"` (the default) or `"json"`: one JSON object per line, for Loki, Elasticsearch and
+    /// journald pipelines. Needs a restart to change.
+    #[serde(default)]
+    pub format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            level: default_log_level(),
+            format: LogFormat::Text,
+        }
+    }
+}
+
+fn default_log_level() -> String {
+    "info".into()
+}
+
 /// The token-protected admin API (`/admin/...` on the metrics listener).
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -120,7 +158,7 @@ pub struct AdminConfig {
 
 /// Client login: with it, every request needs a user from `htpasswd`, except pulls through the
 /// `anonymous_upstreams`.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuthConfig {
     /// htpasswd file with bcrypt entries (`htpasswd -B`); re-read when it changes.
@@ -130,8 +168,9 @@ pub struct AuthConfig {
     pub anonymous_upstreams: Vec<String>,
 }
 
-/// One upstream registry.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+/// One upstream registry. `PartialEq`: a reload keeps the client (connection pool, tokens) of an
+/// upstream whose settings are all unchanged.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamConfig {
     /// The registry host clients name (containerd's `?ns=`, a path prefix), e.g. `docker.io`.
@@ -405,6 +444,15 @@ impl Config {
             {
                 return Err(err(key.into(), format!("cannot read {}: {e}", p.display())));
             }
+        }
+        if let Err(e) = tracing_subscriber::EnvFilter::builder().parse(&self.log.level) {
+            return Err(err(
+                "log.level".into(),
+                format!(
+                    "{:?} is not a log filter like \"info\" or \"info,berth::upstream=debug\": {e}",
+                    self.log.level
+                ),
+            ));
         }
         if self.server.max_headers == 0 {
             return Err(err(
@@ -953,6 +1001,11 @@ mod tests {
                 "upstream[0].ca_file",
             ),
             (format!("{base}retries = 11\n"), "upstream[0].retries"),
+            (format!("[log]\nlevel = \"info,=x=y\"\n{base}"), "log.level"),
+            (
+                format!("[log]\nformat = \"xml\"\n{base}"),
+                "expected `text` or `json`",
+            ),
             (
                 format!("{base}resume_attempts = 11\n"),
                 "upstream[0].resume_attempts",

@@ -66,7 +66,7 @@ pub fn digest(k: &Key) -> Digest {
 }
 
 /// What the cache may hold.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Limits {
     /// Most bytes on disk; `None`: no limit.
     pub max_size: Option<u64>,
@@ -228,7 +228,8 @@ impl IndexMetrics {
 /// a hash lookup each.
 pub struct Index {
     inner: Mutex<Inner>,
-    limits: Limits,
+    /// Swapped whole by a reload ([`set_limits`](Index::set_limits)); read without a lock.
+    limits: arc_swap::ArcSwap<Limits>,
     metrics: IndexMetrics,
 }
 
@@ -265,27 +266,38 @@ impl std::fmt::Debug for Index {
         f.debug_struct("Index")
             .field("entries", &self.len())
             .field("bytes", &self.bytes())
-            .field("limits", &self.limits)
+            .field("limits", &self.limits())
             .finish()
     }
 }
 
 impl Index {
     pub fn new(limits: Limits) -> Index {
-        let metrics = IndexMetrics::new();
-        let (high, low) = limits.watermarks().unwrap_or((0, 0));
-        metrics.max.set(limits.max_size.unwrap_or(0) as i64);
-        metrics.high.set(high as i64);
-        metrics.low.set(low as i64);
-        Index {
+        let index = Index {
             inner: Mutex::default(),
-            limits,
-            metrics,
-        }
+            limits: arc_swap::ArcSwap::from_pointee(limits),
+            metrics: IndexMetrics::new(),
+        };
+        index.publish_limits(&limits);
+        index
     }
 
-    pub fn limits(&self) -> &Limits {
-        &self.limits
+    pub fn limits(&self) -> Limits {
+        **self.limits.load()
+    }
+
+    /// New limits (a reload). Eviction to meet a lower limit is the caller's next
+    /// [`Store::sweep`](crate::store::Store::sweep).
+    pub fn set_limits(&self, limits: Limits) {
+        self.limits.store(Arc::new(limits));
+        self.publish_limits(&limits);
+    }
+
+    fn publish_limits(&self, limits: &Limits) {
+        let (high, low) = limits.watermarks().unwrap_or((0, 0));
+        self.metrics.max.set(limits.max_size.unwrap_or(0) as i64);
+        self.metrics.high.set(high as i64);
+        self.metrics.low.set(low as i64);
     }
 
     pub fn metrics(&self) -> &IndexMetrics {
@@ -373,7 +385,7 @@ impl Index {
 
     /// Protects `keys` from eviction for `keep_referenced` from `now`, and counts as an access.
     pub fn pin(&self, keys: impl IntoIterator<Item = Key>, now: Secs) {
-        let until = now.saturating_add(self.limits.keep_referenced.as_secs() as Secs);
+        let until = now.saturating_add(self.limits().keep_referenced.as_secs() as Secs);
         let mut inner = self.inner.lock().unwrap();
         for k in keys {
             if let Some(e) = inner.entries.get_mut(&k) {
@@ -386,7 +398,7 @@ impl Index {
     /// Whether the cache (with the commits under way) is past its high watermark.
     pub fn over_high(&self) -> bool {
         let inner = self.inner.lock().unwrap();
-        self.limits
+        self.limits()
             .watermarks()
             .is_some_and(|(high, _)| inner.bytes + inner.reserved > high)
     }
@@ -402,8 +414,8 @@ impl Index {
     /// nothing goes, and the newcomer is refused.
     pub fn admit(&self, incoming: u64, now: Secs) -> Admission {
         let mut inner = self.inner.lock().unwrap();
-        let (Some(max), Some((high, low))) = (self.limits.max_size, self.limits.watermarks())
-        else {
+        let limits = self.limits();
+        let (Some(max), Some((high, low))) = (limits.max_size, limits.watermarks()) else {
             inner.reserved += incoming;
             return Admission {
                 victims: Vec::new(),
@@ -443,7 +455,7 @@ impl Index {
     /// Takes out, least recently used first, evictable entries until the cache is back under its
     /// low watermark. For the maintenance pass (pins that ran out since the last commit).
     pub fn take_for_room(&self, now: Secs) -> Vec<(Key, u64)> {
-        let Some((_, low)) = self.limits.watermarks() else {
+        let Some((_, low)) = self.limits().watermarks() else {
             return Vec::new();
         };
         let mut inner = self.inner.lock().unwrap();
@@ -464,7 +476,7 @@ impl Index {
 
     /// Takes out every evictable entry last accessed more than `max_age` before `now`.
     pub fn take_expired(&self, now: Secs) -> Vec<(Key, u64)> {
-        let Some(age) = self.limits.max_age else {
+        let Some(age) = self.limits().max_age else {
             return Vec::new();
         };
         let cutoff = now.saturating_sub(Secs::try_from(age.as_secs()).unwrap_or(Secs::MAX));

@@ -20,6 +20,8 @@
 //!   responses and the one OCI error body.
 //! - [`mirror`]: decides hit or miss, coalesces fetches, verifies, caches.
 //! - [`flight`]: generic single-flight: one computation per key, its result shared.
+//! - [`fill`]: which running blob download a request may share (same upstream; another
+//!   repository's only once the upstream answered it with content).
 //! - [`manifests`]: tag -> digest answers with their TTL, manifests by digest (memory + disk).
 //! - [`store`]: content-addressed blob files; a fill writes a temp file that readers can follow while it
 //!   grows, and is renamed into place only after its size and sha256 check out.
@@ -32,6 +34,14 @@
 //!   they are cached before a rollout; beside `main`, it talks to berth over HTTP like any client.
 //! - [`zerocopy`]: sends mapped blob windows with `sendfile` on plain-TCP connections (the hit
 //!   path without the copy); `store` registers its mappings there, `server` wraps connections.
+//! - [`health`]: starting, serving or draining, and the `/healthz` answer (`?verbose`: why).
+//! - [`sdnotify`]: systemd's notify protocol (`READY=1`, `STATUS=`, `WATCHDOG=1`) over
+//!   `NOTIFY_SOCKET`, path or abstract.
+//! - [`upstreams`]: the upstream set by slot and the host table routing to it: one snapshot,
+//!   swapped whole by a reload.
+//! - [`reload`]: `SIGHUP`: re-read and validate the config, apply what can change live, name what
+//!   needs a restart.
+//! - [`tls`]: the registry listener's certificate, re-read on reload and when its files change.
 //! - [`logwriter`]: the log sink: lines batched in memory, written to stderr by one thread.
 //! - [`admin`]: `berth cache ls|rm|stats` and the token-protected admin API on the metrics listener:
 //!   what is cached, removing it through `manifests`/`store`, the totals.
@@ -53,7 +63,9 @@ pub mod access;
 pub mod admin;
 pub mod config;
 pub mod error;
+pub mod fill;
 pub mod flight;
+pub mod health;
 pub mod http;
 pub mod index;
 pub mod logwriter;
@@ -61,9 +73,13 @@ pub mod manifests;
 pub mod metrics;
 pub mod mirror;
 pub mod oci;
+pub mod reload;
+pub mod sdnotify;
 pub mod server;
 pub mod store;
+pub mod tls;
 pub mod upstream;
+pub mod upstreams;
 pub mod verify;
 pub mod warm;
 pub mod zerocopy;

@@ -108,6 +108,49 @@ impl BatchWriter {
         line.push('\n');
         let _ = self.make_writer().write_all(line.as_bytes());
     }
+
+    /// Writes one line as `tracing-subscriber`'s JSON format does with flattened events:
+    /// `{"timestamp":...,"level":"INFO","message":<message>,<fields>...,"target":<target>}`.
+    pub fn info_json(&self, target: &str, message: &str, fields: &[(&str, JsonValue<'_>)]) {
+        let mut line = String::with_capacity(200);
+        line.push_str("{\"timestamp\":\"");
+        timestamp(SystemTime::now(), &mut line);
+        line.push_str("\",\"level\":\"INFO\",\"message\":");
+        json_str(&mut line, message);
+        for (k, v) in fields {
+            line.push(',');
+            json_str(&mut line, k);
+            line.push(':');
+            match v {
+                JsonValue::Str(s) => json_str(&mut line, s),
+                JsonValue::Num(n) => {
+                    use std::fmt::Write;
+                    let _ = write!(line, "{n}");
+                }
+                JsonValue::Bool(b) => line.push_str(if *b { "true" } else { "false" }),
+            }
+        }
+        line.push_str(",\"target\":");
+        json_str(&mut line, target);
+        line.push_str("}\n");
+        let _ = self.make_writer().write_all(line.as_bytes());
+    }
+}
+
+/// A field value of a JSON log line.
+#[derive(Debug, Clone, Copy)]
+pub enum JsonValue<'a> {
+    Str(&'a str),
+    Num(u64),
+    Bool(bool),
+}
+
+/// `s` as a JSON string (quoted, escaped).
+fn json_str(out: &mut String, s: &str) {
+    // serde_json's escaping writes into a Vec; a String's bytes are one.
+    let mut buf = std::mem::take(out).into_bytes();
+    let _ = serde_json::to_writer(&mut buf, s);
+    *out = String::from_utf8(buf).expect("serde_json writes UTF-8");
 }
 
 /// `t` as RFC 3339 in UTC with microseconds, as `tracing-subscriber` writes it:
@@ -281,6 +324,38 @@ mod tests {
         assert_eq!(time.len(), "2026-11-29T05:00:28.785913Z".len(), "{out}");
         assert!(time.ends_with('Z') && time.as_bytes()[10] == b'T', "{out}");
         assert_eq!(rest, "INFO berth::http: request method=GET\n");
+    }
+
+    #[test]
+    fn json_lines_parse_with_their_fields() {
+        let (tx, rx) = mpsc::channel();
+        let (w, guard) = BatchWriter::spawn(
+            Sink {
+                out: tx,
+                permits: None,
+            },
+            Batching::default(),
+        );
+        w.info_json(
+            "berth::http",
+            "request",
+            &[
+                ("path", JsonValue::Str("/v2/a\"b\n")),
+                ("status", JsonValue::Num(200)),
+                ("complete", JsonValue::Bool(true)),
+            ],
+        );
+        drop(guard);
+        let out = written(&rx);
+        assert!(out.ends_with("}\n") && out.lines().count() == 1, "{out}");
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(v["message"], "request");
+        assert_eq!(v["level"], "INFO");
+        assert_eq!(v["target"], "berth::http");
+        assert_eq!(v["path"], "/v2/a\"b\n");
+        assert_eq!(v["status"], 200);
+        assert_eq!(v["complete"], true);
+        assert_eq!(v["timestamp"].as_str().unwrap().len(), 27);
     }
 
     #[test]

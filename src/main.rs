@@ -239,13 +239,13 @@ fn main() -> ExitCode {
             )
         }
         Command::Serve { config } => {
-            // Flushes buffered log lines when serve returns.
-            let (_log_guard, request_log) = init_logging();
             let cfg = match load(config.as_deref()) {
                 Ok(c) => c,
                 Err(code) => return code,
             };
-            block_on(true, serve(cfg, config, request_log))
+            // Flushes buffered log lines when serve returns.
+            let (_log_guard, logging) = init_logging(&cfg.log);
+            block_on(true, serve(cfg, config, logging))
         }
     }
 }
@@ -400,19 +400,23 @@ fn warm(args: WarmArgs) -> ExitCode {
     ExitCode::from(summary.exit_code())
 }
 
-async fn serve(
-    cfg: Config,
-    source: Option<PathBuf>,
-    request_log: Option<berth::logwriter::BatchWriter>,
-) -> ExitCode {
+async fn serve(cfg: Config, source: Option<PathBuf>, logging: Logging) -> ExitCode {
+    let notifier = berth::sdnotify::Notifier::from_env();
+    notifier.status("starting");
     let server = match Server::bind(&cfg).await {
-        Ok(s) => s.log_requests_to(request_log),
+        Ok(s) => s
+            .log_requests_to(logging.request_log)
+            .json_request_log(logging.json)
+            .notify_to(notifier.clone()),
         Err(e) => {
             tracing::error!("cannot start: {e}");
             eprintln!("berth: cannot start: {e}");
+            notifier.send(&format!("STATUS=cannot start: {e}"));
             return ExitCode::FAILURE;
         }
     };
+    let reloader = std::sync::Arc::new(server.reloader().with_log_level(logging.level));
+    let reloads = reload_on_hangup(reloader, source.clone());
     let shutdown = shutdown_signal();
     let scheme = if server.is_tls() { "https" } else { "http" };
     tracing::info!(
@@ -424,9 +428,44 @@ async fn serve(
         "berth {} listening",
         env!("CARGO_PKG_VERSION")
     );
-    server.run(shutdown).await;
+    let result = server.run(shutdown).await;
+    reloads.abort();
+    if let Err(e) = result {
+        tracing::error!("cannot start: {e}");
+        eprintln!("berth: cannot start: {e}");
+        return ExitCode::FAILURE;
+    }
     tracing::info!("stopped");
     ExitCode::SUCCESS
+}
+
+/// On each SIGHUP, reloads the config file (and the TLS pair); one reload at a time, in order.
+fn reload_on_hangup(
+    reloader: std::sync::Arc<berth::reload::Reloader>,
+    source: Option<PathBuf>,
+) -> tokio::task::JoinHandle<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let hup = signal(SignalKind::hangup());
+    tokio::spawn(async move {
+        let mut hup = match hup {
+            Ok(h) => h,
+            Err(e) => {
+                tracing::warn!("cannot watch SIGHUP ({e}); reload needs a restart");
+                return;
+            }
+        };
+        while hup.recv().await.is_some() {
+            tracing::info!("SIGHUP received");
+            match &source {
+                Some(path) => {
+                    let _ = reloader.reload_file(path).await;
+                }
+                None => tracing::warn!(
+                    "SIGHUP: berth runs on its embedded default (no --config); nothing to reload"
+                ),
+            }
+        }
+    })
 }
 
 /// Resolves on SIGTERM or SIGINT. The handlers are installed when this is called, not when the
@@ -451,27 +490,69 @@ fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     }
 }
 
-/// Logs to stderr; RUST_LOG overrides the default level (info). Lines are gathered in a buffer and
-/// written by one thread in batches (`berth::logwriter`), so a request never waits on stderr and
-/// one line per request stays cheap at tens of thousands of requests a second. The returned guard
-/// writes what is left on exit. Without colours (not a terminal), request lines go to the writer
-/// directly, skipping the subscriber's formatting (the returned writer, for the server).
-fn init_logging() -> (
-    berth::logwriter::Guard,
-    Option<berth::logwriter::BatchWriter>,
-) {
+/// What `serve` gets from [`init_logging`].
+struct Logging {
+    /// Request lines go here directly (see `berth::logwriter`), when not colouring.
+    request_log: Option<berth::logwriter::BatchWriter>,
+    json: bool,
+    /// Changes the level filter on reload.
+    level: berth::reload::LogLevel,
+}
+
+/// Logs to stderr at `[log] level` (RUST_LOG, when set, wins), as text or JSON lines. Lines are
+/// gathered in a buffer and written by one thread in batches (`berth::logwriter`), so a request
+/// never waits on stderr and one line per request stays cheap at tens of thousands of requests a
+/// second. The returned guard writes what is left on exit. Without colours (not a terminal, or
+/// JSON), request lines go to the writer directly, skipping the subscriber's formatting.
+fn init_logging(cfg: &berth::config::LogConfig) -> (berth::logwriter::Guard, Logging) {
     use std::io::IsTerminal;
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let ansi = std::io::stderr().is_terminal();
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    use tracing_subscriber::{EnvFilter, fmt, reload};
+    let from_env = std::env::var("RUST_LOG").is_ok_and(|v| !v.is_empty());
+    let filter = match from_env {
+        true => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        // Validated with the config.
+        false => EnvFilter::builder()
+            .parse(&cfg.level)
+            .unwrap_or_else(|_| EnvFilter::new("info")),
+    };
+    let (filter, handle) = reload::Layer::new(filter);
+    let json = cfg.format == berth::config::LogFormat::Json;
+    let ansi = !json && std::io::stderr().is_terminal();
     let (writer, guard) =
         berth::logwriter::BatchWriter::spawn(std::io::stderr(), Default::default());
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(ansi)
-        .with_writer(writer.clone())
+    let text_layer = (!json).then(|| fmt::layer().with_ansi(ansi).with_writer(writer.clone()));
+    let json_layer = json.then(|| {
+        fmt::layer()
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(false)
+            .with_writer(writer.clone())
+    });
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(text_layer)
+        .with(json_layer)
         .init();
-    (guard, (!ansi).then_some(writer))
+    let level: berth::reload::LogLevel = Box::new(move |level: &str| {
+        if from_env {
+            return Err("RUST_LOG is set and wins over [log] level".into());
+        }
+        let filter = EnvFilter::builder()
+            .parse(level)
+            .map_err(|e| e.to_string())?;
+        handle.reload(filter).map_err(|e| e.to_string())
+    });
+    (
+        guard,
+        Logging {
+            request_log: (!ansi).then_some(writer),
+            json,
+            level,
+        },
+    )
 }
 
 /// `berth health`: one GET with a deadline. Exit 0 on 2xx, 1 on anything else, 2 on a bad URL.

@@ -145,9 +145,10 @@ pub struct Manifests {
     store: Arc<Store>,
     types_dir: PathBuf,
     tags_dir: PathBuf,
-    /// Upstream names by index: tags are kept on disk under the name, which survives a reordering
-    /// of the config.
-    upstream_names: Vec<String>,
+    /// Upstream names by slot (see `upstreams`): tags are kept on disk under the name, which
+    /// survives a reordering of the config. Append-only: a reload that adds an upstream gives it
+    /// the next slot; a slot never changes its name.
+    upstream_names: std::sync::RwLock<Vec<String>>,
     by_digest: moka::future::Cache<Digest, Arc<Manifest>>,
     tags: moka::future::Cache<TagKey, TagEntry>,
 }
@@ -167,7 +168,7 @@ impl Manifests {
             store,
             types_dir,
             tags_dir: root.join("tags"),
-            upstream_names,
+            upstream_names: std::sync::RwLock::new(upstream_names),
             by_digest: moka::future::Cache::builder()
                 .max_capacity(memory_bytes)
                 .weigher(|_, m: &Arc<Manifest>| {
@@ -301,7 +302,8 @@ impl Manifests {
     }
 
     fn tag_path(&self, key: &TagKey) -> Option<PathBuf> {
-        let upstream = self.upstream_names.get(key.upstream)?;
+        let names = self.upstream_names.read().unwrap();
+        let upstream = names.get(key.upstream)?;
         Some(self.tag_path_named(upstream, &key.repo, &key.tag))
     }
 
@@ -313,9 +315,22 @@ impl Manifests {
             .join(tag.as_str())
     }
 
-    /// The configured upstreams' names, in config order.
-    pub fn upstream_names(&self) -> &[String] {
-        &self.upstream_names
+    /// Every upstream name this process has configured (at start, in config order, then those
+    /// reloads added), by slot.
+    pub fn upstream_names(&self) -> Vec<String> {
+        self.upstream_names.read().unwrap().clone()
+    }
+
+    /// The slot of upstream `name` (lowercased): its existing one, or the next free one.
+    pub fn upstream_slot(&self, name: &str) -> usize {
+        let mut names = self.upstream_names.write().unwrap();
+        match names.iter().position(|n| n == name) {
+            Some(i) => i,
+            None => {
+                names.push(name.to_owned());
+                names.len() - 1
+            }
+        }
     }
 
     /// Forgets a tag named by its upstream's name (as [`list_tags`](Self::list_tags) gives it), in
@@ -326,7 +341,13 @@ impl Manifests {
         repo: &RepoName,
         tag: &Tag,
     ) -> io::Result<bool> {
-        if let Some(i) = self.upstream_names.iter().position(|n| n == upstream) {
+        let slot = self
+            .upstream_names
+            .read()
+            .unwrap()
+            .iter()
+            .position(|n| n == upstream);
+        if let Some(i) = slot {
             let key = TagKey {
                 upstream: i,
                 repo: repo.clone(),

@@ -33,6 +33,10 @@ pub struct Metrics {
     /// `berth_coalesced_requests_total{kind}`: requests that joined a fetch already running
     /// (kind = blob|manifest) instead of asking upstream again.
     pub coalesced: IntCounterVec,
+    /// `berth_fill_waits_total`: blob requests that found only another repository's download
+    /// of their digest, still waiting for its upstream's answer, and waited for that answer
+    /// before joining it or starting their own (see `fill`).
+    pub fill_waits: IntCounter,
     /// `berth_blob_first_byte_seconds`: time from a blob request to its first byte being ready.
     pub first_byte: Histogram,
     /// `berth_upstream_resumes_total{upstream,outcome}`: blob downloads picked up again after their
@@ -126,6 +130,10 @@ impl Metrics {
                 ),
                 &["kind"],
             )?,
+            fill_waits: IntCounter::new(
+                "berth_fill_waits_total",
+                "Blob requests that waited for another repository's download to get its upstream's answer before sharing it or starting their own.",
+            )?,
             first_byte: Histogram::with_opts(
                 HistogramOpts::new(
                     "berth_blob_first_byte_seconds",
@@ -164,6 +172,7 @@ impl Metrics {
         registry.register(Box::new(m.stale_serves.clone()))?;
         registry.register(Box::new(m.fills_in_flight.clone()))?;
         registry.register(Box::new(m.coalesced.clone()))?;
+        registry.register(Box::new(m.fill_waits.clone()))?;
         registry.register(Box::new(m.first_byte.clone()))?;
         registry.register(Box::new(m.resumes.clone()))?;
         registry.register(Box::new(m.store_write_errors.clone()))?;

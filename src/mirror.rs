@@ -3,8 +3,9 @@
 //! The mirror speaks in typed requests (a [`Target`], a [`Reference`], a [`Digest`]) and typed
 //! replies; it never sees a client's HTTP request or response.
 //!
-//! Blobs: a hit streams the cached file. A miss joins the fill already running for that digest, or
-//! starts one: a task, detached from any client, that streams the upstream body into the store
+//! Blobs: a hit streams the cached file. A miss joins a fill already running for that digest that
+//! it may share (same upstream; another repository's only once the upstream answered it with
+//! content, so that nobody's failing request can fail another's pull: see `fill`), or starts one: a task, detached from any client, that streams the upstream body into the store
 //! while hashing it. Every client asking for that digest, the first included, reads the growing
 //! file (`store::read_range`), which releases the last byte only after the digest checked out. So
 //! the first bytes leave at once, a slow client never slows the fill, a client that goes away does
@@ -36,21 +37,22 @@
 //! that (see [`Mirror::manifest`]). Trade-off: a tag whose type a client does not read costs that
 //! client a 404 rather than a conversion berth would have to sign, cache and keep apart.
 //!
-//! Rule of dependency: uses `store`, `manifests`, `upstream`, `oci`, `error`, `metrics`.
+//! Rule of dependency: uses `store`, `manifests`, `upstream`, `upstreams` (the set it fetches
+//! through, by slot, swapped whole on reload), `oci`, `error`, `metrics`.
 
-use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use bytes::Bytes;
 use futures_util::Stream;
 use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
-use prometheus::IntCounter;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::error::{Error, Origin};
+use crate::fill::{Fills, Share};
 use crate::flight::{Flights, Role};
 use crate::http::route::Target;
 use crate::manifests::{MAX_MANIFEST_BYTES, Manifest, Manifests, TagEntry, TagKey};
@@ -58,6 +60,7 @@ use crate::metrics::Metrics;
 use crate::oci::{self, Digest, Reference, RepoName, Tag};
 use crate::store::{self, FillState, Source, Store};
 use crate::upstream::{NotFoundKind, Upstream, UpstreamRequest, UpstreamResponse};
+use crate::upstreams::UpstreamSet;
 
 /// Most bytes read from the upstream ahead of the disk; beyond it the fill stops reading (and TCP
 /// slows the upstream down), so memory per fill stays bounded.
@@ -79,20 +82,17 @@ const MAX_TAGS_BYTES: usize = 8 * 1024 * 1024;
 
 /// The mirror: upstreams, the store, the manifest cache and the fills running now.
 pub struct Mirror {
-    upstreams: Vec<Arc<Upstream>>,
+    /// The upstreams configured now, by slot; a reload swaps in a new set (see `upstreams`).
+    upstreams: ArcSwap<UpstreamSet>,
     store: Arc<Store>,
     manifests: Manifests,
-    /// Fills in progress, by digest. A blob's bytes are the same whichever repository or upstream
-    /// name asked, so one fill serves them all.
-    fills: Arc<Mutex<HashMap<Digest, watch::Receiver<FillState>>>>,
+    /// Fills in progress, and who may share them ([`crate::fill`]).
+    fills: Arc<Fills>,
     /// Manifest and tag lookups in progress: N clients pulling one tag make one upstream request.
     manifest_flights: Flights<ManifestKey, Result<ManifestReply, Error>>,
     metrics: Metrics,
     /// Fills running from memory because the disk is full (at most [`MAX_PASS_THROUGH`]).
     pass_throughs: Arc<AtomicUsize>,
-    /// Per upstream, `berth_cache_lookups_total{kind="manifest"|"tag",outcome="hit"}`, resolved
-    /// on first use: a cached manifest is answered tens of thousands of times a second.
-    hits: Vec<[OnceLock<IntCounter>; 2]>,
 }
 
 /// What a manifest flight is for: everything that decides its answer, and nothing a client can
@@ -214,14 +214,13 @@ impl Error {
 
 impl Mirror {
     pub fn new(
-        upstreams: Vec<Arc<Upstream>>,
+        upstreams: UpstreamSet,
         store: Arc<Store>,
         manifests: Manifests,
         metrics: Metrics,
     ) -> Mirror {
         Mirror {
-            hits: upstreams.iter().map(|_| Default::default()).collect(),
-            upstreams,
+            upstreams: ArcSwap::from_pointee(upstreams),
             store,
             manifests,
             fills: Arc::default(),
@@ -231,8 +230,43 @@ impl Mirror {
         }
     }
 
-    pub fn upstream(&self, i: usize) -> &Arc<Upstream> {
-        &self.upstreams[i]
+    /// The upstream in `slot`; 503 when a reload removed it after the request was routed.
+    pub fn upstream(&self, slot: usize) -> Result<Arc<Upstream>, Error> {
+        match self.upstreams.load().get(slot) {
+            Some(s) => Ok(s.upstream.clone()),
+            None => Err(Error::upstream_unavailable(
+                &self.upstream_name(slot),
+                "this upstream was removed from the configuration",
+            )),
+        }
+    }
+
+    /// The name of the upstream in `slot` (also of one a reload removed).
+    pub fn upstream_name(&self, slot: usize) -> String {
+        if let Some(s) = self.upstreams.load().get(slot) {
+            return s.upstream.name().to_owned();
+        }
+        self.manifests
+            .upstream_names()
+            .get(slot)
+            .cloned()
+            .unwrap_or_else(|| "-".into())
+    }
+
+    /// The upstreams configured now and their routing table.
+    pub fn upstreams(&self) -> Arc<UpstreamSet> {
+        self.upstreams.load_full()
+    }
+
+    /// Replaces the upstream set (a reload). Requests and fills already running keep the
+    /// upstreams they hold.
+    pub fn set_upstreams(&self, set: UpstreamSet) {
+        self.upstreams.store(Arc::new(set));
+    }
+
+    /// The configured upstreams' names, in slot order.
+    pub fn upstream_names(&self) -> Vec<String> {
+        self.upstreams.load().names()
     }
 
     pub fn store(&self) -> &Arc<Store> {
@@ -287,15 +321,16 @@ impl Mirror {
     /// Counts a manifest (`kind = "manifest"`) or tag hit.
     fn count_hit(&self, upstream: usize, kind: &'static str) {
         let i = usize::from(kind == "tag");
-        self.hits[upstream][i]
-            .get_or_init(|| {
-                self.metrics.cache.with_label_values(&[
-                    kind,
-                    self.upstreams[upstream].name(),
-                    "hit",
-                ])
-            })
-            .inc();
+        let set = self.upstreams.load();
+        if let Some(slot) = set.get(upstream) {
+            slot.hits[i]
+                .get_or_init(|| {
+                    self.metrics
+                        .cache
+                        .with_label_values(&[kind, slot.upstream.name(), "hit"])
+                })
+                .inc();
+        }
     }
 
     async fn lookup_manifest(
@@ -304,7 +339,7 @@ impl Mirror {
         reference: &Reference,
         form: Form,
     ) -> Result<ManifestReply, Error> {
-        let up = &self.upstreams[target.upstream];
+        let up = &self.upstream(target.upstream)?;
         match reference {
             _ if form == Form::Schema1 => {}
             Reference::Digest(d) => {
@@ -345,7 +380,7 @@ impl Mirror {
         let this = self.clone();
         let (target, reference) = (target.clone(), reference.clone());
         let joined = self.manifest_flights.join(flight_key, move || async move {
-            let up = &this.upstreams[target.upstream];
+            let up = &this.upstream(target.upstream)?;
             match (&reference, form) {
                 (_, Form::Schema1) => {
                     let m = this
@@ -390,7 +425,7 @@ impl Mirror {
 
     /// A tag the cache cannot answer fresh: revalidate, fetch, or fall back to the stale answer.
     async fn resolve_tag(&self, target: &Target, tag: &Tag) -> Result<ManifestReply, Error> {
-        let up = &self.upstreams[target.upstream];
+        let up = &self.upstream(target.upstream)?;
         let key = TagKey {
             upstream: target.upstream,
             repo: target.name.clone(),
@@ -592,7 +627,7 @@ impl Mirror {
         range: Option<ByteRange>,
         head: bool,
     ) -> Result<BlobReply, Error> {
-        let up = self.upstreams[target.upstream].clone();
+        let up = self.upstream(target.upstream)?;
         let started = Instant::now();
         // A cached file that cannot be opened is a miss, not an error: the fill fetches the blob
         // again (and replaces the file if it can).
@@ -622,7 +657,7 @@ impl Mirror {
         if head {
             return self.head_blob(&up, target, digest).await;
         }
-        let (mut rx, joined) = self.fill(&up, &target.name, digest);
+        let (mut rx, joined) = self.fill(target.upstream, &up, &target.name, digest).await;
         self.metrics
             .cache("blob", up.name(), if joined { "joined" } else { "miss" });
         // Wait for the upstream's answer (size known), or the end when a range needs a size the
@@ -667,14 +702,11 @@ impl Mirror {
         target: &Target,
         digest: &Digest,
     ) -> Result<BlobReply, Error> {
-        // A fill already running knows the size.
-        let running = self.fills.lock().unwrap().get(digest).cloned();
-        if let Some(rx) = running
-            && let FillState::Writing(store::Progress { total: Some(t), .. }) = &*rx.borrow()
-        {
+        // A fill already running (with content, through this upstream) knows the size.
+        if let Some(t) = self.fills.known_size(target.upstream, digest) {
             return Ok(BlobReply {
                 digest: digest.clone(),
-                total: Some(*t),
+                total: Some(t),
                 range: None,
                 body: None,
                 outcome: "joined",
@@ -695,21 +727,31 @@ impl Mirror {
         })
     }
 
-    /// Joins the fill for `digest`, or starts one. Returns its progress and whether it was joined.
-    fn fill(
+    /// Joins a fill for `digest` this request may share, or starts one ([`crate::fill`]).
+    /// Returns its progress and whether it was joined.
+    async fn fill(
         &self,
+        upstream: usize,
         up: &Arc<Upstream>,
         name: &RepoName,
         digest: &Digest,
     ) -> (watch::Receiver<FillState>, bool) {
-        let mut fills = self.fills.lock().unwrap();
-        if let Some(rx) = fills.get(digest) {
-            self.metrics.coalesced.with_label_values(&["blob"]).inc();
-            return (rx.clone(), true);
-        }
-        let (tx, rx) = watch::channel(FillState::Pending);
-        fills.insert(digest.clone(), rx.clone());
-        drop(fills);
+        let mut may_wait = true;
+        let (tx, rx) = loop {
+            match self.fills.share(upstream, name, digest, may_wait) {
+                Share::Join(rx) => {
+                    self.metrics.coalesced.with_label_values(&["blob"]).inc();
+                    return (rx, true);
+                }
+                Share::Start(tx, rx) => break (tx, rx),
+                Share::Wait(mut other) => {
+                    // Another repository's fill, not yet answered: its content, or our own fill.
+                    may_wait = false;
+                    self.metrics.fill_waits.inc();
+                    let _ = other.wait_for(|s| !matches!(s, FillState::Pending)).await;
+                }
+            }
+        };
         let job = FillJob {
             up: up.clone(),
             name: name.clone(),
@@ -740,7 +782,7 @@ impl Mirror {
         n: Option<u32>,
         last: Option<&Tag>,
     ) -> Result<TagsReply, Error> {
-        let up = &self.upstreams[target.upstream];
+        let up = &self.upstream(target.upstream)?;
         let query = {
             let mut q = url::form_urlencoded::Serializer::new(String::new());
             if let Some(n) = n {
@@ -764,11 +806,19 @@ impl Mirror {
             })
             .await?;
         let resp = resp.error_for_status(NotFoundKind::Repository).await?;
-        let content_type = resp.headers.get(header::CONTENT_TYPE).cloned();
-        let link = resp.headers.get(header::LINK).cloned();
+        let link = resp
+            .headers
+            .get(header::LINK)
+            .and_then(|v| next_page(v, &up.config().url));
         let body = resp.bytes(MAX_TAGS_BYTES).await?;
+        let body = tag_list(&body, &target.name).ok_or_else(|| {
+            Error::upstream_bad(
+                up.name(),
+                "tag list is not a JSON object with a name and a list of tags",
+            )
+        })?;
         Ok(TagsReply {
-            content_type,
+            content_type: Some(HeaderValue::from_static("application/json")),
             link,
             body,
         })
@@ -783,7 +833,7 @@ struct FillJob {
     store: Arc<Store>,
     metrics: Metrics,
     /// The mirror's running fills, and this one's entry there.
-    fills: Arc<Mutex<HashMap<Digest, watch::Receiver<FillState>>>>,
+    fills: Arc<Fills>,
     this_fill: watch::Receiver<FillState>,
     /// The mirror's count of fills running from memory, and whether this is one of them.
     pass_throughs: Arc<AtomicUsize>,
@@ -804,13 +854,7 @@ impl FillJob {
     /// Takes this fill out of the mirror's map, so that the next request for the digest starts a
     /// new one. Only this fill: a newer one for the same digest may have replaced it.
     fn forget(&self) {
-        let mut map = self.fills.lock().unwrap();
-        if map
-            .get(&self.digest)
-            .is_some_and(|rx| rx.same_channel(&self.this_fill))
-        {
-            map.remove(&self.digest);
-        }
+        self.fills.remove(&self.digest, &self.this_fill);
     }
 
     /// Counts a failed store write by kind and, when the disk is full, tells the store.
@@ -1148,6 +1192,69 @@ fn content_length(h: &HeaderMap) -> Option<u64> {
 }
 
 /// The `mediaType` field of a manifest, for upstreams that answer `application/json`.
+/// An upstream's tag list, passed on only as what it should be: `{"name": ..., "tags": [...]}`,
+/// re-encoded by berth, with the strings that are no valid tag left out (a client never parses
+/// what a hostile upstream chose to send). `None` if it is not such an object.
+fn tag_list(body: &[u8], asked: &RepoName) -> Option<Bytes> {
+    #[derive(serde::Deserialize)]
+    struct Upstream {
+        name: String,
+        tags: Option<Vec<String>>,
+    }
+    #[derive(serde::Serialize)]
+    struct List<'a> {
+        name: &'a str,
+        tags: Vec<&'a str>,
+    }
+    let got: Upstream = serde_json::from_slice(body).ok()?;
+    let name = match got.name.parse::<RepoName>() {
+        Ok(_) => got.name.as_str(),
+        Err(_) => asked.as_str(),
+    };
+    let tags = got
+        .tags
+        .iter()
+        .flatten()
+        .filter(|t| t.parse::<Tag>().is_ok())
+        .map(String::as_str)
+        .collect();
+    serde_json::to_vec(&List { name, tags })
+        .ok()
+        .map(Bytes::from)
+}
+
+/// The next page of a tag list, as a `Link` header berth passes on: only a link back into the
+/// registry API (`</v2/...>; rel="next"`, or the same with the upstream's own origin, made
+/// relative), so an upstream cannot send clients anywhere else.
+fn next_page(link: &HeaderValue, upstream: &url::Url) -> Option<HeaderValue> {
+    let text = link.to_str().ok()?.trim();
+    let (target, params) = text.strip_prefix('<')?.split_once('>')?;
+    if !params
+        .split(';')
+        .any(|p| p.trim().replace(' ', "") == "rel=\"next\"")
+    {
+        return None;
+    }
+    let path = match target.strip_prefix('/') {
+        Some(_) => target.to_owned(),
+        None => {
+            let abs = url::Url::parse(target).ok()?;
+            if abs.origin() != upstream.origin() {
+                return None;
+            }
+            match abs.query() {
+                Some(q) => format!("{}?{q}", abs.path()),
+                None => abs.path().to_owned(),
+            }
+        }
+    };
+    // `//host/...` is a network-path reference: another host after all.
+    if !path.starts_with("/v2/") || path.contains("//") || path.contains(['<', '>', '\\']) {
+        return None;
+    }
+    HeaderValue::from_str(&format!("<{path}>; rel=\"next\"")).ok()
+}
+
 /// The media type a manifest names in its JSON, for upstreams that send a generic `Content-Type`;
 /// schema 1 names none, but has `schemaVersion: 1` (and `signatures` when signed).
 fn media_type_from_json(bytes: &[u8]) -> Option<String> {
@@ -1205,6 +1312,63 @@ fn not_acceptable(target: &Target, tag: &Tag, m: &Manifest, accept: Option<&str>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tag_lists_are_re_encoded() {
+        let asked: RepoName = "library/app".parse().unwrap();
+        let got = tag_list(
+            br#"{"name":"library/app","tags":["1.0","latest","bad tag","<script>",""],"extra":1}"#,
+            &asked,
+        )
+        .unwrap();
+        assert_eq!(
+            &got[..],
+            br#"{"name":"library/app","tags":["1.0","latest"]}"#
+        );
+        // A null list (Distribution, for a repository without tags) is an empty one; a name that
+        // is no repository name is replaced by the one asked for.
+        let got = tag_list(br#"{"name":"Not A Name","tags":null}"#, &asked).unwrap();
+        assert_eq!(&got[..], br#"{"name":"library/app","tags":[]}"#);
+        for bad in [
+            &b"<html>"[..],
+            b"[]",
+            br#"{"tags":[]}"#,
+            br#"{"name":"a","tags":"x"}"#,
+        ] {
+            assert_eq!(
+                tag_list(bad, &asked),
+                None,
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
+
+    #[test]
+    fn next_page_links_stay_on_the_registry_api() {
+        let up: url::Url = "https://registry.example:5000".parse().unwrap();
+        let link = |s: &str| next_page(&HeaderValue::from_str(s).unwrap(), &up);
+        let want = r#"</v2/app/tags/list?last=b&n=2>; rel="next""#;
+        assert_eq!(
+            link(r#"</v2/app/tags/list?last=b&n=2>; rel="next""#).unwrap(),
+            want
+        );
+        assert_eq!(
+            link(r#"<https://registry.example:5000/v2/app/tags/list?last=b&n=2>;rel="next""#)
+                .unwrap(),
+            want
+        );
+        for bad in [
+            r#"<https://evil.example/v2/app/tags/list>; rel="next""#,
+            r#"<//evil.example/v2/app/tags/list>; rel="next""#,
+            r#"</v2/app/tags/list>; rel="prev""#,
+            r#"</elsewhere>; rel="next""#,
+            r#"</v2//evil>; rel="next""#,
+            "garbage",
+        ] {
+            assert_eq!(link(bad), None, "{bad}");
+        }
+    }
 
     #[test]
     fn manifest_types_and_digests() {

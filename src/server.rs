@@ -5,6 +5,13 @@
 //! [`Server::run`] serves until the shutdown future completes, then stops accepting and gives
 //! running transfers `shutdown_grace` to finish. Shutdown is a value: tests pass their own future.
 //!
+//! Life cycle ([`Health`]): `run` first rebuilds the cache index (one directory scan) while the
+//! metrics listener already answers (`/healthz` 503 "starting") and registry connections wait in
+//! the listen backlog; then it serves (200, `READY=1` to systemd); on shutdown it drains (503,
+//! `STOPPING=1`) with the metrics listener open until the drain is over. Binding before the scan
+//! keeps a busy port a start-up error that comes at once; accepting only after it keeps every pull
+//! under the eviction accounting the index provides.
+//!
 //! Client connections: HTTP/1.1 and HTTP/2 (ALPN on TLS), a header read timeout against slowloris,
 //! a cap on header count (431 beyond) and header bytes; request bodies are never read. Plain-TCP
 //! connections write through `zerocopy::SendfileStream`, so cached blob bytes go out with
@@ -12,7 +19,6 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,20 +30,24 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
 use crate::access;
 use crate::admin;
 use crate::config::{Config, ServerConfig, StorageConfig};
-use crate::http::route::Hosts;
+use crate::health::{Health, Phase};
 use crate::http::{App, Body};
 use crate::index::Limits;
 use crate::manifests::Manifests;
 use crate::metrics::{self, Metrics};
 use crate::mirror::Mirror;
+use crate::reload::{ReloadMetrics, Reloader};
+use crate::sdnotify::Notifier;
 use crate::store::Store;
+use crate::tls::Certs;
 use crate::upstream::{Upstream, UpstreamMetrics};
+use crate::upstreams::UpstreamSet;
 use crate::zerocopy::SendfileStream;
 
 /// Memory for hot manifests.
@@ -59,6 +69,16 @@ pub struct Server {
     settings: ServerConfig,
     /// For the maintenance pass (eviction by age, and by size once pins run out).
     store: Arc<Store>,
+    /// Starting, serving or draining: `/healthz` and whether registry connections are accepted.
+    health: Arc<Health>,
+    /// The service manager (systemd `Type=notify`); disabled unless handed in.
+    notifier: Notifier,
+    /// The TLS pair, re-read on reload and when its files change.
+    certs: Option<Arc<Certs>>,
+    /// For the [`Reloader`]: the configuration it started with, and what it rebuilds with.
+    config: Config,
+    upstream_metrics: UpstreamMetrics,
+    reload_metrics: ReloadMetrics,
 }
 
 /// Why berth could not start.
@@ -82,6 +102,8 @@ pub enum StartError {
     Metrics(#[from] prometheus::Error),
     #[error("[auth] {0}")]
     Auth(#[from] crate::access::LoadError),
+    #[error("cache index of {path}: {reason}")]
+    Index { path: String, reason: String },
 }
 
 impl Server {
@@ -96,7 +118,9 @@ impl Server {
             path: root.display().to_string(),
             source,
         };
-        let store = Arc::new(Store::open_with(root, limits(&cfg.storage)).map_err(storage_err)?);
+        // The index is rebuilt in `run`, after the listeners are bound and `/healthz` answers.
+        let store =
+            Arc::new(Store::open_unindexed(root, limits(&cfg.storage)).map_err(storage_err)?);
         store.index().metrics().register(&prometheus)?;
         let names = cfg
             .upstreams
@@ -106,17 +130,19 @@ impl Server {
         let manifests = Manifests::new(store.clone(), root, MANIFEST_MEMORY_BYTES, names)
             .map_err(storage_err)?;
 
+        let reload_metrics = ReloadMetrics::register(&prometheus)?;
+        // Slots in config order: `manifests` was given the names in that order.
         let mut upstreams = Vec::new();
-        for u in &cfg.upstreams {
+        for (slot, u) in cfg.upstreams.iter().enumerate() {
             let up =
                 Upstream::new(u, upstream_metrics.clone()).map_err(|e| StartError::Upstream {
                     name: u.name.clone(),
                     reason: e.to_string(),
                 })?;
-            upstreams.push(Arc::new(up));
+            upstreams.push((slot, Arc::new(up)));
         }
         let mirror = Arc::new(Mirror::new(
-            upstreams,
+            UpstreamSet::new(upstreams),
             store.clone(),
             manifests,
             metrics.clone(),
@@ -126,16 +152,29 @@ impl Server {
             .token
             .clone()
             .map(|token| Arc::new(admin::api::Api::new(mirror.clone(), root.clone(), token)));
-        let mut app = App::new(mirror, Hosts::new(&cfg.upstreams), metrics);
+        let mut app = App::new(mirror, metrics);
         if let Some(auth) = &cfg.auth {
             let settings = access::Settings::new(auth, &cfg.upstreams);
-            app.access = Some(access::Access::new(settings, &prometheus)?);
+            app.access = Some(Arc::new(access::Access::new(settings, &prometheus)?));
         }
         let app = Arc::new(app);
+        let health = Arc::new(Health::new(
+            root.clone(),
+            store.index().clone(),
+            upstream_metrics.last_errors().clone(),
+        ));
 
-        let tls = match (&cfg.server.tls_cert, &cfg.server.tls_key) {
-            (Some(cert), Some(key)) => Some(tls_acceptor(cert, key)?),
+        let certs = match (&cfg.server.tls_cert, &cfg.server.tls_key) {
+            (Some(cert), Some(key)) => Some(Arc::new(
+                Certs::load(cert, key, &prometheus).map_err(StartError::Tls)?,
+            )),
             _ => None,
+        };
+        let tls = match &certs {
+            Some(c) => Some(TlsAcceptor::from(Arc::new(
+                c.server_config().map_err(StartError::Tls)?,
+            ))),
+            None => None,
         };
         let bind = |addr: SocketAddr| async move {
             TcpListener::bind(addr)
@@ -156,7 +195,45 @@ impl Server {
             admin,
             settings: cfg.server.clone(),
             store,
+            health,
+            notifier: Notifier::default(),
+            certs,
+            config: cfg.clone(),
+            upstream_metrics,
+            reload_metrics,
         })
+    }
+
+    /// What applies a new configuration to this server once it runs (see `reload`).
+    pub fn reloader(&self) -> Reloader {
+        Reloader::new(
+            self.config.clone(),
+            self.app.mirror.clone(),
+            self.store.clone(),
+            self.upstream_metrics.clone(),
+            self.certs.clone(),
+            self.reload_metrics.clone(),
+            self.notifier.clone(),
+        )
+        .with_access(self.app.access.clone())
+    }
+
+    /// Tells `notifier` (systemd's `NOTIFY_SOCKET`) what the server does: `READY=1` once the
+    /// index is rebuilt and pulls are served, `STATUS=` lines, `STOPPING=1`, and `WATCHDOG=1`
+    /// when the service manager asks for it.
+    pub fn notify_to(mut self, notifier: Notifier) -> Server {
+        self.notifier = notifier;
+        self
+    }
+
+    /// The mirror this server answers with.
+    pub fn mirror(&self) -> &Arc<Mirror> {
+        &self.app.mirror
+    }
+
+    /// Where the server is in its life (what `/healthz` answers from).
+    pub fn health(&self) -> &Arc<Health> {
+        &self.health
     }
 
     /// Writes request lines to `writer` directly rather than through `tracing`'s formatting (the
@@ -165,6 +242,15 @@ impl Server {
         if let Some(w) = writer {
             let _ = self.app.request_log.set(w);
         }
+        self
+    }
+
+    /// Request lines as JSON objects (`[log] format = "json"`); needs
+    /// [`log_requests_to`](Self::log_requests_to).
+    pub fn json_request_log(self, json: bool) -> Server {
+        self.app
+            .json_log
+            .store(json, std::sync::atomic::Ordering::Relaxed);
         self
     }
 
@@ -185,20 +271,208 @@ impl Server {
         self.tls.is_some()
     }
 
-    /// Serves until `shutdown` completes, then drains connections for at most `shutdown_grace`.
-    pub async fn run(self, shutdown: impl Future<Output = ()> + Send) {
-        let sweeper = sweep_every(self.store.index().limits()).map(|every| {
-            let store = self.store.clone();
+    /// Rebuilds the cache index, then serves until `shutdown` completes, then drains connections
+    /// for at most `shutdown_grace`. The metrics listener (`/healthz`, `/metrics`) answers from the
+    /// start to the end of the drain; the registry listener accepts only once the index is
+    /// rebuilt (connections made before wait in its backlog). Fails only when the index cannot be
+    /// rebuilt.
+    pub async fn run(
+        mut self,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> Result<(), StartError> {
+        let notifier = self.notifier.clone();
+        let watchdog = crate::sdnotify::watchdog_interval()
+            .filter(|_| notifier.is_enabled())
+            .map(|every| {
+                let n = notifier.clone();
+                // A tick proves the runtime still schedules tasks and its timers still fire.
+                tokio::spawn(async move {
+                    let mut tick = tokio::time::interval(every);
+                    loop {
+                        tick.tick().await;
+                        n.watchdog();
+                    }
+                })
+            });
+        let mut cert_watch = None;
+        let graceful = GracefulShutdown::new();
+        let builder = Arc::new(self.conn_builder());
+
+        // The metrics listener runs on its own until the drain is over, so `/healthz` answers 503
+        // while starting and draining.
+        let (stop_metrics, metrics_task) = match self.metrics_listener.take() {
+            Some(listener) => {
+                let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+                let svc = MetricsService {
+                    prometheus: self.prometheus.clone(),
+                    admin: self.admin.clone(),
+                    health: self.health.clone(),
+                    app: self.app.clone(),
+                };
+                let builder = builder.clone();
+                let task = tokio::spawn(serve_metrics(listener, builder, svc, rx));
+                (Some(tx), Some(task))
+            }
+            None => (None, None),
+        };
+
+        let store = self.store.clone();
+        let n = notifier.clone();
+        let root = self.health.storage().display().to_string();
+        let mut rebuild = Some(tokio::task::spawn_blocking(move || {
+            store.rebuild_index(|count| {
+                n.status(&format!("rebuilding index of {count} blobs"));
+                tracing::info!(files = count, "rebuilding the cache index");
+            })
+        }));
+        let mut sweeper = None;
+
+        let app = self.app.clone();
+        let registry_svc = move |req: Request<Incoming>| app.clone().handle(req);
+        tokio::pin!(shutdown);
+        loop {
+            let serving = rebuild.is_none();
+            let accepted = tokio::select! {
+                _ = &mut shutdown => break,
+                done = async { rebuild.as_mut().expect("guarded").await }, if !serving => {
+                    rebuild = None;
+                    let indexed = match done {
+                        Ok(Ok(n)) => n,
+                        Ok(Err(e)) => return Err(self.index_failed(&root, e.to_string(), stop_metrics, watchdog)),
+                        Err(e) => return Err(self.index_failed(&root, e.to_string(), stop_metrics, watchdog)),
+                    };
+                    sweeper = Some(self.spawn_sweeper());
+                    cert_watch = self.certs.clone().map(Certs::watch);
+                    self.health.set(Phase::Serving);
+                    tracing::info!(blobs = indexed, bytes = self.store.index().bytes(), "cache index rebuilt; serving");
+                    notifier.ready(&format!("serving ({indexed} blobs cached)"));
+                    continue;
+                }
+                r = self.registry.accept(), if serving => r,
+            };
+            let (stream, peer) = match accepted {
+                Ok(x) => x,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let _ = stream.set_nodelay(true);
+            let watcher = graceful.watcher();
+            let builder = builder.clone();
+            let svc = service_fn(registry_svc.clone());
+            let tls = self.tls.clone();
+            let (maps, zero_copy) = (
+                self.store.mappings().clone(),
+                self.app.metrics.zero_copy_bytes.clone(),
+            );
+            let handshake_timeout = self.settings.header_read_timeout;
             tokio::spawn(async move {
-                let mut tick = tokio::time::interval(every);
-                loop {
-                    tick.tick().await;
+                match tls {
+                    None => {
+                        let stream = SendfileStream::new(stream, maps, zero_copy);
+                        serve_conn(watcher, builder, stream, svc, peer).await
+                    }
+                    Some(acceptor) => {
+                        match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await
+                        {
+                            Ok(Ok(s)) => serve_conn(watcher, builder, s, svc, peer).await,
+                            Ok(Err(e)) => {
+                                tracing::debug!(%peer, error = %e, "TLS handshake failed")
+                            }
+                            Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                        }
+                    }
+                }
+            });
+        }
+        self.health.set(Phase::Draining);
+        drop(self.registry);
+        if let Some(s) = sweeper {
+            s.abort();
+        }
+        if let Some(r) = rebuild {
+            r.abort();
+        }
+        let transfers = || {
+            self.app
+                .in_flight
+                .load(std::sync::atomic::Ordering::Relaxed)
+        };
+        notifier.stopping(&format!("draining {} transfers", transfers()));
+        tracing::info!(connections = graceful.count(), transfers = transfers(), grace = ?self.settings.shutdown_grace, "shutting down: no new connections; draining");
+        let drained = graceful.shutdown();
+        tokio::pin!(drained);
+        let deadline = tokio::time::sleep(self.settings.shutdown_grace);
+        tokio::pin!(deadline);
+        let mut status = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                _ = &mut drained => break,
+                _ = &mut deadline => {
+                    tracing::warn!("shutdown grace period over; dropping the remaining connections");
+                    break;
+                }
+                _ = status.tick() => notifier.status(&format!("draining {} transfers", transfers())),
+            }
+        }
+        if let Some(tx) = stop_metrics {
+            let _ = tx.send(());
+        }
+        if let Some(t) = metrics_task {
+            let _ = t.await;
+        }
+        if let Some(w) = watchdog {
+            w.abort();
+        }
+        if let Some(w) = cert_watch {
+            w.abort();
+        }
+        Ok(())
+    }
+
+    /// Start-up failed on the index: stops what `run` started and says why.
+    fn index_failed(
+        &self,
+        root: &str,
+        reason: String,
+        stop_metrics: Option<tokio::sync::oneshot::Sender<()>>,
+        watchdog: Option<tokio::task::JoinHandle<()>>,
+    ) -> StartError {
+        if let Some(tx) = stop_metrics {
+            let _ = tx.send(());
+        }
+        if let Some(w) = watchdog {
+            w.abort();
+        }
+        self.notifier
+            .send(&format!("STATUS=cannot rebuild the cache index: {reason}"));
+        StartError::Index {
+            path: root.to_owned(),
+            reason,
+        }
+    }
+
+    /// The maintenance pass, at once and then at the pace the limits ask for; limits may change
+    /// on reload, so the pace is worked out again after each pass (and checked every minute
+    /// without limits).
+    fn spawn_sweeper(&self) -> tokio::task::JoinHandle<()> {
+        let store = self.store.clone();
+        tokio::spawn(async move {
+            loop {
+                let every = sweep_every(&store.index().limits());
+                if every.is_some() {
                     let store = store.clone();
                     let _ = tokio::task::spawn_blocking(move || store.sweep()).await;
                 }
-            })
-        });
-        let graceful = GracefulShutdown::new();
+                tokio::time::sleep(every.unwrap_or(Duration::from_secs(60))).await;
+            }
+        })
+    }
+
+    fn conn_builder(&self) -> auto::Builder<TokioExecutor> {
         let mut builder = auto::Builder::new(TokioExecutor::new());
         builder
             .http1()
@@ -215,94 +489,109 @@ impl Server {
             .timer(TokioTimer::new())
             .max_header_list_size(MAX_HEAD_BYTES as u32)
             .max_concurrent_streams(256);
-        let builder = Arc::new(builder);
+        builder
+    }
+}
 
-        let app = self.app.clone();
-        let registry_svc = move |req: Request<Incoming>| app.clone().handle(req);
-        let prometheus = self.prometheus.clone();
-        let admin = self.admin.clone();
-        let metrics_svc = move |req: Request<Incoming>| {
-            let (prometheus, admin) = (prometheus.clone(), admin.clone());
-            async move {
-                let resp = match admin {
-                    Some(api) if admin::api::is_admin_path(req.uri().path()) => {
-                        api.handle(&req).await
-                    }
-                    _ => metrics_answer(&prometheus, &req)
-                        .map(|b| b.map_err(|never| match never {}).boxed_unsync()),
-                };
-                Ok::<_, std::convert::Infallible>(resp)
-            }
-        };
+/// What the metrics listener answers: `/metrics`, `/healthz`, and the admin API when enabled.
+#[derive(Clone)]
+struct MetricsService {
+    prometheus: prometheus::Registry,
+    admin: Option<Arc<admin::api::Api>>,
+    health: Arc<Health>,
+    /// For the names of the upstreams configured now.
+    app: Arc<App>,
+}
 
-        tokio::pin!(shutdown);
-        loop {
-            let accepted = tokio::select! {
-                _ = &mut shutdown => break,
-                r = self.registry.accept() => r.map(|c| (c, true)),
-                r = accept_opt(self.metrics_listener.as_ref()) => r.map(|c| (c, false)),
-            };
-            let ((stream, peer), is_registry) = match accepted {
-                Ok(x) => x,
-                Err(e) => {
-                    // Out of file descriptors and the like: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
+impl MetricsService {
+    async fn handle(self, req: Request<Incoming>) -> Response<Body> {
+        match &self.admin {
+            Some(api) if admin::api::is_admin_path(req.uri().path()) => {
+                // The admin API reads the index: not before it is rebuilt.
+                if self.health.phase() == Phase::Starting {
+                    return plain(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "text/plain",
+                        "starting: the cache index is being rebuilt\n".into(),
+                    )
+                    .map(|b| b.map_err(|never| match never {}).boxed_unsync());
                 }
-            };
-            let _ = stream.set_nodelay(true);
-            let watcher = graceful.watcher();
-            let builder = builder.clone();
-            if is_registry {
-                let svc = service_fn(registry_svc.clone());
-                let tls = self.tls.clone();
-                let (maps, zero_copy) = (
-                    self.store.mappings().clone(),
-                    self.app.metrics.zero_copy_bytes.clone(),
-                );
-                let handshake_timeout = self.settings.header_read_timeout;
-                tokio::spawn(async move {
-                    match tls {
-                        None => {
-                            let stream = SendfileStream::new(stream, maps, zero_copy);
-                            serve_conn(watcher, builder, stream, svc, peer).await
-                        }
-                        Some(acceptor) => {
-                            match tokio::time::timeout(handshake_timeout, acceptor.accept(stream))
-                                .await
-                            {
-                                Ok(Ok(s)) => serve_conn(watcher, builder, s, svc, peer).await,
-                                Ok(Err(e)) => {
-                                    tracing::debug!(%peer, error = %e, "TLS handshake failed")
-                                }
-                                Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
-                            }
-                        }
-                    }
-                });
-            } else {
-                let svc = service_fn(metrics_svc.clone());
-                tokio::spawn(serve_conn(watcher, builder, stream, svc, peer));
+                api.handle(&req).await
             }
+            _ => self
+                .answer(&req)
+                .map(|b| b.map_err(|never| match never {}).boxed_unsync()),
         }
-        drop(self.registry);
-        drop(self.metrics_listener);
-        if let Some(s) = sweeper {
-            s.abort();
-        }
-        tracing::info!(connections = graceful.count(), grace = ?self.settings.shutdown_grace, "shutting down: no new connections; draining");
-        if tokio::time::timeout(self.settings.shutdown_grace, graceful.shutdown())
-            .await
-            .is_err()
-        {
-            tracing::warn!("shutdown grace period over; dropping the remaining connections");
+    }
+
+    /// `/metrics` and `/healthz`.
+    fn answer(&self, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+        match req.uri().path() {
+            "/metrics" => plain(
+                StatusCode::OK,
+                "text/plain; version=0.0.4",
+                metrics::render(&self.prometheus),
+            ),
+            "/healthz" => {
+                let wants_json = req
+                    .headers()
+                    .get(header::ACCEPT)
+                    .and_then(|v| v.to_str().ok())
+                    .is_some_and(|v| v.contains("application/json"));
+                let names = self.app.mirror.upstream_names();
+                let a = self.health.answer(req.uri().query(), wants_json, &names);
+                plain(a.status, a.content_type, a.body)
+            }
+            _ => plain(
+                StatusCode::NOT_FOUND,
+                "text/plain",
+                "not found: try /metrics or /healthz\n".to_owned(),
+            ),
         }
     }
 }
 
+/// Accepts on the metrics listener until `stop`, then lets its connections finish briefly.
+async fn serve_metrics(
+    listener: TcpListener,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    svc: MetricsService,
+    mut stop: tokio::sync::oneshot::Receiver<()>,
+) {
+    let graceful = GracefulShutdown::new();
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = &mut stop => break,
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed (metrics)");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let svc = svc.clone();
+        let svc = service_fn(move |req| {
+            let svc = svc.clone();
+            async move { Ok::<_, std::convert::Infallible>(svc.handle(req).await) }
+        });
+        tokio::spawn(serve_conn(
+            graceful.watcher(),
+            builder.clone(),
+            stream,
+            svc,
+            peer,
+        ));
+    }
+    drop(listener);
+    // A scrape in progress finishes; idle keep-alive connections are closed at once.
+    let _ = tokio::time::timeout(Duration::from_secs(1), graceful.shutdown()).await;
+}
+
 /// What the store may hold, from the `[storage]` settings.
-fn limits(st: &StorageConfig) -> Limits {
+pub(crate) fn limits(st: &StorageConfig) -> Limits {
     Limits {
         max_size: st.max_size.map(|m| m.as_u64()),
         high: st.high_watermark,
@@ -347,31 +636,7 @@ async fn serve_conn<I, S, B>(
     }
 }
 
-async fn accept_opt(l: Option<&TcpListener>) -> std::io::Result<(TcpStream, SocketAddr)> {
-    match l {
-        Some(l) => l.accept().await,
-        None => std::future::pending().await,
-    }
-}
-
-/// `/metrics` and `/healthz` on the metrics listener.
-fn metrics_answer(
-    registry: &prometheus::Registry,
-    req: &Request<Incoming>,
-) -> Response<Full<Bytes>> {
-    let (status, content_type, body) = match req.uri().path() {
-        "/metrics" => (
-            StatusCode::OK,
-            "text/plain; version=0.0.4",
-            metrics::render(registry),
-        ),
-        "/healthz" => (StatusCode::OK, "text/plain", "ok\n".to_owned()),
-        _ => (
-            StatusCode::NOT_FOUND,
-            "text/plain",
-            "not found: try /metrics or /healthz\n".to_owned(),
-        ),
-    };
+fn plain(status: StatusCode, content_type: &'static str, body: String) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(Bytes::from(body)));
     *r.status_mut() = status;
     r.headers_mut().insert(
@@ -379,31 +644,6 @@ fn metrics_answer(
         http::HeaderValue::from_static(content_type),
     );
     r
-}
-
-fn tls_acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, StartError> {
-    use rustls_pki_types::pem::PemObject;
-    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
-        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| StartError::Tls(format!("{}: {e}", cert.display())))?;
-    if certs.is_empty() {
-        return Err(StartError::Tls(format!(
-            "{}: no certificate found",
-            cert.display()
-        )));
-    }
-    let key = PrivateKeyDer::from_pem_file(key)
-        .map_err(|e| StartError::Tls(format!("{}: {e}", key.display())))?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| StartError::Tls(e.to_string()))?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .map_err(|e| StartError::Tls(e.to_string()))?;
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
 // Keeps the body type of the registry service nameable in one place.

@@ -327,7 +327,16 @@ impl Store {
     /// Opens (creating) the store under `root`, removes temp files left by a crash, and builds the
     /// access index from the blob files (length = size, mtime = last access).
     pub fn open_with(root: &Path, limits: Limits) -> io::Result<Store> {
-        let store = Store::attach_with(root, limits)?;
+        let store = Store::open_unindexed(root, limits)?;
+        store.rebuild_index(|_| {})?;
+        Ok(store)
+    }
+
+    /// [`open_with`](Self::open_with) without building the index: the server binds and answers
+    /// `/healthz` first, then calls [`rebuild_index`](Self::rebuild_index) (which takes a while on
+    /// a large cache) before it serves any pull.
+    pub fn open_unindexed(root: &Path, limits: Limits) -> io::Result<Store> {
+        let store = Store::create(root, limits)?;
         for entry in std::fs::read_dir(&store.tmp)? {
             let entry = entry?;
             if entry.file_type()?.is_file() {
@@ -345,13 +354,36 @@ impl Store {
 
     /// [`attach`](Self::attach) with limits: builds the access index, leaves `tmp/` alone.
     pub fn attach_with(root: &Path, limits: Limits) -> io::Result<Store> {
+        let store = Store::create(root, limits)?;
+        store.rebuild_index(|_| {})?;
+        Ok(store)
+    }
+
+    fn create(root: &Path, limits: Limits) -> io::Result<Store> {
         let blobs = root.join("blobs").join("sha256");
         let tmp = root.join("tmp");
         std::fs::create_dir_all(&blobs)?;
         std::fs::create_dir_all(&tmp)?;
-        let index = Arc::new(Index::new(limits));
-        for entry in std::fs::read_dir(&blobs)? {
-            let entry = entry?;
+        Ok(Store {
+            blobs,
+            tmp,
+            seq: AtomicU64::new(0),
+            index: Arc::new(Index::new(limits)),
+            evicting: Arc::default(),
+            after_full_pass: Arc::default(),
+            full: AtomicU64::new(0),
+            maps: Arc::default(),
+        })
+    }
+
+    /// Adds every blob file to the access index (one directory scan, then a `stat` each);
+    /// `listed` hears how many entries the directory holds before the `stat`s begin. Returns the
+    /// number of blobs indexed.
+    pub fn rebuild_index(&self, listed: impl FnOnce(usize)) -> io::Result<usize> {
+        let entries = std::fs::read_dir(&self.blobs)?.collect::<io::Result<Vec<_>>>()?;
+        listed(entries.len());
+        let mut n = 0;
+        for entry in entries {
             let Some(digest) = entry.file_name().to_str().and_then(Digest::from_hex) else {
                 continue; // not berth's: `berth verify` quarantines it
             };
@@ -363,18 +395,10 @@ impl Store {
                 Err(e) => return Err(e),
             };
             let last = meta.modified().map_or(0, index::secs);
-            index.insert(index::key(&digest), meta.len(), last);
+            self.index.insert(index::key(&digest), meta.len(), last);
+            n += 1;
         }
-        Ok(Store {
-            blobs,
-            tmp,
-            seq: AtomicU64::new(0),
-            index,
-            evicting: Arc::default(),
-            after_full_pass: Arc::default(),
-            full: AtomicU64::new(0),
-            maps: Arc::default(),
-        })
+        Ok(n)
     }
 
     /// The access index (sizes, last accesses, limits, metrics).

@@ -12,7 +12,7 @@ use base64::Engine as _;
 use http::{Method, StatusCode};
 
 use berth::oci::media;
-use support::instance::{Berth, Got, start_toml};
+use support::instance::{Berth, Got, start_reloadable};
 use support::{FakeRegistry, random_bytes};
 
 const DOCKER: &str = r#"{"schemaVersion":2,"mediaType":"application/vnd.docker.distribution.manifest.v2+json","layers":[]}"#;
@@ -34,10 +34,13 @@ fn basic(user: &str, password: &str) -> String {
 /// registry as two upstreams: `public.test` (the default) and `private.test` (with
 /// `private_extra`, e.g. a `users` list).
 async fn start(fake: &FakeRegistry, users: &str, auth_extra: &str, private_extra: &str) -> Berth {
-    let dir = tempfile::tempdir().unwrap();
-    let htpasswd = dir.path().join("htpasswd");
-    std::fs::write(&htpasswd, users).unwrap();
-    let cfg = format!(
+    start_with_reloader(fake, users, auth_extra, private_extra)
+        .await
+        .0
+}
+
+fn config_text(dir: &Path, url: &str, auth_extra: &str, private_extra: &str) -> String {
+    format!(
         r#"
         [server]
         listen = "127.0.0.1:0"
@@ -59,11 +62,21 @@ async fn start(fake: &FakeRegistry, users: &str, auth_extra: &str, private_extra
         library_prefix = true
         {private_extra}
         "#,
-        dir = dir.path().display(),
-        htpasswd = htpasswd.display(),
-        url = fake.url(),
-    );
-    start_toml(&cfg, dir).await
+        dir = dir.display(),
+        htpasswd = dir.join("htpasswd").display(),
+    )
+}
+
+async fn start_with_reloader(
+    fake: &FakeRegistry,
+    users: &str,
+    auth_extra: &str,
+    private_extra: &str,
+) -> (Berth, berth::reload::Reloader) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("htpasswd"), users).unwrap();
+    let cfg = config_text(dir.path(), &fake.url(), auth_extra, private_extra);
+    start_reloadable(&cfg, dir).await
 }
 
 async fn get_as(b: &Berth, path: &str, auth: Option<&str>) -> Got {
@@ -567,4 +580,65 @@ async fn berth_warm_logs_in_with_a_password_from_stdin_or_the_environment() {
         assert!(err.contains(want), "{extra:?}: {err}");
     }
     assert!(b.counter("berth_auth_attempts_total{outcome=\"ok\"}").await > 0);
+}
+
+#[tokio::test]
+async fn a_reload_changes_who_may_use_which_upstream_and_new_upstreams_start_closed() {
+    let fake = FakeRegistry::start().await;
+    fake.put_tagged("library/app", "1", media::DOCKER_MANIFEST, DOCKER);
+    let users = entry("ci", "ci-pw") + &entry("alice", "alice-pw");
+    let (b, reloader) = start_with_reloader(&fake, &users, "", "").await;
+    let (ci, alice) = (basic("ci", "ci-pw"), basic("alice", "alice-pw"));
+    let (ci, alice) = (ci.as_str(), alice.as_str());
+    let status = |path: &'static str, auth: Option<&str>| {
+        let (b, auth) = (&b, auth.map(str::to_owned));
+        async move { get_as(b, path, auth.as_deref()).await.status.as_u16() }
+    };
+    let private = "/v2/private.test/app/manifests/1";
+    let public = "/v2/public.test/app/manifests/1";
+    let third = "/v2/third.test/app/manifests/1";
+    assert_eq!(status(private, Some(alice)).await, 200);
+    assert_eq!(status(public, None).await, 401);
+
+    // private.test gets a users list, public.test opens to anonymous clients, and a third
+    // upstream comes with a list of its own.
+    let url = fake.url();
+    let third_upstream = format!(
+        "[[upstream]]\nname = \"third.test\"\nurl = \"{url}\"\nlibrary_prefix = true\nusers = [\"alice\"]\n"
+    );
+    let text = config_text(
+        b.dir.path(),
+        &url,
+        r#"anonymous_upstreams = ["public.test"]"#,
+        r#"users = ["ci"]"#,
+    ) + &third_upstream;
+    let changes = reloader
+        .apply(berth::config::Config::parse(&text, "t").unwrap())
+        .unwrap();
+    assert_eq!(changes.added, ["third.test"]);
+    assert!(changes.need_restart.is_empty(), "{changes:?}");
+    assert_eq!(status(private, Some(alice)).await, 403);
+    assert_eq!(status(private, Some(ci)).await, 200);
+    assert_eq!(status(public, None).await, 200);
+    assert_eq!(status(third, Some(ci)).await, 403);
+    assert_eq!(status(third, Some(alice)).await, 200);
+    assert_eq!(status(third, None).await, 401);
+
+    // Turning [auth] off, or pointing it at another file, needs a restart: the login stays.
+    let off = text.replace("[auth]", "[nothing]").replace(
+        &format!("htpasswd = \"{}\"", b.dir.path().join("htpasswd").display()),
+        "",
+    );
+    let off = off
+        .replace("[nothing]", "")
+        .replace(r#"anonymous_upstreams = ["public.test"]"#, "");
+    let off = off
+        .replace(r#"users = ["ci"]"#, "")
+        .replace(r#"users = ["alice"]"#, "");
+    let changes = reloader
+        .apply(berth::config::Config::parse(&off, "t").unwrap())
+        .unwrap();
+    assert_eq!(changes.need_restart, ["auth"]);
+    assert_eq!(status(private, None).await, 401);
+    assert_eq!(status("/v2/", None).await, 401);
 }

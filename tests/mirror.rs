@@ -492,6 +492,48 @@ async fn tag_lists_pass_through_with_the_prefix_kept_in_links() {
     assert_eq!(sent[0].param("n").as_deref(), Some("2"));
 }
 
+/// What an upstream sends as a tag list reaches clients only as a clean JSON list of valid tags,
+/// with a next-page link only back into the API; anything else is a 502, not passed on.
+#[tokio::test]
+async fn hostile_tag_lists_are_cleaned_or_refused() {
+    let fake = FakeRegistry::start().await;
+    fake.put_tagged("team/app", "a", media::OCI_INDEX, INDEX);
+    let b = berth(&fake, "").await;
+    let path = "/v2/team/app/tags/list";
+    let answer = |link: &str, ct: &str, body: &'static str| {
+        let mut headers = vec![("content-type".to_owned(), ct.to_owned())];
+        if !link.is_empty() {
+            headers.push(("link".to_owned(), link.to_owned()));
+        }
+        Fault::Answer(headers, bytes::Bytes::from_static(body.as_bytes()))
+    };
+    fake.fault_times(
+        path,
+        answer(
+            r#"<https://evil.example/v2/team/app/tags/list?last=a>; rel="next""#,
+            "text/html",
+            r#"{"name":"team/app","tags":["a","<script>alert(1)</script>","b"],"x":"y"}"#,
+        ),
+        1,
+    );
+    let got = b.get("/v2/registry.test/team/app/tags/list").await;
+    assert_eq!(got.status, 200);
+    assert_eq!(got.header("content-type"), Some("application/json"));
+    assert_eq!(got.header("link"), None);
+    assert_eq!(got.bytes(), &br#"{"name":"team/app","tags":["a","b"]}"#[..]);
+
+    fake.fault_times(
+        path,
+        answer("", "application/json", "<html>not json</html>"),
+        1,
+    );
+    let got = b.get("/v2/registry.test/team/app/tags/list").await;
+    assert_eq!(got.status, StatusCode::BAD_GATEWAY);
+    let body = String::from_utf8_lossy(got.bytes()).into_owned();
+    assert!(body.contains("tag list is not a JSON object"), "{body}");
+    assert!(!body.contains("<html>"), "{body}");
+}
+
 #[tokio::test]
 async fn containerd_ns_is_echoed() {
     let fake = FakeRegistry::start().await;

@@ -83,7 +83,7 @@ async fn lines_with(extra: &str, requests: &[(&str, Option<&str>)], level: Level
     }
     drop(client);
     let _ = stop.send(());
-    running.await.unwrap();
+    running.await.unwrap().unwrap();
     drop(guard);
     String::from_utf8(rx.try_iter().flatten().collect()).unwrap()
 }

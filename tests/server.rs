@@ -17,7 +17,7 @@ struct Running {
     /// The only upstream; tests assert it was never dialled.
     upstream: TcpListener,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
-    done: tokio::task::JoinHandle<()>,
+    done: tokio::task::JoinHandle<Result<(), berth::server::StartError>>,
     _dir: tempfile::TempDir,
 }
 
@@ -297,6 +297,7 @@ async fn shutdown_stops_accepting() {
     tokio::time::timeout(Duration::from_secs(10), &mut b.done)
         .await
         .expect("server stops")
+        .unwrap()
         .unwrap();
     assert!(
         TcpStream::connect(b.addr).await.is_err(),

@@ -105,24 +105,37 @@ pub struct Settings {
 }
 
 impl Settings {
-    /// From `[auth]` and the upstreams, in their configured order (which the router's indices
-    /// follow). Names in `anonymous_upstreams` match an upstream's name or alias, any case.
+    /// From `[auth]` and the upstreams in slots 0, 1, ... (config order): how berth starts.
     pub fn new(auth: &AuthConfig, upstreams: &[UpstreamConfig]) -> Settings {
-        let anonymous: HashSet<String> = auth
+        Settings::with_slots(auth, upstreams.iter().enumerate())
+    }
+
+    /// From `[auth]` and the upstreams in the slots the router names them by (`upstreams`);
+    /// a slot not given is refused to everyone. Names in `anonymous_upstreams` match an
+    /// upstream's name or alias, any case.
+    pub fn with_slots<'a>(
+        auth: &AuthConfig,
+        upstreams: impl IntoIterator<Item = (usize, &'a UpstreamConfig)>,
+    ) -> Settings {
+        let open: HashSet<String> = auth
             .anonymous_upstreams
             .iter()
             .map(|s| s.to_ascii_lowercase())
             .collect();
+        let mut anonymous = Vec::new();
+        let mut users = Vec::new();
+        for (slot, u) in upstreams {
+            if anonymous.len() <= slot {
+                anonymous.resize(slot + 1, false);
+                users.resize(slot + 1, Some(HashSet::new()));
+            }
+            anonymous[slot] = u.hosts().any(|h| open.contains(&h));
+            users[slot] = u.users.as_ref().map(|v| v.iter().cloned().collect());
+        }
         Settings {
             htpasswd: auth.htpasswd.clone(),
-            anonymous: upstreams
-                .iter()
-                .map(|u| u.hosts().any(|h| anonymous.contains(&h)))
-                .collect(),
-            users: upstreams
-                .iter()
-                .map(|u| u.users.as_ref().map(|v| v.iter().cloned().collect()))
-                .collect(),
+            anonymous,
+            users,
         }
     }
 }
@@ -195,6 +208,14 @@ struct Check {
     stamp: Option<Stamp>,
 }
 
+/// Who may pull through which upstream slot.
+#[derive(Debug)]
+struct Policy {
+    anonymous: Vec<bool>,
+    /// `None`: every user; an empty set for a slot nobody may use.
+    users: Vec<Option<HashSet<String>>>,
+}
+
 /// Why `[auth]` cannot start.
 #[derive(Debug, thiserror::Error)]
 #[error("htpasswd file {file}: {reason}")]
@@ -208,8 +229,8 @@ pub struct Access {
     file: PathBuf,
     loaded: RwLock<Arc<Loaded>>,
     check: Mutex<Check>,
-    anonymous: Vec<bool>,
-    users: Vec<Option<HashSet<String>>>,
+    /// Who may use which upstream slot; a reload replaces it whole.
+    policy: RwLock<Arc<Policy>>,
     verdicts: moka::future::Cache<[u8; 32], Verdict>,
     /// Keys the verdict cache: without it, a memory dump would hold fast-to-test password hashes.
     key: hmac::Key,
@@ -222,8 +243,7 @@ impl std::fmt::Debug for Access {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Access")
             .field("file", &self.file)
-            .field("anonymous", &self.anonymous)
-            .field("users", &self.users)
+            .field("policy", &self.policy)
             .finish_non_exhaustive()
     }
 }
@@ -258,8 +278,10 @@ impl Access {
                 stamp: Some(stamp),
             }),
             file,
-            anonymous: settings.anonymous,
-            users: settings.users,
+            policy: RwLock::new(Arc::new(Policy {
+                anonymous: settings.anonymous,
+                users: settings.users,
+            })),
             verdicts: moka::future::Cache::builder()
                 .max_capacity(MAX_VERDICTS)
                 .time_to_live(VERDICT_TTL)
@@ -323,7 +345,12 @@ impl Access {
     /// a password, and Docker Hub answers anonymous clients the same); a user may use every
     /// upstream whose `users` lists them or that has no list.
     pub fn authorize(&self, who: &Principal, upstream: Option<usize>) -> Result<(), Error> {
-        let open = upstream.and_then(|i| self.anonymous.get(i).copied()) == Some(true);
+        let policy = self
+            .policy
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let open = upstream.and_then(|i| policy.anonymous.get(i).copied()) == Some(true);
         let allowed = match (who, upstream) {
             (Principal::Anonymous | Principal::Refused(_), _) if open => true,
             // The login's own answer: 401, or 429 when it could not be checked.
@@ -331,7 +358,7 @@ impl Access {
             (Principal::Anonymous, _) => false,
             (Principal::User(_), None) => true,
             // An upstream this policy does not know (a slot it was not told of) is refused.
-            (Principal::User(name), Some(i)) => match self.users.get(i) {
+            (Principal::User(name), Some(i)) => match policy.users.get(i) {
                 Some(Some(list)) => list.contains(&**name),
                 Some(None) => true,
                 None => false,
@@ -353,6 +380,16 @@ impl Access {
                 ))
             }
         }
+    }
+
+    /// Takes the policy of a reloaded configuration (`anonymous_upstreams`, the upstreams'
+    /// `users`, new slots); the htpasswd path is not changed here (a restart setting).
+    pub fn set_policy(&self, settings: Settings) {
+        let policy = Arc::new(Policy {
+            anonymous: settings.anonymous,
+            users: settings.users,
+        });
+        *self.policy.write().unwrap_or_else(|p| p.into_inner()) = policy;
     }
 
     fn cache_key(&self, generation: u64, user: &str, password: &Secret) -> [u8; 32] {

@@ -14,6 +14,7 @@ pub mod route;
 use std::borrow::Cow;
 use std::convert::Infallible;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Instant;
@@ -28,7 +29,7 @@ use crate::error::{Error, Origin};
 use crate::logwriter::BatchWriter;
 use crate::metrics::Metrics;
 use crate::mirror::{BlobReply, ByteRange, ManifestReply, Mirror, TagsReply};
-use route::{Hosts, Route, Target, Via};
+use route::{Route, Target, Via};
 
 /// The response body type of every answer.
 pub type Body = UnsyncBoxBody<Bytes, Error>;
@@ -41,12 +42,15 @@ const API_VERSION_HEADER: header::HeaderName =
 /// Everything a request handler needs; built once by the server.
 pub struct App {
     pub mirror: Arc<Mirror>,
-    pub hosts: Hosts,
     pub metrics: Metrics,
     /// Client login and the access policy; `None` without `[auth]` (everyone may pull).
-    pub access: Option<Access>,
+    pub access: Option<Arc<Access>>,
     /// Where request lines go directly, when set (see `logwriter`); else through `tracing`.
     pub request_log: OnceLock<BatchWriter>,
+    /// Request lines as JSON objects (`[log] format = "json"`), written to `request_log`.
+    pub json_log: AtomicBool,
+    /// Responses not yet finished (their body still going out): what a drain waits for.
+    pub in_flight: AtomicUsize,
 }
 
 /// What the request log line says about a request. The parsed route is kept whole (its upstream,
@@ -61,13 +65,14 @@ struct LogFields {
 }
 
 impl App {
-    pub fn new(mirror: Arc<Mirror>, hosts: Hosts, metrics: Metrics) -> App {
+    pub fn new(mirror: Arc<Mirror>, metrics: Metrics) -> App {
         App {
             mirror,
-            hosts,
             metrics,
             access: None,
             request_log: OnceLock::new(),
+            json_log: AtomicBool::new(false),
+            in_flight: AtomicUsize::new(0),
         }
     }
 
@@ -110,6 +115,7 @@ impl App {
             "miss" | "joined" if log.kind == "blob" => Some("upstream"),
             _ => None,
         };
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
         let done = RequestLog {
             started,
             method,
@@ -146,13 +152,15 @@ impl App {
                 "absolute-form request targets are refused: berth is a registry mirror, not a proxy",
             ));
         }
+        // One snapshot of the upstream set routes this request (a reload swaps it whole).
+        let upstreams = self.mirror.upstreams();
         // Parsing is pure and cheap: done first so the log and metrics name the route even
         // when the login fails, but its errors wait until the login is checked.
         let parsed = route::parse(
             req.method(),
             req.uri().path(),
             req.uri().query(),
-            &self.hosts,
+            upstreams.hosts(),
         );
         if let Ok(route) = &parsed {
             log.kind = route.kind();
@@ -420,6 +428,7 @@ struct RequestLog {
 
 impl RequestLog {
     fn finish(self, complete: bool) {
+        self.app.in_flight.fetch_sub(1, Ordering::Relaxed);
         if let Some(source) = self.served_from
             && self.bytes > 0
         {
@@ -428,7 +437,11 @@ impl RequestLog {
         match self.app.request_log.get() {
             Some(w) => {
                 if tracing::enabled!(tracing::Level::INFO) {
-                    w.info(module_path!(), &self.line(complete));
+                    if self.app.json_log.load(Ordering::Relaxed) {
+                        self.json(w, complete);
+                    } else {
+                        w.info(module_path!(), &self.line(complete));
+                    }
                 }
             }
             None => tracing::info!("{}", self.line(complete)),
@@ -442,6 +455,7 @@ impl RequestLog {
         use std::fmt::Write;
         let f = &self.fields;
         let target = f.route.as_ref().and_then(Route::target);
+        let upstream = target.map(|t| self.app.mirror.upstream_name(t.upstream));
         let mut s = String::with_capacity(160 + self.uri.path().len());
         s.push_str("request method=");
         s.push_str(self.method.as_str());
@@ -449,10 +463,7 @@ impl RequestLog {
         s.push_str(self.uri.path());
         for (key, value) in [
             (" route=", f.kind),
-            (
-                " upstream=",
-                target.map_or("-", |t| self.app.mirror.upstream(t.upstream).name()),
-            ),
+            (" upstream=", upstream.as_deref().unwrap_or("-")),
             (" repo=", target.map_or("-", |t| t.name.as_str())),
         ] {
             s.push_str(key);
@@ -477,6 +488,39 @@ impl RequestLog {
         s.push_str(" user=");
         quoted(&mut s, f.user.as_ref().map_or("-", Principal::name));
         s
+    }
+}
+
+impl RequestLog {
+    /// The access line as one JSON object, with the text line's fields (numbers as numbers).
+    fn json(&self, w: &BatchWriter, complete: bool) {
+        use crate::logwriter::JsonValue::{Bool, Num, Str};
+        let f = &self.fields;
+        let target = f.route.as_ref().and_then(Route::target);
+        let upstream = target.map(|t| self.app.mirror.upstream_name(t.upstream));
+        let reference = match &f.route {
+            Some(Route::Manifest { reference, .. }) => reference.to_string(),
+            Some(Route::Blob { digest, .. }) => digest.to_string(),
+            _ => "-".to_owned(),
+        };
+        w.info_json(
+            module_path!(),
+            "request",
+            &[
+                ("method", Str(self.method.as_str())),
+                ("path", Str(self.uri.path())),
+                ("route", Str(f.kind)),
+                ("upstream", Str(upstream.as_deref().unwrap_or("-"))),
+                ("repo", Str(target.map_or("-", |t| t.name.as_str()))),
+                ("reference", Str(&reference)),
+                ("outcome", Str(f.outcome)),
+                ("status", Num(u64::from(self.status.as_u16()))),
+                ("bytes", Num(self.bytes)),
+                ("complete", Bool(complete)),
+                ("ms", Num(self.started.elapsed().as_millis() as u64)),
+                ("user", Str(f.user.as_ref().map_or("-", Principal::name))),
+            ],
+        );
     }
 }
 

@@ -14,11 +14,8 @@
 //! Paths are parsed from the right: in `/v2/<name>/manifests/<ref>` the name itself may contain
 //! `manifests`.
 
-use std::collections::HashMap;
-
 use http::Method;
 
-use crate::config::UpstreamConfig;
 use crate::error::Error;
 use crate::oci::{Digest, Reference, RepoName, Tag};
 
@@ -69,7 +66,7 @@ impl Route {
 /// Which upstream and which repository on it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Target {
-    /// Index into the configured upstreams.
+    /// The upstream's slot (see `upstreams`): stable for the process's life, across reloads.
     pub upstream: usize,
     /// The repository name as the upstream knows it (`library/` added where configured).
     pub name: RepoName,
@@ -87,33 +84,7 @@ pub enum Via {
     Prefix(String),
 }
 
-/// Which host names select which upstream; built once from the config.
-#[derive(Debug, Clone, Default)]
-pub struct Hosts {
-    by_host: HashMap<String, usize>,
-    default: Option<usize>,
-    library_prefix: Vec<bool>,
-}
-
-impl Hosts {
-    pub fn new(upstreams: &[UpstreamConfig]) -> Hosts {
-        let mut hosts = Hosts::default();
-        for (i, u) in upstreams.iter().enumerate() {
-            for h in u.hosts() {
-                hosts.by_host.insert(h, i);
-            }
-            if u.default {
-                hosts.default = Some(i);
-            }
-            hosts.library_prefix.push(u.uses_library_prefix());
-        }
-        hosts
-    }
-
-    fn lookup(&self, host: &str) -> Option<usize> {
-        self.by_host.get(&host.to_ascii_lowercase()).copied()
-    }
-}
+pub use crate::upstreams::Hosts;
 
 /// Parses a request into a route. Only GET and HEAD exist; everything is validated here.
 pub fn parse(
@@ -217,12 +188,12 @@ fn resolve_target(name: &str, ns: Option<&str>, hosts: &Hosts) -> Result<Target,
         (i, rest, Via::Prefix(first.to_owned()))
     } else {
         let i = hosts
-            .default
+            .default_slot()
             .ok_or_else(|| Error::name_unknown("no registry named (use ?ns= or a /v2/<registry>/ prefix) and no default upstream is configured"))?;
         (i, name, Via::Default)
     };
     let mut name: RepoName = name.parse()?;
-    if hosts.library_prefix[upstream] {
+    if hosts.library_prefix(upstream) {
         name = name.with_library_prefix();
     }
     Ok(Target {

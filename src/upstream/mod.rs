@@ -238,6 +238,17 @@ impl Upstream {
                 Err(_) => Attempted::Final,
             };
             let Some((reason, wait)) = retry_plan(&self.cfg, retry, seen, jitter_unit()) else {
+                match &outcome {
+                    Ok(r)
+                        if r.status.is_server_error()
+                            || r.status == StatusCode::TOO_MANY_REQUESTS =>
+                    {
+                        self.metrics
+                            .failed(&self.cfg.name, format!("{} {}", r.status, url.path()))
+                    }
+                    Err(f) => self.metrics.failed(&self.cfg.name, f.error.to_string()),
+                    Ok(_) => {}
+                }
                 return outcome.map_err(|f| {
                     let mut e = f.error;
                     if retry > 0 {
@@ -1111,7 +1122,13 @@ pub struct UpstreamMetrics {
     ratelimit_limit: IntGaugeVec,
     /// What is left of it, from `ratelimit-remaining`.
     ratelimit_remaining: IntGaugeVec,
+    /// Each upstream's last failure, by name, for `/healthz?verbose`. Kept here rather than in the
+    /// [`Upstream`] so that it survives a reload that rebuilds the upstream's client.
+    last_errors: LastErrors,
 }
+
+/// The last failure of each upstream, by name: when, and what.
+pub type LastErrors = Arc<Mutex<std::collections::HashMap<String, (SystemTime, String)>>>;
 
 impl UpstreamMetrics {
     pub fn register(registry: &Registry) -> prometheus::Result<UpstreamMetrics> {
@@ -1173,7 +1190,20 @@ impl UpstreamMetrics {
             retries,
             ratelimit_limit,
             ratelimit_remaining,
+            last_errors: LastErrors::default(),
         })
+    }
+
+    /// Each upstream's last failure (a transport error, a timeout, a 5xx or 429 after retries).
+    pub fn last_errors(&self) -> &LastErrors {
+        &self.last_errors
+    }
+
+    fn failed(&self, upstream: &str, what: String) {
+        self.last_errors
+            .lock()
+            .unwrap()
+            .insert(upstream.to_owned(), (SystemTime::now(), what));
     }
 }
 

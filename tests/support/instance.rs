@@ -95,24 +95,55 @@ pub async fn start_with(
 /// Starts berth from a whole config text (listeners on port 0, storage in `dir`, chosen by the
 /// caller).
 pub async fn start_toml(cfg: &str, dir: tempfile::TempDir) -> Berth {
+    start_reloadable(cfg, dir).await.0
+}
+
+/// As [`start_toml`], with what applies a new configuration to the running berth.
+pub async fn start_reloadable(
+    cfg: &str,
+    dir: tempfile::TempDir,
+) -> (Berth, berth::reload::Reloader) {
     let cfg = Config::parse(cfg, "test").unwrap();
     let server = Server::bind(&cfg).await.unwrap();
+    let reloader = server.reloader();
     let (addr, metrics) = (server.local_addr(), server.metrics_addr().unwrap());
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(server.run(async move {
         let _ = rx.await;
     }));
     let client = Client::builder(TokioExecutor::new()).build_http();
-    Berth {
+    let b = Berth {
         addr,
         metrics,
         client,
         dir,
         stop: Some(tx),
-    }
+    };
+    b.ready().await;
+    (b, reloader)
 }
 
 impl Berth {
+    /// Waits until `/healthz` says ready: the cache index is rebuilt and pulls are served.
+    pub async fn ready(&self) {
+        let uri: http::Uri = format!("http://{}/healthz", self.metrics).parse().unwrap();
+        for _ in 0..20_000 {
+            let resp = self.client.get(uri.clone()).await.unwrap();
+            if resp.status() == StatusCode::OK {
+                return;
+            }
+            tokio::task::yield_now().await;
+        }
+        panic!("berth never became ready");
+    }
+
+    /// Begins this berth's shutdown: no new connections; running transfers drain.
+    pub fn begin_shutdown(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+    }
+
     /// Stops this berth and hands back its data directory.
     pub fn stop(mut self) -> tempfile::TempDir {
         std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap())

@@ -73,6 +73,8 @@ pub enum Fault {
     /// Send headers at once, then only as many body bytes as the gate allows so far: the test
     /// decides how far a transfer has got. `usize::MAX` breaks the connection where it stands.
     Gated(tokio::sync::watch::Receiver<usize>),
+    /// Answer 200 with these headers and this body instead of the content.
+    Answer(Vec<(String, String)>, Bytes),
     /// Answer a blob `Range` request with the whole blob and 200, as servers without range support do.
     IgnoreRange,
     /// Answer a blob `Range` request with its 206, but this `Content-Range` header instead of the
@@ -577,6 +579,13 @@ fn route(s: &mut State, rec: &Recorded) -> Reply {
             return Reply::Now(oci_error(*status, code, &extra));
         }
         Some(Fault::NoResponse) => return Reply::Never,
+        Some(Fault::Answer(headers, body)) => {
+            let headers: Vec<(&str, String)> = headers
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.clone()))
+                .collect();
+            return Reply::Now(respond(StatusCode::OK, &headers, full(body.clone())));
+        }
         Some(Fault::Redirect(status, location)) => {
             return Reply::Now(respond(
                 *status,

@@ -1,0 +1,133 @@
+//! Isolation between clients, repositories and upstreams, over real sockets against the fake
+//! registry: nothing one client asks for can make another client's pull fail, and a download
+//! through one upstream is never shared with a request through another.
+
+mod support;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, StatusCode};
+
+use support::instance::{Berth, Got, berth, same, until_metric};
+use support::{FakeRegistry, Fault, random_bytes};
+
+/// Polls `cond` until it holds, for at most 10 s (the fake answers on loopback in milliseconds).
+async fn until(what: &str, cond: impl Fn() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !cond() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never happened: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+fn spawn_get(b: &std::sync::Arc<Berth>, path: String) -> tokio::task::JoinHandle<Got> {
+    let b = b.clone();
+    tokio::spawn(async move { b.request(Method::GET, &path, &[]).await })
+}
+
+/// Someone asks for a popular layer under a repository that does not hold it, and the upstream
+/// takes its time to say 404; meanwhile a legitimate pull of that layer arrives. Before, it joined
+/// the doomed download and failed with it; now it waits for that answer and then fetches for itself.
+#[tokio::test]
+async fn a_request_under_a_repository_without_the_blob_cannot_fail_another_pull() {
+    let fake = FakeRegistry::start().await;
+    let layer = random_bytes(300_000, 1);
+    let digest = fake.put_blob("team/good", layer.clone());
+    fake.put_blob("team/evil", Bytes::from_static(b"something else"));
+    let evil = format!("/v2/team/evil/blobs/{digest}");
+    let (open, gate) = tokio::sync::watch::channel(false);
+    fake.fault(&evil, Fault::Hold(gate));
+    let b = std::sync::Arc::new(berth(&fake, "").await);
+
+    let attacker = spawn_get(&b, evil.clone());
+    until("the attacker's request reached upstream", || {
+        fake.hits(Method::GET, &evil) == 1
+    })
+    .await;
+    let victim = spawn_get(&b, format!("/v2/team/good/blobs/{digest}"));
+    until_metric(&b, "berth_fill_waits_total", 1).await;
+    open.send_replace(true);
+
+    let got = victim.await.unwrap();
+    assert_eq!(got.status, StatusCode::OK);
+    same(got.body.as_ref().expect("the whole body"), &layer);
+    let attacked = attacker.await.unwrap();
+    assert_eq!(
+        (attacked.status, attacked.code().as_str()),
+        (StatusCode::NOT_FOUND, "BLOB_UNKNOWN")
+    );
+    assert_eq!(
+        fake.hits(Method::GET, &format!("/v2/team/good/blobs/{digest}")),
+        1
+    );
+}
+
+/// Sharing across repositories still saves the fetch: the second repository's request waits for
+/// the first download's answer and, that being the blob, reads it.
+#[tokio::test]
+async fn concurrent_pulls_of_one_blob_under_two_repositories_fetch_it_once() {
+    let fake = FakeRegistry::start().await;
+    let layer = random_bytes(300_000, 2);
+    let digest = fake.put_blob("team/a", layer.clone());
+    fake.put_blob("team/b", layer.clone());
+    let first = format!("/v2/team/a/blobs/{digest}");
+    let (open, gate) = tokio::sync::watch::channel(false);
+    fake.fault(&first, Fault::Hold(gate));
+    let b = std::sync::Arc::new(berth(&fake, "").await);
+
+    let a = spawn_get(&b, first.clone());
+    until("a's request reached upstream", || {
+        fake.hits(Method::GET, &first) == 1
+    })
+    .await;
+    let b2 = spawn_get(&b, format!("/v2/team/b/blobs/{digest}"));
+    until_metric(&b, "berth_fill_waits_total", 1).await;
+    open.send_replace(true);
+    for got in [a.await.unwrap(), b2.await.unwrap()] {
+        assert_eq!(got.status, StatusCode::OK);
+        same(got.body.as_ref().unwrap(), &layer);
+    }
+    assert_eq!(fake.hits(Method::GET, &first), 1);
+    assert_eq!(
+        fake.hits(Method::GET, &format!("/v2/team/b/blobs/{digest}")),
+        0
+    );
+    assert_eq!(b.counter("berth_coalesced_requests_total").await, 1);
+}
+
+/// A download through one upstream is not shared with a request through another: that upstream
+/// is asked itself (it may not hold the blob, or may be the public face of a private one).
+#[tokio::test]
+async fn downloads_are_not_shared_across_upstreams() {
+    let fake = FakeRegistry::start().await;
+    let layer = random_bytes(200_000, 3);
+    let digest = fake.put_blob("team/a", layer.clone());
+    let path = format!("/v2/team/a/blobs/{digest}");
+    let (open, gate) = tokio::sync::watch::channel(false);
+    fake.fault_times(&path, Fault::Hold(gate), 1);
+    let second = format!(
+        "\n[[upstream]]\nname = \"other.test\"\nurl = \"{}\"\n",
+        fake.url()
+    );
+    let b = std::sync::Arc::new(berth(&fake, &second).await);
+
+    let one = spawn_get(&b, format!("/v2/registry.test/team/a/blobs/{digest}"));
+    until("the first upstream was asked", || {
+        fake.hits(Method::GET, &path) == 1
+    })
+    .await;
+    let two = spawn_get(&b, format!("/v2/other.test/team/a/blobs/{digest}"));
+    until("the second upstream was asked too", || {
+        fake.hits(Method::GET, &path) == 2
+    })
+    .await;
+    open.send_replace(true);
+    for got in [one.await.unwrap(), two.await.unwrap()] {
+        assert_eq!(got.status, StatusCode::OK);
+        same(got.body.as_ref().unwrap(), &layer);
+    }
+}
