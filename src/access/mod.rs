@@ -24,7 +24,11 @@
 //!   are answered without waiting. The permit travels into the blocking task, so a client that
 //!   hangs up mid-check does not free a slot while its bcrypt still runs.
 //! - An unknown user is checked against the costliest hash in the file, so a wrong name takes as
-//!   long as a wrong password, and both get the same answer.
+//!   long as a wrong password, and both get the same answer. (With entries of mixed costs, a
+//!   user whose hash is cheaper than the costliest answers faster: keep one cost in a file.)
+//! - The policy (anonymous upstreams, each upstream's `users`) is by upstream slot, and a reload
+//!   replaces it whole (`reload` swaps it before the upstream set); a slot it was not told of
+//!   is refused to everyone.
 //! - A refused login pulls through an anonymous upstream as an anonymous client would (it may
 //!   anyway). This is for dockerd: with `registry-mirrors` it never sends a mirror's own
 //!   credentials but may send Docker Hub's (moby/moby#30880, #42022), and refusing those would
@@ -38,7 +42,7 @@
 //! serve berth with TLS (`[server] tls_cert`) or on a trusted network.
 //!
 //! Rule of dependency: uses `config` (settings, `Secret`) and `error`; knows nothing of HTTP
-//! routing or the mirror (upstreams are indices into the configured list).
+//! routing or the mirror (upstreams are the slots of `upstreams`, plain numbers here).
 
 pub mod htpasswd;
 
