@@ -166,6 +166,10 @@ pub struct AuthConfig {
     /// Upstreams (name or alias) anyone may pull through without logging in.
     #[serde(default)]
     pub anonymous_upstreams: Vec<String>,
+    /// Most bcrypt checks running at once (each takes a core for its duration). Unset: half the
+    /// cores, at least one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub check_concurrency: Option<usize>,
 }
 
 /// One upstream registry. `PartialEq`: a reload keeps the client (connection pool, tokens) of an
@@ -581,6 +585,12 @@ impl Config {
                 None => Ok(()),
             };
         };
+        if auth.check_concurrency.is_some_and(|n| n == 0 || n > 1024) {
+            return Err((
+                "auth.check_concurrency".into(),
+                "must be between 1 and 1024 (leave it out for half the cores)".into(),
+            ));
+        }
         if let Err(e) = std::fs::metadata(&auth.htpasswd) {
             return Err((
                 "auth.htpasswd".into(),
@@ -1061,6 +1071,7 @@ mod tests {
                 "auth.htpasswd",
             ),
             (auth("nope = 1"), "unknown field"),
+            (auth("check_concurrency = 0"), "auth.check_concurrency"),
         ];
         for (text, key) in cases {
             let e = Config::parse(&text, "f.toml").unwrap_err();

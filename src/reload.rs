@@ -20,7 +20,7 @@
 //! What needs a restart is named in a warning and otherwise ignored (the running value stays and
 //! is compared again at the next reload): listen addresses, the metrics listener, the storage
 //! path, TLS file paths, `[server]` limits, `[admin]`, the log format, whether `[auth]` is on and
-//! its htpasswd path (the file itself is re-read whenever it changes).
+//! its htpasswd path and check_concurrency (the file itself is re-read whenever it changes).
 //!
 //! Rule of dependency: uses `config`, `mirror`, `upstream`, `upstreams`, `store`, `tls`,
 //! `sdnotify`; `server` builds it, `main` calls it on `SIGHUP`.
@@ -282,7 +282,14 @@ fn restart_only(old: &Config, new: &Config) -> Vec<&'static str> {
     check(
         "auth",
         old.auth.is_some() != new.auth.is_some()
-            || old.auth.as_ref().map(|a| &a.htpasswd) != new.auth.as_ref().map(|a| &a.htpasswd),
+            || old
+                .auth
+                .as_ref()
+                .map(|a| (&a.htpasswd, a.check_concurrency))
+                != new
+                    .auth
+                    .as_ref()
+                    .map(|a| (&a.htpasswd, a.check_concurrency)),
     );
     v
 }
@@ -295,7 +302,10 @@ fn keep_restart_only(old: &Config, new: &mut Config) {
     new.admin = old.admin.clone();
     new.log.format = old.log.format;
     match (&old.auth, &mut new.auth) {
-        (Some(o), Some(n)) => n.htpasswd = o.htpasswd.clone(),
+        (Some(o), Some(n)) => {
+            n.htpasswd = o.htpasswd.clone();
+            n.check_concurrency = o.check_concurrency;
+        }
         (o, n) => *n = o.clone(),
     }
 }

@@ -416,7 +416,9 @@ async fn a_flood_of_bad_passwords_is_bounded_and_throttled() {
     // Cost 10 (about what `htpasswd -B` writes by default is 5; registries use 10 and more):
     // each check takes long enough that a flood finds every slot and the queue busy.
     let users = format!("alice:{}\n", bcrypt::hash("secret", 10).unwrap());
-    let b = start(&fake, &users, "", "").await;
+    // One check at a time, whatever the cores of the machine running the test: then at most 33
+    // of the flood (one running, 32 waiting) can be admitted before the first check ends.
+    let b = start(&fake, &users, "check_concurrency = 1", "").await;
 
     let alice = basic("alice", "secret");
     assert_eq!(get_as(&b, "/v2/", Some(&alice)).await.status, 200);

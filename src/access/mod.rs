@@ -17,7 +17,8 @@
 //!   the plain password is never kept, and a changed file starts afresh. Concurrent requests with
 //!   the same credentials wait for one check (moka's `try_get_with`), so a pull of 50 blobs costs
 //!   one bcrypt run.
-//! - Checks run on the blocking pool, at most half the cores at once (at least one). A check
+//! - Checks run on the blocking pool, at most half the cores at once (at least one;
+//!   `check_concurrency` sets another number). A check
 //!   that finds them busy waits, up to [`MAX_WAITING`] waiting; beyond that the request gets
 //!   `429 TOOMANYREQUESTS` with `Retry-After` at once. A flood of wrong passwords thus takes at
 //!   most half the CPU and a bounded queue, while cached logins (every other request of a pull)
@@ -106,6 +107,8 @@ pub struct Settings {
     pub anonymous: Vec<bool>,
     /// Only these users may pull through upstream `i` (`None`: every user).
     pub users: Vec<Option<HashSet<String>>>,
+    /// Most bcrypt checks at once; `None`: half the cores, at least one.
+    pub check_concurrency: Option<usize>,
 }
 
 impl Settings {
@@ -140,6 +143,7 @@ impl Settings {
             htpasswd: auth.htpasswd.clone(),
             anonymous,
             users,
+            check_concurrency: auth.check_concurrency,
         }
     }
 }
@@ -272,7 +276,9 @@ impl Access {
         }
         let metrics = AuthMetrics::register(registry).map_err(|e| load_err(e.to_string()))?;
         metrics.users.set(users.len() as i64);
-        let slots = std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1));
+        let slots = settings.check_concurrency.unwrap_or_else(|| {
+            std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1))
+        });
         let key = hmac::Key::generate(hmac::HMAC_SHA256, &ring::rand::SystemRandom::new())
             .map_err(|_| load_err("no randomness for the verdict cache key".into()))?;
         Ok(Access {
@@ -637,6 +643,7 @@ mod tests {
             htpasswd: file,
             anonymous,
             users,
+            check_concurrency: None,
         };
         Access::new(settings, &Registry::new()).unwrap()
     }
@@ -770,6 +777,7 @@ mod tests {
             htpasswd: file.clone(),
             anonymous: vec![],
             users: vec![],
+            check_concurrency: None,
         };
         let e = Access::new(settings, &Registry::new()).unwrap_err();
         assert!(e.to_string().contains("line 2"), "{e}");
