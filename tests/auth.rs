@@ -261,6 +261,17 @@ async fn anonymous_upstreams_are_open_and_the_rest_still_needs_a_login() {
         &b.get("/v2/private.test/app/manifests/1").await,
         "private, anonymous",
     );
+    // Empty Basic credentials (podman and skopeo holding none for berth) are anonymous.
+    let empty = "Basic Og==";
+    assert_eq!(
+        get_as(&b, "/v2/app/manifests/1", Some(empty)).await.status,
+        200
+    );
+    assert_challenge(
+        &get_as(&b, "/v2/private.test/app/manifests/1", Some(empty)).await,
+        "private, empty credentials",
+    );
+    assert_eq!(attempts(&b, "malformed").await, 0);
     // Credentials berth does not know (dockerd sends Docker Hub's to a mirror) pull through an
     // anonymous upstream as anonymous; elsewhere, `/v2/` included, they are refused.
     let hub = basic("hub-user", "hub-token");
@@ -281,7 +292,7 @@ async fn anonymous_upstreams_are_open_and_the_rest_still_needs_a_login() {
     assert_eq!(
         b.counter("berth_auth_denials_total{reason=\"login_required\"}")
             .await,
-        2
+        3
     );
 }
 

@@ -438,15 +438,18 @@ fn podman(via: Via) {
 // client login ([auth])
 
 /// berth with `[auth]`: `ci` may pull through both upstreams, `alice` only through docker.io
-/// (quay.io lists `users = ["ci"]`).
-fn login_env() -> Env {
-    Env::start_with(Via::Berth, |dir| {
+/// (quay.io lists `users = ["ci"]`); `auth_extra` goes into `[auth]`.
+fn login_env(auth_extra: &'static str) -> Env {
+    Env::start_with(Via::Berth, move |dir| {
         let file = dir.join("htpasswd");
         // Cost 5, what `htpasswd -B` writes by default.
         let entry = |u: &str, p: &str| format!("{u}:{}\n", bcrypt::hash(p, 5).unwrap());
         std::fs::write(&file, entry("ci", "ci-pw") + &entry("alice", "alice-pw")).unwrap();
         BerthExtra {
-            tables: format!("\n[auth]\nhtpasswd = \"{}\"\n", file.display()),
+            tables: format!(
+                "\n[auth]\nhtpasswd = \"{}\"\n{auth_extra}\n",
+                file.display()
+            ),
             upstream: vec![("quay.io", "users = [\"ci\"]".into())],
         }
     })
@@ -464,7 +467,7 @@ fn assert_refused(e: &str, want: &str) {
 #[test]
 #[ignore = "end-to-end: needs tests/install-deps.sh; run by tests/run.sh"]
 fn login_skopeo_with_src_creds() {
-    let env = login_env();
+    let env = login_env("");
     let flannel = seed::image("coreos/flannel");
     let busybox = seed::image("library/busybox");
     let copy = |name: &str, creds: Option<&str>, out: &str| {
@@ -513,7 +516,7 @@ fn login_skopeo_with_src_creds() {
 #[test]
 #[ignore = "end-to-end: needs tests/install-deps.sh; run by tests/run.sh"]
 fn login_podman_login_then_pull() {
-    let env = login_env();
+    let env = login_env("");
     let d = env.dir().join("pm");
     std::fs::create_dir_all(&d).unwrap();
     let conf = d.join("registries.conf");
@@ -603,6 +606,75 @@ fn login_podman_login_then_pull() {
     env.assert_cached(img, "amd64");
 }
 
+/// `docker login` against berth checks the password at `/v2/`, and a pull by berth's own name
+/// uses it. skopeo without credentials pulls through the anonymous upstream (containers/image
+/// answers a Basic challenge it has no credentials for with empty ones).
+#[test]
+#[ignore = "end-to-end: needs tests/install-deps.sh and root; run by tests/run.sh"]
+fn login_docker_login_and_anonymous_upstream() {
+    let env = login_env("anonymous_upstreams = [\"docker.io\"]");
+    let busybox = seed::image("library/busybox");
+    let mut cmd = Command::new("skopeo");
+    env.client_env(&mut cmd);
+    let out = env.dir().join("anonymous-hub");
+    cmd.arg("--policy")
+        .arg(&env.policy)
+        .args(["copy", "-q", "--src-tls-verify=false"])
+        .arg(format!(
+            "docker://{}/docker.io/library/busybox:latest",
+            env.berth_addr()
+        ))
+        .arg(format!("dir:{}", out.display()));
+    proc::run(&mut cmd, PULL_LIMIT);
+    let case = Case {
+        name: "docker.io/library/busybox:latest".into(),
+        image: busybox,
+        all: false,
+    };
+    check_dir(&out, &case);
+    // skopeo answered the challenge with empty credentials: anonymous, not a failed login.
+    let metrics = e2e_support::http::get(&env.metrics_addr, "/metrics", None).unwrap();
+    let text = String::from_utf8_lossy(&metrics.body).into_owned();
+    let attempts: u64 = text
+        .lines()
+        .filter(|l| l.starts_with("berth_auth_attempts_total"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum();
+    assert_eq!(attempts, 0, "{text}");
+
+    let (mut daemon, docker) = start_dockerd(&env);
+    wait_client(&mut daemon, || docker(&["version"]));
+    let berth = env.berth_addr();
+    let flannel = format!("{berth}/quay.io/coreos/flannel:v0.11.0");
+    let e = proc::try_run(&mut docker(&["pull", "-q", &flannel]), PULL_LIMIT).unwrap_err();
+    assert_refused(&e, "no basic auth credentials");
+    let login = |user: &str, password: &str| {
+        proc::try_run(
+            &mut docker(&["login", "-u", user, "-p", password, berth]),
+            PULL_LIMIT,
+        )
+    };
+    let e = login("ci", "wrong").unwrap_err();
+    assert_refused(&e, "unauthorized");
+    let out = login("ci", "ci-pw").unwrap_or_else(|e| panic!("{e}"));
+    assert!(out.contains("Login Succeeded"), "{out}");
+    proc::run(&mut docker(&["pull", "-q", &flannel]), PULL_LIMIT);
+    let img = seed::image("coreos/flannel");
+    let digests = proc::run(
+        &mut docker(&[
+            "image",
+            "inspect",
+            "--format",
+            "{{json .RepoDigests}}",
+            &flannel,
+        ]),
+        PULL_LIMIT,
+    );
+    assert!(digests.contains(&img.top.digest), "{digests}");
+    env.assert_cached(img, "amd64");
+    drop(daemon);
+}
+
 // ---------------------------------------------------------------------------------------------
 // dockerd
 
@@ -618,8 +690,9 @@ fn dockerd_registry_direct() {
     dockerd(Via::Registry);
 }
 
-fn dockerd(via: Via) {
-    let env = Env::start(via);
+/// A throwaway dockerd whose `registry-mirrors` is berth (or the registry), and a `docker`
+/// command for it.
+fn start_dockerd(env: &Env) -> (Proc, impl Fn(&[&str]) -> Command + '_) {
     let d = env.dir().join("dk");
     std::fs::create_dir_all(&d).unwrap();
     let sock = format!("unix://{}", d.join("d.sock").display());
@@ -654,14 +727,14 @@ fn dockerd(via: Via) {
             "--bridge=none",
             "--ip-forward=false",
         ]);
-    let mut daemon = Proc::spawn("dockerd", cmd, env.dir());
+    let daemon = Proc::spawn("dockerd", cmd, env.dir());
     // The docker.io package's client matches the daemon; another `docker` may come first in PATH.
     let cli = if Path::new("/usr/bin/docker").exists() {
         "/usr/bin/docker"
     } else {
         "docker"
     };
-    let docker = |args: &[&str]| {
+    let docker = move |args: &[&str]| {
         let mut cmd = Command::new(cli);
         env.client_env(&mut cmd);
         cmd.env("DOCKER_CONFIG", d.join("cli"))
@@ -669,6 +742,12 @@ fn dockerd(via: Via) {
             .args(args);
         cmd
     };
+    (daemon, docker)
+}
+
+fn dockerd(via: Via) {
+    let env = Env::start(via);
+    let (mut daemon, docker) = start_dockerd(&env);
     wait_client(&mut daemon, || docker(&["version"]));
 
     let img = seed::image("library/alpine");

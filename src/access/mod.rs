@@ -30,11 +30,12 @@
 //! - The policy (anonymous upstreams, each upstream's `users`) is by upstream slot, and a reload
 //!   replaces it whole (`reload` swaps it before the upstream set); a slot it was not told of
 //!   is refused to everyone.
+//! - Empty Basic credentials (`Basic Og==`) are an anonymous client: containers/image (podman,
+//!   skopeo) answers a Basic challenge it holds no credentials for with them.
 //! - A refused login pulls through an anonymous upstream as an anonymous client would (it may
-//!   anyway). This is for dockerd: with `registry-mirrors` it never sends a mirror's own
-//!   credentials but may send Docker Hub's (moby/moby#30880, #42022), and refusing those would
-//!   send every such pull past the mirror to Docker Hub. Everywhere else, `/v2/` included, the
-//!   refusal stands (401, or 429 when throttled).
+//!   anyway): a client may hold credentials for berth's host that berth does not know (dockerd
+//!   sends Docker Hub's to a mirror, moby/moby#42022). Everywhere else, `/v2/`
+//!   included, the refusal stands (401, or 429 when throttled).
 //!
 //! Trade-off: Basic, not Docker's token flow. docker, podman, skopeo and containerd all answer a
 //! `Basic` challenge with the stored credentials on every request, which is one round trip fewer
@@ -310,6 +311,11 @@ impl Access {
         let Some(header) = header else {
             return Principal::Anonymous;
         };
+        // containers/image (podman, skopeo) answers a Basic challenge it holds no credentials
+        // for with empty ones: that is an anonymous client, not a failed login.
+        if is_empty_basic(header) {
+            return Principal::Anonymous;
+        }
         let Some((user, password)) = basic_credentials(header) else {
             self.metrics
                 .attempts
@@ -542,6 +548,18 @@ pub fn basic_credentials(header: &HeaderValue) -> Option<(String, Secret)> {
     Some((user.to_owned(), Secret::new(password)))
 }
 
+/// `Basic` with an empty user and password (`Basic Og==`).
+fn is_empty_basic(header: &HeaderValue) -> bool {
+    let Some((scheme, encoded)) = header.to_str().ok().and_then(|v| v.trim().split_once(' '))
+    else {
+        return false;
+    };
+    scheme.eq_ignore_ascii_case("basic")
+        && base64::engine::general_purpose::STANDARD
+            .decode(encoded.trim())
+            .is_ok_and(|d| d == b":")
+}
+
 /// The `Authorization` value for `user` and `password` (for `berth warm`).
 pub fn basic_header(user: &str, password: &Secret) -> String {
     let raw = format!("{user}:{}", password.expose());
@@ -751,6 +769,11 @@ mod tests {
             (3, 1, 1)
         );
         assert!(matches!(a.authenticate(None).await, Principal::Anonymous));
+        let empty = header("Basic Og==");
+        assert!(matches!(
+            a.authenticate(Some(&empty)).await,
+            Principal::Anonymous
+        ));
         let e = refused(a.authenticate(Some(&header("Bearer x"))).await);
         assert_eq!(e.status.as_u16(), 401);
         assert_eq!(outcome("malformed"), 1);
