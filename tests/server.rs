@@ -147,11 +147,25 @@ async fn bad_input_gets_oci_errors_and_no_upstream_traffic() {
             400,
             "NAME_INVALID",
         ),
+        // Neither a tag nor a digest: no such manifest (what the OCI conformance suite expects).
         (
             "GET",
             "/v2/quay.io/x/manifests/-tag".to_owned(),
+            404,
+            "MANIFEST_UNKNOWN",
+        ),
+        (
+            "GET",
+            "/v2/quay.io/x/manifests/.INVALID_MANIFEST_NAME".to_owned(),
+            404,
+            "MANIFEST_UNKNOWN",
+        ),
+        // Shaped like a digest but not a valid one: the client's digest is wrong, and says so.
+        (
+            "GET",
+            "/v2/quay.io/x/manifests/sha256:123".to_owned(),
             400,
-            "TAG_INVALID",
+            "DIGEST_INVALID",
         ),
         (
             "GET",
@@ -207,6 +221,19 @@ async fn bad_input_gets_oci_errors_and_no_upstream_traffic() {
             "detail in {r}"
         );
     }
+    b.assert_upstream_untouched();
+}
+
+#[tokio::test]
+async fn a_reference_that_is_neither_tag_nor_digest_is_an_unknown_manifest_for_head_too() {
+    let b = start("").await;
+    let r = get(
+        b.addr,
+        "HEAD",
+        "/v2/quay.io/x/manifests/.INVALID_MANIFEST_NAME",
+    )
+    .await;
+    assert_eq!(status(&r), 404, "{r}");
     b.assert_upstream_untouched();
 }
 

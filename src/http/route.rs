@@ -19,7 +19,7 @@ use std::collections::HashMap;
 use http::Method;
 
 use crate::config::UpstreamConfig;
-use crate::error::Error;
+use crate::error::{Code, Error};
 use crate::oci::{Digest, Reference, RepoName, Tag};
 
 /// Largest `n` accepted on a tag list.
@@ -145,7 +145,7 @@ pub fn parse(
     match tail {
         Tail::Manifest(r) => Ok(Route::Manifest {
             target,
-            reference: r.parse()?,
+            reference: manifest_reference(r)?,
         }),
         Tail::Blob(d) => Ok(Route::Blob {
             target,
@@ -169,6 +169,21 @@ pub fn parse(
             Ok(Route::TagsList { target, n, last })
         }
     }
+}
+
+/// A manifest reference. One that is neither a tag nor shaped like a digest names no manifest:
+/// `404 MANIFEST_UNKNOWN`, as the Distribution registry answers (its router matches no such path)
+/// and the OCI conformance suite expects. One with a `:` is a digest the client got wrong (bad
+/// encoding, unsupported algorithm): `400 DIGEST_INVALID`, which tells that client what to fix,
+/// the answer blob routes give, and the registry's own for a digest it cannot parse.
+fn manifest_reference(r: &str) -> Result<Reference, Error> {
+    r.parse().map_err(|e: Error| match e.code {
+        Code::TagInvalid => Error::manifest_unknown(format!(
+            "{:?} is neither a tag nor a digest",
+            clip(r)
+        )),
+        _ => e,
+    })
 }
 
 fn check_method(method: &Method) -> Result<(), Error> {
@@ -270,7 +285,6 @@ fn clip(s: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::error::Code;
 
     fn hosts() -> Hosts {
         let cfg = crate::config::Config::parse(
@@ -388,10 +402,14 @@ mod tests {
             get("/v2/x/blobs/sha256:xyz", None).unwrap_err().code,
             Code::DigestInvalid
         );
-        assert_eq!(
-            get("/v2/x/manifests/-bad", None).unwrap_err().code,
-            Code::TagInvalid
-        );
+        for bad in ["-bad", ".INVALID_MANIFEST_NAME", &"a".repeat(129)] {
+            let e = get(&format!("/v2/x/manifests/{bad}"), None).unwrap_err();
+            assert_eq!((e.code, e.status.as_u16()), (Code::ManifestUnknown, 404));
+        }
+        for bad in ["sha256:zz", "md5:abc", "sha256:"] {
+            let e = get(&format!("/v2/x/manifests/{bad}"), None).unwrap_err();
+            assert_eq!((e.code, e.status.as_u16()), (Code::DigestInvalid, 400));
+        }
         assert_eq!(
             get("/v2/X/manifests/latest", None).unwrap_err().code,
             Code::NameInvalid
