@@ -676,6 +676,16 @@ impl Mirror {
         n: Option<u32>,
         last: Option<&Tag>,
     ) -> Result<TagsReply, Error> {
+        if n == Some(0) {
+            // The spec's answer to a page of none: an empty list and no next page. Upstreams
+            // disagree (some treat 0 as "no limit" and send tags), so it is not asked.
+            let body = serde_json::json!({ "name": target.name.as_str(), "tags": [] });
+            return Ok(TagsReply {
+                content_type: Some(HeaderValue::from_static("application/json")),
+                link: None,
+                body: Bytes::from(body.to_string()),
+            });
+        }
         let up = &self.upstreams[target.upstream];
         let query = {
             let mut q = url::form_urlencoded::Serializer::new(String::new());
