@@ -179,7 +179,8 @@ pub struct UpstreamConfig {
     /// How many times one blob fill asks again, with `Range: bytes=<received>-`, after its body
     /// broke off (closed, reset, stalled), backing off as `retries` do (0: a broken body fails the
     /// fill). Counted per fill, not per stretch of progress, so an upstream that always breaks
-    /// cannot keep a fill alive forever.
+    /// cannot keep a fill alive forever. A resume that breaks off again without a byte is not
+    /// resumed again (so about two `stall_timeout`s without a byte, at most).
     #[serde(default = "default_resume_attempts")]
     pub resume_attempts: u32,
     /// PEM bundle of extra root certificates trusted for this upstream (a private registry's CA),

@@ -830,6 +830,9 @@ impl FillJob {
         // Resumes so far, and the bytes at the start of the current body the fill already has
         // (after an upstream answered a range request with the whole blob).
         let (mut resumes, mut skip) = (0u32, 0u64);
+        // Where the last resume started: a body that breaks off again with nothing new since
+        // then is not resumed again (see `resume`).
+        let mut resumed_at: Option<u64> = None;
         loop {
             if writing.is_none() && !queue.is_empty() {
                 let mut p = pending.take().expect("pending is home when no write runs");
@@ -866,7 +869,9 @@ impl FillJob {
                         // A write already started goes on meanwhile on its blocking threads; its
                         // end is picked up once the resume has an answer.
                         Err(cause) => {
-                            (resp, skip) = self.resume(&mut resumes, received, total, cause).await?;
+                            let idle = resumed_at == Some(received);
+                            resumed_at = Some(received);
+                            (resp, skip) = self.resume(&mut resumes, received, total, idle, cause).await?;
                             continue;
                         }
                     };
@@ -933,15 +938,32 @@ impl FillJob {
     /// its first bytes the fill already has (all `received` of them when the upstream ignored the
     /// range and sent the whole blob). A refusal or a range that does not continue the blob ends
     /// the fill; a resume request that fails in transit uses up an attempt and is tried again.
+    ///
+    /// `idle`: the body that broke off was the last resume's, and it brought no byte. That one is
+    /// not resumed again: an upstream that answers and then sends nothing would otherwise keep
+    /// every client waiting a full `stall_timeout` per attempt, with nothing to show for it. So a
+    /// client waits at most about two stall timeouts (the first stall, one resume) without a byte,
+    /// while a resume that made progress earns the next one, up to `resume_attempts`.
     async fn resume(
         &self,
         done: &mut u32,
         received: u64,
         total: Option<u64>,
+        idle: bool,
         mut cause: Error,
     ) -> Result<(UpstreamResponse, u64), Error> {
         let limit = self.up.config().resume_attempts;
         let up = self.up.name();
+        if idle && limit > 0 {
+            self.metrics
+                .resumes
+                .with_label_values(&[up, "failed"])
+                .inc();
+            tracing::warn!(upstream = up, repo = %self.name, digest = %self.digest, received, error = %cause, "a resumed blob download broke off again without a byte; giving up");
+            let d = cause.detail.take().unwrap_or_default();
+            cause.detail = Some(format!("{d} (the last resume brought no byte)"));
+            return Err(cause);
+        }
         loop {
             if *done >= limit {
                 if limit == 0 {
