@@ -816,6 +816,7 @@ impl FillJob {
         let pending = self
             .store
             .begin(&self.digest, total, tx.clone())
+            .await
             .map_err(|e| {
                 self.write_failed(&e);
                 Error::io("starting blob fill", &e)

@@ -143,7 +143,10 @@ async fn blob_bodies_that_went_out_whole_are_complete_and_broken_ones_are_not() 
     let layer = random_bytes(300_000, 7);
     let blob = fake.put_blob("team/app", layer);
     let broken = fake.put_blob("team/app", random_bytes(200_000, 8));
-    fake.fault(&format!("/v2/team/app/blobs/{broken}"), Fault::CloseAfter(1000));
+    fake.fault(
+        &format!("/v2/team/app/blobs/{broken}"),
+        Fault::CloseAfter(1000),
+    );
     let path = format!("/v2/team/app/blobs/{blob}");
     let broken_path = format!("/v2/team/app/blobs/{broken}");
     let out = lines_with(

@@ -178,10 +178,9 @@ pub fn parse(
 /// the answer blob routes give, and the registry's own for a digest it cannot parse.
 fn manifest_reference(r: &str) -> Result<Reference, Error> {
     r.parse().map_err(|e: Error| match e.code {
-        Code::TagInvalid => Error::manifest_unknown(format!(
-            "{:?} is neither a tag nor a digest",
-            clip(r)
-        )),
+        Code::TagInvalid => {
+            Error::manifest_unknown(format!("{:?} is neither a tag nor a digest", clip(r)))
+        }
         _ => e,
     })
 }
