@@ -157,6 +157,35 @@ impl ByteRange {
     }
 }
 
+/// A `Content-Range: bytes <first>-<last>/<size>` of a 206, as an upstream sent it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ContentRange {
+    pub first: u64,
+    /// Inclusive, and never before `first`.
+    pub last: u64,
+    /// `None` for `*` (size unknown to the sender).
+    pub size: Option<u64>,
+}
+
+impl ContentRange {
+    /// Parses a satisfied byte range; `None` for anything else (an unsatisfied `bytes */n`, a
+    /// span that runs backwards or past the size, other units, garbage).
+    pub fn parse(value: &str) -> Option<ContentRange> {
+        let (span, size) = value.trim().strip_prefix("bytes ")?.split_once('/')?;
+        let (a, b) = span.split_once('-')?;
+        let (first, last): (u64, u64) = (a.trim().parse().ok()?, b.trim().parse().ok()?);
+        let size = match size.trim() {
+            "*" => None,
+            n => Some(n.parse::<u64>().ok()?),
+        };
+        (first <= last && size.is_none_or(|s| last < s)).then_some(ContentRange {
+            first,
+            last,
+            size,
+        })
+    }
+}
+
 /// A blob answer: headers now, bytes as they come.
 pub struct BlobReply {
     pub digest: Digest,
@@ -1039,22 +1068,13 @@ fn continuation(
     match status {
         StatusCode::PARTIAL_CONTENT => {
             let raw = header_str(headers, "content-range").unwrap_or("");
-            let bad = || format!("206 with an unusable Content-Range {raw:?}");
-            let (span, size) = raw
-                .trim()
-                .strip_prefix("bytes ")
-                .and_then(|r| r.split_once('/'))
-                .ok_or_else(bad)?;
-            let (a, b) = span.split_once('-').ok_or_else(bad)?;
-            let (a, b): (u64, u64) = (
-                a.trim().parse().map_err(|_| bad())?,
-                b.trim().parse().map_err(|_| bad())?,
-            );
-            let size: Option<u64> = match size.trim() {
-                "*" => None,
-                n => Some(n.parse().map_err(|_| bad())?),
-            };
-            if a != received || b < a {
+            let ContentRange {
+                first: a,
+                last: b,
+                size,
+            } = ContentRange::parse(raw)
+                .ok_or_else(|| format!("206 with an unusable Content-Range {raw:?}"))?;
+            if a != received {
                 return Err(format!("206 for {raw:?}, not from byte {received}"));
             }
             if let (Some(t), Some(s)) = (total, size)
@@ -1168,6 +1188,27 @@ mod tests {
             ByteRange::Suffix(0).resolve(10).unwrap_err().status,
             StatusCode::RANGE_NOT_SATISFIABLE
         );
+    }
+
+    #[test]
+    fn content_ranges() {
+        let cr = |first, last, size| Some(ContentRange { first, last, size });
+        assert_eq!(ContentRange::parse("bytes 0-0/1"), cr(0, 0, Some(1)));
+        assert_eq!(ContentRange::parse(" bytes 40-99/* "), cr(40, 99, None));
+        assert_eq!(ContentRange::parse("bytes 1 - 2 / 3"), cr(1, 2, Some(3)));
+        for bad in [
+            "bytes 5-4/10",
+            "bytes 0-10/10",
+            "bytes */10",
+            "bytes 0-1/x",
+            "bytes -1-2/3",
+            "bytes 0-1",
+            "items 0-1/2",
+            "bytes 0-18446744073709551616/*",
+            "",
+        ] {
+            assert_eq!(ContentRange::parse(bad), None, "{bad:?}");
+        }
     }
 
     #[test]
