@@ -147,7 +147,9 @@ impl ByteRange {
         let span = match self {
             ByteRange::From(a, _) if a >= total => None,
             ByteRange::From(a, b) => Some((a, b.map_or(total, |b| b.saturating_add(1).min(total)))),
+            // RFC 9110: a suffix of nothing, or of an empty blob, selects no byte.
             ByteRange::Suffix(0) => None,
+            ByteRange::Suffix(_) if total == 0 => None,
             ByteRange::Suffix(n) => Some((total.saturating_sub(n), total)),
         };
         span.ok_or_else(|| {
@@ -1188,6 +1190,86 @@ mod tests {
             ByteRange::Suffix(0).resolve(10).unwrap_err().status,
             StatusCode::RANGE_NOT_SATISFIABLE
         );
+    }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn byte_range() -> impl Strategy<Value = ByteRange> {
+            prop_oneof![
+                (any::<u64>(), proptest::option::of(any::<u64>()))
+                    .prop_map(|(a, b)| { ByteRange::From(a, b.map(|b| b.max(a))) }),
+                (0u64..1000, proptest::option::of(0u64..1000))
+                    .prop_map(|(a, b)| ByteRange::From(a, b.map(|b| b.max(a)))),
+                any::<u64>().prop_map(ByteRange::Suffix),
+                (0u64..1000).prop_map(ByteRange::Suffix),
+            ]
+        }
+
+        fn header(r: ByteRange) -> String {
+            match r {
+                ByteRange::From(a, Some(b)) => format!("bytes={a}-{b}"),
+                ByteRange::From(a, None) => format!("bytes={a}-"),
+                ByteRange::Suffix(n) => format!("bytes=-{n}"),
+            }
+        }
+
+        proptest! {
+            #[test]
+            fn a_resolved_span_is_inside_the_blob_and_not_empty_or_a_416(
+                r in byte_range(),
+                total in prop_oneof![Just(0u64), 0u64..1000, any::<u64>()],
+            ) {
+                prop_assert_eq!(ByteRange::parse(&header(r)), Some(r));
+                match r.resolve(total) {
+                    Ok((start, end)) => {
+                        prop_assert!(start < end && end <= total, "{:?} of {} -> {}..{}", r, total, start, end);
+                        if let ByteRange::From(a, _) = r {
+                            prop_assert_eq!(start, a);
+                        }
+                    }
+                    Err(e) => {
+                        prop_assert_eq!(e.status, StatusCode::RANGE_NOT_SATISFIABLE);
+                        prop_assert_eq!(e.range_size, Some(total));
+                        // Only a start past the end or an empty suffix is unsatisfiable.
+                        prop_assert!(
+                            matches!(r, ByteRange::From(a, _) if a >= total)
+                                || matches!(r, ByteRange::Suffix(0))
+                                || total == 0
+                        );
+                    }
+                }
+            }
+
+            #[test]
+            fn range_headers_never_panic(value in "[ -~]{0,40}", total in any::<u64>()) {
+                if let Some(r) = ByteRange::parse(&value) {
+                    let _ = r.resolve(total);
+                }
+                if let Some(c) = ContentRange::parse(&value) {
+                    prop_assert!(c.first <= c.last && c.size.is_none_or(|s| c.last < s));
+                }
+            }
+
+            #[test]
+            fn a_content_range_of_a_continuation_is_accepted(received in 0u64..1 << 40, rest in 1u64..1 << 40) {
+                let total = received + rest;
+                let v = format!("bytes {received}-{}/{total}", total - 1);
+                let mut h = HeaderMap::new();
+                h.insert("content-range", HeaderValue::from_str(&v).unwrap());
+                prop_assert_eq!(continuation(StatusCode::PARTIAL_CONTENT, &h, received, Some(total)), Ok(0));
+            }
+        }
+    }
+
+    #[test]
+    fn a_suffix_of_an_empty_blob_is_unsatisfiable() {
+        // Found by the range property: `bytes=-5` of 0 bytes was the empty span 0..0, sent as
+        // `206` with `Content-Range: bytes 0--1/0`.
+        let e = ByteRange::Suffix(5).resolve(0).unwrap_err();
+        assert_eq!(e.status, StatusCode::RANGE_NOT_SATISFIABLE);
+        assert_eq!(e.range_size, Some(0));
     }
 
     #[test]
