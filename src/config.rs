@@ -504,8 +504,12 @@ impl Config {
     }
 }
 
-/// The admin token from `token_file` or `token_env`: exactly one of them, not empty. On error, the
-/// key and the reason.
+/// Shortest admin token accepted: 32 bytes (`openssl rand -hex 32` gives 64) put guessing it out of
+/// reach; a shorter one is refused at startup rather than guarded by a rate limit.
+pub const MIN_ADMIN_TOKEN_BYTES: usize = 32;
+
+/// The admin token from `token_file` or `token_env`: exactly one of them, at least
+/// [`MIN_ADMIN_TOKEN_BYTES`] long. On error, the key and the reason.
 fn read_admin_token(a: &AdminConfig) -> Result<Secret, (&'static str, String)> {
     let token = match (&a.token_file, &a.token_env) {
         (Some(_), Some(_)) => {
@@ -536,13 +540,22 @@ fn read_admin_token(a: &AdminConfig) -> Result<Secret, (&'static str, String)> {
             )
         })?,
     };
+    let key = if a.token_file.is_some() {
+        "admin.token_file"
+    } else {
+        "admin.token_env"
+    };
     if token.trim().is_empty() {
-        let key = if a.token_file.is_some() {
-            "admin.token_file"
-        } else {
-            "admin.token_env"
-        };
         return Err((key, "the token is empty".into()));
+    }
+    let len = token.trim().len();
+    if len < MIN_ADMIN_TOKEN_BYTES {
+        return Err((
+            key,
+            format!(
+                "the token has {len} bytes; at least {MIN_ADMIN_TOKEN_BYTES} are needed (e.g. `openssl rand -hex 32`)"
+            ),
+        ));
     }
     // Surrounding white space never counts, from a file or the environment, as in the request's
     // `Authorization` header.
