@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # Installs what the end-to-end suite (tests/e2e.rs) and the benchmarks need, from Debian's apt:
 # the Distribution registry, the clients that pull through berth (skopeo, containerd's ctr, podman,
-# dockerd), nginx and the load tools. Idempotent: does nothing when everything is there; otherwise
+# dockerd), nginx and the load tools, and a C++ compiler for libFuzzer (fuzz/run.sh). Idempotent: does nothing when everything is there; otherwise
 # needs root, runs `apt-get update` once and installs what is missing. Quiet unless it fails.
 set -euo pipefail
 
-packages=(docker-registry skopeo containerd podman docker.io nginx-light wrk apache2-utils jq uidmap procps)
-commands=(docker-registry skopeo containerd ctr podman dockerd docker nginx wrk ab jq newuidmap kill)
+packages=(docker-registry skopeo containerd podman docker.io nginx-light wrk apache2-utils jq uidmap procps g++)
+commands=(docker-registry skopeo containerd ctr podman dockerd docker nginx wrk ab jq newuidmap kill c++)
 
 missing=()
 for p in "${packages[@]}"; do
