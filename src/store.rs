@@ -21,7 +21,10 @@
 //! Disk use then stays within `max_size` plus the fills of unknown size (and those refused room
 //! because everything else is in use: they are written all the same, and ask again at commit,
 //! where one that still does not fit is served but not kept). A fill that fails gives its
-//! reservation back; one that commits turns it into the blob's entry.
+//! reservation back; one that commits turns it into the blob's entry. The price: a miss that has
+//! to make room waits for those unlinks before its first byte, and a burst of concurrent fills
+//! holds room for all of them at once, so under `max_size` pressure more of them end served but
+//! not kept than when room was counted only at commit.
 //!
 //! A full disk does not fail a fill: when a write hits ENOSPC (or a quota), the caller switches the
 //! fill to [`PendingBlob::pass_through`]. The temp file is deleted (its bytes so far stay readable
