@@ -13,7 +13,10 @@ fuzz_target!(|data: &[u8]| {
         for c in challenges {
             assert!(!c.scheme.is_empty());
             for (name, _) in &c.params {
-                assert!(!name.is_empty() && *name == name.to_ascii_lowercase(), "{c:?}");
+                assert!(
+                    !name.is_empty() && *name == name.to_ascii_lowercase(),
+                    "{c:?}"
+                );
             }
         }
     }
