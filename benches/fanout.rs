@@ -77,7 +77,8 @@ fn bench(c: &mut Criterion) {
                                     })
                                     .collect();
                                 let start = Instant::now();
-                                let mut p = store.begin(&digest, Some(SIZE as u64), tx).unwrap();
+                                let mut p =
+                                    store.begin(&digest, Some(SIZE as u64), tx).await.unwrap();
                                 let chunks = chunks.clone();
                                 let writer = tokio::spawn(async move {
                                     let feed = p.feed();

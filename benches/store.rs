@@ -51,7 +51,7 @@ fn bench(c: &mut Criterion) {
             |(dir, store)| {
                 rt.block_on(async {
                     let (tx, _rx) = watch::channel(FillState::Pending);
-                    let mut p = store.begin(&digest, Some(SIZE as u64), tx).unwrap();
+                    let mut p = store.begin(&digest, Some(SIZE as u64), tx).await.unwrap();
                     for batch in chunks.chunks(BATCH / CHUNK) {
                         p.write_all(batch.to_vec()).await.unwrap();
                     }
@@ -73,7 +73,7 @@ fn bench(c: &mut Criterion) {
             |(dir, store)| {
                 rt.block_on(async {
                     let (tx, _rx) = watch::channel(FillState::Pending);
-                    let mut p = store.begin(&digest, Some(SIZE as u64), tx).unwrap();
+                    let mut p = store.begin(&digest, Some(SIZE as u64), tx).await.unwrap();
                     for batch in chunks.chunks(BATCH / CHUNK) {
                         p.write_all(batch.to_vec()).await.unwrap();
                     }

@@ -61,6 +61,19 @@ pub struct ServerConfig {
     /// On SIGTERM/SIGINT, running transfers get this long to finish.
     #[serde(default = "default_shutdown_grace", with = "duration")]
     pub shutdown_grace: Duration,
+    /// Most client connections served at once on the registry listener; beyond it new connections
+    /// wait in the kernel's accept backlog until one closes (transfers under way go on).
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// HTTP/2: a PING goes out after this long without a frame from the client...
+    #[serde(default = "default_http2_keepalive_interval", with = "duration")]
+    pub http2_keepalive_interval: Duration,
+    /// ...and a client that does not answer it within this long is disconnected.
+    #[serde(default = "default_http2_keepalive_timeout", with = "duration")]
+    pub http2_keepalive_timeout: Duration,
+    /// HTTP/2: most requests (streams) in flight on one connection.
+    #[serde(default = "default_http2_max_concurrent_streams")]
+    pub http2_max_concurrent_streams: u32,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -242,7 +255,8 @@ pub struct UpstreamConfig {
     /// How many times one blob fill asks again, with `Range: bytes=<received>-`, after its body
     /// broke off (closed, reset, stalled), backing off as `retries` do (0: a broken body fails the
     /// fill). Counted per fill, not per stretch of progress, so an upstream that always breaks
-    /// cannot keep a fill alive forever.
+    /// cannot keep a fill alive forever. A resume that breaks off again without a byte is not
+    /// resumed again (so about two `stall_timeout`s without a byte, at most).
     #[serde(default = "default_resume_attempts")]
     pub resume_attempts: u32,
     /// PEM bundle of extra root certificates trusted for this upstream (a private registry's CA),
@@ -320,6 +334,10 @@ impl Default for ServerConfig {
             header_read_timeout: default_header_read_timeout(),
             max_headers: default_max_headers(),
             shutdown_grace: default_shutdown_grace(),
+            max_connections: default_max_connections(),
+            http2_keepalive_interval: default_http2_keepalive_interval(),
+            http2_keepalive_timeout: default_http2_keepalive_timeout(),
+            http2_max_concurrent_streams: default_http2_max_concurrent_streams(),
         }
     }
 }
@@ -458,10 +476,23 @@ impl Config {
                 ),
             ));
         }
-        if self.server.max_headers == 0 {
+        for (key, n) in [
+            ("server.max_headers", self.server.max_headers),
+            ("server.max_connections", self.server.max_connections),
+            (
+                "server.http2_max_concurrent_streams",
+                self.server.http2_max_concurrent_streams as usize,
+            ),
+        ] {
+            if n == 0 {
+                return Err(err(key.into(), "must be at least 1".into()));
+            }
+        }
+        // tokio's semaphore holds at most usize::MAX >> 3 permits.
+        if self.server.max_connections > 1 << 24 {
             return Err(err(
-                "server.max_headers".into(),
-                "must be at least 1".into(),
+                "server.max_connections".into(),
+                "must be at most 16777216".into(),
             ));
         }
         self.admin.token = match self.admin.enabled {
@@ -644,8 +675,12 @@ impl Config {
     }
 }
 
-/// The admin token from `token_file` or `token_env`: exactly one of them, not empty. On error, the
-/// key and the reason.
+/// Shortest admin token accepted: 32 bytes (`openssl rand -hex 32` gives 64) put guessing it out of
+/// reach; a shorter one is refused at startup rather than guarded by a rate limit.
+pub const MIN_ADMIN_TOKEN_BYTES: usize = 32;
+
+/// The admin token from `token_file` or `token_env`: exactly one of them, at least
+/// [`MIN_ADMIN_TOKEN_BYTES`] long. On error, the key and the reason.
 fn read_admin_token(a: &AdminConfig) -> Result<Secret, (&'static str, String)> {
     let token = match (&a.token_file, &a.token_env) {
         (Some(_), Some(_)) => {
@@ -676,13 +711,22 @@ fn read_admin_token(a: &AdminConfig) -> Result<Secret, (&'static str, String)> {
             )
         })?,
     };
+    let key = if a.token_file.is_some() {
+        "admin.token_file"
+    } else {
+        "admin.token_env"
+    };
     if token.trim().is_empty() {
-        let key = if a.token_file.is_some() {
-            "admin.token_file"
-        } else {
-            "admin.token_env"
-        };
         return Err((key, "the token is empty".into()));
+    }
+    let len = token.trim().len();
+    if len < MIN_ADMIN_TOKEN_BYTES {
+        return Err((
+            key,
+            format!(
+                "the token has {len} bytes; at least {MIN_ADMIN_TOKEN_BYTES} are needed (e.g. `openssl rand -hex 32`)"
+            ),
+        ));
     }
     // Surrounding white space never counts, from a file or the environment, as in the request's
     // `Authorization` header.
@@ -758,6 +802,18 @@ fn default_storage_path() -> PathBuf {
 }
 fn default_header_read_timeout() -> Duration {
     Duration::from_secs(10)
+}
+fn default_max_connections() -> usize {
+    4096
+}
+fn default_http2_keepalive_interval() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_http2_keepalive_timeout() -> Duration {
+    Duration::from_secs(20)
+}
+fn default_http2_max_concurrent_streams() -> u32 {
+    256
 }
 fn default_max_headers() -> usize {
     100
@@ -1023,6 +1079,22 @@ mod tests {
             (
                 format!("{base}retry_backoff = \"10s\"\n"),
                 "upstream[0].retry_backoff",
+            ),
+            (
+                "[server]\nmax_connections = 0\n".to_owned() + base,
+                "server.max_connections: must be at least 1",
+            ),
+            (
+                "[server]\nmax_connections = 16777217\n".to_owned() + base,
+                "server.max_connections: must be at most",
+            ),
+            (
+                "[server]\nhttp2_max_concurrent_streams = 0\n".to_owned() + base,
+                "server.http2_max_concurrent_streams",
+            ),
+            (
+                "[server]\nmax_headers = 0\n".to_owned() + base,
+                "server.max_headers",
             ),
         ];
         for (text, key) in cases {

@@ -14,7 +14,9 @@
 //! - a blob that a manifest served in the last `keep_referenced` names ([`Index::pin`]): the
 //!   client that just read the manifest is about to ask for it.
 //!
-//! A blob being written is not in the index at all (it lives in `tmp/` until its commit).
+//! A blob being written is not in the index (it lives in `tmp/` until its commit), but its room is:
+//! a fill whose size is known reserves it when it starts ([`Index::admit`]), so the bytes it is
+//! about to write count against `max_size` before they land on disk.
 //!
 //! Rule of dependency: uses `oci` only; the store owns the files and does the unlinking.
 
@@ -309,6 +311,11 @@ impl Index {
         self.inner.lock().unwrap().bytes
     }
 
+    /// Bytes reserved for blobs being written.
+    pub fn reserved(&self) -> u64 {
+        self.inner.lock().unwrap().reserved
+    }
+
     pub fn len(&self) -> usize {
         self.inner.lock().unwrap().entries.len()
     }
@@ -403,8 +410,9 @@ impl Index {
             .is_some_and(|(high, _)| inner.bytes + inner.reserved > high)
     }
 
-    /// Asks room for a commit of `incoming` bytes. If it takes the cache (with the other commits
-    /// under way) past the high watermark, the least recently used evictable entries are taken out
+    /// Asks room for `incoming` bytes about to be written (a fill starting, or a commit that
+    /// reserved nothing). If it takes the cache (with the other reservations) past the high
+    /// watermark, the least recently used evictable entries are taken out
     /// first, down to the low watermark; the caller removes their files. The room is then
     /// reserved if it fits under `max_size`: the caller ends the reservation with
     /// [`insert_reserved`](Self::insert_reserved) or [`release`](Self::release). Reserving under

@@ -166,12 +166,43 @@ impl ByteRange {
         let span = match self {
             ByteRange::From(a, _) if a >= total => None,
             ByteRange::From(a, b) => Some((a, b.map_or(total, |b| b.saturating_add(1).min(total)))),
+            // RFC 9110: a suffix of nothing, or of an empty blob, selects no byte.
             ByteRange::Suffix(0) => None,
+            ByteRange::Suffix(_) if total == 0 => None,
             ByteRange::Suffix(n) => Some((total.saturating_sub(n), total)),
         };
         span.ok_or_else(|| {
             Error::range_invalid(format!("range not satisfiable for a blob of {total} bytes"))
                 .with_total(total)
+        })
+    }
+}
+
+/// A `Content-Range: bytes <first>-<last>/<size>` of a 206, as an upstream sent it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ContentRange {
+    pub first: u64,
+    /// Inclusive, and never before `first`.
+    pub last: u64,
+    /// `None` for `*` (size unknown to the sender).
+    pub size: Option<u64>,
+}
+
+impl ContentRange {
+    /// Parses a satisfied byte range; `None` for anything else (an unsatisfied `bytes */n`, a
+    /// span that runs backwards or past the size, other units, garbage).
+    pub fn parse(value: &str) -> Option<ContentRange> {
+        let (span, size) = value.trim().strip_prefix("bytes ")?.split_once('/')?;
+        let (a, b) = span.split_once('-')?;
+        let (first, last): (u64, u64) = (a.trim().parse().ok()?, b.trim().parse().ok()?);
+        let size = match size.trim() {
+            "*" => None,
+            n => Some(n.parse::<u64>().ok()?),
+        };
+        (first <= last && size.is_none_or(|s| last < s)).then_some(ContentRange {
+            first,
+            last,
+            size,
         })
     }
 }
@@ -782,6 +813,16 @@ impl Mirror {
         n: Option<u32>,
         last: Option<&Tag>,
     ) -> Result<TagsReply, Error> {
+        if n == Some(0) {
+            // The spec's answer to a page of none: an empty list and no next page. Upstreams
+            // disagree (some treat 0 as "no limit" and send tags), so it is not asked.
+            let body = serde_json::json!({ "name": target.name.as_str(), "tags": [] });
+            return Ok(TagsReply {
+                content_type: Some(HeaderValue::from_static("application/json")),
+                link: None,
+                body: Bytes::from(body.to_string()),
+            });
+        }
         let up = &self.upstream(target.upstream)?;
         let query = {
             let mut q = url::form_urlencoded::Serializer::new(String::new());
@@ -914,6 +955,7 @@ impl FillJob {
         let pending = self
             .store
             .begin(&self.digest, total, tx.clone())
+            .await
             .map_err(|e| {
                 self.write_failed(&e);
                 Error::io("starting blob fill", &e)
@@ -928,6 +970,9 @@ impl FillJob {
         // Resumes so far, and the bytes at the start of the current body the fill already has
         // (after an upstream answered a range request with the whole blob).
         let (mut resumes, mut skip) = (0u32, 0u64);
+        // Where the last resume started: a body that breaks off again with nothing new since
+        // then is not resumed again (see `resume`).
+        let mut resumed_at: Option<u64> = None;
         loop {
             if writing.is_none() && !queue.is_empty() {
                 let mut p = pending.take().expect("pending is home when no write runs");
@@ -964,7 +1009,9 @@ impl FillJob {
                         // A write already started goes on meanwhile on its blocking threads; its
                         // end is picked up once the resume has an answer.
                         Err(cause) => {
-                            (resp, skip) = self.resume(&mut resumes, received, total, cause).await?;
+                            let idle = resumed_at == Some(received);
+                            resumed_at = Some(received);
+                            (resp, skip) = self.resume(&mut resumes, received, total, idle, cause).await?;
                             continue;
                         }
                     };
@@ -1031,15 +1078,32 @@ impl FillJob {
     /// its first bytes the fill already has (all `received` of them when the upstream ignored the
     /// range and sent the whole blob). A refusal or a range that does not continue the blob ends
     /// the fill; a resume request that fails in transit uses up an attempt and is tried again.
+    ///
+    /// `idle`: the body that broke off was the last resume's, and it brought no byte. That one is
+    /// not resumed again: an upstream that answers and then sends nothing would otherwise keep
+    /// every client waiting a full `stall_timeout` per attempt, with nothing to show for it. So a
+    /// client waits at most about two stall timeouts (the first stall, one resume) without a byte,
+    /// while a resume that made progress earns the next one, up to `resume_attempts`.
     async fn resume(
         &self,
         done: &mut u32,
         received: u64,
         total: Option<u64>,
+        idle: bool,
         mut cause: Error,
     ) -> Result<(UpstreamResponse, u64), Error> {
         let limit = self.up.config().resume_attempts;
         let up = self.up.name();
+        if idle && limit > 0 {
+            self.metrics
+                .resumes
+                .with_label_values(&[up, "failed"])
+                .inc();
+            tracing::warn!(upstream = up, repo = %self.name, digest = %self.digest, received, error = %cause, "a resumed blob download broke off again without a byte; giving up");
+            let d = cause.detail.take().unwrap_or_default();
+            cause.detail = Some(format!("{d} (the last resume brought no byte)"));
+            return Err(cause);
+        }
         loop {
             if *done >= limit {
                 if limit == 0 {
@@ -1114,22 +1178,13 @@ fn continuation(
     match status {
         StatusCode::PARTIAL_CONTENT => {
             let raw = header_str(headers, "content-range").unwrap_or("");
-            let bad = || format!("206 with an unusable Content-Range {raw:?}");
-            let (span, size) = raw
-                .trim()
-                .strip_prefix("bytes ")
-                .and_then(|r| r.split_once('/'))
-                .ok_or_else(bad)?;
-            let (a, b) = span.split_once('-').ok_or_else(bad)?;
-            let (a, b): (u64, u64) = (
-                a.trim().parse().map_err(|_| bad())?,
-                b.trim().parse().map_err(|_| bad())?,
-            );
-            let size: Option<u64> = match size.trim() {
-                "*" => None,
-                n => Some(n.parse().map_err(|_| bad())?),
-            };
-            if a != received || b < a {
+            let ContentRange {
+                first: a,
+                last: b,
+                size,
+            } = ContentRange::parse(raw)
+                .ok_or_else(|| format!("206 with an unusable Content-Range {raw:?}"))?;
+            if a != received {
                 return Err(format!("206 for {raw:?}, not from byte {received}"));
             }
             if let (Some(t), Some(s)) = (total, size)
@@ -1468,6 +1523,107 @@ mod tests {
             ByteRange::Suffix(0).resolve(10).unwrap_err().status,
             StatusCode::RANGE_NOT_SATISFIABLE
         );
+    }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn byte_range() -> impl Strategy<Value = ByteRange> {
+            prop_oneof![
+                (any::<u64>(), proptest::option::of(any::<u64>()))
+                    .prop_map(|(a, b)| { ByteRange::From(a, b.map(|b| b.max(a))) }),
+                (0u64..1000, proptest::option::of(0u64..1000))
+                    .prop_map(|(a, b)| ByteRange::From(a, b.map(|b| b.max(a)))),
+                any::<u64>().prop_map(ByteRange::Suffix),
+                (0u64..1000).prop_map(ByteRange::Suffix),
+            ]
+        }
+
+        fn header(r: ByteRange) -> String {
+            match r {
+                ByteRange::From(a, Some(b)) => format!("bytes={a}-{b}"),
+                ByteRange::From(a, None) => format!("bytes={a}-"),
+                ByteRange::Suffix(n) => format!("bytes=-{n}"),
+            }
+        }
+
+        proptest! {
+            #[test]
+            fn a_resolved_span_is_inside_the_blob_and_not_empty_or_a_416(
+                r in byte_range(),
+                total in prop_oneof![Just(0u64), 0u64..1000, any::<u64>()],
+            ) {
+                prop_assert_eq!(ByteRange::parse(&header(r)), Some(r));
+                match r.resolve(total) {
+                    Ok((start, end)) => {
+                        prop_assert!(start < end && end <= total, "{:?} of {} -> {}..{}", r, total, start, end);
+                        if let ByteRange::From(a, _) = r {
+                            prop_assert_eq!(start, a);
+                        }
+                    }
+                    Err(e) => {
+                        prop_assert_eq!(e.status, StatusCode::RANGE_NOT_SATISFIABLE);
+                        prop_assert_eq!(e.range_size, Some(total));
+                        // Only a start past the end or an empty suffix is unsatisfiable.
+                        prop_assert!(
+                            matches!(r, ByteRange::From(a, _) if a >= total)
+                                || matches!(r, ByteRange::Suffix(0))
+                                || total == 0
+                        );
+                    }
+                }
+            }
+
+            #[test]
+            fn range_headers_never_panic(value in "[ -~]{0,40}", total in any::<u64>()) {
+                if let Some(r) = ByteRange::parse(&value) {
+                    let _ = r.resolve(total);
+                }
+                if let Some(c) = ContentRange::parse(&value) {
+                    prop_assert!(c.first <= c.last && c.size.is_none_or(|s| c.last < s));
+                }
+            }
+
+            #[test]
+            fn a_content_range_of_a_continuation_is_accepted(received in 0u64..1 << 40, rest in 1u64..1 << 40) {
+                let total = received + rest;
+                let v = format!("bytes {received}-{}/{total}", total - 1);
+                let mut h = HeaderMap::new();
+                h.insert("content-range", HeaderValue::from_str(&v).unwrap());
+                prop_assert_eq!(continuation(StatusCode::PARTIAL_CONTENT, &h, received, Some(total)), Ok(0));
+            }
+        }
+    }
+
+    #[test]
+    fn a_suffix_of_an_empty_blob_is_unsatisfiable() {
+        // Found by the range property: `bytes=-5` of 0 bytes was the empty span 0..0, sent as
+        // `206` with `Content-Range: bytes 0--1/0`.
+        let e = ByteRange::Suffix(5).resolve(0).unwrap_err();
+        assert_eq!(e.status, StatusCode::RANGE_NOT_SATISFIABLE);
+        assert_eq!(e.range_size, Some(0));
+    }
+
+    #[test]
+    fn content_ranges() {
+        let cr = |first, last, size| Some(ContentRange { first, last, size });
+        assert_eq!(ContentRange::parse("bytes 0-0/1"), cr(0, 0, Some(1)));
+        assert_eq!(ContentRange::parse(" bytes 40-99/* "), cr(40, 99, None));
+        assert_eq!(ContentRange::parse("bytes 1 - 2 / 3"), cr(1, 2, Some(3)));
+        for bad in [
+            "bytes 5-4/10",
+            "bytes 0-10/10",
+            "bytes */10",
+            "bytes 0-1/x",
+            "bytes -1-2/3",
+            "bytes 0-1",
+            "items 0-1/2",
+            "bytes 0-18446744073709551616/*",
+            "",
+        ] {
+            assert_eq!(ContentRange::parse(bad), None, "{bad:?}");
+        }
     }
 
     #[test]

@@ -559,6 +559,39 @@ pub(crate) mod tests {
         assert_eq!(schema1::payload_digest(two.as_bytes()), None);
     }
 
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #[test]
+            fn accepts_never_panics(accept in proptest::option::of(".{0,120}"), media in ".{0,60}") {
+                let _ = accepts(accept.as_deref(), &media);
+            }
+
+            #[test]
+            fn a_listed_media_type_is_accepted_unless_refused(
+                others in prop::collection::vec("[a-z]{1,8}/[a-z.+]{1,20}", 0..4),
+                media in "[a-z]{1,8}/[a-z.+]{1,20}",
+                q in proptest::option::of(0u8..=10),
+            ) {
+                let mut items = others.clone();
+                items.push(match q {
+                    Some(q) => format!("{media}; q={}", f32::from(q) / 10.0),
+                    None => media.clone(),
+                });
+                let header = items.join(", ");
+                let refused_here = q == Some(0);
+                if !refused_here {
+                    prop_assert!(accepts(Some(&header), &media), "{}", header);
+                }
+                if !others.contains(&media) && refused_here {
+                    prop_assert!(!accepts(Some(&header), &media), "{}", header);
+                }
+            }
+        }
+    }
+
     #[test]
     fn accept_negotiation() {
         use media::*;

@@ -13,8 +13,13 @@
 //! under the eviction accounting the index provides.
 //!
 //! Client connections: HTTP/1.1 and HTTP/2 (ALPN on TLS), a header read timeout against slowloris,
-//! a cap on header count (431 beyond) and header bytes; request bodies are never read. Plain-TCP
-//! connections write through `zerocopy::SendfileStream`, so cached blob bytes go out with
+//! a cap on header count (431 beyond) and header bytes; request bodies are never read. At most
+//! `max_connections` registry connections are served at once: the accept loop takes a permit
+//! before it accepts, so beyond the cap new connections wait in the kernel's backlog (and are
+//! refused by the kernel once that is full) instead of costing memory here, while transfers under
+//! way go on. The metrics listener is not counted, so `/metrics` and the admin API stay reachable
+//! during a flood. HTTP/2 connections are pinged when quiet (dead peers are dropped) and carry a
+//! bounded number of streams. Plain-TCP connections write through `zerocopy::SendfileStream`, so cached blob bytes go out with
 //! `sendfile`.
 
 use std::future::Future;
@@ -31,6 +36,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::TlsAcceptor;
 
 use crate::access;
@@ -329,6 +335,9 @@ impl Server {
 
         let app = self.app.clone();
         let registry_svc = move |req: Request<Incoming>| app.clone().handle(req);
+        let slots = Arc::new(Semaphore::new(self.settings.max_connections));
+        // The permit for the next registry connection, taken before accepting it.
+        let mut slot: Option<OwnedSemaphorePermit> = None;
         tokio::pin!(shutdown);
         loop {
             let serving = rebuild.is_none();
@@ -348,7 +357,11 @@ impl Server {
                     notifier.ready(&format!("serving ({indexed} blobs cached)"));
                     continue;
                 }
-                r = self.registry.accept(), if serving => r,
+                permit = slots.clone().acquire_owned(), if serving && slot.is_none() => {
+                    slot = permit.ok();
+                    continue;
+                }
+                r = self.registry.accept(), if serving && slot.is_some() => r,
             };
             let (stream, peer) = match accepted {
                 Ok(x) => x,
@@ -362,6 +375,8 @@ impl Server {
             let _ = stream.set_nodelay(true);
             let watcher = graceful.watcher();
             let builder = builder.clone();
+            // Held for the connection's life: its end lets the next one in.
+            let permit = slot.take();
             let svc = service_fn(registry_svc.clone());
             let tls = self.tls.clone();
             let (maps, zero_copy) = (
@@ -370,6 +385,7 @@ impl Server {
             );
             let handshake_timeout = self.settings.header_read_timeout;
             tokio::spawn(async move {
+                let _permit = permit;
                 match tls {
                     None => {
                         let stream = SendfileStream::new(stream, maps, zero_copy);
@@ -488,7 +504,9 @@ impl Server {
             .http2()
             .timer(TokioTimer::new())
             .max_header_list_size(MAX_HEAD_BYTES as u32)
-            .max_concurrent_streams(256);
+            .max_concurrent_streams(self.settings.http2_max_concurrent_streams)
+            .keep_alive_interval(self.settings.http2_keepalive_interval)
+            .keep_alive_timeout(self.settings.http2_keepalive_timeout);
         builder
     }
 }

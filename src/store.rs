@@ -15,8 +15,16 @@
 //! can only ever see a complete body whose digest was checked.
 //!
 //! Every committed blob has an entry in the access [`Index`] (size, last access, readers, pins),
-//! rebuilt from the files on start. A commit that would pass the high watermark first evicts the
-//! least recently used blobs; one that still does not fit under `max_size` is served but not kept.
+//! rebuilt from the files on start. Room is made when a fill starts, not when it commits: a blob's
+//! size is known before its first byte (the upstream's `Content-Length`), so [`Store::begin`]
+//! reserves it, first evicting the least recently used blobs if it would pass the high watermark.
+//! Disk use then stays within `max_size` plus the fills of unknown size (and those refused room
+//! because everything else is in use: they are written all the same, and ask again at commit,
+//! where one that still does not fit is served but not kept). A fill that fails gives its
+//! reservation back; one that commits turns it into the blob's entry. The price: a miss that has
+//! to make room waits for those unlinks before its first byte, and a burst of concurrent fills
+//! holds room for all of them at once, so under `max_size` pressure more of them end served but
+//! not kept than when room was counted only at commit.
 //!
 //! A full disk does not fail a fill: when a write hits ENOSPC (or a quota), the caller switches the
 //! fill to [`PendingBlob::pass_through`]. The temp file is deleted (its bytes so far stay readable
@@ -578,14 +586,34 @@ impl Store {
         evict_files(&self.index, &self.blobs, victims, reason);
     }
 
-    /// Starts a fill for `digest`. `total` is the announced size, checked at commit. Progress goes
-    /// to `progress` (readers subscribe to its receiver).
-    pub fn begin(
+    /// Starts a fill for `digest`. `total` is the announced size, checked at commit; when known,
+    /// its room is reserved now (see the module docs). Progress goes to `progress` (readers
+    /// subscribe to its receiver).
+    pub async fn begin(
         &self,
         digest: &Digest,
         total: Option<u64>,
         progress: watch::Sender<FillState>,
     ) -> io::Result<PendingBlob> {
+        let reserved = match total {
+            Some(size) => {
+                let (index, blobs) = (self.index.clone(), self.blobs.clone());
+                let admitted = tokio::task::spawn_blocking(move || {
+                    let admission = index.admit(size, index::now());
+                    evict_files(&index, &blobs, admission.victims, Reason::Size);
+                    admission.admitted
+                })
+                .await
+                .map_err(io::Error::other)?;
+                admitted.then_some(size)
+            }
+            None => None,
+        };
+        // From here on the reservation belongs to the guard, so an early return gives it back.
+        let reservation = Reservation {
+            index: self.index.clone(),
+            bytes: reserved.unwrap_or(0),
+        };
         let n = self.seq.fetch_add(1, Ordering::Relaxed);
         let tmp_path = self
             .tmp
@@ -623,6 +651,7 @@ impl Store {
             spool,
             done: false,
             pass_through: None,
+            reservation,
         })
     }
 
@@ -632,7 +661,7 @@ impl Store {
             return Ok(());
         }
         let (tx, _rx) = watch::channel(FillState::Pending);
-        let mut pending = self.begin(digest, Some(data.len() as u64), tx)?;
+        let mut pending = self.begin(digest, Some(data.len() as u64), tx).await?;
         pending.write(data).await?;
         pending.commit().await.map(|_| ())
     }
@@ -660,6 +689,30 @@ pub struct PendingBlob {
     /// Set once the disk was full: the fill goes on in memory.
     pass_through: Option<PassThrough>,
     maps: Arc<Mappings>,
+    /// The room reserved in the index at [`Store::begin`]: given back on failure (by its Drop),
+    /// turned into the blob's entry at commit.
+    reservation: Reservation,
+}
+
+/// Bytes reserved in the index for a fill; released when dropped unless taken.
+struct Reservation {
+    index: Arc<Index>,
+    bytes: u64,
+}
+
+impl Reservation {
+    /// Hands the reserved bytes to the caller, who ends the reservation itself.
+    fn take(&mut self) -> u64 {
+        std::mem::take(&mut self.bytes)
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        if self.bytes > 0 {
+            self.index.release(self.bytes);
+        }
+    }
 }
 
 impl PendingBlob {
@@ -682,6 +735,9 @@ impl PendingBlob {
     /// byte and returns [`CommitError::Persist`]: served, not stored. See the module docs.
     pub fn pass_through(&mut self, limits: PassThrough) {
         self.pass_through = Some(limits);
+        // Nothing of this fill will be kept: its room is free for others.
+        let reserved = self.reservation.take();
+        self.index.release(reserved);
         // Readers hold the file open: the bytes already written stay readable until they are done.
         let _ = std::fs::remove_file(&self.tmp_path);
         let hashed = self.hashed;
@@ -858,12 +914,18 @@ impl PendingBlob {
             self.dir.clone(),
         );
         let (index, size, key) = (self.index.clone(), self.written, index::key(&self.digest));
+        let reserved = self.reservation.take();
         let persisted = tokio::task::spawn_blocking(move || -> Result<(), CommitError> {
-            let admission = index.admit(size, index::now());
-            evict_files(&index, &dir, admission.victims, Reason::Size);
-            if !admission.admitted {
-                index.metrics().not_stored.inc();
-                return Err(CommitError::NoRoom { size });
+            // Room reserved at the start (the usual case) is the blob's; otherwise (size unknown
+            // then, or no room then) it is asked for now.
+            if reserved != size {
+                index.release(reserved);
+                let admission = index.admit(size, index::now());
+                evict_files(&index, &dir, admission.victims, Reason::Size);
+                if !admission.admitted {
+                    index.metrics().not_stored.inc();
+                    return Err(CommitError::NoRoom { size });
+                }
             }
             let io = || -> io::Result<()> {
                 file.sync_all()?;
@@ -1246,7 +1308,7 @@ mod tests {
         let store = Store::open(dir.path()).unwrap();
         let d = digest_of(b"abcdef");
         let (tx, _rx) = watch::channel(FillState::Pending);
-        let mut p = store.begin(&d, Some(6), tx).unwrap();
+        let mut p = store.begin(&d, Some(6), tx).await.unwrap();
         p.write(Bytes::from_static(b"abc")).await.unwrap();
         assert!(matches!(
             p.commit().await.unwrap_err(),
@@ -1266,7 +1328,7 @@ mod tests {
         let d = digest_of(&data);
         let (tx, rx) = watch::channel(FillState::Pending);
         let reader = tokio::spawn(collect(read_range(Source::Fill(rx.clone()), 0, None)));
-        let mut p = store.begin(&d, Some(data.len() as u64), tx).unwrap();
+        let mut p = store.begin(&d, Some(data.len() as u64), tx).await.unwrap();
         for chunk in data.chunks(100_000) {
             p.write(Bytes::copy_from_slice(chunk)).await.unwrap();
         }
@@ -1295,7 +1357,7 @@ mod tests {
         let d = digest_of(b"expected content");
         let (tx, rx) = watch::channel(FillState::Pending);
         let reader = tokio::spawn(collect(read_range(Source::Fill(rx), 0, None)));
-        let mut p = store.begin(&d, Some(16), tx).unwrap();
+        let mut p = store.begin(&d, Some(16), tx).await.unwrap();
         p.write(Bytes::from_static(b"unexpected conte"))
             .await
             .unwrap();
@@ -1310,8 +1372,8 @@ mod tests {
         assert_eq!(store.stat(&d).await.unwrap(), None);
     }
 
-    #[test]
-    fn temp_file_owner_reads_the_pid_from_names_berth_makes() {
+    #[tokio::test]
+    async fn temp_file_owner_reads_the_pid_from_names_berth_makes() {
         let hex = "a".repeat(64);
         assert_eq!(temp_file_owner(&format!("{hex}.4242.7.part")), Some(4242));
         assert_eq!(temp_file_owner(&format!("{hex}.4242.part")), None);
@@ -1322,7 +1384,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         let (tx, _rx) = watch::channel(FillState::Pending);
-        let _pending = store.begin(&digest_of(b"x"), Some(1), tx).unwrap();
+        let _pending = store.begin(&digest_of(b"x"), Some(1), tx).await.unwrap();
         let names: Vec<_> = std::fs::read_dir(tmp_dir(dir.path()))
             .unwrap()
             .map(|e| e.unwrap().file_name().into_string().unwrap())
@@ -1350,7 +1412,7 @@ mod tests {
         let data = Bytes::from_static(b"0123456789");
         let d = digest_of(&data);
         let (tx, rx) = watch::channel(FillState::Pending);
-        let mut p = store.begin(&d, Some(10), tx).unwrap();
+        let mut p = store.begin(&d, Some(10), tx).await.unwrap();
         let feed = p.feed();
         feed.push(data.slice(..6));
         // Nothing written yet, but the first six bytes are readable from memory.
@@ -1383,6 +1445,49 @@ mod tests {
     };
 
     #[tokio::test]
+    async fn a_fill_of_known_size_reserves_its_room_until_it_commits_or_fails() {
+        let dir = tempfile::tempdir().unwrap();
+        let limits = Limits {
+            max_size: Some(100),
+            ..Limits::default()
+        };
+        let store = Store::open_with(dir.path(), limits).unwrap();
+        let (old, new) = (Bytes::from(vec![1u8; 60]), Bytes::from(vec![2u8; 60]));
+        store.put(&digest_of(&old), old.clone()).await.unwrap();
+        assert_eq!((store.index().bytes(), store.index().reserved()), (60, 0));
+
+        // Room for the newcomer is made before its first byte: the old blob goes now.
+        let (tx, _rx) = watch::channel(FillState::Pending);
+        let mut p = store.begin(&digest_of(&new), Some(60), tx).await.unwrap();
+        assert_eq!((store.index().bytes(), store.index().reserved()), (0, 60));
+        assert_eq!(store.stat(&digest_of(&old)).await.unwrap(), None);
+        p.write(new.clone()).await.unwrap();
+        p.commit().await.unwrap();
+        assert_eq!((store.index().bytes(), store.index().reserved()), (60, 0));
+
+        // A fill that fails (dropped, or wrong bytes) gives its room back.
+        let (tx, _rx) = watch::channel(FillState::Pending);
+        let p = store.begin(&digest_of(b"x"), Some(30), tx).await.unwrap();
+        assert_eq!(store.index().reserved(), 30);
+        drop(p);
+        assert_eq!(store.index().reserved(), 0);
+        let (tx, _rx) = watch::channel(FillState::Pending);
+        let mut p = store.begin(&digest_of(b"y"), Some(1), tx).await.unwrap();
+        p.write(Bytes::from_static(b"z")).await.unwrap();
+        assert!(matches!(p.commit().await, Err(CommitError::Digest { .. })));
+        drop(p);
+        assert_eq!(store.index().reserved(), 0);
+
+        // One too big to ever fit reserves nothing and evicts nothing in vain.
+        let (tx, _rx) = watch::channel(FillState::Pending);
+        let _p = store
+            .begin(&digest_of(b"big"), Some(101), tx)
+            .await
+            .unwrap();
+        assert_eq!((store.index().bytes(), store.index().reserved()), (60, 0));
+    }
+
+    #[tokio::test]
     async fn a_full_disk_turns_the_fill_into_pass_through() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
@@ -1392,7 +1497,7 @@ mod tests {
             .into();
         let d = digest_of(&data);
         let (tx, rx) = watch::channel(FillState::Pending);
-        let mut p = store.begin(&d, Some(data.len() as u64), tx).unwrap();
+        let mut p = store.begin(&d, Some(data.len() as u64), tx).await.unwrap();
         let feed = p.feed();
         let (a, b, c) = (
             data.slice(..200_000),
@@ -1408,7 +1513,13 @@ mod tests {
         let e = p.write_all(vec![b]).await.unwrap_err();
         assert!(is_disk_full(&e), "{e}");
         assert!(Error::io("writing", &e).is_disk_full());
+        assert_eq!(store.index().reserved(), data.len() as u64);
         p.pass_through(ROOMY);
+        assert_eq!(
+            store.index().reserved(),
+            0,
+            "nothing will be kept: room given back"
+        );
         assert_eq!(
             std::fs::read_dir(tmp_dir(dir.path())).unwrap().count(),
             0,
@@ -1449,7 +1560,7 @@ mod tests {
         let store = Store::open(dir.path()).unwrap();
         let d = digest_of(b"expected content");
         let (tx, rx) = watch::channel(FillState::Pending);
-        let mut p = store.begin(&d, Some(16), tx).unwrap();
+        let mut p = store.begin(&d, Some(16), tx).await.unwrap();
         let reader = tokio::spawn(collect(read_range(Source::Fill(rx), 0, None)));
         fill_the_disk(&mut p);
         assert!(p.write(Bytes::from_static(b"unexpected")).await.is_err());
@@ -1479,7 +1590,7 @@ mod tests {
             lag_limit: Duration::from_secs(10),
         };
         let (tx, rx) = watch::channel(FillState::Pending);
-        let mut p = store.begin(&d, Some(data.len() as u64), tx).unwrap();
+        let mut p = store.begin(&d, Some(data.len() as u64), tx).await.unwrap();
         p.pass_through(limits);
         // One reader looks once and then takes nothing; another reads on, one frame at a time.
         let mut stuck = Box::pin(read_range(Source::Fill(rx.clone()), 0, None));

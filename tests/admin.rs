@@ -17,7 +17,7 @@ use berth::oci::media;
 use support::instance::{Berth, Got, berth, until_metric};
 use support::{FakeRegistry, random_bytes};
 
-const TOKEN: &str = "s3cret-admin-token";
+const TOKEN: &str = "s3cret-admin-token-0123456789abcdef";
 
 /// An image in the fake: an OCI manifest, its config and layers, and its total size.
 struct Image {
@@ -130,7 +130,7 @@ async fn admin(b: &Berth, method: Method, path: &str, auth: Option<&str>) -> Got
 }
 
 fn bearer() -> Option<&'static str> {
-    Some("Bearer s3cret-admin-token")
+    Some("Bearer s3cret-admin-token-0123456789abcdef")
 }
 
 fn json<T: serde::de::DeserializeOwned>(got: &Got) -> T {
@@ -157,13 +157,18 @@ async fn without_the_right_token_the_api_answers_401_and_removes_nothing() {
     pull(&b, &one).await;
     let files = blob_count(&b);
 
+    let (longer, shorter) = (
+        format!("Bearer {TOKEN}-and-more"),
+        format!("Bearer {}", &TOKEN[1..]),
+    );
     for auth in [
         None,
         Some("Bearer wrong"),
-        Some("Bearer s3cret-admin-token-and-more"),
+        Some(longer.as_str()),
+        Some(shorter.as_str()),
         Some("Bearer "),
         Some("Basic czNjcmV0LWFkbWluLXRva2Vu"),
-        Some("s3cret-admin-token"),
+        Some(TOKEN),
     ] {
         for (method, path) in [
             (Method::DELETE, "/admin/cache/library/app:1"),
@@ -202,7 +207,7 @@ async fn without_the_right_token_the_api_answers_401_and_removes_nothing() {
         &b,
         Method::GET,
         "/admin/stats",
-        Some("bearer s3cret-admin-token"),
+        Some(&format!("bearer {TOKEN}")),
     )
     .await;
     assert_eq!(json::<Stats>(&got).tags, 1);
@@ -704,7 +709,7 @@ async fn the_command_goes_through_the_api_of_a_running_berth() {
     let extra = format!(
         "[metrics]\nlisten = \"{}\"\n{}",
         b.metrics,
-        admin_toml(wrong.path(), "not-the-token")
+        admin_toml(wrong.path(), "not-the-token-but-long-enough-to-load")
     );
     let bad_cfg = cli_config(wrong.path(), b.dir.path(), &fake, &extra);
     let files = blob_count(&b);
@@ -748,7 +753,7 @@ fn url_without_a_token_and_help() {
     );
     // A token but nothing listening there: exit 2, saying so.
     let token = dir.path().join("token");
-    std::fs::write(&token, "t\n").unwrap();
+    std::fs::write(&token, format!("{TOKEN}\n")).unwrap();
     std::fs::write(
         &cfg,
         format!(
@@ -783,7 +788,9 @@ fn admin_config_errors_name_the_key() {
     let empty = dir.path().join("empty");
     std::fs::write(&empty, "\n").unwrap();
     let good = dir.path().join("good");
-    std::fs::write(&good, "tok\n").unwrap();
+    std::fs::write(&good, format!("{TOKEN}\n")).unwrap();
+    let short = dir.path().join("short");
+    std::fs::write(&short, format!("{}\n", &TOKEN[..31])).unwrap();
     let base = "[[upstream]]\nname = \"a.io\"\nurl = \"https://a.io\"\n";
     let cases = [
         ("[admin]\nenabled = true\n".to_owned(), "admin.token_file"),
@@ -804,6 +811,13 @@ fn admin_config_errors_name_the_key() {
                 empty.display()
             ),
             "the token is empty",
+        ),
+        (
+            format!(
+                "[admin]\nenabled = true\ntoken_file = \"{}\"\n",
+                short.display()
+            ),
+            "admin.token_file: the token has 31 bytes; at least 32",
         ),
         (
             "[admin]\nenabled = true\ntoken_env = \"BERTH_TEST_SURELY_UNSET\"\n".to_owned(),
@@ -840,8 +854,8 @@ fn admin_config_errors_name_the_key() {
         "f",
     )
     .unwrap();
-    assert_eq!(on.admin.token.as_ref().unwrap().expose(), "tok");
-    assert!(!format!("{on:?}").contains("tok\"") && !on.to_toml().contains("\"tok\""));
+    assert_eq!(on.admin.token.as_ref().unwrap().expose(), TOKEN);
+    assert!(!format!("{on:?}").contains(TOKEN) && !on.to_toml().contains(TOKEN));
     assert!(on.to_toml().contains("<redacted>"));
 }
 

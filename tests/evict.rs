@@ -16,7 +16,7 @@ use http::Method;
 use sha2::{Digest as _, Sha256};
 
 use berth::oci::media;
-use support::instance::{Berth, berth, same, start_with, until_metric};
+use support::instance::{Berth, berth, gated_blob, same, start_with, until_metric};
 use support::{FakeRegistry, random_bytes};
 
 const MIB: usize = 1 << 20;
@@ -117,7 +117,10 @@ async fn concurrent_pulls_keep_the_cache_under_max_size() {
     let evicted = b
         .counter("berth_cache_evictions_total{reason=\"size\"}")
         .await;
-    assert_eq!(evicted, 12 - on_disk.len() as u64);
+    // Room is reserved when a fill starts: of twelve at once, those that found it all taken by
+    // the others (reserved, or being read) are served but not kept.
+    let not_stored = b.counter("berth_cache_not_stored_total").await;
+    assert_eq!(evicted + not_stored, 12 - on_disk.len() as u64);
     assert_eq!(
         b.counter("berth_cache_evicted_bytes_total{reason=\"size\"}")
             .await,
@@ -287,4 +290,101 @@ async fn a_pull_records_the_access_on_the_file() {
     let mtime = std::fs::metadata(path).unwrap().modified().unwrap();
     let age = SystemTime::now().duration_since(mtime).unwrap_or_default();
     assert!(age < HOUR, "mtime not updated: {age:?} old");
+}
+
+/// Bytes in every file under `dir` (cached blobs, fills in `tmp/`, manifests): what the volume
+/// holding the cache sees.
+fn bytes_under(dir: &Path) -> u64 {
+    let mut total = 0;
+    for e in std::fs::read_dir(dir).unwrap() {
+        let e = e.unwrap();
+        let meta = e.metadata().unwrap();
+        total += if meta.is_dir() {
+            bytes_under(&e.path())
+        } else {
+            meta.len()
+        };
+    }
+    total
+}
+
+/// Waits until the fill in `tmp/` has at least `n` bytes written (bounded: a few seconds).
+async fn until_written(dir: &Path, n: u64) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while bytes_under(&dir.join("tmp")) < n {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the fill never wrote {n} bytes"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn room_is_made_when_a_fill_of_known_size_starts_not_when_it_commits() {
+    let fake = FakeRegistry::start().await;
+    let first = blobs(&fake, &[5 * MIB], 300);
+    let (second, second_digest, release) = gated_blob(&fake, 5 * MIB, 301, 1);
+    let b = start_with(
+        &fake,
+        r#"max_size = "6MiB""#,
+        "",
+        tempfile::tempdir().unwrap(),
+    )
+    .await;
+    pull_all(&b, &first).await;
+    assert!(cached(b.dir.path(), &first[0].1));
+
+    // The second fill is held open with 4 of its 5 MiB written.
+    let path = format!("/v2/app/blobs/{second_digest}");
+    let mut client = b.stream(&path).await;
+    release.send_replace(4 * MIB);
+    client.read_at_least(4 * MIB - 1).await;
+    until_written(b.dir.path(), 4 * MIB as u64).await;
+    let on_disk = bytes_under(b.dir.path());
+    assert!(
+        on_disk <= 6 * MIB as u64,
+        "{on_disk} bytes on disk with max_size 6 MiB while the second blob is written"
+    );
+    assert!(
+        !cached(b.dir.path(), &first[0].1),
+        "the first blob made room"
+    );
+
+    release.send_replace(usize::MAX - 1);
+    same(&Bytes::from(client.finish().await.unwrap()), &second);
+    b.settled().await;
+    assert!(cached(b.dir.path(), &second_digest));
+    assert!(bytes_under(b.dir.path()) <= 6 * MIB as u64);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_fill_gives_its_reserved_room_back() {
+    let fake = FakeRegistry::start().await;
+    let (_, broken, release) = gated_blob(&fake, 5 * MIB, 310, 1);
+    let after = blobs(&fake, &[5 * MIB], 311);
+    let b = start_with(
+        &fake,
+        r#"max_size = "6MiB""#,
+        "resume_attempts = 0",
+        tempfile::tempdir().unwrap(),
+    )
+    .await;
+    let mut client = b.stream(&format!("/v2/app/blobs/{broken}")).await;
+    release.send_replace(MIB);
+    client.read_at_least(MIB - 1).await;
+    // Broken off, not resumed: the fill fails.
+    release.send_replace(usize::MAX);
+    assert!(client.finish().await.is_err());
+    b.settled().await;
+    assert_eq!(bytes_under(&b.dir.path().join("tmp")), 0);
+    // Had the 5 MiB stayed reserved, this one would find no room and not be kept.
+    pull_all(&b, &after).await;
+    assert!(cached(b.dir.path(), &after[0].1));
+    assert_eq!(
+        b.counter("berth_cache_not_stored_total").await,
+        0,
+        "{}",
+        b.metric("berth_cache").await
+    );
 }

@@ -2,13 +2,14 @@
 # Installs what the end-to-end suite (tests/e2e.rs) and the benchmarks need, from Debian's apt:
 # the Distribution registry, the clients that pull through berth (skopeo, containerd's ctr, podman,
 # dockerd), nginx and the load tools; Prometheus (server and promtool) for tests/observability.rs;
-# podman, runc and strip (binutils) for the container image (tests/container.rs). Idempotent: does
+# podman, runc and strip (binutils) for the container image (tests/container.rs); a C++
+# compiler for libFuzzer (fuzz/run.sh). Idempotent: does
 # nothing when everything is there; otherwise needs root, runs `apt-get update` once and installs
 # what is missing. Quiet unless it fails.
 set -euo pipefail
 
-packages=(docker-registry skopeo containerd podman runc docker.io nginx-light wrk apache2-utils jq uidmap procps prometheus binutils)
-commands=(docker-registry skopeo containerd ctr podman runc dockerd docker nginx wrk ab jq newuidmap kill prometheus promtool strip)
+packages=(docker-registry skopeo containerd podman runc docker.io nginx-light wrk apache2-utils jq uidmap procps prometheus binutils g++)
+commands=(docker-registry skopeo containerd ctr podman runc dockerd docker nginx wrk ab jq newuidmap kill prometheus promtool strip c++)
 
 missing=()
 for p in "${packages[@]}"; do

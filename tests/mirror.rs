@@ -535,6 +535,22 @@ async fn hostile_tag_lists_are_cleaned_or_refused() {
 }
 
 #[tokio::test]
+async fn a_tag_list_of_zero_is_empty_without_a_link_or_an_upstream_request() {
+    let fake = FakeRegistry::start().await;
+    for t in ["a", "b"] {
+        fake.put_tagged("team/app", t, media::OCI_INDEX, INDEX);
+    }
+    let b = berth(&fake, "").await;
+    let got = b.get("/v2/registry.test/team/app/tags/list?n=0").await;
+    assert_eq!(got.status, 200);
+    assert_eq!(got.header("content-type"), Some("application/json"));
+    let v: serde_json::Value = serde_json::from_slice(got.bytes()).unwrap();
+    assert_eq!(v, serde_json::json!({"name": "team/app", "tags": []}));
+    assert_eq!(got.header("link"), None);
+    assert!(fake.requests().is_empty(), "{:?}", fake.requests());
+}
+
+#[tokio::test]
 async fn containerd_ns_is_echoed() {
     let fake = FakeRegistry::start().await;
     fake.put_tagged("team/app", "1", media::OCI_INDEX, INDEX);

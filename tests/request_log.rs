@@ -1,6 +1,8 @@
 //! Request lines written straight to the log writer (`Server::log_requests_to`, as `berth serve`
 //! does when stderr is not a terminal): one per request, in the subscriber's format, and none
-//! when the level filter is above INFO.
+//! when the level filter is above INFO; `complete=` says whether every byte of the body went out.
+
+mod support;
 
 use std::io::{self, Write};
 use std::sync::mpsc;
@@ -9,9 +11,11 @@ use berth::config::Config;
 use berth::logwriter::{BatchWriter, Batching};
 use berth::server::Server;
 use bytes::Bytes;
+use http::Method;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
+use support::{FakeRegistry, Fault, random_bytes};
 use tracing::level_filters::LevelFilter;
 
 struct Sink(mpsc::Sender<Vec<u8>>);
@@ -29,12 +33,22 @@ impl Write for Sink {
 /// Serves `paths` once each with request lines going to a writer, under a subscriber at `level`;
 /// returns what was written.
 async fn lines_for(paths: &[&str], level: LevelFilter) -> String {
-    let requests: Vec<(&str, Option<&str>)> = paths.iter().map(|p| (*p, None)).collect();
-    lines_with("", &requests, level).await
+    let requests: Vec<_> = paths.iter().map(|p| (Method::GET, *p, None)).collect();
+    lines_with("http://127.0.0.1:9", "", &requests, level).await
 }
 
-/// As [`lines_for`], with `extra` config at the top and an `Authorization` header per request.
-async fn lines_with(extra: &str, requests: &[(&str, Option<&str>)], level: LevelFilter) -> String {
+/// A request: method, path, one extra header (name, value).
+type Req<'a> = (Method, &'a str, Option<(&'a str, &'a str)>);
+
+/// Sends `requests` (method, path, one extra header: `Range`, `Authorization`) one after the
+/// other to a berth whose upstream is at `upstream` (with `upstream_extra` keys, which may end
+/// with tables of their own), reading each body to its end or its failure.
+async fn lines_with(
+    upstream: &str,
+    upstream_extra: &str,
+    requests: &[Req<'_>],
+    level: LevelFilter,
+) -> String {
     // A current-thread runtime (tokio::test): every task runs on this thread, under this default.
     let subscriber = tracing_subscriber::fmt()
         .with_max_level(level)
@@ -50,11 +64,11 @@ async fn lines_with(extra: &str, requests: &[(&str, Option<&str>)], level: Level
         enabled = false
         [storage]
         path = "{}"
-        {extra}
         [[upstream]]
         name = "registry.test"
-        url = "http://127.0.0.1:9"
+        url = "{upstream}"
         default = true
+        {upstream_extra}
         "#,
         dir.path().display()
     );
@@ -70,16 +84,18 @@ async fn lines_with(extra: &str, requests: &[(&str, Option<&str>)], level: Level
         let _ = stopped.await;
     }));
     let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
-    for (path, auth) in requests {
-        let mut req = http::Request::get(format!("http://{addr}{path}"));
-        if let Some(a) = auth {
-            req = req.header("authorization", *a);
+    for (method, path, header) in requests {
+        let mut req = http::Request::builder()
+            .method(method)
+            .uri(format!("http://{addr}{path}"));
+        if let Some((name, value)) = header {
+            req = req.header(*name, *value);
         }
-        let resp = client
-            .request(req.body(Empty::new()).unwrap())
-            .await
-            .unwrap();
-        resp.into_body().collect().await.unwrap();
+        let resp = client.request(req.body(Empty::new()).unwrap()).await;
+        // A failed transfer ends in a body error, which is what some requests here are for.
+        if let Ok(resp) = resp {
+            let _ = resp.into_body().collect().await;
+        }
     }
     drop(client);
     let _ = stop.send(());
@@ -112,6 +128,61 @@ async fn no_lines_below_the_level_filter() {
     assert_eq!(lines_for(&["/v2/"], LevelFilter::WARN).await, "");
 }
 
+/// The one line for `method` on `path` (with a `status=`), or a panic naming all of them.
+fn line_for<'a>(out: &'a str, method: &str, path: &str, status: u16) -> &'a str {
+    let found: Vec<&str> = out
+        .lines()
+        .filter(|l| {
+            l.contains(&format!(" method={method} path={path} "))
+                && l.contains(&format!(" status={status} "))
+        })
+        .collect();
+    assert_eq!(found.len(), 1, "{method} {path} {status} in:\n{out}");
+    found[0]
+}
+
+#[tokio::test]
+async fn blob_bodies_that_went_out_whole_are_complete_and_broken_ones_are_not() {
+    let fake = FakeRegistry::start().await;
+    let layer = random_bytes(300_000, 7);
+    let blob = fake.put_blob("team/app", layer);
+    let broken = fake.put_blob("team/app", random_bytes(200_000, 8));
+    fake.fault(
+        &format!("/v2/team/app/blobs/{broken}"),
+        Fault::CloseAfter(1000),
+    );
+    let path = format!("/v2/team/app/blobs/{blob}");
+    let broken_path = format!("/v2/team/app/blobs/{broken}");
+    let out = lines_with(
+        &fake.url(),
+        "resume_attempts = 0",
+        &[
+            // A miss (streamed from the fill), then hits (from the file), whole and in part.
+            (Method::GET, &path, None),
+            (Method::GET, &path, None),
+            (Method::GET, &path, Some(("range", "bytes=10-99"))),
+            (Method::HEAD, &path, None),
+            (Method::GET, &broken_path, None),
+        ],
+        LevelFilter::INFO,
+    )
+    .await;
+    let gets: Vec<&str> = out
+        .lines()
+        .filter(|l| l.contains(&format!(" method=GET path={path} ")) && l.contains(" status=200 "))
+        .collect();
+    assert_eq!(gets.len(), 2, "{out}");
+    for line in gets {
+        assert!(line.contains(" bytes=300000 complete=true "), "{line}");
+    }
+    let ranged = line_for(&out, "GET", &path, 206);
+    assert!(ranged.contains(" bytes=90 complete=true "), "{ranged}");
+    let head = line_for(&out, "HEAD", &path, 200);
+    assert!(head.contains(" bytes=0 complete=true "), "{head}");
+    let short = line_for(&out, "GET", &broken_path, 200);
+    assert!(short.contains(" complete=false "), "{short}");
+}
+
 #[tokio::test]
 async fn with_auth_the_line_names_the_user() {
     let dir = tempfile::tempdir().unwrap();
@@ -130,11 +201,17 @@ async fn with_auth_the_line_names_the_user() {
     };
     let (alice, wrong) = (basic("alice:secret"), basic("alice:nope"));
     let out = lines_with(
+        "http://127.0.0.1:9",
+        // A table after the upstream's keys: the [auth] section.
         &format!("[auth]\nhtpasswd = {:?}", file.display().to_string()),
         &[
-            ("/v2/", Some(&alice)),
-            ("/v2/", None),
-            ("/v2/app/manifests/1", Some(&wrong)),
+            (Method::GET, "/v2/", Some(("authorization", &alice))),
+            (Method::GET, "/v2/", None),
+            (
+                Method::GET,
+                "/v2/app/manifests/1",
+                Some(("authorization", &wrong)),
+            ),
         ],
         LevelFilter::INFO,
     )

@@ -330,3 +330,55 @@ async fn a_resume_request_that_gets_no_answer_is_tried_again() {
     b.settled().await;
     assert_eq!(std::fs::read(b.blob_file(&blob)).unwrap(), layer);
 }
+
+#[tokio::test]
+async fn an_upstream_that_sends_headers_and_then_nothing_is_given_up_after_about_two_stalls() {
+    let fake = FakeRegistry::start().await;
+    let layer = random_bytes(300_000, 160);
+    let blob = fake.put_blob("library/app", layer.clone());
+    let upstream_path = format!("/v2/library/app/blobs/{blob}");
+    // Every answer, the resumes' too, stalls before its first byte.
+    fake.fault(&upstream_path, Fault::StallAfter(0));
+    let stall = std::time::Duration::from_millis(600);
+    let b = berth(
+        &fake,
+        &format!("{FAST}\nstall_timeout = \"{}ms\"", stall.as_millis()),
+    )
+    .await;
+    let started = std::time::Instant::now();
+    let got = b.get(&format!("/v2/app/blobs/{blob}")).await;
+    let waited = started.elapsed();
+    assert!(got.body.is_err(), "a stalled fill must not look complete");
+    // One resume, which brought nothing; not the three resume_attempts each waiting a stall.
+    assert_eq!(
+        ranges(&fake, &upstream_path),
+        vec![None, Some("bytes=0-".to_owned())]
+    );
+    assert!(
+        waited < stall * 3,
+        "waited {waited:?} for no byte with stall_timeout {stall:?}"
+    );
+    assert_eq!(resumes(&b, "failed").await, 1);
+    b.settled().await;
+    assert!(tmp_is_empty(&b));
+
+    // A resume that brings bytes earns the next one: progress, then a stall, then the rest.
+    fake.clear_faults();
+    let other = random_bytes(300_000, 161);
+    let other_blob = fake.put_blob("library/app", other.clone());
+    let other_path = format!("/v2/library/app/blobs/{other_blob}");
+    fake.fault_times(&other_path, Fault::StallAfter(1000), 1);
+    fake.fault_times(&other_path, Fault::StallAfter(1000), 1);
+    same(
+        b.get(&format!("/v2/app/blobs/{other_blob}")).await.bytes(),
+        &other,
+    );
+    assert_eq!(
+        ranges(&fake, &other_path),
+        vec![
+            None,
+            Some("bytes=1000-".to_owned()),
+            Some("bytes=2000-".to_owned())
+        ]
+    );
+}

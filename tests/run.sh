@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The one test command (the README gives it; CI runs it through .ci/run):
 # dependencies, formatting, lints, unit + integration tests, the end-to-end suite with real
-# clients, and the benches compiled. Stops at the first failure, with a non-zero exit.
+# clients, a short fuzz run of the parsers, and the benches compiled. Stops at the first failure, with a non-zero exit.
 # The end-to-end tests start containerd and dockerd, so run this as root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -31,6 +31,9 @@ cargo test --test observability -- --ignored
 
 step "container image built and run with podman: cargo test --test container -- --ignored"
 cargo test --test container -- --ignored
+
+step "fuzz: fuzz/run.sh (each parser target for 15 s)"
+FUZZ_SECONDS=15 bash fuzz/run.sh
 
 step "cargo bench --no-run"
 cargo bench --no-run

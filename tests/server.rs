@@ -147,11 +147,25 @@ async fn bad_input_gets_oci_errors_and_no_upstream_traffic() {
             400,
             "NAME_INVALID",
         ),
+        // Neither a tag nor a digest: no such manifest (what the OCI conformance suite expects).
         (
             "GET",
             "/v2/quay.io/x/manifests/-tag".to_owned(),
+            404,
+            "MANIFEST_UNKNOWN",
+        ),
+        (
+            "GET",
+            "/v2/quay.io/x/manifests/.INVALID_MANIFEST_NAME".to_owned(),
+            404,
+            "MANIFEST_UNKNOWN",
+        ),
+        // Shaped like a digest but not a valid one: the client's digest is wrong, and says so.
+        (
+            "GET",
+            "/v2/quay.io/x/manifests/sha256:123".to_owned(),
             400,
-            "TAG_INVALID",
+            "DIGEST_INVALID",
         ),
         (
             "GET",
@@ -207,6 +221,19 @@ async fn bad_input_gets_oci_errors_and_no_upstream_traffic() {
             "detail in {r}"
         );
     }
+    b.assert_upstream_untouched();
+}
+
+#[tokio::test]
+async fn a_reference_that_is_neither_tag_nor_digest_is_an_unknown_manifest_for_head_too() {
+    let b = start("").await;
+    let r = get(
+        b.addr,
+        "HEAD",
+        "/v2/quay.io/x/manifests/.INVALID_MANIFEST_NAME",
+    )
+    .await;
+    assert_eq!(status(&r), 404, "{r}");
     b.assert_upstream_untouched();
 }
 
@@ -353,4 +380,109 @@ async fn tls_listener_speaks_h2_and_http1() {
     // Plain HTTP on the TLS port gets no answer but a closed connection.
     let r = get(b.addr, "GET", "/v2/").await;
     assert_eq!(status(&r), 0, "{r}");
+}
+
+/// Sends one keep-alive `GET /v2/` on `s` and reads its response head (the body is empty).
+async fn keep_alive_get(s: &mut TcpStream) -> String {
+    s.write_all(b"GET /v2/ HTTP/1.1\r\nHost: berth\r\n\r\n")
+        .await
+        .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(s.read(&mut byte).await.unwrap(), 1, "closed: {head:?}");
+        head.push(byte[0]);
+    }
+    String::from_utf8(head).unwrap()
+}
+
+#[tokio::test]
+async fn beyond_max_connections_a_connection_waits_until_one_closes() {
+    let b = start("max_connections = 2\nheader_read_timeout = \"60s\"").await;
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut s = TcpStream::connect(b.addr).await.unwrap();
+        assert!(keep_alive_get(&mut s).await.starts_with("HTTP/1.1 200"));
+        held.push(s);
+    }
+    // The third is accepted by the kernel, not by berth: its request gets no answer yet.
+    let mut third = TcpStream::connect(b.addr).await.unwrap();
+    let waiting = tokio::spawn(async move {
+        let head = keep_alive_get(&mut third).await;
+        (third, head)
+    });
+    // A bounded look for an answer that must not come while both slots are taken.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!waiting.is_finished(), "served beyond max_connections");
+    // The metrics listener is not counted: it answers meanwhile.
+    assert!(
+        get(b.metrics, "GET", "/healthz")
+            .await
+            .starts_with("HTTP/1.1 200")
+    );
+    // A held connection still works (its slot is its own).
+    assert!(
+        keep_alive_get(&mut held[0])
+            .await
+            .starts_with("HTTP/1.1 200")
+    );
+
+    drop(held.remove(0));
+    let (_third, head) = tokio::time::timeout(Duration::from_secs(10), waiting)
+        .await
+        .expect("the waiting connection is served once a slot frees")
+        .unwrap();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+}
+
+/// Reads HTTP/2 frames from `s` until the first SETTINGS frame from the server; returns its
+/// (identifier, value) pairs.
+async fn server_settings(s: &mut TcpStream) -> Vec<(u16, u32)> {
+    loop {
+        let mut head = [0u8; 9];
+        s.read_exact(&mut head).await.unwrap();
+        let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+        let mut payload = vec![0u8; len];
+        s.read_exact(&mut payload).await.unwrap();
+        // Type 4 = SETTINGS; flag 1 = ACK (of ours), which carries nothing.
+        if head[3] == 4 && head[4] & 1 == 0 {
+            return payload
+                .chunks(6)
+                .map(|c| {
+                    (
+                        u16::from_be_bytes([c[0], c[1]]),
+                        u32::from_be_bytes([c[2], c[3], c[4], c[5]]),
+                    )
+                })
+                .collect();
+        }
+    }
+}
+
+#[tokio::test]
+async fn http2_caps_streams_and_drops_a_peer_that_does_not_answer_pings() {
+    let b = start(
+        "http2_max_concurrent_streams = 7\nhttp2_keepalive_interval = \"200ms\"\nhttp2_keepalive_timeout = \"200ms\"",
+    )
+    .await;
+    // Prior-knowledge HTTP/2 on plain TCP: the preface and an empty SETTINGS frame, then silence.
+    let mut s = TcpStream::connect(b.addr).await.unwrap();
+    s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+        .await
+        .unwrap();
+    let settings = server_settings(&mut s).await;
+    // SETTINGS_MAX_CONCURRENT_STREAMS is identifier 3.
+    assert!(settings.contains(&(3, 7)), "{settings:?}");
+    // The server pings, gets no answer, and closes: EOF (or a reset), within a bounded time.
+    let mut rest = Vec::new();
+    let ended = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut rest)).await;
+    assert!(
+        ended.is_ok(),
+        "a peer that never answers a PING kept its connection"
+    );
+    // Among what came before the end: a PING (type 6).
+    assert!(
+        rest.windows(4).any(|w| w[3] == 6 && w[0..3] == [0, 0, 8]),
+        "no PING in {rest:?}"
+    );
 }

@@ -116,8 +116,15 @@ impl App {
             _ => None,
         };
         self.in_flight.fetch_add(1, Ordering::Relaxed);
+        // hyper stops polling a body once it has sent the `Content-Length` it announced, so the
+        // end of the stream is never seen there: the count of bytes decides instead.
+        let length = (method != Method::HEAD)
+            .then(|| resp.headers().get(header::CONTENT_LENGTH))
+            .flatten()
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
         let done = RequestLog {
             started,
+            length,
             method,
             uri,
             status,
@@ -416,6 +423,8 @@ fn tags_response(reply: TagsReply, target: &Target, head: bool) -> Response<Body
 /// Logs and counts a request when its body ends (or is dropped by a client that went away).
 struct RequestLog {
     started: Instant,
+    /// The body's announced length (not for HEAD, which sends none).
+    length: Option<u64>,
     method: Method,
     uri: http::Uri,
     status: StatusCode,
@@ -427,6 +436,11 @@ struct RequestLog {
 }
 
 impl RequestLog {
+    /// Whether every byte of the body went out: its end was seen, or all the bytes it announced.
+    fn complete(&self, end_seen: bool) -> bool {
+        end_seen || self.length == Some(self.bytes)
+    }
+
     fn finish(self, complete: bool) {
         self.app.in_flight.fetch_sub(1, Ordering::Relaxed);
         if let Some(source) = self.served_from
@@ -589,7 +603,7 @@ impl HttpBody for LoggedBody {
 impl Drop for LoggedBody {
     fn drop(&mut self) {
         if let Some(log) = self.log.take() {
-            let complete = self.inner.is_end_stream();
+            let complete = log.complete(self.inner.is_end_stream());
             log.finish(complete);
         }
     }

@@ -16,7 +16,7 @@
 
 use http::Method;
 
-use crate::error::Error;
+use crate::error::{Code, Error};
 use crate::oci::{Digest, Reference, RepoName, Tag};
 
 /// Largest `n` accepted on a tag list.
@@ -116,7 +116,7 @@ pub fn parse(
     match tail {
         Tail::Manifest(r) => Ok(Route::Manifest {
             target,
-            reference: r.parse()?,
+            reference: manifest_reference(r)?,
         }),
         Tail::Blob(d) => Ok(Route::Blob {
             target,
@@ -140,6 +140,20 @@ pub fn parse(
             Ok(Route::TagsList { target, n, last })
         }
     }
+}
+
+/// A manifest reference. One that is neither a tag nor shaped like a digest names no manifest:
+/// `404 MANIFEST_UNKNOWN`, as the Distribution registry answers (its router matches no such path)
+/// and the OCI conformance suite expects. One with a `:` is a digest the client got wrong (bad
+/// encoding, unsupported algorithm): `400 DIGEST_INVALID`, which tells that client what to fix,
+/// the answer blob routes give, and the registry's own for a digest it cannot parse.
+fn manifest_reference(r: &str) -> Result<Reference, Error> {
+    r.parse().map_err(|e: Error| match e.code {
+        Code::TagInvalid => {
+            Error::manifest_unknown(format!("{:?} is neither a tag nor a digest", clip(r)))
+        }
+        _ => e,
+    })
 }
 
 fn check_method(method: &Method) -> Result<(), Error> {
@@ -241,7 +255,6 @@ fn clip(s: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::error::Code;
 
     fn hosts() -> Hosts {
         let cfg = crate::config::Config::parse(
@@ -359,10 +372,14 @@ mod tests {
             get("/v2/x/blobs/sha256:xyz", None).unwrap_err().code,
             Code::DigestInvalid
         );
-        assert_eq!(
-            get("/v2/x/manifests/-bad", None).unwrap_err().code,
-            Code::TagInvalid
-        );
+        for bad in ["-bad", ".INVALID_MANIFEST_NAME", &"a".repeat(129)] {
+            let e = get(&format!("/v2/x/manifests/{bad}"), None).unwrap_err();
+            assert_eq!((e.code, e.status.as_u16()), (Code::ManifestUnknown, 404));
+        }
+        for bad in ["sha256:zz", "md5:abc", "sha256:"] {
+            let e = get(&format!("/v2/x/manifests/{bad}"), None).unwrap_err();
+            assert_eq!((e.code, e.status.as_u16()), (Code::DigestInvalid, 400));
+        }
         assert_eq!(
             get("/v2/X/manifests/latest", None).unwrap_err().code,
             Code::NameInvalid
@@ -423,6 +440,163 @@ mod tests {
                 if p == "/v2//manifests/a" { 400 } else { 404 },
                 "{p}: {e}"
             );
+        }
+    }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// A repository name component: `[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*`, without dots when it
+        /// comes first on the default upstream (a dotted first component names a registry).
+        fn component(dots: bool) -> impl Strategy<Value = String> {
+            let sep = if dots { "(\\.|_|__|-+)" } else { "(_|__|-+)" };
+            proptest::string::string_regex(&format!("[a-z0-9]{{1,6}}({sep}[a-z0-9]{{1,6}}){{0,2}}"))
+                .unwrap()
+        }
+
+        fn name(first_dots: bool) -> impl Strategy<Value = String> {
+            (
+                component(first_dots),
+                prop::collection::vec(component(true), 0..4),
+            )
+                .prop_map(|(first, rest)| {
+                    std::iter::once(first)
+                        .chain(rest)
+                        .collect::<Vec<_>>()
+                        .join("/")
+                })
+        }
+
+        fn reference() -> impl Strategy<Value = String> {
+            prop_oneof![
+                proptest::string::string_regex("[a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}").unwrap(),
+                proptest::string::string_regex("sha256:[0-9a-f]{64}").unwrap(),
+            ]
+        }
+
+        /// How a client names the registry: none, `?ns=`, or a path prefix (by name or alias).
+        #[derive(Debug, Clone)]
+        enum Naming {
+            Default,
+            Ns(&'static str),
+            Prefix(&'static str),
+        }
+
+        fn naming() -> impl Strategy<Value = Naming> {
+            prop_oneof![
+                Just(Naming::Default),
+                prop::sample::select(vec!["docker.io", "quay.io", "127.0.0.1:5001"])
+                    .prop_map(Naming::Ns),
+                prop::sample::select(vec!["registry-1.docker.io", "quay.io", "127.0.0.1:5001"])
+                    .prop_map(Naming::Prefix),
+            ]
+        }
+
+        /// The path and query a client would send for `route`: the inverse of [`parse`].
+        fn format(route: &Route) -> (String, Option<String>) {
+            let Some(t) = route.target() else {
+                return ("/v2/".to_owned(), None);
+            };
+            let (prefix, mut query) = match &t.via {
+                Via::Default => (String::new(), Vec::new()),
+                Via::Namespace(ns) => (String::new(), vec![format!("ns={ns}")]),
+                Via::Prefix(p) => (format!("{p}/"), Vec::new()),
+            };
+            let tail = match route {
+                Route::Manifest { reference, .. } => format!("manifests/{reference}"),
+                Route::Blob { digest, .. } => format!("blobs/{digest}"),
+                Route::TagsList { n, last, .. } => {
+                    query.extend(n.map(|n| format!("n={n}")));
+                    query.extend(last.as_ref().map(|l| format!("last={l}")));
+                    "tags/list".to_owned()
+                }
+                Route::Base => unreachable!(),
+            };
+            let path = format!("/v2/{prefix}{}/{tail}", t.name);
+            (path, (!query.is_empty()).then(|| query.join("&")))
+        }
+
+        fn via_of(n: &Naming) -> (usize, Via) {
+            let upstream = |h: &str| hosts().lookup(h).unwrap();
+            match n {
+                Naming::Default => (0, Via::Default),
+                Naming::Ns(h) => (upstream(h), Via::Namespace((*h).to_owned())),
+                Naming::Prefix(h) => (upstream(h), Via::Prefix((*h).to_owned())),
+            }
+        }
+
+        proptest! {
+            #[test]
+            fn manifests_and_blobs_parse_to_what_was_named_and_format_back(
+                naming in naming(),
+                first_dots in any::<bool>(),
+                reference in reference(),
+                raw_name in name(true),
+                plain_name in name(false),
+                blob in any::<bool>(),
+            ) {
+                let name = if first_dots && !matches!(naming, Naming::Default) { raw_name } else { plain_name };
+                let (prefix, query) = match &naming {
+                    Naming::Default => (String::new(), None),
+                    Naming::Ns(h) => (String::new(), Some(format!("ns={h}"))),
+                    Naming::Prefix(h) => (format!("{h}/"), None),
+                };
+                let reference = if blob { format!("sha256:{}", "0".repeat(64)) } else { reference };
+                let kind = if blob { "blobs" } else { "manifests" };
+                let path = format!("/v2/{prefix}{name}/{kind}/{reference}");
+                let route = parse(&Method::GET, &path, query.as_deref(), &hosts()).unwrap();
+
+                let (upstream, via) = via_of(&naming);
+                let t = route.target().unwrap();
+                prop_assert_eq!(t.upstream, upstream);
+                prop_assert_eq!(&t.via, &via);
+                let want_name = if upstream == 0 && name.split('/').count() == 1 {
+                    format!("library/{name}")
+                } else {
+                    name.clone()
+                };
+                prop_assert_eq!(t.name.as_str(), want_name.as_str());
+                match &route {
+                    Route::Manifest { reference: r, .. } => prop_assert_eq!(r.to_string(), reference),
+                    Route::Blob { digest, .. } => prop_assert_eq!(digest.to_string(), reference),
+                    other => prop_assert!(false, "{:?}", other),
+                }
+                let (path, query) = format(&route);
+                prop_assert_eq!(parse(&Method::HEAD, &path, query.as_deref(), &hosts()).unwrap(), route);
+            }
+
+            #[test]
+            fn tag_lists_round_trip(
+                naming in naming(),
+                name in name(false),
+                n in proptest::option::of(0..=MAX_TAGS_PAGE),
+                last in proptest::option::of(proptest::string::string_regex("[a-zA-Z0-9_][a-zA-Z0-9._-]{0,20}").unwrap()),
+            ) {
+                let (upstream, via) = via_of(&naming);
+                let mut name: RepoName = name.parse().unwrap();
+                if upstream == 0 {
+                    name = name.with_library_prefix();
+                }
+                let route = Route::TagsList {
+                    target: Target { upstream, name, via },
+                    n,
+                    last: last.map(|l| l.parse().unwrap()),
+                };
+                let (path, query) = format(&route);
+                prop_assert_eq!(parse(&Method::GET, &path, query.as_deref(), &hosts()).unwrap(), route);
+            }
+
+            #[test]
+            fn any_path_is_a_route_or_a_client_error(path in "/v2/[ -~]{0,80}", query in proptest::option::of("[ -~]{0,40}")) {
+                match parse(&Method::GET, &path, query.as_deref(), &hosts()) {
+                    Ok(route) => {
+                        let (p, q) = format(&route);
+                        prop_assert_eq!(parse(&Method::GET, &p, q.as_deref(), &hosts()).unwrap(), route);
+                    }
+                    Err(e) => prop_assert!(e.status.is_client_error(), "{}", e),
+                }
+            }
         }
     }
 
