@@ -26,6 +26,8 @@
 //! - [`store`]: content-addressed blob files; a fill writes a temp file that readers can follow while it
 //!   grows, and is renamed into place only after its size and sha256 check out.
 //! - [`upstream`]: the registry client: pooled HTTPS, auth challenges and tokens, redirects, timeouts.
+//! - [`origins`]: which upstreams each cached digest came through, so content cached from one
+//!   upstream is answered through another only once that one confirms it has it.
 //! - [`oci`]: repository names, tags, digests, references, media types, `Accept` matching.
 //! - [`error`]: one `Clone` error type that knows its origin and its OCI code.
 //! - [`metrics`]: Prometheus families, registered in a registry that is handed in.
@@ -73,6 +75,7 @@ pub mod manifests;
 pub mod metrics;
 pub mod mirror;
 pub mod oci;
+pub mod origins;
 pub mod reload;
 pub mod sdnotify;
 pub mod server;

@@ -39,6 +39,9 @@ pub struct Metrics {
     pub fill_waits: IntCounter,
     /// `berth_blob_first_byte_seconds`: time from a blob request to its first byte being ready.
     pub first_byte: Histogram,
+    /// `berth_origin_confirmations_total`: cached digests an upstream was asked about (and
+    /// confirmed) before they were answered through it, having come through another (`origins`).
+    pub origin_confirmations: IntCounter,
     /// `berth_upstream_resumes_total{upstream,outcome}`: blob downloads picked up again after their
     /// body broke off: outcome = partial (206 from where it stopped) | restart (the upstream ignored
     /// `Range`; its body was read from the start, the bytes already had skipped) | failed (gave up).
@@ -134,6 +137,10 @@ impl Metrics {
                 "berth_fill_waits_total",
                 "Blob requests that waited for another repository's download to get its upstream's answer before sharing it or starting their own.",
             )?,
+            origin_confirmations: IntCounter::new(
+                "berth_origin_confirmations_total",
+                "Cached digests confirmed with an upstream before being answered through it, having been fetched through another.",
+            )?,
             first_byte: Histogram::with_opts(
                 HistogramOpts::new(
                     "berth_blob_first_byte_seconds",
@@ -174,6 +181,7 @@ impl Metrics {
         registry.register(Box::new(m.coalesced.clone()))?;
         registry.register(Box::new(m.fill_waits.clone()))?;
         registry.register(Box::new(m.first_byte.clone()))?;
+        registry.register(Box::new(m.origin_confirmations.clone()))?;
         registry.register(Box::new(m.resumes.clone()))?;
         registry.register(Box::new(m.store_write_errors.clone()))?;
         registry.register(Box::new(m.zero_copy_bytes.clone()))?;

@@ -58,6 +58,7 @@ use crate::http::route::Target;
 use crate::manifests::{MAX_MANIFEST_BYTES, Manifest, Manifests, TagEntry, TagKey};
 use crate::metrics::Metrics;
 use crate::oci::{self, Digest, Reference, RepoName, Tag};
+use crate::origins::{Origins, Provenance};
 use crate::store::{self, FillState, Source, Store};
 use crate::upstream::{NotFoundKind, Upstream, UpstreamRequest, UpstreamResponse};
 use crate::upstreams::UpstreamSet;
@@ -88,6 +89,8 @@ pub struct Mirror {
     manifests: Manifests,
     /// Fills in progress, and who may share them ([`crate::fill`]).
     fills: Arc<Fills>,
+    /// Which upstreams each cached digest came through ([`crate::origins`]).
+    origins: Arc<Origins>,
     /// Manifest and tag lookups in progress: N clients pulling one tag make one upstream request.
     manifest_flights: Flights<ManifestKey, Result<ManifestReply, Error>>,
     metrics: Metrics,
@@ -248,9 +251,11 @@ impl Mirror {
         upstreams: UpstreamSet,
         store: Arc<Store>,
         manifests: Manifests,
+        origins: Origins,
         metrics: Metrics,
     ) -> Mirror {
         Mirror {
+            origins: Arc::new(origins),
             upstreams: ArcSwap::from_pointee(upstreams),
             store,
             manifests,
@@ -375,6 +380,8 @@ impl Mirror {
             _ if form == Form::Schema1 => {}
             Reference::Digest(d) => {
                 if let Some(m) = self.manifests.get(d).await? {
+                    self.may_serve(target, up, d, NotFoundKind::Manifest)
+                        .await?;
                     self.count_hit(target.upstream, "manifest");
                     return Ok(ManifestReply {
                         manifest: m,
@@ -428,6 +435,7 @@ impl Mirror {
                     let m = this
                         .fetch_manifest(up, &target.name, &reference, form, Some(d))
                         .await?;
+                    this.record_origin(target.upstream, up, d);
                     Ok(ManifestReply {
                         manifest: m,
                         stale: None,
@@ -478,6 +486,7 @@ impl Mirror {
                 match self.head_manifest(up, &target.name, tag).await {
                     Ok(Some(d)) if d == entry.digest => {
                         if let Some(m) = self.manifests.get(&d).await? {
+                            self.record_origin(target.upstream, up, &d);
                             self.manifests
                                 .set_tag(
                                     key,
@@ -524,6 +533,7 @@ impl Mirror {
                 outcome: "passthrough",
             }),
             Ok(m) => {
+                self.record_origin(target.upstream, up, &m.digest);
                 let entry = TagEntry {
                     digest: m.digest.clone(),
                     media_type: m.media_type.clone(),
@@ -568,6 +578,41 @@ impl Mirror {
             stale: Some(cause.to_string()),
             outcome: "stale",
         })
+    }
+
+    /// Records that the upstream in `slot` served `digest` ([`crate::origins`]).
+    fn record_origin(&self, slot: usize, up: &Upstream, digest: &Digest) {
+        self.origins
+            .record(slot, &up.name().to_ascii_lowercase(), digest);
+    }
+
+    /// Whether a cached digest may be answered through the target's upstream: recorded for it,
+    /// cached before records were kept, or confirmed now with a HEAD to that upstream (then
+    /// recorded). Otherwise that upstream's own answer (404, 403, 503), exactly what a miss would
+    /// have got, so the client learns nothing about what is cached.
+    async fn may_serve(
+        &self,
+        target: &Target,
+        up: &Upstream,
+        digest: &Digest,
+        kind: NotFoundKind,
+    ) -> Result<(), Error> {
+        if self.origins.check(target.upstream, digest) != Provenance::Elsewhere {
+            return Ok(());
+        }
+        let req = match kind {
+            NotFoundKind::Manifest => manifest_request(
+                Method::HEAD,
+                &target.name,
+                &Reference::Digest(digest.clone()),
+                Form::Stored,
+            ),
+            _ => blob_request(Method::HEAD, &target.name, digest),
+        };
+        up.send(req).await?.error_for_status(kind).await?;
+        self.metrics.origin_confirmations.inc();
+        self.record_origin(target.upstream, up, digest);
+        Ok(())
     }
 
     /// HEAD a tag upstream: the digest it points at now, if the upstream says.
@@ -667,6 +712,8 @@ impl Mirror {
             None
         });
         if let Some(blob) = cached {
+            self.may_serve(target, &up, digest, NotFoundKind::Blob)
+                .await?;
             self.metrics.cache("blob", up.name(), "hit");
             let span = range.map(|r| r.resolve(blob.len)).transpose()?;
             let (start, end) = span.unwrap_or((0, blob.len));
@@ -784,6 +831,7 @@ impl Mirror {
             }
         };
         let job = FillJob {
+            origin: (upstream, self.origins.clone()),
             up: up.clone(),
             name: name.clone(),
             digest: digest.clone(),
@@ -868,6 +916,8 @@ impl Mirror {
 
 /// One blob fetch from upstream into the store.
 struct FillJob {
+    /// The upstream's slot, and where a verified blob is recorded as having come through it.
+    origin: (usize, Arc<Origins>),
     up: Arc<Upstream>,
     name: RepoName,
     digest: Digest,
@@ -939,7 +989,12 @@ impl FillJob {
     }
 
     async fn run(&self, tx: watch::Sender<FillState>) {
-        if let Err(e) = self.fetch(&tx).await {
+        let fetched = self.fetch(&tx).await;
+        if fetched.is_ok() {
+            let (slot, origins) = &self.origin;
+            origins.record(*slot, &self.up.name().to_ascii_lowercase(), &self.digest);
+        }
+        if let Err(e) = fetched {
             tracing::warn!(upstream = self.up.name(), repo = %self.name, digest = %self.digest, error = %e, "blob fill failed; nothing cached");
             tx.send_replace(FillState::Failed(e));
         }

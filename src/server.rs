@@ -48,6 +48,7 @@ use crate::index::Limits;
 use crate::manifests::Manifests;
 use crate::metrics::{self, Metrics};
 use crate::mirror::Mirror;
+use crate::origins::Origins;
 use crate::reload::{ReloadMetrics, Reloader};
 use crate::sdnotify::Notifier;
 use crate::store::Store;
@@ -135,6 +136,7 @@ impl Server {
             .collect();
         let manifests = Manifests::new(store.clone(), root, MANIFEST_MEMORY_BYTES, names)
             .map_err(storage_err)?;
+        let origins = Origins::open(root, &manifests.upstream_names()).map_err(storage_err)?;
 
         let reload_metrics = ReloadMetrics::register(&prometheus)?;
         // Slots in config order: `manifests` was given the names in that order.
@@ -151,6 +153,7 @@ impl Server {
             UpstreamSet::new(upstreams),
             store.clone(),
             manifests,
+            origins,
             metrics.clone(),
         ));
         let admin = cfg

@@ -131,3 +131,120 @@ async fn downloads_are_not_shared_across_upstreams() {
         same(got.body.as_ref().unwrap(), &layer);
     }
 }
+
+/// A blob and a manifest cached through a private upstream are not answered by digest through a
+/// public one that does not have them: the client gets that upstream's own 404, exactly as if
+/// nothing were cached. Once the public upstream has them (it confirms, once), the cache serves
+/// them through it too; the records survive a restart. Content cached before records were kept
+/// is served as before.
+#[tokio::test]
+async fn content_cached_through_one_upstream_is_answered_through_another_only_if_it_has_it() {
+    let private = FakeRegistry::start().await;
+    let public = FakeRegistry::start().await;
+    let layer = random_bytes(100_000, 4);
+    let blob = private.put_blob("team/secret", layer.clone());
+    let manifest = private.put_manifest(
+        "team/secret",
+        berth::oci::media::OCI_MANIFEST,
+        r#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","layers":[]}"#,
+    );
+    public.put_blob(
+        "team/secret",
+        Bytes::from_static(b"the public repository exists"),
+    );
+    let second = format!(
+        "\n[[upstream]]\nname = \"public.test\"\nurl = \"{}\"\n",
+        public.url()
+    );
+    let b = berth(&private, &second).await;
+    let via = |up: &str, what: &str| format!("/v2/{up}/team/secret/{what}");
+
+    let got = b.get(&via("registry.test", &format!("blobs/{blob}"))).await;
+    same(got.body.as_ref().unwrap(), &layer);
+    let got = b
+        .get(&via("registry.test", &format!("manifests/{manifest}")))
+        .await;
+    assert_eq!(got.status, StatusCode::OK);
+
+    for method in [Method::GET, Method::HEAD] {
+        let got = b
+            .request(
+                method.clone(),
+                &via("public.test", &format!("blobs/{blob}")),
+                &[],
+            )
+            .await;
+        assert_eq!(got.status, StatusCode::NOT_FOUND, "{method} blob");
+        let got = b
+            .request(
+                method.clone(),
+                &via("public.test", &format!("manifests/{manifest}")),
+                &[],
+            )
+            .await;
+        assert_eq!(got.status, StatusCode::NOT_FOUND, "{method} manifest");
+    }
+    assert_eq!(
+        b.get(&via("public.test", &format!("blobs/{blob}")))
+            .await
+            .code(),
+        "BLOB_UNKNOWN"
+    );
+    // What the public upstream was asked: only whether it has them, never for the bytes.
+    assert_eq!(
+        public.hits(Method::GET, &format!("/v2/team/secret/blobs/{blob}")),
+        0
+    );
+    assert!(public.hits(Method::HEAD, &format!("/v2/team/secret/blobs/{blob}")) >= 1);
+    assert_eq!(b.counter("berth_origin_confirmations_total").await, 0);
+
+    // Now the public upstream has the blob: confirmed once, then served from the cache.
+    public.put_blob("team/secret", layer.clone());
+    public.reset_counts();
+    for _ in 0..3 {
+        let got = b.get(&via("public.test", &format!("blobs/{blob}"))).await;
+        assert_eq!(got.status, StatusCode::OK);
+        same(got.body.as_ref().unwrap(), &layer);
+    }
+    assert_eq!(
+        public.hits(Method::HEAD, &format!("/v2/team/secret/blobs/{blob}")),
+        1
+    );
+    assert_eq!(
+        public.hits(Method::GET, &format!("/v2/team/secret/blobs/{blob}")),
+        0
+    );
+    assert_eq!(b.counter("berth_origin_confirmations_total").await, 1);
+
+    // The records survive a restart: no new confirmation, the manifest still refused.
+    let dir = b.stop();
+    let b = support::instance::start_on(&private, &second, dir).await;
+    public.reset_counts();
+    assert_eq!(
+        b.get(&via("public.test", &format!("blobs/{blob}")))
+            .await
+            .status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        public.hits(Method::HEAD, &format!("/v2/team/secret/blobs/{blob}")),
+        0
+    );
+    assert_eq!(
+        b.get(&via("public.test", &format!("manifests/{manifest}")))
+            .await
+            .status,
+        StatusCode::NOT_FOUND
+    );
+
+    // A cache without records (made before they were kept) serves as it always did.
+    let dir = b.stop();
+    std::fs::remove_dir_all(dir.path().join("origins")).unwrap();
+    let b = support::instance::start_on(&private, &second, dir).await;
+    assert_eq!(
+        b.get(&via("public.test", &format!("manifests/{manifest}")))
+            .await
+            .status,
+        StatusCode::OK
+    );
+}
