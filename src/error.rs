@@ -308,6 +308,41 @@ impl Error {
         .with_retry_after(retry_after)
     }
 
+    // Client login (`access`).
+
+    /// No login, or a wrong one: 401 (the HTTP layer adds the Basic challenge).
+    pub fn login_required(detail: impl Into<String>) -> Self {
+        Self::new(
+            Origin::Client,
+            StatusCode::UNAUTHORIZED,
+            Code::Unauthorized,
+            "authentication required",
+        )
+        .with_detail(detail)
+    }
+
+    /// A valid login that may not pull through this upstream. Says nothing about what exists or
+    /// is cached there.
+    pub fn access_denied() -> Self {
+        Self::new(
+            Origin::Client,
+            StatusCode::FORBIDDEN,
+            Code::Denied,
+            "requested access to the resource is denied",
+        )
+    }
+
+    /// Too many password checks waiting: the client should try again shortly.
+    pub fn login_throttled(retry_after: Duration) -> Self {
+        Self::new(
+            Origin::Client,
+            StatusCode::TOO_MANY_REQUESTS,
+            Code::TooManyRequests,
+            "too many logins being checked; try again",
+        )
+        .with_retry_after(Some(retry_after))
+    }
+
     // Internal errors.
 
     pub fn internal(detail: impl Into<String>) -> Self {

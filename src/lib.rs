@@ -4,7 +4,7 @@
 //! A request flows one way, top to bottom:
 //!
 //! ```text
-//! main (CLI) -> server (listeners, TLS, shutdown) -> http (route, respond) -> mirror (orchestration)
+//! main (CLI) -> server (listeners, TLS, shutdown) -> http (login, route, respond) -> mirror (orchestration)
 //!     -> { flight (single-flight), manifests (tag/digest cache), store (blob files + fills),
 //!          upstream (registry client, auth) }
 //!     -> { oci (names, references, digests, media types), error }
@@ -13,6 +13,9 @@
 //!
 //! - [`config`]: the TOML file, defaults, validation, secrets.
 //! - [`server`]: binds the registry and metrics listeners, TLS, connection limits, graceful shutdown.
+//! - [`access`]: client login (`[auth]`): the `Authorization` header becomes a principal
+//!   (htpasswd, bcrypt verdicts cached, checks bounded), and the policy of who may pull through
+//!   which upstream; `http` asks it before routing reaches the mirror.
 //! - [`http`]: parses method + path + query into a typed [`http::Route`], calls the mirror, writes
 //!   responses and the one OCI error body.
 //! - [`mirror`]: decides hit or miss, coalesces fetches, verifies, caches.
@@ -58,6 +61,7 @@
 // measured exception, allowed where it stands and explained there.
 #![deny(unsafe_code)]
 
+pub mod access;
 pub mod admin;
 pub mod config;
 pub mod error;

@@ -94,7 +94,8 @@ for hosts configured as an [[upstream]] name or alias.
 Examples:
   berth warm nginx:1.25 quay.io/coreos/flannel:v0.11.0
   berth warm --config /etc/berth/config.toml --file rollout.txt --platform linux/amd64
-  berth warm --server https://mirror.internal:5000 --ca-file ca.pem registry.local:5000/team/app:v3";
+  berth warm --server https://mirror.internal:5000 --ca-file ca.pem registry.local:5000/team/app:v3
+  echo \"$PASSWORD\" | berth warm --user ci --password-stdin --server http://berth:5000 nginx:1.25";
 
 #[derive(clap::Args)]
 struct WarmArgs {
@@ -123,6 +124,13 @@ struct WarmArgs {
     /// Transfers at once.
     #[arg(long, short, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
     jobs: u16,
+    /// Log in to a berth with [auth] as USER; the password comes from --password-stdin or the
+    /// environment variable BERTH_PASSWORD (never from the command line).
+    #[arg(long, short, value_name = "USER", env = "BERTH_USER")]
+    user: Option<String>,
+    /// Read the password for --user from the first line of stdin.
+    #[arg(long, requires = "user")]
+    password_stdin: bool,
 }
 
 #[derive(Subcommand)]
@@ -152,16 +160,39 @@ enum CacheOp {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::CheckConfig { config } => match Config::load(&config) {
-            Ok(cfg) => {
-                println!("# {}: valid\n{}", config.display(), cfg.to_toml());
-                ExitCode::SUCCESS
+        Command::CheckConfig { config } => {
+            // The htpasswd file is read by the server when it starts; check it here too, so a
+            // file with a non-bcrypt line fails the check, not the next restart.
+            let checked =
+                Config::load(&config)
+                    .map_err(|e| e.to_string())
+                    .and_then(|cfg| match &cfg.auth {
+                        Some(a) => std::fs::read_to_string(&a.htpasswd)
+                            .map_err(|e| e.to_string())
+                            .and_then(|t| {
+                                berth::access::htpasswd::parse(&t).map_err(|e| e.to_string())
+                            })
+                            .map_err(|e| {
+                                format!(
+                                    "{}: auth.htpasswd: {}: {e}",
+                                    config.display(),
+                                    a.htpasswd.display()
+                                )
+                            })
+                            .map(|_| cfg),
+                        None => Ok(cfg),
+                    });
+            match checked {
+                Ok(cfg) => {
+                    println!("# {}: valid\n{}", config.display(), cfg.to_toml());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("berth: invalid config: {e}");
+                    ExitCode::from(2)
+                }
             }
-            Err(e) => {
-                eprintln!("berth: invalid config: {e}");
-                ExitCode::from(2)
-            }
-        },
+        }
         Command::Verify { config } => {
             let cfg = match load(config.as_deref()) {
                 Ok(c) => c,
@@ -252,6 +283,34 @@ fn load(path: Option<&std::path::Path>) -> Result<Config, ExitCode> {
     }
 }
 
+/// `--user` with its password from stdin or `BERTH_PASSWORD`; `None` without `--user`.
+fn warm_credentials(args: &WarmArgs) -> Result<Option<(String, berth::config::Secret)>, String> {
+    let Some(user) = &args.user else {
+        return Ok(None);
+    };
+    if user.is_empty() || user.contains(':') {
+        return Err("--user: a user name is not empty and holds no ':'".into());
+    }
+    let password = if args.password_stdin {
+        if args.file.iter().any(|f| f.as_os_str() == "-") {
+            return Err("--password-stdin and --file - both read stdin: use one".into());
+        }
+        let mut line = String::new();
+        std::io::stdin()
+            .read_line(&mut line)
+            .map_err(|e| format!("--password-stdin: cannot read stdin: {e}"))?;
+        line.trim_end_matches(['\r', '\n']).to_owned()
+    } else {
+        std::env::var("BERTH_PASSWORD").map_err(|_| {
+            "--user needs a password: pipe it to --password-stdin or set BERTH_PASSWORD".to_owned()
+        })?
+    };
+    if password.is_empty() {
+        return Err("the password for --user is empty".into());
+    }
+    Ok(Some((user.clone(), berth::config::Secret::new(password))))
+}
+
 /// `berth warm`: references from the arguments and files, checked before anything is fetched.
 fn warm(args: WarmArgs) -> ExitCode {
     use berth::warm::{ImageRef, Options, Warmer};
@@ -278,6 +337,13 @@ fn warm(args: WarmArgs) -> ExitCode {
                 .map(|(line, r)| (format!("{}:{line}", path.display()), r.to_owned())),
         );
     }
+    let credentials = match warm_credentials(&args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("berth warm: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let mut refs: Vec<ImageRef> = Vec::new();
     let mut bad = false;
     for (source, text) in &texts {
@@ -316,6 +382,7 @@ fn warm(args: WarmArgs) -> ExitCode {
         jobs: usize::from(args.jobs),
         platforms: args.platform,
         live: Options::on_terminal(),
+        credentials,
     };
     let warmer = match Warmer::new(&opts) {
         Ok(w) => w,

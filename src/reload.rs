@@ -12,11 +12,15 @@
 //! - storage limits (`max_size`, watermarks, `max_age`, `keep_referenced`): the index takes them
 //!   at once and a maintenance pass evicts down to a lower limit;
 //! - the log level (`[log] level`, unless `RUST_LOG` is set);
-//! - the TLS certificate and key, re-read from the same paths.
+//! - the TLS certificate and key, re-read from the same paths;
+//! - with `[auth]`: `anonymous_upstreams` and each upstream's `users` (the access policy is
+//!   swapped before the upstream set, so a request routed to a new slot never meets a policy
+//!   that does not know it as open).
 //!
 //! What needs a restart is named in a warning and otherwise ignored (the running value stays and
 //! is compared again at the next reload): listen addresses, the metrics listener, the storage
-//! path, TLS file paths, `[server]` limits, `[admin]`, the log format.
+//! path, TLS file paths, `[server]` limits, `[admin]`, the log format, whether `[auth]` is on and
+//! its htpasswd path and check_concurrency (the file itself is re-read whenever it changes).
 //!
 //! Rule of dependency: uses `config`, `mirror`, `upstream`, `upstreams`, `store`, `tls`,
 //! `sdnotify`; `server` builds it, `main` calls it on `SIGHUP`.
@@ -26,6 +30,7 @@ use std::sync::{Arc, Mutex};
 
 use prometheus::{IntCounterVec, Opts, Registry};
 
+use crate::access::{Access, Settings};
 use crate::config::Config;
 use crate::mirror::Mirror;
 use crate::sdnotify::Notifier;
@@ -72,6 +77,8 @@ pub struct Reloader {
     metrics: ReloadMetrics,
     notifier: Notifier,
     log_level: Option<LogLevel>,
+    /// With `[auth]`: the login checker whose policy follows the upstreams.
+    access: Option<Arc<Access>>,
 }
 
 /// What a reload changed (for the log line and tests).
@@ -106,7 +113,14 @@ impl Reloader {
             metrics,
             notifier,
             log_level: None,
+            access: None,
         }
+    }
+
+    /// The login checker whose policy a reload replaces (`None`: berth runs without `[auth]`).
+    pub fn with_access(mut self, access: Option<Arc<Access>>) -> Reloader {
+        self.access = access;
+        self
     }
 
     /// How the log level is changed (without it, `[log] level` needs a restart).
@@ -180,7 +194,17 @@ impl Reloader {
             return Err("log.level cannot change: the log level is not reloadable here".into());
         }
 
-        // Commit.
+        // Commit. The policy first: a slot the new set adds is refused until its policy is in.
+        if let (Some(access), Some(auth)) = (&self.access, &current.auth) {
+            let mut auth = auth.clone();
+            if let Some(new_auth) = &new.auth {
+                auth.anonymous_upstreams = new_auth.anonymous_upstreams.clone();
+            }
+            access.set_policy(Settings::with_slots(
+                &auth,
+                next.iter().map(|(slot, u)| (*slot, u.config())),
+            ));
+        }
         if current.upstreams != new.upstreams {
             self.mirror.set_upstreams(UpstreamSet::new(next));
         }
@@ -255,6 +279,18 @@ fn restart_only(old: &Config, new: &Config) -> Vec<&'static str> {
             || old.admin.token != new.admin.token,
     );
     check("log.format", old.log.format != new.log.format);
+    check(
+        "auth",
+        old.auth.is_some() != new.auth.is_some()
+            || old
+                .auth
+                .as_ref()
+                .map(|a| (&a.htpasswd, a.check_concurrency))
+                != new
+                    .auth
+                    .as_ref()
+                    .map(|a| (&a.htpasswd, a.check_concurrency)),
+    );
     v
 }
 
@@ -265,6 +301,13 @@ fn keep_restart_only(old: &Config, new: &mut Config) {
     new.storage.path = old.storage.path.clone();
     new.admin = old.admin.clone();
     new.log.format = old.log.format;
+    match (&old.auth, &mut new.auth) {
+        (Some(o), Some(n)) => {
+            n.htpasswd = o.htpasswd.clone();
+            n.check_concurrency = o.check_concurrency;
+        }
+        (o, n) => *n = o.clone(),
+    }
 }
 
 #[cfg(test)]

@@ -39,6 +39,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::TlsAcceptor;
 
+use crate::access;
 use crate::admin;
 use crate::config::{Config, ServerConfig, StorageConfig};
 use crate::health::{Health, Phase};
@@ -106,6 +107,8 @@ pub enum StartError {
     Upstream { name: String, reason: String },
     #[error("metrics: {0}")]
     Metrics(#[from] prometheus::Error),
+    #[error("[auth] {0}")]
+    Auth(#[from] crate::access::LoadError),
     #[error("cache index of {path}: {reason}")]
     Index { path: String, reason: String },
 }
@@ -158,7 +161,12 @@ impl Server {
             .token
             .clone()
             .map(|token| Arc::new(admin::api::Api::new(mirror.clone(), root.clone(), token)));
-        let app = Arc::new(App::new(mirror, metrics));
+        let mut app = App::new(mirror, metrics);
+        if let Some(auth) = &cfg.auth {
+            let settings = access::Settings::new(auth, &cfg.upstreams);
+            app.access = Some(Arc::new(access::Access::new(settings, &prometheus)?));
+        }
+        let app = Arc::new(app);
         let health = Arc::new(Health::new(
             root.clone(),
             store.index().clone(),
@@ -216,6 +224,7 @@ impl Server {
             self.reload_metrics.clone(),
             self.notifier.clone(),
         )
+        .with_access(self.app.access.clone())
     }
 
     /// Tells `notifier` (systemd's `NOTIFY_SOCKET`) what the server does: `READY=1` once the

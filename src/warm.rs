@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures_util::future::join_all;
 use futures_util::stream::{self, StreamExt as _};
-use http::{Request, Response, StatusCode, header};
+use http::{HeaderValue, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt as _, Empty};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
@@ -39,7 +39,7 @@ use serde::Deserialize;
 use tokio::sync::Semaphore;
 use url::Url;
 
-use crate::config::ServerConfig;
+use crate::config::{Secret, ServerConfig};
 use crate::oci::{Digest, Reference, RepoName, Tag, media};
 
 /// Host names that mean Docker Hub; a reference naming one goes to berth's default upstream, the
@@ -314,6 +314,8 @@ pub struct Options {
     pub platforms: Vec<Platform>,
     /// A live progress display (on a terminal) instead of one line per image.
     pub live: bool,
+    /// User and password for a berth with `[auth]`, sent as Basic on every request.
+    pub credentials: Option<(String, Secret)>,
 }
 
 impl Options {
@@ -387,6 +389,8 @@ pub struct Warmer {
     base: String,
     jobs: usize,
     platforms: Vec<Platform>,
+    /// `Basic ...` for a berth with `[auth]`; marked sensitive so no log shows it.
+    authorization: Option<HeaderValue>,
     /// Bounds manifest requests while references resolve side by side.
     limit: Arc<Semaphore>,
     progress: Progress,
@@ -414,6 +418,18 @@ impl Warmer {
         Ok(Warmer {
             client: build_client(opts.ca_file.as_deref())?,
             base: opts.server.origin().ascii_serialization(),
+            authorization: match &opts.credentials {
+                Some((user, password)) => {
+                    let mut v = HeaderValue::from_str(&crate::access::basic_header(user, password))
+                        .map_err(|_| {
+                            "the user name or password holds a character HTTP headers cannot carry"
+                                .to_owned()
+                        })?;
+                    v.set_sensitive(true);
+                    Some(v)
+                }
+                None => None,
+            },
             jobs: opts.jobs.max(1),
             platforms: opts.platforms.clone(),
             limit: Arc::new(Semaphore::new(opts.jobs.max(1))),
@@ -553,6 +569,16 @@ impl Warmer {
             .get("/v2/", None)
             .await
             .map_err(|e| e.context(format!("cannot reach berth at {}", self.base)))?;
+        if resp.status() == StatusCode::UNAUTHORIZED {
+            return Err(Failure::new(match self.authorization {
+                None => format!(
+                    "{} asks for a login: give --user (password from --password-stdin or \
+                     BERTH_PASSWORD)",
+                    self.base
+                ),
+                Some(_) => format!("{} refused the login: wrong user or password", self.base),
+            }));
+        }
         if resp.status() != StatusCode::OK {
             return Err(Failure::new(format!(
                 "{}/v2/ answered {}: is this berth?",
@@ -567,6 +593,9 @@ impl Warmer {
         let mut req = Request::get(format!("{}{path}", self.base));
         if let Some(a) = accept {
             req = req.header(header::ACCEPT, a);
+        }
+        if let Some(auth) = &self.authorization {
+            req = req.header(header::AUTHORIZATION, auth.clone());
         }
         let req = req
             .body(Empty::new())

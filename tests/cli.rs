@@ -249,3 +249,58 @@ fn health_probe_exit_codes() {
     let out = health("not a url", "1s");
     assert_eq!(out.status.code(), Some(2));
 }
+
+#[test]
+fn check_config_and_serve_refuse_an_htpasswd_file_with_other_hash_kinds() {
+    let dir = tempfile::tempdir().unwrap();
+    let htpasswd = dir.path().join("htpasswd");
+    let good = format!("ci:{}\n", bcrypt::hash("pw", 4).unwrap());
+    let cfg = config_file(
+        &dir,
+        "c.toml",
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n[metrics]\nenabled = false\n\
+             [storage]\npath = \"{}\"\n[auth]\nhtpasswd = \"{}\"\n\
+             [[upstream]]\nname = \"registry.example.com\"\nurl = \"https://registry.example.com\"\n\
+             users = [\"ci\"]\n",
+            dir.path().join("data").display(),
+            htpasswd.display()
+        ),
+    );
+    std::fs::write(&htpasswd, &good).unwrap();
+    let out = berth()
+        .args(["check-config", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("users = [\"ci\"]"), "{text}");
+    assert!(!text.contains("$2"), "the hash is not printed: {text}");
+
+    // An MD5 entry (htpasswd -m) on line 2.
+    std::fs::write(
+        &htpasswd,
+        good + "bob:$apr1$Vv4pt7Xm$Td3Qh0kz1n7y8ZJX8Xv1U/\n",
+    )
+    .unwrap();
+    // check-config exits 2 on a bad config, serve 1 when it cannot start, as for any config.
+    for (cmd, code) in [("check-config", 2), ("serve", 1)] {
+        let out = berth()
+            .args([cmd, "--config"])
+            .arg(&cfg)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(code), "{cmd}: {err}");
+        assert!(
+            err.contains("line 2") && err.contains("MD5"),
+            "{cmd}: {err}"
+        );
+        assert!(
+            err.contains(&htpasswd.display().to_string()),
+            "{cmd}: {err}"
+        );
+    }
+}

@@ -18,7 +18,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use e2e_support::harness::{Env, Via};
+use e2e_support::harness::{BerthExtra, Env, Via};
 use e2e_support::proc::{self, Proc};
 use e2e_support::seed::{self, Image};
 
@@ -435,6 +435,247 @@ fn podman(via: Via) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// client login ([auth])
+
+/// berth with `[auth]`: `ci` may pull through both upstreams, `alice` only through docker.io
+/// (quay.io lists `users = ["ci"]`); `auth_extra` goes into `[auth]`.
+fn login_env(auth_extra: &'static str) -> Env {
+    Env::start_with(Via::Berth, move |dir| {
+        let file = dir.join("htpasswd");
+        // Cost 5, what `htpasswd -B` writes by default.
+        let entry = |u: &str, p: &str| format!("{u}:{}\n", bcrypt::hash(p, 5).unwrap());
+        std::fs::write(&file, entry("ci", "ci-pw") + &entry("alice", "alice-pw")).unwrap();
+        BerthExtra {
+            tables: format!(
+                "\n[auth]\nhtpasswd = \"{}\"\n{auth_extra}\n",
+                file.display()
+            ),
+            upstream: vec![("quay.io", "users = [\"ci\"]".into())],
+        }
+    })
+}
+
+#[track_caller]
+fn assert_refused(e: &str, want: &str) {
+    let lower = e.to_lowercase();
+    assert!(lower.contains(want), "want {want:?}: {e}");
+}
+
+/// skopeo's `--src-creds` through berth with `[auth]`: no or wrong credentials get 401, a user
+/// not listed on an upstream 403 (cached or not, the registry never asked), the right users copy
+/// byte-exact images.
+#[test]
+#[ignore = "end-to-end: needs tests/install-deps.sh; run by tests/run.sh"]
+fn login_skopeo_with_src_creds() {
+    let env = login_env("");
+    let flannel = seed::image("coreos/flannel");
+    let busybox = seed::image("library/busybox");
+    let copy = |name: &str, creds: Option<&str>, out: &str| {
+        let mut cmd = Command::new("skopeo");
+        env.client_env(&mut cmd);
+        cmd.arg("--policy")
+            .arg(&env.policy)
+            .args(["copy", "-q", "--src-tls-verify=false"]);
+        if let Some(c) = creds {
+            cmd.arg("--src-creds").arg(c);
+        }
+        cmd.arg(format!("docker://{}/{name}", env.berth_addr()))
+            .arg(format!("dir:{}", env.dir().join(out).display()));
+        proc::try_run(&mut cmd, PULL_LIMIT)
+    };
+    let quay = "quay.io/coreos/flannel:v0.11.0";
+    let e = copy(quay, None, "anonymous").unwrap_err();
+    assert_refused(&e, "unauthorized");
+    let e = copy(quay, Some("ci:wrong"), "wrong").unwrap_err();
+    assert_refused(&e, "unauthorized");
+    let e = copy(quay, Some("alice:alice-pw"), "alice-quay").unwrap_err();
+    assert_refused(&e, "denied");
+    let manifest = "/v2/coreos/flannel/manifests/v0.11.0";
+    assert_eq!(env.upstream_requests("quay.io", "GET", manifest), 0);
+    assert_eq!(env.upstream_requests("quay.io", "HEAD", manifest), 0);
+
+    copy(quay, Some("ci:ci-pw"), "ci-quay").unwrap_or_else(|e| panic!("{e}"));
+    let case = |name: &str, image| Case {
+        name: name.into(),
+        image,
+        all: false,
+    };
+    check_dir(&env.dir().join("ci-quay"), &case(quay, flannel));
+    env.assert_cached(flannel, "amd64");
+    let hub = "docker.io/library/busybox:latest";
+    copy(hub, Some("alice:alice-pw"), "alice-hub").unwrap_or_else(|e| panic!("{e}"));
+    check_dir(&env.dir().join("alice-hub"), &case(hub, busybox));
+
+    // Cached now: alice is refused just the same.
+    let again = copy(quay, Some("alice:alice-pw"), "alice-quay-2").unwrap_err();
+    assert_refused(&again, "denied");
+}
+
+/// `podman login` against berth (which checks the password at `/v2/`), then a pull through berth
+/// as a mirror with the stored credentials.
+#[test]
+#[ignore = "end-to-end: needs tests/install-deps.sh; run by tests/run.sh"]
+fn login_podman_login_then_pull() {
+    let env = login_env("");
+    let d = env.dir().join("pm");
+    std::fs::create_dir_all(&d).unwrap();
+    let conf = d.join("registries.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "unqualified-search-registries = []\n\n[[registry]]\nprefix = \"quay.io\"\n\
+             location = \"{}\"\ninsecure = true\n\n[[registry.mirror]]\nlocation = \"{}\"\n\
+             insecure = true\n",
+            env.dead,
+            env.mirror_location("quay.io")
+        ),
+    )
+    .unwrap();
+    let empty = d.join("containers.conf");
+    std::fs::write(&empty, "").unwrap();
+    let auth_file = d.join("auth.json");
+    // podman refuses a REGISTRY_AUTH_FILE that does not exist.
+    std::fs::write(&auth_file, "{}").unwrap();
+    let run_root = d.join("run");
+    assert!(run_root.as_os_str().len() < 50, "{}", run_root.display());
+    let podman = |args: &[&str]| {
+        let mut cmd = Command::new("podman");
+        env.client_env(&mut cmd);
+        cmd.env("CONTAINERS_REGISTRIES_CONF", &conf)
+            .env("CONTAINERS_CONF", &empty)
+            .env("REGISTRY_AUTH_FILE", &auth_file)
+            .arg("--root")
+            .arg(d.join("root"))
+            .arg("--runroot")
+            .arg(&run_root)
+            .arg("--tmpdir")
+            .arg(d.join("tmp"))
+            .args([
+                "--storage-driver",
+                "vfs",
+                "--cgroup-manager",
+                "cgroupfs",
+                "--events-backend",
+                "file",
+            ])
+            .args(args);
+        cmd
+    };
+    let berth = env.berth_addr();
+    let login = |user: &str, password: &str| {
+        proc::try_run(
+            &mut podman(&[
+                "login",
+                "--tls-verify=false",
+                "-u",
+                user,
+                "-p",
+                password,
+                berth,
+            ]),
+            PULL_LIMIT,
+        )
+    };
+    let e = login("ci", "wrong").unwrap_err();
+    assert_refused(&e, "invalid username/password");
+    assert!(!std::fs::read_to_string(&auth_file).unwrap().contains(berth));
+    let reference = "quay.io/coreos/flannel:v0.11.0";
+    let policy = env.policy.display().to_string();
+    // Not logged in: berth refuses, and quay.io itself is a dead port.
+    let e = proc::try_run(
+        &mut podman(&["pull", "-q", "--signature-policy", &policy, reference]),
+        PULL_LIMIT,
+    )
+    .unwrap_err();
+    assert_refused(&e, "unauthorized");
+
+    let out = login("ci", "ci-pw").unwrap_or_else(|e| panic!("{e}"));
+    assert!(out.contains("Login Succeeded"), "{out}");
+    let started = Instant::now();
+    proc::run(
+        &mut podman(&["pull", "-q", "--signature-policy", &policy, reference]),
+        PULL_LIMIT,
+    );
+    eprintln!("podman pull {reference} as ci in {:.1?}", started.elapsed());
+    let img = seed::image("coreos/flannel");
+    let digest = proc::run(
+        &mut podman(&["image", "inspect", "--format", "{{.Digest}}", reference]),
+        PULL_LIMIT,
+    );
+    assert_eq!(digest.trim(), img.top.digest, "{reference}");
+    env.assert_cached(img, "amd64");
+}
+
+/// `docker login` against berth checks the password at `/v2/`, and a pull by berth's own name
+/// uses it. skopeo without credentials pulls through the anonymous upstream (containers/image
+/// answers a Basic challenge it has no credentials for with empty ones).
+#[test]
+#[ignore = "end-to-end: needs tests/install-deps.sh and root; run by tests/run.sh"]
+fn login_docker_login_and_anonymous_upstream() {
+    let env = login_env("anonymous_upstreams = [\"docker.io\"]");
+    let busybox = seed::image("library/busybox");
+    let mut cmd = Command::new("skopeo");
+    env.client_env(&mut cmd);
+    let out = env.dir().join("anonymous-hub");
+    cmd.arg("--policy")
+        .arg(&env.policy)
+        .args(["copy", "-q", "--src-tls-verify=false"])
+        .arg(format!(
+            "docker://{}/docker.io/library/busybox:latest",
+            env.berth_addr()
+        ))
+        .arg(format!("dir:{}", out.display()));
+    proc::run(&mut cmd, PULL_LIMIT);
+    let case = Case {
+        name: "docker.io/library/busybox:latest".into(),
+        image: busybox,
+        all: false,
+    };
+    check_dir(&out, &case);
+    // skopeo answered the challenge with empty credentials: anonymous, not a failed login.
+    let metrics = e2e_support::http::get(&env.metrics_addr, "/metrics", None).unwrap();
+    let text = String::from_utf8_lossy(&metrics.body).into_owned();
+    let attempts: u64 = text
+        .lines()
+        .filter(|l| l.starts_with("berth_auth_attempts_total"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum();
+    assert_eq!(attempts, 0, "{text}");
+
+    let (mut daemon, docker) = start_dockerd(&env);
+    wait_client(&mut daemon, || docker(&["version"]));
+    let berth = env.berth_addr();
+    let flannel = format!("{berth}/quay.io/coreos/flannel:v0.11.0");
+    let e = proc::try_run(&mut docker(&["pull", "-q", &flannel]), PULL_LIMIT).unwrap_err();
+    assert_refused(&e, "no basic auth credentials");
+    let login = |user: &str, password: &str| {
+        proc::try_run(
+            &mut docker(&["login", "-u", user, "-p", password, berth]),
+            PULL_LIMIT,
+        )
+    };
+    let e = login("ci", "wrong").unwrap_err();
+    assert_refused(&e, "unauthorized");
+    let out = login("ci", "ci-pw").unwrap_or_else(|e| panic!("{e}"));
+    assert!(out.contains("Login Succeeded"), "{out}");
+    proc::run(&mut docker(&["pull", "-q", &flannel]), PULL_LIMIT);
+    let img = seed::image("coreos/flannel");
+    let digests = proc::run(
+        &mut docker(&[
+            "image",
+            "inspect",
+            "--format",
+            "{{json .RepoDigests}}",
+            &flannel,
+        ]),
+        PULL_LIMIT,
+    );
+    assert!(digests.contains(&img.top.digest), "{digests}");
+    env.assert_cached(img, "amd64");
+    drop(daemon);
+}
+
+// ---------------------------------------------------------------------------------------------
 // dockerd
 
 #[test]
@@ -449,8 +690,9 @@ fn dockerd_registry_direct() {
     dockerd(Via::Registry);
 }
 
-fn dockerd(via: Via) {
-    let env = Env::start(via);
+/// A throwaway dockerd whose `registry-mirrors` is berth (or the registry), and a `docker`
+/// command for it.
+fn start_dockerd(env: &Env) -> (Proc, impl Fn(&[&str]) -> Command + '_) {
     let d = env.dir().join("dk");
     std::fs::create_dir_all(&d).unwrap();
     let sock = format!("unix://{}", d.join("d.sock").display());
@@ -485,14 +727,14 @@ fn dockerd(via: Via) {
             "--bridge=none",
             "--ip-forward=false",
         ]);
-    let mut daemon = Proc::spawn("dockerd", cmd, env.dir());
+    let daemon = Proc::spawn("dockerd", cmd, env.dir());
     // The docker.io package's client matches the daemon; another `docker` may come first in PATH.
     let cli = if Path::new("/usr/bin/docker").exists() {
         "/usr/bin/docker"
     } else {
         "docker"
     };
-    let docker = |args: &[&str]| {
+    let docker = move |args: &[&str]| {
         let mut cmd = Command::new(cli);
         env.client_env(&mut cmd);
         cmd.env("DOCKER_CONFIG", d.join("cli"))
@@ -500,6 +742,12 @@ fn dockerd(via: Via) {
             .args(args);
         cmd
     };
+    (daemon, docker)
+}
+
+fn dockerd(via: Via) {
+    let env = Env::start(via);
+    let (mut daemon, docker) = start_dockerd(&env);
     wait_client(&mut daemon, || docker(&["version"]));
 
     let img = seed::image("library/alpine");

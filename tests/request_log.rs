@@ -37,12 +37,16 @@ async fn lines_for(paths: &[&str], level: LevelFilter) -> String {
     lines_with("http://127.0.0.1:9", "", &requests, level).await
 }
 
-/// Sends `requests` (method, path, `Range`) one after the other to a berth whose upstream is at
-/// `upstream` (with `upstream_extra` keys), reading each body to its end or its failure.
+/// A request: method, path, one extra header (name, value).
+type Req<'a> = (Method, &'a str, Option<(&'a str, &'a str)>);
+
+/// Sends `requests` (method, path, one extra header: `Range`, `Authorization`) one after the
+/// other to a berth whose upstream is at `upstream` (with `upstream_extra` keys, which may end
+/// with tables of their own), reading each body to its end or its failure.
 async fn lines_with(
     upstream: &str,
     upstream_extra: &str,
-    requests: &[(Method, &str, Option<&str>)],
+    requests: &[Req<'_>],
     level: LevelFilter,
 ) -> String {
     // A current-thread runtime (tokio::test): every task runs on this thread, under this default.
@@ -80,12 +84,12 @@ async fn lines_with(
         let _ = stopped.await;
     }));
     let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
-    for (method, path, range) in requests {
+    for (method, path, header) in requests {
         let mut req = http::Request::builder()
             .method(method)
             .uri(format!("http://{addr}{path}"));
-        if let Some(r) = range {
-            req = req.header("range", *r);
+        if let Some((name, value)) = header {
+            req = req.header(*name, *value);
         }
         let resp = client.request(req.body(Empty::new()).unwrap()).await;
         // A failed transfer ends in a body error, which is what some requests here are for.
@@ -156,7 +160,7 @@ async fn blob_bodies_that_went_out_whole_are_complete_and_broken_ones_are_not() 
             // A miss (streamed from the fill), then hits (from the file), whole and in part.
             (Method::GET, &path, None),
             (Method::GET, &path, None),
-            (Method::GET, &path, Some("bytes=10-99")),
+            (Method::GET, &path, Some(("range", "bytes=10-99"))),
             (Method::HEAD, &path, None),
             (Method::GET, &broken_path, None),
         ],
@@ -177,4 +181,50 @@ async fn blob_bodies_that_went_out_whole_are_complete_and_broken_ones_are_not() 
     assert!(head.contains(" bytes=0 complete=true "), "{head}");
     let short = line_for(&out, "GET", &broken_path, 200);
     assert!(short.contains(" complete=false "), "{short}");
+}
+
+#[tokio::test]
+async fn with_auth_the_line_names_the_user() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("htpasswd");
+    std::fs::write(
+        &file,
+        format!("alice:{}\n", bcrypt::hash("secret", 4).unwrap()),
+    )
+    .unwrap();
+    let basic = |user_password: &str| {
+        use base64::Engine as _;
+        format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(user_password)
+        )
+    };
+    let (alice, wrong) = (basic("alice:secret"), basic("alice:nope"));
+    let out = lines_with(
+        "http://127.0.0.1:9",
+        // A table after the upstream's keys: the [auth] section.
+        &format!("[auth]\nhtpasswd = {:?}", file.display().to_string()),
+        &[
+            (Method::GET, "/v2/", Some(("authorization", &alice))),
+            (Method::GET, "/v2/", None),
+            (
+                Method::GET,
+                "/v2/app/manifests/1",
+                Some(("authorization", &wrong)),
+            ),
+        ],
+        LevelFilter::INFO,
+    )
+    .await;
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 3, "{out}");
+    assert!(lines[0].contains(" status=200 "), "{out}");
+    assert!(lines[0].ends_with(" user=\"alice\""), "{out}");
+    assert!(lines[1].contains(" status=401 "), "{out}");
+    assert!(lines[1].ends_with(" user=\"-\""), "{out}");
+    // A failed login is logged under its route, with no user.
+    assert!(lines[2].contains("route=\"manifest\""), "{out}");
+    assert!(lines[2].contains(" status=401 "), "{out}");
+    assert!(lines[2].ends_with(" user=\"-\""), "{out}");
+    assert!(!out.contains("secret") && !out.contains("nope"), "{out}");
 }

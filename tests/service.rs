@@ -334,6 +334,8 @@ async fn json_logs_are_one_object_per_line_with_the_request_fields() {
     assert_eq!(v["bytes"], 5000);
     assert!(v["complete"].is_boolean());
     assert!(v["ms"].is_u64());
+    // No [auth]: nobody logged in.
+    assert_eq!(v["user"], "-");
     // Event lines too: every line berth wrote is a JSON object.
     berth.line("blob cached").await;
     for l in &berth.seen {

@@ -638,6 +638,7 @@ async fn the_live_display_runs_the_same_warm() {
         jobs: 2,
         platforms: Vec::new(),
         live: true,
+        credentials: None,
     };
     let refs: Vec<ImageRef> = ["app:1", "app:nope"]
         .iter()

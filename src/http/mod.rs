@@ -1,11 +1,13 @@
 //! The HTTP face of the mirror: route a request, call the mirror, write the response.
 //!
 //! This is the only layer that sees a client's `Request` and builds a `Response`, and the one
-//! place where an [`Error`] becomes a status and an OCI error body ([`error_response`]). Every
+//! place where an [`Error`] becomes a status and an OCI error body ([`error_response`]). With
+//! `[auth]`, the `Authorization` header becomes a principal before the path is even parsed, and
+//! the principal is checked against the route's upstream before the mirror is asked (`access`). Every
 //! request ends in one log line (route, upstream, outcome, status, bytes, duration) written when
 //! its body is finished or dropped, so streamed blobs are logged with the bytes really sent.
 //!
-//! Rule of dependency: uses `mirror` and below; nothing below sees HTTP types of the client side.
+//! Rule of dependency: uses `access`, `mirror` and below; nothing below sees HTTP types of the client side.
 
 pub mod route;
 
@@ -22,7 +24,8 @@ use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Versio
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use http_body_util::{BodyExt, Full, StreamBody, combinators::UnsyncBoxBody};
 
-use crate::error::Error;
+use crate::access::{Access, Principal};
+use crate::error::{Error, Origin};
 use crate::logwriter::BatchWriter;
 use crate::metrics::Metrics;
 use crate::mirror::{BlobReply, ByteRange, ManifestReply, Mirror, TagsReply};
@@ -31,6 +34,7 @@ use route::{Route, Target, Via};
 /// The response body type of every answer.
 pub type Body = UnsyncBoxBody<Bytes, Error>;
 
+const BASIC_CHALLENGE: HeaderValue = HeaderValue::from_static("Basic realm=\"berth\"");
 const API_VERSION: HeaderValue = HeaderValue::from_static("registry/2.0");
 const API_VERSION_HEADER: header::HeaderName =
     header::HeaderName::from_static("docker-distribution-api-version");
@@ -39,6 +43,8 @@ const API_VERSION_HEADER: header::HeaderName =
 pub struct App {
     pub mirror: Arc<Mirror>,
     pub metrics: Metrics,
+    /// Client login and the access policy; `None` without `[auth]` (everyone may pull).
+    pub access: Option<Arc<Access>>,
     /// Where request lines go directly, when set (see `logwriter`); else through `tracing`.
     pub request_log: OnceLock<BatchWriter>,
     /// Request lines as JSON objects (`[log] format = "json"`), written to `request_log`.
@@ -54,6 +60,8 @@ struct LogFields {
     kind: &'static str,
     route: Option<Route>,
     outcome: &'static str,
+    /// Who asked, once the login checked out (`None`: anonymous, or no `[auth]`).
+    user: Option<Principal>,
 }
 
 impl App {
@@ -61,6 +69,7 @@ impl App {
         App {
             mirror,
             metrics,
+            access: None,
             request_log: OnceLock::new(),
             json_log: AtomicBool::new(false),
             in_flight: AtomicUsize::new(0),
@@ -74,6 +83,7 @@ impl App {
             kind: "unknown",
             route: None,
             outcome: "-",
+            user: None,
         };
         let result = self.dispatch(&req, &mut log).await;
         // The request is done with: its method and URI move into the log line, uncopied.
@@ -84,7 +94,12 @@ impl App {
                 if log.outcome == "-" {
                     log.outcome = e.origin.as_str();
                 }
-                error_response(&e, method == Method::HEAD)
+                let mut r = error_response(&e, method == Method::HEAD);
+                if e.status == StatusCode::UNAUTHORIZED && e.origin == Origin::Client {
+                    r.headers_mut()
+                        .insert(header::WWW_AUTHENTICATE, BASIC_CHALLENGE);
+                }
+                r
             }
         };
         resp.headers_mut().insert(API_VERSION_HEADER, API_VERSION);
@@ -146,13 +161,41 @@ impl App {
         }
         // One snapshot of the upstream set routes this request (a reload swaps it whole).
         let upstreams = self.mirror.upstreams();
-        let route = route::parse(
+        // Parsing is pure and cheap: done first so the log and metrics name the route even
+        // when the login fails, but its errors wait until the login is checked.
+        let parsed = route::parse(
             req.method(),
             req.uri().path(),
             req.uri().query(),
             upstreams.hosts(),
-        )?;
-        log.kind = route.kind();
+        );
+        if let Ok(route) = &parsed {
+            log.kind = route.kind();
+        }
+        let who = match &self.access {
+            Some(access) => {
+                let who = access
+                    .authenticate(req.headers().get(header::AUTHORIZATION))
+                    .await;
+                log.user = Some(who.clone());
+                Some((access, who))
+            }
+            None => None,
+        };
+        let route = match parsed {
+            Ok(route) => route,
+            Err(e) => {
+                // A client without a login learns no more than "log in", not which paths or
+                // registries exist.
+                if let Some((access, who)) = &who {
+                    access.authorize(who, None)?;
+                }
+                return Err(e);
+            }
+        };
+        if let Some((access, who)) = &who {
+            access.authorize(who, route.target().map(|t| t.upstream))?;
+        }
         let answer = self.answer(req, &route, log).await;
         log.route = Some(route);
         answer
@@ -455,6 +498,9 @@ impl RequestLog {
             self.bytes,
             self.started.elapsed().as_millis()
         );
+        // Last, so that lines without logins read as before.
+        s.push_str(" user=");
+        quoted(&mut s, f.user.as_ref().map_or("-", Principal::name));
         s
     }
 }
@@ -486,6 +532,7 @@ impl RequestLog {
                 ("bytes", Num(self.bytes)),
                 ("complete", Bool(complete)),
                 ("ms", Num(self.started.elapsed().as_millis() as u64)),
+                ("user", Str(f.user.as_ref().map_or("-", Principal::name))),
             ],
         );
     }

@@ -51,11 +51,26 @@ pub struct Env {
     /// A loopback port nothing listens on: where "the real registry" and proxies point.
     pub dead: String,
     pub policy: PathBuf,
+    /// Extra berth config: top-level tables (e.g. `[auth]`), then keys per upstream host.
+    extra: BerthExtra,
     tmp: Option<tempfile::TempDir>,
+}
+
+/// Config added to berth's: `tables` after the upstreams, `upstream` keys by host.
+#[derive(Default)]
+pub struct BerthExtra {
+    pub tables: String,
+    pub upstream: Vec<(&'static str, String)>,
 }
 
 impl Env {
     pub fn start(via: Via) -> Env {
+        Env::start_with(via, |_| BerthExtra::default())
+    }
+
+    /// As [`Env::start`], with config added to berth's, made from the test directory (where a
+    /// test writes the files its config names).
+    pub fn start_with(via: Via, extra: impl FnOnce(&Path) -> BerthExtra) -> Env {
         let tmp = tempfile::Builder::new()
             .prefix("berth-e2e")
             .tempdir_in("/tmp")
@@ -109,6 +124,7 @@ impl Env {
             storage: dir.join("berth-data"),
             dead: format!("127.0.0.1:{}", http::free_port()),
             policy,
+            extra: extra(&dir),
             tmp: Some(tmp),
         };
         if via == Via::Berth {
@@ -145,7 +161,14 @@ impl Env {
             if r.host == "docker.io" {
                 text += "default = true\nlibrary_prefix = true\n";
             }
+            for (host, keys) in &self.extra.upstream {
+                if *host == r.host {
+                    text += keys;
+                    text += "\n";
+                }
+            }
         }
+        text += &self.extra.tables;
         std::fs::write(&cfg, text).unwrap();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_berth"));
         cmd.arg("serve")
@@ -158,6 +181,11 @@ impl Env {
         self.berth_addr = format!("127.0.0.1:{port}");
         self.metrics_addr = metrics;
         self.berth = Some(berth);
+    }
+
+    /// berth's registry listener, `host:port`.
+    pub fn berth_addr(&self) -> &str {
+        &self.berth_addr
     }
 
     /// `host:port` a client pulls `host`'s images from: berth, or that host's registry.

@@ -89,8 +89,23 @@ pub async fn start_with(
         dir.path().display(),
         fake.url()
     );
-    let cfg = Config::parse(&cfg, "test").unwrap();
+    start_toml(&cfg, dir).await
+}
+
+/// Starts berth from a whole config text (listeners on port 0, storage in `dir`, chosen by the
+/// caller).
+pub async fn start_toml(cfg: &str, dir: tempfile::TempDir) -> Berth {
+    start_reloadable(cfg, dir).await.0
+}
+
+/// As [`start_toml`], with what applies a new configuration to the running berth.
+pub async fn start_reloadable(
+    cfg: &str,
+    dir: tempfile::TempDir,
+) -> (Berth, berth::reload::Reloader) {
+    let cfg = Config::parse(cfg, "test").unwrap();
     let server = Server::bind(&cfg).await.unwrap();
+    let reloader = server.reloader();
     let (addr, metrics) = (server.local_addr(), server.metrics_addr().unwrap());
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(server.run(async move {
@@ -105,7 +120,7 @@ pub async fn start_with(
         stop: Some(tx),
     };
     b.ready().await;
-    b
+    (b, reloader)
 }
 
 impl Berth {
