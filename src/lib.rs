@@ -5,8 +5,9 @@
 //!
 //! ```text
 //! main (CLI) -> server (listeners, TLS, shutdown) -> http (login, route, respond) -> mirror (orchestration)
-//!     -> { flight (single-flight), manifests (tag/digest cache), store (blob files + fills),
-//!          upstream (registry client, auth) }
+//!     -> { flight (single-flight), fill (who shares a download), manifests (tag/digest cache),
+//!          origins (which upstream a digest came through), store (blob files + fills),
+//!          upstreams -> upstream (registry client, auth, address guard) }
 //!     -> { oci (names, references, digests, media types), error }
 //! config and metrics are leaves, handed in; nothing reaches for a global.
 //! ```
