@@ -124,8 +124,9 @@ impl Fills {
         })
     }
 
-    /// How many downloads run for `digest` (for tests and the admin view).
-    pub fn count(&self, digest: &Digest) -> usize {
+    /// How many downloads run for `digest`.
+    #[cfg(test)]
+    fn count(&self, digest: &Digest) -> usize {
         self.running.lock().unwrap().get(digest).map_or(0, Vec::len)
     }
 }
