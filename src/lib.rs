@@ -65,6 +65,7 @@
 pub mod access;
 pub mod admin;
 pub mod config;
+pub mod conn;
 pub mod error;
 pub mod fill;
 pub mod flight;

@@ -42,6 +42,7 @@ use tokio_rustls::TlsAcceptor;
 use crate::access;
 use crate::admin;
 use crate::config::{Config, ServerConfig, StorageConfig};
+use crate::conn::{self, Bursts, Head, Prefixed};
 use crate::health::{Health, Phase};
 use crate::http::{App, Body};
 use crate::index::Limits;
@@ -338,7 +339,11 @@ impl Server {
 
         let app = self.app.clone();
         let registry_svc = move |req: Request<Incoming>| app.clone().handle(req);
+        // Tells connections still waiting for their first head that the server is draining.
+        let (drain_tx, drain_rx) = tokio::sync::watch::channel(false);
         let slots = Arc::new(Semaphore::new(self.settings.max_connections));
+        let bursts = Arc::new(Bursts::default());
+        let trimmer = spawn_trimmer(bursts.clone(), slots.clone(), self.settings.max_connections);
         // The permit for the next registry connection, taken before accepting it.
         let mut slot: Option<OwnedSemaphorePermit> = None;
         tokio::pin!(shutdown);
@@ -387,17 +392,43 @@ impl Server {
                 self.app.metrics.zero_copy_bytes.clone(),
             );
             let handshake_timeout = self.settings.header_read_timeout;
-            tokio::spawn(async move {
+            let mut drain = drain_rx.clone();
+            let conn = async move {
                 let _permit = permit;
                 match tls {
                     None => {
-                        let stream = SendfileStream::new(stream, maps, zero_copy);
-                        serve_conn(watcher, builder, stream, svc, peer).await
+                        let head = tokio::select! {
+                            h = conn::wait_for_head(&stream, handshake_timeout) => h,
+                            _ = drain.wait_for(|draining| *draining) => return,
+                        };
+                        match head {
+                            Ok(Head::Arrived(first)) => {
+                                let stream = Prefixed::new(
+                                    first,
+                                    SendfileStream::new(stream, maps, zero_copy),
+                                );
+                                // Boxed: a connection still waiting for its head holds only this
+                                // task's small state, not hyper's.
+                                Box::pin(serve_conn(watcher, builder, stream, svc, peer)).await
+                            }
+                            Ok(Head::Closed) => {}
+                            Ok(Head::TimedOut) => {
+                                tracing::debug!(%peer, "no whole request head within header_read_timeout; closed")
+                            }
+                            Err(e) => {
+                                tracing::debug!(%peer, error = %e, "connection failed before its request head")
+                            }
+                        }
                     }
                     Some(acceptor) => {
-                        match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await
-                        {
-                            Ok(Ok(s)) => serve_conn(watcher, builder, s, svc, peer).await,
+                        // Boxed, as the plain connection's hyper state is: the handshake's state
+                        // would otherwise size every waiting connection's task.
+                        let handshake = Box::pin(tokio::time::timeout(
+                            handshake_timeout,
+                            acceptor.accept(stream),
+                        ));
+                        match handshake.await {
+                            Ok(Ok(s)) => Box::pin(serve_conn(watcher, builder, s, svc, peer)).await,
                             Ok(Err(e)) => {
                                 tracing::debug!(%peer, error = %e, "TLS handshake failed")
                             }
@@ -405,10 +436,14 @@ impl Server {
                         }
                     }
                 }
-            });
+            };
+            bursts.opened(self.settings.max_connections - slots.available_permits());
+            tokio::spawn(conn);
         }
         self.health.set(Phase::Draining);
         drop(self.registry);
+        let _ = drain_tx.send(true);
+        trimmer.abort();
         if let Some(s) = sweeper {
             s.abort();
         }
@@ -609,6 +644,29 @@ async fn serve_metrics(
     drop(listener);
     // A scrape in progress finishes; idle keep-alive connections are closed at once.
     let _ = tokio::time::timeout(Duration::from_secs(1), graceful.shutdown()).await;
+}
+
+/// Every few seconds, hands the memory of a burst of connections that is over back to the OS
+/// (see [`conn`]).
+fn spawn_trimmer(
+    bursts: Arc<Bursts>,
+    slots: Arc<Semaphore>,
+    max: usize,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            tick.tick().await;
+            let open = max - slots.available_permits();
+            if bursts.settle(open) {
+                let _ = tokio::task::spawn_blocking(conn::trim).await;
+                tracing::debug!(
+                    open,
+                    "a burst of connections is over; freed memory handed back"
+                );
+            }
+        }
+    })
 }
 
 /// What the store may hold, from the `[storage]` settings.

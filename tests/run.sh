@@ -32,6 +32,10 @@ cargo test --test observability -- --ignored
 step "container image built and run with podman: cargo test --test container -- --ignored"
 cargo test --test container -- --ignored
 
+step "header floods: resident memory comes back after each of 3 floods of 10,000 half-sent heads"
+python3 benches/load/flood.py --berth target/debug/berth --connections 10000 --rounds 3 \
+    --settle 10 --header-timeout 2s --max-connections 20000 --max-growth 8
+
 step "fuzz: fuzz/run.sh (each parser target for 15 s)"
 FUZZ_SECONDS=15 bash fuzz/run.sh
 
