@@ -1,7 +1,11 @@
 //! The `berth` command line: help, version, check-config, and refusing a bad config before binding.
 
+mod support;
+
 use std::net::TcpListener;
 use std::process::{Command, Stdio};
+
+use support::served::{Served, serve};
 
 fn berth() -> Command {
     Command::new(env!("CARGO_BIN_EXE_berth"))
@@ -12,6 +16,21 @@ fn config_file(dir: &tempfile::TempDir, name: &str, text: impl AsRef<str>) -> st
     let path = dir.path().join(name);
     std::fs::write(&path, text.as_ref()).unwrap();
     path
+}
+
+/// `berth serve` (logging at info) on port 0 for both listeners, `server_extra` added to
+/// `[server]`, storage in `dir`.
+fn serve_on_any_port(dir: &tempfile::TempDir, server_extra: &str) -> Served {
+    let cfg = config_file(
+        dir,
+        "c.toml",
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n{server_extra}[metrics]\nlisten = \"127.0.0.1:0\"\n\
+             [storage]\npath = \"{}\"\n[[upstream]]\nname = \"a.io\"\nurl = \"https://a.io\"\n",
+            dir.path().join("data").display()
+        ),
+    );
+    serve(&cfg, &[("RUST_LOG", "info")])
 }
 
 #[test]
@@ -126,81 +145,27 @@ fn serve_reports_a_busy_port() {
     assert!(err.contains("cannot listen on"), "{err}");
 }
 
-#[test]
-fn sigterm_stops_serving_and_exits_zero() {
-    use std::io::{BufRead, BufReader};
+#[tokio::test]
+async fn sigterm_stops_serving_and_exits_zero() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = config_file(
-        &dir,
-        "c.toml",
-        format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\nshutdown_grace = \"5s\"\n[metrics]\nlisten = \"127.0.0.1:0\"\n[storage]\npath = \"{}\"\n[[upstream]]\nname = \"a.io\"\nurl = \"https://a.io\"\n",
-            dir.path().join("data").display()
-        ),
-    );
-    let mut child = berth()
-        .args(["serve", "--config"])
-        .arg(&cfg)
-        .env("RUST_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut served = serve_on_any_port(&dir, "shutdown_grace = \"5s\"\n");
     // The start-up line says where it listens; SIGTERM only after that.
-    let started = lines
-        .by_ref()
-        .map_while(Result::ok)
-        .find(|l| l.contains("listening"));
-    assert!(started.is_some(), "berth did not start");
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let rest: Vec<String> = lines.map_while(Result::ok).collect();
-    let exit = child.wait().unwrap();
+    served.started().await;
+    served.signal("-TERM");
+    let rest = served.rest().await;
+    let exit = served.child.wait().unwrap();
     assert_eq!(exit.code(), Some(0), "{rest:?}");
     assert!(rest.iter().any(|l| l.contains("SIGTERM")), "{rest:?}");
 }
 
 /// `berth health` is the container HEALTHCHECK (no curl in a scratch image): 0 on 2xx, 1 on any
 /// other answer or none, 2 on a URL it cannot probe.
-#[test]
-fn health_probe_exit_codes() {
-    use std::io::{BufRead, BufReader};
+#[tokio::test]
+async fn health_probe_exit_codes() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = config_file(
-        &dir,
-        "c.toml",
-        format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\n[metrics]\nlisten = \"127.0.0.1:0\"\n[storage]\npath = \"{}\"\n[[upstream]]\nname = \"a.io\"\nurl = \"https://a.io\"\n",
-            dir.path().join("data").display()
-        ),
-    );
-    let mut child = berth()
-        .args(["serve", "--config"])
-        .arg(&cfg)
-        .env("RUST_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let started = lines
-        .by_ref()
-        .map_while(Result::ok)
-        .find(|l| l.contains("listening"))
-        .expect("berth did not start");
-    // `metrics=http://127.0.0.1:PORT/metrics`
-    let metrics = started
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("metrics="))
-        .expect("no metrics address in the start-up line")
-        .trim_end_matches("/metrics")
-        .to_owned();
+    let mut served = serve_on_any_port(&dir, "");
+    served.started().await;
+    let metrics = format!("http://{}", served.metrics);
     let health = |url: &str, timeout: &str| {
         berth()
             .args(["health", "--url", url, "--timeout", timeout])
@@ -217,10 +182,8 @@ fn health_probe_exit_codes() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("404"));
 
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-    let _ = child.wait();
+    served.signal("-TERM");
+    let _ = served.child.wait();
 
     // Refused: nothing listens on a port that was just freed.
     let dead = TcpListener::bind("127.0.0.1:0")
