@@ -390,9 +390,20 @@ fn podman_registry_direct() {
 
 fn podman(via: Via) {
     let env = Env::start(via);
+    let podman = podman_client(&env, None);
+    let flannel = seed::image("coreos/flannel");
+    podman_pull(&env, &podman, "quay.io/coreos/flannel:v0.11.0", flannel, "");
+}
+
+/// A `podman` command with its own storage under the test directory and a `registries.conf`
+/// whose quay.io is a dead port with the mirror in front (berth, or quay.io's registry), and
+/// `REGISTRY_AUTH_FILE` set to `auth_file` if given.
+fn podman_client<'a>(
+    env: &'a Env,
+    auth_file: Option<&'a Path>,
+) -> impl Fn(&[&str]) -> Command + 'a {
     let d = env.dir().join("pm");
     std::fs::create_dir_all(&d).unwrap();
-    // quay.io itself is a dead port; only the mirror can answer.
     let conf = d.join("registries.conf");
     std::fs::write(
         &conf,
@@ -413,12 +424,15 @@ fn podman(via: Via) {
         "podman refuses a runroot of 50 characters or more: {}",
         run_root.display()
     );
-    let podman = |args: &[&str]| {
+    move |args: &[&str]| {
         let mut cmd = Command::new("podman");
         env.client_env(&mut cmd);
         cmd.env("CONTAINERS_REGISTRIES_CONF", &conf)
-            .env("CONTAINERS_CONF", &empty)
-            .arg("--root")
+            .env("CONTAINERS_CONF", &empty);
+        if let Some(file) = auth_file {
+            cmd.env("REGISTRY_AUTH_FILE", file);
+        }
+        cmd.arg("--root")
             .arg(d.join("root"))
             .arg("--runroot")
             .arg(&run_root)
@@ -434,16 +448,28 @@ fn podman(via: Via) {
             ])
             .args(args);
         cmd
-    };
-    let img = seed::image("coreos/flannel");
-    let reference = "quay.io/coreos/flannel:v0.11.0";
+    }
+}
+
+/// `podman pull` of `reference` (`as_whom` for the log): podman stores `img`'s digest and berth
+/// cached its amd64 blobs.
+fn podman_pull(
+    env: &Env,
+    podman: impl Fn(&[&str]) -> Command,
+    reference: &str,
+    img: &Image,
+    as_whom: &str,
+) {
     let policy = env.policy.display().to_string();
     let started = Instant::now();
     proc::run(
         &mut podman(&["pull", "-q", "--signature-policy", &policy, reference]),
         PULL_LIMIT,
     );
-    eprintln!("podman pull {reference} in {:.1?}", started.elapsed());
+    eprintln!(
+        "podman pull {reference}{as_whom} in {:.1?}",
+        started.elapsed()
+    );
     let digest = proc::run(
         &mut podman(&["image", "inspect", "--format", "{{.Digest}}", reference]),
         PULL_LIMIT,
@@ -595,50 +621,10 @@ fn login_containerd_per_host_credentials() {
 #[ignore = "end-to-end: needs tests/install-deps.sh; run by tests/run.sh"]
 fn login_podman_login_then_pull() {
     let env = login_env("");
-    let d = env.dir().join("pm");
-    std::fs::create_dir_all(&d).unwrap();
-    let conf = d.join("registries.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "unqualified-search-registries = []\n\n[[registry]]\nprefix = \"quay.io\"\n\
-             location = \"{}\"\ninsecure = true\n\n[[registry.mirror]]\nlocation = \"{}\"\n\
-             insecure = true\n",
-            env.dead,
-            env.mirror_location("quay.io")
-        ),
-    )
-    .unwrap();
-    let empty = d.join("containers.conf");
-    std::fs::write(&empty, "").unwrap();
-    let auth_file = d.join("auth.json");
+    let auth_file = env.dir().join("auth.json");
     // podman refuses a REGISTRY_AUTH_FILE that does not exist.
     std::fs::write(&auth_file, "{}").unwrap();
-    let run_root = d.join("run");
-    assert!(run_root.as_os_str().len() < 50, "{}", run_root.display());
-    let podman = |args: &[&str]| {
-        let mut cmd = Command::new("podman");
-        env.client_env(&mut cmd);
-        cmd.env("CONTAINERS_REGISTRIES_CONF", &conf)
-            .env("CONTAINERS_CONF", &empty)
-            .env("REGISTRY_AUTH_FILE", &auth_file)
-            .arg("--root")
-            .arg(d.join("root"))
-            .arg("--runroot")
-            .arg(&run_root)
-            .arg("--tmpdir")
-            .arg(d.join("tmp"))
-            .args([
-                "--storage-driver",
-                "vfs",
-                "--cgroup-manager",
-                "cgroupfs",
-                "--events-backend",
-                "file",
-            ])
-            .args(args);
-        cmd
-    };
+    let podman = podman_client(&env, Some(&auth_file));
     let berth = env.berth_addr();
     let login = |user: &str, password: &str| {
         proc::try_run(
@@ -669,19 +655,13 @@ fn login_podman_login_then_pull() {
 
     let out = login("ci", "ci-pw").unwrap_or_else(|e| panic!("{e}"));
     assert!(out.contains("Login Succeeded"), "{out}");
-    let started = Instant::now();
-    proc::run(
-        &mut podman(&["pull", "-q", "--signature-policy", &policy, reference]),
-        PULL_LIMIT,
+    podman_pull(
+        &env,
+        &podman,
+        reference,
+        seed::image("coreos/flannel"),
+        " as ci",
     );
-    eprintln!("podman pull {reference} as ci in {:.1?}", started.elapsed());
-    let img = seed::image("coreos/flannel");
-    let digest = proc::run(
-        &mut podman(&["image", "inspect", "--format", "{{.Digest}}", reference]),
-        PULL_LIMIT,
-    );
-    assert_eq!(digest.trim(), img.top.digest, "{reference}");
-    env.assert_cached(img, "amd64");
 }
 
 /// `docker login` against berth checks the password at `/v2/`, and a pull by berth's own name
@@ -713,8 +693,7 @@ fn login_docker_login_and_anonymous_upstream() {
     // skopeo answered the challenge with empty credentials: anonymous, not a failed login.
     assert_eq!(env.metric_sum("berth_auth_attempts_total"), 0);
 
-    let (mut daemon, docker) = start_dockerd(&env);
-    wait_client(&mut daemon, || docker(&["version"]));
+    let (daemon, docker) = start_dockerd(&env);
     let berth = env.berth_addr();
     let flannel = format!("{berth}/quay.io/coreos/flannel:v0.11.0");
     let e = proc::try_run(&mut docker(&["pull", "-q", &flannel]), PULL_LIMIT).unwrap_err();
@@ -729,20 +708,7 @@ fn login_docker_login_and_anonymous_upstream() {
     assert_refused(&e, "unauthorized");
     let out = login("ci", "ci-pw").unwrap_or_else(|e| panic!("{e}"));
     assert!(out.contains("Login Succeeded"), "{out}");
-    proc::run(&mut docker(&["pull", "-q", &flannel]), PULL_LIMIT);
-    let img = seed::image("coreos/flannel");
-    let digests = proc::run(
-        &mut docker(&[
-            "image",
-            "inspect",
-            "--format",
-            "{{json .RepoDigests}}",
-            &flannel,
-        ]),
-        PULL_LIMIT,
-    );
-    assert!(digests.contains(&img.top.digest), "{digests}");
-    env.assert_cached(img, "amd64");
+    docker_pull(&env, &docker, &flannel, seed::image("coreos/flannel"));
     drop(daemon);
 }
 
@@ -761,8 +727,8 @@ fn dockerd_registry_direct() {
     dockerd(Via::Registry);
 }
 
-/// A throwaway dockerd whose `registry-mirrors` is berth (or the registry), and a `docker`
-/// command for it.
+/// A throwaway dockerd whose `registry-mirrors` is berth (or the registry), answering, and a
+/// `docker` command for it.
 fn start_dockerd(env: &Env) -> (Proc, impl Fn(&[&str]) -> Command + '_) {
     let d = env.dir().join("dk");
     std::fs::create_dir_all(&d).unwrap();
@@ -798,7 +764,7 @@ fn start_dockerd(env: &Env) -> (Proc, impl Fn(&[&str]) -> Command + '_) {
             "--bridge=none",
             "--ip-forward=false",
         ]);
-    let daemon = Proc::spawn("dockerd", cmd, env.dir());
+    let mut daemon = Proc::spawn("dockerd", cmd, env.dir());
     // The docker.io package's client matches the daemon; another `docker` may come first in PATH.
     let cli = if Path::new("/usr/bin/docker").exists() {
         "/usr/bin/docker"
@@ -813,32 +779,44 @@ fn start_dockerd(env: &Env) -> (Proc, impl Fn(&[&str]) -> Command + '_) {
             .args(args);
         cmd
     };
+    wait_client(&mut daemon, || docker(&["version"]));
     (daemon, docker)
 }
 
 fn dockerd(via: Via) {
     let env = Env::start(via);
-    let (mut daemon, docker) = start_dockerd(&env);
-    wait_client(&mut daemon, || docker(&["version"]));
-
+    let (daemon, docker) = start_dockerd(&env);
     let img = seed::image("library/alpine");
+    let digests = docker_pull(&env, &docker, "alpine:3.19", img);
+    let want = format!("alpine@{}", img.top.digest);
+    assert!(digests.contains(&want), "RepoDigests {digests} lack {want}");
+    drop(daemon);
+}
+
+/// `docker pull` of `reference`: its `RepoDigests` (returned) name `img`'s digest, and berth cached
+/// its amd64 blobs.
+fn docker_pull(
+    env: &Env,
+    docker: impl Fn(&[&str]) -> Command,
+    reference: &str,
+    img: &Image,
+) -> String {
     let started = Instant::now();
-    proc::run(&mut docker(&["pull", "-q", "alpine:3.19"]), PULL_LIMIT);
-    eprintln!("docker pull alpine:3.19 in {:.1?}", started.elapsed());
+    proc::run(&mut docker(&["pull", "-q", reference]), PULL_LIMIT);
+    eprintln!("docker pull {reference} in {:.1?}", started.elapsed());
     let digests = proc::run(
         &mut docker(&[
             "image",
             "inspect",
             "--format",
             "{{json .RepoDigests}}",
-            "alpine:3.19",
+            reference,
         ]),
         PULL_LIMIT,
     );
-    let want = format!("alpine@{}", img.top.digest);
-    assert!(digests.contains(&want), "RepoDigests {digests} lack {want}");
+    assert!(digests.contains(&img.top.digest), "{digests}");
     env.assert_cached(img, "amd64");
-    drop(daemon);
+    digests
 }
 
 // ---------------------------------------------------------------------------------------------
