@@ -11,6 +11,16 @@ fn berth() -> Command {
     Command::new(env!("CARGO_BIN_EXE_berth"))
 }
 
+/// `berth <subcommand> --config <cfg>`, run to its end (stdin closed).
+fn run_with_config(subcommand: &str, cfg: &std::path::Path) -> std::process::Output {
+    berth()
+        .args([subcommand, "--config"])
+        .arg(cfg)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
 /// Writes a config file into `dir`.
 fn config_file(dir: &tempfile::TempDir, name: &str, text: impl AsRef<str>) -> std::path::PathBuf {
     let path = dir.path().join(name);
@@ -57,11 +67,7 @@ fn check_config_prints_the_effective_config_with_secrets_redacted() {
             dir.path().join("pw").display()
         ),
     );
-    let out = berth()
-        .args(["check-config", "--config"])
-        .arg(&cfg)
-        .output()
-        .unwrap();
+    let out = run_with_config("check-config", &cfg);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -84,11 +90,7 @@ fn check_config_names_file_key_and_reason() {
         "bad.toml",
         "[[upstream]]\nname = \"a.io\"\nurl = \"ftp://a.io\"\n",
     );
-    let out = berth()
-        .args(["check-config", "--config"])
-        .arg(&cfg)
-        .output()
-        .unwrap();
+    let out = run_with_config("check-config", &cfg);
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -110,12 +112,7 @@ fn serve_refuses_a_bad_config_before_binding() {
             holder.local_addr().unwrap()
         ),
     );
-    let out = berth()
-        .args(["serve", "--config"])
-        .arg(&cfg)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
+    let out = run_with_config("serve", &cfg);
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("listen_typo"), "{err}");
@@ -134,12 +131,7 @@ fn serve_reports_a_busy_port() {
             dir.path().join("data").display()
         ),
     );
-    let out = berth()
-        .args(["serve", "--config"])
-        .arg(&cfg)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
+    let out = run_with_config("serve", &cfg);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("cannot listen on"), "{err}");
@@ -231,11 +223,7 @@ fn check_config_and_serve_refuse_an_htpasswd_file_with_other_hash_kinds() {
         ),
     );
     std::fs::write(&htpasswd, &good).unwrap();
-    let out = berth()
-        .args(["check-config", "--config"])
-        .arg(&cfg)
-        .output()
-        .unwrap();
+    let out = run_with_config("check-config", &cfg);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}");
     assert!(text.contains("users = [\"ci\"]"), "{text}");
@@ -249,12 +237,7 @@ fn check_config_and_serve_refuse_an_htpasswd_file_with_other_hash_kinds() {
     .unwrap();
     // check-config exits 2 on a bad config, serve 1 when it cannot start, as for any config.
     for (cmd, code) in [("check-config", 2), ("serve", 1)] {
-        let out = berth()
-            .args([cmd, "--config"])
-            .arg(&cfg)
-            .stdin(Stdio::null())
-            .output()
-            .unwrap();
+        let out = run_with_config(cmd, &cfg);
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(code), "{cmd}: {err}");
         assert!(
