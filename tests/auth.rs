@@ -12,7 +12,7 @@ use base64::Engine as _;
 use http::{Method, StatusCode};
 
 use berth::oci::media;
-use support::instance::{Berth, Got, start_reloadable};
+use support::instance::{Berth, Got, listeners_and_storage, start_reloadable};
 use support::{FakeRegistry, random_bytes};
 
 const DOCKER: &str = r#"{"schemaVersion":2,"mediaType":"application/vnd.docker.distribution.manifest.v2+json","layers":[]}"#;
@@ -42,12 +42,7 @@ async fn start(fake: &FakeRegistry, users: &str, auth_extra: &str, private_extra
 fn config_text(dir: &Path, url: &str, auth_extra: &str, private_extra: &str) -> String {
     format!(
         r#"
-        [server]
-        listen = "127.0.0.1:0"
-        [metrics]
-        listen = "127.0.0.1:0"
-        [storage]
-        path = "{dir}"
+        {head}
         [auth]
         htpasswd = "{htpasswd}"
         {auth_extra}
@@ -62,7 +57,7 @@ fn config_text(dir: &Path, url: &str, auth_extra: &str, private_extra: &str) -> 
         library_prefix = true
         {private_extra}
         "#,
-        dir = dir.display(),
+        head = listeners_and_storage(dir),
         htpasswd = dir.join("htpasswd").display(),
     )
 }
@@ -77,6 +72,13 @@ async fn start_with_reloader(
     std::fs::write(dir.path().join("htpasswd"), users).unwrap();
     let cfg = config_text(dir.path(), &fake.url(), auth_extra, private_extra);
     start_reloadable(&cfg, dir).await
+}
+
+/// The fake registry holding `library/app:1`, a Docker manifest without layers.
+async fn fake_with_app() -> FakeRegistry {
+    let fake = FakeRegistry::start().await;
+    fake.put_tagged("library/app", "1", media::DOCKER_MANIFEST, DOCKER);
+    fake
 }
 
 async fn get_as(b: &Berth, path: &str, auth: Option<&str>) -> Got {
@@ -105,8 +107,7 @@ fn assert_challenge(g: &Got, what: &str) {
 
 #[tokio::test]
 async fn without_a_login_every_route_answers_401_with_a_basic_challenge() {
-    let fake = FakeRegistry::start().await;
-    fake.put_tagged("library/app", "1", media::DOCKER_MANIFEST, DOCKER);
+    let fake = fake_with_app().await;
     let blob = fake.put_blob("library/app", random_bytes(1000, 1));
     let b = start(&fake, &entry("alice", "secret"), "", "").await;
 
@@ -157,32 +158,27 @@ async fn without_a_login_every_route_answers_401_with_a_basic_challenge() {
 
 #[tokio::test]
 async fn a_user_not_listed_gets_403_before_any_lookup_cached_or_not() {
-    let fake = FakeRegistry::start().await;
-    fake.put_tagged("library/app", "1", media::DOCKER_MANIFEST, DOCKER);
+    let fake = fake_with_app().await;
     let cached = fake.put_blob("library/app", random_bytes(5000, 2));
     let uncached = fake.put_blob("library/app", random_bytes(5000, 3));
     let users = entry("ci", "ci-pw") + &entry("alice", "alice-pw");
     let b = start(&fake, &users, "", r#"users = ["ci"]"#).await;
     let ci = basic("ci", "ci-pw");
     let alice = basic("alice", "alice-pw");
+    let private_blob = |digest: &str| format!("/v2/app/blobs/{digest}?ns=private.test");
 
     // ci caches a manifest and a blob through the private upstream.
     let m = get_as(&b, "/v2/private.test/app/manifests/1", Some(&ci)).await;
     assert_eq!(m.status, 200);
-    let l = get_as(
-        &b,
-        &format!("/v2/app/blobs/{cached}?ns=private.test"),
-        Some(&ci),
-    )
-    .await;
+    let l = get_as(&b, &private_blob(&cached), Some(&ci)).await;
     assert_eq!(l.status, 200);
     b.settled().await;
     fake.reset_counts();
 
     let mut bodies = Vec::new();
     for path in [
-        format!("/v2/app/blobs/{cached}?ns=private.test"),
-        format!("/v2/app/blobs/{uncached}?ns=private.test"),
+        private_blob(&cached),
+        private_blob(&uncached),
         "/v2/private.test/app/manifests/1".to_owned(),
         "/v2/private.test/app/manifests/2".to_owned(),
         "/v2/private.test/app/tags/list".to_owned(),
@@ -207,12 +203,7 @@ async fn a_user_not_listed_gets_403_before_any_lookup_cached_or_not() {
     assert!(fake.requests().is_empty(), "{:?}", fake.requests());
     // alice's requests are never looked up in the cache.
     let lookups = b.counter("berth_cache_lookups_total").await;
-    get_as(
-        &b,
-        &format!("/v2/app/blobs/{cached}?ns=private.test"),
-        Some(&alice),
-    )
-    .await;
+    get_as(&b, &private_blob(&cached), Some(&alice)).await;
     assert_eq!(b.counter("berth_cache_lookups_total").await, lookups);
     assert_eq!(
         b.counter("berth_auth_denials_total{reason=\"forbidden\"}")
@@ -223,19 +214,13 @@ async fn a_user_not_listed_gets_403_before_any_lookup_cached_or_not() {
     // alice may use the upstream that has no list; ci still gets the cached blob.
     let l = get_as(&b, &format!("/v2/app/blobs/{uncached}"), Some(&alice)).await;
     assert_eq!(l.status, 200);
-    let l = get_as(
-        &b,
-        &format!("/v2/app/blobs/{cached}?ns=private.test"),
-        Some(&ci),
-    )
-    .await;
+    let l = get_as(&b, &private_blob(&cached), Some(&ci)).await;
     assert_eq!(l.status, 200);
 }
 
 #[tokio::test]
 async fn anonymous_upstreams_are_open_and_the_rest_still_needs_a_login() {
-    let fake = FakeRegistry::start().await;
-    fake.put_tagged("library/app", "1", media::DOCKER_MANIFEST, DOCKER);
+    let fake = fake_with_app().await;
     let blob = fake.put_blob("library/app", random_bytes(2000, 4));
     let b = start(
         &fake,
@@ -298,8 +283,7 @@ async fn anonymous_upstreams_are_open_and_the_rest_still_needs_a_login() {
 
 #[tokio::test]
 async fn a_pull_of_many_blobs_costs_one_bcrypt_run() {
-    let fake = FakeRegistry::start().await;
-    fake.put_tagged("library/app", "1", media::DOCKER_MANIFEST, DOCKER);
+    let fake = fake_with_app().await;
     let blobs: Vec<String> = (0..40)
         .map(|i| fake.put_blob("library/app", random_bytes(4096, 100 + i)))
         .collect();
@@ -597,8 +581,7 @@ async fn berth_warm_logs_in_with_a_password_from_stdin_or_the_environment() {
 
 #[tokio::test]
 async fn a_reload_changes_who_may_use_which_upstream_and_new_upstreams_start_closed() {
-    let fake = FakeRegistry::start().await;
-    fake.put_tagged("library/app", "1", media::DOCKER_MANIFEST, DOCKER);
+    let fake = fake_with_app().await;
     let users = entry("ci", "ci-pw") + &entry("alice", "alice-pw");
     let (b, reloader) = start_with_reloader(&fake, &users, "", "").await;
     let (ci, alice) = (basic("ci", "ci-pw"), basic("alice", "alice-pw"));

@@ -1,10 +1,24 @@
 //! The `berth` command line: help, version, check-config, and refusing a bad config before binding.
 
+mod support;
+
 use std::net::TcpListener;
 use std::process::{Command, Stdio};
 
+use support::served::{Served, serve};
+
 fn berth() -> Command {
     Command::new(env!("CARGO_BIN_EXE_berth"))
+}
+
+/// `berth <subcommand> --config <cfg>`, run to its end (stdin closed).
+fn run_with_config(subcommand: &str, cfg: &std::path::Path) -> std::process::Output {
+    berth()
+        .args([subcommand, "--config"])
+        .arg(cfg)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
 }
 
 /// Writes a config file into `dir`.
@@ -12,6 +26,21 @@ fn config_file(dir: &tempfile::TempDir, name: &str, text: impl AsRef<str>) -> st
     let path = dir.path().join(name);
     std::fs::write(&path, text.as_ref()).unwrap();
     path
+}
+
+/// `berth serve` (logging at info) on port 0 for both listeners, `server_extra` added to
+/// `[server]`, storage in `dir`.
+fn serve_on_any_port(dir: &tempfile::TempDir, server_extra: &str) -> Served {
+    let cfg = config_file(
+        dir,
+        "c.toml",
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n{server_extra}[metrics]\nlisten = \"127.0.0.1:0\"\n\
+             [storage]\npath = \"{}\"\n[[upstream]]\nname = \"a.io\"\nurl = \"https://a.io\"\n",
+            dir.path().join("data").display()
+        ),
+    );
+    serve(&cfg, &[("RUST_LOG", "info")])
 }
 
 #[test]
@@ -38,11 +67,7 @@ fn check_config_prints_the_effective_config_with_secrets_redacted() {
             dir.path().join("pw").display()
         ),
     );
-    let out = berth()
-        .args(["check-config", "--config"])
-        .arg(&cfg)
-        .output()
-        .unwrap();
+    let out = run_with_config("check-config", &cfg);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -65,11 +90,7 @@ fn check_config_names_file_key_and_reason() {
         "bad.toml",
         "[[upstream]]\nname = \"a.io\"\nurl = \"ftp://a.io\"\n",
     );
-    let out = berth()
-        .args(["check-config", "--config"])
-        .arg(&cfg)
-        .output()
-        .unwrap();
+    let out = run_with_config("check-config", &cfg);
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -91,12 +112,7 @@ fn serve_refuses_a_bad_config_before_binding() {
             holder.local_addr().unwrap()
         ),
     );
-    let out = berth()
-        .args(["serve", "--config"])
-        .arg(&cfg)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
+    let out = run_with_config("serve", &cfg);
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("listen_typo"), "{err}");
@@ -115,92 +131,33 @@ fn serve_reports_a_busy_port() {
             dir.path().join("data").display()
         ),
     );
-    let out = berth()
-        .args(["serve", "--config"])
-        .arg(&cfg)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
+    let out = run_with_config("serve", &cfg);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("cannot listen on"), "{err}");
 }
 
-#[test]
-fn sigterm_stops_serving_and_exits_zero() {
-    use std::io::{BufRead, BufReader};
+#[tokio::test]
+async fn sigterm_stops_serving_and_exits_zero() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = config_file(
-        &dir,
-        "c.toml",
-        format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\nshutdown_grace = \"5s\"\n[metrics]\nlisten = \"127.0.0.1:0\"\n[storage]\npath = \"{}\"\n[[upstream]]\nname = \"a.io\"\nurl = \"https://a.io\"\n",
-            dir.path().join("data").display()
-        ),
-    );
-    let mut child = berth()
-        .args(["serve", "--config"])
-        .arg(&cfg)
-        .env("RUST_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut served = serve_on_any_port(&dir, "shutdown_grace = \"5s\"\n");
     // The start-up line says where it listens; SIGTERM only after that.
-    let started = lines
-        .by_ref()
-        .map_while(Result::ok)
-        .find(|l| l.contains("listening"));
-    assert!(started.is_some(), "berth did not start");
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let rest: Vec<String> = lines.map_while(Result::ok).collect();
-    let exit = child.wait().unwrap();
+    served.started().await;
+    served.signal("-TERM");
+    let rest = served.rest().await;
+    let exit = served.child.wait().unwrap();
     assert_eq!(exit.code(), Some(0), "{rest:?}");
     assert!(rest.iter().any(|l| l.contains("SIGTERM")), "{rest:?}");
 }
 
 /// `berth health` is the container HEALTHCHECK (no curl in a scratch image): 0 on 2xx, 1 on any
 /// other answer or none, 2 on a URL it cannot probe.
-#[test]
-fn health_probe_exit_codes() {
-    use std::io::{BufRead, BufReader};
+#[tokio::test]
+async fn health_probe_exit_codes() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = config_file(
-        &dir,
-        "c.toml",
-        format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\n[metrics]\nlisten = \"127.0.0.1:0\"\n[storage]\npath = \"{}\"\n[[upstream]]\nname = \"a.io\"\nurl = \"https://a.io\"\n",
-            dir.path().join("data").display()
-        ),
-    );
-    let mut child = berth()
-        .args(["serve", "--config"])
-        .arg(&cfg)
-        .env("RUST_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let started = lines
-        .by_ref()
-        .map_while(Result::ok)
-        .find(|l| l.contains("listening"))
-        .expect("berth did not start");
-    // `metrics=http://127.0.0.1:PORT/metrics`
-    let metrics = started
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("metrics="))
-        .expect("no metrics address in the start-up line")
-        .trim_end_matches("/metrics")
-        .to_owned();
+    let mut served = serve_on_any_port(&dir, "");
+    served.started().await;
+    let metrics = format!("http://{}", served.metrics);
     let health = |url: &str, timeout: &str| {
         berth()
             .args(["health", "--url", url, "--timeout", timeout])
@@ -217,10 +174,8 @@ fn health_probe_exit_codes() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("404"));
 
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-    let _ = child.wait();
+    served.signal("-TERM");
+    let _ = served.child.wait();
 
     // Refused: nothing listens on a port that was just freed.
     let dead = TcpListener::bind("127.0.0.1:0")
@@ -268,11 +223,7 @@ fn check_config_and_serve_refuse_an_htpasswd_file_with_other_hash_kinds() {
         ),
     );
     std::fs::write(&htpasswd, &good).unwrap();
-    let out = berth()
-        .args(["check-config", "--config"])
-        .arg(&cfg)
-        .output()
-        .unwrap();
+    let out = run_with_config("check-config", &cfg);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}");
     assert!(text.contains("users = [\"ci\"]"), "{text}");
@@ -286,12 +237,7 @@ fn check_config_and_serve_refuse_an_htpasswd_file_with_other_hash_kinds() {
     .unwrap();
     // check-config exits 2 on a bad config, serve 1 when it cannot start, as for any config.
     for (cmd, code) in [("check-config", 2), ("serve", 1)] {
-        let out = berth()
-            .args([cmd, "--config"])
-            .arg(&cfg)
-            .stdin(Stdio::null())
-            .output()
-            .unwrap();
+        let out = run_with_config(cmd, &cfg);
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(code), "{cmd}: {err}");
         assert!(

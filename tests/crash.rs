@@ -10,7 +10,6 @@
 mod support;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -18,9 +17,10 @@ use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 
 use berth::oci::Digest;
+use support::served::{Served, serve};
 use support::{FakeRegistry, Fault, random_bytes};
 
 /// Blobs in the fake; each round completes one fill and kills two.
@@ -36,47 +36,19 @@ const REPO: &str = "crash/app";
 
 /// A running `berth serve`; killed (SIGKILL) when dropped, so a failing test leaves no process.
 struct Berth {
-    child: Child,
+    served: Served,
     base: String,
-    /// berth's stderr, line by line.
-    lines: mpsc::UnboundedReceiver<String>,
     client: Client<HttpConnector, Empty<Bytes>>,
 }
 
 impl Berth {
     /// Starts berth on `config` and waits for its "listening" line, which names the port.
     async fn start(config: &Path) -> Berth {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_berth"))
-            .args(["serve", "--config"])
-            .arg(config)
-            .env("RUST_LOG", "info")
-            .env_remove("BERTH_CONFIG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        // A thread drains stderr for the whole life of the process and hands the lines over.
-        let stderr = child.stderr.take().unwrap();
-        let (tx, mut rx) = mpsc::unbounded_channel::<String>();
-        std::thread::spawn(move || {
-            use std::io::BufRead;
-            for line in std::io::BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                let _ = tx.send(line);
-            }
-        });
-        let line = wait_line(&mut rx, |l| l.contains("listening")).await;
-        let at = line
-            .find("registry=")
-            .expect("listening line names the registry");
-        let rest = &line[at + "registry=".len()..];
-        let base = rest.split_whitespace().next().unwrap().to_owned();
-        assert!(base.starts_with("http://127.0.0.1:"), "{base}");
+        let mut served = serve(config, &[("RUST_LOG", "info")]);
+        served.started().await;
         Berth {
-            child,
-            base,
-            lines: rx,
+            base: format!("http://{}", served.registry),
+            served,
             client: Client::builder(TokioExecutor::new()).build_http(),
         }
     }
@@ -84,10 +56,9 @@ impl Berth {
     /// Waits until berth logs that `digest` is cached (renamed into place: the client got its last
     /// byte a little earlier, when the digest matched).
     async fn cached(&mut self, digest: &str) {
-        wait_line(&mut self.lines, |l| {
-            l.contains("blob cached") && l.contains(digest)
-        })
-        .await;
+        self.served
+            .line_where(digest, |l| l.contains("blob cached") && l.contains(digest))
+            .await;
     }
 
     /// GET a blob; the response, status checked.
@@ -105,33 +76,9 @@ impl Berth {
 
     /// SIGKILL, and reap.
     fn kill(mut self) {
-        self.child.kill().unwrap(); // SIGKILL on Unix
-        self.child.wait().unwrap();
+        self.served.child.kill().unwrap(); // SIGKILL on Unix
+        self.served.child.wait().unwrap();
     }
-}
-
-impl Drop for Berth {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// The next line of berth's log that `matches`.
-async fn wait_line(
-    lines: &mut mpsc::UnboundedReceiver<String>,
-    matches: impl Fn(&str) -> bool,
-) -> String {
-    tokio::time::timeout(WAIT, async {
-        while let Some(line) = lines.recv().await {
-            if matches(&line) {
-                return line;
-            }
-        }
-        panic!("berth's log ended (it exited)");
-    })
-    .await
-    .expect("log line in time")
 }
 
 /// Reads `body` until at least `n` bytes arrived; returns them.

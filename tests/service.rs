@@ -5,120 +5,11 @@ mod support;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UnixDatagram};
-use tokio::sync::mpsc;
 
-/// Bound on every wait in this file: generous for a loaded CI machine, never reached when berth works.
-const PATIENCE: Duration = Duration::from_secs(30);
-
-/// A running `berth serve` and what it writes to stderr.
-struct Proc {
-    child: Child,
-    lines: mpsc::UnboundedReceiver<String>,
-    /// Every line read so far (for failure messages).
-    seen: Vec<String>,
-    registry: SocketAddr,
-    metrics: SocketAddr,
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn spawn(config: &Path, env: &[(&str, &str)]) -> Proc {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_berth"));
-    cmd.args(["serve", "--config"])
-        .arg(config)
-        .env_remove("RUST_LOG")
-        .env_remove("NOTIFY_SOCKET")
-        .env_remove("WATCHDOG_USEC")
-        .env_remove("WATCHDOG_PID")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let mut child = cmd.spawn().unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, lines) = mpsc::unbounded_channel();
-    std::thread::spawn(move || {
-        use std::io::BufRead;
-        for line in std::io::BufReader::new(stderr)
-            .lines()
-            .map_while(Result::ok)
-        {
-            if tx.send(line).is_err() {
-                return;
-            }
-        }
-    });
-    Proc {
-        child,
-        lines,
-        seen: Vec::new(),
-        registry: "0.0.0.0:0".parse().unwrap(),
-        metrics: "0.0.0.0:0".parse().unwrap(),
-    }
-}
-
-impl Proc {
-    /// Waits for a stderr line containing `needle`; returns it.
-    async fn line(&mut self, needle: &str) -> String {
-        let deadline = tokio::time::Instant::now() + PATIENCE;
-        loop {
-            match tokio::time::timeout_at(deadline, self.lines.recv()).await {
-                Ok(Some(l)) => {
-                    self.seen.push(l.clone());
-                    if l.contains(needle) {
-                        return l;
-                    }
-                }
-                Ok(None) => panic!("berth exited before logging {needle:?}: {:#?}", self.seen),
-                Err(_) => panic!("no line with {needle:?} in time: {:#?}", self.seen),
-            }
-        }
-    }
-
-    /// Waits for the start-up line and reads the listener addresses from it (text or JSON).
-    async fn started(&mut self) {
-        let l = self.line("listening").await;
-        self.registry = addr_after(&l, "registry");
-        self.metrics = addr_after(&l, "metrics");
-    }
-
-    fn signal(&self, sig: &str) {
-        let ok = Command::new("kill")
-            .args([sig, &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(ok.success());
-    }
-}
-
-/// The `127.0.0.1:port` after `key=http://` or `"key":"http://` in a log line.
-fn addr_after(line: &str, key: &str) -> SocketAddr {
-    let start = [
-        format!("{key}=http://"),
-        format!("{key}=https://"),
-        format!("\"{key}\":\"http://"),
-    ]
-    .iter()
-    .find_map(|k| line.find(k.as_str()).map(|i| i + k.len()))
-    .unwrap_or_else(|| panic!("no {key} address in {line}"));
-    let rest = &line[start..];
-    let end = rest
-        .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == ':'))
-        .unwrap_or(rest.len());
-    rest[..end].parse().unwrap()
-}
+use support::served::{PATIENCE, serve};
 
 /// One HTTP/1.1 request with `Connection: close`: the status and the whole response text.
 async fn http(addr: SocketAddr, path: &str) -> (u16, String) {
@@ -190,7 +81,7 @@ async fn type_notify_ready_after_the_listeners_answer_status_watchdog_and_stoppi
         "c.toml",
         &config(dir.path(), "http://127.0.0.1:9", ""),
     );
-    let mut berth = spawn(
+    let mut berth = serve(
         &cfg,
         &[
             ("NOTIFY_SOCKET", sock_path.to_str().unwrap()),
@@ -248,7 +139,7 @@ async fn an_abstract_notify_socket_works_and_no_socket_changes_nothing() {
         "c.toml",
         &config(dir.path(), "http://127.0.0.1:9", ""),
     );
-    let mut berth = spawn(&cfg, &[("NOTIFY_SOCKET", &format!("@{name}"))]);
+    let mut berth = serve(&cfg, &[("NOTIFY_SOCKET", &format!("@{name}"))]);
     let mut got = Vec::new();
     until_notified(&sock, "READY=1", &mut got).await;
     berth.started().await;
@@ -261,7 +152,7 @@ async fn an_abstract_notify_socket_works_and_no_socket_changes_nothing() {
         "c.toml",
         &config(dir.path(), "http://127.0.0.1:9", ""),
     );
-    let mut berth = spawn(&cfg, &[]);
+    let mut berth = serve(&cfg, &[]);
     berth.started().await;
     berth.line("cache index rebuilt; serving").await;
     assert_eq!(http(berth.registry, "/v2/").await.0, 200);
@@ -315,7 +206,7 @@ async fn json_logs_are_one_object_per_line_with_the_request_fields() {
             "[log]\nformat = \"json\"\nlevel = \"info\"",
         ),
     );
-    let mut berth = spawn(&cfg, &[]);
+    let mut berth = serve(&cfg, &[]);
     berth.started().await;
     let (status, _) = http(berth.registry, &format!("/v2/app/blobs/{blob}")).await;
     assert_eq!(status, 200);
@@ -378,7 +269,7 @@ async fn sighup_adds_an_upstream_refuses_a_broken_config_and_keeps_a_running_tra
     let sock = UnixDatagram::bind(&sock_path).unwrap();
     let first = config(dir.path(), &fake.url(), "");
     let cfg = write_config(dir.path(), "c.toml", &first);
-    let mut berth = spawn(&cfg, &[("NOTIFY_SOCKET", sock_path.to_str().unwrap())]);
+    let mut berth = serve(&cfg, &[("NOTIFY_SOCKET", sock_path.to_str().unwrap())]);
     let mut got = Vec::new();
     until_notified(&sock, "READY=1", &mut got).await;
     berth.started().await;
@@ -545,7 +436,7 @@ async fn rust_log_wins_over_a_reloaded_level_and_an_unreachable_notify_socket_is
     let text = config(dir.path(), "http://127.0.0.1:9", "");
     let cfg = write_config(dir.path(), "c.toml", &text);
     let missing = dir.path().join("no-such.sock");
-    let mut berth = spawn(
+    let mut berth = serve(
         &cfg,
         &[
             ("RUST_LOG", "info"),
@@ -639,7 +530,7 @@ async fn a_rotated_certificate_goes_to_new_connections_while_an_open_one_continu
         1,
     );
     let cfg = write_config(dir.path(), "c.toml", &text);
-    let mut berth = spawn(&cfg, &[]);
+    let mut berth = serve(&cfg, &[]);
     berth.started().await;
     berth.line("cache index rebuilt; serving").await;
 

@@ -299,6 +299,43 @@ impl Env {
             .count()
     }
 
+    /// The sum of berth's metric samples whose line starts with `prefix` (a family name, or a
+    /// name with its full label set).
+    pub fn metric_sum(&self, prefix: &str) -> u64 {
+        let r = http::get(&self.metrics_addr, "/metrics", None).expect("metrics");
+        String::from_utf8_lossy(&r.body)
+            .lines()
+            .filter(|l| l.starts_with(prefix))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum()
+    }
+
+    /// Waits (bounded) until berth's request log holds a `200` line containing `needle` with
+    /// `user="<user>"`: log lines are written in batches, after the response.
+    #[track_caller]
+    pub fn wait_request_logged(&self, needle: &str, user: &str) {
+        let log = self.dir().join("berth.log");
+        let want = format!(" user=\"{user}\"");
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let text = read_log(&log);
+            let found = text.lines().any(|l| {
+                l.contains("request method=")
+                    && l.contains(needle)
+                    && l.contains(" status=200 ")
+                    && l.contains(&want)
+            });
+            if found {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no request line with {needle} and{want} in berth's log:\n{text}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// Every blob of `img` (all platforms) was fetched from the registry exactly once.
     pub fn assert_fetched_once(&self, img: &Image) {
         if self.via != Via::Berth {

@@ -2,6 +2,7 @@
 //! temporary data directory, talk to it over a real socket, read its metrics.
 
 use std::net::SocketAddr;
+use std::path::Path;
 
 use bytes::Bytes;
 use http::{HeaderMap, Method, Request, StatusCode};
@@ -72,12 +73,7 @@ pub async fn start_with(
 ) -> Berth {
     let cfg = format!(
         r#"
-        [server]
-        listen = "127.0.0.1:0"
-        [metrics]
-        listen = "127.0.0.1:0"
-        [storage]
-        path = "{}"
+        {}
         {storage_extra}
         [[upstream]]
         name = "registry.test"
@@ -86,10 +82,20 @@ pub async fn start_with(
         library_prefix = true
         {upstream_extra}
         "#,
-        dir.path().display(),
+        listeners_and_storage(dir.path()),
         fake.url()
     );
     start_toml(&cfg, dir).await
+}
+
+/// The head of every test config: both listeners on port 0 (read back from the bound server),
+/// the cache in `dir`; `[storage]` is last, so a caller may add its keys right after.
+pub fn listeners_and_storage(dir: &Path) -> String {
+    format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n[metrics]\nlisten = \"127.0.0.1:0\"\n\
+         [storage]\npath = \"{}\"\n",
+        dir.display()
+    )
 }
 
 /// Starts berth from a whole config text (listeners on port 0, storage in `dir`, chosen by the

@@ -16,6 +16,7 @@
 #![allow(dead_code)] // each test crate uses a different part
 
 pub mod instance;
+pub mod served;
 
 use std::collections::{BTreeSet, HashMap};
 use std::convert::Infallible;
