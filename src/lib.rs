@@ -28,7 +28,9 @@
 //!   grows, and is renamed into place only after its size and sha256 check out. One file per
 //!   concern: `store/mod.rs` (layout, the `Store` facade), `pending` (a fill: reserve, verify,
 //!   commit), `spool` (chunks in memory, the full-disk pass-through), `read` (ranges, mapped
-//!   reads), `evict` (making room).
+//!   reads), `evict` (making room), `s3` (the object-store tier, `[storage.s3]`: blobs,
+//!   manifests and tag records in a bucket, uploads completed only once verified; not yet on the
+//!   request path).
 //! - [`upstream`]: the registry client: pooled HTTPS, auth challenges and tokens, redirects, timeouts.
 //! - [`origins`]: which upstreams each cached digest came through, so content cached from one
 //!   upstream is answered through another only once that one confirms it has it.

@@ -13,13 +13,15 @@
 //! - [`spool`]: the chunks readers take from memory, and the degraded pass-through of a full disk;
 //! - [`read`]: [`read_range`], which follows a committed file or a growing fill (mapped reads);
 //! - [`evict`]: making room (`max_size`, `max_age`, a full disk);
+//! - [`s3`]: the object-store tier (`[storage.s3]`): a bucket holding blobs, manifests and tag
+//!   records by digest, uploads completed only once verified.
 //!
 //! Every committed blob has an entry in the access [`Index`] (size, last access, readers, pins),
 //! rebuilt from the files on start.
 //!
 //! The interface is narrow on purpose (begin/commit, open, stat, remove, and the access index for
 //! listings) so that another tier (object storage) can sit behind it. Rule of dependency: uses
-//! `index`, `oci`, `error` and `zerocopy` (to register mappings).
+//! `index`, `oci`, `error` and `zerocopy` (to register mappings); `s3` its `config` table and `metrics`-style families.
 
 use std::fs::File;
 use std::io;
@@ -37,6 +39,7 @@ use crate::zerocopy::Mappings;
 mod evict;
 pub mod pending;
 pub mod read;
+pub mod s3;
 pub mod spool;
 
 pub use pending::{CommitError, FillState, PendingBlob, Progress};
