@@ -121,6 +121,17 @@ async fn a_multipart_blob_round_trips() {
     b.delete_blob(&d).await.unwrap();
     assert!(b.head_blob(&d).await.unwrap().is_none());
     assert!(b.get_blob(&d, None).await.unwrap().is_none());
+
+    // Within one part: one PUT after verifying; the empty blob too.
+    for small in [blob(MIB + 3, 9), Bytes::new()] {
+        let d = Digest::of(&small);
+        let stored = b.put_blob(&d, Some(small.len() as u64), body(&small));
+        assert_eq!(stored.await.unwrap(), Stored::Uploaded);
+        let got = b.get_blob(&d, None).await.unwrap().unwrap();
+        let bytes: Vec<Bytes> = got.body.try_collect().await.unwrap();
+        assert_eq!(bytes.concat(), small);
+        b.delete_blob(&d).await.unwrap();
+    }
     assert!(b.open_uploads().await.unwrap().is_empty());
 }
 

@@ -15,7 +15,9 @@
 //! A blob goes up as a multipart upload ([`Bucket::put_blob`]) that hashes every byte on the way
 //! and is completed only when the sha256 (and the size, when known) matched; otherwise it is
 //! aborted, and so on any error, and when the future is dropped (a guard spawns the abort). S3
-//! makes a multipart object visible only at completion, so a reader never sees a part of it.
+//! makes a multipart object visible only at completion, so a reader never sees a part of it. A
+//! blob that ends within its first part is held in memory and goes up in one PUT, after it was
+//! verified.
 //! Correctness does not rest on conditional PUT (some servers ignore `If-None-Match`): two
 //! replicas uploading one digest both complete the same verified bytes, the last one wins, and
 //! both are right. A HEAD first skips the upload when the object is already there. A manifest is
@@ -51,12 +53,13 @@ use futures_util::{Stream, StreamExt, TryStreamExt};
 use object_store::aws::AmazonS3Builder;
 use object_store::path::Path;
 use object_store::{
-    Attribute, Attributes, GetOptions, GetRange, ObjectStore, ObjectStoreExt, PutMultipartOptions,
-    PutOptions, PutPayload, WriteMultipart,
+    Attribute, Attributes, GetOptions, GetRange, MultipartUpload, ObjectStore, ObjectStoreExt,
+    PutMultipartOptions, PutOptions, PutPayload, PutPayloadMut,
 };
 use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
+use tokio::task::JoinSet;
 
 use crate::config::{S3Config, S3Credentials};
 use crate::oci::Digest;
@@ -502,19 +505,12 @@ impl Bucket {
         expected_size: Option<u64>,
         body: impl Stream<Item = Result<Bytes, E>>,
     ) -> Result<Stored, BucketError> {
-        let key = self.blob_key(digest);
-        let opts = PutMultipartOptions {
-            attributes: Attributes::from_iter([(
-                Attribute::ContentType,
-                "application/octet-stream",
-            )]),
-            ..PutMultipartOptions::default()
-        };
-        let upload = self.store.put_multipart_opts(&key, opts).await?;
-        let mut guard = Upload {
-            writer: Some(WriteMultipart::new_with_chunk_size(upload, self.part_size)),
-            aborts: self.metrics.aborts.clone(),
-            key: key.to_string(),
+        let mut up = Upload {
+            bucket: self,
+            key: self.blob_key(digest),
+            upload: None,
+            parts: JoinSet::new(),
+            buffer: PutPayloadMut::new(),
         };
         let mut hasher = Sha256::new();
         let mut size = 0u64;
@@ -523,7 +519,7 @@ impl Bucket {
             let chunk = match chunk {
                 Ok(c) => c,
                 Err(e) => {
-                    guard.abort("source").await;
+                    up.abort("source").await;
                     return Err(BucketError::Source(e.to_string()));
                 }
             };
@@ -531,31 +527,22 @@ impl Bucket {
             if let Some(expected) = expected_size
                 && size > expected
             {
-                guard.abort("size").await;
+                up.abort("size").await;
                 return Err(BucketError::Size {
                     expected,
                     actual: size,
                 });
             }
             hasher.update(&chunk);
-            let writer = guard
-                .writer
-                .as_mut()
-                .expect("writer present until finished");
-            if let Err(e) = writer.wait_for_capacity(self.parts_in_flight).await {
-                guard.abort("error").await;
-                return Err(e.into());
+            if let Err(e) = up.put(chunk).await {
+                up.abort("error").await;
+                return Err(e);
             }
-            guard
-                .writer
-                .as_mut()
-                .expect("writer present until finished")
-                .put(chunk);
         }
         if let Some(expected) = expected_size
             && size != expected
         {
-            guard.abort("size").await;
+            up.abort("size").await;
             return Err(BucketError::Size {
                 expected,
                 actual: size,
@@ -563,18 +550,16 @@ impl Bucket {
         }
         let actual = Digest::from_sha256(&hasher.finalize());
         if actual != *digest {
-            guard.abort("digest").await;
+            up.abort("digest").await;
             return Err(BucketError::Digest {
                 expected: digest.clone(),
                 actual,
             });
         }
-        let writer = guard.writer.take().expect("writer present until finished");
-        // `finish` uploads the last part and completes; on failure it aborts the upload itself.
-        writer.finish().await.map_err(|e| {
-            self.metrics.aborts.with_label_values(&["error"]).inc();
-            BucketError::from(e)
-        })?;
+        if let Err(e) = up.complete().await {
+            up.abort("error").await;
+            return Err(e);
+        }
         Ok(Stored::Uploaded)
     }
 
@@ -855,34 +840,133 @@ struct ListedUpload {
     initiated: String,
 }
 
-/// An upload that has not completed: whatever way it ends other than [`WriteMultipart::finish`]
-/// aborts it (counted by reason), dropped included.
-struct Upload {
-    writer: Option<WriteMultipart>,
-    aborts: IntCounterVec,
-    key: String,
+/// A blob on its way into the bucket, verified by the caller before [`complete`](Self::complete).
+///
+/// The first `part_size` bytes are held in memory: a blob that ends within them goes up in one
+/// PUT after it was verified (most config blobs and small layers: one request, no multipart
+/// upload). Past them, a multipart upload starts and parts go up as they fill, at most
+/// `parts_in_flight` at once. Until it is completed the upload belongs to this guard: every way
+/// out other than a successful completion aborts it, dropping included (the abort is spawned).
+/// A drop while the upload is being created can leave one open on the server: the stale-upload
+/// pass is for those (and for a killed process).
+struct Upload<'a> {
+    bucket: &'a Bucket,
+    key: Path,
+    upload: Option<Box<dyn MultipartUpload>>,
+    /// The parts being uploaded; dropping the set cancels them.
+    parts: JoinSet<object_store::Result<()>>,
+    /// Bytes not yet sent: less than one part.
+    buffer: PutPayloadMut,
 }
 
-impl Upload {
-    async fn abort(&mut self, reason: &str) {
-        if let Some(w) = self.writer.take() {
-            self.aborts.with_label_values(&[reason]).inc();
-            if let Err(e) = w.abort().await {
-                tracing::warn!(key = %self.key, error = %e, "could not abort a multipart upload; it stays open until a stale-upload pass");
+impl Upload<'_> {
+    /// Takes the next bytes; sends each part as it fills (starting the multipart upload with the
+    /// first), after waiting for room among the parts in flight.
+    async fn put(&mut self, mut bytes: Bytes) -> Result<(), BucketError> {
+        let part_size = self.bucket.part_size;
+        while !bytes.is_empty() {
+            let take = (part_size - self.buffer.content_length()).min(bytes.len());
+            self.buffer.push(bytes.split_to(take));
+            if self.buffer.content_length() == part_size {
+                self.send_part().await?;
             }
+        }
+        Ok(())
+    }
+
+    async fn send_part(&mut self) -> Result<(), BucketError> {
+        while self.parts.len() >= self.bucket.parts_in_flight {
+            self.join_part().await?;
+        }
+        let upload = match &mut self.upload {
+            Some(u) => u,
+            None => {
+                let opts = PutMultipartOptions {
+                    attributes: octet_stream(),
+                    ..PutMultipartOptions::default()
+                };
+                let started = self
+                    .bucket
+                    .store
+                    .put_multipart_opts(&self.key, opts)
+                    .await?;
+                self.upload.insert(started)
+            }
+        };
+        let payload = std::mem::take(&mut self.buffer).freeze();
+        self.parts.spawn(upload.put_part(payload));
+        Ok(())
+    }
+
+    async fn join_part(&mut self) -> Result<(), BucketError> {
+        match self.parts.join_next().await {
+            Some(Ok(Ok(()))) | None => Ok(()),
+            Some(Ok(Err(e))) => Err(e.into()),
+            Some(Err(e)) => Err(BucketError::Http(format!("part upload task: {e}"))),
+        }
+    }
+
+    /// Sends what is left and makes the object visible: one PUT when no multipart upload was
+    /// needed, else the last part and the completion. On error the caller aborts.
+    async fn complete(&mut self) -> Result<(), BucketError> {
+        if self.upload.is_none() {
+            let payload = std::mem::take(&mut self.buffer).freeze();
+            let opts = PutOptions {
+                attributes: octet_stream(),
+                ..PutOptions::default()
+            };
+            self.bucket.store.put_opts(&self.key, payload, opts).await?;
+            return Ok(());
+        }
+        if self.buffer.content_length() > 0 {
+            self.send_part().await?;
+        }
+        while !self.parts.is_empty() {
+            self.join_part().await?;
+        }
+        let upload = self
+            .upload
+            .as_mut()
+            .expect("a multipart upload was started");
+        upload.complete().await?;
+        self.upload = None;
+        Ok(())
+    }
+
+    /// Cancels the parts in flight and aborts the multipart upload, if one was started.
+    async fn abort(&mut self, reason: &str) {
+        self.parts.abort_all();
+        let Some(mut upload) = self.upload.take() else {
+            return;
+        };
+        self.bucket
+            .metrics
+            .aborts
+            .with_label_values(&[reason])
+            .inc();
+        if let Err(e) = upload.abort().await {
+            tracing::warn!(key = %self.key, error = %e,
+                "could not abort a multipart upload; it stays open until a stale-upload pass");
         }
     }
 }
 
-impl Drop for Upload {
+impl Drop for Upload<'_> {
     fn drop(&mut self) {
-        let Some(w) = self.writer.take() else { return };
-        self.aborts.with_label_values(&["dropped"]).inc();
-        let key = std::mem::take(&mut self.key);
+        let Some(mut upload) = self.upload.take() else {
+            return;
+        };
+        self.parts.abort_all();
+        self.bucket
+            .metrics
+            .aborts
+            .with_label_values(&["dropped"])
+            .inc();
+        let key = self.key.to_string();
         match tokio::runtime::Handle::try_current() {
             Ok(rt) => {
                 rt.spawn(async move {
-                    if let Err(e) = w.abort().await {
+                    if let Err(e) = upload.abort().await {
                         tracing::warn!(%key, error = %e, "could not abort a dropped multipart upload");
                     }
                 });
@@ -892,6 +976,10 @@ impl Drop for Upload {
             }
         }
     }
+}
+
+fn octet_stream() -> Attributes {
+    Attributes::from_iter([(Attribute::ContentType, "application/octet-stream")])
 }
 
 #[cfg(test)]

@@ -22,6 +22,9 @@ struct Faults {
     /// Fail the part with this number (1-based, over all uploads); 0: none.
     fail_part: AtomicUsize,
     fail_complete: AtomicBool,
+    /// Hold every completion until the test ends (a server that takes its time).
+    hold_complete: AtomicBool,
+    completing: AtomicUsize,
     /// Hold every GET body after its first chunk until `release` is notified.
     hold_get: AtomicBool,
     release: Notify,
@@ -196,6 +199,11 @@ impl MultipartUpload for FaultyUpload {
     }
 
     async fn complete(&mut self) -> object_store::Result<PutResult> {
+        self.faults.completing.fetch_add(1, Ordering::SeqCst);
+        self.faults.changed.notify_waiters();
+        if self.faults.hold_complete.load(Ordering::SeqCst) {
+            std::future::pending::<()>().await;
+        }
         let res = match self.faults.fail_complete.load(Ordering::SeqCst) {
             true => Err(injected("complete failed")),
             false => self.inner.complete().await,
@@ -355,17 +363,19 @@ async fn wrong_bytes_are_never_completed() {
 #[tokio::test]
 async fn a_body_of_the_wrong_size_is_aborted() {
     let (b, faults) = bucket();
-    let data = blob(PART + 1);
+    let data = blob(2 * PART);
     let d = Digest::of(&data);
-    // Longer than announced: stopped as soon as it passes the size.
+    // Longer than announced: stopped as soon as it passes the size (a part is already up).
+    let announced = PART as u64 + 20_000;
     let err = b
-        .put_blob(&d, Some(PART as u64), body(&data))
+        .put_blob(&d, Some(announced), body(&data))
         .await
         .unwrap_err();
     assert!(
-        matches!(err, BucketError::Size { expected, actual } if expected == PART as u64 && actual > expected),
+        matches!(err, BucketError::Size { expected, actual } if expected == announced && actual > expected),
         "{err}"
     );
+    assert_eq!(faults.started.lock().unwrap().len(), 1);
     // Shorter than announced (the right bytes, but a size that does not match is refused too).
     let err = b
         .put_blob(&d, Some(data.len() as u64 + 1), body(&data))
@@ -376,6 +386,51 @@ async fn a_body_of_the_wrong_size_is_aborted() {
     assert_eq!(faults.aborts.load(Ordering::SeqCst), 2);
     assert_eq!(faults.completes.load(Ordering::SeqCst), 0);
     assert!(b.head_blob(&d).await.unwrap().is_none());
+}
+
+/// A blob within one part: held in memory, verified, then one PUT; no multipart upload at all.
+#[tokio::test]
+async fn a_small_blob_goes_up_in_one_put_after_it_was_verified() {
+    let (b, faults) = bucket();
+    let data = blob(PART - 1);
+    let d = Digest::of(&data);
+    let mut wrong = data.to_vec();
+    wrong[0] ^= 1;
+    let err = b
+        .put_blob(&d, None, body(&Bytes::from(wrong)))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, BucketError::Digest { .. }), "{err}");
+    let err = b
+        .put_blob(&d, Some(PART as u64 - 2), body(&data))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, BucketError::Size { .. }), "{err}");
+    assert!(b.head_blob(&d).await.unwrap().is_none());
+    assert_eq!(
+        b.put_blob(&d, Some(data.len() as u64), body(&data))
+            .await
+            .unwrap(),
+        Stored::Uploaded
+    );
+    assert!(
+        faults.started.lock().unwrap().is_empty(),
+        "no multipart upload"
+    );
+    assert_eq!(faults.aborts.load(Ordering::SeqCst), 0);
+    assert_eq!(
+        read_all(b.get_blob(&d, None).await.unwrap().unwrap()).await,
+        data
+    );
+    // The empty blob too.
+    let empty = Digest::of(b"");
+    assert_eq!(
+        b.put_blob(&empty, Some(0), body(&Bytes::new()))
+            .await
+            .unwrap(),
+        Stored::Uploaded
+    );
+    assert_eq!(b.head_blob(&empty).await.unwrap().map(|i| i.size), Some(0));
 }
 
 #[tokio::test]
@@ -456,6 +511,32 @@ async fn dropping_the_upload_midway_aborts_it() {
     drop(tx);
     assert_eq!(aborts(&b, "dropped"), 1);
     assert_eq!(faults.completes.load(Ordering::SeqCst), 0);
+    assert!(b.head_blob(&d).await.unwrap().is_none());
+}
+
+/// The upload stays the guard's until the server confirmed its completion: a drop while the
+/// completion is under way still aborts it.
+#[tokio::test]
+async fn dropping_the_upload_while_it_completes_aborts_it() {
+    let (b, faults) = bucket();
+    faults.hold_complete.store(true, Ordering::SeqCst);
+    let data = blob(2 * PART + 1);
+    let d = Digest::of(&data);
+    let task = {
+        let (b, d, data) = (b.clone(), d.clone(), data.clone());
+        tokio::spawn(async move { b.put_blob(&d, None, body(&data)).await })
+    };
+    faults
+        .until("the completion", |f| {
+            f.completing.load(Ordering::SeqCst) == 1
+        })
+        .await;
+    task.abort();
+    assert!(task.await.unwrap_err().is_cancelled());
+    faults
+        .until("the abort", |f| f.aborts.load(Ordering::SeqCst) == 1)
+        .await;
+    assert_eq!(aborts(&b, "dropped"), 1);
     assert!(b.head_blob(&d).await.unwrap().is_none());
 }
 
