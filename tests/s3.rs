@@ -226,3 +226,39 @@ async fn stale_uploads_are_listed_and_aborted() {
     assert!(b.head_blob(&d).await.unwrap().is_none());
     assert_eq!(b.metrics().aborts.with_label_values(&["stale"]).get(), 1);
 }
+
+/// Wrong keys: every answer is an error (never "not there", never an empty listing).
+#[tokio::test]
+#[ignore = "needs radosgw: BERTH_TEST_S3 (tests/run.sh starts one)"]
+async fn wrong_credentials_are_errors_not_absence() {
+    let (_good, dir) = bucket("berth-denied").await;
+    let secret = dir.path().join("wrong");
+    std::fs::write(&secret, "not-the-secret").unwrap();
+    let text = format!(
+        "[storage.s3]\nbucket = \"berth-denied\"\nendpoint = \"{}\"\n\
+         access_key_id = \"testkey\"\nsecret_access_key_file = \"{}\"\n\
+         [[upstream]]\nname = \"a.io\"\nurl = \"https://a.io\"\n",
+        endpoint(),
+        secret.display()
+    );
+    let s3 = Config::parse(&text, "s3.toml").unwrap().storage.s3.unwrap();
+    let b = Bucket::connect(&s3, BucketMetrics::new()).unwrap();
+    let d = Digest::of(b"x");
+    assert!(matches!(b.head_blob(&d).await, Err(BucketError::Store(_))));
+    assert!(matches!(
+        b.get_blob(&d, None).await,
+        Err(BucketError::Store(_))
+    ));
+    let listed: Vec<_> = b.list_blobs().collect().await;
+    assert!(
+        matches!(listed.as_slice(), [Err(BucketError::Store(_))]),
+        "{listed:?}"
+    );
+    let err = b.open_uploads().await.unwrap_err();
+    assert!(
+        matches!(&err, BucketError::Http(m) if m.contains("403")),
+        "{err}"
+    );
+    let err = b.abort_stale_uploads(Duration::ZERO).await.unwrap_err();
+    assert!(matches!(err, BucketError::Http(_)), "{err}");
+}

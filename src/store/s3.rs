@@ -34,6 +34,10 @@
 //! - Memory: an upload holds up to `part_size * (parts_in_flight + 1)` bytes (16 MiB parts, 2 in
 //!   flight: 48 MiB); S3 needs parts of at least 5 MiB, and one blob may have at most 10,000 parts,
 //!   so 16 MiB parts carry blobs up to about 156 GiB.
+//! - Timeouts: object_store's defaults end any request after 30 s in all (a large blob streamed to
+//!   a slow client would be cut) and retry for up to 3 minutes (an unreachable bucket would stall
+//!   a pull that long). The tier has no whole-request limit, fails a connection that delivers
+//!   nothing for [`READ_TIMEOUT`], and retries [`MAX_RETRIES`] times within [`RETRY_TIMEOUT`].
 //! - Dependencies: `object_store` with `aws-base` + `ring` and reqwest on the crate's one rustls
 //!   (ring provider, installed as the process default by [`Bucket::connect`]); its `aws` feature
 //!   would have brought `aws-lc-rs`, a second crypto stack with a C build. It pulls in reqwest,
@@ -45,6 +49,7 @@
 use std::fmt;
 use std::ops::Range;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
@@ -56,6 +61,7 @@ use object_store::{
     Attribute, Attributes, GetOptions, GetRange, MultipartUpload, ObjectStore, ObjectStoreExt,
     PutMultipartOptions, PutOptions, PutPayload, PutPayloadMut,
 };
+use object_store::{ClientOptions, RetryConfig};
 use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
@@ -68,6 +74,15 @@ use crate::oci::Digest;
 pub const DEFAULT_PART_SIZE: usize = 16 * 1024 * 1024;
 /// Default number of parts uploading at once per blob.
 pub const DEFAULT_PARTS_IN_FLIGHT: usize = 2;
+
+/// Connecting to the bucket's server takes at most this long.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// A request whose connection delivers nothing for this long fails (a stalled read or upload).
+pub const READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// Retries of a failed request (object_store retries 5xx, 429 and connection errors with backoff).
+pub const MAX_RETRIES: usize = 3;
+/// Retrying stops after this long, so an unreachable bucket fails in seconds, not minutes.
+pub const RETRY_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Why a bucket operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -253,6 +268,19 @@ impl Bucket {
             .as_ref()
             .ok_or_else(|| BucketError::Config("credentials were not resolved".into()))?;
         let mut b = AmazonS3Builder::new()
+            .with_client_options(
+                // No limit on a whole request: a blob streams to a slow client for as long as it
+                // moves; a connection that stalls for READ_TIMEOUT is the failure instead.
+                ClientOptions::new()
+                    .with_timeout_disabled()
+                    .with_connect_timeout(CONNECT_TIMEOUT)
+                    .with_read_timeout(READ_TIMEOUT),
+            )
+            .with_retry(RetryConfig {
+                max_retries: MAX_RETRIES,
+                retry_timeout: RETRY_TIMEOUT,
+                ..RetryConfig::default()
+            })
             .with_bucket_name(&cfg.bucket)
             .with_region(&cfg.region)
             .with_access_key_id(&creds.access_key_id)
@@ -439,14 +467,21 @@ impl Bucket {
         self.list("manifests/sha256")
     }
 
+    /// The objects under `dir` named by a digest, recorded as one `list` request (`ok` when the
+    /// listing ran to its end, `error` at its first failure).
     fn list(&self, dir: &str) -> impl Stream<Item = Result<ObjectInfo, BucketError>> + use<> {
         let metrics = self.metrics.clone();
         let started = Instant::now();
-        let listing = self.store.list(Some(&self.key(dir)));
-        let mut ended = false;
+        let failed = Arc::new(AtomicBool::new(false));
+        let on_error = failed.clone();
+        let listing = self
+            .store
+            .list(Some(&self.key(dir)))
+            .map(Some)
+            .chain(futures_util::stream::once(async { None }));
         listing.filter_map(move |item| {
             let out = match item {
-                Ok(m) => m
+                Some(Ok(m)) => m
                     .location
                     .filename()
                     .and_then(Digest::from_hex)
@@ -457,11 +492,17 @@ impl Bucket {
                             last_modified: m.last_modified.into(),
                         })
                     }),
-                Err(e) => {
-                    if !std::mem::replace(&mut ended, true) {
+                Some(Err(e)) => {
+                    if !on_error.swap(true, Ordering::Relaxed) {
                         metrics.record("list", "error", started);
                     }
                     Some(Err(BucketError::from(e)))
+                }
+                None => {
+                    if !failed.load(Ordering::Relaxed) {
+                        metrics.record("list", "ok", started);
+                    }
+                    None
                 }
             };
             std::future::ready(out)

@@ -25,6 +25,8 @@ struct Faults {
     /// Hold every completion until the test ends (a server that takes its time).
     hold_complete: AtomicBool,
     completing: AtomicUsize,
+    /// Fail every GET, HEAD and listing (the bucket is down).
+    fail_reads: AtomicBool,
     /// Hold every GET body after its first chunk until `release` is notified.
     hold_get: AtomicBool,
     release: Notify,
@@ -111,6 +113,9 @@ impl ObjectStore for Faulty {
         location: &Path,
         options: GetOptions,
     ) -> object_store::Result<GetResult> {
+        if self.faults.fail_reads.load(Ordering::SeqCst) {
+            return Err(injected("bucket down"));
+        }
         let got = self.inner.get_opts(location, options).await?;
         if !self.faults.hold_get.load(Ordering::SeqCst) {
             return Ok(got);
@@ -157,6 +162,9 @@ impl ObjectStore for Faulty {
     }
 
     fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
+        if self.faults.fail_reads.load(Ordering::SeqCst) {
+            return stream::iter([Err(injected("bucket down"))]).boxed();
+        }
         self.inner.list(prefix)
     }
 
@@ -305,6 +313,13 @@ async fn a_matching_upload_is_visible_and_reads_back_by_range() {
     );
 
     let listed: Vec<ObjectInfo> = b.list_blobs().try_collect().await.unwrap();
+    assert_eq!(
+        b.metrics()
+            .requests
+            .with_label_values(&["list", "ok"])
+            .get(),
+        1
+    );
     assert_eq!(listed.len(), 1);
     assert_eq!(
         (listed[0].digest.clone(), listed[0].size),
@@ -668,6 +683,79 @@ async fn tag_records_round_trip() {
         b.get_tag("docker.io", "x", "y").await.unwrap_err(),
         BucketError::Invalid(_)
     ));
+}
+
+/// A bucket that fails: every read is an error (never "not there"), counted as one; an upload
+/// does not start when the HEAD before it fails.
+#[tokio::test]
+async fn a_failing_bucket_answers_errors_not_absence() {
+    let (b, faults) = bucket();
+    let data = blob(100);
+    let d = Digest::of(&data);
+    b.put_blob(&d, None, body(&data)).await.unwrap();
+    b.put_tag(
+        "a.io",
+        "r",
+        "t",
+        &TagRecord {
+            digest: d.to_string(),
+            media_type: "x/y".into(),
+            resolved_at: 1,
+        },
+    )
+    .await
+    .unwrap();
+    faults.fail_reads.store(true, Ordering::SeqCst);
+    assert!(matches!(b.head_blob(&d).await, Err(BucketError::Store(_))));
+    assert!(matches!(
+        b.get_blob(&d, None).await,
+        Err(BucketError::Store(_))
+    ));
+    assert!(matches!(
+        b.get_manifest(&d, 1024).await,
+        Err(BucketError::Store(_))
+    ));
+    assert!(matches!(
+        b.get_tag("a.io", "r", "t").await,
+        Err(BucketError::Store(_))
+    ));
+    let listed: Vec<_> = b.list_blobs().collect().await;
+    assert!(
+        matches!(listed.as_slice(), [Err(BucketError::Store(_))]),
+        "{listed:?}"
+    );
+    let other = blob(200);
+    let err = b
+        .put_blob(&Digest::of(&other), None, body(&other))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, BucketError::Store(_)), "{err}");
+    let m = b.metrics();
+    assert_eq!(m.requests.with_label_values(&["head", "error"]).get(), 2);
+    assert_eq!(m.requests.with_label_values(&["get", "error"]).get(), 3);
+    assert_eq!(m.requests.with_label_values(&["list", "error"]).get(), 1);
+    assert_eq!(m.requests.with_label_values(&["list", "ok"]).get(), 0);
+}
+
+#[tokio::test]
+async fn a_manifest_without_its_media_type_is_an_error() {
+    let (b, _) = bucket();
+    let m = Bytes::from_static(b"{}");
+    let d = Digest::of(&m);
+    b.store
+        .put(&b.manifest_key(&d), PutPayload::from(m))
+        .await
+        .unwrap();
+    let err = b.get_manifest(&d, 1024).await.unwrap_err();
+    assert!(err.to_string().contains("no Content-Type"), "{err}");
+}
+
+#[test]
+fn connecting_needs_resolved_credentials() {
+    // A table that skipped validation has no credentials: refused, not sent unsigned.
+    let s3: crate::config::S3Config = toml::from_str("bucket = \"berth\"\n").unwrap();
+    let err = Bucket::connect(&s3, BucketMetrics::new()).unwrap_err();
+    assert!(matches!(err, BucketError::Config(_)), "{err}");
 }
 
 #[tokio::test]
