@@ -121,7 +121,7 @@ pub struct StorageConfig {
 
 /// `[storage.s3]`: an S3-compatible bucket (AWS S3, Ceph RGW, MinIO, Garage) holding blobs,
 /// manifests and tag records by digest (see `store::s3`).
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct S3Config {
     pub bucket: String,
@@ -157,7 +157,7 @@ pub struct S3Config {
 }
 
 /// Credentials for `[storage.s3]`, read once at load time.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct S3Credentials {
     pub access_key_id: String,
     pub secret_access_key: Secret,
