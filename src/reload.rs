@@ -19,8 +19,9 @@
 //!
 //! What needs a restart is named in a warning and otherwise ignored (the running value stays and
 //! is compared again at the next reload): listen addresses, the metrics listener, the storage
-//! path and `[storage.s3]`, TLS file paths, `[server]` limits, `[admin]`, the log format, whether `[auth]` is on and
-//! its htpasswd path and check_concurrency (the file itself is re-read whenever it changes).
+//! path and `[storage.s3]`, TLS file paths, `[server]` limits, `[admin]`, the log format, whether
+//! `[auth]` is on and its htpasswd path and check_concurrency (the file itself is re-read whenever
+//! it changes).
 //!
 //! Rule of dependency: uses `config`, `mirror`, `upstream`, `upstreams`, `store`, `tls`,
 //! `sdnotify`; `server` builds it, `main` calls it on `SIGHUP`.
