@@ -43,8 +43,8 @@
 //!   would have brought `aws-lc-rs`, a second crypto stack with a C build. It pulls in reqwest,
 //!   chrono, quick-xml, md-5, crc-fast and rustls-platform-verifier (system roots).
 //!
-//! Rule of dependency: part of `store`; uses `config` (its own table), `oci` and `metrics`
-//! families it registers itself; nothing above it.
+//! Rule of dependency: part of `store`; uses `config` (its own table) and `oci`, and registers its
+//! own metric families ([`BucketMetrics`]) in the registry it is handed; nothing above it.
 
 use std::fmt;
 use std::ops::Range;
