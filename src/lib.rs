@@ -25,7 +25,12 @@
 //!   repository's only once the upstream answered it with content).
 //! - [`manifests`]: tag -> digest answers with their TTL, manifests by digest (memory + disk).
 //! - [`store`]: content-addressed blob files; a fill writes a temp file that readers can follow while it
-//!   grows, and is renamed into place only after its size and sha256 check out.
+//!   grows, and is renamed into place only after its size and sha256 check out. One file per
+//!   concern: `store/mod.rs` (layout, the `Store` facade), `pending` (a fill: reserve, verify,
+//!   commit), `spool` (chunks in memory, the full-disk pass-through), `read` (ranges, mapped
+//!   reads), `evict` (making room), `s3` (the object-store tier, `[storage.s3]`: blobs,
+//!   manifests and tag records in a bucket, uploads completed only once verified; not yet on the
+//!   request path).
 //! - [`upstream`]: the registry client: pooled HTTPS, auth challenges and tokens, redirects, timeouts.
 //! - [`origins`]: which upstreams each cached digest came through, so content cached from one
 //!   upstream is answered through another only once that one confirms it has it.
@@ -58,7 +63,7 @@
 //! growing file. The last byte is only released after the digest matched, so a client never gets a
 //! complete response with wrong bytes. A body that breaks off is resumed with a range request; a
 //! full disk turns the fill into a pass-through from memory that caches nothing.
-// `deny`, not `forbid`: store::map (mapping immutable blob files for the hit path) is the one
+// `deny`, not `forbid`: store::read::map (mapping immutable blob files for the hit path) is the one
 // measured exception, allowed where it stands and explained there.
 #![deny(unsafe_code)]
 

@@ -19,8 +19,9 @@
 //!
 //! What needs a restart is named in a warning and otherwise ignored (the running value stays and
 //! is compared again at the next reload): listen addresses, the metrics listener, the storage
-//! path, TLS file paths, `[server]` limits, `[admin]`, the log format, whether `[auth]` is on and
-//! its htpasswd path and check_concurrency (the file itself is re-read whenever it changes).
+//! path and `[storage.s3]`, TLS file paths, `[server]` limits, `[admin]`, the log format, whether
+//! `[auth]` is on and its htpasswd path and check_concurrency (the file itself is re-read whenever
+//! it changes).
 //!
 //! Rule of dependency: uses `config`, `mirror`, `upstream`, `upstreams`, `store`, `tls`,
 //! `sdnotify`; `server` builds it, `main` calls it on `SIGHUP`.
@@ -271,6 +272,7 @@ fn restart_only(old: &Config, new: &Config) -> Vec<&'static str> {
         old.metrics.listen != new.metrics.listen || old.metrics.enabled != new.metrics.enabled,
     );
     check("storage.path", old.storage.path != new.storage.path);
+    check("storage.s3", old.storage.s3 != new.storage.s3);
     check(
         "admin",
         old.admin.enabled != new.admin.enabled
@@ -299,6 +301,7 @@ fn keep_restart_only(old: &Config, new: &mut Config) {
     new.server = old.server.clone();
     new.metrics = old.metrics.clone();
     new.storage.path = old.storage.path.clone();
+    new.storage.s3 = old.storage.s3.clone();
     new.admin = old.admin.clone();
     new.log.format = old.log.format;
     match (&old.auth, &mut new.auth) {
@@ -332,5 +335,30 @@ mod tests {
         assert!(restart_only(&old, &merged).is_empty());
         // The live part stays new.
         assert_eq!(merged.storage.max_size, new.storage.max_size);
+    }
+
+    #[test]
+    fn the_bucket_tier_needs_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("secret");
+        std::fs::write(&secret, "s").unwrap();
+        let base = "[[upstream]]\nname = \"a.io\"\nurl = \"https://a.io\"\n";
+        let table = |bucket: &str| {
+            format!(
+                "[storage.s3]\nbucket = \"{bucket}\"\naccess_key_id = \"k\"\nsecret_access_key_file = \"{}\"\n{base}",
+                secret.display()
+            )
+        };
+        let old = Config::parse(&table("one"), "old").unwrap();
+        for new in [
+            Config::parse(&table("two"), "new").unwrap(),
+            Config::parse(base, "new").unwrap(),
+        ] {
+            assert_eq!(restart_only(&old, &new), vec!["storage.s3"]);
+            let mut merged = new.clone();
+            keep_restart_only(&old, &mut merged);
+            assert_eq!(merged.storage.s3, old.storage.s3);
+        }
+        assert!(restart_only(&old, &Config::parse(&table("one"), "same").unwrap()).is_empty());
     }
 }

@@ -1,6 +1,6 @@
 //! Zero-copy sends of cached blob bytes: `sendfile(2)` under hyper, for plain-TCP connections.
 //!
-//! A blob hit hands hyper each window of the file as a read-only mapping (`store::map`). Written
+//! A blob hit hands hyper each window of the file as a read-only mapping (`store::read::map`). Written
 //! with `writev`, every byte is copied from the page cache into the socket (about two thirds of
 //! the hit path's CPU). hyper cannot be asked to use `sendfile`, but it hands its writer the very
 //! buffers it was given. So the store records each live mapping here ([`Mappings`]: address range

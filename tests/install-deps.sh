@@ -3,13 +3,14 @@
 # the Distribution registry, the clients that pull through berth (skopeo, containerd's ctr, podman,
 # dockerd), nginx and the load tools; Prometheus (server and promtool) for tests/observability.rs;
 # podman, runc and strip (binutils) for the container image (tests/container.rs); a C++
-# compiler for libFuzzer (fuzz/run.sh). Idempotent: does
+# compiler for libFuzzer (fuzz/run.sh); Ceph's S3 gateway (radosgw, one mon, one memstore OSD) for
+# the bucket tier (tests/s3.rs, started by tests/ceph/start-ceph.sh). Idempotent: does
 # nothing when everything is there; otherwise needs root, runs `apt-get update` once and installs
 # what is missing. Quiet unless it fails.
 set -euo pipefail
 
-packages=(docker-registry skopeo containerd podman runc docker.io nginx-light wrk apache2-utils jq uidmap procps prometheus binutils g++)
-commands=(docker-registry skopeo containerd ctr podman runc dockerd docker nginx wrk ab jq newuidmap kill prometheus promtool strip c++)
+packages=(docker-registry skopeo containerd podman runc docker.io nginx-light wrk apache2-utils jq uidmap procps prometheus binutils g++ radosgw ceph-mon ceph-osd uuid-runtime curl)
+commands=(docker-registry skopeo containerd ctr podman runc dockerd docker nginx wrk ab jq newuidmap kill prometheus promtool strip c++ radosgw ceph-mon ceph-osd radosgw-admin uuidgen curl)
 
 missing=()
 for p in "${packages[@]}"; do

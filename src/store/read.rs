@@ -1,0 +1,230 @@
+//! Reading a blob: [`read_range`] streams a committed file or follows a fill in progress.
+//!
+//! Readers never hand out the last byte of a fill before it is committed: a client can only ever
+//! see a complete body whose digest was checked. Committed bytes (and bytes of a fill already
+//! written) are mapped, not copied (see `map`); `zerocopy` may send those mappings with
+//! `sendfile`.
+//!
+//! Rule of dependency: part of `store`; uses `error` and `zerocopy`.
+
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use futures_util::Stream;
+use tokio::sync::watch;
+
+use super::BlobFile;
+use super::pending::FillState;
+use super::spool::Cursor;
+use crate::error::Error;
+use crate::zerocopy::Mappings;
+
+/// Size of one read from a blob file. Large reads keep syscalls and wakeups few.
+const READ_CHUNK: usize = 256 * 1024;
+
+/// Where the bytes of a read come from.
+pub enum Source {
+    /// A committed file: everything up to its length is final.
+    File(BlobFile),
+    /// A fill in progress: follow it.
+    Fill(watch::Receiver<FillState>),
+}
+
+/// Streams bytes `start..end` (end exclusive; `None` = to the end of the blob) of a blob.
+///
+/// From a fill, it reads what has been written so far and waits for more, but holds back the final
+/// byte until the fill is committed, so a failed verification always leaves the reader short.
+pub fn read_range(
+    source: Source,
+    start: u64,
+    end: Option<u64>,
+) -> impl Stream<Item = Result<Bytes, Error>> + Send {
+    struct St {
+        source: Source,
+        pos: u64,
+        end: u64,
+        done: bool,
+        cursor: Option<Cursor>,
+    }
+    let st = St {
+        source,
+        pos: start,
+        end: end.unwrap_or(u64::MAX),
+        done: false,
+        cursor: None,
+    };
+    futures_util::stream::unfold(st, |mut st| async move {
+        if st.done || st.pos >= st.end {
+            return None;
+        }
+        match next_chunk(&mut st.source, st.pos, st.end, &mut st.cursor).await {
+            Ok(Some(bytes)) => {
+                st.pos += bytes.len() as u64;
+                if let Some(c) = &st.cursor {
+                    c.advance(st.pos);
+                }
+                Some((Ok(bytes), st))
+            }
+            Ok(None) => None,
+            Err(e) => {
+                st.done = true;
+                Some((Err(e), st))
+            }
+        }
+    })
+}
+
+/// Bytes handed out per frame from a mapped file. Each frame is its own small mapping, unmapped
+/// when the frame has been sent, so the mapped (resident) part of a blob stays a few frames per
+/// connection rather than the whole file.
+pub(super) const MAP_CHUNK: u64 = 1024 * 1024;
+
+/// Maps `len` bytes at `offset` of a blob file (verified, or the written part of a fill) read-only, so that hits go from the page
+/// cache to the socket with one copy and no buffer to allocate or fill.
+///
+/// This is berth's one `unsafe`. A mapping is only sound while nobody truncates or rewrites the
+/// file under it, and berth never does either: blob files are only ever appended to (under a temp
+/// name, and only bytes already written are mapped), then renamed or unlinked, both of which leave
+/// a mapping intact.
+///
+/// With `maps`, the mapping is registered there while it lives, so that a plain-TCP connection
+/// can send it from the file (`zerocopy`) without ever touching its pages.
+#[allow(unsafe_code)]
+fn map(file: &Arc<File>, offset: u64, len: u64, maps: Option<&Arc<Mappings>>) -> io::Result<Bytes> {
+    const PAGE: u64 = 4096;
+    let start = offset - offset % PAGE;
+    let span = usize::try_from(offset + len - start).map_err(io::Error::other)?;
+    // SAFETY: see above: the mapped bytes never change while berth runs.
+    let m = unsafe {
+        memmap2::MmapOptions::new()
+            .offset(start)
+            .len(span)
+            .map(&**file)?
+    };
+    let skip = (offset - start) as usize;
+    let bytes = match maps {
+        Some(maps) => {
+            let registration = maps.register(m.as_ptr() as usize, m.len(), file.clone(), start);
+            Bytes::from_owner(Mapped {
+                _registration: registration,
+                map: m,
+            })
+        }
+        None => Bytes::from_owner(m),
+    };
+    Ok(bytes.slice(skip..))
+}
+
+/// A registered mapping. Fields drop in order: unregistered first, then unmapped.
+struct Mapped {
+    _registration: crate::zerocopy::Registration,
+    map: memmap2::Mmap,
+}
+
+impl AsRef<[u8]> for Mapped {
+    fn as_ref(&self) -> &[u8] {
+        &self.map
+    }
+}
+
+/// The next chunk at `pos` (before `end`), waiting on a fill if needed; `None` at the end of the blob.
+/// `cursor` is this reader's place in the fill, registered on its first look at it.
+async fn next_chunk(
+    source: &mut Source,
+    pos: u64,
+    end: u64,
+    cursor: &mut Option<Cursor>,
+) -> Result<Option<Bytes>, Error> {
+    // How far we may read now.
+    let (file, limit, maps) = loop {
+        match source {
+            Source::File(b) => break (b.file.clone(), b.len, b.maps.clone()),
+            Source::Fill(rx) => {
+                let state = rx.borrow_and_update().clone();
+                match state {
+                    FillState::Verified(b) | FillState::Committed(b) => {
+                        *source = Source::File(b);
+                        continue;
+                    }
+                    FillState::Failed(e) => return Err(e),
+                    FillState::Writing(p) => {
+                        if cursor.is_none() {
+                            *cursor = Some(p.spool.register(pos));
+                        }
+                        // Hold back the last byte until the digest is verified: the blob's, and
+                        // the requested range's, so that no response (a 206 included) completes
+                        // with bytes that might turn out wrong.
+                        let readable = match p.total {
+                            _ if p.verified => p.received,
+                            Some(t) => p.received.min(t.saturating_sub(1)),
+                            None => p.received.saturating_sub(1),
+                        };
+                        let readable = match p.verified {
+                            true => readable,
+                            false => readable.min(end.saturating_sub(1)),
+                        };
+                        if p.verified && pos >= readable {
+                            return Ok(None);
+                        }
+                        if readable > pos {
+                            if let Some(bytes) = p.spool.get(pos, end.min(readable)) {
+                                return Ok(Some(bytes));
+                            }
+                            if pos < p.written {
+                                break (p.file, p.written.min(readable), p.maps);
+                            }
+                            if p.pass_through {
+                                // Past the file's end and gone from memory: this reader was cut
+                                // off for taking nothing while the fill waited for it.
+                                return Err(Error::internal(
+                                    "fell behind a blob fill that the full disk kept in memory only",
+                                ));
+                            }
+                        }
+                    }
+                    FillState::Pending => {}
+                }
+                if rx.changed().await.is_err() {
+                    return Err(Error::internal("blob fill ended without a result"));
+                }
+            }
+        }
+    };
+    let stop = end.min(limit);
+    if pos >= stop {
+        return Ok(None);
+    }
+    // Bytes below `limit` are final (verified, or already written and never rewritten): map them.
+    match map(&file, pos, (stop - pos).min(MAP_CHUNK), maps.as_ref()) {
+        Ok(bytes) => return Ok(Some(bytes)),
+        // Mapping is an optimisation; a plain read works without it.
+        Err(e) => tracing::debug!(error = %e, "cannot map blob file; reading it instead"),
+    }
+    let n = (stop - pos).min(READ_CHUNK as u64) as usize;
+    let read = tokio::task::spawn_blocking(move || {
+        let mut buf = BytesMut::zeroed(n);
+        let mut filled = 0;
+        while filled < n {
+            match file.read_at(&mut buf[filled..], pos + filled as u64) {
+                Ok(0) => break,
+                Ok(k) => filled += k,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        buf.truncate(filled);
+        Ok(buf.freeze())
+    })
+    .await
+    .map_err(|e| Error::internal(format!("blob read task: {e}")))?;
+    match read {
+        Ok(bytes) if bytes.is_empty() => Err(Error::internal(
+            "blob file is shorter than its recorded length",
+        )),
+        Ok(bytes) => Ok(Some(bytes)),
+        Err(e) => Err(Error::io("reading blob", &e)),
+    }
+}
