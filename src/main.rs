@@ -77,9 +77,14 @@ enum Command {
         /// Work on the storage directory even when the config enables the admin API.
         #[arg(long, global = true, conflicts_with = "url")]
         direct: bool,
-        /// Call the admin API at this URL (http://host:port) with the config's admin token.
+        /// Call the admin API at this URL (http://host:port or https://host:port) with the
+        /// config's admin token.
         #[arg(long, global = true)]
         url: Option<String>,
+        /// PEM certificates to trust for an https admin API, besides the public roots (default
+        /// without --url: the config's [metrics] tls_cert).
+        #[arg(long, global = true, value_name = "FILE", alias = "cacert")]
+        ca_file: Option<PathBuf>,
         /// Print JSON instead of a table.
         #[arg(long, global = true)]
         json: bool,
@@ -184,6 +189,9 @@ fn main() -> ExitCode {
                     });
             match checked {
                 Ok(cfg) => {
+                    for w in cfg.warnings() {
+                        eprintln!("berth: warning: {w}");
+                    }
                     println!("# {}: valid\n{}", config.display(), cfg.to_toml());
                     ExitCode::SUCCESS
                 }
@@ -216,6 +224,7 @@ fn main() -> ExitCode {
             config,
             direct,
             url,
+            ca_file,
             json,
         } => {
             let cfg = match load(config.as_deref()) {
@@ -235,7 +244,7 @@ fn main() -> ExitCode {
             };
             block_on(
                 false,
-                admin::cli::main(&cfg, direct, url.as_deref(), &op, json),
+                admin::cli::main(&cfg, direct, url.as_deref(), ca_file.as_deref(), &op, json),
             )
         }
         Command::Serve { config } => {
@@ -419,10 +428,12 @@ async fn serve(cfg: Config, source: Option<PathBuf>, logging: Logging) -> ExitCo
     let reloads = reload_on_hangup(reloader, source.clone());
     let shutdown = shutdown_signal();
     let scheme = if server.is_tls() { "https" } else { "http" };
+    let metrics_scheme = if server.metrics_is_tls() { "https" } else { "http" };
     tracing::info!(
         config = %source.as_ref().map_or("<embedded default>".into(), |p| p.display().to_string()),
         registry = %format!("{scheme}://{}", server.local_addr()),
-        metrics = %server.metrics_addr().map_or("off".into(), |a| format!("http://{a}/metrics")),
+        metrics = %server.metrics_addr().map_or("off".into(), |a| format!("{metrics_scheme}://{a}/metrics")),
+        admin_socket = %server.admin_socket().map_or("off".into(), |p| p.display().to_string()),
         cache = %cfg.storage.path.display(),
         upstreams = %cfg.upstreams.iter().map(|u| format!("{}={}{}", u.name, u.url, if u.default { " (default)" } else { "" })).collect::<Vec<_>>().join(", "),
         "berth {} listening",
