@@ -1220,7 +1220,10 @@ mod tests {
         .unwrap();
         let w = exposed.warnings();
         assert_eq!(w.len(), 1, "{w:?}");
-        assert!(w[0].contains("0.0.0.0:9090") && w[0].contains("plain HTTP"), "{w:?}");
+        assert!(
+            w[0].contains("0.0.0.0:9090") && w[0].contains("plain HTTP"),
+            "{w:?}"
+        );
         for quiet in [
             format!("{admin}{base}"),
             format!("[metrics]\nlisten = \"0.0.0.0:9090\"\n{admin}socket = {sock:?}\n{base}"),

@@ -428,7 +428,11 @@ async fn serve(cfg: Config, source: Option<PathBuf>, logging: Logging) -> ExitCo
     let reloads = reload_on_hangup(reloader, source.clone());
     let shutdown = shutdown_signal();
     let scheme = if server.is_tls() { "https" } else { "http" };
-    let metrics_scheme = if server.metrics_is_tls() { "https" } else { "http" };
+    let metrics_scheme = if server.metrics_is_tls() {
+        "https"
+    } else {
+        "http"
+    };
     tracing::info!(
         config = %source.as_ref().map_or("<embedded default>".into(), |p| p.display().to_string()),
         registry = %format!("{scheme}://{}", server.local_addr()),

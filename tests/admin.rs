@@ -959,7 +959,12 @@ async fn the_admin_api_on_a_unix_socket_only() {
     let sock = secrets.path().join("admin.sock");
     // A stale socket from a killed run: the file stays, nobody answers on it.
     drop(std::os::unix::net::UnixListener::bind(&sock).unwrap());
-    assert!(std::fs::symlink_metadata(&sock).unwrap().file_type().is_socket());
+    assert!(
+        std::fs::symlink_metadata(&sock)
+            .unwrap()
+            .file_type()
+            .is_socket()
+    );
     let admin_cfg = format!(
         "{}socket = \"{}\"\n",
         admin_toml(secrets.path(), TOKEN),
@@ -1023,7 +1028,10 @@ async fn the_admin_api_on_a_unix_socket_only() {
     )
     .unwrap();
     let e = berth::server::Server::bind(&cfg).await.err().unwrap();
-    assert!(e.to_string().contains("[admin] socket") && e.to_string().contains("in use"), "{e}");
+    assert!(
+        e.to_string().contains("[admin] socket") && e.to_string().contains("in use"),
+        "{e}"
+    );
 
     // Stopping removes it.
     drop(b);
@@ -1038,9 +1046,13 @@ async fn the_admin_api_on_a_unix_socket_only() {
 
 /// A self-signed pair for `localhost` and 127.0.0.1, written into `dir` as `<name>.crt/.key`.
 fn cert_pair(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
-    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
-        .unwrap();
-    let (c, k) = (dir.join(format!("{name}.crt")), dir.join(format!("{name}.key")));
+    let ck =
+        rcgen::generate_simple_self_signed(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
+            .unwrap();
+    let (c, k) = (
+        dir.join(format!("{name}.crt")),
+        dir.join(format!("{name}.key")),
+    );
     std::fs::write(&c, ck.cert.pem()).unwrap();
     std::fs::write(&k, ck.signing_key.serialize_pem()).unwrap();
     (c, k)
@@ -1113,13 +1125,21 @@ async fn the_metrics_listener_over_tls() {
     let e = plain
         .get(format!("http://{metrics}/metrics").parse().unwrap())
         .await;
-    assert!(e.is_err(), "plain HTTP was answered: {:?}", e.map(|r| r.status()));
+    assert!(
+        e.is_err(),
+        "plain HTTP was answered: {:?}",
+        e.map(|r| r.status())
+    );
 
     // Something cached, for the command to see.
     let c = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
         .build_http::<Empty<Bytes>>();
     let m = c
-        .get(format!("http://{addr}/v2/app/manifests/{}", one.tag).parse().unwrap())
+        .get(
+            format!("http://{addr}/v2/app/manifests/{}", one.tag)
+                .parse()
+                .unwrap(),
+        )
         .await
         .unwrap();
     assert_eq!(m.status(), 200);
@@ -1129,16 +1149,34 @@ async fn the_metrics_listener_over_tls() {
     // --url https without a way to trust the certificate fails and says why.
     let dir = tempfile::tempdir().unwrap();
     let cli_cfg = dir.path().join("cli.toml");
-    std::fs::write(&cli_cfg, text_cfg.replace("127.0.0.1:0\"\ntls_cert", &format!("127.0.0.1:{}\"\ntls_cert", metrics.port()))).unwrap();
+    std::fs::write(
+        &cli_cfg,
+        text_cfg.replace(
+            "127.0.0.1:0\"\ntls_cert",
+            &format!("127.0.0.1:{}\"\ntls_cert", metrics.port()),
+        ),
+    )
+    .unwrap();
     let url = base.clone();
     let ca = cert.display().to_string();
     let cases: Vec<(Vec<String>, bool, String)> = vec![
         (
-            vec!["stats".into(), "--json".into(), "--url".into(), url.clone(), "--ca-file".into(), ca.clone()],
+            vec![
+                "stats".into(),
+                "--json".into(),
+                "--url".into(),
+                url.clone(),
+                "--ca-file".into(),
+                ca.clone(),
+            ],
             true,
             format!("via the admin API at {url}"),
         ),
-        (vec!["stats".into(), "--json".into()], true, format!("via the admin API at {url}")),
+        (
+            vec!["stats".into(), "--json".into()],
+            true,
+            format!("via the admin API at {url}"),
+        ),
         (
             vec!["stats".into(), "--url".into(), url.clone()],
             false,
@@ -1184,4 +1222,31 @@ async fn the_metrics_listener_over_tls() {
     }
     assert!(taken, "the new certificate was never served");
     let _ = stop.send(());
+}
+
+#[test]
+fn check_config_warns_of_the_token_on_a_plain_non_loopback_listener() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("c.toml");
+    let base = "[[upstream]]\nname = \"a.io\"\nurl = \"https://a.io\"\n";
+    let check = |metrics: &str| {
+        std::fs::write(
+            &cfg,
+            format!("{metrics}{base}{}", admin_toml(dir.path(), TOKEN)),
+        )
+        .unwrap();
+        let out = berth_cmd()
+            .args(["check-config", "--config"])
+            .arg(&cfg)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        text(&out.stderr)
+    };
+    let warned = check("[metrics]\nlisten = \"0.0.0.0:9090\"\n");
+    assert!(
+        warned.contains("warning: the admin API is served on 0.0.0.0:9090 over plain HTTP"),
+        "{warned}"
+    );
+    assert!(!check("").contains("warning"));
 }

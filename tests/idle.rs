@@ -89,7 +89,11 @@ async fn a_quiet_http2_connection_gets_goaway_and_is_closed() {
         .unwrap();
     // GOAWAY, then a clean close: hyper's client ends without an error.
     assert_eq!(result, Ok(()));
-    assert!(at - quiet_since >= IDLE, "closed after {:?}", at - quiet_since);
+    assert!(
+        at - quiet_since >= IDLE,
+        "closed after {:?}",
+        at - quiet_since
+    );
     assert!(sender.send_request(get("/v2/")).await.is_err());
 }
 
@@ -116,7 +120,10 @@ async fn a_transfer_longer_than_the_timeout_is_not_cut() {
         got.extend_from_slice(&frame.into_data().unwrap());
     }
     tokio::time::sleep(IDLE * 4).await;
-    assert!(!ended.is_finished(), "the connection was closed mid-transfer");
+    assert!(
+        !ended.is_finished(),
+        "the connection was closed mid-transfer"
+    );
     // Nor was it told to wind down (a GOAWAY lets running streams finish but takes no new one):
     // another request on it is answered.
     let resp = sender.send_request(get("/v2/")).await.unwrap();
@@ -177,7 +184,10 @@ async fn zero_turns_it_off() {
     assert_eq!(resp.status(), StatusCode::OK);
     // Several times what closes it when on (a bounded look for an end that must not come).
     tokio::time::sleep(IDLE * 4).await;
-    assert!(!ended.is_finished(), "closed although idle_timeout = \"0s\"");
+    assert!(
+        !ended.is_finished(),
+        "closed although idle_timeout = \"0s\""
+    );
     let resp = sender.send_request(get("/v2/")).await.unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
 }

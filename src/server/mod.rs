@@ -204,19 +204,18 @@ impl Server {
             true => Some(crate::tls::reload_counter(&prometheus).map_err(StartError::Tls)?),
             false => None,
         };
-        let load = |(cert, key): (&Option<std::path::PathBuf>, &Option<std::path::PathBuf>)| {
-            match (cert, key, &reloads) {
-                (Some(cert), Some(key), Some(reloads)) => {
-                    let certs = Arc::new(
-                        Certs::load_counted(cert, key, reloads.clone()).map_err(StartError::Tls)?,
-                    );
-                    let acceptor = TlsAcceptor::from(Arc::new(
-                        certs.server_config().map_err(StartError::Tls)?,
-                    ));
-                    Ok(Some((certs, acceptor)))
-                }
-                _ => Ok::<_, StartError>(None),
+        let load = |(cert, key): (&Option<std::path::PathBuf>, &Option<std::path::PathBuf>)| match (
+            cert, key, &reloads,
+        ) {
+            (Some(cert), Some(key), Some(reloads)) => {
+                let certs = Arc::new(
+                    Certs::load_counted(cert, key, reloads.clone()).map_err(StartError::Tls)?,
+                );
+                let acceptor =
+                    TlsAcceptor::from(Arc::new(certs.server_config().map_err(StartError::Tls)?));
+                Ok(Some((certs, acceptor)))
             }
+            _ => Ok::<_, StartError>(None),
         };
         let (certs, tls) = load(pairs[0]).map(Option::unzip)?;
         let (metrics_certs, metrics_tls) = load(pairs[1]).map(Option::unzip)?;
