@@ -435,6 +435,72 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_way_to_the_api_follows_the_config() {
+        let dir = tempfile::tempdir().unwrap();
+        let token = dir.path().join("token");
+        std::fs::write(&token, "0123456789abcdef0123456789abcdef\n").unwrap();
+        let cert = dir.path().join("m.crt");
+        std::fs::write(&cert, "only its presence is checked at load").unwrap();
+        let sock = dir.path().join("admin.sock");
+        let cfg = |extra: &str| {
+            Config::parse(
+                &format!(
+                    "[[upstream]]\nname = \"a.io\"\nurl = \"https://a.io\"\n{extra}[admin]\nenabled = true\ntoken_file = {token:?}\n"
+                ),
+                "f",
+            )
+            .unwrap()
+        };
+        let at = |c: &Config, url: Option<&str>, ca: Option<&Path>| match Mode::choose(
+            c, false, url, ca,
+        )
+        .unwrap()
+        {
+            Mode::Api { at, .. } => at,
+            Mode::Direct => panic!("direct"),
+        };
+        let url = |base: &str, ca: Option<&Path>| Endpoint::Url {
+            base: base.into(),
+            ca_file: ca.map(Path::to_owned),
+        };
+        let own_ca = Path::new("/etc/ca.pem");
+
+        let plain = cfg("[metrics]\nlisten = \"0.0.0.0:9091\"\n");
+        assert_eq!(at(&plain, None, None), url("http://127.0.0.1:9091", None));
+        // The socket, unless --url says otherwise.
+        let mut on_socket = cfg("");
+        on_socket.admin.socket = Some(sock.clone());
+        assert_eq!(at(&on_socket, None, None), Endpoint::Socket(sock.clone()));
+        assert_eq!(
+            at(&on_socket, Some("https://m:9/"), Some(own_ca)),
+            url("https://m:9", Some(own_ca))
+        );
+        assert_eq!(
+            Mode::choose(&on_socket, false, None, None)
+                .unwrap()
+                .describe(&on_socket),
+            format!("via the admin API at unix:{}", sock.display())
+        );
+        // HTTPS metrics: its own certificate is trusted unless --ca-file names another.
+        let tls = cfg(&format!(
+            "[metrics]\nlisten = \"127.0.0.1:9092\"\ntls_cert = {cert:?}\ntls_key = {cert:?}\n"
+        ));
+        assert_eq!(
+            at(&tls, None, None),
+            url("https://127.0.0.1:9092", Some(&cert))
+        );
+        assert_eq!(
+            at(&tls, None, Some(own_ca)),
+            url("https://127.0.0.1:9092", Some(own_ca))
+        );
+        // --direct wins over all of it.
+        assert!(matches!(
+            Mode::choose(&on_socket, true, None, None).unwrap(),
+            Mode::Direct
+        ));
+    }
+
+    #[test]
     fn paths_are_escaped_and_listeners_reached_on_loopback() {
         assert_eq!(
             escape_path("docker.io/library/app:1"),
