@@ -772,8 +772,33 @@ fn url_without_a_token_and_help() {
         "{}",
         text(&out.stderr)
     );
+    // A --ca-file that holds no certificate: exit 2, naming the option.
+    let out = run(
+        &[
+            "stats",
+            "--url",
+            "https://127.0.0.1:1",
+            "--ca-file",
+            "/dev/null",
+        ],
+        &cfg,
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("--ca-file: /dev/null holds no usable PEM certificate"),
+        "{}",
+        text(&out.stderr)
+    );
     let out = berth_cmd().args(["cache", "--help"]).output().unwrap();
-    for word in ["ls", "rm", "stats", "--direct", "--url", "--json"] {
+    for word in [
+        "ls",
+        "rm",
+        "stats",
+        "--direct",
+        "--url",
+        "--ca-file",
+        "--json",
+    ] {
         assert!(
             text(&out.stdout).contains(word),
             "{word}: {}",
@@ -1205,6 +1230,38 @@ async fn the_metrics_listener_over_tls() {
             assert_eq!(out.status.code(), Some(2));
         }
     }
+
+    // `berth health` (container HEALTHCHECKs) probes it over https, trusting --ca-file.
+    let health = format!("{base}/healthz");
+    let out = tokio::task::spawn_blocking({
+        let (health, ca) = (health.clone(), ca.clone());
+        move || {
+            berth_cmd()
+                .args(["health", "--url", &health, "--ca-file", &ca])
+                .env_remove("BERTH_HEALTH_URL")
+                .output()
+                .unwrap()
+        }
+    })
+    .await
+    .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = tokio::task::spawn_blocking(move || {
+        berth_cmd()
+            .args(["health", "--url", &health])
+            .env_remove("BERTH_HEALTH_URL")
+            .env_remove("BERTH_HEALTH_CA_FILE")
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("certificate"),
+        "{}",
+        text(&out.stderr)
+    );
 
     // A new pair in place of the files is served to new connections (the files are watched).
     let (c2, k2) = cert_pair(secrets.path(), "next");

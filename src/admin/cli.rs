@@ -321,7 +321,9 @@ async fn call<T: DeserializeOwned>(
                 .uri(format!("{base}{path}"))
                 .body(Empty::new())
                 .map_err(|e| failed(format!("bad URL: {e}")))?;
-            send_tcp(req, ca_file.as_deref()).await
+            let client =
+                tcp_client(ca_file.as_deref()).map_err(|e| failed(format!("--ca-file: {e}")))?;
+            send_tcp(&client, req).await
         }
         Endpoint::Socket(socket) => {
             // HTTP/1 wants a Host; a socket has no name, so any does.
@@ -367,13 +369,22 @@ async fn call<T: DeserializeOwned>(
     }
 }
 
-/// One request over TCP, plain or TLS (what `berth warm` uses to reach berth, too).
-async fn send_tcp(req: Request<Empty<Bytes>>, ca_file: Option<&Path>) -> Result<Response, String> {
+type TcpClient = Client<
+    hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
+    Empty<Bytes>,
+>;
+
+/// A client for `http://` and `https://` (the connector `berth warm` reaches berth with, too),
+/// trusting the public roots and `ca_file`.
+fn tcp_client(ca_file: Option<&Path>) -> Result<TcpClient, String> {
     let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
     http.set_connect_timeout(Some(std::time::Duration::from_secs(10)));
-    let connector = crate::upstream::connect::https_connector_over(ca_file, http)
-        .map_err(|e| format!("--ca-file: {e}"))?;
-    let client: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new()).build(connector);
+    let connector = crate::upstream::connect::https_connector_over(ca_file, http)?;
+    Ok(Client::builder(TokioExecutor::new()).build(connector))
+}
+
+/// One request over TCP, plain or TLS.
+async fn send_tcp(client: &TcpClient, req: Request<Empty<Bytes>>) -> Result<Response, String> {
     client.request(req).await.map_err(|e| {
         // The legacy client's Display is "client error (Connect)": the cause says what.
         let mut text = e.to_string();

@@ -88,7 +88,7 @@ pub struct Server {
     admin_socket: Option<AdminSocket>,
     app: Arc<App>,
     prometheus: prometheus::Registry,
-    /// The admin API on the metrics listener, when `[admin] enabled`.
+    /// The admin API, when `[admin] enabled` (on the metrics listener, or only on the socket).
     admin: Option<Arc<admin::api::Api>>,
     settings: ServerConfig,
     /// For the maintenance pass (eviction by age, and by size once pins run out).
@@ -725,7 +725,7 @@ async fn serve_admin_socket(
     mut stop: tokio::sync::watch::Receiver<()>,
 ) {
     let graceful = Drain::default();
-    // Unix peers have no address; connections are told apart in logs by nothing else anyway.
+    // `serve_conn` logs a peer address; a Unix peer has none worth logging.
     let peer = SocketAddr::from(([0, 0, 0, 0], 0));
     loop {
         let stream = tokio::select! {
