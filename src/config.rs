@@ -525,7 +525,8 @@ impl Config {
             false => None,
             true => Some(read_admin_token(&self.admin).map_err(|(k, r)| err(k.into(), r))?),
         };
-        if let Some(sock) = &self.admin.socket {
+        // Like the token, the socket only matters when the API is on.
+        if let Some(sock) = self.admin.socket.as_ref().filter(|_| self.admin.enabled) {
             // `parent()` of a bare file name is "": the working directory.
             let dir = sock.parent().filter(|d| !d.as_os_str().is_empty());
             if sock.file_name().is_none() || dir.is_some_and(|d| !d.is_dir()) {
@@ -1200,6 +1201,12 @@ mod tests {
             assert!(e.to_string().contains(want), "{want}: {e}");
         }
 
+        // With the API off, its socket is not looked at (as its token is not read).
+        Config::parse(
+            &format!("[admin]\nsocket = \"/surely/not/here/admin.sock\"\n{base}"),
+            "f",
+        )
+        .unwrap();
         let plain = Config::parse(base, "f").unwrap();
         assert_eq!(plain.server.idle_timeout, Duration::from_secs(300));
         let off = Config::parse(&format!("[server]\nidle_timeout = \"0s\"\n{base}"), "f").unwrap();

@@ -339,5 +339,14 @@ mod tests {
         assert!(restart_only(&old, &merged).is_empty());
         // The live part stays new.
         assert_eq!(merged.storage.max_size, new.storage.max_size);
+        // The keys of the admin socket, the metrics listener's TLS and the idle timeout.
+        let mut new = old.clone();
+        new.server.idle_timeout = std::time::Duration::from_secs(1);
+        new.metrics.tls_cert = Some("/x.crt".into());
+        new.admin.socket = Some("/run/berth/admin.sock".into());
+        assert_eq!(
+            restart_only(&old, &new),
+            vec!["server.idle_timeout", "metrics", "admin"]
+        );
     }
 }
