@@ -95,6 +95,30 @@ async fn a_quiet_http2_connection_gets_goaway_and_is_closed() {
         at - quiet_since
     );
     assert!(sender.send_request(get("/v2/")).await.is_err());
+
+    // On the wire, with a client that sends nothing and answers no PING (so hyper's graceful
+    // close never completes on its own): a GOAWAY frame (type 7) with NO_ERROR, then the end of
+    // the connection one more idle timeout later.
+    let mut raw = TcpStream::connect(b.addr).await.unwrap();
+    raw.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+        .await
+        .unwrap();
+    let mut frames = Vec::new();
+    tokio::time::timeout(DEADLINE, raw.read_to_end(&mut frames))
+        .await
+        .expect("a quiet HTTP/2 connection stayed open")
+        .unwrap();
+    let mut goaway = None;
+    let mut at = 0;
+    while at + 9 <= frames.len() {
+        let len = u32::from_be_bytes([0, frames[at], frames[at + 1], frames[at + 2]]) as usize;
+        if frames[at + 3] == 7 {
+            let p = &frames[at + 9..at + 9 + len];
+            goaway = Some(u32::from_be_bytes([p[4], p[5], p[6], p[7]]));
+        }
+        at += 9 + len;
+    }
+    assert_eq!(goaway, Some(0), "no GOAWAY(NO_ERROR) in {frames:?}");
 }
 
 #[tokio::test]

@@ -6,7 +6,10 @@
 //! after its headers went out keeps the connection busy however long it takes, and a request
 //! whose client went away mid-way ends when hyper drops its future or body. When the count has
 //! been zero for `[server] idle_timeout`, the connection is shut down gracefully: HTTP/2 sends
-//! GOAWAY and closes once no stream is left, HTTP/1 closes between requests. The hot path pays
+//! GOAWAY and closes once no stream is left, HTTP/1 closes between requests. HTTP/2's graceful
+//! close (hyper, h2) sends a first GOAWAY with a PING and closes only once the client answers it;
+//! a client that never answers is dropped after another quiet `idle_timeout` (`server`'s
+//! connection loop), so a GOAWAY it ignores does not let it keep its slot. The hot path pays
 //! one atomic add when a request starts and one subtract when it ends; only the end that leaves
 //! the connection quiet wakes the timer (a `Notify`, no lock of ours).
 //!

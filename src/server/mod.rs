@@ -812,15 +812,24 @@ async fn serve_conn<I, S, B>(
 {
     let conn = builder.serve_connection(TokioIo::new(io), svc);
     tokio::pin!(conn);
-    let quiet = async {
-        match &idle {
-            Some((activity, timeout)) => activity.idle_for(*timeout).await,
-            None => std::future::pending().await,
+    let quiet_for = || {
+        let idle = idle.clone();
+        async move {
+            match idle {
+                Some((activity, timeout)) => activity.idle_for(timeout).await,
+                None => std::future::pending().await,
+            }
         }
     };
+    let quiet = quiet_for();
     tokio::pin!(quiet);
-    // Once a graceful shutdown is asked for, neither signal is polled again.
-    let mut closing = false;
+    // Server shutdown asked for: from then on only the drain's deadline ends the connection.
+    let mut draining = false;
+    // The idle close asked for. HTTP/2's graceful close waits for the client to answer a PING
+    // after the first GOAWAY; one that never does would keep the connection (and its
+    // `max_connections` slot) until keep-alive gives up on it. So if it is still open and quiet
+    // a whole `idle_timeout` later, it is dropped; a request it started meanwhile still counts.
+    let mut asked = false;
     loop {
         tokio::select! {
             r = conn.as_mut() => {
@@ -829,14 +838,22 @@ async fn serve_conn<I, S, B>(
                 }
                 break;
             }
-            _ = stop.changed(), if !closing => {
-                closing = true;
-                conn.as_mut().graceful_shutdown();
+            _ = stop.changed(), if !draining => {
+                draining = true;
+                if !asked {
+                    conn.as_mut().graceful_shutdown();
+                }
             }
-            _ = &mut quiet, if !closing => {
-                closing = true;
-                tracing::debug!(%peer, timeout = ?idle.as_ref().map(|i| i.1), "closing an idle connection");
+            _ = &mut quiet, if !draining => {
+                let timeout = idle.as_ref().map(|i| i.1);
+                if asked {
+                    tracing::debug!(%peer, ?timeout, "dropping an idle connection that did not close when asked");
+                    break;
+                }
+                asked = true;
+                tracing::debug!(%peer, ?timeout, "closing an idle connection");
                 conn.as_mut().graceful_shutdown();
+                quiet.set(quiet_for());
             }
         }
     }
