@@ -24,14 +24,18 @@ const IDLE: Duration = Duration::from_millis(300);
 const DEADLINE: Duration = Duration::from_secs(10);
 
 async fn start(fake: &FakeRegistry, idle: &str) -> Berth {
-    let dir = tempfile::tempdir().unwrap();
     // A long header timeout, so that only the idle timeout can close a quiet HTTP/1 connection.
+    start_with_header_timeout(fake, idle, "60s").await
+}
+
+async fn start_with_header_timeout(fake: &FakeRegistry, idle: &str, header: &str) -> Berth {
+    let dir = tempfile::tempdir().unwrap();
     let cfg = format!(
         r#"
         [server]
         listen = "127.0.0.1:0"
         idle_timeout = "{idle}"
-        header_read_timeout = "60s"
+        header_read_timeout = "{header}"
         [metrics]
         listen = "127.0.0.1:0"
         [storage]
@@ -196,6 +200,24 @@ async fn a_quiet_http1_keep_alive_connection_is_closed() {
         .expect("a quiet keep-alive connection stayed open (header_read_timeout is 60s)")
         .unwrap();
     assert_eq!(n, 0, "{rest:?}");
+    assert!(quiet_since.elapsed() >= IDLE);
+}
+
+/// What the idle timeout's docs rely on: hyper (1.12) runs `header_read_timeout` from the end
+/// of each response, so a quiet HTTP/1 keep-alive connection is closed by it even with the idle
+/// timeout off. Fails if a hyper upgrade changes that.
+#[tokio::test]
+async fn hyper_closes_a_quiet_http1_connection_at_the_header_timeout() {
+    let fake = FakeRegistry::start().await;
+    let b = start_with_header_timeout(&fake, "0s", "300ms").await;
+    let mut s = TcpStream::connect(b.addr).await.unwrap();
+    assert!(keep_alive_get(&mut s).await.starts_with("HTTP/1.1 200"));
+    let quiet_since = Instant::now();
+    let mut rest = Vec::new();
+    tokio::time::timeout(DEADLINE, s.read_to_end(&mut rest))
+        .await
+        .expect("hyper kept a quiet keep-alive connection past header_read_timeout")
+        .unwrap();
     assert!(quiet_since.elapsed() >= IDLE);
 }
 
