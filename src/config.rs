@@ -74,6 +74,11 @@ pub struct ServerConfig {
     /// HTTP/2: most requests (streams) in flight on one connection.
     #[serde(default = "default_http2_max_concurrent_streams")]
     pub http2_max_concurrent_streams: u32,
+    /// A registry connection (HTTP/1 keep-alive or HTTP/2) with no request in flight for this
+    /// long is closed gracefully (HTTP/2: GOAWAY); a transfer in flight keeps it open however
+    /// long it takes. `"0s"`: never.
+    #[serde(default = "default_idle_timeout", with = "duration")]
+    pub idle_timeout: Duration,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -85,6 +90,13 @@ pub struct MetricsConfig {
     pub listen: SocketAddr,
     #[serde(default = "default_true")]
     pub enabled: bool,
+    /// PEM certificate chain; with `tls_key`, the metrics listener (and the admin API on it)
+    /// speaks HTTPS. Re-read on reload and when the files change, like `[server] tls_cert`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for `tls_cert`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_key: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -350,6 +362,10 @@ pub struct AdminConfig {
     /// Environment variable holding the bearer token.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token_env: Option<String>,
+    /// Serve the admin API on this Unix socket (mode 0600) instead of the metrics listener,
+    /// which then answers `/admin/...` with 404. The token is still required.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub socket: Option<PathBuf>,
     /// The token, read from `token_file` or `token_env` at load time when `enabled`.
     #[serde(skip_deserializing, skip_serializing_if = "Option::is_none")]
     pub token: Option<Secret>,
@@ -524,6 +540,7 @@ impl Default for ServerConfig {
             http2_keepalive_interval: default_http2_keepalive_interval(),
             http2_keepalive_timeout: default_http2_keepalive_timeout(),
             http2_max_concurrent_streams: default_http2_max_concurrent_streams(),
+            idle_timeout: default_idle_timeout(),
         }
     }
 }
@@ -533,6 +550,8 @@ impl Default for MetricsConfig {
         MetricsConfig {
             listen: default_metrics_listen(),
             enabled: true,
+            tls_cert: None,
+            tls_key: None,
         }
     }
 }
@@ -607,20 +626,25 @@ impl Config {
             reason,
         };
 
-        match (&self.server.tls_cert, &self.server.tls_key) {
-            (Some(_), None) => {
-                return Err(err(
-                    "server.tls_key".into(),
-                    "tls_cert is set, tls_key is missing".into(),
-                ));
+        for (table, cert, key) in [
+            ("server", &self.server.tls_cert, &self.server.tls_key),
+            ("metrics", &self.metrics.tls_cert, &self.metrics.tls_key),
+        ] {
+            match (cert, key) {
+                (Some(_), None) => {
+                    return Err(err(
+                        format!("{table}.tls_key"),
+                        "tls_cert is set, tls_key is missing".into(),
+                    ));
+                }
+                (None, Some(_)) => {
+                    return Err(err(
+                        format!("{table}.tls_cert"),
+                        "tls_key is set, tls_cert is missing".into(),
+                    ));
+                }
+                _ => {}
             }
-            (None, Some(_)) => {
-                return Err(err(
-                    "server.tls_cert".into(),
-                    "tls_key is set, tls_cert is missing".into(),
-                ));
-            }
-            _ => {}
         }
         let st = &self.storage;
         if st.low_watermark >= st.high_watermark {
@@ -651,6 +675,8 @@ impl Config {
         for (key, p) in [
             ("server.tls_cert", &self.server.tls_cert),
             ("server.tls_key", &self.server.tls_key),
+            ("metrics.tls_cert", &self.metrics.tls_cert),
+            ("metrics.tls_key", &self.metrics.tls_key),
         ] {
             if let Some(p) = p
                 && let Err(e) = std::fs::metadata(p)
@@ -690,7 +716,21 @@ impl Config {
             false => None,
             true => Some(read_admin_token(&self.admin).map_err(|(k, r)| err(k.into(), r))?),
         };
-        if self.admin.enabled && !self.metrics.enabled {
+        // Like the token, the socket only matters when the API is on.
+        if let Some(sock) = self.admin.socket.as_ref().filter(|_| self.admin.enabled) {
+            // `parent()` of a bare file name is "": the working directory.
+            let dir = sock.parent().filter(|d| !d.as_os_str().is_empty());
+            if sock.file_name().is_none() || dir.is_some_and(|d| !d.is_dir()) {
+                return Err(err(
+                    "admin.socket".into(),
+                    format!(
+                        "{}: the directory it goes in does not exist (systemd: RuntimeDirectory=berth makes /run/berth)",
+                        sock.display()
+                    ),
+                ));
+            }
+        }
+        if self.admin.enabled && self.admin.socket.is_none() && !self.metrics.enabled {
             return Err(err(
                 "admin.enabled".into(),
                 "the admin API is served on the metrics listener: set [metrics] enabled = true"
@@ -860,6 +900,25 @@ impl Config {
         Ok(())
     }
 
+    /// What is allowed but probably a mistake, one sentence each (logged at start, printed by
+    /// `berth check-config`).
+    pub fn warnings(&self) -> Vec<String> {
+        let mut w = Vec::new();
+        let m = &self.metrics;
+        if self.admin.enabled
+            && self.admin.socket.is_none()
+            && m.enabled
+            && m.tls_cert.is_none()
+            && !m.listen.ip().is_loopback()
+        {
+            w.push(format!(
+                "the admin API is served on {} over plain HTTP: its bearer token crosses the network in clear text (set [metrics] tls_cert/tls_key, or [admin] socket)",
+                m.listen
+            ));
+        }
+        w
+    }
+
     /// The effective configuration as TOML, secrets redacted (for `berth check-config`).
     pub fn to_toml(&self) -> String {
         toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render: {e}"))
@@ -1002,6 +1061,9 @@ fn default_http2_keepalive_interval() -> Duration {
 }
 fn default_http2_keepalive_timeout() -> Duration {
     Duration::from_secs(20)
+}
+fn default_idle_timeout() -> Duration {
+    Duration::from_secs(300)
 }
 fn default_http2_max_concurrent_streams() -> u32 {
     256
@@ -1414,6 +1476,86 @@ mod tests {
         for (text, key) in cases {
             let e = Config::parse(&text, "f.toml").unwrap_err();
             assert!(e.to_string().contains(key), "{key}: {e}");
+        }
+    }
+
+    #[test]
+    fn metrics_tls_admin_socket_and_idle_timeout() {
+        let dir = tempfile::tempdir().unwrap();
+        let token = dir.path().join("token");
+        std::fs::write(&token, "0123456789abcdef0123456789abcdef\n").unwrap();
+        let base = "[[upstream]]\nname = \"a.io\"\nurl = \"https://a.io\"\n";
+        let admin = format!("[admin]\nenabled = true\ntoken_file = {:?}\n", token);
+        let cases = [
+            (
+                format!("[metrics]\ntls_cert = \"/x\"\n{base}"),
+                "metrics.tls_key: tls_cert is set, tls_key is missing",
+            ),
+            (
+                format!("[metrics]\ntls_key = \"/x\"\n{base}"),
+                "metrics.tls_cert: tls_key is set, tls_cert is missing",
+            ),
+            (
+                format!(
+                    "[metrics]\ntls_cert = \"/surely/not/here.crt\"\ntls_key = \"/surely/not/here.key\"\n{base}"
+                ),
+                "metrics.tls_cert: cannot read",
+            ),
+            (
+                format!("{admin}socket = \"/surely/not/here/admin.sock\"\n{base}"),
+                "admin.socket: /surely/not/here/admin.sock: the directory it goes in does not exist",
+            ),
+            (
+                format!("[server]\nidle_timeout = \"soon\"\n{base}"),
+                "line 2",
+            ),
+        ];
+        for (text, want) in cases {
+            let e = Config::parse(&text, "f.toml").unwrap_err();
+            assert!(e.to_string().contains(want), "{want}: {e}");
+        }
+
+        // With the API off, its socket is not looked at (as its token is not read).
+        Config::parse(
+            &format!("[admin]\nsocket = \"/surely/not/here/admin.sock\"\n{base}"),
+            "f",
+        )
+        .unwrap();
+        let plain = Config::parse(base, "f").unwrap();
+        assert_eq!(plain.server.idle_timeout, Duration::from_secs(300));
+        let off = Config::parse(&format!("[server]\nidle_timeout = \"0s\"\n{base}"), "f").unwrap();
+        assert!(off.server.idle_timeout.is_zero());
+        let sock = dir.path().join("admin.sock");
+        let c = Config::parse(
+            &format!("[metrics]\nenabled = false\n{admin}socket = {sock:?}\n{base}"),
+            "f",
+        )
+        .unwrap();
+        assert_eq!(c.admin.socket.as_deref(), Some(sock.as_path()));
+
+        // The admin token in clear text over a network: a warning, not an error.
+        let exposed = Config::parse(
+            &format!("[metrics]\nlisten = \"0.0.0.0:9090\"\n{admin}{base}"),
+            "f",
+        )
+        .unwrap();
+        let w = exposed.warnings();
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(
+            w[0].contains("0.0.0.0:9090") && w[0].contains("plain HTTP"),
+            "{w:?}"
+        );
+        for quiet in [
+            format!("{admin}{base}"),
+            format!("[metrics]\nlisten = \"0.0.0.0:9090\"\n{admin}socket = {sock:?}\n{base}"),
+            format!("[metrics]\nlisten = \"0.0.0.0:9090\"\n{base}"),
+            // Only the files' presence is checked at load: any file stands in for a pair here.
+            format!(
+                "[metrics]\nlisten = \"0.0.0.0:9090\"\ntls_cert = {token:?}\ntls_key = {token:?}\n{admin}{base}"
+            ),
+        ] {
+            let c = Config::parse(&quiet, "f").unwrap();
+            assert!(c.warnings().is_empty(), "{quiet}: {:?}", c.warnings());
         }
     }
 

@@ -13,7 +13,9 @@
 //! ```
 //!
 //! - [`config`]: the TOML file, defaults, validation, secrets.
-//! - [`server`]: binds the registry and metrics listeners, TLS, connection limits, graceful shutdown.
+//! - [`server`]: binds the registry and metrics listeners (and the admin socket), TLS on either,
+//!   connection limits, the idle timeout, graceful shutdown; `server/conn` holds a new connection
+//!   in a buffer of what it sent until its first whole request head arrived (header floods).
 //! - [`access`]: client login (`[auth]`): the `Authorization` header becomes a principal
 //!   (htpasswd, bcrypt verdicts cached, checks bounded), and the policy of who may pull through
 //!   which upstream; `http` asks it before routing reaches the mirror.
@@ -49,9 +51,11 @@
 //!   swapped whole by a reload.
 //! - [`reload`]: `SIGHUP`: re-read and validate the config, apply what can change live, name what
 //!   needs a restart.
-//! - [`tls`]: the registry listener's certificate, re-read on reload and when its files change.
+//! - [`tls`]: a listener's certificate (registry, metrics), re-read on reload and when its files
+//!   change.
 //! - [`logwriter`]: the log sink: lines batched in memory, written to stderr by one thread.
-//! - [`admin`]: `berth cache ls|rm|stats` and the token-protected admin API on the metrics listener:
+//! - [`admin`]: `berth cache ls|rm|stats` and the token-protected admin API on the metrics listener
+//!   (or only on `[admin] socket`):
 //!   what is cached, removing it through `manifests`/`store`, the totals.
 //!
 //! # How a pull travels
@@ -70,7 +74,6 @@
 pub mod access;
 pub mod admin;
 pub mod config;
-pub mod conn;
 pub mod error;
 pub mod fill;
 pub mod flight;

@@ -42,8 +42,9 @@ enum Command {
     /// Probe a running berth's health endpoint: exit 0 when it answers 2xx, 1 otherwise
     /// (another status, refused, timed out). For container HEALTHCHECKs, where no curl exists.
     Health {
-        /// The URL to GET (plain HTTP, the metrics listener). The environment variable lets a
-        /// container whose metrics listener moved keep the image's HEALTHCHECK.
+        /// The URL to GET (the metrics listener; https:// when it has [metrics] tls_cert). The
+        /// environment variable lets a container whose metrics listener moved keep the image's
+        /// HEALTHCHECK.
         #[arg(
             long,
             env = "BERTH_HEALTH_URL",
@@ -53,6 +54,10 @@ enum Command {
         /// Give up after this long.
         #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
         timeout: std::time::Duration,
+        /// PEM certificates to trust for an https URL, besides the public roots (e.g. the
+        /// metrics listener's own self-signed certificate).
+        #[arg(long, env = "BERTH_HEALTH_CA_FILE", value_name = "FILE")]
+        ca_file: Option<PathBuf>,
     },
     /// Validate a configuration file and print the effective configuration (secrets redacted).
     CheckConfig {
@@ -77,9 +82,14 @@ enum Command {
         /// Work on the storage directory even when the config enables the admin API.
         #[arg(long, global = true, conflicts_with = "url")]
         direct: bool,
-        /// Call the admin API at this URL (http://host:port) with the config's admin token.
+        /// Call the admin API at this URL (http://host:port or https://host:port) with the
+        /// config's admin token.
         #[arg(long, global = true)]
         url: Option<String>,
+        /// PEM certificates to trust for an https admin API, besides the public roots (default
+        /// without --url: the config's [metrics] tls_cert).
+        #[arg(long, global = true, value_name = "FILE", alias = "cacert")]
+        ca_file: Option<PathBuf>,
         /// Print JSON instead of a table.
         #[arg(long, global = true)]
         json: bool,
@@ -184,6 +194,9 @@ fn main() -> ExitCode {
                     });
             match checked {
                 Ok(cfg) => {
+                    for w in cfg.warnings() {
+                        eprintln!("berth: warning: {w}");
+                    }
                     println!("# {}: valid\n{}", config.display(), cfg.to_toml());
                     ExitCode::SUCCESS
                 }
@@ -210,12 +223,17 @@ fn main() -> ExitCode {
             }
         }
         Command::Warm(args) => warm(args),
-        Command::Health { url, timeout } => block_on(false, health(&url, timeout)),
+        Command::Health {
+            url,
+            timeout,
+            ca_file,
+        } => block_on(false, health(&url, timeout, ca_file.as_deref())),
         Command::Cache {
             op,
             config,
             direct,
             url,
+            ca_file,
             json,
         } => {
             let cfg = match load(config.as_deref()) {
@@ -235,7 +253,7 @@ fn main() -> ExitCode {
             };
             block_on(
                 false,
-                admin::cli::main(&cfg, direct, url.as_deref(), &op, json),
+                admin::cli::main(&cfg, direct, url.as_deref(), ca_file.as_deref(), &op, json),
             )
         }
         Command::Serve { config } => {
@@ -419,10 +437,16 @@ async fn serve(cfg: Config, source: Option<PathBuf>, logging: Logging) -> ExitCo
     let reloads = reload_on_hangup(reloader, source.clone());
     let shutdown = shutdown_signal();
     let scheme = if server.is_tls() { "https" } else { "http" };
+    let metrics_scheme = if server.metrics_is_tls() {
+        "https"
+    } else {
+        "http"
+    };
     tracing::info!(
         config = %source.as_ref().map_or("<embedded default>".into(), |p| p.display().to_string()),
         registry = %format!("{scheme}://{}", server.local_addr()),
-        metrics = %server.metrics_addr().map_or("off".into(), |a| format!("http://{a}/metrics")),
+        metrics = %server.metrics_addr().map_or("off".into(), |a| format!("{metrics_scheme}://{a}/metrics")),
+        admin_socket = %server.admin_socket().map_or("off".into(), |p| p.display().to_string()),
         cache = %cfg.storage.path.display(),
         upstreams = %cfg.upstreams.iter().map(|u| format!("{}={}{}", u.name, u.url, if u.default { " (default)" } else { "" })).collect::<Vec<_>>().join(", "),
         "berth {} listening",
@@ -556,20 +580,31 @@ fn init_logging(cfg: &berth::config::LogConfig) -> (berth::logwriter::Guard, Log
 }
 
 /// `berth health`: one GET with a deadline. Exit 0 on 2xx, 1 on anything else, 2 on a bad URL.
-async fn health(url: &str, timeout: std::time::Duration) -> ExitCode {
+async fn health(
+    url: &str,
+    timeout: std::time::Duration,
+    ca_file: Option<&std::path::Path>,
+) -> ExitCode {
     use http_body_util::{BodyExt as _, Empty};
     use hyper_util::client::legacy::Client;
     use hyper_util::rt::TokioExecutor;
 
     let uri = match url.parse::<http::Uri>() {
-        Ok(u) if matches!(u.scheme_str(), Some("http")) => u,
+        Ok(u) if matches!(u.scheme_str(), Some("http" | "https")) => u,
         _ => {
-            eprintln!("berth: health: {url:?} is not an http:// URL");
+            eprintln!("berth: health: {url:?} is not an http:// or https:// URL");
             return ExitCode::from(2);
         }
     };
-    let client: Client<_, Empty<bytes::Bytes>> = Client::builder(TokioExecutor::new())
-        .build(hyper_util::client::legacy::connect::HttpConnector::new());
+    let connector = match berth::upstream::connect::https_connector(ca_file) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("berth: health: --ca-file: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let client: Client<_, Empty<bytes::Bytes>> =
+        Client::builder(TokioExecutor::new()).build(connector);
     let probe = async {
         // The client's own message is only "client error (Connect)": name the cause too.
         let resp = client.get(uri).await.map_err(|e| {

@@ -74,7 +74,8 @@ pub struct Reloader {
     mirror: Arc<Mirror>,
     store: Arc<Store>,
     upstream_metrics: UpstreamMetrics,
-    certs: Option<Arc<Certs>>,
+    /// Every listener's TLS pair (registry, metrics).
+    certs: Vec<Arc<Certs>>,
     metrics: ReloadMetrics,
     notifier: Notifier,
     log_level: Option<LogLevel>,
@@ -101,7 +102,7 @@ impl Reloader {
         mirror: Arc<Mirror>,
         store: Arc<Store>,
         upstream_metrics: UpstreamMetrics,
-        certs: Option<Arc<Certs>>,
+        certs: Vec<Arc<Certs>>,
         metrics: ReloadMetrics,
         notifier: Notifier,
     ) -> Reloader {
@@ -146,7 +147,7 @@ impl Reloader {
                 tracing::error!(config = %path.display(), error = %e, "configuration reload refused; the running configuration stays");
             }
         }
-        if let Some(certs) = &self.certs {
+        for certs in &self.certs {
             let _ = certs.reload("reload");
         }
         if result.is_ok() {
@@ -267,9 +268,14 @@ fn restart_only(old: &Config, new: &Config) -> Vec<&'static str> {
         "server.shutdown_grace",
         o.shutdown_grace != n.shutdown_grace,
     );
+    check("server.idle_timeout", o.idle_timeout != n.idle_timeout);
+    let (om, nm) = (&old.metrics, &new.metrics);
     check(
         "metrics",
-        old.metrics.listen != new.metrics.listen || old.metrics.enabled != new.metrics.enabled,
+        om.listen != nm.listen
+            || om.enabled != nm.enabled
+            || om.tls_cert != nm.tls_cert
+            || om.tls_key != nm.tls_key,
     );
     check("storage.path", old.storage.path != new.storage.path);
     check("storage.s3", old.storage.s3 != new.storage.s3);
@@ -278,6 +284,7 @@ fn restart_only(old: &Config, new: &Config) -> Vec<&'static str> {
         old.admin.enabled != new.admin.enabled
             || old.admin.token_file != new.admin.token_file
             || old.admin.token_env != new.admin.token_env
+            || old.admin.socket != new.admin.socket
             || old.admin.token != new.admin.token,
     );
     check("log.format", old.log.format != new.log.format);
@@ -335,6 +342,15 @@ mod tests {
         assert!(restart_only(&old, &merged).is_empty());
         // The live part stays new.
         assert_eq!(merged.storage.max_size, new.storage.max_size);
+        // The keys of the admin socket, the metrics listener's TLS and the idle timeout.
+        let mut new = old.clone();
+        new.server.idle_timeout = std::time::Duration::from_secs(1);
+        new.metrics.tls_cert = Some("/x.crt".into());
+        new.admin.socket = Some("/run/berth/admin.sock".into());
+        assert_eq!(
+            restart_only(&old, &new),
+            vec!["server.idle_timeout", "metrics", "admin"]
+        );
     }
 
     #[test]

@@ -1,5 +1,7 @@
-//! The registry listener's certificate: loaded at start, re-read on reload and when its files
-//! change, swapped for new connections while open ones keep theirs.
+//! A listener's certificate (the registry listener's, and the metrics listener's when it has
+//! one): loaded at start, re-read on reload and when its files change, swapped for new
+//! connections while open ones keep theirs. Both pairs count in the one
+//! `berth_tls_reloads_total`; the log line of a reload names the file.
 //!
 //! rustls asks a [`ResolvesServerCert`] for the certificate at each handshake; [`Certs`] answers
 //! with the `Arc<CertifiedKey>` it holds now, so a swap takes effect at the next handshake and an
@@ -48,26 +50,37 @@ impl std::fmt::Debug for Certs {
     }
 }
 
+/// Registers `berth_tls_reloads_total` (once per registry: every pair counts in it).
+pub fn reload_counter(registry: &Registry) -> Result<IntCounterVec, String> {
+    let reloads = IntCounterVec::new(
+        Opts::new(
+            "berth_tls_reloads_total",
+            "TLS certificate reloads (on SIGHUP or a change of the files), by outcome.",
+        ),
+        &["outcome"],
+    )
+    .map_err(|e| e.to_string())?;
+    registry
+        .register(Box::new(reloads.clone()))
+        .map_err(|e| e.to_string())?;
+    for o in ["success", "failure"] {
+        reloads.with_label_values(&[o]);
+    }
+    Ok(reloads)
+}
+
 /// Identity and version of both files.
 type Stamp = [(u64, u64, u64, i64, i64); 2];
 
 impl Certs {
-    /// Loads the pair; an error names the file and the reason.
+    /// Loads the pair, registering `berth_tls_reloads_total` in `registry`; an error names the
+    /// file and the reason.
     pub fn load(cert: &Path, key: &Path, registry: &Registry) -> Result<Certs, String> {
-        let reloads = IntCounterVec::new(
-            Opts::new(
-                "berth_tls_reloads_total",
-                "TLS certificate reloads (on SIGHUP or a change of the files), by outcome.",
-            ),
-            &["outcome"],
-        )
-        .map_err(|e| e.to_string())?;
-        registry
-            .register(Box::new(reloads.clone()))
-            .map_err(|e| e.to_string())?;
-        for o in ["success", "failure"] {
-            reloads.with_label_values(&[o]);
-        }
+        Certs::load_counted(cert, key, reload_counter(registry)?)
+    }
+
+    /// Loads the pair, counting its reloads in `reloads` (from [`reload_counter`]).
+    pub fn load_counted(cert: &Path, key: &Path, reloads: IntCounterVec) -> Result<Certs, String> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let seen = stamp(cert, key);
         let ck = read_pair(cert, key, &provider)?;

@@ -772,8 +772,33 @@ fn url_without_a_token_and_help() {
         "{}",
         text(&out.stderr)
     );
+    // A --ca-file that holds no certificate: exit 2, naming the option.
+    let out = run(
+        &[
+            "stats",
+            "--url",
+            "https://127.0.0.1:1",
+            "--ca-file",
+            "/dev/null",
+        ],
+        &cfg,
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("--ca-file: /dev/null holds no usable PEM certificate"),
+        "{}",
+        text(&out.stderr)
+    );
     let out = berth_cmd().args(["cache", "--help"]).output().unwrap();
-    for word in ["ls", "rm", "stats", "--direct", "--url", "--json"] {
+    for word in [
+        "ls",
+        "rm",
+        "stats",
+        "--direct",
+        "--url",
+        "--ca-file",
+        "--json",
+    ] {
         assert!(
             text(&out.stdout).contains(word),
             "{word}: {}",
@@ -914,4 +939,371 @@ async fn tags_of_nested_repositories_are_listed_and_forgotten() {
     };
     assert!(ms.tag(&key).await.is_none(), "gone from memory too");
     assert_eq!(ms.list_tags().await.unwrap().len(), 2);
+}
+
+// ---- the admin socket and the metrics listener over TLS ----
+
+/// One request over a Unix socket (HTTP/1): status and body.
+async fn over_socket(path: &Path, uri: &str, auth: Option<&str>) -> (StatusCode, Bytes) {
+    let stream = tokio::net::UnixStream::connect(path).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let mut req = Request::get(uri).header("host", "localhost");
+    if let Some(a) = auth {
+        req = req.header("authorization", a);
+    }
+    let resp = sender
+        .send_request(req.body(Empty::<Bytes>::new()).unwrap())
+        .await
+        .unwrap();
+    let status = resp.status();
+    (status, resp.into_body().collect().await.unwrap().to_bytes())
+}
+
+/// Polls (bounded) until `path` is gone.
+async fn until_gone(path: &Path) {
+    for _ in 0..20_000 {
+        if !path.exists() {
+            return;
+        }
+        tokio::task::yield_now().await;
+    }
+    panic!("{} is still there", path.display());
+}
+
+#[tokio::test]
+async fn the_admin_api_on_a_unix_socket_only() {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+
+    let fake = FakeRegistry::start().await;
+    let (one, _, _) = two_images(&fake);
+    let secrets = tempfile::tempdir().unwrap();
+    let sock = secrets.path().join("admin.sock");
+    // A stale socket from a killed run: the file stays, nobody answers on it.
+    drop(std::os::unix::net::UnixListener::bind(&sock).unwrap());
+    assert!(
+        std::fs::symlink_metadata(&sock)
+            .unwrap()
+            .file_type()
+            .is_socket()
+    );
+    let admin_cfg = format!(
+        "{}socket = \"{}\"\n",
+        admin_toml(secrets.path(), TOKEN),
+        sock.display()
+    );
+    let b = berth(&fake, &admin_cfg).await;
+    pull(&b, &one).await;
+
+    // Replaced, owner-only.
+    let mode = std::fs::metadata(&sock).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "{mode:o}");
+    // On the socket: the token is required...
+    for auth in [None, Some("Bearer not-the-token-0123456789abcdef0123")] {
+        let (status, _) = over_socket(&sock, "/admin/stats", auth).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{auth:?}");
+    }
+    // ...and with it the API answers.
+    let (status, body) = over_socket(&sock, "/admin/stats", bearer()).await;
+    assert_eq!(status, StatusCode::OK);
+    let stats: Stats = serde_json::from_slice(&body).unwrap();
+    assert_eq!(stats.tags, 1);
+    // Only the admin API is served there.
+    let (status, _) = over_socket(&sock, "/metrics", bearer()).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    // The metrics listener answers /admin like a berth without it, whatever the token.
+    for path in ["/admin/stats", "/admin/cache"] {
+        let got = admin(&b, Method::GET, path, bearer()).await;
+        assert_eq!(got.status, StatusCode::NOT_FOUND, "{path}");
+    }
+    assert_eq!(
+        admin(&b, Method::GET, "/metrics", None).await.status,
+        StatusCode::OK
+    );
+
+    // `berth cache` goes through the socket when the config names it.
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = cli_config(dir.path(), b.dir.path(), &fake, &admin_cfg);
+    let out = tokio::task::spawn_blocking(move || run(&["stats", "--json"], &cfg))
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains(&format!("via the admin API at unix:{}", sock.display())),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(
+        serde_json::from_slice::<Stats>(&out.stdout).unwrap().tags,
+        1
+    );
+
+    // A second berth on the same socket is refused while the first answers on it.
+    let storage = tempfile::tempdir().unwrap();
+    let cfg = Config::parse(
+        &format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n[metrics]\nlisten = \"127.0.0.1:0\"\n[storage]\npath = \"{}\"\n[[upstream]]\nname = \"r.test\"\nurl = \"{}\"\n{admin_cfg}",
+            storage.path().display(),
+            fake.url()
+        ),
+        "second",
+    )
+    .unwrap();
+    let e = berth::server::Server::bind(&cfg).await.err().unwrap();
+    assert!(
+        e.to_string().contains("[admin] socket") && e.to_string().contains("in use"),
+        "{e}"
+    );
+
+    // Stopping removes it.
+    drop(b);
+    until_gone(&sock).await;
+
+    // A file that is not a socket is not replaced.
+    std::fs::write(&sock, "keep me").unwrap();
+    let e = berth::server::Server::bind(&cfg).await.err().unwrap();
+    assert!(e.to_string().contains("not a socket"), "{e}");
+    assert_eq!(std::fs::read_to_string(&sock).unwrap(), "keep me");
+}
+
+/// A self-signed pair for `localhost` and 127.0.0.1, written into `dir` as `<name>.crt/.key`.
+fn cert_pair(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
+    let ck =
+        rcgen::generate_simple_self_signed(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
+            .unwrap();
+    let (c, k) = (
+        dir.join(format!("{name}.crt")),
+        dir.join(format!("{name}.key")),
+    );
+    std::fs::write(&c, ck.cert.pem()).unwrap();
+    std::fs::write(&k, ck.signing_key.serialize_pem()).unwrap();
+    (c, k)
+}
+
+/// GET over https trusting `ca`: the status and body, or the error with its causes.
+async fn https_get(url: &str, ca: &Path) -> Result<(StatusCode, String), String> {
+    let client: hyper_util::client::legacy::Client<_, Empty<Bytes>> =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build(berth::upstream::connect::https_connector(Some(ca)).unwrap());
+    let resp = client.get(url.parse().unwrap()).await.map_err(|e| {
+        let mut s = e.to_string();
+        let mut c = std::error::Error::source(&e);
+        while let Some(x) = c {
+            s = format!("{s}: {x}");
+            c = x.source();
+        }
+        s
+    })?;
+    let status = resp.status();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    Ok((status, String::from_utf8_lossy(&body).into_owned()))
+}
+
+#[tokio::test]
+async fn the_metrics_listener_over_tls() {
+    let fake = FakeRegistry::start().await;
+    let (one, _, _) = two_images(&fake);
+    let secrets = tempfile::tempdir().unwrap();
+    let (cert, key) = cert_pair(secrets.path(), "metrics");
+    let storage = tempfile::tempdir().unwrap();
+    let tls = format!(
+        "[metrics]\nlisten = \"127.0.0.1:0\"\ntls_cert = \"{}\"\ntls_key = \"{}\"\n",
+        cert.display(),
+        key.display()
+    );
+    let text_cfg = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n{tls}[storage]\npath = \"{}\"\n[[upstream]]\nname = \"registry.test\"\nurl = \"{}\"\ndefault = true\nlibrary_prefix = true\n{}",
+        storage.path().display(),
+        fake.url(),
+        admin_toml(secrets.path(), TOKEN)
+    );
+    let cfg = Config::parse(&text_cfg, "tls").unwrap();
+    let server = berth::server::Server::bind(&cfg).await.unwrap();
+    assert!(server.metrics_is_tls());
+    let (addr, metrics) = (server.local_addr(), server.metrics_addr().unwrap());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(server.run(async move {
+        let _ = stopped.await;
+    }));
+
+    // /healthz and /metrics over https, once the index is rebuilt.
+    let base = format!("https://127.0.0.1:{}", metrics.port());
+    let mut ready = false;
+    for _ in 0..20_000 {
+        let (status, _) = https_get(&format!("{base}/healthz"), &cert).await.unwrap();
+        if status == StatusCode::OK {
+            ready = true;
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    assert!(ready, "never ready");
+    let (status, body) = https_get(&format!("{base}/metrics"), &cert).await.unwrap();
+    assert_eq!(status, StatusCode::OK);
+    assert!(body.contains("berth_tls_reloads_total"), "{body}");
+    // Plain HTTP to it gets no answer.
+    let plain = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<Empty<Bytes>>();
+    let e = plain
+        .get(format!("http://{metrics}/metrics").parse().unwrap())
+        .await;
+    assert!(
+        e.is_err(),
+        "plain HTTP was answered: {:?}",
+        e.map(|r| r.status())
+    );
+
+    // Something cached, for the command to see.
+    let c = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<Empty<Bytes>>();
+    let m = c
+        .get(
+            format!("http://{addr}/v2/app/manifests/{}", one.tag)
+                .parse()
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(m.status(), 200);
+    m.into_body().collect().await.unwrap();
+
+    // The command: --url https with --ca-file; by default from the config (its tls_cert trusted);
+    // --url https without a way to trust the certificate fails and says why.
+    let dir = tempfile::tempdir().unwrap();
+    let cli_cfg = dir.path().join("cli.toml");
+    std::fs::write(
+        &cli_cfg,
+        text_cfg.replace(
+            "127.0.0.1:0\"\ntls_cert",
+            &format!("127.0.0.1:{}\"\ntls_cert", metrics.port()),
+        ),
+    )
+    .unwrap();
+    let url = base.clone();
+    let ca = cert.display().to_string();
+    let cases: Vec<(Vec<String>, bool, String)> = vec![
+        (
+            vec![
+                "stats".into(),
+                "--json".into(),
+                "--url".into(),
+                url.clone(),
+                "--ca-file".into(),
+                ca.clone(),
+            ],
+            true,
+            format!("via the admin API at {url}"),
+        ),
+        (
+            vec!["stats".into(), "--json".into()],
+            true,
+            format!("via the admin API at {url}"),
+        ),
+        (
+            vec!["stats".into(), "--url".into(), url.clone()],
+            false,
+            "certificate".into(),
+        ),
+    ];
+    for (args, ok, needle) in cases {
+        let cfg = cli_cfg.clone();
+        let a = args.clone();
+        let out = tokio::task::spawn_blocking(move || {
+            let a: Vec<&str> = a.iter().map(String::as_str).collect();
+            run(&a, &cfg)
+        })
+        .await
+        .unwrap();
+        assert_eq!(out.status.success(), ok, "{args:?}: {}", text(&out.stderr));
+        assert!(
+            text(&out.stderr).contains(&needle),
+            "{args:?}: {}",
+            text(&out.stderr)
+        );
+        if ok {
+            let stats: Stats = serde_json::from_slice(&out.stdout).unwrap();
+            assert_eq!(stats.manifests, 1, "{args:?}");
+        } else {
+            assert_eq!(out.status.code(), Some(2));
+        }
+    }
+
+    // `berth health` (container HEALTHCHECKs) probes it over https, trusting --ca-file.
+    let health = format!("{base}/healthz");
+    let out = tokio::task::spawn_blocking({
+        let (health, ca) = (health.clone(), ca.clone());
+        move || {
+            berth_cmd()
+                .args(["health", "--url", &health, "--ca-file", &ca])
+                .env_remove("BERTH_HEALTH_URL")
+                .output()
+                .unwrap()
+        }
+    })
+    .await
+    .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = tokio::task::spawn_blocking(move || {
+        berth_cmd()
+            .args(["health", "--url", &health])
+            .env_remove("BERTH_HEALTH_URL")
+            .env_remove("BERTH_HEALTH_CA_FILE")
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("certificate"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    // A new pair in place of the files is served to new connections (the files are watched).
+    let (c2, k2) = cert_pair(secrets.path(), "next");
+    std::fs::copy(&c2, &cert).unwrap();
+    std::fs::copy(&k2, &key).unwrap();
+    let mut taken = false;
+    // The files are polled every 2 s: a generous, bounded wait.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while std::time::Instant::now() < deadline {
+        if https_get(&format!("{base}/healthz"), &c2).await.is_ok() {
+            taken = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(taken, "the new certificate was never served");
+    let _ = stop.send(());
+}
+
+#[test]
+fn check_config_warns_of_the_token_on_a_plain_non_loopback_listener() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("c.toml");
+    let base = "[[upstream]]\nname = \"a.io\"\nurl = \"https://a.io\"\n";
+    let check = |metrics: &str| {
+        std::fs::write(
+            &cfg,
+            format!("{metrics}{base}{}", admin_toml(dir.path(), TOKEN)),
+        )
+        .unwrap();
+        let out = berth_cmd()
+            .args(["check-config", "--config"])
+            .arg(&cfg)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        text(&out.stderr)
+    };
+    let warned = check("[metrics]\nlisten = \"0.0.0.0:9090\"\n");
+    assert!(
+        warned.contains("warning: the admin API is served on 0.0.0.0:9090 over plain HTTP"),
+        "{warned}"
+    );
+    assert!(!check("").contains("warning"));
 }

@@ -199,8 +199,28 @@ async fn health_probe_exit_codes() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no answer within"));
 
-    let out = health("https://127.0.0.1:1/healthz", "1s");
+    // https is probed like http (here: refused); other schemes are a usage error.
+    let out = health(&format!("https://{dead}/healthz"), "1s");
+    assert_eq!(out.status.code(), Some(1));
+    let out = health("ftp://127.0.0.1:1/healthz", "1s");
     assert_eq!(out.status.code(), Some(2));
+    // A --ca-file that holds no certificate: a usage error, named.
+    let out = berth()
+        .args([
+            "health",
+            "--url",
+            "https://127.0.0.1:1/healthz",
+            "--ca-file",
+            "/dev/null",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--ca-file"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let out = health("not a url", "1s");
     assert_eq!(out.status.code(), Some(2));
 }

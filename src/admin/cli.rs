@@ -2,8 +2,11 @@
 //! directory directly.
 //!
 //! The way is chosen once and said on stderr: `--direct` works on the directory; `--url` calls
-//! that admin API; otherwise a config with `[admin] enabled = true` means the API on its metrics
-//! listener (with its token), and any other config means the directory. Going through the API keeps
+//! that admin API (`http://` or `https://`, trusting `--ca-file` besides the public roots);
+//! otherwise a config with `[admin] enabled = true` means the API on its `[admin] socket` when set
+//! (HTTP/1 over the Unix socket), else on its metrics listener (`https://` when that has
+//! `tls_cert`, whose certificate is then trusted as well, so a self-signed one works), with the
+//! config's token; any other config means the directory. Going through the API keeps
 //! a running berth's memory in step with its disk; going direct while berth runs is safe for the
 //! files (fills in progress live in `tmp/`, which is left alone) but the running berth may go on
 //! answering removed manifests and tags from memory until they fall out of it, and its
@@ -12,14 +15,16 @@
 //! Exit codes: 0 done; 1 `rm` matched nothing; 2 config, I/O or API error.
 
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{Method, Request, StatusCode, header};
 use http_body_util::{BodyExt, Empty};
+use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde::de::DeserializeOwned;
 
 use super::{Cache, Listing, Op, Removal, Stats};
@@ -33,31 +38,61 @@ use crate::store::Store;
 pub enum Mode {
     /// On the storage directory.
     Direct,
-    /// Through the admin API at `base` (`http://host:port`).
-    Api { base: String, token: Secret },
+    /// Through the admin API.
+    Api { at: Endpoint, token: Secret },
+}
+
+/// Where the admin API answers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Endpoint {
+    /// `http://host:port` or `https://host:port`; an https server's certificate may also be
+    /// signed by (or be one of) the certificates in `ca_file`.
+    Url {
+        base: String,
+        ca_file: Option<PathBuf>,
+    },
+    /// `[admin] socket`.
+    Socket(PathBuf),
 }
 
 impl Mode {
     /// See the module docs.
-    pub fn choose(cfg: &Config, direct: bool, url: Option<&str>) -> Result<Mode, String> {
+    pub fn choose(
+        cfg: &Config,
+        direct: bool,
+        url: Option<&str>,
+        ca_file: Option<&Path>,
+    ) -> Result<Mode, String> {
         if direct {
             return Ok(Mode::Direct);
         }
-        match (url, cfg.admin.token.clone()) {
-            (Some(url), Some(token)) => Ok(Mode::Api {
+        let Some(token) = cfg.admin.token.clone() else {
+            return match url {
+                Some(_) => Err(
+                    "--url needs the admin token: set [admin] enabled = true and token_file or token_env in the config"
+                        .into(),
+                ),
+                None => Ok(Mode::Direct),
+            };
+        };
+        let at = match (url, &cfg.admin.socket) {
+            (Some(url), _) => Endpoint::Url {
                 base: url.trim_end_matches('/').to_owned(),
-                token,
-            }),
-            (Some(_), None) => Err(
-                "--url needs the admin token: set [admin] enabled = true and token_file or token_env in the config"
-                    .into(),
-            ),
-            (None, Some(token)) => Ok(Mode::Api {
-                base: format!("http://{}", loopback(cfg.metrics.listen)),
-                token,
-            }),
-            (None, None) => Ok(Mode::Direct),
-        }
+                ca_file: ca_file.map(Path::to_owned),
+            },
+            (None, Some(socket)) => Endpoint::Socket(socket.clone()),
+            (None, None) => match &cfg.metrics.tls_cert {
+                Some(cert) => Endpoint::Url {
+                    base: format!("https://{}", loopback(cfg.metrics.listen)),
+                    ca_file: Some(ca_file.unwrap_or(cert).to_owned()),
+                },
+                None => Endpoint::Url {
+                    base: format!("http://{}", loopback(cfg.metrics.listen)),
+                    ca_file: ca_file.map(Path::to_owned),
+                },
+            },
+        };
+        Ok(Mode::Api { at, token })
     }
 
     /// One line for stderr: which way, and what it means.
@@ -67,7 +102,16 @@ impl Mode {
                 "working on {} directly (if berth is running on it, use its admin API instead: it keeps answering removed manifests and tags from memory for a while)",
                 cfg.storage.path.display()
             ),
-            Mode::Api { base, .. } => format!("via the admin API at {base}"),
+            Mode::Api { at, .. } => format!("via the admin API at {at}"),
+        }
+    }
+}
+
+impl std::fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Endpoint::Url { base, .. } => f.write_str(base),
+            Endpoint::Socket(p) => write!(f, "unix:{}", p.display()),
         }
     }
 }
@@ -144,7 +188,7 @@ impl std::fmt::Display for Failure {
 pub async fn run(cfg: &Config, mode: &Mode, op: &Op) -> Result<Answer, Failure> {
     match mode {
         Mode::Direct => direct(cfg, op).await,
-        Mode::Api { base, token } => via_api(base, token, op).await,
+        Mode::Api { at, token } => via_api(at, token, op).await,
     }
 }
 
@@ -207,7 +251,7 @@ async fn direct(cfg: &Config, op: &Op) -> Result<Answer, Failure> {
     }
 }
 
-async fn via_api(base: &str, token: &Secret, op: &Op) -> Result<Answer, Failure> {
+async fn via_api(base: &Endpoint, token: &Secret, op: &Op) -> Result<Answer, Failure> {
     let query = |pairs: &[(&str, &Option<String>)]| {
         let mut q = url::form_urlencoded::Serializer::new(String::new());
         for (k, v) in pairs {
@@ -262,25 +306,36 @@ fn escape_path(s: &str) -> String {
 }
 
 async fn call<T: DeserializeOwned>(
-    base: &str,
+    at: &Endpoint,
     token: &Secret,
     method: Method,
     path: &str,
 ) -> Result<T, Failure> {
-    let failed = |what: String| Failure::Failed(format!("admin API at {base}: {what}"));
-    let mut connector = hyper_util::client::legacy::connect::HttpConnector::new();
-    connector.set_connect_timeout(Some(std::time::Duration::from_secs(10)));
-    let client: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new()).build(connector);
+    let failed = |what: String| Failure::Failed(format!("admin API at {at}: {what}"));
     let req = Request::builder()
         .method(method)
-        .uri(format!("{base}{path}"))
-        .header(header::AUTHORIZATION, format!("Bearer {}", token.expose()))
-        .body(Empty::new())
-        .map_err(|e| failed(format!("bad URL: {e}")))?;
-    let resp = client
-        .request(req)
-        .await
-        .map_err(|e| failed(format!("{e} (is berth running with [admin] enabled?)")))?;
+        .header(header::AUTHORIZATION, format!("Bearer {}", token.expose()));
+    let resp = match at {
+        Endpoint::Url { base, ca_file } => {
+            let req = req
+                .uri(format!("{base}{path}"))
+                .body(Empty::new())
+                .map_err(|e| failed(format!("bad URL: {e}")))?;
+            let client =
+                tcp_client(ca_file.as_deref()).map_err(|e| failed(format!("--ca-file: {e}")))?;
+            send_tcp(&client, req).await
+        }
+        Endpoint::Socket(socket) => {
+            // HTTP/1 wants a Host; a socket has no name, so any does.
+            let req = req
+                .uri(path)
+                .header(header::HOST, "localhost")
+                .body(Empty::new())
+                .map_err(|e| failed(format!("bad path: {e}")))?;
+            send_unix(req, socket).await
+        }
+    }
+    .map_err(|e| failed(format!("{e} (is berth running with [admin] enabled?)")))?;
     let status = resp.status();
     let body = resp
         .into_body()
@@ -314,9 +369,59 @@ async fn call<T: DeserializeOwned>(
     }
 }
 
+type TcpClient = Client<
+    hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
+    Empty<Bytes>,
+>;
+
+/// A client for `http://` and `https://` (the connector `berth warm` reaches berth with, too),
+/// trusting the public roots and `ca_file`.
+fn tcp_client(ca_file: Option<&Path>) -> Result<TcpClient, String> {
+    let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
+    http.set_connect_timeout(Some(std::time::Duration::from_secs(10)));
+    let connector = crate::upstream::connect::https_connector_over(ca_file, http)?;
+    Ok(Client::builder(TokioExecutor::new()).build(connector))
+}
+
+/// One request over TCP, plain or TLS.
+async fn send_tcp(client: &TcpClient, req: Request<Empty<Bytes>>) -> Result<Response, String> {
+    client.request(req).await.map_err(|e| {
+        // The legacy client's Display is "client error (Connect)": the cause says what.
+        let mut text = e.to_string();
+        let mut cause = std::error::Error::source(&e);
+        while let Some(c) = cause {
+            text = format!("{text}: {c}");
+            cause = c.source();
+        }
+        text
+    })
+}
+
+/// One request over the Unix socket at `path` (one connection, HTTP/1).
+async fn send_unix(req: Request<Empty<Bytes>>, path: &Path) -> Result<Response, String> {
+    let stream = tokio::net::UnixStream::connect(path)
+        .await
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| e.to_string())?;
+    // Ends by itself once the response body is read and `sender` is gone.
+    tokio::spawn(conn);
+    sender.send_request(req).await.map_err(|e| e.to_string())
+}
+
+type Response = http::Response<Incoming>;
+
 /// The whole command: choose the way, say it, run, print; the exit code.
-pub async fn main(cfg: &Config, direct: bool, url: Option<&str>, op: &Op, json: bool) -> ExitCode {
-    let mode = match Mode::choose(cfg, direct, url) {
+pub async fn main(
+    cfg: &Config,
+    direct: bool,
+    url: Option<&str>,
+    ca_file: Option<&Path>,
+    op: &Op,
+    json: bool,
+) -> ExitCode {
+    let mode = match Mode::choose(cfg, direct, url, ca_file) {
         Ok(m) => m,
         Err(e) => {
             eprintln!("berth: {e}");
@@ -339,6 +444,72 @@ pub async fn main(cfg: &Config, direct: bool, url: Option<&str>, op: &Op, json: 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_way_to_the_api_follows_the_config() {
+        let dir = tempfile::tempdir().unwrap();
+        let token = dir.path().join("token");
+        std::fs::write(&token, "0123456789abcdef0123456789abcdef\n").unwrap();
+        let cert = dir.path().join("m.crt");
+        std::fs::write(&cert, "only its presence is checked at load").unwrap();
+        let sock = dir.path().join("admin.sock");
+        let cfg = |extra: &str| {
+            Config::parse(
+                &format!(
+                    "[[upstream]]\nname = \"a.io\"\nurl = \"https://a.io\"\n{extra}[admin]\nenabled = true\ntoken_file = {token:?}\n"
+                ),
+                "f",
+            )
+            .unwrap()
+        };
+        let at = |c: &Config, url: Option<&str>, ca: Option<&Path>| match Mode::choose(
+            c, false, url, ca,
+        )
+        .unwrap()
+        {
+            Mode::Api { at, .. } => at,
+            Mode::Direct => panic!("direct"),
+        };
+        let url = |base: &str, ca: Option<&Path>| Endpoint::Url {
+            base: base.into(),
+            ca_file: ca.map(Path::to_owned),
+        };
+        let own_ca = Path::new("/etc/ca.pem");
+
+        let plain = cfg("[metrics]\nlisten = \"0.0.0.0:9091\"\n");
+        assert_eq!(at(&plain, None, None), url("http://127.0.0.1:9091", None));
+        // The socket, unless --url says otherwise.
+        let mut on_socket = cfg("");
+        on_socket.admin.socket = Some(sock.clone());
+        assert_eq!(at(&on_socket, None, None), Endpoint::Socket(sock.clone()));
+        assert_eq!(
+            at(&on_socket, Some("https://m:9/"), Some(own_ca)),
+            url("https://m:9", Some(own_ca))
+        );
+        assert_eq!(
+            Mode::choose(&on_socket, false, None, None)
+                .unwrap()
+                .describe(&on_socket),
+            format!("via the admin API at unix:{}", sock.display())
+        );
+        // HTTPS metrics: its own certificate is trusted unless --ca-file names another.
+        let tls = cfg(&format!(
+            "[metrics]\nlisten = \"127.0.0.1:9092\"\ntls_cert = {cert:?}\ntls_key = {cert:?}\n"
+        ));
+        assert_eq!(
+            at(&tls, None, None),
+            url("https://127.0.0.1:9092", Some(&cert))
+        );
+        assert_eq!(
+            at(&tls, None, Some(own_ca)),
+            url("https://127.0.0.1:9092", Some(own_ca))
+        );
+        // --direct wins over all of it.
+        assert!(matches!(
+            Mode::choose(&on_socket, true, None, None).unwrap(),
+            Mode::Direct
+        ));
+    }
 
     #[test]
     fn paths_are_escaped_and_listeners_reached_on_loopback() {

@@ -1,8 +1,8 @@
 //! What is cached, removing it, and the totals: `berth cache ls|rm|stats` and the admin API.
 //!
 //! One set of operations ([`Cache`]) over the store and the manifest cache, used two ways: by the
-//! admin API of a running berth ([`api`], on the metrics listener), so its in-memory manifests and
-//! tags stay in step with the disk, and by the `berth cache` command on the storage directory
+//! admin API of a running berth ([`api`], on the metrics listener or `[admin] socket`), so its
+//! in-memory manifests and tags stay in step with the disk, and by the `berth cache` command on the storage directory
 //! directly ([`cli`]) when no API is configured. Both answer with the same types, so the command
 //! prints the same whichever way it went.
 //!

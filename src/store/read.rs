@@ -82,11 +82,12 @@ pub fn read_range(
 /// connection rather than the whole file.
 pub(super) const MAP_CHUNK: u64 = 1024 * 1024;
 
-/// Maps `len` bytes at `offset` of a blob file (verified, or the written part of a fill) read-only, so that hits go from the page
-/// cache to the socket with one copy and no buffer to allocate or fill.
+/// Maps `len` bytes at `offset` of a blob file (verified, or the written part of a fill)
+/// read-only, so that hits go from the page cache to the socket with one copy and no buffer to
+/// allocate or fill.
 ///
-/// This is berth's one `unsafe`. A mapping is only sound while nobody truncates or rewrites the
-/// file under it, and berth never does either: blob files are only ever appended to (under a temp
+/// One of berth's two `unsafe` blocks (the other, `server::conn::trim`, calls `malloc_trim`). A
+/// mapping is only sound while nobody truncates or rewrites the file under it, and berth never does either: blob files are only ever appended to (under a temp
 /// name, and only bytes already written are mapped), then renamed or unlinked, both of which leave
 /// a mapping intact.
 ///

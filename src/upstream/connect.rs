@@ -89,8 +89,9 @@ pub fn https_connector(ca_file: Option<&Path>) -> Result<HttpsConnector<HttpConn
     https_connector_over(ca_file, HttpConnector::new())
 }
 
-/// [`https_connector`] over a TCP connector with its own resolver.
-fn https_connector_over<R>(
+/// [`https_connector`] over a TCP connector of the caller's (its own resolver, a connect
+/// timeout).
+pub fn https_connector_over<R>(
     ca_file: Option<&Path>,
     mut http: HttpConnector<R>,
 ) -> Result<HttpsConnector<HttpConnector<R>>, String> {

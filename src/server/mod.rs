@@ -19,8 +19,14 @@
 //! refused by the kernel once that is full) instead of costing memory here, while transfers under
 //! way go on. The metrics listener is not counted, so `/metrics` and the admin API stay reachable
 //! during a flood. HTTP/2 connections are pinged when quiet (dead peers are dropped) and carry a
-//! bounded number of streams. Plain-TCP connections write through `zerocopy::SendfileStream`, so cached blob bytes go out with
-//! `sendfile`.
+//! bounded number of streams. A registry connection with no request in flight for `idle_timeout`
+//! is closed gracefully ([`idle`], which also says what hyper's HTTP/1 header timeout already
+//! covers). Plain-TCP connections write through `zerocopy::SendfileStream`, so cached blob bytes go
+//! out with `sendfile`.
+//!
+//! The metrics listener speaks HTTPS when `[metrics] tls_cert`/`tls_key` are set (its own
+//! [`Certs`], reloaded like the registry's). The admin API is served on it, or with `[admin]
+//! socket` only on that Unix socket ([`admin_socket`]), never on both.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -34,7 +40,6 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::TlsAcceptor;
@@ -42,7 +47,6 @@ use tokio_rustls::TlsAcceptor;
 use crate::access;
 use crate::admin;
 use crate::config::{Config, ServerConfig, StorageConfig};
-use crate::conn::{self, Bursts, Head, Prefixed};
 use crate::health::{Health, Phase};
 use crate::http::{App, Body};
 use crate::index::Limits;
@@ -57,6 +61,14 @@ use crate::tls::Certs;
 use crate::upstream::{Upstream, UpstreamMetrics};
 use crate::upstreams::UpstreamSet;
 use crate::zerocopy::SendfileStream;
+use conn::{Bursts, Head, Prefixed};
+
+mod admin_socket;
+pub mod conn;
+mod idle;
+
+use admin_socket::AdminSocket;
+use idle::{Activity, Drain, Tracked};
 
 /// Memory for hot manifests.
 const MANIFEST_MEMORY_BYTES: u64 = 64 * 1024 * 1024;
@@ -70,9 +82,15 @@ pub struct Server {
     registry: TcpListener,
     metrics_listener: Option<TcpListener>,
     tls: Option<TlsAcceptor>,
+    /// HTTPS on the metrics listener (`[metrics] tls_cert`).
+    metrics_tls: Option<TlsAcceptor>,
+    /// The metrics listener's TLS pair, re-read like the registry's.
+    metrics_certs: Option<Arc<Certs>>,
+    /// `[admin] socket`: where the admin API is served instead of the metrics listener.
+    admin_socket: Option<AdminSocket>,
     app: Arc<App>,
     prometheus: prometheus::Registry,
-    /// The admin API on the metrics listener, when `[admin] enabled`.
+    /// The admin API, when `[admin] enabled` (on the metrics listener, or only on the socket).
     admin: Option<Arc<admin::api::Api>>,
     settings: ServerConfig,
     /// For the maintenance pass (eviction by age, and by size once pins run out).
@@ -110,6 +128,8 @@ pub enum StartError {
     Metrics(#[from] prometheus::Error),
     #[error("[auth] {0}")]
     Auth(#[from] crate::access::LoadError),
+    #[error("[admin] socket: {0}")]
+    AdminSocket(String),
     #[error("cache index of {path}: {reason}")]
     Index { path: String, reason: String },
 }
@@ -174,18 +194,33 @@ impl Server {
             upstream_metrics.last_errors().clone(),
         ));
 
-        let certs = match (&cfg.server.tls_cert, &cfg.server.tls_key) {
-            (Some(cert), Some(key)) => Some(Arc::new(
-                Certs::load(cert, key, &prometheus).map_err(StartError::Tls)?,
-            )),
-            _ => None,
+        for w in cfg.warnings() {
+            tracing::warn!("{w}");
+        }
+        // One reload counter for both pairs, registered only when there is a pair.
+        let pairs = [
+            (&cfg.server.tls_cert, &cfg.server.tls_key),
+            (&cfg.metrics.tls_cert, &cfg.metrics.tls_key),
+        ];
+        let reloads = match pairs.iter().any(|(c, _)| c.is_some()) {
+            true => Some(crate::tls::reload_counter(&prometheus).map_err(StartError::Tls)?),
+            false => None,
         };
-        let tls = match &certs {
-            Some(c) => Some(TlsAcceptor::from(Arc::new(
-                c.server_config().map_err(StartError::Tls)?,
-            ))),
-            None => None,
+        let load = |(cert, key): (&Option<std::path::PathBuf>, &Option<std::path::PathBuf>)| match (
+            cert, key, &reloads,
+        ) {
+            (Some(cert), Some(key), Some(reloads)) => {
+                let certs = Arc::new(
+                    Certs::load_counted(cert, key, reloads.clone()).map_err(StartError::Tls)?,
+                );
+                let acceptor =
+                    TlsAcceptor::from(Arc::new(certs.server_config().map_err(StartError::Tls)?));
+                Ok(Some((certs, acceptor)))
+            }
+            _ => Ok::<_, StartError>(None),
         };
+        let (certs, tls) = load(pairs[0]).map(Option::unzip)?;
+        let (metrics_certs, metrics_tls) = load(pairs[1]).map(Option::unzip)?;
         let bind = |addr: SocketAddr| async move {
             TcpListener::bind(addr)
                 .await
@@ -196,10 +231,19 @@ impl Server {
             true => Some(bind(cfg.metrics.listen).await?),
             false => None,
         };
+        let admin_socket = match (&admin, &cfg.admin.socket) {
+            (Some(_), Some(path)) => {
+                Some(AdminSocket::bind(path).map_err(StartError::AdminSocket)?)
+            }
+            _ => None,
+        };
         Ok(Server {
             registry,
             metrics_listener,
             tls,
+            metrics_tls,
+            metrics_certs,
+            admin_socket,
             app,
             prometheus,
             admin,
@@ -221,7 +265,11 @@ impl Server {
             self.app.mirror.clone(),
             self.store.clone(),
             self.upstream_metrics.clone(),
-            self.certs.clone(),
+            self.certs
+                .iter()
+                .chain(&self.metrics_certs)
+                .cloned()
+                .collect(),
             self.reload_metrics.clone(),
             self.notifier.clone(),
         )
@@ -281,6 +329,16 @@ impl Server {
         self.tls.is_some()
     }
 
+    /// Whether the metrics listener speaks HTTPS.
+    pub fn metrics_is_tls(&self) -> bool {
+        self.metrics_tls.is_some()
+    }
+
+    /// The admin API's Unix socket, when `[admin] socket` is set.
+    pub fn admin_socket(&self) -> Option<&std::path::Path> {
+        self.admin_socket.as_ref().map(AdminSocket::path)
+    }
+
     /// Rebuilds the cache index, then serves until `shutdown` completes, then drains connections
     /// for at most `shutdown_grace`. The metrics listener (`/healthz`, `/metrics`) answers from the
     /// start to the end of the drain; the registry listener accepts only once the index is
@@ -305,25 +363,53 @@ impl Server {
                 })
             });
         let mut cert_watch = None;
-        let graceful = GracefulShutdown::new();
+        let metrics_cert_watch = self.metrics_certs.clone().map(Certs::watch);
+        let graceful = Drain::default();
         let builder = Arc::new(self.conn_builder());
 
-        // The metrics listener runs on its own until the drain is over, so `/healthz` answers 503
-        // while starting and draining.
-        let (stop_metrics, metrics_task) = match self.metrics_listener.take() {
-            Some(listener) => {
-                let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-                let svc = MetricsService {
-                    prometheus: self.prometheus.clone(),
-                    admin: self.admin.clone(),
-                    health: self.health.clone(),
-                    app: self.app.clone(),
-                };
-                let builder = builder.clone();
-                let task = tokio::spawn(serve_metrics(listener, builder, svc, rx));
-                (Some(tx), Some(task))
-            }
-            None => (None, None),
+        // The metrics listener (and the admin socket) run on their own until the drain is over,
+        // so `/healthz` answers 503 while starting and draining. One stop signal for both.
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(());
+        let mut side_tasks = Vec::new();
+        let svc = MetricsService {
+            prometheus: self.prometheus.clone(),
+            admin: None,
+            metrics: true,
+            health: self.health.clone(),
+            app: self.app.clone(),
+        };
+        if let Some(listener) = self.metrics_listener.take() {
+            let svc = MetricsService {
+                admin: self.admin.clone().filter(|_| self.admin_socket.is_none()),
+                ..svc.clone()
+            };
+            let tls = self
+                .metrics_tls
+                .clone()
+                .map(|t| (t, self.settings.header_read_timeout));
+            side_tasks.push(tokio::spawn(serve_metrics(
+                listener,
+                tls,
+                builder.clone(),
+                svc,
+                stop_rx.clone(),
+            )));
+        }
+        if let Some(socket) = self.admin_socket.take() {
+            let svc = MetricsService {
+                admin: self.admin.clone(),
+                metrics: false,
+                ..svc.clone()
+            };
+            side_tasks.push(tokio::spawn(serve_admin_socket(
+                socket,
+                builder.clone(),
+                svc,
+                stop_rx.clone(),
+            )));
+        }
+        let stop_side = move || {
+            stop_tx.send_replace(());
         };
 
         let store = self.store.clone();
@@ -338,9 +424,7 @@ impl Server {
         let mut sweeper = None;
 
         let app = self.app.clone();
-        let registry_svc = move |req: Request<Incoming>| app.clone().handle(req);
-        // Tells connections still waiting for their first head that the server is draining.
-        let (drain_tx, drain_rx) = tokio::sync::watch::channel(false);
+        let idle_timeout = Some(self.settings.idle_timeout).filter(|t| !t.is_zero());
         let slots = Arc::new(Semaphore::new(self.settings.max_connections));
         let bursts = Arc::new(Bursts::default());
         let trimmer = spawn_trimmer(bursts.clone(), slots.clone(), self.settings.max_connections);
@@ -355,8 +439,8 @@ impl Server {
                     rebuild = None;
                     let indexed = match done {
                         Ok(Ok(n)) => n,
-                        Ok(Err(e)) => return Err(self.index_failed(&root, e.to_string(), stop_metrics, watchdog)),
-                        Err(e) => return Err(self.index_failed(&root, e.to_string(), stop_metrics, watchdog)),
+                        Ok(Err(e)) => { stop_side(); return Err(self.index_failed(&root, e.to_string(), watchdog)) }
+                        Err(e) => { stop_side(); return Err(self.index_failed(&root, e.to_string(), watchdog)) }
                     };
                     sweeper = Some(self.spawn_sweeper());
                     cert_watch = self.certs.clone().map(Certs::watch);
@@ -381,25 +465,34 @@ impl Server {
                 }
             };
             let _ = stream.set_nodelay(true);
-            let watcher = graceful.watcher();
+            let mut watcher = graceful.watcher();
             let builder = builder.clone();
             // Held for the connection's life: its end lets the next one in.
             let permit = slot.take();
-            let svc = service_fn(registry_svc.clone());
+            // Each request is open from its call until hyper drops its response body.
+            let activity = Activity::new();
+            let svc = service_fn({
+                let (app, activity) = (app.clone(), activity.clone());
+                move |req: Request<Incoming>| {
+                    let open = activity.open();
+                    let answer = app.clone().handle(req);
+                    async move { answer.await.map(|r| r.map(|b| Tracked::new(b, open))) }
+                }
+            });
+            let idle = idle_timeout.map(|t| (activity, t));
             let tls = self.tls.clone();
             let (maps, zero_copy) = (
                 self.store.mappings().clone(),
                 self.app.metrics.zero_copy_bytes.clone(),
             );
             let handshake_timeout = self.settings.header_read_timeout;
-            let mut drain = drain_rx.clone();
             let conn = async move {
                 let _permit = permit;
                 match tls {
                     None => {
                         let head = tokio::select! {
                             h = conn::wait_for_head(&stream, handshake_timeout) => h,
-                            _ = drain.wait_for(|draining| *draining) => return,
+                            _ = watcher.changed() => return,
                         };
                         match head {
                             Ok(Head::Arrived(first)) => {
@@ -409,7 +502,8 @@ impl Server {
                                 );
                                 // Boxed: a connection still waiting for its head holds only this
                                 // task's small state, not hyper's.
-                                Box::pin(serve_conn(watcher, builder, stream, svc, peer)).await
+                                Box::pin(serve_conn(watcher, idle, builder, stream, svc, peer))
+                                    .await
                             }
                             Ok(Head::Closed) => {}
                             Ok(Head::TimedOut) => {
@@ -428,7 +522,9 @@ impl Server {
                             acceptor.accept(stream),
                         ));
                         match handshake.await {
-                            Ok(Ok(s)) => Box::pin(serve_conn(watcher, builder, s, svc, peer)).await,
+                            Ok(Ok(s)) => {
+                                Box::pin(serve_conn(watcher, idle, builder, s, svc, peer)).await
+                            }
                             Ok(Err(e)) => {
                                 tracing::debug!(%peer, error = %e, "TLS handshake failed")
                             }
@@ -442,7 +538,6 @@ impl Server {
         }
         self.health.set(Phase::Draining);
         drop(self.registry);
-        let _ = drain_tx.send(true);
         trimmer.abort();
         if let Some(s) = sweeper {
             s.abort();
@@ -472,16 +567,14 @@ impl Server {
                 _ = status.tick() => notifier.status(&format!("draining {} transfers", transfers())),
             }
         }
-        if let Some(tx) = stop_metrics {
-            let _ = tx.send(());
-        }
-        if let Some(t) = metrics_task {
+        stop_side();
+        for t in side_tasks {
             let _ = t.await;
         }
         if let Some(w) = watchdog {
             w.abort();
         }
-        if let Some(w) = cert_watch {
+        for w in cert_watch.into_iter().chain(metrics_cert_watch) {
             w.abort();
         }
         Ok(())
@@ -492,12 +585,8 @@ impl Server {
         &self,
         root: &str,
         reason: String,
-        stop_metrics: Option<tokio::sync::oneshot::Sender<()>>,
         watchdog: Option<tokio::task::JoinHandle<()>>,
     ) -> StartError {
-        if let Some(tx) = stop_metrics {
-            let _ = tx.send(());
-        }
         if let Some(w) = watchdog {
             w.abort();
         }
@@ -549,11 +638,14 @@ impl Server {
     }
 }
 
-/// What the metrics listener answers: `/metrics`, `/healthz`, and the admin API when enabled.
+/// What the metrics listener answers: `/metrics`, `/healthz`, and the admin API when enabled
+/// there; on the admin socket, only the admin API.
 #[derive(Clone)]
 struct MetricsService {
     prometheus: prometheus::Registry,
     admin: Option<Arc<admin::api::Api>>,
+    /// Whether `/metrics` and `/healthz` are answered (not on the admin socket).
+    metrics: bool,
     health: Arc<Health>,
     /// For the names of the upstreams configured now.
     app: Arc<App>,
@@ -582,6 +674,13 @@ impl MetricsService {
 
     /// `/metrics` and `/healthz`.
     fn answer(&self, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+        if !self.metrics {
+            return plain(
+                StatusCode::NOT_FOUND,
+                "text/plain",
+                "not found: this socket serves the admin API (/admin/...)\n".to_owned(),
+            );
+        }
         match req.uri().path() {
             "/metrics" => plain(
                 StatusCode::OK,
@@ -610,14 +709,15 @@ impl MetricsService {
 /// Accepts on the metrics listener until `stop`, then lets its connections finish briefly.
 async fn serve_metrics(
     listener: TcpListener,
+    tls: Option<(TlsAcceptor, Duration)>,
     builder: Arc<auto::Builder<TokioExecutor>>,
     svc: MetricsService,
-    mut stop: tokio::sync::oneshot::Receiver<()>,
+    mut stop: tokio::sync::watch::Receiver<()>,
 ) {
-    let graceful = GracefulShutdown::new();
+    let graceful = Drain::default();
     loop {
         let (stream, peer) = tokio::select! {
-            _ = &mut stop => break,
+            _ = stop.changed() => break,
             r = listener.accept() => match r {
                 Ok(x) => x,
                 Err(e) => {
@@ -628,21 +728,63 @@ async fn serve_metrics(
             },
         };
         let _ = stream.set_nodelay(true);
-        let svc = svc.clone();
-        let svc = service_fn(move |req| {
-            let svc = svc.clone();
-            async move { Ok::<_, std::convert::Infallible>(svc.handle(req).await) }
-        });
+        let svc = metrics_service_fn(svc.clone());
+        let (watcher, builder) = (graceful.watcher(), builder.clone());
+        match tls.clone() {
+            None => {
+                tokio::spawn(serve_conn(watcher, None, builder, stream, svc, peer));
+            }
+            Some((acceptor, handshake_timeout)) => {
+                tokio::spawn(async move {
+                    match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
+                        Ok(Ok(s)) => serve_conn(watcher, None, builder, s, svc, peer).await,
+                        Ok(Err(e)) => {
+                            tracing::debug!(%peer, error = %e, "TLS handshake failed (metrics)")
+                        }
+                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out (metrics)"),
+                    }
+                });
+            }
+        }
+    }
+    drop(listener);
+    // A scrape in progress finishes; idle keep-alive connections are closed at once.
+    let _ = tokio::time::timeout(Duration::from_secs(1), graceful.shutdown()).await;
+}
+
+/// Accepts on the admin socket until `stop`; the socket file goes when `socket` drops.
+async fn serve_admin_socket(
+    socket: AdminSocket,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    svc: MetricsService,
+    mut stop: tokio::sync::watch::Receiver<()>,
+) {
+    let graceful = Drain::default();
+    // `serve_conn` logs a peer address; a Unix peer has none worth logging.
+    let peer = SocketAddr::from(([0, 0, 0, 0], 0));
+    loop {
+        let stream = tokio::select! {
+            _ = stop.changed() => break,
+            r = socket.listener().accept() => match r {
+                Ok((s, _)) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed (admin socket)");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let svc = metrics_service_fn(svc.clone());
         tokio::spawn(serve_conn(
             graceful.watcher(),
+            None,
             builder.clone(),
             stream,
             svc,
             peer,
         ));
     }
-    drop(listener);
-    // A scrape in progress finishes; idle keep-alive connections are closed at once.
+    drop(socket);
     let _ = tokio::time::timeout(Duration::from_secs(1), graceful.shutdown()).await;
 }
 
@@ -669,6 +811,21 @@ fn spawn_trimmer(
     })
 }
 
+fn metrics_service_fn(
+    svc: MetricsService,
+) -> impl hyper::service::Service<
+    Request<Incoming>,
+    Response = Response<Body>,
+    Error = std::convert::Infallible,
+    Future = impl Future<Output = Result<Response<Body>, std::convert::Infallible>> + Send,
+> + Send
++ 'static {
+    service_fn(move |req| {
+        let svc = svc.clone();
+        async move { Ok::<_, std::convert::Infallible>(svc.handle(req).await) }
+    })
+}
+
 /// What the store may hold, from the `[storage]` settings.
 pub(crate) fn limits(st: &StorageConfig) -> Limits {
     Limits {
@@ -690,9 +847,11 @@ fn sweep_every(limits: &Limits) -> Option<Duration> {
     age.into_iter().chain(size).min()
 }
 
-/// Serves one connection until it ends or shutdown drains it.
+/// Serves one connection until it ends, shutdown drains it (`stop` changes), or, with `idle`,
+/// it has carried no request for that long.
 async fn serve_conn<I, S, B>(
-    watcher: hyper_util::server::graceful::Watcher,
+    mut stop: tokio::sync::watch::Receiver<()>,
+    idle: Option<(Arc<Activity>, Duration)>,
     builder: Arc<auto::Builder<TokioExecutor>>,
     io: I,
     svc: S,
@@ -709,9 +868,52 @@ async fn serve_conn<I, S, B>(
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let conn = builder.serve_connection(TokioIo::new(io), svc).into_owned();
-    if let Err(e) = watcher.watch(conn).await {
-        tracing::debug!(%peer, error = %e, "connection ended with an error");
+    let conn = builder.serve_connection(TokioIo::new(io), svc);
+    tokio::pin!(conn);
+    let quiet_for = || {
+        let idle = idle.clone();
+        async move {
+            match idle {
+                Some((activity, timeout)) => activity.idle_for(timeout).await,
+                None => std::future::pending().await,
+            }
+        }
+    };
+    let quiet = quiet_for();
+    tokio::pin!(quiet);
+    // Server shutdown asked for: from then on only the drain's deadline ends the connection.
+    let mut draining = false;
+    // The idle close asked for. HTTP/2's graceful close waits for the client to answer a PING
+    // after the first GOAWAY; one that never does would keep the connection (and its
+    // `max_connections` slot) until keep-alive gives up on it. So if it is still open and quiet
+    // a whole `idle_timeout` later, it is dropped; a request it started meanwhile still counts.
+    let mut asked = false;
+    loop {
+        tokio::select! {
+            r = conn.as_mut() => {
+                if let Err(e) = r {
+                    tracing::debug!(%peer, error = %e, "connection ended with an error");
+                }
+                break;
+            }
+            _ = stop.changed(), if !draining => {
+                draining = true;
+                if !asked {
+                    conn.as_mut().graceful_shutdown();
+                }
+            }
+            _ = &mut quiet, if !draining => {
+                let timeout = idle.as_ref().map(|i| i.1);
+                if asked {
+                    tracing::debug!(%peer, ?timeout, "dropping an idle connection that did not close when asked");
+                    break;
+                }
+                asked = true;
+                tracing::debug!(%peer, ?timeout, "closing an idle connection");
+                conn.as_mut().graceful_shutdown();
+                quiet.set(quiet_for());
+            }
+        }
     }
 }
 

@@ -26,7 +26,7 @@
 //! threads. That gives the freed pages back; the bytes in use never grew. It costs a walk of the
 //! heap's free chunks (milliseconds for tens of MiB), at most once per [`Bursts::settle`] tick.
 //!
-//! Rule of dependency: a leaf (`server` uses it).
+//! Rule of dependency: a leaf of `server`.
 
 use std::io::{self, IoSlice};
 use std::pin::Pin;

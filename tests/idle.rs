@@ -1,0 +1,239 @@
+//! `[server] idle_timeout` over real sockets: an HTTP/2 connection (prior knowledge, hyper's
+//! client) that goes quiet is sent GOAWAY and closed; one with a blob still streaming is not cut
+//! however long the transfer takes; an HTTP/1 keep-alive connection that goes quiet is closed
+//! too; `"0s"` turns it off. Timeouts are 300 ms; waits are bounded by deadlines.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Request, StatusCode};
+use http_body_util::{BodyExt, Empty};
+use hyper::client::conn::http2;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use support::FakeRegistry;
+use support::instance::{Berth, gated_blob, same, start_toml};
+
+const IDLE: Duration = Duration::from_millis(300);
+/// Longest a close may take beyond the timeout on a loaded 2-core machine.
+const DEADLINE: Duration = Duration::from_secs(10);
+
+async fn start(fake: &FakeRegistry, idle: &str) -> Berth {
+    // A long header timeout, so that only the idle timeout can close a quiet HTTP/1 connection.
+    start_with_header_timeout(fake, idle, "60s").await
+}
+
+async fn start_with_header_timeout(fake: &FakeRegistry, idle: &str, header: &str) -> Berth {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = format!(
+        r#"
+        [server]
+        listen = "127.0.0.1:0"
+        idle_timeout = "{idle}"
+        header_read_timeout = "{header}"
+        [metrics]
+        listen = "127.0.0.1:0"
+        [storage]
+        path = "{}"
+        [[upstream]]
+        name = "registry.test"
+        url = "{}"
+        default = true
+        library_prefix = true
+        "#,
+        dir.path().display(),
+        fake.url()
+    );
+    start_toml(&cfg, dir).await
+}
+
+/// An HTTP/2 connection with prior knowledge; the task resolves when the connection ends
+/// (`Ok` when the server closed it gracefully) and says when.
+async fn h2(
+    addr: SocketAddr,
+) -> (
+    http2::SendRequest<Empty<Bytes>>,
+    tokio::task::JoinHandle<(Result<(), String>, Instant)>,
+) {
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let (sender, conn) = http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+        .await
+        .unwrap();
+    let ended = tokio::spawn(async move {
+        let r = conn.await.map_err(|e| e.to_string());
+        (r, Instant::now())
+    });
+    (sender, ended)
+}
+
+fn get(path: &str) -> Request<Empty<Bytes>> {
+    Request::get(format!("http://berth{path}"))
+        .body(Empty::new())
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_quiet_http2_connection_gets_goaway_and_is_closed() {
+    let fake = FakeRegistry::start().await;
+    let b = start(&fake, "300ms").await;
+    let (mut sender, ended) = h2(b.addr).await;
+    let resp = sender.send_request(get("/v2/")).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    resp.into_body().collect().await.unwrap();
+    let quiet_since = Instant::now();
+
+    let (result, at) = tokio::time::timeout(DEADLINE, ended)
+        .await
+        .expect("a quiet HTTP/2 connection stayed open")
+        .unwrap();
+    // GOAWAY, then a clean close: hyper's client ends without an error.
+    assert_eq!(result, Ok(()));
+    assert!(
+        at - quiet_since >= IDLE,
+        "closed after {:?}",
+        at - quiet_since
+    );
+    assert!(sender.send_request(get("/v2/")).await.is_err());
+
+    // On the wire, with a client that sends nothing and answers no PING (so hyper's graceful
+    // close never completes on its own): a GOAWAY frame (type 7) with NO_ERROR, then the end of
+    // the connection one more idle timeout later.
+    let mut raw = TcpStream::connect(b.addr).await.unwrap();
+    raw.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+        .await
+        .unwrap();
+    let mut frames = Vec::new();
+    tokio::time::timeout(DEADLINE, raw.read_to_end(&mut frames))
+        .await
+        .expect("a quiet HTTP/2 connection stayed open")
+        .unwrap();
+    let mut goaway = None;
+    let mut at = 0;
+    while at + 9 <= frames.len() {
+        let len = u32::from_be_bytes([0, frames[at], frames[at + 1], frames[at + 2]]) as usize;
+        if frames[at + 3] == 7 {
+            let p = &frames[at + 9..at + 9 + len];
+            goaway = Some(u32::from_be_bytes([p[4], p[5], p[6], p[7]]));
+        }
+        at += 9 + len;
+    }
+    assert_eq!(goaway, Some(0), "no GOAWAY(NO_ERROR) in {frames:?}");
+}
+
+#[tokio::test]
+async fn a_transfer_longer_than_the_timeout_is_not_cut() {
+    let fake = FakeRegistry::start().await;
+    let b = start(&fake, "300ms").await;
+    let size = 256 * 1024;
+    let (layer, digest, release) = gated_blob(&fake, size, 77, 1);
+    let (mut sender, ended) = h2(b.addr).await;
+    let resp = sender
+        .send_request(get(&format!("/v2/app/blobs/{digest}")))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let mut body = resp.into_body();
+    let mut got = Vec::new();
+
+    // The upstream sends a little, then nothing for several idle timeouts: the blob is still in
+    // flight, so the connection stays (a bounded look for an end that must not come).
+    release.send_replace(1000);
+    while got.len() < 1000 {
+        let frame = body.frame().await.unwrap().unwrap();
+        got.extend_from_slice(&frame.into_data().unwrap());
+    }
+    tokio::time::sleep(IDLE * 4).await;
+    assert!(
+        !ended.is_finished(),
+        "the connection was closed mid-transfer"
+    );
+    // Nor was it told to wind down (a GOAWAY lets running streams finish but takes no new one):
+    // another request on it is answered.
+    let resp = sender.send_request(get("/v2/")).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    resp.into_body().collect().await.unwrap();
+
+    release.send_replace(size);
+    while let Some(frame) = body.frame().await {
+        got.extend_from_slice(&frame.unwrap().into_data().unwrap_or_default());
+    }
+    same(&Bytes::from(got), &layer);
+    // Once the transfer is over, the quiet time starts and the connection goes.
+    let (result, _) = tokio::time::timeout(DEADLINE, ended)
+        .await
+        .expect("the connection stayed open after its transfer")
+        .unwrap();
+    assert_eq!(result, Ok(()));
+}
+
+/// One keep-alive `GET /v2/` on `s`; returns its response head (the body is empty).
+async fn keep_alive_get(s: &mut TcpStream) -> String {
+    s.write_all(b"GET /v2/ HTTP/1.1\r\nHost: berth\r\n\r\n")
+        .await
+        .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(s.read(&mut byte).await.unwrap(), 1, "closed: {head:?}");
+        head.push(byte[0]);
+    }
+    String::from_utf8(head).unwrap()
+}
+
+#[tokio::test]
+async fn a_quiet_http1_keep_alive_connection_is_closed() {
+    let fake = FakeRegistry::start().await;
+    let b = start(&fake, "300ms").await;
+    let mut s = TcpStream::connect(b.addr).await.unwrap();
+    // Two requests on one connection: it is kept alive between them.
+    assert!(keep_alive_get(&mut s).await.starts_with("HTTP/1.1 200"));
+    assert!(keep_alive_get(&mut s).await.starts_with("HTTP/1.1 200"));
+    let quiet_since = Instant::now();
+    let mut rest = Vec::new();
+    let n = tokio::time::timeout(DEADLINE, s.read_to_end(&mut rest))
+        .await
+        .expect("a quiet keep-alive connection stayed open (header_read_timeout is 60s)")
+        .unwrap();
+    assert_eq!(n, 0, "{rest:?}");
+    assert!(quiet_since.elapsed() >= IDLE);
+}
+
+/// What the idle timeout's docs rely on: hyper (1.12) runs `header_read_timeout` from the end
+/// of each response, so a quiet HTTP/1 keep-alive connection is closed by it even with the idle
+/// timeout off. Fails if a hyper upgrade changes that.
+#[tokio::test]
+async fn hyper_closes_a_quiet_http1_connection_at_the_header_timeout() {
+    let fake = FakeRegistry::start().await;
+    let b = start_with_header_timeout(&fake, "0s", "300ms").await;
+    let mut s = TcpStream::connect(b.addr).await.unwrap();
+    assert!(keep_alive_get(&mut s).await.starts_with("HTTP/1.1 200"));
+    let quiet_since = Instant::now();
+    let mut rest = Vec::new();
+    tokio::time::timeout(DEADLINE, s.read_to_end(&mut rest))
+        .await
+        .expect("hyper kept a quiet keep-alive connection past header_read_timeout")
+        .unwrap();
+    assert!(quiet_since.elapsed() >= IDLE);
+}
+
+#[tokio::test]
+async fn zero_turns_it_off() {
+    let fake = FakeRegistry::start().await;
+    let b = start(&fake, "0s").await;
+    let (mut sender, ended) = h2(b.addr).await;
+    let resp = sender.send_request(get("/v2/")).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    // Several times what closes it when on (a bounded look for an end that must not come).
+    tokio::time::sleep(IDLE * 4).await;
+    assert!(
+        !ended.is_finished(),
+        "closed although idle_timeout = \"0s\""
+    );
+    let resp = sender.send_request(get("/v2/")).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+}
