@@ -73,6 +73,7 @@
 
 pub mod access;
 pub mod admin;
+pub mod cluster;
 pub mod config;
 pub mod error;
 pub mod fill;

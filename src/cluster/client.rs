@@ -1,0 +1,171 @@
+//! The client side of the peer protocol: building signed requests, sending them with a bounded
+//! wait for the answer's head, and naming the outcome.
+//!
+//! One pooled client for all peers (HTTP/1.1 or HTTP/2, `https://` peers trusting the web PKI
+//! roots and `[cluster] ca_file`). `peer_timeout` bounds the connect (TCP + TLS) and the wait for
+//! response headers; a blob body then streams without a deadline here: the fill that reads it has
+//! its own stall timeout.
+//!
+//! Rule of dependency: uses `upstream::connect` (the client builder), `oci`, `auth`.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+
+use super::auth::{self, PeerKey};
+use super::{BLOBS_PATH, HEALTH_PATH};
+use crate::oci::{Digest, RepoName};
+use crate::upstream::connect::{
+    DirectClient, POOL_IDLE_TIMEOUT, TimeoutConnector, https_connector,
+};
+
+/// Why a peer request did not get a good answer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PeerError {
+    /// No connection (refused, unreachable, TLS failed, connect timed out): the peer is down.
+    #[error("cannot connect: {0}")]
+    Connect(String),
+    /// Connected, but no response head within `peer_timeout`.
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+    /// It answered 401 or 403: it does not share this berth's secret (or clock).
+    #[error("refused: {0}")]
+    Refused(StatusCode),
+    /// It answered something else than 2xx.
+    #[error("answered {0}")]
+    Status(StatusCode),
+    /// The connection failed after it was made.
+    #[error("{0}")]
+    Other(String),
+}
+
+impl PeerError {
+    /// The `outcome` label of the request metrics.
+    pub fn outcome(&self) -> &'static str {
+        match self {
+            PeerError::Connect(_) => "connect_error",
+            PeerError::Timeout(_) => "timeout",
+            PeerError::Refused(_) => "refused",
+            PeerError::Status(_) => "status",
+            PeerError::Other(_) => "error",
+        }
+    }
+}
+
+/// A byte range of a blob: `bytes=start-end` (`end` inclusive; `None`: to the end).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BlobRange {
+    pub start: u64,
+    pub end: Option<u64>,
+}
+
+/// Sends signed requests to peers.
+pub struct PeerClient {
+    http: DirectClient,
+    key: PeerKey,
+    timeout: Duration,
+}
+
+impl PeerClient {
+    pub fn new(
+        key: PeerKey,
+        timeout: Duration,
+        ca_file: Option<&std::path::Path>,
+    ) -> Result<PeerClient, String> {
+        let https = https_connector(ca_file)?;
+        let http = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .build(TimeoutConnector::new(https, timeout));
+        Ok(PeerClient { http, key, timeout })
+    }
+
+    /// `GET <peer>/_berth/peer/v1/blobs/<upstream>/<repo>/<digest>`, signed, with `Range` when
+    /// asked. The upstream's name is percent-encoded as one path segment (an IPv6 literal's
+    /// brackets); repository names and digests are path-safe by their grammar.
+    pub fn blob_request(
+        &self,
+        peer: &str,
+        upstream: &str,
+        repo: &RepoName,
+        digest: &Digest,
+        range: Option<BlobRange>,
+    ) -> Request<Empty<Bytes>> {
+        let upstream: String = url::form_urlencoded::byte_serialize(upstream.as_bytes()).collect();
+        let path = format!("{BLOBS_PATH}{upstream}/{}/{digest}", repo.as_str());
+        let mut req = self.request(peer, &path);
+        if let Some(r) = range {
+            let value = match r.end {
+                Some(end) => format!("bytes={}-{end}", r.start),
+                None => format!("bytes={}-", r.start),
+            };
+            req.headers_mut().insert(
+                header::RANGE,
+                value.parse().expect("digits make a valid header value"),
+            );
+        }
+        req
+    }
+
+    /// `GET <peer>/_berth/peer/v1/healthz`, signed.
+    pub fn health_request(&self, peer: &str) -> Request<Empty<Bytes>> {
+        self.request(peer, HEALTH_PATH)
+    }
+
+    fn request(&self, peer: &str, path: &str) -> Request<Empty<Bytes>> {
+        let mut req = Request::new(Empty::new());
+        *req.method_mut() = Method::GET;
+        *req.uri_mut() = format!("{peer}{path}")
+            .parse()
+            .expect("a validated origin and a path-safe path make a URI");
+        req.headers_mut().insert(
+            header::AUTHORIZATION,
+            self.key.sign(Method::GET.as_str(), path, auth::now()),
+        );
+        req
+    }
+
+    /// Sends `req`; a 2xx answer's head within `peer_timeout`, its body still streaming.
+    pub async fn send(&self, req: Request<Empty<Bytes>>) -> Result<Response<Incoming>, PeerError> {
+        let resp = match tokio::time::timeout(self.timeout, self.http.request(req)).await {
+            Err(_) => return Err(PeerError::Timeout(self.timeout)),
+            Ok(Err(e)) if e.is_connect() => return Err(PeerError::Connect(error_chain(&e))),
+            Ok(Err(e)) => return Err(PeerError::Other(error_chain(&e))),
+            Ok(Ok(r)) => r,
+        };
+        match resp.status() {
+            s if s.is_success() => Ok(resp),
+            s @ (StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) => Err(PeerError::Refused(s)),
+            s => Err(PeerError::Status(s)),
+        }
+    }
+
+    /// Sends a health probe and reads its (small) answer, all within `peer_timeout`, so the
+    /// connection goes back to the pool for the next one.
+    pub async fn probe(&self, peer: &str) -> Result<(), PeerError> {
+        let resp = self.send(self.health_request(peer)).await?;
+        match tokio::time::timeout(self.timeout, resp.into_body().collect()).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(PeerError::Other(error_chain(&e))),
+            Err(_) => Err(PeerError::Timeout(self.timeout)),
+        }
+    }
+}
+
+/// An error with its causes, for the log (hyper's own message is often just "client error").
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cause = c.source();
+    }
+    s
+}

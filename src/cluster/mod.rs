@@ -1,0 +1,255 @@
+//! Replicas that share the work of filling blobs (`[cluster]`, issue 8): who owns a digest, which
+//! peers are live, and the peer protocol between them.
+//!
+//! - [`ring`]: rendezvous hashing of a digest over the peers (pure, pinned).
+//! - [`membership`]: each peer's state (up/down) and the rules that move it; this berth is
+//!   always live.
+//! - [`auth`]: the proof a peer request carries (an HMAC of the request with the cluster secret)
+//!   and its check.
+//! - [`client`]: signed peer requests, sent with a bounded wait for the answer's head.
+//! - [`metrics`]: `berth_cluster_peers{state}`, `berth_peer_requests_total{peer,outcome}`,
+//!   `berth_peer_probes_total{peer,outcome}`, `berth_peer_auth_failures_total{reason}`.
+//!
+//! # The peer protocol
+//! Peers talk to each other on the registry listener (the URL each gives as `[cluster] self`),
+//! under [`PEER_PREFIX`], a path no OCI client sends (they all stay under `/v2/`), so one port
+//! and one TLS setup serve clients and peers alike, and `/healthz` on the metrics listener stays
+//! the readiness check of orchestrators. Every request under the prefix must carry a valid proof
+//! ([`auth`]): one without gets `401` (counted in `berth_peer_auth_failures_total{reason}`) and
+//! no peer-only behaviour, whatever the path; `[auth]` client logins play no part there.
+//! - `GET /_berth/peer/v1/healthz` ([`HEALTH_PATH`]): `200` while this berth serves, `503` while
+//!   it starts or drains. Probing it with a proof checks that the peer is up *and* shares the
+//!   secret: a peer with another secret would refuse our blob requests, so it counts as down.
+//! - `GET /_berth/peer/v1/blobs/<upstream>/<repo>/<digest>` ([`BLOBS_PATH`], `Range` allowed):
+//!   the owner answers the blob as a client of its own would be answered (its single-flight fill,
+//!   streamed while verified). The client side is here ([`client::PeerClient::blob_request`],
+//!   [`Cluster::fetch_blob`]); the route itself comes with the wiring below (until then a peer
+//!   answers it `404`, which the caller treats as any failed peer request: it fetches directly).
+//!
+//! # How the mirror is to call it (the wiring session)
+//! On a blob miss (local disk, then the bucket): `cluster.owners(&digest)`; if the first is
+//! [`Cluster::is_me`], fill as today. Otherwise try each owner in order with
+//! `cluster.fetch_blob(peer, upstream_name, &repo, &digest, range)` and stream the first 2xx body
+//! into the local fill (still verified against the digest here; a peer is trusted for
+//! availability, never for content); a failed peer request (any [`client::PeerError`]) falls
+//! through to the next owner, then to this berth's own upstream fetch. Availability first: no
+//! peer can make a pull fail that the upstream could serve. The owner's side: a request on
+//! `BLOBS_PATH` is answered by `mirror.blob(...)` for the named upstream (configured upstreams
+//! only; the name is looked up, never used as an address) and must not itself ask a peer (no
+//! ping-pong when two replicas disagree on membership for a moment).
+//!
+//! Trade-offs: membership is each replica's own view (probes), not a consensus; for a moment
+//! after a change two replicas may name different owners for a digest, which costs at most one
+//! extra upstream fetch, never a wrong byte. Peers are a static list (`[cluster] peers`, a
+//! restart to change), which a StatefulSet's stable names make sufficient.
+//!
+//! Rule of dependency: uses `config` (its settings), `oci`, `upstream::connect` (the HTTP client
+//! builder); `server` builds it, `http` answers the peer routes with it, `mirror` will call
+//! [`Cluster::owners`] and [`Cluster::fetch_blob`]. It never calls the mirror.
+
+pub mod auth;
+pub mod client;
+pub mod membership;
+pub mod metrics;
+pub mod ring;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{HeaderMap, Response, header};
+use hyper::body::Incoming;
+
+use crate::config::ClusterConfig;
+use crate::oci::{Digest, RepoName};
+use auth::{PeerKey, Refusal};
+use client::{BlobRange, PeerClient, PeerError};
+use membership::{Membership, Peer};
+use metrics::ClusterMetrics;
+
+/// Every peer route lives under this prefix of the registry listener.
+pub const PEER_PREFIX: &str = "/_berth/peer/";
+/// The health route probed by the other peers.
+pub const HEALTH_PATH: &str = "/_berth/peer/v1/healthz";
+/// The blob route: `<upstream>/<repo>/<digest>` follows.
+pub const BLOBS_PATH: &str = "/_berth/peer/v1/blobs/";
+
+/// This berth's view of its cluster.
+pub struct Cluster {
+    members: Membership,
+    /// Peer ids in config order, for hashing.
+    ids: Vec<String>,
+    client: PeerClient,
+    /// Checks the proofs of incoming peer requests.
+    key: PeerKey,
+    health_interval: Duration,
+    metrics: ClusterMetrics,
+}
+
+impl Cluster {
+    /// Builds the cluster from a validated `[cluster]` table; the metric families go into
+    /// `registry`.
+    pub fn new(cfg: &ClusterConfig, registry: &prometheus::Registry) -> Result<Cluster, String> {
+        let secret = cfg
+            .secret
+            .as_ref()
+            .ok_or("the cluster secret was not read (the config was not validated)")?;
+        let metrics = ClusterMetrics::register(registry).map_err(|e| e.to_string())?;
+        let me_id = ClusterConfig::peer_id(&cfg.self_url);
+        let peers: Vec<Peer> = cfg
+            .peers
+            .iter()
+            .map(|u| Peer::new(u.clone(), ClusterConfig::peer_id(u), false))
+            .collect();
+        let me = peers
+            .iter()
+            .position(|p| p.id == me_id)
+            .ok_or("self is not one of the peers")?;
+        let ids = peers.iter().map(|p| p.id.clone()).collect();
+        let client = PeerClient::new(
+            PeerKey::new(secret),
+            cfg.peer_timeout,
+            cfg.ca_file.as_deref(),
+        )?;
+        Ok(Cluster {
+            members: Membership::new(peers, me, cfg.down_after, metrics.clone()),
+            ids,
+            client,
+            key: PeerKey::new(secret),
+            health_interval: cfg.health_interval,
+            metrics,
+        })
+    }
+
+    /// The live peers for `digest` in preference order: the owner first, then the fallbacks.
+    /// Never empty: this berth is always live.
+    pub fn owners(&self, digest: &Digest) -> Vec<&Peer> {
+        ring::rank(&self.ids, digest, |i| self.members.is_live(i))
+            .into_iter()
+            .map(|i| &self.members.peers()[i])
+            .collect()
+    }
+
+    /// Whether `peer` is this berth.
+    pub fn is_me(&self, peer: &Peer) -> bool {
+        std::ptr::eq(peer, &self.members.peers()[self.members.me()])
+    }
+
+    /// Every configured peer, this berth included, in config order.
+    pub fn peers(&self) -> &[Peer] {
+        self.members.peers()
+    }
+
+    /// Whether an incoming request carries a valid proof; a refusal is counted.
+    pub fn admit(
+        &self,
+        method: &str,
+        path_and_query: &str,
+        headers: &HeaderMap,
+    ) -> Result<(), Refusal> {
+        self.key
+            .verify(
+                method,
+                path_and_query,
+                headers.get(header::AUTHORIZATION),
+                auth::now(),
+            )
+            .inspect_err(|r| {
+                self.metrics
+                    .auth_failures
+                    .with_label_values(&[r.as_str()])
+                    .inc();
+            })
+    }
+
+    /// Asks `peer` for a blob through `upstream` (its configured name). A connect error marks
+    /// the peer down at once, a timeout counts as a failed probe; either way the caller goes on
+    /// to the next owner.
+    pub async fn fetch_blob(
+        &self,
+        peer: &Peer,
+        upstream: &str,
+        repo: &RepoName,
+        digest: &Digest,
+        range: Option<BlobRange>,
+    ) -> Result<Response<Incoming>, PeerError> {
+        let req = self
+            .client
+            .blob_request(&peer.id, upstream, repo, digest, range);
+        let result = self.client.send(req).await;
+        let outcome = match &result {
+            Ok(_) => "ok",
+            Err(e) => {
+                self.failed(peer, e);
+                e.outcome()
+            }
+        };
+        self.metrics
+            .requests
+            .with_label_values(&[&peer.id, outcome])
+            .inc();
+        result
+    }
+
+    fn index_of(&self, peer: &Peer) -> Option<usize> {
+        self.members
+            .peers()
+            .iter()
+            .position(|p| std::ptr::eq(p, peer))
+    }
+
+    fn failed(&self, peer: &Peer, e: &PeerError) {
+        let Some(i) = self.index_of(peer) else { return };
+        let why = e.to_string();
+        match e {
+            PeerError::Connect(_) => self.members.mark_down(i, &why),
+            _ => self.members.probe_failed(i, &why),
+        }
+    }
+
+    /// Probes every other peer once, all at once.
+    pub async fn probe_all(&self) {
+        let me = self.members.me();
+        let probes = self
+            .members
+            .peers()
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != me)
+            .map(|(i, p)| async move {
+                let result = self.client.probe(&p.id).await;
+                let outcome = match &result {
+                    Ok(()) => {
+                        self.members.probe_ok(i);
+                        "ok"
+                    }
+                    Err(e) => {
+                        tracing::debug!(peer = %p.id, error = %e, "cluster probe failed");
+                        self.members.probe_failed(i, &e.to_string());
+                        e.outcome()
+                    }
+                };
+                self.metrics
+                    .probes
+                    .with_label_values(&[&p.id, outcome])
+                    .inc();
+            });
+        futures_util::future::join_all(probes).await;
+    }
+
+    /// Probes the peers every `health_interval`, the first time at once, until aborted.
+    pub fn spawn_prober(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
+        let cluster = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(cluster.health_interval);
+            // A round that took long (peers timing out) is not followed by a burst of catch-ups.
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                cluster.probe_all().await;
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,223 @@
+//! The client side against a peer made of a bare hyper server: what a blob request carries, how
+//! each failure is named, counted and moves the peer's state.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::sync::mpsc;
+
+use super::*;
+use crate::config::Secret;
+
+const SECRET: &str = "0123456789abcdef0123456789abcdef";
+
+fn cluster(peers: &[String], me: usize) -> (Cluster, prometheus::Registry, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, format!("{SECRET}\n")).unwrap();
+    let list: Vec<String> = peers.iter().map(|p| format!("{p:?}")).collect();
+    let mut cfg: ClusterConfig = toml::from_str(&format!(
+        "self = {:?}\npeers = [{}]\nsecret_file = {:?}\npeer_timeout = \"1s\"\ndown_after = 2\n",
+        peers[me],
+        list.join(", "),
+        secret.display().to_string()
+    ))
+    .unwrap();
+    cfg.validate().unwrap();
+    let registry = prometheus::Registry::new();
+    let c = Cluster::new(&cfg, &registry).unwrap();
+    (c, registry, dir)
+}
+
+fn counter(v: &prometheus::IntCounterVec, labels: &[&str]) -> u64 {
+    v.with_label_values(labels).get()
+}
+
+/// A peer that answers every request with `status` and hands the test what it received.
+async fn fake_peer(
+    status: StatusCode,
+) -> (SocketAddr, mpsc::UnboundedReceiver<(String, HeaderMap)>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let svc = service_fn(move |req: Request<Incoming>| {
+                    let pq = req.uri().path_and_query().unwrap().to_string();
+                    let _ = tx.send((pq, req.headers().clone()));
+                    async move {
+                        let mut r = Response::new(Full::new(Bytes::from_static(b"blob bytes")));
+                        *r.status_mut() = status;
+                        Ok::<_, std::convert::Infallible>(r)
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    (addr, rx)
+}
+
+/// A loopback port nothing listens on.
+async fn dead_port() -> SocketAddr {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    l.local_addr().unwrap()
+}
+
+#[tokio::test]
+async fn a_blob_request_is_signed_and_streams() {
+    let (addr, mut seen) = fake_peer(StatusCode::PARTIAL_CONTENT).await;
+    let peers = vec!["http://127.0.0.1:1".to_owned(), format!("http://{addr}")];
+    let (c, _registry, _dir) = cluster(&peers, 0);
+    let c = Arc::new(c);
+    let repo: RepoName = "library/app".parse().unwrap();
+    let digest = Digest::of(b"blob bytes");
+    let peer = &c.peers()[1];
+    let range = Some(BlobRange {
+        start: 5,
+        end: None,
+    });
+    let resp = c
+        .fetch_blob(peer, "registry.test:5001", &repo, &digest, range)
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::PARTIAL_CONTENT);
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(&body[..], b"blob bytes");
+
+    let (pq, headers) = seen.recv().await.unwrap();
+    assert_eq!(
+        pq,
+        format!("/_berth/peer/v1/blobs/registry.test%3A5001/library/app/{digest}")
+    );
+    assert_eq!(headers.get("range").unwrap(), "bytes=5-");
+    // The proof checks out with the shared secret, for this very request, and holds no secret.
+    let key = PeerKey::new(&Secret::new(SECRET));
+    let proof = headers.get("authorization");
+    assert!(!proof.unwrap().to_str().unwrap().contains(SECRET));
+    assert_eq!(key.verify("GET", &pq, proof, auth::now()), Ok(()));
+    assert_eq!(
+        key.verify("GET", HEALTH_PATH, proof, auth::now()),
+        Err(Refusal::BadProof)
+    );
+    assert_eq!(counter(&c.metrics.requests, &[&peer.id, "ok"]), 1);
+}
+
+/// A peer that cannot be connected to is down at once; one that refuses our proof or answers
+/// an error counts toward `down_after`; the outcomes are named in the metric.
+#[tokio::test]
+async fn failures_are_named_and_move_the_state() {
+    let (refusing, _seen) = fake_peer(StatusCode::UNAUTHORIZED).await;
+    let (failing, _seen2) = fake_peer(StatusCode::NOT_FOUND).await;
+    let dead = dead_port().await;
+    let peers = vec![
+        "http://127.0.0.1:1".to_owned(),
+        format!("http://{dead}"),
+        format!("http://{refusing}"),
+        format!("http://{failing}"),
+    ];
+    let (c, _registry, _dir) = cluster(&peers, 0);
+    let repo: RepoName = "library/app".parse().unwrap();
+    let digest = Digest::of(b"x");
+    // All up, as after good probes.
+    for i in 1..4 {
+        c.members.probe_ok(i);
+    }
+    assert_eq!(c.owners(&digest).len(), 4);
+
+    let e = c
+        .fetch_blob(&c.peers()[1], "r.test", &repo, &digest, None)
+        .await
+        .unwrap_err();
+    assert!(matches!(e, PeerError::Connect(_)), "{e:?}");
+    assert!(!c.members.is_live(1), "down after one connect error");
+    assert!(!c.owners(&digest).iter().any(|p| p.id == c.peers()[1].id));
+
+    let e = c
+        .fetch_blob(&c.peers()[2], "r.test", &repo, &digest, None)
+        .await
+        .unwrap_err();
+    assert_eq!(e, PeerError::Refused(StatusCode::UNAUTHORIZED));
+    assert!(c.members.is_live(2), "one refusal is not down_after (2)");
+    let _ = c
+        .fetch_blob(&c.peers()[2], "r.test", &repo, &digest, None)
+        .await;
+    assert!(!c.members.is_live(2), "down after two in a row");
+
+    let e = c
+        .fetch_blob(&c.peers()[3], "r.test", &repo, &digest, None)
+        .await
+        .unwrap_err();
+    assert_eq!(e, PeerError::Status(StatusCode::NOT_FOUND));
+
+    let dead_id = &c.peers()[1].id;
+    let refusing_id = &c.peers()[2].id;
+    let failing_id = &c.peers()[3].id;
+    assert_eq!(counter(&c.metrics.requests, &[dead_id, "connect_error"]), 1);
+    assert_eq!(counter(&c.metrics.requests, &[refusing_id, "refused"]), 2);
+    assert_eq!(counter(&c.metrics.requests, &[failing_id, "status"]), 1);
+}
+
+/// Probes: a good answer brings a peer up, a dead one stays down; this berth is never probed.
+#[tokio::test]
+async fn probes_bring_peers_up() {
+    let (live, mut seen) = fake_peer(StatusCode::OK).await;
+    let dead = dead_port().await;
+    let peers = vec![
+        "http://127.0.0.1:1".to_owned(),
+        format!("http://{live}"),
+        format!("http://{dead}"),
+    ];
+    let (c, registry, _dir) = cluster(&peers, 0);
+    c.probe_all().await;
+    assert!(c.members.is_live(1));
+    assert!(!c.members.is_live(2));
+    let (pq, headers) = seen.recv().await.unwrap();
+    assert_eq!(pq, HEALTH_PATH);
+    let key = PeerKey::new(&Secret::new(SECRET));
+    assert_eq!(
+        key.verify("GET", &pq, headers.get("authorization"), auth::now()),
+        Ok(())
+    );
+    let id = |i: usize| c.peers()[i].id.clone();
+    assert_eq!(counter(&c.metrics.probes, &[&id(1), "ok"]), 1);
+    assert_eq!(counter(&c.metrics.probes, &[&id(2), "connect_error"]), 1);
+    assert!(
+        !registry
+            .gather()
+            .iter()
+            .flat_map(|f| f.get_metric())
+            .any(|m| m.get_label().iter().any(|l| l.value() == id(0))),
+        "this berth is never probed"
+    );
+}
+
+/// Incoming proofs: refusals are counted by reason.
+#[test]
+fn admit_counts_refusals() {
+    let (c, _registry, _dir) = cluster(&["http://127.0.0.1:1".to_owned()], 0);
+    let key = PeerKey::new(&Secret::new(SECRET));
+    let mut h = HeaderMap::new();
+    assert_eq!(c.admit("GET", HEALTH_PATH, &h), Err(Refusal::Missing));
+    h.insert("authorization", key.sign("GET", HEALTH_PATH, auth::now()));
+    assert_eq!(c.admit("GET", HEALTH_PATH, &h), Ok(()));
+    assert_eq!(
+        c.admit("GET", "/_berth/peer/v1/x", &h),
+        Err(Refusal::BadProof)
+    );
+    assert_eq!(counter(&c.metrics.auth_failures, &["missing"]), 1);
+    assert_eq!(counter(&c.metrics.auth_failures, &["bad_proof"]), 1);
+}
