@@ -19,7 +19,7 @@
 //!
 //! What needs a restart is named in a warning and otherwise ignored (the running value stays and
 //! is compared again at the next reload): listen addresses, the metrics listener, the storage
-//! path and `[storage.s3]`, TLS file paths, `[server]` limits, `[admin]`, the log format, whether
+//! path and `[storage.s3]`, `[cluster]` (peers, secret, timings), TLS file paths, `[server]` limits, `[admin]`, the log format, whether
 //! `[auth]` is on and its htpasswd path and check_concurrency (the file itself is re-read whenever
 //! it changes).
 //!
@@ -288,6 +288,7 @@ fn restart_only(old: &Config, new: &Config) -> Vec<&'static str> {
             || old.admin.token != new.admin.token,
     );
     check("log.format", old.log.format != new.log.format);
+    check("cluster", old.cluster != new.cluster);
     check(
         "auth",
         old.auth.is_some() != new.auth.is_some()
@@ -311,6 +312,7 @@ fn keep_restart_only(old: &Config, new: &mut Config) {
     new.storage.s3 = old.storage.s3.clone();
     new.admin = old.admin.clone();
     new.log.format = old.log.format;
+    new.cluster = old.cluster.clone();
     match (&old.auth, &mut new.auth) {
         (Some(o), Some(n)) => {
             n.htpasswd = o.htpasswd.clone();
@@ -351,6 +353,32 @@ mod tests {
             restart_only(&old, &new),
             vec!["server.idle_timeout", "metrics", "admin"]
         );
+    }
+
+    #[test]
+    fn the_cluster_needs_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("secret");
+        std::fs::write(&secret, "0123456789abcdef0123456789abcdef").unwrap();
+        let base = "[[upstream]]\nname = \"a.io\"\nurl = \"https://a.io\"\n";
+        let table = |peers: &str| {
+            format!(
+                "[cluster]\nself = \"http://a:5000\"\npeers = [{peers}]\nsecret_file = {:?}\n{base}",
+                secret.display().to_string()
+            )
+        };
+        let old = Config::parse(&table("\"http://a:5000\""), "old").unwrap();
+        for new in [
+            Config::parse(&table("\"http://a:5000\", \"http://b:5000\""), "new").unwrap(),
+            Config::parse(base, "new").unwrap(),
+        ] {
+            assert_eq!(restart_only(&old, &new), vec!["cluster"]);
+            let mut merged = new.clone();
+            keep_restart_only(&old, &mut merged);
+            assert_eq!(merged.cluster, old.cluster);
+        }
+        let same = Config::parse(&table("\"http://a:5000\""), "same").unwrap();
+        assert!(restart_only(&old, &same).is_empty());
     }
 
     #[test]

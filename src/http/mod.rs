@@ -7,7 +7,11 @@
 //! request ends in one log line (route, upstream, outcome, status, bytes, duration) written when
 //! its body is finished or dropped, so streamed blobs are logged with the bytes really sent.
 //!
-//! Rule of dependency: uses `access`, `mirror` and below; nothing below sees HTTP types of the client side.
+//! With `[cluster]`, paths under `cluster::PEER_PREFIX` are the peer protocol: their proof is
+//! checked (`cluster::Cluster::admit`) before anything else, client logins play no part there,
+//! and a request without a valid proof gets 401 whatever the path.
+//!
+//! Rule of dependency: uses `access`, `cluster`, `health`, `mirror` and below; nothing below sees HTTP types of the client side.
 
 pub mod route;
 
@@ -25,16 +29,21 @@ use http_body::{Body as HttpBody, Frame, SizeHint};
 use http_body_util::{BodyExt, Full, StreamBody, combinators::UnsyncBoxBody};
 
 use crate::access::{Access, Principal};
-use crate::error::{Error, Origin};
+use crate::cluster::{Cluster, PEER_PREFIX};
+use crate::error::{Code, Error, Origin};
+use crate::health::{Health, Phase};
 use crate::logwriter::BatchWriter;
 use crate::metrics::Metrics;
 use crate::mirror::{BlobReply, ByteRange, ManifestReply, Mirror, TagsReply};
-use route::{Route, Target, Via};
+use route::{PeerRoute, Route, Target, Via};
 
 /// The response body type of every answer.
 pub type Body = UnsyncBoxBody<Bytes, Error>;
 
 const BASIC_CHALLENGE: HeaderValue = HeaderValue::from_static("Basic realm=\"berth\"");
+const PEER_CHALLENGE: HeaderValue = HeaderValue::from_static(crate::cluster::auth::SCHEME);
+/// The route label of peer requests (logs, `berth_http_requests_total`).
+const PEER_KIND: &str = "peer";
 const API_VERSION: HeaderValue = HeaderValue::from_static("registry/2.0");
 const API_VERSION_HEADER: header::HeaderName =
     header::HeaderName::from_static("docker-distribution-api-version");
@@ -51,6 +60,14 @@ pub struct App {
     pub json_log: AtomicBool,
     /// Responses not yet finished (their body still going out): what a drain waits for.
     pub in_flight: AtomicUsize,
+    /// With `[cluster]`: what answers the peer routes.
+    pub peers: Option<PeerSide>,
+}
+
+/// What the peer routes need: the cluster (to check proofs) and this berth's phase.
+pub struct PeerSide {
+    pub cluster: Arc<Cluster>,
+    pub health: Arc<Health>,
 }
 
 /// What the request log line says about a request. The parsed route is kept whole (its upstream,
@@ -73,6 +90,7 @@ impl App {
             request_log: OnceLock::new(),
             json_log: AtomicBool::new(false),
             in_flight: AtomicUsize::new(0),
+            peers: None,
         }
     }
 
@@ -96,8 +114,11 @@ impl App {
                 }
                 let mut r = error_response(&e, method == Method::HEAD);
                 if e.status == StatusCode::UNAUTHORIZED && e.origin == Origin::Client {
-                    r.headers_mut()
-                        .insert(header::WWW_AUTHENTICATE, BASIC_CHALLENGE);
+                    let challenge = match log.kind {
+                        PEER_KIND => PEER_CHALLENGE,
+                        _ => BASIC_CHALLENGE,
+                    };
+                    r.headers_mut().insert(header::WWW_AUTHENTICATE, challenge);
                 }
                 r
             }
@@ -158,6 +179,12 @@ impl App {
             return Err(Error::bad_request(
                 "absolute-form request targets are refused: berth is a registry mirror, not a proxy",
             ));
+        }
+        if let Some(side) = &self.peers
+            && req.uri().path().starts_with(PEER_PREFIX)
+        {
+            log.kind = PEER_KIND;
+            return peer_answer(side, req, log);
         }
         // One snapshot of the upstream set routes this request (a reload swaps it whole).
         let upstreams = self.mirror.upstreams();
@@ -244,6 +271,45 @@ impl App {
             resp.headers_mut().insert("oci-namespace", v);
         }
         Ok(resp)
+    }
+}
+
+/// A request under the peer prefix: the proof first, then the route.
+fn peer_answer<B>(
+    side: &PeerSide,
+    req: &Request<B>,
+    log: &mut LogFields,
+) -> Result<Response<Body>, Error> {
+    let uri = req.uri();
+    let path_and_query = uri.path_and_query().map_or(uri.path(), |p| p.as_str());
+    if let Err(refusal) = side
+        .cluster
+        .admit(req.method().as_str(), path_and_query, req.headers())
+    {
+        log.outcome = "refused";
+        return Err(Error::new(
+            Origin::Client,
+            StatusCode::UNAUTHORIZED,
+            Code::Unauthorized,
+            "authentication required",
+        )
+        .with_detail(format!(
+            "peer routes need Authorization: Berth-Peer with a valid proof ({})",
+            refusal.as_str()
+        )));
+    }
+    let head = req.method() == Method::HEAD;
+    match route::parse_peer(req.method(), uri.path())? {
+        PeerRoute::Health => {
+            let phase = side.health.phase();
+            log.outcome = phase.as_str();
+            let status = match phase {
+                Phase::Serving => StatusCode::OK,
+                Phase::Starting | Phase::Draining => StatusCode::SERVICE_UNAVAILABLE,
+            };
+            let body = Bytes::from(format!("{}\n", phase.as_str()));
+            Ok(bytes_response(status, body, "text/plain", head))
+        }
     }
 }
 

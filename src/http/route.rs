@@ -142,6 +142,27 @@ pub fn parse(
     }
 }
 
+/// What a peer request asks for (a path under `cluster::PEER_PREFIX`, parsed only once its
+/// proof checked out).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PeerRoute {
+    /// `/_berth/peer/v1/healthz`: whether this berth serves.
+    Health,
+}
+
+/// Parses a peer request's method and path. The blob route comes with the mirror's wiring
+/// (see `cluster`); until then it is a path like any unknown one.
+pub fn parse_peer(method: &Method, path: &str) -> Result<PeerRoute, Error> {
+    check_method(method)?;
+    match path {
+        crate::cluster::HEALTH_PATH => Ok(PeerRoute::Health),
+        _ => Err(Error::not_found_route(format!(
+            "{} is not a peer API path",
+            clip(path)
+        ))),
+    }
+}
+
 /// A manifest reference. One that is neither a tag nor shaped like a digest names no manifest:
 /// `404 MANIFEST_UNKNOWN`, as the Distribution registry answers (its router matches no such path)
 /// and the OCI conformance suite expects. One with a `:` is a digest the client got wrong (bad

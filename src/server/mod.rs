@@ -46,9 +46,10 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::access;
 use crate::admin;
+use crate::cluster::Cluster;
 use crate::config::{Config, ServerConfig, StorageConfig};
 use crate::health::{Health, Phase};
-use crate::http::{App, Body};
+use crate::http::{App, Body, PeerSide};
 use crate::index::Limits;
 use crate::manifests::Manifests;
 use crate::metrics::{self, Metrics};
@@ -132,11 +133,30 @@ pub enum StartError {
     AdminSocket(String),
     #[error("cache index of {path}: {reason}")]
     Index { path: String, reason: String },
+    #[error("[cluster] {0}")]
+    Cluster(String),
 }
 
 impl Server {
     /// Builds the mirror from `cfg` and binds its listeners.
     pub async fn bind(cfg: &Config) -> Result<Server, StartError> {
+        Self::bind_on(cfg, None).await
+    }
+
+    /// As [`bind`](Self::bind), serving the registry on `registry`, a listener bound already
+    /// (its address is known before the server is built: a cluster's `self`, socket activation);
+    /// `[server] listen` is then not bound.
+    pub async fn bind_with_registry(
+        cfg: &Config,
+        registry: std::net::TcpListener,
+    ) -> Result<Server, StartError> {
+        Self::bind_on(cfg, Some(registry)).await
+    }
+
+    async fn bind_on(
+        cfg: &Config,
+        registry: Option<std::net::TcpListener>,
+    ) -> Result<Server, StartError> {
         let prometheus = prometheus::Registry::new();
         let metrics = Metrics::register(&prometheus)?;
         let upstream_metrics = UpstreamMetrics::register(&prometheus)?;
@@ -182,17 +202,24 @@ impl Server {
             .token
             .clone()
             .map(|token| Arc::new(admin::api::Api::new(mirror.clone(), root.clone(), token)));
-        let mut app = App::new(mirror, metrics);
-        if let Some(auth) = &cfg.auth {
-            let settings = access::Settings::new(auth, &cfg.upstreams);
-            app.access = Some(Arc::new(access::Access::new(settings, &prometheus)?));
-        }
-        let app = Arc::new(app);
         let health = Arc::new(Health::new(
             root.clone(),
             store.index().clone(),
             upstream_metrics.last_errors().clone(),
         ));
+        let mut app = App::new(mirror, metrics);
+        if let Some(auth) = &cfg.auth {
+            let settings = access::Settings::new(auth, &cfg.upstreams);
+            app.access = Some(Arc::new(access::Access::new(settings, &prometheus)?));
+        }
+        if let Some(c) = &cfg.cluster {
+            let cluster = Cluster::new(c, &prometheus).map_err(StartError::Cluster)?;
+            app.peers = Some(PeerSide {
+                cluster: Arc::new(cluster),
+                health: health.clone(),
+            });
+        }
+        let app = Arc::new(app);
 
         for w in cfg.warnings() {
             tracing::warn!("{w}");
@@ -226,7 +253,15 @@ impl Server {
                 .await
                 .map_err(|source| StartError::Bind { addr, source })
         };
-        let registry = bind(cfg.server.listen).await?;
+        let registry = match registry {
+            Some(l) => {
+                let addr = l.local_addr().unwrap_or(cfg.server.listen);
+                let bind_err = |source| StartError::Bind { addr, source };
+                l.set_nonblocking(true).map_err(bind_err)?;
+                TcpListener::from_std(l).map_err(bind_err)?
+            }
+            None => bind(cfg.server.listen).await?,
+        };
         let metrics_listener = match cfg.metrics.enabled {
             true => Some(bind(cfg.metrics.listen).await?),
             false => None,
@@ -287,6 +322,11 @@ impl Server {
     /// The mirror this server answers with.
     pub fn mirror(&self) -> &Arc<Mirror> {
         &self.app.mirror
+    }
+
+    /// This berth's view of its cluster, with `[cluster]`.
+    pub fn cluster(&self) -> Option<&Arc<Cluster>> {
+        self.app.peers.as_ref().map(|p| &p.cluster)
     }
 
     /// Where the server is in its life (what `/healthz` answers from).
@@ -363,6 +403,13 @@ impl Server {
                 })
             });
         let mut cert_watch = None;
+        // Peers are probed from the start: whom to ask does not wait for this berth's index.
+        // Stopped when `run` returns, however it returns.
+        let _prober = self
+            .app
+            .peers
+            .as_ref()
+            .map(|p| AbortOnDrop(p.cluster.spawn_prober()));
         let metrics_cert_watch = self.metrics_certs.clone().map(Certs::watch);
         let graceful = Drain::default();
         let builder = Arc::new(self.conn_builder());
@@ -824,6 +871,15 @@ fn metrics_service_fn(
         let svc = svc.clone();
         async move { Ok::<_, std::convert::Infallible>(svc.handle(req).await) }
     })
+}
+
+/// A background task that ends with its owner.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// What the store may hold, from the `[storage]` settings.

@@ -110,7 +110,23 @@ pub async fn start_reloadable(
     dir: tempfile::TempDir,
 ) -> (Berth, berth::reload::Reloader) {
     let cfg = Config::parse(cfg, "test").unwrap();
-    let server = Server::bind(&cfg).await.unwrap();
+    launch(Server::bind(&cfg).await.unwrap(), dir).await
+}
+
+/// Starts berth serving the registry on `listener`, bound already (so that a cluster's `self`
+/// and `peers` can name it before berth starts); hands back its view of the cluster.
+pub async fn start_on_listener(
+    cfg: &str,
+    dir: tempfile::TempDir,
+    listener: std::net::TcpListener,
+) -> (Berth, Option<std::sync::Arc<berth::cluster::Cluster>>) {
+    let cfg = Config::parse(cfg, "test").unwrap();
+    let server = Server::bind_with_registry(&cfg, listener).await.unwrap();
+    let cluster = server.cluster().cloned();
+    (launch(server, dir).await.0, cluster)
+}
+
+async fn launch(server: Server, dir: tempfile::TempDir) -> (Berth, berth::reload::Reloader) {
     let reloader = server.reloader();
     let (addr, metrics) = (server.local_addr(), server.metrics_addr().unwrap());
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
