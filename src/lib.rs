@@ -6,6 +6,7 @@
 //! ```text
 //! main (CLI) -> server (listeners, TLS, shutdown) -> http (login, route, respond) -> mirror (orchestration)
 //!     -> { flight (single-flight), fill (who shares a download), manifests (tag/digest cache),
+//!          cluster (owners, peer health, peer protocol),
 //!          origins (which upstream a digest came through), store (blob files + fills),
 //!          upstreams -> upstream (registry client, auth, address guard) }
 //!     -> { oci (names, references, digests, media types), error }
@@ -22,6 +23,9 @@
 //! - [`http`]: parses method + path + query into a typed [`http::Route`], calls the mirror, writes
 //!   responses and the one OCI error body.
 //! - [`mirror`]: decides hit or miss, coalesces fetches, verifies, caches.
+//! - [`cluster`]: replicas (`[cluster]`): the owner of each digest by rendezvous hashing over
+//!   the live peers, peer health probes, and the signed peer protocol under `/_berth/peer/v1/`
+//!   on the registry listener (health route today; the mirror asks owners in a later step).
 //! - [`flight`]: generic single-flight: one computation per key, its result shared.
 //! - [`fill`]: which running blob download a request may share (same upstream; another
 //!   repository's only once the upstream answered it with content).

@@ -27,6 +27,11 @@
 //! The metrics listener speaks HTTPS when `[metrics] tls_cert`/`tls_key` are set (its own
 //! [`Certs`], reloaded like the registry's). The admin API is served on it, or with `[admin]
 //! socket` only on that Unix socket ([`admin_socket`]), never on both.
+//!
+//! With `[cluster]`, the registry listener also answers the peer routes (`http`, `cluster`), and
+//! the cluster's prober runs from the start of `run` to its end. [`Server::bind_with_registry`]
+//! takes a registry listener bound already, for callers that must know its address before the
+//! config is final (tests naming each replica's `self`).
 
 use std::future::Future;
 use std::net::SocketAddr;
