@@ -228,3 +228,42 @@ async fn with_auth_the_line_names_the_user() {
     assert!(lines[2].ends_with(" user=\"-\""), "{out}");
     assert!(!out.contains("secret") && !out.contains("nope"), "{out}");
 }
+
+/// Peer requests are logged like any other, except a good health probe (one per peer every
+/// `health_interval`), which is counted but not logged.
+#[tokio::test]
+async fn good_peer_health_probes_are_not_logged() {
+    use berth::cluster::{HEALTH_PATH, auth::PeerKey};
+    let secret = "0123456789abcdef0123456789abcdef";
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("secret");
+    std::fs::write(&file, secret).unwrap();
+    let cluster = format!(
+        "[cluster]\nself = \"http://127.0.0.1:1\"\npeers = [\"http://127.0.0.1:1\"]\nsecret_file = {:?}\n",
+        file.display().to_string()
+    );
+    let proof = PeerKey::new(&berth::config::Secret::new(secret)).sign(
+        "GET",
+        HEALTH_PATH,
+        berth::cluster::auth::now(),
+    );
+    let proof = proof.to_str().unwrap();
+    let out = lines_with(
+        "http://127.0.0.1:9",
+        &cluster,
+        &[
+            (Method::GET, HEALTH_PATH, Some(("authorization", proof))),
+            (Method::GET, HEALTH_PATH, None),
+            (Method::GET, "/v2/", None),
+        ],
+        LevelFilter::INFO,
+    )
+    .await;
+    assert_eq!(out.lines().count(), 2, "{out}");
+    let refused = line_for(&out, "GET", HEALTH_PATH, 401);
+    assert!(
+        refused.contains(" route=\"peer\" ") && refused.contains(" outcome=\"refused\" "),
+        "{refused}"
+    );
+    line_for(&out, "GET", "/v2/", 200);
+}

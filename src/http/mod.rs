@@ -514,6 +514,11 @@ impl RequestLog {
         {
             self.app.metrics.served(source, self.bytes);
         }
+        // A good health probe from a peer comes every `health_interval` from each of them: it
+        // is counted, not logged (refused and failed ones are).
+        if self.status == StatusCode::OK && self.uri.path() == crate::cluster::HEALTH_PATH {
+            return;
+        }
         match self.app.request_log.get() {
             Some(w) => {
                 if tracing::enabled!(tracing::Level::INFO) {
@@ -686,6 +691,93 @@ mod tests {
         s.push(' ');
         quoted(&mut s, "a\"b\\c\n");
         assert_eq!(s, r#""library/app" "a\"b\\c\n""#);
+    }
+
+    /// The peer health route answers this berth's phase, only with a proof, GET or HEAD only.
+    #[tokio::test]
+    async fn the_peer_health_route_follows_the_phase() {
+        use crate::cluster::auth::{self, PeerKey};
+        use crate::config::{ClusterConfig, Secret};
+        let dir = tempfile::tempdir().unwrap();
+        let secret = "0123456789abcdef0123456789abcdef";
+        std::fs::write(dir.path().join("s"), secret).unwrap();
+        let mut cfg: ClusterConfig = toml::from_str(&format!(
+            "self = \"http://a:1\"\npeers = [\"http://a:1\"]\nsecret_file = {:?}\n",
+            dir.path().join("s").display().to_string()
+        ))
+        .unwrap();
+        cfg.validate().unwrap();
+        let cluster = Arc::new(Cluster::new(&cfg, &prometheus::Registry::new()).unwrap());
+        let index = Arc::new(crate::index::Index::new(Default::default()));
+        let health = Arc::new(Health::new(
+            dir.path().to_owned(),
+            index,
+            Default::default(),
+        ));
+        let side = PeerSide {
+            cluster: cluster.clone(),
+            health: health.clone(),
+        };
+        let key = PeerKey::new(&Secret::new(secret));
+        let path = crate::cluster::HEALTH_PATH;
+        let ask = |method: Method| {
+            let req = Request::builder()
+                .method(method.clone())
+                .uri(path)
+                .header(
+                    header::AUTHORIZATION,
+                    key.sign(method.as_str(), path, auth::now()),
+                )
+                .body(())
+                .unwrap();
+            let mut log = LogFields {
+                kind: PEER_KIND,
+                route: None,
+                outcome: "-",
+                user: None,
+            };
+            let r = peer_answer(&side, &req, &mut log);
+            (r, log.outcome)
+        };
+        for (phase, status) in [
+            (Phase::Starting, StatusCode::SERVICE_UNAVAILABLE),
+            (Phase::Serving, StatusCode::OK),
+            (Phase::Draining, StatusCode::SERVICE_UNAVAILABLE),
+        ] {
+            health.set(phase);
+            let (r, outcome) = ask(Method::GET);
+            let r = r.unwrap();
+            assert_eq!((r.status(), outcome), (status, phase.as_str()));
+            let body = r.into_body().collect().await.unwrap().to_bytes();
+            assert_eq!(body, format!("{}\n", phase.as_str()));
+        }
+        let (head, _) = ask(Method::HEAD);
+        let head = head.unwrap();
+        assert_eq!(head.headers()[header::CONTENT_LENGTH], "9");
+        assert!(
+            head.into_body()
+                .collect()
+                .await
+                .unwrap()
+                .to_bytes()
+                .is_empty()
+        );
+        let (post, _) = ask(Method::POST);
+        assert_eq!(post.unwrap_err().status, StatusCode::METHOD_NOT_ALLOWED);
+
+        // No proof: refused before the route is looked at.
+        let req = Request::builder().uri(path).body(()).unwrap();
+        let mut log = LogFields {
+            kind: PEER_KIND,
+            route: None,
+            outcome: "-",
+            user: None,
+        };
+        let e = peer_answer(&side, &req, &mut log).unwrap_err();
+        assert_eq!(
+            (e.status, log.outcome),
+            (StatusCode::UNAUTHORIZED, "refused")
+        );
     }
 
     #[test]
