@@ -23,7 +23,7 @@ fn cluster(peers: &[String], me: usize) -> (Cluster, prometheus::Registry, tempf
     std::fs::write(&secret, format!("{SECRET}\n")).unwrap();
     let list: Vec<String> = peers.iter().map(|p| format!("{p:?}")).collect();
     let mut cfg: ClusterConfig = toml::from_str(&format!(
-        "self = {:?}\npeers = [{}]\nsecret_file = {:?}\npeer_timeout = \"1s\"\ndown_after = 2\n",
+        "self = {:?}\npeers = [{}]\nsecret_file = {:?}\npeer_timeout = \"300ms\"\ndown_after = 2\n",
         peers[me],
         list.join(", "),
         secret.display().to_string()
@@ -169,6 +169,72 @@ async fn failures_are_named_and_move_the_state() {
     assert_eq!(counter(&c.metrics.requests, &[dead_id, "connect_error"]), 1);
     assert_eq!(counter(&c.metrics.requests, &[refusing_id, "refused"]), 2);
     assert_eq!(counter(&c.metrics.requests, &[failing_id, "status"]), 1);
+}
+
+/// A peer that accepts connections and then says nothing; one that closes them at once.
+async fn silent_and_closing() -> (SocketAddr, SocketAddr) {
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let closing = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addrs = (silent.local_addr().unwrap(), closing.local_addr().unwrap());
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = silent.accept().await {
+            held.push(s);
+        }
+    });
+    tokio::spawn(async move {
+        while let Ok((s, _)) = closing.accept().await {
+            drop(s);
+        }
+    });
+    addrs
+}
+
+/// No answer within `peer_timeout`, or a connection closed before the answer: named, counted,
+/// and counted toward `down_after` (not down at once: the peer could be connected to).
+#[tokio::test]
+async fn silent_and_closing_peers() {
+    let (silent, closing) = silent_and_closing().await;
+    let peers = vec![
+        "http://127.0.0.1:1".to_owned(),
+        format!("http://{silent}"),
+        format!("http://{closing}"),
+    ];
+    let (c, _registry, _dir) = cluster(&peers, 0);
+    c.members.probe_ok(1);
+    c.members.probe_ok(2);
+    let repo: RepoName = "library/app".parse().unwrap();
+    let digest = Digest::of(b"x");
+    let started = std::time::Instant::now();
+    let e = c
+        .fetch_blob(&c.peers()[1], "r.test", &repo, &digest, None)
+        .await
+        .unwrap_err();
+    assert_eq!(e, PeerError::Timeout(std::time::Duration::from_millis(300)));
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    assert!(c.members.is_live(1), "one timeout is not down_after (2)");
+    let e = c
+        .fetch_blob(&c.peers()[2], "r.test", &repo, &digest, None)
+        .await
+        .unwrap_err();
+    assert!(matches!(e, PeerError::Other(_)), "{e:?}");
+    assert!(c.members.is_live(2));
+    assert_eq!(
+        counter(&c.metrics.requests, &[&c.peers()[1].id, "timeout"]),
+        1
+    );
+    assert_eq!(
+        counter(&c.metrics.requests, &[&c.peers()[2].id, "error"]),
+        1
+    );
+    // The probes fail the same ways; two in a row take both down.
+    c.probe_all().await;
+    assert!(!c.members.is_live(1) && !c.members.is_live(2));
+    assert_eq!(
+        counter(&c.metrics.probes, &[&c.peers()[1].id, "timeout"]),
+        1
+    );
+    assert_eq!(counter(&c.metrics.probes, &[&c.peers()[2].id, "error"]), 1);
 }
 
 /// Probes: a good answer brings a peer up, a dead one stays down; this berth is never probed.
