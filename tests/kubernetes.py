@@ -68,47 +68,67 @@ def validate():
 
 
 def config(berth):
+    if not os.access(berth, os.X_OK):
+        fail(f"{berth} is not an executable berth (build it first: cargo build)")
     replicas = load("statefulset.yaml")["spec"]["replicas"]
     namespace = load("kustomization.yaml")["namespace"]
     data = load("configmap.yaml")["data"]
     want = {f"berth-{i}.toml" for i in range(replicas)}
     if set(data) != want:
-        fail(f"configmap.yaml holds {sorted(data)}, the StatefulSet's {replicas} pods need {sorted(want)}")
+        fail(
+            f"configmap.yaml holds {sorted(data)}, "
+            f"the StatefulSet's {replicas} pods need {sorted(want)}"
+        )
     peer = re.compile(r"berth-(\d+)\.berth-peers\.([a-z0-9-]+)\.svc")
     common = None
     for i in range(replicas):
         name = f"berth-{i}.toml"
         lines = data[name].splitlines()
         selfs = [line for line in lines if SELF_LINE.match(line)]
-        if len(selfs) != 1 or f"//berth-{i}.berth-peers.{namespace}.svc:" not in selfs[0]:
-            fail(f"{name}: [cluster] self must be http://berth-{i}.berth-peers.{namespace}.svc:PORT, found {selfs}")
+        own = f"berth-{i}.berth-peers.{namespace}.svc"
+        if len(selfs) != 1 or f"//{own}:" not in selfs[0]:
+            fail(f"{name}: [cluster] self must be http://{own}:PORT, found {selfs}")
         rest = [line for line in lines if not SELF_LINE.match(line)]
         if common is None:
             common = rest
         elif rest != common:
-            diff = [(a, b) for a, b in zip(common, rest) if a != b][:3] or "a different number of lines"
+            diff = [(a, b) for a, b in zip(common, rest) if a != b][:3]
+            diff = diff or "a different number of lines"
             fail(f"{name} differs from berth-0.toml beyond [cluster] self: {diff}")
         named = {(int(m[1]), m[2]) for line in rest for m in peer.finditer(line)}
         if named != {(j, namespace) for j in range(replicas)}:
-            fail(f"{name}: the peers must be berth-0..{replicas - 1} in namespace {namespace}, found {sorted(named)}")
+            fail(
+                f"{name}: the peers must be berth-0..{replicas - 1} in namespace {namespace}, "
+                f"found {sorted(named)}"
+            )
     with tempfile.TemporaryDirectory(prefix="berth-k8s.") as tmp:
         tmp = Path(tmp)
         # What statefulset.yaml mounts from the Secret, with a made-up value of the right size.
         (tmp / "secrets").mkdir()
         (tmp / "secrets" / "cluster-secret").write_text(secrets.token_urlsafe(48))
-        env = dict(os.environ, AWS_ACCESS_KEY_ID="k8s-check", AWS_SECRET_ACCESS_KEY="k8s-check-secret")
+        # [storage.s3] without access_key_id reads these, as statefulset.yaml sets them.
+        env = dict(
+            os.environ, AWS_ACCESS_KEY_ID="k8s-check", AWS_SECRET_ACCESS_KEY="k8s-check-secret"
+        )
         for i in range(replicas):
             name = f"berth-{i}.toml"
             f = tmp / name
             f.write_text(data[name].replace("/etc/berth/secrets/", f"{tmp}/secrets/"))
-            r = subprocess.run([berth, "check-config", "--config", str(f)], env=env, capture_output=True, text=True)
+            r = subprocess.run(
+                [berth, "check-config", "--config", str(f)],
+                env=env,
+                capture_output=True,
+                text=True,
+            )
             if r.returncode != 0:
                 fail(f"berth check-config rejects configmap.yaml's {name}:\n{r.stderr}{r.stdout}")
     print(f"{replicas} per-pod configs agree and pass berth check-config")
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = ap.add_subparsers(dest="cmd", required=True)
     sub.add_parser("validate")
     c = sub.add_parser("config")
