@@ -27,8 +27,9 @@ cargo clippy --all-targets -- -D warnings
 step "cargo test --all-targets"
 cargo test --all-targets
 
-step "Kubernetes ConfigMap: each pod's config.toml through berth check-config"
+step "Kubernetes ConfigMap: each pod's config.toml through berth check-config; the checks' selftest"
 "$k8s_python" tests/kubernetes.py config --berth target/debug/berth
+"$k8s_python" tests/kubernetes.py selftest --berth target/debug/berth
 
 step "end-to-end: cargo test --test e2e -- --ignored"
 cargo test --test e2e -- --ignored --test-threads=1
