@@ -4,13 +4,14 @@
 # dockerd), nginx and the load tools; Prometheus (server and promtool) for tests/observability.rs;
 # podman, runc and strip (binutils) for the container image (tests/container.rs); a C++
 # compiler for libFuzzer (fuzz/run.sh); Ceph's S3 gateway (radosgw, one mon, one memstore OSD) for
-# the bucket tier (tests/s3.rs, started by tests/ceph/start-ceph.sh). Idempotent: does
-# nothing when everything is there; otherwise needs root, runs `apt-get update` once and installs
-# what is missing. Quiet unless it fails.
+# the bucket tier (tests/s3.rs, started by tests/ceph/start-ceph.sh); kubernetes-validate (PyPI,
+# Kubernetes' schemas bundled, so it works offline) for tests/kubernetes.py, in a venv of its own
+# (python3-venv) linked onto PATH. Idempotent: does nothing when everything is there; otherwise
+# needs root, runs `apt-get update` once and installs what is missing. Quiet unless it fails.
 set -euo pipefail
 
-packages=(docker-registry skopeo containerd podman runc docker.io nginx-light wrk apache2-utils jq uidmap procps prometheus binutils g++ radosgw ceph-mon ceph-osd uuid-runtime curl)
-commands=(docker-registry skopeo containerd ctr podman runc dockerd docker nginx wrk ab jq newuidmap kill prometheus promtool strip c++ radosgw ceph-mon ceph-osd radosgw-admin uuidgen curl)
+packages=(docker-registry skopeo containerd podman runc docker.io nginx-light wrk apache2-utils jq uidmap procps prometheus binutils g++ radosgw ceph-mon ceph-osd uuid-runtime curl python3-venv)
+commands=(docker-registry skopeo containerd ctr podman runc dockerd docker nginx wrk ab jq newuidmap kill prometheus promtool strip c++ radosgw ceph-mon ceph-osd radosgw-admin uuidgen curl kubernetes-validate)
 
 missing=()
 for p in "${packages[@]}"; do
@@ -33,6 +34,27 @@ if ((${#missing[@]})); then
         exit 1
     fi
     rm -f "$log"
+fi
+
+# Pinned: a new release bundles new schemas and may judge the manifests differently.
+kv_version=1.37.0
+kv_venv=${BERTH_CI_VENV:-/opt/berth-ci/venv}
+if [[ $("$kv_venv/bin/kubernetes-validate" --version 2>/dev/null) != "$kv_version" ]] ||
+    [[ $(readlink /usr/local/bin/kubernetes-validate) != "$kv_venv/bin/kubernetes-validate" ]]; then
+    if [[ $(id -u) -ne 0 ]]; then
+        echo "install-deps: kubernetes-validate $kv_version missing; run as root (it installs into $kv_venv)" >&2
+        exit 1
+    fi
+    log=$(mktemp /tmp/berth-install-deps.XXXXXX.log)
+    echo "install-deps: installing kubernetes-validate $kv_version into $kv_venv"
+    if ! { python3 -m venv "$kv_venv" &&
+        "$kv_venv/bin/pip" install -q --disable-pip-version-check "kubernetes-validate==$kv_version"; } >"$log" 2>&1; then
+        tail -n 40 "$log" >&2
+        echo "install-deps: pip failed; full log in $log" >&2
+        exit 1
+    fi
+    rm -f "$log"
+    ln -sfn "$kv_venv/bin/kubernetes-validate" /usr/local/bin/kubernetes-validate
 fi
 
 for c in "${commands[@]}"; do

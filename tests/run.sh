@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The one test command (the README gives it; CI runs it through .ci/run):
-# dependencies, formatting, lints, unit + integration tests, the end-to-end suite with real
-# clients, a short fuzz run of the parsers, and the benches compiled. Stops at the first failure, with a non-zero exit.
+# dependencies, the Kubernetes manifests (deploy/kubernetes/), formatting, lints, unit +
+# integration tests, the end-to-end suite with real clients, a short fuzz run of the parsers, and
+# the benches compiled. Stops at the first failure, with a non-zero exit.
 # The end-to-end tests start containerd and dockerd, so run this as root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -11,6 +12,12 @@ step() { printf '\n==> %s\n' "$*"; }
 step "tests/install-deps.sh"
 bash tests/install-deps.sh
 
+# The venv install-deps.sh put kubernetes-validate in has PyYAML, which tests/kubernetes.py needs.
+k8s_python="$(dirname "$(readlink -f "$(command -v kubernetes-validate)")")/python"
+
+step "Kubernetes manifests: tests/kubernetes.py validate (kubernetes-validate --strict)"
+"$k8s_python" tests/kubernetes.py validate
+
 step "cargo fmt --check"
 cargo fmt --check
 
@@ -19,6 +26,10 @@ cargo clippy --all-targets -- -D warnings
 
 step "cargo test --all-targets"
 cargo test --all-targets
+
+step "Kubernetes ConfigMap: each pod's config.toml through berth check-config; the checks' selftest"
+"$k8s_python" tests/kubernetes.py config --berth target/debug/berth
+"$k8s_python" tests/kubernetes.py selftest --berth target/debug/berth
 
 step "end-to-end: cargo test --test e2e -- --ignored"
 cargo test --test e2e -- --ignored --test-threads=1
