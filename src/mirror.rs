@@ -59,7 +59,9 @@ use crate::manifests::{MAX_MANIFEST_BYTES, Manifest, Manifests, TagEntry, TagKey
 use crate::metrics::Metrics;
 use crate::oci::{self, Digest, Reference, RepoName, Tag};
 use crate::origins::{Origins, Provenance};
+use crate::store::s3::BlobRead;
 use crate::store::{self, FillState, Source, Store};
+use crate::tier::Tier;
 use crate::upstream::{NotFoundKind, Upstream, UpstreamRequest, UpstreamResponse};
 use crate::upstreams::UpstreamSet;
 
@@ -96,6 +98,8 @@ pub struct Mirror {
     metrics: Metrics,
     /// Fills running from memory because the disk is full (at most [`MAX_PASS_THROUGH`]).
     pass_throughs: Arc<AtomicUsize>,
+    /// The bucket tier (`[storage.s3]`), between the local disk and the upstreams ([`crate::tier`]).
+    tier: Option<Arc<Tier>>,
 }
 
 /// What a manifest flight is for: everything that decides its answer, and nothing a client can
@@ -263,7 +267,19 @@ impl Mirror {
             manifest_flights: Flights::new(MANIFEST_FLIGHT_WAIT),
             metrics,
             pass_throughs: Arc::default(),
+            tier: None,
         }
+    }
+
+    /// Reads blobs from the bucket on a local miss and uploads what the upstreams fill.
+    pub fn with_tier(mut self, tier: Option<Arc<Tier>>) -> Mirror {
+        self.tier = tier;
+        self
+    }
+
+    /// The bucket tier, if configured.
+    pub fn tier(&self) -> Option<&Arc<Tier>> {
+        self.tier.as_ref()
     }
 
     /// The upstream in `slot`; 503 when a reload removed it after the request was routed.
@@ -586,8 +602,8 @@ impl Mirror {
             .record(slot, &up.name().to_ascii_lowercase(), digest);
     }
 
-    /// Whether a cached digest may be answered through the target's upstream: recorded for it,
-    /// cached before records were kept, or confirmed now with a HEAD to that upstream (then
+    /// Whether a cached digest may be answered through the target's upstream: recorded for it
+    /// (here, or in the bucket by another replica), cached before records were kept, or confirmed now with a HEAD to that upstream (then
     /// recorded). Otherwise that upstream's own answer (404, 403, 503), exactly what a miss would
     /// have got, so the client learns nothing about what is cached.
     async fn may_serve(
@@ -598,6 +614,20 @@ impl Mirror {
         kind: NotFoundKind,
     ) -> Result<(), Error> {
         if self.origins.check(target.upstream, digest) != Provenance::Elsewhere {
+            return Ok(());
+        }
+        // Another replica may have recorded this upstream in the bucket.
+        if let Some(tier) = &self.tier
+            && tier
+                .lookup(
+                    "head origin",
+                    tier.bucket()
+                        .has_origin(&up.name().to_ascii_lowercase(), digest),
+                )
+                .await
+                == Some(true)
+        {
+            self.record_origin(target.upstream, up, digest);
             return Ok(());
         }
         let req = match kind {
@@ -715,6 +745,7 @@ impl Mirror {
             self.may_serve(target, &up, digest, NotFoundKind::Blob)
                 .await?;
             self.metrics.cache("blob", up.name(), "hit");
+            self.metrics.answer("local");
             let span = range.map(|r| r.resolve(blob.len)).transpose()?;
             let (start, end) = span.unwrap_or((0, blob.len));
             let body = (!head).then(|| {
@@ -791,10 +822,38 @@ impl Mirror {
             });
         }
         self.metrics.cache("blob", up.name(), "miss");
+        let origin = up.name().to_ascii_lowercase();
+        let mut in_bucket = false;
+        if let Some(tier) = &self.tier
+            && let Some(Some(info)) = tier.lookup("head", tier.bucket().head_blob(digest)).await
+        {
+            in_bucket = true;
+            // Through this upstream only when the bucket records it; else the upstream's HEAD
+            // below is the confirmation.
+            if tier
+                .lookup("head origin", tier.bucket().has_origin(&origin, digest))
+                .await
+                == Some(true)
+            {
+                self.metrics.answer("bucket");
+                return Ok(BlobReply {
+                    digest: digest.clone(),
+                    total: Some(info.size),
+                    range: None,
+                    body: None,
+                    outcome: "bucket",
+                });
+            }
+        }
         let resp = up
             .send(blob_request(Method::HEAD, &target.name, digest))
             .await?;
         let resp = resp.error_for_status(NotFoundKind::Blob).await?;
+        if in_bucket && let Some(tier) = &self.tier {
+            self.metrics.origin_confirmations.inc();
+            tier.mark_origin(origin, digest.clone());
+        }
+        self.metrics.answer("upstream");
         let total = content_length(&resp.headers);
         Ok(BlobReply {
             digest: digest.clone(),
@@ -841,6 +900,7 @@ impl Mirror {
             this_fill: rx.clone(),
             pass_throughs: self.pass_throughs.clone(),
             passing: AtomicBool::new(false),
+            tier: self.tier.clone(),
         };
         self.metrics.fills_in_flight.inc();
         // The task, not any client, owns the fill: it runs to the end even if every client leaves.
@@ -929,6 +989,39 @@ struct FillJob {
     /// The mirror's count of fills running from memory, and whether this is one of them.
     pass_throughs: Arc<AtomicUsize>,
     passing: AtomicBool,
+    /// The bucket: the fill's source when it has the blob, else where a verified fill goes.
+    tier: Option<Arc<Tier>>,
+}
+
+/// Where a fill's bytes come from.
+enum Body {
+    Upstream(UpstreamResponse),
+    /// A bucket object; a break is resumed from the upstream like an upstream body's.
+    Bucket {
+        body: futures_util::stream::BoxStream<'static, Result<Bytes, store::s3::BucketError>>,
+        stall: Duration,
+    },
+}
+
+impl Body {
+    async fn next_chunk(&mut self, tier: Option<&Arc<Tier>>) -> Result<Option<Bytes>, Error> {
+        use futures_util::StreamExt;
+        match self {
+            Body::Upstream(resp) => resp.body.next_chunk().await,
+            Body::Bucket { body, stall } => {
+                let e = match tokio::time::timeout(*stall, body.next()).await {
+                    Ok(None) => return Ok(None),
+                    Ok(Some(Ok(c))) => return Ok(Some(c)),
+                    Ok(Some(Err(e))) => e.to_string(),
+                    Err(_) => format!("body stalled: no data for {stall:?}"),
+                };
+                if let Some(t) = tier {
+                    t.failed("reading a blob", &e);
+                }
+                Err(Error::upstream_unavailable("bucket", e))
+            }
+        }
+    }
 }
 
 impl Drop for FillJob {
@@ -1000,13 +1093,67 @@ impl FillJob {
         }
     }
 
+    /// The blob from the bucket, when it has it and may answer it through this fill's upstream:
+    /// the bucket records that upstream, or the upstream confirms it has the digest now (then
+    /// recorded). `None`: no bucket, not there, or the bucket failed (the upstream serves).
+    /// An error: the upstream's own answer to the confirmation (as a miss would have got).
+    async fn bucket_source(&self) -> Result<Option<BlobRead>, Error> {
+        let Some(tier) = &self.tier else {
+            return Ok(None);
+        };
+        let bucket = tier.bucket();
+        if tier
+            .lookup("head", bucket.head_blob(&self.digest))
+            .await
+            .flatten()
+            .is_none()
+        {
+            return Ok(None);
+        }
+        let origin = self.up.name().to_ascii_lowercase();
+        let marked = tier
+            .lookup("head origin", bucket.has_origin(&origin, &self.digest))
+            .await;
+        match marked {
+            Some(true) => {}
+            None => return Ok(None),
+            Some(false) => {
+                self.up
+                    .send(blob_request(Method::HEAD, &self.name, &self.digest))
+                    .await?
+                    .error_for_status(NotFoundKind::Blob)
+                    .await?;
+                self.metrics.origin_confirmations.inc();
+                tier.mark_origin(origin, self.digest.clone());
+            }
+        }
+        Ok(tier
+            .lookup("get", bucket.get_blob(&self.digest, None))
+            .await
+            .flatten())
+    }
+
     async fn fetch(&self, tx: &watch::Sender<FillState>) -> Result<(), Error> {
-        let resp: UpstreamResponse = self
-            .up
-            .send(blob_request(Method::GET, &self.name, &self.digest))
-            .await?;
-        let mut resp = resp.error_for_status(NotFoundKind::Blob).await?;
-        let total = content_length(&resp.headers);
+        let (mut resp, total, from_bucket) = match self.bucket_source().await? {
+            Some(read) => {
+                let body = Body::Bucket {
+                    body: read.body,
+                    stall: self.up.config().stall_timeout,
+                };
+                (body, Some(read.size), true)
+            }
+            None => {
+                let resp: UpstreamResponse = self
+                    .up
+                    .send(blob_request(Method::GET, &self.name, &self.digest))
+                    .await?;
+                let resp = resp.error_for_status(NotFoundKind::Blob).await?;
+                let total = content_length(&resp.headers);
+                (Body::Upstream(resp), total, false)
+            }
+        };
+        self.metrics
+            .answer(if from_bucket { "bucket" } else { "upstream" });
         let pending = self
             .store
             .begin(&self.digest, total, tx.clone())
@@ -1054,7 +1201,7 @@ impl FillJob {
                     }
                     pending = Some(p);
                 }
-                chunk = resp.body.next_chunk(), if !eof && queued < MAX_QUEUED => {
+                chunk = resp.next_chunk(self.tier.as_ref()), if !eof && queued < MAX_QUEUED => {
                     let mut c = match chunk {
                         Ok(Some(c)) => c,
                         Ok(None) => {
@@ -1066,7 +1213,8 @@ impl FillJob {
                         Err(cause) => {
                             let idle = resumed_at == Some(received);
                             resumed_at = Some(received);
-                            (resp, skip) = self.resume(&mut resumes, received, total, idle, cause).await?;
+                            let (r, s) = self.resume(&mut resumes, received, total, idle, cause).await?;
+                            (resp, skip) = (Body::Upstream(r), s);
                             continue;
                         }
                     };
@@ -1082,7 +1230,9 @@ impl FillJob {
                     if total.is_some_and(|t| received > t) {
                         return Err(Error::upstream_bad(self.up.name(), format!("blob {}: more bytes than the announced {}", self.digest, total.unwrap_or(0))));
                     }
-                    self.metrics.fetched_bytes.with_label_values(&[self.up.name()]).inc_by(c.len() as u64);
+                    if matches!(resp, Body::Upstream(_)) {
+                        self.metrics.fetched_bytes.with_label_values(&[self.up.name()]).inc_by(c.len() as u64);
+                    }
                     queued += c.len();
                     feed.push(c.clone());
                     queue.push(c);
@@ -1092,7 +1242,16 @@ impl FillJob {
         let mut pending = pending.expect("pending is home after the last write");
         match pending.commit().await {
             Ok(blob) => {
-                tracing::info!(upstream = self.up.name(), repo = %self.name, digest = %self.digest, bytes = blob.len, "blob cached");
+                tracing::info!(upstream = self.up.name(), repo = %self.name, digest = %self.digest, bytes = blob.len, from_bucket, "blob cached");
+                if let Some(tier) = &self.tier
+                    && !from_bucket
+                {
+                    tier.upload(
+                        self.digest.clone(),
+                        self.up.name().to_ascii_lowercase(),
+                        blob,
+                    );
+                }
                 Ok(())
             }
             Err(store::CommitError::Persist(_)) if pending.is_pass_through() => {
@@ -1112,6 +1271,18 @@ impl FillJob {
             Err(store::CommitError::Io(e)) => {
                 self.write_failed(&e);
                 Err(Error::io("committing blob", &e))
+            }
+            Err(e) if from_bucket => {
+                // Whether the bucket's bytes were wrong or an upstream resume's, the object is
+                // suspect: gone, so the next fill goes to the upstream.
+                if let Some(tier) = &self.tier {
+                    tier.delete_bad(self.digest.clone());
+                }
+                tracing::error!(repo = %self.name, digest = %self.digest, error = %e, "blob from the bucket failed verification; deleted from the bucket, not cached");
+                Err(Error::digest_mismatch(
+                    "bucket",
+                    format!("blob {}: {e}", self.digest),
+                ))
             }
             Err(e) => {
                 self.metrics

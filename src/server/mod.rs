@@ -57,6 +57,8 @@ use crate::origins::Origins;
 use crate::reload::{ReloadMetrics, Reloader};
 use crate::sdnotify::Notifier;
 use crate::store::Store;
+use crate::store::s3::{Bucket, BucketMetrics};
+use crate::tier::Tier;
 use crate::tls::Certs;
 use crate::upstream::{Upstream, UpstreamMetrics};
 use crate::upstreams::UpstreamSet;
@@ -130,6 +132,8 @@ pub enum StartError {
     Auth(#[from] crate::access::LoadError),
     #[error("[admin] socket: {0}")]
     AdminSocket(String),
+    #[error("[storage.s3]: {0}")]
+    Bucket(String),
     #[error("cache index of {path}: {reason}")]
     Index { path: String, reason: String },
 }
@@ -137,7 +141,31 @@ pub enum StartError {
 impl Server {
     /// Builds the mirror from `cfg` and binds its listeners.
     pub async fn bind(cfg: &Config) -> Result<Server, StartError> {
+        let bucket = match &cfg.storage.s3 {
+            Some(s3) => Some(
+                Bucket::connect(s3, BucketMetrics::new())
+                    .map_err(|e| StartError::Bucket(e.to_string()))?,
+            ),
+            None => None,
+        };
+        Server::bind_with_bucket(cfg, bucket).await
+    }
+
+    /// As [`bind`](Self::bind), with the bucket tier given rather than made from
+    /// `[storage.s3]` (tests hand in one over a fault-injecting store). Its metric families are
+    /// registered on the server's registry.
+    pub async fn bind_with_bucket(
+        cfg: &Config,
+        bucket: Option<Bucket>,
+    ) -> Result<Server, StartError> {
         let prometheus = prometheus::Registry::new();
+        let tier = match bucket {
+            Some(b) => {
+                b.metrics().register(&prometheus)?;
+                Some(Arc::new(Tier::new(Arc::new(b))))
+            }
+            None => None,
+        };
         let metrics = Metrics::register(&prometheus)?;
         let upstream_metrics = UpstreamMetrics::register(&prometheus)?;
 
@@ -170,13 +198,16 @@ impl Server {
                 })?;
             upstreams.push((slot, Arc::new(up)));
         }
-        let mirror = Arc::new(Mirror::new(
-            UpstreamSet::new(upstreams),
-            store.clone(),
-            manifests,
-            origins,
-            metrics.clone(),
-        ));
+        let mirror = Arc::new(
+            Mirror::new(
+                UpstreamSet::new(upstreams),
+                store.clone(),
+                manifests,
+                origins,
+                metrics.clone(),
+            )
+            .with_tier(tier.clone()),
+        );
         let admin = cfg
             .admin
             .token
@@ -188,11 +219,15 @@ impl Server {
             app.access = Some(Arc::new(access::Access::new(settings, &prometheus)?));
         }
         let app = Arc::new(app);
-        let health = Arc::new(Health::new(
+        let mut health = Health::new(
             root.clone(),
             store.index().clone(),
             upstream_metrics.last_errors().clone(),
-        ));
+        );
+        if let Some(t) = &tier {
+            health = health.with_bucket(t.last_error().clone());
+        }
+        let health = Arc::new(health);
 
         for w in cfg.warnings() {
             tracing::warn!("{w}");
@@ -428,6 +463,11 @@ impl Server {
         let slots = Arc::new(Semaphore::new(self.settings.max_connections));
         let bursts = Arc::new(Bursts::default());
         let trimmer = spawn_trimmer(bursts.clone(), slots.clone(), self.settings.max_connections);
+        let stale_uploads = self
+            .app
+            .mirror
+            .tier()
+            .map(|t| tokio::spawn(t.clone().abort_stale_uploads()));
         // The permit for the next registry connection, taken before accepting it.
         let mut slot: Option<OwnedSemaphorePermit> = None;
         tokio::pin!(shutdown);
@@ -539,6 +579,9 @@ impl Server {
         self.health.set(Phase::Draining);
         drop(self.registry);
         trimmer.abort();
+        if let Some(t) = stale_uploads {
+            t.abort();
+        }
         if let Some(s) = sweeper {
             s.abort();
         }

@@ -1,0 +1,267 @@
+//! The bucket tier as the request path uses it: reads that may not hold a pull up, uploads that
+//! run beside it, and what `/healthz?verbose` says about the bucket.
+//!
+//! # Read order
+//! A blob is answered from the local disk; on a miss, the fill's source is the bucket when it has
+//! the blob (HEAD, then a streamed GET), else the upstream (`mirror`). Whatever the source, the
+//! bytes go through the same pending file, so the local tier keeps them and the digest is checked
+//! as always; a bucket object that does not hash to its name is counted
+//! (`berth_bucket_requests_total{op="get_body",outcome="mismatch"}`), deleted from the bucket,
+//! and the fill fails like any fill whose bytes were wrong: its clients get a short body, never a
+//! complete wrong one, and the next request (a client's retry) fetches from the upstream.
+//!
+//! # The bucket down
+//! Every lookup ([`Tier::lookup`]) is bounded by [`LOOKUP_TIMEOUT`]; an error or a timeout skips
+//! the bucket for that request (the upstream serves it) and for the next [`SKIP_AFTER_ERROR`],
+//! so an unreachable bucket costs one bounded wait, not one per pull (the skipped lookups are
+//! `berth_bucket_requests_total{op="lookup",outcome="skipped"}`). Uploads are still tried. A bucket body that breaks
+//! off mid-blob is resumed from the upstream with a range request, as an upstream body is. Errors
+//! are logged at warn at most once per [`WARN_EVERY`] (with the count since) and the last one is
+//! what `/healthz?verbose` reports under `bucket`. The bucket never makes berth unready.
+//!
+//! # Uploads
+//! A blob filled from the upstream and committed to the local disk is uploaded from that
+//! verified file by a background task ([`Tier::upload`]; `put_blob` hashes it again and skips it
+//! when the bucket already has it), at most [`MAX_UPLOADS`] at once; then the upstream's origin
+//! marker is written (`store::s3`'s layout). A fill that passed through from memory (the disk was
+//! full) or that could not be kept locally is not uploaded: there is no verified file to read it
+//! from, and holding a second copy in memory for the bucket is what a full disk cannot afford.
+//! Trade-off: a replica that dies between its local commit and the end of the upload leaves the
+//! bucket without the blob; the next replica's miss fetches it again.
+//!
+//! Rule of dependency: uses `store` (`s3`, reading committed files) and `oci`; `mirror` uses it,
+//! `server` builds it and `health` reads its last error.
+
+use std::fmt;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
+
+use crate::oci::Digest;
+use crate::store::s3::{Bucket, BucketError, Stored};
+use crate::store::{self, BlobFile, Source};
+
+/// A bucket lookup (HEAD, or a GET to its headers) that takes longer is given up: the upstream
+/// serves the pull instead.
+pub const LOOKUP_TIMEOUT: Duration = Duration::from_secs(3);
+/// After a bucket error, reads skip the bucket this long.
+pub const SKIP_AFTER_ERROR: Duration = Duration::from_secs(10);
+/// Bucket errors are logged at most this often.
+pub const WARN_EVERY: Duration = Duration::from_secs(60);
+/// Uploads running at once.
+pub const MAX_UPLOADS: usize = 4;
+/// How often open multipart uploads are looked for, and how old they must be to be aborted.
+pub const STALE_EVERY: Duration = Duration::from_secs(600);
+pub const STALE_AGE: Duration = Duration::from_secs(3600);
+
+/// The bucket's last error and when, for `/healthz?verbose`.
+pub type LastError = Arc<Mutex<Option<(SystemTime, String)>>>;
+
+/// The bucket and the state of using it.
+pub struct Tier {
+    bucket: Arc<Bucket>,
+    uploads: Arc<Semaphore>,
+    last_error: LastError,
+    /// Reads skip the bucket until then (after an error).
+    skip_until: Mutex<Option<Instant>>,
+    /// When an error was last logged, and how many were not logged since.
+    warned: Mutex<(Option<Instant>, u64)>,
+}
+
+impl fmt::Debug for Tier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Tier")
+            .field("bucket", &self.bucket)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Tier {
+    pub fn new(bucket: Arc<Bucket>) -> Tier {
+        Tier {
+            bucket,
+            uploads: Arc::new(Semaphore::new(MAX_UPLOADS)),
+            last_error: LastError::default(),
+            skip_until: Mutex::new(None),
+            warned: Mutex::new((None, 0)),
+        }
+    }
+
+    pub fn bucket(&self) -> &Arc<Bucket> {
+        &self.bucket
+    }
+
+    /// The last error, shared with `health`.
+    pub fn last_error(&self) -> &LastError {
+        &self.last_error
+    }
+
+    /// Records a failed bucket request: for `/healthz`, the skip window, and the (rate-limited)
+    /// log.
+    pub fn failed(&self, what: &str, error: &dyn fmt::Display) {
+        let text = format!("{what}: {error}");
+        *self.last_error.lock().unwrap() = Some((SystemTime::now(), text.clone()));
+        *self.skip_until.lock().unwrap() = Some(Instant::now() + SKIP_AFTER_ERROR);
+        let mut warned = self.warned.lock().unwrap();
+        let now = Instant::now();
+        match warned.0 {
+            Some(at) if now.duration_since(at) < WARN_EVERY => warned.1 += 1,
+            _ => {
+                let suppressed = std::mem::take(&mut warned.1);
+                warned.0 = Some(now);
+                tracing::warn!(error = %text, suppressed,
+                    "bucket request failed; serving from local disk and upstreams meanwhile");
+            }
+        }
+    }
+
+    /// Whether reads may use the bucket now (not within [`SKIP_AFTER_ERROR`] of an error).
+    pub fn readable(&self) -> bool {
+        self.skip_until
+            .lock()
+            .unwrap()
+            .is_none_or(|t| Instant::now() >= t)
+    }
+
+    /// Runs one read, bounded by [`LOOKUP_TIMEOUT`]; `None` when the bucket is being skipped,
+    /// failed or was too slow (recorded with [`failed`](Self::failed)).
+    pub async fn lookup<T>(
+        &self,
+        what: &str,
+        read: impl Future<Output = Result<T, BucketError>>,
+    ) -> Option<T> {
+        if !self.readable() {
+            self.bucket
+                .metrics()
+                .requests
+                .with_label_values(&["lookup", "skipped"])
+                .inc();
+            return None;
+        }
+        match tokio::time::timeout(LOOKUP_TIMEOUT, read).await {
+            Ok(Ok(v)) => Some(v),
+            Ok(Err(e)) => {
+                self.failed(what, &e);
+                None
+            }
+            Err(_) => {
+                self.failed(what, &format!("no answer within {LOOKUP_TIMEOUT:?}"));
+                None
+            }
+        }
+    }
+
+    /// Uploads a verified, committed blob in the background, then records that it came through
+    /// `upstream` (see the module docs).
+    pub fn upload(self: &Arc<Self>, digest: Digest, upstream: String, blob: BlobFile) {
+        let tier = self.clone();
+        tokio::spawn(async move {
+            let Ok(_permit) = tier.uploads.clone().acquire_owned().await else {
+                return;
+            };
+            let len = blob.len;
+            let body = store::read_range(Source::File(blob), 0, Some(len));
+            match tier.bucket.put_blob(&digest, Some(len), body).await {
+                Ok(stored) => {
+                    if stored == Stored::Uploaded {
+                        tracing::info!(%digest, bytes = len, "blob uploaded to the bucket");
+                    }
+                    tier.put_origin(&upstream, &digest).await;
+                }
+                Err(e) => tier.failed(&format!("uploading {digest}"), &e),
+            }
+        });
+    }
+
+    /// Records in the bucket that `digest` came through `upstream` (in the background).
+    pub fn mark_origin(self: &Arc<Self>, upstream: String, digest: Digest) {
+        let tier = self.clone();
+        tokio::spawn(async move { tier.put_origin(&upstream, &digest).await });
+    }
+
+    async fn put_origin(&self, upstream: &str, digest: &Digest) {
+        if let Err(e) = self.bucket.put_origin(upstream, digest).await {
+            self.failed(&format!("recording the origin of {digest}"), &e);
+        }
+    }
+
+    /// Deletes a blob whose bytes did not hash to its name (in the background).
+    pub fn delete_bad(self: &Arc<Self>, digest: Digest) {
+        self.bucket
+            .metrics()
+            .requests
+            .with_label_values(&["get_body", "mismatch"])
+            .inc();
+        let tier = self.clone();
+        tokio::spawn(async move {
+            if let Err(e) = tier.bucket.delete_blob(&digest).await {
+                tier.failed(&format!("deleting the bad object of {digest}"), &e);
+            }
+        });
+    }
+
+    /// Every [`STALE_EVERY`], aborts multipart uploads older than [`STALE_AGE`] (left by a
+    /// replica killed mid-upload). Runs until dropped (the server aborts it on shutdown).
+    pub async fn abort_stale_uploads(self: Arc<Self>) {
+        if !self.bucket.lists_uploads() {
+            return;
+        }
+        let mut tick = tokio::time::interval(STALE_EVERY);
+        loop {
+            tick.tick().await;
+            match self.bucket.abort_stale_uploads(STALE_AGE).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(aborted = n, "aborted stale multipart uploads"),
+                Err(e) => self.failed("aborting stale multipart uploads", &e),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::s3::BucketMetrics;
+
+    fn tier() -> Tier {
+        let store = Arc::new(object_store::memory::InMemory::new());
+        Tier::new(Arc::new(Bucket::with_store(
+            store,
+            "",
+            BucketMetrics::new(),
+        )))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_error_skips_the_bucket_for_a_while_and_is_reported() {
+        let t = tier();
+        assert!(t.readable());
+        let got: Option<()> = t
+            .lookup("head", async { Err(BucketError::Http("refused".into())) })
+            .await;
+        assert_eq!(got, None);
+        assert!(!t.readable());
+        let (_, text) = t.last_error().lock().unwrap().clone().unwrap();
+        assert_eq!(text, "head: bucket request: refused");
+        // Skipped: the read is not even started.
+        assert_eq!(t.lookup("head", async { Ok(1) }).await, None);
+        tokio::time::advance(SKIP_AFTER_ERROR).await;
+        assert_eq!(t.lookup("head", async { Ok(1) }).await, Some(1));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_bucket_is_given_up() {
+        let t = tier();
+        let got = t
+            .lookup("get", async {
+                tokio::time::sleep(LOOKUP_TIMEOUT * 2).await;
+                Ok(1)
+            })
+            .await;
+        assert_eq!(got, None);
+        let (_, text) = t.last_error().lock().unwrap().clone().unwrap();
+        assert!(text.starts_with("get: no answer within"), "{text}");
+    }
+}
