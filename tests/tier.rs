@@ -11,14 +11,14 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use futures_util::StreamExt;
 use futures_util::stream::{self, BoxStream};
+use futures_util::{StreamExt, TryStreamExt};
 use http::{Method, StatusCode};
 use object_store::memory::InMemory;
 use object_store::path::Path;
 use object_store::{
-    CopyOptions, GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta, ObjectStore,
-    ObjectStoreExt, PutMultipartOptions, PutOptions, PutPayload, PutResult,
+    CopyOptions, GetOptions, GetResult, GetResultPayload, ListResult, MultipartUpload, ObjectMeta,
+    ObjectStore, ObjectStoreExt, PutMultipartOptions, PutOptions, PutPayload, PutResult,
 };
 
 use berth::store::s3::{Bucket, BucketMetrics};
@@ -32,6 +32,8 @@ struct Faults {
     down: AtomicBool,
     /// Whole-object PUTs under `blobs/` (a blob upload smaller than a part).
     blob_puts: AtomicUsize,
+    /// The next GET of a blob sends this many bytes, then breaks off (0: none).
+    break_get_after: AtomicUsize,
 }
 
 struct Faulty {
@@ -93,7 +95,40 @@ impl ObjectStore for Faulty {
         options: GetOptions,
     ) -> object_store::Result<GetResult> {
         self.check()?;
-        self.inner.get_opts(location, options).await
+        let head = options.head;
+        let got = self.inner.get_opts(location, options).await?;
+        if head || !location.as_ref().contains("/blobs/") {
+            return Ok(got);
+        }
+        let cut = self.faults.break_get_after.swap(0, Ordering::SeqCst);
+        if cut == 0 {
+            return Ok(got);
+        }
+        let GetResult {
+            payload,
+            meta,
+            range,
+            attributes,
+            extensions,
+        } = got;
+        let GetResultPayload::Stream(s) = payload;
+        let all: Vec<Bytes> = s.try_collect().await?;
+        let first = Bytes::from(all.concat()).slice(..cut);
+        let body = stream::iter([
+            Ok(first),
+            Err(object_store::Error::Generic {
+                store: "faulty",
+                source: "injected: connection reset".into(),
+            }),
+        ])
+        .boxed();
+        Ok(GetResult {
+            payload: GetResultPayload::Stream(body),
+            meta,
+            range,
+            attributes,
+            extensions,
+        })
     }
 
     fn delete_stream(
@@ -431,4 +466,37 @@ async fn a_blob_another_replica_cached_through_one_upstream_needs_the_others_con
     let before = fa.requests().len();
     same(two.get(&blob_path(&d)).await.bytes(), &layer);
     assert_eq!(fa.requests().len(), before);
+}
+
+#[tokio::test]
+async fn a_bucket_body_that_breaks_off_is_resumed_from_the_upstream() {
+    let fake = FakeRegistry::start().await;
+    let layer = random_bytes(500_000, 9);
+    let d = fake.put_blob("team/app", layer.clone());
+    let shared = Shared::new();
+    shared
+        .inner
+        .put(&shared.blob_key(&d), layer.clone().into())
+        .await
+        .unwrap();
+    shared
+        .inner
+        .put(&shared.origin_key("registry.test", &d), PutPayload::new())
+        .await
+        .unwrap();
+    let (b, faults) = replica(&shared, &[("registry.test", &fake.url())]).await;
+    faults.break_get_after.store(200_000, Ordering::SeqCst);
+
+    same(b.get(&blob_path(&d)).await.bytes(), &layer);
+    // The rest came from the upstream with a range request, and the whole was verified.
+    let asked = fake.requests_to(&blob_path(&d));
+    assert_eq!(asked.len(), 1, "one request to the upstream");
+    assert_eq!(asked[0].header("range"), Some("bytes=200000-"));
+    b.settled().await;
+    assert_eq!(std::fs::read(b.blob_file(&d)).unwrap(), layer);
+    assert_eq!(
+        b.counter("berth_upstream_resumes_total{outcome=\"partial\",upstream=\"registry.test\"}")
+            .await,
+        1
+    );
 }
