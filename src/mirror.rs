@@ -28,6 +28,13 @@
 //! the `fills` map at once, so that the next request for the digest starts a fresh fill that may
 //! find room again instead of joining one that can only end uncached.
 //!
+//! With a bucket (`[storage.s3]`, see [`crate::tier`]) the read order is local disk, then the
+//! bucket, then the upstream: a fill's source is the bucket when it has the blob and may answer it
+//! through the request's upstream (the bucket's origin marker for it, else that upstream's yes to
+//! a HEAD), with the same pending file, digest check and resume (from the upstream) as an
+//! upstream body; a fill from an upstream that committed locally is uploaded. A bucket that fails
+//! is skipped, never the reason a pull fails.
+//!
 //! Manifests: small (at most 4 MiB), so they are read whole, verified, cached, then answered. A tag
 //! answer is trusted for the upstream's `tag_ttl`, then revalidated with a HEAD (which Docker Hub
 //! does not count against its pull limit); if the upstream is down or failing, the last known
@@ -37,7 +44,7 @@
 //! that (see [`Mirror::manifest`]). Trade-off: a tag whose type a client does not read costs that
 //! client a 404 rather than a conversion berth would have to sign, cache and keep apart.
 //!
-//! Rule of dependency: uses `store`, `manifests`, `upstream`, `upstreams` (the set it fetches
+//! Rule of dependency: uses `store`, `tier`, `manifests`, `upstream`, `upstreams` (the set it fetches
 //! through, by slot, swapped whole on reload), `oci`, `error`, `metrics`.
 
 use std::sync::Arc;
