@@ -455,6 +455,13 @@ impl Mirror {
                 }
                 (Reference::Digest(d), Form::Stored) => {
                     this.metrics.cache("manifest", up.name(), "miss");
+                    if let Some(m) = this.bucket_manifest(&target, up, d).await? {
+                        return Ok(ManifestReply {
+                            manifest: m,
+                            stale: None,
+                            outcome: "bucket",
+                        });
+                    }
                     let m = this
                         .fetch_manifest(up, &target.name, &reference, form, Some(d))
                         .await?;
@@ -493,11 +500,20 @@ impl Mirror {
             repo: target.name.clone(),
             tag: tag.clone(),
         };
-        let cached = self.manifests.tag(&key).await;
+        let mut cached = self.manifests.tag(&key).await;
+        let mut from_bucket = false;
+        if cached.is_none() {
+            cached = self.bucket_tag(up, &key).await;
+            from_bucket = cached.is_some();
+        }
         if let Some(entry) = &cached {
             if entry.is_fresh(up.config().tag_ttl) {
-                // Refreshed by a flight that ended just before this one started.
-                if let Some(m) = self.manifests.get(&entry.digest).await? {
+                // Refreshed by a flight that ended just before this one started, or resolved by
+                // another replica (the bucket's record).
+                if let Some(m) = self.cached_manifest(target, up, &entry.digest).await? {
+                    if from_bucket {
+                        self.manifests.set_tag(key, entry.clone()).await;
+                    }
                     self.metrics.cache("tag", up.name(), "hit");
                     return Ok(ManifestReply {
                         manifest: m,
@@ -508,8 +524,9 @@ impl Mirror {
             } else {
                 match self.head_manifest(up, &target.name, tag).await {
                     Ok(Some(d)) if d == entry.digest => {
-                        if let Some(m) = self.manifests.get(&d).await? {
+                        if let Some(m) = self.cached_manifest(target, up, &d).await? {
                             self.record_origin(target.upstream, up, &d);
+                            self.bucket_put_tag(up, &key, &m);
                             self.manifests
                                 .set_tag(
                                     key,
@@ -528,7 +545,9 @@ impl Mirror {
                         }
                     }
                     Ok(_) => {} // changed, or no digest in the answer: fetch below
-                    Err(e) if e.allows_stale() => return self.serve_stale(up, entry, e).await,
+                    Err(e) if e.allows_stale() => {
+                        return self.serve_stale(target, up, entry, e).await;
+                    }
                     Err(e) => {
                         if e.status == StatusCode::NOT_FOUND {
                             self.manifests.forget_tag(&key).await;
@@ -562,6 +581,7 @@ impl Mirror {
                     media_type: m.media_type.clone(),
                     checked: Some(Instant::now()),
                 };
+                self.bucket_put_tag(up, &key, &m);
                 self.manifests.set_tag(key, entry).await;
                 Ok(ManifestReply {
                     manifest: m,
@@ -570,7 +590,8 @@ impl Mirror {
                 })
             }
             Err(e) if e.allows_stale() && cached.is_some() => {
-                self.serve_stale(up, cached.as_ref().unwrap(), e).await
+                self.serve_stale(target, up, cached.as_ref().unwrap(), e)
+                    .await
             }
             Err(e) => Err(e),
         }
@@ -578,11 +599,12 @@ impl Mirror {
 
     async fn serve_stale(
         &self,
+        target: &Target,
         up: &Upstream,
         entry: &TagEntry,
         cause: Error,
     ) -> Result<ManifestReply, Error> {
-        let Some(m) = self.manifests.get(&entry.digest).await? else {
+        let Ok(Some(m)) = self.cached_manifest(target, up, &entry.digest).await else {
             return Err(cause);
         };
         if up.config().offline {
@@ -601,6 +623,109 @@ impl Mirror {
             stale: Some(cause.to_string()),
             outcome: "stale",
         })
+    }
+
+    /// A manifest from the local cache, else from the bucket ([`Self::bucket_manifest`]).
+    async fn cached_manifest(
+        &self,
+        target: &Target,
+        up: &Upstream,
+        digest: &Digest,
+    ) -> Result<Option<Arc<Manifest>>, Error> {
+        if let Some(m) = self.manifests.get(digest).await? {
+            return Ok(Some(m));
+        }
+        self.bucket_manifest(target, up, digest).await
+    }
+
+    /// A manifest the bucket holds (its digest checked by the bucket client), when it may be
+    /// answered through the target's upstream: the bucket records that upstream, or the upstream
+    /// confirms it has the digest now (an error: its own answer). Cached locally on the way.
+    /// `None`: no bucket, not there, or the bucket failed.
+    async fn bucket_manifest(
+        &self,
+        target: &Target,
+        up: &Upstream,
+        digest: &Digest,
+    ) -> Result<Option<Arc<Manifest>>, Error> {
+        let Some(tier) = &self.tier else {
+            return Ok(None);
+        };
+        let bucket = tier.bucket();
+        let Some(Some((media_type, body))) = tier
+            .lookup(
+                "get manifest",
+                bucket.get_manifest(digest, MAX_MANIFEST_BYTES as u64),
+            )
+            .await
+        else {
+            return Ok(None);
+        };
+        let origin = up.name().to_ascii_lowercase();
+        match tier
+            .lookup("head origin", bucket.has_origin(&origin, digest))
+            .await
+        {
+            Some(true) => {}
+            None => return Ok(None),
+            Some(false) => {
+                up.send(manifest_request(
+                    Method::HEAD,
+                    &target.name,
+                    &Reference::Digest(digest.clone()),
+                    Form::Stored,
+                ))
+                .await?
+                .error_for_status(NotFoundKind::Manifest)
+                .await?;
+                self.metrics.origin_confirmations.inc();
+                tier.mark_origin(origin, digest.clone());
+            }
+        }
+        let m = Arc::new(Manifest::new(digest.clone(), media_type, body));
+        if let Err(e) = self.manifests.put(m.clone()).await {
+            tracing::warn!(%digest, error = %e, "could not cache a manifest from the bucket; served it from memory");
+        }
+        self.record_origin(target.upstream, up, digest);
+        Ok(Some(m))
+    }
+
+    /// The bucket's record of a tag another replica resolved, as a local tag answer (its age
+    /// kept: fresh for `tag_ttl` from when it was resolved).
+    async fn bucket_tag(&self, up: &Upstream, key: &TagKey) -> Option<TagEntry> {
+        let tier = self.tier.as_ref()?;
+        let record = tier
+            .lookup(
+                "get tag",
+                tier.bucket().get_tag(
+                    &up.name().to_ascii_lowercase(),
+                    key.repo.as_str(),
+                    key.tag.as_str(),
+                ),
+            )
+            .await??;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let age = Duration::from_secs(now.saturating_sub(record.resolved_at));
+        Some(TagEntry {
+            digest: record.digest.parse().ok()?,
+            media_type: record.media_type,
+            checked: Instant::now().checked_sub(age),
+        })
+    }
+
+    /// Records in the bucket what a tag resolved to now (with a bucket).
+    fn bucket_put_tag(&self, up: &Upstream, key: &TagKey, m: &Manifest) {
+        if let Some(tier) = &self.tier {
+            tier.put_tag(
+                up.name().to_ascii_lowercase(),
+                key.repo.as_str().to_owned(),
+                key.tag.as_str().to_owned(),
+                &m.digest,
+                &m.media_type,
+            );
+        }
     }
 
     /// Records that the upstream in `slot` served `digest` ([`crate::origins`]).
@@ -717,6 +842,14 @@ impl Mirror {
         let m = Arc::new(Manifest::new(digest, media_type, bytes));
         if m.is_schema1() {
             return Ok(m);
+        }
+        if let Some(tier) = &self.tier {
+            tier.put_manifest(
+                m.digest.clone(),
+                m.media_type.clone(),
+                m.bytes.clone(),
+                up.name().to_ascii_lowercase(),
+            );
         }
         if let Err(e) = self.manifests.put(m.clone()).await {
             // The content is verified; failing to cache it must not fail the pull.

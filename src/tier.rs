@@ -19,6 +19,14 @@
 //! are logged at warn at most once per [`WARN_EVERY`] (with the count since) and the last one is
 //! what `/healthz?verbose` reports under `bucket`. The bucket never makes berth unready.
 //!
+//! # Manifests and tags
+//! A manifest cached from an upstream is put by digest (its media type as `Content-Type`) with
+//! the upstream's origin marker; a tag resolved or revalidated with an upstream is put as a tag
+//! record (digest, media type, when). On a local miss, a manifest by digest is read from the
+//! bucket (its digest checked again; through upstream U only with U's marker, else U confirms
+//! first), and a tag from its record, which ages like a local answer: trusted for `tag_ttl`
+//! from `resolved_at`, then revalidated, and served stale while the upstream fails.
+//!
 //! # Uploads
 //! A blob filled from the upstream and committed to the local disk is uploaded from that
 //! verified file by a background task ([`Tier::upload`]; `put_blob` hashes it again and skips it
@@ -36,11 +44,12 @@ use std::fmt;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
+use bytes::Bytes;
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
 use crate::oci::Digest;
-use crate::store::s3::{Bucket, BucketError, Stored};
+use crate::store::s3::{Bucket, BucketError, Stored, TagRecord};
 use crate::store::{self, BlobFile, Source};
 
 /// A bucket lookup (HEAD, or a GET to its headers) that takes longer is given up: the upstream
@@ -185,6 +194,48 @@ impl Tier {
         if let Err(e) = self.bucket.put_origin(upstream, digest).await {
             self.failed(&format!("recording the origin of {digest}"), &e);
         }
+    }
+
+    /// Puts a verified manifest (with its media type) and the marker of the upstream it came
+    /// through, in the background.
+    pub fn put_manifest(
+        self: &Arc<Self>,
+        digest: Digest,
+        media_type: String,
+        body: Bytes,
+        upstream: String,
+    ) {
+        let tier = self.clone();
+        tokio::spawn(async move {
+            match tier.bucket.put_manifest(&digest, &media_type, body).await {
+                Ok(()) => tier.put_origin(&upstream, &digest).await,
+                Err(e) => tier.failed(&format!("putting manifest {digest}"), &e),
+            }
+        });
+    }
+
+    /// Records what `upstream`'s `repo:tag` resolved to now, in the background.
+    pub fn put_tag(
+        self: &Arc<Self>,
+        upstream: String,
+        repo: String,
+        tag: String,
+        digest: &Digest,
+        media_type: &str,
+    ) {
+        let record = TagRecord {
+            digest: digest.to_string(),
+            media_type: media_type.to_owned(),
+            resolved_at: SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+        };
+        let tier = self.clone();
+        tokio::spawn(async move {
+            if let Err(e) = tier.bucket.put_tag(&upstream, &repo, &tag, &record).await {
+                tier.failed(&format!("putting tag {repo}:{tag}"), &e);
+            }
+        });
     }
 
     /// Deletes a blob whose bytes did not hash to its name (in the background).

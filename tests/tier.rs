@@ -221,11 +221,12 @@ impl Shared {
     }
 }
 
-fn config(dir: &std::path::Path, upstreams: &[(&str, &str)]) -> String {
+/// `extra`: keys of every upstream.
+fn config(dir: &std::path::Path, upstreams: &[(&str, &str)], extra: &str) -> String {
     let mut cfg = listeners_and_storage(dir);
     for (i, (name, url)) in upstreams.iter().enumerate() {
         cfg.push_str(&format!(
-            "[[upstream]]\nname = \"{name}\"\nurl = \"{url}\"\n{}",
+            "[[upstream]]\nname = \"{name}\"\nurl = \"{url}\"\n{extra}\n{}",
             if i == 0 { "default = true\n" } else { "" }
         ));
     }
@@ -233,8 +234,16 @@ fn config(dir: &std::path::Path, upstreams: &[(&str, &str)]) -> String {
 }
 
 async fn replica(shared: &Shared, upstreams: &[(&str, &str)]) -> (Berth, Arc<Faults>) {
+    replica_with(shared, upstreams, "").await
+}
+
+async fn replica_with(
+    shared: &Shared,
+    upstreams: &[(&str, &str)],
+    extra: &str,
+) -> (Berth, Arc<Faults>) {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = config(dir.path(), upstreams);
+    let cfg = config(dir.path(), upstreams, extra);
     let (bucket, faults) = shared.bucket();
     (start_with_bucket(&cfg, dir, bucket).await, faults)
 }
@@ -499,4 +508,128 @@ async fn a_bucket_body_that_breaks_off_is_resumed_from_the_upstream() {
             .await,
         1
     );
+}
+
+const MANIFEST_TYPE: &str = "application/vnd.oci.image.manifest.v1+json";
+
+/// A manifest naming `layer` (the fake does not read it; berth checks only its digest).
+fn manifest_for(layer_digest: &str, size: usize) -> Bytes {
+    Bytes::from(format!(
+        r#"{{"schemaVersion":2,"mediaType":"{MANIFEST_TYPE}","layers":[{{"mediaType":"application/vnd.oci.image.layer.v1.tar+gzip","digest":"{layer_digest}","size":{size}}}]}}"#
+    ))
+}
+
+#[tokio::test]
+async fn an_image_another_replica_pulled_is_served_by_tag_with_the_upstream_stopped() {
+    let fake = FakeRegistry::start().await;
+    let url = fake.url();
+    let layer = random_bytes(64_000, 10);
+    let ld = fake.put_blob("team/app", layer.clone());
+    let body = manifest_for(&ld, layer.len());
+    let md = fake.put_tagged("team/app", "v1", MANIFEST_TYPE, body.clone());
+    let shared = Shared::new();
+    let (a, _) = replica(&shared, &[("registry.test", &url)]).await;
+    let got = a.get("/v2/team/app/manifests/v1").await;
+    assert_eq!(got.status, StatusCode::OK);
+    same(a.get(&blob_path(&ld)).await.bytes(), &layer);
+    let hex = md.trim_start_matches("sha256:");
+    for key in [
+        format!("mirror/manifests/sha256/{hex}"),
+        "mirror/tags/registry.test/team/app/v1".to_owned(),
+    ] {
+        shared.until(&Path::from(key), true).await;
+    }
+    shared
+        .until(&shared.origin_key("registry.test", &md), true)
+        .await;
+    shared
+        .until(&shared.origin_key("registry.test", &ld), true)
+        .await;
+    drop(fake);
+
+    let (b, _) = replica(&shared, &[("registry.test", &url)]).await;
+    let got = b.get("/v2/team/app/manifests/v1").await;
+    assert_eq!(got.status, StatusCode::OK);
+    same(got.bytes(), &body);
+    assert_eq!(got.header("docker-content-digest"), Some(md.as_str()));
+    assert_eq!(got.header("content-type"), Some(MANIFEST_TYPE));
+    let by_digest = b.get(&format!("/v2/team/app/manifests/{md}")).await;
+    same(by_digest.bytes(), &body);
+    same(b.get(&blob_path(&ld)).await.bytes(), &layer);
+    assert_eq!(b.counter("berth_upstream_requests_total").await, 0);
+}
+
+#[tokio::test]
+async fn a_tag_from_the_bucket_is_revalidated_after_its_ttl() {
+    let fake = FakeRegistry::start().await;
+    let body = manifest_for(&random_digest(), 1);
+    let md = fake.put_tagged("team/app", "v1", MANIFEST_TYPE, body.clone());
+    let shared = Shared::new();
+    let ups = [("registry.test", fake.url())];
+    let ups: Vec<(&str, &str)> = ups.iter().map(|(n, u)| (*n, u.as_str())).collect();
+    let (a, _) = replica(&shared, &ups).await;
+    assert_eq!(
+        a.get("/v2/team/app/manifests/v1").await.status,
+        StatusCode::OK
+    );
+    shared
+        .until(&Path::from("mirror/tags/registry.test/team/app/v1"), true)
+        .await;
+    shared
+        .until(&shared.origin_key("registry.test", &md), true)
+        .await;
+    let path = "/v2/team/app/manifests/v1";
+    let (heads, gets) = (fake.hits(Method::HEAD, path), fake.hits(Method::GET, path));
+
+    // A replica whose tag_ttl has passed for the record asks the upstream with a HEAD; the
+    // manifest itself comes from the bucket.
+    let (b, _) = replica_with(&shared, &ups, "tag_ttl = \"0s\"").await;
+    let got = b.get(path).await;
+    same(got.bytes(), &body);
+    assert_eq!(fake.hits(Method::HEAD, path), heads + 1);
+    assert_eq!(fake.hits(Method::GET, path), gets);
+    let by_digest = format!("/v2/team/app/manifests/{md}");
+    assert_eq!(fake.hits(Method::GET, &by_digest), 0);
+    // A replica within the record's ttl asks nothing at all.
+    let (c, _) = replica(&shared, &ups).await;
+    same(c.get(path).await.bytes(), &body);
+    assert_eq!(c.counter("berth_upstream_requests_total").await, 0);
+}
+
+#[tokio::test]
+async fn a_manifest_in_the_bucket_that_does_not_match_its_digest_is_not_served() {
+    let fake = FakeRegistry::start().await;
+    let body = manifest_for(&random_digest(), 2);
+    let md = fake.put_manifest("team/app", MANIFEST_TYPE, body.clone());
+    let shared = Shared::new();
+    let hex = md.trim_start_matches("sha256:");
+    let opts = PutOptions {
+        attributes: object_store::Attributes::from_iter([(
+            object_store::Attribute::ContentType,
+            MANIFEST_TYPE,
+        )]),
+        ..PutOptions::default()
+    };
+    shared
+        .inner
+        .put_opts(
+            &Path::from(format!("mirror/manifests/sha256/{hex}")),
+            Bytes::from_static(b"{\"not\":\"it\"}").into(),
+            opts,
+        )
+        .await
+        .unwrap();
+    shared
+        .inner
+        .put(&shared.origin_key("registry.test", &md), PutPayload::new())
+        .await
+        .unwrap();
+    let (b, _) = replica(&shared, &[("registry.test", &fake.url())]).await;
+    let path = format!("/v2/team/app/manifests/{md}");
+    same(b.get(&path).await.bytes(), &body);
+    assert_eq!(fake.hits(Method::GET, &path), 1);
+}
+
+fn random_digest() -> String {
+    support::digest_of(&random_bytes(16, 99))
 }
