@@ -1387,9 +1387,9 @@ impl FillJob {
                     && !from_bucket
                 {
                     tier.upload(
+                        self.store.clone(),
                         self.digest.clone(),
                         self.up.name().to_ascii_lowercase(),
-                        blob,
                     );
                 }
                 Ok(())

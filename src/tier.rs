@@ -50,7 +50,7 @@ use tokio::time::Instant;
 
 use crate::oci::Digest;
 use crate::store::s3::{Bucket, BucketError, Stored, TagRecord};
-use crate::store::{self, BlobFile, Source};
+use crate::store::{self, Source, Store};
 
 /// A bucket lookup (HEAD, or a GET to its headers) that takes longer is given up: the upstream
 /// serves the pull instead.
@@ -162,13 +162,23 @@ impl Tier {
         }
     }
 
-    /// Uploads a verified, committed blob in the background, then records that it came through
-    /// `upstream` (see the module docs).
-    pub fn upload(self: &Arc<Self>, digest: Digest, upstream: String, blob: BlobFile) {
+    /// Uploads a verified blob committed to `store` in the background, then records that it came
+    /// through `upstream` (see the module docs). The file is opened once the upload's turn has
+    /// come, so a queue of uploads holds no descriptors and no eviction leases; a blob evicted
+    /// meanwhile is not uploaded.
+    pub fn upload(self: &Arc<Self>, store: Arc<Store>, digest: Digest, upstream: String) {
         let tier = self.clone();
         tokio::spawn(async move {
             let Ok(_permit) = tier.uploads.clone().acquire_owned().await else {
                 return;
+            };
+            let blob = match store.open_blob(&digest).await {
+                Ok(Some(b)) => b,
+                Ok(None) => return,
+                Err(e) => {
+                    tracing::warn!(%digest, error = %e, "cannot read a cached blob to upload it");
+                    return;
+                }
             };
             let len = blob.len;
             let body = store::read_range(Source::File(blob), 0, Some(len));

@@ -260,12 +260,17 @@ async fn a_fill_from_the_upstream_is_uploaded_once_with_its_origin() {
     let shared = Shared::new();
     let (b, faults) = replica(&shared, &[("registry.test", &fake.url())]).await;
 
-    same(b.get(&blob_path(&d)).await.bytes(), &layer);
+    // Eight clients at once: one fill, one upload.
+    let path = blob_path(&d);
+    let gets = (0..8).map(|_| b.get(&path));
+    for got in futures_util::future::join_all(gets).await {
+        same(got.bytes(), &layer);
+    }
     shared
         .until(&shared.origin_key("registry.test", &d), true)
         .await;
     assert_eq!(shared.get(&shared.blob_key(&d)).await.unwrap(), layer);
-    // A second pull is a local hit: nothing more goes up.
+    // A later pull is a local hit: nothing more goes up.
     same(b.get(&blob_path(&d)).await.bytes(), &layer);
     b.settled().await;
     assert_eq!(faults.blob_puts.load(Ordering::SeqCst), 1);
@@ -280,6 +285,12 @@ async fn a_fill_from_the_upstream_is_uploaded_once_with_its_origin() {
     );
     assert_eq!(b.counter("berth_answers_total{source=\"local\"}").await, 1);
     assert_eq!(fake.hits(Method::GET, &blob_path(&d)), 1);
+    assert_eq!(
+        b.counter("berth_bucket_requests_total{op=\"upload\"").await,
+        1,
+        "{}",
+        b.metric("berth_bucket_requests_total").await
+    );
 }
 
 #[tokio::test]

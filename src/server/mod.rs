@@ -463,11 +463,7 @@ impl Server {
         let slots = Arc::new(Semaphore::new(self.settings.max_connections));
         let bursts = Arc::new(Bursts::default());
         let trimmer = spawn_trimmer(bursts.clone(), slots.clone(), self.settings.max_connections);
-        let stale_uploads = self
-            .app
-            .mirror
-            .tier()
-            .map(|t| tokio::spawn(t.clone().abort_stale_uploads()));
+        let mut stale_uploads = None;
         // The permit for the next registry connection, taken before accepting it.
         let mut slot: Option<OwnedSemaphorePermit> = None;
         tokio::pin!(shutdown);
@@ -483,6 +479,12 @@ impl Server {
                         Err(e) => { stop_side(); return Err(self.index_failed(&root, e.to_string(), watchdog)) }
                     };
                     sweeper = Some(self.spawn_sweeper());
+                    // Every STALE_EVERY, multipart uploads a killed replica left open are aborted.
+                    stale_uploads = self
+                        .app
+                        .mirror
+                        .tier()
+                        .map(|t| tokio::spawn(t.clone().abort_stale_uploads()));
                     cert_watch = self.certs.clone().map(Certs::watch);
                     self.health.set(Phase::Serving);
                     tracing::info!(blobs = indexed, bytes = self.store.index().bytes(), "cache index rebuilt; serving");
