@@ -644,3 +644,31 @@ async fn a_manifest_in_the_bucket_that_does_not_match_its_digest_is_not_served()
 fn random_digest() -> String {
     support::digest_of(&random_bytes(16, 99))
 }
+
+#[tokio::test]
+async fn an_expired_tag_record_is_served_stale_while_the_upstream_is_down() {
+    let fake = FakeRegistry::start().await;
+    let url = fake.url();
+    let body = manifest_for(&random_digest(), 3);
+    let md = fake.put_tagged("team/app", "v1", MANIFEST_TYPE, body.clone());
+    let shared = Shared::new();
+    let (a, _) = replica(&shared, &[("registry.test", &url)]).await;
+    assert_eq!(
+        a.get("/v2/team/app/manifests/v1").await.status,
+        StatusCode::OK
+    );
+    shared
+        .until(&Path::from("mirror/tags/registry.test/team/app/v1"), true)
+        .await;
+    shared
+        .until(&shared.origin_key("registry.test", &md), true)
+        .await;
+    drop(fake);
+
+    let (b, _) = replica_with(&shared, &[("registry.test", &url)], "tag_ttl = \"0s\"").await;
+    let got = b.get("/v2/team/app/manifests/v1").await;
+    assert_eq!(got.status, StatusCode::OK);
+    same(got.bytes(), &body);
+    assert_eq!(got.header("docker-content-digest"), Some(md.as_str()));
+    assert_eq!(b.counter("berth_stale_serves_total").await, 1);
+}
