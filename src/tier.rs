@@ -110,9 +110,20 @@ impl Tier {
     /// Records a failed bucket request: for `/healthz`, the skip window, and the (rate-limited)
     /// log.
     pub fn failed(&self, what: &str, error: &dyn fmt::Display) {
+        *self.skip_until.lock().unwrap() = Some(Instant::now() + SKIP_AFTER_ERROR);
+        self.report(what, error);
+    }
+
+    /// Records an object that is not what berth wrote (a manifest that does not hash to its
+    /// name, a tag record that is not JSON): reported like a failure, but the bucket answered,
+    /// so it is not skipped.
+    fn bad_content(&self, what: &str, error: &dyn fmt::Display) {
+        self.report(what, error);
+    }
+
+    fn report(&self, what: &str, error: &dyn fmt::Display) {
         let text = format!("{what}: {error}");
         *self.last_error.lock().unwrap() = Some((SystemTime::now(), text.clone()));
-        *self.skip_until.lock().unwrap() = Some(Instant::now() + SKIP_AFTER_ERROR);
         let mut warned = self.warned.lock().unwrap();
         let now = Instant::now();
         match warned.0 {
@@ -121,7 +132,7 @@ impl Tier {
                 let suppressed = std::mem::take(&mut warned.1);
                 warned.0 = Some(now);
                 tracing::warn!(error = %text, suppressed,
-                    "bucket request failed; serving from local disk and upstreams meanwhile");
+                    "bucket request failed; local disk and upstreams serve instead");
             }
         }
     }
@@ -151,6 +162,10 @@ impl Tier {
         }
         match tokio::time::timeout(LOOKUP_TIMEOUT, read).await {
             Ok(Ok(v)) => Some(v),
+            Ok(Err(e @ (BucketError::Invalid(_) | BucketError::Digest { .. }))) => {
+                self.bad_content(what, &e);
+                None
+            }
             Ok(Err(e)) => {
                 self.failed(what, &e);
                 None
@@ -310,6 +325,20 @@ mod tests {
         assert_eq!(t.lookup("head", async { Ok(1) }).await, None);
         tokio::time::advance(SKIP_AFTER_ERROR).await;
         assert_eq!(t.lookup("head", async { Ok(1) }).await, Some(1));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn bad_content_is_reported_but_does_not_skip_the_bucket() {
+        let t = tier();
+        let got: Option<()> = t
+            .lookup("get manifest", async {
+                Err(BucketError::Invalid("x does not hash to its name".into()))
+            })
+            .await;
+        assert_eq!(got, None);
+        assert!(t.readable());
+        let (_, text) = t.last_error().lock().unwrap().clone().unwrap();
+        assert!(text.contains("does not hash"), "{text}");
     }
 
     #[tokio::test(start_paused = true)]

@@ -639,6 +639,19 @@ async fn a_manifest_in_the_bucket_that_does_not_match_its_digest_is_not_served()
     let path = format!("/v2/team/app/manifests/{md}");
     same(b.get(&path).await.bytes(), &body);
     assert_eq!(fake.hits(Method::GET, &path), 1);
+    // The bucket answered (with the wrong thing): it is not skipped, and the verified manifest
+    // from the upstream replaces the object.
+    let key = Path::from(format!("mirror/manifests/sha256/{hex}"));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while shared.get(&key).await.as_ref() != Some(&body) {
+        assert!(tokio::time::Instant::now() < deadline, "never replaced");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    assert_eq!(
+        b.counter("berth_bucket_requests_total{op=\"lookup\",outcome=\"skipped\"}")
+            .await,
+        0
+    );
 }
 
 fn random_digest() -> String {
