@@ -1416,7 +1416,7 @@ impl FillJob {
                 // Whether the bucket's bytes were wrong or an upstream resume's, the object is
                 // suspect: gone, so the next fill goes to the upstream.
                 if let Some(tier) = &self.tier {
-                    tier.delete_bad(self.digest.clone());
+                    tier.delete_bad(&self.digest).await;
                 }
                 tracing::error!(repo = %self.name, digest = %self.digest, error = %e, "blob from the bucket failed verification; deleted from the bucket, not cached");
                 Err(Error::digest_mismatch(

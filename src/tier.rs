@@ -7,8 +7,12 @@
 //! bytes go through the same pending file, so the local tier keeps them and the digest is checked
 //! as always; a bucket object that does not hash to its name is counted
 //! (`berth_bucket_requests_total{op="get_body",outcome="mismatch"}`), deleted from the bucket,
-//! and the fill fails like any fill whose bytes were wrong: its clients get a short body, never a
-//! complete wrong one, and the next request (a client's retry) fetches from the upstream.
+//! and then the fill fails like any fill whose bytes were wrong: its clients get a short body,
+//! never a complete wrong one, and the next request (a client's retry) fetches from the upstream.
+//! Trade-off: falling back within the same response is impossible once bucket bytes have
+//! streamed (the client holds a wrong prefix); verifying before streaming would cost every bucket
+//! hit its first byte. A wrong object is rare (S3 completes only verified uploads); streaming is
+//! every hit.
 //!
 //! # The bucket down
 //! Every lookup ([`Tier::lookup`]) is bounded by [`LOOKUP_TIMEOUT`]; an error or a timeout skips
@@ -263,19 +267,21 @@ impl Tier {
         });
     }
 
-    /// Deletes a blob whose bytes did not hash to its name (in the background).
-    pub fn delete_bad(self: &Arc<Self>, digest: Digest) {
+    /// Deletes a blob whose bytes did not hash to its name. Awaited (bounded) before the fill
+    /// fails, so a client's retry cannot find the object again; when the delete fails, the
+    /// bucket is skipped for a while instead.
+    pub async fn delete_bad(&self, digest: &Digest) {
         self.bucket
             .metrics()
             .requests
             .with_label_values(&["get_body", "mismatch"])
             .inc();
-        let tier = self.clone();
-        tokio::spawn(async move {
-            if let Err(e) = tier.bucket.delete_blob(&digest).await {
-                tier.failed(&format!("deleting the bad object of {digest}"), &e);
-            }
-        });
+        let what = format!("deleting the bad object of {digest}");
+        match tokio::time::timeout(LOOKUP_TIMEOUT, self.bucket.delete_blob(digest)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => self.failed(&what, &e),
+            Err(_) => self.failed(&what, &format!("no answer within {LOOKUP_TIMEOUT:?}")),
+        }
     }
 
     /// Every [`STALE_EVERY`], aborts multipart uploads older than [`STALE_AGE`] (left by a
