@@ -348,6 +348,22 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn warnings_are_rate_limited() {
+        let t = tier();
+        t.failed("head", &"refused");
+        t.failed("head", &"refused");
+        t.failed("get", &"refused");
+        assert_eq!(t.warned.lock().unwrap().1, 2, "two not logged");
+        tokio::time::advance(WARN_EVERY).await;
+        t.failed("head", &"refused");
+        assert_eq!(
+            t.warned.lock().unwrap().1,
+            0,
+            "logged, with the count since"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn a_slow_bucket_is_given_up() {
         let t = tier();
         let got = t
