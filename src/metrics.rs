@@ -19,7 +19,8 @@ pub struct Metrics {
     /// `berth_cache_lookups_total{kind,upstream,outcome}`: kind = blob|manifest|tag, outcome =
     /// hit|miss|stale|revalidated.
     pub cache: IntCounterVec,
-    /// `berth_served_bytes_total{source}`: source = cache|upstream (a fill in progress counts as upstream).
+    /// `berth_served_bytes_total{source}`: source = cache|upstream|bucket (a fill in progress
+    /// counts as where its bytes come from).
     pub served_bytes: IntCounterVec,
     /// `berth_upstream_fetched_bytes_total{upstream}`: bytes written to the cache from upstreams.
     pub fetched_bytes: IntCounterVec,
@@ -39,10 +40,9 @@ pub struct Metrics {
     pub fill_waits: IntCounter,
     /// `berth_blob_first_byte_seconds`: time from a blob request to its first byte being ready.
     pub first_byte: Histogram,
-    /// `berth_answers_total{source}`: blob answers by where their bytes came from: `local` (a
-    /// hit on this replica's disk, counted per answer), `bucket` or `upstream` (counted once per
-    /// fill, and per HEAD answered from there; clients joining a running fill are in
-    /// `berth_coalesced_requests_total`). `peer` is reserved for the cluster.
+    /// `berth_answers_total{source}`: blob answers (GET and HEAD) by where their bytes came
+    /// from: `local` (this replica's disk), `bucket` or `upstream` (a fill from there, counted for
+    /// each request reading it, joined ones included). `peer` is reserved for the cluster.
     pub answers: IntCounterVec,
     /// `berth_origin_confirmations_total`: cached digests an upstream was asked about (and
     /// confirmed) before they were answered through it, having come through another (`origins`).
@@ -145,7 +145,7 @@ impl Metrics {
             answers: IntCounterVec::new(
                 Opts::new(
                     "berth_answers_total",
-                    "Blob answers by where their bytes came from (local, bucket, upstream; a fill counts once).",
+                    "Blob answers by where their bytes came from (local, bucket, upstream).",
                 ),
                 &["source"],
             )?,

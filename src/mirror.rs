@@ -59,7 +59,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::error::{Error, Origin};
-use crate::fill::{Fills, Share};
+use crate::fill::{FillSource, Fills, Share};
 use crate::flight::{Flights, Role};
 use crate::http::route::Target;
 use crate::manifests::{MAX_MANIFEST_BYTES, Manifest, Manifests, TagEntry, TagKey};
@@ -141,7 +141,7 @@ pub struct ManifestReply {
     pub manifest: Arc<Manifest>,
     /// Served from an expired tag answer because the upstream failed; the reason.
     pub stale: Option<String>,
-    /// `hit`, `miss`, `revalidated`, `stale`, `coalesced`: for logs.
+    /// `hit`, `miss`, `revalidated`, `stale`, `coalesced`, `bucket`: for logs.
     pub outcome: &'static str,
 }
 
@@ -230,7 +230,8 @@ pub struct BlobReply {
     pub range: Option<(u64, u64)>,
     /// `None` for HEAD.
     pub body: Option<BlobStream>,
-    /// `hit`, `miss`, `joined`: for logs and the served-bytes metric.
+    /// `hit`, `miss`, `joined`, `bucket`, `bucket_joined` (a fill from the bucket, started or
+    /// joined): for logs and the served-bytes metric.
     pub outcome: &'static str,
 }
 
@@ -906,7 +907,7 @@ impl Mirror {
         if head {
             return self.head_blob(&up, target, digest).await;
         }
-        let (mut rx, joined) = self.fill(target.upstream, &up, &target.name, digest).await;
+        let (mut rx, source, joined) = self.fill(target.upstream, &up, &target.name, digest).await;
         self.metrics
             .cache("blob", up.name(), if joined { "joined" } else { "miss" });
         // Wait for the upstream's answer (size known), or the end when a range needs a size the
@@ -930,6 +931,9 @@ impl Mirror {
         self.metrics
             .first_byte
             .observe(started.elapsed().as_secs_f64());
+        // Set by the fill before its first byte, so before any state this loop stops at.
+        let source = source.get().copied().unwrap_or("upstream");
+        self.metrics.answer(source);
         let span = match (range, total) {
             (Some(r), Some(t)) => Some(r.resolve(t)?),
             _ => None,
@@ -941,7 +945,12 @@ impl Mirror {
             total,
             range: span,
             body: Some(body),
-            outcome: if joined { "joined" } else { "miss" },
+            outcome: match (joined, source) {
+                (false, "bucket") => "bucket",
+                (true, "bucket") => "bucket_joined",
+                (false, _) => "miss",
+                (true, _) => "joined",
+            },
         })
     }
 
@@ -1012,15 +1021,15 @@ impl Mirror {
         up: &Arc<Upstream>,
         name: &RepoName,
         digest: &Digest,
-    ) -> (watch::Receiver<FillState>, bool) {
+    ) -> (watch::Receiver<FillState>, FillSource, bool) {
         let mut may_wait = true;
-        let (tx, rx) = loop {
+        let (tx, rx, source) = loop {
             match self.fills.share(upstream, name, digest, may_wait) {
-                Share::Join(rx) => {
+                Share::Join(rx, source) => {
                     self.metrics.coalesced.with_label_values(&["blob"]).inc();
-                    return (rx, true);
+                    return (rx, source, true);
                 }
-                Share::Start(tx, rx) => break (tx, rx),
+                Share::Start(tx, rx, source) => break (tx, rx, source),
                 Share::Wait(mut other) => {
                     // Another repository's fill, not yet answered: its content, or our own fill.
                     may_wait = false;
@@ -1041,6 +1050,7 @@ impl Mirror {
             pass_throughs: self.pass_throughs.clone(),
             passing: AtomicBool::new(false),
             tier: self.tier.clone(),
+            source: source.clone(),
         };
         self.metrics.fills_in_flight.inc();
         // The task, not any client, owns the fill: it runs to the end even if every client leaves.
@@ -1049,7 +1059,7 @@ impl Mirror {
         tokio::spawn(async move {
             job.run(tx).await;
         });
-        (rx, false)
+        (rx, source, false)
     }
 
     // ---- tags ----
@@ -1131,6 +1141,8 @@ struct FillJob {
     passing: AtomicBool,
     /// The bucket: the fill's source when it has the blob, else where a verified fill goes.
     tier: Option<Arc<Tier>>,
+    /// Where this fill's bytes come from, told to the requests sharing it.
+    source: FillSource,
 }
 
 /// Where a fill's bytes come from.
@@ -1292,8 +1304,9 @@ impl FillJob {
                 (Body::Upstream(resp), total, false)
             }
         };
-        self.metrics
-            .answer(if from_bucket { "bucket" } else { "upstream" });
+        let _ = self
+            .source
+            .set(if from_bucket { "bucket" } else { "upstream" });
         let pending = self
             .store
             .begin(&self.digest, total, tx.clone())

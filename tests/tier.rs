@@ -279,9 +279,10 @@ async fn a_fill_from_the_upstream_is_uploaded_once_with_its_origin() {
             .await,
         1
     );
+    // Each client's answer counts where it came from.
     assert_eq!(
         b.counter("berth_answers_total{source=\"upstream\"}").await,
-        1
+        8
     );
     assert_eq!(b.counter("berth_answers_total{source=\"local\"}").await, 1);
     assert_eq!(fake.hits(Method::GET, &blob_path(&d)), 1);
