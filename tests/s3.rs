@@ -307,9 +307,17 @@ async fn a_second_berth_over_the_bucket_serves_an_image_with_the_upstream_stoppe
     let md = fake.put_tagged("team/app", "v1", manifest_type, manifest.clone());
     assert_eq!(md, digest_of(&manifest));
 
+    // A prefix of this run's own, so that A always starts from an empty bucket.
+    let prefix = format!(
+        "run-{}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    );
     let berth = |dir: tempfile::TempDir| {
         let cfg = format!(
-            "{}[storage.s3]\nbucket = \"berth-replicas\"\nendpoint = \"{}\"\nprefix = \"mirror/\"\n\
+            "{}[storage.s3]\nbucket = \"berth-replicas\"\nendpoint = \"{}\"\nprefix = \"{prefix}/\"\n\
              access_key_id = \"testkey\"\nsecret_access_key_file = \"{}\"\n\
              [[upstream]]\nname = \"registry.test\"\nurl = \"{url}\"\ndefault = true\n",
             listeners_and_storage(dir.path()),
@@ -338,7 +346,7 @@ async fn a_second_berth_over_the_bucket_serves_an_image_with_the_upstream_stoppe
         .collect();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     for key in &keys {
-        let path = object_store::path::Path::from(format!("mirror/{key}"));
+        let path = object_store::path::Path::from(format!("{prefix}/{key}"));
         while b.object_store().head(&path).await.is_err() {
             assert!(
                 tokio::time::Instant::now() < deadline,
@@ -347,7 +355,11 @@ async fn a_second_berth_over_the_bucket_serves_an_image_with_the_upstream_stoppe
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
-    assert!(a.counter("berth_bucket_multipart_aborts_total").await == 0);
+    assert_eq!(
+        a.counter("berth_answers_total{source=\"upstream\"}").await,
+        3
+    );
+    assert_eq!(a.counter("berth_bucket_multipart_aborts_total").await, 0);
     drop(fake);
 
     let other = berth(tempfile::tempdir().unwrap()).await;
