@@ -360,6 +360,34 @@ async fn a_second_berth_over_the_bucket_serves_an_image_with_the_upstream_stoppe
         3
     );
     assert_eq!(a.counter("berth_bucket_multipart_aborts_total").await, 0);
+    // The stale-upload pass ran once A was serving (it lists open uploads on the real server),
+    // and the bucket had no error to report.
+    while a
+        .counter("berth_bucket_requests_total{op=\"list_uploads\",outcome=\"ok\"}")
+        .await
+        == 0
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no stale-upload pass"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let health = a
+        .client
+        .get(
+            format!("http://{}/healthz?verbose", a.metrics)
+                .parse()
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let text = http_body_util::BodyExt::collect(health.into_body())
+        .await
+        .unwrap()
+        .to_bytes();
+    let text = String::from_utf8_lossy(&text);
+    assert!(text.contains("bucket: no error"), "{text}");
     drop(fake);
 
     let other = berth(tempfile::tempdir().unwrap()).await;
