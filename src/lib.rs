@@ -22,7 +22,8 @@
 //!   which upstream; `http` asks it before routing reaches the mirror.
 //! - [`http`]: parses method + path + query into a typed [`http::Route`], calls the mirror, writes
 //!   responses and the one OCI error body.
-//! - [`mirror`]: decides hit or miss, coalesces fetches, verifies, caches.
+//! - [`mirror`]: decides hit or miss, coalesces fetches, verifies, caches; `mirror/bucket` is its
+//!   side of the bucket tier (a fill from the bucket, manifests and tag records read and written).
 //! - [`flight`]: generic single-flight: one computation per key, its result shared.
 //! - [`fill`]: which running blob download a request may share (same upstream; another
 //!   repository's only once the upstream answered it with content).
