@@ -22,28 +22,37 @@
 //! Rule of dependency: uses `store` (the fill states) and `oci`; knows nothing of upstreams.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, OnceLock};
 
 use tokio::sync::watch;
 
 use crate::oci::{Digest, RepoName};
 use crate::store::FillState;
 
+/// Where a download's bytes come from (`"bucket"` or `"upstream"`), set once by the download
+/// before its first byte, read by every request that shares it (for `berth_answers_total`).
+pub type FillSource = Arc<OnceLock<&'static str>>;
+
 /// One running download.
 struct Running {
     upstream: usize,
     repo: RepoName,
     rx: watch::Receiver<FillState>,
+    source: FillSource,
 }
 
 /// What a request for a blob does about the downloads running for its digest.
 pub enum Share {
     /// Read this download.
-    Join(watch::Receiver<FillState>),
+    Join(watch::Receiver<FillState>, FillSource),
     /// Wait until this download (another repository's) has its upstream's answer, then ask again.
     Wait(watch::Receiver<FillState>),
     /// No download to share: start one, reporting through this sender (already registered).
-    Start(watch::Sender<FillState>, watch::Receiver<FillState>),
+    Start(
+        watch::Sender<FillState>,
+        watch::Receiver<FillState>,
+        FillSource,
+    ),
 }
 
 /// The downloads running now, by digest.
@@ -78,7 +87,7 @@ impl Fills {
             .filter(usable)
             .find(|r| r.repo == *repo || has_content(&r.rx.borrow()))
         {
-            return Share::Join(r.rx.clone());
+            return Share::Join(r.rx.clone(), r.source.clone());
         }
         if may_wait
             && let Some(r) = same_upstream()
@@ -88,12 +97,14 @@ impl Fills {
             return Share::Wait(r.rx.clone());
         }
         let (tx, rx) = watch::channel(FillState::Pending);
+        let source = FillSource::default();
         list.push(Running {
             upstream,
             repo: repo.clone(),
             rx: rx.clone(),
+            source: source.clone(),
         });
-        Share::Start(tx, rx)
+        Share::Start(tx, rx, source)
     }
 
     /// Takes a download out (it ended, or will not serve new readers): only that one, by its
@@ -142,7 +153,7 @@ mod tests {
 
     fn started(s: Share) -> (watch::Sender<FillState>, watch::Receiver<FillState>) {
         match s {
-            Share::Start(tx, rx) => (tx, rx),
+            Share::Start(tx, rx, _) => (tx, rx),
             _ => panic!("expected a start"),
         }
     }
@@ -154,7 +165,7 @@ mod tests {
         let (a, b) = (repo("team/a"), repo("team/b"));
         let (tx, rx) = started(fills.share(0, &a, &d, true));
         // Same repository: joins at once, even before the answer.
-        assert!(matches!(fills.share(0, &a, &d, true), Share::Join(j) if j.same_channel(&rx)));
+        assert!(matches!(fills.share(0, &a, &d, true), Share::Join(j, _) if j.same_channel(&rx)));
         // Another repository: waits for the answer; having waited, starts its own.
         assert!(matches!(fills.share(0, &b, &d, true), Share::Wait(w) if w.same_channel(&rx)));
         let (_tx_b, rx_b) = started(fills.share(0, &b, &d, false));
@@ -170,7 +181,7 @@ mod tests {
             maps: None,
         }));
         assert!(
-            matches!(fills.share(0, &repo("team/z"), &d, true), Share::Join(j) if j.same_channel(&rx))
+            matches!(fills.share(0, &repo("team/z"), &d, true), Share::Join(j, _) if j.same_channel(&rx))
         );
         assert_eq!(fills.known_size(0, &d), Some(5));
         assert_eq!(fills.known_size(1, &d), None);

@@ -5,11 +5,11 @@
 //! (the registry listener is bound but not yet accepting) and once shutdown has begun (so a load
 //! balancer stops sending new pulls while running ones drain), 200 while serving. `?verbose` says
 //! why, as plain text or, with `?verbose=json` or `Accept: application/json`, as JSON: the
-//! phase, the index's state and entry count, each upstream's last error and when, and the free
-//! space of the storage path. An upstream's error does not make berth unready: cached content is
+//! phase, the index's state and entry count, each upstream's last error and when, the bucket's
+//! last error (with `[storage.s3]`), and the free space of the storage path. An upstream's error does not make berth unready: cached content is
 //! still served, and a mirror taken out of rotation for its upstream's outage helps nobody.
 //!
-//! Rule of dependency: uses `index` and `upstream` (its last-error map); `server` owns it.
+//! Rule of dependency: uses `index`, `upstream` and `tier` (their last-error maps); `server` owns it.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -47,6 +47,8 @@ pub struct Health {
     storage: PathBuf,
     index: Arc<Index>,
     last_errors: LastErrors,
+    /// The bucket's last error (`[storage.s3]`), when there is a bucket.
+    bucket: Option<crate::tier::LastError>,
 }
 
 /// One `/healthz` answer.
@@ -64,7 +66,14 @@ impl Health {
             storage,
             index,
             last_errors,
+            bucket: None,
         }
+    }
+
+    /// Reports the bucket tier's last error too.
+    pub fn with_bucket(mut self, last_error: crate::tier::LastError) -> Health {
+        self.bucket = Some(last_error);
+        self
     }
 
     /// The cache root whose free space is reported.
@@ -151,6 +160,14 @@ impl Health {
                 "error": e.to_string(),
             }),
         };
+        let bucket = self.bucket.as_ref().map(|b| match &*b.lock().unwrap() {
+            Some((at, what)) => json!({
+                "last_error": what,
+                "last_error_at": httpdate::fmt_http_date(*at),
+                "last_error_seconds_ago": SystemTime::now().duration_since(*at).map_or(0, |d| d.as_secs()),
+            }),
+            None => json!({ "last_error": null }),
+        });
         json!({
             "status": phase.as_str(),
             "ready": phase == Phase::Serving,
@@ -160,6 +177,7 @@ impl Health {
                 "bytes": self.index.bytes(),
             },
             "upstreams": ups,
+            "bucket": bucket,
             "storage": disk,
         })
     }
@@ -194,6 +212,22 @@ fn text(r: &serde_json::Value) -> String {
                     s(&u["name"]),
                     s(&u["last_error_at"]),
                     u["last_error_seconds_ago"]
+                );
+            }
+        }
+    }
+    let b = &r["bucket"];
+    if !b.is_null() {
+        match b["last_error"].as_str() {
+            None => {
+                let _ = writeln!(out, "bucket: no error");
+            }
+            Some(e) => {
+                let _ = writeln!(
+                    out,
+                    "bucket: last error at {} ({}s ago): {e}",
+                    s(&b["last_error_at"]),
+                    b["last_error_seconds_ago"]
                 );
             }
         }
@@ -282,6 +316,30 @@ mod tests {
             h.answer(Some("verbose"), true, &names).content_type,
             "application/json"
         );
+    }
+
+    #[test]
+    fn verbose_names_the_bucket_and_its_last_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let last = crate::tier::LastError::default();
+        let h = health(dir.path()).with_bucket(last.clone());
+        h.set(Phase::Serving);
+        let a = h.answer(Some("verbose"), false, &[]);
+        assert!(a.body.contains("bucket: no error"), "{}", a.body);
+        *last.lock().unwrap() = Some((SystemTime::now(), "head: connection refused".into()));
+        let a = h.answer(Some("verbose=json"), false, &[]);
+        let v: serde_json::Value = serde_json::from_str(&a.body).unwrap();
+        assert_eq!(v["bucket"]["last_error"], "head: connection refused");
+        assert_eq!(
+            a.status,
+            StatusCode::OK,
+            "a bucket error does not make berth unready"
+        );
+        let a = h.answer(Some("verbose"), false, &[]);
+        assert!(a.body.contains("bucket: last error at"), "{}", a.body);
+        // Without a bucket, no line at all.
+        let plain = health(dir.path()).answer(Some("verbose"), false, &[]);
+        assert!(!plain.body.contains("bucket"), "{}", plain.body);
     }
 
     #[test]

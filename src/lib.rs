@@ -7,7 +7,8 @@
 //! main (CLI) -> server (listeners, TLS, shutdown) -> http (login, route, respond) -> mirror (orchestration)
 //!     -> { flight (single-flight), fill (who shares a download), manifests (tag/digest cache),
 //!          cluster (owners, peer health, peer protocol),
-//!          origins (which upstream a digest came through), store (blob files + fills),
+//!          origins (which upstream a digest came through), tier (the bucket on the request
+//!          path) -> store (blob files + fills, the s3 bucket),
 //!          upstreams -> upstream (registry client, auth, address guard) }
 //!     -> { oci (names, references, digests, media types), error }
 //! config and metrics are leaves, handed in; nothing reaches for a global.
@@ -22,7 +23,8 @@
 //!   which upstream; `http` asks it before routing reaches the mirror.
 //! - [`http`]: parses method + path + query into a typed [`http::Route`], calls the mirror, writes
 //!   responses and the one OCI error body.
-//! - [`mirror`]: decides hit or miss, coalesces fetches, verifies, caches.
+//! - [`mirror`]: decides hit or miss, coalesces fetches, verifies, caches; `mirror/bucket` is its
+//!   side of the bucket tier (a fill from the bucket, manifests and tag records read and written).
 //! - [`cluster`]: replicas (`[cluster]`): the owner of each digest by rendezvous hashing over
 //!   the live peers, peer health probes, and the signed peer protocol under `/_berth/peer/v1/`
 //!   on the registry listener (health route today; the mirror asks owners in a later step).
@@ -35,8 +37,9 @@
 //!   concern: `store/mod.rs` (layout, the `Store` facade), `pending` (a fill: reserve, verify,
 //!   commit), `spool` (chunks in memory, the full-disk pass-through), `read` (ranges, mapped
 //!   reads), `evict` (making room), `s3` (the object-store tier, `[storage.s3]`: blobs,
-//!   manifests and tag records in a bucket, uploads completed only once verified; not yet on the
-//!   request path).
+//!   manifests and tag records in a bucket, uploads completed only once verified).
+//! - [`tier`]: the bucket as the request path uses it: bounded lookups skipped for a while after
+//!   an error, uploads of verified blobs beside the pull, the bucket's last error for `/healthz`.
 //! - [`upstream`]: the registry client: pooled HTTPS, auth challenges and tokens, redirects, timeouts.
 //! - [`origins`]: which upstreams each cached digest came through, so content cached from one
 //!   upstream is answered through another only once that one confirms it has it.
@@ -67,7 +70,8 @@
 //! mirror asks `manifests` for a fresh tag answer; on a miss it asks `upstream` (HEAD to revalidate,
 //! GET when the digest is new), verifies the body against its digest and caches it. The client then
 //! asks for each blob: a hit streams the file from `store`; a miss starts one fill that streams the
-//! upstream body into a temp file while hashing it, and every client asking for that digest reads the
+//! bucket's object (with `[storage.s3]`, when it has the blob) or else the upstream body into a
+//! temp file while hashing it, and every client asking for that digest reads the
 //! growing file. The last byte is only released after the digest matched, so a client never gets a
 //! complete response with wrong bytes. A body that breaks off is resumed with a range request; a
 //! full disk turns the fill into a pass-through from memory that caches nothing.
@@ -95,6 +99,7 @@ pub mod reload;
 pub mod sdnotify;
 pub mod server;
 pub mod store;
+pub mod tier;
 pub mod tls;
 pub mod upstream;
 pub mod upstreams;

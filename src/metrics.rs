@@ -19,7 +19,8 @@ pub struct Metrics {
     /// `berth_cache_lookups_total{kind,upstream,outcome}`: kind = blob|manifest|tag, outcome =
     /// hit|miss|stale|revalidated.
     pub cache: IntCounterVec,
-    /// `berth_served_bytes_total{source}`: source = cache|upstream (a fill in progress counts as upstream).
+    /// `berth_served_bytes_total{source}`: source = cache|upstream|bucket (a fill in progress
+    /// counts as where its bytes come from).
     pub served_bytes: IntCounterVec,
     /// `berth_upstream_fetched_bytes_total{upstream}`: bytes written to the cache from upstreams.
     pub fetched_bytes: IntCounterVec,
@@ -39,6 +40,10 @@ pub struct Metrics {
     pub fill_waits: IntCounter,
     /// `berth_blob_first_byte_seconds`: time from a blob request to its first byte being ready.
     pub first_byte: Histogram,
+    /// `berth_answers_total{source}`: blob answers (GET and HEAD) by where their bytes came
+    /// from: `local` (this replica's disk), `bucket` or `upstream` (a fill from there, counted for
+    /// each request reading it, joined ones included). `peer` is reserved for the cluster.
+    pub answers: IntCounterVec,
     /// `berth_origin_confirmations_total`: cached digests an upstream was asked about (and
     /// confirmed) before they were answered through it, having come through another (`origins`).
     pub origin_confirmations: IntCounter,
@@ -137,6 +142,13 @@ impl Metrics {
                 "berth_fill_waits_total",
                 "Blob requests that waited for another repository's download to get its upstream's answer before sharing it or starting their own.",
             )?,
+            answers: IntCounterVec::new(
+                Opts::new(
+                    "berth_answers_total",
+                    "Blob answers by where their bytes came from (local, bucket, upstream).",
+                ),
+                &["source"],
+            )?,
             origin_confirmations: IntCounter::new(
                 "berth_origin_confirmations_total",
                 "Cached digests confirmed with an upstream before being answered through it, having been fetched through another.",
@@ -182,6 +194,7 @@ impl Metrics {
         registry.register(Box::new(m.fill_waits.clone()))?;
         registry.register(Box::new(m.first_byte.clone()))?;
         registry.register(Box::new(m.origin_confirmations.clone()))?;
+        registry.register(Box::new(m.answers.clone()))?;
         registry.register(Box::new(m.resumes.clone()))?;
         registry.register(Box::new(m.store_write_errors.clone()))?;
         registry.register(Box::new(m.zero_copy_bytes.clone()))?;
@@ -230,6 +243,11 @@ impl Metrics {
     }
 
     /// Counts one cache lookup.
+    /// Counts a blob answer by source (`berth_answers_total`).
+    pub fn answer(&self, source: &str) {
+        self.answers.with_label_values(&[source]).inc();
+    }
+
     pub fn cache(&self, kind: &str, upstream: &str, outcome: &str) {
         self.cache
             .with_label_values(&[kind, upstream, outcome])

@@ -1,6 +1,10 @@
 //! The bucket tier against a real S3 server: Ceph's radosgw. Needs one running, named by
 //! `BERTH_TEST_S3` (e.g. `http://127.0.0.1:9103`, keys testkey/testsecret); tests/run.sh starts
 //! one with tests/ceph/start-ceph.sh and runs `cargo test --test s3 -- --ignored`.
+//! The last test runs two berths over one bucket on it: what one pulled, the other serves with
+//! an empty disk and the upstream stopped.
+
+mod support;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -261,4 +265,181 @@ async fn wrong_credentials_are_errors_not_absence() {
     );
     let err = b.abort_stale_uploads(Duration::ZERO).await.unwrap_err();
     assert!(matches!(err, BucketError::Http(_)), "{err}");
+}
+
+#[tokio::test]
+#[ignore = "needs radosgw: BERTH_TEST_S3 (tests/run.sh starts one)"]
+async fn a_second_berth_over_the_bucket_serves_an_image_with_the_upstream_stopped() {
+    use http::Method;
+    use support::instance::{listeners_and_storage, start_toml};
+    use support::{FakeRegistry, digest_of, random_bytes};
+
+    let (b, secrets) = bucket("berth-replicas").await;
+    let fake = FakeRegistry::start().await;
+    let url = fake.url();
+    // A layer of two parts and a bit (a multipart upload), a small one (one PUT), a config.
+    let layers = [
+        random_bytes(2 * 16 * MIB + 3 * MIB, 21),
+        random_bytes(70_000, 22),
+    ];
+    let config_blob = Bytes::from_static(b"{\"architecture\":\"amd64\",\"os\":\"linux\"}");
+    let mut blobs = vec![(
+        fake.put_blob("team/app", config_blob.clone()),
+        config_blob.clone(),
+    )];
+    for l in &layers {
+        blobs.push((fake.put_blob("team/app", l.clone()), l.clone()));
+    }
+    let descriptor = |media: &str, (d, bytes): &(String, Bytes)| {
+        format!(
+            r#"{{"mediaType":"{media}","digest":"{d}","size":{}}}"#,
+            bytes.len()
+        )
+    };
+    let layer_type = "application/vnd.oci.image.layer.v1.tar+gzip";
+    let manifest_type = "application/vnd.oci.image.manifest.v1+json";
+    let manifest = Bytes::from(format!(
+        r#"{{"schemaVersion":2,"mediaType":"{manifest_type}","config":{},"layers":[{},{}]}}"#,
+        descriptor("application/vnd.oci.image.config.v1+json", &blobs[0]),
+        descriptor(layer_type, &blobs[1]),
+        descriptor(layer_type, &blobs[2]),
+    ));
+    let md = fake.put_tagged("team/app", "v1", manifest_type, manifest.clone());
+    assert_eq!(md, digest_of(&manifest));
+
+    // A prefix of this run's own, so that A always starts from an empty bucket.
+    let prefix = format!(
+        "run-{}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    );
+    let berth = |dir: tempfile::TempDir| {
+        let cfg = format!(
+            "{}[storage.s3]\nbucket = \"berth-replicas\"\nendpoint = \"{}\"\nprefix = \"{prefix}/\"\n\
+             access_key_id = \"testkey\"\nsecret_access_key_file = \"{}\"\n\
+             [[upstream]]\nname = \"registry.test\"\nurl = \"{url}\"\ndefault = true\n",
+            listeners_and_storage(dir.path()),
+            endpoint(),
+            secrets.path().join("secret").display(),
+        );
+        async move { start_toml(&cfg, dir).await }
+    };
+    let a = berth(tempfile::tempdir().unwrap()).await;
+    pull(&a, &md, &blobs, &manifest).await;
+    // Everything is in the bucket once A's background puts are done (bounded wait).
+    let keys: Vec<String> = blobs
+        .iter()
+        .map(|(d, _)| format!("blobs/sha256/{}", &d[7..]))
+        .chain([
+            format!("manifests/sha256/{}", &md[7..]),
+            "tags/registry.test/team/app/v1".into(),
+        ])
+        .chain(
+            blobs
+                .iter()
+                .map(|(d, _)| d.as_str())
+                .chain([md.as_str()])
+                .map(|d| format!("origins/registry.test/sha256/{}", &d[7..])),
+        )
+        .collect();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    for key in &keys {
+        let path = object_store::path::Path::from(format!("{prefix}/{key}"));
+        while b.object_store().head(&path).await.is_err() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{key} never reached the bucket"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    assert_eq!(
+        a.counter("berth_answers_total{source=\"upstream\"}").await,
+        3
+    );
+    assert_eq!(a.counter("berth_bucket_multipart_aborts_total").await, 0);
+    // The stale-upload pass ran once A was serving (it lists open uploads on the real server),
+    // and the bucket had no error to report.
+    while a
+        .counter("berth_bucket_requests_total{op=\"list_uploads\",outcome=\"ok\"}")
+        .await
+        == 0
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no stale-upload pass"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let health = a
+        .client
+        .get(
+            format!("http://{}/healthz?verbose", a.metrics)
+                .parse()
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let text = http_body_util::BodyExt::collect(health.into_body())
+        .await
+        .unwrap()
+        .to_bytes();
+    let text = String::from_utf8_lossy(&text);
+    assert!(text.contains("bucket: no error"), "{text}");
+    drop(fake);
+
+    let other = berth(tempfile::tempdir().unwrap()).await;
+    pull(&other, &md, &blobs, &manifest).await;
+    assert_eq!(other.counter("berth_upstream_requests_total").await, 0);
+    assert_eq!(
+        other
+            .counter("berth_answers_total{source=\"bucket\"}")
+            .await,
+        3
+    );
+    other.settled().await;
+    for (d, bytes) in &blobs {
+        assert_eq!(std::fs::read(other.blob_file(d)).unwrap(), &bytes[..]);
+    }
+    let head = other
+        .request(
+            Method::HEAD,
+            &format!("/v2/team/app/blobs/{}", blobs[1].0),
+            &[],
+        )
+        .await;
+    assert_eq!(
+        head.header("content-length"),
+        Some(layers[0].len().to_string().as_str())
+    );
+}
+
+/// Pulls the image by tag and by digest, and each blob, through `berth`; checks every byte.
+async fn pull(
+    berth: &support::instance::Berth,
+    md: &str,
+    blobs: &[(String, Bytes)],
+    manifest: &Bytes,
+) {
+    use http::StatusCode;
+    use support::instance::same;
+    let got = berth.get("/v2/team/app/manifests/v1").await;
+    assert_eq!(got.status, StatusCode::OK);
+    same(got.bytes(), manifest);
+    assert_eq!(got.header("docker-content-digest"), Some(md));
+    same(
+        berth
+            .get(&format!("/v2/team/app/manifests/{md}"))
+            .await
+            .bytes(),
+        manifest,
+    );
+    for (d, bytes) in blobs {
+        let got = berth.get(&format!("/v2/team/app/blobs/{d}")).await;
+        assert_eq!(got.status, StatusCode::OK);
+        assert_eq!(support::digest_of(got.bytes()), *d);
+        same(got.bytes(), bytes);
+    }
 }

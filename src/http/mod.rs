@@ -134,6 +134,7 @@ impl App {
         let served_from = match log.outcome {
             "hit" => Some("cache"),
             "miss" | "joined" if log.kind == "blob" => Some("upstream"),
+            "bucket" | "bucket_joined" if log.kind == "blob" => Some("bucket"),
             _ => None,
         };
         self.in_flight.fetch_add(1, Ordering::Relaxed);

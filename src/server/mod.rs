@@ -63,6 +63,8 @@ use crate::origins::Origins;
 use crate::reload::{ReloadMetrics, Reloader};
 use crate::sdnotify::Notifier;
 use crate::store::Store;
+use crate::store::s3::{Bucket, BucketMetrics};
+use crate::tier::Tier;
 use crate::tls::Certs;
 use crate::upstream::{Upstream, UpstreamMetrics};
 use crate::upstreams::UpstreamSet;
@@ -136,6 +138,8 @@ pub enum StartError {
     Auth(#[from] crate::access::LoadError),
     #[error("[admin] socket: {0}")]
     AdminSocket(String),
+    #[error("[storage.s3]: {0}")]
+    Bucket(String),
     #[error("cache index of {path}: {reason}")]
     Index { path: String, reason: String },
     #[error("[cluster] {0}")]
@@ -145,7 +149,7 @@ pub enum StartError {
 impl Server {
     /// Builds the mirror from `cfg` and binds its listeners.
     pub async fn bind(cfg: &Config) -> Result<Server, StartError> {
-        Self::bind_on(cfg, None).await
+        Self::bind_on(cfg, None, Self::bucket(cfg)?).await
     }
 
     /// As [`bind`](Self::bind), serving the registry on `registry`, a listener bound already
@@ -155,14 +159,44 @@ impl Server {
         cfg: &Config,
         registry: std::net::TcpListener,
     ) -> Result<Server, StartError> {
-        Self::bind_on(cfg, Some(registry)).await
+        Self::bind_on(cfg, Some(registry), Self::bucket(cfg)?).await
+    }
+
+    /// As [`bind`](Self::bind), with the bucket tier given rather than made from
+    /// `[storage.s3]` (tests hand in one over a fault-injecting store). Its metric families are
+    /// registered on the server's registry.
+    pub async fn bind_with_bucket(
+        cfg: &Config,
+        bucket: Option<Bucket>,
+    ) -> Result<Server, StartError> {
+        Self::bind_on(cfg, None, bucket).await
+    }
+
+    /// The bucket tier `[storage.s3]` names, if any.
+    fn bucket(cfg: &Config) -> Result<Option<Bucket>, StartError> {
+        cfg.storage
+            .s3
+            .as_ref()
+            .map(|s3| {
+                Bucket::connect(s3, BucketMetrics::new())
+                    .map_err(|e| StartError::Bucket(e.to_string()))
+            })
+            .transpose()
     }
 
     async fn bind_on(
         cfg: &Config,
         registry: Option<std::net::TcpListener>,
+        bucket: Option<Bucket>,
     ) -> Result<Server, StartError> {
         let prometheus = prometheus::Registry::new();
+        let tier = match bucket {
+            Some(b) => {
+                b.metrics().register(&prometheus)?;
+                Some(Arc::new(Tier::new(Arc::new(b))))
+            }
+            None => None,
+        };
         let metrics = Metrics::register(&prometheus)?;
         let upstream_metrics = UpstreamMetrics::register(&prometheus)?;
 
@@ -195,23 +229,30 @@ impl Server {
                 })?;
             upstreams.push((slot, Arc::new(up)));
         }
-        let mirror = Arc::new(Mirror::new(
-            UpstreamSet::new(upstreams),
-            store.clone(),
-            manifests,
-            origins,
-            metrics.clone(),
-        ));
+        let mirror = Arc::new(
+            Mirror::new(
+                UpstreamSet::new(upstreams),
+                store.clone(),
+                manifests,
+                origins,
+                metrics.clone(),
+            )
+            .with_tier(tier.clone()),
+        );
         let admin = cfg
             .admin
             .token
             .clone()
             .map(|token| Arc::new(admin::api::Api::new(mirror.clone(), root.clone(), token)));
-        let health = Arc::new(Health::new(
+        let mut health = Health::new(
             root.clone(),
             store.index().clone(),
             upstream_metrics.last_errors().clone(),
-        ));
+        );
+        if let Some(t) = &tier {
+            health = health.with_bucket(t.last_error().clone());
+        }
+        let health = Arc::new(health);
         let mut app = App::new(mirror, metrics);
         if let Some(auth) = &cfg.auth {
             let settings = access::Settings::new(auth, &cfg.upstreams);
@@ -480,6 +521,7 @@ impl Server {
         let slots = Arc::new(Semaphore::new(self.settings.max_connections));
         let bursts = Arc::new(Bursts::default());
         let trimmer = spawn_trimmer(bursts.clone(), slots.clone(), self.settings.max_connections);
+        let mut stale_uploads = None;
         // The permit for the next registry connection, taken before accepting it.
         let mut slot: Option<OwnedSemaphorePermit> = None;
         tokio::pin!(shutdown);
@@ -495,6 +537,12 @@ impl Server {
                         Err(e) => { stop_side(); return Err(self.index_failed(&root, e.to_string(), watchdog)) }
                     };
                     sweeper = Some(self.spawn_sweeper());
+                    // Every STALE_EVERY, multipart uploads a killed replica left open are aborted.
+                    stale_uploads = self
+                        .app
+                        .mirror
+                        .tier()
+                        .map(|t| tokio::spawn(t.clone().abort_stale_uploads()));
                     cert_watch = self.certs.clone().map(Certs::watch);
                     self.health.set(Phase::Serving);
                     tracing::info!(blobs = indexed, bytes = self.store.index().bytes(), "cache index rebuilt; serving");
@@ -591,6 +639,9 @@ impl Server {
         self.health.set(Phase::Draining);
         drop(self.registry);
         trimmer.abort();
+        if let Some(t) = stale_uploads {
+            t.abort();
+        }
         if let Some(s) = sweeper {
             s.abort();
         }

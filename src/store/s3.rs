@@ -10,6 +10,14 @@
 //!   RGW in `tests/s3.rs`), so no sidecar object is needed.
 //! - `tags/<upstream>/<repo>/<tag>`: a [`TagRecord`] as JSON (`digest`, `media_type`,
 //!   `resolved_at` in Unix seconds): what a replica resolved the tag to, and when.
+//! - `origins/<upstream>/sha256/<hex>`: an empty marker: the blob `<hex>` came through (or was
+//!   confirmed by) the upstream named `<upstream>` (lowercased, as `origins` names it). The
+//!   bucket's counterpart of the local `origins` records: a replica that finds a blob in the
+//!   bucket answers it through upstream U only when U's marker is there (else it asks U first),
+//!   so content fetched with one upstream's credentials is not read through another. Written
+//!   after the blob's upload completed (or was found there), so a marker never names a blob that
+//!   is not (yet) in the bucket; a marker whose blob was deleted is harmless (the blob's HEAD
+//!   comes first).
 //!
 //! # Nothing unverified under a digest's key
 //! A blob goes up as a multipart upload ([`Bucket::put_blob`]) that hashes every byte on the way
@@ -378,6 +386,31 @@ impl Bucket {
     /// `<prefix>/tags/<upstream>/<repo>/<tag>`
     pub fn tag_key(&self, upstream: &str, repo: &str, tag: &str) -> Path {
         self.key(&format!("tags/{upstream}/{repo}/{tag}"))
+    }
+
+    /// `<prefix>/origins/<upstream>/sha256/<hex>`
+    pub fn origin_key(&self, upstream: &str, digest: &Digest) -> Path {
+        self.key(&format!("origins/{upstream}/sha256/{}", digest.hex()))
+    }
+
+    /// Records that `digest` came through `upstream` (an empty marker object).
+    pub async fn put_origin(&self, upstream: &str, digest: &Digest) -> Result<(), BucketError> {
+        let key = self.origin_key(upstream, digest);
+        self.timed("put", self.store.put(&key, PutPayload::new()))
+            .await
+            .map(|_| ())
+    }
+
+    /// Whether `digest` is recorded as having come through `upstream`.
+    pub async fn has_origin(&self, upstream: &str, digest: &Digest) -> Result<bool, BucketError> {
+        let key = self.origin_key(upstream, digest);
+        Ok(self.timed("head", self.store.head(&key)).await?.is_some())
+    }
+
+    /// Whether [`abort_stale_uploads`](Self::abort_stale_uploads) can run (a bucket made by
+    /// [`connect`](Self::connect), not [`with_store`](Self::with_store)).
+    pub fn lists_uploads(&self) -> bool {
+        self.signer.is_some()
     }
 
     /// Runs one request, recording it: `outcome` names a success (`not_found` is one).

@@ -126,6 +126,18 @@ pub async fn start_on_listener(
     (launch(server, dir).await.0, cluster)
 }
 
+/// Starts berth from a whole config text with this bucket tier (one over a fault-injecting
+/// store), as `[storage.s3]` would give it.
+pub async fn start_with_bucket(
+    cfg: &str,
+    dir: tempfile::TempDir,
+    bucket: berth::store::s3::Bucket,
+) -> Berth {
+    let cfg = Config::parse(cfg, "test").unwrap();
+    let server = Server::bind_with_bucket(&cfg, Some(bucket)).await.unwrap();
+    launch(server, dir).await.0
+}
+
 async fn launch(server: Server, dir: tempfile::TempDir) -> (Berth, berth::reload::Reloader) {
     let reloader = server.reloader();
     let (addr, metrics) = (server.local_addr(), server.metrics_addr().unwrap());

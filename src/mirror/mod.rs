@@ -28,6 +28,13 @@
 //! the `fills` map at once, so that the next request for the digest starts a fresh fill that may
 //! find room again instead of joining one that can only end uncached.
 //!
+//! With a bucket (`[storage.s3]`, see [`crate::tier`]) the read order is local disk, then the
+//! bucket, then the upstream: a fill's source is the bucket when it has the blob and may answer it
+//! through the request's upstream (the bucket's origin marker for it, else that upstream's yes to
+//! a HEAD), with the same pending file, digest check and resume (from the upstream) as an
+//! upstream body; a fill from an upstream that committed locally is uploaded. A bucket that fails
+//! is skipped, never the reason a pull fails.
+//!
 //! Manifests: small (at most 4 MiB), so they are read whole, verified, cached, then answered. A tag
 //! answer is trusted for the upstream's `tag_ttl`, then revalidated with a HEAD (which Docker Hub
 //! does not count against its pull limit); if the upstream is down or failing, the last known
@@ -37,7 +44,7 @@
 //! that (see [`Mirror::manifest`]). Trade-off: a tag whose type a client does not read costs that
 //! client a 404 rather than a conversion berth would have to sign, cache and keep apart.
 //!
-//! Rule of dependency: uses `store`, `manifests`, `upstream`, `upstreams` (the set it fetches
+//! Rule of dependency: uses `store`, `tier`, `manifests`, `upstream`, `upstreams` (the set it fetches
 //! through, by slot, swapped whole on reload), `oci`, `error`, `metrics`.
 
 use std::sync::Arc;
@@ -52,7 +59,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::error::{Error, Origin};
-use crate::fill::{Fills, Share};
+use crate::fill::{FillSource, Fills, Share};
 use crate::flight::{Flights, Role};
 use crate::http::route::Target;
 use crate::manifests::{MAX_MANIFEST_BYTES, Manifest, Manifests, TagEntry, TagKey};
@@ -60,8 +67,12 @@ use crate::metrics::Metrics;
 use crate::oci::{self, Digest, Reference, RepoName, Tag};
 use crate::origins::{Origins, Provenance};
 use crate::store::{self, FillState, Source, Store};
+use crate::tier::Tier;
 use crate::upstream::{NotFoundKind, Upstream, UpstreamRequest, UpstreamResponse};
 use crate::upstreams::UpstreamSet;
+
+mod bucket;
+use bucket::Body;
 
 /// Most bytes read from the upstream ahead of the disk; beyond it the fill stops reading (and TCP
 /// slows the upstream down), so memory per fill stays bounded.
@@ -96,6 +107,8 @@ pub struct Mirror {
     metrics: Metrics,
     /// Fills running from memory because the disk is full (at most [`MAX_PASS_THROUGH`]).
     pass_throughs: Arc<AtomicUsize>,
+    /// The bucket tier (`[storage.s3]`), between the local disk and the upstreams ([`crate::tier`]).
+    tier: Option<Arc<Tier>>,
 }
 
 /// What a manifest flight is for: everything that decides its answer, and nothing a client can
@@ -130,7 +143,7 @@ pub struct ManifestReply {
     pub manifest: Arc<Manifest>,
     /// Served from an expired tag answer because the upstream failed; the reason.
     pub stale: Option<String>,
-    /// `hit`, `miss`, `revalidated`, `stale`, `coalesced`: for logs.
+    /// `hit`, `miss`, `revalidated`, `stale`, `coalesced`, `bucket`: for logs.
     pub outcome: &'static str,
 }
 
@@ -219,7 +232,8 @@ pub struct BlobReply {
     pub range: Option<(u64, u64)>,
     /// `None` for HEAD.
     pub body: Option<BlobStream>,
-    /// `hit`, `miss`, `joined`: for logs and the served-bytes metric.
+    /// `hit`, `miss`, `joined`, `bucket`, `bucket_joined` (a fill from the bucket, started or
+    /// joined): for logs and the served-bytes metric.
     pub outcome: &'static str,
 }
 
@@ -263,7 +277,19 @@ impl Mirror {
             manifest_flights: Flights::new(MANIFEST_FLIGHT_WAIT),
             metrics,
             pass_throughs: Arc::default(),
+            tier: None,
         }
+    }
+
+    /// Reads blobs from the bucket on a local miss and uploads what the upstreams fill.
+    pub fn with_tier(mut self, tier: Option<Arc<Tier>>) -> Mirror {
+        self.tier = tier;
+        self
+    }
+
+    /// The bucket tier, if configured.
+    pub fn tier(&self) -> Option<&Arc<Tier>> {
+        self.tier.as_ref()
     }
 
     /// The upstream in `slot`; 503 when a reload removed it after the request was routed.
@@ -432,6 +458,13 @@ impl Mirror {
                 }
                 (Reference::Digest(d), Form::Stored) => {
                     this.metrics.cache("manifest", up.name(), "miss");
+                    if let Some(m) = this.bucket_manifest(&target, up, d).await? {
+                        return Ok(ManifestReply {
+                            manifest: m,
+                            stale: None,
+                            outcome: "bucket",
+                        });
+                    }
                     let m = this
                         .fetch_manifest(up, &target.name, &reference, form, Some(d))
                         .await?;
@@ -470,11 +503,20 @@ impl Mirror {
             repo: target.name.clone(),
             tag: tag.clone(),
         };
-        let cached = self.manifests.tag(&key).await;
+        let mut cached = self.manifests.tag(&key).await;
+        let mut from_bucket = false;
+        if cached.is_none() {
+            cached = self.bucket_tag(up, &key).await;
+            from_bucket = cached.is_some();
+        }
         if let Some(entry) = &cached {
             if entry.is_fresh(up.config().tag_ttl) {
-                // Refreshed by a flight that ended just before this one started.
-                if let Some(m) = self.manifests.get(&entry.digest).await? {
+                // Refreshed by a flight that ended just before this one started, or resolved by
+                // another replica (the bucket's record).
+                if let Some(m) = self.cached_manifest(target, up, &entry.digest).await? {
+                    if from_bucket {
+                        self.manifests.set_tag(key, entry.clone()).await;
+                    }
                     self.metrics.cache("tag", up.name(), "hit");
                     return Ok(ManifestReply {
                         manifest: m,
@@ -485,8 +527,9 @@ impl Mirror {
             } else {
                 match self.head_manifest(up, &target.name, tag).await {
                     Ok(Some(d)) if d == entry.digest => {
-                        if let Some(m) = self.manifests.get(&d).await? {
+                        if let Some(m) = self.cached_manifest(target, up, &d).await? {
                             self.record_origin(target.upstream, up, &d);
+                            self.bucket_put_tag(up, &key, &m);
                             self.manifests
                                 .set_tag(
                                     key,
@@ -505,7 +548,9 @@ impl Mirror {
                         }
                     }
                     Ok(_) => {} // changed, or no digest in the answer: fetch below
-                    Err(e) if e.allows_stale() => return self.serve_stale(up, entry, e).await,
+                    Err(e) if e.allows_stale() => {
+                        return self.serve_stale(target, up, entry, e).await;
+                    }
                     Err(e) => {
                         if e.status == StatusCode::NOT_FOUND {
                             self.manifests.forget_tag(&key).await;
@@ -539,6 +584,7 @@ impl Mirror {
                     media_type: m.media_type.clone(),
                     checked: Some(Instant::now()),
                 };
+                self.bucket_put_tag(up, &key, &m);
                 self.manifests.set_tag(key, entry).await;
                 Ok(ManifestReply {
                     manifest: m,
@@ -547,7 +593,8 @@ impl Mirror {
                 })
             }
             Err(e) if e.allows_stale() && cached.is_some() => {
-                self.serve_stale(up, cached.as_ref().unwrap(), e).await
+                self.serve_stale(target, up, cached.as_ref().unwrap(), e)
+                    .await
             }
             Err(e) => Err(e),
         }
@@ -555,11 +602,12 @@ impl Mirror {
 
     async fn serve_stale(
         &self,
+        target: &Target,
         up: &Upstream,
         entry: &TagEntry,
         cause: Error,
     ) -> Result<ManifestReply, Error> {
-        let Some(m) = self.manifests.get(&entry.digest).await? else {
+        let Ok(Some(m)) = self.cached_manifest(target, up, &entry.digest).await else {
             return Err(cause);
         };
         if up.config().offline {
@@ -586,8 +634,8 @@ impl Mirror {
             .record(slot, &up.name().to_ascii_lowercase(), digest);
     }
 
-    /// Whether a cached digest may be answered through the target's upstream: recorded for it,
-    /// cached before records were kept, or confirmed now with a HEAD to that upstream (then
+    /// Whether a cached digest may be answered through the target's upstream: recorded for it
+    /// (here, or in the bucket by another replica), cached before records were kept, or confirmed now with a HEAD to that upstream (then
     /// recorded). Otherwise that upstream's own answer (404, 403, 503), exactly what a miss would
     /// have got, so the client learns nothing about what is cached.
     async fn may_serve(
@@ -598,6 +646,20 @@ impl Mirror {
         kind: NotFoundKind,
     ) -> Result<(), Error> {
         if self.origins.check(target.upstream, digest) != Provenance::Elsewhere {
+            return Ok(());
+        }
+        // Another replica may have recorded this upstream in the bucket.
+        if let Some(tier) = &self.tier
+            && tier
+                .lookup(
+                    "head origin",
+                    tier.bucket()
+                        .has_origin(&up.name().to_ascii_lowercase(), digest),
+                )
+                .await
+                == Some(true)
+        {
+            self.record_origin(target.upstream, up, digest);
             return Ok(());
         }
         let req = match kind {
@@ -681,6 +743,14 @@ impl Mirror {
         if m.is_schema1() {
             return Ok(m);
         }
+        if let Some(tier) = &self.tier {
+            tier.put_manifest(
+                m.digest.clone(),
+                m.media_type.clone(),
+                m.bytes.clone(),
+                up.name().to_ascii_lowercase(),
+            );
+        }
         if let Err(e) = self.manifests.put(m.clone()).await {
             // The content is verified; failing to cache it must not fail the pull.
             let kind = if e.is_disk_full() { "enospc" } else { "io" };
@@ -715,6 +785,7 @@ impl Mirror {
             self.may_serve(target, &up, digest, NotFoundKind::Blob)
                 .await?;
             self.metrics.cache("blob", up.name(), "hit");
+            self.metrics.answer("local");
             let span = range.map(|r| r.resolve(blob.len)).transpose()?;
             let (start, end) = span.unwrap_or((0, blob.len));
             let body = (!head).then(|| {
@@ -735,7 +806,7 @@ impl Mirror {
         if head {
             return self.head_blob(&up, target, digest).await;
         }
-        let (mut rx, joined) = self.fill(target.upstream, &up, &target.name, digest).await;
+        let (mut rx, source, joined) = self.fill(target.upstream, &up, &target.name, digest).await;
         self.metrics
             .cache("blob", up.name(), if joined { "joined" } else { "miss" });
         // Wait for the upstream's answer (size known), or the end when a range needs a size the
@@ -759,6 +830,9 @@ impl Mirror {
         self.metrics
             .first_byte
             .observe(started.elapsed().as_secs_f64());
+        // Set by the fill before its first byte, so before any state this loop stops at.
+        let source = source.get().copied().unwrap_or("upstream");
+        self.metrics.answer(source);
         let span = match (range, total) {
             (Some(r), Some(t)) => Some(r.resolve(t)?),
             _ => None,
@@ -770,7 +844,12 @@ impl Mirror {
             total,
             range: span,
             body: Some(body),
-            outcome: if joined { "joined" } else { "miss" },
+            outcome: match (joined, source) {
+                (false, "bucket") => "bucket",
+                (true, "bucket") => "bucket_joined",
+                (false, _) => "miss",
+                (true, _) => "joined",
+            },
         })
     }
 
@@ -791,10 +870,38 @@ impl Mirror {
             });
         }
         self.metrics.cache("blob", up.name(), "miss");
+        let origin = up.name().to_ascii_lowercase();
+        let mut in_bucket = false;
+        if let Some(tier) = &self.tier
+            && let Some(Some(info)) = tier.lookup("head", tier.bucket().head_blob(digest)).await
+        {
+            in_bucket = true;
+            // Through this upstream only when the bucket records it; else the upstream's HEAD
+            // below is the confirmation.
+            if tier
+                .lookup("head origin", tier.bucket().has_origin(&origin, digest))
+                .await
+                == Some(true)
+            {
+                self.metrics.answer("bucket");
+                return Ok(BlobReply {
+                    digest: digest.clone(),
+                    total: Some(info.size),
+                    range: None,
+                    body: None,
+                    outcome: "bucket",
+                });
+            }
+        }
         let resp = up
             .send(blob_request(Method::HEAD, &target.name, digest))
             .await?;
         let resp = resp.error_for_status(NotFoundKind::Blob).await?;
+        if in_bucket && let Some(tier) = &self.tier {
+            self.metrics.origin_confirmations.inc();
+            tier.mark_origin(origin, digest.clone());
+        }
+        self.metrics.answer("upstream");
         let total = content_length(&resp.headers);
         Ok(BlobReply {
             digest: digest.clone(),
@@ -813,15 +920,15 @@ impl Mirror {
         up: &Arc<Upstream>,
         name: &RepoName,
         digest: &Digest,
-    ) -> (watch::Receiver<FillState>, bool) {
+    ) -> (watch::Receiver<FillState>, FillSource, bool) {
         let mut may_wait = true;
-        let (tx, rx) = loop {
+        let (tx, rx, source) = loop {
             match self.fills.share(upstream, name, digest, may_wait) {
-                Share::Join(rx) => {
+                Share::Join(rx, source) => {
                     self.metrics.coalesced.with_label_values(&["blob"]).inc();
-                    return (rx, true);
+                    return (rx, source, true);
                 }
-                Share::Start(tx, rx) => break (tx, rx),
+                Share::Start(tx, rx, source) => break (tx, rx, source),
                 Share::Wait(mut other) => {
                     // Another repository's fill, not yet answered: its content, or our own fill.
                     may_wait = false;
@@ -841,6 +948,8 @@ impl Mirror {
             this_fill: rx.clone(),
             pass_throughs: self.pass_throughs.clone(),
             passing: AtomicBool::new(false),
+            tier: self.tier.clone(),
+            source: source.clone(),
         };
         self.metrics.fills_in_flight.inc();
         // The task, not any client, owns the fill: it runs to the end even if every client leaves.
@@ -849,7 +958,7 @@ impl Mirror {
         tokio::spawn(async move {
             job.run(tx).await;
         });
-        (rx, false)
+        (rx, source, false)
     }
 
     // ---- tags ----
@@ -929,6 +1038,10 @@ struct FillJob {
     /// The mirror's count of fills running from memory, and whether this is one of them.
     pass_throughs: Arc<AtomicUsize>,
     passing: AtomicBool,
+    /// The bucket: the fill's source when it has the blob, else where a verified fill goes.
+    tier: Option<Arc<Tier>>,
+    /// Where this fill's bytes come from, told to the requests sharing it.
+    source: FillSource,
 }
 
 impl Drop for FillJob {
@@ -1001,12 +1114,27 @@ impl FillJob {
     }
 
     async fn fetch(&self, tx: &watch::Sender<FillState>) -> Result<(), Error> {
-        let resp: UpstreamResponse = self
-            .up
-            .send(blob_request(Method::GET, &self.name, &self.digest))
-            .await?;
-        let mut resp = resp.error_for_status(NotFoundKind::Blob).await?;
-        let total = content_length(&resp.headers);
+        let (mut resp, total, from_bucket) = match self.bucket_source().await? {
+            Some(read) => {
+                let body = Body::Bucket {
+                    body: read.body,
+                    stall: self.up.config().stall_timeout,
+                };
+                (body, Some(read.size), true)
+            }
+            None => {
+                let resp: UpstreamResponse = self
+                    .up
+                    .send(blob_request(Method::GET, &self.name, &self.digest))
+                    .await?;
+                let resp = resp.error_for_status(NotFoundKind::Blob).await?;
+                let total = content_length(&resp.headers);
+                (Body::Upstream(resp), total, false)
+            }
+        };
+        let _ = self
+            .source
+            .set(if from_bucket { "bucket" } else { "upstream" });
         let pending = self
             .store
             .begin(&self.digest, total, tx.clone())
@@ -1054,7 +1182,7 @@ impl FillJob {
                     }
                     pending = Some(p);
                 }
-                chunk = resp.body.next_chunk(), if !eof && queued < MAX_QUEUED => {
+                chunk = resp.next_chunk(self.tier.as_ref()), if !eof && queued < MAX_QUEUED => {
                     let mut c = match chunk {
                         Ok(Some(c)) => c,
                         Ok(None) => {
@@ -1066,7 +1194,8 @@ impl FillJob {
                         Err(cause) => {
                             let idle = resumed_at == Some(received);
                             resumed_at = Some(received);
-                            (resp, skip) = self.resume(&mut resumes, received, total, idle, cause).await?;
+                            let (r, s) = self.resume(&mut resumes, received, total, idle, cause).await?;
+                            (resp, skip) = (Body::Upstream(r), s);
                             continue;
                         }
                     };
@@ -1082,7 +1211,9 @@ impl FillJob {
                     if total.is_some_and(|t| received > t) {
                         return Err(Error::upstream_bad(self.up.name(), format!("blob {}: more bytes than the announced {}", self.digest, total.unwrap_or(0))));
                     }
-                    self.metrics.fetched_bytes.with_label_values(&[self.up.name()]).inc_by(c.len() as u64);
+                    if matches!(resp, Body::Upstream(_)) {
+                        self.metrics.fetched_bytes.with_label_values(&[self.up.name()]).inc_by(c.len() as u64);
+                    }
                     queued += c.len();
                     feed.push(c.clone());
                     queue.push(c);
@@ -1092,7 +1223,16 @@ impl FillJob {
         let mut pending = pending.expect("pending is home after the last write");
         match pending.commit().await {
             Ok(blob) => {
-                tracing::info!(upstream = self.up.name(), repo = %self.name, digest = %self.digest, bytes = blob.len, "blob cached");
+                tracing::info!(upstream = self.up.name(), repo = %self.name, digest = %self.digest, bytes = blob.len, from_bucket, "blob cached");
+                if let Some(tier) = &self.tier
+                    && !from_bucket
+                {
+                    tier.upload(
+                        self.store.clone(),
+                        self.digest.clone(),
+                        self.up.name().to_ascii_lowercase(),
+                    );
+                }
                 Ok(())
             }
             Err(store::CommitError::Persist(_)) if pending.is_pass_through() => {
@@ -1112,6 +1252,18 @@ impl FillJob {
             Err(store::CommitError::Io(e)) => {
                 self.write_failed(&e);
                 Err(Error::io("committing blob", &e))
+            }
+            Err(e) if from_bucket => {
+                // Whether the bucket's bytes were wrong or an upstream resume's, the object is
+                // suspect: gone, so the next fill goes to the upstream.
+                if let Some(tier) = &self.tier {
+                    tier.delete_bad(&self.digest).await;
+                }
+                tracing::error!(repo = %self.name, digest = %self.digest, error = %e, "blob from the bucket failed verification; deleted from the bucket, not cached");
+                Err(Error::digest_mismatch(
+                    "bucket",
+                    format!("blob {}: {e}", self.digest),
+                ))
             }
             Err(e) => {
                 self.metrics

@@ -1,0 +1,202 @@
+//! The mirror's side of the bucket tier (`[storage.s3]`, [`crate::tier`]): a fill's source when
+//! the bucket has the blob, manifests and tag records read on a local miss and written when an
+//! upstream answered. Every read goes through `Tier::lookup` (bounded, skipped after an error),
+//! and content is answered through an upstream only with that upstream's origin marker in the
+//! bucket, or its confirmation now.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::Method;
+use tokio::time::Instant;
+
+use super::{FillJob, Form, Mirror, blob_request, manifest_request};
+use crate::error::Error;
+use crate::http::route::Target;
+use crate::manifests::{MAX_MANIFEST_BYTES, Manifest, TagEntry, TagKey};
+use crate::oci::{Digest, Reference};
+use crate::store::{self, s3::BlobRead};
+use crate::tier::Tier;
+use crate::upstream::{NotFoundKind, Upstream, UpstreamResponse};
+
+impl Mirror {
+    /// A manifest from the local cache, else from the bucket ([`Self::bucket_manifest`]).
+    pub(super) async fn cached_manifest(
+        &self,
+        target: &Target,
+        up: &Upstream,
+        digest: &Digest,
+    ) -> Result<Option<Arc<Manifest>>, Error> {
+        if let Some(m) = self.manifests.get(digest).await? {
+            return Ok(Some(m));
+        }
+        self.bucket_manifest(target, up, digest).await
+    }
+
+    /// A manifest the bucket holds (its digest checked by the bucket client), when it may be
+    /// answered through the target's upstream: the bucket records that upstream, or the upstream
+    /// confirms it has the digest now (an error: its own answer). Cached locally on the way.
+    /// `None`: no bucket, not there, or the bucket failed.
+    pub(super) async fn bucket_manifest(
+        &self,
+        target: &Target,
+        up: &Upstream,
+        digest: &Digest,
+    ) -> Result<Option<Arc<Manifest>>, Error> {
+        let Some(tier) = &self.tier else {
+            return Ok(None);
+        };
+        let bucket = tier.bucket();
+        let Some(Some((media_type, body))) = tier
+            .lookup(
+                "get manifest",
+                bucket.get_manifest(digest, MAX_MANIFEST_BYTES as u64),
+            )
+            .await
+        else {
+            return Ok(None);
+        };
+        let origin = up.name().to_ascii_lowercase();
+        match tier
+            .lookup("head origin", bucket.has_origin(&origin, digest))
+            .await
+        {
+            Some(true) => {}
+            None => return Ok(None),
+            Some(false) => {
+                up.send(manifest_request(
+                    Method::HEAD,
+                    &target.name,
+                    &Reference::Digest(digest.clone()),
+                    Form::Stored,
+                ))
+                .await?
+                .error_for_status(NotFoundKind::Manifest)
+                .await?;
+                self.metrics.origin_confirmations.inc();
+                tier.mark_origin(origin, digest.clone());
+            }
+        }
+        let m = Arc::new(Manifest::new(digest.clone(), media_type, body));
+        if let Err(e) = self.manifests.put(m.clone()).await {
+            tracing::warn!(%digest, error = %e, "could not cache a manifest from the bucket; served it from memory");
+        }
+        self.record_origin(target.upstream, up, digest);
+        Ok(Some(m))
+    }
+
+    /// The bucket's record of a tag another replica resolved, as a local tag answer (its age
+    /// kept: fresh for `tag_ttl` from when it was resolved).
+    pub(super) async fn bucket_tag(&self, up: &Upstream, key: &TagKey) -> Option<TagEntry> {
+        let tier = self.tier.as_ref()?;
+        let record = tier
+            .lookup(
+                "get tag",
+                tier.bucket().get_tag(
+                    &up.name().to_ascii_lowercase(),
+                    key.repo.as_str(),
+                    key.tag.as_str(),
+                ),
+            )
+            .await??;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let age = Duration::from_secs(now.saturating_sub(record.resolved_at));
+        Some(TagEntry {
+            digest: record.digest.parse().ok()?,
+            media_type: record.media_type,
+            checked: Instant::now().checked_sub(age),
+        })
+    }
+
+    /// Records in the bucket what a tag resolved to now (with a bucket).
+    pub(super) fn bucket_put_tag(&self, up: &Upstream, key: &TagKey, m: &Manifest) {
+        if let Some(tier) = &self.tier {
+            tier.put_tag(
+                up.name().to_ascii_lowercase(),
+                key.repo.as_str().to_owned(),
+                key.tag.as_str().to_owned(),
+                &m.digest,
+                &m.media_type,
+            );
+        }
+    }
+}
+
+/// Where a fill's bytes come from.
+pub(super) enum Body {
+    Upstream(UpstreamResponse),
+    /// A bucket object; a break is resumed from the upstream like an upstream body's.
+    Bucket {
+        body: futures_util::stream::BoxStream<'static, Result<Bytes, store::s3::BucketError>>,
+        stall: Duration,
+    },
+}
+
+impl Body {
+    pub(super) async fn next_chunk(
+        &mut self,
+        tier: Option<&Arc<Tier>>,
+    ) -> Result<Option<Bytes>, Error> {
+        use futures_util::StreamExt;
+        match self {
+            Body::Upstream(resp) => resp.body.next_chunk().await,
+            Body::Bucket { body, stall } => {
+                let e = match tokio::time::timeout(*stall, body.next()).await {
+                    Ok(None) => return Ok(None),
+                    Ok(Some(Ok(c))) => return Ok(Some(c)),
+                    Ok(Some(Err(e))) => e.to_string(),
+                    Err(_) => format!("body stalled: no data for {stall:?}"),
+                };
+                if let Some(t) = tier {
+                    t.failed("reading a blob", &e);
+                }
+                Err(Error::upstream_unavailable("bucket", e))
+            }
+        }
+    }
+}
+
+impl FillJob {
+    /// The blob from the bucket, when it has it and may answer it through this fill's upstream:
+    /// the bucket records that upstream, or the upstream confirms it has the digest now (then
+    /// recorded). `None`: no bucket, not there, or the bucket failed (the upstream serves).
+    /// An error: the upstream's own answer to the confirmation (as a miss would have got).
+    pub(super) async fn bucket_source(&self) -> Result<Option<BlobRead>, Error> {
+        let Some(tier) = &self.tier else {
+            return Ok(None);
+        };
+        let bucket = tier.bucket();
+        if tier
+            .lookup("head", bucket.head_blob(&self.digest))
+            .await
+            .flatten()
+            .is_none()
+        {
+            return Ok(None);
+        }
+        let origin = self.up.name().to_ascii_lowercase();
+        let marked = tier
+            .lookup("head origin", bucket.has_origin(&origin, &self.digest))
+            .await;
+        match marked {
+            Some(true) => {}
+            None => return Ok(None),
+            Some(false) => {
+                self.up
+                    .send(blob_request(Method::HEAD, &self.name, &self.digest))
+                    .await?
+                    .error_for_status(NotFoundKind::Blob)
+                    .await?;
+                self.metrics.origin_confirmations.inc();
+                tier.mark_origin(origin, self.digest.clone());
+            }
+        }
+        Ok(tier
+            .lookup("get", bucket.get_blob(&self.digest, None))
+            .await
+            .flatten())
+    }
+}

@@ -1,0 +1,689 @@
+//! The bucket tier on the request path, over real sockets: berth in process in front of the fake
+//! registry, its bucket an in-memory object store wrapped to inject faults (the bucket down) and
+//! shared between two berths (two replicas over one bucket).
+
+mod support;
+
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures_util::stream::{self, BoxStream};
+use futures_util::{StreamExt, TryStreamExt};
+use http::{Method, StatusCode};
+use object_store::memory::InMemory;
+use object_store::path::Path;
+use object_store::{
+    CopyOptions, GetOptions, GetResult, GetResultPayload, ListResult, MultipartUpload, ObjectMeta,
+    ObjectStore, ObjectStoreExt, PutMultipartOptions, PutOptions, PutPayload, PutResult,
+};
+
+use berth::store::s3::{Bucket, BucketMetrics};
+use support::instance::{Berth, listeners_and_storage, same, start_with_bucket};
+use support::{FakeRegistry, Fault, random_bytes};
+
+/// What the tests make go wrong, and what the store saw.
+#[derive(Default)]
+struct Faults {
+    /// Every request fails (the bucket's server is down).
+    down: AtomicBool,
+    /// Whole-object PUTs under `blobs/` (a blob upload smaller than a part).
+    blob_puts: AtomicUsize,
+    /// The next GET of a blob sends this many bytes, then breaks off (0: none).
+    break_get_after: AtomicUsize,
+}
+
+struct Faulty {
+    inner: Arc<InMemory>,
+    faults: Arc<Faults>,
+}
+
+impl fmt::Debug for Faulty {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Faulty")
+    }
+}
+
+impl fmt::Display for Faulty {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Faulty(memory)")
+    }
+}
+
+impl Faulty {
+    fn check(&self) -> object_store::Result<()> {
+        match self.faults.down.load(Ordering::SeqCst) {
+            true => Err(object_store::Error::Generic {
+                store: "faulty",
+                source: "injected: bucket down".into(),
+            }),
+            false => Ok(()),
+        }
+    }
+}
+
+#[async_trait]
+impl ObjectStore for Faulty {
+    async fn put_opts(
+        &self,
+        location: &Path,
+        payload: PutPayload,
+        opts: PutOptions,
+    ) -> object_store::Result<PutResult> {
+        self.check()?;
+        if location.as_ref().contains("/blobs/") {
+            self.faults.blob_puts.fetch_add(1, Ordering::SeqCst);
+        }
+        self.inner.put_opts(location, payload, opts).await
+    }
+
+    async fn put_multipart_opts(
+        &self,
+        location: &Path,
+        opts: PutMultipartOptions,
+    ) -> object_store::Result<Box<dyn MultipartUpload>> {
+        self.check()?;
+        self.inner.put_multipart_opts(location, opts).await
+    }
+
+    async fn get_opts(
+        &self,
+        location: &Path,
+        options: GetOptions,
+    ) -> object_store::Result<GetResult> {
+        self.check()?;
+        let head = options.head;
+        let got = self.inner.get_opts(location, options).await?;
+        if head || !location.as_ref().contains("/blobs/") {
+            return Ok(got);
+        }
+        let cut = self.faults.break_get_after.swap(0, Ordering::SeqCst);
+        if cut == 0 {
+            return Ok(got);
+        }
+        let GetResult {
+            payload,
+            meta,
+            range,
+            attributes,
+            extensions,
+        } = got;
+        let GetResultPayload::Stream(s) = payload;
+        let all: Vec<Bytes> = s.try_collect().await?;
+        let first = Bytes::from(all.concat()).slice(..cut);
+        let body = stream::iter([
+            Ok(first),
+            Err(object_store::Error::Generic {
+                store: "faulty",
+                source: "injected: connection reset".into(),
+            }),
+        ])
+        .boxed();
+        Ok(GetResult {
+            payload: GetResultPayload::Stream(body),
+            meta,
+            range,
+            attributes,
+            extensions,
+        })
+    }
+
+    fn delete_stream(
+        &self,
+        locations: BoxStream<'static, object_store::Result<Path>>,
+    ) -> BoxStream<'static, object_store::Result<Path>> {
+        self.inner.delete_stream(locations)
+    }
+
+    fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
+        if let Err(e) = self.check() {
+            return stream::iter([Err(e)]).boxed();
+        }
+        self.inner.list(prefix)
+    }
+
+    async fn list_with_delimiter(&self, prefix: Option<&Path>) -> object_store::Result<ListResult> {
+        self.check()?;
+        self.inner.list_with_delimiter(prefix).await
+    }
+
+    async fn copy_opts(
+        &self,
+        from: &Path,
+        to: &Path,
+        options: CopyOptions,
+    ) -> object_store::Result<()> {
+        self.check()?;
+        self.inner.copy_opts(from, to, options).await
+    }
+}
+
+/// One bucket's contents, shared by the replicas over it.
+#[derive(Clone)]
+struct Shared {
+    inner: Arc<InMemory>,
+}
+
+impl Shared {
+    fn new() -> Shared {
+        Shared {
+            inner: Arc::new(InMemory::new()),
+        }
+    }
+
+    /// A replica's view of the bucket: its own faults, the shared contents.
+    fn bucket(&self) -> (Bucket, Arc<Faults>) {
+        let faults = Arc::new(Faults::default());
+        let store = Faulty {
+            inner: self.inner.clone(),
+            faults: faults.clone(),
+        };
+        let b = Bucket::with_store(Arc::new(store), "mirror/", BucketMetrics::new());
+        (b, faults)
+    }
+
+    fn blob_key(&self, digest: &str) -> Path {
+        Path::from(format!(
+            "mirror/blobs/sha256/{}",
+            digest.trim_start_matches("sha256:")
+        ))
+    }
+
+    fn origin_key(&self, upstream: &str, digest: &str) -> Path {
+        Path::from(format!(
+            "mirror/origins/{upstream}/sha256/{}",
+            digest.trim_start_matches("sha256:")
+        ))
+    }
+
+    async fn get(&self, key: &Path) -> Option<Bytes> {
+        match self.inner.get(key).await {
+            Ok(g) => Some(g.bytes().await.unwrap()),
+            Err(object_store::Error::NotFound { .. }) => None,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    /// Waits (bounded) until `key` is there (`true`) or gone (`false`).
+    async fn until(&self, key: &Path, there: bool) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while self.get(key).await.is_some() != there {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{key} never {}",
+                if there { "appeared" } else { "went away" }
+            );
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+}
+
+/// `extra`: keys of every upstream.
+fn config(dir: &std::path::Path, upstreams: &[(&str, &str)], extra: &str) -> String {
+    let mut cfg = listeners_and_storage(dir);
+    for (i, (name, url)) in upstreams.iter().enumerate() {
+        cfg.push_str(&format!(
+            "[[upstream]]\nname = \"{name}\"\nurl = \"{url}\"\n{extra}\n{}",
+            if i == 0 { "default = true\n" } else { "" }
+        ));
+    }
+    cfg
+}
+
+async fn replica(shared: &Shared, upstreams: &[(&str, &str)]) -> (Berth, Arc<Faults>) {
+    replica_with(shared, upstreams, "").await
+}
+
+async fn replica_with(
+    shared: &Shared,
+    upstreams: &[(&str, &str)],
+    extra: &str,
+) -> (Berth, Arc<Faults>) {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), upstreams, extra);
+    let (bucket, faults) = shared.bucket();
+    (start_with_bucket(&cfg, dir, bucket).await, faults)
+}
+
+fn blob_path(digest: &str) -> String {
+    format!("/v2/team/app/blobs/{digest}")
+}
+
+#[tokio::test]
+async fn a_fill_from_the_upstream_is_uploaded_once_with_its_origin() {
+    let fake = FakeRegistry::start().await;
+    let layer = random_bytes(300_000, 1);
+    let d = fake.put_blob("team/app", layer.clone());
+    let shared = Shared::new();
+    let (b, faults) = replica(&shared, &[("registry.test", &fake.url())]).await;
+
+    // Eight clients at once: one fill, one upload.
+    let path = blob_path(&d);
+    let gets = (0..8).map(|_| b.get(&path));
+    for got in futures_util::future::join_all(gets).await {
+        same(got.bytes(), &layer);
+    }
+    shared
+        .until(&shared.origin_key("registry.test", &d), true)
+        .await;
+    assert_eq!(shared.get(&shared.blob_key(&d)).await.unwrap(), layer);
+    // A later pull is a local hit: nothing more goes up.
+    same(b.get(&blob_path(&d)).await.bytes(), &layer);
+    b.settled().await;
+    assert_eq!(faults.blob_puts.load(Ordering::SeqCst), 1);
+    assert_eq!(
+        b.counter("berth_bucket_requests_total{op=\"upload\",outcome=\"ok\"}")
+            .await,
+        1
+    );
+    // Each client's answer counts where it came from.
+    assert_eq!(
+        b.counter("berth_answers_total{source=\"upstream\"}").await,
+        8
+    );
+    assert_eq!(b.counter("berth_answers_total{source=\"local\"}").await, 1);
+    assert_eq!(fake.hits(Method::GET, &blob_path(&d)), 1);
+    assert_eq!(
+        b.counter("berth_bucket_requests_total{op=\"upload\"").await,
+        1,
+        "{}",
+        b.metric("berth_bucket_requests_total").await
+    );
+}
+
+#[tokio::test]
+async fn a_replica_with_an_empty_disk_serves_from_the_bucket_with_the_upstream_stopped() {
+    let fake = FakeRegistry::start().await;
+    let url = fake.url();
+    let layer = random_bytes(1_500_000, 2);
+    let d = fake.put_blob("team/app", layer.clone());
+    let shared = Shared::new();
+    let (a, _) = replica(&shared, &[("registry.test", &url)]).await;
+    same(a.get(&blob_path(&d)).await.bytes(), &layer);
+    shared
+        .until(&shared.origin_key("registry.test", &d), true)
+        .await;
+    drop(fake); // the upstream is gone: connections to it are refused
+
+    let (b, _) = replica(&shared, &[("registry.test", &url)]).await;
+    let head = b.request(Method::HEAD, &blob_path(&d), &[]).await;
+    assert_eq!(head.status, StatusCode::OK);
+    assert_eq!(
+        head.header("content-length"),
+        Some(layer.len().to_string().as_str())
+    );
+    let got = b.get(&blob_path(&d)).await;
+    assert_eq!(got.status, StatusCode::OK);
+    same(got.bytes(), &layer);
+    b.settled().await;
+    // Kept on B's disk on the way, and never asked of the upstream.
+    assert_eq!(std::fs::read(b.blob_file(&d)).unwrap(), layer);
+    assert_eq!(b.counter("berth_upstream_requests_total").await, 0);
+    assert_eq!(b.counter("berth_answers_total{source=\"bucket\"}").await, 2);
+    // A ranged read is now a local hit.
+    let part = b
+        .request(Method::GET, &blob_path(&d), &[("range", "bytes=10-19")])
+        .await;
+    assert_eq!(part.status, StatusCode::PARTIAL_CONTENT);
+    same(part.bytes(), &layer.slice(10..20));
+}
+
+#[tokio::test]
+async fn with_the_bucket_down_pulls_come_from_the_upstream_and_healthz_says_so() {
+    let fake = FakeRegistry::start().await;
+    let (l1, l2) = (random_bytes(200_000, 3), random_bytes(100_000, 4));
+    let (d1, d2) = (
+        fake.put_blob("team/app", l1.clone()),
+        fake.put_blob("team/app", l2.clone()),
+    );
+    let shared = Shared::new();
+    let (b, faults) = replica(&shared, &[("registry.test", &fake.url())]).await;
+    faults.down.store(true, Ordering::SeqCst);
+
+    same(b.get(&blob_path(&d1)).await.bytes(), &l1);
+    assert!(
+        b.counter("berth_bucket_requests_total{op=\"head\",outcome=\"error\"}")
+            .await
+            >= 1
+    );
+    // Within the skip window the bucket is not even asked.
+    same(b.get(&blob_path(&d2)).await.bytes(), &l2);
+    assert_eq!(
+        b.counter("berth_bucket_requests_total{op=\"lookup\",outcome=\"skipped\"}")
+            .await,
+        1
+    );
+    assert_eq!(fake.hits(Method::GET, &blob_path(&d1)), 1);
+    assert_eq!(fake.hits(Method::GET, &blob_path(&d2)), 1);
+    b.settled().await;
+    let health = b
+        .client
+        .get(
+            format!("http://{}/healthz?verbose", b.metrics)
+                .parse()
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(health.status(), StatusCode::OK);
+    let text = http_body_util::BodyExt::collect(health.into_body())
+        .await
+        .unwrap()
+        .to_bytes();
+    let text = String::from_utf8_lossy(&text);
+    assert!(
+        text.contains("bucket: last error at") && text.contains("injected: bucket down"),
+        "{text}"
+    );
+    assert_eq!(shared.get(&shared.blob_key(&d1)).await, None);
+}
+
+#[tokio::test]
+async fn wrong_bytes_in_the_bucket_are_never_served_and_are_deleted() {
+    let fake = FakeRegistry::start().await;
+    let layer = random_bytes(400_000, 5);
+    let d = fake.put_blob("team/app", layer.clone());
+    let shared = Shared::new();
+    // The bucket holds other bytes of the same length under the digest, marked as ours.
+    let wrong = random_bytes(layer.len(), 6);
+    shared
+        .inner
+        .put(&shared.blob_key(&d), wrong.clone().into())
+        .await
+        .unwrap();
+    shared
+        .inner
+        .put(&shared.origin_key("registry.test", &d), PutPayload::new())
+        .await
+        .unwrap();
+    let (b, _) = replica(&shared, &[("registry.test", &fake.url())]).await;
+
+    let got = b.get(&blob_path(&d)).await;
+    assert_eq!(got.status, StatusCode::OK);
+    let body = got.body.expect_err("a body of wrong bytes must break off");
+    assert!(!body.is_empty());
+    // Deleted before the fill failed: a retry cannot find it again.
+    assert_eq!(shared.get(&shared.blob_key(&d)).await, None);
+    assert_eq!(
+        b.counter("berth_bucket_requests_total{op=\"get_body\",outcome=\"mismatch\"}")
+            .await,
+        1
+    );
+    assert!(!b.blob_file(&d).exists());
+    b.settled().await;
+    // The next pull goes to the upstream, and its verified bytes go up.
+    same(b.get(&blob_path(&d)).await.bytes(), &layer);
+    assert_eq!(fake.hits(Method::GET, &blob_path(&d)), 1);
+    shared.until(&shared.blob_key(&d), true).await;
+    assert_eq!(shared.get(&shared.blob_key(&d)).await.unwrap(), layer);
+}
+
+#[tokio::test]
+async fn wrong_bytes_from_the_upstream_are_not_uploaded() {
+    let fake = FakeRegistry::start().await;
+    let layer = random_bytes(250_000, 7);
+    let d = fake.put_blob("team/app", layer.clone());
+    fake.fault_times(&blob_path(&d), Fault::WrongBytes, 1);
+    let shared = Shared::new();
+    let (b, faults) = replica(&shared, &[("registry.test", &fake.url())]).await;
+
+    assert!(b.get(&blob_path(&d)).await.body.is_err());
+    b.settled().await;
+    // The right bytes next time are uploaded: the path is live, and only they went up.
+    same(b.get(&blob_path(&d)).await.bytes(), &layer);
+    shared
+        .until(&shared.origin_key("registry.test", &d), true)
+        .await;
+    assert_eq!(faults.blob_puts.load(Ordering::SeqCst), 1);
+    assert_eq!(shared.get(&shared.blob_key(&d)).await.unwrap(), layer);
+    assert_eq!(
+        b.counter("berth_bucket_requests_total{op=\"upload\"").await,
+        1
+    );
+}
+
+#[tokio::test]
+async fn a_blob_another_replica_cached_through_one_upstream_needs_the_others_confirmation() {
+    let (fa, fb) = (FakeRegistry::start().await, FakeRegistry::start().await);
+    let layer = random_bytes(120_000, 8);
+    let d = fa.put_blob("team/app", layer.clone());
+    let ups = [("a.test", fa.url()), ("b.test", fb.url())];
+    let ups: Vec<(&str, &str)> = ups.iter().map(|(n, u)| (*n, u.as_str())).collect();
+    let shared = Shared::new();
+    let (one, _) = replica(&shared, &ups).await;
+    same(one.get(&blob_path(&d)).await.bytes(), &layer);
+    shared.until(&shared.origin_key("a.test", &d), true).await;
+
+    let (two, _) = replica(&shared, &ups).await;
+    let via_b = format!("/v2/b.test/team/app/blobs/{d}");
+    let b_path = blob_path(&d);
+    // b.test does not have it: its own 404, whatever the bucket holds; nothing read from there.
+    let head = two.request(Method::HEAD, &via_b, &[]).await;
+    assert_eq!(head.status, StatusCode::NOT_FOUND);
+    let got = two.get(&via_b).await;
+    assert_eq!(got.status, StatusCode::NOT_FOUND);
+    assert_eq!(got.code(), "BLOB_UNKNOWN");
+    assert_eq!(
+        two.counter("berth_answers_total{source=\"bucket\"}").await,
+        0
+    );
+    assert_eq!(shared.get(&shared.origin_key("b.test", &d)).await, None);
+
+    // Once b.test has it, it confirms (a HEAD) and the bytes come from the bucket.
+    fb.put_blob("team/app", layer.clone());
+    let heads = fb.hits(Method::HEAD, &b_path);
+    same(two.get(&via_b).await.bytes(), &layer);
+    assert_eq!(fb.hits(Method::HEAD, &b_path), heads + 1);
+    assert_eq!(fb.hits(Method::GET, &b_path), 0);
+    assert_eq!(
+        two.counter("berth_answers_total{source=\"bucket\"}").await,
+        1
+    );
+    shared.until(&shared.origin_key("b.test", &d), true).await;
+    // Through a.test, the bucket's record is enough: a.test is not asked at all.
+    two.settled().await;
+    let before = fa.requests().len();
+    same(two.get(&blob_path(&d)).await.bytes(), &layer);
+    assert_eq!(fa.requests().len(), before);
+}
+
+#[tokio::test]
+async fn a_bucket_body_that_breaks_off_is_resumed_from_the_upstream() {
+    let fake = FakeRegistry::start().await;
+    let layer = random_bytes(500_000, 9);
+    let d = fake.put_blob("team/app", layer.clone());
+    let shared = Shared::new();
+    shared
+        .inner
+        .put(&shared.blob_key(&d), layer.clone().into())
+        .await
+        .unwrap();
+    shared
+        .inner
+        .put(&shared.origin_key("registry.test", &d), PutPayload::new())
+        .await
+        .unwrap();
+    let (b, faults) = replica(&shared, &[("registry.test", &fake.url())]).await;
+    faults.break_get_after.store(200_000, Ordering::SeqCst);
+
+    same(b.get(&blob_path(&d)).await.bytes(), &layer);
+    // The rest came from the upstream with a range request, and the whole was verified.
+    let asked = fake.requests_to(&blob_path(&d));
+    assert_eq!(asked.len(), 1, "one request to the upstream");
+    assert_eq!(asked[0].header("range"), Some("bytes=200000-"));
+    b.settled().await;
+    assert_eq!(std::fs::read(b.blob_file(&d)).unwrap(), layer);
+    assert_eq!(
+        b.counter("berth_upstream_resumes_total{outcome=\"partial\",upstream=\"registry.test\"}")
+            .await,
+        1
+    );
+}
+
+const MANIFEST_TYPE: &str = "application/vnd.oci.image.manifest.v1+json";
+
+/// A manifest naming `layer` (the fake does not read it; berth checks only its digest).
+fn manifest_for(layer_digest: &str, size: usize) -> Bytes {
+    Bytes::from(format!(
+        r#"{{"schemaVersion":2,"mediaType":"{MANIFEST_TYPE}","layers":[{{"mediaType":"application/vnd.oci.image.layer.v1.tar+gzip","digest":"{layer_digest}","size":{size}}}]}}"#
+    ))
+}
+
+#[tokio::test]
+async fn an_image_another_replica_pulled_is_served_by_tag_with_the_upstream_stopped() {
+    let fake = FakeRegistry::start().await;
+    let url = fake.url();
+    let layer = random_bytes(64_000, 10);
+    let ld = fake.put_blob("team/app", layer.clone());
+    let body = manifest_for(&ld, layer.len());
+    let md = fake.put_tagged("team/app", "v1", MANIFEST_TYPE, body.clone());
+    let shared = Shared::new();
+    let (a, _) = replica(&shared, &[("registry.test", &url)]).await;
+    let got = a.get("/v2/team/app/manifests/v1").await;
+    assert_eq!(got.status, StatusCode::OK);
+    same(a.get(&blob_path(&ld)).await.bytes(), &layer);
+    let hex = md.trim_start_matches("sha256:");
+    for key in [
+        format!("mirror/manifests/sha256/{hex}"),
+        "mirror/tags/registry.test/team/app/v1".to_owned(),
+    ] {
+        shared.until(&Path::from(key), true).await;
+    }
+    shared
+        .until(&shared.origin_key("registry.test", &md), true)
+        .await;
+    shared
+        .until(&shared.origin_key("registry.test", &ld), true)
+        .await;
+    drop(fake);
+
+    let (b, _) = replica(&shared, &[("registry.test", &url)]).await;
+    let got = b.get("/v2/team/app/manifests/v1").await;
+    assert_eq!(got.status, StatusCode::OK);
+    same(got.bytes(), &body);
+    assert_eq!(got.header("docker-content-digest"), Some(md.as_str()));
+    assert_eq!(got.header("content-type"), Some(MANIFEST_TYPE));
+    let by_digest = b.get(&format!("/v2/team/app/manifests/{md}")).await;
+    same(by_digest.bytes(), &body);
+    same(b.get(&blob_path(&ld)).await.bytes(), &layer);
+    assert_eq!(b.counter("berth_upstream_requests_total").await, 0);
+}
+
+#[tokio::test]
+async fn a_tag_from_the_bucket_is_revalidated_after_its_ttl() {
+    let fake = FakeRegistry::start().await;
+    let body = manifest_for(&random_digest(), 1);
+    let md = fake.put_tagged("team/app", "v1", MANIFEST_TYPE, body.clone());
+    let shared = Shared::new();
+    let ups = [("registry.test", fake.url())];
+    let ups: Vec<(&str, &str)> = ups.iter().map(|(n, u)| (*n, u.as_str())).collect();
+    let (a, _) = replica(&shared, &ups).await;
+    assert_eq!(
+        a.get("/v2/team/app/manifests/v1").await.status,
+        StatusCode::OK
+    );
+    shared
+        .until(&Path::from("mirror/tags/registry.test/team/app/v1"), true)
+        .await;
+    shared
+        .until(&shared.origin_key("registry.test", &md), true)
+        .await;
+    let path = "/v2/team/app/manifests/v1";
+    let (heads, gets) = (fake.hits(Method::HEAD, path), fake.hits(Method::GET, path));
+
+    // A replica whose tag_ttl has passed for the record asks the upstream with a HEAD; the
+    // manifest itself comes from the bucket.
+    let (b, _) = replica_with(&shared, &ups, "tag_ttl = \"0s\"").await;
+    let got = b.get(path).await;
+    same(got.bytes(), &body);
+    assert_eq!(fake.hits(Method::HEAD, path), heads + 1);
+    assert_eq!(fake.hits(Method::GET, path), gets);
+    let by_digest = format!("/v2/team/app/manifests/{md}");
+    assert_eq!(fake.hits(Method::GET, &by_digest), 0);
+    // A replica within the record's ttl asks nothing at all.
+    let (c, _) = replica(&shared, &ups).await;
+    same(c.get(path).await.bytes(), &body);
+    assert_eq!(c.counter("berth_upstream_requests_total").await, 0);
+}
+
+#[tokio::test]
+async fn a_manifest_in_the_bucket_that_does_not_match_its_digest_is_not_served() {
+    let fake = FakeRegistry::start().await;
+    let body = manifest_for(&random_digest(), 2);
+    let md = fake.put_manifest("team/app", MANIFEST_TYPE, body.clone());
+    let shared = Shared::new();
+    let hex = md.trim_start_matches("sha256:");
+    let opts = PutOptions {
+        attributes: object_store::Attributes::from_iter([(
+            object_store::Attribute::ContentType,
+            MANIFEST_TYPE,
+        )]),
+        ..PutOptions::default()
+    };
+    shared
+        .inner
+        .put_opts(
+            &Path::from(format!("mirror/manifests/sha256/{hex}")),
+            Bytes::from_static(b"{\"not\":\"it\"}").into(),
+            opts,
+        )
+        .await
+        .unwrap();
+    shared
+        .inner
+        .put(&shared.origin_key("registry.test", &md), PutPayload::new())
+        .await
+        .unwrap();
+    let (b, _) = replica(&shared, &[("registry.test", &fake.url())]).await;
+    let path = format!("/v2/team/app/manifests/{md}");
+    same(b.get(&path).await.bytes(), &body);
+    assert_eq!(fake.hits(Method::GET, &path), 1);
+    // The bucket answered (with the wrong thing): it is not skipped, and the verified manifest
+    // from the upstream replaces the object.
+    let key = Path::from(format!("mirror/manifests/sha256/{hex}"));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while shared.get(&key).await.as_ref() != Some(&body) {
+        assert!(tokio::time::Instant::now() < deadline, "never replaced");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    assert_eq!(
+        b.counter("berth_bucket_requests_total{op=\"lookup\",outcome=\"skipped\"}")
+            .await,
+        0
+    );
+}
+
+fn random_digest() -> String {
+    support::digest_of(&random_bytes(16, 99))
+}
+
+#[tokio::test]
+async fn an_expired_tag_record_is_served_stale_while_the_upstream_is_down() {
+    let fake = FakeRegistry::start().await;
+    let url = fake.url();
+    let body = manifest_for(&random_digest(), 3);
+    let md = fake.put_tagged("team/app", "v1", MANIFEST_TYPE, body.clone());
+    let shared = Shared::new();
+    let (a, _) = replica(&shared, &[("registry.test", &url)]).await;
+    assert_eq!(
+        a.get("/v2/team/app/manifests/v1").await.status,
+        StatusCode::OK
+    );
+    shared
+        .until(&Path::from("mirror/tags/registry.test/team/app/v1"), true)
+        .await;
+    shared
+        .until(&shared.origin_key("registry.test", &md), true)
+        .await;
+    drop(fake);
+
+    let (b, _) = replica_with(&shared, &[("registry.test", &url)], "tag_ttl = \"0s\"").await;
+    let got = b.get("/v2/team/app/manifests/v1").await;
+    assert_eq!(got.status, StatusCode::OK);
+    same(got.bytes(), &body);
+    assert_eq!(got.header("docker-content-digest"), Some(md.as_str()));
+    assert_eq!(b.counter("berth_stale_serves_total").await, 1);
+}
