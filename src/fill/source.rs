@@ -115,7 +115,12 @@ impl FillJob {
     pub(crate) async fn peer_source(&self) -> Option<hyper::http::Response<hyper::body::Incoming>> {
         let cluster = self.cluster.as_ref()?;
         cluster
-            .from_owner(self.up.name(), &self.name, &self.digest)
+            .from_owner(
+                self.up.name(),
+                &self.name,
+                &self.digest,
+                self.up.config().response_timeout,
+            )
             .await
     }
 }
