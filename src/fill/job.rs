@@ -283,9 +283,12 @@ impl FillJob {
         match pending.commit().await {
             Ok(blob) => {
                 tracing::info!(upstream = self.up.name(), repo = %self.name, digest = %self.digest, bytes = blob.len, from, "blob cached");
-                // A blob from a peer is its owner's to upload (it fills the bucket as it serves).
+                // A blob from a peer is its owner's to upload (it fills the bucket as it serves),
+                // unless the peer's body broke off and this fill finished it from the upstream:
+                // the owner may be gone (killed mid-fill) and never upload it. Uploading twice
+                // costs a conditional put, not a second copy.
                 if let Some(tier) = &self.tier
-                    && from == "upstream"
+                    && (from == "upstream" || (from == "peer" && resumes > 0))
                 {
                     tier.upload(
                         self.store.clone(),
