@@ -1071,16 +1071,8 @@ async fn the_admin_api_on_a_unix_socket_only() {
 
 /// A self-signed pair for `localhost` and 127.0.0.1, written into `dir` as `<name>.crt/.key`.
 fn cert_pair(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
-    let ck =
-        rcgen::generate_simple_self_signed(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
-            .unwrap();
-    let (c, k) = (
-        dir.join(format!("{name}.crt")),
-        dir.join(format!("{name}.key")),
-    );
-    std::fs::write(&c, ck.cert.pem()).unwrap();
-    std::fs::write(&k, ck.signing_key.serialize_pem()).unwrap();
-    (c, k)
+    let p = support::certs::self_signed(dir, name, &["localhost", "127.0.0.1"]);
+    (p.cert, p.key)
 }
 
 /// GET over https trusting `ca`: the status and body, or the error with its causes.
@@ -1088,15 +1080,10 @@ async fn https_get(url: &str, ca: &Path) -> Result<(StatusCode, String), String>
     let client: hyper_util::client::legacy::Client<_, Empty<Bytes>> =
         hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
             .build(berth::upstream::connect::https_connector(Some(ca)).unwrap());
-    let resp = client.get(url.parse().unwrap()).await.map_err(|e| {
-        let mut s = e.to_string();
-        let mut c = std::error::Error::source(&e);
-        while let Some(x) = c {
-            s = format!("{s}: {x}");
-            c = x.source();
-        }
-        s
-    })?;
+    let resp = client
+        .get(url.parse().unwrap())
+        .await
+        .map_err(|e| berth::error::chain(&e))?;
     let status = resp.status();
     let body = resp.into_body().collect().await.unwrap().to_bytes();
     Ok((status, String::from_utf8_lossy(&body).into_owned()))
