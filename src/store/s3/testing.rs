@@ -1,6 +1,6 @@
 //! For tests only (`#[doc(hidden)]`): an in-memory object store that injects the bucket's faults,
 //! shared by the bucket's unit tests (`store/s3/tests.rs`) and the request-path tests
-//! (`tests/tier.rs`), so both meet one definition of "the bucket is down" or "a part broke off".
+//! (`tests/it/tier.rs`), so both meet one definition of "the bucket is down" or "a part broke off".
 //!
 //! It lives in the library rather than in `tests/support` because the unit tests need it too, and
 //! a test crate cannot reach into `src`; it costs the library nothing it did not already build

@@ -2,7 +2,7 @@
 //! registry, its bucket an in-memory object store wrapped to inject faults (the bucket down) and
 //! shared between two berths (two replicas over one bucket).
 
-mod support;
+use crate::support;
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;

@@ -1,7 +1,7 @@
 //! berth as a service, with the real binary: systemd readiness over a real `NOTIFY_SOCKET`,
 //! `/healthz`, live reload on SIGHUP, and JSON logs.
 
-mod support;
+use crate::support;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -2,7 +2,7 @@
 //! registry, listed, measured and removed through the API (token checks, 404s, what stays, what is
 //! fetched again) and through the command, directly on a stopped cache and via a running berth.
 
-mod support;
+use crate::support;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

@@ -3,7 +3,7 @@
 //! however long the transfer takes; an HTTP/1 keep-alive connection that goes quiet is closed
 //! too; `"0s"` turns it off. Timeouts are 300 ms; waits are bounded by deadlines.
 
-mod support;
+use crate::support;
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};

@@ -11,11 +11,7 @@ use tokio::net::{TcpListener, TcpStream};
 use berth::config::Config;
 use berth::server::Server;
 
-// Two pieces of tests/support that need nothing else of it (the fake registry is not used here).
-#[path = "support/certs.rs"]
-mod certs;
-#[path = "support/wire.rs"]
-mod wire;
+use crate::support::{certs, wire};
 
 struct Running {
     addr: SocketAddr,
