@@ -104,6 +104,17 @@ async fn admin_berth(fake: &FakeRegistry) -> (Berth, tempfile::TempDir) {
     (b, secrets)
 }
 
+/// [`two_images`], both pulled through an [`admin_berth`].
+async fn two_images_pulled(
+    fake: &FakeRegistry,
+) -> ((Berth, tempfile::TempDir), Image, Image, String) {
+    let (one, two, shared) = two_images(fake);
+    let admin = admin_berth(fake).await;
+    pull(&admin.0, &one).await;
+    pull(&admin.0, &two).await;
+    (admin, one, two, shared)
+}
+
 /// A request to the metrics listener.
 async fn admin(b: &Berth, method: Method, path: &str, auth: Option<&str>) -> Got {
     let mut req = Request::builder()
@@ -227,10 +238,7 @@ async fn admin_is_off_by_default_and_answers_404() {
 #[tokio::test]
 async fn ls_and_stats_show_two_images_sharing_a_layer() {
     let fake = FakeRegistry::start().await;
-    let (one, two, shared) = two_images(&fake);
-    let (b, _secrets) = admin_berth(&fake).await;
-    pull(&b, &one).await;
-    pull(&b, &two).await;
+    let ((b, _secrets), one, two, shared) = two_images_pulled(&fake).await;
 
     let ls: Listing = json(&admin(&b, Method::GET, "/admin/cache", bearer()).await);
     assert_eq!(ls.images.len(), 2);
@@ -280,10 +288,7 @@ async fn ls_and_stats_show_two_images_sharing_a_layer() {
 #[tokio::test]
 async fn rm_of_a_tag_keeps_the_shared_layer_and_the_other_image_serves_from_cache() {
     let fake = FakeRegistry::start().await;
-    let (one, two, shared) = two_images(&fake);
-    let (b, _secrets) = admin_berth(&fake).await;
-    pull(&b, &one).await;
-    pull(&b, &two).await;
+    let ((b, _secrets), one, two, shared) = two_images_pulled(&fake).await;
 
     let got = admin(
         &b,
@@ -330,10 +335,7 @@ async fn rm_of_a_tag_keeps_the_shared_layer_and_the_other_image_serves_from_cach
 #[tokio::test]
 async fn rm_then_pull_fetches_again_what_was_removed_and_only_that() {
     let fake = FakeRegistry::start().await;
-    let (one, two, shared) = two_images(&fake);
-    let (b, _secrets) = admin_berth(&fake).await;
-    pull(&b, &one).await;
-    pull(&b, &two).await;
+    let ((b, _secrets), one, _two, shared) = two_images_pulled(&fake).await;
     // Unqualified, percent-escaped: still the same tag.
     let got = admin(&b, Method::DELETE, "/admin/cache/app%3A1", bearer()).await;
     assert_eq!(json::<Removal>(&got).removed.len(), 3);
@@ -359,10 +361,7 @@ async fn rm_then_pull_fetches_again_what_was_removed_and_only_that() {
 #[tokio::test]
 async fn rm_of_a_repository_or_a_digest() {
     let fake = FakeRegistry::start().await;
-    let (one, two, shared) = two_images(&fake);
-    let (b, _secrets) = admin_berth(&fake).await;
-    pull(&b, &one).await;
-    pull(&b, &two).await;
+    let ((b, _secrets), _one, two, shared) = two_images_pulled(&fake).await;
 
     // One blob by digest: only it goes; the next pull fetches only it.
     let got = admin(
