@@ -151,8 +151,10 @@ impl PeerClient {
     ) -> Result<Response<Incoming>, PeerError> {
         let resp = match tokio::time::timeout(wait, self.http.request(req)).await {
             Err(_) => return Err(PeerError::Timeout(wait)),
-            Ok(Err(e)) if e.is_connect() => return Err(PeerError::Connect(error_chain(&e))),
-            Ok(Err(e)) => return Err(PeerError::Other(error_chain(&e))),
+            Ok(Err(e)) if e.is_connect() => {
+                return Err(PeerError::Connect(crate::error::chain(&e)));
+            }
+            Ok(Err(e)) => return Err(PeerError::Other(crate::error::chain(&e))),
             Ok(Ok(r)) => r,
         };
         match resp.status() {
@@ -173,20 +175,8 @@ impl PeerClient {
         let resp = self.send(self.health_request(peer)).await?;
         match tokio::time::timeout(self.timeout, resp.into_body().collect()).await {
             Ok(Ok(_)) => Ok(()),
-            Ok(Err(e)) => Err(PeerError::Other(error_chain(&e))),
+            Ok(Err(e)) => Err(PeerError::Other(crate::error::chain(&e))),
             Err(_) => Err(PeerError::Timeout(self.timeout)),
         }
     }
-}
-
-/// An error with its causes, for the log (hyper's own message is often just "client error").
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cause = c.source();
-    }
-    s
 }

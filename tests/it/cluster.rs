@@ -4,7 +4,7 @@
 //! goes through the digest's owner: concurrent pulls over the three cost one upstream fetch; an
 //! owner that is gone is skipped; a peer's wrong bytes are never cached nor completed.
 
-mod support;
+use crate::support;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
