@@ -35,6 +35,7 @@ use crate::health::{Health, Phase};
 use crate::logwriter::BatchWriter;
 use crate::metrics::Metrics;
 use crate::mirror::{BlobReply, ByteRange, ManifestReply, Mirror, TagsReply};
+use crate::tier::PullSource;
 use route::{PeerRoute, Route, Target, Via};
 
 /// The response body type of every answer.
@@ -245,6 +246,15 @@ impl App {
                     .manifest(target, reference, accept.as_deref())
                     .await?;
                 log.outcome = reply.outcome;
+                // Schema 1 passes through uncached: not the bucket's either.
+                if let Some(tier) = self.mirror.tier()
+                    && !head
+                    && reply.outcome != "passthrough"
+                {
+                    let m = &reply.manifest;
+                    let upstream = self.mirror.upstream_name(target.upstream);
+                    tier.touch_manifest(&m.digest, &upstream, &m.media_type, &m.bytes);
+                }
                 Ok(manifest_response(reply, head))
             }
             Route::Blob { target, digest } => {
@@ -255,6 +265,19 @@ impl App {
                     .and_then(ByteRange::parse);
                 let reply = self.mirror.blob(target, digest, range, head).await?;
                 log.outcome = reply.outcome;
+                // The bucket's share is evicted by last pull: note this one (memory only).
+                if let Some(tier) = self.mirror.tier()
+                    && !head
+                {
+                    let upstream = self.mirror.upstream_name(target.upstream);
+                    let source = match reply.outcome {
+                        "hit" => PullSource::Local,
+                        o if o.starts_with("bucket") => PullSource::Bucket,
+                        // A fill from elsewhere: its own upload takes it to the bucket.
+                        _ => PullSource::Fill,
+                    };
+                    tier.touch_blob(digest, &upstream, source);
+                }
                 Ok(blob_response(reply))
             }
             Route::TagsList { target, n, last } => {

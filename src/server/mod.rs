@@ -250,7 +250,9 @@ impl Server {
             upstream_metrics.last_errors().clone(),
         );
         if let Some(t) = &tier {
-            health = health.with_bucket(t.last_error().clone());
+            health = health
+                .with_bucket(t.last_error().clone())
+                .with_bucket_share(t.share().clone());
         }
         let health = Arc::new(health);
         let mut app = App::new(mirror, metrics);
@@ -522,6 +524,7 @@ impl Server {
         let bursts = Arc::new(Bursts::default());
         let trimmer = spawn_trimmer(bursts.clone(), slots.clone(), self.settings.max_connections);
         let mut stale_uploads = None;
+        let mut keep_share: Option<tokio::task::JoinHandle<()>> = None;
         // The permit for the next registry connection, taken before accepting it.
         let mut slot: Option<OwnedSemaphorePermit> = None;
         tokio::pin!(shutdown);
@@ -543,6 +546,11 @@ impl Server {
                         .mirror
                         .tier()
                         .map(|t| tokio::spawn(t.clone().abort_stale_uploads()));
+                    // Pulls flushed as access markers, and the share's eviction pass.
+                    keep_share = self.app.mirror.tier().map(|t| {
+                        let limits = bucket_limits(&self.config.storage);
+                        tokio::spawn(t.clone().keep_share(self.store.clone(), limits))
+                    });
                     cert_watch = self.certs.clone().map(Certs::watch);
                     self.health.set(Phase::Serving);
                     tracing::info!(blobs = indexed, bytes = self.store.index().bytes(), "cache index rebuilt; serving");
@@ -640,6 +648,9 @@ impl Server {
         drop(self.registry);
         trimmer.abort();
         if let Some(t) = stale_uploads {
+            t.abort();
+        }
+        if let Some(t) = keep_share {
             t.abort();
         }
         if let Some(s) = sweeper {
@@ -946,6 +957,19 @@ pub(crate) fn limits(st: &StorageConfig) -> Limits {
         low: st.low_watermark,
         max_age: st.max_age,
         keep_referenced: st.keep_referenced,
+    }
+}
+
+/// The bucket's share limits: `[storage.s3] max_size` and `max_age`, with the local tier's
+/// watermarks and the default grace (`store::s3::evict`).
+pub(crate) fn bucket_limits(st: &StorageConfig) -> crate::store::s3::evict::Limits {
+    let s3 = st.s3.as_ref();
+    crate::store::s3::evict::Limits {
+        max_size: s3.and_then(|s| s.max_size).map(|m| m.as_u64()),
+        max_age: s3.and_then(|s| s.max_age),
+        high_watermark: st.high_watermark,
+        low_watermark: st.low_watermark,
+        grace: crate::store::s3::evict::DEFAULT_GRACE,
     }
 }
 

@@ -18,6 +18,9 @@
 //!   after the blob's upload completed (or was found there), so a marker never names a blob that
 //!   is not (yet) in the bucket; a marker whose blob was deleted is harmless (the blob's HEAD
 //!   comes first).
+//! - `access/sha256/<hex>`: an empty marker whose `Last-Modified` is the last recorded pull of
+//!   the blob or manifest `<hex>` by any replica: what the share's eviction orders by
+//!   ([`evict`]).
 //!
 //! # Nothing unverified under a digest's key
 //! A blob goes up as a multipart upload ([`Bucket::put_blob`]) that hashes every byte on the way
@@ -70,7 +73,7 @@ use object_store::{
     PutMultipartOptions, PutOptions, PutPayload, PutPayloadMut,
 };
 use object_store::{ClientOptions, RetryConfig};
-use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
+use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 use tokio::task::JoinSet;
@@ -179,6 +182,15 @@ pub struct BucketMetrics {
     /// `berth_bucket_multipart_aborts_total{reason}`: reason = digest | size | source | error |
     /// dropped | stale.
     pub aborts: IntCounterVec,
+    /// `berth_bucket_evictions_total{reason}`: objects evicted from the share (size, age).
+    pub evictions: IntCounterVec,
+    /// `berth_bucket_evicted_bytes_total{reason}`
+    pub evicted_bytes: IntCounterVec,
+    /// `berth_bucket_bytes`: the share (blobs and manifests) as the last eviction pass saw it,
+    /// less what it evicted.
+    pub share_bytes: IntGauge,
+    /// `berth_bucket_objects`: the objects of that share.
+    pub share_objects: IntGauge,
 }
 
 impl BucketMetrics {
@@ -211,6 +223,32 @@ impl BucketMetrics {
                 &["reason"],
             )
             .expect("valid metric"),
+            evictions: IntCounterVec::new(
+                Opts::new(
+                    "berth_bucket_evictions_total",
+                    "Objects evicted from the bucket's share, by reason (size, age).",
+                ),
+                &["reason"],
+            )
+            .expect("valid metric"),
+            evicted_bytes: IntCounterVec::new(
+                Opts::new(
+                    "berth_bucket_evicted_bytes_total",
+                    "Bytes evicted from the bucket's share, by reason (size, age).",
+                ),
+                &["reason"],
+            )
+            .expect("valid metric"),
+            share_bytes: IntGauge::new(
+                "berth_bucket_bytes",
+                "Bytes of blobs and manifests in the bucket, as the last eviction pass saw them.",
+            )
+            .expect("valid metric"),
+            share_objects: IntGauge::new(
+                "berth_bucket_objects",
+                "Blobs and manifests in the bucket, as the last eviction pass saw them.",
+            )
+            .expect("valid metric"),
         }
     }
 
@@ -218,7 +256,11 @@ impl BucketMetrics {
     pub fn register(&self, registry: &Registry) -> prometheus::Result<()> {
         registry.register(Box::new(self.requests.clone()))?;
         registry.register(Box::new(self.seconds.clone()))?;
-        registry.register(Box::new(self.aborts.clone()))
+        registry.register(Box::new(self.aborts.clone()))?;
+        registry.register(Box::new(self.evictions.clone()))?;
+        registry.register(Box::new(self.evicted_bytes.clone()))?;
+        registry.register(Box::new(self.share_bytes.clone()))?;
+        registry.register(Box::new(self.share_objects.clone()))
     }
 
     fn record(&self, op: &str, outcome: &str, started: Instant) {
@@ -1056,5 +1098,6 @@ fn octet_stream() -> Attributes {
     Attributes::from_iter([(Attribute::ContentType, "application/octet-stream")])
 }
 
+pub mod evict;
 #[cfg(test)]
 mod tests;
