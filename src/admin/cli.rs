@@ -210,7 +210,20 @@ async fn direct(cfg: &Config, op: &Op) -> Result<Answer, Failure> {
         .collect();
     // Nothing is read twice in one command: the memory cache only needs to exist.
     let manifests = Manifests::new(store.clone(), root, 1 << 20, names).map_err(io)?;
-    let cache = Cache::new(&store, &manifests, root);
+    let bucket = match &cfg.storage.s3 {
+        Some(s3) => Some(
+            crate::store::s3::Bucket::connect(s3, crate::store::s3::BucketMetrics::new())
+                .map_err(|e| Failure::Failed(format!("bucket {}: {e}", s3.bucket)))?,
+        ),
+        None => None,
+    };
+    let bucket_max = cfg
+        .storage
+        .s3
+        .as_ref()
+        .and_then(|s| s.max_size)
+        .map(|m| m.as_u64());
+    let cache = Cache::new(&store, &manifests, root).with_bucket(bucket.as_ref(), bucket_max);
     let fail = |e: Error| Failure::from_error(&e);
     match op {
         Op::List { repo, upstream } => {

@@ -239,11 +239,13 @@ impl Server {
             )
             .with_tier(tier.clone()),
         );
-        let admin = cfg
-            .admin
-            .token
-            .clone()
-            .map(|token| Arc::new(admin::api::Api::new(mirror.clone(), root.clone(), token)));
+        let admin = cfg.admin.token.clone().map(|token| {
+            let bucket_max = cfg.storage.s3.as_ref().and_then(|s| s.max_size);
+            Arc::new(
+                admin::api::Api::new(mirror.clone(), root.clone(), token)
+                    .with_bucket_max(bucket_max.map(|m| m.as_u64())),
+            )
+        });
         let mut health = Health::new(
             root.clone(),
             store.index().clone(),
@@ -960,8 +962,8 @@ pub(crate) fn limits(st: &StorageConfig) -> Limits {
     }
 }
 
-/// The bucket's share limits: `[storage.s3] max_size` and `max_age`, with the local tier's
-/// watermarks and the default grace (`store::s3::evict`).
+/// The bucket's share limits: `[storage.s3] max_size`, `max_age` and `keep_pulled` (the grace),
+/// with the local tier's watermarks (`store::s3::evict`).
 pub(crate) fn bucket_limits(st: &StorageConfig) -> crate::store::s3::evict::Limits {
     let s3 = st.s3.as_ref();
     crate::store::s3::evict::Limits {
@@ -969,7 +971,7 @@ pub(crate) fn bucket_limits(st: &StorageConfig) -> crate::store::s3::evict::Limi
         max_age: s3.and_then(|s| s.max_age),
         high_watermark: st.high_watermark,
         low_watermark: st.low_watermark,
-        grace: crate::store::s3::evict::DEFAULT_GRACE,
+        grace: s3.map_or(crate::store::s3::evict::DEFAULT_GRACE, |s| s.keep_pulled),
     }
 }
 

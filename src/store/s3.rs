@@ -792,6 +792,47 @@ impl Bucket {
             .map_err(|e| BucketError::Invalid(format!("{key}: {e}")))
     }
 
+    /// Forgets the record of `upstream`'s `repo:tag` (no error when there was none).
+    pub async fn delete_tag(
+        &self,
+        upstream: &str,
+        repo: &str,
+        tag: &str,
+    ) -> Result<(), BucketError> {
+        let key = self.tag_key(upstream, repo, tag);
+        self.timed("delete", self.store.delete(&key))
+            .await
+            .map(|_| ())
+    }
+
+    /// Every tag record's `(upstream, repo, tag)`, from its key (`tags/<upstream>/<repo>/<tag>`;
+    /// keys of another shape are skipped).
+    pub async fn list_tags(&self) -> Result<Vec<(String, String, String)>, BucketError> {
+        let dir = self.key("tags");
+        let started = Instant::now();
+        let listed: Result<Vec<_>, _> = self.store.list(Some(&dir)).try_collect().await;
+        let outcome = if listed.is_ok() { "ok" } else { "error" };
+        self.metrics.record("list", outcome, started);
+        let skip = dir.parts().count();
+        Ok(listed?
+            .into_iter()
+            .filter_map(|m| {
+                let parts: Vec<String> = m
+                    .location
+                    .parts()
+                    .skip(skip)
+                    .map(|p| p.as_ref().to_owned())
+                    .collect();
+                match parts.as_slice() {
+                    [upstream, repo @ .., tag] if !repo.is_empty() => {
+                        Some((upstream.clone(), repo.join("/"), tag.clone()))
+                    }
+                    _ => None,
+                }
+            })
+            .collect())
+    }
+
     /// The multipart uploads open under this bucket's blob keys (all pages).
     pub async fn open_uploads(&self) -> Result<Vec<OpenUpload>, BucketError> {
         let signer = self.signer()?;

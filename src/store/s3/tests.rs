@@ -987,3 +987,33 @@ async fn a_failing_listing_fails_the_pass_before_any_delete() {
         assert!(exists(&b, &b.blob_key(d)).await);
     }
 }
+
+#[tokio::test]
+async fn tag_records_are_listed_by_key_and_deleted() {
+    let (b, _) = bucket();
+    let rec = TagRecord {
+        digest: Digest::of(b"m").to_string(),
+        media_type: "application/json".into(),
+        resolved_at: 1,
+    };
+    b.put_tag("docker.io", "library/app", "1", &rec)
+        .await
+        .unwrap();
+    b.put_tag("quay.io", "a/b/c", "v2", &rec).await.unwrap();
+    let mut tags = b.list_tags().await.unwrap();
+    tags.sort();
+    let t = |u: &str, r: &str, g: &str| (u.to_owned(), r.to_owned(), g.to_owned());
+    assert_eq!(
+        tags,
+        vec![
+            t("docker.io", "library/app", "1"),
+            t("quay.io", "a/b/c", "v2")
+        ]
+    );
+    b.delete_tag("quay.io", "a/b/c", "v2").await.unwrap();
+    assert_eq!(
+        b.list_tags().await.unwrap(),
+        vec![t("docker.io", "library/app", "1")]
+    );
+    assert!(b.get_tag("quay.io", "a/b/c", "v2").await.unwrap().is_none());
+}
