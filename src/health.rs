@@ -6,10 +6,12 @@
 //! balancer stops sending new pulls while running ones drain), 200 while serving. `?verbose` says
 //! why, as plain text or, with `?verbose=json` or `Accept: application/json`, as JSON: the
 //! phase, the index's state and entry count, each upstream's last error and when, the bucket's
-//! last error (with `[storage.s3]`), and the free space of the storage path. An upstream's error does not make berth unready: cached content is
+//! last error and its share as the last eviction pass counted it (with `[storage.s3]`), and the
+//! free space of the storage path. An upstream's error does not make berth unready: cached content is
 //! still served, and a mirror taken out of rotation for its upstream's outage helps nobody.
 //!
-//! Rule of dependency: uses `index`, `upstream` and `tier` (their last-error maps); `server` owns it.
+//! Rule of dependency: uses `index`, `upstream` and `tier` (their last-error maps, the share);
+//! `server` owns it.
 
 use std::path::PathBuf;
 use std::sync::Arc;

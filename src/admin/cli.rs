@@ -1,5 +1,5 @@
 //! `berth cache ls|rm|stats`: through the admin API of the running berth, or on the storage
-//! directory directly.
+//! directory (and the `[storage.s3]` bucket, if any) directly.
 //!
 //! The way is chosen once and said on stderr: `--direct` works on the directory; `--url` calls
 //! that admin API (`http://` or `https://`, trusting `--ca-file` besides the public roots);
@@ -99,8 +99,12 @@ impl Mode {
     pub fn describe(&self, cfg: &Config) -> String {
         match self {
             Mode::Direct => format!(
-                "working on {} directly (if berth is running on it, use its admin API instead: it keeps answering removed manifests and tags from memory for a while)",
-                cfg.storage.path.display()
+                "working on {}{} directly (if berth is running on it, use its admin API instead: it keeps answering removed manifests and tags from memory for a while)",
+                cfg.storage.path.display(),
+                match &cfg.storage.s3 {
+                    Some(s3) => format!(" and the bucket {}", s3.bucket),
+                    None => String::new(),
+                }
             ),
             Mode::Api { at, .. } => format!("via the admin API at {at}"),
         }
