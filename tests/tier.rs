@@ -948,3 +948,30 @@ async fn the_admin_tools_list_count_and_remove_in_both_tiers() {
     let (status, _) = admin_call(&b, Method::DELETE, &format!("/admin/cache/{td}")).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
 }
+
+#[tokio::test]
+async fn the_admin_tools_fail_loudly_while_the_bucket_is_down() {
+    let fake = FakeRegistry::start().await;
+    let shared = Shared::new();
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("admin-token");
+    std::fs::write(&token, "tier-admin-token-0123456789abcdef\n").unwrap();
+    let more = format!(
+        "[admin]\nenabled = true\ntoken_file = \"{}\"\n",
+        token.display()
+    );
+    let cfg = share_config(dir.path(), &fake.url(), &more);
+    let (bucket, faults) = shared.bucket();
+    let (b, _) = start_with_bucket_mirror(&cfg, dir, bucket).await;
+    faults.down.store(true, Ordering::SeqCst);
+    for path in ["/admin/cache", "/admin/stats"] {
+        let (status, body) = admin_call(&b, Method::GET, path).await;
+        assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{path}");
+        let text = String::from_utf8_lossy(&body);
+        assert!(text.contains("listing the bucket"), "{path}: {text}");
+    }
+    // The bucket back: the same calls answer.
+    faults.down.store(false, Ordering::SeqCst);
+    let (status, _) = admin_call(&b, Method::GET, "/admin/stats").await;
+    assert_eq!(status, StatusCode::OK);
+}

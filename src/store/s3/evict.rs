@@ -42,7 +42,9 @@
 //! The object (a blob or a manifest), then every upstream's origin marker of its digest (so a
 //! marker never outlives its object for long), then its access marker. Tag records are left:
 //! a record naming an evicted manifest resolves to a miss by digest, fetched from the upstream.
-//! The share counts blobs and manifests; markers and tag records are a few hundred bytes.
+//! The share counts blobs and manifests; markers and tag records are a few hundred bytes. An
+//! access marker whose object is not there (an upload that failed after the pull was recorded)
+//! is deleted by a pass once it is [`ORPHAN_MARKER_AGE`] old.
 //! The share is a goal checked every pass, not a hard limit: uploads between passes may take the
 //! bucket past `max_size` for up to [`EVICT_EVERY`](crate::tier::EVICT_EVERY).
 //!
@@ -60,6 +62,8 @@ use crate::oci::Digest;
 
 /// Objects pulled within this long are never evicted (see the module docs).
 pub const DEFAULT_GRACE: Duration = Duration::from_secs(15 * 60);
+/// An access marker without its object is deleted by a pass once it is this old.
+pub const ORPHAN_MARKER_AGE: Duration = Duration::from_secs(24 * 3600);
 
 /// What an object in the share is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -212,7 +216,15 @@ impl Bucket {
         &self,
         touches: &HashMap<Digest, SystemTime>,
     ) -> Result<Vec<Entry>, BucketError> {
-        let access: HashMap<Digest, SystemTime> = self
+        Ok(self.inventory(touches).await?.0)
+    }
+
+    /// [`share`](Self::share), and the access markers whose object is gone (with their times).
+    async fn inventory(
+        &self,
+        touches: &HashMap<Digest, SystemTime>,
+    ) -> Result<(Vec<Entry>, Vec<(Digest, SystemTime)>), BucketError> {
+        let mut access: HashMap<Digest, SystemTime> = self
             .list("access/sha256")
             .map_ok(|o| (o.digest, o.last_modified))
             .try_collect()
@@ -220,12 +232,14 @@ impl Bucket {
         let blobs: Vec<_> = self.list_blobs().try_collect().await?;
         let manifests: Vec<_> = self.list_manifests().try_collect().await?;
         let mut out = Vec::with_capacity(blobs.len() + manifests.len());
+        let mut seen = std::collections::HashSet::new();
         for (kind, objects) in [(Kind::Blob, blobs), (Kind::Manifest, manifests)] {
             out.extend(objects.into_iter().map(|o| {
                 let last_pull = [access.get(&o.digest), touches.get(&o.digest)]
                     .into_iter()
                     .flatten()
                     .fold(o.last_modified, |a, b| a.max(*b));
+                seen.insert(o.digest.clone());
                 Entry {
                     kind,
                     digest: o.digest,
@@ -234,7 +248,8 @@ impl Bucket {
                 }
             }));
         }
-        Ok(out)
+        access.retain(|d, _| !seen.contains(d));
+        Ok((out, access.into_iter().collect()))
     }
 
     /// The upstreams that have origin markers (the names under `origins/`).
@@ -292,7 +307,15 @@ impl Bucket {
         now: SystemTime,
     ) -> Result<Pass, BucketError> {
         let started = Instant::now();
-        let entries = self.share(touches).await?;
+        let (entries, orphans) = self.inventory(touches).await?;
+        // Markers of objects that never arrived (an upload that failed) or went another way:
+        // dropped once nothing could still be uploading under them.
+        for (d, at) in orphans {
+            if now.duration_since(at).unwrap_or(Duration::ZERO) > ORPHAN_MARKER_AGE {
+                self.timed("delete", self.store.delete(&self.access_key(&d)))
+                    .await?;
+            }
+        }
         let mut pass = Pass {
             objects: entries.len() as u64,
             bytes: entries.iter().map(|e| e.size).sum(),

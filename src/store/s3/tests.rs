@@ -1017,3 +1017,58 @@ async fn tag_records_are_listed_by_key_and_deleted() {
     );
     assert!(b.get_tag("quay.io", "a/b/c", "v2").await.unwrap().is_none());
 }
+
+#[tokio::test]
+async fn a_pass_drops_access_markers_whose_object_never_arrived_once_old() {
+    let (b, _) = bucket();
+    let (blobs, _) = filled_share(&b).await;
+    let lost = Digest::of(b"pulled, but its upload failed");
+    b.put_access(&lost).await.unwrap();
+    b.put_access(&blobs[0]).await.unwrap();
+    let limits = share_limits(Some(1 << 30), None);
+    // Young: it may belong to an upload still running.
+    b.evict(&limits, &HashMap::new()).await.unwrap();
+    assert!(exists(&b, &b.access_key(&lost)).await);
+    // A day on: dropped; the markers of objects that are there stay.
+    let later = SystemTime::now() + super::evict::ORPHAN_MARKER_AGE + Duration::from_secs(60);
+    let pass = b.evict_at(&limits, &HashMap::new(), later).await.unwrap();
+    assert!(pass.evicted.is_empty());
+    assert!(!exists(&b, &b.access_key(&lost)).await);
+    assert!(exists(&b, &b.access_key(&blobs[0])).await);
+}
+
+#[tokio::test]
+async fn a_failing_pass_is_reported_by_the_tier_and_counts_no_share() {
+    let (b, faults) = bucket();
+    filled_share(&b).await;
+    let tier = crate::tier::Tier::new(Arc::new(b));
+    faults.fail_reads.store(true, Ordering::SeqCst);
+    assert!(
+        tier.evict_once(&share_limits(Some(1), None))
+            .await
+            .is_none()
+    );
+    let (_, text) = tier.last_error().lock().unwrap().clone().unwrap();
+    assert!(text.starts_with("evicting from the bucket:"), "{text}");
+    assert!(tier.share().lock().unwrap().is_none());
+    assert!(!tier.readable(), "skipped like after any bucket error");
+}
+
+#[tokio::test]
+async fn verify_reports_what_it_could_not_delete_and_fails_without_a_listing() {
+    let (b, faults) = bucket();
+    let bad = Digest::of(b"promised");
+    b.object_store()
+        .put(&b.blob_key(&bad), PutPayload::from_static(b"delivered"))
+        .await
+        .unwrap();
+    faults.fail_deletes.store(true, Ordering::SeqCst);
+    let r = crate::verify::bucket::run(&b).await.unwrap();
+    assert!(r.deleted.is_empty());
+    assert_eq!(r.errors.len(), 1);
+    assert!(r.errors[0].1.contains("deleting it: "), "{:?}", r.errors);
+    assert_eq!(r.exit_code(), 2);
+    assert!(exists(&b, &b.blob_key(&bad)).await);
+    faults.fail_reads.store(true, Ordering::SeqCst);
+    assert!(crate::verify::bucket::run(&b).await.is_err());
+}
