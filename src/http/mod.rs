@@ -266,19 +266,7 @@ impl App {
                     .and_then(ByteRange::parse);
                 let reply = self.mirror.blob(target, digest, range, head).await?;
                 log.outcome = reply.outcome;
-                // The bucket's share is evicted by last pull: note this one (memory only).
-                if let Some(tier) = self.mirror.tier()
-                    && !head
-                {
-                    let upstream = self.mirror.upstream_name(target.upstream);
-                    let source = match reply.outcome {
-                        "hit" => PullSource::Local,
-                        o if o.starts_with("bucket") => PullSource::Bucket,
-                        // A fill from elsewhere: its own upload takes it to the bucket.
-                        _ => PullSource::Fill,
-                    };
-                    tier.touch_blob(digest, &upstream, source);
-                }
+                self.note_blob_pull(target, digest, reply.outcome, head);
                 Ok(blob_response(reply))
             }
             Route::TagsList { target, n, last } => {
@@ -342,7 +330,35 @@ impl App {
             .and_then(ByteRange::parse);
         let reply = self.mirror.peer_blob(&target, &digest, range, head).await?;
         log.outcome = reply.outcome;
+        // The asking replica notes its client's pull too; this one notes its own read of the
+        // bucket (a reader eviction must see) or of its disk.
+        self.note_blob_pull(&target, &digest, reply.outcome, head);
         Ok(blob_response(reply))
+    }
+
+    /// With a bucket, notes a blob GET for the share's last-pull order (memory only; see
+    /// `tier`).
+    fn note_blob_pull(
+        &self,
+        target: &Target,
+        digest: &crate::oci::Digest,
+        outcome: &str,
+        head: bool,
+    ) {
+        let Some(tier) = self.mirror.tier() else {
+            return;
+        };
+        if head {
+            return;
+        }
+        let source = match outcome {
+            "hit" => PullSource::Local,
+            o if o.starts_with("bucket") => PullSource::Bucket,
+            // A fill from the upstream or a peer: its own upload takes it to the bucket.
+            _ => PullSource::Fill,
+        };
+        let upstream = self.mirror.upstream_name(target.upstream);
+        tier.touch_blob(digest, &upstream, source);
     }
 }
 

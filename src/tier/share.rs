@@ -12,6 +12,10 @@
 //! marker at once (at most once per [`READ_TOUCH_EVERY`]), so other replicas' passes see the
 //! reader within the grace.
 //!
+//! Trade-off: a replica that stops loses the pulls noted since its last flush (at most
+//! [`FLUSH_EVERY`]); they only order eviction, and the objects were uploaded or read recently
+//! enough to sit near the young end of it anyway.
+//!
 //! Rule of dependency: part of `tier`; uses `store` (`s3::evict`, committed files to upload).
 
 use std::collections::HashMap;
