@@ -166,6 +166,10 @@ pub struct S3Config {
         skip_serializing_if = "Option::is_none"
     )]
     pub max_age: Option<Duration>,
+    /// An object pulled (by any replica) within this long is never evicted from the bucket: a
+    /// replica may be streaming it. Longer than the slowest blob read takes.
+    #[serde(default = "default_keep_pulled", with = "duration")]
+    pub keep_pulled: Duration,
     /// The credentials, resolved at load from the file or the environment.
     #[serde(skip)]
     pub credentials: Option<S3Credentials>,
@@ -315,6 +319,10 @@ fn valid_bucket_name(b: &str) -> bool {
 
 fn default_s3_region() -> String {
     "us-east-1".into()
+}
+
+fn default_keep_pulled() -> Duration {
+    Duration::from_secs(15 * 60)
 }
 
 /// `[cluster]`: the replicas of one berth (see `cluster`). Each blob has one owner among the
@@ -1434,6 +1442,16 @@ mod tests {
         assert_eq!(s3.region, "us-east-1");
         assert_eq!(s3.key_prefix(), "mirror");
         assert_eq!(s3.max_size, Some(bytesize::ByteSize::tib(2)));
+        assert_eq!(s3.keep_pulled, Duration::from_secs(15 * 60), "the default");
+        let c2 = Config::parse(
+            &format!("[storage.s3]\nbucket = \"berth\"\nkeep_pulled = \"1h\"\n{creds}{up}"),
+            "f.toml",
+        )
+        .unwrap();
+        assert_eq!(
+            c2.storage.s3.unwrap().keep_pulled,
+            Duration::from_secs(3600)
+        );
         assert_eq!(s3.max_age, Some(Duration::from_secs(30 * 86400)));
         let creds_read = s3.credentials.as_ref().unwrap();
         assert_eq!(creds_read.access_key_id, "testkey");

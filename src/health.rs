@@ -6,10 +6,12 @@
 //! balancer stops sending new pulls while running ones drain), 200 while serving. `?verbose` says
 //! why, as plain text or, with `?verbose=json` or `Accept: application/json`, as JSON: the
 //! phase, the index's state and entry count, each upstream's last error and when, the bucket's
-//! last error (with `[storage.s3]`), and the free space of the storage path. An upstream's error does not make berth unready: cached content is
+//! last error and its share as the last eviction pass counted it (with `[storage.s3]`), and the
+//! free space of the storage path. An upstream's error does not make berth unready: cached content is
 //! still served, and a mirror taken out of rotation for its upstream's outage helps nobody.
 //!
-//! Rule of dependency: uses `index`, `upstream` and `tier` (their last-error maps); `server` owns it.
+//! Rule of dependency: uses `index`, `upstream` and `tier` (their last-error maps, the share);
+//! `server` owns it.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -49,6 +51,8 @@ pub struct Health {
     last_errors: LastErrors,
     /// The bucket's last error (`[storage.s3]`), when there is a bucket.
     bucket: Option<crate::tier::LastError>,
+    /// The bucket's share as its last eviction pass left it.
+    share: Option<crate::tier::ShareState>,
 }
 
 /// One `/healthz` answer.
@@ -67,12 +71,19 @@ impl Health {
             index,
             last_errors,
             bucket: None,
+            share: None,
         }
     }
 
     /// Reports the bucket tier's last error too.
     pub fn with_bucket(mut self, last_error: crate::tier::LastError) -> Health {
         self.bucket = Some(last_error);
+        self
+    }
+
+    /// Reports the bucket's share (its size at the last eviction pass) too.
+    pub fn with_bucket_share(mut self, share: crate::tier::ShareState) -> Health {
+        self.share = Some(share);
         self
     }
 
@@ -168,6 +179,17 @@ impl Health {
             }),
             None => json!({ "last_error": null }),
         });
+        let bucket = bucket.map(|mut b| {
+            if let Some(Some(sh)) = self.share.as_ref().map(|s| *s.lock().unwrap()) {
+                b["share"] = json!({
+                    "objects": sh.objects,
+                    "bytes": sh.bytes,
+                    "max_bytes": sh.max_bytes,
+                    "counted_at": httpdate::fmt_http_date(sh.at),
+                });
+            }
+            b
+        });
         json!({
             "status": phase.as_str(),
             "ready": phase == Phase::Serving,
@@ -231,6 +253,19 @@ fn text(r: &serde_json::Value) -> String {
                 );
             }
         }
+    }
+    if let Some(sh) = b.get("share") {
+        let max = match sh["max_bytes"].as_u64() {
+            Some(m) => format!(" of max {m}"),
+            None => String::new(),
+        };
+        let _ = writeln!(
+            out,
+            "bucket share: {} objects, {} bytes{max} (counted at {})",
+            sh["objects"],
+            sh["bytes"],
+            s(&sh["counted_at"])
+        );
     }
     let st = &r["storage"];
     match st.get("free_bytes") {
@@ -319,6 +354,33 @@ mod tests {
     }
 
     #[test]
+    fn verbose_shows_the_bucket_share_after_a_pass() {
+        let dir = tempfile::tempdir().unwrap();
+        let share = crate::tier::ShareState::default();
+        let h = health(dir.path())
+            .with_bucket(crate::tier::LastError::default())
+            .with_bucket_share(share.clone());
+        h.set(Phase::Serving);
+        *share.lock().unwrap() = Some(crate::tier::ShareInfo {
+            objects: 3,
+            bytes: 4096,
+            max_bytes: Some(8192),
+            at: SystemTime::now(),
+        });
+        let a = h.answer(Some("verbose"), false, &[]);
+        assert!(
+            a.body
+                .contains("bucket share: 3 objects, 4096 bytes of max 8192 (counted at "),
+            "{}",
+            a.body
+        );
+        let a = h.answer(Some("verbose=json"), false, &[]);
+        let v: serde_json::Value = serde_json::from_str(&a.body).unwrap();
+        assert_eq!(v["bucket"]["share"]["bytes"], 4096);
+        assert_eq!(v["bucket"]["share"]["max_bytes"], 8192);
+    }
+
+    #[test]
     fn verbose_names_the_bucket_and_its_last_error() {
         let dir = tempfile::tempdir().unwrap();
         let last = crate::tier::LastError::default();
@@ -337,6 +399,7 @@ mod tests {
         );
         let a = h.answer(Some("verbose"), false, &[]);
         assert!(a.body.contains("bucket: last error at"), "{}", a.body);
+        assert!(!a.body.contains("bucket share"), "no pass yet: {}", a.body);
         // Without a bucket, no line at all.
         let plain = health(dir.path()).answer(Some("verbose"), false, &[]);
         assert!(!plain.body.contains("bucket"), "{}", plain.body);

@@ -42,14 +42,17 @@
 //!   reads), `evict` (making room), `s3` (the object-store tier, `[storage.s3]`: blobs,
 //!   manifests and tag records in a bucket, uploads completed only once verified).
 //! - [`tier`]: the bucket as the request path uses it: bounded lookups skipped for a while after
-//!   an error, uploads of verified blobs beside the pull, the bucket's last error for `/healthz`.
+//!   an error, uploads of verified blobs beside the pull, the bucket's last error for `/healthz`;
+//!   `tier/share` notes pulls (access markers), puts back what the bucket lacks and runs the
+//!   share's eviction pass (its policy in `store/s3/evict`).
 //! - [`upstream`]: the registry client: pooled HTTPS, auth challenges and tokens, redirects, timeouts.
 //! - [`origins`]: which upstreams each cached digest came through, so content cached from one
 //!   upstream is answered through another only once that one confirms it has it.
 //! - [`oci`]: repository names, tags, digests, references, media types, `Accept` matching.
 //! - [`error`]: one `Clone` error type that knows its origin and its OCI code.
 //! - [`metrics`]: Prometheus families, registered in a registry that is handed in.
-//! - [`verify`]: the `berth verify` pass: re-hash cached blobs, quarantine bad ones, clear leftovers.
+//! - [`verify`]: the `berth verify` pass: re-hash cached blobs, quarantine bad ones, clear leftovers;
+//!   `verify/bucket` (`--bucket`): re-hash the bucket's objects, delete bad ones.
 //! - [`warm`]: the `berth warm` client: pulls images (every platform) through a running berth so
 //!   they are cached before a rollout; beside `main`, it talks to berth over HTTP like any client.
 //! - [`zerocopy`]: sends mapped blob windows with `sendfile` on plain-TCP connections (the hit

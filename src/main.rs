@@ -32,12 +32,17 @@ enum Command {
     },
     /// Re-hash every cached blob: move files whose sha256 does not match their name into
     /// <storage>/quarantine/, remove temp files left by a crash, print a report. Safe while berth
-    /// serves the same storage. Exit 0: all fine; 1: something was quarantined; 2: config or I/O
-    /// error.
+    /// serves the same storage. With --bucket, the [storage.s3] bucket's blobs and manifests
+    /// too (bad ones are deleted). Exit 0: all fine; 1: something was quarantined or deleted; 2:
+    /// config, I/O or bucket error.
     Verify {
         /// TOML configuration file; its [storage] path is verified (default: ./berth-data).
         #[arg(long, short, env = "BERTH_CONFIG")]
         config: Option<PathBuf>,
+        /// Also re-hash every blob and manifest in the [storage.s3] bucket, and delete (and
+        /// report) those that do not hash to their names. Reads the whole bucket.
+        #[arg(long)]
+        bucket: bool,
     },
     /// Probe a running berth's health endpoint: exit 0 when it answers 2xx, 1 otherwise
     /// (another status, refused, timed out). For container HEALTHCHECKs, where no curl exists.
@@ -206,20 +211,48 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Verify { config } => {
+        Command::Verify { config, bucket } => {
             let cfg = match load(config.as_deref()) {
                 Ok(c) => c,
                 Err(code) => return code,
             };
-            match berth::verify::run(&cfg.storage.path) {
+            let s3 = match (bucket, &cfg.storage.s3) {
+                (false, _) => None,
+                (true, Some(s3)) => Some(s3.clone()),
+                (true, None) => {
+                    eprintln!("berth: --bucket needs [storage.s3] in the config");
+                    return ExitCode::from(2);
+                }
+            };
+            let local = match berth::verify::run(&cfg.storage.path) {
                 Ok(report) => {
                     print!("{report}");
-                    ExitCode::from(report.exit_code())
+                    report.exit_code()
                 }
                 Err(e) => {
                     eprintln!("berth: cannot verify: {e}");
-                    ExitCode::from(2)
+                    return ExitCode::from(2);
                 }
+            };
+            match s3 {
+                None => ExitCode::from(local),
+                Some(s3) => block_on(false, async move {
+                    let metrics = berth::store::s3::BucketMetrics::new();
+                    let checked = match berth::store::s3::Bucket::connect(&s3, metrics) {
+                        Ok(b) => berth::verify::bucket::run(&b).await,
+                        Err(e) => Err(e),
+                    };
+                    match checked {
+                        Ok(report) => {
+                            print!("{report}");
+                            ExitCode::from(local.max(report.exit_code()))
+                        }
+                        Err(e) => {
+                            eprintln!("berth: cannot verify the bucket {}: {e}", s3.bucket);
+                            ExitCode::from(2)
+                        }
+                    }
+                }),
             }
         }
         Command::Warm(args) => warm(args),

@@ -41,8 +41,19 @@
 //! Trade-off: a replica that dies between its local commit and the end of the upload leaves the
 //! bucket without the blob; the next replica's miss fetches it again.
 //!
+//! # The share
+//! Pulls are noted in memory and flushed as access markers; what was pulled here but is missing
+//! from the bucket is put back; with `[storage.s3] max_size` or `max_age` an eviction pass runs
+//! every [`EVICT_EVERY`] (`share`, policy and markers in `store::s3::evict`).
+//!
 //! Rule of dependency: uses `store` (`s3`, reading committed files) and `oci`; `mirror` uses it,
-//! `server` builds it and `health` reads its last error.
+//! `http` notes pulls in it, `server` builds it and `health` reads its last error and share.
+
+mod share;
+
+pub use share::{
+    EVICT_EVERY, FLUSH_EVERY, PullSource, READ_TOUCH_EVERY, ShareInfo, ShareState, TOUCH_EVERY,
+};
 
 use std::fmt;
 use std::sync::{Arc, Mutex};
@@ -81,6 +92,10 @@ pub struct Tier {
     skip_until: Mutex<Option<Instant>>,
     /// When an error was last logged, and how many were not logged since.
     warned: Mutex<(Option<Instant>, u64)>,
+    /// This replica's pulls, for the access markers (`share`).
+    touches: Mutex<share::Touches>,
+    /// The share as the last eviction pass left it.
+    share: ShareState,
 }
 
 impl fmt::Debug for Tier {
@@ -99,6 +114,8 @@ impl Tier {
             last_error: LastError::default(),
             skip_until: Mutex::new(None),
             warned: Mutex::new((None, 0)),
+            touches: Mutex::default(),
+            share: ShareState::default(),
         }
     }
 

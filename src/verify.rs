@@ -22,7 +22,13 @@
 //!   replaced meanwhile stays (a remaining race can at worst move a good file away: a miss, never
 //!   a wrong byte served).
 //!
-//! Rule of dependency: uses `store` (layout) and `oci` (digests) only.
+//! With `--bucket`, [`bucket`] then re-hashes the objects of `[storage.s3]` and deletes the bad
+//! ones.
+//!
+//! Rule of dependency: uses `store` (layout, and the bucket client for [`bucket`]) and `oci`
+//! (digests) only.
+
+pub mod bucket;
 
 use std::fmt;
 use std::fs::File;

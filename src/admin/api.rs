@@ -8,7 +8,8 @@
 //! `Authorization: Bearer <token>`, compared in constant time, or gets 401 with the OCI error body
 //! and `WWW-Authenticate` before anything else is looked at. `/metrics` and `/healthz` stay open.
 //! It works on the running berth's own [`Manifests`](crate::manifests::Manifests) and
-//! [`Store`](crate::store::Store), so what it removes is gone from memory as well as from disk.
+//! [`Store`](crate::store::Store), so what it removes is gone from memory as well as from disk,
+//! and on its bucket tier (`[storage.s3]`), if any.
 //!
 //! Rule of dependency: uses `admin` (the operations), `mirror` (to reach the cache), `http` (the
 //! one error response), `config` (the token).
@@ -105,6 +106,8 @@ pub struct Api {
     mirror: Arc<Mirror>,
     root: PathBuf,
     token: Secret,
+    /// `[storage.s3] max_size`, for `stats`.
+    bucket_max: Option<u64>,
 }
 
 impl Api {
@@ -114,7 +117,14 @@ impl Api {
             mirror,
             root,
             token,
+            bucket_max: None,
         }
+    }
+
+    /// The bucket's `max_size` (`[storage.s3]`), shown by `stats`.
+    pub fn with_bucket_max(mut self, max: Option<u64>) -> Api {
+        self.bucket_max = max;
+        self
     }
 
     /// Answers one `/admin` request. Never fails: errors become OCI error responses.
@@ -182,7 +192,9 @@ impl Api {
 
     async fn answer<B>(&self, req: &Request<B>) -> Result<String, Error> {
         let route = parse(req.method(), req.uri().path(), req.uri().query())?;
-        let cache = Cache::new(self.mirror.store(), self.mirror.manifests(), &self.root);
+        let bucket = self.mirror.tier().map(|t| t.bucket().as_ref());
+        let cache = Cache::new(self.mirror.store(), self.mirror.manifests(), &self.root)
+            .with_bucket(bucket, self.bucket_max);
         match route {
             Op::List { repo, upstream } => {
                 let filter = match repo {

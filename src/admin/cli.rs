@@ -1,5 +1,5 @@
 //! `berth cache ls|rm|stats`: through the admin API of the running berth, or on the storage
-//! directory directly.
+//! directory (and the `[storage.s3]` bucket, if any) directly.
 //!
 //! The way is chosen once and said on stderr: `--direct` works on the directory; `--url` calls
 //! that admin API (`http://` or `https://`, trusting `--ca-file` besides the public roots);
@@ -99,8 +99,12 @@ impl Mode {
     pub fn describe(&self, cfg: &Config) -> String {
         match self {
             Mode::Direct => format!(
-                "working on {} directly (if berth is running on it, use its admin API instead: it keeps answering removed manifests and tags from memory for a while)",
-                cfg.storage.path.display()
+                "working on {}{} directly (if berth is running on it, use its admin API instead: it keeps answering removed manifests and tags from memory for a while)",
+                cfg.storage.path.display(),
+                match &cfg.storage.s3 {
+                    Some(s3) => format!(" and the bucket {}", s3.bucket),
+                    None => String::new(),
+                }
             ),
             Mode::Api { at, .. } => format!("via the admin API at {at}"),
         }
@@ -210,7 +214,20 @@ async fn direct(cfg: &Config, op: &Op) -> Result<Answer, Failure> {
         .collect();
     // Nothing is read twice in one command: the memory cache only needs to exist.
     let manifests = Manifests::new(store.clone(), root, 1 << 20, names).map_err(io)?;
-    let cache = Cache::new(&store, &manifests, root);
+    let bucket = match &cfg.storage.s3 {
+        Some(s3) => Some(
+            crate::store::s3::Bucket::connect(s3, crate::store::s3::BucketMetrics::new())
+                .map_err(|e| Failure::Failed(format!("bucket {}: {e}", s3.bucket)))?,
+        ),
+        None => None,
+    };
+    let bucket_max = cfg
+        .storage
+        .s3
+        .as_ref()
+        .and_then(|s| s.max_size)
+        .map(|m| m.as_u64());
+    let cache = Cache::new(&store, &manifests, root).with_bucket(bucket.as_ref(), bucket_max);
     let fail = |e: Error| Failure::from_error(&e);
     match op {
         Op::List { repo, upstream } => {

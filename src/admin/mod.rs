@@ -25,6 +25,21 @@
 //! - `stats`: files, bytes, manifests, tags; temp files and bytes of fills in progress (or left by
 //!   a crash); quarantined files; oldest and newest access.
 //!
+//! # With the bucket (`[storage.s3]`)
+//! - `ls`: each image also says how many of its files are in the bucket (`IN BUCKET`), and a
+//!   `bucket:` line gives the bucket's blobs, manifests and bytes, and how many of its objects
+//!   this disk does not hold. Images are still those whose tags this berth resolved; a tag only
+//!   another replica resolved is not listed (its record holds no sizes, and reading every
+//!   manifest of a shared bucket for an `ls` would cost too much).
+//! - `rm` removes from both tiers: the tag records, and each manifest and blob of the removal
+//!   from the bucket too, with their origin and access markers (`LOCATION` says where each
+//!   was). A tag known only to the bucket is removed with its manifest. What stays is decided
+//!   from what this berth knows: a layer that only another replica's image shares may go from
+//!   the bucket; that replica fetches it again (a miss, never a wrong byte).
+//!   `rm sha256:<hex>` removes the object from the bucket even when the disk lacks it.
+//! - `stats`: a `bucket` section: blobs, manifests, bytes, tag records, oldest and newest pull,
+//!   the bucket's `max_size`.
+//!
 //! Removal always goes through [`Manifests::remove`] / [`Store::remove`], never to the files
 //! behind them, so any index they keep stays right. Fills write under `tmp/` and are renamed into
 //! place only when complete, so a fill in progress is never removed. A pull racing an `rm` of the
@@ -63,6 +78,8 @@ use crate::error::Error;
 use crate::index;
 use crate::manifests::{MAX_MANIFEST_BYTES, Manifests, TagRecord};
 use crate::oci::{Digest, RepoName, Tag};
+use crate::store::s3::Bucket;
+use crate::store::s3::evict::Kind;
 use crate::store::{self, Store};
 
 /// What `ls --repo` or `rm` names.
@@ -114,6 +131,11 @@ impl CacheRef {
 
     /// Whether a tag on disk is one this names.
     fn matches(&self, t: &TagRecord) -> bool {
+        self.matches_names(&t.upstream, &t.repo, &t.tag)
+    }
+
+    /// Whether `upstream`'s `repo:tag` is one this names.
+    fn matches_names(&self, t_upstream: &str, t_repo: &RepoName, t_tag: &Tag) -> bool {
         let CacheRef::Repo {
             upstream,
             repo,
@@ -122,11 +144,11 @@ impl CacheRef {
         else {
             return false;
         };
-        upstream.as_ref().is_none_or(|u| *u == t.upstream)
-            && (t.repo == *repo
+        upstream.as_ref().is_none_or(|u| u == t_upstream)
+            && (t_repo == repo
                 || (repo.components() == 1
-                    && t.repo.as_str().strip_prefix("library/") == Some(repo.as_str())))
-            && tag.as_ref().is_none_or(|tag| *tag == t.tag)
+                    && t_repo.as_str().strip_prefix("library/") == Some(repo.as_str())))
+            && tag.as_ref().is_none_or(|tag| tag == t_tag)
     }
 
     /// The 404 for a reference that matched nothing.
@@ -152,6 +174,19 @@ pub struct Listing {
     /// Cached blobs that are not manifests and that no cached manifest references.
     pub orphan_blobs: u64,
     pub orphan_bytes: u64,
+    /// The bucket's totals, with `[storage.s3]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bucket: Option<BucketTotals>,
+}
+
+/// What the bucket holds (`ls`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BucketTotals {
+    pub blobs: u64,
+    pub manifests: u64,
+    pub bytes: u64,
+    /// Objects of the bucket that this disk does not hold.
+    pub not_local: u64,
 }
 
 /// One tag and the image it points at.
@@ -171,6 +206,10 @@ pub struct Image {
     /// The newest mtime (last access) among its cached files.
     #[serde(with = "rfc3339")]
     pub last_pulled: Option<SystemTime>,
+    /// How many of its files (known from the cached manifests) the bucket holds, with
+    /// `[storage.s3]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub in_bucket: Option<u64>,
 }
 
 /// `rm`: what went.
@@ -190,6 +229,9 @@ pub struct Removed {
     /// `manifest` or `blob`.
     pub kind: String,
     pub bytes: u64,
+    /// With `[storage.s3]`: where it was removed from (`local`, `bucket`, `local+bucket`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub location: Option<String>,
 }
 
 /// `stats`: the totals.
@@ -217,6 +259,28 @@ pub struct Stats {
     /// The configured cache size limit, when there is one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_size: Option<u64>,
+    /// The bucket, with `[storage.s3]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bucket: Option<BucketStats>,
+}
+
+/// `stats` of the bucket.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BucketStats {
+    pub blobs: u64,
+    pub manifests: u64,
+    /// Bytes of its blobs and manifests.
+    pub bytes: u64,
+    /// Tag records.
+    pub tags: u64,
+    /// The oldest and newest last pull (access markers, else upload time).
+    #[serde(with = "rfc3339")]
+    pub oldest_pull: Option<SystemTime>,
+    #[serde(with = "rfc3339")]
+    pub newest_pull: Option<SystemTime>,
+    /// `[storage.s3] max_size`, when set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_size: Option<u64>,
 }
 
 /// The operations, over one store and its manifest cache.
@@ -224,6 +288,8 @@ pub struct Cache<'a> {
     store: &'a Arc<Store>,
     manifests: &'a Manifests,
     root: &'a Path,
+    /// The bucket (`[storage.s3]`) and its `max_size`.
+    bucket: Option<(&'a Bucket, Option<u64>)>,
 }
 
 /// A cached file.
@@ -240,6 +306,21 @@ struct Inventory {
     /// Manifests with a recorded media type (their bytes may be missing), and what they reference.
     manifests: HashMap<Digest, Vec<Digest>>,
     tags: Vec<TagRecord>,
+    /// What the bucket holds, with `[storage.s3]`.
+    bucket: Option<BucketInventory>,
+}
+
+/// The bucket's objects: size and last pull of each blob and manifest.
+#[derive(Debug, Default)]
+struct BucketInventory {
+    blobs: HashMap<Digest, (u64, SystemTime)>,
+    manifests: HashMap<Digest, (u64, SystemTime)>,
+}
+
+impl BucketInventory {
+    fn has(&self, d: &Digest) -> bool {
+        self.blobs.contains_key(d) || self.manifests.contains_key(d)
+    }
 }
 
 /// Totals over a set of digests.
@@ -288,7 +369,34 @@ impl<'a> Cache<'a> {
             store,
             manifests,
             root,
+            bucket: None,
         }
+    }
+
+    /// Includes the bucket (`[storage.s3]`, its `max_size`): see the module docs.
+    pub fn with_bucket(mut self, bucket: Option<&'a Bucket>, max_size: Option<u64>) -> Cache<'a> {
+        self.bucket = bucket.map(|b| (b, max_size));
+        self
+    }
+
+    /// The bucket's blobs and manifests (none without a bucket).
+    async fn scan_bucket(&self) -> Result<Option<BucketInventory>, Error> {
+        let Some((bucket, _)) = self.bucket else {
+            return Ok(None);
+        };
+        let share = bucket
+            .share(&HashMap::new())
+            .await
+            .map_err(|e| Error::internal(format!("listing the bucket: {e}")))?;
+        let mut inv = BucketInventory::default();
+        for e in share {
+            let map = match e.kind {
+                Kind::Blob => &mut inv.blobs,
+                Kind::Manifest => &mut inv.manifests,
+            };
+            map.insert(e.digest, (e.size, e.last_pull));
+        }
+        Ok(Some(inv))
     }
 
     /// Upstream names a reference may start with: the configured ones and those found on disk.
@@ -348,10 +456,12 @@ impl<'a> Cache<'a> {
             }
             Ok(inv)
         });
-        scanned
+        let mut inv = scanned
             .await
             .map_err(|e| Error::internal(format!("scan task: {e}")))?
-            .map_err(|e| Error::io("reading the cache", &e))
+            .map_err(|e| Error::io("reading the cache", &e))?;
+        inv.bucket = self.scan_bucket().await?;
+        Ok(inv)
     }
 
     /// `ls`: every cached tag (or those `filter` names) with its image.
@@ -362,8 +472,14 @@ impl<'a> Cache<'a> {
             .iter()
             .filter(|t| filter.is_none_or(|f| f.matches(t)))
             .map(|t| {
-                let m = inv.measure(&inv.closure([&t.digest]));
+                let closure = inv.closure([&t.digest]);
+                let m = inv.measure(&closure);
+                let in_bucket = inv
+                    .bucket
+                    .as_ref()
+                    .map(|b| closure.iter().filter(|d| b.has(d)).count() as u64);
                 Image {
+                    in_bucket,
                     upstream: t.upstream.clone(),
                     repo: t.repo.to_string(),
                     tag: t.tag.to_string(),
@@ -389,11 +505,21 @@ impl<'a> Cache<'a> {
             .iter()
             .filter(|(d, _)| !referenced.contains(*d))
             .collect();
+        let bucket = inv.bucket.as_ref().map(|b| {
+            let all = b.blobs.iter().chain(&b.manifests);
+            BucketTotals {
+                blobs: b.blobs.len() as u64,
+                manifests: b.manifests.len() as u64,
+                bytes: all.clone().map(|(_, (n, _))| n).sum(),
+                not_local: all.filter(|(d, _)| !inv.blobs.contains_key(*d)).count() as u64,
+            }
+        });
         Ok(Listing {
             images,
             untagged_manifests,
             orphan_blobs: orphans.len() as u64,
             orphan_bytes: orphans.iter().map(|(_, f)| f.size).sum(),
+            bucket,
         })
     }
 
@@ -405,14 +531,35 @@ impl<'a> Cache<'a> {
             removed: Vec::new(),
             bytes: 0,
         };
-        let (doomed_manifests, doomed_blobs) = match r {
-            CacheRef::Digest(d) if inv.manifests.contains_key(d) => (vec![d.clone()], vec![]),
-            CacheRef::Digest(d) if inv.blobs.contains_key(d) => (vec![], vec![d.clone()]),
+        // Tag records in the bucket that `r` names: (upstream, repo, tag).
+        let bucket_tags = match (self.bucket, r) {
+            (Some((bucket, _)), CacheRef::Repo { .. }) => bucket
+                .list_tags()
+                .await
+                .map_err(|e| Error::internal(format!("listing the bucket's tags: {e}")))?
+                .into_iter()
+                .filter(|(u, repo, tag)| match (repo.parse(), tag.parse()) {
+                    (Ok(repo), Ok(tag)) => r.matches_names(u, &repo, &tag),
+                    _ => false,
+                })
+                .collect(),
+            _ => Vec::new(),
+        };
+        let in_bucket = |d: &Digest| inv.bucket.as_ref().is_some_and(|b| b.has(d));
+        // What goes: local manifests, local blobs, and every digest to remove from the bucket.
+        let (doomed_manifests, doomed_blobs, mut bucket_doomed) = match r {
+            CacheRef::Digest(d) if inv.manifests.contains_key(d) => {
+                (vec![d.clone()], vec![], vec![d.clone()])
+            }
+            CacheRef::Digest(d) if inv.blobs.contains_key(d) || in_bucket(d) => {
+                let local = inv.blobs.contains_key(d).then(|| d.clone());
+                (vec![], local.into_iter().collect(), vec![d.clone()])
+            }
             CacheRef::Digest(_) => return Err(r.unknown(shown)),
             CacheRef::Repo { .. } => {
                 let (chosen, rest): (Vec<&TagRecord>, Vec<&TagRecord>) =
                     inv.tags.iter().partition(|t| r.matches(t));
-                if chosen.is_empty() {
+                if chosen.is_empty() && bucket_tags.is_empty() {
                     return Err(r.unknown(shown));
                 }
                 let candidates = inv.closure(chosen.iter().map(|t| &t.digest));
@@ -444,30 +591,95 @@ impl<'a> Cache<'a> {
                     out.tags
                         .push(format!("{}/{}:{}", t.upstream, t.repo, t.tag));
                 }
+                let bucket_doomed = candidates
+                    .iter()
+                    .filter(|d| !keep.contains(*d) && in_bucket(d))
+                    .cloned()
+                    .collect();
                 let blobs = candidates
                     .into_iter()
                     .filter(|d| {
                         inv.blobs.contains_key(d) && !keep.contains(d) && !manifests.contains(d)
                     })
                     .collect();
-                (manifests.into_iter().collect(), blobs)
+                (manifests.into_iter().collect(), blobs, bucket_doomed)
             }
         };
+        // Where each removed digest was: (kind, bytes, local, bucket).
+        let mut gone: HashMap<Digest, (&str, u64, bool, bool)> = HashMap::new();
         for d in doomed_manifests {
             if self.manifests.remove(&d).await? {
                 let bytes = inv.blobs.get(&d).map_or(0, |f| f.size);
-                out.push(&d, "manifest", bytes);
+                gone.insert(d, ("manifest", bytes, true, false));
             }
         }
         for d in doomed_blobs {
-            let gone = self
+            let removed = self
                 .store
                 .remove(&d)
                 .await
                 .map_err(|e| Error::io("removing a blob", &e))?;
-            if gone {
-                out.push(&d, "blob", inv.blobs[&d].size);
+            if removed {
+                gone.insert(d.clone(), ("blob", inv.blobs[&d].size, true, false));
             }
+        }
+        if let (Some((bucket, _)), Some(b)) = (self.bucket, &inv.bucket) {
+            let failed = |e: crate::store::s3::BucketError| {
+                Error::internal(format!("removing from the bucket: {e}"))
+            };
+            for (upstream, repo, tag) in &bucket_tags {
+                // A tag only the bucket knows: its manifest goes with it.
+                let named = format!("{upstream}/{repo}:{tag}");
+                if !out.tags.contains(&named) {
+                    if let Ok(Some(rec)) = bucket.get_tag(upstream, repo, tag).await
+                        && let Ok(d) = rec.digest.parse::<Digest>()
+                        && b.has(&d)
+                    {
+                        bucket_doomed.push(d);
+                    }
+                    out.tags.push(named);
+                }
+                bucket
+                    .delete_tag(upstream, repo, tag)
+                    .await
+                    .map_err(failed)?;
+            }
+            let upstreams = bucket.origin_upstreams().await.map_err(failed)?;
+            bucket_doomed.sort();
+            bucket_doomed.dedup();
+            for d in bucket_doomed {
+                for (kind, map, name) in [
+                    (Kind::Manifest, &b.manifests, "manifest"),
+                    (Kind::Blob, &b.blobs, "blob"),
+                ] {
+                    let Some((size, _)) = map.get(&d) else {
+                        continue;
+                    };
+                    bucket
+                        .remove_object(kind, &d, &upstreams)
+                        .await
+                        .map_err(failed)?;
+                    let e = gone.entry(d.clone()).or_insert((name, *size, false, false));
+                    e.3 = true;
+                }
+            }
+        }
+        for (d, (kind, bytes, local, in_bucket)) in gone {
+            let location = self.bucket.map(|_| {
+                match (local, in_bucket) {
+                    (true, true) => "local+bucket",
+                    (false, true) => "bucket",
+                    _ => "local",
+                }
+                .to_owned()
+            });
+            out.bytes += bytes;
+            out.removed.push(Removed {
+                digest: d.to_string(),
+                kind: kind.to_owned(),
+                bytes,
+                location,
+            });
         }
         out.removed
             .sort_by(|a, b| (&a.kind, &a.digest).cmp(&(&b.kind, &b.digest)));
@@ -505,6 +717,7 @@ impl<'a> Cache<'a> {
                 oldest_access: None,
                 newest_access: None,
                 max_size,
+                bucket: None,
             };
             for &(_, _, t) in &blobs {
                 s.oldest_access = Some(s.oldest_access.map_or(t, |o| o.min(t)));
@@ -517,21 +730,27 @@ impl<'a> Cache<'a> {
             s.quarantined = files_in(&root.join("quarantine"))?.len() as u64;
             Ok(s)
         });
-        stats
+        let mut stats = stats
             .await
             .map_err(|e| Error::internal(format!("stats task: {e}")))?
-            .map_err(|e| Error::io("reading the cache", &e))
-    }
-}
-
-impl Removal {
-    fn push(&mut self, d: &Digest, kind: &str, bytes: u64) {
-        self.bytes += bytes;
-        self.removed.push(Removed {
-            digest: d.to_string(),
-            kind: kind.to_owned(),
-            bytes,
-        });
+            .map_err(|e| Error::io("reading the cache", &e))?;
+        if let (Some((bucket, max_size)), Some(inv)) = (self.bucket, self.scan_bucket().await?) {
+            let tags = bucket
+                .list_tags()
+                .await
+                .map_err(|e| Error::internal(format!("listing the bucket's tags: {e}")))?;
+            let all = || inv.blobs.values().chain(inv.manifests.values());
+            stats.bucket = Some(BucketStats {
+                blobs: inv.blobs.len() as u64,
+                manifests: inv.manifests.len() as u64,
+                bytes: all().map(|(n, _)| n).sum(),
+                tags: tags.len() as u64,
+                oldest_pull: all().map(|(_, t)| *t).min(),
+                newest_pull: all().map(|(_, t)| *t).max(),
+                max_size,
+            });
+        }
+        Ok(stats)
     }
 }
 
@@ -602,7 +821,8 @@ fn time(t: Option<SystemTime>) -> String {
 
 impl fmt::Display for Listing {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let header = [
+        let with_bucket = self.bucket.is_some();
+        let mut header = vec![
             "UPSTREAM",
             "REPOSITORY",
             "TAG",
@@ -611,12 +831,15 @@ impl fmt::Display for Listing {
             "FILES",
             "LAST PULLED",
         ];
-        let rows: Vec<[String; 7]> = self
+        if with_bucket {
+            header.insert(6, "IN BUCKET");
+        }
+        let rows: Vec<Vec<String>> = self
             .images
             .iter()
             .map(|i| {
                 let short = i.digest.strip_prefix("sha256:").unwrap_or(&i.digest);
-                [
+                let mut row = vec![
                     i.upstream.clone(),
                     i.repo.clone(),
                     i.tag.clone(),
@@ -627,10 +850,14 @@ impl fmt::Display for Listing {
                         n => format!("{} (+{n} not cached)", i.cached),
                     },
                     time(i.last_pulled),
-                ]
+                ];
+                if with_bucket {
+                    row.insert(6, i.in_bucket.unwrap_or(0).to_string());
+                }
+                row
             })
             .collect();
-        let mut widths = header.map(str::len);
+        let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
         for r in &rows {
             for (w, c) in widths.iter_mut().zip(r) {
                 *w = (*w).max(c.len());
@@ -638,18 +865,18 @@ impl fmt::Display for Listing {
         }
         let line = |f: &mut fmt::Formatter<'_>, cells: &[&str]| -> fmt::Result {
             let mut s = String::new();
-            for (i, (c, w)) in cells.iter().zip(widths).enumerate() {
+            for (i, (c, w)) in cells.iter().zip(&widths).enumerate() {
                 if i + 1 == cells.len() {
                     s.push_str(c);
                 } else {
-                    s.push_str(&format!("{c:<w$}  "));
+                    s.push_str(&format!("{c:<w$}  ", w = *w));
                 }
             }
             writeln!(f, "{}", s.trim_end())
         };
         line(f, &header)?;
         for r in &rows {
-            line(f, &r.each_ref().map(String::as_str))?;
+            line(f, &r.iter().map(String::as_str).collect::<Vec<_>>())?;
         }
         writeln!(
             f,
@@ -657,7 +884,18 @@ impl fmt::Display for Listing {
             self.untagged_manifests,
             self.orphan_blobs,
             human_bytes(self.orphan_bytes)
-        )
+        )?;
+        if let Some(b) = &self.bucket {
+            writeln!(
+                f,
+                "bucket: {} blobs, {} manifests ({}); {} not on this disk",
+                b.blobs,
+                b.manifests,
+                human_bytes(b.bytes),
+                b.not_local
+            )?;
+        }
+        Ok(())
     }
 }
 
@@ -667,7 +905,16 @@ impl fmt::Display for Removal {
             writeln!(f, "tag       {t}")?;
         }
         for r in &self.removed {
-            writeln!(f, "{:<8}  {}  {}", r.kind, r.digest, human_bytes(r.bytes))?;
+            match &r.location {
+                None => writeln!(f, "{:<8}  {}  {}", r.kind, r.digest, human_bytes(r.bytes))?,
+                Some(at) => writeln!(
+                    f,
+                    "{:<8}  {}  {:<10}  {at}",
+                    r.kind,
+                    r.digest,
+                    human_bytes(r.bytes)
+                )?,
+            }
         }
         let manifests = self.removed.iter().filter(|r| r.kind == "manifest").count();
         writeln!(
@@ -703,7 +950,23 @@ impl fmt::Display for Stats {
         )?;
         writeln!(f, "quarantined:    {}", self.quarantined)?;
         writeln!(f, "oldest access:  {}", time(self.oldest_access))?;
-        writeln!(f, "newest access:  {}", time(self.newest_access))
+        writeln!(f, "newest access:  {}", time(self.newest_access))?;
+        if let Some(b) = &self.bucket {
+            writeln!(
+                f,
+                "bucket:         {} blobs, {} manifests ({})",
+                b.blobs,
+                b.manifests,
+                human_bytes(b.bytes)
+            )?;
+            if let Some(max) = b.max_size {
+                writeln!(f, "bucket max size: {}", human_bytes(max))?;
+            }
+            writeln!(f, "bucket tags:    {}", b.tags)?;
+            writeln!(f, "bucket oldest pull: {}", time(b.oldest_pull))?;
+            writeln!(f, "bucket newest pull: {}", time(b.newest_pull))?;
+        }
+        Ok(())
     }
 }
 
@@ -832,6 +1095,7 @@ mod tests {
             oldest_access: Some(SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1)),
             newest_access: None,
             max_size: None,
+            bucket: None,
         };
         let json = serde_json::to_string(&s).unwrap();
         assert!(

@@ -35,6 +35,7 @@ use crate::health::{Health, Phase};
 use crate::logwriter::BatchWriter;
 use crate::metrics::Metrics;
 use crate::mirror::{BlobReply, ByteRange, ManifestReply, Mirror, TagsReply};
+use crate::tier::PullSource;
 use route::{PeerRoute, Route, Target, Via};
 
 /// The response body type of every answer.
@@ -246,6 +247,15 @@ impl App {
                     .manifest(target, reference, accept.as_deref())
                     .await?;
                 log.outcome = reply.outcome;
+                // Schema 1 passes through uncached: not the bucket's either.
+                if let Some(tier) = self.mirror.tier()
+                    && !head
+                    && reply.outcome != "passthrough"
+                {
+                    let m = &reply.manifest;
+                    let upstream = self.mirror.upstream_name(target.upstream);
+                    tier.touch_manifest(&m.digest, &upstream, &m.media_type, &m.bytes);
+                }
                 Ok(manifest_response(reply, head))
             }
             Route::Blob { target, digest } => {
@@ -256,6 +266,7 @@ impl App {
                     .and_then(ByteRange::parse);
                 let reply = self.mirror.blob(target, digest, range, head).await?;
                 log.outcome = reply.outcome;
+                self.note_blob_pull(target, digest, reply.outcome, head);
                 Ok(blob_response(reply))
             }
             Route::TagsList { target, n, last } => {
@@ -319,7 +330,35 @@ impl App {
             .and_then(ByteRange::parse);
         let reply = self.mirror.peer_blob(&target, &digest, range, head).await?;
         log.outcome = reply.outcome;
+        // The asking replica notes its client's pull too; this one notes its own read of the
+        // bucket (a reader eviction must see) or of its disk.
+        self.note_blob_pull(&target, &digest, reply.outcome, head);
         Ok(blob_response(reply))
+    }
+
+    /// With a bucket, notes a blob GET for the share's last-pull order (memory only; see
+    /// `tier`).
+    fn note_blob_pull(
+        &self,
+        target: &Target,
+        digest: &crate::oci::Digest,
+        outcome: &str,
+        head: bool,
+    ) {
+        let Some(tier) = self.mirror.tier() else {
+            return;
+        };
+        if head {
+            return;
+        }
+        let source = match outcome {
+            "hit" => PullSource::Local,
+            o if o.starts_with("bucket") => PullSource::Bucket,
+            // A fill from the upstream or a peer: its own upload takes it to the bucket.
+            _ => PullSource::Fill,
+        };
+        let upstream = self.mirror.upstream_name(target.upstream);
+        tier.touch_blob(digest, &upstream, source);
     }
 }
 

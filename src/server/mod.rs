@@ -246,18 +246,22 @@ impl Server {
             .with_tier(tier.clone())
             .with_cluster(cluster.clone()),
         );
-        let admin = cfg
-            .admin
-            .token
-            .clone()
-            .map(|token| Arc::new(admin::api::Api::new(mirror.clone(), root.clone(), token)));
+        let admin = cfg.admin.token.clone().map(|token| {
+            let bucket_max = cfg.storage.s3.as_ref().and_then(|s| s.max_size);
+            Arc::new(
+                admin::api::Api::new(mirror.clone(), root.clone(), token)
+                    .with_bucket_max(bucket_max.map(|m| m.as_u64())),
+            )
+        });
         let mut health = Health::new(
             root.clone(),
             store.index().clone(),
             upstream_metrics.last_errors().clone(),
         );
         if let Some(t) = &tier {
-            health = health.with_bucket(t.last_error().clone());
+            health = health
+                .with_bucket(t.last_error().clone())
+                .with_bucket_share(t.share().clone());
         }
         let health = Arc::new(health);
         let mut app = App::new(mirror, metrics);
@@ -528,6 +532,7 @@ impl Server {
         let bursts = Arc::new(Bursts::default());
         let trimmer = spawn_trimmer(bursts.clone(), slots.clone(), self.settings.max_connections);
         let mut stale_uploads = None;
+        let mut keep_share: Option<tokio::task::JoinHandle<()>> = None;
         // The permit for the next registry connection, taken before accepting it.
         let mut slot: Option<OwnedSemaphorePermit> = None;
         tokio::pin!(shutdown);
@@ -549,6 +554,11 @@ impl Server {
                         .mirror
                         .tier()
                         .map(|t| tokio::spawn(t.clone().abort_stale_uploads()));
+                    // Pulls flushed as access markers, and the share's eviction pass.
+                    keep_share = self.app.mirror.tier().map(|t| {
+                        let limits = bucket_limits(&self.config.storage);
+                        tokio::spawn(t.clone().keep_share(self.store.clone(), limits))
+                    });
                     cert_watch = self.certs.clone().map(Certs::watch);
                     self.health.set(Phase::Serving);
                     tracing::info!(blobs = indexed, bytes = self.store.index().bytes(), "cache index rebuilt; serving");
@@ -646,6 +656,9 @@ impl Server {
         drop(self.registry);
         trimmer.abort();
         if let Some(t) = stale_uploads {
+            t.abort();
+        }
+        if let Some(t) = keep_share {
             t.abort();
         }
         if let Some(s) = sweeper {
@@ -952,6 +965,19 @@ pub(crate) fn limits(st: &StorageConfig) -> Limits {
         low: st.low_watermark,
         max_age: st.max_age,
         keep_referenced: st.keep_referenced,
+    }
+}
+
+/// The bucket's share limits: `[storage.s3] max_size`, `max_age` and `keep_pulled` (the grace),
+/// with the local tier's watermarks (`store::s3::evict`).
+pub(crate) fn bucket_limits(st: &StorageConfig) -> crate::store::s3::evict::Limits {
+    let s3 = st.s3.as_ref();
+    crate::store::s3::evict::Limits {
+        max_size: s3.and_then(|s| s.max_size).map(|m| m.as_u64()),
+        max_age: s3.and_then(|s| s.max_age),
+        high_watermark: st.high_watermark,
+        low_watermark: st.low_watermark,
+        grace: s3.map_or(crate::store::s3::evict::DEFAULT_GRACE, |s| s.keep_pulled),
     }
 }
 

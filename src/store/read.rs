@@ -49,12 +49,22 @@ pub fn read_range(
         done: bool,
         cursor: Option<Cursor>,
     }
+    // A reader of a fill is waited for from the moment it exists, not from its first poll: a
+    // fill passing through memory (a full disk) drops what no registered reader still needs, and
+    // a response whose body is polled a moment after its head must find its bytes still there.
+    let cursor = match &source {
+        Source::Fill(rx) => match &*rx.borrow() {
+            FillState::Writing(p) => Some(p.spool.register(start)),
+            _ => None,
+        },
+        Source::File(_) => None,
+    };
     let st = St {
         source,
         pos: start,
         end: end.unwrap_or(u64::MAX),
         done: false,
-        cursor: None,
+        cursor,
     };
     futures_util::stream::unfold(st, |mut st| async move {
         if st.done || st.pos >= st.end {

@@ -18,6 +18,9 @@
 //!   after the blob's upload completed (or was found there), so a marker never names a blob that
 //!   is not (yet) in the bucket; a marker whose blob was deleted is harmless (the blob's HEAD
 //!   comes first).
+//! - `access/sha256/<hex>`: an empty marker whose `Last-Modified` is the last recorded pull of
+//!   the blob or manifest `<hex>` by any replica: what the share's eviction orders by
+//!   ([`evict`]).
 //!
 //! # Nothing unverified under a digest's key
 //! A blob goes up as a multipart upload ([`Bucket::put_blob`]) that hashes every byte on the way
@@ -70,7 +73,7 @@ use object_store::{
     PutMultipartOptions, PutOptions, PutPayload, PutPayloadMut,
 };
 use object_store::{ClientOptions, RetryConfig};
-use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
+use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 use tokio::task::JoinSet;
@@ -179,6 +182,15 @@ pub struct BucketMetrics {
     /// `berth_bucket_multipart_aborts_total{reason}`: reason = digest | size | source | error |
     /// dropped | stale.
     pub aborts: IntCounterVec,
+    /// `berth_bucket_evictions_total{reason}`: objects evicted from the share (size, age).
+    pub evictions: IntCounterVec,
+    /// `berth_bucket_evicted_bytes_total{reason}`
+    pub evicted_bytes: IntCounterVec,
+    /// `berth_bucket_bytes`: the share (blobs and manifests) as the last eviction pass saw it,
+    /// less what it evicted.
+    pub share_bytes: IntGauge,
+    /// `berth_bucket_objects`: the objects of that share.
+    pub share_objects: IntGauge,
 }
 
 impl BucketMetrics {
@@ -211,6 +223,32 @@ impl BucketMetrics {
                 &["reason"],
             )
             .expect("valid metric"),
+            evictions: IntCounterVec::new(
+                Opts::new(
+                    "berth_bucket_evictions_total",
+                    "Objects evicted from the bucket's share, by reason (size, age).",
+                ),
+                &["reason"],
+            )
+            .expect("valid metric"),
+            evicted_bytes: IntCounterVec::new(
+                Opts::new(
+                    "berth_bucket_evicted_bytes_total",
+                    "Bytes evicted from the bucket's share, by reason (size, age).",
+                ),
+                &["reason"],
+            )
+            .expect("valid metric"),
+            share_bytes: IntGauge::new(
+                "berth_bucket_bytes",
+                "Bytes of blobs and manifests in the bucket, as the last eviction pass saw them.",
+            )
+            .expect("valid metric"),
+            share_objects: IntGauge::new(
+                "berth_bucket_objects",
+                "Blobs and manifests in the bucket, as the last eviction pass saw them.",
+            )
+            .expect("valid metric"),
         }
     }
 
@@ -218,7 +256,11 @@ impl BucketMetrics {
     pub fn register(&self, registry: &Registry) -> prometheus::Result<()> {
         registry.register(Box::new(self.requests.clone()))?;
         registry.register(Box::new(self.seconds.clone()))?;
-        registry.register(Box::new(self.aborts.clone()))
+        registry.register(Box::new(self.aborts.clone()))?;
+        registry.register(Box::new(self.evictions.clone()))?;
+        registry.register(Box::new(self.evicted_bytes.clone()))?;
+        registry.register(Box::new(self.share_bytes.clone()))?;
+        registry.register(Box::new(self.share_objects.clone()))
     }
 
     fn record(&self, op: &str, outcome: &str, started: Instant) {
@@ -750,6 +792,47 @@ impl Bucket {
             .map_err(|e| BucketError::Invalid(format!("{key}: {e}")))
     }
 
+    /// Forgets the record of `upstream`'s `repo:tag` (no error when there was none).
+    pub async fn delete_tag(
+        &self,
+        upstream: &str,
+        repo: &str,
+        tag: &str,
+    ) -> Result<(), BucketError> {
+        let key = self.tag_key(upstream, repo, tag);
+        self.timed("delete", self.store.delete(&key))
+            .await
+            .map(|_| ())
+    }
+
+    /// Every tag record's `(upstream, repo, tag)`, from its key (`tags/<upstream>/<repo>/<tag>`;
+    /// keys of another shape are skipped).
+    pub async fn list_tags(&self) -> Result<Vec<(String, String, String)>, BucketError> {
+        let dir = self.key("tags");
+        let started = Instant::now();
+        let listed: Result<Vec<_>, _> = self.store.list(Some(&dir)).try_collect().await;
+        let outcome = if listed.is_ok() { "ok" } else { "error" };
+        self.metrics.record("list", outcome, started);
+        let skip = dir.parts().count();
+        Ok(listed?
+            .into_iter()
+            .filter_map(|m| {
+                let parts: Vec<String> = m
+                    .location
+                    .parts()
+                    .skip(skip)
+                    .map(|p| p.as_ref().to_owned())
+                    .collect();
+                match parts.as_slice() {
+                    [upstream, repo @ .., tag] if !repo.is_empty() => {
+                        Some((upstream.clone(), repo.join("/"), tag.clone()))
+                    }
+                    _ => None,
+                }
+            })
+            .collect())
+    }
+
     /// The multipart uploads open under this bucket's blob keys (all pages).
     pub async fn open_uploads(&self) -> Result<Vec<OpenUpload>, BucketError> {
         let signer = self.signer()?;
@@ -1056,6 +1139,7 @@ fn octet_stream() -> Attributes {
     Attributes::from_iter([(Attribute::ContentType, "application/octet-stream")])
 }
 
+pub mod evict;
 #[doc(hidden)]
 pub mod testing;
 

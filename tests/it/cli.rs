@@ -270,3 +270,36 @@ fn check_config_and_serve_refuse_an_htpasswd_file_with_other_hash_kinds() {
         );
     }
 }
+
+#[test]
+fn verify_bucket_needs_a_bucket_in_the_config() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("data/blobs/sha256")).unwrap();
+    let cfg = config_file(
+        &dir,
+        "berth.toml",
+        format!(
+            "[storage]\npath = \"{}\"\n[[upstream]]\nname = \"a.io\"\nurl = \"https://a.io\"\n",
+            dir.path().join("data").display()
+        ),
+    );
+    let out = berth()
+        .args(["verify", "--bucket", "--config"])
+        .arg(&cfg)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--bucket needs [storage.s3]"), "{err}");
+    // Without the flag, the same config verifies the disk as before.
+    let out = run_with_config("verify", &cfg);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("files checked: 0"));
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("bucket"));
+}

@@ -29,13 +29,21 @@ fn endpoint() -> String {
 
 /// A fresh bucket `name` on the server, and the tier over it under `prefix/`.
 async fn bucket(name: &str) -> (Bucket, tempfile::TempDir) {
+    let (b, dir, _) = bucket_at(name, "mirror/").await;
+    (b, dir)
+}
+
+/// As [`bucket`], under `prefix`; also the config text naming it (`[storage] path` is `dir`).
+async fn bucket_at(name: &str, prefix: &str) -> (Bucket, tempfile::TempDir, String) {
     let dir = tempfile::tempdir().unwrap();
     let secret = dir.path().join("secret");
     std::fs::write(&secret, "testsecret\n").unwrap();
     let text = format!(
-        "[storage.s3]\nbucket = \"{name}\"\nendpoint = \"{}\"\nprefix = \"mirror/\"\n\
+        "[storage]\npath = \"{}\"\n\
+         [storage.s3]\nbucket = \"{name}\"\nendpoint = \"{}\"\nprefix = \"{prefix}\"\n\
          access_key_id = \"testkey\"\nsecret_access_key_file = \"{}\"\n\
          [[upstream]]\nname = \"a.io\"\nurl = \"https://a.io\"\n",
+        dir.path().join("data").display(),
         endpoint(),
         secret.display()
     );
@@ -56,7 +64,16 @@ async fn bucket(name: &str) -> (Bucket, tempfile::TempDir) {
         "create bucket {name}: {}",
         res.status()
     );
-    (b, dir)
+    (b, dir, text)
+}
+
+/// A key prefix no earlier run used (the buckets outlive a run when radosgw does).
+fn fresh_prefix(what: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("{what}-{nanos}/")
 }
 
 /// `n` bytes that differ from part to part.
@@ -442,4 +459,150 @@ async fn pull(
         assert_eq!(support::digest_of(got.bytes()), *d);
         same(got.bytes(), bytes);
     }
+}
+
+/// Waits (bounded) until radosgw's clock is past `t` at its one-second resolution, by writing a
+/// probe object until its `Last-Modified` says so: the markers written afterwards are newer
+/// than everything before, as a later pull's are.
+async fn until_the_server_clock_passes(b: &Bucket, t: std::time::SystemTime) {
+    let probe = b.access_key(&Digest::of(b"clock probe"));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        b.object_store()
+            .put(&probe, PutPayload::new())
+            .await
+            .unwrap();
+        let at: std::time::SystemTime = b
+            .object_store()
+            .head(&probe)
+            .await
+            .unwrap()
+            .last_modified
+            .into();
+        if at > t {
+            b.object_store().delete(&probe).await.unwrap();
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the server clock stands still"
+        );
+        tokio::task::yield_now().await;
+    }
+}
+
+#[tokio::test]
+#[ignore = "needs radosgw: BERTH_TEST_S3 (tests/run.sh starts one)"]
+async fn eviction_by_max_size_keeps_the_recently_pulled_and_deletes_the_least_recent() {
+    use berth::store::s3::evict::{Kind, Limits, Reason};
+    let (b, _dir, _) = bucket_at("berth-evict", &fresh_prefix("evict")).await;
+    let mut digests = Vec::new();
+    for seed in 0..3u8 {
+        let data = blob(MIB, seed);
+        let d = Digest::of(&data);
+        b.put_blob(&d, Some(MIB as u64), body(&data)).await.unwrap();
+        b.put_origin("a.io", &d).await.unwrap();
+        digests.push(d);
+    }
+    let uploaded = b
+        .head_blob(&digests[2])
+        .await
+        .unwrap()
+        .unwrap()
+        .last_modified;
+    until_the_server_clock_passes(&b, uploaded).await;
+    // Replicas pulled the first and the last since: the middle one is the least recent.
+    b.put_access(&digests[0]).await.unwrap();
+    b.put_access(&digests[2]).await.unwrap();
+
+    // 3 MiB in a share of 3 MiB: past the high watermark (95%), down to the low one (85%).
+    let limits = Limits {
+        max_size: Some(3 * MIB as u64),
+        max_age: None,
+        high_watermark: 0.95,
+        low_watermark: 0.85,
+        grace: Duration::ZERO,
+    };
+    let pass = b
+        .evict(&limits, &std::collections::HashMap::new())
+        .await
+        .unwrap();
+    assert_eq!((pass.objects, pass.bytes), (3, 3 * MIB as u64));
+    let gone: Vec<_> = pass
+        .evicted
+        .iter()
+        .map(|(e, r)| (e.kind, e.digest.clone(), *r))
+        .collect();
+    assert_eq!(gone, vec![(Kind::Blob, digests[1].clone(), Reason::Size)]);
+    assert!(b.head_blob(&digests[1]).await.unwrap().is_none());
+    assert!(!b.has_origin("a.io", &digests[1]).await.unwrap());
+    for kept in [&digests[0], &digests[2]] {
+        assert!(b.head_blob(kept).await.unwrap().is_some());
+        assert!(b.has_origin("a.io", kept).await.unwrap());
+    }
+    // Done: the next pass finds the share under its goal.
+    let again = b
+        .evict(&limits, &std::collections::HashMap::new())
+        .await
+        .unwrap();
+    assert!(again.evicted.is_empty());
+    assert_eq!(again.bytes, 2 * MIB as u64);
+}
+
+#[tokio::test]
+#[ignore = "needs radosgw: BERTH_TEST_S3 (tests/run.sh starts one)"]
+async fn berth_verify_bucket_deletes_a_corrupted_object_under_a_blob_key() {
+    let (b, dir, text) = bucket_at("berth-verify", &fresh_prefix("verify")).await;
+    let good = blob(MIB, 7);
+    let gd = Digest::of(&good);
+    b.put_blob(&gd, Some(MIB as u64), body(&good))
+        .await
+        .unwrap();
+    // Bytes put under a blob's key behind berth's back, as a broken server or tool might.
+    let bad = Digest::of(b"the bytes this key promises");
+    b.object_store()
+        .put(&b.blob_key(&bad), PutPayload::from_static(b"other bytes"))
+        .await
+        .unwrap();
+    b.put_origin("a.io", &bad).await.unwrap();
+    std::fs::create_dir_all(dir.path().join("data/blobs/sha256")).unwrap();
+    let cfg = dir.path().join("berth.toml");
+    std::fs::write(&cfg, &text).unwrap();
+
+    let verify = || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_berth"))
+            .args(["verify", "--bucket", "--config"])
+            .arg(&cfg)
+            .output()
+            .unwrap()
+    };
+    let out = verify();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("bucket objects checked: 2"), "{stdout}");
+    assert!(stdout.contains("bucket deleted: 1"), "{stdout}");
+    assert!(
+        stdout.contains(&format!(
+            "{} (blob: content is {})",
+            b.blob_key(&bad),
+            Digest::of(b"other bytes")
+        )),
+        "{stdout}"
+    );
+    assert!(b.head_blob(&bad).await.unwrap().is_none());
+    assert!(!b.has_origin("a.io", &bad).await.unwrap());
+    assert_eq!(b.head_blob(&gd).await.unwrap().unwrap().size, MIB as u64);
+    // Clean now: exit 0.
+    let out = verify();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
 }

@@ -138,6 +138,19 @@ pub async fn start_with_bucket(
     launch(server, dir).await.0
 }
 
+/// As [`start_with_bucket`], also handing back the running mirror: tests drive its bucket
+/// tier's flushes and eviction passes without waiting for their timers.
+pub async fn start_with_bucket_mirror(
+    cfg: &str,
+    dir: tempfile::TempDir,
+    bucket: berth::store::s3::Bucket,
+) -> (Berth, std::sync::Arc<berth::mirror::Mirror>) {
+    let cfg = Config::parse(cfg, "test").unwrap();
+    let server = Server::bind_with_bucket(&cfg, Some(bucket)).await.unwrap();
+    let mirror = server.mirror().clone();
+    (launch(server, dir).await.0, mirror)
+}
+
 async fn launch(server: Server, dir: tempfile::TempDir) -> (Berth, berth::reload::Reloader) {
     let reloader = server.reloader();
     let (addr, metrics) = (server.local_addr(), server.metrics_addr().unwrap());

@@ -20,7 +20,8 @@ use object_store::memory::InMemory;
 use object_store::path::Path;
 use object_store::{
     CopyOptions, GetOptions, GetResult, GetResultPayload, ListResult, MultipartUpload, ObjectMeta,
-    ObjectStore, PutMultipartOptions, PutOptions, PutPayload, PutResult, UploadPart,
+    ObjectStore, ObjectStoreExt as _, PutMultipartOptions, PutOptions, PutPayload, PutResult,
+    UploadPart,
 };
 use tokio::sync::Notify;
 
@@ -47,6 +48,11 @@ pub struct Faults {
     pub completing: AtomicUsize,
     pub completes: AtomicUsize,
     pub aborts: AtomicUsize,
+    /// Fail every delete.
+    pub fail_deletes: AtomicBool,
+    /// Another replica pulls whatever's access marker is looked at next (an eviction pass's
+    /// check just before deleting): the marker is written first.
+    pub pull_on_check: AtomicBool,
     /// Whole-object PUTs of blobs (an upload smaller than a part).
     pub blob_puts: AtomicUsize,
     /// The key each multipart upload was started for.
@@ -161,6 +167,12 @@ impl ObjectStore for Faulty {
     ) -> object_store::Result<GetResult> {
         self.faults.check()?;
         let head = options.head;
+        if head
+            && location.as_ref().contains("/access/")
+            && self.faults.pull_on_check.swap(false, Ordering::SeqCst)
+        {
+            self.inner.put(location, PutPayload::new()).await?;
+        }
         let got = self.inner.get_opts(location, options).await?;
         let hold = self.faults.hold_get.load(Ordering::SeqCst);
         let cut = match head || !is_blob(location) {
@@ -217,6 +229,9 @@ impl ObjectStore for Faulty {
         &self,
         locations: BoxStream<'static, object_store::Result<Path>>,
     ) -> BoxStream<'static, object_store::Result<Path>> {
+        if self.faults.fail_deletes.load(Ordering::SeqCst) {
+            return locations.map(|_| Err(injected("delete refused"))).boxed();
+        }
         self.inner.delete_stream(locations)
     }
 

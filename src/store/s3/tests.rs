@@ -2,6 +2,7 @@
 //! ([`super::testing`]): a part upload that fails, a completion that fails, a GET whose body is
 //! held back, the bucket down.
 
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 
 use futures_util::stream;
@@ -564,4 +565,255 @@ fn the_listing_of_open_uploads_parses() {
     )
     .unwrap();
     assert!(empty.uploads.is_empty() && !empty.is_truncated);
+}
+
+// ---- eviction of the share (`evict`) ----
+
+use super::evict::{Kind, Limits, Reason};
+
+fn share_limits(max_size: Option<u64>, max_age: Option<Duration>) -> Limits {
+    Limits {
+        max_size,
+        max_age,
+        high_watermark: 0.95,
+        low_watermark: 0.85,
+        grace: Duration::ZERO,
+    }
+}
+
+/// Three 1,000-byte blobs with origin markers of two upstreams, and a manifest; returns their
+/// digests (blobs a, b, c in upload order, then the manifest).
+async fn filled_share(b: &Bucket) -> (Vec<Digest>, Digest) {
+    let mut blobs = Vec::new();
+    for seed in 0..3u8 {
+        let data = Bytes::from(vec![seed; 1000]);
+        let d = Digest::of(&data);
+        b.put_blob(&d, Some(1000), body(&data)).await.unwrap();
+        b.put_origin("docker.io", &d).await.unwrap();
+        b.put_origin("quay.io", &d).await.unwrap();
+        blobs.push(d);
+    }
+    let m = Bytes::from_static(br#"{"schemaVersion":2}"#);
+    let md = Digest::of(&m);
+    b.put_manifest(&md, "application/vnd.oci.image.manifest.v1+json", m)
+        .await
+        .unwrap();
+    (blobs, md)
+}
+
+async fn exists(b: &Bucket, key: &Path) -> bool {
+    b.object_store().head(key).await.is_ok()
+}
+
+#[tokio::test]
+async fn eviction_keeps_the_recently_pulled_and_deletes_the_least_recent_with_its_markers() {
+    let (b, _) = bucket();
+    let (blobs, manifest) = filled_share(&b).await;
+    // `a` was pulled by another replica (its marker), `c` by this one (not flushed yet): `b`,
+    // uploaded between them and never pulled since, is the least recent.
+    b.put_access(&blobs[0]).await.unwrap();
+    let later = SystemTime::now() + Duration::from_millis(1);
+    let touches = HashMap::from([(blobs[2].clone(), later), (manifest.clone(), later)]);
+    // 3,019 bytes over a share of 3,000 (high 2,850, low 2,550): one blob goes.
+    let pass = b
+        .evict(&share_limits(Some(3000), None), &touches)
+        .await
+        .unwrap();
+    assert_eq!((pass.objects, pass.bytes), (4, 3019));
+    let gone: Vec<_> = pass
+        .evicted
+        .iter()
+        .map(|(e, r)| (e.kind, e.digest.clone(), *r))
+        .collect();
+    assert_eq!(gone, vec![(Kind::Blob, blobs[1].clone(), Reason::Size)]);
+    assert!(!exists(&b, &b.blob_key(&blobs[1])).await);
+    for u in ["docker.io", "quay.io"] {
+        assert!(!exists(&b, &b.origin_key(u, &blobs[1])).await, "{u}");
+        assert!(exists(&b, &b.origin_key(u, &blobs[0])).await, "{u}");
+    }
+    for kept in [&blobs[0], &blobs[2]] {
+        assert!(exists(&b, &b.blob_key(kept)).await);
+    }
+    assert!(exists(&b, &b.access_key(&blobs[0])).await);
+    assert!(exists(&b, &b.manifest_key(&manifest)).await);
+    let m = b.metrics();
+    assert_eq!(m.evictions.with_label_values(&["size"]).get(), 1);
+    assert_eq!(m.evicted_bytes.with_label_values(&["size"]).get(), 1000);
+    assert_eq!((m.share_bytes.get(), m.share_objects.get()), (2019, 3));
+    // Under the low watermark now: a second pass deletes nothing.
+    let again = b
+        .evict(&share_limits(Some(3000), None), &touches)
+        .await
+        .unwrap();
+    assert!(again.evicted.is_empty());
+}
+
+#[tokio::test]
+async fn eviction_by_age_removes_manifests_and_blobs_alike_but_not_within_the_grace() {
+    let (b, _) = bucket();
+    let (blobs, manifest) = filled_share(&b).await;
+    let mut limits = share_limits(None, Some(Duration::from_secs(60)));
+    limits.grace = Duration::from_secs(3600);
+    // Two hours on, everything is older than max_age; this replica pulled `a` a second ago.
+    let now = SystemTime::now() + Duration::from_secs(7200);
+    let touches = HashMap::from([(blobs[0].clone(), now - Duration::from_secs(1))]);
+    let pass = b.evict_at(&limits, &touches, now).await.unwrap();
+    let mut gone: Vec<_> = pass.evicted.iter().map(|(e, _)| e.digest.clone()).collect();
+    gone.sort();
+    let mut want = vec![blobs[1].clone(), blobs[2].clone(), manifest.clone()];
+    want.sort();
+    assert_eq!(gone, want, "all but the one pulled within the grace");
+    assert!(pass.evicted.iter().all(|(_, r)| *r == Reason::Age));
+    assert!(!exists(&b, &b.manifest_key(&manifest)).await);
+    assert!(exists(&b, &b.blob_key(&blobs[0])).await);
+    assert_eq!(b.metrics().evictions.with_label_values(&["age"]).get(), 3);
+    // Now (not two hours on) the rest is younger than the grace: nothing goes.
+    let pass = b.evict(&limits, &HashMap::new()).await.unwrap();
+    assert!(pass.evicted.is_empty());
+}
+
+#[tokio::test]
+async fn a_pull_recorded_after_the_listing_keeps_the_victim() {
+    let (b, faults) = bucket();
+    filled_share(&b).await;
+    let limits = share_limits(Some(2000), None);
+    let victims = super::evict::plan(
+        &b.share(&HashMap::new()).await.unwrap(),
+        &limits,
+        SystemTime::now(),
+    );
+    assert!(victims.len() >= 2, "{victims:?}");
+    // Another replica pulls the first victim between the listing and its delete.
+    faults.pull_on_check.store(true, Ordering::SeqCst);
+    let pass = b.evict(&limits, &HashMap::new()).await.unwrap();
+    assert_eq!(pass.kept, 1);
+    let key = |e: &super::evict::Entry| match e.kind {
+        Kind::Blob => b.blob_key(&e.digest),
+        Kind::Manifest => b.manifest_key(&e.digest),
+    };
+    assert!(
+        exists(&b, &key(&victims[0].0)).await,
+        "the pulled one stays"
+    );
+    assert_eq!(pass.evicted, victims[1..].to_vec());
+    for (e, _) in &pass.evicted {
+        assert!(!exists(&b, &key(e)).await);
+    }
+}
+
+#[tokio::test]
+async fn a_failing_delete_ends_the_pass_with_an_error_and_keeps_the_object() {
+    let (b, faults) = bucket();
+    let (blobs, _) = filled_share(&b).await;
+    faults.fail_deletes.store(true, Ordering::SeqCst);
+    let e = b
+        .evict(&share_limits(Some(1000), None), &HashMap::new())
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("delete refused"), "{e}");
+    for d in &blobs {
+        assert!(exists(&b, &b.blob_key(d)).await);
+    }
+    assert_eq!(b.metrics().evictions.with_label_values(&["size"]).get(), 0);
+}
+
+#[tokio::test]
+async fn a_failing_listing_fails_the_pass_before_any_delete() {
+    let (b, faults) = bucket();
+    let (blobs, _) = filled_share(&b).await;
+    faults.down.store(true, Ordering::SeqCst);
+    assert!(
+        b.evict(&share_limits(Some(1), None), &HashMap::new())
+            .await
+            .is_err()
+    );
+    faults.down.store(false, Ordering::SeqCst);
+    for d in &blobs {
+        assert!(exists(&b, &b.blob_key(d)).await);
+    }
+}
+
+#[tokio::test]
+async fn tag_records_are_listed_by_key_and_deleted() {
+    let (b, _) = bucket();
+    let rec = TagRecord {
+        digest: Digest::of(b"m").to_string(),
+        media_type: "application/json".into(),
+        resolved_at: 1,
+    };
+    b.put_tag("docker.io", "library/app", "1", &rec)
+        .await
+        .unwrap();
+    b.put_tag("quay.io", "a/b/c", "v2", &rec).await.unwrap();
+    let mut tags = b.list_tags().await.unwrap();
+    tags.sort();
+    let t = |u: &str, r: &str, g: &str| (u.to_owned(), r.to_owned(), g.to_owned());
+    assert_eq!(
+        tags,
+        vec![
+            t("docker.io", "library/app", "1"),
+            t("quay.io", "a/b/c", "v2")
+        ]
+    );
+    b.delete_tag("quay.io", "a/b/c", "v2").await.unwrap();
+    assert_eq!(
+        b.list_tags().await.unwrap(),
+        vec![t("docker.io", "library/app", "1")]
+    );
+    assert!(b.get_tag("quay.io", "a/b/c", "v2").await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn a_pass_drops_access_markers_whose_object_never_arrived_once_old() {
+    let (b, _) = bucket();
+    let (blobs, _) = filled_share(&b).await;
+    let lost = Digest::of(b"pulled, but its upload failed");
+    b.put_access(&lost).await.unwrap();
+    b.put_access(&blobs[0]).await.unwrap();
+    let limits = share_limits(Some(1 << 30), None);
+    // Young: it may belong to an upload still running.
+    b.evict(&limits, &HashMap::new()).await.unwrap();
+    assert!(exists(&b, &b.access_key(&lost)).await);
+    // A day on: dropped; the markers of objects that are there stay.
+    let later = SystemTime::now() + super::evict::ORPHAN_MARKER_AGE + Duration::from_secs(60);
+    let pass = b.evict_at(&limits, &HashMap::new(), later).await.unwrap();
+    assert!(pass.evicted.is_empty());
+    assert!(!exists(&b, &b.access_key(&lost)).await);
+    assert!(exists(&b, &b.access_key(&blobs[0])).await);
+}
+
+#[tokio::test]
+async fn a_failing_pass_is_reported_by_the_tier_and_counts_no_share() {
+    let (b, faults) = bucket();
+    filled_share(&b).await;
+    let tier = crate::tier::Tier::new(Arc::new(b));
+    faults.down.store(true, Ordering::SeqCst);
+    assert!(
+        tier.evict_once(&share_limits(Some(1), None))
+            .await
+            .is_none()
+    );
+    let (_, text) = tier.last_error().lock().unwrap().clone().unwrap();
+    assert!(text.starts_with("evicting from the bucket:"), "{text}");
+    assert!(tier.share().lock().unwrap().is_none());
+    assert!(!tier.readable(), "skipped like after any bucket error");
+}
+
+#[tokio::test]
+async fn verify_reports_what_it_could_not_delete_and_fails_without_a_listing() {
+    let (b, faults) = bucket();
+    let bad = Digest::of(b"promised");
+    b.object_store()
+        .put(&b.blob_key(&bad), PutPayload::from_static(b"delivered"))
+        .await
+        .unwrap();
+    faults.fail_deletes.store(true, Ordering::SeqCst);
+    let r = crate::verify::bucket::run(&b).await.unwrap();
+    assert!(r.deleted.is_empty());
+    assert_eq!(r.errors.len(), 1);
+    assert!(r.errors[0].1.contains("deleting it: "), "{:?}", r.errors);
+    assert_eq!(r.exit_code(), 2);
+    assert!(exists(&b, &b.blob_key(&bad)).await);
+    faults.down.store(true, Ordering::SeqCst);
+    assert!(crate::verify::bucket::run(&b).await.is_err());
 }
