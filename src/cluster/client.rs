@@ -140,8 +140,17 @@ impl PeerClient {
 
     /// Sends `req`; a 2xx answer's head within `peer_timeout`, its body still streaming.
     pub async fn send(&self, req: Request<Empty<Bytes>>) -> Result<Response<Incoming>, PeerError> {
-        let resp = match tokio::time::timeout(self.timeout, self.http.request(req)).await {
-            Err(_) => return Err(PeerError::Timeout(self.timeout)),
+        self.send_within(req, self.timeout).await
+    }
+
+    /// Sends `req`; a 2xx answer's head within `wait` (the connect still within `peer_timeout`).
+    pub async fn send_within(
+        &self,
+        req: Request<Empty<Bytes>>,
+        wait: Duration,
+    ) -> Result<Response<Incoming>, PeerError> {
+        let resp = match tokio::time::timeout(wait, self.http.request(req)).await {
+            Err(_) => return Err(PeerError::Timeout(wait)),
             Ok(Err(e)) if e.is_connect() => {
                 return Err(PeerError::Connect(crate::error::chain(&e)));
             }
@@ -157,6 +166,11 @@ impl PeerClient {
 
     /// Sends a health probe and reads its (small) answer, all within `peer_timeout`, so the
     /// connection goes back to the pool for the next one.
+    /// `peer_timeout`: how long a connect or a probe may take.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
     pub async fn probe(&self, peer: &str) -> Result<(), PeerError> {
         let resp = self.send(self.health_request(peer)).await?;
         match tokio::time::timeout(self.timeout, resp.into_body().collect()).await {
