@@ -685,6 +685,16 @@ async fn sigkill_of_the_owner_mid_fill_never_completes_wrong_bytes() {
     for (d, _) in &killed {
         assert!(found.contains(d), "{d} is not in the bucket: {found:?}");
     }
+    // Each replica's disk too: whatever is at a final path is what its name says.
+    for rep in &r.replicas {
+        let dir = rep.data.join("blobs/sha256");
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let name = path.file_name().unwrap().to_str().unwrap().to_owned();
+            let bytes = std::fs::read(&path).unwrap();
+            assert_eq!(Digest::of(&bytes).hex(), name, "{}", path.display());
+        }
+    }
     r.clean_bucket().await;
 }
 
@@ -778,9 +788,11 @@ fn registry_upstreams(env: &Env) -> String {
 #[ignore = "needs radosgw: BERTH_TEST_S3, and skopeo, ctr, containerd, docker-registry (tests/run.sh)"]
 async fn an_empty_replica_serves_what_another_cached_to_skopeo_and_ctr() {
     // The registries, seeded with the end-to-end images; the replicas are their mirror.
+    let t = Instant::now();
     let mut env = tokio::task::block_in_place(|| Env::start(Via::Registry));
     let mut r = three("clients", &registry_upstreams(&env)).await;
     let images = seed::images();
+    eprintln!("registries seeded, replicas up in {:.1?}", t.elapsed());
 
     // Replica 0 caches every image, every platform (`berth warm` pulls like a client).
     let refs: Vec<String> = images
@@ -792,8 +804,10 @@ async fn an_empty_replica_serves_what_another_cached_to_skopeo_and_ctr() {
         .arg("--server")
         .arg(&r.replicas[0].url)
         .args(&refs);
+    let t = Instant::now();
     tokio::task::block_in_place(|| proc::run(&mut cmd, PULL_LIMIT));
     r.settled().await;
+    eprintln!("replica 0 warmed in {:.1?}", t.elapsed());
 
     // Everything a later replica needs reaches the bucket: blobs, manifests, tag records, and the
     // marks of which upstream each digest came through.
@@ -831,6 +845,11 @@ async fn an_empty_replica_serves_what_another_cached_to_skopeo_and_ctr() {
         .await;
     }
 
+    eprintln!(
+        "the bucket holds it all {:.1?} after the warm began",
+        t.elapsed()
+    );
+
     // The upstreams gone, the two replicas that have pulled anything gone; the third starts over
     // with an empty disk: only the bucket can answer it.
     env.stop_registries();
@@ -843,6 +862,7 @@ async fn an_empty_replica_serves_what_another_cached_to_skopeo_and_ctr() {
     let only = &r.replicas[2];
 
     // skopeo: every image, every platform, byte for byte.
+    let t = Instant::now();
     for (i, img) in images.iter().enumerate() {
         let out = env.dir().join(format!("skopeo-{i}"));
         let mut cmd = Command::new("skopeo");
@@ -861,7 +881,13 @@ async fn an_empty_replica_serves_what_another_cached_to_skopeo_and_ctr() {
         check_dir(&out, img);
     }
 
+    eprintln!(
+        "skopeo copied every image from the empty replica in {:.1?}",
+        t.elapsed()
+    );
+
     // containerd: the linux/amd64 image of each, listed with the right digest.
+    let t = Instant::now();
     let (daemon, ctr) = tokio::task::block_in_place(|| start_containerd(&env));
     let hosts = ctr_hosts_dir(&env, only.addr);
     for img in images {
@@ -888,6 +914,10 @@ async fn an_empty_replica_serves_what_another_cached_to_skopeo_and_ctr() {
         assert_eq!(listed.as_deref(), Some(img.top.digest.as_str()), "{list}");
     }
     drop(daemon);
+    eprintln!(
+        "containerd pulled every image from it in {:.1?}",
+        t.elapsed()
+    );
 
     eprintln!("{}", r.sources().await);
     let c = &r.client;
