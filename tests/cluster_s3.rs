@@ -95,6 +95,16 @@ where
     }
 }
 
+/// Bound on a whole test: a radosgw that stops answering (a full memstore holds writes
+/// forever) or a berth that hangs fails the test instead of holding CI.
+const TEST_LIMIT: Duration = Duration::from_secs(240);
+
+async fn within(test: impl std::future::Future<Output = ()>) {
+    tokio::time::timeout(TEST_LIMIT, test)
+        .await
+        .unwrap_or_else(|_| panic!("the test did not finish within {TEST_LIMIT:?}"));
+}
+
 /// One replica: its config, its disk, and the process while it runs.
 struct Replica {
     url: String,
@@ -465,307 +475,369 @@ async fn pull_hashed(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs radosgw: BERTH_TEST_S3 (tests/run.sh starts one)"]
 async fn thirty_two_pulls_over_three_replicas_fetch_a_fresh_blob_once() {
-    const SIZE: usize = 256 * MIB;
-    const CLIENTS: usize = 32;
-    let fake = FakeRegistry::start().await;
-    let r = three("fetch-once", &fake_upstream(&fake)).await;
+    within(async {
+        const SIZE: usize = 256 * MIB;
+        const CLIENTS: usize = 32;
+        let fake = FakeRegistry::start().await;
+        let r = three("fetch-once", &fake_upstream(&fake)).await;
 
-    let t = Instant::now();
-    let data = blob(SIZE, 7);
-    let d = fake.put_blob(REPO, data.clone());
-    eprintln!("256 MiB blob made and hashed in {:.1?}", t.elapsed());
-    drop(data);
-    let path = format!("/v2/{REPO}/blobs/{d}");
-    // Every upstream transfer of it sends only what the gate allows: all 32 clients have their
-    // first bytes while the fill is still held, so the 32 pulls are provably concurrent.
-    let (release, gate) = watch::channel(4 * MIB);
-    fake.fault(&path, Fault::Gated(gate));
+        let t = Instant::now();
+        let data = blob(SIZE, 7);
+        let d = fake.put_blob(REPO, data.clone());
+        eprintln!("256 MiB blob made and hashed in {:.1?}", t.elapsed());
+        drop(data);
+        let path = format!("/v2/{REPO}/blobs/{d}");
+        // Every upstream transfer of it sends only what the gate allows: all 32 clients have their
+        // first bytes while the fill is still held, so the 32 pulls are provably concurrent.
+        let (release, gate) = watch::channel(4 * MIB);
+        fake.fault(&path, Fault::Gated(gate));
 
-    let started = Instant::now();
-    let (first_tx, mut first_rx) = tokio::sync::mpsc::channel(CLIENTS);
-    let pulls: Vec<_> = (0..CLIENTS)
-        .map(|i| {
-            let addr = r.replicas[i % 3].addr;
-            tokio::spawn(pull_hashed(
-                r.client.clone(),
-                addr,
-                path.clone(),
-                Some(first_tx.clone()),
-            ))
-        })
-        .collect();
-    drop(first_tx);
-    for n in 0..CLIENTS {
-        tokio::time::timeout(WAIT, first_rx.recv())
-            .await
-            .unwrap_or_else(|_| panic!("only {n} of {CLIENTS} clients got bytes in time"))
-            .expect("a client failed before its first bytes");
-    }
-    release.send_replace(SIZE);
-    let mut got = Vec::new();
-    for p in pulls {
-        got.push(
-            tokio::time::timeout(WAIT, p)
+        let started = Instant::now();
+        let (first_tx, mut first_rx) = tokio::sync::mpsc::channel(CLIENTS);
+        let pulls: Vec<_> = (0..CLIENTS)
+            .map(|i| {
+                let addr = r.replicas[i % 3].addr;
+                tokio::spawn(pull_hashed(
+                    r.client.clone(),
+                    addr,
+                    path.clone(),
+                    Some(first_tx.clone()),
+                ))
+            })
+            .collect();
+        drop(first_tx);
+        for n in 0..CLIENTS {
+            tokio::time::timeout(WAIT, first_rx.recv())
                 .await
-                .expect("pull in time")
-                .unwrap(),
+                .unwrap_or_else(|_| panic!("only {n} of {CLIENTS} clients got bytes in time"))
+                .expect("a client failed before its first bytes");
+        }
+        release.send_replace(SIZE);
+        let mut got = Vec::new();
+        for p in pulls {
+            got.push(
+                tokio::time::timeout(WAIT, p)
+                    .await
+                    .expect("pull in time")
+                    .unwrap(),
+            );
+        }
+        let took = started.elapsed();
+        for (i, p) in got.iter().enumerate() {
+            assert_eq!(p.status, StatusCode::OK, "client {i}");
+            assert!(p.complete && p.len == SIZE, "client {i}: {p:?}");
+            assert_eq!(p.sha256, d, "client {i} got other bytes");
+        }
+        eprintln!(
+            "{CLIENTS} verified pulls of 256 MiB over 3 replicas in {took:.1?}; {}",
+            r.sources().await
         );
-    }
-    let took = started.elapsed();
-    for (i, p) in got.iter().enumerate() {
-        assert_eq!(p.status, StatusCode::OK, "client {i}");
-        assert!(p.complete && p.len == SIZE, "client {i}: {p:?}");
-        assert_eq!(p.sha256, d, "client {i} got other bytes");
-    }
-    eprintln!(
-        "{CLIENTS} verified pulls of 256 MiB over 3 replicas in {took:.1?}; {}",
-        r.sources().await
-    );
-    let (fetches, sources) = (fake.hits(Method::GET, &path), r.sources().await);
-    r.settled().await;
-    r.in_bucket(&d.parse().unwrap(), SIZE).await;
-    // Before the last assertion: radosgw keeps objects in memory, and this is 256 MiB of it.
-    r.clean_bucket().await;
-    assert_eq!(
-        fetches, 1,
-        "upstream fetches of one blob pulled through 3 replicas ({sources})"
-    );
+        let (fetches, sources) = (fake.hits(Method::GET, &path), r.sources().await);
+        r.settled().await;
+        r.in_bucket(&d.parse().unwrap(), SIZE).await;
+        // Before the last assertion: radosgw keeps objects in memory, and this is 256 MiB of it.
+        r.clean_bucket().await;
+        assert_eq!(
+            fetches, 1,
+            "upstream fetches of one blob pulled through 3 replicas ({sources})"
+        );
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs radosgw: BERTH_TEST_S3 (tests/run.sh starts one)"]
 async fn sigkill_of_the_owner_mid_fill_never_completes_wrong_bytes() {
-    const ROUNDS: usize = 5;
-    const SIZE: usize = 40 * MIB; // three parts of a multipart upload
-    const RELEASED: usize = 8 * MIB;
-    const READ_BEFORE_KILL: usize = 2 * MIB;
-    const PER_REPLICA: usize = 2;
-    let fake = FakeRegistry::start().await;
-    let mut r = three("sigkill", &fake_upstream(&fake)).await;
-    // Gates stay open until the end: the fake expects its gates to outlive its transfers.
-    let mut gates = Vec::new();
-    let mut killed: Vec<(String, SystemTime)> = Vec::new();
-    let (mut complete, mut short) = (0, 0);
+    within(async {
+        const ROUNDS: usize = 5;
+        const SIZE: usize = 40 * MIB; // three parts of a multipart upload
+        const RELEASED: usize = 8 * MIB;
+        const READ_BEFORE_KILL: usize = 2 * MIB;
+        const PER_REPLICA: usize = 2;
+        /// Four parts: an upload that lasts long enough to be seen open and killed.
+        const UPLOAD_SIZE: usize = 64 * MIB;
+        let fake = FakeRegistry::start().await;
+        let mut r = three("sigkill", &fake_upstream(&fake)).await;
+        // Gates stay open until the end: the fake expects its gates to outlive its transfers.
+        let mut gates = Vec::new();
+        let mut killed: Vec<(String, SystemTime)> = Vec::new();
+        let (mut complete, mut short) = (0, 0);
 
-    for round in 0..ROUNDS {
-        let data = blob(SIZE, 100 + round as u64);
-        let d = fake.put_blob(REPO, data.clone());
-        let digest: Digest = d.parse().unwrap();
-        let owner = r.owner(&digest);
-        let path = format!("/v2/{REPO}/blobs/{d}");
-        // Every upstream transfer of this blob is held after RELEASED bytes until the owner is
-        // dead, so its fill is mid-transfer when it is killed.
-        let (release, gate) = watch::channel(RELEASED);
-        fake.fault(&path, Fault::Gated(gate));
+        for round in 0..ROUNDS {
+            let data = blob(SIZE, 100 + round as u64);
+            let d = fake.put_blob(REPO, data.clone());
+            let digest: Digest = d.parse().unwrap();
+            let owner = r.owner(&digest);
+            let path = format!("/v2/{REPO}/blobs/{d}");
+            // Every upstream transfer of this blob is held after RELEASED bytes until the owner is
+            // dead, so its fill is mid-transfer when it is killed.
+            let (release, gate) = watch::channel(RELEASED);
+            fake.fault(&path, Fault::Gated(gate));
 
-        let mut open = Vec::new();
-        for (i, rep) in r.replicas.iter().enumerate() {
-            for _ in 0..PER_REPLICA {
-                let uri: http::Uri = format!("http://{}{path}", rep.addr).parse().unwrap();
-                let resp = tokio::time::timeout(WAIT, r.client.get(uri))
-                    .await
-                    .expect("response headers in time")
-                    .unwrap();
-                assert_eq!(resp.status(), StatusCode::OK, "round {round}, replica {i}");
-                open.push((i, resp.into_body(), Vec::<u8>::new()));
-            }
-        }
-        for (i, body, got) in &mut open {
-            tokio::time::timeout(WAIT, async {
-                while got.len() < READ_BEFORE_KILL {
-                    let frame = body.frame().await.expect("body ended early").unwrap();
-                    if let Ok(b) = frame.into_data() {
-                        got.extend_from_slice(&b);
-                    }
+            let mut open = Vec::new();
+            for (i, rep) in r.replicas.iter().enumerate() {
+                for _ in 0..PER_REPLICA {
+                    let uri: http::Uri = format!("http://{}{path}", rep.addr).parse().unwrap();
+                    let resp = tokio::time::timeout(WAIT, r.client.get(uri))
+                        .await
+                        .expect("response headers in time")
+                        .unwrap();
+                    assert_eq!(resp.status(), StatusCode::OK, "round {round}, replica {i}");
+                    open.push((i, resp.into_body(), Vec::<u8>::new()));
                 }
-            })
-            .await
-            .unwrap_or_else(|_| panic!("round {round}: replica {i}'s client got no bytes"));
-            assert_eq!(&got[..], &data[..got.len()], "round {round}: early bytes");
-        }
-        let filling = r.replicas[owner]
-            .metric(&r.client, "berth_fills_in_flight")
-            .await;
-        assert!(filling >= 1, "round {round}: the owner is not mid-fill");
-
-        r.replicas[owner].kill();
-        killed.push((d.clone(), SystemTime::now()));
-        release.send_replace(SIZE);
-        gates.push(release);
-
-        for (i, mut body, mut got) in open {
-            let ended = tokio::time::timeout(WAIT, async {
-                while let Some(frame) = body.frame().await {
-                    match frame {
-                        Ok(f) => {
-                            if let Ok(b) = f.into_data() {
-                                got.extend_from_slice(&b);
-                            }
+            }
+            for (i, body, got) in &mut open {
+                tokio::time::timeout(WAIT, async {
+                    while got.len() < READ_BEFORE_KILL {
+                        let frame = body.frame().await.expect("body ended early").unwrap();
+                        if let Ok(b) = frame.into_data() {
+                            got.extend_from_slice(&b);
                         }
-                        Err(_) => return false,
                     }
-                }
-                true
-            })
-            .await
-            .unwrap_or_else(|_| panic!("round {round}: replica {i}'s client hangs"));
-            if ended && got.len() == SIZE {
-                assert_eq!(
-                    digest_of(&got),
-                    d,
-                    "round {round}: replica {i} completed wrong bytes"
-                );
-                complete += 1;
-            } else {
-                assert!(
-                    got.len() < SIZE && got[..] == data[..got.len()],
-                    "round {round}: replica {i}: {} bytes, ended cleanly: {ended}",
-                    got.len()
-                );
-                assert!(
-                    !ended,
-                    "round {round}: replica {i}: a short body that ended cleanly"
-                );
-                if i != owner {
-                    eprintln!("round {round}: a client of survivor {i} got a short body");
-                }
-                short += 1;
+                })
+                .await
+                .unwrap_or_else(|_| panic!("round {round}: replica {i}'s client got no bytes"));
+                assert_eq!(&got[..], &data[..got.len()], "round {round}: early bytes");
             }
-        }
-        // The survivors serve it whole, right away.
-        for (i, rep) in r.replicas.iter().enumerate().filter(|(_, x)| x.running()) {
-            let p = pull_hashed(r.client.clone(), rep.addr, path.clone(), None).await;
+            let filling = r.replicas[owner]
+                .metric(&r.client, "berth_fills_in_flight")
+                .await;
+            assert!(filling >= 1, "round {round}: the owner is not mid-fill");
+
+            r.replicas[owner].kill();
+            killed.push((d.clone(), SystemTime::now()));
+            release.send_replace(SIZE);
+            gates.push(release);
+
+            for (i, mut body, mut got) in open {
+                let ended = tokio::time::timeout(WAIT, async {
+                    while let Some(frame) = body.frame().await {
+                        match frame {
+                            Ok(f) => {
+                                if let Ok(b) = f.into_data() {
+                                    got.extend_from_slice(&b);
+                                }
+                            }
+                            Err(_) => return false,
+                        }
+                    }
+                    true
+                })
+                .await
+                .unwrap_or_else(|_| panic!("round {round}: replica {i}'s client hangs"));
+                if ended && got.len() == SIZE {
+                    assert_eq!(
+                        digest_of(&got),
+                        d,
+                        "round {round}: replica {i} completed wrong bytes"
+                    );
+                    complete += 1;
+                } else {
+                    assert!(
+                        got.len() < SIZE && got[..] == data[..got.len()],
+                        "round {round}: replica {i}: {} bytes, ended cleanly: {ended}",
+                        got.len()
+                    );
+                    assert!(
+                        !ended,
+                        "round {round}: replica {i}: a short body that ended cleanly"
+                    );
+                    if i != owner {
+                        eprintln!("round {round}: a client of survivor {i} got a short body");
+                    }
+                    short += 1;
+                }
+            }
+            // The survivors serve it whole, right away.
+            for (i, rep) in r.replicas.iter().enumerate().filter(|(_, x)| x.running()) {
+                let p = pull_hashed(r.client.clone(), rep.addr, path.clone(), None).await;
+                assert!(
+                    p.complete && p.sha256 == d,
+                    "round {round}: replica {i}: {p:?}"
+                );
+            }
+            // The owner comes back on its disk (the killed fill's temp file cleared) and serves it
+            // too; it is in the bucket then.
+            let client = r.client.clone();
+            r.replicas[owner].start(&client).await;
+            r.see_each_other().await;
+            let p = pull_hashed(r.client.clone(), r.replicas[owner].addr, path, None).await;
             assert!(
                 p.complete && p.sha256 == d,
-                "round {round}: replica {i}: {p:?}"
+                "round {round}: the restarted owner: {p:?}"
             );
+            r.in_bucket(&digest, SIZE).await;
         }
-        // The owner comes back on its disk (the killed fill's temp file cleared) and serves it
-        // too; it is in the bucket then.
-        let client = r.client.clone();
-        r.replicas[owner].start(&client).await;
-        r.see_each_other().await;
-        let p = pull_hashed(r.client.clone(), r.replicas[owner].addr, path, None).await;
-        assert!(
-            p.complete && p.sha256 == d,
-            "round {round}: the restarted owner: {p:?}"
+        eprintln!(
+            "{ROUNDS} rounds: {complete} clients got the whole blob, {short} a short body; {}",
+            r.sources().await
         );
-        r.in_bucket(&digest, SIZE).await;
-    }
-    eprintln!(
-        "{ROUNDS} rounds: {complete} clients got the whole blob, {short} a short body; {}",
-        r.sources().await
-    );
-    r.settled().await;
 
-    // Every upload a live replica started ends (completed, or aborted on failure); what a killed
-    // owner left open is the stale-upload sweep's.
-    let killed_keys: Vec<(String, SystemTime)> = killed
-        .iter()
-        .map(|(d, at)| (r.blob_key(&d.parse().unwrap()).to_string(), *at))
-        .collect();
-    let (bucket, killed_keys) = (&r.bucket, &killed_keys);
-    let left = until("only killed replicas' uploads are open", || async move {
-        let left = bucket.open_uploads().await.map_err(|e| e.to_string())?;
-        let live: Vec<_> = left
-            .iter()
-            .filter(|u| {
-                !killed_keys
+        // A last kill, mid-upload: the owner has the blob verified on its disk and is putting it in
+        // the bucket (a multipart upload, beside the pull) when it dies. That upload is never
+        // completed; it stays open for the sweep. An upload that ends before the test sees it open
+        // (or before the kill lands) is tried again with another blob.
+        let mut mid_upload = None;
+        for attempt in 0..5 {
+            let data = blob(UPLOAD_SIZE, 300 + attempt);
+            let d = fake.put_blob(REPO, data);
+            let digest: Digest = d.parse().unwrap();
+            let (owner, key) = (r.owner(&digest), r.blob_key(&digest).to_string());
+            let path = format!("/v2/{REPO}/blobs/{d}");
+            let p = pull_hashed(r.client.clone(), r.replicas[owner].addr, path, None).await;
+            assert!(p.complete && p.sha256 == d, "mid-upload {attempt}: {p:?}");
+            let started = Instant::now();
+            let open = loop {
+                assert!(started.elapsed() < WAIT, "no upload of {d} began");
+                if r.bucket
+                    .open_uploads()
+                    .await
+                    .unwrap()
                     .iter()
-                    .any(|(k, at)| *k == u.key && u.initiated <= *at + Duration::from_secs(1))
-            })
-            .collect();
-        if live.is_empty() {
-            Ok(left)
-        } else {
-            Err(format!("{live:?}"))
+                    .any(|u| u.key == key)
+                {
+                    break true;
+                }
+                if r.bucket.head_blob(&digest).await.unwrap().is_some() {
+                    break false;
+                }
+            };
+            if open {
+                r.replicas[owner].kill();
+                let at = SystemTime::now();
+                let client = r.client.clone();
+                r.replicas[owner].start(&client).await;
+                r.see_each_other().await;
+                if r.bucket.head_blob(&digest).await.unwrap().is_none() {
+                    mid_upload = Some((d, key, at));
+                    break;
+                }
+            }
+            eprintln!("mid-upload {attempt}: the upload ended before the kill; another blob");
         }
+        let (upload_digest, upload_key, upload_killed) =
+            mid_upload.expect("no upload caught in flight in 5 tries");
+        r.settled().await;
+
+        // Every upload a live replica started ends (completed, or aborted on failure); what a killed
+        // owner left open is the stale-upload sweep's.
+        let killed_keys: Vec<(String, SystemTime)> = killed
+            .iter()
+            .map(|(d, at)| (r.blob_key(&d.parse().unwrap()).to_string(), *at))
+            .chain([(upload_key.clone(), upload_killed)])
+            .collect();
+        let (bucket, killed_keys) = (&r.bucket, &killed_keys);
+        let left = until("only killed replicas' uploads are open", || async move {
+            let left = bucket.open_uploads().await.map_err(|e| e.to_string())?;
+            let live: Vec<_> = left
+                .iter()
+                .filter(|u| {
+                    !killed_keys
+                        .iter()
+                        .any(|(k, at)| *k == u.key && u.initiated <= *at + Duration::from_secs(1))
+                })
+                .collect();
+            if live.is_empty() {
+                Ok(left)
+            } else {
+                Err(format!("{live:?}"))
+            }
+        })
+        .await;
+        eprintln!("{} uploads left open by killed owners", left.len());
+        assert!(left.iter().any(|u| u.key == upload_key), "{left:?}");
+        // The replicas' sweep aborts them once STALE_AGE old; the same pass, with no age to wait for.
+        let aborted = r.bucket.abort_stale_uploads(Duration::ZERO).await.unwrap();
+        assert_eq!(aborted, left.len());
+        assert!(r.bucket.open_uploads().await.unwrap().is_empty());
+
+        let found = r.check_blob_objects().await;
+        for (d, _) in &killed {
+            assert!(found.contains(d), "{d} is not in the bucket: {found:?}");
+        }
+        assert!(
+            !found.contains(&upload_digest),
+            "the killed upload was completed"
+        );
+        // Each replica's disk too: whatever is at a final path is what its name says.
+        for rep in &r.replicas {
+            let dir = rep.data.join("blobs/sha256");
+            for entry in std::fs::read_dir(&dir).unwrap() {
+                let path = entry.unwrap().path();
+                let name = path.file_name().unwrap().to_str().unwrap().to_owned();
+                let bytes = std::fs::read(&path).unwrap();
+                assert_eq!(Digest::of(&bytes).hex(), name, "{}", path.display());
+            }
+        }
+        r.clean_bucket().await;
     })
     .await;
-    eprintln!("{} uploads left open by killed owners", left.len());
-    // The replicas' sweep aborts them once STALE_AGE old; the same pass, with no age to wait for.
-    let aborted = r.bucket.abort_stale_uploads(Duration::ZERO).await.unwrap();
-    assert_eq!(aborted, left.len());
-    assert!(r.bucket.open_uploads().await.unwrap().is_empty());
-
-    let found = r.check_blob_objects().await;
-    for (d, _) in &killed {
-        assert!(found.contains(d), "{d} is not in the bucket: {found:?}");
-    }
-    // Each replica's disk too: whatever is at a final path is what its name says.
-    for rep in &r.replicas {
-        let dir = rep.data.join("blobs/sha256");
-        for entry in std::fs::read_dir(&dir).unwrap() {
-            let path = entry.unwrap().path();
-            let name = path.file_name().unwrap().to_str().unwrap().to_owned();
-            let bytes = std::fs::read(&path).unwrap();
-            assert_eq!(Digest::of(&bytes).hex(), name, "{}", path.display());
-        }
-    }
-    r.clean_bucket().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs radosgw: BERTH_TEST_S3 (tests/run.sh starts one)"]
 async fn wrong_bytes_from_upstream_never_reach_the_bucket() {
-    const SIZE: usize = 24 * MIB; // two parts of a multipart upload
-    let fake = FakeRegistry::start().await;
-    let r = three("wrong-bytes", &fake_upstream(&fake)).await;
-    let data = blob(SIZE, 42);
-    let d = fake.put_blob(REPO, data.clone());
-    let digest: Digest = d.parse().unwrap();
-    let path = format!("/v2/{REPO}/blobs/{d}");
-    fake.fault(&path, Fault::WrongBytes);
+    within(async {
+        const SIZE: usize = 24 * MIB; // two parts of a multipart upload
+        let fake = FakeRegistry::start().await;
+        let r = three("wrong-bytes", &fake_upstream(&fake)).await;
+        let data = blob(SIZE, 42);
+        let d = fake.put_blob(REPO, data.clone());
+        let digest: Digest = d.parse().unwrap();
+        let path = format!("/v2/{REPO}/blobs/{d}");
+        fake.fault(&path, Fault::WrongBytes);
 
-    // Two clients on each replica at once: the owner's fill and the others' (through the owner,
-    // or on their own) all meet the wrong bytes.
-    let pulls: Vec<_> = (0..6)
-        .map(|i| {
-            let addr = r.replicas[i % 3].addr;
-            tokio::spawn(pull_hashed(r.client.clone(), addr, path.clone(), None))
+        // Two clients on each replica at once: the owner's fill and the others' (through the owner,
+        // or on their own) all meet the wrong bytes.
+        let pulls: Vec<_> = (0..6)
+            .map(|i| {
+                let addr = r.replicas[i % 3].addr;
+                tokio::spawn(pull_hashed(r.client.clone(), addr, path.clone(), None))
+            })
+            .collect();
+        for (i, p) in pulls.into_iter().enumerate() {
+            let p = tokio::time::timeout(WAIT, p)
+                .await
+                .expect("pull in time")
+                .unwrap();
+            assert!(
+                !(p.status == StatusCode::OK && p.complete),
+                "client {i} of replica {} got a complete body of wrong bytes: {p:?}",
+                i % 3
+            );
+        }
+        r.settled().await;
+        assert!(r.metric("berth_digest_mismatches_total").await >= 1);
+        let (bucket, key) = (&r.bucket, &r.blob_key(&digest).to_string());
+        until("no upload of the wrong bytes left open", || async move {
+            let open = bucket.open_uploads().await.map_err(|e| e.to_string())?;
+            let mine: Vec<_> = open.iter().filter(|u| u.key == *key).collect();
+            mine.is_empty().then_some(()).ok_or(format!("{mine:?}"))
         })
-        .collect();
-    for (i, p) in pulls.into_iter().enumerate() {
-        let p = tokio::time::timeout(WAIT, p)
-            .await
-            .expect("pull in time")
-            .unwrap();
-        assert!(
-            !(p.status == StatusCode::OK && p.complete),
-            "client {i} of replica {} got a complete body of wrong bytes: {p:?}",
-            i % 3
+        .await;
+        assert_eq!(
+            r.bucket.head_blob(&digest).await.unwrap(),
+            None,
+            "the wrong bytes were completed into the bucket"
         );
-    }
-    r.settled().await;
-    assert!(r.metric("berth_digest_mismatches_total").await >= 1);
-    let (bucket, key) = (&r.bucket, &r.blob_key(&digest).to_string());
-    until("no upload of the wrong bytes left open", || async move {
-        let open = bucket.open_uploads().await.map_err(|e| e.to_string())?;
-        let mine: Vec<_> = open.iter().filter(|u| u.key == *key).collect();
-        mine.is_empty().then_some(()).ok_or(format!("{mine:?}"))
+        for rep in &r.replicas {
+            let file = rep.data.join("blobs/sha256").join(digest.hex());
+            assert!(!file.exists(), "{} cached wrong bytes", rep.url);
+        }
+
+        // Once the upstream sends the right bytes, each replica serves them and the bucket gets
+        // them: the bucket was reachable all along.
+        fake.clear_faults();
+        for (i, rep) in r.replicas.iter().enumerate() {
+            let p = pull_hashed(r.client.clone(), rep.addr, path.clone(), None).await;
+            assert!(p.complete && p.sha256 == d, "replica {i}: {p:?}");
+        }
+        r.in_bucket(&digest, SIZE).await;
+        assert_eq!(r.check_blob_objects().await, vec![d.clone()]);
+        eprintln!("{}", r.sources().await);
+        r.clean_bucket().await;
     })
     .await;
-    assert_eq!(
-        r.bucket.head_blob(&digest).await.unwrap(),
-        None,
-        "the wrong bytes were completed into the bucket"
-    );
-    for rep in &r.replicas {
-        let file = rep.data.join("blobs/sha256").join(digest.hex());
-        assert!(!file.exists(), "{} cached wrong bytes", rep.url);
-    }
-
-    // Once the upstream sends the right bytes, each replica serves them and the bucket gets
-    // them: the bucket was reachable all along.
-    fake.clear_faults();
-    for (i, rep) in r.replicas.iter().enumerate() {
-        let p = pull_hashed(r.client.clone(), rep.addr, path.clone(), None).await;
-        assert!(p.complete && p.sha256 == d, "replica {i}: {p:?}");
-    }
-    r.in_bucket(&digest, SIZE).await;
-    assert_eq!(r.check_blob_objects().await, vec![d.clone()]);
-    eprintln!("{}", r.sources().await);
-    r.clean_bucket().await;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -794,151 +866,154 @@ fn registry_upstreams(env: &Env) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs radosgw: BERTH_TEST_S3, and skopeo, ctr, containerd, docker-registry (tests/run.sh)"]
 async fn an_empty_replica_serves_what_another_cached_to_skopeo_and_ctr() {
-    // The registries, seeded with the end-to-end images; the replicas are their mirror.
-    let t = Instant::now();
-    let mut env = tokio::task::block_in_place(|| Env::start(Via::Registry));
-    let mut r = three("clients", &registry_upstreams(&env)).await;
-    let images = seed::images();
-    eprintln!("registries seeded, replicas up in {:.1?}", t.elapsed());
+    within(async {
+        // The registries, seeded with the end-to-end images; the replicas are their mirror.
+        let t = Instant::now();
+        let mut env = tokio::task::block_in_place(|| Env::start(Via::Registry));
+        let mut r = three("clients", &registry_upstreams(&env)).await;
+        let images = seed::images();
+        eprintln!("registries seeded, replicas up in {:.1?}", t.elapsed());
 
-    // Replica 0 caches every image, every platform (`berth warm` pulls like a client).
-    let refs: Vec<String> = images
-        .iter()
-        .map(|img| format!("{}/{}", img.upstream, img.reference()))
-        .collect();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_berth"));
-    cmd.arg("warm")
-        .arg("--server")
-        .arg(&r.replicas[0].url)
-        .args(&refs);
-    let t = Instant::now();
-    tokio::task::block_in_place(|| proc::run(&mut cmd, PULL_LIMIT));
-    r.settled().await;
-    eprintln!("replica 0 warmed in {:.1?}", t.elapsed());
-
-    // Everything a later replica needs reaches the bucket: blobs, manifests, tag records, and the
-    // marks of which upstream each digest came through.
-    let mut keys = Vec::new();
-    for img in images {
-        keys.push(format!("tags/{}/{}/{}", img.upstream, img.repo, img.tag));
-        let mut digests = vec![&img.top];
-        for p in &img.platforms {
-            digests.push(&p.manifest);
-            digests.push(&p.config);
-            digests.extend(&p.layers);
-        }
-        for b in digests {
-            let kind = if b.digest == img.top.digest
-                || img.platforms.iter().any(|p| p.manifest.digest == b.digest)
-            {
-                "manifests"
-            } else {
-                "blobs"
-            };
-            keys.push(format!("{kind}/sha256/{}", b.hex()));
-            keys.push(format!("origins/{}/sha256/{}", img.upstream, b.hex()));
-        }
-    }
-    let store = r.bucket.object_store();
-    for key in &keys {
-        let path = &Key::from(format!("{}/{key}", r.prefix));
-        until(&format!("{key} in the bucket"), || async move {
-            store
-                .head(path)
-                .await
-                .map(|_| ())
-                .map_err(|e| e.to_string())
-        })
-        .await;
-    }
-
-    eprintln!(
-        "the bucket holds it all {:.1?} after the warm began",
-        t.elapsed()
-    );
-
-    // The upstreams gone, the two replicas that have pulled anything gone; the third starts over
-    // with an empty disk: only the bucket can answer it.
-    env.stop_registries();
-    r.replicas[0].kill();
-    r.replicas[1].kill();
-    r.replicas[2].kill();
-    std::fs::remove_dir_all(&r.replicas[2].data).unwrap();
-    let client = r.client.clone();
-    r.replicas[2].start(&client).await;
-    let only = &r.replicas[2];
-
-    // skopeo: every image, every platform, byte for byte.
-    let t = Instant::now();
-    for (i, img) in images.iter().enumerate() {
-        let out = env.dir().join(format!("skopeo-{i}"));
-        let mut cmd = Command::new("skopeo");
-        env.client_env(&mut cmd);
-        cmd.arg("--policy")
-            .arg(&env.policy)
-            .args(["copy", "-q", "--all", "--src-tls-verify=false"])
-            .arg(format!(
-                "docker://{}/{}/{}",
-                only.addr,
-                img.upstream,
-                img.reference()
-            ))
-            .arg(format!("dir:{}", out.display()));
+        // Replica 0 caches every image, every platform (`berth warm` pulls like a client).
+        let refs: Vec<String> = images
+            .iter()
+            .map(|img| format!("{}/{}", img.upstream, img.reference()))
+            .collect();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_berth"));
+        cmd.arg("warm")
+            .arg("--server")
+            .arg(&r.replicas[0].url)
+            .args(&refs);
+        let t = Instant::now();
         tokio::task::block_in_place(|| proc::run(&mut cmd, PULL_LIMIT));
-        check_dir(&out, img);
-    }
+        r.settled().await;
+        eprintln!("replica 0 warmed in {:.1?}", t.elapsed());
 
-    eprintln!(
-        "skopeo copied every image from the empty replica in {:.1?}",
-        t.elapsed()
-    );
+        // Everything a later replica needs reaches the bucket: blobs, manifests, tag records, and the
+        // marks of which upstream each digest came through.
+        let mut keys = Vec::new();
+        for img in images {
+            keys.push(format!("tags/{}/{}/{}", img.upstream, img.repo, img.tag));
+            let mut digests = vec![&img.top];
+            for p in &img.platforms {
+                digests.push(&p.manifest);
+                digests.push(&p.config);
+                digests.extend(&p.layers);
+            }
+            for b in digests {
+                let kind = if b.digest == img.top.digest
+                    || img.platforms.iter().any(|p| p.manifest.digest == b.digest)
+                {
+                    "manifests"
+                } else {
+                    "blobs"
+                };
+                keys.push(format!("{kind}/sha256/{}", b.hex()));
+                keys.push(format!("origins/{}/sha256/{}", img.upstream, b.hex()));
+            }
+        }
+        let store = r.bucket.object_store();
+        for key in &keys {
+            let path = &Key::from(format!("{}/{key}", r.prefix));
+            until(&format!("{key} in the bucket"), || async move {
+                store
+                    .head(path)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            })
+            .await;
+        }
 
-    // containerd: the linux/amd64 image of each, listed with the right digest.
-    let t = Instant::now();
-    let (daemon, ctr) = tokio::task::block_in_place(|| start_containerd(&env));
-    let hosts = ctr_hosts_dir(&env, only.addr);
-    for img in images {
-        let reference = format!("{}/{}", img.upstream, img.reference());
-        let mut cmd = ctr(&[
-            "images",
-            "pull",
-            "--hosts-dir",
-            &hosts,
-            "--snapshotter",
-            "native",
-            "--platform",
-            "linux/amd64",
-            &reference,
-        ]);
-        let list = tokio::task::block_in_place(|| {
-            proc::run(&mut cmd, PULL_LIMIT);
-            proc::run(&mut ctr(&["images", "ls"]), PULL_LIMIT)
-        });
-        let listed = list.lines().find_map(|l| {
-            let cols: Vec<&str> = l.split_whitespace().collect();
-            (cols.first() == Some(&reference.as_str())).then(|| cols[2].to_owned())
-        });
-        assert_eq!(listed.as_deref(), Some(img.top.digest.as_str()), "{list}");
-    }
-    drop(daemon);
-    eprintln!(
-        "containerd pulled every image from it in {:.1?}",
-        t.elapsed()
-    );
+        eprintln!(
+            "the bucket holds it all {:.1?} after the warm began",
+            t.elapsed()
+        );
 
-    eprintln!("{}", r.sources().await);
-    let c = &r.client;
-    assert!(
-        only.metric(c, "berth_answers_total{source=\"bucket\"}")
-            .await
-            > 0
-    );
-    assert_eq!(
-        only.metric(c, "berth_answers_total{source=\"upstream\"}")
-            .await,
-        0
-    );
-    r.clean_bucket().await;
+        // The upstreams gone, the two replicas that have pulled anything gone; the third starts over
+        // with an empty disk: only the bucket can answer it.
+        env.stop_registries();
+        r.replicas[0].kill();
+        r.replicas[1].kill();
+        r.replicas[2].kill();
+        std::fs::remove_dir_all(&r.replicas[2].data).unwrap();
+        let client = r.client.clone();
+        r.replicas[2].start(&client).await;
+        let only = &r.replicas[2];
+
+        // skopeo: every image, every platform, byte for byte.
+        let t = Instant::now();
+        for (i, img) in images.iter().enumerate() {
+            let out = env.dir().join(format!("skopeo-{i}"));
+            let mut cmd = Command::new("skopeo");
+            env.client_env(&mut cmd);
+            cmd.arg("--policy")
+                .arg(&env.policy)
+                .args(["copy", "-q", "--all", "--src-tls-verify=false"])
+                .arg(format!(
+                    "docker://{}/{}/{}",
+                    only.addr,
+                    img.upstream,
+                    img.reference()
+                ))
+                .arg(format!("dir:{}", out.display()));
+            tokio::task::block_in_place(|| proc::run(&mut cmd, PULL_LIMIT));
+            check_dir(&out, img);
+        }
+
+        eprintln!(
+            "skopeo copied every image from the empty replica in {:.1?}",
+            t.elapsed()
+        );
+
+        // containerd: the linux/amd64 image of each, listed with the right digest.
+        let t = Instant::now();
+        let (daemon, ctr) = tokio::task::block_in_place(|| start_containerd(&env));
+        let hosts = ctr_hosts_dir(&env, only.addr);
+        for img in images {
+            let reference = format!("{}/{}", img.upstream, img.reference());
+            let mut cmd = ctr(&[
+                "images",
+                "pull",
+                "--hosts-dir",
+                &hosts,
+                "--snapshotter",
+                "native",
+                "--platform",
+                "linux/amd64",
+                &reference,
+            ]);
+            let list = tokio::task::block_in_place(|| {
+                proc::run(&mut cmd, PULL_LIMIT);
+                proc::run(&mut ctr(&["images", "ls"]), PULL_LIMIT)
+            });
+            let listed = list.lines().find_map(|l| {
+                let cols: Vec<&str> = l.split_whitespace().collect();
+                (cols.first() == Some(&reference.as_str())).then(|| cols[2].to_owned())
+            });
+            assert_eq!(listed.as_deref(), Some(img.top.digest.as_str()), "{list}");
+        }
+        drop(daemon);
+        eprintln!(
+            "containerd pulled every image from it in {:.1?}",
+            t.elapsed()
+        );
+
+        eprintln!("{}", r.sources().await);
+        let c = &r.client;
+        assert!(
+            only.metric(c, "berth_answers_total{source=\"bucket\"}")
+                .await
+                > 0
+        );
+        assert_eq!(
+            only.metric(c, "berth_answers_total{source=\"upstream\"}")
+                .await,
+            0
+        );
+        r.clean_bucket().await;
+    })
+    .await;
 }
 
 /// A skopeo `dir:` copy (`--all`) holds exactly the seeded manifests and blobs.
