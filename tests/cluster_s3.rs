@@ -656,8 +656,11 @@ async fn sigkill_of_the_owner_mid_fill_never_completes_wrong_bytes() {
                     "round {round}: replica {i}: {p:?}"
                 );
             }
+            // The owner died before its upload: the survivors, which finished the blob from their
+            // upstream, put it in the bucket.
+            r.in_bucket(&digest, SIZE).await;
             // The owner comes back on its disk (the killed fill's temp file cleared) and serves it
-            // too; it is in the bucket then.
+            // too.
             let client = r.client.clone();
             r.replicas[owner].start(&client).await;
             r.see_each_other().await;
@@ -666,7 +669,6 @@ async fn sigkill_of_the_owner_mid_fill_never_completes_wrong_bytes() {
                 p.complete && p.sha256 == d,
                 "round {round}: the restarted owner: {p:?}"
             );
-            r.in_bucket(&digest, SIZE).await;
         }
         eprintln!(
             "{ROUNDS} rounds: {complete} clients got the whole blob, {short} a short body; {}",
