@@ -12,8 +12,10 @@
 //!   registry upstream of tests/e2e.rs; skopeo, ctr and docker-registry from
 //!   tests/install-deps.sh).
 //! - The owner of a blob SIGKILLed mid-fill, round after round: clients get the right bytes or a
-//!   short body, never a complete wrong one; afterwards every object under the blob keys hashes
-//!   to its name and no multipart upload a live replica started is left open.
+//!   short body, never a complete wrong one, and the survivors put the blob in the bucket; then
+//!   the owner SIGKILLed mid-upload: its multipart upload is never completed and the stale-upload
+//!   pass aborts it. Afterwards every object under the blob keys hashes to its name, every file
+//!   on every replica's disk too, and no multipart upload a live replica started is left open.
 //! - Wrong bytes from the upstream are never completed into the bucket, whichever replica asks.
 //!
 //! The fake upstream (tests/support) counts requests per path and injects the faults; a transfer
