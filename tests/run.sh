@@ -39,13 +39,15 @@ cargo test --test e2e -- --ignored --test-threads=1
 step "full disk on a tmpfs: cargo test --test it enospc:: -- --ignored"
 cargo test --test it enospc:: -- --ignored
 
-step "bucket tier against Ceph radosgw: cargo test --test it s3:: -- --ignored"
-cargo test --test it --no-run
+step "bucket tier against Ceph radosgw: cargo test --test it s3:: / --test cluster_s3 -- --ignored"
+cargo test --test it --test cluster_s3 --no-run
 ceph_dir=$(mktemp -d /tmp/berth-ceph.XXXXXX)
 trap 'CEPH_DIR="$ceph_dir" bash tests/ceph/stop-ceph.sh; rm -rf "$ceph_dir"' EXIT
 rgw_port=${BERTH_RGW_PORT:-19103}
 CEPH_DIR="$ceph_dir" RGW_PORT="$rgw_port" MON_PORT="${BERTH_CEPH_MON_PORT:-13300}" bash tests/ceph/start-ceph.sh
 BERTH_TEST_S3="http://127.0.0.1:$rgw_port" cargo test --test it s3:: -- --ignored
+# Three real berth processes over the bucket (one test at a time: the first moves 8 GiB).
+BERTH_TEST_S3="http://127.0.0.1:$rgw_port" cargo test --test cluster_s3 -- --ignored --test-threads=1
 CEPH_DIR="$ceph_dir" bash tests/ceph/stop-ceph.sh
 rm -rf "$ceph_dir"
 trap - EXIT
