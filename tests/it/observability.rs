@@ -3,24 +3,47 @@
 //! under traffic from the fake upstream, with the rules loaded. Every expression of every panel in
 //! `deploy/grafana/berth.json` (parsed here, so a panel added later is checked too) and every
 //! recording rule must then return data through Prometheus's query API, and the alerts the traffic
-//! provokes must show up in `ALERTS`.
+//! provokes must show up in `ALERTS`. Prometheus scrapes three berths: one with a bucket tier (an
+//! in-memory object store whose first multipart completion fails, so an abort is counted) and two
+//! replicas of a `[cluster]` whose third peer is gone, so every family the bucket and cluster
+//! panels and alerts read exists; every `berth_*` metric an expression names (panels, recording
+//! rules, alerts) must then be one of the scraped berths' series.
 //!
 //! Needs `promtool` and `prometheus` (Debian package `prometheus`, installed by
 //! tests/install-deps.sh), hence `#[ignore]`; tests/run.sh runs them with `-- --ignored`.
 
 use crate::support;
 
+use std::collections::BTreeSet;
+use std::fmt;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use async_trait::async_trait;
 use bytes::Bytes;
-use http::StatusCode;
+use futures_util::stream::BoxStream;
+use http::{Method, StatusCode};
 use http_body_util::BodyExt as _;
+use object_store::memory::InMemory;
+use object_store::path::Path as ObjectPath;
+use object_store::{
+    CopyOptions, GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta, ObjectStore,
+    PutMultipartOptions, PutOptions, PutPayload, PutResult, UploadPart,
+};
 use tokio::time::Instant;
 
+use berth::cluster::auth::{self, PeerKey};
+use berth::config::Secret;
 use berth::oci::media;
-use support::instance::{Berth, gated_blob, same, start_with, until_metric};
+use berth::store::s3::{Bucket, BucketMetrics};
+use support::instance::{
+    Berth, gated_blob, listeners_and_storage, same, start_on_listener, start_with_bucket,
+    until_metric,
+};
 use support::{FakeRegistry, Fault, random_bytes};
 
 fn repo_file(rel: &str) -> PathBuf {
@@ -106,14 +129,16 @@ impl Drop for Prometheus {
 }
 
 impl Prometheus {
-    fn start(target: std::net::SocketAddr) -> Prometheus {
+    fn start(targets: &[SocketAddr]) -> Prometheus {
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("prometheus.yml");
+        let targets: Vec<String> = targets.iter().map(|t| format!("'{t}'")).collect();
         std::fs::write(
             &config,
             format!(
-                "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n  - {}\nscrape_configs:\n  - job_name: berth\n    static_configs:\n      - targets: ['{target}']\n",
-                repo_file("deploy/prometheus/berth-alerts.yml").display()
+                "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n  - {}\nscrape_configs:\n  - job_name: berth\n    static_configs:\n      - targets: [{}]\n",
+                repo_file("deploy/prometheus/berth-alerts.yml").display(),
+                targets.join(", ")
             ),
         )
         .unwrap();
@@ -183,6 +208,21 @@ impl Prometheus {
             .collect()
     }
 
+    /// Every metric name Prometheus holds series of.
+    async fn names(&self, b: &Berth) -> BTreeSet<String> {
+        let (_, body) = self
+            .get(b, "/api/v1/label/__name__/values")
+            .await
+            .expect("label values API");
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        v["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n.as_str().unwrap().to_owned())
+            .collect()
+    }
+
     /// The instant query's result vector (empty on no data or error).
     async fn query(&self, b: &Berth, expr: &str) -> Vec<serde_json::Value> {
         let q: String = url::form_urlencoded::byte_serialize(expr.as_bytes()).collect();
@@ -210,6 +250,182 @@ fn has_data(result: &[serde_json::Value]) -> bool {
     })
 }
 
+/// The `berth_*` metric names in a PromQL expression (recording rules, `berth:*`, are not).
+fn metric_names(expr: &str) -> Vec<String> {
+    let is_ident = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == ':';
+    let mut out = Vec::new();
+    let mut rest = expr;
+    while let Some(at) = rest.find("berth_") {
+        let starts_token = !rest[..at].ends_with(is_ident);
+        let len = rest[at..]
+            .find(|c: char| !is_ident(c))
+            .unwrap_or(rest.len() - at);
+        if starts_token {
+            out.push(rest[at..at + len].to_owned());
+        }
+        rest = &rest[at + len..];
+    }
+    out
+}
+
+#[test]
+fn metric_names_are_found_in_expressions() {
+    assert_eq!(
+        metric_names(
+            r#"sum by (job) (rate(berth_a_total{job="berth",x="berth_b"}[5m])) / berth:c:rate5m + xberth_d + berth_e_bucket"#
+        ),
+        ["berth_a_total", "berth_b", "berth_e_bucket"]
+    );
+}
+
+/// An in-memory bucket whose first multipart upload fails at its completion (the bucket failing
+/// mid-upload), so berth aborts it and counts the abort and the failed upload.
+#[derive(Debug)]
+struct FirstCompletionFails {
+    inner: InMemory,
+    failed: Arc<AtomicBool>,
+}
+
+impl fmt::Display for FirstCompletionFails {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("FirstCompletionFails(memory)")
+    }
+}
+
+#[derive(Debug)]
+struct FailingUpload {
+    inner: Box<dyn MultipartUpload>,
+    failed: Arc<AtomicBool>,
+}
+
+#[async_trait]
+impl MultipartUpload for FailingUpload {
+    fn put_part(&mut self, data: PutPayload) -> UploadPart {
+        self.inner.put_part(data)
+    }
+
+    async fn complete(&mut self) -> object_store::Result<PutResult> {
+        if !self.failed.swap(true, Ordering::SeqCst) {
+            return Err(object_store::Error::Generic {
+                store: "test",
+                source: "injected: completion failed".into(),
+            });
+        }
+        self.inner.complete().await
+    }
+
+    async fn abort(&mut self) -> object_store::Result<()> {
+        self.inner.abort().await
+    }
+}
+
+#[async_trait]
+impl ObjectStore for FirstCompletionFails {
+    async fn put_opts(
+        &self,
+        location: &ObjectPath,
+        payload: PutPayload,
+        opts: PutOptions,
+    ) -> object_store::Result<PutResult> {
+        self.inner.put_opts(location, payload, opts).await
+    }
+
+    async fn put_multipart_opts(
+        &self,
+        location: &ObjectPath,
+        opts: PutMultipartOptions,
+    ) -> object_store::Result<Box<dyn MultipartUpload>> {
+        let inner = self.inner.put_multipart_opts(location, opts).await?;
+        Ok(Box::new(FailingUpload {
+            inner,
+            failed: self.failed.clone(),
+        }))
+    }
+
+    async fn get_opts(
+        &self,
+        location: &ObjectPath,
+        options: GetOptions,
+    ) -> object_store::Result<GetResult> {
+        self.inner.get_opts(location, options).await
+    }
+
+    fn delete_stream(
+        &self,
+        locations: BoxStream<'static, object_store::Result<ObjectPath>>,
+    ) -> BoxStream<'static, object_store::Result<ObjectPath>> {
+        self.inner.delete_stream(locations)
+    }
+
+    fn list(
+        &self,
+        prefix: Option<&ObjectPath>,
+    ) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
+        self.inner.list(prefix)
+    }
+
+    async fn list_with_delimiter(
+        &self,
+        prefix: Option<&ObjectPath>,
+    ) -> object_store::Result<ListResult> {
+        self.inner.list_with_delimiter(prefix).await
+    }
+
+    async fn copy_opts(
+        &self,
+        from: &ObjectPath,
+        to: &ObjectPath,
+        options: CopyOptions,
+    ) -> object_store::Result<()> {
+        self.inner.copy_opts(from, to, options).await
+    }
+}
+
+const SECRET: &str = "cluster-secret-0123456789abcdef-0123456789";
+
+/// Two replicas of one `[cluster]` in front of `fake`, whose third peer is a port nobody listens
+/// on (seen down by both), and the directory of their secret file.
+async fn two_replicas_and_a_gone_one(fake: &FakeRegistry) -> (Vec<Berth>, tempfile::TempDir) {
+    let listeners: Vec<std::net::TcpListener> = (0..2)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    let gone = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let urls: Vec<String> = listeners
+        .iter()
+        .map(|l| l.local_addr().unwrap())
+        .chain([gone])
+        .map(|a| format!("\"http://{a}\""))
+        .collect();
+    let secret_dir = tempfile::tempdir().unwrap();
+    let secret = secret_dir.path().join("cluster-secret");
+    std::fs::write(&secret, format!("{SECRET}\n")).unwrap();
+    let mut berths = Vec::new();
+    for (i, listener) in listeners.into_iter().enumerate() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = format!(
+            "{}[cluster]\nself = {}\npeers = [{}]\nsecret_file = {:?}\n\
+             health_interval = \"200ms\"\npeer_timeout = \"2s\"\n\
+             [[upstream]]\nname = \"registry.test\"\nurl = \"{}\"\ndefault = true\n\
+             library_prefix = true\n",
+            listeners_and_storage(dir.path()),
+            urls[i],
+            urls.join(", "),
+            secret.display().to_string(),
+            fake.url()
+        );
+        berths.push(start_on_listener(&cfg, dir, listener).await.0);
+    }
+    (berths, secret_dir)
+}
+
+/// Families the berths here do not expose, each checked by its own test: write errors appear on
+/// their first failed write (a full disk: tests/enospc.rs); TLS reloads are registered only
+/// with TLS on a listener (tests/service.rs).
+const NOT_EXPOSED_HERE: &[&str] = &["berth_store_write_errors_total", "berth_tls_reloads_total"];
+
 const DOCKER: &str = r#"{"schemaVersion":2,"mediaType":"application/vnd.docker.distribution.manifest.v2+json","layers":[]}"#;
 const KIB: usize = 1024;
 
@@ -223,16 +439,26 @@ async fn every_dashboard_panel_and_recording_rule_returns_data() {
         ("ratelimit-limit", "100;w=21600"),
         ("ratelimit-remaining", "5;w=21600"),
     ]);
-    let b = std::sync::Arc::new(
-        start_with(
-            &fake,
-            "max_size = \"1MiB\"\nhigh_watermark = \"90%\"\nlow_watermark = \"50%\"",
-            "retry_backoff = \"1ms\"\ntag_ttl = \"1s\"",
-            tempfile::tempdir().unwrap(),
-        )
-        .await,
+    // The main berth: a small cache that evicts, and a bucket tier whose blob uploads (64 KiB
+    // parts, so 100 KiB and up go multipart) fail once at completion.
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = format!(
+        "{}max_size = \"1MiB\"\nhigh_watermark = \"90%\"\nlow_watermark = \"50%\"\n\
+         [[upstream]]\nname = \"registry.test\"\nurl = \"{}\"\ndefault = true\n\
+         library_prefix = true\nretry_backoff = \"1ms\"\ntag_ttl = \"1s\"\n",
+        listeners_and_storage(dir.path()),
+        fake.url()
     );
-    let prom = Prometheus::start(b.metrics);
+    let store = FirstCompletionFails {
+        inner: InMemory::new(),
+        failed: Arc::new(AtomicBool::new(false)),
+    };
+    let bucket = Bucket::with_store(Arc::new(store), "mirror/", BucketMetrics::new())
+        .with_part_size(64 * KIB);
+    let b = Arc::new(start_with_bucket(&cfg, dir, bucket).await);
+    let (replicas, _secret) = two_replicas_and_a_gone_one(&fake).await;
+    let replicas = Arc::new(replicas);
+    let prom = Prometheus::start(&[b.metrics, replicas[0].metrics, replicas[1].metrics]);
     prom.until_ready(&b).await;
 
     // One-off events. A manifest: a miss here, hits in the traffic below.
@@ -266,6 +492,18 @@ async fn every_dashboard_panel_and_recording_rule_returns_data() {
     release.send(layer.len()).unwrap();
     same(first.await.unwrap().bytes(), &layer);
     same(second.await.unwrap().bytes(), &layer);
+    // Its upload to the bucket (two parts) fails at completion: aborted and counted.
+    until_metric(
+        &b,
+        "berth_bucket_multipart_aborts_total{reason=\"error\"}",
+        1,
+    )
+    .await;
+    assert_eq!(
+        b.counter("berth_bucket_requests_total{op=\"upload\",outcome=\"error\"}")
+            .await,
+        1
+    );
     // Wrong bytes from upstream: refused, counted, the alert fires.
     fake.put_tagged(
         "library/bad",
@@ -301,26 +539,47 @@ async fn every_dashboard_panel_and_recording_rule_returns_data() {
     );
 
     // Steady traffic while Prometheus scrapes, so every rate has two samples that differ: a new
-    // blob each round (a miss, then a hit; the 1 MiB cache evicts), the manifest again (its tag
-    // revalidated each second), a 404, the failing tag (stale once its second is up).
+    // blob each round (a miss, then a hit; the 1 MiB cache evicts; uploaded to the bucket), one
+    // from 8 rounds ago (evicted by now, unless its upload was still queued: from the bucket),
+    // the manifest again (its tag revalidated each second), a 404, the failing tag (stale once
+    // its second is up). On the cluster: the new blob through both replicas (one of them owns it,
+    // the other asks it), and a probe signed with another secret (refused, bad_proof).
     // The interval only paces the load; nothing waits on it.
     let traffic = tokio::spawn({
-        let (b, fake) = (b.clone(), fake.clone());
+        let (b, fake, replicas) = (b.clone(), fake.clone(), replicas.clone());
         async move {
+            let wrong = PeerKey::new(&Secret::new("another-secret-0123456789abcdef-012345"));
+            let health = berth::cluster::HEALTH_PATH;
             let mut tick = tokio::time::interval(Duration::from_millis(200));
+            let mut blobs = Vec::new();
             for seed in 100.. {
                 tick.tick().await;
                 let data = random_bytes(200 * KIB, seed);
                 let digest = fake.put_blob("library/app", data.clone());
+                let path = format!("/v2/app/blobs/{digest}");
                 for _ in 0..2 {
-                    same(
-                        b.get(&format!("/v2/app/blobs/{digest}")).await.bytes(),
-                        &data,
-                    );
+                    same(b.get(&path).await.bytes(), &data);
+                }
+                blobs.push((path, data));
+                if let Some((old, data)) = blobs.len().checked_sub(8).map(|i| &blobs[i]) {
+                    same(b.get(old).await.bytes(), data);
                 }
                 assert_eq!(b.get("/v2/app/manifests/1.0").await.status, 200);
                 assert_eq!(b.get("/v2/app/manifests/nope").await.status, 404);
                 assert_eq!(b.get("/v2/app/manifests/old").await.status, 200);
+                let (path, data) = blobs.last().unwrap();
+                for r in replicas.iter() {
+                    same(r.get(path).await.bytes(), data);
+                }
+                let forged = wrong.sign("GET", health, auth::now());
+                let refused = replicas[0]
+                    .request(
+                        Method::GET,
+                        health,
+                        &[("authorization", forged.to_str().unwrap())],
+                    )
+                    .await;
+                assert_eq!(refused.status, StatusCode::UNAUTHORIZED);
             }
         }
     });
@@ -347,6 +606,26 @@ async fn every_dashboard_panel_and_recording_rule_returns_data() {
     pending.push((
         "alert".into(),
         r#"ALERTS{alertname="BerthDockerHubRateLimitLow",upstream="registry.test"}"#.into(),
+    ));
+    // Pending (both wait minutes before firing): the gone peer, and the forged probes.
+    pending.push((
+        "alert".into(),
+        r#"ALERTS{alertname="BerthPeerDown"}"#.into(),
+    ));
+    pending.push((
+        "alert".into(),
+        r#"ALERTS{alertname="BerthPeerAuthFailing",reason="bad_proof"}"#.into(),
+    ));
+    // Shown in the cluster panels only once both replicas asked the owner of some blob.
+    for source in ["local", "bucket", "peer", "upstream"] {
+        pending.push((
+            "answers".into(),
+            format!(r#"berth_answers_total{{source="{source}"}}"#),
+        ));
+    }
+    pending.push((
+        "hand-offs".into(),
+        r#"berth_owner_handoffs_total{result="peer"} > 0"#.into(),
     ));
     let total = pending.len();
 
@@ -380,9 +659,27 @@ async fn every_dashboard_panel_and_recording_rule_returns_data() {
             .join("\n")
     );
     // By now every rule has been evaluated many times: none may have failed.
-    for r in prom.rules(&b).await {
+    let rules = prom.rules(&b).await;
+    for r in &rules {
         assert_eq!(r["health"], "ok", "rule {}: {}", r["name"], r["lastError"]);
     }
+    // Every metric a panel or a rule names is one the berths expose: a misspelt name would
+    // otherwise leave a panel empty or an alert silent forever.
+    let exposed = prom.names(&b).await;
+    let named: BTreeSet<String> = dashboard_expressions()
+        .iter()
+        .map(|(_, e)| e.as_str())
+        .chain(rules.iter().map(|r| r["query"].as_str().unwrap()))
+        .flat_map(metric_names)
+        .collect();
+    let unknown: Vec<&String> = named
+        .iter()
+        .filter(|n| !exposed.contains(*n) && !NOT_EXPOSED_HERE.contains(&n.as_str()))
+        .collect();
+    assert!(
+        unknown.is_empty(),
+        "metrics named in the dashboard or the rules that no berth exposes: {unknown:?}"
+    );
     eprintln!(
         "all {total} expressions returned data after {:.1}s",
         started.elapsed().as_secs_f64()
