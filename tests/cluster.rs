@@ -1,20 +1,24 @@
 //! Three berths on loopback configured as one cluster (`[cluster]`): each sees the others up
 //! through the signed health probes; one stopped is marked down within a bounded time and only
-//! its digests move; a peer request without a valid proof gets 401 and is counted.
+//! its digests move; a peer request without a valid proof gets 401 and is counted. A blob miss
+//! goes through the digest's owner: concurrent pulls over the three cost one upstream fetch; an
+//! owner that is gone is skipped; a peer's wrong bytes are never cached nor completed.
 
 mod support;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use http::{Method, StatusCode};
+use http_body_util::BodyExt;
 
 use berth::cluster::Cluster;
 use berth::cluster::auth::{self, PeerKey};
 use berth::config::Secret;
 use berth::oci::Digest;
-use support::FakeRegistry;
-use support::instance::{Berth, berth, listeners_and_storage, start_on_listener};
+use support::instance::{Berth, berth, gated_blob, listeners_and_storage, same, start_on_listener};
+use support::{FakeRegistry, random_bytes};
 
 const SECRET: &str = "cluster-secret-0123456789abcdef-0123456789";
 /// How long a state change may take to be seen: probes run every 100 ms, a stopped peer refuses
@@ -30,9 +34,6 @@ struct Replicas {
 /// Three berths whose registry listeners are bound first, so that each one's `[cluster]` can
 /// name them all.
 async fn three(fake: &FakeRegistry) -> Replicas {
-    let secret_dir = tempfile::tempdir().unwrap();
-    let secret = secret_dir.path().join("cluster-secret");
-    std::fs::write(&secret, format!("{SECRET}\n")).unwrap();
     let listeners: Vec<std::net::TcpListener> = (0..3)
         .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
         .collect();
@@ -40,6 +41,18 @@ async fn three(fake: &FakeRegistry) -> Replicas {
         .iter()
         .map(|l| format!("\"http://{}\"", l.local_addr().unwrap()))
         .collect();
+    replicas(fake, listeners, &urls).await
+}
+
+/// Berths on `listeners`, each with every one of `urls` (quoted) as its peers, in that order.
+async fn replicas(
+    fake: &FakeRegistry,
+    listeners: Vec<std::net::TcpListener>,
+    urls: &[String],
+) -> Replicas {
+    let secret_dir = tempfile::tempdir().unwrap();
+    let secret = secret_dir.path().join("cluster-secret");
+    std::fs::write(&secret, format!("{SECRET}\n")).unwrap();
     let (mut berths, mut clusters) = (Vec::new(), Vec::new());
     for (i, listener) in listeners.into_iter().enumerate() {
         let dir = tempfile::tempdir().unwrap();
@@ -225,6 +238,39 @@ async fn peer_routes_need_a_valid_proof() {
         .await;
     assert_eq!(got.status, StatusCode::NOT_FOUND);
 
+    // A proven blob request is answered from this berth's own upstream (never handed on to
+    // another peer); one naming an upstream not configured here is a 404, not an address.
+    let layer = random_bytes(10_000, 3);
+    let blob = fake.put_blob("library/app", layer.clone());
+    let signed = |path: &str| key.sign("GET", path, auth::now());
+    let path = format!("/_berth/peer/v1/blobs/registry.test/library/app/{blob}");
+    let proof = signed(&path);
+    let got = b
+        .request(
+            Method::GET,
+            &path,
+            &[("authorization", proof.to_str().unwrap())],
+        )
+        .await;
+    assert_eq!(got.status, StatusCode::OK);
+    same(got.bytes(), &layer);
+    assert_eq!(b.counter("berth_owner_handoffs_total").await, 0);
+    let path = format!("/_berth/peer/v1/blobs/127.0.0.1%3A1/library/app/{blob}");
+    let proof = signed(&path);
+    let got = b
+        .request(
+            Method::GET,
+            &path,
+            &[("authorization", proof.to_str().unwrap())],
+        )
+        .await;
+    assert_eq!(got.status, StatusCode::NOT_FOUND);
+    assert_eq!(
+        fake.requests().len(),
+        1,
+        "only the one blob fetch reached the upstream"
+    );
+
     // The registry API is untouched by it.
     assert_eq!(b.get("/v2/").await.status, StatusCode::OK);
 }
@@ -237,4 +283,271 @@ async fn without_a_cluster_there_are_no_peer_routes() {
     let got = b.get(berth::cluster::HEALTH_PATH).await;
     assert_eq!(got.status, StatusCode::NOT_FOUND);
     assert_eq!(b.counter("berth_peer_auth_failures_total").await, 0);
+}
+
+/// Waits until every replica sees every peer up.
+async fn all_up(r: &Replicas) {
+    let clusters = r.clusters.clone();
+    until("every replica sees the others up", || {
+        clusters.iter().all(|c| c.peers().iter().all(|p| p.is_up()))
+    })
+    .await;
+}
+
+/// The replica (by index) that owns `digest`; all replicas agree on it.
+fn owner_of(r: &Replicas, digest: &str) -> usize {
+    let d: Digest = digest.parse().unwrap();
+    let first = owner_ids(&r.clusters[0], &d)[0].clone();
+    r.clusters[0]
+        .peers()
+        .iter()
+        .position(|p| p.id == first)
+        .unwrap()
+}
+
+/// GETs `path` from a berth on a task of its own; the status and the body (Err: it broke off).
+fn spawn_get(
+    b: &Berth,
+    path: &str,
+) -> tokio::task::JoinHandle<(StatusCode, Result<Bytes, String>)> {
+    let client = b.client.clone();
+    let uri: http::Uri = format!("http://{}{path}", b.addr).parse().unwrap();
+    tokio::spawn(async move {
+        let resp = client.get(uri).await.unwrap();
+        let status = resp.status();
+        let body = resp.into_body().collect().await;
+        (
+            status,
+            body.map(|b| b.to_bytes()).map_err(|e| e.to_string()),
+        )
+    })
+}
+
+/// Twelve clients, four on each replica, ask for one blob at once while the upstream holds its
+/// body back: the owner fetches it once, the other two stream it from the owner, and every
+/// client gets the verified bytes. Each replica then holds it on its own disk.
+#[tokio::test]
+async fn concurrent_misses_over_three_replicas_cost_one_upstream_fetch() {
+    let fake = FakeRegistry::start().await;
+    let r = three(&fake).await;
+    all_up(&r).await;
+    let (layer, blob, release) = gated_blob(&fake, 3 << 20, 81, 1);
+    let path = format!("/v2/library/app/blobs/{blob}");
+    let owner = owner_of(&r, &blob);
+    let berths: Vec<&Berth> = r.berths.iter().flatten().collect();
+    let clients: Vec<_> = (0..12).map(|i| spawn_get(berths[i % 3], &path)).collect();
+    // Every request has started or joined its replica's fill before a byte flows.
+    for b in &berths {
+        let mut tries = 0;
+        while b.counter("berth_cache_lookups_total{kind=\"blob\"").await < 4 {
+            tries += 1;
+            assert!(tries < 10_000, "requests did not reach the fills");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    release.send_replace(layer.len());
+    for c in clients {
+        let (status, body) = c.await.unwrap();
+        assert_eq!(status, StatusCode::OK);
+        same(&body.unwrap(), &layer);
+    }
+    assert_eq!(fake.hits(Method::GET, &path), 1, "one upstream fetch");
+    for (i, b) in berths.iter().enumerate() {
+        let result = if i == owner { "self" } else { "peer" };
+        assert_eq!(
+            b.counter(&format!(
+                "berth_owner_handoffs_total{{result=\"{result}\"}}"
+            ))
+            .await,
+            1,
+            "replica {i}"
+        );
+        assert_eq!(
+            b.counter("berth_owner_handoffs_total{result=\"fallback\"}")
+                .await,
+            0
+        );
+        if i != owner {
+            assert_eq!(b.counter("berth_answers_total{source=\"peer\"}").await, 4);
+        }
+        // Kept locally on every replica: the next pull is a local hit, no peer asked.
+        let again = b.get(&path).await;
+        same(again.bytes(), &layer);
+        assert!(b.blob_file(&blob).exists(), "replica {i} keeps the blob");
+    }
+    assert_eq!(fake.hits(Method::GET, &path), 1);
+}
+
+/// The owner gone (stopped; known to be down or not yet, as the probes go): the replica that
+/// misses falls through to the next owner or its own upstream, and the client still gets the
+/// blob. One fetch.
+#[tokio::test]
+async fn a_gone_owner_is_skipped() {
+    let fake = FakeRegistry::start().await;
+    let mut r = three(&fake).await;
+    all_up(&r).await;
+    // A blob the first replica does not own.
+    let (layer, blob) = (0u64..)
+        .map(|seed| {
+            let layer = random_bytes(64 << 10, 500 + seed);
+            let blob = fake.put_blob("library/app", layer.clone());
+            (layer, blob)
+        })
+        .find(|(_, blob)| owner_of(&r, blob) != 0)
+        .unwrap();
+    let owner = owner_of(&r, &blob);
+    drop(r.berths[owner].take());
+    let b = r.berths[0].as_ref().unwrap();
+    let path = format!("/v2/library/app/blobs/{blob}");
+    let got = b.get(&path).await;
+    assert_eq!(got.status, StatusCode::OK);
+    same(got.bytes(), &layer);
+    assert_eq!(fake.hits(Method::GET, &path), 1);
+    let handed = b
+        .counter("berth_owner_handoffs_total{result=\"peer\"}")
+        .await
+        + b.counter("berth_owner_handoffs_total{result=\"fallback\"}")
+            .await
+        + b.counter("berth_owner_handoffs_total{result=\"self\"}")
+            .await;
+    assert_eq!(handed, 1);
+    let c = r.clusters[0].clone();
+    until("the gone owner is marked down", || {
+        !c.peers()[owner].is_up()
+    })
+    .await;
+}
+
+/// The owner's upstream sends wrong bytes: the owner's fill fails its check, the replica that
+/// asked it gets a broken body and resumes from its own upstream (wrong too), so no client gets a
+/// complete body, no replica caches anything, and with the fault gone the next pull is right.
+#[tokio::test]
+async fn wrong_upstream_bytes_are_cached_by_no_replica() {
+    let fake = FakeRegistry::start().await;
+    let r = three(&fake).await;
+    all_up(&r).await;
+    let layer = random_bytes(256 << 10, 91);
+    let blob = fake.put_blob("library/app", layer.clone());
+    let path = format!("/v2/library/app/blobs/{blob}");
+    fake.fault(&path, support::Fault::WrongBytes);
+    let owner = owner_of(&r, &blob);
+    let asker = (owner + 1) % 3;
+    let b = r.berths[asker].as_ref().unwrap();
+    let got = b.get(&path).await;
+    assert!(
+        got.status != StatusCode::OK || got.body.is_err(),
+        "a wrong blob never arrives whole"
+    );
+    for (i, b) in r.berths.iter().flatten().enumerate() {
+        assert!(
+            !b.blob_file(&blob).exists(),
+            "replica {i} cached wrong bytes"
+        );
+    }
+    assert!(
+        r.berths[owner]
+            .as_ref()
+            .unwrap()
+            .counter("berth_digest_mismatches_total")
+            .await
+            >= 1
+    );
+    fake.clear_faults();
+    let got = b.get(&path).await;
+    same(got.bytes(), &layer);
+}
+
+/// A peer that holds the secret but answers wrong bytes (a bug, a corrupt disk) is trusted for
+/// availability, never for content: the bytes are checked here, the client never gets a
+/// complete wrong body, nothing is cached.
+#[tokio::test]
+async fn a_peer_with_wrong_bytes_is_never_believed() {
+    let fake = FakeRegistry::start().await;
+    let liar = LyingPeer::start().await;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let urls = vec![
+        format!("\"http://{}\"", listener.local_addr().unwrap()),
+        format!("\"http://{}\"", liar.addr),
+    ];
+    let r = replicas(&fake, vec![listener], &urls).await;
+    all_up(&r).await;
+    // A blob the liar owns.
+    let (layer, blob) = (0u64..)
+        .map(|seed| {
+            let layer = random_bytes(64 << 10, 700 + seed);
+            let blob = fake.put_blob("library/app", layer.clone());
+            (layer, blob)
+        })
+        .find(|(_, blob)| owner_of(&r, blob) == 1)
+        .unwrap();
+    *liar.body.lock().unwrap() = random_bytes(layer.len(), 1);
+    let b = r.berths[0].as_ref().unwrap();
+    let path = format!("/v2/library/app/blobs/{blob}");
+    let got = b.get(&path).await;
+    assert!(got.body.is_err(), "the wrong body is cut short");
+    assert!(!b.blob_file(&blob).exists());
+    assert_eq!(
+        b.counter("berth_owner_handoffs_total{result=\"peer\"}")
+            .await,
+        1
+    );
+    assert!(liar.asked.load(std::sync::atomic::Ordering::SeqCst) >= 1);
+    // The liar's request carried a proof for exactly that path.
+    let seen = liar.last_path.lock().unwrap().clone();
+    assert_eq!(
+        seen,
+        format!("/_berth/peer/v1/blobs/registry.test/library/app/{blob}")
+    );
+}
+
+/// A peer that answers its health probes and every blob request with 200 and `body`.
+struct LyingPeer {
+    addr: std::net::SocketAddr,
+    body: Arc<std::sync::Mutex<Bytes>>,
+    asked: Arc<std::sync::atomic::AtomicUsize>,
+    last_path: Arc<std::sync::Mutex<String>>,
+}
+
+impl LyingPeer {
+    async fn start() -> LyingPeer {
+        use hyper::service::service_fn;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let body = Arc::new(std::sync::Mutex::new(Bytes::new()));
+        let asked = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let last_path = Arc::new(std::sync::Mutex::new(String::new()));
+        let (b, a, l) = (body.clone(), asked.clone(), last_path.clone());
+        tokio::spawn(async move {
+            loop {
+                let (stream, _) = listener.accept().await.unwrap();
+                let (b, a, l) = (b.clone(), a.clone(), l.clone());
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                        let body = if req.uri().path() == berth::cluster::HEALTH_PATH {
+                            Bytes::from_static(b"serving\n")
+                        } else {
+                            a.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                            *l.lock().unwrap() = req.uri().path().to_owned();
+                            b.lock().unwrap().clone()
+                        };
+                        async move {
+                            Ok::<_, std::convert::Infallible>(http::Response::new(
+                                http_body_util::Full::new(body),
+                            ))
+                        }
+                    });
+                    let io = hyper_util::rt::TokioIo::new(stream);
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(io, svc)
+                        .await;
+                });
+            }
+        });
+        LyingPeer {
+            addr,
+            body,
+            asked,
+            last_path,
+        }
+    }
 }

@@ -24,6 +24,13 @@ use crate::upstream::connect::{
     DirectClient, POOL_IDLE_TIMEOUT, TimeoutConnector, https_connector,
 };
 
+/// What an upstream's name keeps unencoded in a path segment: the unreserved characters.
+const SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'.')
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'~');
+
 /// Why a peer request did not get a good answer.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PeerError {
@@ -97,7 +104,7 @@ impl PeerClient {
         digest: &Digest,
         range: Option<BlobRange>,
     ) -> Request<Empty<Bytes>> {
-        let upstream: String = url::form_urlencoded::byte_serialize(upstream.as_bytes()).collect();
+        let upstream = percent_encoding::utf8_percent_encode(upstream, SEGMENT);
         let path = format!("{BLOBS_PATH}{upstream}/{}/{digest}", repo.as_str());
         let mut req = self.request(peer, &path);
         if let Some(r) = range {

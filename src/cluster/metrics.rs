@@ -20,6 +20,9 @@ pub struct ClusterMetrics {
     /// `berth_peer_auth_failures_total{reason}`: requests to the peer routes refused with 401:
     /// missing, malformed, expired, bad_proof.
     pub auth_failures: IntCounterVec,
+    /// `berth_owner_handoffs_total{result}`: blob misses and who filled them: `self` (this berth
+    /// owns the digest), `peer` (its owner answered), `fallback` (no owner could; fetched here).
+    pub handoffs: IntCounterVec,
 }
 
 impl ClusterMetrics {
@@ -53,11 +56,22 @@ impl ClusterMetrics {
                 ),
                 &["reason"],
             )?,
+            handoffs: IntCounterVec::new(
+                Opts::new(
+                    "berth_owner_handoffs_total",
+                    "Blob misses by who filled them: self (this berth owns the digest), peer (its owner answered), fallback (no owner could; fetched here).",
+                ),
+                &["result"],
+            )?,
         };
         registry.register(Box::new(m.peers.clone()))?;
         registry.register(Box::new(m.requests.clone()))?;
         registry.register(Box::new(m.probes.clone()))?;
         registry.register(Box::new(m.auth_failures.clone()))?;
+        registry.register(Box::new(m.handoffs.clone()))?;
+        for r in ["self", "peer", "fallback"] {
+            m.handoffs.with_label_values(&[r]);
+        }
         for r in Refusal::ALL {
             m.auth_failures.with_label_values(&[r.as_str()]);
         }

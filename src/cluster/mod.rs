@@ -22,21 +22,27 @@
 //!   secret: a peer with another secret would refuse our blob requests, so it counts as down.
 //! - `GET /_berth/peer/v1/blobs/<upstream>/<repo>/<digest>` ([`BLOBS_PATH`], `Range` allowed):
 //!   the owner answers the blob as a client of its own would be answered (its single-flight fill,
-//!   streamed while verified). The client side is here ([`client::PeerClient::blob_request`],
-//!   [`Cluster::fetch_blob`]); the route itself comes with the wiring below (until then a peer
-//!   answers it `404`, which the caller treats as any failed peer request: it fetches directly).
+//!   streamed while verified, uploaded to the bucket once committed), through the upstream of
+//!   that name among its configured ones (looked up, never used as an address; unknown: 404),
+//!   and never hands the miss on to another peer (no ping-pong when two replicas disagree on
+//!   membership for a moment).
 //!
-//! # How the mirror is to call it (the wiring session)
-//! On a blob miss (local disk, then the bucket): `cluster.owners(&digest)`; if the first is
-//! [`Cluster::is_me`], fill as today. Otherwise try each owner in order with
-//! `cluster.fetch_blob(peer, upstream_name, &repo, &digest, range)` and stream the first 2xx body
-//! into the local fill (still verified against the digest here; a peer is trusted for
-//! availability, never for content); a failed peer request (any [`client::PeerError`]) falls
-//! through to the next owner, then to this berth's own upstream fetch. Availability first: no
-//! peer can make a pull fail that the upstream could serve. The owner's side: a request on
-//! `BLOBS_PATH` is answered by `mirror.blob(...)` for the named upstream (configured upstreams
-//! only; the name is looked up, never used as an address) and must not itself ask a peer (no
-//! ping-pong when two replicas disagree on membership for a moment).
+//! # How the mirror calls it
+//! On a blob miss (local disk, then the bucket), the fill asks [`Cluster::from_owner`]: when this
+//! berth owns the digest it fills from its upstream as a single node would; otherwise it asks
+//! each live owner in order and streams the first 2xx body into its own fill, still verified
+//! against the digest here (a peer is trusted for availability, never for content), resumed from
+//! its own upstream with `Range` if the peer's body breaks off. A peer that fails (down, slow,
+//! refusing, 5xx) passes the miss to the next owner, then to this berth's own upstream; one that
+//! answers 4xx has asked its upstream already, so only this berth's own upstream is asked after
+//! it. Availability first: no peer can make a pull fail that the upstream could serve.
+//! `berth_owner_handoffs_total{result}` counts what became of each miss (self, peer, fallback).
+//!
+//! A peer's request joins a fill already running on the owner like any client's. Should two
+//! replicas each believe the other owns a digest (a membership change seen by one only) and both
+//! start a fill at once, each fill's peer request joins the other's pending fill: both wait the
+//! `peer_timeout` and then fetch for themselves: one extra fetch and a short delay, never a
+//! failed pull or a wrong byte.
 //!
 //! Trade-offs: membership is each replica's own view (probes), not a consensus; for a moment
 //! after a change two replicas may name different owners for a digest, which costs at most one
@@ -44,8 +50,8 @@
 //! restart to change), which a StatefulSet's stable names make sufficient.
 //!
 //! Rule of dependency: uses `config` (its settings), `oci`, `upstream::connect` (the HTTP client
-//! builder); `server` builds it, `http` answers the peer routes with it, `mirror` will call
-//! [`Cluster::owners`] and [`Cluster::fetch_blob`]. It never calls the mirror.
+//! builder); `server` builds it, `http` answers the peer routes with it, `mirror` calls
+//! [`Cluster::from_owner`]. It never calls the mirror.
 
 pub mod auth;
 pub mod client;
@@ -188,6 +194,44 @@ impl Cluster {
             .with_label_values(&[&peer.id, outcome])
             .inc();
         result
+    }
+
+    /// Hands a blob miss to the digest's owner: the first live owner's answer, streaming, or
+    /// `None` when this berth is to fetch the blob itself (it owns the digest, or no owner before
+    /// it in the order could answer). A peer that fails (down, slow, refusing, a 5xx) passes the
+    /// miss to the next owner; one that answers a 4xx has asked its upstream, so nobody else is
+    /// asked but this berth's own upstream, whose answer the client then gets. Never an error:
+    /// availability first.
+    pub async fn from_owner(
+        &self,
+        upstream: &str,
+        repo: &RepoName,
+        digest: &Digest,
+    ) -> Option<Response<Incoming>> {
+        let owners = self.owners(digest);
+        let mut result = "fallback";
+        for (i, peer) in owners.into_iter().enumerate() {
+            if self.is_me(peer) {
+                if i == 0 {
+                    result = "self";
+                }
+                break;
+            }
+            match self.fetch_blob(peer, upstream, repo, digest, None).await {
+                Ok(resp) => {
+                    self.metrics.handoffs.with_label_values(&["peer"]).inc();
+                    return Some(resp);
+                }
+                Err(e) => {
+                    tracing::warn!(peer = %peer.id, %digest, error = %e, "the digest's owner did not serve the blob; asking the next");
+                    if matches!(e, PeerError::Status(s) if s.is_client_error()) {
+                        break;
+                    }
+                }
+            }
+        }
+        self.metrics.handoffs.with_label_values(&[result]).inc();
+        None
     }
 
     fn index_of(&self, peer: &Peer) -> Option<usize> {

@@ -135,6 +135,7 @@ impl App {
             "hit" => Some("cache"),
             "miss" | "joined" if log.kind == "blob" => Some("upstream"),
             "bucket" | "bucket_joined" if log.kind == "blob" => Some("bucket"),
+            "peer" | "peer_joined" if log.kind == "blob" => Some("peer"),
             _ => None,
         };
         self.in_flight.fetch_add(1, Ordering::Relaxed);
@@ -185,7 +186,7 @@ impl App {
             && req.uri().path().starts_with(PEER_PREFIX)
         {
             log.kind = PEER_KIND;
-            return peer_answer(side, req, log);
+            return self.peer_answer(side, req, log).await;
         }
         // One snapshot of the upstream set routes this request (a reload swaps it whole).
         let upstreams = self.mirror.upstreams();
@@ -275,12 +276,59 @@ impl App {
     }
 }
 
-/// A request under the peer prefix: the proof first, then the route.
-fn peer_answer<B>(
+impl App {
+    /// A request under the peer prefix: the proof first, then the route. A blob is answered as
+    /// a client's would be, through the named upstream (looked up among the configured ones,
+    /// never used as an address), except that this berth does not ask a peer in turn.
+    async fn peer_answer<B>(
+        &self,
+        side: &PeerSide,
+        req: &Request<B>,
+        log: &mut LogFields,
+    ) -> Result<Response<Body>, Error> {
+        let head = req.method() == Method::HEAD;
+        let (upstream, repo, digest) = match admit_peer(side, req, log)? {
+            PeerRoute::Health => return Ok(peer_health(side, head, log)),
+            PeerRoute::Blob {
+                upstream,
+                repo,
+                digest,
+            } => (upstream, repo, digest),
+        };
+        let slot = self
+            .mirror
+            .upstreams()
+            .iter()
+            .find(|(_, u)| u.name() == upstream)
+            .map(|(slot, _)| slot)
+            .ok_or_else(|| {
+                Error::not_found_route(format!(
+                    "no upstream named {:?} is configured here",
+                    route::clip(&upstream)
+                ))
+            })?;
+        let target = Target {
+            upstream: slot,
+            name: repo,
+            via: Via::Default,
+        };
+        let range = req
+            .headers()
+            .get(header::RANGE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(ByteRange::parse);
+        let reply = self.mirror.peer_blob(&target, &digest, range, head).await?;
+        log.outcome = reply.outcome;
+        Ok(blob_response(reply))
+    }
+}
+
+/// A peer request's proof, then its route: 401 without a valid proof, whatever the path.
+fn admit_peer<B>(
     side: &PeerSide,
     req: &Request<B>,
     log: &mut LogFields,
-) -> Result<Response<Body>, Error> {
+) -> Result<PeerRoute, Error> {
     let uri = req.uri();
     let path_and_query = uri.path_and_query().map_or(uri.path(), |p| p.as_str());
     if let Err(refusal) = side
@@ -299,19 +347,19 @@ fn peer_answer<B>(
             refusal.as_str()
         )));
     }
-    let head = req.method() == Method::HEAD;
-    match route::parse_peer(req.method(), uri.path())? {
-        PeerRoute::Health => {
-            let phase = side.health.phase();
-            log.outcome = phase.as_str();
-            let status = match phase {
-                Phase::Serving => StatusCode::OK,
-                Phase::Starting | Phase::Draining => StatusCode::SERVICE_UNAVAILABLE,
-            };
-            let body = Bytes::from(format!("{}\n", phase.as_str()));
-            Ok(bytes_response(status, body, "text/plain", head))
-        }
-    }
+    route::parse_peer(req.method(), uri.path())
+}
+
+/// The peer health answer: 200 while this berth serves, 503 while it starts or drains.
+fn peer_health(side: &PeerSide, head: bool, log: &mut LogFields) -> Response<Body> {
+    let phase = side.health.phase();
+    log.outcome = phase.as_str();
+    let status = match phase {
+        Phase::Serving => StatusCode::OK,
+        Phase::Starting | Phase::Draining => StatusCode::SERVICE_UNAVAILABLE,
+    };
+    let body = Bytes::from(format!("{}\n", phase.as_str()));
+    bytes_response(status, body, "text/plain", head)
 }
 
 /// All values of a header joined with `, ` (Docker sends one `Accept` per media type); a single
@@ -737,7 +785,11 @@ mod tests {
                 outcome: "-",
                 user: None,
             };
-            let r = peer_answer(&side, &req, &mut log);
+            let head = method == Method::HEAD;
+            let r = admit_peer(&side, &req, &mut log).map(|route| {
+                assert_eq!(route, PeerRoute::Health);
+                peer_health(&side, head, &mut log)
+            });
             (r, log.outcome)
         };
         for (phase, status) in [
@@ -774,7 +826,7 @@ mod tests {
             outcome: "-",
             user: None,
         };
-        let e = peer_answer(&side, &req, &mut log).unwrap_err();
+        let e = admit_peer(&side, &req, &mut log).unwrap_err();
         assert_eq!(
             (e.status, log.outcome),
             (StatusCode::UNAUTHORIZED, "refused")

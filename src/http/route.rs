@@ -144,23 +144,42 @@ pub fn parse(
 
 /// What a peer request asks for (a path under `cluster::PEER_PREFIX`, parsed only once its
 /// proof checked out).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PeerRoute {
     /// `/_berth/peer/v1/healthz`: whether this berth serves.
     Health,
+    /// `/_berth/peer/v1/blobs/<upstream>/<repo>/<digest>`: a blob through the upstream of that
+    /// name (percent-decoded here, looked up among the configured ones by the caller).
+    Blob {
+        upstream: String,
+        repo: RepoName,
+        digest: Digest,
+    },
 }
 
-/// Parses a peer request's method and path. The blob route comes with the mirror's wiring
-/// (see `cluster`); until then it is a path like any unknown one.
+/// Parses a peer request's method and path.
 pub fn parse_peer(method: &Method, path: &str) -> Result<PeerRoute, Error> {
     check_method(method)?;
-    match path {
-        crate::cluster::HEALTH_PATH => Ok(PeerRoute::Health),
-        _ => Err(Error::not_found_route(format!(
-            "{} is not a peer API path",
-            clip(path)
-        ))),
+    if path == crate::cluster::HEALTH_PATH {
+        return Ok(PeerRoute::Health);
     }
+    let not_found = || Error::not_found_route(format!("{} is not a peer API path", clip(path)));
+    let rest = path
+        .strip_prefix(crate::cluster::BLOBS_PATH)
+        .ok_or_else(not_found)?;
+    let (upstream, rest) = rest.split_once('/').ok_or_else(not_found)?;
+    let (repo, digest) = rest.rsplit_once('/').ok_or_else(not_found)?;
+    let upstream = percent_encoding::percent_decode_str(upstream)
+        .decode_utf8()
+        .ok()
+        .filter(|u| !u.is_empty())
+        .ok_or_else(not_found)?
+        .into_owned();
+    Ok(PeerRoute::Blob {
+        upstream,
+        repo: repo.parse()?,
+        digest: digest.parse()?,
+    })
 }
 
 /// A manifest reference. One that is neither a tag nor shaped like a digest names no manifest:
@@ -266,7 +285,7 @@ impl Query {
     }
 }
 
-fn clip(s: &str) -> &str {
+pub(super) fn clip(s: &str) -> &str {
     match s.char_indices().nth(100) {
         Some((i, _)) => &s[..i],
         None => s,
@@ -433,6 +452,52 @@ mod tests {
         assert_eq!(
             get("/v2/x/tags/list", Some("last=..")).unwrap_err().code,
             Code::TagInvalid
+        );
+    }
+
+    #[test]
+    fn peer_paths() {
+        let d = format!("sha256:{}", "ab".repeat(32));
+        let get = |p: &str| parse_peer(&Method::GET, p);
+        assert_eq!(get("/_berth/peer/v1/healthz").unwrap(), PeerRoute::Health);
+        let PeerRoute::Blob {
+            upstream,
+            repo,
+            digest,
+        } = get(&format!(
+            "/_berth/peer/v1/blobs/%5B%3A%3A1%5D%3A5000/a/b/c/{d}"
+        ))
+        .unwrap()
+        else {
+            panic!("not a blob route")
+        };
+        assert_eq!(upstream, "[::1]:5000");
+        assert_eq!(repo.as_str(), "a/b/c");
+        assert_eq!(digest.to_string(), d);
+        let code = |p: &str| get(p).unwrap_err().code;
+        for p in [
+            "/_berth/peer/v1/nothing",
+            "/_berth/peer/v1/blobs/",
+            "/_berth/peer/v1/blobs/docker.io",
+            &format!("/_berth/peer/v1/blobs/docker.io/{d}"),
+            &format!("/_berth/peer/v1/blobs//library/app/{d}"),
+            &format!("/_berth/peer/v1/blobs/%FF/library/app/{d}"),
+        ] {
+            assert_eq!(code(p), Code::NameUnknown, "{p}");
+        }
+        assert_eq!(
+            code("/_berth/peer/v1/blobs/docker.io/library/app/sha256:00"),
+            Code::DigestInvalid
+        );
+        assert_eq!(
+            code(&format!("/_berth/peer/v1/blobs/docker.io/library/../x/{d}")),
+            Code::NameInvalid
+        );
+        assert_eq!(
+            parse_peer(&Method::DELETE, "/_berth/peer/v1/healthz")
+                .unwrap_err()
+                .code,
+            Code::Unsupported
         );
     }
 

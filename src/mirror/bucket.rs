@@ -133,6 +133,11 @@ pub(super) enum Body {
         body: futures_util::stream::BoxStream<'static, Result<Bytes, store::s3::BucketError>>,
         stall: Duration,
     },
+    /// The digest owner's answer (`[cluster]`); a break is resumed from the upstream too.
+    Peer {
+        body: hyper::body::Incoming,
+        stall: Duration,
+    },
 }
 
 impl Body {
@@ -155,6 +160,20 @@ impl Body {
                 }
                 Err(Error::upstream_unavailable("bucket", e))
             }
+            Body::Peer { body, stall } => loop {
+                use http_body_util::BodyExt;
+                let e = match tokio::time::timeout(*stall, body.frame()).await {
+                    Ok(None) => return Ok(None),
+                    Ok(Some(Ok(frame))) => match frame.into_data() {
+                        Ok(c) => return Ok(Some(c)),
+                        // Trailers carry nothing a fill keeps.
+                        Err(_) => continue,
+                    },
+                    Ok(Some(Err(e))) => e.to_string(),
+                    Err(_) => format!("body stalled: no data for {stall:?}"),
+                };
+                return Err(Error::upstream_unavailable("peer", e));
+            },
         }
     }
 }

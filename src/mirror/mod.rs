@@ -35,6 +35,11 @@
 //! upstream body; a fill from an upstream that committed locally is uploaded. A bucket that fails
 //! is skipped, never the reason a pull fails.
 //!
+//! With `[cluster]` ([`crate::cluster`]), a miss the bucket cannot answer is handed to the digest's
+//! owner among the live replicas before the upstream: the owner fills it once (for every replica)
+//! and this fill streams the owner's body, verified here like any other source and resumed from
+//! the upstream if it breaks off. A peer's own request ([`Mirror::peer_blob`]) is never handed on.
+//!
 //! Manifests: small (at most 4 MiB), so they are read whole, verified, cached, then answered. A tag
 //! answer is trusted for the upstream's `tag_ttl`, then revalidated with a HEAD (which Docker Hub
 //! does not count against its pull limit); if the upstream is down or failing, the last known
@@ -44,7 +49,7 @@
 //! that (see [`Mirror::manifest`]). Trade-off: a tag whose type a client does not read costs that
 //! client a 404 rather than a conversion berth would have to sign, cache and keep apart.
 //!
-//! Rule of dependency: uses `store`, `tier`, `manifests`, `upstream`, `upstreams` (the set it fetches
+//! Rule of dependency: uses `store`, `tier`, `cluster`, `manifests`, `upstream`, `upstreams` (the set it fetches
 //! through, by slot, swapped whole on reload), `oci`, `error`, `metrics`.
 
 use std::sync::Arc;
@@ -58,6 +63,7 @@ use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use crate::cluster::Cluster;
 use crate::error::{Error, Origin};
 use crate::fill::{FillSource, Fills, Share};
 use crate::flight::{Flights, Role};
@@ -109,6 +115,8 @@ pub struct Mirror {
     pass_throughs: Arc<AtomicUsize>,
     /// The bucket tier (`[storage.s3]`), between the local disk and the upstreams ([`crate::tier`]).
     tier: Option<Arc<Tier>>,
+    /// The other replicas (`[cluster]`): a blob miss is handed to the digest's owner.
+    cluster: Option<Arc<Cluster>>,
 }
 
 /// What a manifest flight is for: everything that decides its answer, and nothing a client can
@@ -278,6 +286,7 @@ impl Mirror {
             metrics,
             pass_throughs: Arc::default(),
             tier: None,
+            cluster: None,
         }
     }
 
@@ -288,6 +297,12 @@ impl Mirror {
     }
 
     /// The bucket tier, if configured.
+    /// Hands blob misses to their owners among `cluster`'s replicas.
+    pub fn with_cluster(mut self, cluster: Option<Arc<Cluster>>) -> Mirror {
+        self.cluster = cluster;
+        self
+    }
+
     pub fn tier(&self) -> Option<&Arc<Tier>> {
         self.tier.as_ref()
     }
@@ -773,6 +788,31 @@ impl Mirror {
         range: Option<ByteRange>,
         head: bool,
     ) -> Result<BlobReply, Error> {
+        self.blob_for(target, digest, range, head, self.cluster.as_ref())
+            .await
+    }
+
+    /// A blob for a peer that handed its miss to this berth: as [`Mirror::blob`], but a miss
+    /// is filled here, never handed on to another peer (two replicas that disagree on the owner
+    /// for a moment must not send the request back and forth).
+    pub async fn peer_blob(
+        &self,
+        target: &Target,
+        digest: &Digest,
+        range: Option<ByteRange>,
+        head: bool,
+    ) -> Result<BlobReply, Error> {
+        self.blob_for(target, digest, range, head, None).await
+    }
+
+    async fn blob_for(
+        &self,
+        target: &Target,
+        digest: &Digest,
+        range: Option<ByteRange>,
+        head: bool,
+        cluster: Option<&Arc<Cluster>>,
+    ) -> Result<BlobReply, Error> {
         let up = self.upstream(target.upstream)?;
         let started = Instant::now();
         // A cached file that cannot be opened is a miss, not an error: the fill fetches the blob
@@ -806,7 +846,9 @@ impl Mirror {
         if head {
             return self.head_blob(&up, target, digest).await;
         }
-        let (mut rx, source, joined) = self.fill(target.upstream, &up, &target.name, digest).await;
+        let (mut rx, source, joined) = self
+            .fill(target.upstream, &up, &target.name, digest, cluster)
+            .await;
         self.metrics
             .cache("blob", up.name(), if joined { "joined" } else { "miss" });
         // Wait for the upstream's answer (size known), or the end when a range needs a size the
@@ -847,6 +889,8 @@ impl Mirror {
             outcome: match (joined, source) {
                 (false, "bucket") => "bucket",
                 (true, "bucket") => "bucket_joined",
+                (false, "peer") => "peer",
+                (true, "peer") => "peer_joined",
                 (false, _) => "miss",
                 (true, _) => "joined",
             },
@@ -920,6 +964,7 @@ impl Mirror {
         up: &Arc<Upstream>,
         name: &RepoName,
         digest: &Digest,
+        cluster: Option<&Arc<Cluster>>,
     ) -> (watch::Receiver<FillState>, FillSource, bool) {
         let mut may_wait = true;
         let (tx, rx, source) = loop {
@@ -949,6 +994,7 @@ impl Mirror {
             pass_throughs: self.pass_throughs.clone(),
             passing: AtomicBool::new(false),
             tier: self.tier.clone(),
+            cluster: cluster.cloned(),
             source: source.clone(),
         };
         self.metrics.fills_in_flight.inc();
@@ -1040,6 +1086,9 @@ struct FillJob {
     passing: AtomicBool,
     /// The bucket: the fill's source when it has the blob, else where a verified fill goes.
     tier: Option<Arc<Tier>>,
+    /// The replicas, when a miss is to be handed to the digest's owner (not for a peer's own
+    /// request).
+    cluster: Option<Arc<Cluster>>,
     /// Where this fill's bytes come from, told to the requests sharing it.
     source: FillSource,
 }
@@ -1113,28 +1162,42 @@ impl FillJob {
         }
     }
 
+    /// The digest owner's answer, when this fill hands its miss to a peer ([`Cluster::from_owner`]).
+    async fn peer_source(&self) -> Option<hyper::http::Response<hyper::body::Incoming>> {
+        let cluster = self.cluster.as_ref()?;
+        cluster
+            .from_owner(self.up.name(), &self.name, &self.digest)
+            .await
+    }
+
     async fn fetch(&self, tx: &watch::Sender<FillState>) -> Result<(), Error> {
-        let (mut resp, total, from_bucket) = match self.bucket_source().await? {
+        let stall = self.up.config().stall_timeout;
+        let (mut resp, total, from) = match self.bucket_source().await? {
             Some(read) => {
                 let body = Body::Bucket {
                     body: read.body,
-                    stall: self.up.config().stall_timeout,
+                    stall,
                 };
-                (body, Some(read.size), true)
+                (body, Some(read.size), "bucket")
             }
-            None => {
-                let resp: UpstreamResponse = self
-                    .up
-                    .send(blob_request(Method::GET, &self.name, &self.digest))
-                    .await?;
-                let resp = resp.error_for_status(NotFoundKind::Blob).await?;
-                let total = content_length(&resp.headers);
-                (Body::Upstream(resp), total, false)
-            }
+            None => match self.peer_source().await {
+                Some(resp) => {
+                    let total = content_length(resp.headers());
+                    let body = resp.into_body();
+                    (Body::Peer { body, stall }, total, "peer")
+                }
+                None => {
+                    let resp: UpstreamResponse = self
+                        .up
+                        .send(blob_request(Method::GET, &self.name, &self.digest))
+                        .await?;
+                    let resp = resp.error_for_status(NotFoundKind::Blob).await?;
+                    let total = content_length(&resp.headers);
+                    (Body::Upstream(resp), total, "upstream")
+                }
+            },
         };
-        let _ = self
-            .source
-            .set(if from_bucket { "bucket" } else { "upstream" });
+        let _ = self.source.set(from);
         let pending = self
             .store
             .begin(&self.digest, total, tx.clone())
@@ -1223,9 +1286,10 @@ impl FillJob {
         let mut pending = pending.expect("pending is home after the last write");
         match pending.commit().await {
             Ok(blob) => {
-                tracing::info!(upstream = self.up.name(), repo = %self.name, digest = %self.digest, bytes = blob.len, from_bucket, "blob cached");
+                tracing::info!(upstream = self.up.name(), repo = %self.name, digest = %self.digest, bytes = blob.len, from, "blob cached");
+                // A blob from a peer is its owner's to upload (it fills the bucket as it serves).
                 if let Some(tier) = &self.tier
-                    && !from_bucket
+                    && from == "upstream"
                 {
                     tier.upload(
                         self.store.clone(),
@@ -1253,7 +1317,14 @@ impl FillJob {
                 self.write_failed(&e);
                 Err(Error::io("committing blob", &e))
             }
-            Err(e) if from_bucket => {
+            Err(e) if from == "peer" => {
+                tracing::error!(repo = %self.name, digest = %self.digest, error = %e, "blob from a peer failed verification; not cached");
+                Err(Error::digest_mismatch(
+                    "peer",
+                    format!("blob {}: {e}", self.digest),
+                ))
+            }
+            Err(e) if from == "bucket" => {
                 // Whether the bucket's bytes were wrong or an upstream resume's, the object is
                 // suspect: gone, so the next fill goes to the upstream.
                 if let Some(tier) = &self.tier {

@@ -229,6 +229,12 @@ impl Server {
                 })?;
             upstreams.push((slot, Arc::new(up)));
         }
+        let cluster = cfg
+            .cluster
+            .as_ref()
+            .map(|c| Cluster::new(c, &prometheus).map(Arc::new))
+            .transpose()
+            .map_err(StartError::Cluster)?;
         let mirror = Arc::new(
             Mirror::new(
                 UpstreamSet::new(upstreams),
@@ -237,7 +243,8 @@ impl Server {
                 origins,
                 metrics.clone(),
             )
-            .with_tier(tier.clone()),
+            .with_tier(tier.clone())
+            .with_cluster(cluster.clone()),
         );
         let admin = cfg
             .admin
@@ -258,10 +265,9 @@ impl Server {
             let settings = access::Settings::new(auth, &cfg.upstreams);
             app.access = Some(Arc::new(access::Access::new(settings, &prometheus)?));
         }
-        if let Some(c) = &cfg.cluster {
-            let cluster = Cluster::new(c, &prometheus).map_err(StartError::Cluster)?;
+        if let Some(cluster) = cluster {
             app.peers = Some(PeerSide {
-                cluster: Arc::new(cluster),
+                cluster,
                 health: health.clone(),
             });
         }
