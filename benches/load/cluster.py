@@ -25,8 +25,10 @@ Started here, each in its own temp dir on its own loopback port, all stopped on 
              same RGW (redirect disabled, so it serves the bytes itself as berth does)
 
 Usage: python3 benches/load/cluster.py [--quick] [--out FILE] [--berth BIN] [--keep]
-  --quick  64 MiB blob, one run per figure: a smoke test of the harness (~1-2 min)
-  full     256 MiB blob (issue 8's test), 3 runs per single-client figure (median) (~6-8 min)
+  --quick  64 MiB blob, one round: a smoke test of the harness (~1 min)
+  full     256 MiB blob (issue 8's test), 3 rounds, each figure the median of its rounds (~5 min)
+Rounds interleave the subjects (disk, s3, x3, registry, then again), so a change in the shared
+machine's load falls on all of them alike.
 Needs root to apt-get install what is missing (docker-registry radosgw ceph-mon ceph-osd curl
 uuid-runtime) and boto3 (pip) to create the bucket. Loopback only.
 """
@@ -178,7 +180,8 @@ class Bench:
         self.ceph_started = False
         self.rgw = f"http://127.0.0.1:{args.rgw_port}"
         self.prefix_n = 0
-        self.R = {}  # (figure, subject) -> value
+        self.R = {}  # (figure, subject) -> value as reported
+        self.S = {}  # (figure, subject) -> samples, one per round
 
     # -- lifetime --
 
@@ -480,31 +483,29 @@ class Bench:
 
     # -- figures --
 
+    def sample(self, key, subject, value):
+        self.S.setdefault((key, subject), []).append(value)
+
     def cold_single(self, subject):
-        """One client, empty caches (and a fresh bucket prefix) every run: median total, TTFB."""
-        totals, ttfbs, cpus = [], [], []
-        for _ in range(self.runs):
-            prefix = self.fresh_prefix()
-            srv = self.subject_servers(subject, prefix)
-            before = self.origin_gets()
-            got, _, cpu, _ = self.measured(lambda: self.pull(srv[0].url), [s.pid for s in srv])
-            cpus.append(cpu)
-            if got["bytes"] != self.size:
-                raise Failed(f"{subject} cold pull got {got['bytes']} of {self.size} bytes")
-            if self.origin_gets() - before != 1:
-                log(f"WARNING: {subject} cold pull made {self.origin_gets() - before} upstream fetches")
-            if subject == "x3" and metric(scrape(srv[0]), 'berth_owner_handoffs_total{result="peer"}') != 1:
-                log("WARNING: the x3 cold pull was not handed to the owner (see owner_order)")
-            totals.append(got["total"])
-            ttfbs.append(got["ttfb"])
-            self.settle(subject, srv[:1], prefix)
-            for s in srv:
-                self.stop(s)
-            if subject != "disk":
-                self.drop_prefix(prefix)
-        self.R["cold_s", subject] = f"{statistics.median(totals):.3f}"
-        self.R["cold_ttfb_ms", subject] = f"{statistics.median(ttfbs) * 1000:.1f}"
-        self.R["cold_cpu", subject] = f"{sum(cpus) / (self.runs * self.size / 1e9):.3f}"
+        """One client, empty caches (and a fresh bucket prefix): total, TTFB, server CPU per GB."""
+        prefix = self.fresh_prefix()
+        srv = self.subject_servers(subject, prefix)
+        before = self.origin_gets()
+        got, _, cpu, _ = self.measured(lambda: self.pull(srv[0].url), [s.pid for s in srv])
+        if got["bytes"] != self.size:
+            raise Failed(f"{subject} cold pull got {got['bytes']} of {self.size} bytes")
+        if self.origin_gets() - before != 1:
+            log(f"WARNING: {subject} cold pull made {self.origin_gets() - before} upstream fetches")
+        if subject == "x3" and metric(scrape(srv[0]), 'berth_owner_handoffs_total{result="peer"}') != 1:
+            log("WARNING: the x3 cold pull was not handed to the owner (see owner_order)")
+        self.sample("cold_s", subject, got["total"])
+        self.sample("cold_ttfb_ms", subject, got["ttfb"] * 1000)
+        self.sample("cold_cpu", subject, cpu / (self.size / 1e9))
+        self.settle(subject, srv[:1], prefix)
+        for s in srv:
+            self.stop(s)
+        if subject != "disk":
+            self.drop_prefix(prefix)
 
     def subject_servers(self, subject, prefix):
         if subject == "disk":
@@ -547,17 +548,17 @@ class Bench:
         short = sum(1 for g in got if g["bytes"] != self.size)
         if short:
             log(f"WARNING: {short} of {CONCURRENT} pulls from {subject} were incomplete")
-        self.R["conc_wall", subject] = f"{wall:.3f}"
-        self.R["conc_ttfb", subject] = f"{max(g['ttfb'] for g in got) * 1000:.1f}"
-        self.R["conc_fetches", subject] = str(self.origin_gets() - before)
-        self.R["conc_short", subject] = str(short)
-        self.R["conc_cpu", subject] = f"{cpu:.2f}"
+        self.sample("conc_wall", subject, wall)
+        self.sample("conc_ttfb", subject, max(g["ttfb"] for g in got) * 1000)
+        self.sample("conc_fetches", subject, self.origin_gets() - before)
+        self.sample("conc_short", subject, short)
+        self.sample("conc_cpu", subject, cpu)
         if subject != "disk":
-            self.R["conc_ceph_cpu", subject] = f"{ceph:.2f}"
+            self.sample("conc_ceph_cpu", subject, ceph)
         if subject != "registry":
             m = [scrape(s) for s in srv]
             fetched = sum(metric(t, "berth_upstream_fetched_bytes_total") for t in m)
-            self.R["conc_fetched", subject] = f"{fetched / self.size:.2f}"
+            self.sample("conc_fetched", subject, fetched / self.size)
             self.R["conc_sources", subject] = " / ".join(
                 str(int(sum(metric(t, f'berth_answers_total{{source="{src}"}}') for t in m)))
                 for src in ("local", "bucket", "peer", "upstream")
@@ -572,13 +573,13 @@ class Bench:
             # docker-registry's proxy stores a blob from a second upstream GET in a goroutine
             # tied to the first client's request; under 32 clients it may never land.
             stored = self.in_bucket(srv[0].key, 30)
-            self.R["conc_stored", subject] = "yes" if stored else "no (30 s after)"
+            self.sample("conc_stored", subject, "yes" if stored else "no")
             if not stored:
                 log("registry did not store the blob after the 32 pulls; one more pull to store it")
                 self.pull(srv[0].url)
         self.settle(subject, srv, prefix)
         if subject in ("s3", "x3"):
-            self.R["conc_stored", subject] = "yes"
+            self.sample("conc_stored", subject, "yes")
         return srv, prefix
 
     def hits(self, subject, srv, clients, key):
@@ -628,6 +629,29 @@ class Bench:
         self.R["bucket1_ttfb", "s3"] = f"{statistics.median(ttfbs) * 1000:.1f}"
         self.R["bucket1_fetches", "s3"] = str(self.origin_gets() - before)
 
+        # The ceiling: the same object read straight from RGW by curl (a presigned GET).
+        url = self.s3.generate_presigned_url(
+            "get_object",
+            Params={"Bucket": BUCKET, "Key": f"{prefix}/blobs/sha256/{self.digest[7:]}"},
+            ExpiresIn=3600,
+        )
+        wall = ceph = 0.0
+        nbytes = 0
+        for _ in range(self.runs):
+            t0, g0 = time.monotonic(), cpu_seconds(self.ceph_pids())
+            out = subprocess.run(
+                ["curl", "-s", "-o", "/dev/null", "-w", "%{size_download}", url],
+                capture_output=True,
+                text=True,
+            ).stdout
+            wall += time.monotonic() - t0
+            ceph += cpu_seconds(self.ceph_pids()) - g0
+            nbytes += int(out or 0)
+        if nbytes != self.runs * self.size:
+            log(f"WARNING: RGW direct served {nbytes} of {self.runs * self.size} bytes")
+        self.R["rgw_gbps", "s3"] = f"{nbytes / 1e9 / wall:.2f}"
+        self.R["rgw_ceph", "s3"] = f"{ceph / (nbytes / 1e9):.3f}"
+
     def run(self):
         load_before = open("/proc/loadavg").read().split()[:3]
         self.start_ceph()
@@ -635,28 +659,53 @@ class Bench:
             f.write(os.urandom(32).hex() + "\n")
         self.cluster_secret = os.path.join(self.work, "cluster-secret")
         self.start_origin()
-        log(f"blob {self.blob_mib} MiB, {self.runs} run(s) per single-client figure")
+        log(f"blob {self.blob_mib} MiB, {self.runs} round(s)")
 
-        for subject in ("disk", "s3", "x3", "registry"):
-            log(f"{subject}: cold pull x{self.runs}")
-            self.cold_single(subject)
-            log(f"{subject}: {CONCURRENT} concurrent cold pulls")
-            srv, prefix = self.cold_concurrent(subject)
-            if subject == "x3":
+        # Rounds interleave the subjects, so that a change in the machine's load (it is shared)
+        # falls on each of them alike; each figure is the median over rounds.
+        subjects = ("disk", "s3", "x3", "registry")
+        for r in range(self.runs):
+            log(f"round {r + 1}/{self.runs}: a cold pull, 1 client, from each subject")
+            for subject in subjects:
+                self.cold_single(subject)
+        for r in range(self.runs):
+            last = r == self.runs - 1
+            for subject in subjects:
+                log(f"round {r + 1}/{self.runs}: {subject}: {CONCURRENT} concurrent cold pulls")
+                srv, prefix = self.cold_concurrent(subject)
+                if last and subject == "x3":
+                    for s in srv:
+                        self.stop(s)
+                    log(f"s3: hit from the bucket (empty disk) x{self.runs}; the object from RGW by curl")
+                    self.bucket_hits(prefix)
+                elif last:
+                    for clients in (1, 8):
+                        log(f"{subject}: warm pulls, {clients} client(s) x{self.runs}")
+                        self.hits(subject, srv, clients, f"hit{clients}")
                 for s in srv:
-                    self.stop(s)
-                log("s3: hit from the bucket (empty disk) x{}".format(self.runs))
-                self.bucket_hits(prefix)
-                self.drop_prefix(prefix)
-                continue
-            for clients in (1, 8):
-                log(f"{subject}: warm pulls, {clients} client(s) x{self.runs}")
-                self.hits(subject, srv, clients, f"hit{clients}")
-            for s in srv:
-                self.stop(s)
-            if subject != "disk":
-                self.drop_prefix(prefix)
+                    if s in self.servers:
+                        self.stop(s)
+                if subject != "disk":
+                    self.drop_prefix(prefix)
+        self.summarize()
         self.load = (load_before, open("/proc/loadavg").read().split()[:3])
+
+    def summarize(self):
+        """Samples to reported values: the median of the rounds for times and CPU; for counts,
+        the worst round, with every round's count when they differ."""
+        fmt = {"cold_s": "{:.3f}", "cold_ttfb_ms": "{:.1f}", "cold_cpu": "{:.3f}", "conc_wall": "{:.3f}",
+               "conc_ttfb": "{:.1f}", "conc_cpu": "{:.2f}", "conc_ceph_cpu": "{:.2f}"}
+        for (key, subject), vals in self.S.items():
+            if key in fmt:
+                self.R[key, subject] = fmt[key].format(statistics.median(vals))
+            elif key == "conc_stored":
+                self.R[key, subject] = "yes" if all(v == "yes" for v in vals) else " / ".join(vals)
+            else:
+                worst = max(vals)
+                text = f"{worst:.2f}" if isinstance(worst, float) else str(worst)
+                if len(set(vals)) > 1:
+                    text += " (" + ", ".join(f"{v:.2f}" if isinstance(v, float) else str(v) for v in vals) + ")"
+                self.R[key, subject] = text
 
     # -- report --
 
@@ -685,8 +734,10 @@ class Bench:
         src = git("log", "-1", "--no-merges", "--format=%h", "--", "src", "Cargo.lock")
         lines = [
             f"Run {datetime.now(timezone.utc).strftime('%Y-%m-%dT%H:%MZ')}, HEAD {commit} (berth sources at {src}), "
-            f"{os.cpu_count()} cores ({cpu_model}), {mem} GiB, blob {self.blob_mib} MiB, {self.runs} run(s) per "
-            f"single-client figure (median; hit rows: all bytes / summed wall){', --quick' if self.quick else ''}. "
+            f"{os.cpu_count()} cores ({cpu_model}), {mem} GiB, blob {self.blob_mib} MiB, {self.runs} round(s) "
+            f"interleaving the subjects (cold rows: median over rounds, counts: the worst round, each round's "
+            f"when they differ; answers and hand-offs: the last round; warm and bucket-hit rows: all bytes / "
+            f"summed wall of {self.runs} pull(s)){', --quick' if self.quick else ''}. "
             f"Load average before: {' '.join(self.load[0])}, after: {' '.join(self.load[1])}.",
             "",
             "| figure | " + " | ".join(heads) + " | 3 replicas / 1 replica | 3 replicas / registry | 1+RGW / 1 replica |",
@@ -715,6 +766,8 @@ class Bench:
             row("hit from the bucket, 1 client: server CPU s/GB", "bucket1_cpu"),
             row("hit from the bucket, 1 client: ceph CPU s/GB", "bucket1_ceph"),
             row("hit from the bucket runs: upstream fetches", "bucket1_fetches", ratios=False),
+            row("RGW direct (curl, presigned GET of berth's object), 1 client: GB/s", "rgw_gbps"),
+            row("RGW direct, 1 client: ceph CPU s/GB", "rgw_ceph"),
             "",
             "The registry has no local disk tier: its warm rows are reads from the bucket (RGW). "
             "\"hit from the bucket\" is a berth over the bucket with an empty disk (1 replica + RGW column), "
