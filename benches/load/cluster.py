@@ -629,28 +629,31 @@ class Bench:
         self.R["bucket1_ttfb", "s3"] = f"{statistics.median(ttfbs) * 1000:.1f}"
         self.R["bucket1_fetches", "s3"] = str(self.origin_gets() - before)
 
-        # The ceiling: the same object read straight from RGW by curl (a presigned GET).
+        # The ceilings: the same object read straight from RGW by curl (a presigned GET), and
+        # the blob from the origin (what a cold pull reads).
         url = self.s3.generate_presigned_url(
             "get_object",
             Params={"Bucket": BUCKET, "Key": f"{prefix}/blobs/sha256/{self.digest[7:]}"},
             ExpiresIn=3600,
         )
-        wall = ceph = 0.0
-        nbytes = 0
-        for _ in range(self.runs):
-            t0, g0 = time.monotonic(), cpu_seconds(self.ceph_pids())
-            out = subprocess.run(
-                ["curl", "-s", "-o", "/dev/null", "-w", "%{size_download}", url],
-                capture_output=True,
-                text=True,
-            ).stdout
-            wall += time.monotonic() - t0
-            ceph += cpu_seconds(self.ceph_pids()) - g0
-            nbytes += int(out or 0)
-        if nbytes != self.runs * self.size:
-            log(f"WARNING: RGW direct served {nbytes} of {self.runs * self.size} bytes")
-        self.R["rgw_gbps", "s3"] = f"{nbytes / 1e9 / wall:.2f}"
-        self.R["rgw_ceph", "s3"] = f"{ceph / (nbytes / 1e9):.3f}"
+        for key, source in (("rgw", url), ("origin", self.origin + self.blob_path)):
+            wall = cpu = 0.0
+            nbytes = 0
+            pids = self.ceph_pids() if key == "rgw" else [self.origin_srv.pid]
+            for _ in range(self.runs):
+                t0, c0 = time.monotonic(), cpu_seconds(pids)
+                out = subprocess.run(
+                    ["curl", "-s", "-o", "/dev/null", "-w", "%{size_download}", source],
+                    capture_output=True,
+                    text=True,
+                ).stdout
+                wall += time.monotonic() - t0
+                cpu += cpu_seconds(pids) - c0
+                nbytes += int(out or 0)
+            if nbytes != self.runs * self.size:
+                log(f"WARNING: {key} direct served {nbytes} of {self.runs * self.size} bytes")
+            self.R[f"{key}_gbps", "s3"] = f"{nbytes / 1e9 / wall:.2f}"
+            self.R[f"{key}_cpu", "s3"] = f"{cpu / (nbytes / 1e9):.3f}"
 
     def run(self):
         load_before = open("/proc/loadavg").read().split()[:3]
@@ -676,7 +679,7 @@ class Bench:
                 if last and subject == "x3":
                     for s in srv:
                         self.stop(s)
-                    log(f"s3: hit from the bucket (empty disk) x{self.runs}; the object from RGW by curl")
+                    log(f"s3: hit from the bucket (empty disk) x{self.runs}; RGW and origin read by curl")
                     self.bucket_hits(prefix)
                 elif last:
                     for clients in (1, 8):
@@ -767,7 +770,9 @@ class Bench:
             row("hit from the bucket, 1 client: ceph CPU s/GB", "bucket1_ceph"),
             row("hit from the bucket runs: upstream fetches", "bucket1_fetches", ratios=False),
             row("RGW direct (curl, presigned GET of berth's object), 1 client: GB/s", "rgw_gbps"),
-            row("RGW direct, 1 client: ceph CPU s/GB", "rgw_ceph"),
+            row("RGW direct, 1 client: ceph CPU s/GB", "rgw_cpu"),
+            row("origin direct (curl of the blob, what a cold pull reads), 1 client: GB/s", "origin_gbps"),
+            row("origin direct, 1 client: origin CPU s/GB", "origin_cpu"),
             "",
             "The registry has no local disk tier: its warm rows are reads from the bucket (RGW). "
             "\"hit from the bucket\" is a berth over the bucket with an empty disk (1 replica + RGW column), "
