@@ -5,6 +5,7 @@
 //! body `{"errors":[{"code","message","detail"}]}` in one place (`http::error_response`).
 //!
 //! Errors are `Clone` so that one failure can be handed to every request waiting on the same fetch.
+//! [`chain`] spells any `std::error::Error` with its causes, for logs and command-line messages.
 //! Rule of dependency: a leaf; knows nothing of the other modules.
 
 use std::time::Duration;
@@ -384,9 +385,67 @@ impl Error {
     }
 }
 
+/// An error with its sources, joined by ": ". hyper's own message alone says little ("client
+/// error (Connect)"); the cause says what. A source whose text the message already holds (some
+/// errors print their cause themselves) is not repeated.
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let part = c.to_string();
+        if !s.contains(&part) {
+            s.push_str(": ");
+            s.push_str(&part);
+        }
+        cause = c.source();
+    }
+    s
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("{text}")]
+    struct Layer {
+        text: &'static str,
+        #[source]
+        source: Option<Box<Layer>>,
+    }
+
+    fn layers(texts: &[&'static str]) -> Layer {
+        texts
+            .iter()
+            .rev()
+            .fold(None, |source, text| {
+                Some(Layer {
+                    text,
+                    source: source.map(Box::new),
+                })
+            })
+            .unwrap()
+    }
+
+    #[test]
+    fn chain_joins_every_source() {
+        let e = layers(&["client error (Connect)", "tcp connect error", "refused"]);
+        assert_eq!(
+            chain(&e),
+            "client error (Connect): tcp connect error: refused"
+        );
+        assert_eq!(chain(&layers(&["alone"])), "alone");
+    }
+
+    #[test]
+    fn chain_skips_a_source_the_message_already_holds() {
+        let e = layers(&[
+            "reading body: reset by peer",
+            "reset by peer",
+            "os error 104",
+        ]);
+        assert_eq!(chain(&e), "reading body: reset by peer: os error 104");
+    }
 
     #[test]
     fn body_has_oci_shape() {

@@ -5,7 +5,8 @@
 //!
 //! ```text
 //! main (CLI) -> server (listeners, TLS, shutdown) -> http (login, route, respond) -> mirror (orchestration)
-//!     -> { flight (single-flight), fill (who shares a download), manifests (tag/digest cache),
+//!     -> { flight (single-flight), fill (who shares a download, the fill task and its sources),
+//!          manifests (tag/digest cache),
 //!          cluster (owners, peer health, peer protocol),
 //!          origins (which upstream a digest came through), tier (the bucket on the request
 //!          path) -> store (blob files + fills, the s3 bucket),
@@ -21,16 +22,18 @@
 //! - [`access`]: client login (`[auth]`): the `Authorization` header becomes a principal
 //!   (htpasswd, bcrypt verdicts cached, checks bounded), and the policy of who may pull through
 //!   which upstream; `http` asks it before routing reaches the mirror.
-//! - [`http`]: parses method + path + query into a typed [`http::Route`], calls the mirror, writes
+//! - [`http`]: parses method + path + query into a typed `http::route::Route`, calls the mirror, writes
 //!   responses and the one OCI error body.
 //! - [`mirror`]: decides hit or miss, coalesces fetches, verifies, caches; `mirror/bucket` is its
-//!   side of the bucket tier (a fill from the bucket, manifests and tag records read and written).
+//!   side of the bucket tier for manifests and tag records.
 //! - [`cluster`]: replicas (`[cluster]`): the owner of each digest by rendezvous hashing over
 //!   the live peers, peer health probes, and the signed peer protocol under `/_berth/peer/v1/`
-//!   on the registry listener (health route today; the mirror asks owners in a later step).
+//!   on the registry listener (health and blob routes); a fill hands its miss to the owner.
 //! - [`flight`]: generic single-flight: one computation per key, its result shared.
 //! - [`fill`]: which running blob download a request may share (same upstream; another
-//!   repository's only once the upstream answered it with content).
+//!   repository's only once the upstream answered it with content); `fill/job` the fill task
+//!   (stream into the store while hashing, resume, pass-through on a full disk, commit, upload);
+//!   `fill/source` where its bytes come from (bucket, the owner peer, upstream).
 //! - [`manifests`]: tag -> digest answers with their TTL, manifests by digest (memory + disk).
 //! - [`store`]: content-addressed blob files; a fill writes a temp file that readers can follow while it
 //!   grows, and is renamed into place only after its size and sha256 check out. One file per

@@ -606,16 +606,7 @@ async fn health(
     let client: Client<_, Empty<bytes::Bytes>> =
         Client::builder(TokioExecutor::new()).build(connector);
     let probe = async {
-        // The client's own message is only "client error (Connect)": name the cause too.
-        let resp = client.get(uri).await.map_err(|e| {
-            let mut text = e.to_string();
-            let mut cause = std::error::Error::source(&e);
-            while let Some(c) = cause {
-                text = format!("{text}: {c}");
-                cause = c.source();
-            }
-            text
-        })?;
+        let resp = client.get(uri).await.map_err(|e| berth::error::chain(&e))?;
         let status = resp.status();
         let body = resp
             .into_body()

@@ -187,48 +187,45 @@ fn read_pair(
     Ok(ck)
 }
 
+// The integration tests' way of making a test pair, so that there is one.
+#[cfg(test)]
+#[path = "../tests/support/certs.rs"]
+mod test_certs;
+
 #[cfg(test)]
 mod tests {
+    use super::test_certs::self_signed;
     use super::*;
-
-    fn pair(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
-        let ck = rcgen::generate_simple_self_signed(vec![name.to_owned()]).unwrap();
-        let (c, k) = (
-            dir.join(format!("{name}.crt")),
-            dir.join(format!("{name}.key")),
-        );
-        std::fs::write(&c, ck.cert.pem()).unwrap();
-        std::fs::write(&k, ck.signing_key.serialize_pem()).unwrap();
-        (c, k)
-    }
 
     #[test]
     fn a_changed_pair_is_taken_and_a_broken_one_refused() {
         let dir = tempfile::tempdir().unwrap();
-        let (c, k) = pair(dir.path(), "one");
+        let one = self_signed(dir.path(), "one", &["one"]);
+        let (c, k) = (&one.cert, &one.key);
         let registry = Registry::new();
-        let certs = Certs::load(&c, &k, &registry).unwrap();
+        let certs = Certs::load(c, k, &registry).unwrap();
         let first = certs.current.load_full();
+        assert_eq!(first.cert[0], one.der);
 
         // Unchanged files: nothing happens.
         certs.reload_if_changed();
         assert!(Arc::ptr_eq(&first, &certs.current.load_full()));
 
         // A new pair in place (as certbot writes it).
-        let (c2, k2) = pair(dir.path(), "two");
-        std::fs::rename(&c2, &c).unwrap();
-        std::fs::rename(&k2, &k).unwrap();
+        let two = self_signed(dir.path(), "two", &["two"]);
+        std::fs::rename(&two.cert, c).unwrap();
+        std::fs::rename(&two.key, k).unwrap();
         certs.reload_if_changed();
         let second = certs.current.load_full();
-        assert_ne!(first.cert[0], second.cert[0]);
+        assert_eq!(second.cert[0], two.der);
 
         // A key that does not match its certificate: refused, counted, the old pair stays.
-        let (_, k3) = pair(dir.path(), "three");
-        std::fs::rename(&k3, &k).unwrap();
+        let three = self_signed(dir.path(), "three", &["three"]);
+        std::fs::rename(&three.key, k).unwrap();
         certs.reload_if_changed();
         assert!(Arc::ptr_eq(&second, &certs.current.load_full()));
         // Garbage: refused too.
-        std::fs::write(&c, "not a certificate").unwrap();
+        std::fs::write(c, "not a certificate").unwrap();
         assert!(certs.reload("test").is_err());
         assert!(Arc::ptr_eq(&second, &certs.current.load_full()));
         let text = crate::metrics::render(&registry);

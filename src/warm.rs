@@ -605,7 +605,7 @@ impl Warmer {
                 "no answer within {}s",
                 IDLE_TIMEOUT.as_secs()
             ))),
-            Ok(Err(e)) => Err(Failure::new(chain(&e))),
+            Ok(Err(e)) => Err(Failure::new(crate::error::chain(&e))),
             Ok(Ok(resp)) => Ok(resp),
         }
     }
@@ -778,7 +778,7 @@ async fn next_chunk(body: &mut Incoming) -> Result<Option<Bytes>, Failure> {
                 )));
             }
             Ok(None) => return Ok(None),
-            Ok(Some(Err(e))) => return Err(Failure::new(chain(&e))),
+            Ok(Some(Err(e))) => return Err(Failure::new(crate::error::chain(&e))),
             Ok(Some(Ok(frame))) => {
                 if let Ok(data) = frame.into_data() {
                     return Ok(Some(data));
@@ -855,21 +855,6 @@ fn describe_error(status: StatusCode, body: &[u8], r: &ImageRef) -> String {
         ));
     }
     line
-}
-
-/// An error with its sources: hyper's own message alone is "client error (Connect)".
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        let part = c.to_string();
-        if !s.contains(&part) {
-            s.push_str(": ");
-            s.push_str(&part);
-        }
-        cur = c.source();
-    }
-    s
 }
 
 fn build_client(ca_file: Option<&Path>) -> Result<DirectClient, String> {

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the end-to-end suite (tests/e2e.rs) and the benchmarks need, from Debian's apt:
 # the Distribution registry, the clients that pull through berth (skopeo, containerd's ctr, podman,
-# dockerd), nginx and the load tools; Prometheus (server and promtool) for tests/observability.rs;
-# podman, runc and strip (binutils) for the container image (tests/container.rs); a C++
+# dockerd), nginx and the load tools; Prometheus (server and promtool) for tests/it/observability.rs;
+# podman, runc and strip (binutils) for the container image (tests/it/container.rs); a C++
 # compiler for libFuzzer (fuzz/run.sh); Ceph's S3 gateway (radosgw, one mon, one memstore OSD) for
 # the bucket tier (tests/s3.rs, started by tests/ceph/start-ceph.sh); kubernetes-validate (PyPI,
 # Kubernetes' schemas bundled, so it works offline) for tests/kubernetes.py, in a venv of its own

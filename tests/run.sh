@@ -36,25 +36,25 @@ step "Kubernetes ConfigMap: each pod's config.toml through berth check-config; t
 step "end-to-end: cargo test --test e2e -- --ignored"
 cargo test --test e2e -- --ignored --test-threads=1
 
-step "full disk on a tmpfs: cargo test --test enospc -- --ignored"
-cargo test --test enospc -- --ignored
+step "full disk on a tmpfs: cargo test --test it enospc:: -- --ignored"
+cargo test --test it enospc:: -- --ignored
 
-step "bucket tier against Ceph radosgw: cargo test --test s3 -- --ignored"
-cargo test --test s3 --no-run
+step "bucket tier against Ceph radosgw: cargo test --test it s3:: -- --ignored"
+cargo test --test it --no-run
 ceph_dir=$(mktemp -d /tmp/berth-ceph.XXXXXX)
 trap 'CEPH_DIR="$ceph_dir" bash tests/ceph/stop-ceph.sh; rm -rf "$ceph_dir"' EXIT
 rgw_port=${BERTH_RGW_PORT:-19103}
 CEPH_DIR="$ceph_dir" RGW_PORT="$rgw_port" MON_PORT="${BERTH_CEPH_MON_PORT:-13300}" bash tests/ceph/start-ceph.sh
-BERTH_TEST_S3="http://127.0.0.1:$rgw_port" cargo test --test s3 -- --ignored
+BERTH_TEST_S3="http://127.0.0.1:$rgw_port" cargo test --test it s3:: -- --ignored
 CEPH_DIR="$ceph_dir" bash tests/ceph/stop-ceph.sh
 rm -rf "$ceph_dir"
 trap - EXIT
 
-step "dashboard and alerts with promtool and a real Prometheus: cargo test --test observability -- --ignored"
-cargo test --test observability -- --ignored
+step "dashboard and alerts with promtool and a real Prometheus: cargo test --test it observability:: -- --ignored"
+cargo test --test it observability:: -- --ignored
 
-step "container image built and run with podman: cargo test --test container -- --ignored"
-cargo test --test container -- --ignored
+step "container image built and run with podman: cargo test --test it container:: -- --ignored"
+cargo test --test it container:: -- --ignored
 
 step "header floods: resident memory comes back after each of 3 floods of 10,000 half-sent heads"
 python3 benches/load/flood.py --berth target/debug/berth --connections 10000 --rounds 3 \

@@ -385,16 +385,10 @@ fn tcp_client(ca_file: Option<&Path>) -> Result<TcpClient, String> {
 
 /// One request over TCP, plain or TLS.
 async fn send_tcp(client: &TcpClient, req: Request<Empty<Bytes>>) -> Result<Response, String> {
-    client.request(req).await.map_err(|e| {
-        // The legacy client's Display is "client error (Connect)": the cause says what.
-        let mut text = e.to_string();
-        let mut cause = std::error::Error::source(&e);
-        while let Some(c) = cause {
-            text = format!("{text}: {c}");
-            cause = c.source();
-        }
-        text
-    })
+    client
+        .request(req)
+        .await
+        .map_err(|e| crate::error::chain(&e))
 }
 
 /// One request over the Unix socket at `path` (one connection, HTTP/1).

@@ -140,10 +140,21 @@ impl PeerClient {
 
     /// Sends `req`; a 2xx answer's head within `peer_timeout`, its body still streaming.
     pub async fn send(&self, req: Request<Empty<Bytes>>) -> Result<Response<Incoming>, PeerError> {
-        let resp = match tokio::time::timeout(self.timeout, self.http.request(req)).await {
-            Err(_) => return Err(PeerError::Timeout(self.timeout)),
-            Ok(Err(e)) if e.is_connect() => return Err(PeerError::Connect(error_chain(&e))),
-            Ok(Err(e)) => return Err(PeerError::Other(error_chain(&e))),
+        self.send_within(req, self.timeout).await
+    }
+
+    /// Sends `req`; a 2xx answer's head within `wait` (the connect still within `peer_timeout`).
+    pub async fn send_within(
+        &self,
+        req: Request<Empty<Bytes>>,
+        wait: Duration,
+    ) -> Result<Response<Incoming>, PeerError> {
+        let resp = match tokio::time::timeout(wait, self.http.request(req)).await {
+            Err(_) => return Err(PeerError::Timeout(wait)),
+            Ok(Err(e)) if e.is_connect() => {
+                return Err(PeerError::Connect(crate::error::chain(&e)));
+            }
+            Ok(Err(e)) => return Err(PeerError::Other(crate::error::chain(&e))),
             Ok(Ok(r)) => r,
         };
         match resp.status() {
@@ -155,24 +166,17 @@ impl PeerClient {
 
     /// Sends a health probe and reads its (small) answer, all within `peer_timeout`, so the
     /// connection goes back to the pool for the next one.
+    /// `peer_timeout`: how long a connect or a probe may take.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
     pub async fn probe(&self, peer: &str) -> Result<(), PeerError> {
         let resp = self.send(self.health_request(peer)).await?;
         match tokio::time::timeout(self.timeout, resp.into_body().collect()).await {
             Ok(Ok(_)) => Ok(()),
-            Ok(Err(e)) => Err(PeerError::Other(error_chain(&e))),
+            Ok(Err(e)) => Err(PeerError::Other(crate::error::chain(&e))),
             Err(_) => Err(PeerError::Timeout(self.timeout)),
         }
     }
-}
-
-/// An error with its causes, for the log (hyper's own message is often just "client error").
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cause = c.source();
-    }
-    s
 }

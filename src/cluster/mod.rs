@@ -38,11 +38,17 @@
 //! it. Availability first: no peer can make a pull fail that the upstream could serve.
 //! `berth_owner_handoffs_total{result}` counts what became of each miss (self, peer, fallback).
 //!
+//! The wait for an owner's answer head is `peer_timeout` plus the upstream's `response_timeout`
+//! (the owner may be asking its upstream first); the connect alone is bounded by `peer_timeout`,
+//! so a dead owner costs little and a live but slow one is waited for as the upstream would be.
+//!
 //! A peer's request joins a fill already running on the owner like any client's. Should two
-//! replicas each believe the other owns a digest (a membership change seen by one only) and both
-//! start a fill at once, each fill's peer request joins the other's pending fill: both wait the
-//! `peer_timeout` and then fetch for themselves: one extra fetch and a short delay, never a
-//! failed pull or a wrong byte.
+//! replicas each believe the other owns a digest and both start a fill at once, each fill's peer
+//! request joins the other's pending fill, and both wait out that bound before they fetch for
+//! themselves: a delay and one extra fetch, never a failed pull or a wrong byte. Rendezvous
+//! hashing makes it rare: a replica that sees one peer more or less than another never forms
+//! such a pair with it (the best-ranked peer of the larger view that is also in the smaller one
+//! is the smaller view's choice too); it takes two replicas each missing a different peer.
 //!
 //! Trade-offs: membership is each replica's own view (probes), not a consensus; for a moment
 //! after a change two replicas may name different owners for a digest, which costs at most one
@@ -167,9 +173,9 @@ impl Cluster {
             })
     }
 
-    /// Asks `peer` for a blob through `upstream` (its configured name). A connect error marks
-    /// the peer down at once, a timeout counts as a failed probe; either way the caller goes on
-    /// to the next owner.
+    /// Asks `peer` for a blob through `upstream` (its configured name), waiting `peer_timeout`
+    /// for the answer's head. A connect error marks the peer down at once, a timeout counts as a
+    /// failed probe; either way the caller goes on to the next owner.
     pub async fn fetch_blob(
         &self,
         peer: &Peer,
@@ -178,10 +184,25 @@ impl Cluster {
         digest: &Digest,
         range: Option<BlobRange>,
     ) -> Result<Response<Incoming>, PeerError> {
+        let wait = self.client.timeout();
+        self.fetch_blob_within(peer, upstream, repo, digest, range, wait)
+            .await
+    }
+
+    /// As [`Cluster::fetch_blob`], waiting `wait` for the answer's head.
+    async fn fetch_blob_within(
+        &self,
+        peer: &Peer,
+        upstream: &str,
+        repo: &RepoName,
+        digest: &Digest,
+        range: Option<BlobRange>,
+        wait: Duration,
+    ) -> Result<Response<Incoming>, PeerError> {
         let req = self
             .client
             .blob_request(&peer.id, upstream, repo, digest, range);
-        let result = self.client.send(req).await;
+        let result = self.client.send_within(req, wait).await;
         let outcome = match &result {
             Ok(_) => "ok",
             Err(e) => {
@@ -202,12 +223,20 @@ impl Cluster {
     /// miss to the next owner; one that answers a 4xx has asked its upstream, so nobody else is
     /// asked but this berth's own upstream, whose answer the client then gets. Never an error:
     /// availability first.
+    ///
+    /// An owner that misses too asks its upstream before it answers, so its answer's head may
+    /// take `peer_timeout` plus `upstream_wait` (the upstream's `response_timeout`): cutting it
+    /// at `peer_timeout` alone would send every miss behind a slow upstream (a token, a redirect
+    /// to a CDN) to the upstream twice. The connect stays bounded by `peer_timeout`, and a dead
+    /// peer is skipped at once.
     pub async fn from_owner(
         &self,
         upstream: &str,
         repo: &RepoName,
         digest: &Digest,
+        upstream_wait: Duration,
     ) -> Option<Response<Incoming>> {
+        let wait = self.client.timeout() + upstream_wait;
         let owners = self.owners(digest);
         let mut result = "fallback";
         for (i, peer) in owners.into_iter().enumerate() {
@@ -217,7 +246,10 @@ impl Cluster {
                 }
                 break;
             }
-            match self.fetch_blob(peer, upstream, repo, digest, None).await {
+            match self
+                .fetch_blob_within(peer, upstream, repo, digest, None, wait)
+                .await
+            {
                 Ok(resp) => {
                     self.metrics.handoffs.with_label_values(&["peer"]).inc();
                     return Some(resp);

@@ -1,24 +1,21 @@
-//! The mirror's side of the bucket tier (`[storage.s3]`, [`crate::tier`]): a fill's source when
-//! the bucket has the blob, manifests and tag records read on a local miss and written when an
-//! upstream answered. Every read goes through `Tier::lookup` (bounded, skipped after an error),
+//! The mirror's side of the bucket tier (`[storage.s3]`, [`crate::tier`]) for manifests and tags
+//! (a blob fill's bucket source is in `fill::source`): manifests and tag records read on a local
+//! miss and written when an upstream answered. Every read goes through `Tier::lookup` (bounded, skipped after an error),
 //! and content is answered through an upstream only with that upstream's origin marker in the
 //! bucket, or its confirmation now.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use http::Method;
 use tokio::time::Instant;
 
-use super::{FillJob, Form, Mirror, blob_request, manifest_request};
+use super::{Form, Mirror, manifest_request};
 use crate::error::Error;
 use crate::http::route::Target;
 use crate::manifests::{MAX_MANIFEST_BYTES, Manifest, TagEntry, TagKey};
 use crate::oci::{Digest, Reference};
-use crate::store::{self, s3::BlobRead};
-use crate::tier::Tier;
-use crate::upstream::{NotFoundKind, Upstream, UpstreamResponse};
+use crate::upstream::{NotFoundKind, Upstream};
 
 impl Mirror {
     /// A manifest from the local cache, else from the bucket ([`Self::bucket_manifest`]).
@@ -122,100 +119,5 @@ impl Mirror {
                 &m.media_type,
             );
         }
-    }
-}
-
-/// Where a fill's bytes come from.
-pub(super) enum Body {
-    Upstream(UpstreamResponse),
-    /// A bucket object; a break is resumed from the upstream like an upstream body's.
-    Bucket {
-        body: futures_util::stream::BoxStream<'static, Result<Bytes, store::s3::BucketError>>,
-        stall: Duration,
-    },
-    /// The digest owner's answer (`[cluster]`); a break is resumed from the upstream too.
-    Peer {
-        body: hyper::body::Incoming,
-        stall: Duration,
-    },
-}
-
-impl Body {
-    pub(super) async fn next_chunk(
-        &mut self,
-        tier: Option<&Arc<Tier>>,
-    ) -> Result<Option<Bytes>, Error> {
-        use futures_util::StreamExt;
-        match self {
-            Body::Upstream(resp) => resp.body.next_chunk().await,
-            Body::Bucket { body, stall } => {
-                let e = match tokio::time::timeout(*stall, body.next()).await {
-                    Ok(None) => return Ok(None),
-                    Ok(Some(Ok(c))) => return Ok(Some(c)),
-                    Ok(Some(Err(e))) => e.to_string(),
-                    Err(_) => format!("body stalled: no data for {stall:?}"),
-                };
-                if let Some(t) = tier {
-                    t.failed("reading a blob", &e);
-                }
-                Err(Error::upstream_unavailable("bucket", e))
-            }
-            Body::Peer { body, stall } => loop {
-                use http_body_util::BodyExt;
-                let e = match tokio::time::timeout(*stall, body.frame()).await {
-                    Ok(None) => return Ok(None),
-                    Ok(Some(Ok(frame))) => match frame.into_data() {
-                        Ok(c) => return Ok(Some(c)),
-                        // Trailers carry nothing a fill keeps.
-                        Err(_) => continue,
-                    },
-                    Ok(Some(Err(e))) => e.to_string(),
-                    Err(_) => format!("body stalled: no data for {stall:?}"),
-                };
-                return Err(Error::upstream_unavailable("peer", e));
-            },
-        }
-    }
-}
-
-impl FillJob {
-    /// The blob from the bucket, when it has it and may answer it through this fill's upstream:
-    /// the bucket records that upstream, or the upstream confirms it has the digest now (then
-    /// recorded). `None`: no bucket, not there, or the bucket failed (the upstream serves).
-    /// An error: the upstream's own answer to the confirmation (as a miss would have got).
-    pub(super) async fn bucket_source(&self) -> Result<Option<BlobRead>, Error> {
-        let Some(tier) = &self.tier else {
-            return Ok(None);
-        };
-        let bucket = tier.bucket();
-        if tier
-            .lookup("head", bucket.head_blob(&self.digest))
-            .await
-            .flatten()
-            .is_none()
-        {
-            return Ok(None);
-        }
-        let origin = self.up.name().to_ascii_lowercase();
-        let marked = tier
-            .lookup("head origin", bucket.has_origin(&origin, &self.digest))
-            .await;
-        match marked {
-            Some(true) => {}
-            None => return Ok(None),
-            Some(false) => {
-                self.up
-                    .send(blob_request(Method::HEAD, &self.name, &self.digest))
-                    .await?
-                    .error_for_status(NotFoundKind::Blob)
-                    .await?;
-                self.metrics.origin_confirmations.inc();
-                tier.mark_origin(origin, self.digest.clone());
-            }
-        }
-        Ok(tier
-            .lookup("get", bucket.get_blob(&self.digest, None))
-            .await
-            .flatten())
     }
 }

@@ -18,7 +18,7 @@
 //! (default 10 s) runs from there, so a keep-alive connection that sends nothing is closed when it
 //! runs out (see `proto/h1/conn.rs`, `State::idle` sets `notify_read` when the timeout is set).
 //! So for HTTP/1 the idle timeout only matters when it is the shorter of the two
-//! (`tests/idle.rs` holds hyper to this, so an upgrade that changes it fails there). Nothing closed
+//! (`tests/it/idle.rs` holds hyper to this, so an upgrade that changes it fails there). Nothing closed
 //! an idle HTTP/2 connection: keep-alive pings only drop a peer that stopped answering, and a
 //! live client that keeps a connection open and quiet held a `max_connections` slot for good.
 //!

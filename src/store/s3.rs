@@ -1056,5 +1056,8 @@ fn octet_stream() -> Attributes {
     Attributes::from_iter([(Attribute::ContentType, "application/octet-stream")])
 }
 
+#[doc(hidden)]
+pub mod testing;
+
 #[cfg(test)]
 mod tests;

@@ -703,7 +703,7 @@ impl Upstream {
                     retryable: retryable_transport(&e),
                     error: Error::upstream_unavailable(
                         &self.name,
-                        format!("{}: {}", redact(url), error_chain(&e)),
+                        format!("{}: {}", redact(url), crate::error::chain(&e)),
                     ),
                 })
             }
@@ -852,7 +852,7 @@ impl UpstreamBody {
                 Ok(Some(Err(e))) => {
                     return Err(Error::upstream_unavailable(
                         &self.upstream,
-                        format!("body broke off: {}", error_chain(&e)),
+                        format!("body broke off: {}", crate::error::chain(&e)),
                     ));
                 }
                 Ok(Some(Ok(frame))) => frame,
@@ -1092,18 +1092,6 @@ fn redact(url: &Url) -> String {
         s.push_str(&format!(":{p}"));
     }
     s.push_str(url.path());
-    s
-}
-
-/// An error with its sources: hyper's top-level message alone says little ("client error (Connect)").
-fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut s = e.to_string();
-    let mut source = e.source();
-    while let Some(inner) = source {
-        s.push_str(": ");
-        s.push_str(&inner.to_string());
-        source = inner.source();
-    }
     s
 }
 

@@ -15,8 +15,10 @@
 //! tests bound them with a short configured timeout.
 #![allow(dead_code)] // each test crate uses a different part
 
+pub mod certs;
 pub mod instance;
 pub mod served;
+pub mod wire;
 
 use std::collections::{BTreeSet, HashMap};
 use std::convert::Infallible;

@@ -1,244 +1,20 @@
-//! The bucket tier over `object_store`'s in-memory store, wrapped to inject faults: a part upload
-//! that fails, a completion that fails, a GET whose body is held back.
+//! The bucket tier over `object_store`'s in-memory store, wrapped to inject faults
+//! ([`super::testing`]): a part upload that fails, a completion that fails, a GET whose body is
+//! held back, the bucket down.
 
-use std::fmt;
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 
-use async_trait::async_trait;
 use futures_util::stream;
 use object_store::memory::InMemory;
-use object_store::{
-    CopyOptions, GetResult, GetResultPayload, ListResult, MultipartUpload, ObjectMeta, PutResult,
-    UploadPart,
-};
-use tokio::sync::Notify;
 
+use super::testing::{Faults, Faulty};
 use super::*;
-
-/// Faults to inject, and what the wrapper saw.
-#[derive(Default)]
-struct Faults {
-    /// Fail the part with this number (1-based, over all uploads); 0: none.
-    fail_part: AtomicUsize,
-    fail_complete: AtomicBool,
-    /// Hold every completion until the test ends (a server that takes its time).
-    hold_complete: AtomicBool,
-    completing: AtomicUsize,
-    /// Fail every GET, HEAD and listing (the bucket is down).
-    fail_reads: AtomicBool,
-    /// Hold every GET body after its first chunk until `release` is notified.
-    hold_get: AtomicBool,
-    release: Notify,
-    parts: AtomicUsize,
-    completes: AtomicUsize,
-    aborts: AtomicUsize,
-    /// Woken on every part, completion and abort.
-    changed: Notify,
-    /// The key each upload was started for.
-    started: Mutex<Vec<String>>,
-}
-
-impl Faults {
-    /// Waits (bounded) until `cond` holds.
-    async fn until(&self, what: &str, cond: impl Fn(&Faults) -> bool) {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        loop {
-            let changed = self.changed.notified();
-            if cond(self) {
-                return;
-            }
-            if tokio::time::timeout_at(deadline, changed).await.is_err() {
-                panic!("timed out waiting for {what}");
-            }
-        }
-    }
-}
-
-#[derive(Debug)]
-struct Faulty {
-    inner: InMemory,
-    faults: Arc<Faults>,
-}
-
-impl fmt::Debug for Faults {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Faults")
-    }
-}
-
-impl fmt::Display for Faulty {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Faulty({})", self.inner)
-    }
-}
-
-fn injected(what: &str) -> object_store::Error {
-    object_store::Error::Generic {
-        store: "faulty",
-        source: format!("injected: {what}").into(),
-    }
-}
-
-#[async_trait]
-impl ObjectStore for Faulty {
-    async fn put_opts(
-        &self,
-        location: &Path,
-        payload: PutPayload,
-        opts: PutOptions,
-    ) -> object_store::Result<PutResult> {
-        self.inner.put_opts(location, payload, opts).await
-    }
-
-    async fn put_multipart_opts(
-        &self,
-        location: &Path,
-        opts: PutMultipartOptions,
-    ) -> object_store::Result<Box<dyn MultipartUpload>> {
-        self.faults
-            .started
-            .lock()
-            .unwrap()
-            .push(location.to_string());
-        let inner = self.inner.put_multipart_opts(location, opts).await?;
-        Ok(Box::new(FaultyUpload {
-            inner,
-            faults: self.faults.clone(),
-        }))
-    }
-
-    async fn get_opts(
-        &self,
-        location: &Path,
-        options: GetOptions,
-    ) -> object_store::Result<GetResult> {
-        if self.faults.fail_reads.load(Ordering::SeqCst) {
-            return Err(injected("bucket down"));
-        }
-        let got = self.inner.get_opts(location, options).await?;
-        if !self.faults.hold_get.load(Ordering::SeqCst) {
-            return Ok(got);
-        }
-        // Re-chunk the body into 1 KiB pieces and hold everything after the first.
-        let GetResult {
-            payload,
-            meta,
-            range,
-            attributes,
-            extensions,
-        } = got;
-        // The only variant without object_store's `fs` feature.
-        let GetResultPayload::Stream(s) = payload;
-        let all: Vec<Bytes> = s.try_collect().await?;
-        let all = all.concat();
-        let pieces: Vec<Bytes> = all.chunks(1024).map(Bytes::copy_from_slice).collect();
-        let faults = self.faults.clone();
-        let body = stream::iter(pieces.into_iter().enumerate())
-            .then(move |(i, piece)| {
-                let faults = faults.clone();
-                async move {
-                    if i == 1 {
-                        faults.release.notified().await;
-                    }
-                    Ok(piece)
-                }
-            })
-            .boxed();
-        Ok(GetResult {
-            payload: GetResultPayload::Stream(body),
-            meta,
-            range,
-            attributes,
-            extensions,
-        })
-    }
-
-    fn delete_stream(
-        &self,
-        locations: BoxStream<'static, object_store::Result<Path>>,
-    ) -> BoxStream<'static, object_store::Result<Path>> {
-        self.inner.delete_stream(locations)
-    }
-
-    fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
-        if self.faults.fail_reads.load(Ordering::SeqCst) {
-            return stream::iter([Err(injected("bucket down"))]).boxed();
-        }
-        self.inner.list(prefix)
-    }
-
-    async fn list_with_delimiter(&self, prefix: Option<&Path>) -> object_store::Result<ListResult> {
-        self.inner.list_with_delimiter(prefix).await
-    }
-
-    async fn copy_opts(
-        &self,
-        from: &Path,
-        to: &Path,
-        options: CopyOptions,
-    ) -> object_store::Result<()> {
-        self.inner.copy_opts(from, to, options).await
-    }
-}
-
-#[derive(Debug)]
-struct FaultyUpload {
-    inner: Box<dyn MultipartUpload>,
-    faults: Arc<Faults>,
-}
-
-#[async_trait]
-impl MultipartUpload for FaultyUpload {
-    fn put_part(&mut self, data: PutPayload) -> UploadPart {
-        let n = self.faults.parts.fetch_add(1, Ordering::SeqCst) + 1;
-        let fail = self.faults.fail_part.load(Ordering::SeqCst) == n;
-        let part = self.inner.put_part(data);
-        let faults = self.faults.clone();
-        Box::pin(async move {
-            // The part's bytes went (half) out and the connection broke: the server has no part.
-            let res = match fail {
-                true => Err(injected("part upload broke off")),
-                false => part.await,
-            };
-            faults.changed.notify_waiters();
-            res
-        })
-    }
-
-    async fn complete(&mut self) -> object_store::Result<PutResult> {
-        self.faults.completing.fetch_add(1, Ordering::SeqCst);
-        self.faults.changed.notify_waiters();
-        if self.faults.hold_complete.load(Ordering::SeqCst) {
-            std::future::pending::<()>().await;
-        }
-        let res = match self.faults.fail_complete.load(Ordering::SeqCst) {
-            true => Err(injected("complete failed")),
-            false => self.inner.complete().await,
-        };
-        if res.is_ok() {
-            self.faults.completes.fetch_add(1, Ordering::SeqCst);
-        }
-        self.faults.changed.notify_waiters();
-        res
-    }
-
-    async fn abort(&mut self) -> object_store::Result<()> {
-        self.faults.aborts.fetch_add(1, Ordering::SeqCst);
-        self.faults.changed.notify_waiters();
-        self.inner.abort().await
-    }
-}
 
 const PART: usize = 64 * 1024;
 
 /// A bucket over a fault-injecting in-memory store, with small parts, under prefix `mirror/`.
 fn bucket() -> (Bucket, Arc<Faults>) {
-    let faults = Arc::new(Faults::default());
-    let store = Faulty {
-        inner: InMemory::new(),
-        faults: faults.clone(),
-    };
+    let (store, faults) = Faulty::new(Arc::new(InMemory::new()));
     let b =
         Bucket::with_store(Arc::new(store), "mirror/", BucketMetrics::new()).with_part_size(PART);
     (b, faults)
@@ -268,6 +44,26 @@ async fn read_all(r: BlobRead) -> Vec<u8> {
 
 fn aborts(b: &Bucket, reason: &str) -> u64 {
     b.metrics().aborts.with_label_values(&[reason]).get()
+}
+
+fn requests(b: &Bucket, op: &str, outcome: &str) -> u64 {
+    b.metrics().requests.with_label_values(&[op, outcome]).get()
+}
+
+/// `n` uploads of `d` were aborted for `reason` (and the store saw as many aborts), none was
+/// completed, and nothing is under the key.
+async fn assert_aborted(b: &Bucket, faults: &Faults, d: &Digest, reason: &str, n: usize) {
+    assert_eq!(
+        faults.aborts.load(Ordering::SeqCst),
+        n,
+        "aborts the store saw"
+    );
+    assert_eq!(aborts(b, reason), n as u64, "aborts for {reason}");
+    assert_eq!(faults.completes.load(Ordering::SeqCst), 0, "completions");
+    assert!(
+        b.head_blob(d).await.unwrap().is_none(),
+        "nothing under the key"
+    );
 }
 
 #[tokio::test]
@@ -313,13 +109,7 @@ async fn a_matching_upload_is_visible_and_reads_back_by_range() {
     );
 
     let listed: Vec<ObjectInfo> = b.list_blobs().try_collect().await.unwrap();
-    assert_eq!(
-        b.metrics()
-            .requests
-            .with_label_values(&["list", "ok"])
-            .get(),
-        1
-    );
+    assert_eq!(requests(&b, "list", "ok"), 1);
     assert_eq!(listed.len(), 1);
     assert_eq!(
         (listed[0].digest.clone(), listed[0].size),
@@ -359,20 +149,8 @@ async fn wrong_bytes_are_never_completed() {
         .await
         .unwrap_err();
     assert!(matches!(err, BucketError::Digest { .. }), "{err}");
-    assert_eq!(faults.completes.load(Ordering::SeqCst), 0);
-    assert_eq!(faults.aborts.load(Ordering::SeqCst), 1);
-    assert_eq!(aborts(&b, "digest"), 1);
-    assert!(
-        b.head_blob(&d).await.unwrap().is_none(),
-        "nothing under the key"
-    );
-    assert_eq!(
-        b.metrics()
-            .requests
-            .with_label_values(&["upload", "mismatch"])
-            .get(),
-        1
-    );
+    assert_aborted(&b, &faults, &d, "digest", 1).await;
+    assert_eq!(requests(&b, "upload", "mismatch"), 1);
 }
 
 #[tokio::test]
@@ -397,10 +175,7 @@ async fn a_body_of_the_wrong_size_is_aborted() {
         .await
         .unwrap_err();
     assert!(matches!(err, BucketError::Size { .. }), "{err}");
-    assert_eq!(aborts(&b, "size"), 2);
-    assert_eq!(faults.aborts.load(Ordering::SeqCst), 2);
-    assert_eq!(faults.completes.load(Ordering::SeqCst), 0);
-    assert!(b.head_blob(&d).await.unwrap().is_none());
+    assert_aborted(&b, &faults, &d, "size", 2).await;
 }
 
 /// A blob within one part: held in memory, verified, then one PUT; no multipart upload at all.
@@ -460,9 +235,7 @@ async fn a_source_that_breaks_off_is_aborted() {
         matches!(&err, BucketError::Source(m) if m.contains("upstream reset")),
         "{err}"
     );
-    assert_eq!(aborts(&b, "source"), 1);
-    assert_eq!(faults.aborts.load(Ordering::SeqCst), 1);
-    assert!(b.head_blob(&d).await.unwrap().is_none());
+    assert_aborted(&b, &faults, &d, "source", 1).await;
 }
 
 #[tokio::test]
@@ -477,17 +250,8 @@ async fn a_part_that_fails_halfway_aborts_the_upload() {
         .unwrap_err();
     assert!(matches!(err, BucketError::Store(_)), "{err}");
     assert!(err.to_string().contains("part upload broke off"), "{err}");
-    assert_eq!(faults.completes.load(Ordering::SeqCst), 0);
-    assert_eq!(faults.aborts.load(Ordering::SeqCst), 1);
-    assert_eq!(aborts(&b, "error"), 1);
-    assert!(b.head_blob(&d).await.unwrap().is_none());
-    assert_eq!(
-        b.metrics()
-            .requests
-            .with_label_values(&["upload", "error"])
-            .get(),
-        1
-    );
+    assert_aborted(&b, &faults, &d, "error", 1).await;
+    assert_eq!(requests(&b, "upload", "error"), 1);
 }
 
 #[tokio::test]
@@ -498,9 +262,7 @@ async fn a_completion_that_fails_aborts_the_upload() {
     let d = Digest::of(&data);
     let err = b.put_blob(&d, None, body(&data)).await.unwrap_err();
     assert!(err.to_string().contains("complete failed"), "{err}");
-    assert_eq!(faults.aborts.load(Ordering::SeqCst), 1);
-    assert_eq!(aborts(&b, "error"), 1);
-    assert!(b.head_blob(&d).await.unwrap().is_none());
+    assert_aborted(&b, &faults, &d, "error", 1).await;
 }
 
 #[tokio::test]
@@ -524,9 +286,7 @@ async fn dropping_the_upload_midway_aborts_it() {
         .until("the abort", |f| f.aborts.load(Ordering::SeqCst) == 1)
         .await;
     drop(tx);
-    assert_eq!(aborts(&b, "dropped"), 1);
-    assert_eq!(faults.completes.load(Ordering::SeqCst), 0);
-    assert!(b.head_blob(&d).await.unwrap().is_none());
+    assert_aborted(&b, &faults, &d, "dropped", 1).await;
 }
 
 /// The upload stays the guard's until the server confirmed its completion: a drop while the
@@ -551,8 +311,7 @@ async fn dropping_the_upload_while_it_completes_aborts_it() {
     faults
         .until("the abort", |f| f.aborts.load(Ordering::SeqCst) == 1)
         .await;
-    assert_eq!(aborts(&b, "dropped"), 1);
-    assert!(b.head_blob(&d).await.unwrap().is_none());
+    assert_aborted(&b, &faults, &d, "dropped", 1).await;
 }
 
 /// A stream from an mpsc receiver (without pulling in tokio-stream).
@@ -705,7 +464,7 @@ async fn a_failing_bucket_answers_errors_not_absence() {
     )
     .await
     .unwrap();
-    faults.fail_reads.store(true, Ordering::SeqCst);
+    faults.down.store(true, Ordering::SeqCst);
     assert!(matches!(b.head_blob(&d).await, Err(BucketError::Store(_))));
     assert!(matches!(
         b.get_blob(&d, None).await,

@@ -2,7 +2,7 @@
 //! on, a 200 (an upstream that ignores `Range`) is read from the start with the bytes already had
 //! skipped, anything else fails the fill cleanly. Clients never see a short 200 or wrong bytes.
 
-mod support;
+use crate::support;
 
 use bytes::Bytes;
 use http::{Method, StatusCode};

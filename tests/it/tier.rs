@@ -2,164 +2,22 @@
 //! registry, its bucket an in-memory object store wrapped to inject faults (the bucket down) and
 //! shared between two berths (two replicas over one bucket).
 
-mod support;
+use crate::support;
 
-use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use async_trait::async_trait;
 use bytes::Bytes;
-use futures_util::stream::{self, BoxStream};
-use futures_util::{StreamExt, TryStreamExt};
 use http::{Method, StatusCode};
 use object_store::memory::InMemory;
 use object_store::path::Path;
-use object_store::{
-    CopyOptions, GetOptions, GetResult, GetResultPayload, ListResult, MultipartUpload, ObjectMeta,
-    ObjectStore, ObjectStoreExt, PutMultipartOptions, PutOptions, PutPayload, PutResult,
-};
+use object_store::{ObjectStore, ObjectStoreExt, PutOptions, PutPayload};
 
+use berth::store::s3::testing::{Faults, Faulty};
 use berth::store::s3::{Bucket, BucketMetrics};
 use support::instance::{Berth, listeners_and_storage, same, start_with_bucket};
 use support::{FakeRegistry, Fault, random_bytes};
-
-/// What the tests make go wrong, and what the store saw.
-#[derive(Default)]
-struct Faults {
-    /// Every request fails (the bucket's server is down).
-    down: AtomicBool,
-    /// Whole-object PUTs under `blobs/` (a blob upload smaller than a part).
-    blob_puts: AtomicUsize,
-    /// The next GET of a blob sends this many bytes, then breaks off (0: none).
-    break_get_after: AtomicUsize,
-}
-
-struct Faulty {
-    inner: Arc<InMemory>,
-    faults: Arc<Faults>,
-}
-
-impl fmt::Debug for Faulty {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Faulty")
-    }
-}
-
-impl fmt::Display for Faulty {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Faulty(memory)")
-    }
-}
-
-impl Faulty {
-    fn check(&self) -> object_store::Result<()> {
-        match self.faults.down.load(Ordering::SeqCst) {
-            true => Err(object_store::Error::Generic {
-                store: "faulty",
-                source: "injected: bucket down".into(),
-            }),
-            false => Ok(()),
-        }
-    }
-}
-
-#[async_trait]
-impl ObjectStore for Faulty {
-    async fn put_opts(
-        &self,
-        location: &Path,
-        payload: PutPayload,
-        opts: PutOptions,
-    ) -> object_store::Result<PutResult> {
-        self.check()?;
-        if location.as_ref().contains("/blobs/") {
-            self.faults.blob_puts.fetch_add(1, Ordering::SeqCst);
-        }
-        self.inner.put_opts(location, payload, opts).await
-    }
-
-    async fn put_multipart_opts(
-        &self,
-        location: &Path,
-        opts: PutMultipartOptions,
-    ) -> object_store::Result<Box<dyn MultipartUpload>> {
-        self.check()?;
-        self.inner.put_multipart_opts(location, opts).await
-    }
-
-    async fn get_opts(
-        &self,
-        location: &Path,
-        options: GetOptions,
-    ) -> object_store::Result<GetResult> {
-        self.check()?;
-        let head = options.head;
-        let got = self.inner.get_opts(location, options).await?;
-        if head || !location.as_ref().contains("/blobs/") {
-            return Ok(got);
-        }
-        let cut = self.faults.break_get_after.swap(0, Ordering::SeqCst);
-        if cut == 0 {
-            return Ok(got);
-        }
-        let GetResult {
-            payload,
-            meta,
-            range,
-            attributes,
-            extensions,
-        } = got;
-        let GetResultPayload::Stream(s) = payload;
-        let all: Vec<Bytes> = s.try_collect().await?;
-        let first = Bytes::from(all.concat()).slice(..cut);
-        let body = stream::iter([
-            Ok(first),
-            Err(object_store::Error::Generic {
-                store: "faulty",
-                source: "injected: connection reset".into(),
-            }),
-        ])
-        .boxed();
-        Ok(GetResult {
-            payload: GetResultPayload::Stream(body),
-            meta,
-            range,
-            attributes,
-            extensions,
-        })
-    }
-
-    fn delete_stream(
-        &self,
-        locations: BoxStream<'static, object_store::Result<Path>>,
-    ) -> BoxStream<'static, object_store::Result<Path>> {
-        self.inner.delete_stream(locations)
-    }
-
-    fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
-        if let Err(e) = self.check() {
-            return stream::iter([Err(e)]).boxed();
-        }
-        self.inner.list(prefix)
-    }
-
-    async fn list_with_delimiter(&self, prefix: Option<&Path>) -> object_store::Result<ListResult> {
-        self.check()?;
-        self.inner.list_with_delimiter(prefix).await
-    }
-
-    async fn copy_opts(
-        &self,
-        from: &Path,
-        to: &Path,
-        options: CopyOptions,
-    ) -> object_store::Result<()> {
-        self.check()?;
-        self.inner.copy_opts(from, to, options).await
-    }
-}
 
 /// One bucket's contents, shared by the replicas over it.
 #[derive(Clone)]
@@ -176,11 +34,7 @@ impl Shared {
 
     /// A replica's view of the bucket: its own faults, the shared contents.
     fn bucket(&self) -> (Bucket, Arc<Faults>) {
-        let faults = Arc::new(Faults::default());
-        let store = Faulty {
-            inner: self.inner.clone(),
-            faults: faults.clone(),
-        };
+        let (store, faults) = Faulty::new(self.inner.clone());
         let b = Bucket::with_store(Arc::new(store), "mirror/", BucketMetrics::new());
         (b, faults)
     }
@@ -207,17 +61,39 @@ impl Shared {
         }
     }
 
-    /// Waits (bounded) until `key` is there (`true`) or gone (`false`).
-    async fn until(&self, key: &Path, there: bool) {
+    /// Waits (bounded) until `key` holds what `want` accepts.
+    async fn until_holds(&self, key: &Path, what: &str, want: impl Fn(Option<&Bytes>) -> bool) {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        while self.get(key).await.is_some() != there {
+        while !want(self.get(key).await.as_ref()) {
             assert!(
                 tokio::time::Instant::now() < deadline,
-                "{key} never {}",
-                if there { "appeared" } else { "went away" }
+                "{key}: never {what}"
             );
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
+    }
+
+    /// Waits (bounded) until `key` is there.
+    async fn until(&self, key: &Path) {
+        self.until_holds(key, "there", |got| got.is_some()).await
+    }
+
+    /// Waits until a replica has put up the tag record of `team/app:v1` from `registry.test`
+    /// and the origin marker of the manifest `md` it names.
+    async fn until_tag_v1(&self, md: &str) {
+        self.until(&Path::from("mirror/tags/registry.test/team/app/v1"))
+            .await;
+        self.until(&self.origin_key("registry.test", md)).await;
+    }
+
+    /// Puts `bytes` under `key` as a replica would have after pulling `digest` through
+    /// `registry.test`: the object and its origin marker.
+    async fn seed(&self, key: &Path, digest: &str, bytes: Bytes, opts: PutOptions) {
+        self.inner.put_opts(key, bytes.into(), opts).await.unwrap();
+        self.inner
+            .put(&self.origin_key("registry.test", digest), PutPayload::new())
+            .await
+            .unwrap();
     }
 }
 
@@ -266,9 +142,7 @@ async fn a_fill_from_the_upstream_is_uploaded_once_with_its_origin() {
     for got in futures_util::future::join_all(gets).await {
         same(got.bytes(), &layer);
     }
-    shared
-        .until(&shared.origin_key("registry.test", &d), true)
-        .await;
+    shared.until(&shared.origin_key("registry.test", &d)).await;
     assert_eq!(shared.get(&shared.blob_key(&d)).await.unwrap(), layer);
     // A later pull is a local hit: nothing more goes up.
     same(b.get(&blob_path(&d)).await.bytes(), &layer);
@@ -303,9 +177,7 @@ async fn a_replica_with_an_empty_disk_serves_from_the_bucket_with_the_upstream_s
     let shared = Shared::new();
     let (a, _) = replica(&shared, &[("registry.test", &url)]).await;
     same(a.get(&blob_path(&d)).await.bytes(), &layer);
-    shared
-        .until(&shared.origin_key("registry.test", &d), true)
-        .await;
+    shared.until(&shared.origin_key("registry.test", &d)).await;
     drop(fake); // the upstream is gone: connections to it are refused
 
     let (b, _) = replica(&shared, &[("registry.test", &url)]).await;
@@ -390,15 +262,8 @@ async fn wrong_bytes_in_the_bucket_are_never_served_and_are_deleted() {
     // The bucket holds other bytes of the same length under the digest, marked as ours.
     let wrong = random_bytes(layer.len(), 6);
     shared
-        .inner
-        .put(&shared.blob_key(&d), wrong.clone().into())
-        .await
-        .unwrap();
-    shared
-        .inner
-        .put(&shared.origin_key("registry.test", &d), PutPayload::new())
-        .await
-        .unwrap();
+        .seed(&shared.blob_key(&d), &d, wrong, PutOptions::default())
+        .await;
     let (b, _) = replica(&shared, &[("registry.test", &fake.url())]).await;
 
     let got = b.get(&blob_path(&d)).await;
@@ -417,7 +282,7 @@ async fn wrong_bytes_in_the_bucket_are_never_served_and_are_deleted() {
     // The next pull goes to the upstream, and its verified bytes go up.
     same(b.get(&blob_path(&d)).await.bytes(), &layer);
     assert_eq!(fake.hits(Method::GET, &blob_path(&d)), 1);
-    shared.until(&shared.blob_key(&d), true).await;
+    shared.until(&shared.blob_key(&d)).await;
     assert_eq!(shared.get(&shared.blob_key(&d)).await.unwrap(), layer);
 }
 
@@ -434,9 +299,7 @@ async fn wrong_bytes_from_the_upstream_are_not_uploaded() {
     b.settled().await;
     // The right bytes next time are uploaded: the path is live, and only they went up.
     same(b.get(&blob_path(&d)).await.bytes(), &layer);
-    shared
-        .until(&shared.origin_key("registry.test", &d), true)
-        .await;
+    shared.until(&shared.origin_key("registry.test", &d)).await;
     assert_eq!(faults.blob_puts.load(Ordering::SeqCst), 1);
     assert_eq!(shared.get(&shared.blob_key(&d)).await.unwrap(), layer);
     assert_eq!(
@@ -455,7 +318,7 @@ async fn a_blob_another_replica_cached_through_one_upstream_needs_the_others_con
     let shared = Shared::new();
     let (one, _) = replica(&shared, &ups).await;
     same(one.get(&blob_path(&d)).await.bytes(), &layer);
-    shared.until(&shared.origin_key("a.test", &d), true).await;
+    shared.until(&shared.origin_key("a.test", &d)).await;
 
     let (two, _) = replica(&shared, &ups).await;
     let via_b = format!("/v2/b.test/team/app/blobs/{d}");
@@ -482,7 +345,7 @@ async fn a_blob_another_replica_cached_through_one_upstream_needs_the_others_con
         two.counter("berth_answers_total{source=\"bucket\"}").await,
         1
     );
-    shared.until(&shared.origin_key("b.test", &d), true).await;
+    shared.until(&shared.origin_key("b.test", &d)).await;
     // Through a.test, the bucket's record is enough: a.test is not asked at all.
     two.settled().await;
     let before = fa.requests().len();
@@ -497,15 +360,13 @@ async fn a_bucket_body_that_breaks_off_is_resumed_from_the_upstream() {
     let d = fake.put_blob("team/app", layer.clone());
     let shared = Shared::new();
     shared
-        .inner
-        .put(&shared.blob_key(&d), layer.clone().into())
-        .await
-        .unwrap();
-    shared
-        .inner
-        .put(&shared.origin_key("registry.test", &d), PutPayload::new())
-        .await
-        .unwrap();
+        .seed(
+            &shared.blob_key(&d),
+            &d,
+            layer.clone(),
+            PutOptions::default(),
+        )
+        .await;
     let (b, faults) = replica(&shared, &[("registry.test", &fake.url())]).await;
     faults.break_get_after.store(200_000, Ordering::SeqCst);
 
@@ -546,18 +407,11 @@ async fn an_image_another_replica_pulled_is_served_by_tag_with_the_upstream_stop
     assert_eq!(got.status, StatusCode::OK);
     same(a.get(&blob_path(&ld)).await.bytes(), &layer);
     let hex = md.trim_start_matches("sha256:");
-    for key in [
-        format!("mirror/manifests/sha256/{hex}"),
-        "mirror/tags/registry.test/team/app/v1".to_owned(),
-    ] {
-        shared.until(&Path::from(key), true).await;
-    }
     shared
-        .until(&shared.origin_key("registry.test", &md), true)
+        .until(&Path::from(format!("mirror/manifests/sha256/{hex}")))
         .await;
-    shared
-        .until(&shared.origin_key("registry.test", &ld), true)
-        .await;
+    shared.until_tag_v1(&md).await;
+    shared.until(&shared.origin_key("registry.test", &ld)).await;
     drop(fake);
 
     let (b, _) = replica(&shared, &[("registry.test", &url)]).await;
@@ -585,12 +439,7 @@ async fn a_tag_from_the_bucket_is_revalidated_after_its_ttl() {
         a.get("/v2/team/app/manifests/v1").await.status,
         StatusCode::OK
     );
-    shared
-        .until(&Path::from("mirror/tags/registry.test/team/app/v1"), true)
-        .await;
-    shared
-        .until(&shared.origin_key("registry.test", &md), true)
-        .await;
+    shared.until_tag_v1(&md).await;
     let path = "/v2/team/app/manifests/v1";
     let (heads, gets) = (fake.hits(Method::HEAD, path), fake.hits(Method::GET, path));
 
@@ -623,32 +472,19 @@ async fn a_manifest_in_the_bucket_that_does_not_match_its_digest_is_not_served()
         )]),
         ..PutOptions::default()
     };
+    let key = Path::from(format!("mirror/manifests/sha256/{hex}"));
     shared
-        .inner
-        .put_opts(
-            &Path::from(format!("mirror/manifests/sha256/{hex}")),
-            Bytes::from_static(b"{\"not\":\"it\"}").into(),
-            opts,
-        )
-        .await
-        .unwrap();
-    shared
-        .inner
-        .put(&shared.origin_key("registry.test", &md), PutPayload::new())
-        .await
-        .unwrap();
+        .seed(&key, &md, Bytes::from_static(b"{\"not\":\"it\"}"), opts)
+        .await;
     let (b, _) = replica(&shared, &[("registry.test", &fake.url())]).await;
     let path = format!("/v2/team/app/manifests/{md}");
     same(b.get(&path).await.bytes(), &body);
     assert_eq!(fake.hits(Method::GET, &path), 1);
     // The bucket answered (with the wrong thing): it is not skipped, and the verified manifest
     // from the upstream replaces the object.
-    let key = Path::from(format!("mirror/manifests/sha256/{hex}"));
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while shared.get(&key).await.as_ref() != Some(&body) {
-        assert!(tokio::time::Instant::now() < deadline, "never replaced");
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
+    shared
+        .until_holds(&key, "replaced", |got| got == Some(&body))
+        .await;
     assert_eq!(
         b.counter("berth_bucket_requests_total{op=\"lookup\",outcome=\"skipped\"}")
             .await,
@@ -672,12 +508,7 @@ async fn an_expired_tag_record_is_served_stale_while_the_upstream_is_down() {
         a.get("/v2/team/app/manifests/v1").await.status,
         StatusCode::OK
     );
-    shared
-        .until(&Path::from("mirror/tags/registry.test/team/app/v1"), true)
-        .await;
-    shared
-        .until(&shared.origin_key("registry.test", &md), true)
-        .await;
+    shared.until_tag_v1(&md).await;
     drop(fake);
 
     let (b, _) = replica_with(&shared, &[("registry.test", &url)], "tag_ttl = \"0s\"").await;

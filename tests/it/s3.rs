@@ -1,10 +1,10 @@
 //! The bucket tier against a real S3 server: Ceph's radosgw. Needs one running, named by
 //! `BERTH_TEST_S3` (e.g. `http://127.0.0.1:9103`, keys testkey/testsecret); tests/run.sh starts
-//! one with tests/ceph/start-ceph.sh and runs `cargo test --test s3 -- --ignored`.
+//! one with tests/ceph/start-ceph.sh and runs `cargo test --test it s3:: -- --ignored`.
 //! The last test runs two berths over one bucket on it: what one pulled, the other serves with
 //! an empty disk and the upstream stopped.
 
-mod support;
+use crate::support;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -1,6 +1,6 @@
 //! The registry client against the fake registry, over real sockets on 127.0.0.1.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 

@@ -1,7 +1,7 @@
 //! berth as a service, with the real binary: systemd readiness over a real `NOTIFY_SOCKET`,
 //! `/healthz`, live reload on SIGHUP, and JSON logs.
 
-mod support;
+use crate::support;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -481,16 +481,7 @@ async fn tls_connect(
 
 /// `GET /v2/` on a kept-alive connection: the status (the answer has an empty body).
 async fn get_base(tls: &mut tokio_rustls::client::TlsStream<TcpStream>) -> u16 {
-    tls.write_all(b"GET /v2/ HTTP/1.1\r\nHost: localhost\r\n\r\n")
-        .await
-        .unwrap();
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        assert_eq!(tls.read(&mut byte).await.unwrap(), 1, "connection closed");
-        head.push(byte[0]);
-    }
-    let text = String::from_utf8_lossy(&head);
+    let text = support::wire::keep_alive_get(tls, "localhost").await;
     assert!(
         text.to_ascii_lowercase().contains("content-length: 0"),
         "{text}"

@@ -7,7 +7,7 @@
 //! sleeps: the test waits on berth's "listening" log line and on bytes arriving, each bounded by a
 //! timeout.
 
-mod support;
+use crate::support;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

@@ -8,7 +8,7 @@
 //! Needs `promtool` and `prometheus` (Debian package `prometheus`, installed by
 //! tests/install-deps.sh), hence `#[ignore]`; tests/run.sh runs them with `-- --ignored`.
 
-mod support;
+use crate::support;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

@@ -6,7 +6,7 @@
 //! Last accesses older than a minute are set on the files directly while berth is stopped: that is
 //! the on-disk form of the index, and it saves the tests from waiting for real time to pass.
 
-mod support;
+use crate::support;
 
 use std::path::Path;
 use std::time::{Duration, SystemTime};

@@ -2,7 +2,7 @@
 //! registry, listed, measured and removed through the API (token checks, 404s, what stays, what is
 //! fetched again) and through the command, directly on a stopped cache and via a running berth.
 
-mod support;
+use crate::support;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -102,6 +102,17 @@ async fn admin_berth(fake: &FakeRegistry) -> (Berth, tempfile::TempDir) {
     let secrets = tempfile::tempdir().unwrap();
     let b = berth(fake, &admin_toml(secrets.path(), TOKEN)).await;
     (b, secrets)
+}
+
+/// [`two_images`], both pulled through an [`admin_berth`].
+async fn two_images_pulled(
+    fake: &FakeRegistry,
+) -> ((Berth, tempfile::TempDir), Image, Image, String) {
+    let (one, two, shared) = two_images(fake);
+    let admin = admin_berth(fake).await;
+    pull(&admin.0, &one).await;
+    pull(&admin.0, &two).await;
+    (admin, one, two, shared)
 }
 
 /// A request to the metrics listener.
@@ -227,10 +238,7 @@ async fn admin_is_off_by_default_and_answers_404() {
 #[tokio::test]
 async fn ls_and_stats_show_two_images_sharing_a_layer() {
     let fake = FakeRegistry::start().await;
-    let (one, two, shared) = two_images(&fake);
-    let (b, _secrets) = admin_berth(&fake).await;
-    pull(&b, &one).await;
-    pull(&b, &two).await;
+    let ((b, _secrets), one, two, shared) = two_images_pulled(&fake).await;
 
     let ls: Listing = json(&admin(&b, Method::GET, "/admin/cache", bearer()).await);
     assert_eq!(ls.images.len(), 2);
@@ -280,10 +288,7 @@ async fn ls_and_stats_show_two_images_sharing_a_layer() {
 #[tokio::test]
 async fn rm_of_a_tag_keeps_the_shared_layer_and_the_other_image_serves_from_cache() {
     let fake = FakeRegistry::start().await;
-    let (one, two, shared) = two_images(&fake);
-    let (b, _secrets) = admin_berth(&fake).await;
-    pull(&b, &one).await;
-    pull(&b, &two).await;
+    let ((b, _secrets), one, two, shared) = two_images_pulled(&fake).await;
 
     let got = admin(
         &b,
@@ -330,10 +335,7 @@ async fn rm_of_a_tag_keeps_the_shared_layer_and_the_other_image_serves_from_cach
 #[tokio::test]
 async fn rm_then_pull_fetches_again_what_was_removed_and_only_that() {
     let fake = FakeRegistry::start().await;
-    let (one, two, shared) = two_images(&fake);
-    let (b, _secrets) = admin_berth(&fake).await;
-    pull(&b, &one).await;
-    pull(&b, &two).await;
+    let ((b, _secrets), one, _two, shared) = two_images_pulled(&fake).await;
     // Unqualified, percent-escaped: still the same tag.
     let got = admin(&b, Method::DELETE, "/admin/cache/app%3A1", bearer()).await;
     assert_eq!(json::<Removal>(&got).removed.len(), 3);
@@ -359,10 +361,7 @@ async fn rm_then_pull_fetches_again_what_was_removed_and_only_that() {
 #[tokio::test]
 async fn rm_of_a_repository_or_a_digest() {
     let fake = FakeRegistry::start().await;
-    let (one, two, shared) = two_images(&fake);
-    let (b, _secrets) = admin_berth(&fake).await;
-    pull(&b, &one).await;
-    pull(&b, &two).await;
+    let ((b, _secrets), _one, two, shared) = two_images_pulled(&fake).await;
 
     // One blob by digest: only it goes; the next pull fetches only it.
     let got = admin(
@@ -1071,16 +1070,8 @@ async fn the_admin_api_on_a_unix_socket_only() {
 
 /// A self-signed pair for `localhost` and 127.0.0.1, written into `dir` as `<name>.crt/.key`.
 fn cert_pair(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
-    let ck =
-        rcgen::generate_simple_self_signed(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
-            .unwrap();
-    let (c, k) = (
-        dir.join(format!("{name}.crt")),
-        dir.join(format!("{name}.key")),
-    );
-    std::fs::write(&c, ck.cert.pem()).unwrap();
-    std::fs::write(&k, ck.signing_key.serialize_pem()).unwrap();
-    (c, k)
+    let p = support::certs::self_signed(dir, name, &["localhost", "127.0.0.1"]);
+    (p.cert, p.key)
 }
 
 /// GET over https trusting `ca`: the status and body, or the error with its causes.
@@ -1088,15 +1079,10 @@ async fn https_get(url: &str, ca: &Path) -> Result<(StatusCode, String), String>
     let client: hyper_util::client::legacy::Client<_, Empty<Bytes>> =
         hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
             .build(berth::upstream::connect::https_connector(Some(ca)).unwrap());
-    let resp = client.get(url.parse().unwrap()).await.map_err(|e| {
-        let mut s = e.to_string();
-        let mut c = std::error::Error::source(&e);
-        while let Some(x) = c {
-            s = format!("{s}: {x}");
-            c = x.source();
-        }
-        s
-    })?;
+    let resp = client
+        .get(url.parse().unwrap())
+        .await
+        .map_err(|e| berth::error::chain(&e))?;
     let status = resp.status();
     let body = resp.into_body().collect().await.unwrap().to_bytes();
     Ok((status, String::from_utf8_lossy(&body).into_owned()))

@@ -1,4 +1,8 @@
-//! Which running blob download a request may share.
+//! Blob fills: which running download a request may share (here: single-flight), the fill task
+//! that streams a source into the store while verifying it ([`job`]), and where its bytes come
+//! from ([`source`]: bucket, owner peer or upstream).
+//!
+//! # Sharing
 //!
 //! A blob's bytes are the same whichever repository names it, so one download can serve every
 //! client that asks for the digest: that is how N concurrent pulls cost one upstream fetch. But
@@ -19,12 +23,17 @@
 //! it joins; a failure, and it starts its own download. Dedup costs at most one round trip; a
 //! failing request of someone else's costs nothing.
 //!
-//! Rule of dependency: uses `store` (the fill states) and `oci`; knows nothing of upstreams.
+//! Rule of dependency: this file uses `store` (the fill states) and `oci` and knows nothing of
+//! upstreams; `job` and `source` use the store, tier, cluster and upstream layers. The mirror
+//! decides when to fill and builds the job; nothing here calls the mirror.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use tokio::sync::watch;
+
+pub mod job;
+pub mod source;
 
 use crate::oci::{Digest, RepoName};
 use crate::store::FillState;

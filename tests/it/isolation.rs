@@ -2,7 +2,7 @@
 //! registry: nothing one client asks for can make another client's pull fail, and a download
 //! through one upstream is never shared with a request through another.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 

@@ -3,7 +3,7 @@
 //! request), anonymous upstreams, the bcrypt verdict cache, the htpasswd file re-read on change,
 //! and a flood of bad passwords kept bounded.
 
-mod support;
+use crate::support;
 
 use std::path::Path;
 use std::time::{Duration, Instant};

@@ -3,7 +3,7 @@
 //! however long the transfer takes; an HTTP/1 keep-alive connection that goes quiet is closed
 //! too; `"0s"` turns it off. Timeouts are 300 ms; waits are bounded by deadlines.
 
-mod support;
+use crate::support;
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -171,18 +171,8 @@ async fn a_transfer_longer_than_the_timeout_is_not_cut() {
     assert_eq!(result, Ok(()));
 }
 
-/// One keep-alive `GET /v2/` on `s`; returns its response head (the body is empty).
 async fn keep_alive_get(s: &mut TcpStream) -> String {
-    s.write_all(b"GET /v2/ HTTP/1.1\r\nHost: berth\r\n\r\n")
-        .await
-        .unwrap();
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        assert_eq!(s.read(&mut byte).await.unwrap(), 1, "closed: {head:?}");
-        head.push(byte[0]);
-    }
-    String::from_utf8(head).unwrap()
+    support::wire::keep_alive_get(s, "berth").await
 }
 
 #[tokio::test]

@@ -1,6 +1,6 @@
 //! The `berth` command line: help, version, check-config, and refusing a bad config before binding.
 
-mod support;
+use crate::support;
 
 use std::net::TcpListener;
 use std::process::{Command, Stdio};

@@ -2,7 +2,7 @@
 //! does when stderr is not a terminal): one per request, in the subscriber's format, and none
 //! when the level filter is above INFO; `complete=` says whether every byte of the body went out.
 
-mod support;
+use crate::support;
 
 use std::io::{self, Write};
 use std::sync::mpsc;

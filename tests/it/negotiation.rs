@@ -7,7 +7,7 @@
 //! only schema 1, `404 MANIFEST_UNKNOWN` naming the type otherwise. Never a 502 for a format
 //! choice, and `berth_digest_mismatches_total` counts only real lies.
 
-mod support;
+use crate::support;
 
 use std::collections::HashMap;
 

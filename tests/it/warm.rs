@@ -2,7 +2,7 @@
 //! the fake upstream. The child is awaited with `tokio::process`, so the test's runtime keeps
 //! serving while it runs.
 
-mod support;
+use crate::support;
 
 use std::process::{Output, Stdio};
 

@@ -1,7 +1,7 @@
 //! berth as a whole, over real sockets, against the in-process fake registry: hits that never
 //! reach upstream, misses that stream, verification, auth, redirects, faults and stale tags.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 
@@ -225,7 +225,7 @@ async fn a_connection_closed_mid_blob_fails_the_client_and_caches_nothing() {
         Fault::CloseAfter(700_000),
         1,
     );
-    // Without resuming (tests/resume.rs covers it), a broken transfer fails cleanly.
+    // Without resuming (tests/it/resume.rs covers it), a broken transfer fails cleanly.
     let b = berth(&fake, "resume_attempts = 0").await;
     let got = b.get(&format!("/v2/app/blobs/{blob}")).await;
     assert!(

@@ -1,8 +1,8 @@
 //! A full disk during a fill: the fill becomes pass-through (clients get the exact bytes, nothing is
 //! cached), the error is counted, eviction makes room, and berth keeps serving. Runs on a real size-limited tmpfs, so it
-//! needs root: `cargo test --test enospc -- --ignored` (tests/run.sh does).
+//! needs root: `cargo test --test it enospc:: -- --ignored` (tests/run.sh does).
 
-mod support;
+use crate::support;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

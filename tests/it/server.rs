@@ -11,6 +11,8 @@ use tokio::net::{TcpListener, TcpStream};
 use berth::config::Config;
 use berth::server::Server;
 
+use crate::support::{certs, wire};
+
 struct Running {
     addr: SocketAddr,
     metrics: SocketAddr,
@@ -335,20 +337,17 @@ async fn shutdown_stops_accepting() {
 #[tokio::test]
 async fn tls_listener_speaks_h2_and_http1() {
     use std::sync::Arc;
-    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let (cert, key) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
-    std::fs::write(&cert, ck.cert.pem()).unwrap();
-    std::fs::write(&key, ck.signing_key.serialize_pem()).unwrap();
+    let pair = certs::self_signed(dir.path(), "tls", &["localhost"]);
     let b = start(&format!(
         "tls_cert = \"{}\"\ntls_key = \"{}\"",
-        cert.display(),
-        key.display()
+        pair.cert.display(),
+        pair.key.display()
     ))
     .await;
 
     let mut roots = rustls::RootCertStore::empty();
-    roots.add(ck.cert.der().clone()).unwrap();
+    roots.add(pair.der).unwrap();
     for (alpn, want) in [
         (vec![b"h2".to_vec(), b"http/1.1".to_vec()], b"h2".to_vec()),
         (vec![b"http/1.1".to_vec()], b"http/1.1".to_vec()),
@@ -382,18 +381,8 @@ async fn tls_listener_speaks_h2_and_http1() {
     assert_eq!(status(&r), 0, "{r}");
 }
 
-/// Sends one keep-alive `GET /v2/` on `s` and reads its response head (the body is empty).
 async fn keep_alive_get(s: &mut TcpStream) -> String {
-    s.write_all(b"GET /v2/ HTTP/1.1\r\nHost: berth\r\n\r\n")
-        .await
-        .unwrap();
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        assert_eq!(s.read(&mut byte).await.unwrap(), 1, "closed: {head:?}");
-        head.push(byte[0]);
-    }
-    String::from_utf8(head).unwrap()
+    wire::keep_alive_get(s, "berth").await
 }
 
 #[tokio::test]

@@ -7,7 +7,7 @@
 //! Needs root and podman (tests/install-deps.sh), hence `#[ignore]`; tests/run.sh runs it with
 //! `-- --ignored`. Podman's storage (vfs) lives under a temp dir and goes with it.
 
-mod support;
+use crate::support;
 
 use std::path::{Path, PathBuf};
 use std::process::Output;

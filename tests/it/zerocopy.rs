@@ -2,7 +2,7 @@
 //! cached, ranges included, for many clients at once, and counted in
 //! `berth_zero_copy_bytes_total`.
 
-mod support;
+use crate::support;
 
 use bytes::Bytes;
 

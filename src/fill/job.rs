@@ -1,0 +1,606 @@
+//! One blob fill: the task, detached from any client, that streams a source's body into the
+//! store's pending file while hashing it, and commits it only once the digest checked out.
+//!
+//! The network and the disk work side by side: while one batch is hashed and written on a
+//! blocking thread, the next one is read (up to `MAX_QUEUED` bytes ahead). A body that breaks
+//! off is resumed from the upstream with `Range` (`FillJob::resume`, `continuation`); a disk
+//! that fills up turns the fill into a pass-through from memory (at most `MAX_PASS_THROUGH` at
+//! once). A fill from the upstream that committed is uploaded to the bucket, when there is one.
+//!
+//! Rule of dependency: uses `store`, `tier`, `cluster`, `upstream`, `origins`, `metrics`, `error`,
+//! `oci` and its sibling `source`; the mirror builds and spawns it.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use tokio::sync::watch;
+
+use super::FillSource;
+use super::Fills;
+use super::source::Body;
+use crate::cluster::Cluster;
+use crate::error::Error;
+use crate::metrics::Metrics;
+use crate::oci::{Digest, RepoName};
+use crate::origins::Origins;
+use crate::store::{self, FillState, Store};
+use crate::tier::Tier;
+use crate::upstream::{NotFoundKind, Upstream, UpstreamRequest, UpstreamResponse};
+
+/// Most bytes read from the upstream ahead of the disk; beyond it the fill stops reading (and TCP
+/// slows the upstream down), so memory per fill stays bounded.
+const MAX_QUEUED: usize = 4 * 1024 * 1024;
+
+/// How far the slowest client of a fill that lost its disk may lag before the fill waits for it
+/// (`store::PassThrough`). Such a fill holds at most this plus MAX_QUEUED (plus one batch being
+/// hashed) in memory, about 24 MiB, whatever the blob's size.
+const PASS_THROUGH_WINDOW: u64 = 16 * 1024 * 1024;
+
+/// Most fills running from memory at once (a full disk): about 200 MiB together.
+pub(crate) const MAX_PASS_THROUGH: usize = 8;
+
+type WriteFuture = std::pin::Pin<
+    Box<dyn std::future::Future<Output = (store::PendingBlob, std::io::Result<()>)> + Send>,
+>;
+/// A `Content-Range: bytes <first>-<last>/<size>` of a 206, as an upstream sent it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ContentRange {
+    pub first: u64,
+    /// Inclusive, and never before `first`.
+    pub last: u64,
+    /// `None` for `*` (size unknown to the sender).
+    pub size: Option<u64>,
+}
+
+impl ContentRange {
+    /// Parses a satisfied byte range; `None` for anything else (an unsatisfied `bytes */n`, a
+    /// span that runs backwards or past the size, other units, garbage).
+    pub fn parse(value: &str) -> Option<ContentRange> {
+        let (span, size) = value.trim().strip_prefix("bytes ")?.split_once('/')?;
+        let (a, b) = span.split_once('-')?;
+        let (first, last): (u64, u64) = (a.trim().parse().ok()?, b.trim().parse().ok()?);
+        let size = match size.trim() {
+            "*" => None,
+            n => Some(n.parse::<u64>().ok()?),
+        };
+        (first <= last && size.is_none_or(|s| last < s)).then_some(ContentRange {
+            first,
+            last,
+            size,
+        })
+    }
+}
+
+/// One blob fetch from upstream into the store.
+pub(crate) struct FillJob {
+    /// The upstream's slot, and where a verified blob is recorded as having come through it.
+    pub(crate) origin: (usize, Arc<Origins>),
+    pub(crate) up: Arc<Upstream>,
+    pub(crate) name: RepoName,
+    pub(crate) digest: Digest,
+    pub(crate) store: Arc<Store>,
+    pub(crate) metrics: Metrics,
+    /// The mirror's running fills, and this one's entry there.
+    pub(crate) fills: Arc<Fills>,
+    pub(crate) this_fill: watch::Receiver<FillState>,
+    /// The mirror's count of fills running from memory, and whether this is one of them.
+    pub(crate) pass_throughs: Arc<AtomicUsize>,
+    pub(crate) passing: AtomicBool,
+    /// The bucket: the fill's source when it has the blob, else where a verified fill goes.
+    pub(crate) tier: Option<Arc<Tier>>,
+    /// The replicas, when a miss is to be handed to the digest's owner (not for a peer's own
+    /// request).
+    pub(crate) cluster: Option<Arc<Cluster>>,
+    /// Where this fill's bytes come from, told to the requests sharing it.
+    pub(crate) source: FillSource,
+}
+
+impl Drop for FillJob {
+    fn drop(&mut self) {
+        if self.passing.load(Ordering::Acquire) {
+            self.pass_throughs.fetch_sub(1, Ordering::AcqRel);
+        }
+        self.metrics.fills_in_flight.dec();
+        self.forget();
+    }
+}
+
+impl FillJob {
+    /// Takes this fill out of the mirror's map, so that the next request for the digest starts a
+    /// new one. Only this fill: a newer one for the same digest may have replaced it.
+    fn forget(&self) {
+        self.fills.remove(&self.digest, &self.this_fill);
+    }
+
+    /// Counts a failed store write by kind and, when the disk is full, tells the store.
+    fn write_failed(&self, e: &std::io::Error) {
+        let full = store::is_disk_full(e);
+        self.metrics
+            .store_write_errors
+            .with_label_values(&[if full { "enospc" } else { "io" }])
+            .inc();
+        if full {
+            self.store.disk_full();
+        }
+    }
+
+    /// A write found the disk full: the fill goes on from memory (see `store::PassThrough`) and
+    /// leaves the map, so that new requests start a fresh fill (which may find room again). At most
+    /// [`MAX_PASS_THROUGH`] at once: beyond that the fill fails (507), so that a fleet pulling one
+    /// layer onto a full disk cannot turn into a download and 24 MiB of memory per client.
+    fn pass_through(
+        &self,
+        pending: &mut store::PendingBlob,
+        e: &std::io::Error,
+    ) -> Result<(), Error> {
+        self.write_failed(e);
+        if self.pass_throughs.fetch_add(1, Ordering::AcqRel) >= MAX_PASS_THROUGH {
+            self.pass_throughs.fetch_sub(1, Ordering::AcqRel);
+            tracing::error!(upstream = self.up.name(), digest = %self.digest, error = %e,
+                "disk full during a blob fill, and {MAX_PASS_THROUGH} fills already run from memory: failing this one");
+            return Err(Error::io("writing blob", e));
+        }
+        self.passing.store(true, Ordering::Release);
+        tracing::error!(upstream = self.up.name(), repo = %self.name, digest = %self.digest,
+            written = pending.written(), error = %e,
+            "disk full during a blob fill: serving it from memory, caching nothing");
+        pending.pass_through(store::PassThrough {
+            window: PASS_THROUGH_WINDOW,
+            lag_limit: self.up.config().stall_timeout,
+        });
+        self.forget();
+        Ok(())
+    }
+
+    pub(crate) async fn run(&self, tx: watch::Sender<FillState>) {
+        let fetched = self.fetch(&tx).await;
+        if fetched.is_ok() {
+            let (slot, origins) = &self.origin;
+            origins.record(*slot, &self.up.name().to_ascii_lowercase(), &self.digest);
+        }
+        if let Err(e) = fetched {
+            tracing::warn!(upstream = self.up.name(), repo = %self.name, digest = %self.digest, error = %e, "blob fill failed; nothing cached");
+            tx.send_replace(FillState::Failed(e));
+        }
+    }
+
+    async fn fetch(&self, tx: &watch::Sender<FillState>) -> Result<(), Error> {
+        let stall = self.up.config().stall_timeout;
+        let (mut resp, total, from) = match self.bucket_source().await? {
+            Some(read) => {
+                let body = Body::Bucket {
+                    body: read.body,
+                    stall,
+                };
+                (body, Some(read.size), "bucket")
+            }
+            None => match self.peer_source().await {
+                Some(resp) => {
+                    let total = content_length(resp.headers());
+                    let body = resp.into_body();
+                    (Body::Peer { body, stall }, total, "peer")
+                }
+                None => {
+                    let resp: UpstreamResponse = self
+                        .up
+                        .send(blob_request(Method::GET, &self.name, &self.digest))
+                        .await?;
+                    let resp = resp.error_for_status(NotFoundKind::Blob).await?;
+                    let total = content_length(&resp.headers);
+                    (Body::Upstream(resp), total, "upstream")
+                }
+            },
+        };
+        let _ = self.source.set(from);
+        let pending = self
+            .store
+            .begin(&self.digest, total, tx.clone())
+            .await
+            .map_err(|e| {
+                self.write_failed(&e);
+                Error::io("starting blob fill", &e)
+            })?;
+        // The network and the disk work side by side: while one batch is hashed and written on a
+        // blocking thread, the next one is read from the upstream (up to MAX_QUEUED bytes ahead).
+        let feed = pending.feed();
+        let mut pending = Some(pending);
+        let mut writing: Option<WriteFuture> = None;
+        let mut queue: Vec<Bytes> = Vec::new();
+        let (mut queued, mut received, mut eof) = (0usize, 0u64, false);
+        // Resumes so far, and the bytes at the start of the current body the fill already has
+        // (after an upstream answered a range request with the whole blob).
+        let (mut resumes, mut skip) = (0u32, 0u64);
+        // Where the last resume started: a body that breaks off again with nothing new since
+        // then is not resumed again (see `resume`).
+        let mut resumed_at: Option<u64> = None;
+        loop {
+            if writing.is_none() && !queue.is_empty() {
+                let mut p = pending.take().expect("pending is home when no write runs");
+                let batch = std::mem::take(&mut queue);
+                queued = 0;
+                writing = Some(Box::pin(async move {
+                    let r = p.write_all(batch).await;
+                    (p, r)
+                }));
+            }
+            if eof && writing.is_none() {
+                break;
+            }
+            tokio::select! {
+                Some((mut p, r)) = futures_util::future::OptionFuture::from(writing.as_mut()), if writing.is_some() => {
+                    writing = None;
+                    match r {
+                        Ok(()) => {}
+                        Err(e) if store::is_disk_full(&e) && !p.is_pass_through() => self.pass_through(&mut p, &e)?,
+                        Err(e) => {
+                            self.write_failed(&e);
+                            return Err(Error::io("writing blob", &e));
+                        }
+                    }
+                    pending = Some(p);
+                }
+                chunk = resp.next_chunk(self.tier.as_ref()), if !eof && queued < MAX_QUEUED => {
+                    let mut c = match chunk {
+                        Ok(Some(c)) => c,
+                        Ok(None) => {
+                            eof = true;
+                            continue;
+                        }
+                        // A write already started goes on meanwhile on its blocking threads; its
+                        // end is picked up once the resume has an answer.
+                        Err(cause) => {
+                            let idle = resumed_at == Some(received);
+                            resumed_at = Some(received);
+                            let (r, s) = self.resume(&mut resumes, received, total, idle, cause).await?;
+                            (resp, skip) = (Body::Upstream(r), s);
+                            continue;
+                        }
+                    };
+                    if skip > 0 {
+                        let n = skip.min(c.len() as u64);
+                        skip -= n;
+                        c = c.slice(n as usize..);
+                        if c.is_empty() {
+                            continue;
+                        }
+                    }
+                    received += c.len() as u64;
+                    if total.is_some_and(|t| received > t) {
+                        return Err(Error::upstream_bad(self.up.name(), format!("blob {}: more bytes than the announced {}", self.digest, total.unwrap_or(0))));
+                    }
+                    if matches!(resp, Body::Upstream(_)) {
+                        self.metrics.fetched_bytes.with_label_values(&[self.up.name()]).inc_by(c.len() as u64);
+                    }
+                    queued += c.len();
+                    feed.push(c.clone());
+                    queue.push(c);
+                }
+            }
+        }
+        let mut pending = pending.expect("pending is home after the last write");
+        match pending.commit().await {
+            Ok(blob) => {
+                tracing::info!(upstream = self.up.name(), repo = %self.name, digest = %self.digest, bytes = blob.len, from, "blob cached");
+                // A blob from a peer is its owner's to upload (it fills the bucket as it serves),
+                // unless the peer's body broke off and this fill finished it from the upstream:
+                // the owner may be gone (killed mid-fill) and never upload it. Uploading twice
+                // costs a conditional put, not a second copy.
+                if let Some(tier) = &self.tier
+                    && (from == "upstream" || (from == "peer" && resumes > 0))
+                {
+                    tier.upload(
+                        self.store.clone(),
+                        self.digest.clone(),
+                        self.up.name().to_ascii_lowercase(),
+                    );
+                }
+                Ok(())
+            }
+            Err(store::CommitError::Persist(_)) if pending.is_pass_through() => {
+                tracing::warn!(upstream = self.up.name(), repo = %self.name, digest = %self.digest, "blob verified and served from memory; not cached (the disk was full)");
+                Ok(())
+            }
+            Err(store::CommitError::Persist(e)) => {
+                // The clients got verified bytes; only the cache missed out.
+                self.write_failed(&e);
+                tracing::error!(upstream = self.up.name(), digest = %self.digest, error = %e, "blob verified and served but could not be stored");
+                Ok(())
+            }
+            Err(e @ store::CommitError::NoRoom { .. }) => {
+                tracing::warn!(upstream = self.up.name(), digest = %self.digest, error = %e, "blob verified and served but not cached: everything in the cache is in use or recently referenced");
+                Ok(())
+            }
+            Err(store::CommitError::Io(e)) => {
+                self.write_failed(&e);
+                Err(Error::io("committing blob", &e))
+            }
+            Err(e) if from == "peer" => {
+                tracing::error!(repo = %self.name, digest = %self.digest, error = %e, "blob from a peer failed verification; not cached");
+                Err(Error::digest_mismatch(
+                    "peer",
+                    format!("blob {}: {e}", self.digest),
+                ))
+            }
+            Err(e) if from == "bucket" => {
+                // Whether the bucket's bytes were wrong or an upstream resume's, the object is
+                // suspect: gone, so the next fill goes to the upstream.
+                if let Some(tier) = &self.tier {
+                    tier.delete_bad(&self.digest).await;
+                }
+                tracing::error!(repo = %self.name, digest = %self.digest, error = %e, "blob from the bucket failed verification; deleted from the bucket, not cached");
+                Err(Error::digest_mismatch(
+                    "bucket",
+                    format!("blob {}: {e}", self.digest),
+                ))
+            }
+            Err(e) => {
+                self.metrics
+                    .digest_mismatches
+                    .with_label_values(&[self.up.name(), "blob"])
+                    .inc();
+                tracing::error!(upstream = self.up.name(), repo = %self.name, digest = %self.digest, error = %e, "upstream blob failed verification; not cached");
+                Err(Error::digest_mismatch(
+                    self.up.name(),
+                    format!("blob {}: {e}", self.digest),
+                ))
+            }
+        }
+    }
+
+    /// The body broke off with `cause` after `received` bytes: asks for the rest with
+    /// `Range: bytes=<received>-`, backing off between tries, while this fill has resumes left
+    /// (`resume_attempts`; `done` counts them). Returns the response to read on and how many of
+    /// its first bytes the fill already has (all `received` of them when the upstream ignored the
+    /// range and sent the whole blob). A refusal or a range that does not continue the blob ends
+    /// the fill; a resume request that fails in transit uses up an attempt and is tried again.
+    ///
+    /// `idle`: the body that broke off was the last resume's, and it brought no byte. That one is
+    /// not resumed again: an upstream that answers and then sends nothing would otherwise keep
+    /// every client waiting a full `stall_timeout` per attempt, with nothing to show for it. So a
+    /// client waits at most about two stall timeouts (the first stall, one resume) without a byte,
+    /// while a resume that made progress earns the next one, up to `resume_attempts`.
+    async fn resume(
+        &self,
+        done: &mut u32,
+        received: u64,
+        total: Option<u64>,
+        idle: bool,
+        mut cause: Error,
+    ) -> Result<(UpstreamResponse, u64), Error> {
+        let limit = self.up.config().resume_attempts;
+        let up = self.up.name();
+        if idle && limit > 0 {
+            self.metrics
+                .resumes
+                .with_label_values(&[up, "failed"])
+                .inc();
+            tracing::warn!(upstream = up, repo = %self.name, digest = %self.digest, received, error = %cause, "a resumed blob download broke off again without a byte; giving up");
+            let d = cause.detail.take().unwrap_or_default();
+            cause.detail = Some(format!("{d} (the last resume brought no byte)"));
+            return Err(cause);
+        }
+        loop {
+            if *done >= limit {
+                if limit == 0 {
+                    return Err(cause);
+                }
+                self.metrics
+                    .resumes
+                    .with_label_values(&[up, "failed"])
+                    .inc();
+                let d = cause.detail.take().unwrap_or_default();
+                cause.detail = Some(format!("{d} (gave up after {limit} resumes)"));
+                return Err(cause);
+            }
+            let wait = self.up.backoff(*done);
+            *done += 1;
+            tracing::warn!(upstream = up, repo = %self.name, digest = %self.digest, received, attempt = *done, ?wait, error = %cause, "blob download broke off; resuming from where it stopped");
+            tokio::time::sleep(wait).await;
+            let mut req = blob_request(Method::GET, &self.name, &self.digest);
+            if let Ok(v) = HeaderValue::from_str(&format!("bytes={received}-")) {
+                req.headers.insert(header::RANGE, v);
+            }
+            let resp = match self.up.send(req).await {
+                Ok(resp) => resp,
+                Err(e) => {
+                    cause = e;
+                    continue;
+                }
+            };
+            let refused = |detail: String| {
+                self.metrics
+                    .resumes
+                    .with_label_values(&[up, "failed"])
+                    .inc();
+                tracing::warn!(upstream = up, digest = %self.digest, received, %detail, "blob download cannot be resumed; the fill fails");
+                Error::upstream_bad(
+                    up,
+                    format!("resuming blob {} at byte {received}: {detail}", self.digest),
+                )
+            };
+            if !resp.status.is_success() {
+                let status = resp.status;
+                let e = match resp.error_for_status(NotFoundKind::Blob).await {
+                    Err(e) => e.to_string(),
+                    Ok(_) => format!("answered {status}"),
+                };
+                return Err(refused(e));
+            }
+            match continuation(resp.status, &resp.headers, received, total) {
+                Ok(skip) => {
+                    let outcome = if skip > 0 { "restart" } else { "partial" };
+                    self.metrics.resumes.with_label_values(&[up, outcome]).inc();
+                    tracing::info!(upstream = up, digest = %self.digest, received, outcome, "blob download resumed");
+                    return Ok((resp, skip));
+                }
+                Err(detail) => return Err(refused(detail)),
+            }
+        }
+    }
+}
+
+/// How a 2xx answer to `Range: bytes=<received>-` continues a blob of `total` bytes (when known):
+/// the number of bytes at the start of its body to skip, or why it does not continue the blob.
+/// A 206 must start exactly at `received` and run to the end of a blob of the same size; a 200 is
+/// the whole blob again (an upstream that ignores `Range`), so its first `received` bytes are
+/// skipped. Whatever passes here, the digest check at the end still guards the bytes.
+fn continuation(
+    status: StatusCode,
+    headers: &HeaderMap,
+    received: u64,
+    total: Option<u64>,
+) -> Result<u64, String> {
+    match status {
+        StatusCode::PARTIAL_CONTENT => {
+            let raw = header_str(headers, "content-range").unwrap_or("");
+            let ContentRange {
+                first: a,
+                last: b,
+                size,
+            } = ContentRange::parse(raw)
+                .ok_or_else(|| format!("206 with an unusable Content-Range {raw:?}"))?;
+            if a != received {
+                return Err(format!("206 for {raw:?}, not from byte {received}"));
+            }
+            if let (Some(t), Some(s)) = (total, size)
+                && t != s
+            {
+                return Err(format!("206 for a blob of {s} bytes, not {t}"));
+            }
+            if let Some(end) = total.or(size)
+                && b.checked_add(1) != Some(end)
+            {
+                return Err(format!("206 for {raw:?}, not to the end of {end} bytes"));
+            }
+            Ok(0)
+        }
+        StatusCode::OK => match (total, content_length(headers)) {
+            (Some(t), Some(n)) if t != n => {
+                Err(format!("200 with {n} bytes, not the {t} of the blob"))
+            }
+            _ => Ok(received),
+        },
+        s => Err(format!("answered {s} to a range request")),
+    }
+}
+
+/// A blob request to an upstream.
+pub(crate) fn blob_request(method: Method, name: &RepoName, digest: &Digest) -> UpstreamRequest {
+    UpstreamRequest {
+        method,
+        path_and_query: format!("/v2/{name}/blobs/{digest}"),
+        headers: HeaderMap::new(),
+        repository: Some(name.clone()),
+    }
+}
+
+pub(crate) fn header_str<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    h.get(name).and_then(|v| v.to_str().ok())
+}
+
+pub(crate) fn content_length(h: &HeaderMap) -> Option<u64> {
+    header_str(h, "content-length").and_then(|v| v.trim().parse().ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn content_ranges() {
+        let cr = |first, last, size| Some(ContentRange { first, last, size });
+        assert_eq!(ContentRange::parse("bytes 0-0/1"), cr(0, 0, Some(1)));
+        assert_eq!(ContentRange::parse(" bytes 40-99/* "), cr(40, 99, None));
+        assert_eq!(ContentRange::parse("bytes 1 - 2 / 3"), cr(1, 2, Some(3)));
+        for bad in [
+            "bytes 5-4/10",
+            "bytes 0-10/10",
+            "bytes */10",
+            "bytes 0-1/x",
+            "bytes -1-2/3",
+            "bytes 0-1",
+            "items 0-1/2",
+            "bytes 0-18446744073709551616/*",
+            "",
+        ] {
+            assert_eq!(ContentRange::parse(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn what_continues_a_broken_blob() {
+        let h = |pairs: &[(&'static str, &'static str)]| {
+            let mut m = HeaderMap::new();
+            for (k, v) in pairs {
+                m.insert(*k, HeaderValue::from_static(v));
+            }
+            m
+        };
+        let partial = StatusCode::PARTIAL_CONTENT;
+        let cr = |v| h(&[("content-range", v)]);
+        assert_eq!(
+            continuation(partial, &cr("bytes 40-99/100"), 40, Some(100)),
+            Ok(0)
+        );
+        assert_eq!(
+            continuation(partial, &cr("bytes 40-99/*"), 40, Some(100)),
+            Ok(0)
+        );
+        // Size unknown until now: the range's own total must be its end.
+        assert_eq!(
+            continuation(partial, &cr("bytes 40-99/100"), 40, None),
+            Ok(0)
+        );
+        assert_eq!(continuation(partial, &cr("bytes 40-99/*"), 40, None), Ok(0));
+        for bad in [
+            "bytes 0-99/100",
+            "bytes 41-99/100",
+            "bytes 40-98/100",
+            "bytes 40-99/101",
+            "bytes 40-30/100",
+            "bytes */100",
+            "items 40-99/100",
+            "bytes 40-99",
+            "",
+        ] {
+            assert!(
+                continuation(partial, &cr(bad), 40, Some(100)).is_err(),
+                "{bad:?}"
+            );
+        }
+        assert!(continuation(partial, &HeaderMap::new(), 40, Some(100)).is_err());
+        assert!(continuation(partial, &cr("bytes 40-98/100"), 40, None).is_err());
+        // 200: the whole blob again, the known part skipped.
+        let ok = StatusCode::OK;
+        assert_eq!(
+            continuation(ok, &h(&[("content-length", "100")]), 40, Some(100)),
+            Ok(40)
+        );
+        assert_eq!(continuation(ok, &HeaderMap::new(), 40, None), Ok(40));
+        // An upstream's largest end does not overflow either.
+        let max = format!("bytes 40-{}/{}", u64::MAX, u64::MAX);
+        let mut m = HeaderMap::new();
+        m.insert("content-range", max.parse().unwrap());
+        assert!(continuation(StatusCode::PARTIAL_CONTENT, &m, 40, Some(100)).is_err());
+        assert!(continuation(ok, &h(&[("content-length", "60")]), 40, Some(100)).is_err());
+        assert!(continuation(StatusCode::NO_CONTENT, &HeaderMap::new(), 40, Some(100)).is_err());
+    }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #[test]
+            fn a_content_range_of_a_continuation_is_accepted(received in 0u64..1 << 40, rest in 1u64..1 << 40) {
+                let total = received + rest;
+                let v = format!("bytes {received}-{}/{total}", total - 1);
+                let mut h = HeaderMap::new();
+                h.insert("content-range", HeaderValue::from_str(&v).unwrap());
+                prop_assert_eq!(continuation(StatusCode::PARTIAL_CONTENT, &h, received, Some(total)), Ok(0));
+            }
+        }
+    }
+}
