@@ -62,6 +62,10 @@ step "header floods: resident memory comes back after each of 3 floods of 10,000
 python3 benches/load/flood.py --berth target/debug/berth --connections 10000 --rounds 3 \
     --settle 10 --header-timeout 2s --max-connections 20000 --max-growth 8
 
+step "bench harnesses parse: bash -n benches/load/run.sh; python3 compile of benches/load/*.py"
+bash -n benches/load/run.sh
+python3 -c 'import sys; [compile(open(f).read(), f, "exec") for f in sys.argv[1:]]' benches/load/*.py
+
 step "fuzz: fuzz/run.sh (each parser target for 15 s)"
 FUZZ_SECONDS=15 bash fuzz/run.sh
 
