@@ -60,7 +60,7 @@ pub async fn wait_for_head(stream: &TcpStream, limit: Duration) -> io::Result<He
             stream.readable().await?;
             match read_some(stream, &mut got) {
                 Ok(0) => return Ok(Head::Closed),
-                Ok(_) if got.len() >= HAND_OVER_AT || head_ends(&got) => {
+                Ok(_) if got.len() >= HAND_OVER_AT || head_ends(&got) || !http_like(&got) => {
                     return Ok(Head::Arrived(got));
                 }
                 Ok(_) => {}
@@ -93,6 +93,18 @@ fn head_ends(bytes: &[u8]) -> bool {
         .enumerate()
         .filter(|(_, w)| w[0] == b'\n')
         .any(|(i, w)| w[1] == b'\n' || (w[1] == b'\r' && bytes.get(i + 2) == Some(&b'\n')))
+}
+
+/// Whether `bytes` may begin an HTTP request: after any empty lines, a letter (a method, or the
+/// `PRI` of an HTTP/2 preface). Anything else (a TLS ClientHello starts with 0x16: a client trying
+/// https on a plain port, as skopeo, podman and Docker do first with an insecure registry) goes
+/// to hyper at once, whose `400` tells such a client to fall back to http now rather than after
+/// `header_read_timeout`.
+fn http_like(bytes: &[u8]) -> bool {
+    match bytes.iter().find(|b| !matches!(b, b'\r' | b'\n')) {
+        Some(b) => b.is_ascii_alphabetic(),
+        None => true,
+    }
 }
 
 /// Connections that must have closed since the peak before freed memory is handed back.
@@ -228,6 +240,41 @@ mod tests {
         assert!(!head_ends(b"GET / HTTP/1.1\r\nHost: x\r\n\r"));
         assert!(!head_ends(b""));
         assert!(!head_ends(b"\n"));
+    }
+
+    #[test]
+    fn what_may_begin_a_request() {
+        for ok in [
+            &b"G"[..],
+            b"GET / HT",
+            b"\r\nGET",
+            b"PRI * HTTP/2.0",
+            b"",
+            b"\r\n",
+        ] {
+            assert!(http_like(ok), "{ok:?}");
+        }
+        for not in [
+            &b"\x16\x03\x01\x02\x00\x01"[..],
+            b"\r\n\x16",
+            b" GET",
+            b"{\"a\"",
+        ] {
+            assert!(!http_like(not), "{not:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_tls_hello_goes_to_hyper_at_once() {
+        let (mut client, server) = pair().await;
+        client
+            .write_all(b"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03")
+            .await
+            .unwrap();
+        let head = wait_for_head(&server, Duration::from_secs(60))
+            .await
+            .unwrap();
+        assert!(matches!(head, Head::Arrived(b) if b[0] == 0x16));
     }
 
     #[test]

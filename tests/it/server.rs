@@ -475,3 +475,26 @@ async fn http2_caps_streams_and_drops_a_peer_that_does_not_answer_pings() {
         "no PING in {rest:?}"
     );
 }
+
+/// skopeo, podman and Docker try https first against an insecure registry: a TLS ClientHello
+/// on the plain listener is answered (hyper's 400, then a close) at once, so the client falls
+/// back to http now, not after `header_read_timeout` (10 s) as when berth waited for the empty
+/// line that ends a request head.
+#[tokio::test]
+async fn a_tls_client_hello_on_the_plain_listener_is_answered_at_once() {
+    let fake = crate::support::FakeRegistry::start().await;
+    let b = crate::support::instance::berth(&fake, "").await;
+    let mut s = tokio::net::TcpStream::connect(b.addr).await.unwrap();
+    // The first bytes of a ClientHello record: handshake (0x16), record version, length, ...
+    let hello = [
+        0x16, 0x03, 0x01, 0x00, 0xa5, 0x01, 0x00, 0x00, 0xa1, 0x03, 0x03, 0x5a,
+    ];
+    s.write_all(&hello).await.unwrap();
+    let mut answer = Vec::new();
+    // Bounded far below the 10 s header timeout; the answer ends with the close.
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut answer))
+        .await
+        .expect("a ClientHello was held for the header timeout")
+        .unwrap();
+    assert!(answer.starts_with(b"HTTP/1.1 400"), "{answer:?}");
+}
