@@ -45,8 +45,8 @@ use tokio::sync::watch;
 use berth::config::{ClusterConfig, Config};
 use berth::oci::Digest;
 use berth::store::s3::{Bucket, BucketMetrics};
-use e2e_support::harness::{Env, Via};
-use e2e_support::proc::{self, Proc};
+use e2e_support::harness::{Env, Via, start_containerd};
+use e2e_support::proc;
 use e2e_support::seed;
 use support::served::{Served, serve};
 use support::{FakeRegistry, Fault, digest_of, random_bytes};
@@ -1046,45 +1046,6 @@ fn check_dir(out: &Path, img: &seed::Image) {
             );
         }
     }
-}
-
-/// A throwaway containerd (own root, state and socket in the test directory, no CRI), answering,
-/// and a `ctr` command for it (as tests/e2e.rs starts one).
-fn start_containerd(env: &Env) -> (Proc, impl Fn(&[&str]) -> Command + '_) {
-    let d = env.dir().join("ctrd");
-    let sock = d.join("c.sock");
-    std::fs::create_dir_all(&d).unwrap();
-    let cfg = d.join("config.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "version = 2\nroot = \"{root}\"\nstate = \"{state}\"\n\
-             disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n\
-             [grpc]\n  address = \"{sock}\"\n[ttrpc]\n  address = \"{sock}.ttrpc\"\n\
-             [plugins.\"io.containerd.internal.v1.opt\"]\n  path = \"{opt}\"\n",
-            root = d.join("root").display(),
-            state = d.join("state").display(),
-            sock = sock.display(),
-            opt = d.join("opt").display(),
-        ),
-    )
-    .unwrap();
-    let mut cmd = Command::new("containerd");
-    cmd.arg("--config").arg(&cfg);
-    let mut daemon = Proc::spawn("containerd", cmd, env.dir());
-    let ctr = move |args: &[&str]| {
-        let mut cmd = Command::new("ctr");
-        env.client_env(&mut cmd);
-        cmd.arg("--address").arg(&sock).args(args);
-        cmd
-    };
-    let started = Instant::now();
-    while let Err(e) = proc::try_run(&mut ctr(&["version"]), Duration::from_secs(5)) {
-        daemon.assert_running();
-        assert!(started.elapsed() < WAIT, "containerd not answering: {e}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    (daemon, ctr)
 }
 
 /// A `--hosts-dir` where every registry (docker.io's own file, `_default` for the rest) is a dead

@@ -5,10 +5,10 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::http;
-use super::proc::Proc;
+use super::proc::{self, Proc};
 use super::seed::{self, Image};
 
 /// Where clients are pointed.
@@ -388,6 +388,59 @@ impl Drop for Env {
             && std::env::var_os("BERTH_E2E_KEEP").is_some()
         {
             eprintln!("kept {}", tmp.keep().display());
+        }
+    }
+}
+
+/// A throwaway containerd (own root, state and socket in the test directory, no CRI), answering,
+/// and a `ctr` command for it.
+pub fn start_containerd(env: &Env) -> (Proc, impl Fn(&[&str]) -> Command + '_) {
+    let d = env.dir().join("ctrd");
+    let sock = d.join("c.sock");
+    std::fs::create_dir_all(&d).unwrap();
+    let cfg = d.join("config.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "version = 2\nroot = \"{root}\"\nstate = \"{state}\"\n\
+             disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n\
+             [grpc]\n  address = \"{sock}\"\n[ttrpc]\n  address = \"{sock}.ttrpc\"\n\
+             [plugins.\"io.containerd.internal.v1.opt\"]\n  path = \"{opt}\"\n",
+            root = d.join("root").display(),
+            state = d.join("state").display(),
+            sock = sock.display(),
+            opt = d.join("opt").display(),
+        ),
+    )
+    .unwrap();
+    let mut cmd = Command::new("containerd");
+    cmd.arg("--config").arg(&cfg);
+    let mut daemon = Proc::spawn("containerd", cmd, env.dir());
+    let ctr = move |args: &[&str]| {
+        let mut cmd = Command::new("ctr");
+        env.client_env(&mut cmd);
+        cmd.arg("--address").arg(&sock).args(args);
+        cmd
+    };
+    wait_client(&mut daemon, || ctr(&["version"]));
+    (daemon, ctr)
+}
+
+/// Retries a client command until its daemon answers (bounded), failing early if the daemon died.
+pub fn wait_client(daemon: &mut Proc, cmd: impl Fn() -> Command) {
+    let started = Instant::now();
+    loop {
+        daemon.assert_running();
+        match proc::try_run(&mut cmd(), Duration::from_secs(10)) {
+            Ok(_) => return,
+            Err(e) if started.elapsed() > Duration::from_secs(60) => {
+                panic!(
+                    "{} not answering after 60 s: {e}\nits log:\n{}",
+                    daemon.name(),
+                    daemon.log_tail(60)
+                )
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(200)),
         }
     }
 }
