@@ -217,53 +217,23 @@ async fn peer_routes_need_a_valid_proof() {
     );
 
     // A valid proof: the health answer; an unknown peer path: 404 (only once proven).
-    let good = key.sign("GET", health, auth::now());
-    let got = b
-        .request(
-            Method::GET,
-            health,
-            &[("authorization", good.to_str().unwrap())],
-        )
-        .await;
+    let got = signed_get(b, &key, health).await;
     assert_eq!(got.status, StatusCode::OK);
     assert_eq!(&got.bytes()[..], b"serving\n");
-    let other = "/_berth/peer/v1/nothing";
-    let proof = key.sign("GET", other, auth::now());
-    let got = b
-        .request(
-            Method::GET,
-            other,
-            &[("authorization", proof.to_str().unwrap())],
-        )
-        .await;
+    let got = signed_get(b, &key, "/_berth/peer/v1/nothing").await;
     assert_eq!(got.status, StatusCode::NOT_FOUND);
 
     // A proven blob request is answered from this berth's own upstream (never handed on to
     // another peer); one naming an upstream not configured here is a 404, not an address.
     let layer = random_bytes(10_000, 3);
     let blob = fake.put_blob("library/app", layer.clone());
-    let signed = |path: &str| key.sign("GET", path, auth::now());
     let path = format!("/_berth/peer/v1/blobs/registry.test/library/app/{blob}");
-    let proof = signed(&path);
-    let got = b
-        .request(
-            Method::GET,
-            &path,
-            &[("authorization", proof.to_str().unwrap())],
-        )
-        .await;
+    let got = signed_get(b, &key, &path).await;
     assert_eq!(got.status, StatusCode::OK);
     same(got.bytes(), &layer);
     assert_eq!(b.counter("berth_owner_handoffs_total").await, 0);
     let path = format!("/_berth/peer/v1/blobs/127.0.0.1%3A1/library/app/{blob}");
-    let proof = signed(&path);
-    let got = b
-        .request(
-            Method::GET,
-            &path,
-            &[("authorization", proof.to_str().unwrap())],
-        )
-        .await;
+    let got = signed_get(b, &key, &path).await;
     assert_eq!(got.status, StatusCode::NOT_FOUND);
     assert_eq!(
         fake.requests().len(),
@@ -273,6 +243,17 @@ async fn peer_routes_need_a_valid_proof() {
 
     // The registry API is untouched by it.
     assert_eq!(b.get("/v2/").await.status, StatusCode::OK);
+}
+
+/// A GET of `path` with a fresh proof made with `key`.
+async fn signed_get(b: &Berth, key: &PeerKey, path: &str) -> support::instance::Got {
+    let proof = key.sign("GET", path, auth::now());
+    b.request(
+        Method::GET,
+        path,
+        &[("authorization", proof.to_str().unwrap())],
+    )
+    .await
 }
 
 /// Without `[cluster]`, the peer prefix is a path like any other that is not the registry API.
