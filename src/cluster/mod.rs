@@ -255,8 +255,14 @@ impl Cluster {
                     return Some(resp);
                 }
                 Err(e) => {
-                    tracing::warn!(peer = %peer.id, %digest, error = %e, "the digest's owner did not serve the blob; asking the next");
-                    if matches!(e, PeerError::Status(s) if s.is_client_error()) {
+                    // A 4xx is the owner's upstream's answer: only ours is asked after it.
+                    let answered = matches!(e, PeerError::Status(s) if s.is_client_error());
+                    let next = match answered {
+                        true => "this replica's upstream",
+                        false => "the next owner",
+                    };
+                    tracing::warn!(peer = %peer.id, %digest, error = %e, next, "a digest's owner did not serve the blob");
+                    if answered {
                         break;
                     }
                 }
