@@ -5,7 +5,8 @@
 
 use libfuzzer_sys::fuzz_target;
 
-use berth::mirror::{ByteRange, ContentRange};
+use berth::fill::job::ContentRange;
+use berth::mirror::ByteRange;
 
 fuzz_target!(|data: &[u8]| {
     if data.len() < 8 {
