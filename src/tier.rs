@@ -191,7 +191,13 @@ impl Tier {
                 self.failed(what, &e);
                 None
             }
+            // The read was dropped before the bucket's own metrics could count it.
             Err(_) => {
+                self.bucket
+                    .metrics()
+                    .requests
+                    .with_label_values(&["lookup", "timeout"])
+                    .inc();
                 self.failed(what, &format!("no answer within {LOOKUP_TIMEOUT:?}"));
                 None
             }
@@ -392,5 +398,7 @@ mod tests {
         assert_eq!(got, None);
         let (_, text) = t.last_error().lock().unwrap().clone().unwrap();
         assert!(text.starts_with("get: no answer within"), "{text}");
+        let requests = &t.bucket().metrics().requests;
+        assert_eq!(requests.with_label_values(&["lookup", "timeout"]).get(), 1);
     }
 }
