@@ -46,6 +46,7 @@ use berth::config::{ClusterConfig, Config};
 use berth::oci::Digest;
 use berth::store::s3::{Bucket, BucketMetrics};
 use e2e_support::harness::{Env, Via, start_containerd};
+use e2e_support::http::free_port;
 use e2e_support::proc;
 use e2e_support::seed;
 use support::served::{Served, serve};
@@ -68,15 +69,6 @@ fn endpoint() -> String {
 
 fn client() -> HttpClient {
     Client::builder(TokioExecutor::new()).build_http()
-}
-
-/// A loopback port free right now (the replicas' URLs must be known before any of them starts).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// Polls `check` until it holds, at most [`WAIT`]; panics with `what` (and the last state).
@@ -206,6 +198,7 @@ async fn three(name: &str, upstreams: &str) -> Replicas {
     );
     let bucket = connect_bucket(&s3, upstreams).await;
 
+    // Free right now: the replicas' URLs must be known before any of them starts.
     let ports: Vec<(u16, u16)> = (0..3).map(|_| (free_port(), free_port())).collect();
     let urls: Vec<String> = ports
         .iter()
@@ -879,10 +872,7 @@ async fn an_empty_replica_serves_what_another_cached_to_skopeo_and_ctr() {
         eprintln!("registries seeded, replicas up in {:.1?}", t.elapsed());
 
         // Replica 0 caches every image, every platform (`berth warm` pulls like a client).
-        let refs: Vec<String> = images
-            .iter()
-            .map(|img| format!("{}/{}", img.upstream, img.reference()))
-            .collect();
+        let refs: Vec<String> = images.iter().map(|img| img.full_reference()).collect();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_berth"));
         cmd.arg("warm")
             .arg("--server")
@@ -975,7 +965,7 @@ async fn an_empty_replica_serves_what_another_cached_to_skopeo_and_ctr() {
         let (daemon, ctr) = tokio::task::block_in_place(|| start_containerd(&env));
         let hosts = ctr_hosts_dir(&env, only.addr);
         for img in images {
-            let reference = format!("{}/{}", img.upstream, img.reference());
+            let reference = img.full_reference();
             let mut cmd = ctr(&[
                 "images",
                 "pull",

@@ -182,7 +182,7 @@ fn warm_then_pull_with_the_registries_down() {
     let mut env = Env::start(Via::Berth);
     let refs: Vec<String> = seed::images()
         .iter()
-        .map(|img| format!("{}/{}", img.upstream, img.reference()))
+        .map(|img| img.full_reference())
         .collect();
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_berth"));
     cmd.arg("warm")

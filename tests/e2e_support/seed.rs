@@ -80,6 +80,11 @@ impl Image {
     pub fn reference(&self) -> String {
         format!("{}:{}", self.repo, self.tag)
     }
+
+    /// `upstream/repo:tag`: how a client names it (`berth warm`, `ctr images pull`).
+    pub fn full_reference(&self) -> String {
+        format!("{}/{}", self.upstream, self.reference())
+    }
 }
 
 pub fn hex_of(digest: &str) -> &str {
