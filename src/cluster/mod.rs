@@ -173,24 +173,10 @@ impl Cluster {
             })
     }
 
-    /// Asks `peer` for a blob through `upstream` (its configured name), waiting `peer_timeout`
-    /// for the answer's head. A connect error marks the peer down at once, a timeout counts as a
-    /// failed probe; either way the caller goes on to the next owner.
+    /// Asks `peer` for a blob through `upstream` (its configured name), waiting `wait` for the
+    /// answer's head (the connect within `peer_timeout`). A connect error marks the peer down at
+    /// once, a timeout counts as a failed probe; either way the caller goes on to the next owner.
     pub async fn fetch_blob(
-        &self,
-        peer: &Peer,
-        upstream: &str,
-        repo: &RepoName,
-        digest: &Digest,
-        range: Option<BlobRange>,
-    ) -> Result<Response<Incoming>, PeerError> {
-        let wait = self.client.timeout();
-        self.fetch_blob_within(peer, upstream, repo, digest, range, wait)
-            .await
-    }
-
-    /// As [`Cluster::fetch_blob`], waiting `wait` for the answer's head.
-    async fn fetch_blob_within(
         &self,
         peer: &Peer,
         upstream: &str,
@@ -247,7 +233,7 @@ impl Cluster {
                 break;
             }
             match self
-                .fetch_blob_within(peer, upstream, repo, digest, None, wait)
+                .fetch_blob(peer, upstream, repo, digest, None, wait)
                 .await
             {
                 Ok(resp) => {

@@ -91,7 +91,14 @@ async fn a_blob_request_is_signed_and_streams() {
         end: None,
     });
     let resp = c
-        .fetch_blob(peer, "registry.test:5001", &repo, &digest, range)
+        .fetch_blob(
+            peer,
+            "registry.test:5001",
+            &repo,
+            &digest,
+            range,
+            c.client.timeout(),
+        )
         .await
         .unwrap();
     assert_eq!(resp.status(), StatusCode::PARTIAL_CONTENT);
@@ -139,7 +146,14 @@ async fn failures_are_named_and_move_the_state() {
     assert_eq!(c.owners(&digest).len(), 4);
 
     let e = c
-        .fetch_blob(&c.peers()[1], "r.test", &repo, &digest, None)
+        .fetch_blob(
+            &c.peers()[1],
+            "r.test",
+            &repo,
+            &digest,
+            None,
+            c.client.timeout(),
+        )
         .await
         .unwrap_err();
     assert!(matches!(e, PeerError::Connect(_)), "{e:?}");
@@ -147,18 +161,39 @@ async fn failures_are_named_and_move_the_state() {
     assert!(!c.owners(&digest).iter().any(|p| p.id == c.peers()[1].id));
 
     let e = c
-        .fetch_blob(&c.peers()[2], "r.test", &repo, &digest, None)
+        .fetch_blob(
+            &c.peers()[2],
+            "r.test",
+            &repo,
+            &digest,
+            None,
+            c.client.timeout(),
+        )
         .await
         .unwrap_err();
     assert_eq!(e, PeerError::Refused(StatusCode::UNAUTHORIZED));
     assert!(c.members.is_live(2), "one refusal is not down_after (2)");
     let _ = c
-        .fetch_blob(&c.peers()[2], "r.test", &repo, &digest, None)
+        .fetch_blob(
+            &c.peers()[2],
+            "r.test",
+            &repo,
+            &digest,
+            None,
+            c.client.timeout(),
+        )
         .await;
     assert!(!c.members.is_live(2), "down after two in a row");
 
     let e = c
-        .fetch_blob(&c.peers()[3], "r.test", &repo, &digest, None)
+        .fetch_blob(
+            &c.peers()[3],
+            "r.test",
+            &repo,
+            &digest,
+            None,
+            c.client.timeout(),
+        )
         .await
         .unwrap_err();
     assert_eq!(e, PeerError::Status(StatusCode::NOT_FOUND));
@@ -207,14 +242,28 @@ async fn silent_and_closing_peers() {
     let digest = Digest::of(b"x");
     let started = std::time::Instant::now();
     let e = c
-        .fetch_blob(&c.peers()[1], "r.test", &repo, &digest, None)
+        .fetch_blob(
+            &c.peers()[1],
+            "r.test",
+            &repo,
+            &digest,
+            None,
+            c.client.timeout(),
+        )
         .await
         .unwrap_err();
     assert_eq!(e, PeerError::Timeout(std::time::Duration::from_millis(300)));
     assert!(started.elapsed() < std::time::Duration::from_secs(5));
     assert!(c.members.is_live(1), "one timeout is not down_after (2)");
     let e = c
-        .fetch_blob(&c.peers()[2], "r.test", &repo, &digest, None)
+        .fetch_blob(
+            &c.peers()[2],
+            "r.test",
+            &repo,
+            &digest,
+            None,
+            c.client.timeout(),
+        )
         .await
         .unwrap_err();
     assert!(matches!(e, PeerError::Other(_)), "{e:?}");
