@@ -118,13 +118,7 @@ impl Report {
 
     /// 0: all fine (removing crash leftovers is fine); 1: something was quarantined; 2: errors.
     pub fn exit_code(&self) -> u8 {
-        if !self.errors.is_empty() {
-            2
-        } else if !self.quarantined.is_empty() {
-            1
-        } else {
-            0
-        }
+        exit_code(!self.errors.is_empty(), !self.quarantined.is_empty())
     }
 }
 
@@ -418,6 +412,15 @@ fn process_running(pid: u32) -> bool {
     !proc.join("self").exists() || proc.join(pid.to_string()).exists()
 }
 
+/// `berth verify`'s exit code: 2 when something could not be checked or mended, else 1 when
+/// something bad was taken out of the cache, else 0.
+fn exit_code(errors: bool, removed: bool) -> u8 {
+    match (errors, removed) {
+        (true, _) => 2,
+        (false, true) => 1,
+        (false, false) => 0,
+    }
+}
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -54,13 +54,7 @@ pub struct Deleted {
 impl BucketReport {
     /// 0: all fine; 1: something was deleted; 2: errors.
     pub fn exit_code(&self) -> u8 {
-        if !self.errors.is_empty() {
-            2
-        } else if !self.deleted.is_empty() {
-            1
-        } else {
-            0
-        }
+        super::exit_code(!self.errors.is_empty(), !self.deleted.is_empty())
     }
 }
 
