@@ -336,3 +336,58 @@ fn admit_counts_refusals() {
     assert_eq!(counter(&c.metrics.auth_failures, &["missing"]), 1);
     assert_eq!(counter(&c.metrics.auth_failures, &["bad_proof"]), 1);
 }
+
+/// A hand-off asks the owners in order: one that fails passes the miss to the next, one that
+/// answers a 4xx (its upstream's answer) sends it to this berth's own upstream and nobody else,
+/// and this berth first in the order keeps it. Each outcome is counted once.
+#[tokio::test]
+async fn a_hand_off_goes_down_the_owners_until_an_answer() {
+    let (refusing, _r) = fake_peer(StatusCode::SERVICE_UNAVAILABLE).await;
+    let (missing, _m) = fake_peer(StatusCode::NOT_FOUND).await;
+    let (serving, served) = fake_peer(StatusCode::OK).await;
+    let peers = vec![
+        "http://127.0.0.1:1".to_owned(),
+        format!("http://{refusing}"),
+        format!("http://{missing}"),
+        format!("http://{serving}"),
+    ];
+    let (c, _registry, _dir) = cluster(&peers, 0);
+    for i in 1..4 {
+        c.members.probe_ok(i);
+    }
+    let repo: RepoName = "library/app".parse().unwrap();
+    let rank = |d: &Digest| -> Vec<usize> {
+        c.owners(d)
+            .iter()
+            .map(|p| c.peers().iter().position(|q| q.id == p.id).unwrap())
+            .collect()
+    };
+    // A digest for each order wanted, found by trying.
+    let find = |want: &dyn Fn(&[usize]) -> bool| {
+        (0u32..)
+            .map(|n| Digest::of(&n.to_be_bytes()))
+            .find(|d| want(&rank(d)))
+            .unwrap()
+    };
+    let wait = c.client.timeout();
+    let handoffs = |r: &str| counter(&c.metrics.handoffs, &[r]);
+
+    // 503 first, then the serving peer: its answer.
+    let d = find(&|o| o[..2] == [1, 3]);
+    let got = c.from_owner("r.test", &repo, &d, wait).await;
+    assert_eq!(got.unwrap().status(), StatusCode::OK);
+    assert_eq!(handoffs("peer"), 1);
+
+    // 404 first, the serving peer next: not asked; this berth fetches.
+    let d = find(&|o| o[..2] == [2, 3]);
+    let before = served.len();
+    assert!(c.from_owner("r.test", &repo, &d, wait).await.is_none());
+    assert_eq!(served.len(), before, "nobody asked after a 4xx");
+    assert_eq!(handoffs("fallback"), 1);
+
+    // This berth first: nobody is asked.
+    let d = find(&|o| o[0] == 0);
+    assert!(c.from_owner("r.test", &repo, &d, wait).await.is_none());
+    assert_eq!(handoffs("self"), 1);
+    assert_eq!(handoffs("peer"), 1);
+}
