@@ -43,6 +43,14 @@ fn counter(v: &prometheus::IntCounterVec, labels: &[&str]) -> u64 {
 async fn fake_peer(
     status: StatusCode,
 ) -> (SocketAddr, mpsc::UnboundedReceiver<(String, HeaderMap)>) {
+    slow_peer(status, Duration::ZERO).await
+}
+
+/// As [`fake_peer`], holding each answer's head for `delay` (an owner asking its upstream).
+async fn slow_peer(
+    status: StatusCode,
+    delay: Duration,
+) -> (SocketAddr, mpsc::UnboundedReceiver<(String, HeaderMap)>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (tx, rx) = mpsc::unbounded_channel();
@@ -57,6 +65,7 @@ async fn fake_peer(
                     let pq = req.uri().path_and_query().unwrap().to_string();
                     let _ = tx.send((pq, req.headers().clone()));
                     async move {
+                        tokio::time::sleep(delay).await;
                         let mut r = Response::new(Full::new(Bytes::from_static(b"blob bytes")));
                         *r.status_mut() = status;
                         Ok::<_, std::convert::Infallible>(r)
@@ -390,4 +399,32 @@ async fn a_hand_off_goes_down_the_owners_until_an_answer() {
     assert!(c.from_owner("r.test", &repo, &d, wait).await.is_none());
     assert_eq!(handoffs("self"), 1);
     assert_eq!(handoffs("peer"), 1);
+}
+
+/// An owner that misses asks its upstream before it answers: the hand-off waits `peer_timeout`
+/// plus the upstream's wait for its head, not `peer_timeout` alone (which would send every miss
+/// behind a slow upstream there twice).
+#[tokio::test]
+async fn a_hand_off_waits_for_an_owner_asking_its_upstream() {
+    // peer_timeout is 300 ms here; the owner answers after 600 ms.
+    let (slow, _seen) = slow_peer(StatusCode::OK, Duration::from_millis(600)).await;
+    let peers = vec!["http://127.0.0.1:1".to_owned(), format!("http://{slow}")];
+    let (c, _registry, _dir) = cluster(&peers, 0);
+    c.members.probe_ok(1);
+    let repo: RepoName = "library/app".parse().unwrap();
+    let d = (0u32..)
+        .map(|n| Digest::of(&n.to_be_bytes()))
+        .find(|d| !c.is_me(c.owners(d)[0]))
+        .unwrap();
+    let upstream_wait = Duration::from_secs(5);
+    let got = c.from_owner("r.test", &repo, &d, upstream_wait).await;
+    assert_eq!(got.unwrap().status(), StatusCode::OK);
+    assert_eq!(counter(&c.metrics.handoffs, &["peer"]), 1);
+    // With no upstream wait it is given up at peer_timeout, and this berth fetches.
+    let got = c.from_owner("r.test", &repo, &d, Duration::ZERO).await;
+    assert!(got.is_none());
+    assert_eq!(
+        counter(&c.metrics.requests, &[&c.peers()[1].id, "timeout"]),
+        1
+    );
 }
