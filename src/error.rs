@@ -1,16 +1,16 @@
-//! One error type for the whole request path, and the OCI error codes it carries.
+//! One error type for the whole request path: what went wrong ([`Kind`]), where it came from
+//! ([`Origin`]), and the words for the client.
 //!
-//! Every error knows where it came from ([`Origin`]): the client sent something wrong, an upstream
-//! misbehaved, or berth itself failed. The HTTP layer turns any [`Error`] into a status and the OCI
-//! body `{"errors":[{"code","message","detail"}]}` in one place (`http::error_response`).
+//! The domain says what happened, never how it is answered: the HTTP status, the OCI code of the
+//! `{"errors":[{"code","message","detail"}]}` body and the headers a kind carries (`Retry-After`,
+//! a 416's `Content-Range`) are chosen in one table in `http::error`. Stale serving, retries and
+//! the admin tools' exit codes decide on kinds.
 //!
 //! Errors are `Clone` so that one failure can be handed to every request waiting on the same fetch.
 //! [`chain`] spells any `std::error::Error` with its causes, for logs and command-line messages.
-//! Rule of dependency: a leaf; knows nothing of the other modules.
+//! Rule of dependency: a leaf; knows nothing of the other modules, nor of HTTP.
 
 use std::time::Duration;
-
-use http::StatusCode;
 
 /// Where an error came from; decides the log level and the metric label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,101 +33,111 @@ impl Origin {
     }
 }
 
-/// The error codes of the OCI distribution spec (plus `TOOMANYREQUESTS` and `UNAVAILABLE`, which
-/// Docker Hub and the Distribution registry use).
+/// What went wrong.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Code {
-    BlobUnknown,
-    DigestInvalid,
-    ManifestUnknown,
-    ManifestInvalid,
-    NameInvalid,
-    NameUnknown,
-    SizeInvalid,
-    Unauthorized,
-    Denied,
+pub enum Kind {
+    /// What was asked for is not there (here, or at the upstream).
+    NotFound(Missing),
+    /// The request is malformed.
+    Invalid(Malformed),
+    /// An operation berth does not offer (it serves the read side only).
     Unsupported,
-    TooManyRequests,
-    RangeInvalid,
-    TagInvalid,
-    PaginationNumberInvalid,
-    Unavailable,
-    Unknown,
+    /// A byte range outside the blob, with the blob's size when known.
+    RangeNotSatisfiable { size: Option<u64> },
+    /// No login, or a wrong one.
+    LoginRequired,
+    /// A valid login that may not do this, or an upstream that refused berth.
+    Denied,
+    /// Too many requests (an upstream limiting berth, or logins waiting here), with the delay
+    /// after which to try again when one is known.
+    RateLimited { retry_after: Option<Duration> },
+    /// The upstream could not be reached or failed (connection, timeout, 5xx), with the delay it
+    /// asked for when it named one.
+    UpstreamUnavailable { retry_after: Option<Duration> },
+    /// The upstream answered something berth cannot use (malformed, too big, an unexpected status).
+    UpstreamWrong,
+    /// The upstream sent bytes that do not hash to the digest asked for.
+    ContentMismatch,
+    /// The disk (or a quota) is full.
+    DiskFull,
+    /// berth itself failed.
+    Internal,
 }
 
-impl Code {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Code::BlobUnknown => "BLOB_UNKNOWN",
-            Code::DigestInvalid => "DIGEST_INVALID",
-            Code::ManifestUnknown => "MANIFEST_UNKNOWN",
-            Code::ManifestInvalid => "MANIFEST_INVALID",
-            Code::NameInvalid => "NAME_INVALID",
-            Code::NameUnknown => "NAME_UNKNOWN",
-            Code::SizeInvalid => "SIZE_INVALID",
-            Code::Unauthorized => "UNAUTHORIZED",
-            Code::Denied => "DENIED",
-            Code::Unsupported => "UNSUPPORTED",
-            Code::TooManyRequests => "TOOMANYREQUESTS",
-            Code::RangeInvalid => "RANGE_INVALID",
-            Code::TagInvalid => "TAG_INVALID",
-            Code::PaginationNumberInvalid => "PAGINATION_NUMBER_INVALID",
-            Code::Unavailable => "UNAVAILABLE",
-            Code::Unknown => "UNKNOWN",
-        }
-    }
+/// What a [`Kind::NotFound`] did not find.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Missing {
+    Manifest,
+    Blob,
+    /// The repository, or the registry (upstream) the request named.
+    Repository,
+    /// No endpoint of the API has this path.
+    Route,
+}
 
-    /// Parses a code as an upstream registry spells it in its own error body.
-    pub fn from_upstream(s: &str) -> Option<Code> {
-        Some(match s {
-            "BLOB_UNKNOWN" => Code::BlobUnknown,
-            "DIGEST_INVALID" => Code::DigestInvalid,
-            "MANIFEST_UNKNOWN" => Code::ManifestUnknown,
-            "MANIFEST_INVALID" => Code::ManifestInvalid,
-            "NAME_INVALID" => Code::NameInvalid,
-            "NAME_UNKNOWN" => Code::NameUnknown,
-            "SIZE_INVALID" => Code::SizeInvalid,
-            "UNAUTHORIZED" => Code::Unauthorized,
-            "DENIED" => Code::Denied,
-            "UNSUPPORTED" => Code::Unsupported,
-            "TOOMANYREQUESTS" => Code::TooManyRequests,
-            "TAG_INVALID" => Code::TagInvalid,
-            "PAGINATION_NUMBER_INVALID" => Code::PaginationNumberInvalid,
-            "UNAVAILABLE" => Code::Unavailable,
-            _ => return None,
-        })
-    }
+/// What part of a malformed request a [`Kind::Invalid`] is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Malformed {
+    /// A repository name outside the OCI grammar.
+    Name,
+    /// A digest that cannot be parsed, or an algorithm berth does not support.
+    Digest,
+    /// A tag outside the OCI grammar.
+    Tag,
+    /// A tag list's `n` or `last` out of bounds.
+    Pagination,
+    /// Anything else about the request (a header, a query).
+    Request,
 }
 
 /// A failure on the request path. Cheap to clone (a few strings).
 #[derive(Debug, Clone, thiserror::Error)]
-#[error("{} error {}: {message}{}", origin.as_str(), code.as_str(), detail.as_deref().map(|d| format!(" ({d})")).unwrap_or_default())]
+#[error("{} error {}: {message}{}", origin.as_str(), kind.as_str(), detail.as_deref().map(|d| format!(" ({d})")).unwrap_or_default())]
 pub struct Error {
     pub origin: Origin,
-    pub code: Code,
-    pub status: StatusCode,
+    pub kind: Kind,
     /// Short, human text for the OCI `message` field.
     pub message: String,
     /// More context for the OCI `detail` field (never a secret).
     pub detail: Option<String>,
-    /// Sent as `Retry-After` (seconds) when set.
-    pub retry_after: Option<Duration>,
-    /// For a 416: the blob's size, sent as `Content-Range: bytes */<size>`.
-    pub range_size: Option<u64>,
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+impl Kind {
+    /// A short name for logs and `Display` (not the wire code: `http::error` chooses that).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::NotFound(Missing::Manifest) => "manifest not found",
+            Kind::NotFound(Missing::Blob) => "blob not found",
+            Kind::NotFound(Missing::Repository) => "repository not found",
+            Kind::NotFound(Missing::Route) => "no such route",
+            Kind::Invalid(Malformed::Name) => "invalid name",
+            Kind::Invalid(Malformed::Digest) => "invalid digest",
+            Kind::Invalid(Malformed::Tag) => "invalid tag",
+            Kind::Invalid(Malformed::Pagination) => "invalid pagination",
+            Kind::Invalid(Malformed::Request) => "invalid request",
+            Kind::Unsupported => "unsupported",
+            Kind::RangeNotSatisfiable { .. } => "range not satisfiable",
+            Kind::LoginRequired => "login required",
+            Kind::Denied => "denied",
+            Kind::RateLimited { .. } => "rate limited",
+            Kind::UpstreamUnavailable { .. } => "upstream unavailable",
+            Kind::UpstreamWrong => "upstream wrong",
+            Kind::ContentMismatch => "content mismatch",
+            Kind::DiskFull => "disk full",
+            Kind::Internal => "internal",
+        }
+    }
+}
+
 impl Error {
-    pub fn new(origin: Origin, status: StatusCode, code: Code, message: impl Into<String>) -> Self {
+    pub fn new(origin: Origin, kind: Kind, message: impl Into<String>) -> Self {
         Error {
             origin,
-            code,
-            status,
+            kind,
             message: message.into(),
             detail: None,
-            retry_after: None,
-            range_size: None,
         }
     }
 
@@ -136,9 +146,19 @@ impl Error {
         self
     }
 
-    pub fn with_retry_after(mut self, after: Option<Duration>) -> Self {
-        self.retry_after = after;
-        self
+    /// The delay after which the client may try again, when the kind carries one.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self.kind {
+            Kind::RateLimited { retry_after } | Kind::UpstreamUnavailable { retry_after } => {
+                retry_after
+            }
+            _ => None,
+        }
+    }
+
+    /// Whether this is a `NotFound` of any sort.
+    pub fn is_not_found(&self) -> bool {
+        matches!(self.kind, Kind::NotFound(_))
     }
 
     // Client errors.
@@ -146,8 +166,7 @@ impl Error {
     pub fn name_invalid(detail: impl Into<String>) -> Self {
         Self::new(
             Origin::Client,
-            StatusCode::BAD_REQUEST,
-            Code::NameInvalid,
+            Kind::Invalid(Malformed::Name),
             "invalid repository name",
         )
         .with_detail(detail)
@@ -156,8 +175,7 @@ impl Error {
     pub fn name_unknown(detail: impl Into<String>) -> Self {
         Self::new(
             Origin::Client,
-            StatusCode::NOT_FOUND,
-            Code::NameUnknown,
+            Kind::NotFound(Missing::Repository),
             "repository name not known to registry",
         )
         .with_detail(detail)
@@ -166,8 +184,7 @@ impl Error {
     pub fn digest_invalid(detail: impl Into<String>) -> Self {
         Self::new(
             Origin::Client,
-            StatusCode::BAD_REQUEST,
-            Code::DigestInvalid,
+            Kind::Invalid(Malformed::Digest),
             "provided digest did not match uploaded content",
         )
         .with_detail(detail)
@@ -176,8 +193,7 @@ impl Error {
     pub fn tag_invalid(detail: impl Into<String>) -> Self {
         Self::new(
             Origin::Client,
-            StatusCode::BAD_REQUEST,
-            Code::TagInvalid,
+            Kind::Invalid(Malformed::Tag),
             "manifest tag did not match URI",
         )
         .with_detail(detail)
@@ -186,8 +202,7 @@ impl Error {
     pub fn pagination_invalid(detail: impl Into<String>) -> Self {
         Self::new(
             Origin::Client,
-            StatusCode::BAD_REQUEST,
-            Code::PaginationNumberInvalid,
+            Kind::Invalid(Malformed::Pagination),
             "invalid number of results requested",
         )
         .with_detail(detail)
@@ -196,8 +211,7 @@ impl Error {
     pub fn unsupported(detail: impl Into<String>) -> Self {
         Self::new(
             Origin::Client,
-            StatusCode::METHOD_NOT_ALLOWED,
-            Code::Unsupported,
+            Kind::Unsupported,
             "the operation is unsupported",
         )
         .with_detail(detail)
@@ -206,8 +220,7 @@ impl Error {
     pub fn not_found_route(detail: impl Into<String>) -> Self {
         Self::new(
             Origin::Client,
-            StatusCode::NOT_FOUND,
-            Code::NameUnknown,
+            Kind::NotFound(Missing::Route),
             "no such endpoint",
         )
         .with_detail(detail)
@@ -216,28 +229,36 @@ impl Error {
     pub fn bad_request(detail: impl Into<String>) -> Self {
         Self::new(
             Origin::Client,
-            StatusCode::BAD_REQUEST,
-            Code::Unsupported,
+            Kind::Invalid(Malformed::Request),
             "bad request",
         )
         .with_detail(detail)
     }
 
+    /// A range outside a blob whose size is not known here.
     pub fn range_invalid(detail: impl Into<String>) -> Self {
         Self::new(
             Origin::Client,
-            StatusCode::RANGE_NOT_SATISFIABLE,
-            Code::RangeInvalid,
+            Kind::RangeNotSatisfiable { size: None },
             "invalid content range",
         )
         .with_detail(detail)
     }
 
+    /// A range outside a blob of `size` bytes (answered with `Content-Range: bytes */<size>`).
+    pub fn range_not_satisfiable(size: u64) -> Self {
+        Self::new(
+            Origin::Client,
+            Kind::RangeNotSatisfiable { size: Some(size) },
+            "invalid content range",
+        )
+        .with_detail(format!("blob size {size}"))
+    }
+
     pub fn manifest_unknown(detail: impl Into<String>) -> Self {
         Self::new(
             Origin::Client,
-            StatusCode::NOT_FOUND,
-            Code::ManifestUnknown,
+            Kind::NotFound(Missing::Manifest),
             "manifest unknown",
         )
         .with_detail(detail)
@@ -246,8 +267,7 @@ impl Error {
     pub fn blob_unknown(detail: impl Into<String>) -> Self {
         Self::new(
             Origin::Client,
-            StatusCode::NOT_FOUND,
-            Code::BlobUnknown,
+            Kind::NotFound(Missing::Blob),
             "blob unknown to registry",
         )
         .with_detail(detail)
@@ -255,23 +275,26 @@ impl Error {
 
     // Upstream errors.
 
-    /// The upstream could not be reached or failed (connection refused, timeout, 5xx): 502/503.
+    /// The upstream could not be reached or failed (connection refused, timeout, 5xx).
     pub fn upstream_unavailable(upstream: &str, detail: impl Into<String>) -> Self {
-        Self::new(
-            Origin::Upstream,
-            StatusCode::SERVICE_UNAVAILABLE,
-            Code::Unavailable,
-            format!("upstream {upstream} unavailable"),
-        )
-        .with_detail(detail)
+        Self::upstream_unavailable_for(upstream, None).with_detail(detail)
     }
 
-    /// The upstream answered something berth cannot use (bad digest, malformed response): 502.
+    /// As [`upstream_unavailable`](Self::upstream_unavailable), with the delay the upstream asked
+    /// for (`Retry-After`).
+    pub fn upstream_unavailable_for(upstream: &str, retry_after: Option<Duration>) -> Self {
+        Self::new(
+            Origin::Upstream,
+            Kind::UpstreamUnavailable { retry_after },
+            format!("upstream {upstream} unavailable"),
+        )
+    }
+
+    /// The upstream answered something berth cannot use (malformed response, unexpected status).
     pub fn upstream_bad(upstream: &str, detail: impl Into<String>) -> Self {
         Self::new(
             Origin::Upstream,
-            StatusCode::BAD_GATEWAY,
-            Code::Unknown,
+            Kind::UpstreamWrong,
             format!("bad response from upstream {upstream}"),
         )
         .with_detail(detail)
@@ -281,19 +304,17 @@ impl Error {
     pub fn digest_mismatch(upstream: &str, detail: impl Into<String>) -> Self {
         Self::new(
             Origin::Upstream,
-            StatusCode::BAD_GATEWAY,
-            Code::DigestInvalid,
+            Kind::ContentMismatch,
             format!("upstream {upstream} sent content that does not match its digest"),
         )
         .with_detail(detail)
     }
 
-    /// The upstream refused berth access (401/403 even with whatever credentials berth has): 403.
+    /// The upstream refused berth access (401/403 even with whatever credentials berth has).
     pub fn upstream_denied(upstream: &str, detail: impl Into<String>) -> Self {
         Self::new(
             Origin::Upstream,
-            StatusCode::FORBIDDEN,
-            Code::Denied,
+            Kind::Denied,
             format!("upstream {upstream} denied access"),
         )
         .with_detail(detail)
@@ -302,21 +323,18 @@ impl Error {
     pub fn too_many_requests(upstream: &str, retry_after: Option<Duration>) -> Self {
         Self::new(
             Origin::Upstream,
-            StatusCode::TOO_MANY_REQUESTS,
-            Code::TooManyRequests,
+            Kind::RateLimited { retry_after },
             format!("upstream {upstream} is rate limiting"),
         )
-        .with_retry_after(retry_after)
     }
 
     // Client login (`access`).
 
-    /// No login, or a wrong one: 401 (the HTTP layer adds the Basic challenge).
+    /// No login, or a wrong one (the HTTP layer adds the challenge).
     pub fn login_required(detail: impl Into<String>) -> Self {
         Self::new(
             Origin::Client,
-            StatusCode::UNAUTHORIZED,
-            Code::Unauthorized,
+            Kind::LoginRequired,
             "authentication required",
         )
         .with_detail(detail)
@@ -327,8 +345,7 @@ impl Error {
     pub fn access_denied() -> Self {
         Self::new(
             Origin::Client,
-            StatusCode::FORBIDDEN,
-            Code::Denied,
+            Kind::Denied,
             "requested access to the resource is denied",
         )
     }
@@ -337,51 +354,49 @@ impl Error {
     pub fn login_throttled(retry_after: Duration) -> Self {
         Self::new(
             Origin::Client,
-            StatusCode::TOO_MANY_REQUESTS,
-            Code::TooManyRequests,
+            Kind::RateLimited {
+                retry_after: Some(retry_after),
+            },
             "too many logins being checked; try again",
         )
-        .with_retry_after(Some(retry_after))
     }
 
     // Internal errors.
 
     pub fn internal(detail: impl Into<String>) -> Self {
-        Self::new(
-            Origin::Internal,
-            StatusCode::INTERNAL_SERVER_ERROR,
-            Code::Unknown,
-            "internal error",
-        )
-        .with_detail(detail)
+        Self::new(Origin::Internal, Kind::Internal, "internal error").with_detail(detail)
     }
 
-    /// An I/O failure. A full disk (or quota) answers 507 Insufficient Storage, which is also how
-    /// callers tell it apart ([`is_disk_full`](Self::is_disk_full)).
+    /// An I/O failure; a full disk (or quota) is [`Kind::DiskFull`], which callers tell apart
+    /// ([`is_disk_full`](Self::is_disk_full)).
     pub fn io(context: &str, err: &std::io::Error) -> Self {
         let mut e = Self::internal(format!("{context}: {err}"));
         if matches!(
             err.kind(),
             std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
         ) {
-            e.status = StatusCode::INSUFFICIENT_STORAGE;
+            e.kind = Kind::DiskFull;
         }
         e
     }
 
     /// Whether this is an I/O failure because the disk was full.
     pub fn is_disk_full(&self) -> bool {
-        self.origin == Origin::Internal && self.status == StatusCode::INSUFFICIENT_STORAGE
+        self.kind == Kind::DiskFull
     }
 
-    /// The OCI error body for this error.
-    pub fn to_body(&self) -> String {
-        let mut entry = serde_json::json!({ "code": self.code.as_str(), "message": self.message });
-        entry["detail"] = match &self.detail {
-            Some(d) => serde_json::Value::String(d.clone()),
-            None => serde_json::Value::Null,
-        };
-        serde_json::json!({ "errors": [entry] }).to_string()
+    /// Whether a cached answer may stand in for this failure: the upstream is down, failing or
+    /// limiting berth, or answered something unusable. (Not when it denied access or answered
+    /// not-found: those are answers, and the client should see them.)
+    pub fn allows_stale(&self) -> bool {
+        self.origin == Origin::Upstream
+            && matches!(
+                self.kind,
+                Kind::UpstreamUnavailable { .. }
+                    | Kind::RateLimited { .. }
+                    | Kind::UpstreamWrong
+                    | Kind::ContentMismatch
+            )
     }
 }
 
@@ -448,25 +463,20 @@ mod tests {
     }
 
     #[test]
-    fn body_has_oci_shape() {
-        let e = Error::name_invalid("Bad/Name");
-        let v: serde_json::Value = serde_json::from_str(&e.to_body()).unwrap();
-        assert_eq!(v["errors"][0]["code"], "NAME_INVALID");
-        assert_eq!(v["errors"][0]["message"], "invalid repository name");
-        assert_eq!(v["errors"][0]["detail"], "Bad/Name");
-        assert_eq!(e.status, StatusCode::BAD_REQUEST);
+    fn stale_stands_in_only_for_an_upstream_that_failed() {
+        assert!(Error::upstream_unavailable("u", "down").allows_stale());
+        assert!(Error::too_many_requests("u", None).allows_stale());
+        assert!(Error::upstream_bad("u", "garbage").allows_stale());
+        assert!(!Error::upstream_denied("u", "no").allows_stale());
+        assert!(!Error::manifest_unknown("gone").allows_stale());
+        assert!(!Error::login_throttled(Duration::from_secs(1)).allows_stale());
     }
 
     #[test]
-    fn upstream_codes_round_trip() {
-        for c in [
-            Code::BlobUnknown,
-            Code::ManifestUnknown,
-            Code::TooManyRequests,
-            Code::Denied,
-        ] {
-            assert_eq!(Code::from_upstream(c.as_str()), Some(c));
-        }
-        assert_eq!(Code::from_upstream("NOPE"), None);
+    fn a_full_disk_is_its_own_kind() {
+        let full = std::io::Error::from(std::io::ErrorKind::StorageFull);
+        assert!(Error::io("writing", &full).is_disk_full());
+        let other = std::io::Error::from(std::io::ErrorKind::PermissionDenied);
+        assert_eq!(Error::io("writing", &other).kind, Kind::Internal);
     }
 }

@@ -394,6 +394,7 @@ fn truncate(s: &str) -> &str {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use crate::error::{Kind, Malformed};
 
     #[test]
     fn names() {
@@ -454,7 +455,7 @@ pub(crate) mod tests {
             format!("sha256:{}", "g".repeat(64)),
         ] {
             let err = bad.parse::<Digest>().unwrap_err();
-            assert_eq!(err.code, crate::error::Code::DigestInvalid, "{bad}");
+            assert_eq!(err.kind, Kind::Invalid(Malformed::Digest), "{bad}");
         }
         assert_eq!(
             Digest::of(b"").to_string(),
@@ -473,12 +474,12 @@ pub(crate) mod tests {
             Ok(Reference::Digest(_))
         ));
         assert_eq!(
-            "sha256:zz".parse::<Reference>().unwrap_err().code,
-            crate::error::Code::DigestInvalid
+            "sha256:zz".parse::<Reference>().unwrap_err().kind,
+            Kind::Invalid(Malformed::Digest)
         );
         assert_eq!(
-            "-x".parse::<Reference>().unwrap_err().code,
-            crate::error::Code::TagInvalid
+            "-x".parse::<Reference>().unwrap_err().kind,
+            Kind::Invalid(Malformed::Tag)
         );
     }
 

@@ -1362,7 +1362,10 @@ mod tests {
         let path = img.manifest_path(&img.reference);
         let (p, q) = path.split_once('?').unwrap();
         let e = parse(&http::Method::GET, p, Some(q), &hosts).unwrap_err();
-        assert_eq!(e.code, crate::error::Code::NameUnknown);
+        assert_eq!(
+            e.kind,
+            crate::error::Kind::NotFound(crate::error::Missing::Repository)
+        );
     }
 
     #[test]

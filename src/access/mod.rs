@@ -646,6 +646,7 @@ impl AuthMetrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::Kind;
 
     /// `htpasswd -nbB -C 4 alice secret`
     const ALICE: &str = "$2y$04$ScBQEWenuutfoWG5lloQieGzpdoAdmEdri.H1XtTWWQxp9mtJggTa";
@@ -701,34 +702,33 @@ mod tests {
         let anon = Principal::Anonymous;
         let alice = Principal::User("alice".into());
         let ci = Principal::User("ci".into());
-        let status = |r: Result<(), Error>| r.err().map(|e| (e.status.as_u16(), e.code.as_str()));
+        let status = |r: Result<(), Error>| r.err().map(|e| e.kind);
         // `/v2/` itself: a login is needed, whatever the anonymous upstreams.
-        assert_eq!(
-            status(a.authorize(&anon, None)),
-            Some((401, "UNAUTHORIZED"))
-        );
+        assert_eq!(status(a.authorize(&anon, None)), Some(Kind::LoginRequired));
         assert_eq!(status(a.authorize(&alice, None)), None);
         assert_eq!(status(a.authorize(&anon, Some(0))), None);
         assert_eq!(
             status(a.authorize(&anon, Some(1))),
-            Some((401, "UNAUTHORIZED"))
+            Some(Kind::LoginRequired)
         );
         assert_eq!(status(a.authorize(&alice, Some(1))), None);
-        assert_eq!(status(a.authorize(&alice, Some(2))), Some((403, "DENIED")));
+        assert_eq!(status(a.authorize(&alice, Some(2))), Some(Kind::Denied));
         assert_eq!(status(a.authorize(&ci, Some(2))), None);
         // An index past the list (never made by the router) is refused, not allowed.
         assert_eq!(
             status(a.authorize(&anon, Some(9))),
-            Some((401, "UNAUTHORIZED"))
+            Some(Kind::LoginRequired)
         );
-        assert_eq!(status(a.authorize(&alice, Some(9))), Some((403, "DENIED")));
+        assert_eq!(status(a.authorize(&alice, Some(9))), Some(Kind::Denied));
         // A refused login passes where anonymous clients may, and keeps its answer elsewhere.
         let throttled = Principal::Refused(Error::login_throttled(Duration::from_secs(1)));
         assert_eq!(status(a.authorize(&throttled, Some(0))), None);
         for upstream in [None, Some(1), Some(2)] {
             assert_eq!(
                 status(a.authorize(&throttled, upstream)),
-                Some((429, "TOOMANYREQUESTS")),
+                Some(Kind::RateLimited {
+                    retry_after: Some(Duration::from_secs(1))
+                }),
                 "{upstream:?}"
             );
         }
@@ -756,8 +756,11 @@ mod tests {
         let e = refused(a.authenticate(Some(&wrong)).await);
         let f = refused(a.authenticate(Some(&nobody)).await);
         // The same answer for a wrong password and an unknown user.
-        assert_eq!((e.status, e.to_body()), (f.status, f.to_body()));
-        assert_eq!(e.status.as_u16(), 401);
+        assert_eq!(
+            (e.kind, &e.message, &e.detail),
+            (f.kind, &f.message, &f.detail)
+        );
+        assert_eq!(e.kind, Kind::LoginRequired);
         assert_eq!(a.metrics.bcrypt_runs.get(), 3);
         let outcome = |o: &str| a.metrics.attempts.with_label_values(&[o]).get();
         assert_eq!(
@@ -775,7 +778,7 @@ mod tests {
             Principal::Anonymous
         ));
         let e = refused(a.authenticate(Some(&header("Bearer x"))).await);
-        assert_eq!(e.status.as_u16(), 401);
+        assert_eq!(e.kind, Kind::LoginRequired);
         assert_eq!(outcome("malformed"), 1);
     }
 

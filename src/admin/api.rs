@@ -18,13 +18,13 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, header};
 use http_body_util::{BodyExt, Full};
 use sha2::{Digest as _, Sha256};
 
 use super::{Cache, Op};
 use crate::config::Secret;
-use crate::error::{Code, Error, Origin};
+use crate::error::{Error, Origin};
 use crate::http::{Body, error_response};
 use crate::mirror::Mirror;
 
@@ -130,13 +130,7 @@ impl Api {
     /// Answers one `/admin` request. Never fails: errors become OCI error responses.
     pub async fn handle<B>(&self, req: &Request<B>) -> Response<Body> {
         if !self.authorized(req.headers()) {
-            let e = Error::new(
-                Origin::Client,
-                StatusCode::UNAUTHORIZED,
-                Code::Unauthorized,
-                "authentication required",
-            )
-            .with_detail(
+            let e = Error::login_required(
                 "the admin API needs Authorization: Bearer <token> ([admin] in the config)",
             );
             let mut r = error_response(&e, req.method() == Method::HEAD);
@@ -234,6 +228,8 @@ fn json<T: serde::Serialize>(v: &T) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::http::error::Answered;
+    use http::StatusCode;
 
     #[test]
     fn routes() {
@@ -306,7 +302,11 @@ mod tests {
             ),
         ];
         for (m, p, q, status) in bad {
-            assert_eq!(parse(&m, p, q).unwrap_err().status, status, "{m} {p} {q:?}");
+            assert_eq!(
+                parse(&m, p, q).unwrap_err().status(),
+                status,
+                "{m} {p} {q:?}"
+            );
         }
         assert!(is_admin_path("/admin") && is_admin_path("/admin/stats"));
         assert!(!is_admin_path("/administrator") && !is_admin_path("/metrics"));

@@ -29,7 +29,7 @@ use serde::de::DeserializeOwned;
 
 use super::{Cache, Listing, Op, Removal, Stats};
 use crate::config::{Config, Secret};
-use crate::error::Error;
+use crate::error::{Error, Kind};
 use crate::manifests::Manifests;
 use crate::store::Store;
 
@@ -173,8 +173,8 @@ impl Failure {
     }
 
     fn from_error(e: &Error) -> Failure {
-        match e.status {
-            StatusCode::NOT_FOUND => Failure::NotFound(e.to_string()),
+        match e.kind {
+            Kind::NotFound(_) => Failure::NotFound(e.to_string()),
             _ => Failure::Failed(e.to_string()),
         }
     }

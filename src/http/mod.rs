@@ -1,7 +1,8 @@
 //! The HTTP face of the mirror: route a request, call the mirror, write the response.
 //!
 //! This is the only layer that sees a client's `Request` and builds a `Response`, and the one
-//! place where an [`Error`] becomes a status and an OCI error body ([`error_response`]). With
+//! place where an [`Error`] becomes a status and an OCI error body ([`error::error_response`],
+//! the table from kind to answer). With
 //! `[auth]`, the `Authorization` header becomes a principal before the path is even parsed, and
 //! the principal is checked against the route's upstream before the mirror is asked (`access`). Every
 //! request ends in one log line (route, upstream, outcome, status, bytes, duration) written when
@@ -13,6 +14,7 @@
 //!
 //! Rule of dependency: uses `access`, `cluster`, `health`, `mirror` and below; nothing below sees HTTP types of the client side.
 
+pub mod error;
 pub mod route;
 
 use std::borrow::Cow;
@@ -30,12 +32,13 @@ use http_body_util::{BodyExt, Full, StreamBody, combinators::UnsyncBoxBody};
 
 use crate::access::{Access, Principal};
 use crate::cluster::{Cluster, PEER_PREFIX};
-use crate::error::{Code, Error, Origin};
+use crate::error::{Error, Kind};
 use crate::health::{Health, Phase};
 use crate::logwriter::BatchWriter;
 use crate::metrics::Metrics;
 use crate::mirror::{BlobReply, ByteRange, ManifestReply, Mirror, TagsReply};
 use crate::tier::PullSource;
+pub use error::error_response;
 use route::{PeerRoute, Route, Target, Via};
 
 /// The response body type of every answer.
@@ -114,7 +117,7 @@ impl App {
                     log.outcome = e.origin.as_str();
                 }
                 let mut r = error_response(&e, method == Method::HEAD);
-                if e.status == StatusCode::UNAUTHORIZED && e.origin == Origin::Client {
+                if e.kind == Kind::LoginRequired {
                     let challenge = match log.kind {
                         PEER_KIND => PEER_CHALLENGE,
                         _ => BASIC_CHALLENGE,
@@ -375,13 +378,7 @@ fn admit_peer<B>(
         .admit(req.method().as_str(), path_and_query, req.headers())
     {
         log.outcome = "refused";
-        return Err(Error::new(
-            Origin::Client,
-            StatusCode::UNAUTHORIZED,
-            Code::Unauthorized,
-            "authentication required",
-        )
-        .with_detail(format!(
+        return Err(Error::login_required(format!(
             "peer routes need Authorization: Berth-Peer with a valid proof ({})",
             refusal.as_str()
         )));
@@ -446,23 +443,6 @@ fn bytes_response(
         h.insert(header::CONTENT_TYPE, v);
     }
     h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
-    r
-}
-
-/// The single place where an error becomes a response.
-pub fn error_response(e: &Error, head: bool) -> Response<Body> {
-    let mut r = bytes_response(e.status, Bytes::from(e.to_body()), "application/json", head);
-    if let Some(after) = e.retry_after {
-        r.headers_mut().insert(
-            header::RETRY_AFTER,
-            HeaderValue::from(after.as_secs().max(1)),
-        );
-    }
-    if let Some(total) = e.range_size
-        && let Ok(v) = HeaderValue::from_str(&format!("bytes */{total}"))
-    {
-        r.headers_mut().insert(header::CONTENT_RANGE, v);
-    }
     r
 }
 
@@ -855,7 +835,7 @@ mod tests {
                 .is_empty()
         );
         let (post, _) = ask(Method::POST);
-        assert_eq!(post.unwrap_err().status, StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(post.unwrap_err().kind, Kind::Unsupported);
 
         // No proof: refused before the route is looked at.
         let req = Request::builder().uri(path).body(()).unwrap();
@@ -866,10 +846,7 @@ mod tests {
             user: None,
         };
         let e = admit_peer(&side, &req, &mut log).unwrap_err();
-        assert_eq!(
-            (e.status, log.outcome),
-            (StatusCode::UNAUTHORIZED, "refused")
-        );
+        assert_eq!((e.kind, log.outcome), (Kind::LoginRequired, "refused"));
     }
 
     #[test]

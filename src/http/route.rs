@@ -16,7 +16,7 @@
 
 use http::Method;
 
-use crate::error::{Code, Error};
+use crate::error::{Error, Kind, Malformed};
 use crate::oci::{Digest, Reference, RepoName, Tag};
 
 /// Largest `n` accepted on a tag list.
@@ -188,8 +188,8 @@ pub fn parse_peer(method: &Method, path: &str) -> Result<PeerRoute, Error> {
 /// encoding, unsupported algorithm): `400 DIGEST_INVALID`, which tells that client what to fix,
 /// the answer blob routes give, and the registry's own for a digest it cannot parse.
 fn manifest_reference(r: &str) -> Result<Reference, Error> {
-    r.parse().map_err(|e: Error| match e.code {
-        Code::TagInvalid => {
+    r.parse().map_err(|e: Error| match e.kind {
+        Kind::Invalid(Malformed::Tag) => {
             Error::manifest_unknown(format!("{:?} is neither a tag nor a digest", clip(r)))
         }
         _ => e,
@@ -295,6 +295,7 @@ pub(super) fn clip(s: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::http::error::{Answered, Code};
 
     fn hosts() -> Hosts {
         let cfg = crate::config::Config::parse(
@@ -359,7 +360,7 @@ mod tests {
         .unwrap();
         assert_eq!(target(&r).0, 0);
         let e = get("/v2/x/manifests/latest", Some("ns=evil.example.com")).unwrap_err();
-        assert_eq!((e.code, e.status.as_u16()), (Code::NameUnknown, 404));
+        assert_eq!((e.code(), e.status().as_u16()), (Code::NameUnknown, 404));
     }
 
     #[test]
@@ -377,9 +378,9 @@ mod tests {
         let r = get("/v2/127.0.0.1:5001/team/app/tags/list", None).unwrap();
         assert_eq!(target(&r).0, 2);
         let e = get("/v2/ghcr.io/a/b/manifests/latest", None).unwrap_err();
-        assert_eq!(e.code, Code::NameUnknown);
+        assert_eq!(e.code(), Code::NameUnknown);
         let e = get("/v2/localhost/a/manifests/latest", None).unwrap_err();
-        assert_eq!(e.code, Code::NameUnknown);
+        assert_eq!(e.code(), Code::NameUnknown);
     }
 
     #[test]
@@ -405,27 +406,30 @@ mod tests {
         let r = get(&format!("/v2/x/blobs/sha256:{hex}"), None).unwrap();
         assert!(matches!(r, Route::Blob { .. }));
         assert_eq!(
-            get("/v2/x/blobs/latest", None).unwrap_err().code,
+            get("/v2/x/blobs/latest", None).unwrap_err().code(),
             Code::DigestInvalid
         );
         assert_eq!(
-            get("/v2/x/blobs/sha256:xyz", None).unwrap_err().code,
+            get("/v2/x/blobs/sha256:xyz", None).unwrap_err().code(),
             Code::DigestInvalid
         );
         for bad in ["-bad", ".INVALID_MANIFEST_NAME", &"a".repeat(129)] {
             let e = get(&format!("/v2/x/manifests/{bad}"), None).unwrap_err();
-            assert_eq!((e.code, e.status.as_u16()), (Code::ManifestUnknown, 404));
+            assert_eq!(
+                (e.code(), e.status().as_u16()),
+                (Code::ManifestUnknown, 404)
+            );
         }
         for bad in ["sha256:zz", "md5:abc", "sha256:"] {
             let e = get(&format!("/v2/x/manifests/{bad}"), None).unwrap_err();
-            assert_eq!((e.code, e.status.as_u16()), (Code::DigestInvalid, 400));
+            assert_eq!((e.code(), e.status().as_u16()), (Code::DigestInvalid, 400));
         }
         assert_eq!(
-            get("/v2/X/manifests/latest", None).unwrap_err().code,
+            get("/v2/X/manifests/latest", None).unwrap_err().code(),
             Code::NameInvalid
         );
         assert_eq!(
-            get("/v2/a%2fb/manifests/latest", None).unwrap_err().code,
+            get("/v2/a%2fb/manifests/latest", None).unwrap_err().code(),
             Code::NameInvalid
         );
     }
@@ -442,15 +446,15 @@ mod tests {
             }
         ));
         assert_eq!(
-            get("/v2/x/tags/list", Some("n=-1")).unwrap_err().code,
+            get("/v2/x/tags/list", Some("n=-1")).unwrap_err().code(),
             Code::PaginationNumberInvalid
         );
         assert_eq!(
-            get("/v2/x/tags/list", Some("n=99999")).unwrap_err().code,
+            get("/v2/x/tags/list", Some("n=99999")).unwrap_err().code(),
             Code::PaginationNumberInvalid
         );
         assert_eq!(
-            get("/v2/x/tags/list", Some("last=..")).unwrap_err().code,
+            get("/v2/x/tags/list", Some("last=..")).unwrap_err().code(),
             Code::TagInvalid
         );
     }
@@ -474,7 +478,7 @@ mod tests {
         assert_eq!(upstream, "[::1]:5000");
         assert_eq!(repo.as_str(), "a/b/c");
         assert_eq!(digest.to_string(), d);
-        let code = |p: &str| get(p).unwrap_err().code;
+        let code = |p: &str| get(p).unwrap_err().code();
         for p in [
             "/_berth/peer/v1/nothing",
             "/_berth/peer/v1/blobs/",
@@ -496,7 +500,7 @@ mod tests {
         assert_eq!(
             parse_peer(&Method::DELETE, "/_berth/peer/v1/healthz")
                 .unwrap_err()
-                .code,
+                .code(),
             Code::Unsupported
         );
     }
@@ -505,7 +509,7 @@ mod tests {
     fn writes_are_unsupported() {
         for m in [Method::PUT, Method::POST, Method::PATCH, Method::DELETE] {
             let e = parse(&m, "/v2/x/blobs/uploads/", None, &hosts()).unwrap_err();
-            assert_eq!((e.code, e.status.as_u16()), (Code::Unsupported, 405));
+            assert_eq!((e.code(), e.status().as_u16()), (Code::Unsupported, 405));
         }
     }
 
@@ -522,7 +526,7 @@ mod tests {
         ] {
             let e = get(p, None).unwrap_err();
             assert_eq!(
-                e.status.as_u16(),
+                e.status().as_u16(),
                 if p == "/v2//manifests/a" { 400 } else { 404 },
                 "{p}: {e}"
             );
@@ -680,7 +684,7 @@ mod tests {
                         let (p, q) = format(&route);
                         prop_assert_eq!(parse(&Method::GET, &p, q.as_deref(), &hosts()).unwrap(), route);
                     }
-                    Err(e) => prop_assert!(e.status.is_client_error(), "{}", e),
+                    Err(e) => prop_assert!(e.status().is_client_error(), "{}", e),
                 }
             }
         }
@@ -700,6 +704,6 @@ mod tests {
             &Hosts::new(&cfg.upstreams),
         )
         .unwrap_err();
-        assert_eq!(e.code, Code::NameUnknown);
+        assert_eq!(e.code(), Code::NameUnknown);
     }
 }

@@ -59,12 +59,12 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use futures_util::Stream;
-use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use http::{HeaderMap, HeaderValue, Method, header};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::cluster::Cluster;
-use crate::error::{Error, Origin};
+use crate::error::Error;
 use crate::fill::job::{FillJob, blob_request, content_length, header_str};
 use crate::fill::{FillSource, Fills, Share};
 use crate::flight::{Flights, Role};
@@ -180,10 +180,7 @@ impl ByteRange {
             ByteRange::Suffix(_) if total == 0 => None,
             ByteRange::Suffix(n) => Some((total.saturating_sub(n), total)),
         };
-        span.ok_or_else(|| {
-            Error::range_invalid(format!("range not satisfiable for a blob of {total} bytes"))
-                .with_total(total)
-        })
+        span.ok_or_else(|| Error::range_not_satisfiable(total))
     }
 }
 
@@ -208,20 +205,6 @@ pub struct TagsReply {
     pub content_type: Option<HeaderValue>,
     pub link: Option<HeaderValue>,
     pub body: Bytes,
-}
-
-impl Error {
-    /// Remembers the blob size for the `Content-Range: bytes */<total>` of a 416.
-    fn with_total(mut self, total: u64) -> Self {
-        self.range_size = Some(total);
-        self.with_detail(format!("blob size {total}"))
-    }
-
-    /// Whether a cached answer may stand in for this failure (upstream down, failing, limiting).
-    fn allows_stale(&self) -> bool {
-        self.origin == Origin::Upstream
-            && (self.status.is_server_error() || self.status == StatusCode::TOO_MANY_REQUESTS)
-    }
 }
 
 impl Mirror {
@@ -523,7 +506,7 @@ impl Mirror {
                         return self.serve_stale(target, up, entry, e).await;
                     }
                     Err(e) => {
-                        if e.status == StatusCode::NOT_FOUND {
+                        if e.is_not_found() {
                             self.manifests.forget_tag(&key).await;
                         }
                         return Err(e);
@@ -1165,6 +1148,7 @@ fn not_acceptable(target: &Target, tag: &Tag, m: &Manifest, accept: Option<&str>
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::Kind;
 
     #[test]
     fn tag_lists_are_re_encoded() {
@@ -1314,12 +1298,12 @@ mod tests {
         assert_eq!(ByteRange::Suffix(3).resolve(10).unwrap(), (7, 10));
         assert_eq!(ByteRange::Suffix(30).resolve(10).unwrap(), (0, 10));
         assert_eq!(
-            ByteRange::From(10, None).resolve(10).unwrap_err().status,
-            StatusCode::RANGE_NOT_SATISFIABLE
+            ByteRange::From(10, None).resolve(10).unwrap_err().kind,
+            Kind::RangeNotSatisfiable { size: Some(10) }
         );
         assert_eq!(
-            ByteRange::Suffix(0).resolve(10).unwrap_err().status,
-            StatusCode::RANGE_NOT_SATISFIABLE
+            ByteRange::Suffix(0).resolve(10).unwrap_err().kind,
+            Kind::RangeNotSatisfiable { size: Some(10) }
         );
     }
 
@@ -1361,8 +1345,7 @@ mod tests {
                         }
                     }
                     Err(e) => {
-                        prop_assert_eq!(e.status, StatusCode::RANGE_NOT_SATISFIABLE);
-                        prop_assert_eq!(e.range_size, Some(total));
+                        prop_assert_eq!(e.kind, Kind::RangeNotSatisfiable { size: Some(total) });
                         // Only a start past the end or an empty suffix is unsatisfiable.
                         prop_assert!(
                             matches!(r, ByteRange::From(a, _) if a >= total)
@@ -1391,8 +1374,7 @@ mod tests {
         // Found by the range property: `bytes=-5` of 0 bytes was the empty span 0..0, sent as
         // `206` with `Content-Range: bytes 0--1/0`.
         let e = ByteRange::Suffix(5).resolve(0).unwrap_err();
-        assert_eq!(e.status, StatusCode::RANGE_NOT_SATISFIABLE);
-        assert_eq!(e.range_size, Some(0));
+        assert_eq!(e.kind, Kind::RangeNotSatisfiable { size: Some(0) });
     }
 
     #[test]

@@ -47,7 +47,7 @@ use self::auth::{
     Challenge, TokenCache, TokenKey, TokenResponse, credentials_allowed, same_origin,
 };
 use crate::config::{Secret, UpstreamConfig};
-use crate::error::{Code, Error};
+use crate::error::{Error, Missing};
 use crate::oci::RepoName;
 
 pub use self::connect::{ConnectTimeout, HttpClient, POOL_IDLE_TIMEOUT, TimeoutConnector};
@@ -579,7 +579,7 @@ impl Upstream {
             }
             StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => Ok(None),
             _ => match resp.error_for_status(NotFoundKind::Repository).await {
-                Err(e) if e.status == StatusCode::NOT_FOUND => Err(Error::upstream_bad(
+                Err(e) if e.is_not_found() => Err(Error::upstream_bad(
                     &self.name,
                     format!("token realm {} answered 404", redact(&url)),
                 )),
@@ -784,27 +784,27 @@ impl UpstreamResponse {
         };
         Err(match status.as_u16() {
             404 => {
-                let code = code
-                    .filter(|c| {
-                        matches!(
-                            c,
-                            Code::ManifestUnknown | Code::BlobUnknown | Code::NameUnknown
-                        )
+                let missing = code
+                    .and_then(|c| match c.as_str() {
+                        "MANIFEST_UNKNOWN" => Some(Missing::Manifest),
+                        "BLOB_UNKNOWN" => Some(Missing::Blob),
+                        "NAME_UNKNOWN" => Some(Missing::Repository),
+                        _ => None,
                     })
                     .unwrap_or(match kind {
-                        NotFoundKind::Manifest => Code::ManifestUnknown,
-                        NotFoundKind::Blob => Code::BlobUnknown,
-                        NotFoundKind::Repository => Code::NameUnknown,
+                        NotFoundKind::Manifest => Missing::Manifest,
+                        NotFoundKind::Blob => Missing::Blob,
+                        NotFoundKind::Repository => Missing::Repository,
                     });
-                match code {
-                    Code::ManifestUnknown => Error::manifest_unknown(detail),
-                    Code::BlobUnknown => Error::blob_unknown(detail),
+                match missing {
+                    Missing::Manifest => Error::manifest_unknown(detail),
+                    Missing::Blob => Error::blob_unknown(detail),
                     _ => Error::name_unknown(detail),
                 }
             }
             401 | 403 => Error::upstream_denied(&name, detail),
             429 => Error::too_many_requests(&name, retry_after).with_detail(detail),
-            500..=599 => Error::upstream_unavailable(&name, detail).with_retry_after(retry_after),
+            500..=599 => Error::upstream_unavailable_for(&name, retry_after).with_detail(detail),
             _ => Error::upstream_bad(&name, detail),
         })
     }
@@ -885,8 +885,27 @@ impl UpstreamBody {
     }
 }
 
-/// The first entry of an OCI error body: its code (when berth knows it) and message.
-fn oci_error(body: &[u8]) -> Option<(Code, String)> {
+/// The error codes of the OCI distribution spec (and `TOOMANYREQUESTS`, `UNAVAILABLE`, which
+/// Docker Hub and the Distribution registry use): an error body with another code is not read.
+const OCI_CODES: &[&str] = &[
+    "BLOB_UNKNOWN",
+    "DIGEST_INVALID",
+    "MANIFEST_UNKNOWN",
+    "MANIFEST_INVALID",
+    "NAME_INVALID",
+    "NAME_UNKNOWN",
+    "SIZE_INVALID",
+    "UNAUTHORIZED",
+    "DENIED",
+    "UNSUPPORTED",
+    "TOOMANYREQUESTS",
+    "TAG_INVALID",
+    "PAGINATION_NUMBER_INVALID",
+    "UNAVAILABLE",
+];
+
+/// The first entry of an OCI error body: its code (when it is one of [`OCI_CODES`]) and message.
+fn oci_error(body: &[u8]) -> Option<(String, String)> {
     #[derive(serde::Deserialize)]
     struct Body {
         errors: Vec<Entry>,
@@ -902,7 +921,9 @@ fn oci_error(body: &[u8]) -> Option<(Code, String)> {
         .errors
         .into_iter()
         .next()?;
-    let code = Code::from_upstream(&first.code)?;
+    let code = OCI_CODES
+        .contains(&first.code.as_str())
+        .then_some(first.code)?;
     let message: String = first
         .message
         .unwrap_or_default()
@@ -1286,7 +1307,7 @@ mod tests {
             br#"{"errors":[{"code":"MANIFEST_UNKNOWN","message":"manifest unknown","detail":{}}]}"#;
         assert_eq!(
             oci_error(b),
-            Some((Code::ManifestUnknown, "manifest unknown".into()))
+            Some(("MANIFEST_UNKNOWN".into(), "manifest unknown".into()))
         );
         assert_eq!(oci_error(b"not json"), None);
         assert_eq!(oci_error(br#"{"errors":[]}"#), None);

@@ -410,7 +410,10 @@ async fn a_reload_keeps_the_client_of_an_unchanged_upstream_and_swaps_the_set_wh
     // upstream; registry.test is still slot 0.
     let mirror = server.mirror();
     let gone = mirror.upstream(1).unwrap_err();
-    assert_eq!(gone.status, http::StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        gone.kind,
+        berth::error::Kind::UpstreamUnavailable { retry_after: None }
+    );
     assert!(gone.to_string().contains("b.test"), "{gone}");
     assert_eq!(mirror.upstream(0).unwrap().name(), "registry.test");
     assert_eq!(mirror.upstream_names(), ["registry.test"]);

@@ -5,7 +5,8 @@ use crate::support;
 use std::time::Duration;
 
 use berth::config::{Config, Secret, UpstreamConfig};
-use berth::error::{Code, Error, Origin};
+use berth::error::{Error, Origin};
+use berth::http::error::{Answered, Code};
 use berth::oci::media;
 use berth::upstream::{NotFoundKind, Upstream, UpstreamMetrics, UpstreamRequest, UpstreamResponse};
 use http::{Method, StatusCode, Version};
@@ -265,7 +266,7 @@ async fn a_fresh_token_that_is_refused_is_not_retried() {
         .await
         .unwrap_err();
     assert_eq!(
-        (e.code, e.status, e.origin),
+        (e.code(), e.status(), e.origin),
         (Code::Denied, StatusCode::FORBIDDEN, Origin::Upstream)
     );
 }
@@ -363,7 +364,7 @@ async fn an_unlisted_foreign_realm_gets_no_credentials() {
         .error_for_status(NotFoundKind::Manifest)
         .await
         .unwrap_err();
-    assert_eq!(e.code, Code::Denied);
+    assert_eq!(e.code(), Code::Denied);
     assert!(
         fake.requests().iter().all(|r| r
             .header("authorization")
@@ -464,7 +465,7 @@ async fn too_many_redirects_fail() {
     let (u, _) = upstream(&config(&fake.url(), "max_redirects = 2\n"));
     let e = u.send(request(Method::GET, &path)).await.unwrap_err();
     assert_eq!(
-        (e.origin, e.status),
+        (e.origin, e.status()),
         (Origin::Upstream, StatusCode::BAD_GATEWAY)
     );
     assert_eq!(fake.hits(Method::GET, &path), 3);
@@ -487,7 +488,7 @@ async fn tls_with_ca_file_speaks_http2() {
         .await
         .unwrap_err();
     assert_eq!(e.origin, Origin::Upstream);
-    assert_eq!(e.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(e.status(), StatusCode::SERVICE_UNAVAILABLE);
     // The same certificate would come back: not retried.
     assert_eq!(retries(&registry, "connect"), 0.0);
 }
@@ -506,7 +507,7 @@ async fn https_to_http_redirect_is_refused() {
     let (u, _) = upstream(&config(&fake.url(), &format!("ca_file = \"{ca}\"\n")));
     let e = u.send(request(Method::GET, &path)).await.unwrap_err();
     assert_eq!(
-        (e.origin, e.status),
+        (e.origin, e.status()),
         (Origin::Upstream, StatusCode::BAD_GATEWAY)
     );
     assert!(e.to_string().contains("https"), "{e}");
@@ -524,7 +525,7 @@ async fn stalled_body_times_out() {
     assert_eq!(r.status, StatusCode::OK);
     let (n, e) = read_until_error(r).await;
     assert_eq!(n, 1000);
-    assert_eq!((e.origin, e.code), (Origin::Upstream, Code::Unavailable));
+    assert_eq!((e.origin, e.code()), (Origin::Upstream, Code::Unavailable));
     assert!(e.to_string().contains("stalled"), "{e}");
 }
 
@@ -539,7 +540,7 @@ async fn missing_response_headers_time_out() {
         .await
         .unwrap_err();
     assert_eq!(
-        (e.origin, e.status),
+        (e.origin, e.status()),
         (Origin::Upstream, StatusCode::SERVICE_UNAVAILABLE)
     );
     assert_eq!(
@@ -574,7 +575,7 @@ async fn refused_connection_is_unavailable() {
     let (u, _) = upstream(&config(&format!("http://127.0.0.1:{port}"), ""));
     let e = u.send(request(Method::GET, "/v2/")).await.unwrap_err();
     assert_eq!(
-        (e.origin, e.status),
+        (e.origin, e.status()),
         (Origin::Upstream, StatusCode::SERVICE_UNAVAILABLE)
     );
 }
@@ -596,10 +597,10 @@ async fn rate_limit_maps_to_toomanyrequests_with_retry_after() {
         .await
         .unwrap_err();
     assert_eq!(
-        (e.code, e.status),
+        (e.code(), e.status()),
         (Code::TooManyRequests, StatusCode::TOO_MANY_REQUESTS)
     );
-    assert_eq!(e.retry_after, Some(Duration::from_secs(7)));
+    assert_eq!(e.retry_after(), Some(Duration::from_secs(7)));
 
     // The fault fired once; the next request is served.
     let r = get(&u, "/v2/x/manifests/1").await;
@@ -663,7 +664,7 @@ async fn statuses_map_to_oci_errors() {
             .error_for_status(kind)
             .await
             .unwrap_err();
-        assert_eq!((e.code, e.status.as_u16()), (code, status), "{path}");
+        assert_eq!((e.code(), e.status().as_u16()), (code, status), "{path}");
     }
     let r = u
         .send(request(Method::HEAD, "/v2/x/manifests/1"))
@@ -688,7 +689,7 @@ async fn manifest_over_the_limit_is_refused() {
         .await
         .unwrap_err();
     assert_eq!(
-        (e.origin, e.status),
+        (e.origin, e.status()),
         (Origin::Upstream, StatusCode::BAD_GATEWAY)
     );
     let ok = get(&u, "/v2/x/manifests/big")
@@ -819,7 +820,7 @@ async fn persistent_5xx_fails_after_retries_plus_one_attempts() {
         .await
         .unwrap_err();
     assert_eq!(
-        (e.code, e.status),
+        (e.code(), e.status()),
         (Code::Unavailable, StatusCode::SERVICE_UNAVAILABLE)
     );
 }
@@ -832,7 +833,7 @@ async fn refused_connections_are_retried_a_bounded_number_of_times() {
     ));
     let e = u.send(request(Method::GET, "/v2/")).await.unwrap_err();
     assert_eq!(
-        (e.origin, e.code, e.status),
+        (e.origin, e.code(), e.status()),
         (
             Origin::Upstream,
             Code::Unavailable,
@@ -868,7 +869,7 @@ async fn connections_closed_before_a_response_are_retried() {
     let (u, registry) = upstream(&config(&format!("http://{addr}"), FAST));
     let e = u.send(request(Method::GET, "/v2/")).await.unwrap_err();
     server.abort();
-    assert_eq!(e.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(e.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 3);
     assert_eq!(retries(&registry, "connect"), 2.0);
 }
@@ -917,8 +918,8 @@ async fn a_long_retry_after_goes_back_to_the_client() {
             .error_for_status(NotFoundKind::Manifest)
             .await
             .unwrap_err();
-        assert_eq!(e.code, code);
-        assert_eq!(e.retry_after, Some(Duration::from_secs(3600)));
+        assert_eq!(e.code(), code);
+        assert_eq!(e.retry_after(), Some(Duration::from_secs(3600)));
     }
     // A 429 that does not say when is not retried either.
     fake.reset_counts();
@@ -1067,7 +1068,7 @@ async fn redirects_into_the_private_network_are_refused_unless_allowed() {
         let (strict, _) = upstream(&config(&fake.url(), "allow_private_redirects = false\n"));
         let e = strict.send(request(Method::GET, &path)).await.unwrap_err();
         assert_eq!(
-            (e.origin, e.status),
+            (e.origin, e.status()),
             (Origin::Upstream, StatusCode::BAD_GATEWAY),
             "{target}"
         );
