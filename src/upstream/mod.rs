@@ -9,8 +9,8 @@
 //! This file is the facade: [`Upstream`] and its [`send`](Upstream::send), which sends whole tries
 //! again as `retry` decides; one try (`attempt`) is auth, the request with its redirects, and one
 //! answer to a 401. The rooms beside it, each adding its `impl Upstream` where it needs one:
-//! - `request`: the request berth sends ([`UpstreamRequest`]), its URL and headers, one exchange on
-//!   the wire;
+//! - `request`: the request berth sends ([`UpstreamRequest`], the blob request and header readers
+//!   the mirror and the fills build with), its URL and headers, one exchange on the wire;
 //! - `response`: the response it gets ([`UpstreamResponse`], [`UpstreamBody`]) and reading its body
 //!   with a stall timeout and a size limit;
 //! - `status`: an upstream's error answer mapped to the error the client sees
@@ -61,6 +61,7 @@ use crate::error::Error;
 pub use self::connect::{ConnectTimeout, HttpClient, POOL_IDLE_TIMEOUT, TimeoutConnector};
 pub use self::metrics::{LastErrors, UpstreamMetrics};
 pub use self::request::UpstreamRequest;
+pub(crate) use self::request::{blob_request, content_length, header_str};
 pub use self::response::{UpstreamBody, UpstreamResponse};
 pub use self::retry::retry_after;
 pub use self::status::NotFoundKind;

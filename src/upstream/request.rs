@@ -1,6 +1,8 @@
-//! The request berth sends: [`UpstreamRequest`], its URL (always `cfg.url` plus a `/v2/` path) and
-//! headers (the client's minus credentials and hop-by-hop ones), and one exchange on the wire within
-//! `response_timeout`, counted, timed and its rate-limit headers recorded.
+//! The request berth sends: [`UpstreamRequest`] and the builders the mirror and the fills use
+//! (`blob_request`, and `header_str` / `content_length` to read an answer's headers), its URL
+//! (always `cfg.url` plus a `/v2/` path) and headers (the client's minus credentials and hop-by-hop
+//! ones), and one exchange on the wire within `response_timeout`, counted, timed and its rate-limit
+//! headers recorded.
 //!
 //! Rule of dependency: under `upstream`, uses its parent's [`Upstream`], `retry` (whether a
 //! transport failure is worth another try) and `auth` (what "the same origin" is); `error`, `oci`.
@@ -19,7 +21,7 @@ use super::auth::same_origin;
 use super::retry::{Failure, retryable_transport};
 use super::{Upstream, redact};
 use crate::error::Error;
-use crate::oci::RepoName;
+use crate::oci::{Digest, RepoName};
 
 /// A request for [`Upstream::send`].
 #[derive(Debug, Clone)]
@@ -49,6 +51,26 @@ impl UpstreamRequest {
             repository,
         }
     }
+}
+
+/// A blob request to an upstream (`/v2/<name>/blobs/<digest>`), scoped to `name`.
+pub(crate) fn blob_request(method: Method, name: &RepoName, digest: &Digest) -> UpstreamRequest {
+    UpstreamRequest {
+        method,
+        path_and_query: format!("/v2/{name}/blobs/{digest}"),
+        headers: HeaderMap::new(),
+        repository: Some(name.clone()),
+    }
+}
+
+/// A header's value, if it is there and visible ASCII.
+pub(crate) fn header_str<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    h.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// The `Content-Length` a response declares.
+pub(crate) fn content_length(h: &HeaderMap) -> Option<u64> {
+    header_str(h, "content-length").and_then(|v| v.trim().parse().ok())
 }
 
 impl Upstream {
