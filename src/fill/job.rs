@@ -27,7 +27,9 @@ use crate::oci::{Digest, RepoName};
 use crate::origins::Origins;
 use crate::store::{self, FillState, Store};
 use crate::tier::Tier;
-use crate::upstream::{NotFoundKind, Upstream, UpstreamRequest, UpstreamResponse};
+use crate::upstream::{
+    NotFoundKind, Upstream, UpstreamResponse, blob_request, content_length, header_str,
+};
 
 /// Most bytes read from the upstream ahead of the disk; beyond it the fill stops reading (and TCP
 /// slows the upstream down), so memory per fill stays bounded.
@@ -484,24 +486,6 @@ fn continuation(
         },
         s => Err(format!("answered {s} to a range request")),
     }
-}
-
-/// A blob request to an upstream.
-pub(crate) fn blob_request(method: Method, name: &RepoName, digest: &Digest) -> UpstreamRequest {
-    UpstreamRequest {
-        method,
-        path_and_query: format!("/v2/{name}/blobs/{digest}"),
-        headers: HeaderMap::new(),
-        repository: Some(name.clone()),
-    }
-}
-
-pub(crate) fn header_str<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    h.get(name).and_then(|v| v.to_str().ok())
-}
-
-pub(crate) fn content_length(h: &HeaderMap) -> Option<u64> {
-    header_str(h, "content-length").and_then(|v| v.trim().parse().ok())
 }
 
 #[cfg(test)]

@@ -11,11 +11,11 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::Method;
 
-use super::job::{FillJob, blob_request};
+use super::job::FillJob;
 use crate::error::Error;
 use crate::store::{self, s3::BlobRead};
 use crate::tier::Tier;
-use crate::upstream::{NotFoundKind, UpstreamResponse};
+use crate::upstream::{NotFoundKind, UpstreamResponse, blob_request};
 
 /// Where a fill's bytes come from.
 pub(crate) enum Body {

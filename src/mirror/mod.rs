@@ -65,7 +65,7 @@ use tokio::time::Instant;
 
 use crate::cluster::Cluster;
 use crate::error::Error;
-use crate::fill::job::{FillJob, blob_request, content_length, header_str};
+use crate::fill::job::FillJob;
 use crate::fill::{FillSource, Fills, Share};
 use crate::flight::{Flights, Role};
 use crate::http::route::Target;
@@ -75,7 +75,9 @@ use crate::oci::{self, Digest, Reference, RepoName, Tag};
 use crate::origins::{Origins, Provenance};
 use crate::store::{self, FillState, Source, Store};
 use crate::tier::Tier;
-use crate::upstream::{NotFoundKind, Upstream, UpstreamRequest};
+use crate::upstream::{
+    NotFoundKind, Upstream, UpstreamRequest, blob_request, content_length, header_str,
+};
 use crate::upstreams::UpstreamSet;
 
 mod bucket;
