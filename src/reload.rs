@@ -33,6 +33,7 @@ use prometheus::{IntCounterVec, Opts, Registry};
 
 use crate::access::{Access, Settings};
 use crate::config::Config;
+use crate::index::Limits;
 use crate::mirror::Mirror;
 use crate::sdnotify::Notifier;
 use crate::store::Store;
@@ -210,8 +211,8 @@ impl Reloader {
         if current.upstreams != new.upstreams {
             self.mirror.set_upstreams(UpstreamSet::new(next));
         }
-        let limits = crate::server::limits(&new.storage);
-        let old_limits = crate::server::limits(&current.storage);
+        let limits = Limits::from_config(&new.storage);
+        let old_limits = Limits::from_config(&current.storage);
         if limits != old_limits {
             self.store.index().set_limits(limits);
             changes.storage_limits = true;

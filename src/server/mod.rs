@@ -52,7 +52,7 @@ use tokio_rustls::TlsAcceptor;
 use crate::access;
 use crate::admin;
 use crate::cluster::Cluster;
-use crate::config::{Config, ServerConfig, StorageConfig};
+use crate::config::{Config, ServerConfig};
 use crate::health::{Health, Phase};
 use crate::http::{App, Body, PeerSide};
 use crate::index::Limits;
@@ -63,6 +63,7 @@ use crate::origins::Origins;
 use crate::reload::{ReloadMetrics, Reloader};
 use crate::sdnotify::Notifier;
 use crate::store::Store;
+use crate::store::s3::evict::Limits as ShareLimits;
 use crate::store::s3::{Bucket, BucketMetrics};
 use crate::tier::Tier;
 use crate::tls::Certs;
@@ -206,8 +207,9 @@ impl Server {
             source,
         };
         // The index is rebuilt in `run`, after the listeners are bound and `/healthz` answers.
-        let store =
-            Arc::new(Store::open_unindexed(root, limits(&cfg.storage)).map_err(storage_err)?);
+        let store = Arc::new(
+            Store::open_unindexed(root, Limits::from_config(&cfg.storage)).map_err(storage_err)?,
+        );
         store.index().metrics().register(&prometheus)?;
         let names = cfg
             .upstreams
@@ -556,7 +558,7 @@ impl Server {
                         .map(|t| tokio::spawn(t.clone().abort_stale_uploads()));
                     // Pulls flushed as access markers, and the share's eviction pass.
                     keep_share = self.app.mirror.tier().map(|t| {
-                        let limits = bucket_limits(&self.config.storage);
+                        let limits = ShareLimits::from_config(&self.config.storage);
                         tokio::spawn(t.clone().keep_share(self.store.clone(), limits))
                     });
                     cert_watch = self.certs.clone().map(Certs::watch);
@@ -954,30 +956,6 @@ struct AbortOnDrop(tokio::task::JoinHandle<()>);
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         self.0.abort();
-    }
-}
-
-/// What the store may hold, from the `[storage]` settings.
-pub(crate) fn limits(st: &StorageConfig) -> Limits {
-    Limits {
-        max_size: st.max_size.map(|m| m.as_u64()),
-        high: st.high_watermark,
-        low: st.low_watermark,
-        max_age: st.max_age,
-        keep_referenced: st.keep_referenced,
-    }
-}
-
-/// The bucket's share limits: `[storage.s3] max_size`, `max_age` and `keep_pulled` (the grace),
-/// with the local tier's watermarks (`store::s3::evict`).
-pub(crate) fn bucket_limits(st: &StorageConfig) -> crate::store::s3::evict::Limits {
-    let s3 = st.s3.as_ref();
-    crate::store::s3::evict::Limits {
-        max_size: s3.and_then(|s| s.max_size).map(|m| m.as_u64()),
-        max_age: s3.and_then(|s| s.max_age),
-        high_watermark: st.high_watermark,
-        low_watermark: st.low_watermark,
-        grace: s3.map_or(crate::store::s3::evict::DEFAULT_GRACE, |s| s.keep_pulled),
     }
 }
 
