@@ -13,6 +13,7 @@
 //!
 //! Rule of dependency: uses `access`, `cluster`, `health`, `mirror` and below; nothing below sees HTTP types of the client side.
 
+pub mod metrics;
 pub mod route;
 
 use std::borrow::Cow;

@@ -25,8 +25,9 @@
 //! out with `sendfile`.
 //!
 //! The metrics listener speaks HTTPS when `[metrics] tls_cert`/`tls_key` are set (its own
-//! [`Certs`], reloaded like the registry's). The admin API is served on it, or with `[admin]
-//! socket` only on that Unix socket ([`admin_socket`]), never on both.
+//! [`Certs`], reloaded like the registry's); what it answers is `http::metrics`'s router. The
+//! admin API is served on it, or with `[admin] socket` only on that Unix socket
+//! ([`admin_socket`]), never on both.
 //!
 //! With `[cluster]`, the registry listener also answers the peer routes (`http`, `cluster`), and
 //! the cluster's prober runs from the start of `run` to its end. [`Server::bind_with_registry`]
@@ -39,8 +40,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Request, Response, StatusCode, header};
-use http_body_util::{BodyExt, Full};
+use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -54,10 +54,11 @@ use crate::admin;
 use crate::cluster::Cluster;
 use crate::config::{Config, ServerConfig};
 use crate::health::{Health, Phase};
+use crate::http::metrics::MetricsService;
 use crate::http::{App, Body, PeerSide};
 use crate::index::Limits;
 use crate::manifests::Manifests;
-use crate::metrics::{self, Metrics};
+use crate::metrics::Metrics;
 use crate::mirror::Mirror;
 use crate::origins::Origins;
 use crate::reload::{ReloadMetrics, Reloader};
@@ -476,18 +477,15 @@ impl Server {
         // so `/healthz` answers 503 while starting and draining. One stop signal for both.
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(());
         let mut side_tasks = Vec::new();
-        let svc = MetricsService {
-            prometheus: self.prometheus.clone(),
-            admin: None,
-            metrics: true,
-            health: self.health.clone(),
-            app: self.app.clone(),
-        };
+        let svc = MetricsService::new(
+            self.prometheus.clone(),
+            self.health.clone(),
+            self.app.mirror.clone(),
+        );
         if let Some(listener) = self.metrics_listener.take() {
-            let svc = MetricsService {
-                admin: self.admin.clone().filter(|_| self.admin_socket.is_none()),
-                ..svc.clone()
-            };
+            let svc = svc
+                .clone()
+                .with_admin(self.admin.clone().filter(|_| self.admin_socket.is_none()));
             let tls = self
                 .metrics_tls
                 .clone()
@@ -501,11 +499,7 @@ impl Server {
             )));
         }
         if let Some(socket) = self.admin_socket.take() {
-            let svc = MetricsService {
-                admin: self.admin.clone(),
-                metrics: false,
-                ..svc.clone()
-            };
+            let svc = svc.clone().admin_only(self.admin.clone());
             side_tasks.push(tokio::spawn(serve_admin_socket(
                 socket,
                 builder.clone(),
@@ -762,74 +756,6 @@ impl Server {
     }
 }
 
-/// What the metrics listener answers: `/metrics`, `/healthz`, and the admin API when enabled
-/// there; on the admin socket, only the admin API.
-#[derive(Clone)]
-struct MetricsService {
-    prometheus: prometheus::Registry,
-    admin: Option<Arc<admin::api::Api>>,
-    /// Whether `/metrics` and `/healthz` are answered (not on the admin socket).
-    metrics: bool,
-    health: Arc<Health>,
-    /// For the names of the upstreams configured now.
-    app: Arc<App>,
-}
-
-impl MetricsService {
-    async fn handle(self, req: Request<Incoming>) -> Response<Body> {
-        match &self.admin {
-            Some(api) if admin::api::is_admin_path(req.uri().path()) => {
-                // The admin API reads the index: not before it is rebuilt.
-                if self.health.phase() == Phase::Starting {
-                    return plain(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "text/plain",
-                        "starting: the cache index is being rebuilt\n".into(),
-                    )
-                    .map(|b| b.map_err(|never| match never {}).boxed_unsync());
-                }
-                api.handle(&req).await
-            }
-            _ => self
-                .answer(&req)
-                .map(|b| b.map_err(|never| match never {}).boxed_unsync()),
-        }
-    }
-
-    /// `/metrics` and `/healthz`.
-    fn answer(&self, req: &Request<Incoming>) -> Response<Full<Bytes>> {
-        if !self.metrics {
-            return plain(
-                StatusCode::NOT_FOUND,
-                "text/plain",
-                "not found: this socket serves the admin API (/admin/...)\n".to_owned(),
-            );
-        }
-        match req.uri().path() {
-            "/metrics" => plain(
-                StatusCode::OK,
-                "text/plain; version=0.0.4",
-                metrics::render(&self.prometheus),
-            ),
-            "/healthz" => {
-                let wants_json = req
-                    .headers()
-                    .get(header::ACCEPT)
-                    .and_then(|v| v.to_str().ok())
-                    .is_some_and(|v| v.contains("application/json"));
-                let names = self.app.mirror.upstream_names();
-                let a = self.health.answer(req.uri().query(), wants_json, &names);
-                plain(a.status, a.content_type, a.body)
-            }
-            _ => plain(
-                StatusCode::NOT_FOUND,
-                "text/plain",
-                "not found: try /metrics or /healthz\n".to_owned(),
-            ),
-        }
-    }
-}
-
 /// Accepts on the metrics listener until `stop`, then lets its connections finish briefly.
 async fn serve_metrics(
     listener: TcpListener,
@@ -852,7 +778,7 @@ async fn serve_metrics(
             },
         };
         let _ = stream.set_nodelay(true);
-        let svc = metrics_service_fn(svc.clone());
+        let svc = svc.clone().service();
         let (watcher, builder) = (graceful.watcher(), builder.clone());
         match tls.clone() {
             None => {
@@ -898,7 +824,7 @@ async fn serve_admin_socket(
                 }
             },
         };
-        let svc = metrics_service_fn(svc.clone());
+        let svc = svc.clone().service();
         tokio::spawn(serve_conn(
             graceful.watcher(),
             None,
@@ -932,21 +858,6 @@ fn spawn_trimmer(
                 );
             }
         }
-    })
-}
-
-fn metrics_service_fn(
-    svc: MetricsService,
-) -> impl hyper::service::Service<
-    Request<Incoming>,
-    Response = Response<Body>,
-    Error = std::convert::Infallible,
-    Future = impl Future<Output = Result<Response<Body>, std::convert::Infallible>> + Send,
-> + Send
-+ 'static {
-    service_fn(move |req| {
-        let svc = svc.clone();
-        async move { Ok::<_, std::convert::Infallible>(svc.handle(req).await) }
     })
 }
 
@@ -1037,16 +948,6 @@ async fn serve_conn<I, S, B>(
             }
         }
     }
-}
-
-fn plain(status: StatusCode, content_type: &'static str, body: String) -> Response<Full<Bytes>> {
-    let mut r = Response::new(Full::new(Bytes::from(body)));
-    *r.status_mut() = status;
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        http::HeaderValue::from_static(content_type),
-    );
-    r
 }
 
 // Keeps the body type of the registry service nameable in one place.
