@@ -23,8 +23,10 @@
 //! `[auth]` is on and its htpasswd path and check_concurrency (the file itself is re-read whenever
 //! it changes).
 //!
-//! Rule of dependency: uses `config`, `mirror`, `upstream`, `upstreams`, `store`, `tls`,
-//! `sdnotify`; `server` builds it, `main` calls it on `SIGHUP`.
+//! Rule of dependency: uses `config`, `access` (the policy), `mirror`, `upstream`, `upstreams`,
+//! `store` and `index` (the limits), `tls`, `sdnotify`; never `server` or `assemble`. `assemble`
+//! builds it over the parts it built (`Parts::reloader`), `server` hands it out, `main` calls it
+//! on `SIGHUP`.
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
