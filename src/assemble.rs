@@ -9,10 +9,12 @@
 //! no task: `server` takes the [`Parts`] and binds, accepts and drains. [`Parts::reloader`]
 //! hands the same parts to the [`Reloader`] that applies later configurations.
 //!
-//! Rule of dependency: the one place below `main` that reads the whole `Config`; uses the rooms
-//! it builds (`access`, `admin::api`, `cluster`, `health`, `http` for the [`App`], `manifests`,
-//! `metrics`, `mirror`, `origins`, `reload`, `store`, `tier`, `tls`, `upstream`, `upstreams`);
-//! only `server` uses it (and names its [`StartError`] again as `server::StartError`).
+//! Rule of dependency: reads the whole `Config` and hands each room its own section (besides
+//! `main`, only `reload` also reads it whole, to compare); uses the rooms it builds (`access`,
+//! `admin::api`, `cluster`, `health`, `http` for the [`App`], `index` for the limits,
+//! `manifests`, `metrics`, `mirror`, `origins`, `reload`, `sdnotify`, `store`, `tier`, `tls`,
+//! `upstream`, `upstreams`); only `server` uses it (and names its [`StartError`] again as
+//! `server::StartError`), nothing it builds imports it.
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -42,10 +42,10 @@
 //!
 //! Rule of dependency: the top of the library (only `main` and the tests use it); uses
 //! `assemble` for what it serves, `http` (the registry service and the metrics router),
-//! `zerocopy` (sendfile), `reload` (the [`Reloader`] it hands out), `config` (`[server]`), and
-//! the handles it starts and stops (`store`, `index` and `store::s3::evict` limits, `tier`,
-//! `cluster`'s prober, `tls`, `sdnotify`, `health`). It builds nothing from the configuration
-//! but its listeners.
+//! `zerocopy` (sendfile), `reload` (the [`Reloader`] it hands out), `config` (`[server]`),
+//! `logwriter` (where request lines go), and the handles it starts and stops (`store`, `index`
+//! and `store::s3::evict` limits, `tier`, `cluster`'s prober, `tls`, `sdnotify`, `health`). It
+//! builds nothing from the configuration but its listeners.
 
 use std::future::Future;
 use std::net::SocketAddr;
