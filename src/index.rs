@@ -18,7 +18,8 @@
 //! a fill whose size is known reserves it when it starts ([`Index::admit`]), so the bytes it is
 //! about to write count against `max_size` before they land on disk.
 //!
-//! Rule of dependency: uses `oci` only; the store owns the files and does the unlinking.
+//! Rule of dependency: uses `oci`, and `config` for the `[storage]` section its [`Limits`] are
+//! built from; the store owns the files and does the unlinking.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -26,6 +27,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use prometheus::{IntCounterVec, IntGauge, Opts, Registry};
 
+use crate::config::StorageConfig;
 use crate::oci::Digest;
 
 /// How stale a blob's recorded last access may get before a read records it again.
@@ -95,6 +97,17 @@ impl Default for Limits {
 }
 
 impl Limits {
+    /// What the store may hold, from the `[storage]` settings.
+    pub fn from_config(st: &StorageConfig) -> Limits {
+        Limits {
+            max_size: st.max_size.map(|m| m.as_u64()),
+            high: st.high_watermark,
+            low: st.low_watermark,
+            max_age: st.max_age,
+            keep_referenced: st.keep_referenced,
+        }
+    }
+
     /// The high and low watermarks in bytes.
     pub fn watermarks(&self) -> Option<(u64, u64)> {
         self.max_size

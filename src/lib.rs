@@ -87,6 +87,7 @@
 
 pub mod access;
 pub mod admin;
+pub mod assemble;
 pub mod cluster;
 pub mod config;
 pub mod error;

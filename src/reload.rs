@@ -23,8 +23,10 @@
 //! `[auth]` is on and its htpasswd path and check_concurrency (the file itself is re-read whenever
 //! it changes).
 //!
-//! Rule of dependency: uses `config`, `mirror`, `upstream`, `upstreams`, `store`, `tls`,
-//! `sdnotify`; `server` builds it, `main` calls it on `SIGHUP`.
+//! Rule of dependency: uses `config`, `access` (the policy), `mirror`, `upstream`, `upstreams`,
+//! `store` and `index` (the limits), `tls`, `sdnotify`; never `server` or `assemble`. `assemble`
+//! builds it over the parts it built (`Parts::reloader`), `server` hands it out, `main` calls it
+//! on `SIGHUP`.
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -33,6 +35,7 @@ use prometheus::{IntCounterVec, Opts, Registry};
 
 use crate::access::{Access, Settings};
 use crate::config::Config;
+use crate::index::Limits;
 use crate::mirror::Mirror;
 use crate::sdnotify::Notifier;
 use crate::store::Store;
@@ -210,8 +213,8 @@ impl Reloader {
         if current.upstreams != new.upstreams {
             self.mirror.set_upstreams(UpstreamSet::new(next));
         }
-        let limits = crate::server::limits(&new.storage);
-        let old_limits = crate::server::limits(&current.storage);
+        let limits = Limits::from_config(&new.storage);
+        let old_limits = Limits::from_config(&current.storage);
         if limits != old_limits {
             self.store.index().set_limits(limits);
             changes.storage_limits = true;

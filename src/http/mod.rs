@@ -13,8 +13,11 @@
 //! and a request without a valid proof gets 401 whatever the path.
 //!
 //! Rule of dependency: uses `access`, `cluster`, `health`, `mirror` and below; nothing below sees HTTP types of the client side.
+//! [`metrics`], the metrics listener's router, also uses `admin::api` (which uses only this file's
+//! `Body` and `error_response`) and `crate::metrics` (the rendering).
 
 pub mod error;
+pub mod metrics;
 pub mod route;
 
 use std::borrow::Cow;

@@ -1,7 +1,8 @@
-//! Listeners, TLS, connection limits and graceful shutdown.
+//! Listeners, TLS handshakes, connection limits and graceful shutdown: binds, accepts and drains.
 //!
-//! [`Server::bind`] builds everything from the [`Config`] (store, upstreams, metrics, mirror) and
-//! binds both listeners, so a bad config or a busy port fails before anything is served;
+//! [`Server::bind`] has `assemble` build everything from the [`Config`] (store, upstreams,
+//! metrics, mirror, ...: [`Parts`]) and then binds both listeners, so a bad config or a busy port
+//! fails before anything is served ([`Server::bind_parts`] takes parts built already);
 //! [`Server::run`] serves until the shutdown future completes, then stops accepting and gives
 //! running transfers `shutdown_grace` to finish. Shutdown is a value: tests pass their own future.
 //!
@@ -25,13 +26,26 @@
 //! out with `sendfile`.
 //!
 //! The metrics listener speaks HTTPS when `[metrics] tls_cert`/`tls_key` are set (its own
-//! [`Certs`], reloaded like the registry's). The admin API is served on it, or with `[admin]
-//! socket` only on that Unix socket ([`admin_socket`]), never on both.
+//! [`Certs`], reloaded like the registry's); what it answers is `http::metrics`'s router. The
+//! admin API is served on it, or with `[admin] socket` only on that Unix socket
+//! ([`admin_socket`]), never on both.
+//!
+//! While it runs, the server also starts and stops the work tied to its life: the store's
+//! maintenance pass (at the pace of `sweep_every`) and, with a bucket tier, its stale-upload
+//! sweep and share eviction, all once the index is rebuilt; the memory trimmer after bursts of
+//! connections ([`conn`]); the systemd watchdog; the certificate watchers.
 //!
 //! With `[cluster]`, the registry listener also answers the peer routes (`http`, `cluster`), and
 //! the cluster's prober runs from the start of `run` to its end. [`Server::bind_with_registry`]
 //! takes a registry listener bound already, for callers that must know its address before the
 //! config is final (tests naming each replica's `self`).
+//!
+//! Rule of dependency: the top of the library (only `main` and the tests use it); uses
+//! `assemble` for what it serves, `http` (the registry service and the metrics router),
+//! `zerocopy` (sendfile), `reload` (the [`Reloader`] it hands out), `config` (`[server]`),
+//! `logwriter` (where request lines go), and the handles it starts and stops (`store`, `index`
+//! and `store::s3::evict` limits, `tier`, `cluster`'s prober, `tls`, `sdnotify`, `health`). It
+//! builds nothing from the configuration but its listeners.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -39,8 +53,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Request, Response, StatusCode, header};
-use http_body_util::{BodyExt, Full};
+use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -49,25 +62,19 @@ use tokio::net::TcpListener;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::TlsAcceptor;
 
-use crate::access;
-use crate::admin;
+use crate::assemble::{self, Parts};
 use crate::cluster::Cluster;
-use crate::config::{Config, ServerConfig, StorageConfig};
+use crate::config::{Config, ServerConfig};
 use crate::health::{Health, Phase};
-use crate::http::{App, Body, PeerSide};
+use crate::http::Body;
+use crate::http::metrics::MetricsService;
 use crate::index::Limits;
-use crate::manifests::Manifests;
-use crate::metrics::{self, Metrics};
 use crate::mirror::Mirror;
-use crate::origins::Origins;
-use crate::reload::{ReloadMetrics, Reloader};
+use crate::reload::Reloader;
 use crate::sdnotify::Notifier;
-use crate::store::Store;
-use crate::store::s3::{Bucket, BucketMetrics};
-use crate::tier::Tier;
+use crate::store::s3::Bucket;
+use crate::store::s3::evict::Limits as ShareLimits;
 use crate::tls::Certs;
-use crate::upstream::{Upstream, UpstreamMetrics};
-use crate::upstreams::UpstreamSet;
 use crate::zerocopy::SendfileStream;
 use conn::{Bursts, Head, Prefixed};
 
@@ -78,8 +85,8 @@ mod idle;
 use admin_socket::AdminSocket;
 use idle::{Activity, Drain, Tracked};
 
-/// Memory for hot manifests.
-const MANIFEST_MEMORY_BYTES: u64 = 64 * 1024 * 1024;
+pub use crate::assemble::StartError;
+
 /// hyper's HTTP/1 header count limit when none is set.
 const HYPER_MAX_HEADERS: usize = 100;
 /// Most bytes of request head accepted on HTTP/1 (hyper answers 431 beyond).
@@ -89,67 +96,19 @@ const MAX_HEAD_BYTES: usize = 64 * 1024;
 pub struct Server {
     registry: TcpListener,
     metrics_listener: Option<TcpListener>,
-    tls: Option<TlsAcceptor>,
-    /// HTTPS on the metrics listener (`[metrics] tls_cert`).
-    metrics_tls: Option<TlsAcceptor>,
-    /// The metrics listener's TLS pair, re-read like the registry's.
-    metrics_certs: Option<Arc<Certs>>,
     /// `[admin] socket`: where the admin API is served instead of the metrics listener.
     admin_socket: Option<AdminSocket>,
-    app: Arc<App>,
-    prometheus: prometheus::Registry,
-    /// The admin API, when `[admin] enabled` (on the metrics listener, or only on the socket).
-    admin: Option<Arc<admin::api::Api>>,
+    /// What the listeners serve, built from the configuration (`assemble`).
+    parts: Parts,
     settings: ServerConfig,
-    /// For the maintenance pass (eviction by age, and by size once pins run out).
-    store: Arc<Store>,
-    /// Starting, serving or draining: `/healthz` and whether registry connections are accepted.
-    health: Arc<Health>,
     /// The service manager (systemd `Type=notify`); disabled unless handed in.
     notifier: Notifier,
-    /// The TLS pair, re-read on reload and when its files change.
-    certs: Option<Arc<Certs>>,
-    /// For the [`Reloader`]: the configuration it started with, and what it rebuilds with.
-    config: Config,
-    upstream_metrics: UpstreamMetrics,
-    reload_metrics: ReloadMetrics,
-}
-
-/// Why berth could not start.
-#[derive(Debug, thiserror::Error)]
-pub enum StartError {
-    #[error("cache directory {path}: {source}")]
-    Storage {
-        path: String,
-        source: std::io::Error,
-    },
-    #[error("TLS: {0}")]
-    Tls(String),
-    #[error("cannot listen on {addr}: {source}")]
-    Bind {
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
-    #[error("upstream {name}: {reason}")]
-    Upstream { name: String, reason: String },
-    #[error("metrics: {0}")]
-    Metrics(#[from] prometheus::Error),
-    #[error("[auth] {0}")]
-    Auth(#[from] crate::access::LoadError),
-    #[error("[admin] socket: {0}")]
-    AdminSocket(String),
-    #[error("[storage.s3]: {0}")]
-    Bucket(String),
-    #[error("cache index of {path}: {reason}")]
-    Index { path: String, reason: String },
-    #[error("[cluster] {0}")]
-    Cluster(String),
 }
 
 impl Server {
-    /// Builds the mirror from `cfg` and binds its listeners.
+    /// Builds the mirror from `cfg` ([`Parts::build`]) and binds its listeners.
     pub async fn bind(cfg: &Config) -> Result<Server, StartError> {
-        Self::bind_on(cfg, None, Self::bucket(cfg)?).await
+        Self::bind_parts(Parts::build(cfg, assemble::bucket(cfg)?)?, None).await
     }
 
     /// As [`bind`](Self::bind), serving the registry on `registry`, a listener bound already
@@ -159,7 +118,7 @@ impl Server {
         cfg: &Config,
         registry: std::net::TcpListener,
     ) -> Result<Server, StartError> {
-        Self::bind_on(cfg, Some(registry), Self::bucket(cfg)?).await
+        Self::bind_parts(Parts::build(cfg, assemble::bucket(cfg)?)?, Some(registry)).await
     }
 
     /// As [`bind`](Self::bind), with the bucket tier given rather than made from
@@ -169,141 +128,16 @@ impl Server {
         cfg: &Config,
         bucket: Option<Bucket>,
     ) -> Result<Server, StartError> {
-        Self::bind_on(cfg, None, bucket).await
+        Self::bind_parts(Parts::build(cfg, bucket)?, None).await
     }
 
-    /// The bucket tier `[storage.s3]` names, if any.
-    fn bucket(cfg: &Config) -> Result<Option<Bucket>, StartError> {
-        cfg.storage
-            .s3
-            .as_ref()
-            .map(|s3| {
-                Bucket::connect(s3, BucketMetrics::new())
-                    .map_err(|e| StartError::Bucket(e.to_string()))
-            })
-            .transpose()
-    }
-
-    async fn bind_on(
-        cfg: &Config,
+    /// Binds the listeners `parts.config` names around what was built: the registry listener
+    /// (or takes `registry`, bound already), the metrics listener, the admin socket.
+    pub async fn bind_parts(
+        parts: Parts,
         registry: Option<std::net::TcpListener>,
-        bucket: Option<Bucket>,
     ) -> Result<Server, StartError> {
-        let prometheus = prometheus::Registry::new();
-        let tier = match bucket {
-            Some(b) => {
-                b.metrics().register(&prometheus)?;
-                Some(Arc::new(Tier::new(Arc::new(b))))
-            }
-            None => None,
-        };
-        let metrics = Metrics::register(&prometheus)?;
-        let upstream_metrics = UpstreamMetrics::register(&prometheus)?;
-
-        let root = &cfg.storage.path;
-        let storage_err = |source| StartError::Storage {
-            path: root.display().to_string(),
-            source,
-        };
-        // The index is rebuilt in `run`, after the listeners are bound and `/healthz` answers.
-        let store =
-            Arc::new(Store::open_unindexed(root, limits(&cfg.storage)).map_err(storage_err)?);
-        store.index().metrics().register(&prometheus)?;
-        let names = cfg
-            .upstreams
-            .iter()
-            .map(|u| u.name.to_ascii_lowercase())
-            .collect();
-        let manifests = Manifests::new(store.clone(), root, MANIFEST_MEMORY_BYTES, names)
-            .map_err(storage_err)?;
-        let origins = Origins::open(root, &manifests.upstream_names()).map_err(storage_err)?;
-
-        let reload_metrics = ReloadMetrics::register(&prometheus)?;
-        // Slots in config order: `manifests` was given the names in that order.
-        let mut upstreams = Vec::new();
-        for (slot, u) in cfg.upstreams.iter().enumerate() {
-            let up =
-                Upstream::new(u, upstream_metrics.clone()).map_err(|e| StartError::Upstream {
-                    name: u.name.clone(),
-                    reason: e.to_string(),
-                })?;
-            upstreams.push((slot, Arc::new(up)));
-        }
-        let cluster = cfg
-            .cluster
-            .as_ref()
-            .map(|c| Cluster::new(c, &prometheus).map(Arc::new))
-            .transpose()
-            .map_err(StartError::Cluster)?;
-        let mirror = Arc::new(
-            Mirror::new(
-                UpstreamSet::new(upstreams),
-                store.clone(),
-                manifests,
-                origins,
-                metrics.clone(),
-            )
-            .with_tier(tier.clone())
-            .with_cluster(cluster.clone()),
-        );
-        let admin = cfg.admin.token.clone().map(|token| {
-            let bucket_max = cfg.storage.s3.as_ref().and_then(|s| s.max_size);
-            Arc::new(
-                admin::api::Api::new(mirror.clone(), root.clone(), token)
-                    .with_bucket_max(bucket_max.map(|m| m.as_u64())),
-            )
-        });
-        let mut health = Health::new(
-            root.clone(),
-            store.index().clone(),
-            upstream_metrics.last_errors().clone(),
-        );
-        if let Some(t) = &tier {
-            health = health
-                .with_bucket(t.last_error().clone())
-                .with_bucket_share(t.share().clone());
-        }
-        let health = Arc::new(health);
-        let mut app = App::new(mirror, metrics);
-        if let Some(auth) = &cfg.auth {
-            let settings = access::Settings::new(auth, &cfg.upstreams);
-            app.access = Some(Arc::new(access::Access::new(settings, &prometheus)?));
-        }
-        if let Some(cluster) = cluster {
-            app.peers = Some(PeerSide {
-                cluster,
-                health: health.clone(),
-            });
-        }
-        let app = Arc::new(app);
-
-        for w in cfg.warnings() {
-            tracing::warn!("{w}");
-        }
-        // One reload counter for both pairs, registered only when there is a pair.
-        let pairs = [
-            (&cfg.server.tls_cert, &cfg.server.tls_key),
-            (&cfg.metrics.tls_cert, &cfg.metrics.tls_key),
-        ];
-        let reloads = match pairs.iter().any(|(c, _)| c.is_some()) {
-            true => Some(crate::tls::reload_counter(&prometheus).map_err(StartError::Tls)?),
-            false => None,
-        };
-        let load = |(cert, key): (&Option<std::path::PathBuf>, &Option<std::path::PathBuf>)| match (
-            cert, key, &reloads,
-        ) {
-            (Some(cert), Some(key), Some(reloads)) => {
-                let certs = Arc::new(
-                    Certs::load_counted(cert, key, reloads.clone()).map_err(StartError::Tls)?,
-                );
-                let acceptor =
-                    TlsAcceptor::from(Arc::new(certs.server_config().map_err(StartError::Tls)?));
-                Ok(Some((certs, acceptor)))
-            }
-            _ => Ok::<_, StartError>(None),
-        };
-        let (certs, tls) = load(pairs[0]).map(Option::unzip)?;
-        let (metrics_certs, metrics_tls) = load(pairs[1]).map(Option::unzip)?;
+        let cfg = &parts.config;
         let bind = |addr: SocketAddr| async move {
             TcpListener::bind(addr)
                 .await
@@ -322,7 +156,7 @@ impl Server {
             true => Some(bind(cfg.metrics.listen).await?),
             false => None,
         };
-        let admin_socket = match (&admin, &cfg.admin.socket) {
+        let admin_socket = match (&parts.admin, &cfg.admin.socket) {
             (Some(_), Some(path)) => {
                 Some(AdminSocket::bind(path).map_err(StartError::AdminSocket)?)
             }
@@ -331,40 +165,16 @@ impl Server {
         Ok(Server {
             registry,
             metrics_listener,
-            tls,
-            metrics_tls,
-            metrics_certs,
             admin_socket,
-            app,
-            prometheus,
-            admin,
             settings: cfg.server.clone(),
-            store,
-            health,
+            parts,
             notifier: Notifier::default(),
-            certs,
-            config: cfg.clone(),
-            upstream_metrics,
-            reload_metrics,
         })
     }
 
     /// What applies a new configuration to this server once it runs (see `reload`).
     pub fn reloader(&self) -> Reloader {
-        Reloader::new(
-            self.config.clone(),
-            self.app.mirror.clone(),
-            self.store.clone(),
-            self.upstream_metrics.clone(),
-            self.certs
-                .iter()
-                .chain(&self.metrics_certs)
-                .cloned()
-                .collect(),
-            self.reload_metrics.clone(),
-            self.notifier.clone(),
-        )
-        .with_access(self.app.access.clone())
+        self.parts.reloader(self.notifier.clone())
     }
 
     /// Tells `notifier` (systemd's `NOTIFY_SOCKET`) what the server does: `READY=1` once the
@@ -377,24 +187,24 @@ impl Server {
 
     /// The mirror this server answers with.
     pub fn mirror(&self) -> &Arc<Mirror> {
-        &self.app.mirror
+        &self.parts.app.mirror
     }
 
     /// This berth's view of its cluster, with `[cluster]`.
     pub fn cluster(&self) -> Option<&Arc<Cluster>> {
-        self.app.peers.as_ref().map(|p| &p.cluster)
+        self.parts.app.peers.as_ref().map(|p| &p.cluster)
     }
 
     /// Where the server is in its life (what `/healthz` answers from).
     pub fn health(&self) -> &Arc<Health> {
-        &self.health
+        &self.parts.health
     }
 
     /// Writes request lines to `writer` directly rather than through `tracing`'s formatting (the
     /// same line, for a fraction of the cost; `main` passes its log writer when not colouring).
     pub fn log_requests_to(self, writer: Option<crate::logwriter::BatchWriter>) -> Server {
         if let Some(w) = writer {
-            let _ = self.app.request_log.set(w);
+            let _ = self.parts.app.request_log.set(w);
         }
         self
     }
@@ -402,7 +212,8 @@ impl Server {
     /// Request lines as JSON objects (`[log] format = "json"`); needs
     /// [`log_requests_to`](Self::log_requests_to).
     pub fn json_request_log(self, json: bool) -> Server {
-        self.app
+        self.parts
+            .app
             .json_log
             .store(json, std::sync::atomic::Ordering::Relaxed);
         self
@@ -422,12 +233,12 @@ impl Server {
     }
 
     pub fn is_tls(&self) -> bool {
-        self.tls.is_some()
+        self.parts.tls.is_some()
     }
 
     /// Whether the metrics listener speaks HTTPS.
     pub fn metrics_is_tls(&self) -> bool {
-        self.metrics_tls.is_some()
+        self.parts.metrics_tls.is_some()
     }
 
     /// The admin API's Unix socket, when `[admin] socket` is set.
@@ -462,11 +273,12 @@ impl Server {
         // Peers are probed from the start: whom to ask does not wait for this berth's index.
         // Stopped when `run` returns, however it returns.
         let _prober = self
+            .parts
             .app
             .peers
             .as_ref()
             .map(|p| AbortOnDrop(p.cluster.spawn_prober()));
-        let metrics_cert_watch = self.metrics_certs.clone().map(Certs::watch);
+        let metrics_cert_watch = self.parts.metrics_certs.clone().map(Certs::watch);
         let graceful = Drain::default();
         let builder = Arc::new(self.conn_builder());
 
@@ -474,19 +286,20 @@ impl Server {
         // so `/healthz` answers 503 while starting and draining. One stop signal for both.
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(());
         let mut side_tasks = Vec::new();
-        let svc = MetricsService {
-            prometheus: self.prometheus.clone(),
-            admin: None,
-            metrics: true,
-            health: self.health.clone(),
-            app: self.app.clone(),
-        };
+        let svc = MetricsService::new(
+            self.parts.prometheus.clone(),
+            self.parts.health.clone(),
+            self.parts.app.mirror.clone(),
+        );
         if let Some(listener) = self.metrics_listener.take() {
-            let svc = MetricsService {
-                admin: self.admin.clone().filter(|_| self.admin_socket.is_none()),
-                ..svc.clone()
-            };
+            let svc = svc.clone().with_admin(
+                self.parts
+                    .admin
+                    .clone()
+                    .filter(|_| self.admin_socket.is_none()),
+            );
             let tls = self
+                .parts
                 .metrics_tls
                 .clone()
                 .map(|t| (t, self.settings.header_read_timeout));
@@ -499,11 +312,7 @@ impl Server {
             )));
         }
         if let Some(socket) = self.admin_socket.take() {
-            let svc = MetricsService {
-                admin: self.admin.clone(),
-                metrics: false,
-                ..svc.clone()
-            };
+            let svc = svc.clone().admin_only(self.parts.admin.clone());
             side_tasks.push(tokio::spawn(serve_admin_socket(
                 socket,
                 builder.clone(),
@@ -515,9 +324,9 @@ impl Server {
             stop_tx.send_replace(());
         };
 
-        let store = self.store.clone();
+        let store = self.parts.store.clone();
         let n = notifier.clone();
-        let root = self.health.storage().display().to_string();
+        let root = self.parts.health.storage().display().to_string();
         let mut rebuild = Some(tokio::task::spawn_blocking(move || {
             store.rebuild_index(|count| {
                 n.status(&format!("rebuilding index of {count} blobs"));
@@ -526,7 +335,7 @@ impl Server {
         }));
         let mut sweeper = None;
 
-        let app = self.app.clone();
+        let app = self.parts.app.clone();
         let idle_timeout = Some(self.settings.idle_timeout).filter(|t| !t.is_zero());
         let slots = Arc::new(Semaphore::new(self.settings.max_connections));
         let bursts = Arc::new(Bursts::default());
@@ -550,18 +359,18 @@ impl Server {
                     sweeper = Some(self.spawn_sweeper());
                     // Every STALE_EVERY, multipart uploads a killed replica left open are aborted.
                     stale_uploads = self
-                        .app
+                        .parts.app
                         .mirror
                         .tier()
                         .map(|t| tokio::spawn(t.clone().abort_stale_uploads()));
                     // Pulls flushed as access markers, and the share's eviction pass.
-                    keep_share = self.app.mirror.tier().map(|t| {
-                        let limits = bucket_limits(&self.config.storage);
-                        tokio::spawn(t.clone().keep_share(self.store.clone(), limits))
+                    keep_share = self.parts.app.mirror.tier().map(|t| {
+                        let limits = ShareLimits::from_config(&self.parts.config.storage);
+                        tokio::spawn(t.clone().keep_share(self.parts.store.clone(), limits))
                     });
-                    cert_watch = self.certs.clone().map(Certs::watch);
-                    self.health.set(Phase::Serving);
-                    tracing::info!(blobs = indexed, bytes = self.store.index().bytes(), "cache index rebuilt; serving");
+                    cert_watch = self.parts.certs.clone().map(Certs::watch);
+                    self.parts.health.set(Phase::Serving);
+                    tracing::info!(blobs = indexed, bytes = self.parts.store.index().bytes(), "cache index rebuilt; serving");
                     notifier.ready(&format!("serving ({indexed} blobs cached)"));
                     continue;
                 }
@@ -596,10 +405,10 @@ impl Server {
                 }
             });
             let idle = idle_timeout.map(|t| (activity, t));
-            let tls = self.tls.clone();
+            let tls = self.parts.tls.clone();
             let (maps, zero_copy) = (
-                self.store.mappings().clone(),
-                self.app.metrics.zero_copy_bytes.clone(),
+                self.parts.store.mappings().clone(),
+                self.parts.app.metrics.zero_copy_bytes.clone(),
             );
             let handshake_timeout = self.settings.header_read_timeout;
             let conn = async move {
@@ -652,7 +461,7 @@ impl Server {
             bursts.opened(self.settings.max_connections - slots.available_permits());
             tokio::spawn(conn);
         }
-        self.health.set(Phase::Draining);
+        self.parts.health.set(Phase::Draining);
         drop(self.registry);
         trimmer.abort();
         if let Some(t) = stale_uploads {
@@ -668,7 +477,8 @@ impl Server {
             r.abort();
         }
         let transfers = || {
-            self.app
+            self.parts
+                .app
                 .in_flight
                 .load(std::sync::atomic::Ordering::Relaxed)
         };
@@ -724,7 +534,7 @@ impl Server {
     /// on reload, so the pace is worked out again after each pass (and checked every minute
     /// without limits).
     fn spawn_sweeper(&self) -> tokio::task::JoinHandle<()> {
-        let store = self.store.clone();
+        let store = self.parts.store.clone();
         tokio::spawn(async move {
             loop {
                 let every = sweep_every(&store.index().limits());
@@ -760,74 +570,6 @@ impl Server {
     }
 }
 
-/// What the metrics listener answers: `/metrics`, `/healthz`, and the admin API when enabled
-/// there; on the admin socket, only the admin API.
-#[derive(Clone)]
-struct MetricsService {
-    prometheus: prometheus::Registry,
-    admin: Option<Arc<admin::api::Api>>,
-    /// Whether `/metrics` and `/healthz` are answered (not on the admin socket).
-    metrics: bool,
-    health: Arc<Health>,
-    /// For the names of the upstreams configured now.
-    app: Arc<App>,
-}
-
-impl MetricsService {
-    async fn handle(self, req: Request<Incoming>) -> Response<Body> {
-        match &self.admin {
-            Some(api) if admin::api::is_admin_path(req.uri().path()) => {
-                // The admin API reads the index: not before it is rebuilt.
-                if self.health.phase() == Phase::Starting {
-                    return plain(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "text/plain",
-                        "starting: the cache index is being rebuilt\n".into(),
-                    )
-                    .map(|b| b.map_err(|never| match never {}).boxed_unsync());
-                }
-                api.handle(&req).await
-            }
-            _ => self
-                .answer(&req)
-                .map(|b| b.map_err(|never| match never {}).boxed_unsync()),
-        }
-    }
-
-    /// `/metrics` and `/healthz`.
-    fn answer(&self, req: &Request<Incoming>) -> Response<Full<Bytes>> {
-        if !self.metrics {
-            return plain(
-                StatusCode::NOT_FOUND,
-                "text/plain",
-                "not found: this socket serves the admin API (/admin/...)\n".to_owned(),
-            );
-        }
-        match req.uri().path() {
-            "/metrics" => plain(
-                StatusCode::OK,
-                "text/plain; version=0.0.4",
-                metrics::render(&self.prometheus),
-            ),
-            "/healthz" => {
-                let wants_json = req
-                    .headers()
-                    .get(header::ACCEPT)
-                    .and_then(|v| v.to_str().ok())
-                    .is_some_and(|v| v.contains("application/json"));
-                let names = self.app.mirror.upstream_names();
-                let a = self.health.answer(req.uri().query(), wants_json, &names);
-                plain(a.status, a.content_type, a.body)
-            }
-            _ => plain(
-                StatusCode::NOT_FOUND,
-                "text/plain",
-                "not found: try /metrics or /healthz\n".to_owned(),
-            ),
-        }
-    }
-}
-
 /// Accepts on the metrics listener until `stop`, then lets its connections finish briefly.
 async fn serve_metrics(
     listener: TcpListener,
@@ -850,7 +592,7 @@ async fn serve_metrics(
             },
         };
         let _ = stream.set_nodelay(true);
-        let svc = metrics_service_fn(svc.clone());
+        let svc = svc.clone().service();
         let (watcher, builder) = (graceful.watcher(), builder.clone());
         match tls.clone() {
             None => {
@@ -896,7 +638,7 @@ async fn serve_admin_socket(
                 }
             },
         };
-        let svc = metrics_service_fn(svc.clone());
+        let svc = svc.clone().service();
         tokio::spawn(serve_conn(
             graceful.watcher(),
             None,
@@ -933,51 +675,12 @@ fn spawn_trimmer(
     })
 }
 
-fn metrics_service_fn(
-    svc: MetricsService,
-) -> impl hyper::service::Service<
-    Request<Incoming>,
-    Response = Response<Body>,
-    Error = std::convert::Infallible,
-    Future = impl Future<Output = Result<Response<Body>, std::convert::Infallible>> + Send,
-> + Send
-+ 'static {
-    service_fn(move |req| {
-        let svc = svc.clone();
-        async move { Ok::<_, std::convert::Infallible>(svc.handle(req).await) }
-    })
-}
-
 /// A background task that ends with its owner.
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
 
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         self.0.abort();
-    }
-}
-
-/// What the store may hold, from the `[storage]` settings.
-pub(crate) fn limits(st: &StorageConfig) -> Limits {
-    Limits {
-        max_size: st.max_size.map(|m| m.as_u64()),
-        high: st.high_watermark,
-        low: st.low_watermark,
-        max_age: st.max_age,
-        keep_referenced: st.keep_referenced,
-    }
-}
-
-/// The bucket's share limits: `[storage.s3] max_size`, `max_age` and `keep_pulled` (the grace),
-/// with the local tier's watermarks (`store::s3::evict`).
-pub(crate) fn bucket_limits(st: &StorageConfig) -> crate::store::s3::evict::Limits {
-    let s3 = st.s3.as_ref();
-    crate::store::s3::evict::Limits {
-        max_size: s3.and_then(|s| s.max_size).map(|m| m.as_u64()),
-        max_age: s3.and_then(|s| s.max_age),
-        high_watermark: st.high_watermark,
-        low_watermark: st.low_watermark,
-        grace: s3.map_or(crate::store::s3::evict::DEFAULT_GRACE, |s| s.keep_pulled),
     }
 }
 
@@ -1059,16 +762,6 @@ async fn serve_conn<I, S, B>(
             }
         }
     }
-}
-
-fn plain(status: StatusCode, content_type: &'static str, body: String) -> Response<Full<Bytes>> {
-    let mut r = Response::new(Full::new(Bytes::from(body)));
-    *r.status_mut() = status;
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        http::HeaderValue::from_static(content_type),
-    );
-    r
 }
 
 // Keeps the body type of the registry service nameable in one place.

@@ -48,7 +48,8 @@
 //! The share is a goal checked every pass, not a hard limit: uploads between passes may take the
 //! bucket past `max_size` for up to [`EVICT_EVERY`](crate::tier::EVICT_EVERY).
 //!
-//! Rule of dependency: part of `store::s3`; uses `oci`; nothing above it.
+//! Rule of dependency: part of `store::s3`; uses `oci`, and `config` for the `[storage]` settings
+//! its [`Limits`] are built from; nothing above it.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant, SystemTime};
@@ -58,6 +59,7 @@ use object_store::ObjectStoreExt;
 use object_store::path::Path;
 
 use super::{Bucket, BucketError};
+use crate::config::StorageConfig;
 use crate::oci::Digest;
 
 /// Objects pulled within this long are never evicted (see the module docs).
@@ -122,6 +124,19 @@ pub struct Limits {
 }
 
 impl Limits {
+    /// The share's limits from `[storage.s3] max_size`, `max_age` and `keep_pulled` (the grace),
+    /// with the local tier's watermarks (`[storage]`).
+    pub fn from_config(st: &StorageConfig) -> Limits {
+        let s3 = st.s3.as_ref();
+        Limits {
+            max_size: s3.and_then(|s| s.max_size).map(|m| m.as_u64()),
+            max_age: s3.and_then(|s| s.max_age),
+            high_watermark: st.high_watermark,
+            low_watermark: st.low_watermark,
+            grace: s3.map_or(DEFAULT_GRACE, |s| s.keep_pulled),
+        }
+    }
+
     /// Whether a pass has anything to do.
     pub fn any(&self) -> bool {
         self.max_size.is_some() || self.max_age.is_some()
