@@ -35,6 +35,7 @@ use crate::origins::Origins;
 use crate::reload::{ReloadMetrics, Reloader};
 use crate::sdnotify::Notifier;
 use crate::store::Store;
+use crate::store::lock::DirLock;
 use crate::store::s3::{Bucket, BucketMetrics};
 use crate::tier::Tier;
 use crate::tls::Certs;
@@ -69,6 +70,8 @@ pub struct Parts {
     pub config: Config,
     upstream_metrics: UpstreamMetrics,
     reload_metrics: ReloadMetrics,
+    /// This berth's hold on the storage directory, released with the server.
+    _lock: DirLock,
 }
 
 /// The bucket tier `[storage.s3]` names, if any.
@@ -103,6 +106,8 @@ impl Parts {
             path: root.display().to_string(),
             source,
         };
+        // Before anything under the root is touched (the store empties `tmp/` when it opens).
+        let lock = DirLock::acquire(root)?;
         // The index is rebuilt in `run`, after the listeners are bound and `/healthz` answers.
         let store = Arc::new(
             Store::open_unindexed(root, Limits::from_config(&cfg.storage)).map_err(storage_err)?,
@@ -216,6 +221,7 @@ impl Parts {
             config: cfg.clone(),
             upstream_metrics,
             reload_metrics,
+            _lock: lock,
         })
     }
 
@@ -269,4 +275,6 @@ pub enum StartError {
     Index { path: String, reason: String },
     #[error("[cluster] {0}")]
     Cluster(String),
+    #[error("{0}")]
+    Lock(#[from] crate::store::lock::LockError),
 }

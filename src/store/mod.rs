@@ -13,6 +13,7 @@
 //! - [`spool`]: the chunks readers take from memory, and the degraded pass-through of a full disk;
 //! - [`read`]: [`read_range`], which follows a committed file or a growing fill (mapped reads);
 //! - [`evict`]: making room (`max_size`, `max_age`, a full disk);
+//! - [`lock`]: one serving berth per directory (`berth.lock`, held for the server's life);
 //! - [`s3`]: the object-store tier (`[storage.s3]`): a bucket holding blobs, manifests and tag
 //!   records by digest, uploads completed only once verified.
 //!
@@ -37,6 +38,7 @@ use crate::oci::Digest;
 use crate::zerocopy::Mappings;
 
 mod evict;
+pub mod lock;
 pub mod pending;
 pub mod read;
 pub mod s3;

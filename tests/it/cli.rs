@@ -234,7 +234,7 @@ fn check_config_and_serve_refuse_an_htpasswd_file_with_other_hash_kinds() {
         &dir,
         "c.toml",
         format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\n[metrics]\nenabled = false\n\
+            "[server]\nlisten = \"127.0.0.1:0\"\n[metrics]\nlisten = \"127.0.0.1:0\"\n\
              [storage]\npath = \"{}\"\n[auth]\nhtpasswd = \"{}\"\n\
              [[upstream]]\nname = \"registry.example.com\"\nurl = \"https://registry.example.com\"\n\
              users = [\"ci\"]\n",
@@ -302,4 +302,46 @@ fn verify_bucket_needs_a_bucket_in_the_config() {
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("files checked: 0"));
     assert!(!String::from_utf8_lossy(&out.stdout).contains("bucket"));
+}
+
+/// Two berths on one storage directory would each evict by its own index: the second refuses to
+/// start, naming the directory and the process that holds it, and binds nothing. `berth verify`
+/// still works beside the running one, and once it exits the directory is free again.
+#[tokio::test]
+async fn a_second_berth_on_one_storage_directory_refuses_to_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut first = serve_on_any_port(&dir, "shutdown_grace = \"5s\"\n");
+    first.started().await;
+    let data = dir.path().join("data");
+
+    // Its own config file, so the failure cannot be a port or config clash.
+    let cfg = config_file(
+        &dir,
+        "second.toml",
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n[metrics]\nlisten = \"127.0.0.1:0\"\n\
+             [storage]\npath = \"{}\"\n[[upstream]]\nname = \"a.io\"\nurl = \"https://a.io\"\n",
+            data.display()
+        ),
+    );
+    let out = run_with_config("serve", &cfg);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains(&data.display().to_string()), "{err}");
+    assert!(err.contains(&format!("pid {}", first.child.id())), "{err}");
+    assert!(!err.contains("listening"), "{err}");
+
+    let out = run_with_config("verify", &cfg);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    first.signal("-TERM");
+    first.rest().await;
+    assert_eq!(first.child.wait().unwrap().code(), Some(0));
+    let mut again = serve(&cfg, &[("RUST_LOG", "info")]);
+    again.started().await;
 }
