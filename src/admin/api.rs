@@ -11,8 +11,9 @@
 //! [`Store`](crate::store::Store), so what it removes is gone from memory as well as from disk,
 //! and on its bucket tier (`[storage.s3]`), if any.
 //!
-//! Rule of dependency: uses `admin` (the operations), `mirror` (to reach the cache), `http` (the
-//! one error response), `config` (the token).
+//! Rule of dependency: uses `admin` (the operations and their answers), `mirror` (to reach the
+//! cache), `http` (the one error response), `config` (the token) and `error`. Only `server` uses
+//! it.
 
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -13,6 +13,11 @@
 //! `berth_cache_bytes` does not see the removal.
 //!
 //! Exit codes: 0 done; 1 `rm` matched nothing; 2 config, I/O or API error.
+//!
+//! Rule of dependency: uses the operations ([`Cache`](super::Cache)) and their presentation
+//! ([`Answer`]) from `admin`; from the crate `config`, `store` and `manifests` (to open the
+//! directory and the bucket), `upstream::connect` (the TLS connector) and `error`. Only `main`
+//! uses it.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -27,7 +32,8 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde::de::DeserializeOwned;
 
-use super::{Cache, Listing, Op, Removal, Stats};
+pub use super::render::Answer;
+use super::{Cache, Op};
 use crate::config::{Config, Secret};
 use crate::error::{Error, Kind};
 use crate::manifests::Manifests;
@@ -130,29 +136,6 @@ fn loopback(addr: SocketAddr) -> SocketAddr {
         });
     }
     a
-}
-
-/// An answer of any of the three operations.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Answer {
-    List(Listing),
-    Remove(Removal),
-    Stats(Stats),
-}
-
-impl Answer {
-    /// The human table, or JSON for scripts.
-    pub fn render(&self, json: bool) -> String {
-        let j = |r: serde_json::Result<String>| r.expect("answers serialize") + "\n";
-        match (self, json) {
-            (Answer::List(a), true) => j(serde_json::to_string_pretty(a)),
-            (Answer::Remove(a), true) => j(serde_json::to_string_pretty(a)),
-            (Answer::Stats(a), true) => j(serde_json::to_string_pretty(a)),
-            (Answer::List(a), false) => a.to_string(),
-            (Answer::Remove(a), false) => a.to_string(),
-            (Answer::Stats(a), false) => a.to_string(),
-        }
-    }
 }
 
 /// Why the command failed.
