@@ -63,26 +63,8 @@ impl Route {
     }
 }
 
-/// Which upstream and which repository on it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Target {
-    /// The upstream's slot (see `upstreams`): stable for the process's life, across reloads.
-    pub upstream: usize,
-    /// The repository name as the upstream knows it (`library/` added where configured).
-    pub name: RepoName,
-    /// How the client named the registry.
-    pub via: Via,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Via {
-    /// No registry named: the default upstream.
-    Default,
-    /// `?ns=<host>`; the value is echoed in `OCI-Namespace`.
-    Namespace(String),
-    /// A path prefix `/v2/<host>/...`.
-    Prefix(String),
-}
+/// The request's meaning in the mirror's words: the parser builds them.
+pub use crate::mirror::{Target, Via};
 
 pub use crate::upstreams::Hosts;
 

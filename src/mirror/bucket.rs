@@ -10,9 +10,8 @@ use std::time::Duration;
 use http::Method;
 use tokio::time::Instant;
 
-use super::{Form, Mirror, manifest_request};
+use super::{Form, Mirror, Target, manifest_request};
 use crate::error::Error;
-use crate::http::route::Target;
 use crate::manifests::{MAX_MANIFEST_BYTES, Manifest, TagEntry, TagKey};
 use crate::oci::{Digest, Reference};
 use crate::upstream::{NotFoundKind, Upstream};

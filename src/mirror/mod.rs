@@ -68,7 +68,6 @@ use crate::error::{Error, Origin};
 use crate::fill::job::{FillJob, blob_request, content_length, header_str};
 use crate::fill::{FillSource, Fills, Share};
 use crate::flight::{Flights, Role};
-use crate::http::route::Target;
 use crate::manifests::{MAX_MANIFEST_BYTES, Manifest, Manifests, TagEntry, TagKey};
 use crate::metrics::Metrics;
 use crate::oci::{self, Digest, Reference, RepoName, Tag};
@@ -79,6 +78,9 @@ use crate::upstream::{NotFoundKind, Upstream, UpstreamRequest};
 use crate::upstreams::UpstreamSet;
 
 mod bucket;
+mod target;
+
+pub use target::{Target, Via};
 
 /// Largest tag list passed through.
 const MAX_TAGS_BYTES: usize = 8 * 1024 * 1024;
