@@ -10,7 +10,8 @@ use std::time::Duration;
 use http::Method;
 use tokio::time::Instant;
 
-use super::{Form, Mirror, Target, manifest_request};
+use super::manifest::{Form, manifest_request};
+use super::{Mirror, Target};
 use crate::error::Error;
 use crate::manifests::{MAX_MANIFEST_BYTES, Manifest, TagEntry, TagKey};
 use crate::oci::{Digest, Reference};
