@@ -11,7 +11,7 @@
 //! With a bucket (`[storage.s3]`, see [`crate::tier`]) the read order is local disk, then the
 //! bucket, then the upstream; with `[cluster]` ([`crate::cluster`]) a miss the bucket cannot answer
 //! is handed to the digest's owner among the live replicas before the upstream (the fill's
-//! sources: [`crate::fill::source`]). A peer's own request ([`Mirror::peer_blob`]) is never handed
+//! sources: [`crate::fill::job`]). A peer's own request ([`Mirror::peer_blob`]) is never handed
 //! on. A HEAD starts no fill: a running fill, the bucket or the upstream's HEAD knows the size.
 //! A cached blob is answered through an upstream only once that upstream may serve it
 //! (`may_serve`).
@@ -35,6 +35,7 @@ use crate::error::Error;
 use crate::fill::job::{FillJob, blob_request, content_length};
 use crate::fill::{FillSource, Share};
 use crate::oci::{Digest, RepoName};
+use crate::origins::check::{self, Place, Verdict};
 use crate::store::{self, FillState, Source};
 use crate::upstream::{NotFoundKind, Upstream};
 
@@ -189,37 +190,52 @@ impl Mirror {
             });
         }
         self.metrics.cache("blob", up.name(), "miss");
-        let origin = up.name().to_ascii_lowercase();
-        let mut in_bucket = false;
-        if let Some(tier) = &self.tier
-            && let Some(Some(info)) = tier.lookup("head", tier.bucket().head_blob(digest)).await
-        {
-            in_bucket = true;
-            // Through this upstream only when the bucket records it; else the upstream's HEAD
-            // below is the confirmation.
-            if tier
-                .lookup("head origin", tier.bucket().has_origin(&origin, digest))
+        let resp = match &self.tier {
+            Some(tier) => tier
+                .lookup("head", tier.bucket().head_blob(digest))
                 .await
-                == Some(true)
-            {
-                self.metrics.answer("bucket");
-                return Ok(BlobReply {
-                    digest: digest.clone(),
-                    total: Some(info.size),
-                    range: None,
-                    body: None,
-                    outcome: "bucket",
-                });
+                .flatten(),
+            None => None,
+        };
+        let resp = match resp {
+            // In the bucket: through this upstream only when the bucket records it; else the
+            // upstream's HEAD is the confirmation (and the answer).
+            Some(info) => {
+                let place = Place::Bucket {
+                    ask_if_unknown: true,
+                };
+                let tier = self.tier.as_ref();
+                match check::may_serve(
+                    up,
+                    digest,
+                    place,
+                    tier,
+                    &self.metrics,
+                    NotFoundKind::Blob,
+                    || blob_request(Method::HEAD, &target.name, digest),
+                )
+                .await?
+                {
+                    Verdict::Confirmed(resp) => resp,
+                    _ => {
+                        self.metrics.answer("bucket");
+                        return Ok(BlobReply {
+                            digest: digest.clone(),
+                            total: Some(info.size),
+                            range: None,
+                            body: None,
+                            outcome: "bucket",
+                        });
+                    }
+                }
             }
-        }
-        let resp = up
-            .send(blob_request(Method::HEAD, &target.name, digest))
-            .await?;
-        let resp = resp.error_for_status(NotFoundKind::Blob).await?;
-        if in_bucket && let Some(tier) = &self.tier {
-            self.metrics.origin_confirmations.inc();
-            tier.mark_origin(origin, digest.clone());
-        }
+            None => {
+                up.send(blob_request(Method::HEAD, &target.name, digest))
+                    .await?
+                    .error_for_status(NotFoundKind::Blob)
+                    .await?
+            }
+        };
         self.metrics.answer("upstream");
         let total = content_length(&resp.headers);
         Ok(BlobReply {

@@ -17,7 +17,7 @@
 //!   API.
 //! - this file: the [`Mirror`] (its construction, the upstream set swapped on reload) and the
 //!   origin check both manifests and blobs make before a cached digest is answered through an
-//!   upstream (`may_serve`).
+//!   upstream (`may_serve`, asked of [`crate::origins::check`]).
 //!
 //! Rule of dependency: uses `fill` (blob fills and who shares them), `flight` (manifest lookups),
 //! `manifests`, `origins`, `store`, `tier`, `cluster`, `upstream`, `upstreams` (the set it fetches
@@ -38,7 +38,8 @@ use crate::flight::Flights;
 use crate::manifests::Manifests;
 use crate::metrics::Metrics;
 use crate::oci::{Digest, Reference};
-use crate::origins::{Origins, Provenance};
+use crate::origins::Origins;
+use crate::origins::check::{self, Place};
 use crate::store::Store;
 use crate::tier::Tier;
 use crate::upstream::{NotFoundKind, Upstream};
@@ -173,8 +174,9 @@ impl Mirror {
             .record(slot, &up.name().to_ascii_lowercase(), digest);
     }
 
-    /// Whether a cached digest may be answered through the target's upstream: recorded for it
-    /// (here, or in the bucket by another replica), cached before records were kept, or confirmed now with a HEAD to that upstream (then
+    /// Whether a cached digest may be answered through the target's upstream, asked of
+    /// [`crate::origins::check`]: recorded for it (here, or in the bucket by another replica),
+    /// cached before records were kept, or confirmed now with a HEAD to that upstream (then
     /// recorded). Otherwise that upstream's own answer (404, 403, 503), exactly what a miss would
     /// have got, so the client learns nothing about what is cached.
     async fn may_serve(
@@ -184,35 +186,28 @@ impl Mirror {
         digest: &Digest,
         kind: NotFoundKind,
     ) -> Result<(), Error> {
-        if self.origins.check(target.upstream, digest) != Provenance::Elsewhere {
-            return Ok(());
-        }
-        // Another replica may have recorded this upstream in the bucket.
-        if let Some(tier) = &self.tier
-            && tier
-                .lookup(
-                    "head origin",
-                    tier.bucket()
-                        .has_origin(&up.name().to_ascii_lowercase(), digest),
-                )
-                .await
-                == Some(true)
-        {
-            self.record_origin(target.upstream, up, digest);
-            return Ok(());
-        }
-        let req = match kind {
-            NotFoundKind::Manifest => manifest_request(
-                Method::HEAD,
-                &target.name,
-                &Reference::Digest(digest.clone()),
-                Form::Stored,
-            ),
-            _ => blob_request(Method::HEAD, &target.name, digest),
+        let copy = Place::Local {
+            origins: &self.origins,
+            slot: target.upstream,
         };
-        up.send(req).await?.error_for_status(kind).await?;
-        self.metrics.origin_confirmations.inc();
-        self.record_origin(target.upstream, up, digest);
+        check::may_serve(
+            up,
+            digest,
+            copy,
+            self.tier.as_ref(),
+            &self.metrics,
+            kind,
+            || match kind {
+                NotFoundKind::Manifest => manifest_request(
+                    Method::HEAD,
+                    &target.name,
+                    &Reference::Digest(digest.clone()),
+                    Form::Stored,
+                ),
+                _ => blob_request(Method::HEAD, &target.name, digest),
+            },
+        )
+        .await?;
         Ok(())
     }
 }
