@@ -13,6 +13,12 @@
 //!
 //! Paths are parsed from the right: in `/v2/<name>/manifests/<ref>` the name itself may contain
 //! `manifests`.
+//!
+//! The route names what it asks for in the mirror's words ([`Target`], [`Via`]: defined in
+//! `mirror`, re-exported here); this file builds them.
+//!
+//! Rule of dependency: uses `mirror` (those two types only), `upstreams` (the host table),
+//! `cluster` (the peer paths), `oci`, `error`; pure, no I/O.
 
 use http::Method;
 

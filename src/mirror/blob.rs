@@ -16,7 +16,9 @@
 //! A cached blob is answered through an upstream only once that upstream may serve it
 //! (`may_serve`).
 //!
-//! Rule of dependency: uses `fill`, `store`, `tier`, `cluster`, `upstream`, `oci`, `error`,
+//! A GET answered is noted for the bucket's last-pull order (`tier`), by where it was read from.
+//!
+//! Rule of dependency: uses `fill`, `origins`, `store`, `tier`, `cluster`, `upstream`, `oci`, `error`,
 //! `metrics`, its sibling `range` and its parent's `Mirror`.
 
 use std::sync::Arc;
@@ -37,6 +39,7 @@ use crate::fill::{FillSource, Share};
 use crate::oci::{Digest, RepoName};
 use crate::origins::check::{self, Place, Verdict};
 use crate::store::{self, FillState, Source};
+use crate::tier::PullSource;
 use crate::upstream::{NotFoundKind, Upstream};
 
 /// A blob answer: headers now, bytes as they come.
@@ -64,8 +67,11 @@ impl Mirror {
         range: Option<ByteRange>,
         head: bool,
     ) -> Result<BlobReply, Error> {
-        self.blob_for(target, digest, range, head, self.cluster.as_ref())
-            .await
+        let reply = self
+            .blob_for(target, digest, range, head, self.cluster.as_ref())
+            .await?;
+        self.note_blob_pull(target, digest, reply.outcome, head);
+        Ok(reply)
     }
 
     /// A blob for a peer that handed its miss to this berth: as [`Mirror::blob`], but a miss
@@ -78,7 +84,30 @@ impl Mirror {
         range: Option<ByteRange>,
         head: bool,
     ) -> Result<BlobReply, Error> {
-        self.blob_for(target, digest, range, head, None).await
+        let reply = self.blob_for(target, digest, range, head, None).await?;
+        // The asking replica notes its client's pull too; this one notes its own read of the
+        // bucket (a reader eviction must see) or of its disk.
+        self.note_blob_pull(target, digest, reply.outcome, head);
+        Ok(reply)
+    }
+
+    /// With a bucket, notes a blob GET for the share's last-pull order (memory only; see
+    /// `tier`).
+    fn note_blob_pull(&self, target: &Target, digest: &Digest, outcome: &str, head: bool) {
+        let Some(tier) = &self.tier else {
+            return;
+        };
+        if head {
+            return;
+        }
+        let source = match outcome {
+            "hit" => PullSource::Local,
+            o if o.starts_with("bucket") => PullSource::Bucket,
+            // A fill from the upstream or a peer: its own upload takes it to the bucket.
+            _ => PullSource::Fill,
+        };
+        let upstream = self.upstream_name(target.upstream);
+        tier.touch_blob(digest, &upstream, source);
     }
 
     async fn blob_for(

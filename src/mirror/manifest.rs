@@ -71,7 +71,8 @@ impl Error {
 }
 
 impl Mirror {
-    /// A manifest by tag or digest. `accept` is the client's `Accept` (all values joined).
+    /// A manifest by tag or digest. `accept` is the client's `Accept` (all values joined); `head`:
+    /// a HEAD, which is no pull.
     ///
     /// The manifest is looked up as stored upstream, whatever the client accepts; then:
     /// - by digest, it is answered as it is (the digest fixes the bytes; registries do the same);
@@ -86,6 +87,7 @@ impl Mirror {
         target: &Target,
         reference: &Reference,
         accept: Option<&str>,
+        head: bool,
     ) -> Result<ManifestReply, Error> {
         let mut reply = self
             .lookup_manifest(target, reference, Form::Stored)
@@ -105,6 +107,16 @@ impl Mirror {
         }
         if !reply.manifest.is_schema1() {
             self.manifests.referenced(&reply.manifest);
+        }
+        // With a bucket, a GET is noted for the share's last-pull order (memory only; see
+        // `tier`). Schema 1 passes through uncached: not the bucket's either.
+        if let Some(tier) = &self.tier
+            && !head
+            && reply.outcome != "passthrough"
+        {
+            let m = &reply.manifest;
+            let upstream = self.upstream_name(target.upstream);
+            tier.touch_manifest(&m.digest, &upstream, &m.media_type, &m.bytes);
         }
         Ok(reply)
     }
