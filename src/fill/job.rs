@@ -7,6 +7,20 @@
 //! that fills up turns the fill into a pass-through from memory (at most `MAX_PASS_THROUGH` at
 //! once). A fill from the upstream that committed is uploaded to the bucket, when there is one.
 //!
+//! Resuming: a body that breaks off (closed, reset, stalled) is asked for again with
+//! `Range: bytes=<received>-` (at most `resume_attempts` times per fill, with the upstream's own
+//! backoff), appended to the same temp file with the same running hash, so readers never notice.
+//! A 206 must start exactly at `received` and end at the known end of the blob; a 200 means the
+//! upstream ignores `Range`, so its first `received` bytes are skipped, never hashed or written
+//! twice; anything else fails the fill. The range request goes through `Upstream::send`, so it
+//! carries the same auth and follows the same redirects (a CDN gets the `Range` header and never
+//! the credentials). The final digest check still guards every byte, whichever way it arrived.
+//!
+//! A full disk: the fill passes through from memory (`store::PendingBlob::pass_through`: clients
+//! following it get every byte, nothing is cached), the store is told (`Store::disk_full`, where
+//! eviction makes room), and the fill leaves the `fills` map at once, so that the next request
+//! for the digest starts a fresh fill that may find room again.
+//!
 //! Its source is chosen here (`bucket_source`, `peer_source`, else the upstream): the bucket when
 //! it has the blob and may answer it through the fill's upstream ([`check`]), then the digest's
 //! owner among the replicas (`[cluster]`), then the upstream.

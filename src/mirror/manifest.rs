@@ -9,8 +9,12 @@
 //! apart. N clients asking for one tag make one upstream request (a `flight` per [`ManifestKey`]);
 //! on a local miss the bucket is read first (`bucket`).
 //!
-//! Rule of dependency: uses `manifests`, `flight`, `upstream`, `oci`, `error`, `metrics` and its
-//! parent's `Mirror`; the sibling `bucket` uses its upstream request builder ([`manifest_request`]).
+//! A GET answered is noted for the bucket's last-pull order (`tier`).
+//!
+//! Rule of dependency: uses `manifests`, `flight`, `tier`, `upstream` (and `fill::job`'s
+//! `header_str`, an upstream response helper), `oci`, `error`, `metrics` and its parent's
+//! `Mirror` (with its origin check); the sibling `bucket` uses its upstream request builder
+//! ([`manifest_request`]) and nothing here imports `bucket`.
 
 use std::sync::Arc;
 use std::time::Duration;

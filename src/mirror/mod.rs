@@ -19,6 +19,9 @@
 //!   origin check both manifests and blobs make before a cached digest is answered through an
 //!   upstream (`may_serve`, asked of [`crate::origins::check`]).
 //!
+//! A GET answered is noted for the bucket's last-pull order (`tier`) where it is answered
+//! (`manifest`, `blob`), so `http` only routes and responds.
+//!
 //! Rule of dependency: uses `fill` (blob fills and who shares them), `flight` (manifest lookups),
 //! `manifests`, `origins`, `store`, `tier`, `cluster`, `upstream`, `upstreams` (the set it fetches
 //! through, by slot, swapped whole on reload), `oci`, `error`, `metrics`. `http` uses it; nothing
