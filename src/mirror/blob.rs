@@ -18,8 +18,8 @@
 //!
 //! A GET answered is noted for the bucket's last-pull order (`tier`), by where it was read from.
 //!
-//! Rule of dependency: uses `fill`, `origins`, `store`, `tier`, `cluster`, `upstream`, `oci`, `error`,
-//! `metrics`, its sibling `range` and its parent's `Mirror`.
+//! Rule of dependency: uses `fill`, `origins`, `store`, `tier`, `cluster`, `upstream`, `oci`,
+//! `error`, `metrics`, its sibling `range` and its parent's `Mirror`.
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
@@ -219,14 +219,14 @@ impl Mirror {
             });
         }
         self.metrics.cache("blob", up.name(), "miss");
-        let resp = match &self.tier {
+        let in_bucket = match &self.tier {
             Some(tier) => tier
                 .lookup("head", tier.bucket().head_blob(digest))
                 .await
                 .flatten(),
             None => None,
         };
-        let resp = match resp {
+        let resp = match in_bucket {
             // In the bucket: through this upstream only when the bucket records it; else the
             // upstream's HEAD is the confirmation (and the answer).
             Some(info) => {
