@@ -46,8 +46,9 @@
 //! from the bucket is put back; with `[storage.s3] max_size` or `max_age` an eviction pass runs
 //! every [`EVICT_EVERY`] (`share`, policy and markers in `store::s3::evict`).
 //!
-//! Rule of dependency: uses `store` (`s3`, reading committed files) and `oci`; `mirror` uses it,
-//! `http` notes pulls in it, `server` builds it and `health` reads its last error and share.
+//! Rule of dependency: uses `store` (`s3`, reading committed files) and `oci`; `mirror` uses it
+//! (and notes the pulls it answers in it), `server` builds it and `health` reads its last error
+//! and share.
 
 mod share;
 

@@ -7,8 +7,27 @@
 //! that fills up turns the fill into a pass-through from memory (at most `MAX_PASS_THROUGH` at
 //! once). A fill from the upstream that committed is uploaded to the bucket, when there is one.
 //!
-//! Rule of dependency: uses `store`, `tier`, `cluster`, `upstream`, `origins`, `metrics`, `error`,
-//! `oci` and its sibling `source`; the mirror builds and spawns it.
+//! Resuming: a body that breaks off (closed, reset, stalled) is asked for again with
+//! `Range: bytes=<received>-` (at most `resume_attempts` times per fill, with the upstream's own
+//! backoff), appended to the same temp file with the same running hash, so readers never notice.
+//! A 206 must start exactly at `received` and end at the known end of the blob; a 200 means the
+//! upstream ignores `Range`, so its first `received` bytes are skipped, never hashed or written
+//! twice; anything else fails the fill. The range request goes through `Upstream::send`, so it
+//! carries the same auth and follows the same redirects (a CDN gets the `Range` header and never
+//! the credentials). The final digest check still guards every byte, whichever way it arrived.
+//!
+//! A full disk: the fill passes through from memory (`store::PendingBlob::pass_through`: clients
+//! following it get every byte, nothing is cached), the store is told (`Store::disk_full`, where
+//! eviction makes room), and the fill leaves the `fills` map at once, so that the next request
+//! for the digest starts a fresh fill that may find room again.
+//!
+//! Its source is chosen here (`bucket_source`, `peer_source`, else the upstream): the bucket when
+//! it has the blob and may answer it through the fill's upstream ([`check`]), then the digest's
+//! owner among the replicas (`[cluster]`), then the upstream.
+//!
+//! Rule of dependency: uses `store`, `tier`, `cluster`, `upstream`, `origins` (the records and
+//! [`check`]), `metrics`, `error`, `oci`, its parent's `Fills` and its sibling `source` (the
+//! bodies, which import nothing of this file); the mirror builds and spawns it.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -25,6 +44,8 @@ use crate::error::Error;
 use crate::metrics::Metrics;
 use crate::oci::{Digest, RepoName};
 use crate::origins::Origins;
+use crate::origins::check::{self, Place, Verdict};
+use crate::store::s3::BlobRead;
 use crate::store::{self, FillState, Store};
 use crate::tier::Tier;
 use crate::upstream::{
@@ -440,6 +461,60 @@ impl FillJob {
                 Err(detail) => return Err(refused(detail)),
             }
         }
+    }
+}
+
+impl FillJob {
+    /// The blob from the bucket, when it has it and may answer it through this fill's upstream
+    /// ([`check`]): the bucket records that upstream, or the upstream confirms it has the digest
+    /// now (then recorded). `None`: no bucket, not there, or the bucket failed (the upstream
+    /// serves). An error: the upstream's own answer to the confirmation (as a miss would have got).
+    pub(crate) async fn bucket_source(&self) -> Result<Option<BlobRead>, Error> {
+        let Some(tier) = &self.tier else {
+            return Ok(None);
+        };
+        let bucket = tier.bucket();
+        if tier
+            .lookup("head", bucket.head_blob(&self.digest))
+            .await
+            .flatten()
+            .is_none()
+        {
+            return Ok(None);
+        }
+        let place = Place::Bucket {
+            ask_if_unknown: false,
+        };
+        let verdict = check::may_serve(
+            &self.up,
+            &self.digest,
+            place,
+            Some(tier),
+            &self.metrics,
+            NotFoundKind::Blob,
+            || blob_request(Method::HEAD, &self.name, &self.digest),
+        )
+        .await?;
+        if let Verdict::Unknown = verdict {
+            return Ok(None);
+        }
+        Ok(tier
+            .lookup("get", bucket.get_blob(&self.digest, None))
+            .await
+            .flatten())
+    }
+
+    /// The digest owner's answer, when this fill hands its miss to a peer ([`Cluster::from_owner`]).
+    pub(crate) async fn peer_source(&self) -> Option<hyper::http::Response<hyper::body::Incoming>> {
+        let cluster = self.cluster.as_ref()?;
+        cluster
+            .from_owner(
+                self.up.name(),
+                &self.name,
+                &self.digest,
+                self.up.config().response_timeout,
+            )
+            .await
     }
 }
 

@@ -1,6 +1,6 @@
 //! Blob fills: which running download a request may share (here: single-flight), the fill task
-//! that streams a source into the store while verifying it ([`job`]), and where its bytes come
-//! from ([`source`]: bucket, owner peer or upstream).
+//! that picks its source and streams it into the store while verifying it ([`job`]), and the
+//! bodies it reads ([`source`]: bucket, owner peer or upstream).
 //!
 //! # Sharing
 //!
@@ -24,8 +24,10 @@
 //! failing request of someone else's costs nothing.
 //!
 //! Rule of dependency: this file uses `store` (the fill states) and `oci` and knows nothing of
-//! upstreams; `job` and `source` use the store, tier, cluster and upstream layers. The mirror
-//! decides when to fill and builds the job; nothing here calls the mirror.
+//! upstreams; `job` uses `store`, `tier`, `cluster`, `upstream`, `origins` (the records, and the
+//! origin check it shares with the mirror), `metrics`, `error`, `oci` and `source`; `source` uses
+//! `store`, `tier`, `upstream`, `error` and nothing of `job`. The mirror decides when to fill,
+//! builds the job and spawns it; nothing here imports the mirror or `http`.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};

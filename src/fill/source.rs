@@ -1,21 +1,21 @@
-//! Where a fill's bytes come from: the bucket (when it has the blob and may answer it through the
-//! fill's upstream), the digest's owner among the replicas (`[cluster]`), or the upstream; and
-//! reading each with a stall timeout. Whatever the source, the bytes go through the same pending
-//! file and digest check ([`super::job`]), and a body that breaks off is resumed from the upstream.
+//! The bodies a fill reads, one kind per source: the bucket's object, the digest owner's answer
+//! (`[cluster]`), or the upstream's; each read with a stall timeout, a failure told as the
+//! source's own. Which source a fill uses is decided by the job ([`super::job`]); whatever the
+//! source, the bytes go through the same pending file and digest check there, and a body that
+//! breaks off is resumed from the upstream.
 //!
-//! Rule of dependency: uses `store`, `tier`, `cluster`, `upstream`, `error`, `oci`.
+//! Rule of dependency: uses `store` (the bucket's body type), `tier` (to report a failing
+//! bucket), `upstream`, `error`; `job` uses it, and it imports nothing of `job`.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::Method;
 
-use super::job::FillJob;
 use crate::error::Error;
-use crate::store::{self, s3::BlobRead};
+use crate::store;
 use crate::tier::Tier;
-use crate::upstream::{NotFoundKind, UpstreamResponse, blob_request};
+use crate::upstream::UpstreamResponse;
 
 /// Where a fill's bytes come from.
 pub(crate) enum Body {
@@ -67,60 +67,5 @@ impl Body {
                 return Err(Error::upstream_unavailable("peer", e));
             },
         }
-    }
-}
-
-impl FillJob {
-    /// The blob from the bucket, when it has it and may answer it through this fill's upstream:
-    /// the bucket records that upstream, or the upstream confirms it has the digest now (then
-    /// recorded). `None`: no bucket, not there, or the bucket failed (the upstream serves).
-    /// An error: the upstream's own answer to the confirmation (as a miss would have got).
-    pub(crate) async fn bucket_source(&self) -> Result<Option<BlobRead>, Error> {
-        let Some(tier) = &self.tier else {
-            return Ok(None);
-        };
-        let bucket = tier.bucket();
-        if tier
-            .lookup("head", bucket.head_blob(&self.digest))
-            .await
-            .flatten()
-            .is_none()
-        {
-            return Ok(None);
-        }
-        let origin = self.up.name().to_ascii_lowercase();
-        let marked = tier
-            .lookup("head origin", bucket.has_origin(&origin, &self.digest))
-            .await;
-        match marked {
-            Some(true) => {}
-            None => return Ok(None),
-            Some(false) => {
-                self.up
-                    .send(blob_request(Method::HEAD, &self.name, &self.digest))
-                    .await?
-                    .error_for_status(NotFoundKind::Blob)
-                    .await?;
-                self.metrics.origin_confirmations.inc();
-                tier.mark_origin(origin, self.digest.clone());
-            }
-        }
-        Ok(tier
-            .lookup("get", bucket.get_blob(&self.digest, None))
-            .await
-            .flatten())
-    }
-
-    /// The digest owner's answer, when this fill hands its miss to a peer ([`Cluster::from_owner`]).
-    pub(crate) async fn peer_source(&self) -> Option<hyper::http::Response<hyper::body::Incoming>> {
-        let cluster = self.cluster.as_ref()?;
-        cluster
-            .from_owner(
-                self.up.name(),
-                &self.name,
-                &self.digest,
-                self.up.config().response_timeout,
-            )
-            .await
     }
 }

@@ -12,9 +12,15 @@
 //! checked (`cluster::Cluster::admit`) before anything else, client logins play no part there,
 //! and a request without a valid proof gets 401 whatever the path.
 //!
-//! Rule of dependency: uses `access`, `cluster`, `health`, `mirror` and below; nothing below sees HTTP types of the client side.
-//! [`metrics`], the metrics listener's router, also uses `admin::api` (which uses only this file's
-//! `Body` and `error_response`) and `crate::metrics` (the rendering).
+//! The mirror answers in its own terms and notes the pulls it answered itself (the bucket's
+//! last-pull order), so this layer asks nothing of `tier` or `store`.
+//!
+//! Rule of dependency: uses `access`, `cluster` (the peer protocol's proof and paths), `health`,
+//! `mirror` (its replies, and the `Target` that `route` builds), `upstreams` (the host table),
+//! `metrics`, `logwriter`, `oci`, `error`; `server` (and `admin`, for its error bodies) use it,
+//! and nothing below sees HTTP types of the client side. [`metrics`], the metrics listener's
+//! router, also uses `admin::api` and `crate::metrics` (the rendering). [`error`] is the one table
+//! from an error's kind to its status, OCI code and headers.
 
 pub mod error;
 pub mod metrics;
@@ -40,7 +46,6 @@ use crate::health::{Health, Phase};
 use crate::logwriter::BatchWriter;
 use crate::metrics::Metrics;
 use crate::mirror::{BlobReply, ByteRange, ManifestReply, Mirror, TagsReply};
-use crate::tier::PullSource;
 pub use error::error_response;
 use route::{PeerRoute, Route, Target, Via};
 
@@ -250,18 +255,9 @@ impl App {
                 let accept = joined(req.headers(), header::ACCEPT);
                 let reply = self
                     .mirror
-                    .manifest(target, reference, accept.as_deref())
+                    .manifest(target, reference, accept.as_deref(), head)
                     .await?;
                 log.outcome = reply.outcome;
-                // Schema 1 passes through uncached: not the bucket's either.
-                if let Some(tier) = self.mirror.tier()
-                    && !head
-                    && reply.outcome != "passthrough"
-                {
-                    let m = &reply.manifest;
-                    let upstream = self.mirror.upstream_name(target.upstream);
-                    tier.touch_manifest(&m.digest, &upstream, &m.media_type, &m.bytes);
-                }
                 Ok(manifest_response(reply, head))
             }
             Route::Blob { target, digest } => {
@@ -272,7 +268,6 @@ impl App {
                     .and_then(ByteRange::parse);
                 let reply = self.mirror.blob(target, digest, range, head).await?;
                 log.outcome = reply.outcome;
-                self.note_blob_pull(target, digest, reply.outcome, head);
                 Ok(blob_response(reply))
             }
             Route::TagsList { target, n, last } => {
@@ -336,35 +331,7 @@ impl App {
             .and_then(ByteRange::parse);
         let reply = self.mirror.peer_blob(&target, &digest, range, head).await?;
         log.outcome = reply.outcome;
-        // The asking replica notes its client's pull too; this one notes its own read of the
-        // bucket (a reader eviction must see) or of its disk.
-        self.note_blob_pull(&target, &digest, reply.outcome, head);
         Ok(blob_response(reply))
-    }
-
-    /// With a bucket, notes a blob GET for the share's last-pull order (memory only; see
-    /// `tier`).
-    fn note_blob_pull(
-        &self,
-        target: &Target,
-        digest: &crate::oci::Digest,
-        outcome: &str,
-        head: bool,
-    ) {
-        let Some(tier) = self.mirror.tier() else {
-            return;
-        };
-        if head {
-            return;
-        }
-        let source = match outcome {
-            "hit" => PullSource::Local,
-            o if o.starts_with("bucket") => PullSource::Bucket,
-            // A fill from the upstream or a peer: its own upload takes it to the bucket.
-            _ => PullSource::Fill,
-        };
-        let upstream = self.mirror.upstream_name(target.upstream);
-        tier.touch_blob(digest, &upstream, source);
     }
 }
 

@@ -13,6 +13,12 @@
 //!
 //! Paths are parsed from the right: in `/v2/<name>/manifests/<ref>` the name itself may contain
 //! `manifests`.
+//!
+//! The route names what it asks for in the mirror's words ([`Target`], [`Via`]: defined in
+//! `mirror`, re-exported here); this file builds them.
+//!
+//! Rule of dependency: uses `mirror` (those two types only), `upstreams` (the host table),
+//! `cluster` (the peer paths), `oci`, `error`; pure, no I/O.
 
 use http::Method;
 
@@ -63,26 +69,8 @@ impl Route {
     }
 }
 
-/// Which upstream and which repository on it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Target {
-    /// The upstream's slot (see `upstreams`): stable for the process's life, across reloads.
-    pub upstream: usize,
-    /// The repository name as the upstream knows it (`library/` added where configured).
-    pub name: RepoName,
-    /// How the client named the registry.
-    pub via: Via,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Via {
-    /// No registry named: the default upstream.
-    Default,
-    /// `?ns=<host>`; the value is echoed in `OCI-Namespace`.
-    Namespace(String),
-    /// A path prefix `/v2/<host>/...`.
-    Prefix(String),
-}
+/// The request's meaning in the mirror's words: the parser builds them.
+pub use crate::mirror::{Target, Via};
 
 pub use crate::upstreams::Hosts;
 

@@ -1,8 +1,11 @@
 //! The mirror's side of the bucket tier (`[storage.s3]`, [`crate::tier`]) for manifests and tags
-//! (a blob fill's bucket source is in `fill::source`): manifests and tag records read on a local
-//! miss and written when an upstream answered. Every read goes through `Tier::lookup` (bounded, skipped after an error),
-//! and content is answered through an upstream only with that upstream's origin marker in the
-//! bucket, or its confirmation now.
+//! (a blob fill's bucket source is `fill::job`'s): manifests and tag records read on a local miss
+//! and written when an upstream answered. Every read goes through `Tier::lookup` (bounded,
+//! skipped after an error), and content is answered through an upstream only with that
+//! upstream's origin marker in the bucket, or its confirmation now ([`crate::origins::check`]).
+//!
+//! Rule of dependency: uses `tier`, `origins`, `manifests`, `upstream`, `oci`, `error`, its
+//! parent's `Mirror` and its sibling `manifest`'s upstream request builder.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,11 +13,12 @@ use std::time::Duration;
 use http::Method;
 use tokio::time::Instant;
 
-use super::{Form, Mirror, manifest_request};
+use super::manifest::{Form, manifest_request};
+use super::{Mirror, Target};
 use crate::error::Error;
-use crate::http::route::Target;
 use crate::manifests::{MAX_MANIFEST_BYTES, Manifest, TagEntry, TagKey};
 use crate::oci::{Digest, Reference};
+use crate::origins::check::{self, Place, Verdict};
 use crate::upstream::{NotFoundKind, Upstream};
 
 impl Mirror {
@@ -54,26 +58,29 @@ impl Mirror {
         else {
             return Ok(None);
         };
-        let origin = up.name().to_ascii_lowercase();
-        match tier
-            .lookup("head origin", bucket.has_origin(&origin, digest))
-            .await
-        {
-            Some(true) => {}
-            None => return Ok(None),
-            Some(false) => {
-                up.send(manifest_request(
-                    Method::HEAD,
-                    &target.name,
-                    &Reference::Digest(digest.clone()),
-                    Form::Stored,
-                ))
-                .await?
-                .error_for_status(NotFoundKind::Manifest)
-                .await?;
-                self.metrics.origin_confirmations.inc();
-                tier.mark_origin(origin, digest.clone());
-            }
+        let place = Place::Bucket {
+            ask_if_unknown: false,
+        };
+        let head = || {
+            manifest_request(
+                Method::HEAD,
+                &target.name,
+                &Reference::Digest(digest.clone()),
+                Form::Stored,
+            )
+        };
+        let verdict = check::may_serve(
+            up,
+            digest,
+            place,
+            Some(tier),
+            &self.metrics,
+            NotFoundKind::Manifest,
+            head,
+        )
+        .await?;
+        if let Verdict::Unknown = verdict {
+            return Ok(None);
         }
         let m = Arc::new(Manifest::new(digest.clone(), media_type, body));
         if let Err(e) = self.manifests.put(m.clone()).await {

@@ -5,8 +5,8 @@
 //! not be readable by digest through a public one just because it sits in the cache. So every
 //! digest that an upstream served (a verified fill, a verified manifest, a tag it resolved to) is
 //! recorded for that upstream, and the mirror answers a cached digest through upstream U only if
-//! it is recorded for U; otherwise it asks U whether it has the digest (a HEAD, which the mirror
-//! makes) and records the answer: yes, and the cache serves; no, and the client gets U's own "no",
+//! it is recorded for U; otherwise it asks U whether it has the digest (a HEAD: [`check`])
+//! and records the answer: yes, and the cache serves; no, and the client gets U's own "no",
 //! learning nothing about what is cached.
 //!
 //! Digests with no record at all were cached before berth kept records (a cache made by an older
@@ -20,7 +20,11 @@
 //! start. Records of evicted blobs stay in the files (a digest once served by an upstream stays
 //! so; 65 bytes each). Slots from 64 up are not recorded: their digests are confirmed every time.
 //!
-//! Rule of dependency: uses `oci`; a leaf beside `store`.
+//! The question itself ("may this upstream serve this digest?": these records, the bucket's
+//! marker, the upstream's HEAD) is asked in one place, [`check`].
+//!
+//! Rule of dependency: this file (the records) uses `oci` only, a leaf beside `store`; [`check`]
+//! uses these records, `tier`, `upstream`, `metrics`. `mirror` and `fill` use both.
 
 use std::collections::HashMap;
 use std::io::{self, Write};
@@ -28,6 +32,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use crate::oci::Digest;
+
+pub mod check;
 
 /// What the records say about a digest and an upstream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
