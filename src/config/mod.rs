@@ -2,8 +2,9 @@
 //!
 //! Only the top (`main`, `server`, `reload`, `admin::cli`) reads the whole [`Config`]; every other
 //! module is handed its own small piece (an [`UpstreamConfig`], a storage path). A bad file fails
-//! here, before any port is bound, with the file, the key and the reason. Secrets are read once at
-//! load time and carried in [`Secret`], whose `Debug` and `Serialize` never show them.
+//! here, before any port is bound, with the file, the key and the reason (a file that cannot be
+//! read: its path and why). Secrets are read once at load time and carried in [`Secret`], whose
+//! `Debug` and `Serialize` never show them.
 //!
 //! One file per section, each holding its type, its defaults and its own checks: `server`,
 //! `metrics`, `storage` (with `[storage.s3]`), `upstreams` (`[[upstream]]`), `auth`, `cluster`,
@@ -71,13 +72,19 @@ pub struct Config {
     pub upstreams: Vec<UpstreamConfig>,
 }
 
-/// A configuration problem: which file, which key, why.
+/// A configuration problem: the file, and which key and why (or that the file cannot be read).
 #[derive(Debug, thiserror::Error)]
-#[error("{file}: {key}: {reason}")]
-pub struct ConfigError {
-    pub file: String,
-    pub key: String,
-    pub reason: String,
+pub enum ConfigError {
+    /// The file itself cannot be read (missing, a directory, no permission): no key to name.
+    #[error("cannot read {file}: {error}")]
+    Unreadable { file: String, error: std::io::Error },
+    /// The text does not parse (`key` is where: `line L, column C`), or a key fails its check.
+    #[error("{file}: {key}: {reason}")]
+    Invalid {
+        file: String,
+        key: String,
+        reason: String,
+    },
 }
 
 /// The configuration berth runs on without `--config`.
@@ -110,17 +117,16 @@ impl Config {
     /// Reads, parses and validates a config file (and reads the secrets it names).
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let file = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Unreadable {
             file: file.clone(),
-            key: "-".into(),
-            reason: format!("cannot read: {e}"),
+            error,
         })?;
         Config::parse(&text, &file)
     }
 
     /// Parses and validates config text; `file` names it in errors.
     pub fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
-        let mut cfg: Config = toml::from_str(text).map_err(|e| ConfigError {
+        let mut cfg: Config = toml::from_str(text).map_err(|e| ConfigError::Invalid {
             file: file.to_owned(),
             key: toml_error_place(text, &e),
             reason: e.message().to_owned(),
@@ -132,7 +138,7 @@ impl Config {
     /// Every check, in the order errors are reported in: each section's own, and those that span
     /// sections. Reads the secrets the file names.
     fn validate(&mut self, file: &str) -> Result<(), ConfigError> {
-        let err = |(key, reason): (String, String)| ConfigError {
+        let err = |(key, reason): (String, String)| ConfigError::Invalid {
             file: file.to_owned(),
             key,
             reason,
@@ -243,6 +249,25 @@ mod tests {
         );
         let c = Config::parse(&text, "config.example.toml").unwrap();
         assert!(c.upstreams.len() >= 5);
+    }
+
+    /// A file that cannot be read is named, with the reason; there is no key to name (it once
+    /// said `-` where the key goes).
+    #[test]
+    fn an_unreadable_file_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("nonexistent.toml");
+        let e = Config::load(&missing).unwrap_err().to_string();
+        assert!(
+            e.starts_with(&format!("cannot read {}: ", missing.display())),
+            "{e}"
+        );
+        assert!(!e.contains(": -:"), "{e}");
+        let e = Config::load(dir.path()).unwrap_err().to_string();
+        assert!(
+            e.starts_with(&format!("cannot read {}: ", dir.path().display())),
+            "a directory: {e}"
+        );
     }
 
     #[test]
