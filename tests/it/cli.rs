@@ -118,6 +118,34 @@ fn serve_refuses_a_bad_config_before_binding() {
     assert!(err.contains("listen_typo"), "{err}");
 }
 
+/// A config file that cannot be read is named in the error by every subcommand that takes
+/// --config (it once said `-: cannot read: ...`, a placeholder where a key goes).
+#[test]
+fn every_subcommand_names_a_config_file_it_cannot_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("nonexistent.toml");
+    let want = format!("cannot read {}: ", missing.display());
+    for args in [
+        &["serve"][..],
+        &["check-config"],
+        &["verify"],
+        &["cache", "stats"],
+        &["warm", "nginx:1.25"],
+    ] {
+        let out = berth()
+            .args(args)
+            .arg("--config")
+            .arg(&missing)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(&want), "{args:?}: {err}");
+        assert!(!err.contains(": -:"), "{args:?}: {err}");
+    }
+}
+
 #[test]
 fn serve_reports_a_busy_port() {
     let holder = TcpListener::bind("127.0.0.1:0").unwrap();
