@@ -559,7 +559,7 @@ async fn the_command_works_directly_on_a_stopped_cache() {
     let b = berth(&fake, "").await;
     pull(&b, &one).await;
     pull(&b, &two).await;
-    let data = b.stop();
+    let data = b.stop().await;
     let dir = tempfile::tempdir().unwrap();
     let cfg = cli_config(dir.path(), data.path(), &fake, "");
     // A fill's temp file of some other process: the command must leave tmp/ alone.

@@ -149,7 +149,7 @@ async fn the_least_recently_used_go_first_and_the_index_survives_a_restart() {
     let (a, bb, c, d) = (&all[0].1, &all[1].1, &all[2].1, &all[3].1);
     let first = berth(&fake, "").await;
     pull_all(&first, &all[..3]).await;
-    let dir = first.stop();
+    let dir = first.stop().await;
     accessed_ago(dir.path(), a, HOUR);
     accessed_ago(dir.path(), bb, 3 * HOUR);
     accessed_ago(dir.path(), c, 2 * HOUR);
@@ -183,7 +183,7 @@ async fn a_blob_being_read_is_not_evicted_and_its_reader_gets_every_byte() {
     let ((r_data, r), q, n) = (&all[0], &all[1].1, &all[2].1);
     let first = berth(&fake, "").await;
     pull_all(&first, &all[..2]).await;
-    let dir = first.stop();
+    let dir = first.stop().await;
     accessed_ago(dir.path(), r, 3 * HOUR);
     accessed_ago(dir.path(), q, 2 * HOUR);
 
@@ -216,7 +216,7 @@ async fn blobs_named_by_a_manifest_just_served_stay_and_a_newcomer_that_cannot_f
     let first = berth(&fake, "").await;
     pull_all(&first, &all[..3]).await;
     assert_eq!(first.get("/v2/app/manifests/1").await.status, 200);
-    let dir = first.stop();
+    let dir = first.stop().await;
     for (i, d) in [config, layer, other, &manifest].into_iter().enumerate() {
         accessed_ago(dir.path(), d, (3 + i as u32) * HOUR);
     }
@@ -254,7 +254,7 @@ async fn what_nobody_pulled_for_max_age_is_evicted() {
     let ((old_data, old), (_, recent)) = (&all[0], &all[1]);
     let first = berth(&fake, "").await;
     pull_all(&first, &all).await;
-    let dir = first.stop();
+    let dir = first.stop().await;
     accessed_ago(dir.path(), old, 48 * HOUR);
     accessed_ago(dir.path(), recent, HOUR);
 
@@ -280,7 +280,7 @@ async fn a_pull_records_the_access_on_the_file() {
     let all = blobs(&fake, &[1024], 600);
     let first = berth(&fake, "").await;
     pull_all(&first, &all).await;
-    let dir = first.stop();
+    let dir = first.stop().await;
     let digest = &all[0].1;
     accessed_ago(dir.path(), digest, 5 * HOUR);
 

@@ -217,7 +217,7 @@ async fn content_cached_through_one_upstream_is_answered_through_another_only_if
     assert_eq!(b.counter("berth_origin_confirmations_total").await, 1);
 
     // The records survive a restart: no new confirmation, the manifest still refused.
-    let dir = b.stop();
+    let dir = b.stop().await;
     let b = support::instance::start_on(&private, &second, dir).await;
     public.reset_counts();
     assert_eq!(
@@ -238,7 +238,7 @@ async fn content_cached_through_one_upstream_is_answered_through_another_only_if
     );
 
     // A cache without records (made before they were kept) serves as it always did.
-    let dir = b.stop();
+    let dir = b.stop().await;
     std::fs::remove_dir_all(dir.path().join("origins")).unwrap();
     let b = support::instance::start_on(&private, &second, dir).await;
     assert_eq!(

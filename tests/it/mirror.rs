@@ -79,7 +79,7 @@ async fn a_cached_manifest_survives_a_restart_and_is_served_with_upstream_gone()
         &layer,
     );
     b.settled().await;
-    let data = b.stop();
+    let data = b.stop().await;
     // Restart on the same data with an upstream that refuses everything.
     fake.fault(
         &format!("/v2/library/app/manifests/{manifest}"),
@@ -684,7 +684,7 @@ async fn tag_answers_survive_a_restart_and_stand_in_while_upstream_is_down() {
     let digest = fake.put_tagged("library/app", "1", media::OCI_INDEX, INDEX);
     let b = berth(&fake, "").await;
     assert_eq!(b.get("/v2/app/manifests/1").await.status, 200);
-    let data = b.stop();
+    let data = b.stop().await;
 
     // Restarted, upstream failing: the tag read back from disk is served, marked stale.
     fake.fault(
@@ -721,7 +721,7 @@ async fn an_offline_upstream_is_never_contacted_and_cached_content_still_serves(
         &layer,
     );
     b.settled().await;
-    let data = b.stop();
+    let data = b.stop().await;
 
     let b = start_on(&fake, "offline = true", data).await;
     fake.reset_counts();

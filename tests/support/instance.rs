@@ -23,6 +23,9 @@ pub struct Berth {
     pub client: Client<HttpConnector, Empty<Bytes>>,
     pub dir: tempfile::TempDir,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
+    /// The server's run, awaited by [`Berth::stop`]: it holds the storage directory's lock
+    /// until it returns, so a berth restarted on the same directory waits for it.
+    run: Option<tokio::task::JoinHandle<Result<(), berth::server::StartError>>>,
 }
 
 impl Drop for Berth {
@@ -155,7 +158,7 @@ async fn launch(server: Server, dir: tempfile::TempDir) -> (Berth, berth::reload
     let reloader = server.reloader();
     let (addr, metrics) = (server.local_addr(), server.metrics_addr().unwrap());
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(server.run(async move {
+    let run = tokio::spawn(server.run(async move {
         let _ = rx.await;
     }));
     let client = Client::builder(TokioExecutor::new()).build_http();
@@ -165,6 +168,7 @@ async fn launch(server: Server, dir: tempfile::TempDir) -> (Berth, berth::reload
         client,
         dir,
         stop: Some(tx),
+        run: Some(run),
     };
     b.ready().await;
     (b, reloader)
@@ -191,8 +195,13 @@ impl Berth {
         }
     }
 
-    /// Stops this berth and hands back its data directory.
-    pub fn stop(mut self) -> tempfile::TempDir {
+    /// Stops this berth, waits until it has ended (drained, its storage lock released), and hands
+    /// back its data directory.
+    pub async fn stop(mut self) -> tempfile::TempDir {
+        self.begin_shutdown();
+        if let Some(run) = self.run.take() {
+            run.await.unwrap().unwrap();
+        }
         std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap())
     }
 
