@@ -21,8 +21,9 @@
 //! sound is written there); the other is `trim`'s `malloc_trim`. `sendfile` is `rustix`'s safe
 //! wrapper.
 //!
-//! Rule of dependency: a leaf (`memmap2`, `rustix`, `bytes`, tokio); `store` maps and registers,
-//! `server` wraps connections. It knows nothing of either.
+//! Rule of dependency: a leaf (`memmap2`, `rustix`, `bytes`, tokio, a `prometheus` counter it is
+//! handed); `store` calls [`map`], `server` wraps connections in [`SendfileStream`]; it knows
+//! nothing of either.
 
 use std::collections::BTreeMap;
 use std::fs::File;

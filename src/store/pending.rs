@@ -33,8 +33,8 @@
 //! plus what the caller reads ahead of hashing.
 //!
 //! Rule of dependency: part of `store`; uses `index`, `oci`, `error`, `zerocopy` (the mappings a
-//! committed blob is read through), and its siblings `mod` ([`Store`], the blob file), `evict`
-//! (making room) and `spool` (the chunks readers take from memory). `spool` does not import it.
+//! committed blob is read through), its parent ([`Store`], [`BlobFile`]) and its siblings `evict`
+//! (making room) and `spool` (the chunks readers take from memory); neither imports it.
 
 use std::fs::File;
 use std::io::{self, Write};

@@ -6,9 +6,9 @@
 //! this file promises what makes it sound (it maps only final bytes, which berth never rewrites),
 //! and `zerocopy` may send those mappings with `sendfile`.
 //!
-//! Rule of dependency: part of `store`; uses `error`, `zerocopy`, and its siblings `mod` (the
-//! [`BlobFile`]), `pending` (the [`FillState`] it follows) and `spool` (a reader's place); no
-//! unsafe code of its own.
+//! Rule of dependency: part of `store`; uses `error`, `zerocopy`, its parent (the [`BlobFile`])
+//! and its siblings `pending` (the [`FillState`] it follows) and `spool` (a reader's place);
+//! neither imports it. No unsafe code of its own.
 
 use std::io;
 use std::os::unix::fs::FileExt;

@@ -4,7 +4,7 @@
 //! - `blobs/sha256/<hex>`: exactly the bytes whose sha256 is `<hex>`.
 //! - `manifests/sha256/<hex>`: a manifest; its media type is the object's `Content-Type`, which S3,
 //!   Ceph RGW and `object_store`'s in-memory store all keep and give back on GET (checked against
-//!   RGW in `tests/s3.rs`), so no sidecar object is needed.
+//!   RGW in `tests/it/s3.rs`), so no sidecar object is needed.
 //! - `tags/<upstream>/<repo>/<tag>`: a [`TagRecord`](super::TagRecord) as JSON (`digest`,
 //!   `media_type`, `resolved_at` in Unix seconds): what a replica resolved the tag to, and when.
 //!   [`Bucket::list_tags`] reads `(upstream, repo, tag)` back from these keys.
