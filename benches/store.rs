@@ -11,7 +11,7 @@
 //!   no fsync, no rename): the difference to `fill_64MiB` is the cost of making the blob durable.
 //! - `hit_read_64MiB`: `read_range(Source::File(..))` of the committed 64 MiB blob, file warm in the
 //!   page cache. Each chunk is copied once into a scratch buffer, standing in for the copy the
-//!   socket write makes: with mapped chunks (`store::read::map`) nothing would otherwise touch the bytes,
+//!   socket write makes: with mapped chunks (`zerocopy::map`) nothing would otherwise touch the bytes,
 //!   and the bench would time page-table setup only.
 
 use std::hint::black_box;

@@ -108,6 +108,7 @@ pub mod server;
 pub mod store;
 pub mod tier;
 pub mod tls;
+pub mod trim;
 pub mod upstream;
 pub mod upstreams;
 pub mod verify;

@@ -1,14 +1,15 @@
-//! Zero-copy sends of cached blob bytes: `sendfile(2)` under hyper, for plain-TCP connections.
+//! Zero-copy hits: every mapping of a blob file ([`map`]) and the `sendfile(2)` sends under hyper
+//! that use them, for plain-TCP connections.
 //!
-//! A blob hit hands hyper each window of the file as a read-only mapping (`store::read::map`). Written
-//! with `writev`, every byte is copied from the page cache into the socket (about two thirds of
-//! the hit path's CPU). hyper cannot be asked to use `sendfile`, but it hands its writer the very
-//! buffers it was given. So the store records each live mapping here ([`Mappings`]: address range
-//! -> file and offset), and the connection's writer ([`SendfileStream`]) recognises a buffer that
-//! lies inside one and sends those bytes from the file with `sendfile` instead of from memory. The
-//! bytes are the same by construction (a mapping of final, never rewritten file bytes), so the
-//! swap cannot change what a client gets, whatever protocol wrote the buffer; and a mapping that
-//! is never touched is never faulted in.
+//! A blob hit hands hyper each window of the file as a read-only mapping made by [`map`] (called
+//! by `store::read`). Written with `writev`, every byte is copied from the page cache into the
+//! socket (about two thirds of the hit path's CPU). hyper cannot be asked to use `sendfile`, but
+//! it hands its writer the very buffers it was given. So each live mapping is recorded here
+//! ([`Mappings`]: address range -> file and offset), and the connection's writer
+//! ([`SendfileStream`]) recognises a buffer that lies inside one and sends those bytes from the
+//! file with `sendfile` instead of from memory. The bytes are the same by construction (a mapping
+//! of final, never rewritten file bytes), so the swap cannot change what a client gets, whatever
+//! protocol wrote the buffer; and a mapping that is never touched is never faulted in.
 //!
 //! The rules that keep it sound: a range is registered only while its mapping lives (its owner
 //! unregisters on drop, before the unmap), so no other buffer can sit at a registered address;
@@ -16,7 +17,13 @@
 //! for; a `sendfile` that fails for any reason but "try again" turns the connection back to plain
 //! writes of the same (mapped) bytes. TLS connections are not wrapped: rustls writes ciphertext.
 //!
-//! Rule of dependency: a leaf (`store` registers, `server` wraps connections).
+//! `unsafe`: this file holds one of berth's two `unsafe` blocks, the `mmap` in [`map`] (why it is
+//! sound is written there); the other is `trim`'s `malloc_trim`. `sendfile` is `rustix`'s safe
+//! wrapper.
+//!
+//! Rule of dependency: a leaf (`memmap2`, `rustix`, `bytes`, tokio, a `prometheus` counter it is
+//! handed); `store` calls [`map`], `server` wraps connections in [`SendfileStream`]; it knows
+//! nothing of either.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -26,6 +33,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
 
+use bytes::Bytes;
 use prometheus::IntCounter;
 use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 use tokio::net::TcpStream;
@@ -116,6 +124,61 @@ impl Drop for Registration {
         {
             self.maps.live.fetch_sub(1, Ordering::Relaxed);
         }
+    }
+}
+
+/// Maps `len` bytes at `offset` of a blob file (verified, or the written part of a fill)
+/// read-only, so that hits go from the page cache to the socket with one copy and no buffer to
+/// allocate or fill.
+///
+/// One of berth's two `unsafe` blocks (the other, in `trim`, calls `malloc_trim`). A mapping is
+/// only sound while nobody truncates or rewrites the file under it, and berth never does either:
+/// blob files are only ever appended to (under a temp name, and only bytes already written are
+/// mapped), then renamed or unlinked, both of which leave a mapping intact. The caller (`store`)
+/// keeps that promise; this function cannot check it.
+///
+/// With `maps`, the mapping is registered there while it lives, so that a plain-TCP connection
+/// can send it from the file (`zerocopy`) without ever touching its pages.
+#[allow(unsafe_code)]
+pub fn map(
+    file: &Arc<File>,
+    offset: u64,
+    len: u64,
+    maps: Option<&Arc<Mappings>>,
+) -> io::Result<Bytes> {
+    const PAGE: u64 = 4096;
+    let start = offset - offset % PAGE;
+    let span = usize::try_from(offset + len - start).map_err(io::Error::other)?;
+    // SAFETY: see above: the mapped bytes never change while berth runs.
+    let m = unsafe {
+        memmap2::MmapOptions::new()
+            .offset(start)
+            .len(span)
+            .map(&**file)?
+    };
+    let skip = (offset - start) as usize;
+    let bytes = match maps {
+        Some(maps) => {
+            let registration = maps.register(m.as_ptr() as usize, m.len(), file.clone(), start);
+            Bytes::from_owner(Mapped {
+                _registration: registration,
+                map: m,
+            })
+        }
+        None => Bytes::from_owner(m),
+    };
+    Ok(bytes.slice(skip..))
+}
+
+/// A registered mapping. Fields drop in order: unregistered first, then unmapped.
+struct Mapped {
+    _registration: Registration,
+    map: memmap2::Mmap,
+}
+
+impl AsRef<[u8]> for Mapped {
+    fn as_ref(&self) -> &[u8] {
+        &self.map
     }
 }
 

@@ -22,11 +22,12 @@
 //!
 //! What such a flood still takes (about 2.5 KiB a connection: its task, socket registration and
 //! permit) glibc keeps after the flood too, so when the number of open connections has fallen by
-//! [`BURST`] or more from its peak, [`Bursts`] calls `malloc_trim(0)` once, off the runtime's
-//! threads. That gives the freed pages back; the bytes in use never grew. It costs a walk of the
-//! heap's free chunks (milliseconds for tens of MiB), at most once per [`Bursts::settle`] tick.
+//! [`BURST`] or more from its peak, [`Bursts`] tells the server to call `malloc_trim(0)` once
+//! ([`crate::trim`], which holds that `unsafe` call), off the runtime's threads. That gives the
+//! freed pages back; the bytes in use never grew. It costs a walk of the heap's free chunks
+//! (milliseconds for tens of MiB), at most once per [`Bursts::settle`] tick.
 //!
-//! Rule of dependency: a leaf of `server`.
+//! Rule of dependency: a leaf of `server`; no unsafe code of its own.
 
 use std::io::{self, IoSlice};
 use std::pin::Pin;
@@ -123,7 +124,8 @@ impl Bursts {
     }
 
     /// Whether a burst is over: at least [`BURST`] fewer connections are `open` than at the peak.
-    /// If so, the peak starts again from `open`, and the caller should hand memory back ([`trim`]).
+    /// If so, the peak starts again from `open`, and the caller should hand memory back
+    /// ([`trim::malloc_trim`](crate::trim::malloc_trim)).
     pub fn settle(&self, open: usize) -> bool {
         let peak = self.peak.load(Ordering::Relaxed);
         let over = peak >= open + BURST;
@@ -131,18 +133,6 @@ impl Bursts {
             self.peak.store(open, Ordering::Relaxed);
         }
         over
-    }
-}
-
-/// Hands the heap's free pages back to the OS (glibc keeps them otherwise). Blocking: call it
-/// from `spawn_blocking`. Other C libraries (musl) give memory back on their own: nothing to do.
-#[allow(unsafe_code)]
-pub fn trim() {
-    // SAFETY: malloc_trim takes no pointers and only releases free memory, under the allocator's
-    // own locks; it is safe to call from any thread at any time.
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    unsafe {
-        libc::malloc_trim(0);
     }
 }
 

@@ -665,7 +665,7 @@ fn spawn_trimmer(
             tick.tick().await;
             let open = max - slots.available_permits();
             if bursts.settle(open) {
-                let _ = tokio::task::spawn_blocking(conn::trim).await;
+                let _ = tokio::task::spawn_blocking(crate::trim::malloc_trim).await;
                 tracing::debug!(
                     open,
                     "a burst of connections is over; freed memory handed back"

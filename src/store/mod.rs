@@ -1,5 +1,5 @@
 //! Content-addressed blob files on local disk: the layout, and the `Store` facade the rest of the
-//! crate talks to.
+//! crate talks to; and, in [`s3`], the bucket tier that holds the same content for replicas.
 //!
 //! Layout under the cache root:
 //! - `blobs/sha256/<hex>`: exactly the bytes whose sha256 is `<hex>`. Only verified files are ever
@@ -9,10 +9,13 @@
 //! One file per concern:
 //! - this file: [`Store`] (open/attach, rebuild the index, stat/open/remove, touch and pin) and the
 //!   paths of the layout;
-//! - [`pending`]: a fill in progress ([`PendingBlob`]), its room reservation, verify and commit;
-//! - [`spool`]: the chunks readers take from memory, and the degraded pass-through of a full disk;
-//! - [`read`]: [`read_range`], which follows a committed file or a growing fill (mapped reads);
-//! - [`evict`]: making room (`max_size`, `max_age`, a full disk);
+//! - [`pending`]: a fill in progress ([`PendingBlob`]), its room reservation, verify and commit,
+//!   the [`Feed`] that hands readers chunks ahead of the disk, and the degraded pass-through of a
+//!   full disk;
+//! - [`spool`]: the chunks readers take from memory, and the limits of that pass-through;
+//! - [`read`]: [`read_range`], which follows a committed file or a growing fill (mapped reads,
+//!   through `zerocopy::map`);
+//! - `evict`: making room (`max_size`, `max_age`, a full disk);
 //! - [`lock`]: one serving berth per directory (`berth.lock`, held for the server's life);
 //! - [`s3`]: the object-store tier (`[storage.s3]`): a bucket holding blobs, manifests and tag
 //!   records by digest, uploads completed only once verified.
@@ -21,8 +24,14 @@
 //! rebuilt from the files on start.
 //!
 //! The interface is narrow on purpose (begin/commit, open, stat, remove, and the access index for
-//! listings) so that another tier (object storage) can sit behind it. Rule of dependency: uses
-//! `index`, `oci`, `error` and `zerocopy` (to register mappings); `s3` its `config` table and `metrics`-style families.
+//! listings) so that another tier (object storage) can sit behind it.
+//!
+//! Rule of dependency: uses `index`, `oci`, `error` and `zerocopy` (mapped reads and their
+//! registration); `s3` also its own `config` table and registers its own metric families. `store`
+//! knows nothing of `upstream`, `mirror`, `fill`, `tier`, `http` or `server`: they call it, never
+//! the reverse. Within it the arrows run one way: `read` uses `pending` and `spool`, `pending` uses
+//! `spool` and `evict`, and each may use this file's types; no sibling imports one that imports it
+//! back.
 
 use std::fs::File;
 use std::io;
@@ -44,9 +53,9 @@ pub mod read;
 pub mod s3;
 pub mod spool;
 
-pub use pending::{CommitError, FillState, PendingBlob, Progress};
+pub use pending::{CommitError, Feed, FillState, PendingBlob, Progress, is_disk_full};
 pub use read::{Source, read_range};
-pub use spool::{Feed, PassThrough, Spool, is_disk_full};
+pub use spool::{PassThrough, Spool};
 
 /// The blob store rooted at one directory.
 #[derive(Debug)]

@@ -2,15 +2,16 @@
 //!
 //! Readers never hand out the last byte of a fill before it is committed: a client can only ever
 //! see a complete body whose digest was checked. Committed bytes (and bytes of a fill already
-//! written) are mapped, not copied (see `map`); `zerocopy` may send those mappings with
-//! `sendfile`.
+//! written) are mapped, not copied: [`zerocopy::map`] makes the mapping (and holds its `unsafe`),
+//! this file promises what makes it sound (it maps only final bytes, which berth never rewrites),
+//! and `zerocopy` may send those mappings with `sendfile`.
 //!
-//! Rule of dependency: part of `store`; uses `error` and `zerocopy`.
+//! Rule of dependency: part of `store`; uses `error`, `zerocopy`, its parent (the [`BlobFile`])
+//! and its siblings `pending` (the [`FillState`] it follows) and `spool` (a reader's place);
+//! neither imports it. No unsafe code of its own.
 
-use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
-use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use futures_util::Stream;
@@ -20,7 +21,7 @@ use super::BlobFile;
 use super::pending::FillState;
 use super::spool::Cursor;
 use crate::error::Error;
-use crate::zerocopy::Mappings;
+use crate::zerocopy;
 
 /// Size of one read from a blob file. Large reads keep syscalls and wakeups few.
 const READ_CHUNK: usize = 256 * 1024;
@@ -92,55 +93,6 @@ pub fn read_range(
 /// connection rather than the whole file.
 pub(super) const MAP_CHUNK: u64 = 1024 * 1024;
 
-/// Maps `len` bytes at `offset` of a blob file (verified, or the written part of a fill)
-/// read-only, so that hits go from the page cache to the socket with one copy and no buffer to
-/// allocate or fill.
-///
-/// One of berth's two `unsafe` blocks (the other, `server::conn::trim`, calls `malloc_trim`). A
-/// mapping is only sound while nobody truncates or rewrites the file under it, and berth never does either: blob files are only ever appended to (under a temp
-/// name, and only bytes already written are mapped), then renamed or unlinked, both of which leave
-/// a mapping intact.
-///
-/// With `maps`, the mapping is registered there while it lives, so that a plain-TCP connection
-/// can send it from the file (`zerocopy`) without ever touching its pages.
-#[allow(unsafe_code)]
-fn map(file: &Arc<File>, offset: u64, len: u64, maps: Option<&Arc<Mappings>>) -> io::Result<Bytes> {
-    const PAGE: u64 = 4096;
-    let start = offset - offset % PAGE;
-    let span = usize::try_from(offset + len - start).map_err(io::Error::other)?;
-    // SAFETY: see above: the mapped bytes never change while berth runs.
-    let m = unsafe {
-        memmap2::MmapOptions::new()
-            .offset(start)
-            .len(span)
-            .map(&**file)?
-    };
-    let skip = (offset - start) as usize;
-    let bytes = match maps {
-        Some(maps) => {
-            let registration = maps.register(m.as_ptr() as usize, m.len(), file.clone(), start);
-            Bytes::from_owner(Mapped {
-                _registration: registration,
-                map: m,
-            })
-        }
-        None => Bytes::from_owner(m),
-    };
-    Ok(bytes.slice(skip..))
-}
-
-/// A registered mapping. Fields drop in order: unregistered first, then unmapped.
-struct Mapped {
-    _registration: crate::zerocopy::Registration,
-    map: memmap2::Mmap,
-}
-
-impl AsRef<[u8]> for Mapped {
-    fn as_ref(&self) -> &[u8] {
-        &self.map
-    }
-}
-
 /// The next chunk at `pos` (before `end`), waiting on a fill if needed; `None` at the end of the blob.
 /// `cursor` is this reader's place in the fill, registered on its first look at it.
 async fn next_chunk(
@@ -209,7 +161,7 @@ async fn next_chunk(
         return Ok(None);
     }
     // Bytes below `limit` are final (verified, or already written and never rewritten): map them.
-    match map(&file, pos, (stop - pos).min(MAP_CHUNK), maps.as_ref()) {
+    match zerocopy::map(&file, pos, (stop - pos).min(MAP_CHUNK), maps.as_ref()) {
         Ok(bytes) => return Ok(Some(bytes)),
         // Mapping is an optimisation; a plain read works without it.
         Err(e) => tracing::debug!(error = %e, "cannot map blob file; reading it instead"),

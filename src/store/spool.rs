@@ -1,41 +1,23 @@
-//! What readers of a fill take from memory ([`Spool`], fed ahead of the disk through a [`Feed`]),
-//! and the degraded pass-through when the disk is full.
+//! What readers of a fill take from memory: the [`Spool`] of recently received chunks (fed ahead
+//! of the disk, so a reader at the head never waits for a write), each reader's place in it
+//! (`Cursor`), and the limits ([`PassThrough`]) that bound it when the disk is full.
 //!
-//! A full disk does not fail a fill: when a write hits ENOSPC (or a quota), the caller switches the
-//! fill to [`PendingBlob::pass_through`]. The temp file is deleted (its bytes so far stay readable
-//! through the open handle until the fill's readers are done, then the space is free), hashing goes
-//! on in memory, and the bytes from the last one written on reach readers from the spool only.
-//! Nothing is cached, and the last byte still waits for the digest. Memory stays bounded by
-//! back-pressure, not by dropping bytes: after each batch the fill waits until its slowest reader
-//! is less than [`PassThrough::window`] behind (the spool keeps nothing older than that), so a
-//! slow client gets every byte at its own pace. A reader that takes nothing for
-//! [`PassThrough::lag_limit`] while the fill waits for it is cut off: no longer waited for, and its
-//! body ends in an error once the bytes it needs are gone, never in a short success. The trade-off:
-//! a degraded fill (and every client following it) goes as fast as its slowest live client, in
-//! exchange for no client of a moving connection ever failing for being slow; a stuck client
-//! costs the others at most `lag_limit`. The memory bound per degraded fill is `window` plus
-//! what the caller reads ahead of hashing.
+//! Normally the spool keeps what is not yet written plus `SPOOL_KEEP` bytes behind the file's
+//! end. In the degraded pass-through of a full disk (its rules are in `pending`, which runs it) it
+//! is the only copy of the bytes: it keeps nothing older than the slowest reader still waited for,
+//! at most [`PassThrough::window`] behind the head, and a reader cut off after
+//! [`PassThrough::lag_limit`] is no longer waited for (its body ends in an error once the bytes it
+//! needs are gone, never in a short success).
 //!
-//! Rule of dependency: part of `store`.
+//! Rule of dependency: part of `store`; a leaf of it (std, `bytes`, tokio): `pending` and `read`
+//! use it, it imports neither.
 
-use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
-use sha2::Digest as _;
-use tokio::sync::{Notify, watch};
-
-use super::pending::{FillState, PendingBlob};
-
-/// Whether an I/O error means the disk (or the quota) is full.
-pub fn is_disk_full(e: &io::Error) -> bool {
-    matches!(
-        e.kind(),
-        io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded
-    )
-}
+use tokio::sync::Notify;
 
 /// How a fill whose disk is full keeps its readers fed from memory; see the module docs.
 #[derive(Debug, Clone, Copy)]
@@ -56,7 +38,7 @@ pub struct Spool {
     /// (the `Weak` dies) when their body is dropped.
     readers: std::sync::Mutex<Vec<Weak<AtomicU64>>>,
     /// Woken when a reader moves on.
-    advanced: Notify,
+    pub(super) advanced: Notify,
 }
 
 /// A reader's place in a fill, registered with its spool.
@@ -152,107 +134,5 @@ impl Spool {
                 .is_some_and(|at| at.load(Ordering::Acquire) >= pos)
         });
         before - readers.len()
-    }
-}
-
-/// Feeds received chunks to a fill's readers before they are written; see [`PendingBlob::feed`].
-#[derive(Clone)]
-pub struct Feed {
-    spool: Arc<Spool>,
-    progress: watch::Sender<FillState>,
-}
-
-impl Feed {
-    /// Makes `chunk`, the next bytes of the blob, available to readers now.
-    pub fn push(&self, chunk: Bytes) {
-        self.progress.send_if_modified(|s| match s {
-            FillState::Writing(p) => {
-                let len = chunk.len() as u64;
-                self.spool.push(p.received, chunk);
-                p.received += len;
-                true
-            }
-            _ => false,
-        });
-    }
-}
-
-impl PendingBlob {
-    /// After a write found the disk full: deletes the temp file and goes on in memory. Later
-    /// [`write_all`](Self::write_all) calls only hash (the batch whose write failed was hashed
-    /// already) and wait for slow readers; [`commit`](Self::commit) verifies, releases the last
-    /// byte and returns [`CommitError::Persist`]: served, not stored. See the module docs.
-    pub fn pass_through(&mut self, limits: PassThrough) {
-        self.pass_through = Some(limits);
-        // Nothing of this fill will be kept: its room is free for others.
-        let reserved = self.reservation.take();
-        self.index.release(reserved);
-        // Readers hold the file open: the bytes already written stay readable until they are done.
-        let _ = std::fs::remove_file(&self.tmp_path);
-        let hashed = self.hashed;
-        self.progress.send_if_modified(|s| match s {
-            FillState::Writing(p) => {
-                p.pass_through = true;
-                p.received = p.received.max(hashed);
-                true
-            }
-            _ => false,
-        });
-    }
-
-    /// A handle to give readers chunks as they arrive, ahead of [`write_all`](Self::write_all),
-    /// which must then be called with the same chunks in the same order.
-    pub fn feed(&self) -> Feed {
-        Feed {
-            spool: self.spool.clone(),
-            progress: self.progress.clone(),
-        }
-    }
-
-    /// Pass-through: hashes a batch, tells readers, then waits until the slowest of them is within
-    /// the window (cutting off one that does not move for `lag_limit`) and drops what none needs.
-    pub(super) async fn hash_only(
-        &mut self,
-        chunks: Vec<Bytes>,
-        len: u64,
-        limits: PassThrough,
-    ) -> io::Result<()> {
-        let mut hasher = self.hasher.take().expect("hasher present between writes");
-        let hasher = tokio::task::spawn_blocking(move || {
-            for c in &chunks {
-                hasher.update(c);
-            }
-            hasher
-        })
-        .await
-        .map_err(io::Error::other)?;
-        self.hasher = Some(hasher);
-        self.hashed += len;
-        let hashed = self.hashed;
-        self.progress.send_if_modified(|s| match s {
-            FillState::Writing(p) => {
-                let grew = hashed > p.received;
-                p.received = p.received.max(hashed);
-                grew
-            }
-            _ => false,
-        });
-        loop {
-            let moved = self.spool.advanced.notified();
-            tokio::pin!(moved);
-            moved.as_mut().enable();
-            let slowest = self.spool.slowest().unwrap_or(hashed).min(hashed);
-            // Bytes below `written` are read from the file, so only the slowest reader's place
-            // (or the file's end) decides what the spool must keep.
-            self.spool.trim_below(slowest.max(self.written).min(hashed));
-            if hashed - slowest <= limits.window {
-                return Ok(());
-            }
-            if tokio::time::timeout(limits.lag_limit, moved).await.is_err() {
-                let n = self.spool.cut_off(hashed - limits.window);
-                tracing::warn!(digest = %self.digest, readers = n, lag_limit = ?limits.lag_limit,
-                    "readers of a fill passing through memory took nothing for too long; cut off");
-            }
-        }
     }
 }

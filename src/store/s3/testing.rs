@@ -5,7 +5,8 @@
 //! It lives in the library rather than in `tests/support` because the unit tests need it too, and
 //! a test crate cannot reach into `src`; it costs the library nothing it did not already build
 //! (`async-trait` and `object_store::memory` are compiled either way).
-//! Rule of dependency: `object_store` only; it knows nothing of [`super::Bucket`].
+//! Rule of dependency: no module of berth (`object_store`, tokio and futures only); it knows
+//! nothing of [`super::Bucket`].
 
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};

@@ -3,13 +3,19 @@
 //! held back, the bucket down.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::{Duration, SystemTime};
 
-use futures_util::stream;
+use bytes::Bytes;
+use futures_util::{Stream, StreamExt, TryStreamExt, stream};
 use object_store::memory::InMemory;
+use object_store::path::Path;
+use object_store::{Attribute, Attributes, ObjectStoreExt, PutOptions, PutPayload};
 
 use super::testing::{Faults, Faulty};
-use super::*;
+use super::{BlobRead, Bucket, BucketError, BucketMetrics, ObjectInfo, Stored, TagRecord};
+use crate::oci::Digest;
 
 const PART: usize = 64 * 1024;
 
@@ -537,34 +543,6 @@ fn keys_without_a_prefix_start_at_the_root() {
         b.manifest_key(&d).to_string(),
         format!("manifests/sha256/{}", d.hex())
     );
-}
-
-#[test]
-fn the_listing_of_open_uploads_parses() {
-    let xml = r#"<?xml version="1.0" encoding="UTF-8"?>
-<ListMultipartUploadsResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/">
-  <Bucket>berth</Bucket><KeyMarker></KeyMarker><UploadIdMarker></UploadIdMarker>
-  <NextKeyMarker>mirror/blobs/sha256/bb</NextKeyMarker><NextUploadIdMarker>2~x</NextUploadIdMarker>
-  <Prefix>mirror/blobs/sha256/</Prefix><MaxUploads>1000</MaxUploads><IsTruncated>true</IsTruncated>
-  <Upload><Key>mirror/blobs/sha256/aa</Key><UploadId>2~abc</UploadId>
-    <Initiator><ID>testkey</ID><DisplayName>t</DisplayName></Initiator>
-    <StorageClass>STANDARD</StorageClass><Initiated>2026-11-30T13:00:00.123Z</Initiated></Upload>
-  <Upload><Key>mirror/blobs/sha256/bb</Key><UploadId>2~x</UploadId>
-    <Initiated>2026-11-30T13:00:01.000Z</Initiated></Upload>
-</ListMultipartUploadsResult>"#;
-    let page: ListUploads = quick_xml::de::from_str(xml).unwrap();
-    assert!(page.is_truncated);
-    assert_eq!(page.uploads.len(), 2);
-    assert_eq!(page.uploads[0].upload_id, "2~abc");
-    assert_eq!(
-        page.next_key_marker.as_deref(),
-        Some("mirror/blobs/sha256/bb")
-    );
-    let empty: ListUploads = quick_xml::de::from_str(
-        "<ListMultipartUploadsResult><IsTruncated>false</IsTruncated></ListMultipartUploadsResult>",
-    )
-    .unwrap();
-    assert!(empty.uploads.is_empty() && !empty.is_truncated);
 }
 
 // ---- eviction of the share (`evict`) ----
