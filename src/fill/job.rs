@@ -178,12 +178,7 @@ impl FillJob {
     }
 
     pub(crate) async fn run(&self, tx: watch::Sender<FillState>) {
-        let fetched = self.fetch(&tx).await;
-        if fetched.is_ok() {
-            let (slot, origins) = &self.origin;
-            origins.record(*slot, &self.up.name().to_ascii_lowercase(), &self.digest);
-        }
-        if let Err(e) = fetched {
+        if let Err(e) = self.fetch(&tx).await {
             tracing::warn!(upstream = self.up.name(), repo = %self.name, digest = %self.digest, error = %e, "blob fill failed; nothing cached");
             tx.send_replace(FillState::Failed(e));
         }
@@ -303,7 +298,14 @@ impl FillJob {
             }
         }
         let mut pending = pending.expect("pending is home after the last write");
-        match pending.commit().await {
+        // Where the blob came from is recorded once it is verified, before any client has it
+        // whole or it is at its final path: until then it would look cached before records were
+        // kept, and be answered through any upstream ([`crate::origins`]).
+        let record_origin = || {
+            let (slot, origins) = &self.origin;
+            origins.record(*slot, &self.up.name().to_ascii_lowercase(), &self.digest);
+        };
+        match pending.commit_with(record_origin).await {
             Ok(blob) => {
                 tracing::info!(upstream = self.up.name(), repo = %self.name, digest = %self.digest, bytes = blob.len, from, "blob cached");
                 // A blob from a peer is its owner's to upload (it fills the bucket as it serves),

@@ -184,7 +184,7 @@ impl Mirror {
             match (&reference, form) {
                 (_, Form::Schema1) => {
                     let m = this
-                        .fetch_manifest(up, &target.name, &reference, form, None)
+                        .fetch_manifest(target.upstream, up, &target.name, &reference, form, None)
                         .await?;
                     Ok(ManifestReply {
                         manifest: m,
@@ -202,9 +202,15 @@ impl Mirror {
                         });
                     }
                     let m = this
-                        .fetch_manifest(up, &target.name, &reference, form, Some(d))
+                        .fetch_manifest(
+                            target.upstream,
+                            up,
+                            &target.name,
+                            &reference,
+                            form,
+                            Some(d),
+                        )
                         .await?;
-                    this.record_origin(target.upstream, up, d);
                     Ok(ManifestReply {
                         manifest: m,
                         stale: None,
@@ -299,6 +305,7 @@ impl Mirror {
         self.metrics.cache("tag", up.name(), "miss");
         match self
             .fetch_manifest(
+                target.upstream,
                 up,
                 &target.name,
                 &Reference::Tag(tag.clone()),
@@ -314,7 +321,6 @@ impl Mirror {
                 outcome: "passthrough",
             }),
             Ok(m) => {
-                self.record_origin(target.upstream, up, &m.digest);
                 let entry = TagEntry {
                     digest: m.digest.clone(),
                     media_type: m.media_type.clone(),
@@ -384,11 +390,14 @@ impl Mirror {
     }
 
     /// GETs a manifest in `form`, checks its digest (against `expect`, and against the upstream's
-    /// own `Docker-Content-Digest`), and caches it. A signed schema 1 manifest's digest is its
+    /// own `Docker-Content-Digest`), records that the upstream in `slot` served it, and caches it.
+    /// The record comes first: a manifest cached before its record would, for that moment, look
+    /// cached before records were kept and be answered through any upstream ([`crate::origins`]). A signed schema 1 manifest's digest is its
     /// payload's ([`oci::schema1`]); schema 1 is checked but never cached (the store keeps only
     /// files that hash to their name, and a converted schema 1 manifest has new bytes every time).
     async fn fetch_manifest(
         &self,
+        slot: usize,
         up: &Upstream,
         name: &RepoName,
         reference: &Reference,
@@ -430,6 +439,7 @@ impl Mirror {
         if m.is_schema1() {
             return Ok(m);
         }
+        self.record_origin(slot, up, &m.digest);
         if let Some(tier) = &self.tier {
             tier.put_manifest(
                 m.digest.clone(),

@@ -326,6 +326,13 @@ impl PendingBlob {
     /// [`fail`](Self::fail) (or drop). On [`CommitError::Persist`] the readers got verified bytes,
     /// but nothing was cached.
     pub async fn commit(&mut self) -> Result<BlobFile, CommitError> {
+        self.commit_with(|| {}).await
+    }
+
+    /// As [`commit`](Self::commit), calling `verified` once size and digest checked out, before any
+    /// reader gets the last byte and before the file is at its final path: what must be true of
+    /// a verified blob before anyone can see it (where it came from) is done there.
+    pub async fn commit_with(&mut self, verified: impl FnOnce()) -> Result<BlobFile, CommitError> {
         let hasher = self.hasher.take().expect("commit is called once");
         let actual = Digest::from_sha256(&hasher.finalize());
         if let Some(expected) = self.total
@@ -342,6 +349,7 @@ impl PendingBlob {
                 actual,
             });
         }
+        verified();
         if self.pass_through.is_some() {
             // Verified: readers may have the last byte, from memory. Nothing to keep.
             self.done = true;

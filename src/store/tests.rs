@@ -122,6 +122,56 @@ async fn reader_follows_a_growing_fill_and_gets_the_last_byte_only_after_commit(
     );
 }
 
+/// What `commit_with` runs (the fill records where the blob came from) happens after the digest
+/// checked out and before anyone can see the blob whole: no reader has the last byte yet, and no
+/// stat finds it at its final path. Run after that, a pull through another upstream could find
+/// the blob cached with no record and be answered (tests/it/isolation.rs).
+#[tokio::test]
+async fn the_verified_hook_runs_before_anyone_can_see_the_blob() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(Store::open(dir.path()).unwrap());
+    let data: Vec<u8> = (0..300_000u32).map(|i| (i % 253) as u8).collect();
+    let d = digest_of(&data);
+    let (tx, rx) = watch::channel(FillState::Pending);
+    let mut p = store.begin(&d, Some(data.len() as u64), tx).await.unwrap();
+    p.write(Bytes::copy_from_slice(&data)).await.unwrap();
+    let mut last = std::pin::pin!(read_range(Source::Fill(rx), data.len() as u64 - 1, None));
+    let final_path = store.blob_path(&d);
+    let mut ran = false;
+    p.commit_with(|| {
+        ran = true;
+        assert!(!final_path.exists(), "not renamed into place yet");
+        assert!(
+            futures_util::FutureExt::now_or_never(last.next()).is_none(),
+            "the last byte is still held back"
+        );
+    })
+    .await
+    .unwrap();
+    assert!(ran);
+    assert!(final_path.exists());
+    assert_eq!(
+        last.next().await.unwrap().unwrap().as_ref(),
+        &data[data.len() - 1..]
+    );
+}
+
+/// A fill whose bytes do not hash to its digest never runs the hook: nothing is recorded for
+/// content that was not what it claimed.
+#[tokio::test]
+async fn the_verified_hook_never_runs_for_wrong_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let d = digest_of(b"expected content");
+    let (tx, _rx) = watch::channel(FillState::Pending);
+    let mut p = store.begin(&d, None, tx).await.unwrap();
+    p.write(Bytes::from_static(b"other content")).await.unwrap();
+    let mut ran = false;
+    let got = p.commit_with(|| ran = true).await;
+    assert!(matches!(got, Err(CommitError::Digest { .. })), "{got:?}");
+    assert!(!ran);
+}
+
 #[tokio::test]
 async fn reader_of_a_failed_fill_gets_an_error_not_a_short_success() {
     let dir = tempfile::tempdir().unwrap();
