@@ -11,7 +11,7 @@
 //!
 //! Rule of dependency: reads the whole `Config` and hands each room its own section (besides
 //! `main`, only `reload` also reads it whole, to compare); uses the rooms it builds (`access`,
-//! `admin::api`, `cluster`, `health`, `http` for the [`App`], `index` for the limits,
+//! `http::admin`, `cluster`, `health`, `http` for the [`App`], `index` for the limits,
 //! `manifests`, `metrics`, `mirror`, `origins`, `reload`, `sdnotify`, `store`, `tier`, `tls`,
 //! `upstream`, `upstreams`); only `server` uses it (and names its [`StartError`] again as
 //! `server::StartError`), nothing it builds imports it.
@@ -22,7 +22,6 @@ use std::sync::Arc;
 use tokio_rustls::TlsAcceptor;
 
 use crate::access;
-use crate::admin;
 use crate::cluster::Cluster;
 use crate::config::Config;
 use crate::health::Health;
@@ -53,7 +52,7 @@ pub struct Parts {
     /// Every metric family, rendered at `/metrics`.
     pub prometheus: prometheus::Registry,
     /// The admin API, when `[admin] enabled` (on the metrics listener, or only on the socket).
-    pub admin: Option<Arc<admin::api::Api>>,
+    pub admin: Option<Arc<crate::http::admin::Api>>,
     /// For the maintenance pass (eviction by age, and by size once pins run out).
     pub store: Arc<Store>,
     /// Starting, serving or draining: `/healthz` and whether registry connections are accepted.
@@ -153,7 +152,7 @@ impl Parts {
         let admin = cfg.admin.token.clone().map(|token| {
             let bucket_max = cfg.storage.s3.as_ref().and_then(|s| s.max_size);
             Arc::new(
-                admin::api::Api::new(mirror.clone(), root.clone(), token)
+                crate::http::admin::Api::new(mirror.clone(), root.clone(), token)
                     .with_bucket_max(bucket_max.map(|m| m.as_u64())),
             )
         });

@@ -1,7 +1,7 @@
 //! What is cached, removing it, and the totals: `berth cache ls|rm|stats` and the admin API.
 //!
 //! One set of operations ([`Cache`]) over the store and the manifest cache, used two ways: by the
-//! admin API of a running berth ([`api`], on the metrics listener or `[admin] socket`), so its
+//! admin API of a running berth (`http::admin`, on the metrics listener or `[admin] socket`), so its
 //! in-memory manifests and tags stay in step with the disk, and by the `berth cache` command on the storage directory
 //! directly ([`cli`]) when no API is configured. Both answer with the same types, so the command
 //! prints the same whichever way it went.
@@ -54,14 +54,12 @@
 //! - `reference`: what `ls --repo` and `rm` name ([`CacheRef`]);
 //! - `answer`: the answer types, whichever way the command went (their serde shape is the API's);
 //! - `render`: the text tables, or JSON;
-//! - [`api`]: the admin API of a running berth; [`cli`]: `berth cache`, direct or through the API.
+//! - [`cli`]: `berth cache`, direct or through the admin API (whose HTTP face is `http::admin`).
 //!
-//! Rule of dependency: the operations use `store`, `manifests`, `index`, `oci`, `error`; [`api`]
-//! also `http` (the one error body), `mirror` (to reach the running cache) and `config`; [`cli`]
-//! also `config` and `upstream::connect` (its client's TLS). Only `server` (the API) and `main`
-//! (the command) use `admin`; nothing under `http` does.
+//! Rule of dependency: the operations use `store`, `manifests`, `index`, `oci`, `error`; [`cli`]
+//! also `config` and `upstream::connect` (its client's TLS). `http::admin` (the API) and `main`
+//! (the command) use `admin`; `admin` uses nothing of `http`, `server` or `mirror`.
 
-pub mod api;
 pub mod cli;
 
 mod answer;

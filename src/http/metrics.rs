@@ -1,12 +1,12 @@
 //! What the metrics listener answers: `/metrics` (the Prometheus text), `/healthz` (the life
-//! cycle, `health`), and the admin API (`admin::api`) when it is enabled there; on the admin
+//! cycle, `health`), and the admin API (`http::admin`) when it is enabled there; on the admin
 //! socket, the admin API only. One router, [`MetricsService`]; `server` accepts the connections
 //! and serves each with it.
 //!
 //! The admin API is not answered while the cache index is being rebuilt (503 "starting"): it
 //! reads the index.
 //!
-//! Rule of dependency: uses `admin::api`, `health`, `metrics` (the rendering), `mirror` (the
+//! Rule of dependency: uses `http::admin`, `health`, `metrics` (the rendering), `mirror` (the
 //! names of the upstreams configured now) and [`super::Body`]; `server` uses it, nothing else.
 
 use std::future::Future;
@@ -19,7 +19,6 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 
 use super::Body;
-use crate::admin;
 use crate::health::{Health, Phase};
 use crate::metrics;
 use crate::mirror::Mirror;
@@ -29,7 +28,7 @@ use crate::mirror::Mirror;
 #[derive(Clone)]
 pub struct MetricsService {
     prometheus: prometheus::Registry,
-    admin: Option<Arc<admin::api::Api>>,
+    admin: Option<Arc<super::admin::Api>>,
     /// Whether `/metrics` and `/healthz` are answered (not on the admin socket).
     metrics: bool,
     health: Arc<Health>,
@@ -54,13 +53,13 @@ impl MetricsService {
     }
 
     /// The admin API answered too, under `/admin` (`None`: not here).
-    pub fn with_admin(mut self, admin: Option<Arc<admin::api::Api>>) -> MetricsService {
+    pub fn with_admin(mut self, admin: Option<Arc<super::admin::Api>>) -> MetricsService {
         self.admin = admin;
         self
     }
 
     /// Only the admin API (the admin socket): `/metrics` and `/healthz` answer 404.
-    pub fn admin_only(mut self, admin: Option<Arc<admin::api::Api>>) -> MetricsService {
+    pub fn admin_only(mut self, admin: Option<Arc<super::admin::Api>>) -> MetricsService {
         self.admin = admin;
         self.metrics = false;
         self
@@ -84,7 +83,7 @@ impl MetricsService {
 
     async fn handle(self, req: Request<Incoming>) -> Response<Body> {
         match &self.admin {
-            Some(api) if admin::api::is_admin_path(req.uri().path()) => {
+            Some(api) if super::admin::is_admin_path(req.uri().path()) => {
                 // The admin API reads the index: not before it is rebuilt.
                 if self.health.phase() == Phase::Starting {
                     return plain(

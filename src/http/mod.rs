@@ -1,10 +1,8 @@
-//! The HTTP face of the mirror: route a request, call the mirror, write the response.
+//! The HTTP face of berth: route a request, call the mirror, write the response.
 //!
-//! This is the only layer that sees a client's `Request` and builds a `Response`, and the one
-//! place where an [`Error`] becomes a status and an OCI error body ([`error::error_response`],
-//! the table from kind to answer). With
-//! `[auth]`, the `Authorization` header becomes a principal before the path is even parsed, and
-//! the principal is checked against the route's upstream before the mirror is asked (`access`). Every
+//! This is the only layer that sees a client's `Request` and builds a `Response`. With `[auth]`,
+//! the `Authorization` header becomes a principal before the path is even parsed, and the
+//! principal is checked against the route's upstream before the mirror is asked (`access`). Every
 //! request ends in one log line (route, upstream, outcome, status, bytes, duration) written when
 //! its body is finished or dropped, so streamed blobs are logged with the bytes really sent.
 //!
@@ -15,13 +13,21 @@
 //! The mirror answers in its own terms and notes the pulls it answered itself (the bucket's
 //! last-pull order), so this layer asks nothing of `tier` or `store`.
 //!
-//! Rule of dependency: uses `access`, `cluster` (the peer protocol's proof and paths), `health`,
-//! `mirror` (its replies, and the `Target` that `route` builds), `upstreams` (the host table),
-//! `metrics`, `logwriter`, `oci`, `error`; `server` (and `admin`, for its error bodies) use it,
-//! and nothing below sees HTTP types of the client side. [`metrics`], the metrics listener's
-//! router, also uses `admin::api` and `crate::metrics` (the rendering). [`error`] is the one table
-//! from an error's kind to its status, OCI code and headers.
+//! The rooms:
+//! - this file: [`App`] (registry requests: admission, dispatch, the answer) and the peer side;
+//! - [`route`]: method + path + query into a typed [`route::Route`] (pure, fuzzed), building the
+//!   mirror's [`Target`](crate::mirror::Target);
+//! - [`error`]: the one table from an error's kind to its status, OCI code and headers, and
+//!   [`error_response`], through which every error answer of berth goes;
+//! - [`metrics`]: the metrics listener's router (`/metrics`, `/healthz`, `/admin`);
+//! - [`admin`]: the admin API's face (`/admin/...`, bearer token, JSON) over `admin`'s operations.
+//!
+//! Rule of dependency: uses `access`, `admin` (the operations), `cluster` (the peer protocol's
+//! proof and paths), `health`, `mirror` (its replies, and the `Target` that `route` builds),
+//! `upstreams` (the host table), `metrics`, `logwriter`, `oci`, `error`. Only `server` and
+//! `assemble` use it; nothing below it sees HTTP types of the client side.
 
+pub mod admin;
 pub mod error;
 pub mod metrics;
 pub mod route;

@@ -1,8 +1,8 @@
 //! The admin API: `/admin/...` on the metrics listener, JSON in and out, behind a bearer token.
 //!
-//! - `GET /admin/cache[?repo=R][&upstream=U]`: [`Listing`](super::Listing)
-//! - `DELETE /admin/cache/<ref>[?upstream=U]`: [`Removal`](super::Removal) (404 when nothing matches)
-//! - `GET /admin/stats`: [`Stats`](super::Stats)
+//! - `GET /admin/cache[?repo=R][&upstream=U]`: [`Listing`](crate::admin::Listing)
+//! - `DELETE /admin/cache/<ref>[?upstream=U]`: [`Removal`](crate::admin::Removal) (404 when nothing matches)
+//! - `GET /admin/stats`: [`Stats`](crate::admin::Stats)
 //!
 //! Off unless `[admin] enabled = true`; then every `/admin` request needs
 //! `Authorization: Bearer <token>`, compared in constant time, or gets 401 with the OCI error body
@@ -11,9 +11,12 @@
 //! [`Store`](crate::store::Store), so what it removes is gone from memory as well as from disk,
 //! and on its bucket tier (`[storage.s3]`), if any.
 //!
+//! The HTTP face of the admin operations (`admin`), as the rest of `http` is the registry's face
+//! of the mirror.
+//!
 //! Rule of dependency: uses `admin` (the operations and their answers), `mirror` (to reach the
-//! cache), `http` (the one error response), `config` (the token) and `error`. Only `server` uses
-//! it.
+//! cache), this directory's error response, `config` (the token) and `error`. `http::metrics`
+//! (the metrics listener's router) and `assemble` use it.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -23,10 +26,10 @@ use http::{HeaderMap, HeaderValue, Method, Request, Response, header};
 use http_body_util::{BodyExt, Full};
 use sha2::{Digest as _, Sha256};
 
-use super::{Cache, Op};
+use crate::admin::{Cache, Op};
 use crate::config::Secret;
 use crate::error::{Error, Origin};
-use crate::http::{Body, error_response};
+use super::{Body, error_response};
 use crate::mirror::Mirror;
 
 /// Where the admin API lives on the metrics listener.
