@@ -9,7 +9,7 @@
 //! failure reaches every follower.
 //!
 //! Blob fills are single-flight too, but they share a growing file rather than a value; they live
-//! in `mirror` on top of `store::FillState`. Rule of dependency: generic; knows no other module.
+//! in `fill` on top of `store::FillState`. Rule of dependency: generic; knows no other module.
 
 use std::collections::HashMap;
 use std::future::Future;

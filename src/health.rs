@@ -11,7 +11,7 @@
 //! still served, and a mirror taken out of rotation for its upstream's outage helps nobody.
 //!
 //! Rule of dependency: uses `index`, `upstream` and `tier` (their last-error maps, the share);
-//! `server` owns it.
+//! `assemble` builds it, `server` moves it through its phases, `http` answers `/healthz` from it.
 
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -15,7 +15,8 @@
 //!   [`Manifests::list_tags`]) and removes through [`Manifests::remove`] and
 //!   [`Manifests::forget_tag_named`], which drop the in-memory copies too.
 //!
-//! Rule of dependency: uses `store`, `oci`, `error`; knows nothing of upstreams or HTTP.
+//! Rule of dependency: uses `store`, `index` (access times), `oci`, `error`; knows nothing of
+//! upstreams or HTTP.
 
 use std::io;
 use std::path::{Path, PathBuf};

@@ -1,7 +1,7 @@
 //! The mirror's own metric families, registered in a registry handed in (no globals).
 //!
 //! Upstream traffic has its own families in `upstream::UpstreamMetrics`. The registry is rendered
-//! by the metrics listener (`server`). Rule of dependency: a leaf.
+//! by the metrics listener (`http::metrics`). Rule of dependency: a leaf.
 
 use std::sync::{Arc, OnceLock};
 

@@ -47,7 +47,7 @@
 //! every [`EVICT_EVERY`] (`share`, policy and markers in `store::s3::evict`).
 //!
 //! Rule of dependency: uses `store` (`s3`, reading committed files) and `oci`; `mirror` uses it
-//! (and notes the pulls it answers in it), `server` builds it and `health` reads its last error
+//! (and notes the pulls it answers in it), `assemble` builds it and `health` reads its last error
 //! and share.
 
 mod share;

@@ -16,7 +16,8 @@
 //! changes every few weeks. A pair caught half-written fails the key check and is retried at the
 //! next change of either file, so the final state is always picked up.
 //!
-//! Rule of dependency: a leaf (rustls, prometheus); `server` builds it, `reload` calls it.
+//! Rule of dependency: a leaf (rustls, prometheus); `assemble` builds it, `server` serves with it,
+//! `reload` calls it.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};

@@ -16,7 +16,7 @@
 //! started with to its end.
 //!
 //! Rule of dependency: uses `config` and `upstream`; `http` routes with [`Hosts`], `mirror` fetches
-//! through [`UpstreamSet::get`], `server` builds and swaps them.
+//! through [`UpstreamSet::get`], `assemble` builds them and `reload` swaps them.
 
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};

@@ -27,7 +27,7 @@
 //!   and never hands the miss on to another peer (no ping-pong when two replicas disagree on
 //!   membership for a moment).
 //!
-//! # How the mirror calls it
+//! # How a fill calls it
 //! On a blob miss (local disk, then the bucket), the fill asks [`Cluster::from_owner`]: when this
 //! berth owns the digest it fills from its upstream as a single node would; otherwise it asks
 //! each live owner in order and streams the first 2xx body into its own fill, still verified
@@ -55,9 +55,10 @@
 //! extra upstream fetch, never a wrong byte. Peers are a static list (`[cluster] peers`, a
 //! restart to change), which a StatefulSet's stable names make sufficient.
 //!
-//! Rule of dependency: uses `config` (its settings), `oci`, `upstream::connect` (the HTTP client
-//! builder); `server` builds it, `http` answers the peer routes with it, `mirror` calls
-//! [`Cluster::from_owner`]. It never calls the mirror.
+//! Rule of dependency: uses `config` (its settings), `oci`, `upstream::connect` (the
+//! HTTP client builder); `assemble` builds it, `server` runs its prober, `http` answers the peer
+//! routes with it, `fill` (`fill/job`) calls [`Cluster::from_owner`], `mirror` holds it for the
+//! fills it starts. It never calls the mirror or the fill.
 
 pub mod auth;
 pub mod client;

@@ -26,10 +26,10 @@ use http::{HeaderMap, HeaderValue, Method, Request, Response, header};
 use http_body_util::{BodyExt, Full};
 use sha2::{Digest as _, Sha256};
 
+use super::{Body, error_response};
 use crate::admin::{Cache, Op};
 use crate::config::Secret;
 use crate::error::{Error, Origin};
-use super::{Body, error_response};
 use crate::mirror::Mirror;
 
 /// Where the admin API lives on the metrics listener.
@@ -40,7 +40,7 @@ pub fn is_admin_path(path: &str) -> bool {
     path == PREFIX || path.starts_with("/admin/")
 }
 
-/// Parses method, path and query into an [`Op`](super::Op): 404 for an unknown path, 405 for a
+/// Parses method, path and query into an [`Op`](crate::admin::Op): 404 for an unknown path, 405 for a
 /// known path with another method, 400 for a malformed reference or query.
 pub fn parse(method: &Method, path: &str, query: Option<&str>) -> Result<Op, Error> {
     let mut repo = None;
