@@ -4,13 +4,14 @@
 //! 416). Nothing below `http` chooses a status; every error response of berth (registry routes,
 //! peer routes, the admin API) is written by [`error_response`].
 //!
-//! Rule of dependency: uses `error` (the kinds) and `http`'s body helpers; nothing below `http`
-//! imports it.
+//! Rule of dependency: uses `error` (the kinds), `http`'s [`Body`] and `respond`'s body helper;
+//! nothing below `http` imports it.
 
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
 
-use super::{Body, bytes_response};
+use super::Body;
+use super::respond::bytes_response;
 use crate::error::{Error, Kind, Malformed, Missing};
 
 /// The error codes of the OCI distribution spec that berth answers with (plus `TOOMANYREQUESTS`

@@ -19,31 +19,33 @@
 //!   mirror's [`Target`](crate::mirror::Target);
 //! - [`error`]: the one table from an error's kind to its status, OCI code and headers, and
 //!   [`error_response`], through which every error answer of berth goes;
+//! - `respond`: the mirror's replies turned into responses (headers, bodies, HEAD);
+//! - `log`: the request line, written when the body ends or is dropped;
 //! - [`metrics`]: the metrics listener's router (`/metrics`, `/healthz`, `/admin`);
 //! - [`admin`]: the admin API's face (`/admin/...`, bearer token, JSON) over `admin`'s operations.
 //!
 //! Rule of dependency: uses `access`, `admin` (the operations), `cluster` (the peer protocol's
 //! proof and paths), `health`, `mirror` (its replies, and the `Target` that `route` builds),
 //! `upstreams` (the host table), `metrics`, `logwriter`, `oci`, `error`. Only `server` and
-//! `assemble` use it; nothing below it sees HTTP types of the client side.
+//! `assemble` use it; nothing below it sees HTTP types of the client side. Among the children,
+//! `error` uses `respond`, `log` uses `route`, `metrics` uses `admin`; no two use each other.
 
 pub mod admin;
 pub mod error;
+mod log;
 pub mod metrics;
+mod respond;
 pub mod route;
 
 use std::borrow::Cow;
 use std::convert::Infallible;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::task::{Context, Poll};
 use std::time::Instant;
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Version, header};
-use http_body::{Body as HttpBody, Frame, SizeHint};
-use http_body_util::{BodyExt, Full, StreamBody, combinators::UnsyncBoxBody};
+use http_body_util::{BodyExt, combinators::UnsyncBoxBody};
 
 use crate::access::{Access, Principal};
 use crate::cluster::{Cluster, PEER_PREFIX};
@@ -51,8 +53,10 @@ use crate::error::{Error, Kind};
 use crate::health::{Health, Phase};
 use crate::logwriter::BatchWriter;
 use crate::metrics::Metrics;
-use crate::mirror::{BlobReply, ByteRange, ManifestReply, Mirror, TagsReply};
+use crate::mirror::{ByteRange, Mirror};
 pub use error::error_response;
+use log::{LoggedBody, RequestLog};
+use respond::{blob_response, bytes_response, empty, manifest_response, tags_response};
 use route::{PeerRoute, Route, Target, Via};
 
 /// The response body type of every answer.
@@ -62,6 +66,9 @@ const BASIC_CHALLENGE: HeaderValue = HeaderValue::from_static("Basic realm=\"ber
 const PEER_CHALLENGE: HeaderValue = HeaderValue::from_static(crate::cluster::auth::SCHEME);
 /// The route label of peer requests (logs, `berth_http_requests_total`).
 const PEER_KIND: &str = "peer";
+/// The target of the request lines (`berth::http`): filters and log readers name it, so it stays
+/// this module's though the lines are written in `log`.
+const LOG_TARGET: &str = module_path!();
 const API_VERSION: HeaderValue = HeaderValue::from_static("registry/2.0");
 const API_VERSION_HEADER: header::HeaderName =
     header::HeaderName::from_static("docker-distribution-api-version");
@@ -392,350 +399,9 @@ fn joined(h: &HeaderMap, name: header::HeaderName) -> Option<Cow<'_, str>> {
     }
 }
 
-fn full(bytes: Bytes) -> Body {
-    Full::new(bytes)
-        .map_err(|never| match never {})
-        .boxed_unsync()
-}
-
-fn empty(status: StatusCode, _head: bool) -> Response<Body> {
-    let mut r = Response::new(full(Bytes::new()));
-    *r.status_mut() = status;
-    r
-}
-
-/// A body for GET, or the headers alone for HEAD (with the `Content-Length` GET would have).
-fn bytes_response(
-    status: StatusCode,
-    bytes: Bytes,
-    content_type: &str,
-    head: bool,
-) -> Response<Body> {
-    let len = bytes.len();
-    let mut r = Response::new(full(if head { Bytes::new() } else { bytes }));
-    *r.status_mut() = status;
-    let h = r.headers_mut();
-    if let Ok(v) = HeaderValue::from_str(content_type) {
-        h.insert(header::CONTENT_TYPE, v);
-    }
-    h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
-    r
-}
-
-fn manifest_response(reply: ManifestReply, head: bool) -> Response<Body> {
-    let m = &reply.manifest;
-    let len = m.bytes.len();
-    let mut r = Response::new(full(if head { Bytes::new() } else { m.bytes.clone() }));
-    let h = r.headers_mut();
-    h.reserve(6);
-    if let Some(v) = media_type_value(&m.media_type) {
-        h.insert(header::CONTENT_TYPE, v);
-    }
-    h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
-    // One buffer holds `"sha256:<hex>"`: the ETag, and without its quotes the digest header.
-    let etag = Bytes::from(format!("\"{}\"", m.digest));
-    let digest = etag.slice(1..etag.len() - 1);
-    if let (Ok(etag), Ok(digest)) = (
-        HeaderValue::from_maybe_shared(etag),
-        HeaderValue::from_maybe_shared(digest),
-    ) {
-        h.insert(DOCKER_CONTENT_DIGEST, digest);
-        h.insert(header::ETAG, etag);
-    }
-    if reply.stale.is_some() {
-        h.insert(
-            header::WARNING,
-            HeaderValue::from_static("110 berth \"Response is stale: upstream unavailable\""),
-        );
-    }
-    r
-}
-
-const DOCKER_CONTENT_DIGEST: header::HeaderName =
-    header::HeaderName::from_static("docker-content-digest");
-
-/// The `Content-Type` of a manifest: the media types clients pull are static values (no copy).
-fn media_type_value(media_type: &str) -> Option<HeaderValue> {
-    use crate::oci::media;
-    Some(match media_type {
-        media::OCI_MANIFEST => HeaderValue::from_static(media::OCI_MANIFEST),
-        media::OCI_INDEX => HeaderValue::from_static(media::OCI_INDEX),
-        media::DOCKER_MANIFEST => HeaderValue::from_static(media::DOCKER_MANIFEST),
-        media::DOCKER_MANIFEST_LIST => HeaderValue::from_static(media::DOCKER_MANIFEST_LIST),
-        other => return HeaderValue::from_str(other).ok(),
-    })
-}
-
-fn blob_response(reply: BlobReply) -> Response<Body> {
-    let body = match reply.body {
-        Some(stream) => {
-            StreamBody::new(futures_util::StreamExt::map(stream, |r| r.map(Frame::data)))
-                .boxed_unsync()
-        }
-        None => full(Bytes::new()),
-    };
-    let mut r = Response::new(body);
-    let h = r.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/octet-stream"),
-    );
-    h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
-    if let Ok(v) = HeaderValue::from_str(&reply.digest.to_string()) {
-        h.insert("docker-content-digest", v.clone());
-        h.insert(
-            header::ETAG,
-            HeaderValue::from_str(&format!("\"{}\"", reply.digest)).unwrap_or(v),
-        );
-    }
-    match (reply.range, reply.total) {
-        (Some((start, end)), Some(total)) => {
-            *r.status_mut() = StatusCode::PARTIAL_CONTENT;
-            let h = r.headers_mut();
-            h.insert(header::CONTENT_LENGTH, HeaderValue::from(end - start));
-            if let Ok(v) = HeaderValue::from_str(&format!("bytes {start}-{}/{total}", end - 1)) {
-                h.insert(header::CONTENT_RANGE, v);
-            }
-        }
-        (_, Some(total)) => {
-            r.headers_mut()
-                .insert(header::CONTENT_LENGTH, HeaderValue::from(total));
-        }
-        // Unknown size (an upstream that sent none): chunked, so a failed fill still ends short.
-        _ => {}
-    }
-    r
-}
-
-fn tags_response(reply: TagsReply, target: &Target, head: bool) -> Response<Body> {
-    let content_type = reply
-        .content_type
-        .as_ref()
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("application/json")
-        .to_owned();
-    let mut r = bytes_response(StatusCode::OK, reply.body, &content_type, head);
-    if let Some(link) = reply.link {
-        // The upstream's next-page link names its own path; a client that used a path prefix
-        // needs the prefix back to stay on berth.
-        let link = match (&target.via, link.to_str()) {
-            (Via::Prefix(p), Ok(l)) if l.starts_with("</v2/") => {
-                HeaderValue::from_str(&l.replacen("</v2/", &format!("</v2/{p}/"), 1))
-                    .unwrap_or(link)
-            }
-            _ => link,
-        };
-        r.headers_mut().insert(header::LINK, link);
-    }
-    r
-}
-
-/// Logs and counts a request when its body ends (or is dropped by a client that went away).
-struct RequestLog {
-    started: Instant,
-    /// The body's announced length (not for HEAD, which sends none).
-    length: Option<u64>,
-    method: Method,
-    uri: http::Uri,
-    status: StatusCode,
-    fields: LogFields,
-    bytes: u64,
-    served_from: Option<&'static str>,
-    /// For the metrics and the upstream's name (the request's own handle, moved here).
-    app: Arc<App>,
-}
-
-impl RequestLog {
-    /// Whether every byte of the body went out: its end was seen, or all the bytes it announced.
-    fn complete(&self, end_seen: bool) -> bool {
-        end_seen || self.length == Some(self.bytes)
-    }
-
-    fn finish(self, complete: bool) {
-        self.app.in_flight.fetch_sub(1, Ordering::Relaxed);
-        if let Some(source) = self.served_from
-            && self.bytes > 0
-        {
-            self.app.metrics.served(source, self.bytes);
-        }
-        // A good health probe from a peer comes every `health_interval` from each of them: it
-        // is counted, not logged (refused and failed ones are).
-        if self.status == StatusCode::OK && self.uri.path() == crate::cluster::HEALTH_PATH {
-            return;
-        }
-        match self.app.request_log.get() {
-            Some(w) => {
-                if tracing::enabled!(tracing::Level::INFO) {
-                    if self.app.json_log.load(Ordering::Relaxed) {
-                        self.json(w, complete);
-                    } else {
-                        w.info(module_path!(), &self.line(complete));
-                    }
-                }
-            }
-            None => tracing::info!("{}", self.line(complete)),
-        }
-    }
-
-    /// The access line, as `tracing`'s key=value fields would read (names quoted), written by
-    /// hand: formatting eleven fields through the subscriber was about a sixth of the CPU of a
-    /// cached manifest answer.
-    fn line(&self, complete: bool) -> String {
-        use std::fmt::Write;
-        let f = &self.fields;
-        let target = f.route.as_ref().and_then(Route::target);
-        let upstream = target.map(|t| self.app.mirror.upstream_name(t.upstream));
-        let mut s = String::with_capacity(160 + self.uri.path().len());
-        s.push_str("request method=");
-        s.push_str(self.method.as_str());
-        s.push_str(" path=");
-        s.push_str(self.uri.path());
-        for (key, value) in [
-            (" route=", f.kind),
-            (" upstream=", upstream.as_deref().unwrap_or("-")),
-            (" repo=", target.map_or("-", |t| t.name.as_str())),
-        ] {
-            s.push_str(key);
-            quoted(&mut s, value);
-        }
-        s.push_str(" reference=\"");
-        let _ = match &f.route {
-            Some(Route::Manifest { reference, .. }) => write!(s, "{reference}"),
-            Some(Route::Blob { digest, .. }) => write!(s, "{digest}"),
-            _ => write!(s, "-"),
-        };
-        s.push_str("\" outcome=");
-        quoted(&mut s, f.outcome);
-        let _ = write!(
-            s,
-            " status={} bytes={} complete={complete} ms={}",
-            self.status.as_u16(),
-            self.bytes,
-            self.started.elapsed().as_millis()
-        );
-        // Last, so that lines without logins read as before.
-        s.push_str(" user=");
-        quoted(&mut s, f.user.as_ref().map_or("-", Principal::name));
-        s
-    }
-}
-
-impl RequestLog {
-    /// The access line as one JSON object, with the text line's fields (numbers as numbers).
-    fn json(&self, w: &BatchWriter, complete: bool) {
-        use crate::logwriter::JsonValue::{Bool, Num, Str};
-        let f = &self.fields;
-        let target = f.route.as_ref().and_then(Route::target);
-        let upstream = target.map(|t| self.app.mirror.upstream_name(t.upstream));
-        let reference = match &f.route {
-            Some(Route::Manifest { reference, .. }) => reference.to_string(),
-            Some(Route::Blob { digest, .. }) => digest.to_string(),
-            _ => "-".to_owned(),
-        };
-        w.info_json(
-            module_path!(),
-            "request",
-            &[
-                ("method", Str(self.method.as_str())),
-                ("path", Str(self.uri.path())),
-                ("route", Str(f.kind)),
-                ("upstream", Str(upstream.as_deref().unwrap_or("-"))),
-                ("repo", Str(target.map_or("-", |t| t.name.as_str()))),
-                ("reference", Str(&reference)),
-                ("outcome", Str(f.outcome)),
-                ("status", Num(u64::from(self.status.as_u16()))),
-                ("bytes", Num(self.bytes)),
-                ("complete", Bool(complete)),
-                ("ms", Num(self.started.elapsed().as_millis() as u64)),
-                ("user", Str(f.user.as_ref().map_or("-", Principal::name))),
-            ],
-        );
-    }
-}
-
-/// `value` in double quotes, escaped as `{:?}` would if it needs it (names are validated, so it
-/// almost never does).
-fn quoted(s: &mut String, value: &str) {
-    if value
-        .bytes()
-        .any(|b| b == b'"' || b == b'\\' || b.is_ascii_control())
-    {
-        use std::fmt::Write;
-        let _ = write!(s, "{value:?}");
-    } else {
-        s.push('"');
-        s.push_str(value);
-        s.push('"');
-    }
-}
-
-/// A body that counts what it sends and logs the request when it is done.
-struct LoggedBody {
-    inner: Body,
-    log: Option<RequestLog>,
-}
-
-impl HttpBody for LoggedBody {
-    type Data = Bytes;
-    type Error = Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Error>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        match &polled {
-            Poll::Ready(Some(Ok(frame))) => {
-                if let (Some(data), Some(log)) = (frame.data_ref(), self.log.as_mut()) {
-                    log.bytes += data.len() as u64;
-                }
-            }
-            Poll::Ready(Some(Err(e))) => {
-                tracing::warn!(error = %e, "response body failed; the client gets a short response");
-                if let Some(log) = self.log.take() {
-                    log.finish(false);
-                }
-            }
-            Poll::Ready(None) => {
-                if let Some(log) = self.log.take() {
-                    log.finish(true);
-                }
-            }
-            Poll::Pending => {}
-        }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
-}
-
-impl Drop for LoggedBody {
-    fn drop(&mut self) {
-        if let Some(log) = self.log.take() {
-            let complete = log.complete(self.inner.is_end_stream());
-            log.finish(complete);
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn names_are_quoted_and_escaped_only_when_needed() {
-        let mut s = String::new();
-        quoted(&mut s, "library/app");
-        s.push(' ');
-        quoted(&mut s, "a\"b\\c\n");
-        assert_eq!(s, r#""library/app" "a\"b\\c\n""#);
-    }
 
     /// The peer health route answers this berth's phase, only with a proof, GET or HEAD only.
     #[tokio::test]
@@ -823,20 +489,5 @@ mod tests {
         };
         let e = admit_peer(&side, &req, &mut log).unwrap_err();
         assert_eq!((e.kind, log.outcome), (Kind::LoginRequired, "refused"));
-    }
-
-    #[test]
-    fn manifest_media_types_become_header_values() {
-        use crate::oci::media;
-        for t in [
-            media::OCI_MANIFEST,
-            media::OCI_INDEX,
-            media::DOCKER_MANIFEST,
-            media::DOCKER_MANIFEST_LIST,
-            "application/vnd.example+json",
-        ] {
-            assert_eq!(media_type_value(t).unwrap(), t);
-        }
-        assert!(media_type_value("bad\nvalue").is_none());
     }
 }
