@@ -1,4 +1,4 @@
-//! Replicas that share the work of filling blobs (`[cluster]`, issue 8): who owns a digest, which
+//! Replicas that share the work of filling blobs (`[cluster]`): who owns a digest, which
 //! peers are live, and the peer protocol between them.
 //!
 //! - [`ring`]: rendezvous hashing of a digest over the peers (pure, pinned).

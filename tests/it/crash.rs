@@ -1,4 +1,4 @@
-//! Crash safety (issue 4): SIGKILL the real `berth serve` in the middle of blob fills, again and
+//! Crash safety: SIGKILL the real `berth serve` in the middle of blob fills, again and
 //! again on the same storage, and check after every restart that no temp file survived start-up
 //! and that every file at a final path is exactly the bytes its name says.
 //!
