@@ -74,7 +74,7 @@ fi
 
 log "building berth (release)"
 cargo build --release --quiet --bin berth
-BERTH_BIN=$ROOT/target/release/berth
+BERTH_BIN=${BERTH_BIN:-$ROOT/target/release/berth}
 COMMIT=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
 # The code measured: the last commit that touched berth's sources (HEAD may be a bench-only commit).
 SRC_COMMIT=$(git log -1 --no-merges --format=%h -- src Cargo.lock 2>/dev/null || echo unknown)

@@ -23,6 +23,7 @@ mod container;
 mod crash;
 mod enospc;
 mod evict;
+mod house;
 mod idle;
 mod isolation;
 mod mirror;
