@@ -351,14 +351,7 @@ fn build_client(ca_file: Option<&Path>) -> Result<DirectClient, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn r(s: &str) -> ImageRef {
-        s.parse().unwrap_or_else(|e| panic!("{s}: {e}"))
-    }
-
-    fn hex(c: char) -> String {
-        c.to_string().repeat(64)
-    }
+    use crate::warm::reference::tests::{hex, r};
 
     #[test]
     fn server_address_from_config() {

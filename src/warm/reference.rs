@@ -151,14 +151,16 @@ pub fn refs_in_file(text: &str) -> impl Iterator<Item = (usize, &str)> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
-    fn r(s: &str) -> ImageRef {
+    /// A reference as a test writes it (the other warm files' tests use it too).
+    pub(in crate::warm) fn r(s: &str) -> ImageRef {
         s.parse().unwrap_or_else(|e| panic!("{s}: {e}"))
     }
 
-    fn hex(c: char) -> String {
+    /// A digest's hex of one repeated character.
+    pub(in crate::warm) fn hex(c: char) -> String {
         c.to_string().repeat(64)
     }
 
