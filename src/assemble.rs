@@ -1,7 +1,9 @@
 //! Assembly: the object graph of a running berth, built from one [`Config`] before any socket is
 //! bound, so a bad config fails at start, not at the first pull.
 //!
-//! [`Parts::build`] opens the store (unindexed: `server::Server::run` rebuilds the index once
+//! [`Parts::build`] first takes the storage directory's lock (`store::lock`: a second berth on
+//! the same directory refuses to start, naming the holder; the parts hold it until the server is
+//! gone), then opens the store (unindexed: `server::Server::run` rebuilds the index once
 //! `/healthz` answers), the manifest cache and the origins, builds every upstream's client, the
 //! cluster view, the bucket tier ([`bucket`], or one handed in), the mirror over them, the access
 //! checker (`[auth]`), the admin API (`[admin]`), the health state, every metric family on one
