@@ -5,7 +5,7 @@
 
 use libfuzzer_sys::fuzz_target;
 
-use berth::fill::job::ContentRange;
+use berth::upstream::ContentRange;
 use berth::mirror::ByteRange;
 
 fuzz_target!(|data: &[u8]| {

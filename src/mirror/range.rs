@@ -148,7 +148,7 @@ mod tests {
                 if let Some(r) = ByteRange::parse(&value) {
                     let _ = r.resolve(total);
                 }
-                if let Some(c) = crate::fill::job::ContentRange::parse(&value) {
+                if let Some(c) = crate::upstream::ContentRange::parse(&value) {
                     prop_assert!(c.first <= c.last && c.size.is_none_or(|s| c.last < s));
                 }
             }

@@ -17,6 +17,8 @@
 //!   ([`UpstreamResponse::error_for_status`], the OCI error body);
 //! - `retry`: what is sent again, why and after how long (backoff, `Retry-After`), and the backoff
 //!   callers use to resume a broken body;
+//! - `resume`: what an answer to `Range: bytes=<received>-` means for a broken blob body
+//!   ([`ContentRange`], the continuation rule the fills follow);
 //! - `redirect`: following `Location`, each hop checked by `guard`;
 //! - [`auth`]: challenges, the token flow and the token cache, and who may see the credentials;
 //! - [`guard`]: where redirects and token realms may lead (no private addresses);
@@ -33,7 +35,7 @@
 //! Inside, the rooms use this facade's [`Upstream`] and each other one way only: `response`,
 //! `metrics` and `guard` use no sibling; `connect` uses `guard`; `retry` uses `response`; `status`
 //! uses `response` and `retry`; `auth` uses `response` and `status`; `request` and `redirect` use
-//! `retry` and `auth`.
+//! `retry` and `auth`; `resume` uses `request`.
 
 pub mod auth;
 pub mod connect;
@@ -42,6 +44,7 @@ mod metrics;
 mod redirect;
 mod request;
 mod response;
+mod resume;
 mod retry;
 mod status;
 
@@ -63,6 +66,8 @@ pub use self::metrics::{LastErrors, UpstreamMetrics};
 pub use self::request::UpstreamRequest;
 pub(crate) use self::request::{blob_request, content_length, header_str};
 pub use self::response::{UpstreamBody, UpstreamResponse};
+pub use self::resume::ContentRange;
+pub(crate) use self::resume::continuation;
 pub use self::retry::retry_after;
 pub use self::status::NotFoundKind;
 
