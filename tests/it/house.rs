@@ -62,8 +62,7 @@ fn files() -> BTreeMap<String, File> {
         let end = all
             .windows(2)
             .position(|w| {
-                w[0].trim() == "#[cfg(test)]"
-                    && (w[1].starts_with("mod tests") || w[1].starts_with("pub(crate) mod tests"))
+                w[0].trim() == "#[cfg(test)]" && w[1].trim_end_matches(" {").ends_with("mod tests")
             })
             .unwrap_or(all.len());
         let mut module: Vec<String> = rel
