@@ -72,8 +72,11 @@ if ((${#missing[@]})); then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}" >/dev/null
 fi
 
-log "building berth (release)"
-cargo build --release --quiet --bin berth
+# BERTH_BIN=path measures that build (another commit's, for a before/after) instead of building this one.
+if [[ -z ${BERTH_BIN:-} ]]; then
+    log "building berth (release)"
+    cargo build --release --quiet --bin berth
+fi
 BERTH_BIN=${BERTH_BIN:-$ROOT/target/release/berth}
 COMMIT=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
 # The code measured: the last commit that touched berth's sources (HEAD may be a bench-only commit).
