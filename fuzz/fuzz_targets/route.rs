@@ -5,6 +5,7 @@
 use std::sync::LazyLock;
 
 use berth::config::Config;
+use berth::http::error::Answered;
 use berth::http::route::{self, Hosts, Route};
 use http::Method;
 use libfuzzer_sys::fuzz_target;
@@ -54,6 +55,6 @@ fuzz_target!(|data: &[u8]| {
             assert_eq!(again, digest);
         }
         Ok(_) => {}
-        Err(e) => assert!(e.status.is_client_error(), "{e}"),
+        Err(e) => assert!(e.status().is_client_error(), "{e}"),
     }
 });
