@@ -761,9 +761,8 @@ fn url_without_a_token_and_help() {
         ),
     )
     .unwrap();
-    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("http://{}", dead.local_addr().unwrap());
-    drop(dead);
+    let dead = support::ports::Dead::new();
+    let url = format!("http://{}", dead.addr());
     let out = run(&["stats", "--url", &url], &cfg);
     assert_eq!(out.status.code(), Some(2));
     assert!(
