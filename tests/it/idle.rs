@@ -8,11 +8,14 @@
 //! comes at least one timeout after it whatever the load. (An instant taken after the answer
 //! arrived is later than the server's start by however long the answer took to be read, and a
 //! close can then look early.) A paused tokio clock is no help here: the connections are real
-//! sockets, and a paused runtime jumps its clock whenever it waits on one.
+//! sockets, and a paused runtime jumps its clock whenever it waits on one. Which timer closed a
+//! connection is read from berth's own log line for it ([`berth_log`]), written before the close.
 
 use crate::support;
 
+use std::io;
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -29,6 +32,44 @@ use support::instance::{Berth, gated_blob, same, start_toml};
 const IDLE: Duration = Duration::from_millis(300);
 /// Longest a close may take beyond the timeout on a loaded 2-core machine.
 const DEADLINE: Duration = Duration::from_secs(10);
+
+/// What berth logs, at DEBUG, from the current thread on: a `#[tokio::test]` runtime runs every
+/// task (berth's connections too) on this thread, under this default, until the guard drops.
+fn berth_log() -> (Log, tracing::subscriber::DefaultGuard) {
+    let log = Log::default();
+    let to = log.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::DEBUG)
+        .with_ansi(false)
+        .with_writer(move || to.clone())
+        .finish();
+    (log, tracing::subscriber::set_default(subscriber))
+}
+
+#[derive(Clone, Default)]
+struct Log(Arc<Mutex<Vec<u8>>>);
+
+impl Log {
+    /// Whether a line says `what` about the connection from `peer`.
+    fn says(&self, what: &str, peer: SocketAddr) -> bool {
+        let text = String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned();
+        let peer = format!("peer={peer}");
+        text.lines().any(|l| l.contains(what) && l.contains(&peer))
+    }
+}
+
+impl io::Write for Log {
+    fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// berth's line when its idle timer asks a connection to close.
+const IDLE_CLOSE: &str = "closing an idle connection";
 
 async fn start(fake: &FakeRegistry, idle: &str) -> Berth {
     // A long header timeout, so that only the idle timeout can close a quiet HTTP/1 connection.
@@ -60,14 +101,17 @@ async fn start_with_header_timeout(fake: &FakeRegistry, idle: &str, header: &str
 }
 
 /// An HTTP/2 connection with prior knowledge; the task resolves when the connection ends
-/// (`Ok` when the server closed it gracefully) and says when.
+/// (`Ok` when the server closed it gracefully) and says when. Last: the client's end's address
+/// (the `peer` of berth's lines about it).
 async fn h2(
     addr: SocketAddr,
 ) -> (
     http2::SendRequest<Empty<Bytes>>,
     tokio::task::JoinHandle<(Result<(), String>, Instant)>,
+    SocketAddr,
 ) {
     let tcp = TcpStream::connect(addr).await.unwrap();
+    let me = tcp.local_addr().unwrap();
     let (sender, conn) = http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
         .await
         .unwrap();
@@ -75,7 +119,7 @@ async fn h2(
         let r = conn.await.map_err(|e| e.to_string());
         (r, Instant::now())
     });
-    (sender, ended)
+    (sender, ended, me)
 }
 
 fn get(path: &str) -> Request<Empty<Bytes>> {
@@ -88,7 +132,8 @@ fn get(path: &str) -> Request<Empty<Bytes>> {
 async fn a_quiet_http2_connection_gets_goaway_and_is_closed() {
     let fake = FakeRegistry::start().await;
     let b = start(&fake, "300ms").await;
-    let (mut sender, ended) = h2(b.addr).await;
+    let (log, _logging) = berth_log();
+    let (mut sender, ended, me) = h2(b.addr).await;
     let asked = Instant::now();
     let resp = sender.send_request(get("/v2/")).await.unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
@@ -104,6 +149,10 @@ async fn a_quiet_http2_connection_gets_goaway_and_is_closed() {
         at - asked >= IDLE,
         "closed {:?} after the last request was sent",
         at - asked
+    );
+    assert!(
+        log.says(IDLE_CLOSE, me),
+        "closed, but not by the idle timer"
     );
     assert!(sender.send_request(get("/v2/")).await.is_err());
 
@@ -138,7 +187,7 @@ async fn a_transfer_longer_than_the_timeout_is_not_cut() {
     let b = start(&fake, "300ms").await;
     let size = 256 * 1024;
     let (layer, digest, release) = gated_blob(&fake, size, 77, 1);
-    let (mut sender, ended) = h2(b.addr).await;
+    let (mut sender, ended, _) = h2(b.addr).await;
     let resp = sender
         .send_request(get(&format!("/v2/app/blobs/{digest}")))
         .await
@@ -186,6 +235,7 @@ async fn keep_alive_get(s: &mut TcpStream) -> String {
 async fn a_quiet_http1_keep_alive_connection_is_closed() {
     let fake = FakeRegistry::start().await;
     let b = start(&fake, "300ms").await;
+    let (log, _logging) = berth_log();
     let mut s = TcpStream::connect(b.addr).await.unwrap();
     // Two requests on one connection: it is kept alive between them.
     assert!(keep_alive_get(&mut s).await.starts_with("HTTP/1.1 200"));
@@ -201,6 +251,11 @@ async fn a_quiet_http1_keep_alive_connection_is_closed() {
     assert!(
         after >= IDLE,
         "closed {after:?} after the last request was sent"
+    );
+    let me = s.local_addr().unwrap();
+    assert!(
+        log.says(IDLE_CLOSE, me),
+        "closed, but not by the idle timer"
     );
 }
 
@@ -227,7 +282,7 @@ async fn hyper_closes_a_quiet_http1_connection_at_the_header_timeout() {
 async fn zero_turns_it_off() {
     let fake = FakeRegistry::start().await;
     let b = start(&fake, "0s").await;
-    let (mut sender, ended) = h2(b.addr).await;
+    let (mut sender, ended, _) = h2(b.addr).await;
     let resp = sender.send_request(get("/v2/")).await.unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
     // Several times what closes it when on (a bounded look for an end that must not come).
