@@ -25,6 +25,8 @@
 mod e2e_support;
 mod support;
 
+use support::ports;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -46,9 +48,9 @@ use berth::config::{ClusterConfig, Config};
 use berth::oci::Digest;
 use berth::store::s3::{Bucket, BucketMetrics};
 use e2e_support::harness::{Env, Via, start_containerd};
-use e2e_support::http::free_port;
 use e2e_support::proc;
 use e2e_support::seed;
+use ports::free_port;
 use support::served::{Served, serve};
 use support::{FakeRegistry, Fault, digest_of, random_bytes};
 
@@ -198,7 +200,8 @@ async fn three(name: &str, upstreams: &str) -> Replicas {
     );
     let bucket = connect_bucket(&s3, upstreams).await;
 
-    // Free right now: the replicas' URLs must be known before any of them starts.
+    // Free right now: the replicas' URLs must be known before any of them starts, and each is a
+    // `berth serve` process, told its ports (berth has no socket activation).
     let ports: Vec<(u16, u16)> = (0..3).map(|_| (free_port(), free_port())).collect();
     let urls: Vec<String> = ports
         .iter()

@@ -13,6 +13,8 @@
 //! `BERTH_E2E_KEEP=1` keeps a failed test's directory (configs, logs, client output).
 
 mod e2e_support;
+#[path = "support/ports.rs"]
+mod ports;
 
 use std::path::Path;
 use std::process::Command;

@@ -62,7 +62,13 @@ ceph-osd $C -i "$OSD_ID" --mkfs --osd-uuid "$OSD_UUID" 2>>"$D/log/osd-mkfs.log"
 ceph-osd $C -i "$OSD_ID"
 if [ "${CEPH_MGR:-0}" = 1 ]; then ceph-mgr $C -i x; fi
 radosgw $C -n client.rgw.a
-for i in $(seq 1 120); do curl -s -o /dev/null "http://127.0.0.1:$PORT/" && break; sleep 0.5; done
-curl -s -o /dev/null "http://127.0.0.1:$PORT/" || { echo "radosgw did not come up; see $D/log" >&2; exit 1; }
+# Up when it answers at all; never silently on without it: a caller would fail later, and less clearly.
+up() { curl -s -o /dev/null --max-time 2 "http://127.0.0.1:$PORT/"; }
+for _ in $(seq 1 120); do up && break; sleep 0.5; done
+if ! up; then
+  echo "start-ceph.sh: radosgw did not answer on http://127.0.0.1:$PORT within 60 s; logs in $D/log" >&2
+  tail -n 20 "$D/log/rgw.log" >&2 2>/dev/null || true
+  exit 1
+fi
 radosgw-admin $C user create --uid=test --display-name=test --access-key=testkey --secret=testsecret >/dev/null
 echo "radosgw up on http://127.0.0.1:$PORT (testkey/testsecret)"

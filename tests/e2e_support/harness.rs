@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use super::http;
 use super::proc::{self, Proc};
 use super::seed::{self, Image};
+use crate::ports::{Dead, free_port};
 
 /// Where clients are pointed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,6 +51,8 @@ pub struct Env {
     pub storage: PathBuf,
     /// A loopback port nothing listens on: where "the real registry" and proxies point.
     pub dead: String,
+    /// Holds `dead`, so that no other socket takes its port.
+    _dead: Dead,
     pub policy: PathBuf,
     /// Extra berth config: top-level tables (e.g. `[auth]`), then keys per upstream host.
     extra: BerthExtra,
@@ -82,7 +85,8 @@ impl Env {
 
         let mut registries = Vec::new();
         for host in UPSTREAMS {
-            let addr = format!("127.0.0.1:{}", http::free_port());
+            // The registry is told its port: it cannot be handed a bound socket.
+            let addr = format!("127.0.0.1:{}", free_port());
             let cfg = dir.join(format!("registry-{host}.yml"));
             std::fs::write(
                 &cfg,
@@ -115,6 +119,7 @@ impl Env {
             r.seeded_log_len = read_log(&r.log).len();
         }
 
+        let dead = Dead::new();
         let mut env = Env {
             via,
             berth: None,
@@ -122,7 +127,8 @@ impl Env {
             berth_addr: String::new(),
             metrics_addr: String::new(),
             storage: dir.join("berth-data"),
-            dead: format!("127.0.0.1:{}", http::free_port()),
+            dead: dead.addr().to_string(),
+            _dead: dead,
             policy,
             extra: extra(&dir),
             tmp: Some(tmp),
@@ -145,8 +151,9 @@ impl Env {
     }
 
     fn start_berth(&mut self) {
-        let port = http::free_port();
-        let metrics = format!("127.0.0.1:{}", http::free_port());
+        // A child process without socket activation: told its ports.
+        let port = free_port();
+        let metrics = format!("127.0.0.1:{}", free_port());
         let cfg = self.dir().join("berth.toml");
         let mut text = format!(
             "[server]\nlisten = \"127.0.0.1:{port}\"\n\n[metrics]\nlisten = \"{metrics}\"\n\n\

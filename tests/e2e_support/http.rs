@@ -105,11 +105,3 @@ pub fn wait_for(addr: &str, path: &str, want: u16, limit: Duration) -> Result<()
         std::thread::sleep(Duration::from_millis(25));
     }
 }
-
-/// A loopback port nothing listens on right now (bound, then released).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("bind 127.0.0.1:0")
-        .port()
-}

@@ -14,7 +14,7 @@ use http_body_util::{BodyExt, Empty};
 use berth::admin::{Listing, Removal, Stats};
 use berth::config::Config;
 use berth::oci::media;
-use support::instance::{Berth, Got, berth, until_metric};
+use support::instance::{Berth, Got, WAIT, berth, eventually, until_metric};
 use support::{FakeRegistry, random_bytes};
 
 const TOKEN: &str = "s3cret-admin-token-0123456789abcdef";
@@ -761,9 +761,8 @@ fn url_without_a_token_and_help() {
         ),
     )
     .unwrap();
-    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("http://{}", dead.local_addr().unwrap());
-    drop(dead);
+    let dead = support::ports::Dead::new();
+    let url = format!("http://{}", dead.addr());
     let out = run(&["stats", "--url", &url], &cfg);
     assert_eq!(out.status.code(), Some(2));
     assert!(
@@ -962,15 +961,10 @@ async fn over_socket(path: &Path, uri: &str, auth: Option<&str>) -> (StatusCode,
     (status, resp.into_body().collect().await.unwrap().to_bytes())
 }
 
-/// Polls (bounded) until `path` is gone.
+/// Waits (bounded by [`WAIT`]) until `path` is gone.
 async fn until_gone(path: &Path) {
-    for _ in 0..20_000 {
-        if !path.exists() {
-            return;
-        }
-        tokio::task::yield_now().await;
-    }
-    panic!("{} is still there", path.display());
+    let gone = eventually(|| async move { !path.exists() }).await;
+    assert!(gone, "{} is still there after {WAIT:?}", path.display());
 }
 
 #[tokio::test]
@@ -1117,16 +1111,13 @@ async fn the_metrics_listener_over_tls() {
 
     // /healthz and /metrics over https, once the index is rebuilt.
     let base = format!("https://127.0.0.1:{}", metrics.port());
-    let mut ready = false;
-    for _ in 0..20_000 {
-        let (status, _) = https_get(&format!("{base}/healthz"), &cert).await.unwrap();
-        if status == StatusCode::OK {
-            ready = true;
-            break;
-        }
-        tokio::task::yield_now().await;
-    }
-    assert!(ready, "never ready");
+    let (healthz, cert_ref) = (&format!("{base}/healthz"), &cert);
+    let ready = eventually(|| async move {
+        let (status, _) = https_get(healthz, cert_ref).await.unwrap();
+        status == StatusCode::OK
+    })
+    .await;
+    assert!(ready, "not ready within {WAIT:?}");
     let (status, body) = https_get(&format!("{base}/metrics"), &cert).await.unwrap();
     assert_eq!(status, StatusCode::OK);
     assert!(body.contains("berth_tls_reloads_total"), "{body}");

@@ -205,12 +205,9 @@ async fn health_probe_exit_codes() {
     served.signal("-TERM");
     let _ = served.child.wait();
 
-    // Refused: nothing listens on a port that was just freed.
-    let dead = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
-    let out = health(&format!("http://{dead}/healthz"), "5s");
+    // Refused: nothing listens there.
+    let dead = support::ports::Dead::new();
+    let out = health(&format!("http://{}/healthz", dead.addr()), "5s");
     assert_eq!(out.status.code(), Some(1));
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("refused"),
@@ -228,7 +225,7 @@ async fn health_probe_exit_codes() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("no answer within"));
 
     // https is probed like http (here: refused); other schemes are a usage error.
-    let out = health(&format!("https://{dead}/healthz"), "1s");
+    let out = health(&format!("https://{}/healthz", dead.addr()), "1s");
     assert_eq!(out.status.code(), Some(1));
     let out = health("ftp://127.0.0.1:1/healthz", "1s");
     assert_eq!(out.status.code(), Some(2));

@@ -21,6 +21,7 @@ use tokio::process::Command;
 use tokio::time::Instant;
 
 use berth::oci::media;
+use support::ports::{Dead, free_port};
 use support::{FakeRegistry, digest_of, random_bytes};
 
 const IMAGE: &str = "localhost/berth-test:latest";
@@ -96,14 +97,6 @@ impl Drop for Podman {
         podman(&["rmi", "--force", IMAGE]);
         // The temp dir (vfs layers, volume, run state) goes with `dir`.
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 async fn get(
@@ -236,6 +229,7 @@ async fn image_builds_runs_as_berth_and_serves_pulls() {
         media::DOCKER_MANIFEST,
         manifest.clone(),
     );
+    // berth in the container is told its ports (host networking).
     let (port, metrics) = (free_port(), free_port());
     let cfg = podman.dir.path().join("config.toml");
     std::fs::write(
@@ -326,7 +320,8 @@ async fn image_builds_runs_as_berth_and_serves_pulls() {
         String::from_utf8_lossy(&health.stdout),
         String::from_utf8_lossy(&health.stderr)
     );
-    let dead = format!("http://127.0.0.1:{}/healthz", free_port());
+    let dead = Dead::new();
+    let dead = format!("http://{}/healthz", dead.addr());
     let probe = podman
         .run(&["exec", CONTAINER, "berth", "health", "--url", &dead])
         .await;

@@ -44,6 +44,7 @@ use support::instance::{
     Berth, gated_blob, listeners_and_storage, same, start_on_listener, start_with_bucket,
     until_metric,
 };
+use support::ports::Dead;
 use support::{FakeRegistry, Fault, random_bytes};
 
 fn repo_file(rel: &str) -> PathBuf {
@@ -143,11 +144,7 @@ impl Prometheus {
         )
         .unwrap();
         // A port free a moment ago; Prometheus cannot be told to pick one and say which.
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = support::ports::free_port();
         let log = std::fs::File::create(dir.path().join("prometheus.log")).unwrap();
         let child = Command::new("prometheus")
             .arg(format!("--config.file={}", config.display()))
@@ -384,19 +381,17 @@ impl ObjectStore for FirstCompletionFails {
 const SECRET: &str = "cluster-secret-0123456789abcdef-0123456789";
 
 /// Two replicas of one `[cluster]` in front of `fake`, whose third peer is a port nobody listens
-/// on (seen down by both), and the directory of their secret file.
-async fn two_replicas_and_a_gone_one(fake: &FakeRegistry) -> (Vec<Berth>, tempfile::TempDir) {
+/// on (seen down by both) while the returned [`Dead`] lives, and the directory of their secret
+/// file.
+async fn two_replicas_and_a_gone_one(fake: &FakeRegistry) -> (Vec<Berth>, tempfile::TempDir, Dead) {
     let listeners: Vec<std::net::TcpListener> = (0..2)
         .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
         .collect();
-    let gone = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let gone = Dead::new();
     let urls: Vec<String> = listeners
         .iter()
         .map(|l| l.local_addr().unwrap())
-        .chain([gone])
+        .chain([gone.addr()])
         .map(|a| format!("\"http://{a}\""))
         .collect();
     let secret_dir = tempfile::tempdir().unwrap();
@@ -418,7 +413,7 @@ async fn two_replicas_and_a_gone_one(fake: &FakeRegistry) -> (Vec<Berth>, tempfi
         );
         berths.push(start_on_listener(&cfg, dir, listener).await.0);
     }
-    (berths, secret_dir)
+    (berths, secret_dir, gone)
 }
 
 /// Families the berths here do not expose, each checked by its own test: write errors appear on
@@ -456,7 +451,7 @@ async fn every_dashboard_panel_and_recording_rule_returns_data() {
     let bucket = Bucket::with_store(Arc::new(store), "mirror/", BucketMetrics::new())
         .with_part_size(64 * KIB);
     let b = Arc::new(start_with_bucket(&cfg, dir, bucket).await);
-    let (replicas, _secret) = two_replicas_and_a_gone_one(&fake).await;
+    let (replicas, _secret, _gone) = two_replicas_and_a_gone_one(&fake).await;
     let replicas = Arc::new(replicas);
     let prom = Prometheus::start(&[b.metrics, replicas[0].metrics, replicas[1].metrics]);
     prom.until_ready(&b).await;

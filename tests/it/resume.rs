@@ -1,6 +1,12 @@
 //! A blob download whose upstream body breaks off resumes with a `Range` request: a 206 carries
 //! on, a 200 (an upstream that ignores `Range`) is read from the start with the bytes already had
 //! skipped, anything else fails the fill cleanly. Clients never see a short 200 or wrong bytes.
+//!
+//! What happened is read from events, never from a wall clock: the `Range` headers the fake saw
+//! and berth's resume counters. Where a test needs a real stall or response timeout, that timeout
+//! is the mechanism under test; a loaded machine may hold a healthy transfer up for as long, and
+//! berth then rightly resumes it too, so such tests check the resumes the faults cause and accept
+//! further ones that continue the blob ([`starts_with_then_continues`]).
 
 use crate::support;
 
@@ -30,6 +36,27 @@ fn ranges(fake: &FakeRegistry, path: &str) -> Vec<Option<String>> {
         .filter(|r| r.method == Method::GET)
         .map(|r| r.header("range").map(str::to_owned))
         .collect()
+}
+
+/// `got` (the fake's [`ranges`]) begins with `want`, and any range after those is a resume that
+/// continues the blob further on than the one before it (a resume that brought no byte is not
+/// resumed again, so the starts only grow). Returns how many ranges came after `want`.
+fn starts_with_then_continues(got: &[Option<String>], want: &[Option<String>]) -> usize {
+    assert!(got.starts_with(want), "ranges {got:?}, want {want:?} first");
+    let start = |r: &Option<String>| -> u64 {
+        r.as_deref()
+            .and_then(|r| r.strip_prefix("bytes="))
+            .and_then(|r| r.strip_suffix('-'))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("not a resume: {r:?} in {got:?}"))
+    };
+    let mut last = want.last().map_or(0, start);
+    for r in &got[want.len()..] {
+        let at = start(r);
+        assert!(at > last, "a resume that does not continue: {got:?}");
+        last = at;
+    }
+    got.len() - want.len()
 }
 
 #[tokio::test]
@@ -108,10 +135,13 @@ async fn a_stalled_body_resumes_too() {
         b.get(&format!("/v2/app/blobs/{blob}")).await.bytes(),
         &layer,
     );
-    assert_eq!(
-        ranges(&fake, &upstream_path),
-        vec![None, Some("bytes=1000-".to_owned())]
+    // The stall after byte 1000 is resumed from there; the rest is not held up for 300 ms unless
+    // the machine is loaded, and is then resumed further on.
+    let more = starts_with_then_continues(
+        &ranges(&fake, &upstream_path),
+        &[None, Some("bytes=1000-".to_owned())],
     );
+    assert_eq!(resumes(&b, "partial").await, 1 + more as u64);
     b.settled().await;
     assert!(b.blob_file(&blob).exists());
 }
@@ -311,7 +341,9 @@ async fn a_resume_request_that_gets_no_answer_is_tried_again() {
     let upstream_path = format!("/v2/library/app/blobs/{blob}");
     fake.fault_times(&upstream_path, Fault::CloseAfter(100_000), 1);
     fake.fault_times(&upstream_path, Fault::NoResponse, 1);
-    let b = berth(&fake, &format!("{FAST}\nresponse_timeout = \"300ms\"")).await;
+    // The unanswered resume costs one whole response timeout: long enough that no answer the fake
+    // does give (the first GET's, which is not tried again) comes later on a loaded machine.
+    let b = berth(&fake, &format!("{FAST}\nresponse_timeout = \"2s\"")).await;
 
     same(
         b.get(&format!("/v2/app/blobs/{blob}")).await.bytes(),
@@ -345,20 +377,16 @@ async fn an_upstream_that_sends_headers_and_then_nothing_is_given_up_after_about
         &format!("{FAST}\nstall_timeout = \"{}ms\"", stall.as_millis()),
     )
     .await;
-    let started = std::time::Instant::now();
     let got = b.get(&format!("/v2/app/blobs/{blob}")).await;
-    let waited = started.elapsed();
     assert!(got.body.is_err(), "a stalled fill must not look complete");
-    // One resume, which brought nothing; not the three resume_attempts each waiting a stall.
+    // One resume, which brought nothing; not the three resume_attempts each waiting a stall. So
+    // the client waited two stalls, not four: told by what berth asked for, not by a clock.
     assert_eq!(
         ranges(&fake, &upstream_path),
         vec![None, Some("bytes=0-".to_owned())]
     );
-    assert!(
-        waited < stall * 3,
-        "waited {waited:?} for no byte with stall_timeout {stall:?}"
-    );
     assert_eq!(resumes(&b, "failed").await, 1);
+    assert_eq!(resumes(&b, "partial").await, 1);
     b.settled().await;
     assert!(tmp_is_empty(&b));
 
@@ -373,12 +401,12 @@ async fn an_upstream_that_sends_headers_and_then_nothing_is_given_up_after_about
         b.get(&format!("/v2/app/blobs/{other_blob}")).await.bytes(),
         &other,
     );
-    assert_eq!(
-        ranges(&fake, &other_path),
-        vec![
+    starts_with_then_continues(
+        &ranges(&fake, &other_path),
+        &[
             None,
             Some("bytes=1000-".to_owned()),
-            Some("bytes=2000-".to_owned())
-        ]
+            Some("bytes=2000-".to_owned()),
+        ],
     );
 }

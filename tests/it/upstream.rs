@@ -10,6 +10,7 @@ use berth::http::error::{Answered, Code};
 use berth::oci::media;
 use berth::upstream::{NotFoundKind, Upstream, UpstreamMetrics, UpstreamRequest, UpstreamResponse};
 use http::{Method, StatusCode, Version};
+use support::ports::Dead;
 use support::{FakeRegistry, Fault, Host, TokenAuth, TokenField};
 
 const MANIFEST: &str =
@@ -109,12 +110,6 @@ fn retries(registry: &prometheus::Registry, reason: &str) -> f64 {
 
 /// Fast retries: the waits are real, so tests keep them to a millisecond.
 const FAST: &str = "retry_backoff = \"1ms\"\n";
-
-/// A port on 127.0.0.1 that nothing listens on.
-fn closed_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
-}
 
 #[tokio::test]
 async fn anonymous_token_flow() {
@@ -568,11 +563,8 @@ async fn connection_closed_mid_body_fails() {
 
 #[tokio::test]
 async fn refused_connection_is_unavailable() {
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
-    let (u, _) = upstream(&config(&format!("http://127.0.0.1:{port}"), ""));
+    let dead = Dead::new();
+    let (u, _) = upstream(&config(&format!("http://{}", dead.addr()), ""));
     let e = u.send(request(Method::GET, "/v2/")).await.unwrap_err();
     assert_eq!(
         (e.origin, e.status()),
@@ -827,10 +819,8 @@ async fn persistent_5xx_fails_after_retries_plus_one_attempts() {
 
 #[tokio::test]
 async fn refused_connections_are_retried_a_bounded_number_of_times() {
-    let (u, registry) = upstream(&config(
-        &format!("http://127.0.0.1:{}", closed_port()),
-        FAST,
-    ));
+    let dead = Dead::new();
+    let (u, registry) = upstream(&config(&format!("http://{}", dead.addr()), FAST));
     let e = u.send(request(Method::GET, "/v2/")).await.unwrap_err();
     assert_eq!(
         (e.origin, e.code(), e.status()),
@@ -967,10 +957,9 @@ async fn zero_retries_sends_once() {
     );
     assert_eq!(fake.hits(Method::GET, "/v2/x/manifests/1"), 1);
 
-    let (refused, refused_registry) = upstream(&config(
-        &format!("http://127.0.0.1:{}", closed_port()),
-        "retries = 0\n",
-    ));
+    let dead = Dead::new();
+    let (refused, refused_registry) =
+        upstream(&config(&format!("http://{}", dead.addr()), "retries = 0\n"));
     let e = refused
         .send(request(Method::GET, "/v2/"))
         .await

@@ -553,13 +553,9 @@ async fn the_server_address_comes_from_the_config() {
 
 #[tokio::test]
 async fn an_unreachable_server_is_reported_once() {
-    // A port that was just free: nothing listens there.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let url = format!("http://127.0.0.1:{port}");
+    // Nothing listens there.
+    let dead = support::ports::Dead::new();
+    let url = format!("http://{}", dead.addr());
     let out = warm(&["--server", &url, "app:1", "quay.io/a/b:2"]).await;
     exit(&out, 1);
     let (stdout, stderr) = text(&out);

@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderMap, Method, Request, StatusCode};
@@ -178,14 +179,12 @@ impl Berth {
     /// Waits until `/healthz` says ready: the cache index is rebuilt and pulls are served.
     pub async fn ready(&self) {
         let uri: http::Uri = format!("http://{}/healthz", self.metrics).parse().unwrap();
-        for _ in 0..20_000 {
-            let resp = self.client.get(uri.clone()).await.unwrap();
-            if resp.status() == StatusCode::OK {
-                return;
-            }
-            tokio::task::yield_now().await;
-        }
-        panic!("berth never became ready");
+        let (client, uri) = (&self.client, &uri);
+        let ready = eventually(|| async move {
+            client.get(uri.clone()).await.unwrap().status() == StatusCode::OK
+        })
+        .await;
+        assert!(ready, "berth not ready within {WAIT:?}");
     }
 
     /// Begins this berth's shutdown: no new connections; running transfers drain.
@@ -291,16 +290,39 @@ pub fn same(got: &Bytes, want: &Bytes) {
     );
 }
 
-/// Waits until a metric line reads `value`, polling the metrics endpoint (bounded).
-pub async fn until_metric(b: &Berth, needle: &str, value: u64) {
-    for _ in 0..20_000 {
-        let line = b.metric(needle).await;
-        if line.rsplit(' ').next().and_then(|v| v.parse::<u64>().ok()) == Some(value) {
-            return;
+/// Bound on a wait for something berth does on its own time (an index rebuilt, a fill settled, a
+/// file removed): generous for a loaded 2-core machine, never reached when berth works. A hang
+/// guard, not a synchronisation: the wait ends as soon as what it waits for is seen.
+pub const WAIT: Duration = Duration::from_secs(20);
+
+/// Between two looks in [`eventually`]: short, so that a wait ends soon after its condition holds,
+/// and not a busy loop that starves the tasks it waits for on a current-thread runtime.
+const LOOK_AGAIN: Duration = Duration::from_millis(2);
+
+/// Looks at `done` until it says yes (true) or [`WAIT`] has passed (false), measured in time, not
+/// in tries.
+pub async fn eventually<F: Future<Output = bool>>(mut done: impl FnMut() -> F) -> bool {
+    tokio::time::timeout(WAIT, async {
+        while !done().await {
+            tokio::time::sleep(LOOK_AGAIN).await;
         }
-        tokio::task::yield_now().await;
-    }
-    panic!("{needle} never reached {value}: {}", b.metric(needle).await);
+    })
+    .await
+    .is_ok()
+}
+
+/// Waits (bounded by [`WAIT`]) until a metric line reads `value`, polling the metrics endpoint.
+pub async fn until_metric(b: &Berth, needle: &str, value: u64) {
+    let reached = eventually(|| async move {
+        let line = b.metric(needle).await;
+        line.rsplit(' ').next().and_then(|v| v.parse::<u64>().ok()) == Some(value)
+    })
+    .await;
+    assert!(
+        reached,
+        "{needle} did not reach {value} within {WAIT:?}: {}",
+        b.metric(needle).await
+    );
 }
 
 /// A blob in the fake whose first `times` transfers send only as many bytes as the returned gate

@@ -17,6 +17,7 @@
 
 pub mod certs;
 pub mod instance;
+pub mod ports;
 pub mod served;
 pub mod wire;
 
