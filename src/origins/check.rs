@@ -318,6 +318,9 @@ mod tests {
                     (Evidence::Bucket { .. }, Step::AskUpstream(r)) => {
                         assert_eq!(r, Remember::Bucket)
                     }
+                    (Evidence::Local(_), Step::Marked(None)) => {
+                        panic!("a local copy's marked yes not recorded: {marker:?}")
+                    }
                     (Evidence::Bucket { .. }, Step::Marked(r)) => assert_eq!(r, None),
                     _ => {}
                 }
