@@ -440,13 +440,14 @@ async fn a_range_of_a_fill_completes_only_after_the_digest_checked() {
 
 /// The same promise for ranges that end at the blob's last byte (`bytes=-n`, `bytes=a-`), asked
 /// while the fill runs, of an upstream body of the right length that is wrong at its end, or only
-/// at its start (the range's own bytes are then right, and still unproven). Each client gets every
-/// byte the fill has but its last; the wrong body ends, the digest fails, and the 206 breaks off
-/// short. Nothing is cached; the next pull, with the upstream honest, gets the right bytes.
+/// at its start (the range's own bytes are then right, and still unproven). The rest of the body
+/// arrives at once, a megabyte that takes the fill a while to hash and write while its readers
+/// wait on the last byte; the digest fails and every 206 breaks off short.
+/// Nothing is cached; the next pull, with the upstream honest, gets the right bytes.
 #[tokio::test]
 async fn a_range_to_the_last_byte_of_a_wrong_fill_never_completes() {
     let fake = FakeRegistry::start().await;
-    let layer = random_bytes(1 << 20, 19);
+    let layer = random_bytes(2 << 20, 19);
     let n = layer.len();
     let blob = fake.put_blob("library/app", layer.clone());
     let upstream = format!("/v2/library/app/blobs/{blob}");
@@ -457,6 +458,10 @@ async fn a_range_to_the_last_byte_of_a_wrong_fill_never_completes() {
         ("bytes=-100".to_owned(), n - 100),
         (format!("bytes={from}-"), from),
     ];
+    // Readers waiting for the last byte: the more of them, the surer a byte released before the
+    // check reaches one.
+    const CLIENTS: usize = 8;
+    let head_start = n / 2;
 
     for (round, (wrong_at, changed)) in [("end", n - 10..n), ("start", 0..10)]
         .into_iter()
@@ -468,31 +473,30 @@ async fn a_range_to_the_last_byte_of_a_wrong_fill_never_completes() {
         }
         let (release, gate) = tokio::sync::watch::channel(0usize);
         fake.fault_times(&upstream, Fault::GatedWith(gate, Bytes::from(wrong)), 1);
-        // A pull starts the fill; the upstream sends all but its last byte, and holds that.
+        // A pull starts the fill; the upstream sends its first half, and holds the rest.
         let mut whole = b.stream(&path).await;
-        release.send_replace(n - 1);
-        whole.read_at_least(n - 1).await;
+        release.send_replace(head_start);
+        whole.read_at_least(head_start).await;
 
-        // The ranges join the running fill and get everything it has, short of their last byte.
+        // The ranges join the running fill.
         let mut clients = Vec::new();
-        for (range, start) in &ranges {
-            let (status, headers, mut body) = b.stream_with(&path, &[("range", range)]).await;
+        for (range, start) in ranges.iter().cycle().take(CLIENTS) {
+            let (status, headers, body) = b.stream_with(&path, &[("range", range)]).await;
             assert_eq!(status, StatusCode::PARTIAL_CONTENT, "{wrong_at}: {range}");
             assert_eq!(
                 headers.get("content-range").unwrap(),
                 &format!("bytes {start}-{}/{n}", n - 1),
                 "{wrong_at}: {range}"
             );
-            body.read_at_least(n - start - 1).await;
             clients.push((range, body));
         }
         assert_eq!(
             b.counter("berth_cache_lookups_total{kind=\"blob\",outcome=\"joined\"")
                 .await,
-            (ranges.len() * (round + 1)) as u64,
+            (CLIENTS * (round + 1)) as u64,
         );
 
-        // The last byte arrives, the digest does not match: no range completes.
+        // The rest arrives; the digest does not match: every range breaks off short.
         release.send_replace(n);
         for (range, body) in clients {
             let r = body.finish().await;
