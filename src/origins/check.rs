@@ -11,7 +11,7 @@
 //! the upstream's own answer (404, 403, 503), exactly what a miss would have got, so a client
 //! learns nothing about what is cached.
 //!
-//! The decision table itself is a pure function ([`decide`], tested row by row); [`may_serve`]
+//! The decision table itself is a pure function (`decide`, tested row by row); [`may_serve`]
 //! gathers the evidence it asks for and does what it says.
 //!
 //! Rule of dependency: uses its parent's records, `tier` (the bucket's markers), `upstream` (the
