@@ -248,3 +248,57 @@ async fn content_cached_through_one_upstream_is_answered_through_another_only_if
         StatusCode::OK
     );
 }
+
+/// A HEAD of a cached blob through another upstream is that upstream's own answer, whatever its
+/// "no" is: here a 403, the very answer a HEAD of a digest nobody cached gets, so the client cannot
+/// tell what is cached. Once the upstream has the blob, the HEAD's confirmation is remembered: the
+/// cache then answers a GET through it without asking again.
+#[tokio::test]
+async fn a_head_of_a_cached_blob_through_another_upstream_is_that_upstreams_own_answer() {
+    let private = FakeRegistry::start().await;
+    let public = FakeRegistry::start().await;
+    let layer = random_bytes(50_000, 5);
+    let blob = private.put_blob("team/secret", layer.clone());
+    // Never pulled: its HEAD through the public upstream is a plain miss.
+    let uncached = private.put_blob("team/secret", random_bytes(50_000, 6));
+    let second = format!(
+        "\n[[upstream]]\nname = \"public.test\"\nurl = \"{}\"\n",
+        public.url()
+    );
+    let b = berth(&private, &second).await;
+    same(
+        b.get(&format!("/v2/registry.test/team/secret/blobs/{blob}"))
+            .await
+            .bytes(),
+        &layer,
+    );
+    b.settled().await;
+    assert!(b.blob_file(&blob).exists());
+
+    let via_public = |d: &str| format!("/v2/public.test/team/secret/blobs/{d}");
+    let upstream = |d: &str| format!("/v2/team/secret/blobs/{d}");
+    let forbidden = || Fault::Status(StatusCode::FORBIDDEN, None);
+    public.fault(&upstream(&blob), forbidden());
+    public.fault(&upstream(&uncached), forbidden());
+    let miss = b.request(Method::HEAD, &via_public(&uncached), &[]).await;
+    let hit = b.request(Method::HEAD, &via_public(&blob), &[]).await;
+    assert_eq!(hit.status, StatusCode::FORBIDDEN);
+    assert_eq!(hit.status, miss.status);
+    assert_eq!(public.hits(Method::HEAD, &upstream(&blob)), 1);
+    assert_eq!(public.hits(Method::GET, &upstream(&blob)), 0);
+
+    // The public upstream has it now: the HEAD asks once, and its yes is recorded.
+    public.clear_faults();
+    public.put_blob("team/secret", layer.clone());
+    public.reset_counts();
+    let head = b.request(Method::HEAD, &via_public(&blob), &[]).await;
+    assert_eq!(head.status, StatusCode::OK);
+    assert_eq!(
+        head.header("content-length"),
+        Some(layer.len().to_string().as_str())
+    );
+    same(b.get(&via_public(&blob)).await.bytes(), &layer);
+    assert_eq!(public.hits(Method::HEAD, &upstream(&blob)), 1);
+    assert_eq!(public.hits(Method::GET, &upstream(&blob)), 0);
+    assert_eq!(b.counter("berth_origin_confirmations_total").await, 1);
+}

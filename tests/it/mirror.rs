@@ -438,6 +438,91 @@ async fn a_range_of_a_fill_completes_only_after_the_digest_checked() {
     same(got.bytes(), &layer.slice(0..100));
 }
 
+/// The same promise for ranges that end at the blob's last byte (`bytes=-n`, `bytes=a-`), asked
+/// while the fill runs, of an upstream body of the right length that is wrong at its end, or only
+/// at its start (the range's own bytes are then right, and still unproven). The rest of the body
+/// arrives at once, a megabyte that takes the fill a while to hash and write while its readers
+/// wait on the last byte; the digest fails and every 206 breaks off short.
+/// Nothing is cached; the next pull, with the upstream honest, gets the right bytes.
+#[tokio::test]
+async fn a_range_to_the_last_byte_of_a_wrong_fill_never_completes() {
+    let fake = FakeRegistry::start().await;
+    let layer = random_bytes(2 << 20, 19);
+    let n = layer.len();
+    let blob = fake.put_blob("library/app", layer.clone());
+    let upstream = format!("/v2/library/app/blobs/{blob}");
+    let b = berth(&fake, "resume_attempts = 0").await;
+    let path = format!("/v2/app/blobs/{blob}");
+    let from = n - 1000;
+    let ranges = [
+        ("bytes=-100".to_owned(), n - 100),
+        (format!("bytes={from}-"), from),
+    ];
+    // Readers waiting for the last byte: the more of them, the surer a byte released before the
+    // check reaches one.
+    const CLIENTS: usize = 8;
+    let head_start = n / 2;
+
+    for (round, (wrong_at, changed)) in [("end", n - 10..n), ("start", 0..10)]
+        .into_iter()
+        .enumerate()
+    {
+        let mut wrong = layer.to_vec();
+        for byte in &mut wrong[changed] {
+            *byte = !*byte;
+        }
+        let (release, gate) = tokio::sync::watch::channel(0usize);
+        fake.fault_times(&upstream, Fault::GatedWith(gate, Bytes::from(wrong)), 1);
+        // A pull starts the fill; the upstream sends its first half, and holds the rest.
+        let mut whole = b.stream(&path).await;
+        release.send_replace(head_start);
+        whole.read_at_least(head_start).await;
+
+        // The ranges join the running fill.
+        let mut clients = Vec::new();
+        for (range, start) in ranges.iter().cycle().take(CLIENTS) {
+            let (status, headers, body) = b.stream_with(&path, &[("range", range)]).await;
+            assert_eq!(status, StatusCode::PARTIAL_CONTENT, "{wrong_at}: {range}");
+            assert_eq!(
+                headers.get("content-range").unwrap(),
+                &format!("bytes {start}-{}/{n}", n - 1),
+                "{wrong_at}: {range}"
+            );
+            clients.push((range, body));
+        }
+        assert_eq!(
+            b.counter("berth_cache_lookups_total{kind=\"blob\",outcome=\"joined\"")
+                .await,
+            (CLIENTS * (round + 1)) as u64,
+        );
+
+        // The rest arrives; the digest does not match: every range breaks off short.
+        release.send_replace(n);
+        for (range, body) in clients {
+            let r = body.finish().await;
+            assert!(
+                r.is_err(),
+                "{wrong_at}: {range} completed from a wrong body: {:?}",
+                r.map(|v| v.len())
+            );
+        }
+        assert!(whole.finish().await.is_err(), "{wrong_at}: the whole blob");
+        b.settled().await;
+        assert!(!b.blob_file(&blob).exists(), "{wrong_at}: cached");
+        assert_eq!(fake.hits(Method::GET, &upstream), round + 1);
+    }
+
+    // The upstream is honest again: the ranges complete with the right bytes, fetched once.
+    for (range, start) in &ranges {
+        let got = b.request(Method::GET, &path, &[("range", range)]).await;
+        assert_eq!(got.status, StatusCode::PARTIAL_CONTENT);
+        same(got.bytes(), &layer.slice(start..));
+    }
+    b.settled().await;
+    assert_eq!(std::fs::read(b.blob_file(&blob)).unwrap(), layer);
+    assert_eq!(fake.hits(Method::GET, &upstream), 3);
+}
+
 #[tokio::test]
 async fn head_of_a_missing_blob_asks_upstream_without_fetching_it() {
     let fake = FakeRegistry::start().await;

@@ -351,6 +351,29 @@ pub struct Streaming {
 }
 
 impl Berth {
+    /// A GET with these headers, its status and headers at once and its body read frame by frame.
+    pub async fn stream_with(
+        &self,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> (StatusCode, HeaderMap, Streaming) {
+        let mut req = Request::builder().uri(format!("http://{}{path}", self.addr));
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let resp = self
+            .client
+            .request(req.body(Empty::new()).unwrap())
+            .await
+            .unwrap();
+        let (parts, body) = resp.into_parts();
+        let body = Streaming {
+            body,
+            got: Vec::new(),
+        };
+        (parts.status, parts.headers, body)
+    }
+
     pub async fn stream(&self, path: &str) -> Streaming {
         let uri = format!("http://{}{path}", self.addr).parse().unwrap();
         let resp = self.client.get(uri).await.unwrap();

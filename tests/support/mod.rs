@@ -77,6 +77,9 @@ pub enum Fault {
     /// Send headers at once, then only as many body bytes as the gate allows so far: the test
     /// decides how far a transfer has got. `usize::MAX` breaks the connection where it stands.
     Gated(tokio::sync::watch::Receiver<usize>),
+    /// As [`Fault::Gated`], but with these bytes instead of the content (same headers): a wrong
+    /// body whose arrival the test paces.
+    GatedWith(tokio::sync::watch::Receiver<usize>, Bytes),
     /// Answer 200 with these headers and this body instead of the content.
     Answer(Vec<(String, String)>, Bytes),
     /// Answer a blob `Range` request with the whole blob and 200, as servers without range support do.
@@ -628,7 +631,11 @@ fn route(s: &mut State, rec: &Recorded) -> Reply {
         }
         Some(Fault::Hold(gate)) => Reply::Held(resp, gate),
         Some(
-            f @ (Fault::WrongBytes | Fault::CloseAfter(_) | Fault::StallAfter(_) | Fault::Gated(_)),
+            f @ (Fault::WrongBytes
+            | Fault::CloseAfter(_)
+            | Fault::StallAfter(_)
+            | Fault::Gated(_)
+            | Fault::GatedWith(..)),
         ) => Reply::Now(misbehave(resp, f)),
         _ => Reply::Now(resp),
     }
@@ -1031,30 +1038,34 @@ fn misbehave(resp: Response<Body>, fault: Fault) -> Response<Body> {
             let s = stream::iter([Ok::<_, BoxError>(Frame::data(head))]).chain(stream::pending());
             http_body_util::BodyExt::boxed(StreamBody::new(s))
         }
-        Fault::Gated(gate) => {
-            let s = stream::unfold(
-                (bytes, 0usize, gate),
-                |(bytes, sent, mut gate)| async move {
-                    if sent >= bytes.len() {
-                        return None;
-                    }
-                    let allowed = *gate
-                        .wait_for(|n| *n > sent)
-                        .await
-                        .expect("the test keeps the gate open");
-                    if allowed == usize::MAX {
-                        // Ends the stream after the error (sent = len).
-                        let err = BoxError::from("fault: connection broken by the test");
-                        return Some((Err(err), (bytes.clone(), bytes.len(), gate)));
-                    }
-                    let upto = allowed.min(bytes.len());
-                    let chunk = bytes.slice(sent..upto);
-                    Some((Ok::<_, BoxError>(Frame::data(chunk)), (bytes, upto, gate)))
-                },
-            );
-            http_body_util::BodyExt::boxed(StreamBody::new(s))
-        }
+        Fault::Gated(gate) => gated(bytes, gate),
+        Fault::GatedWith(gate, wrong) => gated(wrong, gate),
         _ => full(bytes),
     };
     Response::from_parts(parts, body)
+}
+
+/// `bytes`, sent only as far as `gate` allows so far ([`Fault::Gated`]).
+fn gated(bytes: Bytes, gate: tokio::sync::watch::Receiver<usize>) -> Body {
+    let s = stream::unfold(
+        (bytes, 0usize, gate),
+        |(bytes, sent, mut gate)| async move {
+            if sent >= bytes.len() {
+                return None;
+            }
+            let allowed = *gate
+                .wait_for(|n| *n > sent)
+                .await
+                .expect("the test keeps the gate open");
+            if allowed == usize::MAX {
+                // Ends the stream after the error (sent = len).
+                let err = BoxError::from("fault: connection broken by the test");
+                return Some((Err(err), (bytes.clone(), bytes.len(), gate)));
+            }
+            let upto = allowed.min(bytes.len());
+            let chunk = bytes.slice(sent..upto);
+            Some((Ok::<_, BoxError>(Frame::data(chunk)), (bytes, upto, gate)))
+        },
+    );
+    http_body_util::BodyExt::boxed(StreamBody::new(s))
 }
