@@ -28,19 +28,26 @@ fn config_file(dir: &tempfile::TempDir, name: &str, text: impl AsRef<str>) -> st
     path
 }
 
-/// `berth serve` (logging at info) on port 0 for both listeners, `server_extra` added to
-/// `[server]`, storage in `dir`.
-fn serve_on_any_port(dir: &tempfile::TempDir, server_extra: &str) -> Served {
-    let cfg = config_file(
+/// A config file `name` in `dir`: both listeners on port 0, `server_extra` added to `[server]`,
+/// storage in `dir/data`.
+fn any_port_config(dir: &tempfile::TempDir, name: &str, server_extra: &str) -> std::path::PathBuf {
+    config_file(
         dir,
-        "c.toml",
+        name,
         format!(
             "[server]\nlisten = \"127.0.0.1:0\"\n{server_extra}[metrics]\nlisten = \"127.0.0.1:0\"\n\
              [storage]\npath = \"{}\"\n[[upstream]]\nname = \"a.io\"\nurl = \"https://a.io\"\n",
             dir.path().join("data").display()
         ),
-    );
-    serve(&cfg, &[("RUST_LOG", "info")])
+    )
+}
+
+/// `berth serve` (logging at info) on [`any_port_config`].
+fn serve_on_any_port(dir: &tempfile::TempDir, server_extra: &str) -> Served {
+    serve(
+        &any_port_config(dir, "c.toml", server_extra),
+        &[("RUST_LOG", "info")],
+    )
 }
 
 #[test]
@@ -339,16 +346,8 @@ async fn a_second_berth_on_one_storage_directory_refuses_to_start() {
     first.started().await;
     let data = dir.path().join("data");
 
-    // Its own config file, so the failure cannot be a port or config clash.
-    let cfg = config_file(
-        &dir,
-        "second.toml",
-        format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\n[metrics]\nlisten = \"127.0.0.1:0\"\n\
-             [storage]\npath = \"{}\"\n[[upstream]]\nname = \"a.io\"\nurl = \"https://a.io\"\n",
-            data.display()
-        ),
-    );
+    // Its own config file (ports 0: the failure cannot be a port clash), same storage.
+    let cfg = any_port_config(&dir, "second.toml", "");
     let out = run_with_config("serve", &cfg);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");

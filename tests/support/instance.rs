@@ -204,18 +204,27 @@ impl Berth {
         std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap())
     }
 
-    pub async fn request(&self, method: Method, path: &str, headers: &[(&str, &str)]) -> Got {
+    /// Sends `method path` with `headers` and hands back the response, its body unread.
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> http::Response<hyper::body::Incoming> {
         let mut req = Request::builder()
             .method(method)
             .uri(format!("http://{}{path}", self.addr));
         for (k, v) in headers {
             req = req.header(*k, *v);
         }
-        let resp = self
-            .client
+        self.client
             .request(req.body(Empty::new()).unwrap())
             .await
-            .unwrap();
+            .unwrap()
+    }
+
+    pub async fn request(&self, method: Method, path: &str, headers: &[(&str, &str)]) -> Got {
+        let resp = self.send(method, path, headers).await;
         let (parts, body) = resp.into_parts();
         let body = body
             .collect()
@@ -357,15 +366,7 @@ impl Berth {
         path: &str,
         headers: &[(&str, &str)],
     ) -> (StatusCode, HeaderMap, Streaming) {
-        let mut req = Request::builder().uri(format!("http://{}{path}", self.addr));
-        for (k, v) in headers {
-            req = req.header(*k, *v);
-        }
-        let resp = self
-            .client
-            .request(req.body(Empty::new()).unwrap())
-            .await
-            .unwrap();
+        let resp = self.send(Method::GET, path, headers).await;
         let (parts, body) = resp.into_parts();
         let body = Streaming {
             body,
