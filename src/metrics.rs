@@ -95,7 +95,7 @@ impl Metrics {
             cache: IntCounterVec::new(
                 Opts::new(
                     "berth_cache_lookups_total",
-                    "Cache lookups by kind (blob, manifest, tag), upstream and outcome.",
+                    "Cache lookups by kind (blob, manifest, tag, referrers), upstream and outcome.",
                 ),
                 &["kind", "upstream", "outcome"],
             )?,

@@ -96,6 +96,7 @@ impl RequestLog {
         let _ = match &f.route {
             Some(Route::Manifest { reference, .. }) => write!(s, "{reference}"),
             Some(Route::Blob { digest, .. }) => write!(s, "{digest}"),
+            Some(Route::Referrers { subject, .. }) => write!(s, "{subject}"),
             _ => write!(s, "-"),
         };
         s.push_str("\" outcome=");
@@ -124,6 +125,7 @@ impl RequestLog {
         let reference = match &f.route {
             Some(Route::Manifest { reference, .. }) => reference.to_string(),
             Some(Route::Blob { digest, .. }) => digest.to_string(),
+            Some(Route::Referrers { subject, .. }) => subject.to_string(),
             _ => "-".to_owned(),
         };
         w.info_json(

@@ -56,7 +56,9 @@ use crate::metrics::Metrics;
 use crate::mirror::{ByteRange, Mirror};
 pub use error::error_response;
 use log::{LoggedBody, RequestLog};
-use respond::{blob_response, bytes_response, empty, manifest_response, tags_response};
+use respond::{
+    blob_response, bytes_response, empty, manifest_response, referrers_response, tags_response,
+};
 use route::{PeerRoute, Route, Target, Via};
 
 /// The response body type of every answer.
@@ -287,6 +289,18 @@ impl App {
                 let reply = self.mirror.tags(target, *n, last.as_ref()).await?;
                 log.outcome = "passthrough";
                 Ok(tags_response(reply, target, head))
+            }
+            Route::Referrers {
+                target,
+                subject,
+                artifact_type,
+            } => {
+                let reply = self
+                    .mirror
+                    .referrers(target, subject, artifact_type.as_deref())
+                    .await?;
+                log.outcome = reply.outcome;
+                Ok(referrers_response(reply, head))
             }
         }?;
         if let Some(Target {

@@ -1,4 +1,5 @@
-//! The response builders of the registry routes: a mirror reply (manifest, blob, tag list) or a
+//! The response builders of the registry routes: a mirror reply (manifest, blob, tag list,
+//! referrers) or a
 //! small body becomes a `Response` with the headers clients expect (`Content-Type`,
 //! `Content-Length`, `Docker-Content-Digest`, `ETag`, `Content-Range`, `Link`).
 //!
@@ -12,7 +13,7 @@ use http_body::Frame;
 use http_body_util::{BodyExt, Full, StreamBody};
 
 use super::Body;
-use crate::mirror::{BlobReply, ManifestReply, TagsReply, Target, Via};
+use crate::mirror::{BlobReply, ManifestReply, ReferrersReply, TagsReply, Target, Via};
 
 fn full(bytes: Bytes) -> Body {
     Full::new(bytes)
@@ -65,13 +66,13 @@ pub(super) fn manifest_response(reply: ManifestReply, head: bool) -> Response<Bo
         h.insert(header::ETAG, etag);
     }
     if reply.stale.is_some() {
-        h.insert(
-            header::WARNING,
-            HeaderValue::from_static("110 berth \"Response is stale: upstream unavailable\""),
-        );
+        h.insert(header::WARNING, HeaderValue::from_static(STALE_WARNING));
     }
     r
 }
+
+/// The `Warning` of an answer served stale.
+const STALE_WARNING: &str = "110 berth \"Response is stale: upstream unavailable\"";
 
 const DOCKER_CONTENT_DIGEST: header::HeaderName =
     header::HeaderName::from_static("docker-content-digest");
@@ -125,6 +126,27 @@ pub(super) fn blob_response(reply: BlobReply) -> Response<Body> {
         }
         // Unknown size (an upstream that sent none): chunked, so a failed fill still ends short.
         _ => {}
+    }
+    r
+}
+
+/// A referrers list: an image index, with `OCI-Filters-Applied` when it is filtered.
+pub(super) fn referrers_response(reply: ReferrersReply, head: bool) -> Response<Body> {
+    let mut r = bytes_response(
+        StatusCode::OK,
+        reply.body,
+        crate::oci::media::OCI_INDEX,
+        head,
+    );
+    let h = r.headers_mut();
+    if reply.filtered {
+        h.insert(
+            "oci-filters-applied",
+            HeaderValue::from_static("artifactType"),
+        );
+    }
+    if reply.stale.is_some() {
+        h.insert(header::WARNING, HeaderValue::from_static(STALE_WARNING));
     }
     r
 }

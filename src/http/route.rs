@@ -23,7 +23,7 @@
 use http::Method;
 
 use crate::error::{Error, Kind, Malformed};
-use crate::oci::{Digest, Reference, RepoName, Tag};
+use crate::oci::{Digest, Reference, RepoName, Tag, referrers};
 
 /// Largest `n` accepted on a tag list.
 pub const MAX_TAGS_PAGE: u32 = 10_000;
@@ -46,6 +46,12 @@ pub enum Route {
         n: Option<u32>,
         last: Option<Tag>,
     },
+    /// `/v2/<name>/referrers/<digest>[?artifactType=<media type>]` (OCI 1.1).
+    Referrers {
+        target: Target,
+        subject: Digest,
+        artifact_type: Option<String>,
+    },
 }
 
 impl Route {
@@ -56,6 +62,7 @@ impl Route {
             Route::Manifest { .. } => "manifest",
             Route::Blob { .. } => "blob",
             Route::TagsList { .. } => "tags",
+            Route::Referrers { .. } => "referrers",
         }
     }
 
@@ -64,7 +71,8 @@ impl Route {
             Route::Base => None,
             Route::Manifest { target, .. }
             | Route::Blob { target, .. }
-            | Route::TagsList { target, .. } => Some(target),
+            | Route::TagsList { target, .. }
+            | Route::Referrers { target, .. } => Some(target),
         }
     }
 }
@@ -126,6 +134,22 @@ pub fn parse(
             };
             let last = params.last.as_deref().map(str::parse).transpose()?;
             Ok(Route::TagsList { target, n, last })
+        }
+        Tail::Referrers(d) => {
+            let artifact_type = params.artifact_type;
+            if let Some(t) = &artifact_type
+                && !referrers::is_media_type(t)
+            {
+                return Err(Error::bad_request(format!(
+                    "artifactType {:?} is not a media type (type/subtype)",
+                    clip(t)
+                )));
+            }
+            Ok(Route::Referrers {
+                target,
+                subject: d.parse()?,
+                artifact_type,
+            })
         }
     }
 }
@@ -198,9 +222,11 @@ enum Tail<'a> {
     Manifest(&'a str),
     Blob(&'a str),
     TagsList,
+    Referrers(&'a str),
 }
 
-/// Splits `<name>/manifests/<ref>`, `<name>/blobs/<digest>`, `<name>/tags/list` from the right.
+/// Splits `<name>/manifests/<ref>`, `<name>/blobs/<digest>`, `<name>/referrers/<digest>`,
+/// `<name>/tags/list` from the right.
 fn split_route(rest: &str) -> Option<(&str, Tail<'_>)> {
     if let Some(name) = rest.strip_suffix("/tags/list") {
         return Some((name, Tail::TagsList));
@@ -210,6 +236,7 @@ fn split_route(rest: &str) -> Option<(&str, Tail<'_>)> {
     match kind {
         "manifests" => Some((name, Tail::Manifest(last))),
         "blobs" => Some((name, Tail::Blob(last))),
+        "referrers" => Some((name, Tail::Referrers(last))),
         _ => None,
     }
 }
@@ -256,6 +283,8 @@ struct Query {
     ns: Option<String>,
     n: Option<String>,
     last: Option<String>,
+    /// The referrers filter; the first one given (the spec names one).
+    artifact_type: Option<String>,
 }
 
 impl Query {
@@ -266,6 +295,9 @@ impl Query {
                 "ns" => q.ns = Some(v.into_owned()),
                 "n" => q.n = Some(v.into_owned()),
                 "last" => q.last = Some(v.into_owned()),
+                "artifactType" if q.artifact_type.is_none() => {
+                    q.artifact_type = Some(v.into_owned())
+                }
                 _ => {}
             }
         }
@@ -313,6 +345,54 @@ mod tests {
     fn target(r: &Route) -> (usize, &str, &Via) {
         let t = r.target().unwrap();
         (t.upstream, t.name.as_str(), &t.via)
+    }
+
+    #[test]
+    fn referrers() {
+        let hex = "a".repeat(64);
+        let r = get(
+            &format!("/v2/quay.io/team/app/referrers/sha256:{hex}"),
+            Some("artifactType=application%2Fvnd.dev.sigstore.bundle.v0.3%2Bjson&artifactType=a/b"),
+        )
+        .unwrap();
+        assert_eq!(r.kind(), "referrers");
+        assert_eq!(target(&r).1, "team/app");
+        let Route::Referrers {
+            subject,
+            artifact_type,
+            ..
+        } = &r
+        else {
+            panic!("{r:?}")
+        };
+        assert_eq!(subject.hex(), hex);
+        // The first filter counts (the spec names one).
+        assert_eq!(
+            artifact_type.as_deref(),
+            Some("application/vnd.dev.sigstore.bundle.v0.3+json")
+        );
+        // A repository may be called `referrers`.
+        let r = get(&format!("/v2/a/referrers/referrers/sha256:{hex}"), None).unwrap();
+        assert_eq!(target(&r).1, "a/referrers");
+        // The subject is a digest; the filter a media type.
+        assert_eq!(
+            get("/v2/x/referrers/latest", None).unwrap_err().code(),
+            Code::DigestInvalid
+        );
+        let e = get(
+            &format!("/v2/x/referrers/sha256:{hex}"),
+            Some("artifactType=not-a-type"),
+        )
+        .unwrap_err();
+        assert_eq!(e.status(), 400, "{e}");
+        let e = parse(
+            &Method::DELETE,
+            &format!("/v2/x/referrers/sha256:{hex}"),
+            None,
+            &hosts(),
+        )
+        .unwrap_err();
+        assert_eq!(e.code(), Code::Unsupported);
     }
 
     #[test]
@@ -509,7 +589,6 @@ mod tests {
             "/v2x",
             "/v2/x",
             "/v2/x/blobs/uploads/abc/def",
-            "/v2/x/referrers/sha256:1",
             "/v2//manifests/a",
         ] {
             let e = get(p, None).unwrap_err();
@@ -589,6 +668,18 @@ mod tests {
                     query.extend(last.as_ref().map(|l| format!("last={l}")));
                     "tags/list".to_owned()
                 }
+                Route::Referrers {
+                    subject,
+                    artifact_type,
+                    ..
+                } => {
+                    query.extend(artifact_type.as_ref().map(|t| {
+                        url::form_urlencoded::Serializer::new(String::new())
+                            .append_pair("artifactType", t)
+                            .finish()
+                    }));
+                    format!("referrers/{subject}")
+                }
                 Route::Base => unreachable!(),
             };
             let path = format!("/v2/{prefix}{}/{tail}", t.name);
@@ -642,6 +733,27 @@ mod tests {
                 }
                 let (path, query) = format(&route);
                 prop_assert_eq!(parse(&Method::HEAD, &path, query.as_deref(), &hosts()).unwrap(), route);
+            }
+
+            #[test]
+            fn referrers_round_trip(
+                naming in naming(),
+                name in name(false),
+                hex in "[0-9a-f]{64}",
+                artifact_type in proptest::option::of("[a-z]{1,8}/[a-z0-9][a-z0-9.+-]{0,20}"),
+            ) {
+                let (upstream, via) = via_of(&naming);
+                let mut name: RepoName = name.parse().unwrap();
+                if upstream == 0 {
+                    name = name.with_library_prefix();
+                }
+                let route = Route::Referrers {
+                    target: Target { upstream, name, via },
+                    subject: format!("sha256:{hex}").parse().unwrap(),
+                    artifact_type,
+                };
+                let (path, query) = format(&route);
+                prop_assert_eq!(parse(&Method::GET, &path, query.as_deref(), &hosts()).unwrap(), route);
             }
 
             #[test]

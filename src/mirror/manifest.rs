@@ -131,7 +131,7 @@ impl Mirror {
         }
     }
 
-    async fn lookup_manifest(
+    pub(super) async fn lookup_manifest(
         self: &Arc<Self>,
         target: &Target,
         reference: &Reference,

@@ -15,6 +15,8 @@
 //! - `range`: a client's `Range` header ([`ByteRange`]) and the span it selects.
 //! - `tag_list`: tag lists passed through, re-encoded, their next-page link kept on the registry
 //!   API.
+//! - `referrers`: the referrers of a subject (OCI 1.1), from the upstream's API or the referrers
+//!   tag schema, cached per upstream like a tag ([`Mirror::referrers`]).
 //! - this file: the [`Mirror`] (its construction, the upstream set swapped on reload) and the
 //!   origin check both manifests and blobs make before a cached digest is answered through an
 //!   upstream (`may_serve`, asked of [`crate::origins::check`]).
@@ -37,7 +39,7 @@ use crate::cluster::Cluster;
 use crate::error::Error;
 use crate::fill::Fills;
 use crate::flight::Flights;
-use crate::manifests::Manifests;
+use crate::manifests::{Manifests, ReferrersKey};
 use crate::metrics::Metrics;
 use crate::oci::{Digest, Reference};
 use crate::origins::Origins;
@@ -51,12 +53,14 @@ mod blob;
 mod bucket;
 mod manifest;
 mod range;
+mod referrers;
 mod tag_list;
 mod target;
 
 pub use blob::{BlobReply, BlobStream};
 pub use manifest::ManifestReply;
 pub use range::ByteRange;
+pub use referrers::ReferrersReply;
 pub use tag_list::TagsReply;
 pub use target::{Target, Via};
 
@@ -74,6 +78,8 @@ pub struct Mirror {
     origins: Arc<Origins>,
     /// Manifest and tag lookups in progress: N clients pulling one tag make one upstream request.
     manifest_flights: Flights<ManifestKey, Result<ManifestReply, Error>>,
+    /// Referrers lookups in progress: N clients asking for one list make one upstream request.
+    referrer_flights: Flights<ReferrersKey, Result<ReferrersReply, Error>>,
     metrics: Metrics,
     /// Fills running from memory because the disk is full (at most [`crate::fill::job::MAX_PASS_THROUGH`]).
     pass_throughs: Arc<AtomicUsize>,
@@ -98,6 +104,7 @@ impl Mirror {
             manifests,
             fills: Arc::default(),
             manifest_flights: Flights::new(MANIFEST_FLIGHT_WAIT),
+            referrer_flights: Flights::new(MANIFEST_FLIGHT_WAIT),
             metrics,
             pass_throughs: Arc::default(),
             tier: None,

@@ -118,6 +118,13 @@ fn tag_list(body: &[u8], asked: &RepoName) -> Option<Bytes> {
 /// registry API (`</v2/...>; rel="next"`, or the same with the upstream's own origin, made
 /// relative), so an upstream cannot send clients anywhere else.
 fn next_page(link: &HeaderValue, upstream: &url::Url) -> Option<HeaderValue> {
+    let path = next_path(link, upstream)?;
+    HeaderValue::from_str(&format!("<{path}>; rel=\"next\"")).ok()
+}
+
+/// The path and query of a `Link` header's next page, if it stays on the upstream's registry API
+/// (see [`next_page`]).
+pub(super) fn next_path(link: &HeaderValue, upstream: &url::Url) -> Option<String> {
     let text = link.to_str().ok()?.trim();
     let (target, params) = text.strip_prefix('<')?.split_once('>')?;
     if !params
@@ -143,7 +150,7 @@ fn next_page(link: &HeaderValue, upstream: &url::Url) -> Option<HeaderValue> {
     if !path.starts_with("/v2/") || path.contains("//") || path.contains(['<', '>', '\\']) {
         return None;
     }
-    HeaderValue::from_str(&format!("<{path}>; rel=\"next\"")).ok()
+    Some(path)
 }
 
 #[cfg(test)]

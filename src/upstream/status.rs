@@ -33,17 +33,71 @@ impl UpstreamResponse {
         if status.is_success() || status == StatusCode::NOT_MODIFIED {
             return Ok(self);
         }
+        Err(self.read_error().await.into_error(kind))
+    }
+
+    /// For a route an upstream may not have (the referrers API of OCI 1.1): `Ok(None)` when its
+    /// answer says it has no such route (404, 405 or 501, as the Distribution registry and Docker
+    /// Hub answer, or an `UNSUPPORTED` error with any status); otherwise a success as it is, or
+    /// what [`error_for_status`](Self::error_for_status) makes of the error.
+    pub async fn unless_route_missing(
+        self,
+        kind: NotFoundKind,
+    ) -> Result<Option<UpstreamResponse>, Error> {
+        if self.status.is_success() {
+            return Ok(Some(self));
+        }
+        if matches!(self.status.as_u16(), 404 | 405 | 501) {
+            return Ok(None);
+        }
+        let error = self.read_error().await;
+        if error.code.as_deref() == Some("UNSUPPORTED") {
+            return Ok(None);
+        }
+        Err(error.into_error(kind))
+    }
+
+    /// Reads an error answer's body (briefly: it is only context) and its OCI code.
+    async fn read_error(self) -> ErrorAnswer {
         let name = self.body.upstream.clone();
         let retry_after = retry_after(&self.headers, SystemTime::now());
         let body = tokio::time::timeout(ERROR_BODY_TIMEOUT, self.body.prefix(SMALL_BODY_LIMIT))
             .await
             .unwrap_or_default();
         let (code, message) = oci_error(&body).unzip();
+        ErrorAnswer {
+            status: self.status,
+            name,
+            retry_after,
+            code,
+            message,
+        }
+    }
+}
+
+/// An upstream's error answer, read.
+struct ErrorAnswer {
+    status: StatusCode,
+    name: std::sync::Arc<str>,
+    retry_after: Option<Duration>,
+    code: Option<String>,
+    message: Option<String>,
+}
+
+impl ErrorAnswer {
+    fn into_error(self, kind: NotFoundKind) -> Error {
+        let ErrorAnswer {
+            status,
+            name,
+            retry_after,
+            code,
+            message,
+        } = self;
         let detail = match message.filter(|m| !m.is_empty()) {
             Some(m) => format!("upstream {name} answered {status}: {m}"),
             None => format!("upstream {name} answered {status}"),
         };
-        Err(match status.as_u16() {
+        match status.as_u16() {
             404 => {
                 let missing = code
                     .and_then(|c| match c.as_str() {
@@ -67,7 +121,7 @@ impl UpstreamResponse {
             429 => Error::too_many_requests(&name, retry_after).with_detail(detail),
             500..=599 => Error::upstream_unavailable_for(&name, retry_after).with_detail(detail),
             _ => Error::upstream_bad(&name, detail),
-        })
+        }
     }
 }
 

@@ -177,6 +177,9 @@ struct State {
     faults: Vec<(String, Fault, Option<usize>)>,
     /// Added to every response of the main host (Docker Hub's `ratelimit-*`, say).
     response_headers: Vec<(String, String)>,
+    /// The referrers API of OCI 1.1, with this many referrers a page; `None`: no such route
+    /// (404, as the Distribution registry 2.8 answers).
+    referrers_page: Option<usize>,
 }
 
 /// The fake registry; dropping it stops accepting connections.
@@ -270,6 +273,12 @@ impl FakeRegistry {
     }
 
     // Content.
+
+    /// Answers the referrers API of OCI 1.1, `page` referrers a page (without, the route is a
+    /// 404, as on the Distribution registry 2.8).
+    pub fn serve_referrers(&self, page: usize) {
+        self.with(|s| s.referrers_page = Some(page));
+    }
 
     /// Stores a manifest (reachable by digest); returns its digest.
     pub fn put_manifest(&self, repo: &str, media_type: &str, body: impl Into<Bytes>) -> String {
@@ -577,6 +586,8 @@ fn route(s: &mut State, rec: &Recorded) -> Reply {
             let code = match status.as_u16() {
                 429 => "TOOMANYREQUESTS",
                 404 => "NOT_FOUND_NO_CODE",
+                // What a registry without a route says (the referrers API, say).
+                400 | 405 => "UNSUPPORTED",
                 _ => "UNAVAILABLE",
             };
             let extra: Vec<_> = retry_after
@@ -644,7 +655,7 @@ fn route(s: &mut State, rec: &Recorded) -> Reply {
 /// `<name>` from `/v2/<name>/{manifests,blobs,tags}/...`.
 fn repo_of(path: &str) -> Option<String> {
     let rest = path.strip_prefix("/v2/")?;
-    ["/manifests/", "/blobs/", "/tags/"]
+    ["/manifests/", "/blobs/", "/tags/", "/referrers/"]
         .iter()
         .filter_map(|sep| rest.rfind(sep).map(|i| rest[..i].to_owned()))
         .max_by_key(String::len)
@@ -810,6 +821,9 @@ fn content(s: &State, rec: &Recorded, repo: Option<&str>) -> Response<Body> {
     }
     if rest == "/tags/list" {
         return tags_list(s, rec, repo);
+    }
+    if let (Some(subject), Some(page)) = (rest.strip_prefix("/referrers/"), s.referrers_page) {
+        return referrers(s, rec, repo, subject, page);
     }
     oci_error(StatusCode::NOT_FOUND, "NOT_FOUND", &[])
 }
@@ -1008,6 +1022,71 @@ fn tags_list(s: &State, rec: &Recorded, repo: &str) -> Response<Body> {
         ));
     }
     let body = serde_json::json!({"name": repo, "tags": page});
+    respond(StatusCode::OK, &headers, full(body.to_string()))
+}
+
+/// The referrers API: the manifests of `repo` whose `subject` is `subject`, as descriptors with
+/// their `artifactType` (or config media type) and annotations, filtered by `artifactType` (and
+/// saying so), `page` at a time (`?page=<k>` and a `Link` to the next).
+fn referrers(s: &State, rec: &Recorded, repo: &str, subject: &str, page: usize) -> Response<Body> {
+    let wanted = rec.param("artifactType");
+    let mut all: Vec<(String, serde_json::Value)> = s
+        .manifests
+        .iter()
+        .filter(|((r, _), _)| r == repo)
+        .filter_map(|((_, digest), m)| {
+            let v: serde_json::Value = serde_json::from_slice(&m.body).ok()?;
+            (v["subject"]["digest"].as_str() == Some(subject)).then_some(())?;
+            let artifact_type = v["artifactType"]
+                .as_str()
+                .or(v["config"]["mediaType"].as_str())
+                .map(str::to_owned);
+            if wanted.is_some() && artifact_type != wanted {
+                return None;
+            }
+            let mut d = serde_json::json!({
+                "mediaType": m.media_type, "digest": digest, "size": m.body.len(),
+            });
+            if let Some(t) = artifact_type {
+                d["artifactType"] = t.into();
+            }
+            if let Some(a) = v.get("annotations") {
+                d["annotations"] = a.clone();
+            }
+            Some((digest.clone(), d))
+        })
+        .collect();
+    all.sort_by(|a, b| a.0.cmp(&b.0));
+    let k: usize = rec.param("page").and_then(|p| p.parse().ok()).unwrap_or(0);
+    let this: Vec<_> = all
+        .iter()
+        .skip(k * page)
+        .take(page)
+        .map(|(_, d)| d.clone())
+        .collect();
+    let mut headers = vec![("content-type", OCI_INDEX.to_owned())];
+    if let Some(t) = &wanted {
+        headers.push(("oci-filters-applied", "artifactType".to_owned()));
+        if all.len() > (k + 1) * page {
+            let t = url::form_urlencoded::byte_serialize(t.as_bytes()).collect::<String>();
+            headers.push((
+                "link",
+                format!(
+                    r#"</v2/{repo}/referrers/{subject}?artifactType={t}&page={}>; rel="next""#,
+                    k + 1
+                ),
+            ));
+        }
+    } else if all.len() > (k + 1) * page {
+        headers.push((
+            "link",
+            format!(
+                r#"</v2/{repo}/referrers/{subject}?page={}>; rel="next""#,
+                k + 1
+            ),
+        ));
+    }
+    let body = serde_json::json!({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": this});
     respond(StatusCode::OK, &headers, full(body.to_string()))
 }
 

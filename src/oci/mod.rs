@@ -1,4 +1,5 @@
-//! The OCI vocabulary: repository names, tags, digests, references and media types.
+//! The OCI vocabulary: repository names, tags, digests, references and media types; the
+//! referrers list (`referrers`), re-encoded from what an upstream sends.
 //!
 //! Every value is parsed at the edge with the grammar of the OCI distribution spec and carried as a
 //! newtype afterwards, so no handler ever sees a raw client string. Rule of dependency: a leaf (uses
@@ -10,6 +11,8 @@ use std::str::FromStr;
 use sha2::{Digest as _, Sha256};
 
 use crate::error::Error;
+
+pub mod referrers;
 
 /// Longest repository name the spec lets a registry accept (it says 255 with the host; we keep it).
 pub const MAX_NAME_LEN: usize = 255;
@@ -269,8 +272,11 @@ pub mod media {
     /// its true digest. (Asked with no `Accept`, `*/*` or only some of these, the Distribution
     /// registry converts a Docker schema 2 manifest into a signed schema 1 manifest whose bytes
     /// change on every request.) Schema 1 comes last and at a low `q`: an ancient image that
-    /// exists only in that form is still answered, never preferred.
-    pub const UPSTREAM_ACCEPT: &str = "application/vnd.oci.image.index.v1+json, application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json, application/vnd.docker.distribution.manifest.v1+prettyjws;q=0.1";
+    /// exists only in that form is still answered, never preferred. The artifact manifest of the
+    /// OCI 1.1 release candidates, which some registries still store for signatures and SBOMs,
+    /// is named too: berth caches any manifest type, and a registry that negotiates strictly
+    /// would answer 404 for one not named.
+    pub const UPSTREAM_ACCEPT: &str = "application/vnd.oci.image.index.v1+json, application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json, application/vnd.oci.artifact.manifest.v1+json, application/vnd.docker.distribution.manifest.v1+prettyjws;q=0.1";
 
     /// The `Accept` header of a request for a schema 1 manifest, passed through for a client that
     /// reads nothing newer (see `mirror`).

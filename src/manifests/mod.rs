@@ -11,6 +11,9 @@
 //!   stand in while the upstream is unreachable. Tag files are replaced atomically but not fsynced:
 //!   losing the latest answer in a crash only costs a revalidation.
 //!
+//! - The referrers lists of OCI 1.1 (`referrers`) are kept beside the tags, the same way, at
+//!   `tags/<upstream name>/<repository>/_referrers/`.
+//!
 //! - `berth cache` (the `admin` module) lists what is on disk ([`Manifests::list`],
 //!   [`Manifests::list_tags`]) and removes through [`Manifests::remove`] and
 //!   [`Manifests::forget_tag_named`], which drop the in-memory copies too.
@@ -31,8 +34,16 @@ use crate::index::{self, TOUCH_EVERY};
 use crate::oci::{Digest, RepoName, Tag};
 use crate::store::{CommitError, Store};
 
+mod referrers;
+
+pub use referrers::{ReferrersEntry, ReferrersKey};
+
 /// Largest manifest berth accepts (the spec suggests registries take at least 4 MiB).
 pub const MAX_MANIFEST_BYTES: usize = 4 * 1024 * 1024;
+
+/// Memory the referrers lists may take (their encoded size, twice: the body and the parsed list);
+/// a list evicted from memory is read back from disk.
+const REFERRERS_MEMORY_BYTES: u64 = 32 * 1024 * 1024;
 
 /// A verified manifest.
 #[derive(Debug)]
@@ -152,6 +163,8 @@ pub struct Manifests {
     upstream_names: std::sync::RwLock<Vec<String>>,
     by_digest: moka::future::Cache<Digest, Arc<Manifest>>,
     tags: moka::future::Cache<TagKey, TagEntry>,
+    /// Referrers lists (`referrers`), weighed by their encoded size.
+    referrers: moka::future::Cache<ReferrersKey, ReferrersEntry>,
 }
 
 impl Manifests {
@@ -180,6 +193,12 @@ impl Manifests {
             // many tags.
             tags: moka::future::Cache::builder()
                 .max_capacity(1_000_000)
+                .build(),
+            referrers: moka::future::Cache::builder()
+                .max_capacity(REFERRERS_MEMORY_BYTES)
+                .weigher(|_, e: &ReferrersEntry| {
+                    u32::try_from(e.body.len() * 2 + 256).unwrap_or(u32::MAX)
+                })
                 .build(),
         })
     }
@@ -446,6 +465,10 @@ fn collect_tags(
         let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
             continue;
         };
+        if name.starts_with('_') && name != "_tags" {
+            // `_referrers` (see `referrers`); `_` starts no repository component.
+            continue;
+        }
         if name == "_tags" {
             let Ok(repo) = repo.parse::<RepoName>() else {
                 continue;
