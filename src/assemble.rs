@@ -149,7 +149,8 @@ impl Parts {
                 metrics.clone(),
             )
             .with_tier(tier.clone())
-            .with_cluster(cluster.clone()),
+            .with_cluster(cluster.clone())
+            .with_policies(crate::policy::Policies::new(&cfg.policies)),
         );
         let admin = cfg.admin.token.clone().map(|token| {
             let bucket_max = cfg.storage.s3.as_ref().and_then(|s| s.max_size);

@@ -350,6 +350,16 @@ impl Error {
         )
     }
 
+    /// A manifest a signature policy does not let through; `detail` says which policy and why.
+    pub fn policy_denied(detail: impl Into<String>) -> Self {
+        Self::new(
+            Origin::Client,
+            Kind::Denied,
+            "denied by the signature policy",
+        )
+        .with_detail(detail)
+    }
+
     /// Too many password checks waiting: the client should try again shortly.
     pub fn login_throttled(retry_after: Duration) -> Self {
         Self::new(

@@ -6,10 +6,11 @@
 //! ```text
 //! main (CLI) -> server (bind, accept, drain) over assemble (the object graph from the Config)
 //!   -> http (route, admit, respond: the one table from error kind to status and OCI code)
-//!     -> mirror (manifests + tags, blobs, tag lists; the request's meaning in its own words)
+//!     -> mirror (manifests + tags, blobs, tag lists, referrers; the request's meaning in its
+//!        own words)
 //!       -> { fill (single-flight blob fills, stream-while-verify), cluster (owners, peers),
-//!            flight (generic single-flight), manifests (tag/digest cache),
-//!            origins (which upstream may serve a digest) }
+//!            flight (generic single-flight), manifests (tag/digest and referrers cache),
+//!            origins (which upstream may serve a digest), policy (signature verdicts) }
 //!         -> { store (layout, pending, spool, read, evict, lock, s3 { layout, client, upload,
 //!              sweep }), tier (the bucket on the request path), upstreams -> upstream (request,
 //!              response, status, retry, redirect, auth, guard) }
@@ -20,7 +21,7 @@
 //! Where a change goes:
 //! - [`config`]: the TOML file; `config/mod.rs` the whole (load, parse, the order of the checks,
 //!   checks that span sections), a file per section (server, metrics, storage with s3,
-//!   upstreams, auth, cluster, admin, log) with its defaults and checks beside its type, `value`
+//!   upstreams, auth, cluster, admin, log, policy) with its defaults and checks beside its type, `value`
 //!   the durations, sizes, `Secret` and the URL/CA/TLS checks they share.
 //! - [`assemble`]: builds the running berth from the `Config` (store, upstreams, mirror, tier,
 //!   cluster, access, admin API, health, metrics registry, TLS acceptors); binds nothing.
@@ -34,8 +35,9 @@
 //!   one table from an error's kind to its answer), `metrics` (the metrics listener's router),
 //!   `admin` (the admin API's face); `mod.rs` admits, dispatches and logs each request.
 //! - [`mirror`]: `manifest` (tags, revalidation, stale serving), `blob` (hit, miss, fills, HEAD),
-//!   `tag_list`, `range`, `target` (the request's meaning, built by `http::route`), `bucket` (the
-//!   manifest side of the bucket tier).
+//!   `tag_list`, `referrers` (OCI 1.1, from the API or the tag schema), `policy` (the verdict
+//!   before a manifest is answered), `range`, `target` (the request's meaning, built by
+//!   `http::route`), `bucket` (the manifest side of the bucket tier).
 //! - [`fill`]: which running blob download a request may share; `fill/job` the fill task and the
 //!   source it reads (bucket, the owner peer, upstream), resume, pass-through on a full disk,
 //!   commit, upload; `fill/source` the bodies with their stall timeouts.
@@ -44,7 +46,10 @@
 //! - [`origins`]: which upstreams each cached digest came through; `origins/check` the one answer
 //!   to "may this upstream serve this digest?" (records, the bucket's marker, an upstream HEAD).
 //! - [`flight`]: generic single-flight: one computation per key, its result shared.
-//! - [`manifests`]: tag -> digest answers with their TTL, manifests by digest (memory + disk).
+//! - [`manifests`]: tag -> digest answers with their TTL, manifests by digest (memory + disk);
+//!   `referrers` the referrers lists kept the same way.
+//! - [`policy`]: `[[policy]]`: which scopes need signatures, `keys` (verification with ring),
+//!   `cosign` (the tag scheme's format), the pure `decide` and the verdicts kept.
 //! - [`store`]: content-addressed blob files: `pending` (a fill: reserve, verify, commit),
 //!   `spool` (chunks in memory), `read` (ranges of a file or a growing fill), `evict`, `lock` (one
 //!   server per directory), `s3` (the bucket: key `layout`, `client`, verified multipart
@@ -57,7 +62,8 @@
 //!   to a kind), `retry` (what is sent again, `Retry-After`), `redirect`, `auth` (the token flow,
 //!   challenges, the token cache), `guard` (no private addresses), `connect`, `metrics`.
 //! - [`index`]: sizes and last accesses of the cached blobs, and the eviction limits.
-//! - [`oci`]: repository names, tags, digests, references, media types, `Accept` matching.
+//! - [`oci`]: repository names, tags, digests, references, media types, `Accept` matching;
+//!   `referrers` the referrers index re-encoded.
 //! - [`error`]: one `Clone` error: its [`error::Kind`], its origin, its words; no HTTP.
 //! - [`metrics`]: the mirror's Prometheus families, registered in a registry handed in.
 //! - [`health`]: starting, serving or draining, and the `/healthz` answer (`?verbose`: why).
@@ -114,6 +120,7 @@ pub mod metrics;
 pub mod mirror;
 pub mod oci;
 pub mod origins;
+pub mod policy;
 pub mod reload;
 pub mod sdnotify;
 pub mod server;

@@ -16,8 +16,8 @@ pub struct Metrics {
     pub requests: IntCounterVec,
     /// `berth_http_request_duration_seconds{route}`: time to response headers.
     pub request_duration: HistogramVec,
-    /// `berth_cache_lookups_total{kind,upstream,outcome}`: kind = blob|manifest|tag, outcome =
-    /// hit|miss|stale|revalidated.
+    /// `berth_cache_lookups_total{kind,upstream,outcome}`: kind = blob|manifest|tag|referrers, outcome =
+    /// hit|miss|stale|revalidated (referrers: hit|miss|stale).
     pub cache: IntCounterVec,
     /// `berth_served_bytes_total{source}`: source = cache|upstream|bucket (a fill in progress
     /// counts as where its bytes come from).
@@ -32,8 +32,11 @@ pub struct Metrics {
     /// `berth_fills_in_flight`: blob fills running now.
     pub fills_in_flight: IntGauge,
     /// `berth_coalesced_requests_total{kind}`: requests that joined a fetch already running
-    /// (kind = blob|manifest) instead of asking upstream again.
+    /// (kind = blob|manifest|referrers) instead of asking upstream again.
     pub coalesced: IntCounterVec,
+    /// `berth_policy_verdicts_total{policy,verdict}`: manifest answers a `[[policy]]` covered,
+    /// verdict = verified | denied | warned (served by a `warn` policy without a good signature).
+    pub policy_verdicts: IntCounterVec,
     /// `berth_fill_waits_total`: blob requests that found only another repository's download
     /// of their digest, still waiting for its upstream's answer, and waited for that answer
     /// before joining it or starting their own (see `fill`).
@@ -138,6 +141,13 @@ impl Metrics {
                 ),
                 &["kind"],
             )?,
+            policy_verdicts: IntCounterVec::new(
+                Opts::new(
+                    "berth_policy_verdicts_total",
+                    "Manifest answers a signature policy covered, by policy and verdict (verified, denied, warned).",
+                ),
+                &["policy", "verdict"],
+            )?,
             fill_waits: IntCounter::new(
                 "berth_fill_waits_total",
                 "Blob requests that waited for another repository's download to get its upstream's answer before sharing it or starting their own.",
@@ -192,6 +202,7 @@ impl Metrics {
         registry.register(Box::new(m.fills_in_flight.clone()))?;
         registry.register(Box::new(m.coalesced.clone()))?;
         registry.register(Box::new(m.fill_waits.clone()))?;
+        registry.register(Box::new(m.policy_verdicts.clone()))?;
         registry.register(Box::new(m.first_byte.clone()))?;
         registry.register(Box::new(m.origin_confirmations.clone()))?;
         registry.register(Box::new(m.answers.clone()))?;

@@ -23,7 +23,10 @@
 //! `[auth]` is on and its htpasswd path and check_concurrency (the file itself is re-read whenever
 //! it changes).
 //!
-//! Rule of dependency: uses `config`, `access` (the policy), `mirror`, `upstream`, `upstreams`,
+//! The signature policies (`[[policy]]`) are replaced whole, their key files read again: a
+//! changed policy decides its verdicts again.
+//!
+//! Rule of dependency: uses `config`, `access` (the policy), `mirror`, `policy`, `upstream`, `upstreams`,
 //! `store` and `index` (the limits), `tls`, `sdnotify`; never `server` or `assemble`. `assemble`
 //! builds it over the parts it built (`Parts::reloader`), `server` hands it out, `main` calls it
 //! on `SIGHUP`.
@@ -94,6 +97,8 @@ pub struct Changes {
     pub changed: Vec<String>,
     pub storage_limits: bool,
     pub log_level: bool,
+    /// The signature policies (`[[policy]]`, their keys re-read): verdicts are decided again.
+    pub policies: bool,
     /// Settings that differ but need a restart.
     pub need_restart: Vec<&'static str>,
 }
@@ -213,6 +218,11 @@ impl Reloader {
         if current.upstreams != new.upstreams {
             self.mirror.set_upstreams(UpstreamSet::new(next));
         }
+        if current.policies != new.policies {
+            self.mirror
+                .set_policies(crate::policy::Policies::new(&new.policies));
+            changes.policies = true;
+        }
         let limits = Limits::from_config(&new.storage);
         let old_limits = Limits::from_config(&current.storage);
         if limits != old_limits {
@@ -242,6 +252,7 @@ impl Reloader {
             changed = %changes.changed.join(","),
             storage_limits = changes.storage_limits,
             log_level = changes.log_level,
+            policies = changes.policies,
             "configuration reloaded"
         );
         Ok(changes)

@@ -8,7 +8,7 @@
 //!
 //! One file per section, each holding its type, its defaults and its own checks: `server`,
 //! `metrics`, `storage` (with `[storage.s3]`), `upstreams` (`[[upstream]]`), `auth`, `cluster`,
-//! `admin`, `log`. `value` holds what several share: durations, sizes and percentages as the file
+//! `admin`, `log`, `policy` (`[[policy]]`, its keys read and parsed at load). `value` holds what several share: durations, sizes and percentages as the file
 //! writes them, [`Secret`], and the checks of a registry URL, a CA bundle and a TLS pair. This
 //! file holds [`Config`], [`Config::load`] and [`Config::parse`], the order the checks run in
 //! (which is the order errors are reported in), the checks that span sections, and
@@ -28,6 +28,7 @@ mod auth;
 mod cluster;
 mod log;
 mod metrics;
+mod policy;
 mod server;
 mod storage;
 mod upstreams;
@@ -38,6 +39,7 @@ pub use auth::AuthConfig;
 pub use cluster::{ClusterConfig, MIN_CLUSTER_SECRET_BYTES};
 pub use log::{LogConfig, LogFormat};
 pub use metrics::MetricsConfig;
+pub use policy::{KeyAlgorithm, PolicyConfig, PolicyMode, PublicKeyConfig, parse_public_key};
 pub use server::ServerConfig;
 pub use storage::{S3Config, S3Credentials, StorageConfig};
 pub use upstreams::UpstreamConfig;
@@ -70,6 +72,10 @@ pub struct Config {
     /// The registries berth mirrors; the only hosts it ever connects to.
     #[serde(default, rename = "upstream")]
     pub upstreams: Vec<UpstreamConfig>,
+    /// Signature policies (`policy`): what must be signed, by which keys. None: nothing is
+    /// checked.
+    #[serde(default, rename = "policy", skip_serializing_if = "Vec::is_empty")]
+    pub policies: Vec<PolicyConfig>,
 }
 
 /// A configuration problem: the file, and which key and why (or that the file cannot be read).
@@ -175,7 +181,9 @@ impl Config {
         if let Some(c) = &mut self.cluster {
             c.validate().map_err(err)?;
         }
-        upstreams::validate(&mut self.upstreams).map_err(err)
+        upstreams::validate(&mut self.upstreams).map_err(err)?;
+        let names: Vec<String> = self.upstreams.iter().map(|u| u.name.clone()).collect();
+        policy::validate(&mut self.policies, &names).map_err(err)
     }
 
     /// What is allowed but probably a mistake, one sentence each (logged at start, printed by

@@ -100,6 +100,7 @@ impl Mirror {
                 return Err(not_acceptable(target, tag, &reply.manifest, accept));
             }
         }
+        self.check_policy(target, &reply.manifest).await?;
         if !reply.manifest.is_schema1() {
             self.manifests.referenced(&reply.manifest);
         }

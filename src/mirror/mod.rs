@@ -15,6 +15,8 @@
 //! - `range`: a client's `Range` header ([`ByteRange`]) and the span it selects.
 //! - `tag_list`: tag lists passed through, re-encoded, their next-page link kept on the registry
 //!   API.
+//! - `policy`: the signature policy's verdict before a manifest is answered (`[[policy]]`),
+//!   from signature material the mirror fetches as content.
 //! - `referrers`: the referrers of a subject (OCI 1.1), from the upstream's API or the referrers
 //!   tag schema, cached per upstream like a tag ([`Mirror::referrers`]).
 //! - this file: the [`Mirror`] (its construction, the upstream set swapped on reload) and the
@@ -44,6 +46,7 @@ use crate::metrics::Metrics;
 use crate::oci::{Digest, Reference};
 use crate::origins::Origins;
 use crate::origins::check::{self, Place};
+use crate::policy::{Policies, Verdict, Verdicts};
 use crate::store::Store;
 use crate::tier::Tier;
 use crate::upstream::{NotFoundKind, Upstream, blob_request};
@@ -52,6 +55,7 @@ use crate::upstreams::UpstreamSet;
 mod blob;
 mod bucket;
 mod manifest;
+mod policy;
 mod range;
 mod referrers;
 mod tag_list;
@@ -80,6 +84,12 @@ pub struct Mirror {
     manifest_flights: Flights<ManifestKey, Result<ManifestReply, Error>>,
     /// Referrers lookups in progress: N clients asking for one list make one upstream request.
     referrer_flights: Flights<ReferrersKey, Result<ReferrersReply, Error>>,
+    /// The signature policies configured now (`[[policy]]`); a reload swaps them whole.
+    policies: ArcSwap<Policies>,
+    /// Verdicts reached, and what verified indexes allow (`policy`).
+    verdicts: Verdicts,
+    /// Verifications in progress: concurrent requests for one digest share one.
+    verdict_flights: Flights<policy::VerdictKey, Result<Verdict, Error>>,
     metrics: Metrics,
     /// Fills running from memory because the disk is full (at most [`crate::fill::job::MAX_PASS_THROUGH`]).
     pass_throughs: Arc<AtomicUsize>,
@@ -105,6 +115,9 @@ impl Mirror {
             fills: Arc::default(),
             manifest_flights: Flights::new(MANIFEST_FLIGHT_WAIT),
             referrer_flights: Flights::new(MANIFEST_FLIGHT_WAIT),
+            policies: ArcSwap::from_pointee(Policies::default()),
+            verdicts: Verdicts::default(),
+            verdict_flights: Flights::new(MANIFEST_FLIGHT_WAIT),
             metrics,
             pass_throughs: Arc::default(),
             tier: None,
@@ -116,6 +129,18 @@ impl Mirror {
     pub fn with_tier(mut self, tier: Option<Arc<Tier>>) -> Mirror {
         self.tier = tier;
         self
+    }
+
+    /// Checks manifests against these signature policies.
+    pub fn with_policies(self, policies: Policies) -> Mirror {
+        self.set_policies(policies);
+        self
+    }
+
+    /// Replaces the signature policies (a reload): a changed policy has a new revision, so its
+    /// verdicts are decided again.
+    pub fn set_policies(&self, policies: Policies) {
+        self.policies.store(Arc::new(policies));
     }
 
     /// Hands blob misses to their owners among `cluster`'s replicas.

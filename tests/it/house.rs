@@ -231,6 +231,19 @@ fn no_import_runs_back_up_the_layers() {
             &["upstream", "mirror", "fill", "http", "server", "assemble"],
         ),
         ("admin", &["http", "server", "assemble", "mirror"]),
+        (
+            "policy",
+            &[
+                "upstream",
+                "mirror",
+                "fill",
+                "store",
+                "http",
+                "server",
+                "assemble",
+                "manifests",
+            ],
+        ),
         ("reload", &["server", "assemble", "http"]),
         ("http", &["server", "assemble"]),
     ];

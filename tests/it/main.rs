@@ -29,6 +29,7 @@ mod isolation;
 mod mirror;
 mod negotiation;
 mod observability;
+mod policy;
 mod referrers;
 mod request_log;
 mod resume;

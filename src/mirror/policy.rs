@@ -1,0 +1,184 @@
+//! The signature policy at the mirror: before a manifest is answered through a scope a
+//! `[[policy]]` covers, its verdict ([`crate::policy`]). The mirror fetches the material the
+//! verdict is decided from, as content like any other: cosign's `sha256-<hex>.sig` manifest by tag
+//! (cached, revalidated, served stale like any tag) and each signature's payload blob (verified
+//! by digest, cached), so an image verified once verifies again with every upstream down.
+//!
+//! One verification per (policy revision, upstream, repository, digest) runs at a time; requests
+//! arriving meanwhile share its verdict (a flight). A verified verdict is kept (`Verdicts`); a
+//! denial is decided again on the next request. An upstream that fails while the material is
+//! fetched gives its own error, not a denial (nothing was decided), unless what failed was one
+//! payload among several, which then counts as that signature unreadable.
+//!
+//! Rule of dependency: uses `policy`, `flight`, `oci`, `error`, `metrics` and its parent's
+//! `Mirror`, with the siblings `manifest` (the tag lookup) and `blob` (the payload reads).
+
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use futures_util::StreamExt;
+
+use super::manifest::Form;
+use super::{Mirror, Target};
+use crate::config::PolicyMode;
+use crate::error::Error;
+use crate::flight::Role;
+use crate::manifests::Manifest;
+use crate::oci::{Digest, Reference, RepoName};
+use crate::policy::{self, Found, Policy, Verdict, cosign};
+
+/// What a verification in flight is for: everything that decides its verdict.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(super) struct VerdictKey {
+    revision: u64,
+    upstream: usize,
+    repo: RepoName,
+    digest: Digest,
+}
+
+impl Mirror {
+    /// Whether `m`, looked up for `target`, may be answered under the policies; the denial
+    /// (403 `DENIED`, the policy and the reason) if not.
+    pub(super) async fn check_policy(
+        self: &Arc<Self>,
+        target: &Target,
+        m: &Manifest,
+    ) -> Result<(), Error> {
+        let policies = self.policies.load();
+        if policies.is_empty() {
+            return Ok(());
+        }
+        let upstream = self.upstream_name(target.upstream);
+        let Some(policy) = policies.scope(&upstream, &target.name).cloned() else {
+            return Ok(());
+        };
+        if !policy::is_runnable(&m.media_type, &m.bytes) {
+            // Signatures, SBOMs, attestations: the material clients verify with.
+            return Ok(());
+        }
+        let verdict = if self.verdicts.is_allowed_child(&policy, &m.digest) {
+            Verdict::Verified {
+                key: "a verified index".into(),
+            }
+        } else if let Some(key) = self.verdicts.verified(&policy, &m.digest) {
+            Verdict::Verified { key }
+        } else {
+            self.verify(target, &policy, &m.digest).await?
+        };
+        let count = |v: &str| {
+            self.metrics
+                .policy_verdicts
+                .with_label_values(&[&policy.name, v])
+                .inc();
+        };
+        match verdict {
+            Verdict::Verified { .. } => {
+                if matches!(
+                    m.media_type.as_str(),
+                    crate::oci::media::OCI_INDEX | crate::oci::media::DOCKER_MANIFEST_LIST
+                ) {
+                    self.verdicts.allow_children(&policy, m.references());
+                }
+                count("verified");
+                Ok(())
+            }
+            Verdict::Denied { reason } => match policy.mode {
+                PolicyMode::Enforce => {
+                    count("denied");
+                    tracing::warn!(policy = %policy.name, upstream, repo = %target.name, digest = %m.digest, %reason, "denied by the signature policy");
+                    Err(Error::policy_denied(reason))
+                }
+                PolicyMode::Warn => {
+                    count("warned");
+                    tracing::warn!(policy = %policy.name, upstream, repo = %target.name, digest = %m.digest, %reason, "served without a good signature (policy in warn mode)");
+                    Ok(())
+                }
+            },
+        }
+    }
+
+    /// Decides a verdict, sharing one verification among concurrent requests.
+    async fn verify(
+        self: &Arc<Self>,
+        target: &Target,
+        policy: &Arc<Policy>,
+        digest: &Digest,
+    ) -> Result<Verdict, Error> {
+        let key = VerdictKey {
+            revision: policy.revision,
+            upstream: target.upstream,
+            repo: target.name.clone(),
+            digest: digest.clone(),
+        };
+        let (this, target, policy, digest) =
+            (self.clone(), target.clone(), policy.clone(), digest.clone());
+        let joined = self.verdict_flights.join(key, move || async move {
+            let verdict = this.gather_and_decide(&target, &policy, &digest).await?;
+            if let Verdict::Verified { key } = &verdict {
+                // Kept before the flight ends, so a request arriving then finds it.
+                this.verdicts.set_verified(&policy, &digest, key.clone());
+            }
+            Ok(verdict)
+        });
+        if joined.role == Role::Follower {
+            self.metrics.coalesced.with_label_values(&["verdict"]).inc();
+        }
+        joined
+            .result()
+            .await
+            .map_err(|a| Error::internal(format!("signature verification: {a}")))?
+    }
+
+    /// Fetches the signatures of `digest` and decides.
+    async fn gather_and_decide(
+        self: &Arc<Self>,
+        target: &Target,
+        policy: &Policy,
+        digest: &Digest,
+    ) -> Result<Verdict, Error> {
+        let tag = Reference::Tag(cosign::signature_tag(digest));
+        let sig = match self.lookup_manifest(target, &tag, Form::Stored).await {
+            Ok(reply) => reply.manifest,
+            Err(e) if e.is_not_found() => return Ok(policy::decide(policy, digest, None)),
+            Err(e) => return Err(e),
+        };
+        let layers = cosign::signature_layers(&sig.bytes).unwrap_or_default();
+        let mut found = Vec::with_capacity(layers.len());
+        for layer in layers {
+            let payload = self.read_payload(target, &layer).await;
+            found.push(Found { layer, payload });
+        }
+        Ok(policy::decide(policy, digest, Some(&found)))
+    }
+
+    /// A signature's payload: a small blob, read whole through the blob path (so verified by
+    /// digest and cached).
+    async fn read_payload(
+        &self,
+        target: &Target,
+        layer: &cosign::SignatureLayer,
+    ) -> Result<Bytes, String> {
+        if layer.size > cosign::MAX_PAYLOAD as u64 {
+            return Err(format!(
+                "its payload of {} bytes is over the limit of {}",
+                layer.size,
+                cosign::MAX_PAYLOAD
+            ));
+        }
+        let unreadable = |e: Error| format!("its payload {} could not be read: {e}", layer.payload);
+        let reply = self
+            .blob(target, &layer.payload, None, false)
+            .await
+            .map_err(unreadable)?;
+        let mut body = reply.body.ok_or("its payload came without a body")?;
+        let mut buf = BytesMut::new();
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk.map_err(unreadable)?;
+            if buf.len() + chunk.len() > cosign::MAX_PAYLOAD {
+                return Err("its payload is larger than its layer says".into());
+            }
+            buf.extend_from_slice(&chunk);
+        }
+        Ok(buf.freeze())
+    }
+}

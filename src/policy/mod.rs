@@ -1,0 +1,293 @@
+//! Signature policy (`[[policy]]`): which manifests must carry a signature that verifies under
+//! the operator's keys before berth serves them, and the verdicts.
+//!
+//! - A policy covers a scope: upstreams by name (or all) and repository globs (`*` matches any
+//!   run of characters, `/` included: a glob too broad covers more, never less). The first
+//!   policy whose scope matches a request applies.
+//! - A manifest (or index) answered through a covered scope needs a signature of its digest: one
+//!   layer of cosign's `sha256-<hex>.sig` manifest in the same repository whose simple-signing
+//!   payload claims the digest and whose signature verifies under one of the policy's keys
+//!   (`cosign`, `keys`). [`decide`] is that rule, pure; the mirror fetches the material (as
+//!   content like any other: verified by digest, cached, so a verified image pulls offline).
+//! - The children of a verified index (its platform manifests, by digest) are served through
+//!   that scope without signatures of their own ([`Verdicts::allow_children`]): cosign signs the
+//!   index a tag names.
+//! - Signature material is always served: a manifest that no runtime runs (an artifact: its
+//!   config is no image config) needs no signature ([`is_runnable`]).
+//! - Verdicts are kept in memory per (policy revision, digest): a reload that changes a policy
+//!   changes its revision, so every verdict it could change is decided again. A verified verdict
+//!   is kept; a denial is decided again on the next request (a signature may have been pushed
+//!   since; the `.sig` tag's own cache keeps that cheap).
+//!
+//! Not yet: verdicts on disk, blob denial by digest, Sigstore bundles as referrers, keyless
+//! certificates (refused at load, see `config`).
+//!
+//! Rule of dependency: uses `config` (the tables), `oci`, `metrics`; the mirror uses it, and it
+//! fetches nothing itself.
+
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use crate::config::{PolicyConfig, PolicyMode};
+use crate::oci::{Digest, RepoName, media};
+
+pub mod cosign;
+pub mod keys;
+
+use keys::Key;
+
+/// The configured policies, in order.
+#[derive(Debug, Default)]
+pub struct Policies {
+    list: Vec<Arc<Policy>>,
+}
+
+/// One policy, ready to decide.
+#[derive(Debug)]
+pub struct Policy {
+    pub name: String,
+    pub mode: PolicyMode,
+    /// Lowercased upstream names; `None`: every upstream.
+    upstreams: Option<Vec<String>>,
+    repositories: Option<Vec<String>>,
+    pub keys: Vec<Key>,
+    /// Changes whenever anything that decides a verdict changes (scope, mode, keys).
+    pub revision: u64,
+}
+
+impl Policies {
+    pub fn new(cfgs: &[PolicyConfig]) -> Policies {
+        Policies {
+            list: cfgs.iter().map(|c| Arc::new(Policy::new(c))).collect(),
+        }
+    }
+
+    /// The policy covering a request through upstream `upstream` for repository `repo`.
+    pub fn scope(&self, upstream: &str, repo: &RepoName) -> Option<&Arc<Policy>> {
+        self.list.iter().find(|p| p.covers(upstream, repo))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.list.is_empty()
+    }
+}
+
+impl Policy {
+    fn new(c: &PolicyConfig) -> Policy {
+        let upstreams = (!c.upstreams.iter().any(|u| u == "*"))
+            .then(|| c.upstreams.iter().map(|u| u.to_ascii_lowercase()).collect());
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        (
+            &c.name,
+            c.mode == PolicyMode::Enforce,
+            &upstreams,
+            &c.repositories,
+        )
+            .hash(&mut h);
+        for k in &c.public_keys {
+            k.bits.hash(&mut h);
+        }
+        Policy {
+            name: c.name.clone(),
+            mode: c.mode,
+            upstreams,
+            repositories: c.repositories.clone(),
+            keys: c.public_keys.iter().map(Key::new).collect(),
+            revision: h.finish(),
+        }
+    }
+
+    fn covers(&self, upstream: &str, repo: &RepoName) -> bool {
+        let up = self
+            .upstreams
+            .as_ref()
+            .is_none_or(|list| list.iter().any(|u| u.eq_ignore_ascii_case(upstream)));
+        let repo_ok = self
+            .repositories
+            .as_ref()
+            .is_none_or(|globs| globs.iter().any(|g| glob(g, repo.as_str())));
+        up && repo_ok
+    }
+}
+
+/// `*` matches any run of characters (`/` included); everything else itself.
+fn glob(pattern: &str, name: &str) -> bool {
+    let (p, n) = (pattern.as_bytes(), name.as_bytes());
+    let (mut i, mut j) = (0, 0);
+    // Where the last `*` was, and how much of the name it has taken.
+    let mut star: Option<(usize, usize)> = None;
+    while j < n.len() {
+        if i < p.len() && p[i] == b'*' {
+            star = Some((i, j));
+            i += 1;
+        } else if i < p.len() && p[i] == n[j] {
+            i += 1;
+            j += 1;
+        } else if let Some((si, sj)) = star {
+            i = si + 1;
+            j = sj + 1;
+            star = Some((si, sj + 1));
+        } else {
+            return false;
+        }
+    }
+    p[i..].iter().all(|c| *c == b'*')
+}
+
+/// Whether a manifest is something a runtime runs, and so needs a signature: an index, or an
+/// image manifest with an image config unless every layer is a document. Artifacts do not:
+/// signatures, SBOMs and attestations (another config type, the empty config, or document layers
+/// only: cosign's `.sig` manifest has an image config and simple-signing JSON layers) are the
+/// material clients verify with, and no runtime unpacks them into a root filesystem. A layer is
+/// a document only when its type says so plainly (`...json`, `...+xml`, `text/...`); any other
+/// type counts as a filesystem (Docker unpacks layers of types it does not know), and so does a
+/// manifest with no layers, or one that does not parse: a policy never loosens on doubt.
+pub fn is_runnable(media_type: &str, bytes: &[u8]) -> bool {
+    match media_type {
+        media::OCI_INDEX | media::DOCKER_MANIFEST_LIST => true,
+        media::OCI_MANIFEST | media::DOCKER_MANIFEST => {
+            #[derive(serde::Deserialize)]
+            struct Desc {
+                #[serde(rename = "mediaType")]
+                media_type: Option<String>,
+            }
+            #[derive(serde::Deserialize)]
+            struct Image {
+                config: Option<Desc>,
+                #[serde(default)]
+                layers: Vec<Desc>,
+            }
+            // Unreadable: treated as an image (a policy never loosens on doubt).
+            let Ok(m) = serde_json::from_slice::<Image>(bytes) else {
+                return true;
+            };
+            let config = m.config.and_then(|c| c.media_type);
+            let image_config = config.as_deref().is_none_or(|t| {
+                t == "application/vnd.oci.image.config.v1+json"
+                    || t == "application/vnd.docker.container.image.v1+json"
+            });
+            let document =
+                |t: &str| t.ends_with("json") || t.ends_with("+xml") || t.starts_with("text/");
+            let documents_only = !m.layers.is_empty()
+                && m.layers
+                    .iter()
+                    .all(|l| l.media_type.as_deref().is_some_and(document));
+            image_config && !documents_only
+        }
+        // Schema 1 and anything else a runtime might still run.
+        _ => !media_type.contains("artifact"),
+    }
+}
+
+/// A verdict on one digest under one policy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// A signature verified, under this key file.
+    Verified { key: String },
+    /// Why not, for a person to act on.
+    Denied { reason: String },
+}
+
+/// One signature found for a digest: its layer, and its payload (or why it could not be read).
+#[derive(Debug, Clone)]
+pub struct Found {
+    pub layer: cosign::SignatureLayer,
+    pub payload: Result<Bytes, String>,
+}
+
+/// The verdict on `digest` under `policy` from the signatures found (`None`: no `.sig` manifest).
+pub fn decide(policy: &Policy, digest: &Digest, found: Option<&[Found]>) -> Verdict {
+    let keys = match policy.keys.len() {
+        1 => "the 1 configured key".to_owned(),
+        n => format!("any of the {n} configured keys"),
+    };
+    let Some(found) = found.filter(|f| !f.is_empty()) else {
+        let tag = cosign::signature_tag(digest);
+        return Verdict::Denied {
+            reason: format!(
+                "policy {:?}: {digest} is not signed (no cosign signature under tag {tag})",
+                policy.name
+            ),
+        };
+    };
+    let mut why = Vec::new();
+    for (i, f) in found.iter().enumerate() {
+        let n = i + 1;
+        let payload = match &f.payload {
+            Ok(p) => p,
+            Err(e) => {
+                why.push(format!("#{n}: {e}"));
+                continue;
+            }
+        };
+        if let Err(e) = cosign::payload_claims(payload, digest) {
+            why.push(format!("#{n}: {e}"));
+            continue;
+        }
+        let Some(sig) = &f.layer.signature else {
+            why.push(format!("#{n}: has no signature annotation"));
+            continue;
+        };
+        match policy.keys.iter().find(|k| k.verifies(payload, sig)) {
+            Some(k) => {
+                return Verdict::Verified {
+                    key: k.file.display().to_string(),
+                };
+            }
+            None => why.push(format!("#{n}: does not verify with {keys}")),
+        }
+    }
+    Verdict::Denied {
+        reason: format!(
+            "policy {:?}: no signature of {digest} verifies with {keys}; found {} signature{}: {}",
+            policy.name,
+            found.len(),
+            if found.len() == 1 { "" } else { "s" },
+            why.join("; ")
+        ),
+    }
+}
+
+/// Verdicts and what verified indexes allow, per policy revision.
+pub struct Verdicts {
+    verified: moka::sync::Cache<(u64, Digest), String>,
+    children: moka::sync::Cache<(u64, Digest), ()>,
+}
+
+impl Default for Verdicts {
+    fn default() -> Self {
+        Verdicts {
+            verified: moka::sync::Cache::new(100_000),
+            children: moka::sync::Cache::new(1_000_000),
+        }
+    }
+}
+
+impl Verdicts {
+    /// The key file a verified verdict was reached with, if one was.
+    pub fn verified(&self, policy: &Policy, digest: &Digest) -> Option<String> {
+        self.verified.get(&(policy.revision, digest.clone()))
+    }
+
+    pub fn set_verified(&self, policy: &Policy, digest: &Digest, key: String) {
+        self.verified.insert((policy.revision, digest.clone()), key);
+    }
+
+    /// Whether `digest` is a child of an index verified under `policy`.
+    pub fn is_allowed_child(&self, policy: &Policy, digest: &Digest) -> bool {
+        self.children
+            .contains_key(&(policy.revision, digest.clone()))
+    }
+
+    /// Records the manifests a verified index names.
+    pub fn allow_children(&self, policy: &Policy, children: impl IntoIterator<Item = Digest>) {
+        for d in children {
+            self.children.insert((policy.revision, d), ());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

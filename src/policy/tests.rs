@@ -1,0 +1,255 @@
+use ring::rand::SystemRandom;
+
+use super::cosign::SignatureLayer;
+use super::*;
+use crate::config::PublicKeyConfig;
+
+fn policy(keys: Vec<PublicKeyConfig>, upstreams: &[&str], repos: Option<&[&str]>) -> Policy {
+    Policy::new(&PolicyConfig {
+        name: "release".into(),
+        upstreams: upstreams.iter().map(|s| s.to_string()).collect(),
+        repositories: repos.map(|r| r.iter().map(|s| s.to_string()).collect()),
+        mode: PolicyMode::Enforce,
+        keys: keys.iter().map(|k| k.file.clone()).collect(),
+        trusted_root: None,
+        identities: Vec::new(),
+        public_keys: keys,
+    })
+}
+
+fn payload(digest: &Digest) -> Bytes {
+    Bytes::from(format!(
+        r#"{{"critical":{{"identity":{{"docker-reference":"r"}},"image":{{"docker-manifest-digest":"{digest}"}},"type":"cosign container image signature"}},"optional":null}}"#
+    ))
+}
+
+fn found(payload: Bytes, signature: Option<Vec<u8>>) -> Found {
+    Found {
+        layer: SignatureLayer {
+            payload: Digest::of(&payload),
+            size: payload.len() as u64,
+            signature,
+        },
+        payload: Ok(payload),
+    }
+}
+
+#[test]
+fn globs() {
+    for (p, n, want) in [
+        ("myorg/*", "myorg/app", true),
+        ("myorg/*", "myorg/team/app", true),
+        ("myorg/*", "other/app", false),
+        ("*", "anything/at/all", true),
+        ("library/nginx", "library/nginx", true),
+        ("library/nginx", "library/nginx2", false),
+        ("*/app", "a/b/app", true),
+        ("a*b*c", "abc", true),
+        ("a*b*c", "axxbyyc", true),
+        ("a*b*c", "axxbyy", false),
+        ("", "", true),
+        ("a", "", false),
+    ] {
+        assert_eq!(glob(p, n), want, "{p} {n}");
+    }
+}
+
+#[test]
+fn the_first_policy_whose_scope_matches_applies() {
+    let (_, k) = keys::tests::p256();
+    let mk = |name: &str, ups: &[&str], repos: Option<&[&str]>| PolicyConfig {
+        name: name.into(),
+        ..policy_cfg(k.clone(), ups, repos)
+    };
+    let set = Policies::new(&[
+        mk("team", &["docker.io"], Some(&["myorg/*"])),
+        mk("all", &["*"], None),
+    ]);
+    let repo = |r: &str| r.parse::<RepoName>().unwrap();
+    assert_eq!(
+        set.scope("docker.io", &repo("myorg/app")).unwrap().name,
+        "team"
+    );
+    assert_eq!(
+        set.scope("DOCKER.IO", &repo("myorg/app")).unwrap().name,
+        "team"
+    );
+    assert_eq!(
+        set.scope("ghcr.io", &repo("myorg/app")).unwrap().name,
+        "all"
+    );
+    assert_eq!(
+        set.scope("docker.io", &repo("library/nginx")).unwrap().name,
+        "all"
+    );
+    let only = Policies::new(&[mk("team", &["docker.io"], Some(&["myorg/*"]))]);
+    assert!(only.scope("docker.io", &repo("library/nginx")).is_none());
+    assert!(only.scope("quay.io", &repo("myorg/app")).is_none());
+    assert!(Policies::new(&[]).is_empty());
+}
+
+fn policy_cfg(k: PublicKeyConfig, ups: &[&str], repos: Option<&[&str]>) -> PolicyConfig {
+    PolicyConfig {
+        name: "release".into(),
+        upstreams: ups.iter().map(|s| s.to_string()).collect(),
+        repositories: repos.map(|r| r.iter().map(|s| s.to_string()).collect()),
+        mode: PolicyMode::Enforce,
+        keys: vec![k.file.clone()],
+        trusted_root: None,
+        identities: Vec::new(),
+        public_keys: vec![k],
+    }
+}
+
+#[test]
+fn a_revision_changes_with_anything_that_decides() {
+    let (_, k) = keys::tests::p256();
+    let (_, k2) = keys::tests::p256();
+    let base = policy_cfg(k.clone(), &["*"], None);
+    let rev = |c: &PolicyConfig| Policy::new(c).revision;
+    assert_eq!(rev(&base), rev(&base.clone()));
+    assert_ne!(
+        rev(&base),
+        rev(&PolicyConfig {
+            mode: PolicyMode::Warn,
+            ..base.clone()
+        })
+    );
+    assert_ne!(rev(&base), rev(&policy_cfg(k2, &["*"], None)));
+    assert_ne!(
+        rev(&base),
+        rev(&policy_cfg(k.clone(), &["docker.io"], None))
+    );
+    assert_ne!(rev(&base), rev(&policy_cfg(k, &["*"], Some(&["a/*"]))));
+}
+
+#[test]
+fn artifacts_are_not_runnable_images_are() {
+    let m = |config: &str, layer: &str| {
+        format!(
+            r#"{{"schemaVersion":2,"config":{{"mediaType":"{config}"}},"layers":[{{"mediaType":"{layer}"}}]}}"#
+        )
+    };
+    let image = "application/vnd.oci.image.config.v1+json";
+    let tar = "application/vnd.oci.image.layer.v1.tar+gzip";
+    assert!(is_runnable(media::OCI_MANIFEST, m(image, tar).as_bytes()));
+    assert!(is_runnable(
+        media::DOCKER_MANIFEST,
+        m(
+            "application/vnd.docker.container.image.v1+json",
+            "application/vnd.docker.image.rootfs.diff.tar.gzip"
+        )
+        .as_bytes()
+    ));
+    assert!(is_runnable(media::OCI_MANIFEST, b"garbage"));
+    // Artifacts: the empty config; cosign's .sig (an image config, simple-signing layers).
+    assert!(!is_runnable(
+        media::OCI_MANIFEST,
+        m("application/vnd.oci.empty.v1+json", tar).as_bytes()
+    ));
+    assert!(!is_runnable(
+        media::OCI_MANIFEST,
+        m(image, "application/vnd.dev.cosign.simplesigning.v1+json").as_bytes()
+    ));
+    // Layers of a type no runtime should unpack are still a filesystem to a policy (Docker
+    // unpacks what it does not know); so is an image with no layers.
+    assert!(is_runnable(
+        media::OCI_MANIFEST,
+        m(image, "application/x-anything").as_bytes()
+    ));
+    assert!(is_runnable(
+        media::OCI_MANIFEST,
+        m(image, "application/octet-stream").as_bytes()
+    ));
+    assert!(is_runnable(
+        media::OCI_MANIFEST,
+        br#"{"config":{"mediaType":"application/vnd.oci.image.config.v1+json"},"layers":[]}"#
+    ));
+    assert!(!is_runnable(
+        media::OCI_MANIFEST,
+        m(image, "text/spdx").as_bytes()
+    ));
+    assert!(!is_runnable(
+        media::OCI_MANIFEST,
+        m(image, "application/vnd.dsse.envelope.v1+json").as_bytes()
+    ));
+    assert!(is_runnable(media::OCI_INDEX, b"{}"));
+    assert!(is_runnable(media::DOCKER_MANIFEST_LIST, b"{}"));
+    assert!(!is_runnable(
+        "application/vnd.oci.artifact.manifest.v1+json",
+        b"{}"
+    ));
+}
+
+#[test]
+fn a_signature_verifies_only_over_a_payload_naming_the_digest() {
+    let rng = SystemRandom::new();
+    let (signer, k) = keys::tests::p256();
+    let (other_signer, _) = keys::tests::p256();
+    let p = policy(vec![k], &["*"], None);
+    let d = Digest::of(b"image");
+    let sign =
+        |s: &ring::signature::EcdsaKeyPair, b: &[u8]| s.sign(&rng, b).unwrap().as_ref().to_vec();
+
+    let good = payload(&d);
+    assert!(matches!(
+        decide(&p, &d, Some(&[found(good.clone(), Some(sign(&signer, &good)))])),
+        Verdict::Verified { key } if key == "test-p256.pub"
+    ));
+    // Any one good signature among bad ones suffices.
+    let other = payload(&Digest::of(b"other"));
+    let mixed = [
+        found(other.clone(), Some(sign(&signer, &other))),
+        found(good.clone(), Some(sign(&signer, &good))),
+    ];
+    assert!(matches!(
+        decide(&p, &d, Some(&mixed)),
+        Verdict::Verified { .. }
+    ));
+
+    let denied = |f: Option<&[Found]>| match decide(&p, &d, f) {
+        Verdict::Denied { reason } => reason,
+        v => panic!("{v:?}"),
+    };
+    let r = denied(None);
+    assert!(r.contains("is not signed") && r.contains(".sig"), "{r}");
+    assert!(denied(Some(&[])).contains("is not signed"));
+    // Signed by another key; over another digest; a tampered payload; no signature; unreadable.
+    let tampered = String::from_utf8(good.to_vec())
+        .unwrap()
+        .replace(r#""docker-reference":"r""#, r#""docker-reference":"x""#);
+    let r = denied(Some(&[
+        found(good.clone(), Some(sign(&other_signer, &good))),
+        found(other.clone(), Some(sign(&signer, &other))),
+        found(Bytes::from(tampered), Some(sign(&signer, &good))),
+        found(good.clone(), None),
+        Found {
+            layer: found(good.clone(), None).layer,
+            payload: Err("its payload could not be read: gone".into()),
+        },
+    ]));
+    assert!(r.starts_with(&format!("policy \"release\": no signature of {d} verifies with the 1 configured key; found 5 signatures: ")), "{r}");
+    assert!(
+        r.contains("#1: does not verify with the 1 configured key"),
+        "{r}"
+    );
+    assert!(r.contains("#2: it signs sha256:"), "{r}");
+    assert!(r.contains("#3: does not verify"), "{r}");
+    assert!(r.contains("#4: has no signature annotation"), "{r}");
+    assert!(r.contains("#5: its payload could not be read"), "{r}");
+}
+
+#[test]
+fn verdicts_are_kept_per_revision() {
+    let (_, k) = keys::tests::p256();
+    let a = policy(vec![k.clone()], &["*"], None);
+    let b = policy(vec![k], &["docker.io"], None);
+    let v = Verdicts::default();
+    let d = Digest::of(b"x");
+    v.set_verified(&a, &d, "k".into());
+    assert_eq!(v.verified(&a, &d).as_deref(), Some("k"));
+    assert_eq!(v.verified(&b, &d), None);
+    v.allow_children(&a, [d.clone()]);
+    assert!(v.is_allowed_child(&a, &d));
+    assert!(!v.is_allowed_child(&b, &d));
+}

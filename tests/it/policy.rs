@@ -1,0 +1,506 @@
+//! The signature policy (`[[policy]]`) over real sockets against the fake registry: keys made and
+//! signatures computed by `openssl` (an independent tool), pushed in cosign's tag scheme; each
+//! denial path with its reason, `warn` mode, indexes and their children, one verification for
+//! concurrent requests, a reload flipping a verdict, and a verified image pulling with the
+//! upstream down, also after a restart.
+
+use crate::support;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+
+use base64::Engine as _;
+use http::{Method, StatusCode};
+
+use berth::oci::media::{OCI_INDEX, OCI_MANIFEST};
+use support::instance::{Berth, Got, listeners_and_storage, start_reloadable, start_toml};
+use support::{FakeRegistry, Fault, digest_of};
+
+const SIMPLE_SIGNING: &str = "application/vnd.dev.cosign.simplesigning.v1+json";
+
+/// A P-256 key pair made by openssl: the private key file, the public key file.
+fn keypair(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
+    let key = dir.join(format!("{name}.key"));
+    let public = dir.join(format!("{name}.pub"));
+    openssl(
+        &[
+            "ecparam",
+            "-name",
+            "prime256v1",
+            "-genkey",
+            "-noout",
+            "-out",
+        ],
+        &key,
+    );
+    let out = Command::new("openssl")
+        .args(["pkey", "-pubout", "-in"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&public)
+        .output()
+        .expect("openssl runs");
+    assert!(out.status.success(), "{out:?}");
+    (key, public)
+}
+
+fn openssl(args: &[&str], last: &Path) {
+    let out = Command::new("openssl")
+        .args(args)
+        .arg(last)
+        .output()
+        .expect("openssl runs");
+    assert!(out.status.success(), "{out:?}");
+}
+
+/// openssl's ECDSA-SHA256 signature (DER) of `data` with `key`.
+fn sign(key: &Path, data: &[u8]) -> Vec<u8> {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("payload");
+    std::fs::write(&input, data).unwrap();
+    let out = Command::new("openssl")
+        .args(["dgst", "-sha256", "-sign"])
+        .arg(key)
+        .arg(&input)
+        .output()
+        .expect("openssl runs");
+    assert!(out.status.success(), "{out:?}");
+    out.stdout
+}
+
+/// cosign's simple-signing payload claiming `digest`.
+fn payload(repo: &str, digest: &str) -> String {
+    format!(
+        r#"{{"critical":{{"identity":{{"docker-reference":"registry.test/{repo}"}},"image":{{"docker-manifest-digest":"{digest}"}},"type":"cosign container image signature"}},"optional":null}}"#
+    )
+}
+
+/// Pushes a cosign signature of `digest` in `repo`: the payload blob, and the `.sig` manifest
+/// under `sha256-<hex>.sig` with one layer per (payload, signature).
+fn push_signatures(fake: &FakeRegistry, repo: &str, digest: &str, sigs: &[(String, Vec<u8>)]) {
+    let empty = fake.put_blob(repo, "{}");
+    let layers: Vec<String> = sigs
+        .iter()
+        .map(|(payload, sig)| {
+            let d = fake.put_blob(repo, payload.clone());
+            format!(
+                r#"{{"mediaType":"{SIMPLE_SIGNING}","digest":"{d}","size":{},"annotations":{{"dev.cosignproject.cosign/signature":"{}"}}}}"#,
+                payload.len(),
+                base64::engine::general_purpose::STANDARD.encode(sig)
+            )
+        })
+        .collect();
+    let manifest = format!(
+        r#"{{"schemaVersion":2,"mediaType":"{OCI_MANIFEST}","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{empty}","size":2}},"layers":[{}]}}"#,
+        layers.join(",")
+    );
+    let tag = format!("{}.sig", digest.replace(':', "-"));
+    fake.put_tagged(repo, &tag, OCI_MANIFEST, manifest);
+}
+
+/// An image (config and one layer) tagged `tag` in `repo`; its manifest digest.
+fn image(fake: &FakeRegistry, repo: &str, tag: &str, seed: u64) -> String {
+    let config = fake.put_blob(
+        repo,
+        format!(r#"{{"architecture":"amd64","os":"linux","n":{seed}}}"#),
+    );
+    let layer = fake.put_blob(repo, support::random_bytes(1000, seed));
+    let m = format!(
+        r#"{{"schemaVersion":2,"mediaType":"{OCI_MANIFEST}","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{config}","size":30}},"layers":[{{"mediaType":"application/vnd.oci.image.layer.v1.tar+gzip","digest":"{layer}","size":1000}}]}}"#
+    );
+    fake.put_tagged(repo, tag, OCI_MANIFEST, m)
+}
+
+fn config(dir: &Path, fake: &FakeRegistry, policy: &str) -> String {
+    format!(
+        r#"{}
+[[upstream]]
+name = "registry.test"
+url = "{}"
+default = true
+tag_ttl = "0s"
+{policy}
+"#,
+        listeners_and_storage(dir),
+        fake.url()
+    )
+}
+
+fn policy(keys: &[&Path], mode: &str) -> String {
+    let keys: Vec<String> = keys
+        .iter()
+        .map(|k| format!("{:?}", k.display().to_string()))
+        .collect();
+    format!(
+        "[[policy]]\nname = \"release\"\nupstreams = [\"registry.test\"]\nrepositories = [\"team/*\"]\nmode = \"{mode}\"\nkeys = [{}]\n",
+        keys.join(", ")
+    )
+}
+
+async fn verdicts(b: &Berth, verdict: &str) -> u64 {
+    b.counter(&format!(
+        "berth_policy_verdicts_total{{policy=\"release\",verdict=\"{verdict}\"}}"
+    ))
+    .await
+}
+
+fn denied(got: &Got) -> String {
+    assert_eq!(got.status, StatusCode::FORBIDDEN, "{:?}", got.body);
+    assert_eq!(got.code(), "DENIED");
+    let v: serde_json::Value = serde_json::from_slice(got.bytes()).unwrap();
+    v["errors"][0]["detail"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn only_images_signed_by_a_configured_key_are_served_each_denial_saying_why() {
+    let keys = tempfile::tempdir().unwrap();
+    let (good_key, good_pub) = keypair(keys.path(), "release");
+    let (other_key, _) = keypair(keys.path(), "other");
+    let fake = FakeRegistry::start().await;
+
+    let signed = image(&fake, "team/app", "signed", 1);
+    push_signatures(
+        &fake,
+        "team/app",
+        &signed,
+        &[(
+            payload("team/app", &signed),
+            sign(&good_key, payload("team/app", &signed).as_bytes()),
+        )],
+    );
+    let unsigned = image(&fake, "team/app", "unsigned", 2);
+    let by_other = image(&fake, "team/app", "other-key", 3);
+    push_signatures(
+        &fake,
+        "team/app",
+        &by_other,
+        &[(
+            payload("team/app", &by_other),
+            sign(&other_key, payload("team/app", &by_other).as_bytes()),
+        )],
+    );
+    // A good signature, but of another image: copied beside this one.
+    let moved = image(&fake, "team/app", "moved", 4);
+    push_signatures(
+        &fake,
+        "team/app",
+        &moved,
+        &[(
+            payload("team/app", &signed),
+            sign(&good_key, payload("team/app", &signed).as_bytes()),
+        )],
+    );
+    // A payload changed after signing.
+    let tampered = image(&fake, "team/app", "tampered", 5);
+    let honest = payload("team/app", &tampered);
+    push_signatures(
+        &fake,
+        "team/app",
+        &tampered,
+        &[(
+            honest.replace("registry.test/team/app", "registry.test/team/evil"),
+            sign(&good_key, honest.as_bytes()),
+        )],
+    );
+    let outside = image(&fake, "library/nginx", "latest", 6);
+
+    let dir = tempfile::tempdir().unwrap();
+    let b = start_toml(
+        &config(dir.path(), &fake, &policy(&[&good_pub], "enforce")),
+        dir,
+    )
+    .await;
+
+    let got = b.get("/v2/team/app/manifests/signed").await;
+    assert_eq!(got.status, StatusCode::OK, "{:?}", got.body);
+    assert_eq!(digest_of(got.bytes()), signed);
+    assert_eq!(
+        b.get(&format!("/v2/team/app/manifests/{signed}"))
+            .await
+            .status,
+        StatusCode::OK
+    );
+
+    let why = denied(&b.get("/v2/team/app/manifests/unsigned").await);
+    assert!(
+        why.contains(&format!("policy \"release\": {unsigned} is not signed")),
+        "{why}"
+    );
+    let why = denied(&b.get("/v2/team/app/manifests/other-key").await);
+    assert!(
+        why.contains("#1: does not verify with the 1 configured key"),
+        "{why}"
+    );
+    let why = denied(&b.get(&format!("/v2/team/app/manifests/{moved}")).await);
+    assert!(
+        why.contains(&format!("#1: it signs {signed}, not this digest")),
+        "{why}"
+    );
+    let why = denied(&b.get("/v2/team/app/manifests/tampered").await);
+    assert!(why.contains("#1: does not verify"), "{why}");
+    // HEAD is denied the same way (it would tell the digest a pull is about to use).
+    let head = b
+        .request(Method::HEAD, "/v2/team/app/manifests/unsigned", &[])
+        .await;
+    assert_eq!(head.status, StatusCode::FORBIDDEN);
+
+    // Outside the policy's scope: served unsigned. The signatures themselves: always served.
+    assert_eq!(
+        b.get("/v2/library/nginx/manifests/latest").await.status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        digest_of(b.get("/v2/library/nginx/manifests/latest").await.bytes()),
+        outside
+    );
+    let sig_tag = format!("/v2/team/app/manifests/{}.sig", signed.replace(':', "-"));
+    assert_eq!(b.get(&sig_tag).await.status, StatusCode::OK);
+
+    assert_eq!(verdicts(&b, "verified").await, 2);
+    assert_eq!(verdicts(&b, "denied").await, 5);
+}
+
+#[tokio::test]
+async fn warn_mode_serves_what_enforce_denies_and_counts_it() {
+    let keys = tempfile::tempdir().unwrap();
+    let (_, good_pub) = keypair(keys.path(), "release");
+    let fake = FakeRegistry::start().await;
+    let unsigned = image(&fake, "team/app", "1", 7);
+    let dir = tempfile::tempdir().unwrap();
+    let b = start_toml(
+        &config(dir.path(), &fake, &policy(&[&good_pub], "warn")),
+        dir,
+    )
+    .await;
+    let got = b.get("/v2/team/app/manifests/1").await;
+    assert_eq!(got.status, StatusCode::OK);
+    assert_eq!(digest_of(got.bytes()), unsigned);
+    assert_eq!(verdicts(&b, "warned").await, 1);
+    assert_eq!(verdicts(&b, "denied").await, 0);
+}
+
+#[tokio::test]
+async fn a_signed_index_lets_its_platform_manifests_through_and_only_those() {
+    let keys = tempfile::tempdir().unwrap();
+    let (key, public) = keypair(keys.path(), "release");
+    let fake = FakeRegistry::start().await;
+    let amd = image(&fake, "team/app", "amd64-only", 8);
+    let arm = image(&fake, "team/app", "arm64-only", 9);
+    let stray = image(&fake, "team/app", "stray", 10);
+    let index = |children: &[&String]| {
+        let list: Vec<String> = children
+            .iter()
+            .map(|d| format!(r#"{{"mediaType":"{OCI_MANIFEST}","digest":"{d}","size":1,"platform":{{"architecture":"amd64","os":"linux"}}}}"#))
+            .collect();
+        format!(
+            r#"{{"schemaVersion":2,"mediaType":"{OCI_INDEX}","manifests":[{}]}}"#,
+            list.join(",")
+        )
+    };
+    let signed = fake.put_tagged("team/app", "multi", OCI_INDEX, index(&[&amd, &arm]));
+    push_signatures(
+        &fake,
+        "team/app",
+        &signed,
+        &[(
+            payload("team/app", &signed),
+            sign(&key, payload("team/app", &signed).as_bytes()),
+        )],
+    );
+    let unsigned = fake.put_tagged("team/app", "multi-unsigned", OCI_INDEX, index(&[&stray]));
+    let dir = tempfile::tempdir().unwrap();
+    let b = start_toml(
+        &config(dir.path(), &fake, &policy(&[&public], "enforce")),
+        dir,
+    )
+    .await;
+
+    assert_eq!(
+        b.get("/v2/team/app/manifests/multi").await.status,
+        StatusCode::OK
+    );
+    for child in [&amd, &arm] {
+        let got = b.get(&format!("/v2/team/app/manifests/{child}")).await;
+        assert_eq!(got.status, StatusCode::OK, "{child}");
+    }
+    denied(&b.get("/v2/team/app/manifests/multi-unsigned").await);
+    let why = denied(&b.get(&format!("/v2/team/app/manifests/{stray}")).await);
+    assert!(why.contains("is not signed"), "{why}");
+    assert!(!unsigned.is_empty());
+}
+
+#[tokio::test]
+async fn concurrent_requests_share_one_verification() {
+    let keys = tempfile::tempdir().unwrap();
+    let (key, public) = keypair(keys.path(), "release");
+    let fake = FakeRegistry::start().await;
+    let signed = image(&fake, "team/app", "1", 11);
+    push_signatures(
+        &fake,
+        "team/app",
+        &signed,
+        &[(
+            payload("team/app", &signed),
+            sign(&key, payload("team/app", &signed).as_bytes()),
+        )],
+    );
+    let sig_path = format!("/v2/team/app/manifests/{}.sig", signed.replace(':', "-"));
+    let (open, gate) = tokio::sync::watch::channel(false);
+    fake.fault(&sig_path, Fault::Hold(gate));
+    let dir = tempfile::tempdir().unwrap();
+    let b = Arc::new(
+        start_toml(
+            &config(dir.path(), &fake, &policy(&[&public], "enforce")),
+            dir,
+        )
+        .await,
+    );
+    let asks: Vec<_> = (0..10)
+        .map(|_| {
+            let (b, path) = (b.clone(), format!("/v2/team/app/manifests/{signed}"));
+            tokio::spawn(async move { b.get(&path).await })
+        })
+        .collect();
+    let reached =
+        support::instance::eventually(|| async { fake.hits(Method::GET, &sig_path) == 1 }).await;
+    assert!(reached, "the signature was asked for");
+    // The nine others are waiting on the one verification.
+    support::instance::until_metric(&b, "berth_coalesced_requests_total{kind=\"verdict\"}", 9)
+        .await;
+    open.send_replace(true);
+    for a in asks {
+        assert_eq!(a.await.unwrap().status, StatusCode::OK);
+    }
+    assert_eq!(fake.hits(Method::GET, &sig_path), 1);
+    assert_eq!(verdicts(&b, "verified").await, 10);
+}
+
+#[tokio::test]
+async fn a_verified_image_pulls_with_the_upstream_down_also_after_a_restart() {
+    let keys = tempfile::tempdir().unwrap();
+    let (key, public) = keypair(keys.path(), "release");
+    let fake = FakeRegistry::start().await;
+    let signed = image(&fake, "team/app", "1", 12);
+    push_signatures(
+        &fake,
+        "team/app",
+        &signed,
+        &[(
+            payload("team/app", &signed),
+            sign(&key, payload("team/app", &signed).as_bytes()),
+        )],
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), &fake, &policy(&[&public], "enforce"));
+    let b = start_toml(&cfg, dir).await;
+    assert_eq!(
+        b.get("/v2/team/app/manifests/1").await.status,
+        StatusCode::OK
+    );
+
+    let dir = b.stop().await;
+    drop(fake);
+    let b = start_toml(&cfg, dir).await;
+    let got = b.get("/v2/team/app/manifests/1").await;
+    assert_eq!(got.status, StatusCode::OK, "{:?}", got.body);
+    assert_eq!(digest_of(got.bytes()), signed);
+    assert_eq!(verdicts(&b, "verified").await, 1);
+}
+
+#[tokio::test]
+async fn a_reload_that_changes_the_keys_decides_again() {
+    let keys = tempfile::tempdir().unwrap();
+    let (key, public) = keypair(keys.path(), "release");
+    let (_, other_pub) = keypair(keys.path(), "other");
+    let fake = FakeRegistry::start().await;
+    let signed = image(&fake, "team/app", "1", 13);
+    push_signatures(
+        &fake,
+        "team/app",
+        &signed,
+        &[(
+            payload("team/app", &signed),
+            sign(&key, payload("team/app", &signed).as_bytes()),
+        )],
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_owned();
+    let (b, reloader) =
+        start_reloadable(&config(&path, &fake, &policy(&[&public], "enforce")), dir).await;
+    assert_eq!(
+        b.get("/v2/team/app/manifests/1").await.status,
+        StatusCode::OK
+    );
+
+    let other = config(&path, &fake, &policy(&[&other_pub], "enforce"));
+    let changes = reloader
+        .apply(berth::config::Config::parse(&other, "t").unwrap())
+        .unwrap();
+    assert!(changes.policies);
+    denied(&b.get("/v2/team/app/manifests/1").await);
+
+    // Both keys: any one suffices.
+    let both = config(&path, &fake, &policy(&[&other_pub, &public], "enforce"));
+    reloader
+        .apply(berth::config::Config::parse(&both, "t").unwrap())
+        .unwrap();
+    assert_eq!(
+        b.get("/v2/team/app/manifests/1").await.status,
+        StatusCode::OK
+    );
+}
+
+#[tokio::test]
+async fn a_policy_whose_key_cannot_be_used_fails_the_load_naming_it() {
+    let keys = tempfile::tempdir().unwrap();
+    let (private, public) = keypair(keys.path(), "release");
+    let fake = FakeRegistry::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    for (keys, want) in [
+        (vec![private.as_path()], "policy[0].keys[0]: "),
+        (
+            vec![public.as_path(), Path::new("/surely/not/here.pub")],
+            "policy[0].keys[1]: cannot read /surely/not/here.pub",
+        ),
+    ] {
+        let e = berth::config::Config::parse(
+            &config(dir.path(), &fake, &policy(&keys, "enforce")),
+            "t",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains(want), "{e}");
+    }
+    let e = berth::config::Config::parse(
+        &config(
+            dir.path(),
+            &fake,
+            &policy(&[&public], "enforce").replace("registry.test\"]", "nowhere.test\"]"),
+        ),
+        "t",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("policy[0].upstreams: \"nowhere.test\" is no [[upstream]] name"),
+        "{e}"
+    );
+    let e = berth::config::Config::parse(
+        &config(
+            dir.path(),
+            &fake,
+            &format!(
+                "{}trusted_root = \"/x.json\"\n",
+                policy(&[&public], "enforce")
+            ),
+        ),
+        "t",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("policy[0].trusted_root: keyless verification"),
+        "{e}"
+    );
+}
