@@ -34,8 +34,9 @@ pub struct Metrics {
     /// `berth_coalesced_requests_total{kind}`: requests that joined a fetch already running
     /// (kind = blob|manifest|referrers) instead of asking upstream again.
     pub coalesced: IntCounterVec,
-    /// `berth_policy_verdicts_total{policy,verdict}`: manifest answers a `[[policy]]` covered,
-    /// verdict = verified | denied | warned (served by a `warn` policy without a good signature).
+    /// `berth_policy_verdicts_total{policy,verdict}`: manifest and blob answers a `[[policy]]`
+    /// covered, verdict = verified (a good signature, or named by a manifest that had one) |
+    /// denied | warned (served by a `warn` policy without).
     pub policy_verdicts: IntCounterVec,
     /// `berth_fill_waits_total`: blob requests that found only another repository's download
     /// of their digest, still waiting for its upstream's answer, and waited for that answer
@@ -144,7 +145,7 @@ impl Metrics {
             policy_verdicts: IntCounterVec::new(
                 Opts::new(
                     "berth_policy_verdicts_total",
-                    "Manifest answers a signature policy covered, by policy and verdict (verified, denied, warned).",
+                    "Manifest and blob answers a signature policy covered, by policy and verdict (verified, denied, warned).",
                 ),
                 &["policy", "verdict"],
             )?,

@@ -16,6 +16,9 @@
 //! A cached blob is answered through an upstream only once that upstream may serve it
 //! (`may_serve`).
 //!
+//! A client's blob is answered only if the signature policy lets it through (`policy`); a peer's
+//! was let through by the replica its client asked.
+//!
 //! A GET answered is noted for the bucket's last-pull order (`tier`), by where it was read from.
 //!
 //! Rule of dependency: uses `fill`, `origins`, `store`, `tier`, `cluster`, `upstream`, `oci`,
@@ -67,6 +70,7 @@ impl Mirror {
         range: Option<ByteRange>,
         head: bool,
     ) -> Result<BlobReply, Error> {
+        self.check_blob_policy(target, digest)?;
         let reply = self
             .blob_for(target, digest, range, head, self.cluster.as_ref())
             .await?;
@@ -110,7 +114,7 @@ impl Mirror {
         tier.touch_blob(digest, &upstream, source);
     }
 
-    async fn blob_for(
+    pub(super) async fn blob_for(
         &self,
         target: &Target,
         digest: &Digest,

@@ -5,7 +5,8 @@
 //! by digest, cached), so an image verified once verifies again with every upstream down.
 //!
 //! One verification per (policy revision, upstream, repository, digest) runs at a time; requests
-//! arriving meanwhile share its verdict (a flight). A verified verdict is kept (`Verdicts`); a
+//! arriving meanwhile share its verdict (a flight). Blobs are answered only when a manifest served
+//! under the policy names them ([`Mirror::check_blob_policy`]). A verified verdict is kept (`Verdicts`); a
 //! denial is decided again on the next request. An upstream that fails while the material is
 //! fetched gives its own error, not a denial (nothing was decided), unless what failed was one
 //! payload among several, which then counts as that signature unreadable.
@@ -54,9 +55,10 @@ impl Mirror {
         };
         if !policy::is_runnable(&m.media_type, &m.bytes) {
             // Signatures, SBOMs, attestations: the material clients verify with.
+            self.verdicts.allow_named(&policy, m.references());
             return Ok(());
         }
-        let verdict = if self.verdicts.is_allowed_child(&policy, &m.digest) {
+        let verdict = if self.verdicts.is_named(&policy, &m.digest) {
             Verdict::Verified {
                 key: "a verified index".into(),
             }
@@ -65,35 +67,66 @@ impl Mirror {
         } else {
             self.verify(target, &policy, &m.digest).await?
         };
+        let reason = match verdict {
+            Verdict::Verified { .. } => None,
+            Verdict::Denied { reason } => Some(reason),
+        };
+        self.judge(&policy, target, &m.digest, reason)?;
+        self.verdicts.allow_named(&policy, m.references());
+        Ok(())
+    }
+
+    /// Whether a blob may be answered under the policies: one that a manifest served under the
+    /// policy covering its scope names (see `policy`).
+    pub(super) fn check_blob_policy(&self, target: &Target, digest: &Digest) -> Result<(), Error> {
+        let policies = self.policies.load();
+        if policies.is_empty() {
+            return Ok(());
+        }
+        let upstream = self.upstream_name(target.upstream);
+        let Some(policy) = policies.scope(&upstream, &target.name) else {
+            return Ok(());
+        };
+        if self.verdicts.is_named(policy, digest) {
+            return self.judge(policy, target, digest, None);
+        }
+        let reason = format!(
+            "policy {:?}: blob {digest} is named by no manifest served under this policy (pull it through an image whose signature verifies)",
+            policy.name
+        );
+        self.judge(policy, target, digest, Some(reason))
+    }
+
+    /// Counts and logs a verdict; the denial (`reason`) as an error in `enforce` mode.
+    fn judge(
+        &self,
+        policy: &Policy,
+        target: &Target,
+        digest: &Digest,
+        reason: Option<String>,
+    ) -> Result<(), Error> {
         let count = |v: &str| {
             self.metrics
                 .policy_verdicts
                 .with_label_values(&[&policy.name, v])
                 .inc();
         };
-        match verdict {
-            Verdict::Verified { .. } => {
-                if matches!(
-                    m.media_type.as_str(),
-                    crate::oci::media::OCI_INDEX | crate::oci::media::DOCKER_MANIFEST_LIST
-                ) {
-                    self.verdicts.allow_children(&policy, m.references());
-                }
-                count("verified");
+        let Some(reason) = reason else {
+            count("verified");
+            return Ok(());
+        };
+        let upstream = self.upstream_name(target.upstream);
+        match policy.mode {
+            PolicyMode::Enforce => {
+                count("denied");
+                tracing::warn!(policy = %policy.name, upstream, repo = %target.name, %digest, %reason, "denied by the signature policy");
+                Err(Error::policy_denied(reason))
+            }
+            PolicyMode::Warn => {
+                count("warned");
+                tracing::warn!(policy = %policy.name, upstream, repo = %target.name, %digest, %reason, "served without a good signature (policy in warn mode)");
                 Ok(())
             }
-            Verdict::Denied { reason } => match policy.mode {
-                PolicyMode::Enforce => {
-                    count("denied");
-                    tracing::warn!(policy = %policy.name, upstream, repo = %target.name, digest = %m.digest, %reason, "denied by the signature policy");
-                    Err(Error::policy_denied(reason))
-                }
-                PolicyMode::Warn => {
-                    count("warned");
-                    tracing::warn!(policy = %policy.name, upstream, repo = %target.name, digest = %m.digest, %reason, "served without a good signature (policy in warn mode)");
-                    Ok(())
-                }
-            },
         }
     }
 
@@ -152,7 +185,7 @@ impl Mirror {
     }
 
     /// A signature's payload: a small blob, read whole through the blob path (so verified by
-    /// digest and cached).
+    /// digest and cached), without the blob policy (this is the policy reading).
     async fn read_payload(
         &self,
         target: &Target,
@@ -167,7 +200,7 @@ impl Mirror {
         }
         let unreadable = |e: Error| format!("its payload {} could not be read: {e}", layer.payload);
         let reply = self
-            .blob(target, &layer.payload, None, false)
+            .blob_for(target, &layer.payload, None, false, self.cluster.as_ref())
             .await
             .map_err(unreadable)?;
         let mut body = reply.body.ok_or("its payload came without a body")?;

@@ -9,18 +9,20 @@
 //!   payload claims the digest and whose signature verifies under one of the policy's keys
 //!   (`cosign`, `keys`). [`decide`] is that rule, pure; the mirror fetches the material (as
 //!   content like any other: verified by digest, cached, so a verified image pulls offline).
-//! - The children of a verified index (its platform manifests, by digest) are served through
-//!   that scope without signatures of their own ([`Verdicts::allow_children`]): cosign signs the
-//!   index a tag names.
-//! - Signature material is always served: a manifest that no runtime runs (an artifact: its
-//!   config is no image config) needs no signature ([`is_runnable`]).
+//! - What a verified manifest names is served through that scope without signatures of its own
+//!   ([`Verdicts::allow_named`]): the children of an index (cosign signs the index a tag names),
+//!   an image's config and layers. A blob that no manifest served under the policy names is
+//!   denied: the layers of an unsigned image cannot be pulled by digest around the policy.
+//! - Signature material is always served, with what it names: a manifest that no runtime runs
+//!   (an artifact) needs no signature ([`is_runnable`]).
 //! - Verdicts are kept in memory per (policy revision, digest): a reload that changes a policy
 //!   changes its revision, so every verdict it could change is decided again. A verified verdict
 //!   is kept; a denial is decided again on the next request (a signature may have been pushed
 //!   since; the `.sig` tag's own cache keeps that cheap).
 //!
-//! Not yet: verdicts on disk, blob denial by digest, Sigstore bundles as referrers, keyless
-//! certificates (refused at load, see `config`).
+//! Not yet: verdicts on disk (after a restart a manifest is verified again, from its cached
+//! material, before its blobs are served), Sigstore bundles as referrers, keyless certificates
+//! (refused at load, see `config`).
 //!
 //! Rule of dependency: uses `config` (the tables), `oci`, `metrics`; the mirror uses it, and it
 //! fetches nothing itself.
@@ -250,17 +252,20 @@ pub fn decide(policy: &Policy, digest: &Digest, found: Option<&[Found]>) -> Verd
     }
 }
 
-/// Verdicts and what verified indexes allow, per policy revision.
+/// Verdicts, and what verified manifests name, per policy revision.
 pub struct Verdicts {
     verified: moka::sync::Cache<(u64, Digest), String>,
-    children: moka::sync::Cache<(u64, Digest), ()>,
+    /// Digests named by a manifest served under a policy (an index's children, an image's config
+    /// and layers, an artifact's blobs): served through that scope without a signature of their
+    /// own.
+    named: moka::sync::Cache<(u64, Digest), ()>,
 }
 
 impl Default for Verdicts {
     fn default() -> Self {
         Verdicts {
             verified: moka::sync::Cache::new(100_000),
-            children: moka::sync::Cache::new(1_000_000),
+            named: moka::sync::Cache::new(1_000_000),
         }
     }
 }
@@ -275,16 +280,15 @@ impl Verdicts {
         self.verified.insert((policy.revision, digest.clone()), key);
     }
 
-    /// Whether `digest` is a child of an index verified under `policy`.
-    pub fn is_allowed_child(&self, policy: &Policy, digest: &Digest) -> bool {
-        self.children
-            .contains_key(&(policy.revision, digest.clone()))
+    /// Whether `digest` is named by a manifest served under `policy`.
+    pub fn is_named(&self, policy: &Policy, digest: &Digest) -> bool {
+        self.named.contains_key(&(policy.revision, digest.clone()))
     }
 
-    /// Records the manifests a verified index names.
-    pub fn allow_children(&self, policy: &Policy, children: impl IntoIterator<Item = Digest>) {
-        for d in children {
-            self.children.insert((policy.revision, d), ());
+    /// Records the digests a manifest served under `policy` names.
+    pub fn allow_named(&self, policy: &Policy, names: impl IntoIterator<Item = Digest>) {
+        for d in names {
+            self.named.insert((policy.revision, d), ());
         }
     }
 }

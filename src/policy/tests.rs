@@ -249,7 +249,7 @@ fn verdicts_are_kept_per_revision() {
     v.set_verified(&a, &d, "k".into());
     assert_eq!(v.verified(&a, &d).as_deref(), Some("k"));
     assert_eq!(v.verified(&b, &d), None);
-    v.allow_children(&a, [d.clone()]);
-    assert!(v.is_allowed_child(&a, &d));
-    assert!(!v.is_allowed_child(&b, &d));
+    v.allow_named(&a, [d.clone()]);
+    assert!(v.is_named(&a, &d));
+    assert!(!v.is_named(&b, &d));
 }

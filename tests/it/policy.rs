@@ -112,6 +112,11 @@ fn image(fake: &FakeRegistry, repo: &str, tag: &str, seed: u64) -> String {
     fake.put_tagged(repo, tag, OCI_MANIFEST, m)
 }
 
+/// The layer of the image made with `seed`.
+fn layer_of(seed: u64) -> String {
+    digest_of(&support::random_bytes(1000, seed))
+}
+
 fn config(dir: &Path, fake: &FakeRegistry, policy: &str) -> String {
     format!(
         r#"{}
@@ -257,8 +262,31 @@ async fn only_images_signed_by_a_configured_key_are_served_each_denial_saying_wh
     let sig_tag = format!("/v2/team/app/manifests/{}.sig", signed.replace(':', "-"));
     assert_eq!(b.get(&sig_tag).await.status, StatusCode::OK);
 
-    assert_eq!(verdicts(&b, "verified").await, 2);
-    assert_eq!(verdicts(&b, "denied").await, 5);
+    // Blobs: those a served manifest names, and no others. The unsigned image's layer is denied
+    // by digest; the signed one's is served once its manifest was.
+    let why = denied(&b.get(&format!("/v2/team/app/blobs/{}", layer_of(2))).await);
+    assert!(
+        why.contains("is named by no manifest served under this policy"),
+        "{why}"
+    );
+    let got = b.get(&format!("/v2/team/app/blobs/{}", layer_of(1))).await;
+    assert_eq!(got.status, StatusCode::OK);
+    let head = b
+        .request(
+            Method::HEAD,
+            &format!("/v2/team/app/blobs/{}", layer_of(3)),
+            &[],
+        )
+        .await;
+    assert_eq!(head.status, StatusCode::FORBIDDEN);
+    // Outside the scope, blobs are not asked about.
+    let got = b
+        .get(&format!("/v2/library/nginx/blobs/{}", layer_of(6)))
+        .await;
+    assert_eq!(got.status, StatusCode::OK);
+
+    assert_eq!(verdicts(&b, "verified").await, 3);
+    assert_eq!(verdicts(&b, "denied").await, 7);
 }
 
 #[tokio::test]
@@ -276,7 +304,15 @@ async fn warn_mode_serves_what_enforce_denies_and_counts_it() {
     let got = b.get("/v2/team/app/manifests/1").await;
     assert_eq!(got.status, StatusCode::OK);
     assert_eq!(digest_of(got.bytes()), unsigned);
-    assert_eq!(verdicts(&b, "warned").await, 1);
+    let got = b.get(&format!("/v2/team/app/blobs/{}", layer_of(7))).await;
+    assert_eq!(got.status, StatusCode::OK);
+    // A blob no manifest named: served too, and counted.
+    let stray = fake.put_blob("team/app", "stray");
+    assert_eq!(
+        b.get(&format!("/v2/team/app/blobs/{stray}")).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(verdicts(&b, "warned").await, 2);
     assert_eq!(verdicts(&b, "denied").await, 0);
 }
 
@@ -398,6 +434,8 @@ async fn a_verified_image_pulls_with_the_upstream_down_also_after_a_restart() {
         b.get("/v2/team/app/manifests/1").await.status,
         StatusCode::OK
     );
+    let layer = format!("/v2/team/app/blobs/{}", layer_of(12));
+    assert_eq!(b.get(&layer).await.status, StatusCode::OK);
 
     let dir = b.stop().await;
     drop(fake);
@@ -405,7 +443,10 @@ async fn a_verified_image_pulls_with_the_upstream_down_also_after_a_restart() {
     let got = b.get("/v2/team/app/manifests/1").await;
     assert_eq!(got.status, StatusCode::OK, "{:?}", got.body);
     assert_eq!(digest_of(got.bytes()), signed);
-    assert_eq!(verdicts(&b, "verified").await, 1);
+    // Its layer: denied until its manifest is verified again (from the cached material), then
+    // served from disk.
+    assert_eq!(b.get(&layer).await.status, StatusCode::OK);
+    assert_eq!(verdicts(&b, "verified").await, 2);
 }
 
 #[tokio::test]
