@@ -1,8 +1,10 @@
 //! The signature policy at the mirror: before a manifest is answered through a scope a
 //! `[[policy]]` covers, its verdict ([`crate::policy`]). The mirror fetches the material the
 //! verdict is decided from, as content like any other: cosign's `sha256-<hex>.sig` manifest by tag
-//! (cached, revalidated, served stale like any tag) and each signature's payload blob (verified
-//! by digest, cached), so an image verified once verifies again with every upstream down.
+//! (cached, revalidated, served stale like any tag) and each signature's payload blob, and the
+//! Sigstore bundles among the digest's referrers (the referrers list, each referrer manifest and
+//! its bundle blob), all verified by digest and cached, so an image verified once verifies again
+//! with every upstream down.
 //!
 //! One verification per (policy revision, upstream, repository, digest) runs at a time; requests
 //! arriving meanwhile share its verdict (a flight). Blobs are answered only when a manifest served
@@ -12,7 +14,8 @@
 //! payload among several, which then counts as that signature unreadable.
 //!
 //! Rule of dependency: uses `policy`, `flight`, `oci`, `error`, `metrics` and its parent's
-//! `Mirror`, with the siblings `manifest` (the tag lookup) and `blob` (the payload reads).
+//! `Mirror`, with the siblings `manifest` (the tag lookup), `referrers` and `blob` (the payload
+//! reads).
 
 use std::sync::Arc;
 
@@ -26,7 +29,7 @@ use crate::error::Error;
 use crate::flight::Role;
 use crate::manifests::Manifest;
 use crate::oci::{Digest, Reference, RepoName};
-use crate::policy::{self, Found, Policy, Verdict, cosign};
+use crate::policy::{self, BundleFound, Found, Material, Policy, Verdict, bundle, cosign};
 
 /// What a verification in flight is for: everything that decides its verdict.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -162,53 +165,116 @@ impl Mirror {
             .map_err(|a| Error::internal(format!("signature verification: {a}")))?
     }
 
-    /// Fetches the signatures of `digest` and decides.
+    /// Fetches the signatures of `digest` (cosign's tag scheme, and Sigstore bundles among its
+    /// referrers) and decides. An upstream failure is the answer only when nothing was found.
     async fn gather_and_decide(
         self: &Arc<Self>,
         target: &Target,
         policy: &Policy,
         digest: &Digest,
     ) -> Result<Verdict, Error> {
+        let mut material = Material::default();
+        let mut failed = None;
         let tag = Reference::Tag(cosign::signature_tag(digest));
-        let sig = match self.lookup_manifest(target, &tag, Form::Stored).await {
-            Ok(reply) => reply.manifest,
-            Err(e) if e.is_not_found() => return Ok(policy::decide(policy, digest, None)),
-            Err(e) => return Err(e),
-        };
-        let layers = cosign::signature_layers(&sig.bytes).unwrap_or_default();
-        let mut found = Vec::with_capacity(layers.len());
-        for layer in layers {
-            let payload = self.read_payload(target, &layer).await;
-            found.push(Found { layer, payload });
+        match self.lookup_manifest(target, &tag, Form::Stored).await {
+            Ok(reply) => {
+                let layers = cosign::signature_layers(&reply.manifest.bytes).unwrap_or_default();
+                let mut found = Vec::with_capacity(layers.len());
+                for layer in layers {
+                    let payload = self
+                        .read_small(target, &layer.payload, layer.size, cosign::MAX_PAYLOAD)
+                        .await;
+                    found.push(Found { layer, payload });
+                }
+                material.signatures = Some(found);
+            }
+            Err(e) if e.is_not_found() => {}
+            Err(e) => failed = Some(e),
         }
-        Ok(policy::decide(policy, digest, Some(&found)))
+        match self
+            .referrers(target, digest, Some(bundle::BUNDLE_V03))
+            .await
+        {
+            Ok(list) => {
+                for d in list.list.iter().take(cosign::MAX_SIGNATURES) {
+                    let Ok(referrer) = d.digest.parse::<Digest>() else {
+                        continue;
+                    };
+                    let bundle = self.read_bundle(target, &referrer).await;
+                    material.bundles.push(BundleFound { referrer, bundle });
+                }
+            }
+            Err(e) => failed = failed.or(Some(e)),
+        }
+        let nothing =
+            material.signatures.as_ref().is_none_or(Vec::is_empty) && material.bundles.is_empty();
+        match failed {
+            Some(e) if nothing => Err(e),
+            _ => Ok(policy::decide(policy, digest, &material)),
+        }
     }
 
-    /// A signature's payload: a small blob, read whole through the blob path (so verified by
-    /// digest and cached), without the blob policy (this is the policy reading).
-    async fn read_payload(
+    /// The bundle a referrer manifest carries (its first layer of the bundle type).
+    async fn read_bundle(
+        self: &Arc<Self>,
+        target: &Target,
+        referrer: &Digest,
+    ) -> Result<Bytes, String> {
+        let reply = self
+            .lookup_manifest(target, &Reference::Digest(referrer.clone()), Form::Stored)
+            .await
+            .map_err(|e| format!("its manifest could not be read: {e}"))?;
+        let v: serde_json::Value = serde_json::from_slice(&reply.manifest.bytes)
+            .map_err(|_| "its manifest is not JSON".to_owned())?;
+        let layer = v
+            .get("layers")
+            .and_then(|l| l.as_array())
+            .and_then(|l| {
+                l.iter().find(|l| {
+                    l.get("mediaType").and_then(|t| t.as_str()) == Some(bundle::BUNDLE_V03)
+                })
+            })
+            .ok_or_else(|| "its manifest has no bundle layer".to_owned())?;
+        let digest: Digest = layer
+            .get("digest")
+            .and_then(|d| d.as_str())
+            .and_then(|d| d.parse().ok())
+            .ok_or_else(|| "its bundle layer has no sha256 digest".to_owned())?;
+        let size = layer
+            .get("size")
+            .and_then(|s| s.as_u64())
+            .unwrap_or(u64::MAX);
+        self.read_small(target, &digest, size, bundle::MAX_BUNDLE)
+            .await
+    }
+
+    /// A small blob (a signature's payload, a bundle), read whole through the blob path (so
+    /// verified by digest and cached), without the blob policy (this is the policy reading).
+    async fn read_small(
         &self,
         target: &Target,
-        layer: &cosign::SignatureLayer,
+        digest: &Digest,
+        size: u64,
+        limit: usize,
     ) -> Result<Bytes, String> {
-        if layer.size > cosign::MAX_PAYLOAD as u64 {
+        if size > limit as u64 {
             return Err(format!(
-                "its payload of {} bytes is over the limit of {}",
-                layer.size,
-                cosign::MAX_PAYLOAD
+                "its blob {digest} of {size} bytes is over the limit of {limit}"
             ));
         }
-        let unreadable = |e: Error| format!("its payload {} could not be read: {e}", layer.payload);
+        let unreadable = |e: Error| format!("its blob {digest} could not be read: {e}");
         let reply = self
-            .blob_for(target, &layer.payload, None, false, self.cluster.as_ref())
+            .blob_for(target, digest, None, false, self.cluster.as_ref())
             .await
             .map_err(unreadable)?;
-        let mut body = reply.body.ok_or("its payload came without a body")?;
+        let mut body = reply.body.ok_or("its blob came without a body")?;
         let mut buf = BytesMut::new();
         while let Some(chunk) = body.next().await {
             let chunk = chunk.map_err(unreadable)?;
-            if buf.len() + chunk.len() > cosign::MAX_PAYLOAD {
-                return Err("its payload is larger than its layer says".into());
+            if buf.len() + chunk.len() > limit {
+                return Err(format!(
+                    "its blob {digest} is larger than its descriptor says"
+                ));
             }
             buf.extend_from_slice(&chunk);
         }

@@ -4,10 +4,11 @@
 //! - A policy covers a scope: upstreams by name (or all) and repository globs (`*` matches any
 //!   run of characters, `/` included: a glob too broad covers more, never less). The first
 //!   policy whose scope matches a request applies.
-//! - A manifest (or index) answered through a covered scope needs a signature of its digest: one
-//!   layer of cosign's `sha256-<hex>.sig` manifest in the same repository whose simple-signing
-//!   payload claims the digest and whose signature verifies under one of the policy's keys
-//!   (`cosign`, `keys`). [`decide`] is that rule, pure; the mirror fetches the material (as
+//! - A manifest (or index) answered through a covered scope needs a signature of its digest that
+//!   verifies under one of the policy's keys (`keys`): a layer of cosign's `sha256-<hex>.sig`
+//!   manifest in the same repository whose simple-signing payload claims the digest (`cosign`),
+//!   or a Sigstore bundle among its referrers whose DSSE envelope holds an in-toto statement
+//!   about the digest (`bundle`). [`decide`] is that rule, pure; the mirror fetches the material (as
 //!   content like any other: verified by digest, cached, so a verified image pulls offline).
 //! - What a verified manifest names is served through that scope without signatures of its own
 //!   ([`Verdicts::allow_named`]): the children of an index (cosign signs the index a tag names),
@@ -21,8 +22,7 @@
 //!   since; the `.sig` tag's own cache keeps that cheap).
 //!
 //! Not yet: verdicts on disk (after a restart a manifest is verified again, from its cached
-//! material, before its blobs are served), Sigstore bundles as referrers, keyless certificates
-//! (refused at load, see `config`).
+//! material, before its blobs are served), keyless certificates (refused at load, see `config`).
 //!
 //! Rule of dependency: uses `config` (the tables), `oci`, `metrics`; the mirror uses it, and it
 //! fetches nothing itself.
@@ -35,6 +35,7 @@ use bytes::Bytes;
 use crate::config::{PolicyConfig, PolicyMode};
 use crate::oci::{Digest, RepoName, media};
 
+pub mod bundle;
 pub mod cosign;
 pub mod keys;
 
@@ -199,21 +200,40 @@ pub struct Found {
     pub payload: Result<Bytes, String>,
 }
 
-/// The verdict on `digest` under `policy` from the signatures found (`None`: no `.sig` manifest).
-pub fn decide(policy: &Policy, digest: &Digest, found: Option<&[Found]>) -> Verdict {
+/// One Sigstore bundle among a digest's referrers: the referrer's digest, and the bundle (or why
+/// it could not be read).
+#[derive(Debug, Clone)]
+pub struct BundleFound {
+    pub referrer: Digest,
+    pub bundle: Result<Bytes, String>,
+}
+
+/// What was found of a digest's signatures.
+#[derive(Debug, Clone, Default)]
+pub struct Material {
+    /// cosign's tag scheme: the `.sig` manifest's signatures (`None`: no such tag).
+    pub signatures: Option<Vec<Found>>,
+    /// Sigstore bundles attached as referrers.
+    pub bundles: Vec<BundleFound>,
+}
+
+/// The verdict on `digest` under `policy` from the material found: verified when any one
+/// signature (tag scheme or bundle) verifies under one of the keys.
+pub fn decide(policy: &Policy, digest: &Digest, material: &Material) -> Verdict {
     let keys = match policy.keys.len() {
         1 => "the 1 configured key".to_owned(),
         n => format!("any of the {n} configured keys"),
     };
-    let Some(found) = found.filter(|f| !f.is_empty()) else {
+    let found = material.signatures.as_deref().unwrap_or_default();
+    if found.is_empty() && material.bundles.is_empty() {
         let tag = cosign::signature_tag(digest);
         return Verdict::Denied {
             reason: format!(
-                "policy {:?}: {digest} is not signed (no cosign signature under tag {tag})",
+                "policy {:?}: {digest} is not signed (no cosign signature under tag {tag}, no Sigstore bundle among its referrers)",
                 policy.name
             ),
         };
-    };
+    }
     let mut why = Vec::new();
     for (i, f) in found.iter().enumerate() {
         let n = i + 1;
@@ -241,12 +261,23 @@ pub fn decide(policy: &Policy, digest: &Digest, found: Option<&[Found]>) -> Verd
             None => why.push(format!("#{n}: does not verify with {keys}")),
         }
     }
+    for b in &material.bundles {
+        let checked = b
+            .bundle
+            .as_ref()
+            .map_err(String::clone)
+            .and_then(|bytes| bundle::verify(bytes, digest, &policy.keys));
+        match checked {
+            Ok(key) => return Verdict::Verified { key },
+            Err(e) => why.push(format!("bundle {}: {e}", b.referrer)),
+        }
+    }
+    let n = found.len() + material.bundles.len();
     Verdict::Denied {
         reason: format!(
-            "policy {:?}: no signature of {digest} verifies with {keys}; found {} signature{}: {}",
+            "policy {:?}: no signature of {digest} verifies with {keys}; found {n} signature{}: {}",
             policy.name,
-            found.len(),
-            if found.len() == 1 { "" } else { "s" },
+            if n == 1 { "" } else { "s" },
             why.join("; ")
         ),
     }

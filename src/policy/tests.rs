@@ -23,6 +23,13 @@ fn payload(digest: &Digest) -> Bytes {
     ))
 }
 
+fn tag_scheme(found: Vec<Found>) -> Material {
+    Material {
+        signatures: Some(found),
+        bundles: Vec::new(),
+    }
+}
+
 fn found(payload: Bytes, signature: Option<Vec<u8>>) -> Found {
     Found {
         layer: SignatureLayer {
@@ -193,7 +200,7 @@ fn a_signature_verifies_only_over_a_payload_naming_the_digest() {
 
     let good = payload(&d);
     assert!(matches!(
-        decide(&p, &d, Some(&[found(good.clone(), Some(sign(&signer, &good)))])),
+        decide(&p, &d, &tag_scheme(vec![found(good.clone(), Some(sign(&signer, &good)))])),
         Verdict::Verified { key } if key == "test-p256.pub"
     ));
     // Any one good signature among bad ones suffices.
@@ -203,11 +210,18 @@ fn a_signature_verifies_only_over_a_payload_naming_the_digest() {
         found(good.clone(), Some(sign(&signer, &good))),
     ];
     assert!(matches!(
-        decide(&p, &d, Some(&mixed)),
+        decide(&p, &d, &tag_scheme(mixed.to_vec())),
         Verdict::Verified { .. }
     ));
 
-    let denied = |f: Option<&[Found]>| match decide(&p, &d, f) {
+    let denied = |f: Option<&[Found]>| match decide(
+        &p,
+        &d,
+        &Material {
+            signatures: f.map(<[Found]>::to_vec),
+            bundles: Vec::new(),
+        },
+    ) {
         Verdict::Denied { reason } => reason,
         v => panic!("{v:?}"),
     };

@@ -545,3 +545,76 @@ async fn a_policy_whose_key_cannot_be_used_fails_the_load_naming_it() {
         "{e}"
     );
 }
+
+/// cosign 3's default: a Sigstore bundle attached as an OCI 1.1 referrer, its DSSE envelope over
+/// an in-toto statement about the image; the signature computed by openssl over DSSE's
+/// pre-authentication encoding.
+fn push_bundle(fake: &FakeRegistry, repo: &str, subject: &str, about: &str, key: &Path) {
+    const BUNDLE: &str = "application/vnd.dev.sigstore.bundle.v0.3+json";
+    const IN_TOTO: &str = "application/vnd.in-toto+json";
+    let statement = format!(
+        r#"{{"_type":"https://in-toto.io/Statement/v1","subject":[{{"name":"registry.test/{repo}","digest":{{"sha256":"{}"}}}}],"predicateType":"https://sigstore.dev/cosign/sign/v1","predicate":{{}}}}"#,
+        about.trim_start_matches("sha256:")
+    );
+    let pae = format!(
+        "DSSEv1 {} {IN_TOTO} {} {statement}",
+        IN_TOTO.len(),
+        statement.len()
+    );
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let bundle = format!(
+        r#"{{"mediaType":"{BUNDLE}","verificationMaterial":{{"publicKey":{{"hint":"release"}},"tlogEntries":[]}},"dsseEnvelope":{{"payload":"{}","payloadType":"{IN_TOTO}","signatures":[{{"sig":"{}","keyid":""}}]}}}}"#,
+        b64.encode(&statement),
+        b64.encode(sign(key, pae.as_bytes()))
+    );
+    let layer = fake.put_blob(repo, bundle.clone());
+    let empty = fake.put_blob(repo, "{}");
+    fake.put_manifest(
+        repo,
+        OCI_MANIFEST,
+        format!(
+            r#"{{"schemaVersion":2,"mediaType":"{OCI_MANIFEST}","artifactType":"{BUNDLE}","config":{{"mediaType":"application/vnd.oci.empty.v1+json","digest":"{empty}","size":2}},"layers":[{{"mediaType":"{BUNDLE}","digest":"{layer}","size":{}}}],"subject":{{"mediaType":"{OCI_MANIFEST}","digest":"{subject}","size":1}}}}"#,
+            bundle.len()
+        ),
+    );
+}
+
+#[tokio::test]
+async fn a_sigstore_bundle_attached_as_a_referrer_verifies_an_image() {
+    let keys = tempfile::tempdir().unwrap();
+    let (key, public) = keypair(keys.path(), "release");
+    let (other_key, _) = keypair(keys.path(), "other");
+    let fake = FakeRegistry::start().await;
+    fake.serve_referrers(10);
+    let signed = image(&fake, "team/app", "bundled", 14);
+    push_bundle(&fake, "team/app", &signed, &signed, &key);
+    let misdirected = image(&fake, "team/app", "misdirected", 15);
+    push_bundle(&fake, "team/app", &misdirected, &signed, &key);
+    let foreign = image(&fake, "team/app", "foreign", 16);
+    push_bundle(&fake, "team/app", &foreign, &foreign, &other_key);
+    let dir = tempfile::tempdir().unwrap();
+    let b = start_toml(
+        &config(dir.path(), &fake, &policy(&[&public], "enforce")),
+        dir,
+    )
+    .await;
+
+    let got = b.get("/v2/team/app/manifests/bundled").await;
+    assert_eq!(got.status, StatusCode::OK, "{:?}", got.body);
+    assert_eq!(
+        b.get(&format!("/v2/team/app/blobs/{}", layer_of(14)))
+            .await
+            .status,
+        StatusCode::OK
+    );
+    let why = denied(&b.get("/v2/team/app/manifests/misdirected").await);
+    assert!(
+        why.contains(&format!("its statement is about {signed}, not this digest")),
+        "{why}"
+    );
+    let why = denied(&b.get("/v2/team/app/manifests/foreign").await);
+    assert!(
+        why.contains("its envelope's signature does not verify"),
+        "{why}"
+    );
+}
