@@ -15,6 +15,9 @@
 mod e2e_support;
 #[path = "support/ports.rs"]
 mod ports;
+// Referrers (OCI 1.1) with artifacts pushed to the registry, and a real ORAS client.
+#[path = "e2e/referrers.rs"]
+mod referrers;
 
 use std::path::Path;
 use std::process::Command;
