@@ -16,6 +16,8 @@ mod e2e_support;
 #[path = "support/ports.rs"]
 mod ports;
 // Referrers (OCI 1.1) with artifacts pushed to the registry, and a real ORAS client.
+#[path = "e2e/oras.rs"]
+mod oras;
 #[path = "e2e/referrers.rs"]
 mod referrers;
 

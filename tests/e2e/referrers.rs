@@ -152,7 +152,7 @@ fn artifact(
 }
 
 /// The subject's descriptor as a referrer names it.
-fn subject_of(img: &seed::Image) -> Value {
+pub fn subject_of(img: &seed::Image) -> Value {
     json!({"mediaType": img.media_type, "digest": img.top.digest, "size": img.top.size})
 }
 
@@ -169,7 +169,7 @@ pub fn enc(s: &str) -> String {
 }
 
 /// The three ways to name `docker.io`'s `repo` at berth, each with room for more query.
-fn route_forms(repo: &str, subject: &str) -> [(String, String); 3] {
+pub fn route_forms(repo: &str, subject: &str) -> [(String, String); 3] {
     [
         (format!("/v2/{repo}/referrers/{subject}"), "?".into()),
         (
@@ -214,7 +214,7 @@ pub fn assert_conformant(r: &Response, want: &[Value], filtered: bool, what: &st
 
 /// `GET` and `HEAD` of `path` at berth agree on the status and the headers; the `GET`.
 #[track_caller]
-fn get_and_head(addr: &str, path: &str) -> Response {
+pub fn get_and_head(addr: &str, path: &str) -> Response {
     let get = http::request("GET", addr, path, None).expect("berth answers");
     let head = http::request("HEAD", addr, path, None).expect("berth answers HEAD");
     assert_eq!(head.status, get.status, "HEAD {path}");
