@@ -17,14 +17,16 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::e2e_support::harness::{Env, Via};
-use crate::e2e_support::proc;
+use crate::e2e_support::harness::{BerthExtra, Env, Via};
 use crate::e2e_support::seed::{self, OCI_INDEX, OCI_MANIFEST};
+use crate::e2e_support::{http, proc};
 use crate::referrers::{
     Pusher, assert_conformant, digest_of, enc, fallback_tag, get_and_head, route_forms, subject_of,
 };
 
 const CYCLONEDX: &str = "application/vnd.cyclonedx+json";
+/// notation's signature artifact type.
+const NOTATION: &str = "application/vnd.cncf.notary.signature";
 const LIMIT: Duration = Duration::from_secs(60);
 
 /// The Python of the venv tests/install-deps.sh installs oras-py into.
@@ -44,11 +46,12 @@ fn oras(env: &Env, dir: &Path, args: &[&str]) -> Value {
     serde_json::from_str(&out).unwrap_or_else(|e| panic!("oras_client.py {args:?}: {e}: {out}"))
 }
 
-/// oras-py pulls `target` from `registry` into a fresh directory: exactly the one file pushed,
-/// with its bytes.
+/// oras-py pulls `target` from `registry` into a fresh directory: exactly the one file `a`
+/// pushed, with its bytes.
 #[track_caller]
-fn oras_pull(env: &Env, registry: &str, target: &str, want: &[u8], n: usize) {
-    let out = env.dir().join(format!("oras-pull-{n}"));
+fn oras_pull(env: &Env, registry: &str, target: &str, a: &Artifact) {
+    let dir = tempfile::tempdir_in(env.dir()).unwrap();
+    let out = dir.path();
     let got = oras(
         env,
         env.dir(),
@@ -62,42 +65,54 @@ fn oras_pull(env: &Env, registry: &str, target: &str, want: &[u8], n: usize) {
             out.to_str().unwrap(),
         ],
     );
-    assert_eq!(got, json!({"files": ["sbom.cdx.json"]}), "{target}");
-    let bytes = std::fs::read(out.join("sbom.cdx.json")).unwrap();
-    assert_eq!(bytes, want, "{target}: the file oras-py wrote");
+    assert_eq!(got, json!({"files": [a.file]}), "{target}");
+    let bytes = std::fs::read(out.join(a.file)).unwrap();
+    assert_eq!(bytes, a.bytes, "{target}: the file oras-py wrote");
 }
 
-#[test]
-#[ignore = "end-to-end: needs tests/install-deps.sh; run by tests/run.sh"]
-fn oras_py_pushes_with_a_subject_and_pulls_through_berth() {
-    let mut env = Env::start(Via::Berth);
-    let app = seed::image("team/app");
-    let registry = env.registry_addr("docker.io").to_owned();
-    let work = env.dir().join("oras-push");
-    std::fs::create_dir_all(&work).unwrap();
-    let sbom = br#"{"bomFormat":"CycloneDX","specVersion":"1.5","components":[]}"#;
-    std::fs::write(work.join("sbom.cdx.json"), sbom).unwrap();
-    std::fs::write(work.join("config.json"), b"{}").unwrap();
+/// An artifact oras-py pushed: its file, the manifest as the registry holds it, its descriptor as
+/// a referrers list carries it.
+struct Artifact {
+    file: &'static str,
+    bytes: &'static [u8],
+    tag: &'static str,
+    digest: String,
+    manifest: Value,
+    listed: Value,
+}
 
-    // oras-py pushes the artifact, naming team/app:1.0 as its subject.
+/// oras-py pushes `file` (and an empty config, both of media type `artifact_type`) as
+/// `team/app:<tag>`, with team/app:1.0 as its subject, to docker.io's registry.
+fn oras_push(
+    env: &Env,
+    file: &'static str,
+    bytes: &'static [u8],
+    artifact_type: &str,
+    tag: &'static str,
+) -> Artifact {
+    let app = seed::image("team/app");
+    let registry = env.registry_addr("docker.io");
+    let work = env.dir().join(format!("oras-push-{tag}"));
+    std::fs::create_dir_all(&work).unwrap();
+    std::fs::write(work.join(file), bytes).unwrap();
+    std::fs::write(work.join("config.json"), b"{}").unwrap();
     let subject = format!("{},{},{}", app.media_type, app.top.digest, app.top.size);
-    let file = format!("sbom.cdx.json:{CYCLONEDX}");
-    let config = format!("config.json:{CYCLONEDX}");
+    let note = format!("{tag}, pushed by oras-py");
     let pushed = oras(
-        &env,
+        env,
         &work,
         &[
             "push",
             "--registry",
-            &registry,
+            registry,
             "--target",
-            "team/app:sbom",
+            &format!("team/app:{tag}"),
             "--file",
-            &file,
+            &format!("{file}:{artifact_type}"),
             "--config",
-            &config,
+            &format!("config.json:{artifact_type}"),
             "--annotation",
-            "org.opencontainers.image.description=pushed by oras-py",
+            &format!("org.opencontainers.image.description={note}"),
             "--subject",
             &subject,
         ],
@@ -105,8 +120,8 @@ fn oras_py_pushes_with_a_subject_and_pulls_through_berth() {
     let digest = pushed["digest"].as_str().expect("digest").to_owned();
 
     // The manifest as the registry holds it: the subject and the annotation oras-py wrote.
-    let m = crate::e2e_support::http::get(
-        &registry,
+    let m = http::get(
+        registry,
         &format!("/v2/team/app/manifests/{digest}"),
         Some(OCI_MANIFEST),
     )
@@ -116,51 +131,47 @@ fn oras_py_pushes_with_a_subject_and_pulls_through_berth() {
     let manifest: Value = serde_json::from_slice(&m.body).unwrap();
     assert_eq!(manifest["subject"], subject_of(app));
     assert_eq!(manifest.get("artifactType"), None, "oras-py writes none");
-
-    // What oras-py leaves out: the referrers tag schema's index (see the module comment).
     let listed = json!({
         "mediaType": OCI_MANIFEST,
         "digest": digest,
         "size": m.body.len(),
-        "artifactType": CYCLONEDX,
-        "annotations": {"org.opencontainers.image.description": "pushed by oras-py"},
+        // No artifactType in the manifest: its config's media type stands for it.
+        "artifactType": artifact_type,
+        "annotations": {"org.opencontainers.image.description": note},
     });
-    let p = Pusher {
-        addr: &registry,
-        repo: "team/app",
-    };
-    p.fallback_index(&app.top.digest, std::slice::from_ref(&listed));
+    Artifact {
+        file,
+        bytes,
+        tag,
+        digest,
+        manifest,
+        listed,
+    }
+}
 
-    let berth = env.berth_addr().to_owned();
-    let check = |env: &Env, berth: &str, round: &str| {
-        for (path, more) in route_forms("team/app", &app.top.digest) {
+/// Through berth: the list on every route form, whole and filtered; oras-py pulls each artifact
+/// by the digest the list gives and by its tag, on the prefix and plain forms, reads its
+/// manifest, and reads the tag schema's index as a client of the schema does.
+fn check(env: &Env, round: &str, artifacts: &[&Artifact]) {
+    let berth = env.berth_addr();
+    let subject = &seed::image("team/app").top.digest;
+    let all: Vec<Value> = artifacts.iter().map(|a| a.listed.clone()).collect();
+    for (path, more) in route_forms("team/app", subject) {
+        let r = get_and_head(berth, &path);
+        assert_conformant(&r, &all, false, &format!("{round}: {path}"));
+        for a in artifacts {
+            let t = a.listed["artifactType"].as_str().unwrap();
+            let path = format!("{path}{more}artifactType={}", enc(t));
             let r = get_and_head(berth, &path);
-            assert_conformant(&r, std::slice::from_ref(&listed), false, &path);
-            let path = format!("{path}{more}artifactType={}", enc(CYCLONEDX));
-            let r = get_and_head(berth, &path);
-            assert_conformant(&r, std::slice::from_ref(&listed), true, &path);
+            let what = format!("{round}: {path}");
+            assert_conformant(&r, std::slice::from_ref(&a.listed), true, &what);
         }
-        // oras-py pulls the artifact through berth, by the digest the list gives and by its
-        // tag, on the prefix and the plain route forms.
-        let n = if round == "online" { 0 } else { 10 };
-        oras_pull(env, berth, &format!("docker.io/team/app@{digest}"), sbom, n);
-        oras_pull(env, berth, &format!("team/app@{digest}"), sbom, n + 1);
-        oras_pull(env, berth, "docker.io/team/app:sbom", sbom, n + 2);
-        // And reads the tag schema's index through berth, as a client of the schema does.
-        let index = oras(
-            env,
-            env.dir(),
-            &[
-                "manifest",
-                "--registry",
-                berth,
-                "--target",
-                &format!("team/app:{}", fallback_tag(&app.top.digest)),
-                "--accept",
-                OCI_INDEX,
-            ],
-        );
-        assert_eq!(index["manifests"], json!([listed]), "{round}");
+    }
+    for a in artifacts {
+        let d = &a.digest;
+        oras_pull(env, berth, &format!("docker.io/team/app@{d}"), a);
+        oras_pull(env, berth, &format!("team/app@{d}"), a);
+        oras_pull(env, berth, &format!("docker.io/team/app:{}", a.tag), a);
         let got = oras(
             env,
             env.dir(),
@@ -169,19 +180,74 @@ fn oras_py_pushes_with_a_subject_and_pulls_through_berth() {
                 "--registry",
                 berth,
                 "--target",
-                &format!("docker.io/team/app@{digest}"),
+                &format!("docker.io/team/app@{d}"),
                 "--accept",
                 OCI_MANIFEST,
             ],
         );
-        assert_eq!(got, manifest, "{round}");
+        assert_eq!(got, a.manifest, "{round}");
+    }
+    let index = oras(
+        env,
+        env.dir(),
+        &[
+            "manifest",
+            "--registry",
+            berth,
+            "--target",
+            &format!("team/app:{}", fallback_tag(subject)),
+            "--accept",
+            OCI_INDEX,
+        ],
+    );
+    assert_eq!(index["manifests"], json!(all), "{round}");
+}
+
+/// oras-py pushes an SBOM with a subject to the registry; through berth it is listed, filtered
+/// and pulled. A signature attached later shows through berth at once (`tag_ttl = "0s"` here).
+/// With the registries stopped and berth restarted, both are still listed (with a `Warning`) and
+/// pulled.
+#[test]
+#[ignore = "end-to-end: needs tests/install-deps.sh; run by tests/run.sh"]
+fn oras_py_pushes_with_a_subject_and_pulls_through_berth() {
+    let mut env = Env::start_with(Via::Berth, |_| BerthExtra {
+        upstream: vec![("docker.io", "tag_ttl = \"0s\"".into())],
+        ..BerthExtra::default()
+    });
+    let subject = seed::image("team/app").top.digest.clone();
+    let p = Pusher {
+        addr: env.registry_addr("docker.io"),
+        repo: "team/app",
     };
-    check(&env, &berth, "online");
+    let sbom = oras_push(
+        &env,
+        "sbom.cdx.json",
+        br#"{"bomFormat":"CycloneDX","specVersion":"1.5","components":[]}"#,
+        CYCLONEDX,
+        "sbom",
+    );
+    // What oras-py leaves out: the referrers tag schema's index (see the module comment).
+    p.fallback_index(&subject, std::slice::from_ref(&sbom.listed));
+    check(&env, "online", &[&sbom]);
+
+    let sig = oras_push(
+        &env,
+        "signature.jws",
+        b"eyJhbGciOiJQUzI1NiJ9.eyJ0YXJnZXQiOiJ0ZWFtL2FwcCJ9.c2lnbmF0dXJl",
+        NOTATION,
+        "signature",
+    );
+    p.fallback_index(&subject, &[sbom.listed.clone(), sig.listed.clone()]);
+    check(&env, "online, a signature added", &[&sbom, &sig]);
 
     env.stop_registries();
     env.restart_berth();
-    let berth = env.berth_addr().to_owned();
-    check(&env, &berth, "offline");
-    let r = get_and_head(&berth, &route_forms("team/app", &app.top.digest)[0].0);
-    assert!(r.header("warning").is_some_and(|w| w.starts_with("110 ")));
+    check(&env, "offline", &[&sbom, &sig]);
+    for (path, _) in route_forms("team/app", &subject) {
+        let r = get_and_head(env.berth_addr(), &path);
+        assert!(
+            r.header("warning").is_some_and(|w| w.starts_with("110 ")),
+            "{path}"
+        );
+    }
 }
