@@ -8,7 +8,9 @@
 //!
 //! Each client flow runs twice: through berth (the real test), and straight at the registry
 //! (`*_registry_direct`), which checks the seeding and the client set-up on their own, so a
-//! failure of the first kind with a pass of the second points at berth.
+//! failure of the first kind with a pass of the second points at berth. (The referrers tests in
+//! `tests/e2e/` have no such twin: the registry has no referrers API to compare with; they check
+//! what they pushed against the registry itself before asking berth.)
 //!
 //! `BERTH_E2E_KEEP=1` keeps a failed test's directory (configs, logs, client output).
 
