@@ -8,13 +8,20 @@
 //!
 //! Each client flow runs twice: through berth (the real test), and straight at the registry
 //! (`*_registry_direct`), which checks the seeding and the client set-up on their own, so a
-//! failure of the first kind with a pass of the second points at berth.
+//! failure of the first kind with a pass of the second points at berth. (The referrers tests in
+//! `tests/e2e/` have no such twin: the registry has no referrers API to compare with; they check
+//! what they pushed against the registry itself before asking berth.)
 //!
 //! `BERTH_E2E_KEEP=1` keeps a failed test's directory (configs, logs, client output).
 
 mod e2e_support;
 #[path = "support/ports.rs"]
 mod ports;
+// Referrers (OCI 1.1) with artifacts pushed to the registry, and a real ORAS client.
+#[path = "e2e/oras.rs"]
+mod oras;
+#[path = "e2e/referrers.rs"]
+mod referrers;
 
 use std::path::Path;
 use std::process::Command;

@@ -6,7 +6,8 @@
 # compiler for libFuzzer (fuzz/run.sh); Ceph's S3 gateway (radosgw, one mon, one memstore OSD) for
 # the bucket tier (tests/s3.rs, started by tests/ceph/start-ceph.sh); kubernetes-validate (PyPI,
 # Kubernetes' schemas bundled, so it works offline) for tests/kubernetes.py, in a venv of its own
-# (python3-venv) linked onto PATH. Idempotent: does nothing when everything is there; otherwise
+# (python3-venv) linked onto PATH; oras-py (PyPI `oras`), the ORAS client of the referrers
+# end-to-end test (tests/oras_client.py), in the same venv. Idempotent: does nothing when everything is there; otherwise
 # needs root, runs `apt-get update` once and installs what is missing. Quiet unless it fails.
 set -euo pipefail
 
@@ -55,6 +56,23 @@ if [[ $("$kv_venv/bin/kubernetes-validate" --version 2>/dev/null) != "$kv_versio
     fi
     rm -f "$log"
     ln -sfn "$kv_venv/bin/kubernetes-validate" /usr/local/bin/kubernetes-validate
+fi
+
+# Pinned: the end-to-end test drives its push and pull and knows what it leaves out.
+oras_version=0.2.43
+if [[ $("$kv_venv/bin/python" -c 'import oras.version; print(oras.version.__version__)' 2>/dev/null) != "$oras_version" ]]; then
+    if [[ $(id -u) -ne 0 ]]; then
+        echo "install-deps: oras-py $oras_version missing; run as root (it installs into $kv_venv)" >&2
+        exit 1
+    fi
+    log=$(mktemp /tmp/berth-install-deps.XXXXXX.log)
+    echo "install-deps: installing oras-py $oras_version into $kv_venv"
+    if ! "$kv_venv/bin/pip" install -q --disable-pip-version-check "oras==$oras_version" >"$log" 2>&1; then
+        tail -n 40 "$log" >&2
+        echo "install-deps: pip failed; full log in $log" >&2
+        exit 1
+    fi
+    rm -f "$log"
 fi
 
 for c in "${commands[@]}"; do

@@ -15,7 +15,8 @@
 //!
 //! The answer is cached per (upstream, repository, subject, filter), trusted for the upstream's
 //! `tag_ttl`, then fetched again; while the upstream fails it is served stale (the reply says
-//! why); N clients asking at once make one upstream request (a flight per key). Isolation comes
+//! why), and a filter never asked before is answered from the last whole list, filtered here
+//! (stale too); N clients asking at once make one upstream request (a flight per key). Isolation comes
 //! with the key: a list is only ever answered through the upstream that gave it.
 //!
 //! Trade-off: there is no cheap revalidation (no digest to compare in a HEAD), so an expired list
@@ -149,8 +150,14 @@ impl Mirror {
                     ..ReferrersReply::of(entry, outcome)
                 })
             }
-            Err(e) if e.allows_stale() && cached.is_some() => {
-                let entry = cached.unwrap();
+            Err(e) if e.allows_stale() => {
+                let stand_in = match cached {
+                    Some(entry) => Some(entry),
+                    None => self.whole_list_filtered(key).await,
+                };
+                let Some(entry) = stand_in else {
+                    return Err(e);
+                };
                 if up.config().offline {
                     tracing::debug!(upstream = up.name(), subject = %key.subject, "offline; serving the last known referrers");
                 } else {
@@ -168,6 +175,21 @@ impl Mirror {
             }
             Err(e) => Err(e),
         }
+    }
+
+    /// For a filter never answered before: the last known whole list of the subject, filtered
+    /// here. (`berth warm --referrers` and most clients ask for the whole list; cosign and
+    /// notation ask with a filter, and offline they must get what the whole list holds.)
+    async fn whole_list_filtered(&self, key: &ReferrersKey) -> Option<ReferrersEntry> {
+        let t = key.artifact_type.as_deref()?;
+        let whole = ReferrersKey {
+            artifact_type: None,
+            ..key.clone()
+        };
+        let entry = self.manifests.referrers(&whole).await?;
+        let mut list = entry.list.to_vec();
+        referrers::filter(&mut list, t);
+        Some(ReferrersEntry::new(list, true))
     }
 
     /// The whole list from the upstream (unfiltered by berth yet): from its referrers API, or

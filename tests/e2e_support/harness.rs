@@ -220,6 +220,21 @@ impl Env {
         }
     }
 
+    /// `host:port` of `host`'s registry itself, whoever the clients go to: where a test pushes.
+    pub fn registry_addr(&self, host: &str) -> &str {
+        &self.registry(host).addr
+    }
+
+    /// Stops berth and starts it again on the same config and cache (on new ports): what it
+    /// answers then comes from its disk, not its memory.
+    pub fn restart_berth(&mut self) {
+        assert_eq!(self.via, Via::Berth, "no berth to restart");
+        if let Some(mut b) = self.berth.take() {
+            b.stop();
+        }
+        self.start_berth();
+    }
+
     /// Stops the registries: from now on only berth's cache can answer.
     pub fn stop_registries(&mut self) {
         for r in &mut self.registries {

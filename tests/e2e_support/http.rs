@@ -34,15 +34,33 @@ pub fn get(addr: &str, path: &str, accept: Option<&str>) -> io::Result<Response>
 /// `<method> http://<addr><path>` with `Connection: close`, read to the end (a HEAD answer ends
 /// with its headers: the server closes the connection).
 pub fn request(method: &str, addr: &str, path: &str, accept: Option<&str>) -> io::Result<Response> {
+    let headers: Vec<(&str, &str)> = accept.map(|a| ("Accept", a)).into_iter().collect();
+    send(method, addr, path, &headers, None)
+}
+
+/// `<method> http://<addr><path>` with `headers`, and `body` if given (with its
+/// `Content-Length`), `Connection: close`, read to the end: enough to push to a registry.
+pub fn send(
+    method: &str,
+    addr: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&[u8]>,
+) -> io::Result<Response> {
     let mut s = TcpStream::connect(addr)?;
     s.set_read_timeout(Some(Duration::from_secs(30)))?;
-    let accept = accept
-        .map(|a| format!("Accept: {a}\r\n"))
-        .unwrap_or_default();
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{accept}Connection: close\r\n\r\n"
-    )?;
+    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\n");
+    for (k, v) in headers {
+        head += &format!("{k}: {v}\r\n");
+    }
+    if let Some(b) = body {
+        head += &format!("Content-Length: {}\r\n", b.len());
+    }
+    head += "Connection: close\r\n\r\n";
+    s.write_all(head.as_bytes())?;
+    if let Some(b) = body {
+        s.write_all(b)?;
+    }
     let mut raw = Vec::new();
     s.read_to_end(&mut raw)?;
     parse(&raw).ok_or_else(|| io::Error::other(format!("bad HTTP response from {addr}{path}")))

@@ -256,6 +256,52 @@ async fn a_list_is_served_stale_while_the_upstream_is_down_and_offline_after_a_r
     );
 }
 
+/// A filter first asked while the upstream is down is answered from the last whole list, filtered
+/// here and marked stale: cosign and notation ask with a filter, where `berth warm --referrers`
+/// and most clients fetched the whole list. After a restart too, from the disk.
+#[tokio::test]
+async fn a_filter_first_asked_while_the_upstream_is_down_is_answered_from_the_whole_list() {
+    let fake = FakeRegistry::start().await;
+    fake.serve_referrers(10);
+    let s = subject(&fake, "team/app", 6);
+    let sig = artifact(&fake, "team/app", &s, SIG, 1);
+    let sbom = artifact(&fake, "team/app", &s, SBOM, 2);
+    let path = format!("/v2/team/app/referrers/{s}");
+    let b = berth(&fake, "tag_ttl = \"0s\"").await;
+    let whole = b.get(&path).await;
+    assert_eq!(listed(&whole), want(&[(&sig, SIG, 1), (&sbom, SBOM, 2)]));
+
+    fake.fault(&path, Fault::Status(StatusCode::SERVICE_UNAVAILABLE, None));
+    let stale = |got: &Got| {
+        assert_eq!(got.header("oci-filters-applied"), Some("artifactType"));
+        assert!(
+            got.header("warning").is_some_and(|w| w.starts_with("110 ")),
+            "{:?}",
+            got.header("warning")
+        );
+    };
+    let got = b.get(&format!("{path}?artifactType={}", enc(SIG))).await;
+    assert_eq!(listed(&got), want(&[(&sig, SIG, 1)]));
+    stale(&got);
+
+    let dir = b.stop().await;
+    let b = start_on(&fake, "tag_ttl = \"0s\"", dir).await;
+    let got = b.get(&format!("{path}?artifactType={}", enc(SBOM))).await;
+    assert_eq!(listed(&got), want(&[(&sbom, SBOM, 2)]));
+    stale(&got);
+    // A type the whole list does not hold: none of it.
+    let got = b
+        .get(&format!(
+            "{path}?artifactType={}",
+            enc("application/x.none")
+        ))
+        .await;
+    assert_eq!(listed(&got), vec![]);
+    stale(&got);
+    // The upstream was asked each time (a 503 is retried), and failed each time after the first.
+    assert!(upstream_asks(&fake, "team/app", &s).len() >= 4);
+}
+
 #[tokio::test]
 async fn twenty_five_concurrent_asks_make_one_upstream_request() {
     let fake = FakeRegistry::start().await;
