@@ -436,13 +436,28 @@ async fn every_dashboard_panel_and_recording_rule_returns_data() {
     ]);
     // The main berth: a small cache that evicts, and a bucket tier whose blob uploads (64 KiB
     // parts, so 100 KiB and up go multipart) fail once at completion.
+    // A signature policy in warn mode over one repository, whose image is unsigned: each pull of
+    // it is served, counted (warned) and alerted on.
     let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("release.pub");
+    let made = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "openssl ecparam -name prime256v1 -genkey -noout | openssl pkey -pubout -out {}",
+            key.display()
+        ))
+        .status()
+        .expect("openssl runs");
+    assert!(made.success());
     let cfg = format!(
         "{}max_size = \"1MiB\"\nhigh_watermark = \"90%\"\nlow_watermark = \"50%\"\n\
          [[upstream]]\nname = \"registry.test\"\nurl = \"{}\"\ndefault = true\n\
-         library_prefix = true\nretry_backoff = \"1ms\"\ntag_ttl = \"1s\"\n",
+         library_prefix = true\nretry_backoff = \"1ms\"\ntag_ttl = \"1s\"\n\
+         [[policy]]\nname = \"release\"\nupstreams = [\"*\"]\nrepositories = [\"library/policed\"]\n\
+         mode = \"warn\"\nkeys = [{:?}]\n",
         listeners_and_storage(dir.path()),
-        fake.url()
+        fake.url(),
+        key.display().to_string()
     );
     let store = FirstCompletionFails {
         inner: InMemory::new(),
@@ -458,6 +473,7 @@ async fn every_dashboard_panel_and_recording_rule_returns_data() {
 
     // One-off events. A manifest: a miss here, hits in the traffic below.
     fake.put_tagged("library/app", "1.0", media::DOCKER_MANIFEST, DOCKER);
+    fake.put_tagged("library/policed", "1", media::DOCKER_MANIFEST, DOCKER);
     assert_eq!(b.get("/v2/app/manifests/1.0").await.status, 200);
     // A tag whose upstream then fails: once its TTL is up it is answered stale.
     fake.put_tagged(
@@ -561,6 +577,7 @@ async fn every_dashboard_panel_and_recording_rule_returns_data() {
                 }
                 assert_eq!(b.get("/v2/app/manifests/1.0").await.status, 200);
                 assert_eq!(b.get("/v2/app/manifests/nope").await.status, 404);
+                assert_eq!(b.get("/v2/policed/manifests/1").await.status, 200);
                 assert_eq!(b.get("/v2/app/manifests/old").await.status, 200);
                 let (path, data) = blobs.last().unwrap();
                 for r in replicas.iter() {
@@ -601,6 +618,10 @@ async fn every_dashboard_panel_and_recording_rule_returns_data() {
     pending.push((
         "alert".into(),
         r#"ALERTS{alertname="BerthDockerHubRateLimitLow",upstream="registry.test"}"#.into(),
+    ));
+    pending.push((
+        "alert".into(),
+        r#"ALERTS{alertname="BerthPolicyDenials",alertstate="firing",policy="release",verdict="warned"}"#.into(),
     ));
     // Pending (both wait minutes before firing): the gone peer, and the forged probes.
     pending.push((
