@@ -24,7 +24,6 @@ use tokio::time::Instant;
 
 use super::{Mirror, Target};
 use crate::error::Error;
-use crate::flight::Role;
 use crate::manifests::{MAX_MANIFEST_BYTES, Manifest, TagEntry, TagKey};
 use crate::oci::{self, Digest, Reference, RepoName, Tag};
 use crate::upstream::{NotFoundKind, Upstream, UpstreamRequest, header_str};
@@ -221,18 +220,8 @@ impl Mirror {
                 (Reference::Tag(tag), Form::Stored) => this.resolve_tag(&target, tag).await,
             }
         });
-        let role = joined.role;
-        if role == Role::Follower {
-            self.metrics
-                .coalesced
-                .with_label_values(&["manifest"])
-                .inc();
-        }
-        let mut reply = joined
-            .result()
-            .await
-            .map_err(|a| Error::upstream_unavailable(up.name(), a.to_string()))??;
-        if role == Role::Follower {
+        let (mut reply, followed) = self.flight_result(joined, "manifest", up.name()).await?;
+        if followed {
             reply.outcome = "coalesced";
         }
         Ok(reply)

@@ -40,7 +40,7 @@ use http::Method;
 use crate::cluster::Cluster;
 use crate::error::Error;
 use crate::fill::Fills;
-use crate::flight::Flights;
+use crate::flight::{Flights, Joined, Role};
 use crate::manifests::{Manifests, ReferrersKey};
 use crate::metrics::Metrics;
 use crate::oci::{Digest, Reference};
@@ -200,6 +200,26 @@ impl Mirror {
     /// The manifest and tag cache (the admin API removes through it, so memory and disk agree).
     pub fn manifests(&self) -> &Manifests {
         &self.manifests
+    }
+
+    /// A flight's result: counted as coalesced (under `kind`) for a follower, a follower that
+    /// gave up waiting answered as the upstream being unavailable. Also says whether this request
+    /// followed.
+    async fn flight_result<V: Clone>(
+        &self,
+        joined: Joined<Result<V, Error>>,
+        kind: &str,
+        upstream: &str,
+    ) -> Result<(V, bool), Error> {
+        let followed = joined.role == Role::Follower;
+        if followed {
+            self.metrics.coalesced.with_label_values(&[kind]).inc();
+        }
+        let v = joined
+            .result()
+            .await
+            .map_err(|a| Error::upstream_unavailable(upstream, a.to_string()))??;
+        Ok((v, followed))
     }
 
     /// Records that the upstream in `slot` served `digest` ([`crate::origins`]).

@@ -26,7 +26,6 @@ use super::manifest::Form;
 use super::{Mirror, Target};
 use crate::config::PolicyMode;
 use crate::error::Error;
-use crate::flight::Role;
 use crate::manifests::Manifest;
 use crate::oci::{Digest, Reference, RepoName};
 use crate::policy::{self, BundleFound, Found, Material, Policy, Verdict, bundle, cosign};
@@ -146,6 +145,7 @@ impl Mirror {
             repo: target.name.clone(),
             digest: digest.clone(),
         };
+        let upstream = self.upstream_name(target.upstream);
         let (this, target, policy, digest) =
             (self.clone(), target.clone(), policy.clone(), digest.clone());
         let joined = self.verdict_flights.join(key, move || async move {
@@ -156,13 +156,8 @@ impl Mirror {
             }
             Ok(verdict)
         });
-        if joined.role == Role::Follower {
-            self.metrics.coalesced.with_label_values(&["verdict"]).inc();
-        }
-        joined
-            .result()
-            .await
-            .map_err(|a| Error::internal(format!("signature verification: {a}")))?
+        let (verdict, _) = self.flight_result(joined, "verdict", &upstream).await?;
+        Ok(verdict)
     }
 
     /// Fetches the signatures of `digest` (cosign's tag scheme, and Sigstore bundles among its

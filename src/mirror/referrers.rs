@@ -35,7 +35,6 @@ use super::manifest::Form;
 use super::tag_list::next_path;
 use super::{Mirror, Target};
 use crate::error::Error;
-use crate::flight::Role;
 use crate::manifests::{MAX_MANIFEST_BYTES, ReferrersEntry, ReferrersKey};
 use crate::oci::referrers::{self, Descriptor};
 use crate::oci::{Digest, Reference, media};
@@ -100,18 +99,8 @@ impl Mirror {
         let joined = self.referrer_flights.join(key.clone(), move || async move {
             this.refresh_referrers(&target, &key).await
         });
-        let role = joined.role;
-        if role == Role::Follower {
-            self.metrics
-                .coalesced
-                .with_label_values(&["referrers"])
-                .inc();
-        }
-        let mut reply = joined
-            .result()
-            .await
-            .map_err(|a| Error::upstream_unavailable(up.name(), a.to_string()))??;
-        if role == Role::Follower {
+        let (mut reply, followed) = self.flight_result(joined, "referrers", up.name()).await?;
+        if followed {
             reply.outcome = "coalesced";
         }
         Ok(reply)

@@ -99,6 +99,13 @@ fn push_signatures(fake: &FakeRegistry, repo: &str, digest: &str, sigs: &[(Strin
     fake.put_tagged(repo, &tag, OCI_MANIFEST, manifest);
 }
 
+/// Signs `digest` in `repo` as cosign does with a key: one honest payload, signed by `key`.
+fn sign_image(fake: &FakeRegistry, repo: &str, digest: &str, key: &Path) {
+    let p = payload(repo, digest);
+    let sig = sign(key, p.as_bytes());
+    push_signatures(fake, repo, digest, &[(p, sig)]);
+}
+
 /// An image (config and one layer) tagged `tag` in `repo`; its manifest digest.
 fn image(fake: &FakeRegistry, repo: &str, tag: &str, seed: u64) -> String {
     let config = fake.put_blob(
@@ -165,26 +172,10 @@ async fn only_images_signed_by_a_configured_key_are_served_each_denial_saying_wh
     let fake = FakeRegistry::start().await;
 
     let signed = image(&fake, "team/app", "signed", 1);
-    push_signatures(
-        &fake,
-        "team/app",
-        &signed,
-        &[(
-            payload("team/app", &signed),
-            sign(&good_key, payload("team/app", &signed).as_bytes()),
-        )],
-    );
+    sign_image(&fake, "team/app", &signed, &good_key);
     let unsigned = image(&fake, "team/app", "unsigned", 2);
     let by_other = image(&fake, "team/app", "other-key", 3);
-    push_signatures(
-        &fake,
-        "team/app",
-        &by_other,
-        &[(
-            payload("team/app", &by_other),
-            sign(&other_key, payload("team/app", &by_other).as_bytes()),
-        )],
-    );
+    sign_image(&fake, "team/app", &by_other, &other_key);
     // A good signature, but of another image: copied beside this one.
     let moved = image(&fake, "team/app", "moved", 4);
     push_signatures(
@@ -335,15 +326,7 @@ async fn a_signed_index_lets_its_platform_manifests_through_and_only_those() {
         )
     };
     let signed = fake.put_tagged("team/app", "multi", OCI_INDEX, index(&[&amd, &arm]));
-    push_signatures(
-        &fake,
-        "team/app",
-        &signed,
-        &[(
-            payload("team/app", &signed),
-            sign(&key, payload("team/app", &signed).as_bytes()),
-        )],
-    );
+    sign_image(&fake, "team/app", &signed, &key);
     let unsigned = fake.put_tagged("team/app", "multi-unsigned", OCI_INDEX, index(&[&stray]));
     let dir = tempfile::tempdir().unwrap();
     let b = start_toml(
@@ -372,15 +355,7 @@ async fn concurrent_requests_share_one_verification() {
     let (key, public) = keypair(keys.path(), "release");
     let fake = FakeRegistry::start().await;
     let signed = image(&fake, "team/app", "1", 11);
-    push_signatures(
-        &fake,
-        "team/app",
-        &signed,
-        &[(
-            payload("team/app", &signed),
-            sign(&key, payload("team/app", &signed).as_bytes()),
-        )],
-    );
+    sign_image(&fake, "team/app", &signed, &key);
     let sig_path = format!("/v2/team/app/manifests/{}.sig", signed.replace(':', "-"));
     let (open, gate) = tokio::sync::watch::channel(false);
     fake.fault(&sig_path, Fault::Hold(gate));
@@ -418,15 +393,7 @@ async fn a_verified_image_pulls_with_the_upstream_down_also_after_a_restart() {
     let (key, public) = keypair(keys.path(), "release");
     let fake = FakeRegistry::start().await;
     let signed = image(&fake, "team/app", "1", 12);
-    push_signatures(
-        &fake,
-        "team/app",
-        &signed,
-        &[(
-            payload("team/app", &signed),
-            sign(&key, payload("team/app", &signed).as_bytes()),
-        )],
-    );
+    sign_image(&fake, "team/app", &signed, &key);
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(dir.path(), &fake, &policy(&[&public], "enforce"));
     let b = start_toml(&cfg, dir).await;
@@ -456,15 +423,7 @@ async fn a_reload_that_changes_the_keys_decides_again() {
     let (_, other_pub) = keypair(keys.path(), "other");
     let fake = FakeRegistry::start().await;
     let signed = image(&fake, "team/app", "1", 13);
-    push_signatures(
-        &fake,
-        "team/app",
-        &signed,
-        &[(
-            payload("team/app", &signed),
-            sign(&key, payload("team/app", &signed).as_bytes()),
-        )],
-    );
+    sign_image(&fake, "team/app", &signed, &key);
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().to_owned();
     let (b, reloader) =
