@@ -342,17 +342,7 @@ impl Mirror {
         let Ok(Some(m)) = self.cached_manifest(target, up, &entry.digest).await else {
             return Err(cause);
         };
-        if up.config().offline {
-            // Expected, every time: not worth a warning per request.
-            tracing::debug!(upstream = up.name(), digest = %entry.digest, "offline; serving the last known tag answer");
-        } else {
-            tracing::warn!(upstream = up.name(), digest = %entry.digest, error = %cause, "upstream failed; serving the last known tag answer");
-        }
-        self.metrics
-            .stale_serves
-            .with_label_values(&[up.name()])
-            .inc();
-        self.metrics.cache("tag", up.name(), "stale");
+        self.note_stale(up, "tag", &entry.digest, &cause);
         Ok(ManifestReply {
             manifest: m,
             stale: Some(cause.to_string()),

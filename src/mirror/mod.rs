@@ -222,6 +222,22 @@ impl Mirror {
         Ok((v, followed))
     }
 
+    /// An answer of `kind` (`tag`, `referrers`) about `what` served stale because the upstream
+    /// failed with `cause`: logged (a warning, or a debug line for an upstream marked `offline`,
+    /// where it is expected every time) and counted.
+    fn note_stale(&self, up: &Upstream, kind: &str, what: &dyn std::fmt::Display, cause: &Error) {
+        if up.config().offline {
+            tracing::debug!(upstream = up.name(), kind, %what, "offline; serving the last known answer");
+        } else {
+            tracing::warn!(upstream = up.name(), kind, %what, error = %cause, "upstream failed; serving the last known answer");
+        }
+        self.metrics
+            .stale_serves
+            .with_label_values(&[up.name()])
+            .inc();
+        self.metrics.cache(kind, up.name(), "stale");
+    }
+
     /// Records that the upstream in `slot` served `digest` ([`crate::origins`]).
     fn record_origin(&self, slot: usize, up: &Upstream, digest: &Digest) {
         self.origins

@@ -147,16 +147,7 @@ impl Mirror {
                 let Some(entry) = stand_in else {
                     return Err(e);
                 };
-                if up.config().offline {
-                    tracing::debug!(upstream = up.name(), subject = %key.subject, "offline; serving the last known referrers");
-                } else {
-                    tracing::warn!(upstream = up.name(), subject = %key.subject, error = %e, "upstream failed; serving the last known referrers");
-                }
-                self.metrics
-                    .stale_serves
-                    .with_label_values(&[up.name()])
-                    .inc();
-                self.metrics.cache("referrers", up.name(), "stale");
+                self.note_stale(up, "referrers", &key.subject, &e);
                 Ok(ReferrersReply {
                     stale: Some(e.to_string()),
                     ..ReferrersReply::of(entry, "stale")
