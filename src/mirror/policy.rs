@@ -55,12 +55,14 @@ impl Mirror {
         let Some(policy) = policies.scope(&upstream, &target.name).cloned() else {
             return Ok(());
         };
+        let (children, blobs) = policy::named(&m.bytes);
         if !policy::is_runnable(&m.media_type, &m.bytes) {
-            // Signatures, SBOMs, attestations: the material clients verify with.
-            self.verdicts.allow_named(&policy, m.references());
+            // Signatures, SBOMs, attestations, referrers lists: the material clients verify
+            // with. Their blobs are served; what they name never lets a manifest through.
+            self.verdicts.allow_blobs(&policy, blobs);
             return Ok(());
         }
-        let verdict = if self.verdicts.is_named(&policy, &m.digest) {
+        let verdict = if self.verdicts.is_child(&policy, &m.digest) {
             Verdict::Verified {
                 key: "a verified index".into(),
             }
@@ -74,7 +76,8 @@ impl Mirror {
             Verdict::Denied { reason } => Some(reason),
         };
         self.judge(&policy, target, &m.digest, reason)?;
-        self.verdicts.allow_named(&policy, m.references());
+        self.verdicts.allow_children(&policy, children);
+        self.verdicts.allow_blobs(&policy, blobs);
         Ok(())
     }
 
@@ -89,7 +92,7 @@ impl Mirror {
         let Some(policy) = policies.scope(&upstream, &target.name) else {
             return Ok(());
         };
-        if self.verdicts.is_named(policy, digest) {
+        if self.verdicts.is_named_blob(policy, digest) {
             return self.judge(policy, target, digest, None);
         }
         let reason = format!(

@@ -10,12 +10,13 @@
 //!   or a Sigstore bundle among its referrers whose DSSE envelope holds an in-toto statement
 //!   about the digest (`bundle`). [`decide`] is that rule, pure; the mirror fetches the material (as
 //!   content like any other: verified by digest, cached, so a verified image pulls offline).
-//! - What a verified manifest names is served through that scope without signatures of its own
-//!   ([`Verdicts::allow_named`]): the children of an index (cosign signs the index a tag names),
-//!   an image's config and layers. A blob that no manifest served under the policy names is
-//!   denied: the layers of an unsigned image cannot be pulled by digest around the policy.
-//! - Signature material is always served, with what it names: a manifest that no runtime runs
-//!   (an artifact) needs no signature ([`is_runnable`]).
+//! - What a verified manifest names is served through that scope without signatures of its own:
+//!   the children of an index (cosign signs the index a tag names), an image's config and layers
+//!   ([`named`], [`Verdicts`]). A blob that no manifest served under the policy names is denied:
+//!   the layers of an unsigned image cannot be pulled by digest around the policy.
+//! - Signature material is always served, with its blobs: a manifest that no runtime runs (an
+//!   artifact, a referrers list) needs no signature ([`is_runnable`]). What it names never lets a
+//!   manifest through: only a verified index's children are manifests served unsigned.
 //! - Verdicts are kept in memory per (policy revision, digest): a reload that changes a policy
 //!   changes its revision, so every verdict it could change is decided again. A verified verdict
 //!   is kept; a denial is decided again on the next request (a signature may have been pushed
@@ -149,7 +150,7 @@ fn glob(pattern: &str, name: &str) -> bool {
 /// manifest with no layers, or one that does not parse: a policy never loosens on doubt.
 pub fn is_runnable(media_type: &str, bytes: &[u8]) -> bool {
     match media_type {
-        media::OCI_INDEX | media::DOCKER_MANIFEST_LIST => true,
+        media::OCI_INDEX | media::DOCKER_MANIFEST_LIST => !is_referrers_list(bytes),
         media::OCI_MANIFEST | media::DOCKER_MANIFEST => {
             #[derive(serde::Deserialize)]
             struct Desc {
@@ -182,6 +183,58 @@ pub fn is_runnable(media_type: &str, bytes: &[u8]) -> bool {
         // Schema 1 and anything else a runtime might still run.
         _ => !media_type.contains("artifact"),
     }
+}
+
+/// Whether an index is a referrers list (the referrers tag schema's `sha256-<hex>` index that
+/// cosign and notation read): at least one descriptor, each with an `artifactType`. Serving one
+/// unverified lets nothing through: what it lists is checked on its own when asked for.
+fn is_referrers_list(bytes: &[u8]) -> bool {
+    #[derive(serde::Deserialize)]
+    struct Index {
+        #[serde(default)]
+        manifests: Vec<serde_json::Value>,
+    }
+    serde_json::from_slice::<Index>(bytes).is_ok_and(|i| {
+        !i.manifests.is_empty()
+            && i.manifests
+                .iter()
+                .all(|d| d.get("artifactType").is_some_and(|t| t.is_string()))
+    })
+}
+
+/// What a manifest names, split by what it lets through once served under a policy: `children`,
+/// the manifests of an index (let through only from a verified index); `blobs`, an image's or an
+/// artifact's config, layers and blobs.
+pub fn named(bytes: &[u8]) -> (Vec<Digest>, Vec<Digest>) {
+    #[derive(serde::Deserialize)]
+    struct Descriptor {
+        digest: Option<String>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Names {
+        config: Option<Descriptor>,
+        #[serde(default)]
+        layers: Vec<Descriptor>,
+        #[serde(default)]
+        manifests: Vec<Descriptor>,
+        #[serde(default)]
+        blobs: Vec<Descriptor>,
+    }
+    let Ok(n) = serde_json::from_slice::<Names>(bytes) else {
+        return (Vec::new(), Vec::new());
+    };
+    let digests = |v: Vec<Descriptor>| -> Vec<Digest> {
+        v.into_iter()
+            .filter_map(|d| d.digest?.parse().ok())
+            .collect()
+    };
+    let blobs = n
+        .config
+        .into_iter()
+        .chain(n.layers)
+        .chain(n.blobs)
+        .collect();
+    (digests(n.manifests), digests(blobs))
 }
 
 /// A verdict on one digest under one policy.
@@ -283,20 +336,23 @@ pub fn decide(policy: &Policy, digest: &Digest, material: &Material) -> Verdict 
     }
 }
 
-/// Verdicts, and what verified manifests name, per policy revision.
+/// Verdicts, and what manifests served under a policy name, per policy revision.
 pub struct Verdicts {
     verified: moka::sync::Cache<(u64, Digest), String>,
-    /// Digests named by a manifest served under a policy (an index's children, an image's config
-    /// and layers, an artifact's blobs): served through that scope without a signature of their
-    /// own.
-    named: moka::sync::Cache<(u64, Digest), ()>,
+    /// Manifests named by a verified index: served through that scope without a signature of
+    /// their own.
+    children: moka::sync::Cache<(u64, Digest), ()>,
+    /// Blobs named by a manifest served under the policy (a verified image, or signature
+    /// material): the only blobs served through that scope.
+    blobs: moka::sync::Cache<(u64, Digest), ()>,
 }
 
 impl Default for Verdicts {
     fn default() -> Self {
         Verdicts {
             verified: moka::sync::Cache::new(100_000),
-            named: moka::sync::Cache::new(1_000_000),
+            children: moka::sync::Cache::new(100_000),
+            blobs: moka::sync::Cache::new(1_000_000),
         }
     }
 }
@@ -311,15 +367,28 @@ impl Verdicts {
         self.verified.insert((policy.revision, digest.clone()), key);
     }
 
-    /// Whether `digest` is named by a manifest served under `policy`.
-    pub fn is_named(&self, policy: &Policy, digest: &Digest) -> bool {
-        self.named.contains_key(&(policy.revision, digest.clone()))
+    /// Whether `digest` is a manifest named by an index verified under `policy`.
+    pub fn is_child(&self, policy: &Policy, digest: &Digest) -> bool {
+        self.children
+            .contains_key(&(policy.revision, digest.clone()))
     }
 
-    /// Records the digests a manifest served under `policy` names.
-    pub fn allow_named(&self, policy: &Policy, names: impl IntoIterator<Item = Digest>) {
-        for d in names {
-            self.named.insert((policy.revision, d), ());
+    /// Whether `digest` is a blob named by a manifest served under `policy`.
+    pub fn is_named_blob(&self, policy: &Policy, digest: &Digest) -> bool {
+        self.blobs.contains_key(&(policy.revision, digest.clone()))
+    }
+
+    /// Records the manifests a verified index names.
+    pub fn allow_children(&self, policy: &Policy, children: impl IntoIterator<Item = Digest>) {
+        for d in children {
+            self.children.insert((policy.revision, d), ());
+        }
+    }
+
+    /// Records the blobs a manifest served under `policy` names.
+    pub fn allow_blobs(&self, policy: &Policy, blobs: impl IntoIterator<Item = Digest>) {
+        for d in blobs {
+            self.blobs.insert((policy.revision, d), ());
         }
     }
 }

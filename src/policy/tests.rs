@@ -263,7 +263,37 @@ fn verdicts_are_kept_per_revision() {
     v.set_verified(&a, &d, "k".into());
     assert_eq!(v.verified(&a, &d).as_deref(), Some("k"));
     assert_eq!(v.verified(&b, &d), None);
-    v.allow_named(&a, [d.clone()]);
-    assert!(v.is_named(&a, &d));
-    assert!(!v.is_named(&b, &d));
+    v.allow_children(&a, [d.clone()]);
+    assert!(v.is_child(&a, &d));
+    assert!(!v.is_child(&b, &d));
+    assert!(!v.is_named_blob(&a, &d), "a child is no blob");
+    v.allow_blobs(&a, [d.clone()]);
+    assert!(v.is_named_blob(&a, &d));
+    assert!(!v.is_named_blob(&b, &d));
+}
+
+#[test]
+fn what_a_manifest_names_is_split_into_children_and_blobs() {
+    let d = |n: u8| Digest::of(&[n]);
+    let m = format!(
+        r#"{{"config":{{"digest":"{}"}},"layers":[{{"digest":"{}"}},{{"digest":"bad"}}],"manifests":[{{"digest":"{}"}}],"blobs":[{{"digest":"{}"}}],"subject":{{"digest":"{}"}}}}"#,
+        d(1),
+        d(2),
+        d(3),
+        d(4),
+        d(5)
+    );
+    let (children, blobs) = named(m.as_bytes());
+    assert_eq!(children, vec![d(3)]);
+    assert_eq!(blobs, vec![d(1), d(2), d(4)]);
+    assert_eq!(named(b"nope"), (vec![], vec![]));
+}
+
+#[test]
+fn a_referrers_list_is_material_another_index_is_not() {
+    let list = r#"{"manifests":[{"digest":"x","artifactType":"a/b"},{"digest":"y","artifactType":"c/d"}]}"#;
+    assert!(!is_runnable(media::OCI_INDEX, list.as_bytes()));
+    let mixed = r#"{"manifests":[{"digest":"x","artifactType":"a/b"},{"digest":"y"}]}"#;
+    assert!(is_runnable(media::OCI_INDEX, mixed.as_bytes()));
+    assert!(is_runnable(media::OCI_INDEX, br#"{"manifests":[]}"#));
 }

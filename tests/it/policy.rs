@@ -404,6 +404,8 @@ async fn a_verified_image_pulls_with_the_upstream_down_also_after_a_restart() {
     let layer = format!("/v2/team/app/blobs/{}", layer_of(12));
     assert_eq!(b.get(&layer).await.status, StatusCode::OK);
 
+    // Every fill renamed into place (the payload's and the layer's) before berth stops.
+    b.settled().await;
     let dir = b.stop().await;
     drop(fake);
     let b = start_toml(&cfg, dir).await;
@@ -575,5 +577,49 @@ async fn a_sigstore_bundle_attached_as_a_referrer_verifies_an_image() {
     assert!(
         why.contains("its envelope's signature does not verify"),
         "{why}"
+    );
+}
+
+/// Signature material is served unverified, but what it names never lets a manifest through: an
+/// artifact naming an unsigned image (as a layer, or in a stray `manifests` list) changes nothing
+/// for that image. A referrers list (the tag schema's index) is material too.
+#[tokio::test]
+async fn material_is_served_but_lets_no_unsigned_manifest_through() {
+    let keys = tempfile::tempdir().unwrap();
+    let (_, public) = keypair(keys.path(), "release");
+    let fake = FakeRegistry::start().await;
+    let unsigned = image(&fake, "team/app", "unsigned", 17);
+    let empty = fake.put_blob("team/app", "{}");
+    let smuggler = fake.put_manifest(
+        "team/app",
+        OCI_MANIFEST,
+        format!(
+            r#"{{"schemaVersion":2,"mediaType":"{OCI_MANIFEST}","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{empty}","size":2}},"layers":[{{"mediaType":"application/vnd.in-toto+json","digest":"{unsigned}","size":1}}],"manifests":[{{"mediaType":"{OCI_MANIFEST}","digest":"{unsigned}","size":1}}]}}"#
+        ),
+    );
+    let list = format!(
+        r#"{{"schemaVersion":2,"mediaType":"{OCI_INDEX}","manifests":[{{"mediaType":"{OCI_MANIFEST}","digest":"{smuggler}","size":1,"artifactType":"application/spdx+json"}}]}}"#
+    );
+    let schema_tag = unsigned.replace(':', "-");
+    fake.put_tagged("team/app", &schema_tag, OCI_INDEX, list);
+    let dir = tempfile::tempdir().unwrap();
+    let b = start_toml(
+        &config(dir.path(), &fake, &policy(&[&public], "enforce")),
+        dir,
+    )
+    .await;
+
+    let got = b.get(&format!("/v2/team/app/manifests/{schema_tag}")).await;
+    assert_eq!(got.status, StatusCode::OK, "a referrers list is material");
+    let got = b.get(&format!("/v2/team/app/manifests/{smuggler}")).await;
+    assert_eq!(got.status, StatusCode::OK, "an artifact is material");
+    let why = denied(&b.get(&format!("/v2/team/app/manifests/{unsigned}")).await);
+    assert!(why.contains("is not signed"), "{why}");
+    denied(&b.get("/v2/team/app/manifests/unsigned").await);
+    // Its layer stays denied too: only the smuggler's own blobs were let through.
+    denied(&b.get(&format!("/v2/team/app/blobs/{}", layer_of(17))).await);
+    assert_eq!(
+        b.get(&format!("/v2/team/app/blobs/{empty}")).await.status,
+        StatusCode::OK
     );
 }
