@@ -158,8 +158,9 @@ struct WarmArgs {
 
 #[derive(Subcommand)]
 enum CacheOp {
-    /// Per upstream/repository/tag: digest, size of the cached image, files, last pulled; then
-    /// untagged manifests and orphan blobs.
+    /// Per upstream/repository/tag: digest, size of the cached image, files, last pulled (and an
+    /// artifact's type and subject); then untagged artifacts (signatures, SBOMs) with their type
+    /// and subject, untagged manifests and orphan blobs.
     Ls {
         /// Only this repository (or repo:tag), optionally upstream-qualified: docker.io/library/nginx.
         #[arg(long)]
