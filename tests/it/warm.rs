@@ -909,9 +909,9 @@ async fn the_referrers_tag_schema_works_through_berth() {
         gets(&fake, &format!("/v2/library/tools/manifests/{tag}")),
         1
     );
+    b.settled().await;
     assert!(b.blob_file(&sig.layer.0).exists());
     // The list is kept by berth too: asked again, it is a cache hit.
-    b.settled().await;
     fake.reset_counts();
     let got = b
         .get(&format!("/v2/tools/referrers/{}", tools.manifest))
