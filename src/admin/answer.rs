@@ -13,13 +13,13 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Listing {
     pub images: Vec<Image>,
-    /// Cached artifacts no tag reaches (signatures, SBOMs pulled as referrers, by digest); with
-    /// `--repo` or `--upstream`, those about a listed image (their subject, or their subject's
-    /// subject, is part of one). Absent from a berth older than this field: none.
+    /// Cached artifacts no tag points at (signatures, SBOMs pulled as referrers by digest, or
+    /// listed by a referrers tag schema index); with `--repo`, those about a listed image (their
+    /// subject, or their subject's subject, is part of one). Absent from a berth older than this
+    /// field: none.
     #[serde(default)]
     pub artifacts: Vec<Artifact>,
-    /// Cached manifests no tag reaches (whatever `--repo` says: they belong to no repository);
-    /// the untagged artifacts are among them.
+    /// Cached manifests no tag reaches (whatever `--repo` says: they belong to no repository).
     pub untagged_manifests: u64,
     /// Cached blobs that are not manifests and that no cached manifest references.
     pub orphan_blobs: u64,
@@ -69,7 +69,7 @@ pub struct Image {
     pub subject: Option<String>,
 }
 
-/// A cached artifact manifest that no tag reaches (`ls`).
+/// A cached artifact manifest that no tag points at (`ls`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Artifact {
     pub digest: String,

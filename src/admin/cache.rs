@@ -177,7 +177,6 @@ impl<'a> Cache<'a> {
         let tagged = inv.closure(inv.tags.iter().map(|t| &t.digest));
         let artifacts = untagged_artifacts(
             &inv,
-            &tagged,
             filter.map(|_| inv.closure(chosen.iter().map(|t| &t.digest))),
         );
         let untagged_manifests = inv
@@ -445,13 +444,14 @@ impl<'a> Cache<'a> {
 /// is two); a longer or looping chain is not about one.
 const SUBJECT_CHAIN: usize = 8;
 
-/// The cached artifacts no tag reaches, by subject then type; with `listed` (the closure of the
+/// The cached artifacts no tag points at, by subject then type; with `listed` (the closure of the
 /// images a filter chose), only those whose subject, or subject's subject, is in it.
-fn untagged_artifacts(
-    inv: &Inventory,
-    tagged: &HashSet<Digest>,
-    listed: Option<HashSet<Digest>>,
-) -> Vec<Artifact> {
+///
+/// "Points at", not "reaches": a referrers list kept under the referrers tag schema's
+/// `sha256-<hex>` tag (an upstream without the referrers API) is an index whose entries are the
+/// referrers, so every such signature is reached by a tag; they are listed here all the same.
+fn untagged_artifacts(inv: &Inventory, listed: Option<HashSet<Digest>>) -> Vec<Artifact> {
+    let pointed: HashSet<&Digest> = inv.tags.iter().map(|t| &t.digest).collect();
     let about_listed = |d: &Digest| {
         let Some(listed) = &listed else {
             return true;
@@ -469,7 +469,7 @@ fn untagged_artifacts(
     let mut out: Vec<Artifact> = inv
         .artifacts
         .iter()
-        .filter(|(d, _)| inv.blobs.contains_key(*d) && !tagged.contains(*d) && about_listed(d))
+        .filter(|(d, _)| inv.blobs.contains_key(*d) && !pointed.contains(d) && about_listed(d))
         .map(|(d, a)| {
             let m = inv.measure(&inv.closure([d]));
             Artifact {

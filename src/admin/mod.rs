@@ -18,7 +18,8 @@
 //! - Artifacts (OCI 1.1): a manifest with an `artifactType`, or with a config that is not an
 //!   image's (the empty config `application/vnd.oci.empty.v1+json`, a Helm chart's), is an
 //!   artifact, of that type. A tag pointing at one is listed with its type and its `subject`;
-//!   the artifacts no tag reaches (signatures and SBOMs pulled as referrers, by digest) are listed
+//!   the artifacts no tag points at (signatures and SBOMs pulled as referrers by digest, or
+//!   listed in a referrers tag schema index `sha256-<hex>`, whose closure reaches them) are listed
 //!   apart, each with its type, subject and size. Manifests are stored by digest, not by
 //!   repository, so with `--repo` an untagged artifact is shown when it is about a listed image
 //!   (its subject, or its subject's subject, is part of one). Learnt from the manifest bytes
