@@ -17,7 +17,9 @@
 //! With `--referrers` ([`Warmer::with_referrers`]), phase 1 also lists the referrers (OCI 1.1) of
 //! every manifest an image takes, and theirs, one level, through berth (which caches the lists
 //! for offline use), and walks them like the image: their manifests and blobs are the image's
-//! too, and a referrer that fails fails the image.
+//! too, and a referrer that fails fails the image. They are phase 1's, like the platform
+//! manifests: the first layer also waits for the lists and the referrers' manifests, which are
+//! small, and in exchange their blobs join the run's totals and its each-digest-once set.
 //!
 //! This file is the run, which ties its parts together:
 //! - `reference`: image references as people write them, and berth's paths for them;

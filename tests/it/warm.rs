@@ -837,6 +837,65 @@ async fn referrers_and_theirs_are_warmed_then_served_with_the_upstream_down() {
 }
 
 #[tokio::test]
+async fn with_a_platform_filter_only_that_platform_s_referrers_come() {
+    let fake = FakeRegistry::start().await;
+    fake.serve_referrers(10);
+    let app = app(&fake);
+    let repo = "library/app";
+    let sig = artifact(
+        &fake,
+        repo,
+        &app.index,
+        SIG,
+        Bytes::from_static(b"index sig"),
+    );
+    let amd64 = artifact(
+        &fake,
+        repo,
+        &app.amd64.manifest,
+        SBOM,
+        random_bytes(3_000, 10),
+    );
+    let arm64 = artifact(
+        &fake,
+        repo,
+        &app.arm64.manifest,
+        SBOM,
+        random_bytes(3_000, 11),
+    );
+    let b = berth(&fake, "").await;
+
+    let out = warm(&[
+        "--server",
+        &server(&b),
+        "--referrers",
+        "--platform",
+        "linux/arm64",
+        "app:1",
+    ])
+    .await;
+    exit(&out, 0);
+    let (stdout, _) = text(&out);
+    // The index, arm64's manifest, the index's signature and arm64's SBOM; arm64's config and two
+    // layers, the empty config and the two artifacts' layers.
+    assert!(
+        stdout.contains("warmed app:1 (4 manifests, 2 referrers, 6 blobs, "),
+        "{stdout}"
+    );
+    let manifest = |d: &str| format!("/v2/{repo}/manifests/{d}");
+    assert_eq!(gets(&fake, &manifest(&sig.manifest)), 1);
+    assert_eq!(gets(&fake, &manifest(&arm64.manifest)), 1);
+    assert_eq!(gets(&fake, &manifest(&amd64.manifest)), 0);
+    assert_eq!(
+        gets(
+            &fake,
+            &format!("/v2/{repo}/referrers/{}", app.amd64.manifest)
+        ),
+        0
+    );
+}
+
+#[tokio::test]
 async fn without_the_flag_no_referrer_is_listed_or_fetched() {
     let fake = FakeRegistry::start().await;
     fake.serve_referrers(10);
