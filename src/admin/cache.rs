@@ -508,3 +508,51 @@ fn files_in(dir: &Path) -> io::Result<Vec<u64>> {
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::inventory::ArtifactInfo;
+    use super::*;
+
+    #[test]
+    fn untagged_artifacts_follow_subjects_a_bounded_way() {
+        let d = |s: &str| Digest::of(s.as_bytes());
+        let mut inv = Inventory::default();
+        let file = FileInfo {
+            size: 1,
+            mtime: None,
+        };
+        let artifact = |subject: &str| ArtifactInfo {
+            artifact_type: "a/b".into(),
+            subject: Some(d(subject)),
+        };
+        // sig -> sbom -> image; two artifacts that name each other; one whose file is gone.
+        for (name, subject) in [("sig", "sbom"), ("sbom", "image"), ("x", "y"), ("y", "x")] {
+            inv.blobs.insert(d(name), file);
+            inv.manifests.insert(d(name), vec![]);
+            inv.artifacts.insert(d(name), artifact(subject));
+        }
+        inv.manifests.insert(d("gone"), vec![]);
+        inv.artifacts.insert(d("gone"), artifact("image"));
+        let names = |list: Vec<Artifact>| {
+            let mut n: Vec<String> = list.into_iter().map(|a| a.digest).collect();
+            n.sort();
+            n
+        };
+        let want = |names: &[&str]| {
+            let mut n: Vec<String> = names.iter().map(|s| d(s).to_string()).collect();
+            n.sort();
+            n
+        };
+        assert_eq!(
+            names(untagged_artifacts(&inv, None)),
+            want(&["sig", "sbom", "x", "y"])
+        );
+        // About the image: the SBOM and, through it, its signature; the loop ends.
+        let listed: HashSet<Digest> = [d("image")].into();
+        assert_eq!(
+            names(untagged_artifacts(&inv, Some(listed))),
+            want(&["sig", "sbom"])
+        );
+    }
+}

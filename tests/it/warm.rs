@@ -1103,3 +1103,57 @@ async fn a_berth_without_the_referrers_api_is_named_not_crashed_on() {
     assert!(stdout.contains("1 failed: library/app:1"), "{stdout}");
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
+
+#[tokio::test]
+async fn a_list_that_is_no_index_or_too_large_fails_its_image() {
+    // The fake registry as the server again, its referrers route answering what the test says.
+    let fake = FakeRegistry::start().await;
+    let garbled = image(
+        &fake,
+        "library/garbled",
+        "amd64",
+        &[random_bytes(1_000, 12)],
+        0,
+    );
+    fake.tag("library/garbled", "1", &garbled.manifest);
+    let huge = image(
+        &fake,
+        "library/huge",
+        "amd64",
+        &[random_bytes(1_000, 13)],
+        0,
+    );
+    fake.tag("library/huge", "1", &huge.manifest);
+    fake.fault(
+        &format!("/v2/library/garbled/referrers/{}", garbled.manifest),
+        Fault::Answer(vec![], Bytes::from_static(b"<html>")),
+    );
+    fake.fault(
+        &format!("/v2/library/huge/referrers/{}", huge.manifest),
+        Fault::Answer(vec![], Bytes::from(vec![b' '; (16 << 20) + 1])),
+    );
+    let out = warm(&[
+        "--server",
+        &fake.url(),
+        "--referrers",
+        "library/garbled:1",
+        "library/huge:1",
+    ])
+    .await;
+    exit(&out, 1);
+    let (_, stderr) = text(&out);
+    assert!(
+        stderr.contains(&format!(
+            "failed library/garbled:1: referrers of {}: the referrers list is no image index",
+            garbled.manifest
+        )),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!(
+            "failed library/huge:1: referrers of {}: larger than 16777216 bytes",
+            huge.manifest
+        )),
+        "{stderr}"
+    );
+}
