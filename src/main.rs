@@ -70,8 +70,9 @@ enum Command {
         config: PathBuf,
     },
     /// Pre-fetch images through a running berth, so they are cached before a rollout: every
-    /// platform of a multi-platform image, its config and every layer. Exit 0: all warmed; 1:
-    /// some failed (each is named); 2: a bad reference, option or config.
+    /// platform of a multi-platform image, its config and every layer (with --referrers, its
+    /// signatures and SBOMs too). Exit 0: all warmed; 1: some failed (each is named); 2: a bad
+    /// reference, option or config.
     #[command(after_help = WARM_HELP)]
     Warm(WarmArgs),
     /// What is cached, removing it, totals. Goes through the running berth's admin API when the
@@ -109,6 +110,7 @@ for hosts configured as an [[upstream]] name or alias.
 Examples:
   berth warm nginx:1.25 quay.io/coreos/flannel:v0.11.0
   berth warm --config /etc/berth/config.toml --file rollout.txt --platform linux/amd64
+  berth warm --referrers ghcr.io/team/app:v3     # with its signatures, SBOMs and theirs
   berth warm --server https://mirror.internal:5000 --ca-file ca.pem registry.local:5000/team/app:v3
   echo \"$PASSWORD\" | berth warm --user ci --password-stdin --server http://berth:5000 nginx:1.25";
 
@@ -146,12 +148,19 @@ struct WarmArgs {
     /// Read the password for --user from the first line of stdin.
     #[arg(long, requires = "user")]
     password_stdin: bool,
+    /// Also warm each image's referrers (OCI 1.1: the signatures, SBOMs and attestations naming
+    /// its manifest, or a platform's, as their subject) and the referrers of those, one level:
+    /// the lists, manifests and blobs, so `cosign verify` or `oras discover` find them offline.
+    /// Needs a berth with the referrers API; a referrer that fails fails its image.
+    #[arg(long)]
+    referrers: bool,
 }
 
 #[derive(Subcommand)]
 enum CacheOp {
-    /// Per upstream/repository/tag: digest, size of the cached image, files, last pulled; then
-    /// untagged manifests and orphan blobs.
+    /// Per upstream/repository/tag: digest, size of the cached image, files, last pulled (and an
+    /// artifact's type and subject); then untagged artifacts (signatures, SBOMs) with their type
+    /// and subject, untagged manifests and orphan blobs.
     Ls {
         /// Only this repository (or repo:tag), optionally upstream-qualified: docker.io/library/nginx.
         #[arg(long)]
@@ -436,7 +445,7 @@ fn warm(args: WarmArgs) -> ExitCode {
         credentials,
     };
     let warmer = match Warmer::new(&opts) {
-        Ok(w) => w,
+        Ok(w) => w.with_referrers(args.referrers),
         Err(e) => {
             eprintln!("berth warm: {e}");
             return ExitCode::from(2);

@@ -13,6 +13,12 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Listing {
     pub images: Vec<Image>,
+    /// Cached artifacts no tag points at (signatures, SBOMs pulled as referrers by digest, or
+    /// listed by a referrers tag schema index); with `--repo`, those about a listed image (their
+    /// subject, or their subject's subject, is part of one). Absent from a berth older than this
+    /// field: none.
+    #[serde(default)]
+    pub artifacts: Vec<Artifact>,
     /// Cached manifests no tag reaches (whatever `--repo` says: they belong to no repository).
     pub untagged_manifests: u64,
     /// Cached blobs that are not manifests and that no cached manifest references.
@@ -54,6 +60,31 @@ pub struct Image {
     /// `[storage.s3]`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub in_bucket: Option<u64>,
+    /// When the tag points at an artifact (OCI 1.1): its `artifactType`, or else its config's
+    /// media type.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub artifact_type: Option<String>,
+    /// The manifest the artifact's `subject` names, if it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
+}
+
+/// A cached artifact manifest that no tag points at (`ls`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Artifact {
+    pub digest: String,
+    /// Its `artifactType`, or else its config's media type.
+    pub artifact_type: String,
+    /// The manifest its `subject` names (the image a signature signs, say), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
+    /// Bytes, cached files, files referenced but not cached, and the newest access, as for an
+    /// [`Image`].
+    pub bytes: u64,
+    pub cached: u64,
+    pub not_cached: u64,
+    #[serde(with = "rfc3339")]
+    pub last_pulled: Option<SystemTime>,
 }
 
 /// `rm`: what went.

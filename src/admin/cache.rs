@@ -12,8 +12,8 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use super::answer::{BucketStats, BucketTotals, Image, Listing, Removal, Removed, Stats};
-use super::inventory::{BucketInventory, FileInfo, Inventory, references};
+use super::answer::{Artifact, BucketStats, BucketTotals, Image, Listing, Removal, Removed, Stats};
+use super::inventory::{BucketInventory, FileInfo, Inventory, read};
 use super::reference::CacheRef;
 use crate::error::Error;
 use crate::index;
@@ -112,17 +112,21 @@ impl<'a> Cache<'a> {
                     .insert(index::digest(&key), FileInfo { size, mtime });
             }
             for (d, _media_type) in types {
-                let refs = match inv.blobs.get(&d) {
+                // One read and one parse a manifest: what it references, whether an artifact.
+                let seen = match inv.blobs.get(&d) {
                     Some(f) if f.size <= MAX_MANIFEST_BYTES as u64 => {
                         match std::fs::read(store.blob_path(&d)) {
-                            Ok(bytes) => references(&bytes),
-                            Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
+                            Ok(bytes) => read(&bytes),
+                            Err(e) if e.kind() == io::ErrorKind::NotFound => Default::default(),
                             Err(e) => return Err(e),
                         }
                     }
-                    _ => Vec::new(),
+                    _ => Default::default(),
                 };
-                inv.manifests.insert(d, refs);
+                if let Some(a) = seen.artifact {
+                    inv.artifacts.insert(d.clone(), a);
+                }
+                inv.manifests.insert(d, seen.references);
             }
             Ok(inv)
         });
@@ -134,13 +138,17 @@ impl<'a> Cache<'a> {
         Ok(inv)
     }
 
-    /// `ls`: every cached tag (or those `filter` names) with its image.
+    /// `ls`: every cached tag (or those `filter` names) with its image, then the untagged
+    /// artifacts (those about a listed image, with a filter).
     pub async fn list(&self, filter: Option<&CacheRef>) -> Result<Listing, Error> {
         let inv = self.scan().await?;
-        let mut images: Vec<Image> = inv
+        let chosen: Vec<&TagRecord> = inv
             .tags
             .iter()
             .filter(|t| filter.is_none_or(|f| f.matches(t)))
+            .collect();
+        let mut images: Vec<Image> = chosen
+            .iter()
             .map(|t| {
                 let closure = inv.closure([&t.digest]);
                 let m = inv.measure(&closure);
@@ -148,8 +156,11 @@ impl<'a> Cache<'a> {
                     .bucket
                     .as_ref()
                     .map(|b| closure.iter().filter(|d| b.has(d)).count() as u64);
+                let artifact = inv.artifacts.get(&t.digest);
                 Image {
                     in_bucket,
+                    artifact_type: artifact.map(|a| a.artifact_type.clone()),
+                    subject: artifact.and_then(|a| Some(a.subject.as_ref()?.to_string())),
                     upstream: t.upstream.clone(),
                     repo: t.repo.to_string(),
                     tag: t.tag.to_string(),
@@ -164,6 +175,10 @@ impl<'a> Cache<'a> {
             .collect();
         images.sort_by(|a, b| (&a.upstream, &a.repo, &a.tag).cmp(&(&b.upstream, &b.repo, &b.tag)));
         let tagged = inv.closure(inv.tags.iter().map(|t| &t.digest));
+        let artifacts = untagged_artifacts(
+            &inv,
+            filter.map(|_| inv.closure(chosen.iter().map(|t| &t.digest))),
+        );
         let untagged_manifests = inv
             .manifests
             .keys()
@@ -186,6 +201,7 @@ impl<'a> Cache<'a> {
         });
         Ok(Listing {
             images,
+            artifacts,
             untagged_manifests,
             orphan_blobs: orphans.len() as u64,
             orphan_bytes: orphans.iter().map(|(_, f)| f.size).sum(),
@@ -424,6 +440,55 @@ impl<'a> Cache<'a> {
     }
 }
 
+/// Subjects followed from an artifact towards a listed image (a signature of an SBOM of an image
+/// is two); a longer or looping chain is not about one.
+const SUBJECT_CHAIN: usize = 8;
+
+/// The cached artifacts no tag points at, by subject then type; with `listed` (the closure of the
+/// images a filter chose), only those whose subject, or subject's subject, is in it.
+///
+/// "Points at", not "reaches": a referrers list kept under the referrers tag schema's
+/// `sha256-<hex>` tag (an upstream without the referrers API) is an index whose entries are the
+/// referrers, so every such signature is reached by a tag; they are listed here all the same.
+fn untagged_artifacts(inv: &Inventory, listed: Option<HashSet<Digest>>) -> Vec<Artifact> {
+    let pointed: HashSet<&Digest> = inv.tags.iter().map(|t| &t.digest).collect();
+    let about_listed = |d: &Digest| {
+        let Some(listed) = &listed else {
+            return true;
+        };
+        let mut at = d;
+        for _ in 0..SUBJECT_CHAIN {
+            match inv.artifacts.get(at).and_then(|a| a.subject.as_ref()) {
+                Some(s) if listed.contains(s) => return true,
+                Some(s) => at = s,
+                None => return false,
+            }
+        }
+        false
+    };
+    let mut out: Vec<Artifact> = inv
+        .artifacts
+        .iter()
+        .filter(|(d, _)| inv.blobs.contains_key(*d) && !pointed.contains(d) && about_listed(d))
+        .map(|(d, a)| {
+            let m = inv.measure(&inv.closure([d]));
+            Artifact {
+                digest: d.to_string(),
+                artifact_type: a.artifact_type.clone(),
+                subject: a.subject.as_ref().map(ToString::to_string),
+                bytes: m.bytes,
+                cached: m.cached,
+                not_cached: m.not_cached,
+                last_pulled: m.newest,
+            }
+        })
+        .collect();
+    out.sort_by(|a, b| {
+        (&a.subject, &a.artifact_type, &a.digest).cmp(&(&b.subject, &b.artifact_type, &b.digest))
+    });
+    out
+}
+
 /// The sizes of the regular files in `dir` (none when it does not exist).
 fn files_in(dir: &Path) -> io::Result<Vec<u64>> {
     let rd = match std::fs::read_dir(dir) {
@@ -442,4 +507,52 @@ fn files_in(dir: &Path) -> io::Result<Vec<u64>> {
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::inventory::ArtifactInfo;
+    use super::*;
+
+    #[test]
+    fn untagged_artifacts_follow_subjects_a_bounded_way() {
+        let d = |s: &str| Digest::of(s.as_bytes());
+        let mut inv = Inventory::default();
+        let file = FileInfo {
+            size: 1,
+            mtime: None,
+        };
+        let artifact = |subject: &str| ArtifactInfo {
+            artifact_type: "a/b".into(),
+            subject: Some(d(subject)),
+        };
+        // sig -> sbom -> image; two artifacts that name each other; one whose file is gone.
+        for (name, subject) in [("sig", "sbom"), ("sbom", "image"), ("x", "y"), ("y", "x")] {
+            inv.blobs.insert(d(name), file);
+            inv.manifests.insert(d(name), vec![]);
+            inv.artifacts.insert(d(name), artifact(subject));
+        }
+        inv.manifests.insert(d("gone"), vec![]);
+        inv.artifacts.insert(d("gone"), artifact("image"));
+        let names = |list: Vec<Artifact>| {
+            let mut n: Vec<String> = list.into_iter().map(|a| a.digest).collect();
+            n.sort();
+            n
+        };
+        let want = |names: &[&str]| {
+            let mut n: Vec<String> = names.iter().map(|s| d(s).to_string()).collect();
+            n.sort();
+            n
+        };
+        assert_eq!(
+            names(untagged_artifacts(&inv, None)),
+            want(&["sig", "sbom", "x", "y"])
+        );
+        // About the image: the SBOM and, through it, its signature; the loop ends.
+        let listed: HashSet<Digest> = [d("image")].into();
+        assert_eq!(
+            names(untagged_artifacts(&inv, Some(listed))),
+            want(&["sig", "sbom"])
+        );
+    }
 }

@@ -1,6 +1,7 @@
 //! What an operation reads before it answers: every cached file (size, last access), every
-//! cached manifest and what it references, the tags, and the bucket's objects; and the closure
-//! and totals over a set of digests that `ls` and `rm` decide by.
+//! cached manifest, what it references and whether it is an artifact (its `artifactType` and
+//! `subject`, learnt from the same read), the tags, and the bucket's objects; and the closure and
+//! totals over a set of digests that `ls` and `rm` decide by.
 //!
 //! Rule of dependency: a leaf of `admin`; uses `oci` (digests) and `manifests` (the tag record).
 //! `cache` fills it in; it does no I/O itself.
@@ -24,6 +25,8 @@ pub(super) struct Inventory {
     pub(super) blobs: HashMap<Digest, FileInfo>,
     /// Manifests with a recorded media type (their bytes may be missing), and what they reference.
     pub(super) manifests: HashMap<Digest, Vec<Digest>>,
+    /// The cached manifests that are artifacts.
+    pub(super) artifacts: HashMap<Digest, ArtifactInfo>,
     pub(super) tags: Vec<TagRecord>,
     /// What the bucket holds, with `[storage.s3]`.
     pub(super) bucket: Option<BucketInventory>,
@@ -84,13 +87,61 @@ impl Inventory {
     }
 }
 
+/// What makes a manifest an artifact (OCI 1.1): its type, and what it is about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct ArtifactInfo {
+    /// Its `artifactType`, or else its config's media type (the spec's rule for a referrers list).
+    pub(super) artifact_type: String,
+    /// The manifest its `subject` names (a signature's image, say), if any.
+    pub(super) subject: Option<Digest>,
+}
+
+/// Config media types that make a manifest an image rather than an artifact.
+const IMAGE_CONFIGS: [&str; 2] = [
+    "application/vnd.oci.image.config.v1+json",
+    "application/vnd.docker.container.image.v1+json",
+];
+
+/// A cached manifest as `ls` and `rm` see it, from one parse of its bytes.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(super) struct Read {
+    pub(super) references: Vec<Digest>,
+    pub(super) artifact: Option<ArtifactInfo>,
+}
+
+/// What a manifest references (see [`references`]) and whether it is an artifact: it has an
+/// `artifactType`, or a config of another type than an image's (the empty config
+/// `application/vnd.oci.empty.v1+json`, a Helm chart's, ...). Anything that does not parse
+/// references nothing and is no artifact.
+pub(super) fn read(bytes: &[u8]) -> Read {
+    let Ok(v) = serde_json::from_slice::<serde_json::Value>(bytes) else {
+        return Read::default();
+    };
+    let text = |x: &serde_json::Value, key: &str| x.get(key)?.as_str().map(str::to_owned);
+    let artifact_type = text(&v, "artifactType").or_else(|| {
+        v.get("config")
+            .and_then(|c| text(c, "mediaType"))
+            .filter(|t| !IMAGE_CONFIGS.contains(&t.as_str()))
+    });
+    Read {
+        references: referenced(&v),
+        artifact: artifact_type.map(|artifact_type| ArtifactInfo {
+            artifact_type,
+            subject: v
+                .get("subject")
+                .and_then(|s| s.get("digest")?.as_str()?.parse().ok()),
+        }),
+    }
+}
+
 /// The digests a manifest references: config, layers, child manifests (an index), `blobs`
 /// (artifacts), `fsLayers` (schema 1). `subject` is not followed: the subject is another image,
 /// not part of this one. Anything that does not parse references nothing.
 pub fn references(bytes: &[u8]) -> Vec<Digest> {
-    let Ok(v) = serde_json::from_slice::<serde_json::Value>(bytes) else {
-        return Vec::new();
-    };
+    read(bytes).references
+}
+
+fn referenced(v: &serde_json::Value) -> Vec<Digest> {
     let digest = |x: &serde_json::Value, key: &str| x.get(key)?.as_str()?.parse::<Digest>().ok();
     let mut out: Vec<Digest> = v
         .get("config")
@@ -124,5 +175,45 @@ mod tests {
         let v1 = format!(r#"{{"fsLayers":[{{"blobSum":"{a}"}}]}}"#);
         assert_eq!(references(v1.as_bytes()), vec![a]);
         assert!(references(b"not json").is_empty());
+    }
+
+    #[test]
+    fn artifacts_by_their_type_or_their_config() {
+        let (c, s) = (Digest::of(b"c"), Digest::of(b"s"));
+        let of = |json: String| read(json.as_bytes()).artifact;
+        // artifactType wins; the subject is kept.
+        let sig = of(format!(
+            r#"{{"artifactType":"application/vnd.dev.sigstore.bundle.v0.3+json","config":{{"mediaType":"application/vnd.oci.empty.v1+json","digest":"{c}"}},"layers":[],"subject":{{"digest":"{s}"}}}}"#
+        ))
+        .unwrap();
+        assert_eq!(
+            sig.artifact_type,
+            "application/vnd.dev.sigstore.bundle.v0.3+json"
+        );
+        assert_eq!(sig.subject, Some(s.clone()));
+        // No artifactType: a config that is no image's names the type.
+        let chart = of(format!(
+            r#"{{"config":{{"mediaType":"application/vnd.cncf.helm.config.v1+json","digest":"{c}"}},"layers":[]}}"#
+        ))
+        .unwrap();
+        assert_eq!(
+            (chart.artifact_type.as_str(), chart.subject),
+            ("application/vnd.cncf.helm.config.v1+json", None)
+        );
+        // An index with an artifactType is one too.
+        assert!(of(r#"{"artifactType":"a/b","manifests":[]}"#.into()).is_some());
+        // Images (OCI, Docker), indexes and what does not parse are not.
+        for image in [
+            format!(
+                r#"{{"config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{c}"}},"layers":[],"subject":{{"digest":"{s}"}}}}"#
+            ),
+            format!(
+                r#"{{"config":{{"mediaType":"application/vnd.docker.container.image.v1+json","digest":"{c}"}},"layers":[]}}"#
+            ),
+            format!(r#"{{"manifests":[{{"digest":"{c}"}}]}}"#),
+            "not json".into(),
+        ] {
+            assert_eq!(of(image.clone()), None, "{image}");
+        }
     }
 }

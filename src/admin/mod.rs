@@ -15,6 +15,15 @@
 //!   its cached files (berth sets a blob file's mtime to its last access). Below that: cached
 //!   manifests no tag reaches (pulled by digest, or left behind when a tag moved) and orphan blobs
 //!   (no cached manifest references them).
+//! - Artifacts (OCI 1.1): a manifest with an `artifactType`, or with a config that is not an
+//!   image's (the empty config `application/vnd.oci.empty.v1+json`, a Helm chart's), is an
+//!   artifact, of that type. A tag pointing at one is listed with its type and its `subject`;
+//!   the artifacts no tag points at (signatures and SBOMs pulled as referrers by digest, or
+//!   listed in a referrers tag schema index `sha256-<hex>`, whose closure reaches them) are listed
+//!   apart, each with its type, subject and size. Manifests are stored by digest, not by
+//!   repository, so with `--repo` an untagged artifact is shown when it is about a listed image
+//!   (its subject, or its subject's subject, is part of one). Learnt from the manifest bytes
+//!   the scan reads anyway for the closures: no extra I/O.
 //! - `rm <[upstream/]repo:tag>` forgets the tag and removes the manifests of its closure and the
 //!   blobs they reference, except what another remaining tag or cached manifest still reaches (a
 //!   layer shared with another image stays). `rm <[upstream/]repo>` does so for every tag of the
@@ -68,7 +77,7 @@ mod inventory;
 mod reference;
 mod render;
 
-pub use answer::{BucketStats, BucketTotals, Image, Listing, Removal, Removed, Stats};
+pub use answer::{Artifact, BucketStats, BucketTotals, Image, Listing, Removal, Removed, Stats};
 pub use cache::Cache;
 pub use inventory::references;
 pub use reference::CacheRef;

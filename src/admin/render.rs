@@ -1,5 +1,6 @@
-//! How the answers read: the text tables of `ls`, `rm` and `stats` for people, or JSON for
-//! scripts (`--json`, the same shape the admin API sends).
+//! How the answers read: the text tables of `ls` (images, with artifact columns when a tag points
+//! at an artifact, then untagged artifacts), `rm` and `stats` for people, or JSON for scripts
+//! (`--json`, the same shape the admin API sends).
 //!
 //! Rule of dependency: uses `answer` from `admin`; imports nothing else of the crate and does no
 //! I/O (the command prints what this returns).
@@ -53,9 +54,51 @@ fn time(t: Option<SystemTime>) -> String {
     })
 }
 
+/// `sha256:` and the first 12 hex digits: enough to tell digests apart in a table.
+fn short(digest: &str) -> String {
+    let hex = digest.strip_prefix("sha256:").unwrap_or(digest);
+    format!("sha256:{}", &hex[..hex.len().min(12)])
+}
+
+/// `3`, or `3 (+2 not cached)`.
+fn files(cached: u64, not_cached: u64) -> String {
+    match not_cached {
+        0 => cached.to_string(),
+        n => format!("{cached} (+{n} not cached)"),
+    }
+}
+
+/// A table: the header, then the rows, columns padded to their widest cell.
+fn table(f: &mut fmt::Formatter<'_>, header: &[&str], rows: &[Vec<String>]) -> fmt::Result {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for r in rows {
+        for (w, c) in widths.iter_mut().zip(r) {
+            *w = (*w).max(c.len());
+        }
+    }
+    let line = |f: &mut fmt::Formatter<'_>, cells: &[&str]| -> fmt::Result {
+        let mut s = String::new();
+        for (i, (c, w)) in cells.iter().zip(&widths).enumerate() {
+            if i + 1 == cells.len() {
+                s.push_str(c);
+            } else {
+                s.push_str(&format!("{c:<w$}  ", w = *w));
+            }
+        }
+        writeln!(f, "{}", s.trim_end())
+    };
+    line(f, header)?;
+    for r in rows {
+        line(f, &r.iter().map(String::as_str).collect::<Vec<_>>())?;
+    }
+    Ok(())
+}
+
 impl fmt::Display for Listing {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let with_bucket = self.bucket.is_some();
+        // Artifact columns only when a listed tag points at an artifact.
+        let with_artifacts = self.images.iter().any(|i| i.artifact_type.is_some());
         let mut header = vec![
             "UPSTREAM",
             "REPOSITORY",
@@ -68,49 +111,61 @@ impl fmt::Display for Listing {
         if with_bucket {
             header.insert(6, "IN BUCKET");
         }
+        if with_artifacts {
+            header.extend(["ARTIFACT TYPE", "SUBJECT"]);
+        }
         let rows: Vec<Vec<String>> = self
             .images
             .iter()
             .map(|i| {
-                let short = i.digest.strip_prefix("sha256:").unwrap_or(&i.digest);
                 let mut row = vec![
                     i.upstream.clone(),
                     i.repo.clone(),
                     i.tag.clone(),
-                    format!("sha256:{}", &short[..short.len().min(12)]),
+                    short(&i.digest),
                     human_bytes(i.bytes),
-                    match i.not_cached {
-                        0 => i.cached.to_string(),
-                        n => format!("{} (+{n} not cached)", i.cached),
-                    },
+                    files(i.cached, i.not_cached),
                     time(i.last_pulled),
                 ];
                 if with_bucket {
                     row.insert(6, i.in_bucket.unwrap_or(0).to_string());
                 }
+                if with_artifacts {
+                    row.push(i.artifact_type.clone().unwrap_or_else(|| "-".into()));
+                    row.push(i.subject.as_deref().map_or("-".into(), short));
+                }
                 row
             })
             .collect();
-        let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
-        for r in &rows {
-            for (w, c) in widths.iter_mut().zip(r) {
-                *w = (*w).max(c.len());
-            }
-        }
-        let line = |f: &mut fmt::Formatter<'_>, cells: &[&str]| -> fmt::Result {
-            let mut s = String::new();
-            for (i, (c, w)) in cells.iter().zip(&widths).enumerate() {
-                if i + 1 == cells.len() {
-                    s.push_str(c);
-                } else {
-                    s.push_str(&format!("{c:<w$}  ", w = *w));
-                }
-            }
-            writeln!(f, "{}", s.trim_end())
-        };
-        line(f, &header)?;
-        for r in &rows {
-            line(f, &r.iter().map(String::as_str).collect::<Vec<_>>())?;
+        table(f, &header, &rows)?;
+        if !self.artifacts.is_empty() {
+            writeln!(f, "untagged artifacts:")?;
+            let rows: Vec<Vec<String>> = self
+                .artifacts
+                .iter()
+                .map(|a| {
+                    vec![
+                        short(&a.digest),
+                        a.artifact_type.clone(),
+                        a.subject.as_deref().map_or("-".into(), short),
+                        human_bytes(a.bytes),
+                        files(a.cached, a.not_cached),
+                        time(a.last_pulled),
+                    ]
+                })
+                .collect();
+            table(
+                f,
+                &[
+                    "DIGEST",
+                    "ARTIFACT TYPE",
+                    "SUBJECT",
+                    "SIZE",
+                    "FILES",
+                    "LAST PULLED",
+                ],
+                &rows,
+            )?;
         }
         writeln!(
             f,
@@ -206,7 +261,83 @@ impl fmt::Display for Stats {
 
 #[cfg(test)]
 mod tests {
+    use super::super::answer::{Artifact, Image};
     use super::*;
+
+    #[test]
+    fn artifacts_get_their_columns_and_their_table() {
+        let image = |tag: &str, artifact_type: Option<&str>| Image {
+            upstream: "registry.test".into(),
+            repo: "library/app".into(),
+            tag: tag.into(),
+            digest: format!("sha256:{}", "a".repeat(64)),
+            media_type: "application/vnd.oci.image.manifest.v1+json".into(),
+            bytes: 2048,
+            cached: 3,
+            not_cached: 0,
+            last_pulled: None,
+            in_bucket: None,
+            artifact_type: artifact_type.map(str::to_owned),
+            subject: artifact_type.map(|_| format!("sha256:{}", "b".repeat(64))),
+        };
+        let mut ls = Listing {
+            images: vec![image("1", None)],
+            artifacts: vec![],
+            untagged_manifests: 1,
+            orphan_blobs: 0,
+            orphan_bytes: 0,
+            bucket: None,
+        };
+        let plain = ls.to_string();
+        assert!(
+            !plain.contains("ARTIFACT") && !plain.contains("untagged artifacts"),
+            "{plain}"
+        );
+        ls.images.push(image("sbom", Some("application/spdx+json")));
+        ls.artifacts.push(Artifact {
+            digest: format!("sha256:{}", "c".repeat(64)),
+            artifact_type: "application/vnd.dev.sigstore.bundle.v0.3+json".into(),
+            subject: Some(format!("sha256:{}", "d".repeat(64))),
+            bytes: 900,
+            cached: 2,
+            not_cached: 1,
+            last_pulled: None,
+        });
+        let text = ls.to_string();
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(
+            lines[0].ends_with("LAST PULLED  ARTIFACT TYPE          SUBJECT"),
+            "{text}"
+        );
+        let last_two = |line: &str| {
+            let cells: Vec<&str> = line.split_whitespace().collect();
+            cells[cells.len() - 2..].join(" ")
+        };
+        assert_eq!(last_two(lines[1]), "- -", "{text}");
+        assert_eq!(
+            last_two(lines[2]),
+            format!("application/spdx+json sha256:{}", "b".repeat(12)),
+            "{text}"
+        );
+        assert_eq!(lines[3], "untagged artifacts:");
+        assert!(lines[4].starts_with("DIGEST  "), "{text}");
+        assert_eq!(
+            lines[5]
+                .split("  ")
+                .filter(|c| !c.is_empty())
+                .map(str::trim)
+                .collect::<Vec<_>>(),
+            vec![
+                format!("sha256:{}", "c".repeat(12)).as_str(),
+                "application/vnd.dev.sigstore.bundle.v0.3+json",
+                format!("sha256:{}", "d".repeat(12)).as_str(),
+                "900 B",
+                "2 (+1 not cached)",
+                "-"
+            ]
+        );
+        assert!(lines[6].starts_with("untagged manifests: 1;"), "{text}");
+    }
 
     #[test]
     fn sizes_for_people() {

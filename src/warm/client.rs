@@ -1,6 +1,6 @@
 //! The HTTP client `warm` talks to a running berth with: where berth answers (`--server` or the
-//! config's listen address), the probe of `/v2/`, a manifest's bytes and a blob read to its end,
-//! each checked where it is cheap (sizes against the descriptor, `Docker-Content-Digest`, a
+//! config's listen address), the probe of `/v2/`, a manifest's bytes, a referrers list (OCI 1.1)
+//! and a blob read to its end, each checked where it is cheap (sizes against the descriptor, `Docker-Content-Digest`, a
 //! manifest's digest), and berth's OCI error body as one line.
 //!
 //! It asks what a pulling client asks, over the same connector berth uses for its upstreams
@@ -9,8 +9,8 @@
 //!
 //! Rule of dependency: uses `reference` (the paths to ask for) and `failure` from `warm`; from the
 //! crate only `upstream::connect` (the connector), `access` (the Basic header), `config` (the
-//! server's own address, `Secret`), `oci` and `error` (`chain`). It knows nothing of manifests'
-//! contents or of the display.
+//! server's own address, `Secret`), `oci` (digests, media types, the referrers list's parser) and
+//! `error` (`chain`). It knows nothing of manifests' contents or of the display.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::Path;
@@ -27,11 +27,13 @@ use url::Url;
 use super::failure::Failure;
 use super::reference::ImageRef;
 use crate::config::{Secret, ServerConfig};
-use crate::oci::{Digest, Reference};
+use crate::oci::referrers::{self, Descriptor};
+use crate::oci::{Digest, Reference, media};
 use crate::upstream::connect::{DirectClient, TimeoutConnector};
 
-/// Every manifest and index media type berth serves: warm takes whatever the image is.
-pub const ACCEPT: &str = "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.docker.distribution.manifest.v2+json, application/vnd.docker.distribution.manifest.v1+prettyjws, application/vnd.docker.distribution.manifest.v1+json";
+/// Every manifest and index media type berth serves, and the artifact manifest of the OCI 1.1
+/// release candidates (a referrer may still be one): warm takes whatever the image is.
+pub const ACCEPT: &str = "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.docker.distribution.manifest.v2+json, application/vnd.oci.artifact.manifest.v1+json, application/vnd.docker.distribution.manifest.v1+prettyjws, application/vnd.docker.distribution.manifest.v1+json";
 
 /// A response head or a body that sends nothing for this long fails the transfer. berth bounds
 /// its own upstream waits (`stall_timeout`, `response_timeout`), so this only catches a berth that
@@ -40,6 +42,10 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// Manifests larger than this are refused (registries cap them at 4 MiB).
 pub const MAX_MANIFEST: usize = 4 << 20;
+
+/// A referrers list larger than this is refused (berth lists at most 10,000 referrers, a few
+/// hundred bytes each).
+const MAX_REFERRERS_LIST: usize = 16 << 20;
 
 /// How long connecting to berth (TCP and TLS) may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -177,14 +183,7 @@ impl Berth {
         let resp = self.ok(resp, r).await?;
         let header_digest = header_str(&resp, "docker-content-digest").map(str::to_owned);
         let content_type = header_str(&resp, header::CONTENT_TYPE.as_str()).map(str::to_owned);
-        let mut body = resp.into_body();
-        let mut bytes = Vec::new();
-        while let Some(chunk) = next_chunk(&mut body).await? {
-            if bytes.len() + chunk.len() > MAX_MANIFEST {
-                return Err(Failure::new(format!("larger than {} bytes", MAX_MANIFEST)));
-            }
-            bytes.extend_from_slice(&chunk);
-        }
+        let bytes = read_all(resp.into_body(), MAX_MANIFEST).await?;
         let digest = Digest::of(&bytes);
         if let Reference::Digest(want) = reference
             && *want != digest
@@ -195,6 +194,31 @@ impl Berth {
         }
         check_digest_header(header_digest.as_deref(), &digest)?;
         Ok((bytes, content_type))
+    }
+
+    /// The referrers (OCI 1.1) of `subject` in `r`'s repository, as berth lists them, unfiltered.
+    /// Asking through berth is what caches the list for offline use. A 404 means a berth without
+    /// the route (it answers an empty list for a subject without referrers): said so, once per
+    /// image, rather than as a missing manifest.
+    pub async fn list_referrers(
+        &self,
+        r: &ImageRef,
+        subject: &Digest,
+    ) -> Result<Vec<Descriptor>, Failure> {
+        let path = r.referrers_path(subject);
+        let resp = self.get(&path, Some(media::OCI_INDEX)).await?;
+        if resp.status() == StatusCode::NOT_FOUND {
+            let said = error_body(resp).await;
+            return Err(Failure::new(format!(
+                "{} has no referrers API: {} for {path}; a berth from before OCI 1.1 referrers? \
+                 upgrade it, or warm without --referrers",
+                self.base,
+                describe_error(StatusCode::NOT_FOUND, &said, None)
+            )));
+        }
+        let resp = self.ok(resp, r).await?;
+        let bytes = read_all(resp.into_body(), MAX_REFERRERS_LIST).await?;
+        referrers::parse(&bytes).ok_or_else(|| Failure::new("the referrers list is no image index"))
     }
 
     /// Reads a blob to its end, telling `on_bytes` of each chunk; the bytes received. `size` is
@@ -235,16 +259,37 @@ impl Berth {
         if status == StatusCode::OK {
             return Ok(resp);
         }
-        // An error body is a few hundred bytes of JSON; read no more than that much of it.
-        let limited = http_body_util::Limited::new(resp.into_body(), 64 * 1024);
-        let body = tokio::time::timeout(IDLE_TIMEOUT, limited.collect())
-            .await
-            .ok()
-            .and_then(Result::ok)
-            .map(|c| c.to_bytes())
-            .unwrap_or_default();
-        Err(Failure::new(describe_error(status, &body, r)))
+        let body = error_body(resp).await;
+        Err(Failure::new(describe_error(
+            status,
+            &body,
+            r.registry.as_deref(),
+        )))
     }
+}
+
+/// An error answer's body: a few hundred bytes of JSON, so no more than 64 KiB is read; empty
+/// when it cannot be read.
+async fn error_body(resp: Response<Incoming>) -> Bytes {
+    let limited = http_body_util::Limited::new(resp.into_body(), 64 * 1024);
+    tokio::time::timeout(IDLE_TIMEOUT, limited.collect())
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .map(|c| c.to_bytes())
+        .unwrap_or_default()
+}
+
+/// A small body (a manifest, a referrers list) read whole; longer than `max` is a failure.
+async fn read_all(mut body: Incoming, max: usize) -> Result<Vec<u8>, Failure> {
+    let mut bytes = Vec::new();
+    while let Some(chunk) = next_chunk(&mut body).await? {
+        if bytes.len() + chunk.len() > max {
+            return Err(Failure::new(format!("larger than {max} bytes")));
+        }
+        bytes.extend_from_slice(&chunk);
+    }
+    Ok(bytes)
 }
 
 fn header_str<'a>(resp: &'a Response<Incoming>, name: &str) -> Option<&'a str> {
@@ -305,8 +350,9 @@ fn check_size(
     Ok(())
 }
 
-/// berth's OCI error body as one line, with a hint where the cause is usually the setup.
-fn describe_error(status: StatusCode, body: &[u8], r: &ImageRef) -> String {
+/// berth's OCI error body as one line, with a hint where the cause is usually the setup (`registry`:
+/// the one the image names, if any).
+fn describe_error(status: StatusCode, body: &[u8], registry: Option<&str>) -> String {
     let v: Option<serde_json::Value> = serde_json::from_slice(body).ok();
     let first = v.as_ref().and_then(|v| v.get("errors")?.get(0));
     let code = first
@@ -327,7 +373,7 @@ fn describe_error(status: StatusCode, body: &[u8], r: &ImageRef) -> String {
         (false, false) => format!("{code}: {text} (HTTP {})", status.as_u16()),
     };
     if code == "NAME_UNKNOWN"
-        && let Some(reg) = &r.registry
+        && let Some(reg) = registry
     {
         line.push_str(&format!(
             "; is {reg:?} configured as an [[upstream]] name or alias in berth?"
@@ -427,7 +473,11 @@ mod tests {
     #[test]
     fn berth_errors_read_as_one_line() {
         let body = br#"{"errors":[{"code":"NAME_UNKNOWN","message":"repository name not known to registry","detail":"registry \"ghcr.io\" is not mirrored here"}]}"#;
-        let line = describe_error(StatusCode::NOT_FOUND, body, &r("ghcr.io/a/b"));
+        let line = describe_error(
+            StatusCode::NOT_FOUND,
+            body,
+            r("ghcr.io/a/b").registry.as_deref(),
+        );
         assert!(
             line.starts_with("NAME_UNKNOWN: registry \"ghcr.io\" is not mirrored here (HTTP 404)"),
             "{line}"
@@ -435,11 +485,11 @@ mod tests {
         assert!(line.contains("[[upstream]]"), "{line}");
         let body = br#"{"errors":[{"code":"MANIFEST_UNKNOWN","message":"manifest unknown","detail":null}]}"#;
         assert_eq!(
-            describe_error(StatusCode::NOT_FOUND, body, &r("a")),
+            describe_error(StatusCode::NOT_FOUND, body, None),
             "MANIFEST_UNKNOWN: manifest unknown (HTTP 404)"
         );
         assert_eq!(
-            describe_error(StatusCode::BAD_GATEWAY, b"<html>", &r("a")),
+            describe_error(StatusCode::BAD_GATEWAY, b"<html>", None),
             "berth answered 502 Bad Gateway"
         );
     }

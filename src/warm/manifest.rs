@@ -1,13 +1,14 @@
-//! The manifest walk: a reference to every manifest it takes and the blobs they name. An index
-//! is followed to its children (every platform, or those `--platform` asked for), depth first and
-//! side by side; an image manifest gives its config and layers (schema 2 and OCI) or its
-//! `fsLayers` (schema 1). Blobs come out once each, in manifest order.
+//! The manifest walk: a reference to every manifest it takes (their digests too) and the blobs
+//! they name. An index is followed to its children (every platform, or those `--platform` asked
+//! for), depth first and side by side; an image manifest gives its config and layers (schema 2
+//! and OCI, artifacts with any config too), an OCI 1.1 release candidate's artifact manifest its
+//! `blobs`, a schema 1 manifest its `fsLayers`. Blobs come out once each, in manifest order.
 //!
 //! Rule of dependency: uses `client` (to fetch each manifest), `reference` and `failure` from
 //! `warm`; from the crate only `oci` (digests, media types). It knows nothing of blobs' transfer
 //! or of the display.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::str::FromStr;
 
@@ -96,6 +97,14 @@ pub struct Resolved {
     pub manifests: usize,
     /// Without repeats, in manifest order.
     pub blobs: Vec<BlobRef>,
+    /// The digests of the manifests fetched, the reference's own first, then each child of an
+    /// index (depth first): the subjects whose referrers `--referrers` lists.
+    pub digests: Vec<Digest>,
+    /// Referrers added by `referrers` (their manifests are in `manifests`, their blobs in
+    /// `blobs`).
+    pub referrers: usize,
+    /// Each blob that only a referrer needs, with that referrer: a failure names it.
+    pub via: HashMap<Digest, Digest>,
 }
 
 /// One run's walk: where the manifests come from, how many requests at once, which platforms.
@@ -110,10 +119,18 @@ pub struct Walker<'a> {
 impl Walker<'_> {
     /// Every manifest `r` takes, and the blobs they name.
     pub async fn resolve(&self, r: &ImageRef) -> Result<Resolved, Failure> {
+        self.resolve_at(r, r.reference.clone()).await
+    }
+
+    /// Every manifest `reference` (in `r`'s repository) takes, and the blobs they name.
+    pub async fn resolve_at(
+        &self,
+        r: &ImageRef,
+        reference: Reference,
+    ) -> Result<Resolved, Failure> {
         let mut out = Resolved::default();
         let mut seen = HashSet::new();
-        self.walk(r, r.reference.clone(), 0, &mut out, &mut seen)
-            .await?;
+        self.walk(r, reference, 0, &mut out, &mut seen).await?;
         Ok(out)
     }
 
@@ -136,11 +153,12 @@ impl Walker<'_> {
                 Some(w) => e.context(w),
                 None => e,
             };
-            let parsed = {
+            let (digest, parsed) = {
                 let _permit = self.limit.acquire().await.expect("never closed");
                 self.fetch_manifest(r, &reference).await.map_err(label)?
             };
             out.manifests += 1;
+            out.digests.push(digest);
             match parsed {
                 Parsed::Image(blobs) => {
                     for b in blobs {
@@ -173,6 +191,7 @@ impl Walker<'_> {
                     for sub in fetched {
                         let sub = sub?;
                         out.manifests += sub.manifests;
+                        out.digests.extend(sub.digests);
                         for b in sub.blobs {
                             if seen.insert(b.digest.clone()) {
                                 out.blobs.push(b);
@@ -185,9 +204,14 @@ impl Walker<'_> {
         })
     }
 
-    async fn fetch_manifest(&self, r: &ImageRef, reference: &Reference) -> Result<Parsed, Failure> {
+    async fn fetch_manifest(
+        &self,
+        r: &ImageRef,
+        reference: &Reference,
+    ) -> Result<(Digest, Parsed), Failure> {
         let (bytes, content_type) = self.berth.fetch_manifest(r, reference).await?;
-        parse_manifest(&bytes, content_type.as_deref())
+        let parsed = parse_manifest(&bytes, content_type.as_deref())?;
+        Ok((Digest::of(&bytes), parsed))
     }
 }
 
@@ -200,6 +224,8 @@ struct ManifestDoc {
     manifests: Option<Vec<Descriptor>>,
     config: Option<Descriptor>,
     layers: Option<Vec<Descriptor>>,
+    /// The artifact manifest of the OCI 1.1 release candidates: blobs, no config.
+    blobs: Option<Vec<Descriptor>>,
     #[serde(rename = "fsLayers")]
     fs_layers: Option<Vec<FsLayer>>,
 }
@@ -269,12 +295,15 @@ fn parse_manifest(body: &[u8], content_type: Option<&str>) -> Result<Parsed, Fai
     if media_type == media::OCI_INDEX || media_type == media::DOCKER_MANIFEST_LIST {
         return Err(Failure::new("an index without a manifests list"));
     }
-    if let Some(layers) = doc.layers {
-        let config = doc
-            .config
-            .ok_or_else(|| Failure::new("an image manifest without a config"))?;
+    let parts = match (doc.layers, doc.config, doc.blobs) {
+        (Some(layers), Some(config), _) => Some((Some(config), layers)),
+        (Some(_), None, _) => return Err(Failure::new("an image manifest without a config")),
+        (None, _, Some(blobs)) => Some((None, blobs)),
+        (None, _, None) => None,
+    };
+    if let Some((config, layers)) = parts {
         let mut blobs = Vec::with_capacity(layers.len() + 1);
-        for d in std::iter::once(config).chain(layers) {
+        for d in config.into_iter().chain(layers) {
             // Foreign (non-distributable) layers come from elsewhere, never from a registry.
             if d.media_type
                 .as_deref()
@@ -437,6 +466,31 @@ mod tests {
             e.0.contains("linux/s390x") && e.0.contains("linux/arm64/v8"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn artifacts_give_their_config_and_layers_or_their_blobs() {
+        let (c, l1) = (hex('c'), hex('1'));
+        // An OCI 1.1 artifact: the empty config, any layer type, a subject (not followed).
+        let sig = format!(
+            r#"{{"schemaVersion":2,"mediaType":"{}","artifactType":"application/vnd.dev.sigstore.bundle.v0.3+json","config":{{"mediaType":"application/vnd.oci.empty.v1+json","digest":"sha256:{c}","size":2}},"layers":[{{"mediaType":"application/vnd.dev.sigstore.bundle.v0.3+json","digest":"sha256:{l1}","size":9}}],"subject":{{"mediaType":"{}","digest":"sha256:{}","size":5}}}}"#,
+            media::OCI_MANIFEST,
+            media::OCI_MANIFEST,
+            hex('s')
+        );
+        let Parsed::Image(blobs) = parse_manifest(sig.as_bytes(), None).unwrap() else {
+            panic!("an image manifest")
+        };
+        let got: Vec<&str> = blobs.iter().map(|b| b.digest.hex()).collect();
+        assert_eq!(got, vec![c.as_str(), l1.as_str()]);
+        // The artifact manifest of the 1.1 release candidates: blobs, no config.
+        let rc = format!(
+            r#"{{"mediaType":"application/vnd.oci.artifact.manifest.v1+json","artifactType":"application/spdx+json","blobs":[{{"mediaType":"application/spdx+json","digest":"sha256:{l1}","size":4}}]}}"#
+        );
+        let Parsed::Image(blobs) = parse_manifest(rc.as_bytes(), None).unwrap() else {
+            panic!("an artifact manifest")
+        };
+        assert_eq!((blobs.len(), blobs[0].size), (1, Some(4)));
     }
 
     #[test]

@@ -14,10 +14,18 @@
 //! between images a set lookup rather than a coordination problem; the price is that the first
 //! layer waits for the last manifest, which is small next to the layers.
 //!
+//! With `--referrers` ([`Warmer::with_referrers`]), phase 1 also lists the referrers (OCI 1.1) of
+//! every manifest an image takes, and theirs, one level, through berth (which caches the lists
+//! for offline use), and walks them like the image: their manifests and blobs are the image's
+//! too, and a referrer that fails fails the image. They are phase 1's, like the platform
+//! manifests: the first layer also waits for the lists and the referrers' manifests, which are
+//! small, and in exchange their blobs join the run's totals and its each-digest-once set.
+//!
 //! This file is the run, which ties its parts together:
 //! - `reference`: image references as people write them, and berth's paths for them;
 //! - `client`: the HTTP client to a running berth (`--server` or the config's address);
 //! - `manifest`: the manifest walk (every platform, or those asked for) to the blobs;
+//! - `referrers`: an image's referrers and theirs, added to its walk;
 //! - `progress`: the live bar or plain lines, and the summary;
 //! - `failure`: why an image was not warmed.
 //!
@@ -32,6 +40,7 @@ mod failure;
 mod manifest;
 mod progress;
 mod reference;
+mod referrers;
 
 use std::collections::HashMap;
 use std::io::IsTerminal;
@@ -88,6 +97,8 @@ pub struct Warmer {
     /// Bounds manifest requests while references resolve side by side.
     limit: Arc<Semaphore>,
     progress: Progress,
+    /// `--referrers`: each image's referrers and theirs come with it.
+    referrers: bool,
 }
 
 impl Warmer {
@@ -103,7 +114,15 @@ impl Warmer {
             platforms: opts.platforms.clone(),
             limit: Arc::new(Semaphore::new(opts.jobs.max(1))),
             progress: Progress::new(opts.live),
+            referrers: false,
         })
+    }
+
+    /// `--referrers`: also warm each image's referrers (OCI 1.1) and theirs, one level, and
+    /// count them in the summary.
+    pub fn with_referrers(mut self, on: bool) -> Warmer {
+        self.referrers = on;
+        self
     }
 
     /// Warms every reference; never fails as a whole: what failed is in the summary.
@@ -111,6 +130,7 @@ impl Warmer {
         let started = Instant::now();
         let mut summary = Summary {
             images: refs.len(),
+            referrers: self.referrers.then_some(0),
             ..Summary::default()
         };
         if let Err(e) = self.berth.probe().await {
@@ -129,7 +149,12 @@ impl Warmer {
         };
         let walker = &walker;
         let resolved: Vec<Result<Resolved, Failure>> = join_all(refs.iter().map(|r| async move {
-            let res = walker.resolve(r).await;
+            let res = match walker.resolve(r).await {
+                Ok(mut res) if self.referrers => {
+                    referrers::add(walker, r, &mut res).await.map(|()| res)
+                }
+                res => res,
+            };
             self.progress.resolved();
             res
         }))
@@ -149,6 +174,9 @@ impl Warmer {
                 }
                 Ok(res) => {
                     summary.manifests += res.manifests;
+                    if let Some(n) = summary.referrers.as_mut() {
+                        *n += res.referrers;
+                    }
                     for b in &res.blobs {
                         let users = needed_by.entry(b.digest.clone()).or_default();
                         if users.is_empty() {
@@ -158,9 +186,11 @@ impl Warmer {
                     }
                     pending.push(Some(Pending {
                         manifests: res.manifests,
+                        referrers: self.referrers.then_some(res.referrers),
                         blobs: res.blobs.len(),
                         left: res.blobs.len(),
                         bytes: res.blobs.iter().filter_map(|b| b.size).sum(),
+                        via: res.via,
                         failure: None,
                     }));
                 }
@@ -199,7 +229,11 @@ impl Warmer {
                 };
                 p.left -= 1;
                 if let Err(e) = &res {
-                    p.failure.get_or_insert_with(|| e.clone());
+                    // A blob only a referrer needs: the failure names the referrer.
+                    p.failure.get_or_insert_with(|| match p.via.get(&digest) {
+                        Some(referrer) => e.clone().context(format!("referrer {referrer}")),
+                        None => e.clone(),
+                    });
                 }
                 if p.left == 0 {
                     self.finish_image(&refs[i], pending[i].take(), &mut summary);
@@ -225,7 +259,8 @@ impl Warmer {
         match p.failure {
             None => {
                 summary.images_warmed += 1;
-                self.progress.warmed(r, p.manifests, p.blobs, p.bytes);
+                self.progress
+                    .warmed(r, p.manifests, p.referrers, p.blobs, p.bytes);
             }
             Some(e) => {
                 self.progress.failed(r, &e);
@@ -238,8 +273,12 @@ impl Warmer {
 /// An image's progress through phase 2.
 struct Pending {
     manifests: usize,
+    /// With `--referrers`: how many.
+    referrers: Option<usize>,
     blobs: usize,
     left: usize,
     bytes: u64,
+    /// Blobs only a referrer needs, with that referrer.
+    via: HashMap<Digest, Digest>,
     failure: Option<Failure>,
 }

@@ -17,6 +17,9 @@ pub struct Summary {
     pub images: usize,
     pub images_warmed: usize,
     pub manifests: usize,
+    /// With `--referrers`: the referrers warmed with the images (their manifests are counted in
+    /// `manifests` too).
+    pub referrers: Option<usize>,
     pub blobs: usize,
     pub bytes: u64,
     pub elapsed: Duration,
@@ -35,10 +38,11 @@ impl fmt::Display for Summary {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "warmed {}/{} images: {}, {}, {} in {:.1}s",
+            "warmed {}/{} images: {}, {}{}, {} in {:.1}s",
             self.images_warmed,
             self.images,
             counted(self.manifests, "manifest"),
+            referrers(self.referrers),
             counted(self.blobs, "blob"),
             HumanBytes(self.bytes),
             self.elapsed.as_secs_f64()
@@ -54,6 +58,12 @@ impl fmt::Display for Summary {
 /// `1 blob`, `2 blobs`.
 fn counted(n: usize, noun: &str) -> String {
     format!("{n} {noun}{}", if n == 1 { "" } else { "s" })
+}
+
+/// `2 referrers, ` with `--referrers`; nothing without.
+fn referrers(n: Option<usize>) -> String {
+    n.map(|n| format!("{}, ", counted(n, "referrer")))
+        .unwrap_or_default()
 }
 
 /// A live bar on a terminal; plain lines otherwise (one per image, on stdout; failures on
@@ -138,11 +148,19 @@ impl Progress {
         self.counts.lock().unwrap().blobs_failed += 1;
     }
 
-    /// `r` is warmed: its manifests, blobs and their bytes.
-    pub fn warmed(&self, r: &impl fmt::Display, manifests: usize, blobs: usize, bytes: u64) {
+    /// `r` is warmed: its manifests, referrers (with `--referrers`), blobs and their bytes.
+    pub fn warmed(
+        &self,
+        r: &impl fmt::Display,
+        manifests: usize,
+        with_referrers: Option<usize>,
+        blobs: usize,
+        bytes: u64,
+    ) {
         let line = format!(
-            "warmed {r} ({}, {}, {})",
+            "warmed {r} ({}, {}{}, {})",
             counted(manifests, "manifest"),
+            referrers(with_referrers),
             counted(blobs, "blob"),
             HumanBytes(bytes)
         );
@@ -203,6 +221,7 @@ mod tests {
             images: 2,
             images_warmed: 2,
             manifests: 3,
+            referrers: None,
             blobs: 4,
             bytes: 2048,
             elapsed: Duration::from_millis(1500),
@@ -212,6 +231,11 @@ mod tests {
         assert_eq!(
             s.to_string(),
             "warmed 2/2 images: 3 manifests, 4 blobs, 2.00 KiB in 1.5s"
+        );
+        s.referrers = Some(1);
+        assert_eq!(
+            s.to_string(),
+            "warmed 2/2 images: 3 manifests, 1 referrer, 4 blobs, 2.00 KiB in 1.5s"
         );
         s.images_warmed = 1;
         s.failures

@@ -130,6 +130,11 @@ impl ImageRef {
         format!("/v2/{}/blobs/{digest}{}", self.name, self.ns_query())
     }
 
+    /// berth's path for the referrers (OCI 1.1) of a manifest of this repository, unfiltered.
+    pub fn referrers_path(&self, subject: &Digest) -> String {
+        format!("/v2/{}/referrers/{subject}{}", self.name, self.ns_query())
+    }
+
     fn ns_query(&self) -> String {
         match &self.registry {
             Some(host) => format!(
@@ -298,6 +303,14 @@ pub(super) mod tests {
             q.blob_path(&d),
             format!("/v2/coreos/flannel/blobs/{d}?ns=quay.io")
         );
+        assert_eq!(
+            q.referrers_path(&d),
+            format!("/v2/coreos/flannel/referrers/{d}?ns=quay.io")
+        );
+        assert_eq!(
+            r("nginx").referrers_path(&d),
+            format!("/v2/nginx/referrers/{d}")
+        );
         let l = r("registry.local:5000/team/app:tag");
         assert_eq!(
             l.manifest_path(&l.reference),
@@ -338,6 +351,15 @@ pub(super) mod tests {
             assert_eq!((t.upstream, t.name.as_str()), (upstream, name), "{input}");
             assert!(matches!(route, Route::Manifest { .. }));
             assert_eq!(t.via == Via::Default, img.registry.is_none(), "{input}");
+            let d: crate::oci::Digest = format!("sha256:{}", hex('c')).parse().unwrap();
+            let path = img.referrers_path(&d);
+            let (p, q) = path
+                .split_once('?')
+                .map_or((path.as_str(), None), |(p, q)| (p, Some(q)));
+            let route = parse(&http::Method::GET, p, q, &hosts).unwrap();
+            let t = route.target().unwrap();
+            assert_eq!((t.upstream, t.name.as_str()), (upstream, name), "{input}");
+            assert!(matches!(route, Route::Referrers { .. }), "{input}");
         }
         let img = r("ghcr.io/a/b");
         let path = img.manifest_path(&img.reference);

@@ -1284,3 +1284,244 @@ fn check_config_warns_of_the_token_on_a_plain_non_loopback_listener() {
     );
     assert!(!check("").contains("warning"));
 }
+
+// Artifacts (OCI 1.1): listed with their artifactType and subject.
+
+const SIG: &str = "application/vnd.dev.sigstore.bundle.v0.3+json";
+const SBOM: &str = "application/spdx+json";
+const HELM: &str = "application/vnd.cncf.helm.config.v1+json";
+const EMPTY: &str = "application/vnd.oci.empty.v1+json";
+
+/// An artifact manifest in `repo`: `artifact_type` (or none), a config of `config_type` (the
+/// empty config's bytes), one layer, `subject` if given. Its digest, blobs and size.
+fn put_artifact(
+    fake: &FakeRegistry,
+    repo: &str,
+    artifact_type: Option<&str>,
+    config_type: &str,
+    subject: Option<&str>,
+    payload: &'static [u8],
+) -> (String, Vec<String>, usize) {
+    let config = fake.put_blob(repo, Bytes::from_static(b"{}"));
+    let layer = fake.put_blob(repo, Bytes::from_static(payload));
+    let mut m = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": media::OCI_MANIFEST,
+        "config": {"mediaType": config_type, "digest": config, "size": 2},
+        "layers": [{"mediaType": "application/octet-stream", "digest": layer, "size": payload.len()}],
+    });
+    if let Some(t) = artifact_type {
+        m["artifactType"] = t.into();
+    }
+    if let Some(s) = subject {
+        m["subject"] =
+            serde_json::json!({"mediaType": media::OCI_MANIFEST, "digest": s, "size": 1});
+    }
+    let body = m.to_string();
+    let digest = fake.put_manifest(repo, media::OCI_MANIFEST, body.clone());
+    (digest, vec![config, layer], body.len())
+}
+
+/// Pulls a manifest by `reference` from `/v2/<repo>` through berth, and its blobs.
+async fn pull_artifact(b: &Berth, repo: &str, reference: &str, blobs: &[String]) {
+    let got = b
+        .request(
+            Method::GET,
+            &format!("/v2/{repo}/manifests/{reference}"),
+            &[("accept", media::OCI_MANIFEST)],
+        )
+        .await;
+    assert_eq!(got.status, 200, "{repo}:{reference}");
+    for d in blobs {
+        assert_eq!(b.get(&format!("/v2/{repo}/blobs/{d}")).await.status, 200);
+    }
+    b.settled().await;
+}
+
+#[tokio::test]
+async fn artifacts_are_listed_with_their_type_and_subject_directly_and_through_the_api() {
+    let fake = FakeRegistry::start().await;
+    let (one, _two, _) = two_images(&fake);
+    // Tagged: an SBOM of app:1 (as `oras push app:sbom` leaves it) and a Helm chart, whose type
+    // is its config's. Untagged, pulled by digest as a verifier does: a signature of app:1, a
+    // signature of the SBOM, and a signature of an image in another repository.
+    let (sbom, sbom_blobs, _) = put_artifact(
+        &fake,
+        "library/app",
+        Some(SBOM),
+        EMPTY,
+        Some(&one.manifest),
+        b"sbom",
+    );
+    fake.tag("library/app", "sbom", &sbom);
+    let (chart, chart_blobs, _) = put_artifact(&fake, "library/chart", None, HELM, None, b"chart");
+    fake.tag("library/chart", "1", &chart);
+    let (sig, sig_blobs, sig_len) = put_artifact(
+        &fake,
+        "library/app",
+        Some(SIG),
+        EMPTY,
+        Some(&one.manifest),
+        b"sig",
+    );
+    let (sbom_sig, sbom_sig_blobs, _) = put_artifact(
+        &fake,
+        "library/app",
+        Some(SIG),
+        EMPTY,
+        Some(&sbom),
+        b"sbom sig",
+    );
+    let other = put_image(&fake, "library/other", "1", &[random_bytes(1_000, 9)]);
+    let (other_sig, other_sig_blobs, _) = put_artifact(
+        &fake,
+        "library/other",
+        Some(SIG),
+        EMPTY,
+        Some(&other.manifest),
+        b"other sig",
+    );
+    let (b, secrets) = admin_berth(&fake).await;
+    pull(&b, &one).await;
+    pull_artifact(&b, "app", "sbom", &sbom_blobs).await;
+    pull_artifact(&b, "chart", "1", &chart_blobs).await;
+    pull_artifact(&b, "app", &sig, &sig_blobs).await;
+    pull_artifact(&b, "app", &sbom_sig, &sbom_sig_blobs).await;
+    pull_artifact(&b, "other", "1", &[]).await;
+    pull_artifact(&b, "other", &other_sig, &other_sig_blobs).await;
+    // The upstream lacks the referrers API: berth keeps app:1's list as the referrers tag
+    // schema's index, a tag whose closure reaches the signature, which is listed all the same.
+    let fallback = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": media::OCI_INDEX,
+        "manifests": [{"mediaType": media::OCI_MANIFEST, "digest": sig, "size": sig_len, "artifactType": SIG}],
+    });
+    let schema_tag = one.manifest.replace(':', "-");
+    fake.put_tagged(
+        "library/app",
+        &schema_tag,
+        media::OCI_INDEX,
+        fallback.to_string(),
+    );
+    let got = b.get(&format!("/v2/app/referrers/{}", one.manifest)).await;
+    assert_eq!(got.status, 200);
+    assert!(String::from_utf8_lossy(got.bytes()).contains(&sig));
+    b.settled().await;
+
+    // The API's JSON: the tagged artifacts carry their type and subject; images none.
+    let ls: Listing = json(&admin(&b, Method::GET, "/admin/cache", bearer()).await);
+    let row = |tag: &str| ls.images.iter().find(|i| i.tag == tag).unwrap().clone();
+    assert_eq!((row("1").artifact_type, row("1").subject), (None, None));
+    assert_eq!(
+        (row("sbom").artifact_type, row("sbom").subject),
+        (Some(SBOM.to_owned()), Some(one.manifest.clone()))
+    );
+    let chart_row = ls
+        .images
+        .iter()
+        .find(|i| i.repo == "library/chart")
+        .unwrap();
+    assert_eq!(
+        (
+            chart_row.artifact_type.as_deref(),
+            chart_row.subject.as_deref()
+        ),
+        (Some(HELM), None)
+    );
+    // The untagged ones, by subject: each with its type, subject and files.
+    let untagged: Vec<(&str, &str, Option<&str>, u64)> = ls
+        .artifacts
+        .iter()
+        .map(|a| {
+            (
+                a.digest.as_str(),
+                a.artifact_type.as_str(),
+                a.subject.as_deref(),
+                a.cached,
+            )
+        })
+        .collect();
+    let mut want = vec![
+        (sig.as_str(), SIG, Some(one.manifest.as_str()), 3),
+        (sbom_sig.as_str(), SIG, Some(sbom.as_str()), 3),
+        (other_sig.as_str(), SIG, Some(other.manifest.as_str()), 3),
+    ];
+    want.sort_by_key(|w| w.2);
+    assert_eq!(untagged, want);
+    assert!(
+        ls.artifacts
+            .iter()
+            .all(|a| a.bytes > 0 && a.last_pulled.is_some())
+    );
+    assert!(ls.images.iter().any(|i| i.tag == schema_tag));
+    // The signature is reached by the schema's tag: two manifests no tag reaches.
+    assert_eq!(ls.untagged_manifests, 2);
+    // With a filter: those about the images listed (the SBOM's signature through the SBOM).
+    let ls: Listing = json(&admin(&b, Method::GET, "/admin/cache?repo=app:1", bearer()).await);
+    let digests: Vec<&str> = ls.artifacts.iter().map(|a| a.digest.as_str()).collect();
+    assert_eq!(digests.len(), 2, "{digests:?}");
+    assert!(digests.contains(&sig.as_str()) && digests.contains(&sbom_sig.as_str()));
+    let ls: Listing = json(&admin(&b, Method::GET, "/admin/cache?repo=other", bearer()).await);
+    let digests: Vec<&str> = ls.artifacts.iter().map(|a| a.digest.as_str()).collect();
+    assert_eq!(digests, vec![other_sig.as_str()]);
+
+    // The command through the API, then directly: the same in text and JSON.
+    let dir = tempfile::tempdir().unwrap();
+    let extra = format!(
+        "[metrics]\nlisten = \"{}\"\n{}",
+        b.metrics,
+        admin_toml(secrets.path(), TOKEN)
+    );
+    let cfg = cli_config(dir.path(), b.dir.path(), &fake, &extra);
+    for direct in [false, true] {
+        let cfg = cfg.clone();
+        let out = tokio::task::spawn_blocking(move || {
+            let mut args = vec!["ls"];
+            if direct {
+                args.push("--direct");
+            }
+            (
+                run(&args, &cfg),
+                run(&[args, vec!["--json"]].concat(), &cfg),
+            )
+        })
+        .await
+        .unwrap();
+        let (table, json_out) = out;
+        assert!(table.status.success(), "{}", text(&table.stderr));
+        let how = if direct {
+            "directly"
+        } else {
+            "via the admin API"
+        };
+        assert!(text(&table.stderr).contains(how), "{}", text(&table.stderr));
+        let table = text(&table.stdout);
+        let header = table.lines().next().unwrap();
+        assert!(
+            header.contains("  ARTIFACT TYPE  ") && header.ends_with("  SUBJECT"),
+            "{table}"
+        );
+        let sbom_line = table.lines().find(|l| l.contains(" sbom ")).unwrap();
+        assert!(
+            sbom_line.contains(SBOM) && sbom_line.contains(&one.manifest[..19]),
+            "{table}"
+        );
+        let chart_line = table.lines().find(|l| l.contains("library/chart")).unwrap();
+        assert!(chart_line.contains(HELM), "{table}");
+        assert!(table.contains("\nuntagged artifacts:\n"), "{table}");
+        let sig_line = table.lines().find(|l| l.starts_with(&sig[..19])).unwrap();
+        assert!(
+            sig_line.contains(SIG) && sig_line.contains(&one.manifest[..19]),
+            "{table}"
+        );
+        let ls: Listing = serde_json::from_slice(&json_out.stdout).unwrap();
+        assert_eq!(ls.artifacts.len(), 3, "{direct}");
+        assert_eq!(
+            ls.images
+                .iter()
+                .filter_map(|i| i.artifact_type.as_deref())
+                .collect::<Vec<_>>(),
+            vec![SBOM, HELM]
+        );
+    }
+}

@@ -612,6 +612,7 @@ fn help_explains_warm() {
         "--ca-file",
         "--platform",
         "--jobs",
+        "--referrers",
         "quay.io/coreos/flannel:v0.11.0",
         "?ns=",
         "Exit 0",
@@ -650,4 +651,509 @@ async fn the_live_display_runs_the_same_warm() {
         .sum::<usize>()
         - app.shared.len();
     assert_eq!(summary.bytes, bytes as u64);
+}
+
+// `--referrers`: an image's signatures and SBOMs (OCI 1.1 referrers) and theirs, one level.
+
+const SIG: &str = "application/vnd.dev.sigstore.bundle.v0.3+json";
+const SBOM: &str = "application/spdx+json";
+const EMPTY: &str = "application/vnd.oci.empty.v1+json";
+
+/// An artifact pushed to the fake: a manifest naming a subject, with the empty config and one
+/// layer.
+struct Artifact {
+    manifest: String,
+    body: Bytes,
+    layer: (String, Bytes),
+}
+
+/// Pushes an artifact of `artifact_type` to `repo` whose `subject` is `subject` and whose one
+/// layer is `payload`.
+fn artifact(
+    fake: &FakeRegistry,
+    repo: &str,
+    subject: &str,
+    artifact_type: &str,
+    payload: Bytes,
+) -> Artifact {
+    let empty = fake.put_blob(repo, Bytes::from_static(b"{}"));
+    let layer = fake.put_blob(repo, payload.clone());
+    let body = Bytes::from(
+        serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": media::OCI_MANIFEST,
+            "artifactType": artifact_type,
+            "config": {"mediaType": EMPTY, "digest": empty, "size": 2},
+            "layers": [{"mediaType": artifact_type, "digest": layer, "size": payload.len()}],
+            "subject": {"mediaType": media::OCI_MANIFEST, "digest": subject, "size": 1},
+        })
+        .to_string(),
+    );
+    let manifest = fake.put_manifest(repo, media::OCI_MANIFEST, body.clone());
+    Artifact {
+        manifest,
+        body,
+        layer: (layer, payload),
+    }
+}
+
+/// The digests berth lists as `subject`'s referrers (in `/v2/app`), and its `Warning` header.
+async fn referrers_of(b: &Berth, subject: &str) -> (Vec<String>, Option<String>) {
+    let got = b.get(&format!("/v2/app/referrers/{subject}")).await;
+    assert_eq!(got.status, StatusCode::OK, "{subject}: {:?}", got.body);
+    let v: serde_json::Value = serde_json::from_slice(got.bytes()).unwrap();
+    let digests = v["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["digest"].as_str().unwrap().to_owned())
+        .collect();
+    (digests, got.header("warning").map(str::to_owned))
+}
+
+#[tokio::test]
+async fn referrers_and_theirs_are_warmed_then_served_with_the_upstream_down() {
+    let fake = FakeRegistry::start().await;
+    fake.serve_referrers(2);
+    let app = app(&fake);
+    let repo = "library/app";
+    // A signature of the index, an SBOM of the amd64 manifest, a signature of that SBOM, and a
+    // signature of that signature: a third level, which is not warmed.
+    let sig = artifact(
+        &fake,
+        repo,
+        &app.index,
+        SIG,
+        Bytes::from_static(b"index sig"),
+    );
+    let sbom = artifact(
+        &fake,
+        repo,
+        &app.amd64.manifest,
+        SBOM,
+        random_bytes(30_000, 9),
+    );
+    let sbom_sig = artifact(
+        &fake,
+        repo,
+        &sbom.manifest,
+        SIG,
+        Bytes::from_static(b"sbom sig"),
+    );
+    let deep = artifact(
+        &fake,
+        repo,
+        &sbom_sig.manifest,
+        SIG,
+        Bytes::from_static(b"deep"),
+    );
+    // Lists revalidated on every ask: served from the cache only while the upstream fails.
+    let b = berth(&fake, "tag_ttl = \"0s\"").await;
+
+    let out = warm(&["--server", &server(&b), "--referrers", "app:1"]).await;
+    exit(&out, 0);
+    let (stdout, _) = text(&out);
+    // 3 manifests and 5 blobs of the image; 3 referrers, the empty config and their 3 layers.
+    assert!(
+        stdout.contains("warmed app:1 (6 manifests, 3 referrers, 9 blobs, "),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("warmed 1/1 images: 6 manifests, 3 referrers, 9 blobs, "),
+        "{stdout}"
+    );
+    // The lists of the index, both platforms, the signature and the SBOM: each asked once.
+    let list = |d: &str| format!("/v2/library/app/referrers/{d}");
+    let lists: Vec<String> = [
+        &app.index,
+        &app.amd64.manifest,
+        &app.arm64.manifest,
+        &sig.manifest,
+        &sbom.manifest,
+    ]
+    .iter()
+    .map(|d| list(d))
+    .collect();
+    for l in &lists {
+        assert_eq!(gets(&fake, l), 1, "{l}");
+    }
+    for a in [&sig, &sbom, &sbom_sig] {
+        assert_eq!(
+            gets(&fake, &format!("/v2/library/app/manifests/{}", a.manifest)),
+            1
+        );
+        assert_eq!(
+            gets(&fake, &format!("/v2/library/app/blobs/{}", a.layer.0)),
+            1
+        );
+    }
+    // Nothing deeper: the signature of the SBOM's signature is neither listed nor fetched.
+    assert_eq!(gets(&fake, &list(&sbom_sig.manifest)), 0);
+    assert_eq!(
+        gets(
+            &fake,
+            &format!("/v2/library/app/manifests/{}", deep.manifest)
+        ),
+        0
+    );
+    assert!(!b.blob_file(&deep.layer.0).exists());
+
+    // The upstream down: every list berth would revalidate fails; the rest never goes there.
+    b.settled().await;
+    fake.reset_counts();
+    for l in &lists {
+        fake.fault(l, Fault::Status(StatusCode::SERVICE_UNAVAILABLE, None));
+    }
+    for (subject, want) in [
+        (&app.index, vec![sig.manifest.clone()]),
+        (&app.amd64.manifest, vec![sbom.manifest.clone()]),
+        (&app.arm64.manifest, vec![]),
+        (&sbom.manifest, vec![sbom_sig.manifest.clone()]),
+        (&sig.manifest, vec![]),
+    ] {
+        let (got, warning) = referrers_of(&b, subject).await;
+        assert_eq!(got, want, "referrers of {subject}");
+        assert!(warning.is_some_and(|w| w.starts_with("110 ")), "{subject}");
+    }
+    for a in [&sig, &sbom, &sbom_sig] {
+        let got = b
+            .request(
+                Method::GET,
+                &format!("/v2/app/manifests/{}", a.manifest),
+                &[("accept", media::OCI_MANIFEST)],
+            )
+            .await;
+        assert_eq!(got.status, StatusCode::OK);
+        same(got.bytes(), &a.body);
+        let got = b.get(&format!("/v2/app/blobs/{}", a.layer.0)).await;
+        assert_eq!(got.status, StatusCode::OK);
+        same(got.bytes(), &a.layer.1);
+    }
+    let upstream = fake.requests();
+    assert!(
+        upstream.iter().all(|r| lists.contains(&r.path)),
+        "only the failing lists went upstream: {upstream:?}"
+    );
+}
+
+#[tokio::test]
+async fn with_a_platform_filter_only_that_platform_s_referrers_come() {
+    let fake = FakeRegistry::start().await;
+    fake.serve_referrers(10);
+    let app = app(&fake);
+    let repo = "library/app";
+    let sig = artifact(
+        &fake,
+        repo,
+        &app.index,
+        SIG,
+        Bytes::from_static(b"index sig"),
+    );
+    let amd64 = artifact(
+        &fake,
+        repo,
+        &app.amd64.manifest,
+        SBOM,
+        random_bytes(3_000, 10),
+    );
+    let arm64 = artifact(
+        &fake,
+        repo,
+        &app.arm64.manifest,
+        SBOM,
+        random_bytes(3_000, 11),
+    );
+    let b = berth(&fake, "").await;
+
+    let out = warm(&[
+        "--server",
+        &server(&b),
+        "--referrers",
+        "--platform",
+        "linux/arm64",
+        "app:1",
+    ])
+    .await;
+    exit(&out, 0);
+    let (stdout, _) = text(&out);
+    // The index, arm64's manifest, the index's signature and arm64's SBOM; arm64's config and two
+    // layers, the empty config and the two artifacts' layers.
+    assert!(
+        stdout.contains("warmed app:1 (4 manifests, 2 referrers, 6 blobs, "),
+        "{stdout}"
+    );
+    let manifest = |d: &str| format!("/v2/{repo}/manifests/{d}");
+    assert_eq!(gets(&fake, &manifest(&sig.manifest)), 1);
+    assert_eq!(gets(&fake, &manifest(&arm64.manifest)), 1);
+    assert_eq!(gets(&fake, &manifest(&amd64.manifest)), 0);
+    assert_eq!(
+        gets(
+            &fake,
+            &format!("/v2/{repo}/referrers/{}", app.amd64.manifest)
+        ),
+        0
+    );
+}
+
+#[tokio::test]
+async fn without_the_flag_no_referrer_is_listed_or_fetched() {
+    let fake = FakeRegistry::start().await;
+    fake.serve_referrers(10);
+    let app = app(&fake);
+    let sig = artifact(
+        &fake,
+        "library/app",
+        &app.index,
+        SIG,
+        Bytes::from_static(b"index sig"),
+    );
+    let b = berth(&fake, "").await;
+
+    let out = warm(&["--server", &server(&b), "app:1"]).await;
+    exit(&out, 0);
+    let (stdout, _) = text(&out);
+    assert!(
+        stdout.contains("warmed app:1 (3 manifests, 5 blobs, ")
+            && stdout.contains("warmed 1/1 images: 3 manifests, 5 blobs, "),
+        "{stdout}"
+    );
+    let upstream = fake.requests();
+    assert!(
+        upstream
+            .iter()
+            .all(|r| !r.path.contains("/referrers/") && !r.path.contains(&sig.manifest)),
+        "{upstream:?}"
+    );
+    assert!(!b.blob_file(&sig.manifest).exists());
+}
+
+#[tokio::test]
+async fn the_referrers_tag_schema_works_through_berth() {
+    // An upstream without the API (the Distribution registry 2.8): the referrers are in the index
+    // tagged sha256-<hex>, which berth reads for warm as for any client.
+    let fake = FakeRegistry::start().await;
+    let tools = image(
+        &fake,
+        "library/tools",
+        "amd64",
+        &[random_bytes(10_000, 4)],
+        0,
+    );
+    fake.tag("library/tools", "2", &tools.manifest);
+    let sig = artifact(
+        &fake,
+        "library/tools",
+        &tools.manifest,
+        SIG,
+        Bytes::from_static(b"tools sig"),
+    );
+    let fallback = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": media::OCI_INDEX,
+        "manifests": [{"mediaType": media::OCI_MANIFEST, "digest": sig.manifest, "size": sig.body.len(), "artifactType": SIG}],
+    })
+    .to_string();
+    let tag = tools.manifest.replace(':', "-");
+    fake.put_tagged("library/tools", &tag, media::OCI_INDEX, fallback);
+    let b = berth(&fake, "").await;
+
+    let out = warm(&["--server", &server(&b), "--referrers", "tools:2"]).await;
+    exit(&out, 0);
+    let (stdout, _) = text(&out);
+    assert!(
+        stdout.contains("warmed tools:2 (2 manifests, 1 referrer, 4 blobs, "),
+        "{stdout}"
+    );
+    assert_eq!(
+        gets(&fake, &format!("/v2/library/tools/manifests/{tag}")),
+        1
+    );
+    b.settled().await;
+    assert!(b.blob_file(&sig.layer.0).exists());
+    // The list is kept by berth too: asked again, it is a cache hit.
+    fake.reset_counts();
+    let got = b
+        .get(&format!("/v2/tools/referrers/{}", tools.manifest))
+        .await;
+    assert_eq!(got.status, StatusCode::OK);
+    assert!(
+        std::str::from_utf8(got.bytes())
+            .unwrap()
+            .contains(&sig.manifest)
+    );
+    assert!(fake.requests().is_empty(), "{:?}", fake.requests());
+}
+
+#[tokio::test]
+async fn a_referrer_that_fails_fails_its_image_and_names_the_referrer() {
+    let fake = FakeRegistry::start().await;
+    fake.serve_referrers(10);
+    let app = app(&fake);
+    // app:1's signature: its layer fails.
+    let sig = artifact(
+        &fake,
+        "library/app",
+        &app.index,
+        SIG,
+        Bytes::from_static(b"index sig"),
+    );
+    fake.fault(
+        &format!("/v2/library/app/blobs/{}", sig.layer.0),
+        Fault::Status(StatusCode::INTERNAL_SERVER_ERROR, None),
+    );
+    // tools:2's SBOM: its manifest fails.
+    let tools = image(
+        &fake,
+        "library/tools",
+        "amd64",
+        &[random_bytes(10_000, 4)],
+        0,
+    );
+    fake.tag("library/tools", "2", &tools.manifest);
+    let sbom = artifact(
+        &fake,
+        "library/tools",
+        &tools.manifest,
+        SBOM,
+        Bytes::from_static(b"{}"),
+    );
+    fake.fault(
+        &format!("/v2/library/tools/manifests/{}", sbom.manifest),
+        Fault::Status(StatusCode::INTERNAL_SERVER_ERROR, None),
+    );
+    // lone:1's referrers cannot be listed.
+    let lone = image(&fake, "library/lone", "amd64", &[random_bytes(5_000, 5)], 0);
+    fake.tag("library/lone", "1", &lone.manifest);
+    fake.fault(
+        &format!("/v2/library/lone/referrers/{}", lone.manifest),
+        Fault::Status(StatusCode::INTERNAL_SERVER_ERROR, None),
+    );
+    // ok:1 has a signature that is fine.
+    let ok = image(&fake, "library/ok", "amd64", &[random_bytes(5_000, 6)], 0);
+    fake.tag("library/ok", "1", &ok.manifest);
+    let ok_sig = artifact(
+        &fake,
+        "library/ok",
+        &ok.manifest,
+        SIG,
+        Bytes::from_static(b"ok sig"),
+    );
+    let b = berth(&fake, "retries = 0").await;
+
+    let out = warm(&[
+        "--server",
+        &server(&b),
+        "--referrers",
+        "app:1",
+        "tools:2",
+        "lone:1",
+        "ok:1",
+    ])
+    .await;
+    exit(&out, 1);
+    let (stdout, stderr) = text(&out);
+    assert!(
+        stderr.contains(&format!(
+            "failed app:1: referrer {}: blob {}: ",
+            sig.manifest, sig.layer.0
+        )),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!("failed tools:2: referrer {}: ", sbom.manifest)),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!("failed lone:1: referrers of {}: ", lone.manifest)),
+        "{stderr}"
+    );
+    assert!(
+        stdout.contains("warmed ok:1 (2 manifests, 1 referrer, 4 blobs, "),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("warmed 1/4 images: ")
+            && stdout.contains("3 failed: app:1, tools:2, lone:1"),
+        "{stdout}"
+    );
+    b.settled().await;
+    assert!(b.blob_file(&ok_sig.layer.0).exists());
+    // The image's own blobs were fetched all the same: only the referrer's is missing.
+    assert!(b.blob_file(&app.amd64.blobs[1].0).exists());
+    assert!(!b.blob_file(&sig.layer.0).exists());
+}
+
+#[tokio::test]
+async fn a_berth_without_the_referrers_api_is_named_not_crashed_on() {
+    // The fake registry itself stands for a berth from before the referrers route: it answers
+    // the manifests and blobs warm asks for, and 404 for /referrers/.
+    let fake = FakeRegistry::start().await;
+    let _app = app(&fake);
+    let out = warm(&["--server", &fake.url(), "--referrers", "library/app:1"]).await;
+    exit(&out, 1);
+    let (stdout, stderr) = text(&out);
+    assert!(
+        stderr.contains(&format!(
+            "failed library/app:1: referrers of {}: {} has no referrers API: ",
+            _app.index,
+            fake.url()
+        )) && stderr.contains("warm without --referrers"),
+        "{stderr}"
+    );
+    assert!(stdout.contains("1 failed: library/app:1"), "{stdout}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[tokio::test]
+async fn a_list_that_is_no_index_or_too_large_fails_its_image() {
+    // The fake registry as the server again, its referrers route answering what the test says.
+    let fake = FakeRegistry::start().await;
+    let garbled = image(
+        &fake,
+        "library/garbled",
+        "amd64",
+        &[random_bytes(1_000, 12)],
+        0,
+    );
+    fake.tag("library/garbled", "1", &garbled.manifest);
+    let huge = image(
+        &fake,
+        "library/huge",
+        "amd64",
+        &[random_bytes(1_000, 13)],
+        0,
+    );
+    fake.tag("library/huge", "1", &huge.manifest);
+    fake.fault(
+        &format!("/v2/library/garbled/referrers/{}", garbled.manifest),
+        Fault::Answer(vec![], Bytes::from_static(b"<html>")),
+    );
+    fake.fault(
+        &format!("/v2/library/huge/referrers/{}", huge.manifest),
+        Fault::Answer(vec![], Bytes::from(vec![b' '; (16 << 20) + 1])),
+    );
+    let out = warm(&[
+        "--server",
+        &fake.url(),
+        "--referrers",
+        "library/garbled:1",
+        "library/huge:1",
+    ])
+    .await;
+    exit(&out, 1);
+    let (_, stderr) = text(&out);
+    assert!(
+        stderr.contains(&format!(
+            "failed library/garbled:1: referrers of {}: the referrers list is no image index",
+            garbled.manifest
+        )),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!(
+            "failed library/huge:1: referrers of {}: larger than 16777216 bytes",
+            huge.manifest
+        )),
+        "{stderr}"
+    );
 }
