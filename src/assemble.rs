@@ -150,7 +150,8 @@ impl Parts {
             )
             .with_tier(tier.clone())
             .with_cluster(cluster.clone())
-            .with_policies(crate::policy::Policies::new(&cfg.policies)),
+            .with_policies(crate::policy::Policies::new(&cfg.policies))
+            .with_verdicts_in(root.join("policy")),
         );
         let admin = cfg.admin.token.clone().map(|token| {
             let bucket_max = cfg.storage.s3.as_ref().and_then(|s| s.max_size);

@@ -140,7 +140,16 @@ impl Mirror {
     /// Replaces the signature policies (a reload): a changed policy has a new revision, so its
     /// verdicts are decided again.
     pub fn set_policies(&self, policies: Policies) {
+        self.verdicts.keep_only(&policies.revisions());
         self.policies.store(Arc::new(policies));
+    }
+
+    /// Keeps verified verdicts under `dir` too, so a restart finds them (`<storage>/policy`).
+    pub fn with_verdicts_in(mut self, dir: std::path::PathBuf) -> Mirror {
+        self.verdicts = Verdicts::on_disk(dir);
+        let revisions = self.policies.load().revisions();
+        self.verdicts.keep_only(&revisions);
+        self
     }
 
     /// Hands blob misses to their owners among `cluster`'s replicas.

@@ -17,13 +17,13 @@
 //! - Signature material is always served, with its blobs: a manifest that no runtime runs (an
 //!   artifact, a referrers list) needs no signature ([`is_runnable`]). What it names never lets a
 //!   manifest through: only a verified index's children are manifests served unsigned.
-//! - Verdicts are kept in memory per (policy revision, digest): a reload that changes a policy
-//!   changes its revision, so every verdict it could change is decided again. A verified verdict
-//!   is kept; a denial is decided again on the next request (a signature may have been pushed
-//!   since; the `.sig` tag's own cache keeps that cheap).
+//! - Verdicts are kept per (policy revision, digest), in memory and on disk (`verdicts`): a
+//!   reload that changes a policy changes its revision, so every verdict it could change is
+//!   decided again, and a restart finds the verified ones again. A denial is decided again on the
+//!   next request (a signature may have been pushed since; the `.sig` tag's own cache keeps that
+//!   cheap).
 //!
-//! Not yet: verdicts on disk (after a restart a manifest is verified again, from its cached
-//! material, before its blobs are served), keyless certificates (refused at load, see `config`).
+//! Not yet: keyless certificates (refused at load, see `config`).
 //!
 //! Rule of dependency: uses `config` (the tables), `oci`, `metrics`; the mirror uses it, and it
 //! fetches nothing itself.
@@ -39,6 +39,9 @@ use crate::oci::{Digest, RepoName, media};
 pub mod bundle;
 pub mod cosign;
 pub mod keys;
+mod verdicts;
+
+pub use verdicts::Verdicts;
 
 use keys::Key;
 
@@ -76,13 +79,18 @@ impl Policies {
     pub fn is_empty(&self) -> bool {
         self.list.is_empty()
     }
+
+    /// The revisions of the policies (see [`Policy::revision`]).
+    pub fn revisions(&self) -> Vec<u64> {
+        self.list.iter().map(|p| p.revision).collect()
+    }
 }
 
 impl Policy {
     fn new(c: &PolicyConfig) -> Policy {
         let upstreams = (!c.upstreams.iter().any(|u| u == "*"))
             .then(|| c.upstreams.iter().map(|u| u.to_ascii_lowercase()).collect());
-        let mut h = std::collections::hash_map::DefaultHasher::new();
+        let mut h = StableHasher::default();
         (
             &c.name,
             c.mode == PolicyMode::Enforce,
@@ -113,6 +121,22 @@ impl Policy {
             .as_ref()
             .is_none_or(|globs| globs.iter().any(|g| glob(g, repo.as_str())));
         up && repo_ok
+    }
+}
+
+/// SHA-256 as a [`Hasher`]: a revision the same in every run, so verdicts kept on disk under it
+/// are found again after a restart (std's `DefaultHasher` promises no such thing).
+#[derive(Default)]
+struct StableHasher(sha2::Sha256);
+
+impl Hasher for StableHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        sha2::Digest::update(&mut self.0, bytes);
+    }
+
+    fn finish(&self) -> u64 {
+        let out = sha2::Digest::finalize(self.0.clone());
+        u64::from_be_bytes(out[..8].try_into().expect("sha256 has 32 bytes"))
     }
 }
 
@@ -333,63 +357,6 @@ pub fn decide(policy: &Policy, digest: &Digest, material: &Material) -> Verdict 
             if n == 1 { "" } else { "s" },
             why.join("; ")
         ),
-    }
-}
-
-/// Verdicts, and what manifests served under a policy name, per policy revision.
-pub struct Verdicts {
-    verified: moka::sync::Cache<(u64, Digest), String>,
-    /// Manifests named by a verified index: served through that scope without a signature of
-    /// their own.
-    children: moka::sync::Cache<(u64, Digest), ()>,
-    /// Blobs named by a manifest served under the policy (a verified image, or signature
-    /// material): the only blobs served through that scope.
-    blobs: moka::sync::Cache<(u64, Digest), ()>,
-}
-
-impl Default for Verdicts {
-    fn default() -> Self {
-        Verdicts {
-            verified: moka::sync::Cache::new(100_000),
-            children: moka::sync::Cache::new(100_000),
-            blobs: moka::sync::Cache::new(1_000_000),
-        }
-    }
-}
-
-impl Verdicts {
-    /// The key file a verified verdict was reached with, if one was.
-    pub fn verified(&self, policy: &Policy, digest: &Digest) -> Option<String> {
-        self.verified.get(&(policy.revision, digest.clone()))
-    }
-
-    pub fn set_verified(&self, policy: &Policy, digest: &Digest, key: String) {
-        self.verified.insert((policy.revision, digest.clone()), key);
-    }
-
-    /// Whether `digest` is a manifest named by an index verified under `policy`.
-    pub fn is_child(&self, policy: &Policy, digest: &Digest) -> bool {
-        self.children
-            .contains_key(&(policy.revision, digest.clone()))
-    }
-
-    /// Whether `digest` is a blob named by a manifest served under `policy`.
-    pub fn is_named_blob(&self, policy: &Policy, digest: &Digest) -> bool {
-        self.blobs.contains_key(&(policy.revision, digest.clone()))
-    }
-
-    /// Records the manifests a verified index names.
-    pub fn allow_children(&self, policy: &Policy, children: impl IntoIterator<Item = Digest>) {
-        for d in children {
-            self.children.insert((policy.revision, d), ());
-        }
-    }
-
-    /// Records the blobs a manifest served under `policy` names.
-    pub fn allow_blobs(&self, policy: &Policy, blobs: impl IntoIterator<Item = Digest>) {
-        for d in blobs {
-            self.blobs.insert((policy.revision, d), ());
-        }
     }
 }
 

@@ -412,8 +412,15 @@ async fn a_verified_image_pulls_with_the_upstream_down_also_after_a_restart() {
     let got = b.get("/v2/team/app/manifests/1").await;
     assert_eq!(got.status, StatusCode::OK, "{:?}", got.body);
     assert_eq!(digest_of(got.bytes()), signed);
-    // Its layer: denied until its manifest is verified again (from the cached material), then
-    // served from disk.
+    // The verdict was kept on disk: found again after the restart.
+    assert!(
+        std::fs::read_dir(b.dir().join("policy"))
+            .unwrap()
+            .flatten()
+            .any(|rev| rev.path().join(signed.trim_start_matches("sha256:")).is_file()),
+        "no verdict kept for {signed}"
+    );
+    // Its layer: served from disk, named by the manifest just served.
     assert_eq!(b.get(&layer).await.status, StatusCode::OK);
     assert_eq!(verdicts(&b, "verified").await, 2);
 }
