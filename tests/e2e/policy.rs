@@ -154,10 +154,16 @@ fn sigstore_sign(env: &Env, requests: &[(&str, &str, String)]) -> Vec<Signed> {
         .collect();
     let file = dir.join("sign-requests.json");
     std::fs::write(&file, serde_json::to_vec(&list).unwrap()).unwrap();
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sigstore/sign.mjs");
+    let sigstore = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sigstore");
+    assert!(
+        sigstore.join("node_modules/@sigstore/sign").is_dir(),
+        "sigstore-js is not installed in {}: run tests/install-deps.sh",
+        sigstore.display()
+    );
+    let script = sigstore.join("sign.mjs");
     let mut cmd = Command::new("node");
     env.client_env(&mut cmd);
-    cmd.arg(script).arg(&file);
+    cmd.arg(&script).arg(&file);
     let out = proc::run(&mut cmd, LIMIT);
     let got: Vec<Value> = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
     assert_eq!(got.len(), requests.len());
