@@ -8,7 +8,9 @@
 //! come from `openssl ecparam -name prime256v1`. They are pushed as a client would, in plain HTTP
 //! (`referrers::Pusher`): the `.sig` manifest under `sha256-<hex>.sig`, the bundle as an artifact
 //! manifest with a `subject` plus the referrers tag schema's `sha256-<hex>` index (Distribution
-//! 2.8 has no referrers API).
+//! 2.8 has no referrers API). What was pushed, altered or not, is then judged by sigstore-js (and
+//! node's crypto, for the payloads) under the policy's key, and the test requires the verdicts
+//! that berth must reach: a signature berth calls one that "does not verify" fails there too.
 //!
 //! One image per case, each its own digest (verdicts are kept per digest), in `quay.io`'s registry
 //! under `policy/`, the scope of the policy; `coreos/flannel` on the same upstream stays outside
@@ -138,7 +140,26 @@ struct Signed {
     bundle: Value,
 }
 
-/// Runs tests/sigstore/sign.mjs once for every `(key name, digest, image name)`.
+/// Runs tests/sigstore/sign.mjs on `requests` (see there); its answers, in order.
+fn sigstore(env: &Env, requests: &[Value]) -> Vec<Value> {
+    let sigstore = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sigstore");
+    assert!(
+        sigstore.join("node_modules/@sigstore/sign").is_dir(),
+        "sigstore-js is not installed in {}: run tests/install-deps.sh",
+        sigstore.display()
+    );
+    let file = tempfile::NamedTempFile::new_in(env.dir()).unwrap();
+    std::fs::write(file.path(), serde_json::to_vec(requests).unwrap()).unwrap();
+    let mut cmd = Command::new("node");
+    env.client_env(&mut cmd);
+    cmd.arg(sigstore.join("sign.mjs")).arg(file.path());
+    let out = proc::run(&mut cmd, LIMIT);
+    let got: Vec<Value> = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    assert_eq!(got.len(), requests.len(), "{out}");
+    got
+}
+
+/// sigstore-js signs each `(key name, digest, image name)`.
 fn sigstore_sign(env: &Env, requests: &[(&str, &str, String)]) -> Vec<Signed> {
     let dir = env.dir();
     let list: Vec<Value> = requests
@@ -152,22 +173,8 @@ fn sigstore_sign(env: &Env, requests: &[(&str, &str, String)]) -> Vec<Signed> {
             })
         })
         .collect();
-    let file = dir.join("sign-requests.json");
-    std::fs::write(&file, serde_json::to_vec(&list).unwrap()).unwrap();
-    let sigstore = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sigstore");
-    assert!(
-        sigstore.join("node_modules/@sigstore/sign").is_dir(),
-        "sigstore-js is not installed in {}: run tests/install-deps.sh",
-        sigstore.display()
-    );
-    let script = sigstore.join("sign.mjs");
-    let mut cmd = Command::new("node");
-    env.client_env(&mut cmd);
-    cmd.arg(&script).arg(&file);
-    let out = proc::run(&mut cmd, LIMIT);
-    let got: Vec<Value> = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
-    assert_eq!(got.len(), requests.len());
-    got.into_iter()
+    sigstore(env, &list)
+        .into_iter()
         .map(|v| Signed {
             payload: v["payload"].as_str().unwrap().to_owned(),
             signature: v["signature"].as_str().unwrap().to_owned(),
@@ -302,6 +309,9 @@ impl World {
             &requests.iter().map(|(_, r)| r.clone()).collect::<Vec<_>>(),
         );
         let registry = self.env.registry_addr(UPSTREAM);
+        let a_pub = self.env.dir().join("a.pub");
+        // What was pushed, and whether its signature must verify under key A.
+        let mut checks = Vec::new();
         for ((case, _), s) in requests.iter().zip(signed) {
             let img = self.image(*case);
             let p = Pusher {
@@ -314,12 +324,28 @@ impl World {
                 Case::Tampered => (tamper_payload(&s.payload), tamper_bundle(&s.bundle)),
                 _ => (s.payload, s.bundle),
             };
+            // Signatures over another digest are good signatures: only the claim is wrong.
+            let good = matches!(case, Case::Tagged | Case::Bundled | Case::Elsewhere);
             if *case != Case::Bundled {
                 push_tag_signature(&p, img.digest(), &payload, &s.signature);
+                let check = json!({"pub": a_pub, "payload": payload, "signature": s.signature});
+                checks.push((*case, "payload", check, good));
             }
             if *case != Case::Tagged {
                 push_bundle(&p, &subject, &bundle);
+                checks.push((
+                    *case,
+                    "bundle",
+                    json!({"pub": a_pub, "bundle": bundle}),
+                    good,
+                ));
             }
+        }
+        // sigstore-js (and node's crypto, for the payloads) judge what was pushed as berth must:
+        // the checks below where berth denies "does not verify" are the same verdicts.
+        let requests: Vec<Value> = checks.iter().map(|c| c.2.clone()).collect();
+        for ((case, what, _, good), got) in checks.iter().zip(sigstore(&self.env, &requests)) {
+            assert_eq!(got["verified"], *good, "{case:?} {what} under key A: {got}");
         }
     }
 

@@ -12,10 +12,14 @@
 // crypto.verify, the bundle with @sigstore/verify's Verifier given the public key (and refused
 // under another key), so what the test pushes is what sigstore's own verifier accepts.
 //
-// Input: a file (the one argument) holding a JSON list of {key, pub, digest, reference}: the
-// private and public key PEM files, the `sha256:<hex>` to sign, the image's name. Output on
-// stdout, a JSON list, in order, of {payload, signature, bundle}: the payload as a string, its
-// signature in base64, the bundle's JSON. Pinned for node 20 (package.json, package-lock.json);
+// Input: a file (the one argument) holding a JSON list of requests; output on stdout, a JSON list
+// of answers, in order.
+// - {key, pub, digest, reference} (the private and public key PEM files, the `sha256:<hex>` to
+//   sign, the image's name) signs: {payload, signature, bundle}, the payload as a string, its
+//   signature in base64, the bundle's JSON.
+// - {pub, bundle} or {pub, payload, signature} checks what was signed (maybe altered since):
+//   {verified, why}, sigstore-js's Verifier's verdict on the bundle, node's on the payload. The
+//   test compares them with berth's. Pinned for node 20 (package.json, package-lock.json);
 // `npm ci` here installs them (tests/install-deps.sh does).
 
 import { createHash, createPrivateKey, createPublicKey, generateKeyPairSync, sign, verify } from 'node:crypto';
@@ -76,7 +80,29 @@ function verifierFor(publicKey) {
     });
 }
 
-async function one({ key, pub, digest, reference }) {
+// Whether sigstore-js's Verifier accepts `bundle` (its JSON) under `publicKey`: null, or why not.
+function bundleRefused(bundle, publicKey) {
+    try {
+        verifierFor(publicKey).verify(toSignedEntity(bundleFromJSON(bundle)));
+        return null;
+    } catch (e) {
+        return String(e.message || e);
+    }
+}
+
+// {pub, bundle} or {pub, payload, signature}: whether the signature verifies under the key, as
+// sigstore-js (the bundle) or node's crypto (the payload) judge it, and why not.
+function check({ pub, bundle, payload, signature }) {
+    const publicKey = createPublicKey(readFileSync(pub));
+    if (bundle !== undefined) {
+        const refused = bundleRefused(bundle, publicKey);
+        return { verified: refused === null, why: refused };
+    }
+    const ok = verify('sha256', Buffer.from(payload), publicKey, Buffer.from(signature, 'base64'));
+    return { verified: ok, why: ok ? null : 'signature verification failed' };
+}
+
+async function signed({ key, pub, digest, reference }) {
     const privateKey = createPrivateKey(readFileSync(key));
     const publicKey = createPublicKey(readFileSync(pub));
     const publicPem = publicKey.export({ type: 'spki', format: 'pem' });
@@ -100,16 +126,13 @@ async function one({ key, pub, digest, reference }) {
         fail(`sigstore-js made a bundle of type ${bundle.mediaType}, not ${BUNDLE_V03}`);
     }
     // Read back from its JSON, as a verifier receives it.
-    const entity = toSignedEntity(bundleFromJSON(JSON.parse(JSON.stringify(bundle))));
-    verifierFor(publicKey).verify(entity);
-    const stranger = generateKeyPairSync('ec', { namedCurve: 'prime256v1' }).publicKey;
-    let refused = false;
-    try {
-        verifierFor(stranger).verify(entity);
-    } catch {
-        refused = true;
+    const json = JSON.parse(JSON.stringify(bundle));
+    const refused = bundleRefused(json, publicKey);
+    if (refused !== null) {
+        fail(`the Verifier refused the bundle under the key that signed it: ${refused}`);
     }
-    if (!refused) {
+    const stranger = generateKeyPairSync('ec', { namedCurve: 'prime256v1' }).publicKey;
+    if (bundleRefused(json, stranger) === null) {
         fail('the Verifier accepted the bundle under a key that did not sign it');
     }
     return { payload, signature: signature.toString('base64'), bundle };
@@ -121,6 +144,6 @@ if (process.argv.length !== 3) {
 const requests = JSON.parse(readFileSync(process.argv[2], 'utf8'));
 const out = [];
 for (const r of requests) {
-    out.push(await one(r));
+    out.push(r.key !== undefined ? await signed(r) : check(r));
 }
 process.stdout.write(JSON.stringify(out));
