@@ -10,7 +10,9 @@
 //! (`*_registry_direct`), which checks the seeding and the client set-up on their own, so a
 //! failure of the first kind with a pass of the second points at berth. (The referrers tests in
 //! `tests/e2e/` have no such twin: the registry has no referrers API to compare with; they check
-//! what they pushed against the registry itself before asking berth.)
+//! what they pushed against the registry itself before asking berth. Nor have the signature
+//! policy's, `tests/e2e/policy.rs`: the registry has no policy; sigstore-js checks the signatures
+//! it makes before they are pushed.)
 //!
 //! `BERTH_E2E_KEEP=1` keeps a failed test's directory (configs, logs, client output).
 
@@ -22,6 +24,9 @@ mod ports;
 mod oras;
 #[path = "e2e/referrers.rs"]
 mod referrers;
+// The signature policy, with signatures made by sigstore-js (tests/sigstore/).
+#[path = "e2e/policy.rs"]
+mod policy;
 
 use std::path::Path;
 use std::process::Command;

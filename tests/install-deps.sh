@@ -7,8 +7,10 @@
 # the bucket tier (tests/s3.rs, started by tests/ceph/start-ceph.sh); kubernetes-validate (PyPI,
 # Kubernetes' schemas bundled, so it works offline) for tests/kubernetes.py, in a venv of its own
 # (python3-venv) linked onto PATH; oras-py (PyPI `oras`), the ORAS client of the referrers
-# end-to-end test (tests/oras_client.py), in the same venv. Idempotent: does nothing when everything is there; otherwise
-# needs root, runs `apt-get update` once and installs what is missing. Quiet unless it fails.
+# end-to-end test (tests/oras_client.py), in the same venv; sigstore-js (npm registry, pinned in
+# tests/sigstore/) for the signature policy's end-to-end test. Idempotent: does nothing when
+# everything is there; otherwise needs root, runs `apt-get update` once and installs what is
+# missing. Quiet unless it fails.
 set -euo pipefail
 
 packages=(docker-registry skopeo containerd podman runc docker.io nginx-light wrk apache2-utils jq uidmap procps prometheus binutils g++ radosgw ceph-mon ceph-osd uuid-runtime curl python3-venv)
@@ -73,6 +75,27 @@ if [[ $("$kv_venv/bin/python" -c 'import oras.version; print(oras.version.__vers
         exit 1
     fi
     rm -f "$log"
+fi
+
+# Pinned (tests/sigstore/package.json and its lock): sigstore-js signs the images of the signature
+# policy's end-to-end test (tests/e2e/policy.rs) as cosign does. Node.js 20 and npm come with the
+# machine (Debian's own nodejs is 18, too old for these releases). `npm ci` runs again only when the
+# lock file changed since the last install (a copy is kept in node_modules).
+sigstore_dir="$(dirname "$0")/sigstore"
+if ! node_major=$(node -p 'process.versions.node.split(".")[0]' 2>/dev/null) || ((node_major < 20)); then
+    echo "install-deps: Node.js 20 or later is needed for $sigstore_dir (found: $(node --version 2>&1))" >&2
+    exit 1
+fi
+if ! cmp -s "$sigstore_dir/package-lock.json" "$sigstore_dir/node_modules/.berth-installed-lock.json"; then
+    log=$(mktemp /tmp/berth-install-deps.XXXXXX.log)
+    echo "install-deps: installing sigstore-js into $sigstore_dir/node_modules (npm ci)"
+    if ! (cd "$sigstore_dir" && npm ci --no-audit --no-fund) >"$log" 2>&1; then
+        tail -n 40 "$log" >&2
+        echo "install-deps: npm ci failed; full log in $log" >&2
+        exit 1
+    fi
+    rm -f "$log"
+    cp "$sigstore_dir/package-lock.json" "$sigstore_dir/node_modules/.berth-installed-lock.json"
 fi
 
 for c in "${commands[@]}"; do

@@ -152,12 +152,28 @@ impl Env {
 
     fn start_berth(&mut self) {
         // A child process without socket activation: told its ports.
-        let port = free_port();
-        let metrics = format!("127.0.0.1:{}", free_port());
+        self.berth_addr = format!("127.0.0.1:{}", free_port());
+        self.metrics_addr = format!("127.0.0.1:{}", free_port());
+        let cfg = self.write_berth_config();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_berth"));
+        cmd.arg("serve")
+            .arg("--config")
+            .arg(&cfg)
+            .env("RUST_LOG", "info,berth=debug")
+            .env("NO_COLOR", "1");
+        let mut berth = Proc::spawn("berth", cmd, self.dir());
+        wait_ready(&mut berth, &self.metrics_addr, "/healthz");
+        self.berth = Some(berth);
+    }
+
+    /// Writes berth's config (its listeners, the registries as upstreams, `extra`); its path.
+    fn write_berth_config(&self) -> PathBuf {
         let cfg = self.dir().join("berth.toml");
         let mut text = format!(
-            "[server]\nlisten = \"127.0.0.1:{port}\"\n\n[metrics]\nlisten = \"{metrics}\"\n\n\
+            "[server]\nlisten = \"{}\"\n\n[metrics]\nlisten = \"{}\"\n\n\
              [storage]\npath = \"{}\"\n",
+            self.berth_addr,
+            self.metrics_addr,
             self.storage.display()
         );
         for r in &self.registries {
@@ -177,17 +193,39 @@ impl Env {
         }
         text += &self.extra.tables;
         std::fs::write(&cfg, text).unwrap();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_berth"));
-        cmd.arg("serve")
-            .arg("--config")
-            .arg(&cfg)
-            .env("RUST_LOG", "info,berth=debug")
-            .env("NO_COLOR", "1");
-        let mut berth = Proc::spawn("berth", cmd, self.dir());
-        wait_ready(&mut berth, &metrics, "/healthz");
-        self.berth_addr = format!("127.0.0.1:{port}");
-        self.metrics_addr = metrics;
-        self.berth = Some(berth);
+        cfg
+    }
+
+    /// Replaces the top-level tables of berth's config (`BerthExtra::tables`) and sends the
+    /// running berth `SIGHUP`; returns once it counted the reload a success (panics, with its log,
+    /// if it counted a failure or nothing within 10 s).
+    pub fn reload_berth(&mut self, tables: &str) {
+        let success = "berth_config_reloads_total{outcome=\"success\"}";
+        let failure = "berth_config_reloads_total{outcome=\"failure\"}";
+        let (ok, failed) = (self.metric_sum(success), self.metric_sum(failure));
+        self.extra.tables = tables.to_owned();
+        self.write_berth_config();
+        let berth = self.berth.as_mut().expect("berth runs");
+        berth.signal("HUP");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let tail = || self.berth.as_ref().unwrap().log_tail(30);
+            assert_eq!(
+                self.metric_sum(failure),
+                failed,
+                "reload refused:\n{}",
+                tail()
+            );
+            if self.metric_sum(success) > ok {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no reload after 10 s:\n{}",
+                tail()
+            );
+            std::thread::sleep(Duration::from_millis(25));
+        }
     }
 
     /// berth's registry listener, `host:port`.

@@ -40,6 +40,17 @@ impl Proc {
         &self.name
     }
 
+    /// Sends `sig` (a name `kill` knows: `HUP`, ...) to the process itself, not its group.
+    pub fn signal(&mut self, sig: &str) {
+        self.assert_running();
+        let status = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "kill -{sig} {}: {status}", self.name);
+    }
+
     /// Panics with the log if the process has already exited.
     pub fn assert_running(&mut self) {
         if let Some(status) = self.child.try_wait().expect("try_wait") {

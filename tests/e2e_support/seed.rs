@@ -261,6 +261,14 @@ fn platform(
     )
 }
 
+/// A single-platform OCI image (linux/amd64, one gzip'd tar layer of `layer_size` pseudo-random
+/// bytes from `seed`) written into `dir` as blobs named by their hex digest: its platform, and its
+/// manifest's bytes. For tests that push images of their own (each seed its own digests).
+pub fn oci_image(dir: &Path, seed: u64, layer_size: usize) -> (Platform, Vec<u8>) {
+    std::fs::create_dir_all(dir).expect("mkdir");
+    platform(dir, Format::Oci, "amd64", seed, &[&[layer_size]])
+}
+
 /// What to generate for one repository tag.
 struct Spec {
     upstream: &'static str,
