@@ -350,14 +350,23 @@ impl Error {
         )
     }
 
-    /// A manifest a signature policy does not let through; `detail` says which policy and why.
-    pub fn policy_denied(detail: impl Into<String>) -> Self {
+    /// A manifest or blob a signature policy does not let through; `reason` says which policy
+    /// and why. The message carries the reason too (cut at 300 characters): skopeo and podman
+    /// show a denial's message, not its detail, and a person at a node should read why.
+    pub fn policy_denied(reason: impl Into<String>) -> Self {
+        let reason = reason.into();
+        let short: String = reason.chars().take(300).collect();
+        let more = if short.len() < reason.len() {
+            "..."
+        } else {
+            ""
+        };
         Self::new(
             Origin::Client,
             Kind::Denied,
-            "denied by the signature policy",
+            format!("denied by the signature policy: {short}{more}"),
         )
-        .with_detail(detail)
+        .with_detail(reason)
     }
 
     /// Too many password checks waiting: the client should try again shortly.

@@ -414,10 +414,13 @@ async fn a_verified_image_pulls_with_the_upstream_down_also_after_a_restart() {
     assert_eq!(digest_of(got.bytes()), signed);
     // The verdict was kept on disk: found again after the restart.
     assert!(
-        std::fs::read_dir(b.dir().join("policy"))
+        std::fs::read_dir(b.dir.path().join("policy"))
             .unwrap()
             .flatten()
-            .any(|rev| rev.path().join(signed.trim_start_matches("sha256:")).is_file()),
+            .any(|rev| rev
+                .path()
+                .join(signed.trim_start_matches("sha256:"))
+                .is_file()),
         "no verdict kept for {signed}"
     );
     // Its layer: served from disk, named by the manifest just served.
