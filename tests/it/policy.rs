@@ -541,7 +541,7 @@ async fn a_policy_whose_key_cannot_be_used_fails_the_load_naming_it() {
     .unwrap_err()
     .to_string();
     assert!(
-        e.contains("policy[0].trusted_root: keyless verification"),
+        e.contains("policy[0].identities: a trusted_root needs at least one identity"),
         "{e}"
     );
 }
