@@ -262,7 +262,7 @@ mod tests {
         let root = dir.path().join("root.json");
         std::fs::write(
             &root,
-            super::trusted_root::tests::root_json(&[ca.cert.der()], &spki, &spki),
+            super::trusted_root::tests::root_json(&[ca.cert.der()], &spki, None),
         )
         .unwrap();
         let root = format!("trusted_root = {:?}\n", root.display().to_string());

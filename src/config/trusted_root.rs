@@ -241,8 +241,9 @@ pub(crate) mod tests {
 
     use super::*;
 
-    /// A trusted root's JSON: one CA (`chain`, DER), one Rekor key (DER SPKI), one CT log key.
-    pub(crate) fn root_json(chain: &[&[u8]], rekor: &[u8], ct: &[u8]) -> String {
+    /// A trusted root's JSON: one CA (`chain`, DER), one Rekor key (DER SPKI), a CT log key if
+    /// any.
+    pub(crate) fn root_json(chain: &[&[u8]], rekor: &[u8], ct: Option<&[u8]>) -> String {
         use sha2::Digest as _;
         let certs: Vec<String> = chain
             .iter()
@@ -259,7 +260,7 @@ pub(crate) mod tests {
             r#"{{"mediaType":"application/vnd.dev.sigstore.trustedroot+json;version=0.1","tlogs":[{}],"certificateAuthorities":[{{"subject":{{"organization":"test"}},"uri":"https://fulcio.test","certChain":{{"certificates":[{}]}},"validFor":{{"start":"2020-01-01T00:00:00Z"}}}}],"ctlogs":[{}],"timestampAuthorities":[]}}"#,
             log(rekor),
             certs.join(","),
-            log(ct)
+            ct.map(log).unwrap_or_default()
         )
     }
 
@@ -270,7 +271,7 @@ pub(crate) mod tests {
         params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
         let cert = params.self_signed(&ca).unwrap();
         let spki = rcgen::PublicKeyData::subject_public_key_info(&ca);
-        let good = root_json(&[cert.der()], &spki, &spki);
+        let good = root_json(&[cert.der()], &spki, Some(&spki));
         let root = parse(Path::new("root.json"), good.as_bytes()).unwrap();
         assert_eq!(
             root.certificate_authorities[0].chain,

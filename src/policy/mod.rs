@@ -23,7 +23,7 @@
 //!   since; the `.sig` tag's own cache keeps that cheap).
 //!
 //! Not yet: verdicts on disk (after a restart a manifest is verified again, from its cached
-//! material, before its blobs are served), SCTs of keyless certificates (see `keyless`).
+//! material, before its blobs are served).
 //!
 //! Rule of dependency: uses `config` (the tables), `oci`, `metrics`; the mirror uses it, and it
 //! fetches nothing itself.

@@ -8,24 +8,26 @@
 //! 3. the certificate chains to a Fulcio CA of the root (issuing then), at that time (`root`, on
 //!    webpki), and is for code signing (its EKU);
 //! 4. its SAN and its OIDC issuer extension match one configured identity (`cert`);
-//! 5. the signature verifies under the certificate's key;
-//! 6. the entry's body is about this very signature, certificate and payload (`rekor`), so a
+//! 5. when the root names CT logs, one of its embedded SCTs verifies under one of their keys
+//!    (`sct`: over the precertificate, rebuilt);
+//! 6. the signature verifies under the certificate's key;
+//! 7. the entry's body is about this very signature, certificate and payload (`rekor`), so a
 //!    valid entry cannot be replayed beside another signature.
 //!
-//! Each refusal says which check failed, for the 403's detail. Not checked: SCTs (a certificate's
-//! embedded Signed Certificate Timestamps: verifying one needs the precertificate's TBS rebuilt,
-//! the SCT list removed, which is left for later: the root's `ctlogs` are read but unused), Rekor
-//! inclusion proofs and checkpoints (the SET is the offline proof), RFC 3161 timestamps
-//! (`timestampAuthorities`), and certificate revocation (Fulcio issues none).
+//! Each refusal says which check failed, for the 403's detail. Not checked: SCTs delivered beside
+//! a certificate rather than embedded (Fulcio embeds them), Rekor inclusion proofs and
+//! checkpoints (the SET is the offline proof), RFC 3161 timestamps (`timestampAuthorities`), and
+//! certificate revocation (Fulcio issues none).
 //!
 //! Rule of dependency: uses `config` (the root, the identities) and its parent's `keys`, with its
-//! rooms `root`, `cert` and `rekor`. Pure: no clock (the log's time is the time), no I/O.
+//! rooms `root`, `cert`, `rekor` and `sct`. Pure: no clock (the log's time is the time), no I/O.
 
 use crate::config::{IdentityConfig, Matcher, TrustedRoot};
 
 pub mod cert;
 pub mod rekor;
 pub mod root;
+pub mod sct;
 
 use cert::Leaf;
 use rekor::Entry;
@@ -119,7 +121,7 @@ impl Keyless {
                 validity()
             ));
         }
-        self.root.chains(&leaf.der, s.chain, t)?;
+        let issuer_spki = self.root.chains(&leaf.der, s.chain, t)?;
         if !leaf.code_signing {
             return Err(
                 "its certificate is not for code signing (no extended key usage 1.3.6.1.5.5.7.3.3)"
@@ -144,6 +146,7 @@ impl Keyless {
                 wanted.join(", ")
             ));
         }
+        sct::check(&leaf.der, &issuer_spki, &self.root.ctlogs)?;
         if !leaf.key.verifies(s.message, s.signature) {
             return Err("its signature does not verify under its certificate's key".into());
         }

@@ -6,7 +6,7 @@
 //!
 //! The intermediates a signature carries itself (cosign's `chain` annotation) are offered to the
 //! path builder as untrusted candidates, as a TLS peer's are: a path must still end at a pinned
-//! root, inside that CA's time range. The CT log keys are kept but not used yet (see the parent).
+//! root, inside that CA's time range. The CT log keys are kept for the sibling `sct`.
 //!
 //! Rule of dependency: uses `config` (the parsed root) and its grandparent's `keys`.
 
@@ -25,6 +25,8 @@ const CODE_SIGNING: &[u8] = &[0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x03, 0x03];
 pub struct Root {
     cas: Vec<Ca>,
     logs: Vec<Log>,
+    /// The CT logs, whose SCTs a certificate must carry when there are any.
+    pub ctlogs: Vec<Log>,
 }
 
 #[derive(Debug)]
@@ -64,17 +66,21 @@ impl Root {
                 })
             })
             .collect();
-        let logs = root
-            .tlogs
-            .iter()
-            .enumerate()
-            .map(|(i, l)| Log {
-                id: l.key_id.clone(),
-                key: Key::from_bits(&format!("tlogs[{i}]"), l.algorithm, l.bits.clone()),
-                valid: l.valid,
-            })
-            .collect();
-        Root { cas, logs }
+        let logs = |list: &[crate::config::LogKey], what: &str| {
+            list.iter()
+                .enumerate()
+                .map(|(i, l)| Log {
+                    id: l.key_id.clone(),
+                    key: Key::from_bits(&format!("{what}[{i}]"), l.algorithm, l.bits.clone()),
+                    valid: l.valid,
+                })
+                .collect()
+        };
+        Root {
+            cas,
+            logs: logs(&root.tlogs, "tlogs"),
+            ctlogs: logs(&root.ctlogs, "ctlogs"),
+        }
     }
 
     /// The log whose ID is `id`.
@@ -85,8 +91,9 @@ impl Root {
     /// Whether `leaf` (DER) chains to a CA of the root that was issuing at `time` (Unix seconds),
     /// every certificate of the path valid then, any EKUs they list including code signing (the
     /// leaf's own EKU is checked in `cert`, required there). `extra`: intermediates
-    /// the signature carried (untrusted). Why not, if it does not.
-    pub fn chains(&self, leaf: &[u8], extra: &[Vec<u8>], time: i64) -> Result<(), String> {
+    /// the signature carried (untrusted). The issuer's public key (DER SubjectPublicKeyInfo, for
+    /// the SCTs), or why not.
+    pub fn chains(&self, leaf: &[u8], extra: &[Vec<u8>], time: i64) -> Result<Vec<u8>, String> {
         let leaf_der = CertificateDer::from(leaf);
         let end = webpki::EndEntityCert::try_from(&leaf_der)
             .map_err(|e| format!("its certificate cannot be read as X.509 ({e:?})"))?;
@@ -106,7 +113,7 @@ impl Root {
                 None,
                 None,
             ) {
-                Ok(_) => return Ok(()),
+                Ok(path) => return Ok(path.issuer_spki().as_ref().to_vec()),
                 Err(e) => last = Some(e),
             }
         }

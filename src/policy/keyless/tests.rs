@@ -58,7 +58,7 @@ pub(crate) fn der_utf8(s: &str) -> Vec<u8> {
     v
 }
 
-fn p256() -> (KeyPair, EcdsaKeyPair) {
+pub(crate) fn p256() -> (KeyPair, EcdsaKeyPair) {
     let key = KeyPair::generate().unwrap();
     let ring = EcdsaKeyPair::from_pkcs8(
         &ECDSA_P256_SHA256_ASN1_SIGNING,
@@ -86,7 +86,7 @@ impl World {
         let ca = ca();
         let (log_key, log) = p256();
         let log_spki = rcgen::PublicKeyData::subject_public_key_info(&log_key);
-        let json = root_json(&[ca.der()], &log_spki, &log_spki);
+        let json = root_json(&[ca.der()], &log_spki, None);
         let root =
             crate::config::parse_trusted_root(Path::new("root.json"), json.as_bytes()).unwrap();
         World {
@@ -113,6 +113,16 @@ impl World {
         by: &CertifiedIssuer<'static, KeyPair>,
         spec: LeafSpec,
     ) -> (Vec<u8>, EcdsaKeyPair) {
+        World::leaf_then(by, spec, |_, _| None)
+    }
+
+    /// A leaf as [`World::leaf`], with the extension `extra` makes from the leaf's TBS without it
+    /// (an SCT list over the precertificate), if any.
+    pub(crate) fn leaf_then(
+        by: &CertifiedIssuer<'static, KeyPair>,
+        spec: LeafSpec,
+        extra: impl Fn(&[u8], &KeyPair) -> Option<CustomExtension>,
+    ) -> (Vec<u8>, EcdsaKeyPair) {
         let (key, ring) = p256();
         let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
         // Fulcio's leaves name nobody in their subject: the SAN is the identity.
@@ -129,7 +139,15 @@ impl World {
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.not_before = rcgen::date_time_ymd(2026, 1, spec.days.0);
         params.not_after = rcgen::date_time_ymd(2026, 1, spec.days.1);
-        (params.signed_by(&key, by).unwrap().der().to_vec(), ring)
+        let pre = params.signed_by(&key, by).unwrap().der().to_vec();
+        let (_, cert) = x509_parser::parse_x509_certificate(&pre).unwrap();
+        match extra(cert.tbs_certificate.as_ref(), by.key()) {
+            Some(ext) => {
+                params.custom_extensions.push(ext);
+                (params.signed_by(&key, by).unwrap().der().to_vec(), ring)
+            }
+            None => (pre, ring),
+        }
     }
 
     /// A hashedrekord entry for `signature` by `leaf` over `message`, integrated at `time`, its
@@ -456,11 +474,7 @@ fn an_intermediate_of_the_root_completes_the_path() {
     fails(signed(&[]), "does not chain");
     signed(&[inter.der().to_vec()]).unwrap();
     // Or the root lists it, intermediates first.
-    let json = root_json(
-        &[inter.der(), world.ca.der()],
-        &world.log_spki,
-        &world.log_spki,
-    );
+    let json = root_json(&[inter.der(), world.ca.der()], &world.log_spki, None);
     let root = crate::config::parse_trusted_root(Path::new("r"), json.as_bytes()).unwrap();
     let keyless = Keyless::new(
         &root,
