@@ -2,8 +2,9 @@
 //! made here (a Fulcio-like CA and leaves built with rcgen over keys openssl made, a Rekor-like
 //! log key whose signed entry timestamps openssl computes over the canonical JSON written out
 //! here), pushed in cosign's tag scheme with the keyless annotations (certificate, chain, Rekor
-//! bundle). A keyless signed image is served; each broken link is denied with its reason. The
-//! certificates expired long before the test runs: only the log's time says they were valid.
+//! bundle), and as Sigstore v0.3 bundles attached as referrers (DSSE, a `dsse` Rekor entry). A
+//! keyless signed image is served; each broken link is denied with its reason. The certificates
+//! expired long before the test runs: only the log's time says they were valid.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -78,6 +79,7 @@ fn utf8(s: &str) -> Vec<u8> {
 struct Signer {
     key: PathBuf,
     cert: String,
+    der: Vec<u8>,
 }
 
 /// The test's Sigstore: a Fulcio-like CA, a Rekor-like log key, and the trusted root naming them.
@@ -139,9 +141,11 @@ impl Sigstore {
         params.not_before = rcgen::date_time_ymd(2026, 1, 1);
         params.not_after = rcgen::date_time_ymd(2026, 1, 2);
         let key = KeyPair::from_pem(&text).unwrap();
+        let cert = params.signed_by(&key, by).unwrap();
         Signer {
             key: file,
-            cert: params.signed_by(&key, by).unwrap().pem(),
+            cert: cert.pem(),
+            der: cert.der().to_vec(),
         }
     }
 
@@ -164,6 +168,57 @@ impl Sigstore {
             STANDARD.encode(sign(log, canonical.as_bytes())),
             self.rekor_id
         )
+    }
+
+    /// A keyless Sigstore bundle (v0.3, cosign 3's form): a DSSE envelope over an in-toto
+    /// statement about `about`, signed by `signer` (openssl, over DSSE's pre-authentication
+    /// encoding), with a `dsse` Rekor entry (Rekor's stored form) integrated at noon.
+    fn dsse_bundle(&self, signer: &Signer, about: &str) -> String {
+        const IN_TOTO: &str = "application/vnd.in-toto+json";
+        let statement = format!(
+            r#"{{"_type":"https://in-toto.io/Statement/v1","subject":[{{"name":"registry.test/team/app","digest":{{"sha256":"{}"}}}}],"predicateType":"https://sigstore.dev/cosign/sign/v1","predicate":{{}}}}"#,
+            about.trim_start_matches("sha256:")
+        );
+        let pae = format!(
+            "DSSEv1 {} {IN_TOTO} {} {statement}",
+            IN_TOTO.len(),
+            statement.len()
+        );
+        let sig = sign(&signer.key, pae.as_bytes());
+        let body = serde_json::json!({
+            "apiVersion": "0.0.1",
+            "kind": "dsse",
+            "spec": {
+                "envelopeHash": {"algorithm": "sha256", "value": "0".repeat(64)},
+                "payloadHash": {"algorithm": "sha256", "value": digest_of(statement.as_bytes()).trim_start_matches("sha256:")},
+                "signatures": [{"signature": STANDARD.encode(&sig), "verifier": STANDARD.encode(&signer.cert)}],
+            },
+        });
+        let body = STANDARD.encode(body.to_string());
+        let canonical = format!(
+            r#"{{"body":"{body}","integratedTime":{NOON},"logID":"{}","logIndex":9}}"#,
+            self.rekor_id
+        );
+        serde_json::json!({
+            "mediaType": "application/vnd.dev.sigstore.bundle.v0.3+json",
+            "verificationMaterial": {
+                "certificate": {"rawBytes": STANDARD.encode(&signer.der)},
+                "tlogEntries": [{
+                    "logIndex": "9",
+                    "logId": {"keyId": STANDARD.encode(hex::decode(&self.rekor_id).unwrap())},
+                    "kindVersion": {"kind": "dsse", "version": "0.0.1"},
+                    "integratedTime": NOON.to_string(),
+                    "inclusionPromise": {"signedEntryTimestamp": STANDARD.encode(sign(&self.rekor, canonical.as_bytes()))},
+                    "canonicalizedBody": body,
+                }],
+            },
+            "dsseEnvelope": {
+                "payload": STANDARD.encode(&statement),
+                "payloadType": IN_TOTO,
+                "signatures": [{"sig": STANDARD.encode(&sig), "keyid": ""}],
+            },
+        })
+        .to_string()
     }
 
     fn policy(&self, subject_regex: &str) -> String {
@@ -334,5 +389,71 @@ async fn a_keyless_signed_image_is_served_and_each_broken_link_denied_with_its_r
         b.counter("berth_policy_verdicts_total{policy=\"release\",verdict=\"verified\"}")
             .await,
         2
+    );
+}
+
+/// Attaches `bundle` to `subject` in `repo` as an OCI 1.1 referrer.
+fn attach(fake: &FakeRegistry, repo: &str, subject: &str, bundle: String) {
+    const BUNDLE: &str = "application/vnd.dev.sigstore.bundle.v0.3+json";
+    const OCI_MANIFEST: &str = berth::oci::media::OCI_MANIFEST;
+    let size = bundle.len();
+    let layer = fake.put_blob(repo, bundle);
+    let empty = fake.put_blob(repo, "{}");
+    fake.put_manifest(
+        repo,
+        OCI_MANIFEST,
+        serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "artifactType": BUNDLE,
+            "config": {"mediaType": "application/vnd.oci.empty.v1+json", "digest": empty, "size": 2},
+            "layers": [{"mediaType": BUNDLE, "digest": layer, "size": size}],
+            "subject": {"mediaType": OCI_MANIFEST, "digest": subject, "size": 1},
+        })
+        .to_string(),
+    );
+}
+
+#[tokio::test]
+async fn a_keyless_sigstore_bundle_attached_as_a_referrer_verifies_an_image() {
+    let store = Sigstore::new();
+    let fake = FakeRegistry::start().await;
+    fake.serve_referrers(10);
+    let repo = "team/app";
+    let ours = store.leaf(&store.fulcio, WORKFLOW, GITHUB);
+    let signed = image(&fake, repo, "bundled", 21);
+    attach(&fake, repo, &signed, store.dsse_bundle(&ours, &signed));
+    let misdirected = image(&fake, repo, "misdirected", 22);
+    attach(&fake, repo, &misdirected, store.dsse_bundle(&ours, &signed));
+    let theirs = store.leaf(
+        &store.fulcio,
+        "https://github.com/otherorg/app/.github/workflows/x.yml@refs/heads/main",
+        GITHUB,
+    );
+    let foreign = image(&fake, repo, "foreign", 23);
+    attach(&fake, repo, &foreign, store.dsse_bundle(&theirs, &foreign));
+    let dir = tempfile::tempdir().unwrap();
+    let b = start_toml(
+        &config(
+            dir.path(),
+            &fake,
+            &store.policy("^https://github.com/myorg/"),
+        ),
+        dir,
+    )
+    .await;
+
+    let got = b.get(&format!("/v2/{repo}/manifests/bundled")).await;
+    assert_eq!(got.status, StatusCode::OK, "{:?}", got.body);
+    assert_eq!(digest_of(got.bytes()), signed);
+    let why = denied(&b.get(&format!("/v2/{repo}/manifests/misdirected")).await);
+    assert!(
+        why.contains(&format!("its statement is about {signed}, not this digest")),
+        "{why}"
+    );
+    let why = denied(&b.get(&format!("/v2/{repo}/manifests/foreign")).await);
+    assert!(
+        why.contains("which matches no configured identity"),
+        "{why}"
     );
 }

@@ -200,8 +200,8 @@ mod tests {
 
     use super::*;
     use crate::config::trusted_root_for_tests as root_json;
-    use crate::policy::keyless::tests::{LeafSpec, World, p256};
     use crate::policy::keyless::Signed;
+    use crate::policy::keyless::tests::{LeafSpec, World, p256};
 
     /// An SCT list extension: one SCT per (log key, its SPKI, what it signs the TBS as).
     fn sct_list(
