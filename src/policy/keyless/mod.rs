@@ -167,10 +167,11 @@ impl Keyless {
     ) -> Result<String, String> {
         let leaf = cert::pem_certificates(annotations.certificate.as_bytes())
             .map_err(|e| format!("its certificate annotation {e}"))?;
-        let chain = match &annotations.chain {
-            Some(c) => cert::pem_certificates(c.as_bytes())
+        // The chain only offers intermediates (untrusted): an empty one is no chain.
+        let chain = match annotations.chain.as_deref().map(str::trim) {
+            Some(c) if !c.is_empty() => cert::pem_certificates(c.as_bytes())
                 .map_err(|e| format!("its chain annotation {e}"))?,
-            None => Vec::new(),
+            _ => Vec::new(),
         };
         self.verify(&Signed {
             certificate: &leaf[0],

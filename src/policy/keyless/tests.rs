@@ -297,6 +297,27 @@ fn a_good_keyless_signature_verifies_in_the_tag_scheme() {
             .verify_cosign(&annotations, &c.payload, &c.signature)
             .is_ok()
     );
+    // An empty chain is none (the root's CA suffices); a chain that is not PEM is refused.
+    let unchained = KeylessAnnotations {
+        chain: Some(" ".into()),
+        ..annotations.clone()
+    };
+    assert!(
+        keyless
+            .verify_cosign(&unchained, &c.payload, &c.signature)
+            .is_ok()
+    );
+    fails(
+        keyless.verify_cosign(
+            &KeylessAnnotations {
+                chain: Some("junk".into()),
+                ..annotations.clone()
+            },
+            &c.payload,
+            &c.signature,
+        ),
+        "its chain annotation holds no PEM certificate",
+    );
     assert_eq!(Entry::from_cosign(&bundle).unwrap(), c.entry);
     fails(
         keyless.verify_cosign(
