@@ -3,8 +3,9 @@
 //! log key whose signed entry timestamps openssl computes over the canonical JSON written out
 //! here), pushed in cosign's tag scheme with the keyless annotations (certificate, chain, Rekor
 //! bundle), and as Sigstore v0.3 bundles attached as referrers (DSSE, a `dsse` Rekor entry). A
-//! keyless signed image is served; each broken link is denied with its reason. The certificates
-//! expired long before the test runs: only the log's time says they were valid.
+//! keyless signed image is served; each broken link is denied with its reason; a reload of the
+//! identities decides again; a verified image pulls with the upstream down after a restart. The
+//! certificates expired long before the test runs: only the log's time says they were valid.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -19,7 +20,7 @@ use rcgen::{
 
 use super::policy::{config, denied, image, layer_of, openssl, payload, sign};
 use crate::support;
-use support::instance::start_toml;
+use support::instance::{start_reloadable, start_toml};
 use support::{FakeRegistry, digest_of};
 
 const GITHUB: &str = "https://token.actions.githubusercontent.com";
@@ -456,4 +457,72 @@ async fn a_keyless_sigstore_bundle_attached_as_a_referrer_verifies_an_image() {
         why.contains("which matches no configured identity"),
         "{why}"
     );
+}
+
+/// A keyless signed image `tag` (seed `seed`) in team/app, by `signer`, with a good log entry.
+fn keyless_image(
+    store: &Sigstore,
+    fake: &FakeRegistry,
+    tag: &str,
+    seed: u64,
+    signer: &Signer,
+) -> String {
+    let repo = "team/app";
+    let d = image(fake, repo, tag, seed);
+    let p = payload(repo, &d);
+    let sig = sign(&signer.key, p.as_bytes());
+    let entry = store.entry(&store.rekor, signer, &p, &sig, NOON);
+    push_keyless(
+        fake,
+        (repo, &d),
+        (&p, &sig),
+        (signer, &store.fulcio.pem()),
+        Some(entry),
+    );
+    d
+}
+
+#[tokio::test]
+async fn a_reload_of_the_identities_decides_again_and_a_verified_image_pulls_offline() {
+    let store = Sigstore::new();
+    let fake = FakeRegistry::start().await;
+    let ours = store.leaf(&store.fulcio, WORKFLOW, GITHUB);
+    let signed = keyless_image(&store, &fake, "1", 31, &ours);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_owned();
+    let cfg = config(&path, &fake, &store.policy("^https://github.com/myorg/"));
+    let (b, reloader) = start_reloadable(&cfg, dir).await;
+    assert_eq!(
+        b.get("/v2/team/app/manifests/1").await.status,
+        StatusCode::OK
+    );
+
+    let other = config(&path, &fake, &store.policy("^https://github.com/otherorg/"));
+    let changes = reloader
+        .apply(berth::config::Config::parse(&other, "t").unwrap())
+        .unwrap();
+    assert!(changes.policies);
+    let why = denied(&b.get("/v2/team/app/manifests/1").await);
+    assert!(
+        why.contains("which matches no configured identity"),
+        "{why}"
+    );
+    reloader
+        .apply(berth::config::Config::parse(&cfg, "t").unwrap())
+        .unwrap();
+    assert_eq!(
+        b.get("/v2/team/app/manifests/1").await.status,
+        StatusCode::OK
+    );
+    let layer = format!("/v2/team/app/blobs/{}", layer_of(31));
+    assert_eq!(b.get(&layer).await.status, StatusCode::OK);
+
+    // The upstream gone and berth restarted: verified again from the cached material, offline.
+    let dir = b.stop().await;
+    drop(fake);
+    let b = start_toml(&cfg, dir).await;
+    let got = b.get("/v2/team/app/manifests/1").await;
+    assert_eq!(got.status, StatusCode::OK, "{:?}", got.body);
+    assert_eq!(digest_of(got.bytes()), signed);
+    assert_eq!(b.get(&layer).await.status, StatusCode::OK);
 }
