@@ -7,7 +7,9 @@
 //! (`timestampAuthorities`, `mediaType`, URLs) are ignored.
 //!
 //! Each certificate must parse (and be usable as a trust anchor for the last of a chain), each
-//! key must be one berth verifies with: a bad root fails the load, naming the entry.
+//! key must be one berth verifies with (a DER SubjectPublicKeyInfo, or a bare PKCS#1 RSA key where
+//! `keyDetails` says `PKCS1_RSA_...`, as Sigstore's staging root has for an old CT log): a bad
+//! root fails the load, naming the entry.
 //!
 //! Rule of dependency: uses its sibling `keys` (the public-key parser) only.
 
@@ -115,6 +117,8 @@ struct LogJson {
 struct KeyJson {
     raw_bytes: String,
     #[serde(default)]
+    key_details: String,
+    #[serde(default)]
     valid_for: Option<RangeJson>,
 }
 
@@ -192,8 +196,19 @@ fn logs(what: &str, list: &[LogJson]) -> Result<Vec<LogKey>, String> {
             let at = |e: String| format!("{what}[{i}].{e}");
             let der = decode(&l.public_key.raw_bytes)
                 .map_err(|e| at(format!("publicKey.rawBytes: {e}")))?;
-            let (algorithm, bits) =
-                parse_spki(&der).map_err(|e| at(format!("publicKey.rawBytes: {e}")))?;
+            let (algorithm, bits) = if l.public_key.key_details.starts_with("PKCS1_RSA") {
+                // A bare RSAPublicKey (PKCS#1), as some roots give an old CT log's key: the very
+                // bits ring verifies with.
+                if der.len() < 256 {
+                    return Err(at(format!(
+                        "publicKey.rawBytes: a PKCS#1 RSA key of {} bytes: malformed or under 2048 bits",
+                        der.len()
+                    )));
+                }
+                (KeyAlgorithm::Rsa, der)
+            } else {
+                parse_spki(&der).map_err(|e| at(format!("publicKey.rawBytes: {e}")))?
+            };
             let key_id = decode(&l.log_id.key_id).map_err(|e| at(format!("logId.keyId: {e}")))?;
             let valid = range(l.public_key.valid_for.as_ref())
                 .map_err(|e| at(format!("publicKey.validFor: {e}")))?;
@@ -314,6 +329,35 @@ pub(crate) mod tests {
             let e = parse(Path::new("root.json"), bad.as_bytes()).unwrap_err();
             assert!(e.contains(why), "{e}");
         }
+        // A bare PKCS#1 RSA key (2048 bits, made with openssl for this test) where keyDetails
+        // says so; refused as an SPKI otherwise, and when short.
+        const RSA_PKCS1: &str = "MIIBCgKCAQEAsdypQom8OOh9rcC3Op8ZGXJI4lWZTXKVuf/Fee5aanZAgKCLH3fa8vrb5/4fOAO1toZP3Fq1EXyyLeAjzG35KqP61W/dwfT1EIP/TmQo8IkSs1NrynGa3NFeFygcGkxOdC9bp4v/T18gM54C1N+ULHQVAn+htDWTn2cb3h1roLhc9hP8lFVIRQaALNXHz2ykJGIQTb0rNOsOgXE3C8TxVHTkIUyw3EjWL51yKhoxxSmxh5LsX9Qm+vGft+6uNZ/WdDqzG1hf5TNY5HGNt7UFtNkIko//muC8cNd6eFkPQMhtZdkG37BSeBQ4CjgiPcmx4AwxaBiPpfkAbruvqqHbjQIDAQAB";
+        let spki_b64 = STANDARD.encode(&spki);
+        let ct_at = good.rfind(&spki_b64).unwrap();
+        let mut rsa = good.clone();
+        rsa.replace_range(ct_at..ct_at + spki_b64.len(), RSA_PKCS1);
+        let rsa_typed = rsa
+            .replacen(
+                "PKIX_ECDSA_P256_SHA_256",
+                "PKCS1_RSA_PKCS1V5",
+                // The CT log's is the second keyDetails of the file.
+                2,
+            )
+            .replacen("PKCS1_RSA_PKCS1V5", "PKIX_ECDSA_P256_SHA_256", 1);
+        let root = parse(Path::new("root.json"), rsa_typed.as_bytes()).unwrap();
+        assert_eq!(root.ctlogs[0].algorithm, KeyAlgorithm::Rsa);
+        let e = parse(Path::new("root.json"), rsa.as_bytes()).unwrap_err();
+        assert!(
+            e.contains("ctlogs[0].publicKey.rawBytes: not a SubjectPublicKeyInfo"),
+            "{e}"
+        );
+        let short = rsa_typed.replace(RSA_PKCS1, "MAAA");
+        let e = parse(Path::new("root.json"), short.as_bytes()).unwrap_err();
+        assert!(
+            e.contains("ctlogs[0].publicKey.rawBytes: a PKCS#1 RSA key of 3 bytes"),
+            "{e}"
+        );
+
         let e = load(Path::new("/surely/not/root.json")).unwrap_err();
         assert!(e.contains("cannot read /surely/not/root.json"), "{e}");
     }
