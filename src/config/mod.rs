@@ -8,7 +8,8 @@
 //!
 //! One file per section, each holding its type, its defaults and its own checks: `server`,
 //! `metrics`, `storage` (with `[storage.s3]`), `upstreams` (`[[upstream]]`), `auth`, `cluster`,
-//! `admin`, `log`, `policy` (`[[policy]]`, its keys read and parsed at load). `value` holds what several share: durations, sizes and percentages as the file
+//! `admin`, `log`, `policy` (`[[policy]]`, its keys and its Sigstore `trusted_root` read and
+//! parsed at load, by `keys` and `trusted_root`). `value` holds what several share: durations, sizes and percentages as the file
 //! writes them, [`Secret`], and the checks of a registry URL, a CA bundle and a TLS pair. This
 //! file holds [`Config`], [`Config::load`] and [`Config::parse`], the order the checks run in
 //! (which is the order errors are reported in), the checks that span sections, and
@@ -17,7 +18,7 @@
 //!
 //! Rule of dependency: a leaf of the crate (no `crate::` import). Inside it, this file uses the
 //! section files; they use `value` (and `auth` uses `upstreams`, the names it refers to); none of
-//! them uses this file.
+//! them uses this file (and `policy` uses `keys` and `trusted_root`, which uses `keys`).
 
 use std::path::Path;
 
@@ -26,22 +27,31 @@ use serde::{Deserialize, Serialize};
 mod admin;
 mod auth;
 mod cluster;
+mod keys;
 mod log;
 mod metrics;
 mod policy;
 mod server;
 mod storage;
+mod trusted_root;
 mod upstreams;
 mod value;
 
 pub use admin::{AdminConfig, MIN_ADMIN_TOKEN_BYTES};
 pub use auth::AuthConfig;
 pub use cluster::{ClusterConfig, MIN_CLUSTER_SECRET_BYTES};
+pub use keys::{KeyAlgorithm, PublicKeyConfig, parse_public_key, parse_spki};
 pub use log::{LogConfig, LogFormat};
 pub use metrics::MetricsConfig;
-pub use policy::{KeyAlgorithm, PolicyConfig, PolicyMode, PublicKeyConfig, parse_public_key};
+pub use policy::{IdentityConfig, Matcher, PolicyConfig, PolicyMode};
 pub use server::ServerConfig;
 pub use storage::{S3Config, S3Credentials, StorageConfig};
+#[cfg(test)]
+pub(crate) use trusted_root::tests::root_json as trusted_root_for_tests;
+pub use trusted_root::{
+    CertificateAuthority, LogKey, TrustedRoot, Validity, load as load_trusted_root,
+    parse as parse_trusted_root,
+};
 pub use upstreams::UpstreamConfig;
 pub use value::Secret;
 

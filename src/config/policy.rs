@@ -4,15 +4,20 @@
 //!
 //! A key file is PEM `PUBLIC KEY` (a SubjectPublicKeyInfo, what `cosign generate-key-pair` and
 //! `openssl pkey -pubout` write): ECDSA P-256 or P-384, Ed25519, or RSA (2048 bits and more).
-//! Keyless verification (`trusted_root`, `identities`) is recognised and refused with a clear
-//! message until this berth verifies certificates and log entries.
+//! Keyless verification takes a Sigstore trusted root (`trusted_root`, read and checked at load by
+//! the sibling `trusted_root`) and the identities a certificate may name (`identities`: an issuer
+//! and a subject, each exact or a regular expression compiled at load). A policy has keys, keyless
+//! identities, or both; a signature that verifies either way suffices.
 //!
-//! Rule of dependency: uses `config::value` only (and `x509-parser` for the key format).
+//! Rule of dependency: uses its siblings `keys` and `trusted_root` (and `regex` for identities).
 
 use std::collections::HashSet;
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
+
+use super::keys::{PublicKeyConfig, parse_public_key};
+use super::trusted_root::{self, TrustedRoot};
 
 /// One `[[policy]]` table. The first whose scope matches a request applies.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -32,15 +37,101 @@ pub struct PolicyConfig {
     /// Public key files (PEM); a signature that verifies under any one suffices.
     #[serde(default)]
     pub keys: Vec<PathBuf>,
-    /// Keyless: a Sigstore trusted root (not supported yet; refused at load).
+    /// Keyless: a Sigstore trusted root (Fulcio CAs, Rekor and CT log keys), pinned.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trusted_root: Option<PathBuf>,
-    /// Keyless: the identities a certificate must name (not supported yet; refused at load).
+    /// Keyless: the identities a certificate may name; any one suffices.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub identities: Vec<toml::Table>,
+    pub identities: Vec<IdentityConfig>,
     /// The keys, read and parsed from `keys` at load time, in that order.
     #[serde(skip)]
     pub public_keys: Vec<PublicKeyConfig>,
+    /// The trusted root, read and checked from `trusted_root` at load time.
+    #[serde(skip)]
+    pub root: Option<TrustedRoot>,
+}
+
+/// A keyless identity: who issued the signer's token (the certificate's issuer extension), and
+/// whom it names (the certificate's SAN: an email or a URI). Each is given exactly (`issuer`,
+/// `subject`) or as a regular expression (`issuer_regex`, `subject_regex`), which matches
+/// anywhere unless anchored (`^...$`), as cosign's `--certificate-identity-regexp` does.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdentityConfig {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issuer: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issuer_regex: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject_regex: Option<String>,
+}
+
+/// One side of an identity, ready to match.
+#[derive(Debug, Clone)]
+pub enum Matcher {
+    Exact(String),
+    Regex(regex::Regex),
+}
+
+impl Matcher {
+    pub fn matches(&self, s: &str) -> bool {
+        match self {
+            Matcher::Exact(e) => e == s,
+            Matcher::Regex(r) => r.is_match(s),
+        }
+    }
+}
+
+impl std::fmt::Display for Matcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Matcher::Exact(e) => write!(f, "{e:?}"),
+            Matcher::Regex(r) => write!(f, "/{}/", r.as_str()),
+        }
+    }
+}
+
+impl IdentityConfig {
+    /// The issuer's matcher; on error, the key (`issuer...`) and the reason.
+    pub fn issuer(&self) -> Result<Matcher, (&'static str, String)> {
+        matcher(
+            ("issuer", &self.issuer),
+            ("issuer_regex", &self.issuer_regex),
+        )
+    }
+
+    /// The subject's matcher; on error, the key (`subject...`) and the reason.
+    pub fn subject(&self) -> Result<Matcher, (&'static str, String)> {
+        matcher(
+            ("subject", &self.subject),
+            ("subject_regex", &self.subject_regex),
+        )
+    }
+}
+
+fn matcher(
+    (exact_key, exact): (&'static str, &Option<String>),
+    (regex_key, pattern): (&'static str, &Option<String>),
+) -> Result<Matcher, (&'static str, String)> {
+    match (exact, pattern) {
+        (Some(e), None) if !e.is_empty() => Ok(Matcher::Exact(e.clone())),
+        (Some(_), None) => Err((exact_key, "must not be empty".into())),
+        (None, Some(p)) => regex::RegexBuilder::new(p)
+            .size_limit(1 << 20)
+            .build()
+            .map(Matcher::Regex)
+            .map_err(|e| (regex_key, format!("{p:?} is no regular expression: {e}"))),
+        (Some(_), Some(_)) => Err((
+            exact_key,
+            format!("give {exact_key} or {regex_key}, not both"),
+        )),
+        (None, None) => Err((
+            exact_key,
+            format!("give {exact_key} (exact) or {regex_key}"),
+        )),
+    }
 }
 
 /// What a policy does with what does not verify.
@@ -50,90 +141,6 @@ pub enum PolicyMode {
     #[default]
     Enforce,
     Warn,
-}
-
-/// A public key as read from its file: its algorithm and its key bits (the SubjectPublicKeyInfo's
-/// bit string: an EC point, 32 Ed25519 bytes, or an RSA key in PKCS#1).
-#[derive(Clone, PartialEq, Eq)]
-pub struct PublicKeyConfig {
-    pub file: PathBuf,
-    pub algorithm: KeyAlgorithm,
-    pub bits: Vec<u8>,
-}
-
-impl std::fmt::Debug for PublicKeyConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{:?} key {}", self.algorithm, self.file.display())
-    }
-}
-
-/// The key types cosign and notation sign with.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum KeyAlgorithm {
-    EcdsaP256,
-    EcdsaP384,
-    Ed25519,
-    Rsa,
-}
-
-const OID_EC_PUBLIC_KEY: &str = "1.2.840.10045.2.1";
-const OID_P256: &str = "1.2.840.10045.3.1.7";
-const OID_P384: &str = "1.3.132.0.34";
-const OID_ED25519: &str = "1.3.101.112";
-const OID_RSA: &str = "1.2.840.113549.1.1.1";
-
-/// Parses a PEM `PUBLIC KEY`. The reason, if it is none berth can use.
-pub fn parse_public_key(pem: &[u8]) -> Result<(KeyAlgorithm, Vec<u8>), String> {
-    use x509_parser::prelude::FromDer;
-    let (_, pem) =
-        x509_parser::pem::parse_x509_pem(pem).map_err(|e| format!("not a PEM file ({e})"))?;
-    if pem.label != "PUBLIC KEY" {
-        return Err(format!(
-            "a PEM {:?}, not a \"PUBLIC KEY\" (export the public half: cosign public-key, or openssl pkey -pubout)",
-            pem.label
-        ));
-    }
-    let (_, spki) = x509_parser::x509::SubjectPublicKeyInfo::from_der(&pem.contents)
-        .map_err(|e| format!("not a SubjectPublicKeyInfo ({e})"))?;
-    let alg = spki.algorithm.algorithm.to_id_string();
-    let param = spki
-        .algorithm
-        .parameters
-        .as_ref()
-        .and_then(|p| p.as_oid().ok())
-        .map(|o| o.to_id_string());
-    let algorithm = match (alg.as_str(), param.as_deref()) {
-        (OID_EC_PUBLIC_KEY, Some(OID_P256)) => KeyAlgorithm::EcdsaP256,
-        (OID_EC_PUBLIC_KEY, Some(OID_P384)) => KeyAlgorithm::EcdsaP384,
-        (OID_EC_PUBLIC_KEY, other) => {
-            return Err(format!(
-                "an ECDSA key on curve {}, not P-256 or P-384",
-                other.unwrap_or("?")
-            ));
-        }
-        (OID_ED25519, _) => KeyAlgorithm::Ed25519,
-        (OID_RSA, _) => KeyAlgorithm::Rsa,
-        (other, _) => {
-            return Err(format!(
-                "a key of algorithm {other}, not ECDSA P-256/P-384, Ed25519 or RSA"
-            ));
-        }
-    };
-    let bits = spki.subject_public_key.data.to_vec();
-    let short = match algorithm {
-        KeyAlgorithm::EcdsaP256 => bits.len() != 65,
-        KeyAlgorithm::EcdsaP384 => bits.len() != 97,
-        KeyAlgorithm::Ed25519 => bits.len() != 32,
-        // A 2048-bit modulus alone is 256 bytes.
-        KeyAlgorithm::Rsa => bits.len() < 256,
-    };
-    if short {
-        return Err(format!(
-            "a {algorithm:?} key of {} bytes: malformed (or RSA under 2048 bits)",
-            bits.len()
-        ));
-    }
-    Ok((algorithm, bits))
 }
 
 /// Checks every `[[policy]]` against the upstreams (by name) and reads their keys. On error, the
@@ -183,20 +190,38 @@ pub fn validate(
                 return Err((key("repositories"), format!("{g:?} is no repository glob")));
             }
         }
-        if p.trusted_root.is_some() || !p.identities.is_empty() {
-            let k = if p.trusted_root.is_some() {
-                "trusted_root"
-            } else {
-                "identities"
-            };
-            return Err((
-                key(k),
-                "keyless verification (trusted_root, identities) is not supported by this berth yet: use keys".into(),
-            ));
+        match (&p.trusted_root, p.identities.is_empty()) {
+            (Some(_), true) => {
+                return Err((
+                    key("identities"),
+                    "a trusted_root needs at least one identity ({ issuer = ..., subject_regex = ... })"
+                        .into(),
+                ));
+            }
+            (None, false) => {
+                return Err((
+                    key("trusted_root"),
+                    "identities need a trusted_root (the Fulcio CAs and Rekor keys to check them with)"
+                        .into(),
+                ));
+            }
+            (None, true) if p.keys.is_empty() => {
+                return Err((
+                    key("keys"),
+                    "name at least one public key file (or a trusted_root and identities)".into(),
+                ));
+            }
+            _ => {}
         }
-        if p.keys.is_empty() {
-            return Err((key("keys"), "name at least one public key file".into()));
+        for (j, id) in p.identities.iter().enumerate() {
+            for side in [id.issuer(), id.subject()] {
+                side.map_err(|(k, why)| (key(&format!("identities[{j}].{k}")), why))?;
+            }
         }
+        p.root = match &p.trusted_root {
+            Some(file) => Some(trusted_root::load(file).map_err(|e| (key("trusted_root"), e))?),
+            None => None,
+        };
         p.public_keys.clear();
         for (j, file) in p.keys.iter().enumerate() {
             let at = key(&format!("keys[{j}]"));
@@ -218,54 +243,118 @@ pub fn validate(
 mod tests {
     use super::*;
 
-    /// Public keys generated with openssl for these tests (their private halves thrown away).
-    const P256_PEM: &str = "-----BEGIN PUBLIC KEY-----
-MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAE9kM5yMu+nFR+bhF14+iJ79CVr0Pm
-tYr9viFBvOF2sQqjj0NjrwgNfXNJuxJ19bcDdBHfzlpGm376MtfAT2IFfg==
------END PUBLIC KEY-----
-";
-    const ED25519_PEM: &str = "-----BEGIN PUBLIC KEY-----
-MCowBQYDK2VwAyEA26YE4keHWH7K/EZGrgS2JPU6SYS638HDv0hcdB+UZr4=
------END PUBLIC KEY-----
-";
-    const P521_PEM: &str = "-----BEGIN PUBLIC KEY-----
-MIGbMBAGByqGSM49AgEGBSuBBAAjA4GGAAQARDnTmjwAr20Brl8UX9nkBIPe3EFq
-NPDivq4IeSXgzt73lkiLjEHkHlozLcvz99feum8w7Cf8X7S3XLMitG2QA8IAuAKq
-+hfI0xbWwtYxzZUH9jRckEu6vPIF7exz9f2rvYQvRWskDrnAsqlRkmYhqGsn+hyb
-rndFz/KVxcUvjlhDPkQ=
------END PUBLIC KEY-----
-";
-    const RSA1024_PEM: &str = "-----BEGIN PUBLIC KEY-----
-MIGfMA0GCSqGSIb3DQEBAQUAA4GNADCBiQKBgQC68tU/Y9gvSUawe8jhBjaniwEt
-gvda/2mf/ohVCTqZgtDaUqP5J+vevZJcE5UcAhLeNM7WXSMOJ0jUG7DLAlaBSeQd
-v4IrPU7AZxilYPRIfocv7nHQAp5XY/5OmYc3JR94WABpecmCf5R8aU5nOXGhkZBB
-tLVnR2Z0YjyBGNroWwIDAQAB
------END PUBLIC KEY-----
-";
+    fn policy(toml_text: &str) -> PolicyConfig {
+        toml::from_str(&format!("name = \"ci\"\nupstreams = [\"*\"]\n{toml_text}")).unwrap()
+    }
+
+    fn check(p: PolicyConfig) -> Result<PolicyConfig, (String, String)> {
+        let mut list = [p];
+        validate(&mut list, &["docker.io".to_owned()])?;
+        let [p] = list;
+        Ok(p)
+    }
 
     #[test]
-    fn public_keys_are_parsed_or_refused_with_a_reason() {
-        let (alg, bits) = parse_public_key(P256_PEM.as_bytes()).unwrap();
-        assert_eq!((alg, bits.len(), bits[0]), (KeyAlgorithm::EcdsaP256, 65, 4));
-        assert_eq!(
-            parse_public_key(ED25519_PEM.as_bytes()).unwrap().0,
-            KeyAlgorithm::Ed25519
+    fn keyless_policies_are_read_or_refused_naming_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = rcgen::generate_simple_self_signed(vec!["ca.test".into()]).unwrap();
+        let spki = rcgen::PublicKeyData::subject_public_key_info(&ca.signing_key);
+        let root = dir.path().join("root.json");
+        std::fs::write(
+            &root,
+            super::trusted_root::tests::root_json(&[ca.cert.der()], &spki, None),
+        )
+        .unwrap();
+        let root = format!("trusted_root = {:?}\n", root.display().to_string());
+        let ok = check(policy(&format!(
+            "{root}identities = [{{ issuer = \"https://token.actions.githubusercontent.com\", subject_regex = \"^https://github.com/myorg/\" }}]"
+        )))
+        .unwrap();
+        let read = ok.root.as_ref().unwrap();
+        assert_eq!(read.certificate_authorities.len(), 1);
+        assert_eq!(read.tlogs.len(), 1);
+        assert!(
+            ok.identities[0]
+                .subject()
+                .unwrap()
+                .matches("https://github.com/myorg/app/x")
         );
-        for (bad, why) in [
-            ("nothing", "not a PEM"),
+        assert!(
+            !ok.identities[0]
+                .subject()
+                .unwrap()
+                .matches("https://github.com/other/app")
+        );
+        assert!(
+            ok.identities[0]
+                .issuer()
+                .unwrap()
+                .matches("https://token.actions.githubusercontent.com")
+        );
+
+        for (text, key, why) in [
+            ("", "policy[0].keys", "or a trusted_root and identities"),
             (
-                "-----BEGIN CERTIFICATE-----\nMAA=\n-----END CERTIFICATE-----\n",
-                "not a \"PUBLIC KEY\"",
+                &*root,
+                "policy[0].identities",
+                "needs at least one identity",
             ),
             (
-                "-----BEGIN PUBLIC KEY-----\nMAA=\n-----END PUBLIC KEY-----\n",
-                "not a SubjectPublicKeyInfo",
+                "identities = [{ issuer = \"i\", subject = \"s\" }]",
+                "policy[0].trusted_root",
+                "identities need a trusted_root",
             ),
-            (P521_PEM, "not P-256 or P-384"),
-            (RSA1024_PEM, "under 2048 bits"),
+            (
+                &format!("{root}identities = [{{ subject = \"s\" }}]"),
+                "policy[0].identities[0].issuer",
+                "give issuer (exact) or issuer_regex",
+            ),
+            (
+                &format!(
+                    "{root}identities = [{{ issuer = \"i\", issuer_regex = \"i\", subject = \"s\" }}]"
+                ),
+                "policy[0].identities[0].issuer",
+                "not both",
+            ),
+            (
+                &format!("{root}identities = [{{ issuer = \"i\", subject_regex = \"(\" }}]"),
+                "policy[0].identities[0].subject_regex",
+                "\"(\" is no regular expression",
+            ),
+            (
+                &format!("{root}identities = [{{ issuer = \"\", subject = \"s\" }}]"),
+                "policy[0].identities[0].issuer",
+                "must not be empty",
+            ),
+            (
+                "trusted_root = \"/surely/not/root.json\"\nidentities = [{ issuer = \"i\", subject = \"s\" }]",
+                "policy[0].trusted_root",
+                "cannot read /surely/not/root.json",
+            ),
         ] {
-            let e = parse_public_key(bad.as_bytes()).unwrap_err();
-            assert!(e.contains(why), "{bad}: {e}");
+            let (k, e) = check(policy(text)).unwrap_err();
+            assert_eq!(k, key, "{text}: {e}");
+            assert!(e.contains(why), "{text}: {e}");
         }
+        // A root that is no trusted root names its file.
+        let bad = dir.path().join("bad.json");
+        std::fs::write(&bad, "{}").unwrap();
+        let (k, e) = check(policy(&format!(
+            "trusted_root = {:?}\nidentities = [{{ issuer = \"i\", subject = \"s\" }}]",
+            bad.display().to_string()
+        )))
+        .unwrap_err();
+        assert_eq!(k, "policy[0].trusted_root");
+        assert!(
+            e.contains("bad.json: it names no certificateAuthorities"),
+            "{e}"
+        );
+        // Unknown keys in an identity are refused by the parser.
+        assert!(
+            toml::from_str::<PolicyConfig>(
+                "name = \"x\"\nupstreams = [\"*\"]\nidentities = [{ isuser = \"i\" }]"
+            )
+            .is_err()
+        );
     }
 }

@@ -4,15 +4,18 @@
 //! pre-authentication encoding of the payload type and payload, not over the payload alone.
 //!
 //! A bundle signed with a key names it only by a hint, which is not trusted: every configured key
-//! is tried. Message-signature bundles (a signature over some artifact's digest) carry no claim
-//! about an image and are reported as such; keyless bundles (a certificate in the verification
-//! material) wait for keyless verification.
+//! is tried. A keyless bundle (a certificate in the verification material, and `tlogEntries`
+//! with an inclusion promise) is checked by the sibling `keyless`, its Rekor entry a `dsse` one
+//! about this envelope. Message-signature bundles (a signature over some artifact's digest) carry
+//! no claim about an image and are reported as such.
 //!
-//! Rule of dependency: uses `oci` and its sibling `keys`.
+//! Rule of dependency: uses `oci` and its siblings `keys` and `keyless`.
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 
+use super::keyless::rekor::Entry;
+use super::keyless::{Keyless, Signed};
 use super::keys::Key;
 use crate::oci::Digest;
 
@@ -35,17 +38,20 @@ pub fn pae(payload_type: &str, payload: &[u8]) -> Vec<u8> {
     out
 }
 
-/// Whether `bundle` holds a signature, by one of `keys`, of a statement about `digest`: the key
-/// file that verified it, or why not.
-pub fn verify(bundle: &[u8], digest: &Digest, keys: &[Key]) -> Result<String, String> {
+/// Whether `bundle` holds a signature of a statement about `digest`, by one of `keys` or (a
+/// certificate in its verification material) keyless under `keyless`: who signed, or why not.
+pub fn verify(
+    bundle: &[u8],
+    digest: &Digest,
+    keys: &[Key],
+    keyless: Option<&Keyless>,
+) -> Result<String, String> {
     let v: serde_json::Value =
         serde_json::from_slice(bundle).map_err(|_| "the bundle is not JSON".to_owned())?;
-    if v.pointer("/verificationMaterial/certificate").is_some()
-        || v.pointer("/verificationMaterial/x509CertificateChain")
-            .is_some()
-    {
+    let certificate = certificates(&v)?;
+    if certificate.is_some() && keyless.is_none() {
         return Err(
-            "the bundle is keyless (a certificate), which this berth does not verify yet".into(),
+            "the bundle is keyless (a certificate), and this policy has no trusted_root".into(),
         );
     }
     if v.get("messageSignature").is_some() {
@@ -68,23 +74,91 @@ pub fn verify(bundle: &[u8], digest: &Digest, keys: &[Key]) -> Result<String, St
         .ok_or_else(|| "its envelope's payload is not base64".to_owned())?;
     statement_names(&payload, digest)?;
     let message = pae(payload_type, &payload);
-    let sigs = envelope
+    let sigs: Vec<Vec<u8>> = envelope
         .get("signatures")
         .and_then(|s| s.as_array())
-        .ok_or_else(|| "its envelope has no signatures".to_owned())?;
-    for s in sigs.iter().take(super::cosign::MAX_SIGNATURES) {
-        let Some(sig) = s
-            .get("sig")
-            .and_then(|x| x.as_str())
-            .and_then(|x| STANDARD.decode(x).ok())
-        else {
-            continue;
+        .ok_or_else(|| "its envelope has no signatures".to_owned())?
+        .iter()
+        .take(super::cosign::MAX_SIGNATURES)
+        .filter_map(|s| {
+            s.get("sig")
+                .and_then(|x| x.as_str())
+                .and_then(|x| STANDARD.decode(x).ok())
+        })
+        .collect();
+    if let (Some((leaf, chain)), Some(keyless)) = (certificate, keyless) {
+        let entries: Vec<Option<Result<Entry, String>>> = match v
+            .pointer("/verificationMaterial/tlogEntries")
+            .and_then(|t| t.as_array())
+        {
+            Some(list) if !list.is_empty() => list
+                .iter()
+                .take(super::cosign::MAX_SIGNATURES)
+                .map(|e| Some(Entry::from_bundle(e)))
+                .collect(),
+            _ => vec![None],
         };
-        if let Some(k) = keys.iter().find(|k| k.verifies(&message, &sig)) {
+        let mut why = "its envelope has no signature".to_owned();
+        for sig in &sigs {
+            for entry in &entries {
+                let signed = Signed {
+                    certificate: &leaf,
+                    chain: &chain,
+                    message: &message,
+                    payload: &payload,
+                    signature: sig,
+                    entry: entry.clone(),
+                };
+                match keyless.verify(&signed) {
+                    Ok(who) => return Ok(who),
+                    Err(e) => why = e,
+                }
+            }
+        }
+        return Err(why);
+    }
+    if keys.is_empty() {
+        return Err("it is signed with a key, and this policy has no keys".into());
+    }
+    for sig in &sigs {
+        if let Some(k) = keys.iter().find(|k| k.verifies(&message, sig)) {
             return Ok(k.file.display().to_string());
         }
     }
     Err("its envelope's signature does not verify with the configured keys".into())
+}
+
+/// A leaf certificate and the rest of its chain (DER).
+type Chain = (Vec<u8>, Vec<Vec<u8>>);
+
+/// A keyless bundle's leaf certificate and the rest of its chain: v0.3's `certificate`, or the
+/// older `x509CertificateChain`. `None` for a bundle signed with a key.
+fn certificates(v: &serde_json::Value) -> Result<Option<Chain>, String> {
+    let raw = |c: &serde_json::Value| {
+        c.get("rawBytes")
+            .and_then(|r| r.as_str())
+            .and_then(|r| STANDARD.decode(r).ok())
+            .ok_or_else(|| "its certificate's rawBytes are not base64".to_owned())
+    };
+    if let Some(c) = v.pointer("/verificationMaterial/certificate") {
+        return Ok(Some((raw(c)?, Vec::new())));
+    }
+    let Some(list) = v.pointer("/verificationMaterial/x509CertificateChain/certificates") else {
+        return Ok(None);
+    };
+    let mut all = list
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+        .iter()
+        .take(8)
+        .map(raw)
+        .collect::<Result<Vec<_>, _>>()?;
+    if all.is_empty() {
+        return Err("its certificate chain is empty".into());
+    }
+    let leaf = all.remove(0);
+    Ok(Some((leaf, all)))
 }
 
 /// Whether an in-toto statement's subjects include `digest` (sha256).
@@ -150,20 +224,23 @@ mod tests {
             s.sign(&rng, m).unwrap().as_ref().to_vec()
         };
         let good = bundle(&st, &sign(&signer, &pae(IN_TOTO, st.as_bytes())), IN_TOTO);
-        assert_eq!(verify(good.as_bytes(), &d, &keys).unwrap(), "test-p256.pub");
+        assert_eq!(
+            verify(good.as_bytes(), &d, &keys, None).unwrap(),
+            "test-p256.pub"
+        );
 
-        let e = verify(good.as_bytes(), &Digest::of(b"other"), &keys).unwrap_err();
+        let e = verify(good.as_bytes(), &Digest::of(b"other"), &keys, None).unwrap_err();
         assert!(e.contains("not this digest"), "{e}");
         // Signed over the payload alone (not the PAE), by another key, or a changed statement.
         let raw = bundle(&st, &sign(&signer, st.as_bytes()), IN_TOTO);
         assert!(
-            verify(raw.as_bytes(), &d, &keys)
+            verify(raw.as_bytes(), &d, &keys, None)
                 .unwrap_err()
                 .contains("does not verify")
         );
         let foreign = bundle(&st, &sign(&other, &pae(IN_TOTO, st.as_bytes())), IN_TOTO);
         assert!(
-            verify(foreign.as_bytes(), &d, &keys)
+            verify(foreign.as_bytes(), &d, &keys, None)
                 .unwrap_err()
                 .contains("does not verify")
         );
@@ -174,7 +251,7 @@ mod tests {
             IN_TOTO,
         );
         assert!(
-            verify(tampered.as_bytes(), &d, &keys)
+            verify(tampered.as_bytes(), &d, &keys, None)
                 .unwrap_err()
                 .contains("does not verify")
         );
@@ -184,7 +261,7 @@ mod tests {
             "text/plain",
         );
         assert!(
-            verify(typed.as_bytes(), &d, &keys)
+            verify(typed.as_bytes(), &d, &keys, None)
                 .unwrap_err()
                 .contains("not an in-toto statement")
         );
@@ -193,12 +270,13 @@ mod tests {
             ("nope".to_owned(), "not JSON"),
             (r#"{"messageSignature":{}}"#.to_owned(), "message signature"),
             (
-                r#"{"verificationMaterial":{"certificate":{}},"dsseEnvelope":{}}"#.to_owned(),
-                "keyless",
+                r#"{"verificationMaterial":{"certificate":{"rawBytes":"MAA="}},"dsseEnvelope":{}}"#
+                    .to_owned(),
+                "keyless (a certificate), and this policy has no trusted_root",
             ),
             ("{}".to_owned(), "no DSSE envelope"),
         ] {
-            let e = verify(bad.as_bytes(), &d, &keys).unwrap_err();
+            let e = verify(bad.as_bytes(), &d, &keys, None).unwrap_err();
             assert!(e.contains(why), "{bad}: {e}");
         }
     }

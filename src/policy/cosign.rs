@@ -1,6 +1,7 @@
 //! cosign's signature format, read: the tag scheme (`sha256-<hex>.sig` beside the image), its
-//! manifest's layers (each a simple-signing payload, its signature in an annotation), and the
-//! payload's claim (`critical.image.docker-manifest-digest`). Pure: the bytes come from the
+//! manifest's layers (each a simple-signing payload, its signature in an annotation; a keyless
+//! one also its certificate, chain and Rekor entry), and the payload's claim
+//! (`critical.image.docker-manifest-digest`). Pure: the bytes come from the
 //! mirror, the verdict from the parent.
 //!
 //! Rule of dependency: uses `oci` only (and base64, serde_json).
@@ -13,6 +14,12 @@ use crate::oci::{Digest, Tag};
 pub const SIMPLE_SIGNING: &str = "application/vnd.dev.cosign.simplesigning.v1+json";
 /// The annotation holding a layer's signature (base64).
 pub const SIGNATURE_ANNOTATION: &str = "dev.cosignproject.cosign/signature";
+/// Keyless: the signer's certificate (PEM).
+pub const CERTIFICATE_ANNOTATION: &str = "dev.sigstore.cosign/certificate";
+/// Keyless: the certificate's intermediates and root (PEM), as the signer had them.
+pub const CHAIN_ANNOTATION: &str = "dev.sigstore.cosign/chain";
+/// Keyless: the Rekor entry, with its signed entry timestamp (JSON).
+pub const BUNDLE_ANNOTATION: &str = "dev.sigstore.cosign/bundle";
 /// Largest payload read: simple-signing payloads are a few hundred bytes.
 pub const MAX_PAYLOAD: usize = 64 * 1024;
 /// Most signatures looked at for one digest.
@@ -30,9 +37,18 @@ pub fn signature_tag(digest: &Digest) -> Tag {
 pub struct SignatureLayer {
     pub payload: Digest,
     pub size: u64,
-    /// The decoded signature; `None` when the annotation is missing or not base64 (a keyless
-    /// signature carries one too; its certificate is not read here).
+    /// The decoded signature; `None` when the annotation is missing or not base64.
     pub signature: Option<Vec<u8>>,
+    /// A keyless signature's certificate and log entry; `None` for a signature by a key.
+    pub keyless: Option<KeylessAnnotations>,
+}
+
+/// The annotations of a keyless signature layer, as written (read by `keyless`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeylessAnnotations {
+    pub certificate: String,
+    pub chain: Option<String>,
+    pub bundle: Option<String>,
 }
 
 /// The simple-signing layers of a `.sig` manifest (at most [`MAX_SIGNATURES`]). Layers of other
@@ -47,21 +63,27 @@ pub fn signature_layers(manifest: &[u8]) -> Option<Vec<SignatureLayer>> {
             .filter_map(|l| {
                 let payload: Digest = l.get("digest")?.as_str()?.parse().ok()?;
                 let size = l.get("size")?.as_u64()?;
-                let signature = l
-                    .pointer(&format!(
-                        "/annotations/{}",
-                        SIGNATURE_ANNOTATION.replace('/', "~1")
-                    ))
-                    .and_then(|s| s.as_str())
-                    .and_then(|s| {
-                        base64::engine::general_purpose::STANDARD
-                            .decode(s.trim())
-                            .ok()
+                let annotation = |name: &str| {
+                    l.pointer(&format!("/annotations/{}", name.replace('/', "~1")))
+                        .and_then(|s| s.as_str())
+                        .map(str::to_owned)
+                };
+                let signature = annotation(SIGNATURE_ANNOTATION).and_then(|s| {
+                    base64::engine::general_purpose::STANDARD
+                        .decode(s.trim())
+                        .ok()
+                });
+                let keyless =
+                    annotation(CERTIFICATE_ANNOTATION).map(|certificate| KeylessAnnotations {
+                        certificate,
+                        chain: annotation(CHAIN_ANNOTATION),
+                        bundle: annotation(BUNDLE_ANNOTATION),
                     });
                 Some(SignatureLayer {
                     payload,
                     size,
                     signature,
+                    keyless,
                 })
             })
             .take(MAX_SIGNATURES)
@@ -120,7 +142,7 @@ mod tests {
         let manifest = format!(
             r#"{{"schemaVersion":2,"layers":[
                 {{"mediaType":"{SIMPLE_SIGNING}","digest":"{payload}","size":7,"annotations":{{"{SIGNATURE_ANNOTATION}":"c2ln"}}}},
-                {{"mediaType":"{SIMPLE_SIGNING}","digest":"{payload}","size":7,"annotations":{{"{SIGNATURE_ANNOTATION}":"%%%"}}}},
+                {{"mediaType":"{SIMPLE_SIGNING}","digest":"{payload}","size":7,"annotations":{{"{SIGNATURE_ANNOTATION}":"%%%","{CERTIFICATE_ANNOTATION}":"cert","{BUNDLE_ANNOTATION}":"{{}}"}}}},
                 {{"mediaType":"application/other","digest":"{payload}","size":7}},
                 {{"mediaType":"{SIMPLE_SIGNING}","digest":"md5:00","size":7}}
             ]}}"#
@@ -132,12 +154,18 @@ mod tests {
                 SignatureLayer {
                     payload: payload.clone(),
                     size: 7,
-                    signature: Some(b"sig".to_vec())
+                    signature: Some(b"sig".to_vec()),
+                    keyless: None,
                 },
                 SignatureLayer {
                     payload,
                     size: 7,
-                    signature: None
+                    signature: None,
+                    keyless: Some(KeylessAnnotations {
+                        certificate: "cert".into(),
+                        chain: None,
+                        bundle: Some("{}".into()),
+                    }),
                 },
             ]
         );

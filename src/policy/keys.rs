@@ -1,4 +1,5 @@
-//! A public key of a policy, and the one question asked of it: does this signature over these
+//! A public key of a policy (or of a keyless certificate, or of a transparency log), and the one
+//! question asked of it: does this signature over these
 //! bytes verify? Verification is `ring`'s (the crypto rustls already uses here: no second stack,
 //! no OpenSSL), with the schemes cosign signs with: ECDSA P-256 with SHA-256 and P-384 with
 //! SHA-384 (ASN.1 DER signatures), Ed25519, and RSA with SHA-256 (PKCS#1 v1.5, or PSS).
@@ -26,6 +27,15 @@ impl Key {
             file: cfg.file.clone(),
             algorithm: cfg.algorithm,
             bits: cfg.bits.clone(),
+        }
+    }
+
+    /// A key that no file holds (a log's key, a certificate's key), named `name`.
+    pub fn from_bits(name: &str, algorithm: KeyAlgorithm, bits: Vec<u8>) -> Key {
+        Key {
+            file: PathBuf::from(name),
+            algorithm,
+            bits,
         }
     }
 

@@ -1,15 +1,17 @@
 //! Signature policy (`[[policy]]`): which manifests must carry a signature that verifies under
-//! the operator's keys before berth serves them, and the verdicts.
+//! the operator's keys or trusted identities before berth serves them, and the verdicts.
 //!
 //! - A policy covers a scope: upstreams by name (or all) and repository globs (`*` matches any
 //!   run of characters, `/` included: a glob too broad covers more, never less). The first
 //!   policy whose scope matches a request applies.
 //! - A manifest (or index) answered through a covered scope needs a signature of its digest that
-//!   verifies under one of the policy's keys (`keys`): a layer of cosign's `sha256-<hex>.sig`
-//!   manifest in the same repository whose simple-signing payload claims the digest (`cosign`),
-//!   or a Sigstore bundle among its referrers whose DSSE envelope holds an in-toto statement
-//!   about the digest (`bundle`). [`decide`] is that rule, pure; the mirror fetches the material (as
-//!   content like any other: verified by digest, cached, so a verified image pulls offline).
+//!   verifies under one of the policy's keys (`keys`), or keyless under its pinned Sigstore
+//!   trusted root for one of its identities (`keyless`: a Fulcio certificate and a Rekor entry,
+//!   offline): a layer of cosign's `sha256-<hex>.sig` manifest in the same repository whose
+//!   simple-signing payload claims the digest (`cosign`), or a Sigstore bundle among its
+//!   referrers whose DSSE envelope holds an in-toto statement about the digest (`bundle`).
+//!   [`decide`] is that rule, pure; the mirror fetches the material (as content like any other:
+//!   verified by digest, cached, so a verified image pulls offline).
 //! - What a verified manifest names is served through that scope without signatures of its own:
 //!   the children of an index (cosign signs the index a tag names), an image's config and layers
 //!   ([`named`], [`Verdicts`]). A blob that no manifest served under the policy names is denied:
@@ -23,7 +25,7 @@
 //!   next request (a signature may have been pushed since; the `.sig` tag's own cache keeps that
 //!   cheap).
 //!
-//! Not yet: keyless certificates (refused at load, see `config`).
+//! Not yet: message-signature bundles (they make no claim about an image).
 //!
 //! Rule of dependency: uses `config` (the tables), `oci`, `metrics`; the mirror uses it, and it
 //! fetches nothing itself.
@@ -38,11 +40,13 @@ use crate::oci::{Digest, RepoName, media};
 
 pub mod bundle;
 pub mod cosign;
+pub mod keyless;
 pub mod keys;
 mod verdicts;
 
 pub use verdicts::Verdicts;
 
+use keyless::Keyless;
 use keys::Key;
 
 /// The configured policies, in order.
@@ -60,7 +64,10 @@ pub struct Policy {
     upstreams: Option<Vec<String>>,
     repositories: Option<Vec<String>>,
     pub keys: Vec<Key>,
-    /// Changes whenever anything that decides a verdict changes (scope, mode, keys).
+    /// The trusted root and identities, if the policy accepts keyless signatures.
+    pub keyless: Option<Keyless>,
+    /// Changes whenever anything that decides a verdict changes (scope, mode, keys, trusted
+    /// root, identities).
     pub revision: u64,
 }
 
@@ -101,13 +108,37 @@ impl Policy {
         for k in &c.public_keys {
             k.bits.hash(&mut h);
         }
+        if let Some(root) = &c.root {
+            (&root.digest, &c.identities).hash(&mut h);
+        }
         Policy {
             name: c.name.clone(),
             mode: c.mode,
             upstreams,
             repositories: c.repositories.clone(),
             keys: c.public_keys.iter().map(Key::new).collect(),
+            keyless: c.root.as_ref().map(|r| Keyless::new(r, &c.identities)),
             revision: h.finish(),
+        }
+    }
+
+    /// What a signature must verify with, for a denial: "the 1 configured key", "the trusted
+    /// root for 2 identities", or both.
+    fn trusts(&self) -> String {
+        let keys = match self.keys.len() {
+            0 => None,
+            1 => Some("the 1 configured key".to_owned()),
+            n => Some(format!("any of the {n} configured keys")),
+        };
+        let keyless = self.keyless.as_ref().map(|k| match k.identities() {
+            1 => "the trusted root for the 1 configured identity".to_owned(),
+            n => format!("the trusted root for the {n} configured identities"),
+        });
+        match (keys, keyless) {
+            (Some(k), Some(l)) => format!("{k} or {l}"),
+            (Some(k), None) => k,
+            (None, Some(l)) => l,
+            (None, None) => "nothing (no keys, no trusted root)".to_owned(),
         }
     }
 
@@ -297,10 +328,7 @@ pub struct Material {
 /// The verdict on `digest` under `policy` from the material found: verified when any one
 /// signature (tag scheme or bundle) verifies under one of the keys.
 pub fn decide(policy: &Policy, digest: &Digest, material: &Material) -> Verdict {
-    let keys = match policy.keys.len() {
-        1 => "the 1 configured key".to_owned(),
-        n => format!("any of the {n} configured keys"),
-    };
+    let keys = policy.trusts();
     let found = material.signatures.as_deref().unwrap_or_default();
     if found.is_empty() && material.bundles.is_empty() {
         let tag = cosign::signature_tag(digest);
@@ -329,21 +357,32 @@ pub fn decide(policy: &Policy, digest: &Digest, material: &Material) -> Verdict 
             why.push(format!("#{n}: has no signature annotation"));
             continue;
         };
-        match policy.keys.iter().find(|k| k.verifies(payload, sig)) {
-            Some(k) => {
-                return Verdict::Verified {
-                    key: k.file.display().to_string(),
-                };
+        if let Some(k) = policy.keys.iter().find(|k| k.verifies(payload, sig)) {
+            return Verdict::Verified {
+                key: k.file.display().to_string(),
+            };
+        }
+        match (&f.layer.keyless, &policy.keyless) {
+            (Some(annotations), Some(keyless)) => {
+                match keyless.verify_cosign(annotations, payload, sig) {
+                    Ok(who) => return Verdict::Verified { key: who },
+                    Err(e) => why.push(format!("#{n}: {e}")),
+                }
             }
-            None => why.push(format!("#{n}: does not verify with {keys}")),
+            (Some(_), None) => why.push(format!(
+                "#{n}: keyless (a certificate), and this policy has no trusted_root"
+            )),
+            (None, _) if policy.keys.is_empty() => why.push(format!(
+                "#{n}: signed with a key, and this policy has no keys"
+            )),
+            (None, _) => why.push(format!("#{n}: does not verify with {keys}")),
         }
     }
     for b in &material.bundles {
-        let checked = b
-            .bundle
-            .as_ref()
-            .map_err(String::clone)
-            .and_then(|bytes| bundle::verify(bytes, digest, &policy.keys));
+        let checked =
+            b.bundle.as_ref().map_err(String::clone).and_then(|bytes| {
+                bundle::verify(bytes, digest, &policy.keys, policy.keyless.as_ref())
+            });
         match checked {
             Ok(key) => return Verdict::Verified { key },
             Err(e) => why.push(format!("bundle {}: {e}", b.referrer)),

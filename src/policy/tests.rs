@@ -14,6 +14,7 @@ fn policy(keys: Vec<PublicKeyConfig>, upstreams: &[&str], repos: Option<&[&str]>
         trusted_root: None,
         identities: Vec::new(),
         public_keys: keys,
+        root: None,
     })
 }
 
@@ -36,6 +37,7 @@ fn found(payload: Bytes, signature: Option<Vec<u8>>) -> Found {
             payload: Digest::of(&payload),
             size: payload.len() as u64,
             signature,
+            keyless: None,
         },
         payload: Ok(payload),
     }
@@ -105,6 +107,7 @@ fn policy_cfg(k: PublicKeyConfig, ups: &[&str], repos: Option<&[&str]>) -> Polic
         trusted_root: None,
         identities: Vec::new(),
         public_keys: vec![k],
+        root: None,
     }
 }
 
@@ -296,4 +299,132 @@ fn a_referrers_list_is_material_another_index_is_not() {
     let mixed = r#"{"manifests":[{"digest":"x","artifactType":"a/b"},{"digest":"y"}]}"#;
     assert!(is_runnable(media::OCI_INDEX, mixed.as_bytes()));
     assert!(is_runnable(media::OCI_INDEX, br#"{"manifests":[]}"#));
+}
+
+fn keyless_policy(world: &keyless::tests::World, keys: Vec<PublicKeyConfig>) -> PolicyConfig {
+    PolicyConfig {
+        keys: keys.iter().map(|k| k.file.clone()).collect(),
+        public_keys: keys,
+        trusted_root: Some(world.root.file.clone()),
+        identities: vec![crate::config::IdentityConfig {
+            issuer: Some(keyless::tests::ISSUER.into()),
+            subject_regex: Some("^https://github.com/myorg/".into()),
+            ..Default::default()
+        }],
+        root: Some(world.root.clone()),
+        ..policy_cfg(keys::tests::p256().1, &["*"], None)
+    }
+}
+
+#[test]
+fn keyless_signatures_decide_under_the_trusted_root_and_identities() {
+    use keyless::tests::{LeafSpec, World, pem, signed_entry};
+    let world = World::new();
+    let d = Digest::of(b"image");
+    let good = payload(&d);
+    let (leaf, signer) = World::leaf(&world.ca, LeafSpec::default());
+    let sig = World::sign(&signer, &good);
+    let entry = World::entry(
+        &world.log,
+        &world.log_spki,
+        &leaf,
+        &good,
+        &sig,
+        keyless::tests::DAY + 60,
+    );
+    let annotation = format!(
+        r#"{{"SignedEntryTimestamp":"{}","Payload":{{"body":"{}","integratedTime":{},"logIndex":{},"logID":"{}"}}}}"#,
+        base64::Engine::encode(&base64::engine::general_purpose::STANDARD, &entry.set),
+        entry.body,
+        entry.integrated_time,
+        entry.log_index,
+        hex::encode(&entry.log_id)
+    );
+    let keyless_layer = |bundle: Option<String>| {
+        let mut f = found(good.clone(), Some(sig.clone()));
+        f.layer.keyless = Some(cosign::KeylessAnnotations {
+            certificate: pem(&leaf),
+            chain: None,
+            bundle,
+        });
+        f
+    };
+    let only = Policy::new(&PolicyConfig {
+        keys: Vec::new(),
+        public_keys: Vec::new(),
+        ..keyless_policy(&world, Vec::new())
+    });
+    assert!(matches!(
+        decide(&only, &d, &tag_scheme(vec![keyless_layer(Some(annotation.clone()))])),
+        Verdict::Verified { key } if key.starts_with("a certificate for https://github.com/myorg/app/")
+    ));
+    let denied = |p: &Policy, f: Vec<Found>| match decide(p, &d, &tag_scheme(f)) {
+        Verdict::Denied { reason } => reason,
+        v => panic!("{v:?}"),
+    };
+    // A keyless policy, a signature by a key; a keyless signature with no entry.
+    let r = denied(
+        &only,
+        vec![found(good.clone(), Some(sig.clone())), keyless_layer(None)],
+    );
+    assert!(
+        r.contains(&format!("no signature of {d} verifies with the trusted root for the 1 configured identity; found 2 signatures")),
+        "{r}"
+    );
+    assert!(
+        r.contains("#1: signed with a key, and this policy has no keys"),
+        "{r}"
+    );
+    assert!(r.contains("#2: it carries no Rekor entry"), "{r}");
+    // An entry about another signature, replayed.
+    let other = signed_entry(
+        &world.log,
+        &world.log_spki,
+        entry.body.replace('A', "B"),
+        entry.integrated_time,
+    );
+    let replayed = annotation.replace(&entry.body, &other.body).replace(
+        &base64::Engine::encode(&base64::engine::general_purpose::STANDARD, &entry.set),
+        &base64::Engine::encode(&base64::engine::general_purpose::STANDARD, &other.set),
+    );
+    let r = denied(&only, vec![keyless_layer(Some(replayed))]);
+    assert!(r.contains("#1: its Rekor entry"), "{r}");
+
+    // A key-only policy and a keyless signature.
+    let (_, k) = keys::tests::p256();
+    let keyed = policy(vec![k.clone()], &["*"], None);
+    let r = denied(&keyed, vec![keyless_layer(Some(annotation.clone()))]);
+    assert!(
+        r.contains("#1: keyless (a certificate), and this policy has no trusted_root"),
+        "{r}"
+    );
+    // Both: either suffices, and the denial names both.
+    let both = Policy::new(&keyless_policy(&world, vec![k]));
+    assert!(matches!(
+        decide(
+            &both,
+            &d,
+            &tag_scheme(vec![keyless_layer(Some(annotation))])
+        ),
+        Verdict::Verified { .. }
+    ));
+    let r = denied(&both, vec![found(good.clone(), None)]);
+    assert!(
+        r.contains(
+            "verifies with the 1 configured key or the trusted root for the 1 configured identity"
+        ),
+        "{r}"
+    );
+
+    // The revision follows the identities and the root.
+    let base = keyless_policy(&world, Vec::new());
+    let mut other_id = base.clone();
+    other_id.identities[0].subject_regex = Some("^https://github.com/other/".into());
+    assert_ne!(Policy::new(&base).revision, Policy::new(&other_id).revision);
+    let mut other_root = base.clone();
+    other_root.root = Some(World::new().root);
+    assert_ne!(
+        Policy::new(&base).revision,
+        Policy::new(&other_root).revision
+    );
 }

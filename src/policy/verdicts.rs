@@ -157,6 +157,7 @@ mod tests {
             keys: vec![key.file.clone()],
             trusted_root: None,
             identities: Vec::new(),
+            root: None,
             public_keys: vec![key],
         }])
     }
@@ -199,6 +200,7 @@ mod tests {
             keys: vec!["k.pub".into()],
             trusted_root: None,
             identities: Vec::new(),
+            root: None,
             public_keys: vec![crate::config::PublicKeyConfig {
                 file: "k.pub".into(),
                 algorithm: crate::config::KeyAlgorithm::Ed25519,

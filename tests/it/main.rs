@@ -26,6 +26,7 @@ mod evict;
 mod house;
 mod idle;
 mod isolation;
+mod keyless;
 mod mirror;
 mod negotiation;
 mod observability;

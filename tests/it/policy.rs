@@ -45,7 +45,7 @@ fn keypair(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
     (key, public)
 }
 
-fn openssl(args: &[&str], last: &Path) {
+pub(crate) fn openssl(args: &[&str], last: &Path) {
     let out = Command::new("openssl")
         .args(args)
         .arg(last)
@@ -55,7 +55,7 @@ fn openssl(args: &[&str], last: &Path) {
 }
 
 /// openssl's ECDSA-SHA256 signature (DER) of `data` with `key`.
-fn sign(key: &Path, data: &[u8]) -> Vec<u8> {
+pub(crate) fn sign(key: &Path, data: &[u8]) -> Vec<u8> {
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("payload");
     std::fs::write(&input, data).unwrap();
@@ -70,7 +70,7 @@ fn sign(key: &Path, data: &[u8]) -> Vec<u8> {
 }
 
 /// cosign's simple-signing payload claiming `digest`.
-fn payload(repo: &str, digest: &str) -> String {
+pub(crate) fn payload(repo: &str, digest: &str) -> String {
     format!(
         r#"{{"critical":{{"identity":{{"docker-reference":"registry.test/{repo}"}},"image":{{"docker-manifest-digest":"{digest}"}},"type":"cosign container image signature"}},"optional":null}}"#
     )
@@ -107,7 +107,7 @@ fn sign_image(fake: &FakeRegistry, repo: &str, digest: &str, key: &Path) {
 }
 
 /// An image (config and one layer) tagged `tag` in `repo`; its manifest digest.
-fn image(fake: &FakeRegistry, repo: &str, tag: &str, seed: u64) -> String {
+pub(crate) fn image(fake: &FakeRegistry, repo: &str, tag: &str, seed: u64) -> String {
     let config = fake.put_blob(
         repo,
         format!(r#"{{"architecture":"amd64","os":"linux","n":{seed}}}"#),
@@ -120,11 +120,11 @@ fn image(fake: &FakeRegistry, repo: &str, tag: &str, seed: u64) -> String {
 }
 
 /// The layer of the image made with `seed`.
-fn layer_of(seed: u64) -> String {
+pub(crate) fn layer_of(seed: u64) -> String {
     digest_of(&support::random_bytes(1000, seed))
 }
 
-fn config(dir: &Path, fake: &FakeRegistry, policy: &str) -> String {
+pub(crate) fn config(dir: &Path, fake: &FakeRegistry, policy: &str) -> String {
     format!(
         r#"{}
 [[upstream]]
@@ -157,7 +157,7 @@ async fn verdicts(b: &Berth, verdict: &str) -> u64 {
     .await
 }
 
-fn denied(got: &Got) -> String {
+pub(crate) fn denied(got: &Got) -> String {
     assert_eq!(got.status, StatusCode::FORBIDDEN, "{:?}", got.body);
     assert_eq!(got.code(), "DENIED");
     let v: serde_json::Value = serde_json::from_slice(got.bytes()).unwrap();
@@ -512,7 +512,7 @@ async fn a_policy_whose_key_cannot_be_used_fails_the_load_naming_it() {
     .unwrap_err()
     .to_string();
     assert!(
-        e.contains("policy[0].trusted_root: keyless verification"),
+        e.contains("policy[0].identities: a trusted_root needs at least one identity"),
         "{e}"
     );
 }
