@@ -1,0 +1,349 @@
+//! `POST /admin/warm`: the admin API warms images (and their referrers) through the running
+//! berth, in process, with the token: then served with the upstream down; refused without the
+//! token (401) or with a bad body (400), nothing fetched then; one warm at a time (429); and
+//! through a berth with `[auth]`, without any user's password.
+
+use crate::admin::{TOKEN, admin_toml};
+use crate::support;
+use crate::warm::{SBOM, SIG, app, artifact, image, referrers_of};
+
+use bytes::Bytes;
+use http::{Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+
+use berth::admin::Warmed;
+use berth::oci::media;
+use support::instance::{Berth, Got, berth, gated_blob, listeners_and_storage, same, start_toml};
+use support::{FakeRegistry, Fault, random_bytes};
+
+/// `POST /admin/warm` with `body`, and `Authorization: Bearer <token>` when given.
+async fn post_warm(b: &Berth, body: &str, token: Option<&str>) -> Got {
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let mut req = Request::post(format!("http://{}/admin/warm", b.metrics))
+        .header("content-type", "application/json");
+    if let Some(t) = token {
+        req = req.header("authorization", format!("Bearer {t}"));
+    }
+    let resp = client
+        .request(req.body(Full::new(Bytes::from(body.to_owned()))).unwrap())
+        .await
+        .unwrap();
+    let (parts, body) = resp.into_parts();
+    Got {
+        status: parts.status,
+        headers: parts.headers,
+        body: body
+            .collect()
+            .await
+            .map(|c| c.to_bytes())
+            .map_err(|e| e.to_string()),
+    }
+}
+
+#[track_caller]
+fn warmed(got: &Got) -> Warmed {
+    assert_eq!(got.status, StatusCode::OK, "{:?}", got.body);
+    assert_eq!(got.header("content-type"), Some("application/json"));
+    serde_json::from_slice(got.bytes()).unwrap()
+}
+
+/// The OCI error's detail.
+fn detail(got: &Got) -> String {
+    let v: serde_json::Value = serde_json::from_slice(got.bytes()).unwrap();
+    v["errors"][0]["detail"].as_str().unwrap_or("").to_owned()
+}
+
+#[tokio::test]
+async fn an_image_and_its_referrers_are_warmed_then_served_with_the_upstream_down() {
+    let fake = FakeRegistry::start().await;
+    fake.serve_referrers(2);
+    let app = app(&fake);
+    let repo = "library/app";
+    let sig = artifact(&fake, repo, &app.index, SIG, Bytes::from_static(b"sig"));
+    let sbom = artifact(
+        &fake,
+        repo,
+        &app.amd64.manifest,
+        SBOM,
+        random_bytes(30_000, 9),
+    );
+    let secrets = tempfile::tempdir().unwrap();
+    // Tags and lists revalidated on every ask: served from the cache only while the upstream
+    // fails, which shows they were cached.
+    let b = berth(
+        &fake,
+        &format!("tag_ttl = \"0s\"\n{}", admin_toml(secrets.path(), TOKEN)),
+    )
+    .await;
+
+    let got = post_warm(
+        &b,
+        r#"{"images": ["app:1"], "referrers": true}"#,
+        Some(TOKEN),
+    )
+    .await;
+    let w = warmed(&got);
+    assert_eq!(w.warmed, ["app:1"]);
+    assert!(w.failed.is_empty(), "{:?}", w.failed);
+    // The index and both platforms; two referrers. Blobs: both configs, the shared layer and one
+    // of each platform; the empty config (one digest for both artifacts) and their layers.
+    assert_eq!((w.manifests, w.referrers, w.blobs), (5, Some(2), 8));
+    let blobs: Vec<&(String, Bytes)> = app
+        .amd64
+        .blobs
+        .iter()
+        .chain(&app.arm64.blobs)
+        .chain([&sig.layer, &sbom.layer])
+        .collect();
+    let mut distinct: Vec<&String> = blobs.iter().map(|(d, _)| d).collect();
+    distinct.sort();
+    distinct.dedup();
+    let bytes: u64 = 2 + distinct
+        .iter()
+        .map(|d| blobs.iter().find(|(x, _)| x == *d).unwrap().1.len() as u64)
+        .sum::<u64>();
+    assert_eq!(w.bytes, bytes);
+
+    // The upstream down: the tag and every list berth would revalidate fail; the rest must
+    // never go there.
+    b.settled().await;
+    fake.reset_counts();
+    let tag = "/v2/library/app/manifests/1".to_owned();
+    let lists: Vec<String> = [
+        &app.index,
+        &app.amd64.manifest,
+        &app.arm64.manifest,
+        &sig.manifest,
+        &sbom.manifest,
+    ]
+    .iter()
+    .map(|d| format!("/v2/library/app/referrers/{d}"))
+    .collect();
+    for p in lists.iter().chain([&tag]) {
+        fake.fault(p, Fault::Status(StatusCode::SERVICE_UNAVAILABLE, None));
+    }
+    let m = b
+        .request(
+            Method::GET,
+            "/v2/app/manifests/1",
+            &[("accept", media::OCI_INDEX)],
+        )
+        .await;
+    assert_eq!(m.status, StatusCode::OK);
+    assert_eq!(m.header("docker-content-digest"), Some(app.index.as_str()));
+    for d in [&app.amd64.manifest, &app.arm64.manifest] {
+        let got = b
+            .request(
+                Method::GET,
+                &format!("/v2/app/manifests/{d}"),
+                &[("accept", media::OCI_MANIFEST)],
+            )
+            .await;
+        assert_eq!(got.status, StatusCode::OK, "{d}");
+    }
+    for (d, body) in &blobs {
+        let got = b.get(&format!("/v2/app/blobs/{d}")).await;
+        assert_eq!(got.status, StatusCode::OK, "{d}");
+        same(got.bytes(), body);
+    }
+    for (subject, want) in [
+        (&app.index, vec![sig.manifest.clone()]),
+        (&app.amd64.manifest, vec![sbom.manifest.clone()]),
+        (&app.arm64.manifest, vec![]),
+    ] {
+        assert_eq!(referrers_of(&b, subject).await.0, want, "{subject}");
+    }
+    for a in [&sig, &sbom] {
+        let got = b
+            .request(
+                Method::GET,
+                &format!("/v2/app/manifests/{}", a.manifest),
+                &[("accept", media::OCI_MANIFEST)],
+            )
+            .await;
+        assert_eq!(got.status, StatusCode::OK);
+        same(got.bytes(), &a.body);
+    }
+    let upstream = fake.requests();
+    assert!(
+        upstream
+            .iter()
+            .all(|r| r.path == tag || lists.contains(&r.path)),
+        "only the failing tag and lists went upstream: {upstream:?}"
+    );
+}
+
+#[tokio::test]
+async fn without_the_token_or_with_a_bad_body_nothing_is_fetched() {
+    let fake = FakeRegistry::start().await;
+    app(&fake);
+    let secrets = tempfile::tempdir().unwrap();
+    let b = berth(&fake, &admin_toml(secrets.path(), TOKEN)).await;
+    let body = r#"{"images": ["app:1"]}"#;
+
+    for token in [None, Some("wrong-token-0123456789abcdef0123456789")] {
+        let got = post_warm(&b, body, token).await;
+        assert_eq!(got.status, StatusCode::UNAUTHORIZED, "{token:?}");
+        assert_eq!(got.code(), "UNAUTHORIZED");
+        assert!(
+            got.header("www-authenticate")
+                .unwrap()
+                .starts_with("Bearer ")
+        );
+    }
+    for (bad, says) in [
+        ("", "the body is not a warm request"),
+        ("{\"images\": [\"app:1\"", "the body is not a warm request"),
+        (
+            r#"{"images": ["app:1"], "jobs": 9}"#,
+            "unknown field `jobs`",
+        ),
+        (r#"{"images": []}"#, "\"images\" is empty"),
+        (
+            r#"{"images": ["app:1", "App:Bad:Ref"]}"#,
+            "nothing was warmed: images[1]: ",
+        ),
+        (
+            r#"{"images": ["app:1"], "platforms": ["linux"]}"#,
+            "nothing was warmed: platforms[0]: ",
+        ),
+    ] {
+        let got = post_warm(&b, bad, Some(TOKEN)).await;
+        assert_eq!(got.status, StatusCode::BAD_REQUEST, "{bad}");
+        assert!(detail(&got).contains(says), "{bad}: {}", detail(&got));
+    }
+    // More than the bound: refused whole, by count or by size.
+    let many: Vec<String> = (0..1001).map(|i| format!("\"a{i}\"")).collect();
+    let got = post_warm(
+        &b,
+        &format!(r#"{{"images": [{}]}}"#, many.join(",")),
+        Some(TOKEN),
+    )
+    .await;
+    assert_eq!(got.status, StatusCode::BAD_REQUEST);
+    assert!(detail(&got).contains("at most 1000"), "{}", detail(&got));
+    // Just over the bound, so the few bytes left unread do not cut the answer off.
+    let huge = format!(r#"{{"images": ["{}"]}}"#, "a".repeat(1 << 20));
+    let got = post_warm(&b, &huge, Some(TOKEN)).await;
+    assert_eq!(got.status, StatusCode::BAD_REQUEST);
+    assert!(
+        detail(&got).contains("could not be read"),
+        "{}",
+        detail(&got)
+    );
+    // Only POST.
+    let got = b
+        .client
+        .request(
+            Request::get(format!("http://{}/admin/warm", b.metrics))
+                .header("authorization", format!("Bearer {TOKEN}"))
+                .body(http_body_util::Empty::new())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(got.status(), StatusCode::METHOD_NOT_ALLOWED);
+
+    assert!(fake.requests().is_empty(), "{:?}", fake.requests());
+}
+
+#[tokio::test]
+async fn one_warm_at_a_time_a_second_is_told_to_retry() {
+    let fake = FakeRegistry::start().await;
+    let (layer, blob, release) = gated_blob(&fake, 100_000, 7, 1);
+    let img = image(
+        &fake,
+        "library/app",
+        "amd64",
+        std::slice::from_ref(&layer),
+        0,
+    );
+    fake.tag("library/app", "slow", &img.manifest);
+    let secrets = tempfile::tempdir().unwrap();
+    let b = berth(&fake, &admin_toml(secrets.path(), TOKEN)).await;
+    let body = r#"{"images": ["app:slow"]}"#;
+
+    let first = post_warm(&b, body, Some(TOKEN));
+    let second = async {
+        // The first warm is in its blobs, the layer held by the gate.
+        support::instance::until_metric(&b, "berth_fills_in_flight", 1).await;
+        let got = post_warm(&b, body, Some(TOKEN)).await;
+        release.send(usize::MAX - 1).unwrap();
+        got
+    };
+    let (first, second) = tokio::join!(first, second);
+    assert_eq!(second.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(second.code(), "TOOMANYREQUESTS");
+    assert_eq!(second.header("retry-after"), Some("30"));
+    assert!(detail(&second).contains("a warm is running"));
+    let w = warmed(&first);
+    assert_eq!(
+        (w.warmed.as_slice(), w.blobs),
+        (&["app:slow".to_owned()][..], 2)
+    );
+
+    // The slot is free again once the first has ended: a second warm is all hits.
+    b.settled().await;
+    fake.reset_counts();
+    let again = warmed(&post_warm(&b, body, Some(TOKEN)).await);
+    assert_eq!(again.warmed, ["app:slow"]);
+    assert_eq!(
+        fake.hits(Method::GET, &format!("/v2/library/app/blobs/{blob}")),
+        0
+    );
+    same(
+        b.get(&format!("/v2/app/blobs/{blob}")).await.bytes(),
+        &layer,
+    );
+}
+
+#[tokio::test]
+async fn a_berth_with_auth_warms_without_a_password_and_names_what_failed() {
+    let fake = FakeRegistry::start().await;
+    let app = app(&fake);
+    let dir = tempfile::tempdir().unwrap();
+    let htpasswd = dir.path().join("htpasswd");
+    // One user whose password nobody here knows.
+    std::fs::write(
+        &htpasswd,
+        "alice:$2y$10$AumV7ft8qMOicWnalyZuSOzWoqXo9vQ41ShidQoou6XeAuFNET1um\n",
+    )
+    .unwrap();
+    let secrets = tempfile::tempdir().unwrap();
+    let cfg = format!(
+        "{}\n[auth]\nhtpasswd = \"{}\"\n[[upstream]]\nname = \"registry.test\"\nurl = \"{}\"\n\
+         default = true\nlibrary_prefix = true\n{}",
+        listeners_and_storage(dir.path()),
+        htpasswd.display(),
+        fake.url(),
+        admin_toml(secrets.path(), TOKEN)
+    );
+    let b = start_toml(&cfg, dir).await;
+    let path = format!("/v2/app/blobs/{}", app.arm64.blobs[1].0);
+    assert_eq!(b.get(&path).await.status, StatusCode::UNAUTHORIZED);
+
+    let got = post_warm(
+        &b,
+        r#"{"images": ["app:1", "app:missing"], "platforms": ["linux/arm64"]}"#,
+        Some(TOKEN),
+    )
+    .await;
+    let w = warmed(&got);
+    assert_eq!(w.warmed, ["app:1"]);
+    assert_eq!(w.failed.len(), 1);
+    assert_eq!(w.failed[0].image, "app:missing");
+    assert!(
+        w.failed[0].reason.contains("MANIFEST_UNKNOWN"),
+        "{:?}",
+        w.failed
+    );
+    // The index and the arm64 platform only; its config and two layers.
+    assert_eq!((w.manifests, w.referrers, w.blobs), (2, None, 3));
+    b.settled().await;
+    assert!(b.blob_file(&app.arm64.blobs[1].0).exists());
+    assert!(!b.blob_file(&app.amd64.blobs[2].0).exists());
+    // Warming opened nothing to anonymous clients.
+    assert_eq!(b.get(&path).await.status, StatusCode::UNAUTHORIZED);
+}
