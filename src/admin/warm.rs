@@ -19,7 +19,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
-use crate::warm::{ImageRef, Platform, Summary};
+use crate::warm::{Failure, ImageRef, Platform, Summary};
 
 /// Most image references one request may name.
 pub const MAX_IMAGES: usize = 1000;
@@ -107,6 +107,18 @@ impl WarmRequest {
     }
 }
 
+impl WarmRequest {
+    /// The body that asks for this (`berth warm --url`); [`WarmRequest::parse`] reads it back.
+    pub fn to_json(&self) -> String {
+        serde_json::json!({
+            "images": self.images.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            "platforms": self.platforms.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            "referrers": self.referrers,
+        })
+        .to_string()
+    }
+}
+
 /// What a warm did: `berth warm`'s summary, as the admin API answers it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Warmed {
@@ -159,11 +171,30 @@ impl Warmed {
     }
 }
 
+impl Warmed {
+    /// `berth warm`'s summary of this answer (`berth warm --url` prints it as a local run would).
+    pub fn summary(&self) -> Summary {
+        Summary {
+            images: self.warmed.len() + self.failed.len(),
+            images_warmed: self.warmed.len(),
+            manifests: self.manifests,
+            referrers: self.referrers,
+            blobs: self.blobs,
+            bytes: self.bytes,
+            elapsed: std::time::Duration::from_secs_f64(self.seconds.max(0.0)),
+            failures: self
+                .failed
+                .iter()
+                .map(|f| (f.image.clone(), Failure(f.reason.clone())))
+                .collect(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::error::Kind;
-    use crate::warm::Failure;
 
     fn refused(body: &str) -> String {
         let e = WarmRequest::parse(body.as_bytes()).unwrap_err();
@@ -190,6 +221,7 @@ mod tests {
         );
         assert_eq!(r.platforms.len(), 2);
         assert!(r.referrers);
+        assert_eq!(WarmRequest::parse(r.to_json().as_bytes()).unwrap(), r);
         let r = WarmRequest::parse(br#"{"images": ["a", "a:latest"]}"#).unwrap();
         assert_eq!(r.images.len(), 1, "a reference given twice is warmed once");
         assert!(r.platforms.is_empty() && !r.referrers);
@@ -244,6 +276,12 @@ mod tests {
         let json: serde_json::Value = serde_json::to_value(&w).unwrap();
         assert_eq!(json["referrers"], 1);
         assert_eq!(json["seconds"], 1.5);
+        let back = w.summary();
+        assert_eq!(
+            (back.images, back.images_warmed, back.manifests, back.blobs),
+            (2, 1, 3, 4)
+        );
+        assert_eq!(back.to_string(), summary.to_string());
         let without = Warmed::new(&images, &Summary::default());
         assert!(
             serde_json::to_value(&without)

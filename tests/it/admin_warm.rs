@@ -1,7 +1,8 @@
 //! `POST /admin/warm`: the admin API warms images (and their referrers) through the running
 //! berth, in process, with the token: then served with the upstream down; refused without the
 //! token (401) or with a bad body (400), nothing fetched then; one warm at a time (429); and
-//! through a berth with `[auth]`, without any user's password.
+//! through a berth with `[auth]`, without any user's password; and `berth warm --url`, the
+//! command through the admin API.
 
 use crate::admin::{TOKEN, admin_toml};
 use crate::support;
@@ -346,4 +347,80 @@ async fn a_berth_with_auth_warms_without_a_password_and_names_what_failed() {
     assert!(!b.blob_file(&app.amd64.blobs[2].0).exists());
     // Warming opened nothing to anonymous clients.
     assert_eq!(b.get(&path).await.status, StatusCode::UNAUTHORIZED);
+}
+
+/// `berth warm --url`: the binary asks the admin API, with the config's token, and prints what a
+/// local run prints.
+#[tokio::test]
+async fn berth_warm_url_goes_through_the_admin_api() {
+    let fake = FakeRegistry::start().await;
+    let app = app(&fake);
+    let secrets = tempfile::tempdir().unwrap();
+    let b = berth(&fake, &admin_toml(secrets.path(), TOKEN)).await;
+    // A config naming the admin token `token` (in a directory of its own).
+    let config = |token: &str| {
+        let dir = secrets.path().join(token.len().to_string());
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("config.toml");
+        let text = format!(
+            "[[upstream]]\nname = \"registry.test\"\nurl = \"{}\"\ndefault = true\n{}",
+            fake.url(),
+            admin_toml(&dir, token)
+        );
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let run = |config: Option<std::path::PathBuf>, extra: &'static [&'static str]| {
+        let url = format!("http://{}", b.metrics);
+        async move {
+            let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_berth"));
+            cmd.arg("warm")
+                .env_remove("BERTH_CONFIG")
+                .stdin(std::process::Stdio::null());
+            if let Some(c) = config {
+                cmd.arg("--config").arg(c);
+            }
+            let out = cmd
+                .args(["--url", &url])
+                .args(extra)
+                .output()
+                .await
+                .unwrap();
+            (
+                out.status.code(),
+                String::from_utf8_lossy(&out.stdout).into_owned(),
+                String::from_utf8_lossy(&out.stderr).into_owned(),
+            )
+        }
+    };
+
+    let good = config(TOKEN);
+    let (code, stdout, stderr) = run(Some(good.clone()), &["app:1", "app:nope"]).await;
+    assert_eq!(code, Some(1), "{stdout}\n{stderr}");
+    assert!(stdout.contains("warmed app:1\n"), "{stdout}");
+    assert!(
+        stdout.contains("warmed 1/2 images: 3 manifests, 5 blobs, ")
+            && stdout.contains("; 1 failed: app:nope"),
+        "{stdout}"
+    );
+    assert!(
+        stderr.contains("failed app:nope: MANIFEST_UNKNOWN"),
+        "{stderr}"
+    );
+    b.settled().await;
+    assert!(b.blob_file(&app.arm64.blobs[2].0).exists());
+    fake.reset_counts();
+
+    // A wrong token, no token in the config, a bad reference: exit 2, nothing asked.
+    let wrong = config("another-token-0123456789abcdef0123456789");
+    let (code, _, stderr) = run(Some(wrong), &["app:1"]).await;
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("401"), "{stderr}");
+    let (code, _, stderr) = run(None, &["app:1"]).await;
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("--url needs the admin token"), "{stderr}");
+    let (code, _, stderr) = run(Some(good), &["Bad Ref"]).await;
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("is not an image reference"), "{stderr}");
+    assert!(fake.requests().is_empty(), "{:?}", fake.requests());
 }
