@@ -424,3 +424,35 @@ async fn berth_warm_url_goes_through_the_admin_api() {
     assert!(stderr.contains("is not an image reference"), "{stderr}");
     assert!(fake.requests().is_empty(), "{:?}", fake.requests());
 }
+
+/// TLS on the registry listener, with a certificate for a public name only (not the loopback
+/// address): the warm never goes through that listener, so nothing about it is in the way.
+#[tokio::test]
+async fn tls_on_the_registry_listener_is_not_in_the_way() {
+    let fake = FakeRegistry::start().await;
+    let app = app(&fake);
+    let dir = tempfile::tempdir().unwrap();
+    let pair = support::certs::self_signed(dir.path(), "registry", &["mirror.example"]);
+    let secrets = tempfile::tempdir().unwrap();
+    let cfg = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\ntls_cert = \"{}\"\ntls_key = \"{}\"\n\
+         [metrics]\nlisten = \"127.0.0.1:0\"\n[storage]\npath = \"{}\"\n\
+         [[upstream]]\nname = \"registry.test\"\nurl = \"{}\"\ndefault = true\n\
+         library_prefix = true\n{}",
+        pair.cert.display(),
+        pair.key.display(),
+        dir.path().display(),
+        fake.url(),
+        admin_toml(secrets.path(), TOKEN)
+    );
+    let b = start_toml(&cfg, dir).await;
+    let w = warmed(&post_warm(&b, r#"{"images": ["app:1"]}"#, Some(TOKEN)).await);
+    assert_eq!(
+        (w.warmed.as_slice(), w.manifests, w.blobs),
+        (&["app:1".to_owned()][..], 3, 5)
+    );
+    b.settled().await;
+    for (d, _) in app.amd64.blobs.iter().chain(&app.arm64.blobs) {
+        assert!(b.blob_file(d).exists(), "{d}");
+    }
+}
