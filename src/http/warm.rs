@@ -18,7 +18,12 @@
 //! bytes off a socket) which `access` reads as [`Principal::Admin`](crate::access::Principal):
 //! may pull through every upstream, since the bearer token was checked already. The price is a
 //! request and response built and boxed per manifest and blob (no parsing, no copy of a body's
-//! bytes), which is nothing next to the transfers.
+//! bytes), which is nothing next to the transfers. Measured (`admin_warm::measure_...` in
+//! tests/it, debug build, a 128 MiB image of 4 layers): warming it cold costs the same CPU either
+//! way (about 0.33 CPU s in berth, hashing and writing; `berth warm` adds about 0.07 in its own
+//! process); warming it again, all cached, takes 0.00-0.01 CPU s and 3-40 ms in process against
+//! about 0.03 CPU s in berth, 0.08 in the client and 0.14-0.6 s over loopback, since a cached
+//! blob's mapped windows are counted, never touched.
 //!
 //! # One at a time
 //! At most one warm runs; a `POST` while one runs gets `429 TOOMANYREQUESTS` with

@@ -456,3 +456,101 @@ async fn tls_on_the_registry_listener_is_not_in_the_way() {
         assert!(b.blob_file(d).exists(), "{d}");
     }
 }
+
+/// CPU seconds (user + system) of this process, and of its waited-for children, from
+/// `/proc/self/stat` (in clock ticks of 1/100 s).
+fn cpu_seconds() -> (f64, f64) {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
+    // The fields after the command name in parentheses (which may hold spaces).
+    let rest: Vec<f64> = stat[stat.rfind(')').unwrap() + 2..]
+        .split(' ')
+        .map(|f| f.parse().unwrap_or(0.0))
+        .collect();
+    // utime, stime, cutime, cstime are fields 14-17 of stat(5): 11-14 after the name.
+    ((rest[11] + rest[12]) / 100.0, (rest[13] + rest[14]) / 100.0)
+}
+
+/// How long and how much CPU a warm of cached content takes, in process through the admin API
+/// and over loopback with `berth warm`: the cost of the in-process transport (the design question
+/// of `http::warm`). Prints the figures; run with
+/// `cargo test --test it admin_warm::measure -- --ignored --nocapture` (figures in the report
+/// of the change that added it).
+#[tokio::test]
+#[ignore]
+async fn measure_in_process_against_loopback() {
+    let fake = FakeRegistry::start().await;
+    let layers: Vec<Bytes> = (0..4).map(|i| random_bytes(32 << 20, 100 + i)).collect();
+    let img = image(&fake, "library/big", "amd64", &layers, 0);
+    fake.tag("library/big", "1", &img.manifest);
+    let secrets = tempfile::tempdir().unwrap();
+    let b = berth(&fake, &admin_toml(secrets.path(), TOKEN)).await;
+    let body = r#"{"images": ["big:1"]}"#;
+    // Cold: every blob from the upstream, hashed and written.
+    let (cpu, _) = cpu_seconds();
+    let t = std::time::Instant::now();
+    let w = warmed(&post_warm(&b, body, Some(TOKEN)).await);
+    b.settled().await;
+    println!(
+        "cold admin API (in process): {:.3}s wall, {:.2} CPU s",
+        t.elapsed().as_secs_f64(),
+        cpu_seconds().0 - cpu
+    );
+    let total: u64 = img.blobs.iter().map(|(_, b)| b.len() as u64).sum();
+    assert_eq!(w.bytes, total);
+    let other = berth(&fake, "").await;
+    let (cpu, children) = cpu_seconds();
+    let t = std::time::Instant::now();
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_berth"))
+        .args([
+            "warm",
+            "--server",
+            &format!("http://{}", other.addr),
+            "big:1",
+        ])
+        .env_remove("BERTH_CONFIG")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await
+        .unwrap();
+    other.settled().await;
+    assert_eq!(out.status.code(), Some(0));
+    let (cpu_after, children_after) = cpu_seconds();
+    println!(
+        "cold berth warm (loopback): {:.3}s wall, {:.2} CPU s in berth, {:.2} in the client",
+        t.elapsed().as_secs_f64(),
+        cpu_after - cpu,
+        children_after - children
+    );
+    let server = format!("http://{}", b.addr);
+    for round in 0..3 {
+        let (cpu, _) = cpu_seconds();
+        let t = std::time::Instant::now();
+        let w = warmed(&post_warm(&b, body, Some(TOKEN)).await);
+        let (wall, cpu_after) = (t.elapsed().as_secs_f64(), cpu_seconds().0);
+        assert!(w.failed.is_empty());
+        println!(
+            "round {round} admin API (in process): {:.3}s wall, {:.2} CPU s, {} bytes",
+            wall,
+            cpu_after - cpu,
+            w.bytes
+        );
+        let (cpu, children) = cpu_seconds();
+        let t = std::time::Instant::now();
+        let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_berth"))
+            .args(["warm", "--server", &server, "big:1"])
+            .env_remove("BERTH_CONFIG")
+            .stdin(std::process::Stdio::null())
+            .output()
+            .await
+            .unwrap();
+        let wall = t.elapsed().as_secs_f64();
+        let (cpu_after, children_after) = cpu_seconds();
+        assert_eq!(out.status.code(), Some(0));
+        println!(
+            "round {round} berth warm (loopback): {:.3}s wall, {:.2} CPU s in berth, {:.2} in the client",
+            wall,
+            cpu_after - cpu,
+            children_after - children
+        );
+    }
+}
