@@ -18,8 +18,9 @@
 //! `admin` before `http::warm` runs it.
 //!
 //! Rule of dependency: uses `admin` (the operations and their answers), `mirror` (to reach the
-//! cache), `http::warm` (to run a warm), this directory's error response, `config` (the token)
-//! and `error`. `http::metrics` (the metrics listener's router) and `assemble` use it.
+//! cache), `http::warm` (to run a warm, over the parent's [`App`]), this directory's error
+//! response, `config` (the token) and `error`. `http::metrics` (the metrics listener's router)
+//! and `assemble` use it.
 
 use std::path::PathBuf;
 use std::sync::Arc;
