@@ -21,8 +21,13 @@ use support::{FakeRegistry, Fault, random_bytes};
 
 /// `POST /admin/warm` with `body`, and `Authorization: Bearer <token>` when given.
 async fn post_warm(b: &Berth, body: &str, token: Option<&str>) -> Got {
+    post_warm_at(b.metrics, body, token).await
+}
+
+/// [`post_warm`] to the metrics listener at `metrics`.
+async fn post_warm_at(metrics: std::net::SocketAddr, body: &str, token: Option<&str>) -> Got {
     let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
-    let mut req = Request::post(format!("http://{}/admin/warm", b.metrics))
+    let mut req = Request::post(format!("http://{metrics}/admin/warm"))
         .header("content-type", "application/json");
     if let Some(t) = token {
         req = req.header("authorization", format!("Bearer {t}"));
@@ -553,4 +558,70 @@ async fn measure_in_process_against_loopback() {
             children_after - children
         );
     }
+}
+
+struct Sink(std::sync::mpsc::Sender<Vec<u8>>);
+
+impl std::io::Write for Sink {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        let _ = self.0.send(b.to_vec());
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The warm's requests are in the request log, one line each, as the user `admin:warm`.
+#[tokio::test]
+async fn the_request_log_names_the_warm_as_its_user() {
+    use berth::logwriter::{BatchWriter, Batching};
+    // The lines are written at INFO: a subscriber that lets INFO through, on this test's thread
+    // (a current-thread runtime runs every task here).
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::level_filters::LevelFilter::INFO)
+        .with_writer(std::io::sink)
+        .finish();
+    let _default = tracing::subscriber::set_default(subscriber);
+    let fake = FakeRegistry::start().await;
+    app(&fake);
+    let dir = tempfile::tempdir().unwrap();
+    let secrets = tempfile::tempdir().unwrap();
+    let cfg = format!(
+        "{}[[upstream]]\nname = \"registry.test\"\nurl = \"{}\"\ndefault = true\n\
+         library_prefix = true\n{}",
+        listeners_and_storage(dir.path()),
+        fake.url(),
+        admin_toml(secrets.path(), TOKEN)
+    );
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (writer, guard) = BatchWriter::spawn(Sink(tx), Batching::default());
+    let server = berth::server::Server::bind(&berth::config::Config::parse(&cfg, "test").unwrap())
+        .await
+        .unwrap()
+        .log_requests_to(Some(writer));
+    let metrics = server.metrics_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(server.run(async move {
+        let _ = stopped.await;
+    }));
+    let ready = support::instance::eventually(|| async move {
+        post_warm_at(metrics, r#"{"images": ["app:1"]}"#, Some(TOKEN))
+            .await
+            .status
+            == StatusCode::OK
+    })
+    .await;
+    assert!(ready);
+    let _ = stop.send(());
+    running.await.unwrap().unwrap();
+    drop(guard);
+    let out = String::from_utf8(rx.try_iter().flatten().collect()).unwrap();
+    let lines: Vec<&str> = out.lines().filter(|l| l.contains(" path=/v2/")).collect();
+    // /v2/, the index and two platforms, two configs and three layers.
+    assert_eq!(lines.len(), 9, "{out}");
+    assert!(
+        lines.iter().all(|l| l.contains(" user=\"admin:warm\"")),
+        "{out}"
+    );
 }
