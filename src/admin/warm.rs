@@ -122,7 +122,8 @@ impl WarmRequest {
 /// What a warm did: `berth warm`'s summary, as the admin API answers it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Warmed {
-    /// References warmed, each with everything it takes, in the order given.
+    /// References warmed, each with everything it takes, in the order given; written as
+    /// `berth warm` writes them (`docker.io/` left out, `:latest` where no tag was given).
     pub warmed: Vec<String>,
     /// References not (wholly) warmed, with why, in the order given.
     pub failed: Vec<WarmFailure>,

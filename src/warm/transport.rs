@@ -27,6 +27,8 @@ use crate::upstream::connect::DirectClient;
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// An answer's body, whichever way it came; a transfer that breaks says why as a [`Failure`].
+/// (Not a boxed `dyn Error`: with one, rustc could not prove the walk's boxed futures `Send`, a
+/// known limit of its checks on nested async code.)
 pub type ReplyBody = UnsyncBoxBody<Bytes, Failure>;
 
 /// An answer on its way.
