@@ -153,13 +153,6 @@ impl Parts {
             .with_policies(crate::policy::Policies::new(&cfg.policies))
             .with_verdicts_in(root.join("policy")),
         );
-        let admin = cfg.admin.token.clone().map(|token| {
-            let bucket_max = cfg.storage.s3.as_ref().and_then(|s| s.max_size);
-            Arc::new(
-                crate::http::admin::Api::new(mirror.clone(), root.clone(), token)
-                    .with_bucket_max(bucket_max.map(|m| m.as_u64())),
-            )
-        });
         let mut health = Health::new(
             root.clone(),
             store.index().clone(),
@@ -183,6 +176,15 @@ impl Parts {
             });
         }
         let app = Arc::new(app);
+        // The admin API warms through `app`, in process (see `http::warm`).
+        let admin = cfg.admin.token.clone().map(|token| {
+            let bucket_max = cfg.storage.s3.as_ref().and_then(|s| s.max_size);
+            Arc::new(
+                crate::http::admin::Api::new(app.mirror.clone(), root.clone(), token)
+                    .with_bucket_max(bucket_max.map(|m| m.as_u64()))
+                    .with_warm(app.clone()),
+            )
+        });
 
         for w in cfg.warnings() {
             tracing::warn!("{w}");

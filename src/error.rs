@@ -380,6 +380,20 @@ impl Error {
         )
     }
 
+    // The admin API.
+
+    /// One operation at a time, and one is running: try again after `retry_after`.
+    pub fn busy(detail: impl Into<String>, retry_after: Duration) -> Self {
+        Self::new(
+            Origin::Client,
+            Kind::RateLimited {
+                retry_after: Some(retry_after),
+            },
+            "busy; try again later",
+        )
+        .with_detail(detail)
+    }
+
     // Internal errors.
 
     pub fn internal(detail: impl Into<String>) -> Self {

@@ -33,7 +33,8 @@
 //!   policy of who may pull through which upstream; `http` asks it before the mirror.
 //! - [`http`]: `route` (method + path + query into a typed route, pure and fuzzed), `error` (the
 //!   one table from an error's kind to its answer), `metrics` (the metrics listener's router),
-//!   `admin` (the admin API's face); `mod.rs` admits, dispatches and logs each request.
+//!   `admin` (the admin API's face), `warm` (the admin API's warm, run through the registry
+//!   service in process); `mod.rs` admits, dispatches and logs each request.
 //! - [`mirror`]: `manifest` (tags, revalidation, stale serving), `blob` (hit, miss, fills, HEAD),
 //!   `tag_list`, `referrers` (OCI 1.1, from the API or the tag schema), `policy` (the verdict
 //!   before a manifest is answered), `range`, `target` (the request's meaning, built by
@@ -74,11 +75,13 @@
 //! - [`logwriter`]: the log sink: lines batched in memory, written to stderr by one thread.
 //! - [`admin`]: `berth cache ls|rm|stats`: `cache` (the operations over both tiers),
 //!   `inventory`, `reference`, `answer` (the types), `render` (text or JSON); `cli` runs them
-//!   directly or through the admin API (`http::admin`).
+//!   directly or through the admin API (`http::admin`); `warm` (the admin API's warm request
+//!   and answer).
 //! - [`verify`]: `berth verify`: re-hash cached blobs, quarantine bad ones; `verify/bucket` the
 //!   bucket's objects.
 //! - [`warm`]: the `berth warm` client beside `main`, talking to berth over HTTP like any client:
-//!   `reference`, `client`, `manifest` (the walk, every platform), `progress`.
+//!   `reference`, `client`, `transport` (over the network, or in process for the admin API's
+//!   `POST /admin/warm`), `manifest` (the walk, every platform), `referrers`, `progress`.
 //! - [`zerocopy`]: every mapping of a blob file and the `sendfile` sends of mapped windows on
 //!   plain-TCP connections (the hit path without the copy).
 //! - [`trim`]: hands the heap's free pages back after a burst of connections (`malloc_trim`).

@@ -112,7 +112,8 @@ Examples:
   berth warm --config /etc/berth/config.toml --file rollout.txt --platform linux/amd64
   berth warm --referrers ghcr.io/team/app:v3     # with its signatures, SBOMs and theirs
   berth warm --server https://mirror.internal:5000 --ca-file ca.pem registry.local:5000/team/app:v3
-  echo \"$PASSWORD\" | berth warm --user ci --password-stdin --server http://berth:5000 nginx:1.25";
+  echo \"$PASSWORD\" | berth warm --user ci --password-stdin --server http://berth:5000 nginx:1.25
+  berth warm --config /etc/berth/config.toml --url http://127.0.0.1:9090 nginx:1.25  # admin API";
 
 #[derive(clap::Args)]
 struct WarmArgs {
@@ -154,6 +155,11 @@ struct WarmArgs {
     /// Needs a berth with the referrers API; a referrer that fails fails its image.
     #[arg(long)]
     referrers: bool,
+    /// Ask the admin API at this URL (http://host:port or https://host:port, the metrics
+    /// listener) to warm, with the admin token of --config: berth warms through itself, so no
+    /// --user is needed, whatever its [auth]. Prints the same lines and summary.
+    #[arg(long, value_name = "URL", conflicts_with_all = ["server", "user", "password_stdin"])]
+    url: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -423,6 +429,14 @@ fn warm(args: WarmArgs) -> ExitCode {
         eprintln!("berth warm: no image references given (as arguments or with --file)");
         return ExitCode::from(2);
     }
+    if let Some(url) = &args.url {
+        let asked = admin::WarmRequest {
+            images: refs,
+            platforms: args.platform,
+            referrers: args.referrers,
+        };
+        return warm_via_api(args.config.as_deref(), url, args.ca_file.as_deref(), &asked);
+    }
     let server = match &args.server {
         Some(s) => match berth::warm::parse_server(s) {
             Ok(u) => u,
@@ -458,6 +472,52 @@ fn warm(args: WarmArgs) -> ExitCode {
     };
     println!("{summary}");
     ExitCode::from(summary.exit_code())
+}
+
+/// `berth warm --url`: the admin API warms; its answer printed as a local run prints it.
+fn warm_via_api(
+    config: Option<&std::path::Path>,
+    url: &str,
+    ca_file: Option<&std::path::Path>,
+    asked: &admin::WarmRequest,
+) -> ExitCode {
+    let cfg = match load(config) {
+        Ok(cfg) => cfg,
+        Err(code) => return code,
+    };
+    let (at, token) = match admin::cli::Mode::choose(&cfg, false, Some(url), ca_file) {
+        Ok(admin::cli::Mode::Api { at, token }) => (at, token),
+        // `choose` answers a --url with the API or an error; never the directory.
+        Ok(admin::cli::Mode::Direct) => {
+            eprintln!("berth warm: --url needs [admin] in the config");
+            return ExitCode::from(2);
+        }
+        Err(e) => {
+            eprintln!("berth warm: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let answer = match runtime(false) {
+        Ok(rt) => rt.block_on(admin::cli::warm(&at, &token, asked)),
+        Err(code) => return code,
+    };
+    match answer {
+        Ok(warmed) => {
+            for image in &warmed.warmed {
+                println!("warmed {image}");
+            }
+            for f in &warmed.failed {
+                eprintln!("failed {}: {}", f.image, f.reason);
+            }
+            let summary = warmed.summary();
+            println!("{summary}");
+            ExitCode::from(summary.exit_code())
+        }
+        Err(e) => {
+            eprintln!("berth warm: {e}");
+            ExitCode::from(2)
+        }
+    }
 }
 
 async fn serve(cfg: Config, source: Option<PathBuf>, logging: Logging) -> ExitCode {

@@ -223,6 +223,63 @@ fn warm_then_pull_with_the_registries_down() {
     skopeo_copies(&env, &cases, "warmed");
 }
 
+/// The admin API's warm, asked with curl as a CI pipeline would (no berth binary, no registry
+/// login): every image, every platform, fetched through berth once; with the registries gone,
+/// skopeo still copies every platform of every image from the cache.
+#[test]
+#[ignore = "end-to-end: needs tests/install-deps.sh; run by tests/run.sh"]
+fn admin_warm_with_curl_then_pull_with_the_registries_down() {
+    const TOKEN: &str = "e2e-admin-token-0123456789abcdef0123456789";
+    let mut env = Env::start_with(Via::Berth, |dir| {
+        let file = dir.join("admin-token");
+        std::fs::write(&file, TOKEN).unwrap();
+        BerthExtra {
+            tables: format!(
+                "\n[admin]\nenabled = true\ntoken_file = \"{}\"\n",
+                file.display()
+            ),
+            upstream: vec![],
+        }
+    });
+    let refs: Vec<String> = seed::images()
+        .iter()
+        .map(|img| img.full_reference())
+        .collect();
+    let body = serde_json::json!({ "images": refs }).to_string();
+    let mut cmd = Command::new("curl");
+    cmd.args(["-sS", "--fail-with-body", "-H"])
+        .arg(format!("Authorization: Bearer {TOKEN}"))
+        .args(["-H", "Content-Type: application/json", "--data-binary"])
+        .arg(&body)
+        .arg(format!("http://{}/admin/warm", env.metrics_addr));
+    let out = proc::run(&mut cmd, PULL_LIMIT);
+    eprintln!("{out}");
+    let answer: serde_json::Value = serde_json::from_str(out.trim()).expect("a JSON answer");
+    assert_eq!(answer["failed"], serde_json::json!([]), "{out}");
+    // As berth warm writes them (`docker.io/` is the default upstream, so not written).
+    assert_eq!(
+        answer["warmed"].as_array().map(Vec::len),
+        Some(refs.len()),
+        "{out}"
+    );
+    for img in seed::images() {
+        for p in &img.platforms {
+            env.assert_cached(img, p.arch);
+        }
+        env.assert_fetched_once(img);
+    }
+    env.stop_registries();
+    let cases: Vec<Case> = seed::images()
+        .iter()
+        .map(|img| Case {
+            name: env.prefixed(img.upstream, &img.reference()),
+            image: img,
+            all: true,
+        })
+        .collect();
+    skopeo_copies(&env, &cases, "warmed through the admin API");
+}
+
 /// Several clients miss the same blobs at the same moment: berth fetches each from the registry
 /// once, and every client gets the whole image.
 #[test]

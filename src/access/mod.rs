@@ -1,5 +1,9 @@
 //! Client login: who is asking, and whether they may pull through an upstream.
 //!
+//! Besides the clients, one more principal: [`Principal::Admin`], the admin API's warm, which
+//! pulls through this berth in process after its bearer token was checked, and may use every
+//! upstream (an operator who holds the token can empty the cache too).
+//!
 //! With `[auth]`, `http` hands the request's `Authorization` header to [`Access::authenticate`]
 //! and gets a [`Principal`]: anonymous, a user, or refused (a wrong or malformed login, or too
 //! many checks waiting); once the route names its upstream, [`Access::authorize`] says whether
@@ -88,6 +92,10 @@ pub enum Principal {
     /// Credentials that did not check out (401), or could not be checked now (429): the answer
     /// wherever an anonymous client would not be let in.
     Refused(Error),
+    /// The admin API's own warm (`POST /admin/warm`), whose bearer token was checked there: it
+    /// may pull through every upstream. Never made from a header: only a request built in this
+    /// process (`http::warm`) is one.
+    Admin,
 }
 
 impl Principal {
@@ -95,6 +103,8 @@ impl Principal {
     pub fn name(&self) -> &str {
         match self {
             Principal::User(u) => u,
+            // No htpasswd user can be called so: `:` separates the name from the hash there.
+            Principal::Admin => "admin:warm",
             Principal::Anonymous | Principal::Refused(_) => "-",
         }
     }
@@ -368,6 +378,9 @@ impl Access {
             .clone();
         let open = upstream.and_then(|i| policy.anonymous.get(i).copied()) == Some(true);
         let allowed = match (who, upstream) {
+            // Every upstream there is; a slot the policy was not told of, as for anyone, not.
+            (Principal::Admin, None) => true,
+            (Principal::Admin, Some(i)) => i < policy.anonymous.len(),
             (Principal::Anonymous | Principal::Refused(_), _) if open => true,
             // The login's own answer: 401, or 429 when it could not be checked.
             (Principal::Refused(e), _) => return Err(e.clone()),
@@ -382,7 +395,7 @@ impl Access {
         };
         match (allowed, who) {
             (true, _) => Ok(()),
-            (false, Principal::User(_)) => {
+            (false, Principal::User(_) | Principal::Admin) => {
                 self.metrics.denials.with_label_values(&["forbidden"]).inc();
                 Err(Error::access_denied())
             }

@@ -76,6 +76,15 @@ fn policy_per_principal_and_upstream() {
         Some(Kind::LoginRequired)
     );
     assert_eq!(status(a.authorize(&alice, Some(9))), Some(Kind::Denied));
+    // The admin API's warm: every upstream, whatever its users list; not a slot never told of.
+    for upstream in [None, Some(0), Some(1), Some(2)] {
+        assert_eq!(status(a.authorize(&Principal::Admin, upstream)), None);
+    }
+    assert_eq!(
+        status(a.authorize(&Principal::Admin, Some(9))),
+        Some(Kind::Denied)
+    );
+    assert_eq!(Principal::Admin.name(), "admin:warm");
     // A refused login passes where anonymous clients may, and keeps its answer elsewhere.
     let throttled = Principal::Refused(Error::login_throttled(Duration::from_secs(1)));
     assert_eq!(status(a.authorize(&throttled, Some(0))), None);

@@ -1,5 +1,6 @@
 //! `berth cache ls|rm|stats`: through the admin API of the running berth, or on the storage
-//! directory (and the `[storage.s3]` bucket, if any) directly.
+//! directory (and the `[storage.s3]` bucket, if any) directly. Also `berth warm --url`'s one
+//! call, `POST /admin/warm` ([`warm`]), over the same client.
 //!
 //! The way is chosen once and said on stderr: `--direct` works on the directory; `--url` calls
 //! that admin API (`http://` or `https://`, trusting `--ca-file` besides the public roots);
@@ -26,14 +27,14 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{Method, Request, StatusCode, header};
-use http_body_util::{BodyExt, Empty};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde::de::DeserializeOwned;
 
 pub use super::render::Answer;
-use super::{Cache, Op};
+use super::{Cache, Op, WarmRequest, Warmed};
 use crate::config::{Config, Secret};
 use crate::error::{Error, Kind};
 use crate::manifests::Manifests;
@@ -311,6 +312,22 @@ async fn call<T: DeserializeOwned>(
     method: Method,
     path: &str,
 ) -> Result<T, Failure> {
+    call_with(at, token, method, path, Bytes::new()).await
+}
+
+/// `berth warm --url`: `POST /admin/warm` with `asked`, and what the running berth warmed.
+pub async fn warm(at: &Endpoint, token: &Secret, asked: &WarmRequest) -> Result<Warmed, Failure> {
+    let body = Bytes::from(asked.to_json());
+    call_with(at, token, Method::POST, "/admin/warm", body).await
+}
+
+async fn call_with<T: DeserializeOwned>(
+    at: &Endpoint,
+    token: &Secret,
+    method: Method,
+    path: &str,
+    body: Bytes,
+) -> Result<T, Failure> {
     let failed = |what: String| Failure::Failed(format!("admin API at {at}: {what}"));
     let req = Request::builder()
         .method(method)
@@ -319,7 +336,7 @@ async fn call<T: DeserializeOwned>(
         Endpoint::Url { base, ca_file } => {
             let req = req
                 .uri(format!("{base}{path}"))
-                .body(Empty::new())
+                .body(Full::new(body))
                 .map_err(|e| failed(format!("bad URL: {e}")))?;
             let client =
                 tcp_client(ca_file.as_deref()).map_err(|e| failed(format!("--ca-file: {e}")))?;
@@ -330,7 +347,7 @@ async fn call<T: DeserializeOwned>(
             let req = req
                 .uri(path)
                 .header(header::HOST, "localhost")
-                .body(Empty::new())
+                .body(Full::new(body))
                 .map_err(|e| failed(format!("bad path: {e}")))?;
             send_unix(req, socket).await
         }
@@ -371,7 +388,7 @@ async fn call<T: DeserializeOwned>(
 
 type TcpClient = Client<
     hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
-    Empty<Bytes>,
+    Full<Bytes>,
 >;
 
 /// A client for `http://` and `https://` (the connector `berth warm` reaches berth with, too),
@@ -384,7 +401,7 @@ fn tcp_client(ca_file: Option<&Path>) -> Result<TcpClient, String> {
 }
 
 /// One request over TCP, plain or TLS.
-async fn send_tcp(client: &TcpClient, req: Request<Empty<Bytes>>) -> Result<Response, String> {
+async fn send_tcp(client: &TcpClient, req: Request<Full<Bytes>>) -> Result<Response, String> {
     client
         .request(req)
         .await
@@ -392,7 +409,7 @@ async fn send_tcp(client: &TcpClient, req: Request<Empty<Bytes>>) -> Result<Resp
 }
 
 /// One request over the Unix socket at `path` (one connection, HTTP/1).
-async fn send_unix(req: Request<Empty<Bytes>>, path: &Path) -> Result<Response, String> {
+async fn send_unix(req: Request<Full<Bytes>>, path: &Path) -> Result<Response, String> {
     let stream = tokio::net::UnixStream::connect(path)
         .await
         .map_err(|e| format!("{}: {e}", path.display()))?;

@@ -1,4 +1,5 @@
-//! What is cached, removing it, and the totals: `berth cache ls|rm|stats` and the admin API.
+//! What is cached, removing it, and the totals: `berth cache ls|rm|stats` and the admin API; and
+//! what the admin API's warm (`POST /admin/warm`) reads and answers.
 //!
 //! One set of operations ([`Cache`]) over the store and the manifest cache, used two ways: by the
 //! admin API of a running berth (`http::admin`, on the metrics listener or `[admin] socket`), so its
@@ -63,10 +64,13 @@
 //! - `reference`: what `ls --repo` and `rm` name ([`CacheRef`]);
 //! - `answer`: the answer types, whichever way the command went (their serde shape is the API's);
 //! - `render`: the text tables, or JSON;
-//! - [`cli`]: `berth cache`, direct or through the admin API (whose HTTP face is `http::admin`).
+//! - [`cli`]: `berth cache`, direct or through the admin API (whose HTTP face is `http::admin`);
+//! - `warm`: the admin API's warm, its request and its answer ([`WarmRequest`], [`Warmed`]);
+//!   `http::warm` runs it through the running berth (a warm is a pull, not a cache operation).
 //!
 //! Rule of dependency: the operations use `store`, `manifests`, `index`, `oci`, `error`; [`cli`]
-//! also `config` and `upstream::connect` (its client's TLS). `http::admin` (the API) and `main`
+//! also `config` and `upstream::connect` (its client's TLS); `warm` uses `warm` (references,
+//! platforms, the summary). `http::admin` (the API) and `main`
 //! (the command) use `admin`; `admin` uses nothing of `http`, `server` or `mirror`.
 
 pub mod cli;
@@ -76,12 +80,14 @@ mod cache;
 mod inventory;
 mod reference;
 mod render;
+mod warm;
 
 pub use answer::{Artifact, BucketStats, BucketTotals, Image, Listing, Removal, Removed, Stats};
 pub use cache::Cache;
 pub use inventory::references;
 pub use reference::CacheRef;
 pub use render::human_bytes;
+pub use warm::{MAX_BODY, MAX_IMAGES, WarmFailure, WarmRequest, Warmed};
 
 /// One operator request, from the command line or the API (parsed there before anything is done).
 #[derive(Debug, Clone, PartialEq, Eq)]

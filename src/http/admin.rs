@@ -3,6 +3,8 @@
 //! - `GET /admin/cache[?repo=R][&upstream=U]`: [`Listing`](crate::admin::Listing)
 //! - `DELETE /admin/cache/<ref>[?upstream=U]`: [`Removal`](crate::admin::Removal) (404 when nothing matches)
 //! - `GET /admin/stats`: [`Stats`](crate::admin::Stats)
+//! - `POST /admin/warm` with a JSON body ([`WarmRequest`](crate::admin::WarmRequest)):
+//!   [`Warmed`](crate::admin::Warmed); one at a time, a second gets 429 (`http::warm`)
 //!
 //! Off unless `[admin] enabled = true`; then every `/admin` request needs
 //! `Authorization: Bearer <token>`, compared in constant time, or gets 401 with the OCI error body
@@ -12,22 +14,25 @@
 //! and on its bucket tier (`[storage.s3]`), if any.
 //!
 //! The HTTP face of the admin operations (`admin`), as the rest of `http` is the registry's face
-//! of the mirror.
+//! of the mirror. A warm's body is read here (at most `admin::MAX_BODY` bytes) and checked by
+//! `admin` before `http::warm` runs it.
 //!
 //! Rule of dependency: uses `admin` (the operations and their answers), `mirror` (to reach the
-//! cache), this directory's error response, `config` (the token) and `error`. `http::metrics`
-//! (the metrics listener's router) and `assemble` use it.
+//! cache), `http::warm` (to run a warm, over the parent's [`App`]), this directory's error
+//! response, `config` (the token) and `error`. `http::metrics` (the metrics listener's router)
+//! and `assemble` use it.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, Request, Response, header};
-use http_body_util::{BodyExt, Full};
+use http_body_util::{BodyExt, Full, Limited};
 use sha2::{Digest as _, Sha256};
 
-use super::{Body, error_response};
-use crate::admin::{Cache, Op};
+use super::warm::Warms;
+use super::{App, Body, error_response};
+use crate::admin::{Cache, Op, WarmRequest};
 use crate::config::Secret;
 use crate::error::{Error, Origin};
 use crate::mirror::Mirror;
@@ -40,9 +45,18 @@ pub fn is_admin_path(path: &str) -> bool {
     path == PREFIX || path.starts_with("/admin/")
 }
 
-/// Parses method, path and query into an [`Op`](crate::admin::Op): 404 for an unknown path, 405 for a
+/// What an admin request asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    /// A cache operation, the same as `berth cache` does.
+    Cache(Op),
+    /// `POST /admin/warm`: the body says what.
+    Warm,
+}
+
+/// Parses method, path and query into a [`Route`]: 404 for an unknown path, 405 for a
 /// known path with another method, 400 for a malformed reference or query.
-pub fn parse(method: &Method, path: &str, query: Option<&str>) -> Result<Op, Error> {
+pub fn parse(method: &Method, path: &str, query: Option<&str>) -> Result<Route, Error> {
     let mut repo = None;
     let mut upstream = None;
     for (k, v) in url::form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
@@ -65,21 +79,30 @@ pub fn parse(method: &Method, path: &str, query: Option<&str>) -> Result<Op, Err
     match path.strip_prefix(PREFIX) {
         Some("/cache") => {
             allow(&Method::GET)?;
-            Ok(Op::List { repo, upstream })
+            Ok(Route::Cache(Op::List { repo, upstream }))
         }
         Some("/stats") => {
             allow(&Method::GET)?;
-            Ok(Op::Stats)
+            Ok(Route::Cache(Op::Stats))
         }
         Some(rest) if rest.starts_with("/cache/") && rest.len() > "/cache/".len() => {
             allow(&Method::DELETE)?;
-            Ok(Op::Remove {
+            Ok(Route::Cache(Op::Remove {
                 reference: percent_decode(&rest["/cache/".len()..])?,
                 upstream,
-            })
+            }))
+        }
+        Some("/warm") => {
+            allow(&Method::POST)?;
+            match (repo, upstream) {
+                (None, None) => Ok(Route::Warm),
+                _ => Err(Error::bad_request(
+                    "/admin/warm takes no query: the body names the images",
+                )),
+            }
         }
         _ => Err(Error::not_found_route(format!(
-            "{path}: the admin API has /admin/cache, /admin/cache/<ref>, /admin/stats"
+            "{path}: the admin API has /admin/cache, /admin/cache/<ref>, /admin/stats, /admin/warm"
         ))),
     }
 }
@@ -112,6 +135,8 @@ pub struct Api {
     token: Secret,
     /// `[storage.s3] max_size`, for `stats`.
     bucket_max: Option<u64>,
+    /// What runs `POST /admin/warm`; `None`: not offered (404).
+    warms: Option<Warms>,
 }
 
 impl Api {
@@ -122,7 +147,14 @@ impl Api {
             root,
             token,
             bucket_max: None,
+            warms: None,
         }
+    }
+
+    /// `POST /admin/warm`, warming through `app` (this berth's registry service, in process).
+    pub fn with_warm(mut self, app: Arc<App>) -> Api {
+        self.warms = Some(Warms::new(app));
+        self
     }
 
     /// The bucket's `max_size` (`[storage.s3]`), shown by `stats`.
@@ -132,7 +164,11 @@ impl Api {
     }
 
     /// Answers one `/admin` request. Never fails: errors become OCI error responses.
-    pub async fn handle<B>(&self, req: &Request<B>) -> Response<Body> {
+    pub async fn handle<B>(&self, req: Request<B>) -> Response<Body>
+    where
+        B: http_body::Body<Data = Bytes>,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
         if !self.authorized(req.headers()) {
             let e = Error::login_required(
                 "the admin API needs Authorization: Bearer <token> ([admin] in the config)",
@@ -144,7 +180,8 @@ impl Api {
             );
             return r;
         }
-        match self.answer(req).await {
+        let (parts, body) = req.into_parts();
+        match self.answer(&parts, body).await {
             Ok(json) => {
                 let mut r = Response::new(
                     Full::new(Bytes::from(json))
@@ -159,9 +196,9 @@ impl Api {
             }
             Err(e) => {
                 if e.origin == Origin::Internal {
-                    tracing::error!(error = %e, path = req.uri().path(), "admin request failed");
+                    tracing::error!(error = %e, path = parts.uri.path(), "admin request failed");
                 }
-                error_response(&e, req.method() == Method::HEAD)
+                error_response(&e, parts.method == Method::HEAD)
             }
         }
     }
@@ -188,12 +225,35 @@ impl Api {
             == 0
     }
 
-    async fn answer<B>(&self, req: &Request<B>) -> Result<String, Error> {
-        let route = parse(req.method(), req.uri().path(), req.uri().query())?;
+    async fn answer<B>(&self, req: &http::request::Parts, body: B) -> Result<String, Error>
+    where
+        B: http_body::Body<Data = Bytes>,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let op = match parse(&req.method, req.uri.path(), req.uri.query())? {
+            Route::Cache(op) => op,
+            Route::Warm => {
+                let warms = self.warms.as_ref().ok_or_else(|| {
+                    Error::not_found_route("this admin API does not warm".to_owned())
+                })?;
+                let body = Limited::new(body, crate::admin::MAX_BODY)
+                    .collect()
+                    .await
+                    .map_err(|e| {
+                        Error::bad_request(format!(
+                            "the body could not be read (at most {} bytes): {e}",
+                            crate::admin::MAX_BODY
+                        ))
+                    })?
+                    .to_bytes();
+                let asked = WarmRequest::parse(&body)?;
+                return Ok(json(&warms.run(asked).await?));
+            }
+        };
         let bucket = self.mirror.tier().map(|t| t.bucket().as_ref());
         let cache = Cache::new(self.mirror.store(), self.mirror.manifests(), &self.root)
             .with_bucket(bucket, self.bucket_max);
-        match route {
+        match op {
             Op::List { repo, upstream } => {
                 let filter = match repo {
                     Some(r) => Some(cache.parse_ref(&r, upstream.as_deref()).await?),
@@ -268,8 +328,12 @@ mod tests {
             ),
         ];
         for (m, p, q, want) in ok {
-            assert_eq!(parse(&m, p, q).unwrap(), want, "{m} {p}");
+            assert_eq!(parse(&m, p, q).unwrap(), Route::Cache(want), "{m} {p}");
         }
+        assert_eq!(
+            parse(&Method::POST, "/admin/warm", None).unwrap(),
+            Route::Warm
+        );
         let bad = [
             (Method::GET, "/admin", None, StatusCode::NOT_FOUND),
             (Method::GET, "/admin/nope", None, StatusCode::NOT_FOUND),
@@ -302,6 +366,18 @@ mod tests {
                 Method::DELETE,
                 "/admin/cache/a%zz",
                 None,
+                StatusCode::BAD_REQUEST,
+            ),
+            (
+                Method::GET,
+                "/admin/warm",
+                None,
+                StatusCode::METHOD_NOT_ALLOWED,
+            ),
+            (
+                Method::POST,
+                "/admin/warm",
+                Some("repo=x"),
                 StatusCode::BAD_REQUEST,
             ),
         ];

@@ -93,7 +93,7 @@ impl MetricsService {
                     )
                     .map(|b| b.map_err(|never| match never {}).boxed_unsync());
                 }
-                api.handle(&req).await
+                api.handle(req).await
             }
             _ => self
                 .answer(&req)

@@ -22,13 +22,16 @@
 //! - `respond`: the mirror's replies turned into responses (headers, bodies, HEAD);
 //! - `log`: the request line, written when the body ends or is dropped;
 //! - [`metrics`]: the metrics listener's router (`/metrics`, `/healthz`, `/admin`);
-//! - [`admin`]: the admin API's face (`/admin/...`, bearer token, JSON) over `admin`'s operations.
+//! - [`admin`]: the admin API's face (`/admin/...`, bearer token, JSON) over `admin`'s operations;
+//! - `warm`: the admin API's warm, `warm`'s walk run through [`App`] in process (a request it
+//!   builds carries the `AdminWarm` marker, which admits it as `Principal::Admin`).
 //!
 //! Rule of dependency: uses `access`, `admin` (the operations), `cluster` (the peer protocol's
 //! proof and paths), `health`, `mirror` (its replies, and the `Target` that `route` builds),
-//! `upstreams` (the host table), `metrics`, `logwriter`, `oci`, `error`. Only `server` and
-//! `assemble` use it; nothing below it sees HTTP types of the client side. Among the children,
-//! `error` uses `respond`, `log` uses `route`, `metrics` uses `admin`; no two use each other.
+//! `upstreams` (the host table), `metrics`, `logwriter`, `oci`, `error`, and `warm` (the admin
+//! API's warm runs its walk). Only `server` and `assemble` use it; nothing below it sees HTTP
+//! types of the client side. Among the children, `error` uses `respond`, `log` uses `route`,
+//! `metrics` uses `admin`, `admin` uses `warm`; no two use each other.
 
 pub mod admin;
 pub mod error;
@@ -36,6 +39,7 @@ mod log;
 pub mod metrics;
 mod respond;
 pub mod route;
+mod warm;
 
 use std::borrow::Cow;
 use std::convert::Infallible;
@@ -74,6 +78,12 @@ const LOG_TARGET: &str = module_path!();
 const API_VERSION: HeaderValue = HeaderValue::from_static("registry/2.0");
 const API_VERSION_HEADER: header::HeaderName =
     header::HeaderName::from_static("docker-distribution-api-version");
+
+/// Marks a request that the admin API's warm built in this process (`warm`), after its bearer
+/// token was checked: `access` sees [`Principal::Admin`]. hyper gives every request read from a
+/// socket empty extensions, so no client can send one.
+#[derive(Debug, Clone, Copy)]
+struct AdminWarm;
 
 /// Everything a request handler needs; built once by the server.
 pub struct App {
@@ -228,15 +238,24 @@ impl App {
         if let Ok(route) = &parsed {
             log.kind = route.kind();
         }
+        let admin = req.extensions().get::<AdminWarm>().is_some();
         let who = match &self.access {
             Some(access) => {
-                let who = access
-                    .authenticate(req.headers().get(header::AUTHORIZATION))
-                    .await;
+                let who = match admin {
+                    true => Principal::Admin,
+                    false => {
+                        access
+                            .authenticate(req.headers().get(header::AUTHORIZATION))
+                            .await
+                    }
+                };
                 log.user = Some(who.clone());
                 Some((access, who))
             }
-            None => None,
+            None => {
+                log.user = admin.then_some(Principal::Admin);
+                None
+            }
         };
         let route = match parsed {
             Ok(route) => route,

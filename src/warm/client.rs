@@ -1,31 +1,33 @@
-//! The HTTP client `warm` talks to a running berth with: where berth answers (`--server` or the
-//! config's listen address), the probe of `/v2/`, a manifest's bytes, a referrers list (OCI 1.1)
-//! and a blob read to its end, each checked where it is cheap (sizes against the descriptor, `Docker-Content-Digest`, a
-//! manifest's digest), and berth's OCI error body as one line.
+//! The client `warm` talks to berth with: where berth answers (`--server` or the config's listen
+//! address), the probe of `/v2/`, a manifest's bytes, a referrers list (OCI 1.1) and a blob read
+//! to its end, each checked where it is cheap (sizes against the descriptor,
+//! `Docker-Content-Digest`, a manifest's digest), and berth's OCI error body as one line.
 //!
-//! It asks what a pulling client asks, over the same connector berth uses for its upstreams
-//! (web PKI plus `--ca-file`, a connect timeout), with Basic credentials for a berth with
-//! `[auth]`.
+//! It asks what a pulling client asks: over the network, with the same connector berth uses for
+//! its upstreams (web PKI plus `--ca-file`, a connect timeout) and Basic credentials for a berth
+//! with `[auth]`; or in process, to the admin API's own berth ([`Berth::local`]).
 //!
-//! Rule of dependency: uses `reference` (the paths to ask for) and `failure` from `warm`; from the
-//! crate only `upstream::connect` (the connector), `access` (the Basic header), `config` (the
-//! server's own address, `Secret`), `oci` (digests, media types, the referrers list's parser) and
-//! `error` (`chain`). It knows nothing of manifests' contents or of the display.
+//! Rule of dependency: uses `reference` (the paths to ask for), `transport` (how a request goes)
+//! and `failure` from `warm`; from the crate only `upstream::connect` (the connector), `access`
+//! (the Basic header), `config` (the server's own address, `Secret`), `oci` (digests, media
+//! types, the referrers list's parser) and `error` (`chain`). It knows nothing of manifests'
+//! contents or of the display.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{HeaderValue, Request, Response, StatusCode, header};
-use http_body_util::{BodyExt as _, Empty};
-use hyper::body::Incoming;
+use http::{HeaderValue, Response, StatusCode, header};
+use http_body_util::BodyExt as _;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use url::Url;
 
 use super::failure::Failure;
 use super::reference::ImageRef;
+use super::transport::{IDLE_TIMEOUT, Local, ReplyBody, Transport};
 use crate::config::{Secret, ServerConfig};
 use crate::oci::referrers::{self, Descriptor};
 use crate::oci::{Digest, Reference, media};
@@ -34,11 +36,6 @@ use crate::upstream::connect::{DirectClient, TimeoutConnector};
 /// Every manifest and index media type berth serves, and the artifact manifest of the OCI 1.1
 /// release candidates (a referrer may still be one): warm takes whatever the image is.
 pub const ACCEPT: &str = "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.docker.distribution.manifest.v2+json, application/vnd.oci.artifact.manifest.v1+json, application/vnd.docker.distribution.manifest.v1+prettyjws, application/vnd.docker.distribution.manifest.v1+json";
-
-/// A response head or a body that sends nothing for this long fails the transfer. berth bounds
-/// its own upstream waits (`stall_timeout`, `response_timeout`), so this only catches a berth that
-/// hangs; it is long so that a slow upstream behind berth is never cut off by warm first.
-pub const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// Manifests larger than this are refused (registries cap them at 4 MiB).
 pub const MAX_MANIFEST: usize = 4 << 20;
@@ -92,11 +89,7 @@ pub fn parse_server(s: &str) -> Result<Url, String> {
 
 /// A running berth, as `warm` talks to it.
 pub struct Berth {
-    client: DirectClient,
-    /// `scheme://host:port`, no trailing slash.
-    base: String,
-    /// `Basic ...` for a berth with `[auth]`; marked sensitive so no log shows it.
-    authorization: Option<HeaderValue>,
+    transport: Transport,
 }
 
 impl Berth {
@@ -107,8 +100,8 @@ impl Berth {
         ca_file: Option<&Path>,
         credentials: Option<&(String, Secret)>,
     ) -> Result<Berth, String> {
-        Ok(Berth {
-            client: build_client(ca_file)?,
+        let transport = Transport::Net {
+            client: Box::new(build_client(ca_file)?),
             base: server.origin().ascii_serialization(),
             authorization: match credentials {
                 Some((user, password)) => {
@@ -122,7 +115,15 @@ impl Berth {
                 }
                 None => None,
             },
-        })
+        };
+        Ok(Berth { transport })
+    }
+
+    /// The registry service of this process (see [`Local`]).
+    pub fn local(local: Arc<dyn Local>) -> Berth {
+        Berth {
+            transport: Transport::Local(local),
+        }
     }
 
     /// Is berth there? One clear line instead of the same connection error for every image.
@@ -130,46 +131,28 @@ impl Berth {
         let resp = self
             .get("/v2/", None)
             .await
-            .map_err(|e| e.context(format!("cannot reach berth at {}", self.base)))?;
+            .map_err(|e| e.context(format!("cannot reach berth at {}", self.transport.name())))?;
+        let name = self.transport.name();
         if resp.status() == StatusCode::UNAUTHORIZED {
-            return Err(Failure::new(match self.authorization {
-                None => format!(
-                    "{} asks for a login: give --user (password from --password-stdin or \
-                     BERTH_PASSWORD)",
-                    self.base
+            return Err(Failure::new(match self.transport.logs_in() {
+                false => format!(
+                    "{name} asks for a login: give --user (password from --password-stdin or \
+                     BERTH_PASSWORD)"
                 ),
-                Some(_) => format!("{} refused the login: wrong user or password", self.base),
+                true => format!("{name} refused the login: wrong user or password"),
             }));
         }
         if resp.status() != StatusCode::OK {
             return Err(Failure::new(format!(
-                "{}/v2/ answered {}: is this berth?",
-                self.base,
+                "{name}/v2/ answered {}: is this berth?",
                 resp.status()
             )));
         }
         Ok(())
     }
 
-    async fn get(&self, path: &str, accept: Option<&str>) -> Result<Response<Incoming>, Failure> {
-        let mut req = Request::get(format!("{}{path}", self.base));
-        if let Some(a) = accept {
-            req = req.header(header::ACCEPT, a);
-        }
-        if let Some(auth) = &self.authorization {
-            req = req.header(header::AUTHORIZATION, auth.clone());
-        }
-        let req = req
-            .body(Empty::new())
-            .map_err(|e| Failure::new(format!("bad request {path}: {e}")))?;
-        match tokio::time::timeout(IDLE_TIMEOUT, self.client.request(req)).await {
-            Err(_) => Err(Failure::new(format!(
-                "no answer within {}s",
-                IDLE_TIMEOUT.as_secs()
-            ))),
-            Ok(Err(e)) => Err(Failure::new(crate::error::chain(&e))),
-            Ok(Ok(resp)) => Ok(resp),
-        }
+    async fn get(&self, path: &str, accept: Option<&str>) -> Result<Response<ReplyBody>, Failure> {
+        self.transport.get(path, accept).await
     }
 
     /// One manifest's bytes and `Content-Type`, checked against the digest asked for and berth's
@@ -212,7 +195,7 @@ impl Berth {
             return Err(Failure::new(format!(
                 "{} has no referrers API: {} for {path}; a berth from before OCI 1.1 referrers? \
                  upgrade it, or warm without --referrers",
-                self.base,
+                self.transport.name(),
                 describe_error(StatusCode::NOT_FOUND, &said, None)
             )));
         }
@@ -252,9 +235,9 @@ impl Berth {
     /// A 200, or a failure that says what berth said.
     async fn ok(
         &self,
-        resp: Response<Incoming>,
+        resp: Response<ReplyBody>,
         r: &ImageRef,
-    ) -> Result<Response<Incoming>, Failure> {
+    ) -> Result<Response<ReplyBody>, Failure> {
         let status = resp.status();
         if status == StatusCode::OK {
             return Ok(resp);
@@ -270,7 +253,7 @@ impl Berth {
 
 /// An error answer's body: a few hundred bytes of JSON, so no more than 64 KiB is read; empty
 /// when it cannot be read.
-async fn error_body(resp: Response<Incoming>) -> Bytes {
+async fn error_body(resp: Response<ReplyBody>) -> Bytes {
     let limited = http_body_util::Limited::new(resp.into_body(), 64 * 1024);
     tokio::time::timeout(IDLE_TIMEOUT, limited.collect())
         .await
@@ -281,7 +264,7 @@ async fn error_body(resp: Response<Incoming>) -> Bytes {
 }
 
 /// A small body (a manifest, a referrers list) read whole; longer than `max` is a failure.
-async fn read_all(mut body: Incoming, max: usize) -> Result<Vec<u8>, Failure> {
+async fn read_all(mut body: ReplyBody, max: usize) -> Result<Vec<u8>, Failure> {
     let mut bytes = Vec::new();
     while let Some(chunk) = next_chunk(&mut body).await? {
         if bytes.len() + chunk.len() > max {
@@ -292,12 +275,12 @@ async fn read_all(mut body: Incoming, max: usize) -> Result<Vec<u8>, Failure> {
     Ok(bytes)
 }
 
-fn header_str<'a>(resp: &'a Response<Incoming>, name: &str) -> Option<&'a str> {
+fn header_str<'a>(resp: &'a Response<ReplyBody>, name: &str) -> Option<&'a str> {
     resp.headers().get(name).and_then(|v| v.to_str().ok())
 }
 
 /// The next data chunk, `None` at the end; a body error or a long silence is a failure.
-async fn next_chunk(body: &mut Incoming) -> Result<Option<Bytes>, Failure> {
+async fn next_chunk(body: &mut ReplyBody) -> Result<Option<Bytes>, Failure> {
     loop {
         match tokio::time::timeout(IDLE_TIMEOUT, body.frame()).await {
             Err(_) => {
@@ -307,7 +290,7 @@ async fn next_chunk(body: &mut Incoming) -> Result<Option<Bytes>, Failure> {
                 )));
             }
             Ok(None) => return Ok(None),
-            Ok(Some(Err(e))) => return Err(Failure::new(crate::error::chain(&e))),
+            Ok(Some(Err(e))) => return Err(e),
             Ok(Some(Ok(frame))) => {
                 if let Ok(data) = frame.into_data() {
                     return Ok(Some(data));

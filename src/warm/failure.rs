@@ -13,7 +13,7 @@ use std::fmt;
 pub struct Failure(pub String);
 
 impl Failure {
-    pub(super) fn new(s: impl Into<String>) -> Failure {
+    pub fn new(s: impl Into<String>) -> Failure {
         Failure(s.into())
     }
     pub(super) fn context(self, what: impl fmt::Display) -> Failure {

@@ -23,7 +23,9 @@
 //!
 //! This file is the run, which ties its parts together:
 //! - `reference`: image references as people write them, and berth's paths for them;
-//! - `client`: the HTTP client to a running berth (`--server` or the config's address);
+//! - `client`: the client to a running berth (`--server` or the config's address, or this
+//!   process's own registry service for the admin API);
+//! - `transport`: how its requests go: over the network, or in process ([`Local`]);
 //! - `manifest`: the manifest walk (every platform, or those asked for) to the blobs;
 //! - `referrers`: an image's referrers and theirs, added to its walk;
 //! - `progress`: the live bar or plain lines, and the summary;
@@ -32,8 +34,10 @@
 //! Rule of dependency: the top of the house, beside `main`: it talks to berth over HTTP, never
 //! to its store or its mirror. From the crate it uses `oci` (names, digests, media types),
 //! `config` (the server's own address, `Secret`), `upstream::connect` (the TLS connector berth
-//! uses for its upstreams), `access` (the Basic header) and `error` (reasons, `chain`). Nothing
-//! in the server uses it; `main` and the tests use what this file re-exports.
+//! uses for its upstreams), `access` (the Basic header) and `error` (reasons, `chain`). In the
+//! server, only the admin API uses it (`admin` to read a warm's request and answer it,
+//! `http::warm` to run one through [`Local`]), never the reverse; `main` and the tests use what
+//! this file re-exports.
 
 mod client;
 mod failure;
@@ -41,6 +45,7 @@ mod manifest;
 mod progress;
 mod reference;
 mod referrers;
+mod transport;
 
 use std::collections::HashMap;
 use std::io::IsTerminal;
@@ -55,11 +60,12 @@ use url::Url;
 use crate::config::Secret;
 use crate::oci::Digest;
 
-pub use client::{ACCEPT, IDLE_TIMEOUT, MAX_MANIFEST, parse_server, server_url};
+pub use client::{ACCEPT, MAX_MANIFEST, parse_server, server_url};
 pub use failure::Failure;
 pub use manifest::Platform;
 pub use progress::Summary;
 pub use reference::{BadRef, DOCKER_HUB_HOSTS, ImageRef, refs_in_file};
+pub use transport::{IDLE_TIMEOUT, Local, Reply, ReplyBody};
 
 use client::Berth;
 use manifest::{BlobRef, Resolved, Walker};
@@ -118,6 +124,20 @@ impl Warmer {
         })
     }
 
+    /// A run through the registry service of this process (the admin API's warm, see
+    /// [`Local`]): `jobs` transfers at once, only `platforms` (empty: every one), a log line
+    /// per image instead of printed ones.
+    pub fn local(local: Arc<dyn Local>, jobs: usize, platforms: Vec<Platform>) -> Warmer {
+        Warmer {
+            berth: Berth::local(local),
+            jobs: jobs.max(1),
+            platforms,
+            limit: Arc::new(Semaphore::new(jobs.max(1))),
+            progress: Progress::logged(),
+            referrers: false,
+        }
+    }
+
     /// `--referrers`: also warm each image's referrers (OCI 1.1) and theirs, one level, and
     /// count them in the summary.
     pub fn with_referrers(mut self, on: bool) -> Warmer {
@@ -134,7 +154,7 @@ impl Warmer {
             ..Summary::default()
         };
         if let Err(e) = self.berth.probe().await {
-            eprintln!("berth warm: {e}");
+            self.progress.unreachable(&e);
             summary.failures = refs.iter().map(|r| (r.to_string(), e.clone())).collect();
             summary.elapsed = started.elapsed();
             return summary;

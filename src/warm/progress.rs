@@ -1,8 +1,10 @@
 //! What the operator sees: a live bar on a terminal, plain lines otherwise (one per image on
-//! stdout, failures on stderr), and the summary line at the end of a run.
+//! stdout, failures on stderr), and the summary line at the end of a run. Inside a server (the
+//! admin API's warm) neither: a log line per image through `tracing`, since berth's stdout may
+//! be its log.
 //!
-//! Rule of dependency: uses `failure` from `warm` (the summary lists them) and `indicatif`; it
-//! is told what happened and never asks berth anything.
+//! Rule of dependency: uses `failure` from `warm` (the summary lists them), `indicatif` and
+//! `tracing`; it is told what happened and never asks berth anything.
 
 use std::fmt;
 use std::time::Duration;
@@ -70,6 +72,8 @@ fn referrers(n: Option<usize>) -> String {
 /// stderr).
 pub struct Progress {
     bar: Option<ProgressBar>,
+    /// Log lines (`tracing`) instead of printed ones: the run is inside a server.
+    logged: bool,
     counts: std::sync::Mutex<Counts>,
 }
 
@@ -89,7 +93,24 @@ impl Progress {
     pub fn new(live: bool) -> Progress {
         Progress {
             bar: live.then(ProgressBar::new_spinner),
+            logged: false,
             counts: std::sync::Mutex::new(Counts::default()),
+        }
+    }
+
+    /// A log line per image, nothing printed: for a run inside a server.
+    pub fn logged() -> Progress {
+        Progress {
+            logged: true,
+            ..Progress::new(false)
+        }
+    }
+
+    /// berth cannot be reached: said once, not once per image.
+    pub fn unreachable(&self, e: &Failure) {
+        match self.logged {
+            true => tracing::warn!(error = %e, "warm: berth cannot be reached"),
+            false => eprintln!("berth warm: {e}"),
         }
     }
 
@@ -166,6 +187,7 @@ impl Progress {
         );
         self.image_done();
         match &self.bar {
+            _ if self.logged => tracing::info!("{line}"),
             Some(bar) => bar.println(&line),
             None => println!("{line}"),
         }
@@ -176,6 +198,7 @@ impl Progress {
         let line = format!("failed {r}: {e}");
         self.image_done();
         match &self.bar {
+            _ if self.logged => tracing::warn!("{line}"),
             Some(bar) => bar.suspend(|| eprintln!("{line}")),
             None => eprintln!("{line}"),
         }

@@ -17,7 +17,7 @@ use berth::oci::media;
 use support::instance::{Berth, Got, WAIT, berth, eventually, until_metric};
 use support::{FakeRegistry, random_bytes};
 
-const TOKEN: &str = "s3cret-admin-token-0123456789abcdef";
+pub(crate) const TOKEN: &str = "s3cret-admin-token-0123456789abcdef";
 
 /// An image in the fake: an OCI manifest, its config and layers, and its total size.
 struct Image {
@@ -89,7 +89,7 @@ fn two_images(fake: &FakeRegistry) -> (Image, Image, String) {
 }
 
 /// `[admin]` with the token in a file inside `dir`, as extra config after the upstream.
-fn admin_toml(dir: &Path, token: &str) -> String {
+pub(crate) fn admin_toml(dir: &Path, token: &str) -> String {
     let file = dir.join("admin-token");
     std::fs::write(&file, format!("{token}\n")).unwrap();
     format!(

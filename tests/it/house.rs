@@ -245,6 +245,24 @@ fn no_import_runs_back_up_the_layers() {
             ],
         ),
         ("reload", &["server", "assemble", "http"]),
+        // A client of berth's registry API: never its store or its mirror, never the server.
+        (
+            "warm",
+            &[
+                "mirror",
+                "fill",
+                "store",
+                "tier",
+                "cluster",
+                "manifests",
+                "origins",
+                "policy",
+                "http",
+                "server",
+                "assemble",
+                "admin",
+            ],
+        ),
         ("http", &["server", "assemble"]),
     ];
     let files = files();

@@ -16,6 +16,7 @@
 mod support;
 
 mod admin;
+mod admin_warm;
 mod auth;
 mod cli;
 mod cluster;

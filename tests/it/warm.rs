@@ -14,11 +14,11 @@ use support::instance::{Berth, berth, same};
 use support::{FakeRegistry, Fault, random_bytes};
 
 /// One image pushed to the fake: its manifest and the blobs it names (config first).
-struct Image {
-    manifest: String,
+pub(crate) struct Image {
+    pub(crate) manifest: String,
     manifest_len: usize,
     manifest_body: Bytes,
-    blobs: Vec<(String, Bytes)>,
+    pub(crate) blobs: Vec<(String, Bytes)>,
 }
 
 impl Image {
@@ -29,7 +29,13 @@ impl Image {
 
 /// Pushes a config and `layers` to `repo` and an OCI image manifest naming them. `lie` adds to
 /// the size the manifest gives for the last layer.
-fn image(fake: &FakeRegistry, repo: &str, platform: &str, layers: &[Bytes], lie: u64) -> Image {
+pub(crate) fn image(
+    fake: &FakeRegistry,
+    repo: &str,
+    platform: &str,
+    layers: &[Bytes],
+    lie: u64,
+) -> Image {
     let config = Bytes::from(format!(
         r#"{{"architecture":"{platform}","os":"linux","rootfs":{{"type":"layers"}},"repo":"{repo}"}}"#
     ));
@@ -83,14 +89,14 @@ fn index(fake: &FakeRegistry, repo: &str, tag: &str, images: &[(&str, &Image)]) 
 }
 
 /// `library/app:1`: an index of linux/amd64 and linux/arm64 that share their first layer.
-struct App {
-    index: String,
-    amd64: Image,
-    arm64: Image,
+pub(crate) struct App {
+    pub(crate) index: String,
+    pub(crate) amd64: Image,
+    pub(crate) arm64: Image,
     shared: Bytes,
 }
 
-fn app(fake: &FakeRegistry) -> App {
+pub(crate) fn app(fake: &FakeRegistry) -> App {
     let shared = random_bytes(200_000, 1);
     let amd64 = image(
         fake,
@@ -655,21 +661,21 @@ async fn the_live_display_runs_the_same_warm() {
 
 // `--referrers`: an image's signatures and SBOMs (OCI 1.1 referrers) and theirs, one level.
 
-const SIG: &str = "application/vnd.dev.sigstore.bundle.v0.3+json";
-const SBOM: &str = "application/spdx+json";
+pub(crate) const SIG: &str = "application/vnd.dev.sigstore.bundle.v0.3+json";
+pub(crate) const SBOM: &str = "application/spdx+json";
 const EMPTY: &str = "application/vnd.oci.empty.v1+json";
 
 /// An artifact pushed to the fake: a manifest naming a subject, with the empty config and one
 /// layer.
-struct Artifact {
-    manifest: String,
-    body: Bytes,
-    layer: (String, Bytes),
+pub(crate) struct Artifact {
+    pub(crate) manifest: String,
+    pub(crate) body: Bytes,
+    pub(crate) layer: (String, Bytes),
 }
 
 /// Pushes an artifact of `artifact_type` to `repo` whose `subject` is `subject` and whose one
 /// layer is `payload`.
-fn artifact(
+pub(crate) fn artifact(
     fake: &FakeRegistry,
     repo: &str,
     subject: &str,
@@ -698,7 +704,7 @@ fn artifact(
 }
 
 /// The digests berth lists as `subject`'s referrers (in `/v2/app`), and its `Warning` header.
-async fn referrers_of(b: &Berth, subject: &str) -> (Vec<String>, Option<String>) {
+pub(crate) async fn referrers_of(b: &Berth, subject: &str) -> (Vec<String>, Option<String>) {
     let got = b.get(&format!("/v2/app/referrers/{subject}")).await;
     assert_eq!(got.status, StatusCode::OK, "{subject}: {:?}", got.body);
     let v: serde_json::Value = serde_json::from_slice(got.bytes()).unwrap();
