@@ -437,8 +437,6 @@ async fn a_verified_image_pulls_with_the_upstream_down_also_after_a_restart() {
     let layer = format!("/v2/team/app/blobs/{}", layer_of(12));
     assert_eq!(b.get(&layer).await.status, StatusCode::OK);
 
-    // A verified blob is renamed into place just after its last byte goes out.
-    b.settled().await;
     let dir = b.stop().await;
     drop(fake);
     let b = start_toml(&cfg, dir).await;
