@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs every fuzz target for a bounded time, starting from the seeds committed in fuzz/seeds/<target>
-# (what CI runs from tests/run.sh). FUZZ_SECONDS per target (default 15; six targets, so about a
-# minute and a half plus the build). New inputs go to a scratch corpus that is thrown away, so the
+# (what CI runs from tests/run.sh). FUZZ_SECONDS per target (default 15; seven targets, so about
+# two minutes plus the build). New inputs go to a scratch corpus that is thrown away, so the
 # checkout stays clean; a crash stops the run with a non-zero exit, its input saved under
 # fuzz/artifacts/<target>/ (replay it: cargo +nightly fuzz run <target> <file>). Turn a crash into a
 # regression unit test next to the code it broke, then fix it.

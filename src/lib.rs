@@ -21,8 +21,9 @@
 //! Where a change goes:
 //! - [`config`]: the TOML file; `config/mod.rs` the whole (load, parse, the order of the checks,
 //!   checks that span sections), a file per section (server, metrics, storage with s3,
-//!   upstreams, auth, cluster, admin, log, policy) with its defaults and checks beside its type, `value`
-//!   the durations, sizes, `Secret` and the URL/CA/TLS checks they share.
+//!   upstreams, auth, cluster, admin, log, policy with `keys` and `trusted_root`) with its defaults
+//!   and checks beside its type, `value` the durations, sizes, `Secret` and the URL/CA/TLS checks
+//!   they share.
 //! - [`assemble`]: builds the running berth from the `Config` (store, upstreams, mirror, tier,
 //!   cluster, access, admin API, health, metrics registry, TLS acceptors); binds nothing.
 //! - [`server`]: binds the registry and metrics listeners (and the admin socket), accepts and
@@ -50,7 +51,9 @@
 //! - [`manifests`]: tag -> digest answers with their TTL, manifests by digest (memory + disk);
 //!   `referrers` the referrers lists kept the same way.
 //! - [`policy`]: `[[policy]]`: which scopes need signatures, `keys` (verification with ring),
-//!   `cosign` (the tag scheme's format), the pure `decide` and the verdicts kept.
+//!   `cosign` (the tag scheme's format), `bundle` (Sigstore bundles), `keyless` (Fulcio
+//!   certificates and Rekor entries against a pinned trust root: `root`, `cert`, `rekor`, `sct`),
+//!   the pure `decide` and the verdicts kept.
 //! - [`store`]: content-addressed blob files: `pending` (a fill: reserve, verify, commit),
 //!   `spool` (chunks in memory), `read` (ranges of a file or a growing fill), `evict`, `lock` (one
 //!   server per directory), `s3` (the bucket: key `layout`, `client`, verified multipart

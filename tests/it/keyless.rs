@@ -518,6 +518,8 @@ async fn a_reload_of_the_identities_decides_again_and_a_verified_image_pulls_off
     assert_eq!(b.get(&layer).await.status, StatusCode::OK);
 
     // The upstream gone and berth restarted: verified again from the cached material, offline.
+    // A verified blob is renamed into place just after its last byte goes out.
+    b.settled().await;
     let dir = b.stop().await;
     drop(fake);
     let b = start_toml(&cfg, dir).await;
