@@ -295,12 +295,36 @@ impl Env {
         cmd.env_remove("DOCKER_HOST");
     }
 
+    /// Waits (at most 20 s) until berth runs no fill: a verified blob is renamed into place just
+    /// after its last byte is released, so a client (or a warm) can finish a moment before the
+    /// file is there.
+    pub fn settled(&self) {
+        let started = std::time::Instant::now();
+        loop {
+            let r = http::get(&self.metrics_addr, "/metrics", None);
+            let idle = r.as_ref().is_ok_and(|r| {
+                String::from_utf8_lossy(&r.body)
+                    .lines()
+                    .any(|l| l == "berth_fills_in_flight 0")
+            });
+            if idle {
+                return;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "berth still runs fills after 20 s"
+            );
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+
     /// After a client pulled `img` for `arch`: berth's cache holds its config and layers, each
     /// file with the right sha256. (Nothing to check when clients went to the registry.)
     pub fn assert_cached(&self, img: &Image, arch: &str) {
         if self.via != Via::Berth {
             return;
         }
+        self.settled();
         let p = img.platform(arch);
         for b in std::iter::once(&p.config).chain(&p.layers) {
             let path = self.storage.join("blobs/sha256").join(b.hex());
