@@ -27,6 +27,11 @@ mod referrers;
 // The signature policy, with signatures made by sigstore-js (tests/sigstore/).
 #[path = "e2e/policy.rs"]
 mod policy;
+// Keyless signatures under a test trusted root (tests/support/sigstore.rs, shared with tests/it).
+#[path = "e2e/keyless.rs"]
+mod keyless;
+#[path = "support/sigstore.rs"]
+mod sigstore;
 
 use std::path::Path;
 use std::process::Command;

@@ -27,15 +27,15 @@ use crate::e2e_support::seed::{self, OCI_INDEX, OCI_MANIFEST, Platform};
 use crate::e2e_support::{http, proc};
 use crate::referrers::{Pusher, digest_of, fallback_tag};
 
-const UPSTREAM: &str = "quay.io";
+pub(crate) const UPSTREAM: &str = "quay.io";
 const BUNDLE: &str = "application/vnd.dev.sigstore.bundle.v0.3+json";
 const SIMPLE_SIGNING: &str = "application/vnd.dev.cosign.simplesigning.v1+json";
 const SIGNATURE: &str = "dev.cosignproject.cosign/signature";
 const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
 const EMPTY_CONFIG: &str = "application/vnd.oci.empty.v1+json";
-const ACCEPT: &str = "application/vnd.oci.image.manifest.v1+json, \
+pub(crate) const ACCEPT: &str = "application/vnd.oci.image.manifest.v1+json, \
      application/vnd.oci.image.index.v1+json";
-const LIMIT: Duration = Duration::from_secs(120);
+pub(crate) const LIMIT: Duration = Duration::from_secs(120);
 
 /// How the image of each case is signed (always by sigstore-js).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -185,12 +185,18 @@ fn sigstore_sign(env: &Env, requests: &[(&str, &str, String)]) -> Vec<Signed> {
 
 /// The `.sig` manifest of `subject` with one simple-signing layer: `payload`, signed as `signature`.
 fn push_tag_signature(p: &Pusher, subject: &str, payload: &str, signature: &str) {
+    push_signature_layer(p, subject, payload, json!({ SIGNATURE: signature }));
+}
+
+/// The `.sig` manifest of `subject` with one simple-signing layer, `payload`, annotated with
+/// `annotations` (the signature; keyless, also the certificate, chain and Rekor bundle).
+pub(crate) fn push_signature_layer(p: &Pusher, subject: &str, payload: &str, annotations: Value) {
     let config = p.blob(
         OCI_CONFIG,
         br#"{"architecture":"","config":{},"created":"0001-01-01T00:00:00Z","history":[{"created":"0001-01-01T00:00:00Z"}],"os":"","rootfs":{"type":"layers","diff_ids":[]}}"#,
     );
     let mut layer = p.blob(SIMPLE_SIGNING, payload.as_bytes());
-    layer["annotations"] = json!({ SIGNATURE: signature });
+    layer["annotations"] = annotations;
     let m =
         json!({"schemaVersion": 2, "mediaType": OCI_MANIFEST, "config": config, "layers": [layer]});
     p.manifest(Some(&format!("{}.sig", fallback_tag(subject))), &m);
@@ -236,6 +242,24 @@ fn tamper_bundle(bundle: &Value) -> Value {
     bundle
 }
 
+/// A one-platform OCI image made from `seed`, pushed to `UPSTREAM`'s registry as `repo:1`.
+pub(crate) fn push_image(env: &Env, repo: &str, seed: u64) -> Platform {
+    let dir = env.dir().join("images").join(repo);
+    let (platform, bytes) = seed::oci_image(&dir, seed, 8 * 1024);
+    let p = Pusher {
+        addr: env.registry_addr(UPSTREAM),
+        repo,
+    };
+    for b in [&platform.config, &platform.layers[0]] {
+        let data = std::fs::read(dir.join(b.hex())).unwrap();
+        p.blob("application/octet-stream", &data);
+    }
+    let m: Value = serde_json::from_slice(&bytes).unwrap();
+    let (pushed, _) = p.manifest(Some("1"), &m);
+    assert_eq!(pushed, bytes, "the manifest pushed is the one generated");
+    platform
+}
+
 /// berth (with the policy in `enforce` under key A) in front of the registries, every case's image
 /// and signatures pushed.
 struct World {
@@ -253,25 +277,12 @@ impl World {
                 upstream: Vec::new(),
             }
         });
-        let registry = env.registry_addr(UPSTREAM).to_owned();
         let images: Vec<Img> = CASES
             .iter()
             .zip(1000..)
             .map(|(&case, seed)| {
                 let repo = format!("policy/{}", case.name());
-                let dir = env.dir().join("images").join(case.name());
-                let (platform, bytes) = seed::oci_image(&dir, seed, 8 * 1024);
-                let p = Pusher {
-                    addr: &registry,
-                    repo: &repo,
-                };
-                for b in [&platform.config, &platform.layers[0]] {
-                    let data = std::fs::read(dir.join(b.hex())).unwrap();
-                    p.blob("application/octet-stream", &data);
-                }
-                let m: Value = serde_json::from_slice(&bytes).unwrap();
-                let (pushed, _) = p.manifest(Some("1"), &m);
-                assert_eq!(pushed, bytes, "the manifest pushed is the one generated");
+                let platform = push_image(&env, &repo, seed);
                 Img {
                     case,
                     repo,
@@ -391,7 +402,7 @@ impl World {
             .arg(format!("docker://{}/{}", self.berth(), img.reference()))
             .arg(format!("dir:{}", out.display()));
         proc::try_run(&mut cmd, LIMIT)?;
-        check_copy(&out, img);
+        check_copy(&out, &img.repo, &img.platform);
         Ok(())
     }
 
@@ -426,7 +437,7 @@ impl World {
 
 /// A `403` with one `DENIED` error: its detail.
 #[track_caller]
-fn assert_denial(r: &http::Response, what: &str) -> String {
+pub(crate) fn assert_denial(r: &http::Response, what: &str) -> String {
     let text = String::from_utf8_lossy(&r.body);
     assert_eq!(r.status, 403, "{what}: {text}");
     let body: Value = serde_json::from_slice(&r.body).unwrap_or_else(|e| panic!("{what}: {e}"));
@@ -443,18 +454,16 @@ fn assert_denial(r: &http::Response, what: &str) -> String {
     detail
 }
 
-/// A skopeo `dir:` copy of `img` holds its manifest and blobs, byte for byte.
-fn check_copy(out: &Path, img: &Img) {
+/// A skopeo `dir:` copy of `repo`'s image `p` holds its manifest and blobs, byte for byte.
+pub(crate) fn check_copy(out: &Path, repo: &str, p: &Platform) {
     let read = |name: &str| std::fs::read(out.join(name)).unwrap();
     assert_eq!(
         digest_of(&read("manifest.json")),
-        img.digest(),
-        "{}",
-        img.repo
+        p.manifest.digest,
+        "{repo}"
     );
-    let p = &img.platform;
     for b in [&p.config, &p.layers[0]] {
-        assert_eq!(seed::sha256_hex(&read(b.hex())), b.hex(), "{}", img.repo);
+        assert_eq!(seed::sha256_hex(&read(b.hex())), b.hex(), "{repo}");
     }
 }
 

@@ -15,6 +15,7 @@ use http::{Method, StatusCode};
 
 use berth::oci::media::{OCI_INDEX, OCI_MANIFEST};
 use support::instance::{Berth, Got, listeners_and_storage, start_reloadable, start_toml};
+use support::sigstore::{openssl, sign};
 use support::{FakeRegistry, Fault, digest_of};
 
 const SIMPLE_SIGNING: &str = "application/vnd.dev.cosign.simplesigning.v1+json";
@@ -43,30 +44,6 @@ fn keypair(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
         .expect("openssl runs");
     assert!(out.status.success(), "{out:?}");
     (key, public)
-}
-
-pub(crate) fn openssl(args: &[&str], last: &Path) {
-    let out = Command::new("openssl")
-        .args(args)
-        .arg(last)
-        .output()
-        .expect("openssl runs");
-    assert!(out.status.success(), "{out:?}");
-}
-
-/// openssl's ECDSA-SHA256 signature (DER) of `data` with `key`.
-pub(crate) fn sign(key: &Path, data: &[u8]) -> Vec<u8> {
-    let dir = tempfile::tempdir().unwrap();
-    let input = dir.path().join("payload");
-    std::fs::write(&input, data).unwrap();
-    let out = Command::new("openssl")
-        .args(["dgst", "-sha256", "-sign"])
-        .arg(key)
-        .arg(&input)
-        .output()
-        .expect("openssl runs");
-    assert!(out.status.success(), "{out:?}");
-    out.stdout
 }
 
 /// cosign's simple-signing payload claiming `digest`.

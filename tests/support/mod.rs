@@ -19,6 +19,7 @@ pub mod certs;
 pub mod instance;
 pub mod ports;
 pub mod served;
+pub mod sigstore;
 pub mod wire;
 
 use std::collections::{BTreeSet, HashMap};
