@@ -39,6 +39,9 @@ cargo test --test e2e -- --ignored --test-threads=1
 step "full disk on a tmpfs: cargo test --test it enospc:: -- --ignored"
 cargo test --test it enospc:: -- --ignored
 
+step "SSRF through DNS, each test in its own network namespace: cargo test --test it dns:: -- --ignored"
+cargo test --test it dns:: -- --ignored
+
 step "bucket tier against Ceph radosgw: cargo test --test it s3:: / --test cluster_s3 -- --ignored"
 cargo test --test it --test cluster_s3 --no-run
 ceph_dir=$(mktemp -d /tmp/berth-ceph.XXXXXX)

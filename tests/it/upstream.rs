@@ -1038,8 +1038,9 @@ async fn rate_limit_headers_set_the_gauges() {
 /// refused when `allow_private_redirects = false`, before any connection; unset, a local upstream
 /// may redirect to a local object store. What this shows is the URL check (`Guard::check_url`):
 /// `localhost` and literal addresses are refused by it before anything is resolved. The guarded
-/// resolver's own refusal (a DNS name that resolves to a private address) needs a name that
-/// resolves so, which no test here has yet: breaking the resolver's check fails no test.
+/// resolver's own refusal (a DNS name that resolves to a private address, as a redirect target
+/// or a token realm) is shown by `tests/it/dns.rs`, with a DNS server of its own in a network
+/// namespace (`cargo test --test it dns:: -- --ignored`, run by tests/run.sh).
 #[tokio::test]
 async fn redirects_into_the_private_network_are_refused_unless_allowed() {
     let fake = FakeRegistry::start().await;
