@@ -6,7 +6,8 @@
 # compiler for libFuzzer (fuzz/run.sh); Ceph's S3 gateway (radosgw, one mon, one memstore OSD) for
 # the bucket tier (tests/s3.rs, started by tests/ceph/start-ceph.sh); kubernetes-validate (PyPI,
 # Kubernetes' schemas bundled, so it works offline) for tests/kubernetes.py, in a venv of its own
-# (python3-venv) linked onto PATH. Idempotent: does nothing when everything is there; otherwise
+# (python3-venv) linked onto PATH; cargo-mutants and cargo-nextest (crates.io, `cargo install`) for
+# tests/mutants.sh. Idempotent: does nothing when everything is there; otherwise
 # needs root, runs `apt-get update` once and installs what is missing. Quiet unless it fails.
 set -euo pipefail
 
@@ -56,6 +57,23 @@ if [[ $("$kv_venv/bin/kubernetes-validate" --version 2>/dev/null) != "$kv_versio
     rm -f "$log"
     ln -sfn "$kv_venv/bin/kubernetes-validate" /usr/local/bin/kubernetes-validate
 fi
+
+# cargo-mutants and cargo-nextest (crates.io) for tests/mutants.sh; pinned, as a new release may
+# mutate differently. About 2 minutes each to build, once.
+cargo_tools=("cargo-mutants 27.1.0" "cargo-nextest 0.9.143")
+for t in "${cargo_tools[@]}"; do
+    read -r name version <<<"$t"
+    if [[ $("$name" "${name#cargo-}" --version 2>/dev/null | head -n1) != "$name $version"* ]]; then
+        log=$(mktemp /tmp/berth-install-deps.XXXXXX.log)
+        echo "install-deps: installing $name $version (cargo install --locked)"
+        if ! cargo install --locked --quiet "$name" --version "$version" >"$log" 2>&1; then
+            tail -n 40 "$log" >&2
+            echo "install-deps: cargo install $name failed; full log in $log" >&2
+            exit 1
+        fi
+        rm -f "$log"
+    fi
+done
 
 for c in "${commands[@]}"; do
     if ! command -v "$c" >/dev/null; then
