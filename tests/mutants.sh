@@ -115,11 +115,11 @@ for f in "${files[@]}"; do
     file_args+=(-f "$f")
 done
 
-# CI keeps its mutants step to a few minutes (about 20 s a mutant): a change bigger than this asks
+# CI keeps its mutants step to a few minutes (20 to 30 s a mutant): a change bigger than this asks
 # for a full run, recorded in tests/mutants-base, rather than a long CI.
 if [[ $mode == --ci ]]; then
     n=$(cargo mutants --list "${file_args[@]}" --exclude-re "$exclude_re" --in-diff "$diff" | grep -c . || true)
-    max=${MUTANTS_CI_MAX:-30}
+    max=${MUTANTS_CI_MAX:-20}
     echo "mutants: $n mutants in the changed lines"
     if ((n > max)); then
         echo "mutants: more than $max: run tests/mutants.sh --full (about two hours), then record its" \

@@ -268,11 +268,16 @@ impl FakeRegistry {
     /// From now on, names `host` by `name` (and its port) in every URL the fake hands out: its
     /// base URL, its realm, the `Location` of [`Fault::RedirectToOther`].
     pub fn rename(&self, host: Host, name: &str) {
-        let (scheme, port) = match host {
-            Host::Main => (self.scheme, self.main.port()),
-            Host::Other => (self.scheme, self.other.port()),
+        let port = match host {
+            Host::Main => self.main.port(),
+            Host::Other => self.other.port(),
         };
-        let url = format!("{scheme}://{name}:{port}");
+        self.set_url(host, &format!("{}://{name}:{port}", self.scheme));
+    }
+
+    /// From now on, hands out `url` as `host`'s base URL (any scheme: a realm berth must refuse).
+    pub fn set_url(&self, host: Host, url: &str) {
+        let url = url.to_owned();
         self.with(|s| match host {
             Host::Main => s.main_url = url,
             Host::Other => s.other_url = url,
