@@ -5,16 +5,19 @@
 # run against it (with nextest, stopping at the first failure); a mutant no test catches is a
 # survivor. The run fails on a survivor not listed, with its reason, in tests/mutants-equivalent.txt.
 #
-#   tests/mutants.sh --full [cargo-mutants args]   every mutant of the files below (about two hours
-#                                                  on 2 cores: for occasional use; then record HEAD
-#                                                  in tests/mutants-base)
+#   tests/mutants.sh --full [cargo-mutants args]   every mutant of the files below (about 300;
+#                                                  30 s each on 2 busy shared cores, so about 2.5
+#                                                  hours: for occasional use, under `nice -n 19`;
+#                                                  then record HEAD in tests/mutants-base)
 #   tests/mutants.sh --ci [BASE] [cargo-mutants args]
 #                                                  only the mutants in lines of these files changed
 #                                                  since BASE (default: the commit in
 #                                                  tests/mutants-base, the last full run)
 #
 # Either takes cargo-mutants' own options after the mode (`--in-place` mutates this tree instead of
-# a copy: what CI does, on its throwaway checkout, with its target/ already built). The per-test
+# a copy: what CI does, on its throwaway checkout, with its target/ already built; cargo-mutants'
+# copy does not keep file times, so a copy builds every dependency again first, about 3 minutes).
+# A timed-out mutant counts as caught: it made the tests hang, so they did not pass. The per-test
 # command runs the `#[ignore]`d suites that guard these files too (`dns::` needs root and network
 # namespaces, `enospc::` a tmpfs): run as root, as CI does.
 set -euo pipefail
@@ -126,7 +129,7 @@ if [[ $mode == --ci ]]; then
         exit 0
     fi
     if ((n > max)); then
-        echo "mutants: more than $max: run tests/mutants.sh --full (about two hours), then record its" \
+        echo "mutants: more than $max: run tests/mutants.sh --full (about 2.5 hours), then record its" \
             "commit in $base_file" >&2
         exit 1
     fi
