@@ -152,6 +152,23 @@ mod tests {
     use super::*;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
+    /// Yields until a flight runs; fails after 10 s of wall-clock time (a paused tokio clock does
+    /// not move while this loops).
+    async fn until_started<K, V>(flights: &Flights<K, V>)
+    where
+        K: Eq + Hash + Clone + Send + 'static,
+        V: Clone + Send + Sync + 'static,
+    {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while flights.is_empty() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no flight started within 10 s"
+            );
+            tokio::task::yield_now().await;
+        }
+    }
+
     #[tokio::test]
     async fn concurrent_callers_share_one_computation() {
         let flights: Arc<Flights<&str, u32>> = Arc::new(Flights::new(Duration::from_secs(5)));
@@ -170,9 +187,7 @@ mod tests {
             }));
         }
         // Let every caller join before the leader finishes.
-        while flights.is_empty() {
-            tokio::task::yield_now().await;
-        }
+        until_started(&flights).await;
         for _ in 0..100 {
             tokio::task::yield_now().await;
         }
@@ -206,9 +221,7 @@ mod tests {
             })
             .await
         });
-        while flights.is_empty() {
-            tokio::task::yield_now().await;
-        }
+        until_started(&flights).await;
         let (follower, role) = flights.run(1, || async { 9 }).await;
         assert_eq!((follower, role), (Err(Abandoned::TimedOut), Role::Follower));
         leader.abort();
@@ -227,9 +240,7 @@ mod tests {
             })
             .await
         });
-        while flights.is_empty() {
-            tokio::task::yield_now().await;
-        }
+        until_started(&flights).await;
         let f = flights.clone();
         let follower = tokio::spawn(async move { f.run(1, || async { 9 }).await });
         for _ in 0..50 {

@@ -8,9 +8,10 @@
 # Kubernetes' schemas bundled, so it works offline) for tests/kubernetes.py, in a venv of its own
 # (python3-venv) linked onto PATH; oras-py (PyPI `oras`), the ORAS client of the referrers
 # end-to-end test (tests/oras_client.py), in the same venv; sigstore-js (npm registry, pinned in
-# tests/sigstore/) for the signature policy's end-to-end test. Idempotent: does nothing when
-# everything is there; otherwise needs root, runs `apt-get update` once and installs what is
-# missing. Quiet unless it fails.
+# tests/sigstore/) for the signature policy's end-to-end test; cargo-mutants and cargo-nextest
+# (crates.io, `cargo install`) for tests/mutants.sh. Idempotent: does nothing when everything is
+# there; otherwise needs root, runs `apt-get update` once and installs what is missing. Quiet
+# unless it fails.
 set -euo pipefail
 
 packages=(docker-registry skopeo containerd podman runc docker.io nginx-light wrk apache2-utils jq uidmap procps prometheus binutils g++ radosgw ceph-mon ceph-osd uuid-runtime curl python3-venv)
@@ -97,6 +98,23 @@ if ! cmp -s "$sigstore_dir/package-lock.json" "$sigstore_dir/node_modules/.berth
     rm -f "$log"
     cp "$sigstore_dir/package-lock.json" "$sigstore_dir/node_modules/.berth-installed-lock.json"
 fi
+
+# cargo-mutants and cargo-nextest (crates.io) for tests/mutants.sh; pinned, as a new release may
+# mutate differently. About 2 minutes each to build, once.
+cargo_tools=("cargo-mutants 27.1.0" "cargo-nextest 0.9.143")
+for t in "${cargo_tools[@]}"; do
+    read -r name version <<<"$t"
+    if [[ $("$name" "${name#cargo-}" --version 2>/dev/null | head -n1) != "$name $version"* ]]; then
+        log=$(mktemp /tmp/berth-install-deps.XXXXXX.log)
+        echo "install-deps: installing $name $version (cargo install --locked)"
+        if ! cargo install --locked --quiet "$name" --version "$version" >"$log" 2>&1; then
+            tail -n 40 "$log" >&2
+            echo "install-deps: cargo install $name failed; full log in $log" >&2
+            exit 1
+        fi
+        rm -f "$log"
+    fi
+done
 
 for c in "${commands[@]}"; do
     if ! command -v "$c" >/dev/null; then

@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # The one test command (the README gives it; CI runs it through .ci/run):
 # dependencies, the Kubernetes manifests (deploy/kubernetes/), formatting, lints, unit +
-# integration tests, the end-to-end suite with real clients, a short fuzz run of the parsers, and
-# the benches compiled and run once each (by `cargo test --all-targets`, in the test profile: a
-# release build of them only for `--no-run` cost CI 7 minutes). Stops at the first failure, with
-# a non-zero exit.
+# integration tests, the end-to-end suite with real clients, a short fuzz run of the parsers, the
+# benches compiled and run once each (by `cargo test --all-targets`, in the test profile: a
+# release build of them only for `--no-run` cost CI 7 minutes), and mutation testing of the
+# invariant files a change touched (tests/mutants.sh). Stops at the first failure, with a non-zero
+# exit.
 # The end-to-end tests start containerd and dockerd, so run this as root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -39,6 +40,9 @@ cargo test --test e2e -- --ignored --test-threads=1
 step "full disk on a tmpfs: cargo test --test it enospc:: -- --ignored"
 cargo test --test it enospc:: -- --ignored
 
+step "SSRF through DNS, each test in its own network namespace: cargo test --test it dns:: -- --ignored"
+cargo test --test it dns:: -- --ignored
+
 step "bucket tier against Ceph radosgw: cargo test --test it s3:: / --test cluster_s3 -- --ignored"
 cargo test --test it --test cluster_s3 --no-run
 ceph_dir=$(mktemp -d /tmp/berth-ceph.XXXXXX)
@@ -68,5 +72,9 @@ python3 -c 'import sys; [compile(open(f).read(), f, "exec") for f in sys.argv[1:
 
 step "fuzz: fuzz/run.sh (each parser target for 15 s)"
 FUZZ_SECONDS=15 bash fuzz/run.sh
+
+# Last: it mutates this checkout's sources in place (restoring each) and rebuilds berth for each.
+step "mutation testing of the invariant files changed since the last full run: tests/mutants.sh --ci --in-place"
+MUTANTS_TIMEOUT=120 bash tests/mutants.sh --ci --in-place
 
 step "all passed"

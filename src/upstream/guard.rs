@@ -11,7 +11,10 @@
 //!   ([`Guard::check_url`], used by the redirect loop and the realm check);
 //! - a name that *resolves* to such addresses is refused by the client's resolver
 //!   ([`GuardedResolver`]), so a DNS name cannot smuggle a private address past the first check,
-//!   and the address checked is the address connected to.
+//!   and the address checked is the address connected to. Its error carries [`Refused`], so the
+//!   client tells a refusal ([`refused_by_resolver`]: answered as a bad upstream, never retried)
+//!   from an unreachable host. Tested through the real client, with a DNS server of the test's own
+//!   in a network namespace, by `tests/it/dns.rs`.
 //!
 //! `allow_private_redirects` decides: `true` allows such targets, `false` refuses them, and unset
 //! allows them only when the upstream itself is on such an address (a registry on the local
@@ -148,13 +151,35 @@ impl Guard {
         if public.is_empty() && resolved > 0 {
             return Err(io::Error::new(
                 io::ErrorKind::PermissionDenied,
-                format!(
+                Refused(format!(
                     "{name} resolves only to loopback, private or link-local addresses: refused (allow_private_redirects)"
-                ),
+                )),
             ));
         }
         Ok(public)
     }
+}
+
+/// What [`Guard::filter`] refused, inside the `io::Error` the resolver returns.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Refused(String);
+
+/// Whether `e` (an error of the client, with its chain of causes) is the resolver's refusal.
+pub fn refused_by_resolver(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(e);
+    while let Some(c) = cause {
+        // An `io::Error`'s `source()` skips the error it wraps: look inside.
+        let inner = c
+            .downcast_ref::<io::Error>()
+            .and_then(|io| io.get_ref())
+            .is_some_and(|i| i.is::<Refused>());
+        if inner || c.is::<Refused>() {
+            return true;
+        }
+        cause = c.source();
+    }
+    false
 }
 
 fn is_localhost(name: &str) -> bool {
@@ -272,7 +297,12 @@ mod tests {
         // Names are filtered once resolved.
         let lo: SocketAddr = "127.0.0.1:0".parse().unwrap();
         let public: SocketAddr = "93.184.216.34:0".parse().unwrap();
-        assert!(g.filter("cdn.example", vec![lo]).is_err());
+        let refused = g.filter("cdn.example", vec![lo]).unwrap_err();
+        assert!(refused_by_resolver(&refused));
+        assert!(!refused_by_resolver(&io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            "denied by something else"
+        )));
         assert_eq!(
             g.filter("cdn.example", vec![lo, public]).unwrap(),
             vec![public]

@@ -2,10 +2,12 @@
 //! (`blob_request`, and `header_str` / `content_length` to read an answer's headers), its URL
 //! (always `cfg.url` plus a `/v2/` path) and headers (the client's minus credentials and hop-by-hop
 //! ones), and one exchange on the wire within `response_timeout`, counted, timed and its rate-limit
-//! headers recorded.
+//! headers recorded. A host the address policy refused once resolved fails the exchange as a bad
+//! upstream, not retried (as a refused redirect does).
 //!
 //! Rule of dependency: under `upstream`, uses its parent's [`Upstream`], `retry` (whether a
-//! transport failure is worth another try) and `auth` (what "the same origin" is); `error`, `oci`.
+//! transport failure is worth another try), `auth` (what "the same origin" is) and `guard` (a
+//! resolver's refusal); `error`, `oci`.
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -18,6 +20,7 @@ use tracing::debug;
 use url::Url;
 
 use super::auth::same_origin;
+use super::guard::refused_by_resolver;
 use super::retry::{Failure, retryable_transport};
 use super::{Upstream, redact};
 use crate::error::Error;
@@ -160,6 +163,14 @@ impl Upstream {
                         redact(url),
                         self.cfg.response_timeout
                     ),
+                )))
+            }
+            // The address policy, not the network: the same answer as a refused redirect.
+            Ok(Err(e)) if refused_by_resolver(&e) => {
+                status_label = "error".to_owned();
+                Err(Failure::from(Error::upstream_bad(
+                    &self.name,
+                    format!("{}: {}", redact(url), crate::error::chain(&e)),
                 )))
             }
             Ok(Err(e)) => {

@@ -470,6 +470,8 @@ async fn a_peer_with_wrong_bytes_is_never_believed() {
         1
     );
     assert!(liar.asked.load(std::sync::atomic::Ordering::SeqCst) >= 1);
+    // The peer is blamed, not the upstream (whose mismatches are counted).
+    assert_eq!(b.counter("berth_digest_mismatches_total").await, 0);
     // The liar's request carried a proof for exactly that path.
     let seen = liar.last_path.lock().unwrap().clone();
     assert_eq!(

@@ -22,6 +22,7 @@ mod cli;
 mod cluster;
 mod container;
 mod crash;
+mod dns;
 mod enospc;
 mod evict;
 mod house;

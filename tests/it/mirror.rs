@@ -713,6 +713,45 @@ async fn a_follower_joining_at_ninety_percent_gets_every_byte() {
     );
 }
 
+/// A HEAD for a blob whose fill is under way (bytes arriving) is answered from that fill, with the
+/// size the upstream announced: the upstream sees no HEAD.
+#[tokio::test]
+async fn a_head_during_a_fill_is_answered_from_the_fill() {
+    let fake = FakeRegistry::start().await;
+    let (layer, blob, release) = gated_blob(&fake, 1 << 20, 14, 1);
+    let b = berth(&fake, "").await;
+    let path = format!("/v2/app/blobs/{blob}");
+    let mut pull = b.stream(&path).await;
+    release.send_replace(1000);
+    pull.read_at_least(1000).await;
+    let head = b.request(Method::HEAD, &path, &[]).await;
+    assert_eq!(head.status, StatusCode::OK);
+    let size = layer.len().to_string();
+    assert_eq!(head.header("content-length"), Some(size.as_str()));
+    assert_eq!(
+        fake.hits(Method::HEAD, &format!("/v2/library/app/blobs/{blob}")),
+        0
+    );
+    release.send_replace(layer.len());
+    same(&Bytes::from(pull.finish().await.unwrap()), &layer);
+}
+
+/// A verified blob that cannot be put in place (here a directory squats its final path) is still
+/// served whole, is not cached, and is counted as a failed write.
+#[tokio::test]
+async fn a_blob_that_cannot_be_stored_is_served_and_counted() {
+    let fake = FakeRegistry::start().await;
+    let (layer, blob, release) = gated_blob(&fake, 1 << 20, 15, 1);
+    let b = berth(&fake, "").await;
+    let path = format!("/v2/app/blobs/{blob}");
+    let pull = b.stream(&path).await;
+    std::fs::create_dir_all(b.blob_file(&blob).join("squatter")).unwrap();
+    release.send_replace(layer.len());
+    same(&Bytes::from(pull.finish().await.unwrap()), &layer);
+    until_metric(&b, "berth_store_write_errors_total{kind=\"io\"}", 1).await;
+    assert!(b.blob_file(&blob).is_dir(), "nothing replaced the squatter");
+}
+
 #[tokio::test]
 async fn a_leader_failing_mid_stream_fails_every_follower_and_the_next_pull_refetches() {
     let fake = FakeRegistry::start().await;

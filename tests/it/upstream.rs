@@ -1038,8 +1038,9 @@ async fn rate_limit_headers_set_the_gauges() {
 /// refused when `allow_private_redirects = false`, before any connection; unset, a local upstream
 /// may redirect to a local object store. What this shows is the URL check (`Guard::check_url`):
 /// `localhost` and literal addresses are refused by it before anything is resolved. The guarded
-/// resolver's own refusal (a DNS name that resolves to a private address) needs a name that
-/// resolves so, which no test here has yet: breaking the resolver's check fails no test.
+/// resolver's own refusal (a DNS name that resolves to a private address, as a redirect target
+/// or a token realm) is shown by `tests/it/dns.rs`, with a DNS server of its own in a network
+/// namespace (`cargo test --test it dns:: -- --ignored`, run by tests/run.sh).
 #[tokio::test]
 async fn redirects_into_the_private_network_are_refused_unless_allowed() {
     let fake = FakeRegistry::start().await;
@@ -1079,6 +1080,29 @@ async fn redirects_into_the_private_network_are_refused_unless_allowed() {
     let (local, _) = upstream(&config(&fake.url(), ""));
     assert_eq!(get_bytes(&local, &path).await.1, &b"hello"[..]);
     assert_eq!(fake.requests_to(&cdn).len(), 1);
+}
+
+/// A realm that is not http(s) is never asked for a token, even with a host: the upstream's 401
+/// reaches the caller as it is.
+#[tokio::test]
+async fn a_token_realm_that_is_not_http_is_not_followed() {
+    let fake = FakeRegistry::start().await;
+    fake.require_token_auth(TokenAuth {
+        realm: Host::Other,
+        ..TokenAuth::default()
+    });
+    fake.put_tagged("x", "1", media::OCI_MANIFEST, MANIFEST);
+    fake.set_url(Host::Other, &fake.other_url().replace("http://", "ftp://"));
+    let (u, registry) = upstream(&config(&fake.url(), ""));
+    let r = get(&u, "/v2/x/manifests/1").await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    assert!(fake.token_requests().is_empty());
+    assert_eq!(fake.connections(Host::Other), 0);
+    let asked = registry
+        .gather()
+        .iter()
+        .any(|f| f.name() == "berth_upstream_token_requests_total");
+    assert!(!asked, "no token request was even tried");
 }
 
 /// A challenge whose realm is on a private address of another host is not followed when

@@ -1,9 +1,12 @@
-//! A fake upstream registry for integration tests: an in-process hyper server on 127.0.0.1:0.
+//! A fake upstream registry for integration tests: an in-process hyper server on 127.0.0.1:0 (or
+//! on addresses of a test's own network namespace, [`FakeRegistry::start_at`]).
 //!
 //! It serves the read side of the distribution API (`/v2/`, manifests by tag and digest, blobs with
 //! single ranges, tag lists), counts every request per (method, path), and can be told to require
 //! token or Basic auth and to misbehave per path ([`Fault`]). A second listener on another port is
-//! "another host": a CDN that blob GETs can be redirected to, and a foreign token realm.
+//! "another host": a CDN that blob GETs can be redirected to, and a foreign token realm. Either
+//! host may be named by a DNS name instead of its address ([`FakeRegistry::rename`]), and each
+//! counts the connections it accepted.
 //!
 //! Manifests are negotiated as the Distribution registry (2.8) does it, so that berth meets the
 //! same conversions as in the field: asked by tag without accepting the stored type, a Docker
@@ -24,7 +27,7 @@ pub mod wire;
 
 use std::collections::{BTreeSet, HashMap};
 use std::convert::Infallible;
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -46,8 +49,10 @@ use tokio::time::Instant;
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 type Body = BoxBody<Bytes, BoxError>;
 
+const LOOPBACK: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+
 /// Which of the two listeners a request reached.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Host {
     /// The registry itself.
     Main,
@@ -181,6 +186,8 @@ struct State {
     /// The referrers API of OCI 1.1, with this many referrers a page; `None`: no such route
     /// (404, as the Distribution registry 2.8 answers).
     referrers_page: Option<usize>,
+    /// Connections each host accepted.
+    accepted: HashMap<Host, usize>,
 }
 
 /// The fake registry; dropping it stops accepting connections.
@@ -204,24 +211,34 @@ impl Drop for FakeRegistry {
 impl FakeRegistry {
     /// Plain HTTP/1.1 on both listeners.
     pub async fn start() -> FakeRegistry {
-        Self::start_with(None).await
+        Self::start_with(None, LOOPBACK, LOOPBACK).await
+    }
+
+    /// Plain HTTP/1.1, the registry listening on `main` and the other host on `other` (port 0
+    /// each): for a test in a network namespace of its own, where it may add addresses.
+    pub async fn start_at(main: IpAddr, other: IpAddr) -> FakeRegistry {
+        Self::start_with(None, main, other).await
     }
 
     /// HTTPS (HTTP/2 and HTTP/1.1 by ALPN) on both listeners, with a certificate for 127.0.0.1
     /// signed by a CA made for this run; point the upstream's `ca_file` at [`Self::ca_file`].
     pub async fn start_tls() -> FakeRegistry {
         let (acceptor, ca_pem) = test_tls();
-        let mut f = Self::start_with(Some(acceptor)).await;
+        let mut f = Self::start_with(Some(acceptor), LOOPBACK, LOOPBACK).await;
         let mut file = tempfile::NamedTempFile::new().unwrap();
         std::io::Write::write_all(&mut file, ca_pem.as_bytes()).unwrap();
         f.ca = Some(file);
         f
     }
 
-    async fn start_with(tls: Option<tokio_rustls::TlsAcceptor>) -> FakeRegistry {
+    async fn start_with(
+        tls: Option<tokio_rustls::TlsAcceptor>,
+        main: IpAddr,
+        other: IpAddr,
+    ) -> FakeRegistry {
         let scheme = if tls.is_some() { "https" } else { "http" };
-        let main = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let other = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let main = TcpListener::bind((main, 0)).await.unwrap();
+        let other = TcpListener::bind((other, 0)).await.unwrap();
         let (main_addr, other_addr) = (main.local_addr().unwrap(), other.local_addr().unwrap());
         let state = Arc::new(Mutex::new(State {
             main_url: format!("{scheme}://{main_addr}"),
@@ -244,12 +261,36 @@ impl FakeRegistry {
 
     /// `http://127.0.0.1:<port>` (or https): the upstream `url`.
     pub fn url(&self) -> String {
-        format!("{}://{}", self.scheme, self.main)
+        self.with(|s| s.main_url.clone())
     }
 
     /// The other host's base URL.
     pub fn other_url(&self) -> String {
-        format!("{}://{}", self.scheme, self.other)
+        self.with(|s| s.other_url.clone())
+    }
+
+    /// From now on, names `host` by `name` (and its port) in every URL the fake hands out: its
+    /// base URL, its realm, the `Location` of [`Fault::RedirectToOther`].
+    pub fn rename(&self, host: Host, name: &str) {
+        let port = match host {
+            Host::Main => self.main.port(),
+            Host::Other => self.other.port(),
+        };
+        self.set_url(host, &format!("{}://{name}:{port}", self.scheme));
+    }
+
+    /// From now on, hands out `url` as `host`'s base URL (any scheme: a realm berth must refuse).
+    pub fn set_url(&self, host: Host, url: &str) {
+        let url = url.to_owned();
+        self.with(|s| match host {
+            Host::Main => s.main_url = url,
+            Host::Other => s.other_url = url,
+        });
+    }
+
+    /// How many connections `host` has accepted so far.
+    pub fn connections(&self, host: Host) -> usize {
+        self.with(|s| s.accepted.get(&host).copied().unwrap_or(0))
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -477,6 +518,7 @@ async fn serve(
         let Ok((tcp, _)) = listener.accept().await else {
             return;
         };
+        *state.lock().unwrap().accepted.entry(host).or_default() += 1;
         let state = state.clone();
         let tls = tls.clone();
         tokio::spawn(async move {

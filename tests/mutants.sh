@@ -1,0 +1,174 @@
+#!/usr/bin/env bash
+# Mutation testing of the files that hold berth's promises, with cargo-mutants (crates.io; installed
+# by tests/install-deps.sh). Each mutant (a deliberate small breakage: a condition negated, a
+# function returning a default) is built and the unit tests plus the `it` integration binary are
+# run against it (with nextest, stopping at the first failure); a mutant no test catches is a
+# survivor. The run fails on a survivor not listed, with its reason, in tests/mutants-equivalent.txt.
+#
+#   tests/mutants.sh --full [cargo-mutants args]   every mutant of the files below (about 300;
+#                                                  30 s each on 2 busy shared cores, so about 2.5
+#                                                  hours: for occasional use, under `nice -n 19`;
+#                                                  then record HEAD in tests/mutants-base)
+#   tests/mutants.sh --ci [BASE] [cargo-mutants args]
+#                                                  only the mutants in lines of these files changed
+#                                                  since BASE (default: the commit in
+#                                                  tests/mutants-base, the last full run)
+#
+# Either takes cargo-mutants' own options after the mode (`--in-place` mutates this tree instead of
+# a copy: what CI does, on its throwaway checkout, with its target/ already built; cargo-mutants'
+# copy does not keep file times, so a copy builds every dependency again first, about 3 minutes).
+# A timed-out mutant counts as caught: it made the tests hang, so they did not pass. The per-test
+# command runs the `#[ignore]`d suites that guard these files too (`dns::` needs root and network
+# namespaces, `enospc::` a tmpfs): run as root, as CI does.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# The invariant files, in one place.
+files=(
+    # The commit and its digest check; the fill that streams, verifies and commits.
+    src/store/pending.rs
+    src/fill/job.rs
+    # Reads, and the hold-back of a fill's last byte until the digest checked.
+    src/store/read.rs
+    # Single-flight, and which running fill a request may share.
+    src/flight.rs
+    src/fill/mod.rs
+    # "May this upstream serve this digest?" (upstream isolation).
+    src/origins/check.rs
+    # The SSRF guard, the client's resolver wiring, the redirect loop, the token realm check.
+    src/upstream/guard.rs
+    src/upstream/connect.rs
+    src/upstream/redirect.rs
+    src/upstream/auth/mod.rs
+    # Peer authentication in a cluster (the HMAC proof).
+    src/cluster/auth.rs
+)
+# Of src/upstream/auth/mod.rs only the realm check and where credentials may go are invariants:
+# the token flow itself is not mutated here.
+exclude_re='^src/upstream/auth/mod\.rs:.*(in |replace )(Upstream::(answer|token|fetch_token|authorization|proactive_auth)|challenges|basic_auth)( |$)'
+
+equivalent=tests/mutants-equivalent.txt
+base_file=tests/mutants-base
+out=${MUTANTS_OUT:-target/mutants}
+
+usage() {
+    sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//' >&2
+    exit 2
+}
+
+mode=${1:-}
+shift || true
+scope=()
+case "$mode" in
+--full)
+    # The unmutated tree first: were its tests failing, every mutant would count as caught.
+    scope=(--baseline=run)
+    ;;
+--ci)
+    base=
+    if [[ $# -gt 0 && $1 != -* ]]; then
+        base=$1
+        shift
+    fi
+    if [[ -z $base ]]; then
+        base=$(grep -v '^#' "$base_file" | head -n1)
+    fi
+    # A shallow clone may not hold the base: then fall back to main's merge base, then to the
+    # parent commit, and say so; with none of them, fail rather than pass unchecked.
+    if ! git cat-file -e "$base^{commit}" 2>/dev/null; then
+        echo "mutants: base $base is not in this clone's history" >&2
+        base=
+        for candidate in "$(git merge-base HEAD origin/main 2>/dev/null)" "$(git rev-parse -q --verify 'HEAD^' 2>/dev/null)"; do
+            if [[ -n $candidate ]]; then
+                base=$candidate
+                break
+            fi
+        done
+        if [[ -z $base ]]; then
+            echo "mutants: no base commit in history (shallow clone?): fetch more history or run --full" >&2
+            exit 1
+        fi
+        echo "mutants: falling back to base $base" >&2
+    fi
+    mkdir -p "$out"
+    diff="$out/ci.diff"
+    git diff "$base...HEAD" -- "${files[@]}" >"$diff"
+    if [[ ! -s $diff ]]; then
+        echo "mutants: no invariant file changed since $base"
+        exit 0
+    fi
+    echo "mutants: the invariant files' changes since $base: $(git diff --stat "$base...HEAD" -- "${files[@]}" | tail -n1)"
+    # CI ran these tests on the unmutated tree just before.
+    scope=(--in-diff "$diff" --baseline=skip)
+    ;;
+*) usage ;;
+esac
+
+# A copy of the tree gets this one's target/ (else it builds every dependency again); in place, the
+# tree's own target/ serves.
+where=(--copy-target=true)
+for a in "$@"; do
+    if [[ $a == --in-place ]]; then
+        where=()
+    fi
+done
+
+file_args=()
+for f in "${files[@]}"; do
+    file_args+=(-f "$f")
+done
+
+# CI keeps its mutants step to a few minutes (20 to 30 s a mutant): a change bigger than this asks
+# for a full run, recorded in tests/mutants-base, rather than a long CI.
+if [[ $mode == --ci ]]; then
+    listed=$(cargo mutants --list "${file_args[@]}" --exclude-re "$exclude_re" --in-diff "$diff")
+    n=$(grep -c . <<<"$listed" || true)
+    max=${MUTANTS_CI_MAX:-20}
+    echo "mutants: $n mutants in the changed lines"
+    if ((n == 0)); then
+        exit 0
+    fi
+    if ((n > max)); then
+        echo "mutants: more than $max: run tests/mutants.sh --full (about 2.5 hours), then record its" \
+            "commit in $base_file" >&2
+        exit 1
+    fi
+fi
+
+mkdir -p "$out"
+start=$(date +%s)
+set +e
+cargo mutants \
+    "${file_args[@]}" --exclude-re "$exclude_re" "${scope[@]}" \
+    --test-tool=nextest "${where[@]}" \
+    --timeout "${MUTANTS_TIMEOUT:-180}" --build-timeout "${MUTANTS_BUILD_TIMEOUT:-900}" \
+    --cargo-arg=--lib --cargo-arg=--test=it \
+    --output "$out" "$@" \
+    -- --run-ignored all --no-tests=pass \
+    -E 'kind(lib) | (binary(it) & not test(/^(s3|container|observability)::/))'
+status=$?
+set -e
+elapsed=$(($(date +%s) - start))
+results="$out/mutants.out"
+# 0: all caught; 2: survivors; 3: timeouts (a hang is caught: the tests did not pass).
+if [[ $status -ne 0 && $status -ne 2 && $status -ne 3 ]]; then
+    echo "mutants: cargo mutants failed (exit $status)" >&2
+    exit "$status"
+fi
+
+touch "$results/missed.txt"
+count() { if [[ -f $results/$1 ]]; then grep -c . "$results/$1" || true; else echo 0; fi; }
+# A mutant's name without its line and column, which move with every edit above it.
+strip() { sed -E 's/^([^:]+):[0-9]+:[0-9]+: /\1: /'; }
+known=$({ grep -v -e '^#' -e '^$' "$equivalent" || true; } | sed -E 's/ +# .*$//' | sort -u)
+new=$(strip <"$results/missed.txt" | sort -u | comm -23 - <(echo "$known"))
+equivalent_seen=$(strip <"$results/missed.txt" | sort -u | comm -12 - <(echo "$known") | grep -c . || true)
+
+echo "mutants: caught $(count caught.txt), survived $(count missed.txt) (equivalent $equivalent_seen)," \
+    "timed out $(count timeout.txt), unviable $(count unviable.txt), in ${elapsed}s"
+if [[ -n $new ]]; then
+    echo "mutants: survivors that no test catches and $equivalent does not list:" >&2
+    echo "$new" | sed 's/^/  /' >&2
+    echo "mutants: add a test that catches each (in a suite CI runs), or a line with its reason to $equivalent" >&2
+    exit 1
+fi
