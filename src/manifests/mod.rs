@@ -79,29 +79,12 @@ impl Manifest {
     /// The digests this manifest names: its config and layers, or an index's manifests (and an
     /// artifact's blobs). Unparsable JSON names nothing.
     pub fn references(&self) -> Vec<Digest> {
-        #[derive(serde::Deserialize)]
-        struct Descriptor {
-            digest: Option<String>,
-        }
-        #[derive(serde::Deserialize)]
-        struct Names {
-            config: Option<Descriptor>,
-            #[serde(default)]
-            layers: Vec<Descriptor>,
-            #[serde(default)]
-            manifests: Vec<Descriptor>,
-            #[serde(default)]
-            blobs: Vec<Descriptor>,
-        }
-        let Ok(n) = serde_json::from_slice::<Names>(&self.bytes) else {
-            return Vec::new();
-        };
+        let n = crate::oci::Named::of(&self.bytes);
         n.config
             .into_iter()
             .chain(n.layers)
             .chain(n.manifests)
             .chain(n.blobs)
-            .filter_map(|d| d.digest?.parse().ok())
             .collect()
     }
 }

@@ -255,6 +255,47 @@ impl FromStr for Reference {
     }
 }
 
+/// The digests a manifest names, by where it names them: `config`, `layers`, an index's
+/// `manifests`, an artifact's `blobs`. Entries without a sha256 digest, and JSON that does not
+/// parse, name nothing.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Named {
+    pub config: Option<Digest>,
+    pub layers: Vec<Digest>,
+    pub manifests: Vec<Digest>,
+    pub blobs: Vec<Digest>,
+}
+
+impl Named {
+    pub fn of(bytes: &[u8]) -> Named {
+        #[derive(serde::Deserialize)]
+        struct Descriptor {
+            digest: Option<String>,
+        }
+        #[derive(serde::Deserialize)]
+        struct Names {
+            config: Option<Descriptor>,
+            #[serde(default)]
+            layers: Vec<Descriptor>,
+            #[serde(default)]
+            manifests: Vec<Descriptor>,
+            #[serde(default)]
+            blobs: Vec<Descriptor>,
+        }
+        let Ok(n) = serde_json::from_slice::<Names>(bytes) else {
+            return Named::default();
+        };
+        let digest = |d: Descriptor| d.digest?.parse().ok();
+        let digests = |v: Vec<Descriptor>| v.into_iter().filter_map(digest).collect();
+        Named {
+            config: n.config.and_then(digest),
+            layers: digests(n.layers),
+            manifests: digests(n.manifests),
+            blobs: digests(n.blobs),
+        }
+    }
+}
+
 /// Media types berth serves as manifests.
 pub mod media {
     pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";

@@ -261,35 +261,14 @@ fn is_referrers_list(bytes: &[u8]) -> bool {
 /// the manifests of an index (let through only from a verified index); `blobs`, an image's or an
 /// artifact's config, layers and blobs.
 pub fn named(bytes: &[u8]) -> (Vec<Digest>, Vec<Digest>) {
-    #[derive(serde::Deserialize)]
-    struct Descriptor {
-        digest: Option<String>,
-    }
-    #[derive(serde::Deserialize)]
-    struct Names {
-        config: Option<Descriptor>,
-        #[serde(default)]
-        layers: Vec<Descriptor>,
-        #[serde(default)]
-        manifests: Vec<Descriptor>,
-        #[serde(default)]
-        blobs: Vec<Descriptor>,
-    }
-    let Ok(n) = serde_json::from_slice::<Names>(bytes) else {
-        return (Vec::new(), Vec::new());
-    };
-    let digests = |v: Vec<Descriptor>| -> Vec<Digest> {
-        v.into_iter()
-            .filter_map(|d| d.digest?.parse().ok())
-            .collect()
-    };
+    let n = crate::oci::Named::of(bytes);
     let blobs = n
         .config
         .into_iter()
         .chain(n.layers)
         .chain(n.blobs)
         .collect();
-    (digests(n.manifests), digests(blobs))
+    (n.manifests, blobs)
 }
 
 /// A verdict on one digest under one policy.
