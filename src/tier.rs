@@ -32,14 +32,19 @@
 //! from `resolved_at`, then revalidated, and served stale while the upstream fails.
 //!
 //! # Uploads
-//! A blob filled from the upstream and committed to the local disk is uploaded from that
-//! verified file by a background task ([`Tier::upload`]; `put_blob` hashes it again and skips it
-//! when the bucket already has it), at most [`MAX_UPLOADS`] at once; then the upstream's origin
-//! marker is written (`store::s3`'s layout). A fill that passed through from memory (the disk was
-//! full) or that could not be kept locally is not uploaded: there is no verified file to read it
-//! from, and holding a second copy in memory for the bucket is what a full disk cannot afford.
-//! Trade-off: a replica that dies between its local commit and the end of the upload leaves the
-//! bucket without the blob; the next replica's miss fetches it again.
+//! A blob filled from the upstream streams into the bucket beside its fill ([`Tier::tee`], the
+//! `tee` room): the fill hands the upload every chunk it hashes, and the upload is completed
+//! only on the fill's verdict, so the blob is in the bucket as soon as it is verified, with no
+//! second read of the file and no second hash. When no upload slot is free as the fill starts
+//! (at most [`MAX_UPLOADS`] at once), or the bucket falls [`TEE_BACKLOG`] behind the upstream,
+//! the blob is uploaded from the verified file once committed instead, by a background task
+//! ([`Tier::upload`]; `put_blob` hashes it again and skips it when the bucket already has it).
+//! Then the upstream's origin marker is written (`store::s3`'s layout). A fill that passed
+//! through from memory (the disk was full) reaches the bucket only through its tee: there is no
+//! file to read it from afterwards.
+//! Trade-off: a replica that dies before its fill is verified leaves the bucket without the
+//! blob; the next replica's miss fetches it again. A tee whose upload fails is not retried:
+//! the share's backfill puts back what was pulled but is missing.
 //!
 //! # The share
 //! Pulls are noted in memory and flushed as access markers; what was pulled here but is missing
@@ -51,10 +56,12 @@
 //! and share.
 
 mod share;
+mod tee;
 
 pub use share::{
     EVICT_EVERY, FLUSH_EVERY, PullSource, READ_TOUCH_EVERY, ShareInfo, ShareState, TOUCH_EVERY,
 };
+pub use tee::{BACKLOG as TEE_BACKLOG, Tee};
 
 use std::fmt;
 use std::sync::{Arc, Mutex};

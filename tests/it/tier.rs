@@ -307,15 +307,71 @@ async fn wrong_bytes_from_the_upstream_are_not_uploaded() {
 
     assert!(b.get(&blob_path(&d)).await.body.is_err());
     b.settled().await;
+    // The wrong bytes streamed towards the bucket beside the fill, and were refused there on
+    // the fill's verdict: nothing under the key, no origin.
+    until_metric(
+        &b,
+        "berth_bucket_requests_total{op=\"upload\",outcome=\"unverified\"}",
+        1,
+    )
+    .await;
+    assert!(shared.get(&shared.blob_key(&d)).await.is_none());
+    assert!(
+        shared
+            .get(&shared.origin_key("registry.test", &d))
+            .await
+            .is_none()
+    );
     // The right bytes next time are uploaded: the path is live, and only they went up.
     same(b.get(&blob_path(&d)).await.bytes(), &layer);
     shared.until(&shared.origin_key("registry.test", &d)).await;
     assert_eq!(faults.blob_puts.load(Ordering::SeqCst), 1);
     assert_eq!(shared.get(&shared.blob_key(&d)).await.unwrap(), layer);
     assert_eq!(
-        b.counter("berth_bucket_requests_total{op=\"upload\"").await,
+        b.counter("berth_bucket_requests_total{op=\"upload\",outcome=\"ok\"}")
+            .await,
         1
     );
+}
+
+#[tokio::test]
+async fn a_bucket_slower_than_the_upstream_never_slows_the_pull() {
+    let fake = FakeRegistry::start().await;
+    // Past the tee's backlog: the upload beside the fill is called off.
+    let size = berth::tier::TEE_BACKLOG as usize + (1 << 20);
+    let layer = random_bytes(size, 11);
+    let d = fake.put_blob("team/app", layer.clone());
+    let shared = Shared::new();
+    let (store, faults) = Faulty::new(shared.inner.clone());
+    let bucket = Bucket::with_store(Arc::new(store), "mirror/", BucketMetrics::new())
+        .with_part_size(64 * 1024);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), &[("registry.test", &fake.url())], "");
+    let b = start_with_bucket(&cfg, dir, bucket).await;
+
+    // The bucket takes no part at all: the pull completes regardless.
+    faults.hold_parts.store(true, Ordering::SeqCst);
+    same(b.get(&blob_path(&d)).await.bytes(), &layer);
+    b.settled().await;
+    assert!(shared.get(&shared.blob_key(&d)).await.is_none());
+    // Once the bucket moves again, the upload that fell behind is aborted, and the blob goes up
+    // from the verified file instead.
+    faults.hold_parts.store(false, Ordering::SeqCst);
+    faults.parts_released.notify_waiters();
+    until_metric(
+        &b,
+        "berth_bucket_requests_total{op=\"upload\",outcome=\"unverified\"}",
+        1,
+    )
+    .await;
+    shared.until(&shared.origin_key("registry.test", &d)).await;
+    assert_eq!(shared.get(&shared.blob_key(&d)).await.unwrap(), layer);
+    assert_eq!(
+        b.counter("berth_bucket_requests_total{op=\"upload\",outcome=\"ok\"}")
+            .await,
+        1
+    );
+    assert_eq!(fake.hits(Method::GET, &blob_path(&d)), 1);
 }
 
 #[tokio::test]

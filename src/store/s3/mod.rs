@@ -62,6 +62,10 @@ pub enum BucketError {
     /// The bytes handed to an upload were not the announced size: aborted, nothing stored.
     #[error("size mismatch: expected {expected} bytes, got {actual}")]
     Size { expected: u64, actual: u64 },
+    /// The source of a vouched upload ([`Bucket::put_blob_vouched`]) did not verify its bytes
+    /// (a wrong digest, or it failed first): aborted, nothing stored.
+    #[error("upload not verified by its source")]
+    Unverified,
     /// The body being uploaded failed (the upstream broke off): aborted, nothing stored.
     #[error("upload source failed: {0}")]
     Source(String),

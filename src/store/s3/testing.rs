@@ -37,6 +37,10 @@ pub struct Faults {
     pub fail_complete: AtomicBool,
     /// Hold every completion forever (a server that takes its time).
     pub hold_complete: AtomicBool,
+    /// Hold every part upload until this is cleared and [`Faults::parts_released`] notified (a
+    /// bucket slower than the upstream).
+    pub hold_parts: AtomicBool,
+    pub parts_released: Notify,
     /// Hold every GET body after its first KiB until [`Faults::release`] is notified.
     pub hold_get: AtomicBool,
     pub release: Notify,
@@ -273,6 +277,13 @@ impl MultipartUpload for FaultyUpload {
         let part = self.inner.put_part(data);
         let faults = self.faults.clone();
         Box::pin(async move {
+            loop {
+                let released = faults.parts_released.notified();
+                if !faults.hold_parts.load(Ordering::SeqCst) {
+                    break;
+                }
+                released.await;
+            }
             // The part's bytes went (half) out and the connection broke: the server has no part.
             let res = match fail {
                 true => Err(injected("part upload broke off")),

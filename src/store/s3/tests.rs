@@ -795,3 +795,69 @@ async fn verify_reports_what_it_could_not_delete_and_fails_without_a_listing() {
     faults.down.store(true, Ordering::SeqCst);
     assert!(crate::verify::bucket::run(&b).await.is_err());
 }
+
+/// A vouched upload (`tier::tee`): the upload's body and the verdict of whoever hashed it.
+fn vouched(
+    b: &Arc<Bucket>,
+    d: &Digest,
+    size: Option<u64>,
+    data: &Bytes,
+) -> (
+    tokio::task::JoinHandle<Result<Stored, BucketError>>,
+    tokio::sync::watch::Sender<Option<bool>>,
+) {
+    let (tx, rx) = tokio::sync::watch::channel(None);
+    let (b, d, data) = (b.clone(), d.clone(), data.clone());
+    let task = tokio::spawn(async move { b.put_blob_vouched(&d, size, body(&data), rx).await });
+    (task, tx)
+}
+
+#[tokio::test]
+async fn a_vouched_upload_completes_only_on_its_sources_verdict() {
+    let (b, faults) = bucket();
+    let b = Arc::new(b);
+    let data = blob(3 * PART + 5);
+    let d = Digest::of(&data);
+    let (task, verdict) = vouched(&b, &d, Some(data.len() as u64), &data);
+    // Every byte is up (the parts), but nothing is visible until the verdict.
+    let all_parts = async {
+        while faults.parts.load(Ordering::SeqCst) < 3 {
+            tokio::task::yield_now().await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), all_parts)
+        .await
+        .expect("the parts go up before the verdict");
+    assert!(!task.is_finished(), "waits for the verdict");
+    assert!(b.head_blob(&d).await.unwrap().is_none());
+    verdict.send_replace(Some(true));
+    assert_eq!(task.await.unwrap().unwrap(), Stored::Uploaded);
+    let r = b.get_blob(&d, None).await.unwrap().unwrap();
+    assert_eq!(read_all(r).await, data.as_ref());
+    assert_eq!(faults.completes.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn a_vouched_upload_is_aborted_when_its_source_says_no_or_goes_away() {
+    let (b, faults) = bucket();
+    let b = Arc::new(b);
+    // The upload does not hash: it takes the source's word, so even the right bytes are
+    // refused on a "no" (the fill found them wrong: the same bytes, hashed there).
+    let data = blob(2 * PART + 9);
+    let d = Digest::of(&data);
+    let (task, verdict) = vouched(&b, &d, Some(data.len() as u64), &data);
+    verdict.send_replace(Some(false));
+    assert!(matches!(task.await.unwrap(), Err(BucketError::Unverified)));
+    // A source that goes away without a word (a fill dropped mid-way).
+    let (task, verdict) = vouched(&b, &d, Some(data.len() as u64), &data);
+    drop(verdict);
+    assert!(matches!(task.await.unwrap(), Err(BucketError::Unverified)));
+    assert_aborted(&b, &faults, &d, "unverified", 2).await;
+    assert_eq!(requests(&b, "upload", "unverified"), 2);
+    // A verdict of yes does not make a body of the wrong size complete.
+    let (task, verdict) = vouched(&b, &d, Some(data.len() as u64 + 1), &data);
+    verdict.send_replace(Some(true));
+    assert!(matches!(task.await.unwrap(), Err(BucketError::Size { .. })));
+    assert_eq!(faults.completes.load(Ordering::SeqCst), 0);
+    assert!(b.head_blob(&d).await.unwrap().is_none());
+}

@@ -3,7 +3,10 @@
 //!
 //! A blob goes up as a multipart upload that hashes every byte on the way and is completed only
 //! when the sha256 (and the size, when known) matched; otherwise it is aborted, and so on any
-//! error, and when the future is dropped (a guard spawns the abort). S3 makes a multipart object
+//! error, and when the future is dropped (a guard spawns the abort). A fill streaming its blob
+//! up as it fills ([`Bucket::put_blob_vouched`], `tier::tee`) hashes those very bytes itself:
+//! there the upload takes the fill's verdict instead of hashing them twice, and aborts unless
+//! it is "verified". S3 makes a multipart object
 //! visible only at completion, so a reader never sees a part of it. A blob that ends within its
 //! first part is held in memory and goes up in one PUT, after it was verified.
 //! Correctness does not rest on conditional PUT (some servers ignore `If-None-Match`): two
@@ -29,10 +32,20 @@ use object_store::{
     Attribute, Attributes, MultipartUpload, PutMultipartOptions, PutOptions, PutPayloadMut,
 };
 use sha2::{Digest as _, Sha256};
+use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use super::{Bucket, BucketError, Stored};
 use crate::oci::Digest;
+
+/// Who checks an upload's bytes against the digest before it is completed.
+enum Check {
+    /// The upload hashes them itself.
+    Hash(Sha256),
+    /// The caller hashes the very same bytes, in the same order, and says so: `Some(true)` when
+    /// they matched the digest. Dropped without a verdict, or `Some(false)`: aborted.
+    Vouched(watch::Receiver<Option<bool>>),
+}
 
 impl Bucket {
     /// Uploads a blob from `body`, verifying it on the way (see the module docs): completed only
@@ -45,6 +58,34 @@ impl Bucket {
         expected_size: Option<u64>,
         body: impl Stream<Item = Result<Bytes, E>>,
     ) -> Result<Stored, BucketError> {
+        self.put_checked(digest, expected_size, body, Check::Hash(Sha256::new()))
+            .await
+    }
+
+    /// [`put_blob`](Self::put_blob) for bytes that their source hashes anyway: a fill streaming
+    /// its blob into the bucket while it verifies it (`tier::tee`). The upload does not hash;
+    /// after the body's last byte it waits for `verdict`, and completes only on `Some(true)`
+    /// (and the expected size); a verdict of `false`, or its sender dropped first, aborts it
+    /// ([`BucketError::Unverified`]). Sound only when `body` carries exactly the bytes the
+    /// verdict is about, in order: the caller's promise.
+    pub async fn put_blob_vouched<E: fmt::Display>(
+        &self,
+        digest: &Digest,
+        expected_size: Option<u64>,
+        body: impl Stream<Item = Result<Bytes, E>>,
+        verdict: watch::Receiver<Option<bool>>,
+    ) -> Result<Stored, BucketError> {
+        self.put_checked(digest, expected_size, body, Check::Vouched(verdict))
+            .await
+    }
+
+    async fn put_checked<E: fmt::Display>(
+        &self,
+        digest: &Digest,
+        expected_size: Option<u64>,
+        body: impl Stream<Item = Result<Bytes, E>>,
+        check: Check,
+    ) -> Result<Stored, BucketError> {
         if let Some(have) = self.head_blob(digest).await?
             && expected_size.is_none_or(|s| s == have.size)
         {
@@ -55,10 +96,11 @@ impl Bucket {
             return Ok(Stored::AlreadyThere);
         }
         let started = Instant::now();
-        let result = self.upload(digest, expected_size, body).await;
+        let result = self.upload(digest, expected_size, body, check).await;
         let outcome = match &result {
             Ok(_) => "ok",
             Err(BucketError::Digest { .. } | BucketError::Size { .. }) => "mismatch",
+            Err(BucketError::Unverified) => "unverified",
             Err(BucketError::Source(_)) => "source_error",
             Err(_) => "error",
         };
@@ -71,6 +113,7 @@ impl Bucket {
         digest: &Digest,
         expected_size: Option<u64>,
         body: impl Stream<Item = Result<Bytes, E>>,
+        mut check: Check,
     ) -> Result<Stored, BucketError> {
         let mut up = Upload {
             bucket: self,
@@ -79,7 +122,6 @@ impl Bucket {
             parts: JoinSet::new(),
             buffer: PutPayloadMut::new(),
         };
-        let mut hasher = Sha256::new();
         let mut size = 0u64;
         let mut body = std::pin::pin!(body);
         while let Some(chunk) = body.next().await {
@@ -100,10 +142,25 @@ impl Bucket {
                     actual: size,
                 });
             }
-            hasher.update(&chunk);
+            if let Check::Hash(h) = &mut check {
+                h.update(&chunk);
+            }
             if let Err(e) = up.put(chunk).await {
                 up.abort("error").await;
                 return Err(e);
+            }
+        }
+        // A vouched body may have ended early because its source failed or called it off: its
+        // verdict says which, before the size does.
+        if let Check::Vouched(verdict) = &mut check {
+            // `wait_for` fails when the sender is gone without a verdict: not verified.
+            let verified = verdict
+                .wait_for(Option::is_some)
+                .await
+                .is_ok_and(|v| *v == Some(true));
+            if !verified {
+                up.abort("unverified").await;
+                return Err(BucketError::Unverified);
             }
         }
         if let Some(expected) = expected_size
@@ -115,13 +172,15 @@ impl Bucket {
                 actual: size,
             });
         }
-        let actual = Digest::from_sha256(&hasher.finalize());
-        if actual != *digest {
-            up.abort("digest").await;
-            return Err(BucketError::Digest {
-                expected: digest.clone(),
-                actual,
-            });
+        if let Check::Hash(h) = check {
+            let actual = Digest::from_sha256(&h.finalize());
+            if actual != *digest {
+                up.abort("digest").await;
+                return Err(BucketError::Digest {
+                    expected: digest.clone(),
+                    actual,
+                });
+            }
         }
         if let Err(e) = up.complete().await {
             up.abort("error").await;

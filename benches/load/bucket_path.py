@@ -1,0 +1,270 @@
+#!/usr/bin/env python3
+"""The replica data paths of issue 19, measured as ratios in one run: a hit from the bucket with an
+empty disk against a direct presigned GET of the same object, eight clients of one fresh blob from
+the bucket, and a cold pull through a replica that does not own the digest against one through a
+single berth. Built on benches/load/cluster.py's servers (Ceph RGW, the Distribution registry as
+origin, berth in release), the same machine, the same blob.
+
+Figures (each the median of --rounds interleaved rounds unless said):
+  bucket1    a berth with an empty disk over the bucket holding the blob, 1 client: GB/s, berth
+             CPU s/GB, RGW CPU s/GB; against `curl` of a presigned GET of the same object (RGW
+             direct: the ceiling)
+  bucket8    the same, 8 clients of the fresh blob at once: wall against bucket1's wall, bucket
+             GETs made (target: one), every client's body complete (curl checks nothing; berth
+             verifies before the last byte, so a complete 200 is a verified body)
+  cold       one cold pull through a single berth over the bucket (s3) and through the replica of
+             three that owns the digest last (x3): seconds, CPU summed over the replicas
+  to_bucket  after the cold s3 pull: seconds from the pull's start until the blob is in the bucket
+
+Usage: python3 benches/load/bucket_path.py [--quick] [--rounds N] [--only bucket1] [--perf DIR]
+                                          [--berth BIN] [--before BIN]
+  --before BIN a second binary (say, main's), measured beside --berth figure by figure: the
+               "before" and "after" columns of one run
+  --perf DIR   record `perf record -g` of the berth serving bucket1 and of the x3 replicas in
+               the cold pull (first round) into DIR, with folded stacks for flame graphs
+"""
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import cluster  # noqa: E402
+from cluster import Failed, log, metric, scrape  # noqa: E402
+
+
+def peak_rss_mib(pid):
+    """A process's peak resident memory (VmHWM), MiB."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+class PathBench(cluster.Bench):
+    def __init__(self, args):
+        super().__init__(args)
+        self.runs = args.rounds
+        self.samples = {}
+        self.bins = {"after": args.berth}
+        if args.before:
+            self.bins["before"] = args.before
+        self.label = "after"
+
+    def add(self, key, value):
+        self.samples.setdefault((self.label, key), []).append(value)
+
+    def use(self, label):
+        """Runs the next figures with this subject's binary (`after`: --berth, `before`: --before)."""
+        self.label = label
+        self.args.berth = self.bins[label]
+
+    def perf_start(self, name, pids):
+        if not self.args.perf:
+            return None
+        os.makedirs(self.args.perf, exist_ok=True)
+        name = f"{self.label}-{name}"
+        out = os.path.join(self.args.perf, f"{name}.data")
+        what = ["record", "-g", "-F", "999"]
+        if os.environ.get("BENCH_PERF_STAT"):
+            # Syscall and context-switch counts instead of a profile.
+            out = os.path.join(self.args.perf, f"{name}.stat")
+            what = ["stat", "-e", os.environ["BENCH_PERF_STAT"]]
+        p = subprocess.Popen(
+            ["perf", *what, "-o", out, "-p", ",".join(map(str, pids))],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        time.sleep(0.5)  # perf attaches asynchronously; a profile, not a figure, depends on it
+        return p
+
+    def perf_stop(self, p):
+        if p:
+            p.send_signal(2)
+            p.wait()
+
+    def seed_bucket(self):
+        """A prefix whose bucket holds the blob (a cold pull through one berth, then settled)."""
+        prefix = self.fresh_prefix()
+        s = self.start_berth("seed", prefix=prefix)
+        got = self.pull(s.url)
+        if got["bytes"] != self.size:
+            raise Failed("seed pull incomplete")
+        self.settle("s3", [s], prefix)
+        self.stop(s)
+        return prefix
+
+    def bucket_hit(self, prefix, clients, profile):
+        s = self.start_berth("s3", prefix=prefix)
+        gets0 = metric(scrape(s), 'berth_bucket_requests_total{op="get"}')
+        perf = self.perf_start(f"bucket{clients}", [s.pid]) if profile else None
+        got, wall, cpu, ceph = self.measured(lambda: self.pulls([s.url] * clients), [s.pid])
+        self.perf_stop(perf)
+        short = sum(1 for g in got if g["bytes"] != self.size)
+        if short:
+            raise Failed(f"bucket hit x{clients}: {short} incomplete bodies")
+        gets = metric(scrape(s), 'berth_bucket_requests_total{op="get"}') - gets0
+        from_bucket = metric(scrape(s), 'berth_answers_total{source="bucket"}')
+        self.add(f"bucket{clients}_hwm_mib", peak_rss_mib(s.pid))
+        self.stop(s)
+        gb = self.size / 1e9
+        self.add(f"bucket{clients}_wall", wall)
+        self.add(f"bucket{clients}_gbps", gb * clients / wall)
+        self.add(f"bucket{clients}_cpu", cpu / gb)
+        self.add(f"bucket{clients}_ceph", ceph / gb)
+        self.add(f"bucket{clients}_gets", gets)
+        self.add(f"bucket{clients}_answers", from_bucket)
+        self.add(f"bucket{clients}_ttfb_ms", statistics.median(g["ttfb"] for g in got) * 1000)
+
+    def rgw_direct(self, prefix):
+        url = self.s3.generate_presigned_url(
+            "get_object",
+            Params={"Bucket": cluster.BUCKET, "Key": f"{prefix}/blobs/sha256/{self.digest[7:]}"},
+            ExpiresIn=3600,
+        )
+        pids = self.ceph_pids()
+        c0, t0 = cluster.cpu_seconds(pids), time.monotonic()
+        out = subprocess.run(
+            ["curl", "-s", "-o", "/dev/null", "-w", "%{size_download}", url], capture_output=True, text=True
+        ).stdout
+        wall = time.monotonic() - t0
+        if int(out or 0) != self.size:
+            raise Failed("RGW direct read incomplete")
+        self.add("rgw_gbps", self.size / 1e9 / wall)
+        self.add("rgw_ceph", (cluster.cpu_seconds(pids) - c0) / (self.size / 1e9))
+
+    def cold(self, subject, profile):
+        prefix = self.fresh_prefix()
+        srv = self.subject_servers(subject, prefix)
+        before = self.origin_gets()
+        perf = self.perf_start(f"cold-{subject}", [s.pid for s in srv]) if profile else None
+        t0 = time.monotonic()
+        got, _, cpu, _ = self.measured(lambda: self.pull(srv[0].url), [s.pid for s in srv])
+        self.perf_stop(perf)
+        if got["bytes"] != self.size:
+            raise Failed(f"{subject} cold pull incomplete")
+        if self.origin_gets() - before != 1:
+            log(f"WARNING: {subject} cold pull made {self.origin_gets() - before} upstream fetches")
+        if subject == "x3" and metric(scrape(srv[0]), 'berth_owner_handoffs_total{result="peer"}') != 1:
+            log("WARNING: the x3 cold pull was not handed to the owner")
+        self.add(f"cold_{subject}_s", got["total"])
+        self.add(f"cold_{subject}_cpu", cpu / (self.size / 1e9))
+        if subject == "s3":
+            self.wait_in_bucket(f"{prefix}/blobs/sha256/{self.digest[7:]}")
+            self.add("to_bucket_s", time.monotonic() - t0)
+        self.settle(subject, srv[:1], prefix)
+        for s in srv:
+            self.stop(s)
+        self.drop_prefix(prefix)
+
+    def run(self):
+        self.start_ceph()
+        with open(os.path.join(self.work, "cluster-secret"), "w") as f:
+            f.write(os.urandom(32).hex() + "\n")
+        self.cluster_secret = os.path.join(self.work, "cluster-secret")
+        self.start_origin()
+        self.use("after")
+        prefix = self.seed_bucket()
+        for r in range(self.runs):
+            first = r == 0
+            log(f"round {r + 1}/{self.runs}")
+            # Subjects interleave figure by figure, so the shared machine's load falls on both.
+            for label in self.bins:
+                self.use(label)
+                self.bucket_hit(prefix, 1, first)
+                self.rgw_direct(prefix)
+            if self.args.only == "bucket1":
+                continue
+            for label in self.bins:
+                self.use(label)
+                self.bucket_hit(prefix, 8, first)
+            for label in self.bins:
+                self.use(label)
+                self.cold("s3", False)
+            for label in self.bins:
+                self.use(label)
+                self.cold("x3", first)
+
+    def report(self):
+        labels = list(self.bins)
+        cols = {label: self.column(label) for label in labels}
+        names = [name for name, _ in cols[labels[0]]]
+        head = (
+            f"Run {time.strftime('%Y-%m-%dT%H:%MZ', time.gmtime())}, HEAD {cluster.git('rev-parse', '--short', 'HEAD')}, "
+            f"blob {self.blob_mib} MiB, {self.runs} round(s) interleaving {' and '.join(labels)}, "
+            f"load {open('/proc/loadavg').read().split()[:3]}"
+        )
+        for label in labels:
+            head += f"\n{label}: {self.bins[label]}"
+        text = head + "\n\n| figure | " + " | ".join(labels) + " |\n|---|" + "---|" * len(labels) + "\n"
+        for i, name in enumerate(names):
+            text += f"| {name} | " + " | ".join(cols[label][i][1] for label in labels) + " |\n"
+        print(text)
+        with open(self.args.out, "w") as f:
+            f.write(text)
+
+    def column(self, label):
+        nan = float("nan")
+        med = {k: statistics.median(v) for (lbl, k), v in self.samples.items() if lbl == label}
+        worst = {k: max(v) for (lbl, k), v in self.samples.items() if lbl == label}
+
+        def m(key):
+            return med.get(key, nan)
+
+        return [
+            ("hit from the bucket, 1 client: GB/s", f"{m('bucket1_gbps'):.2f}"),
+            ("RGW direct (presigned GET, curl): GB/s", f"{m('rgw_gbps'):.2f}"),
+            ("bucket hit / RGW direct", f"{m('bucket1_gbps') / m('rgw_gbps'):.2f}x"),
+            ("hit from the bucket, 1 client: berth CPU s/GB", f"{m('bucket1_cpu'):.3f}"),
+            ("hit from the bucket, 1 client: RGW CPU s/GB", f"{m('bucket1_ceph'):.3f}"),
+            ("RGW direct: RGW CPU s/GB", f"{m('rgw_ceph'):.3f}"),
+            ("hit from the bucket, 1 client: TTFB ms", f"{m('bucket1_ttfb_ms'):.1f}"),
+            ("hit from the bucket, 1 client: berth peak RSS MiB", f"{m('bucket1_hwm_mib'):.1f}"),
+            ("hit from the bucket, 8 clients: wall / 1 client's", f"{m('bucket8_wall') / m('bucket1_wall'):.2f}x"),
+            ("hit from the bucket, 8 clients: bucket GETs (worst round)", f"{worst.get('bucket8_gets', nan):.0f}"),
+            ("hit from the bucket, 8 clients: berth CPU s/GB served", f"{m('bucket8_cpu') / 8:.3f}"),
+            ("hit from the bucket, 8 clients: berth peak RSS MiB", f"{m('bucket8_hwm_mib'):.1f}"),
+            ("cold pull, single berth + RGW: s", f"{m('cold_s3_s'):.3f}"),
+            ("cold pull through a non-owner (x3): s", f"{m('cold_x3_s'):.3f}"),
+            ("non-owner / single", f"{m('cold_x3_s') / m('cold_s3_s'):.2f}x"),
+            ("cold pull CPU s/GB: single", f"{m('cold_s3_cpu'):.2f}"),
+            ("cold pull CPU s/GB: x3 summed over replicas", f"{m('cold_x3_cpu'):.2f}"),
+            ("first pull to in the bucket: s", f"{m('to_bucket_s'):.2f}"),
+        ]
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="64 MiB blob")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--only", choices=["bucket1"], help="only the 1-client bucket hit and RGW direct (quick iterations)")
+    ap.add_argument("--perf", help="record perf profiles into this directory")
+    ap.add_argument("--out", default=os.path.join(cluster.ROOT, "benches/load/last-bucket-path-run.md"))
+    ap.add_argument("--berth", help="a berth binary (default: cargo build --release)")
+    ap.add_argument("--before", help="a second berth binary, measured in the same run, interleaved (a 'before' column)")
+    ap.add_argument("--keep", action="store_true")
+    ap.add_argument("--rgw-port", type=int, default=19303)
+    ap.add_argument("--mon-port", type=int, default=13500)
+    args = ap.parse_args()
+    cluster.ensure_deps()
+    if not args.berth:
+        log("building berth (release)")
+        subprocess.run(["cargo", "build", "--release", "--quiet", "--bin", "berth"], cwd=cluster.ROOT, check=True)
+        args.berth = os.path.join(cluster.ROOT, "target/release/berth")
+    bench = PathBench(args)
+    try:
+        bench.run()
+        bench.report()
+    except Failed as e:
+        log(f"FAILED: {e}")
+        return 1
+    finally:
+        bench.cleanup()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
