@@ -5,7 +5,7 @@
 //! the same directory refuses to start, naming the holder; the parts hold it until the server is
 //! gone), then opens the store (unindexed: `server::Server::run` rebuilds the index once
 //! `/healthz` answers), the manifest cache and the origins, builds every upstream's client, the
-//! cluster view, the bucket tier ([`bucket`], or one handed in), the mirror over them, the access
+//! cluster view, the fleet's side (`[fleet]`), the bucket tier ([`bucket`], or one handed in), the mirror over them, the access
 //! checker (`[auth]`), the admin API (`[admin]`), the health state, every metric family on one
 //! `prometheus::Registry`, and the TLS acceptors of both listeners. It binds no socket and spawns
 //! no task: `server` takes the [`Parts`] and binds, accepts and drains. [`Parts::reloader`]
@@ -13,7 +13,7 @@
 //!
 //! Rule of dependency: reads the whole `Config` and hands each room its own section (besides
 //! `main`, only `reload` also reads it whole, to compare); uses the rooms it builds (`access`,
-//! `http::admin`, `cluster`, `health`, `http` for the [`App`], `index` for the limits,
+//! `http::admin`, `cluster`, `fleet`, `health`, `http` for the [`App`], `index` for the limits,
 //! `manifests`, `metrics`, `mirror`, `origins`, `reload`, `sdnotify`, `store`, `tier`, `tls`,
 //! `upstream`, `upstreams`); only `server` uses it (and names its [`StartError`] again as
 //! `server::StartError`), nothing it builds imports it.
@@ -175,6 +175,10 @@ impl Parts {
                 health: health.clone(),
             });
         }
+        if let Some(f) = &cfg.fleet {
+            let fleet = crate::fleet::Fleet::new(f, &prometheus).map_err(StartError::Fleet)?;
+            app.fleet = Some(Arc::new(fleet));
+        }
         let app = Arc::new(app);
         // The admin API warms through `app`, in process (see `http::warm`).
         let admin = cfg.admin.token.clone().map(|token| {
@@ -280,6 +284,8 @@ pub enum StartError {
     Index { path: String, reason: String },
     #[error("[cluster] {0}")]
     Cluster(String),
+    #[error("[fleet] {0}")]
+    Fleet(String),
     #[error("{0}")]
     Lock(#[from] crate::store::lock::LockError),
 }
