@@ -9,7 +9,9 @@
 //! checker (`[auth]`), the admin API (`[admin]`), the health state, every metric family on one
 //! `prometheus::Registry`, and the TLS acceptors of both listeners. It binds no socket and spawns
 //! no task: `server` takes the [`Parts`] and binds, accepts and drains. [`Parts::reloader`]
-//! hands the same parts to the [`Reloader`] that applies later configurations.
+//! hands the same parts to the [`Reloader`] that applies later configurations. A fleet node's
+//! upstreams come from its parent: [`effective`] asks for them before the build (async, so
+//! `server` calls it first).
 //!
 //! Rule of dependency: reads the whole `Config` and hands each room its own section (besides
 //! `main`, only `reload` also reads it whole, to compare); uses the rooms it builds (`access`,
@@ -73,6 +75,19 @@ pub struct Parts {
     reload_metrics: ReloadMetrics,
     /// This berth's hold on the storage directory, released with the server.
     _lock: DirLock,
+}
+
+/// The configuration berth runs on: `cfg` itself, or for a fleet node (`[fleet] parent`) `cfg`
+/// with its parent's upstreams, asked now or saved at the last good answer (`fleet::node`).
+/// Before [`Parts::build`]: the store and the manifest cache are laid out by upstream name.
+pub async fn effective(cfg: &Config) -> Result<Config, StartError> {
+    let mut cfg = cfg.clone();
+    if let Some(fleet) = cfg.fleet.as_ref().filter(|f| f.is_node()) {
+        cfg.upstreams = crate::fleet::node::upstreams(fleet, &cfg.storage.path)
+            .await
+            .map_err(StartError::Fleet)?;
+    }
+    Ok(cfg)
 }
 
 /// The bucket tier `[storage.s3]` names, if any.

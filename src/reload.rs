@@ -19,14 +19,15 @@
 //!
 //! What needs a restart is named in a warning and otherwise ignored (the running value stays and
 //! is compared again at the next reload): listen addresses, the metrics listener, the storage
-//! path and `[storage.s3]`, `[cluster]` (peers, secret, timings), TLS file paths, `[server]` limits, `[admin]`, the log format, whether
+//! path and `[storage.s3]`, `[cluster]` (peers, secret, timings), `[fleet]` (a node's upstreams
+//! are its parent's, asked again at each reload under the running table), TLS file paths, `[server]` limits, `[admin]`, the log format, whether
 //! `[auth]` is on and its htpasswd path and check_concurrency (the file itself is re-read whenever
 //! it changes).
 //!
 //! The signature policies (`[[policy]]`) are replaced whole, their key files read again: a
 //! changed policy decides its verdicts again.
 //!
-//! Rule of dependency: uses `config`, `access` (the policy), `mirror`, `policy`, `upstream`, `upstreams`,
+//! Rule of dependency: uses `config`, `access` (the policy), `fleet` (a node's upstreams), `mirror`, `policy`, `upstream`, `upstreams`,
 //! `store` and `index` (the limits), `tls`, `sdnotify`; never `server` or `assemble`. `assemble`
 //! builds it over the parts it built (`Parts::reloader`), `server` hands it out, `main` calls it
 //! on `SIGHUP`.
@@ -145,7 +146,10 @@ impl Reloader {
         self.notifier.reloading();
         tracing::info!(config = %path.display(), "reloading the configuration");
         let result = match Config::load(path) {
-            Ok(cfg) => self.apply(cfg),
+            Ok(cfg) => match self.with_parent_upstreams(cfg).await {
+                Ok(cfg) => self.apply(cfg),
+                Err(e) => Err(e),
+            },
             Err(e) => Err(e.to_string()),
         };
         match &result {
@@ -165,6 +169,21 @@ impl Reloader {
         }
         self.notifier.ready("serving");
         result
+    }
+
+    /// For a fleet node, `new` with its parent's upstreams, asked again (or saved at the last
+    /// good answer) under the running `[fleet]` table: a changed table needs a restart.
+    async fn with_parent_upstreams(&self, mut new: Config) -> Result<Config, String> {
+        let (fleet, storage) = {
+            let current = self.current.lock().unwrap();
+            (current.fleet.clone(), current.storage.path.clone())
+        };
+        if let Some(fleet) = fleet.filter(|f| f.is_node()) {
+            new.upstreams = crate::fleet::node::upstreams(&fleet, &storage)
+                .await
+                .map_err(|e| format!("[fleet] {e}"))?;
+        }
+        Ok(new)
     }
 
     /// Applies a validated configuration: all or nothing.
@@ -303,6 +322,7 @@ fn restart_only(old: &Config, new: &Config) -> Vec<&'static str> {
     );
     check("log.format", old.log.format != new.log.format);
     check("cluster", old.cluster != new.cluster);
+    check("fleet", old.fleet != new.fleet);
     check(
         "auth",
         old.auth.is_some() != new.auth.is_some()
@@ -327,6 +347,7 @@ fn keep_restart_only(old: &Config, new: &mut Config) {
     new.admin = old.admin.clone();
     new.log.format = old.log.format;
     new.cluster = old.cluster.clone();
+    new.fleet = old.fleet.clone();
     match (&old.auth, &mut new.auth) {
         (Some(o), Some(n)) => {
             n.htpasswd = o.htpasswd.clone();

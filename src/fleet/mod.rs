@@ -60,6 +60,7 @@
 //! or the store.
 
 pub mod listing;
+pub mod node;
 
 use http::{HeaderMap, header};
 use prometheus::{IntCounterVec, Opts, Registry};
