@@ -2,7 +2,9 @@
 //! front of them, a node berth in front of the parent. Every route form a runtime sends reaches
 //! the right upstream through the node; with the parent down the node serves what it holds (and
 //! restarts on its saved list) and answers 503 for the rest; the fleet routes need the fleet's
-//! proof; and a parent that sends wrong bytes never gets a wrong body completed by the node.
+//! proof; a parent that sends wrong bytes never gets a wrong body completed by the node; a node
+//! logs in at a parent with `[auth]`; a reload asks the parent again (or keeps the saved list);
+//! and a parent that is no fleet parent is named as such.
 //! The wire checks (`?ns=` after `n`/`last`, kept across a redirect) use a fake registry as the
 //! parent, the node started on a saved list.
 
@@ -16,7 +18,7 @@ use berth::cluster::auth::{self, PeerKey};
 use berth::config::{Config, Secret};
 use berth::fleet::listing::Listing;
 use berth::oci::media;
-use support::instance::{Berth, listeners_and_storage, same, start_toml};
+use support::instance::{Berth, listeners_and_storage, same, start_reloadable, start_toml};
 use support::{FakeRegistry, Fault, random_bytes};
 
 const SECRET: &str = "fleet-secret-0123456789abcdef-0123456789";
@@ -36,7 +38,19 @@ fn secret_file(secret: &str) -> (tempfile::TempDir, PathBuf) {
 /// front of `a`, `other.test` in front of `b`.
 async fn central(a: &FakeRegistry, b: &FakeRegistry, secret: &Path) -> Berth {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = format!(
+    let cfg = central_toml(dir.path(), a, b, secret, "");
+    start_toml(&cfg, dir).await
+}
+
+/// The central berth's config, with `tables` (e.g. `[auth]`) and `more` upstreams after.
+fn central_toml(
+    dir: &Path,
+    a: &FakeRegistry,
+    b: &FakeRegistry,
+    secret: &Path,
+    more: &str,
+) -> String {
+    format!(
         r#"{}
         [fleet]
         secret_file = {:?}
@@ -50,13 +64,13 @@ async fn central(a: &FakeRegistry, b: &FakeRegistry, secret: &Path) -> Berth {
         [[upstream]]
         name = "other.test"
         url = "{}"
+        {more}
         "#,
-        listeners_and_storage(dir.path()),
+        listeners_and_storage(dir),
         secret.display().to_string(),
         a.url(),
         b.url(),
-    );
-    start_toml(&cfg, dir).await
+    )
 }
 
 /// A node's config: its parent, itself as the only node.
@@ -277,13 +291,14 @@ async fn the_fleet_routes_need_the_fleet_proof() {
         1
     );
 
-    let signed = |p: &str| {
+    let signed_as = |method: &str, p: &str| {
         berth::fleet::key(&secret)
-            .sign("GET", p, auth::now())
+            .sign(method, p, auth::now())
             .to_str()
             .unwrap()
             .to_owned()
     };
+    let signed = |p: &str| signed_as("GET", p);
     let proof = signed(path);
     let got = central
         .request(Method::GET, path, &[("authorization", proof.as_str())])
@@ -294,6 +309,27 @@ async fn the_fleet_routes_need_the_fleet_proof() {
     assert_eq!(names, ["registry.test", "other.test"]);
     assert_eq!(listing.upstreams[0].aliases, ["alias.test"]);
     assert!(!String::from_utf8_lossy(got.bytes()).contains(&bed.a.url()));
+    let head = central
+        .request(
+            Method::HEAD,
+            path,
+            &[("authorization", &*signed_as("HEAD", path))],
+        )
+        .await;
+    assert_eq!(head.status, StatusCode::OK);
+    assert_eq!(
+        head.header("content-length"),
+        Some(got.bytes().len().to_string().as_str())
+    );
+    assert!(head.bytes().is_empty());
+    let post = central
+        .request(
+            Method::POST,
+            path,
+            &[("authorization", &*signed_as("POST", path))],
+        )
+        .await;
+    assert_eq!(post.status, StatusCode::METHOD_NOT_ALLOWED);
     let other = "/_berth/fleet/v1/nothing";
     let other_proof = signed(other);
     let got = central
@@ -414,4 +450,125 @@ async fn a_lying_parent_never_completes_a_wrong_body() {
             .all(|r| r.param("ns").as_deref() == Some("registry.test")),
         "{redirected:?}"
     );
+}
+
+/// A parent with `[auth]`: a node with `[fleet] username`/`password_file` pulls through it like
+/// any client with a login; a node without one gets the parent's refusal, and its upstream list
+/// (asked with the fleet proof, not a login) all the same.
+#[tokio::test]
+async fn a_node_logs_in_at_a_parent_with_auth() {
+    let (a, b) = (FakeRegistry::start().await, FakeRegistry::start().await);
+    a.put_tagged("library/app", "1", media::OCI_INDEX, INDEX_A);
+    let (secret_dir, secret) = secret_file(SECRET);
+    let htpasswd = secret_dir.path().join("htpasswd");
+    std::fs::write(
+        &htpasswd,
+        format!("node:{}\n", bcrypt::hash("node-password", 4).unwrap()),
+    )
+    .unwrap();
+    let password = secret_dir.path().join("password");
+    std::fs::write(&password, "node-password\n").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let auth = format!("[auth]\nhtpasswd = {:?}\n", htpasswd.display().to_string());
+    let central = start_toml(&central_toml(dir.path(), &a, &b, &secret, &auth), dir).await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let login = format!(
+        "{}username = \"node\"\npassword_file = {:?}\n",
+        node_toml(dir.path(), &url(&central), &secret),
+        password.display().to_string()
+    );
+    let node = start_toml(&login, dir).await;
+    let got = node.get("/v2/app/manifests/1").await;
+    assert_eq!(got.bytes().as_ref(), INDEX_A.as_bytes());
+
+    let anonymous = node_on(&url(&central), &secret, tempfile::tempdir().unwrap()).await;
+    let got = anonymous.get("/v2/app/manifests/1").await;
+    assert_eq!(
+        (got.status, got.code().as_str()),
+        (StatusCode::FORBIDDEN, "DENIED"),
+        "the parent's 401, as any upstream's"
+    );
+    assert!(
+        central
+            .counter("berth_auth_attempts_total{outcome=\"ok\"}")
+            .await
+            >= 1,
+        "the node logged in"
+    );
+}
+
+/// A reload asks the parent again: an upstream the parent added is served by the node after its
+/// reload, not before; a reload with the parent down keeps the saved list (nothing removed).
+#[tokio::test]
+async fn a_reload_asks_the_parent_again() {
+    let (a, b, c) = (
+        FakeRegistry::start().await,
+        FakeRegistry::start().await,
+        FakeRegistry::start().await,
+    );
+    c.put_tagged("team/new", "1", media::OCI_INDEX, INDEX_B);
+    let (_secret_dir, secret) = secret_file(SECRET);
+    let central_dir = tempfile::tempdir().unwrap();
+    let central_file = central_dir.path().join("central.toml");
+    let text = central_toml(central_dir.path(), &a, &b, &secret, "");
+    let (central, central_reloader) = start_reloadable(&text, central_dir).await;
+    let node_dir = tempfile::tempdir().unwrap();
+    let node_file = node_dir.path().join("node.toml");
+    let node_text = node_toml(node_dir.path(), &url(&central), &secret);
+    std::fs::write(&node_file, &node_text).unwrap();
+    let (node, node_reloader) = start_reloadable(&node_text, node_dir).await;
+
+    let path = "/v2/team/new/manifests/1?ns=third.test";
+    assert_eq!(node.get(path).await.status, StatusCode::NOT_FOUND);
+    let more = format!(
+        "[[upstream]]\nname = \"third.test\"\nurl = \"{}\"\n",
+        c.url()
+    );
+    std::fs::write(
+        &central_file,
+        central_toml(central.dir.path(), &a, &b, &secret, &more),
+    )
+    .unwrap();
+    let changes = central_reloader.reload_file(&central_file).await.unwrap();
+    assert_eq!(changes.added, ["third.test"]);
+    assert_eq!(node.get(path).await.status, StatusCode::NOT_FOUND);
+    let changes = node_reloader.reload_file(&node_file).await.unwrap();
+    assert_eq!(changes.added, ["third.test"]);
+    assert_eq!(node.get(path).await.bytes().as_ref(), INDEX_B.as_bytes());
+
+    drop(central);
+    let changes = node_reloader.reload_file(&node_file).await.unwrap();
+    assert!(
+        changes.removed.is_empty() && changes.added.is_empty(),
+        "{changes:?}"
+    );
+    let got = node.get(path).await;
+    assert_eq!(
+        got.bytes().as_ref(),
+        INDEX_B.as_bytes(),
+        "from the node's cache"
+    );
+}
+
+/// What a node is told when its parent is no fleet parent: a berth without `[fleet]`, or another
+/// node, answers the list's path with 404, and the node says what that means.
+#[tokio::test]
+async fn a_parent_without_fleet_is_named() {
+    let bed = bed().await;
+    let plain = support::instance::berth(&bed.a, "").await;
+    for (parent, what) in [
+        (url(&plain), "a berth without [fleet]"),
+        (url(&bed.node), "a node"),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = Config::parse(&node_toml(dir.path(), &parent, &bed.secret), "n").unwrap();
+        let e = berth::fleet::node::fetch(cfg.fleet.as_ref().unwrap())
+            .await
+            .unwrap_err();
+        assert!(
+            e.contains("404: the parent has no [fleet] table"),
+            "{what}: {e}"
+        );
+    }
 }
