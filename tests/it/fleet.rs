@@ -366,7 +366,8 @@ async fn a_lying_parent_never_completes_a_wrong_body() {
     let parent = FakeRegistry::start().await;
     let layer = random_bytes(500_000, 9);
     let blob = parent.put_blob("library/app", layer.clone());
-    parent.put_tagged("library/app", "1", media::OCI_INDEX, INDEX_A);
+    let subject = parent.put_tagged("library/app", "1", media::OCI_INDEX, INDEX_A);
+    parent.serve_referrers(10);
     let (_s, secret) = secret_file(SECRET);
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(dir.path().join("fleet")).unwrap();
@@ -426,6 +427,18 @@ async fn a_lying_parent_never_completes_a_wrong_body() {
             Some("registry.test".into())
         )
     );
+
+    let got = node
+        .get(&format!(
+            "/v2/app/referrers/{subject}?artifactType=application/vnd.example.sbom"
+        ))
+        .await;
+    assert_eq!(got.status, StatusCode::OK);
+    let r = parent
+        .requests_to(&format!("/v2/library/app/referrers/{subject}"))
+        .pop()
+        .unwrap();
+    assert_eq!(r.param("ns").as_deref(), Some("registry.test"));
 
     let manifest = "/v2/library/app/manifests/1";
     parent.fault_times(
@@ -571,4 +584,59 @@ async fn a_parent_without_fleet_is_named() {
             "{what}: {e}"
         );
     }
+}
+
+/// A parent that answers the list's path wrongly (an error status, a body that is no list, one
+/// past the size limit): the node names what it got. (A parent that never answers is bounded by
+/// `fleet::node::FETCH_TIMEOUT`, 10 s, not waited out here.)
+#[tokio::test]
+async fn a_wrong_answer_to_the_list_is_named() {
+    let parent = FakeRegistry::start().await;
+    let (_s, secret) = secret_file(SECRET);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = Config::parse(&node_toml(dir.path(), &parent.url(), &secret), "n").unwrap();
+    let fleet = cfg.fleet.as_ref().unwrap();
+    let path = berth::fleet::UPSTREAMS_PATH;
+    let json = || vec![("content-type".to_owned(), "application/json".to_owned())];
+    for (fault, want) in [
+        (
+            Fault::Status(StatusCode::SERVICE_UNAVAILABLE, None),
+            "the parent answered 503",
+        ),
+        (
+            Fault::Answer(json(), bytes::Bytes::from_static(br#"{"upstreams":"all"}"#)),
+            "the upstream list: invalid type",
+        ),
+        (
+            Fault::Answer(json(), bytes::Bytes::from(vec![b' '; 300 * 1024])),
+            "the body: length limit exceeded",
+        ),
+    ] {
+        parent.fault_times(path, fault, 1);
+        let e = berth::fleet::node::fetch(fleet).await.unwrap_err();
+        assert!(e.contains(want), "{want}: {e}");
+    }
+    let asked = parent.requests_to(path);
+    assert_eq!(asked.len(), 3);
+    assert!(
+        asked.iter().all(|r| r
+            .header("authorization")
+            .is_some_and(|a| a.starts_with("Berth-Fleet "))),
+        "every ask is fleet-signed"
+    );
+}
+
+/// A node whose storage cannot take the saved list (its `fleet` directory is a file) still starts
+/// on the parent's answer and serves; only a later start with the parent down would miss it.
+#[tokio::test]
+async fn a_list_that_cannot_be_saved_does_not_stop_a_node() {
+    let bed = bed().await;
+    bed.a
+        .put_tagged("library/app", "1", media::OCI_INDEX, INDEX_A);
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("fleet"), "not a directory").unwrap();
+    let node = node_on(&url(&bed.central), &bed.secret, dir).await;
+    let got = node.get("/v2/app/manifests/1").await;
+    assert_eq!(got.bytes().as_ref(), INDEX_A.as_bytes());
+    assert!(node.dir.path().join("fleet").is_file());
 }
