@@ -416,6 +416,34 @@ mod tests {
         assert!(restart_only(&old, &same).is_empty());
     }
 
+    /// `[fleet]` (the parent's side here: its secret) needs a restart; its running table stays.
+    #[test]
+    fn the_fleet_needs_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let (one, two) = (dir.path().join("one"), dir.path().join("two"));
+        std::fs::write(&one, "0123456789abcdef0123456789abcdef").unwrap();
+        std::fs::write(&two, "fedcba9876543210fedcba9876543210").unwrap();
+        let base = "[[upstream]]\nname = \"a.io\"\nurl = \"https://a.io\"\n";
+        let table = |secret: &std::path::Path| {
+            format!(
+                "[fleet]\nsecret_file = {:?}\n{base}",
+                secret.display().to_string()
+            )
+        };
+        let old = Config::parse(&table(&one), "old").unwrap();
+        for new in [
+            Config::parse(&table(&two), "new").unwrap(),
+            Config::parse(base, "new").unwrap(),
+        ] {
+            assert_eq!(restart_only(&old, &new), vec!["fleet"]);
+            let mut merged = new.clone();
+            keep_restart_only(&old, &mut merged);
+            assert_eq!(merged.fleet, old.fleet);
+        }
+        let same = Config::parse(&table(&one), "same").unwrap();
+        assert!(restart_only(&old, &same).is_empty());
+    }
+
     #[test]
     fn the_bucket_tier_needs_a_restart() {
         let dir = tempfile::tempdir().unwrap();

@@ -44,6 +44,11 @@
 //! restarted while the parent is down still knows its upstreams and serves its disk. A first
 //! start with neither the parent nor a saved list fails, saying so: the orchestrator restarts it.
 //!
+//! What is read now and used later: `self`, the node set (`peers_dns`/`peers`) and
+//! `max_uploads` are checked at load, for the node-to-node sharing of blobs (module `swarm`),
+//! which is wired into the node's fills in a later step; until then a node's misses all go to its
+//! parent.
+//!
 //! # Trust
 //! Fleet requests (node to parent, later node to node) carry `Authorization: Berth-Fleet <ts>
 //! <hmac>`: the cluster's scheme (`cluster::auth`) with the domain string `berth-fleet-v1`, so a
