@@ -1,17 +1,17 @@
 //! Assembly: the object graph of a running berth, built from one [`Config`] before any socket is
 //! bound, so a bad config fails at start, not at the first pull.
 //!
-//! [`Parts::build`] first takes the storage directory's lock (`store::lock`: a second berth on
-//! the same directory refuses to start, naming the holder; the parts hold it until the server is
-//! gone), then opens the store (unindexed: `server::Server::run` rebuilds the index once
-//! `/healthz` answers), the manifest cache and the origins, builds every upstream's client, the
-//! cluster view, the fleet's side (`[fleet]`), the bucket tier ([`bucket`], or one handed in), the mirror over them, the access
-//! checker (`[auth]`), the admin API (`[admin]`), the health state, every metric family on one
-//! `prometheus::Registry`, and the TLS acceptors of both listeners. It binds no socket and spawns
-//! no task: `server` takes the [`Parts`] and binds, accepts and drains. [`Parts::reloader`]
-//! hands the same parts to the [`Reloader`] that applies later configurations. A fleet node's
-//! upstreams come from its parent: [`effective`] asks for them before the build (async, so
-//! `server` calls it first).
+//! [`Parts::build`] first takes the storage directory's lock (`store::lock`: a second berth on the
+//! same directory refuses to start, naming the holder; the parts hold it until the server is gone),
+//! then opens the store (unindexed: `server::Server::run` rebuilds the index once `/healthz`
+//! answers), the manifest cache and the origins, builds every upstream's client, the cluster view,
+//! the fleet's side (`[fleet]`), the bucket tier ([`bucket`], or one handed in), the mirror over
+//! them, the access checker (`[auth]`), the admin API (`[admin]`), the health state, every metric
+//! family on one `prometheus::Registry`, and the TLS acceptors of both listeners. It binds no
+//! socket and spawns no task: `server` takes the [`Parts`] and binds, accepts and drains.
+//! [`Parts::reloader`] hands the same parts to the [`Reloader`] that applies later configurations.
+//! A fleet node's upstreams come from its parent: [`effective`] asks for them before the build
+//! (async, so `server` calls it first).
 //!
 //! Rule of dependency: reads the whole `Config` and hands each room its own section (besides
 //! `main`, only `reload` also reads it whole, to compare); uses the rooms it builds (`access`,

@@ -17,20 +17,20 @@
 //!   swapped before the upstream set, so a request routed to a new slot never meets a policy
 //!   that does not know it as open).
 //!
-//! What needs a restart is named in a warning and otherwise ignored (the running value stays and
-//! is compared again at the next reload): listen addresses, the metrics listener, the storage
-//! path and `[storage.s3]`, `[cluster]` (peers, secret, timings), `[fleet]` (a node's upstreams
-//! are its parent's, asked again at each reload under the running table), TLS file paths, `[server]` limits, `[admin]`, the log format, whether
-//! `[auth]` is on and its htpasswd path and check_concurrency (the file itself is re-read whenever
-//! it changes).
+//! What needs a restart is named in a warning and otherwise ignored (the running value stays and is
+//! compared again at the next reload): listen addresses, the metrics listener, the storage path and
+//! `[storage.s3]`, `[cluster]` (peers, secret, timings), `[fleet]` (a node's upstreams are its
+//! parent's, asked again at each reload under the running table), TLS file paths, `[server]`
+//! limits, `[admin]`, the log format, whether `[auth]` is on and its htpasswd path and
+//! check_concurrency (the file itself is re-read whenever it changes).
 //!
 //! The signature policies (`[[policy]]`) are replaced whole, their key files read again: a
 //! changed policy decides its verdicts again.
 //!
-//! Rule of dependency: uses `config`, `access` (the policy), `fleet` (a node's upstreams), `mirror`, `policy`, `upstream`, `upstreams`,
-//! `store` and `index` (the limits), `tls`, `sdnotify`; never `server` or `assemble`. `assemble`
-//! builds it over the parts it built (`Parts::reloader`), `server` hands it out, `main` calls it
-//! on `SIGHUP`.
+//! Rule of dependency: uses `config`, `access` (the policy), `fleet` (a node's upstreams),
+//! `mirror`, `policy`, `upstream`, `upstreams`, `store` and `index` (the limits), `tls`,
+//! `sdnotify`; never `server` or `assemble`. `assemble` builds it over the parts it built
+//! (`Parts::reloader`), `server` hands it out, `main` calls it on `SIGHUP`.
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};

@@ -7,13 +7,13 @@
 //! `Debug` and `Serialize` never show them.
 //!
 //! One file per section, each holding its type, its defaults and its own checks: `server`,
-//! `metrics`, `storage` (with `[storage.s3]`), `upstreams` (`[[upstream]]`), `auth`, `cluster`, `fleet`,
-//! `admin`, `log`, `policy` (`[[policy]]`, its keys and its Sigstore `trusted_root` read and
-//! parsed at load, by `keys` and `trusted_root`). `value` holds what several share: durations, sizes and percentages as the file
-//! writes them, [`Secret`], and the checks of a registry URL, a CA bundle and a TLS pair. This
-//! file holds [`Config`], [`Config::load`] and [`Config::parse`], the order the checks run in
-//! (which is the order errors are reported in), the checks that span sections, and
-//! [`Config::warnings`]. Every section type is re-exported here: callers name
+//! `metrics`, `storage` (with `[storage.s3]`), `upstreams` (`[[upstream]]`), `auth`, `cluster`,
+//! `fleet`, `admin`, `log`, `policy` (`[[policy]]`, its keys and its Sigstore `trusted_root` read
+//! and parsed at load, by `keys` and `trusted_root`). `value` holds what several share: durations,
+//! sizes and percentages as the file writes them, [`Secret`], and the checks of a registry URL, a
+//! CA bundle and a TLS pair. This file holds [`Config`], [`Config::load`] and [`Config::parse`],
+//! the order the checks run in (which is the order errors are reported in), the checks that span
+//! sections, and [`Config::warnings`]. Every section type is re-exported here: callers name
 //! `crate::config::UpstreamConfig`, never a section file.
 //!
 //! Rule of dependency: a leaf of the crate (no `crate::` import). Inside it, this file uses the

@@ -1,9 +1,10 @@
 //! The request berth sends: [`UpstreamRequest`] and the builders the mirror and the fills use
 //! (`blob_request`, and `header_str` / `content_length` to read an answer's headers), its URL
-//! (always `cfg.url` plus a `/v2/` path, and `?ns=` when the upstream is another berth) and headers (the client's minus credentials and hop-by-hop
-//! ones), and one exchange on the wire within `response_timeout`, counted, timed and its rate-limit
-//! headers recorded. A host the address policy refused once resolved fails the exchange as a bad
-//! upstream, not retried (as a refused redirect does).
+//! (always `cfg.url` plus a `/v2/` path, and `?ns=` when the upstream is another berth) and headers
+//! (the client's minus credentials and hop-by-hop ones), and one exchange on the wire within
+//! `response_timeout`, counted, timed and its rate-limit headers recorded. A host the address
+//! policy refused once resolved fails the exchange as a bad upstream, not retried (as a refused
+//! redirect does).
 //!
 //! Rule of dependency: under `upstream`, uses its parent's [`Upstream`], `retry` (whether a
 //! transport failure is worth another try), `auth` (what "the same origin" is) and `guard` (a
