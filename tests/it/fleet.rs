@@ -5,8 +5,9 @@
 //! proof; a parent that sends wrong bytes never gets a wrong body completed by the node; a node
 //! logs in at a parent with `[auth]`; a reload asks the parent again (or keeps the saved list);
 //! and a parent that is no fleet parent is named as such.
-//! The wire checks (`?ns=` after `n`/`last`, kept across a redirect) use a fake registry as the
-//! parent, the node started on a saved list.
+//! The wire checks (`?ns=` after `n`/`last`, on ranges and referrers, kept across a redirect back
+//! to the parent and not sent to a CDN) use a fake registry as the parent, the node started on a
+//! saved list.
 
 use crate::support;
 
@@ -414,6 +415,28 @@ async fn a_lying_parent_never_completes_a_wrong_body() {
             .all(|r| r.param("ns").as_deref() == Some("registry.test")),
         "{asked:?}"
     );
+
+    // A redirect away from the parent (a CDN) is followed as given: `ns` is the parent's.
+    let third = random_bytes(40_000, 11);
+    let third_digest = parent.put_blob("library/app", third.clone());
+    parent.fault_times(
+        &format!("/v2/library/app/blobs/{third_digest}"),
+        Fault::RedirectToOther,
+        1,
+    );
+    same(
+        node.get(&format!("/v2/app/blobs/{third_digest}"))
+            .await
+            .bytes(),
+        &third,
+    );
+    let cdn: Vec<_> = parent
+        .requests()
+        .into_iter()
+        .filter(|r| r.host == support::Host::Other)
+        .collect();
+    assert_eq!(cdn.len(), 1, "{cdn:?}");
+    assert_eq!(cdn[0].param("ns"), None, "{cdn:?}");
 
     let tags = "/v2/library/app/tags/list";
     let got = node.get("/v2/app/tags/list?n=5&last=0").await;
