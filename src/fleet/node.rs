@@ -73,6 +73,11 @@ pub async fn upstreams(fleet: &FleetConfig, storage: &Path) -> Result<Vec<Upstre
 
 /// Asks the parent for its list, within [`FETCH_TIMEOUT`].
 pub async fn fetch(fleet: &FleetConfig) -> Result<Listing, String> {
+    fetch_within(fleet, FETCH_TIMEOUT).await
+}
+
+/// As [`fetch`], within `limit` (tests bound a parent that never answers).
+pub async fn fetch_within(fleet: &FleetConfig, limit: Duration) -> Result<Listing, String> {
     let parent = fleet.parent.as_ref().ok_or("not a node: no fleet.parent")?;
     let secret = fleet
         .secret
@@ -81,7 +86,7 @@ pub async fn fetch(fleet: &FleetConfig) -> Result<Listing, String> {
     let https = https_connector(fleet.ca_file.as_deref())?;
     let client: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new())
         .timer(TokioTimer::new())
-        .build(TimeoutConnector::new(https, FETCH_TIMEOUT));
+        .build(TimeoutConnector::new(https, limit));
     let url = parent
         .join(UPSTREAMS_PATH)
         .map_err(|e| format!("{parent}: {e}"))?;
@@ -118,9 +123,9 @@ pub async fn fetch(fleet: &FleetConfig) -> Result<Listing, String> {
             .to_bytes();
         Listing::parse(&body)
     };
-    tokio::time::timeout(FETCH_TIMEOUT, exchange)
+    tokio::time::timeout(limit, exchange)
         .await
-        .map_err(|_| format!("{url}: no whole answer within {FETCH_TIMEOUT:?}"))?
+        .map_err(|_| format!("{url}: no whole answer within {limit:?}"))?
 }
 
 /// Writes the list atomically: a temp file beside it, synced, renamed, the directory synced.

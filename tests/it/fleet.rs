@@ -610,8 +610,7 @@ async fn a_parent_without_fleet_is_named() {
 }
 
 /// A parent that answers the list's path wrongly (an error status, a body that is no list, one
-/// past the size limit): the node names what it got. (A parent that never answers is bounded by
-/// `fleet::node::FETCH_TIMEOUT`, 10 s, not waited out here.)
+/// past the size limit, no answer at all within the bound): the node names what it got.
 #[tokio::test]
 async fn a_wrong_answer_to_the_list_is_named() {
     let parent = FakeRegistry::start().await;
@@ -639,8 +638,14 @@ async fn a_wrong_answer_to_the_list_is_named() {
         let e = berth::fleet::node::fetch(fleet).await.unwrap_err();
         assert!(e.contains(want), "{want}: {e}");
     }
+    parent.fault_times(path, Fault::NoResponse, 1);
+    let limit = std::time::Duration::from_millis(300);
+    let e = berth::fleet::node::fetch_within(fleet, limit)
+        .await
+        .unwrap_err();
+    assert!(e.contains("no whole answer within 300ms"), "{e}");
     let asked = parent.requests_to(path);
-    assert_eq!(asked.len(), 3);
+    assert_eq!(asked.len(), 4);
     assert!(
         asked.iter().all(|r| r
             .header("authorization")
