@@ -1,19 +1,21 @@
 //! Assembly: the object graph of a running berth, built from one [`Config`] before any socket is
 //! bound, so a bad config fails at start, not at the first pull.
 //!
-//! [`Parts::build`] first takes the storage directory's lock (`store::lock`: a second berth on
-//! the same directory refuses to start, naming the holder; the parts hold it until the server is
-//! gone), then opens the store (unindexed: `server::Server::run` rebuilds the index once
-//! `/healthz` answers), the manifest cache and the origins, builds every upstream's client, the
-//! cluster view, the bucket tier ([`bucket`], or one handed in), the mirror over them, the access
-//! checker (`[auth]`), the admin API (`[admin]`), the health state, every metric family on one
-//! `prometheus::Registry`, and the TLS acceptors of both listeners. It binds no socket and spawns
-//! no task: `server` takes the [`Parts`] and binds, accepts and drains. [`Parts::reloader`]
-//! hands the same parts to the [`Reloader`] that applies later configurations.
+//! [`Parts::build`] first takes the storage directory's lock (`store::lock`: a second berth on the
+//! same directory refuses to start, naming the holder; the parts hold it until the server is gone),
+//! then opens the store (unindexed: `server::Server::run` rebuilds the index once `/healthz`
+//! answers), the manifest cache and the origins, builds every upstream's client, the cluster view,
+//! the fleet's side (`[fleet]`), the bucket tier ([`bucket`], or one handed in), the mirror over
+//! them, the access checker (`[auth]`), the admin API (`[admin]`), the health state, every metric
+//! family on one `prometheus::Registry`, and the TLS acceptors of both listeners. It binds no
+//! socket and spawns no task: `server` takes the [`Parts`] and binds, accepts and drains.
+//! [`Parts::reloader`] hands the same parts to the [`Reloader`] that applies later configurations.
+//! A fleet node's upstreams come from its parent: [`effective`] asks for them before the build
+//! (async, so `server` calls it first).
 //!
 //! Rule of dependency: reads the whole `Config` and hands each room its own section (besides
 //! `main`, only `reload` also reads it whole, to compare); uses the rooms it builds (`access`,
-//! `http::admin`, `cluster`, `health`, `http` for the [`App`], `index` for the limits,
+//! `http::admin`, `cluster`, `fleet`, `health`, `http` for the [`App`], `index` for the limits,
 //! `manifests`, `metrics`, `mirror`, `origins`, `reload`, `sdnotify`, `store`, `tier`, `tls`,
 //! `upstream`, `upstreams`); only `server` uses it (and names its [`StartError`] again as
 //! `server::StartError`), nothing it builds imports it.
@@ -73,6 +75,19 @@ pub struct Parts {
     reload_metrics: ReloadMetrics,
     /// This berth's hold on the storage directory, released with the server.
     _lock: DirLock,
+}
+
+/// The configuration berth runs on: `cfg` itself, or for a fleet node (`[fleet] parent`) `cfg`
+/// with its parent's upstreams, asked now or saved at the last good answer (`fleet::node`).
+/// Before [`Parts::build`]: the store and the manifest cache are laid out by upstream name.
+pub async fn effective(cfg: &Config) -> Result<Config, StartError> {
+    let mut cfg = cfg.clone();
+    if let Some(fleet) = cfg.fleet.as_ref().filter(|f| f.is_node()) {
+        cfg.upstreams = crate::fleet::node::upstreams(fleet, &cfg.storage.path)
+            .await
+            .map_err(StartError::Fleet)?;
+    }
+    Ok(cfg)
 }
 
 /// The bucket tier `[storage.s3]` names, if any.
@@ -174,6 +189,10 @@ impl Parts {
                 cluster,
                 health: health.clone(),
             });
+        }
+        if let Some(f) = &cfg.fleet {
+            let fleet = crate::fleet::Fleet::new(f, &prometheus).map_err(StartError::Fleet)?;
+            app.fleet = Some(Arc::new(fleet));
         }
         let app = Arc::new(app);
         // The admin API warms through `app`, in process (see `http::warm`).
@@ -280,6 +299,8 @@ pub enum StartError {
     Index { path: String, reason: String },
     #[error("[cluster] {0}")]
     Cluster(String),
+    #[error("[fleet] {0}")]
+    Fleet(String),
     #[error("{0}")]
     Lock(#[from] crate::store::lock::LockError),
 }

@@ -9,6 +9,7 @@
 //!     -> mirror (manifests + tags, blobs, tag lists, referrers; the request's meaning in its
 //!        own words)
 //!       -> { fill (single-flight blob fills, stream-while-verify), cluster (owners, peers),
+//!            fleet (node mode: the parent's upstreams, the fleet proof),
 //!            flight (generic single-flight), manifests (tag/digest and referrers cache),
 //!            origins (which upstream may serve a digest), policy (signature verdicts) }
 //!         -> { store (layout, pending, spool, read, evict, lock, s3 { layout, client, upload,
@@ -45,6 +46,9 @@
 //!   commit, upload; `fill/source` the bodies with their stall timeouts.
 //! - [`cluster`]: replicas (`[cluster]`): the owner of each digest by rendezvous hashing over the
 //!   live peers, peer health probes, and the signed peer protocol under `/_berth/peer/v1/`.
+//! - [`fleet`]: node mode (`[fleet]`): a berth on every node whose upstreams are its parent's
+//!   (`listing`, asked for by `node` at start and on reload, kept on disk), the fleet proof and
+//!   its routes under `/_berth/fleet/v1/`.
 //! - [`origins`]: which upstreams each cached digest came through; `origins/check` the one answer
 //!   to "may this upstream serve this digest?" (records, the bucket's marker, an upstream HEAD).
 //! - [`flight`]: generic single-flight: one computation per key, its result shared.
@@ -116,6 +120,7 @@ pub mod cluster;
 pub mod config;
 pub mod error;
 pub mod fill;
+pub mod fleet;
 pub mod flight;
 pub mod health;
 pub mod http;

@@ -17,19 +17,20 @@
 //!   swapped before the upstream set, so a request routed to a new slot never meets a policy
 //!   that does not know it as open).
 //!
-//! What needs a restart is named in a warning and otherwise ignored (the running value stays and
-//! is compared again at the next reload): listen addresses, the metrics listener, the storage
-//! path and `[storage.s3]`, `[cluster]` (peers, secret, timings), TLS file paths, `[server]` limits, `[admin]`, the log format, whether
-//! `[auth]` is on and its htpasswd path and check_concurrency (the file itself is re-read whenever
-//! it changes).
+//! What needs a restart is named in a warning and otherwise ignored (the running value stays and is
+//! compared again at the next reload): listen addresses, the metrics listener, the storage path and
+//! `[storage.s3]`, `[cluster]` (peers, secret, timings), `[fleet]` (a node's upstreams are its
+//! parent's, asked again at each reload under the running table), TLS file paths, `[server]`
+//! limits, `[admin]`, the log format, whether `[auth]` is on and its htpasswd path and
+//! check_concurrency (the file itself is re-read whenever it changes).
 //!
 //! The signature policies (`[[policy]]`) are replaced whole, their key files read again: a
 //! changed policy decides its verdicts again.
 //!
-//! Rule of dependency: uses `config`, `access` (the policy), `mirror`, `policy`, `upstream`, `upstreams`,
-//! `store` and `index` (the limits), `tls`, `sdnotify`; never `server` or `assemble`. `assemble`
-//! builds it over the parts it built (`Parts::reloader`), `server` hands it out, `main` calls it
-//! on `SIGHUP`.
+//! Rule of dependency: uses `config`, `access` (the policy), `fleet` (a node's upstreams),
+//! `mirror`, `policy`, `upstream`, `upstreams`, `store` and `index` (the limits), `tls`,
+//! `sdnotify`; never `server` or `assemble`. `assemble` builds it over the parts it built
+//! (`Parts::reloader`), `server` hands it out, `main` calls it on `SIGHUP`.
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -145,7 +146,10 @@ impl Reloader {
         self.notifier.reloading();
         tracing::info!(config = %path.display(), "reloading the configuration");
         let result = match Config::load(path) {
-            Ok(cfg) => self.apply(cfg),
+            Ok(cfg) => match self.with_parent_upstreams(cfg).await {
+                Ok(cfg) => self.apply(cfg),
+                Err(e) => Err(e),
+            },
             Err(e) => Err(e.to_string()),
         };
         match &result {
@@ -165,6 +169,21 @@ impl Reloader {
         }
         self.notifier.ready("serving");
         result
+    }
+
+    /// For a fleet node, `new` with its parent's upstreams, asked again (or saved at the last
+    /// good answer) under the running `[fleet]` table: a changed table needs a restart.
+    async fn with_parent_upstreams(&self, mut new: Config) -> Result<Config, String> {
+        let (fleet, storage) = {
+            let current = self.current.lock().unwrap();
+            (current.fleet.clone(), current.storage.path.clone())
+        };
+        if let Some(fleet) = fleet.filter(|f| f.is_node()) {
+            new.upstreams = crate::fleet::node::upstreams(&fleet, &storage)
+                .await
+                .map_err(|e| format!("[fleet] {e}"))?;
+        }
+        Ok(new)
     }
 
     /// Applies a validated configuration: all or nothing.
@@ -303,6 +322,7 @@ fn restart_only(old: &Config, new: &Config) -> Vec<&'static str> {
     );
     check("log.format", old.log.format != new.log.format);
     check("cluster", old.cluster != new.cluster);
+    check("fleet", old.fleet != new.fleet);
     check(
         "auth",
         old.auth.is_some() != new.auth.is_some()
@@ -327,6 +347,7 @@ fn keep_restart_only(old: &Config, new: &mut Config) {
     new.admin = old.admin.clone();
     new.log.format = old.log.format;
     new.cluster = old.cluster.clone();
+    new.fleet = old.fleet.clone();
     match (&old.auth, &mut new.auth) {
         (Some(o), Some(n)) => {
             n.htpasswd = o.htpasswd.clone();
@@ -392,6 +413,34 @@ mod tests {
             assert_eq!(merged.cluster, old.cluster);
         }
         let same = Config::parse(&table("\"http://a:5000\""), "same").unwrap();
+        assert!(restart_only(&old, &same).is_empty());
+    }
+
+    /// `[fleet]` (the parent's side here: its secret) needs a restart; its running table stays.
+    #[test]
+    fn the_fleet_needs_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let (one, two) = (dir.path().join("one"), dir.path().join("two"));
+        std::fs::write(&one, "0123456789abcdef0123456789abcdef").unwrap();
+        std::fs::write(&two, "fedcba9876543210fedcba9876543210").unwrap();
+        let base = "[[upstream]]\nname = \"a.io\"\nurl = \"https://a.io\"\n";
+        let table = |secret: &std::path::Path| {
+            format!(
+                "[fleet]\nsecret_file = {:?}\n{base}",
+                secret.display().to_string()
+            )
+        };
+        let old = Config::parse(&table(&one), "old").unwrap();
+        for new in [
+            Config::parse(&table(&two), "new").unwrap(),
+            Config::parse(base, "new").unwrap(),
+        ] {
+            assert_eq!(restart_only(&old, &new), vec!["fleet"]);
+            let mut merged = new.clone();
+            keep_restart_only(&old, &mut merged);
+            assert_eq!(merged.fleet, old.fleet);
+        }
+        let same = Config::parse(&table(&one), "same").unwrap();
         assert!(restart_only(&old, &same).is_empty());
     }
 

@@ -32,6 +32,9 @@ mod policy;
 mod keyless;
 #[path = "support/sigstore.rs"]
 mod sigstore;
+// Node mode: containerd pulling through a node berth in front of a central one.
+#[path = "e2e/fleet.rs"]
+mod fleet;
 
 use std::path::Path;
 use std::process::Command;

@@ -10,6 +10,10 @@
         name the replicas that exist in kustomization.yaml's namespace; and each file passes
         `berth check-config`, with the secret files it names created in a temp dir and S3
         credentials in the environment (as statefulset.yaml provides them).
+        The node berths of deploy/kubernetes/node/ (node mode) the same way: their manifests and
+        kustomization, and their ConfigMap's template rendered with a node IP through
+        `berth check-config`, its hosts.toml pointing at the DaemonSet's port on 127.0.0.1 and the
+        DaemonSet on the host network.
     python tests/kubernetes.py selftest --berth target/debug/berth
         both checks pass on a copy of deploy/kubernetes/, then fail, each for the right reason,
         on copies broken one way at a time (a check that cannot fail proves nothing).
@@ -31,6 +35,10 @@ from pathlib import Path
 import yaml
 
 K8S = Path(__file__).resolve().parent.parent / "deploy" / "kubernetes"
+# The node berths (node mode), applied on their own: a directory under K8S.
+NODE = "node"
+# What the node config template holds where each node's IP goes (daemonset.yaml's init step).
+NODE_IP = "@NODE_IP@"
 # The oldest version the manifests are written for (preStop `sleep` is on by default from
 # 1.30) and the newest the installed kubernetes-validate bundles (its default).
 VERSIONS = ["1.30.0", None]
@@ -51,6 +59,12 @@ def load(root, name):
 
 
 def validate(root):
+    done = validate_dir(root)
+    node = validate_dir(root / NODE)
+    return f"{done}; node/: {node}"
+
+
+def validate_dir(root):
     files = sorted(p for p in root.iterdir() if p.suffix in (".yaml", ".yml"))
     if not files:
         raise CheckFailed(f"no manifests in {root}")
@@ -139,7 +153,40 @@ def config(root, berth):
                 raise CheckFailed(
                     f"berth check-config rejects configmap.yaml's {name}:\n{r.stderr}{r.stdout}"
                 )
-    return f"{replicas} per-pod configs agree and pass berth check-config"
+    node = node_config(root / NODE, berth)
+    return f"{replicas} per-pod configs agree and pass berth check-config; {node}"
+
+
+def node_config(root, berth):
+    data = load(root, "configmap.yaml")["data"]
+    ds = load(root, "daemonset.yaml")["spec"]["template"]["spec"]
+    if not ds.get("hostNetwork"):
+        raise CheckFailed("node/daemonset.yaml: the node berth must run with hostNetwork: true")
+    template = data["config.toml"]
+    selfs = [line for line in template.splitlines() if SELF_LINE.match(line)]
+    if len(selfs) != 1 or f"//{NODE_IP}:" not in selfs[0]:
+        raise CheckFailed(f"node/configmap.yaml: [fleet] self must be http://{NODE_IP}:PORT, found {selfs}")
+    port = re.search(r'^listen = "0\.0\.0\.0:(\d+)"', template, re.M)
+    if not port or f'[host."http://127.0.0.1:{port[1]}"]' not in data["hosts.toml"]:
+        raise CheckFailed(
+            "node/configmap.yaml: hosts.toml must point at http://127.0.0.1:<[server] listen port>"
+        )
+    with tempfile.TemporaryDirectory(prefix="berth-k8s-node.") as tmp:
+        tmp = Path(tmp)
+        (tmp / "secrets").mkdir()
+        (tmp / "secrets" / "fleet-secret").write_text(secrets.token_urlsafe(48))
+        f = tmp / "config.toml"
+        f.write_text(
+            template.replace(NODE_IP, "10.0.3.7").replace("/etc/berth/secrets/", f"{tmp}/secrets/")
+        )
+        r = subprocess.run(
+            [berth, "check-config", "--config", str(f)], capture_output=True, text=True
+        )
+        if r.returncode != 0:
+            raise CheckFailed(
+                f"berth check-config rejects node/configmap.yaml's config.toml:\n{r.stderr}{r.stdout}"
+            )
+    return "the node config passes berth check-config"
 
 
 def in_pod_file(pod, old, new):
@@ -194,6 +241,23 @@ BREAKAGES = [
      "config", "the peers must be berth-0..2"),
     ("a replica without its file", "statefulset.yaml", everywhere("replicas: 3", "replicas: 4"),
      "config", "pods need ['berth-0.toml', 'berth-1.toml', 'berth-2.toml', 'berth-3.toml']"),
+    ("an unknown field in the node DaemonSet", "node/daemonset.yaml",
+     everywhere("hostNetwork: true", "hostNetwork: true\n      hostNetwrk: true"),
+     "validate", "'hostNetwrk' was unexpected"),
+    ("a node manifest left out", "node/kustomization.yaml", everywhere("  - service.yaml\n", ""),
+     "validate", "does not list: ['service.yaml']"),
+    ("the node berth off the host network", "node/daemonset.yaml",
+     everywhere("hostNetwork: true", "hostNetwork: false"),
+     "config", "must run with hostNetwork: true"),
+    ("an unknown key in the node config", "node/configmap.yaml",
+     everywhere('peers_dns = "berth-node.berth.svc"\n', 'peers_dns = "berth-node.berth.svc"\n    max_uplods = 4\n'),
+     "config", "unknown field `max_uplods`"),
+    ("a node's self fixed to one address", "node/configmap.yaml",
+     everywhere("http://@NODE_IP@:5001", "http://10.0.0.1:5001"),
+     "config", "[fleet] self must be http://@NODE_IP@:PORT"),
+    ("hosts.toml pointing elsewhere", "node/configmap.yaml",
+     everywhere('[host."http://127.0.0.1:5001"]', '[host."http://127.0.0.1:5000"]'),
+     "config", "hosts.toml must point at"),
 ]
 
 

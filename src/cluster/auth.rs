@@ -13,6 +13,9 @@
 //! clock shared within a minute, which NTP gives every node, and one HMAC per peer request.
 //! Neither scheme hides the content: use `https://` peers for that.
 //!
+//! The fleet (`fleet`) reuses the scheme with its own `Authorization` scheme and domain string
+//! ([`PeerKey::for_protocol`]): one way of proving, never one proof for two protocols.
+//!
 //! Rule of dependency: a leaf (ring, http header types, `config::Secret`).
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -59,22 +62,44 @@ impl Refusal {
     ];
 }
 
-/// The cluster secret as an HMAC key.
-pub struct PeerKey(hmac::Key);
+/// The domain string of the cluster's proofs: the first line of every signed message.
+pub const DOMAIN: &str = "berth-peer-v1";
+
+/// A shared secret as an HMAC key, for one protocol: the cluster's ([`PeerKey::new`]) or another
+/// that reuses the scheme under its own `Authorization` scheme and domain string
+/// ([`PeerKey::for_protocol`], the fleet's), so a proof made for one never passes as a proof of
+/// the other, even where an operator gave both the same secret.
+pub struct PeerKey {
+    key: hmac::Key,
+    scheme: &'static str,
+    domain: &'static str,
+}
 
 impl PeerKey {
+    /// The cluster's key: `Berth-Peer`, `berth-peer-v1`.
     pub fn new(secret: &Secret) -> PeerKey {
-        PeerKey(hmac::Key::new(
-            hmac::HMAC_SHA256,
-            secret.expose().as_bytes(),
-        ))
+        PeerKey::for_protocol(secret, SCHEME, DOMAIN)
+    }
+
+    /// A key for another protocol with this scheme: its `Authorization` scheme and the domain
+    /// string its messages start with.
+    pub fn for_protocol(secret: &Secret, scheme: &'static str, domain: &'static str) -> PeerKey {
+        PeerKey {
+            key: hmac::Key::new(hmac::HMAC_SHA256, secret.expose().as_bytes()),
+            scheme,
+            domain,
+        }
     }
 
     /// The `Authorization` value for a request, signed at `now` (seconds since the epoch).
     pub fn sign(&self, method: &str, path_and_query: &str, now: u64) -> HeaderValue {
-        let tag = hmac::sign(&self.0, &message(method, path_and_query, now));
-        HeaderValue::from_str(&format!("{SCHEME} {now} {}", hex::encode(tag.as_ref())))
-            .expect("digits and hex are a valid header value")
+        let tag = hmac::sign(&self.key, &self.message(method, path_and_query, now));
+        HeaderValue::from_str(&format!(
+            "{} {now} {}",
+            self.scheme,
+            hex::encode(tag.as_ref())
+        ))
+        .expect("digits and hex are a valid header value")
     }
 
     /// Checks a request's `Authorization` value at `now` (seconds since the epoch).
@@ -89,7 +114,7 @@ impl PeerKey {
         let value = value.to_str().map_err(|_| Refusal::Malformed)?;
         let mut parts = value.split_ascii_whitespace();
         match parts.next() {
-            Some(s) if s.eq_ignore_ascii_case(SCHEME) => {}
+            Some(s) if s.eq_ignore_ascii_case(self.scheme) => {}
             // Another scheme (a client's Basic login): no peer proof at all.
             _ => return Err(Refusal::Missing),
         }
@@ -102,8 +127,12 @@ impl PeerKey {
             return Err(Refusal::Expired);
         }
         // Constant time: how much of a forged tag was right does not show in the time taken.
-        hmac::verify(&self.0, &message(method, path_and_query, ts), &mac)
+        hmac::verify(&self.key, &self.message(method, path_and_query, ts), &mac)
             .map_err(|_| Refusal::BadProof)
+    }
+
+    fn message(&self, method: &str, path_and_query: &str, ts: u64) -> Vec<u8> {
+        format!("{}\n{method}\n{path_and_query}\n{ts}", self.domain).into_bytes()
     }
 }
 
@@ -112,10 +141,6 @@ pub fn now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
-}
-
-fn message(method: &str, path_and_query: &str, ts: u64) -> Vec<u8> {
-    format!("berth-peer-v1\n{method}\n{path_and_query}\n{ts}").into_bytes()
 }
 
 #[cfg(test)]
@@ -190,6 +215,40 @@ mod tests {
             .replacen("1700000000", "1700000001", 1);
         assert_eq!(
             k.verify("GET", PATH, Some(&v(&moved)), t),
+            Err(Refusal::BadProof)
+        );
+    }
+
+    /// Another protocol over the same secret (the fleet's): its proofs and the cluster's never
+    /// stand for each other, whether the scheme name is kept or changed in the header.
+    #[test]
+    fn a_proof_of_another_protocol_is_refused() {
+        let secret = Secret::new(SECRET);
+        let (cluster, other) = (
+            PeerKey::new(&secret),
+            PeerKey::for_protocol(&secret, "Berth-Other", "berth-other-v1"),
+        );
+        let t = 1_700_000_000;
+        let theirs = other.sign("GET", PATH, t);
+        assert!(theirs.to_str().unwrap().starts_with("Berth-Other "));
+        assert_eq!(other.verify("GET", PATH, Some(&theirs), t), Ok(()));
+        assert_eq!(
+            cluster.verify("GET", PATH, Some(&theirs), t),
+            Err(Refusal::Missing)
+        );
+        let renamed =
+            HeaderValue::from_str(&theirs.to_str().unwrap().replacen("Berth-Other", SCHEME, 1))
+                .unwrap();
+        assert_eq!(
+            cluster.verify("GET", PATH, Some(&renamed), t),
+            Err(Refusal::BadProof)
+        );
+        let ours = cluster.sign("GET", PATH, t);
+        let renamed =
+            HeaderValue::from_str(&ours.to_str().unwrap().replacen(SCHEME, "Berth-Other", 1))
+                .unwrap();
+        assert_eq!(
+            other.verify("GET", PATH, Some(&renamed), t),
             Err(Refusal::BadProof)
         );
     }

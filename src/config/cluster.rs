@@ -10,7 +10,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use url::Url;
 
-use super::value::{Secret, check_ca_file, check_registry_url, duration};
+use super::value::{Secret, check_ca_file, check_registry_url, duration, read_secret};
 
 /// `[cluster]`: the replicas of one berth (see `cluster`). Each blob has one owner among the
 /// live peers; peers prove themselves to each other with the shared secret.
@@ -106,24 +106,9 @@ impl ClusterConfig {
         if let Some(f) = &self.ca_file {
             check_ca_file(f).map_err(|r| (key("ca_file"), r))?;
         }
-        let f = &self.secret_file;
-        let secret = std::fs::read_to_string(f).map_err(|e| {
-            (
-                key("secret_file"),
-                format!("cannot read {}: {e}", f.display()),
-            )
-        })?;
-        let secret = secret.trim();
-        if secret.len() < MIN_CLUSTER_SECRET_BYTES {
-            return Err((
-                key("secret_file"),
-                format!(
-                    "the secret has {} bytes; at least {MIN_CLUSTER_SECRET_BYTES} are needed (e.g. `openssl rand -hex 32`)",
-                    secret.len()
-                ),
-            ));
-        }
-        self.secret = Some(Secret::new(secret));
+        let secret = read_secret(&self.secret_file, MIN_CLUSTER_SECRET_BYTES)
+            .map_err(|r| (key("secret_file"), r))?;
+        self.secret = Some(secret);
         Ok(())
     }
 }

@@ -8,12 +8,12 @@
 //!
 //! One file per section, each holding its type, its defaults and its own checks: `server`,
 //! `metrics`, `storage` (with `[storage.s3]`), `upstreams` (`[[upstream]]`), `auth`, `cluster`,
-//! `admin`, `log`, `policy` (`[[policy]]`, its keys and its Sigstore `trusted_root` read and
-//! parsed at load, by `keys` and `trusted_root`). `value` holds what several share: durations, sizes and percentages as the file
-//! writes them, [`Secret`], and the checks of a registry URL, a CA bundle and a TLS pair. This
-//! file holds [`Config`], [`Config::load`] and [`Config::parse`], the order the checks run in
-//! (which is the order errors are reported in), the checks that span sections, and
-//! [`Config::warnings`]. Every section type is re-exported here: callers name
+//! `fleet`, `admin`, `log`, `policy` (`[[policy]]`, its keys and its Sigstore `trusted_root` read
+//! and parsed at load, by `keys` and `trusted_root`). `value` holds what several share: durations,
+//! sizes and percentages as the file writes them, [`Secret`], and the checks of a registry URL, a
+//! CA bundle and a TLS pair. This file holds [`Config`], [`Config::load`] and [`Config::parse`],
+//! the order the checks run in (which is the order errors are reported in), the checks that span
+//! sections, and [`Config::warnings`]. Every section type is re-exported here: callers name
 //! `crate::config::UpstreamConfig`, never a section file.
 //!
 //! Rule of dependency: a leaf of the crate (no `crate::` import). Inside it, this file uses the
@@ -27,6 +27,7 @@ use serde::{Deserialize, Serialize};
 mod admin;
 mod auth;
 mod cluster;
+mod fleet;
 mod keys;
 mod log;
 mod metrics;
@@ -40,6 +41,7 @@ mod value;
 pub use admin::{AdminConfig, MIN_ADMIN_TOKEN_BYTES};
 pub use auth::AuthConfig;
 pub use cluster::{ClusterConfig, MIN_CLUSTER_SECRET_BYTES};
+pub use fleet::{FleetConfig, MIN_FLEET_SECRET_BYTES};
 pub use keys::{KeyAlgorithm, PublicKeyConfig, parse_public_key, parse_spki};
 pub use log::{LogConfig, LogFormat};
 pub use metrics::MetricsConfig;
@@ -79,6 +81,10 @@ pub struct Config {
     /// Replicas that share the work of filling blobs (`cluster`). Absent: a single berth.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cluster: Option<ClusterConfig>,
+    /// A berth on every node in front of a central one (`fleet`): with `parent`, this berth is a
+    /// node (its upstreams are its parent's); without, the parent. Absent: neither.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fleet: Option<FleetConfig>,
     /// The registries berth mirrors; the only hosts it ever connects to.
     #[serde(default, rename = "upstream")]
     pub upstreams: Vec<UpstreamConfig>,
@@ -186,7 +192,20 @@ impl Config {
                     .into(),
             )));
         }
-        upstreams::check_set(&self.upstreams).map_err(err)?;
+        if let Some(f) = &mut self.fleet {
+            f.validate().map_err(err)?;
+        }
+        match self.fleet.as_ref().is_some_and(FleetConfig::is_node) {
+            // Filled from the parent's list at start (`fleet`), then checked by `check_upstreams`.
+            true if !self.upstreams.is_empty() => {
+                return Err(err((
+                    "upstream".into(),
+                    "a fleet node's upstreams come from its parent (fleet.parent): remove the [[upstream]] tables".into(),
+                )));
+            }
+            true => {}
+            false => upstreams::check_set(&self.upstreams).map_err(err)?,
+        }
         auth::validate(self.auth.as_ref(), &self.upstreams).map_err(err)?;
         if let Some(c) = &mut self.cluster {
             c.validate().map_err(err)?;
@@ -219,6 +238,14 @@ impl Config {
     pub fn to_toml(&self) -> String {
         toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render: {e}"))
     }
+}
+
+/// The checks of an upstream set made elsewhere than in the file (a fleet node's, from its
+/// parent's list): the set's and each upstream's, as `[[upstream]]` tables get them, passwords
+/// read. On error, the key (`upstream[i].<key>`) and the reason.
+pub fn check_upstreams(upstreams: &mut [UpstreamConfig]) -> Result<(), (String, String)> {
+    upstreams::check_set(upstreams)?;
+    upstreams::validate(upstreams)
 }
 
 /// Where in the file a TOML error is (`line L, column C`); toml's message names the key.

@@ -97,6 +97,11 @@ pub struct UpstreamConfig {
     /// The password, read from `password_file` or `password_env` at load time.
     #[serde(skip_deserializing, skip_serializing_if = "Option::is_none")]
     pub password: Option<Secret>,
+    /// Sent as `?ns=<namespace>` on every request to this upstream: it is another berth that
+    /// serves several registries on one address (a fleet node's parent). Set by `fleet` from the
+    /// parent's list, never by the file.
+    #[serde(skip)]
+    pub namespace: Option<String>,
 }
 
 impl UpstreamConfig {

@@ -53,6 +53,21 @@ pub(super) fn check_registry_url(u: &Url) -> Result<(), String> {
     Ok(())
 }
 
+/// A shared secret from `file` (surrounding white space ignored), at least `min` bytes long. On
+/// error, the reason (the caller names the key).
+pub(super) fn read_secret(file: &Path, min: usize) -> Result<Secret, String> {
+    let secret = std::fs::read_to_string(file)
+        .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+    let secret = secret.trim();
+    if secret.len() < min {
+        return Err(format!(
+            "the secret has {} bytes; at least {min} are needed (e.g. `openssl rand -hex 32`)",
+            secret.len()
+        ));
+    }
+    Ok(Secret::new(secret))
+}
+
 /// A CA bundle must be readable and hold at least one PEM certificate; the upstream client parses
 /// it again when it is built, so a bad file fails here, before any port is bound.
 pub(super) fn check_ca_file(f: &Path) -> Result<(), String> {

@@ -8,7 +8,8 @@
 //!
 //! With `[cluster]`, paths under `cluster::PEER_PREFIX` are the peer protocol: their proof is
 //! checked (`cluster::Cluster::admit`) before anything else, client logins play no part there,
-//! and a request without a valid proof gets 401 whatever the path.
+//! and a request without a valid proof gets 401 whatever the path. With `[fleet]`, paths under
+//! `fleet::PREFIX` are the fleet's routes, answered the same way (`fleet`, the child module).
 //!
 //! The mirror answers in its own terms and notes the pulls it answered itself (the bucket's
 //! last-pull order), so this layer asks nothing of `tier` or `store`.
@@ -23,18 +24,21 @@
 //! - `log`: the request line, written when the body ends or is dropped;
 //! - [`metrics`]: the metrics listener's router (`/metrics`, `/healthz`, `/admin`);
 //! - [`admin`]: the admin API's face (`/admin/...`, bearer token, JSON) over `admin`'s operations;
+//! - `fleet`: the fleet's routes (`/_berth/fleet/v1/`: the proof, the parent's upstream list);
 //! - `warm`: the admin API's warm, `warm`'s walk run through [`App`] in process (a request it
 //!   builds carries the `AdminWarm` marker, which admits it as `Principal::Admin`).
 //!
 //! Rule of dependency: uses `access`, `admin` (the operations), `cluster` (the peer protocol's
-//! proof and paths), `health`, `mirror` (its replies, and the `Target` that `route` builds),
-//! `upstreams` (the host table), `metrics`, `logwriter`, `oci`, `error`, and `warm` (the admin
-//! API's warm runs its walk). Only `server` and `assemble` use it; nothing below it sees HTTP
-//! types of the client side. Among the children, `error` uses `respond`, `log` uses `route`,
-//! `metrics` uses `admin`, `admin` uses `warm`; no two use each other.
+//! proof and paths), `fleet` (the fleet's proof, paths and listing), `health`, `mirror` (its
+//! replies, and the `Target` that `route` builds), `upstreams` (the host table), `metrics`,
+//! `logwriter`, `oci`, `error`, and `warm` (the admin API's warm runs its walk). Only `server` and
+//! `assemble` use it; nothing below it sees HTTP types of the client side. Among the children,
+//! `error` uses `respond`, `log` uses `route`, `metrics` uses `admin`, `admin` uses `warm`; no two
+//! use each other.
 
 pub mod admin;
 pub mod error;
+mod fleet;
 mod log;
 pub mod metrics;
 mod respond;
@@ -70,8 +74,11 @@ pub type Body = UnsyncBoxBody<Bytes, Error>;
 
 const BASIC_CHALLENGE: HeaderValue = HeaderValue::from_static("Basic realm=\"berth\"");
 const PEER_CHALLENGE: HeaderValue = HeaderValue::from_static(crate::cluster::auth::SCHEME);
+const FLEET_CHALLENGE: HeaderValue = HeaderValue::from_static(crate::fleet::SCHEME);
 /// The route label of peer requests (logs, `berth_http_requests_total`).
 const PEER_KIND: &str = "peer";
+/// The route label of fleet requests.
+const FLEET_KIND: &str = "fleet";
 /// The target of the request lines (`berth::http`): filters and log readers name it, so it stays
 /// this module's though the lines are written in `log`.
 const LOG_TARGET: &str = module_path!();
@@ -99,6 +106,8 @@ pub struct App {
     pub in_flight: AtomicUsize,
     /// With `[cluster]`: what answers the peer routes.
     pub peers: Option<PeerSide>,
+    /// With `[fleet]`: what checks and answers the fleet routes (`fleet`).
+    pub fleet: Option<Arc<crate::fleet::Fleet>>,
 }
 
 /// What the peer routes need: the cluster (to check proofs) and this berth's phase.
@@ -128,6 +137,7 @@ impl App {
             json_log: AtomicBool::new(false),
             in_flight: AtomicUsize::new(0),
             peers: None,
+            fleet: None,
         }
     }
 
@@ -153,6 +163,7 @@ impl App {
                 if e.kind == Kind::LoginRequired {
                     let challenge = match log.kind {
                         PEER_KIND => PEER_CHALLENGE,
+                        FLEET_KIND => FLEET_CHALLENGE,
                         _ => BASIC_CHALLENGE,
                     };
                     r.headers_mut().insert(header::WWW_AUTHENTICATE, challenge);
@@ -224,6 +235,12 @@ impl App {
         {
             log.kind = PEER_KIND;
             return self.peer_answer(side, req, log).await;
+        }
+        if let Some(fleet) = &self.fleet
+            && req.uri().path().starts_with(crate::fleet::PREFIX)
+        {
+            log.kind = FLEET_KIND;
+            return self.fleet_answer(fleet, req, log);
         }
         // One snapshot of the upstream set routes this request (a reload swaps it whole).
         let upstreams = self.mirror.upstreams();

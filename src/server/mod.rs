@@ -1,6 +1,7 @@
 //! Listeners, TLS handshakes, connection limits and graceful shutdown: binds, accepts and drains.
 //!
-//! [`Server::bind`] has `assemble` build everything from the [`Config`] (store, upstreams,
+//! [`Server::bind`] has `assemble` build everything (for a fleet node, after asking its parent
+//! for its upstreams, `assemble::effective`) from the [`Config`] (store, upstreams,
 //! metrics, mirror, ...: [`Parts`]) and then binds both listeners, so a bad config or a busy port
 //! fails before anything is served ([`Server::bind_parts`] takes parts built already);
 //! [`Server::run`] serves until the shutdown future completes, then stops accepting and gives
@@ -108,6 +109,7 @@ pub struct Server {
 impl Server {
     /// Builds the mirror from `cfg` ([`Parts::build`]) and binds its listeners.
     pub async fn bind(cfg: &Config) -> Result<Server, StartError> {
+        let cfg = &assemble::effective(cfg).await?;
         Self::bind_parts(Parts::build(cfg, assemble::bucket(cfg)?)?, None).await
     }
 
@@ -118,6 +120,7 @@ impl Server {
         cfg: &Config,
         registry: std::net::TcpListener,
     ) -> Result<Server, StartError> {
+        let cfg = &assemble::effective(cfg).await?;
         Self::bind_parts(Parts::build(cfg, assemble::bucket(cfg)?)?, Some(registry)).await
     }
 
@@ -128,6 +131,7 @@ impl Server {
         cfg: &Config,
         bucket: Option<Bucket>,
     ) -> Result<Server, StartError> {
+        let cfg = &assemble::effective(cfg).await?;
         Self::bind_parts(Parts::build(cfg, bucket)?, None).await
     }
 

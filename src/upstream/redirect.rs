@@ -1,7 +1,8 @@
 //! Redirects: following an upstream's `Location` (to a CDN or an object store), within
 //! `max_redirects`. Each hop is checked before it is sent: never from https down to http, only to
 //! http(s), and only to addresses [`guard`](super::guard) allows; `Authorization` is dropped as soon
-//! as a hop leaves the upstream's origin.
+//! as a hop leaves the upstream's origin. A hop back to the upstream's origin keeps its `?ns=`
+//! (an upstream that is another berth, see `UpstreamConfig::namespace`).
 //!
 //! Rule of dependency: under `upstream`, uses its parent's [`Upstream`] (its guard, its exchange),
 //! `retry` (the failure it returns) and `auth` (what "the same origin" is); `error`.
@@ -53,6 +54,7 @@ impl Upstream {
                     Error::upstream_bad(&self.name, "redirect with an unparsable Location")
                 })?;
             next.set_fragment(None);
+            self.keep_namespace(&mut next);
             match (url.scheme(), next.scheme()) {
                 ("https", "https") | ("http", "http" | "https") => {}
                 ("https", "http") => {
@@ -83,6 +85,18 @@ impl Upstream {
             }
             debug!(upstream = %self.name, from = %redact(&url), to = %redact(&next), "following redirect");
             url = next;
+        }
+    }
+
+    /// A redirect back to the upstream's own origin (another berth, a fleet node's parent)
+    /// keeps naming the registry it asked for: without `ns` there, that berth would answer for
+    /// its default upstream instead. Elsewhere (a CDN, an object store) the URL is left as given.
+    fn keep_namespace(&self, next: &mut Url) {
+        let Some(ns) = &self.cfg.namespace else {
+            return;
+        };
+        if same_origin(next, &self.cfg.url) && !next.query_pairs().any(|(k, _)| k == "ns") {
+            next.query_pairs_mut().append_pair("ns", ns);
         }
     }
 }

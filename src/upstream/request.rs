@@ -1,9 +1,10 @@
 //! The request berth sends: [`UpstreamRequest`] and the builders the mirror and the fills use
 //! (`blob_request`, and `header_str` / `content_length` to read an answer's headers), its URL
-//! (always `cfg.url` plus a `/v2/` path) and headers (the client's minus credentials and hop-by-hop
-//! ones), and one exchange on the wire within `response_timeout`, counted, timed and its rate-limit
-//! headers recorded. A host the address policy refused once resolved fails the exchange as a bad
-//! upstream, not retried (as a refused redirect does).
+//! (always `cfg.url` plus a `/v2/` path, and `?ns=` when the upstream is another berth) and headers
+//! (the client's minus credentials and hop-by-hop ones), and one exchange on the wire within
+//! `response_timeout`, counted, timed and its rate-limit headers recorded. A host the address
+//! policy refused once resolved fails the exchange as a bad upstream, not retried (as a refused
+//! redirect does).
 //!
 //! Rule of dependency: under `upstream`, uses its parent's [`Upstream`], `retry` (whether a
 //! transport failure is worth another try), `auth` (what "the same origin" is) and `guard` (a
@@ -93,6 +94,11 @@ impl Upstream {
         let base = url.path().trim_end_matches('/').to_owned();
         url.set_path(&format!("{base}{}", pq.path()));
         url.set_query(pq.query());
+        // Another berth serving several registries: name the one meant, after the request's own
+        // query (`n`/`last`, `artifactType`), on every request.
+        if let Some(ns) = &self.cfg.namespace {
+            url.query_pairs_mut().append_pair("ns", ns);
+        }
         // `..` segments are resolved by `set_path`; the result must still be under /v2/.
         if !url.path().starts_with(&format!("{base}/v2/")) {
             return Err(bad());
@@ -230,6 +236,16 @@ mod tests {
         assert_eq!(
             u.url_for("/v2/a/manifests/x").unwrap().as_str(),
             "https://u.io/mirror/v2/a/manifests/x"
+        );
+        let mut ns = upstream("http://parent:5000");
+        ns.cfg.namespace = Some("docker.io".into());
+        assert_eq!(
+            ns.url_for("/v2/library/a/manifests/x").unwrap().as_str(),
+            "http://parent:5000/v2/library/a/manifests/x?ns=docker.io"
+        );
+        assert_eq!(
+            ns.url_for("/v2/a/tags/list?n=10&last=b").unwrap().as_str(),
+            "http://parent:5000/v2/a/tags/list?n=10&last=b&ns=docker.io"
         );
         for bad in [
             "/v3/x",

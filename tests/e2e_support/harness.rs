@@ -273,6 +273,13 @@ impl Env {
         self.start_berth();
     }
 
+    /// Stops berth (for a test where another berth in front of it must do without it).
+    pub fn stop_berth(&mut self) {
+        if let Some(mut b) = self.berth.take() {
+            b.stop();
+        }
+    }
+
     /// Stops the registries: from now on only berth's cache can answer.
     pub fn stop_registries(&mut self) {
         for r in &mut self.registries {

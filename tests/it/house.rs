@@ -195,6 +195,21 @@ fn no_import_runs_back_up_the_layers() {
         ("mirror", &["http", "server", "assemble", "reload", "admin"]),
         ("fill", &["mirror", "http", "server", "assemble"]),
         ("cluster", &["mirror", "fill", "http", "server", "assemble"]),
+        // Node mode: the parent's upstream list and the fleet proof; never the mirror's work.
+        (
+            "fleet",
+            &[
+                "mirror",
+                "fill",
+                "store",
+                "tier",
+                "manifests",
+                "http",
+                "server",
+                "assemble",
+                "reload",
+            ],
+        ),
         ("origins", &["mirror", "fill", "http", "server", "assemble"]),
         (
             "store",

@@ -25,6 +25,7 @@ mod crash;
 mod dns;
 mod enospc;
 mod evict;
+mod fleet;
 mod house;
 mod idle;
 mod isolation;

@@ -1,0 +1,216 @@
+//! Node mode (`[fleet]`): a berth on every node, in front of a central berth (its parent), which
+//! the node's container runtime uses as its mirror.
+//!
+//! - [`listing`]: the parent's upstream list (`GET /_berth/fleet/v1/upstreams`), made from its
+//!   running upstreams, parsed strictly by the node, and turned into the node's upstreams;
+//! - [`node`]: a node's side: asking its parent for that list at start and on reload, and keeping
+//!   the last good one on disk;
+//! - this file: the protocol's paths, its proof ([`Fleet::admit`], the cluster's HMAC scheme under
+//!   the fleet's own name) and its metric.
+//!
+//! # The node's design
+//! A node is an ordinary berth whose upstreams are its parent's. At start (and on `SIGHUP`) it
+//! asks the parent, fleet-signed, for the parent's upstream names, aliases, default flag, library
+//! rule and tag TTL, and makes one upstream per name whose URL is the parent and whose every
+//! request carries `?ns=<name>` (`UpstreamConfig::namespace`; the upstream client adds it after
+//! the request's own query, `n`/`last` of a tag list or `artifactType` of a referrers list, and
+//! keeps it across a redirect back to the parent). So a runtime's request in any form the parent
+//! understands (a plain path for the default upstream, `?ns=<host>`, a `/v2/<host>/...` prefix,
+//! an alias) is routed by the node's own route parser to the same upstream the parent would pick,
+//! and answered by the node's ordinary mirror: manifests and tags fetched from the parent and
+//! verified against their digest, blobs filled from the parent and verified while they stream,
+//! both cached on the node's disk under the same names the parent uses, served stale (tags) or
+//! from disk when the parent is down, `503` for what the node does not hold.
+//!
+//! Why a synthesized upstream list rather than a new kind of source beside `upstream`: the
+//! mirror's whole machinery (single-flight fills, resume with `Range`, the stall timeouts, the
+//! stale-tag rule, the access check, the per-upstream cache layout) already works per upstream,
+//! and a parent berth is, seen from the node, exactly a registry that serves several namespaces
+//! on one address; the only new thing a request needs is the `ns` parameter, one line in the
+//! upstream client. A new source would have had to repeat every rule the mirror keeps. The cost:
+//! the node's list follows the parent's only at start and on reload (a new upstream on the parent
+//! needs a `SIGHUP` or a restart of the nodes), which the DaemonSet's rollout gives anyway.
+//!
+//! Why the parent is the only source of manifests, tags and referrers: they decide *what* a pull
+//! gets (a tag's digest, the signature policy's verdict, the access decision), and one place
+//! deciding them keeps every node's answer the same and the policy unbypassable. Blobs are
+//! content-addressed, so any holder's bytes can be checked against the digest the parent's
+//! manifest named; only they may come from other nodes (the swarm, module `swarm`).
+//!
+//! With the parent down, a node serves what it holds: blobs and manifests by digest from its
+//! disk, tags from its cache whatever their age (as any berth does with its upstream down), and
+//! `503 UNAVAILABLE` for the rest. The list of upstreams is kept at
+//! `<storage>/fleet/upstreams.json` (written atomically after each good answer), so a node
+//! restarted while the parent is down still knows its upstreams and serves its disk. A first
+//! start with neither the parent nor a saved list fails, saying so: the orchestrator restarts it.
+//!
+//! What is read now and used later: `self`, the node set (`peers_dns`/`peers`) and
+//! `max_uploads` are checked at load, for the node-to-node sharing of blobs (module `swarm`),
+//! which is wired into the node's fills in a later step; until then a node's misses all go to its
+//! parent.
+//!
+//! # Trust
+//! Fleet requests (node to parent, later node to node) carry `Authorization: Berth-Fleet <ts>
+//! <hmac>`: the cluster's scheme (`cluster::auth`) with the domain string `berth-fleet-v1`, so a
+//! cluster proof is never a fleet proof, even over one secret. Paths under [`PREFIX`] without a
+//! valid proof get `401` and nothing else, counted in `berth_fleet_auth_failures_total{reason}`.
+//! The node's registry requests to the parent are ordinary client requests: with `[auth]` on the
+//! parent, the node logs in with `[fleet] username`/`password_file` like any client, and the
+//! parent's access policy applies to it. Nothing the parent sends picks an address: the node's
+//! upstream URL is `[fleet] parent`, and the listing only names namespaces on it.
+//!
+//! Rule of dependency: uses `config` (its table, the upstream checks), `cluster::auth` (the HMAC
+//! scheme), `upstream::connect` (the HTTP client builder); `assemble` builds it, `reload` asks
+//! [`node`] again, `http` answers the fleet routes with it. It never calls the mirror, the fill
+//! or the store.
+
+pub mod listing;
+pub mod node;
+
+use http::{HeaderMap, header};
+use prometheus::{IntCounterVec, Opts, Registry};
+
+use crate::cluster::auth::{self, PeerKey, Refusal};
+use crate::config::{FleetConfig, Secret};
+
+/// Every fleet route lives under this prefix of the registry listener.
+pub const PREFIX: &str = "/_berth/fleet/";
+/// The parent's upstream list.
+pub const UPSTREAMS_PATH: &str = "/_berth/fleet/v1/upstreams";
+/// The `Authorization` scheme of fleet requests.
+pub const SCHEME: &str = "Berth-Fleet";
+/// The domain string of fleet proofs (the cluster's is `berth-peer-v1`).
+pub const DOMAIN: &str = "berth-fleet-v1";
+
+/// The fleet secret as an HMAC key, for the fleet's protocol only.
+pub fn key(secret: &Secret) -> PeerKey {
+    PeerKey::for_protocol(secret, SCHEME, DOMAIN)
+}
+
+/// This berth's place in a fleet: node or parent, and the check of incoming fleet requests.
+pub struct Fleet {
+    key: PeerKey,
+    node: bool,
+    /// `berth_fleet_auth_failures_total{reason}`: fleet requests refused with 401.
+    auth_failures: IntCounterVec,
+}
+
+impl Fleet {
+    /// From a validated `[fleet]` table; the metric family goes into `registry`.
+    pub fn new(cfg: &FleetConfig, registry: &Registry) -> Result<Fleet, String> {
+        let secret = cfg
+            .secret
+            .as_ref()
+            .ok_or("the fleet secret was not read (the config was not validated)")?;
+        let auth_failures = IntCounterVec::new(
+            Opts::new(
+                "berth_fleet_auth_failures_total",
+                "Requests to the fleet routes refused for want of a valid proof, by reason (missing, malformed, expired, bad_proof).",
+            ),
+            &["reason"],
+        )
+        .map_err(|e| e.to_string())?;
+        registry
+            .register(Box::new(auth_failures.clone()))
+            .map_err(|e| e.to_string())?;
+        for r in Refusal::ALL {
+            auth_failures.with_label_values(&[r.as_str()]);
+        }
+        Ok(Fleet {
+            key: key(secret),
+            node: cfg.is_node(),
+            auth_failures,
+        })
+    }
+
+    /// Whether this berth is a node (else the parent).
+    pub fn is_node(&self) -> bool {
+        self.node
+    }
+
+    /// Checks a fleet request's proof; a refusal is counted.
+    pub fn admit(
+        &self,
+        method: &str,
+        path_and_query: &str,
+        headers: &HeaderMap,
+    ) -> Result<(), Refusal> {
+        self.key
+            .verify(
+                method,
+                path_and_query,
+                headers.get(header::AUTHORIZATION),
+                auth::now(),
+            )
+            .inspect_err(|r| self.auth_failures.with_label_values(&[r.as_str()]).inc())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fleet(secret: &str, parent: Option<&str>) -> (Fleet, Registry) {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("s");
+        std::fs::write(&f, secret).unwrap();
+        let mut text = format!("secret_file = {:?}\n", f.display().to_string());
+        if let Some(p) = parent {
+            text.push_str(&format!(
+                "parent = \"{p}\"\nself = \"http://n1:5000\"\npeers_dns = \"nodes\"\n"
+            ));
+        }
+        let mut cfg: FleetConfig = toml::from_str(&text).unwrap();
+        cfg.validate().unwrap();
+        let registry = Registry::new();
+        (Fleet::new(&cfg, &registry).unwrap(), registry)
+    }
+
+    const SECRET: &str = "0123456789abcdef0123456789abcdef";
+
+    /// A fleet proof passes; none, a cluster proof over the same secret, or another fleet's
+    /// secret is refused and counted by reason.
+    #[test]
+    fn only_a_fleet_proof_is_admitted() {
+        let (parent, registry) = fleet(SECRET, None);
+        assert!(!parent.is_node());
+        let secret = Secret::new(SECRET);
+        let now = auth::now();
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::AUTHORIZATION,
+            key(&secret).sign("GET", UPSTREAMS_PATH, now),
+        );
+        assert_eq!(parent.admit("GET", UPSTREAMS_PATH, &h), Ok(()));
+        assert_eq!(
+            parent.admit("GET", "/_berth/fleet/v1/other", &h),
+            Err(Refusal::BadProof)
+        );
+        assert_eq!(
+            parent.admit("GET", UPSTREAMS_PATH, &HeaderMap::new()),
+            Err(Refusal::Missing)
+        );
+        // The cluster's proof, with its scheme renamed to the fleet's.
+        let cluster = PeerKey::new(&secret).sign("GET", UPSTREAMS_PATH, now);
+        let renamed = cluster.to_str().unwrap().replacen(auth::SCHEME, SCHEME, 1);
+        h.insert(header::AUTHORIZATION, renamed.parse().unwrap());
+        assert_eq!(
+            parent.admit("GET", UPSTREAMS_PATH, &h),
+            Err(Refusal::BadProof)
+        );
+        let other = key(&Secret::new("fedcba9876543210fedcba9876543210"));
+        h.insert(
+            header::AUTHORIZATION,
+            other.sign("GET", UPSTREAMS_PATH, now),
+        );
+        assert_eq!(
+            parent.admit("GET", UPSTREAMS_PATH, &h),
+            Err(Refusal::BadProof)
+        );
+        let counted = |r: &str| parent.auth_failures.with_label_values(&[r]).get();
+        assert_eq!((counted("bad_proof"), counted("missing")), (3, 1));
+        assert_eq!(registry.gather().len(), 1, "one family, registered");
+        let (node, _) = fleet(SECRET, Some("http://parent:5000"));
+        assert!(node.is_node());
+    }
+}
