@@ -472,3 +472,46 @@ fn a_message_signature_bundle_decides_with_the_payload_beside_it() {
         "{reason}"
     );
 }
+
+/// A denial counts every signature found, in both forms (tag scheme and bundles), and lists each.
+#[test]
+fn a_denial_counts_the_signatures_of_both_forms() {
+    let (signer, _) = keys::tests::p256();
+    let (_, k) = keys::tests::p256();
+    let p = policy(vec![k], &["*"], None);
+    let d = Digest::of(b"image");
+    let good = payload(&d);
+    let sig = sign_p256(&signer, &good);
+    let bundle = |n: &[u8]| BundleFound {
+        referrer: Digest::of(n),
+        bundle: Err("its manifest could not be read: gone".into()),
+        payload: None,
+    };
+    let material = Material {
+        signatures: Some(vec![
+            found(good.clone(), Some(sig.clone())),
+            found(good.clone(), Some(sig.clone())),
+            found(good.clone(), Some(sig)),
+        ]),
+        bundles: vec![bundle(b"1"), bundle(b"2")],
+    };
+    let Verdict::Denied { reason } = decide(&p, &d, &material) else {
+        panic!("signed by a key the policy does not have, and verified");
+    };
+    assert!(
+        reason.contains(&format!(
+            "no signature of {d} verifies with the 1 configured key; found 5 signatures: #1: "
+        )),
+        "{reason}"
+    );
+    assert!(reason.contains("#3: does not verify"), "{reason}");
+    for n in [b"1", b"2"] {
+        assert!(
+            reason.contains(&format!(
+                "bundle {}: its manifest could not be read: gone",
+                Digest::of(n)
+            )),
+            "{reason}"
+        );
+    }
+}
