@@ -1,8 +1,9 @@
-//! Keyless signatures (`trusted_root` + `identities`) end to end, in both forms: cosign tag-scheme
+//! Keyless signatures (`trusted_root` + `identities`) end to end, in each form: cosign tag-scheme
 //! signatures with the keyless annotations (certificate, chain, Rekor bundle), and Sigstore v0.3
-//! bundles attached as referrers (a DSSE envelope over an in-toto statement, a `dsse` Rekor entry),
-//! pushed to the real Distribution registry and pulled through a real `berth serve` by skopeo,
-//! containerd's ctr and podman.
+//! bundles attached as referrers (a DSSE envelope over an in-toto statement with a `dsse` Rekor
+//! entry; a message signature over a simple-signing payload, carried beside it, with a
+//! `hashedrekord` one), pushed to the real Distribution registry and pulled through a real `berth
+//! serve` by skopeo, containerd's ctr and podman.
 //!
 //! The trusted root is the test's own, offline (tests/support/sigstore.rs, shared with the
 //! integration tests): a Fulcio-like CA and leaves built with rcgen over keys openssl made, a
@@ -24,7 +25,7 @@ use crate::e2e_support::seed::{OCI_MANIFEST, Platform};
 use crate::e2e_support::{http, proc};
 use crate::policy::{
     ACCEPT, LIMIT, UPSTREAM, assert_denial, check_copy, push_bundle, push_image,
-    push_signature_layer, wait_logged,
+    push_message_bundle, push_signature_layer, wait_logged,
 };
 use crate::referrers::{Pusher, digest_of, fallback_tag};
 use crate::sigstore::{GITHUB, NOON, Signer, Sigstore, WORKFLOW, sign};
@@ -102,6 +103,31 @@ fn push_bundled(
     (platform, listed["digest"].as_str().unwrap().to_owned())
 }
 
+/// Pushes image `repo:1` (from `seed`) and, as its referrer, a keyless message-signature bundle
+/// by `signer` over the image's simple-signing payload, carried beside it.
+fn push_messaged(
+    env: &Env,
+    store: &Sigstore,
+    (repo, seed): (&str, u64),
+    signer: &Signer,
+) -> Platform {
+    let platform = push_image(env, repo, seed);
+    let digest = platform.manifest.digest.clone();
+    let payload = format!(
+        r#"{{"critical":{{"identity":{{"docker-reference":"{UPSTREAM}/{repo}"}},"image":{{"docker-manifest-digest":"{digest}"}},"type":"cosign container image signature"}},"optional":null}}"#
+    );
+    let bundle: Value = serde_json::from_str(&store.message_bundle(signer, &payload)).unwrap();
+    let p = Pusher {
+        addr: env.registry_addr(UPSTREAM),
+        repo,
+    };
+    let subject =
+        json!({"mediaType": OCI_MANIFEST, "digest": digest, "size": platform.manifest.size});
+    let listed = push_message_bundle(&p, &subject, &bundle, &payload);
+    p.fallback_index(&digest, std::slice::from_ref(&listed));
+    platform
+}
+
 /// One image of these tests.
 struct Img {
     repo: &'static str,
@@ -125,7 +151,7 @@ impl Img {
 /// berth with the keyless policy in front of the registries, and the images: `a` (tag scheme) and
 /// `d` (DSSE bundle) signed by the right identity and logged; `b` and `e` (each form) by another
 /// identity; `c` (tag scheme) whose expired certificate has no log entry; `f` a good bundle, but
-/// about `a`'s digest.
+/// about `a`'s digest; `g` a message-signature bundle by the right identity, logged.
 fn world(store: &Sigstore) -> (Env, Vec<Img>) {
     let env = Env::start_with(Via::Berth, |_| BerthExtra {
         tables: policy_table(store),
@@ -149,6 +175,7 @@ fn world(store: &Sigstore) -> (Env, Vec<Img>) {
     let (d, _) = push_bundled(&env, store, ("keyless/d", 3004), &ours, None);
     let (e, e_ref) = push_bundled(&env, store, ("keyless/e", 3005), &theirs, None);
     let (f, f_ref) = push_bundled(&env, store, ("keyless/f", 3006), &ours, Some(&a_digest));
+    let g = push_messaged(&env, store, ("keyless/g", 3007), &ours);
     let img = |repo, platform, why: Option<String>, logged| Img {
         repo,
         platform,
@@ -188,6 +215,7 @@ fn world(store: &Sigstore) -> (Env, Vec<Img>) {
             )),
             "not this digest",
         ),
+        img("keyless/g", g, None, ""),
     ];
     (env, images)
 }
@@ -225,7 +253,7 @@ fn assert_refused(client: &str, img: &Img, e: &str) {
 }
 
 /// With a keyless policy, through berth to the real registry: the images signed by the right
-/// identity and logged, in the tag scheme and as a DSSE bundle referrer, copy byte for byte with
+/// identity and logged, in the tag scheme and as DSSE and message-signature bundle referrers, copy byte for byte with
 /// skopeo; each other image fails to copy, and a plain GET of each (by tag and by digest) is `403
 /// DENIED` with its reason.
 #[test]
@@ -276,7 +304,7 @@ fn keyless_policy_skopeo_and_http_through_berth() {
     assert_eq!(r.status, 200, "{list}");
 
     assert!(
-        verdicts(&env, "verified") >= 2,
+        verdicts(&env, "verified") >= 3,
         "{}",
         verdicts(&env, "verified")
     );
@@ -289,7 +317,7 @@ fn keyless_policy_skopeo_and_http_through_berth() {
 }
 
 /// containerd's ctr and podman pull through berth with the keyless policy: the images signed by
-/// the right identity (tag scheme, DSSE bundle) pull and are stored with their digests; the others
+/// the right identity (tag scheme, DSSE and message-signature bundles) pull and are stored with their digests; the others
 /// fail to pull. ctr prints only `403 Forbidden`: the reason is read from berth's WARN line;
 /// podman prints the error's message, which carries the reason.
 #[test]
@@ -327,10 +355,16 @@ fn keyless_policy_containerd_and_podman_through_berth() {
     let policy = env.policy.display().to_string();
     // podman 4.3 retries a failed pull three times, a second apart: two refusals (one per reason
     // that fits in the message's 300 characters) are enough here, ctr and skopeo see all of them.
-    for img in images
-        .iter()
-        .filter(|i| ["keyless/a", "keyless/b", "keyless/c", "keyless/d"].contains(&i.repo))
-    {
+    for img in images.iter().filter(|i| {
+        [
+            "keyless/a",
+            "keyless/b",
+            "keyless/c",
+            "keyless/d",
+            "keyless/g",
+        ]
+        .contains(&i.repo)
+    }) {
         let reference = img.reference();
         let pulled = proc::try_run(
             &mut podman(&["pull", "-q", "--signature-policy", &policy, &reference]),
@@ -358,6 +392,6 @@ fn keyless_policy_containerd_and_podman_through_berth() {
             }
         }
     }
-    assert!(verdicts(&env, "verified") >= 2);
+    assert!(verdicts(&env, "verified") >= 3);
     assert!(verdicts(&env, "denied") >= 4);
 }

@@ -233,7 +233,12 @@ pub(crate) fn push_bundle(p: &Pusher, subject: &Value, bundle: &Value) -> Value 
 
 /// A message-signature `bundle` attached to `subject` with the simple-signing `payload` it is over
 /// beside it (a second layer, of cosign's payload type): its descriptor, for the index.
-fn push_message_bundle(p: &Pusher, subject: &Value, bundle: &Value, payload: &str) -> Value {
+pub(crate) fn push_message_bundle(
+    p: &Pusher,
+    subject: &Value,
+    bundle: &Value,
+    payload: &str,
+) -> Value {
     let config = p.blob(EMPTY_CONFIG, b"{}");
     let layer = p.blob(BUNDLE, &serde_json::to_vec(bundle).unwrap());
     let beside = p.blob(SIMPLE_SIGNING, payload.as_bytes());
