@@ -2,9 +2,9 @@
 //! `[[policy]]` covers, its verdict ([`crate::policy`]). The mirror fetches the material the
 //! verdict is decided from, as content like any other: cosign's `sha256-<hex>.sig` manifest by tag
 //! (cached, revalidated, served stale like any tag) and each signature's payload blob, and the
-//! Sigstore bundles among the digest's referrers (the referrers list, each referrer manifest and
-//! its bundle blob), all verified by digest and cached, so an image verified once verifies again
-//! with every upstream down.
+//! Sigstore bundles among the digest's referrers (the referrers list, each referrer manifest, its
+//! bundle blob and the simple-signing payload blob beside a message signature), all verified by
+//! digest and cached, so an image verified once verifies again with every upstream down.
 //!
 //! One verification per (policy revision, upstream, repository, digest) runs at a time; requests
 //! arriving meanwhile share its verdict (a flight). Blobs are answered only when a manifest served
@@ -198,8 +198,12 @@ impl Mirror {
                     let Ok(referrer) = d.digest.parse::<Digest>() else {
                         continue;
                     };
-                    let bundle = self.read_bundle(target, &referrer).await;
-                    material.bundles.push(BundleFound { referrer, bundle });
+                    let (bundle, payload) = self.read_bundle(target, &referrer).await;
+                    material.bundles.push(BundleFound {
+                        referrer,
+                        bundle,
+                        payload,
+                    });
                 }
             }
             Err(e) => failed = failed.or(Some(e)),
@@ -212,38 +216,65 @@ impl Mirror {
         }
     }
 
-    /// The bundle a referrer manifest carries (its first layer of the bundle type).
+    /// The bundle a referrer manifest carries (its first layer of the bundle type), and the
+    /// simple-signing payload beside it (its first layer of that type, if any: what a message
+    /// signature is over; see `policy::bundle`).
     async fn read_bundle(
         self: &Arc<Self>,
         target: &Target,
         referrer: &Digest,
-    ) -> Result<Bytes, String> {
-        let reply = self
+    ) -> (Result<Bytes, String>, Option<Result<Bytes, String>>) {
+        let layers = match self
             .lookup_manifest(target, &Reference::Digest(referrer.clone()), Form::Stored)
             .await
-            .map_err(|e| format!("its manifest could not be read: {e}"))?;
-        let v: serde_json::Value = serde_json::from_slice(&reply.manifest.bytes)
-            .map_err(|_| "its manifest is not JSON".to_owned())?;
-        let layer = v
-            .get("layers")
-            .and_then(|l| l.as_array())
-            .and_then(|l| {
-                l.iter().find(|l| {
-                    l.get("mediaType").and_then(|t| t.as_str()) == Some(bundle::BUNDLE_V03)
-                })
+        {
+            Ok(reply) => match serde_json::from_slice::<serde_json::Value>(&reply.manifest.bytes) {
+                Ok(v) => v.get("layers").cloned().unwrap_or_default(),
+                Err(_) => return (Err("its manifest is not JSON".to_owned()), None),
+            },
+            Err(e) => return (Err(format!("its manifest could not be read: {e}")), None),
+        };
+        let layer = |media_type: &str| {
+            layers.as_array().and_then(|l| {
+                l.iter()
+                    .find(|l| l.get("mediaType").and_then(|t| t.as_str()) == Some(media_type))
             })
-            .ok_or_else(|| "its manifest has no bundle layer".to_owned())?;
+        };
+        let bundle = match layer(bundle::BUNDLE_V03) {
+            Some(l) => {
+                self.read_layer(target, l, "bundle", bundle::MAX_BUNDLE)
+                    .await
+            }
+            None => Err("its manifest has no bundle layer".to_owned()),
+        };
+        let payload = match layer(cosign::SIMPLE_SIGNING) {
+            Some(l) => Some(
+                self.read_layer(target, l, "payload", cosign::MAX_PAYLOAD)
+                    .await,
+            ),
+            None => None,
+        };
+        (bundle, payload)
+    }
+
+    /// The blob a layer descriptor names (`what` it is, for a denial), at most `limit` bytes.
+    async fn read_layer(
+        &self,
+        target: &Target,
+        layer: &serde_json::Value,
+        what: &str,
+        limit: usize,
+    ) -> Result<Bytes, String> {
         let digest: Digest = layer
             .get("digest")
             .and_then(|d| d.as_str())
             .and_then(|d| d.parse().ok())
-            .ok_or_else(|| "its bundle layer has no sha256 digest".to_owned())?;
+            .ok_or_else(|| format!("its {what} layer has no sha256 digest"))?;
         let size = layer
             .get("size")
             .and_then(|s| s.as_u64())
             .unwrap_or(u64::MAX);
-        self.read_small(target, &digest, size, bundle::MAX_BUNDLE)
-            .await
+        self.read_small(target, &digest, size, limit).await
     }
 
     /// A small blob (a signature's payload, a bundle), read whole through the blob path (so

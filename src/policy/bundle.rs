@@ -1,19 +1,37 @@
 //! Sigstore bundles (`application/vnd.dev.sigstore.bundle.v0.3+json`, what cosign 3 attaches to an
-//! image as an OCI 1.1 referrer), read and checked against a policy's keys: a DSSE envelope over an
-//! in-toto statement whose subject is the image's digest. The signature is over DSSE's
-//! pre-authentication encoding of the payload type and payload, not over the payload alone.
+//! image as an OCI 1.1 referrer), read and checked against a policy's keys. Two contents count:
+//!
+//! - a DSSE envelope over an in-toto statement whose subject is the image's digest (cosign 3's
+//!   default). The signature is over DSSE's pre-authentication encoding of the payload type and
+//!   payload, not over the payload alone.
+//! - a message signature over a simple-signing payload (cosign's tag-scheme payload, in bundle
+//!   form). A message signature carries only the SHA-256 of what it signs, not the bytes, and no
+//!   spec says where an image's payload lives. berth's choice: the referrer manifest that carries
+//!   the bundle also carries the payload, as a layer of cosign's simple-signing type
+//!   (`application/vnd.dev.cosign.simplesigning.v1+json`); the mirror reads that layer (verified
+//!   by digest, cached like the bundle) and hands it in. Then the bundle's `messageDigest` must be
+//!   SHA2_256 of exactly those bytes, the payload's `critical.image.docker-manifest-digest` must be
+//!   the image's digest, and the signature must verify over the payload, as in the tag scheme.
+//!   Trade-offs: a layer keeps the payload alive in the registry (no garbage collection of an
+//!   unreferenced blob) and travels with the referrer when tools copy referrers, where a blob
+//!   found only by the digest would not; the payload is trusted for nothing until the signature
+//!   over it verifies. Not accepted: a message signature with no payload beside it (berth never
+//!   rebuilds a payload: the signed bytes are the ones cosign wrote, not a re-serialisation), or
+//!   whose digest is not SHA-256.
 //!
 //! A bundle signed with a key names it only by a hint, which is not trusted: every configured key
 //! is tried. A keyless bundle (a certificate in the verification material, and `tlogEntries`
 //! with an inclusion promise) is checked by the sibling `keyless`, its Rekor entry a `dsse` one
-//! about this envelope. Message-signature bundles (a signature over some artifact's digest) carry
-//! no claim about an image and are reported as such.
+//! about this envelope, or a `hashedrekord` one about this payload and signature.
 //!
-//! Rule of dependency: uses `oci` and its siblings `keys` and `keyless`.
+//! Rule of dependency: uses `oci` and its siblings `cosign` (the payload's claim), `keys` and
+//! `keyless`.
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
+use sha2::Digest as _;
 
+use super::cosign;
 use super::keyless::rekor::Entry;
 use super::keyless::{Keyless, Signed};
 use super::keys::Key;
@@ -38,10 +56,26 @@ pub fn pae(payload_type: &str, payload: &[u8]) -> Vec<u8> {
     out
 }
 
-/// Whether `bundle` holds a signature of a statement about `digest`, by one of `keys` or (a
-/// certificate in its verification material) keyless under `keyless`: who signed, or why not.
+/// What a bundle's signatures are over, its claim about the image checked.
+struct Content {
+    /// The bytes signed: DSSE's pre-authentication encoding, or the payload itself.
+    message: Vec<u8>,
+    /// The payload a log entry hashes (a `dsse` entry the statement, a `hashedrekord` the
+    /// signed bytes).
+    payload: Vec<u8>,
+    signatures: Vec<Vec<u8>>,
+    /// The signature, as a denial names it.
+    what: &'static str,
+}
+
+/// Whether `bundle` holds a signature of a statement about `digest` (DSSE), or of a
+/// simple-signing payload claiming it (a message signature over `payload`, the payload the
+/// referrer carries beside the bundle: `None` if it carries none, `Err` if it could not be read),
+/// by one of `keys` or (a certificate in its verification material) keyless under `keyless`: who
+/// signed, or why not.
 pub fn verify(
     bundle: &[u8],
+    payload: Option<Result<&[u8], &str>>,
     digest: &Digest,
     keys: &[Key],
     keyless: Option<&Keyless>,
@@ -54,38 +88,10 @@ pub fn verify(
             "the bundle is keyless (a certificate), and this policy has no trusted_root".into(),
         );
     }
-    if v.get("messageSignature").is_some() {
-        return Err(
-            "the bundle is a message signature, which makes no claim about an image digest".into(),
-        );
-    }
-    let envelope = v
-        .get("dsseEnvelope")
-        .ok_or_else(|| "the bundle has no DSSE envelope".to_owned())?;
-    let field = |k: &str| envelope.get(k).and_then(|x| x.as_str());
-    let payload_type = field("payloadType").unwrap_or("");
-    if payload_type != IN_TOTO {
-        return Err(format!(
-            "its envelope carries {payload_type:?}, not an in-toto statement"
-        ));
-    }
-    let payload = field("payload")
-        .and_then(|p| STANDARD.decode(p).ok())
-        .ok_or_else(|| "its envelope's payload is not base64".to_owned())?;
-    statement_names(&payload, digest)?;
-    let message = pae(payload_type, &payload);
-    let sigs: Vec<Vec<u8>> = envelope
-        .get("signatures")
-        .and_then(|s| s.as_array())
-        .ok_or_else(|| "its envelope has no signatures".to_owned())?
-        .iter()
-        .take(super::cosign::MAX_SIGNATURES)
-        .filter_map(|s| {
-            s.get("sig")
-                .and_then(|x| x.as_str())
-                .and_then(|x| STANDARD.decode(x).ok())
-        })
-        .collect();
+    let content = match v.get("messageSignature") {
+        Some(m) => message_signature(m, payload, digest)?,
+        None => dsse(&v, digest)?,
+    };
     if let (Some((leaf, chain)), Some(keyless)) = (certificate, keyless) {
         let entries: Vec<Option<Result<Entry, String>>> = match v
             .pointer("/verificationMaterial/tlogEntries")
@@ -93,19 +99,19 @@ pub fn verify(
         {
             Some(list) if !list.is_empty() => list
                 .iter()
-                .take(super::cosign::MAX_SIGNATURES)
+                .take(cosign::MAX_SIGNATURES)
                 .map(|e| Some(Entry::from_bundle(e)))
                 .collect(),
             _ => vec![None],
         };
-        let mut why = "its envelope has no signature".to_owned();
-        for sig in &sigs {
+        let mut why = format!("{} is missing", content.what);
+        for sig in &content.signatures {
             for entry in &entries {
                 let signed = Signed {
                     certificate: &leaf,
                     chain: &chain,
-                    message: &message,
-                    payload: &payload,
+                    message: &content.message,
+                    payload: &content.payload,
                     signature: sig,
                     entry: entry.clone(),
                 };
@@ -120,12 +126,105 @@ pub fn verify(
     if keys.is_empty() {
         return Err("it is signed with a key, and this policy has no keys".into());
     }
-    for sig in &sigs {
-        if let Some(k) = keys.iter().find(|k| k.verifies(&message, sig)) {
+    for sig in &content.signatures {
+        if let Some(k) = keys.iter().find(|k| k.verifies(&content.message, sig)) {
             return Ok(k.file.display().to_string());
         }
     }
-    Err("its envelope's signature does not verify with the configured keys".into())
+    Err(format!(
+        "{} does not verify with the configured keys",
+        content.what
+    ))
+}
+
+/// A DSSE envelope's content: an in-toto statement about `digest`, and its signatures.
+fn dsse(v: &serde_json::Value, digest: &Digest) -> Result<Content, String> {
+    let envelope = v
+        .get("dsseEnvelope")
+        .ok_or_else(|| "the bundle has no DSSE envelope nor message signature".to_owned())?;
+    let field = |k: &str| envelope.get(k).and_then(|x| x.as_str());
+    let payload_type = field("payloadType").unwrap_or("");
+    if payload_type != IN_TOTO {
+        return Err(format!(
+            "its envelope carries {payload_type:?}, not an in-toto statement"
+        ));
+    }
+    let payload = field("payload")
+        .and_then(|p| STANDARD.decode(p).ok())
+        .ok_or_else(|| "its envelope's payload is not base64".to_owned())?;
+    statement_names(&payload, digest)?;
+    let signatures = envelope
+        .get("signatures")
+        .and_then(|s| s.as_array())
+        .ok_or_else(|| "its envelope has no signatures".to_owned())?
+        .iter()
+        .take(cosign::MAX_SIGNATURES)
+        .filter_map(|s| {
+            s.get("sig")
+                .and_then(|x| x.as_str())
+                .and_then(|x| STANDARD.decode(x).ok())
+        })
+        .collect();
+    Ok(Content {
+        message: pae(payload_type, &payload),
+        payload,
+        signatures,
+        what: "its envelope's signature",
+    })
+}
+
+/// A message signature's content: the simple-signing `payload` beside the bundle, whose SHA-256
+/// is the signature's `messageDigest` and which claims `digest`, and the signature.
+fn message_signature(
+    m: &serde_json::Value,
+    payload: Option<Result<&[u8], &str>>,
+    digest: &Digest,
+) -> Result<Content, String> {
+    let algorithm = m
+        .pointer("/messageDigest/algorithm")
+        .and_then(|a| a.as_str())
+        .unwrap_or("");
+    if algorithm != "SHA2_256" {
+        return Err(format!(
+            "its message signature's digest is {algorithm:?}, not SHA2_256"
+        ));
+    }
+    let signed = m
+        .pointer("/messageDigest/digest")
+        .and_then(|d| d.as_str())
+        .and_then(|d| STANDARD.decode(d).ok())
+        .filter(|d| d.len() == 32)
+        .ok_or_else(|| "its message signature's digest is not 32 bytes of base64".to_owned())?;
+    let payload = match payload {
+        Some(Ok(p)) => p,
+        Some(Err(e)) => return Err(format!("the payload beside it: {e}")),
+        None => {
+            return Err(format!(
+                "it is a message signature, and its referrer carries no simple-signing payload ({}) for it to be over",
+                cosign::SIMPLE_SIGNING
+            ));
+        }
+    };
+    let actual = sha2::Sha256::digest(payload);
+    if actual.as_slice() != signed.as_slice() {
+        return Err(format!(
+            "its message signature is over sha256:{}, not the simple-signing payload beside it (sha256:{})",
+            hex::encode(&signed),
+            hex::encode(actual)
+        ));
+    }
+    cosign::payload_claims(payload, digest)?;
+    let signature = m
+        .get("signature")
+        .and_then(|s| s.as_str())
+        .and_then(|s| STANDARD.decode(s).ok())
+        .ok_or_else(|| "its message signature is not base64".to_owned())?;
+    Ok(Content {
+        message: payload.to_vec(),
+        payload: payload.to_vec(),
+        signatures: vec![signature],
+        what: "its message signature",
+    })
 }
 
 /// A leaf certificate and the rest of its chain (DER).
@@ -186,8 +285,9 @@ fn statement_names(payload: &[u8], digest: &Digest) -> Result<(), String> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use ring::rand::SystemRandom;
+    use sha2::Digest as _;
 
     use super::*;
     use crate::policy::keys::tests::p256;
@@ -225,22 +325,22 @@ mod tests {
         };
         let good = bundle(&st, &sign(&signer, &pae(IN_TOTO, st.as_bytes())), IN_TOTO);
         assert_eq!(
-            verify(good.as_bytes(), &d, &keys, None).unwrap(),
+            verify(good.as_bytes(), None, &d, &keys, None).unwrap(),
             "test-p256.pub"
         );
 
-        let e = verify(good.as_bytes(), &Digest::of(b"other"), &keys, None).unwrap_err();
+        let e = verify(good.as_bytes(), None, &Digest::of(b"other"), &keys, None).unwrap_err();
         assert!(e.contains("not this digest"), "{e}");
         // Signed over the payload alone (not the PAE), by another key, or a changed statement.
         let raw = bundle(&st, &sign(&signer, st.as_bytes()), IN_TOTO);
         assert!(
-            verify(raw.as_bytes(), &d, &keys, None)
+            verify(raw.as_bytes(), None, &d, &keys, None)
                 .unwrap_err()
                 .contains("does not verify")
         );
         let foreign = bundle(&st, &sign(&other, &pae(IN_TOTO, st.as_bytes())), IN_TOTO);
         assert!(
-            verify(foreign.as_bytes(), &d, &keys, None)
+            verify(foreign.as_bytes(), None, &d, &keys, None)
                 .unwrap_err()
                 .contains("does not verify")
         );
@@ -251,7 +351,7 @@ mod tests {
             IN_TOTO,
         );
         assert!(
-            verify(tampered.as_bytes(), &d, &keys, None)
+            verify(tampered.as_bytes(), None, &d, &keys, None)
                 .unwrap_err()
                 .contains("does not verify")
         );
@@ -261,14 +361,17 @@ mod tests {
             "text/plain",
         );
         assert!(
-            verify(typed.as_bytes(), &d, &keys, None)
+            verify(typed.as_bytes(), None, &d, &keys, None)
                 .unwrap_err()
                 .contains("not an in-toto statement")
         );
 
         for (bad, why) in [
             ("nope".to_owned(), "not JSON"),
-            (r#"{"messageSignature":{}}"#.to_owned(), "message signature"),
+            (
+                r#"{"messageSignature":{}}"#.to_owned(),
+                "its message signature's digest is \"\", not SHA2_256",
+            ),
             (
                 r#"{"verificationMaterial":{"certificate":{"rawBytes":"MAA="}},"dsseEnvelope":{}}"#
                     .to_owned(),
@@ -276,8 +379,102 @@ mod tests {
             ),
             ("{}".to_owned(), "no DSSE envelope"),
         ] {
-            let e = verify(bad.as_bytes(), &d, &keys, None).unwrap_err();
+            let e = verify(bad.as_bytes(), None, &d, &keys, None).unwrap_err();
             assert!(e.contains(why), "{bad}: {e}");
         }
+    }
+
+    /// cosign's simple-signing payload claiming `digest`.
+    pub(crate) fn simple_signing(digest: &Digest) -> String {
+        format!(
+            r#"{{"critical":{{"identity":{{"docker-reference":"registry.test/team/app"}},"image":{{"docker-manifest-digest":"{digest}"}},"type":"cosign container image signature"}},"optional":null}}"#
+        )
+    }
+
+    /// A message-signature bundle: `sig` over a message whose SHA-256 is `signed`'s.
+    pub(crate) fn message_bundle(signed: &[u8], sig: &[u8]) -> String {
+        format!(
+            r#"{{"mediaType":"{BUNDLE_V03}","verificationMaterial":{{"publicKey":{{"hint":"whatever"}},"tlogEntries":[]}},"messageSignature":{{"messageDigest":{{"algorithm":"SHA2_256","digest":"{}"}},"signature":"{}"}}}}"#,
+            STANDARD.encode(sha2::Sha256::digest(signed)),
+            STANDARD.encode(sig)
+        )
+    }
+
+    #[test]
+    fn a_message_signature_verifies_over_the_payload_beside_it_claiming_the_digest() {
+        let rng = SystemRandom::new();
+        let (signer, cfg) = p256();
+        let (other, _) = p256();
+        let keys = [Key::new(&cfg)];
+        let d = Digest::of(b"image");
+        let sign = |s: &ring::signature::EcdsaKeyPair, m: &[u8]| {
+            s.sign(&rng, m).unwrap().as_ref().to_vec()
+        };
+        let payload = simple_signing(&d);
+        let p = payload.as_bytes();
+        let good = message_bundle(p, &sign(&signer, p));
+        let check = |bundle: &str, beside: Option<Result<&[u8], &str>>| {
+            verify(bundle.as_bytes(), beside, &d, &keys, None)
+        };
+        assert_eq!(check(&good, Some(Ok(p))).unwrap(), "test-p256.pub");
+
+        // The digest is of other bytes than the payload beside it (the signature over the
+        // payload is good: only the digest check refuses it).
+        let elsewhere = message_bundle(b"other bytes", &sign(&signer, p));
+        let e = check(&elsewhere, Some(Ok(p))).unwrap_err();
+        assert!(
+            e.contains(&format!(
+                "its message signature is over sha256:{}, not the simple-signing payload beside it (sha256:{})",
+                Digest::of(b"other bytes").hex(),
+                d_of(p)
+            )),
+            "{e}"
+        );
+        // The payload names another image, honestly signed.
+        let other_image = Digest::of(b"other image");
+        let theirs = simple_signing(&other_image);
+        let t = theirs.as_bytes();
+        let e = check(&message_bundle(t, &sign(&signer, t)), Some(Ok(t))).unwrap_err();
+        assert_eq!(e, format!("it signs {other_image}, not this digest"));
+        // Signed by another key; a signature over other bytes (the digest says this payload).
+        let foreign = message_bundle(p, &sign(&other, p));
+        let e = check(&foreign, Some(Ok(p))).unwrap_err();
+        assert_eq!(
+            e,
+            "its message signature does not verify with the configured keys"
+        );
+        let wrong = message_bundle(p, &sign(&signer, b"something else"));
+        assert!(
+            check(&wrong, Some(Ok(p)))
+                .unwrap_err()
+                .contains("does not verify")
+        );
+        // No payload beside it; one that could not be read; a digest that is not SHA-256.
+        let e = check(&good, None).unwrap_err();
+        assert!(
+            e.contains("its referrer carries no simple-signing payload"),
+            "{e}"
+        );
+        let e = check(&good, Some(Err("its blob sha256:x could not be read"))).unwrap_err();
+        assert_eq!(
+            e,
+            "the payload beside it: its blob sha256:x could not be read"
+        );
+        let sha512 = good.replace("SHA2_256", "SHA2_512");
+        let e = check(&sha512, Some(Ok(p))).unwrap_err();
+        assert!(e.contains("\"SHA2_512\", not SHA2_256"), "{e}");
+        let short = good.replace(&STANDARD.encode(sha2::Sha256::digest(p)), "AAAA");
+        let e = check(&short, Some(Ok(p))).unwrap_err();
+        assert!(e.contains("not 32 bytes of base64"), "{e}");
+        // A policy with no keys.
+        let e = verify(good.as_bytes(), Some(Ok(p)), &d, &[], None).unwrap_err();
+        assert!(
+            e.contains("signed with a key, and this policy has no keys"),
+            "{e}"
+        );
+    }
+
+    fn d_of(bytes: &[u8]) -> String {
+        hex::encode(sha2::Sha256::digest(bytes))
     }
 }

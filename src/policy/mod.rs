@@ -9,7 +9,9 @@
 //!   trusted root for one of its identities (`keyless`: a Fulcio certificate and a Rekor entry,
 //!   offline): a layer of cosign's `sha256-<hex>.sig` manifest in the same repository whose
 //!   simple-signing payload claims the digest (`cosign`), or a Sigstore bundle among its
-//!   referrers whose DSSE envelope holds an in-toto statement about the digest (`bundle`).
+//!   referrers whose DSSE envelope holds an in-toto statement about the digest, or whose message
+//!   signature is over a simple-signing payload claiming it, carried beside the bundle in the
+//!   same referrer (`bundle`).
 //!   [`decide`] is that rule, pure; the mirror fetches the material (as content like any other:
 //!   verified by digest, cached, so a verified image pulls offline).
 //! - What a verified manifest names is served through that scope without signatures of its own:
@@ -24,8 +26,6 @@
 //!   decided again, and a restart finds the verified ones again. A denial is decided again on the
 //!   next request (a signature may have been pushed since; the `.sig` tag's own cache keeps that
 //!   cheap).
-//!
-//! Not yet: message-signature bundles (they make no claim about an image).
 //!
 //! Rule of dependency: uses `config` (the tables), `oci`, `metrics`; the mirror uses it, and it
 //! fetches nothing itself.
@@ -287,12 +287,14 @@ pub struct Found {
     pub payload: Result<Bytes, String>,
 }
 
-/// One Sigstore bundle among a digest's referrers: the referrer's digest, and the bundle (or why
-/// it could not be read).
+/// One Sigstore bundle among a digest's referrers: the referrer's digest, the bundle (or why it
+/// could not be read), and the simple-signing payload the referrer carries beside it, which a
+/// message signature is over (`None`: it carries none; see `bundle`).
 #[derive(Debug, Clone)]
 pub struct BundleFound {
     pub referrer: Digest,
     pub bundle: Result<Bytes, String>,
+    pub payload: Option<Result<Bytes, String>>,
 }
 
 /// What was found of a digest's signatures.
@@ -358,10 +360,19 @@ pub fn decide(policy: &Policy, digest: &Digest, material: &Material) -> Verdict 
         }
     }
     for b in &material.bundles {
-        let checked =
-            b.bundle.as_ref().map_err(String::clone).and_then(|bytes| {
-                bundle::verify(bytes, digest, &policy.keys, policy.keyless.as_ref())
-            });
+        let payload = b
+            .payload
+            .as_ref()
+            .map(|p| p.as_ref().map(|p| &p[..]).map_err(String::as_str));
+        let checked = b.bundle.as_ref().map_err(String::clone).and_then(|bytes| {
+            bundle::verify(
+                bytes,
+                payload,
+                digest,
+                &policy.keys,
+                policy.keyless.as_ref(),
+            )
+        });
         match checked {
             Ok(key) => return Verdict::Verified { key },
             Err(e) => why.push(format!("bundle {}: {e}", b.referrer)),

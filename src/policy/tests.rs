@@ -428,3 +428,90 @@ fn keyless_signatures_decide_under_the_trusted_root_and_identities() {
         Policy::new(&other_root).revision
     );
 }
+
+fn sign_p256(signer: &ring::signature::EcdsaKeyPair, message: &[u8]) -> Vec<u8> {
+    signer
+        .sign(&SystemRandom::new(), message)
+        .unwrap()
+        .as_ref()
+        .to_vec()
+}
+
+#[test]
+fn a_message_signature_bundle_decides_with_the_payload_beside_it() {
+    use bundle::tests::{message_bundle, simple_signing};
+    let (signer, k) = keys::tests::p256();
+    let p = policy(vec![k], &["*"], None);
+    let d = Digest::of(b"image");
+    let payload = Bytes::from(simple_signing(&d));
+    let referrer = Digest::of(b"referrer");
+    let found = |payload: Option<Result<Bytes, String>>| BundleFound {
+        referrer: referrer.clone(),
+        bundle: Ok(Bytes::from(message_bundle(
+            &payload.clone().and_then(Result::ok).unwrap_or_default(),
+            &sign_p256(&signer, &simple_signing(&d).into_bytes()),
+        ))),
+        payload,
+    };
+    let material = |b: BundleFound| Material {
+        signatures: None,
+        bundles: vec![b],
+    };
+    assert!(matches!(
+        decide(&p, &d, &material(found(Some(Ok(payload.clone()))))),
+        Verdict::Verified { key } if key == "test-p256.pub"
+    ));
+    let Verdict::Denied { reason } = decide(&p, &d, &material(found(None))) else {
+        panic!("a message signature with no payload beside it verified");
+    };
+    assert!(
+        reason.ends_with(&format!(
+            "found 1 signature: bundle {referrer}: it is a message signature, and its referrer carries no simple-signing payload ({}) for it to be over",
+            cosign::SIMPLE_SIGNING
+        )),
+        "{reason}"
+    );
+}
+
+/// A denial counts every signature found, in both forms (tag scheme and bundles), and lists each.
+#[test]
+fn a_denial_counts_the_signatures_of_both_forms() {
+    let (signer, _) = keys::tests::p256();
+    let (_, k) = keys::tests::p256();
+    let p = policy(vec![k], &["*"], None);
+    let d = Digest::of(b"image");
+    let good = payload(&d);
+    let sig = sign_p256(&signer, &good);
+    let bundle = |n: &[u8]| BundleFound {
+        referrer: Digest::of(n),
+        bundle: Err("its manifest could not be read: gone".into()),
+        payload: None,
+    };
+    let material = Material {
+        signatures: Some(vec![
+            found(good.clone(), Some(sig.clone())),
+            found(good.clone(), Some(sig.clone())),
+            found(good.clone(), Some(sig)),
+        ]),
+        bundles: vec![bundle(b"1"), bundle(b"2")],
+    };
+    let Verdict::Denied { reason } = decide(&p, &d, &material) else {
+        panic!("signed by a key the policy does not have, and verified");
+    };
+    assert!(
+        reason.contains(&format!(
+            "no signature of {d} verifies with the 1 configured key; found 5 signatures: #1: "
+        )),
+        "{reason}"
+    );
+    assert!(reason.contains("#3: does not verify"), "{reason}");
+    for n in [b"1", b"2"] {
+        assert!(
+            reason.contains(&format!(
+                "bundle {}: its manifest could not be read: gone",
+                Digest::of(n)
+            )),
+            "{reason}"
+        );
+    }
+}

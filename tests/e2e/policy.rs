@@ -4,11 +4,14 @@
 //! The signatures are sigstore-js's (tests/sigstore/sign.mjs, pinned from the npm registry): for
 //! cosign's tag scheme, the simple-signing payload and its ECDSA signature; for cosign 3's form, a
 //! v0.3 bundle that sigstore-js's `DSSEBundleBuilder` makes (a DSSE envelope over an in-toto
-//! statement) and that its `Verifier` accepts under the public key before the test uses it. Keys
-//! come from `openssl ecparam -name prime256v1`. They are pushed as a client would, in plain HTTP
-//! (`referrers::Pusher`): the `.sig` manifest under `sha256-<hex>.sig`, the bundle as an artifact
-//! manifest with a `subject` plus the referrers tag schema's `sha256-<hex>` index (Distribution
-//! 2.8 has no referrers API). What was pushed, altered or not, is then judged by sigstore-js (and
+//! statement); and a message-signature bundle over the simple-signing payload that its
+//! `MessageSignatureBundleBuilder` makes, each accepted by its `Verifier` under the public key
+//! before the test uses it. Keys come from `openssl ecparam -name prime256v1`. They are pushed as a
+//! client would, in plain HTTP (`referrers::Pusher`): the `.sig` manifest under
+//! `sha256-<hex>.sig`, each bundle as an artifact manifest with a `subject` (a message signature's
+//! with the payload beside it, a simple-signing layer, as berth reads that form) plus the
+//! referrers tag schema's `sha256-<hex>` index listing them (Distribution 2.8 has no referrers
+//! API). What was pushed, altered or not, is then judged by sigstore-js (and
 //! node's crypto, for the payloads) under the policy's key, and the test requires the verdicts
 //! that berth must reach: a signature berth calls one that "does not verify" fails there too.
 //!
@@ -42,20 +45,23 @@ pub(crate) const LIMIT: Duration = Duration::from_secs(120);
 enum Case {
     /// cosign's tag scheme, key A.
     Tagged,
-    /// A Sigstore bundle among its referrers, key A.
+    /// A Sigstore bundle (DSSE) among its referrers, key A.
     Bundled,
+    /// A message-signature bundle among its referrers, the payload beside it, key A.
+    Messaged,
     Unsigned,
-    /// Both forms, key B.
+    /// All three forms, key B.
     Foreign,
-    /// Both forms, key A, but each signs `Tagged`'s digest.
+    /// All three forms, key A, but each signs `Tagged`'s digest.
     Elsewhere,
-    /// Both forms, key A, each payload changed after signing.
+    /// All three forms, key A, each payload changed after signing.
     Tampered,
 }
 
-const CASES: [Case; 6] = [
+const CASES: [Case; 7] = [
     Case::Tagged,
     Case::Bundled,
+    Case::Messaged,
     Case::Unsigned,
     Case::Foreign,
     Case::Elsewhere,
@@ -67,6 +73,7 @@ impl Case {
         match self {
             Case::Tagged => "tagged",
             Case::Bundled => "bundled",
+            Case::Messaged => "messaged",
             Case::Unsigned => "unsigned",
             Case::Foreign => "foreign",
             Case::Elsewhere => "elsewhere",
@@ -132,12 +139,13 @@ fn keypair(dir: &Path, name: &str) {
     proc::run(&mut cmd, LIMIT);
 }
 
-/// What sigstore-js made for one request: the simple-signing payload, its base64 signature, and a
-/// bundle over the in-toto statement.
+/// What sigstore-js made for one request: the simple-signing payload, its base64 signature, a
+/// bundle over the in-toto statement, and a message-signature bundle over the payload.
 struct Signed {
     payload: String,
     signature: String,
     bundle: Value,
+    message: Value,
 }
 
 /// Runs tests/sigstore/sign.mjs on `requests` (see there); its answers, in order.
@@ -179,6 +187,7 @@ fn sigstore_sign(env: &Env, requests: &[(&str, &str, String)]) -> Vec<Signed> {
             payload: v["payload"].as_str().unwrap().to_owned(),
             signature: v["signature"].as_str().unwrap().to_owned(),
             bundle: v["bundle"].clone(),
+            message: v["messageBundle"].clone(),
         })
         .collect()
 }
@@ -203,8 +212,8 @@ pub(crate) fn push_signature_layer(p: &Pusher, subject: &str, payload: &str, ann
 }
 
 /// `bundle` as cosign 3 attaches it to `subject` (an artifact manifest whose one layer is the
-/// bundle), listed in the referrers tag schema's index.
-fn push_bundle(p: &Pusher, subject: &Value, bundle: &Value) {
+/// bundle): its descriptor, for the referrers tag schema's index.
+pub(crate) fn push_bundle(p: &Pusher, subject: &Value, bundle: &Value) -> Value {
     let config = p.blob(EMPTY_CONFIG, b"{}");
     let layer = p.blob(BUNDLE, &serde_json::to_vec(bundle).unwrap());
     let m = json!({
@@ -219,8 +228,30 @@ fn push_bundle(p: &Pusher, subject: &Value, bundle: &Value) {
             "dev.sigstore.bundle.predicateType": "https://sigstore.dev/cosign/sign/v1",
         },
     });
-    let (_, listed) = p.manifest(None, &m);
-    p.fallback_index(subject["digest"].as_str().unwrap(), &[listed]);
+    p.manifest(None, &m).1
+}
+
+/// A message-signature `bundle` attached to `subject` with the simple-signing `payload` it is over
+/// beside it (a second layer, of cosign's payload type): its descriptor, for the index.
+pub(crate) fn push_message_bundle(
+    p: &Pusher,
+    subject: &Value,
+    bundle: &Value,
+    payload: &str,
+) -> Value {
+    let config = p.blob(EMPTY_CONFIG, b"{}");
+    let layer = p.blob(BUNDLE, &serde_json::to_vec(bundle).unwrap());
+    let beside = p.blob(SIMPLE_SIGNING, payload.as_bytes());
+    let m = json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "artifactType": BUNDLE,
+        "config": config,
+        "layers": [layer, beside],
+        "subject": subject,
+        "annotations": {"dev.sigstore.bundle.content": "message-signature"},
+    });
+    p.manifest(None, &m).1
 }
 
 /// A payload changed after signing: another image name in it (the digest claim intact).
@@ -265,6 +296,8 @@ pub(crate) fn push_image(env: &Env, repo: &str, seed: u64) -> Platform {
 struct World {
     env: Env,
     images: Vec<Img>,
+    /// The message-signature referrer of each case that has one.
+    messages: Vec<(Case, String)>,
 }
 
 impl World {
@@ -290,8 +323,12 @@ impl World {
                 }
             })
             .collect();
-        let world = World { env, images };
-        world.sign_and_push();
+        let mut world = World {
+            env,
+            images,
+            messages: Vec::new(),
+        };
+        world.messages = world.sign_and_push();
         world
     }
 
@@ -299,8 +336,15 @@ impl World {
         self.images.iter().find(|i| i.case == case).unwrap()
     }
 
-    /// Signs each case with sigstore-js and pushes what it made, as the case says.
-    fn sign_and_push(&self) {
+    /// The digest of `case`'s message-signature referrer.
+    fn message(&self, case: Case) -> &str {
+        let found = self.messages.iter().find(|(c, _)| *c == case);
+        &found.expect("a message-signature referrer").1
+    }
+
+    /// Signs each case with sigstore-js and pushes what it made, as the case says; the digest of
+    /// each case's message-signature referrer.
+    fn sign_and_push(&self) -> Vec<(Case, String)> {
         let tagged = self.image(Case::Tagged).digest().to_owned();
         let requests: Vec<(Case, (&str, &str, String))> = self
             .images
@@ -323,6 +367,7 @@ impl World {
         let a_pub = self.env.dir().join("a.pub");
         // What was pushed, and whether its signature must verify under key A.
         let mut checks = Vec::new();
+        let mut messages = Vec::new();
         for ((case, _), s) in requests.iter().zip(signed) {
             let img = self.image(*case);
             let p = Pusher {
@@ -336,20 +381,36 @@ impl World {
                 _ => (s.payload, s.bundle),
             };
             // Signatures over another digest are good signatures: only the claim is wrong.
-            let good = matches!(case, Case::Tagged | Case::Bundled | Case::Elsewhere);
-            if *case != Case::Bundled {
+            let good = matches!(
+                case,
+                Case::Tagged | Case::Bundled | Case::Messaged | Case::Elsewhere
+            );
+            let all = matches!(case, Case::Foreign | Case::Elsewhere | Case::Tampered);
+            if *case == Case::Tagged || all {
                 push_tag_signature(&p, img.digest(), &payload, &s.signature);
                 let check = json!({"pub": a_pub, "payload": payload, "signature": s.signature});
                 checks.push((*case, "payload", check, good));
             }
-            if *case != Case::Tagged {
-                push_bundle(&p, &subject, &bundle);
+            let mut listed = Vec::new();
+            if *case == Case::Bundled || all {
+                listed.push(push_bundle(&p, &subject, &bundle));
                 checks.push((
                     *case,
                     "bundle",
                     json!({"pub": a_pub, "bundle": bundle}),
                     good,
                 ));
+            }
+            if *case == Case::Messaged || all {
+                // The payload beside the bundle is the (maybe tampered) one the tag scheme has.
+                let m = push_message_bundle(&p, &subject, &s.message, &payload);
+                messages.push((*case, m["digest"].as_str().unwrap().to_owned()));
+                listed.push(m);
+                let check = json!({"pub": a_pub, "bundle": s.message, "payload": payload});
+                checks.push((*case, "message bundle", check, good));
+            }
+            if !listed.is_empty() {
+                p.fallback_index(img.digest(), &listed);
             }
         }
         // sigstore-js (and node's crypto, for the payloads) judge what was pushed as berth must:
@@ -358,22 +419,36 @@ impl World {
         for ((case, what, _, good), got) in checks.iter().zip(sigstore(&self.env, &requests)) {
             assert_eq!(got["verified"], *good, "{case:?} {what} under key A: {got}");
         }
+        messages
     }
 
     /// What berth's denial of `case` under key A must say, besides the policy and the digest.
     fn reasons(&self, case: Case) -> Vec<String> {
         let tagged = self.image(Case::Tagged).digest();
-        match case {
-            Case::Tagged | Case::Bundled => Vec::new(),
-            Case::Unsigned => vec!["is not signed".into()],
-            Case::Foreign | Case::Tampered => vec![
-                "found 2 signatures".into(),
+        let common = |message: String| {
+            vec![
+                "found 3 signatures".into(),
                 "#1: does not verify with the 1 configured key".into(),
                 "its envelope's signature does not verify".into(),
-            ],
+                format!("bundle {}: {message}", self.message(case)),
+            ]
+        };
+        match case {
+            Case::Tagged | Case::Bundled | Case::Messaged => Vec::new(),
+            Case::Unsigned => vec!["is not signed".into()],
+            Case::Foreign => {
+                common("its message signature does not verify with the configured keys".into())
+            }
+            // The payload beside the bundle is not the one its digest names.
+            Case::Tampered => common("its message signature is over sha256:".into()),
             Case::Elsewhere => vec![
+                "found 3 signatures".into(),
                 format!("#1: it signs {tagged}, not this digest"),
                 format!("its statement is about {tagged}, not this digest"),
+                format!(
+                    "bundle {}: it signs {tagged}, not this digest",
+                    self.message(case)
+                ),
             ],
         }
     }
@@ -482,7 +557,7 @@ fn assert_client_refused(client: &str, img: &Img, e: &str) {
 /// Waits (bounded: berth writes its log in batches) until berth's log holds a line with all of
 /// `needles`.
 #[track_caller]
-fn wait_logged(env: &Env, needles: &[&str]) {
+pub(crate) fn wait_logged(env: &Env, needles: &[&str]) {
     let log = env.dir().join("berth.log");
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
@@ -499,7 +574,7 @@ fn wait_logged(env: &Env, needles: &[&str]) {
 }
 
 /// skopeo and plain HTTP against a real `berth serve` with a policy: the signed images (tag scheme,
-/// bundle) copy byte-exact; every other case is refused, skopeo's error saying so and berth's
+/// DSSE bundle, message-signature bundle) copy byte-exact; every other case is refused, skopeo's error saying so and berth's
 /// answer (`403 DENIED`) saying why, one WARN line each; a blob of an unverified image is denied
 /// by digest; outside the policy's scope nothing changes. Then by SIGHUP to the process: key B
 /// flips `foreign` to served and `tagged` to denied; `warn` serves the unsigned image and counts
@@ -568,7 +643,7 @@ fn policy_skopeo_and_http_through_berth() {
         "{}",
         w.verdicts("denied")
     );
-    assert!(w.verdicts("verified") >= 2, "{}", w.verdicts("verified"));
+    assert!(w.verdicts("verified") >= 3, "{}", w.verdicts("verified"));
     assert_eq!(w.verdicts("warned"), 0);
 
     // SIGHUP: key B instead of A.
@@ -603,7 +678,7 @@ fn policy_skopeo_and_http_through_berth() {
     // Upstream gone, berth restarted: the verdicts are decided again from cached signatures.
     w.env.stop_registries();
     w.env.restart_berth();
-    for case in [Case::Tagged, Case::Bundled] {
+    for case in [Case::Tagged, Case::Bundled, Case::Messaged] {
         let img = w.image(case);
         w.skopeo(img, "offline").unwrap_or_else(|e| panic!("{e}"));
         w.assert_served(img);
@@ -613,7 +688,7 @@ fn policy_skopeo_and_http_through_berth() {
 }
 
 /// containerd's ctr and podman pull through berth with the policy: the signed images (tag scheme,
-/// bundle) pull and are stored with their digests; the others fail to pull, refused by berth.
+/// DSSE bundle, message-signature bundle) pull and are stored with their digests; the others fail to pull, refused by berth.
 /// (ctr prints only `403 Forbidden`; podman the error's code and message, `denied: denied by the
 /// signature policy: <the reason>`; the skopeo test reads the whole detail.)
 #[test]
@@ -645,7 +720,13 @@ fn policy_containerd_and_podman_through_berth() {
     let policy = w.env.policy.display().to_string();
     // podman 4.3 retries a failed pull three times, a second apart (no flag turns that off): two
     // of the denied cases are enough here, ctr and skopeo see all of them.
-    for case in [Case::Tagged, Case::Bundled, Case::Unsigned, Case::Tampered] {
+    for case in [
+        Case::Tagged,
+        Case::Bundled,
+        Case::Messaged,
+        Case::Unsigned,
+        Case::Tampered,
+    ] {
         let img = w.image(case);
         let reference = img.reference();
         let pulled = proc::try_run(
@@ -665,6 +746,6 @@ fn policy_containerd_and_podman_through_berth() {
             Err(e) => assert_client_refused("podman", img, &e),
         }
     }
-    assert!(w.verdicts("verified") >= 2);
+    assert!(w.verdicts("verified") >= 3);
     assert!(w.verdicts("denied") >= 4 + 2);
 }

@@ -1,10 +1,12 @@
 //! Keyless signatures over real sockets against the fake registry, offline: a test trusted root
 //! (tests/support/sigstore.rs: a Fulcio-like CA and leaves built with rcgen over keys openssl
 //! made, a Rekor-like log key whose signed entry timestamps openssl computes), pushed in cosign's
-//! tag scheme with the keyless annotations (certificate, chain, Rekor bundle), and as Sigstore v0.3 bundles attached as referrers (DSSE, a `dsse` Rekor entry). A
-//! keyless signed image is served; each broken link is denied with its reason; a reload of the
-//! identities decides again; a verified image pulls with the upstream down after a restart. The
-//! certificates expired long before the test runs: only the log's time says they were valid.
+//! tag scheme with the keyless annotations (certificate, chain, Rekor bundle), and as Sigstore v0.3
+//! bundles attached as referrers (DSSE with a `dsse` Rekor entry; a message signature with a
+//! `hashedrekord` one, its payload beside it). A keyless signed image is served; each broken link
+//! is denied with its reason; a reload of the identities decides again; a verified image pulls
+//! with the upstream down after a restart. The certificates expired long before the test runs:
+//! only the log's time says they were valid.
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
@@ -185,10 +187,28 @@ async fn a_keyless_signed_image_is_served_and_each_broken_link_denied_with_its_r
 
 /// Attaches `bundle` to `subject` in `repo` as an OCI 1.1 referrer.
 fn attach(fake: &FakeRegistry, repo: &str, subject: &str, bundle: String) {
+    attach_beside(fake, (repo, subject), bundle, None);
+}
+
+/// Attaches `bundle` to `subject` in `repo` as an OCI 1.1 referrer, with `payload` beside it (a
+/// simple-signing layer) if any.
+fn attach_beside(
+    fake: &FakeRegistry,
+    (repo, subject): (&str, &str),
+    bundle: String,
+    payload: Option<&str>,
+) {
     const BUNDLE: &str = "application/vnd.dev.sigstore.bundle.v0.3+json";
     const OCI_MANIFEST: &str = berth::oci::media::OCI_MANIFEST;
     let size = bundle.len();
-    let layer = fake.put_blob(repo, bundle);
+    let mut layers = vec![serde_json::json!({
+        "mediaType": BUNDLE, "digest": fake.put_blob(repo, bundle), "size": size,
+    })];
+    if let Some(p) = payload {
+        layers.push(serde_json::json!({
+            "mediaType": SIMPLE_SIGNING, "digest": fake.put_blob(repo, p.to_owned()), "size": p.len(),
+        }));
+    }
     let empty = fake.put_blob(repo, "{}");
     fake.put_manifest(
         repo,
@@ -198,7 +218,7 @@ fn attach(fake: &FakeRegistry, repo: &str, subject: &str, bundle: String) {
             "mediaType": OCI_MANIFEST,
             "artifactType": BUNDLE,
             "config": {"mediaType": "application/vnd.oci.empty.v1+json", "digest": empty, "size": 2},
-            "layers": [{"mediaType": BUNDLE, "digest": layer, "size": size}],
+            "layers": layers,
             "subject": {"mediaType": OCI_MANIFEST, "digest": subject, "size": 1},
         })
         .to_string(),
@@ -247,6 +267,78 @@ async fn a_keyless_sigstore_bundle_attached_as_a_referrer_verifies_an_image() {
         why.contains("which matches no configured identity"),
         "{why}"
     );
+}
+
+#[tokio::test]
+async fn a_keyless_message_signature_bundle_verifies_over_the_payload_beside_it() {
+    let store = Sigstore::new();
+    let fake = FakeRegistry::start().await;
+    fake.serve_referrers(10);
+    let repo = "team/app";
+    let ours = store.leaf(&store.fulcio, WORKFLOW, GITHUB);
+    let theirs = store.leaf(
+        &store.fulcio,
+        "https://github.com/otherorg/app/.github/workflows/x.yml@refs/heads/main",
+        GITHUB,
+    );
+    let signed = image(&fake, repo, "message", 24);
+    let p = payload(repo, &signed);
+    attach_beside(
+        &fake,
+        (repo, &signed),
+        store.message_bundle(&ours, &p),
+        Some(&p),
+    );
+    let foreign = image(&fake, repo, "foreign", 25);
+    let p = payload(repo, &foreign);
+    attach_beside(
+        &fake,
+        (repo, &foreign),
+        store.message_bundle(&theirs, &p),
+        Some(&p),
+    );
+    let elsewhere = image(&fake, repo, "elsewhere", 26);
+    let p = payload(repo, &signed);
+    attach_beside(
+        &fake,
+        (repo, &elsewhere),
+        store.message_bundle(&ours, &p),
+        Some(&p),
+    );
+    // The payload beside the bundle changed after signing.
+    let swapped = image(&fake, repo, "swapped", 27);
+    let p = payload(repo, &swapped);
+    attach_beside(
+        &fake,
+        (repo, &swapped),
+        store.message_bundle(&ours, &p),
+        Some(&p.replace("team/app", "team/evil")),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let b = start_toml(
+        &config(
+            dir.path(),
+            &fake,
+            &store.policy("^https://github.com/myorg/"),
+        ),
+        dir,
+    )
+    .await;
+
+    let got = b.get(&format!("/v2/{repo}/manifests/message")).await;
+    assert_eq!(got.status, StatusCode::OK, "{:?}", got.body);
+    assert_eq!(digest_of(got.bytes()), signed);
+    for (tag, why) in [
+        ("foreign", "which matches no configured identity".to_owned()),
+        ("elsewhere", format!("it signs {signed}, not this digest")),
+        (
+            "swapped",
+            "not the simple-signing payload beside it".to_owned(),
+        ),
+    ] {
+        let why_got = denied(&b.get(&format!("/v2/{repo}/manifests/{tag}")).await);
+        assert!(why_got.contains(&why), "{tag}: wanted {why:?} in {why_got}");
+    }
 }
 
 /// A keyless signed image `tag` (seed `seed`) in team/app, by `signer`, with a good log entry.

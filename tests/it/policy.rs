@@ -1,8 +1,9 @@
 //! The signature policy (`[[policy]]`) over real sockets against the fake registry: keys made and
-//! signatures computed by `openssl` (an independent tool), pushed in cosign's tag scheme; each
-//! denial path with its reason, `warn` mode, indexes and their children, one verification for
-//! concurrent requests, a reload flipping a verdict, and a verified image pulling with the
-//! upstream down, also after a restart.
+//! signatures computed by `openssl` (an independent tool), pushed in cosign's tag scheme and as
+//! Sigstore bundles attached as referrers (DSSE, and message signatures with their payload beside
+//! them); each denial path with its reason, `warn` mode, indexes and their children, one
+//! verification for concurrent requests, a reload flipping a verdict, and a verified image pulling
+//! with the upstream down, also after a restart.
 
 use crate::support;
 
@@ -609,4 +610,153 @@ async fn material_is_served_but_lets_no_unsigned_manifest_through() {
         b.get(&format!("/v2/team/app/blobs/{empty}")).await.status,
         StatusCode::OK
     );
+}
+
+/// A Sigstore bundle whose message signature `sig` is over bytes whose SHA-256 is `signed`'s,
+/// attached to `subject` as a referrer that carries `payload` beside it (a simple-signing layer;
+/// none if `None`), as berth reads that form.
+fn push_message_bundle(
+    fake: &FakeRegistry,
+    (repo, subject): (&str, &str),
+    payload: Option<&str>,
+    signed: &[u8],
+    sig: &[u8],
+) {
+    const BUNDLE: &str = "application/vnd.dev.sigstore.bundle.v0.3+json";
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let bundle = serde_json::json!({
+        "mediaType": BUNDLE,
+        "verificationMaterial": {"publicKey": {"hint": "release"}, "tlogEntries": []},
+        "messageSignature": {
+            "messageDigest": {"algorithm": "SHA2_256", "digest": b64.encode(hex::decode(digest_of(signed).trim_start_matches("sha256:")).unwrap())},
+            "signature": b64.encode(sig),
+        },
+    })
+    .to_string();
+    let mut layers = vec![serde_json::json!({
+        "mediaType": BUNDLE, "digest": fake.put_blob(repo, bundle.clone()), "size": bundle.len(),
+    })];
+    if let Some(p) = payload {
+        layers.push(serde_json::json!({
+            "mediaType": SIMPLE_SIGNING, "digest": fake.put_blob(repo, p.to_owned()), "size": p.len(),
+        }));
+    }
+    let empty = fake.put_blob(repo, "{}");
+    fake.put_manifest(
+        repo,
+        OCI_MANIFEST,
+        serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "artifactType": BUNDLE,
+            "config": {"mediaType": "application/vnd.oci.empty.v1+json", "digest": empty, "size": 2},
+            "layers": layers,
+            "subject": {"mediaType": OCI_MANIFEST, "digest": subject, "size": 1},
+            "annotations": {"dev.sigstore.bundle.content": "message-signature"},
+        })
+        .to_string(),
+    );
+}
+
+/// A bundle's message signature over a simple-signing payload the referrer carries beside it:
+/// signed by the key and claiming the image, it verifies; a digest of other bytes, a payload
+/// naming another image, another key, or no payload at all: each denied, saying which.
+#[tokio::test]
+async fn a_message_signature_bundle_verifies_over_the_payload_beside_it() {
+    let keys = tempfile::tempdir().unwrap();
+    let (key, public) = keypair(keys.path(), "release");
+    let (other_key, _) = keypair(keys.path(), "other");
+    let fake = FakeRegistry::start().await;
+    fake.serve_referrers(10);
+    let repo = "team/app";
+    let signed = image(&fake, repo, "message", 40);
+    let p = payload(repo, &signed);
+    push_message_bundle(
+        &fake,
+        (repo, &signed),
+        Some(&p),
+        p.as_bytes(),
+        &sign(&key, p.as_bytes()),
+    );
+    let mismatched = image(&fake, repo, "mismatched", 41);
+    let p = payload(repo, &mismatched);
+    push_message_bundle(
+        &fake,
+        (repo, &mismatched),
+        Some(&p),
+        b"other bytes",
+        &sign(&key, p.as_bytes()),
+    );
+    let elsewhere = image(&fake, repo, "elsewhere", 42);
+    let p = payload(repo, &signed);
+    push_message_bundle(
+        &fake,
+        (repo, &elsewhere),
+        Some(&p),
+        p.as_bytes(),
+        &sign(&key, p.as_bytes()),
+    );
+    let foreign = image(&fake, repo, "foreign", 43);
+    let p = payload(repo, &foreign);
+    push_message_bundle(
+        &fake,
+        (repo, &foreign),
+        Some(&p),
+        p.as_bytes(),
+        &sign(&other_key, p.as_bytes()),
+    );
+    let bare = image(&fake, repo, "bare", 44);
+    let p = payload(repo, &bare);
+    push_message_bundle(
+        &fake,
+        (repo, &bare),
+        None,
+        p.as_bytes(),
+        &sign(&key, p.as_bytes()),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let b = start_toml(
+        &config(dir.path(), &fake, &policy(&[&public], "enforce")),
+        dir,
+    )
+    .await;
+
+    let got = b.get("/v2/team/app/manifests/message").await;
+    assert_eq!(got.status, StatusCode::OK, "{:?}", got.body);
+    assert_eq!(digest_of(got.bytes()), signed);
+    assert_eq!(
+        b.get(&format!("/v2/team/app/blobs/{}", layer_of(40)))
+            .await
+            .status,
+        StatusCode::OK
+    );
+    for (tag, why) in [
+        (
+            "mismatched",
+            format!(
+                "its message signature is over {}, not the simple-signing payload beside it",
+                digest_of(b"other bytes")
+            ),
+        ),
+        ("elsewhere", format!("it signs {signed}, not this digest")),
+        (
+            "foreign",
+            "its message signature does not verify with the configured keys".to_owned(),
+        ),
+        (
+            "bare",
+            format!(
+                "it is a message signature, and its referrer carries no simple-signing payload ({SIMPLE_SIGNING})"
+            ),
+        ),
+    ] {
+        let why_got = denied(&b.get(&format!("/v2/team/app/manifests/{tag}")).await);
+        assert!(
+            why_got
+                .contains("verifies with the 1 configured key; found 1 signature: bundle sha256:"),
+            "{tag}: {why_got}"
+        );
+        assert!(why_got.contains(&why), "{tag}: wanted {why:?} in {why_got}");
+    }
+    assert_eq!(verdicts(&b, "verified").await, 2);
 }

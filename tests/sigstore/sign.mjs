@@ -6,7 +6,11 @@
 //   annotation holds);
 // - a Sigstore bundle v0.3 as cosign 3 attaches it: sigstore-js's DSSEBundleBuilder over an
 //   in-toto statement whose subject is the digest (predicate https://sigstore.dev/cosign/sign/v1),
-//   signed by a callback over node's crypto, with no witnesses (nothing is sent to Fulcio or Rekor).
+//   signed by a callback over node's crypto, with no witnesses (nothing is sent to Fulcio or Rekor);
+// - a message-signature bundle over the simple-signing payload: sigstore-js's
+//   MessageSignatureBundleBuilder (same signer, no witnesses). 4.1.1 labels such a bundle v0.2;
+//   its JSON is relabelled v0.3 (for a key-signed bundle the two differ in nothing else), and
+//   sigstore-js's Verifier checks it after that, against the payload.
 //
 // Each result is checked here before it is printed: the payload's signature with node's
 // crypto.verify, the bundle with @sigstore/verify's Verifier given the public key (and refused
@@ -15,9 +19,10 @@
 // Input: a file (the one argument) holding a JSON list of requests; output on stdout, a JSON list
 // of answers, in order.
 // - {key, pub, digest, reference} (the private and public key PEM files, the `sha256:<hex>` to
-//   sign, the image's name) signs: {payload, signature, bundle}, the payload as a string, its
-//   signature in base64, the bundle's JSON.
-// - {pub, bundle} or {pub, payload, signature} checks what was signed (maybe altered since):
+//   sign, the image's name) signs: {payload, signature, bundle, messageBundle}, the payload as a
+//   string, its signature in base64, the DSSE bundle's JSON, the message-signature bundle's JSON.
+// - {pub, bundle}, {pub, bundle, payload} (a message-signature bundle and the payload it is
+//   over) or {pub, payload, signature} checks what was signed (maybe altered since):
 //   {verified, why}, sigstore-js's Verifier's verdict on the bundle, node's on the payload. The
 //   test compares them with berth's. Pinned for node 20 (package.json, package-lock.json);
 // `npm ci` here installs them (tests/install-deps.sh does).
@@ -26,7 +31,7 @@ import { createHash, createPrivateKey, createPublicKey, generateKeyPairSync, sig
 import { readFileSync } from 'node:fs';
 
 import { bundleFromJSON, bundleToJSON } from '@sigstore/bundle';
-import { DSSEBundleBuilder } from '@sigstore/sign';
+import { DSSEBundleBuilder, MessageSignatureBundleBuilder } from '@sigstore/sign';
 import { Verifier, toSignedEntity, toTrustMaterial } from '@sigstore/verify';
 
 const IN_TOTO = 'application/vnd.in-toto+json';
@@ -80,10 +85,11 @@ function verifierFor(publicKey) {
     });
 }
 
-// Whether sigstore-js's Verifier accepts `bundle` (its JSON) under `publicKey`: null, or why not.
-function bundleRefused(bundle, publicKey) {
+// Whether sigstore-js's Verifier accepts `bundle` (its JSON; a message signature over
+// `artifact`) under `publicKey`: null, or why not.
+function bundleRefused(bundle, publicKey, artifact) {
     try {
-        verifierFor(publicKey).verify(toSignedEntity(bundleFromJSON(bundle)));
+        verifierFor(publicKey).verify(toSignedEntity(bundleFromJSON(bundle), artifact));
         return null;
     } catch (e) {
         return String(e.message || e);
@@ -95,7 +101,8 @@ function bundleRefused(bundle, publicKey) {
 function check({ pub, bundle, payload, signature }) {
     const publicKey = createPublicKey(readFileSync(pub));
     if (bundle !== undefined) {
-        const refused = bundleRefused(bundle, publicKey);
+        const artifact = payload === undefined ? undefined : Buffer.from(payload);
+        const refused = bundleRefused(bundle, publicKey, artifact);
         return { verified: refused === null, why: refused };
     }
     const ok = verify('sha256', Buffer.from(payload), publicKey, Buffer.from(signature, 'base64'));
@@ -135,7 +142,31 @@ async function signed({ key, pub, digest, reference }) {
     if (bundleRefused(json, stranger) === null) {
         fail('the Verifier accepted the bundle under a key that did not sign it');
     }
-    return { payload, signature: signature.toString('base64'), bundle };
+    const messageBundle = await messageSigned(signer, payload, publicKey);
+    return { payload, signature: signature.toString('base64'), bundle, messageBundle };
+}
+
+// A message-signature bundle over `payload` (relabelled v0.3, see above), checked by the Verifier
+// against the payload under the key that signed it, and refused under another or over other bytes.
+async function messageSigned(signer, payload, publicKey) {
+    const builder = new MessageSignatureBundleBuilder({ signer, witnesses: [] });
+    const built = bundleToJSON(await builder.create({ data: Buffer.from(payload) }));
+    if (built.messageSignature === undefined || built.verificationMaterial.publicKey === undefined) {
+        fail(`sigstore-js made no key-signed message-signature bundle: ${JSON.stringify(built)}`);
+    }
+    const json = JSON.parse(JSON.stringify({ ...built, mediaType: BUNDLE_V03 }));
+    const refused = bundleRefused(json, publicKey, Buffer.from(payload));
+    if (refused !== null) {
+        fail(`the Verifier refused the message bundle under the key that signed it: ${refused}`);
+    }
+    if (bundleRefused(json, publicKey, Buffer.from(payload + ' ')) === null) {
+        fail('the Verifier accepted the message bundle over other bytes');
+    }
+    const stranger = generateKeyPairSync('ec', { namedCurve: 'prime256v1' }).publicKey;
+    if (bundleRefused(json, stranger, Buffer.from(payload)) === null) {
+        fail('the Verifier accepted the message bundle under a key that did not sign it');
+    }
+    return json;
 }
 
 if (process.argv.length !== 3) {

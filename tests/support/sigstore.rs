@@ -1,7 +1,8 @@
 //! A test Sigstore, offline, shared by the integration tests (tests/it/keyless.rs) and the
 //! end-to-end ones (tests/e2e/keyless.rs): a Fulcio-like CA and leaves built with rcgen over keys
 //! openssl made, a Rekor-like log key whose signed entry timestamps openssl computes over the
-//! canonical JSON written out here, and the trusted root naming them. It depends on berth's
+//! canonical JSON written out here, the trusted root naming them, and signatures in each form
+//! (cosign's annotations, DSSE and message-signature bundles). It depends on berth's
 //! library (digests) and on the `openssl` command only, not on either suite's harness.
 #![allow(dead_code)] // each test crate uses a different part
 
@@ -187,6 +188,23 @@ impl Sigstore {
         sig: &[u8],
         time: i64,
     ) -> String {
+        let (body, set) = self.hashedrekord(log, signer, payload, sig, time);
+        format!(
+            r#"{{"SignedEntryTimestamp":"{set}","Payload":{{"body":"{body}","integratedTime":{time},"logIndex":7,"logID":"{}"}}}}"#,
+            self.rekor_id
+        )
+    }
+
+    /// A hashedrekord entry's body (base64) for `sig` by `signer` over `payload`, integrated at
+    /// `time` (log index 7), and its SET (base64) signed with the log key `log` (openssl).
+    fn hashedrekord(
+        &self,
+        log: &Path,
+        signer: &Signer,
+        payload: &str,
+        sig: &[u8],
+        time: i64,
+    ) -> (String, String) {
         let body = format!(
             r#"{{"apiVersion":"0.0.1","kind":"hashedrekord","spec":{{"data":{{"hash":{{"algorithm":"sha256","value":"{}"}}}},"signature":{{"content":"{}","publicKey":{{"content":"{}"}}}}}}}}"#,
             digest_of(payload.as_bytes()).trim_start_matches("sha256:"),
@@ -198,11 +216,35 @@ impl Sigstore {
             r#"{{"body":"{body}","integratedTime":{time},"logID":"{}","logIndex":7}}"#,
             self.rekor_id
         );
-        format!(
-            r#"{{"SignedEntryTimestamp":"{}","Payload":{{"body":"{body}","integratedTime":{time},"logIndex":7,"logID":"{}"}}}}"#,
-            STANDARD.encode(sign(log, canonical.as_bytes())),
-            self.rekor_id
-        )
+        (body, STANDARD.encode(sign(log, canonical.as_bytes())))
+    }
+
+    /// A keyless Sigstore bundle (v0.3) whose message signature by `signer` (openssl) is over
+    /// `payload` (a simple-signing payload: the referrer carries it beside the bundle), with a
+    /// `hashedrekord` Rekor entry integrated at noon.
+    pub fn message_bundle(&self, signer: &Signer, payload: &str) -> String {
+        let sig = sign(&signer.key, payload.as_bytes());
+        let (body, set) = self.hashedrekord(&self.rekor, signer, payload, &sig, NOON);
+        let digest = hex::decode(digest_of(payload.as_bytes()).trim_start_matches("sha256:"));
+        serde_json::json!({
+            "mediaType": "application/vnd.dev.sigstore.bundle.v0.3+json",
+            "verificationMaterial": {
+                "certificate": {"rawBytes": STANDARD.encode(&signer.der)},
+                "tlogEntries": [{
+                    "logIndex": "7",
+                    "logId": {"keyId": STANDARD.encode(hex::decode(&self.rekor_id).unwrap())},
+                    "kindVersion": {"kind": "hashedrekord", "version": "0.0.1"},
+                    "integratedTime": NOON.to_string(),
+                    "inclusionPromise": {"signedEntryTimestamp": set},
+                    "canonicalizedBody": body,
+                }],
+            },
+            "messageSignature": {
+                "messageDigest": {"algorithm": "SHA2_256", "digest": STANDARD.encode(digest.unwrap())},
+                "signature": STANDARD.encode(&sig),
+            },
+        })
+        .to_string()
     }
 
     /// A keyless Sigstore bundle (v0.3, cosign 3's form): a DSSE envelope over an in-toto

@@ -715,11 +715,17 @@ fn a_keyless_dsse_bundle_verifies_with_a_dsse_entry_about_its_envelope() {
     let d = Digest::of(b"image");
     let good = dsse_bundle(&world, d.hex(), |_| {});
     assert_eq!(
-        verify(good.as_bytes(), &d, &[], Some(&keyless)).unwrap(),
+        verify(good.as_bytes(), None, &d, &[], Some(&keyless)).unwrap(),
         format!("a certificate for {SUBJECT} from {ISSUER}")
     );
     fails(
-        verify(good.as_bytes(), &Digest::of(b"other"), &[], Some(&keyless)),
+        verify(
+            good.as_bytes(),
+            None,
+            &Digest::of(b"other"),
+            &[],
+            Some(&keyless),
+        ),
         "not this digest",
     );
     // The entry hashes another payload; records another signature.
@@ -729,7 +735,7 @@ fn a_keyless_dsse_bundle_verifies_with_a_dsse_entry_about_its_envelope() {
         b.replace_range(v..v + 4, "0000");
     });
     fails(
-        verify(about_other.as_bytes(), &d, &[], Some(&keyless)),
+        verify(about_other.as_bytes(), None, &d, &[], Some(&keyless)),
         "its Rekor entry is about another artifact",
     );
     let other_sig = dsse_bundle(&world, d.hex(), |b| {
@@ -737,13 +743,13 @@ fn a_keyless_dsse_bundle_verifies_with_a_dsse_entry_about_its_envelope() {
         b.replace_range(at..at + 4, "AAAA");
     });
     fails(
-        verify(other_sig.as_bytes(), &d, &[], Some(&keyless)),
+        verify(other_sig.as_bytes(), None, &d, &[], Some(&keyless)),
         "records another signature or certificate",
     );
     // No inclusion promise; no entry at all.
     let promiseless = good.replace("inclusionPromise", "inclusionProof");
     fails(
-        verify(promiseless.as_bytes(), &d, &[], Some(&keyless)),
+        verify(promiseless.as_bytes(), None, &d, &[], Some(&keyless)),
         "no inclusion promise",
     );
     let entryless = {
@@ -753,7 +759,7 @@ fn a_keyless_dsse_bundle_verifies_with_a_dsse_entry_about_its_envelope() {
         v.to_string()
     };
     fails(
-        verify(entryless.as_bytes(), &d, &[], Some(&keyless)),
+        verify(entryless.as_bytes(), None, &d, &[], Some(&keyless)),
         "carries no Rekor entry",
     );
     // A bundle signed with a key, under a keyless-only policy.
@@ -772,7 +778,74 @@ fn a_keyless_dsse_bundle_verifies_with_a_dsse_entry_about_its_envelope() {
         ),
     );
     fails(
-        verify(keyed_statement.as_bytes(), &d, &[], Some(&keyless)),
+        verify(keyed_statement.as_bytes(), None, &d, &[], Some(&keyless)),
         "signed with a key, and this policy has no keys",
+    );
+}
+
+/// A keyless message-signature bundle (v0.3): `sig` by `leaf` over `payload`, with a
+/// `hashedrekord` entry about `logged` (the payload, or other bytes) at noon.
+fn message_bundle(world: &World, leaf: &[u8], payload: &[u8], sig: &[u8], logged: &[u8]) -> String {
+    use crate::policy::bundle::BUNDLE_V03;
+    let e = World::entry(&world.log, &world.log_spki, leaf, logged, sig, NOON);
+    format!(
+        r#"{{"mediaType":"{BUNDLE_V03}","verificationMaterial":{{"certificate":{{"rawBytes":"{}"}},"tlogEntries":[{{"logIndex":"42","logId":{{"keyId":"{}"}},"kindVersion":{{"kind":"hashedrekord","version":"0.0.1"}},"integratedTime":"{NOON}","inclusionPromise":{{"signedEntryTimestamp":"{}"}},"canonicalizedBody":"{}"}}]}},"messageSignature":{{"messageDigest":{{"algorithm":"SHA2_256","digest":"{}"}},"signature":"{}"}}}}"#,
+        STANDARD.encode(leaf),
+        STANDARD.encode(&e.log_id),
+        STANDARD.encode(&e.set),
+        e.body,
+        STANDARD.encode(sha2::Sha256::digest(payload)),
+        STANDARD.encode(sig)
+    )
+}
+
+#[test]
+fn a_keyless_message_signature_verifies_with_a_hashedrekord_entry_about_its_payload() {
+    use crate::oci::Digest;
+    use crate::policy::bundle::tests::simple_signing;
+    use crate::policy::bundle::verify;
+    let world = World::new();
+    let keyless = world.keyless("^https://github.com/myorg/");
+    let d = Digest::of(b"image");
+    let payload = simple_signing(&d);
+    let p = payload.as_bytes();
+    let (leaf, signer) = World::leaf(&world.ca, LeafSpec::default());
+    let sig = World::sign(&signer, p);
+    let check = |bundle: &str| verify(bundle.as_bytes(), Some(Ok(p)), &d, &[], Some(&keyless));
+    assert_eq!(
+        check(&message_bundle(&world, &leaf, p, &sig, p)).unwrap(),
+        format!("a certificate for {SUBJECT} from {ISSUER}")
+    );
+    // The entry is about other bytes; the signature is over other bytes; another identity.
+    fails(
+        check(&message_bundle(&world, &leaf, p, &sig, b"other")),
+        "its Rekor entry is about another artifact",
+    );
+    let other_sig = World::sign(&signer, b"other");
+    fails(
+        check(&message_bundle(&world, &leaf, p, &other_sig, p)),
+        "its signature does not verify under its certificate's key",
+    );
+    fails(
+        verify(
+            message_bundle(&world, &leaf, p, &sig, p).as_bytes(),
+            Some(Ok(p)),
+            &d,
+            &[],
+            Some(&world.keyless("^https://github.com/otherorg/")),
+        ),
+        "which matches no configured identity",
+    );
+    // Under a key-only policy.
+    let (_, cfg) = crate::policy::keys::tests::p256();
+    fails(
+        verify(
+            message_bundle(&world, &leaf, p, &sig, p).as_bytes(),
+            Some(Ok(p)),
+            &d,
+            &[crate::policy::keys::Key::new(&cfg)],
+            None,
+        ),
+        "keyless (a certificate), and this policy has no trusted_root",
     );
 }
