@@ -33,18 +33,18 @@
 //!
 //! # Uploads
 //! A blob filled from the upstream streams into the bucket beside its fill ([`Tier::tee`], the
-//! `tee` room): the fill hands the upload every chunk it hashes, and the upload is completed
-//! only on the fill's verdict, so the blob is in the bucket as soon as it is verified, with no
-//! second read of the file and no second hash. When no upload slot is free as the fill starts
-//! (at most [`MAX_UPLOADS`] at once), or the bucket falls [`TEE_BACKLOG`] behind the upstream,
-//! the blob is uploaded from the verified file once committed instead, by a background task
-//! ([`Tier::upload`]; `put_blob` hashes it again and skips it when the bucket already has it).
-//! Then the upstream's origin marker is written (`store::s3`'s layout). A fill that passed
-//! through from memory (the disk was full) reaches the bucket only through its tee: there is no
-//! file to read it from afterwards.
-//! Trade-off: a replica that dies before its fill is verified leaves the bucket without the
-//! blob; the next replica's miss fetches it again. A tee whose upload fails is not retried:
-//! the share's backfill puts back what was pulled but is missing.
+//! `tee` room): the upload follows the fill as one more reader, at the bucket's pace, and is
+//! completed only once the fill verified the blob; so it is in the bucket as soon as the bucket
+//! can take it, hashed once (by the fill). When no upload slot is free as the fill starts (at
+//! most [`MAX_UPLOADS`] at once), the blob is uploaded from the verified file once committed
+//! instead, by a background task ([`Tier::upload`]; `put_blob` hashes it again and skips it
+//! when the bucket already has it). Then the upstream's origin marker is written
+//! (`store::s3`'s layout). A fill that passed through from memory (the disk was full) is not
+//! uploaded: its tee is called off (a fill from memory waits for its slowest reader), and there
+//! is no file to read it from afterwards.
+//! Trade-off: a replica that dies before its upload completed leaves the bucket without the
+//! blob; the next replica's miss fetches it again. An upload that fails is not retried: the
+//! share's backfill puts back what was pulled but is missing.
 //!
 //! # The share
 //! Pulls are noted in memory and flushed as access markers; what was pulled here but is missing
@@ -61,7 +61,7 @@ mod tee;
 pub use share::{
     EVICT_EVERY, FLUSH_EVERY, PullSource, READ_TOUCH_EVERY, ShareInfo, ShareState, TOUCH_EVERY,
 };
-pub use tee::{BACKLOG as TEE_BACKLOG, Tee};
+pub use tee::Tee;
 
 use std::fmt;
 use std::sync::{Arc, Mutex};

@@ -155,6 +155,9 @@ class PathBench(cluster.Bench):
         if subject == "s3":
             self.wait_in_bucket(f"{prefix}/blobs/sha256/{self.digest[7:]}")
             self.add("to_bucket_s", time.monotonic() - t0)
+            # A fill's upload beside it that fell behind the upstream is called off (then the
+            # blob goes up from the file): 'unverified' uploads, 0 before tier::tee existed.
+            self.add("tee_called_off", metric(scrape(srv[0]), 'berth_bucket_requests_total{op="upload",outcome="unverified"}'))
         self.settle(subject, srv[:1], prefix)
         for s in srv:
             self.stop(s)
@@ -233,6 +236,7 @@ class PathBench(cluster.Bench):
             ("cold pull CPU s/GB: single", f"{m('cold_s3_cpu'):.2f}"),
             ("cold pull CPU s/GB: x3 summed over replicas", f"{m('cold_x3_cpu'):.2f}"),
             ("first pull to in the bucket: s", f"{m('to_bucket_s'):.2f}"),
+            ("uploads beside the fill called off (worst round)", f"{worst.get('tee_called_off', nan):.0f}"),
         ]
 
 

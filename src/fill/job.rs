@@ -6,8 +6,8 @@
 //! off is resumed from the upstream with `Range` (`FillJob::resume`, following
 //! `upstream::resume`'s rule); a disk that fills up turns the fill into a pass-through from
 //! memory (at most `MAX_PASS_THROUGH` at once). A fill from the upstream streams into the
-//! bucket as it fills, when there is one (`tier::tee`: the upload gets every chunk the pending
-//! file hashes, in order, and completes only on this fill's verdict).
+//! bucket as it fills, when there is one (`tier::tee`: the upload follows the fill as one more
+//! reader, and completes only once the fill verified the blob).
 //!
 //! Resuming: a body that breaks off (closed, reset, stalled) is asked for again with
 //! `Range: bytes=<received>-` (at most `resume_attempts` times per fill, with the upstream's own
@@ -196,12 +196,14 @@ impl FillJob {
         // A blob from the upstream streams into the bucket beside the fill (`tier::tee`),
         // vouched for by this fill's verdict.
         let mut tee = match &self.tier {
-            Some(tier) if from == "upstream" => {
-                tier.tee(&self.digest, total, &self.up.name().to_ascii_lowercase())
-            }
+            Some(tier) if from == "upstream" => tier.tee(
+                self.this_fill.clone(),
+                &self.digest,
+                total,
+                &self.up.name().to_ascii_lowercase(),
+            ),
             _ => None,
         };
-        let tee_started = tee.is_some();
         // The network and the disk work side by side: while one batch is hashed and written on a
         // blocking thread, the next one is read from the upstream (up to MAX_QUEUED bytes ahead).
         let feed = pending.feed();
@@ -233,7 +235,13 @@ impl FillJob {
                     writing = None;
                     match r {
                         Ok(()) => {}
-                        Err(e) if store::is_disk_full(&e) && !p.is_pass_through() => self.pass_through(&mut p, &e)?,
+                        Err(e) if store::is_disk_full(&e) && !p.is_pass_through() => {
+                            self.pass_through(&mut p, &e)?;
+                            // From memory, the fill waits for its slowest reader: not the bucket.
+                            if let Some(t) = &mut tee {
+                                t.call_off();
+                            }
+                        }
                         Err(e) => {
                             self.write_failed(&e);
                             return Err(Error::io("writing blob", &e));
@@ -275,10 +283,6 @@ impl FillJob {
                     }
                     queued += c.len();
                     feed.push(c.clone());
-                    // The tee gets exactly the chunks the pending file hashes, in order.
-                    if let Some(t) = &mut tee {
-                        t.push(&c);
-                    }
                     queue.push(c);
                 }
             }
@@ -291,28 +295,17 @@ impl FillJob {
             let (slot, origins) = &self.origin;
             origins.record(*slot, &self.up.name().to_ascii_lowercase(), &self.digest);
         };
-        let committed = pending.commit_with(record_origin).await;
-        // The bytes were verified whenever the commit got past the digest check: the tee's
-        // upload completes then. Every other way out drops it, unverified: aborted.
-        let tee_from_file = match (&committed, tee.take()) {
-            (
-                Ok(_) | Err(store::CommitError::Persist(_) | store::CommitError::NoRoom { .. }),
-                Some(t),
-            ) => t.finish(true),
-            _ => false,
-        };
-        match committed {
+        match pending.commit_with(record_origin).await {
             Ok(blob) => {
                 tracing::info!(upstream = self.up.name(), repo = %self.name, digest = %self.digest, bytes = blob.len, from, "blob cached");
-                // A blob from the upstream went up beside the fill, unless the tee could not
-                // start or fell behind: then it goes up from the file now. A blob from a peer is
-                // its owner's to upload (it fills the bucket as it serves), unless the peer's
-                // body broke off and this fill finished it from the upstream: the owner may be
-                // gone (killed mid-fill) and never upload it. Uploading twice costs a HEAD, not
-                // a second copy.
-                let teed = from == "upstream" && !tee_from_file && tee_started;
+                // A blob from the upstream goes up beside the fill (its tee), unless no upload
+                // slot was free as it started: then it goes up from the file now. A blob from a
+                // peer is its owner's to upload (it fills the bucket as it serves), unless the
+                // peer's body broke off and this fill finished it from the upstream: the owner
+                // may be gone (killed mid-fill) and never upload it. Uploading twice costs a
+                // HEAD, not a second copy.
                 if let Some(tier) = &self.tier
-                    && !teed
+                    && tee.is_none()
                     && (from == "upstream" || (from == "peer" && resumes > 0))
                 {
                     tier.upload(

@@ -806,9 +806,16 @@ fn vouched(
     tokio::task::JoinHandle<Result<Stored, BucketError>>,
     tokio::sync::watch::Sender<Option<bool>>,
 ) {
-    let (tx, rx) = tokio::sync::watch::channel(None);
+    let (tx, mut rx) = tokio::sync::watch::channel(None);
     let (b, d, data) = (b.clone(), d.clone(), data.clone());
-    let task = tokio::spawn(async move { b.put_blob_vouched(&d, size, body(&data), rx).await });
+    // No word (the sender dropped) is a "no".
+    let verdict = async move {
+        rx.wait_for(Option::is_some)
+            .await
+            .is_ok_and(|v| *v == Some(true))
+    };
+    let task =
+        tokio::spawn(async move { b.put_blob_vouched(&d, size, body(&data), verdict).await });
     (task, tx)
 }
 

@@ -23,6 +23,8 @@
 //! store, part size and metrics) and uses its parent's vocabulary and `oci`; nothing imports it.
 
 use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -32,7 +34,6 @@ use object_store::{
     Attribute, Attributes, MultipartUpload, PutMultipartOptions, PutOptions, PutPayloadMut,
 };
 use sha2::{Digest as _, Sha256};
-use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use super::{Bucket, BucketError, Stored};
@@ -42,9 +43,9 @@ use crate::oci::Digest;
 enum Check {
     /// The upload hashes them itself.
     Hash(Sha256),
-    /// The caller hashes the very same bytes, in the same order, and says so: `Some(true)` when
-    /// they matched the digest. Dropped without a verdict, or `Some(false)`: aborted.
-    Vouched(watch::Receiver<Option<bool>>),
+    /// The caller hashes the very same bytes, in the same order, and says so: `true` when they
+    /// matched the digest, `false` aborts.
+    Vouched(Pin<Box<dyn Future<Output = bool> + Send>>),
 }
 
 impl Bucket {
@@ -64,19 +65,23 @@ impl Bucket {
 
     /// [`put_blob`](Self::put_blob) for bytes that their source hashes anyway: a fill streaming
     /// its blob into the bucket while it verifies it (`tier::tee`). The upload does not hash;
-    /// after the body's last byte it waits for `verdict`, and completes only on `Some(true)`
-    /// (and the expected size); a verdict of `false`, or its sender dropped first, aborts it
-    /// ([`BucketError::Unverified`]). Sound only when `body` carries exactly the bytes the
-    /// verdict is about, in order: the caller's promise.
+    /// after the body's last byte it waits for `verdict`, and completes only on `true` (and the
+    /// expected size); `false` aborts it ([`BucketError::Unverified`]). Sound only when `body`
+    /// carries exactly the bytes the verdict is about, in order: the caller's promise.
     pub async fn put_blob_vouched<E: fmt::Display>(
         &self,
         digest: &Digest,
         expected_size: Option<u64>,
         body: impl Stream<Item = Result<Bytes, E>>,
-        verdict: watch::Receiver<Option<bool>>,
+        verdict: impl Future<Output = bool> + Send + 'static,
     ) -> Result<Stored, BucketError> {
-        self.put_checked(digest, expected_size, body, Check::Vouched(verdict))
-            .await
+        self.put_checked(
+            digest,
+            expected_size,
+            body,
+            Check::Vouched(Box::pin(verdict)),
+        )
+        .await
     }
 
     async fn put_checked<E: fmt::Display>(
@@ -152,16 +157,11 @@ impl Bucket {
         }
         // A vouched body may have ended early because its source failed or called it off: its
         // verdict says which, before the size does.
-        if let Check::Vouched(verdict) = &mut check {
-            // `wait_for` fails when the sender is gone without a verdict: not verified.
-            let verified = verdict
-                .wait_for(Option::is_some)
-                .await
-                .is_ok_and(|v| *v == Some(true));
-            if !verified {
-                up.abort("unverified").await;
-                return Err(BucketError::Unverified);
-            }
+        if let Check::Vouched(verdict) = &mut check
+            && !verdict.await
+        {
+            up.abort("unverified").await;
+            return Err(BucketError::Unverified);
         }
         if let Some(expected) = expected_size
             && size != expected
