@@ -32,19 +32,23 @@
 //! from `resolved_at`, then revalidated, and served stale while the upstream fails.
 //!
 //! # Uploads
-//! A blob filled from the upstream streams into the bucket beside its fill ([`Tier::tee`], the
-//! `tee` room): the upload follows the fill as one more reader, at the bucket's pace, and is
-//! completed only once the fill verified the blob; so it is in the bucket as soon as the bucket
-//! can take it, hashed once (by the fill). When no upload slot is free as the fill starts (at
-//! most [`MAX_UPLOADS`] at once), the blob is uploaded from the verified file once committed
-//! instead, by a background task ([`Tier::upload`]; `put_blob` hashes it again and skips it
-//! when the bucket already has it). Then the upstream's origin marker is written
-//! (`store::s3`'s layout). A fill that passed through from memory (the disk was full) is not
-//! uploaded: its tee is called off (a fill from memory waits for its slowest reader), and there
-//! is no file to read it from afterwards.
-//! Trade-off: a replica that dies before its upload completed leaves the bucket without the
-//! blob; the next replica's miss fetches it again. An upload that fails is not retried: the
-//! share's backfill puts back what was pulled but is missing.
+//! A blob filled from the upstream and committed to the local disk is uploaded from that
+//! verified file by a background task ([`Tier::upload`]; it is skipped when the bucket already
+//! has it), at most [`MAX_UPLOADS`] at once; then the upstream's origin marker is written
+//! (`store::s3`'s layout). The fill that committed the file hashed it a moment before, so its
+//! upload does not hash it again ([`Recheck::JustVerified`]); a file put back by the share's
+//! backfill, committed who knows how long ago, is hashed on the way ([`Recheck::Hash`]). Either
+//! way every read from the bucket verifies the object before any client gets its last byte.
+//! A fill that passed through from memory (the disk was full) or that could not be kept
+//! locally is not uploaded: there is no verified file to read it from, and holding a second copy
+//! in memory for the bucket is what a full disk cannot afford.
+//! Why after the commit, not beside the fill: measured (BENCHMARKS.md, issue 19), an upload
+//! streaming beside the fill got the blob into a local Ceph RGW 0.9 s sooner for 256 MiB, but the
+//! bucket's own ingest (2.8 CPU s/GB) then competed with the pull for the node's cores and made
+//! the pull itself 1.9x slower; a client waits for its pull, not for the bucket, and until the
+//! upload lands the other replicas hand their misses to this one (the owner), not to the bucket.
+//! Trade-off: a replica that dies between its local commit and the end of the upload leaves the
+//! bucket without the blob; the next replica's miss fetches it again.
 //!
 //! # The share
 //! Pulls are noted in memory and flushed as access markers; what was pulled here but is missing
@@ -56,12 +60,10 @@
 //! and share.
 
 mod share;
-mod tee;
 
 pub use share::{
     EVICT_EVERY, FLUSH_EVERY, PullSource, READ_TOUCH_EVERY, ShareInfo, ShareState, TOUCH_EVERY,
 };
-pub use tee::Tee;
 
 use std::fmt;
 use std::sync::{Arc, Mutex};
@@ -87,6 +89,16 @@ pub const MAX_UPLOADS: usize = 4;
 /// How often open multipart uploads are looked for, and how old they must be to be aborted.
 pub const STALE_EVERY: Duration = Duration::from_secs(600);
 pub const STALE_AGE: Duration = Duration::from_secs(3600);
+
+/// Whether an upload of a committed file hashes it on the way ([`Tier::upload`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recheck {
+    /// The fill that committed the file verified its bytes a moment ago: sent as they are.
+    JustVerified,
+    /// A file committed earlier (the share's backfill): hashed again, and not completed unless
+    /// it still matches its digest.
+    Hash,
+}
 
 /// The bucket's last error and when, for `/healthz?verbose`.
 pub type LastError = Arc<Mutex<Option<(SystemTime, String)>>>;
@@ -216,7 +228,13 @@ impl Tier {
     /// through `upstream` (see the module docs). The file is opened once the upload's turn has
     /// come, so a queue of uploads holds no descriptors and no eviction leases; a blob evicted
     /// meanwhile is not uploaded.
-    pub fn upload(self: &Arc<Self>, store: Arc<Store>, digest: Digest, upstream: String) {
+    pub fn upload(
+        self: &Arc<Self>,
+        store: Arc<Store>,
+        digest: Digest,
+        upstream: String,
+        recheck: Recheck,
+    ) {
         let tier = self.clone();
         tokio::spawn(async move {
             let Ok(_permit) = tier.uploads.clone().acquire_owned().await else {
@@ -232,7 +250,16 @@ impl Tier {
             };
             let len = blob.len;
             let body = store::read_range(Source::File(blob), 0, Some(len));
-            match tier.bucket.put_blob(&digest, Some(len), body).await {
+            let stored = match recheck {
+                Recheck::Hash => tier.bucket.put_blob(&digest, Some(len), body).await,
+                Recheck::JustVerified => {
+                    let verified = std::future::ready(true);
+                    tier.bucket
+                        .put_blob_vouched(&digest, Some(len), body, verified)
+                        .await
+                }
+            };
+            match stored {
                 Ok(stored) => {
                     if stored == Stored::Uploaded {
                         tracing::info!(%digest, bytes = len, "blob uploaded to the bucket");

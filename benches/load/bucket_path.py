@@ -142,10 +142,11 @@ class PathBench(cluster.Bench):
         before = self.origin_gets()
         perf = self.perf_start(f"cold-{subject}", [s.pid for s in srv]) if profile else None
         t0 = time.monotonic()
-        got, _, cpu, _ = self.measured(lambda: self.pull(srv[0].url), [s.pid for s in srv])
+        got, _, cpu, ceph = self.measured(lambda: self.pull(srv[0].url), [s.pid for s in srv])
         self.perf_stop(perf)
         if got["bytes"] != self.size:
             raise Failed(f"{subject} cold pull incomplete")
+        self.add(f"cold_{subject}_ceph", ceph / (self.size / 1e9))
         if self.origin_gets() - before != 1:
             log(f"WARNING: {subject} cold pull made {self.origin_gets() - before} upstream fetches")
         if subject == "x3" and metric(scrape(srv[0]), 'berth_owner_handoffs_total{result="peer"}') != 1:
@@ -235,6 +236,7 @@ class PathBench(cluster.Bench):
             ("non-owner / single", f"{m('cold_x3_s') / m('cold_s3_s'):.2f}x"),
             ("cold pull CPU s/GB: single", f"{m('cold_s3_cpu'):.2f}"),
             ("cold pull CPU s/GB: x3 summed over replicas", f"{m('cold_x3_cpu'):.2f}"),
+            ("cold pull, single berth: RGW CPU s/GB during the pull", f"{m('cold_s3_ceph'):.2f}"),
             ("first pull to in the bucket: s", f"{m('to_bucket_s'):.2f}"),
             ("uploads beside the fill called off (worst round)", f"{worst.get('tee_called_off', nan):.0f}"),
         ]

@@ -5,9 +5,8 @@
 //! blocking thread, the next one is read (up to `MAX_QUEUED` bytes ahead). A body that breaks
 //! off is resumed from the upstream with `Range` (`FillJob::resume`, following
 //! `upstream::resume`'s rule); a disk that fills up turns the fill into a pass-through from
-//! memory (at most `MAX_PASS_THROUGH` at once). A fill from the upstream streams into the
-//! bucket as it fills, when there is one (`tier::tee`: the upload follows the fill as one more
-//! reader, and completes only once the fill verified the blob).
+//! memory (at most `MAX_PASS_THROUGH` at once). A fill from the upstream that committed is
+//! uploaded to the bucket, when there is one (`Tier::upload`, without hashing the file again).
 //!
 //! Resuming: a body that breaks off (closed, reset, stalled) is asked for again with
 //! `Range: bytes=<received>-` (at most `resume_attempts` times per fill, with the upstream's own
@@ -49,7 +48,7 @@ use crate::origins::Origins;
 use crate::origins::check::{self, Place, Verdict};
 use crate::store::s3::BlobRead;
 use crate::store::{self, FillState, Store};
-use crate::tier::Tier;
+use crate::tier::{Recheck, Tier};
 use crate::upstream::{
     NotFoundKind, Upstream, UpstreamResponse, blob_request, content_length, continuation,
 };
@@ -193,17 +192,6 @@ impl FillJob {
                 self.write_failed(&e);
                 Error::io("starting blob fill", &e)
             })?;
-        // A blob from the upstream streams into the bucket beside the fill (`tier::tee`),
-        // vouched for by this fill's verdict.
-        let mut tee = match &self.tier {
-            Some(tier) if from == "upstream" => tier.tee(
-                self.this_fill.clone(),
-                &self.digest,
-                total,
-                &self.up.name().to_ascii_lowercase(),
-            ),
-            _ => None,
-        };
         // The network and the disk work side by side: while one batch is hashed and written on a
         // blocking thread, the next one is read from the upstream (up to MAX_QUEUED bytes ahead).
         let feed = pending.feed();
@@ -235,13 +223,7 @@ impl FillJob {
                     writing = None;
                     match r {
                         Ok(()) => {}
-                        Err(e) if store::is_disk_full(&e) && !p.is_pass_through() => {
-                            self.pass_through(&mut p, &e)?;
-                            // From memory, the fill waits for its slowest reader: not the bucket.
-                            if let Some(t) = &mut tee {
-                                t.call_off();
-                            }
-                        }
+                        Err(e) if store::is_disk_full(&e) && !p.is_pass_through() => self.pass_through(&mut p, &e)?,
                         Err(e) => {
                             self.write_failed(&e);
                             return Err(Error::io("writing blob", &e));
@@ -298,20 +280,19 @@ impl FillJob {
         match pending.commit_with(record_origin).await {
             Ok(blob) => {
                 tracing::info!(upstream = self.up.name(), repo = %self.name, digest = %self.digest, bytes = blob.len, from, "blob cached");
-                // A blob from the upstream goes up beside the fill (its tee), unless no upload
-                // slot was free as it started: then it goes up from the file now. A blob from a
-                // peer is its owner's to upload (it fills the bucket as it serves), unless the
-                // peer's body broke off and this fill finished it from the upstream: the owner
-                // may be gone (killed mid-fill) and never upload it. Uploading twice costs a
-                // HEAD, not a second copy.
+                // A blob from a peer is its owner's to upload (it fills the bucket as it
+                // serves), unless the peer's body broke off and this fill finished it from the
+                // upstream: the owner may be gone (killed mid-fill) and never upload it.
+                // Uploading twice costs a HEAD, not a second copy. The file is sent as it is:
+                // this fill verified it a moment ago.
                 if let Some(tier) = &self.tier
-                    && tee.is_none()
                     && (from == "upstream" || (from == "peer" && resumes > 0))
                 {
                     tier.upload(
                         self.store.clone(),
                         self.digest.clone(),
                         self.up.name().to_ascii_lowercase(),
+                        Recheck::JustVerified,
                     );
                 }
                 Ok(())

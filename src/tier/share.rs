@@ -25,7 +25,7 @@ use std::time::{Duration, SystemTime};
 use bytes::Bytes;
 use futures_util::StreamExt;
 
-use super::Tier;
+use super::{Recheck, Tier};
 use crate::oci::Digest;
 use crate::store::Store;
 use crate::store::s3::evict::{Limits, Pass};
@@ -216,7 +216,12 @@ impl Tier {
             What::Blob { backfill: true } => {
                 if bucket.head_blob(digest).await?.is_none() {
                     tracing::debug!(%digest, "pulled here, missing from the bucket: uploading it");
-                    self.upload(store.clone(), digest.clone(), p.upstream.clone());
+                    self.upload(
+                        store.clone(),
+                        digest.clone(),
+                        p.upstream.clone(),
+                        Recheck::Hash,
+                    );
                 }
             }
             What::Manifest { media_type, body } => {

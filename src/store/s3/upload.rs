@@ -3,10 +3,10 @@
 //!
 //! A blob goes up as a multipart upload that hashes every byte on the way and is completed only
 //! when the sha256 (and the size, when known) matched; otherwise it is aborted, and so on any
-//! error, and when the future is dropped (a guard spawns the abort). A fill streaming its blob
-//! up as it fills ([`Bucket::put_blob_vouched`], `tier::tee`) hashes those very bytes itself:
-//! there the upload takes the fill's verdict instead of hashing them twice, and aborts unless
-//! it is "verified". S3 makes a multipart object
+//! error, and when the future is dropped (a guard spawns the abort). A file that berth verified a
+//! moment ago (a fill's, just committed: `tier::Recheck::JustVerified`) goes up vouched instead
+//! ([`Bucket::put_blob_vouched`]): the upload takes its source's verdict rather than hashing the
+//! same bytes a second time, and aborts unless it is "verified". S3 makes a multipart object
 //! visible only at completion, so a reader never sees a part of it. A blob that ends within its
 //! first part is held in memory and goes up in one PUT, after it was verified.
 //! Correctness does not rest on conditional PUT (some servers ignore `If-None-Match`): two
@@ -63,8 +63,8 @@ impl Bucket {
             .await
     }
 
-    /// [`put_blob`](Self::put_blob) for bytes that their source hashes anyway: a fill streaming
-    /// its blob into the bucket while it verifies it (`tier::tee`). The upload does not hash;
+    /// [`put_blob`](Self::put_blob) for bytes that their source has hashed or hashes anyway (a
+    /// file a fill committed a moment ago, `tier::Recheck`). The upload does not hash;
     /// after the body's last byte it waits for `verdict`, and completes only on `true` (and the
     /// expected size); `false` aborts it ([`BucketError::Unverified`]). Sound only when `body`
     /// carries exactly the bytes the verdict is about, in order: the caller's promise.
