@@ -14,14 +14,18 @@ Figures (each the median of --rounds interleaved rounds unless said):
              verifies before the last byte, so a complete 200 is a verified body)
   cold       one cold pull through a single berth over the bucket (s3) and through the replica of
              three that owns the digest last (x3): seconds, CPU summed over the replicas
-  to_bucket  after the cold s3 pull: seconds from the pull's start until the blob is in the bucket
+  to_bucket  after the cold s3 pull: seconds from the pull's start until the blob is in the bucket,
+             and berth's CPU over that time (the fill and its upload)
 
 Usage: python3 benches/load/bucket_path.py [--quick] [--rounds N] [--only bucket1] [--perf DIR]
                                           [--berth BIN] [--before BIN]
   --before BIN a second binary (say, main's), measured beside --berth figure by figure: the
                "before" and "after" columns of one run
-  --perf DIR   record `perf record -g` of the berth serving bucket1 and of the x3 replicas in
-               the cold pull (first round) into DIR, with folded stacks for flame graphs
+  --perf DIR   record `perf record -g` of the berth serving bucket1 and bucket8 and of the x3
+               replicas in the cold pull (first round) into DIR (read with `perf report -i`;
+               frame pointers make the stacks whole: build with
+               RUSTFLAGS="-C force-frame-pointers=yes" CARGO_PROFILE_RELEASE_DEBUG=line-tables-only);
+               with BENCH_PERF_STAT=<events>, `perf stat -e <events>` counts instead
 """
 import argparse
 import os
@@ -141,7 +145,7 @@ class PathBench(cluster.Bench):
         srv = self.subject_servers(subject, prefix)
         before = self.origin_gets()
         perf = self.perf_start(f"cold-{subject}", [s.pid for s in srv]) if profile else None
-        t0 = time.monotonic()
+        t0, cpu0 = time.monotonic(), cluster.cpu_seconds([s.pid for s in srv])
         got, _, cpu, ceph = self.measured(lambda: self.pull(srv[0].url), [s.pid for s in srv])
         self.perf_stop(perf)
         if got["bytes"] != self.size:
@@ -156,9 +160,8 @@ class PathBench(cluster.Bench):
         if subject == "s3":
             self.wait_in_bucket(f"{prefix}/blobs/sha256/{self.digest[7:]}")
             self.add("to_bucket_s", time.monotonic() - t0)
-            # A fill's upload beside it that fell behind the upstream is called off (then the
-            # blob goes up from the file): 'unverified' uploads, 0 before tier::tee existed.
-            self.add("tee_called_off", metric(scrape(srv[0]), 'berth_bucket_requests_total{op="upload",outcome="unverified"}'))
+            # berth's CPU for the whole of it: the fill and the upload after it.
+            self.add("to_bucket_cpu", (cluster.cpu_seconds([srv[0].pid]) - cpu0) / (self.size / 1e9))
         self.settle(subject, srv[:1], prefix)
         for s in srv:
             self.stop(s)
@@ -238,7 +241,7 @@ class PathBench(cluster.Bench):
             ("cold pull CPU s/GB: x3 summed over replicas", f"{m('cold_x3_cpu'):.2f}"),
             ("cold pull, single berth: RGW CPU s/GB during the pull", f"{m('cold_s3_ceph'):.2f}"),
             ("first pull to in the bucket: s", f"{m('to_bucket_s'):.2f}"),
-            ("uploads beside the fill called off (worst round)", f"{worst.get('tee_called_off', nan):.0f}"),
+            ("first pull to in the bucket: berth CPU s/GB (fill + upload)", f"{m('to_bucket_cpu'):.2f}"),
         ]
 
 
