@@ -1,0 +1,12 @@
+//! The fleet's swarm: how the node berths of a fleet share a blob they pull at once. Pure logic
+//! and the protocol's types; the HTTP wiring lives elsewhere.
+//!
+//! - [`node`]: a node's identity (its origin URL) and the fleet's known nodes.
+//! - [`pieces`]: the piece size rule, the range arithmetic, the piece table and its hasher.
+//!
+//! Rule of dependency: a leaf beside `oci`: it uses sha2 and url; it never calls the mirror, the
+//! fill, the store, the upstream or the HTTP layer, and nothing of `fleet` (the node mode uses
+//! it).
+
+pub mod node;
+pub mod pieces;
