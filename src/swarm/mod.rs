@@ -3,10 +3,12 @@
 //!
 //! - [`node`]: a node's identity (its origin URL) and the fleet's known nodes.
 //! - [`pieces`]: the piece size rule, the range arithmetic, the piece table and its hasher.
+//! - [`tracker`]: the swarm of each digest on the central berth, and each node's source.
 //!
-//! Rule of dependency: a leaf beside `oci`: it uses sha2 and url; it never calls the mirror, the
-//! fill, the store, the upstream or the HTTP layer, and nothing of `fleet` (the node mode uses
-//! it).
+//! Rule of dependency: a leaf beside `oci`: it uses `oci` (digests), sha2 and url; it never calls
+//! the mirror, the fill, the store, the upstream or the HTTP layer, and nothing of `fleet` (the
+//! node mode uses it).
 
 pub mod node;
 pub mod pieces;
+pub mod tracker;
