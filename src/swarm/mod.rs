@@ -4,6 +4,7 @@
 //! - [`node`]: a node's identity (its origin URL) and the fleet's known nodes.
 //! - [`pieces`]: the piece size rule, the range arithmetic, the piece table and its hasher.
 //! - [`tracker`]: the swarm of each digest on the central berth, and each node's source.
+//! - [`select`]: one node's transfer as a state machine (frontier, source, decisions, timings).
 //!
 //! Rule of dependency: a leaf beside `oci`: it uses `oci` (digests), sha2 and url; it never calls
 //! the mirror, the fill, the store, the upstream or the HTTP layer, and nothing of `fleet` (the
@@ -11,4 +12,5 @@
 
 pub mod node;
 pub mod pieces;
+pub mod select;
 pub mod tracker;

@@ -45,7 +45,7 @@ use crate::oci::Digest;
 pub const PARENT_SLOTS: usize = 2;
 
 /// A node not heard from for this long has left (nodes report at least every
-/// `select::REPORT_EVERY`).
+/// [`REPORT_EVERY`](super::select::REPORT_EVERY)).
 pub const EXPIRY: Duration = Duration::from_secs(30);
 
 /// How long a source blamed for a stall, a closed body or an unreachable address is not handed
