@@ -1,6 +1,7 @@
 //! The fleet's swarm: how the node berths of a fleet share a blob they pull at once, so that N
 //! nodes pulling a fresh blob take about one node's pull and about one blob of the central
-//! berth's bandwidth. Pure logic and the protocol's types; the HTTP wiring lives elsewhere.
+//! berth's bandwidth. Pure logic, the protocol's types and the node-to-node transfer as
+//! functions; the routes, the fleet proof and the wiring into the fill live elsewhere.
 //!
 //! - [`node`]: a node's identity (its origin URL) and the fleet's known nodes.
 //! - [`pieces`]: the piece size rule, the range arithmetic, the piece table and its hasher.
@@ -8,6 +9,8 @@
 //! - [`select`]: one node's transfer as a state machine (frontier, source, decisions, timings).
 //! - [`directory`]: the nodes that know the holders of a digest when the parent is down.
 //! - [`protocol`]: the JSON bodies, parsed strictly; URLs only among the fleet's nodes.
+//! - [`transfer`]: a node serving its verified bytes to peers (429 at `max_uploads`, a short
+//!   clean end as the "waiting" word) and fetching from one.
 //!
 //! # The design
 //! The central berth (the *parent*) fills a blob from upstream once, as any berth does, and
@@ -92,8 +95,9 @@
 //!   digest's directory nodes ([`directory`]) for holders and checks the whole digest.
 //!
 //! Rule of dependency: a leaf beside `oci`: it uses `oci` (digests), `cluster::ring` (the
-//! rendezvous weight, in `directory`), sha2, url and serde; it never calls the mirror, the fill,
-//! the store, the upstream or the HTTP layer, and nothing of `fleet` (the node mode uses it).
+//! rendezvous weight, in `directory`), sha2, url and serde, hyper and tokio (in `transfer`); it
+//! never calls the mirror, the fill, the store, the upstream or the HTTP layer, and nothing of
+//! `fleet` (the node mode uses it).
 
 pub mod directory;
 pub mod node;
@@ -101,3 +105,4 @@ pub mod pieces;
 pub mod protocol;
 pub mod select;
 pub mod tracker;
+pub mod transfer;

@@ -39,6 +39,7 @@ mod resume;
 mod s3;
 mod server;
 mod service;
+mod swarm;
 mod tier;
 mod upstream;
 mod verify;

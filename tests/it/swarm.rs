@@ -1,0 +1,393 @@
+//! Node to node over real sockets (`swarm::transfer`): a node serves its verified bytes, follows
+//! its frontier, says "waiting" with a short clean end, breaks its bodies when it gives up,
+//! answers 429 at `max_uploads`; and a node's transfer (`swarm::select`) finds a lying peer at its
+//! first bad piece and completes the blob from an honest one.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use berth::oci::Digest;
+use berth::swarm::node::NodeUrl;
+use berth::swarm::pieces::{Layout, PieceHash, PieceTable};
+use berth::swarm::select::{Action, Source, Transfer};
+use berth::swarm::tracker::Reason;
+use berth::swarm::transfer::{self, Event, Outgoing, Uploads};
+use bytes::Bytes;
+use http::HeaderValue;
+use http_body_util::Empty;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use sha2::{Digest as _, Sha256};
+use tokio::sync::watch;
+
+use crate::support::instance::eventually;
+
+const MIB: u64 = 1 << 20;
+
+fn data(size: u64, seed: u8) -> Vec<u8> {
+    (0..size as usize)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect()
+}
+
+/// A blob a test node serves: its file, and the sender of its frontier.
+struct Served {
+    path: PathBuf,
+    size: u64,
+    frontier: watch::Sender<u64>,
+}
+
+/// What a test node has: by request path, the file, its size and its frontier.
+type Blobs = Arc<Mutex<HashMap<String, (PathBuf, u64, watch::Receiver<u64>)>>>;
+
+/// A node's blob server on loopback: `serve` over whatever blobs the test put in.
+struct Node {
+    url: NodeUrl,
+    blobs: Blobs,
+    _dir: tempfile::TempDir,
+    dir: PathBuf,
+}
+
+impl Node {
+    async fn start(max_uploads: usize, tick: Duration) -> Node {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr: SocketAddr = listener.local_addr().unwrap();
+        let blobs: Blobs = Arc::default();
+        let uploads = Uploads::new(max_uploads, tick);
+        let b = blobs.clone();
+        tokio::spawn(async move {
+            loop {
+                let (stream, _) = listener.accept().await.unwrap();
+                let (b, uploads) = (b.clone(), uploads.clone());
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(
+                        move |req: http::Request<hyper::body::Incoming>| {
+                            let blob = b.lock().unwrap().get(req.uri().path()).map(
+                                |(path, size, rx): &(PathBuf, u64, watch::Receiver<u64>)| {
+                                    Outgoing {
+                                        path: path.clone(),
+                                        size: *size,
+                                        frontier: rx.clone(),
+                                    }
+                                },
+                            );
+                            let resp = uploads.serve(req.headers().get(http::header::RANGE), blob);
+                            async move { Ok::<_, std::convert::Infallible>(resp) }
+                        },
+                    );
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        let dir = tempfile::tempdir().unwrap();
+        Node {
+            url: format!("http://{addr}").parse().unwrap(),
+            blobs,
+            dir: dir.path().to_owned(),
+            _dir: dir,
+        }
+    }
+
+    /// Puts `bytes` in this node's file for `digest`, verified up to `frontier`.
+    fn put(&self, digest: &Digest, bytes: &[u8], frontier: u64) -> Served {
+        let path = self.dir.join(digest.hex());
+        std::fs::write(&path, bytes).unwrap();
+        let (tx, rx) = watch::channel(frontier);
+        self.blobs.lock().unwrap().insert(
+            transfer::path(digest),
+            (path.clone(), bytes.len() as u64, rx),
+        );
+        Served {
+            path,
+            size: bytes.len() as u64,
+            frontier: tx,
+        }
+    }
+}
+
+fn client() -> Client<HttpConnector, Empty<Bytes>> {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+/// The fleet proof is checked by the wiring, not by these functions: any value goes here.
+fn proof() -> HeaderValue {
+    HeaderValue::from_static("Berth-Fleet 0 00")
+}
+
+/// Reads a body until it ends, returning its bytes and how it ended.
+async fn drain(body: &mut transfer::BlobBody) -> (Vec<u8>, Event) {
+    let mut got = Vec::new();
+    loop {
+        match body.next().await {
+            Event::Bytes(b) => got.extend_from_slice(&b),
+            end => return (got, end),
+        }
+    }
+}
+
+/// Reads a body until it has at least `n` bytes.
+async fn read_at_least(body: &mut transfer::BlobBody, n: usize) -> Vec<u8> {
+    let mut got = Vec::new();
+    while got.len() < n {
+        match body.next().await {
+            Event::Bytes(b) => got.extend_from_slice(&b),
+            other => panic!("ended with {other:?} after {} bytes", got.len()),
+        }
+    }
+    got
+}
+
+const LONG: Duration = Duration::from_secs(30);
+
+#[tokio::test]
+async fn a_complete_blob_streams_whole_and_from_an_offset() {
+    let node = Node::start(4, LONG).await;
+    let bytes = data(3 * MIB + 5, 1);
+    let d = Digest::of(&bytes);
+    let _s = node.put(&d, &bytes, bytes.len() as u64);
+    let c = client();
+    let mut body = transfer::fetch(&c, &node.url, &d, 0, proof())
+        .await
+        .unwrap();
+    assert_eq!(body.size(), bytes.len() as u64);
+    let (got, end) = drain(&mut body).await;
+    assert_eq!(end, Event::Done);
+    assert!(got == bytes, "the whole blob");
+    let from = MIB + 3;
+    let mut body = transfer::fetch(&c, &node.url, &d, from, proof())
+        .await
+        .unwrap();
+    let (got, end) = drain(&mut body).await;
+    assert_eq!(end, Event::Done);
+    assert!(got == bytes[from as usize..], "the tail");
+}
+
+#[tokio::test]
+async fn a_receiving_node_follows_its_frontier() {
+    let node = Node::start(4, LONG).await;
+    let bytes = data(3 * MIB, 2);
+    let d = Digest::of(&bytes);
+    let s = node.put(&d, &bytes, MIB);
+    let c = client();
+    let mut body = transfer::fetch(&c, &node.url, &d, 0, proof())
+        .await
+        .unwrap();
+    let first = read_at_least(&mut body, MIB as usize).await;
+    assert_eq!(first.len() as u64, MIB, "never past the frontier");
+    // The frontier moves: the same body goes on, to the end.
+    s.frontier.send(s.size).unwrap();
+    let (rest, end) = drain(&mut body).await;
+    assert_eq!(end, Event::Done);
+    assert!([first, rest].concat() == bytes);
+    assert!(s.path.exists());
+}
+
+#[tokio::test]
+async fn a_frontier_that_stays_put_ends_the_body_short() {
+    let node = Node::start(4, Duration::from_millis(100)).await;
+    let bytes = data(2 * MIB, 3);
+    let d = Digest::of(&bytes);
+    let s = node.put(&d, &bytes, MIB);
+    let c = client();
+    let mut body = transfer::fetch(&c, &node.url, &d, 0, proof())
+        .await
+        .unwrap();
+    let (got, end) = drain(&mut body).await;
+    assert_eq!((got.len() as u64, end), (MIB, Event::Waiting));
+    // Asked again at the frontier: nothing new, waiting again.
+    let mut body = transfer::fetch(&c, &node.url, &d, MIB, proof())
+        .await
+        .unwrap();
+    let (got, end) = drain(&mut body).await;
+    assert_eq!((got.len(), end), (0, Event::Waiting));
+    // The frontier moved: the rest.
+    s.frontier.send(s.size).unwrap();
+    let mut body = transfer::fetch(&c, &node.url, &d, MIB, proof())
+        .await
+        .unwrap();
+    let (got, end) = drain(&mut body).await;
+    assert_eq!(end, Event::Done);
+    assert!(got == bytes[MIB as usize..]);
+}
+
+#[tokio::test]
+async fn a_node_that_gives_up_breaks_its_bodies() {
+    let node = Node::start(4, LONG).await;
+    let bytes = data(2 * MIB, 4);
+    let d = Digest::of(&bytes);
+    let s = node.put(&d, &bytes, MIB);
+    let c = client();
+    let mut body = transfer::fetch(&c, &node.url, &d, 0, proof())
+        .await
+        .unwrap();
+    read_at_least(&mut body, MIB as usize).await;
+    drop(s.frontier);
+    assert_eq!(body.next().await, Event::Closed);
+}
+
+#[tokio::test]
+async fn at_max_uploads_a_node_answers_429() {
+    let node = Node::start(1, LONG).await;
+    let bytes = data(2 * MIB, 5);
+    let d = Digest::of(&bytes);
+    let _s = node.put(&d, &bytes, MIB);
+    let c = client();
+    let mut first = transfer::fetch(&c, &node.url, &d, 0, proof())
+        .await
+        .unwrap();
+    read_at_least(&mut first, 1).await;
+    assert_eq!(
+        transfer::fetch(&c, &node.url, &d, 0, proof()).await.err(),
+        Some(Reason::Busy)
+    );
+    // The first body gone, its slot is free again.
+    drop(first);
+    let freed = eventually(|| {
+        let c = c.clone();
+        let url = node.url.clone();
+        let d = d.clone();
+        async move { transfer::fetch(&c, &url, &d, 0, proof()).await.is_ok() }
+    })
+    .await;
+    assert!(freed, "the slot was never freed");
+}
+
+#[tokio::test]
+async fn nothing_to_serve_is_404_and_a_range_past_the_end_416() {
+    let node = Node::start(4, LONG).await;
+    let bytes = data(MIB, 6);
+    let d = Digest::of(&bytes);
+    let _s = node.put(&d, &bytes, MIB);
+    let c = client();
+    let other = Digest::of(b"not here");
+    assert_eq!(
+        transfer::fetch(&c, &node.url, &other, 0, proof())
+            .await
+            .err(),
+        Some(Reason::Unreachable)
+    );
+    assert_eq!(
+        transfer::fetch(&c, &node.url, &d, MIB, proof()).await.err(),
+        Some(Reason::Unreachable)
+    );
+    let req = http::Request::get(format!("{}{}", node.url, transfer::path(&d)))
+        .header(http::header::RANGE, format!("bytes={MIB}-"))
+        .body(Empty::new())
+        .unwrap();
+    let resp = c.request(req).await.unwrap();
+    assert_eq!(resp.status(), http::StatusCode::RANGE_NOT_SATISFIABLE);
+    assert_eq!(
+        resp.headers()[http::header::CONTENT_RANGE],
+        format!("bytes */{MIB}").as_str()
+    );
+    // A node that is not there at all.
+    let refusing = crate::support::ports::Dead::new();
+    let dead: NodeUrl = format!("http://{}", refusing.addr()).parse().unwrap();
+    assert_eq!(
+        transfer::fetch(&c, &dead, &d, 0, proof()).await.err(),
+        Some(Reason::Unreachable)
+    );
+}
+
+fn table(bytes: &[u8]) -> PieceTable {
+    let l = Layout::new(bytes.len() as u64);
+    let hashes: Vec<PieceHash> = (0..l.count())
+        .map(|k| {
+            let r = l.range(k);
+            Sha256::digest(&bytes[r.start as usize..r.end as usize]).into()
+        })
+        .collect();
+    let mut t = PieceTable::new(l);
+    t.extend(0, &hashes).unwrap();
+    t
+}
+
+/// The tracker first names a liar (a wrong byte in piece 2), then an honest node: the transfer
+/// drops the liar at piece 2 for a bad piece, resumes there from the honest one, and completes
+/// the blob with the right digest; no byte of piece 2 or after was ever counted verified from
+/// the liar.
+#[tokio::test]
+async fn a_lying_peer_is_found_at_its_first_bad_piece() {
+    let bytes = data(4 * MIB + 77, 7);
+    let d = Digest::of(&bytes);
+    let mut lie = bytes.clone();
+    lie[(2 * MIB + 1000) as usize] ^= 0x20;
+    let liar = Node::start(4, LONG).await;
+    let honest = Node::start(4, LONG).await;
+    let _l = liar.put(&d, &lie, lie.len() as u64);
+    let _h = honest.put(&d, &bytes, bytes.len() as u64);
+    let tab = table(&bytes);
+    let c = client();
+
+    let t0 = Instant::now();
+    let (mut t, mut actions) = Transfer::start(bytes.len() as u64, t0);
+    let mut tracker = vec![honest.url.clone(), liar.url.clone()];
+    let mut kept: Vec<u8> = Vec::new();
+    let mut verified = 0u64;
+    let mut body: Option<transfer::BlobBody> = None;
+    let mut blamed = Vec::new();
+    let mut done = false;
+    for _ in 0..10_000 {
+        let mut next = Vec::new();
+        for a in actions.drain(..) {
+            match a {
+                Action::AskTracker { dropped } => {
+                    if let Some(x) = dropped {
+                        blamed.push((x, t.frontier()));
+                    }
+                    let url = tracker.pop().expect("the tracker has a source left");
+                    next.extend(t.assigned(Source::Node(url), Instant::now()));
+                }
+                Action::Fetch { source, from } => {
+                    let Source::Node(url) = source else {
+                        panic!("only peers here: {source:?}")
+                    };
+                    kept.truncate(from as usize);
+                    body = Some(transfer::fetch(&c, &url, &d, from, proof()).await.unwrap());
+                }
+                Action::Verified { upto } => {
+                    assert!(upto >= verified);
+                    verified = upto;
+                    assert!(
+                        kept[..upto as usize] == bytes[..upto as usize],
+                        "verified bytes are right"
+                    );
+                }
+                Action::CheckDigest => {
+                    let ok = Digest::of(&kept) == d;
+                    next.extend(t.digest_checked(ok, Instant::now()));
+                }
+                Action::Done => done = true,
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        if done {
+            break;
+        }
+        if !next.is_empty() {
+            actions = next;
+            continue;
+        }
+        let b = body.as_mut().expect("a body to read");
+        match b.next().await {
+            Event::Bytes(chunk) => {
+                kept.extend_from_slice(&chunk);
+                actions = t.bytes(&chunk, &tab, Instant::now());
+            }
+            other => panic!("the body ended with {other:?}"),
+        }
+    }
+    assert!(done, "the transfer completed");
+    assert_eq!(
+        blamed,
+        vec![((liar.url.clone(), Reason::BadPiece), 2 * MIB)]
+    );
+    assert!(kept == bytes);
+    assert_eq!(t.frontier(), bytes.len() as u64);
+}
