@@ -82,7 +82,8 @@ pub enum Action {
     AskTracker { dropped: Option<(NodeUrl, Reason)> },
     /// Report progress to the tracker; keep the source.
     Report,
-    /// Fetch from `source`, from byte `from` (the frontier) on, dropping any other fetch.
+    /// Fetch from `source`, from byte `from` on (the frontier; after a wait, the last byte
+    /// received), dropping any other fetch.
     Fetch { source: Source, from: u64 },
     /// Bytes `..upto` are verified: they may be kept and forwarded to this node's children.
     Verified { upto: u64 },
@@ -271,15 +272,26 @@ impl Transfer {
         out
     }
 
-    /// The source is alive but has nothing new yet (it waits for its own source).
-    pub fn waiting(&mut self, now: Instant) {
-        if self.source.is_some() {
-            self.heard = now;
-            self.waiting_since.get_or_insert(now);
+    /// The source is alive but has nothing new yet (it waits for its own source; over HTTP, its
+    /// body ended clean and short): ask it again from the last byte received. (Its answer waits
+    /// a tick for new bytes, so this is no busy loop; [`Transfer::tick`] leaves it after
+    /// [`STARVE`].)
+    pub fn waiting(&mut self, now: Instant) -> Vec<Action> {
+        let Some(source) = self.source.clone() else {
+            return Vec::new();
+        };
+        if self.finished {
+            return Vec::new();
         }
+        self.heard = now;
+        self.waiting_since.get_or_insert(now);
+        vec![Action::Fetch {
+            source,
+            from: self.received(),
+        }]
     }
 
-    /// The source's body broke off or ended short.
+    /// The source's body broke off.
     pub fn closed(&mut self, now: Instant) -> Vec<Action> {
         self.failed(Reason::Closed, now)
     }

@@ -193,7 +193,11 @@ fn a_source_waiting_for_its_own_source_gets_longer_then_is_left_without_blame() 
     let t0 = Instant::now();
     let (mut t, _) = Transfer::start(SIZE, t0);
     t.assigned(Source::Node(peer(1)), t0);
-    t.waiting(secs(t0, 1.0));
+    // Without a source, a wait means nothing.
+    let (mut idle, _) = Transfer::start(SIZE, t0);
+    assert_eq!(idle.waiting(t0), vec![]);
+    // The same source again, from where the bytes stopped.
+    assert_eq!(t.waiting(secs(t0, 1.0)), fetch(Source::Node(peer(1)), 0));
     // Past STALL since it spoke: not dropped, it is waiting.
     assert_eq!(t.tick(secs(t0, 4.9)), vec![]);
     t.waiting(secs(t0, 4.0));
@@ -207,8 +211,11 @@ fn a_source_that_waited_and_sends_again_is_kept() {
     let t0 = Instant::now();
     let (mut t, _) = Transfer::start(SIZE, t0);
     t.assigned(Source::Node(peer(1)), t0);
-    t.waiting(secs(t0, 1.0));
-    t.bytes(&d[r(0, 10)], &tab, secs(t0, 3.0));
+    t.bytes(&d[r(0, 10)], &tab, secs(t0, 0.5));
+    // Asked again from the last byte received, not the frontier: the piece goes on.
+    assert_eq!(t.waiting(secs(t0, 1.0)), fetch(Source::Node(peer(1)), 10));
+    t.bytes(&d[r(10, 20)], &tab, secs(t0, 3.0));
+    assert_eq!((t.frontier(), t.received()), (0, 20));
     // The waiting is over: the ordinary stall clock again, from the last byte.
     assert_eq!(t.tick(secs(t0, 4.9)), vec![]);
     assert_eq!(t.tick(secs(t0, 5.0)), ask(peer(1), Reason::Stall));
