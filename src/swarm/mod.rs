@@ -74,10 +74,14 @@
 //! children first, so a rollout spread over time is a tree of holders, not a chain.
 //!
 //! A chain is as fast as its slowest link: one node with a 10x slower link slows every node
-//! below it. The tracker does not measure rates yet; what bounds the damage today is that a
-//! node's children see its pace, not a stall, so it stays in place. The next step is a rate
-//! rule on the tracker (a receiver much slower than its own source is given no children, and its
-//! children are moved), which reports already carry enough to compute.
+//! below it. The tracker measures each receiver's rate from its reports and treats one that is
+//! [`tracker::SLOW_RATIO`] (4) times slower than what feeds it as a *slow link*: it gets no
+//! children, and its children are moved at their next report (to a receiver ahead, at worst a
+//! second child of a fast node: a fan-out of two beats a chain at a tenth of the cap). The rate
+//! needs two reports at least [`tracker::RATE_WINDOW`] apart, and a node reports every
+//! [`select::REPORT_EVERY`] (5 s): a slow link is found about 5 to 10 s into a pull, so it only
+//! helps pulls longer than that (a 256 MiB blob at 25 MB/s takes 10 s); a faster rule would need
+//! the child to judge its source's pace itself, which it cannot tell from its source starving.
 //!
 //! # What a lying or stalling peer costs
 //! - A peer that sends a wrong byte: the rest of that piece (at most one piece, P bytes) and a

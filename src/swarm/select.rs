@@ -31,8 +31,9 @@
 //! they do not drop it too: without that, the whole chain below a stall would drop its sources at
 //! once and land on the parent. [`STARVE`] (2 x STALL) is the time such a node has to find a new
 //! source (its STALL plus a tracker round trip) before its children look elsewhere.
-//! [`REPORT_EVERY`] keeps the tracker's view of progress fresh enough to choose sources ahead,
-//! and a node well inside the tracker's expiry.
+//! [`REPORT_EVERY`] (5 s) keeps the tracker's view of progress fresh enough to choose sources
+//! ahead and to measure rates (slow links), and a node well inside the tracker's expiry (30 s),
+//! at one small request per receiving node every 5 s.
 //!
 //! Rule of dependency: uses `swarm::pieces`, `swarm::node` and the tracker's [`Reason`]; no I/O.
 

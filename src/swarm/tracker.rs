@@ -14,6 +14,12 @@
 //!    upload;
 //! 5. the parent anyway: a node is never left without a source.
 //!
+//! A candidate is never a *slow link*: a receiver whose rate (from its reports, over at least
+//! [`RATE_WINDOW`]) is [`SLOW_RATIO`] times below its own source's (or, below the parent or a
+//! holder, below the swarm's best receiver): a chain is as fast as its slowest link, so such a
+//! node feeds nobody, and its children get a new source at their next report. Its own children,
+//! as slow as it is but no slower than their source, are not slow links themselves.
+//!
 //! A candidate is never the asking node itself, never a node outside the fleet as it is known
 //! now, never one whose own chain of sources runs through the asking node (no cycle), never one
 //! that has no source of its own (it would stream nothing), never one silent for [`EXPIRY`],
@@ -56,6 +62,13 @@ pub const AVOID: Duration = Duration::from_secs(30);
 /// How long a source that answered "too busy" (429: its `max_uploads` taken by other digests,
 /// which this swarm cannot see) is not handed out in that swarm.
 pub const BUSY_AVOID: Duration = Duration::from_secs(5);
+
+/// The shortest time over which a receiver's rate is measured from its reports.
+pub const RATE_WINDOW: Duration = Duration::from_secs(2);
+
+/// A receiver this many times slower than what feeds it is a slow link: it gets no children, and
+/// its children are moved at their next report.
+pub const SLOW_RATIO: f64 = 4.0;
 
 /// The upload slots of a node that does not say how many it has (`[fleet] max_uploads`).
 pub const DEFAULT_UPLOADS: u32 = 4;
@@ -169,6 +182,46 @@ struct Member {
     source: Option<Src>,
     uploads: u32,
     heard: Instant,
+    /// Where the rate is measured from: (when, have).
+    sample: (Instant, u64),
+    /// Verified bytes per second over the last [`RATE_WINDOW`] or more, since its source was set.
+    rate: Option<f64>,
+}
+
+impl Member {
+    fn new(have: u64, complete: bool, now: Instant) -> Member {
+        Member {
+            have,
+            complete,
+            source: None,
+            uploads: DEFAULT_UPLOADS,
+            heard: now,
+            sample: (now, have),
+            rate: None,
+        }
+    }
+
+    /// A new source: the rate starts again.
+    fn restart(&mut self, have: u64, now: Instant) {
+        self.have = have;
+        self.heard = now;
+        self.sample = (now, have);
+        self.rate = None;
+    }
+
+    fn observe(&mut self, have: u64, now: Instant) {
+        self.have = have;
+        self.heard = now;
+        let (at, from) = self.sample;
+        let dt = now.saturating_duration_since(at);
+        if have < from {
+            self.sample = (now, have);
+            self.rate = None;
+        } else if dt >= RATE_WINDOW {
+            self.rate = Some((have - from) as f64 / dt.as_secs_f64());
+            self.sample = (now, have);
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -229,18 +282,14 @@ impl Tracker {
         if !swarm.members.contains_key(node) && swarm.members.len() >= max_members {
             return Ok(Assignment::Parent);
         }
-        let m = swarm.members.entry(node.clone()).or_insert(Member {
-            have,
-            complete: false,
-            source: None,
-            uploads: DEFAULT_UPLOADS,
-            heard: now,
-        });
-        m.have = have;
+        let m = swarm
+            .members
+            .entry(node.clone())
+            .or_insert_with(|| Member::new(have, false, now));
+        m.restart(have, now);
         m.complete = false;
         m.source = None;
         m.uploads = uploads.clamp(1, MAX_UPLOADS);
-        m.heard = now;
         Ok(swarm.assign(node, fleet, now))
     }
 
@@ -285,8 +334,7 @@ impl Tracker {
                 .join(digest, node, have, DEFAULT_UPLOADS, fleet, now)
                 .map(Some);
         };
-        m.have = have;
-        m.heard = now;
+        m.observe(have, now);
         let current = m.source.clone();
         if complete {
             m.complete = true;
@@ -300,10 +348,11 @@ impl Tracker {
         if complete {
             return Ok(None);
         }
+        let best = swarm.best_rate();
         let source_gone = match &current {
             None => true,
             Some(Src::Parent) => false,
-            Some(Src::Node(s)) => !swarm.members.contains_key(s),
+            Some(Src::Node(s)) => !swarm.members.contains_key(s) || swarm.is_slow(s, best),
         };
         if dropped.is_some() || source_gone {
             if let Some(m) = swarm.members.get_mut(node) {
@@ -333,17 +382,13 @@ impl Tracker {
         if !swarm.members.contains_key(node) && swarm.members.len() >= max_members {
             return Ok(());
         }
-        let m = swarm.members.entry(node.clone()).or_insert(Member {
-            have: size,
-            complete: true,
-            source: None,
-            uploads: DEFAULT_UPLOADS,
-            heard: now,
-        });
-        m.have = size;
+        let m = swarm
+            .members
+            .entry(node.clone())
+            .or_insert_with(|| Member::new(size, true, now));
+        m.restart(size, now);
         m.complete = true;
         m.source = None;
-        m.heard = now;
         Ok(())
     }
 
@@ -423,6 +468,35 @@ impl Swarm {
         *e = (*e).max(until);
     }
 
+    /// The best rate among the receivers: what a link of this swarm can do.
+    fn best_rate(&self) -> f64 {
+        self.members
+            .values()
+            .filter(|m| !m.complete)
+            .filter_map(|m| m.rate)
+            .fold(0.0, f64::max)
+    }
+
+    /// A receiver much slower than what feeds it (its source's rate, or for a child of the
+    /// parent or of a holder, the swarm's best): its own link is the bottleneck, so it should
+    /// feed nobody.
+    fn is_slow(&self, url: &NodeUrl, best: f64) -> bool {
+        let Some(m) = self.members.get(url) else {
+            return false;
+        };
+        let Some(rate) = m.rate.filter(|_| !m.complete) else {
+            return false;
+        };
+        let reference = match &m.source {
+            Some(Src::Node(s)) => match self.members.get(s) {
+                Some(src) if !src.complete => src.rate.unwrap_or(0.0),
+                _ => best,
+            },
+            _ => best,
+        };
+        rate * SLOW_RATIO < reference
+    }
+
     /// Not blamed: may be handed out.
     fn usable(&self, url: &NodeUrl, now: Instant) -> bool {
         !self.bad.contains(url) && self.avoid.get(url).is_none_or(|until| *until <= now)
@@ -499,6 +573,7 @@ impl Swarm {
         let have = self.members.get(node).map_or(0, |m| m.have);
         let view = self.view();
         let depths = self.depths();
+        let best = self.best_rate();
         // `node` and everything below it: a source among them would close a cycle.
         let mut below: BTreeSet<&NodeUrl> = BTreeSet::new();
         let mut todo = vec![node];
@@ -522,7 +597,7 @@ impl Swarm {
                     && fleet.contains(u)
                     && self.usable(u, now)
                     && alive(m, now)
-                    && (m.complete || m.source.is_some())
+                    && (m.complete || (m.source.is_some() && !self.is_slow(u, best)))
             })
             .map(|(u, m)| Cand {
                 url: u,

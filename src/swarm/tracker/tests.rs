@@ -498,3 +498,84 @@ fn reasons_have_stable_names() {
     assert_eq!(Reason::parse("bad piece"), None);
     assert_eq!(Reason::BadPiece.as_str(), "bad_piece");
 }
+
+/// Reports `have` for each `(node, have)` at `at`, in order; answers what each got.
+fn report_all(
+    t: &mut Tracker,
+    f: &Fleet,
+    at: Instant,
+    reports: &[(usize, u64)],
+) -> Vec<Option<Assignment>> {
+    reports
+        .iter()
+        .map(|&(i, have)| {
+            t.report(&digest(), &node(i), self::at(have), f, at)
+                .unwrap()
+        })
+        .collect()
+}
+
+#[test]
+fn a_slow_link_feeds_nobody_and_its_children_move() {
+    let f = fleet(8);
+    let d = digest();
+    let mut t = Tracker::default();
+    let t0 = Instant::now();
+    // Nodes 0 and 1 below the parent; node 2 below node 0, node 3 below node 1, node 4 below
+    // node 2 (fewest children, then nearest the parent, then the URL).
+    let mut src = Vec::new();
+    for i in 0..5 {
+        src.push(src_of(&t.join(&d, &node(i), 0, 4, &f, t0).unwrap()));
+    }
+    assert_eq!(
+        src,
+        vec![None, None, Some(node(0)), Some(node(1)), Some(node(2))]
+    );
+    // Two seconds on: node 2's link runs at a tenth of the others'; node 4, below it, at its pace.
+    let t1 = t0 + RATE_WINDOW;
+    let fast = 200 * MIB;
+    let slow = 20 * MIB;
+    let got = report_all(
+        &mut t,
+        &f,
+        t1,
+        &[(0, fast), (1, fast), (2, slow), (3, fast), (4, slow)],
+    );
+    // Node 2 keeps its source; node 4, below the slow link, is moved (not to node 2).
+    assert_eq!(got[..4], [None, None, None, None]);
+    let moved = src_of(got[4].as_ref().expect("node 4 is moved"));
+    assert!(moved.is_some() && moved != Some(node(2)), "{moved:?}");
+    // A newcomer is never put below the slow link, though it has no child now.
+    let a = t.join(&d, &node(5), 0, 4, &f, t1).unwrap();
+    assert_ne!(src_of(&a), Some(node(2)));
+}
+
+#[test]
+fn a_slow_chain_head_is_measured_against_the_swarms_best() {
+    let f = fleet(8);
+    let d = digest();
+    let mut t = Tracker::default();
+    let t0 = Instant::now();
+    for i in 0..2 {
+        assert_eq!(t.join(&d, &node(i), 0, 4, &f, t0), Ok(Assignment::Parent));
+    }
+    // Both children of the parent; node 0's link is slow. Before two seconds, no rate: both
+    // are candidates.
+    let t1 = t0 + RATE_WINDOW - Duration::from_millis(1);
+    report_all(&mut t, &f, t1, &[(0, MIB), (1, 10 * MIB)]);
+    let a = t.join(&d, &node(2), 0, 4, &f, t1).unwrap();
+    assert!(src_of(&a).is_some());
+    t.leave(&d, &node(2));
+    let t2 = t0 + RATE_WINDOW;
+    report_all(&mut t, &f, t2, &[(0, MIB), (1, 100 * MIB)]);
+    for i in 2..5 {
+        let a = t.join(&d, &node(i), 0, 4, &f, t2).unwrap();
+        assert_ne!(src_of(&a), Some(node(0)), "node {i}");
+    }
+    let s = &t.swarms[&d];
+    assert!(s.is_slow(&node(0), s.best_rate()));
+    // A receiver that went back (a restart at 0) has no rate until it is measured again.
+    report_all(&mut t, &f, t2 + RATE_WINDOW, &[(0, 0)]);
+    let s = &t.swarms[&d];
+    assert!(!s.is_slow(&node(0), s.best_rate()));
+}
