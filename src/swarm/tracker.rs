@@ -15,8 +15,9 @@
 //! 5. the parent anyway: a node is never left without a source.
 //!
 //! A candidate is never a *slow link*: a receiver whose rate (from its reports, over at least
-//! [`RATE_WINDOW`]) is [`SLOW_RATIO`] times below its own source's (or, below the parent or a
-//! holder, below the swarm's best receiver): a chain is as fast as its slowest link, so such a
+//! [`RATE_WINDOW`]) is [`SLOW_RATIO`] times below its share of what feeds it (its source's rate,
+//! or below the parent or a holder the swarm's best receiver's, divided among the source's
+//! children, since they share its upload): a chain is as fast as its slowest link, so such a
 //! node feeds nobody, and its children get a new source at their next report. Its own children,
 //! as slow as it is but no slower than their source, are not slow links themselves.
 //!
@@ -352,7 +353,9 @@ impl Tracker {
         let source_gone = match &current {
             None => true,
             Some(Src::Parent) => false,
-            Some(Src::Node(s)) => !swarm.members.contains_key(s) || swarm.is_slow(s, best),
+            Some(Src::Node(s)) => {
+                !swarm.members.contains_key(s) || swarm.is_slow(s, best, &swarm.view())
+            }
         };
         if dropped.is_some() || source_gone {
             if let Some(m) = swarm.members.get_mut(node) {
@@ -477,24 +480,28 @@ impl Swarm {
             .fold(0.0, f64::max)
     }
 
-    /// A receiver much slower than what feeds it (its source's rate, or for a child of the
-    /// parent or of a holder, the swarm's best): its own link is the bottleneck, so it should
-    /// feed nobody.
-    fn is_slow(&self, url: &NodeUrl, best: f64) -> bool {
+    /// A receiver much slower than its share of what feeds it (its source's rate, or for a
+    /// child of the parent or of a holder the swarm's best, divided among the source's
+    /// children): its own link is the bottleneck, so it should feed nobody.
+    fn is_slow(&self, url: &NodeUrl, best: f64, view: &View<'_>) -> bool {
         let Some(m) = self.members.get(url) else {
             return false;
         };
         let Some(rate) = m.rate.filter(|_| !m.complete) else {
             return false;
         };
-        let reference = match &m.source {
-            Some(Src::Node(s)) => match self.members.get(s) {
-                Some(src) if !src.complete => src.rate.unwrap_or(0.0),
-                _ => best,
-            },
-            _ => best,
+        let (feed, siblings) = match &m.source {
+            Some(Src::Node(s)) => {
+                let feed = match self.members.get(s) {
+                    Some(src) if !src.complete => src.rate.unwrap_or(0.0),
+                    _ => best,
+                };
+                (feed, view.children.get(s).map_or(1, Vec::len))
+            }
+            Some(Src::Parent) => (best, view.parent_children),
+            None => return false,
         };
-        rate * SLOW_RATIO < reference
+        rate * SLOW_RATIO < feed / siblings.max(1) as f64
     }
 
     /// Not blamed: may be handed out.
@@ -597,7 +604,7 @@ impl Swarm {
                     && fleet.contains(u)
                     && self.usable(u, now)
                     && alive(m, now)
-                    && (m.complete || (m.source.is_some() && !self.is_slow(u, best)))
+                    && (m.complete || (m.source.is_some() && !self.is_slow(u, best, &view)))
             })
             .map(|(u, m)| Cand {
                 url: u,

@@ -573,9 +573,33 @@ fn a_slow_chain_head_is_measured_against_the_swarms_best() {
         assert_ne!(src_of(&a), Some(node(0)), "node {i}");
     }
     let s = &t.swarms[&d];
-    assert!(s.is_slow(&node(0), s.best_rate()));
+    assert!(s.is_slow(&node(0), s.best_rate(), &s.view()));
     // A receiver that went back (a restart at 0) has no rate until it is measured again.
     report_all(&mut t, &f, t2 + RATE_WINDOW, &[(0, 0)]);
     let s = &t.swarms[&d];
-    assert!(!s.is_slow(&node(0), s.best_rate()));
+    assert!(!s.is_slow(&node(0), s.best_rate(), &s.view()));
+}
+
+#[test]
+fn children_sharing_a_holder_are_not_slow_links() {
+    let f = fleet(8);
+    let d = digest();
+    let mut t = Tracker::default();
+    let t0 = Instant::now();
+    t.hold(&d, &node(0), 1 << 30, &f, t0).unwrap();
+    // Nodes 1 to 4 share the holder's upload; nodes 5 and 6 each have a parent's stream.
+    for i in 1..=6 {
+        t.join(&d, &node(i), 0, 4, &f, t0).unwrap();
+    }
+    let t1 = t0 + RATE_WINDOW;
+    let reports: Vec<(usize, u64)> = (1..=6)
+        .map(|i| (i, if i <= 4 { 40 * MIB } else { 200 * MIB }))
+        .collect();
+    report_all(&mut t, &f, t1, &reports);
+    let s = &t.swarms[&d];
+    let (best, view) = (s.best_rate(), s.view());
+    // A quarter of the holder's upload each: a fifth of the best, yet no slow link.
+    for i in 1..=4 {
+        assert!(!s.is_slow(&node(i), best, &view), "node {i}");
+    }
 }
