@@ -12,16 +12,21 @@
 //! - `PUT /_berth/fleet/v1/holders/<digest>` (node to a directory node): [`HolderNote`]
 //!   `{"node"}`; `GET` of the same path answers [`Holders`] `{"holders": [url...]}`.
 //!
+//! [`SwarmRequest::apply`] is the one mapping from a request to the tracker's calls (hold,
+//! report, join), with the check of its numbers against the blob's size.
+//!
 //! The encoders write what the parsers read (unit tests round-trip them); the parsers are the
 //! fuzz target `swarm` (fuzz/fuzz_targets/swarm.rs).
 //!
-//! Rule of dependency: uses `swarm::{node, pieces, tracker}` (for their types) and serde.
+//! Rule of dependency: uses `swarm::{node, pieces, tracker, directory}`, `oci::Digest` and
+//! serde.
 
 use serde::{Deserialize, Serialize};
 
 use super::node::{Fleet, NodeUrl};
 use super::pieces::{Layout, MAX_PIECES, PieceHash, PieceTable};
-use super::tracker::{Assignment, MAX_UPLOADS, Reason};
+use super::tracker::{Assignment, DEFAULT_UPLOADS, MAX_UPLOADS, Reason, Refused, Report, Tracker};
+use crate::oci::Digest;
 
 /// The largest swarm request or answer, holders note or list (a few URLs and numbers).
 pub const MAX_SMALL_BODY: usize = 8 * 1024;
@@ -158,6 +163,63 @@ impl SwarmRequest {
             dropped,
         })
     }
+}
+
+impl SwarmRequest {
+    /// The tracker's answer to this request, for a blob laid out as `layout` (the parent's fill
+    /// knows its size): a complete node becomes a holder; a node that dropped its source is
+    /// blamed against it and gets another; one that asks gets one; a plain report keeps its
+    /// source unless that source left or is a slow link (or the tracker forgot the node, which
+    /// then rejoins with a source).
+    pub fn apply(
+        &self,
+        tracker: &mut Tracker,
+        digest: &Digest,
+        layout: Layout,
+        fleet: &Fleet,
+        now: std::time::Instant,
+    ) -> Result<SwarmAnswer, ApplyError> {
+        if self.have > layout.size() || (self.complete && self.have != layout.size()) {
+            return Err(ApplyError::Invalid(invalid(format!(
+                "{} bytes{} of a blob of {}",
+                self.have,
+                if self.complete { ", complete" } else { "" },
+                layout.size()
+            ))));
+        }
+        let source = if self.complete {
+            tracker
+                .hold(digest, &self.node, self.have, fleet, now)
+                .map_err(ApplyError::Refused)?;
+            None
+        } else if self.dropped.is_some() || !self.need_source {
+            let report = Report {
+                have: self.have,
+                complete: false,
+                dropped: self.dropped.as_ref().map(|(u, r)| (u, *r)),
+            };
+            tracker
+                .report(digest, &self.node, report, fleet, now)
+                .map_err(ApplyError::Refused)?
+        } else {
+            let uploads = self.uploads.unwrap_or(DEFAULT_UPLOADS);
+            Some(
+                tracker
+                    .join(digest, &self.node, self.have, uploads, fleet, now)
+                    .map_err(ApplyError::Refused)?,
+            )
+        };
+        Ok(SwarmAnswer { layout, source })
+    }
+}
+
+/// Why a request could not be applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ApplyError {
+    /// Its numbers do not fit the blob.
+    Invalid(ProtocolError),
+    /// The tracker refused the node.
+    Refused(Refused),
 }
 
 /// The tracker's answer.

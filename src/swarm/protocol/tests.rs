@@ -366,3 +366,90 @@ fn errors_say_what() {
             .contains("why")
     );
 }
+
+#[test]
+fn a_request_is_applied_to_the_tracker() {
+    let f = fleet();
+    let d = berth_digest();
+    let layout = Layout::new(10 * MIB);
+    let mut t = Tracker::default();
+    let now = std::time::Instant::now();
+    let ask = |n: u8, have: u64| SwarmRequest {
+        node: node(n),
+        have,
+        complete: false,
+        need_source: true,
+        uploads: Some(1),
+        dropped: None,
+    };
+    // A holder, then a node that asks: it gets the holder.
+    let hold = SwarmRequest {
+        complete: true,
+        need_source: false,
+        ..ask(1, 10 * MIB)
+    };
+    assert_eq!(
+        hold.apply(&mut t, &d, layout, &f, now).unwrap().source,
+        None
+    );
+    let a = ask(2, 0).apply(&mut t, &d, layout, &f, now).unwrap();
+    assert_eq!(a.layout, layout);
+    assert_eq!(
+        a.source,
+        Some(Assignment::Node {
+            url: node(1),
+            have: 10 * MIB,
+            complete: true
+        })
+    );
+    // A plain report keeps it.
+    let report = SwarmRequest {
+        need_source: false,
+        ..ask(2, MIB)
+    };
+    assert_eq!(
+        report.apply(&mut t, &d, layout, &f, now).unwrap().source,
+        None
+    );
+    // Dropping it for a bad piece: the parent, and node 1 is never named again.
+    let dropped = SwarmRequest {
+        dropped: Some((node(1), Reason::BadPiece)),
+        ..ask(2, MIB)
+    };
+    assert_eq!(
+        dropped.apply(&mut t, &d, layout, &f, now).unwrap().source,
+        Some(Assignment::Parent)
+    );
+    let a = ask(3, 0).apply(&mut t, &d, layout, &f, now).unwrap();
+    assert_ne!(
+        a.source,
+        Some(Assignment::Node {
+            url: node(1),
+            have: 10 * MIB,
+            complete: true
+        })
+    );
+    // Numbers that do not fit the blob, and a node the tracker's fleet does not know.
+    assert!(matches!(
+        ask(4, 11 * MIB).apply(&mut t, &d, layout, &f, now),
+        Err(ApplyError::Invalid(_))
+    ));
+    let short = SwarmRequest {
+        complete: true,
+        need_source: false,
+        ..ask(4, MIB)
+    };
+    assert!(matches!(
+        short.apply(&mut t, &d, layout, &f, now),
+        Err(ApplyError::Invalid(_))
+    ));
+    let smaller = Fleet::new([node(1)]);
+    assert!(matches!(
+        ask(4, 0).apply(&mut t, &d, layout, &smaller, now),
+        Err(ApplyError::Refused(Refused::NotInFleet(_)))
+    ));
+}
+
+fn berth_digest() -> Digest {
+    Digest::of(b"a layer")
+}
