@@ -298,8 +298,10 @@ impl Transfer {
     }
 
     /// The source failed: `Busy` for a 429, `Unreachable` for no connection or an error answer.
+    /// Once every byte is in, the source has nothing left to send: its connection closing, or
+    /// its silence while the table or the digest check is awaited, is no failure.
     pub fn failed(&mut self, reason: Reason, now: Instant) -> Vec<Action> {
-        if self.source.is_none() || self.finished {
+        if self.source.is_none() || self.finished || self.hasher.is_done() {
             return Vec::new();
         }
         self.drop_source(reason, now)
@@ -310,7 +312,7 @@ impl Transfer {
         if self.finished {
             return Vec::new();
         }
-        if self.source.is_some() {
+        if self.source.is_some() && !self.hasher.is_done() {
             if let Some(since) = self.waiting_since
                 && now.saturating_duration_since(since) >= STARVE
             {

@@ -412,3 +412,26 @@ fn a_zero_byte_blob_completes_at_once() {
     );
     assert_eq!(t.layout().count(), 0);
 }
+
+#[test]
+fn once_every_byte_is_in_the_source_may_close_and_fall_silent() {
+    let d = data();
+    let t0 = Instant::now();
+    let (mut t, _) = Transfer::start(SIZE, t0);
+    t.assigned(Source::Node(peer(1)), t0);
+    // The last piece's hash is not known yet, and the digest is checked after it.
+    let tab = table(&d, 3);
+    t.bytes(&d, &tab, t0);
+    assert_eq!(t.received(), SIZE);
+    assert_eq!(t.closed(t0), vec![]);
+    // Only the report that is due; no stall.
+    assert_eq!(t.tick(secs(t0, 10.0)), vec![Action::Report]);
+    assert_eq!(
+        t.hashes(&table(&d, 4), secs(t0, 10.0)),
+        vec![Action::Verified { upto: SIZE }, Action::CheckDigest]
+    );
+    assert_eq!(
+        t.digest_checked(true, secs(t0, 11.0)),
+        vec![Action::Verified { upto: SIZE }, Action::Done]
+    );
+}
