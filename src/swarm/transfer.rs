@@ -77,11 +77,6 @@ impl Uploads {
         }
     }
 
-    /// Bodies being served now.
-    pub fn in_use(&self, max_uploads: usize) -> usize {
-        max_uploads - self.slots.available_permits()
-    }
-
     /// Answers a peer's (already authenticated) request for a blob, given its `Range` and what
     /// this node has of it.
     pub fn serve(
