@@ -1,7 +1,8 @@
 //! Node to node over real sockets (`swarm::transfer`): a node serves its verified bytes, follows
 //! its frontier, says "waiting" with a short clean end, breaks its bodies when it gives up,
-//! answers 429 at `max_uploads`; and a node's transfer (`swarm::select`) finds a lying peer at its
-//! first bad piece and completes the blob from an honest one.
+//! answers 429 at `max_uploads`; a node's transfer (`swarm::select`) finds a lying peer at its
+//! first bad piece and completes the blob from an honest one; and eight nodes driven through the
+//! tracker (`swarm::tracker`) pull a blob at once with at most two copies out of the parent.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -390,4 +391,189 @@ async fn a_lying_peer_is_found_at_its_first_bad_piece() {
     );
     assert!(kept == bytes);
     assert_eq!(t.frontier(), bytes.len() as u64);
+}
+
+/// One node's pull, driven the way the node's fill will drive it: the tracker called in process,
+/// bytes fetched from the parent or peers over loopback, each verified prefix appended to the
+/// node's file and offered to its own children through its frontier.
+#[allow(clippy::too_many_arguments)]
+async fn pull(
+    me: NodeUrl,
+    own: Served,
+    parent: NodeUrl,
+    tracker: Arc<Mutex<berth::swarm::tracker::Tracker>>,
+    fleet: berth::swarm::node::Fleet,
+    d: Digest,
+    tab: PieceTable,
+    from_parent: Arc<std::sync::atomic::AtomicU64>,
+) -> Vec<u8> {
+    use berth::swarm::tracker::{Assignment, Report};
+    let c = client();
+    let size = own.size;
+    let (mut t, mut actions) = Transfer::start(size, Instant::now());
+    let mut kept: Vec<u8> = Vec::new();
+    let mut written = 0u64;
+    let mut body: Option<(transfer::BlobBody, bool)> = None;
+    let to_source = |a: Assignment| match a {
+        Assignment::Parent => Source::Parent,
+        Assignment::Node { url, .. } => Source::Node(url),
+    };
+    loop {
+        let now = Instant::now();
+        let mut next = Vec::new();
+        for a in actions.drain(..) {
+            match a {
+                Action::AskTracker { dropped } => {
+                    let mut tr = tracker.lock().unwrap();
+                    let a = match &dropped {
+                        Some((url, reason)) => {
+                            let r = Report {
+                                have: t.frontier(),
+                                complete: false,
+                                dropped: Some((url, *reason)),
+                            };
+                            tr.report(&d, &me, r, &fleet, now).unwrap().unwrap()
+                        }
+                        None => tr.join(&d, &me, t.frontier(), 4, &fleet, now).unwrap(),
+                    };
+                    drop(tr);
+                    next.extend(t.assigned(to_source(a), now));
+                }
+                Action::Report => {
+                    let r = Report {
+                        have: t.frontier(),
+                        complete: false,
+                        dropped: None,
+                    };
+                    let a = tracker.lock().unwrap().report(&d, &me, r, &fleet, now);
+                    if let Some(a) = a.unwrap() {
+                        next.extend(t.assigned(to_source(a), now));
+                    }
+                }
+                Action::Fetch { source, from } => {
+                    kept.truncate(from as usize);
+                    let (url, is_parent) = match source {
+                        Source::Parent => (parent.clone(), true),
+                        Source::Node(u) | Source::Holder(u) => (u, false),
+                    };
+                    match transfer::fetch(&c, &url, &d, from, proof()).await {
+                        Ok(b) => body = Some((b, is_parent)),
+                        Err(reason) => {
+                            body = None;
+                            next.extend(t.failed(reason, now));
+                        }
+                    }
+                }
+                Action::Verified { upto } => {
+                    // Appended, never rewritten: peers read the verified prefix meanwhile.
+                    use std::io::Write as _;
+                    let mut f = std::fs::OpenOptions::new()
+                        .append(true)
+                        .open(&own.path)
+                        .unwrap();
+                    f.write_all(&kept[written as usize..upto as usize]).unwrap();
+                    written = upto;
+                    own.frontier.send(upto).unwrap();
+                }
+                Action::CheckDigest => {
+                    next.extend(t.digest_checked(Digest::of(&kept) == d, now));
+                }
+                Action::Done => {
+                    tracker
+                        .lock()
+                        .unwrap()
+                        .hold(&d, &me, size, &fleet, now)
+                        .unwrap();
+                    return kept;
+                }
+                other => panic!("{me}: unexpected {other:?}"),
+            }
+        }
+        if !next.is_empty() {
+            actions = next;
+            continue;
+        }
+        // The transfer's clock: a tick every 100 ms, for stalls and reports.
+        let tick = tokio::time::sleep(Duration::from_millis(100));
+        actions = match body.as_mut() {
+            Some((b, is_parent)) => tokio::select! {
+                ev = b.next() => match ev {
+                    Event::Bytes(chunk) => {
+                        if *is_parent {
+                            from_parent.fetch_add(chunk.len() as u64, std::sync::atomic::Ordering::SeqCst);
+                        }
+                        kept.extend_from_slice(&chunk);
+                        t.bytes(&chunk, &tab, Instant::now())
+                    }
+                    Event::Waiting => t.waiting(Instant::now()),
+                    Event::Done => {
+                        body = None;
+                        Vec::new()
+                    }
+                    Event::Closed => t.closed(Instant::now()),
+                },
+                _ = tick => t.tick(Instant::now()),
+            },
+            None => {
+                tick.await;
+                t.tick(Instant::now())
+            }
+        };
+    }
+}
+
+/// Eight nodes pull a fresh blob at once through the tracker: each ends with the right bytes,
+/// and the parent sends at most two copies of the blob (its two direct slots), the rest flowing
+/// node to node along the chains.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eight_nodes_pull_a_blob_sending_at_most_two_copies_out_of_the_parent() {
+    let bytes = data(6 * MIB + 321, 9);
+    let size = bytes.len() as u64;
+    let d = Digest::of(&bytes);
+    let parent = Node::start(64, Duration::from_millis(200)).await;
+    let _p = parent.put(&d, &bytes, size);
+    let mut nodes = Vec::new();
+    for _ in 0..8 {
+        nodes.push(Node::start(4, Duration::from_millis(200)).await);
+    }
+    let fleet = berth::swarm::node::Fleet::new(nodes.iter().map(|n| n.url.clone()));
+    let tracker = Arc::new(Mutex::new(berth::swarm::tracker::Tracker::default()));
+    let from_parent = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let tab = table(&bytes);
+    let mut pulls = Vec::new();
+    for n in &nodes {
+        // An empty file, nothing verified yet: the node serves nothing until its first piece
+        // is checked.
+        let own = n.put(&d, &[], 0);
+        let own = Served { size, ..own };
+        n.blobs
+            .lock()
+            .unwrap()
+            .get_mut(&transfer::path(&d))
+            .unwrap()
+            .1 = size;
+        pulls.push(tokio::spawn(pull(
+            n.url.clone(),
+            own,
+            parent.url.clone(),
+            tracker.clone(),
+            fleet.clone(),
+            d.clone(),
+            tab.clone(),
+            from_parent.clone(),
+        )));
+    }
+    for p in pulls {
+        let got = tokio::time::timeout(Duration::from_secs(60), p)
+            .await
+            .expect("a pull ends")
+            .unwrap();
+        assert!(got == bytes, "a node ended with the wrong bytes");
+    }
+    let sent = from_parent.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        (size..=2 * size).contains(&sent),
+        "the parent sent {sent} bytes for a blob of {size}"
+    );
+    assert_eq!(tracker.lock().unwrap().members(&d), 8);
 }
