@@ -577,3 +577,79 @@ async fn eight_nodes_pull_a_blob_sending_at_most_two_copies_out_of_the_parent() 
     );
     assert_eq!(tracker.lock().unwrap().members(&d), 8);
 }
+
+/// A node dies mid-blob (it stops at 2 MiB and gives up, breaking the bodies it serves): the
+/// nodes below it see a closed body, get a new source from the tracker, and every other node
+/// still ends with the right bytes, the parent sending no more than a copy more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_dying_mid_blob_costs_its_chain_a_new_source_not_the_pull() {
+    let bytes = data(6 * MIB + 123, 10);
+    let size = bytes.len() as u64;
+    let d = Digest::of(&bytes);
+    let parent = Node::start(64, Duration::from_millis(200)).await;
+    let _p = parent.put(&d, &bytes, size);
+    let victim = Node::start(4, Duration::from_millis(200)).await;
+    let mut nodes = Vec::new();
+    for _ in 0..7 {
+        nodes.push(Node::start(4, Duration::from_millis(200)).await);
+    }
+    let fleet = berth::swarm::node::Fleet::new(
+        nodes
+            .iter()
+            .map(|n| n.url.clone())
+            .chain([victim.url.clone()]),
+    );
+    let tracker = Arc::new(Mutex::new(berth::swarm::tracker::Tracker::default()));
+    // The victim is first below the parent, and never verifies past 2 MiB.
+    let dying = victim.put(&d, &bytes, 2 * MIB);
+    let first = tracker
+        .lock()
+        .unwrap()
+        .join(&d, &victim.url, 0, 4, &fleet, Instant::now())
+        .unwrap();
+    assert_eq!(first, berth::swarm::tracker::Assignment::Parent);
+    let from_parent = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let tab = table(&bytes);
+    let mut pulls = Vec::new();
+    for n in &nodes {
+        let own = n.put(&d, &[], 0);
+        let own = Served { size, ..own };
+        n.blobs
+            .lock()
+            .unwrap()
+            .get_mut(&transfer::path(&d))
+            .unwrap()
+            .1 = size;
+        pulls.push(tokio::spawn(pull(
+            n.url.clone(),
+            own,
+            parent.url.clone(),
+            tracker.clone(),
+            fleet.clone(),
+            d.clone(),
+            tab.clone(),
+            from_parent.clone(),
+        )));
+    }
+    // Once every node has joined (so some hang below the victim), it dies.
+    let joined = eventually(|| {
+        let tracker = tracker.clone();
+        let d = d.clone();
+        async move { tracker.lock().unwrap().members(&d) == 8 }
+    })
+    .await;
+    assert!(joined, "the nodes never joined");
+    drop(dying.frontier);
+    for p in pulls {
+        let got = tokio::time::timeout(Duration::from_secs(60), p)
+            .await
+            .expect("a pull ends")
+            .unwrap();
+        assert!(got == bytes, "a node ended with the wrong bytes");
+    }
+    let sent = from_parent.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        sent <= 3 * size,
+        "the parent sent {sent} bytes for a blob of {size}"
+    );
+}
