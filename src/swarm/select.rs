@@ -28,9 +28,10 @@
 //! (1 s for a lost SYN): 2 s is past every ordinary hiccup, while a dead or wedged peer costs its
 //! child at most 2 s plus one tracker round trip, the budget. A node whose own source
 //! failed says so to its children (over HTTP, a body that ends clean and short of the blob, each
-//! tick it has nothing new: [`transfer`](super::transfer)) so they do not drop it too: without that, the whole chain below a stall would drop its sources at
-//! once and land on the parent. [`STARVE`] (2 x STALL) is the time such a node has to find a new
-//! source (its STALL plus a tracker round trip) before its children look elsewhere.
+//! tick it has nothing new: [`transfer`](super::transfer)) so they do not drop it too: without
+//! that, the whole chain below a stall would drop its sources at once and land on the parent.
+//! [`STARVE`] (2 x STALL) is the time such a node has to find a new source (its STALL plus a
+//! tracker round trip) before its children look elsewhere.
 //! [`REPORT_EVERY`] (5 s) keeps the tracker's view of progress fresh enough to choose sources
 //! ahead and to measure rates (slow links), and a node well inside the tracker's expiry (30 s),
 //! at one small request per receiving node every 5 s.
