@@ -500,7 +500,8 @@ async fn pull(
                 ev = b.next() => match ev {
                     Event::Bytes(chunk) => {
                         if *is_parent {
-                            from_parent.fetch_add(chunk.len() as u64, std::sync::atomic::Ordering::SeqCst);
+                            let n = chunk.len() as u64;
+                            from_parent.fetch_add(n, std::sync::atomic::Ordering::SeqCst);
                         }
                         kept.extend_from_slice(&chunk);
                         t.bytes(&chunk, &tab, Instant::now())
