@@ -28,10 +28,11 @@
 //! or an unreachable address for [`AVOID`] (a busy one for [`BUSY_AVOID`]).
 //!
 //! Slots are counted, not reserved: a node's children are the live receivers whose current source
-//! it is, so a node that leaves, completes, expires or is dropped frees its slot at its source
-//! the moment it does, and its own children have no source any more: their next report gets a new
-//! one. A report can blame only the reporter's current source, so a node cannot get an innocent
-//! peer banned by naming it.
+//! it is, so a node that leaves, completes, expires or drops its source frees its slot at that
+//! source the moment it does; one that leaves or expires also leaves its own children without a
+//! source, and their next report gets a new one (a node that completes keeps its children, as a
+//! holder). A report can blame only the reporter's current source, so a node cannot get an
+//! innocent peer banned by naming it.
 //!
 //! Bounded memory: at most `max_swarms` swarms (the least recently used one is forgotten, as if
 //! every node had left it) and `max_members` nodes per swarm (a node past it is sent to the parent
