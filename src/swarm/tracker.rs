@@ -27,6 +27,11 @@
 //! never one blamed for a bad piece in this swarm, and not one blamed for a stall, a closed body
 //! or an unreachable address for [`AVOID`] (a busy one for [`BUSY_AVOID`]).
 //!
+//! Progress comes from each node's reports (every few seconds) and from its children's: a node
+//! forwards only bytes it verified, so a child's report raises its source's known progress to at
+//! least its own, which keeps the heads of a chain "ahead" in the tracker's view between their
+//! own reports.
+//!
 //! Slots are counted, not reserved: a node's children are the live receivers whose current source
 //! it is, so a node that leaves, completes, expires or drops its source frees its slot at that
 //! source the moment it does; one that leaves or expires also leaves its own children without a
@@ -338,6 +343,18 @@ impl Tracker {
         };
         m.observe(have, now);
         let current = m.source.clone();
+        // A node's verified bytes all came through its source, which forwards only what it
+        // verified: the source has at least as much, whatever it last reported.
+        if let Some(Src::Node(s)) = &current
+            && let Some(src) = swarm.members.get_mut(s)
+            && src.have < have
+        {
+            src.have = have;
+        }
+        let m = swarm
+            .members
+            .get_mut(node)
+            .expect("the reporter is a member: it was found above");
         if complete {
             m.complete = true;
             m.source = None;

@@ -603,3 +603,35 @@ fn children_sharing_a_holder_are_not_slow_links() {
         assert!(!s.is_slow(&node(i), best, &view), "node {i}");
     }
 }
+
+#[test]
+fn a_childs_report_raises_its_sources_progress() {
+    let f = fleet(8);
+    let d = digest();
+    let mut t = Tracker::default();
+    let now = Instant::now();
+    for i in 0..3 {
+        t.join(&d, &node(i), 0, 4, &f, now).unwrap();
+    }
+    // Node 2 hangs below node 0 and reports 5 MiB (node 0 last said 0), then leaves.
+    t.report(&d, &node(2), at(5 * MIB), &f, now).unwrap();
+    assert_eq!(t.swarms[&d].members[&node(0)].have, 5 * MIB);
+    t.report(&d, &node(2), at(4 * MIB), &f, now).unwrap();
+    assert_eq!(
+        t.swarms[&d].members[&node(0)].have,
+        5 * MIB,
+        "never lowered"
+    );
+    t.leave(&d, &node(2));
+    // A newcomer at 3 MiB: node 0 is ahead of it (without the child's word it would look
+    // behind, and the parent's slots are taken: the parent anyway).
+    let a = t.join(&d, &node(3), 3 * MIB, 4, &f, now).unwrap();
+    assert_eq!(
+        a,
+        Assignment::Node {
+            url: node(0),
+            have: 5 * MIB,
+            complete: false
+        }
+    );
+}
