@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs every fuzz target for a bounded time, starting from the seeds committed in fuzz/seeds/<target>
-# (what CI runs from tests/run.sh). FUZZ_SECONDS per target (default 15; seven targets, so about
+# (what CI runs from tests/run.sh). FUZZ_SECONDS per target (default 15; eight targets, so about
 # two minutes plus the build). New inputs go to a scratch corpus that is thrown away, so the
 # checkout stays clean; a crash stops the run with a non-zero exit, its input saved under
 # fuzz/artifacts/<target>/ (replay it: cargo +nightly fuzz run <target> <file>). Turn a crash into a

@@ -136,6 +136,7 @@ pub mod reload;
 pub mod sdnotify;
 pub mod server;
 pub mod store;
+pub mod swarm;
 pub mod tier;
 pub mod tls;
 pub mod trim;

@@ -279,6 +279,30 @@ fn no_import_runs_back_up_the_layers() {
             ],
         ),
         ("http", &["server", "assemble"]),
+        // Pure swarm logic and its protocol's types: `oci`, `cluster::ring` (the rendezvous
+        // weight) and its own files; the node mode (`fleet`) and the HTTP wiring use it.
+        (
+            "swarm",
+            &[
+                "mirror",
+                "fill",
+                "store",
+                "tier",
+                "upstream",
+                "upstreams",
+                "manifests",
+                "origins",
+                "policy",
+                "access",
+                "admin",
+                "warm",
+                "fleet",
+                "http",
+                "server",
+                "assemble",
+                "reload",
+            ],
+        ),
     ];
     let files = files();
     let mut wrong = Vec::new();

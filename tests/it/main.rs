@@ -40,6 +40,7 @@ mod resume;
 mod s3;
 mod server;
 mod service;
+mod swarm;
 mod tier;
 mod upstream;
 mod verify;
