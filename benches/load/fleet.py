@@ -369,7 +369,8 @@ class Bed:
         }
 
     def pull(self, name, nodes, digest, kill=False):
-        """Every node in `nodes` pulls `digest` at once from its own node berth."""
+        """Every node in `nodes` pulls `digest` at once from its own node berth: each client's
+        report, the node killed (if `kill`), the time the clients were released."""
         clients = []
         for n in nodes:
             progress = os.path.join(self.work, f"{name}-{n['short']}.progress")
@@ -402,7 +403,7 @@ class Bed:
                 else "failed"
             )
             out.append(r)
-        return out, victim
+        return out, victim, go
 
     def kill_first_half(self, clients):
         """SIGKILLs the berth of the first node whose client has half the blob; returns it."""
@@ -417,6 +418,7 @@ class Bed:
                 if have >= self.size // 2:
                     log(f"killing {n['short']}'s berth at {have >> 20} MiB")
                     self.stop(n["proc"], signal.SIGKILL)
+                    self.killed_at = time.time()
                     return n["short"]
             if all(p.poll() is not None for _, p, _ in clients):
                 return None
@@ -432,7 +434,8 @@ class Bed:
         before = self.counters(nodes)
         gets0 = self.upstream_gets(digest)
         log(f"{name}: {len(nodes)} node(s) pull {self.args.blob_mib} MiB ({digest[:19]}...)")
-        got, victim = self.pull(name, nodes, digest, kill=name == "kill")
+        self.killed_at = None
+        got, victim, go = self.pull(name, nodes, digest, kill=name == "kill")
         # The registry logs a request after answering it, the central berth commits after its
         # last byte: wait (bounded) for the one GET line before counting.
         deadline = time.monotonic() + 10
@@ -449,6 +452,9 @@ class Bed:
             "failed": sum(r["verdict"] == "failed" for r in got),
             "wrong": sum(r["verdict"] == "wrong" for r in got),
             "victim": victim,
+            # Seconds from the clients' release to the kill.
+            "killed_at": self.killed_at - go if self.killed_at else None,
+            "slow_node_time": next((r["time"] for r in got if r["node"] == "n0"), None) if name == "slow" else None,
             "p50": nearest_rank(ok, 50),
             "p99": nearest_rank(ok, 99),
             "max": ok[-1] if ok else None,
@@ -505,6 +511,8 @@ class Bed:
             ("nodes pulling", lambda s: str(self.results[s]["nodes"])),
             ("verified / failed / wrong bodies", lambda s: f"{self.results[s]['verified']} / {self.results[s]['failed']} / {self.results[s]['wrong']}"),
             ("node killed (its own pull fails)", lambda s: self.results[s]["victim"] or "–"),
+            ("killed at s", lambda s: cell(s, "killed_at")),
+            ("the slow node's own pull s (n0)", lambda s: cell(s, "slow_node_time")),
             ("p50 s to a verified blob", lambda s: cell(s, "p50")),
             ("p99 s to a verified blob", lambda s: cell(s, "p99")),
             ("max s", lambda s: cell(s, "max")),
