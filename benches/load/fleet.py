@@ -455,6 +455,9 @@ class Bed:
             # Seconds from the clients' release to the kill.
             "killed_at": self.killed_at - go if self.killed_at else None,
             "slow_node_time": next((r["time"] for r in got if r["node"] == "n0"), None) if name == "slow" else None,
+            "p99_others": nearest_rank(
+                sorted(r["time"] for r in got if r["verdict"] == "verified" and r["node"] != "n0"), 99
+            ) if name == "slow" else None,
             "p50": nearest_rank(ok, 50),
             "p99": nearest_rank(ok, 99),
             "max": ok[-1] if ok else None,
@@ -513,6 +516,7 @@ class Bed:
             ("node killed (its own pull fails)", lambda s: self.results[s]["victim"] or "–"),
             ("killed at s", lambda s: cell(s, "killed_at")),
             ("the slow node's own pull s (n0)", lambda s: cell(s, "slow_node_time")),
+            ("p99 s without the slow node", lambda s: cell(s, "p99_others")),
             ("p50 s to a verified blob", lambda s: cell(s, "p50")),
             ("p99 s to a verified blob", lambda s: cell(s, "p99")),
             ("max s", lambda s: cell(s, "max")),
