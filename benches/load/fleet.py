@@ -22,8 +22,9 @@ Each namespace has one veth pair to the bridge, with a tbf token bucket on both 
 --slow-rate on the slow node of the `slow` scenario): the namespace's end caps its upload, the
 switch's end its download. The prefix is berthfb-<pid>; addresses are 10.213.<pid % 256>.0/24,
 but since every address lives in the bed's own namespaces, nothing outside them sees or routes
-them (the root namespace gets no interface at all). Leftover namespaces of a run whose pid is
-gone (kill -9) are removed at the next start.
+them (the root namespace gets no interface at all). What a run killed with -9 leaves (its
+namespaces, the processes still in them, its temp dir berth-fleetbed.<pid>.*) is removed by the
+next run.
 
 Scenarios (--scenarios, comma-separated; each on a fresh blob, so every cache is cold, and with
 node berths restarted empty):
@@ -128,6 +129,17 @@ def ensure_deps():
         subprocess.run(["apt-get", "install", "-y", "-q", *missing], check=True, env=env, stdout=subprocess.DEVNULL)
 
 
+def del_ns(name):
+    """Kills what still runs in the namespace `name` (by pid: only the bed's own processes live
+    there), then deletes it."""
+    for pid in sh("ip", "netns", "pids", name, check=False, capture=True).split():
+        try:
+            os.kill(int(pid), signal.SIGKILL)
+        except (OSError, ValueError):
+            pass
+    sh("ip", "netns", "del", name, check=False)
+
+
 def sweep_stale():
     """Removes namespaces left by a bed whose process is gone (its pid is in their names)."""
     for line in sh("ip", "netns", "list", capture=True).splitlines():
@@ -135,7 +147,13 @@ def sweep_stale():
         m = NS_RE.match(name)
         if m and not os.path.exists(f"/proc/{m.group(1)}"):
             log(f"removing {name}, left by a run that is gone")
-            sh("ip", "netns", "del", name, check=False)
+            del_ns(name)
+    tmp = tempfile.gettempdir()
+    for entry in os.listdir(tmp):
+        m = re.match(r"^berth-fleetbed\.(\d+)\.", entry)
+        if m and not os.path.exists(f"/proc/{m.group(1)}"):
+            log(f"removing {os.path.join(tmp, entry)}, left by a run that is gone")
+            shutil.rmtree(os.path.join(tmp, entry), ignore_errors=True)
 
 
 class Proc:
@@ -166,9 +184,10 @@ class Bed:
         self.size = args.blob_mib << 20
         self.prefix = f"berthfb-{os.getpid()}"
         self.net = f"10.213.{os.getpid() % 256}"
-        self.work = tempfile.mkdtemp(prefix="berth-fleetbed.")
+        self.work = tempfile.mkdtemp(prefix=f"berth-fleetbed.{os.getpid()}.")
         self.namespaces = []
         self.procs = []
+        self.clients = []  # the running scenario's client processes
         self.nodes = []  # per node: dict(ns, ip, dir, proc)
         self.results = {}  # scenario -> figures
         self.secret = os.path.join(self.work, "fleet-secret")
@@ -218,11 +237,15 @@ class Bed:
             self.add_ns(f"n{k}", f"{self.net}.{10 + k}")
 
     def cleanup(self):
+        for p in self.clients:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
         for p in reversed(self.procs):
             p.stop(signal.SIGKILL)
         self.procs.clear()
         for name in reversed(self.namespaces):
-            sh("ip", "netns", "del", name, check=False)
+            del_ns(name)
         self.namespaces.clear()
         if self.args.keep:
             log(f"kept {self.work}")
@@ -381,6 +404,7 @@ class Bed:
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
             )
             clients.append((n, p, progress))
+            self.clients.append(p)
         for n, p, _ in clients:
             if p.stdout.readline().strip() != "ready":
                 raise Failed(f"the client of {n['short']} did not start")
@@ -403,6 +427,7 @@ class Bed:
                 else "failed"
             )
             out.append(r)
+        self.clients.clear()
         return out, victim, go
 
     def kill_first_half(self, clients):
@@ -623,6 +648,8 @@ def main():
     args.berth = os.path.abspath(args.berth)
     bed = Bed(args)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(130))
+    # Ctrl-C cleans up too, even when started from a shell that ignores SIGINT in the background.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         bed.run()
         bed.report()
