@@ -43,6 +43,10 @@ cargo test --test it enospc:: -- --ignored
 step "SSRF through DNS, each test in its own network namespace: cargo test --test it dns:: -- --ignored"
 cargo test --test it dns:: -- --ignored
 
+# Prints SKIPPED and the reason where namespaces cannot be made (not root, no ip/tc).
+step "fleet test bed, 3 node berths in network namespaces behind capped links: cargo test --test it fleet_bed:: -- --ignored"
+cargo test --test it fleet_bed:: -- --ignored --nocapture
+
 step "bucket tier against Ceph radosgw: cargo test --test it s3:: / --test cluster_s3 -- --ignored"
 cargo test --test it --test cluster_s3 --no-run
 ceph_dir=$(mktemp -d /tmp/berth-ceph.XXXXXX)

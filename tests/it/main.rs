@@ -26,6 +26,7 @@ mod dns;
 mod enospc;
 mod evict;
 mod fleet;
+mod fleet_bed;
 mod house;
 mod idle;
 mod isolation;

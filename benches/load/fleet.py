@@ -1,0 +1,668 @@
+#!/usr/bin/env python3
+"""Fleet rollout test bed and benchmark (issue 21): N node berths, each in its own network
+namespace behind a capped link, pull one fresh blob at once through a central berth in front of
+the Distribution registry.
+
+Design question: how long does a simultaneous cold rollout take when every node's link is
+capped, against one node's pull alone at the same cap, and what does it cost the central berth
+and the upstream? Targets once the swarm (src/swarm/) serves nodes from each other: upstream
+bytes 1 blob, bytes out of the central berth at most 2 blobs whatever N, p99 <= 1.5x the single
+pull. Today (node mode without the swarm) every node pulls straight from the central berth,
+Spegel's cold case: the baseline, measured by the same harness, so the swarm's figures drop into
+the same table.
+
+The bed (all made here, all removed on exit, Ctrl-C and SIGTERM included):
+  <prefix>-sw   a namespace holding one bridge (br0) and the switch side of every link
+  <prefix>-up   the upstream: docker-registry (filesystem storage), its access log counting GETs
+  <prefix>-c    the central berth ([fleet] secret_file, one [[upstream]]: the registry)
+  <prefix>-nK   node K: a berth with [fleet] parent, self, peers (every node), secret_file; the
+                node's client (a runtime's stand-in) runs in the same namespace and GETs the blob
+                from its node berth on that namespace's own address (so it crosses no link)
+Each namespace has one veth pair to the bridge, with a tbf token bucket on both ends (--rate, or
+--slow-rate on the slow node of the `slow` scenario): the namespace's end caps its upload, the
+switch's end its download. The prefix is berthfb-<pid>; addresses are 10.213.<pid % 256>.0/24,
+but since every address lives in the bed's own namespaces, nothing outside them sees or routes
+them (the root namespace gets no interface at all). What a run killed with -9 leaves (its
+namespaces, the processes still in them, its temp dir berth-fleetbed.<pid>.*) is removed by the
+next run.
+
+Scenarios (--scenarios, comma-separated; each on a fresh blob, so every cache is cold, and with
+node berths restarted empty):
+  single  one node pulls alone: the reference, "one node's pull at the cap"
+  all     N nodes pull at once
+  kill    N nodes at once; when the first node has half the blob, its berth is SIGKILLed (with the
+          swarm, the node furthest ahead is the likeliest source of others): its own client fails
+          (expected), the others' figures say what the loss cost them
+  slow    N nodes at once, node 0's link (both directions) at --slow-rate (default rate/10)
+Each client hashes what it receives (sha256) and reports its status, size, digest and the time
+from the common start (a barrier on stdin, released at once) to its last byte: "verified" is a
+200 whose bytes hash to the digest; "wrong" a complete body that does not (never acceptable).
+
+Figures per scenario: verified / failed / wrong bodies; p50, p99 (nearest rank) and max time to a
+verified blob, and their ratio to `single`; upstream fetches (the registry's access log: GET lines
+of the blob's path) and upstream bytes out (the upstream's veth tx counter) in blobs; bytes out of
+the central berth (its veth tx counter, and berth_served_bytes_total) in blobs; bytes the nodes
+fetched from their sources (berth_upstream_fetched_bytes_total on the nodes) in blobs.
+
+Usage: python3 benches/load/fleet.py [--quick] [--nodes N] [--blob-mib M] [--rate R] [--out FILE]
+                                     [--json FILE] [--scenarios single,all,kill,slow] [--berth BIN]
+  full     16 nodes, 256 MiB, 200mbit, all four scenarios (baseline: ~10 min at 16 nodes)
+  --quick  8 nodes, 32 MiB: a smoke test of the bed (~1 min)
+Needs root (ip netns, tc), iproute2, curl and docker-registry (apt-get installed if missing).
+tests/it/fleet_bed.rs runs this with 3 nodes and a 4 MiB blob in CI.
+"""
+import argparse
+import hashlib
+import json
+import os
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+REPO = "bench"
+PORT = 5000
+MPORT = 9090
+APT = ["docker-registry", "curl", "iproute2"]
+NS_RE = re.compile(r"^berthfb-(\d+)-")
+
+# The node's client: waits for the go line, GETs the blob, hashes it as it arrives, writes its
+# progress (bytes so far) to a file every `step` bytes, prints one JSON line.
+CLIENT = r"""
+import hashlib, json, sys, time, urllib.request
+url, progress, step = sys.argv[1], sys.argv[2], int(sys.argv[3])
+print("ready", flush=True)
+sys.stdin.readline()
+h, n, status, err = hashlib.sha256(), 0, 0, ""
+try:
+    with urllib.request.urlopen(url, timeout=600) as r:
+        status = r.status
+        while True:
+            b = r.read(1 << 16)
+            if not b:
+                break
+            h.update(b)
+            n += len(b)
+            if n % step < len(b):
+                with open(progress, "w") as f:
+                    f.write(str(n))
+except Exception as e:
+    err = repr(e)
+print(json.dumps({"status": status, "bytes": n, "sha256": h.hexdigest(), "end": time.time(), "err": err}), flush=True)
+"""
+
+
+def log(msg):
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+class Failed(Exception):
+    pass
+
+
+def sh(*argv, check=True, capture=False):
+    r = subprocess.run(argv, capture_output=True, text=True)
+    if check and r.returncode != 0:
+        raise Failed(f"{' '.join(argv)}: exit {r.returncode}: {r.stderr.strip()}")
+    return r.stdout if capture else None
+
+
+def ensure_deps():
+    if os.geteuid() != 0:
+        raise Failed("the bed needs root (ip netns, tc)")
+    missing = [
+        p
+        for p in APT
+        if subprocess.run(["dpkg-query", "-W", "-f=${Status}", p], capture_output=True, text=True).stdout
+        != "install ok installed"
+    ]
+    if missing:
+        log(f"installing {' '.join(missing)}")
+        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+        subprocess.run(["apt-get", "update", "-q"], check=True, env=env, stdout=subprocess.DEVNULL)
+        subprocess.run(["apt-get", "install", "-y", "-q", *missing], check=True, env=env, stdout=subprocess.DEVNULL)
+
+
+def del_ns(name):
+    """Kills what still runs in the namespace `name` (by pid: only the bed's own processes live
+    there), then deletes it."""
+    for pid in sh("ip", "netns", "pids", name, check=False, capture=True).split():
+        try:
+            os.kill(int(pid), signal.SIGKILL)
+        except (OSError, ValueError):
+            pass
+    sh("ip", "netns", "del", name, check=False)
+
+
+def sweep_stale():
+    """Removes namespaces left by a bed whose process is gone (its pid is in their names)."""
+    for line in sh("ip", "netns", "list", capture=True).splitlines():
+        name = line.split()[0] if line.split() else ""
+        m = NS_RE.match(name)
+        if m and not os.path.exists(f"/proc/{m.group(1)}"):
+            log(f"removing {name}, left by a run that is gone")
+            del_ns(name)
+    tmp = tempfile.gettempdir()
+    for entry in os.listdir(tmp):
+        m = re.match(r"^berth-fleetbed\.(\d+)\.", entry)
+        if m and not os.path.exists(f"/proc/{m.group(1)}"):
+            log(f"removing {os.path.join(tmp, entry)}, left by a run that is gone")
+            shutil.rmtree(os.path.join(tmp, entry), ignore_errors=True)
+
+
+class Proc:
+    """One process in a namespace: its Popen (ip netns exec execs it, so the pid is its own)."""
+
+    def __init__(self, name, ns, argv, log_path, **kw):
+        self.name, self.ns, self.log_path = name, ns, log_path
+        self.log = open(log_path, "ab")
+        self.proc = subprocess.Popen(
+            ["ip", "netns", "exec", ns, *argv], stderr=self.log, **({"stdout": self.log} | kw)
+        )
+
+    def stop(self, sig=signal.SIGTERM):
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+
+
+class Bed:
+    def __init__(self, args):
+        self.args = args
+        self.n = args.nodes
+        self.size = args.blob_mib << 20
+        self.prefix = f"berthfb-{os.getpid()}"
+        self.net = f"10.213.{os.getpid() % 256}"
+        self.work = tempfile.mkdtemp(prefix=f"berth-fleetbed.{os.getpid()}.")
+        self.namespaces = []
+        self.procs = []
+        self.clients = []  # the running scenario's client processes
+        self.nodes = []  # per node: dict(ns, ip, dir, proc)
+        self.results = {}  # scenario -> figures
+        self.secret = os.path.join(self.work, "fleet-secret")
+        with open(self.secret, "w") as f:
+            f.write(os.urandom(32).hex() + "\n")
+
+    # -- the network --
+
+    def ns(self, short):
+        return f"{self.prefix}-{short}"
+
+    def add_ns(self, short, ip=None, rate=None):
+        """A namespace with a capped link to the bridge; `ip` its address."""
+        name = self.ns(short)
+        sh("ip", "netns", "add", name)
+        self.namespaces.append(name)
+        sh("ip", "-n", name, "link", "set", "lo", "up")
+        if ip:
+            sw, port = self.ns("sw"), f"s-{short}"
+            sh("ip", "-n", sw, "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", name)
+            sh("ip", "-n", sw, "link", "set", port, "master", "br0", "up")
+            sh("ip", "-n", name, "addr", "add", f"{ip}/24", "dev", "eth0")
+            sh("ip", "-n", name, "link", "set", "eth0", "up")
+            self.cap(short, rate or self.args.rate)
+        return name
+
+    def cap(self, short, rate):
+        """The token bucket on both ends of `short`'s link: its upload and its download."""
+        for ns, dev in ((self.ns(short), "eth0"), (self.ns("sw"), f"s-{short}")):
+            sh("tc", "-n", ns, "qdisc", "replace", "dev", dev, "root", "tbf", "rate", rate,
+               "burst", self.args.burst, "latency", "50ms")
+
+    def tx_bytes(self, short):
+        """Bytes sent by `short` over its link (its eth0's tx counter)."""
+        out = sh("ip", "-n", self.ns(short), "-j", "-s", "link", "show", "dev", "eth0", capture=True)
+        return json.loads(out)[0]["stats64"]["tx"]["bytes"]
+
+    def build(self):
+        sweep_stale()
+        log(f"bed {self.prefix}: {self.n} nodes on {self.net}.0/24, links {self.args.rate} each way")
+        sw = self.add_ns("sw")
+        sh("ip", "-n", sw, "link", "add", "br0", "type", "bridge")
+        sh("ip", "-n", sw, "link", "set", "br0", "up")
+        self.add_ns("up", f"{self.net}.2")
+        self.add_ns("c", f"{self.net}.3")
+        for k in range(self.n):
+            self.add_ns(f"n{k}", f"{self.net}.{10 + k}")
+
+    def cleanup(self):
+        for p in self.clients:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+        for p in reversed(self.procs):
+            p.stop(signal.SIGKILL)
+        self.procs.clear()
+        for name in reversed(self.namespaces):
+            del_ns(name)
+        self.namespaces.clear()
+        if self.args.keep:
+            log(f"kept {self.work}")
+        else:
+            shutil.rmtree(self.work, ignore_errors=True)
+
+    # -- processes --
+
+    def start(self, name, short, argv, **kw):
+        d = os.path.join(self.work, name)
+        os.makedirs(d, exist_ok=True)
+        p = Proc(name, self.ns(short), argv, os.path.join(d, "log"), **kw)
+        self.procs.append(p)
+        return p
+
+    def stop(self, p, sig=signal.SIGTERM):
+        p.stop(sig)
+        self.procs.remove(p)
+
+    def curl(self, short, *args):
+        return subprocess.run(["ip", "netns", "exec", self.ns(short), "curl", "-s", *args], capture_output=True, text=True)
+
+    def wait_http(self, short, url, proc, within=30):
+        deadline = time.monotonic() + within
+        while True:
+            if proc.proc.poll() is not None:
+                raise Failed(f"{proc.name} exited during startup (see {proc.log_path})")
+            if self.curl(short, "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "1", url).stdout not in ("", "000"):
+                return
+            if time.monotonic() > deadline:
+                raise Failed(f"{proc.name} not ready at {url} after {within} s (see {proc.log_path})")
+            time.sleep(0.1)
+
+    def scrape(self, short, ip):
+        r = self.curl(short, "--max-time", "5", f"http://{ip}:{MPORT}/metrics")
+        if r.returncode != 0:
+            raise Failed(f"metrics of {short} unreachable")
+        return r.stdout
+
+    # -- upstream --
+
+    def start_upstream(self):
+        ip = f"{self.net}.2"
+        self.upstream = f"{ip}:{PORT}"
+        d = os.path.join(self.work, "upstream")
+        os.makedirs(os.path.join(d, "data"))
+        conf = os.path.join(d, "config.yml")
+        with open(conf, "w") as f:
+            f.write(
+                "version: 0.1\nlog: {level: info, formatter: text}\n"
+                f"storage:\n  filesystem: {{rootdirectory: {d}/data}}\n  cache: {{blobdescriptor: inmemory}}\n"
+                f"http: {{addr: '{self.upstream}'}}\n"
+            )
+        self.registry = self.start("upstream", "up", ["docker-registry", "serve", conf])
+        self.wait_http("up", f"http://{self.upstream}/v2/", self.registry)
+
+    def seed(self):
+        """A fresh random blob in the registry (pushed inside its own namespace, over its
+        loopback, so uncapped); its digest."""
+        path = os.path.join(self.work, "blob")
+        h = hashlib.sha256()
+        with open(path, "wb") as f:
+            for _ in range(self.args.blob_mib):
+                chunk = os.urandom(1 << 20)
+                h.update(chunk)
+                f.write(chunk)
+        digest = "sha256:" + h.hexdigest()
+        base = f"http://{self.upstream}"
+        out = self.curl("up", "-f", "-X", "POST", "-D", "-", "-o", "/dev/null", f"{base}/v2/{REPO}/blobs/uploads/").stdout
+        loc = next((ln.split(None, 1)[1].strip() for ln in out.splitlines() if ln.lower().startswith("location:")), None)
+        if not loc:
+            raise Failed("the registry gave no upload location")
+        loc = (loc if loc.startswith("http") else base + loc) + ("&" if "?" in loc else "?") + "digest=" + digest
+        r = self.curl("up", "-f", "-X", "PUT", "-H", "Content-Type: application/octet-stream",
+                      "--data-binary", "@" + path, "-o", "/dev/null", loc)
+        os.unlink(path)
+        if r.returncode != 0:
+            raise Failed(f"pushing the blob failed: {r.stderr}")
+        return digest
+
+    def upstream_gets(self, digest):
+        needle = f'"GET /v2/{REPO}/blobs/{digest} HTTP'
+        with open(self.registry.log_path, errors="replace") as f:
+            return sum(1 for line in f if needle in line)
+
+    # -- berths --
+
+    def berth_conf(self, name, ip, tables):
+        d = os.path.join(self.work, name)
+        shutil.rmtree(os.path.join(d, "data"), ignore_errors=True)
+        os.makedirs(os.path.join(d, "data"), exist_ok=True)
+        path = os.path.join(d, "config.toml")
+        with open(path, "w") as f:
+            f.write(
+                f'[server]\nlisten = "{ip}:{PORT}"\n[metrics]\nlisten = "{ip}:{MPORT}"\n'
+                f'[storage]\npath = "{d}/data"\n{tables}'
+            )
+        return path
+
+    def start_central(self):
+        ip = f"{self.net}.3"
+        self.central_url = f"http://{ip}:{PORT}"
+        conf = self.berth_conf(
+            "central", ip,
+            f'[fleet]\nsecret_file = "{self.secret}"\n'
+            f'[[upstream]]\nname = "{self.upstream}"\nurl = "http://{self.upstream}"\ndefault = true\n',
+        )
+        self.central = self.start("central", "c", [self.args.berth, "serve", "--config", conf])
+        self.wait_http("c", f"http://{ip}:{MPORT}/healthz", self.central)
+
+    def start_nodes(self):
+        """Every node berth, with an empty disk (stopped first if running)."""
+        for node in self.nodes:
+            if node["proc"] in self.procs:
+                self.stop(node["proc"])
+        self.nodes = []
+        urls = [f"http://{self.net}.{10 + k}:{PORT}" for k in range(self.n)]
+        for k in range(self.n):
+            ip = f"{self.net}.{10 + k}"
+            conf = self.berth_conf(
+                f"n{k}", ip,
+                f'[fleet]\nparent = "{self.central_url}"\nself = "{urls[k]}"\npeers = {json.dumps(urls)}\n'
+                f'secret_file = "{self.secret}"\n',
+            )
+            proc = self.start(f"n{k}", f"n{k}", [self.args.berth, "serve", "--config", conf])
+            self.nodes.append({"short": f"n{k}", "ip": ip, "proc": proc, "data": os.path.join(self.work, f"n{k}", "data")})
+        for node in self.nodes:
+            self.wait_http(node["short"], f"http://{node['ip']}:{MPORT}/healthz", node["proc"])
+
+    # -- a scenario --
+
+    def counters(self, nodes):
+        c = self.scrape("c", f"{self.net}.3")
+        return {
+            "up_tx": self.tx_bytes("up"),
+            "c_tx": self.tx_bytes("c"),
+            "c_fetched": metric(c, "berth_upstream_fetched_bytes_total"),
+            "c_served": metric(c, "berth_served_bytes_total"),
+            "n_fetched": sum(
+                metric(self.scrape(n["short"], n["ip"]), "berth_upstream_fetched_bytes_total")
+                for n in nodes
+                if n["proc"].proc.poll() is None
+            ),
+        }
+
+    def pull(self, name, nodes, digest, kill=False):
+        """Every node in `nodes` pulls `digest` at once from its own node berth: each client's
+        report, the node killed (if `kill`), the time the clients were released."""
+        clients = []
+        for n in nodes:
+            progress = os.path.join(self.work, f"{name}-{n['short']}.progress")
+            url = f"http://{n['ip']}:{PORT}/v2/{REPO}/blobs/{digest}"
+            p = subprocess.Popen(
+                ["ip", "netns", "exec", self.ns(n["short"]), sys.executable, "-c", CLIENT, url, progress,
+                 str(max(1 << 16, min(4 << 20, self.size // 16)))],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+            )
+            clients.append((n, p, progress))
+            self.clients.append(p)
+        for n, p, _ in clients:
+            if p.stdout.readline().strip() != "ready":
+                raise Failed(f"the client of {n['short']} did not start")
+        go = time.time()
+        for _, p, _ in clients:
+            p.stdin.write("\n")
+            p.stdin.flush()
+        victim = None
+        if kill:
+            victim = self.kill_first_half(clients)
+        out = []
+        for n, p, _ in clients:
+            line = p.stdout.readline()
+            p.wait()
+            r = json.loads(line) if line.strip() else {"status": 0, "bytes": 0, "sha256": "", "end": time.time(), "err": "no report"}
+            r["node"], r["time"] = n["short"], r["end"] - go
+            r["verdict"] = (
+                "verified" if r["status"] == 200 and r["bytes"] == self.size and "sha256:" + r["sha256"] == digest
+                else "wrong" if r["bytes"] == self.size and not r["err"]
+                else "failed"
+            )
+            out.append(r)
+        self.clients.clear()
+        return out, victim, go
+
+    def kill_first_half(self, clients):
+        """SIGKILLs the berth of the first node whose client has half the blob; returns it."""
+        deadline = time.monotonic() + 3600
+        while time.monotonic() < deadline:
+            for n, p, progress in clients:
+                try:
+                    with open(progress) as f:
+                        have = int(f.read() or 0)
+                except (OSError, ValueError):
+                    continue
+                if have >= self.size // 2:
+                    log(f"killing {n['short']}'s berth at {have >> 20} MiB")
+                    self.stop(n["proc"], signal.SIGKILL)
+                    self.killed_at = time.time()
+                    return n["short"]
+            if all(p.poll() is not None for _, p, _ in clients):
+                return None
+            time.sleep(0.05)
+        return None
+
+    def scenario(self, name):
+        digest = self.seed()
+        self.start_nodes()
+        nodes = self.nodes[:1] if name == "single" else self.nodes
+        if name == "slow":
+            self.cap("n0", self.args.slow_rate)
+        before = self.counters(nodes)
+        gets0 = self.upstream_gets(digest)
+        log(f"{name}: {len(nodes)} node(s) pull {self.args.blob_mib} MiB ({digest[:19]}...)")
+        self.killed_at = None
+        got, victim, go = self.pull(name, nodes, digest, kill=name == "kill")
+        # The registry logs a request after answering it, the central berth commits after its
+        # last byte: wait (bounded) for the one GET line before counting.
+        deadline = time.monotonic() + 10
+        while self.upstream_gets(digest) == gets0 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        after = self.counters(nodes)
+        if name == "slow":
+            self.cap("n0", self.args.rate)
+        blobs = {k: (after[k] - before[k]) / self.size for k in after}
+        ok = sorted(r["time"] for r in got if r["verdict"] == "verified")
+        fig = {
+            "nodes": len(nodes),
+            "verified": len(ok),
+            "failed": sum(r["verdict"] == "failed" for r in got),
+            "wrong": sum(r["verdict"] == "wrong" for r in got),
+            "victim": victim,
+            # Seconds from the clients' release to the kill.
+            "killed_at": self.killed_at - go if self.killed_at else None,
+            "slow_node_time": next((r["time"] for r in got if r["node"] == "n0"), None) if name == "slow" else None,
+            "p99_others": nearest_rank(
+                sorted(r["time"] for r in got if r["verdict"] == "verified" and r["node"] != "n0"), 99
+            ) if name == "slow" else None,
+            "p50": nearest_rank(ok, 50),
+            "p99": nearest_rank(ok, 99),
+            "max": ok[-1] if ok else None,
+            "upstream_gets": self.upstream_gets(digest) - gets0,
+            "upstream_tx_blobs": blobs["up_tx"],
+            "central_fetched_blobs": blobs["c_fetched"],
+            "central_tx_blobs": blobs["c_tx"],
+            "central_served_blobs": blobs["c_served"],
+            "nodes_fetched_blobs": blobs["n_fetched"],
+            "clients": [{k: r[k] for k in ("node", "verdict", "status", "bytes", "time", "err")} for r in got],
+        }
+        for r in got:
+            if r["verdict"] != "verified" and r["node"] != victim:
+                log(f"WARNING: {r['node']}: {r['verdict']} (status {r['status']}, {r['bytes']} bytes, {r['err']})")
+        self.results[name] = fig
+        log(
+            f"{name}: {fig['verified']}/{fig['nodes']} verified, p50 {fmt(fig['p50'])} s, p99 {fmt(fig['p99'])} s, "
+            f"upstream {fig['upstream_tx_blobs']:.2f} blobs, central out {fig['central_tx_blobs']:.2f} blobs"
+        )
+        # Frees the disk: the central's copy (the next scenario has its own blob).
+        try:
+            os.unlink(os.path.join(self.work, "central", "data", "blobs", "sha256", digest[7:]))
+        except OSError:
+            pass
+
+    def run(self):
+        self.load = [open("/proc/loadavg").read().split()[:3]]
+        self.build()
+        self.start_upstream()
+        self.start_central()
+        for name in self.args.scenarios:
+            self.scenario(name)
+        for node in self.nodes:
+            if node["proc"] in self.procs:
+                self.stop(node["proc"])
+        self.load.append(open("/proc/loadavg").read().split()[:3])
+
+    # -- report --
+
+    def report(self):
+        single = (self.results.get("single") or {}).get("p50")
+        cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "?")
+        heads = [s for s in self.args.scenarios]
+
+        def cell(s, key, form="{:.2f}"):
+            v = self.results[s].get(key)
+            return "–" if v is None else form.format(v) if not isinstance(v, str) else v
+
+        def ratio(s, key):
+            v = self.results[s].get(key)
+            return f"{v / single:.2f}" if v and single else "–"
+
+        rows = [
+            ("nodes pulling", lambda s: str(self.results[s]["nodes"])),
+            ("verified / failed / wrong bodies", lambda s: f"{self.results[s]['verified']} / {self.results[s]['failed']} / {self.results[s]['wrong']}"),
+            ("node killed (its own pull fails)", lambda s: self.results[s]["victim"] or "–"),
+            ("killed at s", lambda s: cell(s, "killed_at")),
+            ("the slow node's own pull s (n0)", lambda s: cell(s, "slow_node_time")),
+            ("p99 s without the slow node", lambda s: cell(s, "p99_others")),
+            ("p50 s to a verified blob", lambda s: cell(s, "p50")),
+            ("p99 s to a verified blob", lambda s: cell(s, "p99")),
+            ("max s", lambda s: cell(s, "max")),
+            ("p50 / single", lambda s: ratio(s, "p50")),
+            ("p99 / single (target <= 1.5)", lambda s: ratio(s, "p99")),
+            ("upstream GETs of the blob (registry log)", lambda s: str(self.results[s]["upstream_gets"])),
+            ("upstream bytes out, blobs (veth tx; target 1)", lambda s: cell(s, "upstream_tx_blobs")),
+            ("central: fetched from upstream, blobs (metrics)", lambda s: cell(s, "central_fetched_blobs")),
+            ("central: bytes out, blobs (veth tx; target <= 2)", lambda s: cell(s, "central_tx_blobs")),
+            ("central: served, blobs (berth_served_bytes_total)", lambda s: cell(s, "central_served_blobs")),
+            ("nodes: fetched from their sources, blobs (metrics)", lambda s: cell(s, "nodes_fetched_blobs")),
+        ]
+        commit = git("rev-parse", "--short", "HEAD")
+        lines = [
+            f"Run {datetime.now(timezone.utc).strftime('%Y-%m-%dT%H:%MZ')}, HEAD {commit}, {os.cpu_count()} cores ({cpu}); "
+            f"{self.n} nodes, blob {self.args.blob_mib} MiB, every link {self.args.rate} each way (tbf burst "
+            f"{self.args.burst}), slow link {self.args.slow_rate}{', --quick' if self.args.quick else ''}. "
+            f"Load average before: {' '.join(self.load[0])}, after: {' '.join(self.load[-1])}.",
+            "",
+            "| figure | " + " | ".join(heads) + " |",
+            "|---" * (len(heads) + 1) + "|",
+        ]
+        for label, f in rows:
+            lines.append(f"| {label} | " + " | ".join(f(s) for s in heads) + " |")
+        lines += [
+            "",
+            "Times run from the common start (every client released at once) to each client's last "
+            "byte, hashed as it arrived; p99 is the nearest rank over the verified pulls. Blobs are "
+            "byte counts / blob size (veth counters include TCP/IP headers, about 3%).",
+        ]
+        text = "\n".join(lines) + "\n"
+        os.makedirs(os.path.dirname(os.path.abspath(self.args.out)), exist_ok=True)
+        with open(self.args.out, "w") as f:
+            f.write(text)
+        print(text)
+        log(f"table written to {self.args.out}")
+        if self.args.json:
+            with open(self.args.json, "w") as f:
+                json.dump({"size": self.size, "nodes": self.n, "scenarios": self.results}, f, indent=1)
+
+
+def nearest_rank(sorted_vals, pct):
+    if not sorted_vals:
+        return None
+    k = max(1, -(-pct * len(sorted_vals) // 100))
+    return sorted_vals[k - 1]
+
+
+def fmt(v):
+    return "–" if v is None else f"{v:.2f}"
+
+
+def metric(text, name):
+    """The sum of every sample of `name`, whatever its labels."""
+    total = 0.0
+    for line in text.splitlines():
+        m = re.match(r"^([a-zA-Z_:]+)(?:\{.*\})? (\S+)$", line)
+        if m and m.group(1) == name:
+            total += float(m.group(2))
+    return total
+
+
+def git(*args):
+    r = subprocess.run(["git", "-C", ROOT, *args], capture_output=True, text=True)
+    return r.stdout.strip() or "unknown"
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="8 nodes, 32 MiB")
+    ap.add_argument("--nodes", type=int, help="node berths (default 16; --quick 8)")
+    ap.add_argument("--blob-mib", type=int, help="blob size (default 256; --quick 32)")
+    ap.add_argument("--rate", default="200mbit", help="every link's cap, each way (tc tbf rate)")
+    ap.add_argument("--slow-rate", help="the slow node's cap in `slow` (default: rate / 10)")
+    ap.add_argument("--burst", default="64kb", help="tbf burst")
+    ap.add_argument("--scenarios", default="single,all,kill,slow")
+    ap.add_argument("--out", default=os.path.join(ROOT, "benches/load/last-fleet-run.md"))
+    ap.add_argument("--json", help="also write the figures as JSON here")
+    ap.add_argument("--berth", help="a berth binary (default: cargo build --release, target/release/berth)")
+    ap.add_argument("--keep", action="store_true", help="keep the temp dir (configs, logs)")
+    args = ap.parse_args()
+    args.nodes = args.nodes or (8 if args.quick else 16)
+    args.blob_mib = args.blob_mib or (32 if args.quick else 256)
+    args.scenarios = [s for s in args.scenarios.split(",") if s]
+    for s in args.scenarios:
+        if s not in ("single", "all", "kill", "slow"):
+            ap.error(f"unknown scenario {s}")
+    if not 1 <= args.nodes <= 200:
+        ap.error("--nodes: 1 to 200")
+    if not args.slow_rate:
+        m = re.match(r"^(\d+)(\w*)$", args.rate)
+        if not m:
+            ap.error("--rate: a number and a tc unit (200mbit), or give --slow-rate")
+        args.slow_rate = f"{max(1, int(m.group(1)) // 10)}{m.group(2)}"
+    try:
+        ensure_deps()
+    except Failed as e:
+        log(f"FAILED: {e}")
+        return 1
+    if not args.berth:
+        log("building berth (release)")
+        subprocess.run(["cargo", "build", "--release", "--quiet", "--bin", "berth"], cwd=ROOT, check=True)
+        args.berth = os.path.join(ROOT, "target/release/berth")
+    args.berth = os.path.abspath(args.berth)
+    bed = Bed(args)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(130))
+    # Ctrl-C cleans up too, even when started from a shell that ignores SIGINT in the background.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        bed.run()
+        bed.report()
+    except Failed as e:
+        log(f"FAILED: {e}")
+        return 1
+    except KeyboardInterrupt:
+        log("interrupted")
+        return 130
+    finally:
+        bed.cleanup()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
