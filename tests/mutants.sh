@@ -9,10 +9,13 @@
 #                                                  30 s each on 2 busy shared cores, so about 2.5
 #                                                  hours: for occasional use, under `nice -n 19`;
 #                                                  then record HEAD in tests/mutants-base)
+#                                                  MUTANTS_FILES="a.rs b.rs" runs only those of
+#                                                  the files (then record `HEAD a.rs` lines)
 #   tests/mutants.sh --ci [BASE] [cargo-mutants args]
 #                                                  only the mutants in lines of these files changed
-#                                                  since BASE (default: the commit in
-#                                                  tests/mutants-base, the last full run)
+#                                                  since BASE (default: each file's commit in
+#                                                  tests/mutants-base: its own line, else the
+#                                                  first line, the last full run of them all)
 #
 # Either takes cargo-mutants' own options after the mode (`--in-place` mutates this tree instead of
 # a copy: what CI does, on its throwaway checkout, with its target/ already built; cargo-mutants'
@@ -52,8 +55,23 @@ base_file=tests/mutants-base
 out=${MUTANTS_OUT:-target/mutants}
 
 usage() {
-    sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//' >&2
+    awk 'NR > 1 && !/^#/ { exit } NR > 1' "$0" | sed 's/^# \{0,1\}//' >&2
     exit 2
+}
+
+if [[ -n ${MUTANTS_FILES:-} ]]; then
+    read -r -a only <<<"$MUTANTS_FILES"
+    for f in "${only[@]}"; do
+        [[ " ${files[*]} " == *" $f "* ]] || { echo "mutants: $f is not an invariant file" >&2; exit 2; }
+    done
+    files=("${only[@]}")
+fi
+
+# The commit a file's mutants were last all run at: its own line in the base file, else the first.
+file_base() {
+    local own
+    own=$(grep -v '^#' "$base_file" | awk -v f="$1" 'NF == 2 && $2 == f { print $1 }' | tail -n1)
+    if [[ -n $own ]]; then echo "$own"; else grep -v '^#' "$base_file" | head -n1 | awk '{ print $1 }'; fi
 }
 
 mode=${1:-}
@@ -65,43 +83,46 @@ case "$mode" in
     scope=(--baseline=run)
     ;;
 --ci)
-    base=
+    given=
     if [[ $# -gt 0 && $1 != -* ]]; then
-        base=$1
+        given=$1
         shift
     fi
-    if [[ -z $base ]]; then
-        base=$(grep -v '^#' "$base_file" | head -n1)
-    fi
-    # A shallow clone may not hold the base: then fall back to main's merge base, then to the
+    # A shallow clone may not hold a base: then fall back to main's merge base, then to the
     # parent commit, and say so; with none of them, fail rather than pass unchecked.
-    if ! git cat-file -e "$base^{commit}" 2>/dev/null; then
-        echo "mutants: base $base is not in this clone's history" >&2
-        base=
-        for candidate in "$(git merge-base HEAD origin/main 2>/dev/null)" "$(git rev-parse -q --verify 'HEAD^' 2>/dev/null)"; do
-            if [[ -n $candidate ]]; then
-                base=$candidate
-                break
-            fi
-        done
-        if [[ -z $base ]]; then
-            # A checkout without history (depth 1, or no .git) cannot say what changed: nothing to
-            # mutate is known, which is said loudly rather than failing every such CI run.
-            echo "mutants: SKIPPED: no base commit in this checkout's history (shallow clone?)." \
-                "Nothing is known to have changed; fetch history or run tests/mutants.sh --full." >&2
-            exit 0
+    fallback=
+    for candidate in "$(git merge-base HEAD origin/main 2>/dev/null)" "$(git rev-parse -q --verify 'HEAD^' 2>/dev/null)"; do
+        if [[ -n $candidate ]]; then
+            fallback=$candidate
+            break
         fi
-        echo "mutants: falling back to base $base" >&2
-    fi
+    done
     mkdir -p "$out"
     diff="$out/ci.diff"
-    git diff "$base...HEAD" -- "${files[@]}" >"$diff"
+    : >"$diff"
+    for f in "${files[@]}"; do
+        base=${given:-$(file_base "$f")}
+        if ! git cat-file -e "$base^{commit}" 2>/dev/null; then
+            if [[ -z $fallback ]]; then
+                # A checkout without history (depth 1, or no .git) cannot say what changed: nothing
+                # to mutate is known, which is said loudly rather than failing every such CI run.
+                echo "mutants: SKIPPED: no base commit in this checkout's history (shallow clone?)." \
+                    "Nothing is known to have changed; fetch history or run tests/mutants.sh --full." >&2
+                exit 0
+            fi
+            echo "mutants: base $base of $f is not in this clone's history; falling back to $fallback" >&2
+            base=$fallback
+        fi
+        changed=$(git diff --stat "$base...HEAD" -- "$f" | tail -n1)
+        if [[ -n $changed ]]; then
+            echo "mutants: $f changed since ${base:0:12}:$changed"
+            git diff "$base...HEAD" -- "$f" >>"$diff"
+        fi
+    done
     if [[ ! -s $diff ]]; then
-        echo "mutants: no invariant file changed since $base"
+        echo "mutants: no invariant file changed since its last full run"
         exit 0
     fi
-    echo "mutants: the invariant files' changes since $base: $(git diff --stat "$base...HEAD" -- "${files[@]}" | tail -n1)"
-    # CI ran these tests on the unmutated tree just before.
     scope=(--in-diff "$diff" --baseline=skip)
     ;;
 *) usage ;;
@@ -159,6 +180,7 @@ if [[ $status -ne 0 && $status -ne 2 && $status -ne 3 ]]; then
     exit "$status"
 fi
 
+mkdir -p "$results"
 touch "$results/missed.txt"
 count() { if [[ -f $results/$1 ]]; then grep -c . "$results/$1" || true; else echo 0; fi; }
 # A mutant's name without its line and column, which move with every edit above it.
