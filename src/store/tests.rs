@@ -490,3 +490,63 @@ async fn mapped_reads_cross_window_and_page_boundaries() {
         assert!(got == want, "range {start}..{end:?}");
     }
 }
+
+/// A reader exists from the moment it is made, before its first poll: a response's body is
+/// polled a moment after its head, and a fill passing through memory must keep its bytes for it.
+#[tokio::test(start_paused = true)]
+async fn a_reader_not_yet_polled_is_waited_for_by_a_fill_in_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let chunk = 16 * 1024;
+    let data: Bytes = (0..(16 * chunk))
+        .map(|i| (i * 7 % 239) as u8)
+        .collect::<Vec<_>>()
+        .into();
+    let d = digest_of(&data);
+    let limits = PassThrough {
+        window: 2 * chunk as u64,
+        lag_limit: Duration::from_secs(60),
+    };
+    let (tx, rx) = watch::channel(FillState::Pending);
+    let mut p = store.begin(&d, Some(data.len() as u64), tx).await.unwrap();
+    p.pass_through(limits);
+    // Made while the fill is running, not polled yet.
+    let reader = read_range(Source::Fill(rx.clone()), 0, None);
+    let feed = p.feed();
+    let fill = tokio::spawn(async move {
+        for c in data.chunks(chunk) {
+            let c = Bytes::copy_from_slice(c);
+            feed.push(c.clone());
+            p.write_all(vec![c]).await.unwrap();
+        }
+        assert!(matches!(p.commit().await, Err(CommitError::Persist(_))));
+    });
+    // The fill runs ahead of it, up to the window, before its first poll...
+    let mut progress = rx.clone();
+    progress
+        .wait_for(
+            |s| matches!(s, FillState::Writing(p) if p.received >= limits.window + chunk as u64),
+        )
+        .await
+        .unwrap();
+    // ... and then waits for it: its bytes are all still there.
+    let got = collect(reader).await.expect("every byte, from the first");
+    assert_eq!(got.len(), 16 * chunk);
+    assert_eq!(Digest::of(&got), d);
+    fill.await.unwrap();
+}
+
+#[tokio::test]
+async fn a_reader_of_a_failed_fill_ends_after_its_one_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let data = Bytes::from_static(b"0123456789");
+    let (tx, rx) = watch::channel(FillState::Pending);
+    let mut p = store.begin(&digest_of(&data), Some(10), tx).await.unwrap();
+    p.write(data.slice(..4)).await.unwrap();
+    let mut reader = std::pin::pin!(read_range(Source::Fill(rx), 0, None));
+    assert_eq!(reader.next().await.unwrap().unwrap().as_ref(), b"0123");
+    p.fail(Error::internal("the upstream broke off"));
+    assert!(reader.next().await.unwrap().is_err());
+    assert!(reader.next().await.is_none(), "one error, then the end");
+}
