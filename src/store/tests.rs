@@ -550,3 +550,24 @@ async fn a_reader_of_a_failed_fill_ends_after_its_one_error() {
     assert!(reader.next().await.unwrap().is_err());
     assert!(reader.next().await.is_none(), "one error, then the end");
 }
+
+/// Mapping is an optimisation: a file that cannot be mapped (procfs refuses `mmap`; so do some
+/// network and FUSE file systems) is read with plain reads, every byte of it.
+#[tokio::test]
+async fn a_file_that_cannot_be_mapped_is_read_instead() {
+    let want = std::fs::read("/proc/version").unwrap();
+    let blob = BlobFile {
+        file: Arc::new(std::fs::File::open("/proc/version").unwrap()),
+        len: want.len() as u64,
+        lease: None,
+        maps: None,
+    };
+    assert!(
+        crate::zerocopy::map(&blob.file, 0, blob.len, None).is_err(),
+        "procfs maps nothing"
+    );
+    let got = collect(read_range(Source::File(blob), 0, None))
+        .await
+        .unwrap();
+    assert_eq!(got, want);
+}
