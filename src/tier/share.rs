@@ -353,6 +353,33 @@ mod tests {
         assert!(t.recent_pulls()[&d] >= t.touches.lock().unwrap().written[&d].0);
     }
 
+    /// The backfill reads a file committed who knows when: it is hashed again on the way, and a
+    /// file that rotted on disk since never reaches the bucket, which every replica shares.
+    #[tokio::test]
+    async fn a_file_that_no_longer_matches_its_digest_is_not_put_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path()).unwrap());
+        let data = Bytes::from_static(b"a layer that rots on the local disk");
+        let d = Digest::of(&data);
+        store.put(&d, data.clone()).await.unwrap();
+        let path = crate::store::blobs_dir(dir.path()).join(d.hex());
+        let mut rotten = data.to_vec();
+        rotten[3] ^= 0x20;
+        std::fs::write(&path, &rotten).unwrap();
+        let t = tier();
+        t.touch_blob(&d, "docker.io", PullSource::Local);
+        assert_eq!(t.flush_touches(&store).await, 1);
+        let m = t.bucket.metrics();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while m.requests.with_label_values(&["upload", "mismatch"]).get() == 0 {
+            assert!(tokio::time::Instant::now() < deadline, "never refused");
+            tokio::task::yield_now().await;
+        }
+        assert!(t.bucket.head_blob(&d).await.unwrap().is_none());
+        let origin = t.bucket.origin_key("docker.io", &d);
+        assert!(t.bucket.object_store().head(&origin).await.is_err());
+    }
+
     #[tokio::test]
     async fn a_pull_from_the_bucket_is_recorded_at_once() {
         let t = tier();
