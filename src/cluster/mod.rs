@@ -72,6 +72,8 @@ use std::time::Duration;
 use http::{HeaderMap, Response, header};
 use hyper::body::Incoming;
 
+use prometheus::IntCounterVec;
+
 use crate::config::ClusterConfig;
 use crate::oci::{Digest, RepoName};
 use auth::{PeerKey, Refusal};
@@ -159,19 +161,13 @@ impl Cluster {
         path_and_query: &str,
         headers: &HeaderMap,
     ) -> Result<(), Refusal> {
-        self.key
-            .verify(
-                method,
-                path_and_query,
-                headers.get(header::AUTHORIZATION),
-                auth::now(),
-            )
-            .inspect_err(|r| {
-                self.metrics
-                    .auth_failures
-                    .with_label_values(&[r.as_str()])
-                    .inc();
-            })
+        admit(
+            &self.key,
+            method,
+            path_and_query,
+            headers,
+            &self.metrics.auth_failures,
+        )
     }
 
     /// Asks `peer` for a blob through `upstream` (its configured name), waiting `wait` for the
@@ -318,6 +314,24 @@ impl Cluster {
             }
         })
     }
+}
+
+/// Checks a signed request's proof under `key` now, counting a refusal by its reason in
+/// `failures`: the one check of both signed protocols (the peers' here, the fleet's in `fleet`).
+pub fn admit(
+    key: &PeerKey,
+    method: &str,
+    path_and_query: &str,
+    headers: &HeaderMap,
+    failures: &IntCounterVec,
+) -> Result<(), Refusal> {
+    key.verify(
+        method,
+        path_and_query,
+        headers.get(header::AUTHORIZATION),
+        auth::now(),
+    )
+    .inspect_err(|r| failures.with_label_values(&[r.as_str()]).inc())
 }
 
 #[cfg(test)]

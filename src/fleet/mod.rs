@@ -60,17 +60,17 @@
 //! upstream URL is `[fleet] parent`, and the listing only names namespaces on it.
 //!
 //! Rule of dependency: uses `config` (its table, the upstream checks), `cluster::auth` (the HMAC
-//! scheme), `upstream::connect` (the HTTP client builder); `assemble` builds it, `reload` asks
+//! scheme) and `cluster::admit` (its counted check), `upstream::connect` (the HTTP client builder); `assemble` builds it, `reload` asks
 //! [`node`] again, `http` answers the fleet routes with it. It never calls the mirror, the fill
 //! or the store.
 
 pub mod listing;
 pub mod node;
 
-use http::{HeaderMap, header};
+use http::HeaderMap;
 use prometheus::{IntCounterVec, Opts, Registry};
 
-use crate::cluster::auth::{self, PeerKey, Refusal};
+use crate::cluster::auth::{PeerKey, Refusal};
 use crate::config::{FleetConfig, Secret};
 
 /// Every fleet route lives under this prefix of the registry listener.
@@ -135,20 +135,21 @@ impl Fleet {
         path_and_query: &str,
         headers: &HeaderMap,
     ) -> Result<(), Refusal> {
-        self.key
-            .verify(
-                method,
-                path_and_query,
-                headers.get(header::AUTHORIZATION),
-                auth::now(),
-            )
-            .inspect_err(|r| self.auth_failures.with_label_values(&[r.as_str()]).inc())
+        crate::cluster::admit(
+            &self.key,
+            method,
+            path_and_query,
+            headers,
+            &self.auth_failures,
+        )
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cluster::auth;
+    use http::header;
 
     fn fleet(secret: &str, parent: Option<&str>) -> (Fleet, Registry) {
         let dir = tempfile::tempdir().unwrap();
