@@ -10,7 +10,10 @@
 #                                                  hours: for occasional use, under `nice -n 19`;
 #                                                  then record HEAD in tests/mutants-base)
 #                                                  MUTANTS_FILES="a.rs b.rs" runs only those of
-#                                                  the files (then record `HEAD a.rs` lines)
+#                                                  the files (then record `HEAD a.rs` lines);
+#                                                  MUTANTS_TESTS='<nextest filter>' narrows the
+#                                                  tests each mutant runs (a survivor must then
+#                                                  be run again without it: `-F <its regex>`)
 #   tests/mutants.sh --ci [BASE] [cargo-mutants args]
 #                                                  only the mutants in lines of these files changed
 #                                                  since BASE (default: each file's commit in
@@ -45,6 +48,19 @@ files=(
     src/upstream/auth/mod.rs
     # Peer authentication in a cluster (the HMAC proof).
     src/cluster/auth.rs
+    # The signature policy: the verifier (tag-scheme signatures, bundles, keys, keyless) and where
+    # the mirror enforces its verdict.
+    src/policy/mod.rs
+    src/policy/verdicts.rs
+    src/policy/cosign.rs
+    src/policy/bundle.rs
+    src/policy/keys.rs
+    src/policy/keyless/mod.rs
+    src/policy/keyless/cert.rs
+    src/policy/keyless/rekor.rs
+    src/policy/keyless/root.rs
+    src/policy/keyless/sct.rs
+    src/mirror/policy.rs
 )
 # Of src/upstream/auth/mod.rs only the realm check and where credentials may go are invariants:
 # the token flow itself is not mutated here.
@@ -169,7 +185,7 @@ cargo mutants \
     --cargo-arg=--lib --cargo-arg=--test=it \
     --output "$out" "$@" \
     -- --run-ignored all --no-tests=pass \
-    -E 'kind(lib) | (binary(it) & not test(/^(s3|container|observability)::/))'
+    -E "${MUTANTS_TESTS:-kind(lib) | (binary(it) & not test(/^(s3|container|observability)::/))}"
 status=$?
 set -e
 elapsed=$(($(date +%s) - start))
