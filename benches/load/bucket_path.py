@@ -36,7 +36,8 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import cluster  # noqa: E402
-from cluster import Failed, log, metric, scrape  # noqa: E402
+from cluster import scrape  # noqa: E402
+from common import ROOT, Failed, berth_binary, git, log, metric, run  # noqa: E402
 
 
 def peak_rss_mib(pid):
@@ -200,7 +201,7 @@ class PathBench(cluster.Bench):
         cols = {label: self.column(label) for label in labels}
         names = [name for name, _ in cols[labels[0]]]
         head = (
-            f"Run {time.strftime('%Y-%m-%dT%H:%MZ', time.gmtime())}, HEAD {cluster.git('rev-parse', '--short', 'HEAD')}, "
+            f"Run {time.strftime('%Y-%m-%dT%H:%MZ', time.gmtime())}, HEAD {git('rev-parse', '--short', 'HEAD')}, "
             f"blob {self.blob_mib} MiB, {self.runs} round(s) interleaving {' and '.join(labels)}, "
             f"load {open('/proc/loadavg').read().split()[:3]}"
         )
@@ -251,7 +252,7 @@ def main():
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--only", choices=["bucket1"], help="only the 1-client bucket hit and RGW direct (quick iterations)")
     ap.add_argument("--perf", help="record perf profiles into this directory")
-    ap.add_argument("--out", default=os.path.join(cluster.ROOT, "benches/load/last-bucket-path-run.md"))
+    ap.add_argument("--out", default=os.path.join(ROOT, "benches/load/last-bucket-path-run.md"))
     ap.add_argument("--berth", help="a berth binary (default: cargo build --release)")
     ap.add_argument("--before", help="a second berth binary, measured in the same run, interleaved (a 'before' column)")
     ap.add_argument("--keep", action="store_true")
@@ -259,20 +260,8 @@ def main():
     ap.add_argument("--mon-port", type=int, default=13500)
     args = ap.parse_args()
     cluster.ensure_deps()
-    if not args.berth:
-        log("building berth (release)")
-        subprocess.run(["cargo", "build", "--release", "--quiet", "--bin", "berth"], cwd=cluster.ROOT, check=True)
-        args.berth = os.path.join(cluster.ROOT, "target/release/berth")
-    bench = PathBench(args)
-    try:
-        bench.run()
-        bench.report()
-    except Failed as e:
-        log(f"FAILED: {e}")
-        return 1
-    finally:
-        bench.cleanup()
-    return 0
+    args.berth = berth_binary(args.berth)
+    return run(PathBench(args))
 
 
 if __name__ == "__main__":

@@ -36,7 +36,6 @@ import argparse
 import hashlib
 import json
 import os
-import re
 import shutil
 import signal
 import socket
@@ -48,7 +47,9 @@ import time
 import urllib.request
 from datetime import datetime, timezone
 
-ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import ROOT, Failed, apt_install, berth_binary, git, log, metric, run  # noqa: E402,F401
+
 REPO = "bench"
 BUCKET = "berth-bench"
 CONCURRENT = 32
@@ -56,38 +57,11 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 APT = ["docker-registry", "radosgw", "ceph-mon", "ceph-osd", "curl", "uuid-runtime"]
 
 
-def log(msg):
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
-class Failed(Exception):
-    pass
-
-
 # ---- dependencies ---------------------------------------------------------------------------
 
 
 def ensure_deps():
-    missing = [
-        p
-        for p in APT
-        if subprocess.run(
-            ["dpkg-query", "-W", "-f=${Status}", p], capture_output=True, text=True
-        ).stdout
-        != "install ok installed"
-    ]
-    if missing:
-        if os.geteuid() != 0:
-            raise Failed(f"missing {' '.join(missing)}; run as root to apt-get install them")
-        log(f"installing {' '.join(missing)}")
-        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-        subprocess.run(["apt-get", "update", "-q"], check=True, env=env, stdout=subprocess.DEVNULL)
-        subprocess.run(
-            ["apt-get", "install", "-y", "-q", *missing],
-            check=True,
-            env=env,
-            stdout=subprocess.DEVNULL,
-        )
+    apt_install(APT)
     try:
         import boto3  # noqa: F401
     except ImportError:
@@ -792,25 +766,6 @@ def scrape(server):
     return urllib.request.urlopen(server.metrics_url, timeout=5).read().decode()
 
 
-def metric(text, name):
-    """The sum of every sample whose name and labels start as `name` (labels in `name` must be
-    the first ones berth prints, or be the whole set)."""
-    base, _, labels = name.partition("{")
-    labels = labels.rstrip("}")
-    total = 0.0
-    for line in text.splitlines():
-        if line.startswith("#") or not line.startswith(base):
-            continue
-        m = re.match(r"^([a-zA-Z_:]+)(?:\{(.*)\})? (\S+)$", line)
-        if not m or m.group(1) != base:
-            continue
-        have = m.group(2) or ""
-        if labels and not all(lbl in have.split(",") for lbl in labels.split(",")):
-            continue
-        total += float(m.group(3))
-    return total
-
-
 def owner_order(peers, digest):
     """Indexes of `peers` in berth's preference order for `digest` (src/cluster/ring.rs, a fixed
     protocol: weight = first 8 bytes, big-endian, of sha256(peer_id "\n" digest); highest first,
@@ -820,11 +775,6 @@ def owner_order(peers, digest):
         return int.from_bytes(hashlib.sha256(f"{peer}\n{digest}".encode()).digest()[:8], "big")
 
     return sorted(range(len(peers)), key=lambda i: (-weight(peers[i]), peers[i]))
-
-
-def git(*args):
-    r = subprocess.run(["git", "-C", ROOT, *args], capture_output=True, text=True)
-    return r.stdout.strip() or "unknown"
 
 
 def main():
@@ -837,21 +787,9 @@ def main():
     ap.add_argument("--mon-port", type=int, default=13500)
     args = ap.parse_args()
     ensure_deps()
-    if not args.berth:
-        log("building berth (release)")
-        subprocess.run(["cargo", "build", "--release", "--quiet", "--bin", "berth"], cwd=ROOT, check=True)
-        args.berth = os.path.join(ROOT, "target/release/berth")
-    bench = Bench(args)
+    args.berth = berth_binary(args.berth)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(130))
-    try:
-        bench.run()
-        bench.report()
-    except Failed as e:
-        log(f"FAILED: {e}")
-        return 1
-    finally:
-        bench.cleanup()
-    return 0
+    return run(Bench(args))
 
 
 if __name__ == "__main__":

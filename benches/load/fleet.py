@@ -58,14 +58,15 @@ import os
 import re
 import shutil
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from datetime import datetime, timezone
 
-ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import ROOT, Failed, apt_install, berth_binary, git, log, metric, run  # noqa: E402
+
 REPO = "bench"
 PORT = 5000
 MPORT = 9090
@@ -98,14 +99,6 @@ print(json.dumps({"status": status, "bytes": n, "sha256": h.hexdigest(), "end": 
 """
 
 
-def log(msg):
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
-class Failed(Exception):
-    pass
-
-
 def sh(*argv, check=True, capture=False):
     r = subprocess.run(argv, capture_output=True, text=True)
     if check and r.returncode != 0:
@@ -116,17 +109,7 @@ def sh(*argv, check=True, capture=False):
 def ensure_deps():
     if os.geteuid() != 0:
         raise Failed("the bed needs root (ip netns, tc)")
-    missing = [
-        p
-        for p in APT
-        if subprocess.run(["dpkg-query", "-W", "-f=${Status}", p], capture_output=True, text=True).stdout
-        != "install ok installed"
-    ]
-    if missing:
-        log(f"installing {' '.join(missing)}")
-        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-        subprocess.run(["apt-get", "update", "-q"], check=True, env=env, stdout=subprocess.DEVNULL)
-        subprocess.run(["apt-get", "install", "-y", "-q", *missing], check=True, env=env, stdout=subprocess.DEVNULL)
+    apt_install(APT)
 
 
 def del_ns(name):
@@ -594,21 +577,6 @@ def fmt(v):
     return "–" if v is None else f"{v:.2f}"
 
 
-def metric(text, name):
-    """The sum of every sample of `name`, whatever its labels."""
-    total = 0.0
-    for line in text.splitlines():
-        m = re.match(r"^([a-zA-Z_:]+)(?:\{.*\})? (\S+)$", line)
-        if m and m.group(1) == name:
-            total += float(m.group(2))
-    return total
-
-
-def git(*args):
-    r = subprocess.run(["git", "-C", ROOT, *args], capture_output=True, text=True)
-    return r.stdout.strip() or "unknown"
-
-
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="8 nodes, 32 MiB")
@@ -641,27 +609,11 @@ def main():
     except Failed as e:
         log(f"FAILED: {e}")
         return 1
-    if not args.berth:
-        log("building berth (release)")
-        subprocess.run(["cargo", "build", "--release", "--quiet", "--bin", "berth"], cwd=ROOT, check=True)
-        args.berth = os.path.join(ROOT, "target/release/berth")
-    args.berth = os.path.abspath(args.berth)
-    bed = Bed(args)
+    args.berth = berth_binary(args.berth)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(130))
     # Ctrl-C cleans up too, even when started from a shell that ignores SIGINT in the background.
     signal.signal(signal.SIGINT, signal.default_int_handler)
-    try:
-        bed.run()
-        bed.report()
-    except Failed as e:
-        log(f"FAILED: {e}")
-        return 1
-    except KeyboardInterrupt:
-        log("interrupted")
-        return 130
-    finally:
-        bed.cleanup()
-    return 0
+    return run(Bed(args))
 
 
 if __name__ == "__main__":
