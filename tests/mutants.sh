@@ -12,8 +12,9 @@
 #                                                  MUTANTS_FILES="a.rs b.rs" runs only those of
 #                                                  the files (then record `HEAD a.rs` lines);
 #                                                  MUTANTS_TESTS='<nextest filter>' narrows the
-#                                                  tests each mutant runs (a survivor must then
-#                                                  be run again without it: `-F <its regex>`)
+#                                                  tests each mutant runs, MUTANTS_TARGETS=--lib
+#                                                  the binaries it builds (a survivor must then
+#                                                  be run again without them: `-F <its regex>`)
 #   tests/mutants.sh --ci [BASE] [cargo-mutants args]
 #                                                  only the mutants in lines of these files changed
 #                                                  since BASE (default: each file's commit in
@@ -175,6 +176,13 @@ if [[ $mode == --ci ]]; then
     fi
 fi
 
+# The test binaries each mutant builds: the library's and `it`, or MUTANTS_TARGETS (`--lib`
+# alone for a file whose unit tests are its guard: half the build per mutant).
+targets=()
+for t in ${MUTANTS_TARGETS:---lib --test=it}; do
+    targets+=("--cargo-arg=$t")
+done
+
 mkdir -p "$out"
 start=$(date +%s)
 set +e
@@ -182,7 +190,7 @@ cargo mutants \
     "${file_args[@]}" --exclude-re "$exclude_re" "${scope[@]}" \
     --test-tool=nextest "${where[@]}" \
     --timeout "${MUTANTS_TIMEOUT:-180}" --build-timeout "${MUTANTS_BUILD_TIMEOUT:-900}" \
-    --cargo-arg=--lib --cargo-arg=--test=it \
+    "${targets[@]}" \
     --output "$out" "$@" \
     -- --run-ignored all --no-tests=pass \
     -E "${MUTANTS_TESTS:-kind(lib) | (binary(it) & not test(/^(s3|container|observability)::/))}"
