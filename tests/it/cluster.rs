@@ -17,7 +17,10 @@ use berth::cluster::Cluster;
 use berth::cluster::auth::{self, PeerKey};
 use berth::config::Secret;
 use berth::oci::Digest;
-use support::instance::{Berth, berth, gated_blob, listeners_and_storage, same, start_on_listener};
+use support::instance::{
+    Berth, berth, eventually, gated_blob, listeners_and_storage, same, start_on_listener,
+    start_on_listener_with_bucket,
+};
 use support::{FakeRegistry, random_bytes};
 
 const SECRET: &str = "cluster-secret-0123456789abcdef-0123456789";
@@ -480,10 +483,131 @@ async fn a_peer_with_wrong_bytes_is_never_believed() {
     );
 }
 
-/// A peer that answers its health probes and every blob request with 200 and `body`.
+/// A blob from its owner is the owner's to upload to the shared bucket (it uploads what it
+/// fills), so the replica that asked uploads nothing; unless the owner's body broke off and this
+/// replica finished the fill from its own upstream: the owner may be gone (killed mid-fill) and
+/// never upload it, so this replica does.
+#[tokio::test]
+async fn a_blob_from_its_owner_is_uploaded_only_by_a_replica_that_finished_it_from_the_upstream() {
+    use berth::store::s3::testing::Faulty;
+    use berth::store::s3::{Bucket, BucketMetrics};
+    use object_store::ObjectStoreExt;
+    use object_store::memory::InMemory;
+    use object_store::path::Path;
+
+    let fake = FakeRegistry::start().await;
+    // The owner of the blobs below: whole and honest bodies, or one that breaks off.
+    let owner = LyingPeer::start().await;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let urls = [
+        format!("\"http://{}\"", listener.local_addr().unwrap()),
+        format!("\"http://{}\"", owner.addr),
+    ];
+    let secret_dir = tempfile::tempdir().unwrap();
+    let secret = secret_dir.path().join("cluster-secret");
+    std::fs::write(&secret, SECRET).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = format!(
+        "{}[cluster]\nself = {}\npeers = [{}]\nsecret_file = {:?}\n\
+         health_interval = \"100ms\"\npeer_timeout = \"1s\"\ndown_after = 2\n\
+         [[upstream]]\nname = \"registry.test\"\nurl = \"{}\"\ndefault = true\n\
+         retry_backoff = \"1ms\"\nstall_timeout = \"300ms\"\n",
+        listeners_and_storage(dir.path()),
+        urls[0],
+        urls.join(", "),
+        secret.display().to_string(),
+        fake.url()
+    );
+    let shared = Arc::new(InMemory::new());
+    let (store, _faults) = Faulty::new(shared.clone());
+    let bucket = Bucket::with_store(Arc::new(store), "mirror/", BucketMetrics::new());
+    let (b, c) = start_on_listener_with_bucket(&cfg, dir, listener, bucket).await;
+    let r = Replicas {
+        berths: vec![Some(b)],
+        clusters: vec![c.expect("[cluster] builds a cluster")],
+        _secret: secret_dir,
+    };
+    all_up(&r).await;
+    let b = r.berths[0].as_ref().unwrap();
+    let blob_owned_by = |who: usize, seed: u64| {
+        (0u64..)
+            .map(|i| {
+                let layer = random_bytes(64 << 10, seed + i);
+                let blob = fake.put_blob("library/app", layer.clone());
+                (layer, blob)
+            })
+            .find(|(_, blob)| owner_of(&r, blob) == who)
+            .unwrap()
+    };
+    let in_bucket = |blob: &str| {
+        let (shared, key) = (
+            shared.clone(),
+            Path::from(format!(
+                "mirror/blobs/sha256/{}",
+                blob.trim_start_matches("sha256:")
+            )),
+        );
+        async move { shared.get(&key).await.ok() }
+    };
+
+    // A whole body from the owner: cached here, not uploaded from here.
+    let (whole, whole_blob) = blob_owned_by(1, 900);
+    *owner.body.lock().unwrap() = whole.clone();
+    let got = b.get(&format!("/v2/library/app/blobs/{whole_blob}")).await;
+    same(got.bytes(), &whole);
+    assert_eq!(
+        b.counter("berth_owner_handoffs_total{result=\"peer\"}")
+            .await,
+        1
+    );
+    // A blob this replica owns comes from its upstream and is uploaded. Had the whole body been
+    // uploaded too, its upload began before this fill did.
+    let (own, own_blob) = blob_owned_by(0, 1900);
+    same(
+        b.get(&format!("/v2/library/app/blobs/{own_blob}"))
+            .await
+            .bytes(),
+        &own,
+    );
+    assert!(
+        eventually(|| async { in_bucket(&own_blob).await.is_some() }).await,
+        "a fill from the upstream is uploaded"
+    );
+    assert!(
+        in_bucket(&whole_blob).await.is_none(),
+        "a blob from its owner is the owner's to upload"
+    );
+
+    // A body that stops half-way: resumed from the upstream, then uploaded from here.
+    let (cut, cut_blob) = blob_owned_by(1, 2900);
+    *owner.body.lock().unwrap() = cut.clone();
+    *owner.cut.lock().unwrap() = Some(cut.len() / 2);
+    let path = format!("/v2/library/app/blobs/{cut_blob}");
+    same(b.get(&path).await.bytes(), &cut);
+    assert_eq!(
+        b.counter("berth_owner_handoffs_total{result=\"peer\"}")
+            .await,
+        2
+    );
+    assert_eq!(
+        fake.hits(Method::GET, &path),
+        1,
+        "the rest, resumed from the upstream"
+    );
+    assert!(
+        eventually(|| async { in_bucket(&cut_blob).await.is_some() }).await,
+        "a blob this replica finished from the upstream is uploaded from here"
+    );
+    let body = in_bucket(&cut_blob).await.unwrap().bytes().await.unwrap();
+    same(&body, &cut);
+}
+
+/// A peer that answers its health probes and every blob request with 200 and `body`; with `cut`
+/// set, only that many of its bytes, then nothing (the length said the whole).
 struct LyingPeer {
     addr: std::net::SocketAddr,
     body: Arc<std::sync::Mutex<Bytes>>,
+    cut: Arc<std::sync::Mutex<Option<usize>>>,
     asked: Arc<std::sync::atomic::AtomicUsize>,
     last_path: Arc<std::sync::Mutex<String>>,
 }
@@ -494,27 +618,24 @@ impl LyingPeer {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let body = Arc::new(std::sync::Mutex::new(Bytes::new()));
+        let cut = Arc::new(std::sync::Mutex::new(None));
         let asked = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let last_path = Arc::new(std::sync::Mutex::new(String::new()));
-        let (b, a, l) = (body.clone(), asked.clone(), last_path.clone());
+        let (b, c, a, l) = (body.clone(), cut.clone(), asked.clone(), last_path.clone());
         tokio::spawn(async move {
             loop {
                 let (stream, _) = listener.accept().await.unwrap();
-                let (b, a, l) = (b.clone(), a.clone(), l.clone());
+                let (b, c, a, l) = (b.clone(), c.clone(), a.clone(), l.clone());
                 tokio::spawn(async move {
                     let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
-                        let body = if req.uri().path() == berth::cluster::HEALTH_PATH {
-                            Bytes::from_static(b"serving\n")
+                        let (body, cut) = if req.uri().path() == berth::cluster::HEALTH_PATH {
+                            (Bytes::from_static(b"serving\n"), None)
                         } else {
                             a.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                             *l.lock().unwrap() = req.uri().path().to_owned();
-                            b.lock().unwrap().clone()
+                            (b.lock().unwrap().clone(), *c.lock().unwrap())
                         };
-                        async move {
-                            Ok::<_, std::convert::Infallible>(http::Response::new(
-                                http_body_util::Full::new(body),
-                            ))
-                        }
+                        async move { Ok::<_, std::convert::Infallible>(cut_body(body, cut)) }
                     });
                     let io = hyper_util::rt::TokioIo::new(stream);
                     let _ = hyper::server::conn::http1::Builder::new()
@@ -526,8 +647,32 @@ impl LyingPeer {
         LyingPeer {
             addr,
             body,
+            cut,
             asked,
             last_path,
         }
     }
+}
+
+/// A 200 announcing all of `body`, of which only the first `cut` bytes come: then the peer
+/// sends nothing more (a stall, which the asking replica's `stall_timeout` ends).
+fn cut_body(
+    body: Bytes,
+    cut: Option<usize>,
+) -> http::Response<http_body_util::combinators::UnsyncBoxBody<Bytes, std::io::Error>> {
+    use futures_util::StreamExt;
+    use hyper::body::Frame;
+    let len = body.len();
+    let sent = body.slice(..cut.unwrap_or(len));
+    let first = futures_util::stream::iter([Ok::<_, std::io::Error>(Frame::data(sent))]);
+    let stream = match cut {
+        None => first.boxed(),
+        Some(_) => first.chain(futures_util::stream::pending()).boxed(),
+    };
+    http::Response::builder()
+        .header(http::header::CONTENT_LENGTH, len)
+        .body(BodyExt::boxed_unsync(http_body_util::StreamBody::new(
+            stream,
+        )))
+        .unwrap()
 }

@@ -130,6 +130,21 @@ pub async fn start_on_listener(
     (launch(server, dir).await.0, cluster)
 }
 
+/// As [`start_on_listener`], with this bucket tier (see [`start_with_bucket`]): a replica of a
+/// cluster over one bucket.
+pub async fn start_on_listener_with_bucket(
+    cfg: &str,
+    dir: tempfile::TempDir,
+    listener: std::net::TcpListener,
+    bucket: berth::store::s3::Bucket,
+) -> (Berth, Option<std::sync::Arc<berth::cluster::Cluster>>) {
+    let cfg = Config::parse(cfg, "test").unwrap();
+    let parts = berth::assemble::Parts::build(&cfg, Some(bucket)).unwrap();
+    let server = Server::bind_parts(parts, Some(listener)).await.unwrap();
+    let cluster = server.cluster().cloned();
+    (launch(server, dir).await.0, cluster)
+}
+
 /// Starts berth from a whole config text with this bucket tier (one over a fault-injecting
 /// store), as `[storage.s3]` would give it.
 pub async fn start_with_bucket(
