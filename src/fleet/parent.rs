@@ -16,7 +16,10 @@
 //! `dropped` source must be a node the parent knows too. The trust this leaves: any holder of the
 //! fleet secret can name any URL as itself; the fleet secret is the fleet's trust boundary (a
 //! holder can also serve bytes, which every node checks against the piece table and the digest
-//! anyway).
+//! anyway). The proof signs the method, path and query and a timestamp, not the body (the
+//! cluster's scheme): someone who can read a node's call off the wire can replay its proof
+//! within the proof's age limit with another body. On a network that is not trusted, the parent
+//! is reached over HTTPS, as its registry traffic is.
 //!
 //! # What size a blob has
 //! The answer carries the blob's size and piece size (`SwarmAnswer`). The parent takes it from,
@@ -101,6 +104,8 @@ struct State {
 /// The parent's tracker and piece tables.
 pub struct Parent {
     state: Mutex<State>,
+    /// [`MAX_NODES`] (smaller in tests).
+    max_nodes: usize,
     tables: Tables,
     blobs: Arc<dyn Blobs>,
     /// `berth_fleet_swarms`.
@@ -169,6 +174,7 @@ impl Parent {
                 swept: Instant::now(),
             }),
             tables: Tables::new(tables),
+            max_nodes: MAX_NODES,
             blobs,
             swarms,
             requests,
@@ -249,10 +255,11 @@ impl Parent {
             st.sweep(now);
         }
         let new = st.fleet.insert(node.clone());
-        if new && st.fleet.len() > MAX_NODES {
+        if new && st.fleet.len() > self.max_nodes {
             st.fleet.remove(&node);
             return Err(Refusal::Full(format!(
-                "the parent knows {MAX_NODES} nodes already"
+                "the parent knows {} nodes already",
+                self.max_nodes
             )));
         }
         let req = match SwarmRequest::parse(body, &st.fleet) {

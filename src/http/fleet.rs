@@ -202,6 +202,30 @@ mod tests {
     use super::*;
     use crate::error::{Kind, Malformed, Missing};
 
+    /// A body over the limit, or one that does not arrive in time: 400, saying which.
+    #[tokio::test(start_paused = true)]
+    async fn a_body_is_read_within_its_limits() {
+        use futures_util::{StreamExt, stream};
+        use http_body_util::{Full, StreamBody};
+        let fits = read_body(Full::new(Bytes::from(vec![b'x'; MAX_SMALL_BODY])))
+            .await
+            .unwrap();
+        assert_eq!(fits.len(), MAX_SMALL_BODY);
+        let e = read_body(Full::new(Bytes::from(vec![b'x'; MAX_SMALL_BODY + 1])))
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind, Kind::Invalid(Malformed::Request));
+        assert!(e.to_string().contains("at most"), "{e}");
+        // A first frame, then nothing: the clock runs to the timeout.
+        let first = stream::iter([Ok::<_, std::convert::Infallible>(http_body::Frame::data(
+            Bytes::from_static(b"{"),
+        ))]);
+        let stalled = StreamBody::new(first.chain(stream::pending()));
+        let e = read_body(stalled).await.unwrap_err();
+        assert_eq!(e.kind, Kind::Invalid(Malformed::Request));
+        assert!(e.to_string().contains("did not arrive"), "{e}");
+    }
+
     const D: &str = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
 
     #[test]

@@ -246,3 +246,26 @@ fn the_size_query() {
         assert!(size_query(Some(bad)).is_err(), "{bad}");
     }
 }
+
+/// Past the most nodes it knows, the parent refuses a new one (known ones go on), until silent
+/// ones are forgotten.
+#[tokio::test]
+async fn the_node_set_is_bounded() {
+    let (mut p, sizes, _) = parent();
+    p.max_nodes = 2;
+    sizes.0.lock().unwrap().insert(d(), MIB);
+    let t0 = Instant::now();
+    p.swarm_at(&d(), &join(&node(1)), None, t0).await.unwrap();
+    p.swarm_at(&d(), &join(&node(2)), None, t0).await.unwrap();
+    match p.swarm_at(&d(), &join(&node(3)), None, t0).await {
+        Err(Refusal::Full(m)) => assert!(m.contains("2 nodes"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!((p.nodes(), counted(&p, "refused")), (2, 1));
+    p.swarm_at(&d(), &join(&node(1)), None, t0).await.unwrap();
+    let later = t0 + EXPIRY + SWEEP_EVERY;
+    p.swarm_at(&d(), &join(&node(3)), None, later)
+        .await
+        .unwrap();
+    assert_eq!(p.nodes(), 1);
+}
