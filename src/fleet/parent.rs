@@ -272,9 +272,6 @@ impl Parent {
             }
         };
         st.heard.insert(node, now);
-        if let Some((_, reason)) = &req.dropped {
-            self.dropped.with_label_values(&[reason.as_str()]).inc();
-        }
         // A size only claimed so far: the one this swarm was first given, while it lives.
         let remembered = st.sizes.get(digest).copied();
         if known.is_none()
@@ -305,6 +302,9 @@ impl Parent {
             });
         if answer.is_ok() {
             st.remember(digest, size);
+            if let Some((_, reason)) = &req.dropped {
+                self.dropped.with_label_values(&[reason.as_str()]).inc();
+            }
         }
         self.swarms.set(st.tracker.swarms() as i64);
         answer

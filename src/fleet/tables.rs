@@ -14,6 +14,12 @@
 //! once the fill verified the whole digest (the reader holds back the last byte until then), so
 //! a table is never complete over a wrong body.
 //!
+//! A table goes to any node of the fleet, whatever upstream its blob came through (no origin
+//! check as a client's blob request has): it holds only hashes of a blob whose digest the node
+//! named, and a node holds the fleet secret; the bytes themselves come from the parent only
+//! through its ordinary, checked registry routes. The hashing runs on the runtime's workers in
+//! slices of one read (up to 1 MiB, about a millisecond of sha256), not on a blocking thread.
+//!
 //! A fill that fails (a wrong digest, the upstream gone): the reader ends in an error, the table
 //! is dropped, and the next ask starts over (with a new fill by then, or 404). No blob and no
 //! running fill of known size: no table (the node asks again later).
