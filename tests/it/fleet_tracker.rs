@@ -4,7 +4,9 @@
 //! pulled blob matches the blob, follows a fill in progress (a waiting request gets the next hash
 //! as the fill moves, the last hash only once the digest checked out) and is dropped with a fill
 //! whose body is wrong; refusals (no proof, a node URL that is no origin, an oversized body, a
-//! digest that is not one, the wrong method) and a node berth, which is no tracker.
+//! digest that is not one, the wrong method) and a node berth, which is no tracker; and the whole
+//! protocol as a node drives it (pull from the parent, check the pieces, hold, be handed out, be
+//! blamed).
 
 use crate::support;
 
@@ -464,4 +466,89 @@ async fn node_berth(parent: &Berth, secret: &Path) -> Berth {
         secret.display().to_string(),
     );
     start_toml(&cfg, dir).await
+}
+
+/// The whole protocol as a node will drive it: a node told to use the parent pulls the blob from
+/// it, checks every piece against the parent's table, and reports itself complete; the next node
+/// is handed it as a holder (no `?size` needed: the parent has the blob); a node that reports it
+/// for a bad piece gets another source, and it is never handed out for that digest again.
+#[tokio::test]
+async fn a_holder_is_handed_out_until_blamed() {
+    use berth::swarm::pieces::{Check, PieceTable};
+    let bed = bed().await;
+    let layer = random_bytes(2 * MIB + 999, 4);
+    let blob = bed.fake.put_blob("library/app", layer.clone());
+    let d: Digest = blob.parse().unwrap();
+    let size = layer.len() as u64;
+    let fleet = Fleet::new((1..=4).map(node));
+    let a = parse_answer(
+        &bed.swarm(&d, &join(&node(1)), Some(size)).await,
+        &node(1),
+        &fleet,
+    );
+    assert_eq!(a.source, Some(Assignment::Parent));
+    let got = bed.parent.get(&format!("/v2/app/blobs/{blob}")).await;
+    let bytes = got.bytes().clone();
+    bed.parent.settled().await;
+    let p = bed.whole_table(&d, size).await;
+    let mut table = PieceTable::new(a.layout);
+    table.extend(p.first, &p.hashes).unwrap();
+    for k in 0..a.layout.count() {
+        let r = a.layout.range(k);
+        assert_eq!(
+            table.verify(k, &bytes[r.start as usize..r.end as usize]),
+            Check::Good,
+            "piece {k}"
+        );
+    }
+    let mut bad = bytes[..MIB].to_vec();
+    bad[7] ^= 1;
+    assert_eq!(table.verify(0, &bad), Check::Bad);
+    let done = SwarmRequest {
+        have: size,
+        complete: true,
+        need_source: false,
+        ..join(&node(1))
+    };
+    let a = parse_answer(&bed.swarm(&d, &done, None).await, &node(1), &fleet);
+    assert_eq!(a.source, None);
+    let holder = Assignment::Node {
+        url: node(1),
+        have: size,
+        complete: true,
+    };
+    let a = parse_answer(
+        &bed.swarm(&d, &join(&node(2)), None).await,
+        &node(2),
+        &fleet,
+    );
+    assert_eq!(a.source, Some(holder.clone()));
+    let a = parse_answer(
+        &bed.swarm(&d, &join(&node(3)), None).await,
+        &node(3),
+        &fleet,
+    );
+    assert_eq!(a.source, Some(holder));
+    let blame = SwarmRequest {
+        dropped: Some((node(1), berth::swarm::tracker::Reason::BadPiece)),
+        ..join(&node(3))
+    };
+    let a = parse_answer(&bed.swarm(&d, &blame, None).await, &node(3), &fleet);
+    assert_eq!(a.source, Some(Assignment::Parent));
+    let a = parse_answer(
+        &bed.swarm(&d, &join(&node(4)), None).await,
+        &node(4),
+        &fleet,
+    );
+    assert!(
+        !matches!(&a.source, Some(Assignment::Node { url, .. }) if *url == node(1)),
+        "a blamed holder handed out again: {:?}",
+        a.source
+    );
+    assert_eq!(
+        bed.parent
+            .counter("berth_fleet_sources_dropped_total{reason=\"bad_piece\"}")
+            .await,
+        1
+    );
 }
