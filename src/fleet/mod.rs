@@ -5,10 +5,11 @@
 //!   running upstreams, parsed strictly by the node, and turned into the node's upstreams;
 //! - [`node`]: a node's side: asking its parent for that list at start and on reload, and keeping
 //!   the last good one on disk;
-//! - [`parent`]: the parent's side of the swarm: the tracker (`POST /_berth/fleet/v1/swarm/<digest>`),
-//!   who the fleet is as the parent sees it (nodes known by their signed calls), the blob's size,
-//!   the counts; [`tables`]: the parent's piece tables (`GET /_berth/fleet/v1/pieces/<digest>`),
-//!   made lazily by reading the blob as a client would;
+//! - [`parent`]: the parent's side of the swarm: the tracker
+//!   (`POST /_berth/fleet/v1/swarm/<digest>`), who the fleet is as the parent sees it (nodes
+//!   known by their signed calls), the blob's size, the counts; [`tables`]: the parent's piece
+//!   tables (`GET /_berth/fleet/v1/pieces/<digest>`), made lazily by reading the blob as a client
+//!   would;
 //! - this file: the protocol's paths, its proof ([`Fleet::admit`], the cluster's HMAC scheme under
 //!   the fleet's own name) and its metric.
 //!

@@ -42,8 +42,9 @@
 //! ages between calls except memory, bounded by `tracker::Limits` anyway.
 //!
 //! Rule of dependency: part of `fleet`; uses `swarm` (`tracker`, `protocol`, `node`, `pieces`),
-//! `oci`, `error`, prometheus, and reads blobs only through the [`Blobs`] it is given (defined in `tables`) (the mirror,
-//! wired in `assemble`): `fleet` never calls the mirror, the fill or the store itself.
+//! `oci`, `error`, prometheus and its sibling `tables`, and reads blobs only through the
+//! [`Blobs`] it is given (defined in `tables`; the mirror, wired in `assemble`): `fleet` never
+//! calls the mirror, the fill or the store itself.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};

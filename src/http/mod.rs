@@ -31,8 +31,8 @@
 //!
 //! Rule of dependency: uses `access`, `admin` (the operations), `cluster` (the peer protocol's
 //! proof and paths), `fleet` (the fleet's proof, paths, listing and parent), `swarm::protocol`
-//! (the swarm bodies' limits), `health`, `mirror` (its
-//! replies, and the `Target` that `route` builds), `upstreams` (the host table), `metrics`,
+//! (the swarm bodies' limits), `health`, `mirror` (its replies, and the `Target` that `route`
+//! builds), `upstreams` (the host table), `metrics`,
 //! `logwriter`, `oci`, `error`, and `warm` (the admin API's warm runs its walk). Only `server` and
 //! `assemble` use it; nothing below it sees HTTP types of the client side. Among the children,
 //! `error` uses `respond`, `log` uses `route`, `metrics` uses `admin`, `admin` uses `warm`; no two
