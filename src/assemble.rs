@@ -5,7 +5,8 @@
 //! same directory refuses to start, naming the holder; the parts hold it until the server is gone),
 //! then opens the store (unindexed: `server::Server::run` rebuilds the index once `/healthz`
 //! answers), the manifest cache and the origins, builds every upstream's client, the cluster view,
-//! the fleet's side (`[fleet]`), the bucket tier ([`bucket`], or one handed in), the mirror over
+//! the fleet's side (`[fleet]`; on a parent, its tracker and piece tables over the
+//! mirror, read as a client would), the bucket tier ([`bucket`], or one handed in), the mirror over
 //! them, the access checker (`[auth]`), the admin API (`[admin]`), the health state, every metric
 //! family on one `prometheus::Registry`, and the TLS acceptors of both listeners. It binds no
 //! socket and spawns no task: `server` takes the [`Parts`] and binds, accepts and drains.
@@ -23,11 +24,13 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use futures_util::future::BoxFuture;
 use tokio_rustls::TlsAcceptor;
 
 use crate::access;
 use crate::cluster::Cluster;
 use crate::config::Config;
+use crate::fleet::tables::Followed;
 use crate::health::Health;
 use crate::http::{App, PeerSide};
 use crate::index::Limits;
@@ -191,7 +194,13 @@ impl Parts {
             });
         }
         if let Some(f) = &cfg.fleet {
-            let fleet = crate::fleet::Fleet::new(f, &prometheus).map_err(StartError::Fleet)?;
+            let mut fleet = crate::fleet::Fleet::new(f, &prometheus).map_err(StartError::Fleet)?;
+            if !f.is_node() {
+                let blobs = Arc::new(MirrorBlobs(app.mirror.clone()));
+                let parent = crate::fleet::parent::Parent::new(blobs, &prometheus)
+                    .map_err(StartError::Fleet)?;
+                fleet = fleet.with_parent(parent);
+            }
             app.fleet = Some(Arc::new(fleet));
         }
         let app = Arc::new(app);
@@ -266,6 +275,26 @@ impl Parts {
             notifier,
         )
         .with_access(self.app.access.clone())
+    }
+}
+
+/// The fleet parent reads blobs through the mirror, as a client would, starting nothing
+/// (`fleet::tables::Blobs`).
+struct MirrorBlobs(Arc<Mirror>);
+
+impl crate::fleet::tables::Blobs for MirrorBlobs {
+    fn size<'a>(&'a self, digest: &'a crate::oci::Digest) -> BoxFuture<'a, Option<u64>> {
+        Box::pin(self.0.blob_size(digest))
+    }
+
+    fn follow<'a>(
+        &'a self,
+        digest: &'a crate::oci::Digest,
+    ) -> BoxFuture<'a, Result<Option<Followed>, crate::error::Error>> {
+        Box::pin(async move {
+            let followed = self.0.follow_blob(digest).await?;
+            Ok(followed.map(|(size, body)| Followed { size, body }))
+        })
     }
 }
 

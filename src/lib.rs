@@ -9,8 +9,8 @@
 //!     -> mirror (manifests + tags, blobs, tag lists, referrers; the request's meaning in its
 //!        own words)
 //!       -> { fill (single-flight blob fills, stream-while-verify), cluster (owners, peers),
-//!            fleet (node mode: the parent's upstreams, the fleet proof), swarm (pieces, the
-//!            tracker, a node's transfer: sharing blobs between nodes),
+//!            fleet (node mode: the parent's upstreams, the fleet proof; the parent's tracker),
+//!            swarm (pieces, the tracker, a node's transfer: sharing blobs between nodes),
 //!            flight (generic single-flight), manifests (tag/digest and referrers cache),
 //!            origins (which upstream may serve a digest), policy (signature verdicts) }
 //!         -> { store (layout, pending, spool, read, evict, lock, s3 { layout, client, upload,
@@ -49,7 +49,8 @@
 //!   live peers, peer health probes, and the signed peer protocol under `/_berth/peer/v1/`.
 //! - [`fleet`]: node mode (`[fleet]`): a berth on every node whose upstreams are its parent's
 //!   (`listing`, asked for by `node` at start and on reload, kept on disk), the fleet proof and
-//!   its routes under `/_berth/fleet/v1/`.
+//!   its routes under `/_berth/fleet/v1/`; on the parent, the swarm's tracker (`parent`) and
+//!   piece tables (`tables`).
 //! - [`swarm`]: nodes sharing blobs (pure, wired into node mode next): `pieces` (piece size,
 //!   table, incremental hasher), `tracker` (each digest's swarm on its owner: who feeds whom),
 //!   `select` (one node's transfer as a state machine), `directory` (holders found without the

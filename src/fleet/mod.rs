@@ -5,6 +5,11 @@
 //!   running upstreams, parsed strictly by the node, and turned into the node's upstreams;
 //! - [`node`]: a node's side: asking its parent for that list at start and on reload, and keeping
 //!   the last good one on disk;
+//! - [`parent`]: the parent's side of the swarm: the tracker
+//!   (`POST /_berth/fleet/v1/swarm/<digest>`), who the fleet is as the parent sees it (nodes
+//!   known by their signed calls), the blob's size, the counts; [`tables`]: the parent's piece
+//!   tables (`GET /_berth/fleet/v1/pieces/<digest>`), made lazily by reading the blob as a client
+//!   would;
 //! - this file: the protocol's paths, its proof ([`Fleet::admit`], the cluster's HMAC scheme under
 //!   the fleet's own name) and its metric.
 //!
@@ -44,7 +49,7 @@
 //! restarted while the parent is down still knows its upstreams and serves its disk. A first
 //! start with neither the parent nor a saved list fails, saying so: the orchestrator restarts it.
 //!
-//! What is read now and used later: `self`, the node set (`peers_dns`/`peers`) and
+//! What is read now and used later: on a node, `self`, the node set (`peers_dns`/`peers`) and
 //! `max_uploads` are checked at load, for the node-to-node sharing of blobs (module `swarm`),
 //! which is wired into the node's fills in a later step; until then a node's misses all go to its
 //! parent.
@@ -60,12 +65,16 @@
 //! upstream URL is `[fleet] parent`, and the listing only names namespaces on it.
 //!
 //! Rule of dependency: uses `config` (its table, the upstream checks), `cluster::auth` (the HMAC
-//! scheme) and `cluster::admit` (its counted check), `upstream::connect` (the HTTP client builder); `assemble` builds it, `reload` asks
-//! [`node`] again, `http` answers the fleet routes with it. It never calls the mirror, the fill
-//! or the store.
+//! scheme) and `cluster::admit` (its counted check), `upstream::connect` (the HTTP client
+//! builder), `swarm` (the tracker, the piece tables and the protocol's bodies, in [`parent`] and
+//! [`tables`]); `assemble` builds it (and hands the parent the mirror as a [`tables::Blobs`]),
+//! `reload` asks [`node`] again, `http` answers the fleet routes with it. It never calls the
+//! mirror, the fill or the store.
 
 pub mod listing;
 pub mod node;
+pub mod parent;
+pub mod tables;
 
 use http::HeaderMap;
 use prometheus::{IntCounterVec, Opts, Registry};
@@ -77,6 +86,24 @@ use crate::config::{FleetConfig, Secret};
 pub const PREFIX: &str = "/_berth/fleet/";
 /// The parent's upstream list.
 pub const UPSTREAMS_PATH: &str = "/_berth/fleet/v1/upstreams";
+/// The tracker, on the parent: `POST` this followed by a digest.
+pub const SWARM_PATH: &str = "/_berth/fleet/v1/swarm/";
+/// The piece tables, on the parent: `GET` this followed by a digest, `?from=K`.
+pub const PIECES_PATH: &str = "/_berth/fleet/v1/pieces/";
+
+/// The path of `digest`'s swarm call, with the size the node knows (`?size=N`) if any.
+pub fn swarm_path(digest: &crate::oci::Digest, size: Option<u64>) -> String {
+    match size {
+        Some(n) => format!("{SWARM_PATH}{digest}?size={n}"),
+        None => format!("{SWARM_PATH}{digest}"),
+    }
+}
+
+/// The path of `digest`'s piece hashes from piece `from` on.
+pub fn pieces_path(digest: &crate::oci::Digest, from: u32) -> String {
+    format!("{PIECES_PATH}{digest}?from={from}")
+}
+
 /// The `Authorization` scheme of fleet requests.
 pub const SCHEME: &str = "Berth-Fleet";
 /// The domain string of fleet proofs (the cluster's is `berth-peer-v1`).
@@ -91,6 +118,8 @@ pub fn key(secret: &Secret) -> PeerKey {
 pub struct Fleet {
     key: PeerKey,
     node: bool,
+    /// On the parent: the tracker and the piece tables ([`Fleet::with_parent`]).
+    parent: Option<parent::Parent>,
     /// `berth_fleet_auth_failures_total{reason}`: fleet requests refused with 401.
     auth_failures: IntCounterVec,
 }
@@ -119,8 +148,22 @@ impl Fleet {
         Ok(Fleet {
             key: key(secret),
             node: cfg.is_node(),
+            parent: None,
             auth_failures,
         })
+    }
+
+    /// The parent's tracker and piece tables (on a node, ignored: a node is no tracker).
+    pub fn with_parent(mut self, parent: parent::Parent) -> Fleet {
+        if !self.node {
+            self.parent = Some(parent);
+        }
+        self
+    }
+
+    /// The tracker and piece tables, on a parent built with them.
+    pub fn parent(&self) -> Option<&parent::Parent> {
+        self.parent.as_ref()
     }
 
     /// Whether this berth is a node (else the parent).

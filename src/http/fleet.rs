@@ -1,33 +1,98 @@
 //! The fleet's routes on the registry listener (`fleet`), answered as the cluster's peer routes
 //! are: under `fleet::PREFIX` the proof first (`fleet::Fleet::admit`; without a valid one, 401
 //! with the `Berth-Fleet` challenge, counted, whatever the path), client logins playing no part;
-//! then the route:
+//! then the route ([`parse`], pure):
 //! - `GET`/`HEAD /_berth/fleet/v1/upstreams` on a parent: its running upstreams' listing
 //!   (`fleet::listing`), from the set a reload may have swapped;
+//! - `POST /_berth/fleet/v1/swarm/<digest>[?size=N]` on a parent: a node's call to the tracker
+//!   (`fleet::parent`): the body (at most `swarm::protocol::MAX_SMALL_BODY`, read within
+//!   [`BODY_TIMEOUT`]) is a `SwarmRequest`, the answer a `SwarmAnswer` (JSON); a wrong body 400
+//!   saying why, a blob the parent knows no size of 404;
+//! - `GET /_berth/fleet/v1/pieces/<digest>[?from=K]` on a parent: the piece hashes from piece K on
+//!   (`swarm::protocol::Pieces`, JSON; `fleet::tables`), waiting up to a second for a new one; 404
+//!   while the parent has neither the blob nor a running fill of it;
 //! - the same on a node: 404 (a node answers other nodes for blobs only, never for what decides
-//!   a pull; its list is its parent's);
-//! - anything else: 404, or 405 for another method.
+//!   a pull, and it is no tracker);
+//! - a digest that is not one: 400; anything else: 404, or 405 for another method.
 //!
 //! Rule of dependency: under `http`, uses [`App`] and `LogFields` (its parent), `respond` (the
-//! byte answer), `fleet`, `error`.
+//! byte answer), `fleet`, `swarm::protocol` (the bodies' limits), `oci`, `error`.
+
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Limited};
 
 use super::respond::bytes_response;
 use super::{App, Body, LogFields};
 use crate::error::Error;
 use crate::fleet::listing::Listing;
-use crate::fleet::{Fleet, UPSTREAMS_PATH};
+use crate::fleet::parent::{Parent, Refusal};
+use crate::fleet::{Fleet, PIECES_PATH, SWARM_PATH, UPSTREAMS_PATH};
+use crate::oci::Digest;
+use crate::swarm::protocol::MAX_SMALL_BODY;
+
+/// How long a swarm call's body may take to arrive (a few hundred bytes).
+pub const BODY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A fleet route, from method and path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum FleetRoute {
+    /// The parent's upstream list (`head`: HEAD).
+    Upstreams { head: bool },
+    /// A node's call to the tracker.
+    Swarm(Digest),
+    /// The piece hashes of a digest.
+    Pieces(Digest),
+}
+
+/// Method and path into a [`FleetRoute`]: 404 for no such path, 405 for another method, 400 for
+/// a digest that is not one.
+pub(super) fn parse(method: &Method, path: &str) -> Result<FleetRoute, Error> {
+    let digest = |rest: &str| {
+        rest.parse::<Digest>().map_err(|_| {
+            Error::digest_invalid(format!("{:?} is not a digest", super::route::clip(rest)))
+        })
+    };
+    if path == UPSTREAMS_PATH {
+        return match *method {
+            Method::GET => Ok(FleetRoute::Upstreams { head: false }),
+            Method::HEAD => Ok(FleetRoute::Upstreams { head: true }),
+            _ => Err(Error::unsupported(
+                "the fleet's upstream list is read with GET or HEAD",
+            )),
+        };
+    }
+    if let Some(rest) = path.strip_prefix(SWARM_PATH) {
+        if *method != Method::POST {
+            return Err(Error::unsupported("a swarm call is a POST"));
+        }
+        return Ok(FleetRoute::Swarm(digest(rest)?));
+    }
+    if let Some(rest) = path.strip_prefix(PIECES_PATH) {
+        if *method != Method::GET {
+            return Err(Error::unsupported("piece hashes are read with GET"));
+        }
+        return Ok(FleetRoute::Pieces(digest(rest)?));
+    }
+    Err(Error::not_found_route("no such fleet route"))
+}
 
 impl App {
-    /// A request under the fleet prefix: the proof, then the route.
-    pub(super) fn fleet_answer<B>(
+    /// A request under the fleet prefix: the proof, then the route. `body` is read only for a
+    /// swarm call on a parent.
+    pub(super) async fn fleet_answer<R, B>(
         &self,
         fleet: &Fleet,
-        req: &Request<B>,
+        req: &Request<R>,
+        body: B,
         log: &mut LogFields,
-    ) -> Result<Response<Body>, Error> {
+    ) -> Result<Response<Body>, Error>
+    where
+        B: http_body::Body<Data = Bytes>,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
         let uri = req.uri();
         let path_and_query = uri.path_and_query().map_or(uri.path(), |p| p.as_str());
         if let Err(refusal) = fleet.admit(req.method().as_str(), path_and_query, req.headers()) {
@@ -37,31 +102,161 @@ impl App {
                 refusal.as_str()
             )));
         }
-        if uri.path() != UPSTREAMS_PATH {
-            return Err(Error::not_found_route("no such fleet route"));
-        }
-        let head = match *req.method() {
-            Method::GET => false,
-            Method::HEAD => true,
-            _ => {
-                return Err(Error::unsupported(
-                    "the fleet's upstream list is read with GET or HEAD",
-                ));
-            }
+        let route = parse(req.method(), uri.path())?;
+        let parent = match (fleet.is_node(), fleet.parent()) {
+            (false, Some(p)) => Some(p),
+            _ => None,
         };
         if fleet.is_node() {
-            return Err(Error::not_found_route(
-                "this berth is a fleet node: it answers other nodes for blobs only, and its upstreams are its parent's",
-            ));
+            let what = match route {
+                FleetRoute::Upstreams { .. } => "its upstreams are its parent's",
+                FleetRoute::Swarm(_) | FleetRoute::Pieces(_) => "it tracks no swarm",
+            };
+            return Err(Error::not_found_route(format!(
+                "this berth is a fleet node: it answers other nodes for blobs only, and {what}"
+            )));
         }
-        let upstreams = self.mirror.upstreams();
-        let listing = Listing::of(upstreams.iter().map(|(_, u)| u.config()));
-        log.outcome = "upstreams";
-        Ok(bytes_response(
-            StatusCode::OK,
-            Bytes::from(listing.to_json()),
-            "application/json",
-            head,
-        ))
+        match route {
+            FleetRoute::Upstreams { head } => {
+                let upstreams = self.mirror.upstreams();
+                let listing = Listing::of(upstreams.iter().map(|(_, u)| u.config()));
+                log.outcome = "upstreams";
+                Ok(bytes_response(
+                    StatusCode::OK,
+                    Bytes::from(listing.to_json()),
+                    "application/json",
+                    head,
+                ))
+            }
+            FleetRoute::Swarm(digest) => {
+                let parent = parent.ok_or_else(no_tracker)?;
+                let body = read_body(body).await.inspect_err(|_| parent.bad_body())?;
+                let answer = parent
+                    .swarm(&digest, &body, uri.query())
+                    .await
+                    .map_err(|r| refused(r, log))?;
+                log.outcome = "swarm";
+                Ok(json(answer.encode()))
+            }
+            FleetRoute::Pieces(digest) => {
+                let parent: &Parent = parent.ok_or_else(no_tracker)?;
+                let pieces = parent
+                    .pieces(&digest, uri.query())
+                    .await
+                    .map_err(|r| refused(r, log))?;
+                log.outcome = "pieces";
+                Ok(json(pieces.encode()))
+            }
+        }
+    }
+}
+
+fn json(body: Vec<u8>) -> Response<Body> {
+    bytes_response(StatusCode::OK, Bytes::from(body), "application/json", false)
+}
+
+fn no_tracker() -> Error {
+    Error::not_found_route("this berth was built without the fleet's tracker")
+}
+
+/// A swarm call's body: at most `MAX_SMALL_BODY` bytes, within [`BODY_TIMEOUT`].
+async fn read_body<B>(body: B) -> Result<Bytes, Error>
+where
+    B: http_body::Body<Data = Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let read = Limited::new(body, MAX_SMALL_BODY).collect();
+    match tokio::time::timeout(BODY_TIMEOUT, read).await {
+        Ok(Ok(c)) => Ok(c.to_bytes()),
+        Ok(Err(e)) => Err(Error::bad_request(format!(
+            "the body could not be read (at most {MAX_SMALL_BODY} bytes): {e}"
+        ))),
+        Err(_) => Err(Error::bad_request(format!(
+            "the body did not arrive within {BODY_TIMEOUT:?}"
+        ))),
+    }
+}
+
+/// A parent's refusal as an error answer: 400 with why, 404 for a blob it knows nothing of yet,
+/// 429 when it knows too many nodes.
+fn refused(r: Refusal, log: &mut LogFields) -> Error {
+    match r {
+        Refusal::BadRequest(m) => {
+            log.outcome = "bad_request";
+            Error::bad_request(m)
+        }
+        Refusal::Unknown(m) => {
+            log.outcome = "unknown";
+            Error::blob_unknown(m)
+        }
+        Refusal::Full(m) => {
+            log.outcome = "full";
+            Error::busy(m, Duration::from_secs(5))
+        }
+        Refusal::Failed(e) => e,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::{Kind, Malformed, Missing};
+
+    /// A body over the limit, or one that does not arrive in time: 400, saying which.
+    #[tokio::test(start_paused = true)]
+    async fn a_body_is_read_within_its_limits() {
+        use futures_util::{StreamExt, stream};
+        use http_body_util::{Full, StreamBody};
+        let fits = read_body(Full::new(Bytes::from(vec![b'x'; MAX_SMALL_BODY])))
+            .await
+            .unwrap();
+        assert_eq!(fits.len(), MAX_SMALL_BODY);
+        let e = read_body(Full::new(Bytes::from(vec![b'x'; MAX_SMALL_BODY + 1])))
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind, Kind::Invalid(Malformed::Request));
+        assert!(e.to_string().contains("at most"), "{e}");
+        // A first frame, then nothing: the clock runs to the timeout.
+        let first = stream::iter([Ok::<_, std::convert::Infallible>(http_body::Frame::data(
+            Bytes::from_static(b"{"),
+        ))]);
+        let stalled = StreamBody::new(first.chain(stream::pending()));
+        let e = read_body(stalled).await.unwrap_err();
+        assert_eq!(e.kind, Kind::Invalid(Malformed::Request));
+        assert!(e.to_string().contains("did not arrive"), "{e}");
+    }
+
+    const D: &str = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+    #[test]
+    fn routes_parse_by_method_and_path() {
+        let d: Digest = D.parse().unwrap();
+        let swarm = format!("{SWARM_PATH}{D}");
+        let pieces = format!("{PIECES_PATH}{D}");
+        assert_eq!(
+            parse(&Method::POST, &swarm).unwrap(),
+            FleetRoute::Swarm(d.clone())
+        );
+        assert_eq!(parse(&Method::GET, &pieces).unwrap(), FleetRoute::Pieces(d));
+        assert_eq!(
+            parse(&Method::HEAD, UPSTREAMS_PATH).unwrap(),
+            FleetRoute::Upstreams { head: true }
+        );
+        let kind = |m: Method, p: &str| parse(&m, p).unwrap_err().kind;
+        assert_eq!(kind(Method::GET, &swarm), Kind::Unsupported);
+        assert_eq!(kind(Method::POST, &pieces), Kind::Unsupported);
+        assert_eq!(kind(Method::POST, UPSTREAMS_PATH), Kind::Unsupported);
+        assert_eq!(
+            kind(Method::POST, &format!("{SWARM_PATH}sha256:abc")),
+            Kind::Invalid(Malformed::Digest)
+        );
+        assert_eq!(
+            kind(Method::GET, &format!("{PIECES_PATH}{D}/x")),
+            Kind::Invalid(Malformed::Digest)
+        );
+        assert_eq!(
+            kind(Method::GET, "/_berth/fleet/v1/nothing"),
+            Kind::NotFound(Missing::Route)
+        );
     }
 }

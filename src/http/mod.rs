@@ -24,13 +24,15 @@
 //! - `log`: the request line, written when the body ends or is dropped;
 //! - [`metrics`]: the metrics listener's router (`/metrics`, `/healthz`, `/admin`);
 //! - [`admin`]: the admin API's face (`/admin/...`, bearer token, JSON) over `admin`'s operations;
-//! - `fleet`: the fleet's routes (`/_berth/fleet/v1/`: the proof, the parent's upstream list);
+//! - `fleet`: the fleet's routes (`/_berth/fleet/v1/`: the proof, the parent's upstream list,
+//!   tracker and piece tables);
 //! - `warm`: the admin API's warm, `warm`'s walk run through [`App`] in process (a request it
 //!   builds carries the `AdminWarm` marker, which admits it as `Principal::Admin`).
 //!
 //! Rule of dependency: uses `access`, `admin` (the operations), `cluster` (the peer protocol's
-//! proof and paths), `fleet` (the fleet's proof, paths and listing), `health`, `mirror` (its
-//! replies, and the `Target` that `route` builds), `upstreams` (the host table), `metrics`,
+//! proof and paths), `fleet` (the fleet's proof, paths, listing and parent), `swarm::protocol`
+//! (the swarm bodies' limits), `health`, `mirror` (its replies, and the `Target` that `route`
+//! builds), `upstreams` (the host table), `metrics`,
 //! `logwriter`, `oci`, `error`, and `warm` (the admin API's warm runs its walk). Only `server` and
 //! `assemble` use it; nothing below it sees HTTP types of the client side. Among the children,
 //! `error` uses `respond`, `log` uses `route`, `metrics` uses `admin`, `admin` uses `warm`; no two
@@ -142,15 +144,23 @@ impl App {
     }
 
     /// Answers one request. Never fails: errors become OCI error responses.
-    pub async fn handle<B>(self: Arc<Self>, req: Request<B>) -> Result<Response<Body>, Infallible> {
+    pub async fn handle<B>(self: Arc<Self>, req: Request<B>) -> Result<Response<Body>, Infallible>
+    where
+        B: http_body::Body<Data = Bytes>,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
         let started = Instant::now();
+        // The head routes; the body is read only by the one route that takes one (a fleet
+        // swarm call).
+        let (parts, body) = req.into_parts();
+        let req = Request::from_parts(parts, ());
         let mut log = LogFields {
             kind: "unknown",
             route: None,
             outcome: "-",
             user: None,
         };
-        let result = self.dispatch(&req, &mut log).await;
+        let result = self.dispatch(&req, body, &mut log).await;
         // The request is done with: its method and URI move into the log line, uncopied.
         let http::request::Parts { method, uri, .. } = req.into_parts().0;
         let mut resp = match result {
@@ -215,9 +225,14 @@ impl App {
 
     async fn dispatch<B>(
         &self,
-        req: &Request<B>,
+        req: &Request<()>,
+        body: B,
         log: &mut LogFields,
-    ) -> Result<Response<Body>, Error> {
+    ) -> Result<Response<Body>, Error>
+    where
+        B: http_body::Body<Data = Bytes>,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
         // berth is not a forward proxy: absolute-form targets and CONNECT are refused. (HTTP/2
         // requests always carry an authority, so the check is for HTTP/1 only.)
         if req.method() == Method::CONNECT {
@@ -240,7 +255,7 @@ impl App {
             && req.uri().path().starts_with(crate::fleet::PREFIX)
         {
             log.kind = FLEET_KIND;
-            return self.fleet_answer(fleet, req, log);
+            return self.fleet_answer(fleet, req, body, log).await;
         }
         // One snapshot of the upstream set routes this request (a reload swaps it whole).
         let upstreams = self.mirror.upstreams();

@@ -84,6 +84,16 @@ impl Fleet {
         self.0.contains(node)
     }
 
+    /// Adds a node (the parent learns its nodes from their signed calls); true if it was new.
+    pub fn insert(&mut self, node: NodeUrl) -> bool {
+        self.0.insert(node)
+    }
+
+    /// Forgets a node; true if it was there.
+    pub fn remove(&mut self, node: &NodeUrl) -> bool {
+        self.0.remove(node)
+    }
+
     pub fn len(&self) -> usize {
         self.0.len()
     }
@@ -165,5 +175,13 @@ mod tests {
         assert!(fleet.member("http://10.0.0.1:5000/x").is_err());
         assert!(Fleet::default().is_empty());
         assert_eq!(fleet.iter().count(), 2);
+        let mut grown = fleet.clone();
+        let third: NodeUrl = "http://10.0.0.3:5000".parse().unwrap();
+        assert!(grown.insert(third.clone()));
+        assert!(!grown.insert(third.clone()), "once");
+        assert_eq!(grown.member("http://10.0.0.3:5000").unwrap(), third);
+        assert!(grown.remove(&third));
+        assert!(!grown.remove(&third));
+        assert_eq!(grown, fleet);
     }
 }

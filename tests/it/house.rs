@@ -195,7 +195,9 @@ fn no_import_runs_back_up_the_layers() {
         ("mirror", &["http", "server", "assemble", "reload", "admin"]),
         ("fill", &["mirror", "http", "server", "assemble"]),
         ("cluster", &["mirror", "fill", "http", "server", "assemble"]),
-        // Node mode: the parent's upstream list and the fleet proof; never the mirror's work.
+        // Node mode and the parent's swarm side: the upstream list, the fleet proof, the tracker
+        // and piece tables (over `swarm`, reading blobs through a trait `assemble` fills with the
+        // mirror); never the mirror's work itself.
         (
             "fleet",
             &[

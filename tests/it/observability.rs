@@ -6,7 +6,8 @@
 //! provokes must show up in `ALERTS`. Prometheus scrapes three berths: one with a bucket tier (an
 //! in-memory object store whose first multipart completion fails, so an abort is counted) and two
 //! replicas of a `[cluster]` whose third peer is gone, so every family the bucket and cluster
-//! panels and alerts read exists; every `berth_*` metric an expression names (panels, recording
+//! panels and alerts read exists (the first is also a fleet parent, and a node reports another for
+//! a bad piece); every `berth_*` metric an expression names (panels, recording
 //! rules, alerts) must then be one of the scraped berths' series.
 //!
 //! Needs `promtool` and `prometheus` (Debian package `prometheus`, installed by
@@ -416,6 +417,54 @@ async fn two_replicas_and_a_gone_one(fake: &FakeRegistry) -> (Vec<Berth>, tempfi
     (berths, secret_dir, gone)
 }
 
+const FLEET_SECRET: &str = "fleet-secret-0123456789abcdef-0123456789";
+
+/// Two signed swarm calls to the parent `b`: node 1 joins a digest, node 2 joins it reporting
+/// node 1 for a bad piece (`berth_fleet_sources_dropped_total{reason="bad_piece"}`).
+async fn fleet_bad_piece(b: &Berth) {
+    use berth::swarm::protocol::SwarmRequest;
+    use berth::swarm::tracker::Reason;
+    use http_body_util::Full;
+    let client: hyper_util::client::legacy::Client<_, Full<Bytes>> =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build_http();
+    let d = berth::oci::Digest::of(b"a blob the fleet pulls");
+    let path = berth::fleet::swarm_path(&d, Some(1 << 20));
+    let node = |i: u8| format!("http://10.0.0.{i}:5000").parse().unwrap();
+    let calls = [
+        SwarmRequest {
+            node: node(1),
+            have: 0,
+            complete: false,
+            need_source: true,
+            uploads: None,
+            dropped: None,
+        },
+        SwarmRequest {
+            node: node(2),
+            have: 0,
+            complete: false,
+            need_source: true,
+            uploads: None,
+            dropped: Some((node(1), Reason::BadPiece)),
+        },
+    ];
+    for call in calls {
+        let proof = berth::fleet::key(&Secret::new(FLEET_SECRET)).sign("POST", &path, auth::now());
+        let req = http::Request::post(format!("http://{}{path}", b.addr))
+            .header("authorization", proof)
+            .body(Full::new(Bytes::from(call.encode())))
+            .unwrap();
+        let resp = client.request(req).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+    }
+    assert_eq!(
+        b.counter("berth_fleet_sources_dropped_total{reason=\"bad_piece\"}")
+            .await,
+        1
+    );
+}
+
 /// Families the berths here do not expose, each checked by its own test: write errors appear on
 /// their first failed write (a full disk: tests/enospc.rs); TLS reloads are registered only
 /// with TLS on a listener (tests/service.rs).
@@ -439,6 +488,10 @@ async fn every_dashboard_panel_and_recording_rule_returns_data() {
     // A signature policy in warn mode over one repository, whose image is unsigned: each pull of
     // it is served, counted (warned) and alerted on.
     let dir = tempfile::tempdir().unwrap();
+    // It is also a fleet parent (`[fleet]` without `parent`): the tracker's families.
+    let fleet_dir = tempfile::tempdir().unwrap();
+    let fleet_secret = fleet_dir.path().join("fleet-secret");
+    std::fs::write(&fleet_secret, FLEET_SECRET).unwrap();
     let key = dir.path().join("release.pub");
     let made = std::process::Command::new("sh")
         .arg("-c")
@@ -454,10 +507,12 @@ async fn every_dashboard_panel_and_recording_rule_returns_data() {
          [[upstream]]\nname = \"registry.test\"\nurl = \"{}\"\ndefault = true\n\
          library_prefix = true\nretry_backoff = \"1ms\"\ntag_ttl = \"1s\"\n\
          [[policy]]\nname = \"release\"\nupstreams = [\"*\"]\nrepositories = [\"library/policed\"]\n\
-         mode = \"warn\"\nkeys = [{:?}]\n",
+         mode = \"warn\"\nkeys = [{:?}]\n\
+         [fleet]\nsecret_file = {:?}\n",
         listeners_and_storage(dir.path()),
         fake.url(),
-        key.display().to_string()
+        key.display().to_string(),
+        fleet_secret.display().to_string()
     );
     let store = FirstCompletionFails {
         inner: InMemory::new(),
@@ -549,6 +604,9 @@ async fn every_dashboard_panel_and_recording_rule_returns_data() {
         &data,
     );
 
+    // A fleet node reports another for a bad piece: counted, and the alert fires.
+    fleet_bad_piece(&b).await;
+
     // Steady traffic while Prometheus scrapes, so every rate has two samples that differ: a new
     // blob each round (a miss, then a hit; the 1 MiB cache evicts; uploaded to the bucket), one
     // from 8 rounds ago (evicted by now, unless its upload was still queued: from the bucket),
@@ -618,6 +676,10 @@ async fn every_dashboard_panel_and_recording_rule_returns_data() {
     pending.push((
         "alert".into(),
         r#"ALERTS{alertname="BerthDockerHubRateLimitLow",upstream="registry.test"}"#.into(),
+    ));
+    pending.push((
+        "alert".into(),
+        r#"ALERTS{alertname="BerthFleetBadPieces",alertstate="firing"}"#.into(),
     ));
     pending.push((
         "alert".into(),
