@@ -60,15 +60,17 @@
 //! upstream URL is `[fleet] parent`, and the listing only names namespaces on it.
 //!
 //! Rule of dependency: uses `config` (its table, the upstream checks), `cluster::auth` (the HMAC
-//! scheme) and `cluster::admit` (its counted check), `upstream::connect` (the HTTP client builder); `assemble` builds it, `reload` asks
-//! [`node`] again, `http` answers the fleet routes with it. It never calls the mirror, the fill
-//! or the store.
+//! scheme) and `cluster::admit` (its counted check), `upstream::connect` (the HTTP client
+//! builder), `swarm::tracker` (the drop reasons, as metric labels); `assemble` builds it,
+//! `reload` asks [`node`] again, `http` answers the fleet routes with it, `fill::swarm` (a
+//! node's fills from the swarm) signs with it and counts in its [`NodeMetrics`]. It never calls
+//! the mirror, the fill or the store.
 
 pub mod listing;
 pub mod node;
 
-use http::HeaderMap;
-use prometheus::{IntCounterVec, Opts, Registry};
+use http::{HeaderMap, HeaderValue};
+use prometheus::{IntCounter, IntCounterVec, Opts, Registry};
 
 use crate::cluster::auth::{PeerKey, Refusal};
 use crate::config::{FleetConfig, Secret};
@@ -77,6 +79,10 @@ use crate::config::{FleetConfig, Secret};
 pub const PREFIX: &str = "/_berth/fleet/";
 /// The parent's upstream list.
 pub const UPSTREAMS_PATH: &str = "/_berth/fleet/v1/upstreams";
+/// The tracker on the parent: `POST` a `swarm::protocol::SwarmRequest` (the digest follows).
+pub const SWARM_PATH: &str = "/_berth/fleet/v1/swarm/";
+/// The parent's piece table of a blob: `GET ...<digest>?from=K`, a `swarm::protocol::Pieces`.
+pub const PIECES_PATH: &str = "/_berth/fleet/v1/pieces/";
 /// The `Authorization` scheme of fleet requests.
 pub const SCHEME: &str = "Berth-Fleet";
 /// The domain string of fleet proofs (the cluster's is `berth-peer-v1`).
@@ -93,6 +99,66 @@ pub struct Fleet {
     node: bool,
     /// `berth_fleet_auth_failures_total{reason}`: fleet requests refused with 401.
     auth_failures: IntCounterVec,
+    metrics: NodeMetrics,
+}
+
+/// A node's swarm counters (registered on a node only; a parent keeps unregistered ones).
+#[derive(Clone)]
+pub struct NodeMetrics {
+    /// `berth_fleet_bytes_total{source}`: bytes this node's fills got, from the parent or a peer.
+    pub bytes: IntCounterVec,
+    /// `berth_fleet_served_bytes_total`: bytes this node sent to other nodes.
+    pub served: IntCounter,
+    /// `berth_fleet_pieces_rejected_total`: pieces from a peer that failed the parent's table.
+    pub pieces_rejected: IntCounter,
+    /// `berth_fleet_peers_dropped_total{reason}`: sources this node left, by why.
+    pub peers_dropped: IntCounterVec,
+}
+
+/// The `source` labels of `berth_fleet_bytes_total`.
+pub const BYTE_SOURCES: [&str; 2] = ["parent", "peer"];
+
+impl NodeMetrics {
+    fn new() -> Result<NodeMetrics, prometheus::Error> {
+        let m = NodeMetrics {
+            bytes: IntCounterVec::new(
+                Opts::new(
+                    "berth_fleet_bytes_total",
+                    "Bytes this node's blob fills got, by source (parent, peer).",
+                ),
+                &["source"],
+            )?,
+            served: IntCounter::new(
+                "berth_fleet_served_bytes_total",
+                "Blob bytes this node sent to other nodes.",
+            )?,
+            pieces_rejected: IntCounter::new(
+                "berth_fleet_pieces_rejected_total",
+                "Pieces from other nodes that did not match the parent's piece table.",
+            )?,
+            peers_dropped: IntCounterVec::new(
+                Opts::new(
+                    "berth_fleet_peers_dropped_total",
+                    "Sources (other nodes) this node left mid-blob, by reason (bad_piece, stall, starved, closed, busy, unreachable).",
+                ),
+                &["reason"],
+            )?,
+        };
+        for s in BYTE_SOURCES {
+            m.bytes.with_label_values(&[s]);
+        }
+        for r in crate::swarm::tracker::Reason::ALL {
+            m.peers_dropped.with_label_values(&[r.as_str()]);
+        }
+        Ok(m)
+    }
+
+    fn register(&self, registry: &Registry) -> Result<(), prometheus::Error> {
+        registry.register(Box::new(self.bytes.clone()))?;
+        registry.register(Box::new(self.served.clone()))?;
+        registry.register(Box::new(self.pieces_rejected.clone()))?;
+        registry.register(Box::new(self.peers_dropped.clone()))
+    }
 }
 
 impl Fleet {
@@ -116,11 +182,27 @@ impl Fleet {
         for r in Refusal::ALL {
             auth_failures.with_label_values(&[r.as_str()]);
         }
+        let metrics = NodeMetrics::new().map_err(|e| e.to_string())?;
+        if cfg.is_node() {
+            metrics.register(registry).map_err(|e| e.to_string())?;
+        }
         Ok(Fleet {
             key: key(secret),
             node: cfg.is_node(),
             auth_failures,
+            metrics,
         })
+    }
+
+    /// A node's swarm counters.
+    pub fn metrics(&self) -> &NodeMetrics {
+        &self.metrics
+    }
+
+    /// The proof of an outgoing fleet request (`Authorization`), made now.
+    pub fn sign(&self, method: &str, path_and_query: &str) -> HeaderValue {
+        self.key
+            .sign(method, path_and_query, crate::cluster::auth::now())
     }
 
     /// Whether this berth is a node (else the parent).
@@ -210,8 +292,16 @@ mod tests {
         );
         let counted = |r: &str| parent.auth_failures.with_label_values(&[r]).get();
         assert_eq!((counted("bad_proof"), counted("missing")), (3, 1));
-        assert_eq!(registry.gather().len(), 1, "one family, registered");
-        let (node, _) = fleet(SECRET, Some("http://parent:5000"));
+        assert_eq!(
+            registry.gather().len(),
+            1,
+            "one family on a parent, registered"
+        );
+        let (node, registry) = fleet(SECRET, Some("http://parent:5000"));
         assert!(node.is_node());
+        assert_eq!(registry.gather().len(), 5, "a node's swarm counters too");
+        let mut h = HeaderMap::new();
+        h.insert(header::AUTHORIZATION, node.sign("GET", UPSTREAMS_PATH));
+        assert_eq!(parent.admit("GET", UPSTREAMS_PATH, &h), Ok(()));
     }
 }
