@@ -5,7 +5,7 @@
 //! same directory refuses to start, naming the holder; the parts hold it until the server is gone),
 //! then opens the store (unindexed: `server::Server::run` rebuilds the index once `/healthz`
 //! answers), the manifest cache and the origins, builds every upstream's client, the cluster view,
-//! the fleet's side (`[fleet]`), the bucket tier ([`bucket`], or one handed in), the mirror over
+//! the fleet's side (`[fleet]`, and on a node its swarm: `fill::swarm`), the bucket tier ([`bucket`], or one handed in), the mirror over
 //! them, the access checker (`[auth]`), the admin API (`[admin]`), the health state, every metric
 //! family on one `prometheus::Registry`, and the TLS acceptors of both listeners. It binds no
 //! socket and spawns no task: `server` takes the [`Parts`] and binds, accepts and drains.
@@ -15,7 +15,7 @@
 //!
 //! Rule of dependency: reads the whole `Config` and hands each room its own section (besides
 //! `main`, only `reload` also reads it whole, to compare); uses the rooms it builds (`access`,
-//! `http::admin`, `cluster`, `fleet`, `health`, `http` for the [`App`], `index` for the limits,
+//! `http::admin`, `cluster`, `fill::swarm`, `fleet`, `health`, `http` for the [`App`], `index` for the limits,
 //! `manifests`, `metrics`, `mirror`, `origins`, `reload`, `sdnotify`, `store`, `tier`, `tls`,
 //! `upstream`, `upstreams`); only `server` uses it (and names its [`StartError`] again as
 //! `server::StartError`), nothing it builds imports it.
@@ -155,6 +155,20 @@ impl Parts {
             .map(|c| Cluster::new(c, &prometheus).map(Arc::new))
             .transpose()
             .map_err(StartError::Cluster)?;
+        let fleet = cfg
+            .fleet
+            .as_ref()
+            .map(|f| crate::fleet::Fleet::new(f, &prometheus).map(Arc::new))
+            .transpose()
+            .map_err(StartError::Fleet)?;
+        let swarm = match (&cfg.fleet, &fleet) {
+            (Some(f), Some(fleet)) => {
+                crate::fill::swarm::Swarm::new(f, fleet.clone(), store.clone())
+                    .map_err(StartError::Fleet)?
+                    .map(Arc::new)
+            }
+            _ => None,
+        };
         let mirror = Arc::new(
             Mirror::new(
                 UpstreamSet::new(upstreams),
@@ -165,6 +179,7 @@ impl Parts {
             )
             .with_tier(tier.clone())
             .with_cluster(cluster.clone())
+            .with_swarm(swarm)
             .with_policies(crate::policy::Policies::new(&cfg.policies))
             .with_verdicts_in(root.join("policy")),
         );
@@ -190,10 +205,7 @@ impl Parts {
                 health: health.clone(),
             });
         }
-        if let Some(f) = &cfg.fleet {
-            let fleet = crate::fleet::Fleet::new(f, &prometheus).map_err(StartError::Fleet)?;
-            app.fleet = Some(Arc::new(fleet));
-        }
+        app.fleet = fleet;
         let app = Arc::new(app);
         // The admin API warms through `app`, in process (see `http::warm`).
         let admin = cfg.admin.token.clone().map(|token| {

@@ -44,13 +44,14 @@
 //! restarted while the parent is down still knows its upstreams and serves its disk. A first
 //! start with neither the parent nor a saved list fails, saying so: the orchestrator restarts it.
 //!
-//! What is read now and used later: `self`, the node set (`peers_dns`/`peers`) and
-//! `max_uploads` are checked at load, for the node-to-node sharing of blobs (module `swarm`),
-//! which is wired into the node's fills in a later step; until then a node's misses all go to its
-//! parent.
+//! A node's blob misses go to the swarm (`fill::swarm`, over the core in module `swarm`): the
+//! tracker on the parent names a source (another node, or the parent), and the node serves what
+//! it has verified to the nodes the tracker sends it (`GET /_berth/fleet/v1/blobs/<digest>`,
+//! `[fleet] max_uploads` at once); any failure of the swarm leaves the pull to the parent, as
+//! before. `self`, the node set (`peers_dns`/`peers`) and `max_uploads` serve that.
 //!
 //! # Trust
-//! Fleet requests (node to parent, later node to node) carry `Authorization: Berth-Fleet <ts>
+//! Fleet requests (node to parent, node to node) carry `Authorization: Berth-Fleet <ts>
 //! <hmac>`: the cluster's scheme (`cluster::auth`) with the domain string `berth-fleet-v1`, so a
 //! cluster proof is never a fleet proof, even over one secret. Paths under [`PREFIX`] without a
 //! valid proof get `401` and nothing else, counted in `berth_fleet_auth_failures_total{reason}`.

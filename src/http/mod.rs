@@ -24,7 +24,8 @@
 //! - `log`: the request line, written when the body ends or is dropped;
 //! - [`metrics`]: the metrics listener's router (`/metrics`, `/healthz`, `/admin`);
 //! - [`admin`]: the admin API's face (`/admin/...`, bearer token, JSON) over `admin`'s operations;
-//! - `fleet`: the fleet's routes (`/_berth/fleet/v1/`: the proof, the parent's upstream list);
+//! - `fleet`: the fleet's routes (`/_berth/fleet/v1/`: the proof, the parent's upstream list, a
+//!   node's blobs for other nodes);
 //! - `warm`: the admin API's warm, `warm`'s walk run through [`App`] in process (a request it
 //!   builds carries the `AdminWarm` marker, which admits it as `Principal::Admin`).
 //!
@@ -240,7 +241,7 @@ impl App {
             && req.uri().path().starts_with(crate::fleet::PREFIX)
         {
             log.kind = FLEET_KIND;
-            return self.fleet_answer(fleet, req, log);
+            return self.fleet_answer(fleet, req, log).await;
         }
         // One snapshot of the upstream set routes this request (a reload swaps it whole).
         let upstreams = self.mirror.upstreams();

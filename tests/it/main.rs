@@ -27,6 +27,7 @@ mod enospc;
 mod evict;
 mod fleet;
 mod fleet_bed;
+mod fleet_swarm;
 mod house;
 mod idle;
 mod isolation;
