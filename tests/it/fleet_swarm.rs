@@ -9,8 +9,9 @@
 //! Covered: a node serves a committed blob and one whose fill is running (fleet-signed; 401
 //! without the proof; manifests 404; 429 at `max_uploads`); three nodes pull one blob at once
 //! with at most two copies out of the parent; a lying peer is dropped at its first bad piece and
-//! the pull completes; a tracker that answers 500 or garbage, or a piece table that never comes,
-//! leaves the pull to the parent.
+//! the pull completes; a peer serves only a blob the parent lets the repository have; a
+//! tracker that answers 500 or garbage, a piece table that never comes, or a dead peer leaves
+//! the pull to the parent; a parent that fails the swarm's tries leaves it to the fill's resume.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -86,6 +87,14 @@ struct State {
     gate: Mutex<Option<(u64, watch::Receiver<bool>)>>,
     /// A pause between 64 KiB chunks of a blob body (a link's pace, so pulls overlap).
     pace: Duration,
+    /// Blob requests under this repository are answered 404 (the parent refuses it).
+    denied: Mutex<Option<String>>,
+    /// The next blob body breaks off at this offset (once).
+    cut: Mutex<Option<u64>>,
+    /// The next this many blob GETs with `Range` are answered 503.
+    refuse: AtomicU64,
+    /// Blob GETs answered.
+    gets: AtomicU64,
 }
 
 struct Parent {
@@ -107,6 +116,10 @@ impl Parent {
             swarm_calls: AtomicU64::new(0),
             gate: Mutex::new(None),
             pace,
+            denied: Mutex::new(None),
+            cut: Mutex::new(None),
+            refuse: AtomicU64::new(0),
+            gets: AtomicU64::new(0),
         });
         let st = state.clone();
         tokio::spawn(async move {
@@ -202,13 +215,23 @@ async fn answer(st: Arc<State>, req: Request<Incoming>) -> Response<Body> {
         let from = pieces_from(req.uri().query()).unwrap();
         return Response::new(full(Pieces::of(&table(&bytes), from).encode()));
     }
-    let Some((_, d)) = path.rsplit_once("/blobs/") else {
+    let Some((repo, d)) = path.rsplit_once("/blobs/") else {
         return status(StatusCode::NOT_FOUND);
     };
     let Some(bytes) = st.blobs.lock().unwrap().get(d).cloned() else {
         return status(StatusCode::NOT_FOUND);
     };
+    if st.denied.lock().unwrap().as_deref() == repo.strip_prefix("/v2/") {
+        return status(StatusCode::NOT_FOUND);
+    }
     let size = bytes.len() as u64;
+    if req.method() == Method::HEAD {
+        let mut r = status(StatusCode::OK);
+        r.headers_mut()
+            .insert(header::CONTENT_LENGTH, HeaderValue::from(size));
+        return r;
+    }
+    st.gets.fetch_add(1, Ordering::SeqCst);
     let from = req.headers().get(header::RANGE).and_then(|v| {
         v.to_str()
             .ok()?
@@ -217,7 +240,16 @@ async fn answer(st: Arc<State>, req: Request<Incoming>) -> Response<Body> {
             .parse()
             .ok()
     });
+    if from.is_some()
+        && st
+            .refuse
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+    {
+        return status(StatusCode::SERVICE_UNAVAILABLE);
+    }
     let start = from.unwrap_or(0);
+    let cut = st.cut.lock().unwrap().take();
     let gate = st.gate.lock().unwrap().clone();
     let pace = st.pace;
     let state = st.clone();
@@ -236,7 +268,15 @@ async fn answer(st: Arc<State>, req: Request<Incoming>) -> Response<Body> {
             if !pace.is_zero() {
                 tokio::time::sleep(pace).await;
             }
+            if cut.is_some_and(|c| pos >= c) {
+                return Some((Err(std::io::Error::other("cut")), size));
+            }
             let mut end = (pos + 64 * 1024).min(size);
+            if let Some(c) = cut
+                && pos < c
+            {
+                end = end.min(c);
+            }
             if let Some((at, _)) = &gate
                 && pos < *at
             {
@@ -446,6 +486,11 @@ async fn a_node_serves_committed_and_running_blobs_to_other_nodes() {
             assert!(got.is_empty());
             continue;
         }
+        if resp.status() == StatusCode::TOO_MANY_REQUESTS {
+            // The body held below is not seen gone yet.
+            assert!(opened);
+            continue;
+        }
         assert_eq!(resp.status(), StatusCode::PARTIAL_CONTENT);
         let mut body = resp.into_body();
         while let Some(frame) = body.frame().await {
@@ -453,6 +498,15 @@ async fn a_node_serves_committed_and_running_blobs_to_other_nodes() {
             assert!(opened || got.len() <= 2 * MIB, "past what the fill has");
         }
         if got.len() == 2 * MIB && !opened {
+            // At max_uploads (1): while one body is open (it cannot end before its tick: the
+            // fill waits at the gate), a second is refused.
+            let mut held = fleet_get(node, &g, Some(0)).await.into_body();
+            held.frame().await.unwrap().unwrap();
+            assert_eq!(
+                fleet_get(node, &d, None).await.status(),
+                StatusCode::TOO_MANY_REQUESTS
+            );
+            drop(held);
             opened = true;
             open.send_replace(true);
         }
@@ -460,14 +514,6 @@ async fn a_node_serves_committed_and_running_blobs_to_other_nodes() {
     same(&Bytes::from(got), &growing);
     same(&client.await.unwrap(), &growing);
 
-    // At max_uploads (1): a second body is refused while the first is open.
-    let mut first = fleet_get(node, &d, None).await.into_body();
-    first.frame().await.unwrap().unwrap();
-    assert_eq!(
-        fleet_get(node, &d, None).await.status(),
-        StatusCode::TOO_MANY_REQUESTS
-    );
-    drop(first);
     let freed = eventually(|| async {
         fleet_get(node, &d, Some(layer.len() as u64 - 1))
             .await
@@ -681,4 +727,88 @@ async fn a_broken_tracker_or_table_leaves_the_pull_to_the_parent() {
         "the parent never sent the rest"
     );
     assert_eq!(node.counter("berth_fleet_pieces_rejected_total").await, 0);
+}
+
+/// The tracker names a peer that holds the blob, but the parent refuses the repository the
+/// client asked under: the node answers 404 and never asks the peer. Under a repository the
+/// parent serves, every byte comes from the peer (the parent answers a HEAD, sends nothing).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_serves_only_a_blob_the_parent_lets_the_repository_have() {
+    let parent = Parent::start(Duration::ZERO).await;
+    let layer = random_bytes(2 * MIB + 9, 8);
+    let d = parent.put(&layer);
+    let digest: Digest = d.parse().unwrap();
+    let mut bound = listeners(2);
+    let (peer_listener, peer) = bound.pop().unwrap();
+    let asked = fake_node(peer_listener, &digest, layer.clone()).await;
+    let f = fleet(&parent, bound, std::slice::from_ref(&peer), 4).await;
+    {
+        let nodes = parent.state.nodes.lock().unwrap().clone();
+        let mut t = parent.state.tracker.lock().unwrap();
+        t.hold(&digest, &peer, layer.len() as u64, &nodes, Instant::now())
+            .unwrap();
+    }
+    *parent.state.denied.lock().unwrap() = Some("library/secret".into());
+    let node = &f.nodes[0];
+    let got = node.get(&format!("/v2/secret/blobs/{d}")).await;
+    assert_eq!(got.status, StatusCode::NOT_FOUND);
+    assert_eq!(got.code(), "BLOB_UNKNOWN");
+    assert_eq!(asked.load(Ordering::SeqCst), 0, "the peer was asked");
+    assert!(!node.blob_file(&d).exists());
+
+    same(node.get(&blob_path(&d)).await.bytes(), &layer);
+    assert!(asked.load(Ordering::SeqCst) >= 1);
+    assert_eq!(parent.sent(), 0, "the parent sent blob bytes");
+    assert_eq!(
+        node.counter("berth_fleet_bytes_total{source=\"peer\"}")
+            .await,
+        layer.len() as u64
+    );
+}
+
+/// The parent's body breaks off mid-blob and its next answers are refusals: the swarm's tries
+/// run out, its body breaks, and the fill resumes from the parent with `Range` as it resumes
+/// any body, completing the blob; a dead peer named by the tracker is dropped as unreachable
+/// and the pull goes to the parent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parent_failing_the_swarm_leaves_the_pull_to_the_fill_resume() {
+    let parent = Parent::start(Duration::ZERO).await;
+    let mut bound = listeners(2);
+    let (dead_listener, dead) = bound.pop().unwrap();
+    drop(dead_listener);
+    let f = fleet(&parent, bound, std::slice::from_ref(&dead), 4).await;
+    let node = &f.nodes[0];
+
+    let layer = random_bytes(3 * MIB + 1, 9);
+    let d = parent.put(&layer);
+    *parent.state.cut.lock().unwrap() = Some(MIB as u64);
+    // The swarm's two more tries of the parent (the break was its first failure), each sent
+    // three times by the upstream client (`retries` = 2).
+    parent.state.refuse.store(6, Ordering::SeqCst);
+    same(node.get(&blob_path(&d)).await.bytes(), &layer);
+    assert_eq!(parent.state.refuse.load(Ordering::SeqCst), 0);
+    assert_eq!(
+        parent.state.gets.load(Ordering::SeqCst),
+        8,
+        "the first body, six refused tries, the fill's resume"
+    );
+    assert_eq!(node.counter("outcome=\"partial\"").await, 1);
+    node.settled().await;
+    assert_eq!(std::fs::read(node.blob_file(&d)).unwrap(), layer);
+
+    let layer = random_bytes(MIB + 3, 10);
+    let d = parent.put(&layer);
+    let digest: Digest = d.parse().unwrap();
+    {
+        let nodes = parent.state.nodes.lock().unwrap().clone();
+        let mut t = parent.state.tracker.lock().unwrap();
+        t.hold(&digest, &dead, layer.len() as u64, &nodes, Instant::now())
+            .unwrap();
+    }
+    same(node.get(&blob_path(&d)).await.bytes(), &layer);
+    assert_eq!(
+        node.counter("berth_fleet_peers_dropped_total{reason=\"unreachable\"}")
+            .await,
+        1
+    );
 }

@@ -5,7 +5,11 @@
 //! [`Swarm::open`] is the fill's source on a node (the job asks it after the bucket and the
 //! cluster's owner, before the upstream). It asks the tracker on the parent for a source
 //! (`POST /_berth/fleet/v1/swarm/<digest>`, a [`SwarmRequest`], answered a [`SwarmAnswer`] whose
-//! size and piece size the fill takes as the blob's), then spawns a driver that runs a
+//! size and piece size the fill takes as the blob's), and the parent's ordinary blob route,
+//! with `HEAD`, whether this upstream and repository may have the blob (the tracker answers
+//! for a digest, whoever asks: without this, a client that knows a digest could get from peers
+//! what the parent's access policy or origin check refuses it; a refusal or another size, and
+//! the fill asks the parent itself, as any miss). Then it spawns a driver that runs a
 //! [`Transfer`] as `tests/it/swarm.rs`'s `pull` does:
 //! - `AskTracker`/`Report`: the same route, with the node's frontier and the source it dropped;
 //! - `NeedHashes`: `GET /_berth/fleet/v1/pieces/<digest>?from=K` (404: not yet, asked again a
@@ -236,6 +240,22 @@ impl Swarm {
                 }
             }
         };
+        if early.is_none() {
+            // The tracker answers for a digest, whoever asks; whether this upstream and
+            // repository may have it is the parent's to say (its access policy, its origin
+            // check), as it would for an ordinary miss. A refusal, or another size: the fill
+            // asks the parent itself and gets its answer.
+            let head = up
+                .send(blob_request(Method::HEAD, name, digest))
+                .await
+                .ok()?
+                .error_for_status(NotFoundKind::Blob)
+                .await
+                .ok()?;
+            if content_length(&head.headers) != Some(layout.size()) {
+                return None;
+            }
+        }
         let now = Instant::now();
         let (mut t, _) = Transfer::start(layout.size(), now);
         let actions = match first {
@@ -759,6 +779,35 @@ mod tests {
 
     fn flat(b: impl IntoIterator<Item = Bytes>) -> Vec<u8> {
         b.into_iter().flat_map(|c| c.to_vec()).collect()
+    }
+
+    fn dns(name: &str) -> Members {
+        Members::Dns {
+            name: name.into(),
+            scheme: "http".into(),
+            port: 5000,
+            cached: Mutex::new(None),
+        }
+    }
+
+    /// `peers_dns`: every address of the name, on the port and scheme of `self`; a lookup that
+    /// fails keeps the last set (none yet: empty, and the tracker's answers naming nodes are
+    /// refused, so the pull goes to the parent).
+    #[tokio::test]
+    async fn a_dns_node_set_is_every_address_on_the_port_of_self() {
+        let m = dns("localhost");
+        let n = m.current().await;
+        assert!(
+            n.contains(&"http://127.0.0.1:5000".parse().unwrap()),
+            "{n:?}"
+        );
+        assert!(n.iter().all(|u| u.as_str().ends_with(":5000")), "{n:?}");
+        let bad = dns("no-such-node.invalid");
+        assert!(bad.current().await.is_empty());
+        if let Members::Dns { cached, .. } = &bad {
+            *cached.lock().unwrap() = Some((Instant::now() - MEMBERS_TTL, n.clone()));
+        }
+        assert_eq!(bad.current().await, n, "the last set is kept");
     }
 
     #[test]
