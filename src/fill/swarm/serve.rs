@@ -139,3 +139,60 @@ fn follow(mut fill: watch::Receiver<FillState>) -> Option<Outgoing> {
         frontier: rx,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::Error;
+    use crate::store::{BlobFile, Progress};
+
+    fn writing(file: &Arc<std::fs::File>, written: u64, total: Option<u64>) -> FillState {
+        FillState::Writing(Progress {
+            file: file.clone(),
+            written,
+            received: written,
+            total,
+            spool: Arc::default(),
+            pass_through: false,
+            verified: false,
+            maps: None,
+        })
+    }
+
+    /// A running fill is served up to what it has written, following it; its failure drops the
+    /// frontier's sender (the bodies served break); a verified one is served whole; one not
+    /// begun, failed, or of unknown size is not served.
+    #[tokio::test]
+    async fn a_running_fill_is_followed_until_it_ends() {
+        let file = Arc::new(tempfile::tempfile().unwrap());
+        let (tx, rx) = watch::channel(writing(&file, 10, Some(100)));
+        let mut out = follow(rx).unwrap();
+        assert_eq!((out.size, *out.frontier.borrow_and_update()), (100, 10));
+        tx.send_replace(writing(&file, 40, Some(100)));
+        out.frontier.changed().await.unwrap();
+        assert_eq!(*out.frontier.borrow_and_update(), 40);
+        tx.send_replace(FillState::Failed(Error::internal("gone")));
+        assert!(
+            out.frontier.changed().await.is_err(),
+            "a failed fill gives up"
+        );
+
+        let (tx, rx) = watch::channel(writing(&file, 0, Some(100)));
+        let mut out = follow(rx).unwrap();
+        let blob = BlobFile {
+            file: file.clone(),
+            len: 100,
+            lease: None,
+            maps: None,
+        };
+        tx.send_replace(FillState::Verified(blob.clone()));
+        out.frontier.changed().await.unwrap();
+        assert_eq!(*out.frontier.borrow_and_update(), 100);
+        let whole = follow(watch::channel(FillState::Committed(blob)).1).unwrap();
+        assert_eq!((whole.size, *whole.frontier.borrow()), (100, 100));
+
+        assert!(follow(watch::channel(FillState::Pending).1).is_none());
+        assert!(follow(watch::channel(FillState::Failed(Error::internal("x"))).1).is_none());
+        assert!(follow(watch::channel(writing(&file, 5, None)).1).is_none());
+    }
+}
