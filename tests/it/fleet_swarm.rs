@@ -729,6 +729,25 @@ async fn a_broken_tracker_or_table_leaves_the_pull_to_the_parent() {
     assert_eq!(node.counter("berth_fleet_pieces_rejected_total").await, 0);
 }
 
+/// An empty blob comes through the swarm like any other (its end completes it).
+#[tokio::test]
+async fn an_empty_blob_completes() {
+    let parent = Parent::start(Duration::ZERO).await;
+    let f = fleet(&parent, listeners(1), &[], 4).await;
+    let empty = Bytes::new();
+    let d = parent.put(&empty);
+    let node = &f.nodes[0];
+    let got = node.get(&blob_path(&d)).await;
+    assert_eq!(got.status, StatusCode::OK);
+    assert!(got.bytes().is_empty());
+    node.settled().await;
+    assert_eq!(std::fs::read(node.blob_file(&d)).unwrap(), b"");
+    assert!(
+        parent.state.swarm_calls.load(Ordering::SeqCst) >= 2,
+        "join, then complete"
+    );
+}
+
 /// The tracker names a peer that holds the blob, but the parent refuses the repository the
 /// client asked under: the node answers 404 and never asks the peer. Under a repository the
 /// parent serves, every byte comes from the peer (the parent answers a HEAD, sends nothing).
