@@ -5,19 +5,20 @@
 //! same directory refuses to start, naming the holder; the parts hold it until the server is gone),
 //! then opens the store (unindexed: `server::Server::run` rebuilds the index once `/healthz`
 //! answers), the manifest cache and the origins, builds every upstream's client, the cluster view,
-//! the fleet's side (`[fleet]`, and on a node its swarm: `fill::swarm`), the bucket tier ([`bucket`], or one handed in), the mirror over
-//! them, the access checker (`[auth]`), the admin API (`[admin]`), the health state, every metric
-//! family on one `prometheus::Registry`, and the TLS acceptors of both listeners. It binds no
-//! socket and spawns no task: `server` takes the [`Parts`] and binds, accepts and drains.
+//! the fleet's side (`[fleet]`, and on a node its swarm: `fill::swarm`), the bucket tier
+//! ([`bucket`], or one handed in), the mirror over them, the access checker (`[auth]`), the admin
+//! API (`[admin]`), the health state, every metric family on one `prometheus::Registry`, and the
+//! TLS acceptors of both listeners. It binds no socket and spawns no task: `server` takes the
+//! [`Parts`] and binds, accepts and drains.
 //! [`Parts::reloader`] hands the same parts to the [`Reloader`] that applies later configurations.
 //! A fleet node's upstreams come from its parent: [`effective`] asks for them before the build
 //! (async, so `server` calls it first).
 //!
 //! Rule of dependency: reads the whole `Config` and hands each room its own section (besides
 //! `main`, only `reload` also reads it whole, to compare); uses the rooms it builds (`access`,
-//! `http::admin`, `cluster`, `fill::swarm`, `fleet`, `health`, `http` for the [`App`], `index` for the limits,
-//! `manifests`, `metrics`, `mirror`, `origins`, `reload`, `sdnotify`, `store`, `tier`, `tls`,
-//! `upstream`, `upstreams`); only `server` uses it (and names its [`StartError`] again as
+//! `http::admin`, `cluster`, `fill::swarm`, `fleet`, `health`, `http` for the [`App`], `index` for
+//! the limits, `manifests`, `metrics`, `mirror`, `origins`, `reload`, `sdnotify`, `store`, `tier`,
+//! `tls`, `upstream`, `upstreams`); only `server` uses it (and names its [`StartError`] again as
 //! `server::StartError`), nothing it builds imports it.
 
 use std::net::SocketAddr;

@@ -1,8 +1,8 @@
 //! The bodies a fill reads, one kind per source: the bucket's object, the digest owner's answer
-//! (`[cluster]`), a fleet node's swarm, or the upstream's; each read with a stall timeout, a failure told as the
-//! source's own. Which source a fill uses is decided by the job ([`super::job`]); whatever the
-//! source, the bytes go through the same pending file and digest check there, and a body that
-//! breaks off is resumed from the upstream.
+//! (`[cluster]`), a fleet node's swarm, or the upstream's; each read with a stall timeout (the
+//! swarm's driver keeps its own), a failure told as the source's own. Which source a fill uses is
+//! decided by the job ([`super::job`]); whatever the source, the bytes go through the same
+//! pending file and digest check there, and a body that breaks off is resumed from the upstream.
 //!
 //! Rule of dependency: uses `store` (the bucket's body type), `tier` (to report a failing
 //! bucket), `upstream`, `error`, its sibling `swarm` (the swarm's body); `job` uses it, and it
