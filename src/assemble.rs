@@ -5,20 +5,21 @@
 //! same directory refuses to start, naming the holder; the parts hold it until the server is gone),
 //! then opens the store (unindexed: `server::Server::run` rebuilds the index once `/healthz`
 //! answers), the manifest cache and the origins, builds every upstream's client, the cluster view,
-//! the fleet's side (`[fleet]`; on a parent, its tracker and piece tables over the
-//! mirror, read as a client would), the bucket tier ([`bucket`], or one handed in), the mirror over
-//! them, the access checker (`[auth]`), the admin API (`[admin]`), the health state, every metric
-//! family on one `prometheus::Registry`, and the TLS acceptors of both listeners. It binds no
-//! socket and spawns no task: `server` takes the [`Parts`] and binds, accepts and drains.
+//! the fleet's side (`[fleet]`: on a parent, its tracker and piece tables over the mirror, read
+//! as a client would; on a node, its swarm, `fill::swarm`), the bucket tier ([`bucket`], or one
+//! handed in), the mirror over them, the access checker (`[auth]`), the admin API (`[admin]`), the
+//! health state, every metric family on one `prometheus::Registry`, and the TLS acceptors of both
+//! listeners. It binds no socket and spawns no task: `server` takes the [`Parts`] and binds,
+//! accepts and drains.
 //! [`Parts::reloader`] hands the same parts to the [`Reloader`] that applies later configurations.
 //! A fleet node's upstreams come from its parent: [`effective`] asks for them before the build
 //! (async, so `server` calls it first).
 //!
 //! Rule of dependency: reads the whole `Config` and hands each room its own section (besides
 //! `main`, only `reload` also reads it whole, to compare); uses the rooms it builds (`access`,
-//! `http::admin`, `cluster`, `fleet`, `health`, `http` for the [`App`], `index` for the limits,
-//! `manifests`, `metrics`, `mirror`, `origins`, `reload`, `sdnotify`, `store`, `tier`, `tls`,
-//! `upstream`, `upstreams`); only `server` uses it (and names its [`StartError`] again as
+//! `http::admin`, `cluster`, `fill::swarm`, `fleet`, `health`, `http` for the [`App`], `index` for
+//! the limits, `manifests`, `metrics`, `mirror`, `origins`, `reload`, `sdnotify`, `store`, `tier`,
+//! `tls`, `upstream`, `upstreams`); only `server` uses it (and names its [`StartError`] again as
 //! `server::StartError`), nothing it builds imports it.
 
 use std::net::SocketAddr;
@@ -158,6 +159,26 @@ impl Parts {
             .map(|c| Cluster::new(c, &prometheus).map(Arc::new))
             .transpose()
             .map_err(StartError::Cluster)?;
+        let fleet = cfg
+            .fleet
+            .as_ref()
+            .map(|f| crate::fleet::Fleet::new(f, &prometheus))
+            .transpose()
+            .map_err(StartError::Fleet)?;
+        // A node's swarm shares its fleet now; a parent's fleet gets its tracker and piece tables
+        // over the mirror, once that is built.
+        let (node_fleet, parent_fleet) = match fleet {
+            Some(f) if f.is_node() => (Some(Arc::new(f)), None),
+            other => (None, other),
+        };
+        let swarm = match (&cfg.fleet, &node_fleet) {
+            (Some(f), Some(fleet)) => {
+                crate::fill::swarm::Swarm::new(f, fleet.clone(), store.clone())
+                    .map_err(StartError::Fleet)?
+                    .map(Arc::new)
+            }
+            _ => None,
+        };
         let mirror = Arc::new(
             Mirror::new(
                 UpstreamSet::new(upstreams),
@@ -168,6 +189,7 @@ impl Parts {
             )
             .with_tier(tier.clone())
             .with_cluster(cluster.clone())
+            .with_swarm(swarm)
             .with_policies(crate::policy::Policies::new(&cfg.policies))
             .with_verdicts_in(root.join("policy")),
         );
@@ -193,16 +215,15 @@ impl Parts {
                 health: health.clone(),
             });
         }
-        if let Some(f) = &cfg.fleet {
-            let mut fleet = crate::fleet::Fleet::new(f, &prometheus).map_err(StartError::Fleet)?;
-            if !f.is_node() {
+        app.fleet = match parent_fleet {
+            Some(fleet) => {
                 let blobs = Arc::new(MirrorBlobs(app.mirror.clone()));
                 let parent = crate::fleet::parent::Parent::new(blobs, &prometheus)
                     .map_err(StartError::Fleet)?;
-                fleet = fleet.with_parent(parent);
+                Some(Arc::new(fleet.with_parent(parent)))
             }
-            app.fleet = Some(Arc::new(fleet));
-        }
+            None => node_fleet,
+        };
         let app = Arc::new(app);
         // The admin API warms through `app`, in process (see `http::warm`).
         let admin = cfg.admin.token.clone().map(|token| {

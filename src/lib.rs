@@ -43,15 +43,17 @@
 //!   before a manifest is answered), `range`, `target` (the request's meaning, built by
 //!   `http::route`), `bucket` (the manifest side of the bucket tier).
 //! - [`fill`]: which running blob download a request may share; `fill/job` the fill task and the
-//!   source it reads (bucket, the owner peer, upstream), resume, pass-through on a full disk,
-//!   commit, upload; `fill/source` the bodies with their stall timeouts.
+//!   source it reads (bucket, the owner peer, a fleet node's swarm, upstream), resume,
+//!   pass-through on a full disk, commit, upload; `fill/source` the bodies with their stall
+//!   timeouts; `fill/swarm` a fleet node's fills from the swarm (the driver of `swarm::select`,
+//!   verified bytes only) and its serving of other nodes.
 //! - [`cluster`]: replicas (`[cluster]`): the owner of each digest by rendezvous hashing over the
 //!   live peers, peer health probes, and the signed peer protocol under `/_berth/peer/v1/`.
 //! - [`fleet`]: node mode (`[fleet]`): a berth on every node whose upstreams are its parent's
 //!   (`listing`, asked for by `node` at start and on reload, kept on disk), the fleet proof and
 //!   its routes under `/_berth/fleet/v1/`; on the parent, the swarm's tracker (`parent`) and
 //!   piece tables (`tables`).
-//! - [`swarm`]: nodes sharing blobs (pure, wired into node mode next): `pieces` (piece size,
+//! - [`swarm`]: nodes sharing blobs (pure; `fill/swarm` drives it on a node): `pieces` (piece size,
 //!   table, incremental hasher), `tracker` (each digest's swarm on its owner: who feeds whom),
 //!   `select` (one node's transfer as a state machine), `directory` (holders found without the
 //!   parent), `protocol` (the strict JSON bodies, fuzzed), `transfer` (serving and fetching

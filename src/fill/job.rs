@@ -22,13 +22,15 @@
 //! eviction makes room), and the fill leaves the `fills` map at once, so that the next request
 //! for the digest starts a fresh fill that may find room again.
 //!
-//! Its source is chosen here (`bucket_source`, `peer_source`, else the upstream): the bucket when
-//! it has the blob and may answer it through the fill's upstream ([`check`]), then the digest's
-//! owner among the replicas (`[cluster]`), then the upstream.
+//! Its source is chosen here (`bucket_source`, `peer_source`, `swarm_source`, else the upstream):
+//! the bucket when it has the blob and may answer it through the fill's upstream ([`check`]),
+//! then the digest's owner among the replicas (`[cluster]`), then on a fleet node the swarm
+//! (verified bytes only, see `fill::swarm`), then the upstream.
 //!
 //! Rule of dependency: uses `store`, `tier`, `cluster`, `upstream`, `origins` (the records and
-//! [`check`]), `metrics`, `error`, `oci`, its parent's `Fills` and its sibling `source` (the
-//! bodies, which import nothing of this file); the mirror builds and spawns it.
+//! [`check`]), `metrics`, `error`, `oci`, its parent's `Fills` and its siblings `source` (the
+//! bodies) and `swarm` (a node's swarm), which import nothing of this file; the mirror builds and
+//! spawns it.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -90,6 +92,8 @@ pub(crate) struct FillJob {
     pub(crate) cluster: Option<Arc<Cluster>>,
     /// Where this fill's bytes come from, told to the requests sharing it.
     pub(crate) source: FillSource,
+    /// A fleet node's swarm (`[fleet] parent`): the source before the upstream.
+    pub(crate) swarm: Option<Arc<super::swarm::Swarm>>,
 }
 
 impl Drop for FillJob {
@@ -172,15 +176,18 @@ impl FillJob {
                     let body = resp.into_body();
                     (Body::Peer { body, stall }, total, "peer")
                 }
-                None => {
-                    let resp: UpstreamResponse = self
-                        .up
-                        .send(blob_request(Method::GET, &self.name, &self.digest))
-                        .await?;
-                    let resp = resp.error_for_status(NotFoundKind::Blob).await?;
-                    let total = content_length(&resp.headers);
-                    (Body::Upstream(resp), total, "upstream")
-                }
+                None => match self.swarm_source().await {
+                    Some((body, total)) => (Body::Swarm(body), Some(total), "swarm"),
+                    None => {
+                        let resp: UpstreamResponse = self
+                            .up
+                            .send(blob_request(Method::GET, &self.name, &self.digest))
+                            .await?;
+                        let resp = resp.error_for_status(NotFoundKind::Blob).await?;
+                        let total = content_length(&resp.headers);
+                        (Body::Upstream(resp), total, "upstream")
+                    }
+                },
             },
         };
         let _ = self.source.set(from);
@@ -478,6 +485,14 @@ impl FillJob {
             .lookup("get", bucket.get_blob(&self.digest, None))
             .await
             .flatten())
+    }
+
+    /// The swarm's verified bytes and the blob's size, on a fleet node ([`super::swarm`]).
+    async fn swarm_source(&self) -> Option<(super::swarm::SwarmBody, u64)> {
+        let swarm = self.swarm.as_ref()?;
+        swarm
+            .open(&self.up, &self.name, &self.digest, &self.this_fill)
+            .await
     }
 
     /// The digest owner's answer, when this fill hands its miss to a peer ([`Cluster::from_owner`]).

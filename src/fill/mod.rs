@@ -1,6 +1,7 @@
 //! Blob fills: which running download a request may share (here: single-flight), the fill task
 //! that picks its source and streams it into the store while verifying it ([`job`]), and the
-//! bodies it reads ([`source`]: bucket, owner peer or upstream).
+//! bodies it reads ([`source`]: bucket, owner peer, a fleet node's swarm ([`swarm`]) or
+//! upstream).
 //!
 //! # Sharing
 //!
@@ -26,7 +27,9 @@
 //! Rule of dependency: this file uses `store` (the fill states) and `oci` and knows nothing of
 //! upstreams; `job` uses `store`, `tier`, `cluster`, `upstream`, `origins` (the records, and the
 //! origin check it shares with the mirror), `metrics`, `error`, `oci` and `source`; `source` uses
-//! `store`, `tier`, `upstream`, `error` and nothing of `job`. The mirror decides when to fill,
+//! `store`, `tier`, `upstream`, `error`, `swarm` and nothing of `job`; `swarm` (a fleet node's
+//! fills from the swarm, and its serving of other nodes) uses `swarm` (the core), `fleet`,
+//! `config`, `store`, `upstream`, `oci`, `error`. The mirror decides when to fill,
 //! builds the job and spawns it; nothing here imports the mirror or `http`.
 
 use std::collections::HashMap;
@@ -36,6 +39,7 @@ use tokio::sync::watch;
 
 pub mod job;
 pub mod source;
+pub mod swarm;
 
 use crate::oci::{Digest, RepoName};
 use crate::store::FillState;

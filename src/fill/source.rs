@@ -1,11 +1,12 @@
 //! The bodies a fill reads, one kind per source: the bucket's object, the digest owner's answer
-//! (`[cluster]`), or the upstream's; each read with a stall timeout, a failure told as the
-//! source's own. Which source a fill uses is decided by the job ([`super::job`]); whatever the
-//! source, the bytes go through the same pending file and digest check there, and a body that
-//! breaks off is resumed from the upstream.
+//! (`[cluster]`), a fleet node's swarm, or the upstream's; each read with a stall timeout (the
+//! swarm's driver keeps its own), a failure told as the source's own. Which source a fill uses is
+//! decided by the job ([`super::job`]); whatever the source, the bytes go through the same
+//! pending file and digest check there, and a body that breaks off is resumed from the upstream.
 //!
 //! Rule of dependency: uses `store` (the bucket's body type), `tier` (to report a failing
-//! bucket), `upstream`, `error`; `job` uses it, and it imports nothing of `job`.
+//! bucket), `upstream`, `error`, its sibling `swarm` (the swarm's body); `job` uses it, and it
+//! imports nothing of `job`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,6 +31,9 @@ pub(crate) enum Body {
         body: hyper::body::Incoming,
         stall: Duration,
     },
+    /// A fleet node's fill from the swarm ([`super::swarm`]): verified bytes only; a break is
+    /// resumed from the upstream (the parent) too.
+    Swarm(super::swarm::SwarmBody),
 }
 
 impl Body {
@@ -66,6 +70,7 @@ impl Body {
                 };
                 return Err(Error::upstream_unavailable("peer", e));
             },
+            Body::Swarm(body) => body.next_chunk().await,
         }
     }
 }

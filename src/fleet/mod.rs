@@ -49,13 +49,14 @@
 //! restarted while the parent is down still knows its upstreams and serves its disk. A first
 //! start with neither the parent nor a saved list fails, saying so: the orchestrator restarts it.
 //!
-//! What is read now and used later: on a node, `self`, the node set (`peers_dns`/`peers`) and
-//! `max_uploads` are checked at load, for the node-to-node sharing of blobs (module `swarm`),
-//! which is wired into the node's fills in a later step; until then a node's misses all go to its
-//! parent.
+//! A node's blob misses go to the swarm (`fill::swarm`, over the core in module `swarm`): the
+//! tracker on the parent names a source (another node, or the parent), and the node serves what
+//! it has verified to the nodes the tracker sends it (`GET /_berth/fleet/v1/blobs/<digest>`,
+//! `[fleet] max_uploads` at once); any failure of the swarm leaves the pull to the parent, as
+//! before. `self`, the node set (`peers_dns`/`peers`) and `max_uploads` serve that.
 //!
 //! # Trust
-//! Fleet requests (node to parent, later node to node) carry `Authorization: Berth-Fleet <ts>
+//! Fleet requests (node to parent, node to node) carry `Authorization: Berth-Fleet <ts>
 //! <hmac>`: the cluster's scheme (`cluster::auth`) with the domain string `berth-fleet-v1`, so a
 //! cluster proof is never a fleet proof, even over one secret. Paths under [`PREFIX`] without a
 //! valid proof get `401` and nothing else, counted in `berth_fleet_auth_failures_total{reason}`.
@@ -67,17 +68,18 @@
 //! Rule of dependency: uses `config` (its table, the upstream checks), `cluster::auth` (the HMAC
 //! scheme) and `cluster::admit` (its counted check), `upstream::connect` (the HTTP client
 //! builder), `swarm` (the tracker, the piece tables and the protocol's bodies, in [`parent`] and
-//! [`tables`]); `assemble` builds it (and hands the parent the mirror as a [`tables::Blobs`]),
-//! `reload` asks [`node`] again, `http` answers the fleet routes with it. It never calls the
-//! mirror, the fill or the store.
+//! [`tables`]; the drop reasons, as metric labels); `assemble` builds it (and hands the parent the
+//! mirror as a [`tables::Blobs`]), `reload` asks [`node`] again, `http` answers the fleet routes
+//! with it, `fill::swarm` (a node's fills from the swarm) signs with it and counts in its
+//! [`NodeMetrics`]. It never calls the mirror, the fill or the store.
 
 pub mod listing;
 pub mod node;
 pub mod parent;
 pub mod tables;
 
-use http::HeaderMap;
-use prometheus::{IntCounterVec, Opts, Registry};
+use http::{HeaderMap, HeaderValue};
+use prometheus::{IntCounter, IntCounterVec, Opts, Registry};
 
 use crate::cluster::auth::{PeerKey, Refusal};
 use crate::config::{FleetConfig, Secret};
@@ -122,6 +124,66 @@ pub struct Fleet {
     parent: Option<parent::Parent>,
     /// `berth_fleet_auth_failures_total{reason}`: fleet requests refused with 401.
     auth_failures: IntCounterVec,
+    metrics: NodeMetrics,
+}
+
+/// A node's swarm counters (registered on a node only; a parent keeps unregistered ones).
+#[derive(Clone)]
+pub struct NodeMetrics {
+    /// `berth_fleet_bytes_total{source}`: bytes this node's fills got, from the parent or a peer.
+    pub bytes: IntCounterVec,
+    /// `berth_fleet_served_bytes_total`: bytes this node sent to other nodes.
+    pub served: IntCounter,
+    /// `berth_fleet_pieces_rejected_total`: pieces from a peer that failed the parent's table.
+    pub pieces_rejected: IntCounter,
+    /// `berth_fleet_peers_dropped_total{reason}`: sources this node left, by why.
+    pub peers_dropped: IntCounterVec,
+}
+
+/// The `source` labels of `berth_fleet_bytes_total`.
+pub const BYTE_SOURCES: [&str; 2] = ["parent", "peer"];
+
+impl NodeMetrics {
+    fn new() -> Result<NodeMetrics, prometheus::Error> {
+        let m = NodeMetrics {
+            bytes: IntCounterVec::new(
+                Opts::new(
+                    "berth_fleet_bytes_total",
+                    "Bytes this node's blob fills got, by source (parent, peer).",
+                ),
+                &["source"],
+            )?,
+            served: IntCounter::new(
+                "berth_fleet_served_bytes_total",
+                "Blob bytes this node sent to other nodes.",
+            )?,
+            pieces_rejected: IntCounter::new(
+                "berth_fleet_pieces_rejected_total",
+                "Pieces from other nodes that did not match the parent's piece table.",
+            )?,
+            peers_dropped: IntCounterVec::new(
+                Opts::new(
+                    "berth_fleet_peers_dropped_total",
+                    "Sources (other nodes) this node left mid-blob, by reason (bad_piece, stall, starved, closed, busy, unreachable).",
+                ),
+                &["reason"],
+            )?,
+        };
+        for s in BYTE_SOURCES {
+            m.bytes.with_label_values(&[s]);
+        }
+        for r in crate::swarm::tracker::Reason::ALL {
+            m.peers_dropped.with_label_values(&[r.as_str()]);
+        }
+        Ok(m)
+    }
+
+    fn register(&self, registry: &Registry) -> Result<(), prometheus::Error> {
+        registry.register(Box::new(self.bytes.clone()))?;
+        registry.register(Box::new(self.served.clone()))?;
+        registry.register(Box::new(self.pieces_rejected.clone()))?;
+        registry.register(Box::new(self.peers_dropped.clone()))
+    }
 }
 
 impl Fleet {
@@ -145,11 +207,16 @@ impl Fleet {
         for r in Refusal::ALL {
             auth_failures.with_label_values(&[r.as_str()]);
         }
+        let metrics = NodeMetrics::new().map_err(|e| e.to_string())?;
+        if cfg.is_node() {
+            metrics.register(registry).map_err(|e| e.to_string())?;
+        }
         Ok(Fleet {
             key: key(secret),
             node: cfg.is_node(),
             parent: None,
             auth_failures,
+            metrics,
         })
     }
 
@@ -164,6 +231,17 @@ impl Fleet {
     /// The tracker and piece tables, on a parent built with them.
     pub fn parent(&self) -> Option<&parent::Parent> {
         self.parent.as_ref()
+    }
+
+    /// A node's swarm counters.
+    pub fn metrics(&self) -> &NodeMetrics {
+        &self.metrics
+    }
+
+    /// The proof of an outgoing fleet request (`Authorization`), made now.
+    pub fn sign(&self, method: &str, path_and_query: &str) -> HeaderValue {
+        self.key
+            .sign(method, path_and_query, crate::cluster::auth::now())
     }
 
     /// Whether this berth is a node (else the parent).
@@ -253,8 +331,16 @@ mod tests {
         );
         let counted = |r: &str| parent.auth_failures.with_label_values(&[r]).get();
         assert_eq!((counted("bad_proof"), counted("missing")), (3, 1));
-        assert_eq!(registry.gather().len(), 1, "one family, registered");
-        let (node, _) = fleet(SECRET, Some("http://parent:5000"));
+        assert_eq!(
+            registry.gather().len(),
+            1,
+            "one family on a parent, registered"
+        );
+        let (node, registry) = fleet(SECRET, Some("http://parent:5000"));
         assert!(node.is_node());
+        assert_eq!(registry.gather().len(), 5, "a node's swarm counters too");
+        let mut h = HeaderMap::new();
+        h.insert(header::AUTHORIZATION, node.sign("GET", UPSTREAMS_PATH));
+        assert_eq!(parent.admit("GET", UPSTREAMS_PATH, &h), Ok(()));
     }
 }

@@ -13,15 +13,21 @@
 //!   while the parent has neither the blob nor a running fill of it;
 //! - the same on a node: 404 (a node answers other nodes for blobs only, never for what decides
 //!   a pull, and it is no tracker);
+//! - `GET /_berth/fleet/v1/blobs/<digest>` on a node: the blob, for another node of the swarm
+//!   (`fill::swarm::Swarm::serve`: a running fill's verified prefix or a committed blob, `Range:
+//!   bytes=F-`, 429 at `max_uploads`); anything but a digest there 404 (a node serves blobs by
+//!   digest only, never manifests or tags); on a parent 404 (nodes read the parent through its
+//!   ordinary `/v2/` blob route);
 //! - a digest that is not one: 400; anything else: 404, or 405 for another method.
 //!
 //! Rule of dependency: under `http`, uses [`App`] and `LogFields` (its parent), `respond` (the
-//! byte answer), `fleet`, `swarm::protocol` (the bodies' limits), `oci`, `error`.
+//! byte answer), `fleet`, `fill::swarm` (through the mirror), `swarm::protocol` (the bodies'
+//! limits), `swarm::transfer` (the blob path), `oci`, `error`.
 
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Method, Request, Response, StatusCode};
+use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Limited};
 
 use super::respond::bytes_response;
@@ -32,6 +38,7 @@ use crate::fleet::parent::{Parent, Refusal};
 use crate::fleet::{Fleet, PIECES_PATH, SWARM_PATH, UPSTREAMS_PATH};
 use crate::oci::Digest;
 use crate::swarm::protocol::MAX_SMALL_BODY;
+use crate::swarm::transfer::BLOBS_PATH;
 
 /// How long a swarm call's body may take to arrive (a few hundred bytes).
 pub const BODY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -45,6 +52,8 @@ pub(super) enum FleetRoute {
     Swarm(Digest),
     /// The piece hashes of a digest.
     Pieces(Digest),
+    /// A node's blob, for another node.
+    Blob(Digest),
 }
 
 /// Method and path into a [`FleetRoute`]: 404 for no such path, 405 for another method, 400 for
@@ -75,6 +84,15 @@ pub(super) fn parse(method: &Method, path: &str) -> Result<FleetRoute, Error> {
             return Err(Error::unsupported("piece hashes are read with GET"));
         }
         return Ok(FleetRoute::Pieces(digest(rest)?));
+    }
+    if let Some(rest) = path.strip_prefix(BLOBS_PATH) {
+        let d = rest
+            .parse::<Digest>()
+            .map_err(|_| Error::not_found_route("a node serves blobs by digest only"))?;
+        if *method != Method::GET {
+            return Err(Error::unsupported("a node's blobs are read with GET"));
+        }
+        return Ok(FleetRoute::Blob(d));
     }
     Err(Error::not_found_route("no such fleet route"))
 }
@@ -107,11 +125,15 @@ impl App {
             (false, Some(p)) => Some(p),
             _ => None,
         };
-        if fleet.is_node() {
-            let what = match route {
-                FleetRoute::Upstreams { .. } => "its upstreams are its parent's",
-                FleetRoute::Swarm(_) | FleetRoute::Pieces(_) => "it tracks no swarm",
-            };
+        // Blobs are what a node answers; the rest only a parent.
+        let parents_only = match &route {
+            FleetRoute::Upstreams { .. } => Some("its upstreams are its parent's"),
+            FleetRoute::Swarm(_) | FleetRoute::Pieces(_) => Some("it tracks no swarm"),
+            FleetRoute::Blob(_) => None,
+        };
+        if fleet.is_node()
+            && let Some(what) = parents_only
+        {
             return Err(Error::not_found_route(format!(
                 "this berth is a fleet node: it answers other nodes for blobs only, and {what}"
             )));
@@ -147,7 +169,38 @@ impl App {
                 log.outcome = "pieces";
                 Ok(json(pieces.encode()))
             }
+            FleetRoute::Blob(digest) => self.fleet_blob(fleet, &digest, req, log).await,
         }
+    }
+}
+
+impl App {
+    /// A node's blob, for another node (parsed as a digest already, so never a manifest or tag).
+    async fn fleet_blob<R>(
+        &self,
+        fleet: &Fleet,
+        digest: &Digest,
+        req: &Request<R>,
+        log: &mut LogFields,
+    ) -> Result<Response<Body>, Error> {
+        let swarm = match self.mirror.swarm() {
+            Some(s) if fleet.is_node() => s,
+            _ => {
+                return Err(Error::not_found_route(
+                    "this berth is the fleet's parent: nodes read its blobs through /v2/",
+                ));
+            }
+        };
+        let resp = swarm.serve(req.headers().get(header::RANGE), digest).await;
+        log.outcome = match resp.status() {
+            StatusCode::TOO_MANY_REQUESTS => "busy",
+            s if s.is_success() => "served",
+            _ => "none",
+        };
+        Ok(resp.map(|b| {
+            b.map_err(|e| Error::io("serving a blob to a node", &e))
+                .boxed_unsync()
+        }))
     }
 }
 

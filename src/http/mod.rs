@@ -25,7 +25,7 @@
 //! - [`metrics`]: the metrics listener's router (`/metrics`, `/healthz`, `/admin`);
 //! - [`admin`]: the admin API's face (`/admin/...`, bearer token, JSON) over `admin`'s operations;
 //! - `fleet`: the fleet's routes (`/_berth/fleet/v1/`: the proof, the parent's upstream list,
-//!   tracker and piece tables);
+//!   tracker and piece tables; a node's blobs for other nodes);
 //! - `warm`: the admin API's warm, `warm`'s walk run through [`App`] in process (a request it
 //!   builds carries the `AdminWarm` marker, which admits it as `Principal::Admin`).
 //!

@@ -320,6 +320,7 @@ impl Mirror {
             tier: self.tier.clone(),
             cluster: cluster.cloned(),
             source: source.clone(),
+            swarm: self.swarm.clone(),
         };
         self.metrics.fills_in_flight.inc();
         // The task, not any client, owns the fill: it runs to the end even if every client leaves.

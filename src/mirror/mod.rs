@@ -100,6 +100,8 @@ pub struct Mirror {
     tier: Option<Arc<Tier>>,
     /// The other replicas (`[cluster]`): a blob miss is handed to the digest's owner.
     cluster: Option<Arc<Cluster>>,
+    /// A fleet node's swarm (`[fleet] parent`): its blob fills' source before the upstream.
+    swarm: Option<Arc<crate::fill::swarm::Swarm>>,
 }
 
 impl Mirror {
@@ -125,6 +127,7 @@ impl Mirror {
             pass_throughs: Arc::default(),
             tier: None,
             cluster: None,
+            swarm: None,
         }
     }
 
@@ -159,6 +162,17 @@ impl Mirror {
     pub fn with_cluster(mut self, cluster: Option<Arc<Cluster>>) -> Mirror {
         self.cluster = cluster;
         self
+    }
+
+    /// On a fleet node: blob fills take their bytes from the swarm ([`crate::fill::swarm`]).
+    pub fn with_swarm(mut self, swarm: Option<Arc<crate::fill::swarm::Swarm>>) -> Mirror {
+        self.swarm = swarm;
+        self
+    }
+
+    /// A fleet node's swarm, which also answers other nodes' blob requests.
+    pub fn swarm(&self) -> Option<&Arc<crate::fill::swarm::Swarm>> {
+        self.swarm.as_ref()
     }
 
     /// The bucket tier, if configured.

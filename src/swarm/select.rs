@@ -188,13 +188,17 @@ impl Transfer {
         }]
     }
 
-    /// The tracker did not answer: the parent directly.
+    /// The tracker did not answer, or the piece table does not come (a node's bytes cannot be
+    /// checked): the parent directly, from the frontier (the bytes past it, unchecked, are let
+    /// go, and the source with them, unblamed).
     pub fn tracker_unreachable(&mut self, now: Instant) -> Vec<Action> {
         if self.finished {
             return Vec::new();
         }
         self.route = Route::Parent;
         self.failures = 0;
+        self.hasher = self.at_frontier.snapshot();
+        self.pending.clear();
         self.assigned(Source::Parent, now)
     }
 

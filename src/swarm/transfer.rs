@@ -20,8 +20,8 @@
 //! Rule of dependency: uses `oci::Digest`, `swarm::node` and `swarm::tracker::Reason`; hyper,
 //! tokio. No other module of berth.
 
-use std::io::SeekFrom;
-use std::path::PathBuf;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -32,7 +32,6 @@ use http_body_util::{BodyExt, Empty, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::Connect;
-use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 
 use super::node::NodeUrl;
@@ -54,8 +53,10 @@ pub type ServeBody = UnsyncBoxBody<Bytes, std::io::Error>;
 
 /// A blob this node can serve: its file and how far it is verified.
 pub struct Outgoing {
-    /// The blob's file, complete or growing (the bytes below the frontier are final).
-    pub path: PathBuf,
+    /// The blob's file, complete or growing (the bytes below the frontier are final), read at
+    /// offsets: an open handle rather than a path, because a growing file is a temp file that
+    /// the fill renames (or unlinks) under the reader, which keeps reading the same inode.
+    pub file: Arc<File>,
     pub size: u64,
     /// Verified bytes; a sender dropped before `size` means the transfer was given up.
     pub frontier: watch::Receiver<u64>,
@@ -108,7 +109,6 @@ impl Uploads {
             Stream {
                 blob,
                 pos: from,
-                file: None,
                 tick: self.tick,
                 _permit: permit,
             },
@@ -148,7 +148,6 @@ fn parse_range(v: &HeaderValue) -> Option<u64> {
 struct Stream {
     blob: Outgoing,
     pos: u64,
-    file: Option<tokio::fs::File>,
     tick: Duration,
     _permit: OwnedSemaphorePermit,
 }
@@ -184,23 +183,23 @@ impl Stream {
     }
 
     async fn read(&mut self, frontier: u64) -> std::io::Result<Bytes> {
-        if self.file.is_none() {
-            let mut f = tokio::fs::File::open(&self.blob.path).await?;
-            f.seek(SeekFrom::Start(self.pos)).await?;
-            self.file = Some(f);
-        }
-        let f = self.file.as_mut().expect("opened above");
         let want = (frontier - self.pos).min(CHUNK as u64) as usize;
-        let mut buf = BytesMut::zeroed(want);
-        let n = f.read(&mut buf).await?;
-        if n == 0 {
+        let (file, pos) = (self.blob.file.clone(), self.pos);
+        let buf = tokio::task::spawn_blocking(move || -> std::io::Result<BytesMut> {
+            let mut buf = BytesMut::zeroed(want);
+            let n = file.read_at(&mut buf, pos)?;
+            buf.truncate(n);
+            Ok(buf)
+        })
+        .await
+        .map_err(std::io::Error::other)??;
+        if buf.is_empty() {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::UnexpectedEof,
                 "the blob's file is shorter than its verified frontier",
             ));
         }
-        buf.truncate(n);
-        self.pos += n as u64;
+        self.pos += buf.len() as u64;
         Ok(buf.freeze())
     }
 }

@@ -70,7 +70,7 @@ impl Node {
                             let blob = b.lock().unwrap().get(req.uri().path()).map(
                                 |(path, size, rx): &(PathBuf, u64, watch::Receiver<u64>)| {
                                     Outgoing {
-                                        path: path.clone(),
+                                        file: Arc::new(std::fs::File::open(path).unwrap()),
                                         size: *size,
                                         frontier: rx.clone(),
                                     }

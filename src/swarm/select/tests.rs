@@ -273,6 +273,26 @@ fn the_tracker_unreachable_means_the_parent() {
     assert_eq!(t.tick(secs(t0, 1.0)), vec![]);
 }
 
+/// A peer's bytes that the table never checks are let go when the node turns to the parent:
+/// it resumes at the frontier, and the parent's bytes complete the blob.
+#[test]
+fn leaving_a_peer_for_the_parent_resumes_at_the_frontier() {
+    let d = data();
+    let t0 = Instant::now();
+    let (mut t, _) = Transfer::start(SIZE, t0);
+    t.assigned(Source::Node(peer(1)), t0);
+    let one = table(&d, 1);
+    t.bytes(&d[r(0, SIZE)], &one, t0);
+    assert_eq!((t.frontier(), t.received()), (MIB, SIZE));
+    assert_eq!(t.tracker_unreachable(t0), fetch(Source::Parent, MIB));
+    assert_eq!(t.received(), MIB);
+    let none = table(&d, 0);
+    assert_eq!(
+        t.bytes(&d[r(MIB, SIZE)], &none, t0),
+        vec![Action::Verified { upto: SIZE }, Action::CheckDigest]
+    );
+}
+
 #[test]
 fn bytes_from_the_parent_are_verified_as_they_come() {
     let d = data();

@@ -1,0 +1,502 @@
+//! The driver of one node's transfer into its fill: runs a `swarm::select::Transfer` (the
+//! parent module's docs say how each action is met), yields only verified bytes to the fill,
+//! in order, and ends the body once every byte is verified, to hear the fill's verdict.
+//!
+//! Rule of dependency: uses its sibling `link` (the parent's routes), `swarm` (the core and
+//! `transfer::fetch`), `store` (the fill's states), `upstream` (the `Range` rule), `oci`,
+//! `error`; nothing of its parent.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, watch};
+
+use super::link::{BoxFuture, Link, TICK, parent_get};
+use crate::error::Error;
+use crate::oci::{Digest, RepoName};
+use crate::store::FillState;
+use crate::swarm::node::Fleet as Nodes;
+use crate::swarm::pieces::{Layout, PieceTable};
+use crate::swarm::protocol::{Pieces, SwarmAnswer};
+use crate::swarm::select::{self, Action, Source, Transfer};
+use crate::swarm::tracker::{Assignment, Reason};
+use crate::swarm::transfer::{self, BlobBody, Event};
+use crate::upstream::{Upstream, UpstreamResponse, continuation};
+
+/// Pieces calls in a row that brought nothing (404, an error, garbage), a tick apart, before the
+/// node leaves its peer for the parent: about three seconds of a table that does not come.
+pub const MAX_HASH_MISSES: u32 = 30;
+/// Verified chunks queued for the fill (each at most a read's worth).
+const QUEUE: usize = 32;
+
+/// What a transfer starts from: the blob, its layout, the tracker's first answer (`None`: the
+/// parent) and the parent's answer from byte 0 when it was asked first.
+pub struct Start {
+    pub link: Arc<Link>,
+    pub up: Arc<Upstream>,
+    pub name: RepoName,
+    pub digest: Digest,
+    pub nodes: Nodes,
+    pub fill: watch::Receiver<FillState>,
+    pub layout: Layout,
+    pub first: Option<Assignment>,
+    pub early: Option<UpstreamResponse>,
+}
+
+/// Spawns the driver; its verified bytes are the body.
+pub fn spawn(s: Start) -> SwarmBody {
+    let now = Instant::now();
+    let (mut t, _) = Transfer::start(s.layout.size(), now);
+    let actions = match s.first {
+        Some(a) => t.assigned(to_source(a), now),
+        None => t.tracker_unreachable(now),
+    };
+    let (tx, rx) = mpsc::channel(QUEUE);
+    let driver = Driver {
+        link: s.link,
+        up: s.up,
+        name: s.name,
+        digest: s.digest,
+        nodes: s.nodes,
+        fill: s.fill,
+        table: PieceTable::new(s.layout),
+        t,
+        out: Some(tx),
+        yielded: 0,
+        buf: VecDeque::new(),
+        early: s.early,
+        misses: 0,
+    };
+    let task = tokio::spawn(driver.run(actions));
+    SwarmBody {
+        rx,
+        task,
+        ended: false,
+    }
+}
+
+fn to_source(a: Assignment) -> Source {
+    match a {
+        Assignment::Parent => Source::Parent,
+        Assignment::Node { url, .. } => Source::Node(url),
+    }
+}
+
+/// The fill's body from the swarm: verified chunks, in order, from the driver's task. Dropped
+/// before its end (the fill failed or went away), it stops the driver; after its end, the
+/// driver lives on to hear the fill's verdict and tell the tracker.
+pub(crate) struct SwarmBody {
+    rx: mpsc::Receiver<Result<Bytes, Error>>,
+    task: tokio::task::JoinHandle<()>,
+    ended: bool,
+}
+
+impl Drop for SwarmBody {
+    fn drop(&mut self) {
+        if !self.ended {
+            self.task.abort();
+        }
+    }
+}
+
+impl SwarmBody {
+    pub(crate) async fn next_chunk(&mut self) -> Result<Option<Bytes>, Error> {
+        let next = self.rx.recv().await.transpose();
+        self.ended = matches!(next, Ok(None));
+        next
+    }
+}
+
+/// Where the driver's current bytes come from.
+enum Incoming {
+    Parent { resp: UpstreamResponse, skip: u64 },
+    Peer(BlobBody),
+}
+
+/// What a body did.
+enum Ev {
+    Bytes(Bytes, bool),
+    Waiting,
+    End,
+    Closed,
+}
+
+impl Incoming {
+    async fn next(&mut self) -> Ev {
+        match self {
+            Incoming::Parent { resp, skip } => loop {
+                match resp.body.next_chunk().await {
+                    Ok(Some(mut c)) => {
+                        let n = (*skip).min(c.len() as u64);
+                        *skip -= n;
+                        c = c.slice(n as usize..);
+                        if !c.is_empty() {
+                            return Ev::Bytes(c, true);
+                        }
+                    }
+                    Ok(None) => return Ev::End,
+                    Err(_) => return Ev::Closed,
+                }
+            },
+            Incoming::Peer(b) => match b.next().await {
+                Event::Bytes(c) => Ev::Bytes(c, false),
+                Event::Waiting => Ev::Waiting,
+                Event::Done => Ev::End,
+                Event::Closed => Ev::Closed,
+            },
+        }
+    }
+}
+
+/// One node's transfer of one blob into its fill.
+struct Driver {
+    link: Arc<Link>,
+    up: Arc<Upstream>,
+    name: RepoName,
+    digest: Digest,
+    nodes: Nodes,
+    fill: watch::Receiver<FillState>,
+    table: PieceTable,
+    t: Transfer,
+    /// To the fill; dropped (the body's end) once every byte is verified.
+    out: Option<mpsc::Sender<Result<Bytes, Error>>>,
+    /// Bytes given to the fill: the transfer's frontier.
+    yielded: u64,
+    /// Bytes received past `yielded`, not verified yet.
+    buf: VecDeque<Bytes>,
+    /// The parent's answer from byte 0, asked before the transfer started.
+    early: Option<UpstreamResponse>,
+    /// Pieces calls in a row that brought nothing.
+    misses: u32,
+}
+
+/// How the driver ended.
+struct Ended;
+
+/// The calls to the parent that run beside the body: the piece table, a progress report.
+#[derive(Default)]
+struct Calls {
+    hashes: Option<BoxFuture<Option<Pieces>>>,
+    report: Option<BoxFuture<Option<SwarmAnswer>>>,
+}
+
+impl Driver {
+    async fn run(mut self, mut actions: Vec<Action>) {
+        let mut body: Option<Incoming> = None;
+        let mut calls = Calls::default();
+        let mut ticked = tokio::time::Instant::now();
+        loop {
+            let mut queue: VecDeque<Action> = actions.drain(..).collect();
+            let mut opened = false;
+            while let Some(a) = queue.pop_front() {
+                opened |= matches!(a, Action::Fetch { .. } | Action::AskTracker { .. });
+                match self.act(a, &mut body, &mut calls).await {
+                    Ok(more) => queue.extend(more),
+                    Err(Ended) => return,
+                }
+            }
+            if opened {
+                // A source just opened (or the tracker just asked) starts the clock again: a
+                // tick is due a whole TICK later, so its first bytes are read first.
+                ticked = tokio::time::Instant::now();
+            }
+            let now = Instant::now;
+            // Biased: bytes first (each one is news from the source), the clock last, and the
+            // clock is read after every event, so a busy body cannot starve it.
+            actions = tokio::select! {
+                biased;
+                ev = async { body.as_mut().expect("guarded").next().await }, if body.is_some() => {
+                    match ev {
+                        Ev::Bytes(c, from_parent) => {
+                            let label = if from_parent { "parent" } else { "peer" };
+                            self.link.fleet.metrics().bytes.with_label_values(&[label]).inc_by(c.len() as u64);
+                            self.buf.push_back(c.clone());
+                            let before = self.t.source().cloned();
+                            let out = self.t.bytes(&c, &self.table, now());
+                            self.dropped(before, Reason::BadPiece, out)
+                        }
+                        Ev::Waiting => {
+                            body = None;
+                            self.t.waiting(now())
+                        }
+                        Ev::End if self.t.received() >= self.t.layout().size() => {
+                            body = None;
+                            // An empty blob has no byte to complete it: its end does.
+                            if self.t.layout().size() == 0 {
+                                self.t.bytes(&[], &self.table, now())
+                            } else {
+                                Vec::new()
+                            }
+                        }
+                        Ev::End | Ev::Closed => {
+                            body = None;
+                            let before = self.t.source().cloned();
+                            let out = self.t.closed(now());
+                            self.dropped(before, Reason::Closed, out)
+                        }
+                    }
+                }
+                got = async { calls.hashes.as_mut().expect("guarded").await }, if calls.hashes.is_some() => {
+                    calls.hashes = None;
+                    match got.filter(|p| self.table.extend(p.first, &p.hashes).is_ok()) {
+                        Some(_) => self.misses = 0,
+                        None => self.misses += 1,
+                    }
+                    if self.misses >= MAX_HASH_MISSES {
+                        tracing::warn!(digest = %self.digest, "fleet: the parent's piece table does not come; taking the blob from the parent");
+                        self.misses = 0;
+                        body = None;
+                        self.t.tracker_unreachable(now())
+                    } else {
+                        let before = self.t.source().cloned();
+                        let out = self.t.hashes(&self.table, now());
+                        self.dropped(before, Reason::BadPiece, out)
+                    }
+                }
+                got = async { calls.report.as_mut().expect("guarded").await }, if calls.report.is_some() => {
+                    calls.report = None;
+                    match got {
+                        Some(SwarmAnswer { layout, source: Some(s) }) if layout == self.t.layout() => {
+                            body = None;
+                            self.t.assigned(to_source(s), now())
+                        }
+                        // A report is best effort: the source stays.
+                        _ => Vec::new(),
+                    }
+                }
+                _ = tokio::time::sleep_until(ticked + TICK) => Vec::new(),
+            };
+            if actions.is_empty() && ticked.elapsed() >= TICK {
+                ticked = tokio::time::Instant::now();
+                let before = self.t.source().cloned();
+                let out = self.t.tick(now());
+                actions = self.dropped(before, Reason::Stall, out);
+            }
+        }
+    }
+
+    /// Counts a source this event made the transfer leave (a node, not the parent), by the
+    /// reason the transfer tells the tracker, else `reason`.
+    fn dropped(&self, before: Option<Source>, reason: Reason, out: Vec<Action>) -> Vec<Action> {
+        let was_peer = matches!(before, Some(Source::Node(_) | Source::Holder(_)));
+        if was_peer && self.t.source() != before.as_ref() {
+            let told = out.iter().find_map(|a| match a {
+                Action::AskTracker {
+                    dropped: Some((_, r)),
+                } => Some(*r),
+                _ => None,
+            });
+            let r = told.unwrap_or(reason);
+            let m = self.link.fleet.metrics();
+            m.peers_dropped.with_label_values(&[r.as_str()]).inc();
+            if r == Reason::BadPiece {
+                m.pieces_rejected.inc();
+            }
+        }
+        out
+    }
+
+    async fn act(
+        &mut self,
+        a: Action,
+        body: &mut Option<Incoming>,
+        calls: &mut Calls,
+    ) -> Result<Vec<Action>, Ended> {
+        let now = Instant::now();
+        Ok(match a {
+            Action::AskTracker { dropped } => {
+                let req = self.link.request(self.t.frontier(), dropped);
+                match self.link.ask(&self.digest, &req, &self.nodes).await {
+                    Ok(SwarmAnswer {
+                        layout,
+                        source: Some(s),
+                    }) if layout == self.t.layout() => self.t.assigned(to_source(s), now),
+                    Ok(_) | Err(_) => self.t.tracker_unreachable(now),
+                }
+            }
+            Action::Report => {
+                if calls.report.is_none() {
+                    let mut req = self.link.request(self.t.frontier(), None);
+                    req.need_source = false;
+                    let (link, digest, nodes) =
+                        (self.link.clone(), self.digest.clone(), self.nodes.clone());
+                    calls.report = Some(Box::pin(async move {
+                        link.ask(&digest, &req, &nodes).await.ok()
+                    }));
+                }
+                Vec::new()
+            }
+            Action::Fetch { source, from } => {
+                *body = None;
+                keep(&mut self.buf, from.saturating_sub(self.yielded));
+                match self.fetch(&source, from).await {
+                    Ok(b) => {
+                        *body = Some(b);
+                        Vec::new()
+                    }
+                    Err(reason) => {
+                        let before = self.t.source().cloned();
+                        let out = self.t.failed(reason, now);
+                        self.dropped(before, reason, out)
+                    }
+                }
+            }
+            Action::Verified { upto } => {
+                let chunks = take(&mut self.buf, upto.saturating_sub(self.yielded));
+                self.yielded = self.yielded.max(upto);
+                for c in chunks {
+                    let out = self.out.as_ref().ok_or(Ended)?;
+                    out.send(Ok(c)).await.map_err(|_| Ended)?;
+                }
+                Vec::new()
+            }
+            Action::NeedHashes { .. } => {
+                if calls.hashes.is_none() {
+                    let size = self.t.layout().size();
+                    calls.hashes = Some(self.link.pieces(&self.digest, self.table.known(), size));
+                }
+                Vec::new()
+            }
+            Action::CheckDigest => {
+                // The body ends here; the fill checks the whole digest and says how it went.
+                self.out = None;
+                let verdict = self
+                    .fill
+                    .wait_for(|s| {
+                        matches!(
+                            s,
+                            FillState::Verified(_) | FillState::Committed(_) | FillState::Failed(_)
+                        )
+                    })
+                    .await
+                    .map(|s| !matches!(*s, FillState::Failed(_)))
+                    .unwrap_or(false);
+                self.t.digest_checked(verdict, Instant::now())
+            }
+            Action::Done => {
+                let mut req = self.link.request(self.t.layout().size(), None);
+                (req.complete, req.need_source) = (true, false);
+                if let Err(e) = self.link.ask(&self.digest, &req, &self.nodes).await {
+                    tracing::info!(digest = %self.digest, error = %e, "fleet: the tracker did not hear this node holds the blob");
+                }
+                return Err(Ended);
+            }
+            // The parent failed as often as the transfer allows, and there is no directory
+            // route yet: the body breaks off, and the fill resumes it from the parent.
+            Action::AskDirectory | Action::Fail => {
+                if let Some(out) = self.out.take() {
+                    let e = Error::upstream_unavailable(
+                        self.up.name(),
+                        format!("the fleet's swarm gave blob {} up", self.digest),
+                    );
+                    let _ = out.send(Err(e)).await;
+                }
+                return Err(Ended);
+            }
+        })
+    }
+
+    /// Opens `source` from byte `from` on.
+    async fn fetch(&mut self, source: &Source, from: u64) -> Result<Incoming, Reason> {
+        let size = self.t.layout().size();
+        // The parent's early answer is for the first fetch only, and only from byte 0: left
+        // open, it would hold bytes in flight from the parent for nothing.
+        let early = self.early.take();
+        match source {
+            Source::Parent => {
+                let early = early.filter(|_| from == 0);
+                let resp = match early {
+                    Some(r) => r,
+                    None => parent_get(&self.up, &self.name, &self.digest, from)
+                        .await
+                        .map_err(|_| Reason::Unreachable)?,
+                };
+                let skip = continuation(resp.status, &resp.headers, from, Some(size))
+                    .map_err(|_| Reason::Unreachable)?;
+                Ok(Incoming::Parent { resp, skip })
+            }
+            Source::Node(url) | Source::Holder(url) => {
+                let proof = self.link.fleet.sign("GET", &transfer::path(&self.digest));
+                let call = transfer::fetch(&self.link.get, url, &self.digest, from, proof);
+                match tokio::time::timeout(select::STALL, call).await {
+                    Ok(Ok(b)) if b.size() == size => Ok(Incoming::Peer(b)),
+                    Ok(Ok(_)) => Err(Reason::BadPiece),
+                    Ok(Err(r)) => Err(r),
+                    Err(_) => Err(Reason::Stall),
+                }
+            }
+        }
+    }
+}
+
+/// Keeps the first `n` bytes of `buf`.
+fn keep(buf: &mut VecDeque<Bytes>, n: u64) {
+    let mut left = n;
+    let mut kept = VecDeque::new();
+    for c in buf.drain(..) {
+        if left == 0 {
+            break;
+        }
+        let k = left.min(c.len() as u64);
+        kept.push_back(c.slice(..k as usize));
+        left -= k;
+    }
+    *buf = kept;
+}
+
+/// Takes the first `n` bytes off `buf` (fewer if it has fewer).
+fn take(buf: &mut VecDeque<Bytes>, n: u64) -> Vec<Bytes> {
+    let mut left = n;
+    let mut out = Vec::new();
+    while left > 0 {
+        let Some(mut c) = buf.pop_front() else { break };
+        if c.len() as u64 > left {
+            buf.push_front(c.split_off(left as usize));
+        }
+        left -= c.len() as u64;
+        out.push(c);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn buf(parts: &[&'static [u8]]) -> VecDeque<Bytes> {
+        parts.iter().map(|p| Bytes::from_static(p)).collect()
+    }
+
+    fn flat(b: impl IntoIterator<Item = Bytes>) -> Vec<u8> {
+        b.into_iter().flat_map(|c| c.to_vec()).collect()
+    }
+
+    #[test]
+    fn verified_bytes_leave_in_order_and_a_resume_cuts_the_rest() {
+        let mut b = buf(&[b"abc", b"defg", b"h"]);
+        assert_eq!(flat(take(&mut b, 0)), b"");
+        assert_eq!(flat(take(&mut b, 2)), b"ab");
+        assert_eq!(flat(take(&mut b, 3)), b"cde");
+        assert_eq!(flat(b.clone()), b"fgh");
+        keep(&mut b, 2);
+        assert_eq!(flat(b.clone()), b"fg");
+        keep(&mut b, 5);
+        assert_eq!(
+            flat(b.clone()),
+            b"fg",
+            "keeping more than there is keeps it all"
+        );
+        assert_eq!(flat(take(&mut b, 9)), b"fg");
+        assert!(b.is_empty());
+        keep(&mut b, 0);
+        assert!(b.is_empty());
+        let mut b = buf(&[b"xyz"]);
+        keep(&mut b, 0);
+        assert!(
+            b.is_empty(),
+            "a resume at the frontier drops every unverified byte"
+        );
+    }
+}

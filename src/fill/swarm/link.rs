@@ -1,0 +1,225 @@
+//! A node's link to its parent's tracker: the node set (`[fleet] peers`, or `peers_dns` looked
+//! up again every [`MEMBERS_TTL`]), the swarm call (`POST /_berth/fleet/v1/swarm/<digest>`) and
+//! the piece table (`GET /_berth/fleet/v1/pieces/<digest>?from=K`), fleet-signed, each within
+//! [`CALL_TIMEOUT`]; and the parent's ordinary blob route, through the upstream.
+//!
+//! Rule of dependency: uses `swarm` (the protocol's types), `fleet` (the proof, the paths),
+//! `upstream` (the blob route), `oci`, `error`; nothing of its parent or siblings.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Empty, Full, Limited};
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use url::Url;
+
+use crate::error::Error;
+use crate::fleet::{Fleet, PIECES_PATH, SWARM_PATH};
+use crate::oci::{Digest, RepoName};
+use crate::swarm::node::{Fleet as Nodes, NodeUrl};
+use crate::swarm::protocol::{MAX_PIECES_BODY, MAX_SMALL_BODY, Pieces, SwarmAnswer, SwarmRequest};
+use crate::swarm::tracker::Reason;
+use crate::upstream::{NotFoundKind, Upstream, UpstreamResponse, blob_request};
+
+/// The driver's clock: stalls are seen and reports sent at this grain (a piece-table miss
+/// waits one before it is told).
+pub const TICK: Duration = Duration::from_millis(100);
+/// One call to the tracker or the pieces route, whole (the parent may hold a pieces call about
+/// a second for new hashes).
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long a `peers_dns` lookup is used before it is made again.
+pub const MEMBERS_TTL: Duration = Duration::from_secs(30);
+
+pub type Conn = HttpsConnector<HttpConnector>;
+pub type BoxFuture<T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send>>;
+
+/// The fleet's node set: `[fleet] peers`, or `peers_dns` looked up again every [`MEMBERS_TTL`].
+pub enum Members {
+    Fixed(Nodes),
+    Dns {
+        name: String,
+        scheme: String,
+        port: u16,
+        cached: Mutex<Option<(Instant, Nodes)>>,
+    },
+}
+
+impl Members {
+    pub async fn current(&self) -> Nodes {
+        let (name, scheme, port, cached) = match self {
+            Members::Fixed(n) => return n.clone(),
+            Members::Dns {
+                name,
+                scheme,
+                port,
+                cached,
+            } => (name, scheme, *port, cached),
+        };
+        if let Some((at, n)) = &*cached.lock().unwrap()
+            && at.elapsed() < MEMBERS_TTL
+        {
+            return n.clone();
+        }
+        let found = match tokio::net::lookup_host((name.as_str(), port)).await {
+            Ok(addrs) => {
+                Nodes::new(addrs.filter_map(|a| format!("{scheme}://{a}").parse::<NodeUrl>().ok()))
+            }
+            Err(e) => {
+                tracing::warn!(peers_dns = %name, error = %e, "fleet: the node set could not be looked up; using the last one");
+                let last = cached.lock().unwrap().as_ref().map(|(_, n)| n.clone());
+                return last.unwrap_or_default();
+            }
+        };
+        *cached.lock().unwrap() = Some((Instant::now(), found.clone()));
+        found
+    }
+}
+
+/// The node's identity and its clients to the parent.
+pub struct Link {
+    pub fleet: Arc<Fleet>,
+    pub me: NodeUrl,
+    pub parent: Url,
+    pub get: Client<Conn, Empty<Bytes>>,
+    pub post: Client<Conn, Full<Bytes>>,
+    pub max_uploads: u32,
+}
+
+impl Link {
+    pub fn request(&self, have: u64, dropped: Option<(NodeUrl, Reason)>) -> SwarmRequest {
+        SwarmRequest {
+            node: self.me.clone(),
+            have,
+            complete: false,
+            need_source: true,
+            uploads: Some(self.max_uploads),
+            dropped,
+        }
+    }
+
+    /// `POST /_berth/fleet/v1/swarm/<digest>`, fleet-signed, within [`CALL_TIMEOUT`].
+    pub async fn ask(
+        &self,
+        digest: &Digest,
+        req: &SwarmRequest,
+        nodes: &Nodes,
+    ) -> Result<SwarmAnswer, String> {
+        let path = format!("{SWARM_PATH}{digest}");
+        let url = self.parent.join(&path).map_err(|e| e.to_string())?;
+        let r = Request::post(url.as_str())
+            .header(header::AUTHORIZATION, self.fleet.sign("POST", &path))
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Full::new(Bytes::from(req.encode())))
+            .map_err(|e| e.to_string())?;
+        let call = async {
+            let resp = self.post.request(r).await.map_err(|e| e.to_string())?;
+            if resp.status() != StatusCode::OK {
+                return Err(format!("the tracker answered {}", resp.status()));
+            }
+            let body = read(resp, MAX_SMALL_BODY).await?;
+            SwarmAnswer::parse(&body, nodes, &self.me).map_err(|e| e.to_string())
+        };
+        tokio::time::timeout(CALL_TIMEOUT, call)
+            .await
+            .map_err(|_| format!("no answer from the tracker within {CALL_TIMEOUT:?}"))?
+    }
+
+    /// `GET /_berth/fleet/v1/pieces/<digest>?from=K`, fleet-signed; a miss waits a tick before
+    /// it is told, so that asking again is no busy loop.
+    pub fn pieces(
+        self: &Arc<Self>,
+        digest: &Digest,
+        from: u32,
+        size: u64,
+    ) -> BoxFuture<Option<Pieces>> {
+        let path = format!("{PIECES_PATH}{digest}?from={from}");
+        let this = self.clone();
+        Box::pin(async move {
+            let call = async {
+                let url = this.parent.join(&path).ok()?;
+                let r = Request::get(url.as_str())
+                    .header(header::AUTHORIZATION, this.fleet.sign("GET", &path))
+                    .body(Empty::new())
+                    .ok()?;
+                let resp = this.get.request(r).await.ok()?;
+                if resp.status() != StatusCode::OK {
+                    return None;
+                }
+                let body = read(resp, MAX_PIECES_BODY).await.ok()?;
+                Pieces::parse(&body, size).ok()
+            };
+            let got = tokio::time::timeout(CALL_TIMEOUT, call)
+                .await
+                .ok()
+                .flatten();
+            if got.is_none() {
+                tokio::time::sleep(TICK).await;
+            }
+            got
+        })
+    }
+}
+async fn read(resp: Response<hyper::body::Incoming>, limit: usize) -> Result<Bytes, String> {
+    Limited::new(resp.into_body(), limit)
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .map_err(|e| format!("the body: {e}"))
+}
+
+/// The parent's blob route, from byte `from` on (`Range` when past 0), through the upstream.
+pub async fn parent_get(
+    up: &Upstream,
+    name: &RepoName,
+    digest: &Digest,
+    from: u64,
+) -> Result<UpstreamResponse, Error> {
+    let mut req = blob_request(Method::GET, name, digest);
+    if from > 0
+        && let Ok(v) = HeaderValue::from_str(&format!("bytes={from}-"))
+    {
+        req.headers.insert(header::RANGE, v);
+    }
+    up.send(req)
+        .await?
+        .error_for_status(NotFoundKind::Blob)
+        .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dns(name: &str) -> Members {
+        Members::Dns {
+            name: name.into(),
+            scheme: "http".into(),
+            port: 5000,
+            cached: Mutex::new(None),
+        }
+    }
+
+    /// `peers_dns`: every address of the name, on the port and scheme of `self`; a lookup that
+    /// fails keeps the last set (none yet: empty, and the tracker's answers naming nodes are
+    /// refused, so the pull goes to the parent).
+    #[tokio::test]
+    async fn a_dns_node_set_is_every_address_on_the_port_of_self() {
+        let m = dns("localhost");
+        let n = m.current().await;
+        assert!(
+            n.contains(&"http://127.0.0.1:5000".parse().unwrap()),
+            "{n:?}"
+        );
+        assert!(n.iter().all(|u| u.as_str().ends_with(":5000")), "{n:?}");
+        let bad = dns("no-such-node.invalid");
+        assert!(bad.current().await.is_empty());
+        if let Members::Dns { cached, .. } = &bad {
+            *cached.lock().unwrap() = Some((Instant::now() - MEMBERS_TTL, n.clone()));
+        }
+        assert_eq!(bad.current().await, n, "the last set is kept");
+    }
+}

@@ -1,0 +1,226 @@
+//! A fleet node's blob fills from the swarm (`[fleet] parent`), and the node's side of serving
+//! other nodes: the I/O around the pure [`swarm`](crate::swarm) core.
+//!
+//! # A node's fill
+//! [`Swarm::open`] is the fill's source on a node (the job asks it after the bucket and the
+//! cluster's owner, before the upstream). It asks the tracker on the parent for a source
+//! (`POST /_berth/fleet/v1/swarm/<digest>`, a `SwarmRequest`, answered a `SwarmAnswer` whose
+//! size and piece size the fill takes as the blob's), and the parent's ordinary blob route,
+//! with `HEAD`, whether this upstream and repository may have the blob (the tracker answers
+//! for a digest, whoever asks: without this, a client that knows a digest could get from peers
+//! what the parent's access policy or origin check refuses it; a refusal or another size, and
+//! the fill asks the parent itself, as any miss). Then it spawns a driver that runs a
+//! `swarm::select::Transfer` ([`drive`]) as `tests/it/swarm.rs`'s `pull` does:
+//! - `AskTracker`/`Report`: the same route, with the node's frontier and the source it dropped;
+//! - `NeedHashes`: `GET /_berth/fleet/v1/pieces/<digest>?from=K` (404: not yet, asked again a
+//!   tick later), run beside the body so that reading never waits for it;
+//! - `Fetch` from the parent: the node's ordinary upstream request for the blob with
+//!   `Range: bytes=<from>-` (`Upstream::send`: the login and `?ns=` apply, and it is what
+//!   starts the parent's own fill); from a node: `swarm::transfer::fetch`, fleet-signed;
+//! - `Verified{upto}`: the bytes up to `upto` go to the fill, in order. **Only verified bytes
+//!   reach the fill**, so everything in the node's pending file may be served to other nodes;
+//! - `CheckDigest`: the driver ends the body, and the fill's own whole-digest check (unchanged)
+//!   answers it: the driver waits for the fill's verdict (`Verified`/`Committed` or `Failed`),
+//!   so the digest is hashed once, by the fill, and the tracker hears "complete" only once the
+//!   blob is verified;
+//! - `Done`: the tracker is told the node holds the blob.
+//!
+//! The rule the fallbacks keep: **nothing any peer or the tracker does can fail a pull the
+//! parent could serve.** The tracker unreachable, refusing, or answering garbage at the start:
+//! the node asks the parent for the blob (which starts the parent's fill and gives the size),
+//! asks the tracker once more, and without an answer takes every byte from the parent (still
+//! through the driver, so its children can read its verified bytes). The tracker failing later,
+//! or the pieces route missing for `drive::MAX_HASH_MISSES` ticks: the parent, from the frontier. Too
+//! many failed sources: the parent (`select`'s rule). The driver giving up in any other way (the
+//! parent failing repeatedly; the directory route of a parent that is down is not built yet):
+//! the body breaks off, and the job resumes it from the upstream (the parent) with `Range`, as
+//! it resumes any broken body; a parent that is down fails the fill as it does today.
+//!
+//! # Serving other nodes
+//! [`Swarm::serve`] answers `GET /_berth/fleet/v1/blobs/<digest>` ([`serve`]): a fill running
+//! on this node up to what it has written, or a committed blob. A peer can ask for any digest
+//! the node holds, through whichever upstream it came: the fleet's secret is the trust boundary,
+//! and a digest is only known from a manifest the parent served.
+//!
+//! Timings: the driver's clock ticks every `link::TICK` (stalls, reports); a call to the tracker or
+//! the pieces route gets `link::CALL_TIMEOUT` whole, a peer `swarm::select::STALL` to answer its headers.
+//! Reports and piece-table calls run beside the body; asking for a new source and opening one
+//! are awaited in line (the transfer has no source meanwhile anyway).
+//!
+//! # Trade-offs
+//! - One `HEAD` to the parent per swarm fill (the access and origin check above): a round trip,
+//!   answered from the parent's cache or its running fill once the tracker knows the blob.
+//! - The parent's silence is a stall too (`select`'s rule for every source): a parent whose own
+//!   fill waits on a slow upstream for `swarm::select::STALL` is asked again from the frontier (its
+//!   fill runs on, nothing is fetched upstream twice); three times without progress, and the
+//!   job's resume takes over with the upstream's own, longer stall timeout.
+//! - When the tracker does not know the blob, the node's first `GET` to the parent is read
+//!   after the tracker is asked again: a blob that is small and wrong may then fail the fill's
+//!   digest check before the client's answer began, and the client gets `502 DIGEST_INVALID`
+//!   rather than a broken body (no wrong body completes either way).
+//! - `berth_fleet_bytes_total` counts the driver's bytes; what a fill gets after the swarm gave
+//!   up (the job's resume) or without it counts in `berth_upstream_fetched_bytes_total`, as any
+//!   fill from an upstream.
+//! - Not built yet: the directory route (holders found without the parent): a node whose
+//!   parent is down serves what it holds and fails other misses, as before the swarm. A holder's
+//!   bytes have no table to be checked against, so that route needs the node to hold them back
+//!   from its children (and from the fill, or hash them itself) until the whole digest checks.
+//!
+//! Rule of dependency: uses `swarm` (the core), `fleet` (the proof, the paths, the node's
+//! metrics), `config` (the table), `store` (the fill's states, the committed blob), `upstream`
+//! (the parent's blob route and its `Range` rule), `oci`, `error`. The job and `source` use it;
+//! it imports neither (the job hands it what it needs), nor the mirror or `http`. Its children,
+//! one concern each, import nothing of this file: [`link`] (the node set and the calls to the
+//! parent), [`drive`] (the transfer's driver, over `link`), [`serve`] (serving other nodes).
+//! This file builds them and opens a fill's swarm.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use http::{HeaderValue, Method, Response, StatusCode};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use tokio::sync::watch;
+
+mod drive;
+mod link;
+mod serve;
+
+use drive::Start;
+pub(crate) use drive::SwarmBody;
+use link::{Link, Members, parent_get};
+use serve::Serving;
+
+use crate::config::FleetConfig;
+use crate::fleet::Fleet;
+use crate::oci::{Digest, RepoName};
+use crate::store::{FillState, Store};
+use crate::swarm::node::{Fleet as Nodes, NodeUrl};
+use crate::swarm::pieces::Layout;
+use crate::swarm::transfer::{ServeBody, Uploads, WAIT_TICK};
+use crate::upstream::{NotFoundKind, Upstream, blob_request, content_length};
+
+/// A node's swarm: its link to the parent, the node set, and what it serves other nodes.
+pub struct Swarm {
+    link: Arc<Link>,
+    members: Members,
+    serving: Serving,
+}
+
+impl Swarm {
+    /// A node's swarm from its validated `[fleet]` table; `None` on a parent.
+    pub fn new(
+        cfg: &FleetConfig,
+        fleet: Arc<Fleet>,
+        store: Arc<Store>,
+    ) -> Result<Option<Swarm>, String> {
+        let Some(parent) = cfg.parent.clone() else {
+            return Ok(None);
+        };
+        let me_url = cfg.self_url.as_ref().ok_or("a node needs fleet.self")?;
+        let me = NodeUrl::from_url(me_url)?;
+        let members = match (&cfg.peers, &cfg.peers_dns) {
+            (Some(peers), _) => Members::Fixed(Nodes::new(
+                peers
+                    .iter()
+                    .map(NodeUrl::from_url)
+                    .collect::<Result<Vec<_>, _>>()?,
+            )),
+            (None, Some(name)) => Members::Dns {
+                name: name.clone(),
+                scheme: me_url.scheme().to_owned(),
+                port: me_url.port_or_known_default().unwrap_or(80),
+                cached: Mutex::new(None),
+            },
+            (None, None) => return Err("a node needs fleet.peers or fleet.peers_dns".into()),
+        };
+        let https = crate::upstream::connect::https_connector(cfg.ca_file.as_deref())?;
+        let build = || {
+            Client::builder(TokioExecutor::new())
+                .timer(TokioTimer::new())
+                .pool_idle_timeout(Duration::from_secs(30))
+                .clone()
+        };
+        Ok(Some(Swarm {
+            members,
+            serving: Serving::new(
+                Uploads::new(cfg.max_uploads as usize, WAIT_TICK),
+                store,
+                fleet.metrics().served.clone(),
+            ),
+            link: Arc::new(Link {
+                fleet,
+                me,
+                parent,
+                get: build().build(https.clone()),
+                post: build().build(https),
+                max_uploads: cfg.max_uploads,
+            }),
+        }))
+    }
+
+    /// Answers another node's (authenticated) request for `digest` from `range` on
+    /// (`serve::Serving::serve`).
+    pub async fn serve(&self, range: Option<&HeaderValue>, digest: &Digest) -> Response<ServeBody> {
+        self.serving.serve(range, digest).await
+    }
+
+    /// The fill's body from the swarm, and the blob's size; `None` when the node could learn
+    /// the size from neither the tracker nor the parent (the fill then asks the upstream itself,
+    /// and gets the parent's answer as any miss does).
+    pub(crate) async fn open(
+        &self,
+        up: &Arc<Upstream>,
+        name: &RepoName,
+        digest: &Digest,
+        fill: &watch::Receiver<FillState>,
+    ) -> Option<(SwarmBody, u64)> {
+        self.serving.register(digest, fill);
+        let nodes = self.members.current().await;
+        let join = self.link.request(0, None);
+        let (layout, first, early) = match self.link.ask(digest, &join, &nodes).await {
+            Ok(a) => (a.layout, a.source, None),
+            Err(e) => {
+                tracing::info!(digest = %digest, error = %e, "fleet: no swarm for this blob yet; asking the parent for it");
+                let resp = parent_get(up, name, digest, 0).await.ok()?;
+                let size =
+                    content_length(&resp.headers).filter(|_| resp.status == StatusCode::OK)?;
+                // The parent's fill runs now: the tracker may know the blob.
+                match self.link.ask(digest, &join, &nodes).await {
+                    Ok(a) if a.layout.size() == size => (a.layout, a.source, Some(resp)),
+                    _ => (Layout::new(size), None, Some(resp)),
+                }
+            }
+        };
+        if early.is_none() {
+            // The tracker answers for a digest, whoever asks; whether this upstream and
+            // repository may have it is the parent's to say (its access policy, its origin
+            // check), as it would for an ordinary miss. A refusal, or another size: the fill
+            // asks the parent itself and gets its answer.
+            let head = up
+                .send(blob_request(Method::HEAD, name, digest))
+                .await
+                .ok()?
+                .error_for_status(NotFoundKind::Blob)
+                .await
+                .ok()?;
+            if content_length(&head.headers) != Some(layout.size()) {
+                return None;
+            }
+        }
+        Some((
+            drive::spawn(Start {
+                link: self.link.clone(),
+                up: up.clone(),
+                name: name.clone(),
+                digest: digest.clone(),
+                nodes,
+                fill: fill.clone(),
+                layout,
+                first,
+                early,
+            }),
+            layout.size(),
+        ))
+    }
+}
