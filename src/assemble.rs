@@ -215,14 +215,18 @@ impl Parts {
                 health: health.clone(),
             });
         }
-        app.fleet = match parent_fleet {
-            Some(fleet) => {
+        app.fleet = match (parent_fleet, &cfg.fleet) {
+            (Some(fleet), Some(f)) => {
                 let blobs = Arc::new(MirrorBlobs(app.mirror.clone()));
-                let parent = crate::fleet::parent::Parent::new(blobs, &prometheus)
+                let mut limits = crate::swarm::tracker::Limits::default();
+                if let Some(n) = f.parent_slots {
+                    limits.parent_slots = n as usize;
+                }
+                let parent = crate::fleet::parent::Parent::new(blobs, limits, &prometheus)
                     .map_err(StartError::Fleet)?;
                 Some(Arc::new(fleet.with_parent(parent)))
             }
-            None => node_fleet,
+            _ => node_fleet,
         };
         let app = Arc::new(app);
         // The admin API warms through `app`, in process (see `http::warm`).

@@ -41,6 +41,12 @@ pub struct FleetConfig {
     /// Blobs this node serves to other nodes at once (more wait, or go elsewhere).
     #[serde(default = "default_max_uploads")]
     pub max_uploads: u32,
+    /// On the parent: how many nodes it feeds directly per blob while other sources exist, the
+    /// heads of a simultaneous pull's chains (so about this many copies leave it per blob). The
+    /// ratio of its link to a node's: 1 (the default) never oversubscribes a parent whose link is
+    /// no faster than a node's; a parent with a link N times a node's may take N.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent_slots: Option<u32>,
     /// The node's login at the parent, when the parent has `[auth]`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub username: Option<String>,
@@ -98,9 +104,24 @@ impl FleetConfig {
                 }
             }
             Some(parent) => {
+                if self.parent_slots.is_some() {
+                    return Err((
+                        key("parent_slots"),
+                        "only the parent has it (a node's tracker is its parent)".into(),
+                    ));
+                }
                 root_url(parent).map_err(|r| (key("parent"), r))?;
                 self.validate_node(parent.clone(), &root_url)?;
             }
+        }
+        if self
+            .parent_slots
+            .is_some_and(|n| n == 0 || n > MAX_UPLOADS_LIMIT)
+        {
+            return Err((
+                key("parent_slots"),
+                format!("must be between 1 and {MAX_UPLOADS_LIMIT}"),
+            ));
         }
         if self.max_uploads == 0 || self.max_uploads > MAX_UPLOADS_LIMIT {
             return Err((
@@ -308,7 +329,32 @@ mod tests {
         assert!(!fl.is_node());
         assert!(fl.secret.is_some());
         assert_eq!(c.upstreams.len(), 1);
+        assert_eq!(fl.parent_slots, None, "the tracker's default then");
         assert!(Config::parse(UP, "f.toml").unwrap().fleet.is_none());
+        let slots = format!("{}{UP}", table("parent_slots = 3\n", &f.secret));
+        let fl = Config::parse(&slots, "f.toml").unwrap().fleet.unwrap();
+        assert_eq!(fl.parent_slots, Some(3));
+    }
+
+    /// `parent_slots` is the parent's, from 1 to MAX_UPLOADS_LIMIT.
+    #[test]
+    fn parent_slots_are_the_parents_and_bounded() {
+        let f = files();
+        let dns = "peers_dns = \"nodes.svc\"\n";
+        let on_node = table(&format!("{NODE}{dns}parent_slots = 2\n"), &f.secret);
+        let e = Config::parse(&on_node, "f.toml").unwrap_err().to_string();
+        assert!(
+            e.contains("fleet.parent_slots: only the parent has it"),
+            "{e}"
+        );
+        for n in [0, MAX_UPLOADS_LIMIT + 1] {
+            let t = format!("{}{UP}", table(&format!("parent_slots = {n}\n"), &f.secret));
+            let e = Config::parse(&t, "f.toml").unwrap_err().to_string();
+            assert!(
+                e.contains("fleet.parent_slots: must be between 1 and"),
+                "{e}"
+            );
+        }
     }
 
     /// Every check names its key.

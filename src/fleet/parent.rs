@@ -125,8 +125,13 @@ struct NodeField {
 }
 
 impl Parent {
-    /// A parent reading blobs through `blobs`; its metric families go into `registry`.
-    pub fn new(blobs: Arc<dyn Blobs>, registry: &Registry) -> Result<Parent, String> {
+    /// A parent reading blobs through `blobs`, feeding at most `limits.parent_slots` nodes of a
+    /// digest directly; its metric families go into `registry`.
+    pub fn new(
+        blobs: Arc<dyn Blobs>,
+        limits: Limits,
+        registry: &Registry,
+    ) -> Result<Parent, String> {
         let e = |e: prometheus::Error| e.to_string();
         let swarms = IntGauge::new(
             "berth_fleet_swarms",
@@ -168,7 +173,7 @@ impl Parent {
         }
         Ok(Parent {
             state: Mutex::new(State {
-                tracker: Tracker::new(Limits::default()),
+                tracker: Tracker::new(limits),
                 fleet: Fleet::default(),
                 heard: Default::default(),
                 sizes: Default::default(),

@@ -7,7 +7,8 @@
 //! 1. a *holder* (a node that completed the blob) with a free upload slot, fewest children first;
 //! 2. a *receiver* strictly ahead of the asking node with a free slot, fewest children first,
 //!    then most progress, then nearest a whole copy (fewest hops to the parent or a holder);
-//! 3. the parent, while it serves fewer than [`PARENT_SLOTS`] nodes of this digest directly;
+//! 3. the parent, while it serves fewer than `parent_slots` ([`Limits`]; [`PARENT_SLOTS`] by
+//!    default) nodes of this digest directly;
 //! 4. a receiver not behind the asking node (same progress: a simultaneous cold start), by the
 //!    same order, so the nodes form chains of even length below the parent's children rather
 //!    than a tree: every link of a chain runs at the cap, where a fan-out would split a node's
@@ -52,10 +53,12 @@ use std::time::{Duration, Instant};
 use super::node::{Fleet, NodeUrl};
 use crate::oci::Digest;
 
-/// How many nodes the parent serves directly per digest while other sources exist: the heads of
-/// the chains of a cold start, so the parent sends about this many copies of a blob however many
-/// nodes pull it.
-pub const PARENT_SLOTS: usize = 2;
+/// How many nodes the parent serves directly per digest while other sources exist, by default:
+/// the heads of the chains of a cold start, so the parent sends about this many copies of a blob
+/// however many nodes pull it. One never oversubscribes a parent whose link is no faster than a
+/// node's (two heads would each get half of it, and every chain below them half the cap); the
+/// chain it makes is deeper, one piece of latency a hop (see the module docs of `swarm`).
+pub const PARENT_SLOTS: usize = 1;
 
 /// A node not heard from for this long has left (nodes report at least every
 /// [`REPORT_EVERY`](super::select::REPORT_EVERY)).
@@ -162,6 +165,8 @@ pub enum Refused {
 pub struct Limits {
     pub max_swarms: usize,
     pub max_members: usize,
+    /// Nodes the parent feeds directly per digest while other sources exist.
+    pub parent_slots: usize,
 }
 
 impl Default for Limits {
@@ -171,6 +176,7 @@ impl Default for Limits {
         Limits {
             max_swarms: 4096,
             max_members: 10_000,
+            parent_slots: PARENT_SLOTS,
         }
     }
 }
@@ -283,7 +289,7 @@ impl Tracker {
         if !fleet.contains(node) {
             return Err(Refused::NotInFleet(node.clone()));
         }
-        let max_members = self.limits.max_members;
+        let (max_members, slots) = (self.limits.max_members, self.limits.parent_slots);
         let swarm = self.swarm(digest);
         swarm.expire(now);
         if !swarm.members.contains_key(node) && swarm.members.len() >= max_members {
@@ -297,7 +303,7 @@ impl Tracker {
         m.complete = false;
         m.source = None;
         m.uploads = uploads.clamp(1, MAX_UPLOADS);
-        Ok(swarm.assign(node, fleet, now))
+        Ok(swarm.assign(node, fleet, slots, now))
     }
 
     /// `node` reports its progress on `digest` ([`Report`]). Answers a new source when the
@@ -319,6 +325,7 @@ impl Tracker {
         if !fleet.contains(node) {
             return Err(Refused::NotInFleet(node.clone()));
         }
+        let slots = self.limits.parent_slots;
         let known = self
             .swarms
             .get(digest)
@@ -379,7 +386,7 @@ impl Tracker {
             if let Some(m) = swarm.members.get_mut(node) {
                 m.source = None;
             }
-            return Ok(Some(swarm.assign(node, fleet, now)));
+            return Ok(Some(swarm.assign(node, fleet, slots, now)));
         }
         Ok(None)
     }
@@ -593,8 +600,9 @@ impl Swarm {
         depth
     }
 
-    /// Chooses `node`'s source by the rules in the module docs, and records it.
-    fn assign(&mut self, node: &NodeUrl, fleet: &Fleet, now: Instant) -> Assignment {
+    /// Chooses `node`'s source by the rules in the module docs (the parent feeding at most
+    /// `slots` nodes directly), and records it.
+    fn assign(&mut self, node: &NodeUrl, fleet: &Fleet, slots: usize, now: Instant) -> Assignment {
         let have = self.members.get(node).map_or(0, |m| m.have);
         let view = self.view();
         let depths = self.depths();
@@ -645,7 +653,7 @@ impl Swarm {
         let chosen = best(&|c| c.complete).or_else(|| best(&|c| c.have > have));
         let chosen = match chosen {
             Some(c) => Some(c),
-            None if view.parent_children < PARENT_SLOTS => None,
+            None if view.parent_children < slots => None,
             None => best(&|c| c.have >= have),
         };
         let (src, answer) = match chosen {

@@ -2,6 +2,17 @@
 
 use super::*;
 
+/// The parent's slots in most scenarios below: two heads show the chain rules (evenness, which
+/// head a node joins) that one head would hide.
+const HEADS: usize = 2;
+
+fn two_heads() -> Tracker {
+    Tracker::new(Limits {
+        parent_slots: HEADS,
+        ..Limits::default()
+    })
+}
+
 fn node(i: usize) -> NodeUrl {
     format!("http://10.0.{}.{}:5000", i / 250, i % 250 + 1)
         .parse()
@@ -54,7 +65,7 @@ fn a_simultaneous_cold_join_builds_two_chains_below_the_parent() {
     let n = 32;
     let f = fleet(n);
     let d = digest();
-    let mut t = Tracker::default();
+    let mut t = two_heads();
     let now = Instant::now();
     let mut source: Vec<Option<NodeUrl>> = Vec::new();
     for i in 0..n {
@@ -62,7 +73,7 @@ fn a_simultaneous_cold_join_builds_two_chains_below_the_parent() {
         source.push(src_of(&a));
     }
     let direct = source.iter().filter(|s| s.is_none()).count();
-    assert_eq!(direct, PARENT_SLOTS, "{source:?}");
+    assert_eq!(direct, HEADS, "{source:?}");
     // Chains: no node serves more than one child, and each chain ends at the parent.
     for i in 0..n {
         let children = source
@@ -88,7 +99,30 @@ fn a_simultaneous_cold_join_builds_two_chains_below_the_parent() {
         }
         d
     };
-    assert_eq!((0..n).map(depth).max(), Some(n / PARENT_SLOTS - 1));
+    assert_eq!((0..n).map(depth).max(), Some(n / HEADS - 1));
+}
+
+/// The default, one slot: a simultaneous cold start is one chain below the parent, which sends
+/// one copy however many nodes pull.
+#[test]
+fn by_default_a_cold_join_is_one_chain() {
+    let n = 8;
+    let f = fleet(n);
+    let d = digest();
+    let mut t = Tracker::default();
+    let now = Instant::now();
+    let sources: Vec<Option<NodeUrl>> = (0..n)
+        .map(|i| src_of(&t.join(&d, &node(i), 0, 4, &f, now).unwrap()))
+        .collect();
+    assert_eq!(PARENT_SLOTS, 1);
+    assert_eq!(sources[0], None, "the first node is fed by the parent");
+    for i in 1..n {
+        assert_eq!(
+            sources[i],
+            Some(node(i - 1)),
+            "node {i} follows the one before it"
+        );
+    }
 }
 
 /// Five hundred nodes at once: still two parent children, and single-child chains of even depth.
@@ -98,7 +132,7 @@ fn a_large_cold_join_stays_two_even_chains() {
     let n = 500;
     let f = fleet(n);
     let d = digest();
-    let mut t = Tracker::default();
+    let mut t = two_heads();
     let now = Instant::now();
     let mut index = std::collections::HashMap::new();
     let mut source = Vec::new();
@@ -106,7 +140,7 @@ fn a_large_cold_join_stays_two_even_chains() {
         index.insert(node(i), i);
         source.push(src_of(&t.join(&d, &node(i), 0, 4, &f, now).unwrap()));
     }
-    assert_eq!(source.iter().filter(|s| s.is_none()).count(), PARENT_SLOTS);
+    assert_eq!(source.iter().filter(|s| s.is_none()).count(), HEADS);
     let mut children = vec![0; n];
     for s in source.iter().flatten() {
         children[index[s]] += 1;
@@ -119,14 +153,14 @@ fn a_large_cold_join_stays_two_even_chains() {
             depth[i] = depth[index[s]] + 1;
         }
     }
-    assert_eq!(depth.iter().max(), Some(&(n / PARENT_SLOTS - 1)));
+    assert_eq!(depth.iter().max(), Some(&(n / HEADS - 1)));
 }
 
 #[test]
 fn a_holder_with_a_free_slot_comes_first_fewest_children_first() {
     let f = fleet(10);
     let d = digest();
-    let mut t = Tracker::default();
+    let mut t = two_heads();
     let now = Instant::now();
     // Two receivers ahead, then two holders.
     t.join(&d, &node(0), 0, 4, &f, now).unwrap();
@@ -153,7 +187,7 @@ fn a_holder_with_a_free_slot_comes_first_fewest_children_first() {
 fn a_full_node_is_skipped() {
     let f = fleet(10);
     let d = digest();
-    let mut t = Tracker::default();
+    let mut t = two_heads();
     let now = Instant::now();
     t.hold(&d, &node(0), MIB, &f, now).unwrap();
     for i in 1..=DEFAULT_UPLOADS as usize {
@@ -165,7 +199,7 @@ fn a_full_node_is_skipped() {
     let a = t.join(&d, &node(5), 0, 4, &f, now).unwrap();
     assert_eq!(a, Assignment::Parent);
     // A node announcing one slot serves one child.
-    let mut t = Tracker::default();
+    let mut t = two_heads();
     t.join(&d, &node(0), 0, 1, &f, now).unwrap();
     t.join(&d, &node(1), 0, 4, &f, now).unwrap();
     // node 0 and node 1 have the parent; node 2 takes node 0's one slot, node 3 node 1's.
@@ -181,7 +215,7 @@ fn a_full_node_is_skipped() {
 fn a_receiver_ahead_is_chosen_fewest_children_then_most_progress() {
     let f = fleet(10);
     let d = digest();
-    let mut t = Tracker::default();
+    let mut t = two_heads();
     let now = Instant::now();
     for i in 0..2 {
         t.join(&d, &node(i), 0, 4, &f, now).unwrap();
@@ -210,7 +244,7 @@ fn a_receiver_ahead_is_chosen_fewest_children_then_most_progress() {
 fn a_node_reported_for_a_bad_piece_is_never_assigned_again() {
     let f = fleet(4);
     let d = digest();
-    let mut t = Tracker::default();
+    let mut t = two_heads();
     let now = Instant::now();
     t.hold(&d, &node(0), MIB, &f, now).unwrap();
     let a = t.join(&d, &node(1), 0, 4, &f, now).unwrap();
@@ -240,7 +274,7 @@ fn a_node_reported_for_a_bad_piece_is_never_assigned_again() {
 fn a_report_blames_only_the_reporters_own_source() {
     let f = fleet(4);
     let d = digest();
-    let mut t = Tracker::default();
+    let mut t = two_heads();
     let now = Instant::now();
     t.hold(&d, &node(0), MIB, &f, now).unwrap();
     t.hold(&d, &node(1), MIB, &f, now).unwrap();
@@ -272,7 +306,7 @@ fn a_stalled_source_is_avoided_for_a_while() {
         (Reason::Unreachable, AVOID),
         (Reason::Busy, BUSY_AVOID),
     ] {
-        let mut t = Tracker::default();
+        let mut t = two_heads();
         let now = Instant::now();
         t.hold(&d, &node(0), MIB, &f, now).unwrap();
         t.join(&d, &node(1), 0, 4, &f, now).unwrap();
@@ -294,7 +328,7 @@ fn a_stalled_source_is_avoided_for_a_while() {
 fn a_starved_source_is_not_held_against_it() {
     let f = fleet(4);
     let d = digest();
-    let mut t = Tracker::default();
+    let mut t = two_heads();
     let now = Instant::now();
     t.hold(&d, &node(0), MIB, &f, now).unwrap();
     t.join(&d, &node(1), 0, 4, &f, now).unwrap();
@@ -309,7 +343,7 @@ fn a_starved_source_is_not_held_against_it() {
 fn a_node_leaving_frees_its_slot_and_orphans_its_children() {
     let f = fleet(8);
     let d = digest();
-    let mut t = Tracker::default();
+    let mut t = two_heads();
     let now = Instant::now();
     t.hold(&d, &node(0), MIB, &f, now).unwrap();
     // node 0 serves nodes 1..=4 (its four slots); node 5 hangs below node 1 (ahead of it).
@@ -333,7 +367,7 @@ fn a_node_leaving_frees_its_slot_and_orphans_its_children() {
 fn completing_frees_the_slot_and_makes_a_holder() {
     let f = fleet(8);
     let d = digest();
-    let mut t = Tracker::default();
+    let mut t = two_heads();
     let now = Instant::now();
     t.hold(&d, &node(0), MIB, &f, now).unwrap();
     for i in 1..=4 {
@@ -353,7 +387,7 @@ fn completing_frees_the_slot_and_makes_a_holder() {
 fn silent_nodes_expire_and_empty_swarms_are_swept() {
     let f = fleet(4);
     let d = digest();
-    let mut t = Tracker::default();
+    let mut t = two_heads();
     let now = Instant::now();
     t.hold(&d, &node(0), MIB, &f, now).unwrap();
     t.join(&d, &node(1), 0, 4, &f, now).unwrap();
@@ -375,7 +409,7 @@ fn silent_nodes_expire_and_empty_swarms_are_swept() {
 fn a_swarm_remembers_its_blame_until_it_ends() {
     let f = fleet(4);
     let d = digest();
-    let mut t = Tracker::default();
+    let mut t = two_heads();
     let now = Instant::now();
     t.hold(&d, &node(0), MIB, &f, now).unwrap();
     t.join(&d, &node(1), 0, 4, &f, now).unwrap();
@@ -393,7 +427,7 @@ fn a_swarm_remembers_its_blame_until_it_ends() {
 #[test]
 fn a_tracker_never_hands_a_node_itself_or_a_url_outside_the_fleet() {
     let d = digest();
-    let mut t = Tracker::default();
+    let mut t = two_heads();
     let now = Instant::now();
     let f = fleet(3);
     // Alone in the swarm, even complete before: the parent, never itself.
@@ -420,7 +454,7 @@ fn a_tracker_never_hands_a_node_itself_or_a_url_outside_the_fleet() {
 fn no_cycle_is_ever_formed() {
     let f = fleet(3);
     let d = digest();
-    let mut t = Tracker::default();
+    let mut t = two_heads();
     let now = Instant::now();
     // Fill the parent's slots, then a chain 0 -> 2.
     t.join(&d, &node(0), 0, 4, &f, now).unwrap();
@@ -439,7 +473,7 @@ fn no_cycle_is_ever_formed() {
 fn an_unknown_reporter_rejoins() {
     let f = fleet(3);
     let d = digest();
-    let mut t = Tracker::default();
+    let mut t = two_heads();
     let now = Instant::now();
     // A node the tracker never saw (it restarted) reports progress: it is rejoined, with a
     // source, and serves others like any receiver.
@@ -454,7 +488,7 @@ fn an_unknown_reporter_rejoins() {
 fn an_ordinary_report_keeps_the_source() {
     let f = fleet(3);
     let d = digest();
-    let mut t = Tracker::default();
+    let mut t = two_heads();
     let now = Instant::now();
     t.hold(&d, &node(0), MIB, &f, now).unwrap();
     t.join(&d, &node(1), 0, 4, &f, now).unwrap();
@@ -471,6 +505,7 @@ fn memory_is_bounded() {
     let mut t = Tracker::new(Limits {
         max_swarms: 2,
         max_members: 2,
+        parent_slots: PARENT_SLOTS,
     });
     let d: Vec<Digest> = (0..3u8).map(|i| Digest::of(&[i])).collect();
     t.hold(&d[0], &node(0), MIB, &f, now).unwrap();
@@ -519,7 +554,7 @@ fn report_all(
 fn a_slow_link_feeds_nobody_and_its_children_move() {
     let f = fleet(8);
     let d = digest();
-    let mut t = Tracker::default();
+    let mut t = two_heads();
     let t0 = Instant::now();
     // Nodes 0 and 1 below the parent; node 2 below node 0, node 3 below node 1, node 4 below
     // node 2 (fewest children, then nearest the parent, then the URL).
@@ -554,7 +589,7 @@ fn a_slow_link_feeds_nobody_and_its_children_move() {
 fn a_slow_chain_head_is_measured_against_the_swarms_best() {
     let f = fleet(8);
     let d = digest();
-    let mut t = Tracker::default();
+    let mut t = two_heads();
     let t0 = Instant::now();
     for i in 0..2 {
         assert_eq!(t.join(&d, &node(i), 0, 4, &f, t0), Ok(Assignment::Parent));
@@ -584,7 +619,7 @@ fn a_slow_chain_head_is_measured_against_the_swarms_best() {
 fn children_sharing_a_holder_are_not_slow_links() {
     let f = fleet(8);
     let d = digest();
-    let mut t = Tracker::default();
+    let mut t = two_heads();
     let t0 = Instant::now();
     t.hold(&d, &node(0), 1 << 30, &f, t0).unwrap();
     // Nodes 1 to 4 share the holder's upload; nodes 5 and 6 each have a parent's stream.
@@ -608,7 +643,7 @@ fn children_sharing_a_holder_are_not_slow_links() {
 fn a_childs_report_raises_its_sources_progress() {
     let f = fleet(8);
     let d = digest();
-    let mut t = Tracker::default();
+    let mut t = two_heads();
     let now = Instant::now();
     for i in 0..3 {
         t.join(&d, &node(i), 0, 4, &f, now).unwrap();
