@@ -116,12 +116,8 @@ fn by_default_a_cold_join_is_one_chain() {
         .collect();
     assert_eq!(PARENT_SLOTS, 1);
     assert_eq!(sources[0], None, "the first node is fed by the parent");
-    for i in 1..n {
-        assert_eq!(
-            sources[i],
-            Some(node(i - 1)),
-            "node {i} follows the one before it"
-        );
+    for (i, s) in sources.iter().enumerate().skip(1) {
+        assert_eq!(*s, Some(node(i - 1)), "node {i} follows the one before it");
     }
 }
 
