@@ -32,7 +32,7 @@ pub const MAX_HASH_MISSES: u32 = 30;
 const QUEUE: usize = 32;
 
 /// What a transfer starts from: the blob, its layout, the tracker's first answer (`None`: the
-/// parent) and the parent's answer from byte 0 when it was asked first.
+/// tracker did not answer, so the parent).
 pub struct Start {
     pub link: Arc<Link>,
     pub up: Arc<Upstream>,
@@ -42,7 +42,6 @@ pub struct Start {
     pub fill: watch::Receiver<FillState>,
     pub layout: Layout,
     pub first: Option<Assignment>,
-    pub early: Option<UpstreamResponse>,
 }
 
 /// Spawns the driver; its verified bytes are the body.
@@ -66,7 +65,6 @@ pub fn spawn(s: Start) -> SwarmBody {
         out: Some(tx),
         yielded: 0,
         buf: VecDeque::new(),
-        early: s.early,
         misses: 0,
     };
     let task = tokio::spawn(driver.run(actions));
@@ -166,8 +164,6 @@ struct Driver {
     yielded: u64,
     /// Bytes received past `yielded`, not verified yet.
     buf: VecDeque<Bytes>,
-    /// The parent's answer from byte 0, asked before the transfer started.
-    early: Option<UpstreamResponse>,
     /// Pieces calls in a row that brought nothing.
     misses: u32,
 }
@@ -401,18 +397,11 @@ impl Driver {
     /// Opens `source` from byte `from` on.
     async fn fetch(&mut self, source: &Source, from: u64) -> Result<Incoming, Reason> {
         let size = self.t.layout().size();
-        // The parent's early answer is for the first fetch only, and only from byte 0: left
-        // open, it would hold bytes in flight from the parent for nothing.
-        let early = self.early.take();
         match source {
             Source::Parent => {
-                let early = early.filter(|_| from == 0);
-                let resp = match early {
-                    Some(r) => r,
-                    None => parent_get(&self.up, &self.name, &self.digest, from)
-                        .await
-                        .map_err(|_| Reason::Unreachable)?,
-                };
+                let resp = parent_get(&self.up, &self.name, &self.digest, from)
+                    .await
+                    .map_err(|_| Reason::Unreachable)?;
                 let skip = continuation(resp.status, &resp.headers, from, Some(size))
                     .map_err(|_| Reason::Unreachable)?;
                 Ok(Incoming::Parent { resp, skip })

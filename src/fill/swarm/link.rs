@@ -18,7 +18,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use url::Url;
 
 use crate::error::Error;
-use crate::fleet::{Fleet, PIECES_PATH, SWARM_PATH};
+use crate::fleet::{Fleet, PIECES_PATH, swarm_path};
 use crate::oci::{Digest, RepoName};
 use crate::swarm::node::{Fleet as Nodes, NodeUrl};
 use crate::swarm::protocol::{MAX_PIECES_BODY, MAX_SMALL_BODY, Pieces, SwarmAnswer, SwarmRequest};
@@ -108,7 +108,19 @@ impl Link {
         req: &SwarmRequest,
         nodes: &Nodes,
     ) -> Result<SwarmAnswer, String> {
-        let path = format!("{SWARM_PATH}{digest}");
+        self.ask_sized(digest, None, req, nodes).await
+    }
+
+    /// As [`Link::ask`], telling the tracker the blob's size (`?size=N`, from the parent's
+    /// `HEAD`): a first call, before the tracker may know it.
+    pub async fn ask_sized(
+        &self,
+        digest: &Digest,
+        size: Option<u64>,
+        req: &SwarmRequest,
+        nodes: &Nodes,
+    ) -> Result<SwarmAnswer, String> {
+        let path = swarm_path(digest, size);
         let url = self.parent.join(&path).map_err(|e| e.to_string())?;
         let r = Request::post(url.as_str())
             .header(header::AUTHORIZATION, self.fleet.sign("POST", &path))

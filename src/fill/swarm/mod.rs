@@ -3,13 +3,14 @@
 //!
 //! # A node's fill
 //! [`Swarm::open`] is the fill's source on a node (the job asks it after the bucket and the
-//! cluster's owner, before the upstream). It asks the tracker on the parent for a source
-//! (`POST /_berth/fleet/v1/swarm/<digest>`, a `SwarmRequest`, answered a `SwarmAnswer` whose
-//! size and piece size the fill takes as the blob's), and the parent's ordinary blob route,
-//! with `HEAD`, whether this upstream and repository may have the blob (the tracker answers
-//! for a digest, whoever asks: without this, a client that knows a digest could get from peers
-//! what the parent's access policy or origin check refuses it; a refusal or another size, and
-//! the fill asks the parent itself, as any miss). Then it spawns a driver that runs a
+//! cluster's owner, before the upstream). It asks the parent's ordinary blob route, with
+//! `HEAD`, whether this upstream and repository may have the blob, and its size (the tracker
+//! answers for a digest, whoever asks: without this, a client that knows a digest could get from
+//! peers what the parent's access policy or origin check refuses it; a refusal, and the fill asks
+//! the parent itself, as any miss). Then it asks the tracker on the parent for a source
+//! (`POST /_berth/fleet/v1/swarm/<digest>?size=N`, a `SwarmRequest`, answered a `SwarmAnswer`
+//! whose piece size the fill takes; the size lets the tracker answer a cold start at once, before
+//! the parent's own fill began). Then it spawns a driver that runs a
 //! `swarm::select::Transfer` ([`drive`]) as `tests/it/swarm.rs`'s `pull` does:
 //! - `AskTracker`/`Report`: the same route, with the node's frontier and the source it dropped;
 //! - `NeedHashes`: `GET /_berth/fleet/v1/pieces/<digest>?from=K` (404: not yet, asked again a
@@ -27,9 +28,9 @@
 //!
 //! The rule the fallbacks keep: **nothing any peer or the tracker does can fail a pull the
 //! parent could serve.** The tracker unreachable, refusing, or answering garbage at the start:
-//! the node asks the parent for the blob (which starts the parent's fill and gives the size),
-//! asks the tracker once more, and without an answer takes every byte from the parent (still
-//! through the driver, so its children can read its verified bytes). The tracker failing later,
+//! the node takes every byte from the parent (still through the driver, so its children can read
+//! its verified bytes); a tracker that knows another size than the parent's `HEAD`: the fill
+//! asks the parent itself. The tracker failing later,
 //! or the pieces route missing for `drive::MAX_HASH_MISSES` ticks: the parent, from the frontier. Too
 //! many failed sources: the parent (`select`'s rule). The driver giving up in any other way (the
 //! parent failing repeatedly; the directory route of a parent that is down is not built yet):
@@ -48,16 +49,13 @@
 //! are awaited in line (the transfer has no source meanwhile anyway).
 //!
 //! # Trade-offs
-//! - One `HEAD` to the parent per swarm fill (the access and origin check above): a round trip,
-//!   answered from the parent's cache or its running fill once the tracker knows the blob.
+//! - One `HEAD` to the parent per swarm fill (the access and origin check above, and the size):
+//!   a round trip before the first byte, answered from the parent's cache, its running fill, or
+//!   on a cold start its upstream's `HEAD`.
 //! - The parent's silence is a stall too (`select`'s rule for every source): a parent whose own
 //!   fill waits on a slow upstream for `swarm::select::STALL` is asked again from the frontier (its
 //!   fill runs on, nothing is fetched upstream twice); three times without progress, and the
 //!   job's resume takes over with the upstream's own, longer stall timeout.
-//! - When the tracker does not know the blob, the node's first `GET` to the parent is read
-//!   after the tracker is asked again: a blob that is small and wrong may then fail the fill's
-//!   digest check before the client's answer began, and the client gets `502 DIGEST_INVALID`
-//!   rather than a broken body (no wrong body completes either way).
 //! - `berth_fleet_bytes_total` counts the driver's bytes; what a fill gets after the swarm gave
 //!   up (the job's resume) or without it counts in `berth_upstream_fetched_bytes_total`, as any
 //!   fill from an upstream.
@@ -77,7 +75,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use http::{HeaderValue, Method, Response, StatusCode};
+use http::{HeaderValue, Method, Response};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::sync::watch;
@@ -88,7 +86,7 @@ mod serve;
 
 use drive::Start;
 pub(crate) use drive::SwarmBody;
-use link::{Link, Members, parent_get};
+use link::{Link, Members};
 use serve::Serving;
 
 use crate::config::FleetConfig;
@@ -177,37 +175,32 @@ impl Swarm {
     ) -> Option<(SwarmBody, u64)> {
         self.serving.register(digest, fill);
         let nodes = self.members.current().await;
+        // The tracker answers for a digest, whoever asks; whether this upstream and repository
+        // may have it is the parent's to say (its access policy, its origin check), as it would
+        // for an ordinary miss: a HEAD first, whose length is also the size the tracker is told
+        // (so that on a cold start, before the parent's own fill, it can answer at once). A
+        // refusal, no length, or a tracker that knows another size: the fill asks the parent
+        // itself and gets its answer.
+        let head = up
+            .send(blob_request(Method::HEAD, name, digest))
+            .await
+            .ok()?
+            .error_for_status(NotFoundKind::Blob)
+            .await
+            .ok()?;
+        let size = content_length(&head.headers)?;
         let join = self.link.request(0, None);
-        let (layout, first, early) = match self.link.ask(digest, &join, &nodes).await {
-            Ok(a) => (a.layout, a.source, None),
-            Err(e) => {
-                tracing::info!(digest = %digest, error = %e, "fleet: no swarm for this blob yet; asking the parent for it");
-                let resp = parent_get(up, name, digest, 0).await.ok()?;
-                let size =
-                    content_length(&resp.headers).filter(|_| resp.status == StatusCode::OK)?;
-                // The parent's fill runs now: the tracker may know the blob.
-                match self.link.ask(digest, &join, &nodes).await {
-                    Ok(a) if a.layout.size() == size => (a.layout, a.source, Some(resp)),
-                    _ => (Layout::new(size), None, Some(resp)),
-                }
-            }
-        };
-        if early.is_none() {
-            // The tracker answers for a digest, whoever asks; whether this upstream and
-            // repository may have it is the parent's to say (its access policy, its origin
-            // check), as it would for an ordinary miss. A refusal, or another size: the fill
-            // asks the parent itself and gets its answer.
-            let head = up
-                .send(blob_request(Method::HEAD, name, digest))
-                .await
-                .ok()?
-                .error_for_status(NotFoundKind::Blob)
-                .await
-                .ok()?;
-            if content_length(&head.headers) != Some(layout.size()) {
+        let (layout, first) = match self.link.ask_sized(digest, Some(size), &join, &nodes).await {
+            Ok(a) if a.layout.size() == size => (a.layout, a.source),
+            Ok(a) => {
+                tracing::warn!(digest = %digest, size, tracker = a.layout.size(), "fleet: the tracker knows another size than the parent's HEAD; asking the parent itself");
                 return None;
             }
-        }
+            Err(e) => {
+                tracing::info!(digest = %digest, error = %e, "fleet: no answer from the tracker; taking the blob from the parent through the swarm's driver");
+                (Layout::new(size), None)
+            }
+        };
         Some((
             drive::spawn(Start {
                 link: self.link.clone(),
@@ -218,7 +211,6 @@ impl Swarm {
                 fill: fill.clone(),
                 layout,
                 first,
-                early,
             }),
             layout.size(),
         ))
