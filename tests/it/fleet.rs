@@ -75,7 +75,9 @@ fn central_toml(
 }
 
 /// A node's config: its parent, itself as the only node.
-fn node_toml(dir: &Path, parent: &str, secret: &Path) -> String {
+/// A node's config: `parent`, the fleet secret at `secret`, its own listeners and storage in
+/// `dir`, and a node set of itself (no peer to share with).
+pub(crate) fn node_toml(dir: &Path, parent: &str, secret: &Path) -> String {
     format!(
         r#"{}
         [fleet]

@@ -523,8 +523,36 @@ async fn every_dashboard_panel_and_recording_rule_returns_data() {
     let b = Arc::new(start_with_bucket(&cfg, dir, bucket).await);
     let (replicas, _secret, _gone) = two_replicas_and_a_gone_one(&fake).await;
     let replicas = Arc::new(replicas);
-    let prom = Prometheus::start(&[b.metrics, replicas[0].metrics, replicas[1].metrics]);
+    // A fleet node of it: the node's swarm families, and a blob pulled through it below.
+    let node_dir = tempfile::tempdir().unwrap();
+    let node_cfg = crate::fleet::node_toml(
+        node_dir.path(),
+        &format!("http://{}", b.addr),
+        &fleet_secret,
+    );
+    let node = support::instance::start_toml(&node_cfg, node_dir).await;
+    let prom = Prometheus::start(&[
+        b.metrics,
+        replicas[0].metrics,
+        replicas[1].metrics,
+        node.metrics,
+    ]);
     prom.until_ready(&b).await;
+
+    // A blob through the node: its fill comes through the swarm, from the parent.
+    let shared = random_bytes(64 * KIB, 4);
+    let shared_blob = fake.put_blob("library/app", shared.clone());
+    same(
+        node.get(&format!("/v2/app/blobs/{shared_blob}"))
+            .await
+            .bytes(),
+        &shared,
+    );
+    assert_eq!(
+        node.counter("berth_fleet_bytes_total{source=\"parent\"}")
+            .await,
+        shared.len() as u64
+    );
 
     // One-off events. A manifest: a miss here, hits in the traffic below.
     fake.put_tagged("library/app", "1.0", media::DOCKER_MANIFEST, DOCKER);
