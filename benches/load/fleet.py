@@ -42,7 +42,8 @@ Figures per scenario: verified / failed / wrong bodies; p50, p99 (nearest rank) 
 verified blob, and their ratio to `single`; upstream fetches (the registry's access log: GET lines
 of the blob's path) and upstream bytes out (the upstream's veth tx counter) in blobs; bytes out of
 the central berth (its veth tx counter, and berth_served_bytes_total) in blobs; bytes the nodes
-fetched from their sources (berth_upstream_fetched_bytes_total on the nodes) in blobs.
+got from the parent (berth_fleet_bytes_total{source="parent"} plus berth_upstream_fetched_bytes_total
+on the nodes) and from other nodes (berth_fleet_bytes_total{source="peer"}) in blobs.
 
 Usage: python3 benches/load/fleet.py [--quick] [--nodes N] [--blob-mib M] [--rate R] [--out FILE]
                                      [--json FILE] [--scenarios single,all,kill,slow] [--berth BIN]
@@ -367,12 +368,21 @@ class Bed:
             "c_tx": self.tx_bytes("c"),
             "c_fetched": metric(c, "berth_upstream_fetched_bytes_total"),
             "c_served": metric(c, "berth_served_bytes_total"),
-            "n_fetched": sum(
-                metric(self.scrape(n["short"], n["ip"]), "berth_upstream_fetched_bytes_total")
-                for n in nodes
-                if n["proc"].proc.poll() is None
-            ),
+            # A node's bytes from the parent: through the swarm's driver, or the old way (a fill
+            # the swarm left, or without it); from other nodes: through the swarm only.
+            **self.node_bytes(nodes),
         }
+
+    def node_bytes(self, nodes):
+        parent = peer = 0.0
+        for n in nodes:
+            if n["proc"].proc.poll() is not None:
+                continue
+            text = self.scrape(n["short"], n["ip"])
+            parent += metric(text, "berth_upstream_fetched_bytes_total")
+            parent += metric(text, 'berth_fleet_bytes_total{source="parent"}')
+            peer += metric(text, 'berth_fleet_bytes_total{source="peer"}')
+        return {"n_parent": parent, "n_peer": peer}
 
     def pull(self, name, nodes, digest, kill=False):
         """Every node in `nodes` pulls `digest` at once from its own node berth: each client's
@@ -474,7 +484,8 @@ class Bed:
             "central_fetched_blobs": blobs["c_fetched"],
             "central_tx_blobs": blobs["c_tx"],
             "central_served_blobs": blobs["c_served"],
-            "nodes_fetched_blobs": blobs["n_fetched"],
+            "nodes_from_parent_blobs": blobs["n_parent"],
+            "nodes_from_peers_blobs": blobs["n_peer"],
             "clients": [{k: r[k] for k in ("node", "verdict", "status", "bytes", "time", "err")} for r in got],
         }
         for r in got:
@@ -535,7 +546,8 @@ class Bed:
             ("central: fetched from upstream, blobs (metrics)", lambda s: cell(s, "central_fetched_blobs")),
             ("central: bytes out, blobs (veth tx; target <= 2)", lambda s: cell(s, "central_tx_blobs")),
             ("central: served, blobs (berth_served_bytes_total)", lambda s: cell(s, "central_served_blobs")),
-            ("nodes: fetched from their sources, blobs (metrics)", lambda s: cell(s, "nodes_fetched_blobs")),
+            ("nodes: got from the parent, blobs (metrics)", lambda s: cell(s, "nodes_from_parent_blobs")),
+            ("nodes: got from other nodes, blobs (metrics)", lambda s: cell(s, "nodes_from_peers_blobs")),
         ]
         commit = git("rev-parse", "--short", "HEAD")
         lines = [

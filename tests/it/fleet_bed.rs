@@ -4,9 +4,9 @@
 //! node alone, the three at once, and the three at once with the berth of the node furthest
 //! ahead killed half-way. Every surviving node's client must hold verified bytes (a 200 whose
 //! sha256 is the digest), no body may complete wrong, and the upstream must send the blob once
-//! per scenario; the central berth's and the nodes' byte counts are checked within what both
-//! today's node mode (every node from the central berth) and the swarm (nodes from each other)
-//! must meet, and printed.
+//! per scenario; each node gets the blob once (from the parent or other nodes), and with the
+//! three at once the swarm shares: bytes come from other nodes, and the central berth serves at
+//! most two copies. The figures are printed.
 //!
 //! It needs root, `ip` and `tc` (iproute2), a kernel that lets it make namespaces, python3 and
 //! `docker-registry`: where any is missing it passes after printing `SKIPPED` and the reason
@@ -126,15 +126,29 @@ fn nodes_in_namespaces_pull_verified_blobs_through_the_central_berth() {
             tx <= served * 1.1 + 0.01 && (victim.is_some() || tx >= served * 0.99),
             "{name}: central link sent {tx} blobs for {served} served"
         );
-        // Each surviving node fetched the blob once from its sources.
-        let fetched = s["nodes_fetched_blobs"].as_f64().unwrap();
-        assert_eq!(
-            fetched, verified as f64,
-            "{name}: nodes fetched {fetched} blobs"
+        // Each surviving node got the blob once, from the parent or other nodes (a piece cut
+        // off by a kill may come twice); with several nodes at once, the swarm shares: some
+        // come from other nodes, and the central berth sends at most two copies, whatever N.
+        let (parent, peers) = (
+            s["nodes_from_parent_blobs"].as_f64().unwrap(),
+            s["nodes_from_peers_blobs"].as_f64().unwrap(),
         );
+        let got = parent + peers;
+        assert!(
+            got >= verified as f64 - 0.001 && got <= verified as f64 + 0.5,
+            "{name}: nodes got {got} blobs ({parent} from the parent, {peers} from nodes)"
+        );
+        if name == "all" {
+            assert!(
+                peers > 0.5,
+                "{name}: the nodes shared nothing: {peers} blobs from nodes"
+            );
+            assert!(served <= 2.0, "{name}: central served {served} blobs");
+        }
         eprintln!(
             "{name}: {verified}/{pulling} verified, p50 {} s, p99 {} s, upstream {up:.2} blobs, \
-             central out {tx:.2} blobs (served {served:.2}), nodes fetched {fetched:.2}",
+             central out {tx:.2} blobs (served {served:.2}), nodes got {parent:.2} blobs from \
+             the parent and {peers:.2} from other nodes",
             s["p50"], s["p99"]
         );
     }
