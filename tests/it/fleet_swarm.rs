@@ -669,7 +669,8 @@ async fn a_lying_peer_is_dropped_and_the_pull_completes_elsewhere() {
 
 /// A tracker that answers 500, then one that answers garbage: each pull completes from the
 /// parent, every byte counted as the parent's; and a tracker that names an honest peer while the
-/// piece table never comes: the node leaves the peer for the parent and completes.
+/// piece table never comes: the node stops reading the peer at its bound of unverified bytes,
+/// leaves it for the parent and completes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broken_tracker_or_table_leaves_the_pull_to_the_parent() {
     let parent = Parent::start(Duration::ZERO).await;
@@ -705,7 +706,8 @@ async fn a_broken_tracker_or_table_leaves_the_pull_to_the_parent() {
 
     *parent.state.mode.lock().unwrap() = Mode::Normal;
     *parent.state.no_pieces.lock().unwrap() = true;
-    let layer = random_bytes(3 * MIB, 7);
+    // Larger than what a node holds unverified: it stops reading the peer there.
+    let layer = random_bytes(24 * MIB, 7);
     let d = parent.put(&layer);
     let digest: Digest = d.parse().unwrap();
     let asked = fake_node(honest_listener, &digest, layer.clone()).await;
@@ -727,6 +729,15 @@ async fn a_broken_tracker_or_table_leaves_the_pull_to_the_parent() {
         "the parent never sent the rest"
     );
     assert_eq!(node.counter("berth_fleet_pieces_rejected_total").await, 0);
+    // Without a table nothing from the peer is verified: the node read at most its bound of
+    // unverified bytes (16 MiB) and a read's worth more, not the whole blob.
+    let from_peer = node
+        .counter("berth_fleet_bytes_total{source=\"peer\"}")
+        .await;
+    assert!(
+        from_peer <= (17 * MIB) as u64,
+        "{from_peer} bytes read from a peer while none could be checked"
+    );
 }
 
 /// An empty blob comes through the swarm like any other (its end completes it).

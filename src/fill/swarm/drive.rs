@@ -30,6 +30,13 @@ use crate::upstream::{Upstream, UpstreamResponse, continuation};
 pub const MAX_HASH_MISSES: u32 = 30;
 /// Verified chunks queued for the fill (each at most a read's worth).
 const QUEUE: usize = 32;
+/// Most bytes from a peer held unverified (their piece's hash not known yet) before the driver
+/// stops reading that peer until the table catches up: so a node's memory stays bounded
+/// whatever a peer sends ahead of the parent's table. An honest peer is never far ahead (it
+/// forwards only bytes it checked against the same table: the lag is this node's table poll);
+/// a peer that is, stops being heard, and after `select::STALL` it is left for another source.
+/// At least two pieces, so a piece is always whole before the reading stops.
+const MAX_UNVERIFIED: u64 = 16 << 20;
 
 /// What a transfer starts from: the blob, its layout, the tracker's first answer (`None`: the
 /// tracker did not answer, so the parent).
@@ -203,7 +210,7 @@ impl Driver {
             // clock is read after every event, so a busy body cannot starve it.
             actions = tokio::select! {
                 biased;
-                ev = async { body.as_mut().expect("guarded").next().await }, if body.is_some() => {
+                ev = async { body.as_mut().expect("guarded").next().await }, if body.is_some() && self.may_read() => {
                     match ev {
                         Ev::Bytes(c, from_parent) => {
                             let label = if from_parent { "parent" } else { "peer" };
@@ -271,6 +278,13 @@ impl Driver {
                 actions = self.dropped(before, Reason::Stall, out);
             }
         }
+    }
+
+    /// Whether the body may be read on: fewer unverified bytes held than [`MAX_UNVERIFIED`] (or
+    /// two pieces, for pieces larger than half of it).
+    fn may_read(&self) -> bool {
+        let held = self.t.received().saturating_sub(self.yielded);
+        held < MAX_UNVERIFIED.max(2 * self.t.layout().piece_size())
     }
 
     /// Counts a source this event made the transfer leave (a node, not the parent), by the
