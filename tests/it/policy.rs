@@ -760,3 +760,44 @@ async fn a_message_signature_bundle_verifies_over_the_payload_beside_it() {
     }
     assert_eq!(verdicts(&b, "verified").await, 2);
 }
+
+/// The upstream failing while the signatures are gathered is no verdict. With nothing found (the
+/// signature tag's lookup fails, the referrers list is empty), the pull gets the upstream's
+/// failure to retry, never a denial saying "unsigned"; with a signature found (its tag), the
+/// verdict stands on it, though the referrers list failed.
+#[tokio::test]
+async fn an_upstream_failing_while_signatures_are_gathered_is_no_verdict() {
+    let keys = tempfile::tempdir().unwrap();
+    let (good_key, good_pub) = keypair(keys.path(), "release");
+    let fake = FakeRegistry::start().await;
+    fake.serve_referrers(10);
+    let unsigned = image(&fake, "team/app", "unsigned", 21);
+    let tag = berth::policy::cosign::signature_tag(&unsigned.parse().unwrap());
+    let unavailable = Fault::Status(StatusCode::SERVICE_UNAVAILABLE, None);
+    fake.fault(
+        &format!("/v2/team/app/manifests/{}", tag.as_str()),
+        unavailable.clone(),
+    );
+    let signed = image(&fake, "team/app", "signed", 22);
+    sign_image(&fake, "team/app", &signed, &good_key);
+    fake.fault(&format!("/v2/team/app/referrers/{signed}"), unavailable);
+    let dir = tempfile::tempdir().unwrap();
+    let b = start_toml(
+        &config(dir.path(), &fake, &policy(&[&good_pub], "enforce")),
+        dir,
+    )
+    .await;
+
+    let got = b.get("/v2/team/app/manifests/unsigned").await;
+    assert!(
+        got.status.is_server_error(),
+        "nothing could be looked at: {} {:?}",
+        got.status,
+        got.body
+    );
+    assert_eq!(verdicts(&b, "denied").await, 0);
+    let got = b.get("/v2/team/app/manifests/signed").await;
+    assert_eq!(got.status, StatusCode::OK, "{:?}", got.body);
+    assert_eq!(digest_of(got.bytes()), signed);
+    assert_eq!(verdicts(&b, "verified").await, 1);
+}
