@@ -801,3 +801,33 @@ async fn an_upstream_failing_while_signatures_are_gathered_is_no_verdict() {
     assert_eq!(digest_of(got.bytes()), signed);
     assert_eq!(verdicts(&b, "verified").await, 1);
 }
+
+/// A payload of a few KiB (cosign's `optional` annotations: a build's provenance, say) verifies
+/// like a short one: the bound on what is read is generous.
+#[tokio::test]
+async fn a_signature_payload_of_a_few_kib_verifies() {
+    let keys = tempfile::tempdir().unwrap();
+    let (good_key, good_pub) = keypair(keys.path(), "release");
+    let fake = FakeRegistry::start().await;
+    let signed = image(&fake, "team/app", "annotated", 23);
+    let long = payload("team/app", &signed).replace(
+        r#""optional":null"#,
+        &format!(r#""optional":{{"build":"{}"}}"#, "b".repeat(4096)),
+    );
+    assert!(long.len() > 4096);
+    push_signatures(
+        &fake,
+        "team/app",
+        &signed,
+        &[(long.clone(), sign(&good_key, long.as_bytes()))],
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let b = start_toml(
+        &config(dir.path(), &fake, &policy(&[&good_pub], "enforce")),
+        dir,
+    )
+    .await;
+    let got = b.get("/v2/team/app/manifests/annotated").await;
+    assert_eq!(got.status, StatusCode::OK, "{:?}", got.body);
+    assert_eq!(verdicts(&b, "verified").await, 1);
+}

@@ -142,6 +142,27 @@ mod tests {
         assert_eq!(utf8_string(b""), None);
     }
 
+    /// Long lengths of one to four bytes, in order; none of zero bytes (the indefinite form,
+    /// which DER forbids) or more than four; none that runs past the input.
+    #[test]
+    fn utf8_string_lengths_are_der() {
+        let s = "y".repeat(256);
+        let mut two = vec![0x0c, 0x82, 0x01, 0x00];
+        two.extend_from_slice(s.as_bytes());
+        assert_eq!(utf8_string(&two).as_deref(), Some(s.as_str()));
+        assert_eq!(
+            utf8_string(b"\x0c\x84\x00\x00\x00\x03abc").as_deref(),
+            Some("abc")
+        );
+        assert_eq!(utf8_string(b"\x0c\x81\x00").as_deref(), Some(""));
+        let mut indefinite = vec![0x0c, 0x80];
+        assert_eq!(utf8_string(&indefinite), None);
+        indefinite.extend_from_slice(&[b'z'; 128]);
+        assert_eq!(utf8_string(&indefinite), None);
+        assert_eq!(utf8_string(b"\x0c\x85\x00\x00\x00\x00\x03abc"), None);
+        assert_eq!(utf8_string(b"\x0c\x82\x00"), None);
+    }
+
     #[test]
     fn pem_certificates_in_order_or_why_not() {
         let a = rcgen::generate_simple_self_signed(vec!["a.test".into()]).unwrap();

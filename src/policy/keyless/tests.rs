@@ -849,3 +849,33 @@ fn a_keyless_message_signature_verifies_with_a_hashedrekord_entry_about_its_payl
         "keyless (a certificate), and this policy has no trusted_root",
     );
 }
+
+/// The certificate's validity includes its bounds: an entry integrated at its first or its last
+/// second verifies, one a second later does not; a refusal names the time as a person reads it.
+#[test]
+fn the_certificates_validity_includes_its_bounds_and_a_refusal_says_when() {
+    let c = case(LeafSpec::default());
+    let at = |t: i64| signed_entry(&c.world.log, &c.world.log_spki, c.entry.body.clone(), t);
+    // days (1, 2): from 2026-01-01T00:00:00Z (DAY) to 2026-01-02T00:00:00Z.
+    for t in [DAY, DAY + 86_400] {
+        c.verify(at(t)).unwrap();
+    }
+    fails(
+        c.verify(at(DAY + 86_401)),
+        "integrated at 2026-01-02T00:00:01Z, outside its certificate's validity",
+    );
+}
+
+/// Every configured identity is one the trusted root may vouch for (the count a denial names).
+#[test]
+fn each_identity_counts() {
+    let world = World::new();
+    let id = |subject: &str| IdentityConfig {
+        issuer: Some(ISSUER.into()),
+        subject_regex: Some(subject.into()),
+        ..Default::default()
+    };
+    assert_eq!(world.keyless("^https://a/").identities(), 1);
+    let two = Keyless::new(&world.root, &[id("^https://a/"), id("^https://b/")]);
+    assert_eq!(two.identities(), 2);
+}
