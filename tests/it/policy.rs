@@ -55,8 +55,13 @@ pub(crate) fn payload(repo: &str, digest: &str) -> String {
 }
 
 /// Pushes a cosign signature of `digest` in `repo`: the payload blob, and the `.sig` manifest
-/// under `sha256-<hex>.sig` with one layer per (payload, signature).
-fn push_signatures(fake: &FakeRegistry, repo: &str, digest: &str, sigs: &[(String, Vec<u8>)]) {
+/// under `sha256-<hex>.sig` with one layer per (payload, signature); the manifest.
+fn push_signatures(
+    fake: &FakeRegistry,
+    repo: &str,
+    digest: &str,
+    sigs: &[(String, Vec<u8>)],
+) -> String {
     let empty = fake.put_blob(repo, "{}");
     let layers: Vec<String> = sigs
         .iter()
@@ -74,7 +79,8 @@ fn push_signatures(fake: &FakeRegistry, repo: &str, digest: &str, sigs: &[(Strin
         layers.join(",")
     );
     let tag = format!("{}.sig", digest.replace(':', "-"));
-    fake.put_tagged(repo, &tag, OCI_MANIFEST, manifest);
+    fake.put_tagged(repo, &tag, OCI_MANIFEST, manifest.clone());
+    manifest
 }
 
 /// Signs `digest` in `repo` as cosign does with a key: one honest payload, signed by `key`.
@@ -802,24 +808,46 @@ async fn an_upstream_failing_while_signatures_are_gathered_is_no_verdict() {
     assert_eq!(verdicts(&b, "verified").await, 1);
 }
 
-/// A payload of a few KiB (cosign's `optional` annotations: a build's provenance, say) verifies
-/// like a short one: the bound on what is read is generous.
+/// Payload sizes: a few KiB (cosign's `optional` annotations: a build's provenance, say) and
+/// exactly the 64 KiB bound verify; one over it is refused as such, and so is one whose
+/// descriptor says less than the blob it names holds (read no further than the bound).
 #[tokio::test]
-async fn a_signature_payload_of_a_few_kib_verifies() {
+async fn signature_payloads_are_read_up_to_their_bound() {
     let keys = tempfile::tempdir().unwrap();
     let (good_key, good_pub) = keypair(keys.path(), "release");
     let fake = FakeRegistry::start().await;
-    let signed = image(&fake, "team/app", "annotated", 23);
-    let long = payload("team/app", &signed).replace(
-        r#""optional":null"#,
-        &format!(r#""optional":{{"build":"{}"}}"#, "b".repeat(4096)),
-    );
-    assert!(long.len() > 4096);
-    push_signatures(
-        &fake,
+    // An image's payload grown to `len` bytes with an annotation.
+    let grown = |digest: &str, len: usize| {
+        let short =
+            payload("team/app", digest).replace(r#""optional":null"#, r#""optional":{"build":""}"#);
+        let p = short.replace(
+            r#""build":"""#,
+            &format!(r#""build":"{}""#, "b".repeat(len - short.len())),
+        );
+        assert_eq!(p.len(), len);
+        p
+    };
+    let signed = |tag: &str, seed: u64, len: usize| {
+        let d = image(&fake, "team/app", tag, seed);
+        let p = grown(&d, len);
+        let manifest = push_signatures(
+            &fake,
+            "team/app",
+            &d,
+            &[(p.clone(), sign(&good_key, p.as_bytes()))],
+        );
+        (d, manifest)
+    };
+    signed("annotated", 23, 4096);
+    signed("bound", 24, 64 * 1024);
+    signed("over", 25, 64 * 1024 + 1);
+    let (under, manifest) = signed("understated", 26, 70 * 1024);
+    let sig_tag = format!("{}.sig", under.replace(':', "-"));
+    fake.put_tagged(
         "team/app",
-        &signed,
-        &[(long.clone(), sign(&good_key, long.as_bytes()))],
+        &sig_tag,
+        OCI_MANIFEST,
+        manifest.replace(&format!(r#""size":{}"#, 70 * 1024), r#""size":500"#),
     );
     let dir = tempfile::tempdir().unwrap();
     let b = start_toml(
@@ -827,7 +855,13 @@ async fn a_signature_payload_of_a_few_kib_verifies() {
         dir,
     )
     .await;
-    let got = b.get("/v2/team/app/manifests/annotated").await;
-    assert_eq!(got.status, StatusCode::OK, "{:?}", got.body);
-    assert_eq!(verdicts(&b, "verified").await, 1);
+    for tag in ["annotated", "bound"] {
+        let got = b.get(&format!("/v2/team/app/manifests/{tag}")).await;
+        assert_eq!(got.status, StatusCode::OK, "{tag}: {:?}", got.body);
+    }
+    assert_eq!(verdicts(&b, "verified").await, 2);
+    let over = denied(&b.get("/v2/team/app/manifests/over").await);
+    assert!(over.contains("over the limit of 65536"), "{over}");
+    let under = denied(&b.get("/v2/team/app/manifests/understated").await);
+    assert!(under.contains("larger than its descriptor says"), "{under}");
 }
