@@ -36,7 +36,7 @@ const QUEUE: usize = 32;
 /// forwards only bytes it checked against the same table: the lag is this node's table poll);
 /// a peer that is, stops being heard, and after `select::STALL` it is left for another source.
 /// At least two pieces, so a piece is always whole before the reading stops.
-const MAX_UNVERIFIED: u64 = 16 << 20;
+pub const MAX_UNVERIFIED: u64 = 16 << 20;
 
 /// What a transfer starts from: the blob, its layout, the tracker's first answer (`None`: the
 /// tracker did not answer, so the parent).

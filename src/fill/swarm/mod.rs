@@ -56,6 +56,10 @@
 //!   fill waits on a slow upstream for `swarm::select::STALL` is asked again from the frontier (its
 //!   fill runs on, nothing is fetched upstream twice); three times without progress, and the
 //!   job's resume takes over with the upstream's own, longer stall timeout.
+//! - A node holds at most `drive::MAX_UNVERIFIED` (16 MiB, or two pieces) from a peer before
+//!   their hashes are known, then stops reading it: memory stays bounded whatever a peer sends
+//!   ahead of the parent's table, at the cost of a pause (a table poll) when the node reads
+//!   faster than it polls, and of a peer that is far ahead being left as a stall.
 //! - `berth_fleet_bytes_total` counts the driver's bytes; what a fill gets after the swarm gave
 //!   up (the job's resume) or without it counts in `berth_upstream_fetched_bytes_total`, as any
 //!   fill from an upstream.
