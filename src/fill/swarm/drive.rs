@@ -79,6 +79,8 @@ pub fn spawn(s: Start) -> SwarmBody {
         rx,
         task,
         ended: false,
+        size: s.layout.size(),
+        given: 0,
     }
 }
 
@@ -96,6 +98,9 @@ pub(crate) struct SwarmBody {
     rx: mpsc::Receiver<Result<Bytes, Error>>,
     task: tokio::task::JoinHandle<()>,
     ended: bool,
+    size: u64,
+    /// Bytes given to the fill so far.
+    given: u64,
 }
 
 impl Drop for SwarmBody {
@@ -107,8 +112,24 @@ impl Drop for SwarmBody {
 }
 
 impl SwarmBody {
+    /// The next verified chunk. The driver's end short of the blob's size is a break, never an
+    /// end: the fill then resumes from the upstream (the parent) at the byte it has, as for any
+    /// body that breaks off, instead of failing its digest check on a short blob.
     pub(crate) async fn next_chunk(&mut self) -> Result<Option<Bytes>, Error> {
         let next = self.rx.recv().await.transpose();
+        match &next {
+            Ok(Some(c)) => self.given += c.len() as u64,
+            Ok(None) if self.given < self.size => {
+                return Err(Error::upstream_unavailable(
+                    "fleet swarm",
+                    format!(
+                        "the swarm's body ended at byte {} of {}",
+                        self.given, self.size
+                    ),
+                ));
+            }
+            _ => {}
+        }
         self.ended = matches!(next, Ok(None));
         next
     }
@@ -501,5 +522,35 @@ mod tests {
             b.is_empty(),
             "a resume at the frontier drops every unverified byte"
         );
+    }
+
+    fn body(size: u64, chunks: &[&'static [u8]]) -> SwarmBody {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        for c in chunks {
+            tx.try_send(Ok(Bytes::from_static(c))).unwrap();
+        }
+        SwarmBody {
+            rx,
+            task: tokio::spawn(async {}),
+            ended: false,
+            size,
+            given: 0,
+        }
+    }
+
+    /// The driver's end after every byte ends the body; short of them, it is a break (so the
+    /// fill resumes from the parent rather than failing on a short blob).
+    #[tokio::test]
+    async fn a_body_ending_short_of_the_blob_is_a_break() {
+        let mut whole = body(5, &[b"ab", b"cde"]);
+        assert_eq!(whole.next_chunk().await.unwrap().unwrap(), "ab");
+        assert_eq!(whole.next_chunk().await.unwrap().unwrap(), "cde");
+        assert_eq!(whole.next_chunk().await.unwrap(), None);
+        assert!(whole.ended);
+        let mut short = body(5, &[b"ab"]);
+        assert_eq!(short.next_chunk().await.unwrap().unwrap(), "ab");
+        let e = short.next_chunk().await.unwrap_err();
+        assert!(e.to_string().contains("ended at byte 2 of 5"), "{e}");
+        assert!(!short.ended);
     }
 }
