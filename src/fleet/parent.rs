@@ -35,7 +35,8 @@
 //! With `[cluster]` the issue wants a digest's swarm on its owner replica. Not built yet: each
 //! replica tracks the swarms it is asked about, which is correct (every answer names a live
 //! source) but, when a digest's nodes are spread over R replicas, lets each replica send up to
-//! `tracker::PARENT_SLOTS` copies of the blob (2R in all) and builds R separate sets of chains.
+//! `parent_slots` copies of the blob (R times as many in all) and builds R separate sets of
+//! chains.
 //!
 //! The tracker is swept (silent nodes, ended avoidances, empty swarms) at most every
 //! [`SWEEP_EVERY`], on the next call, rather than by a task of its own: it holds nothing that

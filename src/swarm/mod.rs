@@ -52,26 +52,30 @@
 //! table only finds a liar early, at its first bad piece, instead of after the whole blob.
 //!
 //! # Why chains for a simultaneous cold start
-//! When N nodes ask for a blob nobody has yet, the parent serves [`tracker::PARENT_SLOTS`] (2)
-//! of them directly, and each later node is given the receiver with the fewest children: the
-//! nodes form two chains below the parent. In a chain every link runs at the cap C: each node
-//! uploads to exactly one child at its full rate, where a tree of fan-out k would give each child
-//! C/k. The parent sends two copies of the blob whatever N is.
+//! When N nodes ask for a blob nobody has yet, the parent serves `parent_slots` of them directly
+//! (`[fleet] parent_slots`; [`tracker::PARENT_SLOTS`], 1, by default), and each later node is
+//! given the receiver with the fewest children: the nodes form that many chains below the parent.
+//! In a chain every link runs at the cap C: each node uploads to exactly one child at its full
+//! rate, where a tree of fan-out k would give each child C/k. The parent sends `parent_slots`
+//! copies of the blob whatever N is. One slot by default because a parent whose link is no faster
+//! than a node's would give each of k heads C/k, and every chain below them would run at that
+//! (the bed measured p99 2x with two heads); a parent with a link k times a node's may take k.
 //!
 //! Expected time, for a blob of S bytes, N nodes, a cap C on every link, pieces of P bytes, and
-//! a parent whose link carries its two streams at C each:
+//! k parent slots, each stream out of the parent at C:
 //!
 //! ```text
-//! T(N) ~ S/C + (ceil(N/2) - 1) * P/C + a tracker round trip
+//! T(N) ~ S/C + (ceil(N/k) - 1) * P/C + a tracker round trip
 //! ```
 //!
 //! The second term is the chain's depth, one piece per hop. For S = 256 MiB, P = 1 MiB,
-//! C = 100 MB/s: S/C = 2.7 s; N = 32 adds 15 hops, 0.16 s (1.06x one node's pull); N = 1000
-//! adds 499 hops, 5.2 s (2.9x). The depth term reaches the blob term at N ~ 2 S/P (512 here).
-//! Past that, the remedies are more parent slots (more copies out of the parent, shallower
-//! chains) or a node taking alternate pieces from two sources (halving the depth at the same
-//! per-link rate); neither is built yet. Late joiners get holders (complete nodes) first, fewest
-//! children first, so a rollout spread over time is a tree of holders, not a chain.
+//! C = 100 MB/s, k = 1: S/C = 2.7 s; N = 16 adds 15 hops, 0.16 s (1.06x one node's pull); N = 32
+//! adds 0.33 s (1.12x); N = 1000 adds 10.4 s (4.9x; with k = 2, 2.9x). The depth term reaches
+//! the blob term at N ~ k S/P (256 here). Past that, the remedies are more parent slots (more
+//! copies out of the parent, shallower chains) or a node taking alternate pieces from two sources
+//! (halving the depth at the same per-link rate); the second is not built yet. Late joiners get
+//! holders (complete nodes) first, fewest children first, so a rollout spread over time is a tree
+//! of holders, not a chain.
 //!
 //! A chain is as fast as its slowest link: one node with a 10x slower link slows every node
 //! below it. The tracker measures each receiver's rate from its reports and treats one that is
