@@ -37,7 +37,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import cluster  # noqa: E402
 from cluster import scrape  # noqa: E402
-from common import ROOT, Failed, berth_binary, git, log, metric, run  # noqa: E402
+from common import ROOT, Failed, berth_binary, git, log, metric, run, write_report  # noqa: E402
 
 
 def peak_rss_mib(pid):
@@ -210,9 +210,7 @@ class PathBench(cluster.Bench):
         text = head + "\n\n| figure | " + " | ".join(labels) + " |\n|---|" + "---|" * len(labels) + "\n"
         for i, name in enumerate(names):
             text += f"| {name} | " + " | ".join(cols[label][i][1] for label in labels) + " |\n"
-        print(text)
-        with open(self.args.out, "w") as f:
-            f.write(text)
+        write_report(self.args.out, text)
 
     def column(self, label):
         nan = float("nan")

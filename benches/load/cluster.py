@@ -48,7 +48,7 @@ import urllib.request
 from datetime import datetime, timezone
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import ROOT, Failed, apt_install, berth_binary, git, log, metric, run  # noqa: E402,F401
+from common import ROOT, Failed, apt_install, berth_binary, git, log, metric, run, write_report  # noqa: E402,F401
 
 REPO = "bench"
 BUCKET = "berth-bench"
@@ -755,11 +755,7 @@ class Bench:
             "ceph: its mon, osd and radosgw).",
         ]
         text = "\n".join(lines) + "\n"
-        os.makedirs(os.path.dirname(os.path.abspath(self.args.out)), exist_ok=True)
-        with open(self.args.out, "w") as f:
-            f.write(text)
-        print(text)
-        log(f"table written to {self.args.out}")
+        write_report(self.args.out, text)
 
 
 def scrape(server):

@@ -1,7 +1,7 @@
 """What the whole-server harnesses of benches/load/ share: logging, the failure type, Debian
-packages installed on demand, reading a Prometheus text page, the berth binary to measure, and the
-run/report/cleanup frame of `main`. Imported by cluster.py, bucket_path.py and fleet.py (each puts
-this directory on sys.path first); not a harness itself.
+packages installed on demand, reading a Prometheus text page, the berth binary to measure, the
+report written and printed, and the run/report/cleanup frame of `main`. Imported by cluster.py,
+bucket_path.py and fleet.py (each puts this directory on sys.path first); not a harness itself.
 """
 
 import os
@@ -56,6 +56,15 @@ def metric(text, name):
             continue
         total += float(m.group(3))
     return total
+
+
+def write_report(path, text):
+    """Writes a run's report to `path` (its directory made if need be) and prints it."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        f.write(text)
+    print(text)
+    log(f"table written to {path}")
 
 
 def git(*args):

@@ -66,7 +66,7 @@ import time
 from datetime import datetime, timezone
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import ROOT, Failed, apt_install, berth_binary, git, log, metric, run  # noqa: E402
+from common import ROOT, Failed, apt_install, berth_binary, git, log, metric, run, write_report  # noqa: E402
 
 REPO = "bench"
 PORT = 5000
@@ -568,11 +568,7 @@ class Bed:
             "byte counts / blob size (veth counters include TCP/IP headers, about 3%).",
         ]
         text = "\n".join(lines) + "\n"
-        os.makedirs(os.path.dirname(os.path.abspath(self.args.out)), exist_ok=True)
-        with open(self.args.out, "w") as f:
-            f.write(text)
-        print(text)
-        log(f"table written to {self.args.out}")
+        write_report(self.args.out, text)
         if self.args.json:
             with open(self.args.json, "w") as f:
                 json.dump({"size": self.size, "nodes": self.n, "scenarios": self.results}, f, indent=1)
