@@ -31,14 +31,14 @@ use berth::cluster::auth;
 use berth::config::Secret;
 use berth::oci::Digest;
 use berth::swarm::node::{Fleet as Nodes, NodeUrl};
-use berth::swarm::pieces::{Layout, PieceHash, PieceTable};
+use berth::swarm::pieces::Layout;
 use berth::swarm::protocol::{Pieces, SwarmRequest, pieces_from};
 use berth::swarm::tracker::Tracker;
 use berth::swarm::transfer::{self, Outgoing, Uploads};
-use sha2::{Digest as _, Sha256};
 
 use crate::support::instance::{Berth, eventually, listeners_and_storage, same, start_on_listener};
 use crate::support::random_bytes;
+use crate::swarm::table;
 
 const SECRET: &str = "fleet-secret-0123456789abcdef-0123456789";
 const MIB: usize = 1 << 20;
@@ -300,19 +300,6 @@ async fn answer(st: Arc<State>, req: Request<Incoming>) -> Response<Body> {
         );
     }
     r
-}
-
-fn table(bytes: &[u8]) -> PieceTable {
-    let l = Layout::new(bytes.len() as u64);
-    let hashes: Vec<PieceHash> = (0..l.count())
-        .map(|k| {
-            let r = l.range(k);
-            Sha256::digest(&bytes[r.start as usize..r.end as usize]).into()
-        })
-        .collect();
-    let mut t = PieceTable::new(l);
-    t.extend(0, &hashes).unwrap();
-    t
 }
 
 /// Listeners bound before any node starts, so that every node's `peers` names them all.

@@ -19,13 +19,13 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use sha2::{Digest as _, Sha256};
 
+use crate::swarm::piece_hashes;
 use berth::cluster::auth;
 use berth::config::Secret;
 use berth::oci::Digest;
 use berth::swarm::node::{Fleet, NodeUrl};
-use berth::swarm::pieces::{Layout, PieceHash};
+use berth::swarm::pieces::Layout;
 use berth::swarm::protocol::{MAX_SMALL_BODY, Pieces, SwarmAnswer, SwarmRequest};
 use berth::swarm::tracker::Assignment;
 use support::instance::{Berth, eventually, listeners_and_storage, start_toml};
@@ -164,17 +164,6 @@ fn join(n: &NodeUrl) -> SwarmRequest {
     }
 }
 
-/// sha256 of each piece of `bytes`, by the size rule, computed here.
-fn hashes(bytes: &[u8]) -> Vec<PieceHash> {
-    let layout = Layout::new(bytes.len() as u64);
-    (0..layout.count())
-        .map(|k| {
-            let r = layout.range(k);
-            Sha256::digest(&bytes[r.start as usize..r.end as usize]).into()
-        })
-        .collect()
-}
-
 fn parse_answer(a: &Answer, me: &NodeUrl, fleet: &Fleet) -> SwarmAnswer {
     assert_eq!(a.status, StatusCode::OK, "{}", a.text());
     SwarmAnswer::parse(&a.body, fleet, me).unwrap()
@@ -238,7 +227,7 @@ async fn the_table_of_a_pulled_blob_matches_it() {
     bed.parent.settled().await;
     let d: Digest = blob.parse().unwrap();
     let size = layer.len() as u64;
-    let want = hashes(&layer);
+    let want = piece_hashes(&layer);
     assert_eq!(want.len(), 4);
     let p = bed.whole_table(&d, size).await;
     assert_eq!((p.first, p.layout), (0, Layout::new(size)));
@@ -280,7 +269,7 @@ async fn the_table_follows_a_fill_in_progress() {
     let size = 3 * MIB + 100;
     let (layer, blob, release) = support::instance::gated_blob(&bed.fake, size, 2, 1);
     let d: Digest = blob.parse().unwrap();
-    let want = hashes(&layer);
+    let want = piece_hashes(&layer);
     let (size, n) = (size as u64, want.len());
     assert_eq!(n, 4);
     // Nothing is filling yet: no table.
@@ -369,7 +358,7 @@ async fn a_wrong_fill_leaves_no_table() {
         p = bed.pieces(&d, 0, size as u64).await;
     }
     // The hash of what the fill wrote so far: the wrong bytes (the digest is checked at the end).
-    assert_eq!(p.hashes, hashes(&wrong)[..1]);
+    assert_eq!(p.hashes, piece_hashes(&wrong)[..1]);
     release.send_replace(size);
     assert!(
         client.finish().await.is_err(),
@@ -387,7 +376,7 @@ async fn a_wrong_fill_leaves_no_table() {
     assert_eq!(got.bytes().len(), size);
     bed.parent.settled().await;
     let p = bed.whole_table(&d, size as u64).await;
-    assert_eq!(p.hashes, hashes(&layer));
+    assert_eq!(p.hashes, piece_hashes(&layer));
 }
 
 /// Refusals: no proof (401, counted), a node URL that is no origin, an oversized body, a digest

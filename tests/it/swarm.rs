@@ -296,16 +296,21 @@ async fn nothing_to_serve_is_404_and_a_range_past_the_end_416() {
     );
 }
 
-fn table(bytes: &[u8]) -> PieceTable {
+/// sha256 of each piece of `bytes`, by the size rule, computed here (not by berth's hasher).
+pub(crate) fn piece_hashes(bytes: &[u8]) -> Vec<PieceHash> {
     let l = Layout::new(bytes.len() as u64);
-    let hashes: Vec<PieceHash> = (0..l.count())
+    (0..l.count())
         .map(|k| {
             let r = l.range(k);
             Sha256::digest(&bytes[r.start as usize..r.end as usize]).into()
         })
-        .collect();
-    let mut t = PieceTable::new(l);
-    t.extend(0, &hashes).unwrap();
+        .collect()
+}
+
+/// The whole piece table of `bytes`, as the parent would make it.
+pub(crate) fn table(bytes: &[u8]) -> PieceTable {
+    let mut t = PieceTable::new(Layout::new(bytes.len() as u64));
+    t.extend(0, &piece_hashes(bytes)).unwrap();
     t
 }
 
