@@ -28,7 +28,7 @@ const INDEX_A: &str =
 const INDEX_B: &str = r#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[],"annotations":{"b":"1"}}"#;
 
 /// The fleet secret in a file of its own directory.
-fn secret_file(secret: &str) -> (tempfile::TempDir, PathBuf) {
+pub(crate) fn secret_file(secret: &str) -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
     let f = dir.path().join("fleet-secret");
     std::fs::write(&f, secret).unwrap();
@@ -91,7 +91,7 @@ pub(crate) fn node_toml(dir: &Path, parent: &str, secret: &Path) -> String {
     )
 }
 
-async fn node_on(parent: &str, secret: &Path, dir: tempfile::TempDir) -> Berth {
+pub(crate) async fn node_on(parent: &str, secret: &Path, dir: tempfile::TempDir) -> Berth {
     let cfg = node_toml(dir.path(), parent, secret);
     start_toml(&cfg, dir).await
 }

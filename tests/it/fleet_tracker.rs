@@ -10,7 +10,7 @@
 
 use crate::support;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -20,6 +20,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
+use crate::fleet::{node_on, secret_file};
 use crate::swarm::piece_hashes;
 use berth::cluster::auth;
 use berth::config::Secret;
@@ -45,9 +46,7 @@ struct Bed {
 /// A parent (`[fleet]` without `parent`) in front of one fake upstream, the default.
 async fn bed() -> Bed {
     let fake = FakeRegistry::start().await;
-    let secret_dir = tempfile::tempdir().unwrap();
-    let secret = secret_dir.path().join("fleet-secret");
-    std::fs::write(&secret, SECRET).unwrap();
+    let (secret_dir, secret) = secret_file(SECRET);
     let dir = tempfile::tempdir().unwrap();
     let cfg = format!(
         r#"{}
@@ -431,7 +430,8 @@ async fn wrong_calls_are_refused() {
     assert_eq!(got.status, StatusCode::BAD_REQUEST);
 
     // A node berth is no tracker.
-    let node = node_berth(&bed.parent, &bed.secret).await;
+    let parent_url = format!("http://{}", bed.parent.addr);
+    let node = node_on(&parent_url, &bed.secret, tempfile::tempdir().unwrap()).await;
     let got = bed.call_on(&node, Method::POST, &swarm, body, true).await;
     assert_eq!(got.status, StatusCode::NOT_FOUND, "{}", got.text());
     let got = bed
@@ -439,24 +439,6 @@ async fn wrong_calls_are_refused() {
         .await;
     assert_eq!(got.status, StatusCode::NOT_FOUND, "{}", got.text());
     assert!(got.text().contains("no swarm"), "{}", got.text());
-}
-
-/// A node berth in front of `parent`.
-async fn node_berth(parent: &Berth, secret: &Path) -> Berth {
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = format!(
-        r#"{}
-        [fleet]
-        parent = "http://{}"
-        self = "http://127.0.0.1:1"
-        peers = ["http://127.0.0.1:1"]
-        secret_file = {:?}
-        "#,
-        listeners_and_storage(dir.path()),
-        parent.addr,
-        secret.display().to_string(),
-    );
-    start_toml(&cfg, dir).await
 }
 
 /// The whole protocol as a node will drive it: a node told to use the parent pulls the blob from
