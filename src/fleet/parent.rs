@@ -58,7 +58,8 @@ use crate::oci::Digest;
 use crate::swarm::node::{Fleet, NodeUrl};
 use crate::swarm::pieces::Layout;
 use crate::swarm::protocol::{
-    ApplyError, MAX_SMALL_BODY, Pieces, ProtocolError, SwarmAnswer, SwarmRequest, pieces_from,
+    ApplyError, MAX_SMALL_BODY, Pieces, ProtocolError, SwarmAnswer, SwarmRequest, only_param,
+    pieces_from,
 };
 use crate::swarm::tracker::{Assignment, EXPIRY, Limits, Reason, Refused, Tracker};
 
@@ -379,22 +380,12 @@ fn bad(e: ProtocolError) -> Refusal {
 
 /// The `size` of `POST swarm/<digest>?size=N` (absent: `None`); nothing else is accepted.
 pub fn size_query(query: Option<&str>) -> Result<Option<u64>, String> {
-    let Some(q) = query.filter(|q| !q.is_empty()) else {
-        return Ok(None);
-    };
-    let mut size = None;
-    for pair in q.split('&') {
-        match pair.split_once('=') {
-            Some(("size", v)) if size.is_none() => {
-                let n: u64 = v
-                    .parse()
-                    .map_err(|_| format!("size={v:?} is not a byte count"))?;
-                size = Some(n);
-            }
-            _ => return Err(format!("unexpected query {pair:?}")),
-        }
-    }
-    Ok(size)
+    only_param(query, "size")?
+        .map(|v| {
+            v.parse()
+                .map_err(|_| format!("size={v:?} is not a byte count"))
+        })
+        .transpose()
 }
 
 #[cfg(test)]

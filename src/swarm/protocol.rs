@@ -406,27 +406,35 @@ fn parse_hash(h: &str) -> Result<PieceHash, ProtocolError> {
         .ok_or_else(|| invalid(format!("{h:?} is not a sha256 (64 lowercase hex)")))
 }
 
-/// The `from` of `GET pieces/<digest>?from=K` (absent: 0).
-pub fn pieces_from(query: Option<&str>) -> Result<u32, ProtocolError> {
+/// The value of `name` in a query that may hold it once and nothing else (absent or empty:
+/// `None`); why not, otherwise. The fleet's calls take one parameter each: anything else is a
+/// caller speaking another protocol.
+pub fn only_param<'q>(query: Option<&'q str>, name: &str) -> Result<Option<&'q str>, String> {
     let Some(q) = query.filter(|q| !q.is_empty()) else {
-        return Ok(0);
+        return Ok(None);
     };
-    let mut from = None;
+    let mut value = None;
     for pair in q.split('&') {
         match pair.split_once('=') {
-            Some(("from", v)) if from.is_none() => {
-                let k: u32 = v
-                    .parse()
-                    .map_err(|_| invalid(format!("from={v:?} is not a piece number")))?;
-                if u64::from(k) > MAX_PIECES {
-                    return Err(invalid(format!("from={k} is past any blob's pieces")));
-                }
-                from = Some(k);
-            }
-            _ => return Err(invalid(format!("unexpected query {pair:?}"))),
+            Some((k, v)) if k == name && value.is_none() => value = Some(v),
+            _ => return Err(format!("unexpected query {pair:?}")),
         }
     }
-    Ok(from.unwrap_or(0))
+    Ok(value)
+}
+
+/// The `from` of `GET pieces/<digest>?from=K` (absent: 0).
+pub fn pieces_from(query: Option<&str>) -> Result<u32, ProtocolError> {
+    let Some(v) = only_param(query, "from").map_err(invalid)? else {
+        return Ok(0);
+    };
+    let k: u32 = v
+        .parse()
+        .map_err(|_| invalid(format!("from={v:?} is not a piece number")))?;
+    if u64::from(k) > MAX_PIECES {
+        return Err(invalid(format!("from={k} is past any blob's pieces")));
+    }
+    Ok(k)
 }
 
 /// A node tells a directory node it holds a digest.
