@@ -48,7 +48,7 @@ import urllib.request
 from datetime import datetime, timezone
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import ROOT, Failed, apt_install, berth_binary, git, log, metric, run, write_report  # noqa: E402,F401
+from common import ROOT, Failed, apt_install, berth_binary, git, log, metric, registry_config, run, write_report  # noqa: E402,F401
 
 REPO = "bench"
 BUCKET = "berth-bench"
@@ -289,13 +289,7 @@ class Bench:
         d = os.path.join(self.work, "origin")
         os.makedirs(os.path.join(d, "data"))
         conf = os.path.join(d, "config.yml")
-        with open(conf, "w") as f:
-            f.write(
-                "version: 0.1\nlog: {level: info, formatter: text}\n"
-                f"storage:\n  filesystem: {{rootdirectory: {d}/data}}\n"
-                "  cache: {blobdescriptor: inmemory}\n"
-                f"http: {{addr: 127.0.0.1:{port}}}\n"
-            )
+        registry_config(conf, f"{d}/data", f"127.0.0.1:{port}")
         self.origin_srv = self.start("origin", ["docker-registry", "serve", conf], self.origin + "/v2/")
 
         log(f"seeding origin with a random {self.blob_mib} MiB blob")

@@ -58,6 +58,17 @@ def metric(text, name):
     return total
 
 
+def registry_config(conf, data, addr):
+    """Writes the Distribution registry's config to `conf`: blobs under `data`, serving `addr`."""
+    with open(conf, "w") as f:
+        f.write(
+            "version: 0.1\nlog: {level: info, formatter: text}\n"
+            f"storage:\n  filesystem: {{rootdirectory: {data}}}\n"
+            "  cache: {blobdescriptor: inmemory}\n"
+            f"http: {{addr: '{addr}'}}\n"
+        )
+
+
 def write_report(path, text):
     """Writes a run's report to `path` (its directory made if need be) and prints it."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)

@@ -66,7 +66,7 @@ import time
 from datetime import datetime, timezone
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import ROOT, Failed, apt_install, berth_binary, git, log, metric, run, write_report  # noqa: E402
+from common import ROOT, Failed, apt_install, berth_binary, git, log, metric, registry_config, run, write_report  # noqa: E402
 
 REPO = "bench"
 PORT = 5000
@@ -277,12 +277,7 @@ class Bed:
         d = os.path.join(self.work, "upstream")
         os.makedirs(os.path.join(d, "data"))
         conf = os.path.join(d, "config.yml")
-        with open(conf, "w") as f:
-            f.write(
-                "version: 0.1\nlog: {level: info, formatter: text}\n"
-                f"storage:\n  filesystem: {{rootdirectory: {d}/data}}\n  cache: {{blobdescriptor: inmemory}}\n"
-                f"http: {{addr: '{self.upstream}'}}\n"
-            )
+        registry_config(conf, f"{d}/data", self.upstream)
         self.registry = self.start("upstream", "up", ["docker-registry", "serve", conf])
         self.wait_http("up", f"http://{self.upstream}/v2/", self.registry)
 
