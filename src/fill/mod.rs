@@ -137,16 +137,27 @@ impl Fills {
     /// The size of `digest` as a download through `upstream` that has its content knows it (a
     /// HEAD need not ask upstream).
     pub fn known_size(&self, upstream: usize, digest: &Digest) -> Option<u64> {
+        self.with_content(upstream, digest).map(|(_, size)| size)
+    }
+
+    /// A download of `digest` through `upstream` that has its content and knows its size, to
+    /// read without joining it as a request would (nothing is registered or started).
+    pub fn with_content(
+        &self,
+        upstream: usize,
+        digest: &Digest,
+    ) -> Option<(watch::Receiver<FillState>, u64)> {
         let running = self.running.lock().unwrap();
         running.get(digest)?.iter().find_map(|r| {
             if r.upstream != upstream {
                 return None;
             }
-            match &*r.rx.borrow() {
+            let size = match &*r.rx.borrow() {
                 FillState::Writing(p) => p.total,
                 FillState::Verified(b) | FillState::Committed(b) => Some(b.len),
                 _ => None,
-            }
+            };
+            Some((r.rx.clone(), size?))
         })
     }
 
@@ -200,6 +211,9 @@ mod tests {
         );
         assert_eq!(fills.known_size(0, &d), Some(5));
         assert_eq!(fills.known_size(1, &d), None);
+        // A reader that must not join finds the same download, and registers nothing.
+        assert!(matches!(fills.with_content(0, &d), Some((r, 5)) if r.same_channel(&rx)));
+        assert_eq!(fills.count(&d), 3);
         // A failed download is joined by nobody, even of its own repository: a's next request
         // waits for b's answer, or starts anew.
         tx.send_replace(FillState::Failed(Error::blob_unknown("gone")));
