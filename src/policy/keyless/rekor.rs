@@ -215,3 +215,36 @@ fn names(leaf: &Leaf, recorded: Option<&serde_json::Value>) -> bool {
             _ => false,
         })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::keyless::tests::{LeafSpec, World, pem};
+
+    /// A recorded verifier as Rekor keeps it: base64 of a PEM block under `label`.
+    fn recorded(label: &str, der: &[u8]) -> serde_json::Value {
+        let block = pem(der).replace("CERTIFICATE", label);
+        serde_json::Value::String(STANDARD.encode(block))
+    }
+
+    #[test]
+    fn a_recorded_certificate_or_public_key_names_only_its_own_leaf() {
+        let world = World::new();
+        let (der, _) = World::leaf(&world.ca, LeafSpec::default());
+        let leaf = Leaf::parse(&der).unwrap();
+        let (other_der, _) = World::leaf(&world.ca, LeafSpec::default());
+        let other = Leaf::parse(&other_der).unwrap();
+        let names_it = |label: &str, der: &[u8]| names(&leaf, Some(&recorded(label, der)));
+
+        assert!(names_it("CERTIFICATE", &leaf.der));
+        assert!(names_it("PUBLIC KEY", &leaf.spki));
+        assert!(!names_it("CERTIFICATE", &other.der));
+        assert!(!names_it("PUBLIC KEY", &other.spki));
+        // The right bytes under the other label, or under a label neither names, are not it.
+        assert!(!names_it("CERTIFICATE", &leaf.spki));
+        assert!(!names_it("PUBLIC KEY", &leaf.der));
+        assert!(!names_it("EC PUBLIC KEY", &leaf.spki));
+        assert!(!names(&leaf, None));
+        assert!(!names(&leaf, Some(&serde_json::Value::String("%%".into()))));
+    }
+}

@@ -94,12 +94,15 @@ fn parse_list(value: &[u8]) -> Option<Vec<Sct<'_>>> {
         let (sct, rest) = u16_prefixed(list)?;
         list = rest;
         let (&version, sct) = sct.split_first()?;
-        if version != 0 || sct.len() < 40 {
+        // RFC 6962 3.2: only v1 (0) is defined; a later version is skipped, not an error.
+        if version != 0 {
             continue;
         }
-        let log_id: [u8; 32] = sct[..32].try_into().ok()?;
-        let timestamp = u64::from_be_bytes(sct[32..40].try_into().ok()?);
-        let (extensions, sct) = u16_prefixed(&sct[40..])?;
+        let (head, sct) = sct.split_at_checked(40)?;
+        let (log_id, timestamp) = head.split_at(32);
+        let log_id: [u8; 32] = log_id.try_into().ok()?;
+        let timestamp = u64::from_be_bytes(timestamp.try_into().ok()?);
+        let (extensions, sct) = u16_prefixed(sct)?;
         // The hash and signature algorithms (2 bytes): the log's key decides the scheme.
         let (signature, rest) = u16_prefixed(sct.get(2..)?)?;
         if !rest.is_empty() {
@@ -337,6 +340,59 @@ mod tests {
         }
         assert_eq!(tlv(&[0x30, 0x85, 1, 1, 1, 1, 1]), None);
         assert_eq!(tlv(&[0x30, 0x02, 1]), None);
+        // Four length bytes are the most read; five are refused even when they spell a small
+        // length, and 0x80 (BER's indefinite length, no bytes) is not DER.
+        assert_eq!(
+            tlv(&[0x30, 0x84, 0, 0, 0, 1, 9]),
+            Some((0x30, &[9u8][..], &[][..]))
+        );
+        assert_eq!(tlv(&[0x30, 0x85, 0, 0, 0, 0, 1, 9]), None);
+        assert_eq!(tlv(&[0x30, 0x80, 9, 0, 0]), None);
+        assert_eq!(tlv(&[0x30, 0x80]), None);
+    }
+
+    /// A list extension (OCTET STRING around a u16-prefixed list) of these SCTs, each u16-prefixed.
+    fn list_of(scts: &[Vec<u8>]) -> Vec<u8> {
+        let mut list = Vec::new();
+        for sct in scts {
+            list.extend_from_slice(&(sct.len() as u16).to_be_bytes());
+            list.extend_from_slice(sct);
+        }
+        let mut tls = (list.len() as u16).to_be_bytes().to_vec();
+        tls.extend_from_slice(&list);
+        wrap(0x04, &tls)
+    }
+
+    /// An SCT of `version`: log id, timestamp, no extensions, algorithms and a 3-byte signature.
+    fn sct_of(version: u8) -> Vec<u8> {
+        let mut sct = vec![version];
+        sct.extend_from_slice(&[0xaa; 32]);
+        sct.extend_from_slice(&7u64.to_be_bytes());
+        sct.extend_from_slice(&[0, 0, 4, 3, 0, 3, 1, 2, 3]);
+        sct
+    }
+
+    #[test]
+    fn an_sct_of_a_later_version_is_skipped_and_a_truncated_one_spoils_the_list() {
+        let list = list_of(&[sct_of(1), sct_of(0)]);
+        let read = parse_list(&list).unwrap();
+        assert_eq!(read.len(), 1);
+        assert_eq!(
+            (read[0].log_id, read[0].timestamp, read[0].signature),
+            ([0xaa; 32], 7, &[1u8, 2, 3][..])
+        );
+        // A v1 SCT cut inside its log id and timestamp, or right after them.
+        for cut in [1 + 10, 1 + 39, 1 + 40] {
+            let short = sct_of(0)[..cut].to_vec();
+            assert!(parse_list(&list_of(&[short, sct_of(0)])).is_none(), "{cut}");
+        }
+        // Any length after a later version's byte is its own business.
+        assert_eq!(
+            parse_list(&list_of(&[vec![1, 2], sct_of(0)]))
+                .unwrap()
+                .len(),
+            1
+        );
     }
 
     #[test]
