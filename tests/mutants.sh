@@ -59,8 +59,10 @@ files=(
     src/policy/keyless/mod.rs
     src/policy/keyless/cert.rs
     src/mirror/policy.rs
-    # Not yet: src/policy/keyless/{rekor,root,sct}.rs (Rekor's proofs, the trusted root, SCTs;
-    # about 130 mutants) join once their full run is done and recorded in tests/mutants-base.
+    # Rekor's inclusion proofs and promises, the trusted root, certificate transparency (SCTs).
+    src/policy/keyless/rekor.rs
+    src/policy/keyless/root.rs
+    src/policy/keyless/sct.rs
 )
 # Of src/upstream/auth/mod.rs only the realm check and where credentials may go are invariants:
 # the token flow itself is not mutated here.

@@ -347,8 +347,10 @@ mod tests {
             Some((0x30, &[9u8][..], &[][..]))
         );
         assert_eq!(tlv(&[0x30, 0x85, 0, 0, 0, 0, 1, 9]), None);
-        assert_eq!(tlv(&[0x30, 0x80, 9, 0, 0]), None);
         assert_eq!(tlv(&[0x30, 0x80]), None);
+        let mut indefinite = vec![0x30, 0x80];
+        indefinite.extend_from_slice(&[0; 130]);
+        assert_eq!(tlv(&indefinite), None, "not 128 bytes of content");
     }
 
     /// A list extension (OCTET STRING around a u16-prefixed list) of these SCTs, each u16-prefixed.
