@@ -174,11 +174,17 @@ impl Transfer {
         self.route
     }
 
-    /// The tracker (or the parent, or the directory) named a source.
+    /// The tracker (or the parent, or the directory) named a source: it is read from the
+    /// frontier, so the bytes received past it, unchecked, are let go with the old source (a
+    /// tracker's answer to a progress report may move a node mid-piece: had the hasher kept
+    /// them, the new source's bytes would have been counted after them, and the frontier would
+    /// have run ahead of the bytes the fill got).
     pub fn assigned(&mut self, source: Source, now: Instant) -> Vec<Action> {
         if self.finished {
             return Vec::new();
         }
+        self.hasher = self.at_frontier.snapshot();
+        self.pending.clear();
         self.source = Some(source.clone());
         self.heard = now;
         self.waiting_since = None;

@@ -455,3 +455,47 @@ fn once_every_byte_is_in_the_source_may_close_and_fall_silent() {
         vec![Action::Verified { upto: SIZE }, Action::Done]
     );
 }
+
+/// A source named afresh while bytes past the frontier wait for their hashes (the tracker's
+/// answer to a progress report moving this node) is read from the frontier, and its bytes are
+/// counted from there: the frontier never runs ahead of the bytes received in order.
+#[test]
+fn a_source_named_afresh_is_read_from_the_frontier_and_unchecked_bytes_are_let_go() {
+    let d = data();
+    let tab = table(&d, 1);
+    let t0 = Instant::now();
+    let (mut t, _) = Transfer::start(SIZE, t0);
+    t.assigned(Source::Node(peer(1)), t0);
+    // Piece 0 verified; piece 1 whole but its hash not known yet; part of piece 2.
+    assert_eq!(
+        t.bytes(&d[r(0, 2 * MIB + 10)], &tab, t0),
+        vec![
+            Action::Verified { upto: MIB },
+            Action::NeedHashes { first: 1 }
+        ]
+    );
+    assert_eq!((t.frontier(), t.received()), (MIB, 2 * MIB + 10));
+    // The tracker moves this node to the parent.
+    assert_eq!(t.assigned(Source::Parent, t0), fetch(Source::Parent, MIB));
+    assert_eq!(t.received(), MIB);
+    assert_eq!(
+        t.bytes(&d[r(MIB, 2 * MIB)], &tab, t0),
+        vec![Action::Verified { upto: 2 * MIB }]
+    );
+    assert_eq!(
+        t.bytes(&d[r(2 * MIB, SIZE)], &tab, t0),
+        vec![Action::Verified { upto: SIZE }, Action::CheckDigest]
+    );
+    // And to another node: the same, piece by piece against the table.
+    let (mut t, _) = Transfer::start(SIZE, t0);
+    t.assigned(Source::Node(peer(1)), t0);
+    t.bytes(&d[r(0, MIB + 10)], &table(&d, 1), t0);
+    assert_eq!(
+        t.assigned(Source::Node(peer(2)), t0),
+        fetch(Source::Node(peer(2)), MIB)
+    );
+    assert_eq!(
+        t.bytes(&d[r(MIB, SIZE)], &table(&d, 4), t0),
+        vec![Action::Verified { upto: SIZE }, Action::CheckDigest]
+    );
+}
