@@ -256,10 +256,6 @@ impl PendingBlob {
         self.written
     }
 
-    pub fn total(&self) -> Option<u64> {
-        self.total
-    }
-
     /// Whether the fill goes on in memory only (see [`pass_through`](Self::pass_through)).
     pub fn is_pass_through(&self) -> bool {
         self.pass_through.is_some()
