@@ -420,12 +420,6 @@ impl PendingBlob {
         Ok(blob)
     }
 
-    /// Ends the fill with `err`, which every reader receives.
-    pub fn fail(mut self, err: Error) {
-        self.progress.send_replace(FillState::Failed(err));
-        self.cleanup();
-    }
-
     fn cleanup(&mut self) {
         if !self.done {
             self.done = true;
@@ -504,8 +498,9 @@ impl PendingBlob {
         }
     }
 
-    /// Pass-through: hashes a batch, tells readers, then waits until the slowest of them is within
-    /// the window (cutting off one that does not move for `lag_limit`) and drops what none needs.
+    /// Pass-through: hashes a batch (readers had it from the feed), then waits until the slowest
+    /// of them is within the window (cutting off one that does not move for `lag_limit`) and
+    /// drops what none needs.
     pub(super) async fn hash_only(
         &mut self,
         chunks: Vec<Bytes>,
@@ -524,14 +519,9 @@ impl PendingBlob {
         self.hasher = Some(hasher);
         self.hashed += len;
         let hashed = self.hashed;
-        self.progress.send_if_modified(|s| match s {
-            FillState::Writing(p) => {
-                let grew = hashed > p.received;
-                p.received = p.received.max(hashed);
-                grew
-            }
-            _ => false,
-        });
+        // Readers were told of these bytes by the feed, which alone holds them now (there is no
+        // file to read them from): a count raised here without them would promise bytes that
+        // no one can read.
         loop {
             let moved = self.spool.advanced.notified();
             tokio::pin!(moved);

@@ -179,7 +179,7 @@ async fn reader_of_a_failed_fill_gets_an_error_not_a_short_success() {
     let d = digest_of(b"expected content");
     let (tx, rx) = watch::channel(FillState::Pending);
     let reader = tokio::spawn(collect(read_range(Source::Fill(rx), 0, None)));
-    let mut p = store.begin(&d, Some(16), tx).await.unwrap();
+    let mut p = store.begin(&d, Some(16), tx.clone()).await.unwrap();
     p.write(Bytes::from_static(b"unexpected conte"))
         .await
         .unwrap();
@@ -188,7 +188,9 @@ async fn reader_of_a_failed_fill_gets_an_error_not_a_short_success() {
         Ok(_) => panic!("wrong bytes committed"),
     };
     assert!(matches!(err, CommitError::Digest { .. }));
-    p.fail(Error::internal(err.to_string()));
+    // As the fill job ends a failed fill: its error to the readers, then the fill dropped.
+    tx.send_replace(FillState::Failed(Error::internal(err.to_string())));
+    drop(p);
     // Readers are told.
     assert!(reader.await.unwrap().is_err());
     assert_eq!(store.stat(&d).await.unwrap(), None);
@@ -382,7 +384,7 @@ async fn wrong_bytes_passing_through_never_complete() {
     let store = Store::open(dir.path()).unwrap();
     let d = digest_of(b"expected content");
     let (tx, rx) = watch::channel(FillState::Pending);
-    let mut p = store.begin(&d, Some(16), tx).await.unwrap();
+    let mut p = store.begin(&d, Some(16), tx.clone()).await.unwrap();
     let reader = tokio::spawn(collect(read_range(Source::Fill(rx), 0, None)));
     fill_the_disk(&mut p);
     assert!(p.write(Bytes::from_static(b"unexpected")).await.is_err());
@@ -392,7 +394,9 @@ async fn wrong_bytes_passing_through_never_complete() {
         Err(e @ CommitError::Digest { .. }) => e,
         other => panic!("wrong bytes passed: {:?}", other.map(|b| b.len)),
     };
-    p.fail(Error::internal(err.to_string()));
+    // As the fill job ends a failed fill: its error to the readers, then the fill dropped.
+    tx.send_replace(FillState::Failed(Error::internal(err.to_string())));
+    drop(p);
     assert!(reader.await.unwrap().is_err());
     assert_eq!(store.stat(&d).await.unwrap(), None);
 }
@@ -542,11 +546,15 @@ async fn a_reader_of_a_failed_fill_ends_after_its_one_error() {
     let store = Store::open(dir.path()).unwrap();
     let data = Bytes::from_static(b"0123456789");
     let (tx, rx) = watch::channel(FillState::Pending);
-    let mut p = store.begin(&digest_of(&data), Some(10), tx).await.unwrap();
+    let mut p = store
+        .begin(&digest_of(&data), Some(10), tx.clone())
+        .await
+        .unwrap();
     p.write(data.slice(..4)).await.unwrap();
     let mut reader = std::pin::pin!(read_range(Source::Fill(rx), 0, None));
     assert_eq!(reader.next().await.unwrap().unwrap().as_ref(), b"0123");
-    p.fail(Error::internal("the upstream broke off"));
+    tx.send_replace(FillState::Failed(Error::internal("the upstream broke off")));
+    drop(p);
     assert!(reader.next().await.unwrap().is_err());
     assert!(reader.next().await.is_none(), "one error, then the end");
 }
