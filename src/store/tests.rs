@@ -418,23 +418,33 @@ async fn pass_through_waits_for_slow_readers_and_cuts_off_a_stuck_one() {
     let (tx, rx) = watch::channel(FillState::Pending);
     let mut p = store.begin(&d, Some(data.len() as u64), tx).await.unwrap();
     p.pass_through(limits);
-    // One reader looks once and then takes nothing; another reads on, one frame at a time.
+    // One reader takes the first chunk and then nothing more (so it is cut off from where it
+    // stopped, not from the start); another reads on, one frame at a time.
     let mut stuck = Box::pin(read_range(Source::Fill(rx.clone()), 0, None));
     assert!(futures_util::FutureExt::now_or_never(stuck.next()).is_none());
     let moving = tokio::spawn(collect(read_range(Source::Fill(rx.clone()), 0, None)));
     let started = tokio::time::Instant::now();
     let feed = p.feed();
     let spool = p.spool.clone();
-    for c in data.chunks(chunk) {
-        let c = Bytes::copy_from_slice(c);
-        feed.push(c.clone());
-        p.write_all(vec![c]).await.unwrap();
-        assert!(
-            spool.held() <= limits.window + chunk as u64,
-            "memory bounded: {} bytes held",
-            spool.held()
-        );
-    }
+    // Bounded in (paused) time: a fill that never cuts the stuck reader off fails here.
+    let fed = tokio::time::timeout(3 * limits.lag_limit, async {
+        for (i, c) in data.chunks(chunk).enumerate() {
+            let c = Bytes::copy_from_slice(c);
+            feed.push(c.clone());
+            p.write_all(vec![c]).await.unwrap();
+            if i == 0 {
+                let first = stuck.next().await.unwrap().unwrap();
+                assert_eq!(first, data.slice(..first.len()));
+            }
+            assert!(
+                spool.held() <= limits.window + chunk as u64,
+                "memory bounded: {} bytes held",
+                spool.held()
+            );
+        }
+    })
+    .await;
+    assert!(fed.is_ok(), "the fill still waits for the stuck reader");
     // The fill waited for the stuck reader once, for lag_limit, then went on without it.
     let waited = started.elapsed();
     assert!(
