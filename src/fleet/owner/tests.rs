@@ -28,6 +28,8 @@ struct FakeOwner {
     addr: SocketAddr,
     answer: Arc<Mutex<(StatusCode, Bytes)>>,
     seen: Arc<Mutex<Vec<Seen>>>,
+    /// How long each answer (but the health probe's) is held.
+    hold: Arc<Mutex<Duration>>,
     accept: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
@@ -37,16 +39,17 @@ impl FakeOwner {
         let addr = listener.local_addr().unwrap();
         let answer = Arc::new(Mutex::new((StatusCode::OK, Bytes::new())));
         let seen = Arc::new(Mutex::new(Vec::new()));
-        let (a, s) = (answer.clone(), seen.clone());
+        let hold = Arc::new(Mutex::new(Duration::ZERO));
+        let (a, s, h) = (answer.clone(), seen.clone(), hold.clone());
         let accept = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     return;
                 };
-                let (a, s) = (a.clone(), s.clone());
+                let (a, s, h) = (a.clone(), s.clone(), h.clone());
                 tokio::spawn(async move {
                     let svc = service_fn(move |req: Request<Incoming>| {
-                        let (a, s) = (a.clone(), s.clone());
+                        let (a, s, h) = (a.clone(), s.clone(), h.clone());
                         async move {
                             let (parts, body) = req.into_parts();
                             let body = body.collect().await.unwrap().to_bytes();
@@ -57,6 +60,8 @@ impl FakeOwner {
                                     s.lock()
                                         .unwrap()
                                         .push((parts.method, pq, parts.headers, body));
+                                    let hold = *h.lock().unwrap();
+                                    tokio::time::sleep(hold).await;
                                     a.lock().unwrap().clone()
                                 }
                             };
@@ -77,6 +82,7 @@ impl FakeOwner {
             addr,
             answer,
             seen,
+            hold,
             accept: Mutex::new(Some(accept)),
         }
     }
@@ -310,6 +316,27 @@ async fn a_gone_owner_is_marked_down_and_skipped() {
     assert!(bed.owners.pieces(&bed.theirs, None).await.is_none());
     assert_eq!(bed.counted("pieces", "self"), 1);
     assert!(owner.seen().is_empty());
+}
+
+/// An owner that holds its answer past the bound: the call is answered here once the bound is
+/// up (the node's own wait leaves room for it), and the owner counts a failed probe, not down at
+/// once (it is slow, not gone: `down_after` of these mark it down).
+#[tokio::test]
+async fn a_slow_owner_costs_at_most_the_bound() {
+    let owner = FakeOwner::start().await;
+    let bed = bed(owner.addr).await;
+    *owner.hold.lock().unwrap() = CALL_BUDGET;
+    let body = call_of(&node(1));
+    let start = std::time::Instant::now();
+    assert!(bed.owners.swarm(&bed.theirs, &body, None).await.is_none());
+    let took = start.elapsed();
+    assert!(
+        (SWARM_WAIT..SWARM_WAIT + Duration::from_millis(500)).contains(&took),
+        "{took:?}"
+    );
+    assert_eq!(bed.counted("swarm", "fallback"), 1);
+    assert!(bed.cluster.peers()[1].is_up(), "one slow answer: still up");
+    assert_eq!(owner.seen().len(), 1);
 }
 
 /// This replica's own digests, and calls this replica refuses anyway (a body or query that is
