@@ -82,8 +82,8 @@
 //! refusals, the query, the sender) and `tables` (its wait); `parent` holds it, `http` answers
 //! the forwarded routes, `assemble` builds it.
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{Method, StatusCode};
@@ -108,6 +108,9 @@ pub const CALL_BUDGET: Duration = Duration::from_secs(3);
 pub const SWARM_WAIT: Duration = Duration::from_secs(1);
 /// A forwarded piece-table call, whole: the owner may hold it [`WAIT`] for a new hash.
 pub const PIECES_WAIT: Duration = Duration::from_millis(WAIT.as_millis() as u64 + 500);
+
+/// How often an owner's failures are logged as warnings, at most.
+pub const WARN_EVERY: Duration = Duration::from_secs(10);
 
 /// The `call` labels of `berth_fleet_owner_calls_total`.
 pub const CALLS: [&str; 2] = ["swarm", "pieces"];
@@ -156,6 +159,8 @@ pub struct Owners {
     cluster: Arc<Cluster>,
     /// `berth_fleet_owner_calls_total{call,result}`.
     calls: IntCounterVec,
+    /// When an owner's failure was last logged as a warning.
+    warned: Mutex<Option<Instant>>,
 }
 
 impl Owners {
@@ -177,7 +182,11 @@ impl Owners {
                 calls.with_label_values(&[c, r]);
             }
         }
-        Ok(Owners { cluster, calls })
+        Ok(Owners {
+            cluster,
+            calls,
+            warned: Mutex::new(None),
+        })
     }
 
     /// A node's swarm call, answered by the digest's owner replica; `None` when this replica is
@@ -277,15 +286,36 @@ impl Owners {
                 },
                 Err(e) => e.to_string(),
             };
-            tracing::warn!(peer = %peer.id, %digest, call = call.name, error = %why, "fleet: a digest's owner replica did not answer a forwarded tracker call; asking the next owner");
+            self.warn(&peer.id, digest, call.name, &why);
         }
         self.count(call.name, result);
         None
     }
 
+    /// Logs an owner's failure: a warning at most every [`WARN_EVERY`] (nodes call every few
+    /// seconds each, so a misconfigured owner would otherwise log per call), debug otherwise;
+    /// `berth_fleet_owner_calls_total{result="fallback"}` counts them all.
+    fn warn(&self, peer: &str, digest: &Digest, call: &str, why: &str) {
+        let loud = time_to_warn(&mut self.warned.lock().unwrap(), Instant::now());
+        if loud {
+            tracing::warn!(%peer, %digest, call, error = %why, "fleet: a digest's owner replica did not answer a forwarded tracker call; asking the next owner (said at most every {WARN_EVERY:?})");
+        } else {
+            tracing::debug!(%peer, %digest, call, error = %why, "fleet: a digest's owner replica did not answer a forwarded tracker call");
+        }
+    }
+
     fn count(&self, call: &str, result: &str) {
         self.calls.with_label_values(&[call, result]).inc();
     }
+}
+
+/// Whether a failure seen at `now` is to be a warning, given when the last one was (updated).
+fn time_to_warn(last: &mut Option<Instant>, now: Instant) -> bool {
+    let due = last.is_none_or(|t| now.saturating_duration_since(t) >= WARN_EVERY);
+    if due {
+        *last = Some(now);
+    }
+    due
 }
 
 /// One forwarded call.

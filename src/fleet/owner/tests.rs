@@ -414,3 +414,23 @@ fn error_bodies_are_read_as_far_as_they_go() {
     );
     assert_eq!(error_of(b"garbage"), (String::new(), String::new()));
 }
+
+/// An owner's failures are warned about once per `WARN_EVERY`, the rest go to debug.
+#[test]
+fn warnings_are_spaced() {
+    let t0 = std::time::Instant::now();
+    let mut last = None;
+    assert!(time_to_warn(&mut last, t0));
+    assert!(!time_to_warn(&mut last, t0 + Duration::from_secs(1)));
+    assert!(!time_to_warn(
+        &mut last,
+        t0 + WARN_EVERY - Duration::from_millis(1)
+    ));
+    assert!(time_to_warn(&mut last, t0 + WARN_EVERY));
+    assert!(!time_to_warn(
+        &mut last,
+        t0 + WARN_EVERY + Duration::from_secs(1)
+    ));
+    // A clock that seems to go back (another thread's earlier `now`): no warning, no panic.
+    assert!(!time_to_warn(&mut last, t0));
+}
