@@ -1,8 +1,9 @@
 //! One tracker per digest over a cluster of parents (`fleet::owner`): replicas with `[cluster]`
 //! and `[fleet]` (the parent's side) on loopback, in front of one fake upstream. Nodes' calls made
 //! by hand (fleet-signed) to different replicas form one swarm, on the digest's owner; a piece
-//! table is served by the owner through any replica; the owner gone, a replica tracks the digest
-//! itself; a forwarded call is taken only with a cluster proof that covers its body. Then real
+//! table is served by the owner through any replica; the owner gone, or without the fleet's
+//! tracker, a replica tracks the digest itself; a forwarded call is taken only with a cluster
+//! proof that covers its body. Then real
 //! node berths behind different replicas pull one blob at once: one swarm, at most `parent_slots`
 //! copies out of the central berth.
 
@@ -49,6 +50,13 @@ struct Replicas {
 
 /// `n` replicas of one cluster, each the fleet's parent too, every one seeing the others up.
 async fn replicas(n: usize) -> Replicas {
+    replicas_with(&vec![true; n]).await
+}
+
+/// Replicas of one cluster, the `i`th a fleet parent if `parents[i]` (else a replica without the
+/// fleet's tracker: one misconfigured, or one that predates it).
+async fn replicas_with(parents: &[bool]) -> Replicas {
+    let n = parents.len();
     let fake = FakeRegistry::start().await;
     let (fleet_dir, fleet_secret) = secret_file(FLEET_SECRET);
     let (cluster_dir, cluster_secret) = secret_file(CLUSTER_SECRET);
@@ -71,8 +79,7 @@ async fn replicas(n: usize) -> Replicas {
             health_interval = "100ms"
             peer_timeout = "1s"
             down_after = 2
-            [fleet]
-            secret_file = {:?}
+            {}
             [[upstream]]
             name = "registry.test"
             url = "{}"
@@ -83,7 +90,13 @@ async fn replicas(n: usize) -> Replicas {
             urls[i],
             urls.join(", "),
             cluster_secret.display().to_string(),
-            fleet_secret.display().to_string(),
+            match parents[i] {
+                true => format!(
+                    "[fleet]\nsecret_file = {:?}",
+                    fleet_secret.display().to_string()
+                ),
+                false => String::new(),
+            },
             fake.url()
         );
         let (b, c) = start_on_listener(&cfg, dir, listener).await;
@@ -373,6 +386,64 @@ async fn with_the_owner_down_a_replica_tracks_the_digest_itself() {
     assert_eq!(a.status, StatusCode::OK, "{}", a.text());
     let p = Pieces::parse(&a.body, size).unwrap();
     assert_eq!(p.hashes[0], piece_hashes(&layer)[0]);
+}
+
+/// An owner without the fleet's tracker (`[cluster]` but no `[fleet]`: misconfigured, or a
+/// berth from before these routes) answers the forwarded calls 404 `NAME_UNKNOWN`: the replica
+/// asked tracks the digest itself, counted as a fallback, and the node never sees the failure.
+#[tokio::test]
+async fn an_owner_without_a_tracker_leaves_the_digest_to_the_replica() {
+    let r = replicas_with(&[true, false]).await;
+    let d = (0u32..)
+        .map(|n| Digest::of(&n.to_be_bytes()))
+        .find(|d| r.owner_of(d) == 1)
+        .unwrap();
+    let fleet = Fleet::new((1..=2).map(node));
+    let a = parse(
+        &r.swarm(0, &d, &join(&node(1)), Some(1000)).await,
+        &node(1),
+        &fleet,
+    );
+    assert_eq!(a.source, Some(Assignment::Parent));
+    let a = parse(
+        &r.swarm(0, &d, &join(&node(2)), Some(1000)).await,
+        &node(2),
+        &fleet,
+    );
+    assert!(matches!(a.source, Some(Assignment::Node { .. })), "{a:?}");
+    assert_eq!(r.counter(0, TRACKED).await, 2);
+    assert_eq!(
+        r.counter(
+            0,
+            "berth_fleet_owner_calls_total{call=\"swarm\",result=\"fallback\"}"
+        )
+        .await,
+        2
+    );
+    let a = r
+        .fleet_call(
+            0,
+            Method::GET,
+            &berth::fleet::pieces_path(&d, 0),
+            Vec::new(),
+        )
+        .await;
+    assert_eq!(
+        a.status,
+        StatusCode::NOT_FOUND,
+        "no blob anywhere: {}",
+        a.text()
+    );
+    assert_eq!(
+        r.counter(
+            0,
+            "berth_fleet_owner_calls_total{call=\"pieces\",result=\"fallback\"}"
+        )
+        .await,
+        1
+    );
+    // The owner was asked (and answered): still up.
+    assert!(r.clusters[0].peers()[1].is_up());
 }
 
 /// A forwarded call is the cluster's: a node's fleet proof, or none, gets 401 on the owner's
