@@ -46,14 +46,17 @@
 //! call: it knows no size yet; 429: it knows too many nodes) is the node's answer, as a local
 //! tracker's would be.
 //!
-//! The trade-off: while an owner is unreachable, the replicas that see it so track its digests
-//! themselves, so for a while there are two swarms of one digest (the nodes that reached the
-//! owner before it went, and those that reached others since), each with up to `parent_slots`
-//! parent-fed nodes: a few more copies out of the central berth, never a failed pull and never a
-//! wrong byte (nodes check every piece and the digest). A node's calls are reports repeated every
-//! few seconds, so a swarm moves to its new tracker at the next call, and a node the new tracker
-//! does not know yet rejoins it with a source. Rendezvous keeps the disturbance to the down
-//! replica's digests, and all replicas that see it down agree on the next owner.
+//! The trade-off: an owner that every replica sees gone moves its digests to the next replica in
+//! their rendezvous order, on which all of them agree (the ones that still try the gone owner
+//! fail to connect at once, mark it down, and go on to that same next one): still one swarm per
+//! digest. Two swarms of one digest arise only while replicas disagree, when one cannot reach an
+//! owner the others reach (a partition, or the seconds before a returning owner's probes bring it
+//! back everywhere): each side then feeds up to `parent_slots` nodes from the central berth, a
+//! few more copies, never a failed pull and never a wrong byte (nodes check every piece and the
+//! digest). A swarm that changes tracker moves at the nodes' next calls (reports every few
+//! seconds): the new tracker does not know them, and a node it does not know rejoins with a
+//! source, which may be one more parent-fed node. Rendezvous keeps this to the digests of the
+//! replica that came or went.
 //!
 //! The bound: a node waits [`CALL_BUDGET`] for its whole call (`fill::swarm`'s `CALL_TIMEOUT`,
 //! 3 s). A forwarded swarm call gets [`SWARM_WAIT`] (the owner only looks up a size and its

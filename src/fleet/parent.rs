@@ -36,8 +36,10 @@
 //! for its blob fills. A node's calls to another replica are forwarded to it ([`owner`](super::owner),
 //! [`Parent::swarm`], [`Parent::pieces`]), and a forwarded call is answered here
 //! ([`Parent::swarm_here`], [`Parent::pieces_here`]) without being forwarded again. An owner that
-//! cannot answer leaves the digest to the replica that was asked, for as long as it cannot: two
-//! swarms for a while, never a failed pull (the trade-off is written in `owner`).
+//! cannot answer passes the digest to the next replica in its order, and at this replica's own
+//! place to this one: a gone owner's digests move to the same next replica for all, while an
+//! owner only some replicas reach makes two swarms for a while, never a failed pull (the
+//! trade-off is written in `owner`).
 
 //! The tracker is swept (silent nodes, ended avoidances, empty swarms) at most every
 //! [`SWEEP_EVERY`], on the next call, rather than by a task of its own: it holds nothing that

@@ -518,21 +518,52 @@ async fn a_forged_forwarded_identity_is_refused() {
 /// tracker per replica would feed one node per replica.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nodes_behind_different_replicas_share_one_swarm() {
-    nodes_behind_replicas(2, 4).await;
+    nodes_behind_replicas(2, 4, false).await;
 }
 
 /// The same with three replicas and six nodes, two behind each.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn six_nodes_behind_three_replicas_share_one_swarm() {
-    nodes_behind_replicas(3, 6).await;
+    nodes_behind_replicas(3, 6, false).await;
 }
 
-async fn nodes_behind_replicas(replica_count: usize, node_count: usize) {
-    let r = replicas(replica_count).await;
+/// The blob's owner stopped before the pull (the Service then sends every node to the other
+/// replicas): every node still gets the blob, verified, and still in one swarm: the replica next
+/// in the digest's rendezvous order tracks it, the other forwarding to it as it forwarded to the
+/// owner (both see the owner gone alike), so one copy out of the central berth still.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_owner_down_nodes_still_get_the_blob() {
+    nodes_behind_replicas(3, 4, true).await;
+}
+
+/// `node_count` node berths, spread over the replicas (over the others than the blob's owner if
+/// `owner_down`, which is stopped first), pull one fresh blob at once while the upstream holds
+/// it back until each has joined a swarm.
+async fn nodes_behind_replicas(replica_count: usize, node_count: usize, owner_down: bool) {
+    let mut r = replicas(replica_count).await;
     let size = 4 * MIB + 123;
     let (layer, blob, release) = gated_blob(&r.fake, size, 23, 1);
     let d: Digest = blob.parse().unwrap();
     let owner = r.owner_of(&d);
+    // The replicas the nodes reach, and those that track the digest.
+    let parents: Vec<usize> = (0..replica_count)
+        .filter(|i| !owner_down || *i != owner)
+        .collect();
+    // The owner, or with it down the next in the digest's order, which every replica agrees on.
+    let tracker = match owner_down {
+        true => {
+            let next = &r.clusters[0].owners(&d)[1].id;
+            r.clusters[0]
+                .peers()
+                .iter()
+                .position(|p| p.id == *next)
+                .unwrap()
+        }
+        false => owner,
+    };
+    if owner_down {
+        drop(r.berths[owner].take());
+    }
     let bound: Vec<(std::net::TcpListener, NodeUrl)> = (0..node_count)
         .map(|_| {
             let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -559,7 +590,7 @@ async fn nodes_behind_replicas(replica_count: usize, node_count: usize) {
             secret_file = {:?}
             "#,
             listeners_and_storage(dir.path()),
-            r.berth(i % replica_count).addr,
+            r.berth(parents[i % parents.len()]).addr,
             r.fleet_secret.display().to_string(),
         );
         nodes.push(start_on_listener(&cfg, dir, listener).await.0);
@@ -579,15 +610,17 @@ async fn nodes_behind_replicas(replica_count: usize, node_count: usize) {
             })
         })
         .collect();
-    // Every node has joined the owner's swarm before the upstream lets the bytes go.
+    // Every node has joined a swarm (the owner's) before the upstream lets the bytes go.
     let joined = eventually(|| async {
-        r.berth(owner)
-            .counter("berth_fleet_tracker_requests_total{outcome=\"assigned")
-            .await
+        r.counter(
+            tracker,
+            "berth_fleet_tracker_requests_total{outcome=\"assigned",
+        )
+        .await
             >= node_count as u64
     })
     .await;
-    assert!(joined, "the nodes never all joined the owner's swarm");
+    assert!(joined, "the nodes never all joined one swarm");
     release.send_replace(size);
     for p in pulls {
         same(&p.await.unwrap(), &layer);
@@ -611,13 +644,11 @@ async fn nodes_behind_replicas(replica_count: usize, node_count: usize) {
         from_parent <= size + size / 2,
         "{from_parent} bytes out of the central berth for a blob of {size}"
     );
-    assert_eq!(
-        r.total("berth_fleet_swarms").await,
-        r.counter(owner, "berth_fleet_swarms").await
-    );
-    assert_eq!(
-        r.total("berth_fleet_owner_calls_total{call=\"swarm\",result=\"fallback\"}")
-            .await,
-        0
-    );
+    assert_eq!(r.total(TRACKED).await, r.counter(tracker, TRACKED).await);
+    let path = format!("/v2/library/app/blobs/{blob}");
+    assert_eq!(r.fake.hits(Method::GET, &path), 1, "one upstream fetch");
+    let fallbacks = r
+        .total("berth_fleet_owner_calls_total{call=\"swarm\",result=\"fallback\"}")
+        .await;
+    assert_eq!(fallbacks > 0, owner_down, "{fallbacks} calls fell back");
 }
