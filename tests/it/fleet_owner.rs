@@ -647,8 +647,10 @@ async fn nodes_behind_replicas(replica_count: usize, node_count: usize, owner_do
     assert_eq!(r.total(TRACKED).await, r.counter(tracker, TRACKED).await);
     let path = format!("/v2/library/app/blobs/{blob}");
     assert_eq!(r.fake.hits(Method::GET, &path), 1, "one upstream fetch");
+    // With the owner up nothing fell back. (With it down, the next replica counts its own
+    // calls `fallback` or `self`, as it had marked the owner down before them or not.)
     let fallbacks = r
         .total("berth_fleet_owner_calls_total{call=\"swarm\",result=\"fallback\"}")
         .await;
-    assert_eq!(fallbacks > 0, owner_down, "{fallbacks} calls fell back");
+    assert!(owner_down || fallbacks == 0, "{fallbacks} calls fell back");
 }
