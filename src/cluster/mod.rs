@@ -234,11 +234,6 @@ impl Cluster {
         result
     }
 
-    /// `peer_timeout`: how long a connect to a peer may take.
-    pub fn peer_timeout(&self) -> Duration {
-        self.client.timeout()
-    }
-
     /// Hands a blob miss to the digest's owner: the first live owner's answer, streaming, or
     /// `None` when this berth is to fetch the blob itself (it owns the digest, or no owner before
     /// it in the order could answer). A peer that fails (down, slow, refusing, a 5xx) passes the
