@@ -33,7 +33,8 @@
 //! - through a replica a node gets no more than by calling the owner itself: it can name any URL
 //!   as itself there too, the fleet secret being the fleet's trust boundary (`fleet::parent`).
 //!   The cluster secret should differ from the fleet's (a node holding it could call the peer
-//!   routes), though even then the forwarded route gives it nothing the fleet route does not.
+//!   routes; `Config::warnings` says so at start), though even then the forwarded route gives it
+//!   nothing the fleet route does not.
 //!
 //! # When the owner does not answer
 //! Availability first, as for blob fills: the replica asks each live owner in rendezvous order;
