@@ -78,7 +78,7 @@
 //!
 //! `berth_fleet_owner_calls_total{call,result}` counts where each call was answered: `self` (this
 //! replica owns the digest), `owner` (forwarded; the owner's answer or verdict), `fallback` (no
-//! owner before this replica answered: tracked here). The peer requests themselves are counted in
+//! owner before this replica answered, or the owner had no piece table: answered here). The peer requests themselves are counted in
 //! `berth_peer_requests_total{peer,outcome}`.
 //!
 //! Rule of dependency: part of `fleet`; uses `cluster` (the owners, the signed exchange),
@@ -173,7 +173,7 @@ impl Owners {
         let calls = IntCounterVec::new(
             Opts::new(
                 "berth_fleet_owner_calls_total",
-                "Nodes' tracker calls on a replica, by call (swarm, pieces) and where they were answered (self: this replica owns the digest; owner: forwarded to it; fallback: no owner answered, tracked here).",
+                "Nodes' tracker calls on a replica, by call (swarm, pieces) and where they were answered (self: this replica owns the digest; owner: forwarded to it; fallback: no owner before this replica in the digest's order answered it, or the owner had no piece table: answered here).",
             ),
             &["call", "result"],
         )
