@@ -73,13 +73,21 @@
 //! forwarded to it), so the fleet hashes each blob once and the table follows that fill at its
 //! pace, where a local table would exist only on a replica that happens to fill the blob too
 //! (404 elsewhere: the node would give up the swarm for the parent). An owner's 404 or failure
-//! leaves the table to this replica: a table holds the sha256 of each piece of bytes whose digest
-//! checked out, so any replica's table of a digest is the same table.
+//! leaves the table to this replica: a table is the sha256 of each piece of the blob, its last
+//! only once the digest checked out, so two replicas' tables of one digest agree. The cost,
+//! measured (BENCHMARKS.md, `benches/load/fleet_owner.py`): about 0.3 ms more per table call on
+//! loopback, the owner's JSON parsed, checked and written again here.
+//!
+//! A limit: with a bucket tier (`[storage.s3]`), a replica that finds a blob in the bucket serves
+//! it without asking the owner, so the owner may hold no fill of it and answer 404; the table is
+//! then made by the replica asked if it holds the blob (the one that served the node's bytes,
+//! when the Service sent both calls to it), else 404 and the node takes the blob from the parent,
+//! as without a swarm.
 //!
 //! `berth_fleet_owner_calls_total{call,result}` counts where each call was answered: `self` (this
 //! replica owns the digest), `owner` (forwarded; the owner's answer or verdict), `fallback` (no
-//! owner before this replica answered, or the owner had no piece table: answered here). The peer requests themselves are counted in
-//! `berth_peer_requests_total{peer,outcome}`.
+//! owner before this replica answered, or the owner had no piece table: answered here). The peer
+//! requests themselves are counted in `berth_peer_requests_total{peer,outcome}`.
 //!
 //! Rule of dependency: part of `fleet`; uses `cluster` (the owners, the signed exchange),
 //! `swarm::protocol` (the answers' parsers), `oci`, prometheus, and its sibling `call` (the

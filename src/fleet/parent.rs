@@ -7,19 +7,20 @@
 //! # Who the fleet is, seen from the parent
 //! A parent has no node list (`peers`/`peers_dns` are node-only keys), so a node is known to the
 //! parent by its own swarm calls: a call carries the fleet proof (checked before this file is
-//! reached), which shows its sender holds the fleet secret, and its `node` field names the URL
-//! other nodes reach it at. That node joins the parent's [`Fleet`] (the set `swarm::protocol`
-//! parses against and the tracker hands out from) and stays while it calls at least every
-//! `tracker::EXPIRY`; the set is swept with the tracker. A tracker answer can only name a node
-//! that is a member of that digest's swarm (`swarm::tracker`), which it became only by its own
-//! signed call: nothing can make the parent point a node at a host that did not itself join. A
-//! `dropped` source must be a node the parent knows too. The trust this leaves: any holder of the
-//! fleet secret can name any URL as itself; the fleet secret is the fleet's trust boundary (a
-//! holder can also serve bytes, which every node checks against the piece table and the digest
-//! anyway). The proof signs the method, path and query and a timestamp, not the body (the
-//! cluster's scheme): someone who can read a node's call off the wire can replay its proof
-//! within the proof's age limit with another body. On a network that is not trusted, the parent
-//! is reached over HTTPS, as its registry traffic is.
+//! reached; for a call another replica forwarded, checked there, and the forward carries the
+//! cluster's proof over that very body, `owner`), which shows its sender holds the fleet secret,
+//! and its `node` field names the URL other nodes reach it at. That node joins the parent's
+//! [`Fleet`] (the set `swarm::protocol` parses against and the tracker hands out from) and stays
+//! while it calls at least every `tracker::EXPIRY`; the set is swept with the tracker. A tracker
+//! answer can only name a node that is a member of that digest's swarm (`swarm::tracker`), which it
+//! became only by its own signed call: nothing can make the parent point a node at a host that did
+//! not itself join. A `dropped` source must be a node the parent knows too. The trust this leaves:
+//! any holder of the fleet secret can name any URL as itself; the fleet secret is the fleet's trust
+//! boundary (a holder can also serve bytes, which every node checks against the piece table and the
+//! digest anyway). The proof signs the method, path and query and a timestamp, not the body (the
+//! cluster's scheme): someone who can read a node's call off the wire can replay its proof within
+//! the proof's age limit with another body. On a network that is not trusted, the parent is reached
+//! over HTTPS, as its registry traffic is.
 //!
 //! # What size a blob has
 //! The answer carries the blob's size and piece size (`SwarmAnswer`). The parent takes it from,
@@ -33,14 +34,14 @@
 //!
 //! # Replicas
 //! With `[cluster]`, one replica tracks each digest for the whole fleet: the digest's owner, as
-//! for its blob fills. A node's calls to another replica are forwarded to it ([`owner`](super::owner),
-//! [`Parent::swarm`], [`Parent::pieces`]), and a forwarded call is answered here
-//! ([`Parent::swarm_here`], [`Parent::pieces_here`]) without being forwarded again. An owner that
-//! cannot answer passes the digest to the next replica in its order, and at this replica's own
-//! place to this one: a gone owner's digests move to the same next replica for all, while an
-//! owner only some replicas reach makes two swarms for a while, never a failed pull (the
-//! trade-off is written in `owner`).
-
+//! for its blob fills. A node's calls to another replica are forwarded to it
+//! ([`owner`](super::owner), [`Parent::swarm`], [`Parent::pieces`]), and a forwarded call is
+//! answered here ([`Parent::swarm_here`], [`Parent::pieces_here`]) without being forwarded again.
+//! An owner that cannot answer passes the digest to the next replica in its order, and at this
+//! replica's own place to this one: a gone owner's digests move to the same next replica for
+//! all, while an owner only some replicas reach makes two swarms for a while, never a failed
+//! pull (the trade-off is written in `owner`).
+//!
 //! The tracker is swept (silent nodes, ended avoidances, empty swarms) at most every
 //! [`SWEEP_EVERY`], on the next call, rather than by a task of its own: it holds nothing that
 //! ages between calls except memory, bounded by `tracker::Limits` anyway.

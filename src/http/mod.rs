@@ -36,8 +36,8 @@
 //! builds), `upstreams` (the host table), `metrics`,
 //! `logwriter`, `oci`, `error`, and `warm` (the admin API's warm runs its walk). Only `server` and
 //! `assemble` use it; nothing below it sees HTTP types of the client side. Among the children,
-//! `error` uses `respond`, `log` and `fleet` use `route`, `metrics` uses `admin`, `admin` uses `warm`; no two
-//! use each other.
+//! `error` uses `respond`, `log` and `fleet` use `route`, `metrics` uses `admin`, `admin` uses
+//! `warm`; no two use each other.
 
 pub mod admin;
 pub mod error;
