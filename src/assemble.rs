@@ -6,7 +6,8 @@
 //! then opens the store (unindexed: `server::Server::run` rebuilds the index once `/healthz`
 //! answers), the manifest cache and the origins, builds every upstream's client, the cluster view,
 //! the fleet's side (`[fleet]`: on a parent, its tracker and piece tables over the mirror, read
-//! as a client would; on a node, its swarm, `fill::swarm`), the bucket tier ([`bucket`], or one
+//! as a client would, and with `[cluster]` the digests' owners, `fleet::owner`; on a node, its
+//! swarm, `fill::swarm`), the bucket tier ([`bucket`], or one
 //! handed in), the mirror over them, the access checker (`[auth]`), the admin API (`[admin]`), the
 //! health state, every metric family on one `prometheus::Registry`, and the TLS acceptors of both
 //! listeners. It binds no socket and spawns no task: `server` takes the [`Parts`] and binds,
@@ -209,9 +210,9 @@ impl Parts {
             let settings = access::Settings::new(auth, &cfg.upstreams);
             app.access = Some(Arc::new(access::Access::new(settings, &prometheus)?));
         }
-        if let Some(cluster) = cluster {
+        if let Some(cluster) = &cluster {
             app.peers = Some(PeerSide {
-                cluster,
+                cluster: cluster.clone(),
                 health: health.clone(),
             });
         }
@@ -222,8 +223,14 @@ impl Parts {
                 if let Some(n) = f.parent_slots {
                     limits.parent_slots = n as usize;
                 }
-                let parent = crate::fleet::parent::Parent::new(blobs, limits, &prometheus)
+                let mut parent = crate::fleet::parent::Parent::new(blobs, limits, &prometheus)
                     .map_err(StartError::Fleet)?;
+                // Replicas: one tracker per digest, its owner's (`fleet::owner`).
+                if let Some(cluster) = cluster {
+                    let owners = crate::fleet::owner::Owners::new(cluster, &prometheus)
+                        .map_err(StartError::Fleet)?;
+                    parent = parent.with_owners(owners);
+                }
                 Some(Arc::new(fleet.with_parent(parent)))
             }
             _ => node_fleet,

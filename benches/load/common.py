@@ -1,7 +1,8 @@
 """What the whole-server harnesses of benches/load/ share: logging, the failure type, Debian
 packages installed on demand, reading a Prometheus text page, the berth binary to measure, the
 report written and printed, and the run/report/cleanup frame of `main`. Imported by cluster.py,
-bucket_path.py and fleet.py (each puts this directory on sys.path first); not a harness itself.
+bucket_path.py, fleet.py and fleet_owner.py (each puts this directory on sys.path first); not a
+harness itself.
 """
 
 import os

@@ -12,17 +12,21 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
-use http_body_util::{BodyExt, Empty};
+use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use super::auth::{self, PeerKey};
 use super::{BLOBS_PATH, HEALTH_PATH};
 use crate::oci::{Digest, RepoName};
-use crate::upstream::connect::{
-    DirectClient, POOL_IDLE_TIMEOUT, TimeoutConnector, https_connector,
-};
+use crate::upstream::connect::{POOL_IDLE_TIMEOUT, TimeoutConnector, https_connector};
+
+/// A peer request: most are bodiless `GET`s; a forwarded fleet call (`fleet::owner`) carries
+/// the node's small body.
+pub type PeerRequest = Request<Full<Bytes>>;
 
 /// What an upstream's name keeps unencoded in a path segment: the unreserved characters.
 const SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
@@ -73,7 +77,7 @@ pub struct BlobRange {
 
 /// Sends signed requests to peers.
 pub struct PeerClient {
-    http: DirectClient,
+    http: Client<TimeoutConnector<HttpsConnector<HttpConnector>>, Full<Bytes>>,
     key: PeerKey,
     timeout: Duration,
 }
@@ -103,7 +107,7 @@ impl PeerClient {
         repo: &RepoName,
         digest: &Digest,
         range: Option<BlobRange>,
-    ) -> Request<Empty<Bytes>> {
+    ) -> PeerRequest {
         let upstream = percent_encoding::utf8_percent_encode(upstream, SEGMENT);
         let path = format!("{BLOBS_PATH}{upstream}/{}/{digest}", repo.as_str());
         let mut req = self.request(peer, &path);
@@ -121,32 +125,57 @@ impl PeerClient {
     }
 
     /// `GET <peer>/_berth/peer/v1/healthz`, signed.
-    pub fn health_request(&self, peer: &str) -> Request<Empty<Bytes>> {
+    pub fn health_request(&self, peer: &str) -> PeerRequest {
         self.request(peer, HEALTH_PATH)
     }
 
-    fn request(&self, peer: &str, path: &str) -> Request<Empty<Bytes>> {
-        let mut req = Request::new(Empty::new());
-        *req.method_mut() = Method::GET;
-        *req.uri_mut() = format!("{peer}{path}")
+    fn request(&self, peer: &str, path: &str) -> PeerRequest {
+        self.signed(peer, Method::GET, path, Bytes::new())
+    }
+
+    /// `method <peer><path_and_query>` with `body`, signed. The proof covers the method, path and
+    /// query, not the body: a caller whose body matters names its digest in the path (as
+    /// `fleet::owner` does).
+    pub fn signed(
+        &self,
+        peer: &str,
+        method: Method,
+        path_and_query: &str,
+        body: Bytes,
+    ) -> PeerRequest {
+        let proof = self.key.sign(method.as_str(), path_and_query, auth::now());
+        let mut req = Request::new(Full::new(body));
+        *req.method_mut() = method;
+        *req.uri_mut() = format!("{peer}{path_and_query}")
             .parse()
             .expect("a validated origin and a path-safe path make a URI");
-        req.headers_mut().insert(
-            header::AUTHORIZATION,
-            self.key.sign(Method::GET.as_str(), path, auth::now()),
-        );
+        req.headers_mut().insert(header::AUTHORIZATION, proof);
         req
     }
 
     /// Sends `req`; a 2xx answer's head within `peer_timeout`, its body still streaming.
-    pub async fn send(&self, req: Request<Empty<Bytes>>) -> Result<Response<Incoming>, PeerError> {
+    pub async fn send(&self, req: PeerRequest) -> Result<Response<Incoming>, PeerError> {
         self.send_within(req, self.timeout).await
     }
 
     /// Sends `req`; a 2xx answer's head within `wait` (the connect still within `peer_timeout`).
     pub async fn send_within(
         &self,
-        req: Request<Empty<Bytes>>,
+        req: PeerRequest,
+        wait: Duration,
+    ) -> Result<Response<Incoming>, PeerError> {
+        let resp = self.answer_within(req, wait).await?;
+        match resp.status() {
+            s if s.is_success() => Ok(resp),
+            s => Err(PeerError::Status(s)),
+        }
+    }
+
+    /// Sends `req`; its answer's head within `wait` whatever its status but a refusal (401,
+    /// 403: the peer does not share this berth's secret), the body still streaming.
+    async fn answer_within(
+        &self,
+        req: PeerRequest,
         wait: Duration,
     ) -> Result<Response<Incoming>, PeerError> {
         let resp = match tokio::time::timeout(wait, self.http.request(req)).await {
@@ -158,10 +187,31 @@ impl PeerClient {
             Ok(Ok(r)) => r,
         };
         match resp.status() {
-            s if s.is_success() => Ok(resp),
             s @ (StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) => Err(PeerError::Refused(s)),
-            s => Err(PeerError::Status(s)),
+            _ => Ok(resp),
         }
+    }
+
+    /// Sends `req` and reads its whole (small) answer, at most `limit` bytes, all within `wait`:
+    /// its status and body, whatever the status but a refusal.
+    pub async fn exchange(
+        &self,
+        req: PeerRequest,
+        wait: Duration,
+        limit: usize,
+    ) -> Result<(StatusCode, Bytes), PeerError> {
+        let call = async {
+            let resp = self.answer_within(req, wait).await?;
+            let status = resp.status();
+            let body = Limited::new(resp.into_body(), limit)
+                .collect()
+                .await
+                .map_err(|e| PeerError::Other(format!("the answer's body: {e}")))?;
+            Ok((status, body.to_bytes()))
+        };
+        tokio::time::timeout(wait, call)
+            .await
+            .unwrap_or(Err(PeerError::Timeout(wait)))
     }
 
     /// Sends a health probe and reads its (small) answer, all within `peer_timeout`, so the

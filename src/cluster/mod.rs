@@ -26,6 +26,9 @@
 //!   that name among its configured ones (looked up, never used as an address; unknown: 404),
 //!   and never hands the miss on to another peer (no ping-pong when two replicas disagree on
 //!   membership for a moment).
+//! - `/_berth/peer/v1/fleet/...`: a fleet node's tracker calls, forwarded by the replica the node
+//!   reached to the digest's owner when the replicas are also the fleet's parent (`fleet::owner`
+//!   builds and answers them; this module only signs, sends and checks: [`Cluster::exchange`]).
 //!
 //! # How a fill calls it
 //! On a blob miss (local disk, then the bucket), the fill asks [`Cluster::from_owner`]: when this
@@ -188,6 +191,37 @@ impl Cluster {
         let result = self.client.send_within(req, wait).await;
         let outcome = match &result {
             Ok(_) => "ok",
+            Err(e) => {
+                self.failed(peer, e);
+                e.outcome()
+            }
+        };
+        self.metrics
+            .requests
+            .with_label_values(&[&peer.id, outcome])
+            .inc();
+        result
+    }
+
+    /// Sends `peer` a small signed call (`method path_and_query` with `body`) and reads its whole
+    /// answer, at most `limit` bytes, within `wait`: its status and body, whatever the status but
+    /// a refusal. Counted and failed like [`Cluster::fetch_blob`] (a connect error marks the peer
+    /// down, a timeout counts as a failed probe). The fleet's forwarded tracker calls use it
+    /// (`fleet::owner`); the cluster knows nothing of what they mean.
+    pub async fn exchange(
+        &self,
+        peer: &Peer,
+        method: http::Method,
+        path_and_query: &str,
+        body: bytes::Bytes,
+        wait: Duration,
+        limit: usize,
+    ) -> Result<(http::StatusCode, bytes::Bytes), PeerError> {
+        let req = self.client.signed(&peer.id, method, path_and_query, body);
+        let result = self.client.exchange(req, wait, limit).await;
+        let outcome = match &result {
+            Ok((s, _)) if s.is_success() => "ok",
+            Ok(_) => "status",
             Err(e) => {
                 self.failed(peer, e);
                 e.outcome()

@@ -428,3 +428,76 @@ async fn a_hand_off_waits_for_an_owner_asking_its_upstream() {
         1
     );
 }
+
+/// A small signed exchange (the fleet's forwarded calls): the method, path and body go as given,
+/// signed over the method and path; any status comes back with its body but a refusal; a body
+/// over the limit is an error; each is counted by outcome.
+#[tokio::test]
+async fn an_exchange_reads_any_answer_but_a_refusal() {
+    let (failing, mut seen) = fake_peer(StatusCode::NOT_FOUND).await;
+    let (refusing, _seen2) = fake_peer(StatusCode::FORBIDDEN).await;
+    let peers = vec![
+        "http://127.0.0.1:1".to_owned(),
+        format!("http://{failing}"),
+        format!("http://{refusing}"),
+    ];
+    let (c, _registry, _dir) = cluster(&peers, 0);
+    let wait = c.client.timeout();
+    let (status, body) = c
+        .exchange(
+            &c.peers()[1],
+            http::Method::POST,
+            "/_berth/peer/v1/x?y=1",
+            Bytes::from_static(b"{}"),
+            wait,
+            64,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (status, &body[..]),
+        (StatusCode::NOT_FOUND, &b"blob bytes"[..])
+    );
+    let (pq, headers) = seen.recv().await.unwrap();
+    assert_eq!(pq, "/_berth/peer/v1/x?y=1");
+    let key = PeerKey::new(&Secret::new(SECRET));
+    let proof = headers.get("authorization");
+    assert_eq!(key.verify("POST", &pq, proof, auth::now()), Ok(()));
+    assert_eq!(
+        counter(&c.metrics.requests, &[&c.peers()[1].id, "status"]),
+        1
+    );
+    // Over the limit: an error, not a truncated answer.
+    let e = c
+        .exchange(
+            &c.peers()[1],
+            http::Method::GET,
+            "/_berth/peer/v1/x",
+            Bytes::new(),
+            wait,
+            4,
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(e, PeerError::Other(_)), "{e:?}");
+    assert_eq!(
+        counter(&c.metrics.requests, &[&c.peers()[1].id, "error"]),
+        1
+    );
+    let e = c
+        .exchange(
+            &c.peers()[2],
+            http::Method::GET,
+            "/_berth/peer/v1/x",
+            Bytes::new(),
+            wait,
+            64,
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(e, PeerError::Refused(StatusCode::FORBIDDEN));
+    assert_eq!(
+        counter(&c.metrics.requests, &[&c.peers()[2].id, "refused"]),
+        1
+    );
+}

@@ -231,6 +231,18 @@ impl Config {
                 m.listen
             ));
         }
+        // Every node holds the fleet's secret; the cluster's admits peer requests (blobs through
+        // any upstream without a client login, the forwarded tracker calls): one secret for both
+        // makes every node a replica to the others.
+        let cluster = self.cluster.as_ref().and_then(|c| c.secret.as_ref());
+        let fleet = self.fleet.as_ref().and_then(|f| f.secret.as_ref());
+        if let (Some(c), Some(f)) = (cluster, fleet)
+            && c.expose() == f.expose()
+        {
+            w.push(
+                "[cluster] and [fleet] share one secret: every fleet node holds it, so any node could make the replicas' peer requests (blobs without a client login); give the cluster a secret of its own".into(),
+            );
+        }
         w
     }
 
@@ -401,6 +413,32 @@ mod tests {
             let c = Config::parse(&quiet, "f").unwrap();
             assert!(c.warnings().is_empty(), "{quiet}: {:?}", c.warnings());
         }
+    }
+
+    /// One secret for `[cluster]` and `[fleet]`: a warning (nodes could speak as replicas);
+    /// two: none.
+    #[test]
+    fn a_secret_shared_by_cluster_and_fleet_is_warned_about() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+        std::fs::write(&a, "0123456789abcdef0123456789abcdef").unwrap();
+        std::fs::write(&b, "fedcba9876543210fedcba9876543210").unwrap();
+        let cfg = |cluster: &std::path::Path, fleet: &std::path::Path| {
+            let text = format!(
+                "[cluster]\nself = \"http://a:5000\"\npeers = [\"http://a:5000\"]\nsecret_file = {cluster:?}\n\
+                 [fleet]\nsecret_file = {fleet:?}\n\
+                 [[upstream]]\nname = \"a.io\"\nurl = \"https://a.io\"\n"
+            );
+            Config::parse(&text, "f").unwrap().warnings()
+        };
+        let w = cfg(&a, &a);
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(w[0].contains("share one secret"), "{w:?}");
+        assert!(
+            !w[0].contains("0123456789abcdef"),
+            "the secret is not shown"
+        );
+        assert!(cfg(&a, &b).is_empty());
     }
 
     #[test]

@@ -9,7 +9,9 @@
 //!   (`POST /_berth/fleet/v1/swarm/<digest>`), who the fleet is as the parent sees it (nodes
 //!   known by their signed calls), the blob's size, the counts; [`tables`]: the parent's piece
 //!   tables (`GET /_berth/fleet/v1/pieces/<digest>`), made lazily by reading the blob as a client
-//!   would;
+//!   would; [`owner`]: on a replica of a `[cluster]`, both calls forwarded to the digest's owner
+//!   replica, so that one tracker decides each digest for the whole fleet; `call`: what both of
+//!   those read of a node's call (its refusals, its query, its sender);
 //! - this file: the protocol's paths, its proof ([`Fleet::admit`], the cluster's HMAC scheme under
 //!   the fleet's own name) and its metric.
 //!
@@ -66,15 +68,18 @@
 //! upstream URL is `[fleet] parent`, and the listing only names namespaces on it.
 //!
 //! Rule of dependency: uses `config` (its table, the upstream checks), `cluster::auth` (the HMAC
-//! scheme) and `cluster::admit` (its counted check), `upstream::connect` (the HTTP client
+//! scheme) and `cluster::admit` (its counted check), `cluster::Cluster` (in [`owner`]: the
+//! digests' owners and the signed peer exchange), `upstream::connect` (the HTTP client
 //! builder), `swarm` (the tracker, the piece tables and the protocol's bodies, in [`parent`] and
 //! [`tables`]; the drop reasons, as metric labels); `assemble` builds it (and hands the parent the
 //! mirror as a [`tables::Blobs`]), `reload` asks [`node`] again, `http` answers the fleet routes
 //! with it, `fill::swarm` (a node's fills from the swarm) signs with it and counts in its
 //! [`NodeMetrics`]. It never calls the mirror, the fill or the store.
 
+mod call;
 pub mod listing;
 pub mod node;
+pub mod owner;
 pub mod parent;
 pub mod tables;
 

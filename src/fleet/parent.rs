@@ -7,19 +7,20 @@
 //! # Who the fleet is, seen from the parent
 //! A parent has no node list (`peers`/`peers_dns` are node-only keys), so a node is known to the
 //! parent by its own swarm calls: a call carries the fleet proof (checked before this file is
-//! reached), which shows its sender holds the fleet secret, and its `node` field names the URL
-//! other nodes reach it at. That node joins the parent's [`Fleet`] (the set `swarm::protocol`
-//! parses against and the tracker hands out from) and stays while it calls at least every
-//! `tracker::EXPIRY`; the set is swept with the tracker. A tracker answer can only name a node
-//! that is a member of that digest's swarm (`swarm::tracker`), which it became only by its own
-//! signed call: nothing can make the parent point a node at a host that did not itself join. A
-//! `dropped` source must be a node the parent knows too. The trust this leaves: any holder of the
-//! fleet secret can name any URL as itself; the fleet secret is the fleet's trust boundary (a
-//! holder can also serve bytes, which every node checks against the piece table and the digest
-//! anyway). The proof signs the method, path and query and a timestamp, not the body (the
-//! cluster's scheme): someone who can read a node's call off the wire can replay its proof
-//! within the proof's age limit with another body. On a network that is not trusted, the parent
-//! is reached over HTTPS, as its registry traffic is.
+//! reached; for a call another replica forwarded, checked there, and the forward carries the
+//! cluster's proof over that very body, `owner`), which shows its sender holds the fleet secret,
+//! and its `node` field names the URL other nodes reach it at. That node joins the parent's
+//! [`Fleet`] (the set `swarm::protocol` parses against and the tracker hands out from) and stays
+//! while it calls at least every `tracker::EXPIRY`; the set is swept with the tracker. A tracker
+//! answer can only name a node that is a member of that digest's swarm (`swarm::tracker`), which it
+//! became only by its own signed call: nothing can make the parent point a node at a host that did
+//! not itself join. A `dropped` source must be a node the parent knows too. The trust this leaves:
+//! any holder of the fleet secret can name any URL as itself; the fleet secret is the fleet's trust
+//! boundary (a holder can also serve bytes, which every node checks against the piece table and the
+//! digest anyway). The proof signs the method, path and query and a timestamp, not the body (the
+//! cluster's scheme): someone who can read a node's call off the wire can replay its proof within
+//! the proof's age limit with another body. On a network that is not trusted, the parent is reached
+//! over HTTPS, as its registry traffic is.
 //!
 //! # What size a blob has
 //! The answer carries the blob's size and piece size (`SwarmAnswer`). The parent takes it from,
@@ -31,19 +32,23 @@
 //! the parent, whose fill then knows the size, and asks again). The query lets a cold start build
 //! its chains before the parent's own fill has begun; the parent's own knowledge always wins.
 //!
-//! # Known limit: replicas
-//! With `[cluster]` the issue wants a digest's swarm on its owner replica. Not built yet: each
-//! replica tracks the swarms it is asked about, which is correct (every answer names a live
-//! source) but, when a digest's nodes are spread over R replicas, lets each replica send up to
-//! `parent_slots` copies of the blob (R times as many in all) and builds R separate sets of
-//! chains.
+//! # Replicas
+//! With `[cluster]`, one replica tracks each digest for the whole fleet: the digest's owner, as
+//! for its blob fills. A node's calls to another replica are forwarded to it
+//! ([`owner`](super::owner), [`Parent::swarm`], [`Parent::pieces`]), and a forwarded call is
+//! answered here ([`Parent::swarm_here`], [`Parent::pieces_here`]) without being forwarded again.
+//! An owner that cannot answer passes the digest to the next replica in its order, and at this
+//! replica's own place to this one: a gone owner's digests move to the same next replica for
+//! all, while an owner only some replicas reach makes two swarms for a while, never a failed
+//! pull (the trade-off is written in `owner`).
 //!
 //! The tracker is swept (silent nodes, ended avoidances, empty swarms) at most every
 //! [`SWEEP_EVERY`], on the next call, rather than by a task of its own: it holds nothing that
 //! ages between calls except memory, bounded by `tracker::Limits` anyway.
 //!
 //! Rule of dependency: part of `fleet`; uses `swarm` (`tracker`, `protocol`, `node`, `pieces`),
-//! `oci`, `error`, prometheus and its sibling `tables`, and reads blobs only through the
+//! `oci`, prometheus and its siblings `tables`, `call` (the refusals, the query, the sender) and
+//! `owner` (the forwarding, on a replica), and reads blobs only through the
 //! [`Blobs`] it is given (defined in `tables`; the mirror, wired in `assemble`): `fleet` never
 //! calls the mirror, the fill or the store itself.
 
@@ -52,15 +57,14 @@ use std::time::{Duration, Instant};
 
 use prometheus::{IntCounterVec, IntGauge, Opts, Registry};
 
+pub use super::call::{Refusal, size_query};
+use super::call::{asking_node, bad};
+use super::owner::Owners;
 use super::tables::{Blobs, NoTable, Tables, WAIT};
-use crate::error::Error;
 use crate::oci::Digest;
 use crate::swarm::node::{Fleet, NodeUrl};
 use crate::swarm::pieces::Layout;
-use crate::swarm::protocol::{
-    ApplyError, MAX_SMALL_BODY, Pieces, ProtocolError, SwarmAnswer, SwarmRequest, only_param,
-    pieces_from,
-};
+use crate::swarm::protocol::{ApplyError, Pieces, SwarmAnswer, SwarmRequest, pieces_from};
 use crate::swarm::tracker::{Assignment, EXPIRY, Limits, Reason, Refused, Tracker};
 
 /// How often the tracker and the node set are swept, at most.
@@ -79,19 +83,6 @@ pub const OUTCOMES: [&str; 6] = [
     "refused",
     "bad_request",
 ];
-
-/// Why a swarm or pieces call gets no answer.
-#[derive(Debug)]
-pub enum Refusal {
-    /// The body, the query or the numbers are wrong (400, with why).
-    BadRequest(String),
-    /// The parent knows nothing of the blob yet (404: ask again later).
-    Unknown(String),
-    /// The node cannot be taken (too many nodes known): 429.
-    Full(String),
-    /// Reading the blob failed on the parent.
-    Failed(Error),
-}
 
 struct State {
     tracker: Tracker,
@@ -117,13 +108,9 @@ pub struct Parent {
     requests: IntCounterVec,
     /// `berth_fleet_sources_dropped_total{reason}`.
     dropped: IntCounterVec,
-}
-
-/// Only the `node` of a swarm request, read before the whole body is parsed against the fleet
-/// it may join.
-#[derive(serde::Deserialize)]
-struct NodeField {
-    node: String,
+    /// On a replica of a cluster: the digests' owners, which answer the calls of digests this
+    /// replica does not own.
+    owners: Option<Owners>,
 }
 
 impl Parent {
@@ -187,12 +174,36 @@ impl Parent {
             swarms,
             requests,
             dropped,
+            owners: None,
         })
     }
 
-    /// A node's swarm call for `digest`: its body and the query (`size=N`, optional). Counted by
-    /// outcome.
+    /// This parent as a replica of a cluster: the calls of digests it does not own go to their
+    /// owner replica first.
+    pub fn with_owners(mut self, owners: Owners) -> Parent {
+        self.owners = Some(owners);
+        self
+    }
+
+    /// A node's swarm call for `digest`: its body and the query (`size=N`, optional), answered by
+    /// the digest's owner replica when there is one to ask, else here.
     pub async fn swarm(
+        &self,
+        digest: &Digest,
+        body: &[u8],
+        query: Option<&str>,
+    ) -> Result<SwarmAnswer, Refusal> {
+        if let Some(owners) = &self.owners
+            && let Some(answer) = owners.swarm(digest, body, query).await
+        {
+            return answer;
+        }
+        self.swarm_here(digest, body, query).await
+    }
+
+    /// A swarm call answered by this parent's own tracker, never forwarded (a forwarded call, or
+    /// this replica's own digest). Counted by outcome.
+    pub async fn swarm_here(
         &self,
         digest: &Digest,
         body: &[u8],
@@ -236,15 +247,7 @@ impl Parent {
         now: Instant,
     ) -> Result<SwarmAnswer, Refusal> {
         let claimed = size_query(query).map_err(Refusal::BadRequest)?;
-        if body.len() > MAX_SMALL_BODY {
-            return Err(bad(ProtocolError::TooLarge(MAX_SMALL_BODY)));
-        }
-        let node: NodeField = serde_json::from_slice(body)
-            .map_err(|e| bad(ProtocolError::Malformed(e.to_string())))?;
-        let node: NodeUrl = node
-            .node
-            .parse()
-            .map_err(|e: String| bad(ProtocolError::NotInFleet(e)))?;
+        let node = asking_node(body)?;
         // The blob's size, before the lock (it may look at the disk).
         let known = match self.blobs.size(digest).await {
             Some(n) => Some(n),
@@ -318,8 +321,23 @@ impl Parent {
         answer
     }
 
-    /// The piece hashes of `digest` from the query's `from` on (see [`tables`](super::tables)).
+    /// The piece hashes of `digest` from the query's `from` on (see [`tables`](super::tables)),
+    /// from the digest's owner replica when there is one to ask and it has them, else from here.
     pub async fn pieces(&self, digest: &Digest, query: Option<&str>) -> Result<Pieces, Refusal> {
+        if let Some(owners) = &self.owners
+            && let Some(answer) = owners.pieces(digest, query).await
+        {
+            return answer;
+        }
+        self.pieces_here(digest, query).await
+    }
+
+    /// The piece hashes from this parent's own tables, never forwarded.
+    pub async fn pieces_here(
+        &self,
+        digest: &Digest,
+        query: Option<&str>,
+    ) -> Result<Pieces, Refusal> {
         let from = pieces_from(query).map_err(bad)?;
         self.tables
             .pieces(self.blobs.as_ref(), digest, from, WAIT)
@@ -372,20 +390,6 @@ impl State {
         let tracker = &self.tracker;
         self.sizes.retain(|d, _| tracker.members(d) > 0);
     }
-}
-
-fn bad(e: ProtocolError) -> Refusal {
-    Refusal::BadRequest(e.to_string())
-}
-
-/// The `size` of `POST swarm/<digest>?size=N` (absent: `None`); nothing else is accepted.
-pub fn size_query(query: Option<&str>) -> Result<Option<u64>, String> {
-    only_param(query, "size")?
-        .map(|v| {
-            v.parse()
-                .map_err(|_| format!("size={v:?} is not a byte count"))
-        })
-        .transpose()
 }
 
 #[cfg(test)]

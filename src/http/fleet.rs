@@ -18,9 +18,13 @@
 //!   bytes=F-`, 429 at `max_uploads`); anything but a digest there 404 (a node serves blobs by
 //!   digest only, never manifests or tags); on a parent 404 (nodes read the parent through its
 //!   ordinary `/v2/` blob route);
-//! - a digest that is not one: 400; anything else: 404, or 405 for another method.
+//! - a digest that is not one: 400; anything else: 404, or 405 for another method;
+//! - under the cluster's peer prefix, its proof checked by the caller: a node's swarm or
+//!   piece-table call forwarded by another replica (`fleet::owner`), answered by this replica's
+//!   own tracker and tables (404 on a berth without them: the replica then tracks it itself).
 //!
-//! Rule of dependency: under `http`, uses [`App`] and `LogFields` (its parent), `respond` (the
+//! Rule of dependency: under `http`, uses [`App`] and `LogFields` (its parent), `route` (the
+//! forwarded calls' [`PeerRoute`]), `respond` (the
 //! byte answer), `fleet`, `fill::swarm` (through the mirror), `swarm::protocol` (the bodies'
 //! limits), `swarm::transfer` (the blob path), `oci`, `error`.
 
@@ -31,6 +35,7 @@ use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Limited};
 
 use super::respond::bytes_response;
+use super::route::PeerRoute;
 use super::{App, Body, LogFields};
 use crate::error::Error;
 use crate::fleet::listing::Listing;
@@ -201,6 +206,61 @@ impl App {
             b.map_err(|e| Error::io("serving a blob to a node", &e))
                 .boxed_unsync()
         }))
+    }
+}
+
+impl App {
+    /// A node's tracker call forwarded by another replica (`fleet::owner`), its cluster proof
+    /// checked already: answered by this berth's own tracker and tables, never forwarded again.
+    /// A swarm call's body must be the one its (signed) path names, else 401: the proof does not
+    /// cover it.
+    pub(super) async fn fleet_forwarded<R, B>(
+        &self,
+        route: PeerRoute,
+        req: &Request<R>,
+        body: B,
+        log: &mut LogFields,
+    ) -> Result<Response<Body>, Error>
+    where
+        B: http_body::Body<Data = Bytes>,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let parent = match self.fleet.as_deref() {
+            Some(f) if !f.is_node() => f.parent().ok_or_else(no_tracker)?,
+            _ => return Err(no_tracker()),
+        };
+        let query = req.uri().query();
+        match route {
+            PeerRoute::FleetSwarm {
+                digest,
+                body: named,
+            } => {
+                let body = read_body(body).await.inspect_err(|_| parent.bad_body())?;
+                if !crate::fleet::owner::body_matches(&body, &named) {
+                    log.outcome = "refused";
+                    return Err(Error::login_required(
+                        "a forwarded swarm call's body is not the one its proof names",
+                    ));
+                }
+                let answer = parent
+                    .swarm_here(&digest, &body, query)
+                    .await
+                    .map_err(|r| refused(r, log))?;
+                log.outcome = "swarm";
+                Ok(json(answer.encode()))
+            }
+            PeerRoute::FleetPieces(digest) => {
+                let pieces = parent
+                    .pieces_here(&digest, query)
+                    .await
+                    .map_err(|r| refused(r, log))?;
+                log.outcome = "pieces";
+                Ok(json(pieces.encode()))
+            }
+            PeerRoute::Health | PeerRoute::Blob { .. } => {
+                Err(Error::not_found_route("not a forwarded fleet call"))
+            }
+        }
     }
 }
 

@@ -25,7 +25,8 @@
 //! - [`metrics`]: the metrics listener's router (`/metrics`, `/healthz`, `/admin`);
 //! - [`admin`]: the admin API's face (`/admin/...`, bearer token, JSON) over `admin`'s operations;
 //! - `fleet`: the fleet's routes (`/_berth/fleet/v1/`: the proof, the parent's upstream list,
-//!   tracker and piece tables; a node's blobs for other nodes);
+//!   tracker and piece tables; a node's blobs for other nodes), and the tracker calls other
+//!   replicas forward under the peer prefix (`fleet::owner`);
 //! - `warm`: the admin API's warm, `warm`'s walk run through [`App`] in process (a request it
 //!   builds carries the `AdminWarm` marker, which admits it as `Principal::Admin`).
 //!
@@ -35,8 +36,8 @@
 //! builds), `upstreams` (the host table), `metrics`,
 //! `logwriter`, `oci`, `error`, and `warm` (the admin API's warm runs its walk). Only `server` and
 //! `assemble` use it; nothing below it sees HTTP types of the client side. Among the children,
-//! `error` uses `respond`, `log` uses `route`, `metrics` uses `admin`, `admin` uses `warm`; no two
-//! use each other.
+//! `error` uses `respond`, `log` and `fleet` use `route`, `metrics` uses `admin`, `admin` uses
+//! `warm`; no two use each other.
 
 pub mod admin;
 pub mod error;
@@ -249,7 +250,7 @@ impl App {
             && req.uri().path().starts_with(PEER_PREFIX)
         {
             log.kind = PEER_KIND;
-            return self.peer_answer(side, req, log).await;
+            return self.peer_answer(side, req, body, log).await;
         }
         if let Some(fleet) = &self.fleet
             && req.uri().path().starts_with(crate::fleet::PREFIX)
@@ -369,13 +370,19 @@ impl App {
 impl App {
     /// A request under the peer prefix: the proof first, then the route. A blob is answered as
     /// a client's would be, through the named upstream (looked up among the configured ones,
-    /// never used as an address), except that this berth does not ask a peer in turn.
-    async fn peer_answer<B>(
+    /// never used as an address), except that this berth does not ask a peer in turn; a
+    /// forwarded fleet call by this berth's own tracker (`fleet`, the child module).
+    async fn peer_answer<R, B>(
         &self,
         side: &PeerSide,
-        req: &Request<B>,
+        req: &Request<R>,
+        body: B,
         log: &mut LogFields,
-    ) -> Result<Response<Body>, Error> {
+    ) -> Result<Response<Body>, Error>
+    where
+        B: http_body::Body<Data = Bytes>,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
         let head = req.method() == Method::HEAD;
         let (upstream, repo, digest) = match admit_peer(side, req, log)? {
             PeerRoute::Health => return Ok(peer_health(side, head, log)),
@@ -384,6 +391,7 @@ impl App {
                 repo,
                 digest,
             } => (upstream, repo, digest),
+            forwarded => return self.fleet_forwarded(forwarded, req, body, log).await,
         };
         let slot = self
             .mirror

@@ -18,7 +18,7 @@
 //! `mirror`, re-exported here); this file builds them.
 //!
 //! Rule of dependency: uses `mirror` (those two types only), `upstreams` (the host table),
-//! `cluster` (the peer paths), `oci`, `error`; pure, no I/O.
+//! `cluster` and `fleet::owner` (the peer paths), `oci`, `error`; pure, no I/O.
 
 use http::Method;
 
@@ -167,10 +167,31 @@ pub enum PeerRoute {
         repo: RepoName,
         digest: Digest,
     },
+    /// `POST /_berth/peer/v1/fleet/swarm/<digest>/<body digest>`: a node's swarm call, forwarded
+    /// by the replica it reached to this one, the digest's owner (`fleet::owner`).
+    FleetSwarm { digest: Digest, body: Digest },
+    /// `GET /_berth/peer/v1/fleet/pieces/<digest>`: a node's piece-table call, forwarded so.
+    FleetPieces(Digest),
 }
 
 /// Parses a peer request's method and path.
 pub fn parse_peer(method: &Method, path: &str) -> Result<PeerRoute, Error> {
+    use crate::fleet::owner;
+    if let Some(rest) = path.strip_prefix(owner::FORWARD_SWARM_PATH) {
+        let (digest, body) = owner::parse_swarm_rest(rest).ok_or_else(|| {
+            Error::not_found_route("a forwarded swarm call names a digest and its body's")
+        })?;
+        if *method != Method::POST {
+            return Err(Error::unsupported("a forwarded swarm call is a POST"));
+        }
+        return Ok(PeerRoute::FleetSwarm { digest, body });
+    }
+    if let Some(rest) = path.strip_prefix(owner::FORWARD_PIECES_PATH) {
+        if *method != Method::GET {
+            return Err(Error::unsupported("piece hashes are read with GET"));
+        }
+        return Ok(PeerRoute::FleetPieces(rest.parse()?));
+    }
     check_method(method)?;
     if path == crate::cluster::HEALTH_PATH {
         return Ok(PeerRoute::Health);
@@ -570,6 +591,43 @@ mod tests {
                 .unwrap_err()
                 .code(),
             Code::Unsupported
+        );
+    }
+
+    /// The fleet's forwarded calls (`fleet::owner`): a swarm call names the blob's digest and its
+    /// body's, is a POST; a piece call is a GET of one digest.
+    #[test]
+    fn forwarded_fleet_paths() {
+        use crate::fleet::owner::{FORWARD_PIECES_PATH, FORWARD_SWARM_PATH, swarm_path};
+        let d: Digest = format!("sha256:{}", "ab".repeat(32)).parse().unwrap();
+        let path = swarm_path(&d, b"{}", Some(5));
+        let (path, query) = path.split_once('?').unwrap();
+        assert_eq!(query, "size=5");
+        assert_eq!(
+            parse_peer(&Method::POST, path).unwrap(),
+            PeerRoute::FleetSwarm {
+                digest: d.clone(),
+                body: Digest::of(b"{}")
+            }
+        );
+        let pieces = format!("{FORWARD_PIECES_PATH}{d}");
+        assert_eq!(
+            parse_peer(&Method::GET, &pieces).unwrap(),
+            PeerRoute::FleetPieces(d.clone())
+        );
+        let code = |m: Method, p: &str| parse_peer(&m, p).unwrap_err().code();
+        assert_eq!(code(Method::GET, path), Code::Unsupported);
+        assert_eq!(code(Method::POST, &pieces), Code::Unsupported);
+        for p in [
+            format!("{FORWARD_SWARM_PATH}{d}"),
+            format!("{FORWARD_SWARM_PATH}{d}/sha256:00"),
+            format!("{FORWARD_SWARM_PATH}{d}/{d}/x"),
+        ] {
+            assert_eq!(code(Method::POST, &p), Code::NameUnknown, "{p}");
+        }
+        assert_eq!(
+            code(Method::GET, &format!("{FORWARD_PIECES_PATH}sha256:00")),
+            Code::DigestInvalid
         );
     }
 

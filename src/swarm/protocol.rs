@@ -279,6 +279,24 @@ impl SwarmAnswer {
     /// Parses the tracker's answer to `me`, a node of `fleet`: the source must be another node
     /// of the fleet, its progress within the blob.
     pub fn parse(body: &[u8], fleet: &Fleet, me: &NodeUrl) -> Result<SwarmAnswer, ProtocolError> {
+        SwarmAnswer::parse_with(body, me, |url| member(fleet, url))
+    }
+
+    /// Parses an answer to be relayed to `me` (a replica passing on its owner replica's answer,
+    /// `fleet::owner`): every check of [`SwarmAnswer::parse`] but the fleet's, which the replica
+    /// cannot make (the owner knows nodes this replica never heard from); the source must still
+    /// be a node URL, and `me`'s own node checks it against its node set.
+    pub fn parse_relayed(body: &[u8], me: &NodeUrl) -> Result<SwarmAnswer, ProtocolError> {
+        SwarmAnswer::parse_with(body, me, |url| {
+            url.parse().map_err(ProtocolError::NotInFleet)
+        })
+    }
+
+    fn parse_with(
+        body: &[u8],
+        me: &NodeUrl,
+        member: impl Fn(&str) -> Result<NodeUrl, ProtocolError>,
+    ) -> Result<SwarmAnswer, ProtocolError> {
         let w: WireAnswer = json(body, MAX_SMALL_BODY)?;
         let layout = Layout::checked(w.size, w.piece_size).ok_or_else(|| {
             invalid(format!(
@@ -293,7 +311,7 @@ impl SwarmAnswer {
                 return Err(invalid(format!("unknown source {word:?}")));
             }
             Some(WireSource::Node(n)) => {
-                let url = member(fleet, &n.url)?;
+                let url = member(&n.url)?;
                 if url == *me {
                     return Err(invalid("the tracker named this node as its own source"));
                 }
@@ -361,13 +379,21 @@ impl Pieces {
 
     /// Parses the parent's answer for a blob of `size` bytes (the size the node was told).
     pub fn parse(body: &[u8], size: u64) -> Result<Pieces, ProtocolError> {
-        let w: WirePieces = json(body, MAX_PIECES_BODY)?;
-        if w.size != size {
+        let p = Pieces::parse_relayed(body)?;
+        if p.layout.size() != size {
             return Err(invalid(format!(
                 "a table of {} bytes for a blob of {size}",
-                w.size
+                p.layout.size()
             )));
         }
+        Ok(p)
+    }
+
+    /// Parses an answer to be relayed (a replica passing on its owner replica's table,
+    /// `fleet::owner`): every check of [`Pieces::parse`] but the size, which the node that asked
+    /// makes.
+    pub fn parse_relayed(body: &[u8]) -> Result<Pieces, ProtocolError> {
+        let w: WirePieces = json(body, MAX_PIECES_BODY)?;
         let layout = Layout::checked(w.size, w.piece_size).ok_or_else(|| {
             invalid(format!(
                 "piece size {} is not the rule's for {} bytes",

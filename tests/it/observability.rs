@@ -7,7 +7,7 @@
 //! in-memory object store whose first multipart completion fails, so an abort is counted) and two
 //! replicas of a `[cluster]` whose third peer is gone, so every family the bucket and cluster
 //! panels and alerts read exists (the first is also a fleet parent, and a node reports another for
-//! a bad piece); every `berth_*` metric an expression names (panels, recording
+//! a bad piece; the replicas are fleet parents too, so their calls' forwarding is counted); every `berth_*` metric an expression names (panels, recording
 //! rules, alerts) must then be one of the scraped berths' series.
 //!
 //! Needs `promtool` and `prometheus` (Debian package `prometheus`, installed by
@@ -383,8 +383,11 @@ const SECRET: &str = "cluster-secret-0123456789abcdef-0123456789";
 
 /// Two replicas of one `[cluster]` in front of `fake`, whose third peer is a port nobody listens
 /// on (seen down by both) while the returned [`Dead`] lives, and the directory of their secret
-/// file.
-async fn two_replicas_and_a_gone_one(fake: &FakeRegistry) -> (Vec<Berth>, tempfile::TempDir, Dead) {
+/// file. Both are fleet parents too (`[fleet]` with `fleet_secret`): the owner-forwarding family.
+async fn two_replicas_and_a_gone_one(
+    fake: &FakeRegistry,
+    fleet_secret: &Path,
+) -> (Vec<Berth>, tempfile::TempDir, Dead) {
     let listeners: Vec<std::net::TcpListener> = (0..2)
         .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
         .collect();
@@ -404,12 +407,14 @@ async fn two_replicas_and_a_gone_one(fake: &FakeRegistry) -> (Vec<Berth>, tempfi
         let cfg = format!(
             "{}[cluster]\nself = {}\npeers = [{}]\nsecret_file = {:?}\n\
              health_interval = \"200ms\"\npeer_timeout = \"2s\"\n\
+             [fleet]\nsecret_file = {:?}\n\
              [[upstream]]\nname = \"registry.test\"\nurl = \"{}\"\ndefault = true\n\
              library_prefix = true\n",
             listeners_and_storage(dir.path()),
             urls[i],
             urls.join(", "),
             secret.display().to_string(),
+            fleet_secret.display().to_string(),
             fake.url()
         );
         berths.push(start_on_listener(&cfg, dir, listener).await.0);
@@ -521,7 +526,7 @@ async fn every_dashboard_panel_and_recording_rule_returns_data() {
     let bucket = Bucket::with_store(Arc::new(store), "mirror/", BucketMetrics::new())
         .with_part_size(64 * KIB);
     let b = Arc::new(start_with_bucket(&cfg, dir, bucket).await);
-    let (replicas, _secret, _gone) = two_replicas_and_a_gone_one(&fake).await;
+    let (replicas, _secret, _gone) = two_replicas_and_a_gone_one(&fake, &fleet_secret).await;
     let replicas = Arc::new(replicas);
     // A fleet node of it: the node's swarm families, and a blob pulled through it below.
     let node_dir = tempfile::tempdir().unwrap();

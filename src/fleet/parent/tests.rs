@@ -4,8 +4,9 @@
 use std::collections::HashMap;
 
 use super::*;
+use crate::error::Error;
 use crate::fleet::tables::Followed;
-use crate::swarm::protocol::SwarmRequest;
+use crate::swarm::protocol::{MAX_SMALL_BODY, SwarmRequest};
 use futures_util::future::BoxFuture;
 
 /// Blobs of known size only (the tables are tested in `tables`).
