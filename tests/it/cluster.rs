@@ -354,6 +354,8 @@ async fn concurrent_misses_over_three_replicas_cost_one_upstream_fetch() {
         // Kept locally on every replica: the next pull is a local hit, no peer asked.
         let again = b.get(&path).await;
         same(again.bytes(), &layer);
+        // The last byte leaves once the digest checked; the file's rename comes just after.
+        b.settled().await;
         assert!(b.blob_file(&blob).exists(), "replica {i} keeps the blob");
     }
     assert_eq!(fake.hits(Method::GET, &path), 1);
