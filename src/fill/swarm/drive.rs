@@ -2,25 +2,40 @@
 //! parent module's docs say how each action is met), yields only verified bytes to the fill,
 //! in order, and ends the body once every byte is verified, to hear the fill's verdict.
 //!
-//! Rule of dependency: uses its sibling `link` (the parent's routes), `swarm` (the core and
-//! `transfer::fetch`), `store` (the fill's states), `upstream` (the `Range` rule), `oci`,
-//! `error`; nothing of its parent.
+//! A holder the directory named (the parent cannot be reached) has no piece table to be checked
+//! against: its bytes go to a [`Spool`] (an unnamed file in the store's temp directory, hashed as
+//! it is written), and only once the whole digest checks are they given to the fill, which
+//! checks it again as it checks every body. A holder whose bytes do not check is dropped (and
+//! tried last for a while, `holders::LIAR_MEMORY`) and the next one asked from byte 0: the fill
+//! has had nothing of it. The cost: the blob's bytes are written twice and hashed twice on this
+//! route, and the node's client has no byte before the whole blob has arrived; the route serves
+//! only while the parent is down, where the alternative is no blob at all.
+//!
+//! Rule of dependency: uses its siblings `link` (the parent's routes) and `holders` (the
+//! directory), `swarm` (the core and `transfer::fetch`), `store` (the fill's states),
+//! `upstream` (the `Range` rule), `oci`, `error`, sha2; nothing of its parent.
 
 use std::collections::VecDeque;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
+
+use sha2::{Digest as _, Sha256};
 
 use bytes::Bytes;
 use tokio::sync::{mpsc, watch};
 
+use super::holders::Directory;
 use super::link::{BoxFuture, Link, TICK, parent_get};
 use crate::error::Error;
 use crate::oci::{Digest, RepoName};
 use crate::store::FillState;
-use crate::swarm::node::Fleet as Nodes;
+use crate::swarm::node::{Fleet as Nodes, NodeUrl};
 use crate::swarm::pieces::{Layout, PieceTable};
 use crate::swarm::protocol::{Pieces, SwarmAnswer};
-use crate::swarm::select::{self, Action, Source, Transfer};
+use crate::swarm::select::{self, Action, Route, Source, Transfer};
 use crate::swarm::tracker::{Assignment, Reason};
 use crate::swarm::transfer::{self, BlobBody, Event};
 use crate::upstream::{Upstream, UpstreamResponse, continuation};
@@ -38,8 +53,12 @@ const QUEUE: usize = 32;
 /// At least two pieces, so a piece is always whole before the reading stops.
 pub const MAX_UNVERIFIED: u64 = 16 << 20;
 
+/// How long a node waits before it asks the directory again after every holder was busy.
+pub const BUSY_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// What a transfer starts from: the blob, its layout, the tracker's first answer (`None`: the
-/// tracker did not answer, so the parent).
+/// tracker did not answer, so the parent), or the directory's holders (the parent cannot be
+/// reached: `first` is not used).
 pub struct Start {
     pub link: Arc<Link>,
     pub up: Arc<Upstream>,
@@ -49,15 +68,23 @@ pub struct Start {
     pub fill: watch::Receiver<FillState>,
     pub layout: Layout,
     pub first: Option<Assignment>,
+    pub holders: Option<Vec<NodeUrl>>,
+    pub directory: Arc<Directory>,
+    /// Where a holder's bytes are spooled.
+    pub spool_dir: PathBuf,
 }
 
 /// Spawns the driver; its verified bytes are the body.
 pub fn spawn(s: Start) -> SwarmBody {
     let now = Instant::now();
     let (mut t, _) = Transfer::start(s.layout.size(), now);
-    let actions = match s.first {
-        Some(a) => t.assigned(to_source(a), now),
-        None => t.tracker_unreachable(now),
+    let actions = match (s.holders, s.first) {
+        (Some(holders), _) => {
+            t.parent_unreachable();
+            t.holders(holders, now)
+        }
+        (None, Some(a)) => t.assigned(to_source(a), now),
+        (None, None) => t.tracker_unreachable(now),
     };
     let (tx, rx) = mpsc::channel(QUEUE);
     let driver = Driver {
@@ -73,6 +100,9 @@ pub fn spawn(s: Start) -> SwarmBody {
         yielded: 0,
         buf: VecDeque::new(),
         misses: 0,
+        directory: s.directory,
+        spool_dir: s.spool_dir,
+        spool: None,
     };
     let task = tokio::spawn(driver.run(actions));
     SwarmBody {
@@ -194,6 +224,65 @@ struct Driver {
     buf: VecDeque<Bytes>,
     /// Pieces calls in a row that brought nothing.
     misses: u32,
+    directory: Arc<Directory>,
+    spool_dir: PathBuf,
+    /// A holder's bytes, until the digest checks.
+    spool: Option<Spool>,
+}
+
+/// A holder's bytes in an unnamed file (gone with its handle, crash or not), hashed as they
+/// are written.
+struct Spool {
+    file: Arc<File>,
+    hasher: Sha256,
+    len: u64,
+    /// The whole digest checked.
+    checked: bool,
+}
+
+impl Spool {
+    fn new(dir: &std::path::Path) -> std::io::Result<Spool> {
+        Ok(Spool {
+            file: Arc::new(unnamed_in(dir)?),
+            hasher: Sha256::new(),
+            len: 0,
+            checked: false,
+        })
+    }
+
+    /// Starts again from byte 0 (the file's old bytes are overwritten before they are read).
+    fn reset(&mut self) {
+        (self.hasher, self.len, self.checked) = (Sha256::new(), 0, false);
+    }
+
+    async fn write(&mut self, c: &Bytes) -> std::io::Result<()> {
+        let (file, at, c2) = (self.file.clone(), self.len, c.clone());
+        tokio::task::spawn_blocking(move || file.write_all_at(&c2, at))
+            .await
+            .map_err(std::io::Error::other)??;
+        self.hasher.update(c);
+        self.len += c.len() as u64;
+        Ok(())
+    }
+
+    /// Whether the bytes are the blob: `size` of them, hashing to `digest`.
+    fn check(&mut self, digest: &Digest, size: u64) -> bool {
+        self.checked = self.len == size
+            && Digest::from_sha256(self.hasher.clone().finalize().as_slice()) == *digest;
+        self.checked
+    }
+
+    /// Bytes `at..at + n` (at most 1 MiB).
+    async fn read(&self, at: u64, n: u64) -> std::io::Result<Bytes> {
+        let file = self.file.clone();
+        let n = n.min(1 << 20) as usize;
+        tokio::task::spawn_blocking(move || {
+            let mut buf = vec![0; n];
+            file.read_exact_at(&mut buf, at).map(|()| Bytes::from(buf))
+        })
+        .await
+        .map_err(std::io::Error::other)?
+    }
 }
 
 /// How the driver ended.
@@ -234,11 +323,28 @@ impl Driver {
                 ev = async { body.as_mut().expect("guarded").next().await }, if body.is_some() && self.may_read() => {
                     match ev {
                         Ev::Bytes(c, from_parent) => {
-                            let label = if from_parent { "parent" } else { "peer" };
+                            let holder = matches!(self.t.source(), Some(Source::Holder(_)));
+                            let label = match (from_parent, holder) {
+                                (true, _) => "parent",
+                                (false, true) => "holder",
+                                (false, false) => "peer",
+                            };
                             self.link.fleet.metrics().bytes.with_label_values(&[label]).inc_by(c.len() as u64);
-                            self.buf.push_back(c.clone());
+                            let spooled = match (&mut self.spool, holder) {
+                                (Some(spool), true) => spool.write(&c).await.map_err(|e| {
+                                    tracing::warn!(digest = %self.digest, error = %e, "fleet: a holder's bytes could not be spooled");
+                                }),
+                                (None, true) => Err(()),
+                                (_, false) => {
+                                    self.buf.push_back(c.clone());
+                                    Ok(())
+                                }
+                            };
                             let before = self.t.source().cloned();
-                            let out = self.t.bytes(&c, &self.table, now());
+                            let out = match spooled {
+                                Ok(()) => self.t.bytes(&c, &self.table, now()),
+                                Err(()) => self.t.failed(Reason::Unreachable, now()),
+                            };
                             self.dropped(before, Reason::BadPiece, out)
                         }
                         Ev::Waiting => {
@@ -304,6 +410,10 @@ impl Driver {
     /// Whether the body may be read on: fewer unverified bytes held than [`MAX_UNVERIFIED`] (or
     /// two pieces, for pieces larger than half of it).
     fn may_read(&self) -> bool {
+        if matches!(self.t.source(), Some(Source::Holder(_))) {
+            // A holder's bytes go to the spool, not to memory.
+            return true;
+        }
         let held = self.t.received().saturating_sub(self.yielded);
         held < MAX_UNVERIFIED.max(2 * self.t.layout().piece_size())
     }
@@ -322,7 +432,7 @@ impl Driver {
             let r = told.unwrap_or(reason);
             let m = self.link.fleet.metrics();
             m.peers_dropped.with_label_values(&[r.as_str()]).inc();
-            if r == Reason::BadPiece {
+            if r == Reason::BadPiece && matches!(before, Some(Source::Node(_))) {
                 m.pieces_rejected.inc();
             }
         }
@@ -362,6 +472,18 @@ impl Driver {
             Action::Fetch { source, from } => {
                 *body = None;
                 keep(&mut self.buf, from.saturating_sub(self.yielded));
+                if matches!(source, Source::Holder(_)) && from == 0 {
+                    match &mut self.spool {
+                        Some(spool) => spool.reset(),
+                        None => match Spool::new(&self.spool_dir) {
+                            Ok(spool) => self.spool = Some(spool),
+                            Err(e) => {
+                                tracing::warn!(digest = %self.digest, error = %e, "fleet: no spool for a holder's bytes");
+                                return Ok(vec![Action::Fail]);
+                            }
+                        },
+                    }
+                }
                 match self.fetch(&source, from).await {
                     Ok(b) => {
                         *body = Some(b);
@@ -373,6 +495,22 @@ impl Driver {
                         self.dropped(before, reason, out)
                     }
                 }
+            }
+            Action::Verified { upto } if self.spool.as_ref().is_some_and(|s| s.checked) => {
+                // A holder's whole blob, checked: to the fill, and the body ends.
+                let spool = self.spool.take().expect("guarded");
+                let out = self.out.take().ok_or(Ended)?;
+                let mut at = self.yielded;
+                while at < upto {
+                    let c = spool.read(at, upto - at).await.map_err(|e| {
+                        tracing::warn!(digest = %self.digest, error = %e, "fleet: the spool could not be read back");
+                        Ended
+                    })?;
+                    at += c.len() as u64;
+                    out.send(Ok(c)).await.map_err(|_| Ended)?;
+                }
+                self.yielded = upto;
+                Vec::new()
             }
             Action::Verified { upto } => {
                 let chunks = take(&mut self.buf, upto.saturating_sub(self.yielded));
@@ -390,6 +528,25 @@ impl Driver {
                 }
                 Vec::new()
             }
+            Action::CheckDigest if matches!(self.t.source(), Some(Source::Holder(_))) => {
+                // No table, so no byte of it went to the fill: the driver checks it itself.
+                let size = self.t.layout().size();
+                let ok = self
+                    .spool
+                    .as_mut()
+                    .is_some_and(|s| s.check(&self.digest, size));
+                let before = self.t.source().cloned();
+                if !ok && let Some(Source::Holder(h)) = &before {
+                    tracing::warn!(digest = %self.digest, holder = %h, "fleet: a holder sent bytes that are not the blob; dropped");
+                    self.directory.lied(h);
+                }
+                let out = self.t.digest_checked(ok, now);
+                if ok {
+                    out
+                } else {
+                    self.dropped(before, Reason::BadPiece, out)
+                }
+            }
             Action::CheckDigest => {
                 // The body ends here; the fill checks the whole digest and says how it went.
                 self.out = None;
@@ -406,6 +563,9 @@ impl Driver {
                     .unwrap_or(false);
                 self.t.digest_checked(verdict, Instant::now())
             }
+            // The parent could not be reached: the directory hears of this node's blob once the
+            // fill commits (`holders`), the tracker is not asked.
+            Action::Done if self.t.route() == Route::Directory => return Err(Ended),
             Action::Done => {
                 let mut req = self.link.request(self.t.layout().size(), None);
                 (req.complete, req.need_source) = (true, false);
@@ -414,8 +574,24 @@ impl Driver {
                 }
                 return Err(Ended);
             }
-            // The parent failed as often as the transfer allows, and there is no directory
-            // route yet: the body breaks off, and the fill resumes it from the parent.
+            // The parent failed as often as the transfer allows before any byte was verified:
+            // its holders, if the directory knows any.
+            Action::AskDirectory if self.t.frontier() == 0 => {
+                if self.t.directory_rounds() > 0 {
+                    // Every holder was busy: a moment for one to free a slot (or for another
+                    // node to complete and be named).
+                    tokio::time::sleep(BUSY_WAIT).await;
+                }
+                let holders = self
+                    .directory
+                    .ask(&self.link, &self.digest, &self.nodes)
+                    .await;
+                tracing::info!(digest = %self.digest, holders = holders.len(), "fleet: the parent failed the swarm's tries; asking the directory's holders");
+                self.t.holders(holders, now)
+            }
+            // Past byte 0 (a holder's bytes could not be checked with the fill's prefix), or no
+            // holder left: the body breaks off, and the fill resumes it from the parent (and
+            // fails as it did before the directory, if the parent is still down).
             Action::AskDirectory | Action::Fail => {
                 if let Some(out) = self.out.take() {
                     let e = Error::upstream_unavailable(
@@ -453,6 +629,23 @@ impl Driver {
             }
         }
     }
+}
+
+/// A file in `dir` with no name (`O_TMPFILE`; where the filesystem has none, a file unlinked
+/// at once, which the store's start would remove anyway): nothing to clean up after a crash.
+fn unnamed_in(dir: &std::path::Path) -> std::io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut open = std::fs::OpenOptions::new();
+    open.read(true).write(true);
+    if let Ok(f) = open.clone().custom_flags(libc::O_TMPFILE).open(dir) {
+        return Ok(f);
+    }
+    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let path = dir.join(format!("holder.{}.{n}.spool", std::process::id()));
+    let f = open.create_new(true).open(&path)?;
+    std::fs::remove_file(&path)?;
+    Ok(f)
 }
 
 /// Keeps the first `n` bytes of `buf`.
