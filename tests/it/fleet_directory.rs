@@ -4,7 +4,8 @@
 //!
 //! Covered: a node that completes a blob tells the digest's directory nodes; with the parent
 //! down another node gets the blob from that holder (and then holds it too), the holder keeps
-//! serving its own client, and a blob no node holds fails as before (503); a lying holder is
+//! serving its own client, and a blob no node holds fails as before (503); a parent failing after
+//! its `HEAD`, or mid-blob, leaves the pull (or its rest) to a holder; a lying holder is
 //! dropped at the digest check and the next one tried, and a blob only a liar holds is never
 //! completed; a busy holder is asked again; a node restarted empty with the parent down gets a blob from a holder and tells
 //! the directory again; the holders route's refusals (401, 400, 404 on a parent, 405, 429).
@@ -161,6 +162,39 @@ async fn a_parent_failing_after_its_head_leaves_the_pull_to_a_holder() {
         b.counter("berth_fleet_bytes_total{source=\"holder\"}")
             .await,
         layer.len() as u64
+    );
+    b.settled().await;
+    assert_eq!(std::fs::read(b.blob_file(&d)).unwrap(), layer);
+}
+
+/// The parent's body breaks off mid-blob and its next answers are refusals: once the swarm's
+/// tries of the parent are spent, the node asks the directory for the rest, from its frontier,
+/// and the whole digest (the parent's bytes and the holder's) checks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parent_failing_mid_blob_leaves_the_rest_to_a_holder() {
+    let parent = Parent::start(Duration::ZERO).await;
+    let f = fleet(&parent, listeners(2), &[], 4).await;
+    let (a, b) = (&f.nodes[0], &f.nodes[1]);
+    let layer = random_bytes(3 * MIB + 1, 28);
+    let d = parent.put(&layer);
+    same(a.get(&blob_path(&d)).await.bytes(), &layer);
+    a.settled().await;
+    let told = eventually(|| async { holders(b, &d).await == vec![url(a)] }).await;
+    assert!(told, "b never heard that a holds the blob");
+    *parent.state.tracker.lock().unwrap() = Default::default();
+    *parent.state.cut.lock().unwrap() = Some(MIB as u64);
+    parent.state.refuse.store(1000, Ordering::SeqCst);
+    same(b.get(&blob_path(&d)).await.bytes(), &layer);
+    // What of the parent's first MiB arrived before its body broke (a reset may drop the
+    // last chunks in flight), then the rest from the holder.
+    let from_parent = b
+        .counter("berth_fleet_bytes_total{source=\"parent\"}")
+        .await;
+    assert!((1..=MIB as u64).contains(&from_parent), "{from_parent}");
+    assert_eq!(
+        b.counter("berth_fleet_bytes_total{source=\"holder\"}")
+            .await,
+        layer.len() as u64 - from_parent
     );
     b.settled().await;
     assert_eq!(std::fs::read(b.blob_file(&d)).unwrap(), layer);

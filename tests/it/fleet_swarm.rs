@@ -92,9 +92,9 @@ pub(crate) struct State {
     /// Blob requests under this repository are answered 404 (the parent refuses it).
     denied: Mutex<Option<String>>,
     /// The next blob body breaks off at this offset (once).
-    cut: Mutex<Option<u64>>,
+    pub(crate) cut: Mutex<Option<u64>>,
     /// The next this many blob GETs with `Range` are answered 503.
-    refuse: AtomicU64,
+    pub(crate) refuse: AtomicU64,
     /// Blob GETs answered.
     gets: AtomicU64,
     /// Every request is answered 503 (the parent is down).

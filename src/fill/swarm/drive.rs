@@ -3,20 +3,21 @@
 //! in order, and ends the body once every byte is verified, to hear the fill's verdict.
 //!
 //! A holder the directory named (the parent cannot be reached) has no piece table to be checked
-//! against: its bytes go to a [`Spool`] (an unnamed file in the store's temp directory, hashed as
+//! against: its bytes go to a `spool::Spool` (an unnamed file in the store's temp directory, hashed as
 //! it is written), and only once the whole digest checks are they given to the fill, which
-//! checks it again as it checks every body. A holder whose bytes do not check is dropped (and
-//! tried last for a while, `holders::LIAR_MEMORY`) and the next one asked from byte 0: the fill
-//! has had nothing of it. The cost: the blob's bytes are written twice and hashed twice on this
+//! checks it again as it checks every body. When the parent fails mid-blob, the holders send the
+//! rest, from the frontier, and the spool's hash starts from the hash of the bytes the fill
+//! already has (read back from its file). A holder whose bytes do not check is dropped (and
+//! tried last for a while, `holders::LIAR_MEMORY`) and the next one asked from the same byte:
+//! the fill has had nothing of it. The cost: the blob's bytes are written twice and hashed twice on this
 //! route, and the node's client has no byte before the whole blob has arrived; the route serves
 //! only while the parent is down, where the alternative is no blob at all.
 //!
-//! Rule of dependency: uses its siblings `link` (the parent's routes) and `holders` (the
-//! directory), `swarm` (the core and `transfer::fetch`), `store` (the fill's states),
+//! Rule of dependency: uses its siblings `link` (the parent's routes), `holders` (the
+//! directory) and `spool`, `swarm` (the core and `transfer::fetch`), `store` (the fill's states),
 //! `upstream` (the `Range` rule), `oci`, `error`, sha2; nothing of its parent.
 
 use std::collections::VecDeque;
-use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -28,7 +29,8 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, watch};
 
 use super::holders::Directory;
-use super::link::{BoxFuture, Link, TICK, parent_get};
+use super::link::{BoxFuture, CALL_TIMEOUT, Link, TICK, parent_get};
+use super::spool::Spool;
 use crate::error::Error;
 use crate::oci::{Digest, RepoName};
 use crate::store::FillState;
@@ -230,61 +232,6 @@ struct Driver {
     spool: Option<Spool>,
 }
 
-/// A holder's bytes in an unnamed file (gone with its handle, crash or not), hashed as they
-/// are written.
-struct Spool {
-    file: Arc<File>,
-    hasher: Sha256,
-    len: u64,
-    /// The whole digest checked.
-    checked: bool,
-}
-
-impl Spool {
-    fn new(dir: &std::path::Path) -> std::io::Result<Spool> {
-        Ok(Spool {
-            file: Arc::new(unnamed_in(dir)?),
-            hasher: Sha256::new(),
-            len: 0,
-            checked: false,
-        })
-    }
-
-    /// Starts again from byte 0 (the file's old bytes are overwritten before they are read).
-    fn reset(&mut self) {
-        (self.hasher, self.len, self.checked) = (Sha256::new(), 0, false);
-    }
-
-    async fn write(&mut self, c: &Bytes) -> std::io::Result<()> {
-        let (file, at, c2) = (self.file.clone(), self.len, c.clone());
-        tokio::task::spawn_blocking(move || file.write_all_at(&c2, at))
-            .await
-            .map_err(std::io::Error::other)??;
-        self.hasher.update(c);
-        self.len += c.len() as u64;
-        Ok(())
-    }
-
-    /// Whether the bytes are the blob: `size` of them, hashing to `digest`.
-    fn check(&mut self, digest: &Digest, size: u64) -> bool {
-        self.checked = self.len == size
-            && Digest::from_sha256(self.hasher.clone().finalize().as_slice()) == *digest;
-        self.checked
-    }
-
-    /// Bytes `at..at + n` (at most 1 MiB).
-    async fn read(&self, at: u64, n: u64) -> std::io::Result<Bytes> {
-        let file = self.file.clone();
-        let n = n.min(1 << 20) as usize;
-        tokio::task::spawn_blocking(move || {
-            let mut buf = vec![0; n];
-            file.read_exact_at(&mut buf, at).map(|()| Bytes::from(buf))
-        })
-        .await
-        .map_err(std::io::Error::other)?
-    }
-}
-
 /// How the driver ended.
 struct Ended;
 
@@ -472,10 +419,10 @@ impl Driver {
             Action::Fetch { source, from } => {
                 *body = None;
                 keep(&mut self.buf, from.saturating_sub(self.yielded));
-                if matches!(source, Source::Holder(_)) && from == 0 {
+                if matches!(source, Source::Holder(_)) && from == self.t.frontier() {
                     match &mut self.spool {
                         Some(spool) => spool.reset(),
-                        None => match Spool::new(&self.spool_dir) {
+                        None => match Spool::new(&self.spool_dir, 0, Sha256::new()) {
                             Ok(spool) => self.spool = Some(spool),
                             Err(e) => {
                                 tracing::warn!(digest = %self.digest, error = %e, "fleet: no spool for a holder's bytes");
@@ -502,10 +449,16 @@ impl Driver {
                 let out = self.out.take().ok_or(Ended)?;
                 let mut at = self.yielded;
                 while at < upto {
-                    let c = spool.read(at, upto - at).await.map_err(|e| {
-                        tracing::warn!(digest = %self.digest, error = %e, "fleet: the spool could not be read back");
-                        Ended
-                    })?;
+                    let c = match spool.read(at, upto - at).await {
+                        Ok(c) if !c.is_empty() => c,
+                        read => {
+                            let e = read
+                                .err()
+                                .map_or("it ended early".into(), |e| e.to_string());
+                            tracing::warn!(digest = %self.digest, error = %e, "fleet: the spool could not be read back");
+                            return Err(Ended);
+                        }
+                    };
                     at += c.len() as u64;
                     out.send(Ok(c)).await.map_err(|_| Ended)?;
                 }
@@ -574,13 +527,35 @@ impl Driver {
                 }
                 return Err(Ended);
             }
-            // The parent failed as often as the transfer allows before any byte was verified:
-            // its holders, if the directory knows any.
-            Action::AskDirectory if self.t.frontier() == 0 => {
+            // The parent failed as often as the transfer allows: its holders, if the directory
+            // knows any, from the frontier on (after the hash of the bytes before it, read back
+            // from the fill's file: the whole digest is what checks a holder's bytes).
+            Action::AskDirectory => {
                 if self.t.directory_rounds() > 0 {
                     // Every holder was busy: a moment for one to free a slot (or for another
                     // node to complete and be named).
                     tokio::time::sleep(BUSY_WAIT).await;
+                } else if self.spool.is_none() {
+                    let base = self.t.frontier();
+                    let prefix = match base == self.yielded {
+                        true => self.prefix_hash(base).await,
+                        false => None,
+                    };
+                    let spool = match prefix {
+                        Some(prefix) => {
+                            Spool::new(&self.spool_dir, base, prefix).map_err(|e| e.to_string())
+                        }
+                        None => Err(format!(
+                            "the fill's first {base} bytes could not be read back"
+                        )),
+                    };
+                    match spool {
+                        Ok(s) => self.spool = Some(s),
+                        Err(e) => {
+                            tracing::warn!(digest = %self.digest, error = %e, "fleet: no spool for a holder's bytes; the directory is not asked");
+                            return Ok(vec![Action::Fail]);
+                        }
+                    }
                 }
                 let holders = self
                     .directory
@@ -589,10 +564,9 @@ impl Driver {
                 tracing::info!(digest = %self.digest, holders = holders.len(), "fleet: the parent failed the swarm's tries; asking the directory's holders");
                 self.t.holders(holders, now)
             }
-            // Past byte 0 (a holder's bytes could not be checked with the fill's prefix), or no
-            // holder left: the body breaks off, and the fill resumes it from the parent (and
+            // No holder left: the body breaks off, and the fill resumes it from the parent (and
             // fails as it did before the directory, if the parent is still down).
-            Action::AskDirectory | Action::Fail => {
+            Action::Fail => {
                 if let Some(out) = self.out.take() {
                     let e = Error::upstream_unavailable(
                         self.up.name(),
@@ -603,6 +577,43 @@ impl Driver {
                 return Err(Ended);
             }
         })
+    }
+
+    /// The hash of the blob's first `upto` bytes, read back from the fill's file once the fill
+    /// has written them (they were given to it verified); `None` if it does not within
+    /// `link::CALL_TIMEOUT`, or keeps no file (a full disk), or the file cannot be read.
+    async fn prefix_hash(&mut self, upto: u64) -> Option<Sha256> {
+        if upto == 0 {
+            return Some(Sha256::new());
+        }
+        let written = self.fill.wait_for(|s| match s {
+            FillState::Writing(p) => p.written >= upto || p.pass_through,
+            FillState::Pending => false,
+            _ => true,
+        });
+        let file = match &*tokio::time::timeout(CALL_TIMEOUT, written)
+            .await
+            .ok()?
+            .ok()?
+        {
+            FillState::Writing(p) if !p.pass_through => p.file.clone(),
+            _ => return None,
+        };
+        tokio::task::spawn_blocking(move || {
+            let mut h = Sha256::new();
+            let mut buf = vec![0; 1 << 20];
+            let mut at = 0;
+            while at < upto {
+                let n = (upto - at).min(buf.len() as u64) as usize;
+                file.read_exact_at(&mut buf[..n], at).ok()?;
+                h.update(&buf[..n]);
+                at += n as u64;
+            }
+            Some(h)
+        })
+        .await
+        .ok()
+        .flatten()
     }
 
     /// Opens `source` from byte `from` on.
@@ -629,23 +640,6 @@ impl Driver {
             }
         }
     }
-}
-
-/// A file in `dir` with no name (`O_TMPFILE`; where the filesystem has none, a file unlinked
-/// at once, which the store's start would remove anyway): nothing to clean up after a crash.
-fn unnamed_in(dir: &std::path::Path) -> std::io::Result<File> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut open = std::fs::OpenOptions::new();
-    open.read(true).write(true);
-    if let Ok(f) = open.clone().custom_flags(libc::O_TMPFILE).open(dir) {
-        return Ok(f);
-    }
-    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let n = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let path = dir.join(format!("holder.{}.{n}.spool", std::process::id()));
-    let f = open.create_new(true).open(&path)?;
-    std::fs::remove_file(&path)?;
-    Ok(f)
 }
 
 /// Keeps the first `n` bytes of `buf`.

@@ -33,11 +33,11 @@
 //! its verified bytes); a tracker that knows another size than the parent's `HEAD`: the fill
 //! asks the parent itself. The tracker failing later,
 //! or the pieces route missing for `drive::MAX_HASH_MISSES` ticks: the parent, from the frontier. Too
-//! many failed sources: the parent (`select`'s rule). The parent failing repeatedly before any
-//! byte is verified: the directory's holders (below). The driver giving up in any other way (the
-//! parent failing past byte 0, no holder left): the body breaks off, and the job resumes it from
-//! the upstream (the parent) with `Range`, as it resumes any broken body; a parent that is down
-//! then fails the fill as it did before the swarm.
+//! many failed sources: the parent (`select`'s rule). The parent failing repeatedly: the
+//! directory's holders, from the frontier (below). The driver giving up in any other way (no
+//! holder left): the body breaks off, and the job resumes it from the upstream (the parent) with
+//! `Range`, as it resumes any broken body; a parent that is down then fails the fill as it did
+//! before the swarm.
 //!
 //! # The parent down: the directory
 //! Every node keeps, as a directory node (`swarm::directory`: three nodes per digest, by
@@ -46,12 +46,13 @@
 //! directory nodes (`PUT` of the same path) in the background, never delaying the pull. When the
 //! parent cannot be reached at the `HEAD` (no connection, a timeout, a 5xx; a refusal is the
 //! parent's answer and is kept), [`Swarm::open`] asks the directory nodes for holders and takes
-//! the size from the first that answers; when the parent fails the swarm's tries before any byte
-//! is verified, the driver asks them (`AskDirectory`). A holder's bytes have no piece table to
-//! be checked against: the driver spools them and hashes them itself, and gives them to the fill
-//! only once the whole digest checks ([`drive`]); a holder that fails the check is dropped and
-//! the next one asked from byte 0, and **no byte of a wrong body reaches the fill**, so none is
-//! served, kept or completed. No holder, or none that sends the blob: the pull fails as it did
+//! the size from the first that answers; when the parent fails the swarm's tries (mid-blob too),
+//! the driver asks them (`AskDirectory`) for the rest. A holder's bytes have no piece table to
+//! be checked against: the driver spools them and hashes them itself (after the hash of what the
+//! fill already has, read back from its file), and gives them to the fill only once the whole
+//! digest checks ([`drive`]); a holder that fails the check is dropped and the next one asked
+//! from the same byte, and **no byte of a wrong body reaches the fill**, so none is served, kept
+//! or completed. No holder, or none that sends the blob: the pull fails as it did
 //! before the directory (`503` from the fill's own try of the parent). A node restarted empty
 //! has an empty book and asks the others; it is told again as nodes complete blobs, and tells
 //! them of its own, so it rejoins without any step of its own.
@@ -105,19 +106,19 @@
 //! - The size on the directory route is the first answering holder's word: a holder that lies
 //!   about it fails that pull (every honest holder then sends another size, and is left), and is
 //!   tried last for `holders::LIAR_MEMORY`, so the client's retry gets the blob.
-//! - The parent failing past byte 0 (its bytes verified, then no answer): the pull fails, as
-//!   before the directory (a holder's bytes could only be checked with the prefix's hash, which
-//!   the fill has and the driver has not); the client's retry is a new fill, which goes to the
-//!   directory from byte 0.
+//! - The parent failing mid-blob: the bytes the fill has are read back and hashed once more (the
+//!   fill's file, once it has written them; a fill that lost its disk keeps no file, and then
+//!   the pull fails as before the directory).
 //!
 //! Rule of dependency: uses `swarm` (the core), `fleet` (the proof, the paths, the node's
 //! metrics), `config` (the table), `store` (the fill's states, the committed blob), `upstream`
 //! (the parent's blob route and its `Range` rule), `oci`, `error`. The job and `source` use it;
 //! it imports neither (the job hands it what it needs), nor the mirror or `http`. Its children,
 //! one concern each, import nothing of this file: [`link`] (the node set and the calls to the
-//! parent), [`holders`] (the directory's book and calls, over `link`), [`drive`] (the
-//! transfer's driver, over `link` and `holders`), [`serve`] (serving other nodes, handing each
-//! committed fill to a callback). This file builds them and opens a fill's swarm.
+//! parent), [`holders`] (the directory's book and calls, over `link`), [`spool`] (a holder's
+//! bytes until the digest checks), [`drive`] (the transfer's driver, over the three), [`serve`]
+//! (serving other nodes, handing each committed fill to a callback). This file builds them and
+//! opens a fill's swarm.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -131,6 +132,7 @@ mod drive;
 mod holders;
 mod link;
 mod serve;
+mod spool;
 
 use drive::Start;
 pub(crate) use drive::SwarmBody;
