@@ -106,6 +106,12 @@
 //! - The size on the directory route is the first answering holder's word: a holder that lies
 //!   about it fails that pull (every honest holder then sends another size, and is left), and is
 //!   tried last for `holders::LIAR_MEMORY`, so the client's retry gets the blob.
+//! - "Cannot be reached" is the upstream client's verdict on the `HEAD`, after its own tries: a
+//!   parent that refuses connections is left at once, but one that black-holes them costs its
+//!   `connect_timeout` times its tries first (about 30 s with the defaults; one that accepts and
+//!   never answers, its `response_timeout` times them), which a runtime may not wait for. A
+//!   shorter bound of the fleet's own would send the pulls of a merely slow parent to holders
+//!   too, without the parent's access decision; it is not taken.
 //! - The parent failing mid-blob: the bytes the fill has are read back and hashed once more (the
 //!   fill's file, once it has written them; a fill that lost its disk keeps no file, and then
 //!   the pull fails as before the directory).
