@@ -27,7 +27,8 @@
 //! and answered by the node's ordinary mirror: manifests and tags fetched from the parent and
 //! verified against their digest, blobs filled from the parent and verified while they stream,
 //! both cached on the node's disk under the same names the parent uses, served stale (tags) or
-//! from disk when the parent is down, `503` for what the node does not hold.
+//! from disk when the parent is down, `503` for what neither the node nor (for a blob) another
+//! node holds.
 //!
 //! Why a synthesized upstream list rather than a new kind of source beside `upstream`: the
 //! mirror's whole machinery (single-flight fills, resume with `Range`, the stall timeouts, the
@@ -45,7 +46,9 @@
 //! manifest named; only they may come from other nodes (the swarm, module `swarm`).
 //!
 //! With the parent down, a node serves what it holds: blobs and manifests by digest from its
-//! disk, tags from its cache whatever their age (as any berth does with its upstream down), and
+//! disk, tags from its cache whatever their age (as any berth does with its upstream down), a
+//! blob by digest that another node holds through the directory (the nodes that keep each
+//! digest's holders, chosen by rendezvous over the node set; `fill::swarm`), checked whole, and
 //! `503 UNAVAILABLE` for the rest. The list of upstreams is kept at
 //! `<storage>/fleet/upstreams.json` (written atomically after each good answer), so a node
 //! restarted while the parent is down still knows its upstreams and serves its disk. A first
@@ -97,6 +100,14 @@ pub const UPSTREAMS_PATH: &str = "/_berth/fleet/v1/upstreams";
 pub const SWARM_PATH: &str = "/_berth/fleet/v1/swarm/";
 /// The piece tables, on the parent: `GET` this followed by a digest, `?from=K`.
 pub const PIECES_PATH: &str = "/_berth/fleet/v1/pieces/";
+/// The directory, on a node (`swarm::directory`): `PUT` (a node holds it) or `GET` (who holds
+/// it) this followed by a digest.
+pub const HOLDERS_PATH: &str = "/_berth/fleet/v1/holders/";
+
+/// The path of `digest`'s holders on a directory node.
+pub fn holders_path(digest: &crate::oci::Digest) -> String {
+    format!("{HOLDERS_PATH}{digest}")
+}
 
 /// The path of `digest`'s swarm call, with the size the node knows (`?size=N`) if any.
 pub fn swarm_path(digest: &crate::oci::Digest, size: Option<u64>) -> String {
@@ -146,7 +157,7 @@ pub struct NodeMetrics {
 }
 
 /// The `source` labels of `berth_fleet_bytes_total`.
-pub const BYTE_SOURCES: [&str; 2] = ["parent", "peer"];
+pub const BYTE_SOURCES: [&str; 3] = ["parent", "peer", "holder"];
 
 impl NodeMetrics {
     fn new() -> Result<NodeMetrics, prometheus::Error> {
@@ -154,7 +165,7 @@ impl NodeMetrics {
             bytes: IntCounterVec::new(
                 Opts::new(
                     "berth_fleet_bytes_total",
-                    "Bytes this node's blob fills got, by source (parent, peer).",
+                    "Bytes this node's blob fills got, by source (parent, peer, holder: a node the directory named while the parent could not be reached).",
                 ),
                 &["source"],
             )?,

@@ -13,6 +13,11 @@
 //!   while the parent has neither the blob nor a running fill of it;
 //! - the same on a node: 404 (a node answers other nodes for blobs only, never for what decides
 //!   a pull, and it is no tracker);
+//! - `PUT /_berth/fleet/v1/holders/<digest>` on a node: another node's note that it holds the
+//!   blob (`swarm::protocol::HolderNote`, its URL one of the node set's, else 400), kept in this
+//!   node's directory book (`fill::swarm`), answered 204; `GET` of the same path: the holders
+//!   kept (`swarm::protocol::Holders`, JSON). No query. At most `fill::swarm::MAX_CALLS` at
+//!   once, 429 beyond; on a parent 404 (the directory is for when the parent is down);
 //! - `GET /_berth/fleet/v1/blobs/<digest>` on a node: the blob, for another node of the swarm
 //!   (`fill::swarm::Swarm::serve`: a running fill's verified prefix or a committed blob, `Range:
 //!   bytes=F-`, 429 at `max_uploads`); anything but a digest there 404 (a node serves blobs by
@@ -40,7 +45,7 @@ use super::{App, Body, LogFields};
 use crate::error::Error;
 use crate::fleet::listing::Listing;
 use crate::fleet::parent::{Parent, Refusal};
-use crate::fleet::{Fleet, PIECES_PATH, SWARM_PATH, UPSTREAMS_PATH};
+use crate::fleet::{Fleet, HOLDERS_PATH, PIECES_PATH, SWARM_PATH, UPSTREAMS_PATH};
 use crate::oci::Digest;
 use crate::swarm::protocol::MAX_SMALL_BODY;
 use crate::swarm::transfer::BLOBS_PATH;
@@ -59,6 +64,8 @@ pub(super) enum FleetRoute {
     Pieces(Digest),
     /// A node's blob, for another node.
     Blob(Digest),
+    /// A directory node's holders of a digest: told (`put`) or asked.
+    Holders { digest: Digest, put: bool },
 }
 
 /// Method and path into a [`FleetRoute`]: 404 for no such path, 405 for another method, 400 for
@@ -90,6 +97,21 @@ pub(super) fn parse(method: &Method, path: &str) -> Result<FleetRoute, Error> {
         }
         return Ok(FleetRoute::Pieces(digest(rest)?));
     }
+    if let Some(rest) = path.strip_prefix(HOLDERS_PATH) {
+        let put = match *method {
+            Method::GET => false,
+            Method::PUT => true,
+            _ => {
+                return Err(Error::unsupported(
+                    "a digest's holders are told with PUT and read with GET",
+                ));
+            }
+        };
+        return Ok(FleetRoute::Holders {
+            digest: digest(rest)?,
+            put,
+        });
+    }
     if let Some(rest) = path.strip_prefix(BLOBS_PATH) {
         let d = rest
             .parse::<Digest>()
@@ -104,7 +126,7 @@ pub(super) fn parse(method: &Method, path: &str) -> Result<FleetRoute, Error> {
 
 impl App {
     /// A request under the fleet prefix: the proof, then the route. `body` is read only for a
-    /// swarm call on a parent.
+    /// swarm call on a parent or a holder's note on a node.
     pub(super) async fn fleet_answer<R, B>(
         &self,
         fleet: &Fleet,
@@ -134,7 +156,7 @@ impl App {
         let parents_only = match &route {
             FleetRoute::Upstreams { .. } => Some("its upstreams are its parent's"),
             FleetRoute::Swarm(_) | FleetRoute::Pieces(_) => Some("it tracks no swarm"),
-            FleetRoute::Blob(_) => None,
+            FleetRoute::Blob(_) | FleetRoute::Holders { .. } => None,
         };
         if fleet.is_node()
             && let Some(what) = parents_only
@@ -175,7 +197,70 @@ impl App {
                 Ok(json(pieces.encode()))
             }
             FleetRoute::Blob(digest) => self.fleet_blob(fleet, &digest, req, log).await,
+            FleetRoute::Holders { digest, put } => {
+                self.fleet_holders(fleet, &digest, put, uri.query(), body, log)
+                    .await
+            }
         }
+    }
+}
+
+impl App {
+    /// A directory node's holders of `digest`: a note kept (`put`), or the holders answered.
+    async fn fleet_holders<B>(
+        &self,
+        fleet: &Fleet,
+        digest: &Digest,
+        put: bool,
+        query: Option<&str>,
+        body: B,
+        log: &mut LogFields,
+    ) -> Result<Response<Body>, Error>
+    where
+        B: http_body::Body<Data = Bytes>,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let swarm = match self.mirror.swarm() {
+            Some(s) if fleet.is_node() => s,
+            _ => {
+                return Err(Error::not_found_route(
+                    "this berth is the fleet's parent: the directory of holders lives on the nodes",
+                ));
+            }
+        };
+        if let Some(q) = query.filter(|q| !q.is_empty()) {
+            log.outcome = "bad_request";
+            return Err(Error::bad_request(format!(
+                "a holders call takes no query, not {:?}",
+                super::route::clip(q)
+            )));
+        }
+        let Some(_slot) = swarm.directory_call() else {
+            log.outcome = "busy";
+            return Err(Error::busy(
+                format!(
+                    "this node answers {} directory calls at once",
+                    crate::fill::swarm::MAX_CALLS
+                ),
+                Duration::from_secs(1),
+            ));
+        };
+        if !put {
+            log.outcome = "holders";
+            return Ok(json(swarm.holders(digest).await.encode()));
+        }
+        let body = read_body(body).await?;
+        swarm.note_holder(digest, &body).await.map_err(|e| {
+            log.outcome = "bad_request";
+            Error::bad_request(e.to_string())
+        })?;
+        log.outcome = "noted";
+        Ok(bytes_response(
+            StatusCode::NO_CONTENT,
+            Bytes::new(),
+            "application/json",
+            false,
+        ))
     }
 }
 
@@ -350,7 +435,25 @@ mod tests {
             parse(&Method::POST, &swarm).unwrap(),
             FleetRoute::Swarm(d.clone())
         );
-        assert_eq!(parse(&Method::GET, &pieces).unwrap(), FleetRoute::Pieces(d));
+        assert_eq!(
+            parse(&Method::GET, &pieces).unwrap(),
+            FleetRoute::Pieces(d.clone())
+        );
+        let holders = format!("{HOLDERS_PATH}{D}");
+        assert_eq!(
+            parse(&Method::PUT, &holders).unwrap(),
+            FleetRoute::Holders {
+                digest: d.clone(),
+                put: true
+            }
+        );
+        assert_eq!(
+            parse(&Method::GET, &holders).unwrap(),
+            FleetRoute::Holders {
+                digest: d,
+                put: false
+            }
+        );
         assert_eq!(
             parse(&Method::HEAD, UPSTREAMS_PATH).unwrap(),
             FleetRoute::Upstreams { head: true }
@@ -359,6 +462,11 @@ mod tests {
         assert_eq!(kind(Method::GET, &swarm), Kind::Unsupported);
         assert_eq!(kind(Method::POST, &pieces), Kind::Unsupported);
         assert_eq!(kind(Method::POST, UPSTREAMS_PATH), Kind::Unsupported);
+        assert_eq!(kind(Method::POST, &holders), Kind::Unsupported);
+        assert_eq!(
+            kind(Method::PUT, &format!("{HOLDERS_PATH}sha256:abc")),
+            Kind::Invalid(Malformed::Digest)
+        );
         assert_eq!(
             kind(Method::POST, &format!("{SWARM_PATH}sha256:abc")),
             Kind::Invalid(Malformed::Digest)

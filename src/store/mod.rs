@@ -222,6 +222,12 @@ impl Store {
         }
     }
 
+    /// The directory of fills in progress (a fleet node spools a holder's bytes there, in
+    /// unnamed files, until their digest checks).
+    pub fn tmp(&self) -> &Path {
+        &self.tmp
+    }
+
     /// Opens a cached blob for reading: records the access, and holds a lease that keeps the blob
     /// from eviction while the returned file (or a clone) lives.
     pub async fn open_blob(&self, digest: &Digest) -> io::Result<Option<BlobFile>> {

@@ -3,10 +3,10 @@
 //! that hold it ([`Book`]).
 //!
 //! A node that completes a blob tells that digest's directory nodes
-//! (`PUT /_berth/fleet/v1/holders/<digest>`); a node that cannot reach the tracker (the central
-//! berth down) asks them for holders, and fetches from the first that answers, checking the whole
-//! digest at the end (there is no piece table without the parent: a liar is found at the end and
-//! the next holder tried).
+//! (`PUT /_berth/fleet/v1/holders/<digest>`); a node that cannot reach its parent (the central
+//! berth down) asks them for holders (`GET` of the same path), and fetches from each in turn,
+//! checking the whole digest at the end (there is no piece table without the parent: a liar is
+//! found at the end and the next holder tried). The I/O is `fill::swarm`'s.
 //!
 //! Why rendezvous over the node set: every node computes the same directory nodes from the same
 //! set with no coordination, and a node joining or leaving the set moves only the digests whose

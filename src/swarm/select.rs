@@ -21,7 +21,9 @@
 //! - [`MAX_FAILURES`] sources failed in a row (or the tracker unreachable): the parent itself;
 //!   the parent failing as often, or unreachable: the directory nodes' holders, checked only by
 //!   the whole digest at the end (no table without the parent), a holder whose bytes fail it is
-//!   dropped and the next one tried from the frontier; no holder left: fail.
+//!   dropped and the next one tried from the frontier; no holder left: fail, unless one of them
+//!   was only busy (`429`): then the directory is asked again (the caller waits a little), at
+//!   most [`DIRECTORY_ROUNDS`] times, and a busy holder may be tried again.
 //!
 //! Timings, and why: [`STALL`] is 2 s. A live source at any cap that matters sends a read's worth
 //! of bytes in milliseconds, and Linux retransmits a lost segment within its 200 ms minimum RTO
@@ -54,6 +56,11 @@ pub const STARVE: Duration = Duration::from_secs(4);
 /// Sources failed in a row before the parent is asked directly (and parent failures before the
 /// directory is).
 pub const MAX_FAILURES: u32 = 3;
+
+/// How many times the directory is asked again when every holder it named was busy (`429`):
+/// each holder serves `max_uploads` nodes at once, and with the parent down the nodes that
+/// complete become holders too, so a node that waits a little finds a free one.
+pub const DIRECTORY_ROUNDS: u32 = 5;
 
 /// How often a receiving node reports its progress to the tracker at least.
 pub const REPORT_EVERY: Duration = Duration::from_secs(5);
@@ -121,9 +128,13 @@ pub struct Transfer {
     waiting_since: Option<Instant>,
     /// Sources failed in a row, since the frontier last moved.
     failures: u32,
-    /// Holders the directory named, not tried yet, and the ones tried.
+    /// Holders the directory named, not tried yet, and the ones tried (a busy one is not: it may
+    /// be free at the next round).
     holders: VecDeque<NodeUrl>,
     tried: BTreeSet<NodeUrl>,
+    /// Rounds of the directory asked again, and whether a holder of this round was busy.
+    rounds: u32,
+    busy: bool,
     reported: Instant,
     finished: bool,
 }
@@ -146,6 +157,8 @@ impl Transfer {
             failures: 0,
             holders: VecDeque::new(),
             tried: BTreeSet::new(),
+            rounds: 0,
+            busy: false,
             reported: now,
             finished: false,
         };
@@ -172,6 +185,12 @@ impl Transfer {
 
     pub fn route(&self) -> Route {
         self.route
+    }
+
+    /// How many times the directory was asked again after a round of busy holders (the caller
+    /// waits a little before each).
+    pub fn directory_rounds(&self) -> u32 {
+        self.rounds
     }
 
     /// The tracker (or the parent, or the directory) named a source: it is read from the
@@ -446,7 +465,11 @@ impl Transfer {
                 }
             }
             Source::Holder(url) => {
-                self.tried.insert(url);
+                if reason == Reason::Busy {
+                    self.busy = true;
+                } else {
+                    self.tried.insert(url);
+                }
                 self.next_holder(now)
             }
         }
@@ -463,6 +486,13 @@ impl Transfer {
     fn next_holder(&mut self, now: Instant) -> Vec<Action> {
         match self.holders.pop_front() {
             Some(h) => self.assigned(Source::Holder(h), now),
+            // Every holder of this round was tried, and one of them was only busy.
+            None if self.busy && self.rounds < DIRECTORY_ROUNDS => {
+                self.rounds += 1;
+                self.busy = false;
+                self.source = None;
+                vec![Action::AskDirectory]
+            }
             None => {
                 self.finished = true;
                 self.source = None;

@@ -37,7 +37,7 @@ pub(crate) fn secret_file(secret: &str) -> (tempfile::TempDir, PathBuf) {
 
 /// The central berth: `registry.test` (default, alias `alias.test`, tags always revalidated) in
 /// front of `a`, `other.test` in front of `b`.
-async fn central(a: &FakeRegistry, b: &FakeRegistry, secret: &Path) -> Berth {
+pub(crate) async fn central(a: &FakeRegistry, b: &FakeRegistry, secret: &Path) -> Berth {
     let dir = tempfile::tempdir().unwrap();
     let cfg = central_toml(dir.path(), a, b, secret, "");
     start_toml(&cfg, dir).await

@@ -12,6 +12,8 @@
 //! the pull completes; a peer serves only a blob the parent lets the repository have; a
 //! tracker that answers 500 or garbage, a piece table that never comes, or a dead peer leaves
 //! the pull to the parent; a parent that fails the swarm's tries leaves it to the fill's resume.
+//! The fake parent, the node set and the fake nodes serve `fleet_directory.rs` too (the parent
+//! down: `State::down`, `State::gets_down`).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -40,8 +42,8 @@ use crate::support::instance::{Berth, eventually, listeners_and_storage, same, s
 use crate::support::random_bytes;
 use crate::swarm::table;
 
-const SECRET: &str = "fleet-secret-0123456789abcdef-0123456789";
-const MIB: usize = 1 << 20;
+pub(crate) const SECRET: &str = "fleet-secret-0123456789abcdef-0123456789";
+pub(crate) const MIB: usize = 1 << 20;
 const LISTING: &str = r#"{"upstreams":[{"name":"registry.test","aliases":[],"default":true,"library_prefix":true,"tag_ttl_ms":30000}]}"#;
 
 type Body = UnsyncBoxBody<Bytes, std::io::Error>;
@@ -58,7 +60,7 @@ fn status(s: StatusCode) -> Response<Body> {
     r
 }
 
-fn proof(method: &str, path: &str) -> HeaderValue {
+pub(crate) fn proof(method: &str, path: &str) -> HeaderValue {
     berth::fleet::key(&Secret::new(SECRET)).sign(method, path, auth::now())
 }
 
@@ -73,9 +75,9 @@ enum Mode {
 }
 
 /// The fake parent's state: its blobs, the swarm, and what it sent.
-struct State {
+pub(crate) struct State {
     blobs: Mutex<HashMap<String, Bytes>>,
-    tracker: Mutex<Tracker>,
+    pub(crate) tracker: Mutex<Tracker>,
     nodes: Mutex<Nodes>,
     mode: Mutex<Mode>,
     /// The pieces route answers 404 (the table never comes).
@@ -90,20 +92,24 @@ struct State {
     /// Blob requests under this repository are answered 404 (the parent refuses it).
     denied: Mutex<Option<String>>,
     /// The next blob body breaks off at this offset (once).
-    cut: Mutex<Option<u64>>,
+    pub(crate) cut: Mutex<Option<u64>>,
     /// The next this many blob GETs with `Range` are answered 503.
-    refuse: AtomicU64,
+    pub(crate) refuse: AtomicU64,
     /// Blob GETs answered.
     gets: AtomicU64,
+    /// Every request is answered 503 (the parent is down).
+    pub(crate) down: std::sync::atomic::AtomicBool,
+    /// Blob GETs are answered 503 (the parent fails after its `HEAD`).
+    pub(crate) gets_down: std::sync::atomic::AtomicBool,
 }
 
-struct Parent {
-    url: String,
-    state: Arc<State>,
+pub(crate) struct Parent {
+    pub(crate) url: String,
+    pub(crate) state: Arc<State>,
 }
 
 impl Parent {
-    async fn start(pace: Duration) -> Parent {
+    pub(crate) async fn start(pace: Duration) -> Parent {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr: SocketAddr = listener.local_addr().unwrap();
         let state = Arc::new(State {
@@ -120,6 +126,8 @@ impl Parent {
             cut: Mutex::new(None),
             refuse: AtomicU64::new(0),
             gets: AtomicU64::new(0),
+            down: Default::default(),
+            gets_down: Default::default(),
         });
         let st = state.clone();
         tokio::spawn(async move {
@@ -143,7 +151,7 @@ impl Parent {
         }
     }
 
-    fn put(&self, bytes: &Bytes) -> String {
+    pub(crate) fn put(&self, bytes: &Bytes) -> String {
         let d = Digest::of(bytes).to_string();
         self.state
             .blobs
@@ -153,12 +161,15 @@ impl Parent {
         d
     }
 
-    fn sent(&self) -> u64 {
+    pub(crate) fn sent(&self) -> u64 {
         self.state.sent.load(Ordering::SeqCst)
     }
 }
 
 async fn answer(st: Arc<State>, req: Request<Incoming>) -> Response<Body> {
+    if st.down.load(Ordering::SeqCst) {
+        return status(StatusCode::SERVICE_UNAVAILABLE);
+    }
     let path = req.uri().path().to_owned();
     let pq = req
         .uri()
@@ -232,6 +243,9 @@ async fn answer(st: Arc<State>, req: Request<Incoming>) -> Response<Body> {
         return r;
     }
     st.gets.fetch_add(1, Ordering::SeqCst);
+    if st.gets_down.load(Ordering::SeqCst) {
+        return status(StatusCode::SERVICE_UNAVAILABLE);
+    }
     let from = req.headers().get(header::RANGE).and_then(|v| {
         v.to_str()
             .ok()?
@@ -303,7 +317,7 @@ async fn answer(st: Arc<State>, req: Request<Incoming>) -> Response<Body> {
 }
 
 /// Listeners bound before any node starts, so that every node's `peers` names them all.
-fn listeners(n: usize) -> Vec<(std::net::TcpListener, NodeUrl)> {
+pub(crate) fn listeners(n: usize) -> Vec<(std::net::TcpListener, NodeUrl)> {
     (0..n)
         .map(|_| {
             let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -315,14 +329,14 @@ fn listeners(n: usize) -> Vec<(std::net::TcpListener, NodeUrl)> {
         .collect()
 }
 
-struct Fleet {
-    nodes: Vec<Berth>,
-    _secret: tempfile::TempDir,
+pub(crate) struct Fleet {
+    pub(crate) nodes: Vec<Berth>,
+    pub(crate) _secret: tempfile::TempDir,
 }
 
 /// Starts a node on each listener, all knowing `nodes` (plus `extra`, fake nodes), the parent
 /// knowing them too.
-async fn fleet(
+pub(crate) async fn fleet(
     parent: &Parent,
     bound: Vec<(std::net::TcpListener, NodeUrl)>,
     extra: &[NodeUrl],
@@ -366,12 +380,16 @@ async fn fleet(
     }
 }
 
-fn blob_path(d: &str) -> String {
+pub(crate) fn blob_path(d: &str) -> String {
     format!("/v2/app/blobs/{d}")
 }
 
 /// A node's fleet route for `d`, with the proof, from `from` on.
-async fn fleet_get(node: &Berth, d: &str, from: Option<u64>) -> http::Response<Incoming> {
+pub(crate) async fn fleet_get(
+    node: &Berth,
+    d: &str,
+    from: Option<u64>,
+) -> http::Response<Incoming> {
     let path = format!("{}{d}", transfer::BLOBS_PATH);
     let mut req = Request::get(format!("http://{}{path}", node.addr))
         .header(header::AUTHORIZATION, proof("GET", &path));
@@ -384,7 +402,7 @@ async fn fleet_get(node: &Berth, d: &str, from: Option<u64>) -> http::Response<I
         .unwrap()
 }
 
-async fn read_all(resp: http::Response<Incoming>) -> Bytes {
+pub(crate) async fn read_all(resp: http::Response<Incoming>) -> Bytes {
     resp.into_body().collect().await.unwrap().to_bytes()
 }
 
@@ -565,7 +583,11 @@ async fn three_nodes_pull_a_blob_with_at_most_two_copies_from_the_parent() {
 }
 
 /// A fake node that serves `bytes` as the blob `d` (a lie, when they are wrong).
-async fn fake_node(listener: std::net::TcpListener, d: &Digest, bytes: Bytes) -> Arc<AtomicU64> {
+pub(crate) async fn fake_node(
+    listener: std::net::TcpListener,
+    d: &Digest,
+    bytes: Bytes,
+) -> Arc<AtomicU64> {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("blob");
     std::fs::write(&file, &bytes).unwrap();

@@ -2,25 +2,42 @@
 //! parent module's docs say how each action is met), yields only verified bytes to the fill,
 //! in order, and ends the body once every byte is verified, to hear the fill's verdict.
 //!
-//! Rule of dependency: uses its sibling `link` (the parent's routes), `swarm` (the core and
-//! `transfer::fetch`), `store` (the fill's states), `upstream` (the `Range` rule), `oci`,
-//! `error`; nothing of its parent.
+//! A holder the directory named (the parent cannot be reached) has no piece table to be checked
+//! against: its bytes go to a `spool::Spool` (an unnamed file in the store's temp directory, hashed as
+//! it is written), and only once the whole digest checks are they given to the fill, which
+//! checks it again as it checks every body. When the parent fails mid-blob, the holders send the
+//! rest, from the frontier, and the spool's hash starts from the hash of the bytes the fill
+//! already has (read back from its file). A holder whose bytes do not check is dropped (and
+//! tried last for a while, `holders::LIAR_MEMORY`) and the next one asked from the same byte:
+//! the fill has had nothing of it. The cost: the blob's bytes are written twice and hashed twice on this
+//! route, and the node's client has no byte before the whole blob has arrived; the route serves
+//! only while the parent is down, where the alternative is no blob at all.
+//!
+//! Rule of dependency: uses its siblings `link` (the parent's routes), `holders` (the
+//! directory) and `spool`, `swarm` (the core and `transfer::fetch`), `store` (the fill's states),
+//! `upstream` (the `Range` rule), `oci`, `error`, sha2; nothing of its parent.
 
 use std::collections::VecDeque;
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
+
+use sha2::{Digest as _, Sha256};
 
 use bytes::Bytes;
 use tokio::sync::{mpsc, watch};
 
-use super::link::{BoxFuture, Link, TICK, parent_get};
+use super::holders::Directory;
+use super::link::{BoxFuture, CALL_TIMEOUT, Link, TICK, parent_get};
+use super::spool::Spool;
 use crate::error::Error;
 use crate::oci::{Digest, RepoName};
 use crate::store::FillState;
-use crate::swarm::node::Fleet as Nodes;
+use crate::swarm::node::{Fleet as Nodes, NodeUrl};
 use crate::swarm::pieces::{Layout, PieceTable};
 use crate::swarm::protocol::{Pieces, SwarmAnswer};
-use crate::swarm::select::{self, Action, Source, Transfer};
+use crate::swarm::select::{self, Action, Route, Source, Transfer};
 use crate::swarm::tracker::{Assignment, Reason};
 use crate::swarm::transfer::{self, BlobBody, Event};
 use crate::upstream::{Upstream, UpstreamResponse, continuation};
@@ -38,8 +55,12 @@ const QUEUE: usize = 32;
 /// At least two pieces, so a piece is always whole before the reading stops.
 pub const MAX_UNVERIFIED: u64 = 16 << 20;
 
+/// How long a node waits before it asks the directory again after every holder was busy.
+pub const BUSY_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// What a transfer starts from: the blob, its layout, the tracker's first answer (`None`: the
-/// tracker did not answer, so the parent).
+/// tracker did not answer, so the parent), or the directory's holders (the parent cannot be
+/// reached: `first` is not used).
 pub struct Start {
     pub link: Arc<Link>,
     pub up: Arc<Upstream>,
@@ -49,15 +70,23 @@ pub struct Start {
     pub fill: watch::Receiver<FillState>,
     pub layout: Layout,
     pub first: Option<Assignment>,
+    pub holders: Option<Vec<NodeUrl>>,
+    pub directory: Arc<Directory>,
+    /// Where a holder's bytes are spooled.
+    pub spool_dir: PathBuf,
 }
 
 /// Spawns the driver; its verified bytes are the body.
 pub fn spawn(s: Start) -> SwarmBody {
     let now = Instant::now();
     let (mut t, _) = Transfer::start(s.layout.size(), now);
-    let actions = match s.first {
-        Some(a) => t.assigned(to_source(a), now),
-        None => t.tracker_unreachable(now),
+    let actions = match (s.holders, s.first) {
+        (Some(holders), _) => {
+            t.parent_unreachable();
+            t.holders(holders, now)
+        }
+        (None, Some(a)) => t.assigned(to_source(a), now),
+        (None, None) => t.tracker_unreachable(now),
     };
     let (tx, rx) = mpsc::channel(QUEUE);
     let driver = Driver {
@@ -73,6 +102,9 @@ pub fn spawn(s: Start) -> SwarmBody {
         yielded: 0,
         buf: VecDeque::new(),
         misses: 0,
+        directory: s.directory,
+        spool_dir: s.spool_dir,
+        spool: None,
     };
     let task = tokio::spawn(driver.run(actions));
     SwarmBody {
@@ -194,6 +226,10 @@ struct Driver {
     buf: VecDeque<Bytes>,
     /// Pieces calls in a row that brought nothing.
     misses: u32,
+    directory: Arc<Directory>,
+    spool_dir: PathBuf,
+    /// A holder's bytes, until the digest checks.
+    spool: Option<Spool>,
 }
 
 /// How the driver ended.
@@ -234,11 +270,28 @@ impl Driver {
                 ev = async { body.as_mut().expect("guarded").next().await }, if body.is_some() && self.may_read() => {
                     match ev {
                         Ev::Bytes(c, from_parent) => {
-                            let label = if from_parent { "parent" } else { "peer" };
+                            let holder = matches!(self.t.source(), Some(Source::Holder(_)));
+                            let label = match (from_parent, holder) {
+                                (true, _) => "parent",
+                                (false, true) => "holder",
+                                (false, false) => "peer",
+                            };
                             self.link.fleet.metrics().bytes.with_label_values(&[label]).inc_by(c.len() as u64);
-                            self.buf.push_back(c.clone());
+                            let spooled = match (&mut self.spool, holder) {
+                                (Some(spool), true) => spool.write(&c).await.map_err(|e| {
+                                    tracing::warn!(digest = %self.digest, error = %e, "fleet: a holder's bytes could not be spooled");
+                                }),
+                                (None, true) => Err(()),
+                                (_, false) => {
+                                    self.buf.push_back(c.clone());
+                                    Ok(())
+                                }
+                            };
                             let before = self.t.source().cloned();
-                            let out = self.t.bytes(&c, &self.table, now());
+                            let out = match spooled {
+                                Ok(()) => self.t.bytes(&c, &self.table, now()),
+                                Err(()) => self.t.failed(Reason::Unreachable, now()),
+                            };
                             self.dropped(before, Reason::BadPiece, out)
                         }
                         Ev::Waiting => {
@@ -304,6 +357,10 @@ impl Driver {
     /// Whether the body may be read on: fewer unverified bytes held than [`MAX_UNVERIFIED`] (or
     /// two pieces, for pieces larger than half of it).
     fn may_read(&self) -> bool {
+        if matches!(self.t.source(), Some(Source::Holder(_))) {
+            // A holder's bytes go to the spool, not to memory.
+            return true;
+        }
         let held = self.t.received().saturating_sub(self.yielded);
         held < MAX_UNVERIFIED.max(2 * self.t.layout().piece_size())
     }
@@ -322,7 +379,7 @@ impl Driver {
             let r = told.unwrap_or(reason);
             let m = self.link.fleet.metrics();
             m.peers_dropped.with_label_values(&[r.as_str()]).inc();
-            if r == Reason::BadPiece {
+            if r == Reason::BadPiece && matches!(before, Some(Source::Node(_))) {
                 m.pieces_rejected.inc();
             }
         }
@@ -362,6 +419,18 @@ impl Driver {
             Action::Fetch { source, from } => {
                 *body = None;
                 keep(&mut self.buf, from.saturating_sub(self.yielded));
+                if matches!(source, Source::Holder(_)) && from == self.t.frontier() {
+                    match &mut self.spool {
+                        Some(spool) => spool.reset(),
+                        None => match Spool::new(&self.spool_dir, 0, Sha256::new()) {
+                            Ok(spool) => self.spool = Some(spool),
+                            Err(e) => {
+                                tracing::warn!(digest = %self.digest, error = %e, "fleet: no spool for a holder's bytes");
+                                return Ok(vec![Action::Fail]);
+                            }
+                        },
+                    }
+                }
                 match self.fetch(&source, from).await {
                     Ok(b) => {
                         *body = Some(b);
@@ -373,6 +442,28 @@ impl Driver {
                         self.dropped(before, reason, out)
                     }
                 }
+            }
+            Action::Verified { upto } if self.spool.as_ref().is_some_and(|s| s.checked) => {
+                // A holder's whole blob, checked: to the fill, and the body ends.
+                let spool = self.spool.take().expect("guarded");
+                let out = self.out.take().ok_or(Ended)?;
+                let mut at = self.yielded;
+                while at < upto {
+                    let c = match spool.read(at, upto - at).await {
+                        Ok(c) if !c.is_empty() => c,
+                        read => {
+                            let e = read
+                                .err()
+                                .map_or("it ended early".into(), |e| e.to_string());
+                            tracing::warn!(digest = %self.digest, error = %e, "fleet: the spool could not be read back");
+                            return Err(Ended);
+                        }
+                    };
+                    at += c.len() as u64;
+                    out.send(Ok(c)).await.map_err(|_| Ended)?;
+                }
+                self.yielded = upto;
+                Vec::new()
             }
             Action::Verified { upto } => {
                 let chunks = take(&mut self.buf, upto.saturating_sub(self.yielded));
@@ -390,6 +481,25 @@ impl Driver {
                 }
                 Vec::new()
             }
+            Action::CheckDigest if matches!(self.t.source(), Some(Source::Holder(_))) => {
+                // No table, so no byte of it went to the fill: the driver checks it itself.
+                let size = self.t.layout().size();
+                let ok = self
+                    .spool
+                    .as_mut()
+                    .is_some_and(|s| s.check(&self.digest, size));
+                let before = self.t.source().cloned();
+                if !ok && let Some(Source::Holder(h)) = &before {
+                    tracing::warn!(digest = %self.digest, holder = %h, "fleet: a holder sent bytes that are not the blob; dropped");
+                    self.directory.lied(h);
+                }
+                let out = self.t.digest_checked(ok, now);
+                if ok {
+                    out
+                } else {
+                    self.dropped(before, Reason::BadPiece, out)
+                }
+            }
             Action::CheckDigest => {
                 // The body ends here; the fill checks the whole digest and says how it went.
                 self.out = None;
@@ -406,6 +516,9 @@ impl Driver {
                     .unwrap_or(false);
                 self.t.digest_checked(verdict, Instant::now())
             }
+            // The parent could not be reached: the directory hears of this node's blob once the
+            // fill commits (`holders`), the tracker is not asked.
+            Action::Done if self.t.route() == Route::Directory => return Err(Ended),
             Action::Done => {
                 let mut req = self.link.request(self.t.layout().size(), None);
                 (req.complete, req.need_source) = (true, false);
@@ -414,9 +527,46 @@ impl Driver {
                 }
                 return Err(Ended);
             }
-            // The parent failed as often as the transfer allows, and there is no directory
-            // route yet: the body breaks off, and the fill resumes it from the parent.
-            Action::AskDirectory | Action::Fail => {
+            // The parent failed as often as the transfer allows: its holders, if the directory
+            // knows any, from the frontier on (after the hash of the bytes before it, read back
+            // from the fill's file: the whole digest is what checks a holder's bytes).
+            Action::AskDirectory => {
+                if self.t.directory_rounds() > 0 {
+                    // Every holder was busy: a moment for one to free a slot (or for another
+                    // node to complete and be named).
+                    tokio::time::sleep(BUSY_WAIT).await;
+                } else if self.spool.is_none() {
+                    let base = self.t.frontier();
+                    let prefix = match base == self.yielded {
+                        true => self.prefix_hash(base).await,
+                        false => None,
+                    };
+                    let spool = match prefix {
+                        Some(prefix) => {
+                            Spool::new(&self.spool_dir, base, prefix).map_err(|e| e.to_string())
+                        }
+                        None => Err(format!(
+                            "the fill's first {base} bytes could not be read back"
+                        )),
+                    };
+                    match spool {
+                        Ok(s) => self.spool = Some(s),
+                        Err(e) => {
+                            tracing::warn!(digest = %self.digest, error = %e, "fleet: no spool for a holder's bytes; the directory is not asked");
+                            return Ok(vec![Action::Fail]);
+                        }
+                    }
+                }
+                let holders = self
+                    .directory
+                    .ask(&self.link, &self.digest, &self.nodes)
+                    .await;
+                tracing::info!(digest = %self.digest, holders = holders.len(), "fleet: the parent failed the swarm's tries; asking the directory's holders");
+                self.t.holders(holders, now)
+            }
+            // No holder left: the body breaks off, and the fill resumes it from the parent (and
+            // fails as it did before the directory, if the parent is still down).
+            Action::Fail => {
                 if let Some(out) = self.out.take() {
                     let e = Error::upstream_unavailable(
                         self.up.name(),
@@ -427,6 +577,43 @@ impl Driver {
                 return Err(Ended);
             }
         })
+    }
+
+    /// The hash of the blob's first `upto` bytes, read back from the fill's file once the fill
+    /// has written them (they were given to it verified); `None` if it does not within
+    /// `link::CALL_TIMEOUT`, or keeps no file (a full disk), or the file cannot be read.
+    async fn prefix_hash(&mut self, upto: u64) -> Option<Sha256> {
+        if upto == 0 {
+            return Some(Sha256::new());
+        }
+        let written = self.fill.wait_for(|s| match s {
+            FillState::Writing(p) => p.written >= upto || p.pass_through,
+            FillState::Pending => false,
+            _ => true,
+        });
+        let file = match &*tokio::time::timeout(CALL_TIMEOUT, written)
+            .await
+            .ok()?
+            .ok()?
+        {
+            FillState::Writing(p) if !p.pass_through => p.file.clone(),
+            _ => return None,
+        };
+        tokio::task::spawn_blocking(move || {
+            let mut h = Sha256::new();
+            let mut buf = vec![0; 1 << 20];
+            let mut at = 0;
+            while at < upto {
+                let n = (upto - at).min(buf.len() as u64) as usize;
+                file.read_exact_at(&mut buf[..n], at).ok()?;
+                h.update(&buf[..n]);
+                at += n as u64;
+            }
+            Some(h)
+        })
+        .await
+        .ok()
+        .flatten()
     }
 
     /// Opens `source` from byte `from` on.

@@ -175,7 +175,8 @@ impl Link {
         })
     }
 }
-async fn read(resp: Response<hyper::body::Incoming>, limit: usize) -> Result<Bytes, String> {
+/// A small answer's body, at most `limit` bytes.
+pub async fn read(resp: Response<hyper::body::Incoming>, limit: usize) -> Result<Bytes, String> {
     Limited::new(resp.into_body(), limit)
         .collect()
         .await

@@ -24,7 +24,8 @@
 //!   answers it: the driver waits for the fill's verdict (`Verified`/`Committed` or `Failed`),
 //!   so the digest is hashed once, by the fill, and the tracker hears "complete" only once the
 //!   blob is verified;
-//! - `Done`: the tracker is told the node holds the blob.
+//! - `Done`: the tracker is told the node holds the blob (not on the directory route: the
+//!   parent could not be reached; the directory is told once the fill commits).
 //!
 //! The rule the fallbacks keep: **nothing any peer or the tracker does can fail a pull the
 //! parent could serve.** The tracker unreachable, refusing, or answering garbage at the start:
@@ -32,10 +33,44 @@
 //! its verified bytes); a tracker that knows another size than the parent's `HEAD`: the fill
 //! asks the parent itself. The tracker failing later,
 //! or the pieces route missing for `drive::MAX_HASH_MISSES` ticks: the parent, from the frontier. Too
-//! many failed sources: the parent (`select`'s rule). The driver giving up in any other way (the
-//! parent failing repeatedly; the directory route of a parent that is down is not built yet):
-//! the body breaks off, and the job resumes it from the upstream (the parent) with `Range`, as
-//! it resumes any broken body; a parent that is down fails the fill as it does today.
+//! many failed sources: the parent (`select`'s rule). The parent failing repeatedly: the
+//! directory's holders, from the frontier (below). The driver giving up in any other way (no
+//! holder left): the body breaks off, and the job resumes it from the upstream (the parent) with
+//! `Range`, as it resumes any broken body; a parent that is down then fails the fill as it did
+//! before the swarm.
+//!
+//! # The parent down: the directory
+//! Every node keeps, as a directory node (`swarm::directory`: three nodes per digest, by
+//! rendezvous over the node set), the holders it is told of ([`holders`]), and answers them on
+//! `GET /_berth/fleet/v1/holders/<digest>`; every fill that commits here is told to the digest's
+//! directory nodes (`PUT` of the same path) in the background, never delaying the pull. When the
+//! parent cannot be reached at the `HEAD` (no connection, a timeout, a 5xx; a refusal is the
+//! parent's answer and is kept), [`Swarm::open`] asks the directory nodes for holders and takes
+//! the size from the first that answers; when the parent fails the swarm's tries (mid-blob too),
+//! the driver asks them (`AskDirectory`) for the rest. A holder's bytes have no piece table to
+//! be checked against: the driver spools them and hashes them itself (after the hash of what the
+//! fill already has, read back from its file), and gives them to the fill only once the whole
+//! digest checks ([`drive`]); a holder that fails the check is dropped and the next one asked
+//! from the same byte, and **no byte of a wrong body reaches the fill**, so none is served, kept
+//! or completed. No holder, or none that sends the blob: the pull fails as it did
+//! before the directory (`503` from the fill's own try of the parent). A node restarted empty
+//! has an empty book and asks the others; it is told again as nodes complete blobs, and tells
+//! them of its own, so it rejoins without any step of its own.
+//!
+//! Access, with the parent down: the parent's `HEAD` (its access policy for this login and
+//! repository, its origin check for this upstream) cannot be asked. The choice made: **any
+//! digest a holder has**, under any repository and upstream of this node. Every holder's copy
+//! came at its origin from the parent, so some request of the fleet was admitted for it; it is
+//! checked whole against the digest the client asked for; only blobs travel (manifests and tags
+//! are never filled from holders, so what a pull *is* still comes from the parent, from the
+//! node's cache while the parent is down); and a node's requests to the parent all carry the
+//! node's one login, so what the parent would decide differently is only the repository and the
+//! upstream. That is what is given up while the parent is down: a client of a node that knows a
+//! digest some node pulled under another repository or upstream gets it, where the parent
+//! might refuse it. The alternative, holders keyed by upstream and repository (or a manifest
+//! this node holds naming the digest), would keep that decision but miss every blob shared
+//! between repositories (base layers, the common case), and a pull by a manifest the parent gave
+//! names its blobs anyway.
 //!
 //! # Serving other nodes
 //! [`Swarm::serve`] answers `GET /_berth/fleet/v1/blobs/<digest>` ([`serve`]): a fill running
@@ -63,18 +98,33 @@
 //! - `berth_fleet_bytes_total` counts the driver's bytes; what a fill gets after the swarm gave
 //!   up (the job's resume) or without it counts in `berth_upstream_fetched_bytes_total`, as any
 //!   fill from an upstream.
-//! - Not built yet: the directory route (holders found without the parent): a node whose
-//!   parent is down serves what it holds and fails other misses, as before the swarm. A holder's
-//!   bytes have no table to be checked against, so that route needs the node to hold them back
-//!   from its children (and from the fill, or hash them itself) until the whole digest checks.
+//! - The directory route holds a holder's bytes back until the digest checks: they are written
+//!   twice (the spool, then the fill's file) and hashed twice, and the node's client has its
+//!   first byte only once the whole blob has arrived (the fill answers its headers at once, with
+//!   the size). Its children cannot read it meanwhile either. It serves only while the parent
+//!   is down, where the alternative is no blob at all.
+//! - The size on the directory route is the first answering holder's word: a holder that lies
+//!   about it fails that pull (every honest holder then sends another size, and is left), and is
+//!   tried last for `holders::LIAR_MEMORY`, so the client's retry gets the blob.
+//! - "Cannot be reached" is the upstream client's verdict on the `HEAD`, after its own tries: a
+//!   parent that refuses connections is left at once, but one that black-holes them costs its
+//!   `connect_timeout` times its tries first (about 30 s with the defaults; one that accepts and
+//!   never answers, its `response_timeout` times them), which a runtime may not wait for. A
+//!   shorter bound of the fleet's own would send the pulls of a merely slow parent to holders
+//!   too, without the parent's access decision; it is not taken.
+//! - The parent failing mid-blob: the bytes the fill has are read back and hashed once more (the
+//!   fill's file, once it has written them; a fill that lost its disk keeps no file, and then
+//!   the pull fails as before the directory).
 //!
 //! Rule of dependency: uses `swarm` (the core), `fleet` (the proof, the paths, the node's
 //! metrics), `config` (the table), `store` (the fill's states, the committed blob), `upstream`
 //! (the parent's blob route and its `Range` rule), `oci`, `error`. The job and `source` use it;
 //! it imports neither (the job hands it what it needs), nor the mirror or `http`. Its children,
 //! one concern each, import nothing of this file: [`link`] (the node set and the calls to the
-//! parent), [`drive`] (the transfer's driver, over `link`), [`serve`] (serving other nodes).
-//! This file builds them and opens a fill's swarm.
+//! parent), [`holders`] (the directory's book and calls, over `link`), [`spool`] (a holder's
+//! bytes until the digest checks), [`drive`] (the transfer's driver, over the three), [`serve`]
+//! (serving other nodes, handing each committed fill to a callback). This file builds them and
+//! opens a fill's swarm.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -85,28 +135,40 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::sync::watch;
 
 mod drive;
+mod holders;
 mod link;
 mod serve;
+mod spool;
 
 use drive::Start;
 pub(crate) use drive::SwarmBody;
+use holders::Directory;
+pub use holders::{MAX_BOOK, MAX_CALLS};
 use link::{Link, Members};
 use serve::Serving;
 
 use crate::config::FleetConfig;
+use crate::error::Kind;
 use crate::fleet::Fleet;
 use crate::oci::{Digest, RepoName};
 use crate::store::{FillState, Store};
 use crate::swarm::node::{Fleet as Nodes, NodeUrl};
 use crate::swarm::pieces::Layout;
-use crate::swarm::transfer::{ServeBody, Uploads, WAIT_TICK};
+use crate::swarm::protocol::{Holders, ProtocolError};
+use crate::swarm::select;
+use crate::swarm::tracker::Reason;
+use crate::swarm::transfer::{self, ServeBody, Uploads, WAIT_TICK};
 use crate::upstream::{NotFoundKind, Upstream, blob_request, content_length};
 
-/// A node's swarm: its link to the parent, the node set, and what it serves other nodes.
+/// A node's swarm: its link to the parent, the node set, what it serves other nodes, and its
+/// part in the directory.
 pub struct Swarm {
     link: Arc<Link>,
-    members: Members,
+    members: Arc<Members>,
     serving: Serving,
+    directory: Arc<Directory>,
+    /// Where a holder's bytes wait for the whole digest (the store's temp directory).
+    spool_dir: std::path::PathBuf,
 }
 
 impl Swarm {
@@ -143,22 +205,50 @@ impl Swarm {
                 .pool_idle_timeout(Duration::from_secs(30))
                 .clone()
         };
+        let members = Arc::new(members);
+        let link = Arc::new(Link {
+            fleet: fleet.clone(),
+            me,
+            parent,
+            get: build().build(https.clone()),
+            post: build().build(https),
+            max_uploads: cfg.max_uploads,
+        });
+        let directory = Arc::new(Directory::default());
+        let committed: serve::Committed = {
+            let (directory, link, members) = (directory.clone(), link.clone(), members.clone());
+            Arc::new(move |d: &Digest| directory.tell(&link, &members, d))
+        };
         Ok(Some(Swarm {
             members,
+            spool_dir: store.tmp().to_path_buf(),
             serving: Serving::new(
                 Uploads::new(cfg.max_uploads as usize, WAIT_TICK),
                 store,
                 fleet.metrics().served.clone(),
+                committed,
             ),
-            link: Arc::new(Link {
-                fleet,
-                me,
-                parent,
-                get: build().build(https.clone()),
-                post: build().build(https),
-                max_uploads: cfg.max_uploads,
-            }),
+            link,
+            directory,
         }))
+    }
+
+    /// A slot for one directory call (`PUT`/`GET .../holders/<digest>`); `None` when
+    /// [`MAX_CALLS`] are being answered (the route answers `429`).
+    pub fn directory_call(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        self.directory.call()
+    }
+
+    /// A node's note that it holds `digest`: kept if it names a node of the set.
+    pub async fn note_holder(&self, digest: &Digest, body: &[u8]) -> Result<(), ProtocolError> {
+        let nodes = self.members.current().await;
+        self.directory.note(digest, body, &nodes)
+    }
+
+    /// The holders of `digest` this node keeps as a directory node.
+    pub async fn holders(&self, digest: &Digest) -> Holders {
+        let nodes = self.members.current().await;
+        self.directory.holders(digest, &nodes)
     }
 
     /// Answers another node's (authenticated) request for `digest` from `range` on
@@ -185,13 +275,20 @@ impl Swarm {
         // (so that on a cold start, before the parent's own fill, it can answer at once). A
         // refusal, no length, or a tracker that knows another size: the fill asks the parent
         // itself and gets its answer.
-        let head = up
-            .send(blob_request(Method::HEAD, name, digest))
-            .await
-            .ok()?
-            .error_for_status(NotFoundKind::Blob)
-            .await
-            .ok()?;
+        let head = match up.send(blob_request(Method::HEAD, name, digest)).await {
+            Ok(r) => r.error_for_status(NotFoundKind::Blob).await,
+            Err(e) => Err(e),
+        };
+        let head = match head {
+            Ok(h) => h,
+            // No connection, a timeout, a 5xx: the parent is down; its holders may not be.
+            Err(e) if matches!(e.kind, Kind::UpstreamUnavailable { .. }) => {
+                return self
+                    .open_from_holders(up, name, digest, fill, nodes, &e)
+                    .await;
+            }
+            Err(_) => return None,
+        };
         let size = content_length(&head.headers)?;
         let join = self.link.request(0, None);
         let (layout, first) = match self.link.ask_sized(digest, Some(size), &join, &nodes).await {
@@ -215,8 +312,75 @@ impl Swarm {
                 fill: fill.clone(),
                 layout,
                 first,
+                holders: None,
+                directory: self.directory.clone(),
+                spool_dir: self.spool_dir.clone(),
             }),
             layout.size(),
+        ))
+    }
+
+    /// The parent cannot be reached: the directory's holders of `digest`, tried in turn, each
+    /// one's bytes held back until the whole digest checks. The size is the first answering
+    /// holder's word (the parent's `HEAD` is what would say it): a holder that then sends
+    /// another size or other bytes is dropped like any liar. No holder, or none that answers:
+    /// `None`, and the fill asks the parent itself and fails as it did before the directory.
+    async fn open_from_holders(
+        &self,
+        up: &Arc<Upstream>,
+        name: &RepoName,
+        digest: &Digest,
+        fill: &watch::Receiver<FillState>,
+        nodes: Nodes,
+        why: &crate::error::Error,
+    ) -> Option<(SwarmBody, u64)> {
+        let mut holders = Vec::new();
+        let mut size = None;
+        // As the driver does (`select::DIRECTORY_ROUNDS`): every holder busy, the directory is
+        // asked again a moment later.
+        for round in 0..=select::DIRECTORY_ROUNDS {
+            if round > 0 {
+                tokio::time::sleep(drive::BUSY_WAIT).await;
+            }
+            holders = self.directory.ask(&self.link, digest, &nodes).await;
+            let mut busy = false;
+            for h in &holders {
+                let proof = self.link.fleet.sign("GET", &transfer::path(digest));
+                let call = transfer::fetch(&self.link.get, h, digest, 0, proof);
+                match tokio::time::timeout(select::STALL, call).await {
+                    Ok(Ok(b)) => {
+                        size = Some(b.size());
+                        break;
+                    }
+                    Ok(Err(Reason::Busy)) => busy = true,
+                    _ => {}
+                }
+            }
+            if size.is_some() || !busy {
+                break;
+            }
+        }
+        let Some(size) = size else {
+            tracing::warn!(digest = %digest, parent = %why, holders = holders.len(), "fleet: the parent cannot be reached and no holder of the blob answers");
+            return None;
+        };
+        tracing::info!(digest = %digest, parent = %why, holders = holders.len(), "fleet: the parent cannot be reached; taking the blob from a holder the directory named");
+        let layout = Layout::new(size);
+        Some((
+            drive::spawn(Start {
+                link: self.link.clone(),
+                up: up.clone(),
+                name: name.clone(),
+                digest: digest.clone(),
+                nodes,
+                fill: fill.clone(),
+                layout,
+                first: None,
+                holders: Some(holders),
+                directory: self.directory.clone(),
+                spool_dir: self.spool_dir.clone(),
+            }),
+            size,
         ))
     }
 }

@@ -3,7 +3,8 @@
 //! node's fill, see the parent module), followed as it grows; else the committed blob from the
 //! store; through `swarm::transfer::Uploads` (`[fleet] max_uploads` bodies at once, 429
 //! beyond). Every fill on a node is registered here while it runs, whatever its source, so a
-//! fill that went to the parent the old way is served too.
+//! fill that went to the parent the old way is served too; one that commits is handed to the
+//! `committed` callback (the parent module tells the directory with it).
 //!
 //! Rule of dependency: uses `swarm::transfer` (the serving side), `store` (the fill's states,
 //! the committed blob), `oci`, prometheus (the served-bytes counter); nothing of its parent.
@@ -28,15 +29,26 @@ pub struct Serving {
     running: Arc<Mutex<HashMap<Digest, watch::Receiver<FillState>>>>,
     /// `berth_fleet_served_bytes_total`.
     served: IntCounter,
+    /// Called with each registered fill's digest once it commits.
+    committed: Committed,
 }
 
+/// What is done with a blob this node has just committed.
+pub type Committed = Arc<dyn Fn(&Digest) + Send + Sync>;
+
 impl Serving {
-    pub fn new(uploads: Uploads, store: Arc<Store>, served: IntCounter) -> Serving {
+    pub fn new(
+        uploads: Uploads,
+        store: Arc<Store>,
+        served: IntCounter,
+        committed: Committed,
+    ) -> Serving {
         Serving {
             uploads,
             store,
             running: Arc::default(),
             served,
+            committed,
         }
     }
 
@@ -76,21 +88,29 @@ impl Serving {
         })
     }
 
-    /// Notes a fill running on this node, to serve it to other nodes until it ends.
+    /// Notes a fill running on this node, to serve it to other nodes until it ends (and to hand
+    /// it to `committed` if it commits).
     pub fn register(&self, digest: &Digest, fill: &watch::Receiver<FillState>) {
         self.running
             .lock()
             .unwrap()
             .insert(digest.clone(), fill.clone());
         let (running, digest, mut fill) = (self.running.clone(), digest.clone(), fill.clone());
+        let committed = self.committed.clone();
         tokio::spawn(async move {
             // Committed: the store serves it from now on. Failed or gone: nothing to serve.
-            let _ = fill
+            let done = fill
                 .wait_for(|s| matches!(s, FillState::Committed(_) | FillState::Failed(_)))
-                .await;
-            let mut map = running.lock().unwrap();
-            if map.get(&digest).is_some_and(|r| r.same_channel(&fill)) {
-                map.remove(&digest);
+                .await
+                .is_ok_and(|s| matches!(*s, FillState::Committed(_)));
+            {
+                let mut map = running.lock().unwrap();
+                if map.get(&digest).is_some_and(|r| r.same_channel(&fill)) {
+                    map.remove(&digest);
+                }
+            }
+            if done {
+                committed(&digest);
             }
         });
     }

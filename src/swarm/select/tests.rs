@@ -395,6 +395,43 @@ fn a_holder_already_tried_is_not_tried_again() {
 }
 
 #[test]
+fn busy_holders_are_asked_again_for_a_few_rounds() {
+    let t0 = Instant::now();
+    let (mut t, _) = Transfer::start(SIZE, t0);
+    t.parent_unreachable();
+    t.holders(vec![peer(1), peer(2)], t0);
+    // peer 1 is busy, peer 2 unreachable: the directory again, and peer 1 with it, not peer 2.
+    assert_eq!(
+        t.failed(Reason::Busy, t0),
+        fetch(Source::Holder(peer(2)), 0)
+    );
+    assert_eq!(
+        t.failed(Reason::Unreachable, t0),
+        vec![Action::AskDirectory]
+    );
+    assert_eq!(t.directory_rounds(), 1);
+    assert_eq!(
+        t.holders(vec![peer(2), peer(1)], t0),
+        fetch(Source::Holder(peer(1)), 0)
+    );
+    // Busy every round: the rounds run out, and the pull fails.
+    for round in 2..=DIRECTORY_ROUNDS {
+        assert_eq!(t.failed(Reason::Busy, t0), vec![Action::AskDirectory]);
+        assert_eq!(t.directory_rounds(), round);
+        assert_eq!(
+            t.holders(vec![peer(1)], t0),
+            fetch(Source::Holder(peer(1)), 0)
+        );
+    }
+    assert_eq!(t.failed(Reason::Busy, t0), vec![Action::Fail]);
+    // A round where no holder was busy ends it at once.
+    let (mut t, _) = Transfer::start(SIZE, t0);
+    t.parent_unreachable();
+    t.holders(vec![peer(1)], t0);
+    assert_eq!(t.failed(Reason::Stall, t0), vec![Action::Fail]);
+}
+
+#[test]
 fn a_digest_mismatch_after_a_verified_table_fails() {
     let d = data();
     let tab = table(&d, 4);

@@ -1,0 +1,309 @@
+//! A node's part in the directory (`swarm::directory`): the holders it keeps as a directory
+//! node, answered on `PUT`/`GET /_berth/fleet/v1/holders/<digest>` (the route is `http::fleet`'s,
+//! the proof checked before), the notes it sends when one of its fills commits, and the
+//! question it asks the directory when its parent cannot be reached.
+//!
+//! - Keeping: a [`Book`] of at most [`MAX_BOOK`] digests (the oldest forgotten first), behind a
+//!   mutex held for a map operation only; at most [`MAX_CALLS`] directory calls handled at once
+//!   (each one a small body read within the route's timeout and a map operation), `429` beyond.
+//!   A note is taken from any node of the set for any digest, whether or not this node is one of
+//!   the digest's directory nodes in its own view: two nodes whose views of the set differ
+//!   moments apart then still find each other, and the book's bound holds whatever is sent.
+//! - Telling: a fill that commits here is told to the digest's directory nodes (this node's own
+//!   book when it is one of them), in the background: [`NOTERS`] notes at once, at most
+//!   [`MAX_WAITING`] waiting (more are dropped, logged: a holder missing from the directory costs
+//!   a pull that cannot reach the parent one holder less, never a wrong byte), each call within
+//!   `link::CALL_TIMEOUT`, tried again after a `429` or a failure at most [`NOTE_TRIES`] times.
+//!   Nothing of it delays or fails the pull.
+//! - Forgetting: the book lives in memory. A directory node restarted forgets it; the digest's
+//!   two other directory nodes still answer, and a holder is told again to it only when it next
+//!   commits that blob (a node restarted with its blobs does not tell of them again: the
+//!   directory is for the time the parent is down, and a restart while it is down is rare
+//!   enough to cost only those blobs' holders, never a wrong byte).
+//! - Asking: the digest's directory nodes are asked at once, each within `link::CALL_TIMEOUT`;
+//!   their answers are merged in directory order, this node left out, and holders that sent
+//!   this node a wrong body in the last [`LIAR_MEMORY`] put last (so a liar costs one pull a
+//!   failed try, not every pull).
+//!
+//! Rule of dependency: uses `swarm` (`directory`, `protocol`, `node`), `fleet` (the proof, the
+//! path), its sibling `link` (the client, the timeout, the node set); nothing of its parent or
+//! other siblings.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Request, StatusCode, header};
+use http_body_util::{Empty, Full};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use super::link::{CALL_TIMEOUT, Link, Members, read};
+use crate::fleet::holders_path;
+use crate::oci::Digest;
+use crate::swarm::directory::{Book, directory};
+use crate::swarm::node::{Fleet as Nodes, NodeUrl};
+use crate::swarm::protocol::{HolderNote, Holders, MAX_SMALL_BODY, ProtocolError};
+
+/// Digests a directory node keeps holders of (each at most `directory::MAX_HOLDERS` URLs of at
+/// most `node::MAX_NODE_URL` bytes: a bound of a few hundred MB in the worst case, a few MB for
+/// a fleet's usual tens of thousands of blobs).
+pub const MAX_BOOK: usize = 100_000;
+/// Directory calls handled at once (`429` beyond).
+pub const MAX_CALLS: usize = 64;
+/// Notes sent at once, and notes waiting to be sent.
+pub const NOTERS: usize = 4;
+pub const MAX_WAITING: usize = 1024;
+/// Tries of one note to one directory node, the n-th after n times [`NOTE_BACKOFF`].
+pub const NOTE_TRIES: u32 = 3;
+pub const NOTE_BACKOFF: Duration = Duration::from_millis(300);
+/// How long a holder that sent a wrong body is tried last.
+pub const LIAR_MEMORY: Duration = Duration::from_secs(600);
+/// Liars remembered at most (the oldest forgotten first).
+const MAX_LIARS: usize = 1024;
+
+/// A node's directory state.
+pub struct Directory {
+    book: Mutex<Book>,
+    calls: Arc<Semaphore>,
+    noters: Arc<Semaphore>,
+    waiting: Arc<AtomicUsize>,
+    liars: Mutex<HashMap<NodeUrl, Instant>>,
+}
+
+impl Default for Directory {
+    fn default() -> Directory {
+        Directory {
+            book: Mutex::new(Book::new(MAX_BOOK)),
+            calls: Arc::new(Semaphore::new(MAX_CALLS)),
+            noters: Arc::new(Semaphore::new(NOTERS)),
+            waiting: Arc::default(),
+            liars: Mutex::default(),
+        }
+    }
+}
+
+impl Directory {
+    /// A slot for one directory call; `None` at [`MAX_CALLS`] (answer `429`).
+    pub fn call(&self) -> Option<OwnedSemaphorePermit> {
+        self.calls.clone().try_acquire_owned().ok()
+    }
+
+    /// A node's note that it holds `digest` (the body of a `PUT`), from a node of `nodes`.
+    pub fn note(&self, digest: &Digest, body: &[u8], nodes: &Nodes) -> Result<(), ProtocolError> {
+        let n = HolderNote::parse(body, nodes)?;
+        self.book
+            .lock()
+            .unwrap()
+            .add(digest, n.node, Instant::now());
+        Ok(())
+    }
+
+    /// The holders of `digest` this node keeps, among `nodes` (the body of a `GET`).
+    pub fn holders(&self, digest: &Digest, nodes: &Nodes) -> Holders {
+        let holders = self
+            .book
+            .lock()
+            .unwrap()
+            .holders(digest, nodes, Instant::now());
+        Holders { holders }
+    }
+
+    /// `node` sent a wrong body: it is tried last for [`LIAR_MEMORY`].
+    pub fn lied(&self, node: &NodeUrl) {
+        let mut liars = self.liars.lock().unwrap();
+        let now = Instant::now();
+        liars.retain(|_, at| now.saturating_duration_since(*at) < LIAR_MEMORY);
+        if liars.len() >= MAX_LIARS
+            && let Some(oldest) = liars
+                .iter()
+                .min_by_key(|(_, at)| **at)
+                .map(|(n, _)| n.clone())
+        {
+            liars.remove(&oldest);
+        }
+        liars.insert(node.clone(), now);
+    }
+
+    /// Puts the holders that lied lately last, keeping the order otherwise.
+    fn liars_last(&self, holders: Vec<NodeUrl>) -> Vec<NodeUrl> {
+        let liars = self.liars.lock().unwrap();
+        let now = Instant::now();
+        let lied = |h: &NodeUrl| {
+            liars
+                .get(h)
+                .is_some_and(|at| now.saturating_duration_since(*at) < LIAR_MEMORY)
+        };
+        let (last, mut first): (Vec<_>, Vec<_>) = holders.into_iter().partition(|h| lied(h));
+        first.extend(last);
+        first
+    }
+
+    /// Asks `digest`'s directory nodes for its holders (this node's own book when it is one).
+    pub async fn ask(&self, link: &Link, digest: &Digest, nodes: &Nodes) -> Vec<NodeUrl> {
+        let dir = directory(digest, nodes);
+        let answers = futures_util::future::join_all(dir.iter().map(|d| async move {
+            if *d == link.me {
+                return self.holders(digest, nodes).holders;
+            }
+            match ask_one(link, d, digest, nodes).await {
+                Ok(h) => h,
+                Err(e) => {
+                    tracing::info!(digest = %digest, directory = %d, error = %e, "fleet: a directory node did not answer");
+                    Vec::new()
+                }
+            }
+        }))
+        .await;
+        let mut merged: Vec<NodeUrl> = Vec::new();
+        for h in answers.into_iter().flatten() {
+            if h != link.me && !merged.contains(&h) {
+                merged.push(h);
+            }
+        }
+        self.liars_last(merged)
+    }
+
+    /// Tells `digest`'s directory nodes, in the background, that this node holds it.
+    pub fn tell(self: &Arc<Self>, link: &Arc<Link>, members: &Arc<Members>, digest: &Digest) {
+        if self.waiting.fetch_add(1, Ordering::AcqRel) >= MAX_WAITING {
+            self.waiting.fetch_sub(1, Ordering::AcqRel);
+            tracing::warn!(digest = %digest, "fleet: {MAX_WAITING} holder notes already wait; the directory is not told of this one");
+            return;
+        }
+        let (this, link, members, digest) =
+            (self.clone(), link.clone(), members.clone(), digest.clone());
+        tokio::spawn(async move {
+            let permit = this.noters.clone().acquire_owned().await;
+            this.waiting.fetch_sub(1, Ordering::AcqRel);
+            let Ok(_permit) = permit else { return };
+            let nodes = members.current().await;
+            // The directory nodes side by side: one that does not answer delays no other.
+            let told = directory(&digest, &nodes).into_iter().map(|d| {
+                let (this, link, digest) = (&this, &link, &digest);
+                async move {
+                    if d == link.me {
+                        let mut book = this.book.lock().unwrap();
+                        book.add(digest, link.me.clone(), Instant::now());
+                        return;
+                    }
+                    for tries in 1..=NOTE_TRIES {
+                        match tell_one(link, &d, digest).await {
+                            Ok(()) => return,
+                            Err(e) if tries == NOTE_TRIES => {
+                                tracing::info!(digest = %digest, directory = %d, error = %e, "fleet: a directory node was not told this node holds the blob");
+                            }
+                            Err(_) => tokio::time::sleep(NOTE_BACKOFF * tries).await,
+                        }
+                    }
+                }
+            });
+            futures_util::future::join_all(told).await;
+        });
+    }
+}
+
+/// `GET <node>/_berth/fleet/v1/holders/<digest>`, fleet-signed, within [`CALL_TIMEOUT`].
+async fn ask_one(
+    link: &Link,
+    node: &NodeUrl,
+    digest: &Digest,
+    nodes: &Nodes,
+) -> Result<Vec<NodeUrl>, String> {
+    let path = holders_path(digest);
+    let r = Request::get(format!("{node}{path}"))
+        .header(header::AUTHORIZATION, link.fleet.sign("GET", &path))
+        .body(Empty::<Bytes>::new())
+        .map_err(|e| e.to_string())?;
+    let call = async {
+        let resp = link.get.request(r).await.map_err(|e| e.to_string())?;
+        if resp.status() != StatusCode::OK {
+            return Err(format!("it answered {}", resp.status()));
+        }
+        let body = read(resp, MAX_SMALL_BODY).await?;
+        Holders::parse(&body, nodes, &link.me)
+            .map(|h| h.holders)
+            .map_err(|e| e.to_string())
+    };
+    tokio::time::timeout(CALL_TIMEOUT, call)
+        .await
+        .map_err(|_| format!("no answer within {CALL_TIMEOUT:?}"))?
+}
+
+/// `PUT <node>/_berth/fleet/v1/holders/<digest>` with this node's note, fleet-signed, within
+/// [`CALL_TIMEOUT`].
+async fn tell_one(link: &Link, node: &NodeUrl, digest: &Digest) -> Result<(), String> {
+    let path = holders_path(digest);
+    let note = HolderNote {
+        node: link.me.clone(),
+    };
+    let r = Request::put(format!("{node}{path}"))
+        .header(header::AUTHORIZATION, link.fleet.sign("PUT", &path))
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Full::new(Bytes::from(note.encode())))
+        .map_err(|e| e.to_string())?;
+    let call = async {
+        let resp = link.post.request(r).await.map_err(|e| e.to_string())?;
+        match resp.status() {
+            StatusCode::OK | StatusCode::NO_CONTENT => Ok(()),
+            s => Err(format!("it answered {s}")),
+        }
+    };
+    tokio::time::timeout(CALL_TIMEOUT, call)
+        .await
+        .map_err(|_| format!("no answer within {CALL_TIMEOUT:?}"))?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(i: u8) -> NodeUrl {
+        format!("http://10.0.0.{i}:5000").parse().unwrap()
+    }
+
+    /// A note from a node of the set is kept and answered; one naming a stranger, or no note
+    /// at all, is refused and keeps nothing.
+    #[test]
+    fn notes_from_the_set_are_kept_and_answered() {
+        let d = Digest::of(b"x");
+        let nodes = Nodes::new([node(1), node(2)]);
+        let dir = Directory::default();
+        let note = |n: NodeUrl| HolderNote { node: n }.encode();
+        dir.note(&d, &note(node(2)), &nodes).unwrap();
+        assert_eq!(dir.holders(&d, &nodes).holders, vec![node(2)]);
+        assert!(matches!(
+            dir.note(&d, &note(node(3)), &nodes),
+            Err(ProtocolError::NotInFleet(_))
+        ));
+        assert!(matches!(
+            dir.note(&d, b"{}", &nodes),
+            Err(ProtocolError::Malformed(_))
+        ));
+        assert_eq!(dir.holders(&d, &nodes).holders, vec![node(2)]);
+        assert!(dir.holders(&Digest::of(b"y"), &nodes).holders.is_empty());
+    }
+
+    /// At most MAX_CALLS at once; a slot given back is free again.
+    #[test]
+    fn calls_are_bounded() {
+        let dir = Directory::default();
+        let held: Vec<_> = (0..MAX_CALLS).map(|_| dir.call().unwrap()).collect();
+        assert!(dir.call().is_none());
+        drop(held);
+        assert!(dir.call().is_some());
+    }
+
+    /// A holder that lied lately is tried last; the others keep their order.
+    #[test]
+    fn liars_are_tried_last() {
+        let dir = Directory::default();
+        dir.lied(&node(1));
+        assert_eq!(
+            dir.liars_last(vec![node(1), node(2), node(3)]),
+            vec![node(2), node(3), node(1)]
+        );
+        assert_eq!(dir.liars_last(vec![node(3)]), vec![node(3)]);
+    }
+}
