@@ -7,9 +7,9 @@ Design question: how long does a simultaneous cold rollout take when every node'
 capped, against one node's pull alone at the same cap, and what does it cost the central berth
 and the upstream? Targets once the swarm (src/swarm/) serves nodes from each other: upstream
 bytes 1 blob, bytes out of the central berth at most 2 blobs whatever N, p99 <= 1.5x the single
-pull. Today (node mode without the swarm) every node pulls straight from the central berth,
-Spegel's cold case: the baseline, measured by the same harness, so the swarm's figures drop into
-the same table.
+pull. The baseline (node mode before the swarm: every node pulled straight from the central
+berth, Spegel's cold case) and the swarm's figures, from this harness, are in BENCHMARKS.md
+("Fleet rollout").
 
 The bed (all made here, all removed on exit, Ctrl-C and SIGTERM included):
   <prefix>-sw   a namespace holding one bridge (br0) and the switch side of every link
@@ -27,7 +27,7 @@ switch's end its download. The prefix is berthfb-<pid>; addresses are 10.213.<pi
 but since every address lives in the bed's own namespaces, nothing outside them sees or routes
 them (the root namespace gets no interface at all). What a run killed with -9 leaves (its
 namespaces, the processes still in them, its temp dir berth-fleetbed.<pid>.*) is removed by the
-next run.
+next run; a temp dir kept by --keep stays until removed by hand.
 
 Scenarios (--scenarios, comma-separated; each on a fresh blob, so every cache is cold, and with
 node berths restarted empty):
@@ -37,8 +37,9 @@ node berths restarted empty):
           swarm, the node furthest ahead is the likeliest source of others): its own client fails
           (expected), the others' figures say what the loss cost them
   slow    N nodes at once, node 0's link (both directions) at --slow-rate (default rate/10)
-  liar    N nodes at once, and --liars lying nodes released with them: each joins the swarm on
-          the parent's tracker with the fleet proof, as a node does, claims to hold the blob
+  liar    N nodes at once, and --liars lying nodes released just before them: each joins the
+          swarm on the parent's tracker with the fleet proof, as a node does (the nodes are
+          released once every liar's join and claim were answered 200), claims to hold the blob
           (--liar-claim complete; or `progress`, a receiver ahead of everyone), announcing
           --liar-uploads slots (default 4, a node's default), so the tracker hands it out before
           the parent; it serves the blob with one byte flipped in piece --liar-piece (default 0;
@@ -100,6 +101,8 @@ LIAR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "liar.py")
 REASONS = ("bad_piece", "stall", "closed", "unreachable", "busy", "starved")
 SCENARIOS = ("single", "all", "kill", "slow", "liar")
 NS_RE = re.compile(r"^berthfb-(\d+)-")
+# In a temp dir kept by --keep: the next run's sweep leaves it (remove it by hand).
+KEPT = "KEPT"
 
 # The node's client: waits for the go line, GETs the blob, hashes it as it arrives, appends its
 # progress (a line "<unix time> <bytes so far>") to a file every `step` bytes, prints one JSON
@@ -163,7 +166,8 @@ def sweep_stale():
     tmp = tempfile.gettempdir()
     for entry in os.listdir(tmp):
         m = re.match(r"^berth-fleetbed\.(\d+)\.", entry)
-        if m and not os.path.exists(f"/proc/{m.group(1)}"):
+        kept = os.path.exists(os.path.join(tmp, entry, KEPT))
+        if m and not kept and not os.path.exists(f"/proc/{m.group(1)}"):
             log(f"removing {os.path.join(tmp, entry)}, left by a run that is gone")
             shutil.rmtree(os.path.join(tmp, entry), ignore_errors=True)
 
@@ -265,6 +269,7 @@ class Bed:
             del_ns(name)
         self.namespaces.clear()
         if self.args.keep:
+            open(os.path.join(self.work, KEPT), "w").close()
             log(f"kept {self.work}")
         else:
             shutil.rmtree(self.work, ignore_errors=True)
@@ -457,8 +462,8 @@ class Bed:
 
     def pull(self, name, nodes, digest, kill=False, liars=()):
         """Every node in `nodes` pulls `digest` at once from its own node berth (the `liars`
-        released with them): each client's report, the node killed (if `kill`), the time the
-        clients were released."""
+        released just before, once each has joined the swarm and made its claim): each client's
+        report, the node killed (if `kill`), the time the clients were released."""
         clients = []
         for n in nodes:
             progress = os.path.join(self.work, f"{name}-{n['short']}.progress")
@@ -473,8 +478,15 @@ class Bed:
         for n, p, _ in clients:
             if p.stdout.readline().strip() != "ready":
                 raise Failed(f"the client of {n['short']} did not start")
+        for liar in liars:
+            liar.proc.stdin.write("\n")
+            liar.proc.stdin.flush()
+        for liar in liars:
+            joined = liar.proc.stdout.readline().split()
+            if joined != ["joined", "200", "200"]:
+                raise Failed(f"the liar {liar.name} was not taken by the tracker: {joined} (see {liar.log_path})")
         go = time.time()
-        for p in [p for _, p, _ in clients] + [liar.proc for liar in liars]:
+        for _, p, _ in clients:
             p.stdin.write("\n")
             p.stdin.flush()
         victim = None

@@ -26,8 +26,9 @@ bytes F-(size-1)/size` and size - F bytes:
 Any other path or digest: 404. The proof of a request is not checked (a liar serves anyone).
 
 `GET /_liar/stats` answers its counters as JSON: bytes sent, blob requests, the tracker calls
-and their answers. It prints `ready` once it listens, waits for a line on stdin (the bed's
-common start), then joins; it runs until killed.
+and their answers. It prints `ready` once it listens, waits for a line on stdin, joins and
+claims, prints `joined <status of the join> <status of the claim>` (200 each when the tracker
+took them), and goes on claiming until killed.
 
 Stdlib only. Usage (the bed starts it in the liar's namespace):
   liar.py --listen IP:PORT --self URL --parent URL --secret-file F --digest D --size N
@@ -107,13 +108,16 @@ class Liar:
         me = {"node": a.self_url, "uploads": a.uploads}
         start = time.time()
         first = min(size - 1, piece_size(size)) if a.claim == "progress" else 0
-        self.call(me | {"have": first, "complete": False, "need_source": True})
+        status = self.call(me | {"have": first, "complete": False, "need_source": True})
         while True:
             if a.claim == "complete":
-                self.call({"node": a.self_url, "have": size, "complete": True, "need_source": False})
+                claimed = self.call({"node": a.self_url, "have": size, "complete": True, "need_source": False})
             else:
                 have = min(size - 1, first + int((time.time() - start) * a.claim_rate))
-                self.call(me | {"have": have, "complete": False, "need_source": False})
+                claimed = self.call(me | {"have": have, "complete": False, "need_source": False})
+            if status is not None:
+                print(f"joined {status} {claimed}", flush=True)
+                status = None
             time.sleep(a.every)
 
     # -- serving --
