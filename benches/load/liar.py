@@ -25,8 +25,8 @@ bytes F-(size-1)/size` and size - F bytes:
   --bytes garbage  pseudo-random bytes from the first byte.
 Any other path or digest: 404. The proof of a request is not checked (a liar serves anyone).
 
-`GET /_liar/stats` answers its counters as JSON: bytes sent, blob requests, the tracker calls
-and their answers. It prints `ready` once it listens, waits for a line on stdin, joins and
+`GET /_liar/stats` answers its counters as JSON: bytes sent, blob requests and the offsets
+they asked from, the tracker calls and their answers. It prints `ready` once it listens, waits for a line on stdin, joins and
 claims, prints `joined <status of the join> <status of the claim>` (200 each when the tracker
 took them), and goes on claiming until killed.
 
@@ -132,6 +132,8 @@ class Liar:
                 chunk = (self.noise[off:] + self.noise)[:n]
             else:
                 chunk = bytearray(os.pread(f, n, pos))
+                if not chunk:
+                    return  # the file is short: the body ends short, as a broken one
                 if pos <= self.flip_at < pos + len(chunk):
                     chunk[self.flip_at - pos] ^= 0xFF
                 chunk = bytes(chunk)
