@@ -7,9 +7,9 @@ Design question: how long does a simultaneous cold rollout take when every node'
 capped, against one node's pull alone at the same cap, and what does it cost the central berth
 and the upstream? Targets once the swarm (src/swarm/) serves nodes from each other: upstream
 bytes 1 blob, bytes out of the central berth at most 2 blobs whatever N, p99 <= 1.5x the single
-pull. Today (node mode without the swarm) every node pulls straight from the central berth,
-Spegel's cold case: the baseline, measured by the same harness, so the swarm's figures drop into
-the same table.
+pull. The baseline (node mode before the swarm: every node pulled straight from the central
+berth, Spegel's cold case) and the swarm's figures, from this harness, are in BENCHMARKS.md
+("Fleet rollout").
 
 The bed (all made here, all removed on exit, Ctrl-C and SIGTERM included):
   <prefix>-sw   a namespace holding one bridge (br0) and the switch side of every link
@@ -18,13 +18,16 @@ The bed (all made here, all removed on exit, Ctrl-C and SIGTERM included):
   <prefix>-nK   node K: a berth with [fleet] parent, self, peers (every node), secret_file; the
                 node's client (a runtime's stand-in) runs in the same namespace and GETs the blob
                 from its node berth on that namespace's own address (so it crosses no link)
+  <prefix>-lJ   lying node J (only when `liar` runs; --liars of them, at .4, .5, ...):
+                benches/load/liar.py, holding the fleet secret; in the `liar` scenario its URL
+                is in every node's peers, so the nodes take it as a node of the fleet
 Each namespace has one veth pair to the bridge, with a tbf token bucket on both ends (--rate, or
 --slow-rate on the slow node of the `slow` scenario): the namespace's end caps its upload, the
 switch's end its download. The prefix is berthfb-<pid>; addresses are 10.213.<pid % 256>.0/24,
 but since every address lives in the bed's own namespaces, nothing outside them sees or routes
 them (the root namespace gets no interface at all). What a run killed with -9 leaves (its
 namespaces, the processes still in them, its temp dir berth-fleetbed.<pid>.*) is removed by the
-next run.
+next run; a temp dir kept by --keep stays until removed by hand.
 
 Scenarios (--scenarios, comma-separated; each on a fresh blob, so every cache is cold, and with
 node berths restarted empty):
@@ -34,6 +37,18 @@ node berths restarted empty):
           swarm, the node furthest ahead is the likeliest source of others): its own client fails
           (expected), the others' figures say what the loss cost them
   slow    N nodes at once, node 0's link (both directions) at --slow-rate (default rate/10)
+  liar    N nodes at once, and --liars lying nodes released just before them: each joins the
+          swarm on the parent's tracker with the fleet proof, as a node does (the nodes are
+          released once every liar's join and claim were answered 200), claims to hold the blob
+          (--liar-claim complete; or `progress`, a receiver ahead of everyone), announcing
+          --liar-uploads slots (default 4, a node's default), so the tracker hands it out before
+          the parent; it serves the blob with one byte flipped in piece --liar-piece (default 0;
+          or --liar-bytes garbage). The nodes must complete no wrong body: each finds the lie
+          at the first bad piece (the parent's piece table), drops the liar (`bad_piece`, which
+          the tracker never hands out again for that digest) and goes on elsewhere. With every
+          node on liars at once (--liar-uploads >= N), nobody asks the parent, whose piece
+          table exists only while it holds or fills the blob: the nodes wait for the table
+          until drive::MAX_HASH_MISSES (about 3 s), then take the blob from the parent.
 Each client hashes what it receives (sha256) and reports its status, size, digest and the time
 from the common start (a barrier on stdin, released at once) to its last byte: "verified" is a
 200 whose bytes hash to the digest; "wrong" a complete body that does not (never acceptable).
@@ -43,14 +58,23 @@ verified blob, and their ratio to `single`; upstream fetches (the registry's acc
 of the blob's path) and upstream bytes out (the upstream's veth tx counter) in blobs; bytes out of
 the central berth (its veth tx counter, and berth_served_bytes_total) in blobs; bytes the nodes
 got from the parent (berth_fleet_bytes_total{source="parent"} plus berth_upstream_fetched_bytes_total
-on the nodes) and from other nodes (berth_fleet_bytes_total{source="peer"}) in blobs.
+on the nodes) and from other nodes (berth_fleet_bytes_total{source="peer"}, which counts a liar's
+bytes too, as they arrive, before their piece fails) in blobs; pieces rejected
+(berth_fleet_pieces_rejected_total) and sources dropped by reason
+(berth_fleet_peers_dropped_total{reason}), summed over the nodes; and in `liar`, the bytes the
+liars sent and the blob requests they answered (their own counters, GET /_liar/stats). With --keep,
+each client's progress file (<scenario>-nK.progress: "<unix time> <bytes>" every 1/64 of the blob)
+is its timeline, and each berth's log is in <dir>/<name>/log.
 
 Usage: python3 benches/load/fleet.py [--quick] [--nodes N] [--blob-mib M] [--rate R] [--out FILE]
-                                     [--json FILE] [--scenarios single,all,kill,slow] [--berth BIN]
-  full     16 nodes, 256 MiB, 200mbit, all four scenarios (baseline: ~10 min at 16 nodes)
+                                     [--json FILE] [--scenarios single,all,kill,slow,liar]
+                                     [--berth BIN] [--keep] [--liars J] [--liar-uploads U]
+                                     [--liar-claim complete|progress] [--liar-bytes flip|garbage]
+  full     16 nodes, 256 MiB, 200mbit, all five scenarios
   --quick  8 nodes, 32 MiB: a smoke test of the bed (~1 min)
 Needs root (ip netns, tc), iproute2, curl and docker-registry (apt-get installed if missing).
-tests/it/fleet_bed.rs runs this with 3 nodes and a 4 MiB blob in CI.
+tests/it/fleet_bed.rs runs this with 3 nodes and a 4 MiB blob in CI (single, all, kill, and liar
+with one liar announcing one slot).
 """
 import argparse
 import hashlib
@@ -72,10 +96,17 @@ REPO = "bench"
 PORT = 5000
 MPORT = 9090
 APT = ["docker-registry", "curl", "iproute2"]
+LIAR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "liar.py")
+# The reasons of berth_fleet_peers_dropped_total (src/swarm/tracker.rs, Reason).
+REASONS = ("bad_piece", "stall", "closed", "unreachable", "busy", "starved")
+SCENARIOS = ("single", "all", "kill", "slow", "liar")
 NS_RE = re.compile(r"^berthfb-(\d+)-")
+# In a temp dir kept by --keep: the next run's sweep leaves it (remove it by hand).
+KEPT = "KEPT"
 
-# The node's client: waits for the go line, GETs the blob, hashes it as it arrives, writes its
-# progress (bytes so far) to a file every `step` bytes, prints one JSON line.
+# The node's client: waits for the go line, GETs the blob, hashes it as it arrives, appends its
+# progress (a line "<unix time> <bytes so far>") to a file every `step` bytes, prints one JSON
+# line. The progress files (kept with --keep) are each node's timeline.
 CLIENT = r"""
 import hashlib, json, sys, time, urllib.request
 url, progress, step = sys.argv[1], sys.argv[2], int(sys.argv[3])
@@ -92,8 +123,8 @@ try:
             h.update(b)
             n += len(b)
             if n % step < len(b):
-                with open(progress, "w") as f:
-                    f.write(str(n))
+                with open(progress, "a") as f:
+                    f.write(f"{time.time():.3f} {n}\n")
 except Exception as e:
     err = repr(e)
 print(json.dumps({"status": status, "bytes": n, "sha256": h.hexdigest(), "end": time.time(), "err": err}), flush=True)
@@ -135,7 +166,8 @@ def sweep_stale():
     tmp = tempfile.gettempdir()
     for entry in os.listdir(tmp):
         m = re.match(r"^berth-fleetbed\.(\d+)\.", entry)
-        if m and not os.path.exists(f"/proc/{m.group(1)}"):
+        kept = os.path.exists(os.path.join(tmp, entry, KEPT))
+        if m and not kept and not os.path.exists(f"/proc/{m.group(1)}"):
             log(f"removing {os.path.join(tmp, entry)}, left by a run that is gone")
             shutil.rmtree(os.path.join(tmp, entry), ignore_errors=True)
 
@@ -173,7 +205,10 @@ class Bed:
         self.procs = []
         self.clients = []  # the running scenario's client processes
         self.nodes = []  # per node: dict(ns, ip, dir, proc)
+        # Lying nodes (scenario `liar`): namespaces made only when the scenario runs.
+        self.liars = args.liars if "liar" in args.scenarios else 0
         self.results = {}  # scenario -> figures
+        self.blob_path = os.path.join(self.work, "blob")
         self.secret = os.path.join(self.work, "fleet-secret")
         with open(self.secret, "w") as f:
             f.write(os.urandom(32).hex() + "\n")
@@ -217,6 +252,8 @@ class Bed:
         sh("ip", "-n", sw, "link", "set", "br0", "up")
         self.add_ns("up", f"{self.net}.2")
         self.add_ns("c", f"{self.net}.3")
+        for j in range(self.liars):
+            self.add_ns(f"l{j}", self.liar_ip(j))
         for k in range(self.n):
             self.add_ns(f"n{k}", f"{self.net}.{10 + k}")
 
@@ -232,6 +269,7 @@ class Bed:
             del_ns(name)
         self.namespaces.clear()
         if self.args.keep:
+            open(os.path.join(self.work, KEPT), "w").close()
             log(f"kept {self.work}")
         else:
             shutil.rmtree(self.work, ignore_errors=True)
@@ -281,10 +319,11 @@ class Bed:
         self.registry = self.start("upstream", "up", ["docker-registry", "serve", conf])
         self.wait_http("up", f"http://{self.upstream}/v2/", self.registry)
 
-    def seed(self):
+    def seed(self, keep=False):
         """A fresh random blob in the registry (pushed inside its own namespace, over its
-        loopback, so uncapped); its digest."""
-        path = os.path.join(self.work, "blob")
+        loopback, so uncapped); its digest. With `keep`, the file stays at `self.blob_path` (a
+        liar serves it with a byte flipped)."""
+        path = self.blob_path
         h = hashlib.sha256()
         with open(path, "wb") as f:
             for _ in range(self.args.blob_mib):
@@ -300,7 +339,8 @@ class Bed:
         loc = (loc if loc.startswith("http") else base + loc) + ("&" if "?" in loc else "?") + "digest=" + digest
         r = self.curl("up", "-f", "-X", "PUT", "-H", "Content-Type: application/octet-stream",
                       "--data-binary", "@" + path, "-o", "/dev/null", loc)
-        os.unlink(path)
+        if not keep:
+            os.unlink(path)
         if r.returncode != 0:
             raise Failed(f"pushing the blob failed: {r.stderr}")
         return digest
@@ -335,24 +375,60 @@ class Bed:
         self.central = self.start("central", "c", [self.args.berth, "serve", "--config", conf])
         self.wait_http("c", f"http://{ip}:{MPORT}/healthz", self.central)
 
-    def start_nodes(self):
-        """Every node berth, with an empty disk (stopped first if running)."""
+    def liar_ip(self, j):
+        return f"{self.net}.{4 + j}"
+
+    def start_nodes(self, liars=0):
+        """Every node berth, with an empty disk (stopped first if running); the first `liars`
+        lying nodes' URLs in every node's peers, as nodes of the fleet."""
         for node in self.nodes:
             if node["proc"] in self.procs:
                 self.stop(node["proc"])
         self.nodes = []
         urls = [f"http://{self.net}.{10 + k}:{PORT}" for k in range(self.n)]
+        peers = urls + [f"http://{self.liar_ip(j)}:{PORT}" for j in range(liars)]
         for k in range(self.n):
             ip = f"{self.net}.{10 + k}"
             conf = self.berth_conf(
                 f"n{k}", ip,
-                f'[fleet]\nparent = "{self.central_url}"\nself = "{urls[k]}"\npeers = {json.dumps(urls)}\n'
+                f'[fleet]\nparent = "{self.central_url}"\nself = "{urls[k]}"\npeers = {json.dumps(peers)}\n'
                 f'secret_file = "{self.secret}"\n',
             )
             proc = self.start(f"n{k}", f"n{k}", [self.args.berth, "serve", "--config", conf])
             self.nodes.append({"short": f"n{k}", "ip": ip, "proc": proc, "data": os.path.join(self.work, f"n{k}", "data")})
         for node in self.nodes:
             self.wait_http(node["short"], f"http://{node['ip']}:{MPORT}/healthz", node["proc"])
+
+    # -- lying nodes --
+
+    def start_liars(self, digest):
+        """The lying nodes of `liar` (benches/load/liar.py), each in its namespace, listening and
+        waiting for the common start; their procs."""
+        liars = []
+        for j in range(self.liars):
+            ip = self.liar_ip(j)
+            argv = [sys.executable, LIAR, "--listen", f"{ip}:{PORT}", "--self", f"http://{ip}:{PORT}",
+                    "--parent", self.central_url, "--secret-file", self.secret, "--digest", digest,
+                    "--size", str(self.size), "--claim", self.args.liar_claim, "--bytes", self.args.liar_bytes,
+                    "--blob", self.blob_path, "--piece", str(self.args.liar_piece),
+                    "--uploads", str(self.args.liar_uploads)]
+            p = self.start(f"l{j}", f"l{j}", argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+            if p.proc.stdout.readline().strip() != "ready":
+                raise Failed(f"the liar l{j} did not start (see {p.log_path})")
+            liars.append(p)
+        return liars
+
+    def stop_liars(self, liars):
+        """Each liar's own counters (GET /_liar/stats), then stops it."""
+        stats = []
+        for j, p in enumerate(liars):
+            r = self.curl(f"l{j}", "--max-time", "5", f"http://{self.liar_ip(j)}:{PORT}/_liar/stats")
+            try:
+                stats.append(json.loads(r.stdout))
+            except ValueError:
+                raise Failed(f"the liar l{j} gave no stats (see {p.log_path})") from None
+            self.stop(p, signal.SIGKILL)
+        return stats
 
     # -- a scenario --
 
@@ -369,18 +445,24 @@ class Bed:
         }
 
     def node_bytes(self, nodes):
-        parent = peer = 0.0
+        """The nodes' swarm counters, summed: bytes from the parent and from peers, pieces
+        rejected, sources dropped by reason (`drop_<reason>`)."""
+        c = {"n_parent": 0.0, "n_peer": 0.0, "rejected": 0.0} | {f"drop_{r}": 0.0 for r in REASONS}
         for n in nodes:
             if n["proc"].proc.poll() is not None:
                 continue
             text = self.scrape(n["short"], n["ip"])
-            parent += metric(text, "berth_upstream_fetched_bytes_total")
-            parent += metric(text, 'berth_fleet_bytes_total{source="parent"}')
-            peer += metric(text, 'berth_fleet_bytes_total{source="peer"}')
-        return {"n_parent": parent, "n_peer": peer}
+            c["n_parent"] += metric(text, "berth_upstream_fetched_bytes_total")
+            c["n_parent"] += metric(text, 'berth_fleet_bytes_total{source="parent"}')
+            c["n_peer"] += metric(text, 'berth_fleet_bytes_total{source="peer"}')
+            c["rejected"] += metric(text, "berth_fleet_pieces_rejected_total")
+            for r in REASONS:
+                c[f"drop_{r}"] += metric(text, f'berth_fleet_peers_dropped_total{{reason="{r}"}}')
+        return c
 
-    def pull(self, name, nodes, digest, kill=False):
-        """Every node in `nodes` pulls `digest` at once from its own node berth: each client's
+    def pull(self, name, nodes, digest, kill=False, liars=()):
+        """Every node in `nodes` pulls `digest` at once from its own node berth (the `liars`
+        released just before, once each has joined the swarm and made its claim): each client's
         report, the node killed (if `kill`), the time the clients were released."""
         clients = []
         for n in nodes:
@@ -388,7 +470,7 @@ class Bed:
             url = f"http://{n['ip']}:{PORT}/v2/{REPO}/blobs/{digest}"
             p = subprocess.Popen(
                 ["ip", "netns", "exec", self.ns(n["short"]), sys.executable, "-c", CLIENT, url, progress,
-                 str(max(1 << 16, min(4 << 20, self.size // 16)))],
+                 str(max(1 << 16, min(4 << 20, self.size // 64)))],
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
             )
             clients.append((n, p, progress))
@@ -396,6 +478,13 @@ class Bed:
         for n, p, _ in clients:
             if p.stdout.readline().strip() != "ready":
                 raise Failed(f"the client of {n['short']} did not start")
+        for liar in liars:
+            liar.proc.stdin.write("\n")
+            liar.proc.stdin.flush()
+        for liar in liars:
+            joined = liar.proc.stdout.readline().split()
+            if joined != ["joined", "200", "200"]:
+                raise Failed(f"the liar {liar.name} was not taken by the tracker: {joined} (see {liar.log_path})")
         go = time.time()
         for _, p, _ in clients:
             p.stdin.write("\n")
@@ -425,8 +514,9 @@ class Bed:
             for n, p, progress in clients:
                 try:
                     with open(progress) as f:
-                        have = int(f.read() or 0)
-                except (OSError, ValueError):
+                        lines = f.read().split("\n")
+                    have = int(lines[-2].split()[1]) if len(lines) > 1 else 0
+                except (OSError, ValueError, IndexError):
                     continue
                 if have >= self.size // 2:
                     log(f"killing {n['short']}'s berth at {have >> 20} MiB")
@@ -439,8 +529,10 @@ class Bed:
         return None
 
     def scenario(self, name):
-        digest = self.seed()
-        self.start_nodes()
+        lying = self.liars if name == "liar" else 0
+        digest = self.seed(keep=lying > 0)
+        self.start_nodes(liars=lying)
+        liars = self.start_liars(digest) if lying else []
         nodes = self.nodes[:1] if name == "single" else self.nodes
         if name == "slow":
             self.cap("n0", self.args.slow_rate)
@@ -448,7 +540,8 @@ class Bed:
         gets0 = self.upstream_gets(digest)
         log(f"{name}: {len(nodes)} node(s) pull {self.args.blob_mib} MiB ({digest[:19]}...)")
         self.killed_at = None
-        got, victim, go = self.pull(name, nodes, digest, kill=name == "kill")
+        got, victim, go = self.pull(name, nodes, digest, kill=name == "kill", liars=liars)
+        liar_stats = self.stop_liars(liars)
         # The registry logs a request after answering it, the central berth commits after its
         # last byte: wait (bounded) for the one GET line before counting.
         deadline = time.monotonic() + 10
@@ -457,7 +550,8 @@ class Bed:
         after = self.counters(nodes)
         if name == "slow":
             self.cap("n0", self.args.rate)
-        blobs = {k: (after[k] - before[k]) / self.size for k in after}
+        delta = {k: after[k] - before[k] for k in after}
+        blobs = {k: v / self.size for k, v in delta.items()}
         ok = sorted(r["time"] for r in got if r["verdict"] == "verified")
         fig = {
             "nodes": len(nodes),
@@ -481,6 +575,12 @@ class Bed:
             "central_served_blobs": blobs["c_served"],
             "nodes_from_parent_blobs": blobs["n_parent"],
             "nodes_from_peers_blobs": blobs["n_peer"],
+            "pieces_rejected": int(delta["rejected"]),
+            "peers_dropped": {r: int(delta[f"drop_{r}"]) for r in REASONS if delta[f"drop_{r}"]},
+            "liars": lying or None,
+            "liar_blobs": sum(st["bytes"] for st in liar_stats) / self.size if lying else None,
+            "liar_requests": sum(st["requests"] for st in liar_stats) if lying else None,
+            "liar_tracker_refused": sum(c["status"] != 200 for st in liar_stats for c in st["tracker"]) if lying else None,
             "clients": [{k: r[k] for k in ("node", "verdict", "status", "bytes", "time", "err")} for r in got],
         }
         for r in got:
@@ -491,11 +591,12 @@ class Bed:
             f"{name}: {fig['verified']}/{fig['nodes']} verified, p50 {fmt(fig['p50'])} s, p99 {fmt(fig['p99'])} s, "
             f"upstream {fig['upstream_tx_blobs']:.2f} blobs, central out {fig['central_tx_blobs']:.2f} blobs"
         )
-        # Frees the disk: the central's copy (the next scenario has its own blob).
-        try:
-            os.unlink(os.path.join(self.work, "central", "data", "blobs", "sha256", digest[7:]))
-        except OSError:
-            pass
+        # Frees the disk: the central's copy (the next scenario has its own blob), the liar's.
+        for path in (os.path.join(self.work, "central", "data", "blobs", "sha256", digest[7:]), self.blob_path):
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
 
     def run(self):
         self.load = [open("/proc/loadavg").read().split()[:3]]
@@ -543,6 +644,12 @@ class Bed:
             ("central: served, blobs (berth_served_bytes_total)", lambda s: cell(s, "central_served_blobs")),
             ("nodes: got from the parent, blobs (metrics)", lambda s: cell(s, "nodes_from_parent_blobs")),
             ("nodes: got from other nodes, blobs (metrics)", lambda s: cell(s, "nodes_from_peers_blobs")),
+            ("nodes: pieces rejected (summed)", lambda s: str(self.results[s]["pieces_rejected"])),
+            ("nodes: sources dropped, by reason (summed)",
+             lambda s: ", ".join(f"{r} {n}" for r, n in self.results[s]["peers_dropped"].items()) or "0"),
+            ("lying nodes", lambda s: str(self.results[s]["liars"] or "–")),
+            ("liars: bytes sent, blobs (their counter)", lambda s: cell(s, "liar_blobs")),
+            ("liars: blob requests answered", lambda s: cell(s, "liar_requests", "{}")),
         ]
         commit = git("rev-parse", "--short", "HEAD")
         lines = [
@@ -588,7 +695,15 @@ def main():
     ap.add_argument("--rate", default="200mbit", help="every link's cap, each way (tc tbf rate)")
     ap.add_argument("--slow-rate", help="the slow node's cap in `slow` (default: rate / 10)")
     ap.add_argument("--burst", default="64kb", help="tbf burst")
-    ap.add_argument("--scenarios", default="single,all,kill,slow")
+    ap.add_argument("--scenarios", default=",".join(SCENARIOS))
+    ap.add_argument("--liars", type=int, default=1, help="lying nodes in `liar` (1 to 6)")
+    ap.add_argument("--liar-claim", choices=("complete", "progress"), default="complete",
+                    help="what the liars tell the tracker (liar.py --claim)")
+    ap.add_argument("--liar-bytes", choices=("flip", "garbage"), default="flip",
+                    help="what the liars serve (liar.py --bytes)")
+    ap.add_argument("--liar-piece", type=int, default=0, help="the piece a flipping liar spoils")
+    ap.add_argument("--liar-uploads", type=int, default=4,
+                    help="upload slots each liar announces (1 to 64; 4 is a node's default)")
     ap.add_argument("--out", default=os.path.join(ROOT, "benches/load/last-fleet-run.md"))
     ap.add_argument("--json", help="also write the figures as JSON here")
     ap.add_argument("--berth", help="a berth binary (default: cargo build --release, target/release/berth)")
@@ -598,10 +713,14 @@ def main():
     args.blob_mib = args.blob_mib or (32 if args.quick else 256)
     args.scenarios = [s for s in args.scenarios.split(",") if s]
     for s in args.scenarios:
-        if s not in ("single", "all", "kill", "slow"):
+        if s not in SCENARIOS:
             ap.error(f"unknown scenario {s}")
     if not 1 <= args.nodes <= 200:
         ap.error("--nodes: 1 to 200")
+    if not 1 <= args.liars <= 6:
+        ap.error("--liars: 1 to 6")
+    if not 1 <= args.liar_uploads <= 64:
+        ap.error("--liar-uploads: 1 to 64")
     if not args.slow_rate:
         m = re.match(r"^(\d+)(\w*)$", args.rate)
         if not m:

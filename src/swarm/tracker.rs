@@ -22,6 +22,14 @@
 //! node feeds nobody, and its children get a new source at their next report. Its own children,
 //! as slow as it is but no slower than their source, are not slow links themselves.
 //!
+//! "Fewest children" in the rules above counts the children that share a candidate's upload: a
+//! slow link among them takes only what its own link carries, so it is not counted (it still
+//! holds one of the candidate's upload slots). So the children a slow link leaves go first to
+//! the slow link's own source, whose upload it barely uses, rather than to the node furthest
+//! ahead with one child, whose child (the whole chain below it) would then share its upload: in
+//! the bed (16 nodes in one chain, one link at a tenth of the others'), the nodes moved and the
+//! chain they joined ran at 2-3 MiB/s where the chain had run at 5.3.
+//!
 //! A candidate is never the asking node itself, never a node outside the fleet as it is known
 //! now, never one whose own chain of sources runs through the asking node (no cycle), never one
 //! that has no source of its own (it would stream nothing), never one silent for [`EXPIRY`],
@@ -385,6 +393,10 @@ impl Tracker {
         if dropped.is_some() || source_gone {
             if let Some(m) = swarm.members.get_mut(node) {
                 m.source = None;
+                // Its rate was its old source's pace: it is measured again under the new one
+                // (else the children of a node just moved off a slow link would find it slow
+                // at their next report and scatter, though it now runs at its new source's).
+                m.restart(have, now);
             }
             return Ok(Some(swarm.assign(node, fleet, slots, now)));
         }
@@ -619,7 +631,10 @@ impl Swarm {
             url: &'a NodeUrl,
             have: u64,
             complete: bool,
+            /// Its live receivers: each holds one of its upload slots.
             children: usize,
+            /// Those that share its upload: its children but the slow links among them.
+            sharing: usize,
             depth: usize,
         }
         let cands: Vec<Cand<'_>> = self
@@ -632,22 +647,30 @@ impl Swarm {
                     && alive(m, now)
                     && (m.complete || (m.source.is_some() && !self.is_slow(u, best, &view)))
             })
-            .map(|(u, m)| Cand {
-                url: u,
-                have: m.have,
-                complete: m.complete,
-                children: view.children.get(u).map_or(0, Vec::len),
-                depth: depths.get(u).copied().unwrap_or(usize::MAX),
+            .map(|(u, m)| {
+                let children = view.children.get(u).map_or(&[][..], Vec::as_slice);
+                Cand {
+                    url: u,
+                    have: m.have,
+                    complete: m.complete,
+                    children: children.len(),
+                    sharing: children
+                        .iter()
+                        .filter(|c| !self.is_slow(c, best, &view))
+                        .count(),
+                    depth: depths.get(u).copied().unwrap_or(usize::MAX),
+                }
             })
             .filter(|c| c.children < self.members[c.url].uploads as usize)
             .collect();
-        // Fewest children, then most progress, then nearest a whole copy (so the chains of a
-        // cold start grow evenly), then the URL (a stable answer).
+        // Fewest children sharing its upload (a slow link takes little of it), then most
+        // progress, then nearest a whole copy (so the chains of a cold start grow evenly), then
+        // the URL (a stable answer).
         let best = |pred: &dyn Fn(&Cand<'_>) -> bool| {
             cands
                 .iter()
                 .filter(|c| pred(c))
-                .min_by_key(|c| (c.children, Reverse(c.have), c.depth, c.url))
+                .min_by_key(|c| (c.sharing, Reverse(c.have), c.depth, c.url))
                 .map(|c| (c.url.clone(), c.have, c.complete))
         };
         let chosen = best(&|c| c.complete).or_else(|| best(&|c| c.have > have));

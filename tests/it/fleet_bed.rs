@@ -1,12 +1,18 @@
 //! The fleet test bed at CI size: `benches/load/fleet.py` (issue 21's bench) with 3 node berths,
 //! each in its own network namespace behind a capped veth link to one bridge, a central berth
 //! and the Distribution registry in namespaces of their own, pulling a fresh 4 MiB blob: one
-//! node alone, the three at once, and the three at once with the berth of the node furthest
-//! ahead killed half-way. Every surviving node's client must hold verified bytes (a 200 whose
-//! sha256 is the digest), no body may complete wrong, and the upstream must send the blob once
-//! per scenario; each node gets the blob once (from the parent or other nodes), and with the
-//! three at once the swarm shares: bytes come from other nodes, and the central berth serves at
-//! most two copies. The figures are printed.
+//! node alone, the three at once, the three at once with the berth of the node furthest ahead
+//! killed half-way, and the three at once with a lying node in the swarm (`benches/load/liar.py`,
+//! joined before they start: it claims to hold the blob, so the tracker hands it out first, and
+//! serves it with a byte
+//! flipped in the first piece; it announces one upload slot, so that one node takes it and the
+//! next one the parent, whose fill makes the piece table that finds the lie at once). Every
+//! surviving node's client must hold verified bytes (a 200 whose sha256 is the digest), no body
+//! may complete wrong, and the upstream must send the blob once per scenario; each node gets the
+//! blob once (from the parent or other nodes, besides what a liar sent), and with the three at
+//! once the swarm shares: bytes come from other nodes, and the central berth serves at most two
+//! copies. The liar must have sent bytes and been dropped for them (a piece rejected, a source
+//! dropped for `bad_piece`). The figures are printed.
 //!
 //! It needs root, `ip` and `tc` (iproute2), a kernel that lets it make namespaces, python3 and
 //! `docker-registry`: where any is missing it passes after printing `SKIPPED` and the reason
@@ -66,7 +72,8 @@ fn nodes_in_namespaces_pull_verified_blobs_through_the_central_berth() {
     let out = Command::new("python3")
         .arg(&bench)
         .args(["--nodes", &NODES.to_string(), "--blob-mib", "4"])
-        .args(["--rate", "40mbit", "--scenarios", "single,all,kill"])
+        .args(["--rate", "40mbit", "--scenarios", "single,all,kill,liar"])
+        .args(["--liars", "1", "--liar-uploads", "1"])
         .arg("--berth")
         .arg(env!("CARGO_BIN_EXE_berth"))
         .arg("--out")
@@ -82,7 +89,12 @@ fn nodes_in_namespaces_pull_verified_blobs_through_the_central_berth() {
     let size = figures["size"].as_u64().unwrap();
     assert_eq!(size, 4 << 20);
 
-    for (name, pulling) in [("single", 1), ("all", NODES), ("kill", NODES)] {
+    for (name, pulling) in [
+        ("single", 1),
+        ("all", NODES),
+        ("kill", NODES),
+        ("liar", NODES),
+    ] {
         let s = &figures["scenarios"][name];
         let clients = s["clients"].as_array().unwrap();
         assert_eq!(clients.len() as u64, pulling, "{name}");
@@ -127,17 +139,34 @@ fn nodes_in_namespaces_pull_verified_blobs_through_the_central_berth() {
             "{name}: central link sent {tx} blobs for {served} served"
         );
         // Each surviving node got the blob once, from the parent or other nodes (a piece cut
-        // off by a kill may come twice); with several nodes at once, the swarm shares: some
+        // off by a kill may come twice), besides the wrong bytes a liar sent (counted as they
+        // arrive, before their piece fails); with several nodes at once, the swarm shares: some
         // come from other nodes, and the central berth sends at most two copies, whatever N.
         let (parent, peers) = (
             s["nodes_from_parent_blobs"].as_f64().unwrap(),
             s["nodes_from_peers_blobs"].as_f64().unwrap(),
         );
+        let lies = s["liar_blobs"].as_f64().unwrap_or(0.0);
         let got = parent + peers;
         assert!(
-            got >= verified as f64 - 0.001 && got <= verified as f64 + 0.5,
-            "{name}: nodes got {got} blobs ({parent} from the parent, {peers} from nodes)"
+            got >= verified as f64 - 0.001 && got <= verified as f64 + 0.5 + lies,
+            "{name}: nodes got {got} blobs ({parent} from the parent, {peers} from nodes, \
+             {lies} sent by liars)"
         );
+        if name == "liar" {
+            // The liar was handed out and sent bytes; its first piece failed the table, and the
+            // node that got it dropped it for that (and no complete body was wrong, above).
+            assert!(lies > 0.0, "liar: the liar sent nothing:\n{log}");
+            let rejected = s["pieces_rejected"].as_u64().unwrap();
+            let bad = s["peers_dropped"]["bad_piece"].as_u64().unwrap_or(0);
+            assert!(
+                rejected >= 1 && bad >= 1,
+                "liar: the liar was not dropped for a bad piece: {rejected} pieces rejected, \
+                 {bad} bad_piece drops:\n{log}"
+            );
+        } else {
+            assert_eq!(s["pieces_rejected"], 0, "{name}: no liar, no bad piece");
+        }
         if name == "all" {
             assert!(
                 peers > 0.5,

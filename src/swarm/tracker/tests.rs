@@ -581,6 +581,51 @@ fn a_slow_link_feeds_nobody_and_its_children_move() {
     assert_ne!(src_of(&a), Some(node(2)));
 }
 
+/// One chain (the default single parent slot), node 2's link slow: node 3, below it, is moved
+/// to node 1, node 2's own source, whose upload node 2 barely uses, not to node 0 (ahead of
+/// node 1 and nearer the parent), whose one child, node 1 and the chain below it, would then
+/// share its upload with node 3. Node 2 still holds one of node 1's slots: with one slot each,
+/// every node ahead is full, and node 3 goes to the parent (rule 5). The node moved is measured
+/// afresh under its new source, so node 4 stays below it.
+#[test]
+fn the_children_of_a_slow_link_go_to_its_source_first() {
+    for (uploads, expected) in [(4, Some(1)), (2, Some(1)), (1, None)] {
+        let f = fleet(8);
+        let d = digest();
+        let mut t = Tracker::new(Limits::default());
+        let t0 = Instant::now();
+        let mut src = Vec::new();
+        for i in 0..5 {
+            src.push(src_of(&t.join(&d, &node(i), 0, uploads, &f, t0).unwrap()));
+        }
+        let chain: Vec<_> = (0..4).map(|i| Some(node(i))).collect();
+        assert_eq!(src[0], None);
+        assert_eq!(src[1..], chain[..], "uploads {uploads}");
+        let t1 = t0 + RATE_WINDOW;
+        let (fast, slow) = (200 * MIB, 20 * MIB);
+        let got = report_all(
+            &mut t,
+            &f,
+            t1,
+            &[(0, fast), (1, fast), (2, slow), (3, slow), (4, slow)],
+        );
+        assert_eq!(got[..3], [None, None, None], "uploads {uploads}");
+        let moved = got[3].as_ref().expect("node 3 is moved");
+        assert_eq!(src_of(moved), expected.map(node), "uploads {uploads}");
+        // Node 4 stays below node 3, which is no slow link: it was as slow as its source.
+        assert_eq!(got[4], None, "uploads {uploads}");
+        let s = &t.swarms[&d];
+        let view = s.view();
+        let children = |i: usize| view.children.get(&node(i)).map_or(0, Vec::len);
+        assert_eq!(children(2), 0, "uploads {uploads}");
+        assert_eq!(
+            (children(0), children(1)),
+            if expected.is_some() { (1, 2) } else { (1, 1) },
+            "uploads {uploads}"
+        );
+    }
+}
+
 #[test]
 fn a_slow_chain_head_is_measured_against_the_swarms_best() {
     let f = fleet(8);
