@@ -589,3 +589,50 @@ async fn a_file_that_cannot_be_mapped_is_read_instead() {
         .unwrap();
     assert_eq!(got, want);
 }
+
+/// The plain reads behind that, where a read may come back short (procfs gives about a page a
+/// read): each read continues where the last one stopped, a range stops at its end, a file
+/// shorter than its recorded length is an error (never an endless run of empty chunks), and so
+/// is a file that cannot be read at all.
+#[tokio::test]
+async fn plain_reads_continue_short_reads_stop_at_the_range_and_fail_on_errors() {
+    let plain = |path: &str, len: u64| {
+        let file = Arc::new(std::fs::File::open(path).unwrap());
+        assert!(crate::zerocopy::map(&file, 0, len.max(1), None).is_err());
+        BlobFile {
+            file,
+            len,
+            lease: None,
+            maps: None,
+        }
+    };
+    // Over 5 MB, read about 4 KiB at a time.
+    let big = "/proc/kallsyms";
+    let want = std::fs::read(big).unwrap();
+    let len = want.len() as u64;
+    assert!(len > 1 << 20, "{big}: {len} bytes");
+    let head = 600 * 1024;
+    let got = collect(read_range(Source::File(plain(big, len)), 0, Some(head)))
+        .await
+        .unwrap();
+    assert!(got == want[..head as usize], "the first {head} bytes");
+    let got = collect(read_range(Source::File(plain(big, len)), 5000, Some(5100)))
+        .await
+        .unwrap();
+    assert_eq!(got, want[5000..5100]);
+
+    let bounded = |s| tokio::time::timeout(Duration::from_secs(20), collect(s));
+    let short = std::fs::read("/proc/version").unwrap().len() as u64;
+    let r = bounded(read_range(
+        Source::File(plain("/proc/version", short + 10)),
+        0,
+        None,
+    ))
+    .await
+    .expect("a short file ends");
+    assert!(r.is_err(), "a file shorter than recorded is an error");
+    let r = bounded(read_range(Source::File(plain("/", 10)), 0, None))
+        .await
+        .expect("an unreadable file ends");
+    assert!(r.is_err(), "a directory cannot be read");
+}
