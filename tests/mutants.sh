@@ -5,9 +5,10 @@
 # run against it (with nextest, stopping at the first failure); a mutant no test catches is a
 # survivor. The run fails on a survivor not listed, with its reason, in tests/mutants-equivalent.txt.
 #
-#   tests/mutants.sh --full [cargo-mutants args]   every mutant of the files below (about 300;
-#                                                  30 s each on 2 busy shared cores, so about 2.5
-#                                                  hours: for occasional use, under `nice -n 19`;
+#   tests/mutants.sh --full [cargo-mutants args]   every mutant of the files below (about 640;
+#                                                  30 to 90 s each on 2 busy shared cores, so
+#                                                  most of a working day: for occasional use,
+#                                                  under `nice -n 19`, a few files at a time;
 #                                                  then record HEAD in tests/mutants-base)
 #                                                  MUTANTS_FILES="a.rs b.rs" runs only those of
 #                                                  the files (then record `HEAD a.rs` lines);
