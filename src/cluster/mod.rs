@@ -189,17 +189,7 @@ impl Cluster {
             .client
             .blob_request(&peer.id, upstream, repo, digest, range);
         let result = self.client.send_within(req, wait).await;
-        let outcome = match &result {
-            Ok(_) => "ok",
-            Err(e) => {
-                self.failed(peer, e);
-                e.outcome()
-            }
-        };
-        self.metrics
-            .requests
-            .with_label_values(&[&peer.id, outcome])
-            .inc();
+        self.count(peer, &result, |_| "ok");
         result
     }
 
@@ -219,18 +209,13 @@ impl Cluster {
     ) -> Result<(http::StatusCode, bytes::Bytes), PeerError> {
         let req = self.client.signed(&peer.id, method, path_and_query, body);
         let result = self.client.exchange(req, wait, limit).await;
-        let outcome = match &result {
-            Ok((s, _)) if s.is_success() => "ok",
-            Ok(_) => "status",
-            Err(e) => {
-                self.failed(peer, e);
-                e.outcome()
-            }
-        };
-        self.metrics
-            .requests
-            .with_label_values(&[&peer.id, outcome])
-            .inc();
+        self.count(
+            peer,
+            &result,
+            |(s, _)| {
+                if s.is_success() { "ok" } else { "status" }
+            },
+        );
         result
     }
 
@@ -294,6 +279,27 @@ impl Cluster {
             .peers()
             .iter()
             .position(|p| std::ptr::eq(p, peer))
+    }
+
+    /// Counts a request to `peer` by its outcome (`answered` names an answer's), and fails the
+    /// peer on an error (see [`Cluster::failed`]).
+    fn count<T>(
+        &self,
+        peer: &Peer,
+        result: &Result<T, PeerError>,
+        answered: impl FnOnce(&T) -> &'static str,
+    ) {
+        let outcome = match result {
+            Ok(answer) => answered(answer),
+            Err(e) => {
+                self.failed(peer, e);
+                e.outcome()
+            }
+        };
+        self.metrics
+            .requests
+            .with_label_values(&[&peer.id, outcome])
+            .inc();
     }
 
     fn failed(&self, peer: &Peer, e: &PeerError) {

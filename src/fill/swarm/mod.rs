@@ -304,20 +304,37 @@ impl Swarm {
         };
         Some((
             drive::spawn(Start {
-                link: self.link.clone(),
-                up: up.clone(),
-                name: name.clone(),
-                digest: digest.clone(),
-                nodes,
-                fill: fill.clone(),
-                layout,
                 first,
-                holders: None,
-                directory: self.directory.clone(),
-                spool_dir: self.spool_dir.clone(),
+                ..self.start(up, name, digest, fill, nodes, layout)
             }),
             layout.size(),
         ))
+    }
+
+    /// A driver's start for `digest` of `layout`, with neither the tracker's first answer nor
+    /// the directory's holders: each caller sets the one it has.
+    fn start(
+        &self,
+        up: &Arc<Upstream>,
+        name: &RepoName,
+        digest: &Digest,
+        fill: &watch::Receiver<FillState>,
+        nodes: Nodes,
+        layout: Layout,
+    ) -> Start {
+        Start {
+            link: self.link.clone(),
+            up: up.clone(),
+            name: name.clone(),
+            digest: digest.clone(),
+            nodes,
+            fill: fill.clone(),
+            layout,
+            first: None,
+            holders: None,
+            directory: self.directory.clone(),
+            spool_dir: self.spool_dir.clone(),
+        }
     }
 
     /// The parent cannot be reached: the directory's holders of `digest`, tried in turn, each
@@ -365,20 +382,10 @@ impl Swarm {
             return None;
         };
         tracing::info!(digest = %digest, parent = %why, holders = holders.len(), "fleet: the parent cannot be reached; taking the blob from a holder the directory named");
-        let layout = Layout::new(size);
         Some((
             drive::spawn(Start {
-                link: self.link.clone(),
-                up: up.clone(),
-                name: name.clone(),
-                digest: digest.clone(),
-                nodes,
-                fill: fill.clone(),
-                layout,
-                first: None,
                 holders: Some(holders),
-                directory: self.directory.clone(),
-                spool_dir: self.spool_dir.clone(),
+                ..self.start(up, name, digest, fill, nodes, Layout::new(size))
             }),
             size,
         ))
