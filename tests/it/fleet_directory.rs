@@ -16,7 +16,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{Method, Request, StatusCode, header};
 use http_body_util::{BodyExt, Full};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use berth::oci::Digest;
 use berth::swarm::directory::directory;
@@ -200,6 +200,26 @@ async fn a_parent_failing_mid_blob_leaves_the_rest_to_a_holder() {
     assert_eq!(std::fs::read(b.blob_file(&d)).unwrap(), layer);
 }
 
+/// A fleet `GET` of `d` from `node` that is never read, on a socket whose receive buffer is
+/// pinned small: the body cannot drain into the sockets (receive autotuning would let a few
+/// tens of MiB in), so it holds its upload slot until the socket is dropped.
+async fn held_get(node: &Berth, d: &str) -> tokio::net::TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut s = socket.connect(node.addr).await.unwrap();
+    let path = format!("{}{d}", berth::swarm::transfer::BLOBS_PATH);
+    let head = format!(
+        "GET {path} HTTP/1.1\r\nhost: {}\r\nauthorization: {}\r\n\r\n",
+        node.addr,
+        proof("GET", &path).to_str().unwrap()
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    let mut status = [0u8; 12];
+    s.read_exact(&mut status).await.unwrap();
+    assert_eq!(&status, b"HTTP/1.1 200", "the held answer");
+    s
+}
+
 /// The only holder is busy (its one upload slot held by a body nobody reads): the node, with
 /// its parent down, asks the directory again a moment later, and gets the blob once the slot is
 /// free.
@@ -208,14 +228,14 @@ async fn a_busy_holder_is_asked_again() {
     let parent = Parent::start(Duration::ZERO).await;
     let f = fleet(&parent, listeners(2), &[], 1).await;
     let (a, b) = (&f.nodes[0], &f.nodes[1]);
-    // More than the sockets between them buffer: the held body keeps its slot.
+    // Far more than the held socket's buffers: the held body keeps its slot.
     let layer = random_bytes(24 * MIB, 27);
     let d = parent.put(&layer);
     same(a.get(&blob_path(&d)).await.bytes(), &layer);
     a.settled().await;
     let told = eventually(|| async { holders(b, &d).await == vec![url(a)] }).await;
     assert!(told, "b never heard that a holds the blob");
-    let held = fleet_get(a, &d, None).await;
+    let held = held_get(a, &d).await;
     parent.state.down.store(true, Ordering::SeqCst);
     let release = async {
         let refused = eventually(|| async { a.counter("status=\"429\"").await >= 1 }).await;
