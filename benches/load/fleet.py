@@ -36,7 +36,9 @@ node berths restarted empty):
   kill    N nodes at once; when the first node has half the blob, its berth is SIGKILLed (with the
           swarm, the node furthest ahead is the likeliest source of others): its own client fails
           (expected), the others' figures say what the loss cost them
-  slow    N nodes at once, node 0's link (both directions) at --slow-rate (default rate/10)
+  slow    N nodes at once, node 0's link (both directions) at --slow-rate (default rate/10);
+          with --slow-first node 0 is released first and the others once the tracker answered
+          its join (node 0 heads the chain), each pull timed from its own release
   liar    N nodes at once, and --liars lying nodes released just before them: each joins the
           swarm on the parent's tracker with the fleet proof, as a node does (the nodes are
           released once every liar's join and claim were answered 200), claims to hold the blob
@@ -485,8 +487,23 @@ class Bed:
             joined = liar.proc.stdout.readline().split()
             if joined != ["joined", "200", "200"]:
                 raise Failed(f"the liar {liar.name} was not taken by the tracker: {joined} (see {liar.log_path})")
+        own = {}
+        if name == "slow" and self.args.slow_first:
+            # n0 first, alone until the tracker has answered its join (the parent's only slot
+            # is then its), so that the slow node heads the chain; its time counts from its own
+            # release, the others' from theirs.
+            n0 = next(c for c in clients if c[0]["short"] == "n0")
+            joins = self.tracker_joins()
+            own["n0"] = time.time()
+            n0[1].stdin.write("\n")
+            n0[1].stdin.flush()
+            deadline = time.monotonic() + 10
+            while self.tracker_joins() == joins and time.monotonic() < deadline:
+                time.sleep(0.02)
         go = time.time()
-        for _, p, _ in clients:
+        for n, p, _ in clients:
+            if n["short"] in own:
+                continue
             p.stdin.write("\n")
             p.stdin.flush()
         victim = None
@@ -497,7 +514,7 @@ class Bed:
             line = p.stdout.readline()
             p.wait()
             r = json.loads(line) if line.strip() else {"status": 0, "bytes": 0, "sha256": "", "end": time.time(), "err": "no report"}
-            r["node"], r["time"] = n["short"], r["end"] - go
+            r["node"], r["time"] = n["short"], r["end"] - own.get(n["short"], go)
             r["verdict"] = (
                 "verified" if r["status"] == 200 and r["bytes"] == self.size and "sha256:" + r["sha256"] == digest
                 else "wrong" if r["bytes"] == self.size and not r["err"]
@@ -506,6 +523,12 @@ class Bed:
             out.append(r)
         self.clients.clear()
         return out, victim, go
+
+    def tracker_joins(self):
+        """The central berth's tracker answers that named a source (`--slow-first`)."""
+        c = self.scrape("c", f"{self.net}.3")
+        return sum(metric(c, f'berth_fleet_tracker_requests_total{{outcome="{o}"}}')
+                   for o in ("assigned_parent", "assigned_node"))
 
     def kill_first_half(self, clients):
         """SIGKILLs the berth of the first node whose client has half the blob; returns it."""
@@ -655,7 +678,7 @@ class Bed:
         lines = [
             f"Run {datetime.now(timezone.utc).strftime('%Y-%m-%dT%H:%MZ')}, HEAD {commit}, {os.cpu_count()} cores ({cpu}); "
             f"{self.n} nodes, blob {self.args.blob_mib} MiB, every link {self.args.rate} each way (tbf burst "
-            f"{self.args.burst}), slow link {self.args.slow_rate}{', --quick' if self.args.quick else ''}. "
+            f"{self.args.burst}), slow link {self.args.slow_rate}{' (first)' if self.args.slow_first else ''}{', --quick' if self.args.quick else ''}. "
             f"Load average before: {' '.join(self.load[0])}, after: {' '.join(self.load[-1])}.",
             "",
             "| figure | " + " | ".join(heads) + " |",
@@ -694,6 +717,9 @@ def main():
     ap.add_argument("--blob-mib", type=int, help="blob size (default 256; --quick 32)")
     ap.add_argument("--rate", default="200mbit", help="every link's cap, each way (tc tbf rate)")
     ap.add_argument("--slow-rate", help="the slow node's cap in `slow` (default: rate / 10)")
+    ap.add_argument("--slow-first", action="store_true",
+                    help="in `slow`, release n0 first and the others once the tracker answered its join "
+                         "(n0 heads the chain: the worst place for a slow node)")
     ap.add_argument("--burst", default="64kb", help="tbf burst")
     ap.add_argument("--scenarios", default=",".join(SCENARIOS))
     ap.add_argument("--liars", type=int, default=1, help="lying nodes in `liar` (1 to 6)")
