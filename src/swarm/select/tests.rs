@@ -180,7 +180,8 @@ fn a_silent_source_is_dropped_after_the_stall_time() {
     assert_eq!(t.tick(secs(t0, 1.9)), vec![]);
     // A byte restarts the clock.
     t.bytes(&d[r(0, 10)], &tab, secs(t0, 1.9));
-    assert_eq!(t.tick(secs(t0, 3.8)), vec![]);
+    // (Only the first report is due.)
+    assert_eq!(t.tick(secs(t0, 3.8)), vec![Action::Report]);
     assert_eq!(t.tick(secs(t0, 3.9)), ask(peer(1), Reason::Stall));
     // Back at the frontier: the unverified 10 bytes are dropped.
     assert_eq!(t.received(), 0);
@@ -198,8 +199,8 @@ fn a_source_waiting_for_its_own_source_gets_longer_then_is_left_without_blame() 
     assert_eq!(idle.waiting(t0), vec![]);
     // The same source again, from where the bytes stopped.
     assert_eq!(t.waiting(secs(t0, 1.0)), fetch(Source::Node(peer(1)), 0));
-    // Past STALL since it spoke: not dropped, it is waiting.
-    assert_eq!(t.tick(secs(t0, 4.9)), vec![]);
+    // Past STALL since it spoke: not dropped, it is waiting (only the first report is due).
+    assert_eq!(t.tick(secs(t0, 4.9)), vec![Action::Report]);
     t.waiting(secs(t0, 4.0));
     assert_eq!(t.tick(secs(t0, 5.0)), ask(peer(1), Reason::Starved));
 }
@@ -216,8 +217,9 @@ fn a_source_that_waited_and_sends_again_is_kept() {
     assert_eq!(t.waiting(secs(t0, 1.0)), fetch(Source::Node(peer(1)), 10));
     t.bytes(&d[r(10, 20)], &tab, secs(t0, 3.0));
     assert_eq!((t.frontier(), t.received()), (0, 20));
-    // The waiting is over: the ordinary stall clock again, from the last byte.
-    assert_eq!(t.tick(secs(t0, 4.9)), vec![]);
+    // The waiting is over: the ordinary stall clock again, from the last byte (only the first
+    // report is due before it).
+    assert_eq!(t.tick(secs(t0, 4.9)), vec![Action::Report]);
     assert_eq!(t.tick(secs(t0, 5.0)), ask(peer(1), Reason::Stall));
 }
 
@@ -447,13 +449,33 @@ fn progress_is_reported_while_the_tracker_is_in_use() {
     let t0 = Instant::now();
     let (mut t, _) = Transfer::start(SIZE, t0);
     t.assigned(Source::Node(peer(1)), t0);
-    // Kept alive without bytes by its source's word, so only the report is due.
-    t.waiting(secs(t0, 3.0));
-    assert_eq!(t.tick(secs(t0, 3.5)), vec![]);
-    t.waiting(secs(t0, 3.9));
-    assert_eq!(t.tick(secs(t0, 5.0)), vec![Action::Report]);
-    assert_eq!(t.tick(secs(t0, 5.5)), vec![]);
-    assert_eq!(t.tick(secs(t0, 7.0)), ask(peer(1), Reason::Starved));
+    // Kept alive without bytes by its source's word, so only the report is due: the first at
+    // FIRST_REPORT under a source, the next REPORT_EVERY later.
+    t.waiting(secs(t0, 1.0));
+    assert_eq!(t.tick(secs(t0, 2.4)), vec![]);
+    assert_eq!(t.tick(secs(t0, 2.5)), vec![Action::Report]);
+    assert_eq!(t.tick(secs(t0, 4.9)), vec![]);
+    // Waiting for STARVE: given up.
+    assert_eq!(t.tick(secs(t0, 5.0)), ask(peer(1), Reason::Starved));
+    // A source named afresh (the tracker's answer): the first report again.
+    t.assigned(Source::Node(peer(2)), secs(t0, 6.0));
+    t.waiting(secs(t0, 6.1));
+    assert_eq!(t.tick(secs(t0, 8.4)), vec![]);
+    assert_eq!(t.tick(secs(t0, 8.5)), vec![Action::Report]);
+    t.waiting(secs(t0, 9.0));
+    assert_eq!(t.tick(secs(t0, 9.5)), vec![]);
+    assert_eq!(t.tick(secs(t0, 10.1)), ask(peer(2), Reason::Starved));
+}
+
+/// The first report under a source comes once the tracker can measure a rate from it, and
+/// before a node starving below a slow link gives its source up: the tracker knows the slow
+/// link when the starving nodes come back to it.
+#[test]
+fn the_first_report_measures_a_rate_before_a_node_starves() {
+    use super::super::tracker::RATE_WINDOW;
+    assert!(FIRST_REPORT >= RATE_WINDOW);
+    assert!(FIRST_REPORT < STARVE);
+    assert!(FIRST_REPORT < REPORT_EVERY);
 }
 
 #[test]
