@@ -328,6 +328,10 @@ impl crate::fleet::tables::Blobs for MirrorBlobs {
             Ok(followed.map(|(size, body)| Followed { size, body }))
         })
     }
+
+    fn filling(&self, digest: &crate::oci::Digest) -> Option<u64> {
+        self.0.blob_filling(digest)
+    }
 }
 
 /// Why berth could not start: building the [`Parts`] (here), binding the listeners or

@@ -161,6 +161,23 @@ impl Fills {
         })
     }
 
+    /// The most bytes a download of `digest` (through any upstream) has received: 0 while it
+    /// waits for its upstream's answer; `None` when none runs (or only failed ones). Starts
+    /// nothing.
+    pub fn received(&self, digest: &Digest) -> Option<u64> {
+        let running = self.running.lock().unwrap();
+        running
+            .get(digest)?
+            .iter()
+            .filter_map(|r| match &*r.rx.borrow() {
+                FillState::Pending => Some(0),
+                FillState::Writing(p) => Some(p.received),
+                FillState::Verified(b) | FillState::Committed(b) => Some(b.len),
+                FillState::Failed(_) => None,
+            })
+            .max()
+    }
+
     /// How many downloads run for `digest`.
     #[cfg(test)]
     fn count(&self, digest: &Digest) -> usize {

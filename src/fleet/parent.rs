@@ -42,6 +42,18 @@
 //! all, while an owner only some replicas reach makes two swarms for a while, never a failed
 //! pull (the trade-off is written in `owner`).
 //!
+//! # What the parent has, told to the tracker
+//! Before each call is applied the tracker is told what the parent has of the digest
+//! (`tracker::Feed`): a fill running (seen from the first request on, with the bytes it has
+//! received: whoever asked the parent for the blob started it), the blob or its piece table, or
+//! nothing. The tracker measures its children against the fill's pace (a slow head of a chain),
+//! and while the parent has nothing it hands out no node whose bytes could not be checked and
+//! takes the slot back from a child that did not fetch (see `swarm::tracker`). The parent does
+//! not know *which* node fetches (its blob route serves a node's upstream login, not its fleet
+//! URL): a fill running is taken as its children having fetched. With `parent_slots = 1`, the
+//! default, that is exact; with more, one child that fetches covers the others for the fill's
+//! life.
+//!
 //! The tracker is swept (silent nodes, ended avoidances, empty swarms) at most every
 //! [`SWEEP_EVERY`], on the next call, rather than by a task of its own: it holds nothing that
 //! ages between calls except memory, bounded by `tracker::Limits` anyway.
@@ -65,7 +77,7 @@ use crate::oci::Digest;
 use crate::swarm::node::{Fleet, NodeUrl};
 use crate::swarm::pieces::Layout;
 use crate::swarm::protocol::{ApplyError, Pieces, SwarmAnswer, SwarmRequest, pieces_from};
-use crate::swarm::tracker::{Assignment, EXPIRY, Limits, Reason, Refused, Tracker};
+use crate::swarm::tracker::{Assignment, EXPIRY, Feed, Limits, Reason, Refused, Tracker};
 
 /// How often the tracker and the node set are swept, at most.
 pub const SWEEP_EVERY: Duration = Duration::from_secs(10);
@@ -248,10 +260,16 @@ impl Parent {
     ) -> Result<SwarmAnswer, Refusal> {
         let claimed = size_query(query).map_err(Refusal::BadRequest)?;
         let node = asking_node(body)?;
-        // The blob's size, before the lock (it may look at the disk).
+        // The blob's size, before the lock (it may look at the disk), and what the parent has
+        // of it: a fill running (someone fetched it), the blob or its table, or nothing.
         let known = match self.blobs.size(digest).await {
             Some(n) => Some(n),
             None => self.tables.layout(digest).map(|l| l.size()),
+        };
+        let feed = match self.blobs.filling(digest) {
+            Some(received) => Feed::Filling(received),
+            None if known.is_some() => Feed::Holds,
+            None => Feed::Cold,
         };
         if let (Some(k), Some(c)) = (known, claimed)
             && k != c
@@ -303,6 +321,7 @@ impl Parent {
                         .to_owned(),
                 )
             })?;
+        st.tracker.feed(digest, feed, now);
         let answer = req
             .apply(&mut st.tracker, digest, Layout::new(size), &st.fleet, now)
             .map_err(|e| match e {

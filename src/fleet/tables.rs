@@ -66,6 +66,11 @@ pub trait Blobs: Send + Sync {
     /// The whole blob as a client would read it (the committed file, or a running fill followed
     /// as it grows); `None` when there is neither. Starts nothing.
     fn follow<'a>(&'a self, digest: &'a Digest) -> BoxFuture<'a, Result<Option<Followed>, Error>>;
+    /// The bytes a fill of `digest` running now has received (0 while its upstream has not
+    /// answered); `None` when none runs. Starts nothing. By default none is seen.
+    fn filling(&self, _digest: &Digest) -> Option<u64> {
+        None
+    }
 }
 
 /// The most piece tables kept at once: a few hundred blobs pulled across the fleet at the same

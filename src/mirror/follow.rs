@@ -31,6 +31,12 @@ impl Mirror {
             .find_map(|(slot, _)| self.fills.known_size(slot, digest))
     }
 
+    /// The bytes a fill of `digest` running now (through any upstream) has received, 0 while it
+    /// waits for its upstream's answer; `None` when none runs. Starts nothing.
+    pub fn blob_filling(&self, digest: &Digest) -> Option<u64> {
+        self.fills.received(digest)
+    }
+
     /// The whole of `digest` as a client would read it, with its size: the committed file, or a
     /// running fill of known size followed as it grows. `None`: neither (nothing is started).
     pub async fn follow_blob(&self, digest: &Digest) -> Result<Option<(u64, BlobStream)>, Error> {

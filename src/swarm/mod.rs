@@ -81,11 +81,15 @@
 //! below it. The tracker measures each receiver's rate from its reports and treats one that is
 //! [`tracker::SLOW_RATIO`] (4) times slower than what feeds it as a *slow link*: it gets no
 //! children, and its children are moved at their next report (to a receiver ahead, at worst a
-//! second child of a fast node: a fan-out of two beats a chain at a tenth of the cap). The rate
-//! needs two reports at least [`tracker::RATE_WINDOW`] apart, and a node reports every
-//! [`select::REPORT_EVERY`] (5 s): a slow link is found about 5 to 10 s into a pull, so it only
-//! helps pulls longer than that (a 256 MiB blob at 25 MB/s takes 10 s); a faster rule would need
-//! the child to judge its source's pace itself, which it cannot tell from its source starving.
+//! second child of a fast node: a fan-out of two beats a chain at a tenth of the cap). What feeds
+//! a child of the parent is measured by the parent's own fill's pace, so a slow node at the head
+//! of the chain is found too; it keeps its stream, and gives its parent slot back to its child
+//! ([`tracker`]). The rate is measured from a node's assignment to its report, at least
+//! [`tracker::RATE_WINDOW`] (2 s) apart, and a node reports first [`select::FIRST_REPORT`]
+//! (2.5 s) after a source is named, then every [`select::REPORT_EVERY`] (5 s): a slow link is
+//! found about 2.5 s into a pull (7.5 s when its child happened to report before it), before
+//! the nodes below it starve ([`select::STARVE`], 4 s); a faster rule would need the child to
+//! judge its source's pace itself, which it cannot tell from its source starving.
 //!
 //! # What a lying or stalling peer costs
 //! - A peer that sends a wrong byte: the rest of that piece (at most one piece, P bytes) and a
@@ -96,7 +100,11 @@
 //!   waits for its source, and they give it [`select::STARVE`] to find one.
 //! - A peer that dies: its children see the connection close at once: a round trip.
 //! - A peer that lies about its progress to the tracker: its children wait for bytes it does
-//!   not have, then leave it after a stall, as for a silent peer.
+//!   not have, then leave it after a stall, as for a silent peer. At a cold start (the parent
+//!   has nothing yet) a node that claims bytes, or takes the parent's slot and does not fetch
+//!   within [`tracker::FETCH_GRACE`], loses that slot to the next node that asks, and no holder
+//!   is handed out before someone fetches from the parent (no piece table could come): the
+//!   nodes below it move at their next report, which a second of missing table brings.
 //! - A node that reports an innocent peer: only its own current source can be blamed, so it can
 //!   ban one peer per source it is given, for one digest.
 //! - The parent down: nodes that hold the blob still serve it; a node that misses it asks the

@@ -17,10 +17,43 @@
 //!
 //! A candidate is never a *slow link*: a receiver whose rate (from its reports, over at least
 //! [`RATE_WINDOW`]) is [`SLOW_RATIO`] times below its share of what feeds it (its source's rate,
-//! or below the parent or a holder the swarm's best receiver's, divided among the source's
-//! children, since they share its upload): a chain is as fast as its slowest link, so such a
-//! node feeds nobody, and its children get a new source at their next report. Its own children,
-//! as slow as it is but no slower than their source, are not slow links themselves.
+//! or below a holder the swarm's best receiver's, divided among the source's children, since
+//! they share its upload): a chain is as fast as its slowest link, so such a node feeds nobody,
+//! and its children get a new source at their next report. Its own children, as slow as it is
+//! but no slower than their source, are not slow links themselves.
+//!
+//! # The parent's children: what the parent can send, and who really fetches
+//! A child of the parent is measured against what the parent can send it: the pace of the
+//! parent's own fill of the blob (the parent tells it, [`Tracker::feed`]; the last pace measured
+//! is kept once the fill ends) or the swarm's best receiver's, whichever is higher, shared among
+//! the parent's children. The swarm's best alone cannot find a slow *head*: with one parent slot
+//! every receiver is below the head and runs at its pace (the bed: a node at a tenth of the cap
+//! joined first, and the 15 others ran at its pace for the whole pull, p99 120.7 s against about
+//! 25 s when it was deep). The fill's pace is the one rate above the head that the tracker can
+//! know. The other choices: the rate of the parent's other children (there are none with one
+//! slot), or the head's lag behind the fill (the same measure, less directly).
+//!
+//! A child of the parent found slow is *demoted*: it keeps its stream from the parent and pulls
+//! at its own pace, but feeds nobody, no longer counts against the parent's slots, and its
+//! children are moved at their next report: the first of them to the parent (the slot it frees),
+//! the rest below that one. At most `parent_slots` children are demoted at once (the slowest), so
+//! the parent serves at most twice its slots in streams of one blob. The trade-off: a parent
+//! whose upstream fills [`SLOW_RATIO`] times faster than a node's link carries sees its fast
+//! head as slow and gives one more node a stream of its own (no more: the bound, and once that
+//! node's chain runs at the cap the swarm's best shows the head is no slow link after all).
+//!
+//! While the parent has nothing of the blob ([`Feed::Cold`]: no blob, no table, no fill, so no
+//! node has fetched from it), a node's bytes cannot be checked, since no piece table can come:
+//! - a holder is not handed out, nor a receiver whose chain of sources does not end at a child
+//!   of the parent (a node claiming the blob with slots for every node took every node at a
+//!   cold start, nobody asked the parent, and each waited about 3 s for a table before going to
+//!   the parent); so the first node to ask gets the parent, and the next ones its chain;
+//! - a child of the parent that claims verified bytes, or that was named [`FETCH_GRACE`] ago,
+//!   did not fetch from the parent (the parent sees a fill from the first request on): it is
+//!   *idle*, demoted as a slow one is (idle ones first) until it joins again, so its slot goes
+//!   to the next node that asks, and its children move at their next report (a node claiming
+//!   progress took the only parent slot without fetching, and its chain waited ~3 s). A node
+//!   reports after a second of piece-table misses for this (`fill::swarm::drive`).
 //!
 //! "Fewest children" in the rules above counts the children that share a candidate's upload: a
 //! slow link among them takes only what its own link carries, so it is not counted (it still
@@ -51,6 +84,9 @@
 //! Bounded memory: at most `max_swarms` swarms (the least recently used one is forgotten, as if
 //! every node had left it) and `max_members` nodes per swarm (a node past it is sent to the parent
 //! and not recorded). [`Tracker::sweep`] drops silent nodes, ended avoidances and empty swarms.
+//!
+//! The view of one swarm (who feeds whom, the demoted heads, the slow links, the depths) is
+//! computed in [`view`], once per choice.
 //!
 //! Rule of dependency: uses `oci::Digest` and `swarm::node`; nothing else.
 
@@ -87,6 +123,12 @@ pub const RATE_WINDOW: Duration = Duration::from_secs(2);
 /// A receiver this many times slower than what feeds it is a slow link: it gets no children, and
 /// its children are moved at their next report.
 pub const SLOW_RATIO: f64 = 4.0;
+
+/// How long a child of the parent has to start fetching from it: a parent still neither holding
+/// nor filling the blob this long after it named itself a node's source was not asked by that
+/// node (a node's fetch is one round trip after the answer; the fill is seen from its first
+/// request on, before its upstream answers).
+pub const FETCH_GRACE: Duration = Duration::from_secs(1);
 
 /// The upload slots of a node that does not say how many it has (`[fleet] max_uploads`).
 pub const DEFAULT_UPLOADS: u32 = 4;
@@ -151,6 +193,23 @@ pub enum Assignment {
     },
 }
 
+/// What the parent has of a digest, as it tells the tracker before each call
+/// ([`Tracker::feed`]; `fleet::parent` sees its own store and fills).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Feed {
+    /// Not told (a tracker used on its own): the rules that need it do not apply.
+    #[default]
+    Unknown,
+    /// The parent neither holds the blob nor fills it: nobody has fetched it from the parent,
+    /// so no piece table can come, and no node's bytes can be checked.
+    Cold,
+    /// A fill runs on the parent, with this many bytes received (0 while its upstream has not
+    /// answered).
+    Filling(u64),
+    /// The parent holds the whole blob (or its piece table).
+    Holds,
+}
+
 /// What a node reports: its progress, and the source it dropped and why.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Report<'a> {
@@ -207,6 +266,11 @@ struct Member {
     sample: (Instant, u64),
     /// Verified bytes per second over the last [`RATE_WINDOW`] or more, since its source was set.
     rate: Option<f64>,
+    /// When its source last became the parent.
+    fed_at: Instant,
+    /// A child of the parent that did not fetch from it ([`FETCH_GRACE`]) or claimed bytes the
+    /// parent did not have: it feeds nobody until it joins again.
+    idle: bool,
 }
 
 impl Member {
@@ -219,6 +283,8 @@ impl Member {
             heard: now,
             sample: (now, have),
             rate: None,
+            fed_at: now,
+            idle: false,
         }
     }
 
@@ -254,6 +320,11 @@ struct Swarm {
     avoid: BTreeMap<NodeUrl, Instant>,
     /// The tracker's tick when last used (LRU).
     used: u64,
+    /// What the parent has of the blob, as last told.
+    feed: Feed,
+    /// The parent's fill: where its pace is measured from (when, bytes), and the pace.
+    fill_sample: Option<(Instant, u64)>,
+    fill_rate: Option<f64>,
 }
 
 /// The swarms of every digest this berth tracks.
@@ -310,8 +381,41 @@ impl Tracker {
         m.restart(have, now);
         m.complete = false;
         m.source = None;
+        m.idle = false;
         m.uploads = uploads.clamp(1, MAX_UPLOADS);
         Ok(swarm.assign(node, fleet, slots, now))
+    }
+
+    /// The parent tells what it has of `digest` now ([`Feed`]), before a node's call is
+    /// applied: while it fills, the fill's pace is measured (over at least [`RATE_WINDOW`], as
+    /// a receiver's); while it has nothing, every child of the parent that claims bytes or was
+    /// named [`FETCH_GRACE`] ago did not fetch from it, and is marked idle.
+    pub fn feed(&mut self, digest: &Digest, feed: Feed, now: Instant) {
+        let swarm = self.swarm(digest);
+        swarm.feed = feed;
+        match feed {
+            Feed::Filling(have) => match swarm.fill_sample {
+                Some((at, from)) if have >= from => {
+                    let dt = now.saturating_duration_since(at);
+                    if dt >= RATE_WINDOW {
+                        swarm.fill_rate = Some((have - from) as f64 / dt.as_secs_f64());
+                        swarm.fill_sample = Some((now, have));
+                    }
+                }
+                _ => swarm.fill_sample = Some((now, have)),
+            },
+            Feed::Cold => {
+                for m in swarm.members.values_mut() {
+                    if !m.complete
+                        && m.source == Some(Src::Parent)
+                        && (m.have > 0 || now.saturating_duration_since(m.fed_at) >= FETCH_GRACE)
+                    {
+                        m.idle = true;
+                    }
+                }
+            }
+            Feed::Unknown | Feed::Holds => {}
+        }
     }
 
     /// `node` reports its progress on `digest` ([`Report`]). Answers a new source when the
@@ -382,12 +486,12 @@ impl Tracker {
         if complete {
             return Ok(None);
         }
-        let best = swarm.best_rate();
         let source_gone = match &current {
             None => true,
             Some(Src::Parent) => false,
             Some(Src::Node(s)) => {
-                !swarm.members.contains_key(s) || swarm.is_slow(s, best, &swarm.view())
+                let view = swarm.view(slots);
+                !swarm.members.contains_key(s) || swarm.is_slow(s, &view) || !view.feeds(s)
             }
         };
         if dropped.is_some() || source_gone {
@@ -508,117 +612,17 @@ impl Swarm {
         *e = (*e).max(until);
     }
 
-    /// The best rate among the receivers: what a link of this swarm can do.
-    fn best_rate(&self) -> f64 {
-        self.members
-            .values()
-            .filter(|m| !m.complete)
-            .filter_map(|m| m.rate)
-            .fold(0.0, f64::max)
-    }
-
-    /// A receiver much slower than its share of what feeds it (its source's rate, or for a
-    /// child of the parent or of a holder the swarm's best, divided among the source's
-    /// children): its own link is the bottleneck, so it should feed nobody.
-    fn is_slow(&self, url: &NodeUrl, best: f64, view: &View<'_>) -> bool {
-        let Some(m) = self.members.get(url) else {
-            return false;
-        };
-        let Some(rate) = m.rate.filter(|_| !m.complete) else {
-            return false;
-        };
-        let (feed, siblings) = match &m.source {
-            Some(Src::Node(s)) => {
-                let feed = match self.members.get(s) {
-                    Some(src) if !src.complete => src.rate.unwrap_or(0.0),
-                    _ => best,
-                };
-                (feed, view.children.get(s).map_or(1, Vec::len))
-            }
-            Some(Src::Parent) => (best, view.parent_children),
-            None => return false,
-        };
-        rate * SLOW_RATIO < feed / siblings.max(1) as f64
-    }
-
     /// Not blamed: may be handed out.
     fn usable(&self, url: &NodeUrl, now: Instant) -> bool {
         !self.bad.contains(url) && self.avoid.get(url).is_none_or(|until| *until <= now)
-    }
-
-    /// Who feeds whom, computed once per choice (one pass over the swarm, so a choice costs
-    /// O(members), not O(members^2)).
-    fn view(&self) -> View<'_> {
-        let mut children: HashMap<&NodeUrl, Vec<&NodeUrl>> = HashMap::new();
-        let mut parent_children = 0;
-        for (u, m) in &self.members {
-            if m.complete {
-                continue;
-            }
-            match &m.source {
-                Some(Src::Parent) => parent_children += 1,
-                Some(Src::Node(s)) => children.entry(s).or_default().push(u),
-                None => {}
-            }
-        }
-        View {
-            children,
-            parent_children,
-        }
-    }
-
-    /// Each member's distance from a whole copy: a holder 0, a child of the parent 1, a child of
-    /// a node one more than it; a node whose source left, or with none, very far.
-    fn depths(&self) -> HashMap<&NodeUrl, usize> {
-        const FAR: usize = usize::MAX / 2;
-        let mut depth: HashMap<&NodeUrl, usize> = HashMap::new();
-        for start in self.members.keys() {
-            let mut path: Vec<&NodeUrl> = Vec::new();
-            let mut at = start;
-            let base = loop {
-                if let Some(&d) = depth.get(at) {
-                    break d;
-                }
-                // A cycle cannot form (see `assign`), but never loop on one.
-                if path.contains(&at) {
-                    break FAR;
-                }
-                let Some(m) = self.members.get(at) else {
-                    break FAR;
-                };
-                if m.complete {
-                    depth.insert(at, 0);
-                    break 0;
-                }
-                match &m.source {
-                    Some(Src::Parent) => {
-                        depth.insert(at, 1);
-                        break 1;
-                    }
-                    Some(Src::Node(next)) => {
-                        path.push(at);
-                        at = next;
-                    }
-                    None => {
-                        depth.insert(at, FAR);
-                        break FAR;
-                    }
-                }
-            };
-            for (i, u) in path.iter().rev().enumerate() {
-                depth.insert(u, base.saturating_add(i + 1));
-            }
-        }
-        depth
     }
 
     /// Chooses `node`'s source by the rules in the module docs (the parent feeding at most
     /// `slots` nodes directly), and records it.
     fn assign(&mut self, node: &NodeUrl, fleet: &Fleet, slots: usize, now: Instant) -> Assignment {
         let have = self.members.get(node).map_or(0, |m| m.have);
-        let view = self.view();
+        let view = self.view(slots);
         let depths = self.depths();
-        let best = self.best_rate();
         // `node` and everything below it: a source among them would close a cycle.
         let mut below: BTreeSet<&NodeUrl> = BTreeSet::new();
         let mut todo = vec![node];
@@ -645,7 +649,8 @@ impl Swarm {
                     && fleet.contains(u)
                     && self.usable(u, now)
                     && alive(m, now)
-                    && (m.complete || (m.source.is_some() && !self.is_slow(u, best, &view)))
+                    && (m.complete || (m.source.is_some() && !self.is_slow(u, &view)))
+                    && view.feeds(u)
             })
             .map(|(u, m)| {
                 let children = view.children.get(u).map_or(&[][..], Vec::as_slice);
@@ -654,11 +659,8 @@ impl Swarm {
                     have: m.have,
                     complete: m.complete,
                     children: children.len(),
-                    sharing: children
-                        .iter()
-                        .filter(|c| !self.is_slow(c, best, &view))
-                        .count(),
-                    depth: depths.get(u).copied().unwrap_or(usize::MAX),
+                    sharing: children.iter().filter(|c| !self.is_slow(c, &view)).count(),
+                    depth: depths.get(u).map_or(usize::MAX, |d| d.0),
                 }
             })
             .filter(|c| c.children < self.members[c.url].uploads as usize)
@@ -691,19 +693,16 @@ impl Swarm {
             None => (Src::Parent, Assignment::Parent),
         };
         if let Some(m) = self.members.get_mut(node) {
+            if src == Src::Parent {
+                m.fed_at = now;
+            }
             m.source = Some(src);
         }
         answer
     }
 }
 
-/// Who feeds whom in a swarm.
-struct View<'a> {
-    /// The live receivers of each node.
-    children: HashMap<&'a NodeUrl, Vec<&'a NodeUrl>>,
-    /// The receivers the parent serves directly.
-    parent_children: usize,
-}
+mod view;
 
 #[cfg(test)]
 mod tests;

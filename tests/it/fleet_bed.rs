@@ -3,15 +3,16 @@
 //! and the Distribution registry in namespaces of their own, pulling a fresh 4 MiB blob: one
 //! node alone, the three at once, the three at once with the berth of the node furthest ahead
 //! killed half-way, and the three at once with a lying node in the swarm (`benches/load/liar.py`,
-//! joined before they start: it claims to hold the blob, so the tracker hands it out first, and
-//! serves it with a byte
-//! flipped in the first piece; it announces one upload slot, so that one node takes it and the
-//! next one the parent, whose fill makes the piece table that finds the lie at once). Every
+//! joined before they start: it claims to hold the blob and serves it with a byte flipped in the
+//! first piece; it announces one upload slot. The tracker hands out no holder before a node has
+//! fetched from the parent (no piece table could check it), so the first node gets the parent;
+//! a node asking once the parent fills may get the liar, and then finds the lie at its first
+//! piece). Every
 //! surviving node's client must hold verified bytes (a 200 whose sha256 is the digest), no body
 //! may complete wrong, and the upstream must send the blob once per scenario; each node gets the
 //! blob once (from the parent or other nodes, besides what a liar sent), and with the three at
 //! once the swarm shares: bytes come from other nodes, and the central berth serves at most two
-//! copies. The liar must have sent bytes and been dropped for them (a piece rejected, a source
+//! copies. A liar that sent bytes must have been dropped for them (a piece rejected, a source
 //! dropped for `bad_piece`). The figures are printed.
 //!
 //! It needs root, `ip` and `tc` (iproute2), a kernel that lets it make namespaces, python3 and
@@ -153,10 +154,11 @@ fn nodes_in_namespaces_pull_verified_blobs_through_the_central_berth() {
             "{name}: nodes got {got} blobs ({parent} from the parent, {peers} from nodes, \
              {lies} sent by liars)"
         );
-        if name == "liar" {
+        if name == "liar" && lies > 0.0 {
             // The liar was handed out and sent bytes; its first piece failed the table, and the
-            // node that got it dropped it for that (and no complete body was wrong, above).
-            assert!(lies > 0.0, "liar: the liar sent nothing:\n{log}");
+            // node that got it dropped it for that (and no complete body was wrong, above). (A
+            // holder is not handed out before a node fetched from the parent, so at a cold start
+            // the liar may never be: it then sent nothing, and nothing is to be found.)
             let rejected = s["pieces_rejected"].as_u64().unwrap();
             let bad = s["peers_dropped"]["bad_piece"].as_u64().unwrap_or(0);
             assert!(
@@ -164,8 +166,10 @@ fn nodes_in_namespaces_pull_verified_blobs_through_the_central_berth() {
                 "liar: the liar was not dropped for a bad piece: {rejected} pieces rejected, \
                  {bad} bad_piece drops:\n{log}"
             );
-        } else {
+        } else if name != "liar" {
             assert_eq!(s["pieces_rejected"], 0, "{name}: no liar, no bad piece");
+        } else {
+            assert_eq!(s["pieces_rejected"], 0, "{name}: the liar sent nothing");
         }
         if name == "all" {
             assert!(

@@ -525,3 +525,111 @@ async fn a_holder_is_handed_out_until_blamed() {
         1
     );
 }
+
+/// Before anyone fetched a blob from the parent (no blob, no fill, so no piece table can come),
+/// a node claiming to hold it with a slot for every node is not handed out: the first node to
+/// ask gets the parent, the next its chain. Once that node fetched (the parent fills, then
+/// holds the blob), the holder is handed out as any.
+#[tokio::test]
+async fn a_holder_is_not_handed_out_before_anyone_fetched_from_the_parent() {
+    let bed = bed().await;
+    let layer = random_bytes(2 * MIB + 5, 9);
+    let blob = bed.fake.put_blob("library/app", layer.clone());
+    let d: Digest = blob.parse().unwrap();
+    let size = layer.len() as u64;
+    let fleet = Fleet::new((1..=7).map(node));
+    let claim = SwarmRequest {
+        have: size,
+        complete: true,
+        need_source: false,
+        uploads: Some(64),
+        ..join(&node(7))
+    };
+    let got = bed.swarm(&d, &claim, Some(size)).await;
+    assert_eq!(got.status, StatusCode::OK, "{}", got.text());
+    let mut sources = Vec::new();
+    for i in 1..=2 {
+        let got = bed.swarm(&d, &join(&node(i)), Some(size)).await;
+        sources.push(parse_answer(&got, &node(i), &fleet).source.unwrap());
+    }
+    let node1 = Assignment::Node {
+        url: node(1),
+        have: 0,
+        complete: false,
+    };
+    assert_eq!(sources, vec![Assignment::Parent, node1]);
+    let got = bed.parent.get(&format!("/v2/app/blobs/{blob}")).await;
+    assert_eq!(got.bytes().len(), layer.len());
+    bed.parent.settled().await;
+    let a = parse_answer(
+        &bed.swarm(&d, &join(&node(3)), None).await,
+        &node(3),
+        &fleet,
+    );
+    assert!(
+        matches!(&a.source, Some(Assignment::Node { url, complete: true, .. }) if *url == node(7)),
+        "{:?}",
+        a.source
+    );
+}
+
+/// A node that takes the parent's only slot and never fetches: claiming bytes the parent does
+/// not have, it loses the slot at once; claiming nothing, once `FETCH_GRACE` has passed with the
+/// parent still filling nothing: the node below it is moved to the parent at its next report.
+#[tokio::test]
+async fn a_child_of_the_parent_that_never_fetches_loses_its_slot() {
+    let bed = bed().await;
+    let fleet = Fleet::new((1..=7).map(node));
+    let size = 8 * MIB as u64;
+    // It claims a piece it cannot have.
+    let d = Digest::of(b"claimed progress");
+    let liar = SwarmRequest {
+        have: MIB as u64,
+        ..join(&node(7))
+    };
+    let a = parse_answer(&bed.swarm(&d, &liar, Some(size)).await, &node(7), &fleet);
+    assert_eq!(a.source, Some(Assignment::Parent));
+    let a = parse_answer(
+        &bed.swarm(&d, &join(&node(1)), Some(size)).await,
+        &node(1),
+        &fleet,
+    );
+    assert_eq!(a.source, Some(Assignment::Parent));
+    // It claims nothing and does not fetch.
+    let d = Digest::of(b"never fetched");
+    let joined = Instant::now();
+    let a = parse_answer(
+        &bed.swarm(&d, &join(&node(7)), Some(size)).await,
+        &node(7),
+        &fleet,
+    );
+    assert_eq!(a.source, Some(Assignment::Parent));
+    let a = parse_answer(
+        &bed.swarm(&d, &join(&node(1)), Some(size)).await,
+        &node(1),
+        &fleet,
+    );
+    let grace = berth::swarm::tracker::FETCH_GRACE;
+    if a.source == Some(Assignment::Parent) {
+        // The machine was slow enough for the grace to pass between the two calls.
+        assert!(joined.elapsed() >= grace);
+        return;
+    }
+    assert!(
+        matches!(&a.source, Some(Assignment::Node { url, .. }) if *url == node(7)),
+        "{:?}",
+        a.source
+    );
+    let report = SwarmRequest {
+        need_source: false,
+        ..join(&node(1))
+    };
+    let (bed, fleet, report, d) = (&bed, &fleet, &report, &d);
+    let moved = eventually(|| async move {
+        let got = bed.swarm(d, report, Some(size)).await;
+        parse_answer(&got, &node(1), fleet).source == Some(Assignment::Parent)
+    })
+    .await;
+    assert!(moved, "node 1 was never moved off the idle node");
+    assert!(joined.elapsed() >= grace);
+}

@@ -45,6 +45,12 @@ use crate::upstream::{Upstream, UpstreamResponse, continuation};
 /// Pieces calls in a row that brought nothing (404, an error, garbage), a tick apart, before the
 /// node leaves its peer for the parent: about three seconds of a table that does not come.
 pub const MAX_HASH_MISSES: u32 = 30;
+/// Pieces calls in a row that brought nothing before the node reports to the tracker (and again
+/// after as many): a table that does not come may mean that the head of this node's chain never
+/// fetched from the parent (so the parent fills nothing), which the tracker sees a
+/// `tracker::FETCH_GRACE` after it named it, and answers with a new source; about a second,
+/// where the misses alone leave the peer after three.
+pub const REPORT_MISSES: u32 = 10;
 /// Verified chunks queued for the fill (each at most a read's worth).
 const QUEUE: usize = 32;
 /// Most bytes from a peer held unverified (their piece's hash not known yet) before the driver
@@ -328,7 +334,11 @@ impl Driver {
                         self.t.tracker_unreachable(now())
                     } else {
                         let before = self.t.source().cloned();
-                        let out = self.t.hashes(&self.table, now());
+                        let mut out = self.t.hashes(&self.table, now());
+                        let report = self.misses > 0 && self.misses.is_multiple_of(REPORT_MISSES);
+                        if report && self.t.route() == Route::Tracker {
+                            out.push(Action::Report);
+                        }
                         self.dropped(before, Reason::BadPiece, out)
                     }
                 }

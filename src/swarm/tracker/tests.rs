@@ -615,7 +615,7 @@ fn the_children_of_a_slow_link_go_to_its_source_first() {
         // Node 4 stays below node 3, which is no slow link: it was as slow as its source.
         assert_eq!(got[4], None, "uploads {uploads}");
         let s = &t.swarms[&d];
-        let view = s.view();
+        let view = s.view(1);
         let children = |i: usize| view.children.get(&node(i)).map_or(0, Vec::len);
         assert_eq!(children(2), 0, "uploads {uploads}");
         assert_eq!(
@@ -649,11 +649,11 @@ fn a_slow_chain_head_is_measured_against_the_swarms_best() {
         assert_ne!(src_of(&a), Some(node(0)), "node {i}");
     }
     let s = &t.swarms[&d];
-    assert!(s.is_slow(&node(0), s.best_rate(), &s.view()));
+    assert!(s.is_slow(&node(0), &s.view(HEADS)));
     // A receiver that went back (a restart at 0) has no rate until it is measured again.
     report_all(&mut t, &f, t2 + RATE_WINDOW, &[(0, 0)]);
     let s = &t.swarms[&d];
-    assert!(!s.is_slow(&node(0), s.best_rate(), &s.view()));
+    assert!(!s.is_slow(&node(0), &s.view(HEADS)));
 }
 
 #[test]
@@ -673,10 +673,10 @@ fn children_sharing_a_holder_are_not_slow_links() {
         .collect();
     report_all(&mut t, &f, t1, &reports);
     let s = &t.swarms[&d];
-    let (best, view) = (s.best_rate(), s.view());
+    let view = s.view(HEADS);
     // A quarter of the holder's upload each: a fifth of the best, yet no slow link.
     for i in 1..=4 {
-        assert!(!s.is_slow(&node(i), best, &view), "node {i}");
+        assert!(!s.is_slow(&node(i), &view), "node {i}");
     }
 }
 
@@ -710,4 +710,195 @@ fn a_childs_report_raises_its_sources_progress() {
             complete: false
         }
     );
+}
+
+/// Joins nodes `0..n` at `at` in order, each asking with nothing; answers their sources.
+fn join_all(t: &mut Tracker, f: &Fleet, n: usize, at: Instant) -> Vec<Option<NodeUrl>> {
+    (0..n)
+        .map(|i| src_of(&t.join(&digest(), &node(i), 0, 4, f, at).unwrap()))
+        .collect()
+}
+
+/// One parent slot, and the slow node joined first: it heads the one chain, every receiver runs
+/// at its pace, so the swarm's best cannot show it. Against the parent's fill (6 MiB/s, the
+/// head 0.6), it is demoted: it keeps its stream from the parent, its child is moved to the
+/// parent (the slot it frees), the chain below that child stays. Without the fill's pace (a
+/// parent that says nothing), nobody moves.
+#[test]
+fn a_slow_head_is_measured_against_the_parents_fill() {
+    for told in [true, false] {
+        let f = fleet(8);
+        let d = digest();
+        let mut t = Tracker::new(Limits::default());
+        let t0 = Instant::now();
+        if told {
+            t.feed(&d, Feed::Filling(0), t0);
+        }
+        let src = join_all(&mut t, &f, 4, t0);
+        assert_eq!(src, vec![None, Some(node(0)), Some(node(1)), Some(node(2))]);
+        let t1 = t0 + RATE_WINDOW + Duration::from_millis(500);
+        if told {
+            t.feed(&d, Feed::Filling(15 * MIB), t1);
+        }
+        let slow = 3 * MIB / 2;
+        let got = report_all(
+            &mut t,
+            &f,
+            t1,
+            &[(0, slow), (1, slow), (2, slow), (3, slow)],
+        );
+        if !told {
+            assert_eq!(got, vec![None, None, None, None]);
+            continue;
+        }
+        assert_eq!(got, vec![None, Some(Assignment::Parent), None, None]);
+        let s = &t.swarms[&d];
+        let view = s.view(1);
+        assert!(view.demoted.contains(&node(0)));
+        assert!(s.is_slow(&node(0), &view));
+        assert_eq!(view.parent_children, 1, "the new head holds the slot");
+        // The slow head still pulls from the parent, and a newcomer never goes below it.
+        assert_eq!(s.members[&node(0)].source, Some(Src::Parent));
+        let a = t.join(&d, &node(4), 0, 4, &f, t1).unwrap();
+        assert_ne!(src_of(&a), Some(node(0)));
+        assert_ne!(a, Assignment::Parent);
+    }
+}
+
+/// A parent whose fill runs far faster than any node's link sees every head as slow: at most
+/// `parent_slots` of its children are demoted at once, so it never serves more than twice its
+/// slots in streams of one blob, however long the fill runs.
+#[test]
+fn demoted_heads_are_bounded_by_the_parents_slots() {
+    let f = fleet(10);
+    let d = digest();
+    let mut t = Tracker::new(Limits::default());
+    let mut now = Instant::now();
+    t.feed(&d, Feed::Filling(0), now);
+    join_all(&mut t, &f, 8, now);
+    let mut have = [0; 8];
+    for round in 1..=6u64 {
+        now += crate::swarm::select::REPORT_EVERY;
+        t.feed(&d, Feed::Filling(round * 500 * MIB), now);
+        for (i, h) in have.iter_mut().enumerate() {
+            *h += 10 * MIB;
+            t.report(&d, &node(i), at(*h), &f, now).unwrap();
+        }
+        let s = &t.swarms[&d];
+        let view = s.view(1);
+        assert!(view.demoted.len() <= 1, "round {round}");
+        let streams = s
+            .members
+            .values()
+            .filter(|m| m.source == Some(Src::Parent))
+            .count();
+        assert!(
+            streams <= 2,
+            "round {round}: {streams} streams from the parent"
+        );
+    }
+}
+
+/// A node claims the whole blob with a slot for every node while the parent has nothing (no
+/// blob, no fill): it is not handed out, since no piece table can come until someone fetches
+/// from the parent. The first node to ask gets the parent, the next one its chain; once the
+/// parent fills, the holder is handed out again (its bytes can be checked now).
+#[test]
+fn while_the_parent_has_nothing_the_first_node_gets_it_and_no_holder_is_handed_out() {
+    let f = fleet(8);
+    let d = digest();
+    let mut t = Tracker::new(Limits::default());
+    let t0 = Instant::now();
+    t.hold(&d, &node(7), 64 * MIB, &f, t0).unwrap();
+    t.feed(&d, Feed::Cold, t0);
+    assert_eq!(
+        join_all(&mut t, &f, 3, t0),
+        vec![None, Some(node(0)), Some(node(1))]
+    );
+    // Without the parent's word (the rule off): the holder first.
+    let mut blind = Tracker::new(Limits::default());
+    blind.hold(&d, &node(7), 64 * MIB, &f, t0).unwrap();
+    assert_eq!(join_all(&mut blind, &f, 1, t0), vec![Some(node(7))]);
+    t.feed(&d, Feed::Filling(0), t0);
+    let a = t.join(&d, &node(3), 0, 4, &f, t0).unwrap();
+    assert_eq!(src_of(&a), Some(node(7)));
+}
+
+/// A child of the parent that does not fetch from it: one that claims bytes while the parent
+/// has none (it joined first, claiming progress, and took the only slot), or one the parent
+/// still has nothing for FETCH_GRACE after it was named. It is idle: its slot goes to the next
+/// node that asks, its children move at their next report (to the parent), and it feeds nobody
+/// until it joins again, even once the parent fills.
+#[test]
+fn a_child_of_the_parent_that_does_not_fetch_loses_its_slot() {
+    let f = fleet(8);
+    let d = digest();
+    let t0 = Instant::now();
+    // It claims a piece at its join.
+    let mut t = Tracker::new(Limits::default());
+    t.feed(&d, Feed::Cold, t0);
+    assert_eq!(t.join(&d, &node(7), MIB, 4, &f, t0), Ok(Assignment::Parent));
+    t.feed(&d, Feed::Cold, t0);
+    assert_eq!(join_all(&mut t, &f, 2, t0), vec![None, Some(node(0))]);
+    // It claims nothing, and does not fetch.
+    let mut t = Tracker::new(Limits::default());
+    t.feed(&d, Feed::Cold, t0);
+    assert_eq!(t.join(&d, &node(7), 0, 4, &f, t0), Ok(Assignment::Parent));
+    let t1 = t0 + FETCH_GRACE / 2;
+    t.feed(&d, Feed::Cold, t1);
+    assert_eq!(
+        join_all(&mut t, &f, 2, t1),
+        vec![Some(node(7)), Some(node(0))]
+    );
+    // Within the grace, a report keeps it.
+    assert_eq!(t.report(&d, &node(0), at(0), &f, t1), Ok(None));
+    let t2 = t0 + FETCH_GRACE;
+    t.feed(&d, Feed::Cold, t2);
+    assert_eq!(
+        t.report(&d, &node(0), at(0), &f, t2),
+        Ok(Some(Assignment::Parent))
+    );
+    assert_eq!(
+        t.report(&d, &node(1), at(0), &f, t2),
+        Ok(None),
+        "below node 0 still"
+    );
+    // Node 0 fetches: the parent fills; node 7 stays idle, never a source.
+    t.feed(&d, Feed::Filling(0), t2);
+    t.report(&d, &node(7), at(8 * MIB), &f, t2).unwrap();
+    let a = t.join(&d, &node(2), 0, 4, &f, t2).unwrap();
+    assert_ne!(src_of(&a), Some(node(7)));
+    let view = t.swarms[&d].view(1);
+    assert!(view.demoted.contains(&node(7)));
+    // Joining again clears it.
+    t.join(&d, &node(7), 0, 4, &f, t2).unwrap();
+    assert!(!t.swarms[&d].members[&node(7)].idle);
+}
+
+/// A node's first report comes at `select::FIRST_REPORT`, past RATE_WINDOW: the rates are
+/// known then, and a node below a slow link is moved before its own child starves
+/// (`select::STARVE`) and re-joins by progress alone.
+#[test]
+fn the_first_reports_find_a_slow_link_before_anyone_starves() {
+    use crate::swarm::select::{FIRST_REPORT, STARVE};
+    let f = fleet(8);
+    let d = digest();
+    let mut t = Tracker::new(Limits::default());
+    let t0 = Instant::now();
+    t.feed(&d, Feed::Filling(0), t0);
+    join_all(&mut t, &f, 5, t0);
+    let t1 = t0 + FIRST_REPORT;
+    assert!(t1 < t0 + STARVE);
+    t.feed(&d, Feed::Filling(15 * MIB), t1);
+    let (fast, slow) = (14 * MIB, MIB);
+    let got = report_all(
+        &mut t,
+        &f,
+        t1,
+        &[(0, fast), (1, fast), (2, slow), (3, slow), (4, slow)],
+    );
+    assert_eq!(got[..3], [None, None, None]);
+    let moved = src_of(got[3].as_ref().expect("node 3 is moved off the slow link"));
+    assert_eq!(moved, Some(node(1)));
+    assert_eq!(got[4], None);
 }
