@@ -228,6 +228,8 @@ mod tests {
         );
         assert_eq!(fills.known_size(0, &d), Some(5));
         assert_eq!(fills.known_size(1, &d), None);
+        assert_eq!(fills.received(&d), Some(5));
+        assert_eq!(fills.received(&Digest::of(b"no fill")), None);
         // A reader that must not join finds the same download, and registers nothing.
         assert!(matches!(fills.with_content(0, &d), Some((r, 5)) if r.same_channel(&rx)));
         assert_eq!(fills.count(&d), 3);
@@ -236,10 +238,18 @@ mod tests {
         tx.send_replace(FillState::Failed(Error::blob_unknown("gone")));
         assert!(matches!(fills.share(0, &a, &d, true), Share::Wait(w) if w.same_channel(&rx_b)));
         let (_tx_a2, rx_a2) = started(fills.share(0, &a, &d, false));
+        // The fleet parent's "does a fill run?" sees every upstream's, the furthest one, a
+        // failed one as none.
+        assert_eq!(
+            fills.received(&d),
+            Some(0),
+            "b's and c's wait for their answers"
+        );
         fills.remove(&d, &rx_a2);
         fills.remove(&d, &rx);
         fills.remove(&d, &rx_b);
         fills.remove(&d, &rx_c);
         assert_eq!(fills.count(&d), 0);
+        assert_eq!(fills.received(&d), None);
     }
 }
