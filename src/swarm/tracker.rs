@@ -37,7 +37,10 @@
 //! at its own pace, but feeds nobody, no longer counts against the parent's slots, and its
 //! children are moved at their next report: the first of them to the parent (the slot it frees),
 //! the rest below that one. At most `parent_slots` children are demoted at once (the slowest), so
-//! the parent serves at most twice its slots in streams of one blob. The trade-off: a parent
+//! the parent serves at most twice its slots in streams of one blob. A slow head's own copy thus
+//! still comes from the parent, at its own pace: about two copies out of the parent instead of
+//! one (moving the slow head below a fast node as its second child would save that copy at a
+//! tenth of that node's upload; not done). The trade-off: a parent
 //! whose upstream fills [`SLOW_RATIO`] times faster than a node's link carries sees its fast
 //! head as slow and gives one more node a stream of its own (no more: the bound, and once that
 //! node's chain runs at the cap the swarm's best shows the head is no slow link after all).
