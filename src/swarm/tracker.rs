@@ -18,8 +18,9 @@
 //! A candidate is never a *slow link*: a receiver whose rate (from its reports, over at least
 //! [`RATE_WINDOW`]) is [`SLOW_RATIO`] times below its share of what feeds it (its source's rate,
 //! or below a holder the swarm's best receiver's, divided among the source's children, since
-//! they share its upload): a chain is as fast as its slowest link, so such a node feeds nobody,
-//! and its children get a new source at their next report. Its own children, as slow as it is
+//! they share its upload), and which is [`SLOW_LAG`] behind it (the start of a chain is no slow
+//! link): a chain is as fast as its slowest link, so such a node feeds nobody, and its children
+//! get a new source at their next report. Its own children, as slow as it is
 //! but no slower than their source, are not slow links themselves.
 //!
 //! # The parent's children: what the parent can send, and who really fetches
@@ -126,6 +127,14 @@ pub const RATE_WINDOW: Duration = Duration::from_secs(2);
 /// A receiver this many times slower than what feeds it is a slow link: it gets no children, and
 /// its children are moved at their next report.
 pub const SLOW_RATIO: f64 = 4.0;
+
+/// A receiver is a slow link only once it is also this far behind what feeds it. A chain starts
+/// a hop (a piece, and a table poll) later at each node, so at its first report a deep node's
+/// rate, measured from its join, is many times below its source's by one hop's bytes, not by a
+/// gap that grows (the bed at 2.5 s: nodes ten hops down looked slow, and the moves that followed
+/// split fast nodes' uploads; `all` p99 2.05x). A link at a tenth of the others' falls this far
+/// behind within a second or two at any cap that matters (1.5 s at 50 Mbit/s).
+pub const SLOW_LAG: u64 = 8 << 20;
 
 /// How long a child of the parent has to start fetching from it: a parent still neither holding
 /// nor filling the blob this long after it named itself a node's source was not asked by that

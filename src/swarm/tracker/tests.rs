@@ -902,3 +902,47 @@ fn the_first_reports_find_a_slow_link_before_anyone_starves() {
     assert_eq!(moved, Some(node(1)));
     assert_eq!(got[4], None);
 }
+
+/// The start of a chain: each node's bytes begin a hop (a piece and a table poll) after its
+/// source's, so at the first reports the last nodes of a long chain have a few hundred KiB where
+/// their sources have a MiB more: a rate from the join more than SLOW_RATIO below the source's,
+/// but one hop behind, not SLOW_LAG: no slow link, nobody moved. The same node still that slow
+/// a report later is SLOW_LAG behind, and its child is moved.
+#[test]
+fn the_start_of_a_chain_is_no_slow_link() {
+    use crate::swarm::select::{FIRST_REPORT, REPORT_EVERY};
+    let f = fleet(8);
+    let d = digest();
+    let mut t = Tracker::new(Limits::default());
+    let t0 = Instant::now();
+    t.feed(&d, Feed::Filling(0), t0);
+    join_all(&mut t, &f, 5, t0);
+    let t1 = t0 + FIRST_REPORT;
+    t.feed(&d, Feed::Filling(15 * MIB), t1);
+    let kib = 1 << 10;
+    let first = [
+        (0, 6 * MIB),
+        (1, 2 * MIB),
+        (2, 1200 * kib),
+        (3, 200 * kib),
+        (4, 0),
+    ];
+    let (r2, r3) = (1200.0 / 2.5, 200.0 / 2.5);
+    assert!(r3 * SLOW_RATIO < r2, "node 3 is as slow as the rule needs");
+    assert_eq!(report_all(&mut t, &f, t1, &first), vec![None; 5]);
+    let t2 = t1 + REPORT_EVERY;
+    t.feed(&d, Feed::Filling(45 * MIB), t2);
+    let later = [
+        (0, 44 * MIB),
+        (1, 40 * MIB),
+        (2, 30 * MIB),
+        (3, 2 * MIB),
+        (4, MIB),
+    ];
+    let got = report_all(&mut t, &f, t2, &later);
+    assert_eq!(got[..4], [None, None, None, None]);
+    assert!(
+        got[4].is_some(),
+        "node 4, below the slow link, is moved: {got:?}"
+    );
+}

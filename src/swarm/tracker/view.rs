@@ -7,7 +7,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 
-use super::{Feed, Member, SLOW_RATIO, Src, Swarm};
+use super::{Feed, Member, SLOW_LAG, SLOW_RATIO, Src, Swarm};
 use crate::swarm::node::NodeUrl;
 
 impl Swarm {
@@ -24,10 +24,14 @@ impl Swarm {
         };
         let (feed, siblings) = match &m.source {
             Some(Src::Node(s)) => {
-                let feed = match self.members.get(s) {
-                    Some(src) if !src.complete => src.rate.unwrap_or(0.0),
-                    _ => view.best,
+                let (feed, ahead) = match self.members.get(s) {
+                    Some(src) if !src.complete => (src.rate.unwrap_or(0.0), src.have),
+                    Some(src) => (view.best, src.have),
+                    None => (view.best, u64::MAX),
                 };
+                if ahead.saturating_sub(m.have) <= SLOW_LAG {
+                    return false;
+                }
                 (feed, view.children.get(s).map_or(1, Vec::len))
             }
             Some(Src::Parent) => return view.demoted.contains(url),
@@ -59,9 +63,17 @@ impl Swarm {
         let share = best.max(self.fill_rate.unwrap_or(0.0)) / heads.len().max(1) as f64;
         let mut idle: Vec<_> = heads.iter().filter(|(_, m)| m.idle).collect();
         idle.sort_by_key(|(u, m)| (m.fed_at, *u));
+        // How far the parent is (its fill's bytes; all of them once it holds the blob), when
+        // it says: a head is slow only once that far behind it.
+        let parent_have = match self.feed {
+            Feed::Filling(h) => Some(h),
+            Feed::Holds => Some(u64::MAX),
+            Feed::Unknown | Feed::Cold => None,
+        };
+        let behind = |m: &Member| parent_have.is_none_or(|p| p.saturating_sub(m.have) > SLOW_LAG);
         let mut slow: Vec<_> = heads
             .iter()
-            .filter(|(_, m)| !m.idle && m.rate.is_some_and(|r| r * SLOW_RATIO < share))
+            .filter(|(_, m)| !m.idle && behind(m) && m.rate.is_some_and(|r| r * SLOW_RATIO < share))
             .collect();
         slow.sort_by(|a, b| {
             a.1.rate
