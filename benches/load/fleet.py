@@ -72,6 +72,7 @@ Usage: python3 benches/load/fleet.py [--quick] [--nodes N] [--blob-mib M] [--rat
                                      [--json FILE] [--scenarios single,all,kill,slow,liar]
                                      [--berth BIN] [--keep] [--liars J] [--liar-uploads U]
                                      [--liar-claim complete|progress] [--liar-bytes flip|garbage]
+                                     [--slow-first]
   full     16 nodes, 256 MiB, 200mbit, all five scenarios
   --quick  8 nodes, 32 MiB: a smoke test of the bed (~1 min)
 Needs root (ip netns, tc), iproute2, curl and docker-registry (apt-get installed if missing).
