@@ -35,7 +35,7 @@ use berth::oci::Digest;
 use berth::swarm::node::{Fleet as Nodes, NodeUrl};
 use berth::swarm::pieces::Layout;
 use berth::swarm::protocol::{Pieces, SwarmRequest, pieces_from};
-use berth::swarm::tracker::Tracker;
+use berth::swarm::tracker::{Feed, Tracker};
 use berth::swarm::transfer::{self, Outgoing, Uploads};
 
 use crate::support::instance::{Berth, eventually, listeners_and_storage, same, start_on_listener};
@@ -82,6 +82,10 @@ pub(crate) struct State {
     mode: Mutex<Mode>,
     /// The pieces route answers 404 (the table never comes).
     no_pieces: Mutex<bool>,
+    /// Pieces calls answered.
+    pieces_asks: AtomicU64,
+    /// What the tracker is told the parent has, before each swarm call (none: not told).
+    feed: Mutex<Option<Feed>>,
     /// Blob body bytes sent on the `/v2/` route.
     sent: AtomicU64,
     swarm_calls: AtomicU64,
@@ -118,6 +122,8 @@ impl Parent {
             nodes: Mutex::default(),
             mode: Mutex::new(Mode::Normal),
             no_pieces: Mutex::new(false),
+            pieces_asks: AtomicU64::new(0),
+            feed: Mutex::new(None),
             sent: AtomicU64::new(0),
             swarm_calls: AtomicU64::new(0),
             gate: Mutex::new(None),
@@ -205,6 +211,9 @@ async fn answer(st: Arc<State>, req: Request<Incoming>) -> Response<Body> {
             return status(StatusCode::BAD_REQUEST);
         };
         let mut tracker = st.tracker.lock().unwrap();
+        if let Some(feed) = *st.feed.lock().unwrap() {
+            tracker.feed(&digest, feed, Instant::now());
+        }
         return match r.apply(
             &mut tracker,
             &digest,
@@ -217,6 +226,7 @@ async fn answer(st: Arc<State>, req: Request<Incoming>) -> Response<Body> {
         };
     }
     if let Some(d) = path.strip_prefix("/_berth/fleet/v1/pieces/") {
+        st.pieces_asks.fetch_add(1, Ordering::SeqCst);
         let Some(bytes) = st.blobs.lock().unwrap().get(d).cloned() else {
             return status(StatusCode::NOT_FOUND);
         };
@@ -856,3 +866,50 @@ async fn a_parent_failing_the_swarm_leaves_the_pull_to_the_fill_resume() {
         1
     );
 }
+
+/// The head of a node's chain took the parent's slot and never fetched (the parent fills
+/// nothing, so no table comes): the node reads the head's bytes, cannot check them, and after a
+/// second of table misses reports; the tracker, a `FETCH_GRACE` after it named the head, finds it
+/// idle and answers the parent, well before the node's own fallback (`MAX_HASH_MISSES` misses,
+/// about 3 s). The blob comes whole.
+#[tokio::test]
+async fn a_node_below_a_head_that_never_fetched_is_moved_to_the_parent() {
+    let parent = Parent::start(Duration::ZERO).await;
+    let mut bound = listeners(2);
+    let (head_listener, head) = bound.pop().unwrap();
+    let f = fleet(&parent, bound, std::slice::from_ref(&head), 4).await;
+    let node = &f.nodes[0];
+    *parent.state.no_pieces.lock().unwrap() = true;
+    *parent.state.feed.lock().unwrap() = Some(Feed::Cold);
+    let layer = random_bytes(4 * MIB, 11);
+    let d = parent.put(&layer);
+    let digest: Digest = d.parse().unwrap();
+    let asked = fake_node(head_listener, &digest, layer.clone()).await;
+    {
+        let nodes = parent.state.nodes.lock().unwrap().clone();
+        let mut t = parent.state.tracker.lock().unwrap();
+        t.feed(&digest, Feed::Cold, Instant::now());
+        let a = t
+            .join(&digest, &head, 0, 4, &nodes, Instant::now())
+            .unwrap();
+        assert_eq!(a, berth::swarm::tracker::Assignment::Parent);
+    }
+    same(node.get(&blob_path(&d)).await.bytes(), &layer);
+    assert!(
+        asked.load(Ordering::SeqCst) >= 1,
+        "the head was never asked"
+    );
+    let misses = parent.state.pieces_asks.load(Ordering::SeqCst);
+    assert!(
+        misses < u64::from(MAX_HASH_MISSES),
+        "{misses} table misses: the node left the head by its own fallback, not the tracker"
+    );
+    assert_eq!(
+        node.counter("berth_fleet_bytes_total{source=\"parent\"}")
+            .await,
+        layer.len() as u64
+    );
+}
+
+/// `fill::swarm::drive::MAX_HASH_MISSES` (private to the crate).
+const MAX_HASH_MISSES: u32 = 30;
