@@ -47,7 +47,7 @@ pub use log::{LogConfig, LogFormat};
 pub use metrics::MetricsConfig;
 pub use policy::{IdentityConfig, Matcher, PolicyConfig, PolicyMode};
 pub use server::ServerConfig;
-pub use storage::{S3Config, S3Credentials, StorageConfig};
+pub use storage::{MAX_READ_STREAMS, S3Config, S3Credentials, StorageConfig};
 #[cfg(test)]
 pub(crate) use trusted_root::tests::root_json as trusted_root_for_tests;
 pub use trusted_root::{
