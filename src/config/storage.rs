@@ -146,8 +146,8 @@ pub struct S3Config {
     #[serde(default = "default_keep_pulled", with = "duration")]
     pub keep_pulled: Duration,
     /// Ranged GETs in flight when a whole blob is read from the bucket (1 to 16; `store::s3`'s
-    /// `ranged`): more than one where a single stream is slower than the link (AWS S3). Each
-    /// holds up to 8 MiB of a reading fill's blob in memory.
+    /// `ranged`): more than one where a single stream is slower than the link (AWS S3). A
+    /// reading fill holds up to `(read_streams + 1) * 8 MiB` of its blob in memory.
     #[serde(default = "default_read_streams")]
     pub read_streams: usize,
     /// The credentials, resolved at load from the file or the environment.
