@@ -9,9 +9,14 @@
 //! dropped at the digest check and the next one tried, and a blob only a liar holds is never
 //! completed; a busy holder is asked again; a node restarted empty with the parent down gets a blob from a holder and tells
 //! the directory again; the holders route's refusals (401, 400, 404 on a parent, 405, 429).
+//! `[fleet] parent_timeout`: a parent that accepts and never answers, one whose connections are
+//! never accepted (a full backlog: the SYNs are dropped), and one that goes silent after its
+//! `HEAD` each send the pull to a holder within the bound, not the upstream client's 30 s.
 
-use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{Method, Request, StatusCode, header};
@@ -24,7 +29,7 @@ use berth::swarm::node::{Fleet as Nodes, NodeUrl};
 use berth::swarm::protocol::HolderNote;
 
 use crate::fleet_swarm::{
-    MIB, Parent, blob_path, fake_node, fleet, fleet_get, listeners, proof, read_all,
+    MIB, Parent, blob_path, fake_node, fleet, fleet_get, fleet_with, listeners, proof, read_all,
 };
 use crate::support::instance::{Berth, eventually, listeners_and_storage, same, start_on_listener};
 use crate::support::{FakeRegistry, ports, random_bytes};
@@ -500,4 +505,146 @@ async fn the_holders_route_refuses_bad_calls() {
     let central = crate::fleet::central(&a, &b, &secret).await;
     let (s, body) = call(&central, Method::GET, &path, b"", true).await;
     assert_eq!(s, StatusCode::NOT_FOUND, "{body:?}");
+}
+
+/// How long a pull may take whose parent is unusable, with `parent_timeout = "1s"`: the bound,
+/// plus a few tries and the holder's transfer on a loaded machine. The upstream client's own
+/// bounds, which decided before `parent_timeout`, are 30 s for an answer and 10 s per connect
+/// (three tries): far past it.
+const WITHIN: Duration = Duration::from_secs(12);
+
+/// Two nodes; `a` pulls a blob and the directory (both nodes) hears of it; `b` is stopped and
+/// started again on its storage (its saved upstream list serves the start) with `parent` as
+/// its parent and `parent_timeout = "1s"`.
+async fn holder_and_restarted(parent: SocketAddr) -> Restarted {
+    let fake = Parent::start(Duration::ZERO).await;
+    let f = fleet(&fake, listeners(2), &[], 4).await;
+    let mut nodes = f.nodes;
+    let b = nodes.pop().unwrap();
+    let a = nodes.pop().unwrap();
+    let layer = random_bytes(2 * MIB + 9, 29);
+    let d = fake.put(&layer);
+    same(a.get(&blob_path(&d)).await.bytes(), &layer);
+    a.settled().await;
+    let told = eventually(|| async { holders(&b, &d).await == vec![url(&a)] }).await;
+    assert!(told, "b never heard that a holds the blob");
+    let (b_addr, b_url) = (b.addr, url(&b));
+    let dir = b.stop().await;
+    let cfg = format!(
+        r#"{}
+        [fleet]
+        parent = "http://{parent}"
+        self = "{b_url}"
+        peers = ["{}", "{b_url}"]
+        secret_file = {:?}
+        parent_timeout = "1s"
+        "#,
+        listeners_and_storage(dir.path()),
+        url(&a),
+        f._secret.path().join("fleet-secret").display().to_string(),
+    );
+    let listener = std::net::TcpListener::bind(b_addr).unwrap();
+    let (b, _) = start_on_listener(&cfg, dir, listener).await;
+    Restarted {
+        layer,
+        d,
+        b,
+        _a: a,
+        _fake: fake,
+        _secret: f._secret,
+    }
+}
+
+/// What [`holder_and_restarted`] made: the blob, its digest, the restarted node, and what must
+/// live as long as it (the holder, the first parent, the secret's directory).
+struct Restarted {
+    layer: Bytes,
+    d: String,
+    b: Berth,
+    _a: Berth,
+    _fake: Parent,
+    _secret: tempfile::TempDir,
+}
+
+/// `b` pulls `d` with its parent unusable: the blob comes whole from the holder, within
+/// [`WITHIN`].
+async fn pulled_from_the_holder_in_time(b: &Berth, d: &str, layer: &Bytes) {
+    let started = Instant::now();
+    same(b.get(&blob_path(d)).await.bytes(), layer);
+    let took = started.elapsed();
+    assert!(took < WITHIN, "the pull took {took:?}");
+    assert_eq!(
+        b.counter("berth_fleet_bytes_total{source=\"holder\"}")
+            .await,
+        layer.len() as u64
+    );
+    b.settled().await;
+    assert_eq!(std::fs::read(b.blob_file(d)).unwrap(), *layer);
+}
+
+/// A parent that accepts connections and never answers: the node's start takes its saved list
+/// after `parent_timeout`, and its pull goes to the holder within the bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_parent_leaves_the_pull_to_a_holder_within_parent_timeout() {
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = silent.local_addr().unwrap();
+    let accepted = Arc::new(AtomicU64::new(0));
+    let counted = accepted.clone();
+    let holding = tokio::spawn(async move {
+        let mut held = Vec::new();
+        loop {
+            let (s, _) = silent.accept().await.unwrap();
+            counted.fetch_add(1, Ordering::SeqCst);
+            held.push(s);
+        }
+    });
+    let r = holder_and_restarted(addr).await;
+    let at_start = accepted.load(Ordering::SeqCst);
+    assert!(at_start >= 1, "the start never asked the parent");
+    pulled_from_the_holder_in_time(&r.b, &r.d, &r.layer).await;
+    assert!(
+        accepted.load(Ordering::SeqCst) > at_start,
+        "the pull never asked the parent"
+    );
+    holding.abort();
+}
+
+/// A parent whose connections are never accepted: a listener whose one backlog slot is taken
+/// by a connection nobody accepts, so the kernel drops every later SYN (a black hole, as a
+/// firewall's DROP is): the pull goes to the holder within the bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_black_holed_parent_leaves_the_pull_to_a_holder_within_parent_timeout() {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let hole = socket.listen(0).unwrap();
+    let addr = hole.local_addr().unwrap();
+    let _queued = std::net::TcpStream::connect(addr).unwrap();
+    let probe = tokio::time::timeout(
+        Duration::from_millis(500),
+        tokio::net::TcpStream::connect(addr),
+    )
+    .await;
+    assert!(probe.is_err(), "the backlog is not full: {probe:?}");
+    let r = holder_and_restarted(addr).await;
+    pulled_from_the_holder_in_time(&r.b, &r.d, &r.layer).await;
+    drop(hole);
+}
+
+/// The parent answers the `HEAD` and the tracker, then never answers a blob `GET`: each try of
+/// the parent ends at `parent_timeout`, and once the swarm's tries are spent the holder sends
+/// the blob, within the bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parent_silent_after_its_head_leaves_the_pull_to_a_holder_within_parent_timeout() {
+    let parent = Parent::start(Duration::ZERO).await;
+    let f = fleet_with(&parent, listeners(2), &[], 4, "parent_timeout = \"1s\"").await;
+    let (a, b) = (&f.nodes[0], &f.nodes[1]);
+    let layer = random_bytes(MIB + 3, 30);
+    let d = parent.put(&layer);
+    same(a.get(&blob_path(&d)).await.bytes(), &layer);
+    a.settled().await;
+    let told = eventually(|| async { holders(b, &d).await == vec![url(a)] }).await;
+    assert!(told, "b never heard that a holds the blob");
+    *parent.state.tracker.lock().unwrap() = Default::default();
+    parent.state.gets_silent.store(true, Ordering::SeqCst);
+    pulled_from_the_holder_in_time(b, &d, &layer).await;
 }

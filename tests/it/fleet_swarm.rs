@@ -101,6 +101,8 @@ pub(crate) struct State {
     pub(crate) down: std::sync::atomic::AtomicBool,
     /// Blob GETs are answered 503 (the parent fails after its `HEAD`).
     pub(crate) gets_down: std::sync::atomic::AtomicBool,
+    /// Blob GETs are never answered (the parent goes silent after its `HEAD`).
+    pub(crate) gets_silent: std::sync::atomic::AtomicBool,
 }
 
 pub(crate) struct Parent {
@@ -128,6 +130,7 @@ impl Parent {
             gets: AtomicU64::new(0),
             down: Default::default(),
             gets_down: Default::default(),
+            gets_silent: Default::default(),
         });
         let st = state.clone();
         tokio::spawn(async move {
@@ -246,6 +249,9 @@ async fn answer(st: Arc<State>, req: Request<Incoming>) -> Response<Body> {
     if st.gets_down.load(Ordering::SeqCst) {
         return status(StatusCode::SERVICE_UNAVAILABLE);
     }
+    if st.gets_silent.load(Ordering::SeqCst) {
+        return std::future::pending().await;
+    }
     let from = req.headers().get(header::RANGE).and_then(|v| {
         v.to_str()
             .ok()?
@@ -342,6 +348,17 @@ pub(crate) async fn fleet(
     extra: &[NodeUrl],
     max_uploads: u32,
 ) -> Fleet {
+    fleet_with(parent, bound, extra, max_uploads, "").await
+}
+
+/// As [`fleet`], with `more` (keys of `[fleet]`) in every node's table.
+pub(crate) async fn fleet_with(
+    parent: &Parent,
+    bound: Vec<(std::net::TcpListener, NodeUrl)>,
+    extra: &[NodeUrl],
+    max_uploads: u32,
+    more: &str,
+) -> Fleet {
     let secret_dir = tempfile::tempdir().unwrap();
     let secret: PathBuf = secret_dir.path().join("fleet-secret");
     std::fs::write(&secret, SECRET).unwrap();
@@ -367,6 +384,7 @@ pub(crate) async fn fleet(
             peers = [{peers}]
             secret_file = {:?}
             max_uploads = {max_uploads}
+            {more}
             "#,
             listeners_and_storage(dir.path()),
             parent.url,
