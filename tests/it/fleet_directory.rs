@@ -29,7 +29,8 @@ use berth::swarm::node::{Fleet as Nodes, NodeUrl};
 use berth::swarm::protocol::HolderNote;
 
 use crate::fleet_swarm::{
-    MIB, Parent, blob_path, fake_node, fleet, fleet_get, fleet_with, listeners, proof, read_all,
+    MIB, Parent, blob_path, body_proof, fake_node, fleet, fleet_get, fleet_with, listeners, proof,
+    read_all,
 };
 use crate::support::instance::{Berth, eventually, listeners_and_storage, same, start_on_listener};
 use crate::support::{FakeRegistry, ports, random_bytes};
@@ -50,15 +51,25 @@ async fn call(
     body: &[u8],
     signed: bool,
 ) -> (StatusCode, Bytes) {
-    let client: hyper_util::client::legacy::Client<_, Full<Bytes>> =
-        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-            .build_http();
     let mut req = Request::builder()
         .method(method.clone())
         .uri(format!("http://{}{path}", node.addr));
-    if signed {
+    if signed && berth::fleet::has_body(method.as_str()) {
+        let (authz, named) = body_proof(method.as_str(), path, body);
+        req = req
+            .header(header::AUTHORIZATION, authz)
+            .header(berth::fleet::BODY_HEADER, named);
+    } else if signed {
         req = req.header(header::AUTHORIZATION, proof(method.as_str(), path));
     }
+    send(req, body).await
+}
+
+/// Sends a built call with `body`.
+async fn send(req: http::request::Builder, body: &[u8]) -> (StatusCode, Bytes) {
+    let client: hyper_util::client::legacy::Client<_, Full<Bytes>> =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build_http();
     let resp = client
         .request(req.body(Full::new(Bytes::copy_from_slice(body))).unwrap())
         .await
@@ -414,7 +425,8 @@ async fn a_node_restarted_empty_rejoins_with_the_parent_down() {
     );
 }
 
-/// The holders route refuses: no proof 401; a note naming a node outside the set, a body that
+/// The holders route refuses: no proof 401; a body that is not the one the proof names (or a
+/// proof that names none) 401; a note naming a node outside the set, a body that
 /// is no note, one over the limit, a digest that is not one, a query: 400; another method 405;
 /// on a parent 404; past `MAX_CALLS` calls at once 429 (and free again once they end).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -474,13 +486,59 @@ async fn the_holders_route_refuses_bad_calls() {
         "a refused note was kept"
     );
 
+    // The proof covers the body: another body under a note's proof, a note signed as if it
+    // had no body, a body header that names no digest, and a proof over another body header:
+    // 401, counted, nothing kept.
+    let refused = || node.counter("berth_fleet_auth_failures_total{reason=\"bad_proof\"}");
+    let malformed = || node.counter("berth_fleet_auth_failures_total{reason=\"malformed\"}");
+    let (bad_before, malformed_before) = (refused().await, malformed().await);
+    let uri = format!("http://{}{path}", node.addr);
+    let mine = HolderNote { node: me.clone() }.encode();
+    let altered = format!("{} ", String::from_utf8_lossy(&mine)).into_bytes();
+    let (authz, named) = body_proof("PUT", &path, &mine);
+    let put = || Request::put(&uri).header(header::AUTHORIZATION, authz.clone());
+    let (s, body) = send(put().header(berth::fleet::BODY_HEADER, &named), &altered).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED, "{body:?}");
+    assert!(
+        String::from_utf8_lossy(&body).contains("not the one the fleet proof names"),
+        "{body:?}"
+    );
+    let other_named = Digest::of(&altered).to_string();
+    let (s, _) = send(
+        put().header(berth::fleet::BODY_HEADER, &other_named),
+        &altered,
+    )
+    .await;
+    assert_eq!(
+        s,
+        StatusCode::UNAUTHORIZED,
+        "a body header the proof does not cover"
+    );
+    let bodiless = Request::put(&uri).header(header::AUTHORIZATION, proof("PUT", &path));
+    assert_eq!(send(bodiless, &mine).await.0, StatusCode::UNAUTHORIZED);
+    let (s, _) = send(put().header(berth::fleet::BODY_HEADER, "sha256:abc"), &mine).await;
+    assert_eq!(
+        s,
+        StatusCode::UNAUTHORIZED,
+        "a body header that is no digest"
+    );
+    assert_eq!(refused().await, bad_before + 2);
+    assert_eq!(malformed().await, malformed_before + 2);
+    assert!(
+        holders(node, &d).await.is_empty(),
+        "a note under another body's proof was kept"
+    );
+
     // MAX_CALLS calls whose bodies never come hold every slot.
     let mut held = Vec::new();
     for _ in 0..berth::fill::swarm::MAX_CALLS {
         let mut s = tokio::net::TcpStream::connect(node.addr).await.unwrap();
+        let (authz, named) = body_proof("PUT", &path, &[b' '; 100]);
         let head = format!(
-            "PUT {path} HTTP/1.1\r\nhost: x\r\nauthorization: {}\r\ncontent-length: 100\r\n\r\n{{",
-            proof("PUT", &path).to_str().unwrap()
+            "PUT {path} HTTP/1.1\r\nhost: x\r\nauthorization: {}\r\n{}: {}\r\ncontent-length: 100\r\n\r\n{{",
+            authz.to_str().unwrap(),
+            berth::fleet::BODY_HEADER,
+            named.to_str().unwrap()
         );
         s.write_all(head.as_bytes()).await.unwrap();
         held.push(s);

@@ -64,6 +64,12 @@ pub(crate) fn proof(method: &str, path: &str) -> HeaderValue {
     berth::fleet::key(&Secret::new(SECRET)).sign(method, path, auth::now())
 }
 
+/// The proof of a call with `body`: its `Authorization` and its `berth-fleet-body`.
+pub(crate) fn body_proof(method: &str, path: &str, body: &[u8]) -> (HeaderValue, HeaderValue) {
+    let key = berth::fleet::key(&Secret::new(SECRET));
+    berth::fleet::sign_body(&key, method, path, body, auth::now())
+}
+
 /// How the fake tracker answers.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Mode {
@@ -179,21 +185,30 @@ async fn answer(st: Arc<State>, req: Request<Incoming>) -> Response<Body> {
         .path_and_query()
         .map_or(path.clone(), |p| p.as_str().to_owned());
     if path.starts_with("/_berth/fleet/") {
+        let (parts, body) = req.into_parts();
+        let body = body.collect().await.unwrap().to_bytes();
         let key = berth::fleet::key(&Secret::new(SECRET));
-        let authz = req.headers().get(header::AUTHORIZATION);
-        if key
-            .verify(req.method().as_str(), &pq, authz, auth::now())
-            .is_err()
-        {
+        let (method, headers) = (parts.method.as_str(), &parts.headers);
+        if berth::fleet::verify(&key, method, &pq, headers, &body, auth::now()).is_err() {
             return status(StatusCode::UNAUTHORIZED);
         }
+        return fleet_answer(st, &path, parts.uri.query(), body).await;
     }
+    blob_answer(st, &path, req).await
+}
+
+/// A fleet call to the fake parent, its proof checked.
+async fn fleet_answer(
+    st: Arc<State>,
+    path: &str,
+    query: Option<&str>,
+    body: Bytes,
+) -> Response<Body> {
     if path == "/_berth/fleet/v1/upstreams" {
         return Response::new(full(LISTING));
     }
     if let Some(d) = path.strip_prefix("/_berth/fleet/v1/swarm/") {
         st.swarm_calls.fetch_add(1, Ordering::SeqCst);
-        let body = req.into_body().collect().await.unwrap().to_bytes();
         match *st.mode.lock().unwrap() {
             Mode::Error => return status(StatusCode::INTERNAL_SERVER_ERROR),
             Mode::Garbage => return Response::new(full("{\"size\": \"many\"}")),
@@ -226,9 +241,14 @@ async fn answer(st: Arc<State>, req: Request<Incoming>) -> Response<Body> {
         if *st.no_pieces.lock().unwrap() {
             return status(StatusCode::NOT_FOUND);
         }
-        let from = pieces_from(req.uri().query()).unwrap();
+        let from = pieces_from(query).unwrap();
         return Response::new(full(Pieces::of(&table(&bytes), from).encode()));
     }
+    status(StatusCode::NOT_FOUND)
+}
+
+/// The fake parent's `/v2/` blob route.
+async fn blob_answer(st: Arc<State>, path: &str, req: Request<Incoming>) -> Response<Body> {
     let Some((repo, d)) = path.rsplit_once("/blobs/") else {
         return status(StatusCode::NOT_FOUND);
     };

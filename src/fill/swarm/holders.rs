@@ -40,7 +40,7 @@ use http_body_util::{Empty, Full};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::link::{CALL_TIMEOUT, Link, Members, read};
-use crate::fleet::holders_path;
+use crate::fleet::{BODY_HEADER, holders_path};
 use crate::oci::Digest;
 use crate::swarm::directory::{Book, directory};
 use crate::swarm::node::{Fleet as Nodes, NodeUrl};
@@ -238,10 +238,13 @@ async fn tell_one(link: &Link, node: &NodeUrl, digest: &Digest) -> Result<(), St
     let note = HolderNote {
         node: link.me.clone(),
     };
+    let body = note.encode();
+    let (proof, named) = link.fleet.sign_body("PUT", &path, &body);
     let r = Request::put(format!("{node}{path}"))
-        .header(header::AUTHORIZATION, link.fleet.sign("PUT", &path))
+        .header(header::AUTHORIZATION, proof)
+        .header(BODY_HEADER, named)
         .header(header::CONTENT_TYPE, "application/json")
-        .body(Full::new(Bytes::from(note.encode())))
+        .body(Full::new(Bytes::from(body)))
         .map_err(|e| e.to_string())?;
     let call = async {
         let resp = link.post.request(r).await.map_err(|e| e.to_string())?;

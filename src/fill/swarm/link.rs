@@ -20,7 +20,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use url::Url;
 
 use crate::error::Error;
-use crate::fleet::{Fleet, PIECES_PATH, swarm_path};
+use crate::fleet::{BODY_HEADER, Fleet, PIECES_PATH, swarm_path};
 use crate::oci::{Digest, RepoName};
 use crate::swarm::node::{Fleet as Nodes, NodeUrl};
 use crate::swarm::protocol::{MAX_PIECES_BODY, MAX_SMALL_BODY, Pieces, SwarmAnswer, SwarmRequest};
@@ -129,10 +129,13 @@ impl Link {
     ) -> Result<SwarmAnswer, String> {
         let path = swarm_path(digest, size);
         let url = self.parent.join(&path).map_err(|e| e.to_string())?;
+        let body = req.encode();
+        let (proof, named) = self.fleet.sign_body("POST", &path, &body);
         let r = Request::post(url.as_str())
-            .header(header::AUTHORIZATION, self.fleet.sign("POST", &path))
+            .header(header::AUTHORIZATION, proof)
+            .header(BODY_HEADER, named)
             .header(header::CONTENT_TYPE, "application/json")
-            .body(Full::new(Bytes::from(req.encode())))
+            .body(Full::new(Bytes::from(body)))
             .map_err(|e| e.to_string())?;
         let call = async {
             let resp = self.post.request(r).await.map_err(|e| e.to_string())?;
