@@ -11,7 +11,8 @@
 //! the directory again; the holders route's refusals (401, 400, 404 on a parent, 405, 429).
 //! `[fleet] parent_timeout`: a parent that accepts and never answers, one whose connections are
 //! never accepted (a full backlog: the SYNs are dropped), and one that goes silent after its
-//! `HEAD` each send the pull to a holder within the bound, not the upstream client's 30 s.
+//! `HEAD` each send the pull to a holder within the bound, not the upstream client's 30 s. A
+//! node restarted on its storage tells the directory of its blobs again, and is found.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -586,23 +587,9 @@ async fn holder_and_restarted(parent: SocketAddr) -> Restarted {
     a.settled().await;
     let told = eventually(|| async { holders(&b, &d).await == vec![url(&a)] }).await;
     assert!(told, "b never heard that a holds the blob");
-    let (b_addr, b_url) = (b.addr, url(&b));
-    let dir = b.stop().await;
-    let cfg = format!(
-        r#"{}
-        [fleet]
-        parent = "http://{parent}"
-        self = "{b_url}"
-        peers = ["{}", "{b_url}"]
-        secret_file = {:?}
-        parent_timeout = "1s"
-        "#,
-        listeners_and_storage(dir.path()),
-        url(&a),
-        f._secret.path().join("fleet-secret").display().to_string(),
-    );
-    let listener = std::net::TcpListener::bind(b_addr).unwrap();
-    let (b, _) = start_on_listener(&cfg, dir, listener).await;
+    let peers = [url(&a), url(&b)];
+    let secret = f._secret.path().join("fleet-secret");
+    let b = restart(b, &parent.to_string(), &peers, &secret).await;
     Restarted {
         layer,
         d,
@@ -705,4 +692,67 @@ async fn a_parent_silent_after_its_head_leaves_the_pull_to_a_holder_within_paren
     *parent.state.tracker.lock().unwrap() = Default::default();
     parent.state.gets_silent.store(true, Ordering::SeqCst);
     pulled_from_the_holder_in_time(b, &d, &layer).await;
+}
+
+/// A node stopped and started again on its storage (its blobs on disk, the directory's books
+/// forgotten: every node restarted), its parent down: the restarted holder tells the directory
+/// of the blobs it holds at start, and another node finds it and gets the blob from it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_restarted_on_its_storage_tells_the_directory_again() {
+    let parent = Parent::start(Duration::ZERO).await;
+    let f = fleet(&parent, listeners(2), &[], 4).await;
+    let mut nodes = f.nodes;
+    let b = nodes.pop().unwrap();
+    let a = nodes.pop().unwrap();
+    let layer = random_bytes(MIB + 21, 31);
+    let d = parent.put(&layer);
+    same(a.get(&blob_path(&d)).await.bytes(), &layer);
+    a.settled().await;
+    let told = eventually(|| async { holders(&b, &d).await == vec![url(&a)] }).await;
+    assert!(told, "b never heard that a holds the blob");
+
+    let dead = ports::Dead::new();
+    let peers = [url(&a), url(&b)];
+    let secret = f._secret.path().join("fleet-secret");
+    // b first, so that it hears a's notes; its book starts empty.
+    let b = restart(b, &dead.addr().to_string(), &peers, &secret).await;
+    assert!(holders(&b, &d).await.is_empty(), "b's book outlived it");
+    let a = restart(a, &dead.addr().to_string(), &peers, &secret).await;
+    let told = eventually(|| async { holders(&b, &d).await == vec![url(&a)] }).await;
+    assert!(told, "the restarted holder never told the directory");
+    same(b.get(&blob_path(&d)).await.bytes(), &layer);
+    assert_eq!(
+        b.counter("berth_fleet_bytes_total{source=\"holder\"}")
+            .await,
+        layer.len() as u64
+    );
+    b.settled().await;
+    assert_eq!(std::fs::read(b.blob_file(&d)).unwrap(), layer);
+}
+
+/// Stops `node` and starts it again on its storage and address, `parent` (`host:port`) its
+/// parent, `peers` the node set, `parent_timeout = "1s"`; its saved upstream list serves the
+/// start.
+async fn restart(node: Berth, parent: &str, peers: &[String], secret: &std::path::Path) -> Berth {
+    let (addr, me) = (node.addr, url(&node));
+    let dir = node.stop().await;
+    let peers = peers
+        .iter()
+        .map(|p| format!("\"{p}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let cfg = format!(
+        r#"{}
+        [fleet]
+        parent = "http://{parent}"
+        self = "{me}"
+        peers = [{peers}]
+        secret_file = {:?}
+        parent_timeout = "1s"
+        "#,
+        listeners_and_storage(dir.path()),
+        secret.display().to_string(),
+    );
+    let listener = std::net::TcpListener::bind(addr).unwrap();
+    start_on_listener(&cfg, dir, listener).await.0
 }

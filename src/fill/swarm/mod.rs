@@ -54,8 +54,10 @@
 //! from the same byte, and **no byte of a wrong body reaches the fill**, so none is served, kept
 //! or completed. No holder, or none that sends the blob: the pull fails as it did
 //! before the directory (`503` from the fill's own try of the parent). A node restarted empty
-//! has an empty book and asks the others; it is told again as nodes complete blobs, and tells
-//! them of its own, so it rejoins without any step of its own.
+//! has an empty book and asks the others; it is told again as nodes complete blobs (and as
+//! nodes start: each tells the directory of the blobs on its disk, paced,
+//! [`Swarm::announce_held`]), and tells them of its own, so it rejoins without any step of its
+//! own; a node restarted with its blobs is found again the same way.
 //!
 //! Access, with the parent down: the parent's `HEAD` (its access policy for this login and
 //! repository, its origin check for this upstream) cannot be asked. The choice made: **any
@@ -182,6 +184,8 @@ pub struct Swarm {
     directory: Arc<Directory>,
     /// Where a holder's bytes wait for the whole digest (the store's temp directory).
     spool_dir: std::path::PathBuf,
+    /// The store whose blobs [`Swarm::announce_held`] tells the directory of.
+    store: Arc<Store>,
 }
 
 impl Swarm {
@@ -237,6 +241,7 @@ impl Swarm {
         Ok(Some(Swarm {
             members,
             spool_dir: store.tmp().to_path_buf(),
+            store: store.clone(),
             serving: Serving::new(
                 Uploads::new(cfg.max_uploads as usize, WAIT_TICK),
                 store,
@@ -246,6 +251,19 @@ impl Swarm {
             link,
             directory,
         }))
+    }
+
+    /// Tells the directory of every blob the store holds (`holders::Directory::announce`:
+    /// paced, in the background of a start); for the server to run once its store's index is
+    /// built, so that a node restarted with its blobs is found while the parent is down.
+    pub async fn announce_held(self: Arc<Self>) {
+        let held = self.store.index().digests();
+        let (directory, link, members) = (
+            self.directory.clone(),
+            self.link.clone(),
+            self.members.clone(),
+        );
+        directory.announce(link, members, held).await;
     }
 
     /// A slot for one directory call (`PUT`/`GET .../holders/<digest>`); `None` when
