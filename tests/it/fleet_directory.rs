@@ -12,7 +12,8 @@
 //! `[fleet] parent_timeout`: a parent that accepts and never answers, one whose connections are
 //! never accepted (a full backlog: the SYNs are dropped), and one that goes silent after its
 //! `HEAD` each send the pull to a holder within the bound, not the upstream client's 30 s. A
-//! node restarted on its storage tells the directory of its blobs again, and is found.
+//! node restarted on its storage tells the directory of its blobs again, and is found. A parent
+//! merely slower than the bound still serves a blob no node holds.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -755,4 +756,26 @@ async fn restart(node: Berth, parent: &str, peers: &[String], secret: &std::path
     );
     let listener = std::net::TcpListener::bind(addr).unwrap();
     start_on_listener(&cfg, dir, listener).await.0
+}
+
+/// A parent slower than `parent_timeout` to answer a `HEAD`, for a blob no node holds: taken for
+/// down by the swarm, the directory names no holder, and the fill's own request of the parent
+/// serves the pull. A slow parent costs a pull the bound, never the pull.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_parent_still_serves_a_blob_no_node_holds() {
+    let parent = Parent::start(Duration::ZERO).await;
+    let f = fleet_with(&parent, listeners(2), &[], 4, "parent_timeout = \"1s\"").await;
+    let b = &f.nodes[1];
+    let layer = random_bytes(MIB + 5, 32);
+    let d = parent.put(&layer);
+    *parent.state.head_delay.lock().unwrap() = Duration::from_secs(3);
+    same(b.get(&blob_path(&d)).await.bytes(), &layer);
+    assert_eq!(
+        b.counter("berth_fleet_bytes_total{source=\"holder\"}")
+            .await,
+        0
+    );
+    assert_eq!(parent.sent(), layer.len() as u64);
+    b.settled().await;
+    assert_eq!(std::fs::read(b.blob_file(&d)).unwrap(), layer);
 }

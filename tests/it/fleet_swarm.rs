@@ -109,6 +109,8 @@ pub(crate) struct State {
     pub(crate) gets_down: std::sync::atomic::AtomicBool,
     /// Blob GETs are never answered (the parent goes silent after its `HEAD`).
     pub(crate) gets_silent: std::sync::atomic::AtomicBool,
+    /// How long a blob `HEAD` takes to be answered (a parent slow to ask its upstream).
+    pub(crate) head_delay: Mutex<Duration>,
 }
 
 pub(crate) struct Parent {
@@ -137,6 +139,7 @@ impl Parent {
             down: Default::default(),
             gets_down: Default::default(),
             gets_silent: Default::default(),
+            head_delay: Mutex::default(),
         });
         let st = state.clone();
         tokio::spawn(async move {
@@ -260,6 +263,11 @@ async fn blob_answer(st: Arc<State>, path: &str, req: Request<Incoming>) -> Resp
     }
     let size = bytes.len() as u64;
     if req.method() == Method::HEAD {
+        let delay = *st.head_delay.lock().unwrap();
+        if !delay.is_zero() {
+            // The parent's behaviour (a slow upstream behind it), not a wait for anything.
+            tokio::time::sleep(delay).await;
+        }
         let mut r = status(StatusCode::OK);
         r.headers_mut()
             .insert(header::CONTENT_LENGTH, HeaderValue::from(size));
