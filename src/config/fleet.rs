@@ -51,8 +51,9 @@ pub struct FleetConfig {
     pub parent_slots: Option<u32>,
     /// On a node: how long its fleet calls to the parent (the `HEAD` before a swarm fill, the
     /// tracker's calls, a swarm fill's blob request, the upstream list at start) may take to
-    /// connect and to bring the response's head (and its connections to other nodes, to
-    /// connect). Past it the parent is taken for down for that
+    /// connect and to bring the response's head (and its connections to other nodes, and each
+    /// of its registry requests to the parent, to connect: `fleet::listing`). Past it the
+    /// parent is taken for down for that
     /// pull, whose blob then comes from the holders the directory names (`fill::swarm` says why
     /// a few seconds, and what a slow parent taken for down costs). Unset: [`PARENT_TIMEOUT`].
     #[serde(
