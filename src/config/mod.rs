@@ -41,7 +41,7 @@ mod value;
 pub use admin::{AdminConfig, MIN_ADMIN_TOKEN_BYTES};
 pub use auth::AuthConfig;
 pub use cluster::{ClusterConfig, MIN_CLUSTER_SECRET_BYTES};
-pub use fleet::{FleetConfig, MIN_FLEET_SECRET_BYTES};
+pub use fleet::{FleetConfig, MIN_FLEET_SECRET_BYTES, PARENT_TIMEOUT};
 pub use keys::{KeyAlgorithm, PublicKeyConfig, parse_public_key, parse_spki};
 pub use log::{LogConfig, LogFormat};
 pub use metrics::MetricsConfig;
