@@ -3,8 +3,8 @@
 `perf record -g` (bucket_path.py --perf DIR writes them) and puts each sample in the first class
 its stack matches, leaf first within each class's markers, classes in the order below.
 
-Usage: perf script -i DIR/after-cold-x3.data | python3 benches/load/perf_shares.py [--by-pid]
-       python3 benches/load/perf_shares.py FILE.data [--by-pid]   (runs `perf script` itself)
+Usage: python3 benches/load/perf_shares.py FILE.data [--by all|process|thread]
+       perf script -F comm,pid,tid,ip,sym,dso -i FILE.data | python3 benches/load/perf_shares.py
 
 Classes (a sample's stack, kernel and user frames, searched for these symbol parts):
   sha256          sha2's compress functions (the digest check, and piece hashes)
@@ -46,39 +46,44 @@ def classify(frames):
 
 
 def samples(lines):
-    """Yields (comm, pid, frames) per sample of `perf script` text."""
+    """Yields (comm, pid, tid, frames) per sample of `perf script -F comm,pid,tid,ip,sym,dso`."""
     head, frames = None, []
     for line in lines:
         line = line.rstrip("\n")
         if not line.strip():
             if head:
-                yield head[0], head[1], frames
+                yield (*head, frames)
             head, frames = None, []
         elif head is None:
-            # "comm pid/tid [cpu] time: period event:" or "comm pid [cpu] ..."
-            parts = line.split()
-            pid = next((p.split("/")[0] for p in parts[1:3] if p.split("/")[0].isdigit()), "?")
-            head = (parts[0], pid)
+            # "comm pid/tid" (comm may hold spaces: the ids are the last field)
+            ids = line.split()[-1]
+            pid, _, tid = ids.partition("/")
+            head = (line.rsplit(None, 1)[0].strip(), pid, tid or pid)
         else:
             parts = line.split(None, 1)
             frames.append(parts[1] if len(parts) > 1 else parts[0])
     if head:
-        yield head[0], head[1], frames
+        yield (*head, frames)
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("data", nargs="?", help="a perf.data file (else `perf script` text on stdin)")
-    ap.add_argument("--by-pid", action="store_true", help="one column per process")
+    ap.add_argument("--by", choices=["all", "process", "thread"], default="all", help="one column per ...")
     args = ap.parse_args()
     if args.data:
-        out = subprocess.run(["perf", "script", "-i", args.data], capture_output=True, text=True, check=True).stdout
+        out = subprocess.run(
+            ["perf", "script", "-F", "comm,pid,tid,ip,sym,dso", "-i", args.data],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
         lines = out.splitlines(True)
     else:
         lines = sys.stdin
     counts = collections.defaultdict(collections.Counter)
-    for comm, pid, frames in samples(lines):
-        key = pid if args.by_pid else "all"
+    for _comm, pid, tid, frames in samples(lines):
+        key = {"all": "all", "process": pid, "thread": tid}[args.by]
         counts[key][classify(frames)] += 1
     keys = sorted(counts)
     print("| class | " + " | ".join(f"{k} share" for k in keys) + " |")
