@@ -15,6 +15,12 @@ The bed (all made here, all removed on exit, Ctrl-C and SIGTERM included):
   <prefix>-sw   a namespace holding one bridge (br0) and the switch side of every link
   <prefix>-up   the upstream: docker-registry (filesystem storage), its access log counting GETs
   <prefix>-c    the central berth ([fleet] secret_file, one [[upstream]]: the registry)
+  <prefix>-cK   with --replicas R >= 2, replicas K = 1..R-1 beside -c (replica 0): each also has
+                [cluster] (self, peers = all R, a cluster secret of its own) and a second capped
+                link, eth1, to a bridge of the replicas' own (br1, 10.214.<pid % 256>.0/24) that
+                carries only their peer traffic (a miss handed to the digest's owner, tracker and
+                piece-table calls forwarded to it), so eth0 counts what the central berth sends to
+                nodes; node K's parent is replica K % R (a Service spreading the nodes)
   <prefix>-nK   node K: a berth with [fleet] parent, self, peers (every node), secret_file; the
                 node's client (a runtime's stand-in) runs in the same namespace and GETs the blob
                 from its node berth on that namespace's own address (so it crosses no link)
@@ -53,7 +59,10 @@ Each client hashes what it receives (sha256) and reports its status, size, diges
 from the common start (a barrier on stdin, released at once) to its last byte: "verified" is a
 200 whose bytes hash to the digest; "wrong" a complete body that does not (never acceptable).
 
-Figures per scenario: verified / failed / wrong bodies; p50, p99 (nearest rank) and max time to a
+Figures per scenario (with --replicas, the central berth's are summed over the replicas, and two
+more: the bytes the replicas sent each other, eth1's tx, and the nodes' tracker calls forwarded to
+the digest's owner replica, berth_fleet_owner_calls_total{result="owner"}): verified / failed /
+wrong bodies; p50, p99 (nearest rank) and max time to a
 verified blob, and their ratio to `single`; upstream fetches (the registry's access log: GET lines
 of the blob's path) and upstream bytes out (the upstream's veth tx counter) in blobs; bytes out of
 the central berth (its veth tx counter, and berth_served_bytes_total) in blobs; bytes the nodes
@@ -70,11 +79,12 @@ Usage: python3 benches/load/fleet.py [--quick] [--nodes N] [--blob-mib M] [--rat
                                      [--json FILE] [--scenarios single,all,kill,slow,liar]
                                      [--berth BIN] [--keep] [--liars J] [--liar-uploads U]
                                      [--liar-claim complete|progress] [--liar-bytes flip|garbage]
+                                     [--replicas R]
   full     16 nodes, 256 MiB, 200mbit, all five scenarios
   --quick  8 nodes, 32 MiB: a smoke test of the bed (~1 min)
 Needs root (ip netns, tc), iproute2, curl and docker-registry (apt-get installed if missing).
 tests/it/fleet_bed.rs runs this with 3 nodes and a 4 MiB blob in CI (single, all, kill, and liar
-with one liar announcing one slot).
+with one liar announcing one slot), then with 4 nodes behind 2 replicas (all).
 """
 import argparse
 import hashlib
@@ -212,6 +222,11 @@ class Bed:
         self.secret = os.path.join(self.work, "fleet-secret")
         with open(self.secret, "w") as f:
             f.write(os.urandom(32).hex() + "\n")
+        # The central berth: one berth, or --replicas of them (a cluster).
+        self.replicas = max(1, args.replicas)
+        self.cluster_secret = os.path.join(self.work, "cluster-secret")
+        with open(self.cluster_secret, "w") as f:
+            f.write(os.urandom(32).hex() + "\n")
 
     # -- the network --
 
@@ -233,16 +248,42 @@ class Bed:
             self.cap(short, rate or self.args.rate)
         return name
 
-    def cap(self, short, rate):
+    def cap(self, short, rate, dev="eth0", port=None):
         """The token bucket on both ends of `short`'s link: its upload and its download."""
-        for ns, dev in ((self.ns(short), "eth0"), (self.ns("sw"), f"s-{short}")):
-            sh("tc", "-n", ns, "qdisc", "replace", "dev", dev, "root", "tbf", "rate", rate,
+        for ns, d in ((self.ns(short), dev), (self.ns("sw"), port or f"s-{short}")):
+            sh("tc", "-n", ns, "qdisc", "replace", "dev", d, "root", "tbf", "rate", rate,
                "burst", self.args.burst, "latency", "50ms")
 
-    def tx_bytes(self, short):
-        """Bytes sent by `short` over its link (its eth0's tx counter)."""
-        out = sh("ip", "-n", self.ns(short), "-j", "-s", "link", "show", "dev", "eth0", capture=True)
+    def add_replica_link(self, short, ip):
+        """A replica's second link (eth1, capped like the first) to the replicas' own bridge."""
+        name, sw, port = self.ns(short), self.ns("sw"), f"r-{short}"
+        sh("ip", "-n", sw, "link", "add", port, "type", "veth", "peer", "name", "eth1", "netns", name)
+        sh("ip", "-n", sw, "link", "set", port, "master", "br1", "up")
+        sh("ip", "-n", name, "addr", "add", f"{ip}/24", "dev", "eth1")
+        sh("ip", "-n", name, "link", "set", "eth1", "up")
+        self.cap(short, self.args.rate, "eth1", port)
+
+    def tx_bytes(self, short, dev="eth0"):
+        """Bytes sent by `short` over its link (its eth0's tx counter; `dev` another)."""
+        out = sh("ip", "-n", self.ns(short), "-j", "-s", "link", "show", "dev", dev, capture=True)
         return json.loads(out)[0]["stats64"]["tx"]["bytes"]
+
+    # -- the central berth's replicas --
+
+    def central_short(self, k):
+        return "c" if k == 0 else f"c{k}"
+
+    def central_ip(self, k):
+        """Replica k's address on the nodes' bridge (replica 0 is the lone central berth's)."""
+        return f"{self.net}.3" if k == 0 else f"{self.net}.{240 + k}"
+
+    def cluster_ip(self, k):
+        """Replica k's address on the replicas' own bridge."""
+        return f"10.214.{os.getpid() % 256}.{10 + k}"
+
+    def parent_of(self, k):
+        """Node k's parent: a replica, the nodes spread over them in turn."""
+        return f"http://{self.central_ip(k % self.replicas)}:{PORT}"
 
     def build(self):
         sweep_stale()
@@ -252,6 +293,13 @@ class Bed:
         sh("ip", "-n", sw, "link", "set", "br0", "up")
         self.add_ns("up", f"{self.net}.2")
         self.add_ns("c", f"{self.net}.3")
+        if self.replicas > 1:
+            sh("ip", "-n", sw, "link", "add", "br1", "type", "bridge")
+            sh("ip", "-n", sw, "link", "set", "br1", "up")
+            for k in range(1, self.replicas):
+                self.add_ns(self.central_short(k), self.central_ip(k))
+            for k in range(self.replicas):
+                self.add_replica_link(self.central_short(k), self.cluster_ip(k))
         for j in range(self.liars):
             self.add_ns(f"l{j}", self.liar_ip(j))
         for k in range(self.n):
@@ -352,14 +400,14 @@ class Bed:
 
     # -- berths --
 
-    def berth_conf(self, name, ip, tables):
+    def berth_conf(self, name, ip, tables, listen=None):
         d = os.path.join(self.work, name)
         shutil.rmtree(os.path.join(d, "data"), ignore_errors=True)
         os.makedirs(os.path.join(d, "data"), exist_ok=True)
         path = os.path.join(d, "config.toml")
         with open(path, "w") as f:
             f.write(
-                f'[server]\nlisten = "{ip}:{PORT}"\n[metrics]\nlisten = "{ip}:{MPORT}"\n'
+                f'[server]\nlisten = "{listen or ip}:{PORT}"\n[metrics]\nlisten = "{ip}:{MPORT}"\n'
                 f'[storage]\npath = "{d}/data"\n{tables}'
             )
         return path
@@ -367,6 +415,8 @@ class Bed:
     def start_central(self):
         ip = f"{self.net}.3"
         self.central_url = f"http://{ip}:{PORT}"
+        if self.replicas > 1:
+            return self.start_replicas()
         conf = self.berth_conf(
             "central", ip,
             f'[fleet]\nsecret_file = "{self.secret}"\n'
@@ -374,6 +424,33 @@ class Bed:
         )
         self.central = self.start("central", "c", [self.args.berth, "serve", "--config", conf])
         self.wait_http("c", f"http://{ip}:{MPORT}/healthz", self.central)
+
+    def start_replicas(self):
+        """The central berth as --replicas berths of one cluster (each also the fleet's parent),
+        peers to each other over their own bridge; returns once each sees all of them up."""
+        peers = [f"http://{self.cluster_ip(k)}:{PORT}" for k in range(self.replicas)]
+        procs = []
+        for k in range(self.replicas):
+            short, ip = self.central_short(k), self.central_ip(k)
+            conf = self.berth_conf(
+                "central" if k == 0 else f"central{k}", ip,
+                f'[fleet]\nsecret_file = "{self.secret}"\n'
+                f'[cluster]\nself = "{peers[k]}"\npeers = {json.dumps(peers)}\n'
+                f'secret_file = "{self.cluster_secret}"\nhealth_interval = "500ms"\n'
+                f'[[upstream]]\nname = "{self.upstream}"\nurl = "http://{self.upstream}"\ndefault = true\n',
+                listen="0.0.0.0",
+            )
+            procs.append(self.start(f"central{k or ''}", short, [self.args.berth, "serve", "--config", conf]))
+        self.central = procs[0]
+        for k, p in enumerate(procs):
+            self.wait_http(self.central_short(k), f"http://{self.central_ip(k)}:{MPORT}/healthz", p)
+        deadline = time.monotonic() + 30
+        for k in range(self.replicas):
+            short, ip = self.central_short(k), self.central_ip(k)
+            while metric(self.scrape(short, ip), 'berth_cluster_peers{state="up"}') < self.replicas:
+                if time.monotonic() > deadline:
+                    raise Failed(f"replica {k} never saw all {self.replicas} replicas up (see {procs[k].log_path})")
+                time.sleep(0.1)
 
     def liar_ip(self, j):
         return f"{self.net}.{4 + j}"
@@ -391,7 +468,7 @@ class Bed:
             ip = f"{self.net}.{10 + k}"
             conf = self.berth_conf(
                 f"n{k}", ip,
-                f'[fleet]\nparent = "{self.central_url}"\nself = "{urls[k]}"\npeers = {json.dumps(peers)}\n'
+                f'[fleet]\nparent = "{self.parent_of(k)}"\nself = "{urls[k]}"\npeers = {json.dumps(peers)}\n'
                 f'secret_file = "{self.secret}"\n',
             )
             proc = self.start(f"n{k}", f"n{k}", [self.args.berth, "serve", "--config", conf])
@@ -433,12 +510,16 @@ class Bed:
     # -- a scenario --
 
     def counters(self, nodes):
-        c = self.scrape("c", f"{self.net}.3")
+        shorts = [self.central_short(k) for k in range(self.replicas)]
+        texts = [self.scrape(self.central_short(k), self.central_ip(k)) for k in range(self.replicas)]
         return {
             "up_tx": self.tx_bytes("up"),
-            "c_tx": self.tx_bytes("c"),
-            "c_fetched": metric(c, "berth_upstream_fetched_bytes_total"),
-            "c_served": metric(c, "berth_served_bytes_total"),
+            # The central berth, summed over its replicas: to nodes (eth0), to each other (eth1).
+            "c_tx": sum(self.tx_bytes(s) for s in shorts),
+            "c_peer_tx": sum(self.tx_bytes(s, "eth1") for s in shorts) if self.replicas > 1 else 0,
+            "c_fetched": sum(metric(c, "berth_upstream_fetched_bytes_total") for c in texts),
+            "c_served": sum(metric(c, "berth_served_bytes_total") for c in texts),
+            "c_forwarded": sum(metric(c, 'berth_fleet_owner_calls_total{result="owner"}') for c in texts),
             # A node's bytes from the parent: through the swarm's driver, or the old way (a fill
             # the swarm left, or without it); from other nodes: through the swarm only.
             **self.node_bytes(nodes),
@@ -573,6 +654,9 @@ class Bed:
             "central_fetched_blobs": blobs["c_fetched"],
             "central_tx_blobs": blobs["c_tx"],
             "central_served_blobs": blobs["c_served"],
+            "replicas": self.replicas,
+            "central_peer_tx_blobs": blobs["c_peer_tx"] if self.replicas > 1 else None,
+            "owner_forwarded": int(delta["c_forwarded"]) if self.replicas > 1 else None,
             "nodes_from_parent_blobs": blobs["n_parent"],
             "nodes_from_peers_blobs": blobs["n_peer"],
             "pieces_rejected": int(delta["rejected"]),
@@ -592,7 +676,9 @@ class Bed:
             f"upstream {fig['upstream_tx_blobs']:.2f} blobs, central out {fig['central_tx_blobs']:.2f} blobs"
         )
         # Frees the disk: the central's copy (the next scenario has its own blob), the liar's.
-        for path in (os.path.join(self.work, "central", "data", "blobs", "sha256", digest[7:]), self.blob_path):
+        centrals = [os.path.join(self.work, f"central{k or ''}", "data", "blobs", "sha256", digest[7:])
+                    for k in range(self.replicas)]
+        for path in (*centrals, self.blob_path):
             try:
                 os.unlink(path)
             except OSError:
@@ -642,6 +728,9 @@ class Bed:
             ("central: fetched from upstream, blobs (metrics)", lambda s: cell(s, "central_fetched_blobs")),
             ("central: bytes out, blobs (veth tx; target <= 2)", lambda s: cell(s, "central_tx_blobs")),
             ("central: served, blobs (berth_served_bytes_total)", lambda s: cell(s, "central_served_blobs")),
+            ("central: replicas", lambda s: str(self.results[s].get("replicas", 1))),
+            ("central: between replicas, blobs (eth1 tx)", lambda s: cell(s, "central_peer_tx_blobs")),
+            ("central: tracker calls forwarded to the owner", lambda s: cell(s, "owner_forwarded", "{}")),
             ("nodes: got from the parent, blobs (metrics)", lambda s: cell(s, "nodes_from_parent_blobs")),
             ("nodes: got from other nodes, blobs (metrics)", lambda s: cell(s, "nodes_from_peers_blobs")),
             ("nodes: pieces rejected (summed)", lambda s: str(self.results[s]["pieces_rejected"])),
@@ -655,7 +744,8 @@ class Bed:
         lines = [
             f"Run {datetime.now(timezone.utc).strftime('%Y-%m-%dT%H:%MZ')}, HEAD {commit}, {os.cpu_count()} cores ({cpu}); "
             f"{self.n} nodes, blob {self.args.blob_mib} MiB, every link {self.args.rate} each way (tbf burst "
-            f"{self.args.burst}), slow link {self.args.slow_rate}{', --quick' if self.args.quick else ''}. "
+            f"{self.args.burst}), slow link {self.args.slow_rate}{', --quick' if self.args.quick else ''}"
+            f"{f', central berth as {self.replicas} replicas' if self.replicas > 1 else ''}. "
             f"Load average before: {' '.join(self.load[0])}, after: {' '.join(self.load[-1])}.",
             "",
             "| figure | " + " | ".join(heads) + " |",
@@ -708,6 +798,8 @@ def main():
     ap.add_argument("--json", help="also write the figures as JSON here")
     ap.add_argument("--berth", help="a berth binary (default: cargo build --release, target/release/berth)")
     ap.add_argument("--keep", action="store_true", help="keep the temp dir (configs, logs)")
+    ap.add_argument("--replicas", type=int, default=1,
+                    help="the central berth as this many replicas of one cluster (1 to 8; the nodes spread over them)")
     args = ap.parse_args()
     args.nodes = args.nodes or (8 if args.quick else 16)
     args.blob_mib = args.blob_mib or (32 if args.quick else 256)
@@ -717,6 +809,8 @@ def main():
             ap.error(f"unknown scenario {s}")
     if not 1 <= args.nodes <= 200:
         ap.error("--nodes: 1 to 200")
+    if not 1 <= args.replicas <= 8:
+        ap.error("--replicas: 1 to 8")
     if not 1 <= args.liars <= 6:
         ap.error("--liars: 1 to 6")
     if not 1 <= args.liar_uploads <= 64:
