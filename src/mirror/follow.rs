@@ -6,17 +6,20 @@
 //! so a table never completes over a wrong body.
 //!
 //! Neither, and a bucket (`[storage.s3]`): the bucket's object, read whole and checked
-//! ([`Tier::read_blob`](crate::tier::Tier::read_blob): its last chunk only once the digest
-//! matched; a wrong object deleted), keeping nothing. With replicas over one bucket, a replica that
-//! finds a blob there serves it without asking the digest's owner, so the owner, which makes the
-//! fleet's piece table for every replica, may hold neither the blob nor a fill of it; without
-//! this read the nodes behind other replicas got no table and took the whole blob from their
-//! parent. The cost: the owner reads the object once more from the bucket (bucket to replica, not
-//! out of the central berth to a node), once per table it makes. Why not a fill into the
-//! owner's store instead: a fill is keyed by its upstream and repository, which a table call
-//! does not name (the node's may be on another replica), it would pass the origin check that a
-//! table, holding only hashes of the digest the node named, does not need, and it would take
-//! the owner's disk for a blob no client asked it for.
+//! ([`Tier::read_blob`](crate::tier::Tier::read_blob): its last chunk only once the digest matched;
+//! a wrong object deleted), keeping nothing. With replicas over one bucket, a replica that finds a
+//! blob there serves it without asking the digest's owner, so the owner, which makes the fleet's
+//! piece table for every replica, may hold neither the blob nor a fill of it; without this read the
+//! nodes behind other replicas got no table and took the whole blob from their parent. The cost:
+//! the owner reads the object once more from the bucket (bucket to replica, not out of the central
+//! berth to a node), once per table it makes; where the bucket's link is as narrow as a node's, the
+//! two reads (the owner's and the filling replica's) share it and the parent-fed node gets the blob
+//! at half the rate (BENCHMARKS.md, "The central berth as replicas, and over a bucket": p99 1.98x
+//! the single pull with the bucket at 50 Mbit/s, 1.39x at 400 Mbit/s, for 16 nodes at 50 Mbit/s).
+//! Why not a fill into the owner's store instead: a fill is keyed by its upstream and repository,
+//! which a table call does not name (the node's may be on another replica), it would pass the
+//! origin check that a table, holding only hashes of the digest the node named, does not need, and
+//! it would take the owner's disk for a blob no client asked it for.
 //!
 //! A running fill is found through any upstream with
 //! [`Fills::with_content`](crate::fill::Fills::with_content), which hands out its channel without
