@@ -69,9 +69,11 @@ Each client hashes what it receives (sha256) and reports its status, size, diges
 from the common start (a barrier on stdin, released at once) to its last byte: "verified" is a
 200 whose bytes hash to the digest; "wrong" a complete body that does not (never acceptable).
 
-Figures per scenario (with --replicas, the central berth's are summed over the replicas, and two
-more: the bytes the replicas sent each other, eth1's tx, and the nodes' tracker calls forwarded to
-the digest's owner replica, berth_fleet_owner_calls_total{result="owner"}): verified / failed /
+Figures per scenario (with --replicas, the central berth's are summed over the replicas, and
+three more: the digest's owner replica, the bytes the replicas sent each other (eth1's tx, less
+what the bucket received), and the nodes' tracker calls forwarded to the owner,
+berth_fleet_owner_calls_total{result="owner"}; with --bucket, the bytes read out of the bucket
+and uploaded into it (its link's tx and rx) and each replica's bucket GETs): verified / failed /
 wrong bodies; p50, p99 (nearest rank) and max time to a
 verified blob, and their ratio to `single`; upstream fetches (the registry's access log: GET lines
 of the blob's path) and upstream bytes out (the upstream's veth tx counter) in blobs; bytes out of
@@ -93,8 +95,8 @@ Usage: python3 benches/load/fleet.py [--quick] [--nodes N] [--blob-mib M] [--rat
   full     16 nodes, 256 MiB, 200mbit, all five scenarios
   --quick  8 nodes, 32 MiB: a smoke test of the bed (~1 min)
 Needs root (ip netns, tc), iproute2, curl and docker-registry (apt-get installed if missing);
-with --bucket also radosgw, ceph-mon, ceph-osd, uuid-runtime (apt) and boto3 (pip; not installed
-here).
+with --bucket also radosgw, ceph-mon, ceph-osd, uuid-runtime (apt-get installed if missing) and
+boto3 (pip: not installed by the bed).
 tests/it/fleet_bed.rs runs this with 3 nodes and a 4 MiB blob in CI (single, all, kill, and liar
 with one liar announcing one slot), then with 4 nodes behind 2 replicas (all).
 """
