@@ -2,8 +2,10 @@
 //! the first ask for a digest, by a small task per digest that reads the blob the way a client
 //! of the parent would ([`Blobs::follow`]: the committed file, a fill in progress followed as
 //! it grows, or with a bucket tier the bucket's object, checked whole) and hashes it into a [`PieceTable`] with a [`PieceHasher`], publishing how many
-//! hashes are known on a `watch`. A request that finds no hash past its `from` waits up to
-//! [`WAIT`] for the next one, so nodes need not poll hard.
+//! hashes are known on a `watch`. A request that finds no hash past its `from` waits for the
+//! next one until [`WAIT`] after it arrived (the time its table took to start counted in: a
+//! bucket's answer can take a while, and a forwarded call's budget, `owner::PIECES_WAIT`, is
+//! only half a second more), so nodes need not poll hard.
 //!
 //! Why a second pass rather than hashing inside the fill: the fill (`fill::job`) and the store
 //! are the invariant files of berth's verify-before-serve promise, mutation-tested as such; a
@@ -163,7 +165,8 @@ impl Tables {
     }
 
     /// The hashes of `digest` from piece `from` on: from its table, made now if there is none
-    /// (over `blobs`), after waiting up to `wait` for a hash past `from` if there is none yet.
+    /// (over `blobs`), after waiting until `wait` after the call for a hash past `from` if there
+    /// is none yet.
     pub async fn pieces(
         &self,
         blobs: &dyn Blobs,
@@ -171,6 +174,7 @@ impl Tables {
         from: u32,
         wait: Duration,
     ) -> Result<Pieces, NoTable> {
+        let deadline = tokio::time::Instant::now() + wait;
         let table = self.table(blobs, digest).await?;
         let count = table.layout().count();
         if from > count {
@@ -179,8 +183,8 @@ impl Tables {
             )));
         }
         let mut rx = table.progress.subscribe();
-        let _ = tokio::time::timeout(
-            wait,
+        let _ = tokio::time::timeout_at(
+            deadline,
             rx.wait_for(|p| p.failed || p.known > from || p.known == count),
         )
         .await;
