@@ -352,6 +352,7 @@ class Bench:
             conf.append(
                 f'[storage.s3]\nbucket = "{BUCKET}"\nendpoint = "{self.rgw}"\nregion = "us-east-1"\n'
                 f'prefix = "{prefix}/"\naccess_key_id = "testkey"\nsecret_access_key_file = "{self.secret}"\n'
+                + getattr(self, "s3_extra", "")
             )
         if cluster:
             self_url, peers = cluster

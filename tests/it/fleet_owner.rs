@@ -179,11 +179,24 @@ impl Replicas {
         body: Vec<u8>,
         authorization: Option<http::HeaderValue>,
     ) -> Answer {
+        let headers = authorization.map(|a| ("authorization", a));
+        self.send_with(i, method, path, body, headers.into_iter().collect())
+            .await
+    }
+
+    async fn send_with(
+        &self,
+        i: usize,
+        method: Method,
+        path: &str,
+        body: Vec<u8>,
+        headers: Vec<(&str, http::HeaderValue)>,
+    ) -> Answer {
         let mut req = Request::builder()
             .method(method)
             .uri(format!("http://{}{path}", self.berth(i).addr));
-        if let Some(a) = authorization {
-            req = req.header("authorization", a);
+        for (name, value) in headers {
+            req = req.header(name, value);
         }
         let resp = self
             .client
@@ -203,9 +216,15 @@ impl Replicas {
         path: &str,
         body: Vec<u8>,
     ) -> Answer {
-        let proof =
-            berth::fleet::key(&Secret::new(FLEET_SECRET)).sign(method.as_str(), path, auth::now());
-        self.send(i, method, path, body, Some(proof)).await
+        let key = berth::fleet::key(&Secret::new(FLEET_SECRET));
+        let m = method.as_str();
+        let headers = if berth::fleet::has_body(m) {
+            let (authz, named) = berth::fleet::sign_body(&key, m, path, &body, auth::now());
+            vec![("authorization", authz), (berth::fleet::BODY_HEADER, named)]
+        } else {
+            vec![("authorization", key.sign(m, path, auth::now()))]
+        };
+        self.send_with(i, method, path, body, headers).await
     }
 
     async fn swarm(&self, i: usize, d: &Digest, req: &SwarmRequest, size: Option<u64>) -> Answer {
