@@ -126,18 +126,8 @@ class PathBench(cluster.Bench):
             f"http://127.0.0.1:{port}/",
         )
         log(f"each bucket connection capped at {self.args.stream_cap} MB/s (relay pid {relay.pid})")
-        import boto3
-        from botocore.config import Config
-
         self.rgw = f"http://127.0.0.1:{port}"
-        self.s3 = boto3.client(
-            "s3",
-            endpoint_url=self.rgw,
-            aws_access_key_id="testkey",
-            aws_secret_access_key="testsecret",
-            region_name="us-east-1",
-            config=Config(s3={"addressing_style": "path"}),
-        )
+        self.s3 = cluster.s3_client(self.rgw)
 
     def measured_all(self, fn, pids):
         """`measured`, plus the CPU seconds of the origin registry and of the clients (curl,

@@ -266,29 +266,7 @@ async fn wrong_bytes_in_a_late_range_are_never_served_and_the_object_is_deleted(
         .await;
     let b = shared.replica_reading_in_parallel(&fake.url(), 3).await;
 
-    let got = b.get(&blob_path(&d)).await;
-    match got.status {
-        StatusCode::OK => {
-            let body = got.body.expect_err("a body of wrong bytes must break off");
-            assert!(body.len() < layer.len());
-        }
-        StatusCode::BAD_GATEWAY => assert_eq!(got.code(), "DIGEST_INVALID"),
-        s => panic!("answered {s}"),
-    }
-    assert_eq!(shared.get(&shared.blob_key(&d)).await, None);
-    assert_eq!(
-        b.counter("berth_bucket_requests_total{op=\"get_body\",outcome=\"mismatch\"}")
-            .await,
-        1
-    );
-    assert!(!b.blob_file(&d).exists());
-    b.settled().await;
-    same(b.get(&blob_path(&d)).await.bytes(), &layer);
-    assert_eq!(
-        fake.hits(Method::GET, &blob_path(&d)),
-        1,
-        "the retry: from the upstream"
-    );
+    wrong_object_is_never_served(&b, &shared, &d, &layer, &fake).await;
 }
 
 #[tokio::test]
@@ -354,31 +332,46 @@ async fn wrong_bytes_in_the_bucket_are_never_served_and_are_deleted() {
         .await;
     let (b, _) = replica(&shared, &[("registry.test", &fake.url())]).await;
 
-    // Either the fill failed before the answer's head (502, no byte sent: the whole blob was
-    // read and checked by then) or the body breaks off; never a complete wrong body.
-    let got = b.get(&blob_path(&d)).await;
+    wrong_object_is_never_served(&b, &shared, &d, &layer, &fake).await;
+    // The upstream's verified bytes go up in its place.
+    shared.until(&shared.blob_key(&d)).await;
+    assert_eq!(shared.get(&shared.blob_key(&d)).await.unwrap(), layer);
+}
+
+/// A pull of `d`, whose bucket object is wrong: either the fill failed before the answer's head
+/// (502, no byte sent: the whole blob was read and checked by then) or the body breaks off
+/// short, never a complete wrong body; the object is deleted before the fill fails (a retry
+/// cannot find it again) and counted, nothing is kept, and the next pull comes from the upstream.
+async fn wrong_object_is_never_served(
+    b: &Berth,
+    shared: &Shared,
+    d: &str,
+    layer: &Bytes,
+    fake: &FakeRegistry,
+) {
+    let got = b.get(&blob_path(d)).await;
     match got.status {
         StatusCode::OK => {
             let body = got.body.expect_err("a body of wrong bytes must break off");
-            assert!(!body.is_empty());
+            assert!(!body.is_empty() && body.len() < layer.len());
         }
         StatusCode::BAD_GATEWAY => assert_eq!(got.code(), "DIGEST_INVALID"),
         s => panic!("answered {s}"),
     }
-    // Deleted before the fill failed: a retry cannot find it again.
-    assert_eq!(shared.get(&shared.blob_key(&d)).await, None);
+    assert_eq!(shared.get(&shared.blob_key(d)).await, None);
     assert_eq!(
         b.counter("berth_bucket_requests_total{op=\"get_body\",outcome=\"mismatch\"}")
             .await,
         1
     );
-    assert!(!b.blob_file(&d).exists());
+    assert!(!b.blob_file(d).exists());
     b.settled().await;
-    // The next pull goes to the upstream, and its verified bytes go up.
-    same(b.get(&blob_path(&d)).await.bytes(), &layer);
-    assert_eq!(fake.hits(Method::GET, &blob_path(&d)), 1);
-    shared.until(&shared.blob_key(&d)).await;
-    assert_eq!(shared.get(&shared.blob_key(&d)).await.unwrap(), layer);
+    same(b.get(&blob_path(d)).await.bytes(), layer);
+    assert_eq!(
+        fake.hits(Method::GET, &blob_path(d)),
+        1,
+        "the retry: from the upstream"
+    );
 }
 
 #[tokio::test]
