@@ -337,6 +337,12 @@ impl Index {
         self.len() == 0
     }
 
+    /// The digests of every entry, now (a copy: the lock is held for the copy only).
+    pub fn digests(&self) -> Vec<Digest> {
+        let inner = self.inner.lock().unwrap();
+        inner.entries.keys().map(digest).collect()
+    }
+
     /// Records a blob (a new commit, or one found on start). Replaces an entry for the same key.
     pub fn insert(&self, key: Key, size: u64, last: Secs) {
         let mut inner = self.inner.lock().unwrap();
@@ -591,6 +597,18 @@ mod tests {
 
     fn k(n: u8) -> Key {
         [n; 32]
+    }
+
+    /// Every entry's digest, whatever its state (an empty index: none).
+    #[test]
+    fn digests_lists_every_entry() {
+        let i = Index::new(limits(1000));
+        assert!(i.digests().is_empty());
+        i.insert(k(1), 10, 0);
+        i.insert(k(2), 10, 0);
+        let mut got = i.digests();
+        got.sort_by_key(|d| d.to_string());
+        assert_eq!(got, vec![digest(&k(1)), digest(&k(2))]);
     }
 
     fn limits(max: u64) -> Limits {

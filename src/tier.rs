@@ -50,17 +50,24 @@
 //! Trade-off: a replica that dies between its local commit and the end of the upload leaves the
 //! bucket without the blob; the next replica's miss fetches it again.
 //!
+//! # Whole reads for the fleet's piece tables
+//! [`Tier::read_blob`] (`read`): an object read whole and checked, keeping nothing, for a fleet
+//! parent's piece table of a blob it neither holds nor fills (a replica found it in the bucket
+//! and never asked the owner).
+//!
 //! # The share
 //! Pulls are noted in memory and flushed as access markers; what was pulled here but is missing
 //! from the bucket is put back; with `[storage.s3] max_size` or `max_age` an eviction pass runs
 //! every [`EVICT_EVERY`] (`share`, policy and markers in `store::s3::evict`).
 //!
 //! Rule of dependency: uses `store` (`s3`, reading committed files) and `oci`; `mirror` uses it
-//! (and notes the pulls it answers in it), `assemble` builds it and `health` reads its last error
-//! and share.
+//! (notes the pulls it answers in it, and reads whole blobs through it for the fleet's tables),
+//! `assemble` builds it and `health` reads its last error and share.
 
+mod read;
 mod share;
 
+pub use read::{BODY_STALL, CheckedBody};
 pub use share::{
     EVICT_EVERY, FLUSH_EVERY, PullSource, READ_TOUCH_EVERY, ShareInfo, ShareState, TOUCH_EVERY,
 };

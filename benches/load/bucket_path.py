@@ -16,11 +16,25 @@ Figures (each the median of --rounds interleaved rounds unless said):
              three that owns the digest last (x3): seconds, CPU summed over the replicas
   to_bucket  after the cold s3 pull: seconds from the pull's start until the blob is in the bucket,
              and berth's CPU over that time (the fill and its upload)
+  budget     every process on a path (berth, RGW, the origin registry, the curl clients): their CPU
+             summed, and the wall it allows at best on this machine's cores (all of it spread over
+             every core). From those, for each wall target of issue 19, the berth CPU s/GB that
+             would leave the target reachable here at all: the cores' time within the target's
+             wall, less what the other processes on the path spend. A target whose budget is
+             below what berth's floor (sha256 and one copy each way) costs cannot be met on this
+             machine by any berth.
 
 Usage: python3 benches/load/bucket_path.py [--quick] [--rounds N] [--only bucket1] [--perf DIR]
                                           [--berth BIN] [--before BIN]
   --before BIN a second binary (say, main's), measured beside --berth figure by figure: the
                "before" and "after" columns of one run
+  --stream-cap MBYTE
+               put benches/load/stream_cap.py in front of RGW, capping each connection's download
+               at MBYTE MB/s (a remote S3's single stream): berth's bucket and the direct GET go
+               through it (the cold and to-bucket figures too)
+  --read-streams N, --before-read-streams N
+               `[storage.s3] read_streams` of each column's berths (default 1, left out of the
+               config); the same binary twice with two values compares them
   --perf DIR   record `perf record -g` of the berth serving bucket1 and bucket8 and of the x3
                replicas in the cold pull (first round) into DIR (read with `perf report -i`;
                frame pointers make the stacks whole: build with
@@ -38,6 +52,12 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import cluster  # noqa: E402
 from cluster import scrape  # noqa: E402
 from common import ROOT, Failed, berth_binary, git, log, metric, run, write_report  # noqa: E402
+
+
+def children_cpu():
+    """User + system CPU seconds of this process's children that were waited for (the clients)."""
+    t = os.times()
+    return t.children_user + t.children_system
 
 
 def peak_rss_mib(pid):
@@ -63,9 +83,12 @@ class PathBench(cluster.Bench):
         self.samples.setdefault((self.label, key), []).append(value)
 
     def use(self, label):
-        """Runs the next figures with this subject's binary (`after`: --berth, `before`: --before)."""
+        """Runs the next figures with this subject's binary (`after`: --berth, `before`: --before)
+        and its `read_streams`."""
         self.label = label
         self.args.berth = self.bins[label]
+        streams = self.args.read_streams if label == "after" else self.args.before_read_streams
+        self.s3_extra = f"read_streams = {streams}\n" if streams > 1 else ""
 
     def perf_start(self, name, pids):
         if not self.args.perf:
@@ -91,6 +114,28 @@ class PathBench(cluster.Bench):
             p.send_signal(2)
             p.wait()
 
+    def start_ceph(self):
+        super().start_ceph()
+        if not self.args.stream_cap:
+            return
+        port = cluster.free_port()
+        relay = self.start(
+            "stream-cap",
+            [sys.executable, os.path.join(os.path.dirname(os.path.abspath(__file__)), "stream_cap.py"),
+             "--listen", str(port), "--to", self.rgw[len("http://"):], "--mbyte-per-s", str(self.args.stream_cap)],
+            f"http://127.0.0.1:{port}/",
+        )
+        log(f"each bucket connection capped at {self.args.stream_cap} MB/s (relay pid {relay.pid})")
+        self.rgw = f"http://127.0.0.1:{port}"
+        self.s3 = cluster.s3_client(self.rgw)
+
+    def measured_all(self, fn, pids):
+        """`measured`, plus the CPU seconds of the origin registry and of the clients (curl,
+        children of this process, counted once they were waited for)."""
+        o0, k0 = cluster.cpu_seconds([self.origin_srv.pid]), children_cpu()
+        res, wall, cpu, ceph = self.measured(fn, pids)
+        return res, wall, cpu, ceph, cluster.cpu_seconds([self.origin_srv.pid]) - o0, children_cpu() - k0
+
     def seed_bucket(self):
         """A prefix whose bucket holds the blob (a cold pull through one berth, then settled)."""
         prefix = self.fresh_prefix()
@@ -106,7 +151,7 @@ class PathBench(cluster.Bench):
         s = self.start_berth("s3", prefix=prefix)
         gets0 = metric(scrape(s), 'berth_bucket_requests_total{op="get"}')
         perf = self.perf_start(f"bucket{clients}", [s.pid]) if profile else None
-        got, wall, cpu, ceph = self.measured(lambda: self.pulls([s.url] * clients), [s.pid])
+        got, wall, cpu, ceph, _, curl = self.measured_all(lambda: self.pulls([s.url] * clients), [s.pid])
         self.perf_stop(perf)
         short = sum(1 for g in got if g["bytes"] != self.size)
         if short:
@@ -120,6 +165,7 @@ class PathBench(cluster.Bench):
         self.add(f"bucket{clients}_gbps", gb * clients / wall)
         self.add(f"bucket{clients}_cpu", cpu / gb)
         self.add(f"bucket{clients}_ceph", ceph / gb)
+        self.add(f"bucket{clients}_curl", curl / gb)
         self.add(f"bucket{clients}_gets", gets)
         self.add(f"bucket{clients}_answers", from_bucket)
         self.add(f"bucket{clients}_ttfb_ms", statistics.median(g["ttfb"] for g in got) * 1000)
@@ -131,7 +177,7 @@ class PathBench(cluster.Bench):
             ExpiresIn=3600,
         )
         pids = self.ceph_pids()
-        c0, t0 = cluster.cpu_seconds(pids), time.monotonic()
+        c0, k0, t0 = cluster.cpu_seconds(pids), children_cpu(), time.monotonic()
         out = subprocess.run(
             ["curl", "-s", "-o", "/dev/null", "-w", "%{size_download}", url], capture_output=True, text=True
         ).stdout
@@ -140,6 +186,7 @@ class PathBench(cluster.Bench):
             raise Failed("RGW direct read incomplete")
         self.add("rgw_gbps", self.size / 1e9 / wall)
         self.add("rgw_ceph", (cluster.cpu_seconds(pids) - c0) / (self.size / 1e9))
+        self.add("rgw_curl", (children_cpu() - k0) / (self.size / 1e9))
 
     def cold(self, subject, profile):
         prefix = self.fresh_prefix()
@@ -147,11 +194,13 @@ class PathBench(cluster.Bench):
         before = self.origin_gets()
         perf = self.perf_start(f"cold-{subject}", [s.pid for s in srv]) if profile else None
         t0, cpu0 = time.monotonic(), cluster.cpu_seconds([s.pid for s in srv])
-        got, _, cpu, ceph = self.measured(lambda: self.pull(srv[0].url), [s.pid for s in srv])
+        got, _, cpu, ceph, origin, curl = self.measured_all(lambda: self.pull(srv[0].url), [s.pid for s in srv])
         self.perf_stop(perf)
         if got["bytes"] != self.size:
             raise Failed(f"{subject} cold pull incomplete")
         self.add(f"cold_{subject}_ceph", ceph / (self.size / 1e9))
+        self.add(f"cold_{subject}_origin", origin / (self.size / 1e9))
+        self.add(f"cold_{subject}_curl", curl / (self.size / 1e9))
         if self.origin_gets() - before != 1:
             log(f"WARNING: {subject} cold pull made {self.origin_gets() - before} upstream fetches")
         if subject == "x3" and metric(scrape(srv[0]), 'berth_owner_handoffs_total{result="peer"}') != 1:
@@ -205,8 +254,11 @@ class PathBench(cluster.Bench):
             f"blob {self.blob_mib} MiB, {self.runs} round(s) interleaving {' and '.join(labels)}, "
             f"load {open('/proc/loadavg').read().split()[:3]}"
         )
+        if self.args.stream_cap:
+            head += f"\nbucket connections capped at {self.args.stream_cap} MB/s each (stream_cap.py)"
         for label in labels:
-            head += f"\n{label}: {self.bins[label]}"
+            streams = self.args.read_streams if label == "after" else self.args.before_read_streams
+            head += f"\n{label}: {self.bins[label]}, read_streams {streams}"
         text = head + "\n\n| figure | " + " | ".join(labels) + " |\n|---|" + "---|" * len(labels) + "\n"
         for i, name in enumerate(names):
             text += f"| {name} | " + " | ".join(cols[label][i][1] for label in labels) + " |\n"
@@ -241,6 +293,34 @@ class PathBench(cluster.Bench):
             ("cold pull, single berth: RGW CPU s/GB during the pull", f"{m('cold_s3_ceph'):.2f}"),
             ("first pull to in the bucket: s", f"{m('to_bucket_s'):.2f}"),
             ("first pull to in the bucket: berth CPU s/GB (fill + upload)", f"{m('to_bucket_cpu'):.2f}"),
+            *self.budget(m),
+        ]
+
+    def budget(self, m):
+        """What the wall targets leave berth, given what the rest of each path spends (see the
+        docstring's `budget`). Figures per GB of blob; `cores` from this machine."""
+        cores = os.cpu_count()
+        gb = self.size / 1e9
+        # The 1-client bucket hit: the target wall is RGW direct's / 0.8.
+        direct_wall = gb / m("rgw_gbps")
+        hit_others = m("bucket1_ceph") + m("bucket1_curl")
+        hit_all = hit_others + m("bucket1_cpu")
+        hit_budget = cores * direct_wall / 0.8 / gb - hit_others
+        # 8 clients: within 1.2x of one client's wall.
+        fan_others = m("bucket8_ceph") + m("bucket8_curl")
+        fan_budget = cores * 1.2 * m("bucket1_wall") / gb - fan_others
+        # The non-owner cold pull: within 1.3x of the single berth's.
+        x3_others = m("cold_x3_ceph") + m("cold_x3_origin") + m("cold_x3_curl")
+        x3_budget = cores * 1.3 * m("cold_s3_s") / gb - x3_others
+        return [
+            ("budget: RGW direct, CPU of RGW + curl, s/GB", f"{m('rgw_ceph') + m('rgw_curl'):.2f}"),
+            ("budget: bucket hit, CPU of berth + RGW + curl, s/GB", f"{hit_all:.2f}"),
+            ("budget: bucket hit, wall at best on all cores / measured", f"{hit_all * gb / cores / m('bucket1_wall'):.2f}"),
+            ("budget: berth CPU s/GB that 0.8x of RGW direct leaves (now above)", f"{hit_budget:.2f}"),
+            ("budget: 8 clients, CPU of RGW + 8 curls, s/GB of blob", f"{fan_others:.2f}"),
+            ("budget: berth CPU s/GB of blob that 1.2x leaves (now: 8x the served row)", f"{fan_budget:.2f}"),
+            ("budget: x3 cold, CPU of RGW + origin + curl, s/GB", f"{x3_others:.2f}"),
+            ("budget: replicas' summed CPU s/GB that 1.3x leaves (now: x3 summed)", f"{x3_budget:.2f}"),
         ]
 
 
@@ -250,6 +330,9 @@ def main():
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--only", choices=["bucket1"], help="only the 1-client bucket hit and RGW direct (quick iterations)")
     ap.add_argument("--perf", help="record perf profiles into this directory")
+    ap.add_argument("--stream-cap", type=float, help="cap each bucket connection at this many MB/s (a relay)")
+    ap.add_argument("--read-streams", type=int, default=1, help="[storage.s3] read_streams of --berth")
+    ap.add_argument("--before-read-streams", type=int, default=1, help="[storage.s3] read_streams of --before")
     ap.add_argument("--out", default=os.path.join(ROOT, "benches/load/last-bucket-path-run.md"))
     ap.add_argument("--berth", help="a berth binary (default: cargo build --release)")
     ap.add_argument("--before", help="a second berth binary, measured in the same run, interleaved (a 'before' column)")

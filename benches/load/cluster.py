@@ -126,6 +126,21 @@ class Server:
         self.log.close()
 
 
+def s3_client(endpoint):
+    """A boto3 client of the bed's RGW user at `endpoint`, path-style."""
+    import boto3
+    from botocore.config import Config
+
+    return boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        aws_access_key_id="testkey",
+        aws_secret_access_key="testsecret",
+        region_name="us-east-1",
+        config=Config(s3={"addressing_style": "path"}),
+    )
+
+
 def cpu_seconds(pids):
     """utime + stime of these processes, in seconds (comm may hold spaces: split after ')')."""
     total = 0
@@ -207,17 +222,7 @@ class Bench:
             ),
             stdout=subprocess.DEVNULL,
         )
-        import boto3
-        from botocore.config import Config
-
-        self.s3 = boto3.client(
-            "s3",
-            endpoint_url=self.rgw,
-            aws_access_key_id="testkey",
-            aws_secret_access_key="testsecret",
-            region_name="us-east-1",
-            config=Config(s3={"addressing_style": "path"}),
-        )
+        self.s3 = s3_client(self.rgw)
         self.s3.create_bucket(Bucket=BUCKET)
         # RGW's first requests on a new bucket are slow (its index and caches): take that here,
         # not in the first figure. Time it, to say so in the log.
@@ -352,6 +357,7 @@ class Bench:
             conf.append(
                 f'[storage.s3]\nbucket = "{BUCKET}"\nendpoint = "{self.rgw}"\nregion = "us-east-1"\n'
                 f'prefix = "{prefix}/"\naccess_key_id = "testkey"\nsecret_access_key_file = "{self.secret}"\n'
+                + getattr(self, "s3_extra", "")
             )
         if cluster:
             self_url, peers = cluster

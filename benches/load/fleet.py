@@ -15,6 +15,17 @@ The bed (all made here, all removed on exit, Ctrl-C and SIGTERM included):
   <prefix>-sw   a namespace holding one bridge (br0) and the switch side of every link
   <prefix>-up   the upstream: docker-registry (filesystem storage), its access log counting GETs
   <prefix>-c    the central berth ([fleet] secret_file, one [[upstream]]: the registry)
+  <prefix>-cK   with --replicas R >= 2, replicas K = 1..R-1 beside -c (replica 0): each also has
+                [cluster] (self, peers = all R, a cluster secret of its own) and a second capped
+                link, eth1, to a bridge of the replicas' own (br1, 10.214.<pid % 256>.0/24) that
+                carries only their peer traffic (a miss handed to the digest's owner, tracker and
+                piece-table calls forwarded to it), so eth0 counts what the central berth sends to
+                nodes; node K's parent is replica K % R (a Service spreading the nodes)
+  <prefix>-s3   with --bucket (and --replicas >= 2): Ceph's S3 gateway (tests/ceph/start-ceph.sh:
+                mon, memstore OSD, radosgw, run inside the namespace, radosgw on its address),
+                one bucket that every replica shares ([storage.s3]); its one link (capped at
+                --bucket-rate, default --rate) is to the replicas' bridge (br1), so uploads and
+                bucket reads never cross eth0
   <prefix>-nK   node K: a berth with [fleet] parent, self, peers (every node), secret_file; the
                 node's client (a runtime's stand-in) runs in the same namespace and GETs the blob
                 from its node berth on that namespace's own address (so it crosses no link)
@@ -39,6 +50,11 @@ node berths restarted empty):
   slow    N nodes at once, node 0's link (both directions) at --slow-rate (default rate/10);
           with --slow-first node 0 is released first and the others once the tracker answered
           its join (node 0 heads the chain), each pull timed from its own release
+  bucket  (needs --bucket) N nodes at once, the blob only in the bucket: it is pulled once through
+          replica 0 (which fills it from the upstream and uploads it), and once the object is in
+          the bucket every replica is restarted with an empty disk; so the replica a node's
+          miss reaches fills from the bucket without asking the digest's owner, and the owner
+          makes the piece table from the bucket's object. Upstream GETs count from the restart (0)
   liar    N nodes at once, and --liars lying nodes released just before them: each joins the
           swarm on the parent's tracker with the fleet proof, as a node does (the nodes are
           released once every liar's join and claim were answered 200), claims to hold the blob
@@ -55,7 +71,12 @@ Each client hashes what it receives (sha256) and reports its status, size, diges
 from the common start (a barrier on stdin, released at once) to its last byte: "verified" is a
 200 whose bytes hash to the digest; "wrong" a complete body that does not (never acceptable).
 
-Figures per scenario: verified / failed / wrong bodies; p50, p99 (nearest rank) and max time to a
+Figures per scenario (with --replicas, the central berth's are summed over the replicas, and
+three more: the digest's owner replica, the bytes the replicas sent each other (eth1's tx, less
+what the bucket received), and the nodes' tracker calls forwarded to the owner,
+berth_fleet_owner_calls_total{result="owner"}; with --bucket, the bytes read out of the bucket
+and uploaded into it (its link's tx and rx) and each replica's bucket GETs): verified / failed /
+wrong bodies; p50, p99 (nearest rank) and max time to a
 verified blob, and their ratio to `single`; upstream fetches (the registry's access log: GET lines
 of the blob's path) and upstream bytes out (the upstream's veth tx counter) in blobs; bytes out of
 the central berth (its veth tx counter, and berth_served_bytes_total) in blobs; bytes the nodes
@@ -72,12 +93,15 @@ Usage: python3 benches/load/fleet.py [--quick] [--nodes N] [--blob-mib M] [--rat
                                      [--json FILE] [--scenarios single,all,kill,slow,liar]
                                      [--berth BIN] [--keep] [--liars J] [--liar-uploads U]
                                      [--liar-claim complete|progress] [--liar-bytes flip|garbage]
+                                     [--replicas R] [--bucket]
                                      [--slow-first]
   full     16 nodes, 256 MiB, 200mbit, all five scenarios
   --quick  8 nodes, 32 MiB: a smoke test of the bed (~1 min)
-Needs root (ip netns, tc), iproute2, curl and docker-registry (apt-get installed if missing).
+Needs root (ip netns, tc), iproute2, curl and docker-registry (apt-get installed if missing);
+with --bucket also radosgw, ceph-mon, ceph-osd, uuid-runtime (apt-get installed if missing) and
+boto3 (pip: not installed by the bed).
 tests/it/fleet_bed.rs runs this with 3 nodes and a 4 MiB blob in CI (single, all, kill, and liar
-with one liar announcing one slot).
+with one liar announcing one slot), then with 4 nodes behind 2 replicas (all).
 """
 import argparse
 import hashlib
@@ -99,10 +123,30 @@ REPO = "bench"
 PORT = 5000
 MPORT = 9090
 APT = ["docker-registry", "curl", "iproute2"]
+# With --bucket: Ceph's S3 gateway.
+APT_BUCKET = ["radosgw", "ceph-mon", "ceph-osd", "uuid-runtime"]
+CEPH = os.path.join(ROOT, "tests/ceph/start-ceph.sh")
+BUCKET, RGW_PORT = "berth", 7480
+# The bucket's one client (boto3, in the gateway's namespace): `make` the bucket, or `has` a key
+# (exit 0: there; 1: not there).
+S3_CLIENT = r"""
+import sys, boto3, botocore
+from botocore.config import Config
+endpoint, op, bucket = sys.argv[1:4]
+s3 = boto3.client("s3", endpoint_url=endpoint, aws_access_key_id="testkey", aws_secret_access_key="testsecret",
+                  region_name="us-east-1", config=Config(s3={"addressing_style": "path"}))
+if op == "make":
+    s3.create_bucket(Bucket=bucket)
+else:
+    try:
+        s3.head_object(Bucket=bucket, Key=sys.argv[4])
+    except botocore.exceptions.ClientError:
+        sys.exit(1)
+"""
 LIAR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "liar.py")
 # The reasons of berth_fleet_peers_dropped_total (src/swarm/tracker.rs, Reason).
 REASONS = ("bad_piece", "stall", "closed", "unreachable", "busy", "starved")
-SCENARIOS = ("single", "all", "kill", "slow", "liar")
+SCENARIOS = ("single", "all", "kill", "slow", "liar", "bucket")
 NS_RE = re.compile(r"^berthfb-(\d+)-")
 # In a temp dir kept by --keep: the next run's sweep leaves it (remove it by hand).
 KEPT = "KEPT"
@@ -141,10 +185,10 @@ def sh(*argv, check=True, capture=False):
     return r.stdout if capture else None
 
 
-def ensure_deps():
+def ensure_deps(bucket=False):
     if os.geteuid() != 0:
         raise Failed("the bed needs root (ip netns, tc)")
-    apt_install(APT)
+    apt_install(APT + (APT_BUCKET if bucket else []))
 
 
 def del_ns(name):
@@ -215,6 +259,11 @@ class Bed:
         self.secret = os.path.join(self.work, "fleet-secret")
         with open(self.secret, "w") as f:
             f.write(os.urandom(32).hex() + "\n")
+        # The central berth: one berth, or --replicas of them (a cluster).
+        self.replicas = max(1, args.replicas)
+        self.cluster_secret = os.path.join(self.work, "cluster-secret")
+        with open(self.cluster_secret, "w") as f:
+            f.write(os.urandom(32).hex() + "\n")
 
     # -- the network --
 
@@ -236,16 +285,55 @@ class Bed:
             self.cap(short, rate or self.args.rate)
         return name
 
-    def cap(self, short, rate):
+    def cap(self, short, rate, dev="eth0", port=None):
         """The token bucket on both ends of `short`'s link: its upload and its download."""
-        for ns, dev in ((self.ns(short), "eth0"), (self.ns("sw"), f"s-{short}")):
-            sh("tc", "-n", ns, "qdisc", "replace", "dev", dev, "root", "tbf", "rate", rate,
+        for ns, d in ((self.ns(short), dev), (self.ns("sw"), port or f"s-{short}")):
+            sh("tc", "-n", ns, "qdisc", "replace", "dev", d, "root", "tbf", "rate", rate,
                "burst", self.args.burst, "latency", "50ms")
 
-    def tx_bytes(self, short):
-        """Bytes sent by `short` over its link (its eth0's tx counter)."""
-        out = sh("ip", "-n", self.ns(short), "-j", "-s", "link", "show", "dev", "eth0", capture=True)
-        return json.loads(out)[0]["stats64"]["tx"]["bytes"]
+    def add_replica_link(self, short, ip, rate=None):
+        """A replica's second link (eth1, capped like the first, or at `rate`) to the replicas' own
+        bridge."""
+        name, sw, port = self.ns(short), self.ns("sw"), f"r-{short}"
+        sh("ip", "-n", sw, "link", "add", port, "type", "veth", "peer", "name", "eth1", "netns", name)
+        sh("ip", "-n", sw, "link", "set", port, "master", "br1", "up")
+        sh("ip", "-n", name, "addr", "add", f"{ip}/24", "dev", "eth1")
+        sh("ip", "-n", name, "link", "set", "eth1", "up")
+        self.cap(short, rate or self.args.rate, "eth1", port)
+
+    def tx_bytes(self, short, dev="eth0", way="tx"):
+        """Bytes sent by `short` over its link (its eth0's tx counter; `dev` another, `way` rx)."""
+        out = sh("ip", "-n", self.ns(short), "-j", "-s", "link", "show", "dev", dev, capture=True)
+        return json.loads(out)[0]["stats64"][way]["bytes"]
+
+    # -- the central berth's replicas --
+
+    def central_short(self, k):
+        return "c" if k == 0 else f"c{k}"
+
+    def central_ip(self, k):
+        """Replica k's address on the nodes' bridge (replica 0 is the lone central berth's)."""
+        return f"{self.net}.3" if k == 0 else f"{self.net}.{240 + k}"
+
+    def cluster_ip(self, k):
+        """Replica k's address on the replicas' own bridge."""
+        return f"10.214.{os.getpid() % 256}.{10 + k}"
+
+    def s3_ip(self):
+        """The bucket's address, on the replicas' bridge."""
+        return f"10.214.{os.getpid() % 256}.240"
+
+    def owner_of(self, digest):
+        """The short name of `digest`'s owner replica, as the cluster ranks them (src/cluster/ring.rs:
+        the highest first 8 bytes of sha256(peer origin "\\n" digest))."""
+        def weight(k):
+            h = hashlib.sha256(f"http://{self.cluster_ip(k)}:{PORT}\n{digest}".encode()).digest()
+            return int.from_bytes(h[:8], "big")
+        return self.central_short(max(range(self.replicas), key=weight))
+
+    def parent_of(self, k):
+        """Node k's parent: a replica, the nodes spread over them in turn."""
+        return f"http://{self.central_ip(k % self.replicas)}:{PORT}"
 
     def build(self):
         sweep_stale()
@@ -255,6 +343,17 @@ class Bed:
         sh("ip", "-n", sw, "link", "set", "br0", "up")
         self.add_ns("up", f"{self.net}.2")
         self.add_ns("c", f"{self.net}.3")
+        if self.args.bucket:
+            self.add_ns("s3")
+        if self.replicas > 1:
+            sh("ip", "-n", sw, "link", "add", "br1", "type", "bridge")
+            sh("ip", "-n", sw, "link", "set", "br1", "up")
+            for k in range(1, self.replicas):
+                self.add_ns(self.central_short(k), self.central_ip(k))
+            for k in range(self.replicas):
+                self.add_replica_link(self.central_short(k), self.cluster_ip(k))
+            if self.args.bucket:
+                self.add_replica_link("s3", self.s3_ip(), self.args.bucket_rate)
         for j in range(self.liars):
             self.add_ns(f"l{j}", self.liar_ip(j))
         for k in range(self.n):
@@ -355,14 +454,14 @@ class Bed:
 
     # -- berths --
 
-    def berth_conf(self, name, ip, tables):
+    def berth_conf(self, name, ip, tables, listen=None):
         d = os.path.join(self.work, name)
         shutil.rmtree(os.path.join(d, "data"), ignore_errors=True)
         os.makedirs(os.path.join(d, "data"), exist_ok=True)
         path = os.path.join(d, "config.toml")
         with open(path, "w") as f:
             f.write(
-                f'[server]\nlisten = "{ip}:{PORT}"\n[metrics]\nlisten = "{ip}:{MPORT}"\n'
+                f'[server]\nlisten = "{listen or ip}:{PORT}"\n[metrics]\nlisten = "{ip}:{MPORT}"\n'
                 f'[storage]\npath = "{d}/data"\n{tables}'
             )
         return path
@@ -370,6 +469,8 @@ class Bed:
     def start_central(self):
         ip = f"{self.net}.3"
         self.central_url = f"http://{ip}:{PORT}"
+        if self.replicas > 1:
+            return self.start_replicas()
         conf = self.berth_conf(
             "central", ip,
             f'[fleet]\nsecret_file = "{self.secret}"\n'
@@ -377,6 +478,92 @@ class Bed:
         )
         self.central = self.start("central", "c", [self.args.berth, "serve", "--config", conf])
         self.wait_http("c", f"http://{ip}:{MPORT}/healthz", self.central)
+
+    # -- the bucket (--bucket) --
+
+    def start_bucket(self):
+        """Ceph in the `-s3` namespace (radosgw on its address, the rest on its own loopback), and
+        one bucket."""
+        ip = self.s3_ip()
+        self.rgw = f"http://{ip}:{RGW_PORT}"
+        log(f"starting ceph (radosgw on {self.rgw})")
+        script = os.path.join(self.work, "start-ceph.sh")
+        with open(CEPH) as f:
+            text = f.read()
+        if "endpoint=127.0.0.1:$PORT" not in text:
+            raise Failed(f"{CEPH}: no radosgw endpoint line to point at the namespace's address")
+        with open(script, "w") as f:
+            f.write(text.replace("endpoint=127.0.0.1:$PORT", "endpoint=0.0.0.0:$PORT"))
+        env = dict(os.environ, CEPH_DIR=os.path.join(self.work, "ceph"), RGW_PORT=str(RGW_PORT))
+        r = subprocess.run(["ip", "netns", "exec", self.ns("s3"), "bash", script], env=env,
+                           capture_output=True, text=True)
+        if r.returncode != 0:
+            raise Failed(f"ceph did not start: {r.stderr.strip()[-2000:]}")
+        made = self.s3("make")
+        if made.returncode != 0:
+            raise Failed(f"creating the bucket: {made.stderr.strip()[-1000:]}")
+        self.s3_secret = os.path.join(self.work, "s3-secret")
+        with open(self.s3_secret, "w") as f:
+            f.write("testsecret\n")
+
+    def s3(self, op, *args):
+        """The bucket's client (S3_CLIENT) run in the gateway's namespace."""
+        return subprocess.run(["ip", "netns", "exec", self.ns("s3"), sys.executable, "-c", S3_CLIENT,
+                               self.rgw, op, BUCKET, *args], capture_output=True, text=True)
+
+    def in_bucket(self, digest):
+        return self.s3("has", f"blobs/sha256/{digest[7:]}").returncode == 0
+
+    def s3_table(self):
+        """A replica's [storage.s3], with --bucket."""
+        if not self.args.bucket:
+            return ""
+        return (f'[storage.s3]\nbucket = "{BUCKET}"\nendpoint = "{self.rgw}"\nregion = "us-east-1"\n'
+                f'access_key_id = "testkey"\nsecret_access_key_file = "{self.s3_secret}"\n')
+
+    def warm_bucket(self, digest):
+        """`bucket`: `digest` pulled once through replica 0 and uploaded; then every replica
+        restarted with an empty disk."""
+        url = f"http://{self.central_ip(0)}:{PORT}/v2/{REPO}/blobs/{digest}"
+        got = self.curl("c", "-f", "-o", "/dev/null", "-w", "%{http_code}", url)
+        if got.stdout != "200":
+            raise Failed(f"warming the bucket: GET {url}: {got.stdout} {got.stderr}")
+        deadline = time.monotonic() + 120
+        while not self.in_bucket(digest):
+            if time.monotonic() > deadline:
+                raise Failed("the blob never reached the bucket (see the replicas' logs)")
+            time.sleep(0.2)
+        for p in list(self.replica_procs):
+            self.stop(p)
+        self.start_replicas()
+
+    def start_replicas(self):
+        """The central berth as --replicas berths of one cluster (each also the fleet's parent),
+        peers to each other over their own bridge; returns once each sees all of them up."""
+        peers = [f"http://{self.cluster_ip(k)}:{PORT}" for k in range(self.replicas)]
+        procs = self.replica_procs = []
+        for k in range(self.replicas):
+            short, ip = self.central_short(k), self.central_ip(k)
+            conf = self.berth_conf(
+                "central" if k == 0 else f"central{k}", ip,
+                self.s3_table() +
+                f'[fleet]\nsecret_file = "{self.secret}"\n'
+                f'[cluster]\nself = "{peers[k]}"\npeers = {json.dumps(peers)}\n'
+                f'secret_file = "{self.cluster_secret}"\nhealth_interval = "500ms"\n'
+                f'[[upstream]]\nname = "{self.upstream}"\nurl = "http://{self.upstream}"\ndefault = true\n',
+                listen="0.0.0.0",
+            )
+            procs.append(self.start(f"central{k or ''}", short, [self.args.berth, "serve", "--config", conf]))
+        self.central = procs[0]
+        for k, p in enumerate(procs):
+            self.wait_http(self.central_short(k), f"http://{self.central_ip(k)}:{MPORT}/healthz", p)
+        deadline = time.monotonic() + 30
+        for k in range(self.replicas):
+            short, ip = self.central_short(k), self.central_ip(k)
+            while metric(self.scrape(short, ip), 'berth_cluster_peers{state="up"}') < self.replicas:
+                if time.monotonic() > deadline:
+                    raise Failed(f"replica {k} never saw all {self.replicas} replicas up (see {procs[k].log_path})")
+                time.sleep(0.1)
 
     def liar_ip(self, j):
         return f"{self.net}.{4 + j}"
@@ -394,7 +581,7 @@ class Bed:
             ip = f"{self.net}.{10 + k}"
             conf = self.berth_conf(
                 f"n{k}", ip,
-                f'[fleet]\nparent = "{self.central_url}"\nself = "{urls[k]}"\npeers = {json.dumps(peers)}\n'
+                f'[fleet]\nparent = "{self.parent_of(k)}"\nself = "{urls[k]}"\npeers = {json.dumps(peers)}\n'
                 f'secret_file = "{self.secret}"\n',
             )
             proc = self.start(f"n{k}", f"n{k}", [self.args.berth, "serve", "--config", conf])
@@ -436,12 +623,22 @@ class Bed:
     # -- a scenario --
 
     def counters(self, nodes):
-        c = self.scrape("c", f"{self.net}.3")
+        shorts = [self.central_short(k) for k in range(self.replicas)]
+        texts = [self.scrape(self.central_short(k), self.central_ip(k)) for k in range(self.replicas)]
         return {
             "up_tx": self.tx_bytes("up"),
-            "c_tx": self.tx_bytes("c"),
-            "c_fetched": metric(c, "berth_upstream_fetched_bytes_total"),
-            "c_served": metric(c, "berth_served_bytes_total"),
+            # The central berth, summed over its replicas: to nodes (eth0), to each other (eth1).
+            "c_tx": sum(self.tx_bytes(s) for s in shorts),
+            "c_eth1_tx": sum(self.tx_bytes(s, "eth1") for s in shorts) if self.replicas > 1 else 0,
+            "c_fetched": sum(metric(c, "berth_upstream_fetched_bytes_total") for c in texts),
+            "c_served": sum(metric(c, "berth_served_bytes_total") for c in texts),
+            "c_forwarded": sum(metric(c, 'berth_fleet_owner_calls_total{result="owner"}') for c in texts),
+            # The bucket's link: reads out of it, uploads into it (the rest of the replicas' eth1
+            # tx is what they sent each other).
+            "s3_tx": self.tx_bytes("s3", "eth1") if self.args.bucket else 0,
+            "s3_rx": self.tx_bytes("s3", "eth1", "rx") if self.args.bucket else 0,
+            # Each replica's GETs the bucket answered (a fill's source, or a piece table's read).
+            **{f"s3_gets{k}": metric(c, 'berth_bucket_requests_total{op="get",outcome="ok"}') for k, c in enumerate(texts)},
             # A node's bytes from the parent: through the swarm's driver, or the old way (a fill
             # the swarm left, or without it); from other nodes: through the swarm only.
             **self.node_bytes(nodes),
@@ -526,10 +723,13 @@ class Bed:
         return out, victim, go
 
     def tracker_joins(self):
-        """The central berth's tracker answers that named a source (`--slow-first`)."""
-        c = self.scrape("c", f"{self.net}.3")
-        return sum(metric(c, f'berth_fleet_tracker_requests_total{{outcome="{o}"}}')
-                   for o in ("assigned_parent", "assigned_node"))
+        """The central berth's tracker answers that named a source, over its replicas (`--slow-first`)."""
+        total = 0
+        for k in range(self.replicas):
+            c = self.scrape(self.central_short(k), self.central_ip(k))
+            total += sum(metric(c, f'berth_fleet_tracker_requests_total{{outcome="{o}"}}')
+                         for o in ("assigned_parent", "assigned_node"))
+        return total
 
     def kill_first_half(self, clients):
         """SIGKILLs the berth of the first node whose client has half the blob; returns it."""
@@ -555,6 +755,8 @@ class Bed:
     def scenario(self, name):
         lying = self.liars if name == "liar" else 0
         digest = self.seed(keep=lying > 0)
+        if name == "bucket":
+            self.warm_bucket(digest)
         self.start_nodes(liars=lying)
         liars = self.start_liars(digest) if lying else []
         nodes = self.nodes[:1] if name == "single" else self.nodes
@@ -571,6 +773,11 @@ class Bed:
         deadline = time.monotonic() + 10
         while self.upstream_gets(digest) == gets0 and time.monotonic() < deadline:
             time.sleep(0.1)
+        # With a bucket, the blob's upload (after the fill's commit) is counted in its own
+        # scenario, not the next one's.
+        deadline = time.monotonic() + 120
+        while self.args.bucket and not self.in_bucket(digest) and time.monotonic() < deadline:
+            time.sleep(0.2)
         after = self.counters(nodes)
         if name == "slow":
             self.cap("n0", self.args.rate)
@@ -597,6 +804,14 @@ class Bed:
             "central_fetched_blobs": blobs["c_fetched"],
             "central_tx_blobs": blobs["c_tx"],
             "central_served_blobs": blobs["c_served"],
+            "replicas": self.replicas,
+            "central_peer_tx_blobs": blobs["c_eth1_tx"] - blobs["s3_rx"] if self.replicas > 1 else None,
+            "owner_forwarded": int(delta["c_forwarded"]) if self.replicas > 1 else None,
+            "owner": self.owner_of(digest) if self.replicas > 1 else None,
+            "bucket_tx_blobs": blobs["s3_tx"] if self.args.bucket else None,
+            "bucket_rx_blobs": blobs["s3_rx"] if self.args.bucket else None,
+            "bucket_gets": " / ".join(str(int(delta[f"s3_gets{k}"])) for k in range(self.replicas))
+            if self.args.bucket else None,
             "nodes_from_parent_blobs": blobs["n_parent"],
             "nodes_from_peers_blobs": blobs["n_peer"],
             "pieces_rejected": int(delta["rejected"]),
@@ -616,7 +831,9 @@ class Bed:
             f"upstream {fig['upstream_tx_blobs']:.2f} blobs, central out {fig['central_tx_blobs']:.2f} blobs"
         )
         # Frees the disk: the central's copy (the next scenario has its own blob), the liar's.
-        for path in (os.path.join(self.work, "central", "data", "blobs", "sha256", digest[7:]), self.blob_path):
+        centrals = [os.path.join(self.work, f"central{k or ''}", "data", "blobs", "sha256", digest[7:])
+                    for k in range(self.replicas)]
+        for path in (*centrals, self.blob_path):
             try:
                 os.unlink(path)
             except OSError:
@@ -626,6 +843,8 @@ class Bed:
         self.load = [open("/proc/loadavg").read().split()[:3]]
         self.build()
         self.start_upstream()
+        if self.args.bucket:
+            self.start_bucket()
         self.start_central()
         for name in self.args.scenarios:
             self.scenario(name)
@@ -666,6 +885,13 @@ class Bed:
             ("central: fetched from upstream, blobs (metrics)", lambda s: cell(s, "central_fetched_blobs")),
             ("central: bytes out, blobs (veth tx; target <= 2)", lambda s: cell(s, "central_tx_blobs")),
             ("central: served, blobs (berth_served_bytes_total)", lambda s: cell(s, "central_served_blobs")),
+            ("central: replicas", lambda s: str(self.results[s].get("replicas", 1))),
+            ("central: between replicas, blobs (eth1 tx, less the bucket's rx)", lambda s: cell(s, "central_peer_tx_blobs")),
+            ("central: the digest's owner replica", lambda s: self.results[s].get("owner") or "–"),
+            ("central: tracker calls forwarded to the owner", lambda s: cell(s, "owner_forwarded", "{}")),
+            ("bucket: read, blobs (its veth tx)", lambda s: cell(s, "bucket_tx_blobs")),
+            ("bucket: uploaded, blobs (its veth rx)", lambda s: cell(s, "bucket_rx_blobs")),
+            ("bucket: GETs answered, per replica (c / c1 / ..)", lambda s: cell(s, "bucket_gets", "{}")),
             ("nodes: got from the parent, blobs (metrics)", lambda s: cell(s, "nodes_from_parent_blobs")),
             ("nodes: got from other nodes, blobs (metrics)", lambda s: cell(s, "nodes_from_peers_blobs")),
             ("nodes: pieces rejected (summed)", lambda s: str(self.results[s]["pieces_rejected"])),
@@ -679,7 +905,9 @@ class Bed:
         lines = [
             f"Run {datetime.now(timezone.utc).strftime('%Y-%m-%dT%H:%MZ')}, HEAD {commit}, {os.cpu_count()} cores ({cpu}); "
             f"{self.n} nodes, blob {self.args.blob_mib} MiB, every link {self.args.rate} each way (tbf burst "
-            f"{self.args.burst}), slow link {self.args.slow_rate}{' (first)' if self.args.slow_first else ''}{', --quick' if self.args.quick else ''}. "
+            f"{self.args.burst}), slow link {self.args.slow_rate}{' (first)' if self.args.slow_first else ''}{', --quick' if self.args.quick else ''}"
+            f"{f', central berth as {self.replicas} replicas' if self.replicas > 1 else ''}"
+            f"{f' over one Ceph RGW bucket (its link {self.args.bucket_rate or self.args.rate})' if self.args.bucket else ''}. "
             f"Load average before: {' '.join(self.load[0])}, after: {' '.join(self.load[-1])}.",
             "",
             "| figure | " + " | ".join(heads) + " |",
@@ -722,7 +950,7 @@ def main():
                     help="in `slow`, release n0 first and the others once the tracker answered its join "
                          "(n0 heads the chain: the worst place for a slow node)")
     ap.add_argument("--burst", default="64kb", help="tbf burst")
-    ap.add_argument("--scenarios", default=",".join(SCENARIOS))
+    ap.add_argument("--scenarios", default=",".join(s for s in SCENARIOS if s != "bucket"))
     ap.add_argument("--liars", type=int, default=1, help="lying nodes in `liar` (1 to 6)")
     ap.add_argument("--liar-claim", choices=("complete", "progress"), default="complete",
                     help="what the liars tell the tracker (liar.py --claim)")
@@ -735,6 +963,11 @@ def main():
     ap.add_argument("--json", help="also write the figures as JSON here")
     ap.add_argument("--berth", help="a berth binary (default: cargo build --release, target/release/berth)")
     ap.add_argument("--keep", action="store_true", help="keep the temp dir (configs, logs)")
+    ap.add_argument("--bucket", action="store_true",
+                    help="the replicas over one bucket (Ceph RGW in a namespace of its own); needs --replicas >= 2")
+    ap.add_argument("--bucket-rate", help="the bucket's link cap, each way (default: --rate)")
+    ap.add_argument("--replicas", type=int, default=1,
+                    help="the central berth as this many replicas of one cluster (1 to 8; the nodes spread over them)")
     args = ap.parse_args()
     args.nodes = args.nodes or (8 if args.quick else 16)
     args.blob_mib = args.blob_mib or (32 if args.quick else 256)
@@ -744,6 +977,12 @@ def main():
             ap.error(f"unknown scenario {s}")
     if not 1 <= args.nodes <= 200:
         ap.error("--nodes: 1 to 200")
+    if not 1 <= args.replicas <= 8:
+        ap.error("--replicas: 1 to 8")
+    if args.bucket and args.replicas < 2:
+        ap.error("--bucket: the replicas' bucket; give --replicas 2 or more")
+    if "bucket" in args.scenarios and not args.bucket:
+        ap.error("scenario bucket: give --bucket")
     if not 1 <= args.liars <= 6:
         ap.error("--liars: 1 to 6")
     if not 1 <= args.liar_uploads <= 64:
@@ -754,7 +993,7 @@ def main():
             ap.error("--rate: a number and a tc unit (200mbit), or give --slow-rate")
         args.slow_rate = f"{max(1, int(m.group(1)) // 10)}{m.group(2)}"
     try:
-        ensure_deps()
+        ensure_deps(args.bucket)
     except Failed as e:
         log(f"FAILED: {e}")
         return 1

@@ -50,12 +50,19 @@ def free_port():
         return s.getsockname()[1]
 
 
-def fleet_proof(method, path):
-    """`Authorization: Berth-Fleet <ts> <hmac>` over `berth-fleet-v1 \\n METHOD \\n path \\n ts`."""
+def fleet_proof(method, path, body=None):
+    """`Authorization: Berth-Fleet <ts> <hmac>` over `berth-fleet-v1 \\n METHOD \\n path \\n ts`;
+    with a body, the path is followed by `\\n sha256:<hex of the body>`, which also goes in
+    `Berth-Fleet-Body` (src/fleet/mod.rs). Returns the headers."""
     ts = int(time.time())
-    msg = f"berth-fleet-v1\n{method}\n{path}\n{ts}".encode()
+    target, headers = path, {}
+    if body is not None:
+        named = "sha256:" + hashlib.sha256(body).hexdigest()
+        target, headers = f"{path}\n{named}", {"Berth-Fleet-Body": named}
+    msg = f"berth-fleet-v1\n{method}\n{target}\n{ts}".encode()
     mac = hmac.new(FLEET_SECRET.encode(), msg, hashlib.sha256).hexdigest()
-    return f"Berth-Fleet {ts} {mac}"
+    headers["Authorization"] = f"Berth-Fleet {ts} {mac}"
+    return headers
 
 
 class Upstream(http.server.BaseHTTPRequestHandler):
@@ -143,7 +150,7 @@ class Bench:
             return False
 
     def call(self, conn, method, path, body=None):
-        headers = {"Authorization": fleet_proof(method, path)}
+        headers = fleet_proof(method, path, body)
         if body is not None:
             headers["Content-Type"] = "application/json"
         start = time.perf_counter()

@@ -7,7 +7,8 @@ nodes wrong bytes of the right length. It never fetches the blob itself.
 The tracker call (src/fill/swarm/link.rs, src/swarm/protocol.rs): `POST
 /_berth/fleet/v1/swarm/<digest>?size=N`, a JSON body `{"node", "have", "complete",
 "need_source", "uploads"}`, with `Authorization: Berth-Fleet <unix seconds> <hex HMAC-SHA256>`
-over `berth-fleet-v1\\nPOST\\n<path and query>\\n<seconds>`, keyed with the secret file's
+over `berth-fleet-v1\\nPOST\\n<path and query>\\nsha256:<body hex>\\n<seconds>` and
+`Berth-Fleet-Body: sha256:<body hex>`, keyed with the secret file's
 trimmed contents (src/cluster/auth.rs, src/fleet/mod.rs). The liar joins asking for a source
 (with `uploads` slots, so the tracker may give it that many children), then:
   --claim complete  says it completed the blob (`have` = size): a holder, the tracker's first
@@ -76,10 +77,14 @@ class Liar:
 
     # -- the tracker --
 
-    def sign(self, method, path):
+    def sign(self, method, path, body):
+        """The proof's headers: the signed target is the path, a newline and the body's digest,
+        which `Berth-Fleet-Body` names (src/fleet/mod.rs)."""
         ts = int(time.time())
-        msg = f"berth-fleet-v1\n{method}\n{path}\n{ts}".encode()
-        return f"Berth-Fleet {ts} {hmac.new(self.key, msg, hashlib.sha256).hexdigest()}"
+        named = "sha256:" + hashlib.sha256(body).hexdigest()
+        msg = f"berth-fleet-v1\n{method}\n{path}\n{named}\n{ts}".encode()
+        mac = hmac.new(self.key, msg, hashlib.sha256).hexdigest()
+        return {"Authorization": f"Berth-Fleet {ts} {mac}", "Berth-Fleet-Body": named}
 
     def call(self, body):
         path = f"{SWARM}{self.args.digest}?size={self.args.size}"
@@ -88,7 +93,7 @@ class Liar:
         try:
             data = json.dumps(body).encode()
             c.request("POST", path, body=data, headers={
-                "Authorization": self.sign("POST", path), "Content-Type": "application/json"})
+                **self.sign("POST", path, data), "Content-Type": "application/json"})
             r = c.getresponse()
             answer = r.read().decode(errors="replace")
             status = r.status

@@ -5,7 +5,7 @@
 //! asked for at start and on reload, so a node's file has no `[[upstream]]`); without it, this
 //! berth is the **parent** (the central berth) and `[fleet]` only gives it the secret its nodes
 //! prove themselves with. The keys only a node has (`self`, `peers_dns`/`peers`, `username`,
-//! `password_file`, `ca_file`) are refused on a parent rather than ignored.
+//! `password_file`, `ca_file`, `parent_timeout`) are refused on a parent rather than ignored.
 //!
 //! Rule of dependency: uses `config::value` only.
 
@@ -15,7 +15,9 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 use url::Url;
 
-use super::value::{Secret, check_ca_file, check_registry_url, read_secret};
+use std::time::Duration;
+
+use super::value::{Secret, check_ca_file, check_registry_url, opt_duration, read_secret};
 
 /// `[fleet]`: node mode (with `parent`) or the parent's side of it (without).
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -47,6 +49,19 @@ pub struct FleetConfig {
     /// no faster than a node's; a parent with a link N times a node's may take N.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parent_slots: Option<u32>,
+    /// On a node: how long its fleet calls to the parent (the `HEAD` before a swarm fill, the
+    /// tracker's calls, a swarm fill's blob request, the upstream list at start) may take to
+    /// connect and to bring the response's head (and its connections to other nodes, and each
+    /// of its registry requests to the parent, to connect: `fleet::listing`). Past it the
+    /// parent is taken for down for that
+    /// pull, whose blob then comes from the holders the directory names (`fill::swarm` says why
+    /// a few seconds, and what a slow parent taken for down costs). Unset: [`PARENT_TIMEOUT`].
+    #[serde(
+        default,
+        with = "opt_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub parent_timeout: Option<Duration>,
     /// The node's login at the parent, when the parent has `[auth]`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub username: Option<String>,
@@ -61,6 +76,13 @@ pub struct FleetConfig {
     pub secret: Option<Secret>,
 }
 
+/// `parent_timeout`'s default.
+pub const PARENT_TIMEOUT: Duration = Duration::from_secs(5);
+/// The range of `parent_timeout`: below a second a parent answering from a busy disk is taken for
+/// down; past five minutes the bound bounds nothing a runtime waits for.
+pub const PARENT_TIMEOUT_RANGE: (Duration, Duration) =
+    (Duration::from_secs(1), Duration::from_secs(300));
+
 /// Shortest fleet secret accepted, as for the cluster's.
 pub const MIN_FLEET_SECRET_BYTES: usize = 32;
 /// Most `max_uploads`: a node's uplink is shared by this many transfers; beyond a few dozen each
@@ -71,6 +93,12 @@ impl FleetConfig {
     /// Whether this berth is a node (it has a parent).
     pub fn is_node(&self) -> bool {
         self.parent.is_some()
+    }
+
+    /// A node's bound on connecting to its parent and on the parent's response head
+    /// (`parent_timeout`, or its default).
+    pub fn parent_timeout(&self) -> Duration {
+        self.parent_timeout.unwrap_or(PARENT_TIMEOUT)
     }
 
     /// Checks the table and reads the secret (and a node's password). On error, the key under
@@ -95,6 +123,7 @@ impl FleetConfig {
                     ("username", self.username.is_some()),
                     ("password_file", self.password_file.is_some()),
                     ("ca_file", self.ca_file.is_some()),
+                    ("parent_timeout", self.parent_timeout.is_some()),
                 ];
                 if let Some((k, _)) = node_only.iter().find(|(_, set)| *set) {
                     return Err((
@@ -221,6 +250,15 @@ impl FleetConfig {
         if let Some(f) = &self.ca_file {
             check_ca_file(f).map_err(|r| (key("ca_file"), r))?;
         }
+        let (low, high) = PARENT_TIMEOUT_RANGE;
+        if let Some(t) = self.parent_timeout
+            && !(low..=high).contains(&t)
+        {
+            return Err((
+                key("parent_timeout"),
+                format!("must be between {low:?} and {high:?}, not {t:?}"),
+            ));
+        }
         Ok(())
     }
 }
@@ -297,6 +335,7 @@ mod tests {
         let fl = c.fleet.as_ref().unwrap();
         assert!(fl.is_node());
         assert_eq!(fl.max_uploads, 4);
+        assert_eq!(fl.parent_timeout(), PARENT_TIMEOUT);
         assert_eq!(fl.peers_dns.as_deref(), Some("berth-node.berth.svc"));
         assert_eq!(
             fl.secret.as_ref().unwrap().expose(),
@@ -308,13 +347,19 @@ mod tests {
 
         let with_login = table(
             &format!(
-                "{NODE}peers = [\"http://10.0.3.7:5000\", \"http://10.0.3.8:5000\"]\nmax_uploads = 8\nusername = \"node\"\npassword_file = {:?}\n",
+                "{NODE}peers = [\"http://10.0.3.7:5000\", \"http://10.0.3.8:5000\"]\nmax_uploads = 8\nparent_timeout = \"2s\"\nusername = \"node\"\npassword_file = {:?}\n",
                 f.password.display().to_string()
             ),
             &f.secret,
         );
         let c = Config::parse(&with_login, "f.toml").unwrap();
+        assert!(
+            c.to_toml().contains("parent_timeout = \"2s\""),
+            "{}",
+            c.to_toml()
+        );
         let fl = c.fleet.unwrap();
+        assert_eq!(fl.parent_timeout(), Duration::from_secs(2));
         assert_eq!(fl.max_uploads, 8);
         assert_eq!(fl.peers.unwrap().len(), 2);
         assert_eq!(fl.username.as_deref(), Some("node"));
@@ -484,6 +529,24 @@ mod tests {
                     &f.secret,
                 ),
                 "fleet.ca_file",
+            ),
+            (
+                table("parent_timeout = \"3s\"\n", &f.secret) + UP,
+                "fleet.parent_timeout: only a node has it",
+            ),
+            (
+                table(
+                    &format!("{NODE}{dns}parent_timeout = \"500ms\"\n"),
+                    &f.secret,
+                ),
+                "fleet.parent_timeout: must be between 1s and 300s, not 500ms",
+            ),
+            (
+                table(
+                    &format!("{NODE}{dns}parent_timeout = \"301s\"\n"),
+                    &f.secret,
+                ),
+                "fleet.parent_timeout: must be between 1s and 300s, not 301s",
             ),
             (
                 table(&format!("{NODE}{dns}max_uploads = 0\n"), &f.secret),

@@ -41,13 +41,13 @@ mod value;
 pub use admin::{AdminConfig, MIN_ADMIN_TOKEN_BYTES};
 pub use auth::AuthConfig;
 pub use cluster::{ClusterConfig, MIN_CLUSTER_SECRET_BYTES};
-pub use fleet::{FleetConfig, MIN_FLEET_SECRET_BYTES};
+pub use fleet::{FleetConfig, MIN_FLEET_SECRET_BYTES, PARENT_TIMEOUT};
 pub use keys::{KeyAlgorithm, PublicKeyConfig, parse_public_key, parse_spki};
 pub use log::{LogConfig, LogFormat};
 pub use metrics::MetricsConfig;
 pub use policy::{IdentityConfig, Matcher, PolicyConfig, PolicyMode};
 pub use server::ServerConfig;
-pub use storage::{S3Config, S3Credentials, StorageConfig};
+pub use storage::{MAX_READ_STREAMS, S3Config, S3Credentials, StorageConfig};
 #[cfg(test)]
 pub(crate) use trusted_root::tests::root_json as trusted_root_for_tests;
 pub use trusted_root::{

@@ -106,6 +106,9 @@ fn default_keep_referenced() -> Duration {
     Duration::from_secs(15 * 60)
 }
 
+/// The most `[storage.s3] read_streams` takes.
+pub const MAX_READ_STREAMS: usize = 16;
+
 /// `[storage.s3]`: an S3-compatible bucket (AWS S3, Ceph RGW, MinIO, Garage) holding blobs,
 /// manifests and tag records by digest (see `store::s3`).
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -142,6 +145,11 @@ pub struct S3Config {
     /// replica may be streaming it. Longer than the slowest blob read takes.
     #[serde(default = "default_keep_pulled", with = "duration")]
     pub keep_pulled: Duration,
+    /// Ranged GETs in flight when a whole blob is read from the bucket (1 to 16; `store::s3`'s
+    /// `ranged`): more than one where a single stream is slower than the link (AWS S3). A
+    /// reading fill holds up to `(read_streams + 1) * 8 MiB` of its blob in memory.
+    #[serde(default = "default_read_streams")]
+    pub read_streams: usize,
     /// The credentials, resolved at load from the file or the environment.
     #[serde(skip)]
     pub credentials: Option<S3Credentials>,
@@ -217,6 +225,15 @@ impl S3Config {
             return Err((
                 key("max_age"),
                 "must be more than 0 (leave it out to keep content while there is room)".into(),
+            ));
+        }
+        if !(1..=MAX_READ_STREAMS).contains(&self.read_streams) {
+            return Err((
+                key("read_streams"),
+                format!(
+                    "{} is not 1 to {} (ranged GETs in flight per blob read; 1 is one stream)",
+                    self.read_streams, MAX_READ_STREAMS
+                ),
             ));
         }
         let nonempty = |s: Option<String>| s.filter(|s| !s.is_empty());
@@ -297,6 +314,10 @@ fn default_keep_pulled() -> Duration {
     Duration::from_secs(15 * 60)
 }
 
+fn default_read_streams() -> usize {
+    1
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
@@ -360,6 +381,13 @@ mod tests {
         assert_eq!(s3.key_prefix(), "mirror");
         assert_eq!(s3.max_size, Some(bytesize::ByteSize::tib(2)));
         assert_eq!(s3.keep_pulled, Duration::from_secs(15 * 60), "the default");
+        assert_eq!(s3.read_streams, 1, "the default: one stream");
+        let c3 = Config::parse(
+            &format!("[storage.s3]\nbucket = \"berth\"\nread_streams = 16\n{creds}{up}"),
+            "f.toml",
+        )
+        .unwrap();
+        assert_eq!(c3.storage.s3.unwrap().read_streams, MAX_READ_STREAMS);
         let c2 = Config::parse(
             &format!("[storage.s3]\nbucket = \"berth\"\nkeep_pulled = \"1h\"\n{creds}{up}"),
             "f.toml",
@@ -411,6 +439,14 @@ mod tests {
             (
                 format!("bucket = \"berth\"\nmax_age = \"0s\"\n{creds}"),
                 "storage.s3.max_age",
+            ),
+            (
+                format!("bucket = \"berth\"\nread_streams = 0\n{creds}"),
+                "storage.s3.read_streams",
+            ),
+            (
+                format!("bucket = \"berth\"\nread_streams = 17\n{creds}"),
+                "storage.s3.read_streams",
             ),
             (format!("bucket = \"berth\"\n{creds}colour = 1\n"), "colour"),
             (

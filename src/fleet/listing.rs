@@ -1,6 +1,7 @@
 //! The parent's upstream list: what a node needs to route requests as the parent does (names,
 //! aliases, the default, the library rule) and to cache tags as long (the tag TTL), and nothing
-//! that picks an address: the node's upstreams all point at `[fleet] parent`.
+//! that picks an address: the node's upstreams all point at `[fleet] parent`, each connecting
+//! within `[fleet] parent_timeout` (the rest of their settings are a table's defaults).
 //!
 //! ```json
 //! {"upstreams": [{"name": "docker.io", "aliases": ["registry-1.docker.io"], "default": true,
@@ -106,6 +107,12 @@ impl Listing {
             u.password_file = fleet.password_file.clone();
             u.ca_file = fleet.ca_file.clone();
             u.namespace = Some(e.name.clone());
+            // A live parent connects in milliseconds: a black-holed one costs each of the node's
+            // registry requests (a stale tag's revalidation, a blob no node holds) its tries of
+            // `parent_timeout`, not of the default 10 s. The answer's own bound stays the
+            // upstream's (30 s): a manifest the parent fetches cold from a slow upstream is
+            // still waited for, and served, rather than answered stale or 503.
+            u.connect_timeout = fleet.parent_timeout();
             out.push(u);
         }
         check_upstreams(&mut out).map_err(|(k, r)| format!("the upstream list: {k}: {r}"))?;
@@ -186,6 +193,11 @@ mod tests {
             "the node asks the parent, which answers from its cache"
         );
         assert_eq!(q.retries, 2, "defaults as for a table without the key");
+        assert_eq!(
+            (q.connect_timeout, q.response_timeout),
+            (crate::config::PARENT_TIMEOUT, Duration::from_secs(30)),
+            "the connect within fleet.parent_timeout, the answer as any upstream's"
+        );
 
         let anonymous = back.node_upstreams(&node(dir.path(), false)).unwrap();
         assert!(anonymous[0].credentials().is_none());

@@ -65,6 +65,19 @@
 //! <hmac>`: the cluster's scheme (`cluster::auth`) with the domain string `berth-fleet-v1`, so a
 //! cluster proof is never a fleet proof, even over one secret. Paths under [`PREFIX`] without a
 //! valid proof get `401` and nothing else, counted in `berth_fleet_auth_failures_total{reason}`.
+//!
+//! A request with a body (`POST` of a swarm call, `PUT` of a holder's note: [`has_body`]) also
+//! carries [`BODY_HEADER`]` : sha256:<hex>`, its body's digest, and the proof signs it: the signed
+//! target is the path and query, a newline, and that digest ([`signed_target`]; a request target
+//! holds no newline, so no bodiless request's target is a bodied one's). The proof is checked
+//! before the body is read (so a caller without the secret holds no slot while it sends one), and
+//! the body, once read, must hash to the digest named, else `401` (counted as `bad_proof`: it
+//! is another request than the one signed). Why not sign the body itself: the check would then
+//! wait for the body of anyone who sends a header of the right shape. What it gives: a reader of
+//! a node's call can no longer send another body (another node's name, another progress, another
+//! holder) under its proof; the same call, byte for byte, may still be replayed within the
+//! proof's age limit (`cluster::auth::MAX_SKEW`), which repeats a report or a note already made.
+//! The owner-forwarded call (`owner`) binds its body the same way, by its digest in the path.
 //! The node's registry requests to the parent are ordinary client requests: with `[auth]` on the
 //! parent, the node logs in with `[fleet] username`/`password_file` like any client, and the
 //! parent's access policy applies to it. Nothing the parent sends picks an address: the node's
@@ -91,6 +104,7 @@ use prometheus::{IntCounter, IntCounterVec, Opts, Registry};
 
 use crate::cluster::auth::{PeerKey, Refusal};
 use crate::config::{FleetConfig, Secret};
+use crate::oci::Digest;
 
 /// Every fleet route lives under this prefix of the registry listener.
 pub const PREFIX: &str = "/_berth/fleet/";
@@ -105,12 +119,12 @@ pub const PIECES_PATH: &str = "/_berth/fleet/v1/pieces/";
 pub const HOLDERS_PATH: &str = "/_berth/fleet/v1/holders/";
 
 /// The path of `digest`'s holders on a directory node.
-pub fn holders_path(digest: &crate::oci::Digest) -> String {
+pub fn holders_path(digest: &Digest) -> String {
     format!("{HOLDERS_PATH}{digest}")
 }
 
 /// The path of `digest`'s swarm call, with the size the node knows (`?size=N`) if any.
-pub fn swarm_path(digest: &crate::oci::Digest, size: Option<u64>) -> String {
+pub fn swarm_path(digest: &Digest, size: Option<u64>) -> String {
     match size {
         Some(n) => format!("{SWARM_PATH}{digest}?size={n}"),
         None => format!("{SWARM_PATH}{digest}"),
@@ -118,8 +132,83 @@ pub fn swarm_path(digest: &crate::oci::Digest, size: Option<u64>) -> String {
 }
 
 /// The path of `digest`'s piece hashes from piece `from` on.
-pub fn pieces_path(digest: &crate::oci::Digest, from: u32) -> String {
+pub fn pieces_path(digest: &Digest, from: u32) -> String {
     format!("{PIECES_PATH}{digest}?from={from}")
+}
+
+/// The header naming the body of a fleet request that has one, `sha256:<hex>`; the proof signs it.
+pub const BODY_HEADER: &str = "berth-fleet-body";
+
+/// Whether a fleet request of `method` has a body its proof covers (`POST`, `PUT`).
+pub fn has_body(method: &str) -> bool {
+    matches!(method, "POST" | "PUT")
+}
+
+/// What a fleet proof signs as the request's target: its path and query, and for a request with
+/// a body a second line naming the body's digest.
+pub fn signed_target<'a>(
+    path_and_query: &'a str,
+    body: Option<&Digest>,
+) -> std::borrow::Cow<'a, str> {
+    match body {
+        Some(d) => format!("{path_and_query}\n{d}").into(),
+        None => path_and_query.into(),
+    }
+}
+
+/// The proof of a request with `body` made at `now`: its `Authorization` and its
+/// [`BODY_HEADER`].
+pub fn sign_body(
+    key: &PeerKey,
+    method: &str,
+    path_and_query: &str,
+    body: &[u8],
+    now: u64,
+) -> (HeaderValue, HeaderValue) {
+    let d = Digest::of(body);
+    let named = HeaderValue::from_str(&d.to_string()).expect("a digest is a header value");
+    (
+        key.sign(method, &signed_target(path_and_query, Some(&d)), now),
+        named,
+    )
+}
+
+/// The body digest a request of `method` names, if it has a body: `Ok(None)` for a method
+/// without one; a missing or unreadable header is a malformed proof.
+fn named_body(method: &str, headers: &HeaderMap) -> Result<Option<Digest>, Refusal> {
+    if !has_body(method) {
+        return Ok(None);
+    }
+    let v = headers.get(BODY_HEADER).ok_or(Refusal::Malformed)?;
+    let d = v.to_str().ok().and_then(|s| s.parse().ok());
+    d.map(Some).ok_or(Refusal::Malformed)
+}
+
+/// Checks a whole fleet request (its body read) under `key` at `now`, uncounted: for callers
+/// that hold the body already (a test's fake parent).
+pub fn verify(
+    key: &PeerKey,
+    method: &str,
+    path_and_query: &str,
+    headers: &HeaderMap,
+    body: &[u8],
+    now: u64,
+) -> Result<(), Refusal> {
+    if !headers.contains_key(http::header::AUTHORIZATION) {
+        return Err(Refusal::Missing);
+    }
+    let named = named_body(method, headers)?;
+    let target = signed_target(path_and_query, named.as_ref());
+    key.verify(
+        method,
+        &target,
+        headers.get(http::header::AUTHORIZATION),
+        now,
+    )?;
+    match named {
+        Some(d) if Digest::of(body) != d => Err(Refusal::BadProof),
+        _ => Ok(()),
+    }
 }
 
 /// The `Authorization` scheme of fleet requests.
@@ -254,10 +343,27 @@ impl Fleet {
         &self.metrics
     }
 
-    /// The proof of an outgoing fleet request (`Authorization`), made now.
+    /// The proof of an outgoing fleet request without a body (`Authorization`), made now.
     pub fn sign(&self, method: &str, path_and_query: &str) -> HeaderValue {
         self.key
             .sign(method, path_and_query, crate::cluster::auth::now())
+    }
+
+    /// The proof of an outgoing fleet request with `body`, made now: its `Authorization` and
+    /// its [`BODY_HEADER`].
+    pub fn sign_body(
+        &self,
+        method: &str,
+        path_and_query: &str,
+        body: &[u8],
+    ) -> (HeaderValue, HeaderValue) {
+        sign_body(
+            &self.key,
+            method,
+            path_and_query,
+            body,
+            crate::cluster::auth::now(),
+        )
     }
 
     /// Whether this berth is a node (else the parent).
@@ -265,20 +371,49 @@ impl Fleet {
         self.node
     }
 
-    /// Checks a fleet request's proof; a refusal is counted.
+    /// Checks a fleet request's proof before its body is read; a refusal is counted. For a
+    /// request with a body, the digest its proof covers: the body, once read, must pass
+    /// [`Fleet::admit_body`].
     pub fn admit(
         &self,
         method: &str,
         path_and_query: &str,
         headers: &HeaderMap,
-    ) -> Result<(), Refusal> {
+    ) -> Result<Option<Digest>, Refusal> {
+        let named = match named_body(method, headers) {
+            Ok(named) => named,
+            // No proof at all: the check below says so (`missing`).
+            Err(_) if !headers.contains_key(http::header::AUTHORIZATION) => None,
+            Err(r) => {
+                self.refused(r);
+                return Err(r);
+            }
+        };
         crate::cluster::admit(
             &self.key,
             method,
-            path_and_query,
+            &signed_target(path_and_query, named.as_ref()),
             headers,
             &self.auth_failures,
-        )
+        )?;
+        Ok(named)
+    }
+
+    /// Checks that a body read is the one the admitted proof named (`named`, from
+    /// [`Fleet::admit`]; `None`: its request was admitted as one without a body); a refusal is
+    /// counted as a bad proof.
+    pub fn admit_body(&self, named: Option<&Digest>, body: &[u8]) -> Result<(), Refusal> {
+        match named {
+            Some(d) if Digest::of(body) == *d => Ok(()),
+            _ => {
+                self.refused(Refusal::BadProof);
+                Err(Refusal::BadProof)
+            }
+        }
+    }
+
+    fn refused(&self, r: Refusal) {
+        self.auth_failures.with_label_values(&[r.as_str()]).inc();
     }
 }
 
@@ -319,7 +454,7 @@ mod tests {
             header::AUTHORIZATION,
             key(&secret).sign("GET", UPSTREAMS_PATH, now),
         );
-        assert_eq!(parent.admit("GET", UPSTREAMS_PATH, &h), Ok(()));
+        assert_eq!(parent.admit("GET", UPSTREAMS_PATH, &h), Ok(None));
         assert_eq!(
             parent.admit("GET", "/_berth/fleet/v1/other", &h),
             Err(Refusal::BadProof)
@@ -357,6 +492,79 @@ mod tests {
         assert_eq!(registry.gather().len(), 5, "a node's swarm counters too");
         let mut h = HeaderMap::new();
         h.insert(header::AUTHORIZATION, node.sign("GET", UPSTREAMS_PATH));
-        assert_eq!(parent.admit("GET", UPSTREAMS_PATH, &h), Ok(()));
+        assert_eq!(parent.admit("GET", UPSTREAMS_PATH, &h), Ok(None));
+    }
+
+    /// A request with a body: its proof names the body's digest, and the body read must be that
+    /// one; the proof as another method, one without the body header, a header that is no
+    /// digest, or one naming another body than the proof: refused, counted. `verify` (the whole
+    /// request at once) agrees.
+    #[test]
+    fn a_proof_covers_the_body() {
+        let (parent, _registry) = fleet(SECRET, None);
+        let k = key(&Secret::new(SECRET));
+        let now = auth::now();
+        let path = holders_path(&Digest::of(b"blob"));
+        let body = br#"{"node":"http://n1:5000"}"#;
+        let (authz, named) = sign_body(&k, "PUT", &path, body, now);
+        let mut h = HeaderMap::new();
+        h.insert(header::AUTHORIZATION, authz);
+        h.insert(BODY_HEADER, named);
+        let d = parent.admit("PUT", &path, &h).unwrap().unwrap();
+        assert_eq!(d, Digest::of(body));
+        assert_eq!(parent.admit_body(Some(&d), body), Ok(()));
+        assert_eq!(
+            parent.admit_body(Some(&d), b"other"),
+            Err(Refusal::BadProof)
+        );
+        assert_eq!(parent.admit_body(None, body), Err(Refusal::BadProof));
+        assert_eq!(verify(&k, "PUT", &path, &h, body, now), Ok(()));
+        assert_eq!(
+            verify(&k, "PUT", &path, &h, b"other", now),
+            Err(Refusal::BadProof)
+        );
+        assert_eq!(parent.admit("POST", &path, &h), Err(Refusal::BadProof));
+
+        let mut bare = HeaderMap::new();
+        bare.insert(header::AUTHORIZATION, k.sign("PUT", &path, now));
+        assert_eq!(parent.admit("PUT", &path, &bare), Err(Refusal::Malformed));
+        assert_eq!(
+            verify(&k, "PUT", &path, &bare, body, now),
+            Err(Refusal::Malformed)
+        );
+        let mut not_digest = h.clone();
+        not_digest.insert(BODY_HEADER, HeaderValue::from_static("sha256:abc"));
+        assert_eq!(
+            parent.admit("PUT", &path, &not_digest),
+            Err(Refusal::Malformed)
+        );
+        let mut other = h.clone();
+        let other_named = Digest::of(b"other").to_string();
+        other.insert(BODY_HEADER, other_named.parse().unwrap());
+        assert_eq!(parent.admit("PUT", &path, &other), Err(Refusal::BadProof));
+        // A request without a body ignores the header: its proof is over the path alone.
+        let mut get = bare.clone();
+        get.insert(header::AUTHORIZATION, k.sign("GET", &path, now));
+        get.insert(BODY_HEADER, HeaderValue::from_static("sha256:abc"));
+        assert_eq!(parent.admit("GET", &path, &get), Ok(None));
+        assert_eq!(verify(&k, "GET", &path, &get, b"", now), Ok(()));
+        // No proof at all, with or without a body: missing, whatever the body header.
+        let none = HeaderMap::new();
+        assert_eq!(parent.admit("PUT", &path, &none), Err(Refusal::Missing));
+        assert_eq!(
+            verify(&k, "PUT", &path, &none, body, now),
+            Err(Refusal::Missing)
+        );
+
+        let counted = |r: &str| parent.auth_failures.with_label_values(&[r]).get();
+        assert_eq!(
+            (
+                counted("bad_proof"),
+                counted("malformed"),
+                counted("missing")
+            ),
+            (4, 2, 1)
+        );
+        assert!(has_body("POST") && has_body("PUT") && !has_body("GET") && !has_body("HEAD"));
     }
 }

@@ -2,8 +2,9 @@
 //! one on disk for a start while the parent is down.
 //!
 //! [`upstreams`] asks `GET <parent>/_berth/fleet/v1/upstreams`, fleet-signed, within
-//! [`FETCH_TIMEOUT`] (connect, head and body together: a start or a reload is not held longer by
-//! a parent that does not answer); a good answer is checked whole (`listing`), then written to
+//! [`FETCH_TIMEOUT`] (connect, head and body together), the connection and the answer's head
+//! within `[fleet] parent_timeout` (so a start or a reload is held by a black-holed or silent
+//! parent for that, a few seconds, before the saved list serves); a good answer is checked whole (`listing`), then written to
 //! `<storage>/fleet/upstreams.json` (temp file, fsync, rename: a crash leaves the old list or the
 //! new one, never half of one). Any failure (no connection, a refusal, a bad body) falls back to
 //! that file, logged as a warning; with no file either, the start fails saying both reasons.
@@ -76,8 +77,10 @@ pub async fn fetch(fleet: &FleetConfig) -> Result<Listing, String> {
     fetch_within(fleet, FETCH_TIMEOUT).await
 }
 
-/// As [`fetch`], within `limit` (tests bound a parent that never answers).
+/// As [`fetch`], within `limit` (tests bound a parent that never answers); the connection and the
+/// answer's head within `[fleet] parent_timeout` too.
 pub async fn fetch_within(fleet: &FleetConfig, limit: Duration) -> Result<Listing, String> {
+    let head_limit = fleet.parent_timeout().min(limit);
     let parent = fleet.parent.as_ref().ok_or("not a node: no fleet.parent")?;
     let secret = fleet
         .secret
@@ -86,7 +89,7 @@ pub async fn fetch_within(fleet: &FleetConfig, limit: Duration) -> Result<Listin
     let https = https_connector(fleet.ca_file.as_deref())?;
     let client: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new())
         .timer(TokioTimer::new())
-        .build(TimeoutConnector::new(https, limit));
+        .build(TimeoutConnector::new(https, head_limit));
     let url = parent
         .join(UPSTREAMS_PATH)
         .map_err(|e| format!("{parent}: {e}"))?;
@@ -98,9 +101,9 @@ pub async fn fetch_within(fleet: &FleetConfig, limit: Duration) -> Result<Listin
         .body(Empty::new())
         .map_err(|e| format!("{url}: {e}"))?;
     let exchange = async {
-        let resp = client
-            .request(req)
+        let resp = tokio::time::timeout(head_limit, client.request(req))
             .await
+            .map_err(|_| format!("{url}: no answer within {head_limit:?} (fleet.parent_timeout)"))?
             .map_err(|e| format!("{url}: {}", crate::error::chain(&e)))?;
         match resp.status() {
             StatusCode::OK => {}

@@ -78,11 +78,16 @@
 //! measured (BENCHMARKS.md, `benches/load/fleet_owner.py`): about 0.3 ms more per table call on
 //! loopback, the owner's JSON parsed, checked and written again here.
 //!
-//! A limit: with a bucket tier (`[storage.s3]`), a replica that finds a blob in the bucket serves
-//! it without asking the owner, so the owner may hold no fill of it and answer 404; the table is
-//! then made by the replica asked if it holds the blob (the one that served the node's bytes,
-//! when the Service sent both calls to it), else 404 and the node takes the blob from the parent,
-//! as without a swarm.
+//! With a bucket tier (`[storage.s3]`), a replica that finds a blob in the bucket serves it
+//! without asking the owner, so the owner may hold neither the blob nor a fill of it: its table
+//! is then made from the bucket's object, read whole and checked and kept nowhere (the
+//! [`Blobs`](super::tables::Blobs) the mirror gives, `mirror::follow`). Before that read, such
+//! an owner answered 404 and the nodes behind any replica without a fill of the blob took it
+//! whole from the parent after a few seconds without hashes (two copies out of the central
+//! berth for four nodes behind two replicas, `tests/it/fleet_bucket.rs`; one since). The cost:
+//! one more read of the object, bucket to owner, per table made. An owner that cannot read the
+//! bucket (down, or a wrong object, deleted on the way) answers 404 too, and the replica asked
+//! makes the table from its own fill or its own read of the bucket.
 //!
 //! `berth_fleet_owner_calls_total{call,result}` counts where each call was answered: `self` (this
 //! replica owns the digest), `owner` (forwarded; the owner's answer or verdict), `fallback` (no

@@ -17,10 +17,10 @@
 //! not itself join. A `dropped` source must be a node the parent knows too. The trust this leaves:
 //! any holder of the fleet secret can name any URL as itself; the fleet secret is the fleet's trust
 //! boundary (a holder can also serve bytes, which every node checks against the piece table and the
-//! digest anyway). The proof signs the method, path and query and a timestamp, not the body (the
-//! cluster's scheme): someone who can read a node's call off the wire can replay its proof within
-//! the proof's age limit with another body. On a network that is not trusted, the parent is reached
-//! over HTTPS, as its registry traffic is.
+//! digest anyway). The proof signs the method, path and query, a timestamp and the body's digest
+//! (`fleet`'s module docs): someone who can read a node's call off the wire can replay that very
+//! call within the proof's age limit, never send another body under its proof. On a network that
+//! is not trusted, the parent is reached over HTTPS, as its registry traffic is.
 //!
 //! # What size a blob has
 //! The answer carries the blob's size and piece size (`SwarmAnswer`). The parent takes it from,

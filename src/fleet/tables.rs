@@ -1,9 +1,11 @@
 //! The parent's piece tables (`GET /_berth/fleet/v1/pieces/<digest>?from=K`): made lazily, on
 //! the first ask for a digest, by a small task per digest that reads the blob the way a client
-//! of the parent would ([`Blobs::follow`]: the committed file, or a fill in progress followed as
-//! it grows) and hashes it into a [`PieceTable`] with a [`PieceHasher`], publishing how many
-//! hashes are known on a `watch`. A request that finds no hash past its `from` waits up to
-//! [`WAIT`] for the next one, so nodes need not poll hard.
+//! of the parent would ([`Blobs::follow`]: the committed file, a fill in progress followed as
+//! it grows, or with a bucket tier the bucket's object, checked whole) and hashes it into a [`PieceTable`] with a [`PieceHasher`], publishing how many
+//! hashes are known on a `watch`. A request that finds no hash past its `from` waits for the
+//! next one until [`WAIT`] after it arrived (the time its table took to start counted in: a
+//! bucket's answer can take a while, and a forwarded call's budget, `owner::PIECES_WAIT`, is
+//! only half a second more), so nodes need not poll hard.
 //!
 //! Why a second pass rather than hashing inside the fill: the fill (`fill::job`) and the store
 //! are the invariant files of berth's verify-before-serve promise, mutation-tested as such; a
@@ -21,8 +23,8 @@
 //! slices of one read (up to 1 MiB, about a millisecond of sha256), not on a blocking thread.
 //!
 //! A fill that fails (a wrong digest, the upstream gone): the reader ends in an error, the table
-//! is dropped, and the next ask starts over (with a new fill by then, or 404). No blob and no
-//! running fill of known size: no table (the node asks again later).
+//! is dropped, and the next ask starts over (with a new fill by then, or 404). No blob, no
+//! running fill of known size and no bucket object: no table (the node asks again later).
 //!
 //! Bounded memory: at most [`MAX_TABLES`] tables (the least recently asked one is dropped, its
 //! task stops at its next chunk), each at most `MAX_PIECES` hashes (32 bytes each: 128 KiB).
@@ -63,8 +65,9 @@ pub trait Blobs: Send + Sync {
     /// The size of `digest` as the parent knows it now (a committed blob, a running fill that
     /// knows it); starts nothing.
     fn size<'a>(&'a self, digest: &'a Digest) -> BoxFuture<'a, Option<u64>>;
-    /// The whole blob as a client would read it (the committed file, or a running fill followed
-    /// as it grows); `None` when there is neither. Starts nothing.
+    /// The whole blob as a client would read it (the committed file, a running fill followed
+    /// as it grows, or the bucket's object, its last bytes only once its digest checked);
+    /// `None` when there is none of them. Starts no fill and keeps nothing.
     fn follow<'a>(&'a self, digest: &'a Digest) -> BoxFuture<'a, Result<Option<Followed>, Error>>;
     /// The bytes a fill of `digest` running now has received (0 while its upstream has not
     /// answered); `None` when none runs. Starts nothing. By default none is seen.
@@ -167,7 +170,8 @@ impl Tables {
     }
 
     /// The hashes of `digest` from piece `from` on: from its table, made now if there is none
-    /// (over `blobs`), after waiting up to `wait` for a hash past `from` if there is none yet.
+    /// (over `blobs`), after waiting until `wait` after the call for a hash past `from` if there
+    /// is none yet.
     pub async fn pieces(
         &self,
         blobs: &dyn Blobs,
@@ -175,6 +179,7 @@ impl Tables {
         from: u32,
         wait: Duration,
     ) -> Result<Pieces, NoTable> {
+        let deadline = tokio::time::Instant::now() + wait;
         let table = self.table(blobs, digest).await?;
         let count = table.layout().count();
         if from > count {
@@ -183,8 +188,8 @@ impl Tables {
             )));
         }
         let mut rx = table.progress.subscribe();
-        let _ = tokio::time::timeout(
-            wait,
+        let _ = tokio::time::timeout_at(
+            deadline,
             rx.wait_for(|p| p.failed || p.known > from || p.known == count),
         )
         .await;

@@ -1,6 +1,7 @@
 //! The fleet's routes on the registry listener (`fleet`), answered as the cluster's peer routes
 //! are: under `fleet::PREFIX` the proof first (`fleet::Fleet::admit`; without a valid one, 401
 //! with the `Berth-Fleet` challenge, counted, whatever the path), client logins playing no part;
+//! a body, once read, must be the one the proof names (`fleet::BODY_HEADER`), else 401 too;
 //! then the route ([`parse`], pure):
 //! - `GET`/`HEAD /_berth/fleet/v1/upstreams` on a parent: its running upstreams' listing
 //!   (`fleet::listing`), from the set a reload may have swapped;
@@ -45,7 +46,7 @@ use super::{App, Body, LogFields};
 use crate::error::Error;
 use crate::fleet::listing::Listing;
 use crate::fleet::parent::{Parent, Refusal};
-use crate::fleet::{Fleet, HOLDERS_PATH, PIECES_PATH, SWARM_PATH, UPSTREAMS_PATH};
+use crate::fleet::{BODY_HEADER, Fleet, HOLDERS_PATH, PIECES_PATH, SWARM_PATH, UPSTREAMS_PATH};
 use crate::oci::Digest;
 use crate::swarm::protocol::MAX_SMALL_BODY;
 use crate::swarm::transfer::BLOBS_PATH;
@@ -140,13 +141,16 @@ impl App {
     {
         let uri = req.uri();
         let path_and_query = uri.path_and_query().map_or(uri.path(), |p| p.as_str());
-        if let Err(refusal) = fleet.admit(req.method().as_str(), path_and_query, req.headers()) {
-            log.outcome = "refused";
-            return Err(Error::login_required(format!(
-                "fleet routes need Authorization: Berth-Fleet with a valid proof ({})",
-                refusal.as_str()
-            )));
-        }
+        let named = match fleet.admit(req.method().as_str(), path_and_query, req.headers()) {
+            Ok(named) => named,
+            Err(refusal) => {
+                log.outcome = "refused";
+                return Err(Error::login_required(format!(
+                    "fleet routes need Authorization: Berth-Fleet with a valid proof ({}; a request with a body names its digest in {BODY_HEADER})",
+                    refusal.as_str()
+                )));
+            }
+        };
         let route = parse(req.method(), uri.path())?;
         let parent = match (fleet.is_node(), fleet.parent()) {
             (false, Some(p)) => Some(p),
@@ -180,6 +184,7 @@ impl App {
             FleetRoute::Swarm(digest) => {
                 let parent = parent.ok_or_else(no_tracker)?;
                 let body = read_body(body).await.inspect_err(|_| parent.bad_body())?;
+                signed_body(fleet, named.as_ref(), &body, log)?;
                 let answer = parent
                     .swarm(&digest, &body, uri.query())
                     .await
@@ -198,8 +203,13 @@ impl App {
             }
             FleetRoute::Blob(digest) => self.fleet_blob(fleet, &digest, req, log).await,
             FleetRoute::Holders { digest, put } => {
-                self.fleet_holders(fleet, &digest, put, uri.query(), body, log)
-                    .await
+                let call = HoldersCall {
+                    digest: &digest,
+                    put,
+                    query: uri.query(),
+                    named: named.as_ref(),
+                };
+                self.fleet_holders(fleet, call, body, log).await
             }
         }
     }
@@ -210,9 +220,7 @@ impl App {
     async fn fleet_holders<B>(
         &self,
         fleet: &Fleet,
-        digest: &Digest,
-        put: bool,
-        query: Option<&str>,
+        call: HoldersCall<'_>,
         body: B,
         log: &mut LogFields,
     ) -> Result<Response<Body>, Error>
@@ -220,6 +228,9 @@ impl App {
         B: http_body::Body<Data = Bytes>,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
+        let HoldersCall {
+            digest, put, query, ..
+        } = call;
         let swarm = match self.mirror.swarm() {
             Some(s) if fleet.is_node() => s,
             _ => {
@@ -250,6 +261,7 @@ impl App {
             return Ok(json(swarm.holders(digest).await.encode()));
         }
         let body = read_body(body).await?;
+        signed_body(fleet, call.named, &body, log)?;
         swarm.note_holder(digest, &body).await.map_err(|e| {
             log.outcome = "bad_request";
             Error::bad_request(e.to_string())
@@ -347,6 +359,31 @@ impl App {
             }
         }
     }
+}
+
+/// A holders call, parsed and admitted: the digest, told (`put`) or asked, its query, and the
+/// body digest its proof covers.
+struct HoldersCall<'a> {
+    digest: &'a Digest,
+    put: bool,
+    query: Option<&'a str>,
+    named: Option<&'a Digest>,
+}
+
+/// A fleet request's body, read: the one its proof named, else 401 (counted).
+fn signed_body(
+    fleet: &Fleet,
+    named: Option<&Digest>,
+    body: &[u8],
+    log: &mut LogFields,
+) -> Result<(), Error> {
+    fleet.admit_body(named, body).map_err(|r| {
+        log.outcome = "refused";
+        Error::login_required(format!(
+            "the body is not the one the fleet proof names in {BODY_HEADER} ({})",
+            r.as_str()
+        ))
+    })
 }
 
 fn json(body: Vec<u8>) -> Response<Body> {

@@ -12,8 +12,8 @@
 //! - `blob`: blobs: a hit streamed from the store, a miss joined to or started as a fill
 //!   ([`crate::fill`]), a HEAD answered without one, a peer's request never handed on
 //!   ([`Mirror::peer_blob`]).
-//! - `follow`: a blob as this berth has it now (its file, or a running fill followed), for a
-//!   reader that starts nothing: the fleet parent's piece tables ([`Mirror::follow_blob`]).
+//! - `follow`: a blob as this berth has it now (its file, a running fill followed, or the
+//!   bucket's object read and checked), for a reader that starts nothing: the fleet parent's piece tables ([`Mirror::follow_blob`]).
 //! - `range`: a client's `Range` header ([`ByteRange`]) and the span it selects.
 //! - `tag_list`: tag lists passed through, re-encoded, their next-page link kept on the registry
 //!   API.

@@ -33,7 +33,8 @@
 //!
 //! While it runs, the server also starts and stops the work tied to its life: the store's
 //! maintenance pass (at the pace of `sweep_every`) and, with a bucket tier, its stale-upload
-//! sweep and share eviction, all once the index is rebuilt; the memory trimmer after bursts of
+//! sweep and share eviction, on a fleet node the directory's notes of the blobs it holds
+//! (`fill::swarm`), all once the index is rebuilt; the memory trimmer after bursts of
 //! connections ([`conn`]); the systemd watchdog; the certificate watchers.
 //!
 //! With `[cluster]`, the registry listener also answers the peer routes (`http`, `cluster`), and
@@ -346,6 +347,7 @@ impl Server {
         let trimmer = spawn_trimmer(bursts.clone(), slots.clone(), self.settings.max_connections);
         let mut stale_uploads = None;
         let mut keep_share: Option<tokio::task::JoinHandle<()>> = None;
+        let mut announce = None;
         // The permit for the next registry connection, taken before accepting it.
         let mut slot: Option<OwnedSemaphorePermit> = None;
         tokio::pin!(shutdown);
@@ -372,6 +374,8 @@ impl Server {
                         let limits = ShareLimits::from_config(&self.parts.config.storage);
                         tokio::spawn(t.clone().keep_share(self.parts.store.clone(), limits))
                     });
+                    // A fleet node tells the directory of the blobs it holds (paced).
+                    announce = self.parts.app.mirror.swarm().map(|s| tokio::spawn(s.clone().announce_held()));
                     cert_watch = self.parts.certs.clone().map(Certs::watch);
                     self.parts.health.set(Phase::Serving);
                     tracing::info!(blobs = indexed, bytes = self.parts.store.index().bytes(), "cache index rebuilt; serving");
@@ -472,6 +476,9 @@ impl Server {
             t.abort();
         }
         if let Some(t) = keep_share {
+            t.abort();
+        }
+        if let Some(t) = announce {
             t.abort();
         }
         if let Some(s) = sweeper {

@@ -15,6 +15,12 @@
 //! copies. A liar that sent bytes must have been dropped for them (a piece rejected, a source
 //! dropped for `bad_piece`). The figures are printed.
 //!
+//! Then a second bed with the central berth as two replicas of one cluster (`--replicas 2`:
+//! `[cluster]` on each, their peer traffic on a capped link of its own) and four nodes spread
+//! over them, all at once: every node verifies, the upstream sends the blob once, the nodes'
+//! tracker calls to the replica that does not own the digest are forwarded to the owner, so the
+//! replicas together send the nodes at most two copies and the rest goes node to node.
+//!
 //! It needs root, `ip` and `tc` (iproute2), a kernel that lets it make namespaces, python3 and
 //! `docker-registry`: where any is missing it passes after printing `SKIPPED` and the reason
 //! (tests/run.sh runs it as root after tests/install-deps.sh, so there it runs). `#[ignore]`d,
@@ -66,27 +72,17 @@ fn nodes_in_namespaces_pull_verified_blobs_through_the_central_berth() {
         eprintln!("SKIPPED fleet_bed: the namespace test bed cannot run here: {why}");
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
-    let (md, json) = (dir.path().join("fleet.md"), dir.path().join("fleet.json"));
-    let bench = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/load/fleet.py");
     // 40 Mbit/s: the 4 MiB blob takes about 0.8 s alone, so the kill lands mid-transfer.
-    let out = Command::new("python3")
-        .arg(&bench)
-        .args(["--nodes", &NODES.to_string(), "--blob-mib", "4"])
-        .args(["--rate", "40mbit", "--scenarios", "single,all,kill,liar"])
-        .args(["--liars", "1", "--liar-uploads", "1"])
-        .arg("--berth")
-        .arg(env!("CARGO_BIN_EXE_berth"))
-        .arg("--out")
-        .arg(&md)
-        .arg("--json")
-        .arg(&json)
-        .output()
-        .expect("run python3 benches/load/fleet.py");
-    let log = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "fleet.py failed:\n{log}");
-    println!("{}", String::from_utf8_lossy(&out.stdout));
-    let figures: Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let (figures, log) = bed(&[
+        "--nodes",
+        &NODES.to_string(),
+        "--scenarios",
+        "single,all,kill,liar",
+        "--liars",
+        "1",
+        "--liar-uploads",
+        "1",
+    ]);
     let size = figures["size"].as_u64().unwrap();
     assert_eq!(size, 4 << 20);
 
@@ -185,7 +181,64 @@ fn nodes_in_namespaces_pull_verified_blobs_through_the_central_berth() {
             s["p50"], s["p99"]
         );
     }
-    // Every namespace of the run is gone.
+    all_gone(&log);
+
+    let (figures, log) = bed(&["--nodes", "4", "--scenarios", "all", "--replicas", "2"]);
+    let s = &figures["scenarios"]["all"];
+    assert_eq!(s["replicas"], 2);
+    for c in s["clients"].as_array().unwrap() {
+        assert_eq!(c["verdict"], "verified", "replicas: {c}");
+    }
+    assert_eq!(s["verified"], 4);
+    assert_eq!(s["upstream_gets"], 1, "replicas: upstream GETs");
+    let forwarded = s["owner_forwarded"].as_u64().unwrap();
+    assert!(forwarded >= 1, "replicas: no tracker call forwarded");
+    let (tx, peers) = (
+        s["central_tx_blobs"].as_f64().unwrap(),
+        s["nodes_from_peers_blobs"].as_f64().unwrap(),
+    );
+    assert!(
+        tx <= 2.1,
+        "replicas: the central berth sent {tx} blobs to nodes"
+    );
+    assert!(
+        peers > 0.5,
+        "replicas: the nodes shared nothing: {peers} blobs"
+    );
+    eprintln!(
+        "replicas: 4/4 verified, p99 {} s, central out {tx:.2} blobs to nodes, {:.2} between \
+         replicas, {peers:.2} node to node, {forwarded} tracker calls forwarded",
+        s["p99"], s["central_peer_tx_blobs"]
+    );
+    all_gone(&log);
+}
+
+/// Runs the bed (`fleet.py`, 4 MiB at 40 Mbit/s) with `args`: its figures (the JSON) and its log.
+fn bed(args: &[&str]) -> (Value, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let (md, json) = (dir.path().join("fleet.md"), dir.path().join("fleet.json"));
+    let bench = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/load/fleet.py");
+    let out = Command::new("python3")
+        .arg(&bench)
+        .args(["--blob-mib", "4", "--rate", "40mbit"])
+        .args(args)
+        .arg("--berth")
+        .arg(env!("CARGO_BIN_EXE_berth"))
+        .arg("--out")
+        .arg(&md)
+        .arg("--json")
+        .arg(&json)
+        .output()
+        .expect("run python3 benches/load/fleet.py");
+    let log = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "fleet.py {args:?} failed:\n{log}");
+    println!("{}", String::from_utf8_lossy(&out.stdout));
+    let figures = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    (figures, log)
+}
+
+/// Every namespace of the run whose log is `log` is gone.
+fn all_gone(log: &str) {
     let left = Command::new("ip").args(["netns", "list"]).output().unwrap();
     let left = String::from_utf8_lossy(&left.stdout);
     let ours: Vec<&str> = log

@@ -9,9 +9,16 @@
 //! dropped at the digest check and the next one tried, and a blob only a liar holds is never
 //! completed; a busy holder is asked again; a node restarted empty with the parent down gets a blob from a holder and tells
 //! the directory again; the holders route's refusals (401, 400, 404 on a parent, 405, 429).
+//! `[fleet] parent_timeout`: a parent that accepts and never answers, one whose connections are
+//! never accepted (a full backlog: the SYNs are dropped), and one that goes silent after its
+//! `HEAD` each send the pull to a holder within the bound, not the upstream client's 30 s. A
+//! node restarted on its storage tells the directory of its blobs again, and is found. A parent
+//! merely slower than the bound still serves a blob no node holds.
 
-use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{Method, Request, StatusCode, header};
@@ -24,7 +31,8 @@ use berth::swarm::node::{Fleet as Nodes, NodeUrl};
 use berth::swarm::protocol::HolderNote;
 
 use crate::fleet_swarm::{
-    MIB, Parent, blob_path, fake_node, fleet, fleet_get, listeners, proof, read_all,
+    MIB, Parent, blob_path, body_proof, fake_node, fleet, fleet_get, fleet_with, listeners, proof,
+    read_all,
 };
 use crate::support::instance::{Berth, eventually, listeners_and_storage, same, start_on_listener};
 use crate::support::{FakeRegistry, ports, random_bytes};
@@ -45,15 +53,25 @@ async fn call(
     body: &[u8],
     signed: bool,
 ) -> (StatusCode, Bytes) {
-    let client: hyper_util::client::legacy::Client<_, Full<Bytes>> =
-        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-            .build_http();
     let mut req = Request::builder()
         .method(method.clone())
         .uri(format!("http://{}{path}", node.addr));
-    if signed {
+    if signed && berth::fleet::has_body(method.as_str()) {
+        let (authz, named) = body_proof(method.as_str(), path, body);
+        req = req
+            .header(header::AUTHORIZATION, authz)
+            .header(berth::fleet::BODY_HEADER, named);
+    } else if signed {
         req = req.header(header::AUTHORIZATION, proof(method.as_str(), path));
     }
+    send(req, body).await
+}
+
+/// Sends a built call with `body`.
+async fn send(req: http::request::Builder, body: &[u8]) -> (StatusCode, Bytes) {
+    let client: hyper_util::client::legacy::Client<_, Full<Bytes>> =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build_http();
     let resp = client
         .request(req.body(Full::new(Bytes::copy_from_slice(body))).unwrap())
         .await
@@ -409,7 +427,8 @@ async fn a_node_restarted_empty_rejoins_with_the_parent_down() {
     );
 }
 
-/// The holders route refuses: no proof 401; a note naming a node outside the set, a body that
+/// The holders route refuses: no proof 401; a body that is not the one the proof names (or a
+/// proof that names none) 401; a note naming a node outside the set, a body that
 /// is no note, one over the limit, a digest that is not one, a query: 400; another method 405;
 /// on a parent 404; past `MAX_CALLS` calls at once 429 (and free again once they end).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -469,13 +488,59 @@ async fn the_holders_route_refuses_bad_calls() {
         "a refused note was kept"
     );
 
+    // The proof covers the body: another body under a note's proof, a note signed as if it
+    // had no body, a body header that names no digest, and a proof over another body header:
+    // 401, counted, nothing kept.
+    let refused = || node.counter("berth_fleet_auth_failures_total{reason=\"bad_proof\"}");
+    let malformed = || node.counter("berth_fleet_auth_failures_total{reason=\"malformed\"}");
+    let (bad_before, malformed_before) = (refused().await, malformed().await);
+    let uri = format!("http://{}{path}", node.addr);
+    let mine = HolderNote { node: me.clone() }.encode();
+    let altered = format!("{} ", String::from_utf8_lossy(&mine)).into_bytes();
+    let (authz, named) = body_proof("PUT", &path, &mine);
+    let put = || Request::put(&uri).header(header::AUTHORIZATION, authz.clone());
+    let (s, body) = send(put().header(berth::fleet::BODY_HEADER, &named), &altered).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED, "{body:?}");
+    assert!(
+        String::from_utf8_lossy(&body).contains("not the one the fleet proof names"),
+        "{body:?}"
+    );
+    let other_named = Digest::of(&altered).to_string();
+    let (s, _) = send(
+        put().header(berth::fleet::BODY_HEADER, &other_named),
+        &altered,
+    )
+    .await;
+    assert_eq!(
+        s,
+        StatusCode::UNAUTHORIZED,
+        "a body header the proof does not cover"
+    );
+    let bodiless = Request::put(&uri).header(header::AUTHORIZATION, proof("PUT", &path));
+    assert_eq!(send(bodiless, &mine).await.0, StatusCode::UNAUTHORIZED);
+    let (s, _) = send(put().header(berth::fleet::BODY_HEADER, "sha256:abc"), &mine).await;
+    assert_eq!(
+        s,
+        StatusCode::UNAUTHORIZED,
+        "a body header that is no digest"
+    );
+    assert_eq!(refused().await, bad_before + 2);
+    assert_eq!(malformed().await, malformed_before + 2);
+    assert!(
+        holders(node, &d).await.is_empty(),
+        "a note under another body's proof was kept"
+    );
+
     // MAX_CALLS calls whose bodies never come hold every slot.
     let mut held = Vec::new();
     for _ in 0..berth::fill::swarm::MAX_CALLS {
         let mut s = tokio::net::TcpStream::connect(node.addr).await.unwrap();
+        let (authz, named) = body_proof("PUT", &path, &[b' '; 100]);
         let head = format!(
-            "PUT {path} HTTP/1.1\r\nhost: x\r\nauthorization: {}\r\ncontent-length: 100\r\n\r\n{{",
-            proof("PUT", &path).to_str().unwrap()
+            "PUT {path} HTTP/1.1\r\nhost: x\r\nauthorization: {}\r\n{}: {}\r\ncontent-length: 100\r\n\r\n{{",
+            authz.to_str().unwrap(),
+            berth::fleet::BODY_HEADER,
+            named.to_str().unwrap()
         );
         s.write_all(head.as_bytes()).await.unwrap();
         held.push(s);
@@ -500,4 +565,217 @@ async fn the_holders_route_refuses_bad_calls() {
     let central = crate::fleet::central(&a, &b, &secret).await;
     let (s, body) = call(&central, Method::GET, &path, b"", true).await;
     assert_eq!(s, StatusCode::NOT_FOUND, "{body:?}");
+}
+
+/// How long a pull may take whose parent is unusable, with `parent_timeout = "1s"`: the bound,
+/// plus a few tries and the holder's transfer on a loaded machine. The upstream client's own
+/// bounds, which decided before `parent_timeout`, are 30 s for an answer and 10 s per connect
+/// (three tries): far past it.
+const WITHIN: Duration = Duration::from_secs(12);
+
+/// Two nodes; `a` pulls a blob and the directory (both nodes) hears of it; `b` is stopped and
+/// started again on its storage (its saved upstream list serves the start) with `parent` as
+/// its parent and `parent_timeout = "1s"`.
+async fn holder_and_restarted(parent: SocketAddr) -> Restarted {
+    let fake = Parent::start(Duration::ZERO).await;
+    let f = fleet(&fake, listeners(2), &[], 4).await;
+    let mut nodes = f.nodes;
+    let b = nodes.pop().unwrap();
+    let a = nodes.pop().unwrap();
+    let layer = random_bytes(2 * MIB + 9, 29);
+    let d = fake.put(&layer);
+    same(a.get(&blob_path(&d)).await.bytes(), &layer);
+    a.settled().await;
+    let told = eventually(|| async { holders(&b, &d).await == vec![url(&a)] }).await;
+    assert!(told, "b never heard that a holds the blob");
+    let peers = [url(&a), url(&b)];
+    let secret = f._secret.path().join("fleet-secret");
+    let b = restart(b, &parent.to_string(), &peers, &secret).await;
+    Restarted {
+        layer,
+        d,
+        b,
+        _a: a,
+        _fake: fake,
+        _secret: f._secret,
+    }
+}
+
+/// What [`holder_and_restarted`] made: the blob, its digest, the restarted node, and what must
+/// live as long as it (the holder, the first parent, the secret's directory).
+struct Restarted {
+    layer: Bytes,
+    d: String,
+    b: Berth,
+    _a: Berth,
+    _fake: Parent,
+    _secret: tempfile::TempDir,
+}
+
+/// `b` pulls `d` with its parent unusable: the blob comes whole from the holder, within
+/// [`WITHIN`].
+async fn pulled_from_the_holder_in_time(b: &Berth, d: &str, layer: &Bytes) {
+    let started = Instant::now();
+    same(b.get(&blob_path(d)).await.bytes(), layer);
+    let took = started.elapsed();
+    assert!(took < WITHIN, "the pull took {took:?}");
+    assert_eq!(
+        b.counter("berth_fleet_bytes_total{source=\"holder\"}")
+            .await,
+        layer.len() as u64
+    );
+    b.settled().await;
+    assert_eq!(std::fs::read(b.blob_file(d)).unwrap(), *layer);
+}
+
+/// A parent that accepts connections and never answers: the node's start takes its saved list
+/// after `parent_timeout`, and its pull goes to the holder within the bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_parent_leaves_the_pull_to_a_holder_within_parent_timeout() {
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = silent.local_addr().unwrap();
+    let accepted = Arc::new(AtomicU64::new(0));
+    let counted = accepted.clone();
+    let holding = tokio::spawn(async move {
+        let mut held = Vec::new();
+        loop {
+            let (s, _) = silent.accept().await.unwrap();
+            counted.fetch_add(1, Ordering::SeqCst);
+            held.push(s);
+        }
+    });
+    let r = holder_and_restarted(addr).await;
+    let at_start = accepted.load(Ordering::SeqCst);
+    assert!(at_start >= 1, "the start never asked the parent");
+    pulled_from_the_holder_in_time(&r.b, &r.d, &r.layer).await;
+    assert!(
+        accepted.load(Ordering::SeqCst) > at_start,
+        "the pull never asked the parent"
+    );
+    holding.abort();
+}
+
+/// A parent whose connections are never accepted: a listener whose one backlog slot is taken
+/// by a connection nobody accepts, so the kernel drops every later SYN (a black hole, as a
+/// firewall's DROP is): the pull goes to the holder within the bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_black_holed_parent_leaves_the_pull_to_a_holder_within_parent_timeout() {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let hole = socket.listen(0).unwrap();
+    let addr = hole.local_addr().unwrap();
+    let _queued = std::net::TcpStream::connect(addr).unwrap();
+    let probe = tokio::time::timeout(
+        Duration::from_millis(500),
+        tokio::net::TcpStream::connect(addr),
+    )
+    .await;
+    assert!(probe.is_err(), "the backlog is not full: {probe:?}");
+    let r = holder_and_restarted(addr).await;
+    pulled_from_the_holder_in_time(&r.b, &r.d, &r.layer).await;
+    drop(hole);
+}
+
+/// The parent answers the `HEAD` and the tracker, then never answers a blob `GET`: each try of
+/// the parent ends at `parent_timeout`, and once the swarm's tries are spent the holder sends
+/// the blob, within the bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parent_silent_after_its_head_leaves_the_pull_to_a_holder_within_parent_timeout() {
+    let parent = Parent::start(Duration::ZERO).await;
+    let f = fleet_with(&parent, listeners(2), &[], 4, "parent_timeout = \"1s\"").await;
+    let (a, b) = (&f.nodes[0], &f.nodes[1]);
+    let layer = random_bytes(MIB + 3, 30);
+    let d = parent.put(&layer);
+    same(a.get(&blob_path(&d)).await.bytes(), &layer);
+    a.settled().await;
+    let told = eventually(|| async { holders(b, &d).await == vec![url(a)] }).await;
+    assert!(told, "b never heard that a holds the blob");
+    *parent.state.tracker.lock().unwrap() = Default::default();
+    parent.state.gets_silent.store(true, Ordering::SeqCst);
+    pulled_from_the_holder_in_time(b, &d, &layer).await;
+}
+
+/// A node stopped and started again on its storage (its blobs on disk, the directory's books
+/// forgotten: every node restarted), its parent down: the restarted holder tells the directory
+/// of the blobs it holds at start, and another node finds it and gets the blob from it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_restarted_on_its_storage_tells_the_directory_again() {
+    let parent = Parent::start(Duration::ZERO).await;
+    let f = fleet(&parent, listeners(2), &[], 4).await;
+    let mut nodes = f.nodes;
+    let b = nodes.pop().unwrap();
+    let a = nodes.pop().unwrap();
+    let layer = random_bytes(MIB + 21, 31);
+    let d = parent.put(&layer);
+    same(a.get(&blob_path(&d)).await.bytes(), &layer);
+    a.settled().await;
+    let told = eventually(|| async { holders(&b, &d).await == vec![url(&a)] }).await;
+    assert!(told, "b never heard that a holds the blob");
+
+    let dead = ports::Dead::new();
+    let peers = [url(&a), url(&b)];
+    let secret = f._secret.path().join("fleet-secret");
+    // b first, so that it hears a's notes; its book starts empty.
+    let b = restart(b, &dead.addr().to_string(), &peers, &secret).await;
+    assert!(holders(&b, &d).await.is_empty(), "b's book outlived it");
+    let a = restart(a, &dead.addr().to_string(), &peers, &secret).await;
+    let told = eventually(|| async { holders(&b, &d).await == vec![url(&a)] }).await;
+    assert!(told, "the restarted holder never told the directory");
+    same(b.get(&blob_path(&d)).await.bytes(), &layer);
+    assert_eq!(
+        b.counter("berth_fleet_bytes_total{source=\"holder\"}")
+            .await,
+        layer.len() as u64
+    );
+    b.settled().await;
+    assert_eq!(std::fs::read(b.blob_file(&d)).unwrap(), layer);
+}
+
+/// Stops `node` and starts it again on its storage and address, `parent` (`host:port`) its
+/// parent, `peers` the node set, `parent_timeout = "1s"`; its saved upstream list serves the
+/// start.
+async fn restart(node: Berth, parent: &str, peers: &[String], secret: &std::path::Path) -> Berth {
+    let (addr, me) = (node.addr, url(&node));
+    let dir = node.stop().await;
+    let peers = peers
+        .iter()
+        .map(|p| format!("\"{p}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let cfg = format!(
+        r#"{}
+        [fleet]
+        parent = "http://{parent}"
+        self = "{me}"
+        peers = [{peers}]
+        secret_file = {:?}
+        parent_timeout = "1s"
+        "#,
+        listeners_and_storage(dir.path()),
+        secret.display().to_string(),
+    );
+    let listener = std::net::TcpListener::bind(addr).unwrap();
+    start_on_listener(&cfg, dir, listener).await.0
+}
+
+/// A parent slower than `parent_timeout` to answer a `HEAD`, for a blob no node holds: taken for
+/// down by the swarm, the directory names no holder, and the fill's own request of the parent
+/// serves the pull. A slow parent costs a pull the bound, never the pull.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_parent_still_serves_a_blob_no_node_holds() {
+    let parent = Parent::start(Duration::ZERO).await;
+    let f = fleet_with(&parent, listeners(2), &[], 4, "parent_timeout = \"1s\"").await;
+    let b = &f.nodes[1];
+    let layer = random_bytes(MIB + 5, 32);
+    let d = parent.put(&layer);
+    *parent.state.head_delay.lock().unwrap() = Duration::from_secs(3);
+    same(b.get(&blob_path(&d)).await.bytes(), &layer);
+    assert_eq!(
+        b.counter("berth_fleet_bytes_total{source=\"holder\"}")
+            .await,
+        0
+    );
+    assert_eq!(parent.sent(), layer.len() as u64);
+    b.settled().await;
+    assert_eq!(std::fs::read(b.blob_file(&d)).unwrap(), layer);
 }

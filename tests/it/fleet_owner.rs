@@ -5,7 +5,8 @@
 //! tracker, a replica tracks the digest itself; a forwarded call is taken only with a cluster
 //! proof that covers its body. Then real
 //! node berths behind different replicas pull one blob at once: one swarm, at most `parent_slots`
-//! copies out of the central berth.
+//! copies out of the central berth. Its helpers (the replicas, over one shared bucket if asked;
+//! the nodes behind them; a node's pull) serve `fleet_bucket` too.
 
 use crate::support;
 
@@ -26,25 +27,31 @@ use berth::cluster::auth::{self, PeerKey};
 use berth::config::Secret;
 use berth::fleet::owner;
 use berth::oci::Digest;
+use berth::store::s3::testing::{Faults, Faulty};
+use berth::store::s3::{Bucket, BucketMetrics};
 use berth::swarm::node::{Fleet, NodeUrl};
 use berth::swarm::pieces::Layout;
 use berth::swarm::protocol::{Pieces, SwarmAnswer, SwarmRequest};
 use berth::swarm::tracker::Assignment;
+use object_store::memory::InMemory;
 use support::FakeRegistry;
 use support::instance::{
     Berth, eventually, gated_blob, listeners_and_storage, same, start_on_listener,
+    start_on_listener_with_bucket,
 };
 
 const FLEET_SECRET: &str = "fleet-secret-0123456789abcdef-0123456789";
 const CLUSTER_SECRET: &str = "cluster-secret-0123456789abcdef-01234567";
 const MIB: usize = 1 << 20;
 
-struct Replicas {
-    fake: FakeRegistry,
+pub(crate) struct Replicas {
+    pub(crate) fake: FakeRegistry,
     berths: Vec<Option<Berth>>,
-    clusters: Vec<Arc<Cluster>>,
+    pub(crate) clusters: Vec<Arc<Cluster>>,
     fleet_secret: PathBuf,
     client: Client<HttpConnector, Full<Bytes>>,
+    /// Each replica's faults of the bucket, when they share one ([`replicas_over`]).
+    pub(crate) bucket_faults: Vec<Arc<Faults>>,
     _secrets: (tempfile::TempDir, tempfile::TempDir),
 }
 
@@ -56,6 +63,13 @@ async fn replicas(n: usize) -> Replicas {
 /// Replicas of one cluster, the `i`th a fleet parent if `parents[i]` (else a replica without the
 /// fleet's tracker: one misconfigured, or one that predates it).
 async fn replicas_with(parents: &[bool]) -> Replicas {
+    replicas_over(parents, None).await
+}
+
+/// As [`replicas_with`], over one bucket's contents if `bucket` is given (each replica its own
+/// view of it, with faults of its own: [`Replicas::bucket_faults`]), as `[storage.s3]` would
+/// give them one; its keys under `mirror/`.
+pub(crate) async fn replicas_over(parents: &[bool], bucket: Option<&Arc<InMemory>>) -> Replicas {
     let n = parents.len();
     let fake = FakeRegistry::start().await;
     let (fleet_dir, fleet_secret) = secret_file(FLEET_SECRET);
@@ -67,7 +81,7 @@ async fn replicas_with(parents: &[bool]) -> Replicas {
         .iter()
         .map(|l| format!("\"http://{}\"", l.local_addr().unwrap()))
         .collect();
-    let (mut berths, mut clusters) = (Vec::new(), Vec::new());
+    let (mut berths, mut clusters, mut bucket_faults) = (Vec::new(), Vec::new(), Vec::new());
     for (i, listener) in listeners.into_iter().enumerate() {
         let dir = tempfile::tempdir().unwrap();
         let cfg = format!(
@@ -99,7 +113,15 @@ async fn replicas_with(parents: &[bool]) -> Replicas {
             },
             fake.url()
         );
-        let (b, c) = start_on_listener(&cfg, dir, listener).await;
+        let (b, c) = match bucket {
+            Some(shared) => {
+                let (store, faults) = Faulty::new(shared.clone());
+                bucket_faults.push(faults);
+                let view = Bucket::with_store(Arc::new(store), "mirror/", BucketMetrics::new());
+                start_on_listener_with_bucket(&cfg, dir, listener, view).await
+            }
+            None => start_on_listener(&cfg, dir, listener).await,
+        };
         berths.push(Some(b));
         clusters.push(c.expect("[cluster] builds a cluster"));
     }
@@ -116,29 +138,30 @@ async fn replicas_with(parents: &[bool]) -> Replicas {
         clusters,
         fleet_secret,
         client: Client::builder(TokioExecutor::new()).build_http(),
+        bucket_faults,
         _secrets: (fleet_dir, cluster_dir),
     }
 }
 
 /// What a call got.
-struct Answer {
-    status: StatusCode,
-    body: Bytes,
+pub(crate) struct Answer {
+    pub(crate) status: StatusCode,
+    pub(crate) body: Bytes,
 }
 
 impl Answer {
-    fn text(&self) -> String {
+    pub(crate) fn text(&self) -> String {
         String::from_utf8_lossy(&self.body).into_owned()
     }
 }
 
 impl Replicas {
-    fn berth(&self, i: usize) -> &Berth {
+    pub(crate) fn berth(&self, i: usize) -> &Berth {
         self.berths[i].as_ref().unwrap()
     }
 
     /// The index of `digest`'s owner, as every replica sees it.
-    fn owner_of(&self, d: &Digest) -> usize {
+    pub(crate) fn owner_of(&self, d: &Digest) -> usize {
         let id = &self.clusters[0].owners(d)[0].id;
         self.clusters[0]
             .peers()
@@ -156,11 +179,24 @@ impl Replicas {
         body: Vec<u8>,
         authorization: Option<http::HeaderValue>,
     ) -> Answer {
+        let headers = authorization.map(|a| ("authorization", a));
+        self.send_with(i, method, path, body, headers.into_iter().collect())
+            .await
+    }
+
+    async fn send_with(
+        &self,
+        i: usize,
+        method: Method,
+        path: &str,
+        body: Vec<u8>,
+        headers: Vec<(&str, http::HeaderValue)>,
+    ) -> Answer {
         let mut req = Request::builder()
             .method(method)
             .uri(format!("http://{}{path}", self.berth(i).addr));
-        if let Some(a) = authorization {
-            req = req.header("authorization", a);
+        for (name, value) in headers {
+            req = req.header(name, value);
         }
         let resp = self
             .client
@@ -173,10 +209,22 @@ impl Replicas {
     }
 
     /// A fleet-signed call, as a node makes it.
-    async fn fleet_call(&self, i: usize, method: Method, path: &str, body: Vec<u8>) -> Answer {
-        let proof =
-            berth::fleet::key(&Secret::new(FLEET_SECRET)).sign(method.as_str(), path, auth::now());
-        self.send(i, method, path, body, Some(proof)).await
+    pub(crate) async fn fleet_call(
+        &self,
+        i: usize,
+        method: Method,
+        path: &str,
+        body: Vec<u8>,
+    ) -> Answer {
+        let key = berth::fleet::key(&Secret::new(FLEET_SECRET));
+        let m = method.as_str();
+        let headers = if berth::fleet::has_body(m) {
+            let (authz, named) = berth::fleet::sign_body(&key, m, path, &body, auth::now());
+            vec![("authorization", authz), (berth::fleet::BODY_HEADER, named)]
+        } else {
+            vec![("authorization", key.sign(m, path, auth::now()))]
+        };
+        self.send_with(i, method, path, body, headers).await
     }
 
     async fn swarm(&self, i: usize, d: &Digest, req: &SwarmRequest, size: Option<u64>) -> Answer {
@@ -184,12 +232,12 @@ impl Replicas {
         self.fleet_call(i, Method::POST, &path, req.encode()).await
     }
 
-    async fn counter(&self, i: usize, needle: &str) -> u64 {
+    pub(crate) async fn counter(&self, i: usize, needle: &str) -> u64 {
         self.berth(i).counter(needle).await
     }
 
     /// A metric summed over the running replicas.
-    async fn total(&self, needle: &str) -> u64 {
+    pub(crate) async fn total(&self, needle: &str) -> u64 {
         let mut n = 0;
         for b in self.berths.iter().flatten() {
             n += b.counter(needle).await;
@@ -564,52 +612,11 @@ async fn nodes_behind_replicas(replica_count: usize, node_count: usize, owner_do
     if owner_down {
         drop(r.berths[owner].take());
     }
-    let bound: Vec<(std::net::TcpListener, NodeUrl)> = (0..node_count)
-        .map(|_| {
-            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            let url = format!("http://{}", l.local_addr().unwrap())
-                .parse()
-                .unwrap();
-            (l, url)
-        })
+    let behind: Vec<usize> = (0..node_count)
+        .map(|i| parents[i % parents.len()])
         .collect();
-    let peers = bound
-        .iter()
-        .map(|(_, u)| format!("\"{u}\""))
-        .collect::<Vec<_>>()
-        .join(", ");
-    let mut nodes = Vec::new();
-    for (i, (listener, me)) in bound.into_iter().enumerate() {
-        let dir = tempfile::tempdir().unwrap();
-        let cfg = format!(
-            r#"{}
-            [fleet]
-            parent = "http://{}"
-            self = "{me}"
-            peers = [{peers}]
-            secret_file = {:?}
-            "#,
-            listeners_and_storage(dir.path()),
-            r.berth(parents[i % parents.len()]).addr,
-            r.fleet_secret.display().to_string(),
-        );
-        nodes.push(start_on_listener(&cfg, dir, listener).await.0);
-    }
-    let pulls: Vec<_> = nodes
-        .iter()
-        .map(|n| {
-            let (c, addr) = (n.client.clone(), n.addr);
-            let path = format!("/v2/app/blobs/{blob}");
-            tokio::spawn(async move {
-                let resp = c
-                    .get(format!("http://{addr}{path}").parse().unwrap())
-                    .await
-                    .unwrap();
-                assert_eq!(resp.status(), StatusCode::OK);
-                resp.into_body().collect().await.unwrap().to_bytes()
-            })
-        })
-        .collect();
+    let nodes = start_nodes(&r, &behind).await;
+    let pulls: Vec<_> = nodes.iter().map(|n| pull(n, &blob)).collect();
     // Every node has joined a swarm (the owner's) before the upstream lets the bytes go.
     let joined = eventually(|| async {
         r.counter(
@@ -625,14 +632,7 @@ async fn nodes_behind_replicas(replica_count: usize, node_count: usize, owner_do
     for p in pulls {
         same(&p.await.unwrap(), &layer);
     }
-    let mut from_parent = 0;
-    for n in &nodes {
-        n.settled().await;
-        from_parent += n
-            .counter("berth_fleet_bytes_total{source=\"parent\"}")
-            .await;
-        from_parent += n.counter("berth_upstream_fetched_bytes_total").await;
-    }
+    let from_parent = from_parent(&nodes).await;
     let size = size as u64;
     eprintln!(
         "{node_count} nodes behind {replica_count} replicas got {from_parent} bytes of a \
@@ -653,4 +653,70 @@ async fn nodes_behind_replicas(replica_count: usize, node_count: usize, owner_do
         .total("berth_fleet_owner_calls_total{call=\"swarm\",result=\"fallback\"}")
         .await;
     assert!(owner_down || fallbacks == 0, "{fallbacks} calls fell back");
+}
+
+/// Node berths, the `i`th behind replica `behind[i]` (its `parent`), every one in the others'
+/// `peers`.
+pub(crate) async fn start_nodes(r: &Replicas, behind: &[usize]) -> Vec<Berth> {
+    let bound: Vec<(std::net::TcpListener, NodeUrl)> = behind
+        .iter()
+        .map(|_| {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let url = format!("http://{}", l.local_addr().unwrap())
+                .parse()
+                .unwrap();
+            (l, url)
+        })
+        .collect();
+    let peers = bound
+        .iter()
+        .map(|(_, u)| format!("\"{u}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let mut nodes = Vec::new();
+    for ((listener, me), parent) in bound.into_iter().zip(behind) {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = format!(
+            r#"{}
+            [fleet]
+            parent = "http://{}"
+            self = "{me}"
+            peers = [{peers}]
+            secret_file = {:?}
+            "#,
+            listeners_and_storage(dir.path()),
+            r.berth(*parent).addr,
+            r.fleet_secret.display().to_string(),
+        );
+        nodes.push(start_on_listener(&cfg, dir, listener).await.0);
+    }
+    nodes
+}
+
+/// `blob` pulled (a 200 expected) from node `n`, in a task of its own: its body.
+pub(crate) fn pull(n: &Berth, blob: &str) -> tokio::task::JoinHandle<Bytes> {
+    let (c, addr) = (n.client.clone(), n.addr);
+    let path = format!("/v2/app/blobs/{blob}");
+    tokio::spawn(async move {
+        let resp = c
+            .get(format!("http://{addr}{path}").parse().unwrap())
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        resp.into_body().collect().await.unwrap().to_bytes()
+    })
+}
+
+/// The bytes the nodes got from their parents (through the swarm's driver, or a fill the swarm
+/// left to the parent), once their fills settled: what left the central berth for them.
+pub(crate) async fn from_parent(nodes: &[Berth]) -> u64 {
+    let mut n = 0;
+    for node in nodes {
+        node.settled().await;
+        n += node
+            .counter("berth_fleet_bytes_total{source=\"parent\"}")
+            .await;
+        n += node.counter("berth_upstream_fetched_bytes_total").await;
+    }
+    n
 }

@@ -64,6 +64,12 @@ pub(crate) fn proof(method: &str, path: &str) -> HeaderValue {
     berth::fleet::key(&Secret::new(SECRET)).sign(method, path, auth::now())
 }
 
+/// The proof of a call with `body`: its `Authorization` and its `berth-fleet-body`.
+pub(crate) fn body_proof(method: &str, path: &str, body: &[u8]) -> (HeaderValue, HeaderValue) {
+    let key = berth::fleet::key(&Secret::new(SECRET));
+    berth::fleet::sign_body(&key, method, path, body, auth::now())
+}
+
 /// How the fake tracker answers.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Mode {
@@ -105,6 +111,10 @@ pub(crate) struct State {
     pub(crate) down: std::sync::atomic::AtomicBool,
     /// Blob GETs are answered 503 (the parent fails after its `HEAD`).
     pub(crate) gets_down: std::sync::atomic::AtomicBool,
+    /// Blob GETs are never answered (the parent goes silent after its `HEAD`).
+    pub(crate) gets_silent: std::sync::atomic::AtomicBool,
+    /// How long a blob `HEAD` takes to be answered (a parent slow to ask its upstream).
+    pub(crate) head_delay: Mutex<Duration>,
 }
 
 pub(crate) struct Parent {
@@ -134,6 +144,8 @@ impl Parent {
             gets: AtomicU64::new(0),
             down: Default::default(),
             gets_down: Default::default(),
+            gets_silent: Default::default(),
+            head_delay: Mutex::default(),
         });
         let st = state.clone();
         tokio::spawn(async move {
@@ -182,21 +194,30 @@ async fn answer(st: Arc<State>, req: Request<Incoming>) -> Response<Body> {
         .path_and_query()
         .map_or(path.clone(), |p| p.as_str().to_owned());
     if path.starts_with("/_berth/fleet/") {
+        let (parts, body) = req.into_parts();
+        let body = body.collect().await.unwrap().to_bytes();
         let key = berth::fleet::key(&Secret::new(SECRET));
-        let authz = req.headers().get(header::AUTHORIZATION);
-        if key
-            .verify(req.method().as_str(), &pq, authz, auth::now())
-            .is_err()
-        {
+        let (method, headers) = (parts.method.as_str(), &parts.headers);
+        if berth::fleet::verify(&key, method, &pq, headers, &body, auth::now()).is_err() {
             return status(StatusCode::UNAUTHORIZED);
         }
+        return fleet_answer(st, &path, parts.uri.query(), body).await;
     }
+    blob_answer(st, &path, req).await
+}
+
+/// A fleet call to the fake parent, its proof checked.
+async fn fleet_answer(
+    st: Arc<State>,
+    path: &str,
+    query: Option<&str>,
+    body: Bytes,
+) -> Response<Body> {
     if path == "/_berth/fleet/v1/upstreams" {
         return Response::new(full(LISTING));
     }
     if let Some(d) = path.strip_prefix("/_berth/fleet/v1/swarm/") {
         st.swarm_calls.fetch_add(1, Ordering::SeqCst);
-        let body = req.into_body().collect().await.unwrap().to_bytes();
         match *st.mode.lock().unwrap() {
             Mode::Error => return status(StatusCode::INTERNAL_SERVER_ERROR),
             Mode::Garbage => return Response::new(full("{\"size\": \"many\"}")),
@@ -233,9 +254,14 @@ async fn answer(st: Arc<State>, req: Request<Incoming>) -> Response<Body> {
         if *st.no_pieces.lock().unwrap() {
             return status(StatusCode::NOT_FOUND);
         }
-        let from = pieces_from(req.uri().query()).unwrap();
+        let from = pieces_from(query).unwrap();
         return Response::new(full(Pieces::of(&table(&bytes), from).encode()));
     }
+    status(StatusCode::NOT_FOUND)
+}
+
+/// The fake parent's `/v2/` blob route.
+async fn blob_answer(st: Arc<State>, path: &str, req: Request<Incoming>) -> Response<Body> {
     let Some((repo, d)) = path.rsplit_once("/blobs/") else {
         return status(StatusCode::NOT_FOUND);
     };
@@ -247,6 +273,11 @@ async fn answer(st: Arc<State>, req: Request<Incoming>) -> Response<Body> {
     }
     let size = bytes.len() as u64;
     if req.method() == Method::HEAD {
+        let delay = *st.head_delay.lock().unwrap();
+        if !delay.is_zero() {
+            // The parent's behaviour (a slow upstream behind it), not a wait for anything.
+            tokio::time::sleep(delay).await;
+        }
         let mut r = status(StatusCode::OK);
         r.headers_mut()
             .insert(header::CONTENT_LENGTH, HeaderValue::from(size));
@@ -255,6 +286,9 @@ async fn answer(st: Arc<State>, req: Request<Incoming>) -> Response<Body> {
     st.gets.fetch_add(1, Ordering::SeqCst);
     if st.gets_down.load(Ordering::SeqCst) {
         return status(StatusCode::SERVICE_UNAVAILABLE);
+    }
+    if st.gets_silent.load(Ordering::SeqCst) {
+        return std::future::pending().await;
     }
     let from = req.headers().get(header::RANGE).and_then(|v| {
         v.to_str()
@@ -352,6 +386,17 @@ pub(crate) async fn fleet(
     extra: &[NodeUrl],
     max_uploads: u32,
 ) -> Fleet {
+    fleet_with(parent, bound, extra, max_uploads, "").await
+}
+
+/// As [`fleet`], with `more` (keys of `[fleet]`) in every node's table.
+pub(crate) async fn fleet_with(
+    parent: &Parent,
+    bound: Vec<(std::net::TcpListener, NodeUrl)>,
+    extra: &[NodeUrl],
+    max_uploads: u32,
+    more: &str,
+) -> Fleet {
     let secret_dir = tempfile::tempdir().unwrap();
     let secret: PathBuf = secret_dir.path().join("fleet-secret");
     std::fs::write(&secret, SECRET).unwrap();
@@ -377,6 +422,7 @@ pub(crate) async fn fleet(
             peers = [{peers}]
             secret_file = {:?}
             max_uploads = {max_uploads}
+            {more}
             "#,
             listeners_and_storage(dir.path()),
             parent.url,

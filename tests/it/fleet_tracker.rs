@@ -101,7 +101,14 @@ impl Bed {
         let mut req = Request::builder()
             .method(method.clone())
             .uri(format!("http://{}{path}", to.addr));
-        if signed {
+        if signed && berth::fleet::has_body(method.as_str()) {
+            let key = berth::fleet::key(&Secret::new(SECRET));
+            let (authz, named) =
+                berth::fleet::sign_body(&key, method.as_str(), path, &body, auth::now());
+            req = req
+                .header("authorization", authz)
+                .header(berth::fleet::BODY_HEADER, named);
+        } else if signed {
             req = req.header("authorization", self.proof(method.as_str(), path));
         }
         let resp = self
@@ -378,7 +385,7 @@ async fn a_wrong_fill_leaves_no_table() {
     assert_eq!(p.hashes, piece_hashes(&layer));
 }
 
-/// Refusals: no proof (401, counted), a node URL that is no origin, an oversized body, a digest
+/// Refusals: no proof, or a body other than the one the proof names (401, counted), a node URL that is no origin, an oversized body, a digest
 /// that is not one (400, saying why), the wrong method (405), an unknown blob's table (404); on a
 /// node berth both routes are 404.
 #[tokio::test]
@@ -394,6 +401,27 @@ async fn wrong_calls_are_refused() {
     assert_eq!(unsigned.status, StatusCode::UNAUTHORIZED);
     assert_eq!(
         p.counter("berth_fleet_auth_failures_total{reason=\"missing\"}")
+            .await,
+        1
+    );
+    // The proof covers the body: node 1's call under its proof with node 2's body is refused
+    // before the tracker sees it.
+    let key = berth::fleet::key(&Secret::new(SECRET));
+    let (authz, named) = berth::fleet::sign_body(&key, "POST", &swarm, &body, auth::now());
+    let forged = bed
+        .client
+        .request(
+            Request::post(format!("http://{}{swarm}", p.addr))
+                .header("authorization", authz)
+                .header(berth::fleet::BODY_HEADER, named)
+                .body(Full::new(Bytes::from(join(&node(2)).encode())))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(forged.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        p.counter("berth_fleet_auth_failures_total{reason=\"bad_proof\"}")
             .await,
         1
     );

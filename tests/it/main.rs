@@ -27,6 +27,7 @@ mod enospc;
 mod evict;
 mod fleet;
 mod fleet_bed;
+mod fleet_bucket;
 mod fleet_directory;
 mod fleet_owner;
 mod fleet_swarm;

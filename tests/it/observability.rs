@@ -455,10 +455,13 @@ async fn fleet_bad_piece(b: &Berth) {
         },
     ];
     for call in calls {
-        let proof = berth::fleet::key(&Secret::new(FLEET_SECRET)).sign("POST", &path, auth::now());
+        let key = berth::fleet::key(&Secret::new(FLEET_SECRET));
+        let body = call.encode();
+        let (proof, named) = berth::fleet::sign_body(&key, "POST", &path, &body, auth::now());
         let req = http::Request::post(format!("http://{}{path}", b.addr))
             .header("authorization", proof)
-            .body(Full::new(Bytes::from(call.encode())))
+            .header(berth::fleet::BODY_HEADER, named)
+            .body(Full::new(Bytes::from(body)))
             .unwrap();
         let resp = client.request(req).await.unwrap();
         assert_eq!(resp.status(), StatusCode::OK);

@@ -42,6 +42,14 @@ impl Shared {
         (b, faults)
     }
 
+    /// A replica over the bucket reading whole blobs as `streams` ranged GETs at once.
+    async fn replica_reading_in_parallel(&self, url: &str, streams: usize) -> Berth {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = config(dir.path(), &[("registry.test", url)], "");
+        let (bucket, _) = self.bucket();
+        start_with_bucket(&cfg, dir, bucket.with_read_streams(streams)).await
+    }
+
     fn blob_key(&self, digest: &str) -> Path {
         Path::from(format!(
             "mirror/blobs/sha256/{}",
@@ -206,6 +214,61 @@ async fn a_replica_with_an_empty_disk_serves_from_the_bucket_with_the_upstream_s
     same(part.bytes(), &layer.slice(10..20));
 }
 
+/// Bytes of one ranged read from the bucket.
+const READ_PART: usize = berth::store::s3::READ_PART as usize;
+
+#[tokio::test]
+async fn a_fresh_replica_reads_a_large_blob_as_parallel_ranges_and_checks_the_whole() {
+    let fake = FakeRegistry::start().await;
+    let layer = random_bytes(2 * READ_PART + 300_000, 21);
+    let d = fake.put_blob("team/app", layer.clone());
+    let shared = Shared::new();
+    shared
+        .seed(
+            &shared.blob_key(&d),
+            &d,
+            layer.clone(),
+            PutOptions::default(),
+        )
+        .await;
+    let b = shared.replica_reading_in_parallel(&fake.url(), 3).await;
+
+    same(b.get(&blob_path(&d)).await.bytes(), &layer);
+    b.settled().await;
+    assert_eq!(std::fs::read(b.blob_file(&d)).unwrap(), layer);
+    assert_eq!(
+        fake.hits(Method::GET, &blob_path(&d)),
+        0,
+        "all of it from the bucket"
+    );
+    // One GET of the object (its first part, the answer's head), a ranged GET per later part.
+    let ok = |op: &str| format!("berth_bucket_requests_total{{op=\"{op}\",outcome=\"ok\"}}");
+    assert_eq!(b.counter(&ok("get")).await, 1);
+    assert_eq!(b.counter(&ok("get_range")).await, 2);
+}
+
+#[tokio::test]
+async fn wrong_bytes_in_a_late_range_are_never_served_and_the_object_is_deleted() {
+    let fake = FakeRegistry::start().await;
+    let layer = random_bytes(2 * READ_PART + 1000, 22);
+    let d = fake.put_blob("team/app", layer.clone());
+    let shared = Shared::new();
+    // Right bytes but for one near the end: only the last part is wrong.
+    let mut wrong = layer.to_vec();
+    *wrong.last_mut().unwrap() ^= 1;
+    shared
+        .seed(
+            &shared.blob_key(&d),
+            &d,
+            wrong.into(),
+            PutOptions::default(),
+        )
+        .await;
+    let b = shared.replica_reading_in_parallel(&fake.url(), 3).await;
+
+    wrong_object_is_never_served(&b, &shared, &d, &layer, &fake).await;
+}
+
 #[tokio::test]
 async fn with_the_bucket_down_pulls_come_from_the_upstream_and_healthz_says_so() {
     let fake = FakeRegistry::start().await;
@@ -269,31 +332,46 @@ async fn wrong_bytes_in_the_bucket_are_never_served_and_are_deleted() {
         .await;
     let (b, _) = replica(&shared, &[("registry.test", &fake.url())]).await;
 
-    // Either the fill failed before the answer's head (502, no byte sent: the whole blob was
-    // read and checked by then) or the body breaks off; never a complete wrong body.
-    let got = b.get(&blob_path(&d)).await;
+    wrong_object_is_never_served(&b, &shared, &d, &layer, &fake).await;
+    // The upstream's verified bytes go up in its place.
+    shared.until(&shared.blob_key(&d)).await;
+    assert_eq!(shared.get(&shared.blob_key(&d)).await.unwrap(), layer);
+}
+
+/// A pull of `d`, whose bucket object is wrong: either the fill failed before the answer's head
+/// (502, no byte sent: the whole blob was read and checked by then) or the body breaks off
+/// short, never a complete wrong body; the object is deleted before the fill fails (a retry
+/// cannot find it again) and counted, nothing is kept, and the next pull comes from the upstream.
+async fn wrong_object_is_never_served(
+    b: &Berth,
+    shared: &Shared,
+    d: &str,
+    layer: &Bytes,
+    fake: &FakeRegistry,
+) {
+    let got = b.get(&blob_path(d)).await;
     match got.status {
         StatusCode::OK => {
             let body = got.body.expect_err("a body of wrong bytes must break off");
-            assert!(!body.is_empty());
+            assert!(!body.is_empty() && body.len() < layer.len());
         }
         StatusCode::BAD_GATEWAY => assert_eq!(got.code(), "DIGEST_INVALID"),
         s => panic!("answered {s}"),
     }
-    // Deleted before the fill failed: a retry cannot find it again.
-    assert_eq!(shared.get(&shared.blob_key(&d)).await, None);
+    assert_eq!(shared.get(&shared.blob_key(d)).await, None);
     assert_eq!(
         b.counter("berth_bucket_requests_total{op=\"get_body\",outcome=\"mismatch\"}")
             .await,
         1
     );
-    assert!(!b.blob_file(&d).exists());
+    assert!(!b.blob_file(d).exists());
     b.settled().await;
-    // The next pull goes to the upstream, and its verified bytes go up.
-    same(b.get(&blob_path(&d)).await.bytes(), &layer);
-    assert_eq!(fake.hits(Method::GET, &blob_path(&d)), 1);
-    shared.until(&shared.blob_key(&d)).await;
-    assert_eq!(shared.get(&shared.blob_key(&d)).await.unwrap(), layer);
+    same(b.get(&blob_path(d)).await.bytes(), layer);
+    assert_eq!(
+        fake.hits(Method::GET, &blob_path(d)),
+        1,
+        "the retry: from the upstream"
+    );
 }
 
 #[tokio::test]

@@ -26,10 +26,11 @@ use std::time::Instant;
 use sha2::{Digest as _, Sha256};
 
 use bytes::Bytes;
+use http::Method;
 use tokio::sync::{mpsc, watch};
 
 use super::holders::Directory;
-use super::link::{BoxFuture, CALL_TIMEOUT, Link, TICK, parent_get};
+use super::link::{BoxFuture, CALL_TIMEOUT, Link, TICK, parent_blob};
 use super::spool::Spool;
 use crate::error::Error;
 use crate::oci::{Digest, RepoName};
@@ -631,9 +632,11 @@ impl Driver {
         let size = self.t.layout().size();
         match source {
             Source::Parent => {
-                let resp = parent_get(&self.up, &self.name, &self.digest, from)
-                    .await
-                    .map_err(|_| Reason::Unreachable)?;
+                let limit = self.link.parent_timeout;
+                let resp =
+                    parent_blob(&self.up, Method::GET, &self.name, &self.digest, from, limit)
+                        .await
+                        .map_err(|_| Reason::Unreachable)?;
                 let skip = continuation(resp.status, &resp.headers, from, Some(size))
                     .map_err(|_| Reason::Unreachable)?;
                 Ok(Incoming::Parent { resp, skip })

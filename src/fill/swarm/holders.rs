@@ -16,10 +16,21 @@
 //!   `link::CALL_TIMEOUT`, tried again after a `429` or a failure at most [`NOTE_TRIES`] times.
 //!   Nothing of it delays or fails the pull.
 //! - Forgetting: the book lives in memory. A directory node restarted forgets it; the digest's
-//!   two other directory nodes still answer, and a holder is told again to it only when it next
-//!   commits that blob (a node restarted with its blobs does not tell of them again: the
-//!   directory is for the time the parent is down, and a restart while it is down is rare
-//!   enough to cost only those blobs' holders, never a wrong byte).
+//!   two other directory nodes still answer.
+//! - Telling again ([`Directory::announce`]): a node that starts (its store's index rebuilt)
+//!   tells the directory of every blob on its disk, in the background, at most
+//!   [`ANNOUNCE_PER_SECOND`] digests a second, [`ANNOUNCERS`] at once, each as a commit's note
+//!   (`NOTE_TRIES` tries per directory node): so a node restarted with its blobs while the
+//!   parent is down is found by the others, and a directory node restarted hears again of the
+//!   blobs its holders keep as they restart. Why paced: a DaemonSet's rollout restarts nodes
+//!   together, each with thousands of blobs, and the notes must not crowd out the directory's
+//!   [`MAX_CALLS`] or the node's own pulls: at 50 digests a second (three notes each) a node
+//!   with 10,000 blobs is told in under four minutes, a few small requests a second to each
+//!   directory node in a fleet of any size. It never delays the start (the server serves
+//!   meanwhile) and stops with the server. Every file of the store is told, manifests too (the
+//!   index does not know which is which; a note of a digest no fill asks for costs a request
+//!   and a book entry, never a byte). A directory node down at that moment misses the notes
+//!   sent to it: the other two still know, as for a commit's note.
 //! - Asking: the digest's directory nodes are asked at once, each within `link::CALL_TIMEOUT`;
 //!   their answers are merged in directory order, this node left out, and holders that sent
 //!   this node a wrong body in the last [`LIAR_MEMORY`] put last (so a liar costs one pull a
@@ -40,7 +51,7 @@ use http_body_util::{Empty, Full};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::link::{CALL_TIMEOUT, Link, Members, read};
-use crate::fleet::holders_path;
+use crate::fleet::{BODY_HEADER, holders_path};
 use crate::oci::Digest;
 use crate::swarm::directory::{Book, directory};
 use crate::swarm::node::{Fleet as Nodes, NodeUrl};
@@ -58,6 +69,10 @@ pub const MAX_WAITING: usize = 1024;
 /// Tries of one note to one directory node, the n-th after n times [`NOTE_BACKOFF`].
 pub const NOTE_TRIES: u32 = 3;
 pub const NOTE_BACKOFF: Duration = Duration::from_millis(300);
+/// Digests told a second at most by a node's start ([`Directory::announce`]).
+pub const ANNOUNCE_PER_SECOND: u32 = 50;
+/// Digests being told at once by a node's start.
+pub const ANNOUNCERS: usize = 4;
 /// How long a holder that sent a wrong body is tried last.
 pub const LIAR_MEMORY: Duration = Duration::from_secs(600);
 /// Liars remembered at most (the oldest forgotten first).
@@ -179,28 +194,64 @@ impl Directory {
             this.waiting.fetch_sub(1, Ordering::AcqRel);
             let Ok(_permit) = permit else { return };
             let nodes = members.current().await;
-            // The directory nodes side by side: one that does not answer delays no other.
-            let told = directory(&digest, &nodes).into_iter().map(|d| {
-                let (this, link, digest) = (&this, &link, &digest);
-                async move {
-                    if d == link.me {
-                        let mut book = this.book.lock().unwrap();
-                        book.add(digest, link.me.clone(), Instant::now());
-                        return;
-                    }
-                    for tries in 1..=NOTE_TRIES {
-                        match tell_one(link, &d, digest).await {
-                            Ok(()) => return,
-                            Err(e) if tries == NOTE_TRIES => {
-                                tracing::info!(digest = %digest, directory = %d, error = %e, "fleet: a directory node was not told this node holds the blob");
-                            }
-                            Err(_) => tokio::time::sleep(NOTE_BACKOFF * tries).await,
-                        }
-                    }
-                }
-            });
-            futures_util::future::join_all(told).await;
+            this.tell_now(&link, &nodes, &digest).await;
         });
+    }
+
+    /// Tells the directory of every digest in `held` (the store's blobs at start), paced at
+    /// [`ANNOUNCE_PER_SECOND`], [`ANNOUNCERS`] at once; returns once every note was sent (or
+    /// given up).
+    pub async fn announce(
+        self: Arc<Self>,
+        link: Arc<Link>,
+        members: Arc<Members>,
+        held: Vec<Digest>,
+    ) {
+        let slots = Arc::new(Semaphore::new(ANNOUNCERS));
+        let mut tick = tokio::time::interval(Duration::from_secs(1) / ANNOUNCE_PER_SECOND);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let count = held.len();
+        for digest in held {
+            tick.tick().await;
+            let Ok(slot) = slots.clone().acquire_owned().await else {
+                return;
+            };
+            let nodes = members.current().await;
+            let (this, link) = (self.clone(), link.clone());
+            tokio::spawn(async move {
+                this.tell_now(&link, &nodes, &digest).await;
+                drop(slot);
+            });
+        }
+        // Every slot back: every note sent or given up.
+        let _all = slots.acquire_many(ANNOUNCERS as u32).await;
+        tracing::info!(
+            blobs = count,
+            "fleet: the directory was told of the blobs this node holds"
+        );
+    }
+
+    /// Tells `digest`'s directory nodes now (this node's own book when it is one of them), side
+    /// by side, each tried [`NOTE_TRIES`] times.
+    async fn tell_now(&self, link: &Link, nodes: &Nodes, digest: &Digest) {
+        // The directory nodes side by side: one that does not answer delays no other.
+        let told = directory(digest, nodes).into_iter().map(|d| async move {
+            if d == link.me {
+                let mut book = self.book.lock().unwrap();
+                book.add(digest, link.me.clone(), Instant::now());
+                return;
+            }
+            for tries in 1..=NOTE_TRIES {
+                match tell_one(link, &d, digest).await {
+                    Ok(()) => return,
+                    Err(e) if tries == NOTE_TRIES => {
+                        tracing::info!(digest = %digest, directory = %d, error = %e, "fleet: a directory node was not told this node holds the blob");
+                    }
+                    Err(_) => tokio::time::sleep(NOTE_BACKOFF * tries).await,
+                }
+            }
+        });
+        futures_util::future::join_all(told).await;
     }
 }
 
@@ -238,10 +289,13 @@ async fn tell_one(link: &Link, node: &NodeUrl, digest: &Digest) -> Result<(), St
     let note = HolderNote {
         node: link.me.clone(),
     };
+    let body = note.encode();
+    let (proof, named) = link.fleet.sign_body("PUT", &path, &body);
     let r = Request::put(format!("{node}{path}"))
-        .header(header::AUTHORIZATION, link.fleet.sign("PUT", &path))
+        .header(header::AUTHORIZATION, proof)
+        .header(BODY_HEADER, named)
         .header(header::CONTENT_TYPE, "application/json")
-        .body(Full::new(Bytes::from(note.encode())))
+        .body(Full::new(Bytes::from(body)))
         .map_err(|e| e.to_string())?;
     let call = async {
         let resp = link.post.request(r).await.map_err(|e| e.to_string())?;
@@ -293,6 +347,54 @@ mod tests {
         assert!(dir.call().is_none());
         drop(held);
         assert!(dir.call().is_some());
+    }
+
+    /// A start's notes are paced: 100 digests at ANNOUNCE_PER_SECOND take 99 ticks (the first
+    /// at once); a node that is a digest's only directory node notes itself in its own book.
+    #[tokio::test(start_paused = true)]
+    async fn a_start_tells_the_directory_at_a_bounded_rate() {
+        use hyper_util::client::legacy::Client;
+        use hyper_util::rt::TokioExecutor;
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("s");
+        std::fs::write(&secret, "0123456789abcdef0123456789abcdef").unwrap();
+        let mut cfg: crate::config::FleetConfig = toml::from_str(&format!(
+            "parent = \"http://p:5000\"\nself = \"{}\"\npeers = [\"{}\"]\nsecret_file = {:?}\n",
+            node(1),
+            node(1),
+            secret.display().to_string()
+        ))
+        .unwrap();
+        cfg.validate().unwrap();
+        let fleet = crate::fleet::Fleet::new(&cfg, &prometheus::Registry::new()).unwrap();
+        let https = crate::upstream::connect::TimeoutConnector::new(
+            crate::upstream::connect::https_connector(None).unwrap(),
+            Duration::from_secs(1),
+        );
+        let link = Arc::new(Link {
+            fleet: Arc::new(fleet),
+            me: node(1),
+            parent: "http://p:5000".parse().unwrap(),
+            get: Client::builder(TokioExecutor::new()).build(https.clone()),
+            post: Client::builder(TokioExecutor::new()).build(https),
+            max_uploads: 4,
+            parent_timeout: Duration::from_secs(1),
+        });
+        let nodes = Nodes::new([node(1)]);
+        let members = Arc::new(Members::Fixed(nodes.clone()));
+        let directory = Arc::new(Directory::default());
+        let held: Vec<Digest> = (0..100u32).map(|i| Digest::of(&i.to_be_bytes())).collect();
+        let started = tokio::time::Instant::now();
+        directory
+            .clone()
+            .announce(link, members, held.clone())
+            .await;
+        let took = started.elapsed();
+        let tick = Duration::from_secs(1) / ANNOUNCE_PER_SECOND;
+        assert!(took >= tick * 99 && took < tick * 110, "{took:?}");
+        for d in &held {
+            assert_eq!(directory.holders(d, &nodes).holders, vec![node(1)]);
+        }
     }
 
     /// A holder that lied lately is tried last; the others keep their order.

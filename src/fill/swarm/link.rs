@@ -1,7 +1,9 @@
 //! A node's link to its parent's tracker: the node set (`[fleet] peers`, or `peers_dns` looked
 //! up again every [`MEMBERS_TTL`]), the swarm call (`POST /_berth/fleet/v1/swarm/<digest>`) and
 //! the piece table (`GET /_berth/fleet/v1/pieces/<digest>?from=K`), fleet-signed, each within
-//! [`CALL_TIMEOUT`]; and the parent's ordinary blob route, through the upstream.
+//! [`CALL_TIMEOUT`]; and the parent's ordinary blob route, through the upstream, its head within
+//! `[fleet] parent_timeout` ([`parent_blob`]). Every connection the node's fleet clients make
+//! (to the parent, to other nodes) is bounded by `parent_timeout` too ([`Conn`]).
 //!
 //! Rule of dependency: uses `swarm` (the protocol's types), `fleet` (the proof, the paths),
 //! `upstream` (the blob route), `oci`, `error`; nothing of its parent or siblings.
@@ -18,11 +20,12 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use url::Url;
 
 use crate::error::Error;
-use crate::fleet::{Fleet, PIECES_PATH, swarm_path};
+use crate::fleet::{BODY_HEADER, Fleet, PIECES_PATH, swarm_path};
 use crate::oci::{Digest, RepoName};
 use crate::swarm::node::{Fleet as Nodes, NodeUrl};
 use crate::swarm::protocol::{MAX_PIECES_BODY, MAX_SMALL_BODY, Pieces, SwarmAnswer, SwarmRequest};
 use crate::swarm::tracker::Reason;
+use crate::upstream::connect::TimeoutConnector;
 use crate::upstream::{NotFoundKind, Upstream, UpstreamResponse, blob_request};
 
 /// The driver's clock: stalls are seen and reports sent at this grain (a piece-table miss
@@ -34,7 +37,9 @@ pub const CALL_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long a `peers_dns` lookup is used before it is made again.
 pub const MEMBERS_TTL: Duration = Duration::from_secs(30);
 
-pub type Conn = HttpsConnector<HttpConnector>;
+/// Every fleet connection (to the parent, to other nodes) is bounded by `[fleet] parent_timeout`
+/// (`Link::parent_timeout`): a black-holed address costs that, not the kernel's minutes.
+pub type Conn = TimeoutConnector<HttpsConnector<HttpConnector>>;
 pub type BoxFuture<T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send>>;
 
 /// The fleet's node set: `[fleet] peers`, or `peers_dns` looked up again every [`MEMBERS_TTL`].
@@ -87,6 +92,8 @@ pub struct Link {
     pub get: Client<Conn, Empty<Bytes>>,
     pub post: Client<Conn, Full<Bytes>>,
     pub max_uploads: u32,
+    /// `[fleet] parent_timeout`: the bound on connecting and on the parent's response head.
+    pub parent_timeout: Duration,
 }
 
 impl Link {
@@ -122,10 +129,13 @@ impl Link {
     ) -> Result<SwarmAnswer, String> {
         let path = swarm_path(digest, size);
         let url = self.parent.join(&path).map_err(|e| e.to_string())?;
+        let body = req.encode();
+        let (proof, named) = self.fleet.sign_body("POST", &path, &body);
         let r = Request::post(url.as_str())
-            .header(header::AUTHORIZATION, self.fleet.sign("POST", &path))
+            .header(header::AUTHORIZATION, proof)
+            .header(BODY_HEADER, named)
             .header(header::CONTENT_TYPE, "application/json")
-            .body(Full::new(Bytes::from(req.encode())))
+            .body(Full::new(Bytes::from(body)))
             .map_err(|e| e.to_string())?;
         let call = async {
             let resp = self.post.request(r).await.map_err(|e| e.to_string())?;
@@ -184,23 +194,35 @@ pub async fn read(resp: Response<hyper::body::Incoming>, limit: usize) -> Result
         .map_err(|e| format!("the body: {e}"))
 }
 
-/// The parent's blob route, from byte `from` on (`Range` when past 0), through the upstream.
-pub async fn parent_get(
+/// The parent's blob route (`GET`, or `HEAD` before a fill), from byte `from` on (`Range` when
+/// past 0), through the upstream; its head within `limit` (`[fleet] parent_timeout`), else the
+/// parent is unavailable (as the upstream client says of one that refuses connections).
+pub async fn parent_blob(
     up: &Upstream,
+    method: Method,
     name: &RepoName,
     digest: &Digest,
     from: u64,
+    limit: Duration,
 ) -> Result<UpstreamResponse, Error> {
-    let mut req = blob_request(Method::GET, name, digest);
+    let mut req = blob_request(method, name, digest);
     if from > 0
         && let Ok(v) = HeaderValue::from_str(&format!("bytes={from}-"))
     {
         req.headers.insert(header::RANGE, v);
     }
-    up.send(req)
-        .await?
-        .error_for_status(NotFoundKind::Blob)
-        .await
+    let head = async {
+        up.send(req)
+            .await?
+            .error_for_status(NotFoundKind::Blob)
+            .await
+    };
+    tokio::time::timeout(limit, head).await.unwrap_or_else(|_| {
+        Err(Error::upstream_unavailable(
+            up.name(),
+            format!("the fleet's parent did not answer within {limit:?} (fleet.parent_timeout)"),
+        ))
+    })
 }
 
 #[cfg(test)]

@@ -44,8 +44,8 @@
 //! rendezvous over the node set), the holders it is told of ([`holders`]), and answers them on
 //! `GET /_berth/fleet/v1/holders/<digest>`; every fill that commits here is told to the digest's
 //! directory nodes (`PUT` of the same path) in the background, never delaying the pull. When the
-//! parent cannot be reached at the `HEAD` (no connection, a timeout, a 5xx; a refusal is the
-//! parent's answer and is kept), [`Swarm::open`] asks the directory nodes for holders and takes
+//! parent cannot be reached at the `HEAD` (no connection or no answer's head within
+//! `[fleet] parent_timeout`, a 5xx; a refusal is the parent's answer and is kept), [`Swarm::open`] asks the directory nodes for holders and takes
 //! the size from the first that answers; when the parent fails the swarm's tries (mid-blob too),
 //! the driver asks them (`AskDirectory`) for the rest. A holder's bytes have no piece table to
 //! be checked against: the driver spools them and hashes them itself (after the hash of what the
@@ -54,8 +54,10 @@
 //! from the same byte, and **no byte of a wrong body reaches the fill**, so none is served, kept
 //! or completed. No holder, or none that sends the blob: the pull fails as it did
 //! before the directory (`503` from the fill's own try of the parent). A node restarted empty
-//! has an empty book and asks the others; it is told again as nodes complete blobs, and tells
-//! them of its own, so it rejoins without any step of its own.
+//! has an empty book and asks the others; it is told again as nodes complete blobs (and as
+//! nodes start: each tells the directory of the blobs on its disk, paced,
+//! [`Swarm::announce_held`]), and tells them of its own, so it rejoins without any step of its
+//! own; a node restarted with its blobs is found again the same way.
 //!
 //! Access, with the parent down: the parent's `HEAD` (its access policy for this login and
 //! repository, its origin check for this upstream) cannot be asked. The choice made: **any
@@ -106,12 +108,25 @@
 //! - The size on the directory route is the first answering holder's word: a holder that lies
 //!   about it fails that pull (every honest holder then sends another size, and is left), and is
 //!   tried last for `holders::LIAR_MEMORY`, so the client's retry gets the blob.
-//! - "Cannot be reached" is the upstream client's verdict on the `HEAD`, after its own tries: a
-//!   parent that refuses connections is left at once, but one that black-holes them costs its
-//!   `connect_timeout` times its tries first (about 30 s with the defaults; one that accepts and
-//!   never answers, its `response_timeout` times them), which a runtime may not wait for. A
-//!   shorter bound of the fleet's own would send the pulls of a merely slow parent to holders
-//!   too, without the parent's access decision; it is not taken.
+//! - "Cannot be reached" is decided by `[fleet] parent_timeout` (5 s by default,
+//!   `link::parent_blob`): the `HEAD` (and each blob request of the driver) must connect and
+//!   bring its response head within it, every fleet connection connects within it (the
+//!   `link::Conn`), and the tracker's calls are whole within `link::CALL_TIMEOUT` (3 s) anyway.
+//!   So a parent that refuses connections is left at once, and one that black-holes them or
+//!   accepts and never answers costs a pull `parent_timeout` (the driver's tries of a parent
+//!   that went silent after its `HEAD`: three of it), where the upstream client's own bounds
+//!   were about 30 s (10 s per connect, three tries; 30 s for an answer), past what a runtime
+//!   waits for. The other side of it: a parent that is merely slow to answer a `HEAD` is taken
+//!   for down for that pull, and its holders' copy is served by digest without its access
+//!   decision (above). Why 5 s is not eager: a `HEAD` the parent answers from its disk or a
+//!   running fill takes milliseconds, and a cold one costs one upstream `HEAD` (a token round
+//!   trip included, well under a second for the registries berth mirrors), so 5 s is many times
+//!   the slow case of a live parent; `select::STALL` already takes 2 s of a parent's silence
+//!   mid-body for a stall. And what is given up is bounded: the verdict is the one pull's (the
+//!   next one asks the parent again, no memory of it being down), the bytes are checked against
+//!   the digest the parent's manifest named, and a blob no node holds still goes to the parent
+//!   (the fill's own try, with the upstream client's bounds). An operator whose parent's
+//!   upstreams are slower than that raises it (up to 300 s) and gets the old behaviour.
 //! - The parent failing mid-blob: the bytes the fill has are read back and hashed once more (the
 //!   fill's file, once it has written them; a fill that lost its disk keeps no file, and then
 //!   the pull fails as before the directory).
@@ -158,7 +173,7 @@ use crate::swarm::protocol::{Holders, ProtocolError};
 use crate::swarm::select;
 use crate::swarm::tracker::Reason;
 use crate::swarm::transfer::{self, ServeBody, Uploads, WAIT_TICK};
-use crate::upstream::{NotFoundKind, Upstream, blob_request, content_length};
+use crate::upstream::{Upstream, content_length};
 
 /// A node's swarm: its link to the parent, the node set, what it serves other nodes, and its
 /// part in the directory.
@@ -169,6 +184,8 @@ pub struct Swarm {
     directory: Arc<Directory>,
     /// Where a holder's bytes wait for the whole digest (the store's temp directory).
     spool_dir: std::path::PathBuf,
+    /// The store whose blobs [`Swarm::announce_held`] tells the directory of.
+    store: Arc<Store>,
 }
 
 impl Swarm {
@@ -199,6 +216,7 @@ impl Swarm {
             (None, None) => return Err("a node needs fleet.peers or fleet.peers_dns".into()),
         };
         let https = crate::upstream::connect::https_connector(cfg.ca_file.as_deref())?;
+        let https = crate::upstream::connect::TimeoutConnector::new(https, cfg.parent_timeout());
         let build = || {
             Client::builder(TokioExecutor::new())
                 .timer(TokioTimer::new())
@@ -213,6 +231,7 @@ impl Swarm {
             get: build().build(https.clone()),
             post: build().build(https),
             max_uploads: cfg.max_uploads,
+            parent_timeout: cfg.parent_timeout(),
         });
         let directory = Arc::new(Directory::default());
         let committed: serve::Committed = {
@@ -222,6 +241,7 @@ impl Swarm {
         Ok(Some(Swarm {
             members,
             spool_dir: store.tmp().to_path_buf(),
+            store: store.clone(),
             serving: Serving::new(
                 Uploads::new(cfg.max_uploads as usize, WAIT_TICK),
                 store,
@@ -231,6 +251,19 @@ impl Swarm {
             link,
             directory,
         }))
+    }
+
+    /// Tells the directory of every blob the store holds (`holders::Directory::announce`:
+    /// paced, in the background of a start); for the server to run once its store's index is
+    /// built, so that a node restarted with its blobs is found while the parent is down.
+    pub async fn announce_held(self: Arc<Self>) {
+        let held = self.store.index().digests();
+        let (directory, link, members) = (
+            self.directory.clone(),
+            self.link.clone(),
+            self.members.clone(),
+        );
+        directory.announce(link, members, held).await;
     }
 
     /// A slot for one directory call (`PUT`/`GET .../holders/<digest>`); `None` when
@@ -275,13 +308,12 @@ impl Swarm {
         // (so that on a cold start, before the parent's own fill, it can answer at once). A
         // refusal, no length, or a tracker that knows another size: the fill asks the parent
         // itself and gets its answer.
-        let head = match up.send(blob_request(Method::HEAD, name, digest)).await {
-            Ok(r) => r.error_for_status(NotFoundKind::Blob).await,
-            Err(e) => Err(e),
-        };
+        let limit = self.link.parent_timeout;
+        let head = link::parent_blob(up, Method::HEAD, name, digest, 0, limit).await;
         let head = match head {
             Ok(h) => h,
-            // No connection, a timeout, a 5xx: the parent is down; its holders may not be.
+            // No connection, no answer within `parent_timeout`, a 5xx: the parent is down; its
+            // holders may not be.
             Err(e) if matches!(e.kind, Kind::UpstreamUnavailable { .. }) => {
                 return self
                     .open_from_holders(up, name, digest, fill, nodes, &e)

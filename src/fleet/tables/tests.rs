@@ -283,3 +283,45 @@ async fn an_unreadable_blob_is_an_error() {
     }
     assert!(t.is_empty());
 }
+
+/// Blobs whose follow takes `delay` to answer, with a body that never sends a byte (a bucket
+/// slow to answer, then slow to send).
+struct Slow {
+    delay: Duration,
+}
+
+impl Blobs for Slow {
+    fn size<'a>(&'a self, _: &'a Digest) -> BoxFuture<'a, Option<u64>> {
+        Box::pin(async { None })
+    }
+
+    fn follow<'a>(&'a self, _: &'a Digest) -> BoxFuture<'a, Result<Option<Followed>, Error>> {
+        Box::pin(async move {
+            tokio::time::sleep(self.delay).await;
+            Ok(Some(Followed {
+                size: 3 * MIB as u64,
+                body: Box::pin(futures_util::stream::pending()),
+            }))
+        })
+    }
+}
+
+/// The wait for a hash counts from the call, the table's start included: a source slow to
+/// answer does not make the call wait `WAIT` on top of it (a forwarded call has only half a
+/// second more than that).
+#[tokio::test(start_paused = true)]
+async fn the_wait_for_a_hash_counts_from_the_call() {
+    let t = tables();
+    let slow = Slow {
+        delay: Duration::from_millis(800),
+    };
+    let d = digest(9);
+    let start = tokio::time::Instant::now();
+    let p = t.pieces(&slow, &d, 0, WAIT).await.unwrap();
+    assert!(p.hashes.is_empty() && !p.complete);
+    assert_eq!(start.elapsed(), WAIT, "not 800 ms + WAIT");
+    // With the table started, a call waits the whole WAIT.
+    let start = tokio::time::Instant::now();
+    t.pieces(&slow, &d, 0, WAIT).await.unwrap();
+    assert_eq!(start.elapsed(), WAIT);
+}

@@ -36,9 +36,10 @@ use object_store::{
 use object_store::{ClientOptions, RetryConfig};
 
 use super::metrics::BucketMetrics;
+use super::ranged::READ_PART;
 use super::sweep::{OpenUpload, Signer};
 use super::{BlobRead, BucketError, ObjectInfo, TagRecord};
-use crate::config::{S3Config, S3Credentials};
+use crate::config::{MAX_READ_STREAMS, S3Config, S3Credentials};
 use crate::oci::Digest;
 
 /// Default size of one uploaded part (S3's minimum is 5 MiB for all but the last).
@@ -65,6 +66,8 @@ pub struct Bucket {
     pub(super) part_size: usize,
     /// Parts uploading at once per blob (`upload`).
     pub(super) parts_in_flight: usize,
+    /// Ranged GETs at once when reading a whole blob (`ranged`; 1: one stream).
+    pub(super) read_streams: usize,
     pub(super) metrics: BucketMetrics,
     /// Presigns what `object_store` cannot send (`sweep`); only a bucket made by `connect`.
     pub(super) signer: Option<Signer>,
@@ -76,6 +79,7 @@ impl fmt::Debug for Bucket {
             .field("store", &self.store.to_string())
             .field("prefix", &self.prefix)
             .field("part_size", &self.part_size)
+            .field("read_streams", &self.read_streams)
             .finish_non_exhaustive()
     }
 }
@@ -129,7 +133,8 @@ impl Bucket {
         }
         let store = b.build()?;
         let signer = Signer::new(cfg, creds, endpoint.as_deref())?;
-        let mut bucket = Bucket::with_store(Arc::new(store), cfg.key_prefix(), metrics);
+        let mut bucket = Bucket::with_store(Arc::new(store), cfg.key_prefix(), metrics)
+            .with_read_streams(cfg.read_streams);
         bucket.signer = Some(signer);
         Ok(bucket)
     }
@@ -142,6 +147,7 @@ impl Bucket {
             prefix: prefix.trim_matches('/').to_owned(),
             part_size: DEFAULT_PART_SIZE,
             parts_in_flight: DEFAULT_PARTS_IN_FLIGHT,
+            read_streams: 1,
             metrics,
             signer: None,
         }
@@ -150,6 +156,13 @@ impl Bucket {
     /// Uploads blobs in parts of `bytes` (S3 wants at least 5 MiB but for the last part).
     pub fn with_part_size(mut self, bytes: usize) -> Bucket {
         self.part_size = bytes.max(1);
+        self
+    }
+
+    /// Reads a whole blob as up to `streams` ranged GETs at once (`[storage.s3] read_streams`;
+    /// 1: one stream), at most [`MAX_READ_STREAMS`].
+    pub fn with_read_streams(mut self, streams: usize) -> Bucket {
+        self.read_streams = streams.clamp(1, MAX_READ_STREAMS);
         self
     }
 
@@ -220,21 +233,38 @@ impl Bucket {
     }
 
     /// Streams the blob (`range`: those bytes only, end exclusive), or `None` when the bucket
-    /// does not have it. Nothing is buffered beyond what the connection delivers.
+    /// does not have it. Nothing is buffered beyond what the connection delivers, but for the
+    /// whole blob with `read_streams` above 1: then it is read as parallel ranges, handed on in
+    /// order (`ranged`, which says what that holds in memory).
     pub async fn get_blob(
         &self,
         digest: &Digest,
+        range: Option<Range<u64>>,
+    ) -> Result<Option<BlobRead>, BucketError> {
+        let key = self.blob_key(digest);
+        if range.is_none() && self.read_streams > 1 {
+            match self.get_object(&key, Some(0..READ_PART)).await {
+                Ok(Some(first)) => return Ok(Some(self.read_in_parts(key, first))),
+                Ok(None) => return Ok(None),
+                // An empty object has no first byte to range over (S3 answers 416): read it
+                // whole, as any other failure is then answered.
+                Err(_) => {}
+            }
+        }
+        self.get_object(&key, range).await
+    }
+
+    /// One GET of `key` (`range` of it, end exclusive), streamed.
+    pub(super) async fn get_object(
+        &self,
+        key: &Path,
         range: Option<Range<u64>>,
     ) -> Result<Option<BlobRead>, BucketError> {
         let options = GetOptions {
             range: range.map(GetRange::Bounded),
             ..GetOptions::default()
         };
-        let key = self.blob_key(digest);
-        let Some(got) = self
-            .timed("get", self.store.get_opts(&key, options))
-            .await?
-        else {
+        let Some(got) = self.timed("get", self.store.get_opts(key, options)).await? else {
             return Ok(None);
         };
         let (size, range) = (got.meta.size, got.range.clone());

@@ -38,6 +38,7 @@ mod client;
 pub mod evict;
 mod layout;
 mod metrics;
+mod ranged;
 mod sweep;
 #[doc(hidden)]
 pub mod testing;
@@ -48,6 +49,7 @@ pub use client::{
     RETRY_TIMEOUT,
 };
 pub use metrics::BucketMetrics;
+pub use ranged::{PART_RETRIES, READ_PART};
 pub use sweep::OpenUpload;
 
 /// Why a bucket operation failed.
@@ -79,6 +81,14 @@ pub enum BucketError {
     /// A request sent outside `object_store` (the multipart listing) failed.
     #[error("bucket request: {0}")]
     Http(String),
+    /// A ranged read of a blob (`ranged`) did not deliver its bytes: the object is gone, or an
+    /// answer was short, long or of another range.
+    #[error("bucket: bytes {start}..{end} of the blob: {reason}")]
+    Range {
+        start: u64,
+        end: u64,
+        reason: String,
+    },
 }
 
 /// What [`Bucket::put_blob`] did.

@@ -868,3 +868,108 @@ async fn a_vouched_upload_is_aborted_when_its_source_says_no_or_goes_away() {
     assert_eq!(faults.completes.load(Ordering::SeqCst), 0);
     assert!(b.head_blob(&d).await.unwrap().is_none());
 }
+
+/// A bucket reading whole blobs as `streams` ranged GETs at once.
+fn parallel_bucket(streams: usize) -> (Bucket, Arc<Faults>) {
+    let (b, faults) = bucket();
+    (b.with_read_streams(streams), faults)
+}
+
+const READ_PART: usize = super::READ_PART as usize;
+
+#[tokio::test]
+async fn parallel_ranges_are_handed_on_in_order_as_the_whole_object() {
+    let (b, _) = parallel_bucket(3);
+    // Five parts, the last one short: more parts than streams, so later parts wait their turn.
+    let data = blob(4 * READ_PART + 12_345);
+    let d = Digest::of(&data);
+    b.put_blob(&d, None, body(&data)).await.unwrap();
+    let r = b.get_blob(&d, None).await.unwrap().unwrap();
+    assert_eq!(
+        (r.size, r.range.clone()),
+        (data.len() as u64, 0..data.len() as u64)
+    );
+    assert!(read_all(r).await == data, "the bytes, in order");
+    // One GET of the object (its first part), one ranged GET for each later part.
+    assert_eq!(requests(&b, "get", "ok"), 1);
+    assert_eq!(requests(&b, "get_range", "ok"), 4);
+}
+
+#[tokio::test]
+async fn a_small_or_empty_blob_is_one_get_whatever_the_streams() {
+    let (b, _) = parallel_bucket(4);
+    for data in [blob(READ_PART), blob(100), Bytes::new()] {
+        let d = Digest::of(&data);
+        b.put_blob(&d, None, body(&data)).await.unwrap();
+        let r = b.get_blob(&d, None).await.unwrap().unwrap();
+        assert_eq!(r.size, data.len() as u64);
+        assert!(read_all(r).await == data);
+    }
+    assert_eq!(requests(&b, "get_range", "ok"), 0, "no part past the first");
+    // The empty object has no byte to range over: that GET fails, and one whole GET reads it.
+    assert_eq!(requests(&b, "get", "error"), 1);
+    assert_eq!(requests(&b, "get", "ok"), 3);
+    // A missing blob is missing, not an error.
+    assert!(
+        b.get_blob(&Digest::of(b"none"), None)
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
+
+#[tokio::test]
+async fn a_part_that_breaks_off_is_asked_again_from_where_it_broke() {
+    let (b, faults) = parallel_bucket(2);
+    let data = blob(2 * READ_PART + 5);
+    let d = Digest::of(&data);
+    b.put_blob(&d, None, body(&data)).await.unwrap();
+    let r = b.get_blob(&d, None).await.unwrap().unwrap();
+    // The next GET (the second part's, made once the body is read) sends 1000 bytes, then breaks.
+    faults.break_get_after.store(1000, Ordering::SeqCst);
+    assert!(read_all(r).await == data);
+    assert_eq!(
+        requests(&b, "get_range", "ok"),
+        3,
+        "two parts, one asked twice"
+    );
+}
+
+#[tokio::test]
+async fn a_part_that_cannot_be_read_ends_the_body_in_an_error_after_its_retries() {
+    let (b, faults) = parallel_bucket(2);
+    let data = blob(2 * READ_PART);
+    let d = Digest::of(&data);
+    b.put_blob(&d, None, body(&data)).await.unwrap();
+    let mut r = b.get_blob(&d, None).await.unwrap().unwrap();
+    faults.down.store(true, Ordering::SeqCst);
+    let mut got = 0;
+    let err = loop {
+        match r.body.next().await {
+            Some(Ok(c)) => got += c.len(),
+            Some(Err(e)) => break e,
+            None => panic!("a body with a part missing must end in an error"),
+        }
+    };
+    assert!(got < data.len(), "never the whole body");
+    assert!(matches!(err, BucketError::Store(_)), "{err}");
+    let tries = 1 + super::PART_RETRIES as u64;
+    assert_eq!(requests(&b, "get_range", "error"), tries);
+    assert!(r.body.next().await.is_none(), "nothing after the error");
+}
+
+#[tokio::test]
+async fn a_blob_removed_between_its_parts_is_an_error_naming_the_range() {
+    let (b, _) = parallel_bucket(2);
+    let data = blob(READ_PART + 1);
+    let d = Digest::of(&data);
+    b.put_blob(&d, None, body(&data)).await.unwrap();
+    let r = b.get_blob(&d, None).await.unwrap().unwrap();
+    b.delete_blob(&d).await.unwrap();
+    let err = r.body.try_collect::<Vec<Bytes>>().await.unwrap_err();
+    let want = format!("bytes {READ_PART}..{}", READ_PART + 1);
+    assert!(
+        matches!(err, BucketError::Range { .. }) && err.to_string().contains(&want),
+        "{err}"
+    );
+}
