@@ -88,8 +88,11 @@
 //! [`tracker::RATE_WINDOW`] (2 s) apart, and a node reports first [`select::FIRST_REPORT`]
 //! (2.5 s) after a source is named, then every [`select::REPORT_EVERY`] (5 s): a slow link is
 //! found about 2.5 s into a pull (7.5 s when its child happened to report before it), before
-//! the nodes below it starve ([`select::STARVE`], 4 s); a faster rule would need the child to
-//! judge its source's pace itself, which it cannot tell from its source starving.
+//! the nodes below it starve ([`select::STARVE`], 15 s); a faster rule would need the child to
+//! judge its source's pace itself, which it cannot tell from its source starving. STARVE also
+//! bounds the chain's depth term for a node's first byte, `(depth) * P/C`: at 15 s, 44 hops at
+//! 25 Mbit/s (the bed's 32 nodes need 31), 1,800 at 1 Gbit/s; past it, a healthy deep chain's
+//! tail would give up its source as starved and re-join as a branch.
 //!
 //! # What a lying or stalling peer costs
 //! - A peer that sends a wrong byte: the rest of that piece (at most one piece, P bytes) and a

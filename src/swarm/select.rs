@@ -32,14 +32,23 @@
 //! failed says so to its children (over HTTP, a body that ends clean and short of the blob, each
 //! tick it has nothing new: [`transfer`](super::transfer)) so they do not drop it too: without
 //! that, the whole chain below a stall would drop its sources at once and land on the parent.
-//! [`STARVE`] (2 x STALL) is the time such a node has to find a new source (its STALL plus a
-//! tracker round trip) before its children look elsewhere.
+//! [`STARVE`] (15 s) is the time such a node has before its children look elsewhere. It is also
+//! what a node deep in a fresh chain waits for its first byte: the chain forwards verified
+//! pieces, so the node k hops down gets its first piece about k piece-times after the head (1
+//! MiB at 25 Mbit/s: a third of a second a hop). At 4 s (twice STALL, once enough for a source
+//! to find a new one) the bed's 32 nodes at 25 Mbit/s dropped 24 such sources as `starved`,
+//! re-joined as branches that split uploads, and took p99 3.73x one node's pull (1.86 blobs out
+//! of the central berth); at 15 s, 1.27x, 1.02 blobs, nothing dropped (BENCHMARKS.md). What the
+//! longer wait costs: a source that is itself stuck without a source for longer than its STALL
+//! plus a tracker round trip keeps its children up to 15 s; one that died or broke off costs
+//! them nothing more (`closed`, `unreachable`, `stall`), and a slow link's children are moved
+//! by the tracker at their reports, not by starving.
 //! [`REPORT_EVERY`] (5 s) keeps the tracker's view of progress fresh enough to choose sources
 //! ahead and to measure rates (slow links), and a node well inside the tracker's expiry (30 s),
 //! at one small request per receiving node every 5 s. The first report under a new source comes
 //! sooner, at [`FIRST_REPORT`] (2.5 s, just past the tracker's 2 s rate window): the tracker
 //! measures a rate from the assignment to a report, so a slow link is known 2.5 s into a pull,
-//! before [`STARVE`] (4 s) sends the nodes starving below it back to the tracker. With the first
+//! before [`STARVE`] (4 s then) sent the nodes starving below it back to the tracker. With the first
 //! report at 5 s, they came back at 4 s, were placed by progress alone (the slow link not yet
 //! known), and re-joined the chain behind it or split a fast node's upload (the bed, 16 nodes:
 //! the main chain fell from 5.3 to 2-3 MiB/s). The cost: one more small request per node per
@@ -58,7 +67,7 @@ use super::tracker::Reason;
 pub const STALL: Duration = Duration::from_secs(2);
 
 /// How long a source may say it waits for its own source before it is left.
-pub const STARVE: Duration = Duration::from_secs(4);
+pub const STARVE: Duration = Duration::from_secs(15);
 
 /// Sources failed in a row before the parent is asked directly (and parent failures before the
 /// directory is).
@@ -74,7 +83,7 @@ pub const REPORT_EVERY: Duration = Duration::from_secs(5);
 
 /// When a node reports first after a new source is named: just past the tracker's
 /// [`RATE_WINDOW`](super::tracker::RATE_WINDOW), so that its rate under that source is known
-/// then, before a node below a slow link starves ([`STARVE`]).
+/// then, long before a node below a slow link starves ([`STARVE`]).
 pub const FIRST_REPORT: Duration = Duration::from_millis(2500);
 
 /// Where the bytes come from.

@@ -202,7 +202,19 @@ fn a_source_waiting_for_its_own_source_gets_longer_then_is_left_without_blame() 
     // Past STALL since it spoke: not dropped, it is waiting (only the first report is due).
     assert_eq!(t.tick(secs(t0, 4.9)), vec![Action::Report]);
     t.waiting(secs(t0, 4.0));
-    assert_eq!(t.tick(secs(t0, 5.0)), ask(peer(1), Reason::Starved));
+    // STARVE from its first word: left, as starved (not a stall).
+    let starve = STARVE.as_secs_f64();
+    let before = t.tick(secs(t0, 1.0 + starve - 0.1));
+    assert!(
+        before
+            .iter()
+            .all(|a| !matches!(a, Action::AskTracker { .. })),
+        "{before:?}"
+    );
+    assert_eq!(
+        t.tick(secs(t0, 1.0 + starve)),
+        ask(peer(1), Reason::Starved)
+    );
 }
 
 #[test]
@@ -455,16 +467,30 @@ fn progress_is_reported_while_the_tracker_is_in_use() {
     assert_eq!(t.tick(secs(t0, 2.4)), vec![]);
     assert_eq!(t.tick(secs(t0, 2.5)), vec![Action::Report]);
     assert_eq!(t.tick(secs(t0, 4.9)), vec![]);
-    // Waiting for STARVE: given up.
-    assert_eq!(t.tick(secs(t0, 5.0)), ask(peer(1), Reason::Starved));
+    // While it waits, reports every REPORT_EVERY; waiting for STARVE since its first word:
+    // given up.
+    let starve = STARVE.as_secs_f64();
+    assert_eq!(t.tick(secs(t0, 2.5 + 5.0)), vec![Action::Report]);
+    let before = t.tick(secs(t0, 1.0 + starve - 0.1));
+    assert!(!before.contains(&Action::AskTracker {
+        dropped: Some((peer(1), Reason::Starved))
+    }));
+    assert_eq!(
+        t.tick(secs(t0, 1.0 + starve)),
+        ask(peer(1), Reason::Starved)
+    );
     // A source named afresh (the tracker's answer): the first report again.
-    t.assigned(Source::Node(peer(2)), secs(t0, 6.0));
-    t.waiting(secs(t0, 6.1));
-    assert_eq!(t.tick(secs(t0, 8.4)), vec![]);
-    assert_eq!(t.tick(secs(t0, 8.5)), vec![Action::Report]);
-    t.waiting(secs(t0, 9.0));
-    assert_eq!(t.tick(secs(t0, 9.5)), vec![]);
-    assert_eq!(t.tick(secs(t0, 10.1)), ask(peer(2), Reason::Starved));
+    let b = 2.0 + starve;
+    t.assigned(Source::Node(peer(2)), secs(t0, b));
+    t.waiting(secs(t0, b + 0.1));
+    assert_eq!(t.tick(secs(t0, b + 2.4)), vec![]);
+    assert_eq!(t.tick(secs(t0, b + 2.5)), vec![Action::Report]);
+    t.waiting(secs(t0, b + 3.0));
+    assert_eq!(t.tick(secs(t0, b + 3.5)), vec![]);
+    assert_eq!(
+        t.tick(secs(t0, b + 0.1 + starve)),
+        ask(peer(2), Reason::Starved)
+    );
 }
 
 /// The first report under a source comes once the tracker can measure a rate from it, and
