@@ -45,13 +45,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http::{Request, StatusCode, header};
-use http_body_util::{Empty, Full};
+use http::{Method, StatusCode};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use super::link::{CALL_TIMEOUT, Link, Members, read};
-use crate::fleet::{BODY_HEADER, holders_path};
+use super::link::{Link, Members};
+use crate::fleet::holders_path;
 use crate::oci::Digest;
 use crate::swarm::directory::{Book, directory};
 use crate::swarm::node::{Fleet as Nodes, NodeUrl};
@@ -255,7 +253,8 @@ impl Directory {
     }
 }
 
-/// `GET <node>/_berth/fleet/v1/holders/<digest>`, fleet-signed, within [`CALL_TIMEOUT`].
+/// `GET <node>/_berth/fleet/v1/holders/<digest>`, fleet-signed, within `link::CALL_TIMEOUT`
+/// ([`Link::call`]).
 async fn ask_one(
     link: &Link,
     node: &NodeUrl,
@@ -263,50 +262,39 @@ async fn ask_one(
     nodes: &Nodes,
 ) -> Result<Vec<NodeUrl>, String> {
     let path = holders_path(digest);
-    let r = Request::get(format!("{node}{path}"))
-        .header(header::AUTHORIZATION, link.fleet.sign("GET", &path))
-        .body(Empty::<Bytes>::new())
-        .map_err(|e| e.to_string())?;
-    let call = async {
-        let resp = link.get.request(r).await.map_err(|e| e.to_string())?;
-        if resp.status() != StatusCode::OK {
-            return Err(format!("it answered {}", resp.status()));
-        }
-        let body = read(resp, MAX_SMALL_BODY).await?;
-        Holders::parse(&body, nodes, &link.me)
-            .map(|h| h.holders)
-            .map_err(|e| e.to_string())
-    };
-    tokio::time::timeout(CALL_TIMEOUT, call)
-        .await
-        .map_err(|_| format!("no answer within {CALL_TIMEOUT:?}"))?
+    let url = format!("{node}{path}");
+    let (status, body) = link
+        .call(Method::GET, &url, &path, None, MAX_SMALL_BODY)
+        .await?;
+    if status != StatusCode::OK {
+        return Err(format!("it answered {status}"));
+    }
+    Holders::parse(&body, nodes, &link.me)
+        .map(|h| h.holders)
+        .map_err(|e| e.to_string())
 }
 
 /// `PUT <node>/_berth/fleet/v1/holders/<digest>` with this node's note, fleet-signed, within
-/// [`CALL_TIMEOUT`].
+/// `link::CALL_TIMEOUT` ([`Link::call`]).
 async fn tell_one(link: &Link, node: &NodeUrl, digest: &Digest) -> Result<(), String> {
     let path = holders_path(digest);
     let note = HolderNote {
         node: link.me.clone(),
     };
-    let body = note.encode();
-    let (proof, named) = link.fleet.sign_body("PUT", &path, &body);
-    let r = Request::put(format!("{node}{path}"))
-        .header(header::AUTHORIZATION, proof)
-        .header(BODY_HEADER, named)
-        .header(header::CONTENT_TYPE, "application/json")
-        .body(Full::new(Bytes::from(body)))
-        .map_err(|e| e.to_string())?;
-    let call = async {
-        let resp = link.post.request(r).await.map_err(|e| e.to_string())?;
-        match resp.status() {
-            StatusCode::OK | StatusCode::NO_CONTENT => Ok(()),
-            s => Err(format!("it answered {s}")),
-        }
-    };
-    tokio::time::timeout(CALL_TIMEOUT, call)
-        .await
-        .map_err(|_| format!("no answer within {CALL_TIMEOUT:?}"))?
+    let url = format!("{node}{path}");
+    let (status, _) = link
+        .call(
+            Method::PUT,
+            &url,
+            &path,
+            Some(note.encode()),
+            MAX_SMALL_BODY,
+        )
+        .await?;
+    match status {
+        StatusCode::OK | StatusCode::NO_CONTENT => Ok(()),
+        s => Err(format!("it answered {s}")),
+    }
 }
 
 #[cfg(test)]

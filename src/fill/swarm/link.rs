@@ -129,25 +129,65 @@ impl Link {
     ) -> Result<SwarmAnswer, String> {
         let path = swarm_path(digest, size);
         let url = self.parent.join(&path).map_err(|e| e.to_string())?;
-        let body = req.encode();
-        let (proof, named) = self.fleet.sign_body("POST", &path, &body);
-        let r = Request::post(url.as_str())
-            .header(header::AUTHORIZATION, proof)
-            .header(BODY_HEADER, named)
-            .header(header::CONTENT_TYPE, "application/json")
-            .body(Full::new(Bytes::from(body)))
-            .map_err(|e| e.to_string())?;
-        let call = async {
-            let resp = self.post.request(r).await.map_err(|e| e.to_string())?;
-            if resp.status() != StatusCode::OK {
-                return Err(format!("the tracker answered {}", resp.status()));
-            }
-            let body = read(resp, MAX_SMALL_BODY).await?;
-            SwarmAnswer::parse(&body, nodes, &self.me).map_err(|e| e.to_string())
-        };
-        tokio::time::timeout(CALL_TIMEOUT, call)
+        let (status, body) = self
+            .call(
+                Method::POST,
+                url.as_str(),
+                &path,
+                Some(req.encode()),
+                MAX_SMALL_BODY,
+            )
             .await
-            .map_err(|_| format!("no answer from the tracker within {CALL_TIMEOUT:?}"))?
+            .map_err(|e| format!("the tracker: {e}"))?;
+        if status != StatusCode::OK {
+            return Err(format!("the tracker answered {status}"));
+        }
+        SwarmAnswer::parse(&body, nodes, &self.me).map_err(|e| e.to_string())
+    }
+
+    /// A fleet-signed call: `method` to `url`, whose path and query `path` the proof signs, with
+    /// `body` (JSON; the proof names its digest) if it has one; the answer's status and body (at
+    /// most `limit` bytes), all within [`CALL_TIMEOUT`]. The tracker, piece-table and holder
+    /// calls all go through it.
+    pub async fn call(
+        &self,
+        method: Method,
+        url: &str,
+        path: &str,
+        body: Option<Vec<u8>>,
+        limit: usize,
+    ) -> Result<(StatusCode, Bytes), String> {
+        let sent = async {
+            let req = Request::builder().method(method.clone()).uri(url);
+            let resp = match body {
+                None => {
+                    let r = req
+                        .header(
+                            header::AUTHORIZATION,
+                            self.fleet.sign(method.as_str(), path),
+                        )
+                        .body(Empty::new())
+                        .map_err(|e| e.to_string())?;
+                    self.get.request(r).await
+                }
+                Some(body) => {
+                    let (proof, named) = self.fleet.sign_body(method.as_str(), path, &body);
+                    let r = req
+                        .header(header::AUTHORIZATION, proof)
+                        .header(BODY_HEADER, named)
+                        .header(header::CONTENT_TYPE, "application/json")
+                        .body(Full::new(Bytes::from(body)))
+                        .map_err(|e| e.to_string())?;
+                    self.post.request(r).await
+                }
+            }
+            .map_err(|e| e.to_string())?;
+            let status = resp.status();
+            Ok((status, read(resp, limit).await?))
+        };
+        tokio::time::timeout(CALL_TIMEOUT, sent)
+            .await
+            .map_err(|_| format!("no answer within {CALL_TIMEOUT:?}"))?
     }
 
     /// `GET /_berth/fleet/v1/pieces/<digest>?from=K`, fleet-signed; a miss waits a tick before
@@ -161,23 +201,16 @@ impl Link {
         let path = format!("{PIECES_PATH}{digest}?from={from}");
         let this = self.clone();
         Box::pin(async move {
-            let call = async {
+            let got = async {
                 let url = this.parent.join(&path).ok()?;
-                let r = Request::get(url.as_str())
-                    .header(header::AUTHORIZATION, this.fleet.sign("GET", &path))
-                    .body(Empty::new())
+                let (status, body) = this
+                    .call(Method::GET, url.as_str(), &path, None, MAX_PIECES_BODY)
+                    .await
                     .ok()?;
-                let resp = this.get.request(r).await.ok()?;
-                if resp.status() != StatusCode::OK {
-                    return None;
-                }
-                let body = read(resp, MAX_PIECES_BODY).await.ok()?;
+                (status == StatusCode::OK).then_some(())?;
                 Pieces::parse(&body, size).ok()
-            };
-            let got = tokio::time::timeout(CALL_TIMEOUT, call)
-                .await
-                .ok()
-                .flatten();
+            }
+            .await;
             if got.is_none() {
                 tokio::time::sleep(TICK).await;
             }
