@@ -106,6 +106,12 @@ impl Shared {
             .await
             .unwrap();
     }
+
+    /// [`Shared::seed`] of the blob `digest` under its key: `bytes` as they are.
+    async fn seed_blob(&self, digest: &str, bytes: Bytes) {
+        let key = self.blob_key(digest);
+        self.seed(&key, digest, bytes, PutOptions::default()).await;
+    }
 }
 
 /// `extra`: keys of every upstream.
@@ -223,14 +229,7 @@ async fn a_fresh_replica_reads_a_large_blob_as_parallel_ranges_and_checks_the_wh
     let layer = random_bytes(2 * READ_PART + 300_000, 21);
     let d = fake.put_blob("team/app", layer.clone());
     let shared = Shared::new();
-    shared
-        .seed(
-            &shared.blob_key(&d),
-            &d,
-            layer.clone(),
-            PutOptions::default(),
-        )
-        .await;
+    shared.seed_blob(&d, layer.clone()).await;
     let b = shared.replica_reading_in_parallel(&fake.url(), 3).await;
 
     same(b.get(&blob_path(&d)).await.bytes(), &layer);
@@ -256,14 +255,7 @@ async fn wrong_bytes_in_a_late_range_are_never_served_and_the_object_is_deleted(
     // Right bytes but for one near the end: only the last part is wrong.
     let mut wrong = layer.to_vec();
     *wrong.last_mut().unwrap() ^= 1;
-    shared
-        .seed(
-            &shared.blob_key(&d),
-            &d,
-            wrong.into(),
-            PutOptions::default(),
-        )
-        .await;
+    shared.seed_blob(&d, wrong.into()).await;
     let b = shared.replica_reading_in_parallel(&fake.url(), 3).await;
 
     wrong_object_is_never_served(&b, &shared, &d, &layer, &fake).await;
@@ -327,9 +319,7 @@ async fn wrong_bytes_in_the_bucket_are_never_served_and_are_deleted() {
     let shared = Shared::new();
     // The bucket holds other bytes of the same length under the digest, marked as ours.
     let wrong = random_bytes(layer.len(), 6);
-    shared
-        .seed(&shared.blob_key(&d), &d, wrong, PutOptions::default())
-        .await;
+    shared.seed_blob(&d, wrong).await;
     let (b, _) = replica(&shared, &[("registry.test", &fake.url())]).await;
 
     wrong_object_is_never_served(&b, &shared, &d, &layer, &fake).await;
@@ -488,14 +478,7 @@ async fn a_bucket_body_that_breaks_off_is_resumed_from_the_upstream() {
     let layer = random_bytes(500_000, 9);
     let d = fake.put_blob("team/app", layer.clone());
     let shared = Shared::new();
-    shared
-        .seed(
-            &shared.blob_key(&d),
-            &d,
-            layer.clone(),
-            PutOptions::default(),
-        )
-        .await;
+    shared.seed_blob(&d, layer.clone()).await;
     let (b, faults) = replica(&shared, &[("registry.test", &fake.url())]).await;
     faults.break_get_after.store(200_000, Ordering::SeqCst);
 
